@@ -1,0 +1,73 @@
+# dicom-gateway: `make demo` runs the stack on this machine, `make test` runs everything CI runs.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+APT_PACKAGES := nginx openssl postgresql chromium
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: demo test lint unit e2e browser deploy-checks bench system-deps venv viewer clean
+
+# OS packages: installed with apt-get when we are root, otherwise a one-line hint naming them.
+system-deps:
+	@missing=""; \
+	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	[ -x /usr/lib/postgresql/15/bin/initdb ] || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v chromium >/dev/null || [ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	command -v node >/dev/null || missing="$$missing nodejs npm"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing OS packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else \
+	    echo "missing OS packages:$$missing (install them with: sudo apt-get install$$missing)"; \
+	  fi; \
+	fi
+
+demo-deps:
+	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; \
+	  else echo "nginx is missing: sudo apt-get install nginx"; exit 1; fi; }
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+.venv-checkov/.installed:
+	python3 -m venv .venv-checkov
+	.venv-checkov/bin/pip install -q 'checkov>=3,<4'
+	touch $@
+
+viewer/dist/index.html: viewer/package.json viewer/package-lock.json $(shell find viewer/src -type f 2>/dev/null) viewer/index.html
+	cd viewer && npm ci --no-audit --no-fund --loglevel=error && npm run build
+
+viewer: viewer/dist/index.html
+
+demo: demo-deps venv viewer
+	$(VENV)/bin/dicom-gateway stack up
+
+lint: venv
+	$(VENV)/bin/ruff check gateway tests bench
+	$(VENV)/bin/mypy
+
+test: system-deps venv .venv-checkov/.installed viewer lint
+	$(VENV)/bin/pytest -p no:cacheprovider tests; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing on purpose"; exit 1; fi; exit $$status
+
+unit: venv
+	$(VENV)/bin/pytest tests/unit
+
+e2e: venv viewer
+	$(VENV)/bin/pytest tests/e2e
+
+bench: venv
+	$(PY) -m bench.run
+
+clean:
+	rm -rf var .venv .venv-checkov viewer/node_modules viewer/dist

@@ -1,0 +1,57 @@
+"""Gunicorn settings for the gateway container (``gunicorn --config /etc/dicomgw/gunicorn.conf.py``).
+
+The same numbers as ``dicom-gateway stack up``: gthread workers, because the auth hop is many tiny requests over
+keepalive connections from NGINX (DESIGN.md measured the hop; threads keep those connections cheap). Every value can be
+overridden by an environment variable so compose and ECS tune them without a new image:
+
+``GUNICORN_BIND`` (``0.0.0.0:8000``), ``WEB_CONCURRENCY`` (workers: 2 x CPUs + 1, at most 9), ``GUNICORN_THREADS`` (8),
+``GUNICORN_TIMEOUT`` (300 s: a STOW of a large whole-slide image streams for minutes), ``GUNICORN_KEEPALIVE`` (75 s,
+longer than NGINX's upstream keepalive so NGINX always closes first and never reuses a socket gunicorn just closed).
+
+The access log stays off: URLs carry tokens (``/t/{token}/...``, ``?token=``); NGINX writes the masked access log.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def _cpus() -> int:
+    # sched_getaffinity honours the CPU set a container is pinned to; cpu_count() reports the whole host.
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
+    if value < 1:
+        raise SystemExit(f"{name} must be at least 1, got {value}")
+    return value
+
+
+bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
+worker_class = "gthread"
+workers = _env_int("WEB_CONCURRENCY", min(2 * _cpus() + 1, 9))
+threads = _env_int("GUNICORN_THREADS", 8)
+timeout = _env_int("GUNICORN_TIMEOUT", 300)
+graceful_timeout = 30
+keepalive = _env_int("GUNICORN_KEEPALIVE", 75)
+# A worker's heartbeat file on tmpfs: a container's overlay filesystem can stall it and get workers killed.
+worker_tmp_dir = "/dev/shm"
+# Recycle workers now and then so a slow leak can never take a task down; jitter avoids all restarting together.
+max_requests = 20000
+max_requests_jitter = 2000
+accesslog = None
+errorlog = "-"
+loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
+# NGINX is the only client and sets X-Forwarded-*; it runs in the same task (ECS) or compose network.
+forwarded_allow_ips = os.environ.get("GUNICORN_FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
+proxy_allow_ips = forwarded_allow_ips

@@ -1,0 +1,108 @@
+"""Accept negotiation per PS3.18 8.7: media ranges with quoted or unquoted ``type`` and ``transfer-syntax``
+parameters, q-values, comma lists; the ``accept`` query parameter wins over the header; 406 when nothing fits.
+We never transcode: an offer names the stored transfer syntax, and ``transfer-syntax=*`` accepts it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gateway.errors import NotAcceptable
+
+
+@dataclass(frozen=True)
+class MediaRange:
+    media_type: str
+    params: dict[str, str] = field(default_factory=dict)
+    q: float = 1.0
+
+
+@dataclass(frozen=True)
+class Offer:
+    """A representation we can produce: ``multipart`` True means multipart/related with parts of ``part_type``."""
+
+    part_type: str
+    transfer_syntax: str
+    multipart: bool
+
+    @property
+    def part_content_type(self) -> str:
+        if self.part_type in ("application/dicom", "application/octet-stream") or self.part_type.startswith(
+            ("image/", "video/")
+        ):
+            return f"{self.part_type}; transfer-syntax={self.transfer_syntax}"
+        return self.part_type
+
+
+def _split_outside_quotes(value: str, sep: str) -> list[str]:
+    parts, current, quoted = [], [], False
+    for char in value:
+        if char == '"':
+            quoted = not quoted
+        if char == sep and not quoted:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def parse_accept(value: str) -> list[MediaRange]:
+    """Media ranges in preference order (q descending, then as written). Malformed entries are skipped."""
+    ranges: list[tuple[float, int, MediaRange]] = []
+    for index, item in enumerate(_split_outside_quotes(value, ",")):
+        pieces = _split_outside_quotes(item, ";")
+        media_type = pieces[0].strip().lower()
+        if "/" not in media_type:
+            continue
+        params: dict[str, str] = {}
+        q = 1.0
+        for piece in pieces[1:]:
+            name, _, raw = piece.strip().partition("=")
+            name = name.strip().lower()
+            raw = raw.strip()
+            if len(raw) >= 2 and raw[0] == raw[-1] == '"':
+                raw = raw[1:-1]
+            if name == "q":
+                try:
+                    q = float(raw)
+                except ValueError:
+                    q = 0.0
+            elif name:
+                params[name] = raw.lower() if name == "type" else raw
+        if q > 0:
+            ranges.append((-q, index, MediaRange(media_type, params, q)))
+    return [r for _, _, r in sorted(ranges, key=lambda t: (t[0], t[1]))]
+
+
+def _matches(media_range: MediaRange, offer: Offer, default_part: str) -> bool:
+    ts = media_range.params.get("transfer-syntax")
+    if ts is not None and ts != "*" and ts != offer.transfer_syntax:
+        return False
+    if media_range.media_type == "multipart/related":
+        if not offer.multipart:
+            return False
+        part = media_range.params.get("type", default_part)
+        return part in (offer.part_type, "*/*") or (part.endswith("/*") and offer.part_type.startswith(part[:-1]))
+    if offer.multipart:
+        return media_range.media_type == "*/*"
+    if media_range.media_type == "*/*":
+        return True
+    if media_range.media_type.endswith("/*"):
+        return offer.part_type.startswith(media_range.media_type[:-1])
+    return media_range.media_type == offer.part_type
+
+
+def negotiate(accept: str, offers: list[Offer]) -> Offer:
+    """The best offer for ``accept`` (the first offer is the default for a missing header or ``*/*``)."""
+    if not offers:
+        raise NotAcceptable("no representation is available")
+    ranges = parse_accept(accept) if accept.strip() else []
+    if not ranges:
+        return offers[0]
+    default_part = offers[0].part_type
+    for media_range in ranges:
+        for offer in offers:
+            if _matches(media_range, offer, default_part):
+                return offer
+    raise NotAcceptable("none of the accepted media types can be produced from the stored data (no transcoding)")

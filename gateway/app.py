@@ -1,0 +1,68 @@
+"""The Flask app factory. Errors from ``gateway.errors`` become JSON here, and only here."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+from gateway.config import Settings
+from gateway.errors import GatewayError, RangeNotSatisfiable
+from gateway.services import Services
+
+log = logging.getLogger("gateway")
+
+
+def create_app(config: Settings | Mapping[str, Any] | None = None, services: Services | None = None) -> Flask:
+    """``config`` is Settings, a mapping of ``DICOMGW_*`` names without the prefix, or None (environment)."""
+    if services is None:
+        if config is None:
+            settings = Settings.from_env()
+        elif isinstance(config, Settings):
+            settings = config
+        else:
+            settings = Settings.from_mapping(config)
+        services = Services.build(settings)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = None  # STOW streams; NGINX enforces the body limit
+    app.extensions["dicomgw"] = services
+
+    from gateway.views import api, dicomweb, health
+
+    app.register_blueprint(health.bp)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(dicomweb.bp)
+
+    @app.errorhandler(GatewayError)
+    def gateway_error(error: GatewayError) -> tuple[Response, int]:
+        response = jsonify(error=error.code, detail=error.detail)
+        if isinstance(error, RangeNotSatisfiable):
+            response.headers["Content-Range"] = f"bytes */{error.extra.get('length', 0)}"
+        if error.status == 503:
+            response.headers["Retry-After"] = "5"
+        return response, error.status
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> tuple[Response, int]:
+        code = (error.name or "error").lower().replace(" ", "_")
+        return jsonify(error=code, detail=error.description or code), error.code or 500
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception) -> tuple[Response, int]:
+        # The trace goes to the server log (no PHI or tokens in exception text we raise); never to the client.
+        log.exception("unhandled error")
+        return jsonify(error="internal_error", detail="unexpected server error"), 500
+
+    return app
+
+
+def create_wsgi(config: Settings | Mapping[str, Any] | None = None) -> Any:
+    """The full WSGI callable: the fast paths (auth decision, read plans) in front of Flask."""
+    from gateway.fastpath import FastPath
+
+    app = create_app(config)
+    services = app.extensions["dicomgw"]
+    return FastPath(app.wsgi_app, services.authorizer, services.planner)

@@ -1,0 +1,230 @@
+"""The decision behind NGINX ``auth_request``: is this method on this URI allowed for the token it carries?
+
+NGINX passes the raw ``X-Original-URI`` (``$request_uri``) and the client's Cookie header; this module finds the
+token (path prefix ``/t/{token}/``, then ``?token=``, then the ``dicomgw_token`` cookie), verifies it, and matches
+the normalised path against the token's scope. It is pure logic with no Flask, so the fast WSGI path and tests call
+it directly. Any doubt about the path is a refusal: decode once; reject ``..``, ``//``, encoded slashes,
+backslashes, and UID segments that are not ``[0-9.]{1,64}``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import parse_qs, unquote
+
+from gateway.errors import InvalidPath, OutOfScope, TokenInvalid, TokenMissing, TokenRevoked
+from gateway.scope import Scope
+from gateway.tokens import MAX_TOKEN_LENGTH, Claims, TokenService
+from gateway.uids import is_uid
+
+COOKIE_NAMES = ("__Host-dicomgw_token", "dicomgw_token")
+_TOKEN_CHARS = re.compile(r"^[A-Za-z0-9_.\-]+$")
+READ_METHODS = frozenset({"GET", "HEAD"})
+WRITE_METHODS = frozenset({"POST"})
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a DICOMweb path names. ``study``/``series``/``instance`` are None above their level; ``rest`` is what
+    follows the deepest UID (``""``, ``metadata``, ``frames/1,2``, ``bulkdata/7FE00010``, ``series``, ...)."""
+
+    path: str  # below the DICOMweb root, e.g. /studies/1.2/series/3.4/metadata
+    study: str | None = None
+    series: str | None = None
+    instance: str | None = None
+    rest: str = ""
+    query: str = ""
+
+
+@dataclass(frozen=True)
+class Decision:
+    claims: Claims
+    target: Target
+
+    @property
+    def study(self) -> str:
+        return self.target.study or ""
+
+
+def split_token(raw_uri: str) -> tuple[str | None, str]:
+    """``/t/{token}/dicomweb/...`` → (token, ``/dicomweb/...``); other URIs unchanged."""
+    if raw_uri.startswith("/t/"):
+        end = raw_uri.find("/", 3)
+        if end == -1:
+            raise InvalidPath("token path prefix without a path")
+        return raw_uri[3:end], raw_uri[end:]
+    return None, raw_uri
+
+
+def find_token(raw_uri: str, cookie_header: str) -> tuple[str, Target]:
+    """The token and the parsed target; the first transport present wins (path, query, cookie)."""
+    path_token, rest = split_token(raw_uri)
+    path, _, query = rest.partition("?")
+    target = parse_target(path, query)
+    token = path_token
+    if token is None and query:
+        values = parse_qs(query, keep_blank_values=True).get("token", [])
+        if len(values) > 1:
+            raise TokenInvalid("more than one token in the query")
+        token = values[0] if values else None
+    if token is None and cookie_header:
+        token = _cookie(cookie_header)
+    if not token:
+        raise TokenMissing("no token in the path, the query or the cookie")
+    if len(token) > MAX_TOKEN_LENGTH or not _TOKEN_CHARS.match(token):
+        raise TokenInvalid("malformed token")
+    return token, target
+
+
+def _cookie(header: str) -> str | None:
+    found: dict[str, str] = {}
+    for part in header.split(";"):
+        name, _, value = part.strip().partition("=")
+        if name in COOKIE_NAMES and name not in found:
+            found[name] = value.strip('"')
+    for name in COOKIE_NAMES:
+        if name in found:
+            return found[name]
+    return None
+
+
+def parse_target(path: str, query: str = "") -> Target:
+    """Normalise and parse a path starting at ``/dicomweb``. Raises InvalidPath on anything ambiguous."""
+    lowered = path.lower()
+    if "%2f" in lowered or "%5c" in lowered or "\\" in path:
+        raise InvalidPath("encoded slashes and backslashes are not allowed")
+    decoded = unquote(path)
+    if "%" in decoded or "\\" in decoded:
+        raise InvalidPath("double-encoded paths are not allowed")
+    if "//" in decoded or "/./" in decoded or decoded.endswith("/.") or ".." in decoded.split("/"):
+        raise InvalidPath("path is not canonical")
+    if not decoded.startswith("/dicomweb"):
+        raise InvalidPath("not a DICOMweb path")
+    below = decoded[len("/dicomweb") :]
+    if below and not below.startswith("/"):
+        raise InvalidPath("not a DICOMweb path")
+    parts = [p for p in below.split("/") if p][:]
+    study = series = instance = None
+    i = 0
+    if len(parts) >= 2 and parts[0] == "studies":
+        study = _uid(parts[1])
+        i = 2
+        if len(parts) >= i + 2 and parts[i] == "series":
+            series = _uid(parts[i + 1])
+            i += 2
+            if len(parts) >= i + 2 and parts[i] == "instances":
+                instance = _uid(parts[i + 1])
+                i += 2
+    rest = "/".join(parts[i:])
+    return Target(below or "/", study, series, instance, rest, query)
+
+
+def _uid(segment: str) -> str:
+    if not is_uid(segment):
+        raise InvalidPath("a UID path segment is not a valid DICOM UID")
+    return segment
+
+
+def check_scope(scope: Scope, method: str, target: Target) -> None:
+    """Raise OutOfScope unless ``target`` lies inside ``scope``. QIDO answers are filtered later, so search paths
+    (``/studies``, ``/series``, ``/instances`` and the study-level ``series``/``instances`` lists) pass here when
+    the study (if any) is touched by the scope."""
+    if target.study is None:
+        if target.rest in ("studies", "series", "instances", "wado", ""):
+            if target.rest == "wado":
+                _check_wado(scope, target)
+            return
+        raise OutOfScope("path outside the token's scope")
+    if target.series is None:
+        if not scope.touches_study(target.study):
+            raise OutOfScope("study outside the token's scope")
+        if method in READ_METHODS and target.rest in ("series", "instances"):
+            return  # QIDO inside the study: filtered to the visible series
+        if not scope.allows_study(target.study):
+            raise OutOfScope("the token reaches only some series of this study")
+        return
+    if not scope.allows_series(target.study, target.series):
+        raise OutOfScope("series outside the token's scope")
+
+
+def _check_wado(scope: Scope, target: Target) -> None:
+    params = parse_qs(target.query)
+    study = (params.get("studyUID") or [""])[0]
+    series = (params.get("seriesUID") or [""])[0]
+    if not (is_uid(study) and is_uid(series)):
+        raise OutOfScope("WADO-URI needs valid studyUID and seriesUID")
+    if not scope.allows_series(study, series):
+        raise OutOfScope("object outside the token's scope")
+
+
+class Authorizer:
+    """Token verification + revocation + scope. Revocations come from the catalog, reloaded at most every
+    ``refresh`` seconds, so a revoke on any node takes effect everywhere within a few seconds."""
+
+    def __init__(
+        self,
+        tokens: TokenService,
+        api_keys: tuple[str, ...],
+        load_revoked: Callable[[int], set[str]],
+        refresh: float = 2.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.tokens = tokens
+        self._api_keys = tuple(key.encode() for key in api_keys)
+        self._load_revoked = load_revoked
+        self._refresh = refresh
+        self._clock = clock
+        self._revoked: set[str] = set()
+        self._loaded_at = float("-inf")
+
+    def revoked(self) -> set[str]:
+        now = self._clock()
+        if now - self._loaded_at >= self._refresh:
+            self._revoked = self._load_revoked(int(now))
+            self._loaded_at = now
+        return self._revoked
+
+    def forget_revocations(self) -> None:
+        """Force a reload on the next check (this node just revoked something)."""
+        self._loaded_at = float("-inf")
+
+    def is_api_key(self, authorization: str) -> bool:
+        """Constant-time check of an ``Authorization: Bearer <API key>`` header."""
+        scheme, _, presented = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not presented:
+            return False
+        candidate = presented.strip().encode()
+        # compare against every key so the time taken does not tell which one (or whether any) matched
+        matches = [hmac.compare_digest(candidate, key) for key in self._api_keys]
+        return any(matches)
+
+    def decide(
+        self, method: str, raw_uri: str, cookie_header: str = "", authorization: str = "", now: int | None = None
+    ) -> Decision:
+        if method not in READ_METHODS and method not in WRITE_METHODS:
+            raise OutOfScope(f"method {method} is not allowed")
+        purpose = "write" if method in WRITE_METHODS else "read"
+        if authorization:
+            if not self.is_api_key(authorization):
+                raise TokenInvalid("bad API key")
+            _, rest = split_token(raw_uri)
+            path, _, query = rest.partition("?")
+            target = parse_target(path, query)
+            now_s = int(self._clock()) if now is None else now
+            return Decision(api_key_claims(now_s), target)
+        token, target = find_token(raw_uri, cookie_header)
+        claims = self.tokens.verify(token, purpose, now=now)
+        if claims.jti in self.revoked():
+            raise TokenRevoked("token revoked")
+        if claims.scope is not None:
+            check_scope(claims.scope, method, target)
+        return Decision(claims, target)
+
+
+def api_key_claims(now: int) -> Claims:
+    """The credential of a server holding an API key: everything, read and write."""
+    return Claims("api-key", None, frozenset({"read", "write"}), now, now + 60, "api-key")

@@ -1,0 +1,455 @@
+"""QIDO-RS (PS3.18 8.3.4, 10.6): parse query parameters into a ``QidoQuery``, turn it into SQL, shape the rows
+into DICOM JSON.
+
+Matching supported: single value (exact; case-sensitive except PN, which PS3.4 C.2.2.2.1 allows to match
+case-insensitively and we do, on every backend), wildcards ``*`` and ``?`` (SQL LIKE, with ``%``, ``_`` and
+``\\`` escaped), UID lists (comma or backslash separated), date and time ranges (``a-b``, ``-b``, ``a-``; a
+partial date such as ``2020`` or ``202003`` matches the whole year or month), ``ModalitiesInStudy`` (any of
+the listed values), integer attributes (``SeriesNumber``, ``InstanceNumber``). Attributes may be given by
+keyword or by tag (``PatientID`` or ``00100020``); attributes of the query level and of the levels above it
+can be matched. Anything else is a 400 that names the parameter. ``fuzzymatching`` is accepted and ignored;
+the transport parameters ``token``, ``accept``, ``charset`` and ``_`` are ignored (the DICOMweb layer handles
+them).
+
+Scope is applied in SQL (``WHERE study_uid IN ...``) so a page is never post-filtered.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.ext.compiler import compiles
+
+from gateway.catalog.schema import instances, series, studies
+from gateway.errors import BadRequest
+from gateway.scope import Scope
+from gateway.uids import check_uid, is_uid
+
+Level = Literal["studies", "series", "instances"]
+LEVELS: dict[str, int] = {"studies": 0, "series": 1, "instances": 2}
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+_CONTROL = {"limit", "offset", "fuzzymatching", "includefield"}
+_TRANSPORT = {"token", "accept", "charset", "_"}
+_TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
+
+
+@dataclass(frozen=True)
+class Attr:
+    keyword: str
+    tag: str  # 8 upper-case hex digits, as DICOM JSON keys are written
+    vr: str
+    level: int  # 0 study, 1 series, 2 instance
+    column: str | None  # column of that level's table; None: computed (counts, modalities) or attrs only
+    kind: str  # uid | str | pn | date | time | int | modalities | none (return only, not matchable)
+
+
+_ATTRS = [
+    Attr("SpecificCharacterSet", "00080005", "CS", 0, None, "none"),
+    Attr("StudyDate", "00080020", "DA", 0, "study_date", "date"),
+    Attr("StudyTime", "00080030", "TM", 0, "study_time", "time"),
+    Attr("AccessionNumber", "00080050", "SH", 0, "accession_number", "str"),
+    Attr("InstanceAvailability", "00080056", "CS", 0, None, "none"),
+    Attr("ModalitiesInStudy", "00080061", "CS", 0, None, "modalities"),
+    Attr("ReferringPhysicianName", "00080090", "PN", 0, "referring_physician_name", "pn"),
+    Attr("TimezoneOffsetFromUTC", "00080201", "SH", 0, None, "none"),
+    Attr("StudyDescription", "00081030", "LO", 0, "study_description", "str"),
+    Attr("PatientName", "00100010", "PN", 0, "patient_name", "pn"),
+    Attr("PatientID", "00100020", "LO", 0, "patient_id", "str"),
+    Attr("PatientBirthDate", "00100030", "DA", 0, "patient_birth_date", "date"),
+    Attr("PatientSex", "00100040", "CS", 0, "patient_sex", "str"),
+    Attr("StudyInstanceUID", "0020000D", "UI", 0, "study_uid", "uid"),
+    Attr("StudyID", "00200010", "SH", 0, "study_id", "str"),
+    Attr("NumberOfStudyRelatedSeries", "00201206", "IS", 0, "num_series", "none"),
+    Attr("NumberOfStudyRelatedInstances", "00201208", "IS", 0, "num_instances", "none"),
+    Attr("Modality", "00080060", "CS", 1, "modality", "str"),
+    Attr("SeriesDescription", "0008103E", "LO", 1, "series_description", "str"),
+    Attr("SeriesInstanceUID", "0020000E", "UI", 1, "series_uid", "uid"),
+    Attr("SeriesNumber", "00200011", "IS", 1, "series_number", "int"),
+    Attr("NumberOfSeriesRelatedInstances", "00201209", "IS", 1, "num_instances", "none"),
+    Attr("PerformedProcedureStepStartDate", "00400244", "DA", 1, None, "none"),
+    Attr("PerformedProcedureStepStartTime", "00400245", "TM", 1, None, "none"),
+    Attr("SOPClassUID", "00080016", "UI", 2, "sop_class_uid", "uid"),
+    Attr("SOPInstanceUID", "00080018", "UI", 2, "sop_uid", "uid"),
+    Attr("InstanceNumber", "00200013", "IS", 2, "instance_number", "int"),
+    Attr("NumberOfFrames", "00280008", "IS", 2, "number_of_frames", "none"),
+    Attr("Rows", "00280010", "US", 2, None, "none"),
+    Attr("Columns", "00280011", "US", 2, None, "none"),
+    Attr("BitsAllocated", "00280100", "US", 2, None, "none"),
+]
+BY_KEYWORD = {a.keyword: a for a in _ATTRS}
+BY_TAG = {a.tag: a for a in _ATTRS}
+# Return attributes per level: every attribute of that level (PS3.18 tables 10.6.3-3/4/5, plus
+# StudyDescription). Parent levels are added when the query is not scoped to a parent by the path.
+_RETURN = {level: [a for a in _ATTRS if a.level == level] for level in (0, 1, 2)}
+
+
+@dataclass(frozen=True)
+class Match:
+    attr: Attr
+    op: Literal["in", "eq", "like", "range"]
+    values: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class QidoQuery:
+    level: Level
+    matches: tuple[Match, ...] = ()
+    include: frozenset[str] = frozenset()  # extra tags (8 hex digits) to return
+    include_all: bool = False
+    limit: int = DEFAULT_LIMIT
+    offset: int = 0
+    study_uid: str | None = None  # from the path
+    series_uid: str | None = None  # from the path
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def _resolve(name: str) -> tuple[str, Attr | None]:
+    """(tag, known attribute or None) for a keyword or 8-hex tag; BadRequest when it is neither."""
+    if _TAG.match(name):
+        tag = name.upper()
+        return tag, BY_TAG.get(tag)
+    if name in BY_KEYWORD:
+        attr = BY_KEYWORD[name]
+        return attr.tag, attr
+    from pydicom.datadict import tag_for_keyword
+
+    number = tag_for_keyword(name)
+    if number is None:
+        raise BadRequest(f"unknown attribute {name!r}")
+    return f"{number:08X}", None
+
+
+def _like(value: str) -> str:
+    out = []
+    for char in value:
+        if char == "*":
+            out.append("%")
+        elif char == "?":
+            out.append("_")
+        elif char in "%_\\":
+            out.append("\\" + char)
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def _split_list(value: str) -> list[str]:
+    return [part.strip() for part in re.split(r"[,\\]", value) if part.strip()]
+
+
+def _date_bounds(name: str, value: str) -> tuple[str | None, str | None]:
+    def check(part: str) -> str:
+        if not re.fullmatch(r"\d{4}(\d{2}(\d{2})?)?", part):
+            raise BadRequest(f"{name}: expected a date YYYYMMDD (or YYYY, YYYYMM) or a range of them")
+        return part
+
+    if "-" in value:
+        low, _, high = value.partition("-")
+        if not low and not high:
+            raise BadRequest(f"{name}: empty date range")
+        return (check(low).ljust(8, "0") if low else None, check(high).ljust(8, "9") if high else None)
+    check(value)
+    return value.ljust(8, "0"), value.ljust(8, "9")
+
+
+def _time_bounds(name: str, value: str) -> tuple[str | None, str | None]:
+    def check(part: str) -> str:
+        if not re.fullmatch(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?", part):
+            raise BadRequest(f"{name}: expected a time HH[MM[SS[.FFFFFF]]] or a range of them")
+        return part
+
+    def upper(part: str) -> str:
+        # "1200" as an upper bound includes 12:00:59.999999; stored times compare as strings
+        whole, _, fraction = check(part).partition(".")
+        return whole.ljust(6, "9") + "." + fraction.ljust(6, "9")
+
+    if "-" in value:
+        low, _, high = value.partition("-")
+        if not low and not high:
+            raise BadRequest(f"{name}: empty time range")
+        return (check(low) if low else None, upper(high) if high else None)
+    return check(value), upper(value)
+
+
+def _match(name: str, attr: Attr, values: list[str]) -> Match | None:
+    if attr.kind in ("uid", "modalities"):
+        items = [item for value in values for item in _split_list(value)]
+        if not items:
+            return None
+        if attr.kind == "uid":
+            for item in items:
+                if not is_uid(item):
+                    raise BadRequest(
+                        f"{name}: {item!r} is not a valid UID (wildcards are not allowed on UIDs)"
+                    )
+        elif any(not re.fullmatch(r"[A-Z0-9_ ]{1,16}", item) for item in items):
+            raise BadRequest(f"{name}: expected modality codes such as CT,MR")
+        return Match(attr, "in", tuple(dict.fromkeys(items)))
+    if len(values) > 1:
+        raise BadRequest(f"{name} given more than once")
+    value = values[0]
+    if value == "" or value.strip("*") == "" and value:
+        return None  # universal matching
+    if attr.kind == "date":
+        return Match(attr, "range", _date_bounds(name, value))
+    if attr.kind == "time":
+        return Match(attr, "range", _time_bounds(name, value))
+    if attr.kind == "int":
+        try:
+            return Match(attr, "eq", (int(value),))
+        except ValueError:
+            raise BadRequest(f"{name}: expected an integer") from None
+    if "*" in value or "?" in value:
+        return Match(attr, "like", (_like(value),))
+    return Match(attr, "eq", (value,))
+
+
+def _int_param(name: str, values: list[str], default: int) -> int:
+    if not values or values[-1] == "":
+        return default
+    try:
+        number = int(values[-1])
+    except ValueError:
+        raise BadRequest(f"{name}: expected a non-negative integer") from None
+    if number < 0:
+        raise BadRequest(f"{name}: expected a non-negative integer")
+    return number
+
+
+def parse_qido(
+    level: Level,
+    args: Mapping[str, list[str]],
+    *,
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+) -> QidoQuery:
+    """Parse QIDO query parameters (``args`` maps each name to all its values, like
+    ``request.args.to_dict(flat= False)``). ``study_uid``/``series_uid`` come from the path and are validated
+    here."""
+    if level not in LEVELS:
+        raise BadRequest(f"unknown QIDO level {level!r}")
+    depth = LEVELS[level]
+    if study_uid is not None:
+        check_uid(study_uid, "StudyInstanceUID")
+    if series_uid is not None:
+        check_uid(series_uid, "SeriesInstanceUID")
+    matches: list[Match] = []
+    include: set[str] = set()
+    include_all = False
+    for name, values in args.items():
+        if name in _TRANSPORT or name == "fuzzymatching":
+            continue
+        if name == "includefield":
+            for item in (part.strip() for value in values for part in value.split(",")):
+                if item == "all":
+                    include_all = True
+                elif item:
+                    include.add(_resolve(item)[0])
+            continue
+        if name in ("limit", "offset"):
+            continue
+        if "." in name:
+            raise BadRequest(f"{name}: sequence matching is not supported")
+        _, attr = _resolve(name)
+        if attr is None or attr.kind == "none":
+            raise BadRequest(f"{name}: matching on this attribute is not supported")
+        if attr.level > depth:
+            raise BadRequest(f"{name}: cannot match an attribute of a lower level in a {level} query")
+        match = _match(name, attr, list(values))
+        if match is not None:
+            matches.append(match)
+    limit = _int_param("limit", list(args.get("limit", [])), DEFAULT_LIMIT)
+    if limit == 0:
+        limit = DEFAULT_LIMIT
+    return QidoQuery(
+        level=level,
+        matches=tuple(matches),
+        include=frozenset(include),
+        include_all=include_all,
+        limit=min(limit, MAX_LIMIT),
+        offset=_int_param("offset", list(args.get("offset", [])), 0),
+        study_uid=study_uid,
+        series_uid=series_uid,
+    )
+
+
+class unicode_lower(sa.sql.functions.GenericFunction[str]):  # noqa: N801 - SQL function naming
+    """Unicode lower-casing: ``lower()`` on PostgreSQL, a registered Python function on SQLite."""
+
+    type = sa.String()
+    inherit_cache = True
+
+
+@compiles(unicode_lower)
+def _lower_default(element: unicode_lower, compiler: Any, **kw: Any) -> str:
+    return f"lower({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(unicode_lower, "sqlite")
+def _lower_sqlite(element: unicode_lower, compiler: Any, **kw: Any) -> str:
+    return f"unicode_lower({compiler.process(element.clauses, **kw)})"
+
+
+# --- SQL ----------------------------------------------------------------------------------------------------
+
+_TABLES = {0: studies, 1: series, 2: instances}
+
+
+def _clause(match: Match, scope: Scope | None) -> sa.ColumnElement[bool]:
+    attr = match.attr
+    if attr.kind == "modalities":
+        # A correlated EXISTS (probing ix_series_study per candidate study) lets the planner drive the query
+        # from the selective index (patient, date order) instead of materialising every study with a modality.
+        probe = series.alias("modality_probe")
+        inner = sa.select(probe.c.series_uid).where(
+            probe.c.study_uid == studies.c.study_uid, probe.c.modality.in_(match.values)
+        )
+        if scope is not None and scope.series is not None:
+            inner = inner.where(probe.c.series_uid.in_(sorted(scope.series)))
+        return inner.exists()
+    assert attr.column is not None
+    column = _TABLES[attr.level].c[attr.column]
+    if match.op == "in":
+        return column.in_(match.values) if len(match.values) > 1 else column == match.values[0]
+    if match.op == "range":
+        low, high = match.values
+        parts = []
+        if low is not None:
+            parts.append(column >= low)
+        if high is not None:
+            parts.append(column <= high)
+        return sa.and_(*parts)
+    if attr.kind == "pn":
+        # PN matches case-insensitively on every backend (PS3.4 C.2.2.2.1 allows it; users expect it). An ASCII
+        # pattern needs only the database's built-in lower(); a non-ASCII one needs Unicode folding, which on
+        # SQLite is a (slower) Python function.
+        pattern = match.values[0].lower()
+        folded = sa.func.lower(column) if pattern.isascii() else unicode_lower(column)
+        if match.op == "like":
+            return folded.like(pattern, escape="\\")
+        return folded == pattern
+    if match.op == "like":
+        return column.like(match.values[0], escape="\\")
+    return column == match.values[0]
+
+
+def build_select(query: QidoQuery, scope: Scope | None) -> sa.Select[Any]:
+    """One SELECT with the filters, the scope, a deterministic order, limit and offset."""
+    depth = LEVELS[query.level]
+    columns: list[Any] = [c.label(f"st_{c.name}") for c in studies.c]
+    source: Any = studies
+    if depth >= 1:
+        columns += [c.label(f"se_{c.name}") for c in series.c]
+        source = series.join(studies, series.c.study_uid == studies.c.study_uid)
+    if depth == 2:
+        wanted = ["sop_uid", "sop_class_uid", "instance_number", "number_of_frames", "attrs"]
+        if query.include_all or query.include:
+            wanted.append("metadata")
+        columns += [instances.c[name].label(f"in_{name}") for name in wanted]
+        source = instances.join(series, instances.c.series_uid == series.c.series_uid).join(
+            studies, instances.c.study_uid == studies.c.study_uid
+        )
+    stmt = sa.select(*columns).select_from(source)
+    if query.study_uid is not None:
+        stmt = stmt.where(studies.c.study_uid == query.study_uid)
+    if query.series_uid is not None:
+        stmt = stmt.where(series.c.series_uid == query.series_uid)
+    for match in query.matches:
+        stmt = stmt.where(_clause(match, scope))
+    if scope is not None:
+        stmt = stmt.where(studies.c.study_uid.in_(sorted(scope.studies)))
+        if scope.series is not None and depth >= 1:
+            stmt = stmt.where(series.c.series_uid.in_(sorted(scope.series)))
+    order: list[Any] = [sa.nulls_last(studies.c.study_date.desc()), studies.c.study_uid]
+    if depth >= 1:
+        order += [sa.nulls_last(series.c.series_number.asc()), series.c.series_uid]
+    if depth == 2:
+        order += [sa.nulls_last(instances.c.instance_number.asc()), instances.c.sop_uid]
+    return stmt.order_by(*order).limit(query.limit).offset(query.offset)
+
+
+# --- DICOM JSON ---------------------------------------------------------------------------------------------
+
+
+def _element(attr: Attr, value: Any) -> dict[str, Any]:
+    if value is None or value == "":
+        return {"vr": attr.vr}
+    if attr.vr == "PN":
+        return {"vr": "PN", "Value": [{"Alphabetic": value}]}
+    if attr.kind == "modalities":
+        return {"vr": "CS", "Value": [part for part in str(value).split("\\") if part]}
+    return {"vr": attr.vr, "Value": [value]}
+
+
+def _without_bulk(dataset: dict[str, Any]) -> dict[str, Any]:
+    return {
+        tag: element
+        for tag, element in dataset.items()
+        if not (isinstance(element, dict) and ("BulkDataURI" in element or "InlineBinary" in element))
+    }
+
+
+_PREFIX = {0: "st_", 1: "se_", 2: "in_"}
+# computed columns that override whatever the stored attributes say
+_COUNTS = {
+    "00201206": "st_num_series",
+    "00201208": "st_num_instances",
+    "00201209": "se_num_instances",
+    "00280008": "in_number_of_frames",
+}
+
+
+def output_levels(query: QidoQuery) -> list[int]:
+    """The query level, plus each parent level the path did not fix (PS3.18 10.6.3.3: a series query without a
+    study returns the study attributes too)."""
+    depth = LEVELS[query.level]
+    levels = [depth]
+    if depth == 2 and query.series_uid is None:
+        levels.append(1)
+    if depth >= 1 and query.study_uid is None:
+        levels.append(0)
+    return levels
+
+
+def shape_row(query: QidoQuery, row: Mapping[str, Any]) -> dict[str, Any]:
+    """A result row as a DICOM JSON object. For each of ``output_levels``: the stored QIDO attributes of that
+    level (ingest chose them), then any return attribute still missing from its flat column (empty element when
+    unknown); counts and ModalitiesInStudy always from the catalog; the parents' UIDs; then includefields, looked
+    up in the stored attributes of every level and, for instances, in the instance metadata."""
+    depth = LEVELS[query.level]
+    stored = {level: json.loads(row[_PREFIX[level] + "attrs"] or "{}") for level in range(depth + 1)}
+    metadata: dict[str, Any] = {}
+    if depth == 2 and row.get("in_metadata"):
+        metadata = _without_bulk(json.loads(row["in_metadata"]))
+    result: dict[str, Any] = {}
+    for level in output_levels(query):
+        result.update(stored[level])
+        for attr in _RETURN[level]:
+            if attr.tag in _COUNTS:
+                result[attr.tag] = {"vr": "IS", "Value": [int(row[_COUNTS[attr.tag]])]}
+            elif attr.kind == "modalities":
+                result[attr.tag] = _element(attr, row["st_modalities_in_study"])
+            elif attr.column is not None and attr.tag not in result:
+                result[attr.tag] = _element(attr, row[_PREFIX[level] + attr.column])
+        if level in (0, 2):
+            result["00080056"] = {"vr": "CS", "Value": ["ONLINE"]}
+    result["0020000D"] = {"vr": "UI", "Value": [row["st_study_uid"]]}
+    if depth >= 1:
+        result["0020000E"] = {"vr": "UI", "Value": [row["se_series_uid"]]}
+    sources = [stored[level] for level in range(depth, -1, -1)] + [metadata]
+    if query.include_all:
+        for attrs in sources:
+            for tag, element in attrs.items():
+                result.setdefault(tag, element)
+    for tag in query.include:
+        if tag not in result:
+            found = next((attrs[tag] for attrs in sources if tag in attrs), None)
+            if found is not None:
+                result[tag] = found
+    return dict(sorted(result.items()))

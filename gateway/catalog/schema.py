@@ -1,0 +1,121 @@
+"""Catalog tables (SQLAlchemy Core). The Alembic migrations in ``migrations/versions`` create exactly these; a
+test compares the migrated database with this metadata, so the two cannot drift apart silently.
+
+Timestamps are integer epoch seconds (portable across SQLite and PostgreSQL, trivially comparable). Text that
+is JSON (``attrs``, ``metadata``, ``bulkdata``, ``tags``, ``report``) is stored as TEXT and parsed only when
+needed.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+UID = sa.String(64)
+
+studies = sa.Table(
+    "studies",
+    metadata,
+    sa.Column("study_uid", UID, primary_key=True),
+    sa.Column("patient_id", sa.Text),
+    sa.Column("patient_name", sa.Text),
+    sa.Column("patient_birth_date", sa.String(16)),
+    sa.Column("patient_sex", sa.String(16)),
+    sa.Column("study_date", sa.String(16)),
+    sa.Column("study_time", sa.String(32)),
+    sa.Column("accession_number", sa.Text),
+    sa.Column("study_id", sa.Text),
+    sa.Column("study_description", sa.Text),
+    sa.Column("referring_physician_name", sa.Text),
+    # backslash-joined, sorted distinct modalities of the study's series ("CT\SR")
+    sa.Column("modalities_in_study", sa.Text, nullable=False, server_default=""),
+    sa.Column("num_series", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("num_instances", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("attrs", sa.Text, nullable=False, server_default="{}"),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.Index("ix_studies_patient_id", "patient_id"),
+    sa.Index("ix_studies_study_date", "study_date", "study_uid"),
+    sa.Index("ix_studies_accession_number", "accession_number"),
+)
+
+series = sa.Table(
+    "series",
+    metadata,
+    sa.Column("series_uid", UID, primary_key=True),
+    sa.Column("study_uid", UID, sa.ForeignKey("studies.study_uid"), nullable=False),
+    sa.Column("modality", sa.String(16)),
+    sa.Column("series_number", sa.Integer),
+    sa.Column("series_description", sa.Text),
+    sa.Column("num_instances", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("attrs", sa.Text, nullable=False, server_default="{}"),
+    # ModalitiesInStudy matching is "study_uid IN (SELECT study_uid FROM series WHERE modality IN ...)"
+    sa.Index("ix_series_modality_study", "modality", "study_uid"),
+    sa.Index("ix_series_study", "study_uid", "series_number"),
+)
+
+instances = sa.Table(
+    "instances",
+    metadata,
+    sa.Column("sop_uid", UID, primary_key=True),
+    sa.Column("study_uid", UID, sa.ForeignKey("studies.study_uid"), nullable=False),
+    sa.Column("series_uid", UID, sa.ForeignKey("series.series_uid"), nullable=False),
+    sa.Column("sop_class_uid", UID, nullable=False),
+    sa.Column("instance_number", sa.Integer),
+    sa.Column("transfer_syntax_uid", UID, nullable=False),
+    sa.Column("number_of_frames", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("storage_key", sa.Text, nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("etag", sa.Text, nullable=False),
+    sa.Column("frame_index", sa.LargeBinary),
+    sa.Column("frame_media_type", sa.Text, nullable=False, server_default="application/octet-stream"),
+    # JSON list of [path, vr, offset, length]
+    sa.Column("bulkdata", sa.Text, nullable=False, server_default="[]"),
+    # the DICOM JSON of the instance (PS3.18 F.2), BulkDataURIs relative to the instance
+    sa.Column("metadata", sa.Text, nullable=False),
+    sa.Column("attrs", sa.Text, nullable=False, server_default="{}"),
+    sa.Column("thumbnail_key", sa.Text),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Index("ix_instances_series_number", "series_uid", "instance_number"),
+    sa.Index("ix_instances_study", "study_uid"),
+)
+
+revocations = sa.Table(
+    "revocations",
+    metadata,
+    sa.Column("jti", sa.String(128), primary_key=True),
+    sa.Column("expires_at", sa.BigInteger, nullable=False),
+    sa.Index("ix_revocations_expires_at", "expires_at"),
+)
+
+audit = sa.Table(
+    "audit",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("source", sa.String(32)),
+    sa.Column("sub", sa.Text),
+    sa.Column("sop_uid", UID),
+    sa.Column("study_uid", UID),
+    sa.Column("decision", sa.String(32)),
+    sa.Column("rule", sa.Text),
+    sa.Column("destination", sa.Text),
+    # JSON list of tag paths/keywords that triggered the decision (never values)
+    sa.Column("tags", sa.Text, nullable=False, server_default="[]"),
+    sa.Column("policy_version", sa.Text),
+    sa.Index("ix_audit_sop_uid", "sop_uid"),
+    sa.Index("ix_audit_study_uid", "study_uid"),
+)
+
+quarantine = sa.Table(
+    "quarantine",
+    metadata,
+    sa.Column("key", sa.String(1024), primary_key=True),
+    sa.Column("sop_uid", UID),
+    sa.Column("study_uid", UID),
+    sa.Column("series_uid", UID),
+    sa.Column("reason", sa.Text, nullable=False, server_default=""),
+    sa.Column("report", sa.Text, nullable=False, server_default="{}"),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)

@@ -1,0 +1,178 @@
+"""``dicom-gateway``: the command line (stack, tokens, keys, synthetic data, scanning, upload, reconcile)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+
+from gateway.errors import ConfigError, GatewayError
+
+
+@click.group()
+def main() -> None:
+    """dicom-gateway: DICOM in object storage, served over DICOMweb behind time-limited tokens."""
+
+
+# -- stack -----------------------------------------------------------------------------------------------------
+
+
+@main.group()
+def stack() -> None:
+    """Run NGINX + gunicorn on this machine (what `make demo` does)."""
+
+
+@stack.command("up")
+@click.option("--port", default=8080, show_default=True, help="Port NGINX listens on.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address NGINX listens on.")
+@click.option("--storage", "storage_url", default="", help="Storage URL (default file://$PWD/var/objects).")
+@click.option("--database", "database_url", default="", help="Catalog URL (default sqlite:///$PWD/var/catalog.db).")
+@click.option("--var", "var_dir", default="var", show_default=True, type=click.Path(path_type=Path))
+@click.option("--no-seed", is_flag=True, help="Do not load the synthetic studies.")
+@click.option("--tls", is_flag=True, help="Serve HTTPS with HTTP/2 on a generated self-signed certificate.")
+def stack_up(
+    port: int, host: str, storage_url: str, database_url: str, var_dir: Path, no_seed: bool, tls: bool
+) -> None:
+    """Start the stack, seed synthetic studies, print the URLs, and run until Ctrl-C."""
+    from gateway.seed import seed_demo
+    from gateway.stack import Stack, StackError
+
+    passthrough = {k: v for k, v in os.environ.items() if k.startswith("DICOMGW_") or k == "AWS_ENDPOINT_URL"}
+    the_stack = Stack(
+        var_dir, port=port, host=host, storage_url=storage_url, database_url=database_url, tls=tls,
+        extra_env=passthrough,
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        the_stack.start()
+    except StackError as error:
+        raise click.ClickException(str(error)) from None
+    try:
+        click.echo(f"gateway:  {the_stack.url}  (ready: {the_stack.url}/readyz)")
+        if not no_seed:
+            urls = seed_demo(the_stack)
+            click.echo(f"viewer:   {urls['viewer_url']}")
+            click.echo(f"dicomweb: {urls['dicomweb_root']}")
+            click.echo(f"slide:    {urls['wsi_viewer_url']}")
+        click.echo(f"api key:  {the_stack.var_dir / 'api.key'}  (logs: {the_stack.var_dir / 'logs'})")
+        click.echo("Ctrl-C stops everything.")
+        while not stop.is_set():
+            for name, process in the_stack.processes.items():
+                if process.poll() is not None:
+                    click.echo(f"{name} exited unexpectedly; stopping.", err=True)
+                    stop.set()
+            stop.wait(1.0)
+    finally:
+        the_stack.stop()
+        click.echo("stopped.")
+
+
+# -- tokens and keys -------------------------------------------------------------------------------------------
+
+
+def _signing_keys() -> tuple[str, ...]:
+    raw = os.environ.get("DICOMGW_SIGNING_KEYS", "")
+    if not raw and Path("var/signing.key").exists():
+        raw = Path("var/signing.key").read_text().strip()
+    keys = tuple(k.strip() for k in raw.split(",") if k.strip())
+    if not keys:
+        raise click.ClickException("DICOMGW_SIGNING_KEYS is not set (and no ./var/signing.key)")
+    return keys
+
+
+@main.group()
+def token() -> None:
+    """Tokens for viewers and uploaders."""
+
+
+@token.command("issue")
+@click.option("--study", "studies", multiple=True, required=True, help="Study Instance UID (repeatable).")
+@click.option("--series", "series", multiple=True, help="Series Instance UID (repeatable; one study only).")
+@click.option("--action", "action", type=click.Choice(["read", "write"]), default="read", show_default=True)
+@click.option("--ttl", type=int, default=None, help="Lifetime in seconds (capped by DICOMGW_TOKEN_MAX_TTL).")
+@click.option("--sub", default="cli", show_default=True, help="Who the token is for (audit log).")
+@click.option("--url", "base_url", default="", help="Public base URL (default DICOMGW_PUBLIC_URL or localhost:8080).")
+def token_issue(
+    studies: tuple[str, ...], series: tuple[str, ...], action: str, ttl: int | None, sub: str, base_url: str
+) -> None:
+    """Print JSON: token, expires_at, jti, dicomweb_root, viewer_url."""
+    from gateway.tokens import TokenService
+    from gateway.views.api import iso, token_urls
+
+    max_ttl = int(os.environ.get("DICOMGW_TOKEN_MAX_TTL", "3600"))
+    service = TokenService(_signing_keys(), max_ttl, min(900, max_ttl))
+    actions = ["read"] if action == "read" else ["read", "write"]
+    try:
+        issued = service.issue(
+            sub=sub, studies=list(studies), series=list(series) or None, actions=actions, ttl=ttl
+        )
+    except GatewayError as error:
+        raise click.ClickException(error.detail) from None
+    base = (base_url or os.environ.get("DICOMGW_PUBLIC_URL") or "http://127.0.0.1:8080").rstrip("/")
+    payload = {
+        "token": issued.token,
+        "expires_at": iso(issued.claims.expires_at),
+        "jti": issued.claims.jti,
+        **token_urls(issued.token, studies[0], base),
+    }
+    click.echo(json.dumps(payload, indent=2))
+
+
+@main.group()
+def keys() -> None:
+    """Signing and API keys."""
+
+
+@keys.command("generate")
+@click.option("--count", default=1, show_default=True, help="How many keys to print.")
+def keys_generate(count: int) -> None:
+    """Print new random keys (64 URL-safe characters), one per line, for DICOMGW_SIGNING_KEYS or _API_KEYS."""
+    for _ in range(count):
+        click.echo(secrets.token_urlsafe(48))
+
+
+# -- operations -------------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--repair/--dry-run", default=False, help="Register or delete orphans (default: only report).")
+def reconcile(repair: bool) -> None:
+    """Find stored objects without a catalog row (a crash between store and commit) and repair them."""
+    from gateway.config import Settings
+    from gateway.reconcile import reconcile as run
+
+    try:
+        settings = Settings.from_env()
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
+    report = run(settings, repair=repair)
+    click.echo(json.dumps(report, indent=2))
+    sys.exit(0 if repair or not report["orphans"] else 1)
+
+
+def _add_optional_commands() -> None:
+    """Commands that live next to their feature's code."""
+    from gateway.phi.cli import hooks, scan
+    from gateway.synth import synth
+    from gateway.upload import upload
+
+    main.add_command(synth)
+    main.add_command(scan)
+    main.add_command(hooks)
+    main.add_command(upload)
+
+
+_add_optional_commands()

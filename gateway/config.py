@@ -1,0 +1,143 @@
+"""Settings: ``DICOMGW_*`` environment variables, read and validated once at start-up.
+
+``Settings.from_env()`` is what gunicorn and the CLI use; tests build ``Settings.from_mapping({...})`` and never
+monkeypatch globals. A missing or malformed value raises ``ConfigError`` naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import ConfigError
+
+PREFIX = "DICOMGW_"
+
+# name -> (required in production, default, meaning). The README's variable table is generated from this.
+VARIABLES: dict[str, tuple[bool, str, str]] = {
+    "SIGNING_KEYS": (True, "", "Comma-separated token signing keys, oldest first; the newest signs, all verify."),
+    "API_KEYS": (True, "", "Comma-separated API keys for server-to-server calls (tokens, admin)."),
+    "STORAGE_URL": (True, "", "`file:///abs/dir` or `s3://bucket/prefix` (S3-compatible via `AWS_ENDPOINT_URL`)."),
+    "DATABASE_URL": (True, "", "Catalog: `sqlite:///path.db` or `postgresql://user:pass@host/db`."),
+    "PHI_POLICY": (False, "", "Path of the PHI / data-sovereignty policy (TOML). Empty: no PHI hooks run."),
+    "PUBLIC_URL": (False, "", "External base URL (`https://dicom.example.org`) used in viewer and DICOMweb URLs."),
+    "CORS_ORIGINS": (False, "", "Comma-separated origins allowed to call DICOMweb from a browser (exact match)."),
+    "TOKEN_MAX_TTL": (False, "3600", "Upper bound, in seconds, on any token's lifetime."),
+    "TOKEN_DEFAULT_TTL": (False, "900", "Token lifetime when the request names none."),
+    "MODE": (False, "production", "`production` (every required value must be set) or `development`."),
+    "TLS": (False, "0", "1 when clients reach NGINX over HTTPS: cookies get `Secure` and the `__Host-` prefix."),
+    "COOKIE_SAMESITE": (False, "Lax", "SameSite of the session cookie: `Lax`, `Strict`, or `None` for iframes."),
+    "REVOCATION_REFRESH": (False, "2", "Seconds between reloads of the revocation list from the catalog."),
+    "STOW_OVERWRITE": (False, "0", "1: a STOW of a known SOP Instance UID with different bytes replaces it."),
+    "BULKDATA_THRESHOLD": (False, "1024", "Binary elements longer than this many bytes become BulkDataURIs."),
+    "DEID_KEY": (False, "", "Secret for keyed UID remapping and date shifting when de-identifying."),
+    "TMP_DIR": (False, "", "Where uploads are spooled before they are stored (default: the system temp dir)."),
+}
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _flag(name: str, value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("", "0", "false", "no", "off"):
+        return False
+    raise ConfigError(PREFIX + name, f"expected 0 or 1, got {value!r}")
+
+
+def _int(name: str, value: str, minimum: int = 0) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigError(PREFIX + name, f"expected an integer, got {value!r}") from None
+    if number < minimum:
+        raise ConfigError(PREFIX + name, f"must be at least {minimum}")
+    return number
+
+
+@dataclass(frozen=True)
+class Settings:
+    signing_keys: tuple[str, ...]
+    api_keys: tuple[str, ...]
+    storage_url: str
+    database_url: str
+    phi_policy: Path | None = None
+    public_url: str = ""
+    cors_origins: tuple[str, ...] = ()
+    token_max_ttl: int = 3600
+    token_default_ttl: int = 900
+    mode: str = "production"
+    tls: bool = False
+    cookie_samesite: str = "Lax"
+    revocation_refresh: float = 2.0
+    stow_overwrite: bool = False
+    bulkdata_threshold: int = 1024
+    deid_key: str = ""
+    tmp_dir: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        values = {name: env.get(PREFIX + name, "") for name in VARIABLES}
+        return cls.from_mapping(values)
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any]) -> Settings:
+        """Build from ``{"SIGNING_KEYS": "...", ...}`` (names without the prefix; lower case accepted)."""
+        values = {name: str(raw.get(name, raw.get(name.lower(), "")) or "") for name in VARIABLES}
+        for name, (_, default, _) in VARIABLES.items():
+            if not values[name]:
+                values[name] = default
+        mode = values["MODE"]
+        if mode not in ("production", "development"):
+            raise ConfigError(PREFIX + "MODE", "expected production or development")
+        for name, (required, _, _) in VARIABLES.items():
+            if required and not values[name]:
+                raise ConfigError(PREFIX + name, "is required but not set")
+        storage = values["STORAGE_URL"]
+        if not (storage.startswith("file:///") or storage.startswith("s3://")):
+            raise ConfigError(PREFIX + "STORAGE_URL", "must start with file:/// or s3://")
+        database = values["DATABASE_URL"]
+        if not database.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://")):
+            raise ConfigError(PREFIX + "DATABASE_URL", "must start with sqlite:/// or postgresql://")
+        keys = _split(values["SIGNING_KEYS"])
+        if any(len(key) < 32 for key in keys):
+            raise ConfigError(PREFIX + "SIGNING_KEYS", "every key must be at least 32 characters")
+        samesite = values["COOKIE_SAMESITE"].capitalize()
+        if samesite not in ("Lax", "Strict", "None"):
+            raise ConfigError(PREFIX + "COOKIE_SAMESITE", "expected Lax, Strict or None")
+        tls = _flag("TLS", values["TLS"])
+        if samesite == "None" and not tls:
+            raise ConfigError(PREFIX + "COOKIE_SAMESITE", "None requires DICOMGW_TLS=1 (browsers demand Secure)")
+        max_ttl = _int("TOKEN_MAX_TTL", values["TOKEN_MAX_TTL"], 1)
+        policy = values["PHI_POLICY"]
+        if policy and not Path(policy).is_file():
+            raise ConfigError(PREFIX + "PHI_POLICY", f"no such file: {policy}")
+        return cls(
+            signing_keys=keys,
+            api_keys=_split(values["API_KEYS"]),
+            storage_url=storage,
+            database_url=database,
+            phi_policy=Path(policy) if policy else None,
+            public_url=values["PUBLIC_URL"].rstrip("/"),
+            cors_origins=_split(values["CORS_ORIGINS"]),
+            token_max_ttl=max_ttl,
+            token_default_ttl=min(_int("TOKEN_DEFAULT_TTL", values["TOKEN_DEFAULT_TTL"], 1), max_ttl),
+            mode=mode,
+            tls=tls,
+            cookie_samesite=samesite,
+            revocation_refresh=float(_int("REVOCATION_REFRESH", values["REVOCATION_REFRESH"], 0)),
+            stow_overwrite=_flag("STOW_OVERWRITE", values["STOW_OVERWRITE"]),
+            bulkdata_threshold=_int("BULKDATA_THRESHOLD", values["BULKDATA_THRESHOLD"], 0),
+            deid_key=values["DEID_KEY"],
+            tmp_dir=values["TMP_DIR"],
+        )
+
+    def with_changes(self, **changes: Any) -> Settings:
+        return replace(self, **changes)

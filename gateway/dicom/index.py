@@ -1,0 +1,301 @@
+"""Index one P10 file at ingest: identity, frame and bulkdata byte ranges, DICOM JSON, QIDO attributes.
+
+Everything the read path needs is computed here once (DESIGN.md principle 3). Offsets are absolute offsets in
+the stored P10 object, i.e. in the file as given (the gateway stores the bytes it indexed, unchanged).
+
+Big-endian and deflated files are parsed (metadata, QIDO attributes) but their frames and bulkdata are not
+byte ranges of the object as a client wants them: ``frame_index`` is None and ``bulkdata`` is empty; only the
+whole instance is served (see docs/index.md).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import zlib
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from pydicom.dataset import Dataset
+
+from gateway.dicom import metadata as meta_json
+from gateway.dicom import qido_attrs
+from gateway.dicom.frames import FrameIndex, encapsulated_index, native_index
+from gateway.dicom.model import BulkRange, IndexedInstance
+from gateway.dicom.walker import (
+    EXTENDED_OFFSET_TABLE,
+    EXTENDED_OFFSET_TABLE_LENGTHS,
+    PIXEL_TAGS,
+    Element,
+    Walker,
+    iter_bulk,
+    quiet_validation,
+    to_dataset,
+)
+from gateway.errors import DicomError
+from gateway.uids import is_uid
+
+IMPLICIT_VR_LE = "1.2.840.10008.1.2"
+EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
+DEFLATED_LE = "1.2.840.10008.1.2.1.99"
+EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
+NATIVE_SYNTAXES = frozenset({IMPLICIT_VR_LE, EXPLICIT_VR_LE, DEFLATED_LE, EXPLICIT_VR_BE})
+
+# PS3.18 Table 8.7.3-5 (media types of frames and bulkdata by transfer syntax).
+_MEDIA_TYPES: dict[str, str] = {
+    "1.2.840.10008.1.2.4.50": "image/jpeg",
+    "1.2.840.10008.1.2.4.51": "image/jpeg",
+    "1.2.840.10008.1.2.4.57": "image/jpeg",
+    "1.2.840.10008.1.2.4.70": "image/jpeg",
+    "1.2.840.10008.1.2.4.80": "image/jls",
+    "1.2.840.10008.1.2.4.81": "image/jls",
+    "1.2.840.10008.1.2.4.90": "image/jp2",
+    "1.2.840.10008.1.2.4.91": "image/jp2",
+    "1.2.840.10008.1.2.4.92": "image/jpx",
+    "1.2.840.10008.1.2.4.93": "image/jpx",
+    "1.2.840.10008.1.2.4.201": "image/jphc",
+    "1.2.840.10008.1.2.4.202": "image/jphc",
+    "1.2.840.10008.1.2.4.203": "image/jphc",
+    "1.2.840.10008.1.2.5": "image/dicom-rle",
+    "1.2.840.10008.1.2.4.100": "video/mpeg2",
+    "1.2.840.10008.1.2.4.100.1": "video/mpeg2",
+    "1.2.840.10008.1.2.4.101": "video/mpeg2",
+    "1.2.840.10008.1.2.4.101.1": "video/mpeg2",
+    "1.2.840.10008.1.2.4.102": "video/mp4",
+    "1.2.840.10008.1.2.4.102.1": "video/mp4",
+    "1.2.840.10008.1.2.4.103": "video/mp4",
+    "1.2.840.10008.1.2.4.103.1": "video/mp4",
+    "1.2.840.10008.1.2.4.104": "video/mp4",
+    "1.2.840.10008.1.2.4.104.1": "video/mp4",
+    "1.2.840.10008.1.2.4.105": "video/mp4",
+    "1.2.840.10008.1.2.4.105.1": "video/mp4",
+    "1.2.840.10008.1.2.4.106": "video/mp4",
+    "1.2.840.10008.1.2.4.106.1": "video/mp4",
+    "1.2.840.10008.1.2.4.107": "video/H265",
+    "1.2.840.10008.1.2.4.108": "video/H265",
+}
+
+_PREAMBLE = 128
+_META_LIMIT = 1 << 16  # a file meta element longer than this is not a file meta element
+_BUFFER = 1 << 16
+INFLATE_LIMIT = 256 << 20  # bytes a deflated data set may inflate to
+
+
+def frame_media_type(transfer_syntax_uid: str) -> str:
+    """Media type of one frame served as stored."""
+    return _MEDIA_TYPES.get(transfer_syntax_uid, "application/octet-stream")
+
+
+def is_video(transfer_syntax_uid: str) -> bool:
+    return frame_media_type(transfer_syntax_uid).startswith("video/")
+
+
+def index_file(
+    path: Path, *, bulkdata_threshold: int = 1024, inflate_limit: int = INFLATE_LIMIT
+) -> IndexedInstance:
+    """Index a Part 10 file without loading its pixel data. ``DicomError`` for anything not servable as DICOM:
+    no ``DICM`` prefix or file meta, truncation (anywhere, including pixel data fragments), bad structure,
+    missing or invalid Study/Series/SOP Instance UID or SOP Class UID, a deflated data set inflating beyond
+    ``inflate_limit`` bytes. ``OSError`` if the file cannot be opened."""
+    with open(path, "rb", buffering=_BUFFER) as fp:
+        size = os.fstat(fp.fileno()).st_size
+        ts = read_file_meta(fp, size)
+        ranges_valid = ts not in (DEFLATED_LE, EXPLICIT_VR_BE)
+        if ts == DEFLATED_LE:
+            data = _inflate(fp, inflate_limit)
+            walker = Walker(
+                io.BytesIO(data), len(data), little=True, implicit=False, bulk_threshold=bulkdata_threshold
+            )
+        else:
+            walker = Walker(
+                fp,
+                size,
+                little=ts != EXPLICIT_VR_BE,
+                implicit=ts == IMPLICIT_VR_LE,
+                bulk_threshold=bulkdata_threshold,
+            )
+        elements = walker.walk()
+        with quiet_validation():
+            ds = to_dataset(elements, walker.little)
+            uids = _identity(ds)
+            number_of_frames = _number_of_frames(ds, elements)
+            frame_index = _frame_index(fp, ts, ds, elements, number_of_frames) if ranges_valid else None
+            metadata = meta_json.build_metadata(ds, elements)
+            searchable = qido_attrs.searchable(ds)
+            instance_number = _int_or_none(_get(ds, "InstanceNumber"))
+
+    bulkdata = (
+        [BulkRange(path=p, vr=el.vr, offset=el.offset, length=el.length) for p, el in iter_bulk(elements)]
+        if ranges_valid
+        else []
+    )
+    return IndexedInstance(
+        study_uid=uids[0],
+        series_uid=uids[1],
+        sop_uid=uids[2],
+        sop_class_uid=uids[3],
+        transfer_syntax_uid=ts,
+        instance_number=instance_number,
+        number_of_frames=number_of_frames,
+        frame_index=frame_index.pack() if frame_index is not None else None,
+        frame_media_type=frame_media_type(ts),
+        bulkdata=bulkdata,
+        metadata=metadata,
+        study_attrs=qido_attrs.study_attrs(metadata),
+        series_attrs=qido_attrs.series_attrs(metadata),
+        instance_attrs=qido_attrs.instance_attrs(metadata, ts),
+        searchable=searchable,
+    )
+
+
+def read_file_meta(fp: BinaryIO, size: int) -> str:
+    """Check the preamble and ``DICM`` prefix, walk the group 0002 elements (explicit VR little endian) and
+    leave ``fp`` at the first data set element. Returns the Transfer Syntax UID."""
+    head = fp.read(_PREAMBLE + 4)
+    if len(head) < _PREAMBLE + 4 or head[_PREAMBLE:] != b"DICM":
+        raise DicomError("not a DICOM Part 10 file (no 'DICM' prefix after the 128-byte preamble)")
+    ts: str | None = None
+    pos = _PREAMBLE + 4
+    while True:
+        hdr = fp.read(8)
+        if len(hdr) < 8:
+            if not hdr and ts is not None:
+                break  # a file with file meta and an empty data set: caught later as missing UIDs
+            raise DicomError("file is truncated inside the file meta information")
+        group, elem = struct.unpack_from("<HH", hdr)
+        if group != 0x0002:
+            fp.seek(pos)
+            break
+        vr = hdr[4:6]
+        if vr in (b"OB", b"OW", b"UN", b"UT", b"SQ", b"UC", b"UR", b"OD", b"OF", b"OL", b"OV", b"SV", b"UV"):
+            extra = fp.read(4)
+            if len(extra) < 4:
+                raise DicomError("file is truncated inside the file meta information")
+            length = struct.unpack("<I", extra)[0]
+            pos += 12
+        elif vr.isalpha() and vr.isupper():
+            length = struct.unpack_from("<H", hdr, 6)[0]
+            pos += 8
+        else:
+            raise DicomError("the file meta information is not explicit VR little endian")
+        if length > _META_LIMIT or pos + length > size:
+            raise DicomError("file meta element is truncated or too long")
+        value = fp.read(length)
+        pos += length
+        if elem == 0x0010:
+            ts = value.rstrip(b"\x00 ").decode("ascii", "replace")
+    if ts is None:
+        raise DicomError("the file meta information has no Transfer Syntax UID (0002,0010)")
+    if not is_uid(ts):
+        raise DicomError("the Transfer Syntax UID (0002,0010) is not a valid UID")
+    return ts
+
+
+def _inflate(fp: BinaryIO, limit: int) -> bytes:
+    """Deflated data set (PS3.5 A.5): raw deflate, no zlib header. Inflated in memory, capped so a deflate
+    bomb cannot exhaust it; such files are small in practice (structured reports, not images)."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        data = inflater.decompress(fp.read(), limit)
+    except zlib.error as exc:
+        raise DicomError("the deflated data set cannot be inflated") from exc
+    if inflater.unconsumed_tail:
+        raise DicomError(f"the deflated data set inflates to more than {limit} bytes")
+    return data
+
+
+_IDENTITY = (
+    ("StudyInstanceUID", "Study Instance UID (0020,000D)"),
+    ("SeriesInstanceUID", "Series Instance UID (0020,000E)"),
+    ("SOPInstanceUID", "SOP Instance UID (0008,0018)"),
+    ("SOPClassUID", "SOP Class UID (0008,0016)"),
+)
+
+
+def _identity(ds: Dataset) -> tuple[str, str, str, str]:
+    out = []
+    for keyword, name in _IDENTITY:
+        try:
+            value = ds.get(keyword)
+        except Exception as exc:  # noqa: BLE001 - pydicom raises many types for garbage values
+            raise DicomError(f"{name} cannot be decoded") from exc
+        if value is None or value == "":
+            raise DicomError(f"{name} is missing")
+        text = str(value)
+        if not is_uid(text):
+            raise DicomError(f"{name} is not a valid DICOM UID")
+        out.append(text)
+    return out[0], out[1], out[2], out[3]
+
+
+def _get(ds: Dataset, keyword: str) -> Any:
+    """The decoded value, or None when absent or undecodable (e.g. IS "abc")."""
+    try:
+        return ds.get(keyword)
+    except Exception:  # noqa: BLE001 - pydicom raises many types for garbage values
+        return None
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None and value != "" else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _pixel_element(elements: list[Element]) -> Element | None:
+    for el in elements:
+        if el.tag in PIXEL_TAGS:
+            return el
+    return None
+
+
+def _number_of_frames(ds: Dataset, elements: list[Element]) -> int:
+    """0 when there is no pixel data; Number of Frames (default 1 when absent or empty) otherwise."""
+    if _pixel_element(elements) is None:
+        return 0
+    if "NumberOfFrames" not in ds:
+        return 1
+    value = _get(ds, "NumberOfFrames")
+    if value == "":
+        return 1
+    n = _int_or_none(value)
+    if n is None or n < 1:
+        raise DicomError("Number of Frames (0028,0008) is not a positive integer")
+    return n
+
+
+def _frame_index(
+    fp: BinaryIO, ts: str, ds: Dataset, elements: list[Element], number_of_frames: int
+) -> FrameIndex | None:
+    pixel = _pixel_element(elements)
+    if pixel is None or number_of_frames == 0:
+        return None
+    if pixel.fragments is not None:
+        if ts in NATIVE_SYNTAXES or is_video(ts):
+            return None  # video: frames are not separable; native syntax with encapsulation: malformed
+        eot = {
+            el.tag: el.value
+            for el in elements
+            if el.tag in (EXTENDED_OFFSET_TABLE, EXTENDED_OFFSET_TABLE_LENGTHS)
+        }
+        return encapsulated_index(
+            fp,
+            pixel.fragments,
+            number_of_frames,
+            extended_offsets=eot.get(EXTENDED_OFFSET_TABLE),
+            extended_lengths=eot.get(EXTENDED_OFFSET_TABLE_LENGTHS),
+        )
+    if ts not in NATIVE_SYNTAXES:
+        return None  # defined-length pixel data under a compressed syntax: nothing sensible to index
+    return native_index(
+        value_offset=pixel.offset,
+        value_length=pixel.length,
+        rows=_int_or_none(_get(ds, "Rows")) or 0,
+        columns=_int_or_none(_get(ds, "Columns")) or 0,
+        samples_per_pixel=_int_or_none(_get(ds, "SamplesPerPixel")) or 1,
+        bits_allocated=_int_or_none(_get(ds, "BitsAllocated")) or 0,
+        number_of_frames=number_of_frames,
+        photometric=str(_get(ds, "PhotometricInterpretation") or ""),
+    )

@@ -1,0 +1,97 @@
+"""DICOM JSON (PS3.18 F.2) of one instance, computed at ingest, with relative BulkDataURIs.
+
+Every bulk element (OB/OW/OF/OD/OL/OV/UN longer than the threshold, at any depth, and Pixel Data always) is
+``{"vr": ..., "BulkDataURI": "bulkdata/<path>"}`` with the same ``<path>`` as ``BulkRange.path``; the URI is
+relative to the instance URL (``.../instances/{sop}/``). Smaller binary values are ``InlineBinary``. File meta
+(group 0002) is not part of the metadata (PS3.18: metadata describes the data set). Keys are sorted at every
+level and ``metadata_text`` is canonical, so the same file always gives the same bytes.
+
+Series- and study-level metadata reuse the stored text: ``rebase_bulkdata_text(text, "instances/{sop}/")`` is
+a plain ``str.replace``, safe because in canonical JSON the sequence ``"BulkDataURI":"`` can only be a key
+followed by its value (a quote inside a string value is always escaped).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from gateway.dicom.walker import Element, tag_hex
+
+log = logging.getLogger(__name__)
+
+_URI_MARK = '"BulkDataURI":"bulkdata/'
+_SAFE_PREFIX = re.compile(r"^[A-Za-z0-9._~/:%@!$&'()*+,;=-]*$")
+
+
+def build_metadata(ds: Dataset, elements: list[Element]) -> dict[str, Any]:
+    """DICOM JSON of the walked ``elements``; ``ds`` is their pydicom view (``walker.to_dataset``) and
+    decodes the non-bulk values. A value pydicom cannot decode is left out (logged by tag) rather than
+    failing the ingest. Call inside ``walker.quiet_validation()`` so pydicom logs no values."""
+    return _dataset_json(ds, elements, "")
+
+
+def _dataset_json(ds: Dataset, elements: list[Element], prefix: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for el in elements:
+        key = tag_hex(el.tag)
+        if el.items is not None:
+            item_datasets = ds[el.tag].value
+            items = [
+                _dataset_json(item_ds, item, f"{prefix}{key}/{i}/")
+                for i, (item_ds, item) in enumerate(zip(item_datasets, el.items, strict=True))
+            ]
+            out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
+        elif el.bulk:
+            out[key] = {"vr": el.vr, "BulkDataURI": f"bulkdata/{prefix}{key}"}
+        else:
+            try:
+                # the threshold is irrelevant here: every element reaching this line is small or not binary
+                out[key] = ds[el.tag].to_json_dict(None, 1 << 62)
+            except Exception:  # noqa: BLE001 - pydicom raises many types for garbage values
+                log.warning("metadata: dropped element %s%s, its value cannot be decoded", prefix, key)
+    return {k: out[k] for k in sorted(out)}
+
+
+def metadata_text(metadata: dict[str, Any]) -> str:
+    """Canonical JSON text of one instance's metadata (what the catalog should store)."""
+    return json.dumps(metadata, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _check_prefix(prefix: str) -> None:
+    if not _SAFE_PREFIX.match(prefix):
+        raise ValueError("BulkDataURI prefix must be a plain relative URI path")
+
+
+def rebase_bulkdata_text(text: str, prefix: str) -> str:
+    """``bulkdata/...`` → ``{prefix}bulkdata/...`` in canonical metadata text (``metadata_text``); e.g. prefix
+    ``"instances/1.2.3/"`` at series level, ``"series/4.5/instances/1.2.3/"`` at study level."""
+    _check_prefix(prefix)
+    return text.replace(_URI_MARK, f'"BulkDataURI":"{prefix}bulkdata/')
+
+
+def rebase_bulkdata_uris(metadata: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """The same as ``rebase_bulkdata_text`` on a dict; returns a rewritten deep copy."""
+    _check_prefix(prefix)
+    out = copy.deepcopy(metadata)
+    stack: list[dict[str, Any]] = [out]
+    while stack:
+        ds = stack.pop()
+        for entry in ds.values():
+            uri = entry.get("BulkDataURI")
+            if isinstance(uri, str) and uri.startswith("bulkdata/"):
+                entry["BulkDataURI"] = prefix + uri
+            if entry.get("vr") == "SQ":
+                stack.extend(item for item in entry.get("Value", []) if isinstance(item, dict))
+    return out
+
+
+def join_metadata(texts: Iterable[str]) -> str:
+    """A JSON array of instance metadata texts: the body of a series or study metadata response."""
+    return "[" + ",".join(texts) + "]"

@@ -1,0 +1,46 @@
+"""What ingest computes once per instance and the read path uses forever after (DESIGN.md principle 3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# A byte range inside the stored P10 object: (offset, length).
+Range = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class BulkRange:
+    """One bulkdata element. ``path`` is the BulkDataURI suffix after ``bulkdata/``: ``7FE00010`` at the top
+    level, ``00540016/0/00181072``-style (tag/item/tag) inside sequences."""
+
+    path: str
+    vr: str
+    offset: int
+    length: int
+
+
+@dataclass
+class IndexedInstance:
+    """Everything about one instance that the catalog stores."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    instance_number: int | None
+    number_of_frames: int
+    # gateway.dicom.frames.FrameIndex, packed with .pack(); None when frames cannot be served as byte ranges
+    frame_index: bytes | None
+    # media type of one frame when served as stored (application/octet-stream, image/jpeg, image/jp2, ...)
+    frame_media_type: str
+    bulkdata: list[BulkRange]
+    # DICOM JSON (PS3.18 F.2) of the instance, BulkDataURIs relative to the instance: "bulkdata/7FE00010"
+    metadata: dict[str, Any]
+    # QIDO return attributes (DICOM JSON subsets) at each level
+    study_attrs: dict[str, Any] = field(default_factory=dict)
+    series_attrs: dict[str, Any] = field(default_factory=dict)
+    instance_attrs: dict[str, Any] = field(default_factory=dict)
+    # flat values for catalog columns (gateway.dicom.qido_attrs.searchable; keys in SEARCHABLE_KEYS)
+    searchable: dict[str, str | int | None] = field(default_factory=dict)

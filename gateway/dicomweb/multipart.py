@@ -1,0 +1,385 @@
+"""``multipart/related`` (RFC 2046 5.1, RFC 2387) for STOW-RS: a streaming parser and a streaming encoder.
+
+The parser never holds a part in memory: it reads the body in chunks, looks for the delimiter with
+``bytes.find`` on a rolling buffer that keeps only ``len(delimiter) - 1`` bytes of overlap between reads, and
+writes everything before that overlap straight to a spool file. Memory stays flat whatever the part size or
+part count.
+
+Strictness, where the RFCs leave room:
+- Delimiters must be ``CRLF--boundary`` (the CRLF belongs to the delimiter); a bare LF is data, never a
+  delimiter.
+  The opening delimiter may be the very first bytes of the body (no CRLF) or follow a preamble (discarded).
+- A delimiter may be followed by transport padding (spaces/tabs) then CRLF, or by ``--`` (close delimiter).
+  Anything else after a delimiter is an error rather than data: the sender chose a boundary that occurs in its
+  data, and guessing would risk storing a corrupt object.
+- The epilogue after the close delimiter is read and discarded (so a WSGI server can reuse the connection).
+- Part headers: ``Name: value`` lines (names lower-cased in ``Part.headers``), obsolete line folding unfolded,
+  at most 64 KiB of headers per part. ``Content-Transfer-Encoding`` is not interpreted (HTTP is 8-bit clean;
+  PS3.18 sends binary parts).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import tempfile
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from gateway.errors import MalformedMultipart, PayloadTooLarge, UnsupportedMediaType
+
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # noqa: S105 (RFC 9110 token, not a password)
+_MEDIA_TYPE = re.compile(rf"({_TOKEN})/({_TOKEN})")
+_PARAM_SEP = re.compile(r"[ \t]*;[ \t]*")
+_PARAM_NAME = re.compile(rf"({_TOKEN})=")
+_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
+# RFC 9110 only allows a token here, but `type=application/dicom` (with a "/") is common; DESIGN.md asks us to
+# accept `type=` quoted or unquoted, so an unquoted value runs to the next ";" or whitespace.
+_UNQUOTED = re.compile(r'[^\s;"]+')
+_QUOTED_PAIR = re.compile(r"\\(.)")
+_HEADER_NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+MAX_HEADER_BYTES = 64 * 1024
+MAX_PREAMBLE_BYTES = 1 << 20
+_MAX_PADDING = 1024
+
+
+def parse_content_type(value: str) -> tuple[str, dict[str, str]]:
+    """Split a Content-Type value into the lower-cased media type and its parameters (RFC 9110 8.3.1, 5.6.6).
+
+    Parameter names are lower-cased; values keep their case (a boundary is case-sensitive) with quoted-pair
+    escapes removed. The first occurrence of a repeated parameter wins. Raises ``UnsupportedMediaType`` when
+    the value is not a media type.
+    """
+    text = value.strip()
+    match = _MEDIA_TYPE.match(text)
+    if match is None:
+        raise UnsupportedMediaType("Content-Type is not a media type")
+    media_type = match.group(0).lower()
+    params: dict[str, str] = {}
+    pos = match.end()
+    while pos < len(text):
+        sep = _PARAM_SEP.match(text, pos)
+        if sep is None:
+            raise UnsupportedMediaType(f"Content-Type {media_type}: expected ';' at offset {pos}")
+        pos = sep.end()
+        if pos >= len(text) or text[pos] == ";":
+            continue  # empty parameter, allowed by the grammar
+        name = _PARAM_NAME.match(text, pos)
+        if name is None:
+            raise UnsupportedMediaType(f"Content-Type {media_type}: malformed parameter at offset {pos}")
+        pos = name.end()
+        if text.startswith('"', pos):
+            quoted = _QUOTED.match(text, pos)
+            if quoted is None:
+                raise UnsupportedMediaType(f"Content-Type {media_type}: unterminated quoted string")
+            param_value = _QUOTED_PAIR.sub(r"\1", quoted.group(1))
+            pos = quoted.end()
+        else:
+            unquoted = _UNQUOTED.match(text, pos)
+            if unquoted is None:
+                raise UnsupportedMediaType(f"Content-Type {media_type}: empty parameter value")
+            param_value = unquoted.group(0)
+            pos = unquoted.end()
+        params.setdefault(name.group(1).lower(), param_value)
+    return media_type, params
+
+
+def check_boundary(boundary: str) -> str:
+    """RFC 2046 5.1.1: 1-70 characters, not ending in a space. Any printable ASCII is accepted (a little wider
+    than ``bchars``: the delimiter search does not care, and real clients stray)."""
+    if not boundary:
+        raise MalformedMultipart("multipart body without a boundary parameter")
+    if len(boundary) > 70 or boundary.endswith(" ") or not all(" " <= c <= "~" for c in boundary):
+        raise MalformedMultipart("boundary parameter is not 1-70 printable ASCII characters")
+    return boundary
+
+
+def multipart_boundary(content_type: str, media_type: str = "multipart/related") -> str:
+    """The boundary of a request whose Content-Type must be ``media_type``.
+
+    Raises ``UnsupportedMediaType`` for another type and ``MalformedMultipart`` when the boundary parameter is
+    missing or invalid."""
+    got, params = parse_content_type(content_type)
+    if got != media_type:
+        raise UnsupportedMediaType(f"expected {media_type}, got {got}")
+    return check_boundary(params.get("boundary", ""))
+
+
+class Readable(Protocol):
+    """What the parser reads from: a binary file, ``wsgi.input``, a socket file. Short reads are fine."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class Part:
+    """One complete part, spooled to ``path`` (the caller owns the file and deletes it).
+
+    ``content_type`` is the part's media type, lower-cased and without parameters (the full value stays in
+    ``headers["content-type"]``), or ``default_content_type`` of ``iter_parts`` when the part has none.
+    """
+
+    path: Path
+    headers: dict[str, str]
+    content_type: str
+    size: int
+
+
+class _Eof(Exception):
+    """The body ended where more was required."""
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Reader:
+    """A rolling buffer over ``stream``: ``buf[pos:]`` is read but not yet consumed."""
+
+    def __init__(self, stream: Readable, chunk_size: int, initial: bytes) -> None:
+        self._stream = stream
+        self._chunk_size = chunk_size
+        self.buf = initial
+        self.pos = 0
+        self.eof = False
+
+    def fill(self) -> bool:
+        """Append one read to the unconsumed bytes; False at end of stream."""
+        if self.eof:
+            return False
+        data = self._stream.read(self._chunk_size)
+        if not data:
+            self.eof = True
+            return False
+        if self.pos >= len(self.buf):
+            self.buf = bytes(data)  # nothing left over: no copy for bytes input
+        else:
+            self.buf = self.buf[self.pos :] + data
+        self.pos = 0
+        return True
+
+    def scan_to(self, delimiter: bytes, sink: Callable[[memoryview], object], limit: int) -> int:
+        """Feed ``sink`` everything before the next ``delimiter`` and consume the delimiter; returns the byte
+        count. Raises ``_Eof`` if the stream ends first and ``_TooLarge`` past ``limit`` bytes."""
+        total = 0
+        keep = len(delimiter) - 1
+        while True:
+            idx = self.buf.find(delimiter, self.pos)
+            end = idx if idx >= 0 else len(self.buf) - keep
+            if end > self.pos:
+                total += end - self.pos
+                if total > limit:
+                    raise _TooLarge
+                with memoryview(self.buf) as view:
+                    sink(view[self.pos : end])
+                self.pos = end
+            if idx >= 0:
+                self.pos = idx + len(delimiter)
+                return total
+            if not self.fill():
+                raise _Eof
+
+    def read_line(self, limit: int) -> bytes:
+        """One CRLF-terminated line without its CRLF; ``MalformedMultipart`` when longer than ``limit``."""
+        scanned = 0  # bytes after pos already known to hold no CRLF start
+        while True:
+            idx = self.buf.find(b"\r\n", self.pos + scanned)
+            if idx >= 0 and idx - self.pos <= limit:
+                line = self.buf[self.pos : idx]
+                self.pos = idx + 2
+                return line
+            if len(self.buf) - self.pos > limit + 1:
+                raise MalformedMultipart(f"header line longer than {limit} bytes")
+            scanned = max(len(self.buf) - self.pos - 1, 0)
+            if not self.fill():
+                raise _Eof
+
+    def peek(self, n: int) -> bytes:
+        while len(self.buf) - self.pos < n and self.fill():
+            pass
+        return self.buf[self.pos : self.pos + n]
+
+    def drain(self) -> None:
+        while self._stream.read(self._chunk_size):
+            pass
+
+
+def iter_parts(
+    stream: Readable,
+    boundary: str,
+    spool_dir: Path,
+    *,
+    max_part_bytes: int,
+    chunk_size: int = 1 << 20,
+    default_content_type: str = "",
+) -> Generator[Part, None, None]:
+    """Stream a ``multipart/related`` body part by part into files in ``spool_dir``.
+
+    Each ``Part`` is yielded only once its closing delimiter has been seen, so a yielded part is complete. An
+    error (``MalformedMultipart``, ``PayloadTooLarge``) is raised at the part where the body goes wrong; parts
+    already yielded are the caller's to keep or delete. The file of a part being written when an error occurs
+    or the generator is closed is removed here.
+    """
+    check_boundary(boundary)
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be positive")
+    delimiter = b"\r\n--" + boundary.encode("ascii")
+    # Pretend the body starts with CRLF so an opening delimiter on the first line needs no special case.
+    reader = _Reader(stream, chunk_size, b"\r\n")
+    try:
+        reader.scan_to(delimiter, lambda _: None, MAX_PREAMBLE_BYTES)
+    except (_Eof, _TooLarge):
+        raise MalformedMultipart("no opening boundary delimiter in the body") from None
+    number = 0
+    try:
+        closed = _after_delimiter(reader)
+        while not closed:
+            number += 1
+            headers = _read_headers(reader, number)
+            content_type = default_content_type
+            if "content-type" in headers:
+                try:
+                    content_type = parse_content_type(headers["content-type"])[0]
+                except UnsupportedMediaType as exc:
+                    raise MalformedMultipart(f"part {number}: {exc.detail}") from None
+            path, size = _spool_body(reader, delimiter, spool_dir, max_part_bytes, number)
+            try:
+                closed = _after_delimiter(reader)
+            except BaseException:
+                path.unlink(missing_ok=True)
+                raise
+            yield Part(path=path, headers=headers, content_type=content_type, size=size)
+    except _Eof:
+        raise MalformedMultipart(
+            f"body ended inside part {max(number, 1)} before its closing boundary delimiter"
+        ) from None
+    reader.drain()
+
+
+def _after_delimiter(reader: _Reader) -> bool:
+    """Consume what follows a delimiter; True for the close delimiter (``--``)."""
+    if reader.peek(2) == b"--":
+        reader.pos += 2
+        return True
+    line = reader.read_line(_MAX_PADDING)
+    if line.strip(b" \t"):
+        raise MalformedMultipart("unexpected bytes after a boundary delimiter (boundary occurs in the data?)")
+    return False
+
+
+def _read_headers(reader: _Reader, number: int) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    total = 0
+    last: str | None = None
+    while True:
+        line = reader.read_line(MAX_HEADER_BYTES)
+        total += len(line) + 2
+        if total > MAX_HEADER_BYTES:
+            raise MalformedMultipart(f"part {number}: headers larger than {MAX_HEADER_BYTES} bytes")
+        if not line:
+            return headers
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise MalformedMultipart(f"part {number}: header is not UTF-8") from None
+        if line[:1] in (b" ", b"\t"):  # obsolete line folding (RFC 5322 2.2.3)
+            if last is None:
+                raise MalformedMultipart(f"part {number}: header block starts with a continuation line")
+            headers[last] = f"{headers[last]} {text.strip()}"
+            continue
+        name, sep, value = line.partition(b":")
+        if not sep or _HEADER_NAME.fullmatch(name) is None:
+            raise MalformedMultipart(f"part {number}: malformed header line")
+        last = name.decode("ascii").lower()
+        value_text = value.decode("utf-8").strip(" \t")
+        headers[last] = f"{headers[last]}, {value_text}" if last in headers else value_text
+
+
+def _spool_body(
+    reader: _Reader, delimiter: bytes, spool_dir: Path, max_part_bytes: int, number: int
+) -> tuple[Path, int]:
+    fd, name = tempfile.mkstemp(prefix="part-", suffix=".spool", dir=spool_dir)
+    path = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            size = reader.scan_to(delimiter, out.write, max_part_bytes)
+    except _TooLarge:
+        path.unlink(missing_ok=True)
+        raise PayloadTooLarge(f"part {number} is larger than {max_part_bytes} bytes") from None
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path, size
+
+
+# ---------------------------------------------------------------------------------------------- client side
+
+
+def new_boundary() -> str:
+    """A random boundary: 128 bits make a collision with file content practically impossible."""
+    return f"dicomgw-{secrets.token_hex(16)}"
+
+
+@dataclass
+class MultipartBody:
+    """A ``multipart/related`` request body streamed from files, one part per file.
+
+    Iterate it to get the body in chunks (each iteration starts over, so a retry can reuse it); ``len()`` is
+    the exact byte count, so ``requests`` sends ``Content-Length`` rather than chunked encoding. ``on_bytes``
+    is called with the number of file bytes in each chunk (for progress bars). File sizes are taken at
+    construction; a file that changes size while being sent raises ``OSError``.
+    """
+
+    paths: Sequence[Path]
+    part_type: str = "application/dicom"
+    boundary: str = field(default_factory=new_boundary)
+    chunk_size: int = 1 << 20
+    on_bytes: Callable[[int], object] | None = None
+    sizes: list[int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        check_boundary(self.boundary)
+        self.sizes = [Path(p).stat().st_size for p in self.paths]
+
+    @property
+    def content_type(self) -> str:
+        return f'multipart/related; type="{self.part_type}"; boundary={self.boundary}'
+
+    def _head(self, index: int) -> bytes:
+        lead = b"\r\n" if index else b""
+        return lead + f"--{self.boundary}\r\nContent-Type: {self.part_type}\r\n\r\n".encode("ascii")
+
+    def _tail(self) -> bytes:
+        lead = b"\r\n" if self.paths else b""
+        return lead + f"--{self.boundary}--\r\n".encode("ascii")
+
+    def __len__(self) -> int:
+        return sum(len(self._head(i)) + size for i, size in enumerate(self.sizes)) + len(self._tail())
+
+    def __iter__(self) -> Iterator[bytes]:
+        for index, (path, size) in enumerate(zip(self.paths, self.sizes, strict=True)):
+            yield self._head(index)
+            remaining = size
+            with open(path, "rb") as src:
+                while remaining:
+                    chunk = src.read(min(self.chunk_size, remaining))
+                    if not chunk:
+                        raise OSError(f"{path} shrank while being sent")
+                    remaining -= len(chunk)
+                    if self.on_bytes is not None:
+                        self.on_bytes(len(chunk))
+                    yield chunk
+                if src.read(1):
+                    raise OSError(f"{path} grew while being sent")
+        yield self._tail()
+
+
+def encode_multipart(
+    paths: Sequence[Path], *, part_type: str = "application/dicom", boundary: str | None = None
+) -> MultipartBody:
+    """Convenience constructor for ``MultipartBody`` (random boundary unless given)."""
+    return MultipartBody(paths=list(paths), part_type=part_type, boundary=boundary or new_boundary())

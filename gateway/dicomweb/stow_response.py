@@ -1,0 +1,196 @@
+"""The STOW-RS Store Instances Response (PS3.18 10.5.3 and Annex I) as DICOM JSON, with its HTTP status.
+
+Status codes (PS3.18 Table 10.5.3-1): 200 when every instance was stored (or was already stored with the same
+bytes) without warnings; 202 when some were stored and others failed or carry a warning; 409 when the request
+was well formed but nothing could be stored (unsupported SOP class, study UID mismatch, a mixture of reasons);
+400 when the body held no instance at all. 415 (media type) and 400/413 (malformed multipart, part too
+large) are raised before ingest, from ``gateway.errors``, and never reach this module.
+
+The human reason for a failure travels in a private block, because PS3.18 has no standard text attribute in
+the response items and Error Comment (0000,0902) is a command element that a data set cannot carry:
+
+- (0009,0010) LO Private Creator ``"DICOMGW"``
+- (0009,1001) LT reason text (a fixed phrase from ingest; never a value taken from the file, so never PHI)
+- (0009,1002) CS outcome: ``STORED``, ``DUPLICATE``, ``FAILED`` or ``QUARANTINED`` (lets a client tell
+  "already stored" apart from "stored now"; both are successes in the standard sense)
+
+Clients that do not know the block ignore it; the standard FailureReason (0008,1197) is always present.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from gateway.uids import check_uid, is_uid
+
+MEDIA_TYPE = "application/dicom+json"
+
+# Failure Reason (0008,1197) values: PS3.18 Table I.2-2, plus PS3.7 and implementation-specific ones (PS3.18
+# allows "additional codes"; the implementation-specific ones sit in the Cxxx "cannot understand" range).
+OUT_OF_RESOURCES = 0xA700
+DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
+PROCESSING_FAILURE = 0x0110
+DUPLICATE_SOP_INSTANCE = 0x0111  # PS3.7 C.4: same SOP Instance UID already stored with different content
+SOP_CLASS_NOT_SUPPORTED = 0x0122
+STUDY_UID_MISMATCH = 0xC409  # the instance's study is not the one in the URL (the code dcm4chee-arc uses)
+QUARANTINED_BY_POLICY = 0xC4F0  # implementation-specific: the PHI / data-sovereignty policy quarantined it
+
+# Warning Reason (0008,1196) values: PS3.18 Table I.2-3 (C-STORE warnings, PS3.4 Table B.2-1).
+COERCION_OF_DATA_ELEMENTS = 0xB000
+ELEMENTS_DISCARDED = 0xB006
+DATA_SET_DOES_NOT_MATCH_SOP_CLASS_WARNING = 0xB007
+
+REASON_NAMES: dict[int, str] = {
+    OUT_OF_RESOURCES: "refused: out of resources",
+    DATA_SET_DOES_NOT_MATCH_SOP_CLASS: "data set does not match SOP class",
+    CANNOT_UNDERSTAND: "cannot understand",
+    TRANSFER_SYNTAX_NOT_SUPPORTED: "transfer syntax not supported",
+    PROCESSING_FAILURE: "processing failure",
+    DUPLICATE_SOP_INSTANCE: "SOP instance already stored with different content",
+    SOP_CLASS_NOT_SUPPORTED: "SOP class not supported",
+    STUDY_UID_MISMATCH: "study instance UID does not match the request",
+    QUARANTINED_BY_POLICY: "quarantined by the data policy",
+    COERCION_OF_DATA_ELEMENTS: "data elements coerced",
+    ELEMENTS_DISCARDED: "elements discarded",
+    DATA_SET_DOES_NOT_MATCH_SOP_CLASS_WARNING: "data set does not match SOP class (stored)",
+}
+
+PRIVATE_CREATOR = "DICOMGW"
+TAG_PRIVATE_CREATOR = "00090010"
+TAG_REASON_TEXT = "00091001"
+TAG_OUTCOME = "00091002"
+
+Status = Literal["stored", "duplicate", "failed", "quarantined"]
+_SUCCESS: frozenset[str] = frozenset({"stored", "duplicate"})
+
+
+def reason_name(code: int) -> str:
+    """A short English name for a Failure/Warning Reason, by exact code then by range (A7xx, A9xx, Cxxx)."""
+    if code in REASON_NAMES:
+        return REASON_NAMES[code]
+    for base in (OUT_OF_RESOURCES, DATA_SET_DOES_NOT_MATCH_SOP_CLASS):
+        if code & 0xFF00 == base:
+            return REASON_NAMES[base]
+    if code & 0xF000 == CANNOT_UNDERSTAND:
+        return REASON_NAMES[CANNOT_UNDERSTAND]
+    return f"status 0x{code:04X}"
+
+
+@dataclass(frozen=True)
+class StowItem:
+    """The outcome of one part of a STOW-RS request, as ingest decided it.
+
+    ``duplicate`` is an identical re-upload (success). ``failed`` and ``quarantined`` go to the Failed SOP
+    Sequence; ``failure_reason`` defaults to 0x0110 (processing failure) and, for ``quarantined``, to 0xC4F0.
+    UIDs are validated here: a stored item must carry four valid UIDs; a failed item's UIDs are reported only
+    if valid (a file that could not be parsed has none). ``detail`` is a fixed phrase, never PHI.
+    """
+
+    status: Status
+    sop_class_uid: str | None
+    sop_uid: str | None
+    study_uid: str | None
+    series_uid: str | None
+    failure_reason: int | None
+    detail: str
+    warning_reason: int | None = None
+
+
+@dataclass(frozen=True)
+class StowResponse:
+    status: int
+    body: dict[str, Any]
+    content_type: str = MEDIA_TYPE
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def build_stow_response(
+    items: Sequence[StowItem], root: str, *, study_uid: str | None = None
+) -> StowResponse:
+    """Build the response for ``items`` (in request order). ``root`` is the DICOMweb root the client used
+    (``/t/{token}/dicomweb``, ``/dicomweb`` or an absolute URL); RetrieveURLs are built under it.
+
+    The top-level RetrieveURL names ``study_uid`` (the study in the request URL) when given, else the one
+    study that every stored instance belongs to; it is present but empty when there is no such single study.
+    """
+    base = root.rstrip("/")
+    referenced: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
+    stored_studies: set[str] = set()
+    warnings = False
+    for item in items:
+        if item.status in _SUCCESS:
+            referenced.append(_referenced_item(item, base))
+            stored_studies.add(item.study_uid or "")
+            warnings = warnings or item.warning_reason is not None
+        else:
+            failed.append(_failed_item(item))
+
+    study = study_uid
+    if study is None and len(stored_studies) == 1:
+        study = next(iter(stored_studies))
+    study_url = f"{base}/studies/{check_uid(study)}" if study else None
+    body: dict[str, Any] = {"00081190": _element("UR", study_url)}
+    if failed:
+        body["00081198"] = {"vr": "SQ", "Value": failed}
+    if referenced:
+        body["00081199"] = {"vr": "SQ", "Value": referenced}
+
+    if not items:
+        status = 400
+    elif not referenced:
+        status = 409
+    elif failed or warnings:
+        status = 202
+    else:
+        status = 200
+    return StowResponse(status=status, body=body)
+
+
+def _element(vr: str, value: str | int | None) -> dict[str, Any]:
+    return {"vr": vr} if value is None or value == "" else {"vr": vr, "Value": [value]}
+
+
+def _private(item: StowItem) -> dict[str, Any]:
+    out = {TAG_PRIVATE_CREATOR: _element("LO", PRIVATE_CREATOR)}
+    if item.detail:
+        out[TAG_REASON_TEXT] = _element("LT", item.detail)
+    out[TAG_OUTCOME] = _element("CS", item.status.upper())
+    return out
+
+
+def _referenced_item(item: StowItem, base: str) -> dict[str, Any]:
+    sop_class = check_uid(item.sop_class_uid or "", "SOP Class UID")
+    sop = check_uid(item.sop_uid or "", "SOP Instance UID")
+    study = check_uid(item.study_uid or "", "Study Instance UID")
+    series = check_uid(item.series_uid or "", "Series Instance UID")
+    out: dict[str, Any] = {
+        "00081150": _element("UI", sop_class),
+        "00081155": _element("UI", sop),
+        "00081190": _element("UR", f"{base}/studies/{study}/series/{series}/instances/{sop}"),
+    }
+    if item.warning_reason is not None:
+        out["00081196"] = _element("US", item.warning_reason)
+    out.update(_private(item))
+    return out
+
+
+def _failed_item(item: StowItem) -> dict[str, Any]:
+    reason = item.failure_reason
+    if reason is None:
+        reason = QUARANTINED_BY_POLICY if item.status == "quarantined" else PROCESSING_FAILURE
+    out: dict[str, Any] = {}
+    if item.sop_class_uid and is_uid(item.sop_class_uid):
+        out["00081150"] = _element("UI", item.sop_class_uid)
+    if item.sop_uid and is_uid(item.sop_uid):
+        out["00081155"] = _element("UI", item.sop_uid)
+    out["00081197"] = _element("US", reason)
+    out.update(_private(item))
+    return out

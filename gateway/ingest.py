@@ -1,0 +1,276 @@
+"""The ingest pipeline: one spooled file in, one durable, indexed, visible instance out (or a clear failure).
+
+Order matters (DESIGN.md principles 3-5): read the UIDs; run the hook chain (PHI scan and policy: it may reject,
+quarantine, de-identify or route); index the final file (frame and bulkdata ranges, metadata, QIDO attributes);
+store it durably; only then commit the catalog row that makes it visible. A crash between store and commit
+leaves an invisible object that ``dicom-gateway reconcile`` registers or removes. The same bytes again are a
+success without a duplicate; different bytes under a known SOP Instance UID fail unless overwrite is enabled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from gateway.catalog import Catalog
+from gateway.catalog.records import InstanceRecord
+from gateway.config import Settings
+from gateway.dicom.index import index_file
+from gateway.errors import Conflict, DicomError, GatewayError, StorageUnavailable
+from gateway.hooks import Hook, HookOutcome, UploadContext
+from gateway.scope import Scope
+from gateway.storage import Storage
+from gateway.uids import instance_key, is_uid
+
+log = logging.getLogger("gateway.ingest")
+
+# PS3.4 Table GG.4-1 / PS3.18 10.5.3 failure reasons
+PROCESSING_FAILURE = 0x0110
+OUT_OF_RESOURCES = 0xA700
+CANNOT_UNDERSTAND = 0xC000
+STUDY_MISMATCH = 0xC409  # Referenced Study Instance UID does not match the target resource
+DUPLICATE_DIFFERENT = 0x0111  # Duplicate SOP Instance (with different content)
+
+Status = Literal["stored", "duplicate", "failed", "quarantined"]
+
+
+@dataclass
+class IngestResult:
+    status: Status
+    sop_uid: str | None = None
+    sop_class_uid: str | None = None
+    study_uid: str | None = None
+    series_uid: str | None = None
+    failure_reason: int | None = None
+    detail: str = ""
+    report: dict[str, Any] = field(default_factory=dict)
+    storage_key: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("stored", "duplicate")
+
+
+@dataclass(frozen=True)
+class Header:
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+
+
+def read_header(path: Path) -> Header:
+    """The four UIDs, from the header only; DicomError when the file is not usable DICOM."""
+    try:
+        ds = pydicom.dcmread(
+            path,
+            stop_before_pixels=True,
+            specific_tags=["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"],
+        )
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as error:
+        raise DicomError(f"not a readable DICOM Part 10 file ({type(error).__name__})") from None
+    values = {}
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
+        value = str(ds.get(keyword, "") or "").strip()
+        if not is_uid(value):
+            raise DicomError(f"{keyword} is missing or not a valid UID")
+        values[keyword] = value
+    return Header(
+        values["StudyInstanceUID"], values["SeriesInstanceUID"], values["SOPInstanceUID"], values["SOPClassUID"]
+    )
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Ingestor:
+    def __init__(
+        self,
+        settings: Settings,
+        storage: Storage,
+        catalog: Catalog,
+        hooks: list[Hook],
+        *,
+        spool_dir: Path,
+        destinations: dict[str, Storage] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.storage = storage
+        self.catalog = catalog
+        self.hooks = hooks
+        self.spool_dir = spool_dir
+        self.destinations = destinations or {}
+
+    def ingest(
+        self,
+        path: Path,
+        context: UploadContext,
+        expected_study: str | None = None,
+        scope: Scope | None = None,
+    ) -> IngestResult:
+        """Never raises for a bad file; raises StorageUnavailable / CatalogUnavailable for outages so the caller
+        can tell the client to retry (nothing was made visible)."""
+        try:
+            header = read_header(path)
+        except DicomError as error:
+            return IngestResult("failed", failure_reason=CANNOT_UNDERSTAND, detail=error.detail)
+        base = IngestResult(
+            "failed",
+            sop_uid=header.sop_uid,
+            sop_class_uid=header.sop_class_uid,
+            study_uid=header.study_uid,
+            series_uid=header.series_uid,
+        )
+        if expected_study is not None and header.study_uid != expected_study:
+            base.failure_reason = STUDY_MISMATCH
+            base.detail = "StudyInstanceUID does not match the study in the request URL"
+            return base
+        if scope is not None and not scope.allows_series(header.study_uid, header.series_uid):
+            base.failure_reason = PROCESSING_FAILURE
+            base.detail = "the instance's study or series is outside the token's scope"
+            return base
+        outcome, final_path = self._run_hooks(path, context)
+        try:
+            if outcome.action == "reject":
+                base.failure_reason = PROCESSING_FAILURE
+                base.detail = outcome.reason or "rejected by upload policy"
+                base.report = outcome.report
+                self._audit(context, header, outcome)
+                return base
+            if outcome.action == "quarantine":
+                return self._quarantine(final_path, context, header, outcome)
+            return self._store(final_path, context, header, outcome)
+        finally:
+            if final_path != path:
+                final_path.unlink(missing_ok=True)
+
+    def _run_hooks(self, path: Path, context: UploadContext) -> tuple[HookOutcome, Path]:
+        current = path
+        merged = HookOutcome(path=path)
+        for hook in self.hooks:
+            outcome = hook(current, context)
+            if outcome.path is not None and outcome.path != current:
+                if current != path:
+                    current.unlink(missing_ok=True)
+                current = outcome.path
+            merged.audit.update(outcome.audit)
+            merged.report.update(outcome.report)
+            merged.destination = outcome.destination or merged.destination
+            if outcome.action != "accept":
+                merged.action = outcome.action
+                merged.reason = outcome.reason
+                break
+        merged.path = current
+        return merged, current
+
+    def _audit(self, context: UploadContext, header: Header, outcome: HookOutcome) -> None:
+        if not outcome.audit:
+            return
+        self.catalog.add_audit(
+            source=context.source,
+            sub=context.sub,
+            sop_uid=header.sop_uid,
+            study_uid=header.study_uid,
+            decision=outcome.audit.get("decision", outcome.action),
+            rule=outcome.audit.get("rule"),
+            destination=outcome.audit.get("destination"),
+            tags=outcome.audit.get("tags", []),
+            policy_version=outcome.audit.get("policy_version"),
+        )
+
+    def _quarantine(self, path: Path, context: UploadContext, header: Header, outcome: HookOutcome) -> IngestResult:
+        key = "quarantine/" + instance_key(header.study_uid, header.series_uid, header.sop_uid)
+        self.storage.put_file(key, path)
+        self.catalog.add_quarantine(
+            key=key,
+            sop_uid=header.sop_uid,
+            study_uid=header.study_uid,
+            series_uid=header.series_uid,
+            reason=outcome.reason,
+            report=outcome.report,
+        )
+        self._audit(context, header, outcome)
+        return IngestResult(
+            "quarantined",
+            sop_uid=header.sop_uid,
+            sop_class_uid=header.sop_class_uid,
+            study_uid=header.study_uid,
+            series_uid=header.series_uid,
+            failure_reason=PROCESSING_FAILURE,
+            detail=outcome.reason or "quarantined for review",
+            report=outcome.report,
+            storage_key=key,
+        )
+
+    def _store(self, path: Path, context: UploadContext, original: Header, outcome: HookOutcome) -> IngestResult:
+        try:
+            indexed = index_file(path, bulkdata_threshold=self.settings.bulkdata_threshold)
+        except DicomError as error:
+            return IngestResult(
+                "failed",
+                sop_uid=original.sop_uid,
+                sop_class_uid=original.sop_class_uid,
+                study_uid=original.study_uid,
+                series_uid=original.series_uid,
+                failure_reason=CANNOT_UNDERSTAND,
+                detail=error.detail,
+            )
+        result = IngestResult(
+            "stored",
+            sop_uid=indexed.sop_uid,
+            sop_class_uid=indexed.sop_class_uid,
+            study_uid=indexed.study_uid,
+            series_uid=indexed.series_uid,
+            report=outcome.report,
+        )
+        storage = self.storage
+        if outcome.destination and outcome.destination != "default":
+            storage = self.destinations.get(outcome.destination, storage)
+        key = instance_key(indexed.study_uid, indexed.series_uid, indexed.sop_uid)
+        result.storage_key = key
+        digest = sha256_of(path)
+        existing = self.catalog.get_instance(indexed.sop_uid)
+        if existing is not None and existing.sha256 == digest:
+            result.status = "duplicate"
+            return result
+        if existing is not None and not self.settings.stow_overwrite:
+            result.status = "failed"
+            result.failure_reason = DUPLICATE_DIFFERENT
+            result.detail = "an instance with this SOP Instance UID and different content is already stored"
+            return result
+        stored = storage.put_file(key, path)
+        record = InstanceRecord.from_indexed(
+            indexed,
+            storage_key=key,
+            size=stored.size,
+            sha256=digest,
+            etag=stored.etag,
+            replace=existing is not None,
+        )
+        try:
+            created = self.catalog.register_instance(record)
+        except Conflict:
+            result.status = "failed"
+            result.failure_reason = DUPLICATE_DIFFERENT
+            result.detail = "an instance with this SOP Instance UID and different content is already stored"
+            return result
+        if not created:
+            result.status = "duplicate"
+        self._audit(context, original, outcome)
+        log.info("stored instance", extra={"sop_uid": indexed.sop_uid, "bytes": stored.size})
+        return result
+
+
+def is_outage(error: Exception) -> bool:
+    return isinstance(error, StorageUnavailable | GatewayError) and getattr(error, "status", 0) == 503

@@ -1,0 +1,74 @@
+"""Click commands of the PHI area: ``scan`` and the ``hooks`` group (the lead adds both to ``dicom-gateway``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+
+from gateway.errors import ConfigError
+from gateway.phi.policy import Policy, load_policy
+from gateway.phi.scanner import scan_file
+
+
+def _files(paths: tuple[Path, ...]) -> Iterator[Path]:
+    for path in paths:
+        if path.is_dir():
+            yield from sorted(child for child in path.rglob("*") if child.is_file())
+        else:
+            yield path  # a missing file gives an "unreadable" report, not a usage error
+
+
+@click.command("scan")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--policy",
+    "policy_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="PHI policy (TOML): its [deidentify] options and [private] whitelist change what counts as PHI.",
+)
+@click.pass_context
+def scan(ctx: click.Context, paths: tuple[Path, ...], policy_file: Path | None) -> None:
+    """Scan DICOM files (folders recurse) for PHI; print one JSON report per file, one per line.
+
+    Exit status: 0 all clean, 1 PHI found, 2 a file was unreadable (the highest wins).
+    """
+    policy: Policy | None = None
+    if policy_file is not None:
+        try:
+            policy = load_policy(policy_file)
+        except ConfigError as error:
+            raise click.BadParameter(str(error), param_hint="--policy") from None
+    worst = 0
+    for path in _files(paths):
+        report = scan_file(path, policy)
+        click.echo(report.to_json())
+        worst = max(worst, report.exit_code)
+    ctx.exit(worst)
+
+
+@click.group("hooks")
+def hooks() -> None:
+    """Upload hooks outside a request: direct-to-bucket uploads under incoming/."""
+
+
+@hooks.command("run-incoming")
+@click.pass_context
+def run_incoming_command(ctx: click.Context) -> None:
+    """Process every object under incoming/ (PHI hooks, then ingest); print one JSON result per object.
+
+    Exit status 1 if any object failed (it stays under incoming/ for a retry).
+    """
+    from gateway.config import Settings
+    from gateway.phi.s3event import run_incoming
+
+    try:
+        settings = Settings.from_env()
+        results = run_incoming(settings)
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
+    for result in results:
+        click.echo(json.dumps(result.to_dict(), sort_keys=True))
+    ctx.exit(1 if any(result.status == "failed" for result in results) else 0)

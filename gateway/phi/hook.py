@@ -1,0 +1,168 @@
+"""``PhiHook``: scan, choose the policy rule, act. The same object runs for STOW-RS and for direct S3 uploads.
+
+Decisions (``HookOutcome.audit["decision"]``):
+
+- ``reject`` / ``quarantine``: as the rule says.
+- ``deidentify``: a new file is written next to the upload (or in ``tmp_dir``) and re-scanned with the policy; only
+  a clean re-scan is accepted (``path`` = the new file, which the caller then owns and deletes). Anything else,
+  or a file that cannot be de-identified, gets ``[options].on_deidentify_failure`` (reject by default).
+- ``allow``: the file is stored as it is, so the destination must have ``identifiable_allowed = true``; if the scan
+  found PHI the destination's region must also equal the upload's declared region. Otherwise: reject.
+- ``route``: a clean file may go to the named destination; a file with PHI only if that destination allows
+  identifiable data AND is in the upload's declared region (an upload that declares no region cannot prove it).
+- Unreadable or malformed files: ``[options].on_unreadable`` (reject by default), never an exception.
+
+The audit dict names tags, rules and destinations, never values.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from gateway.config import Settings
+from gateway.errors import ConfigError, DeidentificationFailed
+from gateway.hooks import Hook, HookOutcome, UploadContext
+from gateway.phi.deidentify import deidentify_file
+from gateway.phi.policy import Destination, Policy, Rule, load_policy
+from gateway.phi.scanner import ScanReport, scan_file, scan_with_values
+
+MIN_KEY_LENGTH = 32
+
+
+class PhiHook:
+    """The PHI / data-sovereignty upload hook (implements ``gateway.hooks.Hook``)."""
+
+    name = "phi"
+
+    def __init__(
+        self,
+        policy: Policy,
+        deid_key: str | bytes = "",
+        destination_storages: Mapping[str, Any] | None = None,
+        tmp_dir: Path | str | None = None,
+    ) -> None:
+        """``destination_storages``: when given, the destinations that are actually configured (name -> storage);
+        a rule that sends a file anywhere else is refused instead of silently falling back to the default."""
+        self.policy = policy
+        self.deid_key = deid_key
+        self.destination_storages = destination_storages
+        self.tmp_dir = Path(tmp_dir) if tmp_dir else None
+
+    # -- outcome builders ----------------------------------------------------------------------------------------
+    def _outcome(
+        self,
+        action: str,
+        decision: str,
+        rule: Rule | None,
+        report: ScanReport,
+        reason: str = "",
+        path: Path | None = None,
+        destination: str | None = None,
+        **audit: Any,
+    ) -> HookOutcome:
+        outcome_action = {"accept": "accept", "reject": "reject", "quarantine": "quarantine"}[action]
+        return HookOutcome(
+            action=outcome_action,  # type: ignore[arg-type]
+            path=path,
+            destination=destination,
+            reason=reason,
+            report=report.to_dict(),
+            audit={
+                "hook": self.name,
+                "decision": decision,
+                "rule": rule.id if rule else None,
+                "rule_action": rule.action if rule else None,
+                "tags": report.paths,  # tag paths, never values
+                "scan": report.status,
+                "policy_version": self.policy.version,
+                "destination": destination,
+                **audit,
+            },
+        )
+
+    def _refuse(self, rule: Rule, report: ScanReport, reason: str, choice: str = "reject") -> HookOutcome:
+        return self._outcome(choice, choice, rule, report, reason=reason)
+
+    # -- the hook ----------------------------------------------------------------------------------------------
+    def __call__(self, path: Path, context: UploadContext) -> HookOutcome:
+        path = Path(path)
+        report, tags = scan_with_values(path, self.policy, self.policy.tag_keywords)
+        if not report.readable:
+            choice = self.policy.on_unreadable
+            return self._outcome(choice, choice, None, report, reason=f"unreadable DICOM: {report.error}")
+        phi = not report.clean
+        rule = self.policy.select(context, tags, phi)
+        if rule.action in ("reject", "quarantine"):
+            reason = rule.reason or f"policy rule {rule.id!r}: {rule.action}"
+            return self._outcome(rule.action, rule.action, rule, report, reason=reason)
+        assert rule.destination is not None  # validated at load for allow, route and deidentify
+        destination = self.policy.destinations[rule.destination]
+        if self.destination_storages is not None and destination.name not in self.destination_storages:
+            return self._refuse(rule, report, f"destination {destination.name!r} is not configured")
+        if rule.action == "deidentify":
+            return self._deidentify(path, rule, report)
+        if rule.action == "allow" and not destination.identifiable_allowed:
+            return self._refuse(rule, report, f"destination {destination.name!r} does not accept identifiable data")
+        if phi:
+            problem = _identifiable_problem(destination, context)
+            if problem:
+                return self._refuse(rule, report, problem)
+        return self._outcome("accept", rule.action, rule, report, destination=destination.name)
+
+    def _deidentify(self, path: Path, rule: Rule, report: ScanReport) -> HookOutcome:
+        choice = self.policy.on_deidentify_failure
+        handle, name = tempfile.mkstemp(prefix="deid-", suffix=".dcm", dir=self.tmp_dir or path.parent)
+        os.close(handle)
+        output = Path(name)
+        try:
+            deidentify_file(path, output, self.deid_key, self.policy)
+        except DeidentificationFailed as exc:
+            output.unlink(missing_ok=True)
+            return self._refuse(rule, report, f"cannot de-identify: {exc.detail}", choice)
+        except Exception as exc:  # noqa: BLE001 - a malformed file must give an outcome, never an exception
+            output.unlink(missing_ok=True)
+            return self._refuse(rule, report, f"cannot de-identify: {type(exc).__name__}", choice)
+        rescan = scan_file(output, self.policy)
+        if not rescan.clean:
+            output.unlink(missing_ok=True)
+            return self._outcome(
+                choice,
+                choice,
+                rule,
+                report,
+                reason="de-identified output still has PHI: " + ", ".join(sorted({f.rule for f in rescan.findings})),
+                rescan_paths=rescan.paths,
+            )
+        return self._outcome(
+            "accept", "deidentify", rule, report, path=output, destination=rule.destination, deidentified=True
+        )
+
+
+def _identifiable_problem(destination: Destination, context: UploadContext) -> str | None:
+    if not destination.identifiable_allowed:
+        return f"identifiable data may not go to destination {destination.name!r}"
+    if context.region is None:
+        return f"identifiable data needs a declared region to go to destination {destination.name!r}"
+    if context.region != destination.region:
+        return (
+            f"identifiable data from region {context.region!r} may not go to destination "
+            f"{destination.name!r} in region {destination.region!r}"
+        )
+    return None
+
+
+def build_hooks(settings: Settings) -> list[Hook]:
+    """The PHI hook chain for these settings: [] without ``DICOMGW_PHI_POLICY``. Loads and validates the policy
+    once; a policy that de-identifies needs ``DICOMGW_DEID_KEY`` (at least 32 characters)."""
+    if settings.phi_policy is None:
+        return []
+    policy = load_policy(settings.phi_policy)
+    if policy.needs_key and len(settings.deid_key) < MIN_KEY_LENGTH:
+        raise ConfigError(
+            "DICOMGW_DEID_KEY", f"the PHI policy de-identifies, so a key of at least {MIN_KEY_LENGTH} characters is required"
+        )
+    return [PhiHook(policy, settings.deid_key, tmp_dir=settings.tmp_dir or None)]

@@ -1,0 +1,338 @@
+"""PHI scanner: ``scan_file(path, policy=None) -> ScanReport``.
+
+What counts as a finding (docs/phi.md has the full table). For every element, at every sequence depth, the file
+meta group and elements stored after Pixel Data included, the Table E.1-1 code is resolved with the policy's
+``[deidentify]`` options (an enabled option's K/C replaces the basic-profile code):
+
+- D, Z, X, U and combinations: a finding when the element is present and non-empty (an empty Type 2 value or an
+  empty sequence is what a clean file carries). UIDs under the ``2.25`` root (UUID-derived, what the
+  de-identifier produces and what PS3.15 recommends) are not findings: a scanner cannot tell a remapped UID
+  from an original one, and an organisation's own root is what links a UID back to its source.
+- K: never a finding.
+- C for dates and times (Modified Dates option): a finding unless the file declares that its dates were shifted
+  (PatientIdentityRemoved YES and code 113107 in DeidentificationMethodCodeSequence): a shifted date cannot be told
+  from a real one. Any other C: a finding only under the free-text rule.
+- Private elements: a finding unless ``[private].safe`` whitelists (creator, element); private creators are not.
+- Beyond the table: SR TEXT items (``sr-text``), free text repeating the patient's name or IDs
+  (``free-text-identifier``), PatientAge above 89 years (``age-over-89``), Burned In Annotation YES or missing
+  on modalities that burn text in (``burned-in-annotation``), private information in the file meta
+  (``meta-private-information``), text too large to check (``oversized-text``).
+
+A file that claims PatientIdentityRemoved=YES is scanned like any other. Findings carry the tag path, keyword
+and rule id, never the value; the order is the file's tag order, so a file always gives the same report.
+
+Memory: the file is read with ``defer_size``, so Pixel Data and other large values are never loaded (their
+length is all the scanner needs); nothing is read with ``stop_before_pixels``, which would hide trailing elements.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.datadict import keyword_for_tag
+from pydicom.dataset import Dataset
+
+from gateway.phi.policy import BASIC, Policy
+from gateway.phi.profile import MODIFIED_DATES_CODE, effective_action, is_date_clean, table, tag_text
+from gateway.phi.textrules import (
+    BURNED_IN_MODALITIES,
+    FREE_TEXT_VRS,
+    IDENTIFIER_KEYWORDS,
+    MAX_AGE_YEARS,
+    Identifiers,
+    age_years,
+    is_empty_text,
+    text_values,
+    vr_of,
+)
+
+DEFER_SIZE = 256 * 1024  # values larger than this stay on disk (Pixel Data, big private blobs)
+MAX_TEXT = 1024 * 1024  # text larger than this is not read; it is reported as `oversized-text`
+BINARY_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN"})
+STRING_VRS = frozenset(
+    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
+)
+UNDEFINED_LENGTH = 0xFFFFFFFF
+META_PRIVATE = (0x00020100, 0x00020102)  # Private Information Creator UID, Private Information
+TEXT_VALUE = 0x0040A160
+PATIENT_AGE = 0x00101010
+BURNED_IN = 0x00280301
+
+
+@dataclass(frozen=True, order=True)
+class Finding:
+    path: str  # "(0040,0275)[0]>(0032,1032)"
+    keyword: str  # "" for private and unknown elements
+    rule: str  # "e1-1:Z", "private-tag", "free-text-identifier"...
+
+    def to_dict(self) -> dict[str, str]:
+        return {"path": self.path, "keyword": self.keyword, "rule": self.rule}
+
+
+@dataclass
+class ScanReport:
+    file: str
+    readable: bool = True
+    error: str | None = None
+    findings: list[Finding] = field(default_factory=list)
+    policy_version: str = BASIC.version
+
+    @property
+    def clean(self) -> bool:
+        return self.readable and not self.findings
+
+    @property
+    def status(self) -> str:
+        return "unreadable" if not self.readable else "phi" if self.findings else "clean"
+
+    @property
+    def exit_code(self) -> int:
+        """CLI convention: 0 clean, 1 PHI found, 2 unreadable."""
+        return {"clean": 0, "phi": 1, "unreadable": 2}[self.status]
+
+    @property
+    def paths(self) -> list[str]:
+        return [finding.path for finding in self.findings]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "status": self.status,
+            "readable": self.readable,
+            "error": self.error,
+            "policy_version": self.policy_version,
+            "findings": [finding.to_dict() for finding in self.findings],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+class Unreadable(Exception):
+    """The file is not usable DICOM; the message names the problem, never a value."""
+
+
+def read_dataset(path: Path) -> Dataset:
+    """Read a Part 10 file lazily (large values deferred) and check deferred values lie inside the file."""
+    dataset = pydicom.dcmread(str(path), defer_size=DEFER_SIZE)
+    # pydicom accepts a bare "DICM" with nothing after it; a file that cannot even name itself is not an instance
+    if "TransferSyntaxUID" not in getattr(dataset, "file_meta", {}) or "SOPInstanceUID" not in dataset:
+        raise Unreadable("no Transfer Syntax UID or no SOP Instance UID")
+    size = os.path.getsize(path)
+    for tag in dataset.keys():
+        raw = dataset.get_item(tag, keep_deferred=True)
+        if raw is not None and getattr(raw, "value", b"") is None and raw.length != UNDEFINED_LENGTH:
+            if raw.value_tell + raw.length > size:
+                raise Unreadable(f"{tag_text(tag)} runs past the end of the file (truncated)")
+    return dataset
+
+
+def _declares_modified_dates(dataset: Dataset) -> bool:
+    if str(dataset.get("PatientIdentityRemoved", "")).upper() != "YES":
+        return False
+    codes = dataset.get("DeidentificationMethodCodeSequence") or []
+    return any(str(item.get("CodeValue", "")) == MODIFIED_DATES_CODE for item in codes)
+
+
+def _private_creator(dataset: Dataset, tag: int) -> str | None:
+    element = tag & 0xFFFF
+    if element < 0x1000:
+        return None
+    creator = dataset.get_item(((tag >> 16) << 16) | (element >> 8))
+    if creator is None:
+        return None
+    value = dataset[((tag >> 16) << 16) | (element >> 8)].value
+    return str(value).strip(" \0") if value is not None else None
+
+
+class _Scanner:
+    def __init__(self, policy: Policy, identifiers: Identifiers, declared_dates: bool) -> None:
+        self.policy = policy
+        self.options = policy.deidentify.options
+        self.identifiers = identifiers
+        self.declared_dates = declared_dates
+        self.table = table()
+        self.findings: list[Finding] = []
+
+    # -- element values, read only when small ------------------------------------------------------------------
+    @staticmethod
+    def _length(dataset: Dataset, tag: int) -> int:
+        element = dataset.get_item(tag, keep_deferred=True)
+        if element is None:
+            return 0
+        if getattr(element, "is_raw", False):
+            return int(element.length)
+        value = element.value
+        if value is None:
+            return 0
+        if isinstance(value, bytes | str):
+            return len(value)
+        return 1 if value != [] else 0
+
+    def _texts(self, dataset: Dataset, tag: int) -> list[str] | None:
+        """String values, or None when the value is too large to read."""
+        if self._length(dataset, tag) > MAX_TEXT:
+            return None
+        return text_values(dataset[tag].value)
+
+    def _empty(self, dataset: Dataset, tag: int, vr: str) -> bool:
+        if vr == "SQ":
+            return len(dataset[tag].value) == 0
+        length = self._length(dataset, tag)
+        if length == 0:
+            return True
+        if vr in STRING_VRS and length <= MAX_TEXT:
+            return is_empty_text(text_values(dataset[tag].value))
+        return False
+
+    # -- the walk ---------------------------------------------------------------------------------------------
+    def add(self, path: str, tag: int, rule: str) -> None:
+        keyword = "" if (tag >> 16) % 2 else keyword_for_tag(tag)
+        self.findings.append(Finding(path, keyword, rule))
+
+    def walk(self, dataset: Dataset, prefix: str = "", meta: bool = False) -> None:
+        for tag in sorted(dataset.keys()):
+            group, element = tag >> 16, tag & 0xFFFF
+            if element == 0:  # group lengths
+                continue
+            path = prefix + tag_text(tag)
+            vr = vr_of(dataset, tag)
+            if group % 2:
+                self._private(dataset, tag, path, vr)
+            else:
+                rule = self._public_rule(dataset, tag, vr, meta)
+                if rule is None:
+                    rule = self._free_text_rule(dataset, tag, vr)
+                if rule is not None:
+                    self.add(path, tag, rule)
+            if vr == "SQ":
+                for index, item in enumerate(dataset[tag].value):
+                    self.walk(item, f"{path}[{index}]>")
+
+    def _private(self, dataset: Dataset, tag: int, path: str, vr: str) -> None:
+        element = tag & 0xFFFF
+        if 0x10 <= element <= 0xFF:  # private creator: a vendor name, not PHI
+            return
+        if self._empty(dataset, tag, vr):
+            return
+        creator = _private_creator(dataset, tag)
+        safe = (
+            "rtnSafePrivOpt" in self.options
+            and creator is not None
+            and self.policy.is_private_safe(creator, tag)
+        )
+        if not safe:
+            self.add(path, tag, "private-tag")
+            return
+        rule = self._free_text_rule(dataset, tag, vr)
+        if rule is not None:
+            self.add(path, tag, rule)
+
+    def _public_rule(self, dataset: Dataset, tag: int, vr: str, meta: bool) -> str | None:
+        if meta and tag in META_PRIVATE:
+            return None if self._empty(dataset, tag, vr) else "meta-private-information"
+        if tag == TEXT_VALUE and str(dataset.get("ValueType", "")).upper() == "TEXT":
+            if "cleanStructContOpt" not in self.options and not self._empty(dataset, tag, vr):
+                return "sr-text"
+            return None
+        if tag == BURNED_IN:
+            return None  # judged once, at the top level (see burned_in)
+        row = self.table.lookup(tag)
+        if row is None or self._empty(dataset, tag, vr):
+            return None
+        action = effective_action(row, self.options)
+        if action == "K":
+            if tag == PATIENT_AGE:
+                return self._age_rule(dataset, tag)
+            return None
+        if action == "C":
+            if is_date_clean(row, self.options) and not self.declared_dates:
+                return "date-not-declared-modified"
+            return None
+        if vr == "SQ" and "U" in action:
+            return None  # X/Z/U* (Referenced/Source Image Sequence): keep, remap the UIDs inside (checked there)
+        if vr == "UI" and ("U" in action or "D" in action):
+            values = self._texts(dataset, tag) or []
+            if all(value.strip(" \0").startswith("2.25.") for value in values if value.strip(" \0")):
+                return None
+        return "e1-1:" + action
+
+    def _age_rule(self, dataset: Dataset, tag: int) -> str | None:
+        for value in self._texts(dataset, tag) or []:
+            years = age_years(value)
+            if years is None or years > MAX_AGE_YEARS:
+                return "age-over-89"
+        return None
+
+    def _free_text_rule(self, dataset: Dataset, tag: int, vr: str) -> str | None:
+        if vr not in FREE_TEXT_VRS or keyword_for_tag(tag) in IDENTIFIER_KEYWORDS:
+            return None
+        if self._empty(dataset, tag, vr):
+            return None
+        texts = self._texts(dataset, tag)
+        if texts is None:
+            return "oversized-text"
+        return "free-text-identifier" if self.identifiers.repeated_in(texts) else None
+
+    def burned_in(self, dataset: Dataset) -> None:
+        burned = str(dataset.get("BurnedInAnnotation", "") or "").strip().upper()
+        modality = str(dataset.get("Modality", "") or "").strip().upper()
+        if burned == "YES" or (burned != "NO" and modality in BURNED_IN_MODALITIES):
+            self.add(tag_text(BURNED_IN), BURNED_IN, "burned-in-annotation")
+
+
+def scan_dataset(dataset: Dataset, policy: Policy | None = None, file: str = "") -> ScanReport:
+    """Scan an already-read dataset (read it with ``read_dataset`` so big values stay on disk)."""
+    policy = policy or BASIC
+    scanner = _Scanner(policy, Identifiers.collect(dataset), _declares_modified_dates(dataset))
+    meta = getattr(dataset, "file_meta", None)
+    if meta is not None:
+        scanner.walk(meta, meta=True)
+    scanner.walk(dataset)
+    scanner.burned_in(dataset)
+    return ScanReport(file=file, findings=scanner.findings, policy_version=policy.version)
+
+
+def top_level_values(dataset: Dataset, keywords: Iterable[str]) -> dict[str, str]:
+    """Values the policy rules match on (``tags.<Keyword>``); multiple values joined with a backslash."""
+    values: dict[str, str] = {}
+    for keyword in keywords:
+        element = dataset.get(keyword)
+        values[keyword] = "" if element is None else "\\".join(text_values(element)).strip(" \0")
+    return values
+
+
+def scan_with_values(
+    path: Path | str, policy: Policy | None = None, keywords: Iterable[str] = ()
+) -> tuple[ScanReport, dict[str, str]]:
+    """``scan_file`` plus the top-level values of ``keywords`` (for policy matching; never put in a report)."""
+    policy = policy or BASIC
+    table()  # a broken installation must fail loudly, not make every file look "unreadable"
+    try:
+        dataset = read_dataset(Path(path))
+        report = scan_dataset(dataset, policy, str(path))
+        return report, top_level_values(dataset, keywords)
+    except Exception as exc:  # noqa: BLE001 - the contract: an unreadable file is a report, never an exception
+        return ScanReport(file=str(path), readable=False, error=_describe(exc), policy_version=policy.version), {}
+
+
+def scan_file(path: Path | str, policy: Policy | None = None) -> ScanReport:
+    """Scan one Part 10 file. Never raises: an unreadable file gives ``ScanReport(readable=False, error=...)``."""
+    return scan_with_values(path, policy)[0]
+
+
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"|b'[^']*'")
+
+
+def _describe(exc: BaseException) -> str:
+    # pydicom's messages name tags and offsets, but a validation message may quote a value: quoted text is
+    # masked so an error line can never carry PHI. One short line.
+    text = _QUOTED.sub("'…'", " ".join(str(exc).split()))[:200]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

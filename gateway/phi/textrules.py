@@ -1,0 +1,122 @@
+"""Rules beyond Table E.1-1 that the scanner and the de-identifier share.
+
+- Free text (LO, LT, ST, UT, SH, UC) that repeats a part of the patient's name or one of the patient's IDs found
+  anywhere in the same file (any sequence depth, Original Attributes Sequence included).
+- Ages above 89 years (HIPAA Safe Harbor groups them as "90 or older").
+- Modalities whose pixel data often carries burned-in text.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+
+from pydicom.datadict import dictionary_VR
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
+FREE_TEXT_VRS = frozenset({"LO", "LT", "ST", "UT", "SH", "UC"})
+NAME_KEYWORDS = frozenset({"PatientName", "OtherPatientNames", "PatientBirthName", "PatientMotherBirthName"})
+ID_KEYWORDS = frozenset({"PatientID", "OtherPatientIDs", "AccessionNumber"})
+IDENTIFIER_KEYWORDS = NAME_KEYWORDS | ID_KEYWORDS
+# Modalities whose images are often screen captures or carry operator annotations in the pixels: for these a
+# missing Burned In Annotation is treated like YES.
+BURNED_IN_MODALITIES = frozenset({"US", "IVUS", "SC", "XC", "ES", "GM", "OT", "XA", "RF", "OP", "DOC"})
+MIN_NAME_PART = 2
+MIN_ID = 3
+MAX_AGE_YEARS = 89
+
+_SPLIT_NAME = re.compile(r"[\^=\s,]+")
+_AGE = re.compile(r"^(\d{3})([DWMY])$")
+_AGE_DIVISOR = {"D": 365.25, "W": 52.18, "M": 12.0, "Y": 1.0}
+
+
+def vr_of(dataset: Dataset, tag: int) -> str:
+    """The VR of an element without converting it (implicit-VR raw elements carry none: use the dictionary;
+    unknown and private ones count as UN; ambiguous ones such as "US or SS" take the first)."""
+    element = dataset.get_item(tag, keep_deferred=True)
+    vr = element.VR if element is not None else None
+    if vr is None:
+        try:
+            vr = dictionary_VR(tag)
+        except KeyError:
+            vr = "UN"
+    return str(vr).split(" or ")[0]
+
+
+def text_values(value: object) -> list[str]:
+    """The string values of an element value (multi-valued or not); non-strings become ``str``."""
+    if value is None:
+        return []
+    if isinstance(value, MultiValue | list | tuple):
+        return [str(item) for item in value if item is not None]
+    if isinstance(value, bytes):
+        return []
+    return [str(value)]
+
+
+def is_empty_text(values: Iterable[str]) -> bool:
+    return all(not value.strip(" \0") for value in values)
+
+
+def _name_parts(value: str) -> Iterator[str]:
+    # PN: up to three component groups (alphabetic=ideographic=phonetic), each family^given^middle^prefix^suffix.
+    # Prefixes and suffixes ("DR", "JR") are too common in ordinary text to count as identifying.
+    for group in value.split("="):
+        for component in group.split("^")[:3]:
+            for part in _SPLIT_NAME.split(component):
+                part = part.strip(" \0")
+                if len(part) >= MIN_NAME_PART:
+                    yield part
+
+
+class Identifiers:
+    """The patient's name parts and IDs found in one file, and a matcher for text that repeats them."""
+
+    def __init__(self, names: Iterable[str], ids: Iterable[str]) -> None:
+        tokens = sorted({t for t in names if len(t) >= MIN_NAME_PART} | {t for t in ids if len(t) >= MIN_ID})
+        # longest first so that "SMITH-JONES" wins over "SMITH"; boundaries so "LI" does not match "CLINIC"
+        tokens.sort(key=len, reverse=True)
+        self._pattern = (
+            re.compile(
+                r"(?<![0-9A-Za-z])(?:" + "|".join(re.escape(t) for t in tokens) + r")(?![0-9A-Za-z])",
+                re.IGNORECASE,
+            )
+            if tokens
+            else None
+        )
+
+    def __bool__(self) -> bool:
+        return self._pattern is not None
+
+    def repeated_in(self, values: Iterable[str]) -> bool:
+        return self._pattern is not None and any(self._pattern.search(value) for value in values)
+
+    @classmethod
+    def collect(cls, dataset: Dataset) -> Identifiers:
+        names: list[str] = []
+        ids: list[str] = []
+        _collect(dataset, names, ids)
+        return cls(names, ids)
+
+
+def _collect(dataset: Dataset, names: list[str], ids: list[str]) -> None:
+    for keyword in IDENTIFIER_KEYWORDS:
+        if keyword in dataset:
+            for value in text_values(dataset[keyword].value):
+                if keyword in NAME_KEYWORDS:
+                    names.extend(_name_parts(value))
+                else:
+                    ids.append(value.strip(" \0"))
+    for tag in dataset.keys():
+        if vr_of(dataset, tag) == "SQ":
+            for item in dataset[tag].value:
+                _collect(item, names, ids)
+
+
+def age_years(value: str) -> float | None:
+    """Years from an AS value ("045Y", "018M"), or None when it is not a valid AS."""
+    match = _AGE.match(value.strip(" \0"))
+    if match is None:
+        return None
+    return int(match.group(1)) / _AGE_DIVISOR[match.group(2)]

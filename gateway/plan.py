@@ -1,0 +1,292 @@
+"""Read plans: which stored bytes answer a WADO request, written as a small SSI body that NGINX executes.
+
+DESIGN.md principle 1: no pixel data, P10 file or bulkdata byte passes through Python on the read path. For a
+frame, a bulkdata element or a multipart retrieve, Python answers with the final status and headers and a body of
+SSI ``include`` commands, each naming a byte range of a stored object (``/_seg/{first}-{last}{origin path}``);
+NGINX fetches those ranges from storage and splices them, so a request without Range gets a 200 with exactly the
+bytes. A single whole object (``application/dicom``) is handed over with ``X-Accel-Redirect`` so storage answers
+Range itself (200/206/416) with its strong ETag. Plans do not depend on the token, so NGINX caches them.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs
+
+from gateway.accept import Offer, negotiate
+from gateway.auth import Target, parse_target, split_token
+from gateway.dicom.frames import FrameIndex
+from gateway.errors import BadRequest, NotAcceptable, NotFound, RangeNotSatisfiable
+from gateway.uids import check_uid
+
+NATIVE_TS = "1.2.840.10008.1.2.1"
+# Plans of single instances never change (an overwrite is opt-in); study/series lists grow with uploads.
+STABLE_PLAN_SECONDS = 600
+
+
+@dataclass
+class PlanResponse:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes = b""
+
+
+@dataclass
+class CachedInstance:
+    """The slice of a catalog row the read path needs, decoded once and kept in a bounded LRU."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    transfer_syntax_uid: str
+    storage_key: str
+    size: int
+    etag: str
+    frame_media_type: str
+    frames: FrameIndex | None
+    bulkdata: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+def _decode_bulkdata(value: Any) -> dict[str, tuple[int, int]]:
+    if not value:
+        return {}
+    items = json.loads(value) if isinstance(value, str | bytes) else value
+    result: dict[str, tuple[int, int]] = {}
+    for item in items:
+        if isinstance(item, dict):
+            result[item["path"]] = (int(item["offset"]), int(item["length"]))
+        elif isinstance(item, list | tuple):
+            result[str(item[0])] = (int(item[2]), int(item[3]))
+        else:
+            result[item.path] = (item.offset, item.length)
+    return result
+
+
+def to_cached(row: Any) -> CachedInstance:
+    return CachedInstance(
+        study_uid=row.study_uid,
+        series_uid=row.series_uid,
+        sop_uid=row.sop_uid,
+        transfer_syntax_uid=row.transfer_syntax_uid,
+        storage_key=row.storage_key,
+        size=int(row.size),
+        etag=row.etag or "",
+        frame_media_type=row.frame_media_type or "application/octet-stream",
+        frames=FrameIndex.unpack(row.frame_index) if row.frame_index else None,
+        bulkdata=_decode_bulkdata(row.bulkdata),
+    )
+
+
+def parse_range(header: str, length: int) -> tuple[int, int] | None:
+    """One ``bytes=`` range as (first, last) inclusive; None when absent or not a single byte range (ignored, as
+    RFC 9110 allows). Raises RangeNotSatisfiable when it cannot be met."""
+    header = header.strip()
+    if not header.startswith("bytes=") or "," in header:
+        return None
+    first_s, sep, last_s = header[6:].strip().partition("-")
+    if not sep:
+        return None
+    try:
+        if first_s == "":
+            suffix = int(last_s)
+            if suffix <= 0:
+                raise RangeNotSatisfiable("empty suffix range", length=length)
+            return max(0, length - suffix), length - 1
+        first = int(first_s)
+        last = int(last_s) if last_s else length - 1
+    except ValueError:
+        return None
+    if first < 0 or last < first:
+        return None
+    if first >= length:
+        raise RangeNotSatisfiable("range starts beyond the end", length=length)
+    return first, min(last, length - 1)
+
+
+class Planner:
+    def __init__(
+        self,
+        load_instance: Callable[[str], Any],
+        list_instances: Callable[[str, str | None], Sequence[Any]],
+        origin_path: Callable[[str], str],
+        cache_size: int = 20000,
+    ) -> None:
+        self._load_instance = load_instance
+        self._list_instances = list_instances
+        self._origin_path = origin_path
+        self._cache: OrderedDict[str, CachedInstance] = OrderedDict()
+        self._cache_size = cache_size
+
+    # -- catalog access ----------------------------------------------------------------------------------------
+    def instance(self, study: str, series: str, sop: str) -> CachedInstance:
+        cached = self._cache.get(sop)
+        if cached is None:
+            row = self._load_instance(sop)
+            if row is None:
+                raise NotFound("no such instance")
+            cached = to_cached(row)
+            self._cache[sop] = cached
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(sop)
+        if cached.study_uid != study or cached.series_uid != series:
+            raise NotFound("no such instance in this study and series")
+        return cached
+
+    def forget(self, sop: str) -> None:
+        self._cache.pop(sop, None)
+
+    # -- entry point ---------------------------------------------------------------------------------------------
+    def plan(self, method: str, raw_uri: str, accept: str, range_header: str) -> PlanResponse:
+        _, rest = split_token(raw_uri)
+        path, _, query = rest.partition("?")
+        target = parse_target(path, query)
+        params = parse_qs(query)
+        accept = (params.get("accept") or [accept])[0]  # PS3.18 8.7: the query parameter wins
+        if target.rest == "wado" and target.study is None:
+            return self._wado(params)
+        if target.study is None:
+            raise NotFound("not a retrieve path")
+        if target.rest == "":
+            return self._retrieve(target, accept)
+        if target.instance is None:
+            raise NotFound("not a retrieve path")
+        instance = self.instance(target.study, target.series or "", target.instance)
+        if target.rest.startswith("frames/"):
+            return self._frames(instance, target.rest[len("frames/") :], accept)
+        if target.rest.startswith("bulkdata/"):
+            return self._bulkdata(instance, target.rest[len("bulkdata/") :], accept, range_header)
+        raise NotFound("not a retrieve path")
+
+    # -- pieces ---------------------------------------------------------------------------------------------------
+    def _include(self, instance: CachedInstance, first: int | None = None, length: int = 0) -> bytes:
+        origin = self._origin_path(instance.storage_key)
+        where = "all" if first is None else f"{first}-{first + length - 1}"
+        return f'<!--# include virtual="/_seg/{where}{origin}" wait="yes" -->'.encode()
+
+    @staticmethod
+    def _multipart(parts: list[tuple[str, list[bytes]]], part_type: str, expires: int) -> PlanResponse:
+        boundary = secrets.token_hex(16)
+        body = bytearray()
+        for content_type, includes in parts:
+            body += f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode()
+            for include in includes:
+                body += include
+            body += b"\r\n"
+        body += f"--{boundary}--\r\n".encode()
+        content_type = f'multipart/related; type="{part_type}"; boundary={boundary}'
+        return PlanResponse(200, [("Content-Type", content_type), ("X-Accel-Expires", str(expires))], bytes(body))
+
+    def _retrieve(self, target: Target, accept: str) -> PlanResponse:
+        if target.instance is not None:
+            instances = [self.instance(target.study or "", target.series or "", target.instance)]
+        else:
+            rows = self._list_instances(target.study or "", target.series)
+            instances = [to_cached(row) for row in rows]
+        if not instances:
+            raise NotFound("no instances")
+        syntaxes = {i.transfer_syntax_uid for i in instances}
+        stored = syntaxes.pop() if len(syntaxes) == 1 else "*"
+        offers = [Offer("application/dicom", stored, True)]
+        if target.instance is not None:
+            offers.append(Offer("application/dicom", stored, False))
+        offer = negotiate(accept, offers)
+        if not offer.multipart:
+            return self.redirect_object(instances[0], "dicom")
+        parts = [
+            (f"application/dicom; transfer-syntax={i.transfer_syntax_uid}", [self._include(i)]) for i in instances
+        ]
+        expires = STABLE_PLAN_SECONDS if target.instance is not None else 0
+        return self._multipart(parts, "application/dicom", expires)
+
+    def redirect_object(self, instance: CachedInstance, kind: str) -> PlanResponse:
+        origin = self._origin_path(instance.storage_key)
+        return PlanResponse(200, [("X-Accel-Redirect", f"/_obj/{kind}{origin}"), ("X-Accel-Expires", "0")])
+
+    def _frame_offers(self, instance: CachedInstance, single_allowed: bool) -> list[Offer]:
+        ts = instance.transfer_syntax_uid
+        media = instance.frame_media_type
+        offers = []
+        if media != "application/octet-stream":
+            offers.append(Offer(media, ts, True))
+        offers.append(Offer("application/octet-stream", ts, True))
+        if single_allowed:
+            if media != "application/octet-stream":
+                offers.append(Offer(media, ts, False))
+            offers.append(Offer("application/octet-stream", ts, False))
+        return offers
+
+    def _frames(self, instance: CachedInstance, spec: str, accept: str) -> PlanResponse:
+        try:
+            numbers = [int(n) for n in spec.split(",")]
+        except ValueError:
+            raise BadRequest("frame numbers must be a comma-separated list of positive integers") from None
+        if not numbers or any(n < 1 for n in numbers) or len(numbers) > 1000:
+            raise BadRequest("frame numbers must be 1 or more (at most 1000 per request)")
+        if instance.frames is None:
+            raise NotAcceptable(
+                "frames of this instance cannot be served as stored byte ranges "
+                "(deflated, big-endian or 1-bit data); retrieve the instance instead"
+            )
+        ranges = [instance.frames.ranges(n) for n in numbers]
+        offer = negotiate(accept, self._frame_offers(instance, len(numbers) == 1))
+        includes = [[self._include(instance, start, length) for start, length in frame] for frame in ranges]
+        if not offer.multipart:
+            return PlanResponse(
+                200,
+                [("Content-Type", offer.part_content_type), ("X-Accel-Expires", str(STABLE_PLAN_SECONDS))],
+                b"".join(includes[0]),
+            )
+        return self._multipart(
+            [(offer.part_content_type, inc) for inc in includes], offer.part_type, STABLE_PLAN_SECONDS
+        )
+
+    def _bulkdata(self, instance: CachedInstance, path: str, accept: str, range_header: str) -> PlanResponse:
+        found = instance.bulkdata.get(path)
+        if found is None:
+            raise NotFound("no such bulkdata element")
+        offset, length = found
+        single = Offer("application/octet-stream", instance.transfer_syntax_uid, False)
+        multi = Offer("application/octet-stream", instance.transfer_syntax_uid, True)
+        offer = negotiate(accept, [single, multi] if range_header else [multi, single])
+        expires = ("X-Accel-Expires", str(STABLE_PLAN_SECONDS))
+        if not offer.multipart:
+            wanted = parse_range(range_header, length) if range_header else None
+            if wanted is not None:
+                first, last = wanted
+                return PlanResponse(
+                    206,
+                    [
+                        ("Content-Type", "application/octet-stream"),
+                        ("Content-Range", f"bytes {first}-{last}/{length}"),
+                        expires,
+                    ],
+                    self._include(instance, offset + first, last - first + 1),
+                )
+            headers = [("Content-Type", "application/octet-stream"), ("Accept-Ranges", "bytes"), expires]
+            return PlanResponse(200, headers, self._include(instance, offset, length) if length else b"")
+        include = [self._include(instance, offset, length)] if length else []
+        return self._multipart([("application/octet-stream", include)], "application/octet-stream", STABLE_PLAN_SECONDS)
+
+    def _wado(self, params: dict[str, list[str]]) -> PlanResponse:
+        """WADO-URI (PS3.18 9): the DICOM object itself; rendered types are answered by the rendering view."""
+
+        def one(name: str) -> str:
+            values = params.get(name) or []
+            if len(values) != 1:
+                raise BadRequest(f"WADO-URI needs exactly one {name}")
+            return values[0]
+
+        if one("requestType") != "WADO":
+            raise BadRequest("requestType must be WADO")
+        study = check_uid(one("studyUID"), "studyUID")
+        series = check_uid(one("seriesUID"), "seriesUID")
+        sop = check_uid(one("objectUID"), "objectUID")
+        instance = self.instance(study, series, sop)
+        return self.redirect_object(instance, "dicom")

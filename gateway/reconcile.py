@@ -1,0 +1,53 @@
+"""Repair after a crash between "object stored" and "catalog committed" (DESIGN.md principle 5).
+
+An object under ``studies/`` without a catalog row is invisible (reads go through the catalog). Reconcile finds
+such orphans; with ``repair`` it indexes each one and registers it (the object was written after the hooks ran,
+so it is what the policy allowed), or deletes it when it is not readable DICOM.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from gateway.catalog import Catalog
+from gateway.catalog.records import InstanceRecord
+from gateway.config import Settings
+from gateway.dicom.index import index_file
+from gateway.errors import DicomError
+from gateway.ingest import sha256_of
+from gateway.storage import open_storage
+from gateway.uids import instance_key
+
+
+def reconcile(settings: Settings, *, repair: bool) -> dict[str, Any]:
+    storage = open_storage(settings.storage_url)
+    catalog = Catalog(settings.database_url)
+    catalog.migrate()
+    known = catalog.all_instance_keys()
+    orphans = [key for key in storage.list("studies/") if key.endswith(".dcm") and key not in known]
+    repaired, deleted = [], []
+    if repair:
+        for key in orphans:
+            with tempfile.TemporaryDirectory() as tmp:
+                local = Path(tmp) / "orphan.dcm"
+                storage.download(key, local)
+                try:
+                    indexed = index_file(local, bulkdata_threshold=settings.bulkdata_threshold)
+                except DicomError:
+                    storage.delete(key)
+                    deleted.append(key)
+                    continue
+                if instance_key(indexed.study_uid, indexed.series_uid, indexed.sop_uid) != key:
+                    storage.delete(key)  # not where its UIDs say: never served, never registered
+                    deleted.append(key)
+                    continue
+                head = storage.head(key)
+                assert head is not None
+                record = InstanceRecord.from_indexed(
+                    indexed, storage_key=key, size=head.size, sha256=sha256_of(local), etag=head.etag, replace=False
+                )
+                catalog.register_instance(record)
+                repaired.append(key)
+    return {"orphans": orphans, "registered": repaired, "deleted": deleted}

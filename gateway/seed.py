@@ -1,0 +1,73 @@
+"""Seeding the demo: synthetic studies generated once into ``var/seed`` and sent through STOW-RS (the real ingest
+path, through NGINX), then tokens issued through the API, exactly as a portal would."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import requests
+
+from gateway.stack import Stack
+
+CT_SLICES = 60
+WSI_FRAMES = 2048
+
+
+def _generate(seed_dir: Path) -> dict[str, Any]:
+    from gateway.synth import make_series, make_wsi
+
+    ct = make_series(seed_dir / "ct", modality="CT", slices=CT_SLICES, seed=1, clean=True)
+    wsi = make_wsi(seed_dir / "wsi", frames=WSI_FRAMES, seed=2, clean=True)
+    first = pydicom.dcmread(ct[0], stop_before_pixels=True)
+    slide = pydicom.dcmread(wsi, stop_before_pixels=True)
+    return {
+        "ct_study": str(first.StudyInstanceUID),
+        "wsi_study": str(slide.StudyInstanceUID),
+        "files": [str(p) for p in [*ct, wsi]],
+    }
+
+
+def _stow(stack: Stack, files: list[str]) -> None:
+    headers = {"Authorization": f"Bearer {stack.api_key}", "Content-Type": "application/dicom",
+               "Accept": "application/dicom+json"}
+    for name in files:
+        with open(name, "rb") as handle:
+            answer = requests.post(f"{stack.url}/dicomweb/studies", data=handle, headers=headers, timeout=300,
+                                   verify=False)  # noqa: S501 - the stack's own self-signed certificate
+        if answer.status_code != 200:
+            raise RuntimeError(f"seeding {Path(name).name} failed: {answer.status_code} {answer.text[:300]}")
+
+
+def issue(stack: Stack, study: str, ttl: int = 3600) -> dict[str, Any]:
+    answer = requests.post(
+        f"{stack.url}/api/v1/tokens",
+        json={"sub": "demo", "studies": [study], "actions": ["read"], "ttl": ttl},
+        headers={"Authorization": f"Bearer {stack.api_key}"},
+        timeout=30,
+        verify=False,  # noqa: S501 - the stack's own self-signed certificate
+    )
+    answer.raise_for_status()
+    result: dict[str, Any] = answer.json()
+    return result
+
+
+def seed_demo(stack: Stack) -> dict[str, str]:
+    seed_dir = stack.var_dir / "seed"
+    manifest_path = seed_dir / "seed.json"
+    if manifest_path.exists():
+        manifest = json.loads(manifest_path.read_text())
+    else:
+        manifest = _generate(seed_dir)
+        manifest_path.write_text(json.dumps(manifest, indent=2))
+    # STOW is idempotent: a second run re-sends the same bytes and nothing is duplicated.
+    _stow(stack, manifest["files"])
+    ct = issue(stack, manifest["ct_study"])
+    wsi = issue(stack, manifest["wsi_study"])
+    return {
+        "viewer_url": ct["viewer_url"],
+        "dicomweb_root": ct["dicomweb_root"],
+        "wsi_viewer_url": wsi["viewer_url"],
+    }

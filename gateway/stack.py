@@ -1,0 +1,291 @@
+"""``dicom-gateway stack up``: NGINX (rendered from the production template) + gunicorn on one machine.
+
+Everything lives under one folder (``./var`` by default): keys generated once with mode 0600, the rendered NGINX
+configuration, sockets, logs, the local object folder and the SQLite catalog. NGINX runs without root (its own
+prefix, pid and temp paths). The e2e tests start the same ``Stack`` on free ports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import requests
+
+from gateway import nginxconf
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+class StackError(RuntimeError):
+    """A start-up problem with a message meant for a person (no traceback)."""
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def read_or_create_secret(path: Path) -> str:
+    """A secret kept in a 0600 file, created on first use and reused afterwards."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value + "\n")
+    return value
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    cert, key = directory / "tls.crt", directory / "tls.key"
+    if not cert.exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj", "/CN=localhost",
+             "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+            check=True, capture_output=True,
+        )
+        key.chmod(0o600)
+    return cert, key
+
+
+@dataclass
+class Stack:
+    var_dir: Path
+    port: int = 8080
+    host: str = "127.0.0.1"
+    storage_url: str = ""
+    database_url: str = ""
+    tls: bool = False
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    gunicorn_workers: int = 2
+    gunicorn_threads: int = 8
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.var_dir = self.var_dir.resolve()
+        self.storage_url = self.storage_url or f"file://{self.var_dir / 'objects'}"
+        self.database_url = self.database_url or f"sqlite:///{self.var_dir / 'catalog.db'}"
+        self.signing_key = read_or_create_secret(self.var_dir / "signing.key")
+        self.api_key = read_or_create_secret(self.var_dir / "api.key")
+        self.deid_key = read_or_create_secret(self.var_dir / "deid.key")
+
+    # -- paths ---------------------------------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://{'localhost' if self.tls else self.host}:{self.port}"
+
+    @property
+    def nginx_dir(self) -> Path:
+        return self.var_dir / "nginx"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.var_dir / "run"
+
+    @property
+    def access_log(self) -> Path:
+        return self.nginx_dir / "logs" / "access.log"
+
+    @property
+    def error_log(self) -> Path:
+        return self.nginx_dir / "logs" / "error.log"
+
+    @property
+    def gunicorn_log(self) -> Path:
+        return self.var_dir / "logs" / "gunicorn.log"
+
+    # -- configuration ---------------------------------------------------------------------------------------------
+    def gateway_env(self) -> dict[str, str]:
+        env = {
+            "DICOMGW_SIGNING_KEYS": self.signing_key,
+            "DICOMGW_API_KEYS": self.api_key,
+            "DICOMGW_DEID_KEY": self.deid_key,
+            "DICOMGW_STORAGE_URL": self.storage_url,
+            "DICOMGW_DATABASE_URL": self.database_url,
+            "DICOMGW_PUBLIC_URL": self.url,
+            "DICOMGW_TLS": "1" if self.tls else "0",
+            "DICOMGW_TMP_DIR": str(self.var_dir / "spool"),
+        }
+        env.update(self.extra_env)
+        return env
+
+    def nginx_values(self) -> dict[str, str]:
+        run = self.run_dir
+        values = {
+            "DICOMGW_LISTEN": f"{self.host}:{self.port}",
+            "DICOMGW_LISTEN_OPTIONS": "ssl http2" if self.tls else "",
+            "DICOMGW_TLS_CONF": "conf.d/snippets/dgw-tls-on.conf" if self.tls else "conf.d/snippets/dgw-tls-off.conf",
+            "DICOMGW_TLS_CERT": str(self.var_dir / "tls" / "tls.crt"),
+            "DICOMGW_TLS_KEY": str(self.var_dir / "tls" / "tls.key"),
+            "DICOMGW_GATEWAY_UPSTREAM": f"unix:{run / 'gunicorn.sock'}",
+            "DICOMGW_FILE_ORIGIN_LISTEN": f"unix:{run / 'storage.sock'}",
+            "DICOMGW_FILE_ROOT": str(self.var_dir / "objects"),
+            "DICOMGW_VIEWER_ROOT": str(nginxconf.REPO_ROOT / "viewer" / "dist"),
+            "DICOMGW_CACHE_DIR": str(self.nginx_dir / "cache"),
+            "DICOMGW_ACCESS_LOG": str(self.access_log),
+            "DICOMGW_MAX_BODY": "8g",
+            "DICOMGW_AUTH_CACHE_SECONDS": self.extra_env.get("DICOMGW_AUTH_CACHE_SECONDS", "2"),
+            "DICOMGW_FRAME_ANCESTORS": self.extra_env.get("DICOMGW_FRAME_ANCESTORS", "'self'"),
+            "DICOMGW_CORS_ORIGIN_REGEX": nginxconf.cors_regex(
+                tuple(o.strip() for o in self.extra_env.get("DICOMGW_CORS_ORIGINS", "").split(",") if o.strip())
+            ),
+        }
+        if self.storage_url.startswith("s3://"):
+            endpoint = self.extra_env.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL", "")
+            if not endpoint:
+                region = os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
+                endpoint = f"https://s3.{region}.amazonaws.com"
+            parsed = urlparse(endpoint)
+            port = parsed.port or (443 if parsed.scheme == "https" else 80)
+            values.update(
+                DICOMGW_STORAGE_UPSTREAM=f"{parsed.hostname}:{port}",
+                DICOMGW_STORAGE_HOST=parsed.netloc,
+                DICOMGW_STORAGE_SCHEME=parsed.scheme,
+            )
+        else:
+            values.update(
+                DICOMGW_STORAGE_UPSTREAM=f"unix:{run / 'storage.sock'}",
+                DICOMGW_STORAGE_HOST="storage",
+                DICOMGW_STORAGE_SCHEME="http",
+            )
+        return values
+
+    def render(self) -> Path:
+        for sub in ("logs", "tmp", "cache"):
+            (self.nginx_dir / sub).mkdir(parents=True, exist_ok=True)
+        for sub in ("run", "logs", "objects", "spool"):
+            (self.var_dir / sub).mkdir(parents=True, exist_ok=True)
+        if self.tls:
+            self_signed_certificate(self.var_dir / "tls")
+        return nginxconf.render(self.nginx_dir / "conf", self.nginx_values())
+
+    # -- processes ---------------------------------------------------------------------------------------------------
+    def start(self, timeout: float = 30.0) -> None:
+        if not Path(NGINX).exists():
+            raise StackError("nginx is not installed: install the Debian package 'nginx' (apt-get install nginx)")
+        if not port_is_free(self.host, self.port):
+            raise StackError(f"port {self.port} on {self.host} is already in use: choose another with --port")
+        main_conf = self.render()
+        for stale in ("gunicorn.sock", "storage.sock"):
+            (self.run_dir / stale).unlink(missing_ok=True)
+        env = {**os.environ, **self.gateway_env()}
+        gunicorn = Path(sys.executable).with_name("gunicorn")
+        self._spawn(
+            "gunicorn",
+            [str(gunicorn), "gateway.wsgi:application", "--bind", f"unix:{self.run_dir / 'gunicorn.sock'}",
+             "--worker-class", "gthread", "--workers", str(self.gunicorn_workers), "--threads",
+             str(self.gunicorn_threads), "--keep-alive", "75", "--timeout", "300", "--graceful-timeout", "5",
+             "--log-level", "warning", "--error-logfile", str(self.gunicorn_log), "--umask", "0o007"],
+            env,
+        )
+        self._wait_for_socket(self.run_dir / "gunicorn.sock", "gunicorn", timeout)
+        directives = "daemon off;"
+        if os.geteuid() == 0:
+            # Started as root (CI containers): keep workers as root so they can use the sockets under var/.
+            directives += " user root;"
+        self._spawn(
+            "nginx",
+            [NGINX, "-p", str(self.nginx_dir) + "/", "-c", str(main_conf), "-e", str(self.error_log), "-g", directives],
+            env,
+        )
+        self._wait_ready(timeout)
+
+    def _spawn(self, name: str, argv: list[str], env: Mapping[str, str]) -> None:
+        log = (self.var_dir / "logs" / f"{name}.out").open("ab")
+        self.processes[name] = subprocess.Popen(
+            argv, env=dict(env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=str(self.var_dir),
+        )
+
+    def _wait_for_socket(self, path: Path, name: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if path.exists():
+                return
+            if self.processes[name].poll() is not None:
+                self.stop()
+                raise StackError(f"{name} exited at start-up; see {self.var_dir / 'logs'}: {self.tail(name)}")
+            time.sleep(0.05)
+        self.stop()
+        raise StackError(f"{name} did not start within {timeout:.0f} s; see {self.var_dir / 'logs'}")
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            for name, process in self.processes.items():
+                if process.poll() is not None:
+                    self.stop()
+                    raise StackError(f"{name} exited at start-up: {self.tail(name)}")
+            with contextlib.suppress(requests.RequestException):
+                answer = requests.get(self.url + "/readyz", timeout=2, verify=False)  # noqa: S501 - own cert
+                if answer.status_code == 200:
+                    return
+                last = answer.text
+            time.sleep(0.1)
+        self.stop()
+        raise StackError(f"the stack did not become ready within {timeout:.0f} s: {last}")
+
+    def tail(self, name: str, lines: int = 20) -> str:
+        out = self.var_dir / "logs" / f"{name}.out"
+        texts = []
+        for path in (out, self.gunicorn_log if name == "gunicorn" else self.error_log):
+            if path.exists():
+                texts.append("\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
+        return "\n".join(texts)
+
+    def kill(self, name: str) -> None:
+        """Stop one process now (tests use it to prove NGINX fails closed)."""
+        process = self.processes.pop(name, None)
+        if process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+    def stop(self) -> None:
+        """Stop every process this stack started: TERM, then KILL after a grace period. No orphans."""
+        for process in self.processes.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        self.processes.clear()
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[Stack]:
+        self.start()
+        try:
+            yield self
+        finally:
+            self.stop()

@@ -1,0 +1,196 @@
+"""Local-folder storage: the one-box backend. NGINX serves the folder as its root, so reads never touch
+Python.
+
+Writes are crash-safe: the bytes go to a temporary name in the destination directory, the file is fsynced,
+renamed over the key with ``os.replace`` (atomic on POSIX), and the directory is fsynced so the rename itself
+survives a power cut. Readers therefore see the old object or the whole new one, never a torn file.
+
+The ETag is NGINX's own static-file ETag (``"<mtime hex>-<size hex>"``, see ``ngx_http_set_etag``), so an ETag
+handed out by the catalog matches what NGINX sends and ``If-Match`` / ``If-None-Match`` work through NGINX.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import shutil
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+
+from gateway.errors import InvalidPath, NotFound, StorageUnavailable
+from gateway.storage.base import StoredObject
+
+# Temporary files carry this suffix (and a leading dot); ``list`` never reports them.
+_TMP_SUFFIX = ".partial"
+_COPY_CHUNK = 1024 * 1024
+
+
+def check_key(key: str) -> str:
+    """Reject keys that could escape the storage root or mean different things on different backends.
+
+    A key is a relative, slash-separated path: no leading ``/``, no backslash, no NUL, no empty, ``.`` or
+    ``..`` segment. Both backends use this, so a key valid on one is valid on the other.
+    """
+    if not key or key.startswith("/") or "\\" in key or "\x00" in key:
+        raise InvalidPath("storage key must be a relative path without backslashes")
+    for segment in key.split("/"):
+        if segment in ("", ".", ".."):
+            raise InvalidPath("storage key has an empty, '.' or '..' segment")
+    return key
+
+
+def nginx_etag(mtime: float, size: int) -> str:
+    """NGINX's static ETag: ``"%xT-%xO"`` of the whole-second mtime and the size."""
+    return f'"{int(mtime):x}-{size:x}"'
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalStorage:
+    """``file:///abs/dir``. The root is created at construction (start-up), never later: if a mounted volume
+    disappears at run time, writes fail with ``StorageUnavailable`` instead of filling the wrong disk."""
+
+    def __init__(self, url: str) -> None:
+        if not url.startswith("file://"):
+            raise ValueError("LocalStorage needs a file:// URL")
+        path = urllib.parse.unquote(url[len("file://") :])
+        if not path.startswith("/"):
+            raise ValueError("LocalStorage needs an absolute path: file:///abs/dir")
+        self.url = url
+        self.root = Path(path).resolve()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            pass  # reported by check() and by every write, with the storage-unavailable error
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def _require_root(self) -> None:
+        if not self.root.is_dir():
+            raise StorageUnavailable("storage folder is missing")
+
+    def check(self) -> None:
+        """The folder exists and accepts a write (a probe file is created and removed: ``os.access`` lies for
+        root and for read-only mounts)."""
+        self._require_root()
+        probe = self.root / f".readyz-{secrets.token_hex(6)}{_TMP_SUFFIX}"
+        try:
+            with open(probe, "wb") as handle:
+                handle.write(b"ok")
+            probe.unlink()
+        except OSError as exc:
+            raise StorageUnavailable(
+                f"storage folder is not writable ({errno.errorcode.get(exc.errno or 0)})"
+            ) from None
+
+    def _stat(self, path: Path, key: str) -> StoredObject:
+        st = path.stat()
+        return StoredObject(key=key, size=st.st_size, etag=nginx_etag(st.st_mtime, st.st_size))
+
+    def put_file(self, key: str, path: Path) -> StoredObject:
+        target = self._path(key)
+        if not Path(path).is_file():
+            raise FileNotFoundError(path)  # a caller bug, not an outage
+        self._require_root()
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(8)}{_TMP_SUFFIX}"
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "rb") as src, open(tmp, "xb") as dst:
+                shutil.copyfileobj(src, dst, _COPY_CHUNK)
+                dst.flush()
+                os.fsync(dst.fileno())
+            os.replace(tmp, target)
+            _fsync_dir(target.parent)
+            return self._stat(target, key)
+        except OSError as exc:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass  # the directory itself is gone or read-only: nothing was left behind
+            raise StorageUnavailable(
+                f"storage write failed ({errno.errorcode.get(exc.errno or 0, 'error')})"
+            ) from None
+
+    def head(self, key: str) -> StoredObject | None:
+        try:
+            return self._stat(self._path(key), key)
+        except FileNotFoundError:
+            return None
+        except NotADirectoryError:
+            return None
+
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        if start < 0 or length < 0:
+            raise ValueError("negative range")
+        try:
+            with open(self._path(key), "rb") as handle:
+                handle.seek(start)
+                return handle.read(length)
+        except FileNotFoundError:
+            raise NotFound("object not found") from None
+
+    def download(self, key: str, path: Path) -> None:
+        try:
+            with open(self._path(key), "rb") as src, open(path, "wb") as dst:
+                shutil.copyfileobj(src, dst, _COPY_CHUNK)
+        except FileNotFoundError:
+            raise NotFound("object not found") from None
+
+    def delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink()
+        except FileNotFoundError:
+            pass
+
+    def move(self, src: str, dst: str) -> StoredObject:
+        """A rename: atomic on one filesystem, so the object is always at exactly one of the two keys."""
+        source, target = self._path(src), self._path(dst)
+        if not source.is_file():
+            raise NotFound("object not found")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, target)
+            _fsync_dir(target.parent)
+            if source.parent != target.parent:
+                _fsync_dir(source.parent)
+            return self._stat(target, dst)
+        except OSError as exc:
+            raise StorageUnavailable(
+                f"storage move failed ({errno.errorcode.get(exc.errno or 0, 'error')})"
+            ) from None
+
+    def list(self, prefix: str) -> Iterator[str]:
+        """Keys starting with ``prefix`` (a plain string prefix, like S3), sorted, temporary files
+        excluded."""
+        base_rel = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        base = self.root / base_rel if base_rel else self.root
+        if base_rel:
+            check_key(base_rel)
+        if not base.is_dir():
+            return
+        keys: list[str] = []
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames.sort()
+            rel_dir = os.path.relpath(dirpath, self.root)
+            for name in filenames:
+                if name.startswith(".") and name.endswith(_TMP_SUFFIX):
+                    continue
+                key = name if rel_dir == "." else f"{rel_dir}/{name}"
+                if key.startswith(prefix):
+                    keys.append(key)
+        yield from sorted(keys)
+
+    def origin_path(self, key: str) -> str:
+        """``/`` + the key, percent-encoded outside ``[A-Za-z0-9._/-]`` (NGINX decodes it back to the
+        file)."""
+        # quote() always leaves "~" alone; encode it too so the path alphabet is exactly the documented one
+        return "/" + urllib.parse.quote(check_key(key), safe="/._-").replace("~", "%7E")

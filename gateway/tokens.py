@@ -1,0 +1,188 @@
+"""Signed, time-limited, scoped tokens (itsdangerous ``URLSafeTimedSerializer``, HMAC-SHA256).
+
+Claims are kept short so a one-study read token stays under ~250 characters: ``v`` version, ``s`` sub, ``st``
+study UIDs, ``se`` series UIDs (optional, then exactly one study), ``a`` actions (``r``, ``w`` or ``rw``), ``t``
+lifetime in seconds (added to the signed timestamp), ``j`` jti. The salt depends on the purpose: a token that may
+write is signed with the write salt, so a read-only token can never authorise a write and a write-only token never a
+read. Keys are a list, oldest first; the newest signs and all verify (rotation without downtime).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+
+from gateway.errors import BadRequest, TokenExpired, TokenInvalid
+from gateway.scope import Scope
+from gateway.uids import is_uid
+
+VERSION = 1
+SALTS = {"read": "dicomgw.read.v1", "write": "dicomgw.write.v1"}
+MAX_TOKEN_LENGTH = 4096  # longer than any token we issue; bigger ones are refused before any work
+ACTIONS = ("read", "write")
+
+
+@dataclass(frozen=True)
+class Claims:
+    sub: str
+    scope: Scope | None  # None: unrestricted (the API key)
+    actions: frozenset[str]
+    issued_at: int
+    expires_at: int
+    jti: str
+
+    def may(self, action: str) -> bool:
+        return action in self.actions
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    token: str
+    claims: Claims
+
+
+def _clock() -> int:
+    return int(time.time())
+
+
+class _TimestampSerializer(URLSafeTimedSerializer):
+    """Lets the issuer choose the signing time, so expiry tests freeze time instead of sleeping."""
+
+    def __init__(self, *args: Any, now: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._now = now
+
+    def make_signer(self, salt: Any = None) -> Any:
+        signer = super().make_signer(salt)
+        if self._now is not None:
+            now = self._now
+            signer.get_timestamp = lambda: now
+        return signer
+
+
+class TokenService:
+    """Issues and verifies tokens. Verification results are cached per token string (bounded), because a
+    viewer sends the same token with every frame request; expiry is still checked on every call."""
+
+    def __init__(self, signing_keys: tuple[str, ...], max_ttl: int, default_ttl: int = 900) -> None:
+        if not signing_keys:
+            raise ValueError("at least one signing key is required")
+        self._keys = list(signing_keys)
+        self.max_ttl = max_ttl
+        self.default_ttl = min(default_ttl, max_ttl)
+        self._serializers = {
+            purpose: URLSafeTimedSerializer(self._keys, salt=salt, signer_kwargs={"digest_method": hashlib.sha256})
+            for purpose, salt in SALTS.items()
+        }
+        self._cache: OrderedDict[tuple[str, str], Claims] = OrderedDict()
+        self._cache_size = 4096
+
+    # -- issuing ---------------------------------------------------------------------------------------------
+    def issue(
+        self,
+        *,
+        sub: str,
+        studies: list[str],
+        series: list[str] | None = None,
+        actions: list[str] | None = None,
+        ttl: int | None = None,
+        now: int | None = None,
+    ) -> IssuedToken:
+        """Validate the request (400 with a clear detail on anything odd) and sign a token."""
+        actions = ["read"] if actions is None else actions
+        ttl = self.default_ttl if ttl is None else ttl
+        if not isinstance(sub, str) or not 0 < len(sub) <= 128:
+            raise BadRequest("sub must be a non-empty string of at most 128 characters")
+        if not isinstance(studies, list) or not studies:
+            raise BadRequest("studies must be a non-empty list of Study Instance UIDs")
+        if len(studies) > 100:
+            raise BadRequest("at most 100 studies per token")
+        if not all(isinstance(uid, str) and is_uid(uid) for uid in studies):
+            raise BadRequest("studies: every entry must be a valid DICOM UID")
+        if series is not None:
+            if not isinstance(series, list) or not series:
+                raise BadRequest("series, when given, must be a non-empty list of Series Instance UIDs")
+            if len(studies) != 1:
+                raise BadRequest("a series-scoped token names exactly one study")
+            if len(series) > 100 or not all(isinstance(uid, str) and is_uid(uid) for uid in series):
+                raise BadRequest("series: every entry must be a valid DICOM UID (at most 100)")
+        if not isinstance(actions, list) or not actions or not set(actions) <= set(ACTIONS):
+            raise BadRequest("actions must be a non-empty list drawn from 'read' and 'write'")
+        if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0:
+            raise BadRequest("ttl must be a positive integer number of seconds")
+        if ttl > self.max_ttl:
+            raise BadRequest(f"ttl exceeds the maximum of {self.max_ttl} seconds")
+        jti = secrets.token_urlsafe(9)
+        code = "".join(a[0] for a in ACTIONS if a in actions)
+        payload: dict[str, Any] = {"v": VERSION, "s": sub, "st": studies, "a": code, "t": ttl, "j": jti}
+        if series is not None:
+            payload["se"] = series
+        purpose = "write" if "write" in actions else "read"
+        issued = _clock() if now is None else now
+        serializer = _TimestampSerializer(
+            self._keys, salt=SALTS[purpose], signer_kwargs={"digest_method": hashlib.sha256}, now=issued
+        )
+        token = serializer.dumps(payload)
+        assert isinstance(token, str)
+        return IssuedToken(token, self._claims(payload, issued))
+
+    # -- verifying -------------------------------------------------------------------------------------------
+    def verify(self, token: str, purpose: str, now: int | None = None) -> Claims:
+        """Claims of a token valid for ``purpose`` ("read" or "write"), or TokenInvalid / TokenExpired.
+
+        A read is allowed with a read token, or with a write token whose actions include read."""
+        now = _clock() if now is None else now
+        claims = self._cache.get((purpose, token))
+        if claims is None:
+            claims = self._verify_uncached(token, purpose)
+            self._cache[(purpose, token)] = claims
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        if now >= claims.expires_at:
+            raise TokenExpired("token expired")
+        if now < claims.issued_at - 60:
+            raise TokenInvalid("token issued in the future")
+        if not claims.may(purpose):
+            raise TokenInvalid(f"token does not allow {purpose}")
+        return claims
+
+    def _verify_uncached(self, token: str, purpose: str) -> Claims:
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise TokenInvalid("token too long")
+        # A read may be done by a token signed for writing if it also carries "read".
+        purposes = ["read", "write"] if purpose == "read" else ["write"]
+        for candidate in purposes:
+            try:
+                payload, issued = self._serializers[candidate].loads(
+                    token, max_age=self.max_ttl + 60, return_timestamp=True
+                )
+            except SignatureExpired:
+                raise TokenExpired("token expired") from None
+            except BadSignature:
+                continue
+            return self._claims(payload, int(issued.timestamp()))
+        raise TokenInvalid("token signature does not verify")
+
+    def _claims(self, payload: Any, issued: int) -> Claims:
+        try:
+            if payload["v"] != VERSION:
+                raise TokenInvalid("unsupported token version")
+            ttl = int(payload["t"])
+            series = payload.get("se")
+            actions = frozenset(a for a in ACTIONS if a[0] in payload["a"])
+            return Claims(
+                sub=str(payload["s"]),
+                scope=Scope(frozenset(payload["st"]), frozenset(series) if series is not None else None),
+                actions=actions,
+                issued_at=issued,
+                expires_at=issued + min(ttl, self.max_ttl),
+                jti=str(payload["j"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            raise TokenInvalid("malformed token claims") from None

@@ -1,0 +1,476 @@
+"""``dicom-gateway upload``: a STOW-RS client that streams files, resumes, retries and says what happened.
+
+Flow: collect files (folders recurse; files without the ``DICM`` preamble are skipped with a note) → read
+each header's UIDs (pydicom, ``stop_before_pixels`` + ``specific_tags``: the pixels are never read) → ask QIDO
+which instances the server already has and drop them (so a re-run after a failure sends only what is
+missing) → send the rest in ``multipart/related`` batches of about ``--batch-bytes``, ``--concurrency``
+requests at a time, streamed from disk with ``Content-Length`` → read the Store Instances Response per
+instance.
+
+The resume query is ``GET {root}/studies/{st}/series/{se}/instances?SOPInstanceUID=a,b,...`` (UID list
+matching, PS3.18 8.3.4.1), per series: a study-scoped token may read its own series but not the root
+``/instances`` listing. If the query fails the files are sent anyway: the server treats an identical
+re-upload as a success.
+
+Connection errors and 429/502/503/504 are retried with exponential backoff (``Retry-After`` honoured up to
+30 s). Exit code: 0 everything is on the server, 1 some files failed, 2 nothing could be sent (no DICOM found,
+or no request got a STOW response). URLs are never printed: they may carry the token.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import click
+import pydicom
+import requests
+from pydicom.errors import InvalidDicomError
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from gateway.dicomweb.multipart import MultipartBody
+from gateway.dicomweb.stow_response import (
+    PRIVATE_CREATOR,
+    TAG_OUTCOME,
+    TAG_PRIVATE_CREATOR,
+    TAG_REASON_TEXT,
+    reason_name,
+)
+from gateway.uids import is_uid
+
+Outcome = Literal["pending", "stored", "present", "failed", "skipped"]
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+STOW_STATUSES = frozenset({200, 202, 409})
+QIDO_BATCH = 40  # UIDs per QIDO request: ~2.6 KB of query, well inside NGINX's 8 KB request line
+MAX_FILES_PER_BATCH = 500
+MAX_RETRY_AFTER = 30.0
+
+
+@dataclass
+class FileEntry:
+    path: Path
+    size: int
+    sop_uid: str | None = None
+    study_uid: str | None = None
+    series_uid: str | None = None
+    outcome: Outcome = "pending"
+    reason: str = ""
+
+
+@dataclass
+class UploadOptions:
+    root: str
+    concurrency: int = 4
+    batch_bytes: int = 64 << 20
+    token: str | None = None
+    api_key: str | None = None
+    retries: int = 5
+    backoff: float = 0.5
+    timeout: float = 600.0
+    resume: bool = True
+
+
+@dataclass
+class UploadReport:
+    files: list[FileEntry] = field(default_factory=list)
+    responses: int = 0  # requests that got a STOW response (200/202/409)
+
+    def count(self, outcome: Outcome) -> int:
+        return sum(1 for f in self.files if f.outcome == outcome)
+
+    @property
+    def exit_code(self) -> int:
+        to_send = [f for f in self.files if f.outcome != "skipped"]
+        if not to_send:
+            return 2
+        if any(f.outcome in ("failed", "pending") for f in to_send):
+            nothing_went = self.responses == 0 and not any(f.outcome == "present" for f in to_send)
+            return 2 if nothing_went else 1
+        return 0
+
+
+def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
+    """Files under ``paths`` in a stable order (directories recurse, sorted)."""
+    for path in paths:
+        if path.is_dir():
+            for child in sorted(path.rglob("*")):
+                if child.is_file():
+                    yield child
+        elif path.is_file():
+            yield path
+
+
+def is_dicom_file(path: Path) -> bool:
+    """PS3.10 7.1: 128-byte preamble then ``DICM``."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
+def read_entry(path: Path) -> FileEntry:
+    """A ``FileEntry`` with the UIDs from the header; ``outcome="failed"`` if the header is unusable."""
+    entry = FileEntry(path=path, size=path.stat().st_size)
+    try:
+        ds = pydicom.dcmread(
+            path,
+            stop_before_pixels=True,
+            specific_tags=["SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"],
+        )
+    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError, struct.error) as exc:
+        entry.outcome, entry.reason = "failed", f"unreadable DICOM header ({type(exc).__name__})"
+        return entry
+    meta_sop = ds.file_meta.get("MediaStorageSOPInstanceUID", "") if ds.file_meta else ""
+    entry.sop_uid = str(ds.get("SOPInstanceUID", "") or meta_sop).strip() or None
+    entry.study_uid = str(ds.get("StudyInstanceUID", "")).strip() or None
+    entry.series_uid = str(ds.get("SeriesInstanceUID", "")).strip() or None
+    if not (entry.sop_uid and is_uid(entry.sop_uid)):
+        entry.outcome, entry.reason = "failed", "no valid SOP Instance UID in the header"
+    return entry
+
+
+def make_batches(entries: list[FileEntry], batch_bytes: int) -> list[list[FileEntry]]:
+    """Consecutive groups of about ``batch_bytes`` (a larger file travels alone)."""
+    batches: list[list[FileEntry]] = []
+    current: list[FileEntry] = []
+    size = 0
+    for entry in entries:
+        if current and (size + entry.size > batch_bytes or len(current) >= MAX_FILES_PER_BATCH):
+            batches.append(current)
+            current, size = [], 0
+        current.append(entry)
+        size += entry.size
+    if current:
+        batches.append(current)
+    return batches
+
+
+class StowClient:
+    """HTTP side: one ``requests.Session`` per thread, retries, QIDO resume check, STOW batches."""
+
+    def __init__(self, options: UploadOptions, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.options = options
+        self.root = options.root.rstrip("/")
+        self._local = threading.local()
+        self._sleep = sleep
+
+    def _session(self) -> requests.Session:
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.headers["Accept"] = "application/dicom+json"
+            if self.options.api_key:
+                session.headers["Authorization"] = f"Bearer {self.options.api_key}"
+            if self.options.token:
+                session.params = {"token": self.options.token}
+            self._local.session = session
+        return session
+
+    def request(
+        self, method: str, url: str, on_retry: Callable[[], None] | None = None, **kwargs: Any
+    ) -> requests.Response:
+        """Send with retries on connection errors and 429/502/503/504; the last response or error wins."""
+        attempt = 0
+        while True:
+            try:
+                response = self._session().request(method, url, timeout=self.options.timeout, **kwargs)
+            except (requests.ConnectionError, requests.Timeout):
+                if attempt >= self.options.retries:
+                    raise
+                delay = self.options.backoff * 2**attempt
+            else:
+                if response.status_code not in RETRY_STATUSES or attempt >= self.options.retries:
+                    return response
+                delay = self.options.backoff * 2**attempt
+                retry_after = response.headers.get("Retry-After", "")
+                if retry_after.isdigit():
+                    delay = max(delay, min(float(retry_after), MAX_RETRY_AFTER))
+                response.close()
+            attempt += 1
+            if on_retry is not None:
+                on_retry()
+            self._sleep(delay)
+
+    def already_stored(self, entries: list[FileEntry]) -> set[str]:
+        """SOP Instance UIDs among ``entries`` that QIDO says the server has; empty when it cannot tell."""
+        by_series: dict[tuple[str, str], list[str]] = {}
+        for e in entries:
+            if e.sop_uid and e.study_uid and e.series_uid and is_uid(e.study_uid) and is_uid(e.series_uid):
+                by_series.setdefault((e.study_uid, e.series_uid), []).append(e.sop_uid)
+        found: set[str] = set()
+        for (study, series), uids in by_series.items():
+            url = f"{self.root}/studies/{study}/series/{series}/instances"
+            for start in range(0, len(uids), QIDO_BATCH):
+                asked = uids[start : start + QIDO_BATCH]
+                try:
+                    response = self.request("GET", url, params={"SOPInstanceUID": ",".join(asked)})
+                except requests.RequestException:
+                    return found
+                if response.status_code != 200:
+                    continue
+                try:
+                    datasets = response.json()
+                except ValueError:
+                    continue
+                found.update(uid for uid in _values(datasets, "00080018") if uid in asked)
+        return found
+
+    def send_batch(self, batch: list[FileEntry], on_bytes: Callable[[int], None]) -> bool:
+        """POST one batch and set each entry's outcome; True if the server answered with a STOW response."""
+        sent = 0
+
+        def count(n: int) -> None:
+            nonlocal sent
+            sent += n
+            on_bytes(n)
+
+        def rewind() -> None:  # a retry re-sends the files: take their bytes off the progress bar
+            nonlocal sent
+            on_bytes(-sent)
+            sent = 0
+
+        body = MultipartBody(paths=[e.path for e in batch], on_bytes=count)
+        try:
+            response = self.request(
+                "POST",
+                f"{self.root}/studies",
+                on_retry=rewind,
+                data=body,
+                headers={"Content-Type": body.content_type},
+            )
+        except requests.RequestException as exc:
+            _fail_all(batch, f"connection failed ({type(exc).__name__})")
+            return False
+        except OSError as exc:
+            _fail_all(batch, f"file changed while sending ({type(exc).__name__})")
+            return False
+        with response:
+            if response.status_code not in STOW_STATUSES:
+                _fail_all(batch, f"HTTP {response.status_code}{_error_detail(response)}")
+                return False
+            try:
+                payload = response.json()
+            except ValueError:
+                _fail_all(batch, f"HTTP {response.status_code} without a DICOM JSON body")
+                return False
+        apply_stow_response(batch, payload)
+        return True
+
+
+def apply_stow_response(batch: list[FileEntry], payload: Any) -> None:
+    """Match the response's Referenced/Failed SOP Sequence items to files by SOP Instance UID."""
+    results: dict[str, tuple[Outcome, str]] = {}
+    unattributed: list[str] = []
+    if isinstance(payload, dict):
+        for item in _items(payload, "00081199"):
+            uid = _first(item, "00081155")
+            if uid:
+                duplicate = _private(item, TAG_OUTCOME) == "DUPLICATE"
+                results[uid] = ("present" if duplicate else "stored", "")
+        for item in _items(payload, "00081198"):
+            code = _first(item, "00081197")
+            text = _private(item, TAG_REASON_TEXT) or ""
+            reason = text or (reason_name(code) if isinstance(code, int) else "no reason given")
+            if isinstance(code, int):
+                reason = f"{reason} (0x{code:04X})"
+            uid = _first(item, "00081155")
+            if uid:
+                results[uid] = ("failed", reason)
+            else:
+                unattributed.append(reason)
+    for entry in batch:
+        if entry.sop_uid in results:
+            entry.outcome, entry.reason = results[entry.sop_uid]
+        else:
+            extra = f"; server reported: {'; '.join(sorted(set(unattributed)))}" if unattributed else ""
+            entry.outcome, entry.reason = "failed", f"not acknowledged in the server's response{extra}"
+
+
+def _items(payload: dict[str, Any], tag: str) -> list[dict[str, Any]]:
+    value = payload.get(tag, {}).get("Value", []) if isinstance(payload.get(tag), dict) else []
+    return [v for v in value if isinstance(v, dict)]
+
+
+def _first(dataset: dict[str, Any], tag: str) -> Any:
+    element = dataset.get(tag)
+    if isinstance(element, dict) and isinstance(element.get("Value"), list) and element["Value"]:
+        return element["Value"][0]
+    return None
+
+
+def _private(dataset: dict[str, Any], tag: str) -> str | None:
+    if _first(dataset, TAG_PRIVATE_CREATOR) != PRIVATE_CREATOR:
+        return None
+    value = _first(dataset, tag)
+    return value if isinstance(value, str) else None
+
+
+def _values(datasets: Any, tag: str) -> Iterator[str]:
+    if isinstance(datasets, list):
+        for ds in datasets:
+            if isinstance(ds, dict) and isinstance(value := _first(ds, tag), str):
+                yield value
+
+
+def _error_detail(response: requests.Response) -> str:
+    """``: detail`` from the gateway's ``{"error", "detail"}`` body, if any.
+
+    Never the URL or the exception text of ``requests``: they may hold the token."""
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    detail = body.get("detail") or body.get("error") if isinstance(body, dict) else None
+    return f": {str(detail)[:200]}" if detail else ""
+
+
+def _fail_all(batch: list[FileEntry], reason: str) -> None:
+    for entry in batch:
+        entry.outcome, entry.reason = "failed", reason
+
+
+def run_upload(
+    paths: Iterable[Path],
+    options: UploadOptions,
+    console: Console | None = None,
+    err_console: Console | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> UploadReport:
+    """Everything but the exit: collect, resume check, send. Notes and the progress bar go to ``err_console``
+    (stderr), the summary tables to ``console`` (stdout)."""
+    console = console or Console()
+    err_console = err_console or Console(stderr=True)
+    report = UploadReport()
+    seen: dict[str, Path] = {}
+    for path in iter_files(paths):
+        if not is_dicom_file(path):
+            note = f"skipped (no DICM preamble): {path}"
+            err_console.print(note, style="dim", highlight=False, markup=False, soft_wrap=True)
+            report.files.append(FileEntry(path=path, size=0, outcome="skipped", reason="not a DICOM file"))
+            continue
+        entry = read_entry(path)
+        if entry.sop_uid and entry.outcome == "pending":
+            if entry.sop_uid in seen:
+                entry.outcome, entry.reason = "skipped", f"same SOP Instance UID as {seen[entry.sop_uid]}"
+            else:
+                seen[entry.sop_uid] = path
+        report.files.append(entry)
+
+    client = StowClient(options, sleep=sleep)
+    pending = [f for f in report.files if f.outcome == "pending"]
+    if pending and options.resume:
+        present = client.already_stored(pending)
+        for entry in pending:
+            if entry.sop_uid in present:
+                entry.outcome, entry.reason = "present", "already on the server (not re-sent)"
+        pending = [f for f in pending if f.outcome == "pending"]
+
+    if pending:
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=err_console) as progress:
+            files_task = progress.add_task("files", total=len(pending))
+            bytes_task = progress.add_task("bytes", total=sum(f.size for f in pending))
+            lock = threading.Lock()
+
+            def send(batch: list[FileEntry]) -> None:
+                answered = client.send_batch(batch, lambda n: progress.advance(bytes_task, n))
+                with lock:
+                    report.responses += int(answered)
+                progress.advance(files_task, len(batch))
+
+            with ThreadPoolExecutor(max_workers=options.concurrency) as pool:
+                list(pool.map(send, make_batches(pending, options.batch_bytes)))
+    print_summary(report, console)
+    return report
+
+
+def print_summary(report: UploadReport, console: Console) -> None:
+    table = Table(title="Upload summary")
+    table.add_column("outcome")
+    table.add_column("files", justify="right")
+    table.add_column("bytes", justify="right")
+    for outcome, label in (
+        ("stored", "stored"),
+        ("present", "already present"),
+        ("failed", "failed"),
+        ("skipped", "skipped"),
+    ):
+        files = [f for f in report.files if f.outcome == outcome]
+        table.add_row(label, str(len(files)), str(sum(f.size for f in files)))
+    console.print(table)
+    problems = [f for f in report.files if f.outcome in ("failed", "pending")]
+    if problems:
+        failures = Table(title="Failed files")
+        failures.add_column("file", overflow="fold")
+        failures.add_column("reason", overflow="fold")
+        for f in problems[:100]:
+            failures.add_row(str(f.path), f.reason or "not sent")
+        if len(problems) > 100:
+            failures.add_row(f"... and {len(problems) - 100} more", "")
+        console.print(failures)
+
+
+@click.command("upload")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--url", "root", required=True, help="DICOMweb root, e.g. https://host/t/TOKEN/dicomweb.")
+@click.option("--concurrency", default=4, show_default=True, type=click.IntRange(1, 64))
+@click.option(
+    "--batch-bytes", default=64 << 20, show_default=True, type=click.IntRange(1), help="Bytes per request."
+)
+@click.option("--token", envvar="DICOMGW_TOKEN", help="Token sent as ?token= (env DICOMGW_TOKEN).")
+@click.option("--api-key", envvar="DICOMGW_API_KEY", help="Sent as a Bearer token (env DICOMGW_API_KEY).")
+@click.option("--retries", default=5, show_default=True, type=click.IntRange(0), help="Retries per request.")
+@click.option("--backoff", default=0.5, show_default=True, type=click.FloatRange(0.0), help="First delay, s.")
+@click.option("--no-resume", is_flag=True, help="Do not ask the server which instances it already has.")
+def upload(
+    paths: tuple[Path, ...],
+    root: str,
+    concurrency: int,
+    batch_bytes: int,
+    token: str | None,
+    api_key: str | None,
+    retries: int,
+    backoff: float,
+    no_resume: bool,
+) -> None:
+    """Send DICOM files (folders recurse) to a DICOMweb server with STOW-RS.
+
+    Exit code 0 when every DICOM file is on the server, 1 when some failed, 2 when nothing could be sent.
+    """
+    options = UploadOptions(
+        root=root,
+        concurrency=concurrency,
+        batch_bytes=batch_bytes,
+        token=token,
+        api_key=api_key,
+        retries=retries,
+        backoff=backoff,
+        resume=not no_resume,
+    )
+    report = run_upload(paths, options, console=Console(), err_console=Console(stderr=True))
+    raise SystemExit(report.exit_code)

@@ -1,0 +1,155 @@
+"""Server-to-server API (API key): issue and revoke tokens, admin calls; and the WebView cookie exchange."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+from flask import Blueprint, Response, jsonify, redirect, request
+
+from gateway.errors import BadRequest, InvalidPath, NotFound, TokenMissing
+from gateway.views.common import require_api_key, services
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+
+TOKEN_FIELDS = {"sub", "studies", "series", "actions", "ttl"}
+
+
+def public_base() -> str:
+    return services().settings.public_url or request.host_url.rstrip("/")
+
+
+def token_urls(token: str, study: str, base: str) -> dict[str, str]:
+    return {
+        "dicomweb_root": f"{base}/t/{token}/dicomweb",
+        "viewer_url": f"{base}/viewer/#study={quote(study)}&token={token}",
+    }
+
+
+def iso(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@bp.post("/tokens")
+def issue_token() -> tuple[Response, int]:
+    require_api_key()
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    unknown = sorted(set(body) - TOKEN_FIELDS)
+    if unknown:
+        raise BadRequest(f"unknown fields: {', '.join(unknown)}")
+    if "sub" not in body:
+        raise BadRequest("sub is required")
+    issued = services().tokens.issue(
+        sub=body["sub"],
+        studies=body.get("studies"),  # type: ignore[arg-type]  # validated inside
+        series=body.get("series"),
+        actions=body.get("actions"),
+        ttl=body.get("ttl"),
+    )
+    payload: dict[str, Any] = {
+        "token": issued.token,
+        "expires_at": iso(issued.claims.expires_at),
+        "jti": issued.claims.jti,
+        **token_urls(issued.token, body["studies"][0], public_base()),
+    }
+    return jsonify(payload), 201
+
+
+@bp.post("/tokens/<jti>/revoke")
+def revoke_token(jti: str) -> tuple[str, int]:
+    require_api_key()
+    if not 0 < len(jti) <= 64 or not all(c.isalnum() or c in "-_" for c in jti):
+        raise BadRequest("malformed jti")
+    srv = services()
+    # The jti alone does not tell the token's expiry: keep the revocation for the longest possible lifetime.
+    srv.catalog.revoke(jti, int(time.time()) + srv.settings.token_max_ttl + 60)
+    srv.authorizer.forget_revocations()
+    return "", 204
+
+
+def safe_next(value: str) -> str:
+    """A same-origin relative path: no scheme, no authority (``//``), no backslash tricks, no control chars."""
+    if not value:
+        return "/viewer/"
+    if (
+        not value.startswith("/")
+        or value.startswith("//")
+        or "\\" in value
+        or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value)
+        or value.startswith("/%2f")
+        or value.lower().startswith("/%5c")
+    ):
+        raise InvalidPath("next must be a relative path on this site")
+    return value
+
+
+@bp.get("/session")
+def session() -> Response:
+    """Trade a URL token for a first-party HttpOnly cookie (mobile WebViews), then 303 to ``next``."""
+    token = request.args.get("token", "")
+    if not token:
+        raise TokenMissing("token query parameter is required")
+    target = safe_next(request.args.get("next", ""))
+    srv = services()
+    claims = srv.tokens.verify(token, "read")
+    if claims.jti in srv.authorizer.revoked():
+        raise TokenMissing("token revoked")
+    settings = srv.settings
+    response = redirect(target, code=303)
+    name = "__Host-dicomgw_token" if settings.tls else "dicomgw_token"
+    response.set_cookie(
+        name,
+        token,
+        max_age=max(0, claims.expires_at - int(time.time())),
+        path="/",
+        secure=settings.tls,
+        httponly=True,
+        samesite=settings.cookie_samesite,
+    )
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+# -- admin: quarantine and audit (API key) -------------------------------------------------------------------
+
+
+@bp.get("/admin/quarantine")
+def list_quarantine() -> Response:
+    require_api_key()
+    return jsonify(items=services().catalog.list_quarantine())
+
+
+@bp.post("/admin/quarantine/<path:key>/release")
+def release_quarantine(key: str) -> tuple[Response, int]:
+    require_api_key()
+    from gateway.quarantine import release
+
+    result = release(services(), "quarantine/" + key if not key.startswith("quarantine/") else key)
+    return jsonify(result), 200
+
+
+@bp.delete("/admin/quarantine/<path:key>")
+def delete_quarantine(key: str) -> tuple[str, int]:
+    require_api_key()
+    srv = services()
+    full = key if key.startswith("quarantine/") else "quarantine/" + key
+    if srv.catalog.get_quarantine(full) is None:
+        raise NotFound("no such quarantined object")
+    srv.storage.delete(full)
+    srv.catalog.remove_quarantine(full)
+    return "", 204
+
+
+@bp.get("/admin/audit")
+def audit() -> Response:
+    require_api_key()
+    limit = min(int(request.args.get("limit", "100")), 1000)
+    return jsonify(
+        items=services().catalog.audit_records(
+            sop_uid=request.args.get("sop_uid"), study_uid=request.args.get("study_uid"), limit=limit
+        )
+    )

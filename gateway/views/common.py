@@ -1,0 +1,47 @@
+"""Helpers shared by the views: the services object and the credential of the current request."""
+
+from __future__ import annotations
+
+from flask import current_app, request
+
+from gateway.auth import Decision
+from gateway.errors import Unauthorized
+from gateway.services import Services
+
+
+def services() -> Services:
+    found = current_app.extensions["dicomgw"]
+    assert isinstance(found, Services)
+    return found
+
+
+def raw_uri() -> str:
+    """The URI as the client sent it (with the ``/t/{token}`` prefix, if any)."""
+    raw = request.environ.get("RAW_URI")
+    if raw:
+        return str(raw)
+    token = request.environ.get("dicomgw.path_token")
+    path = request.path if token is None else f"/t/{token}{request.path}"
+    query = request.query_string.decode("latin-1")
+    return f"{path}?{query}" if query else path
+
+
+def decision() -> Decision:
+    """Re-check the credential inside Python (NGINX already did; this also yields the scope for filtering)."""
+    return services().authorizer.decide(
+        request.method,
+        raw_uri(),
+        request.headers.get("Cookie", ""),
+        request.headers.get("Authorization", ""),
+    )
+
+
+def require_api_key() -> None:
+    if not services().authorizer.is_api_key(request.headers.get("Authorization", "")):
+        raise Unauthorized("a valid API key is required (Authorization: Bearer ...)")
+
+
+def dicomweb_root() -> str:
+    """The DICOMweb root the client used, relative to the host: ``/t/{token}/dicomweb`` or ``/dicomweb``."""
+    token = request.environ.get("dicomgw.path_token")
+    return f"/t/{token}/dicomweb" if token else "/dicomweb"

@@ -1,0 +1,278 @@
+"""DICOMweb endpoints answered by Python: QIDO-RS, metadata, STOW-RS, rendered frames and thumbnails.
+
+Bytes of stored objects are never sent from here (``gateway.plan`` and NGINX do that); rendering is the exception
+that has to decode pixels, and its results (thumbnails) are stored and then served by NGINX.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+from flask import Blueprint, Response, request
+
+from gateway.catalog.qido import parse_qido
+from gateway.dicomweb.multipart import iter_parts, parse_content_type
+from gateway.dicomweb.stow_response import StowItem, build_stow_response
+from gateway.errors import (
+    CatalogUnavailable,
+    GatewayError,
+    NotFound,
+    BadRequest,
+    OutOfScope,
+    StorageUnavailable,
+    UnsupportedMediaType,
+)
+from gateway.hooks import UploadContext
+from gateway.ingest import IngestResult
+from gateway.render import render_instance
+from gateway.uids import check_uid
+from gateway.views.common import decision, dicomweb_root, services
+
+log = logging.getLogger("gateway.dicomweb")
+bp = Blueprint("dicomweb", __name__, url_prefix="/dicomweb")
+
+DICOM_JSON = "application/dicom+json"
+MAX_PART_BYTES = 8 << 30
+
+
+def dicom_json(payload: bytes, status: int = 200) -> Response:
+    response = Response(payload, status=status, mimetype=DICOM_JSON)
+    return response
+
+
+# -- QIDO-RS ----------------------------------------------------------------------------------------------------
+
+
+def _search(level: str, study: str | None = None, series: str | None = None) -> Response:
+    scope = decision().claims.scope
+    args = {key: request.args.getlist(key) for key in request.args if key not in ("token", "accept")}
+    query = parse_qido(
+        level,  # type: ignore[arg-type]
+        args,
+        study_uid=check_uid(study) if study else None,
+        series_uid=check_uid(series) if series else None,
+    )
+    results = services().catalog.search(query, scope)
+    return dicom_json(json.dumps(results, separators=(",", ":")).encode())
+
+
+@bp.get("/studies")
+def search_studies() -> Response:
+    return _search("studies")
+
+
+@bp.get("/series")
+def search_all_series() -> Response:
+    return _search("series")
+
+
+@bp.get("/instances")
+def search_all_instances() -> Response:
+    return _search("instances")
+
+
+@bp.get("/studies/<study>/series")
+def search_series(study: str) -> Response:
+    return _search("series", study)
+
+
+@bp.get("/studies/<study>/instances")
+def search_study_instances(study: str) -> Response:
+    return _search("instances", study)
+
+
+@bp.get("/studies/<study>/series/<series>/instances")
+def search_instances(study: str, series: str) -> Response:
+    return _search("instances", study, series)
+
+
+# -- metadata -----------------------------------------------------------------------------------------------------
+
+
+def _metadata(study: str, series: str | None = None, instance: str | None = None) -> Response:
+    decision()
+    catalog = services().catalog
+    check_uid(study)
+    if instance is not None:
+        row = catalog.get_instance(check_uid(instance))
+        if row is None or row.study_uid != study or row.series_uid != series:
+            raise NotFound("no such instance")
+        rows = [row]
+    else:
+        rows = catalog.instances_of(study, check_uid(series) if series else None)
+    if not rows:
+        raise NotFound("no instances")
+    parts = []
+    for row in rows:
+        text = row.metadata
+        # BulkDataURIs are stored relative to the instance; make them relative to the URL that was asked for.
+        if instance is None:
+            prefix = f"instances/{row.sop_uid}/" if series else f"series/{row.series_uid}/instances/{row.sop_uid}/"
+            text = text.replace('"BulkDataURI":"bulkdata/', f'"BulkDataURI":"{prefix}bulkdata/')
+        parts.append(text)
+    body = ("[" + ",".join(parts) + "]").encode()
+    response = dicom_json(body)
+    response.set_etag(hashlib.sha256(body).hexdigest()[:32])
+    response.headers["Cache-Control"] = "private, no-cache"
+    return response.make_conditional(request)
+
+
+@bp.get("/studies/<study>/metadata")
+def study_metadata(study: str) -> Response:
+    return _metadata(study)
+
+
+@bp.get("/studies/<study>/series/<series>/metadata")
+def series_metadata(study: str, series: str) -> Response:
+    return _metadata(study, series)
+
+
+@bp.get("/studies/<study>/series/<series>/instances/<instance>/metadata")
+def instance_metadata(study: str, series: str, instance: str) -> Response:
+    return _metadata(study, series, instance)
+
+
+# -- STOW-RS ------------------------------------------------------------------------------------------------------
+
+
+def _to_item(result: IngestResult) -> StowItem:
+    return StowItem(
+        status=result.status,
+        sop_class_uid=result.sop_class_uid,
+        sop_uid=result.sop_uid,
+        study_uid=result.study_uid,
+        series_uid=result.series_uid,
+        failure_reason=result.failure_reason,
+        detail=result.detail,
+    )
+
+
+@bp.post("/studies")
+def stow_all() -> Response:
+    return _stow(None)
+
+
+@bp.post("/studies/<study>")
+def stow_study(study: str) -> Response:
+    return _stow(check_uid(study))
+
+
+def _stow(study: str | None) -> Response:
+    claims = decision().claims
+    srv = services()
+    media_type, params = parse_content_type(request.headers.get("Content-Type", ""))
+    context = UploadContext(
+        source="stow",
+        sub=claims.sub,
+        tenant=request.headers.get("X-DICOMGW-Tenant"),
+        region=request.headers.get("X-DICOMGW-Region"),
+    )
+    results: list[IngestResult] = []
+    outage: GatewayError | None = None
+
+    def ingest_one(path: Path) -> None:
+        nonlocal outage
+        if outage is not None:
+            results.append(IngestResult("failed", failure_reason=0xA700, detail=outage.detail))
+            return
+        try:
+            results.append(srv.ingestor.ingest(path, context, expected_study=study, scope=claims.scope))
+        except (StorageUnavailable, CatalogUnavailable) as error:
+            outage = error
+            results.append(IngestResult("failed", failure_reason=0xA700, detail=error.detail))
+
+    stream = request.environ["wsgi.input"]
+    if media_type == "application/dicom":
+        part_path = _spool_single(stream, srv.spool_dir)
+        try:
+            ingest_one(part_path)
+        finally:
+            part_path.unlink(missing_ok=True)
+    elif media_type == "multipart/related":
+        part_type = params.get("type", "application/dicom").lower()
+        if part_type != "application/dicom":
+            raise UnsupportedMediaType("STOW-RS accepts multipart/related; type=application/dicom")
+        for part in iter_parts(stream, params.get("boundary", ""), srv.spool_dir, max_part_bytes=MAX_PART_BYTES):
+            try:
+                if part.content_type.split(";")[0].strip().lower() != "application/dicom":
+                    results.append(
+                        IngestResult("failed", failure_reason=0x0122, detail="part is not application/dicom")
+                    )
+                else:
+                    ingest_one(part.path)
+            finally:
+                part.path.unlink(missing_ok=True)
+    else:
+        raise UnsupportedMediaType("Content-Type must be multipart/related; type=application/dicom")
+    if outage is not None and not any(r.ok for r in results):
+        raise outage
+    answer = build_stow_response([_to_item(r) for r in results], root=dicomweb_root(), study_uid=study)
+    return dicom_json(json.dumps(answer.body, separators=(",", ":")).encode(), answer.status)
+
+
+def _spool_single(stream: object, spool_dir: Path) -> Path:
+    import tempfile
+
+    handle = tempfile.NamedTemporaryFile(dir=spool_dir, prefix="stow-", suffix=".dcm", delete=False)
+    with handle:
+        total = 0
+        while chunk := stream.read(1 << 20):  # type: ignore[attr-defined]
+            total += len(chunk)
+            if total > MAX_PART_BYTES:
+                Path(handle.name).unlink(missing_ok=True)
+                raise UnsupportedMediaType("body too large")
+            handle.write(chunk)
+    return Path(handle.name)
+
+
+# -- rendered and thumbnails ---------------------------------------------------------------------------------
+
+
+@bp.get("/studies/<study>/series/<series>/instances/<instance>/rendered")
+def rendered_instance(study: str, series: str, instance: str) -> Response:
+    decision()
+    return render_instance(services(), study, series, instance, 1, request.args, request.headers.get("Accept", ""))
+
+
+@bp.get("/studies/<study>/series/<series>/instances/<instance>/frames/<int:frame>/rendered")
+def rendered_frame(study: str, series: str, instance: str, frame: int) -> Response:
+    decision()
+    return render_instance(
+        services(), study, series, instance, frame, request.args, request.headers.get("Accept", "")
+    )
+
+
+@bp.get("/studies/<study>/series/<series>/instances/<instance>/thumbnail")
+def thumbnail_instance(study: str, series: str, instance: str) -> Response:
+    decision()
+    from gateway.render import thumbnail
+
+    return thumbnail(services(), study, series, instance)
+
+
+@bp.get("/studies/<study>/series/<series>/thumbnail")
+def thumbnail_series(study: str, series: str) -> Response:
+    decision()
+    from gateway.render import thumbnail
+
+    rows = services().catalog.instances_of(check_uid(study), check_uid(series))
+    if not rows:
+        raise NotFound("no instances")
+    middle = rows[len(rows) // 2]
+    return thumbnail(services(), study, series, middle.sop_uid)
+
+
+@bp.get("/wado")
+def wado_rendered() -> Response:
+    """WADO-URI asking for an image (``application/dicom`` is served by NGINX through the read plan)."""
+    decision()
+    args = request.args
+    study, series, sop = (check_uid(args.get(k, ""), k) for k in ("studyUID", "seriesUID", "objectUID"))
+    if args.get("requestType") != "WADO":
+        raise BadRequest("requestType must be WADO")
+    frame = int(args.get("frameNumber", "1") or 1)
+    content_type = args.get("contentType", "image/jpeg")
+    return render_instance(services(), study, series, sop, frame, args, content_type)

@@ -1,0 +1,336 @@
+"""Catalog on SQLite and on a real PostgreSQL (tests/fixtures/servers.py starts a throwaway cluster)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from gateway.catalog import Catalog, InstanceRecord, search_values
+from gateway.catalog.catalog import PURGE_INTERVAL, engine_url
+from gateway.catalog.qido import parse_qido
+from gateway.catalog.schema import metadata as schema_metadata
+from gateway.catalog.schema import revocations
+from gateway.dicom.model import BulkRange
+from gateway.errors import CatalogUnavailable, Conflict, InvalidUID
+from tests.fixtures.catalog_data import SR_DOC, make_instance, record
+
+ST = "1.2.3.1"
+SE1, SE2 = "1.2.3.1.1", "1.2.3.1.2"
+
+
+@pytest.fixture
+def catalog(catalog_url: str) -> Iterator[Catalog]:
+    cat = Catalog(catalog_url)
+    cat.migrate()
+    yield cat
+    cat.close()
+
+
+def study_row(catalog: Catalog, study: str) -> dict[str, object] | None:
+    results = catalog.search(parse_qido("studies", {"StudyInstanceUID": [study]}), None)
+    return results[0] if results else None
+
+
+def counts(catalog: Catalog, study: str) -> tuple[int, int, list[str]] | None:
+    row = study_row(catalog, study)
+    if row is None:
+        return None
+    get = row.__getitem__
+    return (get("00201206")["Value"][0], get("00201208")["Value"][0], get("00080061").get("Value", []))
+
+
+def test_engine_url_uses_psycopg3() -> None:
+    assert engine_url("postgresql://u:p@h:5/db") == "postgresql+psycopg://u:p@h:5/db"
+    assert engine_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_migrate_is_idempotent_and_matches_schema(catalog: Catalog) -> None:
+    catalog.migrate()  # second run: already at head
+    with catalog.engine.connect() as conn:
+        diffs = compare_metadata(MigrationContext.configure(conn), schema_metadata)
+        version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one()
+    assert diffs == []
+    assert version == "0001"
+    catalog.check()
+
+
+def test_sqlite_pragmas(tmp_path: object) -> None:
+    cat = Catalog(f"sqlite:///{tmp_path}/c.db")
+    cat.migrate()
+    with cat.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+    cat.close()
+
+
+def test_register_and_get_round_trip(catalog: Catalog) -> None:
+    inst = make_instance(ST, SE1, "1.2.3.1.1.1", frames=3, instance_number=7)
+    rec = record(inst)
+    assert catalog.register_instance(rec) is True
+    row = catalog.get_instance("1.2.3.1.1.1")
+    assert row is not None
+    assert (row.sop_uid, row.study_uid, row.series_uid) == ("1.2.3.1.1.1", ST, SE1)
+    assert row.sop_class_uid == inst.sop_class_uid
+    assert row.transfer_syntax_uid == "1.2.840.10008.1.2.1"
+    assert row.instance_number == 7 and row.number_of_frames == 3
+    assert row.storage_key == f"studies/{ST}/series/{SE1}/instances/1.2.3.1.1.1.dcm"
+    assert (row.size, row.sha256, row.etag) == (rec.size, rec.sha256, rec.etag)
+    assert row.frame_index == b"\x00\x01idx\x001.2.3.1.1.1"
+    assert isinstance(row.frame_index, bytes)
+    assert row.frame_media_type == "application/octet-stream"
+    assert row.bulk_ranges() == [BulkRange("7FE00010", "OW", 1000, 96)]
+    assert row.bulk_range("7FE00010") == BulkRange("7FE00010", "OW", 1000, 96)
+    assert row.bulk_range("00420011") is None
+    assert row.metadata is not None and row.metadata_json() == inst.metadata
+    assert json.loads(row.attrs) == inst.instance_attrs
+    assert row.thumbnail_key is None and row.created_at > 1_600_000_000
+    light = catalog.get_instance("1.2.3.1.1.1", with_metadata=False)
+    assert light is not None and light.metadata is None and light.frame_index == row.frame_index
+    assert catalog.get_instance("9.9.9") is None
+
+
+def test_search_values_flattening() -> None:
+    values = search_values(make_instance(ST, SE1, "1.1", series_number=None).metadata)
+    assert values["patient_name"] == "Doe^John"
+    assert values["referring_physician_name"] == "Ref^Doctor"
+    assert values["series_number"] is None and values["instance_number"] == 1
+    assert values["study_date"] == "20200101" and values["modality"] == "CT"
+
+
+def test_register_is_idempotent_conflicts_and_replaces(catalog: Catalog) -> None:
+    inst = make_instance(ST, SE1, "1.2.3.1.1.1")
+    assert catalog.register_instance(record(inst, b"v1")) is True
+    before = catalog.get_instance(inst.sop_uid)
+    # same bytes: no change at all
+    assert catalog.register_instance(record(inst, b"v1")) is False
+    assert catalog.get_instance(inst.sop_uid) == before
+    assert counts(catalog, ST) == (1, 1, ["CT"])
+    # different bytes: conflict, nothing changed
+    with pytest.raises(Conflict):
+        catalog.register_instance(record(inst, b"v2"))
+    assert catalog.get_instance(inst.sop_uid) == before
+    # replace: the new bytes win, counts unchanged
+    assert catalog.register_instance(record(inst, b"v2", replace=True)) is True
+    after = catalog.get_instance(inst.sop_uid)
+    assert after is not None and before is not None
+    assert after.sha256 == record(inst, b"v2").sha256 != before.sha256
+    assert counts(catalog, ST) == (1, 1, ["CT"])
+
+
+def test_replace_into_another_series_fixes_both(catalog: Catalog) -> None:
+    catalog.register_instance(record(make_instance(ST, SE1, "1.2.3.1.1.1")))
+    moved = make_instance(ST, SE2, "1.2.3.1.1.1", modality="MR", series_number=2)
+    assert catalog.register_instance(record(moved, b"other", replace=True)) is True
+    assert counts(catalog, ST) == (1, 1, ["MR"])
+    series = catalog.search(parse_qido("series", {}, study_uid=ST), None)
+    assert [s["0020000E"]["Value"][0] for s in series] == [SE2]
+
+
+def test_counts_modalities_and_delete(catalog: Catalog) -> None:
+    for i in range(3):
+        catalog.register_instance(record(make_instance(ST, SE1, f"1.2.3.1.1.{i}", instance_number=i)))
+    sr = make_instance(ST, SE2, "1.2.3.1.2.1", modality="SR", series_number=2, sop_class=SR_DOC)
+    catalog.register_instance(record(sr))
+    assert counts(catalog, ST) == (2, 4, ["CT", "SR"])
+    series = catalog.search(parse_qido("series", {}, study_uid=ST), None)
+    assert [(s["0020000E"]["Value"][0], s["00201209"]["Value"][0]) for s in series] == [(SE1, 3), (SE2, 1)]
+    catalog.delete_instance("1.2.3.1.2.1")  # last of its series: the series goes
+    assert counts(catalog, ST) == (1, 3, ["CT"])
+    catalog.delete_instance("1.2.3.1.1.0")
+    assert counts(catalog, ST) == (1, 2, ["CT"])
+    catalog.delete_instance("1.2.3.1.1.0")  # absent: no error
+    catalog.delete_instance("1.2.3.1.1.1")
+    catalog.delete_instance("1.2.3.1.1.2")  # last of the study: the study goes
+    assert counts(catalog, ST) is None
+    assert catalog.instances_of(ST) == []
+    assert catalog.search(parse_qido("series", {}), None) == []
+
+
+def test_instances_of_order(catalog: Catalog) -> None:
+    # series 2 registered first; instance numbers out of order; one without a number sorts last
+    plan = [(SE2, 2, 1), (SE1, 1, 3), (SE1, 1, None), (SE1, 1, 1), (SE1, 1, 2)]
+    for n, (series_uid, series_number, number) in enumerate(plan):
+        inst = make_instance(
+            ST, series_uid, f"{series_uid}.{n}", series_number=series_number, instance_number=number
+        )
+        catalog.register_instance(record(inst))
+    rows = catalog.instances_of(ST)
+    assert [(r.series_uid, r.instance_number) for r in rows] == [
+        (SE1, 1),
+        (SE1, 2),
+        (SE1, 3),
+        (SE1, None),
+        (SE2, 1),
+    ]
+    assert all(r.metadata is not None for r in rows)
+    only = catalog.instances_of(ST, SE2, with_metadata=False)
+    assert [(r.sop_uid, r.metadata) for r in only] == [(f"{SE2}.0", None)]
+
+
+def test_series_in_two_studies_is_a_conflict(catalog: Catalog) -> None:
+    catalog.register_instance(record(make_instance(ST, SE1, "1.2.3.1.1.1")))
+    with pytest.raises(Conflict):
+        catalog.register_instance(record(make_instance("1.2.3.9", SE1, "1.2.3.9.1")))
+    assert counts(catalog, "1.2.3.9") is None
+    assert catalog.get_instance("1.2.3.9.1") is None
+
+
+def test_invalid_uid_rejected(catalog: Catalog) -> None:
+    with pytest.raises(InvalidUID):
+        catalog.register_instance(record(make_instance(ST, SE1, "1.2.x'; DROP TABLE studies;--")))
+
+
+def test_thumbnail_and_all_keys(catalog: Catalog) -> None:
+    catalog.register_instance(record(make_instance(ST, SE1, "1.2.3.1.1.1")))
+    catalog.register_instance(record(make_instance(ST, SE2, "1.2.3.1.2.1", series_number=2)))
+    catalog.set_thumbnail("1.2.3.1.1.1", "thumbs/a.jpg")
+    row = catalog.get_instance("1.2.3.1.1.1")
+    assert row is not None and row.thumbnail_key == "thumbs/a.jpg"
+    assert catalog.all_instance_keys() == {
+        f"studies/{ST}/series/{SE1}/instances/1.2.3.1.1.1.dcm",
+        f"studies/{ST}/series/{SE2}/instances/1.2.3.1.2.1.dcm",
+    }
+
+
+def test_revocations(catalog: Catalog) -> None:
+    now = 2_000_000_000
+    catalog.revoke("jti-a", now + 100)
+    catalog.revoke("jti-b", now + 10)
+    catalog.revoke("jti-b", now + 5)  # idempotent; the later expiry wins
+    assert catalog.revoked_jtis(now) == {"jti-a", "jti-b"}
+    assert catalog.revoked_jtis(now + 10) == {"jti-a"}
+    assert catalog.revoked_jtis(now + 100) == set()
+    with catalog.engine.connect() as conn:
+        remaining = conn.execute(sa.select(sa.func.count()).select_from(revocations)).scalar_one()
+    assert remaining == 2  # not purged yet: purges run every PURGE_INTERVAL
+    assert catalog.revoked_jtis(now + 11 + PURGE_INTERVAL) == set()
+    with catalog.engine.connect() as conn:
+        remaining = conn.execute(sa.select(sa.func.count()).select_from(revocations)).scalar_one()
+    assert remaining == 0
+
+
+def test_audit(catalog: Catalog) -> None:
+    catalog.add_audit(source="stow", sub="u1", sop_uid="1.1", study_uid=ST, decision="accept", tags=[])
+    catalog.add_audit(
+        source="s3-event",
+        sub=None,
+        sop_uid="1.2",
+        study_uid=ST,
+        decision="quarantine",
+        rule="no-names",
+        destination="eu",
+        tags=["PatientName", "00100010"],
+        policy_version="v3",
+        created_at=1_700_000_000,
+    )
+    catalog.add_audit(source="cli", sop_uid="2.1", study_uid="2", decision="reject")
+    records = catalog.audit_records(study_uid=ST)
+    assert [r["sop_uid"] for r in records] == ["1.2", "1.1"]  # newest first
+    second = records[0]
+    assert second["tags"] == ["PatientName", "00100010"]
+    assert (second["rule"], second["destination"], second["policy_version"]) == ("no-names", "eu", "v3")
+    assert second["created_at"] == 1_700_000_000
+    assert [r["decision"] for r in catalog.audit_records(sop_uid="2.1")] == ["reject"]
+    assert len(catalog.audit_records(limit=2)) == 2
+    with pytest.raises(TypeError):
+        catalog.add_audit(patient_name="Doe")
+
+
+def test_quarantine(catalog: Catalog) -> None:
+    key = f"quarantine/studies/{ST}/series/{SE1}/instances/1.1.dcm"
+    catalog.add_quarantine(
+        key, sop_uid="1.1", study_uid=ST, series_uid=SE1, reason="PHI", report={"tags": ["PatientName"]}
+    )
+    catalog.add_quarantine("quarantine/other.dcm", reason="policy", created_at=1)
+    got = catalog.get_quarantine(key)
+    assert got is not None
+    assert (got["sop_uid"], got["reason"], got["report"]) == ("1.1", "PHI", {"tags": ["PatientName"]})
+    assert [q["key"] for q in catalog.list_quarantine()] == [key, "quarantine/other.dcm"]
+    catalog.add_quarantine(key, reason="PHI again")  # same key: updated, not duplicated
+    assert catalog.get_quarantine(key)["reason"] == "PHI again"  # type: ignore[index]
+    catalog.remove_quarantine(key)
+    assert catalog.get_quarantine(key) is None
+    assert [q["key"] for q in catalog.list_quarantine()] == ["quarantine/other.dcm"]
+
+
+def test_concurrent_registers_keep_counts_exact(catalog: Catalog) -> None:
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        try:
+            for i in range(8):
+                series_uid = f"1.2.3.1.{n % 3}"
+                inst = make_instance(
+                    ST, series_uid, f"{series_uid}.{n}.{i}", modality=["CT", "MR", "SR"][n % 3]
+                )
+                catalog.register_instance(record(inst))
+                # and everybody races on one shared SOP UID with the same bytes
+                catalog.register_instance(record(make_instance(ST, "1.2.3.1.0", "1.2.3.1.0.999")))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert counts(catalog, ST) == (3, 6 * 8 + 1, ["CT", "MR", "SR"])
+    assert len(catalog.instances_of(ST, with_metadata=False)) == 49
+
+
+def test_check_reports_unavailable(tmp_path: object) -> None:
+    with pytest.raises(CatalogUnavailable):
+        Catalog("sqlite:////nonexistent-dir/sub/catalog.db").check()
+    with pytest.raises(CatalogUnavailable):
+        Catalog("postgresql://nobody@127.0.0.1:1/none?connect_timeout=2").check()
+    fresh = Catalog(f"sqlite:///{tmp_path}/empty.db")
+    with pytest.raises(CatalogUnavailable):  # reachable but not migrated
+        fresh.check()
+
+
+def test_outage_on_write_is_catalog_unavailable() -> None:
+    cat = Catalog("postgresql://nobody@127.0.0.1:1/none?connect_timeout=2")
+    with pytest.raises(CatalogUnavailable):
+        cat.register_instance(record(make_instance(ST, SE1, "1.1")))
+    with pytest.raises(CatalogUnavailable):
+        cat.revoked_jtis(0)
+
+
+def test_record_from_real_file(catalog: Catalog, tmp_path: object) -> None:
+    """A pydicom-written file through ingest's indexer into the catalog and back out through QIDO."""
+    index = pytest.importorskip("gateway.dicom.index")
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4.5.6.7"
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.7", "1.2.3.4.5.6.7"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.3.4", "1.2.3.4.5"
+    ds.PatientName, ds.PatientID, ds.StudyDate, ds.Modality = "Roe^Jane", "PX-9", "20210304", "OT"
+    ds.SeriesNumber, ds.InstanceNumber = 4, 2
+    ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 2, 2, 8, 8, 7
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PixelRepresentation = 1, "MONOCHROME2", 0
+    ds.PixelData = bytes([1, 2, 3, 4])
+    path = f"{tmp_path}/x.dcm"
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    indexed = index.index_file(__import__("pathlib").Path(path))
+    rec = InstanceRecord.from_indexed(indexed, storage_key="k", size=1, sha256="0" * 64, etag='"e"')
+    assert rec.values["patient_id"] == "PX-9" and rec.values["series_number"] == 4
+    assert catalog.register_instance(rec) is True
+    found = catalog.search(parse_qido("studies", {"PatientID": ["PX-9"], "StudyDate": ["2021"]}), None)
+    assert [f["0020000D"]["Value"] for f in found] == [["1.2.3.4"]]
+    assert found[0]["00100010"]["Value"] == [{"Alphabetic": "Roe^Jane"}]
+    assert found[0]["00080061"]["Value"] == ["OT"]

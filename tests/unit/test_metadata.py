@@ -1,0 +1,172 @@
+"""DICOM JSON metadata, BulkDataURI rebasing and QIDO attributes, checked against pydicom's own full read."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from gateway.dicom.index import index_file
+from gateway.dicom.metadata import join_metadata, metadata_text, rebase_bulkdata_text, rebase_bulkdata_uris
+from gateway.dicom.qido_attrs import SEARCHABLE_KEYS
+from tests.unit import dicom_builders as b
+
+
+def pydicom_json(path: Path) -> dict[str, Any]:
+    """What pydicom makes of the whole file, bulk elements marked the way we mark them (Pixel Data always)."""
+    ds = dcmread(path)
+    out = ds.to_json_dict(bulk_data_threshold=1024, bulk_data_element_handler=lambda elem: "BULK")
+    out["7FE00010"] = {"vr": str(out["7FE00010"]["vr"]), "BulkDataURI": "BULK"}
+    return out
+
+
+def strip_bulk(node: Any) -> Any:
+    """Replace every BulkDataURI with a marker so two JSON trees compare on values only."""
+    if isinstance(node, dict):
+        if "BulkDataURI" in node:
+            return {"vr": node["vr"], "BulkDataURI": "BULK"}
+        return {k: strip_bulk(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [strip_bulk(v) for v in node]
+    return node
+
+
+@pytest.mark.parametrize("ts", [b.ExplicitVRLittleEndian, b.ImplicitVRLittleEndian])
+def test_metadata_matches_pydicom_full_read(tmp_path: Path, ts: str) -> None:
+    ds, _ = b.nested_dataset()
+    ds.SmallestImagePixelValue = 3  # "US or SS": resolved from Pixel Representation, also in implicit VR
+    path = b.write(ds, tmp_path / "n.dcm", ts)
+    metadata = index_file(path).metadata
+    expected = strip_bulk(pydicom_json(path))
+    assert strip_bulk(metadata) == expected
+    assert metadata["00280106"] == {"vr": "US", "Value": [3]}
+
+
+def test_bulkdata_uris_match_bulk_ranges(tmp_path: Path) -> None:
+    ds, expected = b.nested_dataset()
+    path = b.write(ds, tmp_path / "n.dcm")
+    indexed = index_file(path)
+    md = indexed.metadata
+    assert md["7FE00010"] == {"vr": "OB", "BulkDataURI": "bulkdata/7FE00010"}
+    assert md["FFFCFFFC"] == {"vr": "OB", "BulkDataURI": "bulkdata/FFFCFFFC"}
+    assert md["04000500"]["Value"][1]["04000520"] == {
+        "vr": "OB",
+        "BulkDataURI": "bulkdata/04000500/1/04000520",
+    }
+    inner = md["00400275"]["Value"][0]["04000500"]["Value"][0]["04000520"]
+    assert inner["BulkDataURI"] == "bulkdata/00400275/0/04000500/0/04000520"
+    uris = set()
+    text = metadata_text(md)
+    for chunk in text.split('"BulkDataURI":"')[1:]:
+        uris.add(chunk.split('"')[0])
+    assert uris == {f"bulkdata/{p}" for p in expected} == {f"bulkdata/{r.path}" for r in indexed.bulkdata}
+    assert "InlineBinary" not in json.dumps(md["FFFCFFFC"])
+
+
+def test_no_file_meta_and_person_names(tmp_path: Path) -> None:
+    path, _ = _native(tmp_path)
+    md = index_file(path).metadata
+    assert not any(k.startswith("0002") for k in md)
+    assert md["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "Müller^Jürgen"}]}
+    assert md["00200013"] == {"vr": "IS", "Value": [7]}
+
+
+def _native(tmp_path: Path) -> tuple[Path, bytes]:
+    ds = b.image(b.base(), 2, 2, 16, 1)
+    ds.PixelData = b"\x01\x02" * 4
+    return b.write(ds, tmp_path / "n.dcm"), ds.PixelData
+
+
+def test_metadata_is_deterministic(tmp_path: Path) -> None:
+    ds, _ = b.nested_dataset()
+    first = b.write(ds, tmp_path / "a.dcm")
+    text = metadata_text(index_file(first).metadata)
+    assert metadata_text(index_file(first).metadata) == text
+    assert list(json.loads(text)) == sorted(json.loads(text))
+
+
+def test_undecodable_value_is_dropped_without_logging_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = b.write(b.base(InstanceNumber=77777), tmp_path / "ok.dcm")
+    data = path.read_bytes()
+    assert data.count(b"77777 ") == 1
+    path.write_bytes(data.replace(b"77777 ", b"SECRT "))  # an IS value that cannot be a number
+    with caplog.at_level(logging.DEBUG):
+        indexed = index_file(path)
+    assert "00200013" not in indexed.metadata
+    assert indexed.instance_number is None
+    assert "SECRT" not in caplog.text
+    assert "00200013" in caplog.text
+
+
+def test_rebase_text_and_dict_agree(tmp_path: Path) -> None:
+    ds, _ = b.nested_dataset()
+    ds.StudyDescription = 'tricky "BulkDataURI":"bulkdata/ text'
+    md = index_file(b.write(ds, tmp_path / "n.dcm")).metadata
+    text = metadata_text(md)
+    rebased = rebase_bulkdata_text(text, "instances/1.2.3/")
+    assert json.loads(rebased) == rebase_bulkdata_uris(md, "instances/1.2.3/")
+    assert json.loads(rebased)["00081030"]["Value"] == ['tricky "BulkDataURI":"bulkdata/ text']
+    assert json.loads(rebased)["7FE00010"]["BulkDataURI"] == "instances/1.2.3/bulkdata/7FE00010"
+    assert md["7FE00010"]["BulkDataURI"] == "bulkdata/7FE00010"  # the dict variant copies
+    assert json.loads(join_metadata([rebased, rebased])) == [json.loads(rebased)] * 2
+    for bad in ['x"', "a\\b", "a b"]:
+        with pytest.raises(ValueError):
+            rebase_bulkdata_text(text, bad)
+
+
+def test_qido_attributes(tmp_path: Path) -> None:
+    ds, _ = b.nested_dataset()
+    ds.BodyPartExamined = "CHEST"
+    request = ds.RequestAttributesSequence[0]
+    request.ReasonForTheRequestedProcedure = "not for QIDO"
+    indexed = index_file(b.write(ds, tmp_path / "n.dcm"))
+    study, series, instance = indexed.study_attrs, indexed.series_attrs, indexed.instance_attrs
+    assert study["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "Müller^Jürgen"}]}
+    assert study["0020000D"]["Value"] == [b.STUDY]
+    assert set(study) == {
+        "00080005", "00080020", "00080030", "00080050", "00080090", "00081030", "00100010", "00100020",
+        "00100030", "00100040", "0020000D", "00200010",
+    }  # fmt: skip
+    assert series["00080060"] == {"vr": "CS", "Value": ["CT"]}
+    assert series["00180015"] == {"vr": "CS", "Value": ["CHEST"]}
+    assert series["00200011"] == {"vr": "IS", "Value": [3]}
+    assert series["00400275"] == {
+        "vr": "SQ",
+        "Value": [{"00400009": {"vr": "SH", "Value": ["SPS1"]}, "00401001": {"vr": "SH", "Value": ["RP1"]}}],
+    }
+    assert instance["00083002"] == {"vr": "UI", "Value": [b.ExplicitVRLittleEndian]}
+    assert instance["00280008"] == {"vr": "IS", "Value": [1]}
+    assert instance["00280010"] == {"vr": "US", "Value": [4]}
+    assert instance["00080016"]["Value"] == [b.CT_IMAGE]
+    assert "00100010" not in instance and "00100010" not in series
+
+
+def test_searchable(tmp_path: Path) -> None:
+    ds = b.base(PatientName="Doe^Jane=ドウ^ジェーン", SpecificCharacterSet=["ISO_IR 100", "ISO 2022 IR 87"])
+    seq_item = Dataset()
+    seq_item.CodeValue = "x"
+    ds.ProcedureCodeSequence = Sequence([seq_item])
+    indexed = index_file(b.write(ds, tmp_path / "s.dcm"))
+    s = indexed.searchable
+    assert set(s) == set(SEARCHABLE_KEYS)
+    assert s["patient_name"] == "Doe^Jane"
+    assert s["patient_id"] == "PID-7"
+    assert s["study_date"] == "20240131"
+    assert s["modality"] == "CT"
+    assert s["series_number"] == 3
+    assert s["instance_number"] == 7
+    assert s["number_of_frames"] is None
+    assert s["body_part_examined"] is None
+    assert s["study_uid"] == b.STUDY
+    assert indexed.metadata["00100010"]["Value"] == [
+        {"Alphabetic": "Doe^Jane", "Ideographic": "ドウ^ジェーン"}
+    ]
+    assert indexed.number_of_frames == 0 and indexed.frame_index is None

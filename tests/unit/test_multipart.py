@@ -1,0 +1,407 @@
+"""The streaming multipart/related parser and encoder (gateway/dicomweb/multipart.py)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+import tracemalloc
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.dicomweb.multipart import (
+    MAX_HEADER_BYTES,
+    MultipartBody,
+    Part,
+    encode_multipart,
+    iter_parts,
+    multipart_boundary,
+    parse_content_type,
+)
+from gateway.errors import MalformedMultipart, PayloadTooLarge, UnsupportedMediaType
+
+REPO = Path(__file__).resolve().parents[2]
+BIG = 1 << 40
+
+
+class Dribble(io.RawIOBase):
+    """A stream that returns at most ``step`` bytes per read, like a slow socket."""
+
+    def __init__(self, data: bytes, step: int) -> None:
+        self._data = memoryview(data)
+        self._pos = 0
+        self._step = step
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        take = self._step if n < 0 else min(n, self._step)
+        out = bytes(self._data[self._pos : self._pos + take])
+        self._pos += len(out)
+        return out
+
+
+class Generated(io.RawIOBase):
+    """A stream over a generator of chunks: the body never exists in memory as a whole."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        if not self._pending:
+            self._pending = next(self._chunks, b"")
+        out, self._pending = self._pending[:n], self._pending[n:]
+        return out
+
+
+def body(*parts: bytes, boundary: str = "abc", preamble: bytes = b"", epilogue: bytes = b"") -> bytes:
+    b = boundary.encode()
+    out = preamble + (b"\r\n" if preamble else b"")
+    for i, part in enumerate(parts):
+        out += (b"\r\n" if i else b"") + b"--" + b + b"\r\nContent-Type: application/dicom\r\n\r\n" + part
+    out += (b"\r\n" if parts else b"") + b"--" + b + b"--" + epilogue
+    return out
+
+
+def parse(data: bytes, tmp_path: Path, **kwargs: object) -> list[tuple[Part, bytes]]:
+    stream = kwargs.pop("stream", None) or io.BytesIO(data)
+    boundary = str(kwargs.pop("boundary", "abc"))
+    kwargs.setdefault("max_part_bytes", BIG)
+    out = []
+    for part in iter_parts(stream, boundary, tmp_path, **kwargs):  # type: ignore[arg-type]
+        out.append((part, part.path.read_bytes()))
+        part.path.unlink()
+    return out
+
+
+# ---------------------------------------------------------------------------------------- Content-Type
+
+
+def test_parse_content_type_quoted_and_unquoted() -> None:
+    assert parse_content_type('Multipart/Related; type="application/dicom"; boundary=abc') == (
+        "multipart/related",
+        {"type": "application/dicom", "boundary": "abc"},
+    )
+    assert parse_content_type("multipart/related;type=application/dicom;BOUNDARY=AbC") == (
+        "multipart/related",
+        {"type": "application/dicom", "boundary": "AbC"},
+    )
+    assert parse_content_type('multipart/related ; boundary="a b\\"c" ;; charset=utf-8 ') == (
+        "multipart/related",
+        {"boundary": 'a b"c', "charset": "utf-8"},
+    )
+    assert parse_content_type("application/dicom") == ("application/dicom", {})
+    # the first of a repeated parameter wins
+    assert parse_content_type("a/b; x=1; x=2")[1] == {"x": "1"}
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["", "multipart", "/related", "multipart/related boundary=abc", 'a/b; x="open', "a/b; =x", "a/b; x="],
+)
+def test_parse_content_type_rejects(value: str) -> None:
+    with pytest.raises(UnsupportedMediaType):
+        parse_content_type(value)
+
+
+def test_multipart_boundary() -> None:
+    assert multipart_boundary('multipart/related; type="application/dicom"; boundary="x-1"') == "x-1"
+    with pytest.raises(MalformedMultipart, match="without a boundary"):
+        multipart_boundary('multipart/related; type="application/dicom"')
+    with pytest.raises(MalformedMultipart, match="1-70"):
+        multipart_boundary("multipart/related; boundary=" + "x" * 71)
+    with pytest.raises(UnsupportedMediaType):
+        multipart_boundary("application/dicom; boundary=abc")
+
+
+# ---------------------------------------------------------------------------------------- parsing
+
+
+def test_single_part(tmp_path: Path) -> None:
+    data = b"--abc\r\nContent-Type: Application/DICOM; transfer-syntax=1.2.840.10008.1.2.1\r\n" + (
+        b"X-Extra: one\r\n\r\nhello\r\nworld\r\n--abc--\r\n"
+    )
+    [(part, content)] = parse(data, tmp_path)
+    assert content == b"hello\r\nworld"
+    assert part.size == 12
+    assert part.content_type == "application/dicom"
+    assert part.headers == {
+        "content-type": "Application/DICOM; transfer-syntax=1.2.840.10008.1.2.1",
+        "x-extra": "one",
+    }
+    assert part.path.parent == tmp_path
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_many_parts_and_empty_part(tmp_path: Path) -> None:
+    payloads = [os.urandom(n) for n in (0, 1, 2, 100, 5000)]
+    got = parse(body(*payloads), tmp_path, chunk_size=64)
+    assert [c for _, c in got] == payloads
+    assert [p.size for p, _ in got] == [len(p) for p in payloads]
+
+
+def test_zero_parts(tmp_path: Path) -> None:
+    assert parse(b"--abc--\r\n", tmp_path) == []
+
+
+def test_preamble_epilogue_padding_and_no_headers(tmp_path: Path) -> None:
+    data = (
+        b"This is a preamble.\r\n--abc \t\r\n\r\nfirst\r\n--abc\r\nContent-Type: text/plain\r\n\r\nsecond"
+        b"\r\n--abc--  \r\nthe epilogue, ignored\r\n--abc\r\n"
+    )
+    got = parse(data, tmp_path, default_content_type="application/dicom")
+    assert [(p.content_type, p.headers, c) for p, c in got] == [
+        ("application/dicom", {}, b"first"),
+        ("text/plain", {"content-type": "text/plain"}, b"second"),
+    ]
+
+
+def test_folded_and_repeated_headers(tmp_path: Path) -> None:
+    data = b"--abc\r\nX-A: one\r\n  two\r\nX-B: 1\r\nx-b: 2\r\n\r\nz\r\n--abc--"
+    [(part, _)] = parse(data, tmp_path)
+    assert part.headers == {"x-a": "one two", "x-b": "1, 2"}
+    assert part.content_type == ""
+
+
+TRICKY = [
+    b"--abc at the start of the data, no CRLF before it",
+    b"ends with a partial delimiter \r\n--ab",
+    b"\r\n-- abc\r\n--ab\r\n-abc\r\n\r\n--",
+    b"bare LF is data: \n--abc\n and \r--abc",
+    b"\r\n" * 50,
+    bytes(range(256)) * 4,
+]
+
+
+@pytest.mark.parametrize("chunk_size", [*range(1, 24), 31, 64, 127, 1 << 20])
+def test_delimiter_split_across_reads(tmp_path: Path, chunk_size: int) -> None:
+    data = body(*TRICKY, preamble=b"pre--abc amble", epilogue=b"\r\nepi")
+    assert [c for _, c in parse(data, tmp_path, chunk_size=chunk_size)] == TRICKY
+
+
+@pytest.mark.parametrize("step", [1, 3, 7, 13])
+def test_short_reads(tmp_path: Path, step: int) -> None:
+    data = body(*TRICKY)
+    assert [c for _, c in parse(data, tmp_path, stream=Dribble(data, step), chunk_size=1 << 16)] == TRICKY
+
+
+def test_long_boundary(tmp_path: Path) -> None:
+    boundary = "b" * 70
+    data = body(b"x" * 1000, b"y", boundary=boundary)
+    for chunk in (5, 71, 73, 1000):
+        got = parse(data, tmp_path, boundary=boundary, chunk_size=chunk)
+        assert [c for _, c in got] == [b"x" * 1000, b"y"]
+
+
+# ---------------------------------------------------------------------------------------- errors
+
+
+def test_missing_boundary(tmp_path: Path) -> None:
+    with pytest.raises(MalformedMultipart, match="without a boundary"):
+        list(iter_parts(io.BytesIO(body(b"x")), "", tmp_path, max_part_bytes=BIG))
+
+
+def test_no_opening_delimiter(tmp_path: Path) -> None:
+    with pytest.raises(MalformedMultipart, match="no opening boundary delimiter"):
+        parse(b"just some bytes\r\n--abd\r\n\r\nx\r\n--abd--", tmp_path)
+    with pytest.raises(MalformedMultipart, match="no opening boundary delimiter"):
+        parse(b"", tmp_path)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"--abc\r\nContent-Type: application/dicom\r\n\r\npart one never ends",
+        b"--abc\r\nContent-Type: application/dicom\r\n\r\npart one ends in a partial \r\n--ab",
+        b"--abc\r\nContent-Type: application/dicom\r\n",
+        b"--abc",
+        b"--abc\r\n\r\none\r\n--abc",
+    ],
+)
+def test_truncated(tmp_path: Path, data: bytes) -> None:
+    with pytest.raises(MalformedMultipart, match="body ended inside part 1"):
+        parse(data, tmp_path, chunk_size=5)
+    assert list(tmp_path.iterdir()) == []  # the half-written spool file is gone
+
+
+def test_truncated_second_part_after_first_was_yielded(tmp_path: Path) -> None:
+    data = b"--abc\r\n\r\none\r\n--abc\r\n\r\ntwo without end"
+    parts = iter_parts(io.BytesIO(data), "abc", tmp_path, max_part_bytes=BIG)
+    first = next(parts)
+    assert first.path.read_bytes() == b"one"
+    with pytest.raises(MalformedMultipart, match="body ended inside part 2"):
+        next(parts)
+    assert list(tmp_path.iterdir()) == [first.path]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"--abc\r\nNo colon here\r\n\r\nx\r\n--abc--", "part 1: malformed header line"),
+        (b"--abc\r\nBad Name: x\r\n\r\nx\r\n--abc--", "part 1: malformed header line"),
+        (b"--abc\r\n continued: x\r\n\r\nx\r\n--abc--", "starts with a continuation"),
+        (b"--abc\r\nX: \xff\r\n\r\nx\r\n--abc--", "not UTF-8"),
+        (b"--abc\r\nContent-Type: dicom\r\n\r\nx\r\n--abc--", "part 1: Content-Type is not a media type"),
+        (b"--abc\r\n\r\nx\r\n--abcd\r\n\r\ny\r\n--abc--", "unexpected bytes after a boundary delimiter"),
+        (b"--abc\r\nX: " + b"y" * MAX_HEADER_BYTES + b"\r\n\r\nx\r\n--abc--", "longer than"),
+        (b"--abc\r\n" + b"X: y\r\n" * (MAX_HEADER_BYTES // 6 + 1) + b"\r\nx\r\n--abc--", "headers larger"),
+    ],
+)
+def test_bad_headers(tmp_path: Path, data: bytes, message: str) -> None:
+    with pytest.raises(MalformedMultipart, match=message):
+        parse(data, tmp_path, chunk_size=1000)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_oversize_part(tmp_path: Path) -> None:
+    data = body(b"a" * 100, b"b" * 101)
+    with pytest.raises(PayloadTooLarge, match="part 2 is larger than 100 bytes"):
+        parse(data, tmp_path, max_part_bytes=100, chunk_size=16)
+    assert list(tmp_path.iterdir()) == []
+    assert [c for _, c in parse(data, tmp_path, max_part_bytes=101)] == [b"a" * 100, b"b" * 101]
+
+
+def test_closing_the_generator_removes_nothing_yielded(tmp_path: Path) -> None:
+    parts = iter_parts(io.BytesIO(body(b"1", b"2")), "abc", tmp_path, max_part_bytes=BIG)
+    first = next(parts)
+    parts.close()
+    assert list(tmp_path.iterdir()) == [first.path]
+
+
+# ---------------------------------------------------------------------------------------- encoder
+
+
+def test_encoder_round_trip(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    contents = [b"", b"\r\n--x", os.urandom(300_000)]
+    paths = []
+    for i, content in enumerate(contents):
+        paths.append(src / f"{i}.dcm")
+        paths[-1].write_bytes(content)
+    seen: list[int] = []
+    encoded = MultipartBody(paths=paths, chunk_size=4096, on_bytes=seen.append)
+    raw = b"".join(encoded)
+    assert len(raw) == len(encoded)
+    assert sum(seen) == sum(len(c) for c in contents)
+    assert b"".join(encoded) == raw  # iterating again gives the same body (retries)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    boundary = multipart_boundary(encoded.content_type)
+    assert boundary == encoded.boundary and boundary.startswith("dicomgw-")
+    got = parse(raw, spool, boundary=boundary)
+    assert [c for _, c in got] == contents
+    assert {p.content_type for p, _ in got} == {"application/dicom"}
+
+
+def test_encoder_exact_bytes(tmp_path: Path) -> None:
+    (tmp_path / "a").write_bytes(b"AA")
+    (tmp_path / "b").write_bytes(b"B")
+    encoded = encode_multipart([tmp_path / "a", tmp_path / "b"], boundary="xyz")
+    assert encoded.content_type == 'multipart/related; type="application/dicom"; boundary=xyz'
+    assert b"".join(encoded) == (
+        b"--xyz\r\nContent-Type: application/dicom\r\n\r\nAA"
+        b"\r\n--xyz\r\nContent-Type: application/dicom\r\n\r\nB\r\n--xyz--\r\n"
+    )
+    assert b"".join(encode_multipart([], boundary="xyz")) == b"--xyz--\r\n"
+
+
+def test_encoder_detects_a_file_that_changed(tmp_path: Path) -> None:
+    (tmp_path / "a").write_bytes(b"AAAA")
+    encoded = encode_multipart([tmp_path / "a"])
+    (tmp_path / "a").write_bytes(b"AA")
+    with pytest.raises(OSError, match="shrank"):
+        b"".join(encoded)
+
+
+# ---------------------------------------------------------------------------------------- memory and speed
+
+
+def test_memory_flat_for_2000_parts(tmp_path: Path) -> None:
+    payload = os.urandom(1000)
+    data = body(*([payload] * 2000))
+    stream = io.BytesIO(data)
+    tracemalloc.start()
+    try:
+        count = 0
+        for part in iter_parts(stream, "abc", tmp_path, max_part_bytes=BIG, chunk_size=64 * 1024):
+            assert part.size == 1000
+            part.path.unlink()
+            count += 1
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert count == 2000
+    assert peak < 600 * 1024, peak  # a few chunks, not the 2 MB body
+
+
+def test_parse_speed_large_part(tmp_path: Path) -> None:
+    block = os.urandom(1 << 20)
+    size_mb = 256
+    head = b"--abc\r\nContent-Type: application/dicom\r\n\r\n"
+    stream = Generated(iter([head, *([block] * size_mb), b"\r\n--abc--\r\n"]))
+    start = time.perf_counter()
+    [part] = list(iter_parts(stream, "abc", tmp_path, max_part_bytes=BIG))
+    seconds = time.perf_counter() - start
+    assert part.size == size_mb << 20
+    with open(part.path, "rb") as f:
+        f.seek(-(1 << 20), os.SEEK_END)
+        assert f.read() == block
+    part.path.unlink()
+    print(f"\nmultipart parse + spool: {size_mb / seconds:.0f} MiB/s")
+
+
+CHILD = """
+import json, sys, time
+from pathlib import Path
+from gateway.dicomweb.multipart import iter_parts
+start = time.perf_counter()
+parts = []
+for part in iter_parts(sys.stdin.buffer, "abc", Path(sys.argv[1]), max_part_bytes=1 << 40):
+    with open(part.path, "rb") as f:
+        f.seek(-16, 2)
+        tail = f.read().hex()
+    parts.append([part.size, tail])
+    part.path.unlink()
+seconds = time.perf_counter() - start
+# VmHWM, not getrusage(): Linux carries ru_maxrss over from the forking parent across execve
+status = open("/proc/self/status").read()
+hwm = int(status.split("VmHWM:")[1].split()[0])
+print(json.dumps({"parts": parts, "maxrss_kb": hwm, "seconds": seconds}))
+"""
+
+
+@pytest.mark.slow
+def test_memory_flat_for_a_2gb_part_on_a_pipe(tmp_path: Path) -> None:
+    """2 GiB through a real pipe into a child process; its peak RSS must stay near the interpreter's."""
+    block = bytes(range(256)) * 4096  # 1 MiB
+    count = 2048
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    argv = [sys.executable, "-c", CHILD, str(tmp_path)]
+    with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env) as child:
+        assert child.stdin is not None and child.stdout is not None
+        start = time.perf_counter()
+        child.stdin.write(b"--abc\r\nContent-Type: application/dicom\r\n\r\n")
+        for _ in range(count):
+            child.stdin.write(block)
+        child.stdin.write(b"\r\n--abc--\r\n")
+        child.stdin.close()
+        result = json.loads(child.stdout.read())
+        assert child.wait(timeout=60) == 0
+    total = time.perf_counter() - start
+    assert result["parts"] == [[count << 20, block[-16:].hex()]]
+    print(
+        f"\n2 GiB part over a pipe: {2048 / total:.0f} MiB/s end to end, "
+        f"child peak RSS {result['maxrss_kb'] // 1024} MiB"
+    )
+    assert result["maxrss_kb"] < 64 * 1024

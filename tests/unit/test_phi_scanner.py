@@ -1,0 +1,402 @@
+"""The scanner: one test per hiding place, each asserting the exact findings (path, keyword, rule)."""
+
+from __future__ import annotations
+
+import json
+import tracemalloc
+from pathlib import Path
+
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from gateway.phi.policy import Policy, parse_policy
+from gateway.phi.scanner import Finding, scan_file
+
+try:
+    from test_phi_files import ORG_ROOT, clean_dataset, write, write_big_native
+except ImportError:  # collected as a package
+    from tests.unit.test_phi_files import ORG_ROOT, clean_dataset, write, write_big_native
+
+
+def scan(ds: Dataset, tmp_path: Path, policy: Policy | None = None, implicit: bool = False) -> list[tuple[str, ...]]:
+    report = scan_file(write(ds, tmp_path / "f.dcm", implicit=implicit), policy)
+    assert report.readable, report.error
+    return [(f.path, f.keyword, f.rule) for f in report.findings]
+
+
+def policy(**deidentify: object) -> Policy:
+    return parse_policy({"version": "t", "deidentify": deidentify})
+
+
+def test_clean_file_passes(tmp_path: Path) -> None:
+    report = scan_file(write(clean_dataset(), tmp_path / "clean.dcm"))
+    assert report.clean and report.status == "clean" and report.exit_code == 0
+    assert report.findings == []
+
+
+def test_clean_implicit_vr_file_passes(tmp_path: Path) -> None:
+    assert scan(clean_dataset(), tmp_path, implicit=True) == []
+
+
+def test_top_level_names(tmp_path: Path) -> None:
+    ds = clean_dataset()
+    ds.PatientName = "DOE^JOHN"
+    ds.ReferringPhysicianName = "WHO^DOCTOR"
+    assert scan(ds, tmp_path) == [
+        ("(0008,0090)", "ReferringPhysicianName", "e1-1:Z"),
+        ("(0010,0010)", "PatientName", "e1-1:Z"),
+    ]
+
+
+def test_name_deep_in_sequences(tmp_path: Path) -> None:
+    ds = clean_dataset()
+    request = Dataset()
+    request.RequestingPhysician = "SMITH^ANNA"
+    ds.RequestAttributesSequence = Sequence([request])
+    inner = Dataset()
+    inner.PatientName = "DEEP^NAME"
+    frame = Dataset()
+    frame.FrameContentSequence = Sequence([inner])
+    ds.SharedFunctionalGroupsSequence = Sequence([frame])
+    assert scan(ds, tmp_path) == [
+        ("(0040,0275)", "RequestAttributesSequence", "e1-1:X"),
+        ("(0040,0275)[0]>(0032,1032)", "RequestingPhysician", "e1-1:X"),
+        ("(5200,9229)[0]>(0020,9111)[0]>(0010,0010)", "PatientName", "e1-1:Z"),
+    ]
+
+
+def test_other_patient_ids_sequence(tmp_path: Path) -> None:
+    ds = clean_dataset()
+    second = Dataset()
+    second.PatientID = "ALT-555"
+    ds.OtherPatientIDsSequence = Sequence([Dataset(), second])
+    assert scan(ds, tmp_path) == [
+        ("(0010,1002)", "OtherPatientIDsSequence", "e1-1:X"),
+        ("(0010,1002)[1]>(0010,0020)", "PatientID", "e1-1:Z/D"),
+    ]
+
+
+def test_private_tags_and_private_sequence(tmp_path: Path) -> None:
+    ds = clean_dataset()
+    ds.add_new(0x00090010, "LO", "ACME 1.0")
+    ds.add_new(0x00091001, "LO", "anything")
+    item = Dataset()
+    item.PatientName = "HIDDEN^NAME"
+    item.add_new(0x00290010, "LO", "ACME 1.0")
+    item.add_new(0x00291005, "SH", "x")
+    ds.add_new(0x00110010, "LO", "ACME SEQ")
+    ds.add_new(0x00111001, "SQ", Sequence([item]))
+    assert scan(ds, tmp_path) == [
+        ("(0009,1001)", "", "private-tag"),
+        ("(0011,1001)", "", "private-tag"),
+        ("(0011,1001)[0]>(0010,0010)", "PatientName", "e1-1:Z"),
+        ("(0011,1001)[0]>(0029,1005)", "", "private-tag"),
+    ]
+
+
+def test_private_element_without_creator_is_flagged(tmp_path: Path) -> None:
+    ds = clean_dataset()
+    ds.add_new(0x00131001, "LO", "orphan")
+    assert scan(ds, tmp_path) == [("(0013,1001)", "", "private-tag")]
+
+
+def test_whitelisted_private_element_not_flagged(tmp_path: Path) -> None:
+    ds = clean_dataset()
+    ds.add_new(0x00090010, "LO", "ACME 1.0")
+    ds.add_new(0x00091001, "DS", "2.5")  # whitelisted
+    ds.add_new(0x00091002, "DS", "3.5")  # same creator, other element: not whitelisted
+    ds.add_new(0x00190010, "LO", "OTHER")
+    ds.add_new(0x00191001, "DS", "4.5")  # same element offset, other creator: not whitelisted
+    safe = parse_policy({"version": 1, "private": {"safe": [{"creator": "ACME 1.0", "element": "0009,xx01"}]}})
+    assert scan(ds, tmp_path, safe) == [("(0009,1002)", "", "private-tag"), ("(0019,1001)", "", "private-tag")]
+    assert scan(ds, tmp_path) == [
+        ("(0009,1001)", "", "private-tag"),
+        ("(0009,1002)", "", "private-tag"),
+        ("(0019,1001)", "", "private-tag"),
+    ]
+
+
+def test_whitelisted_private_text_repeating_the_name_is_flagged(tmp_path: Path) -> None:
+    ds = clean_dataset()
+    ds.OtherPatientNames = "DOE^JOHN"
+    ds.add_new(0x00090010, "LO", "ACME 1.0")
+    ds.add_new(0x00091001, "LO", "scanned by john")
+    safe = parse_policy({"version": 1, "private": {"safe": [{"creator": "ACME 1.0", "element": "0009,xx01"}]}})
+    assert scan(ds, tmp_path, safe) == [
+        ("(0009,1001)", "", "free-text-identifier"),
+        ("(0010,1001)", "OtherPatientNames", "e1-1:X"),
+    ]
+
+
+def test_overlay_data(tmp_path: Path) -> None:
+    ds = clean_dataset()
+    ds.add_new(0x60000010, "US", 4)
+    ds.add_new(0x60000011, "US", 4)
+    ds.add_new(0x60003000, "OW", b"\xff\x00" * 2)
+    ds.add_new(0x60024000, "LT", "overlay note")
+    assert scan(ds, tmp_path) == [
+        ("(6000,3000)", "OverlayData", "e1-1:X"),
+        ("(6002,4000)", "OverlayComments", "e1-1:X"),
+    ]
+
+
+def test_curve_data(tmp_path: Path) -> None:
+    ds = clean_dataset()
+    ds.add_new(0x50003000, "OW", b"\x01\x02\x03\x04")
+    assert scan(ds, tmp_path) == [("(5000,3000)", "CurveData", "e1-1:X")]
+
+
+def test_icon_image_sequence(tmp_path: Path) -> None:
+    ds = clean_dataset()
+    icon = Dataset()
+    icon.Rows, icon.Columns, icon.BitsAllocated = 2, 2, 8
+    icon.add_new(0x7FE00010, "OB", b"\x00\x01\x02\x03")
+    ds.IconImageSequence = Sequence([icon])
+    assert scan(ds, tmp_path) == [("(0088,0200)", "IconImageSequence", "e1-1:X")]
+
+
+def test_original_attributes_sequence(tmp_path: Path) -> None:
+    ds = clean_dataset()
+    modified = Dataset()
+    modified.PatientName = "OLD^NAME"
+    original = Dataset()
+    original.ModifiedAttributesSequence = Sequence([modified])
+    ds.OriginalAttributesSequence = Sequence([original])
+    assert scan(ds, tmp_path) == [
+        ("(0400,0561)", "OriginalAttributesSequence", "e1-1:X"),
+        ("(0400,0561)[0]>(0400,0550)", "ModifiedAttributesSequence", "e1-1:X"),
+        ("(0400,0561)[0]>(0400,0550)[0]>(0010,0010)", "PatientName", "e1-1:Z"),
+    ]
+
+
+def test_encapsulated_document(tmp_path: Path) -> None:
+    ds = clean_dataset()
+    ds.add_new(0x00420011, "OB", b"%PDF-1.4 fake\n")
+    assert scan(ds, tmp_path) == [("(0042,0011)", "EncapsulatedDocument", "e1-1:D")]
+
+
+def _sr_items() -> Sequence:
+    text = Dataset()
+    text.ValueType = "TEXT"
+    text.TextValue = "Findings discussed with the patient."
+    person = Dataset()
+    person.ValueType = "PNAME"
+    person.PersonName = "ROE^JANE"
+    return Sequence([text, person])
+
+
+def test_sr_text_and_pname_items(tmp_path: Path) -> None:
+    ds = clean_dataset()
+    ds.ContentSequence = _sr_items()
+    assert scan(ds, tmp_path) == [
+        ("(0040,A730)", "ContentSequence", "e1-1:D"),
+        ("(0040,A730)[0]>(0040,A160)", "TextValue", "sr-text"),
+        ("(0040,A730)[1]>(0040,A123)", "PersonName", "e1-1:D"),
+    ]
+    # Clean Structured Content: the sequence and plain text are acceptable, the person's name is not.
+    assert scan(ds, tmp_path, policy(cleanStructContOpt=True)) == [
+        ("(0040,A730)[1]>(0040,A123)", "PersonName", "e1-1:D"),
+    ]
+
+
+def test_burned_in_annotation_yes(tmp_path: Path) -> None:
+    ds = clean_dataset()
+    ds.BurnedInAnnotation = "YES"
+    assert scan(ds, tmp_path) == [("(0028,0301)", "BurnedInAnnotation", "burned-in-annotation")]
+
+
+def test_burned_in_annotation_missing_on_ultrasound(tmp_path: Path) -> None:
+    ds = clean_dataset()
+    ds.Modality = "US"
+    del ds.BurnedInAnnotation
+    assert scan(ds, tmp_path) == [("(0028,0301)", "BurnedInAnnotation", "burned-in-annotation")]
+    ds.BurnedInAnnotation = "NO"
+    assert scan(ds, tmp_path) == []
+    ds.Modality = "CT"
+    del ds.BurnedInAnnotation
+    assert scan(ds, tmp_path) == []  # CT without the attribute: not a modality that burns text in
+
+
+def test_free_text_repeating_a_name_part(tmp_path: Path) -> None:
+    ds = clean_dataset()
+    ds.PatientName = "DOE^JOHN"
+    ds.ManufacturerModelName = "John's scanner"
+    assert scan(ds, tmp_path) == [
+        ("(0008,1090)", "ManufacturerModelName", "free-text-identifier"),
+        ("(0010,0010)", "PatientName", "e1-1:Z"),
+    ]
+    ds.ManufacturerModelName = "Johnson scanner"  # a word containing a name part is not the name
+    assert scan(ds, tmp_path) == [("(0010,0010)", "PatientName", "e1-1:Z")]
+
+
+def test_free_text_repeating_an_id_from_a_sequence(tmp_path: Path) -> None:
+    ds = clean_dataset()
+    other = Dataset()
+    other.PatientID = "MRN-77881"
+    ds.OtherPatientIDsSequence = Sequence([other])
+    ds.Manufacturer = "ACME (mrn-77881)"
+    assert scan(ds, tmp_path) == [
+        ("(0008,0070)", "Manufacturer", "free-text-identifier"),
+        ("(0010,1002)", "OtherPatientIDsSequence", "e1-1:X"),
+        ("(0010,1002)[0]>(0010,0020)", "PatientID", "e1-1:Z/D"),
+    ]
+
+
+def test_descriptions_under_clean_descriptors_option(tmp_path: Path) -> None:
+    ds = clean_dataset()
+    ds.PatientID = "MRN12345"
+    ds.StudyDescription = "CT CHEST"
+    ds.SeriesDescription = "repeat for MRN12345"
+    assert scan(ds, tmp_path) == [
+        ("(0008,1030)", "StudyDescription", "e1-1:X"),
+        ("(0008,103E)", "SeriesDescription", "e1-1:X"),
+        ("(0010,0020)", "PatientID", "e1-1:Z/D"),
+    ]
+    assert scan(ds, tmp_path, policy(cleanDescOpt=True)) == [
+        ("(0008,103E)", "SeriesDescription", "free-text-identifier"),
+        ("(0010,0020)", "PatientID", "e1-1:Z/D"),
+    ]
+
+
+def test_patient_age_over_89(tmp_path: Path) -> None:
+    ds = clean_dataset()
+    ds.PatientAge = "045Y"
+    assert scan(ds, tmp_path) == [("(0010,1010)", "PatientAge", "e1-1:X")]
+    characteristics = policy(rtnPatCharsOpt=True)
+    assert scan(ds, tmp_path, characteristics) == []
+    ds.PatientAge = "090Y"
+    assert scan(ds, tmp_path, characteristics) == [("(0010,1010)", "PatientAge", "age-over-89")]
+    ds.PatientAge = "999M"  # 83 years
+    assert scan(ds, tmp_path, characteristics) == []
+
+
+def test_dates_and_times(tmp_path: Path) -> None:
+    ds = clean_dataset()
+    ds.StudyDate = "20240315"
+    ds.StudyTime = "101500"
+    ds.AcquisitionDateTime = "20240315101501"
+    ds.PatientBirthDate = "19500214"
+    expected = [
+        ("(0008,0020)", "StudyDate", "e1-1:Z"),
+        ("(0008,002A)", "AcquisitionDateTime", "e1-1:X/Z/D"),
+        ("(0008,0030)", "StudyTime", "e1-1:Z"),
+        ("(0010,0030)", "PatientBirthDate", "e1-1:Z"),
+    ]
+    assert scan(ds, tmp_path) == expected
+    # Modified Dates option: real dates still count until the file declares the shift (113107).
+    shift = policy(dates="shift")
+    assert scan(ds, tmp_path, shift) == [
+        ("(0008,0020)", "StudyDate", "date-not-declared-modified"),
+        ("(0008,002A)", "AcquisitionDateTime", "date-not-declared-modified"),
+        ("(0008,0030)", "StudyTime", "date-not-declared-modified"),
+        ("(0010,0030)", "PatientBirthDate", "e1-1:Z"),  # no option retains the birth date
+    ]
+    assert scan(ds, tmp_path, policy(dates="keep")) == [("(0010,0030)", "PatientBirthDate", "e1-1:Z")]
+
+
+def test_element_after_pixel_data(tmp_path: Path) -> None:
+    ds = clean_dataset()
+    ds.add_new(0x7FE10010, "LO", "GEMS_TRAIL")
+    ds.add_new(0x7FE11001, "LO", "DOE^JOHN")
+    signature = Dataset()
+    signature.add_new(0x04000105, "DT", "20240315101500")  # Digital Signature DateTime
+    ds.DigitalSignaturesSequence = Sequence([signature])
+    assert scan(ds, tmp_path) == [
+        ("(7FE1,1001)", "", "private-tag"),
+        ("(FFFA,FFFA)", "DigitalSignaturesSequence", "e1-1:X"),
+        ("(FFFA,FFFA)[0]>(0400,0105)", "DigitalSignatureDateTime", "e1-1:D"),
+    ]
+
+
+def test_file_meta(tmp_path: Path) -> None:
+    ds = clean_dataset()
+    ds.file_meta.MediaStorageSOPInstanceUID = ORG_ROOT + ".9"
+    ds.SOPInstanceUID = ORG_ROOT + ".9"
+    ds.file_meta.PrivateInformationCreatorUID = ORG_ROOT + ".77"
+    ds.file_meta.PrivateInformation = b"site=General Hospital\0"
+    assert scan(ds, tmp_path) == [
+        ("(0002,0003)", "MediaStorageSOPInstanceUID", "e1-1:U"),
+        ("(0002,0100)", "PrivateInformationCreatorUID", "meta-private-information"),
+        ("(0002,0102)", "PrivateInformation", "meta-private-information"),
+        ("(0008,0018)", "SOPInstanceUID", "e1-1:U"),
+    ]
+    assert scan(ds, tmp_path, policy(rtnUIDsOpt=True)) == [
+        ("(0002,0100)", "PrivateInformationCreatorUID", "meta-private-information"),
+        ("(0002,0102)", "PrivateInformation", "meta-private-information"),
+    ]
+
+
+def test_claimed_identity_removed_is_scanned_all_the_same(tmp_path: Path) -> None:
+    ds = clean_dataset()
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = "trust me"
+    ds.PatientName = "DOE^JOHN"
+    assert scan(ds, tmp_path) == [("(0010,0010)", "PatientName", "e1-1:Z")]
+
+
+def test_declared_modified_dates_are_accepted_only_with_the_option(tmp_path: Path) -> None:
+    ds = clean_dataset()
+    ds.StudyDate = "20231001"
+    ds.PatientIdentityRemoved = "YES"
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "113107", "DCM", "Modified Dates"
+    ds.DeidentificationMethodCodeSequence = Sequence([code])
+    assert scan(ds, tmp_path, policy(dates="shift")) == []
+    assert scan(ds, tmp_path) == [("(0008,0020)", "StudyDate", "e1-1:Z")]
+
+
+def test_report_is_deterministic_json_without_values(tmp_path: Path) -> None:
+    ds = clean_dataset()
+    ds.PatientName = "DOE^JOHN"
+    ds.PatientID = "MRN12345"
+    ds.add_new(0x00091001, "LO", "SECRETVALUE")
+    path = write(ds, tmp_path / "f.dcm")
+    first, second = scan_file(path).to_json(), scan_file(path).to_json()
+    assert first == second
+    assert "DOE" not in first and "MRN12345" not in first and "SECRETVALUE" not in first
+    data = json.loads(first)
+    assert data["status"] == "phi" and data["readable"] is True and data["error"] is None
+    assert [f["path"] for f in data["findings"]] == ["(0009,1001)", "(0010,0010)", "(0010,0020)"]
+
+
+@pytest.mark.parametrize("content", [b"", b"not dicom at all" * 10, b"\0" * 128 + b"DICM" + b"\x02\x00"])
+def test_malformed_files_are_unreadable_reports(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "bad.dcm"
+    path.write_bytes(content)
+    report = scan_file(path)
+    assert report.readable is False and report.status == "unreadable" and report.exit_code == 2
+    assert report.error and report.findings == []
+    assert json.loads(report.to_json())["status"] == "unreadable"
+
+
+def test_truncated_pixel_data_is_unreadable(tmp_path: Path) -> None:
+    path = write(clean_dataset(), tmp_path / "whole.dcm")
+    big = tmp_path / "big.dcm"
+    write_big_native(big, frames=4, trailing=False)
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(big.read_bytes()[: big.stat().st_size // 2])
+    report = scan_file(cut)
+    assert report.readable is False and "truncated" in (report.error or "")
+    assert scan_file(path).readable
+
+
+def test_missing_file_is_unreadable(tmp_path: Path) -> None:
+    report = scan_file(tmp_path / "nope.dcm")
+    assert report.readable is False and report.error is not None and report.error.startswith("FileNotFoundError")
+
+
+def test_one_gigabyte_multiframe_scans_in_bounded_memory(tmp_path: Path) -> None:
+    path = tmp_path / "big.dcm"
+    length = write_big_native(path, frames=2048)  # 2048 x 512 x 512 x 2 bytes = 1 GiB, a sparse hole
+    assert length == 1 << 30 and path.stat().st_size > length
+    tracemalloc.start()
+    try:
+        report = scan_file(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 1024 * 1024, peak
+    # the element stored after 1 GiB of pixel data is still seen
+    assert [(f.path, f.rule) for f in report.findings] == [("(7FE1,1001)", "private-tag")]
+    assert report.findings[0] == Finding("(7FE1,1001)", "", "private-tag")

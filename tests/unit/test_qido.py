@@ -1,0 +1,444 @@
+"""QIDO-RS: parsing (no database) and search on SQLite and on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from gateway.catalog import Catalog, parse_qido
+from gateway.catalog.qido import DEFAULT_LIMIT, MAX_LIMIT, Match
+from gateway.catalog.schema import series as series_table
+from gateway.catalog.schema import studies as studies_table
+from gateway.errors import BadRequest
+from gateway.scope import Scope
+from tests.fixtures.catalog_data import SR_DOC, make_instance, record
+
+# --- parsing ------------------------------------------------------------------------------------------------
+
+
+def one(level: str, **args: str) -> Match:
+    query = parse_qido(level, {k: [v] for k, v in args.items()})  # type: ignore[arg-type]
+    assert len(query.matches) == 1
+    return query.matches[0]
+
+
+def test_keyword_and_tag_are_the_same_attribute() -> None:
+    by_keyword, by_tag = one("studies", PatientID="P1"), one("studies", **{"00100020": "P1"})
+    assert by_keyword == by_tag
+    assert (by_keyword.op, by_keyword.values) == ("eq", ("P1",))
+    assert one("studies", **{"0020000d": "1.2"}).attr.keyword == "StudyInstanceUID"
+
+
+def test_wildcards_become_escaped_like() -> None:
+    match = one("studies", PatientName="Do?^J*")
+    assert (match.op, match.values) == ("like", ("Do_^J%",))
+    assert one("studies", AccessionNumber="A%_\\*").values == ("A\\%\\_\\\\%",)
+
+
+def test_universal_matching_adds_no_filter() -> None:
+    assert parse_qido("studies", {"PatientID": [""], "PatientName": ["*"]}).matches == ()
+
+
+def test_date_and_time_ranges() -> None:
+    assert one("studies", StudyDate="20200101").values == ("20200101", "20200101")
+    assert one("studies", StudyDate="20200101-20201231").values == ("20200101", "20201231")
+    assert one("studies", StudyDate="-2020").values == (None, "20209999")
+    assert one("studies", StudyDate="2020-").values == ("20200000", None)
+    assert one("studies", StudyDate="202003").values == ("20200300", "20200399")
+    assert one("studies", StudyTime="0800-1200").values == ("0800", "120099.999999")
+    assert one("studies", PatientBirthDate="-19800101").values == (None, "19800101")
+
+
+def test_uid_lists() -> None:
+    assert one("studies", StudyInstanceUID="1.2,1.3\\1.4").values == ("1.2", "1.3", "1.4")
+    query = parse_qido("series", {"SeriesInstanceUID": ["1.5", "1.6,1.5"]})
+    assert query.matches[0].values == ("1.5", "1.6")
+
+
+def test_includefield_limit_offset() -> None:
+    query = parse_qido(
+        "instances",
+        {
+            "includefield": ["00180050,ImageType", "Rows"],
+            "limit": ["5"],
+            "offset": ["10"],
+            "fuzzymatching": ["true"],
+        },
+    )
+    assert query.include == frozenset({"00180050", "00080008", "00280010"}) and not query.include_all
+    assert (query.limit, query.offset) == (5, 10)
+    assert parse_qido("studies", {"includefield": ["all"]}).include_all
+    default = parse_qido("studies", {"token": ["abc"], "accept": ["application/dicom+json"]})
+    assert (default.limit, default.offset, default.matches) == (DEFAULT_LIMIT, 0, ())
+    assert parse_qido("studies", {"limit": ["100000"]}).limit == MAX_LIMIT
+
+
+def test_path_uids_are_validated() -> None:
+    query = parse_qido("instances", {}, study_uid="1.2", series_uid="1.2.3")
+    assert (query.study_uid, query.series_uid) == ("1.2", "1.2.3")
+    with pytest.raises(BadRequest):
+        parse_qido("series", {}, study_uid="1.2.x")
+
+
+@pytest.mark.parametrize(
+    ("level", "args", "needle"),
+    [
+        ("studies", {"NoSuchAttribute": ["x"]}, "unknown attribute"),
+        ("studies", {"ImageType": ["x"]}, "not supported"),  # a real keyword we do not index
+        ("studies", {"Modality": ["CT"]}, "lower level"),
+        ("studies", {"SOPInstanceUID": ["1.2"]}, "lower level"),
+        ("series", {"InstanceNumber": ["1"]}, "lower level"),
+        ("studies", {"StudyDate": ["2020-01-01"]}, "StudyDate"),
+        ("studies", {"StudyDate": ["-"]}, "empty date range"),
+        ("studies", {"StudyTime": ["25:00"]}, "StudyTime"),
+        ("studies", {"StudyInstanceUID": ["1.2.*"]}, "not a valid UID"),
+        ("studies", {"limit": ["ten"]}, "limit"),
+        ("studies", {"offset": ["-1"]}, "offset"),
+        ("series", {"SeriesNumber": ["one"]}, "integer"),
+        ("studies", {"PatientID": ["a", "b"]}, "more than once"),
+        ("studies", {"00400275.00321060": ["x"]}, "sequence"),
+        ("studies", {"includefield": ["NotAKeyword"]}, "unknown attribute"),
+        ("studies", {"ModalitiesInStudy": ["C'T"]}, "modality"),
+        ("bogus", {}, "level"),
+    ],
+)
+def test_bad_parameters_are_400(level: str, args: dict[str, list[str]], needle: str) -> None:
+    with pytest.raises(BadRequest) as info:
+        parse_qido(level, args)  # type: ignore[arg-type]
+    assert info.value.status == 400
+    assert needle in info.value.detail
+
+
+# --- search -------------------------------------------------------------------------------------------------
+
+S1, S2, S3, S4, S5, S6 = "1.2.10", "1.2.20", "1.2.30", "1.2.40", "1.2.50", "1.2.60"
+
+
+@pytest.fixture
+def catalog(catalog_url: str) -> Iterator[Catalog]:
+    cat = Catalog(catalog_url)
+    cat.migrate()
+    add = cat.register_instance
+    for i in range(3):
+        add(
+            record(
+                make_instance(
+                    S1,
+                    S1 + ".1",
+                    f"{S1}.1.{i}",
+                    instance_number=3 - i,
+                    accession="ACC%1",
+                    study_date="20200115",
+                )
+            )
+        )
+    add(
+        record(
+            make_instance(
+                S1,
+                S1 + ".2",
+                S1 + ".2.1",
+                modality="SR",
+                series_number=2,
+                sop_class=SR_DOC,
+                accession="ACC%1",
+                study_date="20200115",
+            )
+        )
+    )
+    for i in range(2):
+        add(
+            record(
+                make_instance(
+                    S2,
+                    S2 + ".1",
+                    f"{S2}.1.{i}",
+                    study_date="20210601",
+                    study_time="083000",
+                    accession="ACCX1",
+                    modality="MR",
+                    instance_number=i + 1,
+                )
+            )
+        )
+    add(
+        record(
+            make_instance(
+                S3,
+                S3 + ".1",
+                S3 + ".1.1",
+                patient_id="P2",
+                patient_name="Smith^Anna",
+                study_date="20191231",
+                study_time="235959",
+                accession="A_2",
+                sex="F",
+            )
+        )
+    )
+    add(
+        record(
+            make_instance(
+                S4,
+                S4 + ".1",
+                S4 + ".1.1",
+                patient_id="P3",
+                patient_name="doe^jane",
+                study_date="20200115",
+                study_time="120000",
+                accession="B3",
+                modality="US",
+            )
+        )
+    )
+    add(
+        record(
+            make_instance(
+                S5,
+                S5 + ".1",
+                S5 + ".1.1",
+                patient_id="p1",
+                patient_name="Roe^Richard",
+                study_date=None,
+                modality="MR",
+            )
+        )
+    )
+    add(
+        record(
+            make_instance(
+                S6,
+                S6 + ".1",
+                S6 + ".1.1",
+                patient_id="P4",
+                patient_name="Müller^Jürgen",
+                study_date="20220202",
+                referring="Who^Else",
+            )
+        )
+    )
+    # S1 and S4 share a study date: ordering must fall back to the study UID
+    yield cat
+    cat.close()
+
+
+def find(catalog: Catalog, level: str, scope: Scope | None = None, **kw: Any) -> list[dict[str, Any]]:
+    study_uid, series_uid = kw.pop("study_uid", None), kw.pop("series_uid", None)
+    args = {k: v if isinstance(v, list) else [v] for k, v in kw.items()}
+    query = parse_qido(level, args, study_uid=study_uid, series_uid=series_uid)  # type: ignore[arg-type]
+    return catalog.search(query, scope)
+
+
+def uids(results: list[dict[str, Any]], tag: str = "0020000D") -> list[str]:
+    return [r[tag]["Value"][0] for r in results]
+
+
+ALL_STUDIES = [S6, S2, S1, S4, S3, S5]  # study_date desc (no date last), then study UID
+
+
+def test_study_order_and_paging(catalog: Catalog) -> None:
+    assert uids(find(catalog, "studies")) == ALL_STUDIES
+    pages = [uids(find(catalog, "studies", limit=str(2), offset=str(o))) for o in (0, 2, 4, 6)]
+    assert pages == [ALL_STUDIES[0:2], ALL_STUDIES[2:4], ALL_STUDIES[4:6], []]
+
+
+def test_exact_and_case_sensitivity(catalog: Catalog) -> None:
+    assert uids(find(catalog, "studies", PatientID="P1")) == [S2, S1]
+    assert uids(find(catalog, "studies", **{"00100020": "p1"})) == [S5]  # non-PN: case-sensitive
+    assert uids(find(catalog, "studies", PatientID="P*")) == [S6, S2, S1, S4, S3]
+    assert uids(find(catalog, "studies", PatientSex="F")) == [S3]
+    assert uids(find(catalog, "studies", StudyID="S1", PatientID="P3")) == [S4]
+
+
+def test_person_names_case_insensitive_with_wildcards(catalog: Catalog) -> None:
+    assert uids(find(catalog, "studies", PatientName="DOE^*")) == [S2, S1, S4]
+    assert uids(find(catalog, "studies", PatientName="doe^john")) == [S2, S1]
+    assert uids(find(catalog, "studies", PatientName="?oe^*")) == [S2, S1, S4, S5]
+    assert uids(find(catalog, "studies", PatientName="Müller*")) == [S6]
+    assert uids(find(catalog, "studies", PatientName="MÜLLER^jürgen")) == [S6]
+    assert uids(find(catalog, "studies", ReferringPhysicianName="who*")) == [S6]
+
+
+def test_wildcard_escaping(catalog: Catalog) -> None:
+    # "%" and "_" are literal characters in DICOM values, not SQL wildcards
+    assert uids(find(catalog, "studies", AccessionNumber="ACC%1")) == [S1]
+    assert uids(find(catalog, "studies", AccessionNumber="ACC%*")) == [S1]
+    assert uids(find(catalog, "studies", AccessionNumber="A_*")) == [S3]
+    assert uids(find(catalog, "studies", AccessionNumber="ACC?1")) == [S2, S1]
+
+
+def test_date_time_ranges(catalog: Catalog) -> None:
+    assert uids(find(catalog, "studies", StudyDate="20200115")) == [S1, S4]
+    assert uids(find(catalog, "studies", StudyDate="20200101-20201231")) == [S1, S4]
+    assert uids(find(catalog, "studies", StudyDate="-2020")) == [S1, S4, S3]
+    assert uids(find(catalog, "studies", StudyDate="2021-")) == [S6, S2]
+    assert uids(find(catalog, "studies", StudyDate="2019")) == [S3]
+    assert uids(find(catalog, "studies", StudyTime="0800-1200")) == [S6, S2, S1, S4, S5]
+    assert uids(find(catalog, "studies", StudyTime="2300-")) == [S3]
+    assert uids(find(catalog, "studies", StudyDate="20200115", StudyTime="-1100")) == [S1]
+
+
+def test_uid_list_and_modalities(catalog: Catalog) -> None:
+    assert uids(find(catalog, "studies", StudyInstanceUID=f"{S3},{S1}\\{S5}")) == [S1, S3, S5]
+    assert uids(find(catalog, "studies", ModalitiesInStudy="MR")) == [S2, S5]
+    assert uids(find(catalog, "studies", ModalitiesInStudy="SR,US")) == [S1, S4]
+    assert uids(find(catalog, "studies", ModalitiesInStudy="XA")) == []
+
+
+def test_study_result_attributes(catalog: Catalog) -> None:
+    (result,) = find(catalog, "studies", StudyInstanceUID=S1)
+    assert result["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "Doe^John"}]}
+    assert result["00100020"] == {"vr": "LO", "Value": ["P1"]}
+    assert result["00080020"] == {"vr": "DA", "Value": ["20200115"]}
+    assert result["00080061"] == {"vr": "CS", "Value": ["CT", "SR"]}
+    assert result["00201206"] == {"vr": "IS", "Value": [2]}
+    assert result["00201208"] == {"vr": "IS", "Value": [4]}
+    assert result["00080056"] == {"vr": "CS", "Value": ["ONLINE"]}
+    assert "0020000E" not in result and "00180050" not in result
+    assert list(result) == sorted(result)
+    (no_date,) = find(catalog, "studies", StudyInstanceUID=S5)
+    assert no_date["00080020"] == {"vr": "DA"}  # required attribute, returned empty
+
+
+def test_series_level(catalog: Catalog) -> None:
+    in_study = find(catalog, "series", study_uid=S1)
+    assert uids(in_study, "0020000E") == [S1 + ".1", S1 + ".2"]
+    assert [r["00080060"]["Value"][0] for r in in_study] == ["CT", "SR"]
+    assert [r["00201209"]["Value"][0] for r in in_study] == [3, 1]
+    assert all(r["0020000D"]["Value"] == [S1] for r in in_study)
+    assert "00100020" not in in_study[0]  # the path fixed the study: no study attributes
+    everywhere = find(catalog, "series", Modality="MR")
+    assert uids(everywhere, "0020000E") == [S2 + ".1", S5 + ".1"]
+    assert everywhere[0]["00100020"]["Value"] == ["P1"]  # /series without a study: study attributes too
+    assert everywhere[0]["00201208"]["Value"] == [2]
+    assert uids(find(catalog, "series", SeriesNumber="2"), "0020000E") == [S1 + ".2"]
+    assert uids(find(catalog, "series", PatientID="P3"), "0020000E") == [S4 + ".1"]  # study attribute match
+
+
+def test_instance_level_and_includefield(catalog: Catalog) -> None:
+    in_series = find(catalog, "instances", study_uid=S1, series_uid=S1 + ".1")
+    assert uids(in_series, "00080018") == [f"{S1}.1.2", f"{S1}.1.1", f"{S1}.1.0"]  # by instance number
+    first = in_series[0]
+    assert first["00200013"] == {"vr": "IS", "Value": [1]}
+    assert first["00280010"] == {"vr": "US", "Value": [4]}
+    assert first["00280008"] == {"vr": "IS", "Value": [1]}
+    assert first["0020000E"]["Value"] == [S1 + ".1"] and first["0020000D"]["Value"] == [S1]
+    assert "00180050" not in first and "00100020" not in first
+    extra = find(catalog, "instances", study_uid=S1, series_uid=S1 + ".1", includefield="SliceThickness")
+    assert extra[0]["00180050"] == {"vr": "DS", "Value": ["2.5"]}
+    everything = find(catalog, "instances", study_uid=S1, includefield="all")
+    assert len(everything) == 4
+    assert everything[0]["00180050"] == {"vr": "DS", "Value": ["2.5"]}
+    assert "7FE00010" not in everything[0]  # bulk data never appears in QIDO
+    assert uids(find(catalog, "instances", SOPClassUID=SR_DOC), "00080018") == [S1 + ".2.1"]
+    assert uids(find(catalog, "instances", study_uid=S2, InstanceNumber="2"), "00080018") == [S2 + ".1.1"]
+    top = find(catalog, "instances", PatientID="P4")
+    assert top[0]["00100020"]["Value"] == ["P4"] and top[0]["00080060"]["Value"] == ["CT"]
+
+
+def test_study_scope_sees_only_its_study_at_every_level(catalog: Catalog) -> None:
+    scope = Scope(frozenset({S2}))
+    assert uids(find(catalog, "studies", scope)) == [S2]
+    assert uids(find(catalog, "studies", scope, PatientID="P1")) == [S2]
+    assert uids(find(catalog, "series", scope)) == [S2]
+    assert uids(find(catalog, "series", scope, study_uid=S1)) == []
+    assert uids(find(catalog, "instances", scope)) == [S2, S2]
+    assert uids(find(catalog, "instances", scope, study_uid=S1)) == []
+    assert find(catalog, "studies", Scope(frozenset())) == []
+
+
+def test_series_scope(catalog: Catalog) -> None:
+    scope = Scope(frozenset({S1}), frozenset({S1 + ".2"}))
+    (study,) = find(catalog, "studies", scope)
+    # counts and modalities describe what the credential can see, not the whole study
+    assert study["00201206"]["Value"] == [1] and study["00201208"]["Value"] == [1]
+    assert study["00080061"]["Value"] == ["SR"]
+    assert find(catalog, "studies", scope, ModalitiesInStudy="CT") == []
+    assert uids(find(catalog, "series", scope, study_uid=S1), "0020000E") == [S1 + ".2"]
+    assert uids(find(catalog, "instances", scope, study_uid=S1), "00080018") == [S1 + ".2.1"]
+    assert find(catalog, "instances", scope, study_uid=S1, series_uid=S1 + ".1") == []
+
+
+def test_scope_is_applied_before_the_limit(catalog: Catalog) -> None:
+    scope = Scope(frozenset({S3, S4, S5}))
+    assert uids(find(catalog, "studies", scope, limit="2")) == [S4, S3]
+    assert uids(find(catalog, "studies", scope, limit="2", offset="2")) == [S5]
+
+
+# --- B5-style timing ----------------------------------------------------------------------------------------
+
+
+def test_qido_timing_on_100k_studies(tmp_path: Path) -> None:
+    started = time.perf_counter()
+    catalog = Catalog(f"sqlite:///{tmp_path / 'big.db'}")
+    catalog.migrate()
+    rng = random.Random(5)
+    modalities = ["CT", "MR", "US", "CR", "DX", "MG", "PT", "NM"]
+    study_rows, series_rows = [], []
+    for n in range(100_000):
+        study = f"1.2.826.0.1.{n}"
+        date = f"{rng.randint(2000, 2024)}{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}"
+        modality = modalities[n % len(modalities)]
+        study_rows.append(
+            {
+                "study_uid": study,
+                "patient_id": f"PID{n % 20_000:05d}",
+                "patient_name": f"Name{n % 20_000}^Given",
+                "study_date": date,
+                "study_time": "101500",
+                "accession_number": f"ACC{n}",
+                "modalities_in_study": modality,
+                "num_series": 1,
+                "num_instances": 10,
+                "attrs": "{}",
+                "updated_at": 0,
+            }
+        )
+        series_rows.append(
+            {
+                "series_uid": study + ".1",
+                "study_uid": study,
+                "modality": modality,
+                "num_instances": 10,
+                "attrs": "{}",
+            }
+        )
+    with catalog.engine.begin() as conn:
+        conn.execute(sa.insert(studies_table), study_rows)
+        conn.execute(sa.insert(series_table), series_rows)
+        conn.exec_driver_sql("ANALYZE")
+    loaded = time.perf_counter() - started
+    queries = [
+        {"PatientID": ["PID00042"], "limit": ["100"]},
+        {"StudyDate": ["20100101-20101231"], "limit": ["100"]},
+        {"ModalitiesInStudy": ["MR"], "limit": ["100"]},
+        {
+            "PatientID": ["PID00042"],
+            "StudyDate": ["2000-2024"],
+            "ModalitiesInStudy": ["CT,US"],
+            "limit": ["100"],
+        },
+        {"PatientName": ["name1234*"], "limit": ["100"]},
+        {"limit": ["100"]},
+    ]
+    report = []
+    for args in queries:
+        query = parse_qido("studies", args)
+        assert catalog.search(query, None)  # warm-up, and every query finds something
+        samples = []
+        for _ in range(15):
+            start = time.perf_counter()
+            catalog.search(query, None)
+            samples.append(time.perf_counter() - start)
+        p50 = statistics.median(samples)
+        report.append(f"{'&'.join(f'{k}={v[0]}' for k, v in args.items())}: p50 {p50 * 1000:.2f} ms")
+        assert p50 < 0.5  # a loose sanity bound; the benchmark (bench/, B5) measures the real target
+    catalog.close()
+    print(f"\nQIDO over 100,000 studies (SQLite; load {loaded:.1f} s):\n  " + "\n  ".join(report))
