@@ -216,11 +216,11 @@ class Stack:
         self._wait_ready(timeout)
 
     def _spawn(self, name: str, argv: list[str], env: Mapping[str, str]) -> None:
-        log = (self.var_dir / "logs" / f"{name}.out").open("ab")
-        self.processes[name] = subprocess.Popen(
-            argv, env=dict(env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            cwd=str(self.var_dir),
-        )
+        with (self.var_dir / "logs" / f"{name}.out").open("ab") as log:  # the child keeps its own copy
+            self.processes[name] = subprocess.Popen(
+                argv, env=dict(env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                cwd=str(self.var_dir),
+            )
 
     def _wait_for_socket(self, path: Path, name: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -349,3 +349,9 @@ variable "log_retention_days" {
     error_message = "log_retention_days must be a retention period CloudWatch Logs accepts."
   }
 }
+
+variable "alarm_topic_arns" {
+  description = "SNS topic ARNs notified by the module's alarms (dead-lettered direct uploads). Empty: alarms only show in the console."
+  type        = list(string)
+  default     = []
+}

@@ -20,9 +20,10 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
-from gateway.catalog.qido import QidoQuery, build_select, shape_row
+from gateway.catalog.qido import QidoQuery
 from gateway.catalog.records import InstanceRecord, InstanceRow
 from gateway.catalog.schema import audit, instances, quarantine, revocations, series, studies
+from gateway.catalog.search import build_select, shape_row
 from gateway.errors import CatalogUnavailable, Conflict
 from gateway.scope import Scope
 from gateway.uids import check_uid

@@ -11,23 +11,17 @@ can be matched. Anything else is a 400 that names the parameter. ``fuzzymatching
 the transport parameters ``token``, ``accept``, ``charset`` and ``_`` are ignored (the DICOMweb layer handles
 them).
 
-Scope is applied in SQL (``WHERE study_uid IN ...``) so a page is never post-filtered.
+The SQL and the DICOM JSON shaping live in ``gateway.catalog.search``.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
-import sqlalchemy as sa
-from sqlalchemy.ext.compiler import compiles
-
-from gateway.catalog.schema import instances, series, studies
 from gateway.errors import BadRequest
-from gateway.scope import Scope
 from gateway.uids import check_uid, is_uid
 
 Level = Literal["studies", "series", "instances"]
@@ -86,7 +80,7 @@ BY_KEYWORD = {a.keyword: a for a in _ATTRS}
 BY_TAG = {a.tag: a for a in _ATTRS}
 # Return attributes per level: every attribute of that level (PS3.18 tables 10.6.3-3/4/5, plus
 # StudyDescription). Parent levels are added when the query is not scoped to a parent by the path.
-_RETURN = {level: [a for a in _ATTRS if a.level == level] for level in (0, 1, 2)}
+RETURN_ATTRS = {level: [a for a in _ATTRS if a.level == level] for level in (0, 1, 2)}
 
 
 @dataclass(frozen=True)
@@ -106,7 +100,6 @@ class QidoQuery:
     offset: int = 0
     study_uid: str | None = None  # from the path
     series_uid: str | None = None  # from the path
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 def _resolve(name: str) -> tuple[str, Attr | None]:
@@ -277,179 +270,3 @@ def parse_qido(
         study_uid=study_uid,
         series_uid=series_uid,
     )
-
-
-class unicode_lower(sa.sql.functions.GenericFunction[str]):  # noqa: N801 - SQL function naming
-    """Unicode lower-casing: ``lower()`` on PostgreSQL, a registered Python function on SQLite."""
-
-    type = sa.String()
-    inherit_cache = True
-
-
-@compiles(unicode_lower)
-def _lower_default(element: unicode_lower, compiler: Any, **kw: Any) -> str:
-    return f"lower({compiler.process(element.clauses, **kw)})"
-
-
-@compiles(unicode_lower, "sqlite")
-def _lower_sqlite(element: unicode_lower, compiler: Any, **kw: Any) -> str:
-    return f"unicode_lower({compiler.process(element.clauses, **kw)})"
-
-
-# --- SQL ----------------------------------------------------------------------------------------------------
-
-_TABLES = {0: studies, 1: series, 2: instances}
-
-
-def _clause(match: Match, scope: Scope | None) -> sa.ColumnElement[bool]:
-    attr = match.attr
-    if attr.kind == "modalities":
-        # A correlated EXISTS (probing ix_series_study per candidate study) lets the planner drive the query
-        # from the selective index (patient, date order) instead of materialising every study with a modality.
-        probe = series.alias("modality_probe")
-        inner = sa.select(probe.c.series_uid).where(
-            probe.c.study_uid == studies.c.study_uid, probe.c.modality.in_(match.values)
-        )
-        if scope is not None and scope.series is not None:
-            inner = inner.where(probe.c.series_uid.in_(sorted(scope.series)))
-        return inner.exists()
-    assert attr.column is not None
-    column = _TABLES[attr.level].c[attr.column]
-    if match.op == "in":
-        return column.in_(match.values) if len(match.values) > 1 else column == match.values[0]
-    if match.op == "range":
-        low, high = match.values
-        parts = []
-        if low is not None:
-            parts.append(column >= low)
-        if high is not None:
-            parts.append(column <= high)
-        return sa.and_(*parts)
-    if attr.kind == "pn":
-        # PN matches case-insensitively on every backend (PS3.4 C.2.2.2.1 allows it; users expect it). An ASCII
-        # pattern needs only the database's built-in lower(); a non-ASCII one needs Unicode folding, which on
-        # SQLite is a (slower) Python function.
-        pattern = match.values[0].lower()
-        folded = sa.func.lower(column) if pattern.isascii() else unicode_lower(column)
-        if match.op == "like":
-            return folded.like(pattern, escape="\\")
-        return folded == pattern
-    if match.op == "like":
-        return column.like(match.values[0], escape="\\")
-    return column == match.values[0]
-
-
-def build_select(query: QidoQuery, scope: Scope | None) -> sa.Select[Any]:
-    """One SELECT with the filters, the scope, a deterministic order, limit and offset."""
-    depth = LEVELS[query.level]
-    columns: list[Any] = [c.label(f"st_{c.name}") for c in studies.c]
-    source: Any = studies
-    if depth >= 1:
-        columns += [c.label(f"se_{c.name}") for c in series.c]
-        source = series.join(studies, series.c.study_uid == studies.c.study_uid)
-    if depth == 2:
-        wanted = ["sop_uid", "sop_class_uid", "instance_number", "number_of_frames", "attrs"]
-        if query.include_all or query.include:
-            wanted.append("metadata")
-        columns += [instances.c[name].label(f"in_{name}") for name in wanted]
-        source = instances.join(series, instances.c.series_uid == series.c.series_uid).join(
-            studies, instances.c.study_uid == studies.c.study_uid
-        )
-    stmt = sa.select(*columns).select_from(source)
-    if query.study_uid is not None:
-        stmt = stmt.where(studies.c.study_uid == query.study_uid)
-    if query.series_uid is not None:
-        stmt = stmt.where(series.c.series_uid == query.series_uid)
-    for match in query.matches:
-        stmt = stmt.where(_clause(match, scope))
-    if scope is not None:
-        stmt = stmt.where(studies.c.study_uid.in_(sorted(scope.studies)))
-        if scope.series is not None and depth >= 1:
-            stmt = stmt.where(series.c.series_uid.in_(sorted(scope.series)))
-    order: list[Any] = [sa.nulls_last(studies.c.study_date.desc()), studies.c.study_uid]
-    if depth >= 1:
-        order += [sa.nulls_last(series.c.series_number.asc()), series.c.series_uid]
-    if depth == 2:
-        order += [sa.nulls_last(instances.c.instance_number.asc()), instances.c.sop_uid]
-    return stmt.order_by(*order).limit(query.limit).offset(query.offset)
-
-
-# --- DICOM JSON ---------------------------------------------------------------------------------------------
-
-
-def _element(attr: Attr, value: Any) -> dict[str, Any]:
-    if value is None or value == "":
-        return {"vr": attr.vr}
-    if attr.vr == "PN":
-        return {"vr": "PN", "Value": [{"Alphabetic": value}]}
-    if attr.kind == "modalities":
-        return {"vr": "CS", "Value": [part for part in str(value).split("\\") if part]}
-    return {"vr": attr.vr, "Value": [value]}
-
-
-def _without_bulk(dataset: dict[str, Any]) -> dict[str, Any]:
-    return {
-        tag: element
-        for tag, element in dataset.items()
-        if not (isinstance(element, dict) and ("BulkDataURI" in element or "InlineBinary" in element))
-    }
-
-
-_PREFIX = {0: "st_", 1: "se_", 2: "in_"}
-# computed columns that override whatever the stored attributes say
-_COUNTS = {
-    "00201206": "st_num_series",
-    "00201208": "st_num_instances",
-    "00201209": "se_num_instances",
-    "00280008": "in_number_of_frames",
-}
-
-
-def output_levels(query: QidoQuery) -> list[int]:
-    """The query level, plus each parent level the path did not fix (PS3.18 10.6.3.3: a series query without a
-    study returns the study attributes too)."""
-    depth = LEVELS[query.level]
-    levels = [depth]
-    if depth == 2 and query.series_uid is None:
-        levels.append(1)
-    if depth >= 1 and query.study_uid is None:
-        levels.append(0)
-    return levels
-
-
-def shape_row(query: QidoQuery, row: Mapping[str, Any]) -> dict[str, Any]:
-    """A result row as a DICOM JSON object. For each of ``output_levels``: the stored QIDO attributes of that
-    level (ingest chose them), then any return attribute still missing from its flat column (empty element when
-    unknown); counts and ModalitiesInStudy always from the catalog; the parents' UIDs; then includefields, looked
-    up in the stored attributes of every level and, for instances, in the instance metadata."""
-    depth = LEVELS[query.level]
-    stored = {level: json.loads(row[_PREFIX[level] + "attrs"] or "{}") for level in range(depth + 1)}
-    metadata: dict[str, Any] = {}
-    if depth == 2 and row.get("in_metadata"):
-        metadata = _without_bulk(json.loads(row["in_metadata"]))
-    result: dict[str, Any] = {}
-    for level in output_levels(query):
-        result.update(stored[level])
-        for attr in _RETURN[level]:
-            if attr.tag in _COUNTS:
-                result[attr.tag] = {"vr": "IS", "Value": [int(row[_COUNTS[attr.tag]])]}
-            elif attr.kind == "modalities":
-                result[attr.tag] = _element(attr, row["st_modalities_in_study"])
-            elif attr.column is not None and attr.tag not in result:
-                result[attr.tag] = _element(attr, row[_PREFIX[level] + attr.column])
-        if level in (0, 2):
-            result["00080056"] = {"vr": "CS", "Value": ["ONLINE"]}
-    result["0020000D"] = {"vr": "UI", "Value": [row["st_study_uid"]]}
-    if depth >= 1:
-        result["0020000E"] = {"vr": "UI", "Value": [row["se_series_uid"]]}
-    sources = [stored[level] for level in range(depth, -1, -1)] + [metadata]
-    if query.include_all:
-        for attrs in sources:
-            for tag, element in attrs.items():
-                result.setdefault(tag, element)
-    for tag in query.include:
-        if tag not in result:
-            found = next((attrs[tag] for attrs in sources if tag in attrs), None)
-            if found is not None:
-                result[tag] = found
-    return dict(sorted(result.items()))

@@ -5,12 +5,14 @@
 - Compound codes (X/Z, X/D, Z/D, X/Z/D) become an empty value, which keeps Type 2 attributes present; plain X
   removes the element. D is also written as an empty value rather than a dummy: stricter, and it keeps the
   scanner's rule "empty is clean" simple.
-- UIDs (U, or D on a UI element) become ``2.25.<int>`` where the integer is 128 bits of HMAC-SHA256(key, UID): the
-  same study uploaded twice, or its series uploaded separately, map to the same new UIDs under the same key; a
-  different key gives unrelated UIDs. References (ReferencedSOPInstanceUID...) follow, since they are U too.
-- Dates: ``remove`` empties them (basic profile); ``shift`` (Modified Dates option) moves every DA and the date
-  part of every DT back by a per-patient number of days (1..max_shift_days) derived from HMAC(key, PatientID,
-  falling back to PatientName, then StudyInstanceUID), so intervals within a patient are kept; times are kept.
+- UIDs (U, or D on a UI element) become ``2.25.<int>`` where the integer is 128 bits of HMAC-SHA256(key, UID):
+  the same study uploaded twice, or its series uploaded separately, map to the same new UIDs under the same
+  key; a different key gives unrelated UIDs. References (ReferencedSOPInstanceUID...) follow, since they are U
+  too.
+- Dates: ``remove`` empties them (basic profile); ``shift`` (Modified Dates option) moves every DA and the
+  date part of every DT back by a per-patient number of days (1..max_shift_days) derived from HMAC(key,
+  PatientID, falling back to PatientName, then StudyInstanceUID), so intervals within a patient are kept;
+  times are kept.
 - C (clean) on text: the value is kept unless it repeats the patient's name or an ID, then it is emptied.
 - Overlays (60xx) and curves (50xx) are removed as whole groups; private elements are removed unless
   ``[private].safe`` lists them; private creators go when their block is empty.
@@ -38,11 +40,18 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomFileLike
 from pydicom.filewriter import correct_ambiguous_vr_element, write_data_element, write_file_meta_info
 from pydicom.sequence import Sequence
-from pydicom.uid import DeflatedExplicitVRLittleEndian, UID
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from gateway.errors import DeidentificationFailed
 from gateway.phi.policy import BASIC, Policy
-from gateway.phi.profile import BASIC_PROFILE_CODE, OPTION_CODES, effective_action, is_date_clean, table, tag_text
+from gateway.phi.profile import (
+    BASIC_PROFILE_CODE,
+    OPTION_CODES,
+    effective_action,
+    is_date_clean,
+    table,
+    tag_text,
+)
 from gateway.phi.scanner import BINARY_VRS, MAX_TEXT, read_dataset
 from gateway.phi.textrules import (
     FREE_TEXT_VRS,
@@ -59,7 +68,8 @@ UNDEFINED_LENGTH = 0xFFFFFFFF
 ENCAPSULATED_DOCUMENT = 0x00420011
 TEXT_VALUE = 0x0040A160
 PATIENT_AGE = 0x00101010
-# File meta elements that name the sending and receiving systems (not in Table E.1-1, but they locate the source).
+# File meta elements that name the sending and receiving systems (not in Table E.1-1, but they locate the
+# source).
 META_DROP = (0x00020017, 0x00020018, 0x00020026, 0x00020027, 0x00020028, 0x00020100, 0x00020102)
 LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
 CHUNK = 1024 * 1024
@@ -154,13 +164,19 @@ class _Deidentifier:
                 self._clean_text(dataset, tag, vr)
                 self._recurse(dataset, tag)
             return
-        if tag == ENCAPSULATED_DOCUMENT and dataset.get_item(tag, keep_deferred=True) is not None and self._length(dataset, tag):
+        if (
+            tag == ENCAPSULATED_DOCUMENT
+            and dataset.get_item(tag, keep_deferred=True) is not None
+            and self._length(dataset, tag)
+        ):
             raise DeidentificationFailed("an Encapsulated Document cannot be de-identified")
         if vr == "SQ" and "U" in action:
             self._recurse(dataset, tag)  # X/Z/U*: keep the references, their UIDs are remapped inside
             return
         if vr == "UI" and ("U" in action or "D" in action):
-            values = [remap_uid(value, self.key) for value in text_values(dataset[tag].value) if value.strip()]
+            values = [
+                remap_uid(value, self.key) for value in text_values(dataset[tag].value) if value.strip()
+            ]
             dataset[tag].value = values if len(values) != 1 else values[0]
             return
         if action == "X":
@@ -171,7 +187,8 @@ class _Deidentifier:
     def _private(self, dataset: Dataset, tag: int, vr: str) -> None:
         element = tag & 0xFFFF
         if 0x10 <= element <= 0xFF:
-            return  # creators: kept while their block holds whitelisted elements (see _drop_empty_private_blocks)
+            # creators: kept while their block holds whitelisted elements (see _drop_empty_private_blocks)
+            return
         creator = None
         if element >= 0x1000 and ((tag >> 16) << 16 | element >> 8) in dataset:
             creator = str(dataset[(tag >> 16) << 16 | element >> 8].value or "").strip(" \0")
@@ -286,7 +303,8 @@ def _copy(src: BinaryIO, dst: BinaryIO, start: int, length: int) -> None:
 
 
 def _undefined_end(src: BinaryIO, start: int, little: bool) -> int:
-    """Offset just past the Sequence Delimitation Item of an undefined-length value (encapsulated pixel data)."""
+    """Offset just past the Sequence Delimitation Item of an undefined-length value (encapsulated pixel
+    data)."""
     header = struct.Struct("<HHL" if little else ">HHL")
     position = start
     while True:
@@ -341,10 +359,13 @@ def _write(dataset: Dataset, meta: FileMetaDataset, src: Path, dst: Path) -> Non
             write_data_element(out, element, encoding)
 
 
-def deidentify_file(src: Path | str, dst: Path | str, key: bytes | str, policy: Policy | None = None) -> DeidResult:
+def deidentify_file(
+    src: Path | str, dst: Path | str, key: bytes | str, policy: Policy | None = None
+) -> DeidResult:
     """De-identify ``src`` into a new file ``dst`` (``src`` is never modified).
 
-    Raises ``DeidentificationFailed`` for files that cannot be de-identified safely (unreadable, an Encapsulated
+    Raises ``DeidentificationFailed`` for files that cannot be de-identified safely (unreadable, an
+    Encapsulated
     Document, deflated transfer syntax) or without a key; ``dst`` is removed on any failure.
     """
     policy = policy or BASIC

@@ -3,13 +3,14 @@
 Decisions (``HookOutcome.audit["decision"]``):
 
 - ``reject`` / ``quarantine``: as the rule says.
-- ``deidentify``: a new file is written next to the upload (or in ``tmp_dir``) and re-scanned with the policy; only
-  a clean re-scan is accepted (``path`` = the new file, which the caller then owns and deletes). Anything else,
-  or a file that cannot be de-identified, gets ``[options].on_deidentify_failure`` (reject by default).
-- ``allow``: the file is stored as it is, so the destination must have ``identifiable_allowed = true``; if the scan
-  found PHI the destination's region must also equal the upload's declared region. Otherwise: reject.
+- ``deidentify``: a new file is written next to the upload (or in ``tmp_dir``) and re-scanned with the policy;
+  only a clean re-scan is accepted (``path`` = the new file, which the caller then owns and deletes). Anything
+  else, or a file that cannot be de-identified, gets ``[options].on_deidentify_failure`` (reject by default).
+- ``allow``: the file is stored as it is, so the destination must have ``identifiable_allowed = true``; if the
+  scan found PHI the destination's region must also equal the upload's declared region. Otherwise: reject.
 - ``route``: a clean file may go to the named destination; a file with PHI only if that destination allows
-  identifiable data AND is in the upload's declared region (an upload that declares no region cannot prove it).
+  identifiable data AND is in the upload's declared region (an upload that declares no region cannot prove
+  it).
 - Unreadable or malformed files: ``[options].on_unreadable`` (reject by default), never an exception.
 
 The audit dict names tags, rules and destinations, never values.
@@ -45,14 +46,16 @@ class PhiHook:
         destination_storages: Mapping[str, Any] | None = None,
         tmp_dir: Path | str | None = None,
     ) -> None:
-        """``destination_storages``: when given, the destinations that are actually configured (name -> storage);
+        """``destination_storages``: when given, the destinations that are actually configured (name ->
+        storage);
         a rule that sends a file anywhere else is refused instead of silently falling back to the default."""
         self.policy = policy
         self.deid_key = deid_key
         self.destination_storages = destination_storages
         self.tmp_dir = Path(tmp_dir) if tmp_dir else None
 
-    # -- outcome builders ----------------------------------------------------------------------------------------
+    # -- outcome builders
+    # ----------------------------------------------------------------------------------------
     def _outcome(
         self,
         action: str,
@@ -87,7 +90,8 @@ class PhiHook:
     def _refuse(self, rule: Rule, report: ScanReport, reason: str, choice: str = "reject") -> HookOutcome:
         return self._outcome(choice, choice, rule, report, reason=reason)
 
-    # -- the hook ----------------------------------------------------------------------------------------------
+    # -- the hook
+    # ----------------------------------------------------------------------------------------------
     def __call__(self, path: Path, context: UploadContext) -> HookOutcome:
         path = Path(path)
         report, tags = scan_with_values(path, self.policy, self.policy.tag_keywords)
@@ -106,7 +110,9 @@ class PhiHook:
         if rule.action == "deidentify":
             return self._deidentify(path, rule, report)
         if rule.action == "allow" and not destination.identifiable_allowed:
-            return self._refuse(rule, report, f"destination {destination.name!r} does not accept identifiable data")
+            return self._refuse(
+                rule, report, f"destination {destination.name!r} does not accept identifiable data"
+            )
         if phi:
             problem = _identifiable_problem(destination, context)
             if problem:
@@ -134,7 +140,8 @@ class PhiHook:
                 choice,
                 rule,
                 report,
-                reason="de-identified output still has PHI: " + ", ".join(sorted({f.rule for f in rescan.findings})),
+                reason="de-identified output still has PHI: "
+                + ", ".join(sorted({f.rule for f in rescan.findings})),
                 rescan_paths=rescan.paths,
             )
         return self._outcome(
@@ -156,13 +163,15 @@ def _identifiable_problem(destination: Destination, context: UploadContext) -> s
 
 
 def build_hooks(settings: Settings) -> list[Hook]:
-    """The PHI hook chain for these settings: [] without ``DICOMGW_PHI_POLICY``. Loads and validates the policy
+    """The PHI hook chain for these settings: [] without ``DICOMGW_PHI_POLICY``. Loads and validates the
+    policy
     once; a policy that de-identifies needs ``DICOMGW_DEID_KEY`` (at least 32 characters)."""
     if settings.phi_policy is None:
         return []
     policy = load_policy(settings.phi_policy)
     if policy.needs_key and len(settings.deid_key) < MIN_KEY_LENGTH:
         raise ConfigError(
-            "DICOMGW_DEID_KEY", f"the PHI policy de-identifies, so a key of at least {MIN_KEY_LENGTH} characters is required"
+            "DICOMGW_DEID_KEY",
+            f"the PHI policy de-identifies, so a key of at least {MIN_KEY_LENGTH} characters is required",
         )
     return [PhiHook(policy, settings.deid_key, tmp_dir=settings.tmp_dir or None)]

@@ -1,13 +1,13 @@
 """The PHI / data-sovereignty policy: a TOML file, loaded and validated once at start-up.
 
-Every mistake is a ``ConfigError("DICOMGW_PHI_POLICY", ...)`` that names the offending key, and unknown keys are
-errors too: a typo in a security policy must stop the gateway, not silently weaken it. See
+Every mistake is a ``ConfigError("DICOMGW_PHI_POLICY", ...)`` that names the offending key, and unknown keys
+are errors too: a typo in a security policy must stop the gateway, not silently weaken it. See
 ``examples/phi-policy.toml`` for a commented example and ``docs/phi.md`` for the semantics.
 
-Rules are evaluated in order; the first whose ``match`` fits the upload wins, else ``[default]``. Match values are
-exact strings or globs (``*``, ``?``, ``[...]``, case-sensitive), or a list of them (any may match). Keys:
-``tenant``, ``region``, ``source``, ``sub`` (from the upload context), ``phi`` (bool: did the scan find PHI) and
-``tags.<Keyword>`` (top-level element values; a missing element matches as the empty string).
+Rules are evaluated in order; the first whose ``match`` fits the upload wins, else ``[default]``. Match values
+are exact strings or globs (``*``, ``?``, ``[...]``, case-sensitive), or a list of them (any may match). Keys:
+``tenant``, ``region``, ``source``, ``sub`` (from the upload context), ``phi`` (bool: did the scan find PHI)
+and ``tags.<Keyword>`` (top-level element values; a missing element matches as the empty string).
 """
 
 from __future__ import annotations
@@ -70,7 +70,9 @@ class Rule:
 @dataclass(frozen=True)
 class DeidOptions:
     options: frozenset[str] = frozenset()  # enabled PS3.15 option columns (SUPPORTED_OPTIONS)
-    dates: str = "remove"  # "shift" (= rtnLongModifDatesOpt), "remove" (basic profile), "keep" (= rtnLongFullDatesOpt)
+    dates: str = (
+        "remove"  # "shift" (= rtnLongModifDatesOpt), "remove" (basic profile), "keep" (= rtnLongFullDatesOpt)
+    )
     max_shift_days: int = 365
 
 
@@ -90,7 +92,10 @@ class Policy:
     def tag_keywords(self) -> frozenset[str]:
         """Top-level keywords whose values the rules look at (the scanner reads only these)."""
         return frozenset(
-            key[5:] for rule in (*self.rules, self.default) for key, _ in rule.match if key.startswith("tags.")
+            key[5:]
+            for rule in (*self.rules, self.default)
+            for key, _ in rule.match
+            if key.startswith("tags.")
         )
 
     @property
@@ -204,7 +209,9 @@ def _rule(raw: Any, where: str, destinations: Mapping[str, Destination], is_defa
                 raise _fail(key_where, f"{key[5:]!r} is not a DICOM keyword")
             match.append((key, _patterns(value, key_where)))
         else:
-            raise _fail(key_where, f"unknown match key (expected {', '.join(CONTEXT_KEYS)}, phi or tags.<Keyword>)")
+            raise _fail(
+                key_where, f"unknown match key (expected {', '.join(CONTEXT_KEYS)}, phi or tags.<Keyword>)"
+            )
     reason = body.get("reason", "")
     if not isinstance(reason, str):
         raise _fail(f"{where}.reason", "must be a string")
@@ -224,7 +231,13 @@ def _deid(raw: Any, private_safe: bool) -> DeidOptions:
             options.add(name)
     dates = body.get("dates")
     if dates is None:
-        dates = "shift" if "rtnLongModifDatesOpt" in options else "keep" if "rtnLongFullDatesOpt" in options else "remove"
+        dates = (
+            "shift"
+            if "rtnLongModifDatesOpt" in options
+            else "keep"
+            if "rtnLongFullDatesOpt" in options
+            else "remove"
+        )
     if dates not in DATE_MODES:
         raise _fail("deidentify.dates", f"must be one of {', '.join(DATE_MODES)}")
     # `dates` and the two date options say the same thing; where both are given they must agree.

@@ -1,8 +1,9 @@
 """PS3.15 Annex E, Table E.1-1 (the Basic Application Confidentiality Profile), as lookups.
 
-The table is vendored in ``gateway/data/ps3.15-table-e1-1.json`` (see the NOTICE next to it) and read once with
-``importlib.resources``. ``effective_action(row, options)`` answers "what does the profile, with these options
-enabled, say about this element": a basic-profile code (D, Z, X, U or a combination) or an option code (K, C).
+The table is vendored in ``gateway/data/ps3.15-table-e1-1.json`` (see the NOTICE next to it) and read once
+with ``importlib.resources``. ``effective_action(row, options)`` answers "what does the profile, with these
+options enabled, say about this element": a basic-profile code (D, Z, X, U or a combination) or an option code
+(K, C).
 
 The scanner and the de-identifier both go through this module so that "what counts as PHI" and "what the
 de-identifier removes" can never drift apart.
@@ -15,7 +16,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib.resources import files
 
-# PS3.15 option columns of the table that this gateway implements. cleanGraphOpt, cleanPixOpt and cleanRecogOpt
+# PS3.15 option columns of the table that this gateway implements. cleanGraphOpt, cleanPixOpt and
+# cleanRecogOpt
 # need pixel or overlay analysis, which we do not do: a policy that asks for them is refused at load time.
 SUPPORTED_OPTIONS = (
     "rtnLongFullDatesOpt",

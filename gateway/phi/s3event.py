@@ -1,11 +1,14 @@
-"""Direct-to-bucket uploads: S3 ObjectCreated events on ``incoming/`` go through the same hooks and ingest as STOW.
+"""Direct-to-bucket uploads: S3 ObjectCreated events on ``incoming/`` go through the same hooks and ingest as
 
-``handler(event, context)`` is the Lambda entry point (or anything that receives S3 event notifications); for each
-record it downloads the object to a temp file (streamed), builds an ``UploadContext`` from the object's metadata
-(``x-amz-meta-dicomgw-tenant``, ``-region``, ``-sub``), and calls ``Ingestor.ingest(path, context)``, which runs
-the hook chain (``build_hooks``) and stores the result. The ``incoming/`` object is deleted only after the ingest
-reports ``stored``, ``duplicate`` or ``quarantined``, and only if it was not replaced meanwhile (same ETag); after
-any failure (including a rejection by the policy) it stays where it is, so nothing is ever lost.
+STOW.
+
+``handler(event, context)`` is the Lambda entry point (or anything that receives S3 event notifications); for
+each record it downloads the object to a temp file (streamed), builds an ``UploadContext`` from the object's
+metadata (``x-amz-meta-dicomgw-tenant``, ``-region``, ``-sub``), and calls ``Ingestor.ingest(path, context)``,
+which runs the hook chain (``build_hooks``) and stores the result. The ``incoming/`` object is deleted only
+after the ingest reports ``stored``, ``duplicate`` or ``quarantined``, and only if it was not replaced
+meanwhile (same ETag); after any failure (including a rejection by the policy) it stays where it is, so
+nothing is ever lost.
 
 ``run_incoming(settings)`` lists ``incoming/`` and feeds each object to the handler: ``dicom-gateway hooks
 run-incoming`` (for deployments without event notifications, and to retry).
@@ -86,7 +89,9 @@ def _context(metadata: Mapping[str, str]) -> UploadContext:
     return UploadContext(source="s3-event", sub=value("sub"), tenant=value("tenant"), region=value("region"))
 
 
-def process_object(s3: Any, bucket: str, key: str, settings: Settings, ingestor: IngestorLike) -> IncomingResult:
+def process_object(
+    s3: Any, bucket: str, key: str, settings: Settings, ingestor: IngestorLike
+) -> IncomingResult:
     """One ``incoming/`` object: download, ingest (hooks included), delete the source only after success."""
     storage_bucket, prefix = _split_storage(settings.storage_url)
     if bucket != storage_bucket or not key.startswith(prefix + INCOMING) or key.endswith("/"):
@@ -105,10 +110,13 @@ def process_object(s3: Any, bucket: str, key: str, settings: Settings, ingestor:
         except Exception as exc:  # noqa: BLE001 - one bad object must not stop the others; the source stays
             return IncomingResult(bucket, key, "failed", detail=f"ingest: {type(exc).__name__}")
         status = str(result.status)
-        outcome = IncomingResult(bucket, key, status, getattr(result, "sop_uid", None), str(result.detail or ""))
+        outcome = IncomingResult(
+            bucket, key, status, getattr(result, "sop_uid", None), str(result.detail or "")
+        )
         if status not in DONE:
             return outcome
-        # Delete only the object we ingested: if it was replaced meanwhile, the new one waits for its own event.
+        # Delete only the object we ingested: if it was replaced meanwhile, the new one waits for its own
+        # event.
         current = s3.head_object(Bucket=bucket, Key=key)
         if current["ETag"] != head["ETag"]:
             return IncomingResult(bucket, key, status, outcome.sop_uid, "source replaced meanwhile; kept")
@@ -143,7 +151,8 @@ def handler(
     ingestor: IngestorLike | None = None,
     s3: Any = None,
 ) -> dict[str, Any]:
-    """S3 event entry point. Returns ``{"results": [IncomingResult as dict, ...]}``; never raises per object."""
+    """S3 event entry point. Returns ``{"results": [IncomingResult as dict, ...]}``; never raises per
+    object."""
     settings = settings or _default_settings()
     ingestor = ingestor or make_ingestor(settings)
     s3 = s3 or s3_client()

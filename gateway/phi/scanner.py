@@ -1,18 +1,19 @@
 """PHI scanner: ``scan_file(path, policy=None) -> ScanReport``.
 
-What counts as a finding (docs/phi.md has the full table). For every element, at every sequence depth, the file
-meta group and elements stored after Pixel Data included, the Table E.1-1 code is resolved with the policy's
-``[deidentify]`` options (an enabled option's K/C replaces the basic-profile code):
+What counts as a finding (docs/phi.md has the full table). For every element, at every sequence depth, the
+file meta group and elements stored after Pixel Data included, the Table E.1-1 code is resolved with the
+policy's ``[deidentify]`` options (an enabled option's K/C replaces the basic-profile code):
 
-- D, Z, X, U and combinations: a finding when the element is present and non-empty (an empty Type 2 value or an
-  empty sequence is what a clean file carries). UIDs under the ``2.25`` root (UUID-derived, what the
+- D, Z, X, U and combinations: a finding when the element is present and non-empty (an empty Type 2 value or
+  an empty sequence is what a clean file carries). UIDs under the ``2.25`` root (UUID-derived, what the
   de-identifier produces and what PS3.15 recommends) are not findings: a scanner cannot tell a remapped UID
   from an original one, and an organisation's own root is what links a UID back to its source.
 - K: never a finding.
-- C for dates and times (Modified Dates option): a finding unless the file declares that its dates were shifted
-  (PatientIdentityRemoved YES and code 113107 in DeidentificationMethodCodeSequence): a shifted date cannot be told
-  from a real one. Any other C: a finding only under the free-text rule.
-- Private elements: a finding unless ``[private].safe`` whitelists (creator, element); private creators are not.
+- C for dates and times (Modified Dates option): a finding unless the file declares that its dates were
+  shifted (PatientIdentityRemoved YES and code 113107 in DeidentificationMethodCodeSequence): a shifted date
+  cannot be told from a real one. Any other C: a finding only under the free-text rule.
+- Private elements: a finding unless ``[private].safe`` whitelists (creator, element); private creators are
+  not.
 - Beyond the table: SR TEXT items (``sr-text``), free text repeating the patient's name or IDs
   (``free-text-identifier``), PatientAge above 89 years (``age-over-89``), Burned In Annotation YES or missing
   on modalities that burn text in (``burned-in-annotation``), private information in the file meta
@@ -22,7 +23,8 @@ A file that claims PatientIdentityRemoved=YES is scanned like any other. Finding
 and rule id, never the value; the order is the file's tag order, so a file always gives the same report.
 
 Memory: the file is read with ``defer_size``, so Pixel Data and other large values are never loaded (their
-length is all the scanner needs); nothing is read with ``stop_before_pixels``, which would hide trailing elements.
+length is all the scanner needs); nothing is read with ``stop_before_pixels``, which would hide trailing
+elements.
 """
 
 from __future__ import annotations
@@ -122,7 +124,8 @@ class Unreadable(Exception):
 def read_dataset(path: Path) -> Dataset:
     """Read a Part 10 file lazily (large values deferred) and check deferred values lie inside the file."""
     dataset = pydicom.dcmread(str(path), defer_size=DEFER_SIZE)
-    # pydicom accepts a bare "DICM" with nothing after it; a file that cannot even name itself is not an instance
+    # pydicom accepts a bare "DICM" with nothing after it; a file that cannot even name itself is not an
+    # instance
     if "TransferSyntaxUID" not in getattr(dataset, "file_meta", {}) or "SOPInstanceUID" not in dataset:
         raise Unreadable("no Transfer Syntax UID or no SOP Instance UID")
     size = os.path.getsize(path)
@@ -161,7 +164,8 @@ class _Scanner:
         self.table = table()
         self.findings: list[Finding] = []
 
-    # -- element values, read only when small ------------------------------------------------------------------
+    # -- element values, read only when small
+    # ------------------------------------------------------------------
     @staticmethod
     def _length(dataset: Dataset, tag: int) -> int:
         element = dataset.get_item(tag, keep_deferred=True)
@@ -192,7 +196,8 @@ class _Scanner:
             return is_empty_text(text_values(dataset[tag].value))
         return False
 
-    # -- the walk ---------------------------------------------------------------------------------------------
+    # -- the walk
+    # ---------------------------------------------------------------------------------------------
     def add(self, path: str, tag: int, rule: str) -> None:
         keyword = "" if (tag >> 16) % 2 else keyword_for_tag(tag)
         self.findings.append(Finding(path, keyword, rule))
@@ -257,7 +262,9 @@ class _Scanner:
                 return "date-not-declared-modified"
             return None
         if vr == "SQ" and "U" in action:
-            return None  # X/Z/U* (Referenced/Source Image Sequence): keep, remap the UIDs inside (checked there)
+            return (
+                None  # X/Z/U* (Referenced/Source Image Sequence): keep, remap the UIDs inside (checked there)
+            )
         if vr == "UI" and ("U" in action or "D" in action):
             values = self._texts(dataset, tag) or []
             if all(value.strip(" \0").startswith("2.25.") for value in values if value.strip(" \0")):
@@ -312,19 +319,23 @@ def top_level_values(dataset: Dataset, keywords: Iterable[str]) -> dict[str, str
 def scan_with_values(
     path: Path | str, policy: Policy | None = None, keywords: Iterable[str] = ()
 ) -> tuple[ScanReport, dict[str, str]]:
-    """``scan_file`` plus the top-level values of ``keywords`` (for policy matching; never put in a report)."""
+    """``scan_file`` plus the top-level values of ``keywords`` (for policy matching; never put in a
+    report)."""
     policy = policy or BASIC
     table()  # a broken installation must fail loudly, not make every file look "unreadable"
     try:
         dataset = read_dataset(Path(path))
         report = scan_dataset(dataset, policy, str(path))
         return report, top_level_values(dataset, keywords)
-    except Exception as exc:  # noqa: BLE001 - the contract: an unreadable file is a report, never an exception
-        return ScanReport(file=str(path), readable=False, error=_describe(exc), policy_version=policy.version), {}
+    except Exception as exc:  # noqa: BLE001 - an unreadable file is a report, never an exception
+        return ScanReport(
+            file=str(path), readable=False, error=_describe(exc), policy_version=policy.version
+        ), {}
 
 
 def scan_file(path: Path | str, policy: Policy | None = None) -> ScanReport:
-    """Scan one Part 10 file. Never raises: an unreadable file gives ``ScanReport(readable=False, error=...)``."""
+    """Scan one Part 10 file. Never raises: an unreadable file gives ``ScanReport(readable=False,
+    error=...)``."""
     return scan_with_values(path, policy)[0]
 
 

@@ -1,7 +1,7 @@
 """Rules beyond Table E.1-1 that the scanner and the de-identifier share.
 
-- Free text (LO, LT, ST, UT, SH, UC) that repeats a part of the patient's name or one of the patient's IDs found
-  anywhere in the same file (any sequence depth, Original Attributes Sequence included).
+- Free text (LO, LT, ST, UT, SH, UC) that repeats a part of the patient's name or one of the patient's IDs
+  found anywhere in the same file (any sequence depth, Original Attributes Sequence included).
 - Ages above 89 years (HIPAA Safe Harbor groups them as "90 or older").
 - Modalities whose pixel data often carries burned-in text.
 """
@@ -60,7 +60,8 @@ def is_empty_text(values: Iterable[str]) -> bool:
 
 
 def _name_parts(value: str) -> Iterator[str]:
-    # PN: up to three component groups (alphabetic=ideographic=phonetic), each family^given^middle^prefix^suffix.
+    # PN: up to three component groups (alphabetic=ideographic=phonetic), each
+    # family^given^middle^prefix^suffix.
     # Prefixes and suffixes ("DR", "JR") are too common in ordinary text to count as identifying.
     for group in value.split("="):
         for component in group.split("^")[:3]:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import boto3.exceptions
 import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
@@ -49,7 +50,7 @@ def _mapped(what: str) -> Iterator[None]:
     except botocore.exceptions.ClientError as exc:
         code = str(exc.response.get("Error", {}).get("Code", ""))
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-        if code in _MISSING or status == 404 and code != "NoSuchBucket":
+        if code in _MISSING or (status == 404 and code != "NoSuchBucket"):
             raise NotFound("object not found") from None
         raise StorageUnavailable(f"storage {what} failed ({code or status})") from None
     except boto3.exceptions.S3UploadFailedError:

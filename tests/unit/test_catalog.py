@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -32,7 +33,7 @@ def catalog(catalog_url: str) -> Iterator[Catalog]:
     cat.close()
 
 
-def study_row(catalog: Catalog, study: str) -> dict[str, object] | None:
+def study_row(catalog: Catalog, study: str) -> dict[str, Any] | None:
     results = catalog.search(parse_qido("studies", {"StudyInstanceUID": [study]}), None)
     return results[0] if results else None
 
@@ -310,15 +311,15 @@ def test_record_from_real_file(catalog: Catalog, tmp_path: object) -> None:
     index = pytest.importorskip("gateway.dicom.index")
     pydicom = pytest.importorskip("pydicom")
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian
+    from pydicom.uid import UID, ExplicitVRLittleEndian
 
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4.5.6.7"
-    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.7", "1.2.3.4.5.6.7"
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.3.4", "1.2.3.4.5"
+    ds.file_meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.7")
+    ds.file_meta.MediaStorageSOPInstanceUID = UID("1.2.3.4.5.6.7")
+    ds.SOPClassUID, ds.SOPInstanceUID = UID("1.2.840.10008.5.1.4.1.1.7"), UID("1.2.3.4.5.6.7")
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = UID("1.2.3.4"), UID("1.2.3.4.5")
     ds.PatientName, ds.PatientID, ds.StudyDate, ds.Modality = "Roe^Jane", "PX-9", "20210304", "OT"
     ds.SeriesNumber, ds.InstanceNumber = 4, 2
     ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 2, 2, 8, 8, 7

@@ -31,7 +31,12 @@ def options_policy() -> Policy:
     return parse_policy(
         {
             "version": "t",
-            "deidentify": {"dates": "shift", "max_shift_days": 30, "cleanDescOpt": True, "rtnPatCharsOpt": True},
+            "deidentify": {
+                "dates": "shift",
+                "max_shift_days": 30,
+                "cleanDescOpt": True,
+                "rtnPatCharsOpt": True,
+            },
             "private": {"safe": [{"creator": "ACME SAFE", "element": "0009,xx01"}]},
         }
     )
@@ -51,7 +56,11 @@ def test_basic_profile_output_rescans_clean_and_source_is_untouched(tmp_path: Pa
     assert report.clean, report.findings
     out = pydicom.dcmread(result.path)
     assert out.PatientName == "" and out.PatientID == "" and out.StudyDate == ""
-    assert "PatientAge" not in out and "OtherPatientIDsSequence" not in out and "RequestAttributesSequence" not in out
+    assert (
+        "PatientAge" not in out
+        and "OtherPatientIDsSequence" not in out
+        and "RequestAttributesSequence" not in out
+    )
     assert out.InstitutionName == "" and out.DeviceSerialNumber == ""  # X/Z/D: emptied, not removed
     assert 0x00091001 not in out and 0x00090010 not in out and 0x00111001 not in out and 0x00110010 not in out
     assert out.PatientIdentityRemoved == "YES"
@@ -70,7 +79,11 @@ def test_options_output_rescans_clean_with_the_policy(tmp_path: Path) -> None:
     assert report.clean, report.findings
     out = pydicom.dcmread(result.path)
     assert [item.CodeValue for item in out.DeidentificationMethodCodeSequence] == [
-        "113100", "113105", "113107", "113108", "113111",
+        "113100",
+        "113105",
+        "113107",
+        "113108",
+        "113111",
     ]
     assert out.LongitudinalTemporalInformationModified == "MODIFIED"
     assert result.shift_days is not None and 1 <= result.shift_days <= 30

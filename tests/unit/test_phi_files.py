@@ -1,7 +1,8 @@
 """Builders of DICOM test files for the PHI tests (pydicom-written, no fixtures from elsewhere).
 
-``clean_dataset()`` scans clean under the Basic Profile: 2.25 UIDs, empty Type 2 attributes, Burned In Annotation
-NO. Each test adds one hiding place and asserts the exact findings. Also a self-test so this module is collected.
+``clean_dataset()`` scans clean under the Basic Profile: 2.25 UIDs, empty Type 2 attributes, Burned In
+Annotation NO. Each test adds one hiding place and asserts the exact findings. Also a self-test so this module
+is collected.
 """
 
 from __future__ import annotations
@@ -59,7 +60,10 @@ def clean_dataset(sop: str = "2.25.1001", study: str = "2.25.1", series: str = "
 
 
 def phi_dataset(
-    sop: str = ORG_ROOT + ".3.1", study: str = ORG_ROOT + ".1", series: str = ORG_ROOT + ".2", name: str = "DOE^JOHN"
+    sop: str = ORG_ROOT + ".3.1",
+    study: str = ORG_ROOT + ".1",
+    series: str = ORG_ROOT + ".2",
+    name: str = "DOE^JOHN",
 ) -> Dataset:
     """A CT with PHI in many places (names, IDs, dates, private tags, sequences, references)."""
     ds = clean_dataset(sop, study, series)
@@ -108,7 +112,9 @@ def write(ds: Dataset, path: Path, implicit: bool = False) -> Path:
     return path
 
 
-def write_big_native(path: Path, frames: int, rows: int = 512, columns: int = 512, trailing: bool = True) -> int:
+def write_big_native(
+    path: Path, frames: int, rows: int = 512, columns: int = 512, trailing: bool = True
+) -> int:
     """A native multi-frame file whose Pixel Data is a sparse hole of ``frames`` x rows x columns x 2 bytes,
     followed (optionally) by a private element that carries a name. Returns the pixel data length."""
     ds = clean_dataset()

@@ -19,7 +19,9 @@ except ImportError:  # collected as a package
     from tests.unit.test_phi_files import ORG_ROOT, clean_dataset, write, write_big_native
 
 
-def scan(ds: Dataset, tmp_path: Path, policy: Policy | None = None, implicit: bool = False) -> list[tuple[str, ...]]:
+def scan(
+    ds: Dataset, tmp_path: Path, policy: Policy | None = None, implicit: bool = False
+) -> list[tuple[str, ...]]:
     report = scan_file(write(ds, tmp_path / "f.dcm", implicit=implicit), policy)
     assert report.readable, report.error
     return [(f.path, f.keyword, f.rule) for f in report.findings]
@@ -108,8 +110,13 @@ def test_whitelisted_private_element_not_flagged(tmp_path: Path) -> None:
     ds.add_new(0x00091002, "DS", "3.5")  # same creator, other element: not whitelisted
     ds.add_new(0x00190010, "LO", "OTHER")
     ds.add_new(0x00191001, "DS", "4.5")  # same element offset, other creator: not whitelisted
-    safe = parse_policy({"version": 1, "private": {"safe": [{"creator": "ACME 1.0", "element": "0009,xx01"}]}})
-    assert scan(ds, tmp_path, safe) == [("(0009,1002)", "", "private-tag"), ("(0019,1001)", "", "private-tag")]
+    safe = parse_policy(
+        {"version": 1, "private": {"safe": [{"creator": "ACME 1.0", "element": "0009,xx01"}]}}
+    )
+    assert scan(ds, tmp_path, safe) == [
+        ("(0009,1002)", "", "private-tag"),
+        ("(0019,1001)", "", "private-tag"),
+    ]
     assert scan(ds, tmp_path) == [
         ("(0009,1001)", "", "private-tag"),
         ("(0009,1002)", "", "private-tag"),
@@ -122,7 +129,9 @@ def test_whitelisted_private_text_repeating_the_name_is_flagged(tmp_path: Path) 
     ds.OtherPatientNames = "DOE^JOHN"
     ds.add_new(0x00090010, "LO", "ACME 1.0")
     ds.add_new(0x00091001, "LO", "scanned by john")
-    safe = parse_policy({"version": 1, "private": {"safe": [{"creator": "ACME 1.0", "element": "0009,xx01"}]}})
+    safe = parse_policy(
+        {"version": 1, "private": {"safe": [{"creator": "ACME 1.0", "element": "0009,xx01"}]}}
+    )
     assert scan(ds, tmp_path, safe) == [
         ("(0009,1001)", "", "free-text-identifier"),
         ("(0010,1001)", "OtherPatientNames", "e1-1:X"),
@@ -383,7 +392,9 @@ def test_truncated_pixel_data_is_unreadable(tmp_path: Path) -> None:
 
 def test_missing_file_is_unreadable(tmp_path: Path) -> None:
     report = scan_file(tmp_path / "nope.dcm")
-    assert report.readable is False and report.error is not None and report.error.startswith("FileNotFoundError")
+    assert (
+        report.readable is False and report.error is not None and report.error.startswith("FileNotFoundError")
+    )
 
 
 def test_one_gigabyte_multiframe_scans_in_bounded_memory(tmp_path: Path) -> None:

@@ -229,7 +229,7 @@ def catalog(catalog_url: str) -> Iterator[Catalog]:
     cat.close()
 
 
-def find(catalog: Catalog, level: str, scope: Scope | None = None, **kw: Any) -> list[dict[str, Any]]:
+def find(catalog: Catalog, level: str, scope: Scope | None = None, /, **kw: Any) -> list[dict[str, Any]]:
     study_uid, series_uid = kw.pop("study_uid", None), kw.pop("series_uid", None)
     args = {k: v if isinstance(v, list) else [v] for k, v in kw.items()}
     query = parse_qido(level, args, study_uid=study_uid, series_uid=series_uid)  # type: ignore[arg-type]

@@ -1,0 +1,74 @@
+"""`dicom-gateway scan` exit codes and output; `hooks run-incoming` wiring."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from gateway.phi.cli import hooks, scan
+
+try:
+    from test_phi_files import clean_dataset, phi_dataset, write
+except ImportError:  # collected as a package
+    from tests.unit.test_phi_files import clean_dataset, phi_dataset, write
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "phi-policy.toml"
+
+
+def run(*args: str) -> tuple[int, list[dict[str, object]]]:
+    result = CliRunner().invoke(scan, list(args))
+    lines = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+    return result.exit_code, lines
+
+
+def test_exit_codes_highest_wins(tmp_path: Path) -> None:
+    clean = write(clean_dataset(), tmp_path / "clean.dcm")
+    phi = write(phi_dataset(), tmp_path / "phi.dcm")
+    bad = tmp_path / "bad.dcm"
+    bad.write_bytes(b"garbage")
+    assert run(str(clean))[0] == 0
+    assert run(str(clean), str(phi))[0] == 1
+    code, lines = run(str(bad), str(phi), str(clean))
+    assert code == 2
+    assert [line["status"] for line in lines] == ["unreadable", "phi", "clean"]
+    assert [line["file"] for line in lines] == [str(bad), str(phi), str(clean)]
+
+
+def test_folders_recurse_in_sorted_order(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    write(clean_dataset(), tmp_path / "sub" / "b.dcm")
+    write(clean_dataset(), tmp_path / "a.dcm")
+    code, lines = run(str(tmp_path))
+    assert code == 0 and [line["file"] for line in lines] == [
+        str(tmp_path / "a.dcm"),
+        str(tmp_path / "sub" / "b.dcm"),
+    ]
+
+
+def test_policy_changes_what_counts(tmp_path: Path) -> None:
+    ds = clean_dataset()
+    ds.DeviceSerialNumber = "SN-1"
+    path = write(ds, tmp_path / "f.dcm")
+    assert run(str(path))[0] == 1
+    code, lines = run(str(path), "--policy", str(EXAMPLE))  # rtnDevIdOpt = true
+    assert code == 0 and lines[0]["policy_version"] == "2025-06-01"
+
+
+def test_bad_policy_is_a_usage_error(tmp_path: Path) -> None:
+    policy = tmp_path / "p.toml"
+    policy.write_text("version = 1\nsurprise = true\n")
+    result = CliRunner().invoke(scan, [str(tmp_path), "--policy", str(policy)])
+    assert result.exit_code == 2 and "surprise" in result.output
+
+
+def test_run_incoming_needs_s3_storage(tmp_path: Path) -> None:
+    env = {
+        "DICOMGW_SIGNING_KEYS": "s" * 32,
+        "DICOMGW_API_KEYS": "k",
+        "DICOMGW_STORAGE_URL": f"file://{tmp_path}",
+        "DICOMGW_DATABASE_URL": f"sqlite:///{tmp_path / 'c.db'}",
+    }
+    result = CliRunner().invoke(hooks, ["run-incoming"], env=env)
+    assert result.exit_code == 1 and "DICOMGW_STORAGE_URL" in result.output

@@ -1,0 +1,215 @@
+"""PhiHook: the decision for each rule action, failing closed; build_hooks from Settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+
+from gateway.config import Settings
+from gateway.errors import ConfigError
+from gateway.hooks import UploadContext
+from gateway.phi.hook import PhiHook, build_hooks
+from gateway.phi.policy import Policy, parse_policy
+from gateway.phi.scanner import scan_file
+
+try:
+    from test_phi_files import clean_dataset, phi_dataset, write
+except ImportError:  # collected as a package
+    from tests.unit.test_phi_files import clean_dataset, phi_dataset, write
+
+KEY = "h" * 40
+
+
+def make_policy(**options: Any) -> Policy:
+    def rule(tenant: str, action: str, destination: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"id": tenant, "match": {"tenant": tenant}, "action": action}
+        if destination:
+            body["destination"] = destination
+        return body
+
+    return parse_policy(
+        {
+            "version": "v7",
+            "options": options,
+            "destinations": {
+                "eu": {"storage": "default", "region": "eu-west-1", "identifiable_allowed": True},
+                "us": {"storage": "s3://us/dicom", "region": "us-east-1", "identifiable_allowed": True},
+                "research": {
+                    "storage": "s3://research/x",
+                    "region": "eu-west-1",
+                    "identifiable_allowed": False,
+                },
+            },
+            "rules": [
+                {**rule("reject-me", "reject"), "reason": "tenant is suspended"},
+                rule("hold", "quarantine"),
+                rule("deid", "deidentify", "research"),
+                rule("allow-eu", "allow", "eu"),
+                rule("route-eu", "route", "eu"),
+                rule("route-us", "route", "us"),
+                rule("route-research", "route", "research"),
+            ],
+            "deidentify": {"dates": "shift", "cleanDescOpt": True},
+        }
+    )
+
+
+def ctx(tenant: str, region: str | None = "eu-west-1") -> UploadContext:
+    return UploadContext(source="stow", sub="uploader-1", tenant=tenant, region=region)
+
+
+@pytest.fixture
+def phi_file(tmp_path: Path) -> Path:
+    return write(phi_dataset(), tmp_path / "phi.dcm")
+
+
+@pytest.fixture
+def clean_file(tmp_path: Path) -> Path:
+    return write(clean_dataset(), tmp_path / "clean.dcm")
+
+
+def test_reject_rule(phi_file: Path) -> None:
+    outcome = PhiHook(make_policy(), KEY)(phi_file, ctx("reject-me"))
+    assert outcome.action == "reject" and outcome.reason == "tenant is suspended"
+    assert outcome.report["status"] == "phi"
+    assert outcome.audit["decision"] == "reject" and outcome.audit["rule"] == "reject-me"
+    assert outcome.audit["policy_version"] == "v7" and outcome.audit["destination"] is None
+    assert "(0010,0010)" in outcome.audit["tags"]
+    assert "DOE" not in repr(outcome.audit) and "DOE" not in repr(outcome.report)
+
+
+def test_quarantine_rule(phi_file: Path) -> None:
+    outcome = PhiHook(make_policy(), KEY)(phi_file, ctx("hold"))
+    assert outcome.action == "quarantine" and outcome.audit["decision"] == "quarantine"
+    assert outcome.path is None
+
+
+def test_default_rule_rejects(phi_file: Path) -> None:
+    outcome = PhiHook(make_policy(), KEY)(phi_file, ctx("unknown"))
+    assert outcome.action == "reject" and outcome.audit["rule"] == "default"
+
+
+def test_deidentify_accepts_a_new_clean_file(phi_file: Path) -> None:
+    before = phi_file.read_bytes()
+    policy = make_policy()
+    outcome = PhiHook(policy, KEY)(phi_file, ctx("deid"))
+    assert outcome.action == "accept" and outcome.destination == "research"
+    assert outcome.path is not None and outcome.path != phi_file and outcome.path.parent == phi_file.parent
+    assert phi_file.read_bytes() == before
+    assert scan_file(outcome.path, policy).clean
+    assert pydicom.dcmread(outcome.path).PatientIdentityRemoved == "YES"
+    assert outcome.audit["decision"] == "deidentify" and outcome.audit["deidentified"] is True
+    assert outcome.audit["destination"] == "research"
+
+
+def test_deidentify_refuses_output_that_does_not_rescan_clean(tmp_path: Path) -> None:
+    ds = phi_dataset()
+    ds.Modality = "US"
+    del ds.BurnedInAnnotation  # burned-in text cannot be removed by a header de-identifier
+    path = write(ds, tmp_path / "us.dcm")
+    before = sorted(tmp_path.iterdir())
+    outcome = PhiHook(make_policy(), KEY)(path, ctx("deid"))
+    assert outcome.action == "reject" and "burned-in-annotation" in outcome.reason
+    assert outcome.audit["rescan_paths"] == ["(0028,0301)"]
+    assert sorted(tmp_path.iterdir()) == before  # the rejected output was removed
+    held = PhiHook(make_policy(on_deidentify_failure="quarantine"), KEY)(path, ctx("deid"))
+    assert held.action == "quarantine"
+
+
+def test_deidentify_failure_is_an_outcome(tmp_path: Path) -> None:
+    ds = phi_dataset()
+    ds.add_new(0x00420011, "OB", b"%PDF-1.4 fake\n")
+    outcome = PhiHook(make_policy(), KEY)(write(ds, tmp_path / "doc.dcm"), ctx("deid"))
+    assert outcome.action == "reject" and "Encapsulated Document" in outcome.reason
+
+
+def test_allow_only_where_permitted(phi_file: Path) -> None:
+    hook = PhiHook(make_policy(), KEY)
+    outcome = hook(phi_file, ctx("allow-eu"))
+    assert outcome.action == "accept" and outcome.destination == "eu" and outcome.path is None
+    assert outcome.audit["decision"] == "allow"
+    elsewhere = hook(phi_file, ctx("allow-eu", region="us-east-1"))
+    assert elsewhere.action == "reject" and "region 'us-east-1'" in elsewhere.reason
+    unknown = hook(phi_file, ctx("allow-eu", region=None))
+    assert unknown.action == "reject" and "declared region" in unknown.reason
+
+
+def test_route_identifiable_data(phi_file: Path, clean_file: Path) -> None:
+    hook = PhiHook(make_policy(), KEY)
+    same_region = hook(phi_file, ctx("route-eu"))
+    assert same_region.action == "accept" and same_region.destination == "eu"
+    forbidden_region = hook(phi_file, ctx("route-us"))  # EU upload routed to a US destination
+    assert forbidden_region.action == "reject" and forbidden_region.destination is None
+    assert forbidden_region.audit["decision"] == "reject" and forbidden_region.audit["rule_action"] == "route"
+    assert "us-east-1" in forbidden_region.reason
+    not_allowed = hook(phi_file, ctx("route-research"))
+    assert not_allowed.action == "reject" and "may not go to destination 'research'" in not_allowed.reason
+    # clean data may go anywhere the rule says
+    clean = hook(clean_file, ctx("route-us"))
+    assert clean.action == "accept" and clean.destination == "us" and clean.audit["tags"] == []
+    assert hook(clean_file, ctx("route-research")).action == "accept"
+
+
+def test_tag_and_phi_matching_through_the_hook(tmp_path: Path, clean_file: Path) -> None:
+    policy = parse_policy(
+        {
+            "version": 1,
+            "destinations": {"eu": {"storage": "default", "region": "eu", "identifiable_allowed": True}},
+            "rules": [
+                {"id": "us-phi", "match": {"tags.Modality": "US", "phi": True}, "action": "quarantine"},
+                {"id": "any", "match": {"region": "eu"}, "action": "route", "destination": "eu"},
+            ],
+        }
+    )
+    ds = phi_dataset()
+    ds.Modality = "US"
+    ds.BurnedInAnnotation = "NO"
+    us = write(ds, tmp_path / "us.dcm")
+    hook = PhiHook(policy)
+    assert hook(us, ctx("t", "eu")).audit["rule"] == "us-phi"
+    assert hook(clean_file, ctx("t", "eu")).audit["rule"] == "any"
+
+
+@pytest.mark.parametrize("choice", ["reject", "quarantine"])
+def test_unreadable_file(tmp_path: Path, choice: str) -> None:
+    bad = tmp_path / "bad.dcm"
+    bad.write_bytes(b"\0" * 300)
+    outcome = PhiHook(make_policy(on_unreadable=choice), KEY)(bad, ctx("allow-eu"))
+    assert outcome.action == choice and outcome.reason.startswith("unreadable DICOM: ")
+    assert outcome.audit["scan"] == "unreadable" and outcome.audit["rule"] is None
+
+
+def test_unconfigured_destination_is_refused(phi_file: Path) -> None:
+    hook = PhiHook(make_policy(), KEY, destination_storages={"us": object()})
+    outcome = hook(phi_file, ctx("route-eu"))
+    assert outcome.action == "reject" and "not configured" in outcome.reason
+
+
+def settings(**values: str) -> Settings:
+    base = {
+        "SIGNING_KEYS": "s" * 32,
+        "API_KEYS": "api",
+        "STORAGE_URL": "file:///tmp/objects",
+        "DATABASE_URL": "sqlite:///tmp/c.db",
+    }
+    return Settings.from_mapping({**base, **values})
+
+
+def test_build_hooks(tmp_path: Path) -> None:
+    assert build_hooks(settings()) == []
+    path = tmp_path / "policy.toml"
+    path.write_text(
+        'version = 1\n[destinations.r]\nstorage = "default"\nregion = "eu"\nidentifiable_allowed = false\n'
+        '[default]\naction = "deidentify"\ndestination = "r"\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        build_hooks(settings(PHI_POLICY=str(path), DEID_KEY="short"))
+    assert caught.value.variable == "DICOMGW_DEID_KEY"
+    hooks = build_hooks(settings(PHI_POLICY=str(path), DEID_KEY=KEY))
+    assert len(hooks) == 1 and isinstance(hooks[0], PhiHook) and hooks[0].name == "phi"
+    path.write_text("version = 1\nbogus = 2\n")
+    with pytest.raises(ConfigError, match="bogus"):
+        build_hooks(settings(PHI_POLICY=str(path), DEID_KEY=KEY))
