@@ -17,7 +17,7 @@ locals {
     DICOMGW_TLS_CERT           = "/etc/nginx/tls/cert.pem"
     DICOMGW_TLS_KEY            = "/etc/nginx/tls/key.pem"
     DICOMGW_ACCESS_LOG         = "/dev/stdout"
-    DICOMGW_CACHE_DIR          = "/var/cache/nginx/dgw"
+    DICOMGW_CACHE_DIR          = "/var/cache/nginx"
     DICOMGW_VIEWER_ROOT        = "/usr/share/dicomgw/viewer"
     DICOMGW_AUTH_CACHE_SECONDS = "2"
     DICOMGW_MAX_BODY           = "4g"

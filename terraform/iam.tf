@@ -215,9 +215,14 @@ data "aws_iam_policy_document" "upload_hook" {
   }
 
   statement {
-    sid       = "ReadDatabaseUrl"
-    actions   = ["secretsmanager:GetSecretValue"]
-    resources = [aws_secretsmanager_secret.database_url.arn]
+    # The three values Settings.from_env() requires (see the environment in lambda.tf).
+    sid     = "ReadGatewaySecrets"
+    actions = ["secretsmanager:GetSecretValue"]
+    resources = [
+      aws_secretsmanager_secret.signing_keys.arn,
+      aws_secretsmanager_secret.api_keys.arn,
+      aws_secretsmanager_secret.database_url.arn,
+    ]
   }
 }
 

@@ -50,12 +50,16 @@ resource "aws_lambda_function" "upload_hook" {
   }
 
   environment {
-    # No secret values here: the database URL is read from Secrets Manager at cold start (ARN below).
+    # No secret values in the function configuration: each DICOMGW_<NAME>_SECRET_ARN names the Secrets Manager
+    # secret that holds DICOMGW_<NAME>, read once per cold start. Settings.from_env() requires all three even
+    # though the hook itself only uses the database URL.
     variables = {
       DICOMGW_MODE                    = "production"
       DICOMGW_STORAGE_URL             = "s3://${local.data_bucket_name}"
-      DICOMGW_DATABASE_URL_SECRET_ARN = aws_secretsmanager_secret.database_url.arn
       DICOMGW_TMP_DIR                 = "/tmp"
+      DICOMGW_SIGNING_KEYS_SECRET_ARN = aws_secretsmanager_secret.signing_keys.arn
+      DICOMGW_API_KEYS_SECRET_ARN     = aws_secretsmanager_secret.api_keys.arn
+      DICOMGW_DATABASE_URL_SECRET_ARN = aws_secretsmanager_secret.database_url.arn
     }
   }
 

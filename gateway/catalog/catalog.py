@@ -32,6 +32,9 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 # Revocations older than their expiry are purged at most this often (seconds of the caller's clock).
 PURGE_INTERVAL = 300
 _ROW_COLUMNS = [c for c in instances.c if c.name != "metadata"]
+# Built once: get_instance is on the frame path, and building a statement per call doubles its cost.
+_GET_FULL = sa.select(*instances.c).where(instances.c.sop_uid == sa.bindparam("sop_uid"))
+_GET_LIGHT = sa.select(*_ROW_COLUMNS).where(instances.c.sop_uid == sa.bindparam("sop_uid"))
 _AUDIT_FIELDS = {c.name for c in audit.c} - {"id"}
 # An arbitrary constant: the PostgreSQL advisory lock that serialises migrations between starting workers.
 _MIGRATION_LOCK = 0x6463_6D67
@@ -280,9 +283,8 @@ class Catalog:
     def get_instance(self, sop_uid: str, *, with_metadata: bool = True) -> InstanceRow | None:
         """One instance by SOP UID. ``with_metadata=False`` skips the DICOM JSON (megabytes for a whole-slide
         image): the frame path wants only the index and the key."""
-        columns = list(instances.c) if with_metadata else _ROW_COLUMNS
         with self._read() as conn:
-            row = conn.execute(sa.select(*columns).where(instances.c.sop_uid == sop_uid)).first()
+            row = conn.execute(_GET_FULL if with_metadata else _GET_LIGHT, {"sop_uid": sop_uid}).first()
         return None if row is None else self._row(row)
 
     def instances_of(

@@ -1,7 +1,4 @@
-"""Click commands of the PHI area: ``scan`` and the ``hooks`` group (the lead adds both to
-
-``dicom-gateway``).
-"""
+"""Click commands of the PHI area: ``scan`` and the ``hooks`` group (added to ``dicom-gateway``)."""
 
 from __future__ import annotations
 

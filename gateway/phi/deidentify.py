@@ -59,7 +59,9 @@ from gateway.phi.textrules import (
     MAX_AGE_YEARS,
     Identifiers,
     age_years,
+    deferred,
     text_values,
+    value_length,
     vr_of,
 )
 
@@ -68,8 +70,7 @@ UNDEFINED_LENGTH = 0xFFFFFFFF
 ENCAPSULATED_DOCUMENT = 0x00420011
 TEXT_VALUE = 0x0040A160
 PATIENT_AGE = 0x00101010
-# File meta elements that name the sending and receiving systems (not in Table E.1-1, but they locate the
-# source).
+# File meta elements naming the sending and receiving systems (not in Table E.1-1, but they locate the source)
 META_DROP = (0x00020017, 0x00020018, 0x00020026, 0x00020027, 0x00020028, 0x00020100, 0x00020102)
 LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
 CHUNK = 1024 * 1024
@@ -214,13 +215,7 @@ class _Deidentifier:
 
     @staticmethod
     def _length(dataset: Dataset, tag: int) -> int:
-        element = dataset.get_item(tag, keep_deferred=True)
-        if element is None:
-            return 0
-        if getattr(element, "is_raw", False):
-            return int(element.length)
-        value = element.value
-        return len(value) if isinstance(value, bytes | str | list | Sequence) else int(value is not None)
+        return value_length(dataset, tag)
 
     def _empty(self, dataset: Dataset, tag: int, vr: str) -> None:
         if vr == "SQ":
@@ -303,8 +298,7 @@ def _copy(src: BinaryIO, dst: BinaryIO, start: int, length: int) -> None:
 
 
 def _undefined_end(src: BinaryIO, start: int, little: bool) -> int:
-    """Offset just past the Sequence Delimitation Item of an undefined-length value (encapsulated pixel
-    data)."""
+    """Offset just past the Sequence Delimitation Item of an undefined-length value (encapsulated pixels)."""
     header = struct.Struct("<HHL" if little else ">HHL")
     position = start
     while True:
@@ -336,8 +330,8 @@ def _write(dataset: Dataset, meta: FileMetaDataset, src: Path, dst: Path) -> Non
         for tag in sorted(dataset.keys()):
             if tag & 0xFFFF == 0 and tag >> 16 > 6:
                 continue  # retired group lengths, as pydicom's writer does
-            raw = dataset.get_item(tag, keep_deferred=True)
-            if raw is not None and getattr(raw, "is_raw", False) and raw.value is None:
+            raw = deferred(dataset, tag)
+            if raw is not None:
                 # a deferred value: copy its bytes from the source instead of loading it
                 length = int(raw.length)
                 header = struct.pack(end + "HH", tag >> 16, tag & 0xFFFF)
@@ -365,8 +359,7 @@ def deidentify_file(
     """De-identify ``src`` into a new file ``dst`` (``src`` is never modified).
 
     Raises ``DeidentificationFailed`` for files that cannot be de-identified safely (unreadable, an
-    Encapsulated
-    Document, deflated transfer syntax) or without a key; ``dst`` is removed on any failure.
+    Encapsulated Document, deflated transfer syntax) or without a key; ``dst`` is removed on any failure.
     """
     policy = policy or BASIC
     key_bytes = key.encode("utf-8") if isinstance(key, str) else key
@@ -392,7 +385,7 @@ def deidentify_file(
     sop = str(dataset.get("SOPInstanceUID", "") or "")
     if not sop:
         raise DeidentificationFailed("no SOP Instance UID")
-    meta.MediaStorageSOPInstanceUID = sop
+    meta.MediaStorageSOPInstanceUID = UID(sop)
     try:
         _write(dataset, meta, src, dst)
     except BaseException:

@@ -47,15 +47,13 @@ class PhiHook:
         tmp_dir: Path | str | None = None,
     ) -> None:
         """``destination_storages``: when given, the destinations that are actually configured (name ->
-        storage);
-        a rule that sends a file anywhere else is refused instead of silently falling back to the default."""
+        storage); a rule that sends a file anywhere else is refused instead of falling back to the default."""
         self.policy = policy
         self.deid_key = deid_key
         self.destination_storages = destination_storages
         self.tmp_dir = Path(tmp_dir) if tmp_dir else None
 
     # -- outcome builders
-    # ----------------------------------------------------------------------------------------
     def _outcome(
         self,
         action: str,
@@ -91,7 +89,6 @@ class PhiHook:
         return self._outcome(choice, choice, rule, report, reason=reason)
 
     # -- the hook
-    # ----------------------------------------------------------------------------------------------
     def __call__(self, path: Path, context: UploadContext) -> HookOutcome:
         path = Path(path)
         report, tags = scan_with_values(path, self.policy, self.policy.tag_keywords)
@@ -164,8 +161,7 @@ def _identifiable_problem(destination: Destination, context: UploadContext) -> s
 
 def build_hooks(settings: Settings) -> list[Hook]:
     """The PHI hook chain for these settings: [] without ``DICOMGW_PHI_POLICY``. Loads and validates the
-    policy
-    once; a policy that de-identifies needs ``DICOMGW_DEID_KEY`` (at least 32 characters)."""
+    policy once; a policy that de-identifies needs ``DICOMGW_DEID_KEY`` (at least 32 characters)."""
     if settings.phi_policy is None:
         return []
     policy = load_policy(settings.phi_policy)

@@ -17,8 +17,7 @@ from functools import lru_cache
 from importlib.resources import files
 
 # PS3.15 option columns of the table that this gateway implements. cleanGraphOpt, cleanPixOpt and
-# cleanRecogOpt
-# need pixel or overlay analysis, which we do not do: a policy that asks for them is refused at load time.
+# cleanRecogOpt need pixel or overlay analysis, which we do not do: a policy asking for them is refused.
 SUPPORTED_OPTIONS = (
     "rtnLongFullDatesOpt",
     "rtnLongModifDatesOpt",

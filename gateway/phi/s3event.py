@@ -1,6 +1,4 @@
-"""Direct-to-bucket uploads: S3 ObjectCreated events on ``incoming/`` go through the same hooks and ingest as
-
-STOW.
+"""Direct-to-bucket uploads: S3 ObjectCreated events on ``incoming/`` run the same hooks and ingest as STOW.
 
 ``handler(event, context)`` is the Lambda entry point (or anything that receives S3 event notifications); for
 each record it downloads the object to a temp file (streamed), builds an ``UploadContext`` from the object's
@@ -115,8 +113,7 @@ def process_object(
         )
         if status not in DONE:
             return outcome
-        # Delete only the object we ingested: if it was replaced meanwhile, the new one waits for its own
-        # event.
+        # Delete only the object we ingested: one replaced meanwhile waits for its own event.
         current = s3.head_object(Bucket=bucket, Key=key)
         if current["ETag"] != head["ETag"]:
             return IncomingResult(bucket, key, status, outcome.sop_uid, "source replaced meanwhile; kept")

@@ -8,6 +8,7 @@ policy's ``[deidentify]`` options (an enabled option's K/C replaces the basic-pr
   an empty sequence is what a clean file carries). UIDs under the ``2.25`` root (UUID-derived, what the
   de-identifier produces and what PS3.15 recommends) are not findings: a scanner cannot tell a remapped UID
   from an original one, and an organisation's own root is what links a UID back to its source.
+- X/Z/U* on a sequence (Referenced / Source Image Sequence): not a finding itself; its UIDs are checked.
 - K: never a finding.
 - C for dates and times (Modified Dates option): a finding unless the file declares that its dates were
   shifted (PatientIdentityRemoved YES and code 113107 in DeidentificationMethodCodeSequence): a shifted date
@@ -50,8 +51,10 @@ from gateway.phi.textrules import (
     MAX_AGE_YEARS,
     Identifiers,
     age_years,
+    deferred,
     is_empty_text,
     text_values,
+    value_length,
     vr_of,
 )
 
@@ -124,14 +127,13 @@ class Unreadable(Exception):
 def read_dataset(path: Path) -> Dataset:
     """Read a Part 10 file lazily (large values deferred) and check deferred values lie inside the file."""
     dataset = pydicom.dcmread(str(path), defer_size=DEFER_SIZE)
-    # pydicom accepts a bare "DICM" with nothing after it; a file that cannot even name itself is not an
-    # instance
+    # pydicom accepts a bare "DICM" with nothing after it: a file that cannot name itself is no instance
     if "TransferSyntaxUID" not in getattr(dataset, "file_meta", {}) or "SOPInstanceUID" not in dataset:
         raise Unreadable("no Transfer Syntax UID or no SOP Instance UID")
     size = os.path.getsize(path)
     for tag in dataset.keys():
-        raw = dataset.get_item(tag, keep_deferred=True)
-        if raw is not None and getattr(raw, "value", b"") is None and raw.length != UNDEFINED_LENGTH:
+        raw = deferred(dataset, tag)
+        if raw is not None and raw.length != UNDEFINED_LENGTH:
             if raw.value_tell + raw.length > size:
                 raise Unreadable(f"{tag_text(tag)} runs past the end of the file (truncated)")
     return dataset
@@ -165,20 +167,9 @@ class _Scanner:
         self.findings: list[Finding] = []
 
     # -- element values, read only when small
-    # ------------------------------------------------------------------
     @staticmethod
     def _length(dataset: Dataset, tag: int) -> int:
-        element = dataset.get_item(tag, keep_deferred=True)
-        if element is None:
-            return 0
-        if getattr(element, "is_raw", False):
-            return int(element.length)
-        value = element.value
-        if value is None:
-            return 0
-        if isinstance(value, bytes | str):
-            return len(value)
-        return 1 if value != [] else 0
+        return value_length(dataset, tag)
 
     def _texts(self, dataset: Dataset, tag: int) -> list[str] | None:
         """String values, or None when the value is too large to read."""
@@ -197,7 +188,6 @@ class _Scanner:
         return False
 
     # -- the walk
-    # ---------------------------------------------------------------------------------------------
     def add(self, path: str, tag: int, rule: str) -> None:
         keyword = "" if (tag >> 16) % 2 else keyword_for_tag(tag)
         self.findings.append(Finding(path, keyword, rule))

@@ -12,8 +12,10 @@ import re
 from collections.abc import Iterable, Iterator
 
 from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
 
 FREE_TEXT_VRS = frozenset({"LO", "LT", "ST", "UT", "SH", "UC"})
 NAME_KEYWORDS = frozenset({"PatientName", "OtherPatientNames", "PatientBirthName", "PatientMotherBirthName"})
@@ -44,6 +46,27 @@ def vr_of(dataset: Dataset, tag: int) -> str:
     return str(vr).split(" or ")[0]
 
 
+def deferred(dataset: Dataset, tag: int) -> RawDataElement | None:
+    """The raw element when its value was left on disk by ``defer_size`` (None otherwise)."""
+    element = dataset.get_item(tag, keep_deferred=True)
+    if isinstance(element, RawDataElement) and element.value is None:
+        return element
+    return None
+
+
+def value_length(dataset: Dataset, tag: int) -> int:
+    """Length of an element's value without loading it (items for a sequence; 0xFFFFFFFF = undefined)."""
+    element = dataset.get_item(tag, keep_deferred=True)
+    if element is None:
+        return 0
+    if isinstance(element, RawDataElement):
+        return int(element.length)
+    value = element.value
+    if isinstance(value, bytes | str | list | Sequence):
+        return len(value)
+    return int(value is not None)
+
+
 def text_values(value: object) -> list[str]:
     """The string values of an element value (multi-valued or not); non-strings become ``str``."""
     if value is None:
@@ -60,8 +83,7 @@ def is_empty_text(values: Iterable[str]) -> bool:
 
 
 def _name_parts(value: str) -> Iterator[str]:
-    # PN: up to three component groups (alphabetic=ideographic=phonetic), each
-    # family^given^middle^prefix^suffix.
+    # PN: up to three groups (alphabetic=ideographic=phonetic), each family^given^middle^prefix^suffix.
     # Prefixes and suffixes ("DR", "JR") are too common in ordinary text to count as identifying.
     for group in value.split("="):
         for component in group.split("^")[:3]:

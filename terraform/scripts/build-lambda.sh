@@ -5,8 +5,8 @@
 #
 #   terraform/scripts/build-lambda.sh [OUT.zip]      (default: build/lambda.zip at the repository root)
 #
-# Needs python3 with pip and network access to PyPI. boto3 is packaged too, pinned by our own requirements,
-# instead of relying on whichever version the Lambda runtime ships.
+# Needs python3 with pip and network access to PyPI. boto3/botocore/s3transfer/jmespath are left out: the Lambda
+# runtime ships them, and without them the zip stays under Lambda's 50 MB direct-upload limit.
 set -eu
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -17,14 +17,24 @@ python=${PYTHON:-python3}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-# Our own wheel first (pip will not build a local project under --only-binary), then everything from wheels
-# for the Lambda platform, never for the build machine's.
-"$python" -m pip wheel --quiet --no-deps --wheel-dir "$work/wheels" "$repo"
+# Our own wheel first (pip will not build a local project under --only-binary), from a copy of the sources so
+# setuptools leaves no build/ or *.egg-info in the working tree; then everything else from wheels for the Lambda
+# platform, never for the build machine's.
+mkdir "$work/src"
+cp "$repo/pyproject.toml" "$work/src/"
+if [ -f "$repo/README.md" ]; then cp "$repo/README.md" "$work/src/"; fi
+cp -R "$repo/gateway" "$work/src/gateway"
+find "$work/src" -name __pycache__ -prune -exec rm -rf {} +
+"$python" -m pip wheel --quiet --no-deps --wheel-dir "$work/wheels" "$work/src"
 "$python" -m pip install --quiet --no-compile --disable-pip-version-check \
     --target "$work/package" \
     --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
     --implementation cp --python-version 3.11 --only-binary=:all: \
     "$(ls "$work"/wheels/*.whl)[postgres]"
+for provided in boto3 botocore s3transfer jmespath; do
+    rm -rf "$work/package/$provided" "$work/package/$provided"-*.dist-info
+done
+rm -rf "$work/package/bin"
 
 mkdir -p "$(dirname "$out")"
 "$python" - "$work/package" "$out" <<'PY'

@@ -1,0 +1,344 @@
+"""Issue 3 through the real NGINX: signature, expiry, scope, purpose, revocation, transports, path tricks,
+fail-closed behaviour, the audit log, CORS, and the WebView cookie exchange."""
+
+from __future__ import annotations
+
+import http.client
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+import requests
+
+from gateway.stack import Stack, free_port
+from gateway.tokens import TokenService
+from tests.e2e.conftest import uids_of
+from tests.e2e.harness import RunningStack
+
+OHIF_ACCEPT = "multipart/related; type=application/octet-stream; transfer-syntax=*"
+
+
+def raw_get(stack: RunningStack, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    """A GET with the path exactly as given (requests would normalise dot segments)."""
+    parsed = urlparse(stack.url)
+    connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=10)
+    try:
+        connection.request("GET", path, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+@pytest.fixture(scope="module")
+def ct(synthetic: dict[str, Any]) -> tuple[str, str, str]:
+    return uids_of(synthetic["ct"][0])
+
+
+def series_url(root: str, study: str, series: str) -> str:
+    return f"{root}/studies/{study}/series/{series}"
+
+
+def test_valid_token_each_transport(stack: RunningStack, ct: tuple[str, str, str]) -> None:
+    study, series, _ = ct
+    token = stack.issue([study])["token"]
+    path_form = requests.get(f"{series_url(stack.root(token), study, series)}/instances", timeout=10)
+    query_form = requests.get(
+        f"{stack.url}/dicomweb/studies/{study}/series/{series}/instances", params={"token": token}, timeout=10
+    )
+    cookie_form = requests.get(
+        f"{stack.url}/dicomweb/studies/{study}/series/{series}/instances",
+        cookies={"dicomgw_token": token},
+        timeout=10,
+    )
+    for answer in (path_form, query_form, cookie_form):
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["Content-Type"] == "application/dicom+json"
+        assert len(answer.json()) == 6
+
+
+def test_missing_token_is_401(stack: RunningStack, ct: tuple[str, str, str]) -> None:
+    answer = requests.get(f"{stack.url}/dicomweb/studies", timeout=10)
+    assert answer.status_code == 401
+    assert answer.json() == {"error": "unauthorized", "detail": "token_missing"}
+
+
+@pytest.mark.parametrize("mutate", ["payload", "signature", "timestamp", "truncate"])
+def test_tampered_token_is_401(stack: RunningStack, ct: tuple[str, str, str], mutate: str) -> None:
+    study, series, _ = ct
+    token = stack.issue([study])["token"]
+    head, stamp, signature = token.rsplit(".", 2)
+    if mutate == "payload":
+        head = head[:-2] + ("A" if head[-2] != "A" else "B") + head[-1]
+    elif mutate == "signature":
+        signature = signature[:-1] + ("A" if signature[-1] != "A" else "B")
+    elif mutate == "timestamp":
+        stamp = stamp[:-1] + ("A" if stamp[-1] != "A" else "B")
+    forged = f"{head}.{stamp}.{signature}" if mutate != "truncate" else token[:-5]
+    answer = requests.get(f"{series_url(stack.root(forged), study, series)}/instances", timeout=10)
+    assert answer.status_code == 401
+    assert answer.json()["detail"] == "token_invalid"
+
+
+def test_unknown_key_is_401(stack: RunningStack, ct: tuple[str, str, str]) -> None:
+    study, series, _ = ct
+    outsider = TokenService(("x" * 48,), 3600).issue(sub="mallory", studies=[study]).token
+    answer = requests.get(f"{series_url(stack.root(outsider), study, series)}/instances", timeout=10)
+    assert answer.status_code == 401
+
+
+def test_expired_token_is_401_with_frozen_time(stack: RunningStack, ct: tuple[str, str, str]) -> None:
+    study, series, _ = ct
+    service = TokenService((stack.stack.signing_key,), 3600)
+    # signed 20 minutes ago with a 10-minute lifetime: no sleeping, the clock is set at issue time
+    expired = service.issue(sub="late", studies=[study], ttl=600, now=int(time.time()) - 1200).token
+    answer = requests.get(f"{series_url(stack.root(expired), study, series)}/instances", timeout=10)
+    assert answer.status_code == 401
+    assert answer.json()["detail"] == "token_expired"
+
+
+def test_other_study_is_403(stack: RunningStack, synthetic: dict[str, Any], ct: tuple[str, str, str]) -> None:
+    mr_study, mr_series, mr_sop = uids_of(synthetic["mr"][0])
+    token = stack.issue([ct[0]])["token"]
+    root = stack.root(token)
+    for url in (
+        f"{root}/studies/{mr_study}/series/{mr_series}/instances",
+        f"{root}/studies/{mr_study}/series/{mr_series}/instances/{mr_sop}/frames/1",
+        f"{root}/studies/{mr_study}/metadata",
+        f"{root}/studies/{mr_study}",
+    ):
+        answer = requests.get(url, timeout=10)
+        assert answer.status_code == 403, url
+        assert answer.json()["error"] == "forbidden"
+
+
+def test_series_token_on_sibling_series_is_403(stack: RunningStack, synthetic: dict[str, Any]) -> None:
+    study, series_a, sop_a = uids_of(synthetic["ct"][0])
+    _, series_b, sop_b = uids_of(synthetic["ct_b"][0])
+    token = stack.issue([study], series=[series_a])["token"]
+    root = stack.root(token)
+    ok = requests.get(f"{root}/studies/{study}/series/{series_a}/instances/{sop_a}/frames/1",
+                      headers={"Accept": "application/octet-stream"}, timeout=10)
+    assert ok.status_code == 200
+    assert len(ok.content) == 512 * 512 * 2
+    sibling = requests.get(f"{root}/studies/{study}/series/{series_b}/instances/{sop_b}/frames/1", timeout=10)
+    assert sibling.status_code == 403
+    whole_study = requests.get(f"{root}/studies/{study}", timeout=10)
+    assert whole_study.status_code == 403
+    # QIDO inside the study is allowed but shows only the token's series
+    listed = requests.get(f"{root}/studies/{study}/series", timeout=10)
+    assert listed.status_code == 200
+    assert [s["0020000E"]["Value"][0] for s in listed.json()] == [series_a]
+
+
+def test_write_token_cannot_read_and_read_token_cannot_write(
+    stack: RunningStack, synthetic: dict[str, Any], ct: tuple[str, str, str]
+) -> None:
+    study, series, _ = ct
+    service = TokenService((stack.stack.signing_key,), 3600)
+    write_only = service.issue(sub="uploader", studies=[study], actions=["write"]).token
+    read = requests.get(f"{series_url(stack.root(write_only), study, series)}/instances", timeout=10)
+    assert read.status_code == 401
+    read_only = stack.issue([study])["token"]
+    stored = stack.stow([synthetic["ct"][0]], root=stack.root(read_only))
+    assert stored.status_code == 401
+    read_write = stack.issue([study], actions=["read", "write"])["token"]
+    assert stack.stow([synthetic["ct"][0]], root=stack.root(read_write)).status_code == 200
+    assert requests.get(f"{series_url(stack.root(read_write), study, series)}/instances", timeout=10).ok
+
+
+def test_revoked_token_stops_working_within_seconds(stack: RunningStack, ct: tuple[str, str, str]) -> None:
+    study, series, _ = ct
+    issued = stack.issue([study])
+    url = f"{series_url(stack.root(issued['token']), study, series)}/instances"
+    assert requests.get(url, timeout=10).status_code == 200
+    revoke = requests.post(f"{stack.url}/api/v1/tokens/{issued['jti']}/revoke", headers=stack.api_headers, timeout=10)
+    assert revoke.status_code == 204
+    deadline = time.monotonic() + 8
+    status = 200
+    while time.monotonic() < deadline:
+        status = requests.get(url, timeout=10).status_code
+        if status == 401:
+            break
+        time.sleep(0.25)
+    assert status == 401
+
+
+def test_revoke_needs_the_api_key(stack: RunningStack, ct: tuple[str, str, str]) -> None:
+    issued = stack.issue([ct[0]])
+    answer = requests.post(f"{stack.url}/api/v1/tokens/{issued['jti']}/revoke",
+                           headers={"Authorization": "Bearer wrong"}, timeout=10)
+    assert answer.status_code == 401
+
+
+@pytest.mark.parametrize(
+    "suffix",
+    [
+        "/studies/{st}/series/{se}/../../../studies/{other}/series",
+        "/studies/{st}/series/{se}%2F..%2F..%2Fstudies%2F{other}",
+        "/studies/{st}//series/{se}/instances",
+        "/studies/{st}/series/{se}\\instances",
+        "/studies/{st}/series/{se}/instances/%2e%2e/%2e%2e",
+        "/studies/{st}/series/{se}/instances/1.2.3%252F",
+        "/studies/{st}/series/{se}/instances/1.2.abc",
+        "/studies/{st}/series/" + "1" * 65 + "/instances",
+    ],
+)
+def test_path_tricks_are_refused(
+    stack: RunningStack, synthetic: dict[str, Any], ct: tuple[str, str, str], suffix: str
+) -> None:
+    study, series, _ = ct
+    other = uids_of(synthetic["mr"][0])[0]
+    token = stack.issue([study])["token"]
+    path = f"/t/{token}/dicomweb" + suffix.format(st=study, se=series, other=other)
+    status, body = raw_get(stack, path)
+    assert status in (400, 403), (status, body[:200])
+    assert other.encode() not in body
+
+
+def test_oversized_token_is_refused(stack: RunningStack, ct: tuple[str, str, str]) -> None:
+    study, series, _ = ct
+    answer = requests.get(f"{series_url(stack.root('A' * 5000), study, series)}/instances", timeout=10)
+    assert answer.status_code == 401
+
+
+def test_token_never_in_access_log(stack: RunningStack, ct: tuple[str, str, str]) -> None:
+    study, series, _ = ct
+    token = stack.issue([study], sub="audit-me")["token"]
+    base = f"{stack.url}/dicomweb/studies/{study}/series/{series}/instances"
+    requests.get(f"{series_url(stack.root(token), study, series)}/instances", timeout=10)
+    requests.get(base, params={"token": token}, timeout=10)
+    requests.get(base, cookies={"dicomgw_token": token}, timeout=10)
+    requests.get(f"{stack.url}/api/v1/session", params={"token": token, "next": "/viewer/"},
+                 allow_redirects=False, timeout=10)
+    time.sleep(0.2)  # NGINX writes the access log line after the response
+    text = stack.stack.access_log.read_text()
+    assert token not in text
+    assert token.split(".")[-1] not in text  # not even the signature
+    entries = [e for e in stack.access_log() if e["sub"] == "audit-me"]
+    assert len(entries) >= 3
+    assert all(e["study"] == study and e["jti"] and e["status"] == 200 for e in entries[:3])
+    assert any(e["uri"].startswith("/t/***/dicomweb/") for e in entries)
+    assert any("token=***" in e["uri"] for e in entries)
+
+
+def test_cors_simple_get_and_preflight(stack: RunningStack, ct: tuple[str, str, str]) -> None:
+    study, series, sop = ct
+    token = stack.issue([study])["token"]
+    url = f"{series_url(stack.root(token), study, series)}/instances/{sop}/frames/1"
+    answer = requests.get(url, headers={"Origin": "https://portal.example", "Accept": OHIF_ACCEPT}, timeout=10)
+    assert answer.status_code == 200
+    assert answer.headers["Access-Control-Allow-Origin"] == "https://portal.example"
+    assert answer.headers["Access-Control-Allow-Credentials"] == "true"
+    assert "Origin" in answer.headers["Vary"]
+    assert "Content-Range" in answer.headers["Access-Control-Expose-Headers"]
+    assert answer.headers["Content-Type"].startswith('multipart/related; type="application/octet-stream"')
+    stranger = requests.get(url, headers={"Origin": "https://evil.example", "Accept": OHIF_ACCEPT}, timeout=10)
+    assert "Access-Control-Allow-Origin" not in stranger.headers
+    preflight = requests.options(
+        f"{stack.root(token)}/studies",
+        headers={"Origin": "https://portal.example", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "content-type"},
+        timeout=10,
+    )
+    assert preflight.status_code == 204
+    assert preflight.headers["Access-Control-Allow-Origin"] == "https://portal.example"
+    assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+
+
+def test_session_cookie_exchange(stack: RunningStack, ct: tuple[str, str, str]) -> None:
+    study, series, _ = ct
+    token = stack.issue([study], ttl=600)["token"]
+    answer = requests.get(f"{stack.url}/api/v1/session", params={"token": token, "next": "/viewer/#study=1"},
+                          allow_redirects=False, timeout=10)
+    assert answer.status_code == 303
+    assert answer.headers["Location"] == "/viewer/#study=1"
+    cookie = answer.headers["Set-Cookie"]
+    assert cookie.startswith(f"dicomgw_token={token};")
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Path=/" in cookie
+    assert "Max-Age=" in cookie
+    jar = requests.get(f"{stack.url}/dicomweb/studies/{study}/series/{series}/instances",
+                       cookies={"dicomgw_token": token}, timeout=10)
+    assert jar.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "target", ["https://evil.example/", "//evil.example/x", "/\\evil.example", "javascript:alert(1)",
+               "/%2F%2Fevil.example", "\r\nSet-Cookie: x=1"]
+)
+def test_session_refuses_open_redirects(stack: RunningStack, ct: tuple[str, str, str], target: str) -> None:
+    token = stack.issue([ct[0]])["token"]
+    answer = requests.get(f"{stack.url}/api/v1/session", params={"token": token, "next": target},
+                          allow_redirects=False, timeout=10)
+    assert answer.status_code == 400
+    assert "Set-Cookie" not in answer.headers
+
+
+def test_issue_validation(stack: RunningStack, ct: tuple[str, str, str]) -> None:
+    url = f"{stack.url}/api/v1/tokens"
+    cases = [
+        ({"sub": "a", "studies": [ct[0]], "extra": 1}, "unknown fields: extra"),
+        ({"sub": "a", "studies": ["1.2.abc"]}, "studies: every entry must be a valid DICOM UID"),
+        ({"sub": "a", "studies": [ct[0]], "ttl": 10**6}, "ttl exceeds the maximum of 3600 seconds"),
+        ({"sub": "a", "studies": []}, "studies must be a non-empty list of Study Instance UIDs"),
+    ]
+    for body, detail in cases:
+        answer = requests.post(url, json=body, headers=stack.api_headers, timeout=10)
+        assert answer.status_code == 400
+        assert answer.json() == {"error": "bad_request", "detail": detail}
+    bad_key = requests.post(url, json=cases[0][0], headers={"Authorization": "Bearer nope"}, timeout=10)
+    assert bad_key.status_code == 401
+    good = stack.issue([ct[0]])
+    assert set(good) == {"token", "expires_at", "jti", "dicomweb_root", "viewer_url"}
+    assert len(good["token"]) < 250
+    assert good["viewer_url"] == f"{stack.url}/viewer/#study={ct[0]}&token={good['token']}"
+
+
+# -- stacks of their own: key rotation and a dead gateway --------------------------------------------------------
+
+
+def _stack(tmp: Path, **env: str) -> Stack:
+    stack = Stack(tmp, port=free_port(), extra_env=env)
+    stack.start()
+    return stack
+
+
+def test_key_rotation(tmp_path: Path, synthetic: dict[str, Any]) -> None:
+    old, new = "o" * 48, "n" * 48
+    study, series, _ = uids_of(synthetic["ct"][0])
+    signed_old = TokenService((old,), 3600).issue(sub="rotation", studies=[study]).token
+    signed_new = TokenService((old, new), 3600).issue(sub="rotation", studies=[study]).token
+    during = _stack(tmp_path, DICOMGW_SIGNING_KEYS=f"{old},{new}")
+    try:
+        url = f"{during.url}/t/{{}}/dicomweb/studies/{study}/series/{series}/instances"
+        assert requests.get(url.format(signed_old), timeout=10).status_code == 200
+        assert requests.get(url.format(signed_new), timeout=10).status_code == 200
+    finally:
+        during.stop()
+    after = _stack(tmp_path, DICOMGW_SIGNING_KEYS=new)
+    try:
+        url = f"{after.url}/t/{{}}/dicomweb/studies/{study}/series/{series}/instances"
+        assert requests.get(url.format(signed_old), timeout=10).status_code == 401
+        assert requests.get(url.format(signed_new), timeout=10).status_code == 200
+    finally:
+        after.stop()
+
+
+def test_dead_gateway_is_503_never_200(tmp_path: Path, synthetic: dict[str, Any]) -> None:
+    running = _stack(tmp_path)
+    try:
+        study, series, sop = uids_of(synthetic["ct"][0])
+        token = TokenService((running.signing_key,), 3600).issue(sub="x", studies=[study]).token
+        running.kill("gunicorn")
+        for url in (
+            f"{running.url}/t/{token}/dicomweb/studies/{study}/series/{series}/instances",
+            f"{running.url}/t/{token}/dicomweb/studies/{study}/series/{series}/instances/{sop}/frames/1",
+            f"{running.url}/t/{token}/dicomweb/studies/{study}/series/{series}/instances/{sop}",
+        ):
+            answer = requests.get(url, timeout=15)
+            assert answer.status_code == 503, url
+            assert answer.json()["error"] == "gateway_unavailable"
+    finally:
+        running.stop()
