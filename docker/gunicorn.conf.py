@@ -1,14 +1,15 @@
 """Gunicorn settings for the gateway container (``gunicorn --config /etc/dicomgw/gunicorn.conf.py``).
 
-The same numbers as ``dicom-gateway stack up``: gthread workers, because the auth hop is many tiny requests over
-keepalive connections from NGINX (DESIGN.md measured the hop; threads keep those connections cheap). Every value can be
-overridden by an environment variable so compose and ECS tune them without a new image:
+gthread workers, as in ``dicom-gateway stack up``: the auth hop is many tiny requests over keepalive
+connections from NGINX (DESIGN.md measured the hop), and threads keep those connections cheap. Each value
+can be overridden by an environment variable, so compose and ECS tune them without a new image:
 
-``GUNICORN_BIND`` (``0.0.0.0:8000``), ``WEB_CONCURRENCY`` (workers: 2 x CPUs + 1, at most 9), ``GUNICORN_THREADS`` (8),
-``GUNICORN_TIMEOUT`` (300 s: a STOW of a large whole-slide image streams for minutes), ``GUNICORN_KEEPALIVE`` (75 s,
-longer than NGINX's upstream keepalive so NGINX always closes first and never reuses a socket gunicorn just closed).
+- ``GUNICORN_BIND`` (``0.0.0.0:8000``), ``WEB_CONCURRENCY`` (workers: 2 x CPUs + 1, at most 9),
+  ``GUNICORN_THREADS`` (8), ``GUNICORN_TIMEOUT`` (300 s: a STOW of a large whole-slide image streams for
+  minutes), ``GUNICORN_KEEPALIVE`` (75 s, longer than NGINX keeps an idle upstream connection, so NGINX always
+  closes first and never reuses a socket gunicorn has just closed).
 
-The access log stays off: URLs carry tokens (``/t/{token}/...``, ``?token=``); NGINX writes the masked access log.
+The access log stays off: URLs carry tokens (``/t/{token}/...``, ``?token=``); NGINX writes the masked log.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ graceful_timeout = 30
 keepalive = _env_int("GUNICORN_KEEPALIVE", 75)
 # A worker's heartbeat file on tmpfs: a container's overlay filesystem can stall it and get workers killed.
 worker_tmp_dir = "/dev/shm"
-# Recycle workers now and then so a slow leak can never take a task down; jitter avoids all restarting together.
+# Recycle workers now and then so a slow leak never takes a task down; jitter spreads the restarts.
 max_requests = 20000
 max_requests_jitter = 2000
 accesslog = None

@@ -1,9 +1,9 @@
-"""Container health check: ``python healthcheck.py URL`` exits 0 when URL answers 200 within the timeout, else 1.
+"""Container health check: ``python healthcheck.py URL`` exits 0 when URL answers 200 in time, else 1.
 
-The gateway image is python:3.11-slim, which has no curl or wget; this needs nothing but the standard library.
-Used by the gateway image's HEALTHCHECK, the compose file and the ECS task definition. Redirects are not followed
-(a redirect is not health) and nothing from the answer is printed except the status, so no header or token can end
-up in ``docker inspect`` output.
+The gateway image is python:3.11-slim, which has no curl or wget; this needs only the standard library. Used
+by the gateway image's HEALTHCHECK, the compose file and the ECS task definition. Redirects are not followed
+(a redirect is not health), and nothing from the answer is printed but the status, so no header or token can
+end up in ``docker inspect`` output.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ DEFAULT_URL = "http://127.0.0.1:8000/healthz"
 
 
 def check(url: str = DEFAULT_URL, timeout: float = 3.0) -> int:
-    """Return 0 if ``GET url`` answers 200, 1 otherwise (refused, timeout, other status). Only http:// URLs."""
+    """0 if ``GET url`` answers 200, 1 otherwise (refused, timeout, other status). Only http:// URLs."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme != "http" or not parts.hostname:
         print(f"unsupported health check URL: {url}", file=sys.stderr)

@@ -101,10 +101,10 @@ def parse_range(header: str, length: int) -> tuple[int, int] | None:
         last = int(last_s) if last_s else length - 1
     except ValueError:
         return None
-    if first < 0 or last < first:
-        return None
     if first >= length:
         raise RangeNotSatisfiable("range starts beyond the end", length=length)
+    if first < 0 or last < first:
+        return None
     return first, min(last, length - 1)
 
 
@@ -198,16 +198,17 @@ class Planner:
             offers.append(Offer("application/dicom", stored, False))
         offer = negotiate(accept, offers)
         if not offer.multipart:
-            return self.redirect_object(instances[0], "dicom")
+            return self.redirect_object(instances[0], "application/dicom")
         parts = [
             (f"application/dicom; transfer-syntax={i.transfer_syntax_uid}", [self._include(i)]) for i in instances
         ]
         expires = STABLE_PLAN_SECONDS if target.instance is not None else 0
         return self._multipart(parts, "application/dicom", expires)
 
-    def redirect_object(self, instance: CachedInstance, kind: str) -> PlanResponse:
+    def redirect_object(self, instance: CachedInstance, media_type: str) -> PlanResponse:
         origin = self._origin_path(instance.storage_key)
-        return PlanResponse(200, [("X-Accel-Redirect", f"/_obj/{kind}{origin}"), ("X-Accel-Expires", "0")])
+        headers = [("X-Accel-Redirect", f"/_obj{origin}"), ("X-Accel-Expires", "0"), ("Content-Type", media_type)]
+        return PlanResponse(200, headers)
 
     def _frame_offers(self, instance: CachedInstance, single_allowed: bool) -> list[Offer]:
         ts = instance.transfer_syntax_uid
@@ -269,7 +270,7 @@ class Planner:
                     ],
                     self._include(instance, offset + first, last - first + 1),
                 )
-            headers = [("Content-Type", "application/octet-stream"), ("Accept-Ranges", "bytes"), expires]
+            headers = [("Content-Type", "application/octet-stream"), ("X-Dgw-Accept-Ranges", "bytes"), expires]
             return PlanResponse(200, headers, self._include(instance, offset, length) if length else b"")
         include = [self._include(instance, offset, length)] if length else []
         return self._multipart([("application/octet-stream", include)], "application/octet-stream", STABLE_PLAN_SECONDS)
@@ -289,4 +290,4 @@ class Planner:
         series = check_uid(one("seriesUID"), "seriesUID")
         sop = check_uid(one("objectUID"), "objectUID")
         instance = self.instance(study, series, sop)
-        return self.redirect_object(instance, "dicom")
+        return self.redirect_object(instance, "application/dicom")

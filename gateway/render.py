@@ -142,6 +142,6 @@ def thumbnail(services: Services, study: str, series: str, sop: str) -> Response
             path.write_bytes(_encode(image, "image/jpeg", 85))
             services.storage.put_file(key, path)
         services.catalog.set_thumbnail(row.sop_uid, key)
-    response = Response(status=200)
-    response.headers["X-Accel-Redirect"] = f"/_obj/jpeg{services.storage.origin_path(key)}"
+    response = Response(status=200, mimetype="image/jpeg")
+    response.headers["X-Accel-Redirect"] = f"/_obj{services.storage.origin_path(key)}"
     return response

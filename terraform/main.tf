@@ -20,9 +20,9 @@ locals {
 
   public_url = "https://${var.domain_name}"
 
-  # NGINX echoes only these origins (map regex); "^$" matches no origin. Dots are escaped, the rest of an origin
-  # (scheme, host, port) has no regex metacharacters.
-  cors_origin_regex = length(var.cors_origins) == 0 ? "^$" : join("|", [for origin in var.cors_origins : "^${replace(origin, ".", "\\.")}$"])
+  # NGINX echoes only these origins (a map regex, the same form gateway/nginxconf.py builds for the local stack);
+  # "^$" matches no origin a browser sends. Dots are escaped; scheme, host and port hold no other metacharacter.
+  cors_origin_regex = length(var.cors_origins) == 0 ? "^$" : "^(${join("|", [for origin in var.cors_origins : replace(origin, ".", "\\.")])})$"
 }
 
 ################################################################################

@@ -8,6 +8,8 @@ policy's ``[deidentify]`` options (an enabled option's K/C replaces the basic-pr
   an empty sequence is what a clean file carries). UIDs under the ``2.25`` root (UUID-derived, what the
   de-identifier produces and what PS3.15 recommends) are not findings: a scanner cannot tell a remapped UID
   from an original one, and an organisation's own root is what links a UID back to its source.
+- Any code with D: not a finding when every value is a recognisable dummy (``DUMMY_VALUES``: ANONYMIZED,
+  ANONYMOUS, 19000101, 19000101000000, 000000, 0), which PS3.15 allows for D.
 - X/Z/U* on a sequence (Referenced / Source Image Sequence): not a finding itself; its UIDs are checked.
 - K: never a finding.
 - C for dates and times (Modified Dates option): a finding unless the file declares that its dates were
@@ -46,6 +48,7 @@ from gateway.phi.policy import BASIC, Policy
 from gateway.phi.profile import MODIFIED_DATES_CODE, effective_action, is_date_clean, table, tag_text
 from gateway.phi.textrules import (
     BURNED_IN_MODALITIES,
+    DUMMY_VALUES,
     FREE_TEXT_VRS,
     IDENTIFIER_KEYWORDS,
     MAX_AGE_YEARS,
@@ -255,6 +258,10 @@ class _Scanner:
             return (
                 None  # X/Z/U* (Referenced/Source Image Sequence): keep, remap the UIDs inside (checked there)
             )
+        if "D" in action and vr != "UI" and vr != "SQ":
+            values = self._texts(dataset, tag) or []
+            if values and all(value.strip(" \0").upper() in DUMMY_VALUES for value in values):
+                return None
         if vr == "UI" and ("U" in action or "D" in action):
             values = self._texts(dataset, tag) or []
             if all(value.strip(" \0").startswith("2.25.") for value in values if value.strip(" \0")):

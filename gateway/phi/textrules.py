@@ -24,6 +24,9 @@ IDENTIFIER_KEYWORDS = NAME_KEYWORDS | ID_KEYWORDS
 # Modalities whose images are often screen captures or carry operator annotations in the pixels: for these a
 # missing Burned In Annotation is treated like YES.
 BURNED_IN_MODALITIES = frozenset({"US", "IVUS", "SC", "XC", "ES", "GM", "OT", "XA", "RF", "OP", "DOC"})
+# Dummy values PS3.15 "D" allows ("replace with a non-zero length dummy value"): an element coded with D
+# and whose every value is one of these is not a finding. Kept short and obviously fake on purpose.
+DUMMY_VALUES = frozenset({"ANONYMIZED", "ANONYMOUS", "19000101", "19000101000000", "000000", "0"})
 MIN_NAME_PART = 2
 MIN_ID = 3
 MAX_AGE_YEARS = 89

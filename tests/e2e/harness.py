@@ -59,6 +59,18 @@ class RunningStack:
             all_headers.update(self.api_headers)
         return requests.post(f"{root}/studies", data=body, headers=all_headers, timeout=600)
 
+    def storage(self) -> Any:
+        """The stack's storage, opened the way the gateway opens it (same endpoint and credentials)."""
+        from gateway.storage import open_storage
+
+        saved = dict(os.environ)
+        os.environ.update({k: v for k, v in self.stack.extra_env.items() if k.startswith("AWS_")})
+        try:
+            return open_storage(self.stack.storage_url)
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
     def access_log(self) -> list[dict[str, Any]]:
         lines = self.stack.access_log.read_text().splitlines() if self.stack.access_log.exists() else []
         return [json.loads(line) for line in lines]
@@ -81,7 +93,6 @@ def start_stack(var_dir: Path, backend: str, moto: MotoServer | None, **env: str
         create_bucket(moto.endpoint, bucket)
         storage_url = f"s3://{bucket}/data"
         extra.update(AWS_TEST_ENV, AWS_ENDPOINT_URL=moto.endpoint)
-        os.environ.update(AWS_TEST_ENV)  # the harness's own boto3 calls
     stack = Stack(var_dir, port=free_port(), storage_url=storage_url, extra_env=extra)
     stack.start()
     return RunningStack(stack, backend)

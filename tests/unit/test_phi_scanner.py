@@ -411,3 +411,18 @@ def test_one_gigabyte_multiframe_scans_in_bounded_memory(tmp_path: Path) -> None
     # the element stored after 1 GiB of pixel data is still seen
     assert [(f.path, f.rule) for f in report.findings] == [("(7FE1,1001)", "private-tag")]
     assert report.findings[0] == Finding("(7FE1,1001)", "", "private-tag")
+
+
+def test_recognisable_dummy_values_for_d_codes(tmp_path: Path) -> None:
+    ds = clean_dataset()
+    ds.ContentDate = "19000101"  # Z/D
+    ds.ContentTime = "000000"  # Z/D
+    ds.DeviceSerialNumber = "0"  # X/Z/D
+    ds.StudyDate = "19000101"  # Z only: a dummy is still a value
+    ds.ContainerIdentifier = "ANONYMIZED"  # D
+    assert scan(ds, tmp_path) == [("(0008,0020)", "StudyDate", "e1-1:Z")]
+    ds.ContainerIdentifier = "SLIDE-7"
+    assert scan(ds, tmp_path) == [
+        ("(0008,0020)", "StudyDate", "e1-1:Z"),
+        ("(0040,0512)", "ContainerIdentifier", "e1-1:D"),
+    ]

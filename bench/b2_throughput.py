@@ -1,0 +1,136 @@
+"""B2: authenticated ~16 KB frame fetches per second over DISTINCT frames, vs NGINX serving the same bytes as
+static files; same wrk client (bench/paths.lua, round-robin over URLs), same run, same machine.
+
+The input is a JPEG WSI with 336-pixel tiles: its tissue frames are 12-20 KB (about 16 KB on average; the
+background tiles, ~4 KB, are left out). The frames are split into two disjoint sets:
+
+- **first pass**: frames never requested before, so every request misses NGINX's plan cache and Python makes
+  the read plan (wrk reports 0 wraps, i.e. no frame was fetched twice);
+- **steady state**: 2,000 frames whose plans were cached by a warm-up pass, fetched round-robin.
+
+The baseline is a second NGINX rendered by bench/common.py (same worker count and main settings as the
+stack, access log on) serving the steady-state frames' exact bytes as one file each. The baseline runs before
+and after the gateway runs and their mean is the denominator. Requests ask for ``application/octet-stream``
+(single part), so both answers carry exactly the frame's bytes. The auth decision is cached per token and
+series for 2 s (the stack default), as it is for a viewer.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import requests
+
+from bench.common import (
+    Report,
+    header,
+    main,
+    require_wrk,
+    run_dir,
+    run_wrk,
+    running_stack,
+    static_server,
+    timed,
+    uids,
+    wsi,
+)
+
+SEED = 11
+FRAMES = 60_000
+TILE = 336
+STEADY = 2_000
+DURATION = 10.0
+FIRST_PASS_DURATION = 3.0
+CONNECTIONS = 32
+THREADS = 2
+ACCEPT = "application/octet-stream"
+
+
+def run() -> Report:
+    from gateway.synth import wsi_tile
+
+    started = time.perf_counter()
+    report = header("B2", "authenticated ~16 KB frames/s over distinct frames vs static NGINX")
+    require_wrk()
+    path = wsi(seed=SEED, frames=FRAMES, tile=TILE)
+    study, series, sop = uids(path)
+    sizes = {n: len(wsi_tile(SEED, n, frames=FRAMES, tile=TILE)) for n in range(1, FRAMES + 1)}
+    chosen = [n for n, size in sizes.items() if 12_000 <= size <= 20_500]
+    steady, first = chosen[:STEADY], chosen[STEADY:]
+    tiles = {n: wsi_tile(SEED, n, frames=FRAMES, tile=TILE) for n in [*steady, first[-1]]}
+    mean_bytes = statistics.mean(sizes[n] for n in chosen)
+    report.say(f"WSI {FRAMES:,} frames of {TILE}x{TILE}: {len(chosen):,} tissue frames of 12-20.5 KB "
+               f"(mean {mean_bytes:,.0f} bytes per frame); {len(first):,} for the first pass, {STEADY:,} steady")
+
+    with run_dir("b2") as var:
+        files = var / "static" / "f"
+        files.mkdir(parents=True)
+        for n in steady:
+            (files / str(n)).write_bytes(tiles[n])
+        with running_stack(var / "stack") as stack, static_server(var / "static", var / "nginx-static") as static:
+            seconds, size, _ = stack.stow([path])
+            report.say(f"WSI {size / 1e6:.0f} MB stored in {seconds:.1f} s")
+            base = f"{stack.root_path(stack.token([study]))}/studies/{study}/series/{series}/instances/{sop}/frames/"
+            headers = {"Accept": ACCEPT}
+            # correctness once: exact bytes from both servers
+            for n in (steady[0], first[-1]):
+                answer = requests.get(f"{stack.url}{base}{n}", headers=headers, timeout=30)
+                if answer.status_code != 200 or answer.content != tiles[n]:
+                    raise AssertionError(f"gateway frame {n}: {answer.status_code}, not the stored bytes")
+            if requests.get(f"{static}/f/{steady[0]}", timeout=30).content != tiles[steady[0]]:
+                raise AssertionError("static baseline does not serve the frame's bytes")
+            # warm every worker's instance cache on frames outside both sets
+            others = [n for n in range(1, FRAMES + 1, 97) if n not in set(chosen)][:64]
+            _fetch_all(stack.url, base, others, headers)
+
+            static_paths = [f"/f/{n}" for n in steady]
+            static_before = run_wrk(static, static_paths, duration=DURATION, connections=CONNECTIONS, threads=THREADS)
+            report.say(f"static NGINX (before): {static_before.summary()}")
+            first_pass = run_wrk(stack.url, [f"{base}{n}" for n in first], headers=headers,
+                                 duration=FIRST_PASS_DURATION, connections=CONNECTIONS, threads=THREADS)
+            report.say(f"gateway first pass (plans not cached): {first_pass.summary()}, {first_pass.wraps} wraps")
+            warm_started = time.perf_counter()
+            _fetch_all(stack.url, base, steady, headers)
+            report.say(f"warm-up: {STEADY:,} steady-state plans cached in {time.perf_counter() - warm_started:.1f} s")
+            steady_state = run_wrk(stack.url, [f"{base}{n}" for n in steady], headers=headers,
+                                   duration=DURATION, connections=CONNECTIONS, threads=THREADS)
+            report.say(f"gateway steady state (plans cached): {steady_state.summary()}")
+            static_after = run_wrk(static, static_paths, duration=DURATION, connections=CONNECTIONS, threads=THREADS)
+            report.say(f"static NGINX (after): {static_after.summary()}")
+
+    baseline = (static_before.rps + static_after.rps) / 2
+    report.say(f"wrk -t{THREADS} -c{CONNECTIONS}; static baseline = mean of before/after = {baseline:,.0f} req/s")
+    errors = sum(r.errors for r in (static_before, first_pass, steady_state, static_after))
+    clean = errors == 0
+    note = "" if clean else f"{errors} request errors: ratio not trusted"
+    if first_pass.wraps:
+        note += f" first pass wrapped {first_pass.wraps} times (some plans were cached)"
+    report.check("first pass / static req/s", first_pass.rps / baseline, ">= 0.1 (0.25 next)",
+                 clean and first_pass.rps / baseline >= 0.1, note.strip())
+    report.check("steady state / static req/s", steady_state.rps / baseline, ">= 0.1 (0.25 next)",
+                 clean and steady_state.rps / baseline >= 0.1, "" if clean else note.strip())
+    return timed(report, started)
+
+
+def _fetch_all(url: str, base: str, frames: list[int], headers: dict[str, str]) -> None:
+    """GET each frame once with 8 keep-alive sessions; any non-200 is an error."""
+    local: dict[int, requests.Session] = {}
+
+    def one(i: int) -> None:
+        import threading
+
+        session = local.setdefault(threading.get_ident(), requests.Session())
+        answer = session.get(f"{url}{base}{frames[i]}", headers=headers, timeout=60)
+        if answer.status_code != 200:
+            raise AssertionError(f"frame {frames[i]}: {answer.status_code}")
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, range(len(frames))))
+    for session in local.values():
+        session.close()
+
+
+if __name__ == "__main__":
+    main(run)

@@ -1,0 +1,279 @@
+"""Issue 6 through the real NGINX on both storage backends: exact bytes for every frame-index variant,
+bulkdata with and without Range, retrieve, metadata, WADO-URI, negotiation, and failure without corruption."""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import gzip
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+import requests
+
+from gateway.synth import wsi_tile
+from tests.e2e.conftest import uids_of
+from tests.e2e.harness import RunningStack
+
+WSI_VARIANTS = {  # fixture key -> (seed, frames, native)
+    "wsi_bot": (13, 300, False),
+    "wsi_empty": (14, 300, False),
+    "wsi_eot": (15, 300, False),
+    "wsi_frag": (16, 200, False),
+    "wsi_empty_frag": (17, 200, False),
+    "wsi_native": (18, 12, True),
+}
+
+
+def parse_multipart(response: requests.Response) -> list[tuple[str, bytes]]:
+    """(Content-Type exactly as sent, body) of each part, parsed with the standard library's MIME parser."""
+    header = f"Content-Type: {response.headers['Content-Type']}\r\n\r\n".encode()
+    message = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(header + response.content)
+    assert message.is_multipart()
+    return [(str(part["Content-Type"]), part.get_payload(decode=True)) for part in message.get_payload()]
+
+
+@pytest.fixture(scope="module")
+def roots(stack: RunningStack, synthetic: dict[str, Any]) -> dict[str, str]:
+    """A token root per study used below."""
+    studies = {uids_of(p)[0] for p in [synthetic["ct"][0], synthetic["mr"][0]]}
+    studies |= {uids_of(synthetic[k])[0] for k in WSI_VARIANTS}
+    return {study: stack.root(stack.issue([study])["token"]) for study in studies}
+
+
+def instance_url(roots: dict[str, str], path: Path) -> str:
+    study, series, sop = uids_of(path)
+    return f"{roots[study]}/studies/{study}/series/{series}/instances/{sop}"
+
+
+@pytest.mark.parametrize("variant", list(WSI_VARIANTS))
+def test_frames_exact_bytes_for_every_index_variant(
+    stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str], variant: str
+) -> None:
+    seed, frames, native = WSI_VARIANTS[variant]
+    url = instance_url(roots, synthetic[variant])
+    accept = "application/octet-stream" if native else "image/jpeg"
+    for number in (1, frames // 2, frames):
+        answer = requests.get(f"{url}/frames/{number}", headers={"Accept": accept}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        expected = wsi_tile(seed, number, frames=frames, native=native)
+        assert answer.content == expected, f"frame {number}"
+        assert answer.headers["Content-Type"].split(";")[0] == accept
+    missing = requests.get(f"{url}/frames/{frames + 1}", headers={"Accept": accept}, timeout=30)
+    assert missing.status_code == 404
+
+
+def test_frame_list_is_multipart_in_order(stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]) -> None:
+    url = instance_url(roots, synthetic["wsi_frag"])
+    answer = requests.get(f"{url}/frames/5,1,200", timeout=30)
+    assert answer.status_code == 200
+    assert answer.headers["Content-Type"].startswith('multipart/related; type="image/jpeg"; boundary=')
+    parts = parse_multipart(answer)
+    assert [body for _, body in parts] == [wsi_tile(16, n, frames=200) for n in (5, 1, 200)]
+    assert all(ct == "image/jpeg; transfer-syntax=1.2.840.10008.1.2.4.50" for ct, _ in parts)
+
+
+def test_ct_frame_matches_pixel_data(stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]) -> None:
+    path = synthetic["ct"][2]
+    ds = pydicom.dcmread(path)
+    ohif = "multipart/related; type=application/octet-stream; transfer-syntax=*"
+    answer = requests.get(f"{instance_url(roots, path)}/frames/1", headers={"Accept": ohif}, timeout=30)
+    assert answer.status_code == 200
+    [(content_type, body)] = parse_multipart(answer)
+    assert content_type == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"
+    assert body == ds.PixelData
+
+
+@pytest.mark.parametrize(
+    ("accept", "status"),
+    [
+        ('multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.1', 200),
+        ("multipart/related; type=application/octet-stream; transfer-syntax=1.2.840.10008.1.2.4.50", 406),
+        ("image/png", 406),
+        ("text/html, application/octet-stream;q=0.5", 200),
+    ],
+)
+def test_frame_accept_negotiation(
+    stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str], accept: str, status: int
+) -> None:
+    answer = requests.get(f"{instance_url(roots, synthetic['ct'][0])}/frames/1", headers={"Accept": accept}, timeout=30)
+    assert answer.status_code == status
+
+
+def test_accept_query_parameter_wins(stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]) -> None:
+    url = f"{instance_url(roots, synthetic['ct'][0])}/frames/1"
+    answer = requests.get(url, params={"accept": "application/octet-stream"}, headers={"Accept": "image/png"}, timeout=30)
+    assert answer.status_code == 200
+    assert answer.headers["Content-Type"] == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"
+
+
+def test_bulkdata_ranges(stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]) -> None:
+    path = synthetic["ct"][1]
+    pixels = pydicom.dcmread(path).PixelData
+    url = f"{instance_url(roots, path)}/bulkdata/7FE00010"
+    whole = requests.get(url, headers={"Accept": "application/octet-stream"}, timeout=30)
+    assert whole.status_code == 200
+    assert whole.content == pixels
+    assert whole.headers["Accept-Ranges"] == "bytes"
+    part = requests.get(url, headers={"Accept": "application/octet-stream", "Range": "bytes=100-1099"}, timeout=30)
+    assert part.status_code == 206
+    assert part.headers["Content-Range"] == f"bytes 100-1099/{len(pixels)}"
+    assert part.content == pixels[100:1100]
+    tail = requests.get(url, headers={"Range": "bytes=-10"}, timeout=30)
+    assert tail.status_code == 206
+    assert tail.content == pixels[-10:]
+    beyond = requests.get(url, headers={"Range": f"bytes={len(pixels)}-"}, timeout=30)
+    assert beyond.status_code == 416
+    assert beyond.headers["Content-Range"] == f"bytes */{len(pixels)}"
+    multi = requests.get(url, headers={"Accept": 'multipart/related; type="application/octet-stream"'}, timeout=30)
+    assert multi.status_code == 200
+    assert [body for _, body in parse_multipart(multi)] == [pixels]
+
+
+def test_retrieve_instance_single_part_with_range(
+    stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]
+) -> None:
+    path = synthetic["mr"][0]
+    data = path.read_bytes()
+    url = instance_url(roots, path)
+    answer = requests.get(url, headers={"Accept": "application/dicom"}, timeout=30)
+    assert answer.status_code == 200
+    assert answer.content == data
+    assert answer.headers["Content-Length"] == str(len(data))
+    assert answer.headers["Cache-Control"] == "private, max-age=31536000, immutable"
+    etag = answer.headers["ETag"]
+    assert etag.startswith('"') and not etag.startswith("W/")
+    ranged = requests.get(url, headers={"Accept": "application/dicom", "Range": "bytes=128-131"}, timeout=30)
+    assert ranged.status_code == 206
+    assert ranged.content == b"DICM"
+    again = requests.get(url, headers={"Accept": "application/dicom", "If-None-Match": etag}, timeout=30)
+    assert again.status_code == 304
+
+
+def test_retrieve_series_and_study_multipart(
+    stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]
+) -> None:
+    files = sorted(synthetic["ct"], key=lambda p: int(pydicom.dcmread(p, stop_before_pixels=True).InstanceNumber))
+    study, series, _ = uids_of(files[0])
+    answer = requests.get(f"{roots[study]}/studies/{study}/series/{series}", timeout=60)
+    assert answer.status_code == 200
+    assert answer.headers["Content-Type"].startswith('multipart/related; type="application/dicom"')
+    parts = parse_multipart(answer)
+    assert [hashlib.sha256(body).hexdigest() for _, body in parts] == [
+        hashlib.sha256(p.read_bytes()).hexdigest() for p in files
+    ]
+    assert {ct for ct, _ in parts} == {"application/dicom; transfer-syntax=1.2.840.10008.1.2.1"}
+    whole = requests.get(f"{roots[study]}/studies/{study}", headers={"Accept": "multipart/related; type=application/dicom"}, timeout=60)
+    assert whole.status_code == 200
+    assert len(parse_multipart(whole)) == len(synthetic["ct"]) + len(synthetic["ct_b"])
+    refused = requests.get(
+        f"{roots[study]}/studies/{study}",
+        headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50'},
+        timeout=60,
+    )
+    assert refused.status_code == 406
+
+
+def test_metadata_levels_relative_bulkdata_etag_gzip(
+    stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]
+) -> None:
+    path = synthetic["ct"][0]
+    study, series, sop = uids_of(path)
+    root = roots[study]
+    instance = requests.get(f"{root}/studies/{study}/series/{series}/instances/{sop}/metadata", timeout=30)
+    assert instance.status_code == 200
+    assert instance.headers["Content-Type"] == "application/dicom+json"
+    [dataset] = instance.json()
+    assert dataset["7FE00010"] == {"vr": "OW", "BulkDataURI": "bulkdata/7FE00010"}
+    assert dataset["00080018"]["Value"] == [sop]
+    series_md = requests.get(f"{root}/studies/{study}/series/{series}/metadata", timeout=30)
+    uris = {d["7FE00010"]["BulkDataURI"] for d in series_md.json()}
+    assert f"instances/{sop}/bulkdata/7FE00010" in uris
+    # the relative URI resolves against the metadata URL and keeps the token prefix
+    resolved = requests.compat.urljoin(f"{root}/studies/{study}/series/{series}/metadata", f"instances/{sop}/bulkdata/7FE00010")
+    assert resolved.startswith(root)
+    assert requests.get(resolved, headers={"Accept": "application/octet-stream"}, timeout=30).content == pydicom.dcmread(path).PixelData
+    study_md = requests.get(f"{root}/studies/{study}/metadata", timeout=30)
+    assert len(study_md.json()) == len(synthetic["ct"]) + len(synthetic["ct_b"])
+    etag = series_md.headers["ETag"]
+    cached = requests.get(f"{root}/studies/{study}/series/{series}/metadata", headers={"If-None-Match": etag}, timeout=30)
+    assert cached.status_code == 304
+    raw = requests.get(f"{root}/studies/{study}/series/{series}/metadata", headers={"Accept-Encoding": "gzip"},
+                       timeout=30, stream=True)
+    assert raw.headers["Content-Encoding"] == "gzip"
+    assert json.loads(gzip.decompress(raw.raw.read())) == series_md.json()
+
+
+def test_wado_uri(stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]) -> None:
+    path = synthetic["ct"][0]
+    study, series, sop = uids_of(path)
+    params = {"requestType": "WADO", "studyUID": study, "seriesUID": series, "objectUID": sop}
+    dicom = requests.get(f"{roots[study]}/wado", params={**params, "contentType": "application/dicom"}, timeout=30)
+    assert dicom.status_code == 200
+    assert dicom.content == path.read_bytes()
+    ranged = requests.get(f"{roots[study]}/wado", params={**params, "contentType": "application/dicom"},
+                          headers={"Range": "bytes=0-127"}, timeout=30)
+    assert ranged.status_code == 206
+    assert len(ranged.content) == 128
+    jpeg = requests.get(f"{roots[study]}/wado", params=params, timeout=30)
+    assert jpeg.status_code == 200
+    assert jpeg.headers["Content-Type"] == "image/jpeg"
+    assert jpeg.content[:2] == b"\xff\xd8"
+    other = uids_of(synthetic["mr"][0])
+    denied = requests.get(f"{roots[study]}/wado", params={**params, "studyUID": other[0], "seriesUID": other[1]},
+                          timeout=30)
+    assert denied.status_code == 403
+
+
+def test_rendered_and_thumbnail(stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]) -> None:
+    url = instance_url(roots, synthetic["ct"][0])
+    rendered = requests.get(f"{url}/rendered", headers={"Accept": "image/png"}, params={"viewport": "64,64"}, timeout=30)
+    assert rendered.status_code == 200
+    assert rendered.headers["Content-Type"] == "image/png"
+    assert rendered.content[:8] == b"\x89PNG\r\n\x1a\n"
+    first = requests.get(f"{url}/thumbnail", timeout=30)
+    second = requests.get(f"{url}/thumbnail", timeout=30)
+    assert first.status_code == second.status_code == 200
+    assert first.headers["Content-Type"] == "image/jpeg"
+    assert first.content == second.content and first.content[:2] == b"\xff\xd8"
+    assert second.headers["ETag"]  # served from storage by NGINX
+    tile = requests.get(f"{instance_url(roots, synthetic['wsi_bot'])}/frames/7/rendered", timeout=30)
+    assert tile.status_code == 200 and tile.content[:2] == b"\xff\xd8"
+
+
+def test_qido_is_scoped_to_the_token(stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]) -> None:
+    study = uids_of(synthetic["ct"][0])[0]
+    root = roots[study]
+    for level in ("studies", "series", "instances"):
+        answer = requests.get(f"{root}/{level}", timeout=30)
+        assert answer.status_code == 200
+        assert {item["0020000D"]["Value"][0] for item in answer.json()} == {study}, level
+    assert requests.get(f"{root}/studies", params={"PatientID": "nobody"}, timeout=30).json() == []
+
+
+def test_storage_error_aborts_instead_of_corrupting(
+    stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str], tmp_path: Path
+) -> None:
+    """A missing object mid-plan must end in a failed transfer, never a 200 body with an error page inside."""
+    path = synthetic["wsi_native"]
+    study, series, sop = uids_of(path)
+    key = f"studies/{study}/series/{series}/instances/{sop}.dcm"
+    url = f"{instance_url(roots, path)}/frames/1,2"
+    assert requests.get(url, timeout=30).status_code == 200
+    storage = stack.storage()
+    saved = tmp_path / "saved.dcm"
+    storage.download(key, saved)
+    storage.delete(key)
+    try:
+        # NGINX closes the connection: before the headers or in the middle of the chunked body
+        with pytest.raises((requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError)):
+            answer = requests.get(url, timeout=30)
+            assert b"<html" not in answer.content.lower()  # reached only if the transfer did not fail
+    finally:
+        storage.put_file(key, saved)
+    assert requests.get(url, timeout=30).status_code == 200
+

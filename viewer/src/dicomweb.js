@@ -1,0 +1,114 @@
+// The few DICOMweb calls the viewer makes itself (QIDO and series metadata), and the URLs it hands to the image
+// loader. Every request is CORS-simple: GET, no Authorization header, no custom header, an Accept value without
+// quotes; the credential is the token in the path (or the first-party cookie in the WebView flow).
+
+/** A failed gateway call: HTTP status (0 when the network failed) and the gateway's machine-readable code. */
+export class GatewayError extends Error {
+  constructor(status, code, detail) {
+    super(`gateway answered ${status} ${code}`);
+    this.name = 'GatewayError';
+    this.status = status;
+    this.code = code;
+    this.detail = detail;
+  }
+}
+
+const tag = (obj, key) => obj?.[key]?.Value?.[0];
+export const dicom = {
+  string: (obj, key) => {
+    const v = tag(obj, key);
+    if (v && typeof v === 'object' && 'Alphabetic' in v) return v.Alphabetic;
+    return v === undefined || v === null ? '' : String(v);
+  },
+  number: (obj, key) => {
+    const v = Number(tag(obj, key));
+    return Number.isFinite(v) ? v : null;
+  },
+};
+
+export class DicomWebClient {
+  /** @param {string} root e.g. `/t/{token}/dicomweb` (same origin) */
+  constructor(root) {
+    this.root = root;
+  }
+
+  async json(path) {
+    let response;
+    try {
+      response = await fetch(this.root + path, {
+        headers: { Accept: 'application/dicom+json' },
+        credentials: 'same-origin',
+        referrerPolicy: 'no-referrer',
+        cache: 'no-store',
+      });
+    } catch {
+      throw new GatewayError(0, 'network', 'the gateway could not be reached');
+    }
+    if (!response.ok) {
+      let body = {};
+      try {
+        body = await response.json();
+      } catch {
+        // NGINX's own 502/503 pages are HTML; the status says enough.
+      }
+      throw new GatewayError(response.status, String(body.error || ''), String(body.detail || ''));
+    }
+    if (response.status === 204) return [];
+    return response.json();
+  }
+
+  /** QIDO series of a study, sorted by SeriesNumber. */
+  async series(study) {
+    const list = await this.json(`/studies/${study}/series`);
+    return list
+      .map((s) => ({
+        uid: dicom.string(s, '0020000E'),
+        modality: dicom.string(s, '00080060'),
+        description: dicom.string(s, '0008103E'),
+        number: dicom.number(s, '00200011'),
+        instances: dicom.number(s, '00201209'),
+      }))
+      .sort((a, b) => (a.number ?? 1e9) - (b.number ?? 1e9));
+  }
+
+  metadata(study, series) {
+    return this.json(`/studies/${study}/series/${series}/metadata`);
+  }
+
+  thumbnailUrl(study, series) {
+    return `${this.root}/studies/${study}/series/${series}/thumbnail`;
+  }
+
+  /** The absolute frame URL, which the image loader fetches with an unquoted multipart Accept. */
+  frameUrl(study, series, instance, frame) {
+    return `${location.origin}${this.root}/studies/${study}/series/${series}/instances/${instance}/frames/${frame}`;
+  }
+}
+
+/**
+ * Order a series' instance metadata and expand it to one image per frame.
+ * Single-frame instances sort by InstanceNumber, then by position along the slice normal; a multi-frame instance
+ * (the whole-slide image) contributes frames 1..NumberOfFrames in order.
+ * @returns {{instance: object, sop: string, frame: number}[]}
+ */
+export function framesOf(metadata) {
+  const position = (m) => {
+    const ipp = m['00200032']?.Value;
+    const iop = m['00200037']?.Value;
+    if (!ipp || !iop || iop.length !== 6) return 0;
+    const [a, b, c, d, e, f] = iop.map(Number);
+    const n = [b * f - c * e, c * d - a * f, a * e - b * d];
+    return n[0] * ipp[0] + n[1] * ipp[1] + n[2] * ipp[2];
+  };
+  const sorted = [...metadata].sort(
+    (x, y) =>
+      (dicom.number(x, '00200013') ?? 0) - (dicom.number(y, '00200013') ?? 0) || position(x) - position(y),
+  );
+  const frames = [];
+  for (const instance of sorted) {
+    const sop = dicom.string(instance, '00080018');
+    const count = Math.max(1, dicom.number(instance, '00280008') ?? 1);
+    for (let frame = 1; frame <= count; frame += 1) frames.push({ instance, sop, frame });
+  }
+  return frames;
+}

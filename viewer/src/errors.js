@@ -1,0 +1,35 @@
+// What the user sees when the link or the gateway fails: a plain sentence and what to do, never a stack trace.
+import { GatewayError } from './dicomweb.js';
+
+const MESSAGES = {
+  expired: ['This link has expired', 'Study links are valid for a limited time. Open the study again from your portal to get a new link.'],
+  revoked: ['This link is no longer valid', 'Access through this link was withdrawn or the link is damaged. Open the study again from your portal.'],
+  forbidden: ['This link does not cover this study', 'The link you used does not give access to these images. Open the study again from your portal.'],
+  notfound: ['Study not found', 'The study in this link is not on the server (any more).'],
+  unavailable: ['The image server is not reachable', 'The server is down or restarting. Try again in a minute.'],
+  nolink: ['No study to show', 'Open this viewer through a study link from your portal.'],
+  failed: ['The study could not be loaded', 'Something went wrong on the server. Try again later.'],
+};
+
+/** Map a failure to one of the kinds above. */
+export function classify(error) {
+  if (!(error instanceof GatewayError)) return 'failed';
+  const codes = `${error.code} ${error.detail}`;
+  if (error.status === 401) return codes.includes('expired') ? 'expired' : 'revoked';
+  if (error.status === 403) return 'forbidden';
+  if (error.status === 404) return 'notfound';
+  if (error.status === 0 || error.status === 502 || error.status === 503 || error.status === 504) return 'unavailable';
+  return 'failed';
+}
+
+/** Replace the viewer with the error screen; `kind` goes to `data-kind` for tests and embedding pages. */
+export function showError(kind, status = null) {
+  const [title, text] = MESSAGES[kind] || MESSAGES.failed;
+  const screen = document.getElementById('error');
+  document.getElementById('error-title').textContent = title;
+  document.getElementById('error-text').textContent = text + (status ? ` (HTTP ${status})` : '');
+  screen.dataset.kind = kind;
+  screen.hidden = false;
+  document.getElementById('app').hidden = true;
+  document.title = `${title} · DICOM viewer`;
+}

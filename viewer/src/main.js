@@ -1,0 +1,199 @@
+// The viewer page: read the link, list the series, show one as a scrollable stack, report progress and errors.
+import './style.css';
+import { DicomWebClient, GatewayError, dicom, framesOf } from './dicomweb.js';
+import { classify, showError } from './errors.js';
+import { dicomwebRoot, takeLinkFromLocation } from './fragment.js';
+import { Enums, Stage, eventTarget } from './stage.js';
+
+// Fetch every frame of a series up front when it is this small (a CT series); larger ones (whole-slide images)
+// load around the current frame only.
+const PREFETCH_ALL = 600;
+const PREFETCH_AROUND = 8;
+
+const $ = (id) => document.getElementById(id);
+const state = { client: null, study: null, stage: null, series: null, loaded: new Set(), failed: false };
+
+function setStatus() {
+  const stage = state.stage;
+  const el = $('viewport');
+  if (!stage || !stage.imageIds.length) return;
+  const index = stage.index;
+  el.dataset.index = String(index);
+  el.dataset.count = String(stage.imageIds.length);
+  const s = state.series;
+  const voi = stage.isColor() ? null : stage.voi();
+  $('overlay-tl').textContent = `${s.modality} ${s.description}`.trim();
+  const frame = state.tiles ? tileLabel(index) : `Image ${index + 1} / ${stage.imageIds.length}`;
+  $('overlay-br').textContent = voi ? `${frame}\nW ${Math.round(voi.width)}  L ${Math.round(voi.center)}` : frame;
+}
+
+function tileLabel(index) {
+  const { columns } = state.tiles;
+  return `Tile ${index + 1} / ${state.stage.imageIds.length} (column ${(index % columns) + 1}, row ${Math.floor(index / columns) + 1})`;
+}
+
+function setProgress(done, total, label) {
+  const box = $('progress');
+  const el = $('viewport');
+  el.dataset.loaded = String(done);
+  if (done >= total) {
+    box.hidden = true;
+    return;
+  }
+  box.hidden = false;
+  $('progress-bar').style.width = `${Math.round((100 * done) / Math.max(total, 1))}%`;
+  $('progress-text').textContent = label || `Loading ${done} / ${total}`;
+}
+
+/** An image failed: ask the gateway why (token expired? gateway down?) and show the error screen if it says so. */
+async function onLoadFailure() {
+  if (state.failed) return;
+  try {
+    await state.client.json(`/studies/${state.study}/series?limit=1`);
+    $('status').textContent = 'Some images could not be loaded.';
+  } catch (error) {
+    state.failed = true;
+    showError(classify(error), error instanceof GatewayError ? error.status : null);
+  }
+}
+
+function prefetchAround(index) {
+  const ids = state.stage.imageIds;
+  const wanted = [];
+  for (let d = 1; d <= PREFETCH_AROUND; d += 1) {
+    for (const i of [index + d, index - d]) {
+      if (i >= 0 && i < ids.length && !state.loaded.has(ids[i])) wanted.push(ids[i]);
+    }
+  }
+  wanted.forEach((id) => state.loaded.add(id));
+  state.stage.prefetch(wanted, (_, error) => error && onLoadFailure());
+}
+
+async function openSeries(series) {
+  const { client, study, stage } = state;
+  state.series = series;
+  state.loaded = new Set();
+  for (const button of document.querySelectorAll('#series button')) {
+    button.setAttribute('aria-current', String(button.dataset.uid === series.uid));
+  }
+  const el = $('viewport');
+  el.dataset.state = 'loading';
+  setProgress(0, 1, 'Loading series…');
+  const metadata = await client.metadata(study, series.uid);
+  const frames = framesOf(metadata);
+  const imageIds = stage.register(frames, (sop, frame) => client.frameUrl(study, series.uid, sop, frame));
+  const first = metadata[0] || {};
+  const matrix = dicom.number(first, '00480006');
+  const cols = dicom.number(first, '00280011');
+  state.tiles = frames.length > 1 && matrix && cols ? { columns: Math.ceil(matrix / cols) } : null;
+  const color = (dicom.number(first, '00280002') ?? 1) > 1;
+  for (const button of document.querySelectorAll('#presets button')) button.disabled = color;
+
+  await stage.show(imageIds, 0);
+  el.dataset.state = 'ready';
+  el.dataset.series = series.uid;
+  setStatus();
+
+  if (imageIds.length <= PREFETCH_ALL) {
+    let done = 0;
+    const total = imageIds.length;
+    setProgress(0, total);
+    imageIds.forEach((id) => state.loaded.add(id));
+    stage.prefetch(imageIds, (_, error) => {
+      done += 1;
+      if (state.series !== series) return;
+      setProgress(done, total);
+      if (error) onLoadFailure();
+    });
+  } else {
+    setProgress(1, 1);
+    prefetchAround(0);
+  }
+}
+
+function renderSeriesList(list) {
+  const nav = $('series');
+  nav.replaceChildren();
+  for (const series of list) {
+    const button = document.createElement('button');
+    button.type = 'button';
+    button.dataset.uid = series.uid;
+    const img = document.createElement('img');
+    img.alt = '';
+    img.loading = 'lazy';
+    img.decoding = 'async';
+    img.referrerPolicy = 'no-referrer';
+    img.src = state.client.thumbnailUrl(state.study, series.uid);
+    img.addEventListener('error', () => img.classList.add('missing'));
+    const label = document.createElement('span');
+    const count = series.instances ? ` · ${series.instances}` : '';
+    label.textContent = `${series.modality || '?'} ${series.description || ''}${count}`.trim();
+    button.append(img, label);
+    button.addEventListener('click', () => openSeries(series).catch(fail));
+    nav.append(button);
+  }
+}
+
+function fail(error) {
+  if (state.failed) return;
+  state.failed = true;
+  // Log the kind only: error objects can carry URLs, and URLs carry the token.
+  console.warn('viewer error:', classify(error));
+  showError(classify(error), error instanceof GatewayError ? error.status : null);
+}
+
+function bindControls(stage) {
+  for (const button of document.querySelectorAll('#presets button')) {
+    button.addEventListener('click', () => {
+      stage.setPreset(button.dataset.preset);
+      setStatus();
+    });
+  }
+  $('reset').addEventListener('click', () => {
+    stage.reset();
+    setStatus();
+  });
+  const keys = { ArrowDown: 1, ArrowRight: 1, PageDown: 10, ArrowUp: -1, ArrowLeft: -1, PageUp: -10 };
+  window.addEventListener('keydown', (event) => {
+    if (!stage.imageIds.length || event.altKey || event.ctrlKey || event.metaKey) return;
+    if (event.target instanceof HTMLButtonElement && (event.key === 'Enter' || event.key === ' ')) return;
+    let target = null;
+    if (event.key in keys) target = stage.index + keys[event.key];
+    else if (event.key === 'Home') target = 0;
+    else if (event.key === 'End') target = stage.imageIds.length - 1;
+    if (target === null) return;
+    event.preventDefault();
+    stage.go(target).catch(onLoadFailure);
+  });
+  const el = $('viewport');
+  el.addEventListener(Enums.Events.STACK_NEW_IMAGE, () => {
+    setStatus();
+    if (state.stage.imageIds.length > PREFETCH_ALL) prefetchAround(stage.index);
+  });
+  el.addEventListener(Enums.Events.VOI_MODIFIED, setStatus);
+  eventTarget.addEventListener(Enums.Events.IMAGE_LOAD_FAILED, onLoadFailure);
+}
+
+async function main() {
+  const link = takeLinkFromLocation();
+  if (link.problem) {
+    showError(link.problem === 'bad_token' ? 'revoked' : 'nolink');
+    return;
+  }
+  state.study = link.study;
+  state.client = new DicomWebClient(dicomwebRoot(link.token));
+  setProgress(0, 1, 'Opening study…');
+  const series = await state.client.series(link.study);
+  if (!series.length) {
+    showError('notfound');
+    return;
+  }
+  state.stage = new Stage($('viewport'));
+  await state.stage.init();
+  bindControls(state.stage);
+  renderSeriesList(series);
+  await openSeries(series[0]);
+  $('viewport').focus({ preventScroll: true });
+}
+
+main().catch(fail);
