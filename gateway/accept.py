@@ -34,7 +34,9 @@ class Offer:
 
 
 def _split_outside_quotes(value: str, sep: str) -> list[str]:
-    parts, current, quoted = [], [], False
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = False
     for char in value:
         if char == '"':
             quoted = not quoted
@@ -83,7 +85,9 @@ def _matches(media_range: MediaRange, offer: Offer, default_part: str) -> bool:
         if not offer.multipart:
             return False
         part = media_range.params.get("type", default_part)
-        return part in (offer.part_type, "*/*") or (part.endswith("/*") and offer.part_type.startswith(part[:-1]))
+        return part in (offer.part_type, "*/*") or (
+            part.endswith("/*") and offer.part_type.startswith(part[:-1])
+        )
     if offer.multipart:
         return media_range.media_type == "*/*"
     if media_range.media_type == "*/*":
@@ -105,4 +109,6 @@ def negotiate(accept: str, offers: list[Offer]) -> Offer:
         for offer in offers:
             if _matches(media_range, offer, default_part):
                 return offer
-    raise NotAcceptable("none of the accepted media types can be produced from the stored data (no transcoding)")
+    raise NotAcceptable(
+        "none of the accepted media types can be produced from the stored data (no transcoding)"
+    )

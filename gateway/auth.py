@@ -203,7 +203,12 @@ class Authorizer:
         return any(matches)
 
     def decide(
-        self, method: str, raw_uri: str, cookie_header: str = "", authorization: str = "", now: int | None = None
+        self,
+        method: str,
+        raw_uri: str,
+        cookie_header: str = "",
+        authorization: str = "",
+        now: int | None = None,
     ) -> Decision:
         if method not in READ_METHODS and method not in WRITE_METHODS:
             raise OutOfScope(f"method {method} is not allowed")

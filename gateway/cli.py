@@ -33,7 +33,9 @@ def stack() -> None:
 @click.option("--port", default=8080, show_default=True, help="Port NGINX listens on.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address NGINX listens on.")
 @click.option("--storage", "storage_url", default="", help="Storage URL (default file://$PWD/var/objects).")
-@click.option("--database", "database_url", default="", help="Catalog URL (default sqlite:///$PWD/var/catalog.db).")
+@click.option(
+    "--database", "database_url", default="", help="Catalog URL (default sqlite:///$PWD/var/catalog.db)."
+)
 @click.option("--var", "var_dir", default="var", show_default=True, type=click.Path(path_type=Path))
 @click.option("--no-seed", is_flag=True, help="Do not load the synthetic studies.")
 @click.option("--tls", is_flag=True, help="Serve HTTPS with HTTP/2 on a generated self-signed certificate.")
@@ -46,7 +48,12 @@ def stack_up(
 
     passthrough = {k: v for k, v in os.environ.items() if k.startswith("DICOMGW_") or k == "AWS_ENDPOINT_URL"}
     the_stack = Stack(
-        var_dir, port=port, host=host, storage_url=storage_url, database_url=database_url, tls=tls,
+        var_dir,
+        port=port,
+        host=host,
+        storage_url=storage_url,
+        database_url=database_url,
+        tls=tls,
         extra_env=passthrough,
     )
     stop = threading.Event()
@@ -104,7 +111,9 @@ def token() -> None:
 @click.option("--action", "action", type=click.Choice(["read", "write"]), default="read", show_default=True)
 @click.option("--ttl", type=int, default=None, help="Lifetime in seconds (capped by DICOMGW_TOKEN_MAX_TTL).")
 @click.option("--sub", default="cli", show_default=True, help="Who the token is for (audit log).")
-@click.option("--url", "base_url", default="", help="Public base URL (default DICOMGW_PUBLIC_URL or localhost:8080).")
+@click.option(
+    "--url", "base_url", default="", help="Public base URL (default DICOMGW_PUBLIC_URL or localhost:8080)."
+)
 def token_issue(
     studies: tuple[str, ...], series: tuple[str, ...], action: str, ttl: int | None, sub: str, base_url: str
 ) -> None:
@@ -176,3 +185,5 @@ def _add_optional_commands() -> None:
 
 
 _add_optional_commands()
+if __name__ == "__main__":
+    main()

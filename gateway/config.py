@@ -18,23 +18,51 @@ PREFIX = "DICOMGW_"
 
 # name -> (required in production, default, meaning). The README's variable table is generated from this.
 VARIABLES: dict[str, tuple[bool, str, str]] = {
-    "SIGNING_KEYS": (True, "", "Comma-separated token signing keys, oldest first; the newest signs, all verify."),
+    "SIGNING_KEYS": (
+        True,
+        "",
+        "Comma-separated token signing keys, oldest first; the newest signs, all verify.",
+    ),
     "API_KEYS": (True, "", "Comma-separated API keys for server-to-server calls (tokens, admin)."),
-    "STORAGE_URL": (True, "", "`file:///abs/dir` or `s3://bucket/prefix` (S3-compatible via `AWS_ENDPOINT_URL`)."),
+    "STORAGE_URL": (
+        True,
+        "",
+        "`file:///abs/dir` or `s3://bucket/prefix` (S3-compatible via `AWS_ENDPOINT_URL`).",
+    ),
     "DATABASE_URL": (True, "", "Catalog: `sqlite:///path.db` or `postgresql://user:pass@host/db`."),
     "PHI_POLICY": (False, "", "Path of the PHI / data-sovereignty policy (TOML). Empty: no PHI hooks run."),
-    "PUBLIC_URL": (False, "", "External base URL (`https://dicom.example.org`) used in viewer and DICOMweb URLs."),
-    "CORS_ORIGINS": (False, "", "Comma-separated origins allowed to call DICOMweb from a browser (exact match)."),
+    "PUBLIC_URL": (
+        False,
+        "",
+        "External base URL (`https://dicom.example.org`) used in viewer and DICOMweb URLs.",
+    ),
+    "CORS_ORIGINS": (
+        False,
+        "",
+        "Comma-separated origins allowed to call DICOMweb from a browser (exact match).",
+    ),
     "TOKEN_MAX_TTL": (False, "3600", "Upper bound, in seconds, on any token's lifetime."),
     "TOKEN_DEFAULT_TTL": (False, "900", "Token lifetime when the request names none."),
     "MODE": (False, "production", "`production` (every required value must be set) or `development`."),
-    "TLS": (False, "0", "1 when clients reach NGINX over HTTPS: cookies get `Secure` and the `__Host-` prefix."),
-    "COOKIE_SAMESITE": (False, "Lax", "SameSite of the session cookie: `Lax`, `Strict`, or `None` for iframes."),
+    "TLS": (
+        False,
+        "0",
+        "1 when clients reach NGINX over HTTPS: cookies get `Secure` and the `__Host-` prefix.",
+    ),
+    "COOKIE_SAMESITE": (
+        False,
+        "Lax",
+        "SameSite of the session cookie: `Lax`, `Strict`, or `None` for iframes.",
+    ),
     "REVOCATION_REFRESH": (False, "2", "Seconds between reloads of the revocation list from the catalog."),
     "STOW_OVERWRITE": (False, "0", "1: a STOW of a known SOP Instance UID with different bytes replaces it."),
     "BULKDATA_THRESHOLD": (False, "1024", "Binary elements longer than this many bytes become BulkDataURIs."),
     "DEID_KEY": (False, "", "Secret for keyed UID remapping and date shifting when de-identifying."),
-    "TMP_DIR": (False, "", "Where uploads are spooled before they are stored (default: the system temp dir)."),
+    "TMP_DIR": (
+        False,
+        "",
+        "Where uploads are spooled before they are stored (default: the system temp dir).",
+    ),
 }
 
 
@@ -114,7 +142,9 @@ class Settings:
             raise ConfigError(PREFIX + "COOKIE_SAMESITE", "expected Lax, Strict or None")
         tls = _flag("TLS", values["TLS"])
         if samesite == "None" and not tls:
-            raise ConfigError(PREFIX + "COOKIE_SAMESITE", "None requires DICOMGW_TLS=1 (browsers demand Secure)")
+            raise ConfigError(
+                PREFIX + "COOKIE_SAMESITE", "None requires DICOMGW_TLS=1 (browsers demand Secure)"
+            )
         max_ttl = _int("TOKEN_MAX_TTL", values["TOKEN_MAX_TTL"], 1)
         policy = values["PHI_POLICY"]
         if policy and not Path(policy).is_file():

@@ -25,9 +25,19 @@ log = logging.getLogger("gateway.fastpath")
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
-_REASONS = {200: "OK", 204: "No Content", 206: "Partial Content", 400: "Bad Request", 401: "Unauthorized",
-            403: "Forbidden", 404: "Not Found", 406: "Not Acceptable", 416: "Range Not Satisfiable",
-            500: "Internal Server Error", 503: "Service Unavailable"}
+_REASONS = {
+    200: "OK",
+    204: "No Content",
+    206: "Partial Content",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    406: "Not Acceptable",
+    416: "Range Not Satisfiable",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 
 def _status(code: int) -> str:
@@ -106,7 +116,9 @@ class FastPath:
         except Exception:
             log.exception("read plan failed")
             body = b'{"error":"internal_error","detail":"the read plan could not be made"}'
-            start_response(_status(500), [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            start_response(
+                _status(500), [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+            )
             return [body]
         headers = [*response.headers, ("Content-Length", str(len(response.body)))]
         start_response(_status(response.status), headers)

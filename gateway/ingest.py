@@ -82,7 +82,10 @@ def read_header(path: Path) -> Header:
             raise DicomError(f"{keyword} is missing or not a valid UID")
         values[keyword] = value
     return Header(
-        values["StudyInstanceUID"], values["SeriesInstanceUID"], values["SOPInstanceUID"], values["SOPClassUID"]
+        values["StudyInstanceUID"],
+        values["SeriesInstanceUID"],
+        values["SOPInstanceUID"],
+        values["SOPClassUID"],
     )
 
 
@@ -189,7 +192,9 @@ class Ingestor:
             policy_version=outcome.audit.get("policy_version"),
         )
 
-    def _quarantine(self, path: Path, context: UploadContext, header: Header, outcome: HookOutcome) -> IngestResult:
+    def _quarantine(
+        self, path: Path, context: UploadContext, header: Header, outcome: HookOutcome
+    ) -> IngestResult:
         key = "quarantine/" + instance_key(header.study_uid, header.series_uid, header.sop_uid)
         self.storage.put_file(key, path)
         self.catalog.add_quarantine(
@@ -213,7 +218,9 @@ class Ingestor:
             storage_key=key,
         )
 
-    def _store(self, path: Path, context: UploadContext, original: Header, outcome: HookOutcome) -> IngestResult:
+    def _store(
+        self, path: Path, context: UploadContext, original: Header, outcome: HookOutcome
+    ) -> IngestResult:
         try:
             indexed = index_file(path, bulkdata_threshold=self.settings.bulkdata_threshold)
         except DicomError as error:
@@ -234,11 +241,22 @@ class Ingestor:
             series_uid=indexed.series_uid,
             report=outcome.report,
         )
-        storage = self.storage
-        if outcome.destination and outcome.destination != "default":
-            storage = self.destinations.get(outcome.destination, storage)
         key = instance_key(indexed.study_uid, indexed.series_uid, indexed.sop_uid)
         result.storage_key = key
+        if outcome.destination:
+            destination = self.destinations.get(outcome.destination)
+            if destination is None:  # fail closed: never fall back to another place
+                result.status = "failed"
+                result.failure_reason = PROCESSING_FAILURE
+                result.detail = "the policy named a destination this gateway cannot write to"
+                return result
+            if destination is not self.storage:
+                # Routed elsewhere (another region): durable there and audited here; the gateway of that
+                # destination serves it, so it is not registered in this catalog.
+                destination.put_file(key, path)
+                self._audit(context, original, outcome)
+                result.detail = "stored in another destination by policy"
+                return result
         digest = sha256_of(path)
         existing = self.catalog.get_instance(indexed.sop_uid)
         if existing is not None and existing.sha256 == digest:
@@ -249,7 +267,7 @@ class Ingestor:
             result.failure_reason = DUPLICATE_DIFFERENT
             result.detail = "an instance with this SOP Instance UID and different content is already stored"
             return result
-        stored = storage.put_file(key, path)
+        stored = self.storage.put_file(key, path)
         record = InstanceRecord.from_indexed(
             indexed,
             storage_key=key,

@@ -181,7 +181,9 @@ class Planner:
             body += b"\r\n"
         body += f"--{boundary}--\r\n".encode()
         content_type = f'multipart/related; type="{part_type}"; boundary={boundary}'
-        return PlanResponse(200, [("Content-Type", content_type), ("X-Accel-Expires", str(expires))], bytes(body))
+        return PlanResponse(
+            200, [("Content-Type", content_type), ("X-Accel-Expires", str(expires))], bytes(body)
+        )
 
     def _retrieve(self, target: Target, accept: str) -> PlanResponse:
         if target.instance is not None:
@@ -200,14 +202,19 @@ class Planner:
         if not offer.multipart:
             return self.redirect_object(instances[0], "application/dicom")
         parts = [
-            (f"application/dicom; transfer-syntax={i.transfer_syntax_uid}", [self._include(i)]) for i in instances
+            (f"application/dicom; transfer-syntax={i.transfer_syntax_uid}", [self._include(i)])
+            for i in instances
         ]
         expires = STABLE_PLAN_SECONDS if target.instance is not None else 0
         return self._multipart(parts, "application/dicom", expires)
 
     def redirect_object(self, instance: CachedInstance, media_type: str) -> PlanResponse:
         origin = self._origin_path(instance.storage_key)
-        headers = [("X-Accel-Redirect", f"/_obj{origin}"), ("X-Accel-Expires", "0"), ("Content-Type", media_type)]
+        headers = [
+            ("X-Accel-Redirect", f"/_obj{origin}"),
+            ("X-Accel-Expires", "0"),
+            ("Content-Type", media_type),
+        ]
         return PlanResponse(200, headers)
 
     def _frame_offers(self, instance: CachedInstance, single_allowed: bool) -> list[Offer]:
@@ -270,10 +277,16 @@ class Planner:
                     ],
                     self._include(instance, offset + first, last - first + 1),
                 )
-            headers = [("Content-Type", "application/octet-stream"), ("X-Dgw-Accept-Ranges", "bytes"), expires]
+            headers = [
+                ("Content-Type", "application/octet-stream"),
+                ("X-Dgw-Accept-Ranges", "bytes"),
+                expires,
+            ]
             return PlanResponse(200, headers, self._include(instance, offset, length) if length else b"")
         include = [self._include(instance, offset, length)] if length else []
-        return self._multipart([("application/octet-stream", include)], "application/octet-stream", STABLE_PLAN_SECONDS)
+        return self._multipart(
+            [("application/octet-stream", include)], "application/octet-stream", STABLE_PLAN_SECONDS
+        )
 
     def _wado(self, params: dict[str, list[str]]) -> PlanResponse:
         """WADO-URI (PS3.18 9): the DICOM object itself; rendered types are answered by the rendering view."""

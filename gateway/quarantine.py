@@ -17,7 +17,9 @@ from gateway.services import Services
 def release(services: Services, key: str) -> dict[str, Any]:
     if services.catalog.get_quarantine(key) is None:
         raise NotFound("no such quarantined object")
-    ingestor = Ingestor(services.settings, services.storage, services.catalog, [], spool_dir=services.spool_dir)
+    ingestor = Ingestor(
+        services.settings, services.storage, services.catalog, [], spool_dir=services.spool_dir
+    )
     with tempfile.TemporaryDirectory(dir=services.spool_dir) as tmp:
         local = Path(tmp) / "released.dcm"
         services.storage.download(key, local)

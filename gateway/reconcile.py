@@ -46,7 +46,12 @@ def reconcile(settings: Settings, *, repair: bool) -> dict[str, Any]:
                 head = storage.head(key)
                 assert head is not None
                 record = InstanceRecord.from_indexed(
-                    indexed, storage_key=key, size=head.size, sha256=sha256_of(local), etag=head.etag, replace=False
+                    indexed,
+                    storage_key=key,
+                    size=head.size,
+                    sha256=sha256_of(local),
+                    etag=head.etag,
+                    replace=False,
                 )
                 catalog.register_instance(record)
                 repaired.append(key)

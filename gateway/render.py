@@ -39,7 +39,10 @@ def _frame_bytes(services: Services, row: Any, frame: int) -> bytes:
     cached = to_cached(row)
     if cached.frames is None:
         raise NotAcceptable("this instance's frames cannot be rendered (not range-servable)")
-    return b"".join(services.storage.read_range(row.storage_key, start, length) for start, length in cached.frames.ranges(frame))
+    return b"".join(
+        services.storage.read_range(row.storage_key, start, length)
+        for start, length in cached.frames.ranges(frame)
+    )
 
 
 def _to_image(data: bytes, metadata: Mapping[str, Any], params: Mapping[str, str], media: str) -> Image.Image:
@@ -58,7 +61,11 @@ def _to_image(data: bytes, metadata: Mapping[str, Any], params: Mapping[str, str
     if samples == 3:
         pixels = np.frombuffer(data, dtype=np.uint8)[: rows * columns * 3]
         planar = int(_value(metadata, "00280006", 0)) == 1
-        shaped = pixels.reshape(3, rows, columns).transpose(1, 2, 0) if planar else pixels.reshape(rows, columns, 3)
+        shaped = (
+            pixels.reshape(3, rows, columns).transpose(1, 2, 0)
+            if planar
+            else pixels.reshape(rows, columns, 3)
+        )
         return Image.fromarray(np.ascontiguousarray(shaped), "RGB")
     dtype = {8: np.uint8, 16: np.uint16, 32: np.uint32}.get(bits)
     if dtype is None:

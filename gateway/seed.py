@@ -31,12 +31,16 @@ def _generate(seed_dir: Path) -> dict[str, Any]:
 
 
 def _stow(stack: Stack, files: list[str]) -> None:
-    headers = {"Authorization": f"Bearer {stack.api_key}", "Content-Type": "application/dicom",
-               "Accept": "application/dicom+json"}
+    headers = {
+        "Authorization": f"Bearer {stack.api_key}",
+        "Content-Type": "application/dicom",
+        "Accept": "application/dicom+json",
+    }
     for name in files:
         with open(name, "rb") as handle:
-            answer = requests.post(f"{stack.url}/dicomweb/studies", data=handle, headers=headers, timeout=300,
-                                   verify=False)  # noqa: S501 - the stack's own self-signed certificate
+            # verify=False: the stack's own self-signed certificate under --tls
+            url = f"{stack.url}/dicomweb/studies"
+            answer = requests.post(url, data=handle, headers=headers, timeout=300, verify=False)  # noqa: S501
         if answer.status_code != 200:
             raise RuntimeError(f"seeding {Path(name).name} failed: {answer.status_code} {answer.text[:300]}")
 

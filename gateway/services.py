@@ -9,11 +9,31 @@ from pathlib import Path
 from gateway.auth import Authorizer
 from gateway.catalog import Catalog
 from gateway.config import Settings
+from gateway.errors import ConfigError
 from gateway.hooks import Hook
 from gateway.ingest import Ingestor
 from gateway.plan import Planner
 from gateway.storage import Storage, open_storage
 from gateway.tokens import TokenService
+
+
+def build_policy_hooks(settings: Settings, default: Storage) -> tuple[list[Hook], dict[str, Storage]]:
+    """The PHI hook chain and one storage per policy destination (the same object for "default" URLs), so a
+    file routed to a destination is written exactly there; no policy means no hooks and no destinations."""
+    from gateway.phi.hook import MIN_KEY_LENGTH, PhiHook
+    from gateway.phi.policy import load_policy
+
+    if settings.phi_policy is None:
+        return [], {}
+    policy = load_policy(settings.phi_policy)
+    if policy.needs_key and len(settings.deid_key) < MIN_KEY_LENGTH:
+        raise ConfigError("DICOMGW_DEID_KEY", f"the PHI policy de-identifies: at least {MIN_KEY_LENGTH} characters")
+    storages: dict[str, Storage] = {}
+    for name in policy.destinations:
+        url = policy.storage_url(name, settings.storage_url)
+        storages[name] = default if url == settings.storage_url else open_storage(url)
+    hook = PhiHook(policy, settings.deid_key, destination_storages=storages, tmp_dir=settings.tmp_dir or None)
+    return [hook], storages
 
 
 @dataclass
@@ -34,11 +54,12 @@ class Services:
         catalog.migrate()
         tokens = TokenService(settings.signing_keys, settings.token_max_ttl, settings.token_default_ttl)
         authorizer = Authorizer(tokens, settings.api_keys, catalog.revoked_jtis, settings.revocation_refresh)
-        planner = Planner(catalog.get_instance, catalog.instances_of, storage.origin_path)
+        planner = Planner(
+            lambda sop: catalog.get_instance(sop, with_metadata=False), catalog.instances_of, storage.origin_path
+        )
+        destinations: dict[str, Storage] = {}
         if hooks is None:
-            from gateway.phi.hook import build_hooks
-
-            hooks = build_hooks(settings)
+            hooks, destinations = build_policy_hooks(settings, storage)
         spool_dir = Path(settings.tmp_dir or tempfile.gettempdir())
-        ingestor = Ingestor(settings, storage, catalog, hooks, spool_dir=spool_dir)
+        ingestor = Ingestor(settings, storage, catalog, hooks, spool_dir=spool_dir, destinations=destinations)
         return cls(settings, storage, catalog, tokens, authorizer, planner, ingestor, spool_dir)

@@ -65,9 +65,26 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
     if not cert.exists():
         directory.mkdir(parents=True, exist_ok=True)
         subprocess.run(
-            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj", "/CN=localhost",
-             "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-            check=True, capture_output=True,
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "30",
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                "-keyout",
+                str(key),
+                "-out",
+                str(cert),
+            ],
+            check=True,
+            capture_output=True,
         )
         key.chmod(0o600)
     return cert, key
@@ -139,7 +156,9 @@ class Stack:
         values = {
             "DICOMGW_LISTEN": f"{self.host}:{self.port}",
             "DICOMGW_LISTEN_OPTIONS": "ssl http2" if self.tls else "",
-            "DICOMGW_TLS_CONF": "conf.d/snippets/dgw-tls-on.conf" if self.tls else "conf.d/snippets/dgw-tls-off.conf",
+            "DICOMGW_TLS_CONF": "conf.d/snippets/dgw-tls-on.conf"
+            if self.tls
+            else "conf.d/snippets/dgw-tls-off.conf",
             "DICOMGW_TLS_CERT": str(self.var_dir / "tls" / "tls.crt"),
             "DICOMGW_TLS_KEY": str(self.var_dir / "tls" / "tls.key"),
             "DICOMGW_GATEWAY_UPSTREAM": f"unix:{run / 'gunicorn.sock'}",
@@ -152,7 +171,9 @@ class Stack:
             "DICOMGW_AUTH_CACHE_SECONDS": self.extra_env.get("DICOMGW_AUTH_CACHE_SECONDS", "2"),
             "DICOMGW_FRAME_ANCESTORS": self.extra_env.get("DICOMGW_FRAME_ANCESTORS", "'self'"),
             "DICOMGW_CORS_ORIGIN_REGEX": nginxconf.cors_regex(
-                tuple(o.strip() for o in self.extra_env.get("DICOMGW_CORS_ORIGINS", "").split(",") if o.strip())
+                tuple(
+                    o.strip() for o in self.extra_env.get("DICOMGW_CORS_ORIGINS", "").split(",") if o.strip()
+                )
             ),
         }
         if self.storage_url.startswith("s3://"):
@@ -187,7 +208,9 @@ class Stack:
     # -- processes ---------------------------------------------------------------------------------------------------
     def start(self, timeout: float = 30.0) -> None:
         if not Path(NGINX).exists():
-            raise StackError("nginx is not installed: install the Debian package 'nginx' (apt-get install nginx)")
+            raise StackError(
+                "nginx is not installed: install the Debian package 'nginx' (apt-get install nginx)"
+            )
         if not port_is_free(self.host, self.port):
             raise StackError(f"port {self.port} on {self.host} is already in use: choose another with --port")
         main_conf = self.render()
@@ -197,10 +220,30 @@ class Stack:
         gunicorn = Path(sys.executable).with_name("gunicorn")
         self._spawn(
             "gunicorn",
-            [str(gunicorn), "gateway.wsgi:application", "--bind", f"unix:{self.run_dir / 'gunicorn.sock'}",
-             "--worker-class", "gthread", "--workers", str(self.gunicorn_workers), "--threads",
-             str(self.gunicorn_threads), "--keep-alive", "75", "--timeout", "300", "--graceful-timeout", "5",
-             "--log-level", "warning", "--error-logfile", str(self.gunicorn_log), "--umask", "0o007"],
+            [
+                str(gunicorn),
+                "gateway.wsgi:application",
+                "--bind",
+                f"unix:{self.run_dir / 'gunicorn.sock'}",
+                "--worker-class",
+                "gthread",
+                "--workers",
+                str(self.gunicorn_workers),
+                "--threads",
+                str(self.gunicorn_threads),
+                "--keep-alive",
+                "75",
+                "--timeout",
+                "300",
+                "--graceful-timeout",
+                "5",
+                "--log-level",
+                "warning",
+                "--error-logfile",
+                str(self.gunicorn_log),
+                "--umask",
+                "0o007",
+            ],
             env,
         )
         self._wait_for_socket(self.run_dir / "gunicorn.sock", "gunicorn", timeout)
@@ -210,7 +253,17 @@ class Stack:
             directives += " user root;"
         self._spawn(
             "nginx",
-            [NGINX, "-p", str(self.nginx_dir) + "/", "-c", str(main_conf), "-e", str(self.error_log), "-g", directives],
+            [
+                NGINX,
+                "-p",
+                str(self.nginx_dir) + "/",
+                "-c",
+                str(main_conf),
+                "-e",
+                str(self.error_log),
+                "-g",
+                directives,
+            ],
             env,
         )
         self._wait_ready(timeout)
@@ -218,7 +271,11 @@ class Stack:
     def _spawn(self, name: str, argv: list[str], env: Mapping[str, str]) -> None:
         with (self.var_dir / "logs" / f"{name}.out").open("ab") as log:  # the child keeps its own copy
             self.processes[name] = subprocess.Popen(
-                argv, env=dict(env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                argv,
+                env=dict(env),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
                 cwd=str(self.var_dir),
             )
 

@@ -416,7 +416,8 @@ def make_series(
         ds.SeriesNumber = 2 if ct else 3
         ds.AcquisitionNumber = 1
         ds.InstanceNumber = index + 1
-        ds.SeriesDescription = "AX 2.5mm BODY" if ct else "AX T2 TSE"
+        if not clean:  # free text the basic profile removes (X)
+            ds.SeriesDescription = "AX 2.5mm BODY" if ct else "AX T2 TSE"
         ds.BodyPartExamined = "ABDOMEN"
         ds.PatientPosition = "HFS"
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
@@ -718,12 +719,13 @@ def _wsi_attributes(
     ds.SeriesInstanceUID = series
     ds.SeriesNumber = 1
     ds.InstanceNumber = 1
-    ds.SeriesDescription = "H&E 40x"
+    if not clean:  # free text the basic profile removes
+        ds.SeriesDescription = "H&E 40x"
     ds.FrameOfReferenceUID = str(_uid(seed, series, "for"))
     ds.PositionReferenceIndicator = "SLIDE_CORNER"
     ds.ImageType = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
     # Type 1 in this IOD, so --clean writes dummy values (the PS3.15 "D" action) instead of removing them.
-    dummy_dt = "20000101000000"
+    dummy_dt = "19000101000000"  # the dummy date PHI scanners recognise
     ds.ContentDate = ds.get("ContentDate") or dummy_dt[:8]
     ds.ContentTime = ds.get("ContentTime") or dummy_dt[8:]
     ds.AcquisitionDateTime = dummy_dt if clean else ident.study_date + ident.study_time
@@ -786,12 +788,12 @@ def _wsi_attributes(
     optical.ICCProfile = _srgb_profile()
     optical.ColorSpace = "SRGB"
     ds.OpticalPathSequence = [optical]
-    slide = "SLIDE-1" if clean else f"S{ident.accession[-6:]}-A1"
+    slide = "ANONYMIZED" if clean else f"S{ident.accession[-6:]}-A1"
     ds.ContainerIdentifier = slide
     ds.IssuerOfTheContainerIdentifierSequence = []
     ds.ContainerTypeCodeSequence = [_code("433466003", "SCT", "Microscope slide")]
     specimen = Dataset()
-    specimen.SpecimenIdentifier = "SPECIMEN-1" if clean else slide[:-1]
+    specimen.SpecimenIdentifier = "ANONYMIZED" if clean else slide[:-1]
     specimen.SpecimenUID = str(_uid(seed, sop, "specimen"))
     specimen.IssuerOfTheSpecimenIdentifierSequence = []
     specimen.SpecimenPreparationSequence = []

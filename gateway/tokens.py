@@ -16,7 +16,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from itsdangerous import BadSignature, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
 
 from gateway.errors import BadRequest, TokenExpired, TokenInvalid
 from gateway.scope import Scope
@@ -60,9 +60,9 @@ class _TimestampSerializer(URLSafeTimedSerializer):
 
     def make_signer(self, salt: Any = None) -> Any:
         signer = super().make_signer(salt)
-        if self._now is not None:
+        if self._now is not None and isinstance(signer, TimestampSigner):
             now = self._now
-            signer.get_timestamp = lambda: now
+            signer.get_timestamp = lambda: now  # type: ignore[method-assign]
         return signer
 
 
@@ -77,7 +77,9 @@ class TokenService:
         self.max_ttl = max_ttl
         self.default_ttl = min(default_ttl, max_ttl)
         self._serializers = {
-            purpose: URLSafeTimedSerializer(self._keys, salt=salt, signer_kwargs={"digest_method": hashlib.sha256})
+            purpose: URLSafeTimedSerializer(
+                self._keys, salt=salt, signer_kwargs={"digest_method": hashlib.sha256}
+            )
             for purpose, salt in SALTS.items()
         }
         self._cache: OrderedDict[tuple[str, str], Claims] = OrderedDict()

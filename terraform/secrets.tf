@@ -25,9 +25,9 @@ resource "aws_secretsmanager_secret" "api_keys" {
 }
 
 resource "aws_secretsmanager_secret" "database_url" {
-  #checkov:skip=CKV2_AWS_57:The password inside is the RDS-managed master secret (aws_db_instance.this.master_user_secret), which RDS rotates; this URL is re-derived from it after a rotation (docs/deploy.md).
+  #checkov:skip=CKV2_AWS_57:Holds the password of the application's own database role (not the RDS master, whose secret RDS rotates itself); rotated by the documented overlap procedure (docs/deploy.md) so running tasks never hold a dead password.
   name                    = "${var.name}/database-url"
-  description             = "DICOMGW_DATABASE_URL: postgresql://USER:PASSWORD@HOST:5432/DB?sslmode=require for the catalog."
+  description             = "DICOMGW_DATABASE_URL: postgresql://dicomgw_app:PASSWORD@HOST:5432/DB?sslmode=require (the application role, not the master user)."
   kms_key_id              = aws_kms_key.this.arn
   recovery_window_in_days = 30
   tags                    = local.tags

@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import quote
 
 from flask import Blueprint, Response, jsonify, redirect, request
+from werkzeug.wrappers import Response as WerkzeugResponse
 
 from gateway.errors import BadRequest, InvalidPath, NotFound, TokenMissing
 from gateway.views.common import require_api_key, services
@@ -88,7 +89,7 @@ def safe_next(value: str) -> str:
 
 
 @bp.get("/session")
-def session() -> Response:
+def session() -> WerkzeugResponse:
     """Trade a URL token for a first-party HttpOnly cookie (mobile WebViews), then 303 to ``next``."""
     token = request.args.get("token", "")
     if not token:

@@ -17,11 +17,10 @@ from gateway.catalog.qido import parse_qido
 from gateway.dicomweb.multipart import iter_parts, parse_content_type
 from gateway.dicomweb.stow_response import StowItem, build_stow_response
 from gateway.errors import (
+    BadRequest,
     CatalogUnavailable,
     GatewayError,
     NotFound,
-    BadRequest,
-    OutOfScope,
     StorageUnavailable,
     UnsupportedMediaType,
 )
@@ -107,17 +106,20 @@ def _metadata(study: str, series: str | None = None, instance: str | None = None
         raise NotFound("no instances")
     parts = []
     for row in rows:
-        text = row.metadata
+        text = row.metadata or "[]"
         # BulkDataURIs are stored relative to the instance; make them relative to the URL that was asked for.
         if instance is None:
-            prefix = f"instances/{row.sop_uid}/" if series else f"series/{row.series_uid}/instances/{row.sop_uid}/"
+            prefix = (
+                f"instances/{row.sop_uid}/" if series else f"series/{row.series_uid}/instances/{row.sop_uid}/"
+            )
             text = text.replace('"BulkDataURI":"bulkdata/', f'"BulkDataURI":"{prefix}bulkdata/')
         parts.append(text)
     body = ("[" + ",".join(parts) + "]").encode()
     response = dicom_json(body)
     response.set_etag(hashlib.sha256(body).hexdigest()[:32])
     response.headers["Cache-Control"] = "private, no-cache"
-    return response.make_conditional(request)
+    response.make_conditional(request)
+    return response
 
 
 @bp.get("/studies/<study>/metadata")
@@ -195,7 +197,9 @@ def _stow(study: str | None) -> Response:
         part_type = params.get("type", "application/dicom").lower()
         if part_type != "application/dicom":
             raise UnsupportedMediaType("STOW-RS accepts multipart/related; type=application/dicom")
-        for part in iter_parts(stream, params.get("boundary", ""), srv.spool_dir, max_part_bytes=MAX_PART_BYTES):
+        for part in iter_parts(
+            stream, params.get("boundary", ""), srv.spool_dir, max_part_bytes=MAX_PART_BYTES
+        ):
             try:
                 if part.content_type.split(";")[0].strip().lower() != "application/dicom":
                     results.append(
@@ -234,7 +238,9 @@ def _spool_single(stream: object, spool_dir: Path) -> Path:
 @bp.get("/studies/<study>/series/<series>/instances/<instance>/rendered")
 def rendered_instance(study: str, series: str, instance: str) -> Response:
     decision()
-    return render_instance(services(), study, series, instance, 1, request.args, request.headers.get("Accept", ""))
+    return render_instance(
+        services(), study, series, instance, 1, request.args, request.headers.get("Accept", "")
+    )
 
 
 @bp.get("/studies/<study>/series/<series>/instances/<instance>/frames/<int:frame>/rendered")

@@ -41,7 +41,9 @@ class RunningStack:
 
     def issue(self, studies: list[str], **body: Any) -> dict[str, Any]:
         payload = {"sub": body.pop("sub", "e2e"), "studies": studies, **body}
-        answer = requests.post(f"{self.url}/api/v1/tokens", json=payload, headers=self.api_headers, timeout=30)
+        answer = requests.post(
+            f"{self.url}/api/v1/tokens", json=payload, headers=self.api_headers, timeout=30
+        )
         assert answer.status_code == 201, answer.text
         result: dict[str, Any] = answer.json()
         return result
@@ -77,7 +79,11 @@ class RunningStack:
 
     def logs(self) -> str:
         parts = []
-        for path in (self.stack.error_log, self.stack.gunicorn_log, self.stack.var_dir / "logs" / "gunicorn.out"):
+        for path in (
+            self.stack.error_log,
+            self.stack.gunicorn_log,
+            self.stack.var_dir / "logs" / "gunicorn.out",
+        ):
             if path.exists():
                 text = path.read_text(errors="replace").splitlines()[-40:]
                 parts.append(f"--- {path.name}\n" + "\n".join(text))

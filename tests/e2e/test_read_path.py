@@ -67,7 +67,9 @@ def test_frames_exact_bytes_for_every_index_variant(
     assert missing.status_code == 404
 
 
-def test_frame_list_is_multipart_in_order(stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]) -> None:
+def test_frame_list_is_multipart_in_order(
+    stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]
+) -> None:
     url = instance_url(roots, synthetic["wsi_frag"])
     answer = requests.get(f"{url}/frames/5,1,200", timeout=30)
     assert answer.status_code == 200
@@ -77,7 +79,9 @@ def test_frame_list_is_multipart_in_order(stack: RunningStack, synthetic: dict[s
     assert all(ct == "image/jpeg; transfer-syntax=1.2.840.10008.1.2.4.50" for ct, _ in parts)
 
 
-def test_ct_frame_matches_pixel_data(stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]) -> None:
+def test_ct_frame_matches_pixel_data(
+    stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]
+) -> None:
     path = synthetic["ct"][2]
     ds = pydicom.dcmread(path)
     ohif = "multipart/related; type=application/octet-stream; transfer-syntax=*"
@@ -100,13 +104,19 @@ def test_ct_frame_matches_pixel_data(stack: RunningStack, synthetic: dict[str, A
 def test_frame_accept_negotiation(
     stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str], accept: str, status: int
 ) -> None:
-    answer = requests.get(f"{instance_url(roots, synthetic['ct'][0])}/frames/1", headers={"Accept": accept}, timeout=30)
+    answer = requests.get(
+        f"{instance_url(roots, synthetic['ct'][0])}/frames/1", headers={"Accept": accept}, timeout=30
+    )
     assert answer.status_code == status
 
 
-def test_accept_query_parameter_wins(stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]) -> None:
+def test_accept_query_parameter_wins(
+    stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]
+) -> None:
     url = f"{instance_url(roots, synthetic['ct'][0])}/frames/1"
-    answer = requests.get(url, params={"accept": "application/octet-stream"}, headers={"Accept": "image/png"}, timeout=30)
+    answer = requests.get(
+        url, params={"accept": "application/octet-stream"}, headers={"Accept": "image/png"}, timeout=30
+    )
     assert answer.status_code == 200
     assert answer.headers["Content-Type"] == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"
 
@@ -119,7 +129,9 @@ def test_bulkdata_ranges(stack: RunningStack, synthetic: dict[str, Any], roots: 
     assert whole.status_code == 200
     assert whole.content == pixels
     assert whole.headers["Accept-Ranges"] == "bytes"
-    part = requests.get(url, headers={"Accept": "application/octet-stream", "Range": "bytes=100-1099"}, timeout=30)
+    part = requests.get(
+        url, headers={"Accept": "application/octet-stream", "Range": "bytes=100-1099"}, timeout=30
+    )
     assert part.status_code == 206
     assert part.headers["Content-Range"] == f"bytes 100-1099/{len(pixels)}"
     assert part.content == pixels[100:1100]
@@ -129,7 +141,9 @@ def test_bulkdata_ranges(stack: RunningStack, synthetic: dict[str, Any], roots: 
     beyond = requests.get(url, headers={"Range": f"bytes={len(pixels)}-"}, timeout=30)
     assert beyond.status_code == 416
     assert beyond.headers["Content-Range"] == f"bytes */{len(pixels)}"
-    multi = requests.get(url, headers={"Accept": 'multipart/related; type="application/octet-stream"'}, timeout=30)
+    multi = requests.get(
+        url, headers={"Accept": 'multipart/related; type="application/octet-stream"'}, timeout=30
+    )
     assert multi.status_code == 200
     assert [body for _, body in parse_multipart(multi)] == [pixels]
 
@@ -157,7 +171,9 @@ def test_retrieve_instance_single_part_with_range(
 def test_retrieve_series_and_study_multipart(
     stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]
 ) -> None:
-    files = sorted(synthetic["ct"], key=lambda p: int(pydicom.dcmread(p, stop_before_pixels=True).InstanceNumber))
+    files = sorted(
+        synthetic["ct"], key=lambda p: int(pydicom.dcmread(p, stop_before_pixels=True).InstanceNumber)
+    )
     study, series, _ = uids_of(files[0])
     answer = requests.get(f"{roots[study]}/studies/{study}/series/{series}", timeout=60)
     assert answer.status_code == 200
@@ -167,12 +183,18 @@ def test_retrieve_series_and_study_multipart(
         hashlib.sha256(p.read_bytes()).hexdigest() for p in files
     ]
     assert {ct for ct, _ in parts} == {"application/dicom; transfer-syntax=1.2.840.10008.1.2.1"}
-    whole = requests.get(f"{roots[study]}/studies/{study}", headers={"Accept": "multipart/related; type=application/dicom"}, timeout=60)
+    whole = requests.get(
+        f"{roots[study]}/studies/{study}",
+        headers={"Accept": "multipart/related; type=application/dicom"},
+        timeout=60,
+    )
     assert whole.status_code == 200
     assert len(parse_multipart(whole)) == len(synthetic["ct"]) + len(synthetic["ct_b"])
     refused = requests.get(
         f"{roots[study]}/studies/{study}",
-        headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50'},
+        headers={
+            "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50'
+        },
         timeout=60,
     )
     assert refused.status_code == 406
@@ -194,16 +216,27 @@ def test_metadata_levels_relative_bulkdata_etag_gzip(
     uris = {d["7FE00010"]["BulkDataURI"] for d in series_md.json()}
     assert f"instances/{sop}/bulkdata/7FE00010" in uris
     # the relative URI resolves against the metadata URL and keeps the token prefix
-    resolved = requests.compat.urljoin(f"{root}/studies/{study}/series/{series}/metadata", f"instances/{sop}/bulkdata/7FE00010")
+    resolved = requests.compat.urljoin(
+        f"{root}/studies/{study}/series/{series}/metadata", f"instances/{sop}/bulkdata/7FE00010"
+    )
     assert resolved.startswith(root)
-    assert requests.get(resolved, headers={"Accept": "application/octet-stream"}, timeout=30).content == pydicom.dcmread(path).PixelData
+    assert (
+        requests.get(resolved, headers={"Accept": "application/octet-stream"}, timeout=30).content
+        == pydicom.dcmread(path).PixelData
+    )
     study_md = requests.get(f"{root}/studies/{study}/metadata", timeout=30)
     assert len(study_md.json()) == len(synthetic["ct"]) + len(synthetic["ct_b"])
     etag = series_md.headers["ETag"]
-    cached = requests.get(f"{root}/studies/{study}/series/{series}/metadata", headers={"If-None-Match": etag}, timeout=30)
+    cached = requests.get(
+        f"{root}/studies/{study}/series/{series}/metadata", headers={"If-None-Match": etag}, timeout=30
+    )
     assert cached.status_code == 304
-    raw = requests.get(f"{root}/studies/{study}/series/{series}/metadata", headers={"Accept-Encoding": "gzip"},
-                       timeout=30, stream=True)
+    raw = requests.get(
+        f"{root}/studies/{study}/series/{series}/metadata",
+        headers={"Accept-Encoding": "gzip"},
+        timeout=30,
+        stream=True,
+    )
     assert raw.headers["Content-Encoding"] == "gzip"
     assert json.loads(gzip.decompress(raw.raw.read())) == series_md.json()
 
@@ -212,11 +245,17 @@ def test_wado_uri(stack: RunningStack, synthetic: dict[str, Any], roots: dict[st
     path = synthetic["ct"][0]
     study, series, sop = uids_of(path)
     params = {"requestType": "WADO", "studyUID": study, "seriesUID": series, "objectUID": sop}
-    dicom = requests.get(f"{roots[study]}/wado", params={**params, "contentType": "application/dicom"}, timeout=30)
+    dicom = requests.get(
+        f"{roots[study]}/wado", params={**params, "contentType": "application/dicom"}, timeout=30
+    )
     assert dicom.status_code == 200
     assert dicom.content == path.read_bytes()
-    ranged = requests.get(f"{roots[study]}/wado", params={**params, "contentType": "application/dicom"},
-                          headers={"Range": "bytes=0-127"}, timeout=30)
+    ranged = requests.get(
+        f"{roots[study]}/wado",
+        params={**params, "contentType": "application/dicom"},
+        headers={"Range": "bytes=0-127"},
+        timeout=30,
+    )
     assert ranged.status_code == 206
     assert len(ranged.content) == 128
     jpeg = requests.get(f"{roots[study]}/wado", params=params, timeout=30)
@@ -224,14 +263,19 @@ def test_wado_uri(stack: RunningStack, synthetic: dict[str, Any], roots: dict[st
     assert jpeg.headers["Content-Type"] == "image/jpeg"
     assert jpeg.content[:2] == b"\xff\xd8"
     other = uids_of(synthetic["mr"][0])
-    denied = requests.get(f"{roots[study]}/wado", params={**params, "studyUID": other[0], "seriesUID": other[1]},
-                          timeout=30)
+    denied = requests.get(
+        f"{roots[study]}/wado", params={**params, "studyUID": other[0], "seriesUID": other[1]}, timeout=30
+    )
     assert denied.status_code == 403
 
 
-def test_rendered_and_thumbnail(stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]) -> None:
+def test_rendered_and_thumbnail(
+    stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]
+) -> None:
     url = instance_url(roots, synthetic["ct"][0])
-    rendered = requests.get(f"{url}/rendered", headers={"Accept": "image/png"}, params={"viewport": "64,64"}, timeout=30)
+    rendered = requests.get(
+        f"{url}/rendered", headers={"Accept": "image/png"}, params={"viewport": "64,64"}, timeout=30
+    )
     assert rendered.status_code == 200
     assert rendered.headers["Content-Type"] == "image/png"
     assert rendered.content[:8] == b"\x89PNG\r\n\x1a\n"
@@ -245,7 +289,9 @@ def test_rendered_and_thumbnail(stack: RunningStack, synthetic: dict[str, Any], 
     assert tile.status_code == 200 and tile.content[:2] == b"\xff\xd8"
 
 
-def test_qido_is_scoped_to_the_token(stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]) -> None:
+def test_qido_is_scoped_to_the_token(
+    stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]
+) -> None:
     study = uids_of(synthetic["ct"][0])[0]
     root = roots[study]
     for level in ("studies", "series", "instances"):
@@ -276,4 +322,3 @@ def test_storage_error_aborts_instead_of_corrupting(
     finally:
         storage.put_file(key, saved)
     assert requests.get(url, timeout=30).status_code == 200
-

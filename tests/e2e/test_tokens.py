@@ -119,8 +119,11 @@ def test_series_token_on_sibling_series_is_403(stack: RunningStack, synthetic: d
     _, series_b, sop_b = uids_of(synthetic["ct_b"][0])
     token = stack.issue([study], series=[series_a])["token"]
     root = stack.root(token)
-    ok = requests.get(f"{root}/studies/{study}/series/{series_a}/instances/{sop_a}/frames/1",
-                      headers={"Accept": "application/octet-stream"}, timeout=10)
+    ok = requests.get(
+        f"{root}/studies/{study}/series/{series_a}/instances/{sop_a}/frames/1",
+        headers={"Accept": "application/octet-stream"},
+        timeout=10,
+    )
     assert ok.status_code == 200
     assert len(ok.content) == 512 * 512 * 2
     sibling = requests.get(f"{root}/studies/{study}/series/{series_b}/instances/{sop_b}/frames/1", timeout=10)
@@ -154,7 +157,9 @@ def test_revoked_token_stops_working_within_seconds(stack: RunningStack, ct: tup
     issued = stack.issue([study])
     url = f"{series_url(stack.root(issued['token']), study, series)}/instances"
     assert requests.get(url, timeout=10).status_code == 200
-    revoke = requests.post(f"{stack.url}/api/v1/tokens/{issued['jti']}/revoke", headers=stack.api_headers, timeout=10)
+    revoke = requests.post(
+        f"{stack.url}/api/v1/tokens/{issued['jti']}/revoke", headers=stack.api_headers, timeout=10
+    )
     assert revoke.status_code == 204
     deadline = time.monotonic() + 8
     status = 200
@@ -168,8 +173,11 @@ def test_revoked_token_stops_working_within_seconds(stack: RunningStack, ct: tup
 
 def test_revoke_needs_the_api_key(stack: RunningStack, ct: tuple[str, str, str]) -> None:
     issued = stack.issue([ct[0]])
-    answer = requests.post(f"{stack.url}/api/v1/tokens/{issued['jti']}/revoke",
-                           headers={"Authorization": "Bearer wrong"}, timeout=10)
+    answer = requests.post(
+        f"{stack.url}/api/v1/tokens/{issued['jti']}/revoke",
+        headers={"Authorization": "Bearer wrong"},
+        timeout=10,
+    )
     assert answer.status_code == 401
 
 
@@ -211,8 +219,12 @@ def test_token_never_in_access_log(stack: RunningStack, ct: tuple[str, str, str]
     requests.get(f"{series_url(stack.root(token), study, series)}/instances", timeout=10)
     requests.get(base, params={"token": token}, timeout=10)
     requests.get(base, cookies={"dicomgw_token": token}, timeout=10)
-    requests.get(f"{stack.url}/api/v1/session", params={"token": token, "next": "/viewer/"},
-                 allow_redirects=False, timeout=10)
+    requests.get(
+        f"{stack.url}/api/v1/session",
+        params={"token": token, "next": "/viewer/"},
+        allow_redirects=False,
+        timeout=10,
+    )
     time.sleep(0.2)  # NGINX writes the access log line after the response
     text = stack.stack.access_log.read_text()
     assert token not in text
@@ -228,19 +240,26 @@ def test_cors_simple_get_and_preflight(stack: RunningStack, ct: tuple[str, str, 
     study, series, sop = ct
     token = stack.issue([study])["token"]
     url = f"{series_url(stack.root(token), study, series)}/instances/{sop}/frames/1"
-    answer = requests.get(url, headers={"Origin": "https://portal.example", "Accept": OHIF_ACCEPT}, timeout=10)
+    answer = requests.get(
+        url, headers={"Origin": "https://portal.example", "Accept": OHIF_ACCEPT}, timeout=10
+    )
     assert answer.status_code == 200
     assert answer.headers["Access-Control-Allow-Origin"] == "https://portal.example"
     assert answer.headers["Access-Control-Allow-Credentials"] == "true"
     assert "Origin" in answer.headers["Vary"]
     assert "Content-Range" in answer.headers["Access-Control-Expose-Headers"]
     assert answer.headers["Content-Type"].startswith('multipart/related; type="application/octet-stream"')
-    stranger = requests.get(url, headers={"Origin": "https://evil.example", "Accept": OHIF_ACCEPT}, timeout=10)
+    stranger = requests.get(
+        url, headers={"Origin": "https://evil.example", "Accept": OHIF_ACCEPT}, timeout=10
+    )
     assert "Access-Control-Allow-Origin" not in stranger.headers
     preflight = requests.options(
         f"{stack.root(token)}/studies",
-        headers={"Origin": "https://portal.example", "Access-Control-Request-Method": "POST",
-                 "Access-Control-Request-Headers": "content-type"},
+        headers={
+            "Origin": "https://portal.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        },
         timeout=10,
     )
     assert preflight.status_code == 204
@@ -251,27 +270,45 @@ def test_cors_simple_get_and_preflight(stack: RunningStack, ct: tuple[str, str, 
 def test_session_cookie_exchange(stack: RunningStack, ct: tuple[str, str, str]) -> None:
     study, series, _ = ct
     token = stack.issue([study], ttl=600)["token"]
-    answer = requests.get(f"{stack.url}/api/v1/session", params={"token": token, "next": "/viewer/#study=1"},
-                          allow_redirects=False, timeout=10)
+    answer = requests.get(
+        f"{stack.url}/api/v1/session",
+        params={"token": token, "next": "/viewer/#study=1"},
+        allow_redirects=False,
+        timeout=10,
+    )
     assert answer.status_code == 303
     assert answer.headers["Location"] == "/viewer/#study=1"
     cookie = answer.headers["Set-Cookie"]
     assert cookie.startswith(f"dicomgw_token={token};")
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Path=/" in cookie
     assert "Max-Age=" in cookie
-    jar = requests.get(f"{stack.url}/dicomweb/studies/{study}/series/{series}/instances",
-                       cookies={"dicomgw_token": token}, timeout=10)
+    jar = requests.get(
+        f"{stack.url}/dicomweb/studies/{study}/series/{series}/instances",
+        cookies={"dicomgw_token": token},
+        timeout=10,
+    )
     assert jar.status_code == 200
 
 
 @pytest.mark.parametrize(
-    "target", ["https://evil.example/", "//evil.example/x", "/\\evil.example", "javascript:alert(1)",
-               "/%2F%2Fevil.example", "\r\nSet-Cookie: x=1"]
+    "target",
+    [
+        "https://evil.example/",
+        "//evil.example/x",
+        "/\\evil.example",
+        "javascript:alert(1)",
+        "/%2F%2Fevil.example",
+        "\r\nSet-Cookie: x=1",
+    ],
 )
 def test_session_refuses_open_redirects(stack: RunningStack, ct: tuple[str, str, str], target: str) -> None:
     token = stack.issue([ct[0]])["token"]
-    answer = requests.get(f"{stack.url}/api/v1/session", params={"token": token, "next": target},
-                          allow_redirects=False, timeout=10)
+    answer = requests.get(
+        f"{stack.url}/api/v1/session",
+        params={"token": token, "next": target},
+        allow_redirects=False,
+        timeout=10,
+    )
     assert answer.status_code == 400
     assert "Set-Cookie" not in answer.headers
 

@@ -1,0 +1,312 @@
+"""Issue 5 through the real stack (S3 storage on moto): the policy decides, through STOW-RS and through the
+S3-event path, and identifiable data never lands where the policy forbids it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pydicom
+import pytest
+import requests
+
+from gateway.phi.policy import load_policy
+from gateway.phi.scanner import scan_file
+from gateway.synth import make_series
+from tests.e2e.conftest import uids_of
+from tests.e2e.harness import RunningStack, start_stack
+from tests.fixtures.servers import MotoServer
+
+# Findings the synthetic PHI file must produce, one per hiding place (tag paths, never values).
+HIDING_PLACES = {
+    "(0010,0010)": "patient name at the top level",
+    "(0040,0275)[0]>(0040,0008)[0]>(0040,0440)[0]>(0040,A123)": "a name three sequences deep",
+    "(0010,1002)[0]>(0010,0020)": "OtherPatientIDsSequence",
+    "(0009,1002)[0]>(0010,0010)": "a name inside a private sequence",
+    "(7FE1,1001)": "an element stored after Pixel Data",
+    "(0008,1030)": "a free-text description repeating the name",
+    "(0008,0020)": "dates",
+    "(0008,0080)": "institution",
+    "(0018,1000)": "device serial number",
+}
+
+POLICY = """
+version = "e2e-1"
+[options]
+on_unreadable = "reject"
+on_deidentify_failure = "quarantine"
+
+[destinations.main]
+storage = "default"
+region = "eu-west-1"
+identifiable_allowed = false
+
+[destinations.vault]
+storage = "file://{vault}"
+region = "eu-west-1"
+identifiable_allowed = true
+
+[destinations.us]
+storage = "file://{us}"
+region = "us-east-1"
+identifiable_allowed = true
+
+[[rules]]
+id = "blocked-tenant"
+match = {{ tenant = "blocked" }}
+action = "reject"
+reason = "this tenant may not upload"
+
+[[rules]]
+id = "ultrasound-review"
+match = {{ "tags.Modality" = "US", phi = true }}
+action = "quarantine"
+reason = "ultrasound with PHI: held for review"
+
+[[rules]]
+id = "research"
+match = {{ tenant = "research" }}
+action = "deidentify"
+destination = "main"
+
+[[rules]]
+id = "clinical-vault"
+match = {{ tenant = "clinical" }}
+action = "route"
+destination = "vault"
+
+[[rules]]
+id = "us-clinical"
+match = {{ tenant = "us-clinical" }}
+action = "route"
+destination = "us"
+
+[[rules]]
+id = "clean"
+match = {{ phi = false }}
+action = "route"
+destination = "main"
+
+[default]
+action = "reject"
+reason = "no policy rule covers this upload"
+
+[deidentify]
+dates = "shift"
+max_shift_days = 365
+"""
+
+
+@pytest.fixture(scope="module")
+def phi_stack(tmp_path_factory: pytest.TempPathFactory, moto_server: MotoServer) -> Iterator[RunningStack]:
+    base = tmp_path_factory.mktemp("phi")
+    (base / "vault").mkdir()
+    (base / "us").mkdir()
+    policy = base / "policy.toml"
+    policy.write_text(POLICY.format(vault=base / "vault", us=base / "us"))
+    running = start_stack(base / "stack", "s3", moto_server, DICOMGW_PHI_POLICY=str(policy))
+    running.uploaded["base"] = base
+    yield running
+    running.stack.stop()
+
+
+@pytest.fixture(scope="module")
+def phi_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path]]:
+    base = tmp_path_factory.mktemp("phi-files")
+    return {
+        "ct": make_series(base / "ct", modality="CT", slices=3, seed=41),
+        "ct2": make_series(base / "ct2", modality="CT", slices=2, seed=42),
+        "clean": make_series(base / "clean", modality="CT", slices=2, seed=43, clean=True),
+    }
+
+
+def stow(stack: RunningStack, files: list[Path], tenant: str, region: str = "eu-west-1") -> requests.Response:
+    return stack.stow(files, **{"X-DICOMGW-Tenant": tenant, "X-DICOMGW-Region": region})
+
+
+def audit(stack: RunningStack, sop: str) -> list[dict[str, Any]]:
+    answer = requests.get(
+        f"{stack.url}/api/v1/admin/audit", params={"sop_uid": sop}, headers=stack.api_headers, timeout=10
+    )
+    assert answer.status_code == 200
+    items: list[dict[str, Any]] = answer.json()["items"]
+    return items
+
+
+def visible(stack: RunningStack, sop: str) -> bool:
+    answer = requests.get(
+        f"{stack.url}/dicomweb/instances", params={"SOPInstanceUID": sop}, headers=stack.api_headers, timeout=10
+    )
+    assert answer.status_code == 200
+    return bool(answer.json())
+
+
+def stored_keys(stack: RunningStack) -> list[str]:
+    return list(stack.storage().list(""))
+
+
+def failures(answer: requests.Response) -> list[dict[str, Any]]:
+    failed: list[dict[str, Any]] = answer.json().get("00081198", {}).get("Value", [])
+    return failed
+
+
+def test_reject_names_every_hiding_place_and_stores_nothing(
+    phi_stack: RunningStack, phi_files: dict[str, list[Path]]
+) -> None:
+    path = phi_files["ct"][0]
+    _, _, sop = uids_of(path)
+    answer = stow(phi_stack, [path], tenant="blocked")
+    assert answer.status_code == 409
+    [failed] = failures(answer)
+    assert failed["00081197"]["Value"] == [0x0110]
+    assert not visible(phi_stack, sop)
+    assert not [k for k in stored_keys(phi_stack) if sop in k]
+    [record] = audit(phi_stack, sop)
+    assert record["decision"] == "reject" and record["rule"] == "blocked-tenant"
+    assert record["policy_version"] == "e2e-1"
+    for tag_path, place in HIDING_PLACES.items():
+        assert tag_path in record["tags"], place
+    text = json.dumps(record)
+    name = str(pydicom.dcmread(path, stop_before_pixels=True).PatientName)
+    assert name.split("^")[0] not in text  # the audit names tags, never values
+
+
+def test_deidentify_rescans_clean_and_keeps_studies_consistent(
+    phi_stack: RunningStack, phi_files: dict[str, list[Path]], tmp_path: Path
+) -> None:
+    first, second = phi_files["ct"][1], phi_files["ct"][2]
+    original_study = uids_of(first)[0]
+    answers = [stow(phi_stack, [first], tenant="research"), stow(phi_stack, [second], tenant="research")]
+    assert [a.status_code for a in answers] == [200, 200]
+    studies = {
+        a.json()["00081199"]["Value"][0]["00081190"]["Value"][0].split("/studies/")[1].split("/")[0] for a in answers
+    }
+    assert len(studies) == 1  # two separate uploads of one study land in the same new study
+    (new_study,) = studies
+    assert new_study != original_study
+    token = phi_stack.issue([new_study])["token"]
+    listed = requests.get(f"{phi_stack.root(token)}/studies/{new_study}/instances", timeout=10).json()
+    assert len(listed) == 2
+    for item in listed:
+        series, sop = item["0020000E"]["Value"][0], item["00080018"]["Value"][0]
+        body = requests.get(
+            f"{phi_stack.root(token)}/studies/{new_study}/series/{series}/instances/{sop}",
+            headers={"Accept": "application/dicom"},
+            timeout=30,
+        )
+        assert body.status_code == 200
+        stored = tmp_path / f"{sop}.dcm"
+        stored.write_bytes(body.content)
+        # the policy keeps dates shifted by a keyed offset (Retain Longitudinal ... Modified Dates)
+        report = scan_file(stored, load_policy(phi_stack.uploaded["base"] / "policy.toml"))
+        assert report.clean, report.to_json()
+        ds = pydicom.dcmread(stored, stop_before_pixels=True)
+        assert ds.PatientIdentityRemoved == "YES"
+        assert "113100" in [item.CodeValue for item in ds.DeidentificationMethodCodeSequence]
+
+
+def test_identifiable_data_never_reaches_a_forbidden_region(
+    phi_stack: RunningStack, phi_files: dict[str, list[Path]]
+) -> None:
+    path = phi_files["ct2"][0]
+    answer = stow(phi_stack, [path], tenant="us-clinical", region="eu-west-1")
+    assert answer.status_code == 409
+    us_dir = phi_stack.uploaded["base"] / "us"
+    assert not any(p.is_file() for p in us_dir.rglob("*"))
+    assert not visible(phi_stack, uids_of(path)[2])
+
+
+def test_route_to_a_destination_that_allows_identifiable_data(
+    phi_stack: RunningStack, phi_files: dict[str, list[Path]]
+) -> None:
+    path = phi_files["ct2"][1]
+    study, series, sop = uids_of(path)
+    answer = stow(phi_stack, [path], tenant="clinical", region="eu-west-1")
+    assert answer.status_code == 200, answer.text
+    vault_copy = phi_stack.uploaded["base"] / "vault" / f"studies/{study}/series/{series}/instances/{sop}.dcm"
+    assert vault_copy.read_bytes() == path.read_bytes()
+    assert not [k for k in stored_keys(phi_stack) if sop in k]  # not in the default (de-identified) bucket
+
+
+def test_clean_file_is_accepted_unchanged(phi_stack: RunningStack, phi_files: dict[str, list[Path]]) -> None:
+    path = phi_files["clean"][0]
+    study, series, sop = uids_of(path)
+    answer = stow(phi_stack, [path], tenant="anyone")
+    assert answer.status_code == 200, answer.text
+    token = phi_stack.issue([study])["token"]
+    body = requests.get(
+        f"{phi_stack.root(token)}/studies/{study}/series/{series}/instances/{sop}",
+        headers={"Accept": "application/dicom"},
+        timeout=30,
+    )
+    assert body.content == path.read_bytes()
+
+
+def test_quarantine_is_never_served_and_can_be_released(phi_stack: RunningStack, tmp_path: Path) -> None:
+    [path] = make_series(tmp_path, modality="CT", slices=1, seed=44)
+    ds = pydicom.dcmread(path)
+    ds.Modality = "US"
+    ds.save_as(path)
+    study, series, sop = uids_of(path)
+    answer = stow(phi_stack, [path], tenant="anyone")
+    assert answer.status_code == 409
+    assert not visible(phi_stack, sop)
+    items = requests.get(f"{phi_stack.url}/api/v1/admin/quarantine", headers=phi_stack.api_headers, timeout=10)
+    [entry] = [i for i in items.json()["items"] if i["sop_uid"] == sop]
+    token = phi_stack.issue([study])["token"]
+    url = f"{phi_stack.root(token)}/studies/{study}/series/{series}/instances/{sop}"
+    assert requests.get(url, headers={"Accept": "application/dicom"}, timeout=10).status_code == 404
+    released = requests.post(
+        f"{phi_stack.url}/api/v1/admin/quarantine/{entry['key']}/release", headers=phi_stack.api_headers, timeout=30
+    )
+    assert released.status_code == 200
+    assert released.json()["status"] == "stored"
+    assert requests.get(url, headers={"Accept": "application/dicom"}, timeout=10).content == path.read_bytes()
+
+
+def test_s3_event_path_runs_the_same_hooks(
+    phi_stack: RunningStack, phi_files: dict[str, list[Path]], tmp_path: Path
+) -> None:
+    settings_env = {**os.environ, **phi_stack.stack.gateway_env(), **phi_stack.stack.extra_env}
+    bucket, prefix = phi_stack.stack.storage_url[len("s3://") :].split("/", 1)
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=phi_stack.stack.extra_env["AWS_ENDPOINT_URL"],
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
+    phi_path = phi_files["ct"][0]
+    clean_path = phi_files["clean"][1]
+    s3.upload_file(
+        str(phi_path), bucket, f"{prefix}/incoming/phi.dcm", ExtraArgs={"Metadata": {"dicomgw-tenant": "blocked"}}
+    )
+    s3.upload_file(
+        str(clean_path),
+        bucket,
+        f"{prefix}/incoming/clean one+.dcm",
+        ExtraArgs={"Metadata": {"dicomgw-tenant": "anyone"}},
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "hooks", "run-incoming"],
+        env=settings_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode in (0, 1), run.stderr
+    remaining = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/incoming/").get("Contents", [])]
+    assert remaining == [f"{prefix}/incoming/phi.dcm"]  # rejected: kept where it was, never made visible
+    assert visible(phi_stack, uids_of(clean_path)[2])
+    records = audit(phi_stack, uids_of(phi_path)[2])
+    s3_record = [r for r in records if r["source"] == "s3-event"]
+    assert s3_record and s3_record[0]["decision"] == "reject"
+    for tag_path in HIDING_PLACES:
+        assert tag_path in s3_record[0]["tags"]
