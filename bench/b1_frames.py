@@ -71,7 +71,7 @@ def run() -> Report:
                     timings["cold"].setdefault(position, []).append(took)
             cold_log = stack.access_log()[log_mark:]
             expected = {n: wsi_tile(SEED, n, frames=FRAMES) for n in POSITIONS.values()}
-            for position, n in POSITIONS.items():  # the warm frames' plans are cached by now (asked above)
+            for n in POSITIONS.values():  # the warm frames' plans are cached by now (asked above)
                 client.get(f"{base}{n}", {"Accept": ACCEPT})
             log_mark = len(stack.access_log())
             for _ in range(SAMPLES):

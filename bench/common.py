@@ -27,12 +27,15 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import requests
 
 from gateway.stack import NGINX, Stack, StackError, free_port
+
+if TYPE_CHECKING:
+    from gateway.synth import Offsets
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH_DIR = Path(__file__).resolve().parent
@@ -136,12 +139,13 @@ def ct_series(seed: int = 7, slices: int = 200) -> list[Path]:
     return sorted(folder.glob("*.dcm"))
 
 
-def wsi(seed: int = 7, frames: int = 32_000, tile: int = 256) -> Path:
-    """A clean JPEG whole-slide image with a Basic Offset Table."""
+def wsi(seed: int = 7, frames: int = 32_000, tile: int = 256, offsets: Offsets = "bot") -> Path:
+    """A clean JPEG whole-slide image, with a Basic Offset Table unless ``offsets`` says otherwise."""
     from gateway.synth import make_wsi
 
-    folder = _cached(f"wsi-{seed}-{frames}-{tile}", lambda out: make_wsi(
-        out, frames=frames, tile=tile, offsets="bot", seed=seed, clean=True))
+    suffix = "" if offsets == "bot" else f"-{offsets}"
+    folder = _cached(f"wsi-{seed}-{frames}-{tile}{suffix}", lambda out: make_wsi(
+        out, frames=frames, tile=tile, offsets=offsets, seed=seed, clean=True))
     return folder / f"wsi-{seed}.dcm"
 
 

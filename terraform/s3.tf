@@ -226,7 +226,7 @@ resource "aws_s3_bucket_notification" "data" {
 ################################################################################
 
 resource "aws_s3_bucket" "logs" {
-  #checkov:skip=CKV_AWS_18:This is the access-log target; logging it into itself would loop, and a second log bucket would only move the question.
+  # Not access-logged itself: it is the access-log target, and logging it into itself would loop.
   #checkov:skip=CKV_AWS_144:Access logs stay in the data-residency region like the data they describe.
   #checkov:skip=CKV_AWS_145:S3 server access logging delivers only to buckets encrypted with SSE-S3 (AES256), not SSE-KMS.
   #checkov:skip=CKV2_AWS_62:Nothing has to react to a new log object; event notifications would have no consumer.

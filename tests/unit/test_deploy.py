@@ -142,9 +142,7 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 def make_env(tmp_path: Path) -> Path:
     out = tmp_path / ".env"
-    subprocess.run(
-        ["sh", str(DOCKER / "make-env.sh"), str(ENV_EXAMPLE), str(out)], check=True, capture_output=True
-    )
+    subprocess.run(["sh", str(DOCKER / "make-env.sh"), str(ENV_EXAMPLE), str(out)], check=True, capture_output=True)
     return out
 
 
@@ -285,15 +283,10 @@ def compose_schema() -> dict[str, Any]:
 
 def schema_errors(schema: Mapping[str, Any], document: Any) -> list[str]:
     validator = jsonschema.Draft7Validator(schema)
-    return [
-        f"{'/'.join(map(str, error.absolute_path))}: {error.message}"
-        for error in validator.iter_errors(document)
-    ]
+    return [f"{'/'.join(map(str, error.absolute_path))}: {error.message}" for error in validator.iter_errors(document)]
 
 
-def test_compose_file_is_valid_against_the_compose_spec_schema(
-    compose_schema: dict[str, Any], tmp_path: Path
-) -> None:
+def test_compose_file_is_valid_against_the_compose_spec_schema(compose_schema: dict[str, Any], tmp_path: Path) -> None:
     assert schema_errors(compose_schema, load_compose()) == []
     # and once interpolated with a real .env, as compose validates after interpolation
     resolved = interpolate_tree(load_compose(), read_env_file(make_env(tmp_path)))
@@ -328,9 +321,7 @@ def test_every_dependency_exists_and_is_waited_for_properly() -> None:
             condition = spec["condition"]
             if condition == "service_healthy":
                 check = services[target].get("healthcheck")
-                assert check and not check.get("disable"), (
-                    f"{name} waits for {target}, which has no healthcheck"
-                )
+                assert check and not check.get("disable"), f"{name} waits for {target}, which has no healthcheck"
                 assert check["test"][0] in ("CMD", "CMD-SHELL")
             else:
                 # one-shots are waited for until they exit 0, and must not be restarted
@@ -365,9 +356,7 @@ def test_postgres_is_an_optional_profile_and_sqlite_lives_in_a_volume() -> None:
     assert interpolate(gateway_env["DICOMGW_DATABASE_URL"], {}) == "sqlite:////var/lib/dicomgw/catalog.db"
     assert "gateway-data:/var/lib/dicomgw" in services["gateway"]["volumes"]
     assert (
-        interpolate(
-            gateway_env["DICOMGW_DATABASE_URL"], {"DICOMGW_DATABASE_URL": "postgresql://u:p@postgres/db"}
-        )
+        interpolate(gateway_env["DICOMGW_DATABASE_URL"], {"DICOMGW_DATABASE_URL": "postgresql://u:p@postgres/db"})
         == "postgresql://u:p@postgres/db"
     )
 
@@ -377,13 +366,13 @@ def test_no_secret_is_written_inline() -> None:
         for key, value in environment_of(service).items():
             if SECRET_NAME.search(key):
                 assert re.fullmatch(r"\$\{[A-Z0-9_]+:\?[^}]+\}", value), f"{name}.{key} must be ${{VAR:?...}}"
-            # no credentials in a URL default, no long random-looking literal
-            assert not re.search(
-                r"://[^/@\s]+:[^/@\s]+@", interpolate(value, {}) if "?" not in value else ""
-            ), key
-            assert not re.search(r"[0-9a-fA-F]{32,}|[A-Za-z0-9+/]{40,}", value), (
-                f"{name}.{key} looks like a key"
-            )
+            # no credentials in a default (e.g. a database URL), no long random-looking literal
+            try:
+                default = interpolate(value, {})
+            except MissingVariable:  # required from .env: checked above
+                default = ""
+            assert not re.search(r"://[^/@\s]+:[^/@\s]+@", default), f"{name}.{key} has credentials inline"
+            assert not re.search(r"[0-9a-fA-F]{32,}|[A-Za-z0-9+/]{40,}", value), f"{name}.{key} looks like a key"
 
 
 def test_a_missing_secret_stops_compose_with_a_message_naming_it() -> None:
@@ -486,11 +475,7 @@ def test_nginx_image_serves_the_tested_templates_with_the_official_envsubst() ->
 
 
 def test_viewer_stage_builds_with_npm_ci() -> None:
-    runs = [
-        args
-        for instruction, args in dockerfile_instructions(DOCKER / "nginx.Dockerfile")
-        if instruction == "RUN"
-    ]
+    runs = [args for instruction, args in dockerfile_instructions(DOCKER / "nginx.Dockerfile") if instruction == "RUN"]
     assert runs[0].startswith("npm ci")
     assert runs[1] == "npm run build"
     package = json.loads((REPO / "viewer" / "package.json").read_text())
@@ -576,9 +561,7 @@ def test_gateway_image_is_slim_non_root_and_runs_gunicorn_gthread() -> None:
     names = [instruction for instruction, _ in final]
     # the data directory is declared a volume after it is chowned and before the user switch
     assert names.index("RUN") < names.index("VOLUME") < names.index("USER") < names.index("CMD")
-    assert "useradd --system --uid 10001" in " ".join(
-        args for instruction, args in final if instruction == "RUN"
-    )
+    assert "useradd --system --uid 10001" in " ".join(args for instruction, args in final if instruction == "RUN")
     (healthcheck,) = [args for instruction, args in final if instruction == "HEALTHCHECK"]
     assert '"/usr/local/lib/dicomgw/healthcheck.py", "http://127.0.0.1:8000/healthz"' in healthcheck
     (cmd,) = [args for instruction, args in final if instruction == "CMD"]
@@ -681,9 +664,7 @@ def test_healthcheck_script_fails_on_refused_connection_and_bad_url() -> None:
     )
     assert refused.returncode == 1
     assert "unhealthy: ConnectionRefusedError" in refused.stderr
-    bad = subprocess.run(
-        [sys.executable, str(DOCKER / "healthcheck.py"), "https://example.org/"], capture_output=True
-    )
+    bad = subprocess.run([sys.executable, str(DOCKER / "healthcheck.py"), "https://example.org/"], capture_output=True)
     assert bad.returncode == 1
 
 
@@ -701,9 +682,7 @@ def test_every_tf_file_parses() -> None:
         assert isinstance(load_tf(path), dict), path
 
 
-@pytest.mark.parametrize(
-    "directory", [TERRAFORM, TERRAFORM / "examples" / "complete"], ids=["module", "example"]
-)
+@pytest.mark.parametrize("directory", [TERRAFORM, TERRAFORM / "examples" / "complete"], ids=["module", "example"])
 def test_every_variable_is_described_and_typed(directory: Path) -> None:
     variables = module_blocks("variable", directory)
     assert variables
@@ -767,9 +746,7 @@ def test_data_bucket_is_private_encrypted_versioned_and_tls_only() -> None:
 
 
 def test_lifecycle_rules_cover_incoming_and_quarantine() -> None:
-    rules = {
-        rule["id"]: rule for rule in tf_resource("aws_s3_bucket_lifecycle_configuration", "data")["rule"]
-    }
+    rules = {rule["id"]: rule for rule in tf_resource("aws_s3_bucket_lifecycle_configuration", "data")["rule"]}
     assert rules["incoming-expire-unprocessed"]["filter"] == [{"prefix": "incoming/"}]
     assert rules["incoming-expire-unprocessed"]["expiration"] == [{"days": "${var.incoming_expiration_days}"}]
     assert rules["quarantine-expire"]["filter"] == [{"prefix": "quarantine/"}]
@@ -867,17 +844,20 @@ def test_both_containers_run_read_only_and_the_gateway_as_its_uid() -> None:
 
 def test_every_checkov_skip_is_justified() -> None:
     skips = 0
-    for path in tf_files():
+    for path in [*tf_files(), DOCKER / "gateway.Dockerfile", DOCKER / "nginx.Dockerfile"]:
         for line in path.read_text().splitlines():
             if "checkov:skip" in line:
                 skips += 1
-                assert re.fullmatch(r"\s*#checkov:skip=CKV2?_AWS_\d+:\S.{30,}", line), (
-                    f"{path.name}: {line.strip()}"
-                )
+                pattern = r"\s*#\s?checkov:skip=CKV(2?_AWS|_DOCKER)_\d+:\S.{30,}"
+                assert re.fullmatch(pattern, line), f"{path.name}: {line.strip()}"
     assert skips > 0
 
 
-def test_checkov_reports_no_failed_check() -> None:
+@pytest.mark.parametrize(
+    ("directory", "framework", "minimum_resources"),
+    [("terraform", "terraform", 50), ("docker", "dockerfile", 2)],
+)
+def test_checkov_reports_no_failed_check(directory: str, framework: str, minimum_resources: int) -> None:
     if not CHECKOV.exists():
         pytest.fail(
             f"{CHECKOV} is missing: python3 -m venv .venv-checkov && "
@@ -887,9 +867,9 @@ def test_checkov_reports_no_failed_check() -> None:
         [
             str(CHECKOV),
             "-d",
-            "terraform",
+            directory,
             "--framework",
-            "terraform",
+            framework,
             "--quiet",
             "--compact",
             "--skip-download",
@@ -913,7 +893,7 @@ def test_checkov_reports_no_failed_check() -> None:
     assert failed == []
     summary = reports[0]["summary"]
     assert summary["parsing_errors"] == 0
-    assert summary["resource_count"] > 50  # it really scanned the module
+    assert summary["resource_count"] >= minimum_resources  # it really scanned something
     assert result.returncode == 0, result.stderr[-2000:]
 
 
@@ -948,9 +928,7 @@ def test_terraform_validate_with_a_local_provider_mirror(tmp_path: Path) -> None
     binary = terraform_binary()
     plugin_dir = os.environ.get("DICOMGW_TF_PLUGIN_DIR", "")
     if binary is None or not plugin_dir:
-        pytest.skip(
-            "terraform validate needs the AWS provider: set DICOMGW_TF_PLUGIN_DIR to a provider mirror"
-        )
+        pytest.skip("terraform validate needs the AWS provider: set DICOMGW_TF_PLUGIN_DIR to a provider mirror")
     example = tmp_path / "terraform"
     shutil.copytree(TERRAFORM, example, ignore=shutil.ignore_patterns(".terraform*"))
     workdir = example / "examples" / "complete"
@@ -962,7 +940,5 @@ def test_terraform_validate_with_a_local_provider_mirror(tmp_path: Path) -> None
         env=env,
         capture_output=True,
     )
-    result = subprocess.run(
-        [binary, "validate", "-no-color"], cwd=workdir, env=env, capture_output=True, text=True
-    )
+    result = subprocess.run([binary, "validate", "-no-color"], cwd=workdir, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

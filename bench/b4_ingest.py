@@ -1,0 +1,147 @@
+"""B4: ingest. STOW-RS MB/s of the 200-slice CT and of the 32,000-frame WSI (one streaming multipart POST each,
+the client that ``RunningStack.stow`` uses), gunicorn's peak RSS, the in-process index build time of the WSI, and
+the cost of the PHI hooks.
+
+Two stacks run side by side: one without hooks, one with ``DICOMGW_PHI_POLICY`` set to a minimal policy
+written by this benchmark (every upload that declares region ``bench`` is scanned in full and then allowed to
+a destination that may hold identifiable data; anything else is rejected). The synthetic data is clean, but
+the basic profile still flags descriptors such as SeriesDescription, so an "allow" policy is the one that
+stores it without de-identifying: the scan and the policy decision run on every file, the de-identifier does
+not. Each CT round uses a fresh series (new UIDs: a re-upload of stored bytes would be a cheap duplicate) and
+alternates which stack goes first. Targets: hooks add < 20% to the CT's ingest time; index < 2 s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+from bench.common import (
+    BenchSkip,
+    Report,
+    RssSampler,
+    ct_series,
+    header,
+    main,
+    median,
+    run_dir,
+    running_stack,
+    timed,
+    wsi,
+)
+
+CT_SEEDS = (21, 22, 23)
+POLICY = """\
+# Written by bench/b4_ingest.py: scan everything, allow what declares region "bench", reject the rest.
+version = "bench-1"
+
+[destinations.local]
+storage = "default"
+region = "bench"
+identifiable_allowed = true
+
+[[rules]]
+id = "bench-allow"
+match = { region = "bench" }
+action = "allow"
+destination = "local"
+
+[default]
+action = "reject"
+reason = "the benchmark policy allows only uploads that declare region bench"
+"""
+UPLOAD_HEADERS = {"X-DICOMGW-Tenant": "bench", "X-DICOMGW-Region": "bench"}
+
+
+def _index_seconds(path: Path, runs: int = 3) -> list[float]:
+    from gateway.dicom.index import index_file
+
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        indexed = index_file(path)
+        times.append(time.perf_counter() - t0)
+        if indexed.number_of_frames != 32_000 or indexed.frame_index is None:
+            raise AssertionError("the WSI index does not hold 32,000 frames")
+    return times
+
+
+def run() -> Report:
+    started = time.perf_counter()
+    report = header("B4", "ingest: STOW-RS MB/s, peak RSS, index build, PHI hooks")
+    slide = wsi()
+    cts = {seed: ct_series(seed=seed) for seed in CT_SEEDS}
+
+    index_times = _index_seconds(slide)
+    report.say(f"index_file(32,000-frame WSI, {slide.stat().st_size / 1e6:.0f} MB), in-process: "
+               + ", ".join(f"{t:.2f} s" for t in index_times))
+    report.check("index build, 32,000 frames (s, median of 3)", median(index_times), "< 2 s",
+                 median(index_times) < 2.0)
+
+    with run_dir("b4") as var:
+        policy = var / "phi-policy.toml"
+        policy.write_text(POLICY)
+        try:
+            from gateway.phi.policy import load_policy
+
+            load_policy(policy)
+            hooks_error = ""
+        except Exception as error:  # any failure here means "not measured", never a crash of the whole run
+            hooks_error = f"the PHI policy does not load ({type(error).__name__}: {error})"
+        with running_stack(var / "plain") as plain, contextlib.ExitStack() as exits:
+            hooked = None
+            if not hooks_error:
+                try:
+                    hooked = exits.enter_context(
+                        running_stack(var / "hooks", extra_env={"DICOMGW_PHI_POLICY": str(policy)}))
+                except BenchSkip as skip:
+                    hooks_error = str(skip)
+            stacks = {"no hooks": plain, **({"PHI hooks": hooked} if hooked is not None else {})}
+            ct_rates: dict[str, list[float]] = {name: [] for name in stacks}
+            ct_times: dict[str, list[float]] = {name: [] for name in stacks}
+            peaks: dict[str, int] = dict.fromkeys(stacks, 0)
+            idle = {name: s.rss() for name, s in stacks.items()}
+            for i, (_seed, files) in enumerate(cts.items()):
+                order = list(stacks) if i % 2 == 0 else list(reversed(stacks))
+                for name in order:
+                    if name not in stacks:
+                        continue
+                    stack = stacks[name]
+                    try:
+                        with RssSampler(stack.rss) as sampler:
+                            seconds, size, _ = stack.stow(files, UPLOAD_HEADERS)
+                    except AssertionError as error:
+                        if name == "PHI hooks":
+                            hooks_error = f"STOW with the PHI hooks failed: {error}"
+                            stacks.pop(name)
+                            continue
+                        raise
+                    peaks[name] = max(peaks[name], sampler.peak)
+                    ct_times[name].append(seconds)
+                    ct_rates[name].append(size / 1e6 / seconds)
+                    report.say(f"CT round {i + 1}, {name}: {size / 1e6:.0f} MB in {seconds:.2f} s = "
+                               f"{size / 1e6 / seconds:.0f} MB/s, peak gunicorn RSS {sampler.peak / 1e6:.0f} MB")
+            for name in stacks:
+                report.say(f"CT, {name}: median {median(ct_rates[name]):.0f} MB/s over {len(CT_SEEDS)} rounds; "
+                           f"gunicorn RSS idle {idle[name] / 1e6:.0f} MB, peak {peaks[name] / 1e6:.0f} MB")
+            for name, stack in stacks.items():
+                with RssSampler(stack.rss) as sampler:
+                    seconds, size, _ = stack.stow([slide], UPLOAD_HEADERS)
+                report.say(f"WSI, {name}: {size / 1e6:.0f} MB in {seconds:.2f} s = {size / 1e6 / seconds:.0f} "
+                           f"MB/s, peak gunicorn RSS {sampler.peak / 1e6:.0f} MB (idle {idle[name] / 1e6:.0f} MB)")
+
+    report.check("CT STOW MB/s, no hooks (Orthanc 1.10 ~100)", median(ct_rates["no hooks"]), "report (> 100)",
+                 median(ct_rates["no hooks"]) > 100)
+    if "PHI hooks" in stacks and not hooks_error:
+        overhead = median(ct_times["PHI hooks"]) / median(ct_times["no hooks"]) - 1
+        report.check("CT ingest time added by the PHI hooks", overhead, "< 0.2 (20%)", overhead < 0.2,
+                     f"{median(ct_times['PHI hooks']):.2f} s vs {median(ct_times['no hooks']):.2f} s")
+    else:
+        report.check("CT ingest time added by the PHI hooks", float("nan"), "< 0.2 (20%)", None,
+                     hooks_error or "not measured")
+    return timed(report, started)
+
+
+if __name__ == "__main__":
+    main(run)
