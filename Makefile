@@ -53,7 +53,7 @@ demo: demo-deps venv viewer
 	$(VENV)/bin/dicom-gateway stack up
 
 lint: venv
-	$(VENV)/bin/ruff check gateway tests bench
+	$(VENV)/bin/ruff check gateway tests bench docker
 	$(VENV)/bin/mypy
 
 test: system-deps venv .venv-checkov/.installed viewer lint

@@ -87,6 +87,25 @@ def stack_up(
         click.echo("stopped.")
 
 
+@stack.command("seed")
+@click.option("--url", "url", required=True, help="The gateway's public URL (through NGINX).")
+@click.option("--work-dir", default="var", show_default=True, type=click.Path(path_type=Path))
+def stack_seed(url: str, work_dir: Path) -> None:
+    """Seed a running gateway (docker compose) with the synthetic studies; print the URLs. API key from
+    DICOMGW_API_KEYS (the first one)."""
+    from gateway.seed import Target, seed_demo
+
+    keys = [k.strip() for k in os.environ.get("DICOMGW_API_KEYS", "").split(",") if k.strip()]
+    if not keys:
+        raise click.ClickException("DICOMGW_API_KEYS is not set")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    urls = seed_demo(Target(url, keys[0], work_dir))
+    click.echo(f"gateway:  {url}")
+    click.echo(f"viewer:   {urls['viewer_url']}")
+    click.echo(f"dicomweb: {urls['dicomweb_root']}")
+    click.echo(f"slide:    {urls['wsi_viewer_url']}")
+
+
 # -- tokens and keys -------------------------------------------------------------------------------------------
 
 

@@ -12,6 +12,15 @@ import requests
 
 from gateway.stack import Stack
 
+
+class Target:
+    """Where to seed: a gateway URL (through NGINX) and an API key."""
+
+    def __init__(self, url: str, api_key: str, work_dir: Path) -> None:
+        self.url = url.rstrip("/")
+        self.api_key = api_key
+        self.var_dir = work_dir
+
 CT_SLICES = 60
 WSI_FRAMES = 2048
 
@@ -30,7 +39,7 @@ def _generate(seed_dir: Path) -> dict[str, Any]:
     }
 
 
-def _stow(stack: Stack, files: list[str]) -> None:
+def _stow(stack: Stack | Target, files: list[str]) -> None:
     headers = {
         "Authorization": f"Bearer {stack.api_key}",
         "Content-Type": "application/dicom",
@@ -45,7 +54,7 @@ def _stow(stack: Stack, files: list[str]) -> None:
             raise RuntimeError(f"seeding {Path(name).name} failed: {answer.status_code} {answer.text[:300]}")
 
 
-def issue(stack: Stack, study: str, ttl: int = 3600) -> dict[str, Any]:
+def issue(stack: Stack | Target, study: str, ttl: int = 3600) -> dict[str, Any]:
     answer = requests.post(
         f"{stack.url}/api/v1/tokens",
         json={"sub": "demo", "studies": [study], "actions": ["read"], "ttl": ttl},
@@ -58,7 +67,7 @@ def issue(stack: Stack, study: str, ttl: int = 3600) -> dict[str, Any]:
     return result
 
 
-def seed_demo(stack: Stack) -> dict[str, str]:
+def seed_demo(stack: Stack | Target) -> dict[str, str]:
     seed_dir = stack.var_dir / "seed"
     manifest_path = seed_dir / "seed.json"
     if manifest_path.exists():

@@ -87,9 +87,7 @@ def _context(metadata: Mapping[str, str]) -> UploadContext:
     return UploadContext(source="s3-event", sub=value("sub"), tenant=value("tenant"), region=value("region"))
 
 
-def process_object(
-    s3: Any, bucket: str, key: str, settings: Settings, ingestor: IngestorLike
-) -> IncomingResult:
+def process_object(s3: Any, bucket: str, key: str, settings: Settings, ingestor: IngestorLike) -> IncomingResult:
     """One ``incoming/`` object: download, ingest (hooks included), delete the source only after success."""
     storage_bucket, prefix = _split_storage(settings.storage_url)
     if bucket != storage_bucket or not key.startswith(prefix + INCOMING) or key.endswith("/"):
@@ -108,9 +106,7 @@ def process_object(
         except Exception as exc:  # noqa: BLE001 - one bad object must not stop the others; the source stays
             return IncomingResult(bucket, key, "failed", detail=f"ingest: {type(exc).__name__}")
         status = str(result.status)
-        outcome = IncomingResult(
-            bucket, key, status, getattr(result, "sop_uid", None), str(result.detail or "")
-        )
+        outcome = IncomingResult(bucket, key, status, getattr(result, "sop_uid", None), str(result.detail or ""))
         if status not in DONE:
             return outcome
         # Delete only the object we ingested: one replaced meanwhile waits for its own event.
@@ -128,10 +124,25 @@ def process_object(
 _SETTINGS: Settings | None = None
 
 
+def _resolve_secret_arns(env: Mapping[str, str]) -> dict[str, str]:
+    """In Lambda the secrets arrive as ``DICOMGW_<NAME>_SECRET_ARN``: fetch each from Secrets Manager once, so the
+    values never sit in the function's configuration."""
+    resolved = dict(env)
+    arns = {
+        k[: -len("_SECRET_ARN")]: v for k, v in env.items() if k.startswith("DICOMGW_") and k.endswith("_SECRET_ARN")
+    }
+    if arns:
+        client = boto3.client("secretsmanager")
+        for name, arn in arns.items():
+            if not resolved.get(name):
+                resolved[name] = client.get_secret_value(SecretId=arn)["SecretString"]
+    return resolved
+
+
 def _default_settings() -> Settings:
     global _SETTINGS  # read once per process (a Lambda container), as gunicorn does at start-up
     if _SETTINGS is None:
-        _SETTINGS = Settings.from_env()
+        _SETTINGS = Settings.from_env(_resolve_secret_arns(os.environ))
     return _SETTINGS
 
 
@@ -157,9 +168,7 @@ def handler(
     return {"results": [result.to_dict() for result in results]}
 
 
-def run_incoming(
-    settings: Settings, *, ingestor: IngestorLike | None = None, s3: Any = None
-) -> list[IncomingResult]:
+def run_incoming(settings: Settings, *, ingestor: IngestorLike | None = None, s3: Any = None) -> list[IncomingResult]:
     """List ``incoming/`` under the storage prefix and hand each object to ``handler``, oldest key order."""
     bucket, prefix = _split_storage(settings.storage_url)
     ingestor = ingestor or make_ingestor(settings)

@@ -86,10 +86,16 @@ async function openSeries(series) {
   const matrix = dicom.number(first, '00480006');
   const cols = dicom.number(first, '00280011');
   state.tiles = frames.length > 1 && matrix && cols ? { columns: Math.ceil(matrix / cols) } : null;
+  // A slide's first tile is usually empty glass: start a tiled image at its centre tile.
+  let start = 0;
+  if (state.tiles) {
+    const rows = Math.ceil(frames.length / state.tiles.columns);
+    start = Math.min(frames.length - 1, Math.floor(rows / 2) * state.tiles.columns + Math.floor(state.tiles.columns / 2));
+  }
   const color = (dicom.number(first, '00280002') ?? 1) > 1;
   for (const button of document.querySelectorAll('#presets button')) button.disabled = color;
 
-  await stage.show(imageIds, 0);
+  await stage.show(imageIds, start);
   el.dataset.state = 'ready';
   el.dataset.series = series.uid;
   setStatus();
@@ -107,7 +113,7 @@ async function openSeries(series) {
     });
   } else {
     setProgress(1, 1);
-    prefetchAround(0);
+    prefetchAround(start);
   }
 }
 
@@ -158,7 +164,9 @@ function bindControls(stage) {
     if (!stage.imageIds.length || event.altKey || event.ctrlKey || event.metaKey) return;
     if (event.target instanceof HTMLButtonElement && (event.key === 'Enter' || event.key === ' ')) return;
     let target = null;
-    if (event.key in keys) target = stage.index + keys[event.key];
+    // On a tiled slide, up/down move a whole row of tiles: the tile above or below on the slide.
+    const row = state.tiles && (event.key === 'ArrowUp' || event.key === 'ArrowDown') ? state.tiles.columns : 1;
+    if (event.key in keys) target = stage.index + keys[event.key] * row;
     else if (event.key === 'Home') target = 0;
     else if (event.key === 'End') target = stage.imageIds.length - 1;
     if (target === null) return;

@@ -1,0 +1,407 @@
+"""The bundled viewer in a real browser (Debian's Chromium through Playwright) against the real stack.
+
+What a clinician sees: the synthetic CT renders and changes when scrolled (wheel, keyboard, touch), window/level and
+pinch zoom change the picture, the whole-slide image can be browsed tile by tile, and a bad link or a dead gateway
+gives a plain error screen. What an auditor checks: no preflight (OPTIONS), no Authorization header, no token in a
+Referer, no CSP violation, and the token gone from the address bar once the page has read it.
+
+Screenshots land in ``test-artifacts/`` (git-ignored; CI keeps them as artefacts).
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.e2e.conftest import uids_of
+from tests.e2e.harness import RunningStack, start_stack
+
+playwright_sync = pytest.importorskip("playwright.sync_api")
+from PIL import Image, ImageChops, ImageStat  # noqa: E402
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",  # CI runs the suite as root
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+# Overlays (image number, W/L text) and the progress bar would change the screenshot on their own: hide them so
+# a pixel difference means the image itself changed.
+HIDE_OVERLAYS = ".overlay, #progress { visibility: hidden !important; }"
+TIMEOUT_MS = 30_000
+
+if not Path(CHROMIUM).exists():  # pragma: no cover - `make test` installs it with apt
+    pytest.skip(f"{CHROMIUM} is not installed", allow_module_level=True)
+
+
+# -- browser plumbing ----------------------------------------------------------------------------------------------
+
+
+class NetworkLog:
+    """Every request the page made, plus console messages (for CSP violations)."""
+
+    def __init__(self) -> None:
+        self.requests: list[Any] = []
+        self.console: list[str] = []
+
+    def attach(self, page: Any) -> None:
+        page.on("request", self.requests.append)
+        page.on("console", lambda message: self.console.append(message.text))
+        page.on("pageerror", lambda error: self.console.append(f"pageerror: {error}"))
+
+    def headers(self) -> list[tuple[str, str, dict[str, str]]]:
+        """(method, url, all headers as sent, including Referer/Authorization) for every request."""
+        result = []
+        for request in self.requests:
+            try:
+                headers = request.all_headers()
+            except Exception:  # noqa: BLE001 - a request aborted by navigation has no raw headers; use what we have
+                headers = request.headers
+            result.append((request.method, request.url, {k.lower(): v for k, v in headers.items()}))
+        return result
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with playwright_sync.sync_playwright() as p:
+        instance = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield instance
+        finally:
+            instance.close()
+
+
+def open_page(browser: Any, log: NetworkLog, **context_options: Any) -> Any:
+    context = browser.new_context(**{"viewport": {"width": 1200, "height": 800}, **context_options})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    log.attach(page)
+    return page
+
+
+def wait_ready(page: Any) -> None:
+    """The first image is on screen and every prefetched frame has arrived."""
+    page.wait_for_selector("#viewport[data-state=ready]")
+    page.wait_for_function(
+        "() => { const d = document.getElementById('viewport').dataset;"
+        " return Number(d.loaded) >= Math.min(Number(d.count), 1) && document.getElementById('progress').hidden; }"
+    )
+    settle(page)
+
+
+def settle(page: Any) -> None:
+    """Two animation frames: Cornerstone renders on the next frame after a change."""
+    page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => r(null))))")
+
+
+def index_of(page: Any) -> int:
+    return int(page.get_attribute("#viewport", "data-index") or "-1")
+
+
+def wait_index(page: Any, expected: int) -> None:
+    page.wait_for_function(f"() => document.getElementById('viewport').dataset.index === '{expected}'")
+    settle(page)
+
+
+def snap(page: Any, name: str) -> Image.Image:
+    """Screenshot the image area (overlays hidden) and save a full-page screenshot as an artefact."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"viewer-{name}.png"))
+    style = page.add_style_tag(content=HIDE_OVERLAYS)
+    settle(page)
+    image = Image.open(io.BytesIO(page.locator("#viewport").screenshot())).convert("RGB")
+    style.evaluate("node => node.remove()")
+    return image
+
+
+def assert_not_blank(image: Image.Image) -> None:
+    gray = image.convert("L")
+    stat = ImageStat.Stat(gray)
+    assert stat.stddev[0] > 10, f"image looks blank: mean {stat.mean[0]:.1f}, stddev {stat.stddev[0]:.1f}"
+    lit = sum(gray.histogram()[16:])
+    assert lit > 0.05 * gray.width * gray.height, "less than 5% of the image area is lit"
+
+
+def changed_fraction(a: Image.Image, b: Image.Image) -> float:
+    assert a.size == b.size
+    diff = ImageChops.difference(a.convert("L"), b.convert("L"))
+    changed = sum(diff.histogram()[8:])
+    return changed / (a.width * a.height)
+
+
+def assert_clean_network(log: NetworkLog, token: str) -> None:
+    """No preflight, no Authorization header, no token in a Referer, unquoted Accept, no CSP violation."""
+    seen = log.headers()
+    assert seen, "the page made no requests"
+    assert [url for method, url, _ in seen if method == "OPTIONS"] == []
+    assert [url for _, url, h in seen if "authorization" in h] == []
+    assert [url for _, url, h in seen if token in h.get("referer", "")] == []
+    assert [url for _, url, h in seen if "referer" in h] == [], "no-referrer: no request should carry a Referer"
+    assert [h["accept"] for _, _, h in seen if '"' in h.get("accept", "")] == []
+    frames = [h for _, url, h in seen if "/frames/" in url]
+    assert frames, "no frame was requested"
+    assert all(h["accept"].startswith("multipart/related; type=application/octet-stream") for h in frames)
+    violations = [m for m in log.console if "Content Security Policy" in m or m.startswith("pageerror")]
+    assert violations == []
+
+
+def server_methods(stack: RunningStack, jti: str) -> set[str]:
+    return {entry["method"] for entry in stack.access_log() if entry.get("jti") == jti}
+
+
+def study_of(synthetic: dict[str, Any], key: str) -> str:
+    first = synthetic[key][0] if isinstance(synthetic[key], list) else synthetic[key]
+    return uids_of(first)[0]
+
+
+# -- tests -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stack", ["file"], indirect=True)
+def test_ct_renders_scrolls_and_windows(stack: RunningStack, synthetic: dict[str, Any], browser: Any) -> None:
+    study = study_of(synthetic, "ct")
+    issued = stack.issue([study], ttl=600)
+    log = NetworkLog()
+    page = open_page(browser, log)
+    page.goto(issued["viewer_url"])
+    wait_ready(page)
+
+    # The token was read from the fragment and scrubbed from the address bar; the study stays.
+    assert issued["token"] not in page.url
+    assert page.url.endswith(f"/viewer/#study={study}")
+    assert page.get_attribute("#viewport", "data-count") == str(len(synthetic["ct"]))
+    assert page.locator("#series button").count() == 1
+    thumb = page.locator("#series img").first
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=thumb.element_handle())
+
+    first = snap(page, "ct-desktop-first")
+    assert_not_blank(first)
+    assert index_of(page) == 0
+
+    # Mouse wheel over the image: next slice, different pixels.
+    box = page.locator("#viewport").bounding_box()
+    assert box is not None
+    centre = (box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.move(*centre)
+    page.mouse.wheel(0, 120)
+    wait_index(page, 1)
+    second = snap(page, "ct-desktop-wheel")
+    assert changed_fraction(first, second) > 0.02
+
+    # ArrowDown: one more slice.
+    page.keyboard.press("ArrowDown")
+    wait_index(page, 2)
+    third = snap(page, "ct-desktop-arrowdown")
+    assert changed_fraction(second, third) > 0.02
+
+    # Window presets: the overlay reports the preset and the picture changes.
+    page.click("button[data-preset=lung]")
+    settle(page)
+    assert "W 1500  L -600" in page.inner_text("#overlay-br")
+    lung = snap(page, "ct-desktop-lung")
+    assert changed_fraction(third, lung) > 0.2
+    page.click("button[data-preset=bone]")
+    settle(page)
+    assert "W 1800  L 400" in page.inner_text("#overlay-br")
+
+    # Window/level by left-drag.
+    before = page.inner_text("#overlay-br")
+    page.mouse.move(*centre)
+    page.mouse.down()
+    page.mouse.move(centre[0] + 80, centre[1] + 60, steps=8)
+    page.mouse.up()
+    settle(page)
+    assert page.inner_text("#overlay-br") != before
+    dragged = snap(page, "ct-desktop-wl-drag")
+    assert changed_fraction(lung, dragged) > 0.05
+
+    assert_clean_network(log, issued["token"])
+    assert server_methods(stack, issued["jti"]) == {"GET"}
+    # The page load itself carried no token: NGINX logged /viewer/ without one (the fragment stays in the browser).
+    viewer_hits = [e["uri"] for e in stack.access_log() if e["uri"].startswith("/viewer/")]
+    assert viewer_hits and all("token" not in uri for uri in viewer_hits)
+    page.context.close()
+
+
+def touch(cdp: Any, kind: str, points: list[tuple[float, float]]) -> None:
+    cdp.send(
+        "Input.dispatchTouchEvent",
+        {"type": kind, "touchPoints": [{"x": x, "y": y, "id": i} for i, (x, y) in enumerate(points)]},
+    )
+
+
+@pytest.mark.parametrize("stack", ["file"], indirect=True)
+def test_mobile_touch_scroll_and_pinch(stack: RunningStack, synthetic: dict[str, Any], browser: Any) -> None:
+    study = study_of(synthetic, "ct")
+    issued = stack.issue([study], ttl=600)
+    log = NetworkLog()
+    page = open_page(
+        browser, log, viewport={"width": 360, "height": 640}, has_touch=True, is_mobile=True, device_scale_factor=2
+    )
+    page.goto(issued["viewer_url"])
+    wait_ready(page)
+
+    # Usable at 360x640: nothing scrolls sideways, the image area is most of the screen, the presets fit.
+    assert page.evaluate("document.scrollingElement.scrollWidth") <= 360
+    box = page.locator("#viewport").bounding_box()
+    assert box is not None
+    assert box["width"] >= 350 and box["height"] >= 400, box
+    for preset in ("soft", "lung", "bone", "brain"):
+        button = page.locator(f"button[data-preset={preset}]").bounding_box()
+        assert button is not None and button["x"] + button["width"] <= 360
+
+    first = snap(page, "ct-mobile-first")
+    assert_not_blank(first)
+    cdp = page.context.new_cdp_session(page)
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+
+    # One finger dragging down: stack scroll.
+    touch(cdp, "touchStart", [(cx, cy - 100)])
+    for step in range(1, 21):
+        touch(cdp, "touchMove", [(cx, cy - 100 + step * 10)])
+    touch(cdp, "touchEnd", [])
+    page.wait_for_function("() => Number(document.getElementById('viewport').dataset.index) > 0")
+    settle(page)
+    scrolled_to = index_of(page)
+    scrolled = snap(page, "ct-mobile-touch-scroll")
+    assert changed_fraction(first, scrolled) > 0.02
+
+    # Two fingers moving apart: pinch zoom (the slice stays, the picture grows).
+    touch(cdp, "touchStart", [(cx - 30, cy), (cx + 30, cy)])
+    for step in range(1, 16):
+        touch(cdp, "touchMove", [(cx - 30 - step * 6, cy), (cx + 30 + step * 6, cy)])
+    touch(cdp, "touchEnd", [])
+    settle(page)
+    pinched = snap(page, "ct-mobile-pinch")
+    assert index_of(page) == scrolled_to
+    assert changed_fraction(scrolled, pinched) > 0.1
+    # Zoomed in: fewer black (outside-the-body) pixels than before.
+    black = lambda image: image.convert("L").histogram()[0]  # noqa: E731
+    assert black(pinched) < black(scrolled)
+
+    assert_clean_network(log, issued["token"])
+    page.context.close()
+
+
+@pytest.mark.parametrize("stack", ["file"], indirect=True)
+def test_wsi_frame_by_frame(stack: RunningStack, synthetic: dict[str, Any], browser: Any) -> None:
+    path = synthetic["wsi_bot"]
+    study = uids_of(path)[0]
+    issued = stack.issue([study], ttl=600)
+    log = NetworkLog()
+    page = open_page(browser, log)
+    page.goto(issued["viewer_url"])
+    wait_ready(page)
+
+    assert page.get_attribute("#viewport", "data-count") == "300"
+    start = index_of(page)
+    # JPEG tiles decoded in the loader's wasm worker under the production CSP: colour pixels on screen.
+    tile = snap(page, "wsi-tile-start")
+    assert_not_blank(tile)
+    assert "Tile" in page.inner_text("#overlay-br")
+    # The preset buttons are CT-only: disabled for a colour slide.
+    assert page.locator("button[data-preset=soft]").is_disabled()
+
+    page.keyboard.press("ArrowRight")
+    wait_index(page, start + 1)
+    right = snap(page, "wsi-tile-next")
+    assert changed_fraction(tile, right) > 0.02
+    box = page.locator("#viewport").bounding_box()
+    assert box is not None
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.wheel(0, 120)
+    wait_index(page, start + 2)
+    assert changed_fraction(right, snap(page, "wsi-tile-wheel")) > 0.02
+
+    assert_clean_network(log, issued["token"])
+    page.context.close()
+
+
+def open_error(browser: Any, url: str, name: str) -> tuple[Any, str]:
+    log = NetworkLog()
+    page = open_page(browser, log)
+    page.goto(url)
+    page.wait_for_selector("#error:not([hidden])")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"viewer-error-{name}.png"))
+    kind = page.get_attribute("#error", "data-kind") or ""
+    text = page.inner_text("body")
+    # A sentence for a human, not a stack trace or a raw status line.
+    assert "Error:" not in text and " at " not in text and "Traceback" not in text
+    assert page.locator("#app").is_hidden()
+    assert [m for m in log.console if m.startswith("pageerror")] == []
+    return page, kind
+
+
+@pytest.mark.parametrize("stack", ["file"], indirect=True)
+def test_expired_revoked_and_out_of_scope_links(
+    stack: RunningStack, synthetic: dict[str, Any], browser: Any
+) -> None:
+    ct_study = study_of(synthetic, "ct")
+    mr_study = study_of(synthetic, "mr")
+
+    # Expired: the server's clock decides, so this one test waits for a 1-second token to lapse.
+    expired = stack.issue([ct_study], ttl=1)
+    time.sleep(2.1)
+    page, kind = open_error(browser, expired["viewer_url"], "expired")
+    assert kind == "expired"
+    assert "expired" in page.inner_text("#error-title")
+    page.context.close()
+
+    # Revoked: wait (bounded) until the gateway refuses it, then open the link.
+    revoked = stack.issue([ct_study], ttl=600)
+    answer = requests.post(
+        f"{stack.url}/api/v1/tokens/{revoked['jti']}/revoke", headers=stack.api_headers, timeout=30
+    )
+    assert answer.status_code == 204
+    probe = f"{stack.root(revoked['token'])}/studies/{ct_study}/series"
+    deadline = time.monotonic() + 15
+    while requests.get(probe, timeout=10).status_code != 401:
+        assert time.monotonic() < deadline, "revocation did not take effect within 15 s"
+        time.sleep(0.2)
+    page, kind = open_error(browser, revoked["viewer_url"], "revoked")
+    assert kind == "revoked"
+    assert "no longer valid" in page.inner_text("#error-title")
+    page.context.close()
+
+    # Out of scope: a good token for the CT, used on the MR study.
+    scoped = stack.issue([ct_study], ttl=600)
+    url = f"{stack.url}/viewer/#study={mr_study}&token={scoped['token']}"
+    page, kind = open_error(browser, url, "out-of-scope")
+    assert kind == "forbidden"
+    assert scoped["token"] not in page.url
+    page.context.close()
+
+    # No study in the link at all.
+    page, kind = open_error(browser, f"{stack.url}/viewer/", "no-link")
+    assert kind == "nolink"
+    page.context.close()
+
+
+def test_dead_gateway_shows_unavailable(tmp_path: Path, synthetic: dict[str, Any], browser: Any) -> None:
+    """NGINX up, gunicorn killed: the auth hop fails closed with 503 and the viewer says the server is down."""
+    running = start_stack(tmp_path / "dead", "file", None)
+    try:
+        issued = running.issue([study_of(synthetic, "ct")], ttl=600)
+        running.stack.kill("gunicorn")
+        assert requests.get(f"{running.url}/viewer/", timeout=10).status_code == 200
+        page, kind = open_error(browser, issued["viewer_url"], "gateway-down")
+        assert kind == "unavailable"
+        assert "(HTTP 503)" in page.inner_text("#error-text")
+        page.context.close()
+    finally:
+        running.stack.stop()
