@@ -24,7 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 
 from bench.common import (
+    BenchStack,
     Report,
+    cpu_seconds,
     header,
     main,
     require_wrk,
@@ -88,15 +90,19 @@ def run() -> Report:
             static_paths = [f"/f/{n}" for n in steady]
             static_before = run_wrk(static, static_paths, duration=DURATION, connections=CONNECTIONS, threads=THREADS)
             report.say(f"static NGINX (before): {static_before.summary()}")
+            cpu = _CpuMeter(stack)
             first_pass = run_wrk(stack.url, [f"{base}{n}" for n in first], headers=headers,
                                  duration=FIRST_PASS_DURATION, connections=CONNECTIONS, threads=THREADS)
-            report.say(f"gateway first pass (plans not cached): {first_pass.summary()}, {first_pass.wraps} wraps")
+            report.say(f"gateway first pass (plans not cached): {first_pass.summary()}, {first_pass.wraps} wraps; "
+                       f"{cpu.per_request(first_pass.requests)}")
             warm_started = time.perf_counter()
             _fetch_all(stack.url, base, steady, headers)
             report.say(f"warm-up: {STEADY:,} steady-state plans cached in {time.perf_counter() - warm_started:.1f} s")
+            cpu = _CpuMeter(stack)
             steady_state = run_wrk(stack.url, [f"{base}{n}" for n in steady], headers=headers,
                                    duration=DURATION, connections=CONNECTIONS, threads=THREADS)
-            report.say(f"gateway steady state (plans cached): {steady_state.summary()}")
+            report.say(f"gateway steady state (plans cached): {steady_state.summary()}; "
+                       f"{cpu.per_request(steady_state.requests)}")
             static_after = run_wrk(static, static_paths, duration=DURATION, connections=CONNECTIONS, threads=THREADS)
             report.say(f"static NGINX (after): {static_after.summary()}")
 
@@ -112,6 +118,21 @@ def run() -> Report:
     report.check("steady state / static req/s", steady_state.rps / baseline, ">= 0.1 (0.25 next)",
                  clean and steady_state.rps / baseline >= 0.1, "" if clean else note.strip())
     return timed(report, started)
+
+
+class _CpuMeter:
+    """CPU time NGINX and gunicorn spend per request during one run (where the cost sits; 2 shared cores)."""
+
+    def __init__(self, stack: BenchStack) -> None:
+        self.stack = stack
+        self.nginx = cpu_seconds(stack.nginx_pids())
+        self.gunicorn = cpu_seconds(stack.gunicorn_pids())
+
+    def per_request(self, requests_done: int) -> str:
+        nginx = cpu_seconds(self.stack.nginx_pids()) - self.nginx
+        gunicorn = cpu_seconds(self.stack.gunicorn_pids()) - self.gunicorn
+        n = max(1, requests_done)
+        return f"CPU per request: NGINX {nginx / n * 1e6:.0f} us, gunicorn {gunicorn / n * 1e6:.0f} us"
 
 
 def _fetch_all(url: str, base: str, frames: list[int], headers: dict[str, str]) -> None:

@@ -217,6 +217,10 @@ class BenchStack:
         master = self.stack.processes["gunicorn"].pid
         return [master, *children_of(master)]
 
+    def nginx_pids(self) -> list[int]:
+        master = self.stack.processes["nginx"].pid
+        return [master, *children_of(master)]
+
     def rss(self) -> int:
         """Sum of the gunicorn processes' resident set sizes, bytes (shared pages counted in each process)."""
         return sum(rss_of(pid) for pid in self.gunicorn_pids())
@@ -273,6 +277,20 @@ def rss_of(pid: int) -> int:
     except OSError:
         pass
     return 0
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU time consumed so far by these processes (not their reaped children), seconds."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+    return total / ticks
 
 
 class RssSampler:

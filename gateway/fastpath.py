@@ -18,6 +18,7 @@ from urllib.parse import parse_qs
 
 from gateway.auth import Authorizer, split_token
 from gateway.errors import GatewayError, InvalidPath, RangeNotSatisfiable, Unauthorized
+from gateway.metrics import AUTH_DECISIONS, READ_PLANS
 from gateway.plan import Planner
 
 log = logging.getLogger("gateway.fastpath")
@@ -74,6 +75,7 @@ class FastPath:
             status = 401 if isinstance(error, Unauthorized) else 403
             if isinstance(error, InvalidPath):
                 status = 403
+            AUTH_DECISIONS.labels(str(status)).inc()
             start_response(_status(status), [("X-Dgw-Error", error.code), ("Content-Length", "0")])
             return [b""]
         except Exception:  # fail closed, never a 2xx on an unexpected error
@@ -81,6 +83,7 @@ class FastPath:
             start_response(_status(500), [("Content-Length", "0")])
             return [b""]
         claims = decision.claims
+        AUTH_DECISIONS.labels("204").inc()
         start_response(
             _status(204),
             [("X-Dgw-Sub", claims.sub), ("X-Dgw-Jti", claims.jti), ("X-Dgw-Study", decision.study)],
@@ -107,6 +110,7 @@ class FastPath:
                 environ.get("HTTP_X_DGW_RANGE", ""),
             )
         except GatewayError as error:
+            READ_PLANS.labels(str(error.status)).inc()
             body = json.dumps({"error": error.code, "detail": error.detail}).encode()
             headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
             if isinstance(error, RangeNotSatisfiable):
@@ -120,6 +124,7 @@ class FastPath:
                 _status(500), [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
             )
             return [body]
+        READ_PLANS.labels(str(response.status)).inc()
         headers = [*response.headers, ("Content-Length", str(len(response.body)))]
         start_response(_status(response.status), headers)
         return [response.body]

@@ -24,6 +24,7 @@ from gateway.config import Settings
 from gateway.dicom.index import index_file
 from gateway.errors import Conflict, DicomError, GatewayError, StorageUnavailable
 from gateway.hooks import Hook, HookOutcome, UploadContext
+from gateway.metrics import INGESTED
 from gateway.scope import Scope
 from gateway.storage import Storage
 from gateway.uids import instance_key, is_uid
@@ -121,6 +122,13 @@ class Ingestor:
         context: UploadContext,
         expected_study: str | None = None,
         scope: Scope | None = None,
+    ) -> IngestResult:
+        result = self._ingest(path, context, expected_study, scope)
+        INGESTED.labels(result.status).inc()
+        return result
+
+    def _ingest(
+        self, path: Path, context: UploadContext, expected_study: str | None, scope: Scope | None
     ) -> IngestResult:
         """Never raises for a bad file; raises StorageUnavailable / CatalogUnavailable for outages so the caller
         can tell the client to retry (nothing was made visible)."""

@@ -147,6 +147,7 @@ class Stack:
             "DICOMGW_PUBLIC_URL": self.url,
             "DICOMGW_TLS": "1" if self.tls else "0",
             "DICOMGW_TMP_DIR": str(self.var_dir / "spool"),
+            "PROMETHEUS_MULTIPROC_DIR": str(self.run_dir / "metrics"),
         }
         env.update(self.extra_env)
         return env
@@ -216,6 +217,8 @@ class Stack:
         main_conf = self.render()
         for stale in ("gunicorn.sock", "storage.sock"):
             (self.run_dir / stale).unlink(missing_ok=True)
+        shutil.rmtree(self.run_dir / "metrics", ignore_errors=True)  # counters start at zero with the stack
+        (self.run_dir / "metrics").mkdir(parents=True)
         env = {**os.environ, **self.gateway_env()}
         gunicorn = Path(sys.executable).with_name("gunicorn")
         self._spawn(

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
+from gateway import metrics as gateway_metrics
 from gateway.errors import GatewayError
 from gateway.views.common import services
 
@@ -32,4 +33,4 @@ def readyz() -> tuple[Response, int]:
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
+    return Response(gateway_metrics.render(), mimetype=CONTENT_TYPE_LATEST)

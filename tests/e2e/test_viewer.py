@@ -59,7 +59,7 @@ class NetworkLog:
         self.console: list[str] = []
 
     def attach(self, page: Any) -> None:
-        page.on("request", self.requests.append)
+        page.on("request", lambda request: self.requests.append(request))
         page.on("console", lambda message: self.console.append(message.text))
         page.on("pageerror", lambda error: self.console.append(f"pageerror: {error}"))
 
@@ -183,10 +183,13 @@ def test_ct_renders_scrolls_and_windows(stack: RunningStack, synthetic: dict[str
     # The token was read from the fragment and scrubbed from the address bar; the study stays.
     assert issued["token"] not in page.url
     assert page.url.endswith(f"/viewer/#study={study}")
+    # Both series of the study are listed with thumbnails; the larger one opens first.
+    ct_series, ct_b_series = uids_of(synthetic["ct"][0])[1], uids_of(synthetic["ct_b"][0])[1]
+    assert page.get_attribute("#viewport", "data-series") == ct_series
     assert page.get_attribute("#viewport", "data-count") == str(len(synthetic["ct"]))
-    assert page.locator("#series button").count() == 1
-    thumb = page.locator("#series img").first
-    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=thumb.element_handle())
+    for series in (ct_series, ct_b_series):
+        thumb = page.locator(f"#series button[data-uid='{series}'] img")
+        page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=thumb.element_handle())
 
     first = snap(page, "ct-desktop-first")
     assert_not_blank(first)
@@ -228,6 +231,13 @@ def test_ct_renders_scrolls_and_windows(stack: RunningStack, synthetic: dict[str
     assert page.inner_text("#overlay-br") != before
     dragged = snap(page, "ct-desktop-wl-drag")
     assert changed_fraction(lung, dragged) > 0.05
+
+    # The other series from the list.
+    page.click(f"#series button[data-uid='{ct_b_series}']")
+    page.wait_for_selector(f"#viewport[data-series='{ct_b_series}'][data-state=ready]")
+    wait_ready(page)
+    assert page.get_attribute("#viewport", "data-count") == str(len(synthetic["ct_b"]))
+    assert_not_blank(snap(page, "ct-desktop-second-series"))
 
     assert_clean_network(log, issued["token"])
     assert server_methods(stack, issued["jti"]) == {"GET"}

@@ -57,7 +57,7 @@ export class DicomWebClient {
     return response.json();
   }
 
-  /** QIDO series of a study, sorted by SeriesNumber. */
+  /** QIDO series of a study, sorted by SeriesNumber; on a tie the larger series first (it opens by default). */
   async series(study) {
     const list = await this.json(`/studies/${study}/series`);
     return list
@@ -68,7 +68,7 @@ export class DicomWebClient {
         number: dicom.number(s, '00200011'),
         instances: dicom.number(s, '00201209'),
       }))
-      .sort((a, b) => (a.number ?? 1e9) - (b.number ?? 1e9));
+      .sort((a, b) => (a.number ?? 1e9) - (b.number ?? 1e9) || (b.instances ?? 0) - (a.instances ?? 0));
   }
 
   metadata(study, series) {

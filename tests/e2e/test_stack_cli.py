@@ -1,0 +1,132 @@
+"""Issue 2 as a user meets it: `dicom-gateway stack up` starts, answers /readyz through NGINX, stops on Ctrl-C with
+no orphans, reuses ./var, refuses a busy port clearly; `--tls` serves HTTPS with HTTP/2 and Secure cookies."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+import urllib3
+
+from gateway.stack import Stack, free_port
+
+
+def _start(var: Path, port: int, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "stack",
+            "up",
+            "--no-seed",
+            "--port",
+            str(port),
+            "--var",
+            str(var),
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_ready(url: str, process: subprocess.Popen[str], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        try:
+            if requests.get(f"{url}/readyz", timeout=5).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("stack did not become ready")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return not Path(f"/proc/{pid}/status").read_text().count("State:\tZ")
+
+
+def test_stack_up_ready_then_ctrl_c_stops_everything(tmp_path: Path) -> None:
+    port = free_port()
+    process = _start(tmp_path / "var", port)
+    _wait_ready(f"http://127.0.0.1:{port}", process)
+    nginx_pid = int((tmp_path / "var" / "nginx" / "nginx.pid").read_text())
+    children = [
+        int(p)
+        for p in subprocess.run(
+            ["pgrep", "-f", str(tmp_path / "var")], capture_output=True, text=True, check=False
+        ).stdout.split()
+    ]
+    assert nginx_pid in children
+    key = (tmp_path / "var" / "signing.key").read_text()
+    assert oct((tmp_path / "var" / "signing.key").stat().st_mode & 0o777) == "0o600"
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert "stopped." in out
+    assert "Traceback" not in err
+    time.sleep(0.5)
+    assert not [pid for pid in children if _alive(pid)]
+    # a second run reuses ./var: same keys
+    again = _start(tmp_path / "var", port)
+    _wait_ready(f"http://127.0.0.1:{port}", again)
+    again.send_signal(signal.SIGTERM)
+    again.communicate(timeout=30)
+    assert again.returncode == 0
+    assert (tmp_path / "var" / "signing.key").read_text() == key
+
+
+def test_busy_port_is_a_clear_message(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        process = _start(tmp_path / "var", port)
+        out, err = process.communicate(timeout=60)
+    assert process.returncode == 1
+    assert f"port {port} on 127.0.0.1 is already in use" in err
+    assert "Traceback" not in err
+
+
+def test_tls_http2_and_secure_cookie(tmp_path: Path) -> None:
+    urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+    stack = Stack(tmp_path / "var", port=free_port(), tls=True)
+    stack.start()
+    try:
+        assert requests.get(f"{stack.url}/readyz", verify=False, timeout=10).status_code == 200  # noqa: S501
+        alpn = subprocess.run(
+            ["openssl", "s_client", "-alpn", "h2", "-connect", f"127.0.0.1:{stack.port}", "-servername", "localhost"],
+            input=b"",
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        assert b"ALPN protocol: h2" in alpn.stdout
+        from gateway.tokens import TokenService
+
+        token = TokenService((stack.signing_key,), 3600).issue(sub="tls", studies=["1.2.3"]).token
+        answer = requests.get(
+            f"{stack.url}/api/v1/session",
+            params={"token": token, "next": "/viewer/"},
+            allow_redirects=False,
+            verify=False,
+            timeout=10,
+        )  # noqa: S501
+        cookie = answer.headers["Set-Cookie"]
+        assert cookie.startswith("__Host-dicomgw_token=")
+        assert "Secure" in cookie and "HttpOnly" in cookie and "Path=/" in cookie and "Domain" not in cookie
+    finally:
+        stack.stop()
