@@ -225,6 +225,13 @@ class BenchStack:
         """Sum of the gunicorn processes' resident set sizes, bytes (shared pages counted in each process)."""
         return sum(rss_of(pid) for pid in self.gunicorn_pids())
 
+    def error_log_count(self, text: str) -> int:
+        """How many lines of NGINX's error log contain ``text``."""
+        path = self.stack.error_log
+        if not path.exists():
+            return 0
+        return sum(1 for line in path.read_text(errors="replace").splitlines() if text in line)
+
     def access_log(self) -> list[dict[str, Any]]:
         path = self.stack.access_log
         if not path.exists():

@@ -63,19 +63,21 @@ export class Stage {
     this.viewport = this.engine.getViewport(VIEWPORT);
 
     const group = ToolGroupManager.createToolGroup(TOOLS);
+    group.addTool(StackScrollTool.toolName, { loop: false });
+    group.addTool(ZoomTool.toolName, { pinchToZoom: true, pan: true });
     group.addTool(WindowLevelTool.toolName);
     group.addTool(PanTool.toolName);
-    group.addTool(ZoomTool.toolName, { pinchToZoom: true, pan: true });
-    group.addTool(StackScrollTool.toolName, { loop: false });
     const { MouseBindings } = ToolEnums;
-    group.setToolActive(WindowLevelTool.toolName, { bindings: [{ mouseButton: MouseBindings.Primary }] });
-    group.setToolActive(PanTool.toolName, { bindings: [{ mouseButton: MouseBindings.Auxiliary }] });
-    group.setToolActive(ZoomTool.toolName, {
-      bindings: [{ mouseButton: MouseBindings.Secondary }, { numTouchPoints: 2 }],
-    });
+    // Order matters: for a one-finger touch Cornerstone picks the first tool *activated* that is bound to one touch
+    // point or to the primary mouse button, so stack scroll must be activated before window/level.
     group.setToolActive(StackScrollTool.toolName, {
       bindings: [{ mouseButton: MouseBindings.Wheel }, { numTouchPoints: 1 }],
     });
+    group.setToolActive(ZoomTool.toolName, {
+      bindings: [{ mouseButton: MouseBindings.Secondary }, { numTouchPoints: 2 }],
+    });
+    group.setToolActive(WindowLevelTool.toolName, { bindings: [{ mouseButton: MouseBindings.Primary }] });
+    group.setToolActive(PanTool.toolName, { bindings: [{ mouseButton: MouseBindings.Auxiliary }] });
     group.addViewport(VIEWPORT, ENGINE);
     this.element.addEventListener('contextmenu', (e) => e.preventDefault());
 

@@ -1,0 +1,185 @@
+"""gateway.accept: Accept parsing (q-values, quoted parameters, commas in quotes) and negotiation over the offer
+lists the read path builds (frames, retrieve, bulkdata)."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.accept import MediaRange, Offer, negotiate, parse_accept
+from gateway.errors import NotAcceptable
+
+JPEG = "1.2.840.10008.1.2.4.50"
+EXPLICIT = "1.2.840.10008.1.2.1"
+NO_MATCH = "none of the accepted media types can be produced from the stored data (no transcoding)"
+
+# what Planner._frame_offers builds for a single JPEG frame
+FRAME_OFFERS = [
+    Offer("image/jpeg", JPEG, True),
+    Offer("application/octet-stream", JPEG, True),
+    Offer("image/jpeg", JPEG, False),
+    Offer("application/octet-stream", JPEG, False),
+]
+# Planner._retrieve for one instance
+RETRIEVE_OFFERS = [Offer("application/dicom", EXPLICIT, True), Offer("application/dicom", EXPLICIT, False)]
+# Planner._bulkdata without and with a Range header
+BULK_OFFERS = [Offer("application/octet-stream", EXPLICIT, True), Offer("application/octet-stream", EXPLICIT, False)]
+BULK_RANGE_OFFERS = list(reversed(BULK_OFFERS))
+
+
+# -- parse_accept --------------------------------------------------------------------------------------------------
+
+
+def test_parse_orders_by_q_then_as_written() -> None:
+    ranges = parse_accept("image/jpeg;q=0.5, application/dicom;q=0.9, */*;q=0.5, multipart/related")
+    assert ranges == [
+        MediaRange("multipart/related", {}, 1.0),
+        MediaRange("application/dicom", {}, 0.9),
+        MediaRange("image/jpeg", {}, 0.5),
+        MediaRange("*/*", {}, 0.5),
+    ]
+
+
+def test_parse_quoted_and_unquoted_parameters() -> None:
+    quoted = parse_accept('multipart/related; type="application/octet-stream"; transfer-syntax="*"')
+    unquoted = parse_accept("multipart/related;type=application/octet-stream;transfer-syntax=*")
+    expected = [MediaRange("multipart/related", {"type": "application/octet-stream", "transfer-syntax": "*"})]
+    assert quoted == expected
+    assert unquoted == expected
+
+
+def test_parse_normalises_case_of_type_names_but_not_other_values() -> None:
+    assert parse_accept('Multipart/Related; TYPE="Application/DICOM"; Transfer-Syntax=1.2.3; X=AbC') == [
+        MediaRange("multipart/related", {"type": "application/dicom", "transfer-syntax": "1.2.3", "x": "AbC"})
+    ]
+
+
+def test_parse_commas_and_semicolons_inside_quotes() -> None:
+    assert parse_accept('multipart/related; type="a/b,c"; x="1;2", text/plain') == [
+        MediaRange("multipart/related", {"type": "a/b,c", "x": "1;2"}),
+        MediaRange("text/plain"),
+    ]
+
+
+def test_parse_skips_malformed_and_q_zero() -> None:
+    assert parse_accept("garbage, , ;q=1, image/png;q=0, image/gif;q=abc, image/jp2;q=0.0, image/jpeg") == [
+        MediaRange("image/jpeg")
+    ]
+
+
+def test_parse_q_value_quoted_and_spaced() -> None:
+    assert parse_accept(' image/png ; q="0.3" ,image/gif;q = 0.7') == [
+        MediaRange("image/gif", {}, 0.7),
+        MediaRange("image/png", {}, 0.3),
+    ]
+
+
+def test_parse_empty() -> None:
+    assert parse_accept("") == []
+
+
+# -- negotiate -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("accept", "expected"),
+    [
+        ("", FRAME_OFFERS[0]),
+        ("   ", FRAME_OFFERS[0]),
+        ("*/*", FRAME_OFFERS[0]),
+        ("multipart/related", FRAME_OFFERS[0]),
+        ("multipart/related; type=image/jpeg", FRAME_OFFERS[0]),
+        ("multipart/related; type=image/*", FRAME_OFFERS[0]),
+        ('multipart/related; type="*/*"', FRAME_OFFERS[0]),
+        ("multipart/related; type=application/octet-stream; transfer-syntax=*", FRAME_OFFERS[1]),
+        (f'multipart/related; type="application/octet-stream"; transfer-syntax={JPEG}', FRAME_OFFERS[1]),
+        ("image/*", FRAME_OFFERS[2]),
+        ("image/jpeg", FRAME_OFFERS[2]),
+        ("application/octet-stream", FRAME_OFFERS[3]),
+        (f"application/octet-stream; transfer-syntax={JPEG}", FRAME_OFFERS[3]),
+        ("application/octet-stream;q=0.5, image/jpeg", FRAME_OFFERS[2]),
+        ("image/jpeg;q=0.4, application/octet-stream;q=0.8", FRAME_OFFERS[3]),
+        ("text/html, image/jp2, application/octet-stream;q=0.1", FRAME_OFFERS[3]),
+        ("garbage, image/png;q=0, */*;q=0.2", FRAME_OFFERS[0]),
+    ],
+)
+def test_negotiate_frames(accept: str, expected: Offer) -> None:
+    assert negotiate(accept, FRAME_OFFERS) == expected
+
+
+@pytest.mark.parametrize(
+    "accept",
+    [
+        f'multipart/related; type="application/octet-stream"; transfer-syntax={EXPLICIT}',
+        f"image/jpeg; transfer-syntax={EXPLICIT}",
+        "multipart/related; type=image/jp2",
+        "image/png, text/html",
+    ],
+)
+def test_negotiate_frames_not_acceptable(accept: str) -> None:
+    with pytest.raises(NotAcceptable) as caught:
+        negotiate(accept, FRAME_OFFERS)
+    assert caught.value.detail == NO_MATCH
+    assert caught.value.status == 406
+
+
+@pytest.mark.parametrize(
+    ("accept", "expected"),
+    [
+        ("", RETRIEVE_OFFERS[0]),
+        ("*/*", RETRIEVE_OFFERS[0]),
+        ("multipart/related", RETRIEVE_OFFERS[0]),
+        ('multipart/related; type="application/dicom"', RETRIEVE_OFFERS[0]),
+        (f"multipart/related; type=application/dicom; transfer-syntax={EXPLICIT}", RETRIEVE_OFFERS[0]),
+        ("application/dicom", RETRIEVE_OFFERS[1]),
+        ("application/*", RETRIEVE_OFFERS[1]),
+        ("application/dicom; transfer-syntax=*", RETRIEVE_OFFERS[1]),
+    ],
+)
+def test_negotiate_retrieve(accept: str, expected: Offer) -> None:
+    assert negotiate(accept, RETRIEVE_OFFERS) == expected
+
+
+@pytest.mark.parametrize(
+    "accept",
+    [
+        "multipart/related; type=application/octet-stream",
+        f"multipart/related; type=application/dicom; transfer-syntax={JPEG}",
+        "application/dicom+json",
+        "image/*",
+    ],
+)
+def test_negotiate_retrieve_not_acceptable(accept: str) -> None:
+    with pytest.raises(NotAcceptable):
+        negotiate(accept, RETRIEVE_OFFERS)
+
+
+def test_negotiate_bulkdata_default_depends_on_offer_order() -> None:
+    assert negotiate("*/*", BULK_OFFERS) == BULK_OFFERS[0]
+    assert negotiate("*/*", BULK_RANGE_OFFERS) == Offer("application/octet-stream", EXPLICIT, False)
+    assert negotiate("application/octet-stream", BULK_OFFERS) == BULK_OFFERS[1]
+    assert negotiate("multipart/related; type=application/octet-stream", BULK_RANGE_OFFERS) == BULK_OFFERS[0]
+
+
+def test_only_refusals_count_as_no_accept_header() -> None:
+    """Every range has q=0: treated as if the header were absent (RFC 9110 12.5.1 allows disregarding it)."""
+    assert negotiate("image/jpeg;q=0, application/octet-stream;q=0", FRAME_OFFERS) == FRAME_OFFERS[0]
+
+
+def test_negotiate_without_offers() -> None:
+    with pytest.raises(NotAcceptable) as caught:
+        negotiate("*/*", [])
+    assert caught.value.detail == "no representation is available"
+
+
+def test_part_content_type() -> None:
+    assert Offer("image/jpeg", JPEG, True).part_content_type == f"image/jpeg; transfer-syntax={JPEG}"
+    assert Offer("video/mp4", "1.2.840.10008.1.2.4.102", True).part_content_type == (
+        "video/mp4; transfer-syntax=1.2.840.10008.1.2.4.102"
+    )
+    assert Offer("application/dicom", EXPLICIT, False).part_content_type == (
+        f"application/dicom; transfer-syntax={EXPLICIT}"
+    )
+    assert Offer("application/octet-stream", EXPLICIT, False).part_content_type == (
+        f"application/octet-stream; transfer-syntax={EXPLICIT}"
+    )
+    assert Offer("application/dicom+json", EXPLICIT, False).part_content_type == "application/dicom+json"

@@ -1,0 +1,192 @@
+"""gateway.config: defaults, parsing, and a ConfigError naming the variable for every bad value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.config import VARIABLES, Settings
+from gateway.errors import ConfigError
+
+KEY = "s" * 32
+BASE = {
+    "SIGNING_KEYS": KEY,
+    "API_KEYS": "api-1",
+    "STORAGE_URL": "file:///srv/objects",
+    "DATABASE_URL": "sqlite:///srv/catalog.db",
+}
+
+
+def settings(**changes: Any) -> Settings:
+    return Settings.from_mapping({**BASE, **changes})
+
+
+def config_error(**changes: Any) -> ConfigError:
+    with pytest.raises(ConfigError) as caught:
+        settings(**changes)
+    return caught.value
+
+
+def test_defaults() -> None:
+    assert settings() == Settings(
+        signing_keys=(KEY,),
+        api_keys=("api-1",),
+        storage_url="file:///srv/objects",
+        database_url="sqlite:///srv/catalog.db",
+        phi_policy=None,
+        public_url="",
+        cors_origins=(),
+        token_max_ttl=3600,
+        token_default_ttl=900,
+        mode="production",
+        tls=False,
+        cookie_samesite="Lax",
+        revocation_refresh=2.0,
+        stow_overwrite=False,
+        bulkdata_threshold=1024,
+        deid_key="",
+        tmp_dir="",
+    )
+
+
+def test_every_variable_has_a_description() -> None:
+    assert all(meaning for _, _, meaning in VARIABLES.values())
+    assert [name for name, (required, _, _) in VARIABLES.items() if required] == [
+        "SIGNING_KEYS",
+        "API_KEYS",
+        "STORAGE_URL",
+        "DATABASE_URL",
+    ]
+
+
+@pytest.mark.parametrize("name", ["SIGNING_KEYS", "API_KEYS", "STORAGE_URL", "DATABASE_URL"])
+@pytest.mark.parametrize("missing", [None, ""])
+def test_missing_required_value_names_it(name: str, missing: str | None) -> None:
+    raw = dict(BASE)
+    if missing is None:
+        del raw[name]
+    else:
+        raw[name] = missing
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_mapping(raw)
+    assert caught.value.variable == f"DICOMGW_{name}"
+    assert str(caught.value) == f"DICOMGW_{name}: is required but not set"
+
+
+@pytest.mark.parametrize(
+    ("changes", "variable", "message"),
+    [
+        ({"STORAGE_URL": "http://bucket"}, "STORAGE_URL", "must start with file:/// or s3://"),
+        ({"STORAGE_URL": "file://relative/dir"}, "STORAGE_URL", "must start with file:/// or s3://"),
+        ({"STORAGE_URL": "/srv/objects"}, "STORAGE_URL", "must start with file:/// or s3://"),
+        ({"DATABASE_URL": "mysql://db"}, "DATABASE_URL", "must start with sqlite:/// or postgresql://"),
+        ({"DATABASE_URL": "sqlite://relative.db"}, "DATABASE_URL", "must start with sqlite:/// or postgresql://"),
+        ({"SIGNING_KEYS": "s" * 31}, "SIGNING_KEYS", "every key must be at least 32 characters"),
+        ({"SIGNING_KEYS": f"{KEY},short"}, "SIGNING_KEYS", "every key must be at least 32 characters"),
+        ({"COOKIE_SAMESITE": "sometimes"}, "COOKIE_SAMESITE", "expected Lax, Strict or None"),
+        ({"COOKIE_SAMESITE": "None"}, "COOKIE_SAMESITE", "None requires DICOMGW_TLS=1 (browsers demand Secure)"),
+        (
+            {"COOKIE_SAMESITE": "none", "TLS": "0"},
+            "COOKIE_SAMESITE",
+            "None requires DICOMGW_TLS=1 (browsers demand Secure)",
+        ),
+        ({"TLS": "maybe"}, "TLS", "expected 0 or 1, got 'maybe'"),
+        ({"STOW_OVERWRITE": "2"}, "STOW_OVERWRITE", "expected 0 or 1, got '2'"),
+        ({"TOKEN_MAX_TTL": "1h"}, "TOKEN_MAX_TTL", "expected an integer, got '1h'"),
+        ({"TOKEN_MAX_TTL": "0"}, "TOKEN_MAX_TTL", "must be at least 1"),
+        ({"TOKEN_DEFAULT_TTL": "-1"}, "TOKEN_DEFAULT_TTL", "must be at least 1"),
+        ({"TOKEN_DEFAULT_TTL": "9.5"}, "TOKEN_DEFAULT_TTL", "expected an integer, got '9.5'"),
+        ({"REVOCATION_REFRESH": "-1"}, "REVOCATION_REFRESH", "must be at least 0"),
+        ({"REVOCATION_REFRESH": "soon"}, "REVOCATION_REFRESH", "expected an integer, got 'soon'"),
+        ({"BULKDATA_THRESHOLD": "1k"}, "BULKDATA_THRESHOLD", "expected an integer, got '1k'"),
+        ({"MODE": "test"}, "MODE", "expected production or development"),
+        ({"PHI_POLICY": "/nonexistent/policy.toml"}, "PHI_POLICY", "no such file: /nonexistent/policy.toml"),
+    ],
+)
+def test_bad_values_name_their_variable(changes: dict[str, str], variable: str, message: str) -> None:
+    error = config_error(**changes)
+    assert error.variable == f"DICOMGW_{variable}"
+    assert str(error) == f"DICOMGW_{variable}: {message}"
+
+
+def test_policy_directory_is_not_a_file(tmp_path: Path) -> None:
+    assert config_error(PHI_POLICY=str(tmp_path)).variable == "DICOMGW_PHI_POLICY"
+
+
+def test_policy_file(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.toml"
+    policy.write_text("")
+    assert settings(PHI_POLICY=str(policy)).phi_policy == policy
+
+
+def test_accepted_values() -> None:
+    parsed = settings(
+        STORAGE_URL="s3://bucket/prefix",
+        DATABASE_URL="postgresql://user:pass@db/gw",
+        TLS="true",
+        COOKIE_SAMESITE="none",
+        STOW_OVERWRITE="yes",
+        TOKEN_MAX_TTL="7200",
+        TOKEN_DEFAULT_TTL="60",
+        REVOCATION_REFRESH="0",
+        BULKDATA_THRESHOLD="0",
+        MODE="development",
+        PUBLIC_URL="https://dicom.example.org//",
+        DEID_KEY="d",
+        TMP_DIR="/spool",
+    )
+    assert parsed.storage_url == "s3://bucket/prefix"
+    assert parsed.database_url == "postgresql://user:pass@db/gw"
+    assert (parsed.tls, parsed.cookie_samesite, parsed.stow_overwrite) == (True, "None", True)
+    assert (parsed.token_max_ttl, parsed.token_default_ttl) == (7200, 60)
+    assert (parsed.revocation_refresh, parsed.bulkdata_threshold) == (0.0, 0)
+    assert parsed.mode == "development"
+    assert parsed.public_url == "https://dicom.example.org"
+    assert (parsed.deid_key, parsed.tmp_dir) == ("d", "/spool")
+    assert settings(DATABASE_URL="postgresql+psycopg://u@h/d").database_url == "postgresql+psycopg://u@h/d"
+    assert settings(COOKIE_SAMESITE="strict").cookie_samesite == "Strict"
+    assert settings(TLS="off", STOW_OVERWRITE="False").tls is False
+
+
+def test_default_ttl_is_capped_by_max_ttl() -> None:
+    assert settings(TOKEN_MAX_TTL="600").token_default_ttl == 600
+    assert settings(TOKEN_MAX_TTL="600", TOKEN_DEFAULT_TTL="1200").token_default_ttl == 600
+
+
+def test_comma_lists_are_trimmed() -> None:
+    other = "o" * 40
+    parsed = settings(
+        SIGNING_KEYS=f" {KEY} , {other} ,, ",
+        API_KEYS="a, b ,c,",
+        CORS_ORIGINS=" https://a.example ,https://b.example:8443 ",
+    )
+    assert parsed.signing_keys == (KEY, other)
+    assert parsed.api_keys == ("a", "b", "c")
+    assert parsed.cors_origins == ("https://a.example", "https://b.example:8443")
+
+
+def test_from_env_reads_the_prefix_only() -> None:
+    env = {f"DICOMGW_{name}": value for name, value in BASE.items()}
+    env.update({"DICOMGW_TOKEN_MAX_TTL": "120", "TOKEN_DEFAULT_TTL": "5", "SIGNING_KEYS": "ignored"})
+    parsed = Settings.from_env(env)
+    assert parsed.signing_keys == (KEY,)
+    assert (parsed.token_max_ttl, parsed.token_default_ttl) == (120, 120)
+
+
+def test_from_env_names_the_missing_variable() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"DICOMGW_SIGNING_KEYS": KEY})
+    assert str(caught.value) == "DICOMGW_API_KEYS: is required but not set"
+
+
+def test_lower_case_names_are_accepted() -> None:
+    raw = {name.lower(): value for name, value in BASE.items()}
+    assert Settings.from_mapping(raw) == settings()
+
+
+def test_with_changes() -> None:
+    base = settings()
+    changed = base.with_changes(token_max_ttl=10)
+    assert (changed.token_max_ttl, base.token_max_ttl) == (10, 3600)

@@ -1,0 +1,351 @@
+"""gateway.fastpath: the WSGI callable called directly (no server), with a real Authorizer and TokenService, a
+recording stand-in for Flask and a scripted Planner."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import pytest
+
+from gateway.auth import Authorizer
+from gateway.errors import CatalogUnavailable, GatewayError, NotAcceptable, RangeNotSatisfiable
+from gateway.fastpath import FastPath
+from gateway.plan import PlanResponse, Planner
+from gateway.tokens import TokenService
+
+KEY = "fastpath-test-signing-key-" + "k" * 32
+API_KEY = "fastpath-api-key-" + "a" * 20
+ST = "1.2.3"
+ST2 = "1.2.4"
+SE = "1.2.3.4"
+IN = "1.2.3.4.5"
+SERIES_PATH = f"/dicomweb/studies/{ST}/series/{SE}"
+
+
+class StartResponse:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[tuple[str, str]]]] = []
+
+    def __call__(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
+        self.calls.append((status, list(headers)))
+
+    @property
+    def status(self) -> str:
+        assert len(self.calls) == 1
+        return self.calls[0][0]
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        assert len(self.calls) == 1
+        return self.calls[0][1]
+
+
+class FakeFlask:
+    def __init__(self) -> None:
+        self.environs: list[dict[str, Any]] = []
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        self.environs.append(dict(environ))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"flask"]
+
+
+class ScriptedPlanner(Planner):
+    """Answers ``plan`` with a fixed response (or raises a fixed error) and records its arguments."""
+
+    def __init__(self, answer: PlanResponse | Exception) -> None:
+        super().__init__(lambda sop: None, lambda study, series: [], lambda key: "/" + key)
+        self.answer = answer
+        self.calls: list[tuple[str, str, str, str]] = []
+
+    def plan(self, method: str, raw_uri: str, accept: str, range_header: str) -> PlanResponse:
+        self.calls.append((method, raw_uri, accept, range_header))
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+class Revocations:
+    def __init__(self) -> None:
+        self.revoked: set[str] = set()
+        self.error: Exception | None = None
+
+    def __call__(self, now: int) -> set[str]:
+        if self.error is not None:
+            raise self.error
+        return self.revoked
+
+
+@pytest.fixture
+def tokens() -> TokenService:
+    return TokenService((KEY,), max_ttl=3600)
+
+
+@pytest.fixture
+def revocations() -> Revocations:
+    return Revocations()
+
+
+@pytest.fixture
+def flask() -> FakeFlask:
+    return FakeFlask()
+
+
+def make_app(
+    tokens: TokenService, revocations: Revocations, flask: FakeFlask, answer: PlanResponse | Exception | None = None
+) -> tuple[FastPath, ScriptedPlanner]:
+    planner = ScriptedPlanner(answer if answer is not None else PlanResponse(200, [], b""))
+    authorizer = Authorizer(tokens, (API_KEY,), revocations, refresh=0.0)
+    return FastPath(flask, authorizer, planner), planner
+
+
+def auth_environ(uri: str, method: str = "GET", **headers: str) -> dict[str, Any]:
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/_auth",
+        "HTTP_X_ORIGINAL_URI": uri,
+        "HTTP_X_ORIGINAL_METHOD": method,
+    }
+    environ.update(headers)
+    return environ
+
+
+def call(app: FastPath, environ: dict[str, Any]) -> tuple[StartResponse, bytes]:
+    recorder = StartResponse()
+    body = b"".join(app(environ, recorder))
+    return recorder, body
+
+
+# -- /_auth --------------------------------------------------------------------------------------------------------
+
+
+def test_auth_allows_with_204_and_audit_headers(tokens: TokenService, revocations: Revocations, flask: FakeFlask) -> None:
+    app, planner = make_app(tokens, revocations, flask)
+    issued = tokens.issue(sub="portal-user-9", studies=[ST])
+    recorder, body = call(app, auth_environ(f"/t/{issued.token}{SERIES_PATH}/instances/{IN}/frames/1"))
+    assert recorder.status == "204 No Content"
+    assert recorder.headers == [("X-Dgw-Sub", "portal-user-9"), ("X-Dgw-Jti", issued.claims.jti), ("X-Dgw-Study", ST)]
+    assert body == b""
+    assert flask.environs == []
+    assert planner.calls == []
+
+
+def test_auth_with_cookie_query_and_api_key(tokens: TokenService, revocations: Revocations, flask: FakeFlask) -> None:
+    app, _ = make_app(tokens, revocations, flask)
+    issued = tokens.issue(sub="u", studies=[ST])
+    cookie, _ = call(app, auth_environ("/dicomweb/studies", HTTP_COOKIE=f"dicomgw_token={issued.token}"))
+    assert cookie.headers == [("X-Dgw-Sub", "u"), ("X-Dgw-Jti", issued.claims.jti), ("X-Dgw-Study", "")]
+    query, _ = call(app, auth_environ(f"{SERIES_PATH}?token={issued.token}"))
+    assert query.status == "204 No Content"
+    admin, _ = call(app, auth_environ(f"/dicomweb/studies/{ST2}", "POST", HTTP_AUTHORIZATION=f"Bearer {API_KEY}"))
+    assert admin.status == "204 No Content"
+    assert admin.headers == [("X-Dgw-Sub", "api-key"), ("X-Dgw-Jti", "api-key"), ("X-Dgw-Study", ST2)]
+
+
+@pytest.mark.parametrize(
+    ("uri", "extra", "status", "code"),
+    [
+        (SERIES_PATH, {}, "401 Unauthorized", "token_missing"),
+        (f"/t/not-a-token{SERIES_PATH}", {}, "401 Unauthorized", "token_invalid"),
+        (f"{SERIES_PATH}?token=a&token=b", {}, "401 Unauthorized", "token_invalid"),
+        (SERIES_PATH, {"HTTP_AUTHORIZATION": "Bearer wrong"}, "401 Unauthorized", "token_invalid"),
+        (f"{SERIES_PATH}/../../{ST2}", {}, "403 Forbidden", "invalid_path"),
+        (f"/dicomweb/studies/{ST}%2Fseries", {}, "403 Forbidden", "invalid_path"),
+        ("/api/v1/tokens", {}, "403 Forbidden", "invalid_path"),
+    ],
+)
+def test_auth_refusals(
+    tokens: TokenService,
+    revocations: Revocations,
+    flask: FakeFlask,
+    uri: str,
+    extra: dict[str, str],
+    status: str,
+    code: str,
+) -> None:
+    app, _ = make_app(tokens, revocations, flask)
+    recorder, body = call(app, auth_environ(uri, **extra))
+    assert recorder.status == status
+    assert recorder.headers == [("X-Dgw-Error", code), ("Content-Length", "0")]
+    assert body == b""
+
+
+def test_auth_expired_revoked_and_out_of_scope(tokens: TokenService, revocations: Revocations, flask: FakeFlask) -> None:
+    app, _ = make_app(tokens, revocations, flask)
+    expired = tokens.issue(sub="u", studies=[ST], ttl=900, now=int(time.time()) - 1000).token
+    recorder, _ = call(app, auth_environ(f"/t/{expired}{SERIES_PATH}"))
+    assert (recorder.status, recorder.headers[0]) == ("401 Unauthorized", ("X-Dgw-Error", "token_expired"))
+
+    issued = tokens.issue(sub="u", studies=[ST])
+    recorder, _ = call(app, auth_environ(f"/t/{issued.token}/dicomweb/studies/{ST2}"))
+    assert (recorder.status, recorder.headers[0]) == ("403 Forbidden", ("X-Dgw-Error", "out_of_scope"))
+    recorder, _ = call(app, auth_environ(f"/t/{issued.token}{SERIES_PATH}", "DELETE"))
+    assert (recorder.status, recorder.headers[0]) == ("403 Forbidden", ("X-Dgw-Error", "out_of_scope"))
+    recorder, _ = call(app, auth_environ(f"/t/{issued.token}{SERIES_PATH}", "POST"))
+    assert (recorder.status, recorder.headers[0]) == ("401 Unauthorized", ("X-Dgw-Error", "token_invalid"))
+
+    revocations.revoked.add(issued.claims.jti)
+    recorder, _ = call(app, auth_environ(f"/t/{issued.token}{SERIES_PATH}"))
+    assert (recorder.status, recorder.headers[0]) == ("401 Unauthorized", ("X-Dgw-Error", "token_revoked"))
+
+
+def test_auth_fails_closed_on_an_unexpected_error(
+    tokens: TokenService, revocations: Revocations, flask: FakeFlask, caplog: pytest.LogCaptureFixture
+) -> None:
+    app, _ = make_app(tokens, revocations, flask)
+    issued = tokens.issue(sub="u", studies=[ST])
+    revocations.error = RuntimeError("catalog exploded")
+    with caplog.at_level(logging.ERROR, logger="gateway.fastpath"):
+        recorder, body = call(app, auth_environ(f"/t/{issued.token}{SERIES_PATH}"))
+    assert recorder.status == "500 Internal Server Error"
+    assert recorder.headers == [("Content-Length", "0")]
+    assert body == b""
+    assert [r.getMessage() for r in caplog.records] == ["auth decision failed"]
+    assert issued.token not in caplog.text
+
+
+def test_auth_catalog_outage_is_not_a_refusal(tokens: TokenService, revocations: Revocations, flask: FakeFlask) -> None:
+    """A 5xx GatewayError (the revocation list cannot be loaded) must reach NGINX as 500, which it maps to 503
+    (DESIGN.md: a failing gateway is 503 for the client), not as a 403 that NGINX caches and shows as 'forbidden'."""
+    app, _ = make_app(tokens, revocations, flask)
+    issued = tokens.issue(sub="u", studies=[ST])
+    revocations.error = CatalogUnavailable("catalog unreachable")
+    recorder, _ = call(app, auth_environ(f"/t/{issued.token}{SERIES_PATH}"))
+    assert recorder.status == "500 Internal Server Error"
+
+
+# -- plan route ----------------------------------------------------------------------------------------------------
+
+
+def plan_environ(raw_uri: str, path: str | None = None, **headers: str) -> dict[str, Any]:
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": path if path is not None else raw_uri.partition("?")[0],
+        "RAW_URI": raw_uri,
+        "HTTP_X_DGW_ROUTE": "plan",
+    }
+    environ.update(headers)
+    return environ
+
+
+def test_plan_route_answers_with_the_plan(tokens: TokenService, revocations: Revocations, flask: FakeFlask) -> None:
+    body = b'<!--# include virtual="/_seg/0-9/objects/x.dcm" wait="yes" -->'
+    answer = PlanResponse(206, [("Content-Type", "application/octet-stream"), ("X-Accel-Expires", "600")], body)
+    app, planner = make_app(tokens, revocations, flask, answer)
+    raw = f"/t/tok{SERIES_PATH}/instances/{IN}/bulkdata/7FE00010?accept=x"
+    recorder, sent = call(
+        app, plan_environ(raw, HTTP_ACCEPT="application/octet-stream", HTTP_X_DGW_RANGE="bytes=0-9")
+    )
+    assert planner.calls == [("GET", raw, "application/octet-stream", "bytes=0-9")]
+    assert recorder.status == "206 Partial Content"
+    assert recorder.headers == [
+        ("Content-Type", "application/octet-stream"),
+        ("X-Accel-Expires", "600"),
+        ("Content-Length", str(len(body))),
+    ]
+    assert sent == body
+    assert flask.environs == []
+
+
+def test_plan_route_without_raw_uri_uses_request_uri(
+    tokens: TokenService, revocations: Revocations, flask: FakeFlask
+) -> None:
+    app, planner = make_app(tokens, revocations, flask)
+    environ = plan_environ(f"{SERIES_PATH}?accept=a")
+    del environ["RAW_URI"]
+    environ["REQUEST_URI"] = f"{SERIES_PATH}?accept=b"
+    recorder, _ = call(app, environ)
+    assert planner.calls == [("GET", f"{SERIES_PATH}?accept=b", "", "")]
+    assert recorder.headers == [("Content-Length", "0")]
+
+
+def test_plan_error_is_json(tokens: TokenService, revocations: Revocations, flask: FakeFlask) -> None:
+    app, _ = make_app(tokens, revocations, flask, NotAcceptable("nothing fits"))
+    recorder, body = call(app, plan_environ(f"{SERIES_PATH}/instances/{IN}/frames/1"))
+    expected = json.dumps({"error": "not_acceptable", "detail": "nothing fits"}).encode()
+    assert recorder.status == "406 Not Acceptable"
+    assert recorder.headers == [("Content-Type", "application/json"), ("Content-Length", str(len(expected)))]
+    assert body == expected
+
+
+def test_plan_416_carries_content_range(tokens: TokenService, revocations: Revocations, flask: FakeFlask) -> None:
+    app, _ = make_app(tokens, revocations, flask, RangeNotSatisfiable("range starts beyond the end", length=1000))
+    recorder, body = call(app, plan_environ(f"{SERIES_PATH}/instances/{IN}/bulkdata/x"))
+    assert recorder.status == "416 Range Not Satisfiable"
+    assert ("Content-Range", "bytes */1000") in recorder.headers
+    assert json.loads(body) == {"error": "range_not_satisfiable", "detail": "range starts beyond the end"}
+
+
+def test_plan_unknown_status_and_unexpected_error(
+    tokens: TokenService, revocations: Revocations, flask: FakeFlask, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Teapot(GatewayError):
+        status = 418
+        code = "teapot"
+
+    app, _ = make_app(tokens, revocations, flask, Teapot())
+    recorder, _ = call(app, plan_environ(SERIES_PATH))
+    assert recorder.status == "418 Error"
+    app, _ = make_app(tokens, revocations, flask, ValueError("boom"))
+    with caplog.at_level(logging.ERROR, logger="gateway.fastpath"):
+        recorder, body = call(app, plan_environ(SERIES_PATH))
+    assert recorder.status == "500 Internal Server Error"
+    assert json.loads(body) == {"error": "internal_error", "detail": "the read plan could not be made"}
+    assert ("Content-Length", str(len(body))) in recorder.headers
+
+
+# -- handing over to Flask ------------------------------------------------------------------------------------------
+
+
+def test_path_token_is_stripped_for_flask(tokens: TokenService, revocations: Revocations, flask: FakeFlask) -> None:
+    app, planner = make_app(tokens, revocations, flask)
+    recorder, body = call(app, {"REQUEST_METHOD": "GET", "PATH_INFO": f"/t/abc.def{SERIES_PATH}/metadata"})
+    assert body == b"flask"
+    assert recorder.status == "200 OK"
+    assert flask.environs[0]["PATH_INFO"] == f"{SERIES_PATH}/metadata"
+    assert flask.environs[0]["dicomgw.path_token"] == "abc.def"
+    assert planner.calls == []
+
+
+def test_other_paths_go_to_flask_unchanged(tokens: TokenService, revocations: Revocations, flask: FakeFlask) -> None:
+    app, _ = make_app(tokens, revocations, flask)
+    call(app, {"REQUEST_METHOD": "POST", "PATH_INFO": "/api/v1/tokens"})
+    call(app, {"REQUEST_METHOD": "GET", "PATH_INFO": "/dicomweb/studies"})
+    assert [e["PATH_INFO"] for e in flask.environs] == ["/api/v1/tokens", "/dicomweb/studies"]
+    assert all("dicomgw.path_token" not in e for e in flask.environs)
+
+
+def test_route_header_other_than_plan_goes_to_flask(
+    tokens: TokenService, revocations: Revocations, flask: FakeFlask
+) -> None:
+    app, planner = make_app(tokens, revocations, flask)
+    call(app, {**plan_environ(SERIES_PATH), "HTTP_X_DGW_ROUTE": "Plan"})
+    assert planner.calls == []
+    assert len(flask.environs) == 1
+
+
+@pytest.mark.parametrize(
+    ("query", "to_planner"),
+    [
+        ("contentType=application/dicom", True),
+        ("contentType=application%2Fdicom", True),
+        ("contentType=application/dicom;%20transfer-syntax=1.2.840.10008.1.2.1", True),
+        ("contentType=image/jpeg", False),
+        ("contentType=image/png", False),
+        ("", False),
+    ],
+)
+def test_wado_uri_rendering_goes_to_flask(
+    tokens: TokenService, revocations: Revocations, flask: FakeFlask, query: str, to_planner: bool
+) -> None:
+    app, planner = make_app(tokens, revocations, flask)
+    raw = f"/t/tok/dicomweb/wado?requestType=WADO&studyUID={ST}&seriesUID={SE}&objectUID={IN}&{query}"
+    call(app, plan_environ(raw, path="/t/tok/dicomweb/wado"))
+    assert (len(planner.calls), len(flask.environs)) == ((1, 0) if to_planner else (0, 1))
+    if not to_planner:
+        assert flask.environs[0]["PATH_INFO"] == "/dicomweb/wado"
+        assert flask.environs[0]["dicomgw.path_token"] == "tok"

@@ -1,0 +1,188 @@
+"""gateway.nginxconf: envsubst-like rendering, the CORS regex, and a full render that ``nginx -t`` accepts
+(plain, TLS and S3 variants), with nothing written outside the test's temporary folder."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from gateway import nginxconf
+from gateway.nginxconf import NGINX_DIR, cors_regex, render, render_text
+from gateway.stack import NGINX, Stack, free_port, self_signed_certificate
+
+# -- render_text ---------------------------------------------------------------------------------------------------
+
+
+def test_render_text_substitutes_only_braced_dicomgw_names() -> None:
+    text = "listen ${DICOMGW_LISTEN}; set $dgw_x $host; ${OTHER} $DICOMGW_LISTEN ${dicomgw_listen} ${DICOMGW_LISTEN}"
+    assert render_text(text, {"DICOMGW_LISTEN": "127.0.0.1:8080", "OTHER": "nope"}) == (
+        "listen 127.0.0.1:8080; set $dgw_x $host; ${OTHER} $DICOMGW_LISTEN ${dicomgw_listen} 127.0.0.1:8080"
+    )
+
+
+def test_render_text_is_one_pass_and_literal() -> None:
+    values = {"DICOMGW_A": "${DICOMGW_B} \\1 \\g<0>", "DICOMGW_B": "b"}
+    assert render_text("x ${DICOMGW_A} y", values) == "x ${DICOMGW_B} \\1 \\g<0> y"
+
+
+def test_render_text_names_every_missing_variable_once() -> None:
+    with pytest.raises(KeyError) as caught:
+        render_text("${DICOMGW_Z} ${DICOMGW_A} ${DICOMGW_Z} ${DICOMGW_SET}", {"DICOMGW_SET": "1"})
+    assert caught.value.args == ("template variables not set: DICOMGW_A, DICOMGW_Z",)
+
+
+def test_render_text_without_variables() -> None:
+    assert render_text("events {}\n", {}) == "events {}\n"
+
+
+# -- cors_regex ----------------------------------------------------------------------------------------------------
+
+
+def test_cors_regex_empty_matches_nothing_a_browser_sends() -> None:
+    assert cors_regex(()) == "^$"
+    assert re.search(cors_regex(()), "https://evil.example") is None
+    assert re.search(cors_regex(()), "null") is None
+
+
+def test_cors_regex_escapes_and_anchors() -> None:
+    regex = cors_regex(("https://portal.example.org", "http://localhost:3000", "https://a-b.example"))
+    assert regex == r"^(https://portal\.example\.org|http://localhost:3000|https://a\-b\.example)$"
+    assert re.search(regex, "https://portal.example.org")
+    assert re.search(regex, "http://localhost:3000")
+    for origin in (
+        "https://portalXexample.org",
+        "https://portal.example.org.evil.com",
+        "https://evil.com/https://portal.example.org",
+        "http://localhost:30001",
+        "http://portal.example.org",
+    ):
+        assert re.search(regex, origin) is None, origin
+
+
+# -- render --------------------------------------------------------------------------------------------------------
+
+
+def stack_values(var: Path, **stack_options: object) -> dict[str, str]:
+    return Stack(var, port=free_port(), **stack_options).nginx_values()  # type: ignore[arg-type]
+
+
+def test_render_writes_every_template(tmp_path: Path) -> None:
+    values = stack_values(tmp_path / "var")
+    out = tmp_path / "conf"
+    main = render(out, values)
+    assert main == out / "nginx.conf"
+    assert main.read_bytes() == (NGINX_DIR / "nginx.conf").read_bytes()
+    templates = sorted(p.relative_to(NGINX_DIR / "templates") for p in (NGINX_DIR / "templates").rglob("*.template"))
+    rendered = sorted(p.relative_to(out / "conf.d") for p in (out / "conf.d").rglob("*") if p.is_file())
+    assert rendered == [t.with_suffix("") for t in templates]
+    assert Path("snippets/dgw-auth.conf") in rendered
+    for template in templates:
+        text = (out / "conf.d" / template.with_suffix("")).read_text()
+        assert text == render_text((NGINX_DIR / "templates" / template).read_text(), values)
+        assert re.search(r"\$\{DICOMGW_[A-Z0-9_]+\}", text) is None
+    assert f"listen {values['DICOMGW_LISTEN']} ;" in (out / "conf.d" / "dicomgw.conf").read_text()
+
+
+def test_render_replaces_stale_files(tmp_path: Path) -> None:
+    out = tmp_path / "conf"
+    stale = out / "conf.d" / "old.conf"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("server { listen 1; }")
+    render(out, stack_values(tmp_path / "var"))
+    assert not stale.exists()
+
+
+def test_render_refuses_missing_values(tmp_path: Path) -> None:
+    values = stack_values(tmp_path / "var")
+    del values["DICOMGW_CACHE_DIR"]
+    with pytest.raises(KeyError, match="DICOMGW_CACHE_DIR"):
+        render(tmp_path / "conf", values)
+
+
+def test_render_from_another_source(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    (source / "templates" / "deep").mkdir(parents=True)
+    (source / "nginx.conf").write_text("main\n")
+    (source / "templates" / "deep" / "x.conf.template").write_text("v ${DICOMGW_V} $uri;\n")
+    (source / "templates" / "notes.txt").write_text("not a template")
+    main = render(tmp_path / "out", {"DICOMGW_V": "1"}, source=source)
+    assert main.read_text() == "main\n"
+    assert (tmp_path / "out" / "conf.d" / "deep" / "x.conf").read_text() == "v 1 $uri;\n"
+    assert sorted(p.name for p in (tmp_path / "out" / "conf.d").rglob("*") if p.is_file()) == ["x.conf"]
+
+
+def _snapshot(paths: list[Path]) -> dict[str, tuple[int, float]]:
+    """Name → (size, mtime) of everything under ``paths``: where NGINX would write if it escaped its prefix."""
+    seen: dict[str, tuple[int, float]] = {}
+    for root in paths:
+        if root.is_file():
+            seen[str(root)] = (root.stat().st_size, root.stat().st_mtime)
+        elif root.is_dir():
+            for path in root.rglob("*"):
+                if path.is_file():
+                    seen[str(path)] = (path.stat().st_size, path.stat().st_mtime)
+    return seen
+
+
+WATCHED = [
+    Path("/var/log/nginx"),
+    Path("/var/lib/nginx"),
+    Path("/run/nginx.pid"),
+    Path("/var/run/nginx.pid"),
+    Path("/tmp/nginx"),
+    NGINX_DIR,
+    nginxconf.REPO_ROOT / "var",
+]
+
+
+def nginx_test(tmp_path: Path, var: Path, values: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    prefix = var / "nginx"
+    for sub in ("logs", "tmp", "cache"):
+        (prefix / sub).mkdir(parents=True, exist_ok=True)
+    (var / "run").mkdir(parents=True, exist_ok=True)
+    main = render(prefix / "conf", values)
+    argv = [NGINX, "-t", "-p", f"{prefix}/", "-c", str(main), "-e", str(tmp_path / "nginx-test-error.log")]
+    if os.geteuid() == 0:
+        argv += ["-g", "user root;"]
+    return subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=60)
+
+
+def _assert_only_under(values: dict[str, str], root: Path) -> None:
+    """Every filesystem path the template gets (other than the read-only viewer) lies under ``root``."""
+    for name, value in values.items():
+        found = re.fullmatch(r"(?:unix:)?(/\S+)", value)
+        if found and name != "DICOMGW_VIEWER_ROOT":
+            assert Path(found.group(1)).resolve().is_relative_to(root.resolve()), (name, value)
+
+
+@pytest.mark.skipif(not Path(NGINX).exists(), reason="nginx is not installed")
+@pytest.mark.parametrize("variant", ["plain", "tls", "s3"])
+def test_rendered_configuration_passes_nginx_t(tmp_path: Path, variant: str) -> None:
+    var = tmp_path / "var"
+    if variant == "tls":
+        self_signed_certificate(var / "tls")
+        values = stack_values(var, tls=True)
+    elif variant == "s3":
+        values = stack_values(
+            var,
+            storage_url="s3://bucket/prefix",
+            extra_env={"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "DICOMGW_CORS_ORIGINS": "https://a.example"},
+        )
+        assert values["DICOMGW_STORAGE_UPSTREAM"] == "127.0.0.1:9"
+        assert values["DICOMGW_STORAGE_SCHEME"] == "http"
+    else:
+        values = stack_values(var, extra_env={"DICOMGW_CORS_ORIGINS": "https://a.example, http://localhost:3000"})
+        assert values["DICOMGW_CORS_ORIGIN_REGEX"] == r"^(https://a\.example|http://localhost:3000)$"
+    _assert_only_under(values, tmp_path)
+    before = _snapshot(WATCHED)
+    result = nginx_test(tmp_path, var, values)
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr
+    assert _snapshot(WATCHED) == before
+    # what -t created (log files, cache folders) is inside the prefix
+    assert (var / "nginx" / "logs" / "access.log").exists()
+    assert (var / "nginx" / "cache" / "auth").is_dir()

@@ -1,0 +1,546 @@
+"""gateway.plan: Range parsing and the read plans (exact SSI include text, CRLF multipart framing, headers) built
+from in-memory catalog rows with real ``FrameIndex`` objects."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import pytest
+
+from gateway.dicom.frames import FrameIndex
+from gateway.errors import (
+    BadRequest,
+    FrameNotFound,
+    InvalidPath,
+    InvalidUID,
+    NotAcceptable,
+    NotFound,
+    RangeNotSatisfiable,
+)
+from gateway.plan import STABLE_PLAN_SECONDS, PlanResponse, Planner, parse_range, to_cached
+
+EXPLICIT = "1.2.840.10008.1.2.1"
+JPEG = "1.2.840.10008.1.2.4.50"
+ST = "1.2.3"
+SE = "1.2.3.4"
+SE2 = "1.2.3.5"
+CT1 = "1.2.3.4.1"  # native, 3 frames of 512 bytes at 1000
+CT2 = "1.2.3.4.2"  # same series, 1 frame, JPEG
+WSI = "1.2.3.5.1"  # encapsulated JPEG, 2 frames (3 fragments), other series
+OLD = "1.2.3.5.2"  # no frame index (e.g. deflated)
+
+
+@dataclass
+class Row:
+    """The attributes ``to_cached`` reads from a catalog ``InstanceRow``."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    transfer_syntax_uid: str
+    storage_key: str
+    size: int
+    etag: str | None
+    frame_media_type: str | None
+    frame_index: bytes | None
+    bulkdata: str
+
+
+def key(series: str, sop: str, study: str = ST) -> str:
+    return f"studies/{study}/series/{series}/instances/{sop}.dcm"
+
+
+def origin(storage_key: str) -> str:
+    return "/objects/" + storage_key
+
+
+def bulk(*items: tuple[str, str, int, int]) -> str:
+    return json.dumps([list(item) for item in items])
+
+
+ROWS = {
+    CT1: Row(
+        ST, SE, CT1, EXPLICIT, key(SE, CT1), 3000, '"e1"', "application/octet-stream",
+        FrameIndex.native(1000, 512, 3).pack(),
+        bulk(("7FE00010", "OW", 1000, 1536), ("00420011", "OB", 300, 1000), ("00091010", "OB", 2900, 0),
+             ("00540016/0/00181072", "OB", 200, 16)),
+    ),
+    CT2: Row(
+        ST, SE, CT2, JPEG, key(SE, CT2), 5000, '"e2"', "image/jpeg",
+        FrameIndex.encapsulated([(4000, 900)], [0]).pack(), bulk(),
+    ),
+    WSI: Row(
+        ST, SE2, WSI, JPEG, key(SE2, WSI), 9000, None, "image/jpeg",
+        FrameIndex.encapsulated([(2000, 100), (2108, 50), (2166, 80)], [0, 2]).pack(), "[]",
+    ),
+    OLD: Row(ST, SE2, OLD, "1.2.840.10008.1.2.1.99", key(SE2, OLD), 700, "", None, None, ""),
+}  # fmt: skip
+
+
+class Catalog:
+    """In-memory stand-in for the catalog calls the planner makes; counts loads."""
+
+    def __init__(self, rows: dict[str, Row]) -> None:
+        self.rows = rows
+        self.loads: list[str] = []
+        self.lists: list[tuple[str, str | None]] = []
+
+    def load(self, sop: str) -> Row | None:
+        self.loads.append(sop)
+        return self.rows.get(sop)
+
+    def list(self, study: str, series: str | None) -> Sequence[Row]:
+        self.lists.append((study, series))
+        return [r for r in self.rows.values() if r.study_uid == study and series in (None, r.series_uid)]
+
+
+@pytest.fixture
+def catalog() -> Catalog:
+    return Catalog(dict(ROWS))
+
+
+@pytest.fixture
+def planner(catalog: Catalog) -> Planner:
+    return Planner(catalog.load, catalog.list, origin)
+
+
+def inc(sop: str, first: int | None = None, last: int | None = None) -> bytes:
+    row = ROWS[sop]
+    where = "all" if first is None else f"{first}-{last}"
+    return f'<!--# include virtual="/_seg/{where}/objects/{row.storage_key}" wait="yes" -->'.encode()
+
+
+def boundary_of(response: PlanResponse, part_type: str) -> str:
+    content_type = dict(response.headers)["Content-Type"]
+    match = re.fullmatch(rf'multipart/related; type="{re.escape(part_type)}"; boundary=([0-9a-f]{{32}})', content_type)
+    assert match, content_type
+    return match.group(1)
+
+
+def multipart_body(boundary: str, parts: list[tuple[str, bytes]]) -> bytes:
+    body = b""
+    for content_type, payload in parts:
+        body += f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode() + payload + b"\r\n"
+    return body + f"--{boundary}--\r\n".encode()
+
+
+def instance_uri(series: str, sop: str, rest: str = "") -> str:
+    return f"/dicomweb/studies/{ST}/series/{series}/instances/{sop}{rest}"
+
+
+# -- parse_range -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("bytes=0-99", (0, 99)),
+        ("bytes=10-10", (10, 10)),
+        ("bytes=900-", (900, 999)),
+        ("bytes=500-5000", (500, 999)),
+        ("bytes=-100", (900, 999)),
+        ("bytes=-5000", (0, 999)),
+        ("  bytes=0-0  ", (0, 0)),
+        ("bytes=999-999", (999, 999)),
+        ("", None),
+        ("bytes=0-1,5-6", None),
+        ("bytes=0-1, 5-6", None),
+        ("items=0-5", None),
+        ("bytes=a-b", None),
+        ("bytes=5", None),
+        ("bytes=-", None),
+        ("bytes=10-5", None),
+        ("bytes=1-2-3", None),
+        ("bytes=--5", None),
+    ],
+)
+def test_parse_range(header: str, expected: tuple[int, int] | None) -> None:
+    assert parse_range(header, 1000) == expected
+
+
+@pytest.mark.parametrize(
+    ("header", "length", "detail"),
+    [
+        ("bytes=1000-", 1000, "range starts beyond the end"),
+        ("bytes=1000-2000", 1000, "range starts beyond the end"),
+        ("bytes=0-", 0, "range starts beyond the end"),
+        ("bytes=-0", 1000, "empty suffix range"),
+    ],
+)
+def test_parse_range_not_satisfiable(header: str, length: int, detail: str) -> None:
+    with pytest.raises(RangeNotSatisfiable) as caught:
+        parse_range(header, length)
+    assert caught.value.detail == detail
+    assert caught.value.extra == {"length": length}
+    assert caught.value.status == 416
+
+
+# -- to_cached -------------------------------------------------------------------------------------------------
+
+
+def test_to_cached_decodes_a_row() -> None:
+    cached = to_cached(ROWS[CT1])
+    assert (cached.study_uid, cached.series_uid, cached.sop_uid) == (ST, SE, CT1)
+    assert (cached.transfer_syntax_uid, cached.storage_key, cached.size, cached.etag) == (
+        EXPLICIT, key(SE, CT1), 3000, '"e1"'
+    )  # fmt: skip
+    assert cached.frames == FrameIndex.native(1000, 512, 3)
+    assert cached.bulkdata == {
+        "7FE00010": (1000, 1536),
+        "00420011": (300, 1000),
+        "00091010": (2900, 0),
+        "00540016/0/00181072": (200, 16),
+    }
+    old = to_cached(ROWS[OLD])
+    assert (old.frames, old.etag, old.frame_media_type, old.bulkdata) == (None, "", "application/octet-stream", {})
+
+
+def test_to_cached_accepts_dict_bulkdata() -> None:
+    row = Row(ST, SE, CT1, EXPLICIT, "k", 1, "", None, None, json.dumps([{"path": "p", "offset": 5, "length": 6}]))
+    assert to_cached(row).bulkdata == {"p": (5, 6)}
+
+
+# -- frames --------------------------------------------------------------------------------------------------------
+
+
+def test_single_native_frame(planner: Planner) -> None:
+    response = planner.plan("GET", instance_uri(SE, CT1, "/frames/2"), "application/octet-stream", "")
+    assert response == PlanResponse(
+        200,
+        [
+            ("Content-Type", f"application/octet-stream; transfer-syntax={EXPLICIT}"),
+            ("X-Accel-Expires", str(STABLE_PLAN_SECONDS)),
+        ],
+        inc(CT1, 1512, 2023),
+    )
+    assert STABLE_PLAN_SECONDS == 600
+
+
+def test_single_encapsulated_frame_spanning_two_fragments(planner: Planner) -> None:
+    response = planner.plan("GET", instance_uri(SE2, WSI, "/frames/1"), "image/jpeg", "")
+    assert response.status == 200
+    assert response.headers == [("Content-Type", f"image/jpeg; transfer-syntax={JPEG}"), ("X-Accel-Expires", "600")]
+    assert response.body == inc(WSI, 2000, 2099) + inc(WSI, 2108, 2157)
+
+
+def test_frames_multipart_default_for_jpeg(planner: Planner) -> None:
+    response = planner.plan("GET", instance_uri(SE2, WSI, "/frames/2,1"), "", "")
+    boundary = boundary_of(response, "image/jpeg")
+    part = f"image/jpeg; transfer-syntax={JPEG}"
+    assert response.status == 200
+    assert response.headers[1] == ("X-Accel-Expires", "600")
+    assert len(response.headers) == 2
+    assert response.body == multipart_body(
+        boundary, [(part, inc(WSI, 2166, 2245)), (part, inc(WSI, 2000, 2099) + inc(WSI, 2108, 2157))]
+    )
+
+
+def test_frames_multipart_octet_stream(planner: Planner) -> None:
+    accept = "multipart/related; type=application/octet-stream; transfer-syntax=*"
+    response = planner.plan("GET", instance_uri(SE, CT1, "/frames/1,3"), accept, "")
+    boundary = boundary_of(response, "application/octet-stream")
+    part = f"application/octet-stream; transfer-syntax={EXPLICIT}"
+    assert response.body == multipart_body(boundary, [(part, inc(CT1, 1000, 1511)), (part, inc(CT1, 2024, 2535))])
+
+
+def test_boundaries_are_fresh(planner: Planner) -> None:
+    uri = instance_uri(SE, CT1, "/frames/1")
+    first = boundary_of(planner.plan("GET", uri, "", ""), "application/octet-stream")
+    assert first != boundary_of(planner.plan("GET", uri, "", ""), "application/octet-stream")
+
+
+def test_a_list_of_frames_cannot_be_single_part(planner: Planner) -> None:
+    with pytest.raises(NotAcceptable):
+        planner.plan("GET", instance_uri(SE, CT1, "/frames/1,2"), "application/octet-stream", "")
+
+
+def test_frames_without_an_index_are_not_acceptable(planner: Planner) -> None:
+    with pytest.raises(NotAcceptable) as caught:
+        planner.plan("GET", instance_uri(SE2, OLD, "/frames/1"), "", "")
+    assert caught.value.detail == (
+        "frames of this instance cannot be served as stored byte ranges "
+        "(deflated, big-endian or 1-bit data); retrieve the instance instead"
+    )
+
+
+def test_frame_out_of_range_is_404(planner: Planner) -> None:
+    with pytest.raises(FrameNotFound) as caught:
+        planner.plan("GET", instance_uri(SE, CT1, "/frames/1,4"), "", "")
+    assert caught.value.status == 404
+    assert caught.value.detail == "frame 4 does not exist; the instance has 3 frame(s)"
+
+
+@pytest.mark.parametrize("spec", ["0", "1,0", "a", "1,", "-1", ",".join(["1"] * 1001)])
+def test_bad_frame_lists(planner: Planner, spec: str) -> None:
+    with pytest.raises(BadRequest):
+        planner.plan("GET", instance_uri(SE, CT1, f"/frames/{spec}"), "", "")
+
+
+def test_transfer_syntax_mismatch_is_406(planner: Planner) -> None:
+    accept = f"multipart/related; type=application/octet-stream; transfer-syntax={JPEG}"
+    with pytest.raises(NotAcceptable):
+        planner.plan("GET", instance_uri(SE, CT1, "/frames/1"), accept, "")
+
+
+def test_accept_query_parameter_wins_over_the_header(planner: Planner) -> None:
+    wanted = quote('multipart/related; type="application/octet-stream"')
+    uri = instance_uri(SE, CT1, f"/frames/1?accept={wanted}")
+    response = planner.plan("GET", uri, "application/octet-stream", "")
+    boundary = boundary_of(response, "application/octet-stream")
+    part = f"application/octet-stream; transfer-syntax={EXPLICIT}"
+    assert response.body == multipart_body(boundary, [(part, inc(CT1, 1000, 1511))])
+    with pytest.raises(NotAcceptable):
+        planner.plan("GET", instance_uri(SE, CT1, "/frames/1?accept=image/png"), "*/*", "")
+
+
+def test_token_prefix_and_query_token_do_not_change_the_plan(planner: Planner) -> None:
+    plain = planner.plan("GET", instance_uri(SE, CT1, "/frames/3"), "application/octet-stream", "")
+    prefixed = planner.plan("GET", "/t/abc" + instance_uri(SE, CT1, "/frames/3?token=x"), "application/octet-stream", "")
+    assert plain == prefixed
+
+
+# -- instance lookup -----------------------------------------------------------------------------------------------
+
+
+def test_instance_in_another_series_or_study_is_not_found(planner: Planner) -> None:
+    with pytest.raises(NotFound) as caught:
+        planner.plan("GET", instance_uri(SE2, CT1, "/frames/1"), "", "")
+    assert caught.value.detail == "no such instance in this study and series"
+    with pytest.raises(NotFound) as caught:
+        planner.plan("GET", f"/dicomweb/studies/9.9/series/{SE}/instances/{CT1}/frames/1", "", "")
+    assert caught.value.detail == "no such instance in this study and series"
+    with pytest.raises(NotFound) as caught:
+        planner.plan("GET", instance_uri(SE, "7.7.7", "/frames/1"), "", "")
+    assert caught.value.detail == "no such instance"
+
+
+@pytest.mark.parametrize(
+    "rest", [f"/series/{SE}/instances/{CT1}/metadata", f"/series/{SE}/metadata", "/metadata", "/series"]
+)
+def test_non_retrieve_paths_are_not_planned(planner: Planner, rest: str) -> None:
+    with pytest.raises(NotFound) as caught:
+        planner.plan("GET", f"/dicomweb/studies/{ST}{rest}", "", "")
+    assert caught.value.detail == "not a retrieve path"
+
+
+def test_paths_are_validated(planner: Planner) -> None:
+    with pytest.raises(InvalidPath):
+        planner.plan("GET", f"/dicomweb/studies/{ST}/series/{SE}/instances/../frames/1", "", "")
+    with pytest.raises(NotFound):
+        planner.plan("GET", "/dicomweb/studies", "", "")
+
+
+def test_lru_cache(catalog: Catalog) -> None:
+    planner = Planner(catalog.load, catalog.list, origin, cache_size=2)
+    uri = instance_uri(SE, CT1, "/frames/1")
+    planner.plan("GET", uri, "", "")
+    planner.plan("GET", instance_uri(SE, CT1, "/frames/2"), "", "")
+    assert catalog.loads == [CT1]
+    planner.forget(CT1)
+    planner.forget("never-loaded")  # harmless
+    planner.plan("GET", uri, "", "")
+    assert catalog.loads == [CT1, CT1]
+    # bounded, least recently used goes first: CT1, CT2, CT1 (refreshed), WSI evicts CT2
+    planner.plan("GET", instance_uri(SE, CT2, "/frames/1"), "", "")
+    planner.plan("GET", uri, "", "")
+    planner.plan("GET", instance_uri(SE2, WSI, "/frames/1"), "", "")
+    assert catalog.loads == [CT1, CT1, CT2, WSI]
+    planner.plan("GET", uri, "", "")
+    planner.plan("GET", instance_uri(SE, CT2, "/frames/1"), "", "")
+    assert catalog.loads == [CT1, CT1, CT2, WSI, CT2]
+
+
+def test_a_cached_instance_is_still_checked_against_the_path(planner: Planner) -> None:
+    planner.plan("GET", instance_uri(SE, CT1, "/frames/1"), "", "")
+    with pytest.raises(NotFound):
+        planner.plan("GET", instance_uri(SE2, CT1, "/frames/1"), "", "")
+
+
+# -- bulkdata ------------------------------------------------------------------------------------------------------
+
+
+def test_bulkdata_single_part_200(planner: Planner) -> None:
+    response = planner.plan("GET", instance_uri(SE, CT1, "/bulkdata/00420011"), "application/octet-stream", "")
+    assert response == PlanResponse(
+        200,
+        [
+            ("Content-Type", "application/octet-stream"),
+            ("X-Dgw-Accept-Ranges", "bytes"),
+            ("X-Accel-Expires", "600"),
+        ],
+        inc(CT1, 300, 1299),
+    )
+
+
+def test_bulkdata_nested_path(planner: Planner) -> None:
+    response = planner.plan(
+        "GET", instance_uri(SE, CT1, "/bulkdata/00540016/0/00181072"), "application/octet-stream", ""
+    )
+    assert response.body == inc(CT1, 200, 215)
+
+
+def test_bulkdata_range_206(planner: Planner) -> None:
+    response = planner.plan("GET", instance_uri(SE, CT1, "/bulkdata/00420011"), "", "bytes=100-199")
+    assert response == PlanResponse(
+        206,
+        [
+            ("Content-Type", "application/octet-stream"),
+            ("Content-Range", "bytes 100-199/1000"),
+            ("X-Accel-Expires", "600"),
+        ],
+        inc(CT1, 400, 499),
+    )
+    suffix = planner.plan("GET", instance_uri(SE, CT1, "/bulkdata/00420011"), "*/*", "bytes=-10")
+    assert dict(suffix.headers)["Content-Range"] == "bytes 990-999/1000"
+    assert suffix.body == inc(CT1, 1290, 1299)
+
+
+def test_bulkdata_range_416(planner: Planner) -> None:
+    with pytest.raises(RangeNotSatisfiable) as caught:
+        planner.plan("GET", instance_uri(SE, CT1, "/bulkdata/00420011"), "", "bytes=1000-")
+    assert caught.value.extra == {"length": 1000}
+
+
+def test_bulkdata_ignored_range_is_a_full_200(planner: Planner) -> None:
+    response = planner.plan("GET", instance_uri(SE, CT1, "/bulkdata/00420011"), "", "bytes=0-1,5-9")
+    assert response.status == 200
+    assert ("X-Dgw-Accept-Ranges", "bytes") in response.headers
+    assert response.body == inc(CT1, 300, 1299)
+
+
+def test_bulkdata_multipart_by_default(planner: Planner) -> None:
+    response = planner.plan("GET", instance_uri(SE, CT1, "/bulkdata/7FE00010"), "", "")
+    boundary = boundary_of(response, "application/octet-stream")
+    assert response.headers[1] == ("X-Accel-Expires", "600")
+    assert response.body == multipart_body(boundary, [("application/octet-stream", inc(CT1, 1000, 2535))])
+
+
+def test_empty_bulkdata(planner: Planner) -> None:
+    single = planner.plan("GET", instance_uri(SE, CT1, "/bulkdata/00091010"), "application/octet-stream", "")
+    assert (single.status, single.body) == (200, b"")
+    multi = planner.plan("GET", instance_uri(SE, CT1, "/bulkdata/00091010"), "", "")
+    assert multi.body == multipart_body(boundary_of(multi, "application/octet-stream"), [("application/octet-stream", b"")])
+
+
+def test_unknown_bulkdata(planner: Planner) -> None:
+    with pytest.raises(NotFound) as caught:
+        planner.plan("GET", instance_uri(SE, CT1, "/bulkdata/00100010"), "", "")
+    assert caught.value.detail == "no such bulkdata element"
+
+
+# -- retrieve ------------------------------------------------------------------------------------------------------
+
+
+def test_retrieve_instance_single_part_is_a_redirect(planner: Planner) -> None:
+    response = planner.plan("GET", instance_uri(SE, CT1), "application/dicom", "bytes=0-10")
+    assert response == PlanResponse(
+        200,
+        [
+            ("X-Accel-Redirect", f"/_obj/objects/{key(SE, CT1)}"),
+            ("X-Accel-Expires", "0"),
+            ("Content-Type", "application/dicom"),
+        ],
+        b"",
+    )
+
+
+def test_retrieve_instance_multipart(planner: Planner) -> None:
+    response = planner.plan("GET", instance_uri(SE, CT2), "", "")
+    boundary = boundary_of(response, "application/dicom")
+    assert response.headers[1] == ("X-Accel-Expires", "600")
+    assert response.body == multipart_body(boundary, [(f"application/dicom; transfer-syntax={JPEG}", inc(CT2))])
+
+
+def test_retrieve_series_multipart(planner: Planner, catalog: Catalog) -> None:
+    response = planner.plan("GET", f"/dicomweb/studies/{ST}/series/{SE}", "multipart/related; type=application/dicom", "")
+    boundary = boundary_of(response, "application/dicom")
+    assert response.headers[1] == ("X-Accel-Expires", "0")  # a series grows with uploads
+    assert response.body == multipart_body(
+        boundary,
+        [
+            (f"application/dicom; transfer-syntax={EXPLICIT}", inc(CT1)),
+            (f"application/dicom; transfer-syntax={JPEG}", inc(CT2)),
+        ],
+    )
+    assert catalog.lists == [(ST, SE)]
+    assert catalog.loads == []
+
+
+def test_retrieve_study_with_mixed_transfer_syntaxes(planner: Planner, catalog: Catalog) -> None:
+    response = planner.plan("GET", f"/dicomweb/studies/{ST}", "multipart/related; type=application/dicom; transfer-syntax=*", "")
+    boundary = boundary_of(response, "application/dicom")
+    assert response.body == multipart_body(
+        boundary,
+        [
+            (f"application/dicom; transfer-syntax={ROWS[sop].transfer_syntax_uid}", inc(sop))
+            for sop in (CT1, CT2, WSI, OLD)
+        ],
+    )
+    assert catalog.lists == [(ST, None)]
+    accept = f'multipart/related; type="application/dicom"; transfer-syntax={EXPLICIT}'
+    with pytest.raises(NotAcceptable):
+        planner.plan("GET", f"/dicomweb/studies/{ST}", accept, "")
+
+
+def test_retrieve_series_with_one_transfer_syntax_honours_it(catalog: Catalog) -> None:
+    planner = Planner(catalog.load, catalog.list, origin)
+    accept = f"multipart/related; type=application/dicom; transfer-syntax={JPEG}"
+    del catalog.rows[CT1]
+    assert planner.plan("GET", f"/dicomweb/studies/{ST}/series/{SE}", accept, "").status == 200
+    with pytest.raises(NotAcceptable):
+        planner.plan("GET", f"/dicomweb/studies/{ST}/series/{SE}", "application/dicom", "")
+
+
+def test_retrieve_empty_series_is_404(planner: Planner) -> None:
+    with pytest.raises(NotFound) as caught:
+        planner.plan("GET", f"/dicomweb/studies/{ST}/series/9.9.9", "", "")
+    assert caught.value.detail == "no instances"
+
+
+# -- WADO-URI ------------------------------------------------------------------------------------------------------
+
+
+def wado(**params: str) -> str:
+    return "/dicomweb/wado?" + "&".join(f"{name}={value}" for name, value in params.items())
+
+
+def test_wado_uri_redirects_to_the_object(planner: Planner) -> None:
+    uri = wado(requestType="WADO", studyUID=ST, seriesUID=SE, objectUID=CT1, contentType="application/dicom")
+    assert planner.plan("GET", uri, "", "") == PlanResponse(
+        200,
+        [
+            ("X-Accel-Redirect", f"/_obj/objects/{key(SE, CT1)}"),
+            ("X-Accel-Expires", "0"),
+            ("Content-Type", "application/dicom"),
+        ],
+    )
+
+
+@pytest.mark.parametrize(
+    ("uri", "error", "detail"),
+    [
+        (wado(studyUID=ST, seriesUID=SE, objectUID=CT1), BadRequest, "WADO-URI needs exactly one requestType"),
+        (wado(requestType="RS", studyUID=ST, seriesUID=SE, objectUID=CT1), BadRequest, "requestType must be WADO"),
+        (wado(requestType="WADO", seriesUID=SE, objectUID=CT1), BadRequest, "WADO-URI needs exactly one studyUID"),
+        (wado(requestType="WADO", studyUID=ST, objectUID=CT1), BadRequest, "WADO-URI needs exactly one seriesUID"),
+        (wado(requestType="WADO", studyUID=ST, seriesUID=SE), BadRequest, "WADO-URI needs exactly one objectUID"),
+        (
+            wado(requestType="WADO", studyUID=ST, seriesUID=SE, objectUID=CT1) + f"&objectUID={CT2}",
+            BadRequest,
+            "WADO-URI needs exactly one objectUID",
+        ),
+        (wado(requestType="WADO", studyUID="x", seriesUID=SE, objectUID=CT1), InvalidUID, "studyUID is not a valid DICOM UID"),
+        (wado(requestType="WADO", studyUID=ST, seriesUID="1..2", objectUID=CT1), InvalidUID, "seriesUID is not a valid DICOM UID"),
+        (wado(requestType="WADO", studyUID=ST, seriesUID=SE, objectUID="a"), InvalidUID, "objectUID is not a valid DICOM UID"),
+        (wado(requestType="WADO", studyUID=ST, seriesUID=SE2, objectUID=CT1), NotFound, "no such instance in this study and series"),
+    ],
+)  # fmt: skip
+def test_wado_uri_validation(planner: Planner, uri: str, error: type[Exception], detail: str) -> None:
+    with pytest.raises(error) as caught:
+        planner.plan("GET", uri, "", "")
+    assert type(caught.value) is error
+    assert getattr(caught.value, "detail", None) == detail

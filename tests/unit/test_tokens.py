@@ -1,0 +1,310 @@
+"""gateway.tokens: issue/verify round trip, validation details, purposes (salts), expiry with frozen time, key
+rotation, tampering, the verify cache.
+
+Time is frozen by passing ``now=`` to ``issue`` and ``verify``; ``T`` is taken from the wall clock once at import
+so the tests do not depend on itsdangerous' own clock (see ``test_frozen_time_is_independent_of_the_wall_clock``).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import time
+import zlib
+from typing import Any
+
+import pytest
+from itsdangerous import URLSafeTimedSerializer
+
+from gateway.errors import BadRequest, TokenExpired, TokenInvalid
+from gateway.scope import Scope
+from gateway.tokens import MAX_TOKEN_LENGTH, SALTS, Claims, TokenService
+
+KEY_OLD = "old-signing-key-" + "o" * 32
+KEY_NEW = "new-signing-key-" + "n" * 32
+STUDY = "1.2.826.0.1.3680043.8.498.1"
+STUDY2 = "1.2.826.0.1.3680043.8.498.2"
+SERIES = "1.2.826.0.1.3680043.8.498.1.1"
+T = int(time.time())
+
+
+def service(keys: tuple[str, ...] = (KEY_NEW,), max_ttl: int = 3600, default_ttl: int = 900) -> TokenService:
+    return TokenService(keys, max_ttl=max_ttl, default_ttl=default_ttl)
+
+
+def payload_of(token: str) -> dict[str, Any]:
+    """Decode (without verifying) the JSON payload of an itsdangerous URL-safe token."""
+    compressed = token.startswith(".")
+    body = token.rsplit(".", 2)[0].lstrip(".")
+    raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+    return dict(json.loads(zlib.decompress(raw) if compressed else raw))
+
+
+# -- round trip and claims ---------------------------------------------------------------------------------------
+
+
+def test_issue_verify_round_trip_with_exact_claims() -> None:
+    tokens = service()
+    issued = tokens.issue(sub="portal-user-7", studies=[STUDY], series=[SERIES], ttl=600, now=T)
+    expected = Claims(
+        sub="portal-user-7",
+        scope=Scope(frozenset({STUDY}), frozenset({SERIES})),
+        actions=frozenset({"read"}),
+        issued_at=T,
+        expires_at=T + 600,
+        jti=issued.claims.jti,
+    )
+    assert issued.claims == expected
+    assert tokens.verify(issued.token, "read", now=T) == expected
+    # a fresh service (no cache) agrees
+    assert service().verify(issued.token, "read", now=T + 1) == expected
+
+
+def test_payload_uses_short_claim_names() -> None:
+    issued = service().issue(sub="u", studies=[STUDY], actions=["read", "write"], ttl=60, now=T)
+    assert payload_of(issued.token) == {"v": 1, "s": "u", "st": [STUDY], "a": "rw", "t": 60, "j": issued.claims.jti}
+    assert len(issued.claims.jti) == 12  # token_urlsafe(9)
+
+
+def test_jti_is_unique_per_issue() -> None:
+    tokens = service()
+    jtis = {tokens.issue(sub="u", studies=[STUDY], now=T).claims.jti for _ in range(50)}
+    assert len(jtis) == 50
+
+
+def test_defaults_read_and_default_ttl() -> None:
+    claims = service(default_ttl=300).issue(sub="u", studies=[STUDY], now=T).claims
+    assert claims.actions == frozenset({"read"})
+    assert claims.scope == Scope(frozenset({STUDY}), None)
+    assert claims.expires_at == T + 300
+
+
+def test_default_ttl_is_capped_by_max_ttl() -> None:
+    tokens = service(max_ttl=120, default_ttl=900)
+    assert tokens.default_ttl == 120
+    assert tokens.issue(sub="u", studies=[STUDY], now=T).claims.expires_at == T + 120
+
+
+def test_one_study_read_token_is_short() -> None:
+    uid = "1.2." + "3" * 60
+    assert len(uid) == 64
+    token = service().issue(sub="portal-user-0042", studies=[uid], now=T).token
+    assert len(token) < 250
+
+
+def test_no_keys_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least one signing key"):
+        TokenService((), max_ttl=60)
+
+
+# -- validation: 400 with an exact detail ---------------------------------------------------------------------
+
+BAD_ISSUES: list[tuple[dict[str, Any], str]] = [
+    ({"sub": ""}, "sub must be a non-empty string of at most 128 characters"),
+    ({"sub": "x" * 129}, "sub must be a non-empty string of at most 128 characters"),
+    ({"sub": 42}, "sub must be a non-empty string of at most 128 characters"),
+    ({"studies": []}, "studies must be a non-empty list of Study Instance UIDs"),
+    ({"studies": STUDY}, "studies must be a non-empty list of Study Instance UIDs"),
+    ({"studies": [f"1.{i}" for i in range(101)]}, "at most 100 studies per token"),
+    ({"studies": ["1.2.abc"]}, "studies: every entry must be a valid DICOM UID"),
+    ({"studies": ["1." + "2" * 63]}, "studies: every entry must be a valid DICOM UID"),
+    ({"studies": [STUDY, 5]}, "studies: every entry must be a valid DICOM UID"),
+    ({"series": []}, "series, when given, must be a non-empty list of Series Instance UIDs"),
+    ({"series": SERIES}, "series, when given, must be a non-empty list of Series Instance UIDs"),
+    ({"studies": [STUDY, STUDY2], "series": [SERIES]}, "a series-scoped token names exactly one study"),
+    ({"series": ["x.1"]}, "series: every entry must be a valid DICOM UID (at most 100)"),
+    ({"series": [f"1.{i}" for i in range(101)]}, "series: every entry must be a valid DICOM UID (at most 100)"),
+    ({"actions": []}, "actions must be a non-empty list drawn from 'read' and 'write'"),
+    ({"actions": ["read", "delete"]}, "actions must be a non-empty list drawn from 'read' and 'write'"),
+    ({"actions": "read"}, "actions must be a non-empty list drawn from 'read' and 'write'"),
+    ({"ttl": 0}, "ttl must be a positive integer number of seconds"),
+    ({"ttl": -5}, "ttl must be a positive integer number of seconds"),
+    ({"ttl": True}, "ttl must be a positive integer number of seconds"),
+    ({"ttl": 1.5}, "ttl must be a positive integer number of seconds"),
+    ({"ttl": "900"}, "ttl must be a positive integer number of seconds"),
+    ({"ttl": 3601}, "ttl exceeds the maximum of 3600 seconds"),
+]
+
+
+@pytest.mark.parametrize(("change", "detail"), BAD_ISSUES)
+def test_issue_validation_details(change: dict[str, Any], detail: str) -> None:
+    request: dict[str, Any] = {"sub": "u", "studies": [STUDY], "now": T, **change}
+    with pytest.raises(BadRequest) as caught:
+        service(max_ttl=3600).issue(**request)
+    assert caught.value.detail == detail
+    assert caught.value.status == 400
+
+
+def test_ttl_at_the_cap_is_accepted() -> None:
+    assert service(max_ttl=3600).issue(sub="u", studies=[STUDY], ttl=3600, now=T).claims.expires_at == T + 3600
+
+
+def test_verifier_with_a_lower_cap_shortens_the_lifetime() -> None:
+    """A token issued under a long cap is held to the verifier's (shorter) cap."""
+    token = service(max_ttl=3600).issue(sub="u", studies=[STUDY], ttl=3600, now=T).token
+    strict = service(max_ttl=600)
+    assert strict.verify(token, "read", now=T + 599).expires_at == T + 600
+    with pytest.raises(TokenExpired):
+        strict.verify(token, "read", now=T + 600)
+
+
+# -- purposes ---------------------------------------------------------------------------------------------------
+
+
+def test_read_token_cannot_write() -> None:
+    tokens = service()
+    token = tokens.issue(sub="u", studies=[STUDY], actions=["read"], now=T).token
+    with pytest.raises(TokenInvalid) as caught:
+        tokens.verify(token, "write", now=T)
+    assert caught.value.detail == "token signature does not verify"
+
+
+def test_write_only_token_cannot_read() -> None:
+    tokens = service()
+    token = tokens.issue(sub="u", studies=[STUDY], actions=["write"], now=T).token
+    assert tokens.verify(token, "write", now=T).actions == frozenset({"write"})
+    with pytest.raises(TokenInvalid) as caught:
+        tokens.verify(token, "read", now=T)
+    assert caught.value.detail == "token does not allow read"
+
+
+def test_read_write_token_does_both() -> None:
+    tokens = service()
+    token = tokens.issue(sub="u", studies=[STUDY], actions=["write", "read"], now=T).token
+    assert tokens.verify(token, "read", now=T).actions == frozenset({"read", "write"})
+    assert tokens.verify(token, "write", now=T).actions == frozenset({"read", "write"})
+
+
+def test_salts_differ_per_purpose() -> None:
+    assert SALTS["read"] != SALTS["write"]
+
+
+# -- expiry with frozen time ------------------------------------------------------------------------------------
+
+
+def test_expiry_at_the_exact_second() -> None:
+    tokens = service()
+    token = tokens.issue(sub="u", studies=[STUDY], ttl=900, now=T).token
+    assert tokens.verify(token, "read", now=T + 899).expires_at == T + 900
+    with pytest.raises(TokenExpired) as caught:
+        tokens.verify(token, "read", now=T + 900)
+    assert caught.value.detail == "token expired"
+    assert caught.value.code == "token_expired"
+
+
+def test_cache_does_not_bypass_expiry() -> None:
+    tokens = service()
+    token = tokens.issue(sub="u", studies=[STUDY], ttl=30, now=T).token
+    tokens.verify(token, "read", now=T)  # now cached
+    with pytest.raises(TokenExpired):
+        tokens.verify(token, "read", now=T + 30)
+    # and the cache does not remember a purpose it was never asked about
+    with pytest.raises(TokenInvalid):
+        tokens.verify(token, "write", now=T)
+
+
+def test_token_far_in_the_future_is_refused() -> None:
+    tokens = service()
+    token = tokens.issue(sub="u", studies=[STUDY], now=T + 120).token
+    with pytest.raises(TokenInvalid) as caught:
+        tokens.verify(token, "read", now=T)
+    assert caught.value.detail == "token issued in the future"
+
+
+def test_small_clock_skew_is_tolerated() -> None:
+    """Another node whose clock runs 30 s ahead issued the token: within the 60 s tolerance it is accepted."""
+    tokens = service()
+    token = tokens.issue(sub="u", studies=[STUDY], now=T + 30).token
+    assert tokens.verify(token, "read", now=T).issued_at == T + 30
+
+
+def test_frozen_time_is_independent_of_the_wall_clock() -> None:
+    """``now`` is the only clock: a token issued and verified at a frozen instant in the past verifies."""
+    frozen = 1_700_000_000
+    tokens = service()
+    token = tokens.issue(sub="u", studies=[STUDY], ttl=60, now=frozen).token
+    assert tokens.verify(token, "read", now=frozen + 10).expires_at == frozen + 60
+
+
+# -- keys, tampering, junk --------------------------------------------------------------------------------------
+
+
+def test_key_rotation() -> None:
+    old_token = service((KEY_OLD,)).issue(sub="u", studies=[STUDY], now=T).token
+    assert service((KEY_OLD, KEY_NEW)).verify(old_token, "read", now=T).sub == "u"
+    with pytest.raises(TokenInvalid) as caught:
+        service((KEY_NEW,)).verify(old_token, "read", now=T)
+    assert caught.value.detail == "token signature does not verify"
+    # the newest key signs: [old, new] tokens verify with [new] alone but not with [old]
+    new_token = service((KEY_OLD, KEY_NEW)).issue(sub="u", studies=[STUDY], now=T).token
+    assert service((KEY_NEW,)).verify(new_token, "read", now=T).sub == "u"
+    with pytest.raises(TokenInvalid):
+        service((KEY_OLD,)).verify(new_token, "read", now=T)
+
+
+def _flip(text: str, index: int) -> str:
+    return text[:index] + ("A" if text[index] != "A" else "B") + text[index + 1 :]
+
+
+@pytest.mark.parametrize("part", ["payload", "timestamp", "signature"])
+def test_tampering_is_detected(part: str) -> None:
+    tokens = service()
+    token = tokens.issue(sub="u", studies=[STUDY], now=T).token
+    payload, stamp, signature = token.rsplit(".", 2)  # a compressed payload starts with "."
+    if part == "payload":
+        tampered = ".".join([_flip(payload, 5), stamp, signature])
+    elif part == "timestamp":
+        tampered = ".".join([payload, _flip(stamp, 2), signature])
+    else:
+        tampered = ".".join([payload, stamp, _flip(signature, 10)])
+    assert tampered != token
+    with pytest.raises(TokenInvalid) as caught:
+        tokens.verify(tampered, "read", now=T)
+    assert type(caught.value) is TokenInvalid
+    assert caught.value.detail == "token signature does not verify"
+
+
+def test_resigned_payload_for_another_study_does_not_verify() -> None:
+    """Swapping the claims while keeping the original signature fails."""
+    tokens = service()
+    token = tokens.issue(sub="u", studies=[STUDY], now=T).token
+    forged = URLSafeTimedSerializer("attacker-key", salt=SALTS["read"]).dumps(
+        {"v": 1, "s": "u", "st": [STUDY2], "a": "r", "t": 900, "j": "x"}
+    )
+    spliced = forged.rsplit(".", 1)[0] + "." + token.rsplit(".", 1)[1]
+    with pytest.raises(TokenInvalid):
+        tokens.verify(spliced, "read", now=T)
+
+
+def _sign(payload: dict[str, Any], key: str = KEY_NEW, purpose: str = "read") -> str:
+    serializer = URLSafeTimedSerializer(
+        [key], salt=SALTS[purpose], signer_kwargs={"digest_method": hashlib.sha256}
+    )
+    token = serializer.dumps(payload)
+    assert isinstance(token, str)
+    return token
+
+
+def test_validly_signed_but_malformed_claims() -> None:
+    tokens = service()
+    now = int(time.time())
+    with pytest.raises(TokenInvalid) as caught:
+        tokens.verify(_sign({"v": 1, "s": "u", "a": "r", "t": 60, "j": "x"}), "read", now=now)
+    assert caught.value.detail == "malformed token claims"
+    with pytest.raises(TokenInvalid) as caught:
+        tokens.verify(_sign({"v": 2, "s": "u", "st": [STUDY], "a": "r", "t": 60, "j": "x"}), "read", now=now)
+    assert caught.value.detail == "unsupported token version"
+
+
+@pytest.mark.parametrize("junk", ["", "abc", "a.b.c", "." * 10])
+def test_junk_does_not_verify(junk: str) -> None:
+    with pytest.raises(TokenInvalid) as caught:
+        service().verify(junk, "read", now=T)
+    assert caught.value.detail == "token signature does not verify"
+
+
+def test_oversized_token_is_refused_before_any_work() -> None:
+    with pytest.raises(TokenInvalid) as caught:
+        service().verify("a" * (MAX_TOKEN_LENGTH + 1), "read", now=T)
+    assert caught.value.detail == "token too long"
