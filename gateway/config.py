@@ -43,7 +43,11 @@ VARIABLES: dict[str, tuple[bool, str, str]] = {
     ),
     "TOKEN_MAX_TTL": (False, "3600", "Upper bound, in seconds, on any token's lifetime."),
     "TOKEN_DEFAULT_TTL": (False, "900", "Token lifetime when the request names none."),
-    "MODE": (False, "production", "`production` (every required value must be set) or `development`."),
+    "MODE": (
+        False,
+        "production",
+        "`production`: every required value must be set. `development`: missing ones default to ./var.",
+    ),
     "TLS": (
         False,
         "0",
@@ -88,6 +92,23 @@ def _int(name: str, value: str, minimum: int = 0) -> int:
     return number
 
 
+def _development_defaults(values: dict[str, str]) -> None:
+    """Development mode fills what production demands: the embedded default of ``make demo`` under ./var
+    (keys generated once, mode 0600)."""
+    from gateway.stack import read_or_create_secret
+
+    var = Path("var").resolve()
+    defaults = {
+        "STORAGE_URL": lambda: f"file://{var / 'objects'}",
+        "DATABASE_URL": lambda: f"sqlite:///{var / 'catalog.db'}",
+        "SIGNING_KEYS": lambda: read_or_create_secret(var / "signing.key"),
+        "API_KEYS": lambda: read_or_create_secret(var / "api.key"),
+    }
+    for name, make in defaults.items():
+        if not values[name]:
+            values[name] = make()
+
+
 @dataclass(frozen=True)
 class Settings:
     signing_keys: tuple[str, ...]
@@ -125,6 +146,8 @@ class Settings:
         mode = values["MODE"]
         if mode not in ("production", "development"):
             raise ConfigError(PREFIX + "MODE", "expected production or development")
+        if mode == "development":
+            _development_defaults(values)
         for name, (required, _, _) in VARIABLES.items():
             if required and not values[name]:
                 raise ConfigError(PREFIX + name, "is required but not set")

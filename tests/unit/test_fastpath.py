@@ -14,7 +14,7 @@ import pytest
 from gateway.auth import Authorizer
 from gateway.errors import CatalogUnavailable, GatewayError, NotAcceptable, RangeNotSatisfiable
 from gateway.fastpath import FastPath
-from gateway.plan import PlanResponse, Planner
+from gateway.plan import Planner, PlanResponse
 from gateway.tokens import TokenService
 
 KEY = "fastpath-test-signing-key-" + "k" * 32
@@ -123,7 +123,9 @@ def call(app: FastPath, environ: dict[str, Any]) -> tuple[StartResponse, bytes]:
 # -- /_auth --------------------------------------------------------------------------------------------------------
 
 
-def test_auth_allows_with_204_and_audit_headers(tokens: TokenService, revocations: Revocations, flask: FakeFlask) -> None:
+def test_auth_allows_with_204_and_audit_headers(
+    tokens: TokenService, revocations: Revocations, flask: FakeFlask
+) -> None:
     app, planner = make_app(tokens, revocations, flask)
     issued = tokens.issue(sub="portal-user-9", studies=[ST])
     recorder, body = call(app, auth_environ(f"/t/{issued.token}{SERIES_PATH}/instances/{IN}/frames/1"))
@@ -174,7 +176,9 @@ def test_auth_refusals(
     assert body == b""
 
 
-def test_auth_expired_revoked_and_out_of_scope(tokens: TokenService, revocations: Revocations, flask: FakeFlask) -> None:
+def test_auth_expired_revoked_and_out_of_scope(
+    tokens: TokenService, revocations: Revocations, flask: FakeFlask
+) -> None:
     app, _ = make_app(tokens, revocations, flask)
     expired = tokens.issue(sub="u", studies=[ST], ttl=900, now=int(time.time()) - 1000).token
     recorder, _ = call(app, auth_environ(f"/t/{expired}{SERIES_PATH}"))
@@ -237,9 +241,7 @@ def test_plan_route_answers_with_the_plan(tokens: TokenService, revocations: Rev
     answer = PlanResponse(206, [("Content-Type", "application/octet-stream"), ("X-Accel-Expires", "600")], body)
     app, planner = make_app(tokens, revocations, flask, answer)
     raw = f"/t/tok{SERIES_PATH}/instances/{IN}/bulkdata/7FE00010?accept=x"
-    recorder, sent = call(
-        app, plan_environ(raw, HTTP_ACCEPT="application/octet-stream", HTTP_X_DGW_RANGE="bytes=0-9")
-    )
+    recorder, sent = call(app, plan_environ(raw, HTTP_ACCEPT="application/octet-stream", HTTP_X_DGW_RANGE="bytes=0-9"))
     assert planner.calls == [("GET", raw, "application/octet-stream", "bytes=0-9")]
     assert recorder.status == "206 Partial Content"
     assert recorder.headers == [

@@ -21,7 +21,7 @@ from gateway.errors import (
     NotFound,
     RangeNotSatisfiable,
 )
-from gateway.plan import STABLE_PLAN_SECONDS, PlanResponse, Planner, parse_range, to_cached
+from gateway.plan import STABLE_PLAN_SECONDS, Planner, PlanResponse, parse_range, to_cached
 
 EXPLICIT = "1.2.840.10008.1.2.1"
 JPEG = "1.2.840.10008.1.2.4.50"
@@ -299,7 +299,9 @@ def test_accept_query_parameter_wins_over_the_header(planner: Planner) -> None:
 
 def test_token_prefix_and_query_token_do_not_change_the_plan(planner: Planner) -> None:
     plain = planner.plan("GET", instance_uri(SE, CT1, "/frames/3"), "application/octet-stream", "")
-    prefixed = planner.plan("GET", "/t/abc" + instance_uri(SE, CT1, "/frames/3?token=x"), "application/octet-stream", "")
+    prefixed = planner.plan(
+        "GET", "/t/abc" + instance_uri(SE, CT1, "/frames/3?token=x"), "application/octet-stream", ""
+    )
     assert plain == prefixed
 
 
@@ -423,7 +425,9 @@ def test_empty_bulkdata(planner: Planner) -> None:
     single = planner.plan("GET", instance_uri(SE, CT1, "/bulkdata/00091010"), "application/octet-stream", "")
     assert (single.status, single.body) == (200, b"")
     multi = planner.plan("GET", instance_uri(SE, CT1, "/bulkdata/00091010"), "", "")
-    assert multi.body == multipart_body(boundary_of(multi, "application/octet-stream"), [("application/octet-stream", b"")])
+    assert multi.body == multipart_body(
+        boundary_of(multi, "application/octet-stream"), [("application/octet-stream", b"")]
+    )
 
 
 def test_unknown_bulkdata(planner: Planner) -> None:
@@ -456,7 +460,9 @@ def test_retrieve_instance_multipart(planner: Planner) -> None:
 
 
 def test_retrieve_series_multipart(planner: Planner, catalog: Catalog) -> None:
-    response = planner.plan("GET", f"/dicomweb/studies/{ST}/series/{SE}", "multipart/related; type=application/dicom", "")
+    response = planner.plan(
+        "GET", f"/dicomweb/studies/{ST}/series/{SE}", "multipart/related; type=application/dicom", ""
+    )
     boundary = boundary_of(response, "application/dicom")
     assert response.headers[1] == ("X-Accel-Expires", "0")  # a series grows with uploads
     assert response.body == multipart_body(
@@ -471,7 +477,9 @@ def test_retrieve_series_multipart(planner: Planner, catalog: Catalog) -> None:
 
 
 def test_retrieve_study_with_mixed_transfer_syntaxes(planner: Planner, catalog: Catalog) -> None:
-    response = planner.plan("GET", f"/dicomweb/studies/{ST}", "multipart/related; type=application/dicom; transfer-syntax=*", "")
+    response = planner.plan(
+        "GET", f"/dicomweb/studies/{ST}", "multipart/related; type=application/dicom; transfer-syntax=*", ""
+    )
     boundary = boundary_of(response, "application/dicom")
     assert response.body == multipart_body(
         boundary,
@@ -520,25 +528,30 @@ def test_wado_uri_redirects_to_the_object(planner: Planner) -> None:
     )
 
 
+GOOD_WADO = {"requestType": "WADO", "studyUID": ST, "seriesUID": SE, "objectUID": CT1}
+
+
+def wado_with(**changes: str | None) -> str:
+    """A valid WADO-URI query with some parameters changed (None: left out)."""
+    merged = {**GOOD_WADO, **changes}
+    return wado(**{name: value for name, value in merged.items() if value is not None})
+
+
 @pytest.mark.parametrize(
     ("uri", "error", "detail"),
     [
-        (wado(studyUID=ST, seriesUID=SE, objectUID=CT1), BadRequest, "WADO-URI needs exactly one requestType"),
-        (wado(requestType="RS", studyUID=ST, seriesUID=SE, objectUID=CT1), BadRequest, "requestType must be WADO"),
-        (wado(requestType="WADO", seriesUID=SE, objectUID=CT1), BadRequest, "WADO-URI needs exactly one studyUID"),
-        (wado(requestType="WADO", studyUID=ST, objectUID=CT1), BadRequest, "WADO-URI needs exactly one seriesUID"),
-        (wado(requestType="WADO", studyUID=ST, seriesUID=SE), BadRequest, "WADO-URI needs exactly one objectUID"),
-        (
-            wado(requestType="WADO", studyUID=ST, seriesUID=SE, objectUID=CT1) + f"&objectUID={CT2}",
-            BadRequest,
-            "WADO-URI needs exactly one objectUID",
-        ),
-        (wado(requestType="WADO", studyUID="x", seriesUID=SE, objectUID=CT1), InvalidUID, "studyUID is not a valid DICOM UID"),
-        (wado(requestType="WADO", studyUID=ST, seriesUID="1..2", objectUID=CT1), InvalidUID, "seriesUID is not a valid DICOM UID"),
-        (wado(requestType="WADO", studyUID=ST, seriesUID=SE, objectUID="a"), InvalidUID, "objectUID is not a valid DICOM UID"),
-        (wado(requestType="WADO", studyUID=ST, seriesUID=SE2, objectUID=CT1), NotFound, "no such instance in this study and series"),
+        (wado_with(requestType=None), BadRequest, "WADO-URI needs exactly one requestType"),
+        (wado_with(requestType="RS"), BadRequest, "requestType must be WADO"),
+        (wado_with(studyUID=None), BadRequest, "WADO-URI needs exactly one studyUID"),
+        (wado_with(seriesUID=None), BadRequest, "WADO-URI needs exactly one seriesUID"),
+        (wado_with(objectUID=None), BadRequest, "WADO-URI needs exactly one objectUID"),
+        (wado_with() + f"&objectUID={CT2}", BadRequest, "WADO-URI needs exactly one objectUID"),
+        (wado_with(studyUID="x"), InvalidUID, "studyUID is not a valid DICOM UID"),
+        (wado_with(seriesUID="1..2"), InvalidUID, "seriesUID is not a valid DICOM UID"),
+        (wado_with(objectUID="a"), InvalidUID, "objectUID is not a valid DICOM UID"),
+        (wado_with(seriesUID=SE2), NotFound, "no such instance in this study and series"),
     ],
-)  # fmt: skip
+)
 def test_wado_uri_validation(planner: Planner, uri: str, error: type[Exception], detail: str) -> None:
     with pytest.raises(error) as caught:
         planner.plan("GET", uri, "", "")

@@ -278,9 +278,7 @@ def test_resigned_payload_for_another_study_does_not_verify() -> None:
 
 
 def _sign(payload: dict[str, Any], key: str = KEY_NEW, purpose: str = "read") -> str:
-    serializer = URLSafeTimedSerializer(
-        [key], salt=SALTS[purpose], signer_kwargs={"digest_method": hashlib.sha256}
-    )
+    serializer = URLSafeTimedSerializer([key], salt=SALTS[purpose], signer_kwargs={"digest_method": hashlib.sha256})
     token = serializer.dumps(payload)
     assert isinstance(token, str)
     return token
