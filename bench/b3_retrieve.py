@@ -124,8 +124,8 @@ def run() -> Report:
                 after = stack.rss()
                 nginx_cpu = cpu_seconds(stack.nginx_pids()) - cpu_before
                 spilled = stack.error_log_count("buffered to a temporary file") - spilled
-                report.say(f"{label}: the stack's NGINX used {nginx_cpu:.1f} s CPU over these runs (static and "
-                           f"gateway); its error log has {spilled} 'buffered to a temporary file' warnings")
+                report.say(f"{label}: the stack's NGINX used {nginx_cpu:.1f} s CPU during the gateway runs; "
+                           f"its error log has {spilled} 'buffered to a temporary file' warnings")
                 ratio = median(ratios)
                 growth = (sampler.peak - idle) / 1e6
                 report.say(f"{label}: gateway {median(gw_rates):,.0f} MB/s vs static {median(st_rates):,.0f} MB/s "

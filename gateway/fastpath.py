@@ -75,6 +75,8 @@ class FastPath:
             status = 401 if isinstance(error, Unauthorized) else 403
             if isinstance(error, InvalidPath):
                 status = 403
+            if error.status >= 500:  # e.g. the catalog is down: NGINX turns 500 into its 503, never a refusal
+                status = 500
             AUTH_DECISIONS.labels(str(status)).inc()
             start_response(_status(status), [("X-Dgw-Error", error.code), ("Content-Length", "0")])
             return [b""]
@@ -93,8 +95,8 @@ class FastPath:
     @staticmethod
     def _wants_rendering(environ: dict[str, Any]) -> bool:
         """WADO-URI asking for an image is rendered by Flask; only ``application/dicom`` is a plain plan."""
-        uri = environ.get("RAW_URI") or environ.get("PATH_INFO", "")
-        path, _, query = uri.partition("?")
+        path = environ.get("PATH_INFO", "")
+        query = environ.get("QUERY_STRING") or str(environ.get("RAW_URI", "")).partition("?")[2]
         if not path.endswith("/wado"):
             return False
         content_type = (parse_qs(query).get("contentType") or ["image/jpeg"])[0]

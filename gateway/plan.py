@@ -11,6 +11,7 @@ Range itself (200/206/416) with its strong ETag. Plans do not depend on the toke
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -85,12 +86,10 @@ def to_cached(row: Any) -> CachedInstance:
 def parse_range(header: str, length: int) -> tuple[int, int] | None:
     """One ``bytes=`` range as (first, last) inclusive; None when absent or not a single byte range (ignored, as
     RFC 9110 allows). Raises RangeNotSatisfiable when it cannot be met."""
-    header = header.strip()
-    if not header.startswith("bytes=") or "," in header:
-        return None
-    first_s, sep, last_s = header[6:].strip().partition("-")
-    if not sep:
-        return None
+    match = re.fullmatch(r"bytes=\s*([0-9]*)-([0-9]*)\s*", header.strip())
+    if match is None or match.group(1) == match.group(2) == "":
+        return None  # not a single well-formed byte range: ignored, as RFC 9110 allows
+    first_s, last_s = match.groups()
     try:
         if first_s == "":
             suffix = int(last_s)

@@ -161,9 +161,9 @@ class TokenService:
         purposes = ["read", "write"] if purpose == "read" else ["write"]
         for candidate in purposes:
             try:
-                payload, issued = self._serializers[candidate].loads(
-                    token, max_age=self.max_ttl + 60, return_timestamp=True
-                )
+                # No max_age: itsdangerous would measure age with the wall clock and refuse any clock skew;
+                # verify() checks expiry against ``now`` with the lifetime already capped at max_ttl.
+                payload, issued = self._serializers[candidate].loads(token, return_timestamp=True)
             except SignatureExpired:
                 raise TokenExpired("token expired") from None
             except BadSignature:

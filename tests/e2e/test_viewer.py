@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 import requests
 
@@ -134,6 +135,12 @@ def assert_not_blank(image: Image.Image) -> None:
     assert stat.stddev[0] > 10, f"image looks blank: mean {stat.mean[0]:.1f}, stddev {stat.stddev[0]:.1f}"
     lit = sum(gray.histogram()[16:])
     assert lit > 0.05 * gray.width * gray.height, "less than 5% of the image area is lit"
+
+
+def colour_fraction(image: Image.Image) -> float:
+    """Share of pixels that are clearly coloured (stained tissue), not grey, white or black."""
+    pixels = list(image.getdata())
+    return sum(1 for r, g, b in pixels if max(r, g, b) - min(r, g, b) > 40) / len(pixels)
 
 
 def changed_fraction(a: Image.Image, b: Image.Image) -> float:
@@ -331,12 +338,22 @@ def test_wsi_frame_by_frame(stack: RunningStack, synthetic: dict[str, Any], brow
     wait_index(page, start + 1)
     right = snap(page, "wsi-tile-next")
     assert changed_fraction(tile, right) > 0.02
+    # Up/down move a whole row of tiles on a tiled slide: to the tile below, then back.
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    columns = -(-int(ds.TotalPixelMatrixColumns) // int(ds.Columns))
+    page.keyboard.press("ArrowDown")
+    wait_index(page, start + 1 + columns)
+    page.keyboard.press("ArrowUp")
+    wait_index(page, start + 1)
     box = page.locator("#viewport").bounding_box()
     assert box is not None
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     page.mouse.wheel(0, 120)
     wait_index(page, start + 2)
-    assert changed_fraction(right, snap(page, "wsi-tile-wheel")) > 0.02
+    wheeled = snap(page, "wsi-tile-wheel")
+    assert changed_fraction(right, wheeled) > 0.02
+    # Real decoded colour: at least one of the tiles shown carries stained tissue.
+    assert max(colour_fraction(t) for t in (tile, right, wheeled)) > 0.05
 
     assert_clean_network(log, issued["token"])
     page.context.close()
@@ -416,3 +433,82 @@ def test_dead_gateway_shows_unavailable(tmp_path: Path, synthetic: dict[str, Any
         page.context.close()
     finally:
         running.stack.stop()
+
+
+PORTAL = "http://portal.test"
+PORTAL_PAGE = """<!doctype html><html><head><meta name="referrer" content="no-referrer"><title>Portal</title></head>
+<body style="margin:0"><h1 style="font:16px sans-serif">Patient portal</h1>
+<iframe id="viewer" src="{src}" title="DICOM viewer"
+        sandbox="allow-scripts allow-same-origin allow-downloads"
+        referrerpolicy="no-referrer" allow="fullscreen"
+        style="width:100%;height:560px;border:0"></iframe></body></html>"""
+
+
+@pytest.fixture(scope="module")
+def portal_stack(tmp_path_factory: pytest.TempPathFactory, synthetic: dict[str, Any]) -> Iterator[RunningStack]:
+    """A stack that lets one portal origin frame the viewer (DICOMGW_FRAME_ANCESTORS), with the CT stored."""
+    running = start_stack(tmp_path_factory.mktemp("portal"), "file", None, DICOMGW_FRAME_ANCESTORS=PORTAL)
+    try:
+        assert running.stow(list(synthetic["ct"])).status_code == 200
+        yield running
+    finally:
+        running.stack.stop()
+
+
+def test_portal_iframe_embedding(portal_stack: RunningStack, synthetic: dict[str, Any], browser: Any) -> None:
+    """The README's iframe snippet works from the allowed portal origin and is refused from any other."""
+    issued = portal_stack.issue([study_of(synthetic, "ct")], ttl=600)
+    log = NetworkLog()
+    page = open_page(browser, log)
+    html = PORTAL_PAGE.format(src=issued["viewer_url"])
+    page.route(f"{PORTAL}/**", lambda route: route.fulfill(status=200, content_type="text/html", body=html))
+    page.route("http://other.test/**", lambda route: route.fulfill(status=200, content_type="text/html", body=html))
+
+    page.goto(f"{PORTAL}/patient")
+    frame = page.frame_locator("#viewer")
+    frame.locator("#viewport[data-state=ready]").wait_for()
+    page.wait_for_function(
+        "() => { const f = document.getElementById('viewer').contentDocument;"
+        " return f && f.getElementById('progress').hidden; }"
+    )
+    settle(page)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "viewer-portal-iframe.png"))
+    assert_not_blank(Image.open(io.BytesIO(frame.locator("#viewport").screenshot())).convert("RGB"))
+    assert_clean_network(log, issued["token"])
+
+    # Another origin: frame-ancestors refuses to render the viewer inside it.
+    page.goto("http://other.test/patient")
+    page.wait_for_load_state("load")
+    child = [f for f in page.frames if f != page.main_frame]
+    assert child, "the iframe is missing"
+    page.wait_for_timeout(200)  # let Chromium swap in its error page for the blocked frame
+    assert child[0].url.startswith("chrome-error://") or child[0].locator("#viewport").count() == 0
+    page.context.close()
+
+
+@pytest.mark.parametrize("stack", ["file"], indirect=True)
+def test_webview_cookie_flow(stack: RunningStack, synthetic: dict[str, Any], browser: Any) -> None:
+    """URL token → /api/v1/session sets the HttpOnly cookie → the viewer talks to /dicomweb with no token at all."""
+    study = study_of(synthetic, "ct")
+    issued = stack.issue([study], ttl=600)
+    log = NetworkLog()
+    page = open_page(
+        browser, log, viewport={"width": 360, "height": 640}, has_touch=True, is_mobile=True, device_scale_factor=2
+    )
+    next_path = requests.utils.quote(f"/viewer/#study={study}", safe="")
+    page.goto(f"{stack.url}/api/v1/session?token={issued['token']}&next={next_path}")
+    wait_ready(page)
+    assert page.url == f"{stack.url}/viewer/#study={study}"
+    assert_not_blank(snap(page, "ct-webview-cookie"))
+    cookies = {c["name"]: c for c in page.context.cookies()}
+    assert cookies["dicomgw_token"]["httpOnly"] is True
+    assert page.evaluate("document.cookie") == ""  # HttpOnly: invisible to scripts
+
+    wire = [url for _, url, _ in log.headers() if url.startswith("http")]
+    dicomweb = [url for url in wire if "/dicomweb/" in url]
+    assert dicomweb and all(url.startswith(f"{stack.url}/dicomweb/") for url in dicomweb)
+    # After the one session request, no URL carries the token.
+    assert [url for url in wire if issued["token"] in url and "/api/v1/session" not in url] == []
+    assert [m for _, _, h in log.headers() for m in [h.get("authorization")] if m] == []
+    page.context.close()

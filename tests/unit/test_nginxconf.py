@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,8 +66,8 @@ def test_cors_regex_escapes_and_anchors() -> None:
 # -- render --------------------------------------------------------------------------------------------------------
 
 
-def stack_values(var: Path, **stack_options: object) -> dict[str, str]:
-    return Stack(var, port=free_port(), **stack_options).nginx_values()  # type: ignore[arg-type]
+def stack_values(var: Path, **stack_options: Any) -> dict[str, str]:
+    return Stack(var, port=free_port(), **stack_options).nginx_values()
 
 
 def test_render_writes_every_template(tmp_path: Path) -> None:
