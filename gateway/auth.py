@@ -222,7 +222,7 @@ class Authorizer:
             now_s = int(self._clock()) if now is None else now
             return Decision(api_key_claims(now_s), target)
         token, target = find_token(raw_uri, cookie_header)
-        claims = self.tokens.verify(token, purpose, now=now)
+        claims = self.tokens.verify(token, purpose, now=int(self._clock()) if now is None else now)
         if claims.jti in self.revoked():
             raise TokenRevoked("token revoked")
         if claims.scope is not None:

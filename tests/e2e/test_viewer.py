@@ -11,15 +11,19 @@ Screenshots land in ``test-artifacts/`` (git-ignored; CI keeps them as artefacts
 from __future__ import annotations
 
 import io
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pydicom
 import pytest
 import requests
 
+from gateway.stack import free_port
 from tests.e2e.conftest import uids_of
 from tests.e2e.harness import RunningStack, start_stack
 
@@ -139,8 +143,9 @@ def assert_not_blank(image: Image.Image) -> None:
 
 def colour_fraction(image: Image.Image) -> float:
     """Share of pixels that are clearly coloured (stained tissue), not grey, white or black."""
-    pixels = list(image.getdata())
-    return sum(1 for r, g, b in pixels if max(r, g, b) - min(r, g, b) > 40) / len(pixels)
+    rgb = np.asarray(image.convert("RGB"), dtype=np.int16)
+    spread = rgb.max(axis=2) - rgb.min(axis=2)
+    return float((spread > 40).mean())
 
 
 def changed_fraction(a: Image.Image, b: Image.Image) -> float:
@@ -435,7 +440,6 @@ def test_dead_gateway_shows_unavailable(tmp_path: Path, synthetic: dict[str, Any
         running.stack.stop()
 
 
-PORTAL = "http://portal.test"
 PORTAL_PAGE = """<!doctype html><html><head><meta name="referrer" content="no-referrer"><title>Portal</title></head>
 <body style="margin:0"><h1 style="font:16px sans-serif">Patient portal</h1>
 <iframe id="viewer" src="{src}" title="DICOM viewer"
@@ -444,10 +448,58 @@ PORTAL_PAGE = """<!doctype html><html><head><meta name="referrer" content="no-re
         style="width:100%;height:560px;border:0"></iframe></body></html>"""
 
 
+class Portal:
+    """A stand-in portal: a loopback HTTP server whose one page embeds whatever viewer URL the test sets.
+
+    Loopback on purpose: Chromium's local-network-access rules would stop a "public" origin from framing a
+    loopback viewer, which is a property of this test set-up, not of a real deployment."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.html = ""
+        portal = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                body = portal.html.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def origin(self) -> str:
+        """The allowed origin (`localhost`); the same server as `127.0.0.1` is a different, refused origin."""
+        return f"http://localhost:{self.port}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 @pytest.fixture(scope="module")
-def portal_stack(tmp_path_factory: pytest.TempPathFactory, synthetic: dict[str, Any]) -> Iterator[RunningStack]:
+def portal() -> Iterator[Portal]:
+    server = Portal()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="module")
+def portal_stack(
+    tmp_path_factory: pytest.TempPathFactory, synthetic: dict[str, Any], portal: Portal
+) -> Iterator[RunningStack]:
     """A stack that lets one portal origin frame the viewer (DICOMGW_FRAME_ANCESTORS), with the CT stored."""
-    running = start_stack(tmp_path_factory.mktemp("portal"), "file", None, DICOMGW_FRAME_ANCESTORS=PORTAL)
+    running = start_stack(tmp_path_factory.mktemp("portal"), "file", None, DICOMGW_FRAME_ANCESTORS=portal.origin)
     try:
         assert running.stow(list(synthetic["ct"])).status_code == 200
         yield running
@@ -455,22 +507,19 @@ def portal_stack(tmp_path_factory: pytest.TempPathFactory, synthetic: dict[str, 
         running.stack.stop()
 
 
-def test_portal_iframe_embedding(portal_stack: RunningStack, synthetic: dict[str, Any], browser: Any) -> None:
+def test_portal_iframe_embedding(
+    portal_stack: RunningStack, portal: Portal, synthetic: dict[str, Any], browser: Any
+) -> None:
     """The README's iframe snippet works from the allowed portal origin and is refused from any other."""
     issued = portal_stack.issue([study_of(synthetic, "ct")], ttl=600)
+    portal.html = PORTAL_PAGE.format(src=issued["viewer_url"])
     log = NetworkLog()
     page = open_page(browser, log)
-    html = PORTAL_PAGE.format(src=issued["viewer_url"])
-    page.route(f"{PORTAL}/**", lambda route: route.fulfill(status=200, content_type="text/html", body=html))
-    page.route("http://other.test/**", lambda route: route.fulfill(status=200, content_type="text/html", body=html))
 
-    page.goto(f"{PORTAL}/patient")
+    page.goto(f"{portal.origin}/patient")
     frame = page.frame_locator("#viewer")
     frame.locator("#viewport[data-state=ready]").wait_for()
-    page.wait_for_function(
-        "() => { const f = document.getElementById('viewer').contentDocument;"
-        " return f && f.getElementById('progress').hidden; }"
-    )
+    frame.locator("#progress").wait_for(state="hidden")
     settle(page)
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "viewer-portal-iframe.png"))
@@ -478,12 +527,11 @@ def test_portal_iframe_embedding(portal_stack: RunningStack, synthetic: dict[str
     assert_clean_network(log, issued["token"])
 
     # Another origin: frame-ancestors refuses to render the viewer inside it.
-    page.goto("http://other.test/patient")
-    page.wait_for_load_state("load")
-    child = [f for f in page.frames if f != page.main_frame]
-    assert child, "the iframe is missing"
-    page.wait_for_timeout(200)  # let Chromium swap in its error page for the blocked frame
-    assert child[0].url.startswith("chrome-error://") or child[0].locator("#viewport").count() == 0
+    blocked = open_page(browser, NetworkLog())
+    with blocked.expect_console_message(lambda m: "frame-ancestors" in m.text):
+        blocked.goto(f"http://127.0.0.1:{portal.port}/patient")
+    assert blocked.frame_locator("#viewer").locator("#viewport").count() == 0
+    blocked.context.close()
     page.context.close()
 
 
