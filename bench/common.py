@@ -232,12 +232,21 @@ class BenchStack:
             return 0
         return sum(1 for line in path.read_text(errors="replace").splitlines() if text in line)
 
-    def access_log(self) -> list[dict[str, Any]]:
+    def log_offset(self) -> int:
+        """The access log's current size: pass it to ``access_log(since=...)`` to read only what follows."""
+        path = self.stack.access_log
+        return path.stat().st_size if path.exists() else 0
+
+    def access_log(self, since: int = 0) -> list[dict[str, Any]]:
+        """The JSON access log entries (from byte offset ``since``)."""
         path = self.stack.access_log
         if not path.exists():
             return []
+        with path.open("rb") as handle:
+            handle.seek(since)
+            text = handle.read().decode(errors="replace")
         out = []
-        for line in path.read_text(errors="replace").splitlines():
+        for line in text.splitlines():
             with contextlib.suppress(ValueError):
                 out.append(json.loads(line))
         return out

@@ -67,7 +67,7 @@ def parse_accept(value: str) -> list[MediaRange]:
                 raw = raw[1:-1]
             if name == "q":
                 try:
-                    q = float(raw)
+                    q = min(max(float(raw), 0.0), 1.0)  # RFC 9110: 0..1; more must not outrank others
                 except ValueError:
                     q = 0.0
             elif name:

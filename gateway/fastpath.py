@@ -14,7 +14,6 @@ import json
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
-from urllib.parse import parse_qs
 
 from gateway.auth import Authorizer, split_token
 from gateway.errors import GatewayError, InvalidPath, RangeNotSatisfiable, Unauthorized
@@ -55,7 +54,7 @@ class FastPath:
         path = environ.get("PATH_INFO", "")
         if path == "/_auth":
             return self.auth(environ, start_response)
-        if environ.get("HTTP_X_DGW_ROUTE") == "plan" and not self._wants_rendering(environ):
+        if environ.get("HTTP_X_DGW_ROUTE") == "plan":
             return self.plan(environ, start_response)
         if path.startswith("/t/"):
             token, rest = split_token(path)
@@ -91,16 +90,6 @@ class FastPath:
             [("X-Dgw-Sub", claims.sub), ("X-Dgw-Jti", claims.jti), ("X-Dgw-Study", decision.study)],
         )
         return [b""]
-
-    @staticmethod
-    def _wants_rendering(environ: dict[str, Any]) -> bool:
-        """WADO-URI asking for an image is rendered by Flask; only ``application/dicom`` is a plain plan."""
-        path = environ.get("PATH_INFO", "")
-        query = environ.get("QUERY_STRING") or str(environ.get("RAW_URI", "")).partition("?")[2]
-        if not path.endswith("/wado"):
-            return False
-        content_type = (parse_qs(query).get("contentType") or ["image/jpeg"])[0]
-        return content_type.split(";")[0].strip() != "application/dicom"
 
     def plan(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         uri = environ.get("RAW_URI") or environ.get("REQUEST_URI") or environ.get("PATH_INFO", "")

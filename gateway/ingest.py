@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -22,7 +23,8 @@ from gateway.catalog import Catalog
 from gateway.catalog.records import InstanceRecord
 from gateway.config import Settings
 from gateway.dicom.index import index_file
-from gateway.errors import Conflict, DicomError, GatewayError, StorageUnavailable
+from gateway.dicom.model import IndexedInstance
+from gateway.errors import CatalogUnavailable, Conflict, DicomError, GatewayError, StorageUnavailable
 from gateway.hooks import Hook, HookOutcome, UploadContext
 from gateway.metrics import INGESTED
 from gateway.scope import Scope
@@ -123,7 +125,13 @@ class Ingestor:
         expected_study: str | None = None,
         scope: Scope | None = None,
     ) -> IngestResult:
-        result = self._ingest(path, context, expected_study, scope)
+        try:
+            result = self._ingest(path, context, expected_study, scope)
+        except (StorageUnavailable, CatalogUnavailable):
+            raise  # an outage: the caller answers 503 and the client retries
+        except Exception as error:  # a file no parser foresaw: one failed part, never a 500 for the request
+            log.exception("ingest failed on an unexpected error (%s)", type(error).__name__)
+            result = IngestResult("failed", failure_reason=CANNOT_UNDERSTAND, detail="the file could not be processed")
         INGESTED.labels(result.status).inc()
         return result
 
@@ -266,7 +274,31 @@ class Ingestor:
                 result.detail = "stored in another destination by policy"
                 return result
         digest = sha256_of(path)
-        existing = self.catalog.get_instance(indexed.sop_uid)
+        # One upload of an instance at a time: without this, two concurrent uploads of a new SOP Instance UID
+        # could each write the object and the loser's bytes would sit under the winner's catalog row.
+        if not self.catalog.reserve(indexed.sop_uid, int(time.time())):
+            result.status = "failed"
+            result.failure_reason = OUT_OF_RESOURCES
+            result.detail = "another upload of this instance is in progress; retry shortly"
+            return result
+        try:
+            return self._commit(path, context, original, outcome, indexed, key, digest, result)
+        finally:
+            self.catalog.release(indexed.sop_uid)
+
+    def _commit(
+        self,
+        path: Path,
+        context: UploadContext,
+        original: Header,
+        outcome: HookOutcome,
+        indexed: IndexedInstance,
+        key: str,
+        digest: str,
+        result: IngestResult,
+    ) -> IngestResult:
+        """Store and register, holding the instance's reservation."""
+        existing = self.catalog.get_instance(indexed.sop_uid, with_metadata=False)
         if existing is not None and existing.sha256 == digest:
             result.status = "duplicate"
             return result

@@ -148,8 +148,6 @@ class Planner:
         target = parse_target(path, query)
         params = parse_qs(query)
         accept = (params.get("accept") or [accept])[0]  # PS3.18 8.7: the query parameter wins
-        if target.rest == "wado" and target.study is None:
-            return self._wado(params)
         if target.study is None:
             raise NotFound("not a retrieve path")
         if target.rest == "":
@@ -287,8 +285,8 @@ class Planner:
             [("application/octet-stream", include)], "application/octet-stream", STABLE_PLAN_SECONDS
         )
 
-    def _wado(self, params: dict[str, list[str]]) -> PlanResponse:
-        """WADO-URI (PS3.18 9): the DICOM object itself; rendered types are answered by the rendering view."""
+    def wado(self, params: dict[str, list[str]]) -> PlanResponse:
+        """WADO-URI (PS3.18 9) for ``application/dicom``: the object itself, by X-Accel-Redirect."""
 
         def one(name: str) -> str:
             values = params.get(name) or []

@@ -10,6 +10,7 @@ read. Keys are a list, oldest first; the newest signs and all verify (rotation w
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import time
 from collections import OrderedDict
@@ -26,6 +27,8 @@ VERSION = 1
 SALTS = {"read": "dicomgw.read.v1", "write": "dicomgw.write.v1"}
 MAX_TOKEN_LENGTH = 4096  # longer than any token we issue; bigger ones are refused before any work
 ACTIONS = ("read", "write")
+# sub travels in a response header to NGINX's audit log: printable ASCII only
+_SUB = re.compile(r"[\x21-\x7e]{1,128}")
 
 
 @dataclass(frozen=True)
@@ -99,8 +102,8 @@ class TokenService:
         """Validate the request (400 with a clear detail on anything odd) and sign a token."""
         actions = ["read"] if actions is None else actions
         ttl = self.default_ttl if ttl is None else ttl
-        if not isinstance(sub, str) or not 0 < len(sub) <= 128:
-            raise BadRequest("sub must be a non-empty string of at most 128 characters")
+        if not isinstance(sub, str) or not _SUB.fullmatch(sub):
+            raise BadRequest("sub must be 1-128 printable ASCII characters without spaces")
         if not isinstance(studies, list) or not studies:
             raise BadRequest("studies must be a non-empty list of Study Instance UIDs")
         if len(studies) > 100:

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from gateway.catalog.qido import QidoQuery
 from gateway.catalog.records import InstanceRecord, InstanceRow
-from gateway.catalog.schema import audit, instances, quarantine, revocations, series, studies
+from gateway.catalog.schema import audit, instances, quarantine, reservations, revocations, series, studies
 from gateway.catalog.search import build_select, shape_row
 from gateway.errors import CatalogUnavailable, Conflict
 from gateway.scope import Scope
@@ -334,6 +334,25 @@ class Catalog:
     def all_instance_keys(self) -> set[str]:
         with self._read() as conn:
             return set(conn.execute(sa.select(instances.c.storage_key)).scalars())
+
+    # --- upload reservations ----------------------------------------------------------------------------------
+
+    def reserve(self, sop_uid: str, now: int, stale_after: int = 3600) -> bool:
+        """Claim the right to store ``sop_uid``; False while another upload of it is in flight. A reservation
+        older than ``stale_after`` (a crashed worker) is taken over."""
+        with self._write() as conn:
+            conn.execute(
+                reservations.delete().where(
+                    reservations.c.sop_uid == sop_uid, reservations.c.created_at < now - stale_after
+                )
+            )
+            stmt = self._insert(reservations).values(sop_uid=sop_uid, created_at=now)
+            inserted = conn.execute(stmt.on_conflict_do_nothing(index_elements=["sop_uid"]))
+            return bool(inserted.rowcount)
+
+    def release(self, sop_uid: str) -> None:
+        with self._write() as conn:
+            conn.execute(reservations.delete().where(reservations.c.sop_uid == sop_uid))
 
     # --- revocations ----------------------------------------------------------------------------------------
 

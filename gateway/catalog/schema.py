@@ -89,6 +89,15 @@ revocations = sa.Table(
     sa.Index("ix_revocations_expires_at", "expires_at"),
 )
 
+# One row while an upload of a SOP Instance UID is between "stored" and "committed": a second concurrent upload of
+# the same instance must not overwrite the object the first one is about to commit (stale rows expire).
+reservations = sa.Table(
+    "reservations",
+    metadata,
+    sa.Column("sop_uid", UID, primary_key=True),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+
 audit = sa.Table(
     "audit",
     metadata,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from flask import Blueprint, Response, request
 
+from gateway.accept import Offer, negotiate
 from gateway.catalog.qido import parse_qido
 from gateway.dicomweb.multipart import iter_parts, parse_content_type
 from gateway.dicomweb.stow_response import StowItem, build_stow_response
@@ -21,6 +22,7 @@ from gateway.errors import (
     CatalogUnavailable,
     GatewayError,
     NotFound,
+    PayloadTooLarge,
     StorageUnavailable,
     UnsupportedMediaType,
 )
@@ -37,9 +39,18 @@ DICOM_JSON = "application/dicom+json"
 MAX_PART_BYTES = 8 << 30
 
 
+JSON_OFFERS = [Offer(DICOM_JSON, "*", False), Offer("application/json", "*", False)]
+
+
 def dicom_json(payload: bytes, status: int = 200) -> Response:
     response = Response(payload, status=status, mimetype=DICOM_JSON)
     return response
+
+
+def accept_json() -> None:
+    """PS3.18 8.7: QIDO and metadata come as DICOM JSON; a client that accepts only XML (or anything else) gets
+    406 rather than a representation it did not ask for. The ``accept`` query parameter wins over the header."""
+    negotiate(request.args.get("accept") or request.headers.get("Accept", ""), JSON_OFFERS)
 
 
 # -- QIDO-RS ----------------------------------------------------------------------------------------------------
@@ -47,6 +58,7 @@ def dicom_json(payload: bytes, status: int = 200) -> Response:
 
 def _search(level: str, study: str | None = None, series: str | None = None) -> Response:
     scope = decision().claims.scope
+    accept_json()
     args = {key: request.args.getlist(key) for key in request.args if key not in ("token", "accept")}
     query = parse_qido(
         level,  # type: ignore[arg-type]
@@ -93,6 +105,7 @@ def search_instances(study: str, series: str) -> Response:
 
 def _metadata(study: str, series: str | None = None, instance: str | None = None) -> Response:
     decision()
+    accept_json()
     catalog = services().catalog
     check_uid(study)
     if instance is not None:
@@ -227,7 +240,7 @@ def _spool_single(stream: object, spool_dir: Path) -> Path:
             total += len(chunk)
             if total > MAX_PART_BYTES:
                 Path(handle.name).unlink(missing_ok=True)
-                raise UnsupportedMediaType("body too large")
+                raise PayloadTooLarge("the instance is larger than this gateway accepts")
             handle.write(chunk)
     return Path(handle.name)
 
@@ -272,13 +285,26 @@ def thumbnail_series(study: str, series: str) -> Response:
 
 
 @bp.get("/wado")
-def wado_rendered() -> Response:
-    """WADO-URI asking for an image (``application/dicom`` is served by NGINX through the read plan)."""
+def wado() -> Response:
+    """WADO-URI (PS3.18 9): ``application/dicom`` is handed to NGINX (X-Accel-Redirect, Range honoured by
+    storage); image types (``image/jpeg``, the default) are rendered."""
     decision()
     args = request.args
+    content_type = args.get("contentType", "image/jpeg").split(";")[0].strip()
+    if content_type == "application/dicom":
+        plan = services().planner.wado({key: args.getlist(key) for key in args})
+        response = Response(status=plan.status)
+        for name, value in plan.headers:
+            response.headers[name] = value
+        return response
+    for key in ("requestType", "studyUID", "seriesUID", "objectUID"):
+        if len(args.getlist(key)) != 1:
+            raise BadRequest(f"WADO-URI needs exactly one {key}")
     study, series, sop = (check_uid(args.get(k, ""), k) for k in ("studyUID", "seriesUID", "objectUID"))
     if args.get("requestType") != "WADO":
         raise BadRequest("requestType must be WADO")
-    frame = int(args.get("frameNumber", "1") or 1)
-    content_type = args.get("contentType", "image/jpeg")
+    try:
+        frame = int(args.get("frameNumber", "1") or 1)
+    except ValueError:
+        raise BadRequest("frameNumber must be a positive integer") from None
     return render_instance(services(), study, series, sop, frame, args, content_type)

@@ -29,9 +29,7 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "wsi_bot": make_wsi(base / "wsi-bot", frames=300, offsets="bot", seed=13, clean=True),
         "wsi_empty": make_wsi(base / "wsi-empty", frames=300, offsets="empty", seed=14, clean=True),
         "wsi_eot": make_wsi(base / "wsi-eot", frames=300, offsets="eot", seed=15, clean=True),
-        "wsi_frag": make_wsi(
-            base / "wsi-frag", frames=200, offsets="bot", fragments_per_frame=3, seed=16, clean=True
-        ),
+        "wsi_frag": make_wsi(base / "wsi-frag", frames=200, offsets="bot", fragments_per_frame=3, seed=16, clean=True),
         "wsi_empty_frag": make_wsi(
             base / "wsi-empty-frag", frames=200, offsets="empty", fragments_per_frame=2, seed=17, clean=True
         ),

@@ -41,9 +41,7 @@ class RunningStack:
 
     def issue(self, studies: list[str], **body: Any) -> dict[str, Any]:
         payload = {"sub": body.pop("sub", "e2e"), "studies": studies, **body}
-        answer = requests.post(
-            f"{self.url}/api/v1/tokens", json=payload, headers=self.api_headers, timeout=30
-        )
+        answer = requests.post(f"{self.url}/api/v1/tokens", json=payload, headers=self.api_headers, timeout=30)
         assert answer.status_code == 201, answer.text
         result: dict[str, Any] = answer.json()
         return result

@@ -79,9 +79,7 @@ def test_frame_list_is_multipart_in_order(
     assert all(ct == "image/jpeg; transfer-syntax=1.2.840.10008.1.2.4.50" for ct, _ in parts)
 
 
-def test_ct_frame_matches_pixel_data(
-    stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]
-) -> None:
+def test_ct_frame_matches_pixel_data(stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]) -> None:
     path = synthetic["ct"][2]
     ds = pydicom.dcmread(path)
     ohif = "multipart/related; type=application/octet-stream; transfer-syntax=*"
@@ -104,15 +102,11 @@ def test_ct_frame_matches_pixel_data(
 def test_frame_accept_negotiation(
     stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str], accept: str, status: int
 ) -> None:
-    answer = requests.get(
-        f"{instance_url(roots, synthetic['ct'][0])}/frames/1", headers={"Accept": accept}, timeout=30
-    )
+    answer = requests.get(f"{instance_url(roots, synthetic['ct'][0])}/frames/1", headers={"Accept": accept}, timeout=30)
     assert answer.status_code == status
 
 
-def test_accept_query_parameter_wins(
-    stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]
-) -> None:
+def test_accept_query_parameter_wins(stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]) -> None:
     url = f"{instance_url(roots, synthetic['ct'][0])}/frames/1"
     answer = requests.get(
         url, params={"accept": "application/octet-stream"}, headers={"Accept": "image/png"}, timeout=30
@@ -129,9 +123,7 @@ def test_bulkdata_ranges(stack: RunningStack, synthetic: dict[str, Any], roots: 
     assert whole.status_code == 200
     assert whole.content == pixels
     assert whole.headers["Accept-Ranges"] == "bytes"
-    part = requests.get(
-        url, headers={"Accept": "application/octet-stream", "Range": "bytes=100-1099"}, timeout=30
-    )
+    part = requests.get(url, headers={"Accept": "application/octet-stream", "Range": "bytes=100-1099"}, timeout=30)
     assert part.status_code == 206
     assert part.headers["Content-Range"] == f"bytes 100-1099/{len(pixels)}"
     assert part.content == pixels[100:1100]
@@ -141,9 +133,7 @@ def test_bulkdata_ranges(stack: RunningStack, synthetic: dict[str, Any], roots: 
     beyond = requests.get(url, headers={"Range": f"bytes={len(pixels)}-"}, timeout=30)
     assert beyond.status_code == 416
     assert beyond.headers["Content-Range"] == f"bytes */{len(pixels)}"
-    multi = requests.get(
-        url, headers={"Accept": 'multipart/related; type="application/octet-stream"'}, timeout=30
-    )
+    multi = requests.get(url, headers={"Accept": 'multipart/related; type="application/octet-stream"'}, timeout=30)
     assert multi.status_code == 200
     assert [body for _, body in parse_multipart(multi)] == [pixels]
 
@@ -171,9 +161,7 @@ def test_retrieve_instance_single_part_with_range(
 def test_retrieve_series_and_study_multipart(
     stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]
 ) -> None:
-    files = sorted(
-        synthetic["ct"], key=lambda p: int(pydicom.dcmread(p, stop_before_pixels=True).InstanceNumber)
-    )
+    files = sorted(synthetic["ct"], key=lambda p: int(pydicom.dcmread(p, stop_before_pixels=True).InstanceNumber))
     study, series, _ = uids_of(files[0])
     answer = requests.get(f"{roots[study]}/studies/{study}/series/{series}", timeout=60)
     assert answer.status_code == 200
@@ -192,9 +180,7 @@ def test_retrieve_series_and_study_multipart(
     assert len(parse_multipart(whole)) == len(synthetic["ct"]) + len(synthetic["ct_b"])
     refused = requests.get(
         f"{roots[study]}/studies/{study}",
-        headers={
-            "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50'
-        },
+        headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50'},
         timeout=60,
     )
     assert refused.status_code == 406
@@ -245,9 +231,7 @@ def test_wado_uri(stack: RunningStack, synthetic: dict[str, Any], roots: dict[st
     path = synthetic["ct"][0]
     study, series, sop = uids_of(path)
     params = {"requestType": "WADO", "studyUID": study, "seriesUID": series, "objectUID": sop}
-    dicom = requests.get(
-        f"{roots[study]}/wado", params={**params, "contentType": "application/dicom"}, timeout=30
-    )
+    dicom = requests.get(f"{roots[study]}/wado", params={**params, "contentType": "application/dicom"}, timeout=30)
     assert dicom.status_code == 200
     assert dicom.content == path.read_bytes()
     ranged = requests.get(
@@ -269,9 +253,7 @@ def test_wado_uri(stack: RunningStack, synthetic: dict[str, Any], roots: dict[st
     assert denied.status_code == 403
 
 
-def test_rendered_and_thumbnail(
-    stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]
-) -> None:
+def test_rendered_and_thumbnail(stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]) -> None:
     url = instance_url(roots, synthetic["ct"][0])
     rendered = requests.get(
         f"{url}/rendered", headers={"Accept": "image/png"}, params={"viewport": "64,64"}, timeout=30
@@ -289,9 +271,7 @@ def test_rendered_and_thumbnail(
     assert tile.status_code == 200 and tile.content[:2] == b"\xff\xd8"
 
 
-def test_qido_is_scoped_to_the_token(
-    stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]
-) -> None:
+def test_qido_is_scoped_to_the_token(stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]) -> None:
     study = uids_of(synthetic["ct"][0])[0]
     root = roots[study]
     for level in ("studies", "series", "instances"):
@@ -322,3 +302,73 @@ def test_storage_error_aborts_instead_of_corrupting(
     finally:
         storage.put_file(key, saved)
     assert requests.get(url, timeout=30).status_code == 200
+
+
+def test_uploaded_pixels_cannot_smuggle_server_side_includes(
+    stack: RunningStack, synthetic: dict[str, Any], tmp_path: Path
+) -> None:
+    """Rendered output carries uploaded pixel data; it must never pass through NGINX's SSI (which would let a
+    crafted image include any stored object)."""
+    import io
+
+    from PIL import Image
+
+    from gateway.synth import make_series
+
+    study = uids_of(synthetic["ct"][0])[0]
+    other = uids_of(synthetic["mr"][0])
+    directive = (
+        f'<!--# include virtual="/_seg/all/studies/{other[0]}/series/{other[1]}/instances/{other[2]}.dcm" '
+        'wait="yes" -->'
+    ).encode()
+    row = (directive * (12288 // len(directive) + 1))[:12288]
+    [path] = make_series(tmp_path, modality="CT", slices=1, seed=60, clean=True, study_uid=study)
+    ds = pydicom.dcmread(path)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "2.25.6060"
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.Rows, ds.Columns = 1, 4096
+    for keyword in ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.PixelData = row
+    ds.save_as(path, enforce_file_format=True)
+    assert stack.stow([path]).status_code == 200
+    token = stack.issue([study])["token"]
+    params = {"requestType": "WADO", "studyUID": study, "seriesUID": ds.SeriesInstanceUID, "objectUID": "2.25.6060"}
+    for url, query in (
+        (f"{stack.root(token)}/wado", {**params, "contentType": "image/png"}),
+        (
+            f"{stack.root(token)}/studies/{study}/series/{ds.SeriesInstanceUID}/instances/2.25.6060/rendered",
+            {"accept": "image/png"},
+        ),
+    ):
+        answer = requests.get(url, params=query, timeout=30)
+        assert answer.status_code == 200
+        assert b"DICM" not in answer.content
+        image = Image.open(io.BytesIO(answer.content))
+        assert image.size == (4096, 1)
+        assert image.tobytes() == row
+
+
+@pytest.mark.parametrize(
+    ("accept", "status"),
+    [
+        ("application/dicom+json", 200),
+        ("application/json", 200),
+        ("*/*", 200),
+        ("", 200),
+        ("application/dicom+xml", 406),
+        ('multipart/related; type="application/dicom+xml"', 406),
+    ],
+)
+def test_json_endpoints_negotiate(
+    stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str], accept: str, status: int
+) -> None:
+    study, series, _ = uids_of(synthetic["ct"][0])
+    headers = {"Accept": accept} if accept else {}
+    for url in (f"{roots[study]}/studies", f"{roots[study]}/studies/{study}/series/{series}/metadata"):
+        answer = requests.get(url, headers=headers, timeout=30)
+        assert answer.status_code == status, url
+        if status == 200:
+            assert answer.headers["Content-Type"] == "application/dicom+json"

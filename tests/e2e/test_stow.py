@@ -280,3 +280,34 @@ def test_two_gigabyte_instance_with_bounded_memory(stack: RunningStack, tmp_path
         ds = pydicom.dcmread(handle, stop_before_pixels=True)
         frame_bytes = int(ds.Rows) * int(ds.Columns) * int(ds.SamplesPerPixel) * int(ds.BitsAllocated) // 8
     assert len(frame.content) == frame_bytes
+
+
+def test_concurrent_uploads_of_one_new_instance_keep_the_acknowledged_bytes(
+    stack: RunningStack, tmp_path: Path
+) -> None:
+    """Two uploads of the same new SOP Instance UID with different bytes, at the same time: whichever is
+    acknowledged with 200 is exactly what is stored and served; the other fails."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    [template] = make_series(tmp_path / "race", modality="CT", slices=1, seed=59, clean=True)
+    study, series, _ = uids_of(template)
+    token = stack.issue([study])["token"]
+    for attempt in range(5):
+        variants = []
+        for flavour in (1, 2):
+            ds = pydicom.dcmread(template)
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"2.25.5900{attempt}"
+            ds.InstanceNumber = flavour
+            path = tmp_path / f"race-{attempt}-{flavour}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            variants.append(path)
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(lambda p: stack.stow([p]), variants))
+        winners = [path for path, answer in zip(variants, answers, strict=True) if answer.status_code == 200]
+        assert len(winners) == 1, [a.status_code for a in answers]
+        served = requests.get(
+            f"{stack.root(token)}/studies/{study}/series/{series}/instances/2.25.5900{attempt}",
+            headers={"Accept": "application/dicom"},
+            timeout=30,
+        )
+        assert served.content == winners[0].read_bytes()

@@ -157,9 +157,7 @@ def test_revoked_token_stops_working_within_seconds(stack: RunningStack, ct: tup
     issued = stack.issue([study])
     url = f"{series_url(stack.root(issued['token']), study, series)}/instances"
     assert requests.get(url, timeout=10).status_code == 200
-    revoke = requests.post(
-        f"{stack.url}/api/v1/tokens/{issued['jti']}/revoke", headers=stack.api_headers, timeout=10
-    )
+    revoke = requests.post(f"{stack.url}/api/v1/tokens/{issued['jti']}/revoke", headers=stack.api_headers, timeout=10)
     assert revoke.status_code == 204
     deadline = time.monotonic() + 8
     status = 200
@@ -181,6 +179,20 @@ def test_revoke_needs_the_api_key(stack: RunningStack, ct: tuple[str, str, str])
     assert answer.status_code == 401
 
 
+def test_encoded_dot_segments_never_reuse_a_cached_decision(
+    stack: RunningStack, synthetic: dict[str, Any], ct: tuple[str, str, str]
+) -> None:
+    """A decision cached for series A must not authorise a path that NGINX would resolve into study B."""
+    study, series, sop = ct
+    other = uids_of(synthetic["mr"][0])
+    token = stack.issue([study])["token"]
+    base = f"/t/{token}/dicomweb/studies/{study}/series/{series}"
+    assert raw_get(stack, f"{base}/instances/{sop}/frames/1")[0] == 200  # decision now cached
+    status, body = raw_get(stack, f"{base}/%2e%2e/%2e%2e/%2e%2e/%2e%2e/studies/{other[0]}/series/{other[1]}/metadata")
+    assert status == 400
+    assert other[0].encode() not in body
+
+
 @pytest.mark.parametrize(
     "suffix",
     [
@@ -189,6 +201,7 @@ def test_revoke_needs_the_api_key(stack: RunningStack, ct: tuple[str, str, str])
         "/studies/{st}//series/{se}/instances",
         "/studies/{st}/series/{se}\\instances",
         "/studies/{st}/series/{se}/instances/%2e%2e/%2e%2e",
+        "/studies/{st}/series/{se}/%2e%2e/%2e%2e/%2e%2e/%2e%2e/studies/{other}/series",
         "/studies/{st}/series/{se}/instances/1.2.3%252F",
         "/studies/{st}/series/{se}/instances/1.2.abc",
         "/studies/{st}/series/" + "1" * 65 + "/instances",
@@ -240,18 +253,14 @@ def test_cors_simple_get_and_preflight(stack: RunningStack, ct: tuple[str, str, 
     study, series, sop = ct
     token = stack.issue([study])["token"]
     url = f"{series_url(stack.root(token), study, series)}/instances/{sop}/frames/1"
-    answer = requests.get(
-        url, headers={"Origin": "https://portal.example", "Accept": OHIF_ACCEPT}, timeout=10
-    )
+    answer = requests.get(url, headers={"Origin": "https://portal.example", "Accept": OHIF_ACCEPT}, timeout=10)
     assert answer.status_code == 200
     assert answer.headers["Access-Control-Allow-Origin"] == "https://portal.example"
     assert answer.headers["Access-Control-Allow-Credentials"] == "true"
     assert "Origin" in answer.headers["Vary"]
     assert "Content-Range" in answer.headers["Access-Control-Expose-Headers"]
     assert answer.headers["Content-Type"].startswith('multipart/related; type="application/octet-stream"')
-    stranger = requests.get(
-        url, headers={"Origin": "https://evil.example", "Accept": OHIF_ACCEPT}, timeout=10
-    )
+    stranger = requests.get(url, headers={"Origin": "https://evil.example", "Accept": OHIF_ACCEPT}, timeout=10)
     assert "Access-Control-Allow-Origin" not in stranger.headers
     preflight = requests.options(
         f"{stack.root(token)}/studies",

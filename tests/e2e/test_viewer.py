@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 import pydicom
@@ -380,10 +381,19 @@ def open_error(browser: Any, url: str, name: str) -> tuple[Any, str]:
     return page, kind
 
 
+def wait_refused(url: str) -> None:
+    """Revocation takes effect within a few seconds (each gunicorn worker refreshes its list): poll, bounded."""
+    deadline = time.monotonic() + 15
+    refusals = 0
+    while refusals < 4:  # several in a row, so every worker has picked it up, not just the one that answered
+        refusals = refusals + 1 if requests.get(url, timeout=10).status_code == 401 else 0
+        assert time.monotonic() < deadline, "revocation did not take effect within 15 s"
+        if refusals < 4:
+            time.sleep(0.1)
+
+
 @pytest.mark.parametrize("stack", ["file"], indirect=True)
-def test_expired_revoked_and_out_of_scope_links(
-    stack: RunningStack, synthetic: dict[str, Any], browser: Any
-) -> None:
+def test_expired_revoked_and_out_of_scope_links(stack: RunningStack, synthetic: dict[str, Any], browser: Any) -> None:
     ct_study = study_of(synthetic, "ct")
     mr_study = study_of(synthetic, "mr")
 
@@ -397,18 +407,28 @@ def test_expired_revoked_and_out_of_scope_links(
 
     # Revoked: wait (bounded) until the gateway refuses it, then open the link.
     revoked = stack.issue([ct_study], ttl=600)
-    answer = requests.post(
-        f"{stack.url}/api/v1/tokens/{revoked['jti']}/revoke", headers=stack.api_headers, timeout=30
-    )
+    answer = requests.post(f"{stack.url}/api/v1/tokens/{revoked['jti']}/revoke", headers=stack.api_headers, timeout=30)
     assert answer.status_code == 204
-    probe = f"{stack.root(revoked['token'])}/studies/{ct_study}/series"
-    deadline = time.monotonic() + 15
-    while requests.get(probe, timeout=10).status_code != 401:
-        assert time.monotonic() < deadline, "revocation did not take effect within 15 s"
-        time.sleep(0.2)
+    wait_refused(f"{stack.root(revoked['token'])}/studies/{ct_study}/series")
     page, kind = open_error(browser, revoked["viewer_url"], "revoked")
     assert kind == "revoked"
     assert "no longer valid" in page.inner_text("#error-title")
+    page.context.close()
+
+    # Revoked while the viewer is open: the next request (opening the other series) shows the error screen.
+    live = stack.issue([ct_study], ttl=600)
+    log = NetworkLog()
+    page = open_page(browser, log)
+    page.goto(live["viewer_url"])
+    wait_ready(page)
+    answer = requests.post(f"{stack.url}/api/v1/tokens/{live['jti']}/revoke", headers=stack.api_headers, timeout=30)
+    assert answer.status_code == 204
+    wait_refused(f"{stack.root(live['token'])}/studies/{ct_study}/series")
+    ct_b_series = uids_of(synthetic["ct_b"][0])[1]
+    page.click(f"#series button[data-uid='{ct_b_series}']")
+    page.wait_for_selector("#error:not([hidden])")
+    page.screenshot(path=str(ARTIFACTS / "viewer-error-revoked-mid-session.png"))
+    assert page.get_attribute("#error", "data-kind") == "revoked"
     page.context.close()
 
     # Out of scope: a good token for the CT, used on the MR study.
@@ -443,7 +463,7 @@ def test_dead_gateway_shows_unavailable(tmp_path: Path, synthetic: dict[str, Any
 PORTAL_PAGE = """<!doctype html><html><head><meta name="referrer" content="no-referrer"><title>Portal</title></head>
 <body style="margin:0"><h1 style="font:16px sans-serif">Patient portal</h1>
 <iframe id="viewer" src="{src}" title="DICOM viewer"
-        sandbox="allow-scripts allow-same-origin allow-downloads"
+        sandbox="allow-scripts allow-same-origin"
         referrerpolicy="no-referrer" allow="fullscreen"
         style="width:100%;height:560px;border:0"></iframe></body></html>"""
 
@@ -544,7 +564,7 @@ def test_webview_cookie_flow(stack: RunningStack, synthetic: dict[str, Any], bro
     page = open_page(
         browser, log, viewport={"width": 360, "height": 640}, has_touch=True, is_mobile=True, device_scale_factor=2
     )
-    next_path = requests.utils.quote(f"/viewer/#study={study}", safe="")
+    next_path = quote(f"/viewer/#study={study}", safe="")
     page.goto(f"{stack.url}/api/v1/session?token={issued['token']}&next={next_path}")
     wait_ready(page)
     assert page.url == f"{stack.url}/viewer/#study={study}"

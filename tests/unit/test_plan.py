@@ -7,7 +7,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote
 
 import pytest
 
@@ -518,7 +518,7 @@ def wado(**params: str) -> str:
 
 def test_wado_uri_redirects_to_the_object(planner: Planner) -> None:
     uri = wado(requestType="WADO", studyUID=ST, seriesUID=SE, objectUID=CT1, contentType="application/dicom")
-    assert planner.plan("GET", uri, "", "") == PlanResponse(
+    assert planner.wado(parse_qs(uri.partition("?")[2])) == PlanResponse(
         200,
         [
             ("X-Accel-Redirect", f"/_obj/objects/{key(SE, CT1)}"),
@@ -554,6 +554,6 @@ def wado_with(**changes: str | None) -> str:
 )
 def test_wado_uri_validation(planner: Planner, uri: str, error: type[Exception], detail: str) -> None:
     with pytest.raises(error) as caught:
-        planner.plan("GET", uri, "", "")
+        planner.wado(parse_qs(uri.partition("?")[2]))
     assert type(caught.value) is error
     assert getattr(caught.value, "detail", None) == detail

@@ -101,9 +101,9 @@ def test_no_keys_is_refused() -> None:
 # -- validation: 400 with an exact detail ---------------------------------------------------------------------
 
 BAD_ISSUES: list[tuple[dict[str, Any], str]] = [
-    ({"sub": ""}, "sub must be a non-empty string of at most 128 characters"),
-    ({"sub": "x" * 129}, "sub must be a non-empty string of at most 128 characters"),
-    ({"sub": 42}, "sub must be a non-empty string of at most 128 characters"),
+    ({"sub": ""}, "sub must be 1-128 printable ASCII characters without spaces"),
+    ({"sub": "x" * 129}, "sub must be 1-128 printable ASCII characters without spaces"),
+    ({"sub": 42}, "sub must be 1-128 printable ASCII characters without spaces"),
     ({"studies": []}, "studies must be a non-empty list of Study Instance UIDs"),
     ({"studies": STUDY}, "studies must be a non-empty list of Study Instance UIDs"),
     ({"studies": [f"1.{i}" for i in range(101)]}, "at most 100 studies per token"),

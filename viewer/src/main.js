@@ -11,7 +11,16 @@ const PREFETCH_ALL = 600;
 const PREFETCH_AROUND = 8;
 
 const $ = (id) => document.getElementById(id);
-const state = { client: null, study: null, stage: null, series: null, loaded: new Set(), failed: false };
+const state = {
+  client: null,
+  study: null,
+  stage: null,
+  series: null,
+  tiles: null,
+  loaded: new Set(),
+  failed: false,
+  probing: false,
+};
 
 function setStatus() {
   const stage = state.stage;
@@ -47,13 +56,23 @@ function setProgress(done, total, label) {
 
 /** An image failed: ask the gateway why (token expired? gateway down?) and show the error screen if it says so. */
 async function onLoadFailure() {
-  if (state.failed) return;
+  // One question at a time: a dead gateway fails every queued frame at once.
+  if (state.failed || state.probing) return;
+  state.probing = true;
   try {
     await state.client.json(`/studies/${state.study}/series?limit=1`);
     $('status').textContent = 'Some images could not be loaded.';
   } catch (error) {
+    const kind = classify(error);
+    if (kind === 'failed') {
+      // The gateway answered, but not about the link: keep the images we have.
+      $('status').textContent = 'Some images could not be loaded.';
+      return;
+    }
     state.failed = true;
-    showError(classify(error), error instanceof GatewayError ? error.status : null);
+    showError(kind, error instanceof GatewayError ? error.status : null);
+  } finally {
+    state.probing = false;
   }
 }
 
