@@ -44,7 +44,7 @@ venv: $(VENV)/.installed
 	.venv-checkov/bin/pip install -q 'checkov>=3,<4'
 	touch $@
 
-viewer/dist/index.html: viewer/package.json viewer/package-lock.json $(shell find viewer/src -type f 2>/dev/null) viewer/index.html
+viewer/dist/index.html: viewer/package.json viewer/package-lock.json viewer/vite.config.js $(shell find viewer/src -type f 2>/dev/null) viewer/index.html
 	cd viewer && npm ci --no-audit --no-fund --loglevel=error && npm run build
 
 viewer: viewer/dist/index.html
@@ -67,6 +67,7 @@ e2e: venv viewer
 	$(VENV)/bin/pytest tests/e2e
 
 bench: venv
+	@command -v wrk >/dev/null || { if [ "$$(id -u)" = 0 ]; then apt-get install -y -qq wrk >/dev/null; else echo "wrk is missing: sudo apt-get install wrk"; exit 1; fi; }
 	$(PY) -m bench.run
 
 clean:

@@ -193,20 +193,27 @@ class Ingestor:
         merged.path = current
         return merged, current
 
-    def _audit(self, context: UploadContext, header: Header, outcome: HookOutcome) -> None:
+    @staticmethod
+    def _audit_fields(context: UploadContext, header: Header, outcome: HookOutcome) -> dict[str, Any] | None:
+        """The audit record of a hook decision (tag paths, never values); None when no hook judged the file."""
         if not outcome.audit:
-            return
-        self.catalog.add_audit(
-            source=context.source,
-            sub=context.sub,
-            sop_uid=header.sop_uid,
-            study_uid=header.study_uid,
-            decision=outcome.audit.get("decision", outcome.action),
-            rule=outcome.audit.get("rule"),
-            destination=outcome.audit.get("destination"),
-            tags=outcome.audit.get("tags", []),
-            policy_version=outcome.audit.get("policy_version"),
-        )
+            return None
+        return {
+            "source": context.source,
+            "sub": context.sub,
+            "sop_uid": header.sop_uid,
+            "study_uid": header.study_uid,
+            "decision": outcome.audit.get("decision", outcome.action),
+            "rule": outcome.audit.get("rule"),
+            "destination": outcome.audit.get("destination"),
+            "tags": outcome.audit.get("tags", []),
+            "policy_version": outcome.audit.get("policy_version"),
+        }
+
+    def _audit(self, context: UploadContext, header: Header, outcome: HookOutcome) -> None:
+        fields = self._audit_fields(context, header, outcome)
+        if fields is not None:
+            self.catalog.add_audit(**fields)
 
     def _quarantine(
         self, path: Path, context: UploadContext, header: Header, outcome: HookOutcome
@@ -281,10 +288,13 @@ class Ingestor:
             result.failure_reason = OUT_OF_RESOURCES
             result.detail = "another upload of this instance is in progress; retry shortly"
             return result
+        committed = False
         try:
-            return self._commit(path, context, original, outcome, indexed, key, digest, result)
+            result, committed = self._commit(path, context, original, outcome, indexed, key, digest, result)
+            return result
         finally:
-            self.catalog.release(indexed.sop_uid)
+            if not committed:  # a successful commit ended the reservation in the same transaction
+                self.catalog.release(indexed.sop_uid)
 
     def _commit(
         self,
@@ -296,39 +306,33 @@ class Ingestor:
         key: str,
         digest: str,
         result: IngestResult,
-    ) -> IngestResult:
-        """Store and register, holding the instance's reservation."""
+    ) -> tuple[IngestResult, bool]:
+        """Store and register, holding the instance's reservation; the flag says whether the catalog commit
+        (which also ends the reservation) happened."""
         existing = self.catalog.get_instance(indexed.sop_uid, with_metadata=False)
         if existing is not None and existing.sha256 == digest:
             result.status = "duplicate"
-            return result
+            return result, False
         if existing is not None and not self.settings.stow_overwrite:
-            result.status = "failed"
-            result.failure_reason = DUPLICATE_DIFFERENT
-            result.detail = "an instance with this SOP Instance UID and different content is already stored"
-            return result
+            return self._different_bytes(result), False
         stored = self.storage.put_file(key, path)
         record = InstanceRecord.from_indexed(
-            indexed,
-            storage_key=key,
-            size=stored.size,
-            sha256=digest,
-            etag=stored.etag,
-            replace=existing is not None,
+            indexed, storage_key=key, size=stored.size, sha256=digest, etag=stored.etag, replace=existing is not None
         )
         try:
-            created = self.catalog.register_instance(record)
+            created = self.catalog.register_instance(
+                record, audit_fields=self._audit_fields(context, original, outcome)
+            )
         except Conflict:
-            result.status = "failed"
-            result.failure_reason = DUPLICATE_DIFFERENT
-            result.detail = "an instance with this SOP Instance UID and different content is already stored"
-            return result
+            return self._different_bytes(result), False
         if not created:
             result.status = "duplicate"
-        self._audit(context, original, outcome)
         log.info("stored instance", extra={"sop_uid": indexed.sop_uid, "bytes": stored.size})
+        return result, True
+
+    @staticmethod
+    def _different_bytes(result: IngestResult) -> IngestResult:
+        result.status = "failed"
+        result.failure_reason = DUPLICATE_DIFFERENT
+        result.detail = "an instance with this SOP Instance UID and different content is already stored"
         return result
-
-
-def is_outage(error: Exception) -> bool:
-    return isinstance(error, StorageUnavailable | GatewayError) and getattr(error, "status", 0) == 503

@@ -114,10 +114,14 @@ class Planner:
         list_instances: Callable[[str, str | None], Sequence[Any]],
         origin_path: Callable[[str], str],
         cache_size: int = 20000,
+        whole_object_prefix: str = "/_seg/all",
     ) -> None:
+        """``whole_object_prefix`` is where SSI fetches a whole object: ``/_seg/all`` proxies to storage,
+        ``/_file`` (local-folder storage) lets NGINX read the file itself."""
         self._load_instance = load_instance
         self._list_instances = list_instances
         self._origin_path = origin_path
+        self._whole_prefix = whole_object_prefix
         self._cache: OrderedDict[str, CachedInstance] = OrderedDict()
         self._cache_size = cache_size
 
@@ -164,8 +168,8 @@ class Planner:
     # -- pieces ---------------------------------------------------------------------------------------------------
     def _include(self, instance: CachedInstance, first: int | None = None, length: int = 0) -> bytes:
         origin = self._origin_path(instance.storage_key)
-        where = "all" if first is None else f"{first}-{first + length - 1}"
-        return f'<!--# include virtual="/_seg/{where}{origin}" wait="yes" -->'.encode()
+        where = self._whole_prefix if first is None else f"/_seg/{first}-{first + length - 1}"
+        return f'<!--# include virtual="{where}{origin}" wait="yes" -->'.encode()
 
     @staticmethod
     def _multipart(parts: list[tuple[str, list[bytes]]], part_type: str, expires: int) -> PlanResponse:

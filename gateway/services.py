@@ -55,7 +55,10 @@ class Services:
         tokens = TokenService(settings.signing_keys, settings.token_max_ttl, settings.token_default_ttl)
         authorizer = Authorizer(tokens, settings.api_keys, catalog.revoked_jtis, settings.revocation_refresh)
         planner = Planner(
-            lambda sop: catalog.get_instance(sop, with_metadata=False), catalog.instances_of, storage.origin_path
+            lambda sop: catalog.get_instance(sop, with_metadata=False),
+            lambda study, series: catalog.instances_of(study, series, with_metadata=False),
+            storage.origin_path,
+            whole_object_prefix="/_file" if settings.storage_url.startswith("file://") else "/_seg/all",
         )
         destinations: dict[str, Storage] = {}
         if hooks is None:

@@ -152,10 +152,11 @@ class Catalog:
 
     # --- instances ------------------------------------------------------------------------------------------
 
-    def register_instance(self, rec: InstanceRecord) -> bool:
+    def register_instance(self, rec: InstanceRecord, *, audit_fields: dict[str, Any] | None = None) -> bool:
         """Make an instance visible: insert it, upsert its series and study, fix counts and modalities, in one
         transaction. Returns False (and changes nothing) when the SOP UID is already stored with the same
-        sha256; raises ``Conflict`` when stored with other bytes, unless ``rec.replace``."""
+        sha256; raises ``Conflict`` when stored with other bytes, unless ``rec.replace``. The same transaction
+        ends the instance's upload reservation and appends ``audit_fields`` (one commit per upload)."""
         inst = rec.instance
         check_uid(inst.study_uid, "StudyInstanceUID")
         check_uid(inst.series_uid, "SeriesInstanceUID")
@@ -163,7 +164,11 @@ class Catalog:
         for attempt in range(3):
             try:
                 with self._write() as conn:
-                    return self._register(conn, rec)
+                    created = self._register(conn, rec)
+                    conn.execute(reservations.delete().where(reservations.c.sop_uid == inst.sop_uid))
+                    if audit_fields:
+                        conn.execute(audit.insert().values(**self._audit_values(audit_fields)))
+                    return created
             except sa.exc.IntegrityError:
                 # A concurrent upload of the same SOP UID won the race: re-run, which now sees it.
                 if attempt == 2:
@@ -387,14 +392,18 @@ class Catalog:
     def add_audit(self, **fields: Any) -> None:
         """Append an audit record. Fields: source, sub, sop_uid, study_uid, decision, rule, destination, tags
         (a list of tag paths or keywords, never values), policy_version, created_at (default now)."""
+        with self._write() as conn:
+            conn.execute(audit.insert().values(**self._audit_values(fields)))
+
+    @staticmethod
+    def _audit_values(fields: dict[str, Any]) -> dict[str, Any]:
         unknown = set(fields) - _AUDIT_FIELDS
         if unknown:
             raise TypeError(f"unknown audit fields: {sorted(unknown)}")
         values = dict(fields)
         values["tags"] = json.dumps(list(values.get("tags") or []))
         values["created_at"] = int(values.get("created_at") or time.time())
-        with self._write() as conn:
-            conn.execute(audit.insert().values(**values))
+        return values
 
     def audit_records(
         self, *, sop_uid: str | None = None, study_uid: str | None = None, limit: int = 100

@@ -71,10 +71,13 @@ def test_wsi_frame_list(stack: RunningStack, synthetic: dict[str, Any]) -> None:
     assert frames == [wsi_tile(15, n, frames=300) for n in (1, 150, 300)]
 
 
-def test_store(ct_client: DICOMwebClient, synthetic: dict[str, Any], tmp_path: Path) -> None:
-    study = uids_of(synthetic["ct"][0])[0]
-    [path] = make_series(tmp_path, modality="CT", slices=1, seed=61, clean=True, study_uid=study)
+def test_store(stack: RunningStack, tmp_path: Path) -> None:
+    [path] = make_series(tmp_path, modality="CT", slices=1, seed=61, clean=True)  # a study of its own
     dataset = pydicom.dcmread(path)
-    response = ct_client.store_instances([dataset])
+    token = stack.issue([dataset.StudyInstanceUID], actions=["read", "write"])["token"]
+    client = DICOMwebClient(url=stack.root(token))
+    response = client.store_instances([dataset])
     assert response.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == dataset.SOPInstanceUID
     assert "FailedSOPSequence" not in response
+    [stored] = client.search_for_instances(search_filters={"SOPInstanceUID": dataset.SOPInstanceUID})
+    assert stored["0020000D"]["Value"] == [dataset.StudyInstanceUID]

@@ -315,15 +315,15 @@ def test_uploaded_pixels_cannot_smuggle_server_side_includes(
 
     from gateway.synth import make_series
 
-    study = uids_of(synthetic["ct"][0])[0]
     other = uids_of(synthetic["mr"][0])
     directive = (
         f'<!--# include virtual="/_seg/all/studies/{other[0]}/series/{other[1]}/instances/{other[2]}.dcm" '
         'wait="yes" -->'
     ).encode()
     row = (directive * (12288 // len(directive) + 1))[:12288]
-    [path] = make_series(tmp_path, modality="CT", slices=1, seed=60, clean=True, study_uid=study)
+    [path] = make_series(tmp_path, modality="CT", slices=1, seed=60, clean=True)  # a study of its own
     ds = pydicom.dcmread(path)
+    study = str(ds.StudyInstanceUID)
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "2.25.6060"
     ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0

@@ -73,9 +73,11 @@ def test_tampered_token_is_401(stack: RunningStack, ct: tuple[str, str, str], mu
     if mutate == "payload":
         head = head[:-2] + ("A" if head[-2] != "A" else "B") + head[-1]
     elif mutate == "signature":
-        signature = signature[:-1] + ("A" if signature[-1] != "A" else "B")
+        # a middle character: the last base64 character also carries padding bits that decode to nothing
+        middle = len(signature) // 2
+        signature = signature[:middle] + ("A" if signature[middle] != "A" else "B") + signature[middle + 1 :]
     elif mutate == "timestamp":
-        stamp = stamp[:-1] + ("A" if stamp[-1] != "A" else "B")
+        stamp = stamp[:1] + ("A" if stamp[1] != "A" else "B") + stamp[2:]
     forged = f"{head}.{stamp}.{signature}" if mutate != "truncate" else token[:-5]
     answer = requests.get(f"{series_url(stack.root(forged), study, series)}/instances", timeout=10)
     assert answer.status_code == 401
