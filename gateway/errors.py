@@ -86,6 +86,12 @@ class Conflict(GatewayError):
     code = "conflict"
 
 
+class SeriesInOtherStudy(Conflict):
+    """A Series Instance UID already registered under a different Study Instance UID."""
+
+    code = "series_in_other_study"
+
+
 class PayloadTooLarge(GatewayError):
     status = 413
     code = "payload_too_large"

@@ -24,7 +24,13 @@ from gateway.catalog.records import InstanceRecord
 from gateway.config import Settings
 from gateway.dicom.index import index_file
 from gateway.dicom.model import IndexedInstance
-from gateway.errors import CatalogUnavailable, Conflict, DicomError, GatewayError, StorageUnavailable
+from gateway.errors import (
+    CatalogUnavailable,
+    Conflict,
+    DicomError,
+    SeriesInOtherStudy,
+    StorageUnavailable,
+)
 from gateway.hooks import Hook, HookOutcome, UploadContext
 from gateway.metrics import INGESTED
 from gateway.scope import Scope
@@ -323,6 +329,12 @@ class Ingestor:
             created = self.catalog.register_instance(
                 record, audit_fields=self._audit_fields(context, original, outcome)
             )
+        except SeriesInOtherStudy:
+            self.storage.delete(key)  # this key is new (its study path is unknown to the catalog): no orphan
+            result.status = "failed"
+            result.failure_reason = PROCESSING_FAILURE
+            result.detail = "the Series Instance UID already belongs to another study"
+            return result, False
         except Conflict:
             return self._different_bytes(result), False
         if not created:

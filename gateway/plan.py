@@ -22,7 +22,7 @@ from urllib.parse import parse_qs
 from gateway.accept import Offer, negotiate
 from gateway.auth import Target, parse_target, split_token
 from gateway.dicom.frames import FrameIndex
-from gateway.errors import BadRequest, NotAcceptable, NotFound, RangeNotSatisfiable
+from gateway.errors import BadRequest, FramesNotServable, NotFound, RangeNotSatisfiable
 from gateway.uids import check_uid
 
 NATIVE_TS = "1.2.840.10008.1.2.1"
@@ -239,7 +239,7 @@ class Planner:
         if not numbers or any(n < 1 for n in numbers) or len(numbers) > 1000:
             raise BadRequest("frame numbers must be 1 or more (at most 1000 per request)")
         if instance.frames is None:
-            raise NotAcceptable(
+            raise FramesNotServable(
                 "frames of this instance cannot be served as stored byte ranges "
                 "(deflated, big-endian or 1-bit data); retrieve the instance instead"
             )

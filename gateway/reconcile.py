@@ -15,7 +15,7 @@ from gateway.catalog import Catalog
 from gateway.catalog.records import InstanceRecord
 from gateway.config import Settings
 from gateway.dicom.index import index_file
-from gateway.errors import DicomError
+from gateway.errors import Conflict, DicomError
 from gateway.ingest import sha256_of
 from gateway.storage import open_storage
 from gateway.uids import instance_key
@@ -27,7 +27,9 @@ def reconcile(settings: Settings, *, repair: bool) -> dict[str, Any]:
     catalog.migrate()
     known = catalog.all_instance_keys()
     orphans = [key for key in storage.list("studies/") if key.endswith(".dcm") and key not in known]
-    repaired, deleted = [], []
+    repaired: list[str] = []
+    deleted: list[str] = []
+    conflicts: list[dict[str, str]] = []
     if repair:
         for key in orphans:
             with tempfile.TemporaryDirectory() as tmp:
@@ -53,6 +55,10 @@ def reconcile(settings: Settings, *, repair: bool) -> dict[str, Any]:
                     etag=head.etag,
                     replace=False,
                 )
-                catalog.register_instance(record)
+                try:
+                    catalog.register_instance(record)
+                except Conflict as error:  # e.g. its series belongs to another study: leave it for a person
+                    conflicts.append({"key": key, "reason": error.code})
+                    continue
                 repaired.append(key)
-    return {"orphans": orphans, "registered": repaired, "deleted": deleted}
+    return {"orphans": orphans, "registered": repaired, "deleted": deleted, "conflicts": conflicts}

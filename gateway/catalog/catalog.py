@@ -24,7 +24,7 @@ from gateway.catalog.qido import QidoQuery
 from gateway.catalog.records import InstanceRecord, InstanceRow
 from gateway.catalog.schema import audit, instances, quarantine, reservations, revocations, series, studies
 from gateway.catalog.search import build_select, shape_row
-from gateway.errors import CatalogUnavailable, Conflict
+from gateway.errors import CatalogUnavailable, Conflict, SeriesInOtherStudy
 from gateway.scope import Scope
 from gateway.uids import check_uid
 
@@ -208,7 +208,7 @@ class Catalog:
             sa.select(series.c.study_uid).where(series.c.series_uid == inst.series_uid)
         ).first()
         if owner is not None and owner.study_uid != inst.study_uid:
-            raise Conflict("Series Instance UID already belongs to another study")
+            raise SeriesInOtherStudy("Series Instance UID already belongs to another study")
         series_values = {
             "modality": values.get("modality"),
             "series_number": values.get("series_number"),

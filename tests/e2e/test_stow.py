@@ -3,6 +3,7 @@ mid-upload, bounded memory for a 2 GB instance, and the upload CLI."""
 
 from __future__ import annotations
 
+import os
 import struct
 import subprocess
 import sys
@@ -311,3 +312,30 @@ def test_concurrent_uploads_of_one_new_instance_keep_the_acknowledged_bytes(
             timeout=30,
         )
         assert served.content == winners[0].read_bytes()
+
+
+def test_reconcile_finds_and_repairs_a_crash_between_store_and_commit(stack: RunningStack, tmp_path: Path) -> None:
+    """An object written to storage whose catalog commit never happened is invisible; reconcile registers it."""
+    import json
+
+    [path] = make_series(tmp_path / "orphan", modality="CT", slices=1, seed=62, clean=True)
+    study, series, sop = uids_of(path)
+    key = f"studies/{study}/series/{series}/instances/{sop}.dcm"
+    stack.storage().put_file(key, path)  # what the crashed upload left behind
+    garbage = tmp_path / "garbage.dcm"
+    garbage.write_bytes(b"not DICOM")
+    stack.storage().put_file(f"studies/{study}/series/{series}/instances/2.25.62.dcm", garbage)
+    token = stack.issue([study])["token"]
+    instances_url = f"{stack.root(token)}/studies/{study}/series/{series}/instances"
+    assert requests.get(instances_url, timeout=10).json() == []
+    env = {**os.environ, **stack.stack.gateway_env(), **stack.stack.extra_env}
+    command = [sys.executable, "-m", "gateway.cli", "reconcile"]
+    report = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert report.returncode == 1, report.stderr  # orphans found, nothing changed
+    assert key in json.loads(report.stdout)["orphans"]
+    repaired = subprocess.run([*command, "--repair"], env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert repaired.returncode == 0, repaired.stderr
+    result = json.loads(repaired.stdout)
+    assert key in result["registered"]
+    assert f"studies/{study}/series/{series}/instances/2.25.62.dcm" in result["deleted"]
+    assert [i["00080018"]["Value"][0] for i in requests.get(instances_url, timeout=10).json()] == [sop]
