@@ -310,3 +310,161 @@ def test_s3_event_path_runs_the_same_hooks(
     assert s3_record and s3_record[0]["decision"] == "reject"
     for tag_path in HIDING_PLACES:
         assert tag_path in s3_record[0]["tags"]
+
+
+# -- every hiding place, one case each, through STOW and through the S3-event path ------------------------------
+
+
+def _hiding_places() -> dict[str, tuple[Any, str]]:
+    """name -> (function making a PHI dataset from a clean one, a tag path the report must name)."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    def overlay(ds: Dataset) -> None:
+        ds.add_new(0x60000010, "US", 4)
+        ds.add_new(0x60000011, "US", 4)
+        ds.add_new(0x60003000, "OW", b"\xff\x00" * 2)
+
+    def curve(ds: Dataset) -> None:
+        ds.add_new(0x50003000, "OW", b"\x01\x02\x03\x04")
+
+    def icon(ds: Dataset) -> None:
+        item = Dataset()
+        item.Rows, item.Columns, item.BitsAllocated = 2, 2, 8
+        item.add_new(0x7FE00010, "OB", b"\x00\x01\x02\x03")
+        ds.IconImageSequence = Sequence([item])
+
+    def original_attributes(ds: Dataset) -> None:
+        modified = Dataset()
+        modified.PatientName = "OLD^NAME"
+        original = Dataset()
+        original.ModifiedAttributesSequence = Sequence([modified])
+        ds.OriginalAttributesSequence = Sequence([original])
+
+    def encapsulated_document(ds: Dataset) -> None:
+        ds.add_new(0x00420011, "OB", b"%PDF-1.4 fake\n")
+
+    def sr_pname(ds: Dataset) -> None:
+        person = Dataset()
+        person.ValueType = "PNAME"
+        person.PersonName = "ROE^JANE"
+        ds.ContentSequence = Sequence([person])
+
+    def burned_in(ds: Dataset) -> None:
+        ds.BurnedInAnnotation = "YES"
+
+    def ultrasound_without_burned_in(ds: Dataset) -> None:
+        ds.Modality = "SC"
+        del ds.BurnedInAnnotation
+
+    def free_text(ds: Dataset) -> None:
+        ds.PatientName = "DOE^JOHN"
+        ds.ManufacturerModelName = "John's scanner"
+
+    def age(ds: Dataset) -> None:
+        ds.PatientAge = "090Y"
+
+    def dates(ds: Dataset) -> None:
+        ds.StudyDate = "20240315"
+
+    def after_pixel_data(ds: Dataset) -> None:
+        ds.add_new(0x7FE10010, "LO", "TRAILER")
+        ds.add_new(0x7FE11001, "LO", "DOE^JOHN")
+
+    def private_sequence(ds: Dataset) -> None:
+        ds.add_new(0x00090010, "LO", "ACME PRIVATE")
+        inner = Dataset()
+        inner.PatientName = "DOE^JOHN"
+        ds.add_new(0x00091001, "SQ", Sequence([inner]))
+
+    def file_meta(ds: Dataset) -> None:
+        ds.file_meta.PrivateInformationCreatorUID = "1.2.826.0.1.3680043.8.498.77"
+        ds.file_meta.PrivateInformation = b"site=General Hospital\0"
+
+    def claims_removed(ds: Dataset) -> None:
+        ds.PatientIdentityRemoved = "YES"
+        ds.PatientName = "DOE^JOHN"
+
+    return {
+        "overlay": (overlay, "(6000,3000)"),
+        "curve": (curve, "(5000,3000)"),
+        "icon-image": (icon, "(0088,0200)"),
+        "original-attributes": (original_attributes, "(0400,0561)[0]>(0400,0550)[0]>(0010,0010)"),
+        "encapsulated-document": (encapsulated_document, "(0042,0011)"),
+        "sr-pname": (sr_pname, "(0040,A730)[0]>(0040,A123)"),
+        "burned-in-yes": (burned_in, "(0028,0301)"),
+        "burned-in-missing-sc": (ultrasound_without_burned_in, "(0028,0301)"),
+        "free-text-repeats-name": (free_text, "(0008,1090)"),
+        "age-over-89": (age, "(0010,1010)"),
+        "dates": (dates, "(0008,0020)"),
+        "after-pixel-data": (after_pixel_data, "(7FE1,1001)"),
+        "private-sequence": (private_sequence, "(0009,1001)[0]>(0010,0010)"),
+        "file-meta": (file_meta, "(0002,0102)"),
+        "claims-identity-removed": (claims_removed, "(0010,0010)"),
+    }
+
+
+HIDING = _hiding_places()
+
+
+def _hiding_file(directory: Path, name: str, index: int) -> Path:
+    from tests.unit.test_phi_files import clean_dataset, write
+
+    sop = f"2.25.7700{index}"
+    ds = clean_dataset(sop=sop, study=f"2.25.77{index}", series=f"2.25.770{index}")
+    HIDING[name][0](ds)
+    return write(ds, directory / f"{name}.dcm")
+
+
+@pytest.fixture(scope="module")
+def incoming_run(phi_stack: RunningStack, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Every hiding-place file dropped under incoming/ at once, then one run of the S3-event handler."""
+    directory = tmp_path_factory.mktemp("incoming")
+    bucket, prefix = phi_stack.stack.storage_url[len("s3://") :].split("/", 1)
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=phi_stack.stack.extra_env["AWS_ENDPOINT_URL"],
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
+    for index, name in enumerate(HIDING):
+        path = _hiding_file(directory, name, 50 + index)
+        s3.upload_file(
+            str(path), bucket, f"{prefix}/incoming/{name}.dcm", ExtraArgs={"Metadata": {"dicomgw-tenant": "anyone"}}
+        )
+    env = {**os.environ, **phi_stack.stack.gateway_env(), **phi_stack.stack.extra_env}
+    run = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "hooks", "run-incoming"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    remaining = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/incoming/").get("Contents", [])}
+    return {"remaining": remaining, "prefix": prefix, "stderr": run.stderr}
+
+
+@pytest.mark.parametrize("name", list(HIDING))
+def test_hiding_place_through_stow(phi_stack: RunningStack, tmp_path: Path, name: str) -> None:
+    index = list(HIDING).index(name)
+    path = _hiding_file(tmp_path, name, index)
+    answer = stow(phi_stack, [path], tenant="anyone")
+    assert answer.status_code == 409, answer.text
+    sop = f"2.25.7700{index}"
+    assert not visible(phi_stack, sop)
+    [record] = [r for r in audit(phi_stack, sop) if r["source"] == "stow"]
+    assert HIDING[name][1] in record["tags"]
+
+
+@pytest.mark.parametrize("name", list(HIDING))
+def test_hiding_place_through_the_s3_event_path(
+    phi_stack: RunningStack, incoming_run: dict[str, Any], name: str
+) -> None:
+    index = 50 + list(HIDING).index(name)
+    assert f"{incoming_run['prefix']}/incoming/{name}.dcm" in incoming_run["remaining"], incoming_run["stderr"]
+    sop = f"2.25.7700{index}"
+    assert not visible(phi_stack, sop)
+    [record] = [r for r in audit(phi_stack, sop) if r["source"] == "s3-event"]
+    assert HIDING[name][1] in record["tags"]
