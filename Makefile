@@ -1,4 +1,6 @@
 # dicom-gateway: `make demo` runs the stack on this machine, `make test` runs everything CI runs.
+# (pytest gets its own --basetemp: pytest prunes old /tmp/pytest-of-* folders, which would pull the sockets and
+# objects out from under a long e2e session if another pytest ran on the same machine meanwhile.)
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -57,7 +59,7 @@ lint: venv
 	$(VENV)/bin/mypy
 
 test: system-deps venv .venv-checkov/.installed viewer lint
-	$(VENV)/bin/pytest -p no:cacheprovider tests; status=$$?; \
+	$(VENV)/bin/pytest -p no:cacheprovider --basetemp=$(CURDIR)/.pytest-tmp tests; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing on purpose"; exit 1; fi; exit $$status
 
 unit: venv
