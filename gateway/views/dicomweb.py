@@ -16,14 +16,13 @@ from flask import Blueprint, Response, request
 from gateway.accept import Offer, negotiate
 from gateway.catalog.qido import parse_qido
 from gateway.dicomweb.multipart import iter_parts, parse_content_type
+from gateway.dicomweb.stow import StowBatch
 from gateway.dicomweb.stow_response import StowItem, build_stow_response
 from gateway.errors import (
     BadRequest,
-    CatalogUnavailable,
     GatewayError,
     NotFound,
     PayloadTooLarge,
-    StorageUnavailable,
     UnsupportedMediaType,
 )
 from gateway.hooks import UploadContext
@@ -185,45 +184,31 @@ def _stow(study: str | None) -> Response:
         tenant=request.headers.get("X-DICOMGW-Tenant"),
         region=request.headers.get("X-DICOMGW-Region"),
     )
-    results: list[IngestResult] = []
-    outage: GatewayError | None = None
-
-    def ingest_one(path: Path) -> None:
-        nonlocal outage
-        if outage is not None:
-            results.append(IngestResult("failed", failure_reason=0xA700, detail=outage.detail))
-            return
-        try:
-            results.append(srv.ingestor.ingest(path, context, expected_study=study, scope=claims.scope))
-        except (StorageUnavailable, CatalogUnavailable) as error:
-            outage = error
-            results.append(IngestResult("failed", failure_reason=0xA700, detail=error.detail))
-
+    batch = StowBatch(lambda path: srv.ingestor.ingest(path, context, expected_study=study, scope=claims.scope))
     stream = request.environ["wsgi.input"]
-    if media_type == "application/dicom":
-        part_path = _spool_single(stream, srv.spool_dir)
-        try:
-            ingest_one(part_path)
-        finally:
-            part_path.unlink(missing_ok=True)
-    elif media_type == "multipart/related":
-        part_type = params.get("type", "application/dicom").lower()
-        if part_type != "application/dicom":
-            raise UnsupportedMediaType("STOW-RS accepts multipart/related; type=application/dicom")
-        for part in iter_parts(
-            stream, params.get("boundary", ""), srv.spool_dir, max_part_bytes=MAX_PART_BYTES
-        ):
-            try:
-                if part.content_type.split(";")[0].strip().lower() != "application/dicom":
-                    results.append(
+    try:
+        if media_type == "application/dicom":
+            batch.add(_spool_single(stream, srv.spool_dir))
+        elif media_type == "multipart/related":
+            part_type = params.get("type", "application/dicom").lower()
+            if part_type != "application/dicom":
+                raise UnsupportedMediaType("STOW-RS accepts multipart/related; type=application/dicom")
+            boundary = params.get("boundary", "")
+            for part in iter_parts(stream, boundary, srv.spool_dir, max_part_bytes=MAX_PART_BYTES):
+                if part.content_type.split(";")[0].strip().lower() == "application/dicom":
+                    batch.add(part.path)
+                else:
+                    part.path.unlink(missing_ok=True)
+                    batch.add_result(
                         IngestResult("failed", failure_reason=0x0122, detail="part is not application/dicom")
                     )
-                else:
-                    ingest_one(part.path)
-            finally:
-                part.path.unlink(missing_ok=True)
-    else:
-        raise UnsupportedMediaType("Content-Type must be multipart/related; type=application/dicom")
+        else:
+            raise UnsupportedMediaType("Content-Type must be multipart/related; type=application/dicom")
+    except GatewayError:
+        batch.abandon()
+        raise
+    results = batch.finish()
+    outage = batch.outage
     if outage is not None and not any(r.ok for r in results):
         raise outage
     answer = build_stow_response([_to_item(r) for r in results], root=dicomweb_root(), study_uid=study)

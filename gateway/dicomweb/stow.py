@@ -1,0 +1,63 @@
+"""One STOW-RS request's parts, ingested on a few threads while the body is still being read.
+
+Reading the body is I/O, and per-file work waits on fsync (storage and catalog commits), so overlapping them uses
+the machine's other core. Results keep the order of the parts; at most ``in_flight`` spooled parts wait on disk at
+any time, so a 2,000-instance request never fills the spool folder. The first storage or catalog outage stops the
+batch: later parts fail fast with "out of resources" and nothing else is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from gateway.errors import CatalogUnavailable, GatewayError, StorageUnavailable
+from gateway.ingest import OUT_OF_RESOURCES, IngestResult
+
+log = logging.getLogger("gateway.stow")
+
+
+class StowBatch:
+    def __init__(self, ingest: Callable[[Path], IngestResult], workers: int = 3, in_flight: int = 6) -> None:
+        self._ingest = ingest
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stow")
+        self._slots = threading.BoundedSemaphore(in_flight)
+        self._results: list[Future[IngestResult] | IngestResult] = []
+        self.outage: GatewayError | None = None
+
+    def add(self, path: Path) -> None:
+        """Ingest ``path`` (a spooled part this batch now owns and deletes)."""
+        self._slots.acquire()
+        self._results.append(self._pool.submit(self._run, path))
+
+    def add_result(self, result: IngestResult) -> None:
+        """A part refused before ingest (wrong media type), kept in its place in the answer."""
+        self._results.append(result)
+
+    def _run(self, path: Path) -> IngestResult:
+        try:
+            if self.outage is not None:
+                return IngestResult("failed", failure_reason=OUT_OF_RESOURCES, detail=self.outage.detail)
+            try:
+                return self._ingest(path)
+            except (StorageUnavailable, CatalogUnavailable) as error:
+                self.outage = error
+                return IngestResult("failed", failure_reason=OUT_OF_RESOURCES, detail=error.detail)
+        finally:
+            path.unlink(missing_ok=True)
+            self._slots.release()
+
+    def finish(self) -> list[IngestResult]:
+        """Wait for every part; the results in part order."""
+        try:
+            return [item.result() if isinstance(item, Future) else item for item in self._results]
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def abandon(self) -> None:
+        """The body broke mid-way: the parts already received whole are ingested as usual (a retry of the whole
+        request is idempotent), and the error goes to the client."""
+        self._pool.shutdown(wait=True)
