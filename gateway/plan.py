@@ -115,6 +115,7 @@ class Planner:
         origin_path: Callable[[str], str],
         cache_size: int = 20000,
         whole_object_prefix: str = "/_seg/all",
+        study_version: Callable[[str], Any] | None = None,
     ) -> None:
         """``whole_object_prefix`` is where SSI fetches a whole object: ``/_seg/all`` proxies to storage,
         ``/_file`` (local-folder storage) lets NGINX read the file itself."""
@@ -122,6 +123,8 @@ class Planner:
         self._list_instances = list_instances
         self._origin_path = origin_path
         self._whole_prefix = whole_object_prefix
+        self._study_version = study_version
+        self._lists: OrderedDict[tuple[str, str | None], tuple[Any, list[CachedInstance]]] = OrderedDict()
         self._cache: OrderedDict[str, CachedInstance] = OrderedDict()
         self._cache_size = cache_size
 
@@ -186,12 +189,25 @@ class Planner:
             200, [("Content-Type", content_type), ("X-Accel-Expires", str(expires))], bytes(body)
         )
 
+    def _listed(self, study: str, series: str | None) -> list[CachedInstance]:
+        """A study's or series' instances, reused while the study's version (instance count, last change) holds:
+        one indexed row read instead of hundreds (uploads and deletes change the version)."""
+        version = self._study_version(study) if self._study_version else None
+        cached = self._lists.get((study, series))
+        if version is not None and cached is not None and cached[0] == version:
+            return cached[1]
+        instances = [to_cached(row) for row in self._list_instances(study, series)]
+        if version is not None:
+            self._lists[(study, series)] = (version, instances)
+            if len(self._lists) > 256:
+                self._lists.popitem(last=False)
+        return instances
+
     def _retrieve(self, target: Target, accept: str) -> PlanResponse:
         if target.instance is not None:
             instances = [self.instance(target.study or "", target.series or "", target.instance)]
         else:
-            rows = self._list_instances(target.study or "", target.series)
-            instances = [to_cached(row) for row in rows]
+            instances = self._listed(target.study or "", target.series)
         if not instances:
             raise NotFound("no instances")
         syntaxes = {i.transfer_syntax_uid for i in instances}

@@ -59,6 +59,7 @@ class Services:
             lambda study, series: catalog.instances_of(study, series, with_metadata=False),
             storage.origin_path,
             whole_object_prefix="/_file" if settings.storage_url.startswith("file://") else "/_seg/all",
+            study_version=catalog.study_version,
         )
         destinations: dict[str, Storage] = {}
         if hooks is None:

@@ -332,6 +332,17 @@ class Catalog:
         conn.execute(instances.delete().where(instances.c.sop_uid == sop_uid))
         self._recount(conn, row.study_uid, row.series_uid)
 
+    def study_version(self, study_uid: str) -> tuple[int, int, int] | None:
+        """What changes whenever the study's instances change (count, series count, last update): lets a reader
+        reuse what it derived from the study until then. None for an unknown study."""
+        with self._read() as conn:
+            row = conn.execute(
+                sa.select(studies.c.num_instances, studies.c.num_series, studies.c.updated_at).where(
+                    studies.c.study_uid == study_uid
+                )
+            ).first()
+        return None if row is None else (int(row[0]), int(row[1]), int(row[2]))
+
     def set_thumbnail(self, sop_uid: str, key: str) -> None:
         with self._write() as conn:
             conn.execute(instances.update().where(instances.c.sop_uid == sop_uid).values(thumbnail_key=key))

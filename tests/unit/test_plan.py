@@ -557,3 +557,21 @@ def test_wado_uri_validation(planner: Planner, uri: str, error: type[Exception],
         planner.wado(parse_qs(uri.partition("?")[2]))
     assert type(caught.value) is error
     assert getattr(caught.value, "detail", None) == detail
+
+
+def test_study_and_series_lists_are_reused_while_the_study_version_holds(catalog: Catalog) -> None:
+    version = {"value": (3, 1, 100)}
+    planner = Planner(catalog.load, catalog.list, origin, study_version=lambda study: version["value"])
+    first = planner.plan("GET", f"/dicomweb/studies/{ST}/series/{SE}", "", "")
+    again = planner.plan("GET", f"/dicomweb/studies/{ST}/series/{SE}", "", "")
+    assert catalog.lists == [(ST, SE)]  # the second plan read only the version
+    assert first.body.count(b"<!--# include") == again.body.count(b"<!--# include")
+    version["value"] = (4, 1, 101)  # an upload changed the study
+    planner.plan("GET", f"/dicomweb/studies/{ST}/series/{SE}", "", "")
+    assert catalog.lists == [(ST, SE), (ST, SE)]
+
+
+def test_without_a_version_lists_are_read_every_time(planner: Planner, catalog: Catalog) -> None:
+    planner.plan("GET", f"/dicomweb/studies/{ST}", "", "")
+    planner.plan("GET", f"/dicomweb/studies/{ST}", "", "")
+    assert catalog.lists == [(ST, None), (ST, None)]
