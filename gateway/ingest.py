@@ -16,9 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import pydicom
-from pydicom.errors import InvalidDicomError
-
 from gateway.catalog import Catalog
 from gateway.catalog.records import InstanceRecord
 from gateway.config import Settings
@@ -35,7 +32,7 @@ from gateway.hooks import Hook, HookOutcome, UploadContext
 from gateway.metrics import INGESTED
 from gateway.scope import Scope
 from gateway.storage import Storage
-from gateway.uids import instance_key, is_uid
+from gateway.uids import instance_key
 
 log = logging.getLogger("gateway.ingest")
 
@@ -72,30 +69,6 @@ class Header:
     series_uid: str
     sop_uid: str
     sop_class_uid: str
-
-
-def read_header(path: Path) -> Header:
-    """The four UIDs, from the header only; DicomError when the file is not usable DICOM."""
-    try:
-        ds = pydicom.dcmread(
-            path,
-            stop_before_pixels=True,
-            specific_tags=["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"],
-        )
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as error:
-        raise DicomError(f"not a readable DICOM Part 10 file ({type(error).__name__})") from None
-    values = {}
-    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
-        value = str(ds.get(keyword, "") or "").strip()
-        if not is_uid(value):
-            raise DicomError(f"{keyword} is missing or not a valid UID")
-        values[keyword] = value
-    return Header(
-        values["StudyInstanceUID"],
-        values["SeriesInstanceUID"],
-        values["SOPInstanceUID"],
-        values["SOPClassUID"],
-    )
 
 
 def sha256_of(path: Path) -> str:
@@ -147,9 +120,12 @@ class Ingestor:
         """Never raises for a bad file; raises StorageUnavailable / CatalogUnavailable for outages so the caller
         can tell the client to retry (nothing was made visible)."""
         try:
-            header = read_header(path)
+            # Index first: it validates the file and its UIDs in one pass, and is reused unless a hook rewrites
+            # the file (de-identification), which is then indexed again.
+            indexed = index_file(path, bulkdata_threshold=self.settings.bulkdata_threshold)
         except DicomError as error:
             return IngestResult("failed", failure_reason=CANNOT_UNDERSTAND, detail=error.detail)
+        header = Header(indexed.study_uid, indexed.series_uid, indexed.sop_uid, indexed.sop_class_uid)
         base = IngestResult(
             "failed",
             sop_uid=header.sop_uid,
@@ -175,7 +151,7 @@ class Ingestor:
                 return base
             if outcome.action == "quarantine":
                 return self._quarantine(final_path, context, header, outcome)
-            return self._store(final_path, context, header, outcome)
+            return self._store(final_path, context, header, outcome, indexed if final_path == path else None)
         finally:
             if final_path != path:
                 final_path.unlink(missing_ok=True)
@@ -248,10 +224,16 @@ class Ingestor:
         )
 
     def _store(
-        self, path: Path, context: UploadContext, original: Header, outcome: HookOutcome
+        self,
+        path: Path,
+        context: UploadContext,
+        original: Header,
+        outcome: HookOutcome,
+        indexed: IndexedInstance | None = None,
     ) -> IngestResult:
         try:
-            indexed = index_file(path, bulkdata_threshold=self.settings.bulkdata_threshold)
+            if indexed is None:
+                indexed = index_file(path, bulkdata_threshold=self.settings.bulkdata_threshold)
         except DicomError as error:
             return IngestResult(
                 "failed",

@@ -104,10 +104,15 @@ class LocalStorage:
         tmp = target.parent / f".{target.name}.{secrets.token_hex(8)}{_TMP_SUFFIX}"
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "rb") as src, open(tmp, "xb") as dst:
-                shutil.copyfileobj(src, dst, _COPY_CHUNK)
-                dst.flush()
-                os.fsync(dst.fileno())
+            try:
+                # Same filesystem (the spool folder usually is): a hard link instead of a second copy of the
+                # bytes; the caller removes its own name afterwards. Otherwise the kernel copies (sendfile).
+                os.link(path, tmp)
+                os.chmod(tmp, 0o644)  # spool files are private (0600); NGINX must be able to read objects
+            except OSError:
+                shutil.copyfile(path, tmp)
+            with open(tmp, "rb") as written:
+                os.fsync(written.fileno())
             os.replace(tmp, target)
             _fsync_dir(target.parent)
             return self._stat(target, key)
