@@ -130,3 +130,41 @@ def test_tls_http2_and_secure_cookie(tmp_path: Path) -> None:
         assert "Secure" in cookie and "HttpOnly" in cookie and "Path=/" in cookie and "Domain" not in cookie
     finally:
         stack.stop()
+
+
+def test_demo_prints_working_signed_urls(tmp_path: Path) -> None:
+    """What `make demo` shows a new user: the signed DICOMweb root reaches the seeded CT, the same root with a
+    tampered token answers 401, and the viewer URL names the study with a token in the fragment."""
+    port = free_port()
+    seeded = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "stack", "up", "--port", str(port), "--var", str(tmp_path / "var")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: dict[str, str] = {}
+    try:
+        assert seeded.stdout is not None
+        deadline = time.monotonic() + 180
+        while "slide" not in lines and time.monotonic() < deadline:
+            line = seeded.stdout.readline()
+            if not line:
+                break
+            name, _, value = line.partition(":")
+            lines[name.strip()] = value.strip()
+        root = lines["dicomweb"]
+        studies = requests.get(f"{root}/studies", timeout=10)
+        assert studies.status_code == 200
+        [study] = studies.json()
+        assert study["00080061"]["Value"] == ["CT"]
+        token = root.split("/t/")[1].split("/dicomweb")[0]
+        middle = len(token) // 2
+        tampered = root.replace(token, token[:middle] + ("A" if token[middle] != "A" else "B") + token[middle + 1 :])
+        assert requests.get(f"{tampered}/studies", timeout=10).status_code == 401
+        viewer = lines["viewer"]
+        assert viewer.startswith(f"http://127.0.0.1:{port}/viewer/#study={study['0020000D']['Value'][0]}&token=")
+        assert requests.get(viewer.split("#")[0], timeout=10).status_code == 200
+    finally:
+        seeded.send_signal(signal.SIGINT)
+        seeded.communicate(timeout=60)
+    assert seeded.returncode == 0
