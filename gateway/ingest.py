@@ -62,6 +62,18 @@ class IngestResult:
     def ok(self) -> bool:
         return self.status in ("stored", "duplicate")
 
+    @classmethod
+    def about(cls, header: Header, status: Status, **fields: Any) -> IngestResult:
+        """A result naming the instance ``header`` describes."""
+        return cls(
+            status,
+            sop_uid=header.sop_uid,
+            sop_class_uid=header.sop_class_uid,
+            study_uid=header.study_uid,
+            series_uid=header.series_uid,
+            **fields,
+        )
+
 
 @dataclass(frozen=True)
 class Header:
@@ -126,13 +138,7 @@ class Ingestor:
         except DicomError as error:
             return IngestResult("failed", failure_reason=CANNOT_UNDERSTAND, detail=error.detail)
         header = Header(indexed.study_uid, indexed.series_uid, indexed.sop_uid, indexed.sop_class_uid)
-        base = IngestResult(
-            "failed",
-            sop_uid=header.sop_uid,
-            sop_class_uid=header.sop_class_uid,
-            study_uid=header.study_uid,
-            series_uid=header.series_uid,
-        )
+        base = IngestResult.about(header, "failed")
         if expected_study is not None and header.study_uid != expected_study:
             base.failure_reason = STUDY_MISMATCH
             base.detail = "StudyInstanceUID does not match the study in the request URL"
@@ -211,12 +217,9 @@ class Ingestor:
             report=outcome.report,
         )
         self._audit(context, header, outcome)
-        return IngestResult(
+        return IngestResult.about(
+            header,
             "quarantined",
-            sop_uid=header.sop_uid,
-            sop_class_uid=header.sop_class_uid,
-            study_uid=header.study_uid,
-            series_uid=header.series_uid,
             failure_reason=PROCESSING_FAILURE,
             detail=outcome.reason or "quarantined for review",
             report=outcome.report,
@@ -235,23 +238,9 @@ class Ingestor:
             if indexed is None:
                 indexed = index_file(path, bulkdata_threshold=self.settings.bulkdata_threshold)
         except DicomError as error:
-            return IngestResult(
-                "failed",
-                sop_uid=original.sop_uid,
-                sop_class_uid=original.sop_class_uid,
-                study_uid=original.study_uid,
-                series_uid=original.series_uid,
-                failure_reason=CANNOT_UNDERSTAND,
-                detail=error.detail,
-            )
-        result = IngestResult(
-            "stored",
-            sop_uid=indexed.sop_uid,
-            sop_class_uid=indexed.sop_class_uid,
-            study_uid=indexed.study_uid,
-            series_uid=indexed.series_uid,
-            report=outcome.report,
-        )
+            return IngestResult.about(original, "failed", failure_reason=CANNOT_UNDERSTAND, detail=error.detail)
+        final = Header(indexed.study_uid, indexed.series_uid, indexed.sop_uid, indexed.sop_class_uid)
+        result = IngestResult.about(final, "stored", report=outcome.report)
         key = instance_key(indexed.study_uid, indexed.series_uid, indexed.sop_uid)
         result.storage_key = key
         if outcome.destination:
