@@ -8,7 +8,7 @@ PIP := $(VENV)/bin/pip
 APT_PACKAGES := nginx openssl postgresql chromium
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test lint unit e2e browser deploy-checks bench system-deps venv viewer clean
+.PHONY: demo demo-deps test lint unit e2e bench system-deps venv viewer clean
 
 # OS packages: installed with apt-get when we are root, otherwise a one-line hint naming them.
 system-deps:
@@ -28,10 +28,14 @@ system-deps:
 	fi
 
 demo-deps:
-	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { \
+	@missing=""; \
+	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
+	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; \
-	  else echo "nginx is missing: sudo apt-get install nginx"; exit 1; fi; }
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq$$missing >/dev/null; \
+	  else echo "missing:$$missing (sudo apt-get install$$missing; the viewer build needs Node.js 20 or newer)"; exit 1; fi; \
+	fi
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)

@@ -141,7 +141,8 @@ def token_issue(
     from gateway.views.api import iso, token_urls
 
     max_ttl = int(os.environ.get("DICOMGW_TOKEN_MAX_TTL", "3600"))
-    service = TokenService(_signing_keys(), max_ttl, min(900, max_ttl))
+    default_ttl = int(os.environ.get("DICOMGW_TOKEN_DEFAULT_TTL", "900"))
+    service = TokenService(_signing_keys(), max_ttl, min(default_ttl, max_ttl))
     actions = ["read"] if action == "read" else ["read", "write"]
     try:
         issued = service.issue(

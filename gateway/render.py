@@ -136,14 +136,15 @@ def render_instance(
 
 
 def thumbnail(services: Services, study: str, series: str, sop: str) -> Response:
-    """Render once, store under ``thumbnails/``, and let NGINX serve the stored file from then on."""
+    """Render once, store next to the instance (inside the prefixes deployments grant the gateway), and let NGINX
+    serve the stored file from then on."""
     row = _load(services, study, series, sop)
     key = row.thumbnail_key
     if not key:
         metadata = json.loads(row.metadata)
         image = _to_image(_frame_bytes(services, row, 1), metadata, {}, row.frame_media_type)
         image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
-        key = f"thumbnails/{row.study_uid}/{row.series_uid}/{row.sop_uid}.jpg"
+        key = row.storage_key.removesuffix(".dcm") + ".thumb.jpg"
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "thumb.jpg"
             path.write_bytes(_encode(image, "image/jpeg", 85))
