@@ -4,151 +4,43 @@ SQLite (default; WAL, foreign keys, busy timeout, ``synchronous=FULL`` so a comm
 cut) or PostgreSQL (``postgresql://`` uses the psycopg 3 driver). Writes that read-then-write take the write
 lock up front: ``BEGIN IMMEDIATE`` on SQLite, a row lock on the study (``INSERT .. ON CONFLICT DO UPDATE``) on
 PostgreSQL, so concurrent uploads into one study cannot lose a count.
+
+``Catalog`` is the one class callers use. The connection plumbing lives in ``engine.py`` and the
+reservation, revocation, audit and quarantine records in ``admin.py``; this module holds the instances and
+QIDO search.
 """
 
 from __future__ import annotations
 
 import json
-import threading
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 
+from gateway.catalog.admin import PURGE_INTERVAL, AdminRecords
+from gateway.catalog.engine import MIGRATIONS, engine_url
 from gateway.catalog.qido import QidoQuery
 from gateway.catalog.records import InstanceRecord, InstanceRow
-from gateway.catalog.schema import audit, instances, quarantine, reservations, revocations, series, studies
+from gateway.catalog.schema import audit, instances, reservations, series, studies
 from gateway.catalog.search import build_select, shape_row
-from gateway.errors import CatalogUnavailable, Conflict, SeriesInOtherStudy
+from gateway.errors import Conflict, SeriesInOtherStudy
 from gateway.scope import Scope
 from gateway.uids import check_uid
 
-MIGRATIONS = Path(__file__).parent / "migrations"
-# Revocations older than their expiry are purged at most this often (seconds of the caller's clock).
-PURGE_INTERVAL = 300
+# Still importable from here, as before the split.
+__all__ = ["MIGRATIONS", "PURGE_INTERVAL", "Catalog", "engine_url"]
+
 _ROW_COLUMNS = [c for c in instances.c if c.name != "metadata"]
 # Built once: get_instance is on the frame path, and building a statement per call doubles its cost.
 _GET_FULL = sa.select(*instances.c).where(instances.c.sop_uid == sa.bindparam("sop_uid"))
 _GET_LIGHT = sa.select(*_ROW_COLUMNS).where(instances.c.sop_uid == sa.bindparam("sop_uid"))
-_AUDIT_FIELDS = {c.name for c in audit.c} - {"id"}
-# An arbitrary constant: the PostgreSQL advisory lock that serialises migrations between starting workers.
-_MIGRATION_LOCK = 0x6463_6D67
 
 
-def engine_url(url: str) -> str:
-    """``postgresql://`` means psycopg 3 (SQLAlchemy would otherwise pick psycopg2)."""
-    if url.startswith("postgresql://") or url.startswith("postgres://"):
-        return "postgresql+psycopg://" + url.split("://", 1)[1]
-    return url
-
-
-def _unicode_lower(value: Any) -> Any:
-    return value.lower() if isinstance(value, str) else value
-
-
-def _sqlite_engine(url: str) -> Engine:
-    engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Let SQLAlchemy (not pysqlite) decide when transactions begin, so writes can say BEGIN IMMEDIATE.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        for pragma in (
-            "journal_mode=WAL",
-            "foreign_keys=ON",
-            "busy_timeout=30000",
-            "synchronous=FULL",
-            # Case-sensitive LIKE (DICOM matching is case-sensitive except PN, which lower()s both sides);
-            # it also lets a prefix pattern such as 'ABC%' use the ordinary index.
-            "case_sensitive_like=ON",
-        ):
-            cursor.execute(f"PRAGMA {pragma}")
-        cursor.close()
-        # SQLite's built-in lower() folds ASCII only; PN matching with a non-ASCII pattern must fold "MÜLLER"
-        # like PostgreSQL does (gateway.catalog.qido.unicode_lower compiles to this on SQLite).
-        dbapi_connection.create_function("unicode_lower", 1, _unicode_lower, deterministic=True)
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        # Write transactions take the lock up front: a deferred transaction that reads, then writes, fails
-        # with SQLITE_BUSY (no waiting) when another writer committed in between.
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
-
-    return engine
-
-
-class Catalog:
-    def __init__(self, url: str) -> None:
-        self.url = url
-        full = engine_url(url)
-        if full.startswith("sqlite"):
-            self.engine = _sqlite_engine(full)
-        elif full.startswith("postgresql+psycopg"):
-            self.engine = sa.create_engine(full, pool_pre_ping=True, pool_size=10, max_overflow=20)
-        else:
-            raise ValueError("catalog URL must be sqlite:///... or postgresql://...")
-        self.dialect = self.engine.dialect.name
-        self._last_purge = 0
-        self._purge_lock = threading.Lock()
-
-    # --- plumbing -------------------------------------------------------------------------------------------
-
-    @contextmanager
-    def _read(self) -> Iterator[Connection]:
-        try:
-            with self.engine.connect() as conn:
-                yield conn
-        except sa.exc.OperationalError as exc:
-            raise CatalogUnavailable(f"catalog unavailable ({type(exc.orig).__name__})") from None
-
-    @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        try:
-            with self.engine.connect() as conn:
-                conn.execution_options(write=True)
-                with conn.begin():
-                    yield conn
-        except sa.exc.OperationalError as exc:
-            raise CatalogUnavailable(f"catalog unavailable ({type(exc.orig).__name__})") from None
-
-    def _insert(self, table: sa.Table) -> Any:
-        if self.dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-            return pg_insert(table)
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        return sqlite_insert(table)
-
-    def migrate(self) -> None:
-        """Upgrade the schema to the newest Alembic revision. Safe to call from several workers at once."""
-        from alembic import command
-        from alembic.config import Config
-
-        config = Config()
-        config.set_main_option("script_location", str(MIGRATIONS))
-        with self._write() as conn:
-            if self.dialect == "postgresql":
-                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
-            config.attributes["connection"] = conn
-            command.upgrade(config, "head")
-
-    def check(self) -> None:
-        """Raise ``CatalogUnavailable`` unless the database answers and the schema is in place."""
-        try:
-            with self.engine.connect() as conn:
-                conn.execute(sa.select(sa.func.count()).select_from(revocations).where(sa.false()))
-        except sa.exc.SQLAlchemyError as exc:
-            raise CatalogUnavailable(f"catalog unavailable ({type(exc).__name__})") from None
-
-    def close(self) -> None:
-        self.engine.dispose()
+class Catalog(AdminRecords):
+    """Instances, series and studies (register, read, delete, QIDO search), plus everything ``AdminRecords``
+    and ``CatalogBase`` provide. ``Catalog(url)`` with ``sqlite:///...`` or ``postgresql://...``."""
 
     # --- instances ------------------------------------------------------------------------------------------
 
@@ -350,134 +242,6 @@ class Catalog:
     def all_instance_keys(self) -> set[str]:
         with self._read() as conn:
             return set(conn.execute(sa.select(instances.c.storage_key)).scalars())
-
-    # --- upload reservations ----------------------------------------------------------------------------------
-
-    def reserve(self, sop_uid: str, now: int, stale_after: int = 3600) -> bool:
-        """Claim the right to store ``sop_uid``; False while another upload of it is in flight. A reservation
-        older than ``stale_after`` (a crashed worker) is taken over."""
-        with self._write() as conn:
-            conn.execute(
-                reservations.delete().where(
-                    reservations.c.sop_uid == sop_uid, reservations.c.created_at < now - stale_after
-                )
-            )
-            stmt = self._insert(reservations).values(sop_uid=sop_uid, created_at=now)
-            inserted = conn.execute(stmt.on_conflict_do_nothing(index_elements=["sop_uid"]))
-            return bool(inserted.rowcount)
-
-    def release(self, sop_uid: str) -> None:
-        with self._write() as conn:
-            conn.execute(reservations.delete().where(reservations.c.sop_uid == sop_uid))
-
-    # --- revocations ----------------------------------------------------------------------------------------
-
-    def revoke(self, jti: str, expires_at: int) -> None:
-        """Record a revoked token id until its expiry (idempotent; a later expiry wins)."""
-        stmt = self._insert(revocations).values(jti=jti, expires_at=int(expires_at))
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["jti"],
-            set_={"expires_at": sa.func.max(revocations.c.expires_at, stmt.excluded.expires_at)}
-            if self.dialect == "sqlite"
-            else {"expires_at": sa.func.greatest(revocations.c.expires_at, stmt.excluded.expires_at)},
-        )
-        with self._write() as conn:
-            conn.execute(stmt)
-
-    def revoked_jtis(self, now: int) -> set[str]:
-        """Token ids revoked and not yet expired at ``now``. Expired rows are purged every few minutes."""
-        with self._purge_lock:
-            purge = now - self._last_purge >= PURGE_INTERVAL
-            if purge:
-                self._last_purge = now
-        if purge:
-            with self._write() as conn:
-                conn.execute(revocations.delete().where(revocations.c.expires_at <= now))
-        with self._read() as conn:
-            return set(
-                conn.execute(sa.select(revocations.c.jti).where(revocations.c.expires_at > now)).scalars()
-            )
-
-    # --- audit ----------------------------------------------------------------------------------------------
-
-    def add_audit(self, **fields: Any) -> None:
-        """Append an audit record. Fields: source, sub, sop_uid, study_uid, decision, rule, destination, tags
-        (a list of tag paths or keywords, never values), policy_version, created_at (default now)."""
-        with self._write() as conn:
-            conn.execute(audit.insert().values(**self._audit_values(fields)))
-
-    @staticmethod
-    def _audit_values(fields: dict[str, Any]) -> dict[str, Any]:
-        unknown = set(fields) - _AUDIT_FIELDS
-        if unknown:
-            raise TypeError(f"unknown audit fields: {sorted(unknown)}")
-        values = dict(fields)
-        values["tags"] = json.dumps(list(values.get("tags") or []))
-        values["created_at"] = int(values.get("created_at") or time.time())
-        return values
-
-    def audit_records(
-        self, *, sop_uid: str | None = None, study_uid: str | None = None, limit: int = 100
-    ) -> list[dict[str, Any]]:
-        """Newest first."""
-        stmt = sa.select(audit).order_by(audit.c.id.desc()).limit(limit)
-        if sop_uid is not None:
-            stmt = stmt.where(audit.c.sop_uid == sop_uid)
-        if study_uid is not None:
-            stmt = stmt.where(audit.c.study_uid == study_uid)
-        with self._read() as conn:
-            rows = [dict(row._mapping) for row in conn.execute(stmt)]
-        for row in rows:
-            row["tags"] = json.loads(row["tags"])
-        return rows
-
-    # --- quarantine -----------------------------------------------------------------------------------------
-
-    def add_quarantine(
-        self,
-        key: str,
-        *,
-        sop_uid: str | None = None,
-        study_uid: str | None = None,
-        series_uid: str | None = None,
-        reason: str = "",
-        report: Mapping[str, Any] | None = None,
-        created_at: int | None = None,
-    ) -> None:
-        """Record a quarantined object by its storage key (re-quarantining the same key updates the
-        record)."""
-        values = {
-            "sop_uid": sop_uid,
-            "study_uid": study_uid,
-            "series_uid": series_uid,
-            "reason": reason,
-            "report": json.dumps(dict(report or {})),
-            "created_at": int(created_at or time.time()),
-        }
-        stmt = self._insert(quarantine).values(key=key, **values)
-        with self._write() as conn:
-            conn.execute(stmt.on_conflict_do_update(index_elements=["key"], set_=values))
-
-    @staticmethod
-    def _quarantine_dict(row: Any) -> dict[str, Any]:
-        data = dict(row._mapping)
-        data["report"] = json.loads(data["report"])
-        return data
-
-    def list_quarantine(self, limit: int = 1000) -> list[dict[str, Any]]:
-        """Newest first."""
-        stmt = sa.select(quarantine).order_by(quarantine.c.created_at.desc(), quarantine.c.key).limit(limit)
-        with self._read() as conn:
-            return [self._quarantine_dict(row) for row in conn.execute(stmt)]
-
-    def get_quarantine(self, key: str) -> dict[str, Any] | None:
-        with self._read() as conn:
-            row = conn.execute(sa.select(quarantine).where(quarantine.c.key == key)).first()
-        return None if row is None else self._quarantine_dict(row)
-
-    def remove_quarantine(self, key: str) -> None:
-        with self._write() as conn:
-            conn.execute(quarantine.delete().where(quarantine.c.key == key))
 
     # --- QIDO -----------------------------------------------------------------------------------------------
 

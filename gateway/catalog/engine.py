@@ -1,0 +1,136 @@
+"""The catalog's connection to its database: engine set-up, transactions, migrations.
+
+SQLite (default; WAL, foreign keys, busy timeout, ``synchronous=FULL`` so a committed row survives a power
+cut) or PostgreSQL (``postgresql://`` uses the psycopg 3 driver). Writes that read-then-write take the write
+lock up front: ``BEGIN IMMEDIATE`` on SQLite (set here); on PostgreSQL the writers lock rows themselves.
+``CatalogBase`` holds this plumbing; the record groups (``AdminRecords``, ``Catalog``) build on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+
+from gateway.catalog.schema import revocations
+from gateway.errors import CatalogUnavailable
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+# An arbitrary constant: the PostgreSQL advisory lock that serialises migrations between starting workers.
+_MIGRATION_LOCK = 0x6463_6D67
+
+
+def engine_url(url: str) -> str:
+    """``postgresql://`` means psycopg 3 (SQLAlchemy would otherwise pick psycopg2)."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def _unicode_lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
+def _sqlite_engine(url: str) -> Engine:
+    engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy (not pysqlite) decide when transactions begin, so writes can say BEGIN IMMEDIATE.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        for pragma in (
+            "journal_mode=WAL",
+            "foreign_keys=ON",
+            "busy_timeout=30000",
+            "synchronous=FULL",
+            # Case-sensitive LIKE (DICOM matching is case-sensitive except PN, which lower()s both sides);
+            # it also lets a prefix pattern such as 'ABC%' use the ordinary index.
+            "case_sensitive_like=ON",
+        ):
+            cursor.execute(f"PRAGMA {pragma}")
+        cursor.close()
+        # SQLite's built-in lower() folds ASCII only; PN matching with a non-ASCII pattern must fold "MÜLLER"
+        # like PostgreSQL does (gateway.catalog.qido.unicode_lower compiles to this on SQLite).
+        dbapi_connection.create_function("unicode_lower", 1, _unicode_lower, deterministic=True)
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # Write transactions take the lock up front: a deferred transaction that reads, then writes, fails
+        # with SQLITE_BUSY (no waiting) when another writer committed in between.
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
+
+    return engine
+
+
+class CatalogBase:
+    """The engine and the transaction helpers every group of catalog records uses: ``_read()`` (a connection),
+    ``_write()`` (a write transaction, lock taken up front), ``_insert(table)`` (the dialect's INSERT, which
+    has ``on_conflict_*``). Database errors that mean "unreachable" become ``CatalogUnavailable``."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        full = engine_url(url)
+        if full.startswith("sqlite"):
+            self.engine = _sqlite_engine(full)
+        elif full.startswith("postgresql+psycopg"):
+            self.engine = sa.create_engine(full, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        else:
+            raise ValueError("catalog URL must be sqlite:///... or postgresql://...")
+        self.dialect = self.engine.dialect.name
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except sa.exc.OperationalError as exc:
+            raise CatalogUnavailable(f"catalog unavailable ({type(exc.orig).__name__})") from None
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as conn:
+                conn.execution_options(write=True)
+                with conn.begin():
+                    yield conn
+        except sa.exc.OperationalError as exc:
+            raise CatalogUnavailable(f"catalog unavailable ({type(exc.orig).__name__})") from None
+
+    def _insert(self, table: sa.Table) -> Any:
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            return pg_insert(table)
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table)
+
+    def migrate(self) -> None:
+        """Upgrade the schema to the newest Alembic revision. Safe to call from several workers at once."""
+        from alembic import command
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with self._write() as conn:
+            if self.dialect == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+
+    def check(self) -> None:
+        """Raise ``CatalogUnavailable`` unless the database answers and the schema is in place."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(sa.select(sa.func.count()).select_from(revocations).where(sa.false()))
+        except sa.exc.SQLAlchemyError as exc:
+            raise CatalogUnavailable(f"catalog unavailable ({type(exc).__name__})") from None
+
+    def close(self) -> None:
+        self.engine.dispose()
