@@ -51,6 +51,28 @@ def _wait_ready(url: str, process: subprocess.Popen[str], timeout: float = 60) -
     raise AssertionError("stack did not become ready")
 
 
+def _processes_mentioning(text: str) -> list[int]:
+    """PIDs whose command line mentions ``text``, and all their descendants (NGINX workers do not repeat the
+    master's arguments)."""
+    found: set[int] = set()
+    parents: dict[int, int] = {}
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if text in (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                found.add(int(proc.name))
+            status = (proc / "status").read_text()
+        except OSError:
+            continue
+        ppid = next((line.split()[1] for line in status.splitlines() if line.startswith("PPid:")), "0")
+        parents[int(proc.name)] = int(ppid)
+    grew = True
+    while grew:
+        children = {pid for pid, ppid in parents.items() if ppid in found} - found
+        grew = bool(children)
+        found |= children
+    return sorted(found)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -64,13 +86,9 @@ def test_stack_up_ready_then_ctrl_c_stops_everything(tmp_path: Path) -> None:
     process = _start(tmp_path / "var", port)
     _wait_ready(f"http://127.0.0.1:{port}", process)
     nginx_pid = int((tmp_path / "var" / "nginx" / "nginx.pid").read_text())
-    children = [
-        int(p)
-        for p in subprocess.run(
-            ["pgrep", "-f", str(tmp_path / "var")], capture_output=True, text=True, check=False
-        ).stdout.split()
-    ]
+    children = _processes_mentioning(str(tmp_path / "var"))
     assert nginx_pid in children
+    assert len(children) >= 5  # nginx master + workers, gunicorn master + workers
     key = (tmp_path / "var" / "signing.key").read_text()
     assert oct((tmp_path / "var" / "signing.key").stat().st_mode & 0o777) == "0o600"
     process.send_signal(signal.SIGINT)
