@@ -538,7 +538,14 @@ def test_portal_iframe_embedding(
 
     page.goto(f"{portal.origin}/patient")
     frame = page.frame_locator("#viewer")
-    frame.locator("#viewport[data-state=ready]").wait_for()
+    try:
+        frame.locator("#viewport[data-state=ready]").wait_for(timeout=60_000)
+    except Exception:
+        # seen once in a full CI-like run and never alone: keep what the browser showed and asked for
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "viewer-portal-iframe-FAILED.png"))
+        print("requests:", [(r.method, r.url.split("?")[0]) for r in log.requests][:50], "console:", log.console[:20])
+        raise
     frame.locator("#progress").wait_for(state="hidden")
     settle(page)
     ARTIFACTS.mkdir(exist_ok=True)
