@@ -31,3 +31,21 @@ def test_instance_round_trip_exact_bytes(stack: RunningStack, synthetic: dict[st
     assert answer.headers["Content-Type"] == "application/dicom"
     assert hashlib.sha256(answer.content).hexdigest() == hashlib.sha256(path.read_bytes()).hexdigest()
     assert answer.headers["ETag"].startswith('"')
+
+
+def test_metrics_count_decisions_across_workers(stack: RunningStack, synthetic: dict[str, Any]) -> None:
+    study = uids_of(synthetic["ct"][0])[0]
+    requests.get(f"{stack.url}/dicomweb/studies", timeout=10)  # no token: a 401 decision
+    token = stack.issue([study])["token"]
+    requests.get(f"{stack.root(token)}/studies", timeout=10)  # a 204 decision
+    answer = requests.get(f"{stack.url}/metrics", timeout=10)
+    assert answer.status_code == 200
+    assert answer.headers["Content-Type"].startswith("text/plain")
+    samples = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in answer.text.splitlines()
+        if line.startswith("dicomgw_auth_decisions_total{")
+    }
+    assert samples['dicomgw_auth_decisions_total{outcome="204"}'] >= 1
+    assert samples['dicomgw_auth_decisions_total{outcome="401"}'] >= 1
+    assert any(line.startswith("dicomgw_ingested_instances_total{") for line in answer.text.splitlines())
