@@ -23,6 +23,7 @@ VARIABLES: dict[str, tuple[bool, str, str]] = {
         "",
         "Comma-separated token signing keys, oldest first; the newest signs, all verify.",
     ),
+    "VERIFY_KEYS": (False, "", "Comma-separated keys that verify tokens but never sign (step 1 of a key rotation)."),
     "API_KEYS": (True, "", "Comma-separated API keys for server-to-server calls (tokens, admin)."),
     "STORAGE_URL": (
         True,
@@ -128,6 +129,7 @@ class Settings:
     bulkdata_threshold: int = 1024
     deid_key: str = ""
     tmp_dir: str = ""
+    verify_keys: tuple[str, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -160,6 +162,9 @@ class Settings:
         keys = _split(values["SIGNING_KEYS"])
         if any(len(key) < 32 for key in keys):
             raise ConfigError(PREFIX + "SIGNING_KEYS", "every key must be at least 32 characters")
+        verify_keys = _split(values["VERIFY_KEYS"])
+        if any(len(key) < 32 for key in verify_keys):
+            raise ConfigError(PREFIX + "VERIFY_KEYS", "every key must be at least 32 characters")
         samesite = values["COOKIE_SAMESITE"].capitalize()
         if samesite not in ("Lax", "Strict", "None"):
             raise ConfigError(PREFIX + "COOKIE_SAMESITE", "expected Lax, Strict or None")
@@ -190,6 +195,7 @@ class Settings:
             bulkdata_threshold=_int("BULKDATA_THRESHOLD", values["BULKDATA_THRESHOLD"], 0),
             deid_key=values["DEID_KEY"],
             tmp_dir=values["TMP_DIR"],
+            verify_keys=verify_keys,
         )
 
     def with_changes(self, **changes: Any) -> Settings:

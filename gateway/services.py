@@ -52,7 +52,9 @@ class Services:
         storage = open_storage(settings.storage_url)
         catalog = Catalog(settings.database_url)
         catalog.migrate()
-        tokens = TokenService(settings.signing_keys, settings.token_max_ttl, settings.token_default_ttl)
+        tokens = TokenService(
+            settings.signing_keys, settings.token_max_ttl, settings.token_default_ttl, settings.verify_keys
+        )
         authorizer = Authorizer(tokens, settings.api_keys, catalog.revoked_jtis, settings.revocation_refresh)
         planner = Planner(
             lambda sop: catalog.get_instance(sop, with_metadata=False),

@@ -73,10 +73,19 @@ class TokenService:
     """Issues and verifies tokens. Verification results are cached per token string (bounded), because a
     viewer sends the same token with every frame request; expiry is still checked on every call."""
 
-    def __init__(self, signing_keys: tuple[str, ...], max_ttl: int, default_ttl: int = 900) -> None:
+    def __init__(
+        self,
+        signing_keys: tuple[str, ...],
+        max_ttl: int,
+        default_ttl: int = 900,
+        verify_keys: tuple[str, ...] = (),
+    ) -> None:
+        """``signing_keys``: oldest first, the last one signs. ``verify_keys``: accepted, never used to sign — the
+        first step of a rotation, so every node knows a key before any node signs with it."""
         if not signing_keys:
             raise ValueError("at least one signing key is required")
-        self._keys = list(signing_keys)
+        # itsdangerous signs with the last key of the list and verifies with all of them
+        self._keys = [*verify_keys, *signing_keys]
         self.max_ttl = max_ttl
         self.default_ttl = min(default_ttl, max_ttl)
         self._serializers = {

@@ -358,6 +358,21 @@ def test_key_rotation(tmp_path: Path, synthetic: dict[str, Any]) -> None:
     study, series, _ = uids_of(synthetic["ct"][0])
     signed_old = TokenService((old,), 3600).issue(sub="rotation", studies=[study]).token
     signed_new = TokenService((old, new), 3600).issue(sub="rotation", studies=[study]).token
+    # step 1: NEW is only known for verifying: a node still signing with OLD accepts tokens of updated nodes
+    learning = _stack(tmp_path, DICOMGW_SIGNING_KEYS=old, DICOMGW_VERIFY_KEYS=new)
+    try:
+        url = f"{learning.url}/t/{{}}/dicomweb/studies/{study}/series/{series}/instances"
+        assert requests.get(url.format(signed_old), timeout=10).status_code == 200
+        assert requests.get(url.format(signed_new), timeout=10).status_code == 200
+        issued = requests.post(
+            f"{learning.url}/api/v1/tokens",
+            json={"sub": "r", "studies": [study]},
+            headers={"Authorization": f"Bearer {learning.api_key}"},
+            timeout=10,
+        ).json()["token"]
+        assert TokenService((old,), 3600).verify(issued, "read").sub == "r"  # still signed with OLD
+    finally:
+        learning.stop()
     during = _stack(tmp_path, DICOMGW_SIGNING_KEYS=f"{old},{new}")
     try:
         url = f"{during.url}/t/{{}}/dicomweb/studies/{study}/series/{series}/instances"

@@ -306,3 +306,17 @@ def test_oversized_token_is_refused_before_any_work() -> None:
     with pytest.raises(TokenInvalid) as caught:
         service().verify("a" * (MAX_TOKEN_LENGTH + 1), "read", now=T)
     assert caught.value.detail == "token too long"
+
+
+def test_verify_only_keys_verify_but_never_sign() -> None:
+    """Rotation step 1: every node learns NEW as verify-only before any node signs with it, so a token signed by
+    an already-updated node is accepted by a node that still signs with OLD."""
+    old, new = "o" * 40, "n" * 40
+    updated_node = TokenService((old, new), 3600)
+    lagging_node = TokenService((old,), 3600, verify_keys=(new,))
+    signed_with_new = updated_node.issue(sub="u", studies=["1.2.3"], now=T).token
+    assert lagging_node.verify(signed_with_new, "read", now=T).sub == "u"
+    signed_by_lagging = lagging_node.issue(sub="u", studies=["1.2.3"], now=T).token
+    assert TokenService((old,), 3600).verify(signed_by_lagging, "read", now=T).sub == "u"  # signed with OLD
+    with pytest.raises(TokenInvalid):
+        TokenService((new,), 3600).verify(signed_by_lagging, "read", now=T)
