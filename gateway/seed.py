@@ -10,6 +10,7 @@ from typing import Any
 import pydicom
 import requests
 
+from gateway.dicomweb.multipart import encode_multipart
 from gateway.stack import Stack
 
 
@@ -20,6 +21,7 @@ class Target:
         self.url = url.rstrip("/")
         self.api_key = api_key
         self.var_dir = work_dir
+
 
 CT_SLICES = 60
 WSI_FRAMES = 2048
@@ -40,18 +42,18 @@ def _generate(seed_dir: Path) -> dict[str, Any]:
 
 
 def _stow(stack: Stack | Target, files: list[str]) -> None:
+    """One STOW-RS request for every file (the upload client's multipart encoder, streamed from disk)."""
+    body = encode_multipart([Path(name) for name in files])
     headers = {
         "Authorization": f"Bearer {stack.api_key}",
-        "Content-Type": "application/dicom",
+        "Content-Type": body.content_type,
         "Accept": "application/dicom+json",
     }
-    for name in files:
-        with open(name, "rb") as handle:
-            # verify=False: the stack's own self-signed certificate under --tls
-            url = f"{stack.url}/dicomweb/studies"
-            answer = requests.post(url, data=handle, headers=headers, timeout=300, verify=False)  # noqa: S501
-        if answer.status_code != 200:
-            raise RuntimeError(f"seeding {Path(name).name} failed: {answer.status_code} {answer.text[:300]}")
+    # verify=False: the stack's own self-signed certificate under --tls
+    url = f"{stack.url}/dicomweb/studies"
+    answer = requests.post(url, data=body, headers=headers, timeout=600, verify=False)  # noqa: S501
+    if answer.status_code != 200:
+        raise RuntimeError(f"seeding failed: {answer.status_code} {answer.text[:300]}")
 
 
 def issue(stack: Stack | Target, study: str, ttl: int = 3600) -> dict[str, Any]:
