@@ -173,8 +173,12 @@ def test_dicomweb_client_api_with_a_bearer_header_on_the_plain_root(
     response = client.store_instances([dataset])
     assert response.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == dataset.SOPInstanceUID
     assert "FailedSOPSequence" not in response
+    second = pydicom.dcmread(fresh_study[1])  # to /studies/{study}: the location that hands POSTs to Python
+    response = client.store_instances([second], study_instance_uid=second.StudyInstanceUID)
+    assert response.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == second.SOPInstanceUID
     [found] = client.search_for_studies()
     assert found["0020000D"]["Value"] == [dataset.StudyInstanceUID]
+    assert len(client.search_for_instances(dataset.StudyInstanceUID)) == 2
     got = client.retrieve_instance(dataset.StudyInstanceUID, dataset.SeriesInstanceUID, dataset.SOPInstanceUID)
     assert got.PixelData == dataset.PixelData
 
