@@ -1,10 +1,10 @@
 """The decision behind NGINX ``auth_request``: is this method on this URI allowed for the token it carries?
 
-NGINX passes the raw ``X-Original-URI`` (``$request_uri``) and the client's Cookie header; this module finds the
-token (path prefix ``/t/{token}/``, then ``?token=``, then the ``dicomgw_token`` cookie), verifies it, and matches
-the normalised path against the token's scope. It is pure logic with no Flask, so the fast WSGI path and tests call
-it directly. Any doubt about the path is a refusal: decode once; reject ``..``, ``//``, encoded slashes,
-backslashes, and UID segments that are not ``[0-9.]{1,64}``.
+NGINX passes the raw ``X-Original-URI`` (``$request_uri``) and the client's Cookie and Authorization headers; this
+module finds the credentials (path prefix ``/t/{token}/``, ``?token=``, ``Authorization: Bearer`` token or API key,
+the ``dicomgw_token`` cookie), verifies each, and matches the normalised path against their scope. It is pure logic
+with no Flask, so the fast WSGI path and tests call it directly. Any doubt about the path is a refusal: decode
+once; reject ``..``, ``//``, encoded slashes, backslashes, and UID segments that are not ``[0-9.]{1,64}``.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote
 
-from gateway.errors import InvalidPath, OutOfScope, TokenInvalid, TokenMissing, TokenRevoked
+from gateway.errors import InvalidPath, OutOfScope, TokenInvalid, TokenMissing, TokenRevoked, TokenUnrecognised
 from gateway.scope import Scope
 from gateway.tokens import MAX_TOKEN_LENGTH, Claims, TokenService
 from gateway.uids import is_uid
 
 COOKIE_NAMES = ("__Host-dicomgw_token", "dicomgw_token")
-_TOKEN_CHARS = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_TOKEN_CHARS = re.compile(r"[A-Za-z0-9_.\-]+")
 READ_METHODS = frozenset({"GET", "HEAD"})
 WRITE_METHODS = frozenset({"POST"})
 
@@ -60,27 +60,20 @@ def split_token(raw_uri: str) -> tuple[str | None, str]:
     return None, raw_uri
 
 
-def find_token(raw_uri: str, cookie_header: str) -> tuple[str, Target]:
-    """The token and the parsed target; the first transport present wins (path, query, cookie)."""
-    path_token, rest = split_token(raw_uri)
-    path, _, query = rest.partition("?")
-    target = parse_target(path, query)
-    token = path_token
-    if token is None and query:
-        values = parse_qs(query, keep_blank_values=True).get("token", [])
-        if len(values) > 1:
-            raise TokenInvalid("more than one token in the query")
-        token = values[0] if values else None
-    if token is None and cookie_header:
-        token = _cookie(cookie_header)
-    if not token:
-        raise TokenMissing("no token in the path, the query or the cookie")
-    if len(token) > MAX_TOKEN_LENGTH or not _TOKEN_CHARS.match(token):
-        raise TokenInvalid("malformed token")
-    return token, target
+def query_token(query: str) -> str | None:
+    """The raw value of ``token=`` in the query, as NGINX's ``$dgw_query_token`` (part of the decision-cache key)
+    reads it: never percent-decoded, so ``%74oken=...`` is no token here either and cannot reuse another request's
+    cached decision."""
+    if "token=" not in query:  # the common case: no parsing at all
+        return None
+    found = [item[6:] for item in query.split("&") if item.startswith("token=")]
+    if len(found) > 1:
+        raise TokenInvalid("more than one token in the query")
+    return found[0] if found else None
 
 
-def _cookie(header: str) -> str | None:
+def cookie_token(header: str) -> str | None:
+    """The token cookie; ``__Host-dicomgw_token`` wins over ``dicomgw_token``, the first cookie of a name counts."""
     found: dict[str, str] = {}
     for part in header.split(";"):
         name, _, value = part.strip().partition("=")
@@ -90,6 +83,16 @@ def _cookie(header: str) -> str | None:
         if name in found:
             return found[name]
     return None
+
+
+def bearer_value(authorization: str) -> str:
+    """``Authorization: Bearer <value>`` → value; ``""`` for any other scheme."""
+    scheme, _, value = authorization.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else ""
+
+
+def well_formed(token: str) -> bool:
+    return len(token) <= MAX_TOKEN_LENGTH and _TOKEN_CHARS.fullmatch(token) is not None
 
 
 def parse_target(path: str, query: str = "") -> Target:
@@ -194,10 +197,12 @@ class Authorizer:
 
     def is_api_key(self, authorization: str) -> bool:
         """Constant-time check of an ``Authorization: Bearer <API key>`` header."""
-        scheme, _, presented = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not presented:
+        return self._is_key(bearer_value(authorization))
+
+    def _is_key(self, presented: str) -> bool:
+        if not presented:
             return False
-        candidate = presented.strip().encode()
+        candidate = presented.encode()
         # compare against every key so the time taken does not tell which one (or whether any) matched
         matches = [hmac.compare_digest(candidate, key) for key in self._api_keys]
         return any(matches)
@@ -210,24 +215,75 @@ class Authorizer:
         authorization: str = "",
         now: int | None = None,
     ) -> Decision:
+        """The README's rule (Tokens, "Transports"): every explicit credential present (path, query,
+        Authorization) must allow the request on its own, and the request gets what all of them allow; the cookie
+        counts only when there is none; an Authorization value that is neither an API key nor a token we signed
+        is not a credential of ours and is ignored (a refusal when nothing else is presented)."""
         if method not in READ_METHODS and method not in WRITE_METHODS:
             raise OutOfScope(f"method {method} is not allowed")
         purpose = "write" if method in WRITE_METHODS else "read"
+        now_s = int(self._clock()) if now is None else now
+        path_token, rest = split_token(raw_uri)
+        path, _, query = rest.partition("?")
+        target = parse_target(path, query)
+        granted: list[Claims] = []
+        for token in (path_token, query_token(query)):
+            if token:  # an empty value carries nothing: absent
+                if not well_formed(token):
+                    raise TokenInvalid("malformed token")
+                granted.append(self._check(token, purpose, method, target, now_s))
         if authorization:
-            if not self.is_api_key(authorization):
-                raise TokenInvalid("bad API key")
-            _, rest = split_token(raw_uri)
-            path, _, query = rest.partition("?")
-            target = parse_target(path, query)
-            now_s = int(self._clock()) if now is None else now
-            return Decision(api_key_claims(now_s), target)
-        token, target = find_token(raw_uri, cookie_header)
-        claims = self.tokens.verify(token, purpose, now=int(self._clock()) if now is None else now)
+            bearer = self._bearer(bearer_value(authorization), purpose, method, target, now_s)
+            if bearer is not None:
+                granted.append(bearer)
+        if not granted and cookie_header:
+            # Ambient: the browser sends it whatever the page meant, so it never vetoes nor joins an explicit one.
+            token = cookie_token(cookie_header)
+            if token:
+                if not well_formed(token):
+                    raise TokenInvalid("malformed token")
+                granted.append(self._check(token, purpose, method, target, now_s))
+        if not granted:
+            if authorization:
+                raise TokenInvalid("the Authorization header holds neither an API key nor a token of this gateway")
+            raise TokenMissing("no token in the path, the query, the Authorization header or the cookie")
+        return Decision(granted[0] if len(granted) == 1 else intersect(granted), target)
+
+    def _bearer(self, value: str, purpose: str, method: str, target: Target, now: int) -> Claims | None:
+        """The credential in an ``Authorization: Bearer`` value, or None when it is not one of ours."""
+        if self._is_key(value):
+            return api_key_claims(now)
+        if not value or not well_formed(value):
+            return None
+        try:
+            return self._check(value, purpose, method, target, now)
+        except TokenUnrecognised:  # nothing we signed (a JWT of the portal, "None"): not ours to judge
+            return None
+
+    def _check(self, token: str, purpose: str, method: str, target: Target, now: int) -> Claims:
+        claims = self.tokens.verify(token, purpose, now=now)
         if claims.jti in self.revoked():
             raise TokenRevoked("token revoked")
         if claims.scope is not None:
             check_scope(claims.scope, method, target)
-        return Decision(claims, target)
+        return claims
+
+
+def intersect(granted: list[Claims]) -> Claims:
+    """What every one of several credentials allows: the narrowest scope, the common actions, the earliest expiry.
+    The audit headers name them all (``sub`` and ``jti`` hold no spaces, so a space separates them)."""
+    scope: Scope | None = None
+    for claims in granted:
+        if claims.scope is not None:
+            scope = claims.scope if scope is None else scope.intersect(claims.scope)
+    return Claims(
+        sub=" ".join(dict.fromkeys(claims.sub for claims in granted)),
+        scope=scope,
+        actions=frozenset.intersection(*(claims.actions for claims in granted)),
+        issued_at=max(claims.issued_at for claims in granted),
+        expires_at=min(claims.expires_at for claims in granted),
+        jti=" ".join(dict.fromkeys(claims.jti for claims in granted)),
+    )
 
 
 def api_key_claims(now: int) -> Claims:

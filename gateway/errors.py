@@ -52,6 +52,11 @@ class TokenInvalid(Unauthorized):
     code = "token_invalid"
 
 
+class TokenUnrecognised(TokenInvalid):
+    """No key of ours signed this value (or it is not a token at all). In the Authorization header, which other
+    systems share (an OIDC JWT, dicomweb-client's ``Bearer None``), such a value is not a credential of ours."""
+
+
 class TokenExpired(TokenInvalid):
     code = "token_expired"
 

@@ -21,3 +21,13 @@ class Scope:
 
     def allows_series(self, study: str, series: str) -> bool:
         return study in self.studies and (self.series is None or series in self.series)
+
+    def intersect(self, other: Scope) -> Scope:
+        """What both scopes allow (a request carrying two tokens gets no more than either)."""
+        if self.series is None:
+            series = other.series
+        elif other.series is None:
+            series = self.series
+        else:
+            series = self.series & other.series
+        return Scope(self.studies & other.studies, series)

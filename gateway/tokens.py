@@ -17,9 +17,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from itsdangerous import BadSignature, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
+from itsdangerous import BadData, BadSignature, TimestampSigner, URLSafeTimedSerializer
 
-from gateway.errors import BadRequest, TokenExpired, TokenInvalid
+from gateway.errors import BadRequest, TokenExpired, TokenInvalid, TokenUnrecognised
 from gateway.scope import Scope
 from gateway.uids import is_uid
 
@@ -94,7 +94,7 @@ class TokenService:
             )
             for purpose, salt in SALTS.items()
         }
-        self._cache: OrderedDict[tuple[str, str], Claims] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[Claims, str]] = OrderedDict()
         self._cache_size = 4096
 
     # -- issuing ---------------------------------------------------------------------------------------------
@@ -144,59 +144,102 @@ class TokenService:
         )
         token = serializer.dumps(payload)
         assert isinstance(token, str)
-        return IssuedToken(token, self._claims(payload, issued))
+        return IssuedToken(token, decode_claims(payload, issued, self.max_ttl))
 
     # -- verifying -------------------------------------------------------------------------------------------
     def verify(self, token: str, purpose: str, now: int | None = None) -> Claims:
-        """Claims of a token valid for ``purpose`` ("read" or "write"), or TokenInvalid / TokenExpired.
+        """Claims of a token valid for ``purpose`` ("read" or "write"). Raises TokenUnrecognised when no key of
+        ours signed it, TokenExpired, or TokenInvalid (bad claims, wrong purpose, issued in the future).
 
-        A read is allowed with a read token, or with a write token whose actions include read."""
+        A read is allowed with a read token, or with a write token whose actions include read; a write only with
+        a token signed with the write salt."""
         now = _clock() if now is None else now
-        claims = self._cache.get((purpose, token))
-        if claims is None:
-            claims = self._verify_uncached(token, purpose)
-            self._cache[(purpose, token)] = claims
+        cached = self._cache.get(token)
+        if cached is None:
+            cached = self._verify_uncached(token)
+            self._cache[token] = cached
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
+        claims, signed_for = cached
         if now >= claims.expires_at:
             raise TokenExpired("token expired")
         if now < claims.issued_at - 60:
             raise TokenInvalid("token issued in the future")
-        if not claims.may(purpose):
+        if not claims.may(purpose) or (purpose == "write" and signed_for != "write"):
             raise TokenInvalid(f"token does not allow {purpose}")
         return claims
 
-    def _verify_uncached(self, token: str, purpose: str) -> Claims:
+    def _verify_uncached(self, token: str) -> tuple[Claims, str]:
+        """The claims and the purpose whose salt signed them. Both salts are tried, so a token of ours used for the
+        wrong purpose is told apart from a value we never signed."""
         if len(token) > MAX_TOKEN_LENGTH:
-            raise TokenInvalid("token too long")
-        # A read may be done by a token signed for writing if it also carries "read".
-        purposes = ["read", "write"] if purpose == "read" else ["write"]
-        for candidate in purposes:
+            raise TokenUnrecognised("token too long")
+        for purpose, serializer in self._serializers.items():
             try:
                 # No max_age: itsdangerous would measure age with the wall clock and refuse any clock skew;
                 # verify() checks expiry against ``now`` with the lifetime already capped at max_ttl.
-                payload, issued = self._serializers[candidate].loads(token, return_timestamp=True)
-            except SignatureExpired:
-                raise TokenExpired("token expired") from None
+                payload, issued = serializer.loads(token, return_timestamp=True)
             except BadSignature:
                 continue
-            return self._claims(payload, int(issued.timestamp()))
-        raise TokenInvalid("token signature does not verify")
+            except BadData:  # signed by us, yet not base64 / zlib / JSON: a refusal, never a 5xx
+                raise TokenInvalid("malformed token claims: not JSON") from None
+            except (ArithmeticError, ValueError, OSError):  # a signed time that is no date
+                raise TokenInvalid("malformed token timestamp") from None
+            return decode_claims(payload, int(issued.timestamp()), self.max_ttl), purpose
+        raise TokenUnrecognised("token signature does not verify")
 
-    def _claims(self, payload: Any, issued: int) -> Claims:
-        try:
-            if payload["v"] != VERSION:
-                raise TokenInvalid("unsupported token version")
-            ttl = int(payload["t"])
-            series = payload.get("se")
-            actions = frozenset(a for a in ACTIONS if a[0] in payload["a"])
-            return Claims(
-                sub=str(payload["s"]),
-                scope=Scope(frozenset(payload["st"]), frozenset(series) if series is not None else None),
-                actions=actions,
-                issued_at=issued,
-                expires_at=issued + min(ttl, self.max_ttl),
-                jti=str(payload["j"]),
-            )
-        except (KeyError, TypeError, ValueError):
-            raise TokenInvalid("malformed token claims") from None
+
+_CLAIM_NAMES = frozenset({"v", "s", "st", "se", "a", "t", "j"})
+_ACTION_CODES = {"r": frozenset({"read"}), "w": frozenset({"write"}), "rw": frozenset({"read", "write"})}
+_JTI = re.compile(r"[A-Za-z0-9_\-]{1,64}")
+_MAX_UIDS = 100
+
+
+def decode_claims(payload: object, issued: int, max_ttl: int) -> Claims:
+    """Strict decoding of signed claims: exactly the shapes ``issue`` writes, else TokenInvalid naming the claim.
+    A signature only proves who wrote the claims, not that they are sane (an old release, a hand-signed test
+    token): ``sub`` and ``jti`` go out in response headers and the audit log, UIDs into SQL, ``t`` into sums."""
+    if not isinstance(payload, dict):
+        raise TokenInvalid("malformed token claims: not an object")
+    unknown = payload.keys() - _CLAIM_NAMES
+    if unknown:
+        raise TokenInvalid("malformed token claims: unknown claim")
+    version = payload.get("v")
+    if type(version) is not int or version != VERSION:  # type(): True == 1 but is no version
+        raise TokenInvalid("unsupported token version")
+    sub = payload.get("s")
+    if not isinstance(sub, str) or not _SUB.fullmatch(sub):
+        raise TokenInvalid("malformed token claims: sub")
+    studies = _uid_list(payload.get("st"), "studies")
+    series = None
+    if "se" in payload:
+        series = _uid_list(payload["se"], "series")
+        if len(studies) != 1:
+            raise TokenInvalid("malformed token claims: a series scope names exactly one study")
+    actions = _ACTION_CODES.get(payload["a"]) if isinstance(payload.get("a"), str) else None
+    if actions is None:
+        raise TokenInvalid("malformed token claims: actions")
+    ttl = payload.get("t")
+    if type(ttl) is not int or ttl <= 0:
+        raise TokenInvalid("malformed token claims: lifetime")
+    jti = payload.get("j")
+    if not isinstance(jti, str) or not _JTI.fullmatch(jti):
+        raise TokenInvalid("malformed token claims: jti")
+    return Claims(
+        sub=sub,
+        scope=Scope(studies, series),
+        actions=actions,
+        issued_at=issued,
+        expires_at=issued + min(ttl, max_ttl),
+        jti=jti,
+    )
+
+
+def _uid_list(value: object, name: str) -> frozenset[str]:
+    if (
+        not isinstance(value, list)
+        or not 1 <= len(value) <= _MAX_UIDS
+        or not all(isinstance(uid, str) and is_uid(uid) for uid in value)
+    ):
+        raise TokenInvalid(f"malformed token claims: {name}")
+    return frozenset(value)

@@ -6,12 +6,12 @@ import re
 
 from gateway.errors import InvalidUID
 
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")  # fullmatch: "$" would accept a trailing newline
 
 
 def is_uid(value: str) -> bool:
     """PS3.5 9.1: digits and dots, at most 64 characters. Leading zeros are tolerated (seen in the wild)."""
-    return 0 < len(value) <= 64 and _UID.match(value) is not None
+    return 0 < len(value) <= 64 and _UID.fullmatch(value) is not None
 
 
 def check_uid(value: str, what: str = "UID") -> str:

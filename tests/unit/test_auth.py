@@ -8,10 +8,20 @@ import time
 import pytest
 
 from gateway import auth
-from gateway.auth import Authorizer, Target, api_key_claims, check_scope, find_token, parse_target, split_token
+from gateway.auth import (
+    Authorizer,
+    Target,
+    api_key_claims,
+    bearer_value,
+    check_scope,
+    cookie_token,
+    parse_target,
+    query_token,
+    split_token,
+)
 from gateway.errors import InvalidPath, OutOfScope, TokenExpired, TokenInvalid, TokenMissing, TokenRevoked
 from gateway.scope import Scope
-from gateway.tokens import TokenService
+from gateway.tokens import Claims, TokenService
 
 KEY = "auth-test-signing-key-" + "k" * 32
 ST = "1.2.840.113619.2.1"
@@ -22,7 +32,7 @@ IN = "1.2.840.113619.2.1.1.1"
 T = int(time.time())
 
 
-# -- split_token / find_token -----------------------------------------------------------------------------------
+# -- split_token and the transports --------------------------------------------------------------------------------
 
 
 def test_split_token() -> None:
@@ -34,65 +44,48 @@ def test_split_token() -> None:
     assert caught.value.detail == "token path prefix without a path"
 
 
-def test_find_token_path_wins_over_query_and_cookie() -> None:
-    token, target = find_token(f"/t/pathtok/dicomweb/studies/{ST}?token=querytok", "dicomgw_token=cookietok")
-    assert token == "pathtok"
-    assert target == Target(f"/studies/{ST}", ST, None, None, "", "token=querytok")
-
-
-def test_find_token_query_wins_over_cookie() -> None:
-    token, _ = find_token(f"/dicomweb/studies/{ST}?a=1&token=querytok", "dicomgw_token=cookietok")
-    assert token == "querytok"
-
-
-def test_find_token_cookie() -> None:
-    token, target = find_token(f"/dicomweb/studies/{ST}", "theme=dark; dicomgw_token=cookietok; other=1")
-    assert token == "cookietok"
-    assert target.study == ST
-
-
-def test_host_prefixed_cookie_is_preferred_whatever_the_order() -> None:
-    assert find_token("/dicomweb/studies", "dicomgw_token=plain; __Host-dicomgw_token=host")[0] == "host"
-    assert find_token("/dicomweb/studies", "__Host-dicomgw_token=host; dicomgw_token=plain")[0] == "host"
-    assert find_token("/dicomweb/studies", '__Host-dicomgw_token="quoted"')[0] == "quoted"
-    # the first cookie of a name counts
-    assert find_token("/dicomweb/studies", "dicomgw_token=first; dicomgw_token=second")[0] == "first"
+@pytest.mark.parametrize(
+    ("query", "token"),
+    [
+        ("", None),
+        ("token=querytok", "querytok"),
+        ("a=1&token=querytok&b=2", "querytok"),
+        ("token=", ""),
+        ("xtoken=abc&tokens=def", None),
+        ("%74oken=abc", None),  # never decoded: NGINX's cache key ($dgw_query_token) does not see it either
+        ("a=b?token=abc", None),
+        ("token=a%2Eb", "a%2Eb"),  # raw, then refused as malformed by decide()
+    ],
+)
+def test_query_token_is_read_raw(query: str, token: str | None) -> None:
+    assert query_token(query) == token
 
 
 def test_duplicate_query_token_is_invalid() -> None:
     with pytest.raises(TokenInvalid) as caught:
-        find_token("/dicomweb/studies?token=a&token=b", "")
+        query_token("token=a&token=b")
     assert caught.value.detail == "more than one token in the query"
 
 
-@pytest.mark.parametrize(
-    ("uri", "cookie"),
-    [
-        ("/dicomweb/studies", ""),
-        ("/dicomweb/studies?other=1", "theme=dark"),
-        ("/dicomweb/studies?token=", ""),
-        ("/t//dicomweb/studies", "dicomgw_token=cookietok"),
-    ],
-)
-def test_missing_token(uri: str, cookie: str) -> None:
-    with pytest.raises(TokenMissing) as caught:
-        find_token(uri, cookie)
-    assert caught.value.detail == "no token in the path, the query or the cookie"
+def test_cookie_token() -> None:
+    assert cookie_token("theme=dark; dicomgw_token=cookietok; other=1") == "cookietok"
+    assert cookie_token("theme=dark") is None
+
+
+def test_host_prefixed_cookie_is_preferred_whatever_the_order() -> None:
+    assert cookie_token("dicomgw_token=plain; __Host-dicomgw_token=host") == "host"
+    assert cookie_token("__Host-dicomgw_token=host; dicomgw_token=plain") == "host"
+    assert cookie_token('__Host-dicomgw_token="quoted"') == "quoted"
+    # the first cookie of a name counts
+    assert cookie_token("dicomgw_token=first; dicomgw_token=second") == "first"
 
 
 @pytest.mark.parametrize(
-    ("uri", "cookie"),
-    [
-        ("/dicomweb/studies?token=a%20b", ""),
-        ("/dicomweb/studies?token=a+b", ""),
-        ("/dicomweb/studies", "dicomgw_token=<script>"),
-        ("/dicomweb/studies?token=" + "a" * 4097, ""),
-    ],
+    ("authorization", "value"),
+    [("Bearer abc", "abc"), ("bearer  abc ", "abc"), ("BEARER abc", "abc"), ("Basic abc", ""), ("abc", ""), ("", "")],
 )
-def test_malformed_token(uri: str, cookie: str) -> None:
-    with pytest.raises(TokenInvalid) as caught:
-        find_token(uri, cookie)
-    assert caught.value.detail == "malformed token"
+def test_bearer_value(authorization: str, value: str) -> None:
+    assert bearer_value(authorization) == value
 
 
 # -- parse_target --------------------------------------------------------------------------------------------------
@@ -295,7 +288,7 @@ def test_decide_checks_scope_purpose_and_expiry(tokens: TokenService) -> None:
         authorizer.decide("GET", f"/t/{issued.token}/dicomweb/studies/{ST2}", now=T)
     with pytest.raises(TokenInvalid) as caught:
         authorizer.decide("POST", f"/t/{issued.token}{STUDY_PATH}", now=T)
-    assert caught.value.detail == "token signature does not verify"
+    assert caught.value.detail == "token does not allow write"
     with pytest.raises(TokenExpired):
         authorizer.decide("GET", f"/t/{issued.token}{STUDY_PATH}", now=T + 60)
     with pytest.raises(TokenMissing):
@@ -348,7 +341,7 @@ def test_revocations_reload_every_refresh_seconds(tokens: TokenService) -> None:
 
 def test_api_key(tokens: TokenService) -> None:
     authorizer = make_authorizer(tokens, Revocations(), Clock(5000.7))
-    decision = authorizer.decide("POST", f"/t/ignored{STUDY_PATH}", authorization="Bearer api-key-two-" + "2" * 20)
+    decision = authorizer.decide("POST", STUDY_PATH, authorization="Bearer api-key-two-" + "2" * 20)
     assert decision.claims == api_key_claims(5000)
     assert decision.claims.scope is None
     assert decision.claims.actions == frozenset({"read", "write"})
@@ -360,13 +353,21 @@ def test_api_key(tokens: TokenService) -> None:
 
 @pytest.mark.parametrize(
     "authorization",
-    ["Bearer wrong", "Bearer api-key-one-" + "1" * 19, "Basic api-key-one-" + "1" * 20, "Bearer ", "api-key"],
+    [
+        "Bearer wrong",
+        "Bearer api-key-one-" + "1" * 19,
+        "Basic api-key-one-" + "1" * 20,
+        "Bearer ",
+        "api-key",
+        "Bearer None",
+        "Bearer a.b.c",
+    ],
 )
-def test_wrong_api_key(tokens: TokenService, authorization: str) -> None:
+def test_wrong_api_key_alone(tokens: TokenService, authorization: str) -> None:
     authorizer = make_authorizer(tokens, Revocations(), Clock(T))
     with pytest.raises(TokenInvalid) as caught:
         authorizer.decide("GET", STUDY_PATH, authorization=authorization)
-    assert caught.value.detail == "bad API key"
+    assert caught.value.detail == "the Authorization header holds neither an API key nor a token of this gateway"
 
 
 def test_api_key_is_compared_in_constant_time_against_every_key(
@@ -394,3 +395,274 @@ def test_other_methods_are_out_of_scope(tokens: TokenService, method: str) -> No
     with pytest.raises(OutOfScope) as caught:
         authorizer.decide(method, STUDY_PATH, authorization="Bearer api-key-one-" + "1" * 20)
     assert caught.value.detail == f"method {method} is not allowed"
+
+
+# -- the transports through decide(), and several credentials (README, Tokens, "Transports") ------------------------
+
+API_KEY = "api-key-one-" + "1" * 20
+
+
+def test_each_transport_alone(tokens: TokenService) -> None:
+    issued = tokens.issue(sub="u", studies=[ST], now=T)
+    authorizer = make_authorizer(tokens, Revocations(), Clock(T))
+    forms = [
+        authorizer.decide("GET", f"/t/{issued.token}{SERIES_PATH}", now=T),
+        authorizer.decide("GET", f"{SERIES_PATH}?a=1&token={issued.token}", now=T),
+        authorizer.decide("GET", SERIES_PATH, authorization=f"Bearer {issued.token}", now=T),
+        authorizer.decide("GET", SERIES_PATH, cookie_header=f"theme=x; dicomgw_token={issued.token}", now=T),
+    ]
+    assert [decision.claims for decision in forms] == [issued.claims] * 4
+
+
+@pytest.mark.parametrize(
+    ("uri", "cookie"),
+    [
+        ("/dicomweb/studies", ""),
+        ("/dicomweb/studies?other=1", "theme=dark"),
+        ("/dicomweb/studies?token=", ""),
+        ("/dicomweb/studies?%74oken=abc", ""),
+    ],
+)
+def test_missing_token(tokens: TokenService, uri: str, cookie: str) -> None:
+    with pytest.raises(TokenMissing) as caught:
+        make_authorizer(tokens, Revocations(), Clock(T)).decide("GET", uri, cookie, now=T)
+    assert caught.value.detail == "no token in the path, the query, the Authorization header or the cookie"
+
+
+@pytest.mark.parametrize(
+    ("uri", "cookie"),
+    [
+        ("/dicomweb/studies?token=a%20b", ""),
+        ("/dicomweb/studies?token=a+b", ""),
+        ("/dicomweb/studies", "dicomgw_token=<script>"),
+        ("/dicomweb/studies?token=" + "a" * 4097, ""),
+        ("/t/a%0Ab/dicomweb/studies", ""),
+    ],
+)
+def test_malformed_token(tokens: TokenService, uri: str, cookie: str) -> None:
+    with pytest.raises(TokenInvalid) as caught:
+        make_authorizer(tokens, Revocations(), Clock(T)).decide("GET", uri, cookie, now=T)
+    assert caught.value.detail == "malformed token"
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    ["Bearer None", "Basic dXNlcjpwYXNz", "Bearer eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln", "Negotiate", "Bearer"],
+)
+def test_foreign_authorization_is_ignored_next_to_a_token(tokens: TokenService, authorization: str) -> None:
+    """dicomweb_client sends "Bearer None"; a portal's OIDC JWT is not ours either: the path token decides."""
+    issued = tokens.issue(sub="u", studies=[ST], now=T)
+    authorizer = make_authorizer(tokens, Revocations(), Clock(T))
+    for uri, cookie in (
+        (f"/t/{issued.token}{SERIES_PATH}", ""),
+        (f"{SERIES_PATH}?token={issued.token}", ""),
+        (SERIES_PATH, f"dicomgw_token={issued.token}"),
+    ):
+        assert authorizer.decide("GET", uri, cookie, authorization, now=T).claims == issued.claims
+        # and it never widens: the same token out of its scope is still refused
+        with pytest.raises(OutOfScope):
+            authorizer.decide("GET", uri.replace(ST, ST2), cookie.replace(ST, ST2), authorization, now=T)
+
+
+def test_a_tampered_bearer_token_is_not_ours(tokens: TokenService) -> None:
+    issued = tokens.issue(sub="u", studies=[ST], now=T)
+    tampered = issued.token[:-3] + ("AAA" if not issued.token.endswith("AAA") else "BBB")
+    authorizer = make_authorizer(tokens, Revocations(), Clock(T))
+    assert authorizer.decide("GET", f"/t/{issued.token}{SERIES_PATH}", authorization=f"Bearer {tampered}", now=T)
+    with pytest.raises(TokenInvalid):  # alone: refused, as any unusable Authorization value
+        authorizer.decide("GET", SERIES_PATH, authorization=f"Bearer {tampered}", now=T)
+    with pytest.raises(TokenInvalid):  # in the path (our transport only), tampering is always a refusal
+        authorizer.decide("GET", f"/t/{tampered}{SERIES_PATH}", authorization=f"Bearer {issued.token}", now=T)
+
+
+def test_every_explicit_credential_must_pass(tokens: TokenService) -> None:
+    good = tokens.issue(sub="good", studies=[ST], now=T)
+    other = tokens.issue(sub="other", studies=[ST2], now=T)
+    expired = tokens.issue(sub="late", studies=[ST], ttl=60, now=T - 120)
+    revoked = tokens.issue(sub="gone", studies=[ST], now=T)
+    revocations = Revocations()
+    revocations.revoked.add(revoked.claims.jti)
+    authorizer = make_authorizer(tokens, revocations, Clock(T))
+    path = f"/t/{good.token}{SERIES_PATH}"
+    with pytest.raises(OutOfScope):
+        authorizer.decide("GET", path, authorization=f"Bearer {other.token}", now=T)
+    with pytest.raises(TokenExpired):
+        authorizer.decide("GET", f"{path}?token={expired.token}", now=T)
+    with pytest.raises(TokenRevoked):
+        authorizer.decide("GET", path, authorization=f"Bearer {revoked.token}", now=T)
+    with pytest.raises(TokenRevoked):
+        authorizer.decide("GET", f"/t/{revoked.token}{SERIES_PATH}", authorization=f"Bearer {good.token}", now=T)
+
+
+def test_the_cookie_counts_only_without_an_explicit_credential(tokens: TokenService) -> None:
+    """A cookie left by an earlier session never vetoes (nor joins) a token the page chose."""
+    good = tokens.issue(sub="good", studies=[ST], now=T)
+    other = tokens.issue(sub="other", studies=[ST2], now=T)
+    authorizer = make_authorizer(tokens, Revocations(), Clock(T))
+    decision = authorizer.decide("GET", f"/t/{good.token}{SERIES_PATH}", f"dicomgw_token={other.token}", now=T)
+    assert decision.claims == good.claims
+    decision = authorizer.decide("GET", SERIES_PATH, "dicomgw_token=junk!", f"Bearer {good.token}", now=T)
+    assert decision.claims == good.claims
+    with pytest.raises(TokenInvalid):  # a foreign Authorization value is no explicit credential: the cookie counts
+        authorizer.decide("GET", SERIES_PATH, "dicomgw_token=junk!", "Bearer None", now=T)
+
+
+def test_two_tokens_get_the_intersection(tokens: TokenService) -> None:
+    both = tokens.issue(sub="both", studies=[ST, ST2], now=T, ttl=600)
+    one_series = tokens.issue(sub="narrow", studies=[ST], series=[SE], now=T, ttl=300)
+    authorizer = make_authorizer(tokens, Revocations(), Clock(T))
+    decision = authorizer.decide(
+        "GET", f"/t/{both.token}/dicomweb/studies", authorization=f"Bearer {one_series.token}", now=T
+    )
+    assert decision.claims == Claims(
+        sub="both narrow",
+        scope=Scope(frozenset({ST}), frozenset({SE})),
+        actions=frozenset({"read"}),
+        issued_at=T,
+        expires_at=T + 300,
+        jti=f"{both.claims.jti} {one_series.claims.jti}",
+    )
+    # the same token twice is one credential
+    same = authorizer.decide("GET", f"/t/{both.token}{SERIES_PATH}?token={both.token}", now=T)
+    assert same.claims == both.claims
+    with pytest.raises(OutOfScope):  # the narrow token cannot see the whole study, so neither can the pair
+        authorizer.decide("GET", f"/t/{both.token}{STUDY_PATH}", authorization=f"Bearer {one_series.token}", now=T)
+
+
+def test_an_api_key_with_a_token_gets_the_token(tokens: TokenService) -> None:
+    issued = tokens.issue(sub="u", studies=[ST], now=T)
+    authorizer = make_authorizer(tokens, Revocations(), Clock(T))
+    decision = authorizer.decide("GET", f"/t/{issued.token}/dicomweb/studies", authorization=f"Bearer {API_KEY}")
+    assert decision.claims.scope == issued.claims.scope
+    assert decision.claims.actions == {"read"}
+    with pytest.raises(OutOfScope):
+        authorizer.decide("GET", f"/t/{issued.token}/dicomweb/studies/{ST2}", authorization=f"Bearer {API_KEY}")
+    with pytest.raises(TokenInvalid):  # the read token cannot write, whatever key comes with it
+        authorizer.decide("POST", f"/t/{issued.token}{STUDY_PATH}", authorization=f"Bearer {API_KEY}")
+
+
+def test_write_token_in_the_authorization_header(tokens: TokenService) -> None:
+    """Orthanc's DICOMweb plugin STOWs to the plain root with HttpHeaders {Authorization: Bearer <token>}."""
+    writer = tokens.issue(sub="orthanc", studies=[ST], actions=["write"], now=T)
+    reader = tokens.issue(sub="viewer", studies=[ST], now=T)
+    authorizer = make_authorizer(tokens, Revocations(), Clock(T))
+    assert authorizer.decide("POST", STUDY_PATH, authorization=f"Bearer {writer.token}", now=T).claims.sub == "orthanc"
+    assert authorizer.decide("POST", "/dicomweb/studies", authorization=f"Bearer {writer.token}", now=T)
+    with pytest.raises(TokenInvalid) as caught:  # ours, for the wrong purpose: refused, not ignored
+        authorizer.decide("POST", f"/t/{writer.token}{STUDY_PATH}", authorization=f"Bearer {reader.token}", now=T)
+    assert caught.value.detail == "token does not allow write"
+
+
+# The matrix: every state of every transport, every combination, against the rule and against each credential alone.
+
+STATES = ("none", "in", "out", "expired", "revoked", "tampered")
+AUTH_STATES = (*STATES, "foreign", "apikey")
+TRANSPORTS = ("path", "query", "auth", "cookie")
+MATRIX_TARGETS = [  # method, path, whether the "in" and the "out" token alone may
+    ("GET", SERIES_PATH + "/instances", True, False),
+    ("GET", STUDY_PATH, True, False),
+    ("GET", "/dicomweb/studies", True, True),
+    ("POST", STUDY_PATH, True, False),
+    ("GET", f"/dicomweb/studies/{ST2}/series", False, True),
+]
+
+
+def _credentials(tokens: TokenService, revocations: Revocations) -> dict[str, str]:
+    """One token per state: "in" reads and writes study ST, "out" reads and writes ST2 only."""
+    rw = ["read", "write"]
+    values = {
+        "in": tokens.issue(sub="in", studies=[ST], actions=rw, now=T).token,
+        "out": tokens.issue(sub="out", studies=[ST2], actions=rw, now=T).token,
+        "expired": tokens.issue(sub="expired", studies=[ST], actions=rw, ttl=60, now=T - 120).token,
+        "foreign": "None",
+        "apikey": API_KEY,
+    }
+    revoked = tokens.issue(sub="revoked", studies=[ST], actions=rw, now=T)
+    revocations.revoked.add(revoked.claims.jti)
+    values["revoked"] = revoked.token
+    good = values["in"]
+    values["tampered"] = good[:-4] + ("AAAA" if not good.endswith("AAAA") else "BBBB")
+    return values
+
+
+def _request(states: dict[str, str], values: dict[str, str], path: str) -> tuple[str, str, str]:
+    uri = path
+    if states["path"] != "none":
+        uri = f"/t/{values[states['path']]}{uri}"
+    if states["query"] != "none":
+        uri = f"{uri}?token={values[states['query']]}"
+    cookie = f"dicomgw_token={values[states['cookie']]}" if states["cookie"] != "none" else ""
+    auth = f"Bearer {values[states['auth']]}" if states["auth"] != "none" else ""
+    return uri, cookie, auth
+
+
+def _outcome(authorizer: Authorizer, method: str, request: tuple[str, str, str]) -> Scope | None | str:
+    """The decision's scope when allowed (None: unrestricted), else the error code."""
+    uri, cookie, auth = request
+    try:
+        return authorizer.decide(method, uri, cookie, auth, now=T).claims.scope
+    except (TokenInvalid, TokenMissing, OutOfScope) as error:
+        return error.code
+
+
+def _within(inner: Scope | None, outer: Scope | None) -> bool:
+    if outer is None:
+        return True
+    if inner is None:
+        return False
+    if not inner.studies:
+        return True
+    return inner.studies <= outer.studies and (
+        outer.series is None or (inner.series is not None and inner.series <= outer.series)
+    )
+
+
+def test_no_combination_grants_more_than_its_credentials_alone(tokens: TokenService) -> None:
+    """For every state of every transport (6 x 6 x 8 x 6 combinations) and every target: the answer follows the
+    README's rule, and an allowed request's scope lies within that of every credential that counted, alone."""
+    import itertools
+
+    revocations = Revocations()
+    values = _credentials(tokens, revocations)
+    authorizer = make_authorizer(tokens, revocations, Clock(T))
+    failing = {"expired": "token_expired", "revoked": "token_revoked", "tampered": "token_invalid"}
+    checked = 0
+    for method, path, in_may, out_may in MATRIX_TARGETS:
+        alone: dict[tuple[str, str], Scope | None | str] = {}
+        for transport in TRANSPORTS:
+            for state in AUTH_STATES if transport == "auth" else STATES:
+                states = {t: (state if t == transport else "none") for t in TRANSPORTS}
+                alone[transport, state] = _outcome(authorizer, method, _request(states, values, path))
+                if state in failing:
+                    assert alone[transport, state] == failing[state]
+        assert alone["auth", "foreign"] == "token_invalid" and alone["auth", "apikey"] is None
+        assert alone["path", "in"] == (Scope(frozenset({ST})) if in_may else "out_of_scope")
+        assert alone["cookie", "out"] == (Scope(frozenset({ST2})) if out_may else "out_of_scope")
+        for combo in itertools.product(STATES, STATES, AUTH_STATES, STATES):
+            states = dict(zip(TRANSPORTS, combo, strict=True))
+            got = _outcome(authorizer, method, _request(states, values, path))
+            explicit = [
+                t
+                for t in ("path", "query", "auth")
+                if states[t] != "none" and not (t == "auth" and states[t] in ("foreign", "tampered"))
+            ]
+            counted = explicit or (["cookie"] if states["cookie"] != "none" else [])
+            # the rule, as the README states it
+            if not counted:
+                expected_code = "token_invalid" if states["auth"] != "none" else "token_missing"
+                assert got == expected_code, (method, path, states)
+            else:
+                for t in counted:  # the first failing credential in transport order answers
+                    single = alone[t, states[t]]
+                    if isinstance(single, str):
+                        assert got == single, (method, path, states)
+                        break
+                else:
+                    assert not isinstance(got, str), (method, path, states)
+            # never more than any credential that counted would get alone
+            if not isinstance(got, str):
+                for t in counted:
+                    single = alone[t, states[t]]
+                    assert not isinstance(single, str) and _within(got, single), (method, path, states)
+            checked += 1
+    assert checked == len(MATRIX_TARGETS) * 6 * 6 * 8 * 6

@@ -3,6 +3,7 @@ recording stand-in for Flask and a scripted Planner."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -10,12 +11,13 @@ from collections.abc import Iterable
 from typing import Any
 
 import pytest
+from itsdangerous import URLSafeTimedSerializer
 
 from gateway.auth import Authorizer
 from gateway.errors import CatalogUnavailable, GatewayError, NotAcceptable, RangeNotSatisfiable
 from gateway.fastpath import FastPath
 from gateway.plan import Planner, PlanResponse
-from gateway.tokens import TokenService
+from gateway.tokens import SALTS, TokenService
 
 KEY = "fastpath-test-signing-key-" + "k" * 32
 API_KEY = "fastpath-api-key-" + "a" * 20
@@ -220,6 +222,62 @@ def test_auth_catalog_outage_is_not_a_refusal(tokens: TokenService, revocations:
     revocations.error = CatalogUnavailable("catalog unreachable")
     recorder, _ = call(app, auth_environ(f"/t/{issued.token}{SERIES_PATH}"))
     assert recorder.status == "500 Internal Server Error"
+
+
+def _signed(payload: Any) -> str:
+    serializer = URLSafeTimedSerializer([KEY], salt=SALTS["read"], signer_kwargs={"digest_method": hashlib.sha256})
+    token = serializer.dumps(payload)
+    assert isinstance(token, str)
+    return token
+
+
+ODD = [
+    {"t": float("inf")},
+    {"t": float("nan")},
+    {"s": "u\r\nX-Injected: 1"},
+    {"j": "a\r\nb"},
+    {"s": {"nested": [1, {"x": None}]}},
+    {"st": [[ST]]},
+    {"v": 10**100},
+]
+
+
+@pytest.mark.parametrize("change", ODD)
+def test_auth_signed_odd_claims_are_401_never_500(
+    tokens: TokenService, revocations: Revocations, flask: FakeFlask, change: dict[str, Any]
+) -> None:
+    """Issue 11: these escaped the decision (OverflowError, or a CR LF in a response header) and NGINX showed 503."""
+    app, _ = make_app(tokens, revocations, flask)
+    token = _signed({"v": 1, "s": "u", "st": [ST], "a": "r", "t": 60, "j": "j1", **change})
+    for environ in (
+        auth_environ(f"/t/{token}{SERIES_PATH}"),
+        auth_environ(f"{SERIES_PATH}?token={token}"),
+        auth_environ(SERIES_PATH, HTTP_AUTHORIZATION=f"Bearer {token}"),
+        auth_environ(SERIES_PATH, HTTP_COOKIE=f"dicomgw_token={token}"),
+    ):
+        recorder, body = call(app, environ)
+        assert recorder.status == "401 Unauthorized"
+        assert recorder.headers == [("X-Dgw-Error", "token_invalid"), ("Content-Length", "0")]
+        assert body == b""
+
+
+def test_auth_bearer_none_next_to_a_path_token(
+    tokens: TokenService, revocations: Revocations, flask: FakeFlask
+) -> None:
+    app, _ = make_app(tokens, revocations, flask)
+    issued = tokens.issue(sub="u", studies=[ST])
+    recorder, _ = call(app, auth_environ(f"/t/{issued.token}{SERIES_PATH}", HTTP_AUTHORIZATION="Bearer None"))
+    assert recorder.status == "204 No Content"
+    assert recorder.headers == [("X-Dgw-Sub", "u"), ("X-Dgw-Jti", issued.claims.jti), ("X-Dgw-Study", ST)]
+    recorder, _ = call(app, auth_environ(SERIES_PATH, HTTP_AUTHORIZATION=f"Bearer {issued.token}"))
+    assert recorder.status == "204 No Content"
+    other = tokens.issue(sub="v", studies=[ST])
+    recorder, _ = call(app, auth_environ(f"/t/{issued.token}{SERIES_PATH}", HTTP_AUTHORIZATION=f"Bearer {other.token}"))
+    assert recorder.headers == [
+        ("X-Dgw-Sub", "u v"),
+        ("X-Dgw-Jti", f"{issued.claims.jti} {other.claims.jti}"),
+        ("X-Dgw-Study", ST),
+    ]
 
 
 # -- plan route ----------------------------------------------------------------------------------------------------

@@ -10,16 +10,20 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import time
 import zlib
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from itsdangerous import URLSafeTimedSerializer
 
-from gateway.errors import BadRequest, TokenExpired, TokenInvalid
+from gateway.errors import BadRequest, TokenExpired, TokenInvalid, TokenUnrecognised
 from gateway.scope import Scope
-from gateway.tokens import MAX_TOKEN_LENGTH, SALTS, Claims, TokenService
+from gateway.tokens import MAX_TOKEN_LENGTH, SALTS, Claims, TokenService, _TimestampSerializer, decode_claims
+from gateway.uids import is_uid
 
 KEY_OLD = "old-signing-key-" + "o" * 32
 KEY_NEW = "new-signing-key-" + "n" * 32
@@ -157,7 +161,8 @@ def test_read_token_cannot_write() -> None:
     token = tokens.issue(sub="u", studies=[STUDY], actions=["read"], now=T).token
     with pytest.raises(TokenInvalid) as caught:
         tokens.verify(token, "write", now=T)
-    assert caught.value.detail == "token signature does not verify"
+    assert caught.value.detail == "token does not allow write"
+    assert type(caught.value) is TokenInvalid  # ours, for the wrong purpose: not TokenUnrecognised
 
 
 def test_write_only_token_cannot_read() -> None:
@@ -261,7 +266,7 @@ def test_tampering_is_detected(part: str) -> None:
     assert tampered != token
     with pytest.raises(TokenInvalid) as caught:
         tokens.verify(tampered, "read", now=T)
-    assert type(caught.value) is TokenInvalid
+    assert type(caught.value) is TokenUnrecognised  # nothing we signed
     assert caught.value.detail == "token signature does not verify"
 
 
@@ -277,7 +282,7 @@ def test_resigned_payload_for_another_study_does_not_verify() -> None:
         tokens.verify(spliced, "read", now=T)
 
 
-def _sign(payload: dict[str, Any], key: str = KEY_NEW, purpose: str = "read") -> str:
+def _sign(payload: Any, key: str = KEY_NEW, purpose: str = "read") -> str:
     serializer = URLSafeTimedSerializer([key], salt=SALTS[purpose], signer_kwargs={"digest_method": hashlib.sha256})
     token = serializer.dumps(payload)
     assert isinstance(token, str)
@@ -289,10 +294,178 @@ def test_validly_signed_but_malformed_claims() -> None:
     now = int(time.time())
     with pytest.raises(TokenInvalid) as caught:
         tokens.verify(_sign({"v": 1, "s": "u", "a": "r", "t": 60, "j": "x"}), "read", now=now)
-    assert caught.value.detail == "malformed token claims"
+    assert caught.value.detail == "malformed token claims: studies"
     with pytest.raises(TokenInvalid) as caught:
         tokens.verify(_sign({"v": 2, "s": "u", "st": [STUDY], "a": "r", "t": 60, "j": "x"}), "read", now=now)
     assert caught.value.detail == "unsupported token version"
+
+
+GOOD_CLAIMS: dict[str, Any] = {"v": 1, "s": "u", "st": [STUDY], "a": "r", "t": 60, "j": "jti-1"}
+
+
+def _with(**changes: Any) -> dict[str, Any]:
+    claims = {**GOOD_CLAIMS, **changes}
+    return {key: value for key, value in claims.items() if value is not _DROP}
+
+
+_DROP = object()
+
+
+# Issue 11: each of these is correctly signed with our key, yet must answer 401 (TokenInvalid naming the claim),
+# never an exception that the fast path turns into a 5xx.
+ODD_CLAIMS = [
+    (_with(t=float("inf")), "malformed token claims: lifetime"),
+    (_with(t=float("-inf")), "malformed token claims: lifetime"),
+    (_with(t=float("nan")), "malformed token claims: lifetime"),
+    (_with(t=60.0), "malformed token claims: lifetime"),
+    (_with(t=True), "malformed token claims: lifetime"),
+    (_with(t="60"), "malformed token claims: lifetime"),
+    (_with(t=0), "malformed token claims: lifetime"),
+    (_with(t=-(10**40)), "malformed token claims: lifetime"),
+    (_with(t={"n": 60}), "malformed token claims: lifetime"),
+    (_with(t=_DROP), "malformed token claims: lifetime"),
+    (_with(s="user\r\nX-Injected: 1"), "malformed token claims: sub"),
+    (_with(s="user\n"), "malformed token claims: sub"),
+    (_with(s="two words"), "malformed token claims: sub"),
+    (_with(s=""), "malformed token claims: sub"),
+    (_with(s="\u00e9t\u00e9"), "malformed token claims: sub"),
+    (_with(s="x" * 129), "malformed token claims: sub"),
+    (_with(s=10**30), "malformed token claims: sub"),
+    (_with(s={"nested": {"deeper": [1]}}), "malformed token claims: sub"),
+    (_with(s=None), "malformed token claims: sub"),
+    (_with(j="a\r\nb"), "malformed token claims: jti"),
+    (_with(j=7), "malformed token claims: jti"),
+    (_with(j="x" * 65), "malformed token claims: jti"),
+    (_with(j=_DROP), "malformed token claims: jti"),
+    (_with(st=STUDY), "malformed token claims: studies"),
+    (_with(st=[]), "malformed token claims: studies"),
+    (_with(st=[STUDY + "\n"]), "malformed token claims: studies"),
+    (_with(st=[1]), "malformed token claims: studies"),
+    (_with(st=[[STUDY]]), "malformed token claims: studies"),
+    (_with(st=[{"uid": STUDY}]), "malformed token claims: studies"),
+    (_with(st=[f"1.2.{n}" for n in range(101)]), "malformed token claims: studies"),
+    (_with(se=[SERIES], st=[STUDY, STUDY2]), "malformed token claims: a series scope names exactly one study"),
+    (_with(se=[]), "malformed token claims: series"),
+    (_with(se=None), "malformed token claims: series"),
+    (_with(se=SERIES), "malformed token claims: series"),
+    (_with(a="x"), "malformed token claims: actions"),
+    (_with(a="wr"), "malformed token claims: actions"),
+    (_with(a=["r"]), "malformed token claims: actions"),
+    (_with(a={"r": 1}), "malformed token claims: actions"),
+    (_with(a=None), "malformed token claims: actions"),
+    (_with(v=True), "unsupported token version"),
+    (_with(v=1.0), "unsupported token version"),
+    (_with(v="1"), "unsupported token version"),
+    (_with(v=10**100), "unsupported token version"),
+    (_with(v=_DROP), "unsupported token version"),
+    (_with(extra=1), "malformed token claims: unknown claim"),
+    ([GOOD_CLAIMS], "malformed token claims: not an object"),
+    ("claims", "malformed token claims: not an object"),
+    (None, "malformed token claims: not an object"),
+    (10**300, "malformed token claims: not an object"),
+]
+
+
+@pytest.mark.parametrize(("payload", "detail"), ODD_CLAIMS)
+def test_signed_odd_claims_are_token_invalid(payload: Any, detail: str) -> None:
+    tokens = service()
+    for purpose in ("read", "write"):
+        with pytest.raises(TokenInvalid) as caught:
+            tokens.verify(_sign(payload, purpose=purpose), purpose, now=int(time.time()))
+        assert type(caught.value) is TokenInvalid  # signed by us: never TokenUnrecognised
+        assert caught.value.detail == detail
+        assert caught.value.status == 401
+
+
+def test_the_good_claims_of_the_odd_claims_table_verify() -> None:
+    """The table above changes one claim of a payload that is itself valid."""
+    assert service().verify(_sign(GOOD_CLAIMS), "read", now=int(time.time())).jti == "jti-1"
+
+
+def test_a_huge_lifetime_is_capped_not_refused() -> None:
+    claims = service(max_ttl=3600).verify(_sign(_with(t=10**40)), "read", now=int(time.time()))
+    assert claims.expires_at - claims.issued_at == 3600
+
+
+def test_a_signed_payload_that_is_not_json_is_token_invalid() -> None:
+    serializer = URLSafeTimedSerializer([KEY_NEW], salt=SALTS["read"], signer_kwargs={"digest_method": hashlib.sha256})
+    for raw in (b"not-base64!", b"eyJ2Ijox", b".eJzLSM3JyQcABiwCFQ"):  # not base64, truncated JSON, zlib of "hello"
+        token = serializer.make_signer().sign(raw).decode()
+        with pytest.raises(TokenInvalid) as caught:
+            service().verify(token, "read", now=int(time.time()))
+        assert caught.value.detail == "malformed token claims: not JSON"
+
+
+@pytest.mark.parametrize("stamp", [2**40, 2**62, 2**64 - 1])
+def test_a_signed_timestamp_that_is_no_date_is_token_invalid(stamp: int) -> None:
+    serializer = _TimestampSerializer(
+        [KEY_NEW], salt=SALTS["read"], signer_kwargs={"digest_method": hashlib.sha256}, now=stamp
+    )
+    token = serializer.dumps(GOOD_CLAIMS)
+    with pytest.raises(TokenInvalid) as caught:
+        service().verify(token, "read", now=T)
+    assert caught.value.detail == "malformed token timestamp"
+
+
+# -- the claim decoder under hypothesis: any JSON a signer could hold is Claims or TokenInvalid, nothing else ------
+
+_json = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=20)
+    | st.sampled_from(["r", "w", "rw", STUDY, SERIES, "u\r\n", "1.2.3\n"]),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4),
+    max_leaves=12,
+)
+_claim_values = {
+    "v": st.one_of(st.just(1), _json),
+    "s": st.one_of(st.just("user"), st.text(max_size=140), _json),
+    "st": st.one_of(st.just([STUDY]), st.lists(st.sampled_from([STUDY, STUDY2, "1.2\n", "x"]), max_size=3), _json),
+    "se": st.one_of(st.just([SERIES]), _json),
+    "a": st.one_of(st.sampled_from(["r", "w", "rw"]), _json),
+    "t": st.one_of(st.integers(min_value=-5, max_value=10**30), _json),
+    "j": st.one_of(st.just("jti-1"), st.text(max_size=70), _json),
+}
+_payloads = st.one_of(
+    st.fixed_dictionaries({}, optional=_claim_values),
+    st.fixed_dictionaries(_claim_values, optional={"zz": _json}),
+    _json,
+)
+_HEADER_SAFE = re.compile(r"[\x21-\x7e]+")
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(payload=_payloads, issued=st.integers(min_value=0, max_value=2**40))
+def test_decode_claims_is_total_and_strict(payload: Any, issued: int) -> None:
+    try:
+        claims = decode_claims(payload, issued, 3600)
+    except TokenInvalid as error:
+        assert error.status == 401 and error.detail
+        return
+    # what comes out is safe for a response header, the audit log and SQL
+    assert _HEADER_SAFE.fullmatch(claims.sub) and _HEADER_SAFE.fullmatch(claims.jti)
+    assert claims.scope is not None and 1 <= len(claims.scope.studies) <= 100
+    assert all(is_uid(uid) for uid in claims.scope.studies | (claims.scope.series or frozenset()))
+    assert claims.scope.series is None or len(claims.scope.studies) == 1
+    assert claims.actions in ({"read"}, {"write"}, {"read", "write"})
+    assert 0 < claims.expires_at - claims.issued_at <= 3600
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(payload=_payloads)
+def test_verify_of_any_signed_payload_is_claims_or_token_invalid(payload: Any) -> None:
+    """The whole path: JSON through itsdangerous (which writes and reads NaN and Infinity) and back."""
+    try:
+        token = _sign(payload)
+    except (TypeError, ValueError):  # not JSON-serialisable (cannot be signed at all)
+        return
+    try:
+        service().verify(token, "read", now=int(time.time()))
+    except TokenInvalid as error:
+        assert type(error) is not TokenUnrecognised
 
 
 @pytest.mark.parametrize("junk", ["", "abc", "a.b.c", "." * 10])
