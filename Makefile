@@ -5,10 +5,10 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-APT_PACKAGES := nginx openssl postgresql chromium
+APT_PACKAGES := nginx openssl postgresql chromium orthanc orthanc-dicomweb
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo demo-deps test lint unit e2e bench system-deps venv viewer clean
+.PHONY: demo demo-deps test lint unit e2e bench system-deps venv viewer dwv clean
 
 # OS packages: installed with apt-get when we are root, otherwise a one-line hint naming them.
 system-deps:
@@ -18,10 +18,15 @@ system-deps:
 	[ -x /usr/lib/postgresql/15/bin/initdb ] || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v chromium >/dev/null || [ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	command -v node >/dev/null || missing="$$missing nodejs npm"; \
+	dpkg -s orthanc >/dev/null 2>&1 || missing="$$missing orthanc"; \
+	dpkg -s orthanc-dicomweb >/dev/null 2>&1 || missing="$$missing orthanc-dicomweb"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing OS packages:$$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	    case "$$missing" in *orthanc*) \
+	      systemctl disable --now orthanc >/dev/null 2>&1 || service orthanc stop >/dev/null 2>&1 || true;; \
+	    esac; \
 	  else \
 	    echo "missing OS packages:$$missing (install them with: sudo apt-get install$$missing)"; \
 	  fi; \
@@ -55,6 +60,12 @@ viewer/dist/index.html: viewer/package.json viewer/package-lock.json viewer/vite
 
 viewer: viewer/dist/index.html
 
+# DWV, unmodified, for the third-party clients suite (tests/e2e/test_third_party_dwv.py).
+tests/e2e/dwv/node_modules/.package-lock.json: tests/e2e/dwv/package.json tests/e2e/dwv/package-lock.json
+	cd tests/e2e/dwv && npm ci --no-audit --no-fund --loglevel=error
+
+dwv: tests/e2e/dwv/node_modules/.package-lock.json
+
 demo: demo-deps venv viewer
 	$(VENV)/bin/dicom-gateway stack up
 
@@ -62,14 +73,14 @@ lint: venv
 	$(VENV)/bin/ruff check gateway tests bench docker
 	$(VENV)/bin/mypy
 
-test: system-deps venv .venv-checkov/.installed viewer lint
+test: system-deps venv .venv-checkov/.installed viewer dwv lint
 	$(VENV)/bin/pytest -p no:cacheprovider --basetemp=$(CURDIR)/.pytest-tmp tests; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing on purpose"; exit 1; fi; exit $$status
 
 unit: venv
 	$(VENV)/bin/pytest tests/unit
 
-e2e: venv viewer
+e2e: venv viewer dwv
 	$(VENV)/bin/pytest tests/e2e
 
 bench: venv
@@ -77,4 +88,4 @@ bench: venv
 	$(PY) -m bench.run
 
 clean:
-	rm -rf var .venv .venv-checkov viewer/node_modules viewer/dist
+	rm -rf var .venv .venv-checkov viewer/node_modules viewer/dist tests/e2e/dwv/node_modules

@@ -88,13 +88,23 @@ def parse_content_type(value: str) -> tuple[str, dict[str, str]]:
     return media_type, params
 
 
+MAX_BOUNDARY = 200
+
+
 def check_boundary(boundary: str) -> str:
-    """RFC 2046 5.1.1: 1-70 characters, not ending in a space. Any printable ASCII is accepted (a little wider
-    than ``bchars``: the delimiter search does not care, and real clients stray)."""
+    """A boundary we can find without ambiguity: 1-200 printable ASCII characters, not ending in a space.
+
+    RFC 2046 5.1.1 says 1-70, but real senders exceed it (Orthanc 1.10 sends two UUIDs, 73 characters), and the
+    delimiter search does not care about the length. What keeps the body unambiguous is kept: no control
+    characters (a CR or LF would split the delimiter line), no trailing space (it would read as transport
+    padding). Any printable ASCII is accepted (a little wider than ``bchars``: real clients stray). The upper
+    bound keeps the delimiter search's overlap buffer and the error message small."""
     if not boundary:
         raise MalformedMultipart("multipart body without a boundary parameter")
-    if len(boundary) > 70 or boundary.endswith(" ") or not all(" " <= c <= "~" for c in boundary):
-        raise MalformedMultipart("boundary parameter is not 1-70 printable ASCII characters")
+    if len(boundary) > MAX_BOUNDARY or boundary.endswith(" ") or not all(" " <= c <= "~" for c in boundary):
+        raise MalformedMultipart(
+            f"boundary parameter is not 1-{MAX_BOUNDARY} printable ASCII characters (not ending in a space)"
+        )
     return boundary
 
 

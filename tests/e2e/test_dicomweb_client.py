@@ -3,6 +3,9 @@ third-party DICOMweb client sees of every level, on both storage backends."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -81,3 +84,79 @@ def test_store(stack: RunningStack, tmp_path: Path) -> None:
     assert "FailedSOPSequence" not in response
     [stored] = client.search_for_instances(search_filters={"SOPInstanceUID": dataset.SOPInstanceUID})
     assert stored["0020000D"]["Value"] == [dataset.StudyInstanceUID]
+
+
+# -- the `dicomweb_client` command-line tool, unmodified, as a subprocess ------------------------------------------
+# It always sends `Authorization: Bearer <--bearer-token>` ("Bearer None" without the option), so both ways of
+# pointing it at the gateway rely on the Authorization-bearer token transport.
+
+CLI = Path(sys.executable).parent / "dicomweb_client"
+CLI_TRANSPORTS = ["path", "bearer"]
+
+
+def cli_args(stack: RunningStack, token: str, transport: str) -> list[str]:
+    if transport == "path":
+        return [str(CLI), "--url", stack.root(token)]  # the token root, as a user would paste it
+    return [str(CLI), "--url", f"{stack.url}/dicomweb", "--bearer-token", token]
+
+
+def run_cli(base: list[str], *args: str) -> str:
+    done = subprocess.run([*base, *args], capture_output=True, text=True, timeout=120, check=False)
+    # The tool logs the HTTP error (with the URL) and exits 1: keep its words in the failure, not the token.
+    token = base[-1] if "--bearer-token" in base else base[2].split("/t/")[1].split("/")[0]
+    stderr = done.stderr.replace(token, "***")[-2000:]
+    assert done.returncode == 0, f"dicomweb_client {' '.join(args)} exited {done.returncode}: {stderr}"
+    return done.stdout
+
+
+@pytest.mark.third_party
+@pytest.mark.parametrize("transport", CLI_TRANSPORTS)
+def test_cli_search_metadata_and_retrieve(
+    stack: RunningStack, synthetic: dict[str, Any], transport: str, tmp_path: Path
+) -> None:
+    ct, ct_b = synthetic["ct"], synthetic["ct_b"]
+    study, series, _ = uids_of(ct[0])
+    token = stack.issue([study], sub="cli")["token"]
+    base = cli_args(stack, token, transport)
+
+    studies = json.loads(run_cli(base, "search", "studies"))
+    assert [s["0020000D"]["Value"] for s in studies] == [[study]]
+    assert studies[0]["00201208"]["Value"] == [len(ct) + len(ct_b)]
+    listed = json.loads(run_cli(base, "search", "series", "--study", study))
+    assert sorted(s["0020000E"]["Value"][0] for s in listed) == sorted([series, uids_of(ct_b[0])[1]])
+    instances = json.loads(run_cli(base, "search", "instances", "--study", study, "--series", series))
+    assert sorted(i["00080018"]["Value"][0] for i in instances) == sorted(uids_of(p)[2] for p in ct)
+
+    path = ct[3]
+    _, _, sop = uids_of(path)
+    source = pydicom.dcmread(path)
+    where = ["--study", study, "--series", series, "--instance", sop]
+    metadata = json.loads(run_cli(base, "retrieve", "instances", *where, "metadata"))
+    assert metadata["00080018"]["Value"] == [sop]
+    assert metadata["00280010"]["Value"] == [source.Rows] and metadata["00280011"]["Value"] == [source.Columns]
+    assert metadata["7FE00010"]["BulkDataURI"] == "bulkdata/7FE00010"
+    series_metadata = json.loads(run_cli(base, "retrieve", "series", "--study", study, "--series", series, "metadata"))
+    assert sorted(m["00080018"]["Value"][0] for m in series_metadata) == sorted(uids_of(p)[2] for p in ct)
+
+    # The instance, saved by the tool (it re-encodes with pydicom): the same data set, the same pixels.
+    run_cli(base, "retrieve", "instances", *where, "full", "--save", "--output-dir", str(tmp_path))
+    saved = pydicom.dcmread(tmp_path / f"{sop}.dcm")
+    assert saved == source
+    assert saved.PixelData == source.PixelData
+    # Frame 1, saved raw: exactly the stored native pixel bytes.
+    run_cli(base, "retrieve", "instances", *where, "frames", "--numbers", "1", "--save", "--output-dir", str(tmp_path))
+    assert (tmp_path / f"{sop}_1.dat").read_bytes() == source.PixelData
+
+
+@pytest.mark.third_party
+def test_cli_jpeg_frames_of_a_slide(stack: RunningStack, synthetic: dict[str, Any], tmp_path: Path) -> None:
+    study, series, sop = uids_of(synthetic["wsi_bot"])
+    base = cli_args(stack, stack.issue([study], sub="cli")["token"], "path")
+    run_cli(
+        base,
+        *("retrieve", "instances", "--study", study, "--series", series, "--instance", sop, "frames"),
+        *("--numbers", "2", "300", "--media-type", "image/jpeg", "1.2.840.10008.1.2.4.50"),
+        *("--save", "--output-dir", str(tmp_path)),
+    )
+    for number in (2, 300):
+        assert (tmp_path / f"{sop}_{number}.jpg").read_bytes() == wsi_tile(13, number, frames=300)

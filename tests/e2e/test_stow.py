@@ -119,6 +119,43 @@ def test_broken_multipart_gives_a_clear_error(stack: RunningStack, content_type:
     assert answer.json()["error"] in ("malformed_multipart", "unsupported_media_type")
 
 
+def test_boundary_longer_than_rfc_2046_is_accepted_up_to_a_bound(stack: RunningStack, tmp_path: Path) -> None:
+    """Orthanc 1.10 sends a 73-character boundary (two UUIDs): stored. Past 200 characters: 400 JSON."""
+    from gateway.dicomweb.multipart import encode_multipart
+
+    [path] = make_series(tmp_path / "b", modality="CT", slices=1, seed=57, clean=True)
+    orthanc_style = "0f8c1b0e-8d3a-4a4e-9a57-3c1f2e6b7d90-5e2d9c41-7b6a-4f08-8c3e-1a2b3c4d5e6f"
+    body = encode_multipart([path], boundary=orthanc_style)
+    answer = requests.post(
+        f"{stack.url}/dicomweb/studies",
+        data=b"".join(body),
+        headers={**stack.api_headers, "Content-Type": body.content_type, "Accept": "application/dicom+json"},
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    assert referenced(answer)[0]["00081155"]["Value"] == [uids_of(path)[2]]
+    study, series, sop = uids_of(path)
+    stored = requests.get(
+        f"{stack.url}/dicomweb/studies/{study}/series/{series}/instances/{sop}",
+        headers={**stack.api_headers, "Accept": "application/dicom"},
+        timeout=30,
+    )
+    assert stored.status_code == 200 and stored.content == path.read_bytes()
+
+    too_long = "b" * 201
+    raw = path.read_bytes()
+    answer = requests.post(
+        f"{stack.url}/dicomweb/studies",
+        data=b"--" + too_long.encode() + b"\r\n\r\n" + raw + b"\r\n--" + too_long.encode() + b"--\r\n",
+        headers={**stack.api_headers, "Content-Type": f"multipart/related; boundary={too_long}"},
+        timeout=30,
+    )
+    assert answer.status_code == 400
+    assert answer.headers["Content-Type"] == "application/json"
+    assert answer.json()["error"] == "malformed_multipart"
+    assert "1-200 printable ASCII" in answer.json()["detail"]
+
+
 def test_single_part_application_dicom(stack: RunningStack, tmp_path: Path) -> None:
     [path] = make_series(tmp_path / "e", modality="MR", slices=1, seed=55, clean=True)
     answer = requests.post(
