@@ -97,7 +97,11 @@ def error_cases(ct: dict[str, str]) -> list[tuple[str, bytes, int]]:
         ("path not canonical", get(f"{root}/studies/{study}/%2e%2e"), 400),
         ("header too large", get("/dicomweb/studies", X="a" * 9000), 400),
         ("no Host", b"GET /dicomweb/studies HTTP/1.1\r\nConnection: close\r\n\r\n", 400),
-        ("broken chunked body", post.format("/dicomweb/studies", "Transfer-Encoding: chunked\r\n", "zz\r\n").encode(), 400),
+        (
+            "broken chunked body",
+            post.format("/dicomweb/studies", "Transfer-Encoding: chunked\r\n", "zz\r\n").encode(),
+            400,
+        ),
         (
             "broken chunked STOW body",
             post.format(f"{root}/studies/{study}", "Transfer-Encoding: chunked\r\n", "zz\r\n").encode(),
@@ -107,10 +111,16 @@ def error_cases(ct: dict[str, str]) -> list[tuple[str, bytes, int]]:
         ("token garbage", get(f"/t/garbage/dicomweb/studies/{study}/series"), 401),
         (
             "STOW to /studies/{st} with a read token",
-            post.format(f"{root}/studies/{study}", "Content-Type: application/dicom\r\nContent-Length: 0\r\n", "").encode(),
+            post.format(
+                f"{root}/studies/{study}", "Content-Type: application/dicom\r\nContent-Length: 0\r\n", ""
+            ).encode(),
             401,
         ),
-        ("method the auth step refuses", f"DELETE {instance} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n".encode(), 403),
+        (
+            "method the auth step refuses",
+            f"DELETE {instance} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n".encode(),
+            403,
+        ),
         ("study out of scope", get(f"{root}/studies/1.2.3/series"), 403),
         ("POST to the viewer", post.format("/viewer/", "Content-Length: 0\r\n", "").encode(), 403),
         ("unknown path", get("/nope"), 404),
