@@ -93,6 +93,7 @@ def error_cases(ct: dict[str, str]) -> list[tuple[str, bytes, int]]:
     root, study, series, sop = ct["root"], ct["study"], ct["series"], ct["sop"]
     instance = f"{root}/studies/{study}/series/{series}/instances/{sop}"
     post = "POST {} HTTP/1.1\r\nHost: gw\r\n{}Connection: close\r\n\r\n{}"
+    many_headers = {f"X-Header-{n}": "v" for n in range(150)}
     return [
         ("path not canonical", get(f"{root}/studies/{study}/%2e%2e"), 400),
         ("header too large", get("/dicomweb/studies", X="a" * 9000), 400),
@@ -134,7 +135,9 @@ def error_cases(ct: dict[str, str]) -> list[tuple[str, bytes, int]]:
             post.format(f"{root}/studies/{study}", "Content-Length: 99999999999\r\n", "").encode(),
             413,
         ),
-        ("URI longer than gunicorn's request line", get(f"{root}/studies?x={'a' * 5000}"), 414),
+        ("5 KB URI (over gunicorn's default request line)", get(f"{root}/studies?x={'a' * 5000}"), 400),
+        ("150 headers (over gunicorn's default count)", get(f"{root}/studies?x=1", **many_headers), 400),
+        ("URI longer than gunicorn's request line", get(f"{root}/studies?x={'a' * 8100}"), 414),
         ("URI longer than NGINX's buffers", get(f"{root}/studies?x={'a' * 9000}"), 414),
         ("range beyond the object", get(instance, Accept="application/dicom", Range="bytes=99999999-"), 416),
         ("unknown transfer encoding", post.format("/api/v1/tokens", "Transfer-Encoding: gzip\r\n", "").encode(), 501),
@@ -151,6 +154,17 @@ def test_every_error_a_client_can_trigger_is_json(stack: RunningStack, ct: dict[
         except (AssertionError, ValueError, KeyError) as error:
             failures.append(f"{name}: {error!r}")
     assert not failures, "\n".join(failures)
+
+
+def test_long_uri_and_many_headers_are_served(stack: RunningStack, ct: dict[str, str]) -> None:
+    """Whatever NGINX lets through, gunicorn takes too (its defaults refused 4 KB lines and 100 headers)."""
+    query = "&".join(["includefield=00080020"] * 350)
+    assert 7500 < len(f"{ct['root']}/studies/{ct['study']}/series?{query}") < 8000
+    many_headers = {f"X-Header-{n}": "v" for n in range(150)}
+    status, headers, body = raw(stack, get(f"{ct['root']}/studies/{ct['study']}/series?{query}", **many_headers))
+    assert status == 200, body[:300]
+    assert headers["content-type"] == "application/dicom+json"
+    assert ct["series"] in [item["0020000E"]["Value"][0] for item in json.loads(body)]
 
 
 def test_416_keeps_content_range(stack: RunningStack, ct: dict[str, str], synthetic: dict[str, Any]) -> None:
