@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -203,10 +204,11 @@ def test_multi_range_answers_the_whole_object(
 
 
 @pytest.fixture
-def victim(stack: RunningStack, tmp_path: Path) -> Iterator[dict[str, str]]:
-    """A series of its own (so no other test sees the damage), its second instance about to be broken; restored
-    afterwards."""
-    files = make_series(tmp_path / "victim", modality="MR", slices=2, seed=int(time.time()) % 100000, clean=True)
+def victim(stack: RunningStack, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """A series of its own per test (so no other test sees the damage), its second instance about to be broken;
+    restored afterwards."""
+    seed = 1000 + zlib.crc32(request.node.nodeid.encode()) % 100000
+    files = make_series(tmp_path / "victim", modality="MR", slices=2, seed=seed, clean=True)
     answer = stack.stow(files)
     assert answer.status_code == 200, answer.text
     study, series, sop = uids_of(files[1])
