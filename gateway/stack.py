@@ -246,6 +246,12 @@ class Stack:
                 str(self.gunicorn_log),
                 "--umask",
                 "0o007",
+                # NGINX bounds requests (8 KB lines, 32 KB of headers) and answers JSON; gunicorn must never refuse
+                # what NGINX let through with its own plain page (same values in docker/gunicorn.conf.py)
+                "--limit-request-line",
+                "8190",
+                "--limit-request-fields",
+                "32768",
             ],
             env,
         )

@@ -15,9 +15,11 @@ import errno
 import os
 import secrets
 import shutil
+import stat
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from gateway.errors import InvalidPath, NotFound, StorageUnavailable
 from gateway.storage.base import StoredObject
@@ -133,22 +135,34 @@ class LocalStorage:
         except NotADirectoryError:
             return None
 
+    def _open(self, key: str) -> BinaryIO:
+        """The stored object for reading. Only a regular file is an object (as for NGINX, which answers 404 for
+        anything else): a directory, FIFO (which would block the worker) or dangling link is missing; a file that
+        cannot be opened is a storage fault."""
+        try:
+            fd = os.open(self._path(key), os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            raise NotFound("object not found") from None
+        except OSError as exc:
+            raise StorageUnavailable(
+                f"storage read failed ({errno.errorcode.get(exc.errno or 0, 'error')})"
+            ) from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise NotFound("object not found")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+
     def read_range(self, key: str, start: int, length: int) -> bytes:
         if start < 0 or length < 0:
             raise ValueError("negative range")
-        try:
-            with open(self._path(key), "rb") as handle:
-                handle.seek(start)
-                return handle.read(length)
-        except FileNotFoundError:
-            raise NotFound("object not found") from None
+        with self._open(key) as handle:
+            handle.seek(start)
+            return handle.read(length)
 
     def download(self, key: str, path: Path) -> None:
-        try:
-            with open(self._path(key), "rb") as src, open(path, "wb") as dst:
-                shutil.copyfileobj(src, dst, _COPY_CHUNK)
-        except FileNotFoundError:
-            raise NotFound("object not found") from None
+        with self._open(key) as src, open(path, "wb") as dst:
+            shutil.copyfileobj(src, dst, _COPY_CHUNK)
 
     def delete(self, key: str) -> None:
         try:

@@ -1,0 +1,325 @@
+"""Issue 11 (4, 6, 9, 10, 13) through the real NGINX: malformed request lines, every error class a client can
+trigger answered as JSON, multi-range requests, stored objects that are not regular files, and tokens kept out of
+every log whatever the request looks like."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+import requests
+
+from gateway.synth import make_series
+from tests.e2e.conftest import uids_of
+from tests.e2e.harness import RunningStack
+
+
+def raw(stack: RunningStack, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes exactly as given (no client library normalises them); status, headers and body of the answer."""
+    parsed = urlparse(stack.url)
+    with socket.create_connection((parsed.hostname, parsed.port), timeout=10) as connection:
+        connection.sendall(request)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    if headers.get("transfer-encoding") == "chunked":
+        size, _, rest = body.partition(b"\r\n")
+        body = rest[: int(size, 16)]
+    return int(lines[0].split(" ")[1]), headers, body
+
+
+def get(path: str, **headers: str) -> bytes:
+    lines = "".join(f"{k}: {v}\r\n" for k, v in {"Host": "gw", **headers, "Connection": "close"}.items())
+    return f"GET {path} HTTP/1.1\r\n{lines}\r\n".encode("latin-1")
+
+
+def assert_json_error(status: int, headers: dict[str, str], body: bytes, expected: int) -> dict[str, Any]:
+    assert status == expected, (status, body[:300])
+    assert headers["content-type"] == "application/json", (headers, body[:300])
+    document: dict[str, Any] = json.loads(body)
+    assert set(document) == {"error", "detail"} and all(isinstance(v, str) and v for v in document.values())
+    return document
+
+
+@pytest.fixture(scope="module")
+def ct(stack: RunningStack, synthetic: dict[str, Any]) -> dict[str, str]:
+    study, series, sop = uids_of(synthetic["ct"][0])
+    token = stack.issue([study])["token"]
+    return {"study": study, "series": series, "sop": sop, "token": token, "root": f"/t/{token}/dicomweb"}
+
+
+# -- 4: malformed request lines --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"GET /dicomweb/studies\x00x HTTP/1.1",
+        b"GET /dicomweb/studies%00 HTTP/1.1",
+        b"GET /dicomweb/\tstudies HTTP/1.1",
+        b"GET * HTTP/1.1",
+        b"get /dicomweb/studies HTTP/1.1",
+        b"GET dicomweb/studies HTTP/1.1",
+        b"GET /dicomweb/ studies HTTP/1.1",
+        b"PRI * HTTP/2.0",
+    ],
+)
+def test_malformed_request_line_is_a_json_400(stack: RunningStack, line: bytes) -> None:
+    status, headers, body = raw(stack, line + b"\r\nHost: gw\r\nConnection: close\r\n\r\n")
+    assert_json_error(status, headers, body, 400)
+
+
+def test_http09_request_line_is_a_json_400(stack: RunningStack) -> None:
+    """NGINX answers a request line without a version as HTTP/1.1 (it refuses HTTP/0.9 outright)."""
+    status, headers, body = raw(stack, b"GET *\r\n\r\n")
+    assert_json_error(status, headers, body, 400)
+
+
+# -- 10: every error class a client can trigger is JSON ---------------------------------------------------------
+
+
+def error_cases(ct: dict[str, str]) -> list[tuple[str, bytes, int]]:
+    root, study, series, sop = ct["root"], ct["study"], ct["series"], ct["sop"]
+    instance = f"{root}/studies/{study}/series/{series}/instances/{sop}"
+    post = "POST {} HTTP/1.1\r\nHost: gw\r\n{}Connection: close\r\n\r\n{}"
+    many_headers = {f"X-Header-{n}": "v" for n in range(150)}
+    return [
+        ("path not canonical", get(f"{root}/studies/{study}/%2e%2e"), 400),
+        ("header too large", get("/dicomweb/studies", X="a" * 9000), 400),
+        ("no Host", b"GET /dicomweb/studies HTTP/1.1\r\nConnection: close\r\n\r\n", 400),
+        (
+            "broken chunked body",
+            post.format("/dicomweb/studies", "Transfer-Encoding: chunked\r\n", "zz\r\n").encode(),
+            400,
+        ),
+        (
+            "broken chunked STOW body",
+            post.format(f"{root}/studies/{study}", "Transfer-Encoding: chunked\r\n", "zz\r\n").encode(),
+            400,
+        ),
+        ("token missing", get(f"/dicomweb/studies/{study}/series"), 401),
+        ("token garbage", get(f"/t/garbage/dicomweb/studies/{study}/series"), 401),
+        (
+            "STOW to /studies/{st} with a read token",
+            post.format(
+                f"{root}/studies/{study}", "Content-Type: application/dicom\r\nContent-Length: 0\r\n", ""
+            ).encode(),
+            401,
+        ),
+        (
+            "method the auth step refuses",
+            f"DELETE {instance} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n".encode(),
+            403,
+        ),
+        ("study out of scope", get(f"{root}/studies/1.2.3/series"), 403),
+        ("a folder of static files", get("/viewer/assets/"), 403),
+        ("unknown path", get("/nope"), 404),
+        ("POST to a static file", post.format("/viewer/index.html", "Content-Length: 0\r\n", "").encode(), 405),
+        ("unknown DICOMweb resource", get(f"{root}/studies/{study}/nope"), 404),
+        ("frame out of range", get(f"{instance}/frames/999"), 404),
+        ("not acceptable", get(instance, Accept="text/html"), 406),
+        ("body too large", post.format(f"{root}/studies", "Content-Length: 99999999999\r\n", "").encode(), 413),
+        (
+            "STOW body too large to /studies/{st}",
+            post.format(f"{root}/studies/{study}", "Content-Length: 99999999999\r\n", "").encode(),
+            413,
+        ),
+        ("5 KB URI (over gunicorn's default request line)", get(f"{root}/studies?x={'a' * 5000}"), 400),
+        ("150 headers (over gunicorn's default count)", get(f"{root}/studies?x=1", **many_headers), 400),
+        ("URI longer than gunicorn's request line", get(f"{root}/studies?x={'a' * 8100}"), 414),
+        ("URI longer than NGINX's buffers", get(f"{root}/studies?x={'a' * 9000}"), 414),
+        ("range beyond the object", get(instance, Accept="application/dicom", Range="bytes=99999999-"), 416),
+        ("unknown transfer encoding", post.format("/api/v1/tokens", "Transfer-Encoding: gzip\r\n", "").encode(), 501),
+        ("HTTP/3 on a HTTP/1 socket", b"GET / HTTP/3.0\r\nHost: gw\r\nConnection: close\r\n\r\n", 505),
+    ]
+
+
+def test_every_error_a_client_can_trigger_is_json(stack: RunningStack, ct: dict[str, str]) -> None:
+    failures = []
+    for name, request, expected in error_cases(ct):
+        status, headers, body = raw(stack, request)
+        try:
+            assert_json_error(status, headers, body, expected)
+        except (AssertionError, ValueError, KeyError) as error:
+            failures.append(f"{name}: {error!r}")
+    assert not failures, "\n".join(failures)
+
+
+def test_long_uri_and_many_headers_are_served(stack: RunningStack, ct: dict[str, str]) -> None:
+    """Whatever NGINX lets through, gunicorn takes too (its defaults refused 4 KB lines and 100 headers)."""
+    query = "&".join(["includefield=00080020"] * 350)
+    assert 7500 < len(f"{ct['root']}/studies/{ct['study']}/series?{query}") < 8000
+    many_headers = {f"X-Header-{n}": "v" for n in range(150)}
+    status, headers, body = raw(stack, get(f"{ct['root']}/studies/{ct['study']}/series?{query}", **many_headers))
+    assert status == 200, body[:300]
+    assert headers["content-type"] == "application/dicom+json"
+    assert ct["series"] in [item["0020000E"]["Value"][0] for item in json.loads(body)]
+
+
+def test_416_keeps_content_range(stack: RunningStack, ct: dict[str, str], synthetic: dict[str, Any]) -> None:
+    instance = f"{ct['root']}/studies/{ct['study']}/series/{ct['series']}/instances/{ct['sop']}"
+    status, headers, body = raw(stack, get(instance, Accept="application/dicom", Range="bytes=99999999-"))
+    assert_json_error(status, headers, body, 416)
+    if stack.backend == "file":  # storage's own Content-Range is kept (moto, like S3, sends none with a 416)
+        assert headers["content-range"] == f"bytes */{synthetic['ct'][0].stat().st_size}"
+
+
+# -- 6: multi-range ---------------------------------------------------------------------------------------------
+
+
+def test_multi_range_answers_the_whole_object(
+    stack: RunningStack, ct: dict[str, str], synthetic: dict[str, Any]
+) -> None:
+    data = synthetic["ct"][0].read_bytes()
+    instance = f"{stack.url}{ct['root']}/studies/{ct['study']}/series/{ct['series']}/instances/{ct['sop']}"
+    wado = (
+        f"{stack.url}{ct['root']}/wado?requestType=WADO&studyUID={ct['study']}&seriesUID={ct['series']}"
+        f"&objectUID={ct['sop']}&contentType=application/dicom"
+    )
+    for url in (instance, wado):
+        for multi in ("bytes=0-1,5-6", "bytes=0-1, 5-6", "bytes=128-131,0-0"):
+            answer = requests.get(url, headers={"Accept": "application/dicom", "Range": multi}, timeout=30)
+            assert answer.status_code == 200, (url, multi, answer.status_code)
+            assert answer.headers["Content-Type"] == "application/dicom"
+            assert answer.content == data
+        single = requests.get(url, headers={"Accept": "application/dicom", "Range": "bytes=128-131"}, timeout=30)
+        assert single.status_code == 206
+        assert single.headers["Content-Range"] == f"bytes 128-131/{len(data)}"
+        assert single.content == b"DICM"
+
+
+# -- 9 and 10: stored objects that are missing or not regular files ---------------------------------------------
+
+
+@pytest.fixture
+def victim(stack: RunningStack, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """A series of its own per test (so no other test sees the damage), its second instance about to be broken;
+    restored afterwards."""
+    seed = 1000 + zlib.crc32(request.node.nodeid.encode()) % 100000
+    files = make_series(tmp_path / "victim", modality="MR", slices=2, seed=seed, clean=True)
+    answer = stack.stow(files)
+    assert answer.status_code == 200, answer.text
+    study, series, sop = uids_of(files[1])
+    token = stack.issue([study])["token"]
+    root = f"{stack.url}/t/{token}/dicomweb"
+    key = f"studies/{study}/series/{series}/instances/{sop}.dcm"
+    saved = tmp_path / "saved.dcm"
+    stack.storage().download(key, saved)
+    yield {"study": study, "series": series, "sop": sop, "key": key, "root": root, "saved": str(saved)}
+    if stack.backend == "file":
+        target = stack.stack.var_dir / "objects" / key
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+    stack.storage().put_file(key, saved)
+
+
+def assert_never_other_bytes(stack: RunningStack, victim: dict[str, str]) -> None:
+    study, series, sop, root = victim["study"], victim["series"], victim["sop"], victim["root"]
+    instance = f"{root}/studies/{study}/series/{series}/instances/{sop}"
+    # Multipart bodies are composed as they stream: the transfer must fail, never complete as a 200.
+    for url in (f"{root}/studies/{study}/series/{series}", f"{instance}/frames/1", instance):
+        try:
+            answer = requests.get(url, timeout=30)
+        except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError):
+            continue
+        assert answer.status_code != 200, (url, answer.content[:200])
+    wado = (
+        f"{root}/wado?requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={sop}"
+        "&contentType=application/dicom"
+    )
+    for url, accept in (
+        (instance, "application/dicom"),
+        (wado, "*/*"),
+        (f"{instance}/rendered", "image/jpeg"),
+        (f"{instance}/thumbnail", "image/jpeg"),
+    ):
+        answer = requests.get(url, headers={"Accept": accept}, timeout=30)
+        assert answer.status_code == 404, (url, answer.status_code, answer.content[:200])
+        assert answer.headers["Content-Type"] == "application/json", url
+        assert answer.json()["error"] == "not_found"
+
+
+def test_missing_object_is_never_served_as_other_bytes(stack: RunningStack, victim: dict[str, str]) -> None:
+    stack.storage().delete(victim["key"])
+    assert_never_other_bytes(stack, victim)
+
+
+@pytest.mark.parametrize("stack", ["file"], indirect=True)
+@pytest.mark.parametrize("kind", ["directory", "dangling symlink", "fifo"])
+def test_object_that_is_not_a_regular_file(stack: RunningStack, victim: dict[str, str], kind: str) -> None:
+    """Tests run as root, so an unreadable mode would not stop the reader: these shapes do."""
+    target = stack.stack.var_dir / "objects" / victim["key"]
+    target.unlink()
+    if kind == "directory":
+        target.mkdir()
+    elif kind == "dangling symlink":
+        target.symlink_to(target.parent / "nowhere.dcm")
+    else:
+        os.mkfifo(target)
+    assert_never_other_bytes(stack, victim)
+    # the gateway still works (no worker is left blocked on the FIFO)
+    target.unlink() if not target.is_dir() else target.rmdir()
+    shutil.copyfile(victim["saved"], target)
+    whole = requests.get(
+        f"{victim['root']}/studies/{victim['study']}/series/{victim['series']}/instances/{victim['sop']}",
+        headers={"Accept": "application/dicom"},
+        timeout=30,
+    )
+    assert whole.status_code == 200 and whole.content == Path(victim["saved"]).read_bytes()
+
+
+# -- 13: no token in any log --------------------------------------------------------------------------------------
+
+
+def test_no_token_reaches_any_log_whatever_the_request_looks_like(stack: RunningStack, ct: dict[str, str]) -> None:
+    study = ct["study"]
+    token = stack.issue([study], sub="hostile-shapes")["token"]
+    shapes = [
+        f"/t/x/../t/{token}/dicomweb/studies/{study}/series",
+        f"/t/x/%2e%2e/t/{token}/dicomweb/studies",
+        f"/dicomweb/t/{token}/studies",
+        f"//t/{token}/dicomweb/studies",
+        f"/t/{token}",
+        f"/t/t/{token}/dicomweb/studies",
+        f"/T/{token}/dicomweb/studies",
+        f"/%74/{token}/dicomweb/studies",
+        f"/t%2f{token}/dicomweb/studies",
+        f"/t\\{token}\\dicomweb",
+        f"/t/{token}/dicomweb/studies/{study}/series?token={token}",
+        f"/dicomweb/studies/{study}/series?token={token}&token={token}",
+        f"/dicomweb/studies/{study}/series?a=1&TOKEN={token}",
+        f"/dicomweb/studies/{study}/series?%74oken={token}",
+        f"/dicomweb/studies/{study}/series?x=token&token={token}",
+        f"/dicomweb/studies/{study}/series?xtoken={token}",
+        f"/t/{token}/dicomweb/studies\x00",
+        f"/t/{token}/dicomweb/\tstudies",
+        f"/t/{token}/dicomweb/ studies",
+        f"/t/{token}/dicomweb/studies/{study}/series/1.2.3/instances/4.5.6/frames/1",  # a storage miss
+        f"/api/v1/session?next=/viewer/&token={token}",
+    ]
+    for shape in shapes:
+        status, _, _ = raw(stack, get(shape))
+        assert status < 500, shape
+    time.sleep(0.3)  # NGINX writes the access log line after the response
+    logs = [p for p in stack.stack.var_dir.rglob("*") if p.is_file() and p.suffix in (".log", ".out")]
+    assert stack.stack.access_log in logs
+    for path in logs:
+        text = path.read_bytes()
+        assert token.encode() not in text, path
+        assert token.split(".")[-1].encode() not in text, path  # not even the signature
+    entries = [e for e in stack.access_log() if e["uri"].startswith("/t/***/dicomweb/studies/")]
+    assert entries, "the masked path is still logged"
