@@ -1,23 +1,43 @@
 """Issue 2 as a user meets it: `dicom-gateway stack up` starts, answers /readyz through NGINX, stops on Ctrl-C with
-no orphans, reuses ./var, refuses a busy port clearly; `--tls` serves HTTPS with HTTP/2 and Secure cookies."""
+no orphans, reuses ./var, refuses a busy port clearly; `--tls` serves HTTPS with HTTP/2 and Secure cookies.
+Issue 11: every setting has one value whichever way it is given (flag, environment, generated under --var), used
+alike by gunicorn, NGINX and seeding; the catalog is migrated once before the workers start; a start-up failure is
+one readable line."""
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urljoin
 
+import pydicom
+import pytest
 import requests
 import urllib3
 
+from gateway.dicomweb.multipart import encode_multipart
 from gateway.stack import Stack, free_port
+from gateway.synth import make_series
+from gateway.tokens import TokenService
+from tests.e2e.conftest import uids_of
+
+REPO = Path(__file__).resolve().parents[2]
+GUNICORN = Path(sys.executable).with_name("gunicorn")
 
 
-def _start(var: Path, port: int, *extra: str) -> subprocess.Popen[str]:
+def _start(
+    var: Path, port: int, *extra: str, env: Mapping[str, str] | None = None, seed: bool = False
+) -> subprocess.Popen[str]:
+    """``dicom-gateway stack up`` as a user types it, with ``env`` added to this environment."""
     return subprocess.Popen(
         [
             sys.executable,
@@ -25,7 +45,7 @@ def _start(var: Path, port: int, *extra: str) -> subprocess.Popen[str]:
             "gateway.cli",
             "stack",
             "up",
-            "--no-seed",
+            *([] if seed else ["--no-seed"]),
             "--port",
             str(port),
             "--var",
@@ -35,7 +55,26 @@ def _start(var: Path, port: int, *extra: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**_clean_environment(), **(env or {})},
     )
+
+
+def _clean_environment() -> dict[str, str]:
+    """This environment without DICOMGW_* settings, so each test says exactly which ones it gives."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("DICOMGW_")}
+
+
+def _printed(process: subprocess.Popen[str], last: str = "Ctrl-C stops everything.") -> dict[str, str]:
+    """The ``name: value`` lines stack up prints, up to ``last``."""
+    assert process.stdout is not None
+    lines: dict[str, str] = {}
+    while True:
+        line = process.stdout.readline()
+        assert line, f"stack up ended early: {process.communicate(timeout=30)}"
+        if line.strip() == last:
+            return lines
+        name, _, value = line.partition(":")
+        lines[name.strip()] = value.strip()
 
 
 def _wait_ready(url: str, process: subprocess.Popen[str], timeout: float = 60) -> None:
@@ -186,3 +225,141 @@ def test_demo_prints_working_signed_urls(tmp_path: Path) -> None:
         seeded.send_signal(signal.SIGINT)
         seeded.communicate(timeout=60)
     assert seeded.returncode == 0
+
+
+def _stop(process: subprocess.Popen[str]) -> tuple[str, str]:
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert "Traceback" not in err
+    return out, err
+
+
+def _stow(url: str, api_key: str, files: list[Path]) -> requests.Response:
+    body = encode_multipart(files)
+    headers = {
+        "Authorization": f"Bearer {api_key}",
+        "Content-Type": body.content_type,
+        "Accept": "application/dicom+json",
+    }
+    return requests.post(f"{url}/dicomweb/studies", data=body, headers=headers, timeout=120)
+
+
+@pytest.mark.parametrize("given_by", ["flags", "environment"])
+def test_storage_and_database_given_elsewhere_are_where_nginx_reads(tmp_path: Path, given_by: str) -> None:
+    """Defect 1: objects stored in the folder of --storage / DICOMGW_STORAGE_URL are the ones NGINX serves
+    (whole instance, multipart study, frame, bulkdata range), and the catalog is the one named. A flag beats the
+    variable: with both given, nothing lands where the variable points."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    storage_url, database_url = f"file://{elsewhere / 'objects'}", f"sqlite:///{elsewhere / 'catalog.db'}"
+    decoy = tmp_path / "decoy"
+    if given_by == "flags":
+        extra = ("--storage", storage_url, "--database", database_url)
+        env = {"DICOMGW_STORAGE_URL": f"file://{decoy / 'objects'}", "DICOMGW_DATABASE_URL": f"sqlite:///{decoy}.db"}
+    else:
+        extra, env = (), {"DICOMGW_STORAGE_URL": storage_url, "DICOMGW_DATABASE_URL": database_url}
+    var, port = tmp_path / "var", free_port()
+    url = f"http://127.0.0.1:{port}"
+    [ct] = make_series(tmp_path / "ct", modality="CT", slices=1, seed=71, clean=True)
+    study, series, sop = uids_of(ct)
+    process = _start(var, port, *extra, env=env)
+    try:
+        _wait_ready(url, process)
+        api_key = (var / "api.key").read_text().strip()
+        assert _stow(url, api_key, [ct]).status_code == 200
+        assert [p.name for p in (elsewhere / "objects").rglob("*.dcm")] == [f"{sop}.dcm"]
+        assert not list(var.rglob("*.dcm")) and not (var / "catalog.db").exists()
+        assert not decoy.exists() and not Path(f"{decoy}.db").exists()
+        with sqlite3.connect(elsewhere / "catalog.db") as catalog:
+            assert catalog.execute("SELECT sop_uid FROM instances").fetchall() == [(sop,)]
+
+        issued = requests.post(
+            f"{url}/api/v1/tokens",
+            json={"sub": "t", "studies": [study]},
+            headers={"Authorization": f"Bearer {api_key}"},
+            timeout=30,
+        )
+        instance = f"{url}/t/{issued.json()['token']}/dicomweb/studies/{study}/series/{series}/instances/{sop}"
+        whole = requests.get(instance, headers={"Accept": "application/dicom"}, timeout=30)
+        assert (whole.status_code, whole.headers["Content-Type"]) == (200, "application/dicom")
+        assert whole.content == ct.read_bytes()
+        retrieved = requests.get(instance.split("/series/")[0], timeout=30)
+        assert retrieved.status_code == 200
+        assert retrieved.headers["Content-Type"].startswith('multipart/related; type="application/dicom"')
+        assert ct.read_bytes() in retrieved.content
+        pixels = pydicom.dcmread(ct).PixelData
+        frame = requests.get(f"{instance}/frames/1", headers={"Accept": "application/octet-stream"}, timeout=30)
+        assert frame.status_code == 200
+        assert frame.headers["Content-Type"] == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"
+        assert frame.content == pixels
+        [metadata] = requests.get(f"{instance}/metadata", timeout=30).json()
+        bulkdata = urljoin(f"{instance}/metadata", metadata["7FE00010"]["BulkDataURI"])
+        part = requests.get(bulkdata, headers={"Range": "bytes=100-199"}, timeout=30)
+        assert (part.status_code, part.headers["Content-Type"]) == (206, "application/octet-stream")
+        assert part.content == pixels[100:200]
+    finally:
+        _stop(process)
+
+
+def _small_seed(var: Path, files: list[Path], study: str) -> None:
+    """A seed already generated into ``var/seed`` (what a second `make demo` finds), small enough to be quick."""
+    manifest = {"ct_study": study, "wsi_study": study, "files": [str(f) for f in files]}
+    (var / "seed").mkdir(parents=True)
+    (var / "seed" / "seed.json").write_text(json.dumps(manifest))
+
+
+def test_keys_from_the_environment_are_the_only_keys(tmp_path: Path) -> None:
+    """Defect 17: with DICOMGW_API_KEYS and DICOMGW_SIGNING_KEYS in the environment, seeding uses those keys, the
+    printed URLs are signed with the newest signing key, and no second key is generated into --var."""
+    var, port = tmp_path / "var", free_port()
+    files = make_series(tmp_path / "ct", modality="CT", slices=2, seed=72, clean=True)
+    study = uids_of(files[0])[0]
+    _small_seed(var, files, study)
+    old_key, new_key, api_key, other_api_key = (secrets.token_urlsafe(48) for _ in range(4))
+    env = {"DICOMGW_SIGNING_KEYS": f"{old_key},{new_key}", "DICOMGW_API_KEYS": f"{api_key},{other_api_key}"}
+    process = _start(var, port, env=env, seed=True)
+    try:
+        printed = _printed(process)
+        assert printed["api key"].startswith("the first of DICOMGW_API_KEYS")
+        root = printed["dicomweb"]
+        token = root.split("/t/")[1].split("/dicomweb")[0]
+        scope = TokenService((new_key,), 3600).verify(token, "read").scope
+        assert scope is not None and scope.studies == {study}
+        studies = requests.get(f"{root}/studies", timeout=30)
+        assert studies.status_code == 200
+        assert [s["0020000D"]["Value"][0] for s in studies.json()] == [study]
+        assert printed["viewer"] == f"http://127.0.0.1:{port}/viewer/#study={study}&token={token}"
+        assert not (var / "signing.key").exists() and not (var / "api.key").exists()
+        # the second API key works too: the gateway has exactly the list from the environment
+        answer = requests.post(
+            f"http://127.0.0.1:{port}/api/v1/tokens",
+            json={"sub": "t", "studies": [study]},
+            headers={"Authorization": f"Bearer {other_api_key}"},
+            timeout=30,
+        )
+        assert answer.status_code == 201
+    finally:
+        _stop(process)
+
+
+def test_stack_resolves_each_setting_once(tmp_path: Path) -> None:
+    """The Stack object the CLI builds: environment over generated files, flags over the environment."""
+    var = tmp_path / "var"
+    keys = ",".join(secrets.token_urlsafe(48) for _ in range(2))
+    stack = Stack(
+        var,
+        storage_url="file:///srv/flag",
+        extra_env={
+            "DICOMGW_SIGNING_KEYS": keys,
+            "DICOMGW_API_KEYS": "k" * 40,
+            "DICOMGW_STORAGE_URL": "file:///srv/env",
+            "DICOMGW_DATABASE_URL": "sqlite:///srv/env.db",
+        },
+    )
+    env = stack.gateway_env()
+    assert (stack.signing_key, env["DICOMGW_SIGNING_KEYS"]) == (keys.split(",")[1], keys)
+    assert (stack.api_key, env["DICOMGW_API_KEYS"]) == ("k" * 40, "k" * 40)
+    assert (stack.storage_url, env["DICOMGW_STORAGE_URL"]) == ("file:///srv/flag", "file:///srv/flag")
+    assert (stack.database_url, env["DICOMGW_DATABASE_URL"]) == ("sqlite:///srv/env.db", "sqlite:///srv/env.db")
+    assert sorted(p.name for p in var.iterdir()) == ["deid.key"]  # no key file that nothing would use
