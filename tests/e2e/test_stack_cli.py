@@ -363,3 +363,125 @@ def test_stack_resolves_each_setting_once(tmp_path: Path) -> None:
     assert (stack.storage_url, env["DICOMGW_STORAGE_URL"]) == ("file:///srv/flag", "file:///srv/flag")
     assert (stack.database_url, env["DICOMGW_DATABASE_URL"]) == ("sqlite:///srv/env.db", "sqlite:///srv/env.db")
     assert sorted(p.name for p in var.iterdir()) == ["deid.key"]  # no key file that nothing would use
+
+
+# -- defect 14: migrate once before the workers; every start-up failure is one line ------------------------------
+
+
+def _head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    from gateway.catalog.engine import MIGRATIONS
+
+    return ScriptDirectory(str(MIGRATIONS)).get_current_head() or ""
+
+
+def _gateway_env(tmp_path: Path, **changes: str) -> dict[str, str]:
+    return {
+        **_clean_environment(),
+        "DICOMGW_SIGNING_KEYS": secrets.token_urlsafe(48),
+        "DICOMGW_API_KEYS": secrets.token_urlsafe(48),
+        "DICOMGW_STORAGE_URL": f"file://{tmp_path / 'objects'}",
+        "DICOMGW_DATABASE_URL": f"sqlite:///{tmp_path / 'catalog.db'}",
+        **changes,
+    }
+
+
+def _serve_until_ready(argv: list[str], env: Mapping[str, str], port: int, cwd: Path) -> None:
+    """Run gunicorn until /readyz answers 200, then stop it (TERM to the process this test started)."""
+    server = subprocess.Popen(argv, env=dict(env), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_ready(f"http://127.0.0.1:{port}", server)
+    finally:
+        server.terminate()
+        _, err = server.communicate(timeout=60)
+    assert "Traceback" not in err
+
+
+def test_workers_never_migrate_and_db_upgrade_does_it_once(tmp_path: Path) -> None:
+    """Workers on an empty catalog refuse with one line (so two of them can never race on a migration);
+    `dicom-gateway db upgrade` migrates, after which the same workers start."""
+    env = _gateway_env(tmp_path)
+    port = free_port()
+    argv = [str(GUNICORN), "gateway.wsgi:application", "--bind", f"127.0.0.1:{port}", "--workers", "2"]
+    refused = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 4  # gunicorn's "App failed to load": the master stops, no respawn loop
+    ours = {line for line in refused.stderr.splitlines() if line.startswith("dicom-gateway: ")}
+    assert ours == {
+        f"dicom-gateway: DICOMGW_DATABASE_URL: the catalog schema is at revision (none), this version needs "
+        f"{_head_revision()}: run `dicom-gateway db upgrade` before starting the workers"
+    }
+    assert "Traceback" not in refused.stderr
+    upgrade = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "db", "upgrade"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert (upgrade.returncode, upgrade.stdout, upgrade.stderr) == (
+        0,
+        f"catalog schema at revision {_head_revision()}\n",
+        "",
+    )
+    _serve_until_ready(argv, env, port, tmp_path)
+
+
+def test_container_gunicorn_migrates_once_in_the_master(tmp_path: Path) -> None:
+    """The image's command (gunicorn with docker/gunicorn.conf.py) on an empty catalog: on_starting migrates
+    before any worker exists (workers cannot migrate, see above), so the first start always boots."""
+    port = free_port()
+    env = _gateway_env(tmp_path, GUNICORN_BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY="2", GUNICORN_THREADS="2")
+    argv = [str(GUNICORN), "--config", str(REPO / "docker" / "gunicorn.conf.py"), "gateway.wsgi:application"]
+    _serve_until_ready(argv, env, port, tmp_path)
+    with sqlite3.connect(tmp_path / "catalog.db") as catalog:
+        assert catalog.execute("SELECT version_num FROM alembic_version").fetchall() == [(_head_revision(),)]
+    # a bad setting stops the master before any worker: one line, no traceback
+    bad = subprocess.run(
+        argv, env={**env, "DICOMGW_SIGNING_KEYS": "short"}, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert bad.returncode == 1
+    assert bad.stderr.splitlines()[-1] == (
+        "dicom-gateway: DICOMGW_SIGNING_KEYS: every key must be at least 32 characters"
+    )
+    assert "Traceback" not in bad.stderr and "Booting worker" not in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "message"),
+    [
+        ((), {"DICOMGW_SIGNING_KEYS": "short"}, "DICOMGW_SIGNING_KEYS: every key must be at least 32 characters"),
+        (
+            (),
+            {"DICOMGW_PHI_POLICY": "/nonexistent/policy.toml"},
+            "DICOMGW_PHI_POLICY: no such file: /nonexistent/policy.toml",
+        ),
+        (("--storage", "file://objects"), {}, "DICOMGW_STORAGE_URL: must start with file:/// or s3://"),
+        (
+            ("--database", "sqlite:///{tmp}/missing/catalog.db"),
+            {},
+            "DICOMGW_DATABASE_URL: cannot open the catalog: unable to open database file",
+        ),
+    ],
+    ids=["short-signing-key", "missing-policy", "relative-storage", "catalog-cannot-open"],
+)
+def test_start_up_failure_is_one_line(
+    tmp_path: Path, flags: tuple[str, ...], env: dict[str, str], message: str
+) -> None:
+    flags = tuple(flag.replace("{tmp}", str(tmp_path)) for flag in flags)
+    process = _start(tmp_path / "var", free_port(), *flags, env=env)
+    out, err = process.communicate(timeout=120)
+    assert (process.returncode, err) == (1, f"Error: {message}\n")
+    assert out == ""
+    assert not _processes_mentioning(str(tmp_path / "var"))
+
+
+def test_seeding_failure_is_one_line_and_stops_everything(tmp_path: Path) -> None:
+    """What `make demo` shows when seeding is refused (here: a seed file that is not DICOM, so STOW answers 409)."""
+    var, port = tmp_path / "var", free_port()
+    not_dicom = tmp_path / "not-dicom.dcm"
+    not_dicom.write_bytes(b"not DICOM at all")
+    _small_seed(var, [not_dicom], "1.2.3")
+    process = _start(var, port, seed=True)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 1
+    [line] = err.splitlines()
+    assert line.startswith('Error: seeding failed: the STOW-RS upload answered 409: {"00081190":{"vr":"UR"}')
+    assert out.splitlines()[-1] == "stopped."
+    assert not _processes_mentioning(str(var))
