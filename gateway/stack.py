@@ -64,7 +64,7 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
     cert, key = directory / "tls.crt", directory / "tls.key"
     if not cert.exists():
         directory.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
+        made = subprocess.run(
             [
                 "openssl",
                 "req",
@@ -83,9 +83,12 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
                 "-out",
                 str(cert),
             ],
-            check=True,
+            check=False,
             capture_output=True,
         )
+        if made.returncode != 0:
+            reason = " ".join(made.stderr.decode(errors="replace").split())[-300:]
+            raise StackError(f"openssl could not make the self-signed certificate: {reason}")
         key.chmod(0o600)
     return cert, key
 
