@@ -5,14 +5,20 @@ the container's ``on_starting``, or ``dicom-gateway db upgrade``); a worker only
 """
 
 import sys
+from typing import Any
 
 from gateway.app import create_wsgi
 from gateway.errors import ConfigError, GatewayError
 
-try:
-    application = create_wsgi(migrate=False)
-except (ConfigError, GatewayError) as error:
-    # One readable line instead of a traceback; exit status 4 is gunicorn's "App failed to load", which stops
-    # the master instead of respawning a worker that cannot start.
-    print("dicom-gateway: " + " ".join(str(error).split()), file=sys.stderr, flush=True)
-    raise SystemExit(4) from None
+
+def _load() -> Any:
+    try:
+        return create_wsgi(migrate=False)
+    except (ConfigError, GatewayError) as error:
+        # One readable line instead of a traceback; exit status 4 is gunicorn's "App failed to load", which
+        # stops the master instead of respawning a worker that cannot start.
+        print("dicom-gateway: " + " ".join(str(error).split()), file=sys.stderr, flush=True)
+        raise SystemExit(4) from None
+
+
+application = _load()
