@@ -41,13 +41,19 @@ def migrate(settings: Settings) -> str:
 
     from gateway.catalog import Catalog
 
-    catalog = Catalog(settings.database_url)
+    try:
+        catalog = Catalog(settings.database_url)
+    except (sa.exc.ArgumentError, ValueError):
+        # never the parser's message: it may repeat the URL, password included
+        raise StartupError("DICOMGW_DATABASE_URL: not a database URL this gateway can open") from None
+    except ImportError as error:
+        raise StartupError(f"DICOMGW_DATABASE_URL: its driver is not installed ({error.name})") from None
     try:
         with catalog.engine.connect():
             pass
     except sa.exc.SQLAlchemyError as error:
-        # The driver's own first line ("unable to open database file", "password authentication failed for
-        # user ..."): drivers never repeat the password, and a person needs the reason.
+        # The driver's reason ("unable to open database file", "password authentication failed for user ..."):
+        # a person needs it, and libpq and SQLite name the file, host or user, never the password.
         reason = _one_line(getattr(error, "orig", None) or error)
         catalog.close()
         raise StartupError(f"DICOMGW_DATABASE_URL: cannot open the catalog: {reason}") from None

@@ -392,9 +392,11 @@ def _serve_until_ready(argv: list[str], env: Mapping[str, str], port: int, cwd: 
     server = subprocess.Popen(argv, env=dict(env), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_ready(f"http://127.0.0.1:{port}", server)
-    finally:
-        server.terminate()
-        _, err = server.communicate(timeout=60)
+    except AssertionError:
+        server.kill()  # the master: its workers follow
+        raise
+    server.terminate()
+    _, err = server.communicate(timeout=60)
     assert "Traceback" not in err
 
 
