@@ -79,7 +79,7 @@ def seed_demo(stack: Stack | Target) -> dict[str, str]:
     """Store the demo studies and issue their tokens; any failure is a ``StackError`` with one readable line."""
     try:
         return _seed(stack)
-    except requests.RequestException as error:
+    except (requests.RequestException, OSError, ValueError) as error:  # unreachable, unreadable seed, bad JSON
         raise StackError(f"seeding failed: {type(error).__name__}: {' '.join(str(error).split())[:300]}") from None
 
 
