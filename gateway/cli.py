@@ -47,15 +47,6 @@ def stack_up(
     from gateway.stack import Stack, StackError
 
     passthrough = {k: v for k, v in os.environ.items() if k.startswith("DICOMGW_") or k == "AWS_ENDPOINT_URL"}
-    the_stack = Stack(
-        var_dir,
-        port=port,
-        host=host,
-        storage_url=storage_url,
-        database_url=database_url,
-        tls=tls,
-        extra_env=passthrough,
-    )
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -64,8 +55,17 @@ def stack_up(
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
+        the_stack = Stack(
+            var_dir,
+            port=port,
+            host=host,
+            storage_url=storage_url,
+            database_url=database_url,
+            tls=tls,
+            extra_env=passthrough,
+        )
         the_stack.start()
-    except (StackError, OSError) as error:
+    except (StackError, OSError) as error:  # one line: a port in use, a bad setting, an unwritable --var
         raise click.ClickException(str(error)) from None
     try:
         click.echo(f"gateway:  {the_stack.url}  (ready: {the_stack.url}/readyz)")

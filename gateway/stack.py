@@ -256,6 +256,13 @@ class Stack:
         if not port_is_free(self.host, self.port):
             raise StackError(f"port {self.port} on {self.host} is already in use: choose another with --port")
         self.prepare()
+        try:
+            self._start_processes(timeout)
+        except BaseException:
+            self.stop()  # never leave half a stack running (an OSError spawning NGINX, Ctrl-C while waiting)
+            raise
+
+    def _start_processes(self, timeout: float) -> None:
         main_conf = self.render()
         for stale in ("gunicorn.sock", "storage.sock"):
             (self.run_dir / stale).unlink(missing_ok=True)
