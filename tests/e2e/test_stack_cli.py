@@ -29,6 +29,8 @@ from gateway.stack import Stack, free_port
 from gateway.synth import make_series
 from gateway.tokens import TokenService
 from tests.e2e.conftest import uids_of
+from tests.e2e.harness import AWS_TEST_ENV
+from tests.fixtures.servers import MotoServer, create_bucket
 
 REPO = Path(__file__).resolve().parents[2]
 GUNICORN = Path(sys.executable).with_name("gunicorn")
@@ -245,6 +247,36 @@ def _stow(url: str, api_key: str, files: list[Path]) -> requests.Response:
     return requests.post(f"{url}/dicomweb/studies", data=body, headers=headers, timeout=120)
 
 
+def _read_through_nginx(url: str, api_key: str, ct: Path) -> None:
+    """Every way NGINX reads a stored object: whole (X-Accel-Redirect), in a multipart study, a frame and a
+    bulkdata range (storage byte ranges). Each must answer exactly the file's bytes."""
+    study, series, sop = uids_of(ct)
+    issued = requests.post(
+        f"{url}/api/v1/tokens",
+        json={"sub": "t", "studies": [study]},
+        headers={"Authorization": f"Bearer {api_key}"},
+        timeout=30,
+    )
+    instance = f"{url}/t/{issued.json()['token']}/dicomweb/studies/{study}/series/{series}/instances/{sop}"
+    whole = requests.get(instance, headers={"Accept": "application/dicom"}, timeout=30)
+    assert (whole.status_code, whole.headers["Content-Type"]) == (200, "application/dicom")
+    assert whole.content == ct.read_bytes()
+    retrieved = requests.get(instance.split("/series/")[0], timeout=30)
+    assert retrieved.status_code == 200
+    assert retrieved.headers["Content-Type"].startswith('multipart/related; type="application/dicom"')
+    assert ct.read_bytes() in retrieved.content
+    pixels = pydicom.dcmread(ct).PixelData
+    frame = requests.get(f"{instance}/frames/1", headers={"Accept": "application/octet-stream"}, timeout=30)
+    assert frame.status_code == 200
+    assert frame.headers["Content-Type"] == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"
+    assert frame.content == pixels
+    [metadata] = requests.get(f"{instance}/metadata", timeout=30).json()
+    bulkdata = urljoin(f"{instance}/metadata", metadata["7FE00010"]["BulkDataURI"])
+    part = requests.get(bulkdata, headers={"Range": "bytes=100-199"}, timeout=30)
+    assert (part.status_code, part.headers["Content-Type"]) == (206, "application/octet-stream")
+    assert part.content == pixels[100:200]
+
+
 @pytest.mark.parametrize("given_by", ["flags", "environment"])
 def test_storage_and_database_given_elsewhere_are_where_nginx_reads(tmp_path: Path, given_by: str) -> None:
     """Defect 1: objects stored in the folder of --storage / DICOMGW_STORAGE_URL are the ones NGINX serves
@@ -262,7 +294,7 @@ def test_storage_and_database_given_elsewhere_are_where_nginx_reads(tmp_path: Pa
     var, port = tmp_path / "var", free_port()
     url = f"http://127.0.0.1:{port}"
     [ct] = make_series(tmp_path / "ct", modality="CT", slices=1, seed=71, clean=True)
-    study, series, sop = uids_of(ct)
+    sop = uids_of(ct)[2]
     process = _start(var, port, *extra, env=env)
     try:
         _wait_ready(url, process)
@@ -273,31 +305,27 @@ def test_storage_and_database_given_elsewhere_are_where_nginx_reads(tmp_path: Pa
         assert not decoy.exists() and not Path(f"{decoy}.db").exists()
         with sqlite3.connect(elsewhere / "catalog.db") as catalog:
             assert catalog.execute("SELECT sop_uid FROM instances").fetchall() == [(sop,)]
+        _read_through_nginx(url, api_key, ct)
+    finally:
+        _stop(process)
 
-        issued = requests.post(
-            f"{url}/api/v1/tokens",
-            json={"sub": "t", "studies": [study]},
-            headers={"Authorization": f"Bearer {api_key}"},
-            timeout=30,
-        )
-        instance = f"{url}/t/{issued.json()['token']}/dicomweb/studies/{study}/series/{series}/instances/{sop}"
-        whole = requests.get(instance, headers={"Accept": "application/dicom"}, timeout=30)
-        assert (whole.status_code, whole.headers["Content-Type"]) == (200, "application/dicom")
-        assert whole.content == ct.read_bytes()
-        retrieved = requests.get(instance.split("/series/")[0], timeout=30)
-        assert retrieved.status_code == 200
-        assert retrieved.headers["Content-Type"].startswith('multipart/related; type="application/dicom"')
-        assert ct.read_bytes() in retrieved.content
-        pixels = pydicom.dcmread(ct).PixelData
-        frame = requests.get(f"{instance}/frames/1", headers={"Accept": "application/octet-stream"}, timeout=30)
-        assert frame.status_code == 200
-        assert frame.headers["Content-Type"] == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"
-        assert frame.content == pixels
-        [metadata] = requests.get(f"{instance}/metadata", timeout=30).json()
-        bulkdata = urljoin(f"{instance}/metadata", metadata["7FE00010"]["BulkDataURI"])
-        part = requests.get(bulkdata, headers={"Range": "bytes=100-199"}, timeout=30)
-        assert (part.status_code, part.headers["Content-Type"]) == (206, "application/octet-stream")
-        assert part.content == pixels[100:200]
+
+def test_s3_storage_from_the_environment_is_what_nginx_reads(tmp_path: Path, moto_server: MotoServer) -> None:
+    """Defect 1 on S3: DICOMGW_STORAGE_URL=s3://... in the environment makes NGINX read from that bucket through
+    the S3 endpoint (not from a local folder), like the gateway writes to it."""
+    bucket = f"dgw-cli-{secrets.token_hex(4)}"
+    create_bucket(moto_server.endpoint, bucket)
+    env = {**AWS_TEST_ENV, "AWS_ENDPOINT_URL": moto_server.endpoint, "DICOMGW_STORAGE_URL": f"s3://{bucket}/data"}
+    var, port = tmp_path / "var", free_port()
+    url = f"http://127.0.0.1:{port}"
+    [ct] = make_series(tmp_path / "ct", modality="CT", slices=1, seed=73, clean=True)
+    process = _start(var, port, env=env)
+    try:
+        _wait_ready(url, process)
+        api_key = (var / "api.key").read_text().strip()
+        assert _stow(url, api_key, [ct]).status_code == 200
+        assert not list(var.rglob("*.dcm"))
+        _read_through_nginx(url, api_key, ct)
     finally:
         _stop(process)
 
