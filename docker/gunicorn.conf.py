@@ -9,6 +9,9 @@ can be overridden by an environment variable, so compose and ECS tune them witho
   minutes), ``GUNICORN_KEEPALIVE`` (75 s, longer than NGINX keeps an idle upstream connection, so NGINX always
   closes first and never reuses a socket gunicorn has just closed).
 
+The master validates the settings and migrates the catalog once in ``on_starting``, before any worker exists
+(workers only check the schema), and a bad setting stops it with one line instead of a traceback per worker.
+
 The access log stays off: URLs carry tokens (``/t/{token}/...``, ``?token=``); NGINX writes the masked log.
 """
 
@@ -60,3 +63,12 @@ loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
 # NGINX is the only client and sets X-Forwarded-*; it runs in the same task (ECS) or compose network.
 forwarded_allow_ips = os.environ.get("GUNICORN_FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
 proxy_allow_ips = forwarded_allow_ips
+
+
+def on_starting(server: object) -> None:
+    from gateway.startup import StartupError, prepare
+
+    try:
+        prepare()
+    except StartupError as error:
+        raise SystemExit(f"dicom-gateway: {error}") from None

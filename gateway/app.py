@@ -16,8 +16,11 @@ from gateway.services import Services
 log = logging.getLogger("gateway")
 
 
-def create_app(config: Settings | Mapping[str, Any] | None = None, services: Services | None = None) -> Flask:
-    """``config`` is Settings, a mapping of ``DICOMGW_*`` names without the prefix, or None (environment)."""
+def create_app(
+    config: Settings | Mapping[str, Any] | None = None, services: Services | None = None, *, migrate: bool = True
+) -> Flask:
+    """``config`` is Settings, a mapping of ``DICOMGW_*`` names without the prefix, or None (environment).
+    ``migrate=False``: the catalog must already be current (gunicorn workers, see ``gateway.startup``)."""
     if services is None:
         if config is None:
             settings = Settings.from_env()
@@ -25,7 +28,7 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, services: Ser
             settings = config
         else:
             settings = Settings.from_mapping(config)
-        services = Services.build(settings)
+        services = Services.build(settings, migrate=migrate)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = None  # STOW streams; NGINX enforces the body limit
     app.extensions["dicomgw"] = services
@@ -59,10 +62,10 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, services: Ser
     return app
 
 
-def create_wsgi(config: Settings | Mapping[str, Any] | None = None) -> Any:
+def create_wsgi(config: Settings | Mapping[str, Any] | None = None, *, migrate: bool = True) -> Any:
     """The full WSGI callable: the fast paths (auth decision, read plans) in front of Flask."""
     from gateway.fastpath import FastPath
 
-    app = create_app(config)
+    app = create_app(config, migrate=migrate)
     services = app.extensions["dicomgw"]
     return FastPath(app.wsgi_app, services.authorizer, services.planner)

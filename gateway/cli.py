@@ -47,15 +47,6 @@ def stack_up(
     from gateway.stack import Stack, StackError
 
     passthrough = {k: v for k, v in os.environ.items() if k.startswith("DICOMGW_") or k == "AWS_ENDPOINT_URL"}
-    the_stack = Stack(
-        var_dir,
-        port=port,
-        host=host,
-        storage_url=storage_url,
-        database_url=database_url,
-        tls=tls,
-        extra_env=passthrough,
-    )
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -64,17 +55,34 @@ def stack_up(
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
+        the_stack = Stack(
+            var_dir,
+            port=port,
+            host=host,
+            storage_url=storage_url,
+            database_url=database_url,
+            tls=tls,
+            extra_env=passthrough,
+        )
         the_stack.start()
-    except StackError as error:
+    except (StackError, OSError) as error:  # one line: a port in use, a bad setting, an unwritable --var
         raise click.ClickException(str(error)) from None
     try:
         click.echo(f"gateway:  {the_stack.url}  (ready: {the_stack.url}/readyz)")
         if not no_seed:
-            urls = seed_demo(the_stack)
+            try:
+                urls = seed_demo(the_stack)
+            except StackError as error:
+                raise click.ClickException(str(error)) from None
             click.echo(f"viewer:   {urls['viewer_url']}")
             click.echo(f"dicomweb: {urls['dicomweb_root']}")
             click.echo(f"slide:    {urls['wsi_viewer_url']}")
-        click.echo(f"api key:  {the_stack.var_dir / 'api.key'}  (logs: {the_stack.var_dir / 'logs'})")
+        api_key = (
+            "the first of DICOMGW_API_KEYS"
+            if the_stack.keys_from_environment("DICOMGW_API_KEYS")
+            else str(the_stack.var_dir / "api.key")
+        )
+        click.echo(f"api key:  {api_key}  (logs: {the_stack.var_dir / 'logs'})")
         click.echo("Ctrl-C stops everything.")
         while not stop.is_set():
             for name, process in the_stack.processes.items():
@@ -94,12 +102,16 @@ def stack_seed(url: str, work_dir: Path) -> None:
     """Seed a running gateway (docker compose) with the synthetic studies; print the URLs. API key from
     DICOMGW_API_KEYS (the first one)."""
     from gateway.seed import Target, seed_demo
+    from gateway.stack import StackError
 
     keys = [k.strip() for k in os.environ.get("DICOMGW_API_KEYS", "").split(",") if k.strip()]
     if not keys:
         raise click.ClickException("DICOMGW_API_KEYS is not set")
     work_dir.mkdir(parents=True, exist_ok=True)
-    urls = seed_demo(Target(url, keys[0], work_dir))
+    try:
+        urls = seed_demo(Target(url, keys[0], work_dir))
+    except StackError as error:
+        raise click.ClickException(str(error)) from None
     click.echo(f"gateway:  {url}")
     click.echo(f"viewer:   {urls['viewer_url']}")
     click.echo(f"dicomweb: {urls['dicomweb_root']}")
@@ -174,6 +186,24 @@ def keys_generate(count: int) -> None:
 
 
 # -- operations -------------------------------------------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """The catalog database."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Validate the settings and migrate the catalog to this version, once, before the workers start (what
+    `stack up` and the container's gunicorn do themselves)."""
+    from gateway.startup import StartupError, check_settings, migrate
+
+    try:
+        revision = migrate(check_settings())
+    except StartupError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"catalog schema at revision {revision}")
 
 
 @main.command()

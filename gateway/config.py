@@ -35,7 +35,8 @@ VARIABLES: dict[str, tuple[bool, str, str]] = {
     "PUBLIC_URL": (
         False,
         "",
-        "External base URL (`https://dicom.example.org`) used in viewer and DICOMweb URLs.",
+        "External base URL of viewer, DICOMweb and STOW RetrieveURL URLs; unset: the scheme and host the client "
+        "used, as NGINX passes them (Host, X-Forwarded-Proto).",
     ),
     "CORS_ORIGINS": (
         False,

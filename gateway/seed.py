@@ -11,7 +11,7 @@ import pydicom
 import requests
 
 from gateway.dicomweb.multipart import encode_multipart
-from gateway.stack import Stack
+from gateway.stack import Stack, StackError
 
 
 class Target:
@@ -53,7 +53,7 @@ def _stow(stack: Stack | Target, files: list[str]) -> None:
     url = f"{stack.url}/dicomweb/studies"
     answer = requests.post(url, data=body, headers=headers, timeout=600, verify=False)  # noqa: S501
     if answer.status_code != 200:
-        raise RuntimeError(f"seeding failed: {answer.status_code} {answer.text[:300]}")
+        raise _failed("the STOW-RS upload", answer)
 
 
 def issue(stack: Stack | Target, study: str, ttl: int = 3600) -> dict[str, Any]:
@@ -64,12 +64,26 @@ def issue(stack: Stack | Target, study: str, ttl: int = 3600) -> dict[str, Any]:
         timeout=30,
         verify=False,  # noqa: S501 - the stack's own self-signed certificate
     )
-    answer.raise_for_status()
+    if answer.status_code != 201:
+        raise _failed("issuing a token", answer)
     result: dict[str, Any] = answer.json()
     return result
 
 
+def _failed(step: str, answer: requests.Response) -> StackError:
+    text = " ".join(answer.text.split())[:300]
+    return StackError(f"seeding failed: {step} answered {answer.status_code}: {text}")
+
+
 def seed_demo(stack: Stack | Target) -> dict[str, str]:
+    """Store the demo studies and issue their tokens; any failure is a ``StackError`` with one readable line."""
+    try:
+        return _seed(stack)
+    except (requests.RequestException, OSError, ValueError) as error:  # unreachable, unreadable seed, bad JSON
+        raise StackError(f"seeding failed: {type(error).__name__}: {' '.join(str(error).split())[:300]}") from None
+
+
+def _seed(stack: Stack | Target) -> dict[str, str]:
     seed_dir = stack.var_dir / "seed"
     manifest_path = seed_dir / "seed.json"
     if manifest_path.exists():

@@ -48,10 +48,14 @@ class Services:
     spool_dir: Path
 
     @classmethod
-    def build(cls, settings: Settings, hooks: list[Hook] | None = None) -> Services:
+    def build(cls, settings: Settings, hooks: list[Hook] | None = None, *, migrate: bool = True) -> Services:
+        """``migrate=False`` (gunicorn workers): only check the schema; ``gateway.startup`` migrated it once."""
         storage = open_storage(settings.storage_url)
         catalog = Catalog(settings.database_url)
-        catalog.migrate()
+        if migrate:
+            catalog.migrate()
+        else:
+            catalog.require_current_schema()
         tokens = TokenService(
             settings.signing_keys, settings.token_max_ttl, settings.token_default_ttl, settings.verify_keys
         )

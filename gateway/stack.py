@@ -64,7 +64,7 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
     cert, key = directory / "tls.crt", directory / "tls.key"
     if not cert.exists():
         directory.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
+        made = subprocess.run(
             [
                 "openssl",
                 "req",
@@ -83,9 +83,12 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
                 "-out",
                 str(cert),
             ],
-            check=True,
+            check=False,
             capture_output=True,
         )
+        if made.returncode != 0:
+            reason = " ".join(made.stderr.decode(errors="replace").split())[-300:]
+            raise StackError(f"openssl could not make the self-signed certificate: {reason}")
         key.chmod(0o600)
     return cert, key
 
@@ -102,14 +105,40 @@ class Stack:
     gunicorn_workers: int = 2
     gunicorn_threads: int = 8
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    log_marks: dict[Path, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # One value per setting, used by gunicorn, NGINX and seeding alike: a flag (constructor argument) wins,
+        # then the environment (``extra_env``), then the default under ``var/`` (keys generated there once).
         self.var_dir = self.var_dir.resolve()
-        self.storage_url = self.storage_url or f"file://{self.var_dir / 'objects'}"
-        self.database_url = self.database_url or f"sqlite:///{self.var_dir / 'catalog.db'}"
-        self.signing_key = read_or_create_secret(self.var_dir / "signing.key")
-        self.api_key = read_or_create_secret(self.var_dir / "api.key")
-        self.deid_key = read_or_create_secret(self.var_dir / "deid.key")
+        self.var_dir.mkdir(parents=True, exist_ok=True)
+        env = self.extra_env
+        self.storage_url = (
+            self.storage_url or env.get("DICOMGW_STORAGE_URL", "") or f"file://{self.var_dir / 'objects'}"
+        )
+        self.database_url = (
+            self.database_url or env.get("DICOMGW_DATABASE_URL", "") or f"sqlite:///{self.var_dir / 'catalog.db'}"
+        )
+        self.signing_keys = self._keys("DICOMGW_SIGNING_KEYS", "signing.key")
+        self.api_keys = self._keys("DICOMGW_API_KEYS", "api.key")
+        self.deid_key = env.get("DICOMGW_DEID_KEY", "") or read_or_create_secret(self.var_dir / "deid.key")
+
+    def _keys(self, variable: str, file_name: str) -> tuple[str, ...]:
+        given = tuple(key.strip() for key in self.extra_env.get(variable, "").split(",") if key.strip())
+        return given or (read_or_create_secret(self.var_dir / file_name),)
+
+    @property
+    def signing_key(self) -> str:
+        """The key new tokens are signed with (the newest, as in the gateway)."""
+        return self.signing_keys[-1]
+
+    @property
+    def api_key(self) -> str:
+        """The API key seeding and tests use (the first, as ``stack seed`` does)."""
+        return self.api_keys[0]
+
+    def keys_from_environment(self, variable: str) -> bool:
+        return bool(self.extra_env.get(variable, "").strip(", "))
 
     # -- paths ---------------------------------------------------------------------------------------------------
     @property
@@ -139,18 +168,30 @@ class Stack:
     # -- configuration ---------------------------------------------------------------------------------------------
     def gateway_env(self) -> dict[str, str]:
         env = {
-            "DICOMGW_SIGNING_KEYS": self.signing_key,
-            "DICOMGW_API_KEYS": self.api_key,
-            "DICOMGW_DEID_KEY": self.deid_key,
-            "DICOMGW_STORAGE_URL": self.storage_url,
-            "DICOMGW_DATABASE_URL": self.database_url,
             "DICOMGW_PUBLIC_URL": self.url,
             "DICOMGW_TLS": "1" if self.tls else "0",
             "DICOMGW_TMP_DIR": str(self.var_dir / "spool"),
             "PROMETHEUS_MULTIPROC_DIR": str(self.run_dir / "metrics"),
         }
         env.update(self.extra_env)
+        # What NGINX and seeding also use: the resolved values, never a second source.
+        env.update(
+            DICOMGW_SIGNING_KEYS=",".join(self.signing_keys),
+            DICOMGW_API_KEYS=",".join(self.api_keys),
+            DICOMGW_DEID_KEY=self.deid_key,
+            DICOMGW_STORAGE_URL=self.storage_url,
+            DICOMGW_DATABASE_URL=self.database_url,
+        )
         return env
+
+    @property
+    def file_root(self) -> Path | None:
+        """The folder of a ``file://`` storage, as the gateway resolves it (NGINX serves reads from it)."""
+        if not self.storage_url.startswith("file://"):
+            return None
+        from gateway.storage.local import LocalStorage
+
+        return LocalStorage(self.storage_url).root
 
     def nginx_values(self) -> dict[str, str]:
         run = self.run_dir
@@ -164,7 +205,7 @@ class Stack:
             "DICOMGW_TLS_KEY": str(self.var_dir / "tls" / "tls.key"),
             "DICOMGW_GATEWAY_UPSTREAM": f"unix:{run / 'gunicorn.sock'}",
             "DICOMGW_FILE_ORIGIN_LISTEN": f"unix:{run / 'storage.sock'}",
-            "DICOMGW_FILE_ROOT": str(self.var_dir / "objects"),
+            "DICOMGW_FILE_ROOT": str(self.file_root or self.var_dir / "objects"),
             "DICOMGW_VIEWER_ROOT": str(nginxconf.REPO_ROOT / "viewer" / "dist"),
             "DICOMGW_CACHE_DIR": str(self.nginx_dir / "cache"),
             "DICOMGW_ACCESS_LOG": str(self.access_log),
@@ -200,7 +241,7 @@ class Stack:
     def render(self) -> Path:
         for sub in ("logs", "tmp", "cache"):
             (self.nginx_dir / sub).mkdir(parents=True, exist_ok=True)
-        for sub in ("run", "logs", "objects", "spool"):
+        for sub in ("run", "logs", "spool"):
             (self.var_dir / sub).mkdir(parents=True, exist_ok=True)
         if self.tls:
             self_signed_certificate(self.var_dir / "tls")
@@ -214,6 +255,14 @@ class Stack:
             )
         if not port_is_free(self.host, self.port):
             raise StackError(f"port {self.port} on {self.host} is already in use: choose another with --port")
+        self.prepare()
+        try:
+            self._start_processes(timeout)
+        except BaseException:
+            self.stop()  # never leave half a stack running (an OSError spawning NGINX, Ctrl-C while waiting)
+            raise
+
+    def _start_processes(self, timeout: float) -> None:
         main_conf = self.render()
         for stale in ("gunicorn.sock", "storage.sock"):
             (self.run_dir / stale).unlink(missing_ok=True)
@@ -277,7 +326,18 @@ class Stack:
         )
         self._wait_ready(timeout)
 
+    def prepare(self) -> None:
+        """Validate the gateway's settings and migrate the catalog once, before gunicorn starts its workers."""
+        from gateway.startup import StartupError, prepare
+
+        try:
+            prepare({**os.environ, **self.gateway_env()})  # exactly what gunicorn gets
+        except StartupError as error:
+            raise StackError(str(error)) from None
+
     def _spawn(self, name: str, argv: list[str], env: Mapping[str, str]) -> None:
+        for path in self._logs_of(name):
+            self.log_marks[path] = path.stat().st_size if path.exists() else 0
         with (self.var_dir / "logs" / f"{name}.out").open("ab") as log:  # the child keeps its own copy
             self.processes[name] = subprocess.Popen(
                 argv,
@@ -295,7 +355,9 @@ class Stack:
                 return
             if self.processes[name].poll() is not None:
                 self.stop()
-                raise StackError(f"{name} exited at start-up; see {self.var_dir / 'logs'}: {self.tail(name)}")
+                raise StackError(
+                    f"{name} exited at start-up: {self.last_error(name)} (logs: {self.var_dir / 'logs'})"
+                )
             time.sleep(0.05)
         self.stop()
         raise StackError(f"{name} did not start within {timeout:.0f} s; see {self.var_dir / 'logs'}")
@@ -307,7 +369,9 @@ class Stack:
             for name, process in self.processes.items():
                 if process.poll() is not None:
                     self.stop()
-                    raise StackError(f"{name} exited at start-up: {self.tail(name)}")
+                    raise StackError(
+                        f"{name} exited at start-up: {self.last_error(name)} (logs: {self.var_dir / 'logs'})"
+                    )
             with contextlib.suppress(requests.RequestException):
                 answer = requests.get(self.url + "/readyz", timeout=2, verify=False)  # noqa: S501 - own cert
                 if answer.status_code == 200:
@@ -315,7 +379,26 @@ class Stack:
                 last = answer.text
             time.sleep(0.1)
         self.stop()
-        raise StackError(f"the stack did not become ready within {timeout:.0f} s: {last}")
+        last = " ".join(last.split())[:300]
+        raise StackError(
+            f"the stack did not become ready within {timeout:.0f} s: {last} (logs: {self.var_dir / 'logs'})"
+        )
+
+    def last_error(self, name: str) -> str:
+        """One line saying why a process stopped: the gateway's own one-line message when there is one (its
+        workers print ``dicom-gateway: ...``), else the last line the process or its log wrote."""
+        lines: list[str] = []
+        for path in self._logs_of(name):
+            if path.exists():
+                with path.open("rb") as log:
+                    log.seek(self.log_marks.get(path, 0))  # only what this start wrote (logs are appended to)
+                    text = log.read().decode(errors="replace")
+                lines += [line.strip() for line in text.splitlines() if line.strip()]
+        ours = [line for line in lines if line.startswith("dicom-gateway: ")]
+        return (ours or lines or ["no output"])[-1][:500]
+
+    def _logs_of(self, name: str) -> tuple[Path, Path]:
+        return self.var_dir / "logs" / f"{name}.out", self.gunicorn_log if name == "gunicorn" else self.error_log
 
     def tail(self, name: str, lines: int = 20) -> str:
         out = self.var_dir / "logs" / f"{name}.out"

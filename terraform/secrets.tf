@@ -27,7 +27,7 @@ resource "aws_secretsmanager_secret" "api_keys" {
 resource "aws_secretsmanager_secret" "database_url" {
   #checkov:skip=CKV2_AWS_57:Holds the password of the application's own database role (not the RDS master, whose secret RDS rotates itself); rotated by the documented overlap procedure (docs/deploy.md) so running tasks never hold a dead password.
   name                    = "${var.name}/database-url"
-  description             = "DICOMGW_DATABASE_URL: postgresql://dicomgw_app:PASSWORD@HOST:5432/DB?sslmode=require (the application role, not the master user)."
+  description             = "DICOMGW_DATABASE_URL: the postgresql URL of the application role (not the master user) with sslmode=require; its form is in docs/deploy.md."
   kms_key_id              = aws_kms_key.this.arn
   recovery_window_in_days = 30
   tags                    = local.tags

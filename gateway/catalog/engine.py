@@ -18,7 +18,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
 from gateway.catalog.schema import revocations
-from gateway.errors import CatalogUnavailable
+from gateway.errors import CatalogUnavailable, ConfigError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # An arbitrary constant: the PostgreSQL advisory lock that serialises migrations between starting workers.
@@ -123,6 +123,27 @@ class CatalogBase:
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
             config.attributes["connection"] = conn
             command.upgrade(config, "head")
+
+    def schema_revision(self) -> str:
+        """The Alembic revision the database is at ("" for an empty catalog)."""
+        from alembic.runtime.migration import MigrationContext
+
+        with self._read() as conn:
+            return MigrationContext.configure(conn).get_current_revision() or ""
+
+    def require_current_schema(self) -> None:
+        """Raise ``ConfigError`` unless the schema is exactly this version's: workers check, they never migrate
+        (``gateway.startup.prepare`` did, once, before they started)."""
+        from alembic.script import ScriptDirectory
+
+        head = ScriptDirectory(str(MIGRATIONS)).get_current_head() or ""
+        current = self.schema_revision()
+        if current != head:
+            raise ConfigError(
+                "DICOMGW_DATABASE_URL",
+                f"the catalog schema is at revision {current or '(none)'}, this version needs {head}: "
+                "run `dicom-gateway db upgrade` before starting the workers",
+            )
 
     def check(self) -> None:
         """Raise ``CatalogUnavailable`` unless the database answers and the schema is in place."""

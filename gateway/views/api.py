@@ -11,15 +11,11 @@ from flask import Blueprint, Response, jsonify, redirect, request
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from gateway.errors import BadRequest, InvalidPath, NotFound, TokenMissing
-from gateway.views.common import require_api_key, services
+from gateway.views.common import public_base, require_api_key, services
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 TOKEN_FIELDS = {"sub", "studies", "series", "actions", "ttl"}
-
-
-def public_base() -> str:
-    return services().settings.public_url or request.host_url.rstrip("/")
 
 
 def token_urls(token: str, study: str, base: str) -> dict[str, str]:

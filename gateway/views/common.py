@@ -41,6 +41,12 @@ def require_api_key() -> None:
         raise Unauthorized("a valid API key is required (Authorization: Bearer ...)")
 
 
+def public_base() -> str:
+    """``DICOMGW_PUBLIC_URL``, else the scheme and host the client used, as NGINX passes them on (``Host`` and
+    ``X-Forwarded-Proto``, set by the proxy snippet; gunicorn trusts the latter only from its allowed proxies)."""
+    return services().settings.public_url or request.host_url.rstrip("/")
+
+
 def dicomweb_root() -> str:
     """The DICOMweb root the client used, relative to the host: ``/t/{token}/dicomweb`` or ``/dicomweb``."""
     token = request.environ.get("dicomgw.path_token")

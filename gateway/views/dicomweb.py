@@ -29,7 +29,7 @@ from gateway.hooks import UploadContext
 from gateway.ingest import IngestResult
 from gateway.render import render_instance
 from gateway.uids import check_uid
-from gateway.views.common import decision, dicomweb_root, services
+from gateway.views.common import decision, dicomweb_root, public_base, services
 
 log = logging.getLogger("gateway.dicomweb")
 bp = Blueprint("dicomweb", __name__, url_prefix="/dicomweb")
@@ -211,7 +211,7 @@ def _stow(study: str | None) -> Response:
     outage = batch.outage
     if outage is not None and not any(r.ok for r in results):
         raise outage
-    answer = build_stow_response([_to_item(r) for r in results], root=dicomweb_root(), study_uid=study)
+    answer = build_stow_response([_to_item(r) for r in results], root=public_base() + dicomweb_root(), study_uid=study)
     return dicom_json(json.dumps(answer.body, separators=(",", ":")).encode(), answer.status)
 
 

@@ -1,23 +1,45 @@
 """Issue 2 as a user meets it: `dicom-gateway stack up` starts, answers /readyz through NGINX, stops on Ctrl-C with
-no orphans, reuses ./var, refuses a busy port clearly; `--tls` serves HTTPS with HTTP/2 and Secure cookies."""
+no orphans, reuses ./var, refuses a busy port clearly; `--tls` serves HTTPS with HTTP/2 and Secure cookies.
+Issue 11: every setting has one value whichever way it is given (flag, environment, generated under --var), used
+alike by gunicorn, NGINX and seeding; the catalog is migrated once before the workers start; a start-up failure is
+one readable line."""
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urljoin
 
+import pydicom
+import pytest
 import requests
 import urllib3
 
+from gateway.dicomweb.multipart import encode_multipart
 from gateway.stack import Stack, free_port
+from gateway.synth import make_series
+from gateway.tokens import TokenService
+from tests.e2e.conftest import uids_of
+from tests.e2e.harness import AWS_TEST_ENV
+from tests.fixtures.servers import MotoServer, create_bucket
+
+REPO = Path(__file__).resolve().parents[2]
+GUNICORN = Path(sys.executable).with_name("gunicorn")
 
 
-def _start(var: Path, port: int, *extra: str) -> subprocess.Popen[str]:
+def _start(
+    var: Path, port: int, *extra: str, env: Mapping[str, str] | None = None, seed: bool = False
+) -> subprocess.Popen[str]:
+    """``dicom-gateway stack up`` as a user types it, with ``env`` added to this environment."""
     return subprocess.Popen(
         [
             sys.executable,
@@ -25,7 +47,7 @@ def _start(var: Path, port: int, *extra: str) -> subprocess.Popen[str]:
             "gateway.cli",
             "stack",
             "up",
-            "--no-seed",
+            *([] if seed else ["--no-seed"]),
             "--port",
             str(port),
             "--var",
@@ -35,7 +57,26 @@ def _start(var: Path, port: int, *extra: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**_clean_environment(), **(env or {})},
     )
+
+
+def _clean_environment() -> dict[str, str]:
+    """This environment without DICOMGW_* settings, so each test says exactly which ones it gives."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("DICOMGW_")}
+
+
+def _printed(process: subprocess.Popen[str], last: str = "Ctrl-C stops everything.") -> dict[str, str]:
+    """The ``name: value`` lines stack up prints, up to ``last``."""
+    assert process.stdout is not None
+    lines: dict[str, str] = {}
+    while True:
+        line = process.stdout.readline()
+        assert line, f"stack up ended early: {process.communicate(timeout=30)}"
+        if line.strip() == last:
+            return lines
+        name, _, value = line.partition(":")
+        lines[name.strip()] = value.strip()
 
 
 def _wait_ready(url: str, process: subprocess.Popen[str], timeout: float = 60) -> None:
@@ -186,3 +227,291 @@ def test_demo_prints_working_signed_urls(tmp_path: Path) -> None:
         seeded.send_signal(signal.SIGINT)
         seeded.communicate(timeout=60)
     assert seeded.returncode == 0
+
+
+def _stop(process: subprocess.Popen[str]) -> tuple[str, str]:
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert "Traceback" not in err
+    return out, err
+
+
+def _stow(url: str, api_key: str, files: list[Path]) -> requests.Response:
+    body = encode_multipart(files)
+    headers = {
+        "Authorization": f"Bearer {api_key}",
+        "Content-Type": body.content_type,
+        "Accept": "application/dicom+json",
+    }
+    return requests.post(f"{url}/dicomweb/studies", data=body, headers=headers, timeout=120)
+
+
+def _read_through_nginx(url: str, api_key: str, ct: Path) -> None:
+    """Every way NGINX reads a stored object: whole (X-Accel-Redirect), in a multipart study, a frame and a
+    bulkdata range (storage byte ranges). Each must answer exactly the file's bytes."""
+    study, series, sop = uids_of(ct)
+    issued = requests.post(
+        f"{url}/api/v1/tokens",
+        json={"sub": "t", "studies": [study]},
+        headers={"Authorization": f"Bearer {api_key}"},
+        timeout=30,
+    )
+    instance = f"{url}/t/{issued.json()['token']}/dicomweb/studies/{study}/series/{series}/instances/{sop}"
+    whole = requests.get(instance, headers={"Accept": "application/dicom"}, timeout=30)
+    assert (whole.status_code, whole.headers["Content-Type"]) == (200, "application/dicom")
+    assert whole.content == ct.read_bytes()
+    retrieved = requests.get(instance.split("/series/")[0], timeout=30)
+    assert retrieved.status_code == 200
+    assert retrieved.headers["Content-Type"].startswith('multipart/related; type="application/dicom"')
+    assert ct.read_bytes() in retrieved.content
+    pixels = pydicom.dcmread(ct).PixelData
+    frame = requests.get(f"{instance}/frames/1", headers={"Accept": "application/octet-stream"}, timeout=30)
+    assert frame.status_code == 200
+    assert frame.headers["Content-Type"] == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"
+    assert frame.content == pixels
+    [metadata] = requests.get(f"{instance}/metadata", timeout=30).json()
+    bulkdata = urljoin(f"{instance}/metadata", metadata["7FE00010"]["BulkDataURI"])
+    part = requests.get(bulkdata, headers={"Range": "bytes=100-199"}, timeout=30)
+    assert (part.status_code, part.headers["Content-Type"]) == (206, "application/octet-stream")
+    assert part.content == pixels[100:200]
+
+
+@pytest.mark.parametrize("given_by", ["flags", "environment"])
+def test_storage_and_database_given_elsewhere_are_where_nginx_reads(tmp_path: Path, given_by: str) -> None:
+    """Defect 1: objects stored in the folder of --storage / DICOMGW_STORAGE_URL are the ones NGINX serves
+    (whole instance, multipart study, frame, bulkdata range), and the catalog is the one named. A flag beats the
+    variable: with both given, nothing lands where the variable points."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    storage_url, database_url = f"file://{elsewhere / 'objects'}", f"sqlite:///{elsewhere / 'catalog.db'}"
+    decoy = tmp_path / "decoy"
+    if given_by == "flags":
+        extra = ("--storage", storage_url, "--database", database_url)
+        env = {"DICOMGW_STORAGE_URL": f"file://{decoy / 'objects'}", "DICOMGW_DATABASE_URL": f"sqlite:///{decoy}.db"}
+    else:
+        extra, env = (), {"DICOMGW_STORAGE_URL": storage_url, "DICOMGW_DATABASE_URL": database_url}
+    var, port = tmp_path / "var", free_port()
+    url = f"http://127.0.0.1:{port}"
+    [ct] = make_series(tmp_path / "ct", modality="CT", slices=1, seed=71, clean=True)
+    sop = uids_of(ct)[2]
+    process = _start(var, port, *extra, env=env)
+    try:
+        _wait_ready(url, process)
+        api_key = (var / "api.key").read_text().strip()
+        assert _stow(url, api_key, [ct]).status_code == 200
+        assert [p.name for p in (elsewhere / "objects").rglob("*.dcm")] == [f"{sop}.dcm"]
+        assert not list(var.rglob("*.dcm")) and not (var / "catalog.db").exists()
+        assert not decoy.exists() and not Path(f"{decoy}.db").exists()
+        with sqlite3.connect(elsewhere / "catalog.db") as catalog:
+            assert catalog.execute("SELECT sop_uid FROM instances").fetchall() == [(sop,)]
+        _read_through_nginx(url, api_key, ct)
+    finally:
+        _stop(process)
+
+
+def test_s3_storage_from_the_environment_is_what_nginx_reads(tmp_path: Path, moto_server: MotoServer) -> None:
+    """Defect 1 on S3: DICOMGW_STORAGE_URL=s3://... in the environment makes NGINX read from that bucket through
+    the S3 endpoint (not from a local folder), like the gateway writes to it."""
+    bucket = f"dgw-cli-{secrets.token_hex(4)}"
+    create_bucket(moto_server.endpoint, bucket)
+    env = {**AWS_TEST_ENV, "AWS_ENDPOINT_URL": moto_server.endpoint, "DICOMGW_STORAGE_URL": f"s3://{bucket}/data"}
+    var, port = tmp_path / "var", free_port()
+    url = f"http://127.0.0.1:{port}"
+    [ct] = make_series(tmp_path / "ct", modality="CT", slices=1, seed=73, clean=True)
+    process = _start(var, port, env=env)
+    try:
+        _wait_ready(url, process)
+        api_key = (var / "api.key").read_text().strip()
+        assert _stow(url, api_key, [ct]).status_code == 200
+        assert not list(var.rglob("*.dcm"))
+        _read_through_nginx(url, api_key, ct)
+    finally:
+        _stop(process)
+
+
+def _small_seed(var: Path, files: list[Path], study: str) -> None:
+    """A seed already generated into ``var/seed`` (what a second `make demo` finds), small enough to be quick."""
+    manifest = {"ct_study": study, "wsi_study": study, "files": [str(f) for f in files]}
+    (var / "seed").mkdir(parents=True)
+    (var / "seed" / "seed.json").write_text(json.dumps(manifest))
+
+
+def test_keys_from_the_environment_are_the_only_keys(tmp_path: Path) -> None:
+    """Defect 17: with DICOMGW_API_KEYS and DICOMGW_SIGNING_KEYS in the environment, seeding uses those keys, the
+    printed URLs are signed with the newest signing key, and no second key is generated into --var."""
+    var, port = tmp_path / "var", free_port()
+    files = make_series(tmp_path / "ct", modality="CT", slices=2, seed=72, clean=True)
+    study = uids_of(files[0])[0]
+    _small_seed(var, files, study)
+    old_key, new_key, api_key, other_api_key = (secrets.token_urlsafe(48) for _ in range(4))
+    env = {"DICOMGW_SIGNING_KEYS": f"{old_key},{new_key}", "DICOMGW_API_KEYS": f"{api_key},{other_api_key}"}
+    process = _start(var, port, env=env, seed=True)
+    try:
+        printed = _printed(process)
+        assert printed["api key"].startswith("the first of DICOMGW_API_KEYS")
+        root = printed["dicomweb"]
+        token = root.split("/t/")[1].split("/dicomweb")[0]
+        scope = TokenService((new_key,), 3600).verify(token, "read").scope
+        assert scope is not None and scope.studies == {study}
+        studies = requests.get(f"{root}/studies", timeout=30)
+        assert studies.status_code == 200
+        assert [s["0020000D"]["Value"][0] for s in studies.json()] == [study]
+        assert printed["viewer"] == f"http://127.0.0.1:{port}/viewer/#study={study}&token={token}"
+        assert not (var / "signing.key").exists() and not (var / "api.key").exists()
+        # the second API key works too: the gateway has exactly the list from the environment
+        answer = requests.post(
+            f"http://127.0.0.1:{port}/api/v1/tokens",
+            json={"sub": "t", "studies": [study]},
+            headers={"Authorization": f"Bearer {other_api_key}"},
+            timeout=30,
+        )
+        assert answer.status_code == 201
+    finally:
+        _stop(process)
+
+
+def test_stack_resolves_each_setting_once(tmp_path: Path) -> None:
+    """The Stack object the CLI builds: environment over generated files, flags over the environment."""
+    var = tmp_path / "var"
+    keys = ",".join(secrets.token_urlsafe(48) for _ in range(2))
+    stack = Stack(
+        var,
+        storage_url="file:///srv/flag",
+        extra_env={
+            "DICOMGW_SIGNING_KEYS": keys,
+            "DICOMGW_API_KEYS": "k" * 40,
+            "DICOMGW_STORAGE_URL": "file:///srv/env",
+            "DICOMGW_DATABASE_URL": "sqlite:///srv/env.db",
+        },
+    )
+    env = stack.gateway_env()
+    assert (stack.signing_key, env["DICOMGW_SIGNING_KEYS"]) == (keys.split(",")[1], keys)
+    assert (stack.api_key, env["DICOMGW_API_KEYS"]) == ("k" * 40, "k" * 40)
+    assert (stack.storage_url, env["DICOMGW_STORAGE_URL"]) == ("file:///srv/flag", "file:///srv/flag")
+    assert (stack.database_url, env["DICOMGW_DATABASE_URL"]) == ("sqlite:///srv/env.db", "sqlite:///srv/env.db")
+    assert sorted(p.name for p in var.iterdir()) == ["deid.key"]  # no key file that nothing would use
+
+
+# -- defect 14: migrate once before the workers; every start-up failure is one line ------------------------------
+
+
+def _head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    from gateway.catalog.engine import MIGRATIONS
+
+    return ScriptDirectory(str(MIGRATIONS)).get_current_head() or ""
+
+
+def _gateway_env(tmp_path: Path, **changes: str) -> dict[str, str]:
+    return {
+        **_clean_environment(),
+        "DICOMGW_SIGNING_KEYS": secrets.token_urlsafe(48),
+        "DICOMGW_API_KEYS": secrets.token_urlsafe(48),
+        "DICOMGW_STORAGE_URL": f"file://{tmp_path / 'objects'}",
+        "DICOMGW_DATABASE_URL": f"sqlite:///{tmp_path / 'catalog.db'}",
+        **changes,
+    }
+
+
+def _serve_until_ready(argv: list[str], env: Mapping[str, str], port: int, cwd: Path) -> None:
+    """Run gunicorn until /readyz answers 200, then stop it (TERM to the process this test started)."""
+    server = subprocess.Popen(argv, env=dict(env), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_ready(f"http://127.0.0.1:{port}", server)
+    except AssertionError:
+        server.kill()  # the master: its workers follow
+        raise
+    server.terminate()
+    _, err = server.communicate(timeout=60)
+    assert "Traceback" not in err
+
+
+def test_workers_never_migrate_and_db_upgrade_does_it_once(tmp_path: Path) -> None:
+    """Workers on an empty catalog refuse with one line (so two of them can never race on a migration);
+    `dicom-gateway db upgrade` migrates, after which the same workers start."""
+    env = _gateway_env(tmp_path)
+    port = free_port()
+    argv = [str(GUNICORN), "gateway.wsgi:application", "--bind", f"127.0.0.1:{port}", "--workers", "2"]
+    refused = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 4  # gunicorn's "App failed to load": the master stops, no respawn loop
+    ours = {line for line in refused.stderr.splitlines() if line.startswith("dicom-gateway: ")}
+    assert ours == {
+        f"dicom-gateway: DICOMGW_DATABASE_URL: the catalog schema is at revision (none), this version needs "
+        f"{_head_revision()}: run `dicom-gateway db upgrade` before starting the workers"
+    }
+    assert "Traceback" not in refused.stderr
+    upgrade = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "db", "upgrade"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert (upgrade.returncode, upgrade.stdout, upgrade.stderr) == (
+        0,
+        f"catalog schema at revision {_head_revision()}\n",
+        "",
+    )
+    _serve_until_ready(argv, env, port, tmp_path)
+
+
+def test_container_gunicorn_migrates_once_in_the_master(tmp_path: Path) -> None:
+    """The image's command (gunicorn with docker/gunicorn.conf.py) on an empty catalog: on_starting migrates
+    before any worker exists (workers cannot migrate, see above), so the first start always boots."""
+    port = free_port()
+    env = _gateway_env(tmp_path, GUNICORN_BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY="2", GUNICORN_THREADS="2")
+    argv = [str(GUNICORN), "--config", str(REPO / "docker" / "gunicorn.conf.py"), "gateway.wsgi:application"]
+    _serve_until_ready(argv, env, port, tmp_path)
+    with sqlite3.connect(tmp_path / "catalog.db") as catalog:
+        assert catalog.execute("SELECT version_num FROM alembic_version").fetchall() == [(_head_revision(),)]
+    # a bad setting stops the master before any worker: one line, no traceback
+    bad = subprocess.run(
+        argv, env={**env, "DICOMGW_SIGNING_KEYS": "short"}, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert bad.returncode == 1
+    assert bad.stderr.splitlines()[-1] == (
+        "dicom-gateway: DICOMGW_SIGNING_KEYS: every key must be at least 32 characters"
+    )
+    assert "Traceback" not in bad.stderr and "Booting worker" not in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "message"),
+    [
+        ((), {"DICOMGW_SIGNING_KEYS": "short"}, "DICOMGW_SIGNING_KEYS: every key must be at least 32 characters"),
+        (
+            (),
+            {"DICOMGW_PHI_POLICY": "/nonexistent/policy.toml"},
+            "DICOMGW_PHI_POLICY: no such file: /nonexistent/policy.toml",
+        ),
+        (("--storage", "file://objects"), {}, "DICOMGW_STORAGE_URL: must start with file:/// or s3://"),
+        (
+            ("--database", "sqlite:///{tmp}/missing/catalog.db"),
+            {},
+            "DICOMGW_DATABASE_URL: cannot open the catalog: unable to open database file",
+        ),
+    ],
+    ids=["short-signing-key", "missing-policy", "relative-storage", "catalog-cannot-open"],
+)
+def test_start_up_failure_is_one_line(
+    tmp_path: Path, flags: tuple[str, ...], env: dict[str, str], message: str
+) -> None:
+    flags = tuple(flag.replace("{tmp}", str(tmp_path)) for flag in flags)
+    process = _start(tmp_path / "var", free_port(), *flags, env=env)
+    out, err = process.communicate(timeout=120)
+    assert (process.returncode, err) == (1, f"Error: {message}\n")
+    assert out == ""
+    assert not _processes_mentioning(str(tmp_path / "var"))
+
+
+def test_seeding_failure_is_one_line_and_stops_everything(tmp_path: Path) -> None:
+    """What `make demo` shows when seeding is refused (here: a seed file that is not DICOM, so STOW answers 409)."""
+    var, port = tmp_path / "var", free_port()
+    not_dicom = tmp_path / "not-dicom.dcm"
+    not_dicom.write_bytes(b"not DICOM at all")
+    _small_seed(var, [not_dicom], "1.2.3")
+    process = _start(var, port, seed=True)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 1
+    [line] = err.splitlines()
+    assert line.startswith('Error: seeding failed: the STOW-RS upload answered 409: {"00081190":{"vr":"UR"}')
+    assert out.splitlines()[-1] == "stopped."
+    assert not _processes_mentioning(str(var))

@@ -40,12 +40,12 @@ def test_response_and_idempotent_retry(stack: RunningStack, tmp_path: Path) -> N
     assert first.status_code == 200
     assert first.headers["Content-Type"] == "application/dicom+json"
     body = first.json()
-    assert body["00081190"]["Value"] == [f"/dicomweb/studies/{study}"]
+    assert body["00081190"]["Value"] == [f"{stack.url}/dicomweb/studies/{study}"]  # on DICOMGW_PUBLIC_URL
     refs = referenced(first)
     assert len(refs) == 2 and not failed(first)
     ref = next(r for r in refs if r["00081155"]["Value"] == [sop])
     assert ref["00081150"]["Value"] == ["1.2.840.10008.5.1.4.1.1.2"]
-    assert ref["00081190"]["Value"] == [f"/dicomweb/studies/{study}/series/{series}/instances/{sop}"]
+    assert ref["00081190"]["Value"] == [f"{stack.url}/dicomweb/studies/{study}/series/{series}/instances/{sop}"]
     again = stack.stow(files)  # same bytes: success, nothing duplicated
     assert again.status_code == 200
     assert len(referenced(again)) == 2

@@ -853,47 +853,35 @@ def test_every_checkov_skip_is_justified() -> None:
     assert skips > 0
 
 
-@pytest.mark.parametrize(
-    ("directory", "framework", "minimum_resources"),
-    [("terraform", "terraform", 50), ("docker", "dockerfile", 2)],
-)
-def test_checkov_reports_no_failed_check(directory: str, framework: str, minimum_resources: int) -> None:
+def _require_checkov() -> None:
     if not CHECKOV.exists():
         pytest.fail(
             f"{CHECKOV} is missing: python3 -m venv .venv-checkov && "
             ".venv-checkov/bin/pip install 'checkov>=3,<4' (make test does this)"
         )
+
+
+# checkov pins its own python-hcl2: nothing of this interpreter's path may leak into its virtualenv.
+# BC_SKIP_MAPPING only skips downloading the platform's guideline links (no network here); the same checks run.
+CHECKOV_ENV = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "BC_SKIP_MAPPING": "TRUE"}
+
+
+@pytest.mark.parametrize(("directory", "minimum_passed"), [("terraform", 200), ("docker", 20)])
+def test_plain_checkov_run_passes(directory: str, minimum_passed: int) -> None:
+    """``checkov -d terraform`` exactly as a user runs it: every framework (secrets included), no options."""
+    _require_checkov()
     result = subprocess.run(
-        [
-            str(CHECKOV),
-            "-d",
-            directory,
-            "--framework",
-            framework,
-            "--quiet",
-            "--compact",
-            "--skip-download",
-            "-o",
-            "json",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        # checkov pins its own python-hcl2: nothing of this interpreter's path may leak into its virtualenv
-        env={**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "BC_SKIP_MAPPING": "TRUE"},
+        [str(CHECKOV), "-d", directory], cwd=REPO, capture_output=True, text=True, timeout=600, env=CHECKOV_ENV
     )
-    reports = json.loads(result.stdout)
-    reports = reports if isinstance(reports, list) else [reports]
-    failed = [
-        f"{check['check_id']} {check['resource']} ({check['file_path']}): {check['check_name']}"
-        for report in reports
-        for check in report.get("results", {}).get("failed_checks", [])
-    ]
+    summaries = re.findall(
+        r"^Passed checks: (\d+), Failed checks: (\d+), Skipped checks: \d+(.*)$", result.stdout, re.M
+    )
+    assert summaries, result.stdout[-2000:] + result.stderr[-2000:]
+    failed = re.findall(r"^Check: (\S+): .*\n\tFAILED for resource: (.*)\n\tFile: (.*)$", result.stdout, re.M)
     assert failed == []
-    summary = reports[0]["summary"]
-    assert summary["parsing_errors"] == 0
-    assert summary["resource_count"] >= minimum_resources  # it really scanned something
+    assert all(count == "0" for _, count, _ in summaries)
+    assert all(rest == "" for _, _, rest in summaries)  # no ", Parsing errors: N"
+    assert sum(int(passed) for passed, _, _ in summaries) >= minimum_passed  # it really scanned something
     assert result.returncode == 0, result.stderr[-2000:]
 
 

@@ -1,0 +1,73 @@
+"""Start-up work done once per gateway, before gunicorn forks its workers.
+
+``prepare()`` validates every setting and migrates the catalog. ``stack up`` calls it before it starts gunicorn,
+the container's gunicorn calls it from ``on_starting`` (docker/gunicorn.conf.py), and ``dicom-gateway db upgrade``
+runs it alone. Workers then only check that the schema is current (``gateway.wsgi``), so two workers starting
+on an empty catalog never race on a migration. Failures are ``StartupError``: one line for a person.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from gateway.config import Settings
+from gateway.errors import ConfigError, GatewayError
+
+
+class StartupError(RuntimeError):
+    """A setting or the catalog keeps the gateway from starting; the message is one readable line."""
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+def check_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """The settings, with the PHI policy loaded once to prove it is valid (and its key long enough)."""
+    from gateway.phi.hook import build_hooks
+
+    try:
+        settings = Settings.from_env(env)
+        build_hooks(settings)
+    except ConfigError as error:
+        raise StartupError(_one_line(error)) from None
+    return settings
+
+
+def migrate(settings: Settings) -> str:
+    """Upgrade the catalog schema to this version; return the revision it is at."""
+    import sqlalchemy as sa
+    from alembic.util.exc import CommandError
+
+    from gateway.catalog import Catalog
+
+    try:
+        catalog = Catalog(settings.database_url)
+    except (sa.exc.ArgumentError, ValueError):
+        # never the parser's message: it may repeat the URL, password included
+        raise StartupError("DICOMGW_DATABASE_URL: not a database URL this gateway can open") from None
+    except ImportError as error:
+        raise StartupError(f"DICOMGW_DATABASE_URL: its driver is not installed ({error.name})") from None
+    try:
+        with catalog.engine.connect():
+            pass
+    except sa.exc.SQLAlchemyError as error:
+        # The driver's reason ("unable to open database file", "password authentication failed for user ..."):
+        # a person needs it, and libpq and SQLite name the file, host or user, never the password.
+        reason = _one_line(getattr(error, "orig", None) or error)
+        catalog.close()
+        raise StartupError(f"DICOMGW_DATABASE_URL: cannot open the catalog: {reason}") from None
+    try:
+        catalog.migrate()
+        return catalog.schema_revision()
+    except (GatewayError, CommandError) as error:
+        raise StartupError(f"DICOMGW_DATABASE_URL: cannot migrate the catalog: {_one_line(error)}") from None
+    finally:
+        catalog.close()
+
+
+def prepare(env: Mapping[str, str] | None = None) -> Settings:
+    """Validate the settings and migrate the catalog, once, before any worker starts."""
+    settings = check_settings(env)
+    migrate(settings)
+    return settings

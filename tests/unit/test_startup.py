@@ -1,0 +1,56 @@
+"""gateway.startup: settings validated and the catalog migrated once before gunicorn's workers; workers only check
+the schema; every failure is one line that never repeats a password."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.catalog import Catalog
+from gateway.errors import ConfigError
+from gateway.startup import StartupError, prepare
+
+KEY = "k" * 40
+
+
+def _env(tmp_path: Path, **changes: str) -> dict[str, str]:
+    return {
+        "DICOMGW_SIGNING_KEYS": KEY,
+        "DICOMGW_API_KEYS": KEY,
+        "DICOMGW_STORAGE_URL": f"file://{tmp_path / 'objects'}",
+        "DICOMGW_DATABASE_URL": f"sqlite:///{tmp_path / 'catalog.db'}",
+        **changes,
+    }
+
+
+def test_prepare_migrates_and_workers_then_accept_the_schema(tmp_path: Path) -> None:
+    catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
+    with pytest.raises(ConfigError, match=r"^DICOMGW_DATABASE_URL: the catalog schema is at revision \(none\)"):
+        catalog.require_current_schema()
+    prepare(_env(tmp_path))
+    catalog.require_current_schema()
+    assert catalog.schema_revision() != ""
+    prepare(_env(tmp_path))  # a second start: nothing to do
+    catalog.close()
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"DICOMGW_API_KEYS": ""}, "DICOMGW_API_KEYS: is required but not set"),
+        ({"DICOMGW_PHI_POLICY": "/nonexistent.toml"}, "DICOMGW_PHI_POLICY: no such file: /nonexistent.toml"),
+        (
+            {"DICOMGW_DATABASE_URL": "postgresql://dgw:s3cret-pass@db.example:notaport/dgw"},
+            "DICOMGW_DATABASE_URL: not a database URL this gateway can open",
+        ),
+        (
+            {"DICOMGW_DATABASE_URL": "sqlite:////nonexistent-folder/catalog.db"},
+            "DICOMGW_DATABASE_URL: cannot open the catalog: unable to open database file",
+        ),
+    ],
+)
+def test_failures_are_one_line(tmp_path: Path, changes: dict[str, str], message: str) -> None:
+    with pytest.raises(StartupError) as failure:
+        prepare(_env(tmp_path, **changes))
+    assert str(failure.value) == message
