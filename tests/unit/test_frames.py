@@ -156,7 +156,7 @@ def test_unfindable_frames_give_none() -> None:
     assert encapsulated_index(fp, items, 1) is None
 
 
-def test_unpack_and_ranges_are_fast() -> None:
+def test_unpack_and_ranges_of_32000_frames() -> None:
     n = 32_000
     packed = FrameIndex.encapsulated([(1000 + 40 * i, 32) for i in range(n)], range(n)).pack()
     rounds = 20_000
@@ -166,4 +166,3 @@ def test_unpack_and_ranges_are_fast() -> None:
     per_call = (time.perf_counter() - start) / rounds
     print(f"unpack+ranges on a {n}-frame index: {per_call * 1e6:.1f} µs")
     assert FrameIndex.unpack(packed).ranges(n) == [(1000 + 40 * (n - 1), 32)]
-    assert per_call < 200e-6  # sanity bound only; the target (a few µs) is for bench/

