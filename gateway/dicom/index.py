@@ -211,13 +211,14 @@ def _check_pydicom(fp: BinaryIO, ts: str, elements: list[Element]) -> None:
     fp.seek(0)
     try:
         ds = pydicom.dcmread(fp, defer_size=_PYDICOM_DEFER, stop_before_pixels=split)
-        tags = set(ds.keys())
+        tags: set[int] = set(ds.keys())
         if split:
             assert pixel is not None
             fp.seek(pixel.offset + pixel.length + 8)  # past the sequence delimiter item
             implicit, little = ts == IMPLICIT_VR_LE, ts != EXPLICIT_VR_BE
             tail = read_dataset(fp, implicit, little, defer_size=_PYDICOM_DEFER)
-            tags |= set(tail.keys()) | {pixel.tag}
+            tags |= set(tail.keys())
+            tags.add(pixel.tag)
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types; its messages may quote values
         raise DicomError(f"pydicom cannot read the file ({type(exc).__name__})") from None
     for tag in ds.file_meta.keys():
