@@ -199,6 +199,7 @@ class Outcome:
     detail: str
     sop: str | None  # as the gateway answered (remapped under de-identification)
     url: str | None  # RetrieveURL
+    status: str  # the gateway's outcome (0009,1002): STORED, DUPLICATE, FAILED, QUARANTINED
 
 
 def stow_all(stack: RunningStack, files: list[RealFile], key: bytes | None, **headers: str) -> dict[str, Outcome]:
@@ -234,6 +235,7 @@ def stow_all(stack: RunningStack, files: list[RealFile], key: bytes | None, **he
                 item.get("00091001", {}).get("Value", [""])[0],
                 sop,
                 item.get("00081190", {}).get("Value", [None])[0],
+                item["00091002"]["Value"][0],
             )
             if sop in by_sop:
                 owner = by_sop[sop]
@@ -417,13 +419,20 @@ def test_every_pydicom_file_is_stored_and_served_as_pydicom_reads_it_or_refused_
         frames, uris = check_served(stack, by_name[name], stored_url(stack, url))
         compared = [compared[0] + frames, compared[1] + uris]
     assert len(winners) > 80 and compared[0] > 50 and compared[1] > 30, (len(winners), compared)
-    # A second round changes nothing: the same answers, and still the first file's bytes under each UID.
-    assert {n: (o.stored, o.reason) for n, o in stow_all(stack, files, None).items()} == {
+    # A second round changes nothing: the same answers (successes now DUPLICATE), still one instance and the
+    # first file's bytes under each SOP Instance UID.
+    again = stow_all(stack, files, None)
+    assert {n: (o.stored, o.reason) for n, o in again.items()} == {
         n: (o.stored, o.reason) for n, o in outcomes.items()
     }
-    for name in winners.values():
+    assert {o.status for o in again.values() if o.stored} == {"DUPLICATE"}
+    for sop, name in winners.items():
         url = stored_url(stack, outcomes[name].url or "")
         assert get(stack, url, "application/dicom").content == by_name[name].path.read_bytes(), name
+        found = requests.get(
+            f"{stack.url}/dicomweb/instances", params={"SOPInstanceUID": sop}, headers=stack.api_headers, timeout=10
+        )
+        assert found.status_code == 200 and len(found.json()) == 1, name
 
 
 @pytest.fixture(scope="module")
