@@ -367,6 +367,26 @@ def check_served(stack: RunningStack, item: RealFile, url: str) -> tuple[int, in
     assert whole.content == data
     ds = pydicom.dcmread(item.path)
     ts = str(ds.file_meta.TransferSyntaxUID)
+    study, series, sop = url.split("/studies/", 1)[1].replace("/series/", "/").replace("/instances/", "/").split("/")
+    wado = requests.get(
+        f"{stack.url}/dicomweb/wado",
+        params={
+            "requestType": "WADO",
+            "studyUID": study,
+            "seriesUID": series,
+            "objectUID": sop,
+            "contentType": "application/dicom",
+        },
+        headers=stack.api_headers,
+        timeout=60,
+    )
+    assert wado.status_code == 200 and wado.content == data, wado.text[:200]
+    # rendered: an image, or a JSON 406 for what the renderer cannot decode; never a 5xx
+    rendered = get(stack, f"{url}/rendered", "image/jpeg")
+    assert (rendered.status_code, rendered.headers["Content-Type"]) in (
+        (200, "image/jpeg"),
+        (406, "application/json"),
+    ), (rendered.status_code, rendered.text[:200])
 
     answer = get(stack, f"{url}/metadata", "application/dicom+json")
     assert answer.status_code == 200 and answer.headers["Content-Type"] == "application/dicom+json"
