@@ -11,6 +11,8 @@ replace the first one stored. The expected outcomes are computed from pydicom's 
 from __future__ import annotations
 
 import base64
+import email.parser
+import email.policy
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -286,6 +288,14 @@ def check_outcomes(
     return winners
 
 
+def multipart_parts(response: requests.Response) -> list[tuple[str, bytes]]:
+    """(Content-Type, body) of each part, parsed with the standard library's MIME parser."""
+    header = f"Content-Type: {response.headers['Content-Type']}\r\n\r\n".encode()
+    message = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(header + response.content)
+    assert message.is_multipart()
+    return [(str(part["Content-Type"]).split(";")[0], part.get_payload(decode=True)) for part in message.get_payload()]
+
+
 def stored_url(stack: RunningStack, retrieve_url: str) -> str:
     """The RetrieveURL under the API-key root (RetrieveURLs may be paths or absolute URLs)."""
     return f"{stack.url}/dicomweb/studies/" + retrieve_url.split("/studies/", 1)[1]
@@ -439,6 +449,17 @@ def test_every_pydicom_file_is_stored_and_served_as_pydicom_reads_it_or_refused_
         frames, uris = check_served(stack, by_name[name], stored_url(stack, url))
         compared = [compared[0] + frames, compared[1] + uris]
     assert len(winners) > 80 and compared[0] > 50 and compared[1] > 30, (len(winners), compared)
+    # Each study retrieved whole (multipart, the way viewers prefetch) holds exactly its stored files' bytes.
+    studies: dict[str, list[bytes]] = {}
+    for name in winners.values():
+        study = (outcomes[name].url or "").split("/studies/", 1)[1].split("/")[0]
+        studies.setdefault(study, []).append(by_name[name].path.read_bytes())
+    for study, expected in studies.items():
+        answer = get(stack, f"{stack.url}/dicomweb/studies/{study}", 'multipart/related; type="application/dicom"')
+        assert answer.status_code == 200, answer.text[:200]
+        parts = multipart_parts(answer)
+        assert {ct for ct, _ in parts} == {"application/dicom"}, study
+        assert sorted(body for _, body in parts) == sorted(expected), study
     # A second round changes nothing: the same answers (successes now DUPLICATE), still one instance and the
     # first file's bytes under each SOP Instance UID.
     again = stow_all(stack, files, None)
