@@ -430,6 +430,11 @@ def check_served(stack: RunningStack, item: RealFile, url: str) -> tuple[int, in
         assert answer.status_code == 200, (number, answer.text)
         assert answer.headers["Content-Type"].split(";")[0] == accept.split(";")[0]
         assert answer.content == frame, f"frame {number}"
+    # OHIF's request: multipart, any transfer syntax; the frame as stored
+    ohif = get(stack, f"{url}/frames/1", "multipart/related; type=application/octet-stream; transfer-syntax=*")
+    assert ohif.status_code == 200, ohif.text[:200]
+    [(_, body)] = multipart_parts(ohif)
+    assert body == frames[0]
     return len(frames), len(uris)
 
 
