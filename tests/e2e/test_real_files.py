@@ -414,6 +414,13 @@ def check_served(stack: RunningStack, item: RealFile, url: str) -> tuple[int, in
     with quiet_validation():  # as the gateway decodes: pydicom's validation warnings are not errors here
         expected = pydicom_json(ds.to_json_dict(), omit_bulk=ts in (EXPLICIT_VR_BE, DEFLATED_LE))
     assert inline(metadata, fetched) == expected
+    # QIDO's instance-level attributes are the metadata's (sequences hold the subset PS3.18 Table 10.6.1-5 names)
+    found = get(stack, f"{url.rsplit('/', 1)[0]}?SOPInstanceUID={sop}&includefield=all", "application/dicom+json")
+    assert found.status_code == 200, found.text[:200]
+    [attrs] = found.json()
+    for key, value in attrs.items():
+        if key in metadata and value.get("vr") != "SQ":
+            assert value == metadata[key], key
 
     if "PixelData" not in ds:
         return 0, len(uris)
