@@ -160,6 +160,12 @@ class Walker:
             except UnicodeDecodeError:
                 vr = "??"
             if vr not in KNOWN_VRS:
+                if implicit_vr(tag) != "UN" and self.pos + length32 <= self.size:
+                    # what pydicom guesses (and then reads differently): say so rather than just "invalid VR"
+                    raise DicomError(
+                        f"element {name} has an invalid VR: the data set looks implicit VR, but the transfer "
+                        "syntax says explicit VR"
+                    )
                 raise DicomError(f"element {name} has an invalid VR")
             if vr in LONG_VRS:
                 length = self._i.unpack(self._read(4, name))[0]

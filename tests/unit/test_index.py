@@ -311,3 +311,15 @@ def test_deflate_bomb_is_refused(tmp_path: Path) -> None:
     path, _ = native_file(tmp_path / "d.dcm", b.DeflatedExplicitVRLittleEndian)
     with pytest.raises(DicomError, match="inflates to more than 100 bytes"):
         index_file(path, inflate_limit=100)
+
+
+def test_implicit_data_set_under_an_explicit_transfer_syntax_is_named(tmp_path: Path) -> None:
+    # pydicom guesses and reads such a file (SC_rgb_jpeg.dcm in its test files); a conformant reader cannot
+    path, _ = native_file(tmp_path / "n.dcm", b.ImplicitVRLittleEndian)
+    implicit = b"\x02\x00\x10\x00UI\x12\x00" + b.ImplicitVRLittleEndian.encode() + b"\0"
+    explicit = b"\x02\x00\x10\x00UI\x14\x00" + b.ExplicitVRLittleEndian.encode() + b"\0"
+    data = path.read_bytes()
+    assert data.count(implicit) == 1
+    path.write_bytes(data.replace(implicit, explicit))
+    with pytest.raises(DicomError, match="looks implicit VR, but the transfer syntax says explicit VR"):
+        index_file(path)
