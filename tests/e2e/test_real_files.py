@@ -1,11 +1,13 @@
 """Real files: every file shipped in the installed pydicom's ``data/test_files`` (subfolders included) through
 STOW-RS on the real stack, on both backends, then again under a de-identifying PHI policy.
 
-Each file is either stored, and then served exactly as pydicom reads it (instance bytes, every frame, top-level
-metadata values, every advertised BulkDataURI), or refused with a reason listed below with its justification.
-A file refused that is not listed, or a listed file that is stored, fails the suite. Files sharing a SOP
-Instance UID get the documented conflict answer (0x0111 for other bytes, success for the same bytes) and never
-replace the first one stored. The expected outcomes are computed from pydicom's own reading of each file.
+Each file is either stored, and then served exactly as pydicom reads it (instance bytes by WADO-RS, WADO-URI
+and whole-study multipart; every frame; the whole DICOM JSON at every depth, bulk values through the bytes every
+advertised BulkDataURI answers; QIDO attributes; ``rendered`` an image or a JSON 406), or refused with a reason
+listed below with its justification. A file refused that is not listed, or a listed file that is stored, fails
+the suite. Files sharing a SOP Instance UID get the documented conflict answer (0x0111 for other bytes, success
+for the same bytes) and never replace the first one stored. Expected outcomes come from pydicom's own reading.
+Under the de-identifying policy every stored output must also re-scan clean.
 """
 
 from __future__ import annotations
