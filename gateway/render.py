@@ -53,11 +53,13 @@ def _to_image(data: bytes, metadata: Mapping[str, Any], params: Mapping[str, str
         try:
             image = Image.open(io.BytesIO(data))
             image.load()
-        except OSError:
+        except (OSError, ValueError, Image.DecompressionBombError):  # a codestream PIL refuses is no server fault
             raise NotAcceptable("this frame's compression cannot be rendered here") from None
         return image.convert("RGB" if samples == 3 else "L")
     bits = int(_value(metadata, "00280100", 16))
     signed = int(_value(metadata, "00280103", 0)) == 1
+    if len(data) < rows * columns * samples * max(bits // 8, 1):  # e.g. YBR_FULL_422: two samples per pixel
+        raise NotAcceptable("this frame's pixel layout cannot be rendered here")
     if samples == 3:
         pixels = np.frombuffer(data, dtype=np.uint8)[: rows * columns * 3]
         planar = int(_value(metadata, "00280006", 0)) == 1

@@ -30,26 +30,30 @@ _URI_MARK = '"BulkDataURI":"bulkdata/'
 _SAFE_PREFIX = re.compile(r"^[A-Za-z0-9._~/:%@!$&'()*+,;=-]*$")
 
 
-def build_metadata(ds: Dataset, elements: list[Element]) -> dict[str, Any]:
+def build_metadata(ds: Dataset, elements: list[Element], *, bulkdata_uris: bool = True) -> dict[str, Any]:
     """DICOM JSON of the walked ``elements``; ``ds`` is their pydicom view (``walker.to_dataset``) and
     decodes the non-bulk values. A value pydicom cannot decode is left out (logged by tag) rather than
-    failing the ingest. Call inside ``walker.quiet_validation()`` so pydicom logs no values."""
-    return _dataset_json(ds, elements, "")
+    failing the ingest. Call inside ``walker.quiet_validation()`` so pydicom logs no values.
+
+    ``bulkdata_uris=False`` (big-endian and deflated files, whose bulk values are no byte range of the object
+    a client could be sent): a bulk element is ``{"vr": ...}`` with no value, which PS3.18 F.2.5 allows; its
+    value is in the whole instance only. A URI that could never be served is not advertised."""
+    return _dataset_json(ds, elements, "", bulkdata_uris)
 
 
-def _dataset_json(ds: Dataset, elements: list[Element], prefix: str) -> dict[str, Any]:
+def _dataset_json(ds: Dataset, elements: list[Element], prefix: str, uris: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for el in elements:
         key = tag_hex(el.tag)
         if el.items is not None:
             item_datasets = ds[el.tag].value
             items = [
-                _dataset_json(item_ds, item, f"{prefix}{key}/{i}/")
+                _dataset_json(item_ds, item, f"{prefix}{key}/{i}/", uris)
                 for i, (item_ds, item) in enumerate(zip(item_datasets, el.items, strict=True))
             ]
             out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
         elif el.bulk:
-            out[key] = {"vr": el.vr, "BulkDataURI": f"bulkdata/{prefix}{key}"}
+            out[key] = {"vr": el.vr, "BulkDataURI": f"bulkdata/{prefix}{key}"} if uris else {"vr": el.vr}
         else:
             try:
                 # the threshold is irrelevant here: every element reaching this line is small or not binary

@@ -47,8 +47,8 @@ PIXEL_TAGS = frozenset({PIXEL_DATA, FLOAT_PIXEL_DATA, DOUBLE_FLOAT_PIXEL_DATA})
 # The frame index needs these values even though they are bulk-sized (OV, 8 bytes per frame).
 _ALWAYS_READ = frozenset({EXTENDED_OFFSET_TABLE, EXTENDED_OFFSET_TABLE_LENGTHS})
 # Explicit VRs with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2).
-_LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
-_KNOWN_VRS = _LONG_VRS | frozenset(
+LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
+KNOWN_VRS = LONG_VRS | frozenset(
     {"AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "PN", "SH", "SL", "SS", "ST",
      "TM", "UI", "UL", "US"}
 )  # fmt: skip
@@ -159,9 +159,15 @@ class Walker:
                 vr = hdr[4:6].decode("ascii")
             except UnicodeDecodeError:
                 vr = "??"
-            if vr not in _KNOWN_VRS:
+            if vr not in KNOWN_VRS:
+                if implicit_vr(tag) != "UN" and self.pos + length32 <= self.size:
+                    # what pydicom guesses (and then reads differently): say so rather than just "invalid VR"
+                    raise DicomError(
+                        f"element {name} has an invalid VR: the data set looks implicit VR, but the transfer "
+                        "syntax says explicit VR"
+                    )
                 raise DicomError(f"element {name} has an invalid VR")
-            if vr in _LONG_VRS:
+            if vr in LONG_VRS:
                 length = self._i.unpack(self._read(4, name))[0]
             else:
                 length = self._h.unpack_from(hdr, 6)[0]

@@ -41,7 +41,9 @@ def vr_of(dataset: Dataset, tag: int) -> str:
     unknown and private ones count as UN; ambiguous ones such as "US or SS" take the first)."""
     element = dataset.get_item(tag, keep_deferred=True)
     vr = element.VR if element is not None else None
-    if vr is None:
+    if vr is None or (vr == "UN" and not (tag >> 16) % 2):
+        # a public element sent as UN (e.g. after a VR-losing conversion) is what pydicom decodes it as: its
+        # dictionary VR (config.replace_un_with_known_vr), so a UID in it is remapped, not emptied
         try:
             vr = dictionary_VR(tag)
         except KeyError:
@@ -50,9 +52,10 @@ def vr_of(dataset: Dataset, tag: int) -> str:
 
 
 def deferred(dataset: Dataset, tag: int) -> RawDataElement | None:
-    """The raw element when its value was left on disk by ``defer_size`` (None otherwise)."""
+    """The raw element when its value was left on disk by ``defer_size`` (None otherwise). pydicom also reads
+    an empty value of some VRs (DS, IS, UL...) as ``None``: with length 0, nothing is left on disk."""
     element = dataset.get_item(tag, keep_deferred=True)
-    if isinstance(element, RawDataElement) and element.value is None:
+    if isinstance(element, RawDataElement) and element.value is None and element.length != 0:
         return element
     return None
 

@@ -127,7 +127,8 @@ def test_big_endian_and_deflated_are_served_whole(tmp_path: Path, ts: str) -> No
     assert indexed.frame_index is None
     assert indexed.bulkdata == []
     assert indexed.metadata["00280010"] == {"vr": "US", "Value": [10]}
-    assert indexed.metadata["7FE00010"] == {"vr": "OW", "BulkDataURI": "bulkdata/7FE00010"}
+    # no BulkDataURI that could never be served: the value is in the whole instance only
+    assert indexed.metadata["7FE00010"] == {"vr": "OW"}
     assert indexed.frame_media_type == "application/octet-stream"
 
 
@@ -181,6 +182,25 @@ def test_missing_file_meta(tmp_path: Path) -> None:
     path = tmp_path / "x.dcm"
     path.write_bytes(b"\x00" * 128 + b"DICM" + b"\x08\x00\x16\x00UI\x04\x001.2\x00")
     with pytest.raises(DicomError, match="Transfer Syntax"):
+        index_file(path)
+
+
+@pytest.mark.parametrize(
+    ("vr", "detail"),
+    [
+        (b"UA", r"file meta element \(0002,0013\) has an invalid VR"),
+        # a real VR whose value pydicom cannot decode (10 bytes of FD): the walker alone would store it
+        (b"FD", r"file meta element \(0002,0013\) cannot be decoded by pydicom"),
+    ],
+)
+def test_file_meta_pydicom_cannot_read_is_refused(tmp_path: Path, vr: bytes, detail: str) -> None:
+    path, _ = native_file(tmp_path / "n.dcm")
+    data = path.read_bytes()
+    at = data.index(b"\x02\x00\x13\x00SH")  # Implementation Version Name, written by pydicom
+    path.write_bytes(data[: at + 4] + vr + data[at + 6 :])
+    value_length = struct.unpack_from("<H", data, at + 6)[0]
+    assert value_length % 8 != 0  # so that FD cannot be decoded
+    with pytest.raises(DicomError, match=detail):
         index_file(path)
 
 
@@ -290,3 +310,15 @@ def test_deflate_bomb_is_refused(tmp_path: Path) -> None:
     path, _ = native_file(tmp_path / "d.dcm", b.DeflatedExplicitVRLittleEndian)
     with pytest.raises(DicomError, match="inflates to more than 100 bytes"):
         index_file(path, inflate_limit=100)
+
+
+def test_implicit_data_set_under_an_explicit_transfer_syntax_is_named(tmp_path: Path) -> None:
+    # pydicom guesses and reads such a file (SC_rgb_jpeg.dcm in its test files); a conformant reader cannot
+    path, _ = native_file(tmp_path / "n.dcm", b.ImplicitVRLittleEndian)
+    implicit = b"\x02\x00\x10\x00UI\x12\x00" + b.ImplicitVRLittleEndian.encode() + b"\0"
+    explicit = b"\x02\x00\x10\x00UI\x14\x00" + b.ExplicitVRLittleEndian.encode() + b"\0"
+    data = path.read_bytes()
+    assert data.count(implicit) == 1
+    path.write_bytes(data.replace(implicit, explicit))
+    with pytest.raises(DicomError, match="looks implicit VR, but the transfer syntax says explicit VR"):
+        index_file(path)

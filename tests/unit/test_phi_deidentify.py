@@ -241,3 +241,33 @@ def test_large_native_file_is_streamed(tmp_path: Path) -> None:
     assert scan_file(result.path).clean
     out = pydicom.dcmread(result.path, defer_size=1024)
     assert out["PixelData"].value is not None and len(out.PixelData) == length
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+def test_empty_numeric_elements_the_profile_keeps_are_written_empty(tmp_path: Path, implicit: bool) -> None:
+    # pydicom reads a zero-length DS, IS or UL as None, like a value left on disk: it must not be taken for one
+    ds = phi_dataset()
+    ds.add_new(0x00180060, "DS", None)  # KVP
+    ds.add_new(0x00200011, "IS", None)  # Series Number
+    ds.add_new(0x00081161, "UL", None)  # Simple Frame List
+    src = write(ds, tmp_path / "src.dcm", implicit=implicit)
+    result = deidentify_file(src, tmp_path / "out.dcm", KEY)
+    assert scan_file(result.path).clean
+    out = pydicom.dcmread(result.path)
+    for tag in (0x00180060, 0x00200011, 0x00081161):
+        assert tag in out and out[tag].is_empty
+
+
+def test_uid_sent_as_un_is_remapped_not_emptied(tmp_path: Path) -> None:
+    # gdcmconv writes public elements of an implicit file as UN: the SOP Instance UID must still be remapped
+    ds = phi_dataset()
+    src = write(ds, tmp_path / "src.dcm")
+    raw = src.read_bytes()
+    sop = str(ds.SOPInstanceUID).encode() + (b"\0" if len(str(ds.SOPInstanceUID)) % 2 else b"")
+    header = b"\x08\x00\x18\x00UI" + len(sop).to_bytes(2, "little")
+    assert raw.count(header + sop) == 1
+    src.write_bytes(raw.replace(header + sop, b"\x08\x00\x18\x00UN\0\0" + len(sop).to_bytes(4, "little") + sop))
+    result = deidentify_file(src, tmp_path / "out.dcm", KEY)
+    assert result.sop_uid == remap_uid(str(ds.SOPInstanceUID), KEY.encode())
+    assert scan_file(result.path).clean
+    assert pydicom.dcmread(result.path).SOPInstanceUID == result.sop_uid
