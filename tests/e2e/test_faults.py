@@ -69,7 +69,9 @@ def test_worker_killed_mid_stow_then_retry_stores_everything(stack: RunningStack
     root = stack.root(stack.issue([study], actions=["read", "write"])["token"])
     stop = threading.Event()
     killed: dict[str, Any] = {}
-    poller = threading.Thread(target=lambda: killed.update(kill_a_worker_holding_a_reservation(stack, set(by_sop), stop)))
+    poller = threading.Thread(
+        target=lambda: killed.update(kill_a_worker_holding_a_reservation(stack, set(by_sop), stop))
+    )
     poller.start()
     try:
         first = stack.stow(files)

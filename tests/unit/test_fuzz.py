@@ -25,8 +25,14 @@ from gateway.catalog.qido import BY_KEYWORD
 from gateway.dicom.frames import FrameIndex
 from gateway.dicom.index import index_file
 from gateway.dicomweb.multipart import MultipartBody, iter_parts
-from gateway.errors import BadRequest, DicomError, MalformedMultipart, NotAcceptable, PayloadTooLarge
-from gateway.errors import RangeNotSatisfiable
+from gateway.errors import (
+    BadRequest,
+    DicomError,
+    MalformedMultipart,
+    NotAcceptable,
+    PayloadTooLarge,
+    RangeNotSatisfiable,
+)
 from gateway.plan import parse_range
 from gateway.synth import make_series, make_wsi
 from tests.fixtures.catalog_data import make_instance, record
