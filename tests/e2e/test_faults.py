@@ -7,9 +7,12 @@ dies holding an upload reservation, mid-upload: the state that blocked retries f
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -93,7 +96,14 @@ def test_worker_killed_mid_stow_then_retry_stores_everything(stack: RunningStack
         answer = retrieve(root, by_sop[sop])
         assert answer.status_code == 200 and answer.content == by_sop[sop].read_bytes(), sop
 
-    # The retry, at once: every instance stored (the killed one's reservation does not block it), byte-identical.
+    # reconcile sees the dead worker's reservation (a dry run changes nothing) ...
+    env = {**os.environ, **stack.stack.gateway_env()}
+    command = [sys.executable, "-m", "gateway.cli", "reconcile"]
+    report = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert report.returncode == 1, report.stderr
+    assert json.loads(report.stdout)["stale_reservations"] == [killed["sop"]]
+
+    # ... but the retry does not wait for it: at once, every instance stored, byte-identical.
     retry = stack.stow(files)
     assert retry.status_code == 200, retry.text[:2000]
     listed = requests.get(f"{root}/studies/{study}/instances", params={"limit": "1000"}, timeout=30)
