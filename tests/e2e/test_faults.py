@@ -29,7 +29,11 @@ INSTANCES = 50
 
 
 def parent_of(pid: int) -> int:
-    text = Path(f"/proc/{pid}/stat").read_text()
+    """The parent pid, or 0 when the process is already gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
     return int(text[text.rfind(")") + 2 :].split()[1])
 
 
