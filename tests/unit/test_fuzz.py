@@ -37,6 +37,7 @@ from gateway.errors import (
 from gateway.plan import parse_range
 from gateway.synth import make_series, make_wsi
 from tests.fixtures.catalog_data import make_instance, record
+from tests.fixtures.servers import PostgresServer
 
 FUZZ = settings(
     derandomize=True,
@@ -288,6 +289,21 @@ def test_range_parsing_is_a_valid_range_none_or_416(header: str, length: int) ->
 @pytest.fixture(scope="module")
 def small_catalog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Catalog]:
     catalog = Catalog(f"sqlite:///{tmp_path_factory.mktemp('fuzz-qido') / 'c.db'}")
+    yield from filled(catalog)
+
+
+@pytest.fixture(scope="module")
+def small_pg_catalog(postgres_server: PostgresServer) -> Iterator[Catalog]:
+    import psycopg
+
+    admin = f"host={postgres_server.host} port={postgres_server.port} user=postgres dbname=postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute('DROP DATABASE IF EXISTS "fuzz_qido" WITH (FORCE)')
+        conn.execute('CREATE DATABASE "fuzz_qido"')
+    yield from filled(Catalog(postgres_server.url("fuzz_qido")))
+
+
+def filled(catalog: Catalog) -> Iterator[Catalog]:
     catalog.migrate()
     for n in range(3):
         catalog.register_instance(record(make_instance("1.2.3", f"1.2.3.{n}", f"1.2.3.{n}.1", instance_number=n)))
@@ -333,6 +349,20 @@ def test_qido_parameters_are_a_query_or_400(
 )
 def test_qido_integers_are_a_query_or_400(small_catalog: Catalog, level: str, args: dict[str, list[str]]) -> None:
     """Only integer parameters, so no other parameter's 400 hides what the database would do with them."""
+    integers_are_a_query_or_400(small_catalog, level, args)
+
+
+@pytest.mark.postgres
+@settings(FUZZ, max_examples=150)
+@given(
+    level=st.sampled_from(["series", "instances"]),
+    args=st.dictionaries(st.sampled_from(NUMERIC), st.lists(INTEGERS, min_size=1, max_size=1), min_size=1, max_size=3),
+)
+def test_qido_integers_on_postgresql(small_pg_catalog: Catalog, level: str, args: dict[str, list[str]]) -> None:
+    integers_are_a_query_or_400(small_pg_catalog, level, args)
+
+
+def integers_are_a_query_or_400(catalog: Catalog, level: str, args: dict[str, list[str]]) -> None:
     if level == "series":
         args = {name: value for name, value in args.items() if name not in ("InstanceNumber", "00200013")}
     with no_hang():
@@ -340,5 +370,4 @@ def test_qido_integers_are_a_query_or_400(small_catalog: Catalog, level: str, ar
             query = parse_qido(level, args)  # type: ignore[arg-type]
         except BadRequest:
             return
-        small_catalog.search(query, None)
-
+        catalog.search(query, None)
