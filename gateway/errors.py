@@ -97,6 +97,12 @@ class SeriesInOtherStudy(Conflict):
     code = "series_in_other_study"
 
 
+class ReservationLost(Conflict):
+    """An upload's reservation of its SOP Instance UID was taken over (its lease ran out) before the commit."""
+
+    code = "reservation_lost"
+
+
 class PayloadTooLarge(GatewayError):
     status = 413
     code = "payload_too_large"

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gateway.catalog import Catalog
+from gateway.catalog.admin import Reservation
 from gateway.catalog.records import InstanceRecord
 from gateway.config import Settings
 from gateway.dicom.index import index_file
@@ -25,6 +26,7 @@ from gateway.errors import (
     CatalogUnavailable,
     Conflict,
     DicomError,
+    ReservationLost,
     SeriesInOtherStudy,
     StorageUnavailable,
 )
@@ -260,18 +262,21 @@ class Ingestor:
         digest = sha256_of(path)
         # One upload of an instance at a time: without this, two concurrent uploads of a new SOP Instance UID
         # could each write the object and the loser's bytes would sit under the winner's catalog row.
-        if not self.catalog.reserve(indexed.sop_uid, int(time.time())):
-            result.status = "failed"
-            result.failure_reason = OUT_OF_RESOURCES
-            result.detail = "another upload of this instance is in progress; retry shortly"
-            return result
+        # A crashed upload's reservation is taken over at once (its process is gone) or after a short lease: see
+        # gateway.catalog.admin and README "Ingest".
+        reservation = self.catalog.reserve(indexed.sop_uid, int(time.time()))
+        if reservation is None:
+            return self._in_flight(result)
         committed = False
         try:
-            result, committed = self._commit(path, context, original, outcome, indexed, key, digest, result)
+            with self.catalog.holding(reservation):
+                result, committed = self._commit(
+                    path, context, original, outcome, indexed, key, digest, result, reservation
+                )
             return result
         finally:
             if not committed:  # a successful commit ended the reservation in the same transaction
-                self.catalog.release(indexed.sop_uid)
+                self.catalog.release(reservation)
 
     def _commit(
         self,
@@ -283,6 +288,7 @@ class Ingestor:
         key: str,
         digest: str,
         result: IngestResult,
+        reservation: Reservation,
     ) -> tuple[IngestResult, bool]:
         """Store and register, holding the instance's reservation; the flag says whether the catalog commit
         (which also ends the reservation) happened."""
@@ -298,8 +304,10 @@ class Ingestor:
         )
         try:
             created = self.catalog.register_instance(
-                record, audit_fields=self._audit_fields(context, original, outcome)
+                record, audit_fields=self._audit_fields(context, original, outcome), reservation=reservation
             )
+        except ReservationLost:
+            return self._in_flight(result), False
         except SeriesInOtherStudy:
             self.storage.delete(key)  # this key is new (its study path is unknown to the catalog): no orphan
             result.status = "failed"
@@ -312,6 +320,13 @@ class Ingestor:
             result.status = "duplicate"
         log.info("stored instance", extra={"sop_uid": indexed.sop_uid, "bytes": stored.size})
         return result, True
+
+    @staticmethod
+    def _in_flight(result: IngestResult) -> IngestResult:
+        result.status = "failed"
+        result.failure_reason = OUT_OF_RESOURCES
+        result.detail = "another upload of this instance is in progress; retry shortly"
+        return result
 
     @staticmethod
     def _different_bytes(result: IngestResult) -> IngestResult:

@@ -23,6 +23,7 @@ from gateway.accept import Offer, negotiate
 from gateway.auth import Target, parse_target, split_token
 from gateway.dicom.frames import FrameIndex
 from gateway.errors import BadRequest, FramesNotServable, NotFound, RangeNotSatisfiable
+from gateway.numbers import parse_int
 from gateway.uids import check_uid
 
 NATIVE_TS = "1.2.840.10008.1.2.1"
@@ -248,12 +249,10 @@ class Planner:
         return offers
 
     def _frames(self, instance: CachedInstance, spec: str, accept: str) -> PlanResponse:
-        try:
-            numbers = [int(n) for n in spec.split(",")]
-        except ValueError:
-            raise BadRequest("frame numbers must be a comma-separated list of positive integers") from None
-        if not numbers or any(n < 1 for n in numbers) or len(numbers) > 1000:
-            raise BadRequest("frame numbers must be 1 or more (at most 1000 per request)")
+        items = spec.split(",")
+        if len(items) > 1000:
+            raise BadRequest("at most 1000 frame numbers per request")
+        numbers = [parse_int(n, "frame number", low=1) for n in items]
         if instance.frames is None:
             raise FramesNotServable(
                 "frames of this instance cannot be served as stored byte ranges "

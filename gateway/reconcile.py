@@ -2,12 +2,14 @@
 
 An object under ``studies/`` without a catalog row is invisible (reads go through the catalog). Reconcile finds
 such orphans; with ``repair`` it indexes each one and registers it (the object was written after the hooks ran,
-so it is what the policy allowed), or deletes it when it is not readable DICOM.
+so it is what the policy allowed), or deletes it when it is not readable DICOM. It also lists upload reservations
+whose owner is gone (a worker killed mid-upload; see ``gateway.catalog.admin``) and, with ``repair``, clears them.
 """
 
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -61,4 +63,11 @@ def reconcile(settings: Settings, *, repair: bool) -> dict[str, Any]:
                     conflicts.append({"key": key, "reason": error.code})
                     continue
                 repaired.append(key)
-    return {"orphans": orphans, "registered": repaired, "deleted": deleted, "conflicts": conflicts}
+    stale = catalog.stale_reservations(int(time.time()), clear=repair)
+    return {
+        "orphans": orphans,
+        "registered": repaired,
+        "deleted": deleted,
+        "conflicts": conflicts,
+        "stale_reservations": stale,
+    }

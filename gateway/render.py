@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,10 +21,12 @@ from PIL import Image
 
 from gateway.accept import Offer, negotiate
 from gateway.errors import BadRequest, NotAcceptable, NotFound
+from gateway.numbers import parse_int
 from gateway.services import Services
 from gateway.uids import check_uid
 
 THUMBNAIL_SIZE = 128
+_MAX_WINDOW = 1e9  # far beyond any stored value (32-bit pixels times a rescale slope)
 
 
 def _value(metadata: Mapping[str, Any], tag: str, default: Any = None) -> Any:
@@ -80,10 +83,7 @@ def _to_image(data: bytes, metadata: Mapping[str, Any], params: Mapping[str, str
     real = values.astype(np.float32) * slope + intercept
     window = params.get("window")
     if window:
-        try:
-            center, width, *_ = (float(v) for v in window.split(","))
-        except ValueError:
-            raise BadRequest("window must be center,width[,function]") from None
+        center, width = _window(window)
     else:
         center = _value(metadata, "00281050")
         width = _value(metadata, "00281051")
@@ -95,6 +95,17 @@ def _to_image(data: bytes, metadata: Mapping[str, Any], params: Mapping[str, str
     if _value(metadata, "00280004", "MONOCHROME2") == "MONOCHROME1":
         scaled = 255 - scaled
     return Image.fromarray(scaled.reshape(rows, columns), "L")
+
+
+def _window(text: str) -> tuple[float, float]:
+    """``window=center,width[,function]``: finite numbers (``nan`` or ``1e999`` would render garbage)."""
+    try:
+        center, width = (float(v) for v in text.split(",")[:2])
+    except ValueError:
+        raise BadRequest("window must be center,width[,function]") from None
+    if not all(math.isfinite(v) and abs(v) <= _MAX_WINDOW for v in (center, width)):
+        raise BadRequest(f"window: center and width must be numbers within ±{_MAX_WINDOW:g}")
+    return center, width
 
 
 def _encode(image: Image.Image, media: str, quality: int) -> bytes:
@@ -120,20 +131,17 @@ def render_instance(
     offer = negotiate(
         params.get("accept", accept), [Offer("image/jpeg", "*", False), Offer("image/png", "*", False)]
     )
-    try:
-        quality = int(params.get("quality", "90"))
-    except ValueError:
-        raise BadRequest("quality must be an integer 1-100") from None
+    quality = parse_int(params.get("quality", "90"), "quality", low=1, high=100)
     metadata = json.loads(row.metadata)
     image = _to_image(_frame_bytes(services, row, frame), metadata, params, row.frame_media_type)
     viewport = params.get("viewport")
     if viewport:
-        try:
-            width, height = (int(v) for v in viewport.split(",")[:2])
-        except ValueError:
-            raise BadRequest("viewport must be width,height") from None
-        image.thumbnail((max(1, width), max(1, height)))
-    body = _encode(image, offer.part_type, max(1, min(quality, 100)))
+        sizes = viewport.split(",")
+        if len(sizes) < 2:
+            raise BadRequest("viewport must be width,height")
+        width, height = (parse_int(v, "viewport", low=1) for v in sizes[:2])
+        image.thumbnail((width, height))
+    body = _encode(image, offer.part_type, quality)
     return Response(body, mimetype=offer.part_type, headers={"Cache-Control": "private, max-age=3600"})
 
 

@@ -4,19 +4,41 @@ trail and the quarantine list. Small tables, each written in one short transacti
 from __future__ import annotations
 
 import json
+import secrets
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 
 from gateway.catalog.engine import CatalogBase
+from gateway.catalog.owner import Owner, is_gone, this_process
 from gateway.catalog.schema import audit, quarantine, reservations, revocations
+from gateway.errors import CatalogUnavailable
 
 # Revocations older than their expiry are purged at most this often (seconds of the caller's clock).
 PURGE_INTERVAL = 300
 _AUDIT_FIELDS = {c.name for c in audit.c} - {"id"}
+# An upload reservation lives this long past its owner's last heartbeat (beats every HEARTBEAT_SECONDS).
+LEASE_SECONDS = 60
+HEARTBEAT_SECONDS = 15
+_LEGACY_LEASE = 3600  # rows written before migration 0003 carry no lease: the old one-hour rule
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """One upload's claim on a SOP Instance UID (``nonce`` tells it from a later claim on the same UID)."""
+
+    sop_uid: str
+    nonce: str
+
+
+def _stale(row: Any, now: int) -> bool:
+    expires = row.expires_at if row.expires_at is not None else row.created_at + _LEGACY_LEASE
+    return bool(expires < now) or is_gone(Owner(row.owner_host, row.owner_pid, row.owner_started))
 
 
 class AdminRecords(CatalogBase):
@@ -28,23 +50,95 @@ class AdminRecords(CatalogBase):
         self._purge_lock = threading.Lock()
 
     # --- upload reservations ----------------------------------------------------------------------------------
+    # Why owner + lease rather than a database lock held by the uploading connection: SQLite has no lock finer
+    # than "the one writer", which an upload of minutes cannot hold; a row works the same on both backends, and
+    # `reconcile` can list what is left. A crashed owner's row is taken over at once on its own host (its pid is
+    # gone: gateway.catalog.owner) and after LEASE_SECONDS without a heartbeat from anywhere else.
 
-    def reserve(self, sop_uid: str, now: int, stale_after: int = 3600) -> bool:
-        """Claim the right to store ``sop_uid``; False while another upload of it is in flight. A reservation
-        older than ``stale_after`` (a crashed worker) is taken over."""
+    def reserve(self, sop_uid: str, now: int) -> Reservation | None:
+        """Claim the right to store ``sop_uid``; None while another upload of it is in flight. A reservation
+        whose owner process is gone, or whose lease ran out, is taken over (compare-and-swap on its nonce, so
+        two newcomers never both win)."""
+        me = this_process()
+        nonce = secrets.token_hex(16)
+        values = {
+            "created_at": now,
+            "owner_host": me.host,
+            "owner_pid": me.pid,
+            "owner_started": me.started,
+            "nonce": nonce,
+            "expires_at": now + LEASE_SECONDS,
+        }
+        with self._write() as conn:
+            stmt = self._insert(reservations).values(sop_uid=sop_uid, **values)
+            # RETURNING, not rowcount: psycopg reports -1 rows for INSERT .. ON CONFLICT DO NOTHING
+            stmt = stmt.on_conflict_do_nothing(index_elements=["sop_uid"]).returning(reservations.c.sop_uid)
+            if conn.execute(stmt).first() is not None:
+                return Reservation(sop_uid, nonce)
+            row = conn.execute(
+                sa.select(reservations).where(reservations.c.sop_uid == sop_uid).with_for_update()
+            ).first()
+            if row is None or not _stale(row, now):
+                return None
+            taken = conn.execute(
+                reservations.update()
+                .where(reservations.c.sop_uid == sop_uid, reservations.c.nonce == row.nonce)
+                .values(**values)
+            )
+            return Reservation(sop_uid, nonce) if taken.rowcount else None
+
+    def heartbeat(self, reservation: Reservation, now: int) -> bool:
+        """Extend the lease; False when the reservation is no longer ours (it was taken over)."""
+        with self._write() as conn:
+            return bool(
+                conn.execute(
+                    reservations.update()
+                    .where(reservations.c.sop_uid == reservation.sop_uid, reservations.c.nonce == reservation.nonce)
+                    .values(expires_at=now + LEASE_SECONDS)
+                ).rowcount
+            )
+
+    @contextmanager
+    def holding(self, reservation: Reservation) -> Iterator[None]:
+        """Refresh the lease every HEARTBEAT_SECONDS while the body runs (a slow store must not lose it)."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(HEARTBEAT_SECONDS):
+                try:
+                    self.heartbeat(reservation, int(time.time()))
+                except CatalogUnavailable:
+                    pass  # the next beat retries; the lease outlives several missed beats
+
+        thread = threading.Thread(target=beat, name=f"lease-{reservation.sop_uid}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    def release(self, reservation: Reservation) -> None:
         with self._write() as conn:
             conn.execute(
                 reservations.delete().where(
-                    reservations.c.sop_uid == sop_uid, reservations.c.created_at < now - stale_after
+                    reservations.c.sop_uid == reservation.sop_uid, reservations.c.nonce == reservation.nonce
                 )
             )
-            stmt = self._insert(reservations).values(sop_uid=sop_uid, created_at=now)
-            inserted = conn.execute(stmt.on_conflict_do_nothing(index_elements=["sop_uid"]))
-            return bool(inserted.rowcount)
 
-    def release(self, sop_uid: str) -> None:
-        with self._write() as conn:
-            conn.execute(reservations.delete().where(reservations.c.sop_uid == sop_uid))
+    def stale_reservations(self, now: int, *, clear: bool = False) -> list[str]:
+        """SOP Instance UIDs whose reservation outlived its owner (judged as ``reserve`` judges); ``clear``
+        deletes exactly those rows (a row re-taken meanwhile has a new nonce and stays)."""
+        with self._write() if clear else self._read() as conn:
+            stale = [row for row in conn.execute(sa.select(reservations)) if _stale(row, now)]
+            if clear:
+                for row in stale:
+                    conn.execute(
+                        reservations.delete().where(
+                            reservations.c.sop_uid == row.sop_uid, reservations.c.nonce == row.nonce
+                        )
+                    )
+        return sorted(row.sop_uid for row in stale)
 
     # --- revocations ----------------------------------------------------------------------------------------
 

@@ -19,13 +19,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from gateway.catalog.admin import PURGE_INTERVAL, AdminRecords
+from gateway.catalog.admin import PURGE_INTERVAL, AdminRecords, Reservation
 from gateway.catalog.engine import MIGRATIONS, engine_url
 from gateway.catalog.qido import QidoQuery
 from gateway.catalog.records import InstanceRecord, InstanceRow
 from gateway.catalog.schema import audit, instances, reservations, series, studies
 from gateway.catalog.search import build_select, shape_row
-from gateway.errors import Conflict, SeriesInOtherStudy
+from gateway.errors import Conflict, ReservationLost, SeriesInOtherStudy
 from gateway.scope import Scope
 from gateway.uids import check_uid
 
@@ -44,11 +44,18 @@ class Catalog(AdminRecords):
 
     # --- instances ------------------------------------------------------------------------------------------
 
-    def register_instance(self, rec: InstanceRecord, *, audit_fields: dict[str, Any] | None = None) -> bool:
+    def register_instance(
+        self,
+        rec: InstanceRecord,
+        *,
+        audit_fields: dict[str, Any] | None = None,
+        reservation: Reservation | None = None,
+    ) -> bool:
         """Make an instance visible: insert it, upsert its series and study, fix counts and modalities, in one
         transaction. Returns False (and changes nothing) when the SOP UID is already stored with the same
         sha256; raises ``Conflict`` when stored with other bytes, unless ``rec.replace``. The same transaction
-        ends the instance's upload reservation and appends ``audit_fields`` (one commit per upload)."""
+        ends the upload's ``reservation`` (``ReservationLost``, nothing committed, when it is no longer ours)
+        and appends ``audit_fields`` (one commit per upload)."""
         inst = rec.instance
         check_uid(inst.study_uid, "StudyInstanceUID")
         check_uid(inst.series_uid, "SeriesInstanceUID")
@@ -56,8 +63,14 @@ class Catalog(AdminRecords):
         for attempt in range(3):
             try:
                 with self._write() as conn:
+                    if reservation is not None and not conn.execute(
+                        reservations.delete().where(
+                            reservations.c.sop_uid == reservation.sop_uid,
+                            reservations.c.nonce == reservation.nonce,
+                        )
+                    ).rowcount:
+                        raise ReservationLost("another upload of this instance took over its reservation")
                     created = self._register(conn, rec)
-                    conn.execute(reservations.delete().where(reservations.c.sop_uid == inst.sop_uid))
                     if audit_fields:
                         conn.execute(audit.insert().values(**self._audit_values(audit_fields)))
                     return created

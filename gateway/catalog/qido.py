@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from gateway.errors import BadRequest
+from gateway.numbers import INT32_MIN, parse_int
 from gateway.uids import check_uid, is_uid
 
 Level = Literal["studies", "series", "instances"]
@@ -193,11 +194,8 @@ def _match(name: str, attr: Attr, values: list[str]) -> Match | None:
         return Match(attr, "range", _date_bounds(name, value))
     if attr.kind == "time":
         return Match(attr, "range", _time_bounds(name, value))
-    if attr.kind == "int":
-        try:
-            return Match(attr, "eq", (int(value),))
-        except ValueError:
-            raise BadRequest(f"{name}: expected an integer") from None
+    if attr.kind == "int":  # IS: a 32-bit signed integer, optionally space-padded (PS3.5 6.2)
+        return Match(attr, "eq", (parse_int(value.strip(" "), name, low=INT32_MIN, signed=True),))
     if "*" in value or "?" in value:
         return Match(attr, "like", (_like(value),))
     return Match(attr, "eq", (value,))
@@ -206,13 +204,7 @@ def _match(name: str, attr: Attr, values: list[str]) -> Match | None:
 def _int_param(name: str, values: list[str], default: int) -> int:
     if not values or values[-1] == "":
         return default
-    try:
-        number = int(values[-1])
-    except ValueError:
-        raise BadRequest(f"{name}: expected a non-negative integer") from None
-    if number < 0:
-        raise BadRequest(f"{name}: expected a non-negative integer")
-    return number
+    return parse_int(values[-1], name)
 
 
 def parse_qido(

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.dicom.model import BulkRange, IndexedInstance
+from gateway.numbers import int32_or_none
 
 # Searchable flat values: key -> (DICOM JSON tag, kind). ``kind`` says how to flatten the DICOM JSON value.
 SEARCH_FIELDS: dict[str, tuple[str, str]] = {
@@ -45,10 +46,7 @@ def search_values(metadata: dict[str, Any]) -> dict[str, Any]:
         if kind == "pn":
             value = value.get("Alphabetic") if isinstance(value, dict) else value
         if kind == "int":
-            try:
-                value = int(str(value).strip()) if value is not None else None
-            except ValueError:
-                value = None
+            value = int32_or_none(value)
         elif value is not None:
             value = str(value).strip() or None
         out[name] = value

@@ -90,12 +90,20 @@ revocations = sa.Table(
 )
 
 # One row while an upload of a SOP Instance UID is between "stored" and "committed": a second concurrent upload of
-# the same instance must not overwrite the object the first one is about to commit (stale rows expire).
+# the same instance must not overwrite the object the first one is about to commit. The row names its owner
+# process (gateway.catalog.owner) and a lease the owner refreshes, so a crashed owner's row is taken over at once
+# on its host, and after the lease elsewhere. ``nonce`` identifies one reservation (compare-and-swap on takeover).
+# Rows written before revision 0003 have no owner and no lease: they expire an hour after ``created_at``.
 reservations = sa.Table(
     "reservations",
     metadata,
     sa.Column("sop_uid", UID, primary_key=True),
     sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("owner_host", sa.String(255), nullable=False, server_default=""),
+    sa.Column("owner_pid", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("owner_started", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("nonce", sa.String(32), nullable=False, server_default=""),
+    sa.Column("expires_at", sa.BigInteger),
 )
 
 audit = sa.Table(

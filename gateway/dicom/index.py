@@ -38,6 +38,7 @@ from gateway.dicom.walker import (
     to_dataset,
 )
 from gateway.errors import DicomError
+from gateway.numbers import INT32_MAX, int32_or_none
 from gateway.uids import is_uid
 
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
@@ -129,7 +130,7 @@ def index_file(
             frame_index = _frame_index(fp, ts, ds, elements, number_of_frames) if ranges_valid else None
             metadata = meta_json.build_metadata(ds, elements, bulkdata_uris=ranges_valid)
             searchable = qido_attrs.searchable(ds)
-            instance_number = _int_or_none(_get(ds, "InstanceNumber"))
+            instance_number = int32_or_none(_get(ds, "InstanceNumber"))  # a catalog INTEGER column
 
     bulkdata = (
         [BulkRange(path=p, vr=el.vr, offset=el.offset, length=el.length) for p, el in iter_bulk(elements)]
@@ -303,7 +304,7 @@ def _number_of_frames(ds: Dataset, elements: list[Element]) -> int:
     if value == "":
         return 1
     n = _int_or_none(value)
-    if n is None or n < 1:
+    if n is None or not 1 <= n <= INT32_MAX:
         raise DicomError("Number of Frames (0028,0008) is not a positive integer")
     return n
 

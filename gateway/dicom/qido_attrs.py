@@ -17,6 +17,8 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from gateway.numbers import int32_or_none
+
 
 def _tags(*keywords: str) -> tuple[str, ...]:
     out = []
@@ -138,11 +140,7 @@ def searchable(ds: Dataset) -> dict[str, str | int | None]:
     for key, keyword in _TEXT_KEYS.items():
         out[key] = _text(ds, keyword)
     for key, keyword in _INT_KEYS.items():
-        text = _text(ds, keyword)
-        try:
-            out[key] = int(text) if text is not None else None
-        except ValueError:
-            out[key] = None
+        out[key] = int32_or_none(_text(ds, keyword))
     return out
 
 

@@ -305,7 +305,10 @@ def to_dataset(
             ds[el.tag] = RawDataElement(
                 Tag(el.tag), raw_vr, el.length, el.value, el.offset, el.implicit, little
             )
-    encoding = ds._character_set  # items inherit the character set of their parent
+    try:
+        encoding = ds._character_set  # items inherit the character set of their parent
+    except (ValueError, LookupError):  # e.g. a NUL inside a term: the codec lookup itself fails
+        raise DicomError("Specific Character Set (0008,0005) names no usable character set") from None
     for el in sequences:
         assert el.items is not None
         seq = Sequence([to_dataset(item, little, encoding) for item in el.items])

@@ -11,6 +11,7 @@ from flask import Blueprint, Response, jsonify, redirect, request
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from gateway.errors import BadRequest, InvalidPath, NotFound, TokenMissing
+from gateway.numbers import parse_int
 from gateway.views.common import public_base, require_api_key, services
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -144,7 +145,7 @@ def delete_quarantine(key: str) -> tuple[str, int]:
 @bp.get("/admin/audit")
 def audit() -> Response:
     require_api_key()
-    limit = min(int(request.args.get("limit", "100")), 1000)
+    limit = min(parse_int(request.args.get("limit") or "100", "limit"), 1000)
     return jsonify(
         items=services().catalog.audit_records(
             sop_uid=request.args.get("sop_uid"), study_uid=request.args.get("study_uid"), limit=limit

@@ -27,6 +27,7 @@ from gateway.errors import (
 )
 from gateway.hooks import UploadContext
 from gateway.ingest import IngestResult
+from gateway.numbers import parse_int
 from gateway.render import render_instance
 from gateway.uids import check_uid
 from gateway.views.common import decision, dicomweb_root, public_base, services
@@ -288,8 +289,5 @@ def wado() -> Response:
     study, series, sop = (check_uid(args.get(k, ""), k) for k in ("studyUID", "seriesUID", "objectUID"))
     if args.get("requestType") != "WADO":
         raise BadRequest("requestType must be WADO")
-    try:
-        frame = int(args.get("frameNumber", "1") or 1)
-    except ValueError:
-        raise BadRequest("frameNumber must be a positive integer") from None
+    frame = parse_int(args.get("frameNumber") or "1", "frameNumber", low=1)
     return render_instance(services(), study, series, sop, frame, args, content_type)

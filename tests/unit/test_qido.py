@@ -102,6 +102,18 @@ def test_path_uids_are_validated() -> None:
         ("studies", {"limit": ["ten"]}, "limit"),
         ("studies", {"offset": ["-1"]}, "offset"),
         ("series", {"SeriesNumber": ["one"]}, "integer"),
+        # issue 11 defect 5: integers beyond what the catalog stores were a 500 (OverflowError in SQLite)
+        ("studies", {"offset": ["999999999999999999999999999999"]}, "offset: expected an integer from 0"),
+        ("studies", {"limit": ["999999999999999999999999999999"]}, "limit: expected an integer from 0"),
+        ("series", {"SeriesNumber": ["9" * 30]}, "SeriesNumber: expected an integer from -2147483648"),
+        ("instances", {"InstanceNumber": ["9" * 30]}, "InstanceNumber"),
+        ("instances", {"00200013": ["-2147483649"]}, "00200013"),
+        ("instances", {"InstanceNumber": ["2147483648"]}, "InstanceNumber"),
+        ("studies", {"offset": ["2147483648"]}, "offset"),
+        ("studies", {"offset": ["1_0"]}, "offset"),  # int() would take these; a query string must not
+        ("studies", {"limit": [" 5"]}, "limit"),
+        ("series", {"SeriesNumber": ["\u0665"]}, "SeriesNumber"),  # ARABIC-INDIC DIGIT FIVE
+        ("series", {"SeriesNumber": ["9" * 5000]}, "SeriesNumber"),  # beyond int()'s digit limit
         ("studies", {"PatientID": ["a", "b"]}, "more than once"),
         ("studies", {"00400275.00321060": ["x"]}, "sequence"),
         ("studies", {"includefield": ["NotAKeyword"]}, "unknown attribute"),
@@ -247,6 +259,15 @@ def test_study_order_and_paging(catalog: Catalog) -> None:
     assert uids(find(catalog, "studies")) == ALL_STUDIES
     pages = [uids(find(catalog, "studies", limit=str(2), offset=str(o))) for o in (0, 2, 4, 6)]
     assert pages == [ALL_STUDIES[0:2], ALL_STUDIES[2:4], ALL_STUDIES[4:6], []]
+
+
+def test_integer_bounds_reach_the_database(catalog: Catalog) -> None:
+    """The largest accepted integers run on SQLite and PostgreSQL alike (an empty page, not an error)."""
+    top, bottom = str(2**31 - 1), str(-(2**31))
+    assert find(catalog, "studies", offset=top, limit=top) == []
+    assert find(catalog, "series", SeriesNumber=top) == []
+    assert find(catalog, "instances", InstanceNumber=bottom) == []
+    assert len(find(catalog, "instances", InstanceNumber="+1")) == len(find(catalog, "instances", InstanceNumber="1"))
 
 
 def test_exact_and_case_sensitivity(catalog: Catalog) -> None:

@@ -1,0 +1,36 @@
+"""Integers read from requests and from files, kept inside what the catalog can store.
+
+Python's ``int()`` has no upper bound and accepts ``" 5"``, ``"1_000"`` and non-ASCII digits, while SQLite stores
+signed 64-bit integers (a larger parameter raises ``OverflowError``: a 500) and PostgreSQL ``INTEGER`` columns
+32-bit ones. Every integer taken from a query string or a path goes through ``parse_int``: plain ASCII decimal
+digits within a stated range, or a 400 that names the parameter.
+"""
+
+from __future__ import annotations
+
+import re
+
+from gateway.errors import BadRequest
+
+INT32_MIN = -(2**31)
+INT32_MAX = 2**31 - 1  # the range of DICOM IS (PS3.5 6.2) and of the catalog's INTEGER columns
+_UNSIGNED = re.compile(r"[0-9]{1,32}")
+_SIGNED = re.compile(r"[+-]?[0-9]{1,32}")
+
+
+def parse_int(text: str, name: str, *, low: int = 0, high: int = INT32_MAX, signed: bool = False) -> int:
+    """``text`` as an integer in ``low..high``; ``BadRequest`` naming ``name`` otherwise. ``signed`` allows a
+    leading ``+`` or ``-`` (DICOM IS values)."""
+    if (_SIGNED if signed else _UNSIGNED).fullmatch(text) is None or not low <= int(text) <= high:
+        raise BadRequest(f"{name}: expected an integer from {low} to {high}")
+    return int(text)
+
+
+def int32_or_none(value: object) -> int | None:
+    """A stored file's integer value for a catalog column: None when it is not an integer that fits (a file
+    with an out-of-range Series Number is still stored; it is just not searchable by that number)."""
+    try:
+        number = int(str(value).strip()) if value is not None and value != "" else None
+    except (TypeError, ValueError):
+        return None
+    return number if number is not None and INT32_MIN <= number <= INT32_MAX else None

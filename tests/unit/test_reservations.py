@@ -1,0 +1,175 @@
+"""Upload reservations (issue 11 defect 7) on SQLite and on a real PostgreSQL: a crashed owner's reservation is
+taken over at once, a live one never, and concurrent newcomers never both win."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from gateway.catalog import Catalog
+from gateway.catalog.admin import LEASE_SECONDS, Reservation
+from gateway.catalog.owner import host_identity, this_process
+from gateway.catalog.schema import reservations
+from gateway.errors import ReservationLost
+from tests.fixtures.catalog_data import make_instance, record
+
+SOP = "1.2.3.4.5.6"
+CHILD = """
+import sys, time
+from gateway.catalog import Catalog
+print(Catalog(sys.argv[1]).reserve(sys.argv[2], int(time.time())) is not None, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.fixture
+def catalog(catalog_url: str) -> Iterator[Catalog]:
+    cat = Catalog(catalog_url)
+    cat.migrate()
+    yield cat
+    cat.close()
+
+
+@contextmanager
+def reserved_by_a_killed_process(url: str, sop: str, *, reap: bool = True) -> Iterator[None]:
+    """A real process takes the reservation through the catalog code and is killed with SIGKILL, as a gunicorn
+    worker is; ``reap=False`` leaves it a zombie (killed, not yet waited for by its parent) inside the block."""
+    with subprocess.Popen([sys.executable, "-c", CHILD, url, sop], stdout=subprocess.PIPE, text=True) as child:
+        try:
+            assert child.stdout is not None
+            assert child.stdout.readline().strip() == "True"
+        finally:
+            os.kill(child.pid, signal.SIGKILL)
+        if reap:
+            child.wait(10)
+        else:
+            deadline = time.monotonic() + 10
+            while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+        yield
+
+
+def test_a_live_reservation_excludes_others_until_released(catalog: Catalog) -> None:
+    now = int(time.time())
+    first = catalog.reserve(SOP, now)
+    assert first is not None
+    assert catalog.reserve(SOP, now) is None
+    assert catalog.stale_reservations(now) == []
+    catalog.release(first)
+    assert catalog.reserve(SOP, now) is not None
+
+
+@pytest.mark.parametrize("reap", [True, False], ids=["reaped", "zombie"])
+def test_a_killed_owners_reservation_is_taken_over_at_once(catalog: Catalog, catalog_url: str, reap: bool) -> None:
+    with reserved_by_a_killed_process(catalog_url, SOP, reap=reap):
+        now = int(time.time())
+        assert catalog.stale_reservations(now) == [SOP]
+        assert catalog.reserve(SOP, now) is not None  # was None for an hour before the fix
+        assert catalog.reserve(SOP, now) is None  # and now it is ours, alive
+
+
+def test_reconcile_query_clears_only_stale_reservations(catalog: Catalog, catalog_url: str) -> None:
+    with reserved_by_a_killed_process(catalog_url, "1.2.3.1"):
+        pass
+    live = catalog.reserve("1.2.3.2", int(time.time()))
+    assert live is not None
+    assert catalog.stale_reservations(int(time.time()), clear=True) == ["1.2.3.1"]
+    assert catalog.stale_reservations(int(time.time())) == []
+    with catalog.engine.connect() as conn:
+        assert list(conn.execute(sa.select(reservations.c.sop_uid)).scalars()) == ["1.2.3.2"]
+
+
+def put_row(catalog: Catalog, *, host: str, pid: int, expires_at: int | None, created_at: int) -> None:
+    with catalog.engine.begin() as conn:
+        conn.execute(
+            reservations.insert().values(
+                sop_uid=SOP,
+                created_at=created_at,
+                owner_host=host,
+                owner_pid=pid,
+                owner_started=1,
+                nonce="n" * 32,
+                expires_at=expires_at,
+            )
+        )
+
+
+def test_another_hosts_reservation_is_taken_over_only_after_its_lease(catalog: Catalog) -> None:
+    now = int(time.time())
+    put_row(catalog, host="elsewhere|boot|pid:[1]", pid=1, expires_at=now + 5, created_at=now)
+    assert catalog.reserve(SOP, now) is None
+    assert catalog.reserve(SOP, now + 6) is not None
+
+
+def test_rows_from_before_the_owner_columns_keep_the_one_hour_rule(catalog: Catalog) -> None:
+    now = int(time.time())
+    put_row(catalog, host="", pid=0, expires_at=None, created_at=now)
+    assert catalog.reserve(SOP, now + 60) is None
+    assert catalog.reserve(SOP, now + 3601) is not None
+
+
+def test_a_pid_reused_by_another_process_counts_as_gone(catalog: Catalog) -> None:
+    now = int(time.time())
+    me = this_process()
+    put_row(catalog, host=host_identity(), pid=me.pid, expires_at=now + LEASE_SECONDS, created_at=now)
+    with catalog.engine.begin() as conn:  # our pid, but a process started at another time
+        conn.execute(reservations.update().values(owner_started=me.started + 1))
+    assert catalog.reserve(SOP, now) is not None
+
+
+def test_concurrent_newcomers_never_both_win(catalog: Catalog, catalog_url: str) -> None:
+    for attempt in range(3):
+        sop = f"1.2.3.9.{attempt}"
+        with reserved_by_a_killed_process(catalog_url, sop):
+            pass
+        barrier = threading.Barrier(6)
+        won: list[Reservation | None] = []
+
+        def race(sop: str = sop, barrier: threading.Barrier = barrier, won: list[Reservation | None] = won) -> None:
+            barrier.wait()
+            won.append(catalog.reserve(sop, int(time.time())))
+
+        threads = [threading.Thread(target=race) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sum(r is not None for r in won) == 1
+
+
+def test_a_taken_over_reservation_cannot_commit_or_beat(catalog: Catalog) -> None:
+    now = int(time.time())
+    inst = make_instance("1.2.3.1", "1.2.3.1.1", SOP)
+    old = catalog.reserve(SOP, now)
+    assert old is not None
+    newer = catalog.reserve(SOP, now + LEASE_SECONDS + 1)  # the old owner stopped beating: its lease ran out
+    assert newer is not None and newer != old
+    assert catalog.heartbeat(old, now) is False
+    with pytest.raises(ReservationLost):
+        catalog.register_instance(record(inst), reservation=old)
+    assert catalog.get_instance(SOP) is None
+    assert catalog.register_instance(record(inst), reservation=newer) is True
+    assert catalog.stale_reservations(now + 10_000) == []  # the commit ended the reservation
+
+
+def test_holding_refreshes_the_lease(catalog: Catalog, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("gateway.catalog.admin.HEARTBEAT_SECONDS", 0.05)
+    reservation = catalog.reserve(SOP, 0)  # a lease that ran out long ago ...
+    assert reservation is not None
+    with catalog.holding(reservation):
+        deadline = time.monotonic() + 10
+        while catalog.stale_reservations(int(time.time())):  # ... until the first beat renews it
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    catalog.release(reservation)
