@@ -123,8 +123,8 @@ def index_file(
             )
         elements = walker.walk()
         with quiet_validation():
+            ds = to_dataset(elements, walker.little)  # first: its errors name the element
             _check_pydicom(fp, ts, elements)
-            ds = to_dataset(elements, walker.little)
             uids = _identity(ds)
             number_of_frames = _number_of_frames(ds, elements)
             frame_index = _frame_index(fp, ts, ds, elements, number_of_frames) if ranges_valid else None

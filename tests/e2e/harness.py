@@ -72,7 +72,8 @@ class RunningStack:
             os.environ.update(saved)
 
     def access_log(self) -> list[dict[str, Any]]:
-        lines = self.stack.access_log.read_text().splitlines() if self.stack.access_log.exists() else []
+        # strict UTF-8: NGINX's escape=json passes bytes >= 0x80 through raw; the template keeps them out
+        lines = self.stack.access_log.read_text(encoding="utf-8").splitlines() if self.stack.access_log.exists() else []
         return [json.loads(line) for line in lines]
 
     def logs(self) -> str:

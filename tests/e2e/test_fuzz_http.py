@@ -216,3 +216,5 @@ def test_after_the_fuzzing_the_gateway_is_ready_and_stores(stack: RunningStack, 
         f"{root}/studies/{study}/series/{series}/instances/{sop}", headers={"Accept": "application/dicom"}, timeout=30
     )
     assert got.status_code == 200 and got.content == files[0].read_bytes()
+    # and the access log is still valid UTF-8 JSON, one object per line, after every byte the fuzzing sent
+    assert all(isinstance(entry, dict) for entry in stack.access_log())
