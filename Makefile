@@ -74,7 +74,7 @@ lint: venv
 	$(VENV)/bin/mypy
 
 test: system-deps venv .venv-checkov/.installed viewer dwv lint
-	$(VENV)/bin/pytest -p no:cacheprovider --basetemp=$(CURDIR)/.pytest-tmp tests; status=$$?; \
+	DICOMGW_TEST_REQUIRE_ALL=1 $(VENV)/bin/pytest -p no:cacheprovider --basetemp=$(CURDIR)/.pytest-tmp tests; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing on purpose"; exit 1; fi; exit $$status
 
 unit: venv

@@ -26,14 +26,18 @@ from gateway.stack import free_port
 from tests.e2e.conftest import uids_of
 from tests.e2e.harness import RunningStack, start_stack
 from tests.e2e.test_viewer import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, NetworkLog, playwright_sync
+from tests.requirements import require
 
 pytestmark = [pytest.mark.browser, pytest.mark.third_party]
 
 PAGE_DIR = Path(__file__).resolve().parent / "dwv"
 SERIES_ACCEPT = "multipart/related; type=application/dicom; transfer-syntax=*"  # unquoted: CORS-safelisted
 
-if not (PAGE_DIR / "node_modules" / "dwv" / "dist" / "dwv.min.js").exists():  # pragma: no cover - make test: npm ci
-    pytest.skip("DWV is not installed: run `make dwv` (npm ci in tests/e2e/dwv)", allow_module_level=True)
+require(
+    (PAGE_DIR / "node_modules" / "dwv" / "dist" / "dwv.min.js").exists(),
+    "DWV is not installed: run `make dwv` (npm ci in tests/e2e/dwv)",
+    module=True,
+)
 
 
 class PageServer:

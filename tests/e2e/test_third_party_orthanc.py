@@ -29,6 +29,7 @@ from gateway.stack import free_port
 from gateway.synth import make_series
 from tests.e2e.conftest import uids_of
 from tests.e2e.harness import RunningStack
+from tests.requirements import require
 
 pytestmark = pytest.mark.third_party
 
@@ -43,7 +44,8 @@ def dicomweb_plugin() -> Path:
     for line in listing.stdout.splitlines():
         if "/plugins/" in line and line.endswith(".so"):
             return Path(line)
-    pytest.skip("the orthanc-dicomweb package is not installed (`make test` installs it with apt)")
+    require(False, "the orthanc-dicomweb package is not installed (`make test` installs it with apt)")
+    raise AssertionError("unreachable")
 
 
 @dataclass
@@ -75,8 +77,7 @@ class Orthanc:
 
 
 def start_orthanc(folder: Path, servers: dict[str, dict[str, Any]]) -> Orthanc:
-    if not Path(ORTHANC).exists():
-        pytest.skip(f"{ORTHANC} is not installed (`make test` installs Debian's orthanc package with apt)")
+    require(Path(ORTHANC).exists(), f"{ORTHANC} is not installed (`make test` installs Debian's orthanc with apt)")
     plugin = dicomweb_plugin()
     http_port = free_port()
     config = {

@@ -27,6 +27,7 @@ import requests
 from gateway.stack import free_port
 from tests.e2e.conftest import uids_of
 from tests.e2e.harness import RunningStack, start_stack
+from tests.requirements import require
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 from PIL import Image, ImageChops, ImageStat  # noqa: E402
@@ -50,8 +51,7 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 HIDE_OVERLAYS = ".overlay, #progress { visibility: hidden !important; }"
 TIMEOUT_MS = 30_000
 
-if not Path(CHROMIUM).exists():  # pragma: no cover - `make test` installs it with apt
-    pytest.skip(f"{CHROMIUM} is not installed", allow_module_level=True)
+require(Path(CHROMIUM).exists(), f"{CHROMIUM} is not installed (`make test` installs it with apt)", module=True)
 
 
 # -- browser plumbing ----------------------------------------------------------------------------------------------
