@@ -15,10 +15,11 @@ def _load() -> Any:
     try:
         return create_wsgi(migrate=False)
     except (ConfigError, GatewayError) as error:
-        # One readable line instead of a traceback; exit status 4 is gunicorn's "App failed to load", which
-        # stops the master instead of respawning a worker that cannot start.
+        # One readable line instead of a traceback. A wrong setting or schema will not mend itself: exit status 4
+        # is gunicorn's "App failed to load", which stops the master instead of respawning forever. A database or
+        # storage that is briefly out (say while gunicorn replaces a worker) may: exit 1, and the master retries.
         print("dicom-gateway: " + " ".join(str(error).split()), file=sys.stderr, flush=True)
-        raise SystemExit(4) from None
+        raise SystemExit(4 if isinstance(error, ConfigError) else 1) from None
 
 
 application = _load()

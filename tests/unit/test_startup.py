@@ -3,6 +3,9 @@ the schema; every failure is one line that never repeats a password."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,7 @@ from gateway.errors import ConfigError
 from gateway.startup import StartupError, prepare
 
 KEY = "k" * 40
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _env(tmp_path: Path, **changes: str) -> dict[str, str]:
@@ -54,3 +58,21 @@ def test_failures_are_one_line(tmp_path: Path, changes: dict[str, str], message:
     with pytest.raises(StartupError) as failure:
         prepare(_env(tmp_path, **changes))
     assert str(failure.value) == message
+
+
+@pytest.mark.parametrize(
+    ("changes", "status"),
+    [
+        ({"DICOMGW_API_KEYS": ""}, 4),  # a wrong setting: gunicorn's "App failed to load", the master stops
+        ({"DICOMGW_DATABASE_URL": "postgresql://dgw@127.0.0.1:1/dgw"}, 1),  # a database out: the master retries
+    ],
+)
+def test_worker_exit_status_says_whether_a_retry_can_help(tmp_path: Path, changes: dict[str, str], status: int) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMGW_")}
+    env.update({"PYTHONPATH": str(REPO), "DICOMGW_MODE": "production", **_env(tmp_path, **changes)})
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import gateway.wsgi"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert loaded.returncode == status, loaded.stderr
+    [line] = loaded.stderr.strip().splitlines()
+    assert line.startswith("dicom-gateway: ")
