@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +72,17 @@ class RunningStack:
         finally:
             os.environ.clear()
             os.environ.update(saved)
+
+    def settle_access_log(self) -> None:
+        """NGINX writes a request's log line after answering it, so a test that looks for (or for the absence of)
+        a line first sends a marker request and waits until the marker's line is written: the lines of every
+        request answered before it are then there too. Never a fixed sleep, which passes without checking."""
+        marker = uuid.uuid4().hex
+        requests.get(f"{self.url}/healthz?settle={marker}", timeout=10)
+        deadline = time.monotonic() + 10
+        while not (self.stack.access_log.exists() and marker in self.stack.access_log.read_text(errors="replace")):
+            assert time.monotonic() < deadline, "NGINX never logged the marker request"
+            time.sleep(0.02)
 
     def access_log(self) -> list[dict[str, Any]]:
         # strict UTF-8: NGINX's escape=json passes bytes >= 0x80 through raw; the template keeps them out

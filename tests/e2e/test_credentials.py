@@ -366,7 +366,7 @@ def test_bearer_token_never_in_any_log(stack: RunningStack, ct: tuple[str, str, 
     assert requests.get(f"{stack.url}/api/v1/admin/quarantine", headers=bearer, timeout=10).status_code == 401
     tampered = {"Authorization": f"Bearer {token[:-10]}{'A' if token[-10] != 'A' else 'B'}{token[-9:]}"}
     assert requests.get(f"{base}/instances", headers=tampered, timeout=10).status_code == 401
-    time.sleep(0.2)  # NGINX writes the access log line after the response
+    stack.settle_access_log()
     logs = [stack.stack.access_log, stack.stack.error_log, *sorted((stack.stack.var_dir / "logs").iterdir())]
     for log in logs:
         text = log.read_text(errors="replace")

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import socket
-import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -314,7 +313,7 @@ def test_no_token_reaches_any_log_whatever_the_request_looks_like(stack: Running
     for shape in shapes:
         status, _, _ = raw(stack, get(shape))
         assert status < 500, shape
-    time.sleep(0.3)  # NGINX writes the access log line after the response
+    stack.settle_access_log()
     logs = [p for p in stack.stack.var_dir.rglob("*") if p.is_file() and p.suffix in (".log", ".out")]
     assert stack.stack.access_log in logs
     for path in logs:
@@ -323,3 +322,12 @@ def test_no_token_reaches_any_log_whatever_the_request_looks_like(stack: Running
         assert token.split(".")[-1].encode() not in text, path  # not even the signature
     entries = [e for e in stack.access_log() if e["uri"].startswith("/t/***/dicomweb/studies/")]
     assert entries, "the masked path is still logged"
+
+
+def test_answers_nginx_gives_itself_keep_the_query_in_the_access_log(stack: RunningStack) -> None:
+    """An error page redirect empties $args: the logged query comes from the request line instead."""
+    marker = os.urandom(6).hex()
+    status, headers, body = raw(stack, get(f"/no/such/place?probe={marker}"))
+    assert_json_error(status, headers, body, 404)
+    stack.settle_access_log()
+    assert [e["status"] for e in stack.access_log() if e["uri"] == f"/no/such/place?probe={marker}"] == [404]

@@ -204,6 +204,7 @@ def test_dwv_decodes_what_pydicom_decodes_without_preflight(
     assert_cors_simple(gateway, page_server.origin, count=len(urls))
     # NGINX saw the same: only GETs for this token, every one a success, and no OPTIONS at all on this stack (a
     # preflight carries no credentials, so it would not be logged under the token).
+    dwv_stack.settle_access_log()
     seen = [(e["method"], e["status"]) for e in dwv_stack.access_log() if e.get("jti") == issued["jti"]]
     assert seen == [("GET", 200)] * len(urls)
     assert [e["uri"] for e in dwv_stack.access_log() if e["method"] == "OPTIONS"] == []

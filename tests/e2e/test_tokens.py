@@ -240,7 +240,7 @@ def test_token_never_in_access_log(stack: RunningStack, ct: tuple[str, str, str]
         allow_redirects=False,
         timeout=10,
     )
-    time.sleep(0.2)  # NGINX writes the access log line after the response
+    stack.settle_access_log()
     text = stack.stack.access_log.read_text()
     assert token not in text
     assert token.split(".")[-1] not in text  # not even the signature
