@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -264,7 +263,7 @@ class Ingestor:
         # could each write the object and the loser's bytes would sit under the winner's catalog row.
         # A crashed upload's reservation is taken over at once (its process is gone) or after a short lease: see
         # gateway.catalog.admin and README "Ingest".
-        reservation = self.catalog.reserve(indexed.sop_uid, int(time.time()))
+        reservation = self.catalog.reserve(indexed.sop_uid)
         if reservation is None:
             return self._in_flight(result)
         committed = False

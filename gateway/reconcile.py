@@ -9,7 +9,6 @@ whose owner is gone (a worker killed mid-upload; see ``gateway.catalog.admin``) 
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +62,7 @@ def reconcile(settings: Settings, *, repair: bool) -> dict[str, Any]:
                     conflicts.append({"key": key, "reason": error.code})
                     continue
                 repaired.append(key)
-    stale = catalog.stale_reservations(int(time.time()), clear=repair)
+    stale = catalog.stale_reservations(clear=repair)
     return {
         "orphans": orphans,
         "registered": repaired,

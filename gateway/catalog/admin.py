@@ -55,12 +55,23 @@ class AdminRecords(CatalogBase):
     # `reconcile` can list what is left. A crashed owner's row is taken over at once on its own host (its pid is
     # gone: gateway.catalog.owner) and after LEASE_SECONDS without a heartbeat from anywhere else.
 
-    def reserve(self, sop_uid: str, now: int) -> Reservation | None:
+    def _now(self, conn: Any) -> int:
+        """The database's clock: every node judges leases by one clock, so a node whose own clock runs fast
+        cannot take over a live upload on another host (SQLite's clock is its one host's)."""
+        if self.dialect == "postgresql":
+            return int(conn.exec_driver_sql("SELECT EXTRACT(EPOCH FROM clock_timestamp())").scalar_one())
+        return int(conn.exec_driver_sql("SELECT CAST(strftime('%s','now') AS INTEGER)").scalar_one())
+
+    def reserve(self, sop_uid: str, now: int | None = None) -> Reservation | None:
         """Claim the right to store ``sop_uid``; None while another upload of it is in flight. A reservation
         whose owner process is gone, or whose lease ran out, is taken over (compare-and-swap on its nonce, so
-        two newcomers never both win)."""
+        two newcomers never both win). ``now`` defaults to the database's clock (tests pass their own)."""
         me = this_process()
         nonce = secrets.token_hex(16)
+        with self._write() as conn:
+            return self._reserve(conn, sop_uid, me, nonce, self._now(conn) if now is None else now)
+
+    def _reserve(self, conn: Any, sop_uid: str, me: Owner, nonce: str, now: int) -> Reservation | None:
         values = {
             "created_at": now,
             "owner_host": me.host,
@@ -69,27 +80,25 @@ class AdminRecords(CatalogBase):
             "nonce": nonce,
             "expires_at": now + LEASE_SECONDS,
         }
-        with self._write() as conn:
-            stmt = self._insert(reservations).values(sop_uid=sop_uid, **values)
-            # RETURNING, not rowcount: psycopg reports -1 rows for INSERT .. ON CONFLICT DO NOTHING
-            stmt = stmt.on_conflict_do_nothing(index_elements=["sop_uid"]).returning(reservations.c.sop_uid)
-            if conn.execute(stmt).first() is not None:
-                return Reservation(sop_uid, nonce)
-            row = conn.execute(
-                sa.select(reservations).where(reservations.c.sop_uid == sop_uid).with_for_update()
-            ).first()
-            if row is None or not _stale(row, now):
-                return None
-            taken = conn.execute(
-                reservations.update()
-                .where(reservations.c.sop_uid == sop_uid, reservations.c.nonce == row.nonce)
-                .values(**values)
-            )
-            return Reservation(sop_uid, nonce) if taken.rowcount else None
+        stmt = self._insert(reservations).values(sop_uid=sop_uid, **values)
+        # RETURNING, not rowcount: psycopg reports -1 rows for INSERT .. ON CONFLICT DO NOTHING
+        stmt = stmt.on_conflict_do_nothing(index_elements=["sop_uid"]).returning(reservations.c.sop_uid)
+        if conn.execute(stmt).first() is not None:
+            return Reservation(sop_uid, nonce)
+        row = conn.execute(sa.select(reservations).where(reservations.c.sop_uid == sop_uid).with_for_update()).first()
+        if row is None or not _stale(row, now):
+            return None
+        taken = conn.execute(
+            reservations.update()
+            .where(reservations.c.sop_uid == sop_uid, reservations.c.nonce == row.nonce)
+            .values(**values)
+        )
+        return Reservation(sop_uid, nonce) if taken.rowcount else None
 
-    def heartbeat(self, reservation: Reservation, now: int) -> bool:
+    def heartbeat(self, reservation: Reservation, now: int | None = None) -> bool:
         """Extend the lease; False when the reservation is no longer ours (it was taken over)."""
         with self._write() as conn:
+            now = self._now(conn) if now is None else now
             return bool(
                 conn.execute(
                     reservations.update()
@@ -106,7 +115,7 @@ class AdminRecords(CatalogBase):
         def beat() -> None:
             while not stop.wait(HEARTBEAT_SECONDS):
                 try:
-                    self.heartbeat(reservation, int(time.time()))
+                    self.heartbeat(reservation)
                 except CatalogUnavailable:
                     pass  # the next beat retries; the lease outlives several missed beats
 
@@ -126,10 +135,11 @@ class AdminRecords(CatalogBase):
                 )
             )
 
-    def stale_reservations(self, now: int, *, clear: bool = False) -> list[str]:
+    def stale_reservations(self, now: int | None = None, *, clear: bool = False) -> list[str]:
         """SOP Instance UIDs whose reservation outlived its owner (judged as ``reserve`` judges); ``clear``
         deletes exactly those rows (a row re-taken meanwhile has a new nonce and stays)."""
         with self._write() if clear else self._read() as conn:
+            now = self._now(conn) if now is None else now
             stale = [row for row in conn.execute(sa.select(reservations)) if _stale(row, now)]
             if clear:
                 for row in stale:

@@ -112,6 +112,16 @@ def test_another_hosts_reservation_is_taken_over_only_after_its_lease(catalog: C
     assert catalog.reserve(SOP, now + 6) is not None
 
 
+def test_leases_are_judged_by_the_database_clock(catalog: Catalog, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node whose own clock runs two minutes fast must not take over another host's live upload."""
+    now = int(time.time())
+    put_row(catalog, host="elsewhere|boot|pid:[1]", pid=1, expires_at=now + 30, created_at=now)
+    monkeypatch.setattr(time, "time", lambda: now + 120.0)
+    assert catalog.reserve(SOP) is None
+    assert catalog.stale_reservations() == []
+    assert catalog.reserve(SOP, now + 31) is not None  # by the clock the lease is judged on, it did run out
+
+
 def test_rows_from_before_the_owner_columns_keep_the_one_hour_rule(catalog: Catalog) -> None:
     now = int(time.time())
     put_row(catalog, host="", pid=0, expires_at=None, created_at=now)
