@@ -436,6 +436,9 @@ def test_expired_revoked_and_out_of_scope_links(stack: RunningStack, synthetic: 
     assert answer.status_code == 204
     wait_refused(f"{stack.root(live['token'])}/studies/{ct_study}/series")
     ct_b_series = uids_of(synthetic["ct_b"][0])[1]
+    # NGINX may still hold the series' decision (cached up to DICOMGW_AUTH_CACHE_SECONDS when the page loaded its
+    # thumbnail): wait until the request the click makes is refused too
+    wait_refused(f"{stack.root(live['token'])}/studies/{ct_study}/series/{ct_b_series}/metadata")
     page.click(f"#series button[data-uid='{ct_b_series}']")
     page.wait_for_selector("#error:not([hidden])")
     page.screenshot(path=str(ARTIFACTS / "viewer-error-revoked-mid-session.png"))
