@@ -175,7 +175,9 @@ class _Deidentifier:
             self._recurse(dataset, tag)  # X/Z/U*: keep the references, their UIDs are remapped inside
             return
         if vr == "UI" and ("U" in action or "D" in action):
-            values = [remap_uid(value, self.key) for value in text_values(dataset[tag].value) if value.strip()]
+            values = [
+                remap_uid(value, self.key) for value in text_values(dataset[tag].value) if value.strip()
+            ]
             dataset[tag].value = values if len(values) != 1 else values[0]
             return
         if action == "X":
@@ -191,7 +193,11 @@ class _Deidentifier:
         creator = None
         if element >= 0x1000 and ((tag >> 16) << 16 | element >> 8) in dataset:
             creator = str(dataset[(tag >> 16) << 16 | element >> 8].value or "").strip(" \0")
-        if "rtnSafePrivOpt" in self.options and creator is not None and self.policy.is_private_safe(creator, tag):
+        if (
+            "rtnSafePrivOpt" in self.options
+            and creator is not None
+            and self.policy.is_private_safe(creator, tag)
+        ):
             self._clean_text(dataset, tag, vr)
             self._recurse(dataset, tag)
         else:
@@ -224,7 +230,9 @@ class _Deidentifier:
             return
         if keyword_for_tag(tag) in IDENTIFIER_KEYWORDS:
             return
-        if self._length(dataset, tag) > MAX_TEXT or self.identifiers.repeated_in(text_values(dataset[tag].value)):
+        if self._length(dataset, tag) > MAX_TEXT or self.identifiers.repeated_in(
+            text_values(dataset[tag].value)
+        ):
             self._empty(dataset, tag, vr)
 
     def _cap_age(self, dataset: Dataset, tag: int) -> None:
@@ -345,7 +353,9 @@ def _write(dataset: Dataset, meta: FileMetaDataset, src: Path, dst: Path) -> Non
             write_data_element(out, element, encoding)
 
 
-def deidentify_file(src: Path | str, dst: Path | str, key: bytes | str, policy: Policy | None = None) -> DeidResult:
+def deidentify_file(
+    src: Path | str, dst: Path | str, key: bytes | str, policy: Policy | None = None
+) -> DeidResult:
     """De-identify ``src`` into a new file ``dst`` (``src`` is never modified).
 
     Raises ``DeidentificationFailed`` for files that cannot be de-identified safely (unreadable, an

@@ -85,7 +85,9 @@ class Table:
 
 
 def _parse_row(raw: dict[str, str]) -> Row:
-    options = tuple((column, raw[column]) for column in SUPPORTED_OPTIONS + UNSUPPORTED_OPTIONS if column in raw)
+    options = tuple(
+        (column, raw[column]) for column in SUPPORTED_OPTIONS + UNSUPPORTED_OPTIONS if column in raw
+    )
     name = raw["name"].split("\n", 1)[0].strip()  # "Icon Image Sequence\n\n(see Note 11)"
     return Row(tag=raw["tag"].upper(), name=name, basic=raw["basicProfile"].replace("*", ""), options=options)
 

@@ -221,7 +221,11 @@ class _Scanner:
         if self._empty(dataset, tag, vr):
             return
         creator = _private_creator(dataset, tag)
-        safe = "rtnSafePrivOpt" in self.options and creator is not None and self.policy.is_private_safe(creator, tag)
+        safe = (
+            "rtnSafePrivOpt" in self.options
+            and creator is not None
+            and self.policy.is_private_safe(creator, tag)
+        )
         if not safe:
             self.add(path, tag, "private-tag")
             return
@@ -251,7 +255,9 @@ class _Scanner:
                 return "date-not-declared-modified"
             return None
         if vr == "SQ" and "U" in action:
-            return None  # X/Z/U* (Referenced/Source Image Sequence): keep, remap the UIDs inside (checked there)
+            return (
+                None  # X/Z/U* (Referenced/Source Image Sequence): keep, remap the UIDs inside (checked there)
+            )
         if "D" in action and vr != "UI" and vr != "SQ":
             values = self._texts(dataset, tag) or []
             if values and all(value.strip(" \0").upper() in DUMMY_VALUES for value in values):
@@ -319,7 +325,9 @@ def scan_with_values(
         report = scan_dataset(dataset, policy, str(path))
         return report, top_level_values(dataset, keywords)
     except Exception as exc:  # noqa: BLE001 - an unreadable file is a report, never an exception
-        return ScanReport(file=str(path), readable=False, error=_describe(exc), policy_version=policy.version), {}
+        return ScanReport(
+            file=str(path), readable=False, error=_describe(exc), policy_version=policy.version
+        ), {}
 
 
 def scan_file(path: Path | str, policy: Policy | None = None) -> ScanReport:
