@@ -70,7 +70,7 @@ def _speckle(rows: int, columns: int, seed: int) -> np.ndarray:
     cy, cx = rows * 0.05, columns / 2
     radius = np.hypot(y - cy, x - cx)
     angle = np.abs(np.arctan2(x - cx, y - cy))
-    sector = (radius > rows * 0.25) & (radius < rows * 0.95) & (angle < 0.6)
+    sector = (radius > rows * 0.25) & (radius < rows - 2 * LINE) & (angle < 0.6)
     values = rng.rayleigh(45.0, (rows, columns)).clip(0, 255).astype(np.uint8)
     # blurred: speckle grains span a few pixels, as in a B-mode image
     smooth = np.asarray(Image.fromarray(values, mode="L").filter(ImageFilter.GaussianBlur(1.2)))
