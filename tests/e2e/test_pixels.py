@@ -33,8 +33,7 @@ from tests.e2e.harness import RunningStack, start_stack
 BAND = 100  # rows of the configured US header band
 SLACK = 12  # pixels a masked word box may reach beyond the planted line's box (margin, glyph overhang)
 
-POLICY = (
-    """
+POLICY = f"""
 version = "pixels-1"
 [options]
 on_deidentify_failure = "reject"
@@ -46,21 +45,21 @@ identifiable_allowed = false
 
 [[rules]]
 id = "clean"
-match = { tenant = "clean" }
+match = {{ tenant = "clean" }}
 action = "deidentify"
 destination = "main"
 pixels = "clean"
 
 [[rules]]
 id = "review"
-match = { tenant = "review" }
+match = {{ tenant = "review" }}
 action = "deidentify"
 destination = "main"
 pixels = "review"
 
 [[rules]]
 id = "refuse"
-match = { tenant = "refuse" }
+match = {{ tenant = "refuse" }}
 action = "deidentify"
 destination = "main"
 
@@ -76,10 +75,8 @@ margin = 4
 [[pixels.bands]]
 modality = "US"
 top = 0
-height = %d
+height = {BAND}
 """
-    % BAND
-)
 
 
 def _normal(text: str) -> str:
