@@ -126,14 +126,14 @@ def identifier_terms(dataset: Dataset) -> frozenset[str]:
     "identifiers"``: read from the *original* file, before the header is de-identified."""
     terms: set[str] = set()
     for keyword in ("PatientName", "OtherPatientNames", "PatientBirthName", "PatientMotherBirthName"):
-        for value in text_values(dataset.get(keyword).value if keyword in dataset else None):
+        for value in text_values(dataset.get(keyword)):
             terms.update(_normal(part) for part in re.split(r"[\^=\s,]+", value))
     for keyword in ("PatientID", "OtherPatientIDs", "AccessionNumber", "StudyID"):
-        terms.update(_normal(v) for v in text_values(dataset.get(keyword).value if keyword in dataset else None))
+        terms.update(_normal(v) for v in text_values(dataset.get(keyword)))
     for item in dataset.get("OtherPatientIDsSequence") or []:
         terms.add(_normal(str(item.get("PatientID", "") or "")))
     for keyword in ("PatientBirthDate", "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate"):
-        for value in text_values(dataset.get(keyword).value if keyword in dataset else None):
+        for value in text_values(dataset.get(keyword)):
             day = _normal(value)
             if len(day) == 8:
                 # the orders a screen shows a date in, separators dropped: YYYYMMDD, DDMMYYYY, MMDDYYYY
