@@ -92,7 +92,6 @@ class Band:
 class PixelOptions:
     """The policy's ``[pixels]`` table."""
 
-    match: MatchMode = "all"
     margin: int = 4  # pixels added around each word box
     bands: tuple[Band, ...] = ()
     ocr_stride: int = 1  # OCR every Nth frame (1 = every frame); boxes apply to all frames

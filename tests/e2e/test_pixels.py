@@ -11,6 +11,7 @@ uploaded by STOW-RS under a de-identifying policy.
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -191,6 +192,23 @@ def test_review_quarantines_with_the_regions(stack: RunningStack, tmp_path: Path
             for r in regions
         ), (left, top)
     assert set(regions[0]) == {"left", "top", "width", "height", "source"}  # boxes, never the text read
+
+    # the reviewer's preview: frame 1 as a PNG, the regions outlined in red
+    preview = f"{stack.url}/api/v1/admin/quarantine/{entry['key']}/preview"
+    answer = requests.get(preview, headers=stack.api_headers, timeout=30)
+    assert answer.status_code == 200
+    assert answer.headers["Content-Type"] == "image/png"
+    assert answer.headers["Cache-Control"] == "no-store"
+    image = np.asarray(Image.open(io.BytesIO(answer.content)).convert("RGB"))
+    assert image.shape == (480, 640, 3)
+    first = regions[0]
+    assert tuple(image[first["top"], first["left"] + 1]) == (255, 0, 0)
+    for query, status, code in (("frame=2", 404, "frame_not_found"), ("frame=x", 400, "bad_request")):
+        answer = requests.get(f"{preview}?{query}", headers=stack.api_headers, timeout=30)
+        assert answer.status_code == status
+        assert answer.headers["Content-Type"] == "application/json"
+        assert answer.json()["error"] == code
+    assert requests.get(preview, timeout=30).status_code == 401  # API key required
 
 
 def test_refuse_keeps_the_409(stack: RunningStack, tmp_path: Path) -> None:
