@@ -222,3 +222,35 @@ def test_missing_tesseract_stops_start_up_and_refuses_files(tmp_path: Path, monk
     assert outcome.action == "reject" and outcome.path is None
     assert "cannot clean the pixels" in outcome.reason
     assert not list(tmp_path.glob("deid-*"))
+
+
+def test_an_encoding_that_cannot_be_re_encoded_goes_to_review(tmp_path: Path) -> None:
+    src = make_sc(tmp_path / "in", seed=7, jpeg=True)
+    ds = pydicom.dcmread(src)
+    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+    ds.save_as(src)
+    hook = PhiHook(parse_policy(policy("clean")), KEY, tmp_dir=tmp_path)
+    outcome = hook(src, UploadContext(source="stow"))
+    assert outcome.action == "quarantine" and outcome.path is not None
+    assert outcome.reason.startswith("pixels need review") and "JPEG 2000" in outcome.reason
+    quarantined = pydicom.dcmread(outcome.path, stop_before_pixels=True)
+    assert quarantined.PatientIdentityRemoved == "YES"  # what waits for review has a de-identified header
+
+
+def test_identifiers_rule_through_the_hook(tmp_path: Path) -> None:
+    parsed = parse_policy(
+        {
+            **policy(),
+            "default": {
+                "action": "deidentify",
+                "destination": "main",
+                "pixels": "clean",
+                "pixels_match": "identifiers",
+            },
+        }
+    )
+    outcome = PhiHook(parsed, KEY, tmp_dir=tmp_path)(make_sc(tmp_path / "in", seed=8), UploadContext(source="stow"))
+    assert outcome.action == "accept" and outcome.path is not None
+    text = _ocr(np.asarray(pydicom.dcmread(outcome.path).pixel_array))
+    assert not [s for s in planted(8) if "".join(c for c in s if c.isalnum()) in text], text
+    assert "DOB" in text  # a label, not an identifier: left readable
