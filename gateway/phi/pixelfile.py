@@ -9,7 +9,8 @@
 
 Anything else (JPEG-LS, JPEG 2000, JPEG lossless, 1-bit, deflate...) raises ``CannotClean``: the policy sends
 it to review rather than storing it uncleaned or re-encoded differently. Memory: the file's Pixel Data as
-stored, one decoded frame, and the re-encoded frames of a compressed file.
+stored (read once into a writable buffer, masked in place), one decoded frame, and the re-encoded frames of a
+compressed file.
 """
 
 from __future__ import annotations
@@ -37,7 +38,10 @@ from pydicom.uid import (
 )
 
 from gateway.phi.pixels import Box, mask
+from gateway.phi.scanner import DEFER_SIZE
+from gateway.phi.textrules import deferred
 
+PIXEL_DATA = 0x7FE00010
 NATIVE = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian})
 SUPPORTED = NATIVE | {RLELossless, JPEGBaseline8Bit}
 
@@ -50,6 +54,7 @@ class CannotClean(Exception):
 class PixelFile:
     """A read file and how to walk its frames."""
 
+    path: Path
     dataset: Dataset
     syntax: UID
     frames: int
@@ -62,7 +67,7 @@ class PixelFile:
 
     @classmethod
     def open(cls, path: Path, max_frames: int) -> PixelFile:
-        dataset = pydicom.dcmread(str(path))
+        dataset = pydicom.dcmread(str(path), defer_size=DEFER_SIZE)
         syntax = UID(dataset.file_meta.TransferSyntaxUID)
         if "PixelData" not in dataset:
             raise CannotClean("no Pixel Data (Float/Double Float Pixel Data is not supported)")
@@ -75,6 +80,7 @@ class PixelFile:
         if frames > max_frames:
             raise CannotClean(f"{frames} frames, more than [pixels].max_frames = {max_frames}")
         return cls(
+            path,
             dataset,
             syntax,
             frames,
@@ -98,8 +104,7 @@ class PixelFile:
         dtype = np.dtype(f"{order}{kind}{bits // 8}")
         if self._buffer is None:
             self._vr = str(ds["PixelData"].VR)
-            self._buffer = bytearray(ds.PixelData)  # masked in place, written back as bytes
-            del ds.PixelData  # one copy in memory, not two
+            self._buffer = self._read_native()  # masked in place, written back as bytes
         buffer = self._buffer
         count = self.frames * self.rows * self.columns * self.samples
         if len(buffer) < count * dtype.itemsize:
@@ -109,6 +114,18 @@ class PixelFile:
             raise CannotClean("planar colour (PlanarConfiguration 1) is not supported")
         shape = (self.frames, self.rows, self.columns) + ((self.samples,) if self.samples > 1 else ())
         return flat.reshape(shape)
+
+    def _read_native(self) -> bytearray:
+        """The Pixel Data bytes, read once from the file into a writable buffer (no second copy)."""
+        raw = deferred(self.dataset, PIXEL_DATA)
+        if raw is None:
+            return bytearray(self.dataset.PixelData)
+        buffer = bytearray(int(raw.length))
+        with self.path.open("rb") as source:
+            source.seek(raw.value_tell)
+            if source.readinto(buffer) != len(buffer):
+                raise CannotClean("Pixel Data runs past the end of the file")
+        return buffer
 
     def read_frames(self) -> Iterator[np.ndarray]:
         """Each frame decoded (read-only use: OCR)."""
@@ -127,7 +144,8 @@ class PixelFile:
         if self.syntax in NATIVE:
             for frame in self._native():
                 mask(frame, boxes, self.photometric)
-            ds.PixelData = bytes(self._buffer or b"")
+            data, self._buffer = bytes(self._buffer or b""), None
+            ds.PixelData = data
             ds["PixelData"].VR = self._vr
         elif self.syntax == RLELossless:
             encoded = []
