@@ -114,7 +114,9 @@ class PhiHook:
         if rule.action == "deidentify":
             return self._deidentify(path, rule, report)
         if rule.action == "allow" and not destination.identifiable_allowed:
-            return self._refuse(rule, report, f"destination {destination.name!r} does not accept identifiable data")
+            return self._refuse(
+                rule, report, f"destination {destination.name!r} does not accept identifiable data"
+            )
         if phi:
             problem = _identifiable_problem(destination, context)
             if problem:
@@ -144,7 +146,8 @@ class PhiHook:
                 choice,
                 rule,
                 report,
-                reason="de-identified output still has PHI: " + ", ".join(sorted({f.rule for f in rescan.findings})),
+                reason="de-identified output still has PHI: "
+                + ", ".join(sorted({f.rule for f in rescan.findings})),
                 rescan_paths=rescan.paths,
             )
         return self._outcome(

@@ -77,7 +77,9 @@ class Rule:
 @dataclass(frozen=True)
 class DeidOptions:
     options: frozenset[str] = frozenset()  # enabled PS3.15 option columns (SUPPORTED_OPTIONS)
-    dates: str = "remove"  # "shift" (= rtnLongModifDatesOpt), "remove" (basic profile), "keep" (= rtnLongFullDatesOpt)
+    dates: str = (
+        "remove"  # "shift" (= rtnLongModifDatesOpt), "remove" (basic profile), "keep" (= rtnLongFullDatesOpt)
+    )
     max_shift_days: int = 365
 
 
@@ -98,7 +100,10 @@ class Policy:
     def tag_keywords(self) -> frozenset[str]:
         """Top-level keywords whose values the rules look at (the scanner reads only these)."""
         return frozenset(
-            key[5:] for rule in (*self.rules, self.default) for key, _ in rule.match if key.startswith("tags.")
+            key[5:]
+            for rule in (*self.rules, self.default)
+            for key, _ in rule.match
+            if key.startswith("tags.")
         )
 
     @property
@@ -183,7 +188,8 @@ def _patterns(raw: Any, where: str) -> tuple[str, ...]:
 
 def _rule(raw: Any, where: str, destinations: Mapping[str, Destination], is_default: bool) -> Rule:
     body = _table(raw, where)
-    allowed = ("id", "action", "destination", "reason", "pixels", "pixels_match") + (() if is_default else ("match",))
+    allowed: tuple[str, ...] = ("id", "action", "destination", "reason", "pixels", "pixels_match")
+    allowed += () if is_default else ("match",)
     _check_keys(body, where, allowed)
     rule_id = _str(body.get("id", "default" if is_default else where), f"{where}.id")
     action = body.get("action")
@@ -216,7 +222,9 @@ def _rule(raw: Any, where: str, destinations: Mapping[str, Destination], is_defa
                 raise _fail(key_where, f"{key[5:]!r} is not a DICOM keyword")
             match.append((key, _patterns(value, key_where)))
         else:
-            raise _fail(key_where, f"unknown match key (expected {', '.join(CONTEXT_KEYS)}, phi or tags.<Keyword>)")
+            raise _fail(
+                key_where, f"unknown match key (expected {', '.join(CONTEXT_KEYS)}, phi or tags.<Keyword>)"
+            )
     reason = body.get("reason", "")
     if not isinstance(reason, str):
         raise _fail(f"{where}.reason", "must be a string")
@@ -253,7 +261,11 @@ def _deid(raw: Any, private_safe: bool) -> DeidOptions:
     dates = body.get("dates")
     if dates is None:
         dates = (
-            "shift" if "rtnLongModifDatesOpt" in options else "keep" if "rtnLongFullDatesOpt" in options else "remove"
+            "shift"
+            if "rtnLongModifDatesOpt" in options
+            else "keep"
+            if "rtnLongFullDatesOpt" in options
+            else "remove"
         )
     if dates not in DATE_MODES:
         raise _fail("deidentify.dates", f"must be one of {', '.join(DATE_MODES)}")
@@ -351,7 +363,9 @@ def _choice(raw: Any, where: str, default: str) -> Any:
 
 def parse_policy(data: Mapping[str, Any]) -> Policy:
     """Validate a parsed TOML document (tests pass dicts; ``load_policy`` reads the file)."""
-    _check_keys(data, "", ("version", "options", "destinations", "rules", "default", "deidentify", "private", "pixels"))
+    _check_keys(
+        data, "", ("version", "options", "destinations", "rules", "default", "deidentify", "private", "pixels")
+    )
     if "version" not in data:
         raise _fail("version", "is required")
     version = data["version"]
@@ -382,7 +396,9 @@ def parse_policy(data: Mapping[str, Any]) -> Policy:
         deidentify=_deid(data.get("deidentify", {}), bool(private_safe)),
         private_safe=private_safe,
         on_unreadable=_choice(options.get("on_unreadable"), "options.on_unreadable", "reject"),
-        on_deidentify_failure=_choice(options.get("on_deidentify_failure"), "options.on_deidentify_failure", "reject"),
+        on_deidentify_failure=_choice(
+            options.get("on_deidentify_failure"), "options.on_deidentify_failure", "reject"
+        ),
         pixels=_pixels(data.get("pixels", {})),
     )
 
