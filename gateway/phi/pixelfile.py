@@ -16,6 +16,7 @@ compressed file.
 from __future__ import annotations
 
 import io
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,8 @@ import pydicom
 from PIL import Image, ImageDraw
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, generate_frames
+from pydicom.filebase import DicomFileLike
+from pydicom.filewriter import write_data_element
 from pydicom.pixels import iter_pixels
 from pydicom.pixels.encoders import RLELosslessEncoder
 from pydicom.uid import (
@@ -144,10 +147,9 @@ class PixelFile:
         if self.syntax in NATIVE:
             for frame in self._native():
                 mask(frame, boxes, self.photometric)
-            data, self._buffer = bytes(self._buffer or b""), None
-            ds.PixelData = data
-            ds["PixelData"].VR = self._vr
-        elif self.syntax == RLELossless:
+            self._save_native(dst)
+            return
+        if self.syntax == RLELossless:
             encoded = []
             for frame in iter_pixels(ds, raw=True):
                 encoded.append(RLELosslessEncoder.encode(mask(frame.copy(), boxes, self.photometric), **_kwargs(ds)))
@@ -160,6 +162,36 @@ class PixelFile:
         if self.syntax not in NATIVE:
             ds["PixelData"].VR = "OB"
         ds.save_as(dst, enforce_file_format=True)
+
+    def _save_native(self, dst: Path) -> None:
+        """Save with the masked buffer written straight to the file: pydicom's writer would copy a value twice
+        (into a buffer, then out of it), tripling a cine's memory."""
+        ds = self.dataset
+        buffer = self._buffer or bytearray()
+        tail = Dataset()
+        for tag in [tag for tag in ds.keys() if tag > PIXEL_DATA]:
+            tail[tag] = ds[tag]  # loads a deferred trailing value (small: large private ones were removed)
+            del ds[tag]
+        del ds[PIXEL_DATA]
+        ds.save_as(dst, enforce_file_format=True)
+        little, implicit = self.syntax.is_little_endian, self.syntax.is_implicit_VR
+        end = "<" if little else ">"
+        padded = len(buffer) + len(buffer) % 2
+        with dst.open("ab") as raw:
+            header = struct.pack(end + "HH", PIXEL_DATA >> 16, PIXEL_DATA & 0xFFFF)
+            if implicit:
+                header += struct.pack(end + "L", padded)
+            else:
+                header += self._vr.encode("ascii") + b"\0\0" + struct.pack(end + "L", padded)
+            raw.write(header)
+            raw.write(buffer)
+            if padded != len(buffer):
+                raw.write(b"\0")
+            out = DicomFileLike(raw)
+            out.is_little_endian, out.is_implicit_VR = little, implicit
+            for tag in sorted(tail.keys()):
+                write_data_element(out, tail[tag], ds.get("SpecificCharacterSet", "iso8859"))
+        self._buffer = None
 
     def _jpeg_frames(self) -> list[bytes]:
         return list(generate_frames(self.dataset.PixelData, number_of_frames=self.frames))

@@ -254,3 +254,14 @@ def test_identifiers_rule_through_the_hook(tmp_path: Path) -> None:
     text = _ocr(np.asarray(pydicom.dcmread(outcome.path).pixel_array))
     assert not [s for s in planted(8) if "".join(c for c in s if c.isalnum()) in text], text
     assert "DOB" in text  # a label, not an identifier: left readable
+
+
+def test_native_output_keeps_elements_after_pixel_data(tmp_path: Path) -> None:
+    src = make_sc(tmp_path / "in", seed=9)
+    ds = pydicom.dcmread(src)
+    ds.add_new(0xFFFCFFFC, "OB", b"\0" * 6)  # Data Set Trailing Padding, written after Pixel Data
+    ds.save_as(src)
+    process(src, tmp_path / "out.dcm", PixelOptions(), None, KEY)
+    out = pydicom.dcmread(tmp_path / "out.dcm")
+    assert out[0xFFFCFFFC].value == b"\0" * 6
+    assert out.pixel_array.shape == (480, 640, 3) and not out.pixel_array[10:30, 10:60].any()
