@@ -9,7 +9,7 @@ on every 10th frame; JPEG Baseline colour (YBR_FULL_422) with every 10th frame. 
 during the run (sampled every 20 ms) is reported against the native cine's Pixel Data size (92 MB).
 
 Targets (this project's, not DESIGN.md's): OCR on every frame < 1,000 ms per frame; stride 10 < 150 ms per
-frame; peak RSS added < 3x the native Pixel Data.
+frame; peak RSS added < 1.5x the native Pixel Data (one copy of it, masked in place, plus working memory).
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def run() -> Report:
                 report.check(f"{label} (ms/frame)", clean_ms, "< 150 ms", clean_ms < 150)
             if path == native:
                 size = FRAMES * 640 * 480 / 1e6
-                report.check(f"{label}: peak RSS added (MB)", added, f"< {3 * size:.0f} MB", added < 3 * size)
+                report.check(f"{label}: peak RSS added (MB)", added, f"< {1.5 * size:.0f} MB", added < 1.5 * size)
     return timed(report, started)
 
 

@@ -106,7 +106,7 @@ class PixelFile:
         order = ">" if self.syntax == ExplicitVRBigEndian else "<"
         dtype = np.dtype(f"{order}{kind}{bits // 8}")
         if self._buffer is None:
-            self._vr = str(ds["PixelData"].VR)
+            self._vr = str(ds.get_item(PIXEL_DATA, keep_deferred=True).VR)  # ds["PixelData"] would load it
             self._buffer = self._read_native()  # masked in place, written back as bytes
         buffer = self._buffer
         count = self.frames * self.rows * self.columns * self.samples
