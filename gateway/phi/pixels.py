@@ -4,7 +4,7 @@ Tesseract is Debian's ``tesseract-ocr`` with ``tesseract-ocr-eng``, driven by ``
 maintained wrapper around the binary: no native build, and the model is the OS package's, so nothing is
 downloaded at run time). ``check_ocr()`` runs at start-up when a policy needs it.
 
-Regions are reported as boxes (frame, left, top, width, height, source), never with the text read: the text
+Regions are reported as boxes (left, top, width, height, source), never with the text read: the text
 is the PHI. Every box is applied to every frame: devices draw text at fixed places, and a box read in one frame
 covers the same overlay in frames where OCR missed it.
 """
