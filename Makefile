@@ -20,6 +20,8 @@ system-deps:
 	command -v node >/dev/null || missing="$$missing nodejs npm"; \
 	dpkg -s orthanc >/dev/null 2>&1 || missing="$$missing orthanc"; \
 	dpkg -s orthanc-dicomweb >/dev/null 2>&1 || missing="$$missing orthanc-dicomweb"; \
+	command -v tesseract >/dev/null || missing="$$missing tesseract-ocr"; \
+	dpkg -s tesseract-ocr-eng >/dev/null 2>&1 || missing="$$missing tesseract-ocr-eng"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing OS packages:$$missing"; \

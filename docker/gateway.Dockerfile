@@ -17,6 +17,11 @@ RUN python -m venv /opt/dicomgw \
 
 # --- runtime ------------------------------------------------------------------------------------------------------
 FROM python:3.11-slim
+# Tesseract (Debian's, with its English model) finds burned-in text for the Clean Pixel Data option; nothing
+# downloads a model at run time.
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends tesseract-ocr tesseract-ocr-eng \
+ && rm -rf /var/lib/apt/lists/*
 LABEL org.opencontainers.image.title="dicom-gateway" \
       org.opencontainers.image.description="DICOMweb gateway (Flask under gunicorn) for object storage" \
       org.opencontainers.image.licenses="Apache-2.0"

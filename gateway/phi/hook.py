@@ -6,6 +6,9 @@ Decisions (``HookOutcome.audit["decision"]``):
 - ``deidentify``: a new file is written next to the upload (or in ``tmp_dir``) and re-scanned with the policy;
   only a clean re-scan is accepted (``path`` = the new file, which the caller then owns and deletes). Anything
   else, or a file that cannot be de-identified, gets ``[options].on_deidentify_failure`` (reject by default).
+  When the re-scan's only finding is burned-in text and the rule says ``pixels = "clean"``, the pixels are
+  cleaned (``pixelclean``) and the cleaned file re-scanned; ``pixels = "review"`` quarantines the de-identified
+  file with the text regions found; a file whose encoding cannot be re-encoded honestly goes to review too.
 - ``allow``: the file is stored as it is, so the destination must have ``identifiable_allowed = true``; if the
   scan found PHI the destination's region must also equal the upload's declared region. Otherwise: reject.
 - ``route``: a clean file may go to the named destination; a file with PHI only if that destination allows
@@ -28,10 +31,14 @@ from gateway.config import Settings
 from gateway.errors import ConfigError, DeidentificationFailed
 from gateway.hooks import Hook, HookOutcome, UploadContext
 from gateway.phi.deidentify import deidentify_file
+from gateway.phi.pixelclean import process
+from gateway.phi.pixelfile import CannotClean
+from gateway.phi.pixels import check_ocr, identifier_terms
 from gateway.phi.policy import Destination, Policy, Rule, load_policy
-from gateway.phi.scanner import ScanReport, scan_file, scan_with_values
+from gateway.phi.scanner import ScanReport, read_dataset, scan_file, scan_with_values
 
 MIN_KEY_LENGTH = 32
+BURNED_IN_RULE = "burned-in-annotation"
 
 
 class PhiHook:
@@ -130,6 +137,8 @@ class PhiHook:
             output.unlink(missing_ok=True)
             return self._refuse(rule, report, f"cannot de-identify: {type(exc).__name__}", choice)
         rescan = scan_file(output, self.policy)
+        if rule.pixels != "refuse" and rescan.findings and {f.rule for f in rescan.findings} == {BURNED_IN_RULE}:
+            return self._pixels(path, output, rule, report)
         if not rescan.clean:
             output.unlink(missing_ok=True)
             return self._outcome(
@@ -144,6 +153,67 @@ class PhiHook:
         return self._outcome(
             "accept", "deidentify", rule, report, path=output, destination=rule.destination, deidentified=True
         )
+
+    def _pixels(self, path: Path, deidentified: Path, rule: Rule, report: ScanReport) -> HookOutcome:
+        """Clean or review the burned-in text of a file whose header is already de-identified."""
+        choice = self.policy.on_deidentify_failure
+        options = self.policy.pixels
+        cleaned = deidentified.with_name(deidentified.stem + "-pixels.dcm") if rule.pixels == "clean" else None
+        key = self.deid_key.encode("utf-8") if isinstance(self.deid_key, str) else self.deid_key
+        try:
+            terms = identifier_terms(read_dataset(path)) if rule.pixels_match == "identifiers" else None
+            result = process(deidentified, cleaned, options, terms, key)
+        except CannotClean as exc:
+            # never stored uncleaned: an admin looks at the (header de-identified) file
+            if cleaned is not None:
+                cleaned.unlink(missing_ok=True)
+            outcome = self._outcome(
+                "quarantine", "quarantine", rule, report, reason=f"pixels need review: {exc}", path=deidentified
+            )
+            outcome.report["pixels"] = {"regions": None, "error": str(exc)}
+            return outcome
+        except Exception as exc:  # noqa: BLE001 - OCR missing or failing: fail closed, with an outcome
+            deidentified.unlink(missing_ok=True)
+            if cleaned is not None:
+                cleaned.unlink(missing_ok=True)
+            return self._refuse(rule, report, f"cannot clean the pixels: {type(exc).__name__}", choice)
+        if cleaned is None:
+            outcome = self._outcome(
+                "quarantine",
+                "quarantine",
+                rule,
+                report,
+                reason=f"pixels need review: {len(result.regions)} text regions found",
+                path=deidentified,
+                pixel_regions=len(result.regions),
+            )
+            outcome.report["pixels"] = result.to_dict()
+            return outcome
+        deidentified.unlink(missing_ok=True)
+        rescan = scan_file(cleaned, self.policy)
+        if not rescan.clean:
+            cleaned.unlink(missing_ok=True)
+            return self._outcome(
+                choice,
+                choice,
+                rule,
+                report,
+                reason="cleaned output still has PHI: " + ", ".join(sorted({f.rule for f in rescan.findings})),
+                rescan_paths=rescan.paths,
+            )
+        outcome = self._outcome(
+            "accept",
+            "deidentify",
+            rule,
+            report,
+            path=cleaned,
+            destination=rule.destination,
+            deidentified=True,
+            pixels_cleaned=True,
+            pixel_regions=len(result.regions),
+        )
+        outcome.report["pixels"] = result.to_dict()
+        return outcome
 
 
 def _identifiable_problem(destination: Destination, context: UploadContext) -> str | None:
@@ -170,4 +240,6 @@ def build_hooks(settings: Settings) -> list[Hook]:
             "DICOMGW_DEID_KEY",
             f"the PHI policy de-identifies, so a key of at least {MIN_KEY_LENGTH} characters is required",
         )
+    if policy.needs_ocr:
+        check_ocr()  # fail at start-up, not on the first ultrasound
     return [PhiHook(policy, settings.deid_key, tmp_dir=settings.tmp_dir or None)]

@@ -23,6 +23,7 @@ from pydicom.datadict import tag_for_keyword
 
 from gateway.errors import ConfigError
 from gateway.hooks import UploadContext
+from gateway.phi.pixels import Band, MatchMode, PixelAction, PixelOptions
 from gateway.phi.profile import SUPPORTED_OPTIONS, UNSUPPORTED_OPTIONS
 
 VARIABLE = "DICOMGW_PHI_POLICY"
@@ -30,6 +31,8 @@ RuleAction = Literal["reject", "quarantine", "deidentify", "allow", "route"]
 ACTIONS: tuple[str, ...] = ("reject", "quarantine", "deidentify", "allow", "route")
 CONTEXT_KEYS = ("tenant", "region", "source", "sub")
 DATE_MODES = ("shift", "remove", "keep")
+PIXEL_ACTIONS = ("clean", "review", "refuse")
+MATCH_MODES = ("all", "identifiers")
 
 
 def _fail(key: str, problem: str) -> ConfigError:
@@ -53,6 +56,10 @@ class Rule:
     match: tuple[tuple[str, tuple[str, ...]], ...] = ()
     phi: bool | None = None
     reason: str = ""
+    # burned-in text in a de-identified file: mask it (clean), quarantine it with the regions (review), or
+    # refuse the file as before (refuse)
+    pixels: PixelAction = "refuse"
+    pixels_match: MatchMode = "all"
 
     def matches(self, context: UploadContext, tags: Mapping[str, str], phi: bool) -> bool:
         if self.phi is not None and self.phi != phi:
@@ -87,6 +94,7 @@ class Policy:
     private_safe: frozenset[tuple[str, int, int]] = frozenset()
     on_unreadable: Literal["reject", "quarantine"] = "reject"
     on_deidentify_failure: Literal["reject", "quarantine"] = "reject"
+    pixels: PixelOptions = PixelOptions()
 
     @property
     def tag_keywords(self) -> frozenset[str]:
@@ -101,6 +109,10 @@ class Policy:
     @property
     def needs_key(self) -> bool:
         return any(rule.action == "deidentify" for rule in (*self.rules, self.default))
+
+    @property
+    def needs_ocr(self) -> bool:
+        return any(rule.pixels != "refuse" for rule in (*self.rules, self.default))
 
     def select(self, context: UploadContext, tags: Mapping[str, str], phi: bool) -> Rule:
         for rule in self.rules:
@@ -176,7 +188,8 @@ def _patterns(raw: Any, where: str) -> tuple[str, ...]:
 
 def _rule(raw: Any, where: str, destinations: Mapping[str, Destination], is_default: bool) -> Rule:
     body = _table(raw, where)
-    allowed = ("id", "action", "destination", "reason") + (() if is_default else ("match",))
+    allowed: tuple[str, ...] = ("id", "action", "destination", "reason", "pixels", "pixels_match")
+    allowed += () if is_default else ("match",)
     _check_keys(body, where, allowed)
     rule_id = _str(body.get("id", "default" if is_default else where), f"{where}.id")
     action = body.get("action")
@@ -215,8 +228,24 @@ def _rule(raw: Any, where: str, destinations: Mapping[str, Destination], is_defa
     reason = body.get("reason", "")
     if not isinstance(reason, str):
         raise _fail(f"{where}.reason", "must be a string")
+    pixels = body.get("pixels", "refuse")
+    if pixels not in PIXEL_ACTIONS:
+        raise _fail(f"{where}.pixels", f"must be one of {', '.join(PIXEL_ACTIONS)}")
+    pixels_match = body.get("pixels_match", "all")
+    if pixels_match not in MATCH_MODES:
+        raise _fail(f"{where}.pixels_match", f"must be one of {', '.join(MATCH_MODES)}")
+    for key in ("pixels", "pixels_match"):
+        if key in body and action != "deidentify":
+            raise _fail(f"{where}.{key}", f"applies to action 'deidentify' only, not {action!r}")
     return Rule(
-        id=rule_id, action=action, destination=destination, match=tuple(match), phi=phi, reason=reason
+        id=rule_id,
+        action=action,
+        destination=destination,
+        match=tuple(match),
+        phi=phi,
+        reason=reason,
+        pixels=pixels,
+        pixels_match=pixels_match,
     )
 
 
@@ -286,6 +315,45 @@ def _private(raw: Any) -> frozenset[tuple[str, int, int]]:
     return frozenset(result)
 
 
+def _int(raw: Any, where: str, low: int, high: int) -> int:
+    if not isinstance(raw, int) or isinstance(raw, bool) or not low <= raw <= high:
+        raise _fail(where, f"must be an integer from {low} to {high}")
+    return raw
+
+
+def _extent(raw: Any, where: str) -> float:
+    """Pixels (an integer >= 0) or a fraction of the image (a float from 0.0 to 1.0)."""
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or raw < 0 or (isinstance(raw, float) and raw > 1):
+        raise _fail(where, "must be pixels (an integer >= 0) or a fraction (a float from 0.0 to 1.0)")
+    return raw
+
+
+def _band(raw: Any, where: str) -> Band:
+    body = _table(raw, where)
+    _check_keys(body, where, ("modality", "manufacturer", "model", "top", "height", "left", "width"))
+    if "height" not in body:
+        raise _fail(f"{where}.height", "is required")
+    globs = {key: _str(body[key], f"{where}.{key}") for key in ("modality", "manufacturer", "model") if key in body}
+    extents = {key: _extent(body[key], f"{where}.{key}") for key in ("top", "height", "left", "width") if key in body}
+    return Band(**globs, **extents)  # type: ignore[arg-type]
+
+
+def _pixels(raw: Any) -> PixelOptions:
+    body = _table(raw, "pixels")
+    _check_keys(body, "pixels", ("margin", "ocr_stride", "max_frames", "upscale", "bands"))
+    bands = body.get("bands", [])
+    if not isinstance(bands, list):
+        raise _fail("pixels.bands", "must be an array of tables ([[pixels.bands]])")
+    defaults = PixelOptions()
+    return PixelOptions(
+        margin=_int(body.get("margin", defaults.margin), "pixels.margin", 0, 64),
+        ocr_stride=_int(body.get("ocr_stride", defaults.ocr_stride), "pixels.ocr_stride", 1, 1000),
+        max_frames=_int(body.get("max_frames", defaults.max_frames), "pixels.max_frames", 1, 100000),
+        upscale=_int(body.get("upscale", defaults.upscale), "pixels.upscale", 1, 4),
+        bands=tuple(_band(band, f"pixels.bands[{i}]") for i, band in enumerate(bands)),
+    )
+
+
 def _choice(raw: Any, where: str, default: str) -> Any:
     value = default if raw is None else raw
     if value not in ("reject", "quarantine"):
@@ -295,7 +363,9 @@ def _choice(raw: Any, where: str, default: str) -> Any:
 
 def parse_policy(data: Mapping[str, Any]) -> Policy:
     """Validate a parsed TOML document (tests pass dicts; ``load_policy`` reads the file)."""
-    _check_keys(data, "", ("version", "options", "destinations", "rules", "default", "deidentify", "private"))
+    _check_keys(
+        data, "", ("version", "options", "destinations", "rules", "default", "deidentify", "private", "pixels")
+    )
     if "version" not in data:
         raise _fail("version", "is required")
     version = data["version"]
@@ -329,6 +399,7 @@ def parse_policy(data: Mapping[str, Any]) -> Policy:
         on_deidentify_failure=_choice(
             options.get("on_deidentify_failure"), "options.on_deidentify_failure", "reject"
         ),
+        pixels=_pixels(data.get("pixels", {})),
     )
 
 

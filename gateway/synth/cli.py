@@ -156,3 +156,8 @@ def wsi_command(
 
 for _modality in ("CT", "MR"):
     synth.add_command(_series_command(_modality))
+
+from gateway.synth.burned_cli import sc_command, us_command  # noqa: E402 - burned-in text: its own module
+
+synth.add_command(us_command)
+synth.add_command(sc_command)

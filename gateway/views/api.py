@@ -130,6 +130,21 @@ def release_quarantine(key: str) -> tuple[Response, int]:
     return jsonify(result), 200
 
 
+@bp.get("/admin/quarantine/<path:key>/preview")
+def preview_quarantine(key: str) -> Response:
+    """One frame as a PNG with the pixel-text regions outlined, for the reviewer (``?frame=N``, 1-based)."""
+    require_api_key()
+    from gateway.quarantine import preview
+
+    frame = request.args.get("frame", "1")
+    if not frame.isdigit():
+        raise BadRequest("frame must be a positive integer")
+    full = key if key.startswith("quarantine/") else "quarantine/" + key
+    response = Response(preview(services(), full, int(frame)), mimetype="image/png")
+    response.headers["Cache-Control"] = "no-store"  # the image may show PHI: never cached
+    return response
+
+
 @bp.delete("/admin/quarantine/<path:key>")
 def delete_quarantine(key: str) -> tuple[str, int]:
     require_api_key()

@@ -1,0 +1,267 @@
+"""Clean Pixel Data (issue 17): policy keys, masking, the codecs (native, RLE Lossless, JPEG Baseline), the
+identifiers-only mode, and failing closed without Tesseract. OCR is the real Tesseract."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import pytesseract
+import pytest
+from PIL import Image
+from pydicom.encaps import generate_frames
+from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, RLELossless
+
+from gateway.config import Settings
+from gateway.errors import ConfigError
+from gateway.hooks import UploadContext
+from gateway.phi.hook import PhiHook, build_hooks
+from gateway.phi.pixelclean import process
+from gateway.phi.pixelfile import CannotClean
+from gateway.phi.pixels import Band, Box, PixelOptions, check_ocr, identifier_terms, mask
+from gateway.phi.policy import parse_policy
+from gateway.synth.burned import make_sc, make_us, planted, text_boxes
+
+KEY = b"k" * 32
+
+
+def policy(action: str = "clean", **extra: Any) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "destinations": {"main": {"storage": "default", "region": "eu", "identifiable_allowed": False}},
+        "default": {"action": "deidentify", "destination": "main", "pixels": action},
+        "deidentify": {"dates": "shift"},
+        **extra,
+    }
+
+
+# -- policy -----------------------------------------------------------------------------------------------------
+
+
+def test_pixels_defaults_to_refuse_and_needs_no_ocr() -> None:
+    parsed = parse_policy({**policy(), "default": {"action": "deidentify", "destination": "main"}})
+    assert parsed.default.pixels == "refuse" and parsed.default.pixels_match == "all"
+    assert not parsed.needs_ocr
+
+
+def test_pixels_table_and_bands() -> None:
+    parsed = parse_policy(
+        policy(
+            "review",
+            pixels={
+                "margin": 6,
+                "ocr_stride": 5,
+                "bands": [{"modality": "US", "manufacturer": "Acme*", "top": 0, "height": 0.1}],
+            },
+        )
+    )
+    assert parsed.needs_ocr and parsed.default.pixels == "review"
+    assert parsed.pixels.margin == 6 and parsed.pixels.ocr_stride == 5
+    [band] = parsed.pixels.bands
+    assert band.box(480, 640) == Box(0, 0, 640, 48, "band")  # 0.1 of the height, the full width
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        ({"default": {"action": "deidentify", "destination": "main", "pixels": "blur"}}, "default.pixels"),
+        ({"default": {"action": "deidentify", "destination": "main", "pixels_match": "x"}}, "default.pixels_match"),
+        ({"default": {"action": "reject", "pixels": "clean"}}, "default.pixels"),
+        ({"pixels": {"bands": [{"top": 0}]}}, "pixels.bands[0].height"),
+        ({"pixels": {"bands": [{"height": 1.5}]}}, "pixels.bands[0].height"),
+        ({"pixels": {"bands": [{"height": 10, "colour": "red"}]}}, "pixels.bands[0].colour"),
+        ({"pixels": {"ocr_stride": 0}}, "pixels.ocr_stride"),
+        ({"pixels": {"speed": 1}}, "pixels.speed"),
+    ],
+)
+def test_pixel_policy_errors_name_the_key(change: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_policy({**policy(), **change})
+    assert key in str(error.value)
+
+
+def test_band_matches_modality_and_manufacturer() -> None:
+    ds = pydicom.Dataset()
+    ds.Modality, ds.Manufacturer = "US", "Acme Medical"
+    assert Band(modality="US", manufacturer="Acme*", height=10).applies(ds)
+    assert not Band(modality="US", manufacturer="Other*", height=10).applies(ds)
+    assert Band(top=470, height=40, left=600, width=100).box(480, 640) == Box(600, 470, 40, 10, "band")
+
+
+# -- masking ----------------------------------------------------------------------------------------------------
+
+
+def test_mask_fills_only_the_boxes() -> None:
+    frame = np.full((20, 30), 7, dtype=np.uint16)
+    mask(frame, [Box(2, 3, 4, 5, "ocr")], "MONOCHROME2")
+    assert (frame[3:8, 2:6] == 7).all()  # min of the frame is 7: "black" for an all-7 frame
+    frame[0, 0] = 1
+    mask(frame, [Box(2, 3, 4, 5, "ocr")], "MONOCHROME2")
+    assert (frame[3:8, 2:6] == 1).all() and frame[10, 10] == 7
+    inverted = np.zeros((20, 30), dtype=np.uint8)
+    inverted[0, 0] = 200
+    mask(inverted, [Box(0, 10, 30, 2, "band")], "MONOCHROME1")
+    assert (inverted[10:12] == 200).all() and not inverted[12:].any()  # MONOCHROME1: black is the maximum
+
+
+def _ocr(frame: np.ndarray) -> str:
+    return "".join(c for c in pytesseract.image_to_string(Image.fromarray(frame)).upper() if c.isalnum())
+
+
+def _expected_changes(rows: int, columns: int, slack: int = 12) -> np.ndarray:
+    allowed = np.zeros((rows, columns), dtype=bool)
+    for left, top, right, bottom in text_boxes(rows, columns):
+        allowed[max(0, top - slack) : bottom + slack, max(0, left - slack) : right + slack] = True
+    return allowed
+
+
+def test_native_every_frame_masked_and_marked(tmp_path: Path) -> None:
+    src = make_us(tmp_path / "in", frames=3, seed=5)
+    out = tmp_path / "out.dcm"
+    result = process(src, out, PixelOptions(), None, KEY)
+    assert result.frames == 3 and result.ocr_frames == 3 and result.sop_uid
+    before, after = pydicom.dcmread(src).pixel_array, pydicom.dcmread(out).pixel_array
+    changed = (before != after).any(axis=0)
+    assert changed.any() and not (changed & ~_expected_changes(480, 640)).any()
+    strings = ["".join(c for c in s if c.isalnum()) for s in planted(5)]
+    for frame in after:
+        text = _ocr(frame)
+        assert not [s for s in strings if s in text], text
+    ds = pydicom.dcmread(out, stop_before_pixels=True)
+    assert ds.BurnedInAnnotation == "NO" and ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+
+
+def test_ocr_stride_reads_fewer_frames_and_masks_all(tmp_path: Path) -> None:
+    src = make_us(tmp_path / "in", frames=5, seed=5)
+    result = process(src, tmp_path / "out.dcm", PixelOptions(ocr_stride=3), None, KEY)
+    assert result.ocr_frames == 3  # frames 0, 3 and the last
+    after = pydicom.dcmread(tmp_path / "out.dcm").pixel_array
+    assert not (after[1, 10:30, 10:60]).any()  # a frame never read by OCR is masked with the boxes of others
+
+
+def test_rle_stays_lossless(tmp_path: Path) -> None:
+    native = make_us(tmp_path / "in", frames=2, seed=6)
+    rle = tmp_path / "rle.dcm"
+    ds = pydicom.dcmread(native)
+    ds.compress(RLELossless)
+    ds.save_as(rle)
+    process(native, tmp_path / "native-out.dcm", PixelOptions(), None, KEY)
+    process(rle, tmp_path / "rle-out.dcm", PixelOptions(), None, KEY)
+    out = pydicom.dcmread(tmp_path / "rle-out.dcm")
+    assert out.file_meta.TransferSyntaxUID == RLELossless
+    assert np.array_equal(out.pixel_array, pydicom.dcmread(tmp_path / "native-out.dcm").pixel_array)
+
+
+def test_jpeg_baseline_keeps_its_quantisation(tmp_path: Path) -> None:
+    src = make_sc(tmp_path / "in", seed=7, jpeg=True)
+    out = tmp_path / "out.dcm"
+    process(src, out, PixelOptions(), None, KEY)
+    cleaned = pydicom.dcmread(out)
+    assert cleaned.file_meta.TransferSyntaxUID == JPEGBaseline8Bit
+    assert cleaned.LossyImageCompression == "01"
+
+    def tables(path: Path) -> Any:
+        [frame] = generate_frames(pydicom.dcmread(path).PixelData, number_of_frames=1)
+        with Image.open(io.BytesIO(frame)) as image:
+            return image.quantization, image.layer
+
+    assert tables(out) == tables(src)  # same quantisation tables and subsampling: the source's quality
+    text = _ocr(np.asarray(cleaned.pixel_array))
+    assert not [s for s in planted(7) if "".join(c for c in s if c.isalnum()) in text], text
+
+
+def test_unsupported_encoding_cannot_be_cleaned(tmp_path: Path) -> None:
+    src = make_sc(tmp_path / "in", seed=7, jpeg=True)
+    ds = pydicom.dcmread(src)
+    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless  # no encoder installed: must not be re-encoded lossy
+    ds.save_as(src)
+    with pytest.raises(CannotClean, match="JPEG 2000"):
+        process(src, tmp_path / "out.dcm", PixelOptions(), None, KEY)
+
+
+def test_identifiers_mode_masks_only_the_patients_values(tmp_path: Path) -> None:
+    src = make_sc(tmp_path / "in", seed=8)
+    terms = identifier_terms(pydicom.dcmread(src, stop_before_pixels=True))
+    matched = process(src, None, PixelOptions(), terms, KEY).regions
+    everything = process(src, None, PixelOptions(), None, KEY).regions
+    assert 0 < len(matched) < len(everything)  # "ID", "DOB", "STUDY" labels are left alone
+    other = identifier_terms(pydicom.dcmread(make_sc(tmp_path / "other", seed=2), stop_before_pixels=True))
+    assert len(process(src, None, PixelOptions(), other - terms, KEY).regions) < len(matched)
+
+
+# -- failing closed ----------------------------------------------------------------------------------------------
+
+
+def test_missing_tesseract_stops_start_up_and_refuses_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pytesseract.pytesseract, "tesseract_cmd", str(tmp_path / "no-tesseract"))
+    with pytest.raises(ConfigError, match="tesseract-ocr"):
+        check_ocr()
+    path = tmp_path / "policy.toml"
+    path.write_text(
+        'version = 1\n[destinations.main]\nstorage = "default"\nregion = "eu"\nidentifiable_allowed = false\n'
+        '[default]\naction = "deidentify"\ndestination = "main"\npixels = "clean"\n'
+    )
+    settings = Settings.from_mapping(
+        {
+            "SIGNING_KEYS": "s" * 32,
+            "API_KEYS": "api",
+            "STORAGE_URL": "file:///tmp/objects",
+            "DATABASE_URL": "sqlite:///tmp/c.db",
+            "PHI_POLICY": str(path),
+            "DEID_KEY": "k" * 32,
+        }
+    )
+    with pytest.raises(ConfigError, match="tesseract"):
+        build_hooks(settings)
+    # at run time (binary removed after start-up): the file is refused, never stored uncleaned
+    hook = PhiHook(parse_policy(policy()), KEY, tmp_dir=tmp_path)
+    outcome = hook(make_sc(tmp_path / "in", seed=9), UploadContext(source="stow"))
+    assert outcome.action == "reject" and outcome.path is None
+    assert "cannot clean the pixels" in outcome.reason
+    assert not list(tmp_path.glob("deid-*"))
+
+
+def test_an_encoding_that_cannot_be_re_encoded_goes_to_review(tmp_path: Path) -> None:
+    src = make_sc(tmp_path / "in", seed=7, jpeg=True)
+    ds = pydicom.dcmread(src)
+    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+    ds.save_as(src)
+    hook = PhiHook(parse_policy(policy("clean")), KEY, tmp_dir=tmp_path)
+    outcome = hook(src, UploadContext(source="stow"))
+    assert outcome.action == "quarantine" and outcome.path is not None
+    assert outcome.reason.startswith("pixels need review") and "JPEG 2000" in outcome.reason
+    quarantined = pydicom.dcmread(outcome.path, stop_before_pixels=True)
+    assert quarantined.PatientIdentityRemoved == "YES"  # what waits for review has a de-identified header
+
+
+def test_identifiers_rule_through_the_hook(tmp_path: Path) -> None:
+    parsed = parse_policy(
+        {
+            **policy(),
+            "default": {
+                "action": "deidentify",
+                "destination": "main",
+                "pixels": "clean",
+                "pixels_match": "identifiers",
+            },
+        }
+    )
+    outcome = PhiHook(parsed, KEY, tmp_dir=tmp_path)(make_sc(tmp_path / "in", seed=8), UploadContext(source="stow"))
+    assert outcome.action == "accept" and outcome.path is not None
+    text = _ocr(np.asarray(pydicom.dcmread(outcome.path).pixel_array))
+    assert not [s for s in planted(8) if "".join(c for c in s if c.isalnum()) in text], text
+    assert "DOB" in text  # a label, not an identifier: left readable
+
+
+def test_native_output_keeps_elements_after_pixel_data(tmp_path: Path) -> None:
+    src = make_sc(tmp_path / "in", seed=9)
+    ds = pydicom.dcmread(src)
+    ds.add_new(0xFFFCFFFC, "OB", b"\0" * 6)  # Data Set Trailing Padding, written after Pixel Data
+    ds.save_as(src)
+    process(src, tmp_path / "out.dcm", PixelOptions(), None, KEY)
+    out = pydicom.dcmread(tmp_path / "out.dcm")
+    assert out[0xFFFCFFFC].value == b"\0" * 6
+    assert out.pixel_array.shape == (480, 640, 3) and not out.pixel_array[10:30, 10:60].any()
