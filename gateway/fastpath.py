@@ -1,7 +1,7 @@
 """The WSGI entry point: two hot routes answered without Flask, everything else handed to the Flask app.
 
 - ``/_auth`` (NGINX ``auth_request``): the token decision, answered 204/401/403 with no body, so NGINX keeps the
-  upstream connection alive and the hop stays cheap (DESIGN.md: Flask costs ~40% more per request than a bare
+  upstream connection alive and the hop stays cheap (`docs/design.md` §1: Flask costs ~40% more per request than a bare
   WSGI callable here).
 - Requests NGINX marks ``X-Dgw-Route: plan`` (only its byte-serving locations set it, and it strips the header
   everywhere else): the read plan (``gateway.plan``).

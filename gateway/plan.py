@@ -1,6 +1,6 @@
 """Read plans: which stored bytes answer a WADO request, written as a small SSI body that NGINX executes.
 
-DESIGN.md principle 1: no pixel data, P10 file or bulkdata byte passes through Python on the read path. For a
+`docs/design.md` §1: no pixel data, P10 file or bulkdata byte passes through Python on the read path. For a
 frame, a bulkdata element or a multipart retrieve, Python answers with the final status and headers and a body of
 SSI ``include`` commands, each naming a byte range of a stored object (``/_seg/{first}-{last}{origin path}``);
 NGINX fetches those ranges from storage and splices them, so a request without Range gets a 200 with exactly the

@@ -3,7 +3,7 @@
 #
 # The package is the gateway itself (plus its dependencies), built from this repository by
 #   terraform/scripts/build-lambda.sh build/lambda.zip
-# so the code that scans a direct upload is the code that scans a STOW upload (DESIGN.md principle 7).
+# so the code that scans a direct upload is the code that scans a STOW upload (docs/design.md §7).
 ################################################################################
 
 resource "aws_sqs_queue" "upload_hook_dlq" {

@@ -3,7 +3,7 @@
 ``handler(event, context)`` is the Lambda entry point (or anything that receives S3 event notifications); for
 each record it downloads the object to a temp file (streamed), builds an ``UploadContext`` from the object's
 metadata (``x-amz-meta-dicomgw-tenant``, ``-region``, ``-sub``), and calls ``Ingestor.ingest(path, context)``,
-which runs the hook chain (``build_hooks``) and stores the result. The ``incoming/`` object is deleted only
+which runs the hook chain (``Services.build``) and stores the result. The ``incoming/`` object is deleted only
 after the ingest reports ``stored``, ``duplicate`` or ``quarantined``, and only if it was not replaced
 meanwhile (same ETag); after any failure (including a rejection by the policy) it stays where it is, so
 nothing is ever lost.
