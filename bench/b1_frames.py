@@ -38,7 +38,7 @@ def _cold_frames(position: str) -> list[int]:
 
 
 def run() -> Report:
-    from gateway.synth import wsi_tile
+    from gateway.tools.synth import wsi_tile
 
     started = time.perf_counter()
     report = header("B1", "frame latency, 32,000-frame JPEG WSI, through NGINX + auth")

@@ -43,8 +43,8 @@ def stack_up(
     port: int, host: str, storage_url: str, database_url: str, var_dir: Path, no_seed: bool, tls: bool
 ) -> None:
     """Start the stack, seed synthetic studies, print the URLs, and run until Ctrl-C."""
-    from gateway.seed import seed_demo
-    from gateway.stack import Stack, StackError
+    from gateway.tools.seed import seed_demo
+    from gateway.tools.stack import Stack, StackError
 
     passthrough = {k: v for k, v in os.environ.items() if k.startswith("DICOMGW_") or k == "AWS_ENDPOINT_URL"}
     stop = threading.Event()
@@ -101,8 +101,8 @@ def stack_up(
 def stack_seed(url: str, work_dir: Path) -> None:
     """Seed a running gateway (docker compose) with the synthetic studies; print the URLs. API key from
     DICOMGW_API_KEYS (the first one)."""
-    from gateway.seed import Target, seed_demo
-    from gateway.stack import StackError
+    from gateway.tools.seed import Target, seed_demo
+    from gateway.tools.stack import StackError
 
     keys = [k.strip() for k in os.environ.get("DICOMGW_API_KEYS", "").split(",") if k.strip()]
     if not keys:
@@ -226,8 +226,8 @@ def reconcile(repair: bool) -> None:
 def _add_optional_commands() -> None:
     """Commands that live next to their feature's code."""
     from gateway.phi.cli import hooks, scan
-    from gateway.synth import synth
-    from gateway.upload import upload
+    from gateway.tools.synth import synth
+    from gateway.tools.upload import upload
 
     main.add_command(synth)
     main.add_command(scan)

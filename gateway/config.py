@@ -7,6 +7,7 @@ monkeypatch globals. A missing or malformed value raises ``ConfigError`` naming 
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -94,11 +95,21 @@ def _int(name: str, value: str, minimum: int = 0) -> int:
     return number
 
 
+def read_or_create_secret(path: Path) -> str:
+    """A secret kept in a 0600 file, created on first use and reused afterwards."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value + "\n")
+    return value
+
+
 def _development_defaults(values: dict[str, str]) -> None:
     """Development mode fills what production demands: the embedded default of ``make demo`` under ./var
     (keys generated once, mode 0600)."""
-    from gateway.stack import read_or_create_secret
-
     var = Path("var").resolve()
     defaults = {
         "STORAGE_URL": lambda: f"file://{var / 'objects'}",

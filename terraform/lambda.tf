@@ -21,7 +21,7 @@ resource "aws_lambda_function" "upload_hook" {
   description   = "dicom-gateway upload hooks (PHI scan, policy, index) for objects dropped under incoming/"
   role          = aws_iam_role.upload_hook.arn
   runtime       = "python3.11"
-  handler       = "gateway.phi.s3event.handler"
+  handler       = "gateway.lambda_handler.handler"
   architectures = ["x86_64"]
 
   filename         = var.lambda_package

@@ -35,7 +35,7 @@ from gateway.errors import (
     RangeNotSatisfiable,
 )
 from gateway.plan import parse_range
-from gateway.synth import make_series, make_wsi
+from gateway.tools.synth import make_series, make_wsi
 from tests.fixtures.catalog_data import make_instance, record
 from tests.fixtures.servers import PostgresServer
 

@@ -10,9 +10,9 @@ from typing import Any
 import click
 
 from gateway.errors import InvalidUID
-from gateway.synth.phantom import DEFAULT_SLICES, make_series
-from gateway.synth.tiles import DEFAULT_FRAMES, DEFAULT_NATIVE_FRAMES
-from gateway.synth.wsi import Offsets, make_wsi
+from gateway.tools.synth.phantom import DEFAULT_SLICES, make_series
+from gateway.tools.synth.tiles import DEFAULT_FRAMES, DEFAULT_NATIVE_FRAMES
+from gateway.tools.synth.wsi import Offsets, make_wsi
 
 
 def _common_options(function: Callable[..., None]) -> Callable[..., None]:
