@@ -4,7 +4,7 @@
   upstream connection alive and the hop stays cheap (`docs/design.md` §1: Flask costs ~40% more per request than a bare
   WSGI callable here).
 - Requests NGINX marks ``X-Dgw-Route: plan`` (only its byte-serving locations set it, and it strips the header
-  everywhere else): the read plan (``gateway.plan``).
+  everywhere else): the read plan (``gateway.dicomweb.wado``).
 The ``/t/{token}`` path prefix is removed before Flask sees a path, so Flask routes are written once.
 """
 
@@ -15,10 +15,11 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from gateway.auth import Authorizer, split_token
+from gateway.auth import Authorizer
+from gateway.dicomweb.paths import split_token
+from gateway.dicomweb.wado import Planner
 from gateway.errors import GatewayError, InvalidPath, RangeNotSatisfiable, Unauthorized
 from gateway.metrics import AUTH_DECISIONS, READ_PLANS
-from gateway.plan import Planner
 
 log = logging.getLogger("gateway.fastpath")
 

@@ -19,7 +19,7 @@ import numpy as np
 from flask import Response
 from PIL import Image
 
-from gateway.accept import Offer, negotiate
+from gateway.dicomweb.accept import Offer, negotiate
 from gateway.errors import BadRequest, NotAcceptable, NotFound
 from gateway.numbers import parse_int
 from gateway.services import Services
@@ -37,7 +37,7 @@ def _value(metadata: Mapping[str, Any], tag: str, default: Any = None) -> Any:
 
 
 def _frame_bytes(services: Services, row: Any, frame: int) -> bytes:
-    from gateway.plan import to_cached
+    from gateway.dicomweb.wado import to_cached
 
     cached = to_cached(row)
     if cached.frames is None:

@@ -9,9 +9,9 @@ from pathlib import Path
 from gateway.auth import Authorizer
 from gateway.catalog import Catalog
 from gateway.config import Settings
+from gateway.dicomweb.wado import Planner
 from gateway.hooks import Hook
 from gateway.ingest import Ingestor
-from gateway.plan import Planner
 from gateway.storage import Storage, open_storage
 from gateway.tokens import TokenService
 

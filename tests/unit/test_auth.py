@@ -10,15 +10,13 @@ import pytest
 from gateway import auth
 from gateway.auth import (
     Authorizer,
-    Target,
     api_key_claims,
     bearer_value,
     check_scope,
     cookie_token,
-    parse_target,
     query_token,
-    split_token,
 )
+from gateway.dicomweb.paths import Target, parse_target, split_token
 from gateway.errors import InvalidPath, OutOfScope, TokenExpired, TokenInvalid, TokenMissing, TokenRevoked
 from gateway.scope import Scope
 from gateway.tokens import Claims, TokenService

@@ -14,9 +14,9 @@ import pytest
 from itsdangerous import URLSafeTimedSerializer
 
 from gateway.auth import Authorizer
+from gateway.dicomweb.wado import Planner, PlanResponse
 from gateway.errors import CatalogUnavailable, GatewayError, NotAcceptable, RangeNotSatisfiable
 from gateway.fastpath import FastPath
-from gateway.plan import Planner, PlanResponse
 from gateway.tokens import SALTS, TokenService
 
 KEY = "fastpath-test-signing-key-" + "k" * 32

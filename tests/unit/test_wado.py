@@ -1,5 +1,5 @@
-"""gateway.plan: Range parsing and the read plans (exact SSI include text, CRLF multipart framing, headers) built
-from in-memory catalog rows with real ``FrameIndex`` objects."""
+"""gateway.dicomweb.wado: Range parsing and the read plans (exact SSI include text, CRLF multipart framing, headers)
+built from in-memory catalog rows with real ``FrameIndex`` objects."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from urllib.parse import parse_qs, quote
 import pytest
 
 from gateway.dicom.frames import FrameIndex
+from gateway.dicomweb.wado import STABLE_PLAN_SECONDS, Planner, PlanResponse, parse_range, to_cached
 from gateway.errors import (
     BadRequest,
     FrameNotFound,
@@ -21,7 +22,6 @@ from gateway.errors import (
     NotFound,
     RangeNotSatisfiable,
 )
-from gateway.plan import STABLE_PLAN_SECONDS, Planner, PlanResponse, parse_range, to_cached
 
 EXPLICIT = "1.2.840.10008.1.2.1"
 JPEG = "1.2.840.10008.1.2.4.50"

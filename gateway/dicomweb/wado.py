@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
-from gateway.accept import Offer, negotiate
-from gateway.auth import Target, parse_target, split_token
 from gateway.dicom.frames import FrameIndex
+from gateway.dicomweb.accept import Offer, negotiate
+from gateway.dicomweb.paths import Target, parse_target, split_token
 from gateway.errors import BadRequest, FramesNotServable, NotFound, RangeNotSatisfiable
 from gateway.numbers import parse_int
 from gateway.uids import check_uid
