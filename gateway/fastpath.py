@@ -10,7 +10,6 @@ The ``/t/{token}`` path prefix is removed before Flask sees a path, so Flask rou
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 from gateway.auth import Authorizer
 from gateway.dicomweb.paths import split_token
 from gateway.dicomweb.wado import Planner
-from gateway.errors import GatewayError, InvalidPath, RangeNotSatisfiable, Unauthorized
+from gateway.errors import GatewayError, to_auth_answer, to_response
 from gateway.metrics import AUTH_DECISIONS, READ_PLANS
 
 log = logging.getLogger("gateway.fastpath")
@@ -71,14 +70,9 @@ class FastPath:
                 method, uri, environ.get("HTTP_COOKIE", ""), environ.get("HTTP_AUTHORIZATION", "")
             )
         except GatewayError as error:
-            # auth_request passes only 401 and 403; a malformed path is a refusal too.
-            status = 401 if isinstance(error, Unauthorized) else 403
-            if isinstance(error, InvalidPath):
-                status = 403
-            if error.status >= 500:  # e.g. the catalog is down: NGINX turns 500 into its 503, never a refusal
-                status = 500
+            status, headers = to_auth_answer(error)
             AUTH_DECISIONS.labels(str(status)).inc()
-            start_response(_status(status), [("X-Dgw-Error", error.code), ("Content-Length", "0")])
+            start_response(_status(status), headers)
             return [b""]
         except Exception:  # fail closed, never a 2xx on an unexpected error
             log.exception("auth decision failed")
@@ -103,20 +97,17 @@ class FastPath:
             )
         except GatewayError as error:
             READ_PLANS.labels(str(error.status)).inc()
-            body = json.dumps({"error": error.code, "detail": error.detail}).encode()
-            headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
-            if isinstance(error, RangeNotSatisfiable):
-                headers.append(("Content-Range", f"bytes */{error.extra.get('length', 0)}"))
-            start_response(_status(error.status), headers)
-            return [body]
+            return self._error(error, start_response)
         except Exception:
             log.exception("read plan failed")
-            body = b'{"error":"internal_error","detail":"the read plan could not be made"}'
-            start_response(
-                _status(500), [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
-            )
-            return [body]
+            return self._error(GatewayError("the read plan could not be made"), start_response)
         READ_PLANS.labels(str(response.status)).inc()
         headers = [*response.headers, ("Content-Length", str(len(response.body)))]
         start_response(_status(response.status), headers)
         return [response.body]
+
+    @staticmethod
+    def _error(error: GatewayError, start_response: StartResponse) -> Iterable[bytes]:
+        status, headers, body = to_response(error)
+        start_response(_status(status), [*headers, ("Content-Length", str(len(body)))])
+        return [body]
