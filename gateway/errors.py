@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from typing import ClassVar
 
+from gateway import nginx_contract as nginx
+
 # Codes only NGINX answers (nginx/templates/dicomgw.conf.template): situations the Python side never sees.
 NGINX_ONLY_CODES = {
     "error": "a status the template's map does not name",
@@ -224,4 +226,4 @@ def to_auth_answer(error: GatewayError) -> tuple[int, list[tuple[str, str]]]:
     status = 401 if isinstance(error, Unauthorized) else 403
     if error.status >= 500:
         status = 500
-    return status, [("X-Dgw-Error", error.code), ("Content-Length", "0")]
+    return status, [(nginx.ERROR, error.code), ("Content-Length", "0")]

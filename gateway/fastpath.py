@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from gateway import nginx_contract as nginx
 from gateway.auth import Authorizer
 from gateway.dicomweb.paths import split_token
 from gateway.dicomweb.wado import Planner
@@ -21,6 +22,8 @@ from gateway.errors import GatewayError, to_auth_answer, to_response
 from gateway.metrics import AUTH_DECISIONS, READ_PLANS
 
 log = logging.getLogger("gateway.fastpath")
+_ROUTE_KEY = nginx.environ_key(nginx.ROUTE)
+_RANGE_KEY = nginx.environ_key(nginx.RANGE)
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -52,9 +55,9 @@ class FastPath:
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
-        if path == "/_auth":
+        if path == nginx.AUTH:
             return self.auth(environ, start_response)
-        if environ.get("HTTP_X_DGW_ROUTE") == "plan":
+        if environ.get(_ROUTE_KEY) == nginx.ROUTE_PLAN:
             return self.plan(environ, start_response)
         if path.startswith("/t/"):
             token, rest = split_token(path)
@@ -82,7 +85,7 @@ class FastPath:
         AUTH_DECISIONS.labels("204").inc()
         start_response(
             _status(204),
-            [("X-Dgw-Sub", claims.sub), ("X-Dgw-Jti", claims.jti), ("X-Dgw-Study", decision.study)],
+            [(nginx.SUB, claims.sub), (nginx.JTI, claims.jti), (nginx.STUDY, decision.study)],
         )
         return [b""]
 
@@ -93,7 +96,7 @@ class FastPath:
                 environ.get("REQUEST_METHOD", "GET"),
                 uri,
                 environ.get("HTTP_ACCEPT", ""),
-                environ.get("HTTP_X_DGW_RANGE", ""),
+                environ.get(_RANGE_KEY, ""),
             )
         except GatewayError as error:
             READ_PLANS.labels(str(error.status)).inc()

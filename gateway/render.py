@@ -19,6 +19,7 @@ import numpy as np
 from flask import Response
 from PIL import Image
 
+from gateway import nginx_contract as nginx
 from gateway.dicomweb.accept import Offer, negotiate
 from gateway.errors import BadRequest, NotAcceptable, NotFound
 from gateway.numbers import parse_int
@@ -161,5 +162,5 @@ def thumbnail(services: Services, study: str, series: str, sop: str) -> Response
             services.storage.put_file(key, path)
         services.catalog.set_thumbnail(row.sop_uid, key)
     response = Response(status=200, mimetype="image/jpeg")
-    response.headers["X-Accel-Redirect"] = f"/_obj{services.storage.origin_path(key)}"
+    response.headers["X-Accel-Redirect"] = f"{nginx.OBJECT}{services.storage.origin_path(key)}"
     return response

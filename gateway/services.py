@@ -6,6 +6,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway import nginx_contract as nginx
 from gateway.auth import Authorizer
 from gateway.catalog import Catalog
 from gateway.config import Settings
@@ -60,7 +61,7 @@ class Services:
             lambda sop: catalog.get_instance(sop, with_metadata=False),
             lambda study, series: catalog.instances_of(study, series, with_metadata=False),
             storage.origin_path,
-            whole_object_prefix="/_file" if settings.storage_url.startswith("file://") else "/_seg/all",
+            whole_object_prefix=nginx.FILE if settings.storage_url.startswith("file://") else nginx.WHOLE_SEGMENT,
             study_version=catalog.study_version,
         )
         destinations: dict[str, Storage] = {}

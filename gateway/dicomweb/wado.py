@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
+from gateway import nginx_contract as nginx
 from gateway.dicom.frames import FrameIndex
 from gateway.dicomweb.accept import Offer, negotiate
 from gateway.dicomweb.paths import Target, parse_target, split_token
@@ -115,7 +116,7 @@ class Planner:
         list_instances: Callable[[str, str | None], Sequence[Any]],
         origin_path: Callable[[str], str],
         cache_size: int = 20000,
-        whole_object_prefix: str = "/_seg/all",
+        whole_object_prefix: str = nginx.WHOLE_SEGMENT,
         study_version: Callable[[str], Any] | None = None,
     ) -> None:
         """``whole_object_prefix`` is where SSI fetches a whole object: ``/_seg/all`` proxies to storage,
@@ -172,7 +173,7 @@ class Planner:
     # -- pieces ---------------------------------------------------------------------------------------------------
     def _include(self, instance: CachedInstance, first: int | None = None, length: int = 0) -> bytes:
         origin = self._origin_path(instance.storage_key)
-        where = self._whole_prefix if first is None else f"/_seg/{first}-{first + length - 1}"
+        where = self._whole_prefix if first is None else f"{nginx.SEGMENT}/{first}-{first + length - 1}"
         return f'<!--# include virtual="{where}{origin}" wait="yes" -->'.encode()
 
     @staticmethod
@@ -229,7 +230,7 @@ class Planner:
     def redirect_object(self, instance: CachedInstance, media_type: str) -> PlanResponse:
         origin = self._origin_path(instance.storage_key)
         headers = [
-            ("X-Accel-Redirect", f"/_obj{origin}"),
+            ("X-Accel-Redirect", f"{nginx.OBJECT}{origin}"),
             ("X-Accel-Expires", "0"),
             ("Content-Type", media_type),
         ]
@@ -295,7 +296,7 @@ class Planner:
                 )
             headers = [
                 ("Content-Type", "application/octet-stream"),
-                ("X-Dgw-Accept-Ranges", "bytes"),
+                (nginx.ACCEPT_RANGES, "bytes"),
                 expires,
             ]
             return PlanResponse(200, headers, self._include(instance, offset, length) if length else b"")
