@@ -3,6 +3,9 @@
 Everything lives under one folder (``./var`` by default): keys generated once with mode 0600, the rendered NGINX
 configuration, sockets, logs, the local object folder and the SQLite catalog. NGINX runs without root (its own
 prefix, pid and temp paths). The e2e tests start the same ``Stack`` on free ports.
+
+Over 400 lines on purpose: one class owns the life of one local stack (values, render, start, health, stop), and
+its parts share its paths and processes; split, each piece would pass the whole Stack around.
 """
 
 from __future__ import annotations
