@@ -1,6 +1,6 @@
 """B1: frame latency on the 32,000-frame JPEG whole-slide image, through NGINX + auth_request.
 
-Frames 1, 16,000 and 32,000 (DESIGN.md principle 3: frame 32,000 costs what frame 1 costs). One keep-alive
+Frames 1, 16,000 and 32,000 (`docs/design.md` §3: frame 32,000 costs what frame 1 costs). One keep-alive
 client, requests interleaved across the three positions so machine noise hits them alike. Two regimes:
 
 - **cold plan cache**: each request is a frame never asked for before (the 200 frames starting at 1, at 16,000,
@@ -38,7 +38,7 @@ def _cold_frames(position: str) -> list[int]:
 
 
 def run() -> Report:
-    from gateway.synth import wsi_tile
+    from gateway.tools.synth import wsi_tile
 
     started = time.perf_counter()
     report = header("B1", "frame latency, 32,000-frame JPEG WSI, through NGINX + auth")

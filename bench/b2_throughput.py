@@ -66,7 +66,7 @@ FIRST_PASS_ACCEPT = (
 
 
 def run() -> Report:
-    from gateway.synth import wsi_tile
+    from gateway.tools.synth import wsi_tile
 
     started = time.perf_counter()
     report = header("B2", "authenticated ~16 KB frames/s over distinct frames vs static NGINX")

@@ -89,7 +89,7 @@ def _plan_timing() -> str:
 
     from bench.common import wsi
     from gateway.dicom.index import index_file
-    from gateway.plan import Planner
+    from gateway.dicomweb.wado import Planner
 
     try:
         path = wsi()

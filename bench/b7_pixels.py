@@ -8,7 +8,7 @@ refuses the file). Variants: native MONOCHROME2 with OCR on every frame (``ocr_s
 on every 10th frame; JPEG Baseline colour (YBR_FULL_422) with every 10th frame. Peak RSS of this process
 during the run (sampled every 20 ms) is reported against the native cine's Pixel Data size (92 MB).
 
-Targets (this project's, not DESIGN.md's): OCR on every frame < 1,000 ms per frame; stride 10 < 150 ms per
+Targets (set with issue 17; docs/design.md names none): OCR on every frame < 1,000 ms per frame; stride 10 < 150 ms per
 frame; peak RSS added < 1.5x the native Pixel Data (one copy of it, masked in place, plus working memory).
 """
 
@@ -39,7 +39,7 @@ def run() -> Report:
     from gateway.phi.deidentify import deidentify_file
     from gateway.phi.hook import PhiHook
     from gateway.phi.policy import parse_policy
-    from gateway.synth.burned import make_us
+    from gateway.tools.synth.burned import make_us
 
     started = time.perf_counter()
     report = header("B7", f"Clean Pixel Data on a {FRAMES}-frame ultrasound cine (Tesseract OCR, in-process)")

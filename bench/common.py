@@ -32,10 +32,10 @@ from urllib.parse import urlparse
 
 import requests
 
-from gateway.stack import NGINX, Stack, StackError, free_port
+from gateway.tools.stack import NGINX, Stack, StackError, free_port
 
 if TYPE_CHECKING:
-    from gateway.synth import Offsets
+    from gateway.tools.synth import Offsets
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH_DIR = Path(__file__).resolve().parent
@@ -132,7 +132,7 @@ def _cached(name: str, make: Callable[[Path], object]) -> Path:
 
 def ct_series(seed: int = 7, slices: int = 200) -> list[Path]:
     """A clean (no fake PHI) 512x512 CT series, instance 1 first."""
-    from gateway.synth import make_series
+    from gateway.tools.synth import make_series
 
     folder = _cached(f"ct-{seed}-{slices}", lambda out: make_series(
         out, modality="CT", slices=slices, seed=seed, clean=True))
@@ -141,7 +141,7 @@ def ct_series(seed: int = 7, slices: int = 200) -> list[Path]:
 
 def wsi(seed: int = 7, frames: int = 32_000, tile: int = 256, offsets: Offsets = "bot") -> Path:
     """A clean JPEG whole-slide image, with a Basic Offset Table unless ``offsets`` says otherwise."""
-    from gateway.synth import make_wsi
+    from gateway.tools.synth import make_wsi
 
     suffix = "" if offsets == "bot" else f"-{offsets}"
     folder = _cached(f"wsi-{seed}-{frames}-{tile}{suffix}", lambda out: make_wsi(

@@ -24,7 +24,7 @@ from bench.common import (
     run_wrk,
     static_server,
 )
-from gateway.stack import NGINX
+from gateway.tools.stack import NGINX
 
 
 def test_percentile_interpolates_like_numpy() -> None:

@@ -1,8 +1,9 @@
 """Gunicorn settings for the gateway container (``gunicorn --config /etc/dicomgw/gunicorn.conf.py``).
 
 gthread workers, as in ``dicom-gateway stack up``: the auth hop is many tiny requests over keepalive
-connections from NGINX (DESIGN.md measured the hop), and threads keep those connections cheap. Each value
-can be overridden by an environment variable, so compose and ECS tune them without a new image:
+connections from NGINX (`docs/design.md`, NGINX lessons: the hop is the cost), and threads keep those
+connections cheap. Each value can be overridden by an environment variable, so compose and ECS tune them
+without a new image:
 
 - ``GUNICORN_BIND`` (``0.0.0.0:8000``), ``WEB_CONCURRENCY`` (workers: 2 x CPUs + 1, at most 9),
   ``GUNICORN_THREADS`` (8), ``GUNICORN_TIMEOUT`` (300 s: a STOW of a large whole-slide image streams for

@@ -3,7 +3,7 @@
 #   docker build -f docker/nginx.Dockerfile -t dicom-gateway-nginx:local .
 # The official image renders /etc/nginx/templates/**/*.conf.template with envsubst into /etc/nginx/conf.d/ at start
 # (docker-entrypoint.d/20-envsubst-on-templates.sh); its own main nginx.conf includes conf.d/*.conf. So the files the
-# tests render (nginx/templates/) are the files this image serves (DESIGN.md principle 7). nginx/nginx.conf is the
+# tests render (nginx/templates/) are the files this image serves (docs/design.md §7). nginx/nginx.conf is the
 # main file of the non-root local stack (`stack up`, relative paths under its own prefix) and is deliberately not
 # copied: in the image the official main file plays that role.
 

@@ -6,11 +6,11 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
 from gateway.config import Settings
-from gateway.errors import GatewayError, RangeNotSatisfiable
+from gateway.errors import GatewayError, error_body, to_response
 from gateway.services import Services
 
 log = logging.getLogger("gateway")
@@ -40,24 +40,20 @@ def create_app(
     app.register_blueprint(dicomweb.bp)
 
     @app.errorhandler(GatewayError)
-    def gateway_error(error: GatewayError) -> tuple[Response, int]:
-        response = jsonify(error=error.code, detail=error.detail)
-        if isinstance(error, RangeNotSatisfiable):
-            response.headers["Content-Range"] = f"bytes */{error.extra.get('length', 0)}"
-        if error.status == 503:
-            response.headers["Retry-After"] = "5"
-        return response, error.status
+    def gateway_error(error: GatewayError) -> Response:
+        status, headers, body = to_response(error)
+        return Response(body, status, headers)
 
     @app.errorhandler(HTTPException)
-    def http_error(error: HTTPException) -> tuple[Response, int]:
+    def http_error(error: HTTPException) -> Response:
         code = (error.name or "error").lower().replace(" ", "_")
-        return jsonify(error=code, detail=error.description or code), error.code or 500
+        return Response(error_body(code, error.description or code), error.code or 500, mimetype="application/json")
 
     @app.errorhandler(Exception)
-    def unexpected(error: Exception) -> tuple[Response, int]:
+    def unexpected(error: Exception) -> Response:
         # The trace goes to the server log (no PHI or tokens in exception text we raise); never to the client.
         log.exception("unhandled error")
-        return jsonify(error="internal_error", detail="unexpected server error"), 500
+        return gateway_error(GatewayError("unexpected server error"))
 
     return app
 

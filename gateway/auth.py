@@ -2,9 +2,9 @@
 
 NGINX passes the raw ``X-Original-URI`` (``$request_uri``) and the client's Cookie and Authorization headers; this
 module finds the credentials (path prefix ``/t/{token}/``, ``?token=``, ``Authorization: Bearer`` token or API key,
-the ``dicomgw_token`` cookie), verifies each, and matches the normalised path against their scope. It is pure logic
-with no Flask, so the fast WSGI path and tests call it directly. Any doubt about the path is a refusal: decode
-once; reject ``..``, ``//``, encoded slashes, backslashes, and UID segments that are not ``[0-9.]{1,64}``.
+the ``dicomgw_token`` cookie), verifies each, and matches the target (``gateway.dicomweb.paths`` parses the URL,
+refusing anything ambiguous) against their scope. It is pure logic with no Flask, so the fast WSGI path and tests
+call it directly.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs
 
-from gateway.errors import InvalidPath, OutOfScope, TokenInvalid, TokenMissing, TokenRevoked, TokenUnrecognised
+from gateway.dicomweb.paths import Target, parse_target, split_token
+from gateway.errors import OutOfScope, TokenInvalid, TokenMissing, TokenRevoked, TokenUnrecognised
 from gateway.scope import Scope
 from gateway.tokens import MAX_TOKEN_LENGTH, Claims, TokenService
 from gateway.uids import is_uid
@@ -28,19 +29,6 @@ WRITE_METHODS = frozenset({"POST"})
 
 
 @dataclass(frozen=True)
-class Target:
-    """What a DICOMweb path names. ``study``/``series``/``instance`` are None above their level; ``rest`` is what
-    follows the deepest UID (``""``, ``metadata``, ``frames/1,2``, ``bulkdata/7FE00010``, ``series``, ...)."""
-
-    path: str  # below the DICOMweb root, e.g. /studies/1.2/series/3.4/metadata
-    study: str | None = None
-    series: str | None = None
-    instance: str | None = None
-    rest: str = ""
-    query: str = ""
-
-
-@dataclass(frozen=True)
 class Decision:
     claims: Claims
     target: Target
@@ -48,16 +36,6 @@ class Decision:
     @property
     def study(self) -> str:
         return self.target.study or ""
-
-
-def split_token(raw_uri: str) -> tuple[str | None, str]:
-    """``/t/{token}/dicomweb/...`` → (token, ``/dicomweb/...``); other URIs unchanged."""
-    if raw_uri.startswith("/t/"):
-        end = raw_uri.find("/", 3)
-        if end == -1:
-            raise InvalidPath("token path prefix without a path")
-        return raw_uri[3:end], raw_uri[end:]
-    return None, raw_uri
 
 
 def query_token(query: str) -> str | None:
@@ -93,43 +71,6 @@ def bearer_value(authorization: str) -> str:
 
 def well_formed(token: str) -> bool:
     return len(token) <= MAX_TOKEN_LENGTH and _TOKEN_CHARS.fullmatch(token) is not None
-
-
-def parse_target(path: str, query: str = "") -> Target:
-    """Normalise and parse a path starting at ``/dicomweb``. Raises InvalidPath on anything ambiguous."""
-    lowered = path.lower()
-    if "%2f" in lowered or "%5c" in lowered or "\\" in path:
-        raise InvalidPath("encoded slashes and backslashes are not allowed")
-    decoded = unquote(path)
-    if "%" in decoded or "\\" in decoded:
-        raise InvalidPath("double-encoded paths are not allowed")
-    if "//" in decoded or "/./" in decoded or decoded.endswith("/.") or ".." in decoded.split("/"):
-        raise InvalidPath("path is not canonical")
-    if not decoded.startswith("/dicomweb"):
-        raise InvalidPath("not a DICOMweb path")
-    below = decoded[len("/dicomweb") :]
-    if below and not below.startswith("/"):
-        raise InvalidPath("not a DICOMweb path")
-    parts = [p for p in below.split("/") if p][:]
-    study = series = instance = None
-    i = 0
-    if len(parts) >= 2 and parts[0] == "studies":
-        study = _uid(parts[1])
-        i = 2
-        if len(parts) >= i + 2 and parts[i] == "series":
-            series = _uid(parts[i + 1])
-            i += 2
-            if len(parts) >= i + 2 and parts[i] == "instances":
-                instance = _uid(parts[i + 1])
-                i += 2
-    rest = "/".join(parts[i:])
-    return Target(below or "/", study, series, instance, rest, query)
-
-
-def _uid(segment: str) -> str:
-    if not is_uid(segment):
-        raise InvalidPath("a UID path segment is not a valid DICOM UID")
-    return segment
 
 
 def check_scope(scope: Scope, method: str, target: Target) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from gateway.config import env_int, env_list, env_value
 from gateway.errors import ConfigError, GatewayError
 
 
@@ -43,8 +44,8 @@ def stack_up(
     port: int, host: str, storage_url: str, database_url: str, var_dir: Path, no_seed: bool, tls: bool
 ) -> None:
     """Start the stack, seed synthetic studies, print the URLs, and run until Ctrl-C."""
-    from gateway.seed import seed_demo
-    from gateway.stack import Stack, StackError
+    from gateway.tools.seed import seed_demo
+    from gateway.tools.stack import Stack, StackError
 
     passthrough = {k: v for k, v in os.environ.items() if k.startswith("DICOMGW_") or k == "AWS_ENDPOINT_URL"}
     stop = threading.Event()
@@ -101,10 +102,10 @@ def stack_up(
 def stack_seed(url: str, work_dir: Path) -> None:
     """Seed a running gateway (docker compose) with the synthetic studies; print the URLs. API key from
     DICOMGW_API_KEYS (the first one)."""
-    from gateway.seed import Target, seed_demo
-    from gateway.stack import StackError
+    from gateway.tools.seed import Target, seed_demo
+    from gateway.tools.stack import StackError
 
-    keys = [k.strip() for k in os.environ.get("DICOMGW_API_KEYS", "").split(",") if k.strip()]
+    keys = env_list("API_KEYS")
     if not keys:
         raise click.ClickException("DICOMGW_API_KEYS is not set")
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -122,10 +123,9 @@ def stack_seed(url: str, work_dir: Path) -> None:
 
 
 def _signing_keys() -> tuple[str, ...]:
-    raw = os.environ.get("DICOMGW_SIGNING_KEYS", "")
-    if not raw and Path("var/signing.key").exists():
-        raw = Path("var/signing.key").read_text().strip()
-    keys = tuple(k.strip() for k in raw.split(",") if k.strip())
+    keys = env_list("SIGNING_KEYS")
+    if not keys and Path("var/signing.key").exists():
+        keys = env_list("SIGNING_KEYS", {"DICOMGW_SIGNING_KEYS": Path("var/signing.key").read_text().strip()})
     if not keys:
         raise click.ClickException("DICOMGW_SIGNING_KEYS is not set (and no ./var/signing.key)")
     return keys
@@ -152,8 +152,10 @@ def token_issue(
     from gateway.tokens import TokenService
     from gateway.views.api import iso, token_urls
 
-    max_ttl = int(os.environ.get("DICOMGW_TOKEN_MAX_TTL", "3600"))
-    default_ttl = int(os.environ.get("DICOMGW_TOKEN_DEFAULT_TTL", "900"))
+    try:
+        max_ttl, default_ttl = env_int("TOKEN_MAX_TTL"), env_int("TOKEN_DEFAULT_TTL")
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
     service = TokenService(_signing_keys(), max_ttl, min(default_ttl, max_ttl))
     actions = ["read"] if action == "read" else ["read", "write"]
     try:
@@ -162,7 +164,7 @@ def token_issue(
         )
     except GatewayError as error:
         raise click.ClickException(error.detail) from None
-    base = (base_url or os.environ.get("DICOMGW_PUBLIC_URL") or "http://127.0.0.1:8080").rstrip("/")
+    base = (base_url or env_value("PUBLIC_URL") or "http://127.0.0.1:8080").rstrip("/")
     payload = {
         "token": issued.token,
         "expires_at": iso(issued.claims.expires_at),
@@ -226,8 +228,8 @@ def reconcile(repair: bool) -> None:
 def _add_optional_commands() -> None:
     """Commands that live next to their feature's code."""
     from gateway.phi.cli import hooks, scan
-    from gateway.synth import synth
-    from gateway.upload import upload
+    from gateway.tools.synth import synth
+    from gateway.tools.upload import upload
 
     main.add_command(synth)
     main.add_command(scan)

@@ -1,75 +1,149 @@
-"""Settings: ``DICOMGW_*`` environment variables, read and validated once at start-up.
+"""Settings: ``DICOMGW_*`` environment variables, declared, read and validated once, here.
 
 ``Settings.from_env()`` is what gunicorn and the CLI use; tests build ``Settings.from_mapping({...})`` and never
-monkeypatch globals. A missing or malformed value raises ``ConfigError`` naming the variable.
+monkeypatch globals. A missing or malformed value raises ``ConfigError`` naming the variable. Modules that run
+without full settings (the S3 storage, the token commands of the CLI) read single variables through
+``env_value``/``env_int``/``env_list``, which apply the same declaration. README's variable table is generated
+from ``VARIABLES`` and ``ELSEWHERE`` (``python -m gateway.config --markdown``; tests/unit/test_config.py checks it).
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from gateway.errors import ConfigError
 
 PREFIX = "DICOMGW_"
 
-# name -> (required in production, default, meaning). The README's variable table is generated from this.
-VARIABLES: dict[str, tuple[bool, str, str]] = {
-    "SIGNING_KEYS": (
+
+
+class Variable(NamedTuple):
+    required: bool  # in production
+    default: str
+    meaning: str  # one Markdown line: README's table is generated from it
+    minimum: int | None = None  # an integer variable, at least this
+
+
+# The ``Settings`` variables, names without the prefix.
+VARIABLES: dict[str, Variable] = {
+    "SIGNING_KEYS": Variable(
         True,
         "",
         "Comma-separated token signing keys, oldest first; the newest signs, all verify.",
     ),
-    "VERIFY_KEYS": (False, "", "Comma-separated keys that verify tokens but never sign (step 1 of a key rotation)."),
-    "API_KEYS": (True, "", "Comma-separated API keys for server-to-server calls (tokens, admin)."),
-    "STORAGE_URL": (
+    "VERIFY_KEYS": Variable(
+        False,
+        "",
+        "Comma-separated keys that verify tokens but never sign (step 1 of a key rotation).",
+    ),
+    "API_KEYS": Variable(True, "", "Comma-separated API keys for server-to-server calls (tokens, admin)."),
+    "STORAGE_URL": Variable(
         True,
         "",
         "`file:///abs/dir` or `s3://bucket/prefix` (S3-compatible via `AWS_ENDPOINT_URL`).",
     ),
-    "DATABASE_URL": (True, "", "Catalog: `sqlite:///path.db` or `postgresql://user:pass@host/db`."),
-    "PHI_POLICY": (False, "", "Path of the PHI / data-sovereignty policy (TOML). Empty: no PHI hooks run."),
-    "PUBLIC_URL": (
+    "DATABASE_URL": Variable(True, "", "Catalog: `sqlite:///path.db` or `postgresql://user:pass@host/db`."),
+    "PHI_POLICY": Variable(False, "", "Path of the PHI / data-sovereignty policy (TOML). Empty: no PHI hooks run."),
+    "PUBLIC_URL": Variable(
         False,
         "",
-        "External base URL of viewer, DICOMweb and STOW RetrieveURL URLs; unset: the scheme and host the client "
-        "used, as NGINX passes them (Host, X-Forwarded-Proto).",
+        "External base URL (`https://dicom.example.org`) of viewer, DICOMweb and STOW `RetrieveURL` URLs; unset: the "
+        "scheme and host the client used, as NGINX passes them (`Host`, `X-Forwarded-Proto`); set it behind a load "
+        "balancer that terminates TLS (NGINX then sees `http`).",
     ),
-    "CORS_ORIGINS": (
+    "CORS_ORIGINS": Variable(
         False,
         "",
         "Comma-separated origins allowed to call DICOMweb from a browser (exact match).",
     ),
-    "TOKEN_MAX_TTL": (False, "3600", "Upper bound, in seconds, on any token's lifetime."),
-    "TOKEN_DEFAULT_TTL": (False, "900", "Token lifetime when the request names none."),
-    "MODE": (
+    "TOKEN_MAX_TTL": Variable(False, "3600", "Upper bound, in seconds, on any token's lifetime.", minimum=1),
+    "TOKEN_DEFAULT_TTL": Variable(False, "900", "Token lifetime when the request names none.", minimum=1),
+    "MODE": Variable(
         False,
         "production",
-        "`production`: every required value must be set. `development`: missing ones default to ./var.",
+        "`production`: every required value must be set. `development`: missing ones default to `./var` (keys "
+        "generated once, like `make demo`).",
     ),
-    "TLS": (
+    "TLS": Variable(
         False,
         "0",
         "1 when clients reach NGINX over HTTPS: cookies get `Secure` and the `__Host-` prefix.",
     ),
-    "COOKIE_SAMESITE": (
+    "COOKIE_SAMESITE": Variable(
         False,
         "Lax",
         "SameSite of the session cookie: `Lax`, `Strict`, or `None` for iframes.",
     ),
-    "REVOCATION_REFRESH": (False, "2", "Seconds between reloads of the revocation list from the catalog."),
-    "STOW_OVERWRITE": (False, "0", "1: a STOW of a known SOP Instance UID with different bytes replaces it."),
-    "BULKDATA_THRESHOLD": (False, "1024", "Binary elements longer than this many bytes become BulkDataURIs."),
-    "DEID_KEY": (False, "", "Secret for keyed UID remapping and date shifting when de-identifying."),
-    "TMP_DIR": (
+    "REVOCATION_REFRESH": Variable(
+        False,
+        "2",
+        "Seconds between reloads of the revocation list from the catalog.",
+        minimum=0,
+    ),
+    "STOW_OVERWRITE": Variable(False, "0", "1: a STOW of a known SOP Instance UID with different bytes replaces it."),
+    "BULKDATA_THRESHOLD": Variable(
+        False,
+        "1024",
+        "Binary elements longer than this many bytes become BulkDataURIs.",
+        minimum=0,
+    ),
+    "DEID_KEY": Variable(False, "", "Secret for keyed UID remapping and date shifting when de-identifying."),
+    "TMP_DIR": Variable(
         False,
         "",
         "Where uploads are spooled before they are stored (default: the system temp dir).",
     ),
+    "S3_PRESIGN_TTL": Variable(
+        False,
+        "3600",
+        "Lifetime (s) of the presigned storage paths NGINX follows; cached for half of it.",
+        minimum=2,
+    ),
 }
+
+# Read by a library, not by us: declared so README's table (and a reader) finds them here too.
+ELSEWHERE: dict[str, Variable] = {
+    "AWS_ENDPOINT_URL": Variable(False, "", "S3-compatible endpoint (MinIO, moto); standard boto3 variable."),
+    "PROMETHEUS_MULTIPROC_DIR": Variable(
+        False,
+        "",
+        "Folder where gunicorn workers keep their metrics so `GET /metrics` sums them (`stack up` sets it); "
+        "standard prometheus_client variable.",
+    ),
+}
+
+
+def env_value(name: str, env: Mapping[str, str] | None = None) -> str:
+    """One declared variable (``name`` without the prefix, or an ``ELSEWHERE`` name): its value, else its default."""
+    env = os.environ if env is None else env
+    if name in ELSEWHERE:
+        return env.get(name, "") or ELSEWHERE[name].default
+    return env.get(PREFIX + name, "") or VARIABLES[name].default
+
+
+def env_int(name: str, env: Mapping[str, str] | None = None) -> int:
+    """A declared integer variable, validated against its minimum (``ConfigError`` names it)."""
+    return _int(name, env_value(name, env), VARIABLES[name].minimum or 0)
+
+
+def env_list(name: str, env: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """A declared comma-separated variable, empty items dropped."""
+    return _split(env_value(name, env))
+
+
+def markdown_table() -> str:
+    """README's variable table (section Configuration), generated from the declarations above."""
+    rows = ["| Variable | Required | Default | Meaning |", "|---|---|---|---|"]
+    named = [(PREFIX + name, v) for name, v in VARIABLES.items()] + list(ELSEWHERE.items())
+    for name, variable in named:
+        default = f"`{variable.default}`" if variable.default else "—"
+        rows.append(f"| `{name}` | {'yes' if variable.required else 'no'} | {default} | {variable.meaning} |")
+    return "\n".join(rows) + "\n"
 
 
 def _split(value: str) -> tuple[str, ...]:
@@ -94,11 +168,21 @@ def _int(name: str, value: str, minimum: int = 0) -> int:
     return number
 
 
+def read_or_create_secret(path: Path) -> str:
+    """A secret kept in a 0600 file, created on first use and reused afterwards."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value + "\n")
+    return value
+
+
 def _development_defaults(values: dict[str, str]) -> None:
     """Development mode fills what production demands: the embedded default of ``make demo`` under ./var
     (keys generated once, mode 0600)."""
-    from gateway.stack import read_or_create_secret
-
     var = Path("var").resolve()
     defaults = {
         "STORAGE_URL": lambda: f"file://{var / 'objects'}",
@@ -131,6 +215,7 @@ class Settings:
     deid_key: str = ""
     tmp_dir: str = ""
     verify_keys: tuple[str, ...] = ()
+    s3_presign_ttl: int = 3600
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -143,7 +228,7 @@ class Settings:
     def from_mapping(cls, raw: Mapping[str, Any]) -> Settings:
         """Build from ``{"SIGNING_KEYS": "...", ...}`` (names without the prefix; lower case accepted)."""
         values = {name: str(raw.get(name, raw.get(name.lower(), "")) or "") for name in VARIABLES}
-        for name, (_, default, _) in VARIABLES.items():
+        for name, (_, default, _, _) in VARIABLES.items():
             if not values[name]:
                 values[name] = default
         mode = values["MODE"]
@@ -151,7 +236,7 @@ class Settings:
             raise ConfigError(PREFIX + "MODE", "expected production or development")
         if mode == "development":
             _development_defaults(values)
-        for name, (required, _, _) in VARIABLES.items():
+        for name, (required, _, _, _) in VARIABLES.items():
             if required and not values[name]:
                 raise ConfigError(PREFIX + name, "is required but not set")
         storage = values["STORAGE_URL"]
@@ -175,6 +260,7 @@ class Settings:
                 PREFIX + "COOKIE_SAMESITE", "None requires DICOMGW_TLS=1 (browsers demand Secure)"
             )
         max_ttl = _int("TOKEN_MAX_TTL", values["TOKEN_MAX_TTL"], 1)
+        presign_ttl = _int("S3_PRESIGN_TTL", values["S3_PRESIGN_TTL"], 2)
         policy = values["PHI_POLICY"]
         if policy and not Path(policy).is_file():
             raise ConfigError(PREFIX + "PHI_POLICY", f"no such file: {policy}")
@@ -197,7 +283,16 @@ class Settings:
             deid_key=values["DEID_KEY"],
             tmp_dir=values["TMP_DIR"],
             verify_keys=verify_keys,
+            s3_presign_ttl=presign_ttl,
         )
 
     def with_changes(self, **changes: Any) -> Settings:
         return replace(self, **changes)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["--markdown"]:
+        raise SystemExit("usage: python -m gateway.config --markdown")
+    sys.stdout.write(markdown_table())

@@ -1,23 +1,43 @@
-"""One error hierarchy for the whole gateway, mapped to HTTP in exactly one place (``app.py``).
+"""One error hierarchy for the whole gateway, mapped to HTTP in exactly one place (``to_response`` below).
 
-Every error carries a machine-readable ``code`` and a human ``detail``; the Flask error handler turns it into
-``{"error": code, "detail": detail}`` with ``status``. Views raise, they never build error responses.
-Details never contain token values or PHI.
+Every error carries a machine-readable ``code`` and a human ``detail``; ``to_response`` turns it into status,
+headers and the JSON body ``{"error": code, "detail": detail}``, for the Flask error handler (``app.py``) and the
+WSGI fast path (``fastpath.py``) alike; ``to_auth_answer`` is the same error as NGINX's ``auth_request`` needs it.
+NGINX's own error bodies (the template) use the same shape and, for the same situation, the same codes
+(tests/unit/test_errors.py). Views raise, they never build error responses. Details never contain token values
+or PHI.
 """
 
 from __future__ import annotations
+
+import json
+from typing import ClassVar
+
+from gateway import nginx_contract as nginx
+
+# Codes only NGINX answers (nginx/templates/dicomgw.conf.template): situations the Python side never sees.
+NGINX_ONLY_CODES = {
+    "error": "a status the template's map does not name",
+    "gateway_unavailable": "the gateway did not answer NGINX (dead, slow, or a 5xx from the auth hop)",
+    "method_not_allowed": "a method NGINX does not route to the gateway",
+    "request_timeout": "the client did not send the request in time",
+    "uri_too_long": "a request line longer than NGINX's buffers",
+    "not_implemented": "a transfer encoding NGINX does not support",
+    "http_version_not_supported": "neither HTTP/1.x nor HTTP/2",
+}
+RETRY_AFTER_SECONDS = "5"
 
 
 class GatewayError(Exception):
     """Base class: an expected failure with an HTTP status."""
 
-    status = 500
-    code = "internal_error"
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+    detail: str
 
-    def __init__(self, detail: str = "", **extra: object) -> None:
+    def __init__(self, detail: str = "") -> None:
         super().__init__(detail or self.code)
         self.detail = detail or self.code
-        self.extra = extra
 
 
 class BadRequest(GatewayError):
@@ -114,8 +134,15 @@ class UnsupportedMediaType(GatewayError):
 
 
 class RangeNotSatisfiable(GatewayError):
+    """A Range outside the representation; ``length`` is its size, for ``Content-Range: bytes */length``."""
+
     status = 416
     code = "range_not_satisfiable"
+    length: int
+
+    def __init__(self, detail: str = "", *, length: int = 0) -> None:
+        super().__init__(detail)
+        self.length = length
 
 
 class StorageUnavailable(GatewayError):
@@ -164,3 +191,39 @@ class DeidentificationFailed(GatewayError):
 
     status = 422
     code = "deidentification_failed"
+
+
+def error_body(code: str, detail: str) -> bytes:
+    """The JSON body of every error a client gets from Python: ``{"error": code, "detail": detail}``."""
+    return json.dumps({"error": code, "detail": detail}).encode()
+
+
+def to_response(error: GatewayError) -> tuple[int, list[tuple[str, str]], bytes]:
+    """Status, headers and JSON body for ``error`` (no Content-Length: the caller knows the body)."""
+    headers = [("Content-Type", "application/json")]
+    if isinstance(error, RangeNotSatisfiable):
+        headers.append(("Content-Range", f"bytes */{error.length}"))
+    if error.status == 503:
+        headers.append(("Retry-After", RETRY_AFTER_SECONDS))
+    return error.status, headers, error_body(error.code, error.detail)
+
+
+def all_codes() -> set[str]:
+    """Every ``code`` of the hierarchy (the codes a client can get from Python)."""
+    found: set[str] = set()
+    pending: list[type[GatewayError]] = [GatewayError]
+    while pending:
+        cls = pending.pop()
+        found.add(cls.code)
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+def to_auth_answer(error: GatewayError) -> tuple[int, list[tuple[str, str]]]:
+    """The same error as an ``auth_request`` answer: NGINX passes only 401 and 403 on (a malformed path is a
+    refusal too) and turns 500 into its JSON 503, so a 5xx (e.g. the catalog is down) is never a cached refusal.
+    The code travels in ``X-Dgw-Error`` for the JSON body NGINX writes; there is no body here."""
+    status = 401 if isinstance(error, Unauthorized) else 403
+    if error.status >= 500:
+        status = 500
+    return status, [(nginx.ERROR, error.code), ("Content-Length", "0")]

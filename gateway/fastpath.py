@@ -1,26 +1,29 @@
 """The WSGI entry point: two hot routes answered without Flask, everything else handed to the Flask app.
 
 - ``/_auth`` (NGINX ``auth_request``): the token decision, answered 204/401/403 with no body, so NGINX keeps the
-  upstream connection alive and the hop stays cheap (DESIGN.md: Flask costs ~40% more per request than a bare
+  upstream connection alive and the hop stays cheap (`docs/design.md` §1: Flask costs ~40% more per request than a bare
   WSGI callable here).
 - Requests NGINX marks ``X-Dgw-Route: plan`` (only its byte-serving locations set it, and it strips the header
-  everywhere else): the read plan (``gateway.plan``).
+  everywhere else): the read plan (``gateway.dicomweb.wado``).
 The ``/t/{token}`` path prefix is removed before Flask sees a path, so Flask routes are written once.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from gateway.auth import Authorizer, split_token
-from gateway.errors import GatewayError, InvalidPath, RangeNotSatisfiable, Unauthorized
+from gateway import nginx_contract as nginx
+from gateway.auth import Authorizer
+from gateway.dicomweb.paths import split_token
+from gateway.dicomweb.wado import Planner
+from gateway.errors import GatewayError, to_auth_answer, to_response
 from gateway.metrics import AUTH_DECISIONS, READ_PLANS
-from gateway.plan import Planner
 
 log = logging.getLogger("gateway.fastpath")
+_ROUTE_KEY = nginx.environ_key(nginx.ROUTE)
+_RANGE_KEY = nginx.environ_key(nginx.RANGE)
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -52,9 +55,9 @@ class FastPath:
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
-        if path == "/_auth":
+        if path == nginx.AUTH:
             return self.auth(environ, start_response)
-        if environ.get("HTTP_X_DGW_ROUTE") == "plan":
+        if environ.get(_ROUTE_KEY) == nginx.ROUTE_PLAN:
             return self.plan(environ, start_response)
         if path.startswith("/t/"):
             token, rest = split_token(path)
@@ -70,14 +73,9 @@ class FastPath:
                 method, uri, environ.get("HTTP_COOKIE", ""), environ.get("HTTP_AUTHORIZATION", "")
             )
         except GatewayError as error:
-            # auth_request passes only 401 and 403; a malformed path is a refusal too.
-            status = 401 if isinstance(error, Unauthorized) else 403
-            if isinstance(error, InvalidPath):
-                status = 403
-            if error.status >= 500:  # e.g. the catalog is down: NGINX turns 500 into its 503, never a refusal
-                status = 500
+            status, headers = to_auth_answer(error)
             AUTH_DECISIONS.labels(str(status)).inc()
-            start_response(_status(status), [("X-Dgw-Error", error.code), ("Content-Length", "0")])
+            start_response(_status(status), headers)
             return [b""]
         except Exception:  # fail closed, never a 2xx on an unexpected error
             log.exception("auth decision failed")
@@ -87,7 +85,7 @@ class FastPath:
         AUTH_DECISIONS.labels("204").inc()
         start_response(
             _status(204),
-            [("X-Dgw-Sub", claims.sub), ("X-Dgw-Jti", claims.jti), ("X-Dgw-Study", decision.study)],
+            [(nginx.SUB, claims.sub), (nginx.JTI, claims.jti), (nginx.STUDY, decision.study)],
         )
         return [b""]
 
@@ -98,24 +96,21 @@ class FastPath:
                 environ.get("REQUEST_METHOD", "GET"),
                 uri,
                 environ.get("HTTP_ACCEPT", ""),
-                environ.get("HTTP_X_DGW_RANGE", ""),
+                environ.get(_RANGE_KEY, ""),
             )
         except GatewayError as error:
             READ_PLANS.labels(str(error.status)).inc()
-            body = json.dumps({"error": error.code, "detail": error.detail}).encode()
-            headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
-            if isinstance(error, RangeNotSatisfiable):
-                headers.append(("Content-Range", f"bytes */{error.extra.get('length', 0)}"))
-            start_response(_status(error.status), headers)
-            return [body]
+            return self._error(error, start_response)
         except Exception:
             log.exception("read plan failed")
-            body = b'{"error":"internal_error","detail":"the read plan could not be made"}'
-            start_response(
-                _status(500), [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
-            )
-            return [body]
+            return self._error(GatewayError("the read plan could not be made"), start_response)
         READ_PLANS.labels(str(response.status)).inc()
         headers = [*response.headers, ("Content-Length", str(len(response.body)))]
         start_response(_status(response.status), headers)
         return [response.body]
+
+    @staticmethod
+    def _error(error: GatewayError, start_response: StartResponse) -> Iterable[bytes]:
+        status, headers, body = to_response(error)
+        start_response(_status(status), [*headers, ("Content-Length", str(len(body)))])
+        return [body]

@@ -1,6 +1,6 @@
 """The ingest pipeline: one spooled file in, one durable, indexed, visible instance out (or a clear failure).
 
-Order matters (DESIGN.md principles 3-5): read the UIDs; run the hook chain (PHI scan and policy: it may reject,
+Order matters (`docs/design.md` §3-§5): read the UIDs; run the hook chain (PHI scan and policy: it may reject,
 quarantine, de-identify or route); index the final file (frame and bulkdata ranges, metadata, QIDO attributes);
 store it durably; only then commit the catalog row that makes it visible. A crash between store and commit
 leaves an invisible object that ``dicom-gateway reconcile`` registers or removes. The same bytes again are a

@@ -3,10 +3,10 @@ mode when ``PROMETHEUS_MULTIPROC_DIR`` is set (``stack up`` sets it); ``/metrics
 
 from __future__ import annotations
 
-import os
-
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
+
+from gateway.config import env_value
 
 AUTH_DECISIONS = Counter("dicomgw_auth_decisions_total", "auth_request answers by outcome", ["outcome"])
 READ_PLANS = Counter("dicomgw_read_plans_total", "read plans made by status", ["status"])
@@ -14,7 +14,7 @@ INGESTED = Counter("dicomgw_ingested_instances_total", "instances through the in
 
 
 def render() -> bytes:
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if env_value("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         MultiProcessCollector(registry)
         return generate_latest(registry)

@@ -1,4 +1,4 @@
-"""Repair after a crash between "object stored" and "catalog committed" (DESIGN.md principle 5).
+"""Repair after a crash between "object stored" and "catalog committed" (`docs/design.md` §5).
 
 An object under ``studies/`` without a catalog row is invisible (reads go through the catalog). Reconcile finds
 such orphans; with ``repair`` it indexes each one and registers it (the object was written after the hooks ran,

@@ -19,7 +19,8 @@ import numpy as np
 from flask import Response
 from PIL import Image
 
-from gateway.accept import Offer, negotiate
+from gateway import nginx_contract as nginx
+from gateway.dicomweb.accept import Offer, negotiate
 from gateway.errors import BadRequest, NotAcceptable, NotFound
 from gateway.numbers import parse_int
 from gateway.services import Services
@@ -37,7 +38,7 @@ def _value(metadata: Mapping[str, Any], tag: str, default: Any = None) -> Any:
 
 
 def _frame_bytes(services: Services, row: Any, frame: int) -> bytes:
-    from gateway.plan import to_cached
+    from gateway.dicomweb.wado import to_cached
 
     cached = to_cached(row)
     if cached.frames is None:
@@ -161,5 +162,5 @@ def thumbnail(services: Services, study: str, series: str, sop: str) -> Response
             services.storage.put_file(key, path)
         services.catalog.set_thumbnail(row.sop_uid, key)
     response = Response(status=200, mimetype="image/jpeg")
-    response.headers["X-Accel-Redirect"] = f"/_obj{services.storage.origin_path(key)}"
+    response.headers["X-Accel-Redirect"] = f"{nginx.OBJECT}{services.storage.origin_path(key)}"
     return response

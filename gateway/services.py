@@ -6,13 +6,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway import nginx_contract as nginx
 from gateway.auth import Authorizer
 from gateway.catalog import Catalog
 from gateway.config import Settings
-from gateway.errors import ConfigError
+from gateway.dicomweb.wado import Planner
 from gateway.hooks import Hook
 from gateway.ingest import Ingestor
-from gateway.plan import Planner
 from gateway.storage import Storage, open_storage
 from gateway.tokens import TokenService
 
@@ -20,14 +20,11 @@ from gateway.tokens import TokenService
 def build_policy_hooks(settings: Settings, default: Storage) -> tuple[list[Hook], dict[str, Storage]]:
     """The PHI hook chain and one storage per policy destination (the same object for "default" URLs), so a
     file routed to a destination is written exactly there; no policy means no hooks and no destinations."""
-    from gateway.phi.hook import MIN_KEY_LENGTH, PhiHook
-    from gateway.phi.policy import load_policy
+    from gateway.phi.hook import PhiHook, load_checked_policy
 
-    if settings.phi_policy is None:
+    policy = load_checked_policy(settings)
+    if policy is None:
         return [], {}
-    policy = load_policy(settings.phi_policy)
-    if policy.needs_key and len(settings.deid_key) < MIN_KEY_LENGTH:
-        raise ConfigError("DICOMGW_DEID_KEY", f"the PHI policy de-identifies: at least {MIN_KEY_LENGTH} characters")
     storages: dict[str, Storage] = {}
     for name in policy.destinations:
         url = policy.storage_url(name, settings.storage_url)
@@ -64,7 +61,7 @@ class Services:
             lambda sop: catalog.get_instance(sop, with_metadata=False),
             lambda study, series: catalog.instances_of(study, series, with_metadata=False),
             storage.origin_path,
-            whole_object_prefix="/_file" if settings.storage_url.startswith("file://") else "/_seg/all",
+            whole_object_prefix=nginx.FILE if settings.storage_url.startswith("file://") else nginx.WHOLE_SEGMENT,
             study_version=catalog.study_version,
         )
         destinations: dict[str, Storage] = {}

@@ -24,11 +24,11 @@ def _one_line(error: BaseException) -> str:
 
 def check_settings(env: Mapping[str, str] | None = None) -> Settings:
     """The settings, with the PHI policy loaded once to prove it is valid (and its key long enough)."""
-    from gateway.phi.hook import build_hooks
+    from gateway.phi.hook import load_checked_policy
 
     try:
         settings = Settings.from_env(env)
-        build_hooks(settings)
+        load_checked_policy(settings)
     except ConfigError as error:
         raise StartupError(_one_line(error)) from None
     return settings

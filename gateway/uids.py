@@ -21,5 +21,5 @@ def check_uid(value: str, what: str = "UID") -> str:
 
 
 def instance_key(study: str, series: str, sop: str) -> str:
-    """Storage key of a stored instance (DESIGN.md: the layout is part of the contract)."""
+    """Storage key of a stored instance (README, Storage layout: the layout is part of the contract)."""
     return f"studies/{check_uid(study)}/series/{check_uid(series)}/instances/{check_uid(sop)}.dcm"

@@ -3,7 +3,7 @@
 #
 # The package is the gateway itself (plus its dependencies), built from this repository by
 #   terraform/scripts/build-lambda.sh build/lambda.zip
-# so the code that scans a direct upload is the code that scans a STOW upload (DESIGN.md principle 7).
+# so the code that scans a direct upload is the code that scans a STOW upload (docs/design.md §7).
 ################################################################################
 
 resource "aws_sqs_queue" "upload_hook_dlq" {
@@ -21,7 +21,7 @@ resource "aws_lambda_function" "upload_hook" {
   description   = "dicom-gateway upload hooks (PHI scan, policy, index) for objects dropped under incoming/"
   role          = aws_iam_role.upload_hook.arn
   runtime       = "python3.11"
-  handler       = "gateway.phi.s3event.handler"
+  handler       = "gateway.lambda_handler.handler"
   architectures = ["x86_64"]
 
   filename         = var.lambda_package

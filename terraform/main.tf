@@ -20,7 +20,7 @@ locals {
 
   public_url = "https://${var.domain_name}"
 
-  # NGINX echoes only these origins (a map regex, the same form gateway/nginxconf.py builds for the local stack);
+  # NGINX echoes only these origins (a map regex, the same form gateway/tools/nginxconf.py builds for the local stack);
   # "^$" matches no origin a browser sends. Dots are escaped; scheme, host and port hold no other metacharacter.
   cors_origin_regex = length(var.cors_origins) == 0 ? "^$" : "^(${join("|", [for origin in var.cors_origins : replace(origin, ".", "\\.")])})$"
 }

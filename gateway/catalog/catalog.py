@@ -21,10 +21,10 @@ from sqlalchemy.engine import Connection
 
 from gateway.catalog.admin import PURGE_INTERVAL, AdminRecords, Reservation
 from gateway.catalog.engine import MIGRATIONS, engine_url
-from gateway.catalog.qido import QidoQuery
 from gateway.catalog.records import InstanceRecord, InstanceRow
 from gateway.catalog.schema import audit, instances, reservations, series, studies
 from gateway.catalog.search import build_select, shape_row
+from gateway.dicomweb.qido import QidoQuery
 from gateway.errors import Conflict, ReservationLost, SeriesInOtherStudy
 from gateway.scope import Scope
 from gateway.uids import check_uid

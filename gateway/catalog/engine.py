@@ -56,7 +56,7 @@ def _sqlite_engine(url: str) -> Engine:
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
         # SQLite's built-in lower() folds ASCII only; PN matching with a non-ASCII pattern must fold "MÜLLER"
-        # like PostgreSQL does (gateway.catalog.qido.unicode_lower compiles to this on SQLite).
+        # like PostgreSQL does (gateway.dicomweb.qido.unicode_lower compiles to this on SQLite).
         dbapi_connection.create_function("unicode_lower", 1, _unicode_lower, deterministic=True)
 
     @event.listens_for(engine, "begin")

@@ -13,8 +13,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.compiler import compiles
 
-from gateway.catalog.qido import LEVELS, RETURN_ATTRS, Attr, Match, QidoQuery
 from gateway.catalog.schema import instances, series, studies
+from gateway.dicomweb.qido import LEVELS, RETURN_ATTRS, Attr, Match, QidoQuery
 from gateway.scope import Scope
 
 

@@ -1,6 +1,6 @@
 """Index one P10 file at ingest: identity, frame and bulkdata byte ranges, DICOM JSON, QIDO attributes.
 
-Everything the read path needs is computed here once (DESIGN.md principle 3). Offsets are absolute offsets in
+Everything the read path needs is computed here once (`docs/design.md` §3). Offsets are absolute offsets in
 the stored P10 object, i.e. in the file as given (the gateway stores the bytes it indexed, unchanged).
 
 Big-endian and deflated files are parsed (metadata, QIDO attributes) but their frames and bulkdata are not

@@ -1,4 +1,4 @@
-"""What ingest computes once per instance and the read path uses forever after (DESIGN.md principle 3)."""
+"""What ingest computes once per instance and the read path uses forever after (`docs/design.md` §3)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,10 @@
-"""DICOMweb (PS3.18) wire formats and transactions: QIDO-RS, WADO-RS, STOW-RS.
+"""DICOMweb (PS3.18): the whole protocol in one folder, free of SQL and of Flask.
 
-``multipart`` streams ``multipart/related`` bodies part by part into spool files; ``stow_response`` builds the
-Store Instances Response (PS3.18 10.5.3, Annex I) from per-instance ingest results.
+- ``paths``: the URL grammar (``/dicomweb/studies/{uid}/series/{uid}/...``) parsed into a ``Target``, refusing
+  anything ambiguous; the auth decision and the read plans both start from it.
+- ``accept``: Accept header parsing and media-type negotiation (the ``accept`` query parameter wins).
+- ``wado``: WADO-RS/WADO-URI read plans (Range parsing, SSI bodies and ``X-Accel-Redirect`` that NGINX executes).
+- ``qido``: QIDO-RS query parameters parsed into a ``QidoQuery`` (the SQL is ``gateway.catalog.search``).
+- ``multipart``: streaming ``multipart/related`` parser and encoder; ``stow`` and ``stow_response``: STOW-RS and
+  the Store Instances Response (PS3.18 10.5.3, Annex I).
 """

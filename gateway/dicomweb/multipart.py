@@ -36,7 +36,7 @@ _MEDIA_TYPE = re.compile(rf"({_TOKEN})/({_TOKEN})")
 _PARAM_SEP = re.compile(r"[ \t]*;[ \t]*")
 _PARAM_NAME = re.compile(rf"({_TOKEN})=")
 _QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
-# RFC 9110 only allows a token here, but `type=application/dicom` (with a "/") is common; DESIGN.md asks us to
+# RFC 9110 only allows a token here, but `type=application/dicom` (with a "/") is common; `docs/design.md` §6 asks us to
 # accept `type=` quoted or unquoted, so an unquoted value runs to the next ";" or whitespace.
 _UNQUOTED = re.compile(r'[^\s;"]+')
 _QUOTED_PAIR = re.compile(r"\\(.)")

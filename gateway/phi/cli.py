@@ -62,11 +62,12 @@ def run_incoming_command(ctx: click.Context) -> None:
     Exit status 1 if any object failed (it stays under incoming/ for a retry).
     """
     from gateway.config import Settings
+    from gateway.lambda_handler import make_ingestor
     from gateway.phi.s3event import run_incoming
 
     try:
         settings = Settings.from_env()
-        results = run_incoming(settings)
+        results = run_incoming(settings, make_ingestor=make_ingestor)
     except ConfigError as error:
         raise click.ClickException(str(error)) from None
     for result in results:

@@ -29,7 +29,7 @@ from typing import Any
 
 from gateway.config import Settings
 from gateway.errors import ConfigError, DeidentificationFailed
-from gateway.hooks import Hook, HookOutcome, UploadContext
+from gateway.hooks import HookOutcome, UploadContext
 from gateway.phi.deidentify import deidentify_file
 from gateway.phi.pixelclean import process
 from gateway.phi.pixelfile import CannotClean
@@ -229,11 +229,11 @@ def _identifiable_problem(destination: Destination, context: UploadContext) -> s
     return None
 
 
-def build_hooks(settings: Settings) -> list[Hook]:
-    """The PHI hook chain for these settings: [] without ``DICOMGW_PHI_POLICY``. Loads and validates the
-    policy once; a policy that de-identifies needs ``DICOMGW_DEID_KEY`` (at least 32 characters)."""
+def load_checked_policy(settings: Settings) -> Policy | None:
+    """The PHI policy of these settings (None without ``DICOMGW_PHI_POLICY``), loaded and validated once; a policy
+    that de-identifies needs ``DICOMGW_DEID_KEY`` (at least 32 characters). ``Services`` builds the hook from it."""
     if settings.phi_policy is None:
-        return []
+        return None
     policy = load_policy(settings.phi_policy)
     if policy.needs_key and len(settings.deid_key) < MIN_KEY_LENGTH:
         raise ConfigError(
@@ -242,4 +242,4 @@ def build_hooks(settings: Settings) -> list[Hook]:
         )
     if policy.needs_ocr:
         check_ocr()  # fail at start-up, not on the first ultrasound
-    return [PhiHook(policy, settings.deid_key, tmp_dir=settings.tmp_dir or None)]
+    return policy

@@ -1,22 +1,22 @@
 """Direct-to-bucket uploads: S3 ObjectCreated events on ``incoming/`` run the same hooks and ingest as STOW.
 
-``handler(event, context)`` is the Lambda entry point (or anything that receives S3 event notifications); for
-each record it downloads the object to a temp file (streamed), builds an ``UploadContext`` from the object's
-metadata (``x-amz-meta-dicomgw-tenant``, ``-region``, ``-sub``), and calls ``Ingestor.ingest(path, context)``,
-which runs the hook chain (``build_hooks``) and stores the result. The ``incoming/`` object is deleted only
-after the ingest reports ``stored``, ``duplicate`` or ``quarantined``, and only if it was not replaced
-meanwhile (same ETag); after any failure (including a rejection by the policy) it stays where it is, so
-nothing is ever lost.
+``handle_event(event, settings, ingestor, s3)`` serves the Lambda entry point (``gateway.lambda_handler``) or
+anything that receives S3 event notifications: for each record it downloads the object to a temp file
+(streamed), builds an ``UploadContext`` from the object's metadata (``x-amz-meta-dicomgw-tenant``, ``-region``,
+``-sub``), and calls ``Ingestor.ingest(path, context)``, which runs the hook chain (``Services.build``) and
+stores the result. The ``incoming/`` object is deleted only after the ingest reports ``stored``, ``duplicate`` or
+``quarantined``, and only if it was not replaced meanwhile (same ETag); after any failure (including a rejection
+by the policy) it stays where it is, so nothing is ever lost.
 
-``run_incoming(settings)`` lists ``incoming/`` and feeds each object to the handler: ``dicom-gateway hooks
-run-incoming`` (for deployments without event notifications, and to retry).
+``run_incoming(settings, make_ingestor=...)`` lists ``incoming/`` and feeds each object to ``handle_event``:
+``dicom-gateway hooks run-incoming`` (for deployments without event notifications, and to retry).
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -54,13 +54,6 @@ class IncomingResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def make_ingestor(settings: Settings) -> IngestorLike:
-    """The gateway's own ingest (storage, catalog and the same hook chain as STOW-RS)."""
-    from gateway.services import Services
-
-    return Services.build(settings).ingestor
 
 
 def _split_storage(url: str) -> tuple[str, str]:
@@ -121,57 +114,25 @@ def process_object(s3: Any, bucket: str, key: str, settings: Settings, ingestor:
         path.unlink(missing_ok=True)
 
 
-_SETTINGS: Settings | None = None
-
-
-def _resolve_secret_arns(env: Mapping[str, str]) -> dict[str, str]:
-    """In Lambda the secrets arrive as ``DICOMGW_<NAME>_SECRET_ARN``: fetch each from Secrets Manager once, so the
-    values never sit in the function's configuration."""
-    resolved = dict(env)
-    arns = {
-        k[: -len("_SECRET_ARN")]: v for k, v in env.items() if k.startswith("DICOMGW_") and k.endswith("_SECRET_ARN")
-    }
-    if arns:
-        client = boto3.client("secretsmanager")
-        for name, arn in arns.items():
-            if not resolved.get(name):
-                resolved[name] = client.get_secret_value(SecretId=arn)["SecretString"]
-    return resolved
-
-
-def _default_settings() -> Settings:
-    global _SETTINGS  # read once per process (a Lambda container), as gunicorn does at start-up
-    if _SETTINGS is None:
-        _SETTINGS = Settings.from_env(_resolve_secret_arns(os.environ))
-    return _SETTINGS
-
-
 def s3_client() -> Any:
     """A client for the storage endpoint (``AWS_ENDPOINT_URL`` is honoured by boto3 itself)."""
     return boto3.client("s3")
 
 
-def handler(
-    event: Mapping[str, Any],
-    context: Any = None,
-    *,
-    settings: Settings | None = None,
-    ingestor: IngestorLike | None = None,
-    s3: Any = None,
-) -> dict[str, Any]:
-    """S3 event entry point. Returns ``{"results": [IncomingResult as dict, ...]}``; never raises per
-    object."""
-    settings = settings or _default_settings()
-    ingestor = ingestor or make_ingestor(settings)
-    s3 = s3 or s3_client()
+def handle_event(event: Mapping[str, Any], settings: Settings, ingestor: IngestorLike, s3: Any) -> dict[str, Any]:
+    """One S3 event (``gateway.lambda_handler`` is the Lambda entry point). Returns ``{"results": [IncomingResult as
+    dict, ...]}``; never raises per object."""
     results = [process_object(s3, bucket, key, settings, ingestor) for bucket, key in _records(event)]
     return {"results": [result.to_dict() for result in results]}
 
 
-def run_incoming(settings: Settings, *, ingestor: IngestorLike | None = None, s3: Any = None) -> list[IncomingResult]:
-    """List ``incoming/`` under the storage prefix and hand each object to ``handler``, oldest key order."""
+def run_incoming(
+    settings: Settings, *, make_ingestor: Callable[[Settings], IngestorLike], s3: Any = None
+) -> list[IncomingResult]:
+    """List ``incoming/`` under the storage prefix and hand each object to ``handle_event``, oldest key order.
+    The ingestor is built (``make_ingestor``) only once the storage is known to be S3."""
     bucket, prefix = _split_storage(settings.storage_url)
-    ingestor = ingestor or make_ingestor(settings)
+    ingestor = make_ingestor(settings)
     s3 = s3 or s3_client()
     results: list[IncomingResult] = []
     paginator = s3.get_paginator("list_objects_v2")
@@ -179,6 +140,6 @@ def run_incoming(settings: Settings, *, ingestor: IngestorLike | None = None, s3
         for entry in page.get("Contents", []):
             key = quote_plus(entry["Key"], safe="/")  # encoded as S3 encodes keys in event notifications
             event = {"Records": [{"s3": {"bucket": {"name": bucket}, "object": {"key": key}}}]}
-            for result in handler(event, None, settings=settings, ingestor=ingestor, s3=s3)["results"]:
+            for result in handle_event(event, settings, ingestor, s3)["results"]:
                 results.append(IncomingResult(**result))
     return results

@@ -11,7 +11,6 @@ access denied, missing bucket) becomes ``StorageUnavailable`` with a short detai
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import urllib.parse
@@ -26,6 +25,7 @@ import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
+from gateway.config import env_int, env_value
 from gateway.errors import NotFound, StorageUnavailable
 from gateway.storage.base import StoredObject
 from gateway.storage.local import check_key
@@ -81,12 +81,12 @@ class S3Storage:
         if self.prefix:
             check_key(self.prefix)
         if presign_ttl is None:
-            presign_ttl = int(os.environ.get("DICOMGW_S3_PRESIGN_TTL", "") or DEFAULT_PRESIGN_TTL)
+            presign_ttl = env_int("S3_PRESIGN_TTL")
         if presign_ttl < 2:
             raise ValueError("presign_ttl must be at least 2 seconds")
         self.presign_ttl = presign_ttl
         self._clock = clock
-        self.endpoint_url = os.environ.get("AWS_ENDPOINT_URL") or None
+        self.endpoint_url = env_value("AWS_ENDPOINT_URL") or None
         session = boto3.session.Session()
         self.region = session.region_name or "us-east-1"
         config = Config(

@@ -1,7 +1,7 @@
 """DICOMweb endpoints answered by Python: QIDO-RS, metadata, STOW-RS, rendered frames and thumbnails.
 
-Bytes of stored objects are never sent from here (``gateway.plan`` and NGINX do that); rendering is the exception
-that has to decode pixels, and its results (thumbnails) are stored and then served by NGINX.
+Bytes of stored objects are never sent from here (``gateway.dicomweb.wado`` and NGINX do that); rendering is the
+exception that has to decode pixels, and its results (thumbnails) are stored and then served by NGINX.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from pathlib import Path
 
 from flask import Blueprint, Response, request
 
-from gateway.accept import Offer, negotiate
-from gateway.catalog.qido import parse_qido
+from gateway.dicomweb.accept import Offer, negotiate
 from gateway.dicomweb.multipart import iter_parts, parse_content_type
+from gateway.dicomweb.qido import parse_qido
 from gateway.dicomweb.stow import StowBatch
 from gateway.dicomweb.stow_response import StowItem, build_stow_response
 from gateway.errors import (

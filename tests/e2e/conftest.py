@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from gateway.synth import make_series, make_wsi
+from gateway.tools.synth import make_series, make_wsi
 from tests.e2e.harness import RunningStack, start_stack
 from tests.fixtures.servers import MotoServer
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import requests
 
-from gateway.stack import Stack, free_port
+from gateway.tools.stack import Stack, free_port
 from tests.fixtures.servers import MotoServer, create_bucket
 
 AWS_TEST_ENV = {

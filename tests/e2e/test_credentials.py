@@ -23,8 +23,8 @@ import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
 
-from gateway.synth import make_series
 from gateway.tokens import MAX_TOKEN_LENGTH, SALTS, TokenService, _TimestampSerializer
+from gateway.tools.synth import make_series
 from tests.e2e.conftest import uids_of
 from tests.e2e.harness import RunningStack
 

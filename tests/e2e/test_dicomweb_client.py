@@ -13,7 +13,7 @@ import pydicom
 import pytest
 from dicomweb_client.api import DICOMwebClient
 
-from gateway.synth import make_series, wsi_tile
+from gateway.tools.synth import make_series, wsi_tile
 from tests.e2e.conftest import uids_of
 from tests.e2e.harness import RunningStack
 

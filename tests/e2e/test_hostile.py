@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 import pytest
 import requests
 
-from gateway.synth import make_series
+from gateway.tools.synth import make_series
 from tests.e2e.conftest import uids_of
 from tests.e2e.harness import RunningStack
 

@@ -18,7 +18,7 @@ import requests
 
 from gateway.phi.policy import load_policy
 from gateway.phi.scanner import scan_file
-from gateway.synth import make_series
+from gateway.tools.synth import make_series
 from tests.e2e.conftest import uids_of
 from tests.e2e.harness import RunningStack, start_stack
 from tests.fixtures.servers import MotoServer

@@ -27,7 +27,7 @@ from PIL import Image
 from gateway.phi.deidentify import remap_uid
 from gateway.phi.policy import load_policy
 from gateway.phi.scanner import scan_file
-from gateway.synth.burned import make_sc, make_us, planted, text_boxes
+from gateway.tools.synth.burned import make_sc, make_us, planted, text_boxes
 from tests.e2e.conftest import uids_of
 from tests.e2e.harness import RunningStack, start_stack
 

@@ -10,8 +10,8 @@ import requests
 import urllib3
 
 from gateway.dicomweb.multipart import encode_multipart
-from gateway.stack import Stack, free_port
-from gateway.synth import make_series
+from gateway.tools.stack import Stack, free_port
+from gateway.tools.synth import make_series
 from tests.e2e.conftest import uids_of
 
 

@@ -15,7 +15,7 @@ import pydicom
 import pytest
 import requests
 
-from gateway.synth import wsi_tile
+from gateway.tools.synth import wsi_tile
 from tests.e2e.conftest import uids_of
 from tests.e2e.harness import RunningStack
 
@@ -313,7 +313,7 @@ def test_uploaded_pixels_cannot_smuggle_server_side_includes(
 
     from PIL import Image
 
-    from gateway.synth import make_series
+    from gateway.tools.synth import make_series
 
     other = uids_of(synthetic["mr"][0])
     directive = (

@@ -25,9 +25,9 @@ import requests
 import urllib3
 
 from gateway.dicomweb.multipart import encode_multipart
-from gateway.stack import Stack, free_port
-from gateway.synth import make_series
 from gateway.tokens import TokenService
+from gateway.tools.stack import Stack, free_port
+from gateway.tools.synth import make_series
 from tests.e2e.conftest import uids_of
 from tests.e2e.harness import AWS_TEST_ENV
 from tests.fixtures.servers import MotoServer, create_bucket

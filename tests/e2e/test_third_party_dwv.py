@@ -22,7 +22,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from gateway.stack import free_port
+from gateway.tools.stack import free_port
 from tests.e2e.conftest import uids_of
 from tests.e2e.harness import RunningStack, start_stack
 from tests.e2e.test_viewer import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, NetworkLog, playwright_sync

@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 import requests
 
-from gateway.stack import free_port
-from gateway.synth import make_series
+from gateway.tools.stack import free_port
+from gateway.tools.synth import make_series
 from tests.e2e.conftest import uids_of
 from tests.e2e.harness import RunningStack
 from tests.requirements import require

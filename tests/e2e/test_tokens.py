@@ -12,8 +12,8 @@ from urllib.parse import urlparse
 import pytest
 import requests
 
-from gateway.stack import Stack, free_port
 from gateway.tokens import TokenService
+from gateway.tools.stack import Stack, free_port
 from tests.e2e.conftest import uids_of
 from tests.e2e.harness import RunningStack
 

@@ -24,7 +24,7 @@ import pydicom
 import pytest
 import requests
 
-from gateway.stack import free_port
+from gateway.tools.stack import free_port
 from tests.e2e.conftest import uids_of
 from tests.e2e.harness import RunningStack, start_stack
 from tests.requirements import require

@@ -1,4 +1,4 @@
-"""Small pydicom-written P10 files for the index tests (independent of gateway.synth on purpose)."""
+"""Small pydicom-written P10 files for the index tests (independent of gateway.tools.synth on purpose)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
-"""gateway.accept: Accept parsing (q-values, quoted parameters, commas in quotes) and negotiation over the offer
-lists the read path builds (frames, retrieve, bulkdata)."""
+"""gateway.dicomweb.accept: Accept parsing (q-values, quoted parameters, commas in quotes) and negotiation over the
+offer lists the read path builds (frames, retrieve, bulkdata)."""
 
 from __future__ import annotations
 
 import pytest
 
-from gateway.accept import MediaRange, Offer, negotiate, parse_accept
+from gateway.dicomweb.accept import MediaRange, Offer, negotiate, parse_accept
 from gateway.errors import NotAcceptable
 
 JPEG = "1.2.840.10008.1.2.4.50"

@@ -14,10 +14,10 @@ from alembic.migration import MigrationContext
 
 from gateway.catalog import Catalog, InstanceRecord, search_values
 from gateway.catalog.catalog import PURGE_INTERVAL, engine_url
-from gateway.catalog.qido import parse_qido
 from gateway.catalog.schema import metadata as schema_metadata
 from gateway.catalog.schema import revocations
 from gateway.dicom.model import BulkRange
+from gateway.dicomweb.qido import parse_qido
 from gateway.errors import CatalogUnavailable, Conflict, InvalidUID
 from tests.fixtures.catalog_data import SR_DOC, make_instance, record
 

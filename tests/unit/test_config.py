@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gateway.config import VARIABLES, Settings
+from gateway.config import VARIABLES, Settings, env_int, env_list, env_value, markdown_table
 from gateway.errors import ConfigError
 
 KEY = "s" * 32
@@ -52,8 +52,8 @@ def test_defaults() -> None:
 
 
 def test_every_variable_has_a_description() -> None:
-    assert all(meaning for _, _, meaning in VARIABLES.values())
-    assert [name for name, (required, _, _) in VARIABLES.items() if required] == [
+    assert all(variable.meaning for variable in VARIABLES.values())
+    assert [name for name, variable in VARIABLES.items() if variable.required] == [
         "SIGNING_KEYS",
         "API_KEYS",
         "STORAGE_URL",
@@ -190,3 +190,31 @@ def test_with_changes() -> None:
     base = settings()
     changed = base.with_changes(token_max_ttl=10)
     assert (changed.token_max_ttl, base.token_max_ttl) == (10, 3600)
+
+
+def test_readme_variable_table_is_the_generated_one() -> None:
+    """README's table is ``python -m gateway.config --markdown``: regenerate it when a declaration changes."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = readme.index("| Variable | Required | Default | Meaning |")
+    assert readme[start : readme.index("\n\n", start) + 1] == markdown_table()
+
+
+def test_no_module_reads_a_variable_by_name_but_config() -> None:
+    """Every variable is read through config.py's declaration (``Settings``, ``env_value``...); the edge passes the
+    whole environment on (the CLI to ``stack up``, the Lambda handler to ``Settings.from_env``), never one name."""
+    package = Path(__file__).resolve().parents[2] / "gateway"
+    for path in package.rglob("*.py"):
+        if path.name == "config.py" or "tools" in path.relative_to(package).parts:
+            continue
+        text = path.read_text()
+        assert "getenv(" not in text and "os.environ.get(" not in text and "os.environ[" not in text, path
+
+
+def test_single_variables_apply_the_declaration() -> None:
+    assert env_value("TOKEN_MAX_TTL", {}) == "3600"
+    assert env_int("S3_PRESIGN_TTL", {"DICOMGW_S3_PRESIGN_TTL": "60"}) == 60
+    with pytest.raises(ConfigError) as caught:
+        env_int("S3_PRESIGN_TTL", {"DICOMGW_S3_PRESIGN_TTL": "1"})
+    assert caught.value.variable == "DICOMGW_S3_PRESIGN_TTL"
+    assert env_list("API_KEYS", {"DICOMGW_API_KEYS": " a, ,b "}) == ("a", "b")
+    assert env_value("AWS_ENDPOINT_URL", {"AWS_ENDPOINT_URL": "http://minio:9000"}) == "http://minio:9000"

@@ -6,7 +6,7 @@ these tests check what can be checked without them, with real tools wherever one
 - the compose file against the compose-spec JSON schema (vendored in tests/data/compose-spec.json), plus the
   semantics the schema cannot see (dependencies, health checks, secrets, profiles);
 - the NGINX template rendered with the compose and ECS environments by the renderer the e2e tests use
-  (gateway.nginxconf), then checked by the real ``nginx -t``;
+  (gateway.tools.nginxconf), then checked by the real ``nginx -t``;
 - the images' helper scripts run for real (health check against a live HTTP server, gunicorn settings,
   the .env maker);
 - every .tf file parsed with python-hcl2, the module's interface and IAM checked statement by statement,
@@ -36,7 +36,7 @@ import pytest
 import yaml
 
 from gateway.config import Settings
-from gateway.nginxconf import NGINX_DIR, render_text
+from gateway.tools.nginxconf import NGINX_DIR, render_text
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -463,7 +463,7 @@ def test_nginx_image_serves_the_tested_templates_with_the_official_envsubst() ->
     assert bases[0] == "node:20-bookworm-slim AS viewer"
     assert re.fullmatch(r"nginx:1\.27(-bookworm)?", bases[-1])
     copies = [args for instruction, args in steps if instruction == "COPY"]
-    # the directory the e2e renderer reads (gateway.nginxconf.NGINX_DIR / "templates") is the one baked in
+    # the directory the e2e renderer reads (gateway.tools.nginxconf.NGINX_DIR / "templates") is the one baked in
     assert NGINX_DIR / "templates" == REPO / "nginx" / "templates"
     assert "nginx/templates/ /etc/nginx/templates/" in copies
     assert "--from=viewer /viewer/dist/ /usr/share/dicomgw/viewer/" in copies
@@ -782,7 +782,7 @@ def test_task_role_reaches_only_the_prefixes_the_gateway_needs() -> None:
 
 def test_upload_hook_is_the_gateway_code_with_vpc_dlq_concurrency_and_tracing() -> None:
     function = tf_resource("aws_lambda_function", "upload_hook")
-    assert function["handler"] == "gateway.phi.s3event.handler"
+    assert function["handler"] == "gateway.lambda_handler.handler"
     assert function["runtime"] == "python3.11"  # the container's Python
     assert function["filename"] == "${var.lambda_package}"
     assert function["reserved_concurrent_executions"] == "${var.lambda_reserved_concurrency}"

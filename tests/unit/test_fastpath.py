@@ -14,9 +14,9 @@ import pytest
 from itsdangerous import URLSafeTimedSerializer
 
 from gateway.auth import Authorizer
+from gateway.dicomweb.wado import Planner, PlanResponse
 from gateway.errors import CatalogUnavailable, GatewayError, NotAcceptable, RangeNotSatisfiable
 from gateway.fastpath import FastPath
-from gateway.plan import Planner, PlanResponse
 from gateway.tokens import SALTS, TokenService
 
 KEY = "fastpath-test-signing-key-" + "k" * 32
@@ -216,7 +216,8 @@ def test_auth_fails_closed_on_an_unexpected_error(
 
 def test_auth_catalog_outage_is_not_a_refusal(tokens: TokenService, revocations: Revocations, flask: FakeFlask) -> None:
     """A 5xx GatewayError (the revocation list cannot be loaded) must reach NGINX as 500, which it maps to 503
-    (DESIGN.md: a failing gateway is 503 for the client), not as a 403 that NGINX caches and shows as 'forbidden'."""
+    (`docs/design.md` §2: a failing gateway is 503 for the client), not as a 403 that NGINX caches and shows as
+    'forbidden'."""
     app, _ = make_app(tokens, revocations, flask)
     issued = tokens.issue(sub="u", studies=[ST])
     revocations.error = CatalogUnavailable("catalog unreachable")

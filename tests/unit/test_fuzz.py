@@ -20,12 +20,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.accept import Offer, negotiate
-from gateway.catalog import Catalog, parse_qido
-from gateway.catalog.qido import BY_KEYWORD
+from gateway.catalog import Catalog
 from gateway.dicom.frames import FrameIndex
 from gateway.dicom.index import index_file
+from gateway.dicomweb.accept import Offer, negotiate
 from gateway.dicomweb.multipart import MultipartBody, iter_parts
+from gateway.dicomweb.qido import BY_KEYWORD, parse_qido
+from gateway.dicomweb.wado import parse_range
 from gateway.errors import (
     BadRequest,
     DicomError,
@@ -34,8 +35,7 @@ from gateway.errors import (
     PayloadTooLarge,
     RangeNotSatisfiable,
 )
-from gateway.plan import parse_range
-from gateway.synth import make_series, make_wsi
+from gateway.tools.synth import make_series, make_wsi
 from tests.fixtures.catalog_data import make_instance, record
 from tests.fixtures.servers import PostgresServer
 

@@ -1,4 +1,4 @@
-"""gateway.nginxconf: envsubst-like rendering, the CORS regex, and a full render that ``nginx -t`` accepts
+"""gateway.tools.nginxconf: envsubst-like rendering, the CORS regex, and a full render that ``nginx -t`` accepts
 (plain, TLS and S3 variants), with nothing written outside the test's temporary folder."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from gateway.nginxconf import NGINX_DIR, cors_regex, render, render_text
-from gateway.stack import NGINX, Stack, free_port, self_signed_certificate
+from gateway.tools.nginxconf import NGINX_DIR, cors_regex, render, render_text
+from gateway.tools.stack import NGINX, Stack, free_port, self_signed_certificate
 
 # -- render_text ---------------------------------------------------------------------------------------------------
 

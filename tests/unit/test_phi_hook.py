@@ -1,4 +1,4 @@
-"""PhiHook: the decision for each rule action, failing closed; build_hooks from Settings."""
+"""PhiHook: the decision for each rule action, failing closed; the hook chain built from Settings."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ import pytest
 from gateway.config import Settings
 from gateway.errors import ConfigError
 from gateway.hooks import UploadContext
-from gateway.phi.hook import PhiHook, build_hooks
+from gateway.phi.hook import PhiHook
 from gateway.phi.policy import Policy, parse_policy
 from gateway.phi.scanner import scan_file
+from gateway.services import build_policy_hooks
+from gateway.storage import open_storage
 
 try:
     from test_phi_files import clean_dataset, phi_dataset, write
@@ -199,6 +201,11 @@ def settings(**values: str) -> Settings:
 
 
 def test_build_hooks(tmp_path: Path) -> None:
+    storage = open_storage(f"file://{tmp_path}/objects")
+
+    def build_hooks(settings: Settings) -> list[Any]:
+        return list(build_policy_hooks(settings, storage)[0])
+
     assert build_hooks(settings()) == []
     path = tmp_path / "policy.toml"
     path.write_text(

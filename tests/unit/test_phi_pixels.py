@@ -18,12 +18,12 @@ from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, RLELossless
 from gateway.config import Settings
 from gateway.errors import ConfigError
 from gateway.hooks import UploadContext
-from gateway.phi.hook import PhiHook, build_hooks
+from gateway.phi.hook import PhiHook, load_checked_policy
 from gateway.phi.pixelclean import process
 from gateway.phi.pixelfile import CannotClean
 from gateway.phi.pixels import Band, Box, PixelOptions, check_ocr, identifier_terms, mask
 from gateway.phi.policy import parse_policy
-from gateway.synth.burned import make_sc, make_us, planted, text_boxes
+from gateway.tools.synth.burned import make_sc, make_us, planted, text_boxes
 
 KEY = b"k" * 32
 
@@ -215,7 +215,7 @@ def test_missing_tesseract_stops_start_up_and_refuses_files(tmp_path: Path, monk
         }
     )
     with pytest.raises(ConfigError, match="tesseract"):
-        build_hooks(settings)
+        load_checked_policy(settings)
     # at run time (binary removed after start-up): the file is refused, never stored uncleaned
     hook = PhiHook(parse_policy(policy()), KEY, tmp_dir=tmp_path)
     outcome = hook(make_sc(tmp_path / "in", seed=9), UploadContext(source="stow"))

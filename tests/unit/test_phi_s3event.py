@@ -14,7 +14,8 @@ import pytest
 
 from gateway.config import Settings
 from gateway.hooks import UploadContext
-from gateway.phi.s3event import handler, run_incoming
+from gateway.lambda_handler import handler, make_ingestor
+from gateway.phi.s3event import run_incoming
 from gateway.phi.scanner import scan_file
 
 try:
@@ -162,7 +163,7 @@ def test_run_incoming_processes_every_object(setup: tuple[Settings, Any, str], t
     for index, tenant in enumerate(["research", "blocked", "research"]):
         ds = phi_dataset(sop=f"{ORG_ROOT}.3.{index}")
         put(s3, bucket, f"gw/incoming/{index} +.dcm", write(ds, tmp_path / f"{index}.dcm"), tenant)
-    results = run_incoming(settings, s3=s3)
+    results = run_incoming(settings, make_ingestor=make_ingestor, s3=s3)
     assert [(r.key, r.status, r.deleted) for r in results] == [
         ("gw/incoming/0 +.dcm", "stored", True),
         ("gw/incoming/1 +.dcm", "failed", False),

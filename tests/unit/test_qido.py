@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from gateway.catalog import Catalog, parse_qido
-from gateway.catalog.qido import DEFAULT_LIMIT, MAX_LIMIT, Match
+from gateway.catalog import Catalog
 from gateway.catalog.schema import series as series_table
 from gateway.catalog.schema import studies as studies_table
+from gateway.dicomweb.qido import DEFAULT_LIMIT, MAX_LIMIT, Match, parse_qido
 from gateway.errors import BadRequest
 from gateway.scope import Scope
 from tests.fixtures.catalog_data import SR_DOC, make_instance, record

@@ -22,9 +22,9 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import get_frame
 from pydicom.pixels import pixel_array
 
-import gateway.synth as synth_module
+import gateway.tools.synth as synth_module
 from gateway.errors import InvalidUID
-from gateway.synth import (
+from gateway.tools.synth import (
     CT_IMAGE,
     FAKE_PATIENT_NAMES,
     MR_IMAGE,

@@ -1,4 +1,4 @@
-"""The STOW-RS upload client (gateway/upload.py) against a real HTTP server that parses what it receives."""
+"""The STOW-RS upload client (gateway/tools/upload.py) against a real HTTP server that parses what it receives."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from rich.console import Console
 
 from gateway.dicomweb.multipart import iter_parts, multipart_boundary
 from gateway.dicomweb.stow_response import DATA_SET_DOES_NOT_MATCH_SOP_CLASS, StowItem, build_stow_response
-from gateway.upload import UploadOptions, run_upload, upload
+from gateway.tools.upload import UploadOptions, run_upload, upload
 
 ST = "1.2.826.0.1.3680043.8.498.1"
 SE = "1.2.826.0.1.3680043.8.498.1.1"
@@ -277,7 +277,7 @@ def test_duplicate_sop_uid_in_input_is_sent_once(server: tuple[str, ServerState]
 
 
 def test_failures_without_uid_are_attributed_to_unacknowledged_files(tmp_path: Path) -> None:
-    from gateway.upload import FileEntry, apply_stow_response
+    from gateway.tools.upload import FileEntry, apply_stow_response
 
     a = FileEntry(path=tmp_path / "a", size=1, sop_uid="1.1")
     b = FileEntry(path=tmp_path / "b", size=1, sop_uid="1.2")

@@ -11,7 +11,7 @@ import pydicom
 import requests
 
 from gateway.dicomweb.multipart import encode_multipart
-from gateway.stack import Stack, StackError
+from gateway.tools.stack import Stack, StackError
 
 
 class Target:
@@ -28,7 +28,7 @@ WSI_FRAMES = 2048
 
 
 def _generate(seed_dir: Path) -> dict[str, Any]:
-    from gateway.synth import make_series, make_wsi
+    from gateway.tools.synth import make_series, make_wsi
 
     ct = make_series(seed_dir / "ct", modality="CT", slices=CT_SLICES, seed=1, clean=True)
     wsi = make_wsi(seed_dir / "wsi", frames=WSI_FRAMES, seed=2, clean=True)

@@ -14,9 +14,9 @@ from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
 
-from gateway.synth.attributes import _code, _common, _ds, _file_meta, _pname_item, _trailing_phi
-from gateway.synth.identity import _Identity, _identity, _study_uid, _uid
-from gateway.synth.tiles import (
+from gateway.tools.synth.attributes import _code, _common, _ds, _file_meta, _pname_item, _trailing_phi
+from gateway.tools.synth.identity import _Identity, _identity, _study_uid, _uid
+from gateway.tools.synth.tiles import (
     _COM_LEN,
     DEFAULT_FRAMES,
     DEFAULT_NATIVE_FRAMES,

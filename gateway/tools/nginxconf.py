@@ -9,7 +9,7 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 NGINX_DIR = REPO_ROOT / "nginx"
 _NAME = re.compile(r"\$\{(DICOMGW_[A-Z0-9_]+)\}")
 

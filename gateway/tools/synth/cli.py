@@ -10,9 +10,9 @@ from typing import Any
 import click
 
 from gateway.errors import InvalidUID
-from gateway.synth.phantom import DEFAULT_SLICES, make_series
-from gateway.synth.tiles import DEFAULT_FRAMES, DEFAULT_NATIVE_FRAMES
-from gateway.synth.wsi import Offsets, make_wsi
+from gateway.tools.synth.phantom import DEFAULT_SLICES, make_series
+from gateway.tools.synth.tiles import DEFAULT_FRAMES, DEFAULT_NATIVE_FRAMES
+from gateway.tools.synth.wsi import Offsets, make_wsi
 
 
 def _common_options(function: Callable[..., None]) -> Callable[..., None]:
@@ -157,7 +157,7 @@ def wsi_command(
 for _modality in ("CT", "MR"):
     synth.add_command(_series_command(_modality))
 
-from gateway.synth.burned_cli import sc_command, us_command  # noqa: E402 - burned-in text: its own module
+from gateway.tools.synth.burned_cli import sc_command, us_command  # noqa: E402 - burned-in text: its own module
 
 synth.add_command(us_command)
 synth.add_command(sc_command)

@@ -1,5 +1,5 @@
-"""QIDO-RS (PS3.18 8.3.4, 10.6): parse query parameters into a ``QidoQuery``, turn it into SQL, shape the rows
-into DICOM JSON.
+"""QIDO-RS (PS3.18 8.3.4, 10.6): parse query parameters into a ``QidoQuery``; ``gateway.catalog.search`` turns it
+into SQL and shapes the rows into DICOM JSON.
 
 Matching supported: single value (exact; case-sensitive except PN, which PS3.4 C.2.2.2.1 allows to match
 case-insensitively and we do, on every backend), wildcards ``*`` and ``?`` (SQL LIKE, with ``%``, ``_`` and
@@ -10,8 +10,6 @@ keyword or by tag (``PatientID`` or ``00100020``); attributes of the query level
 can be matched. Anything else is a 400 that names the parameter. ``fuzzymatching`` is accepted and ignored;
 the transport parameters ``token``, ``accept``, ``charset`` and ``_`` are ignored (the DICOMweb layer handles
 them).
-
-The SQL and the DICOM JSON shaping live in ``gateway.catalog.search``.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ re-upload as a success.
 Connection errors and 429/502/503/504 are retried with exponential backoff (``Retry-After`` honoured up to
 30 s). Exit code: 0 everything is on the server, 1 some files failed, 2 nothing could be sent (no DICOM found,
 or no request got a STOW response). URLs are never printed: they may carry the token.
+
+Over 400 lines on purpose: collect, resume query, batching, retries and the report are one pipeline over the
+same per-file records, read top to bottom; a developer tool, not on the service's path.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID
 
-from gateway.synth.identity import PRIVATE_CREATOR, _Identity, _uid
+from gateway.tools.synth.identity import PRIVATE_CREATOR, _Identity, _uid
 
 
 def _code(value: str, scheme: str, meaning: str) -> Dataset:

@@ -1,6 +1,6 @@
 """Read plans: which stored bytes answer a WADO request, written as a small SSI body that NGINX executes.
 
-DESIGN.md principle 1: no pixel data, P10 file or bulkdata byte passes through Python on the read path. For a
+`docs/design.md` §1: no pixel data, P10 file or bulkdata byte passes through Python on the read path. For a
 frame, a bulkdata element or a multipart retrieve, Python answers with the final status and headers and a body of
 SSI ``include`` commands, each naming a byte range of a stored object (``/_seg/{first}-{last}{origin path}``);
 NGINX fetches those ranges from storage and splices them, so a request without Range gets a 200 with exactly the
@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
-from gateway.accept import Offer, negotiate
-from gateway.auth import Target, parse_target, split_token
+from gateway import nginx_contract as nginx
 from gateway.dicom.frames import FrameIndex
+from gateway.dicomweb.accept import Offer, negotiate
+from gateway.dicomweb.paths import Target, parse_target, split_token
 from gateway.errors import BadRequest, FramesNotServable, NotFound, RangeNotSatisfiable
 from gateway.numbers import parse_int
 from gateway.uids import check_uid
@@ -115,7 +116,7 @@ class Planner:
         list_instances: Callable[[str, str | None], Sequence[Any]],
         origin_path: Callable[[str], str],
         cache_size: int = 20000,
-        whole_object_prefix: str = "/_seg/all",
+        whole_object_prefix: str = nginx.WHOLE_SEGMENT,
         study_version: Callable[[str], Any] | None = None,
     ) -> None:
         """``whole_object_prefix`` is where SSI fetches a whole object: ``/_seg/all`` proxies to storage,
@@ -172,7 +173,7 @@ class Planner:
     # -- pieces ---------------------------------------------------------------------------------------------------
     def _include(self, instance: CachedInstance, first: int | None = None, length: int = 0) -> bytes:
         origin = self._origin_path(instance.storage_key)
-        where = self._whole_prefix if first is None else f"/_seg/{first}-{first + length - 1}"
+        where = self._whole_prefix if first is None else f"{nginx.SEGMENT}/{first}-{first + length - 1}"
         return f'<!--# include virtual="{where}{origin}" wait="yes" -->'.encode()
 
     @staticmethod
@@ -229,7 +230,7 @@ class Planner:
     def redirect_object(self, instance: CachedInstance, media_type: str) -> PlanResponse:
         origin = self._origin_path(instance.storage_key)
         headers = [
-            ("X-Accel-Redirect", f"/_obj{origin}"),
+            ("X-Accel-Redirect", f"{nginx.OBJECT}{origin}"),
             ("X-Accel-Expires", "0"),
             ("Content-Type", media_type),
         ]
@@ -295,7 +296,7 @@ class Planner:
                 )
             headers = [
                 ("Content-Type", "application/octet-stream"),
-                ("X-Dgw-Accept-Ranges", "bytes"),
+                (nginx.ACCEPT_RANGES, "bytes"),
                 expires,
             ]
             return PlanResponse(200, headers, self._include(instance, offset, length) if length else b"")

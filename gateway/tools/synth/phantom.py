@@ -10,8 +10,8 @@ from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
 from pydicom.uid import ExplicitVRLittleEndian
 
-from gateway.synth.attributes import _common, _ds, _file_meta, _trailing_phi
-from gateway.synth.identity import _identity, _study_uid, _uid
+from gateway.tools.synth.attributes import _common, _ds, _file_meta, _trailing_phi
+from gateway.tools.synth.identity import _identity, _study_uid, _uid
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"

@@ -19,8 +19,8 @@ from pydicom.encaps import encapsulate
 from pydicom.filewriter import dcmwrite
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
 
-from gateway.synth.attributes import _common, _file_meta
-from gateway.synth.identity import _Identity, _identity, _study_uid, _uid
+from gateway.tools.synth.attributes import _common, _file_meta
+from gateway.tools.synth.identity import _Identity, _identity, _study_uid, _uid
 
 US_MULTIFRAME = "1.2.840.10008.5.1.4.1.1.3.1"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"

@@ -3,13 +3,15 @@
 Everything lives under one folder (``./var`` by default): keys generated once with mode 0600, the rendered NGINX
 configuration, sockets, logs, the local object folder and the SQLite catalog. NGINX runs without root (its own
 prefix, pid and temp paths). The e2e tests start the same ``Stack`` on free ports.
+
+Over 400 lines on purpose: one class owns the life of one local stack (values, render, start, health, stop), and
+its parts share its paths and processes; split, each piece would pass the whole Stack around.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -23,7 +25,8 @@ from urllib.parse import urlparse
 
 import requests
 
-from gateway import nginxconf
+from gateway.config import read_or_create_secret
+from gateway.tools import nginxconf
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
@@ -46,18 +49,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
-
-
-def read_or_create_secret(path: Path) -> str:
-    """A secret kept in a 0600 file, created on first use and reused afterwards."""
-    if path.exists():
-        return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    value = secrets.token_urlsafe(48)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(value + "\n")
-    return value
 
 
 def self_signed_certificate(directory: Path) -> tuple[Path, Path]:

@@ -1,5 +1,5 @@
-"""gateway.plan: Range parsing and the read plans (exact SSI include text, CRLF multipart framing, headers) built
-from in-memory catalog rows with real ``FrameIndex`` objects."""
+"""gateway.dicomweb.wado: Range parsing and the read plans (exact SSI include text, CRLF multipart framing, headers)
+built from in-memory catalog rows with real ``FrameIndex`` objects."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from urllib.parse import parse_qs, quote
 import pytest
 
 from gateway.dicom.frames import FrameIndex
+from gateway.dicomweb.wado import STABLE_PLAN_SECONDS, Planner, PlanResponse, parse_range, to_cached
 from gateway.errors import (
     BadRequest,
     FrameNotFound,
@@ -21,7 +22,6 @@ from gateway.errors import (
     NotFound,
     RangeNotSatisfiable,
 )
-from gateway.plan import STABLE_PLAN_SECONDS, Planner, PlanResponse, parse_range, to_cached
 
 EXPLICIT = "1.2.840.10008.1.2.1"
 JPEG = "1.2.840.10008.1.2.4.50"
@@ -175,7 +175,7 @@ def test_parse_range_not_satisfiable(header: str, length: int, detail: str) -> N
     with pytest.raises(RangeNotSatisfiable) as caught:
         parse_range(header, length)
     assert caught.value.detail == detail
-    assert caught.value.extra == {"length": length}
+    assert caught.value.length == length
     assert caught.value.status == 416
 
 
@@ -406,7 +406,7 @@ def test_bulkdata_range_206(planner: Planner) -> None:
 def test_bulkdata_range_416(planner: Planner) -> None:
     with pytest.raises(RangeNotSatisfiable) as caught:
         planner.plan("GET", instance_uri(SE, CT1, "/bulkdata/00420011"), "", "bytes=1000-")
-    assert caught.value.extra == {"length": 1000}
+    assert caught.value.length == 1000
 
 
 def test_bulkdata_ignored_range_is_a_full_200(planner: Planner) -> None:

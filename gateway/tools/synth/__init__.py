@@ -21,19 +21,19 @@ from __future__ import annotations
 
 # The ``X as X`` names stay importable from here as before the split (bench and tests use them, and clear
 # the tile caches) without joining ``*``.
-from gateway.synth.cli import synth
-from gateway.synth.identity import FAKE_PATIENT_NAMES
-from gateway.synth.identity import PRIVATE_CREATOR as PRIVATE_CREATOR
-from gateway.synth.phantom import CT_IMAGE, MR_IMAGE, make_series
-from gateway.synth.phantom import DEFAULT_SLICES as DEFAULT_SLICES
-from gateway.synth.tiles import DEFAULT_FRAMES as DEFAULT_FRAMES
-from gateway.synth.tiles import DEFAULT_NATIVE_FRAMES as DEFAULT_NATIVE_FRAMES
-from gateway.synth.tiles import _base_tiles as _base_tiles
-from gateway.synth.tiles import _jpeg_tiles as _jpeg_tiles
-from gateway.synth.tiles import _layout as _layout
-from gateway.synth.tiles import wsi_tile
-from gateway.synth.wsi import WSI_IMAGE, make_wsi
-from gateway.synth.wsi import Offsets as Offsets
+from gateway.tools.synth.cli import synth
+from gateway.tools.synth.identity import FAKE_PATIENT_NAMES
+from gateway.tools.synth.identity import PRIVATE_CREATOR as PRIVATE_CREATOR
+from gateway.tools.synth.phantom import CT_IMAGE, MR_IMAGE, make_series
+from gateway.tools.synth.phantom import DEFAULT_SLICES as DEFAULT_SLICES
+from gateway.tools.synth.tiles import DEFAULT_FRAMES as DEFAULT_FRAMES
+from gateway.tools.synth.tiles import DEFAULT_NATIVE_FRAMES as DEFAULT_NATIVE_FRAMES
+from gateway.tools.synth.tiles import _base_tiles as _base_tiles
+from gateway.tools.synth.tiles import _jpeg_tiles as _jpeg_tiles
+from gateway.tools.synth.tiles import _layout as _layout
+from gateway.tools.synth.tiles import wsi_tile
+from gateway.tools.synth.wsi import WSI_IMAGE, make_wsi
+from gateway.tools.synth.wsi import Offsets as Offsets
 
 __all__ = [
     "CT_IMAGE",

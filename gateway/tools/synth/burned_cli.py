@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from gateway.synth.burned import make_sc, make_us
+from gateway.tools.synth.burned import make_sc, make_us
 
 
 def _report(path: Path, started: float, frames: int) -> None:

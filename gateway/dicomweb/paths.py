@@ -1,0 +1,78 @@
+"""The DICOMweb URL grammar (PS3.18 10.4-10.6 resource paths): what a request path names, parsed once.
+
+``split_token`` removes the ``/t/{token}`` path prefix (a credential transport of this gateway); ``parse_target``
+normalises a path below ``/dicomweb`` into a ``Target`` (study, series, instance and what follows). Any doubt
+about the path is a refusal: decode once; reject ``..``, ``//``, encoded slashes, backslashes, and UID segments
+that are not ``[0-9.]{1,64}``. The auth decision (``gateway.auth``) and the read plans (``gateway.dicomweb.wado``)
+both start here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+from gateway.errors import InvalidPath
+from gateway.uids import is_uid
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a DICOMweb path names. ``study``/``series``/``instance`` are None above their level; ``rest`` is what
+    follows the deepest UID (``""``, ``metadata``, ``frames/1,2``, ``bulkdata/7FE00010``, ``series``, ...)."""
+
+    path: str  # below the DICOMweb root, e.g. /studies/1.2/series/3.4/metadata
+    study: str | None = None
+    series: str | None = None
+    instance: str | None = None
+    rest: str = ""
+    query: str = ""
+
+
+def split_token(raw_uri: str) -> tuple[str | None, str]:
+    """``/t/{token}/dicomweb/...`` → (token, ``/dicomweb/...``); other URIs unchanged."""
+    if raw_uri.startswith("/t/"):
+        end = raw_uri.find("/", 3)
+        if end == -1:
+            raise InvalidPath("token path prefix without a path")
+        return raw_uri[3:end], raw_uri[end:]
+    return None, raw_uri
+
+
+def parse_target(path: str, query: str = "") -> Target:
+    """Normalise and parse a path starting at ``/dicomweb``. Raises InvalidPath on anything ambiguous."""
+    lowered = path.lower()
+    if "%2f" in lowered or "%5c" in lowered or "\\" in path:
+        raise InvalidPath("encoded slashes and backslashes are not allowed")
+    decoded = unquote(path)
+    if "%" in decoded or "\\" in decoded:
+        raise InvalidPath("double-encoded paths are not allowed")
+    if "//" in decoded or "/./" in decoded or decoded.endswith("/.") or ".." in decoded.split("/"):
+        raise InvalidPath("path is not canonical")
+    if not decoded.startswith("/dicomweb"):
+        raise InvalidPath("not a DICOMweb path")
+    below = decoded[len("/dicomweb") :]
+    if below and not below.startswith("/"):
+        raise InvalidPath("not a DICOMweb path")
+    parts = [p for p in below.split("/") if p][:]
+    study = series = instance = None
+    i = 0
+    if len(parts) >= 2 and parts[0] == "studies":
+        study = _uid(parts[1])
+        i = 2
+        if len(parts) >= i + 2 and parts[i] == "series":
+            series = _uid(parts[i + 1])
+            i += 2
+            if len(parts) >= i + 2 and parts[i] == "instances":
+                instance = _uid(parts[i + 1])
+                i += 2
+    rest = "/".join(parts[i:])
+    return Target(below or "/", study, series, instance, rest, query)
+
+
+def _uid(segment: str) -> str:
+    if not is_uid(segment):
+        raise InvalidPath("a UID path segment is not a valid DICOM UID")
+    return segment
+
+

@@ -1,0 +1,41 @@
+"""The contract between NGINX (nginx/templates/) and Python, named once: internal locations and ``X-Dgw-*`` headers.
+
+Python code uses these names instead of string literals; tests/unit/test_nginx_contract.py renders the template and
+checks each one is there (and that the template uses no ``X-Dgw-*`` header this module does not declare).
+"""
+
+from __future__ import annotations
+
+# Internal locations (``internal;`` in the template: reachable from NGINX itself, never from a client).
+AUTH = "/_auth"  # the auth_request subrequest, answered by the WSGI fast path
+SEGMENT = "/_seg"  # SSI include of a byte range: /_seg/{first}-{last}{origin path}
+WHOLE_SEGMENT = "/_seg/all"  # SSI include of a whole stored object (proxied from storage)
+FILE = "/_file"  # SSI include of a whole object of local-folder storage (read from disk by NGINX)
+OBJECT = "/_obj"  # X-Accel-Redirect target: a whole stored object, Range answered by storage
+ERROR_PAGE = "/_dgw/error"  # NGINX's own JSON error page (no Python involved; named so the test finds it)
+
+# NGINX -> Python (set only by the byte-serving locations; cleared on every other proxied request).
+ROUTE = "X-Dgw-Route"  # "plan": answer with a read plan (fast path), not through Flask
+ROUTE_PLAN = "plan"
+RANGE = "X-Dgw-Range"  # the client's Range (NGINX blanks Range itself towards a cached upstream)
+
+# Python -> NGINX (read by auth_request_set / $upstream_http_*; hidden from the client or turned into headers).
+SUB = "X-Dgw-Sub"  # the decision's subject, for the audit log
+JTI = "X-Dgw-Jti"  # the token id, for the audit log
+STUDY = "X-Dgw-Study"  # the study the request names, for the audit log
+ERROR = "X-Dgw-Error"  # why auth refused: the error code NGINX writes into its JSON body
+ACCEPT_RANGES = "X-Dgw-Accept-Ranges"  # SSI drops Accept-Ranges; a plan that honours Range says so here
+
+TO_PYTHON = (ROUTE, RANGE)
+FROM_PYTHON = (SUB, JTI, STUDY, ERROR, ACCEPT_RANGES)
+LOCATIONS = (AUTH, SEGMENT, WHOLE_SEGMENT, FILE, OBJECT, ERROR_PAGE)
+
+
+def environ_key(header: str) -> str:
+    """The WSGI environ key of a request header (``X-Dgw-Route`` -> ``HTTP_X_DGW_ROUTE``)."""
+    return "HTTP_" + header.upper().replace("-", "_")
+
+
+def upstream_variable(header: str) -> str:
+    """NGINX's variable for a header of the upstream's answer (``X-Dgw-Sub`` -> ``$upstream_http_x_dgw_sub``)."""
+    return "$upstream_http_" + header.lower().replace("-", "_")

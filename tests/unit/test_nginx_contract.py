@@ -1,0 +1,68 @@
+"""gateway.nginx_contract: every internal location and ``X-Dgw-*`` header Python relies on is in the rendered
+template, used the way Python expects, and the template exchanges no ``X-Dgw-*`` header Python does not declare."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from gateway import nginx_contract as nginx
+from gateway.tools.nginxconf import render
+from gateway.tools.stack import Stack, free_port
+
+
+@pytest.fixture(scope="module")
+def conf(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The whole rendered configuration (main server and snippets) as one text, comments removed."""
+    tmp = tmp_path_factory.mktemp("contract")
+    render(tmp / "conf", Stack(tmp / "var", port=free_port()).nginx_values())
+    texts = [path.read_text() for path in sorted((tmp / "conf" / "conf.d").rglob("*.conf"))]
+    return "\n".join(re.sub(r"(?m)^\s*#.*$", "", text) for text in texts)
+
+
+def test_internal_locations(conf: str) -> None:
+    openings = [
+        f"location = {nginx.AUTH} {{",
+        f"location ~ ^{nginx.SEGMENT}/(?<dgw_seg_start>[0-9]+)-(?<dgw_seg_end>[0-9]+)(?<dgw_seg_path>/.*)$ {{",
+        f"location ~ ^{nginx.WHOLE_SEGMENT}(?<dgw_seg_path>/.*)$ {{",
+        f"location {nginx.FILE}/ {{",
+        f"location ~ ^{nginx.OBJECT}(?<dgw_obj_path>/.*)$ {{",
+        f"location = {nginx.ERROR_PAGE} {{",
+    ]
+    for opening in openings:
+        assert opening in conf, opening
+        start = conf.index(opening)
+        assert "internal;" in conf[start : conf.index("}", start)], opening  # no client reaches it
+    assert f"auth_request {nginx.AUTH};" in conf
+
+
+def test_headers_to_python(conf: str) -> None:
+    assert f"proxy_set_header {nginx.ROUTE} {nginx.ROUTE_PLAN};" in conf
+    assert f"proxy_set_header {nginx.RANGE} $http_range;" in conf
+    for header in nginx.TO_PYTHON:  # a client cannot send them: every other proxied request clears them
+        assert f'proxy_set_header {header} "";' in conf
+
+
+def test_headers_from_python(conf: str) -> None:
+    for header in nginx.FROM_PYTHON:
+        assert nginx.upstream_variable(header) in conf, header
+    assert f"proxy_hide_header {nginx.ACCEPT_RANGES};" in conf
+
+
+def test_no_undeclared_dgw_header(conf: str) -> None:
+    declared = {h.lower() for h in (*nginx.TO_PYTHON, *nginx.FROM_PYTHON)}
+    named = {h.lower() for h in re.findall(r"\b(X-Dgw-[A-Za-z-]+)", conf)}
+    named |= {"x-dgw-" + v.replace("_", "-") for v in re.findall(r"\$upstream_http_x_dgw_([a-z_]+)", conf)}
+    assert named - declared == set()
+
+
+def test_helpers() -> None:
+    assert nginx.environ_key(nginx.ROUTE) == "HTTP_X_DGW_ROUTE"
+    assert nginx.upstream_variable(nginx.SUB) == "$upstream_http_x_dgw_sub"
+
+
+def test_template_says_why_headers_repeat() -> None:
+    snippet = Path(__file__).resolve().parents[2] / "nginx/templates/snippets/dgw-headers.conf.template"
+    assert "inherits add_header" in snippet.read_text()
