@@ -8,6 +8,9 @@ Rules are evaluated in order; the first whose ``match`` fits the upload wins, el
 are exact strings or globs (``*``, ``?``, ``[...]``, case-sensitive), or a list of them (any may match). Keys:
 ``tenant``, ``region``, ``source``, ``sub`` (from the upload context), ``phi`` (bool: did the scan find PHI)
 and ``tags.<Keyword>`` (top-level element values; a missing element matches as the empty string).
+
+Over 400 lines on purpose: it is the policy file's one schema, each key validated beside its meaning (the pixel
+cleaning keys included), so a reader checks a key and its error message in one place.
 """
 
 from __future__ import annotations
