@@ -5,7 +5,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-APT_PACKAGES := nginx openssl postgresql chromium orthanc orthanc-dicomweb
+APT_PACKAGES := nginx openssl postgresql chromium orthanc orthanc-dicomweb tesseract-ocr tesseract-ocr-eng
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: demo demo-deps test lint unit e2e bench system-deps venv viewer dwv clean
