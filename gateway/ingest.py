@@ -33,7 +33,7 @@ from gateway.hooks import Hook, HookOutcome, UploadContext
 from gateway.metrics import INGESTED
 from gateway.scope import Scope
 from gateway.storage import Storage
-from gateway.uids import instance_key
+from gateway.uids import InstanceId
 
 log = logging.getLogger("gateway.ingest")
 
@@ -207,7 +207,7 @@ class Ingestor:
     def _quarantine(
         self, path: Path, context: UploadContext, header: Header, outcome: HookOutcome
     ) -> IngestResult:
-        key = "quarantine/" + instance_key(header.study_uid, header.series_uid, header.sop_uid)
+        key = "quarantine/" + InstanceId(header.study_uid, header.series_uid, header.sop_uid).key
         self.storage.put_file(key, path)
         self.catalog.add_quarantine(
             key=key,
@@ -242,7 +242,7 @@ class Ingestor:
             return IngestResult.about(original, "failed", failure_reason=CANNOT_UNDERSTAND, detail=error.detail)
         final = Header(indexed.study_uid, indexed.series_uid, indexed.sop_uid, indexed.sop_class_uid)
         result = IngestResult.about(final, "stored", report=outcome.report)
-        key = instance_key(indexed.study_uid, indexed.series_uid, indexed.sop_uid)
+        key = InstanceId(indexed.study_uid, indexed.series_uid, indexed.sop_uid).key
         result.storage_key = key
         if outcome.destination:
             destination = self.destinations.get(outcome.destination)
