@@ -138,7 +138,7 @@ class Ingestor:
             indexed = index_file(path, bulkdata_threshold=self.settings.bulkdata_threshold)
         except DicomError as error:
             return IngestResult("failed", failure_reason=CANNOT_UNDERSTAND, detail=error.detail)
-        header = Header(indexed.study_uid, indexed.series_uid, indexed.sop_uid, indexed.sop_class_uid)
+        header = Header(indexed.ids.study, indexed.ids.series, indexed.ids.sop, indexed.sop_class_uid)
         base = IngestResult.about(header, "failed")
         if expected_study is not None and header.study_uid != expected_study:
             base.failure_reason = STUDY_MISMATCH
@@ -240,9 +240,9 @@ class Ingestor:
                 indexed = index_file(path, bulkdata_threshold=self.settings.bulkdata_threshold)
         except DicomError as error:
             return IngestResult.about(original, "failed", failure_reason=CANNOT_UNDERSTAND, detail=error.detail)
-        final = Header(indexed.study_uid, indexed.series_uid, indexed.sop_uid, indexed.sop_class_uid)
+        final = Header(indexed.ids.study, indexed.ids.series, indexed.ids.sop, indexed.sop_class_uid)
         result = IngestResult.about(final, "stored", report=outcome.report)
-        key = InstanceId(indexed.study_uid, indexed.series_uid, indexed.sop_uid).key
+        key = indexed.ids.key
         result.storage_key = key
         if outcome.destination:
             destination = self.destinations.get(outcome.destination)
@@ -263,7 +263,7 @@ class Ingestor:
         # could each write the object and the loser's bytes would sit under the winner's catalog row.
         # A crashed upload's reservation is taken over at once (its process is gone) or after a short lease: see
         # gateway.catalog.admin and README "Ingest".
-        reservation = self.catalog.reserve(indexed.sop_uid)
+        reservation = self.catalog.reserve(indexed.ids.sop)
         if reservation is None:
             return self._in_flight(result)
         committed = False
@@ -291,7 +291,7 @@ class Ingestor:
     ) -> tuple[IngestResult, bool]:
         """Store and register, holding the instance's reservation; the flag says whether the catalog commit
         (which also ends the reservation) happened."""
-        existing = self.catalog.get_instance(indexed.sop_uid, with_metadata=False)
+        existing = self.catalog.get_instance(indexed.ids.sop, with_metadata=False)
         if existing is not None and existing.sha256 == digest:
             result.status = "duplicate"
             return result, False
@@ -317,7 +317,7 @@ class Ingestor:
             return self._different_bytes(result), False
         if not created:
             result.status = "duplicate"
-        log.info("stored instance", extra={"sop_uid": indexed.sop_uid, "bytes": stored.size})
+        log.info("stored instance", extra={"sop_uid": indexed.ids.sop, "bytes": stored.size})
         return result, True
 
     @staticmethod
