@@ -95,14 +95,14 @@ def _plan_timing() -> str:
         path = wsi()
         indexed = index_file(path)
         row = SimpleNamespace(
-            study_uid=indexed.study_uid, series_uid=indexed.series_uid, sop_uid=indexed.sop_uid,
+            study_uid=indexed.ids.study, series_uid=indexed.ids.series, sop_uid=indexed.ids.sop,
             transfer_syntax_uid=indexed.transfer_syntax_uid, storage_key="studies/x/instances/y.dcm",
             size=path.stat().st_size, etag='"e"', frame_media_type=indexed.frame_media_type,
             frame_index=indexed.frame_index, bulkdata="[]",
         )
         planner = Planner(lambda sop: row, lambda study, series: [row], lambda key: f"/{key}")
-        uri = (f"/t/token/dicomweb/studies/{indexed.study_uid}/series/{indexed.series_uid}/instances/"
-               f"{indexed.sop_uid}/frames/")
+        uri = (f"/t/token/dicomweb/studies/{indexed.ids.study}/series/{indexed.ids.series}/instances/"
+               f"{indexed.ids.sop}/frames/")
         accept = "multipart/related; type=application/octet-stream; transfer-syntax=*"
         planner.plan("GET", uri + "1", accept, "")
         times = []

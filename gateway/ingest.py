@@ -33,7 +33,7 @@ from gateway.hooks import Hook, HookOutcome, UploadContext
 from gateway.metrics import INGESTED
 from gateway.scope import Scope
 from gateway.storage import Storage
-from gateway.uids import instance_key
+from gateway.uids import InstanceId
 
 log = logging.getLogger("gateway.ingest")
 
@@ -50,14 +50,16 @@ Status = Literal["stored", "duplicate", "failed", "quarantined"]
 @dataclass
 class IngestResult:
     status: Status
-    sop_uid: str | None = None
+    ids: InstanceId | None = None  # None when the file could not be read
     sop_class_uid: str | None = None
-    study_uid: str | None = None
-    series_uid: str | None = None
     failure_reason: int | None = None
     detail: str = ""
     report: dict[str, Any] = field(default_factory=dict)
     storage_key: str | None = None
+
+    @property
+    def sop_uid(self) -> str | None:
+        return self.ids.sop if self.ids is not None else None
 
     @property
     def ok(self) -> bool:
@@ -66,21 +68,12 @@ class IngestResult:
     @classmethod
     def about(cls, header: Header, status: Status, **fields: Any) -> IngestResult:
         """A result naming the instance ``header`` describes."""
-        return cls(
-            status,
-            sop_uid=header.sop_uid,
-            sop_class_uid=header.sop_class_uid,
-            study_uid=header.study_uid,
-            series_uid=header.series_uid,
-            **fields,
-        )
+        return cls(status, ids=header.ids, sop_class_uid=header.sop_class_uid, **fields)
 
 
 @dataclass(frozen=True)
 class Header:
-    study_uid: str
-    series_uid: str
-    sop_uid: str
+    ids: InstanceId
     sop_class_uid: str
 
 
@@ -138,13 +131,13 @@ class Ingestor:
             indexed = index_file(path, bulkdata_threshold=self.settings.bulkdata_threshold)
         except DicomError as error:
             return IngestResult("failed", failure_reason=CANNOT_UNDERSTAND, detail=error.detail)
-        header = Header(indexed.study_uid, indexed.series_uid, indexed.sop_uid, indexed.sop_class_uid)
+        header = Header(indexed.ids, indexed.sop_class_uid)
         base = IngestResult.about(header, "failed")
-        if expected_study is not None and header.study_uid != expected_study:
+        if expected_study is not None and header.ids.study != expected_study:
             base.failure_reason = STUDY_MISMATCH
             base.detail = "StudyInstanceUID does not match the study in the request URL"
             return base
-        if scope is not None and not scope.allows_series(header.study_uid, header.series_uid):
+        if scope is not None and not scope.allows_series(header.ids.study, header.ids.series):
             base.failure_reason = PROCESSING_FAILURE
             base.detail = "the instance's study or series is outside the token's scope"
             return base
@@ -190,8 +183,8 @@ class Ingestor:
         return {
             "source": context.source,
             "sub": context.sub,
-            "sop_uid": header.sop_uid,
-            "study_uid": header.study_uid,
+            "sop_uid": header.ids.sop,
+            "study_uid": header.ids.study,
             "decision": outcome.audit.get("decision", outcome.action),
             "rule": outcome.audit.get("rule"),
             "destination": outcome.audit.get("destination"),
@@ -207,13 +200,13 @@ class Ingestor:
     def _quarantine(
         self, path: Path, context: UploadContext, header: Header, outcome: HookOutcome
     ) -> IngestResult:
-        key = "quarantine/" + instance_key(header.study_uid, header.series_uid, header.sop_uid)
+        key = "quarantine/" + header.ids.key
         self.storage.put_file(key, path)
         self.catalog.add_quarantine(
             key=key,
-            sop_uid=header.sop_uid,
-            study_uid=header.study_uid,
-            series_uid=header.series_uid,
+            sop_uid=header.ids.sop,
+            study_uid=header.ids.study,
+            series_uid=header.ids.series,
             reason=outcome.reason,
             report=outcome.report,
         )
@@ -240,9 +233,9 @@ class Ingestor:
                 indexed = index_file(path, bulkdata_threshold=self.settings.bulkdata_threshold)
         except DicomError as error:
             return IngestResult.about(original, "failed", failure_reason=CANNOT_UNDERSTAND, detail=error.detail)
-        final = Header(indexed.study_uid, indexed.series_uid, indexed.sop_uid, indexed.sop_class_uid)
+        final = Header(indexed.ids, indexed.sop_class_uid)
         result = IngestResult.about(final, "stored", report=outcome.report)
-        key = instance_key(indexed.study_uid, indexed.series_uid, indexed.sop_uid)
+        key = indexed.ids.key
         result.storage_key = key
         if outcome.destination:
             destination = self.destinations.get(outcome.destination)
@@ -263,7 +256,7 @@ class Ingestor:
         # could each write the object and the loser's bytes would sit under the winner's catalog row.
         # A crashed upload's reservation is taken over at once (its process is gone) or after a short lease: see
         # gateway.catalog.admin and README "Ingest".
-        reservation = self.catalog.reserve(indexed.sop_uid)
+        reservation = self.catalog.reserve(indexed.ids.sop)
         if reservation is None:
             return self._in_flight(result)
         committed = False
@@ -291,7 +284,7 @@ class Ingestor:
     ) -> tuple[IngestResult, bool]:
         """Store and register, holding the instance's reservation; the flag says whether the catalog commit
         (which also ends the reservation) happened."""
-        existing = self.catalog.get_instance(indexed.sop_uid, with_metadata=False)
+        existing = self.catalog.get_instance(indexed.ids.sop, with_metadata=False)
         if existing is not None and existing.sha256 == digest:
             result.status = "duplicate"
             return result, False
@@ -317,7 +310,7 @@ class Ingestor:
             return self._different_bytes(result), False
         if not created:
             result.status = "duplicate"
-        log.info("stored instance", extra={"sop_uid": indexed.sop_uid, "bytes": stored.size})
+        log.info("stored instance", extra={"sop_uid": indexed.ids.sop, "bytes": stored.size})
         return result, True
 
     @staticmethod

@@ -19,7 +19,6 @@ from gateway.dicom.index import index_file
 from gateway.errors import Conflict, DicomError
 from gateway.ingest import sha256_of
 from gateway.storage import open_storage
-from gateway.uids import instance_key
 
 
 def reconcile(settings: Settings, *, repair: bool) -> dict[str, Any]:
@@ -42,7 +41,7 @@ def reconcile(settings: Settings, *, repair: bool) -> dict[str, Any]:
                     storage.delete(key)
                     deleted.append(key)
                     continue
-                if instance_key(indexed.study_uid, indexed.series_uid, indexed.sop_uid) != key:
+                if indexed.ids.key != key:
                     storage.delete(key)  # not where its UIDs say: never served, never registered
                     deleted.append(key)
                     continue

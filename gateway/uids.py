@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from gateway.errors import InvalidUID
 
@@ -20,6 +21,16 @@ def check_uid(value: str, what: str = "UID") -> str:
     return value
 
 
-def instance_key(study: str, series: str, sop: str) -> str:
-    """Storage key of a stored instance (README, Storage layout: the layout is part of the contract)."""
-    return f"studies/{check_uid(study)}/series/{check_uid(series)}/instances/{check_uid(sop)}.dcm"
+@dataclass(frozen=True, slots=True)
+class InstanceId:
+    """Who an instance is: its Study, Series and SOP Instance UIDs. The SOP Class UID is not part of it (it says
+    what the instance is, not which one)."""
+
+    study: str
+    series: str
+    sop: str
+
+    @property
+    def key(self) -> str:
+        """Storage key of the stored instance (README, Storage layout: the layout is part of the contract)."""
+        return f"studies/{check_uid(self.study)}/series/{check_uid(self.series)}/instances/{check_uid(self.sop)}.dcm"

@@ -57,9 +57,9 @@ class Catalog(AdminRecords):
         ends the upload's ``reservation`` (``ReservationLost``, nothing committed, when it is no longer ours)
         and appends ``audit_fields`` (one commit per upload)."""
         inst = rec.instance
-        check_uid(inst.study_uid, "StudyInstanceUID")
-        check_uid(inst.series_uid, "SeriesInstanceUID")
-        check_uid(inst.sop_uid, "SOPInstanceUID")
+        check_uid(inst.ids.study, "StudyInstanceUID")
+        check_uid(inst.ids.series, "SeriesInstanceUID")
+        check_uid(inst.ids.sop, "SOPInstanceUID")
         for attempt in range(3):
             try:
                 with self._write() as conn:
@@ -83,14 +83,14 @@ class Catalog(AdminRecords):
     def _register(self, conn: Connection, rec: InstanceRecord) -> bool:
         inst, values, now = rec.instance, rec.values, int(time.time())
         existing = conn.execute(
-            sa.select(instances.c.sha256).where(instances.c.sop_uid == inst.sop_uid).with_for_update()
+            sa.select(instances.c.sha256).where(instances.c.sop_uid == inst.ids.sop).with_for_update()
         ).first()
         if existing is not None:
             if existing.sha256 == rec.sha256:
                 return False
             if not rec.replace:
                 raise Conflict("SOP Instance UID already stored with different content")
-            self._delete(conn, inst.sop_uid)
+            self._delete(conn, inst.ids.sop)
         study_values = {
             name: values.get(name)
             for name in (
@@ -107,12 +107,12 @@ class Catalog(AdminRecords):
             )
         }
         study_values.update(attrs=json.dumps(inst.study_attrs), updated_at=now)
-        stmt = self._insert(studies).values(study_uid=inst.study_uid, **study_values)
+        stmt = self._insert(studies).values(study_uid=inst.ids.study, **study_values)
         conn.execute(stmt.on_conflict_do_update(index_elements=["study_uid"], set_=study_values))
         owner = conn.execute(
-            sa.select(series.c.study_uid).where(series.c.series_uid == inst.series_uid)
+            sa.select(series.c.study_uid).where(series.c.series_uid == inst.ids.series)
         ).first()
-        if owner is not None and owner.study_uid != inst.study_uid:
+        if owner is not None and owner.study_uid != inst.ids.study:
             raise SeriesInOtherStudy("Series Instance UID already belongs to another study")
         series_values = {
             "modality": values.get("modality"),
@@ -121,15 +121,15 @@ class Catalog(AdminRecords):
             "attrs": json.dumps(inst.series_attrs),
         }
         stmt = self._insert(series).values(
-            series_uid=inst.series_uid, study_uid=inst.study_uid, **series_values
+            series_uid=inst.ids.series, study_uid=inst.ids.study, **series_values
         )
         conn.execute(stmt.on_conflict_do_update(index_elements=["series_uid"], set_=series_values))
         number = inst.instance_number if inst.instance_number is not None else values.get("instance_number")
         conn.execute(
             instances.insert().values(
-                sop_uid=inst.sop_uid,
-                study_uid=inst.study_uid,
-                series_uid=inst.series_uid,
+                sop_uid=inst.ids.sop,
+                study_uid=inst.ids.study,
+                series_uid=inst.ids.series,
                 sop_class_uid=inst.sop_class_uid,
                 instance_number=number,
                 transfer_syntax_uid=inst.transfer_syntax_uid,
@@ -146,7 +146,7 @@ class Catalog(AdminRecords):
                 created_at=now,
             )
         )
-        self._recount(conn, inst.study_uid, inst.series_uid)
+        self._recount(conn, inst.ids.study, inst.ids.series)
         return True
 
     def _recount(self, conn: Connection, study_uid: str, series_uid: str) -> None:

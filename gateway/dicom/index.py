@@ -39,7 +39,7 @@ from gateway.dicom.walker import (
 )
 from gateway.errors import DicomError
 from gateway.numbers import INT32_MAX, int32_or_none
-from gateway.uids import is_uid
+from gateway.uids import InstanceId, is_uid
 
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
@@ -138,9 +138,7 @@ def index_file(
         else []
     )
     return IndexedInstance(
-        study_uid=uids[0],
-        series_uid=uids[1],
-        sop_uid=uids[2],
+        ids=InstanceId(uids[0], uids[1], uids[2]),
         sop_class_uid=uids[3],
         transfer_syntax_uid=ts,
         instance_number=instance_number,

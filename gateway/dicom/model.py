@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.uids import InstanceId
+
 # A byte range inside the stored P10 object: (offset, length).
 Range = tuple[int, int]
 
@@ -24,9 +26,7 @@ class BulkRange:
 class IndexedInstance:
     """Everything about one instance that the catalog stores."""
 
-    study_uid: str
-    series_uid: str
-    sop_uid: str
+    ids: InstanceId
     sop_class_uid: str
     transfer_syntax_uid: str
     instance_number: int | None

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from gateway.uids import check_uid, is_uid
+from gateway.uids import InstanceId, check_uid, is_uid
 
 MEDIA_TYPE = "application/dicom+json"
 
@@ -93,9 +93,7 @@ class StowItem:
 
     status: Status
     sop_class_uid: str | None
-    sop_uid: str | None
-    study_uid: str | None
-    series_uid: str | None
+    ids: InstanceId | None
     failure_reason: int | None
     detail: str
     warning_reason: int | None = None
@@ -128,7 +126,7 @@ def build_stow_response(
     for item in items:
         if item.status in _SUCCESS:
             referenced.append(_referenced_item(item, base))
-            stored_studies.add(item.study_uid or "")
+            stored_studies.add(item.ids.study if item.ids else "")
             warnings = warnings or item.warning_reason is not None
         else:
             failed.append(_failed_item(item))
@@ -168,9 +166,10 @@ def _private(item: StowItem) -> dict[str, Any]:
 
 def _referenced_item(item: StowItem, base: str) -> dict[str, Any]:
     sop_class = check_uid(item.sop_class_uid or "", "SOP Class UID")
-    sop = check_uid(item.sop_uid or "", "SOP Instance UID")
-    study = check_uid(item.study_uid or "", "Study Instance UID")
-    series = check_uid(item.series_uid or "", "Series Instance UID")
+    ids = item.ids or InstanceId("", "", "")
+    sop = check_uid(ids.sop, "SOP Instance UID")
+    study = check_uid(ids.study, "Study Instance UID")
+    series = check_uid(ids.series, "Series Instance UID")
     out: dict[str, Any] = {
         "00081150": _element("UI", sop_class),
         "00081155": _element("UI", sop),
@@ -189,8 +188,8 @@ def _failed_item(item: StowItem) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if item.sop_class_uid and is_uid(item.sop_class_uid):
         out["00081150"] = _element("UI", item.sop_class_uid)
-    if item.sop_uid and is_uid(item.sop_uid):
-        out["00081155"] = _element("UI", item.sop_uid)
+    if item.ids is not None and is_uid(item.ids.sop):
+        out["00081155"] = _element("UI", item.ids.sop)
     out["00081197"] = _element("US", reason)
     out.update(_private(item))
     return out

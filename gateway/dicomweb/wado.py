@@ -25,7 +25,7 @@ from gateway.dicomweb.accept import Offer, negotiate
 from gateway.dicomweb.paths import Target, parse_target, split_token
 from gateway.errors import BadRequest, FramesNotServable, NotFound, RangeNotSatisfiable
 from gateway.numbers import parse_int
-from gateway.uids import check_uid
+from gateway.uids import InstanceId, check_uid
 
 NATIVE_TS = "1.2.840.10008.1.2.1"
 # Plans of single instances never change (an overwrite is opt-in); study/series lists grow with uploads.
@@ -43,9 +43,7 @@ class PlanResponse:
 class CachedInstance:
     """The slice of a catalog row the read path needs, decoded once and kept in a bounded LRU."""
 
-    study_uid: str
-    series_uid: str
-    sop_uid: str
+    ids: InstanceId
     transfer_syntax_uid: str
     storage_key: str
     size: int
@@ -72,9 +70,7 @@ def _decode_bulkdata(value: Any) -> dict[str, tuple[int, int]]:
 
 def to_cached(row: Any) -> CachedInstance:
     return CachedInstance(
-        study_uid=row.study_uid,
-        series_uid=row.series_uid,
-        sop_uid=row.sop_uid,
+        ids=InstanceId(row.study_uid, row.series_uid, row.sop_uid),
         transfer_syntax_uid=row.transfer_syntax_uid,
         storage_key=row.storage_key,
         size=int(row.size),
@@ -143,7 +139,7 @@ class Planner:
                 self._cache.popitem(last=False)
         else:
             self._cache.move_to_end(sop)
-        if cached.study_uid != study or cached.series_uid != series:
+        if cached.ids.study != study or cached.ids.series != series:
             raise NotFound("no such instance in this study and series")
         return cached
 

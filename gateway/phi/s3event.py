@@ -35,8 +35,10 @@ META_PREFIX = "dicomgw-"
 
 class IngestResultLike(Protocol):
     status: str  # "stored" | "duplicate" | "failed" | "quarantined"
-    sop_uid: str | None
     detail: str
+
+    @property
+    def sop_uid(self) -> str | None: ...
 
 
 class IngestorLike(Protocol):

@@ -157,9 +157,7 @@ def _to_item(result: IngestResult) -> StowItem:
     return StowItem(
         status=result.status,
         sop_class_uid=result.sop_class_uid,
-        sop_uid=result.sop_uid,
-        study_uid=result.study_uid,
-        series_uid=result.series_uid,
+        ids=result.ids,
         failure_reason=result.failure_reason,
         detail=result.detail,
     )

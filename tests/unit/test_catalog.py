@@ -109,18 +109,18 @@ def test_search_values_flattening() -> None:
 def test_register_is_idempotent_conflicts_and_replaces(catalog: Catalog) -> None:
     inst = make_instance(ST, SE1, "1.2.3.1.1.1")
     assert catalog.register_instance(record(inst, b"v1")) is True
-    before = catalog.get_instance(inst.sop_uid)
+    before = catalog.get_instance(inst.ids.sop)
     # same bytes: no change at all
     assert catalog.register_instance(record(inst, b"v1")) is False
-    assert catalog.get_instance(inst.sop_uid) == before
+    assert catalog.get_instance(inst.ids.sop) == before
     assert counts(catalog, ST) == (1, 1, ["CT"])
     # different bytes: conflict, nothing changed
     with pytest.raises(Conflict):
         catalog.register_instance(record(inst, b"v2"))
-    assert catalog.get_instance(inst.sop_uid) == before
+    assert catalog.get_instance(inst.ids.sop) == before
     # replace: the new bytes win, counts unchanged
     assert catalog.register_instance(record(inst, b"v2", replace=True)) is True
-    after = catalog.get_instance(inst.sop_uid)
+    after = catalog.get_instance(inst.ids.sop)
     assert after is not None and before is not None
     assert after.sha256 == record(inst, b"v2").sha256 != before.sha256
     assert counts(catalog, ST) == (1, 1, ["CT"])

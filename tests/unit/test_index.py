@@ -37,7 +37,7 @@ def native_file(path: Path, ts: str = b.ExplicitVRLittleEndian, frames: int = 4)
 def test_native_multiframe_16bit(tmp_path: Path, ts: str) -> None:
     path, data = native_file(tmp_path / "n.dcm", ts)
     indexed = index_file(path)
-    assert (indexed.study_uid, indexed.series_uid, indexed.sop_uid) == (b.STUDY, b.SERIES, b.SOP)
+    assert (indexed.ids.study, indexed.ids.series, indexed.ids.sop) == (b.STUDY, b.SERIES, b.SOP)
     assert indexed.sop_class_uid == b.CT_IMAGE
     assert indexed.transfer_syntax_uid == ts
     assert indexed.number_of_frames == 4
@@ -122,7 +122,7 @@ def test_big_endian_and_deflated_are_served_whole(tmp_path: Path, ts: str) -> No
     path, _ = native_file(tmp_path / "x.dcm", ts)
     indexed = index_file(path)
     assert indexed.transfer_syntax_uid == ts
-    assert indexed.sop_uid == b.SOP
+    assert indexed.ids.sop == b.SOP
     assert indexed.number_of_frames == 4
     assert indexed.frame_index is None
     assert indexed.bulkdata == []

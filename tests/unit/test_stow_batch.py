@@ -9,6 +9,7 @@ from pathlib import Path
 from gateway.dicomweb.stow import StowBatch
 from gateway.errors import StorageUnavailable
 from gateway.ingest import OUT_OF_RESOURCES, IngestResult
+from gateway.uids import InstanceId
 
 
 def spooled(tmp_path: Path, count: int) -> list[Path]:
@@ -23,7 +24,7 @@ def spooled(tmp_path: Path, count: int) -> list[Path]:
 def test_results_keep_part_order_and_files_are_removed(tmp_path: Path) -> None:
     def ingest(path: Path) -> IngestResult:
         time.sleep(0.02 if path.name.endswith("0.dcm") else 0)  # the first part finishes last
-        return IngestResult("stored", sop_uid=path.stem)
+        return IngestResult("stored", ids=InstanceId("1.2", "1.2.3", path.stem))
 
     batch = StowBatch(ingest, workers=3)
     paths = spooled(tmp_path, 5)

@@ -14,6 +14,7 @@ from gateway.dicomweb.stow_response import (
     reason_name,
 )
 from gateway.errors import InvalidUID
+from gateway.uids import InstanceId
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 ST = "1.2.3"
@@ -22,7 +23,7 @@ ROOT = "/t/TOKEN/dicomweb/"
 
 
 def stored(sop: str, status: str = "stored", study: str = ST, **kw: object) -> StowItem:
-    return StowItem(status, CT, sop, study, SE, None, str(kw.pop("detail", "")), **kw)  # type: ignore[arg-type]
+    return StowItem(status, CT, InstanceId(study, SE, sop), None, str(kw.pop("detail", "")), **kw)  # type: ignore[arg-type]
 
 
 def private(outcome: str, text: str = "") -> dict[str, object]:
@@ -62,9 +63,11 @@ def test_all_stored() -> None:
 def test_mixed_with_failures_and_quarantine() -> None:
     items = [
         stored("1.1"),
-        StowItem("failed", "1.2.840.10008.5.1.4.1.1.9999", "1.2", ST, SE, SOP_CLASS_NOT_SUPPORTED, "unknown"),
-        StowItem("quarantined", CT, "1.3", ST, SE, None, "PHI found in tags the policy forbids"),
-        StowItem("failed", None, "not a uid", None, None, None, "not a DICOM file"),
+        StowItem(
+            "failed", "1.2.840.10008.5.1.4.1.1.9999", InstanceId(ST, SE, "1.2"), SOP_CLASS_NOT_SUPPORTED, "unknown"
+        ),
+        StowItem("quarantined", CT, InstanceId(ST, SE, "1.3"), None, "PHI found in tags the policy forbids"),
+        StowItem("failed", None, InstanceId("", "", "not a uid"), None, "not a DICOM file"),
     ]
     response = build_stow_response(items, ROOT)
     assert response.status == 202
@@ -93,7 +96,7 @@ def test_mixed_with_failures_and_quarantine() -> None:
 
 
 def test_all_failed_is_409() -> None:
-    items = [StowItem("failed", CT, "1.1", "9.9", SE, 0xC409, "study instance UID does not match the URL")]
+    items = [StowItem("failed", CT, InstanceId("9.9", SE, "1.1"), 0xC409, "study instance UID does not match the URL")]
     response = build_stow_response(items, "/dicomweb", study_uid=ST)
     assert response.status == 409
     assert response.body == {
@@ -132,7 +135,7 @@ def test_empty_request_is_400() -> None:
 
 def test_stored_item_needs_valid_uids() -> None:
     with pytest.raises(InvalidUID):
-        build_stow_response([StowItem("stored", CT, "1.1", "../x", SE, None, "")], "/dicomweb")
+        build_stow_response([StowItem("stored", CT, InstanceId("../x", SE, "1.1"), None, "")], "/dicomweb")
 
 
 def test_reason_names() -> None:

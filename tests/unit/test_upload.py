@@ -22,6 +22,7 @@ from rich.console import Console
 from gateway.dicomweb.multipart import iter_parts, multipart_boundary
 from gateway.dicomweb.stow_response import DATA_SET_DOES_NOT_MATCH_SOP_CLASS, StowItem, build_stow_response
 from gateway.tools.upload import UploadOptions, run_upload, upload
+from gateway.uids import InstanceId
 
 ST = "1.2.826.0.1.3680043.8.498.1"
 SE = "1.2.826.0.1.3680043.8.498.1.1"
@@ -136,11 +137,11 @@ def make_handler(state: ServerState) -> type[BaseHTTPRequestHandler]:
                     state.received.append(sop)
                     if sop in state.reject:
                         code, text = state.reject[sop]
-                        items.append(StowItem("failed", ds.SOPClassUID, sop, ST, SE, code, text))
+                        items.append(StowItem("failed", ds.SOPClassUID, InstanceId(ST, SE, sop), code, text))
                         continue
                     status = "duplicate" if sop in state.existing else "stored"
                     state.existing.add(sop)
-                items.append(StowItem(status, ds.SOPClassUID, sop, ds.StudyInstanceUID, SE, None, ""))  # type: ignore[arg-type]
+                items.append(StowItem(status, ds.SOPClassUID, InstanceId(ds.StudyInstanceUID, SE, sop), None, ""))  # type: ignore[arg-type]
             response = build_stow_response(items, "/dicomweb")
             self._send(response.status, response.to_bytes())
 
@@ -283,8 +284,8 @@ def test_failures_without_uid_are_attributed_to_unacknowledged_files(tmp_path: P
     b = FileEntry(path=tmp_path / "b", size=1, sop_uid="1.2")
     payload = build_stow_response(
         [
-            StowItem("stored", CTImageStorage, "1.1", ST, SE, None, ""),
-            StowItem("failed", None, None, None, None, 0xC000, "cannot parse the data set"),
+            StowItem("stored", CTImageStorage, InstanceId(ST, SE, "1.1"), None, ""),
+            StowItem("failed", None, None, 0xC000, "cannot parse the data set"),
         ],
         "/dicomweb",
     ).body

@@ -184,7 +184,7 @@ def test_parse_range_not_satisfiable(header: str, length: int, detail: str) -> N
 
 def test_to_cached_decodes_a_row() -> None:
     cached = to_cached(ROWS[CT1])
-    assert (cached.study_uid, cached.series_uid, cached.sop_uid) == (ST, SE, CT1)
+    assert (cached.ids.study, cached.ids.series, cached.ids.sop) == (ST, SE, CT1)
     assert (cached.transfer_syntax_uid, cached.storage_key, cached.size, cached.etag) == (
         EXPLICIT, key(SE, CT1), 3000, '"e1"'
     )  # fmt: skip
