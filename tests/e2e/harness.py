@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +116,22 @@ def start_stack(var_dir: Path, backend: str, moto: MotoServer | None, **env: str
     stack = Stack(var_dir, port=free_port(), storage_url=storage_url, extra_env=extra)
     stack.start()
     return RunningStack(stack, backend)
+
+
+class LoopbackPageServer:
+    """A test web page's own server on loopback, with origin ``http://localhost:P``: an origin other than the
+    gateway's (``127.0.0.1``), yet still loopback, so Chromium's local-network-access rules do not interfere."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.port = free_port()
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def origin(self) -> str:
+        return f"http://localhost:{self.port}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

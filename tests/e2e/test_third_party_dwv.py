@@ -11,10 +11,8 @@ is CORS-simple, and really cross-origin (each carried `Origin` and was answered 
 from __future__ import annotations
 
 import base64
-import threading
 from collections.abc import Iterator
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +20,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from gateway.tools.stack import free_port
 from tests.e2e.conftest import uids_of
-from tests.e2e.harness import RunningStack, start_stack
+from tests.e2e.harness import LoopbackPageServer, RunningStack, start_stack
 from tests.e2e.test_viewer import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, NetworkLog, playwright_sync
 from tests.requirements import require
 
@@ -40,32 +37,19 @@ require(
 )
 
 
-class PageServer:
-    """Serves tests/e2e/dwv/ (the page, DWV and its dependencies) on loopback, as origin http://localhost:P."""
+class QuietFiles(SimpleHTTPRequestHandler):
+    """Serves tests/e2e/dwv/ (the page, DWV and its dependencies)."""
 
-    def __init__(self) -> None:
-        self.port = free_port()
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, directory=str(PAGE_DIR), **kwargs)
 
-        class Quiet(SimpleHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
-                return
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), partial(Quiet, directory=str(PAGE_DIR)))
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def origin(self) -> str:
-        return f"http://localhost:{self.port}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
+        return
 
 
 @pytest.fixture(scope="module")
-def page_server() -> Iterator[PageServer]:
-    server = PageServer()
+def page_server() -> Iterator[LoopbackPageServer]:
+    server = LoopbackPageServer(QuietFiles)
     try:
         yield server
     finally:
@@ -74,7 +58,7 @@ def page_server() -> Iterator[PageServer]:
 
 @pytest.fixture(scope="module")
 def dwv_stack(
-    tmp_path_factory: pytest.TempPathFactory, synthetic: dict[str, Any], page_server: PageServer
+    tmp_path_factory: pytest.TempPathFactory, synthetic: dict[str, Any], page_server: LoopbackPageServer
 ) -> Iterator[RunningStack]:
     """A stack (file backend) whose only CORS origin is the page's, with the CT series stored."""
     running = start_stack(tmp_path_factory.mktemp("dwv"), "file", None, DICOMGW_CORS_ORIGINS=page_server.origin)
@@ -95,7 +79,9 @@ def chromium() -> Iterator[Any]:
             instance.close()
 
 
-def load(chromium: Any, page_server: PageServer, urls: list[str], accept: str | None, name: str) -> tuple[Any, Any]:
+def load(
+    chromium: Any, page_server: LoopbackPageServer, urls: list[str], accept: str | None, name: str
+) -> tuple[Any, Any]:
     """Open the page, let DWV load ``urls``; returns (what DWV decoded, every request the page sent)."""
     log = NetworkLog()
     context = chromium.new_context(viewport={"width": 600, "height": 600})
@@ -184,7 +170,7 @@ def test_dwv_decodes_what_pydicom_decodes_without_preflight(
     dwv_stack: RunningStack,
     synthetic: dict[str, Any],
     chromium: Any,
-    page_server: PageServer,
+    page_server: LoopbackPageServer,
     protocol: str,
     level: str,
 ) -> None:

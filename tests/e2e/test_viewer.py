@@ -11,10 +11,9 @@ Screenshots land in ``test-artifacts/`` (git-ignored; CI keeps them as artefacts
 from __future__ import annotations
 
 import io
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -24,9 +23,8 @@ import pydicom
 import pytest
 import requests
 
-from gateway.tools.stack import free_port
 from tests.e2e.conftest import uids_of
-from tests.e2e.harness import RunningStack, start_stack
+from tests.e2e.harness import LoopbackPageServer, RunningStack, start_stack
 from tests.requirements import require
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
@@ -482,14 +480,14 @@ PORTAL_PAGE = """<!doctype html><html><head><meta name="referrer" content="no-re
         style="width:100%;height:560px;border:0"></iframe></body></html>"""
 
 
-class Portal:
-    """A stand-in portal: a loopback HTTP server whose one page embeds whatever viewer URL the test sets.
+class Portal(LoopbackPageServer):
+    """A stand-in portal: a loopback page server whose one page embeds whatever viewer URL the test sets.
 
     Loopback on purpose: Chromium's local-network-access rules would stop a "public" origin from framing a
-    loopback viewer, which is a property of this test set-up, not of a real deployment."""
+    loopback viewer, which is a property of this test set-up, not of a real deployment. Its origin is
+    ``localhost``; the same server as ``127.0.0.1`` is a different, refused origin."""
 
     def __init__(self) -> None:
-        self.port = free_port()
         self.html = ""
         portal = self
 
@@ -505,18 +503,7 @@ class Portal:
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
                 return
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def origin(self) -> str:
-        """The allowed origin (`localhost`); the same server as `127.0.0.1` is a different, refused origin."""
-        return f"http://localhost:{self.port}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 @pytest.fixture(scope="module")
