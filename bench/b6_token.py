@@ -37,6 +37,7 @@ def _stats(values_ns: list[int]) -> tuple[float, float, float]:
 def run() -> Report:
     from gateway.auth import Authorizer
     from gateway.catalog import Catalog
+    from gateway.config import parse_api_keys
     from gateway.tokens import TokenService
 
     started = time.perf_counter()
@@ -48,7 +49,7 @@ def run() -> Report:
         for i in range(100):  # a realistic, non-empty revocation list
             catalog.revoke(f"revoked-{i}", now + 3600)
         tokens = TokenService(("old-key-" + "a" * 40, "new-key-" + "b" * 40), max_ttl=3600)
-        authorizer = Authorizer(tokens, ("api-key-" + "c" * 40,), catalog.revoked_jtis, refresh=2.0)
+        authorizer = Authorizer(tokens, parse_api_keys("api-key-" + "c" * 40), catalog.revoked_jtis, refresh=2.0)
         base = f"/dicomweb/studies/{STUDY}/series/{SERIES}/instances/{SOP}/frames/"
         issued = [tokens.issue(sub=f"user-{i}", studies=[STUDY], ttl=900).token for i in range(COLD)]
         report.say(f"token length {len(issued[0])} characters; {COLD:,} cold and {WARM:,} warm decisions")

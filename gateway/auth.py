@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qs
 
+from gateway.config import ApiKey
 from gateway.dicomweb.paths import Target, parse_target, split_token
 from gateway.errors import OutOfScope, TokenInvalid, TokenMissing, TokenRevoked, TokenUnrecognised
 from gateway.scope import Scope
@@ -112,13 +113,13 @@ class Authorizer:
     def __init__(
         self,
         tokens: TokenService,
-        api_keys: tuple[str, ...],
+        api_keys: tuple[ApiKey, ...],
         load_revoked: Callable[[int], set[str]],
         refresh: float = 2.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.tokens = tokens
-        self._api_keys = tuple(key.encode() for key in api_keys)
+        self._api_keys = tuple((key.secret.encode(), key.label) for key in api_keys)
         self._load_revoked = load_revoked
         self._refresh = refresh
         self._clock = clock
@@ -138,15 +139,19 @@ class Authorizer:
 
     def is_api_key(self, authorization: str) -> bool:
         """Constant-time check of an ``Authorization: Bearer <API key>`` header."""
-        return self._is_key(bearer_value(authorization))
+        return self.api_key_label(authorization) is not None
 
-    def _is_key(self, presented: str) -> bool:
+    def api_key_label(self, authorization: str) -> str | None:
+        """The label of the API key in an ``Authorization: Bearer`` header (what audit records name), or None."""
+        return self._key_label(bearer_value(authorization))
+
+    def _key_label(self, presented: str) -> str | None:
         if not presented:
-            return False
+            return None
         candidate = presented.encode()
         # compare against every key so the time taken does not tell which one (or whether any) matched
-        matches = [hmac.compare_digest(candidate, key) for key in self._api_keys]
-        return any(matches)
+        matches = [label for key, label in self._api_keys if hmac.compare_digest(candidate, key)]
+        return matches[0] if matches else None
 
     def decide(
         self,
@@ -192,8 +197,9 @@ class Authorizer:
 
     def _bearer(self, value: str, purpose: str, method: str, target: Target, now: int) -> Claims | None:
         """The credential in an ``Authorization: Bearer`` value, or None when it is not one of ours."""
-        if self._is_key(value):
-            return api_key_claims(now)
+        label = self._key_label(value)
+        if label is not None:
+            return api_key_claims(now, label)
         if not value or not well_formed(value):
             return None
         try:
@@ -227,6 +233,6 @@ def intersect(granted: list[Claims]) -> Claims:
     )
 
 
-def api_key_claims(now: int) -> Claims:
-    """The credential of a server holding an API key: everything, read and write."""
-    return Claims("api-key", None, frozenset({"read", "write"}), now, now + 60, "api-key")
+def api_key_claims(now: int, label: str = "api-key") -> Claims:
+    """The credential of a server holding an API key: everything, read and write; ``sub`` is the key's label."""
+    return Claims(label, None, frozenset({"read", "write"}), now, now + 60, "api-key")

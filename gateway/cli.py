@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from gateway.config import env_int, env_list, env_value
+from gateway.config import env_int, env_list, env_value, parse_api_keys
 from gateway.errors import ConfigError, GatewayError
 
 
@@ -105,12 +105,15 @@ def stack_seed(url: str, work_dir: Path) -> None:
     from gateway.tools.seed import Target, seed_demo
     from gateway.tools.stack import StackError
 
-    keys = env_list("API_KEYS")
+    try:
+        keys = parse_api_keys(",".join(env_list("API_KEYS")))
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
     if not keys:
         raise click.ClickException("DICOMGW_API_KEYS is not set")
     work_dir.mkdir(parents=True, exist_ok=True)
     try:
-        urls = seed_demo(Target(url, keys[0], work_dir))
+        urls = seed_demo(Target(url, keys[0].secret, work_dir))
     except StackError as error:
         raise click.ClickException(str(error)) from None
     click.echo(f"gateway:  {url}")

@@ -9,7 +9,9 @@ from ``VARIABLES`` and ``ELSEWHERE`` (``python -m gateway.config --markdown``; t
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -19,7 +21,6 @@ from typing import Any, NamedTuple
 from gateway.errors import ConfigError
 
 PREFIX = "DICOMGW_"
-
 
 
 class Variable(NamedTuple):
@@ -41,7 +42,12 @@ VARIABLES: dict[str, Variable] = {
         "",
         "Comma-separated keys that verify tokens but never sign (step 1 of a key rotation).",
     ),
-    "API_KEYS": Variable(True, "", "Comma-separated API keys for server-to-server calls (tokens, admin)."),
+    "API_KEYS": Variable(
+        True,
+        "",
+        "Comma-separated API keys for server-to-server calls (tokens, admin), each `key` or `label:key`; the label "
+        "(default `key-` + 8 hex digits of the key's SHA-256) names the caller in audit records, never the key.",
+    ),
     "STORAGE_URL": Variable(
         True,
         "",
@@ -150,6 +156,30 @@ def _split(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
+@dataclass(frozen=True)
+class ApiKey:
+    """One server-to-server key and the label audit records name it by (the key itself is never recorded)."""
+
+    label: str
+    secret: str = field(repr=False)
+
+
+API_KEY_LABEL = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def parse_api_keys(value: str) -> tuple[ApiKey, ...]:
+    """``key`` or ``label:key``, comma-separated. Generated keys (URL-safe base64) never hold a colon."""
+    keys = []
+    for entry in _split(value):
+        label, colon, secret = entry.rpartition(":")
+        if not colon:
+            label = "key-" + hashlib.sha256(secret.encode()).hexdigest()[:8]
+        elif not API_KEY_LABEL.match(label) or not secret:
+            raise ConfigError(PREFIX + "API_KEYS", "an entry is not `key` or `label:key` (label: 1-64 of A-Za-z0-9._-)")
+        keys.append(ApiKey(label, secret))
+    return tuple(keys)
+
+
 def _flag(name: str, value: str) -> bool:
     if value.lower() in ("1", "true", "yes", "on"):
         return True
@@ -198,7 +228,7 @@ def _development_defaults(values: dict[str, str]) -> None:
 @dataclass(frozen=True)
 class Settings:
     signing_keys: tuple[str, ...]
-    api_keys: tuple[str, ...]
+    api_keys: tuple[ApiKey, ...]
     storage_url: str
     database_url: str
     phi_policy: Path | None = None
@@ -256,9 +286,7 @@ class Settings:
             raise ConfigError(PREFIX + "COOKIE_SAMESITE", "expected Lax, Strict or None")
         tls = _flag("TLS", values["TLS"])
         if samesite == "None" and not tls:
-            raise ConfigError(
-                PREFIX + "COOKIE_SAMESITE", "None requires DICOMGW_TLS=1 (browsers demand Secure)"
-            )
+            raise ConfigError(PREFIX + "COOKIE_SAMESITE", "None requires DICOMGW_TLS=1 (browsers demand Secure)")
         max_ttl = _int("TOKEN_MAX_TTL", values["TOKEN_MAX_TTL"], 1)
         presign_ttl = _int("S3_PRESIGN_TTL", values["S3_PRESIGN_TTL"], 2)
         policy = values["PHI_POLICY"]
@@ -266,7 +294,7 @@ class Settings:
             raise ConfigError(PREFIX + "PHI_POLICY", f"no such file: {policy}")
         return cls(
             signing_keys=keys,
-            api_keys=_split(values["API_KEYS"]),
+            api_keys=parse_api_keys(values["API_KEYS"]),
             storage_url=storage,
             database_url=database,
             phi_policy=Path(policy) if policy else None,

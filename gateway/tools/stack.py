@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 
 import requests
 
-from gateway.config import read_or_create_secret
+from gateway.config import parse_api_keys, read_or_create_secret
 from gateway.tools import nginxconf
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -125,8 +125,8 @@ class Stack:
 
     @property
     def api_key(self) -> str:
-        """The API key seeding and tests use (the first, as ``stack seed`` does)."""
-        return self.api_keys[0]
+        """The API key seeding and tests use (the first, as ``stack seed`` does; without its label)."""
+        return parse_api_keys(self.api_keys[0])[0].secret
 
     def keys_from_environment(self, variable: str) -> bool:
         return bool(self.extra_env.get(variable, "").strip(", "))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import time
 
@@ -16,6 +17,7 @@ from gateway.auth import (
     cookie_token,
     query_token,
 )
+from gateway.config import parse_api_keys
 from gateway.dicomweb.paths import Target, parse_target
 from gateway.errors import OutOfScope, TokenExpired, TokenInvalid, TokenMissing, TokenRevoked
 from gateway.scope import Scope
@@ -185,7 +187,8 @@ def tokens() -> TokenService:
 
 
 def make_authorizer(tokens: TokenService, revocations: Revocations, clock: Clock) -> Authorizer:
-    return Authorizer(tokens, ("api-key-one-" + "1" * 20, "api-key-two-" + "2" * 20), revocations, 2.0, clock)
+    keys = parse_api_keys("api-key-one-" + "1" * 20 + ",portal:api-key-two-" + "2" * 20)
+    return Authorizer(tokens, keys, revocations, 2.0, clock)
 
 
 def test_decide_with_a_path_token(tokens: TokenService) -> None:
@@ -259,11 +262,16 @@ def test_revocations_reload_every_refresh_seconds(tokens: TokenService) -> None:
 def test_api_key(tokens: TokenService) -> None:
     authorizer = make_authorizer(tokens, Revocations(), Clock(5000.7))
     decision = authorizer.decide("POST", STUDY_PATH, authorization="Bearer api-key-two-" + "2" * 20)
-    assert decision.claims == api_key_claims(5000)
+    assert decision.claims == api_key_claims(5000, "portal")
+    assert decision.claims.sub == "portal"  # the label, never the key
     assert decision.claims.scope is None
     assert decision.claims.actions == frozenset({"read", "write"})
     assert decision.target == Target(f"/studies/{ST}", ST, None, None, "")
-    assert authorizer.decide("GET", "/dicomweb/studies", authorization="bearer api-key-one-" + "1" * 20).study == ""
+    unlabelled = authorizer.decide("GET", "/dicomweb/studies", authorization="bearer api-key-one-" + "1" * 20)
+    assert unlabelled.study == ""
+    assert unlabelled.claims.sub == "key-" + hashlib.sha256(("api-key-one-" + "1" * 20).encode()).hexdigest()[:8]
+    assert authorizer.api_key_label("Bearer api-key-two-" + "2" * 20) == "portal"
+    assert authorizer.api_key_label("Bearer api-key-two-" + "2" * 19) is None
     assert api_key_claims(10) == api_key_claims(10)
     assert (api_key_claims(10).issued_at, api_key_claims(10).expires_at) == (10, 70)
 

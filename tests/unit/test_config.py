@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway.config import VARIABLES, Settings, env_int, env_list, env_value, markdown_table
+from gateway.config import VARIABLES, ApiKey, Settings, env_int, env_list, env_value, markdown_table
 from gateway.errors import ConfigError
 
 KEY = "s" * 32
@@ -32,7 +33,7 @@ def config_error(**changes: Any) -> ConfigError:
 def test_defaults() -> None:
     assert settings() == Settings(
         signing_keys=(KEY,),
-        api_keys=("api-1",),
+        api_keys=(ApiKey("key-" + hashlib.sha256(b"api-1").hexdigest()[:8], "api-1"),),
         storage_url="file:///srv/objects",
         database_url="sqlite:///srv/catalog.db",
         phi_policy=None,
@@ -159,11 +160,31 @@ def test_comma_lists_are_trimmed() -> None:
     other = "o" * 40
     parsed = settings(
         SIGNING_KEYS=f" {KEY} , {other} ,, ",
-        API_KEYS="a, b ,c,",
+        API_KEYS="a, portal-1:b ,c,",
         CORS_ORIGINS=" https://a.example ,https://b.example:8443 ",
     )
     assert parsed.signing_keys == (KEY, other)
-    assert parsed.api_keys == ("a", "b", "c")
+    assert [key.secret for key in parsed.api_keys] == ["a", "b", "c"]
+    assert [key.label for key in parsed.api_keys] == [
+        "key-" + hashlib.sha256(b"a").hexdigest()[:8],
+        "portal-1",
+        "key-" + hashlib.sha256(b"c").hexdigest()[:8],
+    ]
+
+
+@pytest.mark.parametrize("entry", [":s3cret", "bad label:s3cret", "portal:", "x" * 65 + ":s3cret"])
+def test_a_malformed_api_key_label_is_refused_without_echoing_the_key(entry: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        settings(API_KEYS=entry)
+    assert "API_KEYS" in str(raised.value) and entry not in str(raised.value)
+
+
+def test_an_api_key_never_shows_in_its_repr() -> None:
+    assert "s3cret" not in repr(settings(API_KEYS="portal:s3cret").api_keys)
+
+
+def test_cors_origins_split() -> None:
+    parsed = settings(CORS_ORIGINS=" https://a.example ,https://b.example:8443 ")
     assert parsed.cors_origins == ("https://a.example", "https://b.example:8443")
 
 
