@@ -125,12 +125,14 @@ def stack_seed(url: str, work_dir: Path) -> None:
 # -- tokens and keys -------------------------------------------------------------------------------------------
 
 
-def _signing_keys() -> tuple[str, ...]:
+def _signing_keys(var_dir: Path) -> tuple[str, ...]:
+    """DICOMGW_SIGNING_KEYS, else the key `stack up --var DIR` generated in DIR (the same default, ./var)."""
     keys = env_list("SIGNING_KEYS")
-    if not keys and Path("var/signing.key").exists():
-        keys = env_list("SIGNING_KEYS", {"DICOMGW_SIGNING_KEYS": Path("var/signing.key").read_text().strip()})
+    stored = var_dir / "signing.key"
+    if not keys and stored.exists():
+        keys = env_list("SIGNING_KEYS", {"DICOMGW_SIGNING_KEYS": stored.read_text().strip()})
     if not keys:
-        raise click.ClickException("DICOMGW_SIGNING_KEYS is not set (and no ./var/signing.key)")
+        raise click.ClickException(f"DICOMGW_SIGNING_KEYS is not set (and no {stored})")
     return keys
 
 
@@ -148,8 +150,22 @@ def token() -> None:
 @click.option(
     "--url", "base_url", default="", help="Public base URL (default DICOMGW_PUBLIC_URL or localhost:8080)."
 )
+@click.option(
+    "--var",
+    "var_dir",
+    default="var",
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="The folder `stack up --var` uses: its signing.key signs when DICOMGW_SIGNING_KEYS is unset.",
+)
 def token_issue(
-    studies: tuple[str, ...], series: tuple[str, ...], action: str, ttl: int | None, sub: str, base_url: str
+    studies: tuple[str, ...],
+    series: tuple[str, ...],
+    action: str,
+    ttl: int | None,
+    sub: str,
+    base_url: str,
+    var_dir: Path,
 ) -> None:
     """Print JSON: token, expires_at, jti, dicomweb_root, viewer_url."""
     from gateway.tokens import TokenService
@@ -159,7 +175,7 @@ def token_issue(
         max_ttl, default_ttl = env_int("TOKEN_MAX_TTL"), env_int("TOKEN_DEFAULT_TTL")
     except ConfigError as error:
         raise click.ClickException(str(error)) from None
-    service = TokenService(_signing_keys(), max_ttl, min(default_ttl, max_ttl))
+    service = TokenService(_signing_keys(var_dir), max_ttl, min(default_ttl, max_ttl))
     actions = ["read"] if action == "read" else ["read", "write"]
     try:
         issued = service.issue(

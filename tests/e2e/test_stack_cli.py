@@ -306,8 +306,26 @@ def test_storage_and_database_given_elsewhere_are_where_nginx_reads(tmp_path: Pa
         with sqlite3.connect(elsewhere / "catalog.db") as catalog:
             assert catalog.execute("SELECT sop_uid FROM instances").fetchall() == [(sop,)]
         _read_through_nginx(url, api_key, ct)
+        if given_by == "flags":
+            _token_issue_signs_with_the_stacks_key(tmp_path, var, url, uids_of(ct))
     finally:
         _stop(process)
+
+
+def _token_issue_signs_with_the_stacks_key(tmp_path: Path, var: Path, url: str, uids: tuple[str, str, str]) -> None:
+    """`token issue --var DIR`, run from another folder, signs with the key `stack up --var DIR` made: the gateway
+    accepts it. Without --var it looks in ./var, finds nothing there, and says so in one line."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMGW_")}
+    command = [sys.executable, "-m", "gateway.cli", "token", "issue", "--study", uids[0], "--url", url]
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    issued = subprocess.run([*command, "--var", str(var)], cwd=elsewhere, env=env, capture_output=True, text=True)
+    assert issued.returncode == 0, issued.stderr
+    root = json.loads(issued.stdout)["dicomweb_root"]
+    assert requests.get(f"{root}/studies/{uids[0]}/series/{uids[1]}/instances", timeout=30).status_code == 200
+    missing = subprocess.run(command, cwd=elsewhere, env=env, capture_output=True, text=True)
+    assert missing.returncode == 1
+    assert missing.stderr.strip().splitlines()[-1] == "Error: DICOMGW_SIGNING_KEYS is not set (and no var/signing.key)"
 
 
 def test_s3_storage_from_the_environment_is_what_nginx_reads(tmp_path: Path, moto_server: MotoServer) -> None:
