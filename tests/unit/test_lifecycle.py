@@ -1,0 +1,155 @@
+"""Deletion on the real catalog (SQLite and PostgreSQL) and the real local storage: what hide() makes invisible in
+one transaction, what Deleter removes from storage (everything under an instance's name, nothing of its
+neighbours or of an instance stored again), and how reconcile finishes a deletion a crash interrupted."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.catalog import Catalog
+from gateway.catalog.deletions import Target
+from gateway.config import Settings
+from gateway.lifecycle import Deleter, instance_of, summary
+from gateway.reconcile import reconcile
+from gateway.storage.local import LocalStorage
+from tests.fixtures.catalog_data import make_instance, record
+
+ST, ST2 = "1.2.3.1", "1.2.3.2"
+SE1, SE2 = "1.2.3.1.1", "1.2.3.1.2"
+SOP1, SOP2, SOP3 = "1.2.3.1.1.1", "1.2.3.1.1.11", "1.2.3.1.2.1"
+
+
+@pytest.fixture
+def catalog(catalog_url: str) -> Iterator[Catalog]:
+    cat = Catalog(catalog_url)
+    cat.migrate()
+    yield cat
+    cat.close()
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> LocalStorage:
+    return LocalStorage(f"file://{tmp_path / 'objects'}")
+
+
+def put(storage: LocalStorage, tmp_path: Path, key: str) -> None:
+    source = tmp_path / "blob"
+    source.write_bytes(key.encode())
+    storage.put_file(key, source)
+
+
+def store(catalog: Catalog, storage: LocalStorage, tmp_path: Path, study: str, series: str, sop: str, **kw: str) -> str:
+    instance = make_instance(study, series, sop, **kw)  # type: ignore[arg-type]
+    catalog.register_instance(record(instance))
+    put(storage, tmp_path, instance.ids.key)
+    return instance.ids.key
+
+
+@pytest.fixture
+def stored(catalog: Catalog, storage: LocalStorage, tmp_path: Path) -> dict[str, str]:
+    keys = {
+        SOP1: store(catalog, storage, tmp_path, ST, SE1, SOP1),
+        SOP2: store(catalog, storage, tmp_path, ST, SE1, SOP2),
+        SOP3: store(catalog, storage, tmp_path, ST, SE2, SOP3),
+    }
+    # derived objects next to SOP1: a thumbnail and a folder of derivatives
+    base = keys[SOP1].removesuffix(".dcm")
+    put(storage, tmp_path, base + ".thumb.jpg")
+    put(storage, tmp_path, base + "/htj2k/1.jph")
+    return keys
+
+
+def deleter(catalog: Catalog, storage: LocalStorage) -> Deleter:
+    return Deleter(catalog, storage, settle=0, sleep=lambda _: None)
+
+
+def test_instance_of_tells_neighbours_apart() -> None:
+    folder = "studies/1/series/2/instances/"
+    assert instance_of(folder + "1.2.3.dcm") == (folder, "1.2.3")
+    assert instance_of(folder + "1.2.3.thumb.jpg") == (folder, "1.2.3")
+    assert instance_of(folder + "1.2.3/htj2k/1.jph") == (folder, "1.2.3")
+    assert instance_of(folder + "1.2.3.4.dcm") == (folder, "1.2.3.4")
+    assert instance_of("quarantine/x.dcm") is None
+
+
+def test_delete_instance_removes_it_and_its_derivatives_only(
+    catalog: Catalog, storage: LocalStorage, stored: dict[str, str]
+) -> None:
+    removed = deleter(catalog, storage).delete([Target(ST, SE1, SOP1)], sub="portal", reason="withdrawn")
+    assert [r.sop_uids for r in removed] == [(SOP1,)]
+    assert catalog.get_instance(SOP1) is None and catalog.get_instance(SOP2) is not None
+    assert sorted(storage.list("studies/")) == sorted([stored[SOP2], stored[SOP3]])
+    (record_,) = catalog.deletion_records()
+    assert record_["level"] == "instance" and record_["sub"] == "portal" and record_["reason"] == "withdrawn"
+    assert record_["instances"] == 1 and record_["finished_at"] is not None and "keys" not in record_
+    assert catalog.study_version(ST) is not None  # the study stays with its other instances
+
+
+def test_delete_series_then_study_recounts_and_is_idempotent(
+    catalog: Catalog, storage: LocalStorage, stored: dict[str, str]
+) -> None:
+    d = deleter(catalog, storage)
+    (series_removed,) = d.delete([Target(ST, SE1)], sub="k", reason="")
+    assert set(series_removed.sop_uids) == {SOP1, SOP2}
+    assert catalog.study_version(ST) == (1, 1, catalog.study_version(ST)[2])  # type: ignore[index]
+    assert d.delete([Target(ST, SE1)], sub="k", reason="") == []  # nothing left there
+    (study_removed,) = d.delete([Target(ST)], sub="k", reason="")
+    assert study_removed.sop_uids == (SOP3,)
+    assert catalog.study_version(ST) is None and list(storage.list("studies/")) == []
+    assert d.delete([Target(ST)], sub="k", reason="") == []
+    gens = catalog.generations(0)
+    assert gens == {ST: study_removed.id} and study_removed.id > series_removed.id
+
+
+def test_patient_erasure_by_id_and_issuer(catalog: Catalog, storage: LocalStorage, tmp_path: Path) -> None:
+    store(catalog, storage, tmp_path, ST, SE1, SOP1, patient_id="PAT-9")
+    store(catalog, storage, tmp_path, ST2, "1.2.3.2.1", "1.2.3.2.1.1", patient_id="PAT-9")
+    store(catalog, storage, tmp_path, "1.2.3.3", "1.2.3.3.1", "1.2.3.3.1.1", patient_id="OTHER")
+    assert catalog.studies_of_patient("PAT-9") == [ST, ST2]
+    assert catalog.studies_of_patient("PAT-9", "NO-SUCH-ISSUER") == []
+    removed = deleter(catalog, storage).delete(
+        [Target(s) for s in catalog.studies_of_patient("PAT-9")], sub="k", reason="erasure"
+    )
+    result = summary(removed)
+    assert result["studies"] == [ST, ST2] and result["instances"] == 2 and result["series"] == 2
+    assert len({r["request_id"] for r in catalog.deletion_records()}) == 1  # one call, one request id
+    assert catalog.studies_of_patient("PAT-9") == [] and catalog.studies_of_patient("OTHER") == ["1.2.3.3"]
+
+
+def test_a_reupload_during_the_settle_time_keeps_its_objects(
+    catalog: Catalog, storage: LocalStorage, tmp_path: Path, stored: dict[str, str]
+) -> None:
+    def reupload(_: float) -> None:
+        store(catalog, storage, tmp_path, ST, SE1, SOP1)
+
+    Deleter(catalog, storage, settle=0, sleep=reupload).delete([Target(ST)], sub="k", reason="")
+    # SOP1 is stored again: its objects stay (its derivatives are rebuilt from the new bytes on demand)
+    assert all(instance_of(key) == (stored[SOP1].rsplit("/", 1)[0] + "/", SOP1) for key in storage.list("studies/"))
+    assert stored[SOP1] in storage.list("studies/") and stored[SOP2] not in storage.list("studies/")
+    assert catalog.get_instance(SOP1) is not None
+
+
+def test_reconcile_finishes_an_interrupted_deletion(
+    catalog: Catalog, storage: LocalStorage, stored: dict[str, str], catalog_url: str
+) -> None:
+    catalog.hide([Target(ST, SE1)], sub="k", reason="", now=1000)  # the crash: hidden, objects still there
+    settings = Settings.from_mapping(
+        {
+            "SIGNING_KEYS": "s" * 32,
+            "API_KEYS": "a" * 32,
+            "STORAGE_URL": storage.url,
+            "DATABASE_URL": catalog_url,
+        }
+    )
+    report = reconcile(settings, repair=False)
+    assert report["orphans"] == []  # objects of a deletion are never taken for orphans
+    assert [d["study_uid"] for d in report["unfinished_deletions"]] == [ST]
+    assert len(list(storage.list("studies/"))) == 5
+    report = reconcile(settings, repair=True)
+    assert report["registered"] == [] and [d["removed"] for d in report["finished_deletions"]] == [4]
+    assert list(storage.list("studies/")) == [stored[SOP3]]
+    assert catalog.unfinished_deletions() == []
+    assert reconcile(settings, repair=True)["unfinished_deletions"] == []
