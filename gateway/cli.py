@@ -214,8 +214,8 @@ def db_upgrade() -> None:
 @main.command()
 @click.option("--repair/--dry-run", default=False, help="Register or delete orphans (default: only report).")
 def reconcile(repair: bool) -> None:
-    """Find stored objects without a catalog row (a crash between store and commit) and upload reservations left
-    by a crashed worker, and repair them."""
+    """Find stored objects without a catalog row (a crash between store and commit), upload reservations left
+    by a crashed worker and deletions a crash interrupted, and repair them."""
     from gateway.config import Settings
     from gateway.reconcile import reconcile as run
 
@@ -225,7 +225,8 @@ def reconcile(repair: bool) -> None:
         raise click.ClickException(str(error)) from None
     report = run(settings, repair=repair)
     click.echo(json.dumps(report, indent=2))
-    sys.exit(0 if repair or not (report["orphans"] or report["stale_reservations"]) else 1)
+    unrepaired = report["orphans"] or report["stale_reservations"] or report["unfinished_deletions"]
+    sys.exit(0 if repair or not unrepaired else 1)
 
 
 def _add_optional_commands() -> None:
