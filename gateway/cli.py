@@ -229,6 +229,25 @@ def reconcile(repair: bool) -> None:
     sys.exit(0 if repair or not unrepaired else 1)
 
 
+@main.group()
+def retention() -> None:
+    """Retention: remove instances older than the policy file's [retention] section allows."""
+
+
+@retention.command("run")
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+def retention_run(dry_run: bool) -> None:
+    """Apply [retention] once (docker-compose and the Terraform schedule run this regularly)."""
+    from gateway.config import Settings
+    from gateway.retention import run
+
+    try:
+        report = run(Settings.from_env(), dry_run=dry_run)
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(json.dumps(report, indent=2))
+
+
 def _add_optional_commands() -> None:
     """Commands that live next to their feature's code."""
     from gateway.phi.cli import hooks, scan

@@ -145,6 +145,8 @@ class Catalog(DeletionRecords, AdminRecords):
                 metadata=json.dumps(inst.metadata, separators=(",", ":")),
                 attrs=json.dumps(inst.instance_attrs),
                 created_at=now,
+                tenant=rec.tenant,
+                destination=rec.destination,
             )
         )
         self._recount(conn, inst.ids.study, inst.ids.series)

@@ -131,6 +131,26 @@ class DeletionRecords(CatalogBase):
             found.append(str(row.study_uid))
         return sorted(found)
 
+    def stored_before(self, cutoff: int) -> list[Any]:
+        """Instances stored before ``cutoff`` (epoch seconds), with what retention selects on and their study's
+        instance count (rows: sop_uid, study_uid, series_uid, tenant, destination, created_at, study_instances)."""
+        stmt = (
+            sa.select(
+                instances.c.sop_uid,
+                instances.c.study_uid,
+                instances.c.series_uid,
+                instances.c.tenant,
+                instances.c.destination,
+                instances.c.created_at,
+                studies.c.num_instances.label("study_instances"),
+            )
+            .select_from(instances.join(studies, instances.c.study_uid == studies.c.study_uid))
+            .where(instances.c.created_at < cutoff)
+            .order_by(instances.c.study_uid, instances.c.sop_uid)
+        )
+        with self._read() as conn:
+            return list(conn.execute(stmt).all())
+
     def generations(self, since: int) -> dict[str, int]:
         """Study UID -> id of its newest deletion record since ``since`` (the tombstones the auth decision and
         the planner compare against)."""

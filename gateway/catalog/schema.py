@@ -77,8 +77,12 @@ instances = sa.Table(
     sa.Column("attrs", sa.Text, nullable=False, server_default="{}"),
     sa.Column("thumbnail_key", sa.Text),
     sa.Column("created_at", sa.BigInteger, nullable=False),
+    # what retention rules select on (gateway.retention): the upload's tenant and the policy destination
+    sa.Column("tenant", sa.Text),
+    sa.Column("destination", sa.Text),
     sa.Index("ix_instances_series_number", "series_uid", "instance_number"),
     sa.Index("ix_instances_study", "study_uid"),
+    sa.Index("ix_instances_created_at", "created_at"),
 )
 
 revocations = sa.Table(

@@ -6,14 +6,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gateway.catalog import Catalog
 from gateway.catalog.deletions import Target
+from gateway.catalog.schema import instances
 from gateway.config import Settings
+from gateway.errors import ConfigError
 from gateway.lifecycle import Deleter, instance_of, summary
+from gateway.phi.policy import Retention, parse_policy
 from gateway.reconcile import reconcile
+from gateway.retention import expired
 from gateway.storage.local import LocalStorage
 from tests.fixtures.catalog_data import make_instance, record
 
@@ -153,3 +158,67 @@ def test_reconcile_finishes_an_interrupted_deletion(
     assert list(storage.list("studies/")) == [stored[SOP3]]
     assert catalog.unfinished_deletions() == []
     assert reconcile(settings, repair=True)["unfinished_deletions"] == []
+
+
+# -- retention --------------------------------------------------------------------------------------------------
+
+
+def test_retention_policy_section_is_validated() -> None:
+    policy = parse_policy(
+        {
+            "version": 1,
+            "destinations": {"eu": {"storage": "default", "region": "eu", "identifiable_allowed": False}},
+            "retention": {"days": 3650, "destinations": {"eu": 365}, "tenants": {"trial": 30}},
+        }
+    )
+    assert policy.retention.days_for("trial", "eu") == 30
+    assert policy.retention.days_for("other", "eu") == 365
+    assert policy.retention.days_for(None, None) == 3650
+    assert parse_policy({"version": 1}).retention.configured is False
+    for bad, where in (
+        ({"days": 0}, "retention.days"),
+        ({"days": "30"}, "retention.days"),
+        ({"destinations": {"nowhere": 3}}, "retention.destinations"),
+        ({"tenants": {"t": True}}, "retention.tenants.t"),
+        ({"weeks": 3}, "retention"),
+    ):
+        with pytest.raises(ConfigError) as caught:
+            parse_policy({"version": 1, "retention": bad})
+        assert where in str(caught.value)
+
+
+def test_retention_removes_what_its_rule_expired(catalog: Catalog, storage: LocalStorage, tmp_path: Path) -> None:
+    day = 86400
+    now = 1_000 * day
+    whole = make_instance(ST, SE1, SOP1)
+    catalog.register_instance(record_with(whole, tenant="trial"))
+    put(storage, tmp_path, whole.ids.key)
+    for sop, tenant in ((SOP2, "trial"), ("1.2.3.2.1.2", None)):
+        inst = make_instance(ST2, "1.2.3.2.1", sop if sop != SOP2 else "1.2.3.2.1.1")
+        catalog.register_instance(record_with(inst, tenant=tenant))
+        put(storage, tmp_path, inst.ids.key)
+    backdate(catalog, now - 40 * day)
+    retention = Retention(days=3650, tenants={"trial": 30})
+    found = expired(catalog, retention, now)
+    assert [(t.level, t.study, reason) for t, reason in found] == [
+        ("study", ST, "retention: older than 30 days"),  # its one instance expired: the whole study goes
+        ("instance", ST2, "retention: older than 30 days"),  # one of two: only that instance
+    ]
+    assert expired(catalog, retention, now - 11 * day) == []  # 29 days old: nothing yet
+    assert expired(catalog, Retention(), now) == []
+    removed = Deleter(catalog, storage, settle=0, sleep=lambda _: None).delete(
+        [t for t, _ in found], sub="retention", reason=found[0][1]
+    )
+    assert len(removed) == 2 and catalog.get_instance("1.2.3.2.1.2") is not None
+    assert [key for key in storage.list("studies/")] == [f"studies/{ST2}/series/1.2.3.2.1/instances/1.2.3.2.1.2.dcm"]
+
+
+def record_with(instance: Any, *, tenant: str | None) -> Any:
+    rec = record(instance)
+    rec.tenant = tenant
+    return rec
+
+
+def backdate(catalog: Catalog, when: int) -> None:
+    with catalog._write() as conn:
+        conn.execute(instances.update().values(created_at=when))

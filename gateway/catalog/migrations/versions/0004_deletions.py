@@ -1,5 +1,6 @@
 """Deletions: the audit and journal of removed studies, series and instances, and the recent tombstones that
-keep NGINX from serving a cached plan of something removed (`gateway.lifecycle`).
+keep NGINX from serving a cached plan of something removed (`gateway.lifecycle`); each instance's tenant and
+policy destination, which retention rules select on (`gateway.retention`).
 
 Revision ID: 0004
 Revises: 0003
@@ -35,9 +36,17 @@ def upgrade() -> None:
     )
     op.create_index("ix_deletions_created_at", "deletions", ["created_at"])
     op.create_index("ix_deletions_unfinished", "deletions", ["finished_at"])
+    with op.batch_alter_table("instances") as batch:
+        batch.add_column(sa.Column("tenant", sa.Text))
+        batch.add_column(sa.Column("destination", sa.Text))
+    op.create_index("ix_instances_created_at", "instances", ["created_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_instances_created_at", "instances")
+    with op.batch_alter_table("instances") as batch:
+        batch.drop_column("destination")
+        batch.drop_column("tenant")
     op.drop_index("ix_deletions_unfinished", "deletions")
     op.drop_index("ix_deletions_created_at", "deletions")
     op.drop_table("deletions")
