@@ -301,3 +301,47 @@ def _delete_or_error(stack: RunningStack, path: str) -> requests.Response | Exce
         return delete(stack, path)
     except requests.RequestException as error:  # the connection died with the worker
         return error
+
+
+def test_retention_run_removes_what_the_policy_expired(
+    stack: RunningStack, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Time is moved by backdating the catalog rows (a retention measured in days cannot be waited out); the
+    rest is the real command against the real stack."""
+    base = tmp_path_factory.mktemp("retention")
+    trial, kept = make_study(base, 471, series=1), make_study(base, 481, series=1)
+    assert stack.stow(trial, **{"X-DICOMGW-Tenant": "trial"}).status_code == 200
+    assert stack.stow(kept).status_code == 200
+    studies = [uids_of(files[0])[0] for files in (trial, kept)]
+    root = stack.root(stack.issue(studies)["token"])
+    frame = reads(root, trial[0])["frame"]
+    assert get(frame).status_code == 200 and get(frame).status_code == 200  # plan cached
+    db = sqlite3.connect(stack.stack.var_dir / "catalog.db", timeout=30)
+    with db:
+        db.executemany(
+            "UPDATE instances SET created_at = created_at - 40 * 86400 WHERE study_uid = ?", [(s,) for s in studies]
+        )
+    db.close()
+    policy = base / "policy.toml"
+    policy.write_text('version = 1\n[retention]\ndays = 3650\ntenants = { trial = 30 }\n')
+    env = {**os.environ, **stack.stack.gateway_env(), "DICOMGW_PHI_POLICY": str(policy)}
+    command = [sys.executable, "-m", "gateway.cli", "retention", "run"]
+
+    dry = subprocess.run([*command, "--dry-run"], env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert dry.returncode == 0, dry.stderr
+    assert [(i["study_uid"], i["sop_uid"]) for i in json.loads(dry.stdout)["would_remove"]] == [(studies[0], None)]
+    assert get(frame).status_code == 200  # a dry run removes nothing
+
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["studies"] == [studies[0]]
+    assert_gone(get(frame))
+    assert stored_keys(stack, studies[0]) == []
+    assert get(get_spec_study(root, studies[1])).status_code == 200
+    audit = requests.get(
+        f"{stack.url}/api/v1/admin/audit",
+        params={"kind": "deletion", "study_uid": studies[0]},
+        headers=stack.api_headers,
+        timeout=30,
+    ).json()["items"]
+    assert [(r["sub"], r["reason"]) for r in audit] == [("retention", "retention: older than 30 days")]
