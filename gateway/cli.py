@@ -236,16 +236,37 @@ def retention() -> None:
 
 @retention.command("run")
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
-def retention_run(dry_run: bool) -> None:
-    """Apply [retention] once (docker-compose and the Terraform schedule run this regularly)."""
+@click.option(
+    "--every",
+    type=click.IntRange(0),
+    default=0,
+    help="Run again every this many seconds, for ever (docker-compose's retention service); 0: once.",
+)
+@click.option("--heartbeat", type=click.Path(dir_okay=False, path_type=Path), help="Touched after each good run.")
+def retention_run(dry_run: bool, every: int, heartbeat: Path | None) -> None:
+    """Apply [retention] (docker-compose and the Terraform schedule run this regularly)."""
+    import time
+
     from gateway.config import Settings
+    from gateway.errors import GatewayError
     from gateway.retention import run
 
-    try:
-        report = run(Settings.from_env(), dry_run=dry_run)
-    except ConfigError as error:
-        raise click.ClickException(str(error)) from None
-    click.echo(json.dumps(report, indent=2))
+    while True:
+        try:
+            report = run(Settings.from_env(), dry_run=dry_run)
+        except ConfigError as error:
+            raise click.ClickException(str(error)) from None
+        except GatewayError as error:  # catalog or storage unreachable: the next round retries
+            if not every:
+                raise click.ClickException(f"{error.code}: {error.detail}") from None
+            click.echo(json.dumps({"error": error.code, "detail": error.detail}), err=True)
+        else:
+            click.echo(json.dumps(report, indent=2))
+            if heartbeat is not None:
+                heartbeat.touch()
+        if not every:
+            return
+        time.sleep(every)
 
 
 def _add_optional_commands() -> None:
