@@ -260,9 +260,10 @@ def test_a_crash_mid_delete_leaves_nothing_visible_and_reconcile_finishes_it(
     db = sqlite3.connect(f"file:{stack.stack.var_dir / 'catalog.db'}?mode=ro", uri=True, timeout=30)
     deadline = time.monotonic() + 60
     try:
-        while db.execute(
-            "SELECT 1 FROM deletions WHERE study_uid = ? AND finished_at IS NULL", (study,)
-        ).fetchone() is None:
+        while (
+            db.execute("SELECT 1 FROM deletions WHERE study_uid = ? AND finished_at IS NULL", (study,)).fetchone()
+            is None
+        ):
             assert time.monotonic() < deadline, "the DELETE never hid the study"
             time.sleep(0.005)
         for pid in workers_of(stack):
@@ -323,7 +324,7 @@ def test_retention_run_removes_what_the_policy_expired(
         )
     db.close()
     policy = base / "policy.toml"
-    policy.write_text('version = 1\n[retention]\ndays = 3650\ntenants = { trial = 30 }\n')
+    policy.write_text("version = 1\n[retention]\ndays = 3650\ntenants = { trial = 30 }\n")
     env = {**os.environ, **stack.stack.gateway_env(), "DICOMGW_PHI_POLICY": str(policy)}
     command = [sys.executable, "-m", "gateway.cli", "retention", "run"]
 

@@ -80,9 +80,7 @@ def test_two_nodes_share_uploads_revocations_and_deletes(
     url, _, headers = frame
     assert requests.get(url, headers=headers, timeout=30).status_code == 200
     assert requests.get(url, headers=headers, timeout=30).status_code == 200
-    answer = requests.post(
-        f"{node1.url}/api/v1/tokens/{revoked['jti']}/revoke", headers=node1.api_headers, timeout=30
-    )
+    answer = requests.post(f"{node1.url}/api/v1/tokens/{revoked['jti']}/revoke", headers=node1.api_headers, timeout=30)
     assert answer.status_code == 204
     time.sleep(REFRESH + AUTH_CACHE + 1)  # the documented bound, waited out
     refused = requests.get(url, headers=headers, timeout=30)
@@ -108,9 +106,7 @@ def test_two_nodes_share_uploads_revocations_and_deletes(
 
     # uploaded again through node 2: node 1 serves it again
     assert node2.stow(files).status_code == 200
-    again = requests.get(
-        get_spec_study(node1.root(token), study)[0], headers={"Accept": MULTIPART_DICOM}, timeout=60
-    )
+    again = requests.get(get_spec_study(node1.root(token), study)[0], headers={"Accept": MULTIPART_DICOM}, timeout=60)
     assert again.status_code == 200 and len(parse_multipart(again)) == len(files)
     frame_again = specs["frame"]
     assert requests.get(frame_again[0], headers=frame_again[2], timeout=30).status_code == 200

@@ -760,6 +760,9 @@ def test_lifecycle_rules_cover_incoming_and_quarantine() -> None:
     assert rules["studies-keep-previous-versions"]["noncurrent_version_expiration"] == [
         {"noncurrent_days": "${var.noncurrent_version_expiration_days}"}
     ]
+    # README "Lifecycle": a deleted study's previous versions are gone after this window (30 days by default)
+    assert module_blocks("variable")["noncurrent_version_expiration_days"]["default"] == 30
+    assert rules["studies-keep-previous-versions"]["expiration"] == [{"expired_object_delete_marker": True}]
 
 
 def test_task_role_reaches_only_the_prefixes_the_gateway_needs() -> None:
@@ -778,7 +781,7 @@ def test_task_role_reaches_only_the_prefixes_the_gateway_needs() -> None:
     # differ in how they quote the lists, so compare the prefixes themselves
     for name, enabled, disabled in (
         ("task_read_prefixes", ["studies/*", "quarantine/*"], ["studies/*"]),
-        ("task_delete_prefixes", ["incoming/*", "quarantine/*"], ["incoming/*"]),
+        ("task_delete_prefixes", ["incoming/*", "studies/*", "quarantine/*"], ["incoming/*", "studies/*"]),
     ):
         expression = tf_locals()[name]
         assert expression.startswith("${var.enable_quarantine_admin ?"), expression
@@ -806,6 +809,37 @@ def test_upload_hook_is_the_gateway_code_with_vpc_dlq_concurrency_and_tracing() 
         "${aws_s3_bucket.data.arn}/studies/*",
         "${aws_s3_bucket.data.arn}/quarantine/*",
     ]
+
+
+def test_retention_runs_on_a_schedule_with_least_privilege() -> None:
+    function = tf_resource("aws_lambda_function", "retention")
+    assert function["handler"] == "gateway.lambda_handler.retention"
+    assert function["filename"] == "${var.lambda_package}"  # the same gateway package as the upload hook
+    assert function["reserved_concurrent_executions"] == 1
+    assert function["dead_letter_config"] == [{"target_arn": "${aws_sqs_queue.retention_dlq.arn}"}]
+    variables = function["environment"][0]["variables"]
+    assert variables["DICOMGW_PHI_POLICY"] == "${var.retention_policy_path}"
+    assert not any(SECRET_NAME.search(key) and not key.endswith("_SECRET_ARN") for key in variables)
+    rule = tf_resource("aws_cloudwatch_event_rule", "retention")
+    assert rule["schedule_expression"] == "${var.retention_schedule}"
+    assert tf_resource("aws_cloudwatch_event_target", "retention")["arn"] == "${aws_lambda_function.retention.arn}"
+    permission = tf_resource("aws_lambda_permission", "events_invoke_retention")
+    assert permission["principal"] == "events.amazonaws.com"
+    assert permission["source_arn"] == "${aws_cloudwatch_event_rule.retention.arn}"
+    policy = statements(tf_data("aws_iam_policy_document", "retention"))
+    assert set(policy) == {
+        "DeleteExpiredObjects",
+        "ListStudies",
+        "DecryptSecretsAndQueue",
+        "DeadLetters",
+        "ReadGatewaySecrets",
+    }
+    everything = [action for statement in policy.values() for action in statement["actions"]]
+    assert not any(action.endswith("*") for action in everything), everything
+    assert "s3:DeleteObjectVersion" not in everything  # previous versions expire by lifecycle, never by us
+    assert policy["DeleteExpiredObjects"]["resources"] == ["${aws_s3_bucket.data.arn}/studies/*"]
+    (condition,) = policy["ListStudies"]["condition"]
+    assert condition["values"] == ["studies/*"]
 
 
 def test_alb_is_https_with_redirect_http2_and_strict_headers() -> None:

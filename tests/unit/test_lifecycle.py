@@ -222,3 +222,24 @@ def record_with(instance: Any, *, tenant: str | None) -> Any:
 def backdate(catalog: Catalog, when: int) -> None:
     with catalog._write() as conn:
         conn.execute(instances.update().values(created_at=when))
+
+
+def test_the_lambda_entry_point_runs_retention(
+    catalog: Catalog, storage: LocalStorage, stored: dict[str, str], catalog_url: str, tmp_path: Path
+) -> None:
+    from gateway.lambda_handler import retention
+
+    backdate(catalog, 1000)  # stored in 1970: far older than any retention
+    policy = tmp_path / "policy.toml"
+    policy.write_text("version = 1\n[retention]\ndays = 1\n")
+    mapping = {"SIGNING_KEYS": "s" * 32, "API_KEYS": "a" * 32, "STORAGE_URL": storage.url, "DATABASE_URL": catalog_url}
+    report = retention(
+        {}, None, settings=Settings.from_mapping({**mapping, "PHI_POLICY": str(policy), "DELETE_SETTLE": "0"})
+    )
+    assert report["studies"] == [ST] and report["instances"] == 3
+    assert list(storage.list("studies/")) == [] and catalog.study_version(ST) is None
+    assert retention({}, None, settings=Settings.from_mapping(mapping)) == {
+        "configured": False,
+        "dry_run": False,
+        "removed": [],
+    }
