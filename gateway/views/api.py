@@ -204,4 +204,9 @@ def erase_patient() -> tuple[Response, int]:
     removed = deleter(srv).delete([Target(uid) for uid in studies], sub=label, reason=check_reason(reason))
     if not removed:
         raise NotFound("no study of this patient is stored")
-    return jsonify(summary(removed)), 200
+    # files of these studies held for review are the patient's data too
+    quarantined = srv.catalog.quarantine_of_studies(sorted({item.target.study for item in removed}))
+    for key in quarantined:
+        srv.storage.delete(key)
+        srv.catalog.remove_quarantine(key)
+    return jsonify({**summary(removed), "quarantined": len(quarantined)}), 200

@@ -243,3 +243,11 @@ def test_the_lambda_entry_point_runs_retention(
         "dry_run": False,
         "removed": [],
     }
+
+
+def test_quarantine_of_studies_lists_only_theirs(catalog: Catalog) -> None:
+    catalog.add_quarantine("quarantine/a.dcm", study_uid=ST)
+    catalog.add_quarantine("quarantine/b.dcm", study_uid=ST2)
+    catalog.add_quarantine("quarantine/c.dcm")  # unreadable: no study known
+    assert catalog.quarantine_of_studies([ST]) == ["quarantine/a.dcm"]
+    assert catalog.quarantine_of_studies([]) == []
