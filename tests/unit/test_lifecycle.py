@@ -251,3 +251,37 @@ def test_quarantine_of_studies_lists_only_theirs(catalog: Catalog) -> None:
     catalog.add_quarantine("quarantine/c.dcm")  # unreadable: no study known
     assert catalog.quarantine_of_studies([ST]) == ["quarantine/a.dcm"]
     assert catalog.quarantine_of_studies([]) == []
+
+
+def test_tombstones_outlive_every_cached_plan() -> None:
+    """A tombstone must outlast any plan NGINX cached before the delete, or the pre-delete cache key would come back
+    (generation 0) while that plan is still fresh."""
+    from gateway import auth
+    from gateway.dicomweb import wado
+    from gateway.tools.nginxconf import REPO_ROOT
+
+    plan_conf = (REPO_ROOT / "nginx/templates/snippets/dgw-plan.conf.template").read_text()
+    assert "proxy_cache_valid 200 206 10m;" in plan_conf and "$dgw_gen" in plan_conf
+    assert auth.TOMBSTONE_SECONDS > max(wado.STABLE_PLAN_SECONDS, 600)
+
+
+def test_retention_command_once_with_a_heartbeat(
+    catalog: Catalog, storage: LocalStorage, catalog_url: str, tmp_path: Path
+) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from gateway.cli import main
+
+    heartbeat = tmp_path / "retention.ok"
+    env = {
+        "DICOMGW_SIGNING_KEYS": "s" * 32,
+        "DICOMGW_API_KEYS": "a" * 32,
+        "DICOMGW_STORAGE_URL": storage.url,
+        "DICOMGW_DATABASE_URL": catalog_url,
+    }
+    result = CliRunner().invoke(main, ["retention", "run", "--dry-run", "--heartbeat", str(heartbeat)], env=env)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == {"configured": False, "dry_run": True, "would_remove": []}
+    assert heartbeat.exists()
