@@ -27,6 +27,10 @@ COOKIE_NAMES = ("__Host-dicomgw_token", "dicomgw_token")
 _TOKEN_CHARS = re.compile(r"[A-Za-z0-9_.\-]+")
 READ_METHODS = frozenset({"GET", "HEAD"})
 WRITE_METHODS = frozenset({"POST"})
+DELETE_METHODS = frozenset({"DELETE"})  # a write that only the API key may make
+# Deletions stay tombstones this long: longer than NGINX keeps a read plan (wado.STABLE_PLAN_SECONDS, 10 min), so
+# a plan cached before a delete is never looked up again under the key it was cached with.
+TOMBSTONE_SECONDS = 1800
 
 
 @dataclass(frozen=True)
@@ -108,7 +112,9 @@ def _check_wado(scope: Scope, target: Target) -> None:
 
 class Authorizer:
     """Token verification + revocation + scope. Revocations come from the catalog, reloaded at most every
-    ``refresh`` seconds, so a revoke on any node takes effect everywhere within a few seconds."""
+    ``refresh`` seconds, so a revoke on any node takes effect everywhere within a few seconds. Recent deletions
+    (tombstones) are reloaded the same way: ``generation(study)`` changes when something of the study is deleted,
+    and NGINX keys cached read plans on it, so no node reuses a plan made before the delete."""
 
     def __init__(
         self,
@@ -117,6 +123,7 @@ class Authorizer:
         load_revoked: Callable[[int], set[str]],
         refresh: float = 2.0,
         clock: Callable[[], float] = time.time,
+        load_generations: Callable[[int], dict[str, int]] | None = None,
     ) -> None:
         self.tokens = tokens
         self._api_keys = tuple((key.secret.encode(), key.label) for key in api_keys)
@@ -125,6 +132,23 @@ class Authorizer:
         self._clock = clock
         self._revoked: set[str] = set()
         self._loaded_at = float("-inf")
+        self._load_generations = load_generations
+        self._generations: dict[str, int] = {}
+        self._generations_at = float("-inf")
+
+    def generation(self, study: str) -> int:
+        """The id of the study's newest recent deletion (0: none): part of NGINX's plan-cache key."""
+        if self._load_generations is None or not study:
+            return 0
+        now = self._clock()
+        if now - self._generations_at >= self._refresh:
+            self._generations = self._load_generations(int(now) - TOMBSTONE_SECONDS)
+            self._generations_at = now
+        return self._generations.get(study, 0)
+
+    def forget_deletions(self) -> None:
+        """Force a reload on the next check (this node just deleted something)."""
+        self._generations_at = float("-inf")
 
     def revoked(self) -> set[str]:
         now = self._clock()
@@ -165,13 +189,15 @@ class Authorizer:
         Authorization) must allow the request on its own, and the request gets what all of them allow; the cookie
         counts only when there is none; an Authorization value that is neither an API key nor a token we signed
         is not a credential of ours and is ignored (a refusal when nothing else is presented)."""
-        if method not in READ_METHODS and method not in WRITE_METHODS:
+        if method not in READ_METHODS and method not in WRITE_METHODS and method not in DELETE_METHODS:
             raise OutOfScope(f"method {method} is not allowed")
-        purpose = "write" if method in WRITE_METHODS else "read"
+        purpose = "read" if method in READ_METHODS else "write"
         now_s = int(self._clock()) if now is None else now
         path_token, rest = split_token(raw_uri)
         path, _, query = rest.partition("?")
         target = parse_target(path, query)
+        if method in DELETE_METHODS and (path_token or query_token(query)):
+            raise OutOfScope("only the API key may delete")
         granted: list[Claims] = []
         for token in (path_token, query_token(query)):
             if token:  # an empty value carries nothing: absent
@@ -193,6 +219,8 @@ class Authorizer:
             if authorization:
                 raise TokenInvalid("the Authorization header holds neither an API key nor a token of this gateway")
             raise TokenMissing("no token in the path, the query, the Authorization header or the cookie")
+        if method in DELETE_METHODS and any(claims.jti != API_KEY_JTI for claims in granted):
+            raise OutOfScope("only the API key may delete")
         return Decision(granted[0] if len(granted) == 1 else intersect(granted), target)
 
     def _bearer(self, value: str, purpose: str, method: str, target: Target, now: int) -> Claims | None:
@@ -233,6 +261,9 @@ def intersect(granted: list[Claims]) -> Claims:
     )
 
 
+API_KEY_JTI = "api-key"
+
+
 def api_key_claims(now: int, label: str = "api-key") -> Claims:
     """The credential of a server holding an API key: everything, read and write; ``sub`` is the key's label."""
-    return Claims(label, None, frozenset({"read", "write"}), now, now + 60, "api-key")
+    return Claims(label, None, frozenset({"read", "write"}), now, now + 60, API_KEY_JTI)

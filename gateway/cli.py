@@ -230,8 +230,8 @@ def db_upgrade() -> None:
 @main.command()
 @click.option("--repair/--dry-run", default=False, help="Register or delete orphans (default: only report).")
 def reconcile(repair: bool) -> None:
-    """Find stored objects without a catalog row (a crash between store and commit) and upload reservations left
-    by a crashed worker, and repair them."""
+    """Find stored objects without a catalog row (a crash between store and commit), upload reservations left
+    by a crashed worker and deletions a crash interrupted, and repair them."""
     from gateway.config import Settings
     from gateway.reconcile import reconcile as run
 
@@ -241,7 +241,48 @@ def reconcile(repair: bool) -> None:
         raise click.ClickException(str(error)) from None
     report = run(settings, repair=repair)
     click.echo(json.dumps(report, indent=2))
-    sys.exit(0 if repair or not (report["orphans"] or report["stale_reservations"]) else 1)
+    unrepaired = report["orphans"] or report["stale_reservations"] or report["unfinished_deletions"]
+    sys.exit(0 if repair or not unrepaired else 1)
+
+
+@main.group()
+def retention() -> None:
+    """Retention: remove instances older than the policy file's [retention] section allows."""
+
+
+@retention.command("run")
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+@click.option(
+    "--every",
+    type=click.IntRange(0),
+    default=0,
+    help="Run again every this many seconds, for ever (docker-compose's retention service); 0: once.",
+)
+@click.option("--heartbeat", type=click.Path(dir_okay=False, path_type=Path), help="Touched after each good run.")
+def retention_run(dry_run: bool, every: int, heartbeat: Path | None) -> None:
+    """Apply [retention] (docker-compose and the Terraform schedule run this regularly)."""
+    import time
+
+    from gateway.config import Settings
+    from gateway.errors import GatewayError
+    from gateway.retention import run
+
+    while True:
+        try:
+            report = run(Settings.from_env(), dry_run=dry_run)
+        except ConfigError as error:
+            raise click.ClickException(str(error)) from None
+        except GatewayError as error:  # catalog or storage unreachable: the next round retries
+            if not every:
+                raise click.ClickException(f"{error.code}: {error.detail}") from None
+            click.echo(json.dumps({"error": error.code, "detail": error.detail}), err=True)
+        else:
+            click.echo(json.dumps(report, indent=2))
+            if heartbeat is not None:
+                heartbeat.touch()
+        if not every:
+            return
+        time.sleep(every)
 
 
 def _add_optional_commands() -> None:

@@ -91,6 +91,14 @@ VARIABLES: dict[str, Variable] = {
         "Seconds between reloads of the revocation list from the catalog.",
         minimum=0,
     ),
+    "DELETE_SETTLE": Variable(
+        False,
+        "5",
+        "Seconds a DELETE waits between hiding what it removes and removing the stored objects (then it answers): "
+        "at least `DICOMGW_REVOCATION_REFRESH` + NGINX's `DICOMGW_AUTH_CACHE_SECONDS` + 1, so no node still serves "
+        "from a decision or plan made before the delete.",
+        minimum=0,
+    ),
     "STOW_OVERWRITE": Variable(False, "0", "1: a STOW of a known SOP Instance UID with different bytes replaces it."),
     "BULKDATA_THRESHOLD": Variable(
         False,
@@ -240,6 +248,7 @@ class Settings:
     tls: bool = False
     cookie_samesite: str = "Lax"
     revocation_refresh: float = 2.0
+    delete_settle: float = 5.0
     stow_overwrite: bool = False
     bulkdata_threshold: int = 1024
     deid_key: str = ""
@@ -306,6 +315,7 @@ class Settings:
             tls=tls,
             cookie_samesite=samesite,
             revocation_refresh=float(_int("REVOCATION_REFRESH", values["REVOCATION_REFRESH"], 0)),
+            delete_settle=float(_int("DELETE_SETTLE", values["DELETE_SETTLE"], 0)),
             stow_overwrite=_flag("STOW_OVERWRITE", values["STOW_OVERWRITE"]),
             bulkdata_threshold=_int("BULKDATA_THRESHOLD", values["BULKDATA_THRESHOLD"], 0),
             deid_key=values["DEID_KEY"],

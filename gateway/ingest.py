@@ -292,7 +292,14 @@ class Ingestor:
             return self._different_bytes(result), False
         stored = self.storage.put_file(key, path)
         record = InstanceRecord.from_indexed(
-            indexed, storage_key=key, size=stored.size, sha256=digest, etag=stored.etag, replace=existing is not None
+            indexed,
+            storage_key=key,
+            size=stored.size,
+            sha256=digest,
+            etag=stored.etag,
+            replace=existing is not None,
+            tenant=context.tenant,
+            destination=outcome.destination,
         )
         try:
             created = self.catalog.register_instance(

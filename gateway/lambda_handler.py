@@ -1,4 +1,5 @@
-"""The AWS Lambda entry point for direct-to-bucket uploads (terraform/lambda.tf: ``gateway.lambda_handler.handler``).
+"""The AWS Lambda entry points: direct-to-bucket uploads (terraform/lambda.tf: ``gateway.lambda_handler.handler``) and
+the scheduled retention run (terraform/retention.tf: ``gateway.lambda_handler.retention``).
 
 Thin on purpose: it reads the settings once per Lambda container (secrets from Secrets Manager), builds the
 gateway's own ingest, and hands each S3 event to ``gateway.phi.s3event.handle_event``, the code
@@ -60,3 +61,10 @@ def handler(
     object."""
     settings = settings or _default_settings()
     return handle_event(event, settings, ingestor or make_ingestor(settings), s3 or s3_client())
+
+
+def retention(event: Mapping[str, Any], context: Any = None, *, settings: Settings | None = None) -> dict[str, Any]:
+    """EventBridge schedule entry point: ``dicom-gateway retention run`` once (``gateway.retention``)."""
+    from gateway.retention import run
+
+    return run(settings or _default_settings(), dry_run=False)

@@ -25,9 +25,10 @@ JTI = "X-Dgw-Jti"  # the token id, for the audit log
 STUDY = "X-Dgw-Study"  # the study the request names, for the audit log
 ERROR = "X-Dgw-Error"  # why auth refused: the error code NGINX writes into its JSON body
 ACCEPT_RANGES = "X-Dgw-Accept-Ranges"  # SSI drops Accept-Ranges; a plan that honours Range says so here
+GENERATION = "X-Dgw-Generation"  # the study's deletion generation: part of the plan-cache key (gateway.lifecycle)
 
 TO_PYTHON = (ROUTE, RANGE)
-FROM_PYTHON = (SUB, JTI, STUDY, ERROR, ACCEPT_RANGES)
+FROM_PYTHON = (SUB, JTI, STUDY, ERROR, ACCEPT_RANGES, GENERATION)
 LOCATIONS = (AUTH, SEGMENT, WHOLE_SEGMENT, FILE, OBJECT, ERROR_PAGE)
 
 

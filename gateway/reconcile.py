@@ -4,6 +4,9 @@ An object under ``studies/`` without a catalog row is invisible (reads go throug
 such orphans; with ``repair`` it indexes each one and registers it (the object was written after the hooks ran,
 so it is what the policy allowed), or deletes it when it is not readable DICOM. It also lists upload reservations
 whose owner is gone (a worker killed mid-upload; see ``gateway.catalog.admin``) and, with ``repair``, clears them.
+
+A deletion a crash interrupted (``gateway.lifecycle``: catalog rows hidden, objects not yet removed) is reported
+and, with ``repair``, finished first: its objects are never taken for orphans and registered again.
 """
 
 from __future__ import annotations
@@ -18,15 +21,31 @@ from gateway.config import Settings
 from gateway.dicom.index import index_file
 from gateway.errors import Conflict, DicomError
 from gateway.ingest import sha256_of
-from gateway.storage import open_storage
+from gateway.lifecycle import Deleter
+from gateway.storage import Storage, open_storage
 
 
 def reconcile(settings: Settings, *, repair: bool) -> dict[str, Any]:
     storage = open_storage(settings.storage_url)
     catalog = Catalog(settings.database_url)
-    catalog.migrate()
+    try:
+        catalog.migrate()
+        return _reconcile(settings, storage, catalog, repair=repair)
+    finally:
+        catalog.close()
+
+
+def _reconcile(settings: Settings, storage: Storage, catalog: Catalog, *, repair: bool) -> dict[str, Any]:
+    deleter = Deleter(catalog, storage, settings.delete_settle)
+    pending = catalog.unfinished_deletions()
+    finished = deleter.finish_unfinished() if repair else []
+    being_deleted = {key for record in catalog.unfinished_deletions() for key in record["keys"]}
     known = catalog.all_instance_keys()
-    orphans = [key for key in storage.list("studies/") if key.endswith(".dcm") and key not in known]
+    orphans = [
+        key
+        for key in storage.list("studies/")
+        if key.endswith(".dcm") and key not in known and key not in being_deleted
+    ]
     repaired: list[str] = []
     deleted: list[str] = []
     conflicts: list[dict[str, str]] = []
@@ -68,4 +87,9 @@ def reconcile(settings: Settings, *, repair: bool) -> dict[str, Any]:
         "deleted": deleted,
         "conflicts": conflicts,
         "stale_reservations": stale,
+        "unfinished_deletions": [
+            {"id": r["id"], "study_uid": r["study_uid"], "level": r["level"], "created_at": r["created_at"]}
+            for r in pending
+        ],
+        "finished_deletions": finished,
     }

@@ -56,13 +56,20 @@ class Services:
         tokens = TokenService(
             settings.signing_keys, settings.token_max_ttl, settings.token_default_ttl, settings.verify_keys
         )
-        authorizer = Authorizer(tokens, settings.api_keys, catalog.revoked_jtis, settings.revocation_refresh)
+        authorizer = Authorizer(
+            tokens,
+            settings.api_keys,
+            catalog.revoked_jtis,
+            settings.revocation_refresh,
+            load_generations=catalog.generations,
+        )
         planner = Planner(
             lambda sop: catalog.get_instance(sop, with_metadata=False),
             lambda study, series: catalog.instances_of(study, series, with_metadata=False),
             storage.origin_path,
             whole_object_prefix=nginx.FILE if settings.storage_url.startswith("file://") else nginx.WHOLE_SEGMENT,
             study_version=catalog.study_version,
+            generation=authorizer.generation,
         )
         destinations: dict[str, Storage] = {}
         if hooks is None:

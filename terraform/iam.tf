@@ -82,8 +82,10 @@ locals {
   # Reads: studies/ always (NGINX fetches presigned byte ranges signed with these credentials); quarantine/ only
   # for the admin API, and only when it is enabled.
   task_read_prefixes = var.enable_quarantine_admin ? ["studies/*", "quarantine/*"] : ["studies/*"]
-  # Deletes: incoming/ (the hook moves direct uploads away) and, for the admin API, quarantine/ (release, delete).
-  task_delete_prefixes = var.enable_quarantine_admin ? ["incoming/*", "quarantine/*"] : ["incoming/*"]
+  # Deletes: incoming/ (the hook moves direct uploads away), studies/ (DELETE and patient erasure; versioning keeps
+  # the previous version for noncurrent_version_expiration_days, no version is deletable) and, for the admin API,
+  # quarantine/ (release, delete).
+  task_delete_prefixes = var.enable_quarantine_admin ? ["incoming/*", "studies/*", "quarantine/*"] : ["incoming/*", "studies/*"]
 }
 
 data "aws_iam_policy_document" "task" {
@@ -230,6 +232,82 @@ resource "aws_iam_role_policy" "upload_hook" {
   name   = "upload-hook"
   role   = aws_iam_role.upload_hook.id
   policy = data.aws_iam_policy_document.upload_hook.json
+}
+
+################################################################################
+# Retention Lambda (retention.tf): list and delete under studies/ only, its queue, the three secrets
+################################################################################
+
+resource "aws_iam_role" "retention" {
+  name               = "${var.name}-retention"
+  assume_role_policy = data.aws_iam_policy_document.lambda_assume.json
+  tags               = local.tags
+}
+
+resource "aws_iam_role_policy_attachment" "retention_vpc" {
+  role       = aws_iam_role.retention.name
+  policy_arn = "arn:${local.partition}:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole"
+}
+
+resource "aws_iam_role_policy_attachment" "retention_xray" {
+  role       = aws_iam_role.retention.name
+  policy_arn = "arn:${local.partition}:iam::aws:policy/AWSXRayDaemonWriteAccess"
+}
+
+data "aws_iam_policy_document" "retention" {
+  statement {
+    # Expired instances and everything stored under their names; no s3:DeleteObjectVersion: previous versions
+    # expire by the bucket's lifecycle rule (noncurrent_version_expiration_days).
+    sid       = "DeleteExpiredObjects"
+    actions   = ["s3:DeleteObject"]
+    resources = ["${aws_s3_bucket.data.arn}/studies/*"]
+  }
+
+  statement {
+    sid       = "ListStudies"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.data.arn]
+
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values   = ["studies/*"]
+    }
+  }
+
+  statement {
+    sid       = "DecryptSecretsAndQueue"
+    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
+    resources = [aws_kms_key.this.arn]
+
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = ["sqs.${var.region}.amazonaws.com", "secretsmanager.${var.region}.amazonaws.com"]
+    }
+  }
+
+  statement {
+    sid       = "DeadLetters"
+    actions   = ["sqs:SendMessage"]
+    resources = [aws_sqs_queue.retention_dlq.arn]
+  }
+
+  statement {
+    sid     = "ReadGatewaySecrets"
+    actions = ["secretsmanager:GetSecretValue"]
+    resources = [
+      aws_secretsmanager_secret.signing_keys.arn,
+      aws_secretsmanager_secret.api_keys.arn,
+      aws_secretsmanager_secret.database_url.arn,
+    ]
+  }
+}
+
+resource "aws_iam_role_policy" "retention" {
+  name   = "retention"
+  role   = aws_iam_role.retention.id
+  policy = data.aws_iam_policy_document.retention.json
 }
 
 ################################################################################

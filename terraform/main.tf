@@ -109,6 +109,13 @@ resource "aws_cloudwatch_log_group" "ecs_exec" {
   tags              = local.tags
 }
 
+resource "aws_cloudwatch_log_group" "retention" {
+  name              = "/aws/lambda/${var.name}-retention"
+  retention_in_days = var.log_retention_days
+  kms_key_id        = aws_kms_key.this.arn
+  tags              = local.tags
+}
+
 resource "aws_cloudwatch_log_group" "upload_hook" {
   # The name Lambda writes to; created here so retention and encryption apply from the first invocation.
   name              = "/aws/lambda/${var.name}-upload-hook"

@@ -83,11 +83,17 @@ output "upload_hook_dlq_url" {
   value       = aws_sqs_queue.upload_hook_dlq.url
 }
 
+output "retention_function_name" {
+  description = "Name of the Lambda that applies the policy's [retention] section on its EventBridge schedule."
+  value       = aws_lambda_function.retention.function_name
+}
+
 output "log_group_names" {
   description = "CloudWatch log groups of NGINX (masked access log), the gateway and the upload hook."
   value = {
     nginx       = aws_cloudwatch_log_group.nginx.name
     gateway     = aws_cloudwatch_log_group.gateway.name
     upload_hook = aws_cloudwatch_log_group.upload_hook.name
+    retention   = aws_cloudwatch_log_group.retention.name
   }
 }

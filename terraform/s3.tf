@@ -113,6 +113,11 @@ resource "aws_s3_bucket_lifecycle_configuration" "data" {
     noncurrent_version_expiration {
       noncurrent_days = var.noncurrent_version_expiration_days
     }
+
+    # the delete marker a DELETE leaves goes too, once the versions behind it have expired
+    expiration {
+      expired_object_delete_marker = true
+    }
   }
 
   depends_on = [aws_s3_bucket_versioning.data]

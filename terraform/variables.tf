@@ -216,9 +216,14 @@ variable "quarantine_expiration_days" {
 }
 
 variable "noncurrent_version_expiration_days" {
-  description = "Days a previous (overwritten or deleted) object version is kept: the window in which a deletion can be undone."
+  description = "Days a previous (overwritten or deleted) object version is kept under studies/: the window in which a deletion can be undone, and the bulk of the erasure window README states."
   type        = number
-  default     = 90
+  default     = 30
+
+  validation {
+    condition     = var.noncurrent_version_expiration_days >= 1 && var.noncurrent_version_expiration_days <= 90
+    error_message = "Keep previous versions 1 to 90 days: a deleted study must not stay readable for longer."
+  }
 }
 
 variable "access_log_expiration_days" {
@@ -333,6 +338,22 @@ variable "lambda_reserved_concurrency" {
   description = "Most upload-hook invocations at once (protects the database from a burst of direct uploads)."
   type        = number
   default     = 10
+}
+
+################################################################################
+# Retention (EventBridge schedule -> Lambda running `dicom-gateway retention run`)
+################################################################################
+
+variable "retention_schedule" {
+  description = "EventBridge schedule expression of the retention run (the policy file's [retention] section)."
+  type        = string
+  default     = "rate(1 day)"
+}
+
+variable "retention_policy_path" {
+  description = "Path of the policy file inside the Lambda package (e.g. /var/task/policy.toml, added to the zip); empty: no policy, nothing expires."
+  type        = string
+  default     = ""
 }
 
 ################################################################################

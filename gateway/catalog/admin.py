@@ -255,6 +255,15 @@ class AdminRecords(CatalogBase):
             row = conn.execute(sa.select(quarantine).where(quarantine.c.key == key)).first()
         return None if row is None else self._quarantine_dict(row)
 
+    def quarantine_of_studies(self, study_uids: list[str]) -> list[str]:
+        """Keys of the quarantined objects of these studies (a patient erasure removes them too)."""
+        if not study_uids:
+            return []
+        with self._read() as conn:
+            return sorted(
+                conn.execute(sa.select(quarantine.c.key).where(quarantine.c.study_uid.in_(study_uids))).scalars()
+            )
+
     def remove_quarantine(self, key: str) -> None:
         with self._write() as conn:
             conn.execute(quarantine.delete().where(quarantine.c.key == key))

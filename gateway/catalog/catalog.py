@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from gateway.catalog.admin import PURGE_INTERVAL, AdminRecords, Reservation
+from gateway.catalog.deletions import DeletionRecords
 from gateway.catalog.engine import MIGRATIONS, engine_url
 from gateway.catalog.records import InstanceRecord, InstanceRow
 from gateway.catalog.schema import audit, instances, reservations, series, studies
@@ -38,9 +39,9 @@ _GET_FULL = sa.select(*instances.c).where(instances.c.sop_uid == sa.bindparam("s
 _GET_LIGHT = sa.select(*_ROW_COLUMNS).where(instances.c.sop_uid == sa.bindparam("sop_uid"))
 
 
-class Catalog(AdminRecords):
-    """Instances, series and studies (register, read, delete, QIDO search), plus everything ``AdminRecords``
-    and ``CatalogBase`` provide. ``Catalog(url)`` with ``sqlite:///...`` or ``postgresql://...``."""
+class Catalog(DeletionRecords, AdminRecords):
+    """Instances, series and studies (register, read, delete, QIDO search), plus everything ``DeletionRecords``,
+    ``AdminRecords`` and ``CatalogBase`` provide. ``Catalog(url)`` with ``sqlite:///...`` or ``postgresql://...``."""
 
     # --- instances ------------------------------------------------------------------------------------------
 
@@ -144,6 +145,8 @@ class Catalog(AdminRecords):
                 metadata=json.dumps(inst.metadata, separators=(",", ":")),
                 attrs=json.dumps(inst.instance_attrs),
                 created_at=now,
+                tenant=rec.tenant,
+                destination=rec.destination,
             )
         )
         self._recount(conn, inst.ids.study, inst.ids.series)
@@ -247,6 +250,17 @@ class Catalog(AdminRecords):
                 )
             ).first()
         return None if row is None else (int(row[0]), int(row[1]), int(row[2]))
+
+    def exists(self, study_uid: str, series_uid: str | None = None) -> bool:
+        """Whether the study (or the series of that study) holds any instance."""
+        if series_uid is None:
+            stmt = sa.select(studies.c.study_uid).where(studies.c.study_uid == study_uid)
+        else:
+            stmt = sa.select(series.c.series_uid).where(
+                series.c.series_uid == series_uid, series.c.study_uid == study_uid
+            )
+        with self._read() as conn:
+            return conn.execute(stmt).first() is not None
 
     def set_thumbnail(self, sop_uid: str, key: str) -> None:
         with self._write() as conn:

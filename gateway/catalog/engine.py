@@ -52,6 +52,8 @@ def _sqlite_engine(url: str) -> Engine:
             # Case-sensitive LIKE (DICOM matching is case-sensitive except PN, which lower()s both sides);
             # it also lets a prefix pattern such as 'ABC%' use the ordinary index.
             "case_sensitive_like=ON",
+            # deleted rows (a DELETE, an erasure) are overwritten with zeros, not left in free pages of the file
+            "secure_delete=ON",
         ):
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()

@@ -68,6 +68,8 @@ class InstanceRecord:
     etag: str
     values: dict[str, Any] = field(default_factory=dict)
     replace: bool = False
+    tenant: str | None = None
+    destination: str | None = None
 
     @classmethod
     def from_indexed(
@@ -80,6 +82,8 @@ class InstanceRecord:
         etag: str,
         values: dict[str, Any] | None = None,
         replace: bool = False,
+        tenant: str | None = None,
+        destination: str | None = None,
     ) -> InstanceRecord:
         flat = search_values(instance.metadata)
         # ingest's own flattening (gateway.dicom.qido_attrs.searchable) wins where it has a value
@@ -87,7 +91,7 @@ class InstanceRecord:
         flat.update({name: indexed[name] for name in SEARCH_FIELDS if indexed.get(name) is not None})
         if values:
             flat.update(values)
-        return cls(instance, storage_key, size, sha256, etag, flat, replace)
+        return cls(instance, storage_key, size, sha256, etag, flat, replace, tenant, destination)
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,8 @@ class InstanceRow:
     attrs: str
     thumbnail_key: str | None
     created_at: int
+    tenant: str | None = None
+    destination: str | None = None
 
     def bulk_ranges(self) -> list[BulkRange]:
         return [BulkRange(path, vr, offset, length) for path, vr, offset, length in json.loads(self.bulkdata)]

@@ -77,8 +77,12 @@ instances = sa.Table(
     sa.Column("attrs", sa.Text, nullable=False, server_default="{}"),
     sa.Column("thumbnail_key", sa.Text),
     sa.Column("created_at", sa.BigInteger, nullable=False),
+    # what retention rules select on (gateway.retention): the upload's tenant and the policy destination
+    sa.Column("tenant", sa.Text),
+    sa.Column("destination", sa.Text),
     sa.Index("ix_instances_series_number", "series_uid", "instance_number"),
     sa.Index("ix_instances_study", "study_uid"),
+    sa.Index("ix_instances_created_at", "created_at"),
 )
 
 revocations = sa.Table(
@@ -135,4 +139,31 @@ quarantine = sa.Table(
     sa.Column("reason", sa.Text, nullable=False, server_default=""),
     sa.Column("report", sa.Text, nullable=False, server_default="{}"),
     sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+
+# One row per removed study, series or instance (`gateway.lifecycle`): the deletion audit (who by API key label,
+# when, why; UIDs and counts, never PHI values), the journal that lets `reconcile` finish the storage removal a
+# crash interrupted (``finished_at`` NULL, ``keys`` the instance objects to remove), and, while recent, the
+# tombstones the auth decision turns into a new plan-cache generation (``id`` is that generation).
+deletions = sa.Table(
+    "deletions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("finished_at", sa.BigInteger),
+    # "study", "series" or "instance": what was named (a patient erasure or retention run adds one row per study)
+    sa.Column("level", sa.String(16), nullable=False),
+    sa.Column("study_uid", UID, nullable=False),
+    sa.Column("series_uid", UID),
+    sa.Column("sop_uid", UID),
+    # the API key label (or "retention"), never the key
+    sa.Column("sub", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False, server_default=""),
+    # groups the rows of one call (a patient erasure removes several studies)
+    sa.Column("request_id", sa.String(32), nullable=False),
+    sa.Column("instances", sa.Integer, nullable=False),
+    # JSON list of the removed instances' storage keys (everything derived lives next to them)
+    sa.Column("keys", sa.Text, nullable=False, server_default="[]"),
+    sa.Index("ix_deletions_created_at", "created_at"),
+    sa.Index("ix_deletions_unfinished", "finished_at"),
 )

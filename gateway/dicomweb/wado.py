@@ -114,30 +114,37 @@ class Planner:
         cache_size: int = 20000,
         whole_object_prefix: str = nginx.WHOLE_SEGMENT,
         study_version: Callable[[str], Any] | None = None,
+        generation: Callable[[str], int] | None = None,
     ) -> None:
         """``whole_object_prefix`` is where SSI fetches a whole object: ``/_seg/all`` proxies to storage,
-        ``/_file`` (local-folder storage) lets NGINX read the file itself."""
+        ``/_file`` (local-folder storage) lets NGINX read the file itself. ``generation(study)`` changes when
+        something of the study is deleted (``Authorizer.generation``): what is cached under an older one is
+        reloaded."""
         self._load_instance = load_instance
         self._list_instances = list_instances
         self._origin_path = origin_path
         self._whole_prefix = whole_object_prefix
         self._study_version = study_version
+        self._generation = generation or (lambda study: 0)
         self._lists: OrderedDict[tuple[str, str | None], tuple[Any, list[CachedInstance]]] = OrderedDict()
-        self._cache: OrderedDict[str, CachedInstance] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[int, CachedInstance]] = OrderedDict()
         self._cache_size = cache_size
 
     # -- catalog access ----------------------------------------------------------------------------------------
     def instance(self, study: str, series: str, sop: str) -> CachedInstance:
-        cached = self._cache.get(sop)
-        if cached is None:
+        generation = self._generation(study)
+        hit = self._cache.get(sop)
+        if hit is None or hit[0] != generation:
             row = self._load_instance(sop)
             if row is None:
+                self._cache.pop(sop, None)
                 raise NotFound("no such instance")
             cached = to_cached(row)
-            self._cache[sop] = cached
+            self._cache[sop] = (generation, cached)
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         else:
+            cached = hit[1]
             self._cache.move_to_end(sop)
         if cached.ids.study != study or cached.ids.series != series:
             raise NotFound("no such instance in this study and series")
@@ -190,7 +197,8 @@ class Planner:
     def _listed(self, study: str, series: str | None) -> list[CachedInstance]:
         """A study's or series' instances, reused while the study's version (instance count, last change) holds:
         one indexed row read instead of hundreds (uploads and deletes change the version)."""
-        version = self._study_version(study) if self._study_version else None
+        current = self._study_version(study) if self._study_version else None
+        version = None if current is None else (current, self._generation(study))
         cached = self._lists.get((study, series))
         if version is not None and cached is not None and cached[0] == version:
             return cached[1]

@@ -87,6 +87,31 @@ class DeidOptions:
 
 
 @dataclass(frozen=True)
+class Retention:
+    """How many days an instance lives after it was stored (``gateway.retention``): by the tenant of its upload
+    first, then by the destination the policy routed it to, then ``days``; None anywhere means kept until
+    deleted."""
+
+    days: int | None = None
+    destinations: Mapping[str, int] = field(default_factory=dict)
+    tenants: Mapping[str, int] = field(default_factory=dict)
+
+    def days_for(self, tenant: str | None, destination: str | None) -> int | None:
+        if tenant is not None and tenant in self.tenants:
+            return self.tenants[tenant]
+        if destination is not None and destination in self.destinations:
+            return self.destinations[destination]
+        return self.days
+
+    @property
+    def configured(self) -> bool:
+        return self.days is not None or bool(self.destinations) or bool(self.tenants)
+
+
+MAX_RETENTION_DAYS = 36500
+
+
+@dataclass(frozen=True)
 class Policy:
     version: str
     destinations: Mapping[str, Destination] = field(default_factory=dict)
@@ -98,6 +123,7 @@ class Policy:
     on_unreadable: Literal["reject", "quarantine"] = "reject"
     on_deidentify_failure: Literal["reject", "quarantine"] = "reject"
     pixels: PixelOptions = PixelOptions()
+    retention: Retention = Retention()
 
     @property
     def tag_keywords(self) -> frozenset[str]:
@@ -367,7 +393,9 @@ def _choice(raw: Any, where: str, default: str) -> Any:
 def parse_policy(data: Mapping[str, Any]) -> Policy:
     """Validate a parsed TOML document (tests pass dicts; ``load_policy`` reads the file)."""
     _check_keys(
-        data, "", ("version", "options", "destinations", "rules", "default", "deidentify", "private", "pixels")
+        data,
+        "",
+        ("version", "options", "destinations", "rules", "default", "deidentify", "private", "pixels", "retention"),
     )
     if "version" not in data:
         raise _fail("version", "is required")
@@ -403,7 +431,26 @@ def parse_policy(data: Mapping[str, Any]) -> Policy:
             options.get("on_deidentify_failure"), "options.on_deidentify_failure", "reject"
         ),
         pixels=_pixels(data.get("pixels", {})),
+        retention=_retention(data.get("retention", {}), destinations),
     )
+
+
+def _retention(raw: Any, destinations: Mapping[str, Destination]) -> Retention:
+    table = _table(raw, "retention")
+    _check_keys(table, "retention", ("days", "destinations", "tenants"))
+    days = _int(table["days"], "retention.days", 1, MAX_RETENTION_DAYS) if "days" in table else None
+    by_destination = {
+        name: _int(value, f"retention.destinations.{name}", 1, MAX_RETENTION_DAYS)
+        for name, value in _table(table.get("destinations", {}), "retention.destinations").items()
+    }
+    unknown = sorted(set(by_destination) - set(destinations))
+    if unknown:
+        raise _fail("retention.destinations", f"no [destinations.{unknown[0]}] table")
+    by_tenant = {
+        name: _int(value, f"retention.tenants.{name}", 1, MAX_RETENTION_DAYS)
+        for name, value in _table(table.get("tenants", {}), "retention.tenants").items()
+    }
+    return Retention(days, by_destination, by_tenant)
 
 
 def loads_policy(text: str) -> Policy:

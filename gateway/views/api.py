@@ -10,9 +10,11 @@ from urllib.parse import quote
 from flask import Blueprint, Response, jsonify, redirect, request
 from werkzeug.wrappers import Response as WerkzeugResponse
 
+from gateway.catalog.deletions import Target
 from gateway.errors import BadRequest, InvalidPath, NotFound, TokenMissing
+from gateway.lifecycle import check_reason, summary
 from gateway.numbers import parse_int
-from gateway.views.common import public_base, require_api_key, services
+from gateway.views.common import deleter, public_base, require_api_key, services
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -159,10 +161,52 @@ def delete_quarantine(key: str) -> tuple[str, int]:
 
 @bp.get("/admin/audit")
 def audit() -> Response:
+    """``kind=hook`` (default): the PHI hook decisions; ``kind=deletion``: who deleted what, when and why."""
     require_api_key()
     limit = min(parse_int(request.args.get("limit") or "100", "limit"), 1000)
+    kind = request.args.get("kind", "hook")
+    catalog = services().catalog
+    if kind == "deletion":
+        return jsonify(items=catalog.deletion_records(study_uid=request.args.get("study_uid"), limit=limit))
+    if kind != "hook":
+        raise BadRequest("kind must be hook or deletion")
     return jsonify(
-        items=services().catalog.audit_records(
+        items=catalog.audit_records(
             sop_uid=request.args.get("sop_uid"), study_uid=request.args.get("study_uid"), limit=limit
         )
     )
+
+
+ERASURE_FIELDS = {"patient_id", "issuer", "reason"}
+
+
+@bp.post("/admin/erasure")
+def erase_patient() -> tuple[Response, int]:
+    """Right to erasure: every study of a Patient ID (optionally of one issuer), removed as a DELETE removes a
+    study. The Patient ID travels in the body, never in a URL (URLs are logged)."""
+    require_api_key()
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    unknown = sorted(set(body) - ERASURE_FIELDS)
+    if unknown:
+        raise BadRequest(f"unknown fields: {', '.join(unknown)}")
+    patient_id, issuer, reason = body.get("patient_id"), body.get("issuer"), body.get("reason", "")
+    if not isinstance(patient_id, str) or not patient_id or len(patient_id) > 64:
+        raise BadRequest("patient_id must be a non-empty string of at most 64 characters")
+    if issuer is not None and (not isinstance(issuer, str) or len(issuer) > 64):
+        raise BadRequest("issuer must be a string of at most 64 characters")
+    if not isinstance(reason, str):
+        raise BadRequest("reason must be a string")
+    srv = services()
+    label = srv.authorizer.api_key_label(request.headers.get("Authorization", "")) or "api-key"
+    studies = srv.catalog.studies_of_patient(patient_id, issuer)
+    removed = deleter(srv).delete([Target(uid) for uid in studies], sub=label, reason=check_reason(reason))
+    if not removed:
+        raise NotFound("no study of this patient is stored")
+    # files of these studies held for review are the patient's data too
+    quarantined = srv.catalog.quarantine_of_studies(sorted({item.target.study for item in removed}))
+    for key in quarantined:
+        srv.storage.delete(key)
+        srv.catalog.remove_quarantine(key)
+    return jsonify({**summary(removed), "quarantined": len(quarantined)}), 200

@@ -6,6 +6,7 @@ from flask import current_app, request
 
 from gateway.auth import Decision
 from gateway.errors import Unauthorized
+from gateway.lifecycle import Deleter
 from gateway.services import Services
 
 
@@ -51,3 +52,9 @@ def dicomweb_root() -> str:
     """The DICOMweb root the client used, relative to the host: ``/t/{token}/dicomweb`` or ``/dicomweb``."""
     token = request.environ.get("dicomgw.path_token")
     return f"/t/{token}/dicomweb" if token else "/dicomweb"
+
+
+def deleter(srv: Services) -> Deleter:
+    """Deletes through this node's storage and catalog; the node forgets its tombstones at once (the others
+    within their refresh)."""
+    return Deleter(srv.catalog, srv.storage, srv.settings.delete_settle, on_hidden=srv.authorizer.forget_deletions)

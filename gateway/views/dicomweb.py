@@ -13,6 +13,7 @@ from pathlib import Path
 
 from flask import Blueprint, Response, request
 
+from gateway.catalog.deletions import Target
 from gateway.dicomweb.accept import Offer, negotiate
 from gateway.dicomweb.multipart import iter_parts, parse_content_type
 from gateway.dicomweb.qido import parse_qido
@@ -27,10 +28,11 @@ from gateway.errors import (
 )
 from gateway.hooks import UploadContext
 from gateway.ingest import IngestResult
+from gateway.lifecycle import check_reason
 from gateway.numbers import parse_int
 from gateway.render import render_instance
 from gateway.uids import check_uid
-from gateway.views.common import decision, dicomweb_root, public_base, services
+from gateway.views.common import decision, deleter, dicomweb_root, public_base, services
 
 log = logging.getLogger("gateway.dicomweb")
 bp = Blueprint("dicomweb", __name__, url_prefix="/dicomweb")
@@ -66,7 +68,10 @@ def _search(level: str, study: str | None = None, series: str | None = None) -> 
         study_uid=check_uid(study) if study else None,
         series_uid=check_uid(series) if series else None,
     )
-    results = services().catalog.search(query, scope)
+    catalog = services().catalog
+    results = catalog.search(query, scope)
+    if not results and study and not catalog.exists(study, series):
+        raise NotFound("no such study" if series is None else "no such series")  # e.g. deleted
     return dicom_json(json.dumps(results, separators=(",", ":")).encode())
 
 
@@ -227,6 +232,34 @@ def _spool_single(stream: object, spool_dir: Path) -> Path:
                 raise PayloadTooLarge("the instance is larger than this gateway accepts")
             handle.write(chunk)
     return Path(handle.name)
+
+
+# -- DELETE (API key only; gateway.lifecycle) -------------------------------------------------------------------
+
+
+def _delete(target: Target) -> tuple[str, int]:
+    decision()  # refuses anything but the API key
+    srv = services()
+    label = srv.authorizer.api_key_label(request.headers.get("Authorization", "")) or "api-key"
+    reason = check_reason(request.headers.get("X-DICOMGW-Reason", ""))
+    if not deleter(srv).delete([target], sub=label, reason=reason):
+        raise NotFound("nothing stored there")
+    return "", 204
+
+
+@bp.delete("/studies/<study>")
+def delete_study(study: str) -> tuple[str, int]:
+    return _delete(Target(check_uid(study)))
+
+
+@bp.delete("/studies/<study>/series/<series>")
+def delete_series(study: str, series: str) -> tuple[str, int]:
+    return _delete(Target(check_uid(study), check_uid(series)))
+
+
+@bp.delete("/studies/<study>/series/<series>/instances/<instance>")
+def delete_instance(study: str, series: str, instance: str) -> tuple[str, int]:
+    return _delete(Target(check_uid(study), check_uid(series), check_uid(instance)))
 
 
 # -- rendered and thumbnails ---------------------------------------------------------------------------------

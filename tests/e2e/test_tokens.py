@@ -361,7 +361,7 @@ def test_key_rotation(tmp_path: Path, synthetic: dict[str, Any]) -> None:
     # step 1: NEW is only known for verifying: a node still signing with OLD accepts tokens of updated nodes
     learning = _stack(tmp_path, DICOMGW_SIGNING_KEYS=old, DICOMGW_VERIFY_KEYS=new)
     try:
-        url = f"{learning.url}/t/{{}}/dicomweb/studies/{study}/series/{series}/instances"
+        url = f"{learning.url}/t/{{}}/dicomweb/series?StudyInstanceUID={study}&SeriesInstanceUID={series}"
         assert requests.get(url.format(signed_old), timeout=10).status_code == 200
         assert requests.get(url.format(signed_new), timeout=10).status_code == 200
         issued = requests.post(
@@ -375,14 +375,14 @@ def test_key_rotation(tmp_path: Path, synthetic: dict[str, Any]) -> None:
         learning.stop()
     during = _stack(tmp_path, DICOMGW_SIGNING_KEYS=f"{old},{new}")
     try:
-        url = f"{during.url}/t/{{}}/dicomweb/studies/{study}/series/{series}/instances"
+        url = f"{during.url}/t/{{}}/dicomweb/series?StudyInstanceUID={study}&SeriesInstanceUID={series}"
         assert requests.get(url.format(signed_old), timeout=10).status_code == 200
         assert requests.get(url.format(signed_new), timeout=10).status_code == 200
     finally:
         during.stop()
     after = _stack(tmp_path, DICOMGW_SIGNING_KEYS=new)
     try:
-        url = f"{after.url}/t/{{}}/dicomweb/studies/{study}/series/{series}/instances"
+        url = f"{after.url}/t/{{}}/dicomweb/series?StudyInstanceUID={study}&SeriesInstanceUID={series}"
         assert requests.get(url.format(signed_old), timeout=10).status_code == 401
         assert requests.get(url.format(signed_new), timeout=10).status_code == 200
     finally:

@@ -314,12 +314,52 @@ def test_api_key_is_compared_in_constant_time_against_every_key(
     assert len(calls) == 4
 
 
-@pytest.mark.parametrize("method", ["DELETE", "PUT", "PATCH", "OPTIONS", "get"])
+@pytest.mark.parametrize("method", ["PUT", "PATCH", "OPTIONS", "get", "delete"])
 def test_other_methods_are_out_of_scope(tokens: TokenService, method: str) -> None:
     authorizer = make_authorizer(tokens, Revocations(), Clock(T))
     with pytest.raises(OutOfScope) as caught:
         authorizer.decide(method, STUDY_PATH, authorization="Bearer api-key-one-" + "1" * 20)
     assert caught.value.detail == f"method {method} is not allowed"
+
+
+def test_delete_is_for_the_api_key_only(tokens: TokenService) -> None:
+    """README, Lifecycle: a token never deletes, whatever its actions and scope; the API key alone does, and a
+    token presented next to it does not narrow that into a refusal-free delete either."""
+    authorizer = make_authorizer(tokens, Revocations(), Clock(T))
+    writer = tokens.issue(sub="u", studies=[ST], actions=["read", "write"], now=T).token
+    decision = authorizer.decide("DELETE", STUDY_PATH, authorization="Bearer api-key-two-" + "2" * 20, now=T)
+    assert decision.claims.sub == "portal"
+    for attempt in (
+        {"authorization": f"Bearer {writer}"},
+        {"cookie_header": f"dicomgw_token={writer}"},
+    ):
+        with pytest.raises((OutOfScope, TokenInvalid)):
+            authorizer.decide("DELETE", STUDY_PATH, now=T, **attempt)  # type: ignore[arg-type]
+    with pytest.raises(OutOfScope):
+        authorizer.decide(
+            "DELETE", f"/t/{writer}{STUDY_PATH}", authorization="Bearer api-key-two-" + "2" * 20, now=T
+        )
+
+
+def test_generation_follows_the_tombstones_within_the_refresh(tokens: TokenService) -> None:
+    clock = Clock(T)
+    tombstones: dict[str, int] = {}
+    since: list[int] = []
+
+    def load(after: int) -> dict[str, int]:
+        since.append(after)
+        return dict(tombstones)
+
+    authorizer = Authorizer(tokens, (), lambda now: set(), refresh=2.0, clock=clock, load_generations=load)
+    assert authorizer.generation(ST) == 0
+    tombstones[ST] = 7
+    assert authorizer.generation(ST) == 0  # cached until the refresh
+    clock.now += 2
+    assert authorizer.generation(ST) == 7 and authorizer.generation("9.9") == 0
+    tombstones[ST] = 8
+    authorizer.forget_deletions()
+    assert authorizer.generation(ST) == 8
+    assert since[-1] == T + 2 - auth.TOMBSTONE_SECONDS
 
 
 # -- the transports through decide(), and several credentials (README, Tokens, "Transports") ------------------------

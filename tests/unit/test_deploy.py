@@ -304,13 +304,19 @@ def test_schema_is_strict_enough_to_catch_a_typo(compose_schema: dict[str, Any])
 
 def test_services_are_the_documented_stack() -> None:
     services = load_compose()["services"]
-    assert set(services) == {"nginx", "gateway", "minio", "minio-init", "postgres", "seed"}
+    assert set(services) == {"nginx", "gateway", "minio", "minio-init", "postgres", "seed", "retention"}
     assert services["nginx"]["build"] == {"context": ".", "dockerfile": "docker/nginx.Dockerfile"}
     assert services["gateway"]["build"] == {"context": ".", "dockerfile": "docker/gateway.Dockerfile"}
     # the seed runs the gateway image: same build, same tag, so compose never pulls it
     assert services["seed"]["build"] == services["gateway"]["build"]
     assert services["seed"]["image"] == services["gateway"]["image"]
     assert services["seed"]["command"][:3] == ["dicom-gateway", "stack", "seed"]
+    # retention runs the gateway image's own command, on the gateway's catalog volume and bucket
+    assert services["retention"]["image"] == services["gateway"]["image"]
+    assert services["retention"]["command"][:3] == ["dicom-gateway", "retention", "run"]
+    assert services["retention"]["volumes"] == services["gateway"]["volumes"]
+    for name in ("DICOMGW_STORAGE_URL", "DICOMGW_DATABASE_URL", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID"):
+        assert services["retention"]["environment"][name] == services["gateway"]["environment"][name], name
 
 
 def test_every_dependency_exists_and_is_waited_for_properly() -> None:
@@ -754,6 +760,9 @@ def test_lifecycle_rules_cover_incoming_and_quarantine() -> None:
     assert rules["studies-keep-previous-versions"]["noncurrent_version_expiration"] == [
         {"noncurrent_days": "${var.noncurrent_version_expiration_days}"}
     ]
+    # README "Lifecycle": a deleted study's previous versions are gone after this window (30 days by default)
+    assert module_blocks("variable")["noncurrent_version_expiration_days"]["default"] == 30
+    assert rules["studies-keep-previous-versions"]["expiration"] == [{"expired_object_delete_marker": True}]
 
 
 def test_task_role_reaches_only_the_prefixes_the_gateway_needs() -> None:
@@ -772,7 +781,7 @@ def test_task_role_reaches_only_the_prefixes_the_gateway_needs() -> None:
     # differ in how they quote the lists, so compare the prefixes themselves
     for name, enabled, disabled in (
         ("task_read_prefixes", ["studies/*", "quarantine/*"], ["studies/*"]),
-        ("task_delete_prefixes", ["incoming/*", "quarantine/*"], ["incoming/*"]),
+        ("task_delete_prefixes", ["incoming/*", "studies/*", "quarantine/*"], ["incoming/*", "studies/*"]),
     ):
         expression = tf_locals()[name]
         assert expression.startswith("${var.enable_quarantine_admin ?"), expression
@@ -800,6 +809,37 @@ def test_upload_hook_is_the_gateway_code_with_vpc_dlq_concurrency_and_tracing() 
         "${aws_s3_bucket.data.arn}/studies/*",
         "${aws_s3_bucket.data.arn}/quarantine/*",
     ]
+
+
+def test_retention_runs_on_a_schedule_with_least_privilege() -> None:
+    function = tf_resource("aws_lambda_function", "retention")
+    assert function["handler"] == "gateway.lambda_handler.retention"
+    assert function["filename"] == "${var.lambda_package}"  # the same gateway package as the upload hook
+    assert function["reserved_concurrent_executions"] == 1
+    assert function["dead_letter_config"] == [{"target_arn": "${aws_sqs_queue.retention_dlq.arn}"}]
+    variables = function["environment"][0]["variables"]
+    assert variables["DICOMGW_PHI_POLICY"] == "${var.retention_policy_path}"
+    assert not any(SECRET_NAME.search(key) and not key.endswith("_SECRET_ARN") for key in variables)
+    rule = tf_resource("aws_cloudwatch_event_rule", "retention")
+    assert rule["schedule_expression"] == "${var.retention_schedule}"
+    assert tf_resource("aws_cloudwatch_event_target", "retention")["arn"] == "${aws_lambda_function.retention.arn}"
+    permission = tf_resource("aws_lambda_permission", "events_invoke_retention")
+    assert permission["principal"] == "events.amazonaws.com"
+    assert permission["source_arn"] == "${aws_cloudwatch_event_rule.retention.arn}"
+    policy = statements(tf_data("aws_iam_policy_document", "retention"))
+    assert set(policy) == {
+        "DeleteExpiredObjects",
+        "ListStudies",
+        "DecryptSecretsAndQueue",
+        "DeadLetters",
+        "ReadGatewaySecrets",
+    }
+    everything = [action for statement in policy.values() for action in statement["actions"]]
+    assert not any(action.endswith("*") for action in everything), everything
+    assert "s3:DeleteObjectVersion" not in everything  # previous versions expire by lifecycle, never by us
+    assert policy["DeleteExpiredObjects"]["resources"] == ["${aws_s3_bucket.data.arn}/studies/*"]
+    (condition,) = policy["ListStudies"]["condition"]
+    assert condition["values"] == ["studies/*"]
 
 
 def test_alb_is_https_with_redirect_http2_and_strict_headers() -> None:

@@ -1,0 +1,212 @@
+"""Deletion records (`gateway.lifecycle` uses them): hide what is removed in one transaction, journal the
+storage keys still to remove, and list recent deletions as tombstones for the auth decision.
+
+``hide`` is the one step that makes data invisible: the instance rows go, series and study counts are recomputed
+(empty ones go too) and a ``deletions`` row per target is written, all in one transaction, so a reader sees the
+study whole or not at all and a crash leaves either nothing done or a journal `reconcile` can finish.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from gateway.catalog.engine import CatalogBase
+from gateway.catalog.schema import deletions, instances, reservations, studies
+
+
+@dataclass(frozen=True)
+class Target:
+    """A study, one series of it, or one instance of that series."""
+
+    study: str
+    series: str | None = None
+    sop: str | None = None
+
+    @property
+    def level(self) -> str:
+        return "instance" if self.sop else "series" if self.series else "study"
+
+
+@dataclass(frozen=True)
+class Removed:
+    """One target that was there and is now hidden (``id`` is its deletion record, the new generation)."""
+
+    id: int
+    target: Target
+    sop_uids: tuple[str, ...]
+    series_uids: tuple[str, ...]
+    keys: tuple[str, ...]
+
+
+_ISSUER = "00100021"
+# The SOP Instance UID in a storage key (``studies/{st}/series/{se}/instances/{sop}.dcm``, gateway.uids).
+_SOP_IN_KEY = re.compile(r"/instances/([0-9.]+)\.dcm$")
+
+
+def sop_of_key(key: str) -> str | None:
+    found = _SOP_IN_KEY.search(key)
+    return found.group(1) if found else None
+
+
+class DeletionRecords(CatalogBase):
+    """Deletions; ``Catalog`` inherits these methods (and provides ``_recount``)."""
+
+    if TYPE_CHECKING:
+
+        def _recount(self, conn: Connection, study_uid: str, series_uid: str) -> None: ...
+
+    def hide(self, targets: list[Target], *, sub: str, reason: str, now: int | None = None) -> list[Removed]:
+        """Remove the catalog rows of every target in one transaction; each target that held instances gets a
+        deletion record (unfinished: its objects are still in storage). Targets with nothing are left out."""
+        now = int(time.time()) if now is None else now
+        request_id = secrets.token_hex(8)
+        removed: list[Removed] = []
+        with self._write() as conn:
+            for target in targets:
+                found = self._hide_one(conn, target, sub=sub, reason=reason, request_id=request_id, now=now)
+                if found is not None:
+                    removed.append(found)
+        return removed
+
+    def _hide_one(
+        self, conn: Connection, target: Target, *, sub: str, reason: str, request_id: str, now: int
+    ) -> Removed | None:
+        # lock the study row first (PostgreSQL), the order register takes, so an upload into it waits
+        conn.execute(sa.select(studies.c.study_uid).where(studies.c.study_uid == target.study).with_for_update())
+        where = [instances.c.study_uid == target.study]
+        if target.series is not None:
+            where.append(instances.c.series_uid == target.series)
+        if target.sop is not None:
+            where.append(instances.c.sop_uid == target.sop)
+        rows = conn.execute(
+            sa.select(instances.c.sop_uid, instances.c.series_uid, instances.c.storage_key, instances.c.thumbnail_key)
+            .where(*where)
+            .order_by(instances.c.sop_uid)
+        ).all()
+        if not rows:
+            return None
+        conn.execute(instances.delete().where(*where))
+        series_uids = tuple(sorted({row.series_uid for row in rows}))
+        for series_uid in series_uids:
+            self._recount(conn, target.study, series_uid)
+        keys = tuple(dict.fromkeys(k for row in rows for k in (row.storage_key, row.thumbnail_key) if k))
+        new_id = conn.execute(
+            deletions.insert()
+            .values(
+                created_at=now,
+                level=target.level,
+                study_uid=target.study,
+                series_uid=target.series,
+                sop_uid=target.sop,
+                sub=sub,
+                reason=reason,
+                request_id=request_id,
+                instances=len(rows),
+                keys=json.dumps(list(keys)),
+            )
+            .returning(deletions.c.id)
+        ).scalar_one()
+        return Removed(int(new_id), target, tuple(row.sop_uid for row in rows), series_uids, keys)
+
+    def studies_of_patient(self, patient_id: str, issuer: str | None = None) -> list[str]:
+        """Study UIDs whose Patient ID is exactly ``patient_id`` (and, when given, Issuer of Patient ID)."""
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(studies.c.study_uid, studies.c.attrs).where(studies.c.patient_id == patient_id)
+            ).all()
+        found = []
+        for row in rows:
+            if issuer is not None:
+                element = json.loads(row.attrs).get(_ISSUER) or {}
+                if (element.get("Value") or [None])[0] != issuer:
+                    continue
+            found.append(str(row.study_uid))
+        return sorted(found)
+
+    def stored_before(self, cutoff: int) -> list[Any]:
+        """Instances stored before ``cutoff`` (epoch seconds), with what retention selects on and their study's
+        instance count (rows: sop_uid, study_uid, series_uid, tenant, destination, created_at, study_instances)."""
+        stmt = (
+            sa.select(
+                instances.c.sop_uid,
+                instances.c.study_uid,
+                instances.c.series_uid,
+                instances.c.tenant,
+                instances.c.destination,
+                instances.c.created_at,
+                studies.c.num_instances.label("study_instances"),
+            )
+            .select_from(instances.join(studies, instances.c.study_uid == studies.c.study_uid))
+            .where(instances.c.created_at < cutoff)
+            .order_by(instances.c.study_uid, instances.c.sop_uid)
+        )
+        with self._read() as conn:
+            return list(conn.execute(stmt).all())
+
+    def generations(self, since: int) -> dict[str, int]:
+        """Study UID -> id of its newest deletion record since ``since`` (the tombstones the auth decision and
+        the planner compare against)."""
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(deletions.c.study_uid, sa.func.max(deletions.c.id))
+                .where(deletions.c.created_at >= since)
+                .group_by(deletions.c.study_uid)
+            ).all()
+        return {str(study): int(gen) for study, gen in rows}
+
+    def unfinished_deletions(self) -> list[dict[str, Any]]:
+        """Deletion records whose storage objects may still be there (oldest first)."""
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(deletions).where(deletions.c.finished_at.is_(None)).order_by(deletions.c.id)
+            ).all()
+        return [_record(row) for row in rows]
+
+    def finish_deletion(self, deletion_id: int, now: int | None = None) -> None:
+        with self._write() as conn:
+            conn.execute(
+                deletions.update()
+                .where(deletions.c.id == deletion_id)
+                .values(finished_at=int(time.time()) if now is None else now)
+            )
+
+    def live_sops(self, sop_uids: list[str]) -> set[str]:
+        """Which of these SOP UIDs are stored again (re-uploaded) or being uploaded right now: their objects
+        must stay."""
+        live: set[str] = set()
+        with self._read() as conn:
+            for start in range(0, len(sop_uids), 500):
+                chunk = sop_uids[start : start + 500]
+                live.update(
+                    conn.execute(sa.select(instances.c.sop_uid).where(instances.c.sop_uid.in_(chunk))).scalars()
+                )
+                live.update(
+                    conn.execute(sa.select(reservations.c.sop_uid).where(reservations.c.sop_uid.in_(chunk))).scalars()
+                )
+        return live
+
+    def deletion_records(self, *, study_uid: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Newest first; without the storage keys (an audit reader needs what and why, not where)."""
+        stmt = sa.select(deletions).order_by(deletions.c.id.desc()).limit(limit)
+        if study_uid is not None:
+            stmt = stmt.where(deletions.c.study_uid == study_uid)
+        with self._read() as conn:
+            rows = conn.execute(stmt).all()
+        records = [_record(row) for row in rows]
+        for record in records:
+            del record["keys"]
+        return records
+
+
+def _record(row: Any) -> dict[str, Any]:
+    data = dict(row._mapping)
+    data["keys"] = json.loads(data["keys"])
+    return data

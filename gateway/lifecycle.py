@@ -1,0 +1,128 @@
+"""Deleting studies, series and instances, everywhere the gateway keeps them (`docs/design.md` §5 for the order).
+
+1. ``Catalog.hide``: one transaction removes the catalog rows (QIDO, metadata, rendered, thumbnails and WADO-URI
+   answer 404 from then on, on every node: they read the catalog) and writes a deletion record (the audit, and
+   the journal of the storage keys still to remove).
+2. Wait ``DICOMGW_DELETE_SETTLE`` seconds: every node reloads its tombstones within ``DICOMGW_REVOCATION_REFRESH``
+   and NGINX reuses a decision for at most ``DICOMGW_AUTH_CACHE_SECONDS``; the decision carries the study's new
+   generation, which is part of the plan-cache key, so no node serves a plan made before the delete. Until then a
+   node may still serve the old bytes whole, from objects that are still there: never a half body.
+3. Remove the stored objects: each instance's object and everything stored next to it under its name
+   (thumbnails, and any derived kind added later: ``{sop}.*`` and ``{sop}/...``), skipping an instance that was
+   uploaded again meanwhile; then mark the record finished and answer.
+
+A crash after step 1 leaves an unfinished record: ``dicom-gateway reconcile`` finishes it (and never re-registers
+its objects as orphans).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.catalog import Catalog
+from gateway.catalog.deletions import Removed, Target
+from gateway.storage import Storage
+
+# The SOP Instance UID of a stored object and of everything derived from it: ``{sop}.dcm``, ``{sop}.thumb.jpg``,
+# ``{sop}/...``. A UID's components are digits, so ``1.2.3.thumb.jpg`` is 1.2.3's and ``1.2.3.4.dcm`` is not.
+_INSTANCE_FILE = re.compile(r"^(?P<dir>.*/instances/)(?P<sop>[0-9]+(?:\.[0-9]+)*)(?:\.[A-Za-z][^/]*|/.*)$")
+MAX_REASON = 500
+DELETE_CONCURRENCY = 8
+
+
+def instance_of(key: str) -> tuple[str, str] | None:
+    """(folder, SOP UID) of a stored instance or anything derived from it; None for other keys."""
+    found = _INSTANCE_FILE.match(key)
+    return None if found is None else (found.group("dir"), found.group("sop"))
+
+
+@dataclass
+class Deleter:
+    catalog: Catalog
+    storage: Storage
+    settle: float
+    on_hidden: Callable[[], None] = lambda: None
+    sleep: Callable[[float], None] = field(default=time.sleep)
+
+    def delete(self, targets: list[Target], *, sub: str, reason: str) -> list[Removed]:
+        """Remove every target that exists (one transaction hides them all), wait out the caches, remove their
+        objects. Returns what was removed (empty: nothing was there)."""
+        removed = self.catalog.hide(targets, sub=sub, reason=reason)
+        if not removed:
+            return []
+        self.on_hidden()
+        self.sleep(self.settle)
+        for item in removed:
+            self.remove_objects(list(item.keys))
+            self.catalog.finish_deletion(item.id)
+        return removed
+
+    def remove_objects(self, keys: list[str]) -> list[str]:
+        """Remove the instances' objects and everything stored under their names; an instance stored again (or
+        being uploaded) since is left alone. Returns the keys removed. Idempotent."""
+        wanted: dict[str, set[str]] = defaultdict(set)
+        for key in keys:
+            found = instance_of(key)
+            if found is not None:
+                wanted[found[0]].add(found[1])
+        live = self.catalog.live_sops(sorted({sop for sops in wanted.values() for sop in sops}))
+        gone: list[str] = []
+        for folder, sops in sorted(wanted.items()):
+            # one listing per series folder, not one per instance
+            for key in list(self.storage.list(folder)):
+                found = instance_of(key)
+                if found is not None and found[0] == folder and found[1] in sops and found[1] not in live:
+                    gone.append(key)
+        # S3 answers one DELETE per request: a few at once, so a study of thousands stays well inside a request's
+        # time (boto3 clients are thread-safe; the local backend is just as happy)
+        with ThreadPoolExecutor(max_workers=DELETE_CONCURRENCY) as pool:
+            list(pool.map(self.storage.delete, gone))
+        return gone
+
+    def finish_unfinished(self, *, older_than: int | None = None) -> list[dict[str, Any]]:
+        """Finish deletion records a crash left unfinished (``reconcile``); records younger than the settle
+        time belong to a DELETE still running and are left to it."""
+        cutoff = int(time.time() - self.settle) if older_than is None else older_than
+        done = []
+        for record in self.catalog.unfinished_deletions():
+            if record["created_at"] > cutoff:
+                continue
+            removed = self.remove_objects(record["keys"])
+            self.catalog.finish_deletion(record["id"])
+            done.append({"id": record["id"], "study_uid": record["study_uid"], "removed": len(removed)})
+        return done
+
+
+def summary(removed: list[Removed]) -> dict[str, Any]:
+    """What a deletion removed, by UID and count (never a PHI value)."""
+    return {
+        "studies": sorted({item.target.study for item in removed}),
+        "series": sum(len(item.series_uids) for item in removed),
+        "instances": sum(len(item.sop_uids) for item in removed),
+        "deletions": [
+            {
+                "id": item.id,
+                "level": item.target.level,
+                "study_uid": item.target.study,
+                "series_uid": item.target.series,
+                "sop_uid": item.target.sop,
+                "instances": len(item.sop_uids),
+            }
+            for item in removed
+        ],
+    }
+
+
+def check_reason(reason: str) -> str:
+    """A short, printable reason (it is stored and listed; a person should never type PHI into it)."""
+    from gateway.errors import BadRequest
+
+    if len(reason) > MAX_REASON or any(ord(c) < 0x20 or ord(c) == 0x7F for c in reason):
+        raise BadRequest(f"reason must be printable text of at most {MAX_REASON} characters")
+    return reason

@@ -1,0 +1,81 @@
+"""Retention: remove instances older than the policy file's ``[retention]`` allows (`docs/phi.md`, README
+"Lifecycle"). ``dicom-gateway retention run [--dry-run]``, docker-compose's ``retention`` service and the Terraform
+EventBridge schedule (``gateway.lambda_handler.retention``) all call ``run``.
+
+An instance's days come from its upload's tenant, else its policy destination, else ``[retention] days``. A
+study whose every instance expired is removed as a study (one deletion record), otherwise the expired instances
+one by one; either way through ``gateway.lifecycle.Deleter``, with the same guarantees and audit as a DELETE
+(``sub`` is ``retention``, the reason names the rule).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Any
+
+from gateway.catalog import Catalog
+from gateway.catalog.deletions import Target
+from gateway.config import Settings
+from gateway.lifecycle import Deleter, summary
+from gateway.phi.policy import Retention
+from gateway.storage import open_storage
+
+DAY = 86400
+
+
+def expired(catalog: Catalog, retention: Retention, now: int) -> list[tuple[Target, str]]:
+    """What retention removes at ``now``: (target, reason) pairs, whole studies where every instance expired."""
+    spans = [retention.days, *retention.destinations.values(), *retention.tenants.values()]
+    shortest = min((d for d in spans if d is not None), default=None)
+    if shortest is None:
+        return []
+    by_study: dict[str, list[tuple[Any, int]]] = defaultdict(list)
+    for row in catalog.stored_before(now - shortest * DAY):
+        days = retention.days_for(row.tenant, row.destination)
+        if days is not None and row.created_at <= now - days * DAY:
+            by_study[row.study_uid].append((row, days))
+    found: list[tuple[Target, str]] = []
+    for study, rows in sorted(by_study.items()):
+        if len(rows) == rows[0][0].study_instances:
+            longest = max(days for _, days in rows)
+            found.append((Target(study), f"retention: older than {longest} days"))
+        else:
+            found += [
+                (Target(study, row.series_uid, row.sop_uid), f"retention: older than {days} days") for row, days in rows
+            ]
+    return found
+
+
+def run(settings: Settings, *, dry_run: bool, now: int | None = None) -> dict[str, Any]:
+    """Apply the policy's retention once. ``dry_run`` lists what would go and removes nothing."""
+    from gateway.phi.policy import load_policy
+
+    # parsed only: retention needs neither the de-identification key nor OCR
+    retention = load_policy(settings.phi_policy).retention if settings.phi_policy else Retention()
+    catalog = Catalog(settings.database_url)
+    try:
+        catalog.require_current_schema()
+        targets = expired(catalog, retention, int(time.time()) if now is None else now)
+        report: dict[str, Any] = {
+            "configured": retention.configured,
+            "dry_run": dry_run,
+            "would_remove" if dry_run else "removed": [
+                {"study_uid": t.study, "series_uid": t.series, "sop_uid": t.sop, "reason": reason}
+                for t, reason in targets
+            ],
+        }
+        if dry_run or not targets:
+            return report
+        deleter = Deleter(catalog, open_storage(settings.storage_url), settings.delete_settle)
+        removed = []
+        # one deletion call per reason, so each record says why; the settle wait is paid once per reason
+        by_reason: dict[str, list[Target]] = defaultdict(list)
+        for target, reason in targets:
+            by_reason[reason].append(target)
+        for reason, group in sorted(by_reason.items()):
+            removed += deleter.delete(group, sub="retention", reason=reason)
+        report.update(summary(removed))
+        return report
+    finally:
+        catalog.close()

@@ -1,0 +1,287 @@
+"""Deletion on the real catalog (SQLite and PostgreSQL) and the real local storage: what hide() makes invisible in
+one transaction, what Deleter removes from storage (everything under an instance's name, nothing of its
+neighbours or of an instance stored again), and how reconcile finishes a deletion a crash interrupted."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.catalog import Catalog
+from gateway.catalog.deletions import Target
+from gateway.catalog.schema import instances
+from gateway.config import Settings
+from gateway.errors import ConfigError
+from gateway.lifecycle import Deleter, instance_of, summary
+from gateway.phi.policy import Retention, parse_policy
+from gateway.reconcile import reconcile
+from gateway.retention import expired
+from gateway.storage.local import LocalStorage
+from tests.fixtures.catalog_data import make_instance, record
+
+ST, ST2 = "1.2.3.1", "1.2.3.2"
+SE1, SE2 = "1.2.3.1.1", "1.2.3.1.2"
+SOP1, SOP2, SOP3 = "1.2.3.1.1.1", "1.2.3.1.1.11", "1.2.3.1.2.1"
+
+
+@pytest.fixture
+def catalog(catalog_url: str) -> Iterator[Catalog]:
+    cat = Catalog(catalog_url)
+    cat.migrate()
+    yield cat
+    cat.close()
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> LocalStorage:
+    return LocalStorage(f"file://{tmp_path / 'objects'}")
+
+
+def put(storage: LocalStorage, tmp_path: Path, key: str) -> None:
+    source = tmp_path / "blob"
+    source.write_bytes(key.encode())
+    storage.put_file(key, source)
+
+
+def store(catalog: Catalog, storage: LocalStorage, tmp_path: Path, study: str, series: str, sop: str, **kw: str) -> str:
+    instance = make_instance(study, series, sop, **kw)  # type: ignore[arg-type]
+    catalog.register_instance(record(instance))
+    put(storage, tmp_path, instance.ids.key)
+    return instance.ids.key
+
+
+@pytest.fixture
+def stored(catalog: Catalog, storage: LocalStorage, tmp_path: Path) -> dict[str, str]:
+    keys = {
+        SOP1: store(catalog, storage, tmp_path, ST, SE1, SOP1),
+        SOP2: store(catalog, storage, tmp_path, ST, SE1, SOP2),
+        SOP3: store(catalog, storage, tmp_path, ST, SE2, SOP3),
+    }
+    # derived objects next to SOP1: a thumbnail and a folder of derivatives
+    base = keys[SOP1].removesuffix(".dcm")
+    put(storage, tmp_path, base + ".thumb.jpg")
+    put(storage, tmp_path, base + "/htj2k/1.jph")
+    return keys
+
+
+def deleter(catalog: Catalog, storage: LocalStorage) -> Deleter:
+    return Deleter(catalog, storage, settle=0, sleep=lambda _: None)
+
+
+def test_instance_of_tells_neighbours_apart() -> None:
+    folder = "studies/1/series/2/instances/"
+    assert instance_of(folder + "1.2.3.dcm") == (folder, "1.2.3")
+    assert instance_of(folder + "1.2.3.thumb.jpg") == (folder, "1.2.3")
+    assert instance_of(folder + "1.2.3/htj2k/1.jph") == (folder, "1.2.3")
+    assert instance_of(folder + "1.2.3.4.dcm") == (folder, "1.2.3.4")
+    assert instance_of("quarantine/x.dcm") is None
+
+
+def test_delete_instance_removes_it_and_its_derivatives_only(
+    catalog: Catalog, storage: LocalStorage, stored: dict[str, str]
+) -> None:
+    removed = deleter(catalog, storage).delete([Target(ST, SE1, SOP1)], sub="portal", reason="withdrawn")
+    assert [r.sop_uids for r in removed] == [(SOP1,)]
+    assert catalog.get_instance(SOP1) is None and catalog.get_instance(SOP2) is not None
+    assert sorted(storage.list("studies/")) == sorted([stored[SOP2], stored[SOP3]])
+    (record_,) = catalog.deletion_records()
+    assert record_["level"] == "instance" and record_["sub"] == "portal" and record_["reason"] == "withdrawn"
+    assert record_["instances"] == 1 and record_["finished_at"] is not None and "keys" not in record_
+    assert catalog.study_version(ST) is not None  # the study stays with its other instances
+
+
+def test_delete_series_then_study_recounts_and_is_idempotent(
+    catalog: Catalog, storage: LocalStorage, stored: dict[str, str]
+) -> None:
+    d = deleter(catalog, storage)
+    (series_removed,) = d.delete([Target(ST, SE1)], sub="k", reason="")
+    assert set(series_removed.sop_uids) == {SOP1, SOP2}
+    assert catalog.study_version(ST) == (1, 1, catalog.study_version(ST)[2])  # type: ignore[index]
+    assert d.delete([Target(ST, SE1)], sub="k", reason="") == []  # nothing left there
+    (study_removed,) = d.delete([Target(ST)], sub="k", reason="")
+    assert study_removed.sop_uids == (SOP3,)
+    assert catalog.study_version(ST) is None and list(storage.list("studies/")) == []
+    assert d.delete([Target(ST)], sub="k", reason="") == []
+    gens = catalog.generations(0)
+    assert gens == {ST: study_removed.id} and study_removed.id > series_removed.id
+
+
+def test_patient_erasure_by_id_and_issuer(catalog: Catalog, storage: LocalStorage, tmp_path: Path) -> None:
+    store(catalog, storage, tmp_path, ST, SE1, SOP1, patient_id="PAT-9")
+    store(catalog, storage, tmp_path, ST2, "1.2.3.2.1", "1.2.3.2.1.1", patient_id="PAT-9")
+    store(catalog, storage, tmp_path, "1.2.3.3", "1.2.3.3.1", "1.2.3.3.1.1", patient_id="OTHER")
+    assert catalog.studies_of_patient("PAT-9") == [ST, ST2]
+    assert catalog.studies_of_patient("PAT-9", "NO-SUCH-ISSUER") == []
+    removed = deleter(catalog, storage).delete(
+        [Target(s) for s in catalog.studies_of_patient("PAT-9")], sub="k", reason="erasure"
+    )
+    result = summary(removed)
+    assert result["studies"] == [ST, ST2] and result["instances"] == 2 and result["series"] == 2
+    assert len({r["request_id"] for r in catalog.deletion_records()}) == 1  # one call, one request id
+    assert catalog.studies_of_patient("PAT-9") == [] and catalog.studies_of_patient("OTHER") == ["1.2.3.3"]
+
+
+def test_a_reupload_during_the_settle_time_keeps_its_objects(
+    catalog: Catalog, storage: LocalStorage, tmp_path: Path, stored: dict[str, str]
+) -> None:
+    def reupload(_: float) -> None:
+        store(catalog, storage, tmp_path, ST, SE1, SOP1)
+
+    Deleter(catalog, storage, settle=0, sleep=reupload).delete([Target(ST)], sub="k", reason="")
+    # SOP1 is stored again: its objects stay (its derivatives are rebuilt from the new bytes on demand)
+    assert all(instance_of(key) == (stored[SOP1].rsplit("/", 1)[0] + "/", SOP1) for key in storage.list("studies/"))
+    assert stored[SOP1] in storage.list("studies/") and stored[SOP2] not in storage.list("studies/")
+    assert catalog.get_instance(SOP1) is not None
+
+
+def test_reconcile_finishes_an_interrupted_deletion(
+    catalog: Catalog, storage: LocalStorage, stored: dict[str, str], catalog_url: str
+) -> None:
+    catalog.hide([Target(ST, SE1)], sub="k", reason="", now=1000)  # the crash: hidden, objects still there
+    settings = Settings.from_mapping(
+        {
+            "SIGNING_KEYS": "s" * 32,
+            "API_KEYS": "a" * 32,
+            "STORAGE_URL": storage.url,
+            "DATABASE_URL": catalog_url,
+        }
+    )
+    report = reconcile(settings, repair=False)
+    assert report["orphans"] == []  # objects of a deletion are never taken for orphans
+    assert [d["study_uid"] for d in report["unfinished_deletions"]] == [ST]
+    assert len(list(storage.list("studies/"))) == 5
+    report = reconcile(settings, repair=True)
+    assert report["registered"] == [] and [d["removed"] for d in report["finished_deletions"]] == [4]
+    assert list(storage.list("studies/")) == [stored[SOP3]]
+    assert catalog.unfinished_deletions() == []
+    assert reconcile(settings, repair=True)["unfinished_deletions"] == []
+
+
+# -- retention --------------------------------------------------------------------------------------------------
+
+
+def test_retention_policy_section_is_validated() -> None:
+    policy = parse_policy(
+        {
+            "version": 1,
+            "destinations": {"eu": {"storage": "default", "region": "eu", "identifiable_allowed": False}},
+            "retention": {"days": 3650, "destinations": {"eu": 365}, "tenants": {"trial": 30}},
+        }
+    )
+    assert policy.retention.days_for("trial", "eu") == 30
+    assert policy.retention.days_for("other", "eu") == 365
+    assert policy.retention.days_for(None, None) == 3650
+    assert parse_policy({"version": 1}).retention.configured is False
+    for bad, where in (
+        ({"days": 0}, "retention.days"),
+        ({"days": "30"}, "retention.days"),
+        ({"destinations": {"nowhere": 3}}, "retention.destinations"),
+        ({"tenants": {"t": True}}, "retention.tenants.t"),
+        ({"weeks": 3}, "retention"),
+    ):
+        with pytest.raises(ConfigError) as caught:
+            parse_policy({"version": 1, "retention": bad})
+        assert where in str(caught.value)
+
+
+def test_retention_removes_what_its_rule_expired(catalog: Catalog, storage: LocalStorage, tmp_path: Path) -> None:
+    day = 86400
+    now = 1_000 * day
+    whole = make_instance(ST, SE1, SOP1)
+    catalog.register_instance(record_with(whole, tenant="trial"))
+    put(storage, tmp_path, whole.ids.key)
+    for sop, tenant in ((SOP2, "trial"), ("1.2.3.2.1.2", None)):
+        inst = make_instance(ST2, "1.2.3.2.1", sop if sop != SOP2 else "1.2.3.2.1.1")
+        catalog.register_instance(record_with(inst, tenant=tenant))
+        put(storage, tmp_path, inst.ids.key)
+    backdate(catalog, now - 40 * day)
+    retention = Retention(days=3650, tenants={"trial": 30})
+    found = expired(catalog, retention, now)
+    assert [(t.level, t.study, reason) for t, reason in found] == [
+        ("study", ST, "retention: older than 30 days"),  # its one instance expired: the whole study goes
+        ("instance", ST2, "retention: older than 30 days"),  # one of two: only that instance
+    ]
+    assert expired(catalog, retention, now - 11 * day) == []  # 29 days old: nothing yet
+    assert expired(catalog, Retention(), now) == []
+    removed = Deleter(catalog, storage, settle=0, sleep=lambda _: None).delete(
+        [t for t, _ in found], sub="retention", reason=found[0][1]
+    )
+    assert len(removed) == 2 and catalog.get_instance("1.2.3.2.1.2") is not None
+    assert [key for key in storage.list("studies/")] == [f"studies/{ST2}/series/1.2.3.2.1/instances/1.2.3.2.1.2.dcm"]
+
+
+def record_with(instance: Any, *, tenant: str | None) -> Any:
+    rec = record(instance)
+    rec.tenant = tenant
+    return rec
+
+
+def backdate(catalog: Catalog, when: int) -> None:
+    with catalog._write() as conn:
+        conn.execute(instances.update().values(created_at=when))
+
+
+def test_the_lambda_entry_point_runs_retention(
+    catalog: Catalog, storage: LocalStorage, stored: dict[str, str], catalog_url: str, tmp_path: Path
+) -> None:
+    from gateway.lambda_handler import retention
+
+    backdate(catalog, 1000)  # stored in 1970: far older than any retention
+    policy = tmp_path / "policy.toml"
+    policy.write_text("version = 1\n[retention]\ndays = 1\n")
+    mapping = {"SIGNING_KEYS": "s" * 32, "API_KEYS": "a" * 32, "STORAGE_URL": storage.url, "DATABASE_URL": catalog_url}
+    report = retention(
+        {}, None, settings=Settings.from_mapping({**mapping, "PHI_POLICY": str(policy), "DELETE_SETTLE": "0"})
+    )
+    assert report["studies"] == [ST] and report["instances"] == 3
+    assert list(storage.list("studies/")) == [] and catalog.study_version(ST) is None
+    assert retention({}, None, settings=Settings.from_mapping(mapping)) == {
+        "configured": False,
+        "dry_run": False,
+        "removed": [],
+    }
+
+
+def test_quarantine_of_studies_lists_only_theirs(catalog: Catalog) -> None:
+    catalog.add_quarantine("quarantine/a.dcm", study_uid=ST)
+    catalog.add_quarantine("quarantine/b.dcm", study_uid=ST2)
+    catalog.add_quarantine("quarantine/c.dcm")  # unreadable: no study known
+    assert catalog.quarantine_of_studies([ST]) == ["quarantine/a.dcm"]
+    assert catalog.quarantine_of_studies([]) == []
+
+
+def test_tombstones_outlive_every_cached_plan() -> None:
+    """A tombstone must outlast any plan NGINX cached before the delete, or the pre-delete cache key would come back
+    (generation 0) while that plan is still fresh."""
+    from gateway import auth
+    from gateway.dicomweb import wado
+    from gateway.tools.nginxconf import REPO_ROOT
+
+    plan_conf = (REPO_ROOT / "nginx/templates/snippets/dgw-plan.conf.template").read_text()
+    assert "proxy_cache_valid 200 206 10m;" in plan_conf and "$dgw_gen" in plan_conf
+    assert auth.TOMBSTONE_SECONDS > max(wado.STABLE_PLAN_SECONDS, 600)
+
+
+def test_retention_command_once_with_a_heartbeat(
+    catalog: Catalog, storage: LocalStorage, catalog_url: str, tmp_path: Path
+) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from gateway.cli import main
+
+    heartbeat = tmp_path / "retention.ok"
+    env = {
+        "DICOMGW_SIGNING_KEYS": "s" * 32,
+        "DICOMGW_API_KEYS": "a" * 32,
+        "DICOMGW_STORAGE_URL": storage.url,
+        "DICOMGW_DATABASE_URL": catalog_url,
+    }
+    result = CliRunner().invoke(main, ["retention", "run", "--dry-run", "--heartbeat", str(heartbeat)], env=env)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == {"configured": False, "dry_run": True, "would_remove": []}
+    assert heartbeat.exists()
