@@ -26,6 +26,7 @@ from gateway.uids import is_uid
 COOKIE_NAMES = ("__Host-dicomgw_token", "dicomgw_token")
 _TOKEN_CHARS = re.compile(r"[A-Za-z0-9_.\-]+")
 READ_METHODS = frozenset({"GET", "HEAD"})
+API_KEY_JTI = "api-key"  # the jti of an API key's claims (no token id: the label names the caller)
 WRITE_METHODS = frozenset({"POST"})
 
 
@@ -33,6 +34,7 @@ WRITE_METHODS = frozenset({"POST"})
 class Decision:
     claims: Claims
     target: Target
+    via: str = ""  # the transports whose credentials decided, space-separated (for the access audit)
 
     @property
     def study(self) -> str:
@@ -173,15 +175,18 @@ class Authorizer:
         path, _, query = rest.partition("?")
         target = parse_target(path, query)
         granted: list[Claims] = []
-        for token in (path_token, query_token(query)):
+        via: list[str] = []
+        for transport, token in (("path", path_token), ("query", query_token(query))):
             if token:  # an empty value carries nothing: absent
                 if not well_formed(token):
                     raise TokenInvalid("malformed token")
                 granted.append(self._check(token, purpose, method, target, now_s))
+                via.append(transport)
         if authorization:
             bearer = self._bearer(bearer_value(authorization), purpose, method, target, now_s)
             if bearer is not None:
                 granted.append(bearer)
+                via.append("api-key" if bearer.jti == API_KEY_JTI else "bearer")
         if not granted and cookie_header:
             # Ambient: the browser sends it whatever the page meant, so it never vetoes nor joins an explicit one.
             token = cookie_token(cookie_header)
@@ -189,11 +194,12 @@ class Authorizer:
                 if not well_formed(token):
                     raise TokenInvalid("malformed token")
                 granted.append(self._check(token, purpose, method, target, now_s))
+                via.append("cookie")
         if not granted:
             if authorization:
                 raise TokenInvalid("the Authorization header holds neither an API key nor a token of this gateway")
             raise TokenMissing("no token in the path, the query, the Authorization header or the cookie")
-        return Decision(granted[0] if len(granted) == 1 else intersect(granted), target)
+        return Decision(granted[0] if len(granted) == 1 else intersect(granted), target, " ".join(via))
 
     def _bearer(self, value: str, purpose: str, method: str, target: Target, now: int) -> Claims | None:
         """The credential in an ``Authorization: Bearer`` value, or None when it is not one of ours."""
@@ -235,4 +241,4 @@ def intersect(granted: list[Claims]) -> Claims:
 
 def api_key_claims(now: int, label: str = "api-key") -> Claims:
     """The credential of a server holding an API key: everything, read and write; ``sub`` is the key's label."""
-    return Claims(label, None, frozenset({"read", "write"}), now, now + 60, "api-key")
+    return Claims(label, None, frozenset({"read", "write"}), now, now + 60, API_KEY_JTI)

@@ -110,6 +110,18 @@ VARIABLES: dict[str, Variable] = {
         "Lifetime (s) of the presigned storage paths NGINX follows; cached for half of it.",
         minimum=2,
     ),
+    "AUDIT_RETENTION_DAYS": Variable(
+        False,
+        "365",
+        "Days the access audit trail keeps a row; the collector deletes older ones as it loads new lines.",
+        minimum=1,
+    ),
+    "AUDIT_COLLECT_SECONDS": Variable(
+        False,
+        "5",
+        "Seconds between two passes of the access audit collector over NGINX's JSON access log.",
+        minimum=1,
+    ),
 }
 
 # Read by a library, not by us: declared so README's table (and a reader) finds them here too.

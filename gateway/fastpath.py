@@ -85,7 +85,12 @@ class FastPath:
         AUTH_DECISIONS.labels("204").inc()
         start_response(
             _status(204),
-            [(nginx.SUB, claims.sub), (nginx.JTI, claims.jti), (nginx.STUDY, decision.study)],
+            [
+                (nginx.SUB, claims.sub),
+                (nginx.JTI, claims.jti),
+                (nginx.STUDY, decision.study),
+                (nginx.VIA, decision.via),
+            ],
         )
         return [b""]
 

@@ -23,11 +23,12 @@ RANGE = "X-Dgw-Range"  # the client's Range (NGINX blanks Range itself towards a
 SUB = "X-Dgw-Sub"  # the decision's subject, for the audit log
 JTI = "X-Dgw-Jti"  # the token id, for the audit log
 STUDY = "X-Dgw-Study"  # the study the request names, for the audit log
+VIA = "X-Dgw-Via"  # which transports carried the deciding credentials (path, query, bearer, api-key, cookie)
 ERROR = "X-Dgw-Error"  # why auth refused: the error code NGINX writes into its JSON body
 ACCEPT_RANGES = "X-Dgw-Accept-Ranges"  # SSI drops Accept-Ranges; a plan that honours Range says so here
 
 TO_PYTHON = (ROUTE, RANGE)
-FROM_PYTHON = (SUB, JTI, STUDY, ERROR, ACCEPT_RANGES)
+FROM_PYTHON = (SUB, JTI, STUDY, VIA, ERROR, ACCEPT_RANGES)
 LOCATIONS = (AUTH, SEGMENT, WHOLE_SEGMENT, FILE, OBJECT, ERROR_PAGE)
 
 

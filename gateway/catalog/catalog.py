@@ -19,6 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from gateway.catalog.access import AccessRecords
 from gateway.catalog.admin import PURGE_INTERVAL, AdminRecords, Reservation
 from gateway.catalog.engine import MIGRATIONS, engine_url
 from gateway.catalog.records import InstanceRecord, InstanceRow
@@ -38,7 +39,7 @@ _GET_FULL = sa.select(*instances.c).where(instances.c.sop_uid == sa.bindparam("s
 _GET_LIGHT = sa.select(*_ROW_COLUMNS).where(instances.c.sop_uid == sa.bindparam("sop_uid"))
 
 
-class Catalog(AdminRecords):
+class Catalog(AdminRecords, AccessRecords):
     """Instances, series and studies (register, read, delete, QIDO search), plus everything ``AdminRecords``
     and ``CatalogBase`` provide. ``Catalog(url)`` with ``sqlite:///...`` or ``postgresql://...``."""
 

@@ -247,6 +247,8 @@ def nginx_test(tmp_path: Path, values: Mapping[str, str]) -> subprocess.Complete
     temp.mkdir()
     mime = "include /etc/nginx/mime.types;" if Path("/etc/nginx/mime.types").is_file() else ""
     (prefix / "nginx.conf").write_text(
+        # the njs module, as docker/nginx.Dockerfile loads it into the image's main file (Debian's path here)
+        "load_module /usr/lib/nginx/modules/ngx_http_js_module.so;\n"
         f"error_log stderr notice;\npid {prefix}/nginx.pid;\nevents {{ worker_connections 1024; }}\n"
         f"http {{\n {mime}\n default_type application/octet-stream;\n access_log off;\n"
         f" client_body_temp_path {temp}/cb; proxy_temp_path {temp}/px; fastcgi_temp_path {temp}/fc;\n"
@@ -472,6 +474,9 @@ def test_nginx_image_serves_the_tested_templates_with_the_official_envsubst() ->
     assert "NGINX_ENVSUBST_OUTPUT_DIR=/etc/nginx/conf.d" in env
     assert "NGINX_ENVSUBST_FILTER=^DICOMGW_" in env
     assert any(instruction == "HEALTHCHECK" and "/healthz" in args for instruction, args in steps)
+    # the template's njs (hashed auth cache key) needs the module the official image ships, loaded in its main file
+    runs = " ".join(args for instruction, args in steps if instruction == "RUN")
+    assert "sed -i '1i load_module modules/ngx_http_js_module.so;' /etc/nginx/nginx.conf" in runs
 
 
 def test_viewer_stage_builds_with_npm_ci() -> None:

@@ -133,7 +133,12 @@ def test_auth_allows_with_204_and_audit_headers(
     issued = tokens.issue(sub="portal-user-9", studies=[ST])
     recorder, body = call(app, auth_environ(f"/t/{issued.token}{SERIES_PATH}/instances/{IN}/frames/1"))
     assert recorder.status == "204 No Content"
-    assert recorder.headers == [("X-Dgw-Sub", "portal-user-9"), ("X-Dgw-Jti", issued.claims.jti), ("X-Dgw-Study", ST)]
+    assert recorder.headers == [
+        ("X-Dgw-Sub", "portal-user-9"),
+        ("X-Dgw-Jti", issued.claims.jti),
+        ("X-Dgw-Study", ST),
+        ("X-Dgw-Via", "path"),  # the transport, for the access audit
+    ]
     assert body == b""
     assert flask.environs == []
     assert planner.calls == []
@@ -143,13 +148,18 @@ def test_auth_with_cookie_query_and_api_key(tokens: TokenService, revocations: R
     app, _ = make_app(tokens, revocations, flask)
     issued = tokens.issue(sub="u", studies=[ST])
     cookie, _ = call(app, auth_environ("/dicomweb/studies", HTTP_COOKIE=f"dicomgw_token={issued.token}"))
-    assert cookie.headers == [("X-Dgw-Sub", "u"), ("X-Dgw-Jti", issued.claims.jti), ("X-Dgw-Study", "")]
+    via_cookie = ("X-Dgw-Via", "cookie")
+    assert cookie.headers == [("X-Dgw-Sub", "u"), ("X-Dgw-Jti", issued.claims.jti), ("X-Dgw-Study", ""), via_cookie]
     query, _ = call(app, auth_environ(f"{SERIES_PATH}?token={issued.token}"))
     assert query.status == "204 No Content"
+    assert ("X-Dgw-Via", "query") in query.headers
+    both, _ = call(app, auth_environ(f"/t/{issued.token}{SERIES_PATH}", HTTP_AUTHORIZATION=f"Bearer {issued.token}"))
+    assert ("X-Dgw-Via", "path bearer") in both.headers
     admin, _ = call(app, auth_environ(f"/dicomweb/studies/{ST2}", "POST", HTTP_AUTHORIZATION=f"Bearer {API_KEY}"))
     assert admin.status == "204 No Content"
     label = parse_api_keys(API_KEY)[0].label  # the key's label is what the access log names, never the key
-    assert admin.headers == [("X-Dgw-Sub", label), ("X-Dgw-Jti", "api-key"), ("X-Dgw-Study", ST2)]
+    via_key = ("X-Dgw-Via", "api-key")
+    assert admin.headers == [("X-Dgw-Sub", label), ("X-Dgw-Jti", "api-key"), ("X-Dgw-Study", ST2), via_key]
 
 
 @pytest.mark.parametrize(
@@ -271,7 +281,8 @@ def test_auth_bearer_none_next_to_a_path_token(
     issued = tokens.issue(sub="u", studies=[ST])
     recorder, _ = call(app, auth_environ(f"/t/{issued.token}{SERIES_PATH}", HTTP_AUTHORIZATION="Bearer None"))
     assert recorder.status == "204 No Content"
-    assert recorder.headers == [("X-Dgw-Sub", "u"), ("X-Dgw-Jti", issued.claims.jti), ("X-Dgw-Study", ST)]
+    via_path = ("X-Dgw-Via", "path")  # "Bearer None" is no credential of ours: not a transport that decided
+    assert recorder.headers == [("X-Dgw-Sub", "u"), ("X-Dgw-Jti", issued.claims.jti), ("X-Dgw-Study", ST), via_path]
     recorder, _ = call(app, auth_environ(SERIES_PATH, HTTP_AUTHORIZATION=f"Bearer {issued.token}"))
     assert recorder.status == "204 No Content"
     other = tokens.issue(sub="v", studies=[ST])
@@ -280,6 +291,7 @@ def test_auth_bearer_none_next_to_a_path_token(
         ("X-Dgw-Sub", "u v"),
         ("X-Dgw-Jti", f"{issued.claims.jti} {other.claims.jti}"),
         ("X-Dgw-Study", ST),
+        ("X-Dgw-Via", "path bearer"),
     ]
 
 
