@@ -215,7 +215,9 @@ class Authorizer:
 
     def _check(self, token: str, purpose: str, method: str, target: Target, now: int) -> Claims:
         claims = self.tokens.verify(token, purpose, now=now)
-        if claims.jti in self.revoked():
+        revoked = self.revoked()
+        # a renewed token carries its session's id: revoking the session's first token ends all of them
+        if claims.jti in revoked or (claims.session is not None and claims.session in revoked):
             raise TokenRevoked("token revoked")
         if claims.scope is not None:
             check_scope(claims.scope, method, target)

@@ -69,6 +69,13 @@ VARIABLES: dict[str, Variable] = {
     ),
     "TOKEN_MAX_TTL": Variable(False, "3600", "Upper bound, in seconds, on any token's lifetime.", minimum=1),
     "TOKEN_DEFAULT_TTL": Variable(False, "900", "Token lifetime when the request names none.", minimum=1),
+    "SESSION_MAX": Variable(
+        False,
+        "43200",
+        "Upper bound, in seconds, on a token's `session_max`: how long a viewer may keep renewing it "
+        "(`POST /api/v1/tokens/renew`).",
+        minimum=1,
+    ),
     "MODE": Variable(
         False,
         "production",
@@ -248,6 +255,7 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     token_max_ttl: int = 3600
     token_default_ttl: int = 900
+    session_max: int = 43200
     mode: str = "production"
     tls: bool = False
     cookie_samesite: str = "Lax"
@@ -314,6 +322,7 @@ class Settings:
             cors_origins=_split(values["CORS_ORIGINS"]),
             token_max_ttl=max_ttl,
             token_default_ttl=min(_int("TOKEN_DEFAULT_TTL", values["TOKEN_DEFAULT_TTL"], 1), max_ttl),
+            session_max=_int("SESSION_MAX", values["SESSION_MAX"], 1),
             mode=mode,
             tls=tls,
             cookie_samesite=samesite,
