@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import re
+import socket
 import sys
 import threading
 import time
@@ -95,8 +96,10 @@ def _file_id(stat: os.stat_result) -> str:
     return f"{stat.st_dev}:{stat.st_ino}"
 
 
-def _batches(handle: Any, position: int) -> Iterator[tuple[list[dict[str, Any]], int]]:
-    """(rows, position after them) per batch of complete lines; a line still being written waits for next time."""
+def _batches(handle: Any, position: int, echo: bool) -> Iterator[tuple[list[dict[str, Any]], int]]:
+    """(rows, position after them) per batch of complete lines; a line still being written waits for next time.
+    ``echo``: each line also goes to stdout, so the log file on a shared volume does not take the access log away
+    from the container's log driver (compose, CloudWatch)."""
     handle.seek(position)
     rows: list[dict[str, Any]] = []
     lines = 0
@@ -104,20 +107,27 @@ def _batches(handle: Any, position: int) -> Iterator[tuple[list[dict[str, Any]],
         if not raw.endswith(b"\n"):
             break
         position += len(raw)
+        if echo:
+            sys.stdout.buffer.write(raw)
         row = access_row(raw.decode("utf-8", errors="replace"))
         if row is not None:
             rows.append(row)
         lines += 1
         if lines >= BATCH_LINES:
+            if echo:
+                sys.stdout.flush()
             yield rows, position
             rows, lines = [], 0
     if lines:
+        if echo:
+            sys.stdout.flush()
         yield rows, position
 
 
-def collect(catalog: Catalog, log: Path, retention_days: int, now: float | None = None) -> int:
-    """One pass: load the new complete lines of ``log``, then apply the retention. Returns the rows added."""
-    source = str(log.resolve())
+def collect(catalog: Catalog, log: Path, retention_days: int, now: float | None = None, echo: bool = False) -> int:
+    """One pass: load the new complete lines of ``log``, then apply the retention. Returns the rows added. The
+    position is kept per host and path: every ECS task's sidecar reads its own NGINX's log into one catalog."""
+    source = f"{socket.gethostname()}:{log.resolve()}"
     added = 0
     try:
         handle = log.open("rb")
@@ -129,23 +139,33 @@ def collect(catalog: Catalog, log: Path, retention_days: int, now: float | None 
             stored = catalog.access_position(source)
             # a new file (rotated) or a shorter one (truncated): start at its beginning
             start = stored[1] if stored and stored[0] == _file_id(stat) and stored[1] <= stat.st_size else 0
-            for rows, position in _batches(handle, start):
+            for rows, position in _batches(handle, start, echo):
                 catalog.add_access(rows, source, _file_id(stat), position)
                 added += len(rows)
     catalog.prune_access(int((time.time() if now is None else now) - retention_days * 86400))
     return added
 
 
-def follow_log(catalog: Catalog, log: Path, retention_days: int, interval: float, stop: threading.Event) -> None:
+def follow_log(
+    catalog: Catalog,
+    log: Path,
+    retention_days: int,
+    interval: float,
+    stop: threading.Event,
+    echo: bool = False,
+    heartbeat: Path | None = None,
+) -> None:
     """Collect every ``interval`` seconds until ``stop`` is set (a signal), and once more before returning. A
     catalog that is briefly out (or not yet migrated) is retried on the next pass: the position is not lost."""
     while True:
         try:
-            collect(catalog, log, retention_days)
+            collect(catalog, log, retention_days, echo=echo)
+            if heartbeat is not None:
+                heartbeat.touch()
         except Exception as error:  # noqa: BLE001 - the collector outlives a database blip; one line, no trace
             print(f"dicom-gateway audit collect: {type(error).__name__}: {' '.join(str(error).split())[:300]}",
                   file=sys.stderr, flush=True)  # fmt: skip
         if stop.wait(interval):
             with contextlib.suppress(Exception):
-                collect(catalog, log, retention_days)
+                collect(catalog, log, retention_days, echo=echo)
             return

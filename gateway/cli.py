@@ -226,7 +226,14 @@ def audit() -> None:
     help="NGINX's JSON access log (the template's DICOMGW_ACCESS_LOG).",
 )
 @click.option("--follow", is_flag=True, help="Keep collecting every DICOMGW_AUDIT_COLLECT_SECONDS until stopped.")
-def audit_collect(log_path: Path, follow: bool) -> None:
+@click.option("--echo", is_flag=True, help="Also copy each line read to stdout (the container's log driver).")
+@click.option(
+    "--heartbeat",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Touch this file after each successful pass (a container health check reads its age).",
+)
+def audit_collect(log_path: Path, follow: bool, echo: bool, heartbeat: Path | None) -> None:
     """Load new lines of NGINX's access log into the catalog's audit trail and apply the retention."""
     from gateway.accesslog import collect, follow_log
     from gateway.catalog import Catalog
@@ -242,12 +249,13 @@ def audit_collect(log_path: Path, follow: bool) -> None:
     catalog = Catalog(database)
     try:
         if not follow:
-            click.echo(f"{collect(catalog, log_path, retention)} access rows added")
+            added = collect(catalog, log_path, retention, echo=echo)
+            click.echo(f"{added} access rows added", err=echo)
             return
         stop = threading.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: stop.set())
-        follow_log(catalog, log_path, retention, interval, stop)
+        follow_log(catalog, log_path, retention, interval, stop, echo=echo, heartbeat=heartbeat)
     finally:
         catalog.close()
 
