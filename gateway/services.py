@@ -63,6 +63,7 @@ class Services:
             storage.origin_path,
             whole_object_prefix=nginx.FILE if settings.storage_url.startswith("file://") else nginx.WHOLE_SEGMENT,
             study_version=catalog.study_version,
+            plan_seconds=settings.plan_cache_seconds,
         )
         destinations: dict[str, Storage] = {}
         if hooks is None:
