@@ -125,7 +125,7 @@ locals {
       user                   = "10001:10001"
       privileged             = false
       readonlyRootFilesystem = true
-      command                = ["dicom-gateway", "audit", "collect", "--follow", "--echo", "--heartbeat", "/tmp/collector.alive"]
+      command                = ["dicom-gateway", "audit", "collect", "--follow", "--echo", "--heartbeat", "/var/lib/dicomgw/collector.alive"]
       environment = [
         { name = "DICOMGW_ACCESS_LOG", value = local.nginx_environment.DICOMGW_ACCESS_LOG },
         { name = "DICOMGW_AUDIT_RETENTION_DAYS", value = tostring(var.audit_retention_days) },
@@ -133,12 +133,13 @@ locals {
       secrets = [{ name = "DICOMGW_DATABASE_URL", valueFrom = aws_secretsmanager_secret.database_url.arn }]
       mountPoints = [
         { sourceVolume = "nginx-logs", containerPath = "/var/log/dgw", readOnly = true },
-        { sourceVolume = "collector-tmp", containerPath = "/tmp", readOnly = false },
+        # uid 10001's folder (as in the gateway container): the heartbeat file
+        { sourceVolume = "gateway-data", containerPath = "/var/lib/dicomgw", readOnly = false },
       ]
       dependsOn = [{ containerName = "gateway", condition = "HEALTHY" }]
       # healthy while its passes succeed (each touches the heartbeat file)
       healthCheck = {
-        command     = ["CMD", "python", "-c", "import os, sys, time; sys.exit(time.time() - os.path.getmtime('/tmp/collector.alive') > 60)"]
+        command     = ["CMD", "python", "-c", "import os, sys, time; sys.exit(time.time() - os.path.getmtime('/var/lib/dicomgw/collector.alive') > 60)"]
         interval    = 15
         timeout     = 5
         retries     = 3
@@ -220,10 +221,6 @@ resource "aws_ecs_task_definition" "this" {
 
   volume {
     name = "nginx-logs"
-  }
-
-  volume {
-    name = "collector-tmp"
   }
 
   tags = local.tags
