@@ -59,6 +59,8 @@ max_requests_jitter = 2000
 limit_request_line = 8190
 limit_request_fields = 32768
 accesslog = None
+# every record masked (a URI gunicorn quotes may carry a token): gateway/logmask.py
+logger_class = "gateway.logmask.GunicornLogger"
 errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
 # NGINX is the only client and sets X-Forwarded-*; it runs in the same task (ECS) or compose network.

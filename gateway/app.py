@@ -33,10 +33,11 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = None  # STOW streams; NGINX enforces the body limit
     app.extensions["dicomgw"] = services
 
-    from gateway.views import api, dicomweb, health
+    from gateway.views import access, api, dicomweb, health
 
     app.register_blueprint(health.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(access.bp)
     app.register_blueprint(dicomweb.bp)
 
     @app.errorhandler(GatewayError)

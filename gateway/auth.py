@@ -26,6 +26,7 @@ from gateway.uids import is_uid
 COOKIE_NAMES = ("__Host-dicomgw_token", "dicomgw_token")
 _TOKEN_CHARS = re.compile(r"[A-Za-z0-9_.\-]+")
 READ_METHODS = frozenset({"GET", "HEAD"})
+API_KEY_JTI = "api-key"  # the jti of an API key's claims (no token id: the label names the caller)
 WRITE_METHODS = frozenset({"POST"})
 DELETE_METHODS = frozenset({"DELETE"})  # a write that only the API key may make
 # Deletions stay tombstones this long: longer than NGINX keeps a read plan (wado.STABLE_PLAN_SECONDS, 10 min), so
@@ -37,6 +38,7 @@ TOMBSTONE_SECONDS = 1800
 class Decision:
     claims: Claims
     target: Target
+    via: str = ""  # the transports whose credentials decided, space-separated (for the access audit)
 
     @property
     def study(self) -> str:
@@ -199,15 +201,18 @@ class Authorizer:
         if method in DELETE_METHODS and (path_token or query_token(query)):
             raise OutOfScope("only the API key may delete")
         granted: list[Claims] = []
-        for token in (path_token, query_token(query)):
+        via: list[str] = []
+        for transport, token in (("path", path_token), ("query", query_token(query))):
             if token:  # an empty value carries nothing: absent
                 if not well_formed(token):
                     raise TokenInvalid("malformed token")
                 granted.append(self._check(token, purpose, method, target, now_s))
+                via.append(transport)
         if authorization:
             bearer = self._bearer(bearer_value(authorization), purpose, method, target, now_s)
             if bearer is not None:
                 granted.append(bearer)
+                via.append("api-key" if bearer.jti == API_KEY_JTI else "bearer")
         if not granted and cookie_header:
             # Ambient: the browser sends it whatever the page meant, so it never vetoes nor joins an explicit one.
             token = cookie_token(cookie_header)
@@ -215,13 +220,14 @@ class Authorizer:
                 if not well_formed(token):
                     raise TokenInvalid("malformed token")
                 granted.append(self._check(token, purpose, method, target, now_s))
+                via.append("cookie")
         if not granted:
             if authorization:
                 raise TokenInvalid("the Authorization header holds neither an API key nor a token of this gateway")
             raise TokenMissing("no token in the path, the query, the Authorization header or the cookie")
         if method in DELETE_METHODS and any(claims.jti != API_KEY_JTI for claims in granted):
             raise OutOfScope("only the API key may delete")
-        return Decision(granted[0] if len(granted) == 1 else intersect(granted), target)
+        return Decision(granted[0] if len(granted) == 1 else intersect(granted), target, " ".join(via))
 
     def _bearer(self, value: str, purpose: str, method: str, target: Target, now: int) -> Claims | None:
         """The credential in an ``Authorization: Bearer`` value, or None when it is not one of ours."""
@@ -237,7 +243,9 @@ class Authorizer:
 
     def _check(self, token: str, purpose: str, method: str, target: Target, now: int) -> Claims:
         claims = self.tokens.verify(token, purpose, now=now)
-        if claims.jti in self.revoked():
+        revoked = self.revoked()
+        # a renewed token carries its session's id: revoking the session's first token ends all of them
+        if claims.jti in revoked or (claims.session is not None and claims.session in revoked):
             raise TokenRevoked("token revoked")
         if claims.scope is not None:
             check_scope(claims.scope, method, target)

@@ -227,6 +227,55 @@ def db_upgrade() -> None:
     click.echo(f"catalog schema at revision {revision}")
 
 
+@main.group()
+def audit() -> None:
+    """The access audit trail (README, "Access audit")."""
+
+
+@audit.command("collect")
+@click.option(
+    "--log",
+    "log_path",
+    envvar="DICOMGW_ACCESS_LOG",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="NGINX's JSON access log (the template's DICOMGW_ACCESS_LOG).",
+)
+@click.option("--follow", is_flag=True, help="Keep collecting every DICOMGW_AUDIT_COLLECT_SECONDS until stopped.")
+@click.option("--echo", is_flag=True, help="Also copy each line read to stdout (the container's log driver).")
+@click.option(
+    "--heartbeat",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Touch this file after each successful pass (a container health check reads its age).",
+)
+def audit_collect(log_path: Path, follow: bool, echo: bool, heartbeat: Path | None) -> None:
+    """Load new lines of NGINX's access log into the catalog's audit trail and apply the retention."""
+    from gateway.accesslog import collect, follow_log
+    from gateway.catalog import Catalog
+
+    try:
+        database = env_value("DATABASE_URL")
+        retention = env_int("AUDIT_RETENTION_DAYS")
+        interval = env_int("AUDIT_COLLECT_SECONDS")
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
+    if not database:
+        raise click.ClickException("DICOMGW_DATABASE_URL is required")
+    catalog = Catalog(database)
+    try:
+        if not follow:
+            added = collect(catalog, log_path, retention, echo=echo)
+            click.echo(f"{added} access rows added", err=echo)
+            return
+        stop = threading.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop.set())
+        follow_log(catalog, log_path, retention, interval, stop, echo=echo, heartbeat=heartbeat)
+    finally:
+        catalog.close()
+
+
 @main.command()
 @click.option("--repair/--dry-run", default=False, help="Register or delete orphans (default: only report).")
 def reconcile(repair: bool) -> None:

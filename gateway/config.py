@@ -69,6 +69,13 @@ VARIABLES: dict[str, Variable] = {
     ),
     "TOKEN_MAX_TTL": Variable(False, "3600", "Upper bound, in seconds, on any token's lifetime.", minimum=1),
     "TOKEN_DEFAULT_TTL": Variable(False, "900", "Token lifetime when the request names none.", minimum=1),
+    "SESSION_MAX": Variable(
+        False,
+        "43200",
+        "Upper bound, in seconds, on a token's `session_max`: how long a viewer may keep renewing it "
+        "(`POST /api/v1/tokens/renew`).",
+        minimum=1,
+    ),
     "MODE": Variable(
         False,
         "production",
@@ -115,8 +122,28 @@ VARIABLES: dict[str, Variable] = {
     "S3_PRESIGN_TTL": Variable(
         False,
         "3600",
-        "Lifetime (s) of the presigned storage paths NGINX follows; cached for half of it.",
+        "Lifetime (s) of the presigned storage paths NGINX follows; cached for half of it. With S3 storage it must "
+        "be at least twice `DICOMGW_PLAN_CACHE_SECONDS` (checked at start-up).",
         minimum=2,
+    ),
+    "PLAN_CACHE_SECONDS": Variable(
+        False,
+        "600",
+        "How long NGINX may keep a read plan of a single instance (`X-Accel-Expires`); the presigned paths in it must "
+        "outlive it.",
+        minimum=1,
+    ),
+    "AUDIT_RETENTION_DAYS": Variable(
+        False,
+        "365",
+        "Days the access audit trail keeps a row; the collector deletes older ones as it loads new lines.",
+        minimum=1,
+    ),
+    "AUDIT_COLLECT_SECONDS": Variable(
+        False,
+        "5",
+        "Seconds between two passes of the access audit collector over NGINX's JSON access log.",
+        minimum=1,
     ),
 }
 
@@ -244,6 +271,7 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     token_max_ttl: int = 3600
     token_default_ttl: int = 900
+    session_max: int = 43200
     mode: str = "production"
     tls: bool = False
     cookie_samesite: str = "Lax"
@@ -255,6 +283,7 @@ class Settings:
     tmp_dir: str = ""
     verify_keys: tuple[str, ...] = ()
     s3_presign_ttl: int = 3600
+    plan_cache_seconds: int = 600
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -298,6 +327,15 @@ class Settings:
             raise ConfigError(PREFIX + "COOKIE_SAMESITE", "None requires DICOMGW_TLS=1 (browsers demand Secure)")
         max_ttl = _int("TOKEN_MAX_TTL", values["TOKEN_MAX_TTL"], 1)
         presign_ttl = _int("S3_PRESIGN_TTL", values["S3_PRESIGN_TTL"], 2)
+        plan_seconds = _int("PLAN_CACHE_SECONDS", values["PLAN_CACHE_SECONDS"], 1)
+        # A presigned path is reused for half its lifetime, then sits in a cached plan for up to plan_seconds: it
+        # must still be valid when NGINX follows it, or cached reads fail with 403 from S3 until the plan expires.
+        if storage.startswith("s3://") and presign_ttl < 2 * plan_seconds:
+            raise ConfigError(
+                PREFIX + "S3_PRESIGN_TTL",
+                f"{presign_ttl} s is shorter than twice {PREFIX}PLAN_CACHE_SECONDS ({plan_seconds} s): a cached read "
+                "plan would outlive its presigned storage paths; raise the one or lower the other",
+            )
         policy = values["PHI_POLICY"]
         if policy and not Path(policy).is_file():
             raise ConfigError(PREFIX + "PHI_POLICY", f"no such file: {policy}")
@@ -311,6 +349,7 @@ class Settings:
             cors_origins=_split(values["CORS_ORIGINS"]),
             token_max_ttl=max_ttl,
             token_default_ttl=min(_int("TOKEN_DEFAULT_TTL", values["TOKEN_DEFAULT_TTL"], 1), max_ttl),
+            session_max=_int("SESSION_MAX", values["SESSION_MAX"], 1),
             mode=mode,
             tls=tls,
             cookie_samesite=samesite,
@@ -322,6 +361,7 @@ class Settings:
             tmp_dir=values["TMP_DIR"],
             verify_keys=verify_keys,
             s3_presign_ttl=presign_ttl,
+            plan_cache_seconds=plan_seconds,
         )
 
     def with_changes(self, **changes: Any) -> Settings:

@@ -3,8 +3,8 @@
 - ``/_auth`` (NGINX ``auth_request``): the token decision, answered 204/401/403 with no body, so NGINX keeps the
   upstream connection alive and the hop stays cheap (`docs/design.md` §1: Flask costs ~40% more per request than a bare
   WSGI callable here).
-- Requests NGINX marks ``X-Dgw-Route: plan`` (only its byte-serving locations set it, and it strips the header
-  everywhere else): the read plan (``gateway.dicomweb.wado``).
+- ``/_plan/...`` (NGINX's internal location, reached only by its byte-serving locations' rewrite): the read plan
+  (``gateway.dicomweb.wado``) of the original path that follows the prefix.
 The ``/t/{token}`` path prefix is removed before Flask sees a path, so Flask routes are written once.
 """
 
@@ -22,7 +22,7 @@ from gateway.errors import GatewayError, to_auth_answer, to_response
 from gateway.metrics import AUTH_DECISIONS, READ_PLANS
 
 log = logging.getLogger("gateway.fastpath")
-_ROUTE_KEY = nginx.environ_key(nginx.ROUTE)
+_PLAN_PREFIX = nginx.PLAN + "/"
 _RANGE_KEY = nginx.environ_key(nginx.RANGE)
 
 StartResponse = Callable[..., Any]
@@ -57,7 +57,7 @@ class FastPath:
         path = environ.get("PATH_INFO", "")
         if path == nginx.AUTH:
             return self.auth(environ, start_response)
-        if environ.get(_ROUTE_KEY) == nginx.ROUTE_PLAN:
+        if path.startswith(_PLAN_PREFIX):
             return self.plan(environ, start_response)
         if path.startswith("/t/"):
             token, rest = split_token(path)
@@ -90,12 +90,14 @@ class FastPath:
                 (nginx.JTI, claims.jti),
                 (nginx.STUDY, decision.study),
                 (nginx.GENERATION, str(self.authorizer.generation(decision.study))),
+                (nginx.VIA, decision.via),
             ],
         )
         return [b""]
 
     def plan(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         uri = environ.get("RAW_URI") or environ.get("REQUEST_URI") or environ.get("PATH_INFO", "")
+        uri = uri[len(nginx.PLAN) :] if uri.startswith(_PLAN_PREFIX) else uri
         try:
             response = self.planner.plan(
                 environ.get("REQUEST_METHOD", "GET"),

@@ -13,27 +13,27 @@ WHOLE_SEGMENT = "/_seg/all"  # SSI include of a whole stored object (proxied fro
 FILE = "/_file"  # SSI include of a whole object of local-folder storage (read from disk by NGINX)
 OBJECT = "/_obj"  # X-Accel-Redirect target: a whole stored object, Range answered by storage
 ERROR_PAGE = "/_dgw/error"  # NGINX's own JSON error page (no Python involved; named so the test finds it)
+PLAN = "/_plan"  # read plans: the byte-serving location rewrites to /_plan{original path}, proxied to Python
 
 # NGINX -> Python (set only by the byte-serving locations; cleared on every other proxied request).
-ROUTE = "X-Dgw-Route"  # "plan": answer with a read plan (fast path), not through Flask
-ROUTE_PLAN = "plan"
 RANGE = "X-Dgw-Range"  # the client's Range (NGINX blanks Range itself towards a cached upstream)
 
 # Python -> NGINX (read by auth_request_set / $upstream_http_*; hidden from the client or turned into headers).
 SUB = "X-Dgw-Sub"  # the decision's subject, for the audit log
 JTI = "X-Dgw-Jti"  # the token id, for the audit log
 STUDY = "X-Dgw-Study"  # the study the request names, for the audit log
+VIA = "X-Dgw-Via"  # which transports carried the deciding credentials (path, query, bearer, api-key, cookie)
 ERROR = "X-Dgw-Error"  # why auth refused: the error code NGINX writes into its JSON body
 ACCEPT_RANGES = "X-Dgw-Accept-Ranges"  # SSI drops Accept-Ranges; a plan that honours Range says so here
 GENERATION = "X-Dgw-Generation"  # the study's deletion generation: part of the plan-cache key (gateway.lifecycle)
 
-TO_PYTHON = (ROUTE, RANGE)
-FROM_PYTHON = (SUB, JTI, STUDY, ERROR, ACCEPT_RANGES, GENERATION)
-LOCATIONS = (AUTH, SEGMENT, WHOLE_SEGMENT, FILE, OBJECT, ERROR_PAGE)
+TO_PYTHON = (RANGE,)
+FROM_PYTHON = (SUB, JTI, STUDY, VIA, ERROR, ACCEPT_RANGES, GENERATION)
+LOCATIONS = (AUTH, PLAN, SEGMENT, WHOLE_SEGMENT, FILE, OBJECT, ERROR_PAGE)
 
 
 def environ_key(header: str) -> str:
-    """The WSGI environ key of a request header (``X-Dgw-Route`` -> ``HTTP_X_DGW_ROUTE``)."""
+    """The WSGI environ key of a request header (``X-Dgw-Range`` -> ``HTTP_X_DGW_RANGE``)."""
     return "HTTP_" + header.upper().replace("-", "_")
 
 

@@ -70,6 +70,7 @@ class Services:
             whole_object_prefix=nginx.FILE if settings.storage_url.startswith("file://") else nginx.WHOLE_SEGMENT,
             study_version=catalog.study_version,
             generation=authorizer.generation,
+            plan_seconds=settings.plan_cache_seconds,
         )
         destinations: dict[str, Storage] = {}
         if hooks is None:

@@ -5,6 +5,10 @@ study UIDs, ``se`` series UIDs (optional, then exactly one study), ``a`` actions
 lifetime in seconds (added to the signed timestamp), ``j`` jti. The salt depends on the purpose: a token that may
 write is signed with the write salt, so a read-only token can never authorise a write and a write-only token never a
 read. Keys are a list, oldest first; the newest signs and all verify (rotation without downtime).
+
+A session token (``session_max`` at issue) adds ``si``, the session id (the jti of the token the portal issued), and
+``sx``, the session's hard end (epoch seconds). ``renew`` trades a valid one for a fresh token of the same session
+until ``sx``; revoking the session id ends every token of the session.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 
 from itsdangerous import BadData, BadSignature, TimestampSigner, URLSafeTimedSerializer
 
-from gateway.errors import BadRequest, TokenExpired, TokenInvalid, TokenUnrecognised
+from gateway.errors import BadRequest, TokenExpired, TokenInvalid, TokenRevoked, TokenUnrecognised
 from gateway.scope import Scope
 from gateway.uids import is_uid
 
@@ -39,6 +43,8 @@ class Claims:
     issued_at: int
     expires_at: int
     jti: str
+    session: str | None = None  # the session id (the first token's jti) of a renewable token
+    session_expires_at: int | None = None  # the session's hard end: no renewal reaches past it
 
     def may(self, action: str) -> bool:
         return action in self.actions
@@ -107,8 +113,11 @@ class TokenService:
         actions: list[str] | None = None,
         ttl: int | None = None,
         now: int | None = None,
+        session_max: int | None = None,
+        session_cap: int = 0,
     ) -> IssuedToken:
-        """Validate the request (400 with a clear detail on anything odd) and sign a token."""
+        """Validate the request (400 with a clear detail on anything odd) and sign a token. ``session_max``
+        (seconds, at most ``session_cap``) makes it renewable until that long after now (``renew``)."""
         actions = ["read"] if actions is None else actions
         ttl = self.default_ttl if ttl is None else ttl
         if not isinstance(sub, str) or not _SUB.fullmatch(sub):
@@ -137,8 +146,45 @@ class TokenService:
         payload: dict[str, Any] = {"v": VERSION, "s": sub, "st": studies, "a": code, "t": ttl, "j": jti}
         if series is not None:
             payload["se"] = series
-        purpose = "write" if "write" in actions else "read"
         issued = _clock() if now is None else now
+        if session_max is not None:
+            if isinstance(session_max, bool) or not isinstance(session_max, int) or session_max <= 0:
+                raise BadRequest("session_max must be a positive integer number of seconds")
+            if session_max > session_cap:
+                raise BadRequest(f"session_max exceeds the maximum of {session_cap} seconds")
+            payload.update(si=jti, sx=issued + session_max, t=min(ttl, session_max))
+        return self._sign(payload, issued)
+
+    def renew(self, token: str, revoked: set[str], now: int | None = None) -> IssuedToken:
+        """A fresh token of the same session: same subject, scope and actions, a new jti, the session id and end
+        of the one presented, which must be valid now (not expired, not revoked, not past its session). Its
+        lifetime is the presented token's, cut at the session's end."""
+        now = _clock() if now is None else now
+        claims, _ = self._cached(token)
+        if claims.session is None or claims.session_expires_at is None:
+            raise BadRequest("this token has no session to renew (issue it with session_max)")
+        if claims.jti in revoked or claims.session in revoked:
+            raise TokenRevoked("token revoked")
+        if now >= claims.session_expires_at:
+            raise TokenExpired("session expired")
+        if now >= claims.expires_at:
+            raise TokenExpired("token expired")
+        payload: dict[str, Any] = {
+            "v": VERSION,
+            "s": claims.sub,
+            "st": sorted(claims.scope.studies) if claims.scope else [],
+            "a": "".join(a[0] for a in ACTIONS if a in claims.actions),
+            "t": min(claims.expires_at - claims.issued_at, claims.session_expires_at - now),
+            "j": secrets.token_urlsafe(9),
+            "si": claims.session,
+            "sx": claims.session_expires_at,
+        }
+        if claims.scope is not None and claims.scope.series is not None:
+            payload["se"] = sorted(claims.scope.series)
+        return self._sign(payload, now)
+
+    def _sign(self, payload: dict[str, Any], issued: int) -> IssuedToken:
+        purpose = "write" if "w" in payload["a"] else "read"
         serializer = _TimestampSerializer(
             self._keys, salt=SALTS[purpose], signer_kwargs={"digest_method": hashlib.sha256}, now=issued
         )
@@ -154,13 +200,7 @@ class TokenService:
         A read is allowed with a read token, or with a write token whose actions include read; a write only with
         a token signed with the write salt."""
         now = _clock() if now is None else now
-        cached = self._cache.get(token)
-        if cached is None:
-            cached = self._verify_uncached(token)
-            self._cache[token] = cached
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-        claims, signed_for = cached
+        claims, signed_for = self._cached(token)
         if now >= claims.expires_at:
             raise TokenExpired("token expired")
         if now < claims.issued_at - 60:
@@ -168,6 +208,15 @@ class TokenService:
         if not claims.may(purpose) or (purpose == "write" and signed_for != "write"):
             raise TokenInvalid(f"token does not allow {purpose}")
         return claims
+
+    def _cached(self, token: str) -> tuple[Claims, str]:
+        cached = self._cache.get(token)
+        if cached is None:
+            cached = self._verify_uncached(token)
+            self._cache[token] = cached
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return cached
 
     def _verify_uncached(self, token: str) -> tuple[Claims, str]:
         """The claims and the purpose whose salt signed them. Both salts are tried, so a token of ours used for the
@@ -189,7 +238,7 @@ class TokenService:
         raise TokenUnrecognised("token signature does not verify")
 
 
-_CLAIM_NAMES = frozenset({"v", "s", "st", "se", "a", "t", "j"})
+_CLAIM_NAMES = frozenset({"v", "s", "st", "se", "a", "t", "j", "si", "sx"})
 _ACTION_CODES = {"r": frozenset({"read"}), "w": frozenset({"write"}), "rw": frozenset({"read", "write"})}
 _JTI = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 _MAX_UIDS = 100
@@ -225,6 +274,13 @@ def decode_claims(payload: object, issued: int, max_ttl: int) -> Claims:
     jti = payload.get("j")
     if not isinstance(jti, str) or not _JTI.fullmatch(jti):
         raise TokenInvalid("malformed token claims: jti")
+    session, session_end = payload.get("si"), payload.get("sx")
+    if (session is None) != (session_end is None):
+        raise TokenInvalid("malformed token claims: session")
+    if session is not None and (not isinstance(session, str) or not _JTI.fullmatch(session)):
+        raise TokenInvalid("malformed token claims: session")
+    if session_end is not None and (type(session_end) is not int or session_end <= 0):
+        raise TokenInvalid("malformed token claims: session")
     return Claims(
         sub=sub,
         scope=Scope(studies, series),
@@ -232,6 +288,8 @@ def decode_claims(payload: object, issued: int, max_ttl: int) -> Claims:
         issued_at=issued,
         expires_at=issued + min(ttl, max_ttl),
         jti=jti,
+        session=session if isinstance(session, str) else None,
+        session_expires_at=session_end if type(session_end) is int else None,
     )
 
 

@@ -16,7 +16,7 @@ locals {
     DICOMGW_TLS_CONF           = "conf.d/snippets/dgw-tls-off.conf"
     DICOMGW_TLS_CERT           = "/etc/nginx/tls/cert.pem"
     DICOMGW_TLS_KEY            = "/etc/nginx/tls/key.pem"
-    DICOMGW_ACCESS_LOG         = "/dev/stdout"
+    DICOMGW_ACCESS_LOG         = "/var/log/dgw/access.log" # a task volume the audit collector reads
     DICOMGW_CACHE_DIR          = "/var/cache/nginx"
     DICOMGW_VIEWER_ROOT        = "/usr/share/dicomgw/viewer"
     DICOMGW_AUTH_CACHE_SECONDS = "2"
@@ -95,6 +95,7 @@ locals {
         { sourceVolume = "nginx-cache", containerPath = "/var/cache/nginx", readOnly = false },
         { sourceVolume = "nginx-run", containerPath = "/run", readOnly = false },
         { sourceVolume = "nginx-tmp", containerPath = "/tmp", readOnly = false },
+        { sourceVolume = "nginx-logs", containerPath = "/var/log/dgw", readOnly = false },
       ]
       # Start NGINX only once the gateway answers, so the ALB never sees a task that can only 503.
       dependsOn = [{ containerName = "gateway", condition = "HEALTHY" }]
@@ -112,6 +113,44 @@ locals {
           awslogs-group         = aws_cloudwatch_log_group.nginx.name
           awslogs-region        = var.region
           awslogs-stream-prefix = "nginx"
+        }
+      }
+    },
+    {
+      # The access audit trail: this task's NGINX log into the catalog (RDS), rows past the retention deleted;
+      # each line is copied to stdout, so CloudWatch keeps the access log as before.
+      name                   = "audit-collector"
+      image                  = var.gateway_image
+      essential              = true
+      user                   = "10001:10001"
+      privileged             = false
+      readonlyRootFilesystem = true
+      command                = ["dicom-gateway", "audit", "collect", "--follow", "--echo", "--heartbeat", "/var/lib/dicomgw/collector.alive"]
+      environment = [
+        { name = "DICOMGW_ACCESS_LOG", value = local.nginx_environment.DICOMGW_ACCESS_LOG },
+        { name = "DICOMGW_AUDIT_RETENTION_DAYS", value = tostring(var.audit_retention_days) },
+      ]
+      secrets = [{ name = "DICOMGW_DATABASE_URL", valueFrom = aws_secretsmanager_secret.database_url.arn }]
+      mountPoints = [
+        { sourceVolume = "nginx-logs", containerPath = "/var/log/dgw", readOnly = true },
+        # uid 10001's folder (as in the gateway container): the heartbeat file
+        { sourceVolume = "gateway-data", containerPath = "/var/lib/dicomgw", readOnly = false },
+      ]
+      dependsOn = [{ containerName = "gateway", condition = "HEALTHY" }]
+      # healthy while its passes succeed (each touches the heartbeat file)
+      healthCheck = {
+        command     = ["CMD", "python", "-c", "import os, sys, time; sys.exit(time.time() - os.path.getmtime('/var/lib/dicomgw/collector.alive') > 60)"]
+        interval    = 15
+        timeout     = 5
+        retries     = 3
+        startPeriod = 30
+      }
+      logConfiguration = {
+        logDriver = "awslogs"
+        options = {
+          awslogs-group         = aws_cloudwatch_log_group.nginx.name
+          awslogs-region        = var.region
+          awslogs-stream-prefix = "access"
         }
       }
     },
@@ -178,6 +217,10 @@ resource "aws_ecs_task_definition" "this" {
 
   volume {
     name = "nginx-tmp"
+  }
+
+  volume {
+    name = "nginx-logs"
   }
 
   tags = local.tags

@@ -157,6 +157,17 @@ variable "token_max_ttl" {
   default     = 3600
 }
 
+variable "audit_retention_days" {
+  description = "DICOMGW_AUDIT_RETENTION_DAYS: days the access audit trail keeps a row (the collector sidecar deletes older ones)."
+  type        = number
+  default     = 365
+
+  validation {
+    condition     = var.audit_retention_days >= 1
+    error_message = "audit_retention_days must be at least 1."
+  }
+}
+
 variable "cors_origins" {
   description = "Origins (scheme://host[:port]) allowed to call DICOMweb from a browser, exact match. Empty: no cross-origin access."
   type        = list(string)

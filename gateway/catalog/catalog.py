@@ -19,6 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from gateway.catalog.access import AccessRecords
 from gateway.catalog.admin import PURGE_INTERVAL, AdminRecords, Reservation
 from gateway.catalog.deletions import DeletionRecords
 from gateway.catalog.engine import MIGRATIONS, engine_url
@@ -39,9 +40,10 @@ _GET_FULL = sa.select(*instances.c).where(instances.c.sop_uid == sa.bindparam("s
 _GET_LIGHT = sa.select(*_ROW_COLUMNS).where(instances.c.sop_uid == sa.bindparam("sop_uid"))
 
 
-class Catalog(DeletionRecords, AdminRecords):
+class Catalog(DeletionRecords, AdminRecords, AccessRecords):
     """Instances, series and studies (register, read, delete, QIDO search), plus everything ``DeletionRecords``,
-    ``AdminRecords`` and ``CatalogBase`` provide. ``Catalog(url)`` with ``sqlite:///...`` or ``postgresql://...``."""
+    ``AdminRecords``, ``AccessRecords`` and ``CatalogBase`` provide. ``Catalog(url)`` with ``sqlite:///...`` or
+    ``postgresql://...``."""
 
     # --- instances ------------------------------------------------------------------------------------------
 

@@ -167,3 +167,38 @@ deletions = sa.Table(
     sa.Index("ix_deletions_created_at", "created_at"),
     sa.Index("ix_deletions_unfinished", "finished_at"),
 )
+
+# The access audit trail (README, "Access audit"): one row per DICOMweb request NGINX answered, loaded from its JSON
+# access log by ``dicom-gateway audit collect``. Who (``sub``: a token's subject or an API key's label; ``jti``),
+# what (study, series, instance, action), how (``via``: the credential's transport), when, from where, outcome.
+# Never a query string (QIDO matching values can be PHI) nor a credential; rows older than the retention go.
+access = sa.Table(
+    "access",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("at", sa.BigInteger, nullable=False),
+    sa.Column("remote", sa.String(64), nullable=False, server_default=""),
+    sa.Column("method", sa.String(16), nullable=False),
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("study_uid", UID),
+    sa.Column("series_uid", UID),
+    sa.Column("sop_uid", UID),
+    sa.Column("sub", sa.String(256), nullable=False, server_default=""),
+    sa.Column("jti", sa.String(256), nullable=False, server_default=""),
+    sa.Column("via", sa.String(64), nullable=False, server_default=""),
+    sa.Column("status", sa.Integer, nullable=False),
+    sa.Column("bytes", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Index("ix_access_study_at", "study_uid", "at"),
+    sa.Index("ix_access_sub_at", "sub", "at"),
+    sa.Index("ix_access_at", "at"),
+)
+
+# Where the collector stopped in each log it reads (``source``: the log's path), so a restart neither skips nor
+# repeats lines; ``file_id`` (device and inode) tells a rotated log from the one it replaced.
+access_cursor = sa.Table(
+    "access_cursor",
+    metadata,
+    sa.Column("source", sa.String(1024), primary_key=True),
+    sa.Column("file_id", sa.String(64), nullable=False),
+    sa.Column("position", sa.BigInteger, nullable=False),
+)

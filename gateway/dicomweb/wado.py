@@ -115,6 +115,7 @@ class Planner:
         whole_object_prefix: str = nginx.WHOLE_SEGMENT,
         study_version: Callable[[str], Any] | None = None,
         generation: Callable[[str], int] | None = None,
+        plan_seconds: int = STABLE_PLAN_SECONDS,
     ) -> None:
         """``whole_object_prefix`` is where SSI fetches a whole object: ``/_seg/all`` proxies to storage,
         ``/_file`` (local-folder storage) lets NGINX read the file itself. ``generation(study)`` changes when
@@ -126,6 +127,7 @@ class Planner:
         self._whole_prefix = whole_object_prefix
         self._study_version = study_version
         self._generation = generation or (lambda study: 0)
+        self._plan_seconds = plan_seconds  # how long NGINX may cache a stable plan (X-Accel-Expires)
         self._lists: OrderedDict[tuple[str, str | None], tuple[Any, list[CachedInstance]]] = OrderedDict()
         self._cache: OrderedDict[str, tuple[int, CachedInstance]] = OrderedDict()
         self._cache_size = cache_size
@@ -228,7 +230,7 @@ class Planner:
             (f"application/dicom; transfer-syntax={i.transfer_syntax_uid}", [self._include(i)])
             for i in instances
         ]
-        expires = STABLE_PLAN_SECONDS if target.instance is not None else 0
+        expires = self._plan_seconds if target.instance is not None else 0
         return self._multipart(parts, "application/dicom", expires)
 
     def redirect_object(self, instance: CachedInstance, media_type: str) -> PlanResponse:
@@ -269,11 +271,11 @@ class Planner:
         if not offer.multipart:
             return PlanResponse(
                 200,
-                [("Content-Type", offer.part_content_type), ("X-Accel-Expires", str(STABLE_PLAN_SECONDS))],
+                [("Content-Type", offer.part_content_type), ("X-Accel-Expires", str(self._plan_seconds))],
                 b"".join(includes[0]),
             )
         return self._multipart(
-            [(offer.part_content_type, inc) for inc in includes], offer.part_type, STABLE_PLAN_SECONDS
+            [(offer.part_content_type, inc) for inc in includes], offer.part_type, self._plan_seconds
         )
 
     def _bulkdata(self, instance: CachedInstance, path: str, accept: str, range_header: str) -> PlanResponse:
@@ -284,7 +286,7 @@ class Planner:
         single = Offer("application/octet-stream", instance.transfer_syntax_uid, False)
         multi = Offer("application/octet-stream", instance.transfer_syntax_uid, True)
         offer = negotiate(accept, [single, multi] if range_header else [multi, single])
-        expires = ("X-Accel-Expires", str(STABLE_PLAN_SECONDS))
+        expires = ("X-Accel-Expires", str(self._plan_seconds))
         if not offer.multipart:
             wanted = parse_range(range_header, length) if range_header else None
             if wanted is not None:
@@ -306,7 +308,7 @@ class Planner:
             return PlanResponse(200, headers, self._include(instance, offset, length) if length else b"")
         include = [self._include(instance, offset, length)] if length else []
         return self._multipart(
-            [("application/octet-stream", include)], "application/octet-stream", STABLE_PLAN_SECONDS
+            [("application/octet-stream", include)], "application/octet-stream", self._plan_seconds
         )
 
     def wado(self, params: dict[str, list[str]]) -> PlanResponse:

@@ -284,6 +284,8 @@ class Stack:
                 "warning",
                 "--error-logfile",
                 str(self.gunicorn_log),
+                "--logger-class",
+                "gateway.logmask.GunicornLogger",  # no credential in any log line (gateway/logmask.py)
                 "--umask",
                 "0o007",
                 # NGINX bounds requests (8 KB lines, 32 KB of headers) and answers JSON; gunicorn must never refuse
@@ -314,6 +316,12 @@ class Stack:
                 directives,
             ],
             env,
+        )
+        # The access audit collector (gateway/accesslog.py): NGINX's log into the catalog, every few seconds.
+        self._spawn(
+            "collector",
+            [str(Path(sys.executable).with_name("dicom-gateway")), "audit", "collect", "--follow"],
+            {**env, "DICOMGW_ACCESS_LOG": str(self.access_log)},
         )
         self._wait_ready(timeout)
 

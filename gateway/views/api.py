@@ -14,11 +14,12 @@ from gateway.catalog.deletions import Target
 from gateway.errors import BadRequest, InvalidPath, NotFound, TokenMissing
 from gateway.lifecycle import check_reason, summary
 from gateway.numbers import parse_int
+from gateway.tokens import Claims
 from gateway.views.common import deleter, public_base, require_api_key, services
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
-TOKEN_FIELDS = {"sub", "studies", "series", "actions", "ttl"}
+TOKEN_FIELDS = {"sub", "studies", "series", "actions", "ttl", "session_max"}
 
 
 def token_urls(token: str, study: str, base: str) -> dict[str, str]:
@@ -43,20 +44,55 @@ def issue_token() -> tuple[Response, int]:
         raise BadRequest(f"unknown fields: {', '.join(unknown)}")
     if "sub" not in body:
         raise BadRequest("sub is required")
-    issued = services().tokens.issue(
+    srv = services()
+    issued = srv.tokens.issue(
         sub=body["sub"],
         studies=body.get("studies"),  # type: ignore[arg-type]  # validated inside
         series=body.get("series"),
         actions=body.get("actions"),
         ttl=body.get("ttl"),
+        session_max=body.get("session_max"),
+        session_cap=srv.settings.session_max,
     )
     payload: dict[str, Any] = {
         "token": issued.token,
         "expires_at": iso(issued.claims.expires_at),
         "jti": issued.claims.jti,
+        **session_fields(issued.claims),
         **token_urls(issued.token, body["studies"][0], public_base()),
     }
     return jsonify(payload), 201
+
+
+def session_fields(claims: Claims) -> dict[str, Any]:
+    if claims.session_expires_at is None:
+        return {}
+    return {"session": claims.session, "session_expires_at": iso(claims.session_expires_at)}
+
+
+@bp.post("/tokens/renew")
+def renew_token() -> tuple[Response, int]:
+    """A viewer's renewal: ``{"token": ...}`` in the body (never in a URL, which logs keep), a fresh token of the
+    same session in the answer, until the session's end or its revocation (401 then, as for a read)."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or set(body) != {"token"} or not isinstance(body["token"], str):
+        raise BadRequest('the body must be {"token": "<the current token>"}')
+    if not body["token"]:
+        raise TokenMissing("no token to renew")
+    srv = services()
+    now = int(time.time())
+    issued = srv.tokens.renew(body["token"], srv.authorizer.revoked(), now=now)
+    payload = {
+        "token": issued.token,
+        "expires_at": iso(issued.claims.expires_at),
+        "expires_in": issued.claims.expires_at - now,
+        "jti": issued.claims.jti,
+        **session_fields(issued.claims),
+        "session_expires_in": (issued.claims.session_expires_at or now) - now,
+    }
+    response = jsonify(payload)
+    response.headers["Cache-Control"] = "no-store"
+    return response, 200
 
 
 @bp.post("/tokens/<jti>/revoke")
@@ -65,8 +101,10 @@ def revoke_token(jti: str) -> tuple[str, int]:
     if not 0 < len(jti) <= 64 or not all(c.isalnum() or c in "-_" for c in jti):
         raise BadRequest("malformed jti")
     srv = services()
-    # The jti alone does not tell the token's expiry: keep the revocation for the longest possible lifetime.
-    srv.catalog.revoke(jti, int(time.time()) + srv.settings.token_max_ttl + 60)
+    # The jti alone does not tell the token's expiry: keep the revocation for the longest possible lifetime, a
+    # session's included (a session id is its first token's jti).
+    longest = max(srv.settings.token_max_ttl, srv.settings.session_max)
+    srv.catalog.revoke(jti, int(time.time()) + longest + 60)
     srv.authorizer.forget_revocations()
     return "", 204
 
@@ -96,7 +134,8 @@ def session() -> WerkzeugResponse:
     target = safe_next(request.args.get("next", ""))
     srv = services()
     claims = srv.tokens.verify(token, "read")
-    if claims.jti in srv.authorizer.revoked():
+    revoked = srv.authorizer.revoked()
+    if claims.jti in revoked or (claims.session is not None and claims.session in revoked):
         raise TokenMissing("token revoked")
     settings = srv.settings
     response = redirect(target, code=303)

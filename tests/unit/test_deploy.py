@@ -247,6 +247,8 @@ def nginx_test(tmp_path: Path, values: Mapping[str, str]) -> subprocess.Complete
     temp.mkdir()
     mime = "include /etc/nginx/mime.types;" if Path("/etc/nginx/mime.types").is_file() else ""
     (prefix / "nginx.conf").write_text(
+        # the njs module, as docker/nginx.Dockerfile loads it into the image's main file (Debian's path here)
+        "load_module /usr/lib/nginx/modules/ngx_http_js_module.so;\n"
         f"error_log stderr notice;\npid {prefix}/nginx.pid;\nevents {{ worker_connections 1024; }}\n"
         f"http {{\n {mime}\n default_type application/octet-stream;\n access_log off;\n"
         f" client_body_temp_path {temp}/cb; proxy_temp_path {temp}/px; fastcgi_temp_path {temp}/fc;\n"
@@ -304,7 +306,26 @@ def test_schema_is_strict_enough_to_catch_a_typo(compose_schema: dict[str, Any])
 
 def test_services_are_the_documented_stack() -> None:
     services = load_compose()["services"]
-    assert set(services) == {"nginx", "gateway", "minio", "minio-init", "postgres", "seed", "retention"}
+    assert set(services) == {
+        "nginx",
+        "gateway",
+        "minio",
+        "minio-init",
+        "postgres",
+        "seed",
+        "retention",
+        "audit-collector",
+    }
+    # the audit collector reads the log NGINX writes, on the volume both mount (README, "Access audit")
+    collector = services["audit-collector"]
+    assert collector["image"] == services["gateway"]["image"]
+    assert collector["command"][:6] == ["dicom-gateway", "audit", "collect", "--follow", "--echo", "--heartbeat"]
+    log = services["nginx"]["environment"]["DICOMGW_ACCESS_LOG"]
+    assert collector["environment"]["DICOMGW_ACCESS_LOG"] == log
+    assert "nginx-logs:/var/log/dgw" in services["nginx"]["volumes"]
+    assert "nginx-logs:/var/log/dgw:ro" in collector["volumes"]
+    database = services["gateway"]["environment"]["DICOMGW_DATABASE_URL"]
+    assert collector["environment"]["DICOMGW_DATABASE_URL"] == database
     assert services["nginx"]["build"] == {"context": ".", "dockerfile": "docker/nginx.Dockerfile"}
     assert services["gateway"]["build"] == {"context": ".", "dockerfile": "docker/gateway.Dockerfile"}
     # the seed runs the gateway image: same build, same tag, so compose never pulls it
@@ -478,6 +499,9 @@ def test_nginx_image_serves_the_tested_templates_with_the_official_envsubst() ->
     assert "NGINX_ENVSUBST_OUTPUT_DIR=/etc/nginx/conf.d" in env
     assert "NGINX_ENVSUBST_FILTER=^DICOMGW_" in env
     assert any(instruction == "HEALTHCHECK" and "/healthz" in args for instruction, args in steps)
+    # the template's njs (hashed auth cache key) needs the module the official image ships, loaded in its main file
+    runs = " ".join(args for instruction, args in steps if instruction == "RUN")
+    assert "sed -i '1i load_module modules/ngx_http_js_module.so;' /etc/nginx/nginx.conf" in runs
 
 
 def test_viewer_stage_builds_with_npm_ci() -> None:
@@ -514,6 +538,8 @@ def _runnable_here(values: dict[str, str], tmp_path: Path) -> dict[str, str]:
     local["DICOMGW_STORAGE_UPSTREAM"] = f"127.0.0.1:{free_port()}"
     local["DICOMGW_LISTEN"] = f"127.0.0.1:{free_port()}"
     local["DICOMGW_FILE_ORIGIN_LISTEN"] = f"127.0.0.1:{free_port()}"
+    if values["DICOMGW_ACCESS_LOG"].startswith("/var/log/dgw/"):  # the log volume the audit collector reads
+        local["DICOMGW_ACCESS_LOG"] = str(tmp_path / "access.log")
     assert values["DICOMGW_CACHE_DIR"] == "/var/cache/nginx"  # exists in the official image
     cache = tmp_path / "var-cache-nginx"
     cache.mkdir()
@@ -872,9 +898,16 @@ def test_database_is_private_encrypted_and_protected() -> None:
 def test_both_containers_run_read_only_and_the_gateway_as_its_uid() -> None:
     definitions = tf_locals()["container_definitions"]
     by_name = {definition["name"]: definition for definition in definitions}
-    assert set(by_name) == {"gateway", "nginx"}
+    assert set(by_name) == {"gateway", "nginx", "audit-collector"}
     assert all(definition["readonlyRootFilesystem"] is True for definition in definitions)
     assert by_name["gateway"]["user"] == "10001:10001"
+    # the audit collector sidecar: the gateway's image and uid, NGINX's log volume read-only, the catalog's URL
+    collector = by_name["audit-collector"]
+    assert (collector["image"], collector["user"]) == (by_name["gateway"]["image"], "10001:10001")
+    logs = {"sourceVolume": "nginx-logs", "containerPath": "/var/log/dgw"}
+    assert {**logs, "readOnly": True} in collector["mountPoints"]
+    assert {**logs, "readOnly": False} in by_name["nginx"]["mountPoints"]
+    assert [s["name"] for s in collector["secrets"]] == ["DICOMGW_DATABASE_URL"]
     assert by_name["nginx"]["dependsOn"] == [{"containerName": "gateway", "condition": "HEALTHY"}]
     secrets = tf_locals()["gateway_secrets"]
     assert set(secrets) == {"DICOMGW_SIGNING_KEYS", "DICOMGW_API_KEYS", "DICOMGW_DATABASE_URL"}

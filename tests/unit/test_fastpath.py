@@ -138,6 +138,7 @@ def test_auth_allows_with_204_and_audit_headers(
         ("X-Dgw-Jti", issued.claims.jti),
         ("X-Dgw-Study", ST),
         ("X-Dgw-Generation", "0"),  # no deletion in this study: the plan-cache key's generation
+        ("X-Dgw-Via", "path"),  # the transport, for the access audit
     ]
     assert body == b""
     assert flask.environs == []
@@ -153,9 +154,13 @@ def test_auth_with_cookie_query_and_api_key(tokens: TokenService, revocations: R
         ("X-Dgw-Jti", issued.claims.jti),
         ("X-Dgw-Study", ""),
         ("X-Dgw-Generation", "0"),
+        ("X-Dgw-Via", "cookie"),
     ]
     query, _ = call(app, auth_environ(f"{SERIES_PATH}?token={issued.token}"))
     assert query.status == "204 No Content"
+    assert ("X-Dgw-Via", "query") in query.headers
+    both, _ = call(app, auth_environ(f"/t/{issued.token}{SERIES_PATH}", HTTP_AUTHORIZATION=f"Bearer {issued.token}"))
+    assert ("X-Dgw-Via", "path bearer") in both.headers
     admin, _ = call(app, auth_environ(f"/dicomweb/studies/{ST2}", "POST", HTTP_AUTHORIZATION=f"Bearer {API_KEY}"))
     assert admin.status == "204 No Content"
     label = parse_api_keys(API_KEY)[0].label  # the key's label is what the access log names, never the key
@@ -164,6 +169,7 @@ def test_auth_with_cookie_query_and_api_key(tokens: TokenService, revocations: R
         ("X-Dgw-Jti", "api-key"),
         ("X-Dgw-Study", ST2),
         ("X-Dgw-Generation", "0"),
+        ("X-Dgw-Via", "api-key"),
     ]
 
 
@@ -291,6 +297,7 @@ def test_auth_bearer_none_next_to_a_path_token(
         ("X-Dgw-Jti", issued.claims.jti),
         ("X-Dgw-Study", ST),
         ("X-Dgw-Generation", "0"),
+        ("X-Dgw-Via", "path"),  # "Bearer None" is no credential of ours: not a transport that decided
     ]
     recorder, _ = call(app, auth_environ(SERIES_PATH, HTTP_AUTHORIZATION=f"Bearer {issued.token}"))
     assert recorder.status == "204 No Content"
@@ -301,6 +308,7 @@ def test_auth_bearer_none_next_to_a_path_token(
         ("X-Dgw-Jti", f"{issued.claims.jti} {other.claims.jti}"),
         ("X-Dgw-Study", ST),
         ("X-Dgw-Generation", "0"),
+        ("X-Dgw-Via", "path bearer"),
     ]
 
 
@@ -308,11 +316,11 @@ def test_auth_bearer_none_next_to_a_path_token(
 
 
 def plan_environ(raw_uri: str, path: str | None = None, **headers: str) -> dict[str, Any]:
+    """What NGINX's internal /_plan location sends: the original URI behind the /_plan prefix."""
     environ = {
         "REQUEST_METHOD": "GET",
-        "PATH_INFO": path if path is not None else raw_uri.partition("?")[0],
-        "RAW_URI": raw_uri,
-        "HTTP_X_DGW_ROUTE": "plan",
+        "PATH_INFO": "/_plan" + (path if path is not None else raw_uri.partition("?")[0]),
+        "RAW_URI": "/_plan" + raw_uri,
     }
     environ.update(headers)
     return environ
@@ -403,13 +411,17 @@ def test_other_paths_go_to_flask_unchanged(tokens: TokenService, revocations: Re
     assert all("dicomgw.path_token" not in e for e in flask.environs)
 
 
-def test_route_header_other_than_plan_goes_to_flask(
-    tokens: TokenService, revocations: Revocations, flask: FakeFlask
+@pytest.mark.parametrize("header", ["X-Dgw-Route", "X-Dgw-Plan"])
+def test_only_the_internal_plan_path_gets_a_plan(
+    tokens: TokenService, revocations: Revocations, flask: FakeFlask, header: str
 ) -> None:
+    """No header makes a plan: only the /_plan/ path NGINX's internal location uses (a client gets 404 there)."""
     app, planner = make_app(tokens, revocations, flask)
-    call(app, {**plan_environ(SERIES_PATH), "HTTP_X_DGW_ROUTE": "Plan"})
+    key = "HTTP_" + header.upper().replace("-", "_")
+    call(app, {"REQUEST_METHOD": "GET", "PATH_INFO": SERIES_PATH, "RAW_URI": SERIES_PATH, key: "plan"})
+    call(app, {"REQUEST_METHOD": "GET", "PATH_INFO": "/_planx" + SERIES_PATH, "RAW_URI": "/_planx" + SERIES_PATH})
     assert planner.calls == []
-    assert len(flask.environs) == 1
+    assert len(flask.environs) == 2
 
 
 @pytest.mark.parametrize(
@@ -422,7 +434,7 @@ def test_wado_uri_always_goes_to_flask(
     asks for; Flask hands application/dicom to NGINX by X-Accel-Redirect."""
     app, planner = make_app(tokens, revocations, flask)
     raw = f"/t/tok/dicomweb/wado?requestType=WADO&studyUID={ST}&seriesUID={SE}&objectUID={IN}&{query}"
-    environ = {k: v for k, v in plan_environ(raw, path="/t/tok/dicomweb/wado").items() if k != "HTTP_X_DGW_ROUTE"}
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/t/tok/dicomweb/wado", "RAW_URI": raw}
     call(app, environ)
     assert (len(planner.calls), len(flask.environs)) == (0, 1)
     assert flask.environs[0]["PATH_INFO"] == "/dicomweb/wado"

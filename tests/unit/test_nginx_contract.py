@@ -25,6 +25,7 @@ def conf(tmp_path_factory: pytest.TempPathFactory) -> str:
 def test_internal_locations(conf: str) -> None:
     openings = [
         f"location = {nginx.AUTH} {{",
+        f"location {nginx.PLAN}/ {{",
         f"location ~ ^{nginx.SEGMENT}/(?<dgw_seg_start>[0-9]+)-(?<dgw_seg_end>[0-9]+)(?<dgw_seg_path>/.*)$ {{",
         f"location ~ ^{nginx.WHOLE_SEGMENT}(?<dgw_seg_path>/.*)$ {{",
         f"location {nginx.FILE}/ {{",
@@ -39,7 +40,7 @@ def test_internal_locations(conf: str) -> None:
 
 
 def test_headers_to_python(conf: str) -> None:
-    assert f"proxy_set_header {nginx.ROUTE} {nginx.ROUTE_PLAN};" in conf
+    assert f"rewrite ^ {nginx.PLAN}$uri last;" in conf  # the only way into the plan location
     assert f"proxy_set_header {nginx.RANGE} $http_range;" in conf
     for header in nginx.TO_PYTHON:  # a client cannot send them: every other proxied request clears them
         assert f'proxy_set_header {header} "";' in conf
@@ -59,7 +60,7 @@ def test_no_undeclared_dgw_header(conf: str) -> None:
 
 
 def test_helpers() -> None:
-    assert nginx.environ_key(nginx.ROUTE) == "HTTP_X_DGW_ROUTE"
+    assert nginx.environ_key(nginx.RANGE) == "HTTP_X_DGW_RANGE"
     assert nginx.upstream_variable(nginx.SUB) == "$upstream_http_x_dgw_sub"
 
 

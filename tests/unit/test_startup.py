@@ -52,6 +52,11 @@ def test_prepare_migrates_and_workers_then_accept_the_schema(tmp_path: Path) -> 
             {"DICOMGW_DATABASE_URL": "sqlite:////nonexistent-folder/catalog.db"},
             "DICOMGW_DATABASE_URL: cannot open the catalog: unable to open database file",
         ),
+        (  # issue 13: a presigned path must outlive the read plan NGINX caches it in
+            {"DICOMGW_STORAGE_URL": "s3://bucket", "DICOMGW_S3_PRESIGN_TTL": "900"},
+            "DICOMGW_S3_PRESIGN_TTL: 900 s is shorter than twice DICOMGW_PLAN_CACHE_SECONDS (600 s): a cached read "
+            "plan would outlive its presigned storage paths; raise the one or lower the other",
+        ),
     ],
 )
 def test_failures_are_one_line(tmp_path: Path, changes: dict[str, str], message: str) -> None:

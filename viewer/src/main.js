@@ -3,6 +3,7 @@ import './style.css';
 import { DicomWebClient, GatewayError, dicom, framesOf } from './dicomweb.js';
 import { classify, showError } from './errors.js';
 import { dicomwebRoot, takeLinkFromLocation } from './fragment.js';
+import { credential, keepRenewing, withCurrentToken } from './session.js';
 import { Enums, Stage, eventTarget } from './stage.js';
 
 // Fetch every frame of a series up front when it is this small (a CT series); larger ones (whole-slide images)
@@ -208,14 +209,19 @@ async function main() {
     return;
   }
   state.study = link.study;
+  credential.token = link.token;
   state.client = new DicomWebClient(dicomwebRoot(link.token));
+  // Renewed tokens replace the link's in memory; the session's end or revocation shows the error screen.
+  keepRenewing((token) => {
+    state.client.root = dicomwebRoot(token);
+  }, fail);
   setProgress(0, 1, 'Opening study…');
   const series = await state.client.series(link.study);
   if (!series.length) {
     showError('notfound');
     return;
   }
-  state.stage = new Stage($('viewport'));
+  state.stage = new Stage($('viewport'), withCurrentToken);
   await state.stage.init();
   bindControls(state.stage);
   renderSeriesList(series);

@@ -38,9 +38,13 @@ export const PRESETS = {
 };
 
 export class Stage {
-  /** @param {HTMLElement} element */
-  constructor(element) {
+  /**
+   * @param {HTMLElement} element
+   * @param {(url: string) => string} currentUrl the URL to fetch for a registered frame URL (a renewed token)
+   */
+  constructor(element, currentUrl = (url) => url) {
     this.element = element;
+    this.currentUrl = currentUrl;
     this.imageIds = [];
     this.engine = null;
     this.viewport = null;
@@ -50,7 +54,10 @@ export class Stage {
     initCore();
     initTools();
     // Few decode workers: phones have little memory, and raw CT frames need no decoding at all.
-    initLoader({ maxWebWorkers: Math.min(2, navigator.hardwareConcurrency || 1) });
+    initLoader({
+      maxWebWorkers: Math.min(2, navigator.hardwareConcurrency || 1),
+      open: (xhr, url) => xhr.open('get', this.currentUrl(url), true),
+    });
     for (const tool of [WindowLevelTool, PanTool, ZoomTool, StackScrollTool]) addTool(tool);
 
     this.engine = new RenderingEngine(ENGINE);

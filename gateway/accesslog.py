@@ -1,0 +1,171 @@
+"""The access audit collector: NGINX's JSON access log (``log_format dgw_json``) into the catalog's ``access`` table.
+
+Why NGINX's log and not Python: NGINX caches auth decisions and read plans, so many authorised reads never reach
+Python, while NGINX logs every request it answers, with the decision's ``sub``, ``jti`` and transport (``via``) and
+the path already masked. The collector reads complete lines from where it stopped (the position is committed with
+the rows, so a restart neither loses nor repeats a line), keeps DICOMweb requests only, stores what they name
+(study, series, instance, action; never the query, whose matching values can be PHI), and deletes rows older than
+the retention. ``dicom-gateway audit collect`` runs it: beside NGINX in ``stack up``, as a compose service and as a
+sidecar of the ECS task, each sharing the log file with NGINX (docs/deploy.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+from gateway.catalog import Catalog
+from gateway.uids import is_uid
+
+BATCH_LINES = 1000  # one transaction per batch: a busy log is loaded in few commits
+_DICOMWEB = re.compile(r"^(?:/t/\*\*\*)?/dicomweb(?P<path>/[^?]*)?(?:\?(?P<query>.*))?$")
+_LEVELS = re.compile(
+    r"^/studies/(?P<study>[0-9.]+)(?:/series/(?P<series>[0-9.]+)(?:/instances/(?P<sop>[0-9.]+))?)?(?:/(?P<tail>.*))?$"
+)
+# the last named resource of a path → the action recorded ("retrieve" when the path names a study, series or
+# instance and nothing after it)
+_TAILS = {"metadata": "metadata", "rendered": "rendered", "thumbnail": "thumbnail", "series": "search",
+          "instances": "search", "frames": "frames", "bulkdata": "bulkdata"}  # fmt: skip
+
+
+def access_row(line: str) -> dict[str, Any] | None:
+    """One log line → one audit row, or None for lines that are no DICOMweb request (or no JSON)."""
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(entry, dict) or entry.get("method") == "OPTIONS":
+        return None
+    found = _DICOMWEB.match(str(entry.get("uri", "")))
+    if found is None:
+        return None
+    action, study, series, sop = _what(entry.get("method", ""), found.group("path") or "/", found.group("query"))
+    if study is None and is_uid(str(entry.get("study", ""))):
+        study = str(entry["study"])
+    try:
+        at = int(datetime.fromisoformat(str(entry["time"])).timestamp())
+        status = int(entry["status"])
+    except (KeyError, ValueError, TypeError):
+        return None
+    return {
+        "at": at,
+        "remote": str(entry.get("remote", ""))[:64],
+        "method": str(entry.get("method", ""))[:16],
+        "action": action,
+        "study_uid": study,
+        "series_uid": series,
+        "sop_uid": sop,
+        "sub": str(entry.get("sub", ""))[:256],
+        "jti": str(entry.get("jti", ""))[:256],
+        "via": str(entry.get("via", ""))[:64],
+        "status": status,
+        "bytes": int(entry.get("bytes") or 0),
+    }
+
+
+def _what(method: str, path: str, query: str | None) -> tuple[str, str | None, str | None, str | None]:
+    if method == "POST":
+        levels = _LEVELS.match(path)
+        return "store", levels.group("study") if levels else None, None, None
+    if path.rstrip("/") in ("", "/studies", "/series", "/instances"):
+        return "search", None, None, None
+    if path == "/wado":
+        params = parse_qs(query or "")
+        uids = [(params.get(name) or [""])[0] for name in ("studyUID", "seriesUID", "objectUID")]
+        study, series, sop = (uid if is_uid(uid) else None for uid in uids)
+        return "wado-uri", study, series, sop
+    levels = _LEVELS.match(path)
+    if levels is None:
+        return "other", None, None, None
+    tail = (levels.group("tail") or "").split("/")[0]
+    return _TAILS.get(tail, "retrieve" if not tail else "other"), levels["study"], levels["series"], levels["sop"]
+
+
+def _file_id(stat: os.stat_result) -> str:
+    return f"{stat.st_dev}:{stat.st_ino}"
+
+
+def _batches(handle: Any, position: int, echo: bool) -> Iterator[tuple[list[dict[str, Any]], int]]:
+    """(rows, position after them) per batch of complete lines; a line still being written waits for next time.
+    ``echo``: each line also goes to stdout, so the log file on a shared volume does not take the access log away
+    from the container's log driver (compose, CloudWatch)."""
+    handle.seek(position)
+    rows: list[dict[str, Any]] = []
+    lines = 0
+    for raw in handle:
+        if not raw.endswith(b"\n"):
+            break
+        position += len(raw)
+        if echo:
+            sys.stdout.buffer.write(raw)
+        row = access_row(raw.decode("utf-8", errors="replace"))
+        if row is not None:
+            rows.append(row)
+        lines += 1
+        if lines >= BATCH_LINES:
+            if echo:
+                sys.stdout.flush()
+            yield rows, position
+            rows, lines = [], 0
+    if lines:
+        if echo:
+            sys.stdout.flush()
+        yield rows, position
+
+
+def collect(catalog: Catalog, log: Path, retention_days: int, now: float | None = None, echo: bool = False) -> int:
+    """One pass: load the new complete lines of ``log``, then apply the retention. Returns the rows added. The
+    position is kept per host and path: every ECS task's sidecar reads its own NGINX's log into one catalog."""
+    source = f"{socket.gethostname()}:{log.resolve()}"
+    added = 0
+    try:
+        handle = log.open("rb")
+    except FileNotFoundError:
+        handle = None  # NGINX has not answered anything yet
+    if handle is not None:
+        with handle:
+            stat = os.fstat(handle.fileno())
+            stored = catalog.access_position(source)
+            # a new file (rotated) or a shorter one (truncated): start at its beginning
+            start = stored[1] if stored and stored[0] == _file_id(stat) and stored[1] <= stat.st_size else 0
+            for rows, position in _batches(handle, start, echo):
+                catalog.add_access(rows, source, _file_id(stat), position)
+                added += len(rows)
+    catalog.prune_access(int((time.time() if now is None else now) - retention_days * 86400))
+    return added
+
+
+def follow_log(
+    catalog: Catalog,
+    log: Path,
+    retention_days: int,
+    interval: float,
+    stop: threading.Event,
+    echo: bool = False,
+    heartbeat: Path | None = None,
+) -> None:
+    """Collect every ``interval`` seconds until ``stop`` is set (a signal), and once more before returning. A
+    catalog that is briefly out (or not yet migrated) is retried on the next pass: the position is not lost."""
+    while True:
+        try:
+            collect(catalog, log, retention_days, echo=echo)
+            if heartbeat is not None:
+                heartbeat.touch()
+        except Exception as error:  # noqa: BLE001 - the collector outlives a database blip; one line, no trace
+            print(f"dicom-gateway audit collect: {type(error).__name__}: {' '.join(str(error).split())[:300]}",
+                  file=sys.stderr, flush=True)  # fmt: skip
+        if stop.wait(interval):
+            with contextlib.suppress(Exception):
+                collect(catalog, log, retention_days, echo=echo)
+            return

@@ -1,0 +1,143 @@
+"""Issue 13: viewing sessions longer than one token, in the bundled viewer (real Chromium, real stack).
+
+A token issued with ``session_max`` is renewed by the viewer (``POST /api/v1/tokens/renew``, token in the body) before
+it expires, without the portal and without a reload: the viewer keeps working past the first token's expiry, stops
+with its "expired" screen at the session's end, and with its "revoked" screen once the portal revokes the first
+token (the session id), within the documented bound (DICOMGW_REVOCATION_REFRESH + DICOMGW_AUTH_CACHE_SECONDS, plus
+the half-lifetime at which the viewer renews). Short lifetimes; bounds waited out explicitly, never guessed.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any
+
+import pytest
+import requests
+
+from tests.e2e.conftest import uids_of
+from tests.e2e.harness import RunningStack
+from tests.e2e.test_viewer import (  # noqa: F401 - browser is a fixture
+    ARTIFACTS,
+    NetworkLog,
+    browser,
+    open_page,
+    study_of,
+    wait_ready,
+)
+
+TTL = 4  # the first token's lifetime (s): the viewer renews at half of it
+SESSION = 14  # session_max (s)
+
+
+def epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def wait_until(moment: float) -> None:
+    """Wait out a documented instant (a token's expiry, a session's end): explicit, never a guess."""
+    time.sleep(max(0.0, moment - time.time()))
+
+
+def revocation_bound(stack: RunningStack) -> float:
+    env = stack.stack.extra_env
+    return float(env.get("DICOMGW_REVOCATION_REFRESH", "2")) + float(env.get("DICOMGW_AUTH_CACHE_SECONDS", "2"))
+
+
+def open_session(
+    stack: RunningStack, browser: Any, study: str  # noqa: F811 - the fixture from test_viewer
+) -> tuple[dict[str, Any], Any, NetworkLog]:
+    issued = stack.issue([study], ttl=TTL, session_max=SESSION)
+    assert issued["session"] == issued["jti"]
+    assert epoch(issued["session_expires_at"]) - epoch(issued["expires_at"]) == SESSION - TTL
+    log = NetworkLog()
+    page = open_page(browser, log)
+    page.goto(issued["viewer_url"])
+    wait_ready(page)
+    return issued, page, log
+
+
+@pytest.mark.parametrize("stack", ["file"], indirect=True)
+def test_session_outlives_its_first_token_then_stops_at_session_max(
+    stack: RunningStack, synthetic: dict[str, Any], browser: Any  # noqa: F811
+) -> None:
+    study = study_of(synthetic, "ct")
+    issued, page, log = open_session(stack, browser, study)
+
+    # past the first token's expiry: the link's token is refused, yet the viewer opens another series
+    wait_until(epoch(issued["expires_at"]) + 1)
+    first = requests.get(f"{stack.root(issued['token'])}/studies/{study}/series", timeout=10)
+    assert first.status_code == 401
+    assert first.json() == {"error": "unauthorized", "detail": "token_expired"}
+    ct_b_series = uids_of(synthetic["ct_b"][0])[1]
+    page.click(f"#series button[data-uid='{ct_b_series}']")
+    page.wait_for_selector(f"#viewport[data-state=ready][data-series='{ct_b_series}']")
+    assert page.locator("#error").is_hidden()
+    renewals = [r for r in log.requests if r.url.endswith("/api/v1/tokens/renew")]
+    assert renewals and all(r.method == "POST" for r in renewals)
+    # renewed tokens reach the gateway in POST bodies and in frame paths, which no log keeps
+    stack.settle_access_log()
+    logged = [e["uri"] for e in stack.access_log() if "/t/" in e["uri"]]
+    assert logged and all(uri.startswith("/t/***/") for uri in logged)
+
+    # the session's end: the viewer's own "expired" screen, not a broken image
+    wait_until(epoch(issued["session_expires_at"]))
+    page.wait_for_selector("#error:not([hidden])", timeout=(TTL + 10) * 1000)
+    page.screenshot(path=str(ARTIFACTS / "viewer-session-ended.png"))
+    assert page.get_attribute("#error", "data-kind") == "expired"
+    assert time.time() >= epoch(issued["session_expires_at"])  # not cut short
+    refused = requests.post(f"{stack.url}/api/v1/tokens/renew", json={"token": issued["token"]}, timeout=10)
+    assert refused.status_code == 401
+    assert refused.headers["Content-Type"] == "application/json"
+    page.context.close()
+
+
+@pytest.mark.parametrize("stack", ["file"], indirect=True)
+def test_revoking_the_first_token_ends_the_whole_session(
+    stack: RunningStack, synthetic: dict[str, Any], browser: Any  # noqa: F811
+) -> None:
+    study = study_of(synthetic, "ct")
+    issued, page, _ = open_session(stack, browser, study)
+    wait_until(epoch(issued["expires_at"]) + 1)  # the viewer now reads with a renewed token only
+    assert page.locator("#error").is_hidden()
+    answer = requests.post(f"{stack.url}/api/v1/tokens/{issued['jti']}/revoke", headers=stack.api_headers, timeout=10)
+    assert answer.status_code == 204
+    # the bound: the revocation reaches every worker and NGINX's cached decisions, and the viewer's next renewal
+    # (at most half a lifetime away) is refused
+    page.wait_for_selector("#error:not([hidden])", timeout=int((revocation_bound(stack) + TTL / 2 + 2) * 1000))
+    page.screenshot(path=str(ARTIFACTS / "viewer-session-revoked.png"))
+    assert page.get_attribute("#error", "data-kind") == "revoked"
+    page.context.close()
+
+
+def test_session_max_is_capped_and_renewal_refuses_plain_tokens(stack: RunningStack, synthetic: dict[str, Any]) -> None:
+    study = study_of(synthetic, "ct")
+    too_long = requests.post(
+        f"{stack.url}/api/v1/tokens",
+        json={"sub": "s", "studies": [study], "session_max": 10**9},
+        headers=stack.api_headers,
+        timeout=10,
+    )
+    assert too_long.status_code == 400
+    assert too_long.json() == {"error": "bad_request", "detail": "session_max exceeds the maximum of 43200 seconds"}
+    plain = stack.issue([study])
+    answer = requests.post(f"{stack.url}/api/v1/tokens/renew", json={"token": plain["token"]}, timeout=10)
+    assert answer.status_code == 400
+    assert answer.headers["Content-Type"] == "application/json"
+    assert requests.post(f"{stack.url}/api/v1/tokens/renew", json={"t": 1}, timeout=10).status_code == 400
+    forged = requests.post(f"{stack.url}/api/v1/tokens/renew", json={"token": "abc.def"}, timeout=10)
+    assert forged.status_code == 401
+    # a renewal answers a token of the same session and subject, usable at once
+    session = stack.issue([study], ttl=60, session_max=600, sub="renewer")
+    renewed = requests.post(f"{stack.url}/api/v1/tokens/renew", json={"token": session["token"]}, timeout=10)
+    assert renewed.status_code == 200
+    assert renewed.headers["Cache-Control"] == "no-store"
+    body = renewed.json()
+    assert body["session"] == session["jti"] and body["jti"] != session["jti"]
+    assert body["session_expires_at"] == session["session_expires_at"]
+    assert 0 < body["expires_in"] <= 60
+    read = requests.get(f"{stack.root(body['token'])}/studies/{study}/series", timeout=10)
+    assert read.status_code == 200
+    stack.settle_access_log()
+    assert [e["sub"] for e in stack.access_log() if e["jti"] == body["jti"]] == ["renewer"]

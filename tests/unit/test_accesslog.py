@@ -1,0 +1,159 @@
+"""The access audit collector (gateway/accesslog.py) on a real SQLite catalog: what a log line becomes, the position
+kept across passes, a truncated log, the retention; and the log masking of gunicorn's records (gateway/logmask.py)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.accesslog import access_row, collect
+from gateway.catalog import Catalog
+from gateway.logmask import MaskingFilter, mask
+
+ST, SE, IN = "1.2.826.0.1.1", "1.2.826.0.1.1.2", "1.2.826.0.1.1.2.3"
+NOW = int(datetime(2027, 1, 16, tzinfo=UTC).timestamp())
+
+
+def line(
+    uri: str, *, method: str = "GET", status: int = 200, at: str = "2027-01-15T08:00:00+00:00", **extra: Any
+) -> str:
+    entry = {"time": at, "remote": "10.0.0.7", "method": method, "uri": uri, "status": status, "bytes": 512,
+             "sub": "alice", "jti": "j1", "via": "path", "study": extra.pop("study", ""), **extra}  # fmt: skip
+    return json.dumps(entry) + "\n"
+
+
+@pytest.fixture
+def catalog(tmp_path: Path) -> Any:
+    db = Catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
+    db.migrate()
+    yield db
+    db.close()
+
+
+@pytest.mark.parametrize(
+    ("uri", "method", "expected"),
+    [
+        (f"/t/***/dicomweb/studies/{ST}/series/{SE}/instances/{IN}/frames/1", "GET", ("frames", ST, SE, IN)),
+        (f"/dicomweb/studies/{ST}/series/{SE}/metadata", "GET", ("metadata", ST, SE, None)),
+        (f"/dicomweb/studies/{ST}?token=***", "GET", ("retrieve", ST, None, None)),
+        (f"/dicomweb/studies/{ST}/series", "GET", ("search", ST, None, None)),
+        ("/dicomweb/studies?PatientName=DOE^JOHN", "GET", ("search", None, None, None)),
+        (f"/dicomweb/studies/{ST}", "POST", ("store", ST, None, None)),
+        (
+            f"/dicomweb/wado?requestType=WADO&studyUID={ST}&seriesUID={SE}&objectUID={IN}",
+            "GET",
+            ("wado-uri", ST, SE, IN),
+        ),  # fmt: skip
+        (f"/dicomweb/studies/{ST}/series/{SE}/instances/{IN}/rendered", "HEAD", ("rendered", ST, SE, IN)),
+    ],
+)
+def test_a_line_names_what_was_read_never_the_query(uri: str, method: str, expected: tuple[Any, ...]) -> None:
+    row = access_row(line(uri, method=method))
+    assert row is not None
+    assert (row["action"], row["study_uid"], row["series_uid"], row["sop_uid"]) == expected
+    assert row["sub"] == "alice" and row["via"] == "path" and row["status"] == 200 and row["remote"] == "10.0.0.7"
+    assert row["at"] == int(datetime(2027, 1, 15, 8, tzinfo=UTC).timestamp())
+    assert "DOE" not in json.dumps(row)  # QIDO matching values (PHI) never reach a row
+
+
+def test_lines_that_are_no_dicomweb_request_are_skipped() -> None:
+    assert access_row(line("/healthz")) is None
+    assert access_row(line("/api/v1/tokens", method="POST")) is None
+    assert access_row(line(f"/dicomweb/studies/{ST}", method="OPTIONS")) is None
+    assert access_row("not json\n") is None
+    assert access_row(json.dumps({"uri": "/dicomweb/studies", "method": "GET"})) is None  # no time or status
+
+
+def test_a_refusal_takes_its_study_from_the_path_or_the_decision() -> None:
+    refused = access_row(line(f"/t/***/dicomweb/studies/{ST}/series", status=401, sub="", jti="", via=""))
+    assert refused is not None and refused["study_uid"] == ST and refused["status"] == 401 and refused["sub"] == ""
+    odd = access_row(line("/***", study=ST))
+    assert odd is None  # a masked, non-canonical path is no DICOMweb request we can name
+
+
+def test_collect_keeps_its_position_and_never_repeats(catalog: Catalog, tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    log.write_text(line(f"/dicomweb/studies/{ST}") + line("/healthz"))
+    assert collect(catalog, log, 365, now=NOW) == 1
+    assert collect(catalog, log, 365, now=NOW) == 0
+    with log.open("a") as handle:
+        handle.write(line(f"/dicomweb/studies/{ST}/series/{SE}/metadata"))
+        handle.write('{"time": "2027-01-15T08:00:01+00:00", "uri": "/dicomweb/stu')  # NGINX still writing it
+    assert collect(catalog, log, 365, now=NOW) == 1
+    with log.open("a") as handle:
+        handle.write('dies", "method": "GET", "status": 200}\n')
+    assert collect(catalog, log, 365, now=NOW) == 1  # the rest of the line arrived: loaded once, whole
+    rows = catalog.access_records(study_uid=ST)
+    assert [row["action"] for row in rows] == ["metadata", "retrieve"]
+
+
+def test_a_truncated_or_replaced_log_is_read_from_its_start(catalog: Catalog, tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    log.write_text(line(f"/dicomweb/studies/{ST}") * 3)
+    assert collect(catalog, log, 365, now=NOW) == 3
+    log.write_text(line(f"/dicomweb/studies/{ST}/series"))  # copytruncate: same file, shorter
+    assert collect(catalog, log, 365, now=NOW) == 1
+    rotated = tmp_path / "new.log"
+    rotated.write_text(line(f"/dicomweb/studies/{ST}") * 5)
+    rotated.replace(log)  # a new file under the old name
+    assert collect(catalog, log, 365, now=NOW) == 5
+
+
+def test_retention_deletes_older_rows(catalog: Catalog, tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    old = "2026-01-01T00:00:00+00:00"
+    log.write_text(line(f"/dicomweb/studies/{ST}", at=old) + line(f"/dicomweb/studies/{ST}/series"))
+    collect(catalog, log, 30, now=NOW)  # 2027-01-16: the 2026-01-01 row is past 30 days
+    assert [row["action"] for row in catalog.access_records()] == ["search"]
+
+
+def test_no_log_yet_is_no_error(catalog: Catalog, tmp_path: Path) -> None:
+    assert collect(catalog, tmp_path / "missing.log", 365, now=NOW) == 0
+
+
+def test_filters_subject_among_several_and_time_range(catalog: Catalog, tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    log.write_text(
+        line(f"/dicomweb/studies/{ST}", sub="alice bob", at="2027-01-15T08:00:00+00:00")
+        + line(f"/dicomweb/studies/{ST}", sub="bobby", at="2027-01-15T09:00:00+00:00")
+    )
+    collect(catalog, log, 365, now=NOW)
+    assert [row["sub"] for row in catalog.access_records(sub="bob")] == ["alice bob"]
+    eight = int(datetime(2027, 1, 15, 8, tzinfo=UTC).timestamp())
+    assert [row["sub"] for row in catalog.access_records(since=eight + 1)] == ["bobby"]
+    assert [row["sub"] for row in catalog.access_records(until=eight + 1)] == ["alice bob"]
+    first = catalog.access_records(limit=1)
+    assert [row["sub"] for row in catalog.access_records(before_id=first[0]["id"])] == ["alice bob"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Error handling request /t/SECRET.tok-en_1/dicomweb/studies",
+        "Error handling request /dicomweb/studies?limit=1&token=SECRET.tok-en_1&x=2",
+        "header Authorization: Bearer SECRET.tok-en_1",
+        "Cookie: dicomgw_token=SECRET.tok-en_1; other=1",
+    ],
+)
+def test_mask_removes_every_credential_shape(text: str) -> None:
+    assert "SECRET" not in mask(text)
+
+
+def test_masking_filter_rewrites_message_args_and_traceback() -> None:
+    record = logging.LogRecord(
+        "gunicorn.error", logging.ERROR, __file__, 1, "Error handling request %s", ("/t/SECRET1/x",), None
+    )
+    try:
+        raise ValueError("bad /t/SECRET2/dicomweb")
+    except ValueError:
+        record.exc_info = sys.exc_info()
+    assert MaskingFilter().filter(record)
+    formatted = logging.Formatter().format(record)
+    assert "SECRET" not in formatted
+    assert "/t/***/x" in formatted
