@@ -63,10 +63,21 @@ class Services:
             storage.origin_path,
             whole_object_prefix=nginx.FILE if settings.storage_url.startswith("file://") else nginx.WHOLE_SEGMENT,
             study_version=catalog.study_version,
+            derivatives_for_any=settings.derivatives_for_any,
         )
         destinations: dict[str, Storage] = {}
         if hooks is None:
             hooks, destinations = build_policy_hooks(settings, storage)
         spool_dir = Path(settings.tmp_dir or tempfile.gettempdir())
-        ingestor = Ingestor(settings, storage, catalog, hooks, spool_dir=spool_dir, destinations=destinations)
+        from gateway.derive import open_offering
+
+        ingestor = Ingestor(
+            settings,
+            storage,
+            catalog,
+            hooks,
+            spool_dir=spool_dir,
+            destinations=destinations,
+            derivatives=open_offering(settings, catalog),
+        )
         return cls(settings, storage, catalog, tokens, authorizer, planner, ingestor, spool_dir)

@@ -114,6 +114,9 @@ class InstanceRow:
     attrs: str
     thumbnail_key: str | None
     created_at: int
+    derivative_syntax: str | None = None
+    derivative_key: str | None = None
+    derivative_index: bytes | None = None
 
     def bulk_ranges(self) -> list[BulkRange]:
         return [BulkRange(path, vr, offset, length) for path, vr, offset, length in json.loads(self.bulkdata)]
