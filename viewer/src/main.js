@@ -3,7 +3,9 @@ import './style.css';
 import { DicomWebClient, GatewayError, dicom, framesOf } from './dicomweb.js';
 import { classify, showError } from './errors.js';
 import { dicomwebRoot, takeLinkFromLocation } from './fragment.js';
-import { Enums, Stage, eventTarget } from './stage.js';
+
+// Cornerstone (core and image loader) loads while the study's series list is fetched, not before it.
+const stageModule = import('./stage.js');
 
 // Fetch every frame of a series up front when it is this small (a CT series); larger ones (whole-slide images)
 // load around the current frame only.
@@ -20,7 +22,20 @@ const state = {
   loaded: new Set(),
   failed: false,
   probing: false,
+  toolsBound: false,
 };
+
+/**
+ * The two moments the mobile benchmark (bench/b7_mobile.py) reads: the first image on screen and every slice at
+ * full quality. Each is a performance mark (time since navigation) and a data attribute on the viewport.
+ */
+function moment(name) {
+  if (performance.getEntriesByName(name).length) return;
+  const mark = performance.mark(name);
+  $('viewport').dataset[name === 'dgw-first-image' ? 'firstImageMs' : 'fullQualityMs'] = String(
+    Math.round(mark.startTime),
+  );
+}
 
 function setStatus() {
   const stage = state.stage;
@@ -32,7 +47,12 @@ function setStatus() {
   const s = state.series;
   const voi = stage.isColor() ? null : stage.voi();
   $('overlay-tl').textContent = `${s.modality} ${s.description}`.trim();
-  const frame = state.tiles ? tileLabel(index) : `Image ${index + 1} / ${stage.imageIds.length}`;
+  const full = stage.isFullQuality();
+  el.dataset.quality = full ? 'full' : 'preview';
+  // Say so while the image on screen is a preview decoded from the first bytes of its lossless codestream.
+  const frame = `${state.tiles ? tileLabel(index) : `Image ${index + 1} / ${stage.imageIds.length}`}${
+    full ? '' : ' · preview, loading full quality'
+  }`;
   $('overlay-br').textContent = voi ? `${frame}\nW ${Math.round(voi.width)}  L ${Math.round(voi.center)}` : frame;
 }
 
@@ -114,7 +134,15 @@ async function openSeries(series) {
   const color = (dicom.number(first, '00280002') ?? 1) > 1;
   for (const button of document.querySelectorAll('#presets button')) button.disabled = color;
 
-  await stage.show(imageIds, start);
+  // A stack the gateway has made its lossless derivative for loads progressively (preview, then full quality).
+  const progressive = !state.tiles && imageIds.length <= PREFETCH_ALL && (await stage.probeDerivative(imageIds[start]));
+  el.dataset.progressive = String(progressive);
+  await stage.show(imageIds, start, progressive);
+  moment('dgw-first-image');
+  if (!state.toolsBound) {
+    await stage.bindTools();
+    state.toolsBound = true;
+  }
   el.dataset.state = 'ready';
   el.dataset.series = series.uid;
   setStatus();
@@ -124,10 +152,12 @@ async function openSeries(series) {
     const total = imageIds.length;
     setProgress(0, total);
     imageIds.forEach((id) => state.loaded.add(id));
-    stage.prefetch(imageIds, (_, error) => {
-      done += 1;
+    stage.prefetch(imageIds, (_, error, preview) => {
       if (state.series !== series) return;
+      if (!preview) done += 1;
       setProgress(done, total);
+      setStatus();
+      if (done === total) moment('dgw-all-full-quality');
       if (error) onLoadFailure();
     });
   } else {
@@ -192,6 +222,7 @@ function bindControls(stage) {
     event.preventDefault();
     stage.go(target).catch(onLoadFailure);
   });
+  const { Enums, eventTarget } = state;
   const el = $('viewport');
   el.addEventListener(Enums.Events.STACK_NEW_IMAGE, () => {
     setStatus();
@@ -215,6 +246,9 @@ async function main() {
     showError('notfound');
     return;
   }
+  const { Stage, Enums, eventTarget } = await stageModule;
+  state.Enums = Enums;
+  state.eventTarget = eventTarget;
   state.stage = new Stage($('viewport'));
   await state.stage.init();
   bindControls(state.stage);
