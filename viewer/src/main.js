@@ -108,7 +108,33 @@ function prefetchAround(index) {
   state.stage.prefetch(wanted, (_, error) => error && onLoadFailure());
 }
 
-async function openSeries(series) {
+/** What opening a series needs before Cornerstone: metadata, frames, where to start, and whether a derivative
+ * exists. Runs while the image modules load. */
+async function seriesInfo(series) {
+  const { client, study } = state;
+  const metadata = await client.metadata(study, series.uid);
+  const frames = framesOf(metadata);
+  const first = metadata[0] || {};
+  const matrix = dicom.number(first, '00480006');
+  const cols = dicom.number(first, '00280011');
+  const tiles = frames.length > 1 && matrix && cols ? { columns: Math.ceil(matrix / cols) } : null;
+  // A slide's first tile is usually empty glass: start a tiled image at its centre tile.
+  let start = 0;
+  if (tiles) {
+    const rows = Math.ceil(frames.length / tiles.columns);
+    start = Math.min(frames.length - 1, Math.floor(rows / 2) * tiles.columns + Math.floor(tiles.columns / 2));
+  }
+  // A stack the gateway has made its lossless derivative for loads progressively (preview, then full quality).
+  const probe = frames[start];
+  const progressive =
+    !tiles &&
+    frames.length <= PREFETCH_ALL &&
+    Boolean(probe) &&
+    (await client.hasDerivative(client.frameUrl(study, series.uid, probe.sop, probe.frame)));
+  return { metadata, frames, tiles, start, progressive, color: (dicom.number(first, '00280002') ?? 1) > 1 };
+}
+
+async function openSeries(series, info = seriesInfo(series)) {
   const { client, study, stage } = state;
   state.series = series;
   state.loaded = new Set();
@@ -118,26 +144,13 @@ async function openSeries(series) {
   const el = $('viewport');
   el.dataset.state = 'loading';
   setProgress(0, 1, 'Loading series…');
-  const metadata = await client.metadata(study, series.uid);
-  const frames = framesOf(metadata);
+  const { frames, tiles, start, progressive, color } = await info;
   const imageIds = stage.register(frames, (sop, frame) => client.frameUrl(study, series.uid, sop, frame));
-  const first = metadata[0] || {};
-  const matrix = dicom.number(first, '00480006');
-  const cols = dicom.number(first, '00280011');
-  state.tiles = frames.length > 1 && matrix && cols ? { columns: Math.ceil(matrix / cols) } : null;
-  // A slide's first tile is usually empty glass: start a tiled image at its centre tile.
-  let start = 0;
-  if (state.tiles) {
-    const rows = Math.ceil(frames.length / state.tiles.columns);
-    start = Math.min(frames.length - 1, Math.floor(rows / 2) * state.tiles.columns + Math.floor(state.tiles.columns / 2));
-  }
-  const color = (dicom.number(first, '00280002') ?? 1) > 1;
+  state.tiles = tiles;
   for (const button of document.querySelectorAll('#presets button')) button.disabled = color;
 
-  // A stack the gateway has made its lossless derivative for loads progressively (preview, then full quality).
-  const progressive = !state.tiles && imageIds.length <= PREFETCH_ALL && (await stage.probeDerivative(imageIds[start]));
   el.dataset.progressive = String(progressive);
-  await stage.show(imageIds, start, progressive);
+  await stage.show(imageIds, start, progressive, () => moment('dgw-first-image'));
   moment('dgw-first-image');
   if (!state.toolsBound) {
     await stage.bindTools();
@@ -246,6 +259,7 @@ async function main() {
     showError('notfound');
     return;
   }
+  const first = seriesInfo(series[0]); // metadata and the derivative probe while Cornerstone loads
   const { Stage, Enums, eventTarget } = await stageModule;
   state.Enums = Enums;
   state.eventTarget = eventTarget;
@@ -253,7 +267,7 @@ async function main() {
   await state.stage.init();
   bindControls(state.stage);
   renderSeriesList(series);
-  await openSeries(series[0]);
+  await openSeries(series[0], first);
   $('viewport').focus({ preventScroll: true });
 }
 

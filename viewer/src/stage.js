@@ -12,13 +12,8 @@ import {
   utilities,
 } from '@cornerstonejs/core';
 import { init as initLoader, wadors } from '@cornerstonejs/dicom-image-loader';
+import { ACCEPT_EITHER } from './dicomweb.js';
 
-// The gateway's lossless derivative (HTJ2K Lossless RPCL): asked for by name, with the stored frame as the fallback.
-// The image loader's own Accept is fixed, so the request names them in PS3.18's `accept` query parameter.
-export const DERIVATIVE_TS = '1.2.840.10008.1.2.4.202';
-const ACCEPT_EITHER = `accept=${encodeURIComponent(
-  `image/jphc;transfer-syntax=${DERIVATIVE_TS},application/octet-stream;transfer-syntax=*`,
-)}`;
 // Preview from the first bytes of each codestream (its low resolutions), then the rest of the same object.
 const PREVIEW_BYTES = 65536;
 const PROGRESSIVE = {
@@ -94,27 +89,16 @@ export class Stage {
   }
 
   /**
-   * Probe one frame for the derivative with a one-byte request: its Content-Type says whether the gateway has made
-   * it. The derivative series loads progressively; a stored-only one as before (no Range on raw pixels).
+   * Show a stack; resolves once the image is on screen at full quality. ``onFirstRender`` runs when the first
+   * picture is drawn (a preview, when progressive).
    */
-  async probeDerivative(imageId) {
-    try {
-      const url = `${imageId.slice('wadors:'.length)}?${ACCEPT_EITHER}`;
-      const response = await fetch(url, {
-        headers: { Accept: 'multipart/related; type=application/octet-stream', Range: 'bytes=0-0' },
-        credentials: 'same-origin',
-        referrerPolicy: 'no-referrer',
-        cache: 'no-store',
-      });
-      return (response.headers.get('Content-Type') || '').includes(DERIVATIVE_TS);
-    } catch {
-      return false;
-    }
-  }
-
-  /** Show a stack; resolves once the first image is on screen (a preview, when progressive). */
-  async show(imageIds, index = 0, progressive = false) {
+  async show(imageIds, index = 0, progressive = false, onFirstRender = () => {}) {
     this.imageIds = imageIds;
+    const rendered = () => {
+      this.element.removeEventListener(Enums.Events.STACK_NEW_IMAGE, rendered);
+      onFirstRender();
+    };
+    this.element.addEventListener(Enums.Events.STACK_NEW_IMAGE, rendered);
     this.progressive = progressive;
     imageRetrieveMetadataProvider.clear();
     if (progressive) imageRetrieveMetadataProvider.add('stack', { ...PROGRESSIVE });
