@@ -60,3 +60,14 @@ def handler(
     object."""
     settings = settings or _default_settings()
     return handle_event(event, settings, ingestor or make_ingestor(settings), s3 or s3_client())
+
+
+def derive_handler(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
+    """SQS entry point of the derivative Lambda (terraform/derive.tf): each message names one instance whose
+    lossless derivative ``gateway.derive`` makes; failed messages are reported back for SQS to retry."""
+    from gateway.catalog import Catalog
+    from gateway.derive import handle_sqs
+    from gateway.storage import open_storage
+
+    settings = _default_settings()
+    return handle_sqs(event, open_storage(settings.storage_url), Catalog(settings.database_url))

@@ -304,13 +304,18 @@ def test_schema_is_strict_enough_to_catch_a_typo(compose_schema: dict[str, Any])
 
 def test_services_are_the_documented_stack() -> None:
     services = load_compose()["services"]
-    assert set(services) == {"nginx", "gateway", "minio", "minio-init", "postgres", "seed"}
+    assert set(services) == {"nginx", "gateway", "derive", "minio", "minio-init", "postgres", "seed"}
     assert services["nginx"]["build"] == {"context": ".", "dockerfile": "docker/nginx.Dockerfile"}
     assert services["gateway"]["build"] == {"context": ".", "dockerfile": "docker/gateway.Dockerfile"}
     # the seed runs the gateway image: same build, same tag, so compose never pulls it
     assert services["seed"]["build"] == services["gateway"]["build"]
     assert services["seed"]["image"] == services["gateway"]["image"]
     assert services["seed"]["command"][:3] == ["dicom-gateway", "stack", "seed"]
+    # the derivative worker runs the gateway image too, with the gateway's storage and catalog
+    assert services["derive"]["image"] == services["gateway"]["image"]
+    assert services["derive"]["command"] == ["python", "-m", "gateway.derive"]
+    for name in ("DICOMGW_STORAGE_URL", "DICOMGW_DATABASE_URL"):
+        assert services["derive"]["environment"][name] == services["gateway"]["environment"][name]
 
 
 def test_every_dependency_exists_and_is_waited_for_properly() -> None:
