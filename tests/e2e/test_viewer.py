@@ -176,7 +176,7 @@ def assert_clean_network(log: NetworkLog, token: str, *, devtools_sees_viewer: b
     # (Playwright lists an empty Referer for requests made by the decode worker, e.g. a codec's wasm: nothing is sent)
     assert [url for _, url, h in seen if h.get("referer")] == [], "no-referrer: no request should carry a Referer"
     assert [h["accept"] for _, _, h in seen if '"' in h.get("accept", "")] == []
-    frames = [h for _, url, h in seen if "/frames/" in url]
+    frames = [h for _, url, h in seen if "/frames/" in url and "/rendered" not in url]  # not the placeholder JPEG
     assert frames, "no frame was requested"
     assert all(h["accept"].startswith("multipart/related; type=application/octet-stream") for h in frames)
     violations = [m for m in log.console if "Content Security Policy" in m or m.startswith("pageerror")]
@@ -625,7 +625,12 @@ def test_progressive_derivative_then_full_quality(
     assert {"dgw-first-image", "dgw-all-full-quality"} <= set(marks)
     assert "preview" not in (page.text_content("#overlay-br") or "")
     assert any("preview, loading full quality" in text for text in previews)
-    frames = [(r.url, r.headers.get("range"), r) for r in log.requests if "/frames/" in r.url]
+    # the rendered JPEG of the first slice stands in until Cornerstone draws (a preview like the others)
+    assert [r for r in log.requests if r.url.split("?")[0].endswith("/frames/1/rendered")]
+    assert 0 < float(data["firstImageMs"]) <= float(data["firstCornerstoneMs"]) <= float(data["fullQualityMs"])
+    assert page.locator("#placeholder").count() == 0
+    pixels = [r for r in log.requests if "/frames/" in r.url and "/rendered" not in r.url]
+    frames = [(r.url, r.headers.get("range"), r) for r in pixels]
     assert frames and all("1.2.840.10008.1.2.4.202" in unquote(url) for url, _, _ in frames)
     assert any(rng and rng.startswith("bytes=0-") and rng != "bytes=0-0" for _, rng, _ in frames)
     served = {r.response().headers["content-type"] for _, _, r in frames if r.response() is not None}

@@ -32,9 +32,8 @@ const state = {
 function moment(name) {
   if (performance.getEntriesByName(name).length) return;
   const mark = performance.mark(name);
-  $('viewport').dataset[name === 'dgw-first-image' ? 'firstImageMs' : 'fullQualityMs'] = String(
-    Math.round(mark.startTime),
-  );
+  const key = { 'dgw-first-image': 'firstImageMs', 'dgw-first-cornerstone-image': 'firstCornerstoneMs' }[name];
+  $('viewport').dataset[key || 'fullQualityMs'] = String(Math.round(mark.startTime));
 }
 
 function setStatus() {
@@ -59,6 +58,38 @@ function setStatus() {
 function tileLabel(index) {
   const { columns } = state.tiles;
   return `Tile ${index + 1} / ${state.stage.imageIds.length} (column ${(index % columns) + 1}, row ${Math.floor(index / columns) + 1})`;
+}
+
+/**
+ * Until Cornerstone draws, show the gateway's rendered JPEG of the first slice (a few tens of KB, with the file's
+ * window): a phone on a slow network sees the image before ~1 MB of imaging code has arrived. It is a preview like
+ * the progressive ones: the overlay says so, and the lossless image replaces it.
+ */
+function showPlaceholder(series, info) {
+  const { frames, tiles, start } = info;
+  const frame = frames[start];
+  if (tiles || !frame) return;
+  const el = $('viewport');
+  const box = el.getBoundingClientRect();
+  const scale = window.devicePixelRatio || 1;
+  const size = `${Math.max(64, Math.round(box.width * scale))},${Math.max(64, Math.round(box.height * scale))}`;
+  const img = document.createElement('img');
+  img.id = 'placeholder';
+  img.alt = '';
+  img.decoding = 'async';
+  img.referrerPolicy = 'no-referrer';
+  img.addEventListener('load', () => {
+    if (!img.isConnected) return;
+    moment('dgw-first-image');
+    el.dataset.quality = 'preview';
+    $('overlay-br').textContent = `Image ${start + 1} / ${frames.length} · preview, loading full quality`;
+  });
+  img.src = `${state.client.frameUrl(state.study, series.uid, frame.sop, frame.frame)}/rendered?viewport=${size}&quality=80`;
+  $('stage').append(img);
+}
+
+function removePlaceholder() {
+  document.getElementById('placeholder')?.remove();
 }
 
 function setProgress(done, total, label) {
@@ -150,8 +181,14 @@ async function openSeries(series, info = seriesInfo(series)) {
   for (const button of document.querySelectorAll('#presets button')) button.disabled = color;
 
   el.dataset.progressive = String(progressive);
-  await stage.show(imageIds, start, progressive, () => moment('dgw-first-image'));
+  await stage.show(imageIds, start, progressive, () => {
+    removePlaceholder();
+    moment('dgw-first-image');
+    moment('dgw-first-cornerstone-image');
+  });
+  removePlaceholder();
   moment('dgw-first-image');
+  moment('dgw-first-cornerstone-image');
   if (!state.toolsBound) {
     await stage.bindTools();
     state.toolsBound = true;
@@ -260,6 +297,7 @@ async function main() {
     return;
   }
   const first = seriesInfo(series[0]); // metadata and the derivative probe while Cornerstone loads
+  first.then((info) => showPlaceholder(series[0], info)).catch(() => {});
   const { Stage, Enums, eventTarget } = await stageModule;
   state.Enums = Enums;
   state.eventTarget = eventTarget;
