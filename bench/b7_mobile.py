@@ -104,7 +104,7 @@ def run() -> Report:
     raw = sum(f.stat().st_size for f in files)
     with run_dir("b7") as var, \
             running_stack(var / "original", {"DICOMGW_DERIVATIVES": "0"}) as original, \
-            running_stack(var / "derivative") as derived:
+            running_stack(var / "derivative", derive_worker=True) as derived:
         study = uids(files[0])[0]
         original.stow(files)
         stow_seconds, _, _ = derived.stow(files)
