@@ -77,9 +77,12 @@ class SqsQueue:
 
     def __init__(self, url: str, client: Any = None) -> None:
         import boto3
+        from botocore.config import Config
 
         self.url = url
-        self.client = client or boto3.client("sqs")
+        # Sent inside the STOW request: an SQS outage must cost seconds, not botocore's default minutes.
+        quick = Config(connect_timeout=2, read_timeout=2, retries={"max_attempts": 2, "mode": "standard"})
+        self.client = client or boto3.client("sqs", config=quick)
 
     def enqueue(self, sop_uid: str) -> None:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import imagecodecs
 import numpy as np
@@ -18,6 +19,7 @@ from gateway.dicom.index import index_file
 from gateway.storage import open_storage
 from gateway.tools.synth import make_series, make_wsi
 from tests.fixtures.catalog_data import make_instance, record
+from tests.fixtures.servers import MotoServer, start_moto
 
 SOP = "1.2.3.4.5.6"
 
@@ -106,3 +108,27 @@ def test_sqs_handler_reports_only_failed_messages(catalog: Catalog, tmp_path: Pa
         ]
     }
     assert handle_sqs(event, storage, catalog) == {"batchItemFailures": [{"itemIdentifier": "b"}]}
+
+
+def test_sqs_queue_sends_one_message_and_never_raises(moto_server: MotoServer) -> None:
+    """Through moto's SQS server: one message per instance; a dead endpoint is logged, never raised (the upload it
+    belongs to stands and its original is served)."""
+    import boto3
+    from botocore.config import Config
+
+    from gateway.derive import SqsQueue
+
+    def client(endpoint: str) -> object:
+        quick = Config(connect_timeout=1, read_timeout=1, retries={"max_attempts": 1})
+        return boto3.client("sqs", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="k",
+                            aws_secret_access_key="s", config=quick)  # fmt: skip
+
+    sqs: Any = client(moto_server.endpoint)
+    url = sqs.create_queue(QueueName="derive-test")["QueueUrl"]
+    SqsQueue(url, client=sqs).enqueue("1.2.3")
+    (message,) = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=1)["Messages"]
+    assert message["Body"] == '{"sop_uid": "1.2.3"}'
+    dead = start_moto()
+    dead_client = client(dead.endpoint)
+    dead.stop()
+    SqsQueue(url, client=dead_client).enqueue("1.2.4")  # no exception
