@@ -254,11 +254,14 @@ class BenchStack:
 
 @contextlib.contextmanager
 def running_stack(var_dir: Path, extra_env: Mapping[str, str] | None = None,
-                  database_url: str = "") -> Iterator[BenchStack]:
-    """The production stack (NGINX from the template + gunicorn, local storage, SQLite) on a free port."""
+                  database_url: str = "", *, derive_worker: bool = False) -> Iterator[BenchStack]:
+    """The production stack (NGINX from the template + gunicorn, local storage, SQLite) on a free port. The
+    derivative worker runs only when asked (B7): elsewhere it would take CPU from what is measured, while ingest
+    still queues its jobs as in production."""
     if not Path(NGINX).exists():
         raise BenchSkip("nginx is not installed: apt-get install nginx")
-    stack = Stack(var_dir, port=free_port(), database_url=database_url, extra_env=dict(extra_env or {}))
+    stack = Stack(var_dir, port=free_port(), database_url=database_url, extra_env=dict(extra_env or {}),
+                  derive_worker=derive_worker)
     try:
         stack.start(timeout=60)
     except StackError as error:

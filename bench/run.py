@@ -1,4 +1,4 @@
-"""``make bench``: run B1-B7 one after the other and print a summary table.
+"""``make bench``: run B1-B8 one after the other and print a summary table.
 
 ``python -m bench.run`` runs all; ``python -m bench.run b1 b5`` runs some. A benchmark that cannot run (no wrk, no
 nginx) is listed as SKIPPED with the reason; one that crashes is listed as ERROR and the others still run. Exit
@@ -13,7 +13,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-from bench import b1_frames, b2_throughput, b3_retrieve, b4_ingest, b5_qido, b6_token, b7_pixels
+from bench import b1_frames, b2_throughput, b3_retrieve, b4_ingest, b5_qido, b6_token, b7_mobile, b8_pixels
 from bench.common import BenchSkip, Report
 
 BENCHES: dict[str, Callable[[], Report]] = {
@@ -23,7 +23,8 @@ BENCHES: dict[str, Callable[[], Report]] = {
     "b2": b2_throughput.run,
     "b3": b3_retrieve.run,
     "b5": b5_qido.run,
-    "b7": b7_pixels.run,
+    "b7": b7_mobile.run,
+    "b8": b8_pixels.run,
 }
 
 

@@ -107,6 +107,23 @@ VARIABLES: dict[str, Variable] = {
         minimum=0,
     ),
     "STOW_OVERWRITE": Variable(False, "0", "1: a STOW of a known SOP Instance UID with different bytes replaces it."),
+    "DERIVATIVES": Variable(
+        False,
+        "1",
+        "1: after the STOW answer, a worker stores a lossless HTJ2K copy of each native monochrome frame, served to "
+        "clients whose Accept names its transfer syntax; 0: none are made.",
+    ),
+    "DERIVATIVES_FOR_ANY": Variable(
+        False,
+        "0",
+        "1: also serve the HTJ2K derivative to `transfer-syntax=*` (off: DWV-like clients keep the stored bytes).",
+    ),
+    "DERIVE_QUEUE_URL": Variable(
+        False,
+        "",
+        "Empty: derivative jobs go to the catalog's job table (the stack's worker polls it); an SQS queue URL: "
+        "sent there (the AWS deployment's Lambda consumes it).",
+    ),
     "BULKDATA_THRESHOLD": Variable(
         False,
         "1024",
@@ -278,6 +295,9 @@ class Settings:
     revocation_refresh: float = 2.0
     delete_settle: float = 5.0
     stow_overwrite: bool = False
+    derivatives: bool = True
+    derivatives_for_any: bool = False
+    derive_queue_url: str = ""
     bulkdata_threshold: int = 1024
     deid_key: str = ""
     tmp_dir: str = ""
@@ -356,6 +376,9 @@ class Settings:
             revocation_refresh=float(_int("REVOCATION_REFRESH", values["REVOCATION_REFRESH"], 0)),
             delete_settle=float(_int("DELETE_SETTLE", values["DELETE_SETTLE"], 0)),
             stow_overwrite=_flag("STOW_OVERWRITE", values["STOW_OVERWRITE"]),
+            derivatives=_flag("DERIVATIVES", values["DERIVATIVES"]),
+            derivatives_for_any=_flag("DERIVATIVES_FOR_ANY", values["DERIVATIVES_FOR_ANY"]),
+            derive_queue_url=values["DERIVE_QUEUE_URL"],
             bulkdata_threshold=_int("BULKDATA_THRESHOLD", values["BULKDATA_THRESHOLD"], 0),
             deid_key=values["DEID_KEY"],
             tmp_dir=values["TMP_DIR"],

@@ -13,7 +13,7 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from gateway.catalog import Catalog
 from gateway.catalog.admin import Reservation
@@ -34,6 +34,9 @@ from gateway.metrics import INGESTED
 from gateway.scope import Scope
 from gateway.storage import Storage
 from gateway.uids import InstanceId
+
+if TYPE_CHECKING:
+    from gateway.derive import Offering
 
 log = logging.getLogger("gateway.ingest")
 
@@ -95,8 +98,10 @@ class Ingestor:
         *,
         spool_dir: Path,
         destinations: dict[str, Storage] | None = None,
+        derivatives: Offering | None = None,
     ) -> None:
         self.settings = settings
+        self.derivatives = derivatives
         self.storage = storage
         self.catalog = catalog
         self.hooks = hooks
@@ -317,6 +322,8 @@ class Ingestor:
             return self._different_bytes(result), False
         if not created:
             result.status = "duplicate"
+        elif self.derivatives is not None:
+            self.derivatives.offer(indexed)  # made after the answer, by the derivative worker (gateway.derive)
         log.info("stored instance", extra={"sop_uid": indexed.ids.sop, "bytes": stored.size})
         return result, True
 

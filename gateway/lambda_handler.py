@@ -68,3 +68,14 @@ def retention(event: Mapping[str, Any], context: Any = None, *, settings: Settin
     from gateway.retention import run
 
     return run(settings or _default_settings(), dry_run=False)
+
+
+def derive_handler(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
+    """SQS entry point of the derivative Lambda (terraform/derive.tf): each message names one instance whose
+    lossless derivative ``gateway.derive`` makes; failed messages are reported back for SQS to retry."""
+    from gateway.catalog import Catalog
+    from gateway.derive import handle_sqs
+    from gateway.storage import open_storage
+
+    settings = _default_settings()
+    return handle_sqs(event, open_storage(settings.storage_url), Catalog(settings.database_url))

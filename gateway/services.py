@@ -71,10 +71,21 @@ class Services:
             study_version=catalog.study_version,
             generation=authorizer.generation,
             plan_seconds=settings.plan_cache_seconds,
+            derivatives_for_any=settings.derivatives_for_any,
         )
         destinations: dict[str, Storage] = {}
         if hooks is None:
             hooks, destinations = build_policy_hooks(settings, storage)
         spool_dir = Path(settings.tmp_dir or tempfile.gettempdir())
-        ingestor = Ingestor(settings, storage, catalog, hooks, spool_dir=spool_dir, destinations=destinations)
+        from gateway.derive import open_offering
+
+        ingestor = Ingestor(
+            settings,
+            storage,
+            catalog,
+            hooks,
+            spool_dir=spool_dir,
+            destinations=destinations,
+            derivatives=open_offering(settings, catalog),
+        )
         return cls(settings, storage, catalog, tokens, authorizer, planner, ingestor, spool_dir)

@@ -42,6 +42,8 @@ locals {
     GUNICORN_BIND         = "127.0.0.1:8000"
     WEB_CONCURRENCY       = tostring(var.gateway_workers)
     GUNICORN_THREADS      = tostring(var.gateway_threads)
+    # derivative jobs go to SQS (derive.tf), consumed by the derive Lambda
+    DICOMGW_DERIVE_QUEUE_URL = aws_sqs_queue.derive.url
   }, var.gateway_environment)
 
   gateway_secrets = {

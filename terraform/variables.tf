@@ -387,3 +387,27 @@ variable "alarm_topic_arns" {
   type        = list(string)
   default     = []
 }
+
+variable "derive_memory_mb" {
+  description = "Memory of the derivative Lambda in MB (CPU scales with it; HTJ2K encoding is CPU-bound)."
+  type        = number
+  default     = 2048
+}
+
+variable "derive_timeout_seconds" {
+  description = "Timeout of one derivative invocation (a batch of up to 5 instances)."
+  type        = number
+  default     = 300
+}
+
+variable "derive_reserved_concurrency" {
+  description = "Most derivative invocations at once (each holds one catalog connection)."
+  type        = number
+  default     = 10
+}
+
+variable "derive_max_receives" {
+  description = "Attempts per instance before its message goes to the derivative dead-letter queue."
+  type        = number
+  default     = 3
+}

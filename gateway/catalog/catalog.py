@@ -22,6 +22,7 @@ from sqlalchemy.engine import Connection
 from gateway.catalog.access import AccessRecords
 from gateway.catalog.admin import PURGE_INTERVAL, AdminRecords, Reservation
 from gateway.catalog.deletions import DeletionRecords
+from gateway.catalog.derivatives import DerivativeRecords
 from gateway.catalog.engine import MIGRATIONS, engine_url
 from gateway.catalog.records import InstanceRecord, InstanceRow
 from gateway.catalog.schema import audit, instances, reservations, series, studies
@@ -40,10 +41,10 @@ _GET_FULL = sa.select(*instances.c).where(instances.c.sop_uid == sa.bindparam("s
 _GET_LIGHT = sa.select(*_ROW_COLUMNS).where(instances.c.sop_uid == sa.bindparam("sop_uid"))
 
 
-class Catalog(DeletionRecords, AdminRecords, AccessRecords):
+class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
     """Instances, series and studies (register, read, delete, QIDO search), plus everything ``DeletionRecords``,
-    ``AdminRecords``, ``AccessRecords`` and ``CatalogBase`` provide. ``Catalog(url)`` with ``sqlite:///...`` or
-    ``postgresql://...``."""
+    ``AdminRecords``, ``AccessRecords``, ``DerivativeRecords`` and ``CatalogBase`` provide. ``Catalog(url)`` with
+    ``sqlite:///...`` or ``postgresql://...``."""
 
     # --- instances ------------------------------------------------------------------------------------------
 
@@ -191,8 +192,9 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords):
     def _row(row: Any) -> InstanceRow:
         data = dict(row._mapping)
         data.setdefault("metadata", None)
-        if data["frame_index"] is not None:
-            data["frame_index"] = bytes(data["frame_index"])
+        for name in ("frame_index", "derivative_index"):
+            if data.get(name) is not None:
+                data[name] = bytes(data[name])
         return InstanceRow(**data)
 
     def get_instance(self, sop_uid: str, *, with_metadata: bool = True) -> InstanceRow | None:

@@ -120,6 +120,9 @@ class InstanceRow:
     created_at: int
     tenant: str | None = None
     destination: str | None = None
+    derivative_syntax: str | None = None
+    derivative_key: str | None = None
+    derivative_index: bytes | None = None
 
     def bulk_ranges(self) -> list[BulkRange]:
         return [BulkRange(path, vr, offset, length) for path, vr, offset, length in json.loads(self.bulkdata)]

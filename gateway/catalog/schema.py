@@ -80,6 +80,11 @@ instances = sa.Table(
     # what retention rules select on (gateway.retention): the upload's tenant and the policy destination
     sa.Column("tenant", sa.Text),
     sa.Column("destination", sa.Text),
+    # The lossless per-frame derivative (gateway.derive), published in one UPDATE once wholly stored: its transfer
+    # syntax, storage key (under the instance's prefix) and packed frame index. NULL until then.
+    sa.Column("derivative_syntax", UID),
+    sa.Column("derivative_key", sa.Text),
+    sa.Column("derivative_index", sa.LargeBinary),
     sa.Index("ix_instances_series_number", "series_uid", "instance_number"),
     sa.Index("ix_instances_study", "study_uid"),
     sa.Index("ix_instances_created_at", "created_at"),
@@ -201,4 +206,19 @@ access_cursor = sa.Table(
     sa.Column("source", sa.String(1024), primary_key=True),
     sa.Column("file_id", sa.String(64), nullable=False),
     sa.Column("position", sa.BigInteger, nullable=False),
+)
+
+# Derivative jobs (gateway.derive): one row per instance waiting for (or given up on) its derivative. A worker
+# claims a due row by moving ``not_before`` past a lease and counting the attempt (compare-and-swap on
+# ``attempts``), so a crashed encode is retried after the lease; success deletes the row; ``attempts`` reaching the
+# limit leaves it as the record of a failure (the original is served).
+derive_jobs = sa.Table(
+    "derive_jobs",
+    metadata,
+    sa.Column("sop_uid", UID, primary_key=True),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("not_before", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("last_error", sa.Text),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Index("ix_derive_jobs_due", "attempts", "not_before"),
 )

@@ -1,6 +1,8 @@
 """Accept negotiation per PS3.18 8.7: media ranges with quoted or unquoted ``type`` and ``transfer-syntax``
 parameters, q-values, comma lists; the ``accept`` query parameter wins over the header; 406 when nothing fits.
-We never transcode: an offer names the stored transfer syntax, and ``transfer-syntax=*`` accepts it."""
+We never transcode: an offer names the stored transfer syntax, and ``transfer-syntax=*`` accepts it. An offer of a
+stored derivative (``explicit_only``) matches only a media range that names its transfer syntax, so a client that
+did not ask for it never receives it."""
 
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ class Offer:
     part_type: str
     transfer_syntax: str
     multipart: bool
+    explicit_only: bool = False  # a derivative: only for a media range naming this transfer syntax
+    star_too: bool = False  # ...or ``transfer-syntax=*`` (a deployment setting)
 
     @property
     def part_content_type(self) -> str:
@@ -81,6 +85,8 @@ def _matches(media_range: MediaRange, offer: Offer, default_part: str) -> bool:
     ts = media_range.params.get("transfer-syntax")
     if ts is not None and ts != "*" and ts != offer.transfer_syntax:
         return False
+    if offer.explicit_only and ts != offer.transfer_syntax and not (offer.star_too and ts == "*"):
+        return False
     if media_range.media_type == "multipart/related":
         if not offer.multipart:
             return False
@@ -98,13 +104,15 @@ def _matches(media_range: MediaRange, offer: Offer, default_part: str) -> bool:
 
 
 def negotiate(accept: str, offers: list[Offer]) -> Offer:
-    """The best offer for ``accept`` (the first offer is the default for a missing header or ``*/*``)."""
+    """The best offer for ``accept`` (the first offer that is not ``explicit_only`` is the default for a missing
+    header or ``*/*``)."""
     if not offers:
         raise NotAcceptable("no representation is available")
     ranges = parse_accept(accept) if accept.strip() else []
+    default = next((o for o in offers if not o.explicit_only), offers[0])
     if not ranges:
-        return offers[0]
-    default_part = offers[0].part_type
+        return default
+    default_part = default.part_type
     for media_range in ranges:
         for offer in offers:
             if _matches(media_range, offer, default_part):

@@ -28,6 +28,9 @@ from gateway.numbers import parse_int
 from gateway.uids import InstanceId, check_uid
 
 NATIVE_TS = "1.2.840.10008.1.2.1"
+# The lossless derivative's transfer syntax (gateway.derive): HTJ2K Lossless with RPCL progression, PS3.5 A.4.13.
+DERIVATIVE_TS = "1.2.840.10008.1.2.4.202"
+DERIVATIVE_MEDIA_TYPE = "image/jphc"
 # Plans of single instances never change (an overwrite is opt-in); study/series lists grow with uploads.
 STABLE_PLAN_SECONDS = 600
 
@@ -37,6 +40,15 @@ class PlanResponse:
     status: int
     headers: list[tuple[str, str]]
     body: bytes = b""
+
+
+@dataclass(frozen=True)
+class Derivative:
+    """A published derivative: another stored object with its own frame index (one codestream per frame)."""
+
+    transfer_syntax_uid: str
+    storage_key: str
+    frames: FrameIndex
 
 
 @dataclass
@@ -51,6 +63,7 @@ class CachedInstance:
     frame_media_type: str
     frames: FrameIndex | None
     bulkdata: dict[str, tuple[int, int]] = field(default_factory=dict)
+    derivative: Derivative | None = None
 
 
 def _decode_bulkdata(value: Any) -> dict[str, tuple[int, int]]:
@@ -78,7 +91,27 @@ def to_cached(row: Any) -> CachedInstance:
         frame_media_type=row.frame_media_type or "application/octet-stream",
         frames=FrameIndex.unpack(row.frame_index) if row.frame_index else None,
         bulkdata=_decode_bulkdata(row.bulkdata),
+        derivative=_derivative(row),
     )
+
+
+def _derivative(row: Any) -> Derivative | None:
+    syntax, key, index = (getattr(row, n, None) for n in ("derivative_syntax", "derivative_key", "derivative_index"))
+    if not (syntax and key and index):
+        return None
+    return Derivative(syntax, key, FrameIndex.unpack(index))
+
+
+def slice_ranges(ranges: list[tuple[int, int]], first: int, last: int) -> list[tuple[int, int]]:
+    """The stored (offset, length) ranges holding bytes ``first..last`` (inclusive) of their concatenation."""
+    result: list[tuple[int, int]] = []
+    position = 0
+    for offset, length in ranges:
+        start, end = max(first, position), min(last, position + length - 1)
+        if start <= end:
+            result.append((offset + start - position, end - start + 1))
+        position += length
+    return result
 
 
 def parse_range(header: str, length: int) -> tuple[int, int] | None:
@@ -116,11 +149,13 @@ class Planner:
         study_version: Callable[[str], Any] | None = None,
         generation: Callable[[str], int] | None = None,
         plan_seconds: int = STABLE_PLAN_SECONDS,
+        derivatives_for_any: bool = False,
     ) -> None:
         """``whole_object_prefix`` is where SSI fetches a whole object: ``/_seg/all`` proxies to storage,
         ``/_file`` (local-folder storage) lets NGINX read the file itself. ``generation(study)`` changes when
         something of the study is deleted (``Authorizer.generation``): what is cached under an older one is
-        reloaded."""
+        reloaded. ``derivatives_for_any``: a frame's derivative also answers ``transfer-syntax=*``."""
+        self._derivatives_for_any = derivatives_for_any
         self._load_instance = load_instance
         self._list_instances = list_instances
         self._origin_path = origin_path
@@ -170,14 +205,16 @@ class Planner:
             raise NotFound("not a retrieve path")
         instance = self.instance(target.study, target.series or "", target.instance)
         if target.rest.startswith("frames/"):
-            return self._frames(instance, target.rest[len("frames/") :], accept)
+            return self._frames(instance, target.rest[len("frames/") :], accept, range_header)
         if target.rest.startswith("bulkdata/"):
             return self._bulkdata(instance, target.rest[len("bulkdata/") :], accept, range_header)
         raise NotFound("not a retrieve path")
 
     # -- pieces ---------------------------------------------------------------------------------------------------
-    def _include(self, instance: CachedInstance, first: int | None = None, length: int = 0) -> bytes:
-        origin = self._origin_path(instance.storage_key)
+    def _include(
+        self, instance: CachedInstance, first: int | None = None, length: int = 0, key: str | None = None
+    ) -> bytes:
+        origin = self._origin_path(key or instance.storage_key)
         where = self._whole_prefix if first is None else f"{nginx.SEGMENT}/{first}-{first + length - 1}"
         return f'<!--# include virtual="{where}{origin}" wait="yes" -->'.encode()
 
@@ -253,9 +290,20 @@ class Planner:
             if media != "application/octet-stream":
                 offers.append(Offer(media, ts, False))
             offers.append(Offer("application/octet-stream", ts, False))
+        derivative = instance.derivative
+        if derivative is not None:
+            # Before the stored syntax's offers: a client naming both syntaxes gets the derivative where it exists.
+            dts, star = derivative.transfer_syntax_uid, self._derivatives_for_any
+            kinds = [(DERIVATIVE_MEDIA_TYPE, True), ("application/octet-stream", True)]
+            if single_allowed:
+                kinds += [(DERIVATIVE_MEDIA_TYPE, False), ("application/octet-stream", False)]
+            offers[:0] = [Offer(m, dts, multi, explicit_only=True, star_too=star) for m, multi in kinds]
         return offers
 
-    def _frames(self, instance: CachedInstance, spec: str, accept: str) -> PlanResponse:
+    def _wants_derivative(self, accept: str) -> bool:
+        return DERIVATIVE_TS in accept or (self._derivatives_for_any and "transfer-syntax=*" in accept.replace(" ", ""))
+
+    def _frames(self, instance: CachedInstance, spec: str, accept: str, range_header: str = "") -> PlanResponse:
         items = spec.split(",")
         if len(items) > 1000:
             raise BadRequest("at most 1000 frame numbers per request")
@@ -265,18 +313,48 @@ class Planner:
                 "frames of this instance cannot be served as stored byte ranges "
                 "(deflated, big-endian or 1-bit data); retrieve the instance instead"
             )
-        ranges = [instance.frames.ranges(n) for n in numbers]
+        stored = instance.frames
+        expires = self._plan_seconds
+        if instance.derivative is None and self._wants_derivative(accept):
+            # The derivative may have been published since this process cached the row: look again, and keep the
+            # answer (the original) out of NGINX's plan cache so the derivative is served as soon as it exists.
+            self.forget(instance.ids.sop)
+            instance = self.instance(instance.ids.study, instance.ids.series, instance.ids.sop)
+            expires = 0 if instance.derivative is None else expires
+        for n in numbers:
+            stored.ranges(n)  # FrameNotFound before negotiation, whichever object answers
         offer = negotiate(accept, self._frame_offers(instance, len(numbers) == 1))
-        includes = [[self._include(instance, start, length) for start, length in frame] for frame in ranges]
+        key, index = instance.storage_key, stored
+        if offer.explicit_only and instance.derivative is not None:
+            key, index = instance.derivative.storage_key, instance.derivative.frames
+        ranges = [index.ranges(n) for n in numbers]
         if not offer.multipart:
-            return PlanResponse(
-                200,
-                [("Content-Type", offer.part_content_type), ("X-Accel-Expires", str(self._plan_seconds))],
-                b"".join(includes[0]),
-            )
-        return self._multipart(
-            [(offer.part_content_type, inc) for inc in includes], offer.part_type, self._plan_seconds
-        )
+            return self._single_frame(instance, key, ranges[0], offer, range_header, expires)
+        includes = [[self._include(instance, start, length, key) for start, length in frame] for frame in ranges]
+        return self._multipart([(offer.part_content_type, inc) for inc in includes], offer.part_type, expires)
+
+    def _single_frame(
+        self,
+        instance: CachedInstance,
+        key: str,
+        ranges: list[tuple[int, int]],
+        offer: Offer,
+        range_header: str,
+        expires: int,
+    ) -> PlanResponse:
+        """One frame as a single part, honouring one byte range (206 / 416), so a progressive decoder can start
+        from the first bytes of a codestream."""
+        total = sum(length for _, length in ranges)
+        headers = [("Content-Type", offer.part_content_type), ("X-Accel-Expires", str(expires))]
+        wanted = parse_range(range_header, total) if range_header else None
+        if wanted is not None:
+            first, last = wanted
+            ranges = slice_ranges(ranges, first, last)
+            headers.append(("Content-Range", f"bytes {first}-{last}/{total}"))
+        else:
+            headers.append((nginx.ACCEPT_RANGES, "bytes"))
+        body = b"".join(self._include(instance, start, length, key) for start, length in ranges)
+        return PlanResponse(206 if wanted is not None else 200, headers, body)
 
     def _bulkdata(self, instance: CachedInstance, path: str, accept: str, range_header: str) -> PlanResponse:
         found = instance.bulkdata.get(path)

@@ -95,6 +95,7 @@ class Stack:
     extra_env: Mapping[str, str] = field(default_factory=dict)
     gunicorn_workers: int = 2
     gunicorn_threads: int = 8
+    derive_worker: bool = True  # the derivative worker (gateway.derive), unless DICOMGW_DERIVATIVES=0
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     log_marks: dict[Path, int] = field(default_factory=dict)
 
@@ -298,6 +299,8 @@ class Stack:
             env,
         )
         self._wait_for_socket(self.run_dir / "gunicorn.sock", "gunicorn", timeout)
+        if self.derive_worker and env.get("DICOMGW_DERIVATIVES", "1").lower() not in ("0", "false", "no", "off"):
+            self._spawn("derive", [sys.executable, "-m", "gateway.derive"], env)
         directives = "daemon off;"
         if os.geteuid() == 0:
             # Started as root (CI containers): keep workers as root so they can use the sockets under var/.

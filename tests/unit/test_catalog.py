@@ -57,7 +57,7 @@ def test_migrate_is_idempotent_and_matches_schema(catalog: Catalog) -> None:
         diffs = compare_metadata(MigrationContext.configure(conn), schema_metadata)
         version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one()
     assert diffs == []
-    assert version == "0005"
+    assert version == "0006"
     catalog.check()
 
 

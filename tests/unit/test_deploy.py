@@ -315,6 +315,7 @@ def test_services_are_the_documented_stack() -> None:
         "seed",
         "retention",
         "audit-collector",
+        "derive",
     }
     # the audit collector reads the log NGINX writes, on the volume both mount (README, "Access audit")
     collector = services["audit-collector"]
@@ -338,6 +339,11 @@ def test_services_are_the_documented_stack() -> None:
     assert services["retention"]["volumes"] == services["gateway"]["volumes"]
     for name in ("DICOMGW_STORAGE_URL", "DICOMGW_DATABASE_URL", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID"):
         assert services["retention"]["environment"][name] == services["gateway"]["environment"][name], name
+    # the derivative worker runs the gateway image too, with the gateway's storage and catalog
+    assert services["derive"]["image"] == services["gateway"]["image"]
+    assert services["derive"]["command"] == ["python", "-m", "gateway.derive"]
+    for name in ("DICOMGW_STORAGE_URL", "DICOMGW_DATABASE_URL"):
+        assert services["derive"]["environment"][name] == services["gateway"]["environment"][name]
 
 
 def test_every_dependency_exists_and_is_waited_for_properly() -> None:

@@ -12,7 +12,15 @@ from urllib.parse import parse_qs, quote
 import pytest
 
 from gateway.dicom.frames import FrameIndex
-from gateway.dicomweb.wado import STABLE_PLAN_SECONDS, Planner, PlanResponse, parse_range, to_cached
+from gateway.dicomweb.wado import (
+    DERIVATIVE_TS,
+    STABLE_PLAN_SECONDS,
+    Planner,
+    PlanResponse,
+    parse_range,
+    slice_ranges,
+    to_cached,
+)
 from gateway.errors import (
     BadRequest,
     FrameNotFound,
@@ -214,6 +222,7 @@ def test_single_native_frame(planner: Planner) -> None:
         [
             ("Content-Type", f"application/octet-stream; transfer-syntax={EXPLICIT}"),
             ("X-Accel-Expires", str(STABLE_PLAN_SECONDS)),
+            ("X-Dgw-Accept-Ranges", "bytes"),
         ],
         inc(CT1, 1512, 2023),
     )
@@ -223,7 +232,11 @@ def test_single_native_frame(planner: Planner) -> None:
 def test_single_encapsulated_frame_spanning_two_fragments(planner: Planner) -> None:
     response = planner.plan("GET", instance_uri(SE2, WSI, "/frames/1"), "image/jpeg", "")
     assert response.status == 200
-    assert response.headers == [("Content-Type", f"image/jpeg; transfer-syntax={JPEG}"), ("X-Accel-Expires", "600")]
+    assert response.headers == [
+        ("Content-Type", f"image/jpeg; transfer-syntax={JPEG}"),
+        ("X-Accel-Expires", "600"),
+        ("X-Dgw-Accept-Ranges", "bytes"),
+    ]
     assert response.body == inc(WSI, 2000, 2099) + inc(WSI, 2108, 2157)
 
 
@@ -577,3 +590,117 @@ def test_without_a_version_lists_are_read_every_time(planner: Planner, catalog: 
     planner.plan("GET", f"/dicomweb/studies/{ST}", "", "")
     planner.plan("GET", f"/dicomweb/studies/{ST}", "", "")
     assert catalog.lists == [(ST, None), (ST, None)]
+
+
+# -- frame Range and derivatives ------------------------------------------------------------------------------------
+
+
+def test_slice_ranges() -> None:
+    ranges = [(2000, 100), (2108, 50)]
+    assert slice_ranges(ranges, 0, 149) == ranges
+    assert slice_ranges(ranges, 90, 109) == [(2090, 10), (2108, 10)]
+    assert slice_ranges(ranges, 100, 100) == [(2108, 1)]
+    assert slice_ranges(ranges, 0, 9) == [(2000, 10)]
+
+
+def test_single_frame_range_206_across_fragments(planner: Planner) -> None:
+    response = planner.plan("GET", instance_uri(SE2, WSI, "/frames/1"), "image/jpeg", "bytes=90-109")
+    assert response.status == 206
+    assert dict(response.headers)["Content-Range"] == "bytes 90-109/150"
+    assert response.body == inc(WSI, 2090, 2099) + inc(WSI, 2108, 2117)
+
+
+def test_single_frame_range_416(planner: Planner) -> None:
+    with pytest.raises(RangeNotSatisfiable) as caught:
+        planner.plan("GET", instance_uri(SE, CT1, "/frames/1"), "application/octet-stream", "bytes=512-")
+    assert caught.value.length == 512
+
+
+def test_multipart_frames_ignore_range(planner: Planner) -> None:
+    response = planner.plan("GET", instance_uri(SE, CT1, "/frames/1"), "", "bytes=0-9")
+    assert response.status == 200
+    assert dict(response.headers)["Content-Type"].startswith("multipart/related")
+
+
+DKEY = "studies/1.2.3/series/1.2.3.4/instances/1.2.3.4.1/htj2k-abc.j2c"
+HT_ACCEPT = f"image/jphc; transfer-syntax={DERIVATIVE_TS}, application/octet-stream; transfer-syntax=*"
+
+
+@dataclass
+class DerivedRow(Row):
+    derivative_syntax: str | None = None
+    derivative_key: str | None = None
+    derivative_index: bytes | None = None
+
+
+def derived(catalog: Catalog) -> None:
+    base = ROWS[CT1]
+    catalog.rows[CT1] = DerivedRow(
+        **base.__dict__,
+        derivative_syntax=DERIVATIVE_TS,
+        derivative_key=DKEY,
+        derivative_index=FrameIndex.encapsulated([(0, 300), (300, 200), (500, 100)], [0, 1, 2]).pack(),
+    )
+
+
+def dinc(first: int, last: int) -> bytes:
+    return f'<!--# include virtual="/_seg/{first}-{last}/objects/{DKEY}" wait="yes" -->'.encode()
+
+
+@pytest.mark.parametrize(
+    "accept",
+    [
+        "",
+        "*/*",
+        "application/octet-stream",
+        "application/octet-stream; transfer-syntax=*",
+    ],
+)
+def test_derivative_not_served_unless_named(catalog: Catalog, planner: Planner, accept: str) -> None:
+    derived(catalog)
+    response = planner.plan("GET", instance_uri(SE, CT1, "/frames/2"), accept, "")
+    assert DKEY.encode() not in response.body
+
+
+def test_derivative_served_when_named_with_range(catalog: Catalog, planner: Planner) -> None:
+    derived(catalog)
+    response = planner.plan("GET", instance_uri(SE, CT1, "/frames/2"), HT_ACCEPT, "")
+    assert response.status == 200
+    assert response.headers[0] == ("Content-Type", f"image/jphc; transfer-syntax={DERIVATIVE_TS}")
+    assert response.body == dinc(300, 499)
+    partial = planner.plan("GET", instance_uri(SE, CT1, "/frames/2"), HT_ACCEPT, "bytes=0-49")
+    assert partial.status == 206
+    assert dict(partial.headers)["Content-Range"] == "bytes 0-49/200"
+    assert partial.body == dinc(300, 349)
+    multi = planner.plan(
+        "GET",
+        instance_uri(SE, CT1, "/frames/3"),
+        f'multipart/related; type="application/octet-stream"; transfer-syntax={DERIVATIVE_TS}',
+        "",
+    )
+    assert dinc(500, 599) in multi.body
+    assert f"Content-Type: application/octet-stream; transfer-syntax={DERIVATIVE_TS}".encode() in multi.body
+
+
+def test_original_until_derivative_published_then_derivative(catalog: Catalog, planner: Planner) -> None:
+    first = planner.plan("GET", instance_uri(SE, CT1, "/frames/1"), HT_ACCEPT, "")
+    assert first.body == inc(CT1, 1000, 1511)
+    assert ("X-Accel-Expires", "0") in first.headers  # not cached: the derivative may come any moment
+    derived(catalog)
+    second = planner.plan("GET", instance_uri(SE, CT1, "/frames/1"), HT_ACCEPT, "")
+    assert second.body == dinc(0, 299)
+    assert ("X-Accel-Expires", "600") in second.headers
+
+
+def test_derivative_for_star_only_behind_setting(catalog: Catalog) -> None:
+    derived(catalog)
+    planner = Planner(catalog.load, catalog.list, origin, derivatives_for_any=True)
+    star = planner.plan("GET", instance_uri(SE, CT1, "/frames/1"), "application/octet-stream; transfer-syntax=*", "")
+    assert star.body == dinc(0, 299)
+    plain = planner.plan("GET", instance_uri(SE, CT1, "/frames/1"), "application/octet-stream", "")
+    assert plain.body == inc(CT1, 1000, 1511)
+
+
+def test_only_derivative_named_without_it_is_406(planner: Planner) -> None:
+    with pytest.raises(NotAcceptable):
+        planner.plan("GET", instance_uri(SE, CT1, "/frames/1"), f"image/jphc; transfer-syntax={DERIVATIVE_TS}", "")

@@ -13,6 +13,13 @@ export class GatewayError extends Error {
   }
 }
 
+// The gateway's lossless derivative (HTJ2K Lossless RPCL): asked for by name, with the stored frame as the fallback.
+// The image loader's own Accept is fixed, so the request names them in PS3.18's `accept` query parameter.
+export const DERIVATIVE_TS = '1.2.840.10008.1.2.4.202';
+export const ACCEPT_EITHER = `accept=${encodeURIComponent(
+  `image/jphc;transfer-syntax=${DERIVATIVE_TS},application/octet-stream;transfer-syntax=*`,
+)}`;
+
 const tag = (obj, key) => obj?.[key]?.Value?.[0];
 export const dicom = {
   string: (obj, key) => {
@@ -77,6 +84,25 @@ export class DicomWebClient {
 
   thumbnailUrl(study, series) {
     return `${this.root}/studies/${study}/series/${series}/thumbnail`;
+  }
+
+  /**
+   * Whether the gateway has made the derivative of this frame: a one-byte request whose Content-Type says which
+   * representation answers. A derivative series loads progressively; a stored-only one as before (no Range on raw
+   * pixels, which a progressive decoder cannot use).
+   */
+  async hasDerivative(frameUrl) {
+    try {
+      const response = await fetch(`${frameUrl}?${ACCEPT_EITHER}`, {
+        headers: { Accept: 'multipart/related; type=application/octet-stream', Range: 'bytes=0-0' },
+        credentials: 'same-origin',
+        referrerPolicy: 'no-referrer',
+        cache: 'no-store',
+      });
+      return (response.headers.get('Content-Type') || '').includes(DERIVATIVE_TS);
+    } catch {
+      return false;
+    }
   }
 
   /** The absolute frame URL, which the image loader fetches with an unquoted multipart Accept. */

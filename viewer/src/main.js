@@ -4,7 +4,9 @@ import { DicomWebClient, GatewayError, dicom, framesOf } from './dicomweb.js';
 import { classify, showError } from './errors.js';
 import { dicomwebRoot, takeLinkFromLocation } from './fragment.js';
 import { credential, keepRenewing, withCurrentToken } from './session.js';
-import { Enums, Stage, eventTarget } from './stage.js';
+
+// Cornerstone (core and image loader) loads while the study's series list is fetched, not before it.
+const stageModule = import('./stage.js');
 
 // Fetch every frame of a series up front when it is this small (a CT series); larger ones (whole-slide images)
 // load around the current frame only.
@@ -21,7 +23,19 @@ const state = {
   loaded: new Set(),
   failed: false,
   probing: false,
+  toolsBound: false,
 };
+
+/**
+ * The two moments the mobile benchmark (bench/b7_mobile.py) reads: the first image on screen and every slice at
+ * full quality. Each is a performance mark (time since navigation) and a data attribute on the viewport.
+ */
+function moment(name) {
+  if (performance.getEntriesByName(name).length) return;
+  const mark = performance.mark(name);
+  const key = { 'dgw-first-image': 'firstImageMs', 'dgw-first-cornerstone-image': 'firstCornerstoneMs' }[name];
+  $('viewport').dataset[key || 'fullQualityMs'] = String(Math.round(mark.startTime));
+}
 
 function setStatus() {
   const stage = state.stage;
@@ -33,13 +47,50 @@ function setStatus() {
   const s = state.series;
   const voi = stage.isColor() ? null : stage.voi();
   $('overlay-tl').textContent = `${s.modality} ${s.description}`.trim();
-  const frame = state.tiles ? tileLabel(index) : `Image ${index + 1} / ${stage.imageIds.length}`;
+  const full = stage.isFullQuality();
+  el.dataset.quality = full ? 'full' : 'preview';
+  // Say so while the image on screen is a preview decoded from the first bytes of its lossless codestream.
+  const frame = `${state.tiles ? tileLabel(index) : `Image ${index + 1} / ${stage.imageIds.length}`}${
+    full ? '' : ' · preview, loading full quality'
+  }`;
   $('overlay-br').textContent = voi ? `${frame}\nW ${Math.round(voi.width)}  L ${Math.round(voi.center)}` : frame;
 }
 
 function tileLabel(index) {
   const { columns } = state.tiles;
   return `Tile ${index + 1} / ${state.stage.imageIds.length} (column ${(index % columns) + 1}, row ${Math.floor(index / columns) + 1})`;
+}
+
+/**
+ * Until Cornerstone draws, show the gateway's rendered JPEG of the first slice (a few tens of KB, with the file's
+ * window): a phone on a slow network sees the image before ~1 MB of imaging code has arrived. It is a preview like
+ * the progressive ones: the overlay says so, and the lossless image replaces it.
+ */
+function showPlaceholder(series, info) {
+  const { frames, tiles, start } = info;
+  const frame = frames[start];
+  if (tiles || !frame) return;
+  const el = $('viewport');
+  const box = el.getBoundingClientRect();
+  const scale = window.devicePixelRatio || 1;
+  const size = `${Math.max(64, Math.round(box.width * scale))},${Math.max(64, Math.round(box.height * scale))}`;
+  const img = document.createElement('img');
+  img.id = 'placeholder';
+  img.alt = '';
+  img.decoding = 'async';
+  img.referrerPolicy = 'no-referrer';
+  img.addEventListener('load', () => {
+    if (!img.isConnected) return;
+    moment('dgw-first-image');
+    el.dataset.quality = 'preview';
+    $('overlay-br').textContent = `Image ${start + 1} / ${frames.length} · preview, loading full quality`;
+  });
+  img.src = `${state.client.frameUrl(state.study, series.uid, frame.sop, frame.frame)}/rendered?viewport=${size}&quality=80`;
+  $('stage').append(img);
+}
+
+function removePlaceholder() {
+  document.getElementById('placeholder')?.remove();
 }
 
 function setProgress(done, total, label) {
@@ -89,7 +140,33 @@ function prefetchAround(index) {
   state.stage.prefetch(wanted, (_, error) => error && onLoadFailure());
 }
 
-async function openSeries(series) {
+/** What opening a series needs before Cornerstone: metadata, frames, where to start, and whether a derivative
+ * exists. Runs while the image modules load. */
+async function seriesInfo(series) {
+  const { client, study } = state;
+  const metadata = await client.metadata(study, series.uid);
+  const frames = framesOf(metadata);
+  const first = metadata[0] || {};
+  const matrix = dicom.number(first, '00480006');
+  const cols = dicom.number(first, '00280011');
+  const tiles = frames.length > 1 && matrix && cols ? { columns: Math.ceil(matrix / cols) } : null;
+  // A slide's first tile is usually empty glass: start a tiled image at its centre tile.
+  let start = 0;
+  if (tiles) {
+    const rows = Math.ceil(frames.length / tiles.columns);
+    start = Math.min(frames.length - 1, Math.floor(rows / 2) * tiles.columns + Math.floor(tiles.columns / 2));
+  }
+  // A stack the gateway has made its lossless derivative for loads progressively (preview, then full quality).
+  const probe = frames[start];
+  const progressive =
+    !tiles &&
+    frames.length <= PREFETCH_ALL &&
+    Boolean(probe) &&
+    (await client.hasDerivative(client.frameUrl(study, series.uid, probe.sop, probe.frame)));
+  return { metadata, frames, tiles, start, progressive, color: (dicom.number(first, '00280002') ?? 1) > 1 };
+}
+
+async function openSeries(series, info = seriesInfo(series)) {
   const { client, study, stage } = state;
   state.series = series;
   state.loaded = new Set();
@@ -99,23 +176,24 @@ async function openSeries(series) {
   const el = $('viewport');
   el.dataset.state = 'loading';
   setProgress(0, 1, 'Loading series…');
-  const metadata = await client.metadata(study, series.uid);
-  const frames = framesOf(metadata);
+  const { frames, tiles, start, progressive, color } = await info;
   const imageIds = stage.register(frames, (sop, frame) => client.frameUrl(study, series.uid, sop, frame));
-  const first = metadata[0] || {};
-  const matrix = dicom.number(first, '00480006');
-  const cols = dicom.number(first, '00280011');
-  state.tiles = frames.length > 1 && matrix && cols ? { columns: Math.ceil(matrix / cols) } : null;
-  // A slide's first tile is usually empty glass: start a tiled image at its centre tile.
-  let start = 0;
-  if (state.tiles) {
-    const rows = Math.ceil(frames.length / state.tiles.columns);
-    start = Math.min(frames.length - 1, Math.floor(rows / 2) * state.tiles.columns + Math.floor(state.tiles.columns / 2));
-  }
-  const color = (dicom.number(first, '00280002') ?? 1) > 1;
+  state.tiles = tiles;
   for (const button of document.querySelectorAll('#presets button')) button.disabled = color;
 
-  await stage.show(imageIds, start);
+  el.dataset.progressive = String(progressive);
+  await stage.show(imageIds, start, progressive, () => {
+    removePlaceholder();
+    moment('dgw-first-image');
+    moment('dgw-first-cornerstone-image');
+  });
+  removePlaceholder();
+  moment('dgw-first-image');
+  moment('dgw-first-cornerstone-image');
+  if (!state.toolsBound) {
+    await stage.bindTools();
+    state.toolsBound = true;
+  }
   el.dataset.state = 'ready';
   el.dataset.series = series.uid;
   setStatus();
@@ -125,10 +203,12 @@ async function openSeries(series) {
     const total = imageIds.length;
     setProgress(0, total);
     imageIds.forEach((id) => state.loaded.add(id));
-    stage.prefetch(imageIds, (_, error) => {
-      done += 1;
+    stage.prefetch(imageIds, (_, error, preview) => {
       if (state.series !== series) return;
+      if (!preview) done += 1;
       setProgress(done, total);
+      setStatus();
+      if (done === total) moment('dgw-all-full-quality');
       if (error) onLoadFailure();
     });
   } else {
@@ -193,6 +273,7 @@ function bindControls(stage) {
     event.preventDefault();
     stage.go(target).catch(onLoadFailure);
   });
+  const { Enums, eventTarget } = state;
   const el = $('viewport');
   el.addEventListener(Enums.Events.STACK_NEW_IMAGE, () => {
     setStatus();
@@ -221,11 +302,16 @@ async function main() {
     showError('notfound');
     return;
   }
+  const first = seriesInfo(series[0]); // metadata and the derivative probe while Cornerstone loads
+  first.then((info) => showPlaceholder(series[0], info)).catch(() => {});
+  const { Stage, Enums, eventTarget } = await stageModule;
+  state.Enums = Enums;
+  state.eventTarget = eventTarget;
   state.stage = new Stage($('viewport'), withCurrentToken);
   await state.stage.init();
   bindControls(state.stage);
   renderSeriesList(series);
-  await openSeries(series[0]);
+  await openSeries(series[0], first);
   $('viewport').focus({ preventScroll: true });
 }
 

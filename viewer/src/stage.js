@@ -1,33 +1,36 @@
-// The image stage: Cornerstone3D's stack viewport with the DICOM image loader's WADO-RS scheme, and the tools
-// bound for mouse, wheel, keyboard and touch.
-//
-// Bindings (desktop): left drag = window/level, right drag = zoom, middle drag = pan, wheel = stack scroll,
-// arrow keys / PageUp / PageDown / Home / End = stack scroll. Touch: one finger = stack scroll, two fingers =
-// pinch zoom + pan. Window/level on touch comes from the presets (a one-finger drag is taken by scrolling, which
-// clinicians on phones use far more).
+// The image stage: Cornerstone3D's stack viewport with the DICOM image loader's WADO-RS scheme; progressive
+// loading of the gateway's lossless HTJ2K derivative where it exists. The interaction tools (tools.js) load after the
+// first image.
 import {
   Enums,
+  ProgressiveRetrieveImages,
   RenderingEngine,
   eventTarget,
   imageLoader,
   init as initCore,
   metaData,
+  utilities,
 } from '@cornerstonejs/core';
-import {
-  PanTool,
-  StackScrollTool,
-  ToolGroupManager,
-  WindowLevelTool,
-  ZoomTool,
-  addTool,
-  init as initTools,
-  Enums as ToolEnums,
-} from '@cornerstonejs/tools';
 import { init as initLoader, wadors } from '@cornerstonejs/dicom-image-loader';
+import { ACCEPT_EITHER } from './dicomweb.js';
+
+// Preview from the first bytes of each codestream (its low resolutions), then the rest of the same object.
+const PREVIEW_BYTES = 65536;
+const PROGRESSIVE = {
+  stages: [
+    { id: 'preview', retrieveType: 'preview' },
+    { id: 'final', retrieveType: 'final' },
+  ],
+  retrieveOptions: {
+    preview: { urlArguments: ACCEPT_EITHER, rangeIndex: 0, initialChunkSize: PREVIEW_BYTES, chunkSize: PREVIEW_BYTES },
+    final: { urlArguments: ACCEPT_EITHER, rangeIndex: -1 },
+  },
+};
+const { FULL_RESOLUTION } = Enums.ImageQualityStatus;
+const { imageRetrieveMetadataProvider } = utilities;
 
 const ENGINE = 'dgw-engine';
 const VIEWPORT = 'dgw-stack';
-const TOOLS = 'dgw-tools';
 
 // CT window presets in Hounsfield units: [center, width].
 export const PRESETS = {
@@ -52,14 +55,12 @@ export class Stage {
 
   async init() {
     initCore();
-    initTools();
     // Few decode workers: phones have little memory, and raw CT frames need no decoding at all.
     initLoader({
       maxWebWorkers: Math.min(2, navigator.hardwareConcurrency || 1),
+      // a renewed token replaces the one in frame URLs registered earlier (session.js)
       open: (xhr, url) => xhr.open('get', this.currentUrl(url), true),
     });
-    for (const tool of [WindowLevelTool, PanTool, ZoomTool, StackScrollTool]) addTool(tool);
-
     this.engine = new RenderingEngine(ENGINE);
     this.engine.enableElement({
       viewportId: VIEWPORT,
@@ -68,24 +69,6 @@ export class Stage {
       defaultOptions: { background: [0, 0, 0] },
     });
     this.viewport = this.engine.getViewport(VIEWPORT);
-
-    const group = ToolGroupManager.createToolGroup(TOOLS);
-    group.addTool(StackScrollTool.toolName, { loop: false });
-    group.addTool(ZoomTool.toolName, { pinchToZoom: true, pan: true });
-    group.addTool(WindowLevelTool.toolName);
-    group.addTool(PanTool.toolName);
-    const { MouseBindings } = ToolEnums;
-    // Order matters: for a one-finger touch Cornerstone picks the first tool *activated* that is bound to one touch
-    // point or to the primary mouse button, so stack scroll must be activated before window/level.
-    group.setToolActive(StackScrollTool.toolName, {
-      bindings: [{ mouseButton: MouseBindings.Wheel }, { numTouchPoints: 1 }],
-    });
-    group.setToolActive(ZoomTool.toolName, {
-      bindings: [{ mouseButton: MouseBindings.Secondary }, { numTouchPoints: 2 }],
-    });
-    group.setToolActive(WindowLevelTool.toolName, { bindings: [{ mouseButton: MouseBindings.Primary }] });
-    group.setToolActive(PanTool.toolName, { bindings: [{ mouseButton: MouseBindings.Auxiliary }] });
-    group.addViewport(VIEWPORT, ENGINE);
     this.element.addEventListener('contextmenu', (e) => e.preventDefault());
 
     // The stage fills a flex box whose size changes with the phone's rotation and the iframe's size.
@@ -107,9 +90,26 @@ export class Stage {
     });
   }
 
-  /** Show a stack; resolves once the first image is on screen. */
-  async show(imageIds, index = 0) {
+  /** Bind the interaction tools; loaded after the first image, so they cost nothing before it. */
+  async bindTools() {
+    const { bindTools } = await import('./tools.js');
+    bindTools(this.element, ENGINE, VIEWPORT);
+  }
+
+  /**
+   * Show a stack; resolves once the image is on screen at full quality. ``onFirstRender`` runs when the first
+   * picture is drawn (a preview, when progressive).
+   */
+  async show(imageIds, index = 0, progressive = false, onFirstRender = () => {}) {
     this.imageIds = imageIds;
+    const rendered = () => {
+      this.element.removeEventListener(Enums.Events.STACK_NEW_IMAGE, rendered);
+      onFirstRender();
+    };
+    this.element.addEventListener(Enums.Events.STACK_NEW_IMAGE, rendered);
+    this.progressive = progressive;
+    imageRetrieveMetadataProvider.clear();
+    if (progressive) imageRetrieveMetadataProvider.add('stack', { ...PROGRESSIVE });
     await this.viewport.setStack(imageIds, index);
     this.viewport.resetCamera();
     this.viewport.render();
@@ -151,8 +151,43 @@ export class Stage {
     this.viewport.render();
   }
 
-  /** Load (and cache) images in the background, reporting each result; used for the progress bar. */
+  /** Quality of the image on screen: true once it is the full (lossless) image. */
+  isFullQuality() {
+    const image = this.viewport?.csImage;
+    return !image || image.imageQualityStatus === undefined || image.imageQualityStatus >= FULL_RESOLUTION;
+  }
+
+  /**
+   * Load (and cache) images in the background, reporting each one once at full quality (or failed); used for the
+   * progress bar. Progressive: every slice gets its preview first, then its full codestream.
+   */
   prefetch(imageIds, onDone) {
+    if (this.progressive) {
+      const viewport = this.viewport;
+      const settled = new Set();
+      const listener = {
+        successCallback: (imageId, image) => {
+          viewport.successCallback(imageId, image); // repaint if it is the slice on screen
+          if (image.imageQualityStatus >= FULL_RESOLUTION && !settled.has(imageId)) {
+            settled.add(imageId);
+            onDone(imageId, null);
+          } else if (!settled.has(imageId)) {
+            onDone(imageId, null, true);
+          }
+        },
+        errorCallback: (imageId, permanent, error) => {
+          if (!permanent || settled.has(imageId)) return;
+          settled.add(imageId);
+          onDone(imageId, error || new Error('load failed'));
+        },
+        getLoaderImageOptions: (imageId) => ({
+          ...viewport.getLoaderImageOptions(imageId),
+          requestType: Enums.RequestType.Prefetch,
+        }),
+      };
+      new ProgressiveRetrieveImages(PROGRESSIVE).loadImages(imageIds, listener);
+      return;
+    }
     for (const imageId of imageIds) {
       imageLoader
         .loadAndCacheImage(imageId, { priority: 0, requestType: Enums.RequestType.Prefetch })

@@ -46,6 +46,17 @@ class _Painter:
         labels[r0:r1, c0:c1][inside] = label
 
 
+def _ct_noise(rng: np.random.Generator, rows: int, columns: int, sigma: float) -> np.ndarray:
+    """CT noise as filtered back projection leaves it: not white but correlated over a few pixels (the
+    reconstruction kernel's noise power spectrum falls off at high frequencies), ``sigma`` HU in the image. White
+    noise made every synthetic slice far less compressible than a real one."""
+    white = rng.standard_normal((rows + 4, columns + 4), dtype=np.float32)
+    kernel = np.array([1.0, 4.0, 6.0, 4.0, 1.0], dtype=np.float32)  # binomial, ~1 pixel standard deviation
+    smooth = np.apply_along_axis(np.convolve, 0, white, kernel, "valid")
+    smooth = np.apply_along_axis(np.convolve, 1, smooth, kernel, "valid")
+    return smooth * np.float32(sigma / float(np.sqrt((kernel**2).sum()) ** 2))
+
+
 def _phantom(p: _Painter, t: float) -> np.ndarray:
     """Label map of an axial slice at height ``t`` (0 = pelvis, 1 = upper chest), patient supine, viewed from
     the feet (patient's right on the image left), as radiology displays it."""
@@ -123,15 +134,19 @@ def make_series(
     thickness, gap = (2.5, 2.5) if ct else (5.0, 6.0)
     painter = _Painter(rows, columns)
     noise = np.random.default_rng([seed, 1 if ct else 2])
+    yy, xx = np.mgrid[0:rows, 0:columns]
+    fov = (yy - (rows - 1) / 2) ** 2 + (xx - (columns - 1) / 2) ** 2 <= (min(rows, columns) / 2) ** 2
     table = _CT_HU if ct else _MR_SIGNAL
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for index in range(slices):
         t = 1.0 - index / (slices - 1) if slices > 1 else 0.5
-        signal = table[_phantom(painter, t)] + noise.standard_normal((rows, columns), dtype=np.float32) * (
-            12.0 if ct else 25.0
-        )
-        stored = (signal + 1024.0) if ct else np.abs(signal)  # MR magnitude noise is never negative
+        if ct:
+            signal = table[_phantom(painter, t)] + _ct_noise(noise, rows, columns, 12.0)
+            stored = np.where(fov, signal + 1024.0, 0.0)  # outside the reconstruction circle: padding
+        else:
+            signal = table[_phantom(painter, t)] + noise.standard_normal((rows, columns), dtype=np.float32) * 25.0
+            stored = np.abs(signal)  # MR magnitude noise is never negative
         pixels = np.clip(np.rint(stored), 0, 65535).astype("<u2")
 
         ds = Dataset()
@@ -175,6 +190,7 @@ def make_series(
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
         if ct:
             ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
+            ds.PixelPaddingValue = 0
             ds.WindowCenter, ds.WindowWidth = [40, -600], [400, 1500]
             ds.WindowCenterWidthExplanation = ["ABDOMEN", "LUNG"]
             ds.KVP, ds.XRayTubeCurrent, ds.ConvolutionKernel = 120, 200, "STANDARD"

@@ -1,4 +1,4 @@
-"""B7: the Clean Pixel Data option, in-process: cost per frame of finding and masking burned-in text in a
+"""B8: the Clean Pixel Data option, in-process: cost per frame of finding and masking burned-in text in a
 300-frame ultrasound cine (640x480, ``synth us``: name, ID and dates in every frame).
 
 Each file goes through ``PhiHook`` as an upload does: de-identify the header, re-scan, then (``pixels =
@@ -42,8 +42,8 @@ def run() -> Report:
     from gateway.tools.synth.burned import make_us
 
     started = time.perf_counter()
-    report = header("B7", f"Clean Pixel Data on a {FRAMES}-frame ultrasound cine (Tesseract OCR, in-process)")
-    with run_dir("b7") as var:
+    report = header("B8", f"Clean Pixel Data on a {FRAMES}-frame ultrasound cine (Tesseract OCR, in-process)")
+    with run_dir("b8") as var:
         native = make_us(var / "native", frames=FRAMES, seed=70)
         jpeg = make_us(var / "jpeg", frames=FRAMES, seed=71, color=True, jpeg=True)
         sizes = native.stat().st_size / 1e6, jpeg.stat().st_size / 1e6

@@ -1,0 +1,251 @@
+"""Lossless per-frame derivatives for slow networks, made after the STOW answer (`docs/design.md` §3).
+
+Each frame of a native monochrome instance (8 or 16 bits allocated) is encoded to HTJ2K Lossless RPCL
+(1.2.840.10008.1.2.4.202: reversible 5/3 wavelet, RPCL progression, TLM markers, one tile-part per resolution),
+which a progressive decoder paints from its first bytes. The codestreams are stored back to back as one object
+under the instance's storage prefix, with their own frame index; only once it is wholly stored is it published, in
+one catalog UPDATE guarded by the original's sha256 (a replaced instance never gets a stale derivative). Every
+frame is decoded again and compared with the stored words before anything is stored: a derivative that would not
+give back the exact pixels is never written.
+
+The encoder is OpenJPH through imagecodecs (a maintained binary wheel; see README "Mobile delivery").
+
+Jobs come from a queue: the catalog's job table, polled by ``python -m gateway.derive`` (the stack and
+docker-compose run it), or SQS feeding ``gateway.lambda_handler.derive_handler`` on AWS. A failed attempt is
+retried with back-off up to ``MAX_ATTEMPTS``; an attempt that crashed is retried once its lease ends.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import imagecodecs
+import numpy as np
+import pydicom
+
+from gateway.catalog import Catalog
+from gateway.catalog.derivatives import DeriveJob
+from gateway.config import Settings
+from gateway.dicom.frames import FrameIndex
+from gateway.dicom.index import EXPLICIT_VR_LE, IMPLICIT_VR_LE
+from gateway.dicom.model import IndexedInstance
+from gateway.dicomweb.wado import DERIVATIVE_TS
+from gateway.errors import CatalogUnavailable, DicomError
+from gateway.storage import Storage, open_storage
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 3
+LEASE_SECONDS = 300  # an encode that has not finished by then is taken to have crashed
+POLL_SECONDS = 0.5
+_SOURCE_SYNTAXES = (EXPLICIT_VR_LE, IMPLICIT_VR_LE)
+_DTYPES: dict[tuple[int, int], np.dtype[Any]] = {
+    (8, 0): np.dtype("u1"),
+    (16, 0): np.dtype("<u2"),
+    (16, 1): np.dtype("<i2"),
+}
+
+
+class DeriveQueue(Protocol):
+    def enqueue(self, sop_uid: str) -> None:
+        """Ask for the derivative of a committed instance; never raises (the original stays servable)."""
+
+
+class CatalogQueue:
+    """The local queue: a row in the catalog's job table."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+    def enqueue(self, sop_uid: str) -> None:
+        try:
+            self.catalog.enqueue_derivative(sop_uid)
+        except CatalogUnavailable:
+            log.warning("derivative not queued: catalog unavailable", extra={"sop_uid": sop_uid})
+
+
+class SqsQueue:
+    """The AWS queue: one SQS message per instance (terraform/derive.tf)."""
+
+    def __init__(self, url: str, client: Any = None) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self.url = url
+        # Sent inside the STOW request: an SQS outage must cost seconds, not botocore's default minutes.
+        quick = Config(connect_timeout=2, read_timeout=2, retries={"max_attempts": 2, "mode": "standard"})
+        self.client = client or boto3.client("sqs", config=quick)
+
+    def enqueue(self, sop_uid: str) -> None:
+        try:
+            self.client.send_message(QueueUrl=self.url, MessageBody=json.dumps({"sop_uid": sop_uid}))
+        except Exception:  # noqa: BLE001 - any AWS failure: the upload stands, only its derivative is missing
+            log.warning("derivative not queued: SQS unavailable", extra={"sop_uid": sop_uid})
+
+
+class Offering:
+    """What ingest calls once per committed upload: queue the instance if it can have a derivative."""
+
+    def __init__(self, queue: DeriveQueue) -> None:
+        self.queue = queue
+
+    def offer(self, indexed: IndexedInstance) -> None:
+        index = indexed.frame_index
+        if indexed.transfer_syntax_uid in _SOURCE_SYNTAXES and index is not None and index[:1] == b"\x00":  # native
+            self.queue.enqueue(indexed.ids.sop)
+
+
+def open_offering(settings: Settings, catalog: Catalog) -> Offering | None:
+    if not settings.derivatives:
+        return None
+    if settings.derive_queue_url:
+        return Offering(SqsQueue(settings.derive_queue_url))
+    return Offering(CatalogQueue(catalog))
+
+
+def derivative_key(storage_key: str, sha256: str) -> str:
+    """Under the instance's own prefix (``.../instances/{sop}/``), so deleting the instance's prefix removes it;
+    named by the original's digest, so a retry rewrites the same object and a replaced instance gets another."""
+    stem = storage_key[: -len(".dcm")] if storage_key.endswith(".dcm") else storage_key
+    return f"{stem}/htj2k-{sha256[:16]}.j2c"
+
+
+def _pixel_layout(path: Path) -> tuple[int, int, np.dtype[Any]] | None:
+    """(rows, columns, stored word type) of a monochrome frame we can encode, else None."""
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    photometric = str(ds.get("PhotometricInterpretation", ""))
+    if int(ds.get("SamplesPerPixel", 1)) != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        return None
+    dtype = _DTYPES.get((int(ds.get("BitsAllocated", 0)), int(ds.get("PixelRepresentation", 0))))
+    if dtype is None:
+        return None
+    return int(ds.Rows), int(ds.Columns), dtype
+
+
+def encode_frame(words: np.ndarray[Any, Any]) -> bytes:
+    """One frame's HTJ2K Lossless RPCL codestream; raises if decoding it does not give back ``words`` exactly."""
+    code = bytes(imagecodecs.htj2k_encode(words, reversible=True, tlm=True, tilepart=True))
+    back = imagecodecs.htj2k_decode(code)
+    if back.dtype != words.dtype or back.shape != words.shape or not np.array_equal(back, words):
+        raise DicomError("the HTJ2K round trip changed the pixels")
+    return code
+
+
+def encode_instance(source: Path, frames: FrameIndex, target: Path) -> FrameIndex | None:
+    """Write every frame of ``source`` as HTJ2K codestreams to ``target``; their index, or None when the instance
+    is not one we derive (colour, 32-bit, signed 8-bit...)."""
+    layout = _pixel_layout(source)
+    if layout is None:
+        return None
+    rows, columns, dtype = layout
+    if frames.total_length(1) != rows * columns * dtype.itemsize:
+        return None
+    fragments: list[tuple[int, int]] = []
+    with source.open("rb") as src, target.open("wb") as out:
+        for n in range(1, frames.count + 1):
+            ((offset, length),) = frames.ranges(n)
+            src.seek(offset)
+            raw = src.read(length)
+            if len(raw) != length:
+                raise DicomError("the stored object is shorter than its frame index")
+            code = encode_frame(np.frombuffer(raw, dtype=dtype).reshape(rows, columns))
+            fragments.append((out.tell(), len(code)))
+            out.write(code)
+    return FrameIndex.encapsulated(fragments, range(len(fragments)))
+
+
+def derive(sop_uid: str, storage: Storage, catalog: Catalog, tmp_dir: str | None = None) -> str:
+    """Make and publish one instance's derivative; returns what happened (``published``, ``not_eligible``,
+    ``gone``, ``replaced``, ``exists``). Raises on failure (the caller retries)."""
+    row = catalog.get_instance(sop_uid, with_metadata=False)
+    if row is None:
+        return "gone"
+    if row.derivative_key:
+        return "exists"
+    if row.transfer_syntax_uid not in _SOURCE_SYNTAXES or not row.frame_index:
+        return "not_eligible"
+    frames = FrameIndex.unpack(row.frame_index)
+    if frames.kind != 0:
+        return "not_eligible"
+    with tempfile.TemporaryDirectory(dir=tmp_dir, prefix="dgw-derive-") as work:
+        source, target = Path(work) / "source.dcm", Path(work) / "derived.j2c"
+        storage.download(row.storage_key, source)
+        index = encode_instance(source, frames, target)
+        if index is None:
+            return "not_eligible"
+        key = derivative_key(row.storage_key, row.sha256)
+        storage.put_file(key, target)
+    if not catalog.publish_derivative(sop_uid, row.sha256, syntax=DERIVATIVE_TS, key=key, frame_index=index.pack()):
+        storage.delete(key)  # the instance was deleted or replaced meanwhile
+        return "replaced"
+    return "published"
+
+
+def run_job(job: DeriveJob, storage: Storage, catalog: Catalog, tmp_dir: str | None = None) -> str:
+    try:
+        outcome = derive(job.sop_uid, storage, catalog, tmp_dir)
+    except Exception as error:  # noqa: BLE001 - any failure of one encode: record, back off, retry
+        detail = f"{type(error).__name__}: {error}"[:300]
+        retry_at = int(time.time()) + 2**job.attempts
+        catalog.fail_derivative(job, detail, retry_at)
+        final = " (giving up; the original is served)" if job.attempts >= MAX_ATTEMPTS else ""
+        log.warning("derivative attempt %d failed%s", job.attempts, final, extra={"sop_uid": job.sop_uid})
+        return "failed"
+    catalog.finish_derivative(job)
+    log.info("derivative %s", outcome, extra={"sop_uid": job.sop_uid})
+    return outcome
+
+
+def work(settings: Settings, stop: threading.Event, *, once: bool = False) -> int:
+    """Poll the job table until ``stop`` (or, with ``once``, until nothing is due); returns the jobs run."""
+    storage = open_storage(settings.storage_url)
+    catalog = Catalog(settings.database_url)
+    catalog.require_current_schema()
+    done = 0
+    while not stop.is_set():
+        try:
+            job = catalog.claim_derivative(lease=LEASE_SECONDS, max_attempts=MAX_ATTEMPTS)
+        except CatalogUnavailable:
+            job = None
+        if job is None:
+            if once:
+                break
+            stop.wait(POLL_SECONDS)
+            continue
+        run_job(job, storage, catalog, settings.tmp_dir or None)
+        done += 1
+    return done
+
+
+def handle_sqs(event: Mapping[str, Any], storage: Storage, catalog: Catalog) -> dict[str, Any]:
+    """An SQS batch (Lambda event source with ReportBatchItemFailures): failed messages go back to the queue,
+    which retries them and moves them to its dead-letter queue after ``maxReceiveCount``."""
+    failures = []
+    for record in event.get("Records", []):
+        try:
+            derive(str(json.loads(record["body"])["sop_uid"]), storage, catalog)
+        except Exception:  # noqa: BLE001 - this message only
+            log.warning("derivative attempt failed", exc_info=True)
+            failures.append({"itemIdentifier": record["messageId"]})
+    return {"batchItemFailures": failures}
+
+
+def main() -> None:
+    """``python -m gateway.derive``: the local worker (the stack starts it; docker-compose runs it)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s derive %(levelname)s %(message)s")
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    work(Settings.from_env(), stop)
+
+
+if __name__ == "__main__":
+    main()
