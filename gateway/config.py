@@ -147,7 +147,7 @@ VARIABLES: dict[str, Variable] = {
         False,
         "600",
         "How long NGINX may keep a read plan of a single instance (`X-Accel-Expires`); the presigned paths in it must "
-        "outlive it.",
+        "outlive it; below 1800 (a deletion's tombstone).",
         minimum=1,
     ),
     "AUDIT_RETENTION_DAYS": Variable(
@@ -348,6 +348,16 @@ class Settings:
         max_ttl = _int("TOKEN_MAX_TTL", values["TOKEN_MAX_TTL"], 1)
         presign_ttl = _int("S3_PRESIGN_TTL", values["S3_PRESIGN_TTL"], 2)
         plan_seconds = _int("PLAN_CACHE_SECONDS", values["PLAN_CACHE_SECONDS"], 1)
+        from gateway.auth import TOMBSTONE_SECONDS  # here: auth imports this module
+
+        # A plan cached before a delete is keyed by the study's deletion generation, which lasts TOMBSTONE_SECONDS:
+        # a plan that outlived it would be found again under the generation from before the delete.
+        if plan_seconds >= TOMBSTONE_SECONDS:
+            raise ConfigError(
+                PREFIX + "PLAN_CACHE_SECONDS",
+                f"{plan_seconds} s is not below the {TOMBSTONE_SECONDS} s a deletion's tombstone lasts: a read plan "
+                "cached before a DELETE could be served again after it",
+            )
         # A presigned path is reused for half its lifetime, then sits in a cached plan for up to plan_seconds: it
         # must still be valid when NGINX follows it, or cached reads fail with 403 from S3 until the plan expires.
         if storage.startswith("s3://") and presign_ttl < 2 * plan_seconds:

@@ -239,3 +239,11 @@ def test_single_variables_apply_the_declaration() -> None:
     assert caught.value.variable == "DICOMGW_S3_PRESIGN_TTL"
     assert env_list("API_KEYS", {"DICOMGW_API_KEYS": " a, ,b "}) == ("a", "b")
     assert env_value("AWS_ENDPOINT_URL", {"AWS_ENDPOINT_URL": "http://minio:9000"}) == "http://minio:9000"
+
+
+def test_a_plan_cache_longer_than_a_tombstone_is_refused() -> None:
+    """gateway.auth.TOMBSTONE_SECONDS: a cached plan must expire before its deletion generation does."""
+    with pytest.raises(ConfigError) as raised:
+        settings(PLAN_CACHE_SECONDS="1800")
+    assert str(raised.value).startswith("DICOMGW_PLAN_CACHE_SECONDS: 1800 s is not below the 1800 s")
+    assert settings(PLAN_CACHE_SECONDS="1799").plan_cache_seconds == 1799
