@@ -14,6 +14,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 from urllib.parse import parse_qs
 
 from gateway.config import ApiKey
@@ -32,6 +33,7 @@ DELETE_METHODS = frozenset({"DELETE"})  # a write that only the API key may make
 # Deletions stay tombstones this long: longer than NGINX keeps a read plan (wado.STABLE_PLAN_SECONDS, 10 min), so
 # a plan cached before a delete is never looked up again under the key it was cached with.
 TOMBSTONE_SECONDS = 1800
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,28 @@ def _check_wado(scope: Scope, target: Target) -> None:
         raise OutOfScope("object outside the token's scope")
 
 
+class Reloaded(Generic[T]):
+    """A value loaded from the catalog at most every ``refresh`` seconds, on the first use after that: what every
+    node's revocation list and deletion tombstones are, so a change on one node holds on all within ``refresh``."""
+
+    def __init__(self, load: Callable[[int], T], empty: T, refresh: float, clock: Callable[[], float]) -> None:
+        self._load = load
+        self._value = empty
+        self._refresh = refresh
+        self._clock = clock
+        self._loaded_at = float("-inf")
+
+    def get(self) -> T:
+        now = self._clock()
+        if now - self._loaded_at >= self._refresh:
+            self._value = self._load(int(now))
+            self._loaded_at = now
+        return self._value
+
+    def forget(self) -> None:
+        self._loaded_at = float("-inf")
+
+
 class Authorizer:
     """Token verification + revocation + scope. Revocations come from the catalog, reloaded at most every
     ``refresh`` seconds, so a revoke on any node takes effect everywhere within a few seconds. Recent deletions
@@ -129,39 +153,30 @@ class Authorizer:
     ) -> None:
         self.tokens = tokens
         self._api_keys = tuple((key.secret.encode(), key.label) for key in api_keys)
-        self._load_revoked = load_revoked
-        self._refresh = refresh
         self._clock = clock
-        self._revoked: set[str] = set()
-        self._loaded_at = float("-inf")
-        self._load_generations = load_generations
-        self._generations: dict[str, int] = {}
-        self._generations_at = float("-inf")
+        self._revoked: Reloaded[set[str]] = Reloaded(load_revoked, set(), refresh, clock)
+        self._generations: Reloaded[dict[str, int]] | None = None
+        if load_generations is not None:
+            tombstones = load_generations  # those of the last TOMBSTONE_SECONDS
+            self._generations = Reloaded(lambda now: tombstones(now - TOMBSTONE_SECONDS), {}, refresh, clock)
 
     def generation(self, study: str) -> int:
         """The id of the study's newest recent deletion (0: none): part of NGINX's plan-cache key."""
-        if self._load_generations is None or not study:
+        if self._generations is None or not study:
             return 0
-        now = self._clock()
-        if now - self._generations_at >= self._refresh:
-            self._generations = self._load_generations(int(now) - TOMBSTONE_SECONDS)
-            self._generations_at = now
-        return self._generations.get(study, 0)
+        return self._generations.get().get(study, 0)
 
     def forget_deletions(self) -> None:
         """Force a reload on the next check (this node just deleted something)."""
-        self._generations_at = float("-inf")
+        if self._generations is not None:
+            self._generations.forget()
 
     def revoked(self) -> set[str]:
-        now = self._clock()
-        if now - self._loaded_at >= self._refresh:
-            self._revoked = self._load_revoked(int(now))
-            self._loaded_at = now
-        return self._revoked
+        return self._revoked.get()
 
     def forget_revocations(self) -> None:
         """Force a reload on the next check (this node just revoked something)."""
-        self._loaded_at = float("-inf")
+        self._revoked.forget()
 
     def is_api_key(self, authorization: str) -> bool:
         """Constant-time check of an ``Authorization: Bearer <API key>`` header."""
