@@ -130,12 +130,12 @@ def _cached(name: str, make: Callable[[Path], object]) -> Path:
     return folder
 
 
-def ct_series(seed: int = 7, slices: int = 200) -> list[Path]:
-    """A clean (no fake PHI) 512x512 CT series, instance 1 first."""
+def ct_series(seed: int = 7, slices: int = 200, clean: bool = True) -> list[Path]:
+    """A 512x512 CT series, instance 1 first: clean, or with the realistic fake PHI ``synth`` writes by default."""
     from gateway.tools.synth import make_series
 
-    folder = _cached(f"ct-{seed}-{slices}", lambda out: make_series(
-        out, modality="CT", slices=slices, seed=seed, clean=True))
+    folder = _cached(f"ct-{seed}-{slices}{'' if clean else '-phi'}", lambda out: make_series(
+        out, modality="CT", slices=slices, seed=seed, clean=clean))
     return sorted(folder.glob("*.dcm"))
 
 

@@ -65,8 +65,12 @@ class Services:
             study_version=catalog.study_version,
         )
         destinations: dict[str, Storage] = {}
+        # the pool's processes build their hooks from the settings: only for the hooks the settings make
+        processes = settings.ingest_processes if hooks is None else 0
         if hooks is None:
             hooks, destinations = build_policy_hooks(settings, storage)
         spool_dir = Path(settings.tmp_dir or tempfile.gettempdir())
-        ingestor = Ingestor(settings, storage, catalog, hooks, spool_dir=spool_dir, destinations=destinations)
+        ingestor = Ingestor(
+            settings, storage, catalog, hooks, spool_dir=spool_dir, destinations=destinations, processes=processes
+        )
         return cls(settings, storage, catalog, tokens, authorizer, planner, ingestor, spool_dir)

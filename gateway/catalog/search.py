@@ -165,9 +165,10 @@ def build_select(query: QidoQuery, scope: Scope | None, unindexed: frozenset[int
         order += [sa.nulls_last(series.c.series_number.asc()), series.c.series_uid]
     if depth == 2:
         order += [sa.nulls_last(instances.c.instance_number.asc()), instances.c.sop_uid]
-    if depth == 0 and query.offset >= DEEP_OFFSET:
-        # Deep pages: find the page's UIDs first (the order index holds study_date and study_uid, so the rows
-        # skipped are never read: PostgreSQL scans it index-only), then read just those rows.
+    if depth == 0 and (query.offset >= DEEP_OFFSET or any(m.attr.kind == "modalities" for m in query.matches)):
+        # Deep pages, and ModalitiesInStudy (the series index answers it, study after study in date order): find
+        # the page's UIDs first, then read just those rows. The order index holds study_date and study_uid, so
+        # the studies skipped or probed are never read (PostgreSQL scans the index only).
         page = stmt.with_only_columns(studies.c.study_uid).order_by(*order).limit(query.limit).offset(query.offset)
         stmt = sa.select(*columns).where(studies.c.study_uid.in_(page.scalar_subquery()))
         return stmt.order_by(*order)

@@ -89,6 +89,27 @@ def test_sqlite_pragmas(tmp_path: object) -> None:
     cat.close()
 
 
+def test_reservation_commits_without_flush_and_leaves_connections_durable(tmp_path: object) -> None:
+    """An upload reservation is written with synchronous=NORMAL (it need not survive a power cut); the pooled
+    connection is FULL again afterwards, for the commits that must."""
+    cat = Catalog(f"sqlite:///{tmp_path}/c.db")
+    cat.migrate()
+    seen: list[int] = []
+    real = cat._reserve
+
+    def spy(conn: Any, *args: Any) -> Any:
+        seen.append(conn.exec_driver_sql("PRAGMA synchronous").scalar())
+        return real(conn, *args)
+
+    cat._reserve = spy  # type: ignore[method-assign]
+    reservation = cat.reserve("1.2.3.9")
+    assert reservation is not None and seen == [1]  # NORMAL inside the reservation's transaction
+    assert cat.reserve("1.2.3.9") is None  # committed: a second upload of the instance waits
+    with cat.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2
+    cat.close()
+
+
 def test_register_and_get_round_trip(catalog: Catalog) -> None:
     inst = make_instance(ST, SE1, "1.2.3.1.1.1", frames=3, instance_number=7)
     rec = record(inst)
