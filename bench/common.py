@@ -214,15 +214,18 @@ class BenchStack:
         return f"/t/{token}/dicomweb"
 
     def gunicorn_pids(self) -> list[int]:
+        """gunicorn's master, its workers and the workers' ingest pool processes."""
         master = self.stack.processes["gunicorn"].pid
-        return [master, *children_of(master)]
+        workers = children_of(master)
+        return [master, *workers, *(pid for worker in workers for pid in children_of(worker))]
 
     def nginx_pids(self) -> list[int]:
         master = self.stack.processes["nginx"].pid
         return [master, *children_of(master)]
 
     def rss(self) -> int:
-        """Sum of the gunicorn processes' resident set sizes, bytes (shared pages counted in each process)."""
+        """Sum of the gunicorn processes' resident set sizes (ingest pool processes included), bytes (shared pages
+        counted in each process)."""
         return sum(rss_of(pid) for pid in self.gunicorn_pids())
 
     def error_log_count(self, text: str) -> int:
