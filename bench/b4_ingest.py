@@ -1,7 +1,8 @@
 """B4: ingest against Orthanc. STOW-RS MB/s of the 200-slice CT (with the realistic fake PHI ``synth`` writes by
 default) and of the 32,000-frame WSI, the gateway without and with the PHI hooks against Orthanc 1.10 (Debian's
-``orthanc`` + ``orthanc-dicomweb``, default settings, its own ports and folder) in the same run; gunicorn's and
-Orthanc's peak RSS; the in-process index build time of the WSI; the cost of the PHI hooks.
+``orthanc`` + ``orthanc-dicomweb``, default settings, its own ports and folder) in the same run; peak RSS (the
+largest gunicorn process, worker or ingest pool process; Orthanc's process); the in-process index build time of
+the WSI; the cost of the PHI hooks.
 
 Three targets run side by side: the gateway without hooks, the gateway with ``DICOMGW_PHI_POLICY`` set to a
 minimal policy written by this benchmark (every upload that declares region ``bench`` is scanned in full and then
@@ -213,10 +214,11 @@ def run(quick: bool = False) -> Report:
                 orthanc, orthanc_error = None, str(error).splitlines()[0]
             targets: dict[str, Callable[[list[Path]], tuple[float, int]]] = {
                 "no hooks": lambda files: plain.stow(files, UPLOAD_HEADERS)[:2]}
-            rss: dict[str, Callable[[], int]] = {"no hooks": plain.rss}
+            # per process: the sum would jump when the other gunicorn worker starts its ingest pool mid-run
+            rss: dict[str, Callable[[], int]] = {"no hooks": plain.largest_rss}
             if hooked is not None:
                 targets["PHI hooks"] = lambda files: hooked.stow(files, UPLOAD_HEADERS)[:2]
-                rss["PHI hooks"] = hooked.rss
+                rss["PHI hooks"] = hooked.largest_rss
             if orthanc is not None:
                 targets["Orthanc"] = functools.partial(_orthanc_stow, orthanc.url)
                 rss["Orthanc"] = functools.partial(rss_of, orthanc.process.pid)
@@ -302,7 +304,8 @@ def run(quick: bool = False) -> Report:
                      overhead < 0.2,
                      f"medians {median(ct_times['PHI hooks']):.2f} s vs {median(ct_times['no hooks']):.2f} s")
     growth = max(peaks[n] - idle[n] for n in ("no hooks", "PHI hooks") if n in peaks) / 1e6
-    report.check("gunicorn peak RSS growth during the uploads (MB)", growth, "< 100 MB (flat)", growth < 100)
+    report.check("peak RSS growth of a gunicorn process (worker or ingest pool) during the uploads (MB)", growth,
+                 "< 100 MB (flat)", growth < 100)
     return timed(report, started)
 
 

@@ -228,6 +228,11 @@ class BenchStack:
         counted in each process)."""
         return sum(rss_of(pid) for pid in self.gunicorn_pids())
 
+    def largest_rss(self) -> int:
+        """The largest resident set of one gunicorn process (master, worker or ingest pool process), bytes: a
+        pool starting in the other worker adds processes, not memory per upload."""
+        return max((rss_of(pid) for pid in self.gunicorn_pids()), default=0)
+
     def error_log_count(self, text: str) -> int:
         """How many lines of NGINX's error log contain ``text``."""
         path = self.stack.error_log
