@@ -27,8 +27,9 @@ from tests.e2e.test_viewer import (  # noqa: F401 - browser is a fixture
     wait_ready,
 )
 
-TTL = 4  # the first token's lifetime (s): the viewer renews at half of it
-SESSION = 14  # session_max (s)
+# the first token's lifetime (s): the viewer renews at once (room for a slow page load), then at half of each
+TTL = 10
+SESSION = 30  # session_max (s)
 
 
 def epoch(iso: str) -> float:
