@@ -8,7 +8,7 @@ PIP := $(VENV)/bin/pip
 APT_PACKAGES := nginx libnginx-mod-http-js openssl postgresql chromium orthanc orthanc-dicomweb tesseract-ocr tesseract-ocr-eng
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo demo-deps test lint unit e2e bench system-deps venv viewer dwv clean
+.PHONY: demo demo-deps test lint unit e2e bench bench-quick bench-1m bench-tools system-deps venv viewer dwv clean
 
 # OS packages: installed with apt-get when we are root, otherwise a one-line hint naming them.
 system-deps:
@@ -87,9 +87,20 @@ unit: venv
 e2e: venv viewer dwv
 	$(VENV)/bin/pytest tests/e2e
 
-bench: venv
+bench-tools: venv
 	@command -v wrk >/dev/null || { if [ "$$(id -u)" = 0 ]; then apt-get install -y -qq wrk >/dev/null; else echo "wrk is missing: sudo apt-get install wrk"; exit 1; fi; }
+
+# B1-B7 (B4 against Orthanc, B5 at 100,000 studies on SQLite and PostgreSQL)
+bench: bench-tools
 	$(PY) -m bench.run
+
+# the short forms of B2, B4 and B5 (a few minutes)
+bench-quick: bench-tools
+	$(PY) -m bench.run --quick
+
+# B5 at 1,000,000 studies on SQLite and PostgreSQL (fills take minutes; the SQLite catalog is ~1.8 GB)
+bench-1m: venv
+	$(PY) -m bench.b5_qido --studies 1000000
 
 clean:
 	rm -rf var .venv .venv-checkov viewer/node_modules viewer/dist tests/e2e/dwv/node_modules

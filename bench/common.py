@@ -130,12 +130,12 @@ def _cached(name: str, make: Callable[[Path], object]) -> Path:
     return folder
 
 
-def ct_series(seed: int = 7, slices: int = 200) -> list[Path]:
-    """A clean (no fake PHI) 512x512 CT series, instance 1 first."""
+def ct_series(seed: int = 7, slices: int = 200, clean: bool = True) -> list[Path]:
+    """A 512x512 CT series, instance 1 first: clean, or with the realistic fake PHI ``synth`` writes by default."""
     from gateway.tools.synth import make_series
 
-    folder = _cached(f"ct-{seed}-{slices}", lambda out: make_series(
-        out, modality="CT", slices=slices, seed=seed, clean=True))
+    folder = _cached(f"ct-{seed}-{slices}{'' if clean else '-phi'}", lambda out: make_series(
+        out, modality="CT", slices=slices, seed=seed, clean=clean))
     return sorted(folder.glob("*.dcm"))
 
 
@@ -214,16 +214,24 @@ class BenchStack:
         return f"/t/{token}/dicomweb"
 
     def gunicorn_pids(self) -> list[int]:
+        """gunicorn's master, its workers and the workers' ingest pool processes."""
         master = self.stack.processes["gunicorn"].pid
-        return [master, *children_of(master)]
+        workers = children_of(master)
+        return [master, *workers, *(pid for worker in workers for pid in children_of(worker))]
 
     def nginx_pids(self) -> list[int]:
         master = self.stack.processes["nginx"].pid
         return [master, *children_of(master)]
 
     def rss(self) -> int:
-        """Sum of the gunicorn processes' resident set sizes, bytes (shared pages counted in each process)."""
+        """Sum of the gunicorn processes' resident set sizes (ingest pool processes included), bytes (shared pages
+        counted in each process)."""
         return sum(rss_of(pid) for pid in self.gunicorn_pids())
+
+    def largest_rss(self) -> int:
+        """The largest resident set of one gunicorn process (master, worker or ingest pool process), bytes: a
+        pool starting in the other worker adds processes, not memory per upload."""
+        return max((rss_of(pid) for pid in self.gunicorn_pids()), default=0)
 
     def error_log_count(self, text: str) -> int:
         """How many lines of NGINX's error log contain ``text``."""

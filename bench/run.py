@@ -1,6 +1,7 @@
 """``make bench``: run B1-B8 one after the other and print a summary table.
 
-``python -m bench.run`` runs all; ``python -m bench.run b1 b5`` runs some. A benchmark that cannot run (no wrk, no
+``python -m bench.run`` runs all; ``python -m bench.run b1 b5`` runs some; ``--quick`` asks the benchmarks that
+have a short form (B2, B4, B5) for it. A benchmark that cannot run (no wrk, no
 nginx) is listed as SKIPPED with the reason; one that crashes is listed as ERROR and the others still run. Exit
 status: 0 when everything ran (a MISS is a finding to report, not a crash), 1 when a benchmark crashed or was
 skipped, so CI-style callers notice a benchmark that no longer works.
@@ -8,6 +9,7 @@ skipped, so CI-style callers notice a benchmark that no longer works.
 
 from __future__ import annotations
 
+import inspect
 import sys
 import time
 import traceback
@@ -16,7 +18,7 @@ from collections.abc import Callable
 from bench import b1_frames, b2_throughput, b3_retrieve, b4_ingest, b5_qido, b6_token, b7_mobile, b8_pixels
 from bench.common import BenchSkip, Report
 
-BENCHES: dict[str, Callable[[], Report]] = {
+BENCHES: dict[str, Callable[..., Report]] = {
     "b6": b6_token.run,
     "b4": b4_ingest.run,
     "b1": b1_frames.run,
@@ -29,7 +31,8 @@ BENCHES: dict[str, Callable[[], Report]] = {
 
 
 def main(argv: list[str]) -> int:
-    wanted = [a.lower() for a in argv] or list(BENCHES)
+    quick = "--quick" in argv
+    wanted = [a.lower() for a in argv if a != "--quick"] or list(BENCHES)
     unknown = [a for a in wanted if a not in BENCHES]
     if unknown:
         print(f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(sorted(BENCHES))}")
@@ -39,7 +42,8 @@ def main(argv: list[str]) -> int:
     broken = False
     for name in sorted(wanted, key=list(BENCHES).index):
         try:
-            report = BENCHES[name]()
+            run = BENCHES[name]
+            report = run(quick=True) if quick and "quick" in inspect.signature(run).parameters else run()
         except BenchSkip as skip:
             print(f"{name.upper()} SKIPPED: {skip}", flush=True)
             rows.append((name.upper(), "-", "-", "-", f"SKIPPED: {skip}"))

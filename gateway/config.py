@@ -131,6 +131,13 @@ VARIABLES: dict[str, Variable] = {
         minimum=0,
     ),
     "DEID_KEY": Variable(False, "", "Secret for keyed UID remapping and date shifting when de-identifying."),
+    "INGEST_PROCESSES": Variable(
+        False,
+        "2",
+        "Processes per gunicorn worker that index and PHI-scan uploaded files (started on the first upload; "
+        "workers x this many in all, ~60 MB each); 0: in the request's threads.",
+        minimum=0,
+    ),
     "TMP_DIR": Variable(
         False,
         "",
@@ -299,6 +306,7 @@ class Settings:
     derivatives_for_any: bool = False
     derive_queue_url: str = ""
     bulkdata_threshold: int = 1024
+    ingest_processes: int = 2
     deid_key: str = ""
     tmp_dir: str = ""
     verify_keys: tuple[str, ...] = ()
@@ -390,6 +398,7 @@ class Settings:
             derivatives_for_any=_flag("DERIVATIVES_FOR_ANY", values["DERIVATIVES_FOR_ANY"]),
             derive_queue_url=values["DERIVE_QUEUE_URL"],
             bulkdata_threshold=_int("BULKDATA_THRESHOLD", values["BULKDATA_THRESHOLD"], 0),
+            ingest_processes=_int("INGEST_PROCESSES", values["INGEST_PROCESSES"], 0),
             deid_key=values["DEID_KEY"],
             tmp_dir=values["TMP_DIR"],
             verify_keys=verify_keys,

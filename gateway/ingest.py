@@ -5,12 +5,21 @@ quarantine, de-identify or route); index the final file (frame and bulkdata rang
 store it durably; only then commit the catalog row that makes it visible. A crash between store and commit
 leaves an invisible object that ``dicom-gateway reconcile`` registers or removes. The same bytes again are a
 success without a duplicate; different bytes under a known SOP Instance UID fail unless overwrite is enabled.
+
+Two halves: ``analyse`` is the CPU work on the spooled file (index, checks, hooks, digest; no catalog, no
+storage), run in a pool of processes (``DICOMGW_INGEST_PROCESSES``) so one request's files use every core (the
+GIL caps threads); ``Ingestor._store``/``_commit`` then store and register in the request's process. The commit
+point, the one place an instance becomes visible, is ``register_instance`` in ``Ingestor._commit``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import multiprocessing
+import threading
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -88,6 +97,101 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+@dataclass
+class Analysis:
+    """What ``analyse`` found in a file the hooks accepted, rejected or quarantined (picklable: it may come
+    from a pool process). When accepted, ``indexed`` and ``digest`` describe ``path`` (the hooks' output)."""
+
+    header: Header
+    outcome: HookOutcome
+    path: Path
+    indexed: IndexedInstance | None = None
+    digest: str = ""
+
+
+def run_hooks(hooks: list[Hook], path: Path, context: UploadContext) -> tuple[HookOutcome, Path]:
+    current = path
+    merged = HookOutcome(path=path)
+    for hook in hooks:
+        outcome = hook(current, context)
+        if outcome.path is not None and outcome.path != current:
+            if current != path:
+                current.unlink(missing_ok=True)
+            current = outcome.path
+        merged.audit.update(outcome.audit)
+        merged.report.update(outcome.report)
+        merged.destination = outcome.destination or merged.destination
+        if outcome.action != "accept":
+            merged.action = outcome.action
+            merged.reason = outcome.reason
+            break
+    merged.path = current
+    return merged, current
+
+
+def analyse(
+    path: Path,
+    context: UploadContext,
+    expected_study: str | None,
+    scope: Scope | None,
+    hooks: list[Hook],
+    bulkdata_threshold: int,
+) -> IngestResult | Analysis:
+    """The CPU half of ingest: a final failure, or what to store. Index first: it validates the file and its
+    UIDs in one pass, and is reused unless a hook rewrites the file (de-identification), which is then indexed
+    again. A file a hook wrote is deleted here when the answer is a failure, else by the caller."""
+    try:
+        indexed = index_file(path, bulkdata_threshold=bulkdata_threshold)
+    except DicomError as error:
+        return IngestResult("failed", failure_reason=CANNOT_UNDERSTAND, detail=error.detail)
+    header = Header(indexed.ids, indexed.sop_class_uid)
+    if expected_study is not None and header.ids.study != expected_study:
+        return IngestResult.about(
+            header,
+            "failed",
+            failure_reason=STUDY_MISMATCH,
+            detail="StudyInstanceUID does not match the study in the request URL",
+        )
+    if scope is not None and not scope.allows_series(header.ids.study, header.ids.series):
+        return IngestResult.about(
+            header,
+            "failed",
+            failure_reason=PROCESSING_FAILURE,
+            detail="the instance's study or series is outside the token's scope",
+        )
+    outcome, final_path = run_hooks(hooks, path, context)
+    analysis = Analysis(header, outcome, final_path)
+    if outcome.action != "accept":
+        return analysis
+    try:
+        analysis.indexed = (
+            indexed if final_path == path else index_file(final_path, bulkdata_threshold=bulkdata_threshold)
+        )
+    except DicomError as error:
+        if final_path != path:
+            final_path.unlink(missing_ok=True)
+        return IngestResult.about(header, "failed", failure_reason=CANNOT_UNDERSTAND, detail=error.detail)
+    analysis.digest = sha256_of(final_path)
+    return analysis
+
+
+# In a pool process: the hook chain, built once from the settings (``_start_analyser``).
+_pool_hooks: list[Hook] = []
+
+
+def _start_analyser(settings: Settings) -> None:
+    from gateway.services import build_policy_hooks
+    from gateway.storage import open_storage
+
+    _pool_hooks[:] = build_policy_hooks(settings, open_storage(settings.storage_url))[0]
+
+
+def _analyse_in_pool(
+    path: Path, context: UploadContext, expected_study: str | None, scope: Scope | None, bulkdata_threshold: int
+) -> IngestResult | Analysis:
+    return analyse(path, context, expected_study, scope, _pool_hooks, bulkdata_threshold)
+
+
 class Ingestor:
     def __init__(
         self,
@@ -99,7 +203,11 @@ class Ingestor:
         spool_dir: Path,
         destinations: dict[str, Storage] | None = None,
         derivatives: Offering | None = None,
+        processes: int = 0,
     ) -> None:
+        """``processes`` > 0: ``analyse`` runs in a pool of that many processes, started on the first upload,
+        whose hooks are built from ``settings`` the way ``gateway.services.build_policy_hooks`` built ``hooks``
+        (pass 0 with hooks made any other way)."""
         self.settings = settings
         self.derivatives = derivatives
         self.storage = storage
@@ -107,6 +215,42 @@ class Ingestor:
         self.hooks = hooks
         self.spool_dir = spool_dir
         self.destinations = destinations or {}
+        self.processes = processes
+        self._pool: ProcessPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+
+    def _analyse(
+        self, path: Path, context: UploadContext, expected_study: str | None, scope: Scope | None
+    ) -> IngestResult | Analysis:
+        threshold = self.settings.bulkdata_threshold
+        if self.processes > 0:
+            with self._pool_lock:
+                if self._pool is None:
+                    # spawn, not fork: a gunicorn worker has threads, and a forked child would inherit their locks
+                    self._pool = ProcessPoolExecutor(
+                        self.processes,
+                        mp_context=multiprocessing.get_context("spawn"),
+                        initializer=_start_analyser,
+                        initargs=(self.settings,),
+                    )
+                pool = self._pool
+            try:
+                return pool.submit(_analyse_in_pool, path, context, expected_study, scope, threshold).result()
+            except BrokenProcessPool:
+                # a pool process died (killed, out of memory): a new pool next time; this file is analysed here
+                log.warning("the ingest process pool broke; starting a new one")
+                with self._pool_lock:
+                    if self._pool is pool:
+                        self._pool = None
+                pool.shutdown(wait=False)
+        return analyse(path, context, expected_study, scope, self.hooks, threshold)
+
+    def close(self) -> None:
+        """Stop the pool's processes (if one was started)."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
 
     def ingest(
         self,
@@ -130,55 +274,23 @@ class Ingestor:
     ) -> IngestResult:
         """Never raises for a bad file; raises StorageUnavailable / CatalogUnavailable for outages so the caller
         can tell the client to retry (nothing was made visible)."""
-        try:
-            # Index first: it validates the file and its UIDs in one pass, and is reused unless a hook rewrites
-            # the file (de-identification), which is then indexed again.
-            indexed = index_file(path, bulkdata_threshold=self.settings.bulkdata_threshold)
-        except DicomError as error:
-            return IngestResult("failed", failure_reason=CANNOT_UNDERSTAND, detail=error.detail)
-        header = Header(indexed.ids, indexed.sop_class_uid)
-        base = IngestResult.about(header, "failed")
-        if expected_study is not None and header.ids.study != expected_study:
-            base.failure_reason = STUDY_MISMATCH
-            base.detail = "StudyInstanceUID does not match the study in the request URL"
-            return base
-        if scope is not None and not scope.allows_series(header.ids.study, header.ids.series):
-            base.failure_reason = PROCESSING_FAILURE
-            base.detail = "the instance's study or series is outside the token's scope"
-            return base
-        outcome, final_path = self._run_hooks(path, context)
+        analysis = self._analyse(path, context, expected_study, scope)
+        if isinstance(analysis, IngestResult):
+            return analysis
+        header, outcome, final_path = analysis.header, analysis.outcome, analysis.path
         try:
             if outcome.action == "reject":
-                base.failure_reason = PROCESSING_FAILURE
-                base.detail = outcome.reason or "rejected by upload policy"
-                base.report = outcome.report
+                result = IngestResult.about(header, "failed", failure_reason=PROCESSING_FAILURE, report=outcome.report)
+                result.detail = outcome.reason or "rejected by upload policy"
                 self._audit(context, header, outcome)
-                return base
+                return result
             if outcome.action == "quarantine":
                 return self._quarantine(final_path, context, header, outcome)
-            return self._store(final_path, context, header, outcome, indexed if final_path == path else None)
+            assert analysis.indexed is not None
+            return self._store(final_path, context, header, outcome, analysis.indexed, analysis.digest)
         finally:
             if final_path != path:
                 final_path.unlink(missing_ok=True)
-
-    def _run_hooks(self, path: Path, context: UploadContext) -> tuple[HookOutcome, Path]:
-        current = path
-        merged = HookOutcome(path=path)
-        for hook in self.hooks:
-            outcome = hook(current, context)
-            if outcome.path is not None and outcome.path != current:
-                if current != path:
-                    current.unlink(missing_ok=True)
-                current = outcome.path
-            merged.audit.update(outcome.audit)
-            merged.report.update(outcome.report)
-            merged.destination = outcome.destination or merged.destination
-            if outcome.action != "accept":
-                merged.action = outcome.action
-                merged.reason = outcome.reason
-                break
-        merged.path = current
-        return merged, current
 
     @staticmethod
     def _audit_fields(context: UploadContext, header: Header, outcome: HookOutcome) -> dict[str, Any] | None:
@@ -231,13 +343,9 @@ class Ingestor:
         context: UploadContext,
         original: Header,
         outcome: HookOutcome,
-        indexed: IndexedInstance | None = None,
+        indexed: IndexedInstance,
+        digest: str,
     ) -> IngestResult:
-        try:
-            if indexed is None:
-                indexed = index_file(path, bulkdata_threshold=self.settings.bulkdata_threshold)
-        except DicomError as error:
-            return IngestResult.about(original, "failed", failure_reason=CANNOT_UNDERSTAND, detail=error.detail)
         final = Header(indexed.ids, indexed.sop_class_uid)
         result = IngestResult.about(final, "stored", report=outcome.report)
         key = indexed.ids.key
@@ -256,7 +364,6 @@ class Ingestor:
                 self._audit(context, original, outcome)
                 result.detail = "stored in another destination by policy"
                 return result
-        digest = sha256_of(path)
         # One upload of an instance at a time: without this, two concurrent uploads of a new SOP Instance UID
         # could each write the object and the loser's bytes would sit under the winner's catalog row.
         # A crashed upload's reservation is taken over at once (its process is gone) or after a short lease: see

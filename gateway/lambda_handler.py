@@ -20,8 +20,9 @@ from gateway.services import Services
 
 
 def make_ingestor(settings: Settings) -> IngestorLike:
-    """The gateway's own ingest (storage, catalog and the same hook chain as STOW-RS)."""
-    return Services.build(settings).ingestor
+    """The gateway's own ingest (storage, catalog and the same hook chain as STOW-RS). One file at a time, in
+    this process: no ingest process pool (Lambda has no shared memory for one, and one file gains nothing)."""
+    return Services.build(settings.with_changes(ingest_processes=0)).ingestor
 
 
 _SETTINGS: Settings | None = None

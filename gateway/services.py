@@ -74,6 +74,8 @@ class Services:
             derivatives_for_any=settings.derivatives_for_any,
         )
         destinations: dict[str, Storage] = {}
+        # the pool's processes build their hooks from the settings: only for the hooks the settings make
+        processes = settings.ingest_processes if hooks is None else 0
         if hooks is None:
             hooks, destinations = build_policy_hooks(settings, storage)
         spool_dir = Path(settings.tmp_dir or tempfile.gettempdir())
@@ -87,5 +89,6 @@ class Services:
             spool_dir=spool_dir,
             destinations=destinations,
             derivatives=open_offering(settings, catalog),
+            processes=processes,
         )
         return cls(settings, storage, catalog, tokens, authorizer, planner, ingestor, spool_dir)

@@ -68,7 +68,7 @@ class AdminRecords(CatalogBase):
         two newcomers never both win). ``now`` defaults to the database's clock (tests pass their own)."""
         me = this_process()
         nonce = secrets.token_hex(16)
-        with self._write() as conn:
+        with self._write(durable=False) as conn:  # a reservation dies with its owner: no flush to disk
             return self._reserve(conn, sop_uid, me, nonce, self._now(conn) if now is None else now)
 
     def _reserve(self, conn: Any, sop_uid: str, me: Owner, nonce: str, now: int) -> Reservation | None:

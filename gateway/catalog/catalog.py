@@ -26,7 +26,7 @@ from gateway.catalog.derivatives import DerivativeRecords
 from gateway.catalog.engine import MIGRATIONS, engine_url
 from gateway.catalog.records import InstanceRecord, InstanceRow
 from gateway.catalog.schema import audit, instances, reservations, series, studies
-from gateway.catalog.search import build_select, shape_row
+from gateway.catalog.search import build_select, shape_row, wide_prefixes
 from gateway.dicomweb.qido import QidoQuery
 from gateway.errors import Conflict, ReservationLost, SeriesInOtherStudy
 from gateway.scope import Scope
@@ -278,9 +278,11 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
 
     def search(self, query: QidoQuery, scope: Scope | None) -> list[dict[str, Any]]:
         """QIDO results as DICOM JSON objects, filtered by ``scope`` in SQL (``None`` = everything)."""
-        stmt = build_select(query, scope)
         with self._read() as conn:
-            rows = [dict(row._mapping) for row in conn.execute(stmt)]
+            stmt = build_select(query, scope, wide_prefixes(conn, query) if self.dialect == "sqlite" else frozenset())
+            result = conn.execute(stmt)
+            keys = list(result.keys())  # once: Row._mapping rebuilds the key list for every row
+            rows = [dict(zip(keys, row, strict=True)) for row in result]
             if scope is not None and scope.series is not None and rows:
                 self._scope_counts(conn, rows, scope.series)
         return [shape_row(query, row) for row in rows]

@@ -95,12 +95,25 @@ class CatalogBase:
             raise CatalogUnavailable(f"catalog unavailable ({type(exc.orig).__name__})") from None
 
     @contextmanager
-    def _write(self) -> Iterator[Connection]:
+    def _write(self, durable: bool = True) -> Iterator[Connection]:
+        """A write transaction. ``durable=False`` for rows that need not survive a power cut (an upload
+        reservation: its owner process dies with the machine, and a lost row only means no reservation): the
+        commit skips the flush to disk (SQLite WAL with synchronous=NORMAL, PostgreSQL synchronous_commit off).
+        The next durable commit flushes it too, so commits still reach disk in order."""
         try:
             with self.engine.connect() as conn:
                 conn.execution_options(write=True)
-                with conn.begin():
-                    yield conn
+                sqlite = None if durable or self.dialect != "sqlite" else conn.connection.driver_connection
+                if sqlite is not None:
+                    sqlite.execute("PRAGMA synchronous=NORMAL")  # outside a transaction: it applies to the next
+                try:
+                    with conn.begin():
+                        if not durable and self.dialect == "postgresql":
+                            conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+                        yield conn
+                finally:
+                    if sqlite is not None:
+                        sqlite.execute("PRAGMA synchronous=FULL")
         except sa.exc.OperationalError as exc:
             raise CatalogUnavailable(f"catalog unavailable ({type(exc.orig).__name__})") from None
 

@@ -1,9 +1,10 @@
 """One STOW-RS request's parts, ingested on a few threads while the body is still being read.
 
-Reading the body is I/O, and per-file work waits on fsync (storage and catalog commits), so overlapping them uses
-the machine's other core. Results keep the order of the parts; at most ``in_flight`` spooled parts wait on disk at
-any time, so a 2,000-instance request never fills the spool folder. The first storage or catalog outage stops the
-batch: later parts fail fast with "out of resources" and nothing else is written.
+Reading the body is I/O, each file's CPU work runs in the ingest process pool (``gateway.ingest.analyse``), and
+the commit waits on fsync (storage and catalog), so overlapping them uses every core. Results keep the order of
+the parts; at most ``in_flight`` spooled parts wait on disk at any time, so a 2,000-instance request never fills
+the spool folder. The first storage or catalog outage stops the batch: later parts fail fast with "out of
+resources" and nothing else is written.
 """
 
 from __future__ import annotations

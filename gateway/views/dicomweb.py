@@ -188,7 +188,12 @@ def _stow(study: str | None) -> Response:
         tenant=request.headers.get("X-DICOMGW-Tenant"),
         region=request.headers.get("X-DICOMGW-Region"),
     )
-    batch = StowBatch(lambda path: srv.ingestor.ingest(path, context, expected_study=study, scope=claims.scope))
+    # a thread per pool process, plus one committing while they analyse
+    batch = StowBatch(
+        lambda path: srv.ingestor.ingest(path, context, expected_study=study, scope=claims.scope),
+        workers=max(3, srv.ingestor.processes + 1),
+        in_flight=max(6, 2 * srv.ingestor.processes + 2),
+    )
     stream = request.environ["wsgi.input"]
     try:
         if media_type == "application/dicom":

@@ -12,20 +12,15 @@ DICOM ports on loopback; the Debian service is never used.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from gateway.tools.stack import free_port
+from gateway.tools import orthanc as orthanc_tool
+from gateway.tools.orthanc import Orthanc
 from gateway.tools.synth import make_series
 from tests.e2e.conftest import uids_of
 from tests.e2e.harness import RunningStack
@@ -33,86 +28,16 @@ from tests.requirements import require
 
 pytestmark = pytest.mark.third_party
 
-ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 # (server name in Orthanc's configuration, how it carries the token): every scenario runs through both.
 TRANSPORTS = ["path", "bearer"]
 
 
-def dicomweb_plugin() -> Path:
-    """Where Debian's orthanc-dicomweb package put the plugin (as `dpkg -L orthanc-dicomweb` lists it)."""
-    listing = subprocess.run(["dpkg", "-L", "orthanc-dicomweb"], capture_output=True, text=True, check=False)
-    for line in listing.stdout.splitlines():
-        if "/plugins/" in line and line.endswith(".so"):
-            return Path(line)
-    require(False, "the orthanc-dicomweb package is not installed (`make test` installs it with apt)")
-    raise AssertionError("unreachable")
-
-
-@dataclass
-class Orthanc:
-    process: subprocess.Popen[bytes]
-    url: str
-    log: Path
-    stow_files: dict[str, list[Path]]  # transport -> the series that transport uploads from Orthanc
-
-    def post(self, path: str, body: Any) -> requests.Response:
-        return requests.post(f"{self.url}{path}", data=json.dumps(body), timeout=120)
-
-    def get(self, path: str) -> requests.Response:
-        return requests.get(f"{self.url}{path}", timeout=60)
-
-    def clear(self) -> None:
-        for study in self.get("/studies").json():
-            assert requests.delete(f"{self.url}/studies/{study}", timeout=30).status_code == 200
-        assert self.get("/instances").json() == []
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(15)
-
-
 def start_orthanc(folder: Path, servers: dict[str, dict[str, Any]]) -> Orthanc:
-    require(Path(ORTHANC).exists(), f"{ORTHANC} is not installed (`make test` installs Debian's orthanc with apt)")
-    plugin = dicomweb_plugin()
-    http_port = free_port()
-    config = {
-        "Name": "dicom-gateway-e2e",
-        "StorageDirectory": str(folder / "storage"),
-        "IndexDirectory": str(folder / "storage"),
-        "HttpPort": http_port,
-        "DicomPort": free_port(),
-        "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
-        "Plugins": [str(plugin)],
-        "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "Servers": servers},
-    }
-    (folder / "orthanc.json").write_text(json.dumps(config, indent=2))
-    log = folder / "orthanc.log"
-    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}  # libcurl would honour a proxy
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [ORTHANC, str(folder / "orthanc.json")], stdout=out, stderr=subprocess.STDOUT, cwd=folder, env=env
-        )
-    url = f"http://127.0.0.1:{http_port}"
-    deadline = time.monotonic() + 60
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"Orthanc exited with {process.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
-        try:
-            if requests.get(f"{url}/plugins/dicom-web", timeout=2).status_code == 200:
-                break
-        except requests.ConnectionError:
-            pass
-        if time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"Orthanc did not answer within 60 s:\n{log.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.1)
-    return Orthanc(process, url, log, {})
+    try:
+        return orthanc_tool.start_orthanc(folder, servers)
+    except orthanc_tool.OrthancMissing as missing:
+        require(False, f"{missing} (`make test` installs Debian's orthanc and orthanc-dicomweb with apt)")
+        raise
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -53,11 +54,27 @@ def test_engine_url_uses_psycopg3() -> None:
 
 def test_migrate_is_idempotent_and_matches_schema(catalog: Catalog) -> None:
     catalog.migrate()  # second run: already at head
-    with catalog.engine.connect() as conn:
+    with catalog.engine.connect() as conn, warnings.catch_warnings():
+        # SQLAlchemy cannot reflect SQLite's expression indexes (lower(patient_name)): checked below by their DDL
+        warnings.filterwarnings("ignore", "Skipped unsupported reflection of expression-based index")
+        warnings.filterwarnings("ignore", "autogenerate skipping metadata-specified expression-based index")
         diffs = compare_metadata(MigrationContext.configure(conn), schema_metadata)
         version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one()
+        if catalog.dialect == "sqlite":
+            ddl = conn.exec_driver_sql("SELECT name, sql FROM sqlite_master WHERE type = 'index'").all()
+        else:
+            ddl = conn.exec_driver_sql("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'studies'").all()
+    # the order index is declared by its columns (what SQLite reflects); PostgreSQL reflects its DESC NULLS LAST
+    diffs = [d for d in diffs if catalog.dialect == "sqlite" or getattr(d[1], "name", "") != "ix_studies_date_order"]
     assert diffs == []
-    assert version == "0006"
+    assert version == "0007"
+    indexes = {name: " ".join(sql.split()) for name, sql in ddl if sql}
+    assert "lower(patient_name)" in indexes["ix_studies_patient_name_lower"]
+    if catalog.dialect == "postgresql":
+        assert "text_pattern_ops" in indexes["ix_studies_patient_name_lower"]
+        assert "study_date DESC NULLS LAST, study_uid" in indexes["ix_studies_date_order"]
+    else:
+        assert "study_date DESC, study_uid" in indexes["ix_studies_date_order"]
     catalog.check()
 
 
@@ -69,6 +86,27 @@ def test_sqlite_pragmas(tmp_path: object) -> None:
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+    cat.close()
+
+
+def test_reservation_commits_without_flush_and_leaves_connections_durable(tmp_path: object) -> None:
+    """An upload reservation is written with synchronous=NORMAL (it need not survive a power cut); the pooled
+    connection is FULL again afterwards, for the commits that must."""
+    cat = Catalog(f"sqlite:///{tmp_path}/c.db")
+    cat.migrate()
+    seen: list[int] = []
+    real = cat._reserve
+
+    def spy(conn: Any, *args: Any) -> Any:
+        seen.append(conn.exec_driver_sql("PRAGMA synchronous").scalar())
+        return real(conn, *args)
+
+    cat._reserve = spy  # type: ignore[method-assign]
+    reservation = cat.reserve("1.2.3.9")
+    assert reservation is not None and seen == [1]  # NORMAL inside the reservation's transaction
+    assert cat.reserve("1.2.3.9") is None  # committed: a second upload of the instance waits
+    with cat.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2
     cat.close()
 
 
@@ -335,3 +373,68 @@ def test_record_from_real_file(catalog: Catalog, tmp_path: object) -> None:
     assert [f["0020000D"]["Value"] for f in found] == [["1.2.3.4"]]
     assert found[0]["00100010"]["Value"] == [{"Alphabetic": "Roe^Jane"}]
     assert found[0]["00080061"]["Value"] == ["OT"]
+
+
+def test_patient_name_prefix_same_page_by_name_index_or_by_order(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PN prefix is case-insensitive and answers the same ordered page whichever index drives it: on SQLite a
+    prefix matching more than WIDE_PREFIX studies reads the study order index (lowered here so a few studies
+    cross it), a narrower one the lower(patient_name) range; undated studies come last on both backends."""
+    from gateway.catalog import search
+
+    monkeypatch.setattr(search, "WIDE_PREFIX", 3)
+    names = ["DOE^Jane", "doe^John", "Doe^Ann", "Doering^Max", "Dobson^Al", "O'Doe^X", "Müller^Doe"]
+    for i, name in enumerate(names):
+        study = f"1.2.9.{i}"
+        date = None if i == 1 else f"2020010{i}"
+        inst = make_instance(study, f"{study}.1", f"{study}.1.1", patient_name=name, study_date=date)
+        catalog.register_instance(record(inst))
+
+    def page(pattern: str, **extra: list[str]) -> list[str]:
+        query = parse_qido("studies", {"PatientName": [pattern], **extra})
+        if catalog.dialect == "sqlite" and pattern in ("DOE*", "dob*"):  # 'doe' holds 4 > 3 studies, 'dob' 1
+            with catalog.engine.connect() as conn:
+                assert search.wide_prefixes(conn, query) == ({0} if pattern == "DOE*" else set())
+        return [row["00100010"]["Value"][0]["Alphabetic"] for row in catalog.search(query, None)]
+
+    assert page("DOE*") == ["Doering^Max", "Doe^Ann", "DOE^Jane", "doe^John"]
+    assert page("doe*", limit=["2"], offset=["1"]) == ["Doe^Ann", "DOE^Jane"]
+    assert page("dob*") == ["Dobson^Al"]
+    assert page("DO?SON*") == ["Dobson^Al"]
+    assert page("o'd*") == ["O'Doe^X"]
+    assert page("*doe") == ["Müller^Doe"]
+
+
+def test_deep_study_pages_by_uids_first_match_the_plain_pages(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From DEEP_OFFSET on, a study page is read by its UIDs first: every page, filtered and scoped, is the same
+    as the one plain LIMIT/OFFSET gives, in the same order (undated studies last, ties by StudyInstanceUID)."""
+    from gateway.catalog import search
+    from gateway.scope import Scope
+
+    dates = ["20200105", None, "20200105", "20190101", "20210707", None, "20200105", "20180303", "20220202"]
+    for i, date in enumerate(dates):
+        study = f"1.2.8.{i}"
+        inst = make_instance(study, f"{study}.1", f"{study}.1.1", study_date=date, modality="MR" if i % 3 else "CT")
+        catalog.register_instance(record(inst))
+
+    def pages(args: dict[str, list[str]], scope: Scope | None) -> list[list[str]]:
+        found = []
+        for offset in range(len(dates) + 1):
+            query = parse_qido("studies", {**args, "limit": ["2"], "offset": [str(offset)]})
+            found.append([row["0020000D"]["Value"][0] for row in catalog.search(query, scope)])
+        return found
+
+    scope = Scope(frozenset(f"1.2.8.{i}" for i in (0, 1, 2, 4, 5, 8)))
+    for args, visible in (({}, None), ({"ModalitiesInStudy": ["MR"]}, None), ({}, scope)):
+        monkeypatch.setattr(search, "DEEP_OFFSET", 10**9)
+        plain = pages(args, visible)
+        monkeypatch.setattr(search, "DEEP_OFFSET", 1)
+        assert pages(args, visible) == plain
+    monkeypatch.setattr(search, "DEEP_OFFSET", 1)
+    assert pages({}, None)[0] == ["1.2.8.8", "1.2.8.4"]
+    assert pages({}, None)[3] == ["1.2.8.2", "1.2.8.6"]
+    assert pages({}, None)[6] == ["1.2.8.7", "1.2.8.1"]
+    assert pages({}, None)[7] == ["1.2.8.1", "1.2.8.5"]
