@@ -9,7 +9,8 @@ success without a duplicate; different bytes under a known SOP Instance UID fail
 Two halves: ``analyse`` is the CPU work on the spooled file (index, checks, hooks, digest; no catalog, no
 storage), run in a pool of processes (``DICOMGW_INGEST_PROCESSES``) so one request's files use every core (the
 GIL caps threads); ``Ingestor._store``/``_commit`` then store and register in the request's process. The commit
-point, the one place an instance becomes visible, is ``register_instance`` in ``Ingestor._commit``.
+point, the one place an instance becomes visible, is the group commit (``gateway.catalog.groupcommit``) in
+``Ingestor._commit``: uploads that reach it together share one catalog transaction.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from gateway.catalog import Catalog
 from gateway.catalog.admin import Reservation
+from gateway.catalog.catalog import Registration
+from gateway.catalog.groupcommit import GroupCommit
 from gateway.catalog.records import InstanceRecord
 from gateway.config import Settings
 from gateway.dicom.index import index_file
@@ -212,6 +215,7 @@ class Ingestor:
         self.derivatives = derivatives
         self.storage = storage
         self.catalog = catalog
+        self.commits = GroupCommit(catalog)
         self.hooks = hooks
         self.spool_dir = spool_dir
         self.destinations = destinations or {}
@@ -314,9 +318,7 @@ class Ingestor:
         if fields is not None:
             self.catalog.add_audit(**fields)
 
-    def _quarantine(
-        self, path: Path, context: UploadContext, header: Header, outcome: HookOutcome
-    ) -> IngestResult:
+    def _quarantine(self, path: Path, context: UploadContext, header: Header, outcome: HookOutcome) -> IngestResult:
         key = "quarantine/" + header.ids.key
         self.storage.put_file(key, path)
         self.catalog.add_quarantine(
@@ -414,8 +416,8 @@ class Ingestor:
             destination=outcome.destination,
         )
         try:
-            created = self.catalog.register_instance(
-                record, audit_fields=self._audit_fields(context, original, outcome), reservation=reservation
+            created = self.commits.register(
+                Registration(record, self._audit_fields(context, original, outcome), reservation)
             )
         except ReservationLost:
             return self._in_flight(result), False

@@ -174,9 +174,7 @@ class AdminRecords(CatalogBase):
             with self._write() as conn:
                 conn.execute(revocations.delete().where(revocations.c.expires_at <= now))
         with self._read() as conn:
-            return set(
-                conn.execute(sa.select(revocations.c.jti).where(revocations.c.expires_at > now)).scalars()
-            )
+            return set(conn.execute(sa.select(revocations.c.jti).where(revocations.c.expires_at > now)).scalars())
 
     # --- audit ----------------------------------------------------------------------------------------------
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -28,12 +30,22 @@ from gateway.catalog.records import InstanceRecord, InstanceRow
 from gateway.catalog.schema import audit, instances, reservations, series, studies
 from gateway.catalog.search import build_select, shape_row, wide_prefixes
 from gateway.dicomweb.qido import QidoQuery
-from gateway.errors import Conflict, ReservationLost, SeriesInOtherStudy
+from gateway.errors import Conflict, GatewayError, ReservationLost, SeriesInOtherStudy
 from gateway.scope import Scope
 from gateway.uids import check_uid
 
 # Still importable from here, as before the split.
-__all__ = ["MIGRATIONS", "PURGE_INTERVAL", "Catalog", "engine_url"]
+__all__ = ["MIGRATIONS", "PURGE_INTERVAL", "Catalog", "Registration", "engine_url"]
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One upload to make visible: its record, the audit record of its hook decision, its reservation."""
+
+    record: InstanceRecord
+    audit_fields: dict[str, Any] | None = None
+    reservation: Reservation | None = None
+
 
 _ROW_COLUMNS = [c for c in instances.c if c.name != "metadata"]
 # Built once: get_instance is on the frame path, and building a statement per call doubles its cost.
@@ -60,26 +72,63 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
         sha256; raises ``Conflict`` when stored with other bytes, unless ``rec.replace``. The same transaction
         ends the upload's ``reservation`` (``ReservationLost``, nothing committed, when it is no longer ours)
         and appends ``audit_fields`` (one commit per upload)."""
-        inst = rec.instance
-        check_uid(inst.ids.study, "StudyInstanceUID")
-        check_uid(inst.ids.series, "SeriesInstanceUID")
-        check_uid(inst.ids.sop, "SOPInstanceUID")
+        outcome = self.register_instances([Registration(rec, audit_fields, reservation)])[0]
+        if isinstance(outcome, GatewayError):
+            raise outcome
+        return outcome
+
+    def register_instances(self, batch: Sequence[Registration]) -> list[bool | GatewayError]:
+        """``register_instance`` for several uploads in ONE transaction, so one flush to disk makes them all
+        durable and the counts of each series are recomputed once. Each registration stands alone (a savepoint):
+        its outcome, in input order, is True (stored), False (same bytes already stored), or the error that
+        refused it (``ReservationLost``, ``Conflict``, ``SeriesInOtherStudy``), which changed nothing. Rows are
+        locked in study order, so two batches into the same studies cannot deadlock on PostgreSQL."""
+        for entry in batch:
+            ids = entry.record.instance.ids
+            check_uid(ids.study, "StudyInstanceUID")
+            check_uid(ids.series, "SeriesInstanceUID")
+            check_uid(ids.sop, "SOPInstanceUID")
+        order = sorted(range(len(batch)), key=lambda i: (batch[i].record.instance.ids.study, i))
+        outcomes: list[bool | GatewayError] = [False] * len(batch)
+        with self._write() as conn:
+            touched: set[tuple[str, str]] = set()
+            for i in order:
+                outcomes[i] = self._register_one(conn, batch[i])
+                if outcomes[i] is True:
+                    ids = batch[i].record.instance.ids
+                    touched.add((ids.study, ids.series))
+            for study_uid, series_uid in sorted(touched):
+                self._recount(conn, study_uid, series_uid)
+        return outcomes
+
+    def _register_one(self, conn: Connection, entry: Registration) -> bool | GatewayError:
+        """One registration inside a batch's transaction, under its own savepoint."""
+        reservation = entry.reservation
         for attempt in range(3):
+            savepoint = conn.begin_nested()
             try:
-                with self._write() as conn:
-                    if reservation is not None and not conn.execute(
+                if (
+                    reservation is not None
+                    and not conn.execute(
                         reservations.delete().where(
                             reservations.c.sop_uid == reservation.sop_uid,
                             reservations.c.nonce == reservation.nonce,
                         )
-                    ).rowcount:
-                        raise ReservationLost("another upload of this instance took over its reservation")
-                    created = self._register(conn, rec)
-                    if audit_fields:
-                        conn.execute(audit.insert().values(**self._audit_values(audit_fields)))
-                    return created
+                    ).rowcount
+                ):
+                    raise ReservationLost("another upload of this instance took over its reservation")
+                created = self._register(conn, entry.record)
+                if entry.audit_fields:
+                    conn.execute(audit.insert().values(**self._audit_values(entry.audit_fields)))
+                savepoint.commit()
+                return created
+            except (ReservationLost, Conflict, SeriesInOtherStudy) as refused:
+                savepoint.rollback()
+                return refused
             except sa.exc.IntegrityError:
-                # A concurrent upload of the same SOP UID won the race: re-run, which now sees it.
+                # A concurrent upload of the same SOP UID (another node, PostgreSQL) won the race: re-run, which
+                # now sees it.
+                savepoint.rollback()
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
@@ -113,9 +162,7 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
         study_values.update(attrs=json.dumps(inst.study_attrs), updated_at=now)
         stmt = self._insert(studies).values(study_uid=inst.ids.study, **study_values)
         conn.execute(stmt.on_conflict_do_update(index_elements=["study_uid"], set_=study_values))
-        owner = conn.execute(
-            sa.select(series.c.study_uid).where(series.c.series_uid == inst.ids.series)
-        ).first()
+        owner = conn.execute(sa.select(series.c.study_uid).where(series.c.series_uid == inst.ids.series)).first()
         if owner is not None and owner.study_uid != inst.ids.study:
             raise SeriesInOtherStudy("Series Instance UID already belongs to another study")
         series_values = {
@@ -124,9 +171,7 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
             "series_description": values.get("series_description"),
             "attrs": json.dumps(inst.series_attrs),
         }
-        stmt = self._insert(series).values(
-            series_uid=inst.ids.series, study_uid=inst.ids.study, **series_values
-        )
+        stmt = self._insert(series).values(series_uid=inst.ids.series, study_uid=inst.ids.study, **series_values)
         conn.execute(stmt.on_conflict_do_update(index_elements=["series_uid"], set_=series_values))
         number = inst.instance_number if inst.instance_number is not None else values.get("instance_number")
         conn.execute(
@@ -152,8 +197,7 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
                 destination=rec.destination,
             )
         )
-        self._recount(conn, inst.ids.study, inst.ids.series)
-        return True
+        return True  # the caller recounts the series and study once per batch
 
     def _recount(self, conn: Connection, study_uid: str, series_uid: str) -> None:
         """Recompute the series and study counts (and drop them when empty). Runs under the study's row lock,
@@ -238,9 +282,7 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
         if row is None:
             return
         # lock the study row first (PostgreSQL), the same order register takes
-        conn.execute(
-            sa.select(studies.c.study_uid).where(studies.c.study_uid == row.study_uid).with_for_update()
-        )
+        conn.execute(sa.select(studies.c.study_uid).where(studies.c.study_uid == row.study_uid).with_for_update())
         conn.execute(instances.delete().where(instances.c.sop_uid == sop_uid))
         self._recount(conn, row.study_uid, row.series_uid)
 

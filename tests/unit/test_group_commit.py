@@ -1,0 +1,157 @@
+"""Batched registration (``Catalog.register_instances``) and the group commit that feeds it, on SQLite and on a
+real PostgreSQL: each registration of a batch stands alone, counts come out right, an outage loses nothing half
+way, and uploads that wait together share one transaction."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from gateway.catalog import Catalog
+from gateway.catalog.catalog import Registration
+from gateway.catalog.groupcommit import GroupCommit
+from gateway.dicomweb.qido import parse_qido
+from gateway.errors import CatalogUnavailable, Conflict, ReservationLost, SeriesInOtherStudy
+from tests.fixtures.catalog_data import make_instance, record
+
+ST, ST2 = "1.2.3.1", "1.2.3.2"
+SE1, SE2 = "1.2.3.1.1", "1.2.3.1.2"
+
+
+@pytest.fixture
+def catalog(catalog_url: str) -> Iterator[Catalog]:
+    cat = Catalog(catalog_url)
+    cat.migrate()
+    yield cat
+    cat.close()
+
+
+def study_counts(catalog: Catalog, study: str) -> tuple[int, int, list[str]] | None:
+    rows = catalog.search(parse_qido("studies", {"StudyInstanceUID": [study]}), None)
+    if not rows:
+        return None
+    row: dict[str, Any] = rows[0]
+    return (row["00201206"]["Value"][0], row["00201208"]["Value"][0], row["00080061"].get("Value", []))
+
+
+def test_a_batch_gives_each_registration_its_own_outcome(catalog: Catalog) -> None:
+    catalog.register_instance(record(make_instance(ST, SE1, "1.2.3.1.1.1")))  # stored before, bytes v1
+    catalog.register_instance(record(make_instance(ST2, "1.2.3.2.1", "1.2.3.2.1.1")))
+    lost = catalog.reserve("1.2.3.1.1.9")
+    assert lost is not None
+    catalog.release(lost)  # the reservation this upload thinks it holds is gone
+    batch = [
+        Registration(record(make_instance(ST, SE1, "1.2.3.1.1.2", instance_number=2))),  # new
+        Registration(record(make_instance(ST, SE1, "1.2.3.1.1.1"))),  # same bytes again
+        Registration(record(make_instance(ST, SE1, "1.2.3.1.1.1"), b"v2")),  # other bytes
+        Registration(record(make_instance(ST, "1.2.3.2.1", "1.2.3.1.9.1"))),  # series of another study
+        Registration(record(make_instance(ST, SE1, "1.2.3.1.1.9")), reservation=lost),
+        Registration(record(make_instance(ST, SE2, "1.2.3.1.2.1", modality="MR", series_number=2))),  # new
+    ]
+    outcomes = catalog.register_instances(batch)
+    assert outcomes[0] is True and outcomes[1] is False and outcomes[5] is True
+    assert isinstance(outcomes[2], Conflict)
+    assert isinstance(outcomes[3], SeriesInOtherStudy)
+    assert isinstance(outcomes[4], ReservationLost)
+    # the refused ones changed nothing; the counts were recomputed for both new series
+    assert catalog.get_instance("1.2.3.1.9.1") is None and catalog.get_instance("1.2.3.1.1.9") is None
+    assert catalog.get_instance("1.2.3.1.1.1").sha256 == batch[1].record.sha256  # type: ignore[union-attr]
+    assert study_counts(catalog, ST) == (2, 3, ["CT", "MR"])
+    assert study_counts(catalog, ST2) == (1, 1, ["CT"])
+
+
+def test_register_instance_still_raises_its_refusal(catalog: Catalog) -> None:
+    catalog.register_instance(record(make_instance(ST, SE1, "1.2.3.1.1.1")))
+    with pytest.raises(Conflict):
+        catalog.register_instance(record(make_instance(ST, SE1, "1.2.3.1.1.1"), b"v2"))
+
+
+class CountingCatalog:
+    """The real catalog, counting the transactions ``register_instances`` opens; the first one waits until
+    ``release`` so the others queue up behind it, as they do behind a slow flush to disk."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self.batches: list[int] = []
+        self.release = threading.Event()
+        self.fail = False
+
+    def register_instances(self, batch: list[Registration]) -> list[bool | Exception]:
+        if not self.batches:
+            self.release.wait(10)
+        self.batches.append(len(batch))
+        if self.fail:
+            raise CatalogUnavailable("catalog unavailable (OperationalError)")
+        return self.catalog.register_instances(batch)  # type: ignore[return-value]
+
+
+def register_concurrently(group: GroupCommit, registrations: list[Registration]) -> list[Any]:
+    results: list[Any] = [None] * len(registrations)
+
+    def run(i: int) -> None:
+        try:
+            results[i] = group.register(registrations[i])
+        except Exception as error:  # noqa: BLE001 - the outcome under test
+            results[i] = error
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(registrations))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return results
+
+
+def wait_until_queued(group: GroupCommit, n: int) -> None:
+    for _ in range(1000):
+        if len(group._queue) >= n:
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError(f"{n} registrations never queued")
+
+
+def test_uploads_waiting_together_share_one_transaction(catalog: Catalog) -> None:
+    counting = CountingCatalog(catalog)
+    group = GroupCommit(counting)  # type: ignore[arg-type]
+    registrations = [
+        Registration(record(make_instance(ST, SE1, f"1.2.3.1.1.{n}", instance_number=n))) for n in range(1, 21)
+    ]
+    threading.Thread(target=lambda: (wait_until_queued(group, 19), counting.release.set()), daemon=True).start()
+    results = register_concurrently(group, registrations)
+    assert results == [True] * 20
+    # the first commit ran alone while the 19 others queued; they then committed together
+    assert counting.batches == [1, 19]
+    assert study_counts(catalog, ST) == (1, 20, ["CT"])
+
+
+def test_a_lone_upload_commits_at_once_and_a_refusal_stays_its_own(catalog: Catalog) -> None:
+    group = GroupCommit(catalog)
+    assert group.register(Registration(record(make_instance(ST, SE1, "1.2.3.1.1.1")))) is True
+    assert group.register(Registration(record(make_instance(ST, SE1, "1.2.3.1.1.1")))) is False
+    with pytest.raises(Conflict):
+        group.register(Registration(record(make_instance(ST, SE1, "1.2.3.1.1.1"), b"v2")))
+
+
+def test_an_outage_fails_every_upload_of_the_batch_and_stores_none(catalog: Catalog) -> None:
+    counting = CountingCatalog(catalog)
+    counting.fail = True
+    group = GroupCommit(counting)  # type: ignore[arg-type]
+    registrations = [Registration(record(make_instance(ST, SE1, f"1.2.3.1.1.{n}"))) for n in range(1, 6)]
+    threading.Thread(target=lambda: (wait_until_queued(group, 4), counting.release.set()), daemon=True).start()
+    results = register_concurrently(group, registrations)
+    assert all(isinstance(result, CatalogUnavailable) for result in results)
+    assert study_counts(catalog, ST) is None
+
+
+def test_a_batch_larger_than_the_limit_is_split(catalog: Catalog) -> None:
+    counting = CountingCatalog(catalog)
+    group = GroupCommit(counting, max_batch=4)  # type: ignore[arg-type]
+    registrations = [Registration(record(make_instance(ST, SE1, f"1.2.3.1.1.{n}"))) for n in range(1, 11)]
+    threading.Thread(target=lambda: (wait_until_queued(group, 9), counting.release.set()), daemon=True).start()
+    results = register_concurrently(group, registrations)
+    assert results == [True] * 10
+    assert counting.batches[0] == 1 and max(counting.batches) == 4 and sum(counting.batches) == 10
+    assert study_counts(catalog, ST) == (1, 10, ["CT"])
