@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 Action = Literal["accept", "reject", "quarantine"]
 
@@ -39,4 +42,7 @@ class HookOutcome:
 class Hook(Protocol):
     name: str
 
-    def __call__(self, path: Path, context: UploadContext) -> HookOutcome: ...
+    def __call__(self, path: Path, context: UploadContext, dataset: Dataset | None = None) -> HookOutcome:
+        """``dataset``: pydicom's reading of ``path`` as ingest's index made it (values over 1 KB still on disk),
+        when ``path`` is the file that was indexed, so a hook need not parse it again; read-only."""
+        ...

@@ -31,7 +31,7 @@ from gateway.catalog.catalog import Registration
 from gateway.catalog.groupcommit import GroupCommit
 from gateway.catalog.records import InstanceRecord
 from gateway.config import Settings
-from gateway.dicom.index import index_file
+from gateway.dicom.index import index_file, read_instance
 from gateway.dicom.model import IndexedInstance
 from gateway.errors import (
     CatalogUnavailable,
@@ -48,6 +48,8 @@ from gateway.storage import Storage
 from gateway.uids import InstanceId
 
 if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
     from gateway.derive import Offering
 
 log = logging.getLogger("gateway.ingest")
@@ -112,11 +114,15 @@ class Analysis:
     digest: str = ""
 
 
-def run_hooks(hooks: list[Hook], path: Path, context: UploadContext) -> tuple[HookOutcome, Path]:
+def run_hooks(
+    hooks: list[Hook], path: Path, context: UploadContext, dataset: Dataset | None = None
+) -> tuple[HookOutcome, Path]:
+    """The chain on ``path``; ``dataset`` (pydicom's reading of ``path``) goes to each hook until one rewrites
+    the file."""
     current = path
     merged = HookOutcome(path=path)
     for hook in hooks:
-        outcome = hook(current, context)
+        outcome = hook(current, context, dataset if current == path else None)
         if outcome.path is not None and outcome.path != current:
             if current != path:
                 current.unlink(missing_ok=True)
@@ -141,10 +147,11 @@ def analyse(
     bulkdata_threshold: int,
 ) -> IngestResult | Analysis:
     """The CPU half of ingest: a final failure, or what to store. Index first: it validates the file and its
-    UIDs in one pass, and is reused unless a hook rewrites the file (de-identification), which is then indexed
-    again. A file a hook wrote is deleted here when the answer is a failure, else by the caller."""
+    UIDs in one pass, and its pydicom dataset is what the hooks scan (one parse per file); the index is reused
+    unless a hook rewrites the file (de-identification), which is then indexed again. A file a hook wrote is
+    deleted here when the answer is a failure, else by the caller."""
     try:
-        indexed = index_file(path, bulkdata_threshold=bulkdata_threshold)
+        indexed, dataset = read_instance(path, bulkdata_threshold=bulkdata_threshold)
     except DicomError as error:
         return IngestResult("failed", failure_reason=CANNOT_UNDERSTAND, detail=error.detail)
     header = Header(indexed.ids, indexed.sop_class_uid)
@@ -162,7 +169,7 @@ def analyse(
             failure_reason=PROCESSING_FAILURE,
             detail="the instance's study or series is outside the token's scope",
         )
-    outcome, final_path = run_hooks(hooks, path, context)
+    outcome, final_path = run_hooks(hooks, path, context, dataset)
     analysis = Analysis(header, outcome, final_path)
     if outcome.action != "accept":
         return analysis

@@ -19,7 +19,9 @@ from typing import Any, BinaryIO
 
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.charset import convert_encodings
 from pydicom.filereader import read_dataset
+from pydicom.sequence import Sequence as PydicomSequence
 
 from gateway.dicom import metadata as meta_json
 from gateway.dicom import qido_attrs
@@ -35,7 +37,6 @@ from gateway.dicom.walker import (
     Walker,
     iter_bulk,
     quiet_validation,
-    to_dataset,
 )
 from gateway.errors import DicomError
 from gateway.numbers import INT32_MAX, int32_or_none
@@ -85,6 +86,7 @@ _PREAMBLE = 128
 _META_LIMIT = 1 << 16  # a file meta element longer than this is not a file meta element
 _BUFFER = 1 << 16
 INFLATE_LIMIT = 256 << 20  # bytes a deflated data set may inflate to
+SPECIFIC_CHARACTER_SET = 0x00080005
 _PYDICOM_DEFER = 1024  # the pydicom check reads values up to this size; larger ones stay on disk
 
 
@@ -100,10 +102,19 @@ def is_video(transfer_syntax_uid: str) -> bool:
 def index_file(
     path: Path, *, bulkdata_threshold: int = 1024, inflate_limit: int = INFLATE_LIMIT
 ) -> IndexedInstance:
-    """Index a Part 10 file without loading its pixel data. ``DicomError`` for anything not servable as DICOM:
-    no ``DICM`` prefix or file meta, truncation (anywhere, including pixel data fragments), bad structure,
-    missing or invalid Study/Series/SOP Instance UID or SOP Class UID, a deflated data set inflating beyond
-    ``inflate_limit`` bytes. ``OSError`` if the file cannot be opened."""
+    """Index a Part 10 file without loading its pixel data (``read_instance`` without the dataset)."""
+    return read_instance(path, bulkdata_threshold=bulkdata_threshold, inflate_limit=inflate_limit)[0]
+
+
+def read_instance(
+    path: Path, *, bulkdata_threshold: int = 1024, inflate_limit: int = INFLATE_LIMIT
+) -> tuple[IndexedInstance, Dataset]:
+    """Index a Part 10 file without loading its pixel data, and return the one pydicom dataset every later step
+    of ingest reads (the PHI scanner too: one parse per file, `docs/design.md` §3). Values over 1 KB stay on
+    disk until read. ``DicomError`` for anything not servable as DICOM: no ``DICM`` prefix or file meta,
+    truncation (anywhere, including pixel data fragments), bad structure, missing or invalid Study/Series/SOP
+    Instance UID or SOP Class UID, a deflated data set inflating beyond ``inflate_limit`` bytes. ``OSError`` if
+    the file cannot be opened."""
     with open(path, "rb", buffering=_BUFFER) as fp:
         size = os.fstat(fp.fileno()).st_size
         ts = read_file_meta(fp, size)
@@ -123,8 +134,7 @@ def index_file(
             )
         elements = walker.walk()
         with quiet_validation():
-            ds = to_dataset(elements, walker.little)  # first: its errors name the element
-            _check_pydicom(fp, ts, elements)
+            ds = _read_pydicom(fp, ts, elements)
             uids = _identity(ds)
             number_of_frames = _number_of_frames(ds, elements)
             frame_index = _frame_index(fp, ts, ds, elements, number_of_frames) if ranges_valid else None
@@ -137,7 +147,7 @@ def index_file(
         if ranges_valid
         else []
     )
-    return IndexedInstance(
+    indexed = IndexedInstance(
         ids=InstanceId(uids[0], uids[1], uids[2]),
         sop_class_uid=uids[3],
         transfer_syntax_uid=ts,
@@ -152,6 +162,7 @@ def index_file(
         instance_attrs=qido_attrs.instance_attrs(metadata, ts),
         searchable=searchable,
     )
+    return indexed, ds
 
 
 def read_file_meta(fp: BinaryIO, size: int) -> str:
@@ -199,12 +210,14 @@ def read_file_meta(fp: BinaryIO, size: int) -> str:
     return ts
 
 
-def _check_pydicom(fp: BinaryIO, ts: str, elements: list[Element]) -> None:
+def _read_pydicom(fp: BinaryIO, ts: str, elements: list[Element]) -> Dataset:
     """Every stored instance must be readable by pydicom (what most clients read with), not only by the walker:
     pydicom reads the file (values over ``_PYDICOM_DEFER`` bytes left on disk), decodes the file meta, and must
-    find the same top-level elements as the walker. Encapsulated Pixel Data is the one part pydicom would scan
-    item by item (~0.1 s for 32,000 frames): the walker has already checked its structure, so pydicom stops
-    before it and reads what follows it separately. Call inside ``quiet_validation()``."""
+    find the same elements as the walker at every level. Encapsulated Pixel Data is the one part pydicom would
+    scan item by item (~0.1 s for 32,000 frames): the walker has already checked its structure, so pydicom
+    stops before it and reads what follows it separately (the returned dataset has no Pixel Data then). Call
+    inside ``quiet_validation()``."""
+    _check_character_sets(elements)
     pixel = _pixel_element(elements)
     split = pixel is not None and pixel.fragments is not None and ts != DEFLATED_LE
     fp.seek(0)
@@ -216,6 +229,8 @@ def _check_pydicom(fp: BinaryIO, ts: str, elements: list[Element]) -> None:
             fp.seek(pixel.offset + pixel.length + 8)  # past the sequence delimiter item
             implicit, little = ts == IMPLICIT_VR_LE, ts != EXPLICIT_VR_BE
             tail = read_dataset(fp, implicit, little, defer_size=_PYDICOM_DEFER)
+            for tag in tail.keys():
+                ds[tag] = tail.get_item(tag)
             tags |= set(tail.keys())
             tags.add(pixel.tag)
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types; its messages may quote values
@@ -225,8 +240,41 @@ def _check_pydicom(fp: BinaryIO, ts: str, elements: list[Element]) -> None:
             ds.file_meta[tag].value  # noqa: B018 - decoding is the check
         except Exception:  # noqa: BLE001
             raise DicomError(f"file meta element {_tag_name(tag)} cannot be decoded by pydicom") from None
-    if tags != {el.tag for el in elements}:
-        raise DicomError("pydicom reads other top-level elements than the index found (ambiguous encoding)")
+    if tags != {el.tag for el in elements} or not _same_items(ds, elements):
+        raise DicomError("pydicom reads other elements than the index found (ambiguous encoding)")
+    return ds
+
+
+def _check_character_sets(elements: list[Element]) -> None:
+    """``DicomError`` naming the element when a Specific Character Set (at any level) names no usable character
+    set: pydicom would fail on it with a bare ValueError (e.g. a NUL inside a term breaks the codec lookup)."""
+    for el in elements:
+        if el.tag == SPECIFIC_CHARACTER_SET and el.value is not None:
+            terms = el.value.decode("latin-1").rstrip("\0").split("\\")
+            try:
+                convert_encodings([term.strip(" ") for term in terms])  # as pydicom reads a CS value
+            except (ValueError, LookupError):
+                raise DicomError("Specific Character Set (0008,0005) names no usable character set") from None
+        for item in el.items or []:
+            _check_character_sets(item)
+
+
+def _same_items(ds: Dataset, elements: list[Element]) -> bool:
+    """Whether pydicom's sequences hold the walker's items, element for element (the top level is compared by
+    the caller)."""
+    for el in elements:
+        if el.items is None:
+            continue
+        try:
+            items = ds[el.tag].value
+        except Exception:  # noqa: BLE001 - pydicom raises many types for garbage values
+            return False
+        if not isinstance(items, PydicomSequence) or len(items) != len(el.items):
+            return False
+        for item_ds, item in zip(items, el.items, strict=True):
+            if set(item_ds.keys()) != {child.tag for child in item} or not _same_items(item_ds, item):
+                return False
+    return True
 
 
 def _tag_name(tag: int) -> str:

@@ -31,9 +31,10 @@ _SAFE_PREFIX = re.compile(r"^[A-Za-z0-9._~/:%@!$&'()*+,;=-]*$")
 
 
 def build_metadata(ds: Dataset, elements: list[Element], *, bulkdata_uris: bool = True) -> dict[str, Any]:
-    """DICOM JSON of the walked ``elements``; ``ds`` is their pydicom view (``walker.to_dataset``) and
-    decodes the non-bulk values. A value pydicom cannot decode is left out (logged by tag) rather than
-    failing the ingest. Call inside ``walker.quiet_validation()`` so pydicom logs no values.
+    """DICOM JSON of the walked ``elements``; ``ds`` is pydicom's reading of the same file (the same elements at
+    every level, checked by ``index.read_instance``) and decodes the non-bulk values. A value pydicom cannot
+    decode is left out (logged by tag) rather than failing the ingest. Call inside
+    ``walker.quiet_validation()`` so pydicom logs no values.
 
     ``bulkdata_uris=False`` (big-endian and deflated files, whose bulk values are no byte range of the object
     a client could be sent): a bulk element is ``{"vr": ...}`` with no value, which PS3.18 F.2.5 allows; its

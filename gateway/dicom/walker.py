@@ -24,10 +24,6 @@ from typing import BinaryIO
 
 from pydicom import config as pydicom_config
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.dataset import Dataset
-from pydicom.sequence import Sequence
-from pydicom.tag import Tag
 
 from gateway.errors import DicomError
 
@@ -287,33 +283,6 @@ def iter_bulk(elements: list[Element], prefix: str = "") -> Iterator[tuple[str, 
                 yield from iter_bulk(item, f"{key}/{i}/")
         elif el.bulk:
             yield key, el
-
-
-def to_dataset(
-    elements: list[Element], little: bool, parent_encoding: str | list[str] | None = None
-) -> Dataset:
-    """A pydicom Dataset of the non-bulk elements, values still raw: pydicom converts them on access with the
-    right character set and resolves ambiguous VRs (implicit VR: VR left to pydicom) with the data set as
-    context."""
-    ds = Dataset() if parent_encoding is None else Dataset(parent_encoding=parent_encoding)
-    sequences: list[Element] = []
-    for el in elements:
-        if el.items is not None:
-            sequences.append(el)
-        elif not el.bulk:
-            raw_vr = None if el.implicit and el.vr != "UN" else el.vr
-            ds[el.tag] = RawDataElement(
-                Tag(el.tag), raw_vr, el.length, el.value, el.offset, el.implicit, little
-            )
-    try:
-        encoding = ds._character_set  # items inherit the character set of their parent
-    except (ValueError, LookupError):  # e.g. a NUL inside a term: the codec lookup itself fails
-        raise DicomError("Specific Character Set (0008,0005) names no usable character set") from None
-    for el in sequences:
-        assert el.items is not None
-        seq = Sequence([to_dataset(item, little, encoding) for item in el.items])
-        ds[el.tag] = DataElement(el.tag, "SQ", seq)
-    return ds
 
 
 _validation_lock = threading.Lock()

@@ -27,6 +27,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pydicom.dataset import Dataset
+
 from gateway.config import Settings
 from gateway.errors import ConfigError, DeidentificationFailed
 from gateway.hooks import HookOutcome, UploadContext
@@ -96,9 +98,9 @@ class PhiHook:
         return self._outcome(choice, choice, rule, report, reason=reason)
 
     # -- the hook
-    def __call__(self, path: Path, context: UploadContext) -> HookOutcome:
+    def __call__(self, path: Path, context: UploadContext, dataset: Dataset | None = None) -> HookOutcome:
         path = Path(path)
-        report, tags = scan_with_values(path, self.policy, self.policy.tag_keywords)
+        report, tags = scan_with_values(path, self.policy, self.policy.tag_keywords, dataset)
         if not report.readable:
             choice = self.policy.on_unreadable
             return self._outcome(choice, choice, None, report, reason=f"unreadable DICOM: {report.error}")

@@ -314,14 +314,16 @@ def top_level_values(dataset: Dataset, keywords: Iterable[str]) -> dict[str, str
 
 
 def scan_with_values(
-    path: Path | str, policy: Policy | None = None, keywords: Iterable[str] = ()
+    path: Path | str, policy: Policy | None = None, keywords: Iterable[str] = (), dataset: Dataset | None = None
 ) -> tuple[ScanReport, dict[str, str]]:
     """``scan_file`` plus the top-level values of ``keywords`` (for policy matching; never put in a
-    report)."""
+    report). ``dataset``: the file as ingest's index already read and checked it (``index.read_instance``),
+    scanned instead of reading the file again."""
     policy = policy or BASIC
     table()  # a broken installation must fail loudly, not make every file look "unreadable"
     try:
-        dataset = read_dataset(Path(path))
+        if dataset is None:
+            dataset = read_dataset(Path(path))
         report = scan_dataset(dataset, policy, str(path))
         return report, top_level_values(dataset, keywords)
     except Exception as exc:  # noqa: BLE001 - an unreadable file is a report, never an exception
