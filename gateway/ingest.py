@@ -222,7 +222,9 @@ class Ingestor:
         self.derivatives = derivatives
         self.storage = storage
         self.catalog = catalog
-        self.commits = GroupCommit(catalog)
+        # catalog writes of uploads that arrive together share a transaction (gateway.catalog.groupcommit)
+        self.reservations: GroupCommit[str, Reservation | None] = GroupCommit(catalog.reserve_many)
+        self.registrations: GroupCommit[Registration, bool] = GroupCommit(catalog.register_instances)
         self.hooks = hooks
         self.spool_dir = spool_dir
         self.destinations = destinations or {}
@@ -377,7 +379,7 @@ class Ingestor:
         # could each write the object and the loser's bytes would sit under the winner's catalog row.
         # A crashed upload's reservation is taken over at once (its process is gone) or after a short lease: see
         # gateway.catalog.admin and README "Ingest".
-        reservation = self.catalog.reserve(indexed.ids.sop)
+        reservation = self.reservations.submit(indexed.ids.sop)
         if reservation is None:
             return self._in_flight(result)
         committed = False
@@ -423,7 +425,7 @@ class Ingestor:
             destination=outcome.destination,
         )
         try:
-            created = self.commits.register(
+            created = self.registrations.submit(
                 Registration(record, self._audit_fields(context, original, outcome), reservation)
             )
         except ReservationLost:

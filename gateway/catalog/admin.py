@@ -7,7 +7,7 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -70,6 +70,19 @@ class AdminRecords(CatalogBase):
         nonce = secrets.token_hex(16)
         with self._write(durable=False) as conn:  # a reservation dies with its owner: no flush to disk
             return self._reserve(conn, sop_uid, me, nonce, self._now(conn) if now is None else now)
+
+    def reserve_many(self, sop_uids: Sequence[str]) -> list[Reservation | None]:
+        """``reserve`` for several uploads in one transaction (the group commit's batch). A SOP Instance UID
+        named twice is reserved for its first mention only: the second is an upload of it in flight."""
+        me = this_process()
+        out: list[Reservation | None] = []
+        seen: set[str] = set()
+        with self._write(durable=False) as conn:
+            now = self._now(conn)
+            for sop_uid in sop_uids:
+                out.append(None if sop_uid in seen else self._reserve(conn, sop_uid, me, secrets.token_hex(16), now))
+                seen.add(sop_uid)
+        return out
 
     def _reserve(self, conn: Any, sop_uid: str, me: Owner, nonce: str, now: int) -> Reservation | None:
         values = {

@@ -79,26 +79,108 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
 
     def register_instances(self, batch: Sequence[Registration]) -> list[bool | GatewayError]:
         """``register_instance`` for several uploads in ONE transaction, so one flush to disk makes them all
-        durable and the counts of each series are recomputed once. Each registration stands alone (a savepoint):
-        its outcome, in input order, is True (stored), False (same bytes already stored), or the error that
-        refused it (``ReservationLost``, ``Conflict``, ``SeriesInOtherStudy``), which changed nothing. Rows are
-        locked in study order, so two batches into the same studies cannot deadlock on PostgreSQL."""
+        durable and each series' counts are recomputed once. Each registration stands alone: its outcome, in
+        input order, is True (stored), False (same bytes already stored), or the error that refused it
+        (``ReservationLost``, ``Conflict``, ``SeriesInOtherStudy``), which changed nothing. New instances go in
+        with a few statements for the whole batch (``_register_new``); the rest (already stored, replaced, named
+        twice, refused) one by one under a savepoint each. Rows are locked in study order, so two batches into
+        the same studies cannot deadlock on PostgreSQL."""
         for entry in batch:
             ids = entry.record.instance.ids
             check_uid(ids.study, "StudyInstanceUID")
             check_uid(ids.series, "SeriesInstanceUID")
             check_uid(ids.sop, "SOPInstanceUID")
         order = sorted(range(len(batch)), key=lambda i: (batch[i].record.instance.ids.study, i))
-        outcomes: list[bool | GatewayError] = [False] * len(batch)
+        outcomes: dict[int, bool | GatewayError] = {}
         with self._write() as conn:
-            touched: set[tuple[str, str]] = set()
+            savepoint = conn.begin_nested()
+            try:
+                outcomes.update(self._register_new(conn, batch, order))
+                savepoint.commit()
+            except sa.exc.IntegrityError:  # a concurrent upload (another node) inserted one: all one by one
+                savepoint.rollback()
+                outcomes.clear()
             for i in order:
-                outcomes[i] = self._register_one(conn, batch[i])
-                if outcomes[i] is True:
-                    ids = batch[i].record.instance.ids
-                    touched.add((ids.study, ids.series))
+                if i not in outcomes:
+                    outcomes[i] = self._register_one(conn, batch[i])
+            touched = {
+                (batch[i].record.instance.ids.study, batch[i].record.instance.ids.series)
+                for i, outcome in outcomes.items()
+                if outcome is True
+            }
             for study_uid, series_uid in sorted(touched):
                 self._recount(conn, study_uid, series_uid)
+        return [outcomes[i] for i in range(len(batch))]
+
+    def _register_new(
+        self, conn: Connection, batch: Sequence[Registration], order: list[int]
+    ) -> dict[int, bool | GatewayError]:
+        """The batch's plain cases at once: instances not stored yet, named once in the batch, whose reservation
+        is still theirs and whose series is new or in their study. Returns their outcomes (True, or
+        ``ReservationLost``); the others are left for ``_register_one``."""
+        sops = [entry.record.instance.ids.sop for entry in batch]
+        named = {sop: sops.count(sop) for sop in sops}
+        stored = set(
+            conn.execute(sa.select(instances.c.sop_uid).where(instances.c.sop_uid.in_(set(sops)))).scalars()
+        )
+        candidates = [i for i in order if named[sops[i]] == 1 and sops[i] not in stored]
+        if not candidates:
+            return {}
+        outcomes: dict[int, bool | GatewayError] = {}
+        reserved = [i for i in candidates if batch[i].reservation is not None]
+        if reserved:
+            ours = {
+                (row.sop_uid, row.nonce)
+                for row in conn.execute(
+                    sa.select(reservations.c.sop_uid, reservations.c.nonce)
+                    .where(reservations.c.sop_uid.in_([sops[i] for i in reserved]))
+                    .with_for_update()
+                )
+            }
+            for i in reserved:
+                held = batch[i].reservation
+                assert held is not None
+                if (held.sop_uid, held.nonce) not in ours:
+                    outcomes[i] = ReservationLost("another upload of this instance took over its reservation")
+        candidates = [i for i in candidates if i not in outcomes]
+        series_uids = {batch[i].record.instance.ids.series for i in candidates}
+        owners = dict(
+            conn.execute(
+                sa.select(series.c.series_uid, series.c.study_uid).where(series.c.series_uid.in_(series_uids))
+            ).all()
+        )
+        for i in candidates:  # a series is claimed by the first study that names it (stored, or first here)
+            ids = batch[i].record.instance.ids
+            owners.setdefault(ids.series, ids.study)
+        plain = [i for i in candidates if owners[(ids := batch[i].record.instance.ids).series] == ids.study]
+        if not plain:
+            return outcomes
+        now = int(time.time())
+        last_of_study = {batch[i].record.instance.ids.study: i for i in plain}
+        for study_uid, i in sorted(last_of_study.items()):
+            values = self._study_values(batch[i].record, now)
+            stmt = self._insert(studies).values(study_uid=study_uid, **values)
+            conn.execute(stmt.on_conflict_do_update(index_elements=["study_uid"], set_=values))
+        last_of_series = {batch[i].record.instance.ids.series: i for i in plain}
+        for series_uid, i in sorted(last_of_series.items()):
+            values = self._series_values(batch[i].record)
+            stmt = self._insert(series).values(
+                series_uid=series_uid, study_uid=batch[i].record.instance.ids.study, **values
+            )
+            conn.execute(stmt.on_conflict_do_update(index_elements=["series_uid"], set_=values))
+        conn.execute(instances.insert(), [self._instance_values(batch[i].record, now) for i in plain])
+        ended = [{"held": r.sop_uid, "ours": r.nonce} for i in plain if (r := batch[i].reservation) is not None]
+        if ended:
+            conn.execute(
+                reservations.delete().where(
+                    reservations.c.sop_uid == sa.bindparam("held"), reservations.c.nonce == sa.bindparam("ours")
+                ),
+                ended,
+            )
+        audits = [self._audit_values(fields) for i in plain if (fields := batch[i].audit_fields)]
+        if audits:
+            conn.execute(audit.insert(), audits)
+        outcomes.update(dict.fromkeys(plain, True))
         return outcomes
 
     def _register_one(self, conn: Connection, entry: Registration) -> bool | GatewayError:
@@ -133,8 +215,61 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
                     raise
         raise AssertionError("unreachable")
 
+    _STUDY_COLUMNS = (
+        "patient_id",
+        "patient_name",
+        "patient_birth_date",
+        "patient_sex",
+        "study_date",
+        "study_time",
+        "accession_number",
+        "study_id",
+        "study_description",
+        "referring_physician_name",
+    )
+
+    def _study_values(self, rec: InstanceRecord, now: int) -> dict[str, Any]:
+        values = {name: rec.values.get(name) for name in self._STUDY_COLUMNS}
+        values.update(attrs=json.dumps(rec.instance.study_attrs), updated_at=now)
+        return values
+
+    @staticmethod
+    def _series_values(rec: InstanceRecord) -> dict[str, Any]:
+        return {
+            "modality": rec.values.get("modality"),
+            "series_number": rec.values.get("series_number"),
+            "series_description": rec.values.get("series_description"),
+            "attrs": json.dumps(rec.instance.series_attrs),
+        }
+
+    @staticmethod
+    def _instance_values(rec: InstanceRecord, now: int) -> dict[str, Any]:
+        inst = rec.instance
+        number = inst.instance_number if inst.instance_number is not None else rec.values.get("instance_number")
+        return {
+            "sop_uid": inst.ids.sop,
+            "study_uid": inst.ids.study,
+            "series_uid": inst.ids.series,
+            "sop_class_uid": inst.sop_class_uid,
+            "instance_number": number,
+            "transfer_syntax_uid": inst.transfer_syntax_uid,
+            "number_of_frames": inst.number_of_frames,
+            "storage_key": rec.storage_key,
+            "size": rec.size,
+            "sha256": rec.sha256,
+            "etag": rec.etag,
+            "frame_index": inst.frame_index,
+            "frame_media_type": inst.frame_media_type,
+            "bulkdata": json.dumps([[b.path, b.vr, b.offset, b.length] for b in inst.bulkdata]),
+            "metadata": json.dumps(inst.metadata, separators=(",", ":")),
+            "attrs": json.dumps(inst.instance_attrs),
+            "created_at": now,
+            "tenant": rec.tenant,
+            "destination": rec.destination,
+        }
+
     def _register(self, conn: Connection, rec: InstanceRecord) -> bool:
-        inst, values, now = rec.instance, rec.values, int(time.time())
+        inst, now = rec.instance, int(time.time())
         existing = conn.execute(
             sa.select(instances.c.sha256).where(instances.c.sop_uid == inst.ids.sop).with_for_update()
         ).first()
@@ -144,59 +279,20 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
             if not rec.replace:
                 raise Conflict("SOP Instance UID already stored with different content")
             self._delete(conn, inst.ids.sop)
-        study_values = {
-            name: values.get(name)
-            for name in (
-                "patient_id",
-                "patient_name",
-                "patient_birth_date",
-                "patient_sex",
-                "study_date",
-                "study_time",
-                "accession_number",
-                "study_id",
-                "study_description",
-                "referring_physician_name",
-            )
-        }
-        study_values.update(attrs=json.dumps(inst.study_attrs), updated_at=now)
+        study_values = self._study_values(rec, now)
         stmt = self._insert(studies).values(study_uid=inst.ids.study, **study_values)
         conn.execute(stmt.on_conflict_do_update(index_elements=["study_uid"], set_=study_values))
-        owner = conn.execute(sa.select(series.c.study_uid).where(series.c.series_uid == inst.ids.series)).first()
+        owner = conn.execute(
+            sa.select(series.c.study_uid).where(series.c.series_uid == inst.ids.series)
+        ).first()
         if owner is not None and owner.study_uid != inst.ids.study:
             raise SeriesInOtherStudy("Series Instance UID already belongs to another study")
-        series_values = {
-            "modality": values.get("modality"),
-            "series_number": values.get("series_number"),
-            "series_description": values.get("series_description"),
-            "attrs": json.dumps(inst.series_attrs),
-        }
-        stmt = self._insert(series).values(series_uid=inst.ids.series, study_uid=inst.ids.study, **series_values)
-        conn.execute(stmt.on_conflict_do_update(index_elements=["series_uid"], set_=series_values))
-        number = inst.instance_number if inst.instance_number is not None else values.get("instance_number")
-        conn.execute(
-            instances.insert().values(
-                sop_uid=inst.ids.sop,
-                study_uid=inst.ids.study,
-                series_uid=inst.ids.series,
-                sop_class_uid=inst.sop_class_uid,
-                instance_number=number,
-                transfer_syntax_uid=inst.transfer_syntax_uid,
-                number_of_frames=inst.number_of_frames,
-                storage_key=rec.storage_key,
-                size=rec.size,
-                sha256=rec.sha256,
-                etag=rec.etag,
-                frame_index=inst.frame_index,
-                frame_media_type=inst.frame_media_type,
-                bulkdata=json.dumps([[b.path, b.vr, b.offset, b.length] for b in inst.bulkdata]),
-                metadata=json.dumps(inst.metadata, separators=(",", ":")),
-                attrs=json.dumps(inst.instance_attrs),
-                created_at=now,
-                tenant=rec.tenant,
-                destination=rec.destination,
-            )
+        series_values = self._series_values(rec)
+        stmt = self._insert(series).values(
+            series_uid=inst.ids.series, study_uid=inst.ids.study, **series_values
         )
+        conn.execute(stmt.on_conflict_do_update(index_elements=["series_uid"], set_=series_values))
+        conn.execute(instances.insert().values(**self._instance_values(rec, now)))
         return True  # the caller recounts the series and study once per batch
 
     def _recount(self, conn: Connection, study_uid: str, series_uid: str) -> None:

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import pydicom
-from pydicom.dataset import Dataset
 from pydicom.charset import convert_encodings
+from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.sequence import Sequence as PydicomSequence
 

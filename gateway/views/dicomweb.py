@@ -191,8 +191,8 @@ def _stow(study: str | None) -> Response:
     # a thread per pool process, plus one committing while they analyse
     batch = StowBatch(
         lambda path: srv.ingestor.ingest(path, context, expected_study=study, scope=claims.scope),
-        workers=max(3, srv.ingestor.processes + 1),
-        in_flight=max(6, 2 * srv.ingestor.processes + 2),
+        workers=max(6, srv.ingestor.processes + 4),
+        in_flight=max(12, 2 * srv.ingestor.processes + 8),
     )
     stream = request.environ["wsgi.input"]
     try:

@@ -5,7 +5,7 @@ way, and uploads that wait together share one transaction."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -14,7 +14,7 @@ from gateway.catalog import Catalog
 from gateway.catalog.catalog import Registration
 from gateway.catalog.groupcommit import GroupCommit
 from gateway.dicomweb.qido import parse_qido
-from gateway.errors import CatalogUnavailable, Conflict, ReservationLost, SeriesInOtherStudy
+from gateway.errors import CatalogUnavailable, Conflict, GatewayError, ReservationLost, SeriesInOtherStudy
 from tests.fixtures.catalog_data import make_instance, record
 
 ST, ST2 = "1.2.3.1", "1.2.3.2"
@@ -79,21 +79,21 @@ class CountingCatalog:
         self.release = threading.Event()
         self.fail = False
 
-    def register_instances(self, batch: list[Registration]) -> list[bool | Exception]:
+    def register_instances(self, batch: Sequence[Registration]) -> list[bool | GatewayError]:
         if not self.batches:
             self.release.wait(10)
         self.batches.append(len(batch))
         if self.fail:
             raise CatalogUnavailable("catalog unavailable (OperationalError)")
-        return self.catalog.register_instances(batch)  # type: ignore[return-value]
+        return self.catalog.register_instances(batch)
 
 
-def register_concurrently(group: GroupCommit, registrations: list[Registration]) -> list[Any]:
+def register_concurrently(group: GroupCommit[Registration, bool], registrations: list[Registration]) -> list[Any]:
     results: list[Any] = [None] * len(registrations)
 
     def run(i: int) -> None:
         try:
-            results[i] = group.register(registrations[i])
+            results[i] = group.submit(registrations[i])
         except Exception as error:  # noqa: BLE001 - the outcome under test
             results[i] = error
 
@@ -105,7 +105,7 @@ def register_concurrently(group: GroupCommit, registrations: list[Registration])
     return results
 
 
-def wait_until_queued(group: GroupCommit, n: int) -> None:
+def wait_until_queued(group: GroupCommit[Registration, bool], n: int) -> None:
     for _ in range(1000):
         if len(group._queue) >= n:
             return
@@ -115,7 +115,7 @@ def wait_until_queued(group: GroupCommit, n: int) -> None:
 
 def test_uploads_waiting_together_share_one_transaction(catalog: Catalog) -> None:
     counting = CountingCatalog(catalog)
-    group = GroupCommit(counting)  # type: ignore[arg-type]
+    group: GroupCommit[Registration, bool] = GroupCommit(counting.register_instances)
     registrations = [
         Registration(record(make_instance(ST, SE1, f"1.2.3.1.1.{n}", instance_number=n))) for n in range(1, 21)
     ]
@@ -128,17 +128,17 @@ def test_uploads_waiting_together_share_one_transaction(catalog: Catalog) -> Non
 
 
 def test_a_lone_upload_commits_at_once_and_a_refusal_stays_its_own(catalog: Catalog) -> None:
-    group = GroupCommit(catalog)
-    assert group.register(Registration(record(make_instance(ST, SE1, "1.2.3.1.1.1")))) is True
-    assert group.register(Registration(record(make_instance(ST, SE1, "1.2.3.1.1.1")))) is False
+    group: GroupCommit[Registration, bool] = GroupCommit(catalog.register_instances)
+    assert group.submit(Registration(record(make_instance(ST, SE1, "1.2.3.1.1.1")))) is True
+    assert group.submit(Registration(record(make_instance(ST, SE1, "1.2.3.1.1.1")))) is False
     with pytest.raises(Conflict):
-        group.register(Registration(record(make_instance(ST, SE1, "1.2.3.1.1.1"), b"v2")))
+        group.submit(Registration(record(make_instance(ST, SE1, "1.2.3.1.1.1"), b"v2")))
 
 
 def test_an_outage_fails_every_upload_of_the_batch_and_stores_none(catalog: Catalog) -> None:
     counting = CountingCatalog(catalog)
     counting.fail = True
-    group = GroupCommit(counting)  # type: ignore[arg-type]
+    group: GroupCommit[Registration, bool] = GroupCommit(counting.register_instances)
     registrations = [Registration(record(make_instance(ST, SE1, f"1.2.3.1.1.{n}"))) for n in range(1, 6)]
     threading.Thread(target=lambda: (wait_until_queued(group, 4), counting.release.set()), daemon=True).start()
     results = register_concurrently(group, registrations)
@@ -148,7 +148,7 @@ def test_an_outage_fails_every_upload_of_the_batch_and_stores_none(catalog: Cata
 
 def test_a_batch_larger_than_the_limit_is_split(catalog: Catalog) -> None:
     counting = CountingCatalog(catalog)
-    group = GroupCommit(counting, max_batch=4)  # type: ignore[arg-type]
+    group: GroupCommit[Registration, bool] = GroupCommit(counting.register_instances, max_batch=4)
     registrations = [Registration(record(make_instance(ST, SE1, f"1.2.3.1.1.{n}"))) for n in range(1, 11)]
     threading.Thread(target=lambda: (wait_until_queued(group, 9), counting.release.set()), daemon=True).start()
     results = register_concurrently(group, registrations)
