@@ -23,6 +23,7 @@ system-deps:
 	dpkg -s orthanc-dicomweb >/dev/null 2>&1 || missing="$$missing orthanc-dicomweb"; \
 	command -v tesseract >/dev/null || missing="$$missing tesseract-ocr"; \
 	dpkg -s tesseract-ocr-eng >/dev/null 2>&1 || missing="$$missing tesseract-ocr-eng"; \
+	command -v strace >/dev/null || missing="$$missing strace"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing OS packages:$$missing"; \
