@@ -105,9 +105,8 @@ def test_the_answer_leaves_only_after_objects_and_catalog_are_on_disk(
         target_dir = final.search(lines[renamed]).group("dir")  # type: ignore[union-attr]
         synced = [n for n, line in enumerate(lines) if re.search(r"\bfsync\(", line) and f".{sop}.dcm." in line]
         assert synced and synced[0] < renamed, f"{sop}: its bytes were not fsynced before the rename"
-        dir_synced = [
-            n for n, line in enumerate(lines) if n > renamed and re.search(rf"\bfsync\(\d+<{re.escape(target_dir)}>", line)
-        ]  # fmt: skip
+        dir_fsync = re.compile(rf"\bfsync\(\d+<{re.escape(target_dir)}>")
+        dir_synced = [n for n, line in enumerate(lines) if n > renamed and dir_fsync.search(line)]
         assert dir_synced and dir_synced[0] < answered, f"{sop}: its directory was not fsynced before the answer"
         # the catalog commit that made it visible: a log write after the object was in place, flushed before
         # the answer (the registration writes its row only once the object is stored)
