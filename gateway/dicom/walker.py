@@ -4,9 +4,9 @@ values.
 Why not just ``pydicom.dcmread``: it forgets where values were (the read path needs exact absolute offsets of
 every bulk value and of every Pixel Data fragment), ``stop_before_pixels`` hides elements stored after Pixel
 Data, and it reads undefined-length (encapsulated) Pixel Data into memory to find its end. This walker reads
-element headers with ``read``/``seek`` on a buffered file, skips bulk values, and hands the small values to
-pydicom (``to_dataset``) so value decoding (character sets, ambiguous VRs, PN, IS/DS, ...) stays pydicom's
-job.
+element headers with ``read``/``seek`` on a buffered file and skips bulk values; value decoding (character
+sets, ambiguous VRs, PN, IS/DS, ...) stays pydicom's job, on pydicom's own reading of the same file, checked
+element for element against this walk (``gateway.dicom.index.read_instance``).
 
 Supported encodings: implicit VR little endian, explicit VR little and big endian, and sequences of undefined
 length inside explicit UN (encoded as implicit VR little endian, PS3.5 6.2.2). Structural errors (truncation,
