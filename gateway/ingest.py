@@ -145,6 +145,7 @@ def analyse(
     scope: Scope | None,
     hooks: list[Hook],
     bulkdata_threshold: int,
+    digest: str = "",
 ) -> IngestResult | Analysis:
     """The CPU half of ingest: a final failure, or what to store. Index first: it validates the file and its
     UIDs in one pass, and its pydicom dataset is what the hooks scan (one parse per file); the index is reused
@@ -181,7 +182,8 @@ def analyse(
         if final_path != path:
             final_path.unlink(missing_ok=True)
         return IngestResult.about(header, "failed", failure_reason=CANNOT_UNDERSTAND, detail=error.detail)
-    analysis.digest = sha256_of(final_path)
+    # the spooler hashed the upload as it wrote it; a file a hook wrote is hashed here
+    analysis.digest = digest if digest and final_path == path else sha256_of(final_path)
     return analysis
 
 
@@ -197,9 +199,14 @@ def _start_analyser(settings: Settings) -> None:
 
 
 def _analyse_in_pool(
-    path: Path, context: UploadContext, expected_study: str | None, scope: Scope | None, bulkdata_threshold: int
+    path: Path,
+    context: UploadContext,
+    expected_study: str | None,
+    scope: Scope | None,
+    bulkdata_threshold: int,
+    digest: str,
 ) -> IngestResult | Analysis:
-    return analyse(path, context, expected_study, scope, _pool_hooks, bulkdata_threshold)
+    return analyse(path, context, expected_study, scope, _pool_hooks, bulkdata_threshold, digest)
 
 
 class Ingestor:
@@ -233,7 +240,7 @@ class Ingestor:
         self._pool_lock = threading.Lock()
 
     def _analyse(
-        self, path: Path, context: UploadContext, expected_study: str | None, scope: Scope | None
+        self, path: Path, context: UploadContext, expected_study: str | None, scope: Scope | None, digest: str
     ) -> IngestResult | Analysis:
         threshold = self.settings.bulkdata_threshold
         if self.processes > 0:
@@ -248,7 +255,7 @@ class Ingestor:
                     )
                 pool = self._pool
             try:
-                return pool.submit(_analyse_in_pool, path, context, expected_study, scope, threshold).result()
+                return pool.submit(_analyse_in_pool, path, context, expected_study, scope, threshold, digest).result()
             except BrokenProcessPool:
                 # a pool process died (killed, out of memory): a new pool next time; this file is analysed here
                 log.warning("the ingest process pool broke; starting a new one")
@@ -256,7 +263,7 @@ class Ingestor:
                     if self._pool is pool:
                         self._pool = None
                 pool.shutdown(wait=False)
-        return analyse(path, context, expected_study, scope, self.hooks, threshold)
+        return analyse(path, context, expected_study, scope, self.hooks, threshold, digest)
 
     def close(self) -> None:
         """Stop the pool's processes (if one was started)."""
@@ -271,9 +278,12 @@ class Ingestor:
         context: UploadContext,
         expected_study: str | None = None,
         scope: Scope | None = None,
+        *,
+        digest: str = "",
     ) -> IngestResult:
+        """``digest``: the sha256 of ``path`` when the caller hashed it while writing it (else computed here)."""
         try:
-            result = self._ingest(path, context, expected_study, scope)
+            result = self._ingest(path, context, expected_study, scope, digest)
         except (StorageUnavailable, CatalogUnavailable):
             raise  # an outage: the caller answers 503 and the client retries
         except Exception as error:  # a file no parser foresaw: one failed part, never a 500 for the request
@@ -283,11 +293,11 @@ class Ingestor:
         return result
 
     def _ingest(
-        self, path: Path, context: UploadContext, expected_study: str | None, scope: Scope | None
+        self, path: Path, context: UploadContext, expected_study: str | None, scope: Scope | None, digest: str
     ) -> IngestResult:
         """Never raises for a bad file; raises StorageUnavailable / CatalogUnavailable for outages so the caller
         can tell the client to retry (nothing was made visible)."""
-        analysis = self._analyse(path, context, expected_study, scope)
+        analysis = self._analyse(path, context, expected_study, scope, digest)
         if isinstance(analysis, IngestResult):
             return analysis
         header, outcome, final_path = analysis.header, analysis.outcome, analysis.path

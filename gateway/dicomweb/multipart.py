@@ -20,6 +20,7 @@ Strictness, where the RFCs leave room:
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import secrets
@@ -137,6 +138,7 @@ class Part:
     headers: dict[str, str]
     content_type: str
     size: int
+    sha256: str = ""  # hex digest of the spooled bytes, computed while they were written
 
 
 class _Eof(Exception):
@@ -256,13 +258,13 @@ def iter_parts(
                     content_type = parse_content_type(headers["content-type"])[0]
                 except UnsupportedMediaType as exc:
                     raise MalformedMultipart(f"part {number}: {exc.detail}") from None
-            path, size = _spool_body(reader, delimiter, spool_dir, max_part_bytes, number)
+            path, size, digest = _spool_body(reader, delimiter, spool_dir, max_part_bytes, number)
             try:
                 closed = _after_delimiter(reader)
             except BaseException:
                 path.unlink(missing_ok=True)
                 raise
-            yield Part(path=path, headers=headers, content_type=content_type, size=size)
+            yield Part(path=path, headers=headers, content_type=content_type, size=size, sha256=digest)
     except _Eof:
         raise MalformedMultipart(
             f"body ended inside part {max(number, 1)} before its closing boundary delimiter"
@@ -311,19 +313,27 @@ def _read_headers(reader: _Reader, number: int) -> dict[str, str]:
 
 def _spool_body(
     reader: _Reader, delimiter: bytes, spool_dir: Path, max_part_bytes: int, number: int
-) -> tuple[Path, int]:
+) -> tuple[Path, int, str]:
+    """The part's body into a new file: its path, size and sha256 (hashed on the way, so ingest need not read
+    the file again for its digest)."""
     fd, name = tempfile.mkstemp(prefix="part-", suffix=".spool", dir=spool_dir)
     path = Path(name)
+    digest = hashlib.sha256()
+
+    def write(chunk: memoryview) -> None:
+        out.write(chunk)
+        digest.update(chunk)
+
     try:
         with os.fdopen(fd, "wb") as out:
-            size = reader.scan_to(delimiter, out.write, max_part_bytes)
+            size = reader.scan_to(delimiter, write, max_part_bytes)
     except _TooLarge:
         path.unlink(missing_ok=True)
         raise PayloadTooLarge(f"part {number} is larger than {max_part_bytes} bytes") from None
     except BaseException:
         path.unlink(missing_ok=True)
         raise
-    return path, size
+    return path, size, digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------- client side

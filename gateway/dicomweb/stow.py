@@ -22,28 +22,28 @@ log = logging.getLogger("gateway.stow")
 
 
 class StowBatch:
-    def __init__(self, ingest: Callable[[Path], IngestResult], workers: int = 3, in_flight: int = 6) -> None:
+    def __init__(self, ingest: Callable[[Path, str], IngestResult], workers: int = 3, in_flight: int = 6) -> None:
         self._ingest = ingest
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stow")
         self._slots = threading.BoundedSemaphore(in_flight)
         self._results: list[Future[IngestResult] | IngestResult] = []
         self.outage: GatewayError | None = None
 
-    def add(self, path: Path) -> None:
-        """Ingest ``path`` (a spooled part this batch now owns and deletes)."""
+    def add(self, path: Path, digest: str = "") -> None:
+        """Ingest ``path`` (a spooled part this batch now owns and deletes; ``digest``: its sha256 if known)."""
         self._slots.acquire()
-        self._results.append(self._pool.submit(self._run, path))
+        self._results.append(self._pool.submit(self._run, path, digest))
 
     def add_result(self, result: IngestResult) -> None:
         """A part refused before ingest (wrong media type), kept in its place in the answer."""
         self._results.append(result)
 
-    def _run(self, path: Path) -> IngestResult:
+    def _run(self, path: Path, digest: str) -> IngestResult:
         try:
             if self.outage is not None:
                 return IngestResult("failed", failure_reason=OUT_OF_RESOURCES, detail=self.outage.detail)
             try:
-                return self._ingest(path)
+                return self._ingest(path, digest)
             except (StorageUnavailable, CatalogUnavailable) as error:
                 self.outage = error
                 return IngestResult("failed", failure_reason=OUT_OF_RESOURCES, detail=error.detail)

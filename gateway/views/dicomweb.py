@@ -190,14 +190,14 @@ def _stow(study: str | None) -> Response:
     )
     # a thread per pool process, plus one committing while they analyse
     batch = StowBatch(
-        lambda path: srv.ingestor.ingest(path, context, expected_study=study, scope=claims.scope),
+        lambda path, digest: srv.ingestor.ingest(path, context, study, claims.scope, digest=digest),
         workers=max(6, srv.ingestor.processes + 4),
         in_flight=max(12, 2 * srv.ingestor.processes + 8),
     )
     stream = request.environ["wsgi.input"]
     try:
         if media_type == "application/dicom":
-            batch.add(_spool_single(stream, srv.spool_dir))
+            batch.add(*_spool_single(stream, srv.spool_dir))
         elif media_type == "multipart/related":
             part_type = params.get("type", "application/dicom").lower()
             if part_type != "application/dicom":
@@ -205,7 +205,7 @@ def _stow(study: str | None) -> Response:
             boundary = params.get("boundary", "")
             for part in iter_parts(stream, boundary, srv.spool_dir, max_part_bytes=MAX_PART_BYTES):
                 if part.content_type.split(";")[0].strip().lower() == "application/dicom":
-                    batch.add(part.path)
+                    batch.add(part.path, part.sha256)
                 else:
                     part.path.unlink(missing_ok=True)
                     batch.add_result(
@@ -224,10 +224,13 @@ def _stow(study: str | None) -> Response:
     return dicom_json(json.dumps(answer.body, separators=(",", ":")).encode(), answer.status)
 
 
-def _spool_single(stream: object, spool_dir: Path) -> Path:
+def _spool_single(stream: object, spool_dir: Path) -> tuple[Path, str]:
+    """The body into a new file: its path and sha256 (hashed on the way)."""
+    import hashlib
     import tempfile
 
     handle = tempfile.NamedTemporaryFile(dir=spool_dir, prefix="stow-", suffix=".dcm", delete=False)
+    digest = hashlib.sha256()
     with handle:
         total = 0
         while chunk := stream.read(1 << 20):  # type: ignore[attr-defined]
@@ -236,7 +239,8 @@ def _spool_single(stream: object, spool_dir: Path) -> Path:
                 Path(handle.name).unlink(missing_ok=True)
                 raise PayloadTooLarge("the instance is larger than this gateway accepts")
             handle.write(chunk)
-    return Path(handle.name)
+            digest.update(chunk)
+    return Path(handle.name), digest.hexdigest()
 
 
 # -- DELETE (API key only; gateway.lifecycle) -------------------------------------------------------------------

@@ -22,7 +22,7 @@ def spooled(tmp_path: Path, count: int) -> list[Path]:
 
 
 def test_results_keep_part_order_and_files_are_removed(tmp_path: Path) -> None:
-    def ingest(path: Path) -> IngestResult:
+    def ingest(path: Path, digest: str) -> IngestResult:
         time.sleep(0.02 if path.name.endswith("0.dcm") else 0)  # the first part finishes last
         return IngestResult("stored", ids=InstanceId("1.2", "1.2.3", path.stem))
 
@@ -42,7 +42,7 @@ def test_results_keep_part_order_and_files_are_removed(tmp_path: Path) -> None:
 def test_an_outage_fails_the_rest_fast(tmp_path: Path) -> None:
     calls: list[str] = []
 
-    def ingest(path: Path) -> IngestResult:
+    def ingest(path: Path, digest: str) -> IngestResult:
         calls.append(path.name)
         raise StorageUnavailable("storage down")
 
@@ -60,7 +60,7 @@ def test_in_flight_parts_are_bounded(tmp_path: Path) -> None:
     peak = 0
     lock = threading.Lock()
 
-    def ingest(path: Path) -> IngestResult:
+    def ingest(path: Path, digest: str) -> IngestResult:
         nonlocal running, peak
         with lock:
             running += 1
