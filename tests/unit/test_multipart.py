@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
-import hashlib
 import os
 import subprocess
 import sys
