@@ -92,14 +92,21 @@ class SqsQueue:
 
 
 class Offering:
-    """What ingest calls once per committed upload: queue the instance if it can have a derivative."""
+    """What ingest asks once per committed upload: queue the instance if it can have a derivative. With the local
+    queue, ingest writes the job in the registration's own transaction (``in_catalog``); otherwise it calls
+    ``offer`` after the commit."""
 
     def __init__(self, queue: DeriveQueue) -> None:
         self.queue = queue
+        self.in_catalog = isinstance(queue, CatalogQueue)
+
+    @staticmethod
+    def wants(indexed: IndexedInstance) -> bool:
+        index = indexed.frame_index
+        return indexed.transfer_syntax_uid in _SOURCE_SYNTAXES and index is not None and index[:1] == b"\x00"  # native
 
     def offer(self, indexed: IndexedInstance) -> None:
-        index = indexed.frame_index
-        if indexed.transfer_syntax_uid in _SOURCE_SYNTAXES and index is not None and index[:1] == b"\x00":  # native
+        if self.wants(indexed):
             self.queue.enqueue(indexed.ids.sop)
 
 

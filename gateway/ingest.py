@@ -435,8 +435,10 @@ class Ingestor:
             destination=outcome.destination,
         )
         try:
+            offering = self.derivatives
+            in_catalog = offering is not None and offering.in_catalog and offering.wants(indexed)
             created = self.registrations.submit(
-                Registration(record, self._audit_fields(context, original, outcome), reservation)
+                Registration(record, self._audit_fields(context, original, outcome), reservation, derive=in_catalog)
             )
         except ReservationLost:
             return self._in_flight(result), False
@@ -450,8 +452,8 @@ class Ingestor:
             return self._different_bytes(result), False
         if not created:
             result.status = "duplicate"
-        elif self.derivatives is not None:
-            self.derivatives.offer(indexed)  # made after the answer, by the derivative worker (gateway.derive)
+        elif offering is not None and not offering.in_catalog:
+            offering.offer(indexed)  # made after the answer, by the derivative worker (gateway.derive)
         log.info("stored instance", extra={"sop_uid": indexed.ids.sop, "bytes": stored.size})
         return result, True
 

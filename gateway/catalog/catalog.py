@@ -40,11 +40,13 @@ __all__ = ["MIGRATIONS", "PURGE_INTERVAL", "Catalog", "Registration", "engine_ur
 
 @dataclass(frozen=True)
 class Registration:
-    """One upload to make visible: its record, the audit record of its hook decision, its reservation."""
+    """One upload to make visible: its record, the audit record of its hook decision, its reservation, and
+    whether to queue its derivative job (the local queue, ``gateway.derive``) in the same transaction."""
 
     record: InstanceRecord
     audit_fields: dict[str, Any] | None = None
     reservation: Reservation | None = None
+    derive: bool = False
 
 
 _ROW_COLUMNS = [c for c in instances.c if c.name != "metadata"]
@@ -180,6 +182,7 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
         audits = [self._audit_values(fields) for i in plain if (fields := batch[i].audit_fields)]
         if audits:
             conn.execute(audit.insert(), audits)
+        self._queue_derivatives(conn, [sops[i] for i in plain if batch[i].derive])
         outcomes.update(dict.fromkeys(plain, True))
         return outcomes
 
@@ -202,6 +205,8 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
                 created = self._register(conn, entry.record)
                 if entry.audit_fields:
                     conn.execute(audit.insert().values(**self._audit_values(entry.audit_fields)))
+                if created and entry.derive:
+                    self._queue_derivatives(conn, [entry.record.instance.ids.sop])
                 savepoint.commit()
                 return created
             except (ReservationLost, Conflict, SeriesInOtherStudy) as refused:

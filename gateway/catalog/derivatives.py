@@ -26,13 +26,23 @@ class DeriveJob:
 class DerivativeRecords(CatalogBase):
     def enqueue_derivative(self, sop_uid: str) -> None:
         """Ask for a derivative (again): a new upload of the same SOP UID restarts its attempts."""
-        now = int(time.time())
-        stmt = self._insert(derive_jobs).values(sop_uid=sop_uid, attempts=0, not_before=0, created_at=now)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["sop_uid"], set_={"attempts": 0, "not_before": 0, "last_error": None, "created_at": now}
-        )
         with self._write() as conn:
-            conn.execute(stmt)
+            self._queue_derivatives(conn, [sop_uid])
+
+    def _queue_derivatives(self, conn: sa.Connection, sop_uids: list[str]) -> None:
+        """``enqueue_derivative`` inside the caller's transaction (registration queues its instances' jobs in the
+        transaction that makes them visible: one commit, and never a visible instance without its job)."""
+        if not sop_uids:
+            return
+        now = int(time.time())
+        stmt = self._insert(derive_jobs)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["sop_uid"],
+            set_={"attempts": 0, "not_before": 0, "last_error": None, "created_at": stmt.excluded.created_at},
+        )
+        conn.execute(
+            stmt, [{"sop_uid": sop, "attempts": 0, "not_before": 0, "created_at": now} for sop in sop_uids]
+        )
 
     def claim_derivative(self, *, lease: int, max_attempts: int, now: int | None = None) -> DeriveJob | None:
         """The oldest due job, claimed for ``lease`` seconds; None when nothing is due."""

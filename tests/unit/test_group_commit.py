@@ -9,10 +9,12 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from gateway.catalog import Catalog
 from gateway.catalog.catalog import Registration
 from gateway.catalog.groupcommit import GroupCommit
+from gateway.catalog.schema import derive_jobs
 from gateway.dicomweb.qido import parse_qido
 from gateway.errors import CatalogUnavailable, Conflict, GatewayError, ReservationLost, SeriesInOtherStudy
 from tests.fixtures.catalog_data import make_instance, record
@@ -61,6 +63,27 @@ def test_a_batch_gives_each_registration_its_own_outcome(catalog: Catalog) -> No
     assert catalog.get_instance("1.2.3.1.1.1").sha256 == batch[1].record.sha256  # type: ignore[union-attr]
     assert study_counts(catalog, ST) == (2, 3, ["CT", "MR"])
     assert study_counts(catalog, ST2) == (1, 1, ["CT"])
+
+
+def test_derivative_jobs_are_queued_in_the_registration_transaction(catalog: Catalog) -> None:
+    catalog.register_instance(record(make_instance(ST, SE1, "1.2.3.1.1.1")))
+    batch = [
+        Registration(record(make_instance(ST, SE1, "1.2.3.1.1.2")), derive=True),  # new: queued
+        Registration(record(make_instance(ST, SE1, "1.2.3.1.1.3"))),  # new, nothing asked
+        Registration(record(make_instance(ST, SE1, "1.2.3.1.1.1"), b"v2"), derive=True),  # refused: nothing
+        Registration(record(make_instance(ST, SE1, "1.2.3.1.1.1")), derive=True),  # duplicate: nothing
+    ]
+    outcomes = catalog.register_instances(batch)
+    assert outcomes[:2] == [True, True] and isinstance(outcomes[2], Conflict) and outcomes[3] is False
+    with catalog.engine.connect() as conn:
+        jobs = conn.execute(sa.select(derive_jobs.c.sop_uid, derive_jobs.c.attempts)).all()
+    assert [tuple(job) for job in jobs] == [("1.2.3.1.1.2", 0)]
+    # a replaced instance (one by one, under its savepoint) queues its job again
+    replaced = record(make_instance(ST, SE1, "1.2.3.1.1.3"), b"v2", replace=True)
+    assert catalog.register_instances([Registration(replaced, derive=True)]) == [True]
+    with catalog.engine.connect() as conn:
+        queued = set(conn.execute(sa.select(derive_jobs.c.sop_uid)).scalars())
+    assert queued == {"1.2.3.1.1.2", "1.2.3.1.1.3"}
 
 
 def test_register_instance_still_raises_its_refusal(catalog: Catalog) -> None:
