@@ -67,14 +67,15 @@ def test_migrate_is_idempotent_and_matches_schema(catalog: Catalog) -> None:
     # the order index is declared by its columns (what SQLite reflects); PostgreSQL reflects its DESC NULLS LAST
     diffs = [d for d in diffs if catalog.dialect == "sqlite" or getattr(d[1], "name", "") != "ix_studies_date_order"]
     assert diffs == []
-    assert version == "0007"
+    assert version == "0008"
     indexes = {name: " ".join(sql.split()) for name, sql in ddl if sql}
     assert "lower(patient_name)" in indexes["ix_studies_patient_name_lower"]
     if catalog.dialect == "postgresql":
         assert "text_pattern_ops" in indexes["ix_studies_patient_name_lower"]
-        assert "study_date DESC NULLS LAST, study_uid" in indexes["ix_studies_date_order"]
+        order = "(study_date DESC NULLS LAST, study_uid) INCLUDE (modalities_in_study, patient_name)"
+        assert order in indexes["ix_studies_date_order"]
     else:
-        assert "study_date DESC, study_uid" in indexes["ix_studies_date_order"]
+        assert "study_date DESC, study_uid, modalities_in_study, patient_name" in indexes["ix_studies_date_order"]
     catalog.check()
 
 
