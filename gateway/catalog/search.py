@@ -6,6 +6,7 @@ Scope is applied in SQL (``WHERE study_uid IN ...``) so a page is never post-fil
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,12 +37,15 @@ def _lower_sqlite(element: unicode_lower, compiler: Any, **kw: Any) -> str:
     return f"unicode_lower({compiler.process(element.clauses, **kw)})"
 
 
-# A PN prefix matching more studies than this is cheaper to find by reading the study order index and filtering
-# (about one entry in N/matches qualifies, and a page needs 100); fewer, and reading the prefix's range of the name
-# index, then sorting what it holds, is cheaper. Since the order index carries patient_name (migration 0008) its
-# entries cost ~0.2 us each and the name path ~2 us a match: at 1,000,000 studies on SQLite the two cost the same
-# near 3,000 matches (~6 ms); far from it, 1-3 ms (bench/b5_qido.py).
-WIDE_PREFIX = 3_000
+# A PN prefix matching many studies is cheaper to find by reading the study order index and filtering (about one
+# entry in N/matches qualifies); matching few, by reading the prefix's range of the name index and sorting what it
+# holds. The order index carries patient_name (migration 0008): an entry costs about a fifth of a match read by
+# name and sorted (1,000,000 studies on SQLite: ~0.5 against ~2 us). For the first k = offset + limit studies among
+# M matches of N, the order reads ~k N / M entries and the name path M matches: the order wins above
+# M = sqrt(k N / 5) (~4,500 for a first page of 100 at 1,000,000 studies, ~630 at 20,000; bench/b5_qido.py).
+ORDER_ENTRY_RATIO = 5
+# Counting a prefix's matches costs ~0.2 us each: never count more than this (a deep page of a wide prefix)
+WIDE_PREFIX_MAX = 20_000
 # From this offset on, a study page is found by its UIDs first (build_select)
 DEEP_OFFSET = 1_000
 # PN columns with an index on lower(column) (migration 0007)
@@ -69,21 +73,31 @@ def _prefix_bounds(match: Match) -> tuple[str, str] | None:
     return text, text[:-1] + chr(ord(text[-1]) + 1)
 
 
+def wide_bound(conn: Connection, query: QidoQuery) -> int:
+    """The number of matches above which a PN prefix is read by the study order (see ORDER_ENTRY_RATIO). N is
+    SQLite's largest rowid of studies: one index probe, and deleted studies only make it an overestimate."""
+    studies_seen = conn.execute(sa.select(sa.func.max(sa.literal_column("rowid"))).select_from(studies)).scalar()
+    return min(WIDE_PREFIX_MAX, math.isqrt((studies_seen or 0) * (query.offset + query.limit) // ORDER_ENTRY_RATIO))
+
+
 def wide_prefixes(conn: Connection, query: QidoQuery) -> frozenset[int]:
     """SQLite only: the positions in ``query.matches`` of PN prefix matches whose range of the lower(name) index
-    holds more than ``WIDE_PREFIX`` studies (counted in the index, up to that bound). SQLite turns such a LIKE into
+    holds more than ``wide_bound`` studies (counted in the index, up to that bound). SQLite turns such a LIKE into
     a range of the index whatever it holds, and its planner does not weigh the LIMIT: sorting the 100,000 studies
     of "doe%" in a million costs 300 ms, where reading the study order and filtering finds a page in a few.
     PostgreSQL needs none of this: it weighs the LIMIT with its statistics."""
-    wide = set()
+    wide: set[int] = set()
+    bound = None
     for position, match in enumerate(query.matches):
         bounds = _prefix_bounds(match)
         if bounds is None:
             continue
         assert match.attr.column is not None
+        if bound is None:
+            bound = wide_bound(conn, query)
         folded = sa.func.lower(_TABLES[match.attr.level].c[match.attr.column])
-        hits = sa.select(sa.literal(1)).where(folded >= bounds[0], folded < bounds[1]).limit(WIDE_PREFIX + 1)
-        if conn.execute(sa.select(sa.func.count()).select_from(hits.subquery())).scalar_one() > WIDE_PREFIX:
+        hits = sa.select(sa.literal(1)).where(folded >= bounds[0], folded < bounds[1]).limit(bound + 1)
+        if conn.execute(sa.select(sa.func.count()).select_from(hits.subquery())).scalar_one() > bound:
             wide.add(position)
     return frozenset(wide)
 
