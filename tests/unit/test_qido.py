@@ -585,3 +585,13 @@ def test_paging_edges_with_index_filters(catalog: Catalog, monkeypatch: pytest.M
         assert uids(find(catalog, "studies", PatientName="d*", offset="3")) == []
         assert uids(find(catalog, "studies", ModalitiesInStudy="MR", limit="1", offset="1")) == [S5]
         assert uids(find(catalog, "studies", ModalitiesInStudy="MR", offset="2")) == []
+
+
+def test_fastjson_falls_back_where_orjson_refuses() -> None:
+    """What the standard library wrote or holds (NaN, integers beyond 64 bits) still reads and encodes; the
+    normal answer is compact UTF-8 in the dict's order."""
+    from gateway import fastjson
+
+    assert fastjson.loads('{"00280030": {"vr": "DS", "Value": [NaN, 1.5]}}')["00280030"]["Value"][1] == 1.5
+    assert fastjson.dumps({"a": [2**70]}) == b'{"a":[1180591620717411303424]}'
+    assert fastjson.dumps({"b": 1, "a": "Müller"}) == '{"b":1,"a":"Müller"}'.encode()
