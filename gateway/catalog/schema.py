@@ -35,11 +35,13 @@ studies = sa.Table(
     sa.Column("attrs", sa.Text, nullable=False, server_default="{}"),
     sa.Column("updated_at", sa.BigInteger, nullable=False),
     sa.Index("ix_studies_patient_id", "patient_id"),
-    # the QIDO order (StudyDate descending, undated last, then StudyInstanceUID): pages are read, not sorted.
-    # Migration 0007 creates it as (study_date DESC NULLS LAST, study_uid) on PostgreSQL and (study_date DESC,
-    # study_uid) on SQLite (no NULLS clause in its CREATE INDEX; its DESC puts NULL last anyway). Reflection sees
-    # plain columns on SQLite, so that is what is declared here; the schema test checks the DDL of both.
-    sa.Index("ix_studies_date_order", "study_date", "study_uid"),
+    # the QIDO order (StudyDate descending, undated last, then StudyInstanceUID): pages are read, not sorted, and
+    # ModalitiesInStudy and PatientName wildcards are filtered in the index alone. Migration 0008 creates it as
+    # (study_date DESC NULLS LAST, study_uid) INCLUDE (modalities_in_study, patient_name) on PostgreSQL and
+    # (study_date DESC, study_uid, modalities_in_study, patient_name) on SQLite (no NULLS clause in its CREATE
+    # INDEX; its DESC puts NULL last anyway; no INCLUDE). Reflection sees plain columns on SQLite, so that is what
+    # is declared here; the schema test checks the DDL of both.
+    sa.Index("ix_studies_date_order", "study_date", "study_uid", "modalities_in_study", "patient_name"),
     # PatientName matches case-insensitively (gateway.catalog.search): prefix patterns range over this index
     sa.Index(
         "ix_studies_patient_name_lower",

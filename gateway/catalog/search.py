@@ -6,7 +6,7 @@ Scope is applied in SQL (``WHERE study_uid IN ...``) so a page is never post-fil
 
 from __future__ import annotations
 
-import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,8 +14,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.compiler import compiles
 
+from gateway import fastjson
 from gateway.catalog.schema import instances, series, studies
-from gateway.dicomweb.qido import LEVELS, RETURN_ATTRS, Attr, Match, QidoQuery
+from gateway.dicomweb.qido import LEVELS, RETURN_ATTRS, Match, QidoQuery
 from gateway.scope import Scope
 
 
@@ -36,11 +37,15 @@ def _lower_sqlite(element: unicode_lower, compiler: Any, **kw: Any) -> str:
     return f"unicode_lower({compiler.process(element.clauses, **kw)})"
 
 
-# A PN prefix matching more studies than this is cheaper to find by reading the study order index and filtering
-# (about one row in N/matches qualifies, and a page needs 100); fewer, and reading the prefix's range of the name
-# index, then sorting what it holds, is cheaper. At 1,000,000 studies on SQLite the two cost the same near 20,000
-# matches (~60 ms); far from it, a few ms (bench/b5_qido.py).
-WIDE_PREFIX = 20_000
+# A PN prefix matching many studies is cheaper to find by reading the study order index and filtering (about one
+# entry in N/matches qualifies); matching few, by reading the prefix's range of the name index and sorting what it
+# holds. The order index carries patient_name (migration 0008): an entry costs about a fifth of a match read by
+# name and sorted (1,000,000 studies on SQLite: ~0.5 against ~2 us). For the first k = offset + limit studies among
+# M matches of N, the order reads ~k N / M entries and the name path M matches: the order wins above
+# M = sqrt(k N / 5) (~4,500 for a first page of 100 at 1,000,000 studies, ~630 at 20,000; bench/b5_qido.py).
+ORDER_ENTRY_RATIO = 5
+# Counting a prefix's matches costs ~0.2 us each: never count more than this (a deep page of a wide prefix)
+WIDE_PREFIX_MAX = 20_000
 # From this offset on, a study page is found by its UIDs first (build_select)
 DEEP_OFFSET = 1_000
 # PN columns with an index on lower(column) (migration 0007)
@@ -68,21 +73,31 @@ def _prefix_bounds(match: Match) -> tuple[str, str] | None:
     return text, text[:-1] + chr(ord(text[-1]) + 1)
 
 
+def wide_bound(conn: Connection, query: QidoQuery) -> int:
+    """The number of matches above which a PN prefix is read by the study order (see ORDER_ENTRY_RATIO). N is
+    SQLite's largest rowid of studies: one index probe, and deleted studies only make it an overestimate."""
+    studies_seen = conn.execute(sa.select(sa.func.max(sa.literal_column("rowid"))).select_from(studies)).scalar()
+    return min(WIDE_PREFIX_MAX, math.isqrt((studies_seen or 0) * (query.offset + query.limit) // ORDER_ENTRY_RATIO))
+
+
 def wide_prefixes(conn: Connection, query: QidoQuery) -> frozenset[int]:
     """SQLite only: the positions in ``query.matches`` of PN prefix matches whose range of the lower(name) index
-    holds more than ``WIDE_PREFIX`` studies (counted in the index, up to that bound). SQLite turns such a LIKE into
+    holds more than ``wide_bound`` studies (counted in the index, up to that bound). SQLite turns such a LIKE into
     a range of the index whatever it holds, and its planner does not weigh the LIMIT: sorting the 100,000 studies
     of "doe%" in a million costs 300 ms, where reading the study order and filtering finds a page in a few.
     PostgreSQL needs none of this: it weighs the LIMIT with its statistics."""
-    wide = set()
+    wide: set[int] = set()
+    bound = None
     for position, match in enumerate(query.matches):
         bounds = _prefix_bounds(match)
         if bounds is None:
             continue
         assert match.attr.column is not None
+        if bound is None:
+            bound = wide_bound(conn, query)
         folded = sa.func.lower(_TABLES[match.attr.level].c[match.attr.column])
-        hits = sa.select(sa.literal(1)).where(folded >= bounds[0], folded < bounds[1]).limit(WIDE_PREFIX + 1)
-        if conn.execute(sa.select(sa.func.count()).select_from(hits.subquery())).scalar_one() > WIDE_PREFIX:
+        hits = sa.select(sa.literal(1)).where(folded >= bounds[0], folded < bounds[1]).limit(bound + 1)
+        if conn.execute(sa.select(sa.func.count()).select_from(hits.subquery())).scalar_one() > bound:
             wide.add(position)
     return frozenset(wide)
 
@@ -94,9 +109,13 @@ _TABLES = {0: studies, 1: series, 2: instances}
 
 def _clause(match: Match, scope: Scope | None, unindexed: bool = False) -> sa.ColumnElement[bool]:
     attr = match.attr
+    if attr.kind == "modalities" and (scope is None or scope.series is None):
+        # The study row's sorted, backslash-joined list ("CT\\SR"), which the study order index carries: a page
+        # is found by reading that index alone (migration 0008), never probing the series of each study.
+        framed = sa.literal("\\").concat(studies.c.modalities_in_study).concat("\\")
+        return sa.or_(*(framed.contains(f"\\{value}\\", autoescape=True) for value in match.values))
     if attr.kind == "modalities":
-        # A correlated EXISTS (probing ix_series_study per candidate study) lets the planner drive the query
-        # from the selective index (patient, date order) instead of materialising every study with a modality.
+        # A series scope sees the modalities of its series only: probe them (ix_series_modality_study).
         probe = series.alias("modality_probe")
         inner = sa.select(probe.c.series_uid).where(
             probe.c.study_uid == studies.c.study_uid, probe.c.modality.in_(match.values)
@@ -132,6 +151,13 @@ def _clause(match: Match, scope: Scope | None, unindexed: bool = False) -> sa.Co
     return column == match.values[0]
 
 
+def _order_index_filters(match: Match) -> bool:
+    """Whether the study order index alone can evaluate ``match`` (the columns migration 0008 added to it)."""
+    return match.attr.kind == "modalities" or (
+        match.attr.kind == "pn" and match.op == "like" and match.attr.column in _FOLDED_INDEX
+    )
+
+
 def build_select(query: QidoQuery, scope: Scope | None, unindexed: frozenset[int] = frozenset()) -> sa.Select[Any]:
     """One SELECT with the filters, the scope, a deterministic order, limit and offset. ``unindexed``: positions
     of PN prefix matches that must not use their index (``wide_prefixes``)."""
@@ -165,10 +191,11 @@ def build_select(query: QidoQuery, scope: Scope | None, unindexed: frozenset[int
         order += [sa.nulls_last(series.c.series_number.asc()), series.c.series_uid]
     if depth == 2:
         order += [sa.nulls_last(instances.c.instance_number.asc()), instances.c.sop_uid]
-    if depth == 0 and (query.offset >= DEEP_OFFSET or any(m.attr.kind == "modalities" for m in query.matches)):
-        # Deep pages, and ModalitiesInStudy (the series index answers it, study after study in date order): find
-        # the page's UIDs first, then read just those rows. The order index holds study_date and study_uid, so
-        # the studies skipped or probed are never read (PostgreSQL scans the index only).
+    if depth == 0 and (query.offset >= DEEP_OFFSET or any(_order_index_filters(m) for m in query.matches)):
+        # Deep pages, ModalitiesInStudy and PatientName wildcards: find the page's UIDs first, then read just
+        # those rows. The order index holds study_date, study_uid, modalities_in_study and patient_name
+        # (migration 0008), so the studies skipped or filtered out are never read (PostgreSQL scans the index
+        # only; SQLite's plain form would read each row it filters).
         page = stmt.with_only_columns(studies.c.study_uid).order_by(*order).limit(query.limit).offset(query.offset)
         stmt = sa.select(*columns).where(studies.c.study_uid.in_(page.scalar_subquery()))
         return stmt.order_by(*order)
@@ -176,16 +203,6 @@ def build_select(query: QidoQuery, scope: Scope | None, unindexed: frozenset[int
 
 
 # --- DICOM JSON ---------------------------------------------------------------------------------------------
-
-
-def _element(attr: Attr, value: Any) -> dict[str, Any]:
-    if value is None or value == "":
-        return {"vr": attr.vr}
-    if attr.vr == "PN":
-        return {"vr": "PN", "Value": [{"Alphabetic": value}]}
-    if attr.kind == "modalities":
-        return {"vr": "CS", "Value": [part for part in str(value).split("\\") if part]}
-    return {"vr": attr.vr, "Value": [value]}
 
 
 def _without_bulk(dataset: dict[str, Any]) -> dict[str, Any]:
@@ -204,6 +221,25 @@ _COUNTS = {
     "00201209": "se_num_instances",
     "00280008": "in_number_of_frames",
 }
+_FLAT, _COUNT, _MODALITIES = 0, 1, 2
+
+
+def _fillers(level: int) -> tuple[tuple[str, str, str, int], ...]:
+    """What the return attributes of ``level`` take from the row, worked out once (shape_row runs per row):
+    (tag, VR, row key, how): a count or ModalitiesInStudy always from the catalog, any other attribute with a
+    column from that column when the stored attributes lack it."""
+    out = []
+    for attr in RETURN_ATTRS[level]:
+        if attr.tag in _COUNTS:
+            out.append((attr.tag, attr.vr, _COUNTS[attr.tag], _COUNT))
+        elif attr.kind == "modalities":
+            out.append((attr.tag, attr.vr, "st_modalities_in_study", _MODALITIES))
+        elif attr.column is not None:
+            out.append((attr.tag, attr.vr, _PREFIX[level] + attr.column, _FLAT))
+    return tuple(out)
+
+
+_FILLERS = {level: _fillers(level) for level in RETURN_ATTRS}
 
 
 def output_levels(query: QidoQuery) -> list[int]:
@@ -223,35 +259,43 @@ def shape_row(query: QidoQuery, row: Mapping[str, Any]) -> dict[str, Any]:
     level (ingest chose them), then any return attribute still missing from its flat column (empty element
     when unknown); counts and ModalitiesInStudy always from the catalog; the parents' UIDs; then
     includefields, looked up in the stored attributes of every level and, for instances, in the instance
-    metadata."""
+    metadata. Keys come out sorted (tag order, as PS3.18 F.2 lists them)."""
     depth = LEVELS[query.level]
-    stored = {level: json.loads(row[_PREFIX[level] + "attrs"] or "{}") for level in range(depth + 1)}
-    metadata: dict[str, Any] = {}
-    if depth == 2 and row.get("in_metadata"):
-        metadata = _without_bulk(json.loads(row["in_metadata"]))
+    stored = [fastjson.loads(row[_PREFIX[level] + "attrs"] or "{}") for level in range(depth + 1)]
     result: dict[str, Any] = {}
     for level in output_levels(query):
         result.update(stored[level])
-        for attr in RETURN_ATTRS[level]:
-            if attr.tag in _COUNTS:
-                result[attr.tag] = {"vr": "IS", "Value": [int(row[_COUNTS[attr.tag]])]}
-            elif attr.kind == "modalities":
-                result[attr.tag] = _element(attr, row["st_modalities_in_study"])
-            elif attr.column is not None and attr.tag not in result:
-                result[attr.tag] = _element(attr, row[_PREFIX[level] + attr.column])
-        if level in (0, 2):
+        for tag, vr, key, how in _FILLERS[level]:
+            value = row[key]
+            if how == _COUNT:
+                result[tag] = {"vr": "IS", "Value": [int(value)]}
+            elif how == _MODALITIES:
+                result[tag] = {"vr": "CS", "Value": [p for p in value.split("\\") if p]} if value else {"vr": "CS"}
+            elif tag in result:
+                continue
+            elif value is None or value == "":
+                result[tag] = {"vr": vr}
+            elif vr == "PN":
+                result[tag] = {"vr": "PN", "Value": [{"Alphabetic": value}]}
+            else:
+                result[tag] = {"vr": vr, "Value": [value]}
+        if level != 1:
             result["00080056"] = {"vr": "CS", "Value": ["ONLINE"]}
     result["0020000D"] = {"vr": "UI", "Value": [row["st_study_uid"]]}
     if depth >= 1:
         result["0020000E"] = {"vr": "UI", "Value": [row["se_series_uid"]]}
-    sources = [stored[level] for level in range(depth, -1, -1)] + [metadata]
-    if query.include_all:
-        for attrs in sources:
-            for tag, element in attrs.items():
-                result.setdefault(tag, element)
-    for tag in query.include:
-        if tag not in result:
-            found = next((attrs[tag] for attrs in sources if tag in attrs), None)
-            if found is not None:
-                result[tag] = found
+    if query.include_all or query.include:
+        metadata: dict[str, Any] = {}
+        if depth == 2 and row.get("in_metadata"):
+            metadata = _without_bulk(fastjson.loads(row["in_metadata"]))
+        sources = [*reversed(stored), metadata]
+        if query.include_all:
+            for attrs in sources:
+                for tag, element in attrs.items():
+                    result.setdefault(tag, element)
+        for tag in query.include:
+            if tag not in result:
+                found = next((attrs[tag] for attrs in sources if tag in attrs), None)
+                if found is not None:
+                    result[tag] = found
     return dict(sorted(result.items()))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from flask import Blueprint, Response, request
 
+from gateway import fastjson
 from gateway.catalog.deletions import Target
 from gateway.dicomweb.accept import Offer, negotiate
 from gateway.dicomweb.multipart import iter_parts, parse_content_type
@@ -72,7 +73,7 @@ def _search(level: str, study: str | None = None, series: str | None = None) -> 
     results = catalog.search(query, scope)
     if not results and study and not catalog.exists(study, series):
         raise NotFound("no such study" if series is None else "no such series")  # e.g. deleted
-    return dicom_json(json.dumps(results, separators=(",", ":")).encode())
+    return dicom_json(fastjson.dumps(results))
 
 
 @bp.get("/studies")

@@ -281,6 +281,24 @@ def test_qido_is_scoped_to_the_token(stack: RunningStack, synthetic: dict[str, A
     assert requests.get(f"{root}/studies", params={"PatientID": "nobody"}, timeout=30).json() == []
 
 
+def test_qido_answer_is_compact_utf8_dicom_json(
+    stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]
+) -> None:
+    """QIDO answers are encoded by orjson (issue 15): compact UTF-8 DICOM JSON, attributes in tag order, the same
+    document the standard library would write; ModalitiesInStudy matches whole codes of the study's list."""
+    study = uids_of(synthetic["ct"][0])[0]
+    root = roots[study]
+    answer = requests.get(f"{root}/studies", params={"ModalitiesInStudy": "CT"}, timeout=30)
+    assert answer.status_code == 200
+    assert answer.headers["Content-Type"] == "application/dicom+json"
+    (found,) = answer.json()
+    assert list(found) == sorted(found) and found["0020000D"] == {"vr": "UI", "Value": [study]}
+    assert found["00080061"] == {"vr": "CS", "Value": ["CT"]}
+    assert answer.content == json.dumps([found], separators=(",", ":"), ensure_ascii=False).encode()
+    for other in ("C", "MR", "T"):
+        assert requests.get(f"{root}/studies", params={"ModalitiesInStudy": other}, timeout=30).json() == [], other
+
+
 def test_storage_error_aborts_instead_of_corrupting(
     stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str], tmp_path: Path
 ) -> None:

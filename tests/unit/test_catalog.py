@@ -6,6 +6,7 @@ import json
 import threading
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -67,14 +68,15 @@ def test_migrate_is_idempotent_and_matches_schema(catalog: Catalog) -> None:
     # the order index is declared by its columns (what SQLite reflects); PostgreSQL reflects its DESC NULLS LAST
     diffs = [d for d in diffs if catalog.dialect == "sqlite" or getattr(d[1], "name", "") != "ix_studies_date_order"]
     assert diffs == []
-    assert version == "0007"
+    assert version == "0008"
     indexes = {name: " ".join(sql.split()) for name, sql in ddl if sql}
     assert "lower(patient_name)" in indexes["ix_studies_patient_name_lower"]
     if catalog.dialect == "postgresql":
         assert "text_pattern_ops" in indexes["ix_studies_patient_name_lower"]
-        assert "study_date DESC NULLS LAST, study_uid" in indexes["ix_studies_date_order"]
+        order = "(study_date DESC NULLS LAST, study_uid) INCLUDE (modalities_in_study, patient_name)"
+        assert order in indexes["ix_studies_date_order"]
     else:
-        assert "study_date DESC, study_uid" in indexes["ix_studies_date_order"]
+        assert "study_date DESC, study_uid, modalities_in_study, patient_name" in indexes["ix_studies_date_order"]
     catalog.check()
 
 
@@ -379,11 +381,11 @@ def test_patient_name_prefix_same_page_by_name_index_or_by_order(
     catalog: Catalog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A PN prefix is case-insensitive and answers the same ordered page whichever index drives it: on SQLite a
-    prefix matching more than WIDE_PREFIX studies reads the study order index (lowered here so a few studies
+    prefix matching more than wide_bound studies reads the study order index (lowered here so a few studies
     cross it), a narrower one the lower(patient_name) range; undated studies come last on both backends."""
     from gateway.catalog import search
 
-    monkeypatch.setattr(search, "WIDE_PREFIX", 3)
+    monkeypatch.setattr(search, "wide_bound", lambda conn, query: 3)
     names = ["DOE^Jane", "doe^John", "Doe^Ann", "Doering^Max", "Dobson^Al", "O'Doe^X", "Müller^Doe"]
     for i, name in enumerate(names):
         study = f"1.2.9.{i}"
@@ -438,3 +440,21 @@ def test_deep_study_pages_by_uids_first_match_the_plain_pages(
     assert pages({}, None)[3] == ["1.2.8.2", "1.2.8.6"]
     assert pages({}, None)[6] == ["1.2.8.7", "1.2.8.1"]
     assert pages({}, None)[7] == ["1.2.8.1", "1.2.8.5"]
+
+
+def test_wide_prefix_bound_grows_with_the_catalog_and_the_page(tmp_path: Path) -> None:
+    """SQLite only (PostgreSQL's planner weighs the LIMIT itself): sqrt(N (offset + limit) / 5), N from the
+    largest rowid, capped; a first page of 100 among 1,000,000 studies takes the order index above ~4,500."""
+    from gateway.catalog import search
+
+    catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
+    catalog.migrate()
+    for i in range(20):
+        study = f"1.2.7.{i}"
+        catalog.register_instance(record(make_instance(study, f"{study}.1", f"{study}.1.1")))
+    with catalog.engine.connect() as conn:
+        first = search.wide_bound(conn, parse_qido("studies", {}))
+        deeper = search.wide_bound(conn, parse_qido("studies", {"offset": ["400"]}))
+        deepest = search.wide_bound(conn, parse_qido("studies", {"offset": ["2147483647"]}))
+    assert (first, deeper, deepest) == (20, 44, search.WIDE_PREFIX_MAX)
+    catalog.close()

@@ -462,3 +462,136 @@ def test_qido_on_100k_studies_finds_every_query(tmp_path: Path) -> None:
         report.append(f"{'&'.join(f'{k}={v[0]}' for k, v in args.items())}: p50 {p50 * 1000:.2f} ms")
     catalog.close()
     print(f"\nQIDO over 100,000 studies (SQLite; load {loaded:.1f} s):\n  " + "\n  ".join(report))
+
+
+# --- exact answers (issue 15: faster shaping, same JSON) ------------------------------------------------------
+
+
+def _pn(value: str) -> dict[str, Any]:
+    return {"vr": "PN", "Value": [{"Alphabetic": value}]}
+
+
+STUDY_S1 = {
+    "00080020": {"vr": "DA", "Value": ["20200115"]},
+    "00080030": {"vr": "TM", "Value": ["101500"]},
+    "00080050": {"vr": "SH", "Value": ["ACC%1"]},
+    "00080056": {"vr": "CS", "Value": ["ONLINE"]},
+    "00080061": {"vr": "CS", "Value": ["CT", "SR"]},
+    "00080090": _pn("Ref^Doctor"),
+    "00081030": {"vr": "LO", "Value": ["CHEST"]},
+    "00100010": _pn("Doe^John"),
+    "00100020": {"vr": "LO", "Value": ["P1"]},
+    "00100030": {"vr": "DA", "Value": ["19700101"]},
+    "00100040": {"vr": "CS", "Value": ["M"]},
+    "0020000D": {"vr": "UI", "Value": [S1]},
+    "00200010": {"vr": "SH", "Value": ["S1"]},
+    "00201206": {"vr": "IS", "Value": [2]},
+    "00201208": {"vr": "IS", "Value": [4]},
+}
+
+
+def exact(results: list[dict[str, Any]]) -> list[list[tuple[str, Any]]]:
+    """The results with their key order (a dict comparison ignores it; the JSON answer keeps it)."""
+    return [list(result.items()) for result in results]
+
+
+def test_exact_study_answer(catalog: Catalog) -> None:
+    assert exact(find(catalog, "studies", StudyInstanceUID=S1)) == exact([STUDY_S1])
+    # no StudyDate stored: the required attribute comes back empty, in its place
+    (no_date,) = find(catalog, "studies", StudyInstanceUID=S5)
+    assert list(no_date) == list(STUDY_S1) and no_date["00080020"] == {"vr": "DA"}
+    # a series scope: counts and ModalitiesInStudy of the visible series only, the rest unchanged
+    scoped = find(catalog, "studies", Scope(frozenset({S1}), frozenset({S1 + ".2"})))
+    counts = {"00080061": {"vr": "CS", "Value": ["SR"]}, "00201206": {"vr": "IS", "Value": [1]}}
+    assert exact(scoped) == exact([{**STUDY_S1, **counts, "00201208": {"vr": "IS", "Value": [1]}}])
+
+
+def test_exact_series_answer_with_study_attributes(catalog: Catalog) -> None:
+    first = find(catalog, "series", Modality="MR")[0]
+    study = {
+        **STUDY_S1,
+        "00080020": {"vr": "DA", "Value": ["20210601"]},
+        "00080030": {"vr": "TM", "Value": ["083000"]},
+        "00080050": {"vr": "SH", "Value": ["ACCX1"]},
+        "00080061": {"vr": "CS", "Value": ["MR"]},
+        "0020000D": {"vr": "UI", "Value": [S2]},
+        "00201206": {"vr": "IS", "Value": [1]},
+        "00201208": {"vr": "IS", "Value": [2]},
+    }
+    series = {
+        "00080060": {"vr": "CS", "Value": ["MR"]},
+        "0008103E": {"vr": "LO", "Value": ["AXIAL"]},
+        "0020000E": {"vr": "UI", "Value": [S2 + ".1"]},
+        "00200011": {"vr": "IS", "Value": [1]},
+        "00201209": {"vr": "IS", "Value": [2]},
+    }
+    assert exact([first]) == exact([dict(sorted({**study, **series}.items()))])
+
+
+def test_exact_instance_answer_with_includefield(catalog: Catalog) -> None:
+    found = find(catalog, "instances", study_uid=S1, series_uid=S1 + ".1", includefield="SliceThickness", limit="1")
+    assert exact(found) == exact(
+        [
+            {
+                "00080016": {"vr": "UI", "Value": ["1.2.840.10008.5.1.4.1.1.2"]},
+                "00080018": {"vr": "UI", "Value": [f"{S1}.1.2"]},
+                "00080056": {"vr": "CS", "Value": ["ONLINE"]},
+                "00180050": {"vr": "DS", "Value": ["2.5"]},
+                "0020000D": {"vr": "UI", "Value": [S1]},
+                "0020000E": {"vr": "UI", "Value": [S1 + ".1"]},
+                "00200013": {"vr": "IS", "Value": [1]},
+                "00280008": {"vr": "IS", "Value": [1]},
+                "00280010": {"vr": "US", "Value": [4]},
+                "00280011": {"vr": "US", "Value": [4]},
+                "00280100": {"vr": "US", "Value": [16]},
+            }
+        ]
+    )
+    # includefield of a tag no level stores adds nothing; of a series attribute at study level, adds nothing
+    # either (a study row has no series)
+    study = find(catalog, "studies", StudyInstanceUID=S1, includefield=["00180050,SeriesDescription", "Modality"])
+    assert exact(study) == exact([STUDY_S1])
+
+
+def test_modalities_in_study_matches_whole_codes(catalog: Catalog) -> None:
+    """ModalitiesInStudy is matched on the study's "CT\\SR" list (the order index carries it): whole codes only,
+    "_" literal, any of several values; a series scope still sees its own series only."""
+    assert uids(find(catalog, "studies", ModalitiesInStudy="CT")) == [S6, S1, S3]
+    assert uids(find(catalog, "studies", ModalitiesInStudy="SR")) == [S1]
+    for part in ("C", "T", "S", "C_", "_", "CT SR"):
+        assert find(catalog, "studies", ModalitiesInStudy=part) == [], part
+    assert uids(find(catalog, "studies", ModalitiesInStudy="US,MR,XA")) == [S2, S4, S5]
+    assert uids(find(catalog, "studies", ModalitiesInStudy="SR", PatientName="doe*", StudyDate="2020")) == [S1]
+    scope = Scope(frozenset({S1, S2}), frozenset({S1 + ".2", S2 + ".1"}))
+    assert uids(find(catalog, "studies", scope, ModalitiesInStudy="CT")) == []
+    assert uids(find(catalog, "studies", scope, ModalitiesInStudy="SR,MR")) == [S2, S1]
+
+
+def test_paging_edges_with_index_filters(catalog: Catalog, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PatientName wildcards and ModalitiesInStudy take the page's UIDs first: the same pages as a plain scan,
+    at offset 0, across the end, past the end, with limit 1."""
+    from gateway.catalog import search
+
+    for deep in (10**9, 1):  # the plain form for deep pages too, and every page by its UIDs first
+        monkeypatch.setattr(search, "DEEP_OFFSET", deep)
+        doe = [S2, S1, S4]
+        assert [uids(find(catalog, "studies", PatientName="DOE*", limit="1", offset=str(o))) for o in range(4)] == [
+            [S2],
+            [S1],
+            [S4],
+            [],
+        ]
+        assert uids(find(catalog, "studies", PatientName="d*", limit="2", offset="1")) == doe[1:]
+        assert uids(find(catalog, "studies", PatientName="d*", offset="3")) == []
+        assert uids(find(catalog, "studies", ModalitiesInStudy="MR", limit="1", offset="1")) == [S5]
+        assert uids(find(catalog, "studies", ModalitiesInStudy="MR", offset="2")) == []
+
+
+def test_fastjson_falls_back_where_orjson_refuses() -> None:
+    """What the standard library wrote or holds (NaN, integers beyond 64 bits) still reads and encodes; the
+    normal answer is compact UTF-8 in the dict's order."""
+    from gateway import fastjson
+
+    assert fastjson.loads('{"00280030": {"vr": "DS", "Value": [NaN, 1.5]}}')["00280030"]["Value"][1] == 1.5
+    assert fastjson.dumps({"a": [2**70]}) == b'{"a":[1180591620717411303424]}'
+    assert fastjson.dumps({"b": 1, "a": "Müller"}) == '{"b":1,"a":"Müller"}'.encode()
