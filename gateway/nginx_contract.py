@@ -14,6 +14,11 @@ FILE = "/_file"  # SSI include of a whole object of local-folder storage (read f
 OBJECT = "/_obj"  # X-Accel-Redirect target: a whole stored object, Range answered by storage
 ERROR_PAGE = "/_dgw/error"  # NGINX's own JSON error page (no Python involved; named so the test finds it)
 PLAN = "/_plan"  # read plans: the byte-serving location rewrites to /_plan{original path}, proxied to Python
+# One frame (GET, no Range, no query but the token): the byte-serving location rewrites to /_frame{original path},
+# where njs (njs/dgw_frames.js) picks the frame's plan out of its block's plan and falls back to /_plan otherwise.
+FRAME = "/_frame"
+BLOCK = "/_block"  # block plans: /_block{instance path}/frames/{first}, proxied to Python, cached per block
+FRAMES_PER_BLOCK = 64  # frames per block plan; njs/dgw_frames.js holds the same number (a unit test compares)
 
 # NGINX -> Python (set only by the byte-serving locations; cleared on every other proxied request).
 RANGE = "X-Dgw-Range"  # the client's Range (NGINX blanks Range itself towards a cached upstream)
@@ -29,7 +34,7 @@ GENERATION = "X-Dgw-Generation"  # the study's deletion generation: part of the 
 
 TO_PYTHON = (RANGE,)
 FROM_PYTHON = (SUB, JTI, STUDY, VIA, ERROR, ACCEPT_RANGES, GENERATION)
-LOCATIONS = (AUTH, PLAN, SEGMENT, WHOLE_SEGMENT, FILE, OBJECT, ERROR_PAGE)
+LOCATIONS = (AUTH, PLAN, FRAME, BLOCK, SEGMENT, WHOLE_SEGMENT, FILE, OBJECT, ERROR_PAGE)
 
 
 def environ_key(header: str) -> str:

@@ -210,6 +210,40 @@ class Planner:
             return self._bulkdata(instance, target.rest[len("bulkdata/") :], accept, range_header)
         raise NotFound("not a retrieve path")
 
+    def block(self, raw_uri: str, accept: str) -> PlanResponse:
+        """The plans of a block of ``nginx.FRAMES_PER_BLOCK`` consecutive frames for one Accept, for NGINX's njs
+        (``njs/dgw_frames.js``) to answer single-frame GETs without a Python hop. ``raw_uri`` is
+        ``{instance path}/frames/{first}`` (``first`` = 1 + a multiple of the block size). Each frame's entry is
+        exactly what ``plan`` answers for it (one line: status, headers but X-Accel-Expires, body; tab-separated),
+        so every decision stays here; a frame the block cannot answer (a planning error) fails the whole block and
+        njs falls back to the per-frame plan, whose error the client then gets. Frames past the last are left out
+        (njs falls back: a JSON 404 from ``plan``)."""
+        path, _, query = raw_uri.partition("?")
+        target = parse_target(path, query)
+        first_s = target.rest[len("frames/") :] if target.rest.startswith("frames/") else ""
+        if query or target.study is None or target.instance is None or not first_s.isdigit():
+            raise NotFound("not a block path")
+        first = int(first_s)
+        if first < 1 or (first - 1) % nginx.FRAMES_PER_BLOCK:
+            raise NotFound("not the first frame of a block")
+        instance = self.instance(target.study, target.series or "", target.instance)
+        count = instance.frames.count if instance.frames is not None else first
+        lines: list[bytes] = []
+        expires = self._plan_seconds
+        for n in range(first, min(first + nginx.FRAMES_PER_BLOCK, count + 1)):
+            plan = self._frames(instance, str(n), accept)
+            fields = [str(plan.status).encode()]
+            for name, value in plan.headers:
+                if name == "X-Accel-Expires":
+                    expires = min(expires, int(value))
+                else:
+                    fields.append(f"{name}: {value}".encode())
+            if b"\t" in plan.body or b"\n" in plan.body:
+                raise ValueError("a frame plan does not fit a block line")
+            lines.append(b"\t".join([*fields, plan.body]))
+        headers = [("Content-Type", "text/plain"), ("X-Accel-Expires", str(expires))]
+        return PlanResponse(200, headers, b"\n".join(lines))
+
     # -- pieces ---------------------------------------------------------------------------------------------------
     def _include(
         self, instance: CachedInstance, first: int | None = None, length: int = 0, key: str | None = None
