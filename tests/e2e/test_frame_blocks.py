@@ -16,7 +16,7 @@ from gateway.tools.synth import make_wsi, wsi_tile
 from tests.e2e.conftest import uids_of
 from tests.e2e.harness import RunningStack
 from tests.e2e.test_lifecycle import assert_gone, delete
-from tests.e2e.test_read_path import WSI_VARIANTS
+from tests.e2e.test_read_path import WSI_VARIANTS, parse_multipart
 
 BLOCK = nginx.FRAMES_PER_BLOCK
 # Headers that differ between any two answers, whoever made them.
@@ -42,8 +42,10 @@ def log_lines(stack: RunningStack, suffix: str) -> list[dict[str, Any]]:
     return [line for line in stack.access_log() if line["uri"].endswith(suffix)]
 
 
-@pytest.mark.parametrize(("variant", "accept"), [("wsi_eot", "image/jpeg"), ("wsi_frag", "application/octet-stream"),
-                                                 ("wsi_native", "application/octet-stream")])
+@pytest.mark.parametrize(
+    ("variant", "accept"),
+    [("wsi_eot", "image/jpeg"), ("wsi_frag", "application/octet-stream"), ("wsi_native", "application/octet-stream")],
+)
 def test_block_frames_are_the_per_frame_plans_answers(
     stack: RunningStack, synthetic: dict[str, Any], variant: str, accept: str
 ) -> None:
@@ -55,20 +57,40 @@ def test_block_frames_are_the_per_frame_plans_answers(
         expected = wsi_tile(seed, number, frames=frames, native=native)
         reference = python_plan(f"{url}/frames/{number}", accept)
         assert (reference.status_code, reference.content) == (200, expected), number
-        for attempt in ("first", "cached"):
+        for attempt in ("first", "second", "cached"):
             answer = requests.get(f"{url}/frames/{number}", headers={"Accept": accept}, timeout=30)
             assert answer.status_code == 200, (number, attempt, answer.text[:200])
             assert answer.content == expected, (number, attempt)
             assert answer.headers["Content-Type"] == reference.headers["Content-Type"], (number, attempt)
             assert answer.headers["Content-Type"].split(";")[0] == accept
             assert headers_of(answer) == headers_of(reference), (number, attempt)
-    # every njs answer came from a block plan; all but the first of each block without any gunicorn hop
+    # The first two requests of each frame: a plan made by njs from its block (only the first request of a block
+    # had Python make the block's plan; NGINX caches the frame's own plan on its second request); the third: the
+    # frame's plan from the cache. Never a per-frame plan from Python.
     lines = [line for n in numbers for line in log_lines(stack, f"{sop}/frames/{n}")]
-    assert len(lines) == 2 * len(numbers)
-    assert all(line["status"] == 200 and line["block"] in ("HIT", "MISS") for line in lines)
-    assert all(line["upstream_status"] == "" and line["cache"] == "HIT" for line in lines if line["block"] == "HIT")
-    blocks_fetched = {(n - 1) // BLOCK for n in numbers}
-    assert sum(line["block"] == "MISS" for line in lines) == len(blocks_fetched)
+    expected = [(200, "MISS"), (200, "MISS"), (200, "HIT")] * len(numbers)
+    assert [(line["status"], line["cache"]) for line in lines] == expected, lines
+    made = [line for line in lines if line["cache"] == "MISS"]
+    assert all(line["block"] in ("HIT", "MISS") and line["upstream_status"] == "200" for line in made), made
+    assert sum(line["block"] == "MISS" for line in made) == len({(n - 1) // BLOCK for n in numbers})
+    assert all(line["block"] == "" for line in lines if line["cache"] == "HIT")
+
+
+def test_multipart_single_frames_come_from_blocks_too(stack: RunningStack, synthetic: dict[str, Any]) -> None:
+    """What Cornerstone and OHIF ask for: one frame as multipart/related (the plan's body holds CRLFs)."""
+    seed, frames, native = WSI_VARIANTS["wsi_empty"]
+    url = instance_url(stack, synthetic["wsi_empty"])
+    sop = uids_of(synthetic["wsi_empty"])[2]
+    accept = 'multipart/related; type="image/jpeg"; transfer-syntax=*'
+    for number in (BLOCK + 1, BLOCK + 2, frames):
+        answer = requests.get(f"{url}/frames/{number}", headers={"Accept": accept}, timeout=30)
+        assert answer.status_code == 200, answer.text[:200]
+        assert answer.headers["Content-Type"].startswith('multipart/related; type="image/jpeg"; boundary=')
+        parts = parse_multipart(answer)
+        expected = wsi_tile(seed, number, frames=frames, native=native)
+        assert [(ct.split(";")[0], body) for ct, body in parts] == [("image/jpeg", expected)]
+    made = [line for n in (BLOCK + 1, BLOCK + 2, frames) for line in log_lines(stack, f"{sop}/frames/{n}")]
+    assert [(line["cache"], line["block"]) for line in made] == [("MISS", "MISS"), ("MISS", "HIT"), ("MISS", "MISS")]
 
 
 def test_frames_outside_the_instance_are_python_json_errors(stack: RunningStack, synthetic: dict[str, Any]) -> None:
@@ -101,7 +123,7 @@ def test_range_requests_still_get_pythons_206_and_416(stack: RunningStack, synth
     beyond = requests.get(f"{url}/frames/5", headers={**octet, "Range": f"bytes={len(expected)}-"}, timeout=30)
     assert (beyond.status_code, beyond.headers["Content-Type"]) == (416, "application/json")
     ranged = log_lines(stack, f"{sop}/frames/5")[-2:]
-    assert [line["block"] for line in ranged] == ["", ""]  # Python's per-frame plans, not njs
+    assert [(line["cache"], line["block"]) for line in ranged] == [("MISS", "")] * 2  # Python's per-frame plans
 
 
 def test_deleted_instance_is_gone_even_with_cached_blocks(
@@ -113,10 +135,11 @@ def test_deleted_instance_is_gone_even_with_cached_blocks(
     study, series, sop = uids_of(path)
     url = instance_url(stack, path)
     octet = {"Accept": "application/octet-stream"}
-    for number in (1, 2, BLOCK + 1, BLOCK + 2):  # both blocks cached, the second frame of each from the cache
+    for number in (1, 2, BLOCK + 1, BLOCK + 2, 1, 1):  # both blocks cached; frame 1's own plan cached too
         answer = requests.get(f"{url}/frames/{number}", headers=octet, timeout=30)
         assert (answer.status_code, answer.content) == (200, wsi_tile(31, number, frames=frames))
     assert [line["block"] for line in log_lines(stack, f"{sop}/frames/2")] == ["HIT"]
+    assert [line["cache"] for line in log_lines(stack, f"{sop}/frames/1")] == ["MISS", "MISS", "HIT"]
     answer = delete(stack, f"studies/{study}/series/{series}/instances/{sop}")
     assert answer.status_code == 204, answer.text
     for number in (1, 2, 3, BLOCK + 1, BLOCK + 3):
