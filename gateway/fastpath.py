@@ -5,6 +5,8 @@
   WSGI callable here).
 - ``/_plan/...`` (NGINX's internal location, reached only by its byte-serving locations' rewrite): the read plan
   (``gateway.dicomweb.wado``) of the original path that follows the prefix.
+- ``/_block/...`` (NGINX's internal location, reached only by njs's subrequest): the plans of a block of frames
+  (``Planner.block``), which NGINX caches and picks single frames from without a Python hop.
 The ``/t/{token}`` path prefix is removed before Flask sees a path, so Flask routes are written once.
 """
 
@@ -23,6 +25,7 @@ from gateway.metrics import AUTH_DECISIONS, READ_PLANS
 
 log = logging.getLogger("gateway.fastpath")
 _PLAN_PREFIX = nginx.PLAN + "/"
+_BLOCK_PREFIX = nginx.BLOCK + "/"
 _RANGE_KEY = nginx.environ_key(nginx.RANGE)
 
 StartResponse = Callable[..., Any]
@@ -59,6 +62,8 @@ class FastPath:
             return self.auth(environ, start_response)
         if path.startswith(_PLAN_PREFIX):
             return self.plan(environ, start_response)
+        if path.startswith(_BLOCK_PREFIX):
+            return self.plan(environ, start_response, block=True)
         if path.startswith("/t/"):
             token, rest = split_token(path)
             environ["dicomgw.path_token"] = token
@@ -95,16 +100,19 @@ class FastPath:
         )
         return [b""]
 
-    def plan(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+    def plan(self, environ: dict[str, Any], start_response: StartResponse, block: bool = False) -> Iterable[bytes]:
+        """A read plan (``/_plan/...``) or a block plan (``/_block/...``, always token-less: NGINX builds it)."""
         uri = environ.get("RAW_URI") or environ.get("REQUEST_URI") or environ.get("PATH_INFO", "")
-        uri = uri[len(nginx.PLAN) :] if uri.startswith(_PLAN_PREFIX) else uri
+        prefix = nginx.BLOCK if block else nginx.PLAN
+        uri = uri[len(prefix) :] if uri.startswith(prefix + "/") else uri
+        accept = environ.get("HTTP_ACCEPT", "")
         try:
-            response = self.planner.plan(
-                environ.get("REQUEST_METHOD", "GET"),
-                uri,
-                environ.get("HTTP_ACCEPT", ""),
-                environ.get(_RANGE_KEY, ""),
-            )
+            if block:
+                response = self.planner.block(uri, accept)
+            else:
+                response = self.planner.plan(
+                    environ.get("REQUEST_METHOD", "GET"), uri, accept, environ.get(_RANGE_KEY, "")
+                )
         except GatewayError as error:
             READ_PLANS.labels(str(error.status)).inc()
             return self._error(error, start_response)

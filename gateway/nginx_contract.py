@@ -14,6 +14,12 @@ FILE = "/_file"  # SSI include of a whole object of local-folder storage (read f
 OBJECT = "/_obj"  # X-Accel-Redirect target: a whole stored object, Range answered by storage
 ERROR_PAGE = "/_dgw/error"  # NGINX's own JSON error page (no Python involved; named so the test finds it)
 PLAN = "/_plan"  # read plans: the byte-serving location rewrites to /_plan{original path}, proxied to Python
+# One frame (GET, no Range, no query but the token): the byte-serving location rewrites to /_frame{original path};
+# a plan-cache miss there is made by njs (njs/dgw_frames.js, on the origin server) from the frame's block plan, and
+# what njs does not answer goes to Python's per-frame plan.
+FRAME = "/_frame"
+BLOCK = "/_block"  # block plans: /_block{token-less instance path}/frames/{first}, proxied to Python, cached
+FRAMES_PER_BLOCK = 64  # frames per block plan; njs/dgw_frames.js holds the same number (a unit test compares)
 
 # NGINX -> Python (set only by the byte-serving locations; cleared on every other proxied request).
 RANGE = "X-Dgw-Range"  # the client's Range (NGINX blanks Range itself towards a cached upstream)
@@ -26,10 +32,11 @@ VIA = "X-Dgw-Via"  # which transports carried the deciding credentials (path, qu
 ERROR = "X-Dgw-Error"  # why auth refused: the error code NGINX writes into its JSON body
 ACCEPT_RANGES = "X-Dgw-Accept-Ranges"  # SSI drops Accept-Ranges; a plan that honours Range says so here
 GENERATION = "X-Dgw-Generation"  # the study's deletion generation: part of the plan-cache key (gateway.lifecycle)
+BLOCK_CACHE = "X-Dgw-Block"  # (from njs) whether the block plan a frame's plan was made from was cached, for the log
 
 TO_PYTHON = (RANGE,)
-FROM_PYTHON = (SUB, JTI, STUDY, VIA, ERROR, ACCEPT_RANGES, GENERATION)
-LOCATIONS = (AUTH, PLAN, SEGMENT, WHOLE_SEGMENT, FILE, OBJECT, ERROR_PAGE)
+FROM_PYTHON = (SUB, JTI, STUDY, VIA, ERROR, ACCEPT_RANGES, GENERATION, BLOCK_CACHE)
+LOCATIONS = (AUTH, PLAN, FRAME, BLOCK, SEGMENT, WHOLE_SEGMENT, FILE, OBJECT, ERROR_PAGE)
 
 
 def environ_key(header: str) -> str:

@@ -51,6 +51,17 @@ class Derivative:
     frames: FrameIndex
 
 
+@dataclass(frozen=True)
+class _FrameChoice:
+    """The answer to "which object and media type serve frames of this instance for this Accept"."""
+
+    instance: CachedInstance
+    offer: Offer
+    key: str
+    index: FrameIndex
+    expires: int
+
+
 @dataclass
 class CachedInstance:
     """The slice of a catalog row the read path needs, decoded once and kept in a bounded LRU."""
@@ -210,6 +221,35 @@ class Planner:
             return self._bulkdata(instance, target.rest[len("bulkdata/") :], accept, range_header)
         raise NotFound("not a retrieve path")
 
+    def block(self, raw_uri: str, accept: str) -> PlanResponse:
+        """The plans of a block of ``nginx.FRAMES_PER_BLOCK`` consecutive frames for one Accept, from which NGINX's
+        njs (``njs/dgw_frames.js``) answers single frames without a Python hop. ``raw_uri`` is ``{instance
+        path}/frames/{first}``, ``first`` being 1 + a multiple of the block size. Line ``n - first`` is exactly what
+        ``plan`` answers for frame ``n`` without Range, as a JSON array ``[status, [[name, value], ...], body]``, so
+        every decision stays here; the block's own X-Accel-Expires is the shortest of its frames'. The block fails
+        as a whole with the error its first frame gets; frames past the last are left out (njs then asks ``plan``
+        for them, which answers the JSON 404)."""
+        path, _, query = raw_uri.partition("?")
+        target = parse_target(path, query)
+        first_s = target.rest[len("frames/") :] if target.rest.startswith("frames/") else ""
+        if query or target.study is None or target.instance is None or not first_s.isdigit():
+            raise NotFound("not a block path")
+        first = int(first_s)
+        if first < 1 or (first - 1) % nginx.FRAMES_PER_BLOCK:
+            raise NotFound("not the first frame of a block")
+        instance = self.instance(target.study, target.series or "", target.instance)
+        self._frames(instance, str(first), accept)  # the error the block's first frame gets, if any
+        assert instance.frames is not None
+        choice = self._frame_choice(instance, accept, single=True)
+        lines: list[str] = []
+        expires = self._plan_seconds
+        for n in range(first, min(first + nginx.FRAMES_PER_BLOCK, instance.frames.count + 1)):
+            plan = self._frames_of(choice, [n], "")
+            expires = min([expires, *(int(value) for name, value in plan.headers if name == "X-Accel-Expires")])
+            lines.append(json.dumps([plan.status, plan.headers, plan.body.decode()], separators=(",", ":")))
+        headers = [("Content-Type", "text/plain"), ("X-Accel-Expires", str(expires))]
+        return PlanResponse(200, headers, "\n".join(lines).encode())
+
     # -- pieces ---------------------------------------------------------------------------------------------------
     def _include(
         self, instance: CachedInstance, first: int | None = None, length: int = 0, key: str | None = None
@@ -229,9 +269,7 @@ class Planner:
             body += b"\r\n"
         body += f"--{boundary}--\r\n".encode()
         content_type = f'multipart/related; type="{part_type}"; boundary={boundary}'
-        return PlanResponse(
-            200, [("Content-Type", content_type), ("X-Accel-Expires", str(expires))], bytes(body)
-        )
+        return PlanResponse(200, [("Content-Type", content_type), ("X-Accel-Expires", str(expires))], bytes(body))
 
     def _listed(self, study: str, series: str | None) -> list[CachedInstance]:
         """A study's or series' instances, reused while the study's version (instance count, last change) holds:
@@ -263,10 +301,7 @@ class Planner:
         offer = negotiate(accept, offers)
         if not offer.multipart:
             return self.redirect_object(instances[0], "application/dicom")
-        parts = [
-            (f"application/dicom; transfer-syntax={i.transfer_syntax_uid}", [self._include(i)])
-            for i in instances
-        ]
+        parts = [(f"application/dicom; transfer-syntax={i.transfer_syntax_uid}", [self._include(i)]) for i in instances]
         expires = self._plan_seconds if target.instance is not None else 0
         return self._multipart(parts, "application/dicom", expires)
 
@@ -313,7 +348,12 @@ class Planner:
                 "frames of this instance cannot be served as stored byte ranges "
                 "(deflated, big-endian or 1-bit data); retrieve the instance instead"
             )
-        stored = instance.frames
+        for n in numbers:
+            instance.frames.ranges(n)  # FrameNotFound before negotiation, whichever object answers
+        return self._frames_of(self._frame_choice(instance, accept, len(numbers) == 1), numbers, range_header)
+
+    def _frame_choice(self, instance: CachedInstance, accept: str, single: bool) -> _FrameChoice:
+        """What answers frames of this instance for this Accept (it depends on no frame number)."""
         expires = self._plan_seconds
         if instance.derivative is None and self._wants_derivative(accept):
             # The derivative may have been published since this process cached the row: look again, and keep the
@@ -321,17 +361,20 @@ class Planner:
             self.forget(instance.ids.sop)
             instance = self.instance(instance.ids.study, instance.ids.series, instance.ids.sop)
             expires = 0 if instance.derivative is None else expires
-        for n in numbers:
-            stored.ranges(n)  # FrameNotFound before negotiation, whichever object answers
-        offer = negotiate(accept, self._frame_offers(instance, len(numbers) == 1))
-        key, index = instance.storage_key, stored
+        offer = negotiate(accept, self._frame_offers(instance, single))
+        key, index = instance.storage_key, instance.frames
         if offer.explicit_only and instance.derivative is not None:
             key, index = instance.derivative.storage_key, instance.derivative.frames
-        ranges = [index.ranges(n) for n in numbers]
+        assert index is not None  # _frames refused an instance without a frame index
+        return _FrameChoice(instance, offer, key, index, expires)
+
+    def _frames_of(self, choice: _FrameChoice, numbers: list[int], range_header: str) -> PlanResponse:
+        instance, offer, key = choice.instance, choice.offer, choice.key
+        ranges = [choice.index.ranges(n) for n in numbers]
         if not offer.multipart:
-            return self._single_frame(instance, key, ranges[0], offer, range_header, expires)
+            return self._single_frame(instance, key, ranges[0], offer, range_header, choice.expires)
         includes = [[self._include(instance, start, length, key) for start, length in frame] for frame in ranges]
-        return self._multipart([(offer.part_content_type, inc) for inc in includes], offer.part_type, expires)
+        return self._multipart([(offer.part_content_type, inc) for inc in includes], offer.part_type, choice.expires)
 
     def _single_frame(
         self,
@@ -385,9 +428,7 @@ class Planner:
             ]
             return PlanResponse(200, headers, self._include(instance, offset, length) if length else b"")
         include = [self._include(instance, offset, length)] if length else []
-        return self._multipart(
-            [("application/octet-stream", include)], "application/octet-stream", self._plan_seconds
-        )
+        return self._multipart([("application/octet-stream", include)], "application/octet-stream", self._plan_seconds)
 
     def wado(self, params: dict[str, list[str]]) -> PlanResponse:
         """WADO-URI (PS3.18 9) for ``application/dicom``: the object itself, by X-Accel-Redirect."""

@@ -71,6 +71,12 @@ class ScriptedPlanner(Planner):
             raise self.answer
         return self.answer
 
+    def block(self, raw_uri: str, accept: str) -> PlanResponse:
+        self.calls.append(("block", raw_uri, accept, ""))
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
 
 class Revocations:
     def __init__(self) -> None:
@@ -439,3 +445,21 @@ def test_wado_uri_always_goes_to_flask(
     assert (len(planner.calls), len(flask.environs)) == (0, 1)
     assert flask.environs[0]["PATH_INFO"] == "/dicomweb/wado"
     assert flask.environs[0]["dicomgw.path_token"] == "tok"
+
+
+def test_block_route_answers_with_the_block_plan(
+    tokens: TokenService, revocations: Revocations, flask: FakeFlask
+) -> None:
+    body = b"200\tContent-Type: application/octet-stream\t<!--# include -->"
+    app, planner = make_app(tokens, revocations, flask, PlanResponse(200, [("Content-Type", "text/plain")], body))
+    raw = f"{SERIES_PATH}/instances/{IN}/frames/65"
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/_block" + raw, "RAW_URI": "/_block" + raw}
+    recorder, sent = call(app, {**environ, "HTTP_ACCEPT": "application/octet-stream", "HTTP_X_DGW_RANGE": "bytes=0-1"})
+    assert planner.calls == [("block", raw, "application/octet-stream", "")]  # a block has no Range
+    assert recorder.status == "200 OK"
+    assert recorder.headers == [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
+    assert (sent, flask.environs) == (body, [])
+    app, _ = make_app(tokens, revocations, flask, NotAcceptable("nothing fits"))
+    recorder, sent = call(app, environ)
+    assert recorder.status == "406 Not Acceptable"
+    assert json.loads(sent)["error"] == "not_acceptable"

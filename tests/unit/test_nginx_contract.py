@@ -26,6 +26,8 @@ def test_internal_locations(conf: str) -> None:
     openings = [
         f"location = {nginx.AUTH} {{",
         f"location {nginx.PLAN}/ {{",
+        f"location {nginx.FRAME}/ {{",
+        f"location {nginx.BLOCK}/ {{",
         f"location ~ ^{nginx.SEGMENT}/(?<dgw_seg_start>[0-9]+)-(?<dgw_seg_end>[0-9]+)(?<dgw_seg_path>/.*)$ {{",
         f"location ~ ^{nginx.WHOLE_SEGMENT}(?<dgw_seg_path>/.*)$ {{",
         f"location {nginx.FILE}/ {{",
@@ -40,7 +42,11 @@ def test_internal_locations(conf: str) -> None:
 
 
 def test_headers_to_python(conf: str) -> None:
-    assert f"rewrite ^ {nginx.PLAN}$uri last;" in conf  # the only way into the plan location
+    # the only way into the plan locations: one frame to /_frame/ (njs may make its plan), anything else to /_plan/
+    assert "rewrite ^ $dgw_plan_location$uri last;" in conf
+    choice = conf[conf.index("$dgw_plan_location {") : conf.index("\n}", conf.index("$dgw_plan_location {"))]
+    assert f"default {nginx.PLAN};" in choice
+    assert re.findall(r" (/_[a-z]+);", choice) == [nginx.PLAN, nginx.FRAME]
     assert f"proxy_set_header {nginx.RANGE} $http_range;" in conf
     for header in nginx.TO_PYTHON:  # a client cannot send them: every other proxied request clears them
         assert f'proxy_set_header {header} "";' in conf
@@ -67,3 +73,8 @@ def test_helpers() -> None:
 def test_template_says_why_headers_repeat() -> None:
     snippet = Path(__file__).resolve().parents[2] / "nginx/templates/snippets/dgw-headers.conf.template"
     assert "inherits add_header" in snippet.read_text()
+
+
+def test_njs_block_size_is_pythons() -> None:
+    script = Path(__file__).resolve().parents[2] / "nginx/templates/njs/dgw_frames.js.template"
+    assert f"var FRAMES_PER_BLOCK = {nginx.FRAMES_PER_BLOCK};" in script.read_text()

@@ -11,6 +11,7 @@ from urllib.parse import parse_qs, quote
 
 import pytest
 
+from gateway import nginx_contract as nginx
 from gateway.dicom.frames import FrameIndex
 from gateway.dicomweb.wado import (
     DERIVATIVE_TS,
@@ -24,6 +25,7 @@ from gateway.dicomweb.wado import (
 from gateway.errors import (
     BadRequest,
     FrameNotFound,
+    FramesNotServable,
     InvalidPath,
     InvalidUID,
     NotAcceptable,
@@ -704,3 +706,60 @@ def test_derivative_for_star_only_behind_setting(catalog: Catalog) -> None:
 def test_only_derivative_named_without_it_is_406(planner: Planner) -> None:
     with pytest.raises(NotAcceptable):
         planner.plan("GET", instance_uri(SE, CT1, "/frames/1"), f"image/jphc; transfer-syntax={DERIVATIVE_TS}", "")
+
+
+# -- block plans ---------------------------------------------------------------------------------------------------
+
+
+def block_lines(response: PlanResponse) -> list[PlanResponse]:
+    lines = [json.loads(line) for line in response.body.split(b"\n")]
+    return [PlanResponse(status, [tuple(h) for h in headers], body.encode()) for status, headers, body in lines]
+
+
+def same_but_boundary(one: PlanResponse, other: PlanResponse) -> bool:
+    """Equal but for the multipart boundary (fresh in every multipart plan)."""
+
+    def masked(plan: PlanResponse) -> PlanResponse:
+        match = re.search(r"boundary=([0-9a-f]{32})", dict(plan.headers)["Content-Type"])
+        if match is None:
+            return plan
+        b = match.group(1)
+        return PlanResponse(
+            plan.status, [(k, v.replace(b, "B")) for k, v in plan.headers], plan.body.replace(b.encode(), b"B")
+        )
+
+    return masked(one) == masked(other)
+
+
+def test_block_lines_are_the_per_frame_plans(planner: Planner, catalog: Catalog) -> None:
+    big = "1.2.3.4.9"
+    frames = nginx.FRAMES_PER_BLOCK + 3
+    catalog.rows[big] = Row(ST, SE, big, EXPLICIT, key(SE, big), 99_999, "", "application/octet-stream",
+                            FrameIndex.native(1000, 10, frames).pack(), "")  # fmt: skip
+    for first, count in ((1, nginx.FRAMES_PER_BLOCK), (nginx.FRAMES_PER_BLOCK + 1, 3)):
+        for accept in ("application/octet-stream", "multipart/related; type=application/octet-stream"):
+            response = planner.block(instance_uri(SE, big, f"/frames/{first}"), accept)
+            assert (response.status, response.headers) == (200, [("Content-Type", "text/plain"),
+                                                                 ("X-Accel-Expires", "600")])  # fmt: skip
+            lines = block_lines(response)
+            assert len(lines) == count
+            for n, line in zip(range(first, first + count), lines, strict=True):
+                plan = planner.plan("GET", instance_uri(SE, big, f"/frames/{n}"), accept, "")
+                assert same_but_boundary(line, plan), n
+
+
+def test_block_refusals(planner: Planner) -> None:
+    octet = "application/octet-stream"
+    with pytest.raises(NotFound):
+        planner.block(instance_uri(SE, CT1, "/frames/2"), octet)  # not the first frame of a block
+    with pytest.raises(NotFound):
+        planner.block(instance_uri(SE, CT1, "/frames/1?accept=x"), octet)
+    with pytest.raises(NotFound):
+        planner.block(instance_uri(SE, CT1, "/frames/0"), octet)
+    with pytest.raises(FrameNotFound):
+        planner.block(instance_uri(SE, CT1, f"/frames/{nginx.FRAMES_PER_BLOCK + 1}"), octet)
+    with pytest.raises(NotAcceptable):
+        planner.block(instance_uri(SE, CT1, "/frames/1"), "image/png")
+    with pytest.raises(FramesNotServable):
+        planner.block(instance_uri(SE2, OLD, "/frames/1"), octet)
+    assert block_lines(planner.block(instance_uri(SE, CT1, "/frames/1"), octet))[2].body == inc(CT1, 2024, 2535)

@@ -1,0 +1,146 @@
+"""Issue 15 (distinct frames) through the real NGINX on both storage backends: a single-frame GET without Range is
+answered by njs from its block's plan (Python's /_block route, cached by NGINX), with exactly the status, headers
+and bytes of Python's per-frame plan; everything else (Range, out-of-range frames, a deleted instance) still gets
+Python's answer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from gateway import nginx_contract as nginx
+from gateway.tools.synth import make_wsi, wsi_tile
+from tests.e2e.conftest import uids_of
+from tests.e2e.harness import RunningStack
+from tests.e2e.test_lifecycle import assert_gone, delete
+from tests.e2e.test_read_path import WSI_VARIANTS, parse_multipart
+
+BLOCK = nginx.FRAMES_PER_BLOCK
+# Headers that differ between any two answers, whoever made them.
+VOLATILE = {"date"}
+
+
+def instance_url(stack: RunningStack, path: Path) -> str:
+    study, series, sop = uids_of(path)
+    return f"{stack.root(stack.issue([study])['token'])}/studies/{study}/series/{series}/instances/{sop}"
+
+
+def python_plan(url: str, accept: str) -> requests.Response:
+    """The same frame through Python's per-frame plan: the Accept query parameter (PS3.18 8.7) sends it there."""
+    return requests.get(url, params={"accept": accept}, headers={"Accept": accept}, timeout=30)
+
+
+def headers_of(answer: requests.Response) -> dict[str, str]:
+    return {k.lower(): v for k, v in answer.headers.items() if k.lower() not in VOLATILE}
+
+
+def log_lines(stack: RunningStack, suffix: str) -> list[dict[str, Any]]:
+    stack.settle_access_log()
+    return [line for line in stack.access_log() if line["uri"].endswith(suffix)]
+
+
+@pytest.mark.parametrize(
+    ("variant", "accept"),
+    [("wsi_eot", "image/jpeg"), ("wsi_frag", "application/octet-stream"), ("wsi_native", "application/octet-stream")],
+)
+def test_block_frames_are_the_per_frame_plans_answers(
+    stack: RunningStack, synthetic: dict[str, Any], variant: str, accept: str
+) -> None:
+    seed, frames, native = WSI_VARIANTS[variant]
+    url = instance_url(stack, synthetic[variant])
+    sop = uids_of(synthetic[variant])[2]
+    numbers = sorted({1, 2, min(BLOCK, frames), min(BLOCK + 1, frames), min(2 * BLOCK, frames), frames - 1, frames})
+    for number in numbers:
+        expected = wsi_tile(seed, number, frames=frames, native=native)
+        reference = python_plan(f"{url}/frames/{number}", accept)
+        assert (reference.status_code, reference.content) == (200, expected), number
+        for attempt in ("first", "second", "cached"):
+            answer = requests.get(f"{url}/frames/{number}", headers={"Accept": accept}, timeout=30)
+            assert answer.status_code == 200, (number, attempt, answer.text[:200])
+            assert answer.content == expected, (number, attempt)
+            assert answer.headers["Content-Type"] == reference.headers["Content-Type"], (number, attempt)
+            assert answer.headers["Content-Type"].split(";")[0] == accept
+            assert headers_of(answer) == headers_of(reference), (number, attempt)
+    # The first two requests of each frame: a plan made by njs from its block (only the first request of a block
+    # had Python make the block's plan; NGINX caches the frame's own plan on its second request); the third: the
+    # frame's plan from the cache. Never a per-frame plan from Python.
+    lines = [line for n in numbers for line in log_lines(stack, f"{sop}/frames/{n}")]
+    expected = [(200, "MISS"), (200, "MISS"), (200, "HIT")] * len(numbers)
+    assert [(line["status"], line["cache"]) for line in lines] == expected, lines
+    made = [line for line in lines if line["cache"] == "MISS"]
+    assert all(line["block"] in ("HIT", "MISS") and line["upstream_status"] == "200" for line in made), made
+    assert sum(line["block"] == "MISS" for line in made) == len({(n - 1) // BLOCK for n in numbers})
+    assert all(line["block"] == "" for line in lines if line["cache"] == "HIT")
+
+
+def test_multipart_single_frames_come_from_blocks_too(stack: RunningStack, synthetic: dict[str, Any]) -> None:
+    """What Cornerstone and OHIF ask for: one frame as multipart/related (the plan's body holds CRLFs)."""
+    seed, frames, native = WSI_VARIANTS["wsi_empty"]
+    url = instance_url(stack, synthetic["wsi_empty"])
+    sop = uids_of(synthetic["wsi_empty"])[2]
+    accept = 'multipart/related; type="image/jpeg"; transfer-syntax=*'
+    for number in (BLOCK + 1, BLOCK + 2, frames):
+        answer = requests.get(f"{url}/frames/{number}", headers={"Accept": accept}, timeout=30)
+        assert answer.status_code == 200, answer.text[:200]
+        assert answer.headers["Content-Type"].startswith('multipart/related; type="image/jpeg"; boundary=')
+        parts = parse_multipart(answer)
+        expected = wsi_tile(seed, number, frames=frames, native=native)
+        assert [(ct.split(";")[0], body) for ct, body in parts] == [("image/jpeg", expected)]
+    made = [line for n in (BLOCK + 1, BLOCK + 2, frames) for line in log_lines(stack, f"{sop}/frames/{n}")]
+    assert [(line["cache"], line["block"]) for line in made] == [("MISS", "MISS"), ("MISS", "HIT"), ("MISS", "MISS")]
+
+
+def test_frames_outside_the_instance_are_python_json_errors(stack: RunningStack, synthetic: dict[str, Any]) -> None:
+    _, frames, _ = WSI_VARIANTS["wsi_bot"]
+    url = instance_url(stack, synthetic["wsi_bot"])
+    octet = {"Accept": "application/octet-stream"}
+    assert requests.get(f"{url}/frames/{frames}", headers=octet, timeout=30).status_code == 200  # its block cached
+    for number in (frames + 1, BLOCK * ((frames + BLOCK) // BLOCK) + 1, 999_999_999):
+        answer = requests.get(f"{url}/frames/{number}", headers=octet, timeout=30)
+        assert answer.status_code == 404, number
+        assert answer.headers["Content-Type"] == "application/json"
+        assert answer.json()["error"] == "frame_not_found"
+    zero = requests.get(f"{url}/frames/0", headers=octet, timeout=30)
+    assert (zero.status_code, zero.headers["Content-Type"]) == (400, "application/json")
+    # an Accept Python cannot meet: its JSON 406, not a block
+    refused = requests.get(f"{url}/frames/3", headers={"Accept": "image/png"}, timeout=30)
+    assert (refused.status_code, refused.headers["Content-Type"]) == (406, "application/json")
+
+
+def test_range_requests_still_get_pythons_206_and_416(stack: RunningStack, synthetic: dict[str, Any]) -> None:
+    seed, frames, native = WSI_VARIANTS["wsi_bot"]
+    url = instance_url(stack, synthetic["wsi_bot"])
+    sop = uids_of(synthetic["wsi_bot"])[2]
+    octet = {"Accept": "application/octet-stream"}
+    expected = wsi_tile(seed, 5, frames=frames, native=native)
+    assert requests.get(f"{url}/frames/5", headers=octet, timeout=30).content == expected  # block cached
+    part = requests.get(f"{url}/frames/5", headers={**octet, "Range": "bytes=10-99"}, timeout=30)
+    assert (part.status_code, part.content) == (206, expected[10:100])
+    assert part.headers["Content-Range"] == f"bytes 10-99/{len(expected)}"
+    beyond = requests.get(f"{url}/frames/5", headers={**octet, "Range": f"bytes={len(expected)}-"}, timeout=30)
+    assert (beyond.status_code, beyond.headers["Content-Type"]) == (416, "application/json")
+    ranged = log_lines(stack, f"{sop}/frames/5")[-2:]
+    assert [(line["cache"], line["block"]) for line in ranged] == [("MISS", "")] * 2  # Python's per-frame plans
+
+
+def test_deleted_instance_is_gone_even_with_cached_blocks(
+    stack: RunningStack, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    frames = BLOCK + 10
+    path = make_wsi(tmp_path_factory.mktemp("blocks-delete"), frames=frames, seed=31, clean=True)
+    assert stack.stow([path]).status_code == 200
+    study, series, sop = uids_of(path)
+    url = instance_url(stack, path)
+    octet = {"Accept": "application/octet-stream"}
+    for number in (1, 2, BLOCK + 1, BLOCK + 2, 1, 1):  # both blocks cached; frame 1's own plan cached too
+        answer = requests.get(f"{url}/frames/{number}", headers=octet, timeout=30)
+        assert (answer.status_code, answer.content) == (200, wsi_tile(31, number, frames=frames))
+    assert [line["block"] for line in log_lines(stack, f"{sop}/frames/2")] == ["HIT"]
+    assert [line["cache"] for line in log_lines(stack, f"{sop}/frames/1")] == ["MISS", "MISS", "HIT"]
+    answer = delete(stack, f"studies/{study}/series/{series}/instances/{sop}")
+    assert answer.status_code == 204, answer.text
+    for number in (1, 2, 3, BLOCK + 1, BLOCK + 3):
+        assert_gone(requests.get(f"{url}/frames/{number}", headers=octet, timeout=30))
