@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import threading
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +24,6 @@ from tests.fixtures.catalog_data import SR_DOC, make_instance, record
 
 ST = "1.2.3.1"
 SE1, SE2 = "1.2.3.1.1", "1.2.3.1.2"
-
-
-@pytest.fixture
-def catalog(catalog_url: str) -> Iterator[Catalog]:
-    cat = Catalog(catalog_url)
-    cat.migrate()
-    yield cat
-    cat.close()
 
 
 def study_row(catalog: Catalog, study: str) -> dict[str, Any] | None:

@@ -3,7 +3,6 @@ back-off and the attempt limit, the sha256-guarded publish, and the exact lossle
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +21,6 @@ from tests.fixtures.catalog_data import make_instance, record
 from tests.fixtures.servers import MotoServer, start_moto
 
 SOP = "1.2.3.4.5.6"
-
-
-@pytest.fixture
-def catalog(catalog_url: str) -> Iterator[Catalog]:
-    cat = Catalog(catalog_url)
-    cat.migrate()
-    yield cat
-    cat.close()
 
 
 def test_claim_lease_retry_and_limit(catalog: Catalog) -> None:

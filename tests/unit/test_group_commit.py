@@ -5,7 +5,7 @@ way, and uploads that wait together share one transaction."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -21,14 +21,6 @@ from tests.fixtures.catalog_data import make_instance, record
 
 ST, ST2 = "1.2.3.1", "1.2.3.2"
 SE1, SE2 = "1.2.3.1.1", "1.2.3.1.2"
-
-
-@pytest.fixture
-def catalog(catalog_url: str) -> Iterator[Catalog]:
-    cat = Catalog(catalog_url)
-    cat.migrate()
-    yield cat
-    cat.close()
 
 
 def study_counts(catalog: Catalog, study: str) -> tuple[int, int, list[str]] | None:

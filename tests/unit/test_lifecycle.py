@@ -4,7 +4,6 @@ neighbours or of an instance stored again), and how reconcile finishes a deletio
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +24,6 @@ from tests.fixtures.catalog_data import make_instance, record
 ST, ST2 = "1.2.3.1", "1.2.3.2"
 SE1, SE2 = "1.2.3.1.1", "1.2.3.1.2"
 SOP1, SOP2, SOP3 = "1.2.3.1.1.1", "1.2.3.1.1.11", "1.2.3.1.2.1"
-
-
-@pytest.fixture
-def catalog(catalog_url: str) -> Iterator[Catalog]:
-    cat = Catalog(catalog_url)
-    cat.migrate()
-    yield cat
-    cat.close()
 
 
 @pytest.fixture

@@ -32,14 +32,6 @@ time.sleep(600)
 """
 
 
-@pytest.fixture
-def catalog(catalog_url: str) -> Iterator[Catalog]:
-    cat = Catalog(catalog_url)
-    cat.migrate()
-    yield cat
-    cat.close()
-
-
 @contextmanager
 def reserved_by_a_killed_process(url: str, sop: str, *, reap: bool = True) -> Iterator[None]:
     """A real process takes the reservation through the catalog code and is killed with SIGKILL, as a gunicorn
