@@ -24,9 +24,9 @@ LABEL org.opencontainers.image.title="dicom-gateway-nginx" \
       org.opencontainers.image.description="NGINX front of dicom-gateway: auth_request, byte streaming, viewer" \
       org.opencontainers.image.licenses="Apache-2.0"
 # The stock default server would answer on port 80 next to ours. njs (shipped in the official image) hashes the auth
-# cache key (conf.d/njs/): the image's one module load, as nginx/nginx.conf does for the local stack.
+# cache key (conf.d/njs/): the image's one module load, as nginx/nginx.conf does for the local stack; pcre_jit as there.
 RUN rm -f /etc/nginx/conf.d/default.conf \
- && sed -i '1i load_module modules/ngx_http_js_module.so;' /etc/nginx/nginx.conf \
+ && sed -i -e '1i load_module modules/ngx_http_js_module.so;' -e '1i pcre_jit on;' /etc/nginx/nginx.conf \
  && install -d -m 0755 /usr/share/dicomgw/viewer /usr/share/dicomgw/empty
 COPY nginx/templates/ /etc/nginx/templates/
 COPY --from=viewer /viewer/dist/ /usr/share/dicomgw/viewer/

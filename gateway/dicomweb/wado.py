@@ -113,6 +113,32 @@ def _derivative(row: Any) -> Derivative | None:
     return Derivative(syntax, key, FrameIndex.unpack(index))
 
 
+def _indexed(lines: list[bytes]) -> bytes:
+    """A block plan's body: one index line, then ``lines`` one per line. The index holds the byte offset of each
+    line's start, then that of the end of the body plus one, each ``nginx.BLOCK_OFFSET_DIGITS`` decimal digits
+    wide: njs reads line ``i`` as ``body[offset[i] : offset[i + 1] - 1]`` with no scan for newlines (a scan of a
+    ~25 KB block per frame was most of the njs time on a first pass, docs/bench.md B2)."""
+    width = nginx.BLOCK_OFFSET_DIGITS
+    offsets = [width * (len(lines) + 1) + 1]
+    for line in lines:
+        offsets.append(offsets[-1] + len(line) + 1)
+    return "".join(f"{offset:0{width}d}" for offset in offsets).encode() + b"\n" + b"\n".join(lines)
+
+
+def _include_text(where: str, origin: str) -> str:
+    """The SSI include of ``where`` (a segment or whole-object location) of the object at ``origin``."""
+    return f'<!--# include virtual="{where}{origin}" wait="yes" -->'
+
+
+def _segment(first: int, length: int) -> str:
+    return f"{nginx.SEGMENT}/{first}-{first + length - 1}"
+
+
+def _frame_headers(offer: Offer, expires: int) -> list[tuple[str, str]]:
+    """The headers every single-part frame plan starts with."""
+    return [("Content-Type", offer.part_content_type), ("X-Accel-Expires", str(expires))]
+
+
 def slice_ranges(ranges: list[tuple[int, int]], first: int, last: int) -> list[tuple[int, int]]:
     """The stored (offset, length) ranges holding bytes ``first..last`` (inclusive) of their concatenation."""
     result: list[tuple[int, int]] = []
@@ -224,9 +250,10 @@ class Planner:
     def block(self, raw_uri: str, accept: str) -> PlanResponse:
         """The plans of a block of ``nginx.FRAMES_PER_BLOCK`` consecutive frames for one Accept, from which NGINX's
         njs (``njs/dgw_frames.js``) answers single frames without a Python hop. ``raw_uri`` is ``{instance
-        path}/frames/{first}``, ``first`` being 1 + a multiple of the block size. Line ``n - first`` is exactly what
-        ``plan`` answers for frame ``n`` without Range, as a JSON array ``[status, [[name, value], ...], body]``, so
-        every decision stays here; the block's own X-Accel-Expires is the shortest of its frames'. The block fails
+        path}/frames/{first}``, ``first`` being 1 + a multiple of the block size. Plan line ``n - first`` is exactly
+        what ``plan`` answers for frame ``n`` without Range, as a JSON array ``[status, [[name, value], ...],
+        body]``, so every decision stays here; an index before the lines lets njs find one without reading the
+        others (``_indexed``). The block's own X-Accel-Expires is the shortest of its frames'. The block fails
         as a whole with the error its first frame gets; frames past the last are left out (njs then asks ``plan``
         for them, which answers the JSON 404)."""
         path, _, query = raw_uri.partition("?")
@@ -241,22 +268,35 @@ class Planner:
         self._frames(instance, str(first), accept)  # the error the block's first frame gets, if any
         assert instance.frames is not None
         choice = self._frame_choice(instance, accept, single=True)
-        lines: list[str] = []
-        expires = self._plan_seconds
-        for n in range(first, min(first + nginx.FRAMES_PER_BLOCK, instance.frames.count + 1)):
-            plan = self._frames_of(choice, [n], "")
-            expires = min([expires, *(int(value) for name, value in plan.headers if name == "X-Accel-Expires")])
-            lines.append(json.dumps([plan.status, plan.headers, plan.body.decode()], separators=(",", ":")))
-        headers = [("Content-Type", "text/plain"), ("X-Accel-Expires", str(expires))]
-        return PlanResponse(200, headers, "\n".join(lines).encode())
+        numbers = range(first, min(first + nginx.FRAMES_PER_BLOCK, instance.frames.count + 1))
+        # ASCII JSON (json.dumps escapes the rest): a byte offset is a character offset for njs too
+        if choice.offer.multipart:
+            plans = [self._frames_of(choice, [n], "") for n in numbers]
+            lines = [json.dumps([p.status, p.headers, p.body.decode()], separators=(",", ":")).encode() for p in plans]
+        else:
+            lines = self._single_frame_lines(choice, numbers)
+        headers = [("Content-Type", "text/plain"), ("X-Accel-Expires", str(min(self._plan_seconds, choice.expires)))]
+        return PlanResponse(200, headers, _indexed(lines))
+
+    def _single_frame_lines(self, choice: _FrameChoice, numbers: range) -> list[bytes]:
+        """What ``_single_frame`` answers for each frame of ``numbers`` without Range, as block lines: what every
+        line shares (status, headers, the object's origin path) is made once, so a block costs Python a fraction of
+        64 plans (it is made on the first pass over a slide, once per 64 frames)."""
+        origin = self._origin_path(choice.key)
+        headers = [*_frame_headers(choice.offer, choice.expires), (nginx.ACCEPT_RANGES, "bytes")]
+        head = json.dumps([200, headers], separators=(",", ":"))[:-1]
+        lines: list[bytes] = []
+        for n in numbers:
+            body = "".join(_include_text(_segment(start, length), origin) for start, length in choice.index.ranges(n))
+            lines.append(f"{head},{json.dumps(body)}]".encode())
+        return lines
 
     # -- pieces ---------------------------------------------------------------------------------------------------
     def _include(
         self, instance: CachedInstance, first: int | None = None, length: int = 0, key: str | None = None
     ) -> bytes:
         origin = self._origin_path(key or instance.storage_key)
-        where = self._whole_prefix if first is None else f"{nginx.SEGMENT}/{first}-{first + length - 1}"
-        return f'<!--# include virtual="{where}{origin}" wait="yes" -->'.encode()
+        return _include_text(self._whole_prefix if first is None else _segment(first, length), origin).encode()
 
     @staticmethod
     def _multipart(parts: list[tuple[str, list[bytes]]], part_type: str, expires: int) -> PlanResponse:
@@ -388,7 +428,7 @@ class Planner:
         """One frame as a single part, honouring one byte range (206 / 416), so a progressive decoder can start
         from the first bytes of a codestream."""
         total = sum(length for _, length in ranges)
-        headers = [("Content-Type", offer.part_content_type), ("X-Accel-Expires", str(expires))]
+        headers = _frame_headers(offer, expires)
         wanted = parse_range(range_header, total) if range_header else None
         if wanted is not None:
             first, last = wanted

@@ -505,9 +505,13 @@ def test_nginx_image_serves_the_tested_templates_with_the_official_envsubst() ->
     assert "NGINX_ENVSUBST_OUTPUT_DIR=/etc/nginx/conf.d" in env
     assert "NGINX_ENVSUBST_FILTER=^DICOMGW_" in env
     assert any(instruction == "HEALTHCHECK" and "/healthz" in args for instruction, args in steps)
-    # the template's njs (hashed auth cache key) needs the module the official image ships, loaded in its main file
+    # the template's njs (hashed auth cache key) needs the module the official image ships, loaded in its main file,
+    # and its regular expressions compiled (pcre_jit, main context only), as nginx/nginx.conf does for the local stack
     runs = " ".join(args for instruction, args in steps if instruction == "RUN")
-    assert "sed -i '1i load_module modules/ngx_http_js_module.so;' /etc/nginx/nginx.conf" in runs
+    sed = "sed -i -e '1i load_module modules/ngx_http_js_module.so;' -e '1i pcre_jit on;' /etc/nginx/nginx.conf"
+    assert sed in runs
+    main = (NGINX_DIR / "nginx.conf").read_text().splitlines()
+    assert "load_module /usr/lib/nginx/modules/ngx_http_js_module.so;" in main and "pcre_jit on;" in main
 
 
 def test_viewer_stage_builds_with_npm_ci() -> None:

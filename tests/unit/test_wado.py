@@ -3,6 +3,7 @@ built from in-memory catalog rows with real ``FrameIndex`` objects."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Sequence
@@ -712,8 +713,15 @@ def test_only_derivative_named_without_it_is_406(planner: Planner) -> None:
 
 
 def block_lines(response: PlanResponse) -> list[PlanResponse]:
-    lines = [json.loads(line) for line in response.body.split(b"\n")]
-    return [PlanResponse(status, [tuple(h) for h in headers], body.encode()) for status, headers, body in lines]
+    """The plan lines of a block, read through its index line exactly as njs reads them (njs/dgw_frames.js)."""
+    body, width = response.body, nginx.BLOCK_OFFSET_DIGITS
+    index, *lines = body.split(b"\n")
+    offsets = [int(index[k : k + width]) for k in range(0, len(index), width)]
+    assert len(index) % width == 0 and len(offsets) == len(lines) + 1
+    assert [body[start : end - 1] for start, end in itertools.pairwise(offsets)] == lines
+    assert offsets[-1] == len(body) + 1 and body.isascii()
+    plans = [json.loads(line) for line in lines]
+    return [PlanResponse(status, [tuple(h) for h in headers], body.encode()) for status, headers, body in plans]
 
 
 def same_but_boundary(one: PlanResponse, other: PlanResponse) -> bool:
@@ -731,11 +739,16 @@ def same_but_boundary(one: PlanResponse, other: PlanResponse) -> bool:
     return masked(one) == masked(other)
 
 
-def test_block_lines_are_the_per_frame_plans(planner: Planner, catalog: Catalog) -> None:
+@pytest.mark.parametrize("fragmented", [False, True])
+def test_block_lines_are_the_per_frame_plans(planner: Planner, catalog: Catalog, fragmented: bool) -> None:
     big = "1.2.3.4.9"
     frames = nginx.FRAMES_PER_BLOCK + 3
+    index = FrameIndex.native(1000, 10, frames)
+    if fragmented:  # frames of one to three fragments each: a line holds one include per fragment
+        fragments = [(1000 + 40 * i, 12 + i % 5) for i in range(3 * frames)]
+        index = FrameIndex.encapsulated(fragments, sorted({0, *range(1, 3 * frames, 2)})[:frames])
     catalog.rows[big] = Row(ST, SE, big, EXPLICIT, key(SE, big), 99_999, "", "application/octet-stream",
-                            FrameIndex.native(1000, 10, frames).pack(), "")  # fmt: skip
+                            index.pack(), "")  # fmt: skip
     for first, count in ((1, nginx.FRAMES_PER_BLOCK), (nginx.FRAMES_PER_BLOCK + 1, 3)):
         for accept in ("application/octet-stream", "multipart/related; type=application/octet-stream"):
             response = planner.block(instance_uri(SE, big, f"/frames/{first}"), accept)
@@ -746,6 +759,7 @@ def test_block_lines_are_the_per_frame_plans(planner: Planner, catalog: Catalog)
             for n, line in zip(range(first, first + count), lines, strict=True):
                 plan = planner.plan("GET", instance_uri(SE, big, f"/frames/{n}"), accept, "")
                 assert same_but_boundary(line, plan), n
+                assert plan.body.count(b"<!--# include") == len(index.ranges(n))
 
 
 def test_block_refusals(planner: Planner) -> None:
