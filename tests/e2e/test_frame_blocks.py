@@ -144,3 +144,31 @@ def test_deleted_instance_is_gone_even_with_cached_blocks(
     assert answer.status_code == 204, answer.text
     for number in (1, 2, 3, BLOCK + 1, BLOCK + 3):
         assert_gone(requests.get(f"{url}/frames/{number}", headers=octet, timeout=30))
+
+
+def test_an_object_rewritten_under_its_key_is_read_afresh(
+    stack: RunningStack, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """NGINX keeps its cache files open between requests (open_file_cache), never a stored object: an object
+    rewritten under the same key (an instance replaced) is read afresh by the very next request."""
+    frames = 4
+    folder = tmp_path_factory.mktemp("blocks-rewrite")
+    path = make_wsi(folder, frames=frames, seed=37, clean=True)
+    assert stack.stow([path]).status_code == 200
+    study, series, sop = uids_of(path)
+    url = instance_url(stack, path)
+    octet = {"Accept": "application/octet-stream"}
+    tile = wsi_tile(37, 1, frames=frames)
+    for _ in range(3):  # the plan cached, the object read through NGINX more than once
+        answer = requests.get(f"{url}/frames/1", headers=octet, timeout=30)
+        assert (answer.status_code, answer.content) == (200, tile)
+    key = f"studies/{study}/series/{series}/instances/{sop}.dcm"
+    stored = folder / "stored.dcm"
+    stack.storage().download(key, stored)
+    data = stored.read_bytes()
+    at = data.index(tile)
+    other = bytes(255 - b for b in tile)
+    (folder / "rewritten.dcm").write_bytes(data[:at] + other + data[at + len(tile) :])
+    stack.storage().put_file(key, folder / "rewritten.dcm")
+    answer = requests.get(f"{url}/frames/1", headers=octet, timeout=30)
+    assert (answer.status_code, answer.content) == (200, other)
