@@ -6,7 +6,7 @@ background tiles, ~4 KB, are left out). The frames are split into two disjoint s
 
 - **first pass**: frames nobody asked for before (wrk reports 0 wraps, i.e. no frame was fetched twice in the
   run; each round spells the same Accept differently, and the plan cache keys include Accept, so every round
-  starts cold). A frame's plan is made by njs from the plan of its block of 64 frames (``Planner.block``): the
+  starts cold). A frame's plan is made by njs from the plan of its block of 128 frames (``Planner.block``): the
   first request of a block has Python make the block's plan, the others find it cached; the access log's cache
   and block fields are counted to show it (``MISS (block HIT)``: no Python hop);
 - **steady state**: 2,000 frames whose plans were cached by a warm-up (two passes: NGINX caches a frame's own plan

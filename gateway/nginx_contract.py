@@ -19,7 +19,7 @@ PLAN = "/_plan"  # read plans: the byte-serving location rewrites to /_plan{orig
 # what njs does not answer goes to Python's per-frame plan.
 FRAME = "/_frame"
 BLOCK = "/_block"  # block plans: /_block{token-less instance path}/frames/{first}, proxied to Python, cached
-FRAMES_PER_BLOCK = 64  # frames per block plan; njs/dgw_frames.js holds the same number (a unit test compares)
+FRAMES_PER_BLOCK = 128  # frames per block plan; njs/dgw_frames.js holds the same number (a unit test compares)
 BLOCK_OFFSET_DIGITS = 8  # width of a block plan's line offsets; njs/dgw_frames.js holds it too (a unit test compares)
 
 # NGINX -> Python (set only by the byte-serving locations; cleared on every other proxied request).

@@ -117,7 +117,7 @@ def _indexed(lines: list[bytes]) -> bytes:
     """A block plan's body: one index line, then ``lines`` one per line. The index holds the byte offset of each
     line's start, then that of the end of the body plus one, each ``nginx.BLOCK_OFFSET_DIGITS`` decimal digits
     wide: njs reads line ``i`` as ``body[offset[i] : offset[i + 1] - 1]`` with no scan for newlines (a scan of a
-    ~25 KB block per frame was most of the njs time on a first pass, docs/bench.md B2)."""
+    block per frame was most of the njs time on a first pass, docs/bench.md B2)."""
     width = nginx.BLOCK_OFFSET_DIGITS
     offsets = [width * (len(lines) + 1) + 1]
     for line in lines:
@@ -281,7 +281,7 @@ class Planner:
     def _single_frame_lines(self, choice: _FrameChoice, numbers: range) -> list[bytes]:
         """What ``_single_frame`` answers for each frame of ``numbers`` without Range, as block lines: what every
         line shares (status, headers, the object's origin path) is made once, so a block costs Python a fraction of
-        64 plans (it is made on the first pass over a slide, once per 64 frames)."""
+        as many plans (it is made on the first pass over a slide, once per block)."""
         origin = self._origin_path(choice.key)
         headers = [*_frame_headers(choice.offer, choice.expires), (nginx.ACCEPT_RANGES, "bytes")]
         head = json.dumps([200, headers], separators=(",", ":"))[:-1]
