@@ -9,6 +9,11 @@ from __future__ import annotations
 # Internal locations (``internal;`` in the template: reachable from NGINX itself, never from a client).
 AUTH = "/_auth"  # the auth_request subrequest, answered by the WSGI fast path
 SEGMENT = "/_seg"  # SSI include of a byte range: /_seg/{first}-{last}{origin path}
+# SSI include of a byte range of a local-folder object, read from disk by njs (njs/dgw_segments.js) without the
+# origin server's hop: /_fseg/{first}-{last}{origin path}; only for ranges up to FILE_SEGMENT_MAX bytes (njs holds
+# the range in memory; larger ranges stream through /_seg).
+FILE_SEGMENT = "/_fseg"
+FILE_SEGMENT_MAX = 1 << 20
 WHOLE_SEGMENT = "/_seg/all"  # SSI include of a whole stored object (proxied from storage)
 FILE = "/_file"  # SSI include of a whole object of local-folder storage (read from disk by NGINX)
 OBJECT = "/_obj"  # X-Accel-Redirect target: a whole stored object, Range answered by storage

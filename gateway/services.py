@@ -63,11 +63,13 @@ class Services:
             settings.revocation_refresh,
             load_generations=catalog.generations,
         )
+        local = settings.storage_url.startswith("file://")  # NGINX reads the local folder itself
         planner = Planner(
             lambda sop: catalog.get_instance(sop, with_metadata=False),
             lambda study, series: catalog.instances_of(study, series, with_metadata=False),
             storage.origin_path,
-            whole_object_prefix=nginx.FILE if settings.storage_url.startswith("file://") else nginx.WHOLE_SEGMENT,
+            whole_object_prefix=nginx.FILE if local else nginx.WHOLE_SEGMENT,
+            range_prefix=nginx.FILE_SEGMENT if local else nginx.SEGMENT,
             study_version=catalog.study_version,
             generation=authorizer.generation,
             plan_seconds=settings.plan_cache_seconds,

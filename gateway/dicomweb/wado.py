@@ -130,10 +130,6 @@ def _include_text(where: str, origin: str) -> str:
     return f'<!--# include virtual="{where}{origin}" wait="yes" -->'
 
 
-def _segment(first: int, length: int) -> str:
-    return f"{nginx.SEGMENT}/{first}-{first + length - 1}"
-
-
 def _frame_headers(offer: Offer, expires: int) -> list[tuple[str, str]]:
     """The headers every single-part frame plan starts with."""
     return [("Content-Type", offer.part_content_type), ("X-Accel-Expires", str(expires))]
@@ -183,13 +179,16 @@ class Planner:
         origin_path: Callable[[str], str],
         cache_size: int = 20000,
         whole_object_prefix: str = nginx.WHOLE_SEGMENT,
+        range_prefix: str = nginx.SEGMENT,
         study_version: Callable[[str], Any] | None = None,
         generation: Callable[[str], int] | None = None,
         plan_seconds: int = STABLE_PLAN_SECONDS,
         derivatives_for_any: bool = False,
     ) -> None:
         """``whole_object_prefix`` is where SSI fetches a whole object: ``/_seg/all`` proxies to storage,
-        ``/_file`` (local-folder storage) lets NGINX read the file itself. ``generation(study)`` changes when
+        ``/_file`` (local-folder storage) lets NGINX read the file itself. ``range_prefix`` is where it fetches a byte
+        range: ``/_seg`` proxies to storage; ``/_fseg`` (local-folder storage) has njs read it from disk, for ranges
+        up to ``nginx.FILE_SEGMENT_MAX`` (larger ones still go through ``/_seg``). ``generation(study)`` changes when
         something of the study is deleted (``Authorizer.generation``): what is cached under an older one is
         reloaded. ``derivatives_for_any``: a frame's derivative also answers ``transfer-syntax=*``."""
         self._derivatives_for_any = derivatives_for_any
@@ -197,6 +196,7 @@ class Planner:
         self._list_instances = list_instances
         self._origin_path = origin_path
         self._whole_prefix = whole_object_prefix
+        self._range_prefix = range_prefix
         self._study_version = study_version
         self._generation = generation or (lambda study: 0)
         self._plan_seconds = plan_seconds  # how long NGINX may cache a stable plan (X-Accel-Expires)
@@ -287,7 +287,8 @@ class Planner:
         head = json.dumps([200, headers], separators=(",", ":"))[:-1]
         lines: list[bytes] = []
         for n in numbers:
-            body = "".join(_include_text(_segment(start, length), origin) for start, length in choice.index.ranges(n))
+            ranges = choice.index.ranges(n)
+            body = "".join(_include_text(self._segment(start, length), origin) for start, length in ranges)
             lines.append(f"{head},{json.dumps(body)}]".encode())
         return lines
 
@@ -296,7 +297,13 @@ class Planner:
         self, instance: CachedInstance, first: int | None = None, length: int = 0, key: str | None = None
     ) -> bytes:
         origin = self._origin_path(key or instance.storage_key)
-        return _include_text(self._whole_prefix if first is None else _segment(first, length), origin).encode()
+        return _include_text(self._whole_prefix if first is None else self._segment(first, length), origin).encode()
+
+    def _segment(self, first: int, length: int) -> str:
+        """Where SSI fetches ``length`` bytes from ``first``: njs holds a local-folder range in memory, so only a
+        small one is read by it (no hop to the origin server); a larger one streams through the proxy."""
+        prefix = self._range_prefix if length <= nginx.FILE_SEGMENT_MAX else nginx.SEGMENT
+        return f"{prefix}/{first}-{first + length - 1}"
 
     @staticmethod
     def _multipart(parts: list[tuple[str, list[bytes]]], part_type: str, expires: int) -> PlanResponse:

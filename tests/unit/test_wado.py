@@ -777,3 +777,25 @@ def test_block_refusals(planner: Planner) -> None:
     with pytest.raises(FramesNotServable):
         planner.block(instance_uri(SE2, OLD, "/frames/1"), octet)
     assert block_lines(planner.block(instance_uri(SE, CT1, "/frames/1"), octet))[2].body == inc(CT1, 2024, 2535)
+
+
+def test_local_folder_ranges_up_to_the_limit_are_read_by_njs(catalog: Catalog) -> None:
+    """With ``range_prefix=/_fseg`` (local-folder storage) a range njs can hold in memory is named for it, in plans
+    and block lines alike; a larger one still streams through ``/_seg``."""
+    planner = Planner(catalog.load, catalog.list, origin, range_prefix=nginx.FILE_SEGMENT)
+    octet = "application/octet-stream"
+    big = "1.2.3.4.10"
+    limit = nginx.FILE_SEGMENT_MAX
+    index = FrameIndex.encapsulated([(1000, limit), (1000 + limit, limit + 1)], [0, 1])
+    catalog.rows[big] = Row(ST, SE, big, EXPLICIT, key(SE, big), 3 * limit, "", octet, index.pack(), "")
+    path = f'{origin(key(SE, big))}" wait="yes" -->'.encode()
+    first = planner.plan("GET", instance_uri(SE, big, "/frames/1"), octet, "")
+    assert first.body == f'<!--# include virtual="/_fseg/1000-{999 + limit}'.encode() + path
+    second = planner.plan("GET", instance_uri(SE, big, "/frames/2"), octet, "")
+    assert second.body == f'<!--# include virtual="/_seg/{1000 + limit}-{1000 + 2 * limit}'.encode() + path
+    assert [line.body for line in block_lines(planner.block(instance_uri(SE, big, "/frames/1"), octet))] == [
+        first.body,
+        second.body,
+    ]
+    ranged = planner.plan("GET", instance_uri(SE, CT1, "/frames/1"), octet, "bytes=0-9")
+    assert ranged.status == 206 and b'virtual="/_fseg/1000-1009/objects/' in ranged.body
