@@ -281,6 +281,22 @@ def test_object_that_is_not_a_regular_file(stack: RunningStack, victim: dict[str
     assert whole.status_code == 200 and whole.content == Path(victim["saved"]).read_bytes()
 
 
+@pytest.mark.parametrize("stack", ["file"], indirect=True)
+def test_object_cut_short_never_serves_a_short_frame(stack: RunningStack, victim: dict[str, str]) -> None:
+    """A frame whose bytes now lie past the end of its object (cut short behind the gateway's back): the transfer
+    fails, never a complete 200 with fewer or other bytes (njs reads local ranges: a short read is not a frame)."""
+    target = stack.stack.var_dir / "objects" / victim["key"]
+    target.write_bytes(target.read_bytes()[:1024])
+    instance = f"{victim['root']}/studies/{victim['study']}/series/{victim['series']}/instances/{victim['sop']}"
+    for accept in ("application/octet-stream", 'multipart/related; type="application/octet-stream"'):
+        for _ in range(2):  # the frame's plan made, then cached
+            try:
+                answer = requests.get(f"{instance}/frames/1", headers={"Accept": accept}, timeout=30)
+            except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError):
+                continue
+            assert answer.status_code != 200, (accept, len(answer.content))
+
+
 # -- 13: no token in any log --------------------------------------------------------------------------------------
 
 
