@@ -37,21 +37,44 @@ def socket_with() -> Iterator[Callable[[bytes], socket.socket]]:
         sock.close()
 
 
-def test_length_body_is_read_through_its_reader_with_gunicorns_count_kept(
-    socket_with: Callable[[bytes], socket.socket],
+@pytest.mark.parametrize("read_size", [1 << 20, 1000])
+def test_length_body_is_read_from_the_socket_with_gunicorns_count_kept(
+    socket_with: Callable[[bytes], socket.socket], read_size: int
 ) -> None:
-    payload = os.urandom(300_000)
+    payload = os.urandom(700_000)
     after = b"GET /next HTTP/1.1\r\n"  # the next request on a keep-alive connection
-    unreader = SocketUnreader(socket_with(payload + after))
+    unreader = SocketUnreader(socket_with(payload[5000:] + after))
+    unreader.unread(payload[:5000])  # what gunicorn read past the request headers
     body = Body(LengthReader(unreader, len(payload)))
     stream = large_read_stream(body)
-    assert stream is body.reader
+    assert stream is not body and stream is not body.reader
     chunks = []
-    while chunk := stream.read(1 << 20):
+    while chunk := stream.read(read_size):
+        assert len(chunk) <= read_size
         chunks.append(chunk)
     assert b"".join(chunks) == payload
+    assert body.reader.length == 0
     assert body.read(8192) == b""  # what gunicorn's drain after the response sees: nothing left of this body
     assert unreader.read() == after  # and the next request's bytes are untouched
+
+
+def test_length_body_buffered_beyond_its_end_leaves_the_rest_to_gunicorn(
+    socket_with: Callable[[bytes], socket.socket],
+) -> None:
+    after = b"GET /next HTTP/1.1\r\n"
+    unreader = SocketUnreader(socket_with(b""))
+    unreader.unread(b"body" + after)  # a small body and the next request arrived in one socket read
+    body = Body(LengthReader(unreader, 4))
+    stream = large_read_stream(body)
+    assert stream.read(1 << 20) == b"body"
+    assert stream.read(1 << 20) == b""
+    assert unreader.read() == after
+
+
+def test_length_body_cut_short_ends_the_stream(socket_with: Callable[[bytes], socket.socket]) -> None:
+    body = Body(LengthReader(SocketUnreader(socket_with(b"x" * 100)), 1000))
+    stream = large_read_stream(body)
+    assert b"".join(iter(lambda: stream.read(1 << 20), b"")) == b"x" * 100
 
 
 def test_chunked_body_is_read_through_its_reader(socket_with: Callable[[bytes], socket.socket]) -> None:
