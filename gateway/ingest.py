@@ -184,6 +184,7 @@ def analyse(
         return IngestResult.about(header, "failed", failure_reason=CANNOT_UNDERSTAND, detail=error.detail)
     # the spooler hashed the upload as it wrote it; a file a hook wrote is hashed here
     analysis.digest = digest if digest and final_path == path else sha256_of(final_path)
+    analysis.indexed.metadata_json()  # serialised here, in the pool process, rather than at registration
     return analysis
 
 

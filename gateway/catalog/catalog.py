@@ -314,7 +314,7 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
             "frame_index": inst.frame_index,
             "frame_media_type": inst.frame_media_type,
             "bulkdata": json.dumps([[b.path, b.vr, b.offset, b.length] for b in inst.bulkdata]),
-            "metadata": json.dumps(inst.metadata, separators=(",", ":")),
+            "metadata": inst.metadata_json(),
             "attrs": json.dumps(inst.instance_attrs),
             "created_at": now,
             "tenant": rec.tenant,
