@@ -14,7 +14,8 @@ the per-round ratios (each round's uploads ran back to back, under the same mach
 once into each, in rotated order. One streaming multipart POST per dataset, the same client and body for all.
 An in-process breakdown per CT slice (index, fsync, PHI hook, audit record) says where the time goes.
 Targets: CT with hooks >= 1.0x Orthanc, without >= 1.5x; WSI >= 1.5x; index < 2 s (every offset-table variant).
-Before the rounds, an 8-slice series goes to each side untimed (caches warm, the gateway's ingest pool starts).
+Before the rounds, an 8-slice series goes to each side untimed (caches warm, the gateway's ingest pool starts), and
+more untimed uploads go to each gateway until every gunicorn worker has started its ingest pool.
 ``--quick``: two CT rounds instead of five.
 """
 
@@ -32,6 +33,7 @@ from bench.common import (
     BenchStack,
     Report,
     RssSampler,
+    children_of,
     ct_series,
     header,
     main,
@@ -138,6 +140,22 @@ def _audit_rows(stack: BenchStack) -> int:
         engine.dispose()
 
 
+def _warm_every_worker(stack: BenchStack, series: list[list[Path]], attempts: int = 10) -> bool:
+    """Untimed uploads until every gunicorn worker has started its ingest pool (a worker starts it on its first
+    upload, ~1-3 s here, and which worker takes a connection is the kernel's choice: without this, a timed round
+    could pay one worker's start). The series go at once, one each, so both workers are likely to take one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    master = stack.stack.processes["gunicorn"].pid
+    for _ in range(attempts):
+        workers = children_of(master)
+        if workers and all(len(children_of(worker)) >= 2 for worker in workers):  # the pool and its tracker
+            return True
+        with ThreadPoolExecutor(len(series)) as uploads:
+            list(uploads.map(lambda files: stack.stow(files, UPLOAD_HEADERS), series))
+    return False
+
+
 def _orthanc_stow(url: str, files: list[Path]) -> tuple[float, int]:
     """One streaming multipart STOW-RS POST to Orthanc's DICOMweb plugin, as ``BenchStack.stow`` posts."""
     import requests
@@ -225,6 +243,9 @@ def run(quick: bool = False) -> Report:
             warm = ct_series(seed=49, slices=8, clean=False)
             for name in targets:  # untimed: each side's caches and the gateway's ingest pool start
                 targets[name](warm)
+            for stack in (plain, hooked):
+                if stack is not None and not _warm_every_worker(stack, [warm, ct_series(seed=48, slices=8)]):
+                    report.say("a gunicorn worker did not start its ingest pool during the warm-up")
             idle = {name: measure() for name, measure in rss.items()}
             ct_times: dict[str, list[float]] = {name: [] for name in targets}
             ct_rates: dict[str, list[float]] = {name: [] for name in targets}
