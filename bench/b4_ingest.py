@@ -145,7 +145,8 @@ def _audit_rows(stack: BenchStack) -> int:
 def _warm_every_worker(stack: BenchStack, series: list[list[Path]], attempts: int = 10) -> bool:
     """Untimed uploads until every gunicorn worker has started its ingest pool (a worker starts it on its first
     upload, ~1-3 s here, and which worker takes a connection is the kernel's choice: without this, a timed round
-    could pay one worker's start). The series go at once, one each, so both workers are likely to take one."""
+    could pay one worker's start). The series go at once, one each: NGINX opens upstream connections beyond its
+    idle keep-alive ones, which either worker may accept."""
     from concurrent.futures import ThreadPoolExecutor
 
     master = stack.stack.processes["gunicorn"].pid
@@ -258,7 +259,8 @@ def run(quick: bool = False) -> Report:
             for name in targets:  # untimed: each side's caches and the gateway's ingest pool start
                 targets[name](warm)
             for stack in (plain, hooked):
-                if stack is not None and not _warm_every_worker(stack, [warm, ct_series(seed=48, slices=8)]):
+                spread = [warm, *(ct_series(seed=seed, slices=8) for seed in (46, 47, 48))]
+                if stack is not None and not _warm_every_worker(stack, spread):
                     report.say("a gunicorn worker did not start its ingest pool during the warm-up")
             idle = {name: measure() for name, measure in rss.items()}
             ct_times: dict[str, list[float]] = {name: [] for name in targets}
