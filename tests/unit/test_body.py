@@ -20,6 +20,7 @@ from gateway.views.body import large_read_stream
 def socket_with() -> Iterator[Callable[[bytes], socket.socket]]:
     """A socket that receives ``data`` and then end of stream (closed after the test)."""
     opened: list[socket.socket] = []
+    senders: list[threading.Thread] = []
 
     def make(data: bytes) -> socket.socket:
         ours, theirs = socket.socketpair()
@@ -29,10 +30,13 @@ def socket_with() -> Iterator[Callable[[bytes], socket.socket]]:
             with theirs:
                 theirs.sendall(data)
 
-        threading.Thread(target=send, daemon=True).start()
+        senders.append(threading.Thread(target=send, daemon=True))
+        senders[-1].start()
         return ours
 
     yield make
+    for sender in senders:  # what a test did not read fits in the socket's buffer: every sender finishes
+        sender.join(timeout=10)
     for sock in opened:
         sock.close()
 
