@@ -12,9 +12,11 @@ does not (that would measure something else). Each CT round stores a fresh serie
 stored bytes would be a cheap duplicate) into all three, rotating which goes first; every ratio is the median of
 the per-round ratios (each round's uploads ran back to back, under the same machine load). The WSI is stored
 once into each, in rotated order. One streaming multipart POST per dataset, the same client and body for all.
-An in-process breakdown per CT slice (index, fsync, PHI hook, audit record) says where the time goes.
+An in-process breakdown per CT slice (index, fsync, PHI hook, audit record) says where the time goes, and so does the
+CPU per slice of the gateway's processes during each CT upload (the request's gunicorn worker, the ingest pool, NGINX).
 Targets: CT with hooks >= 1.0x Orthanc, without >= 1.5x; WSI >= 1.5x; index < 2 s (every offset-table variant).
-Before the rounds, an 8-slice series goes to each side untimed (caches warm, the gateway's ingest pool starts).
+Before the rounds, an 8-slice series goes to each side untimed (caches warm, the gateway's ingest pool starts), and
+more untimed uploads go to each gateway until every gunicorn worker has started its ingest pool.
 ``--quick``: two CT rounds instead of five.
 """
 
@@ -32,6 +34,8 @@ from bench.common import (
     BenchStack,
     Report,
     RssSampler,
+    children_of,
+    cpu_seconds,
     ct_series,
     header,
     main,
@@ -138,6 +142,35 @@ def _audit_rows(stack: BenchStack) -> int:
         engine.dispose()
 
 
+def _warm_every_worker(stack: BenchStack, series: list[list[Path]], attempts: int = 10) -> bool:
+    """Untimed uploads until every gunicorn worker has started its ingest pool (a worker starts it on its first
+    upload, ~1-3 s here, and which worker takes a connection is the kernel's choice: without this, a timed round
+    could pay one worker's start). The series go at once, one each: NGINX opens upstream connections beyond its
+    idle keep-alive ones, which either worker may accept."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    master = stack.stack.processes["gunicorn"].pid
+    for _ in range(attempts):
+        workers = children_of(master)
+        if workers and all(len(children_of(worker)) >= 2 for worker in workers):  # the pool and its tracker
+            return True
+        with ThreadPoolExecutor(len(series)) as uploads:
+            list(uploads.map(lambda files: stack.stow(files, UPLOAD_HEADERS), series))
+    return False
+
+
+def _cpu_split(stack: BenchStack) -> dict[str, float]:
+    """CPU seconds so far of the busiest gunicorn worker (the one a STOW runs in), of the ingest pool processes
+    (all workers' together) and of NGINX: subtract two readings to see where one upload's CPU went."""
+    master = stack.stack.processes["gunicorn"].pid
+    workers = children_of(master)
+    return {
+        "worker": max((cpu_seconds([worker]) for worker in workers), default=0.0),
+        "pool": cpu_seconds([pid for worker in workers for pid in children_of(worker)]),
+        "nginx": cpu_seconds(stack.nginx_pids()),
+    }
+
+
 def _orthanc_stow(url: str, files: list[Path]) -> tuple[float, int]:
     """One streaming multipart STOW-RS POST to Orthanc's DICOMweb plugin, as ``BenchStack.stow`` posts."""
     import requests
@@ -225,13 +258,20 @@ def run(quick: bool = False) -> Report:
             warm = ct_series(seed=49, slices=8, clean=False)
             for name in targets:  # untimed: each side's caches and the gateway's ingest pool start
                 targets[name](warm)
+            for stack in (plain, hooked):
+                spread = [warm, *(ct_series(seed=seed, slices=8) for seed in (46, 47, 48))]
+                if stack is not None and not _warm_every_worker(stack, spread):
+                    report.say("a gunicorn worker did not start its ingest pool during the warm-up")
             idle = {name: measure() for name, measure in rss.items()}
             ct_times: dict[str, list[float]] = {name: [] for name in targets}
             ct_rates: dict[str, list[float]] = {name: [] for name in targets}
             peaks: dict[str, int] = dict.fromkeys(targets, 0)
+            cpu: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
 
             def store(name: str, files: list[Path]) -> tuple[float, int] | None:
                 nonlocal hooks_error
+                stack = {"no hooks": plain, "PHI hooks": hooked}.get(name)
+                before = _cpu_split(stack) if stack is not None else {}
                 try:
                     with RssSampler(rss[name]) as sampler:
                         seconds, size = targets[name](files)
@@ -242,6 +282,9 @@ def run(quick: bool = False) -> Report:
                         return None
                     raise
                 peaks[name] = max(peaks[name], sampler.peak)
+                if stack is not None:
+                    after = _cpu_split(stack)
+                    cpu[name].append({part: (after[part] - before[part]) / len(files) for part in after})
                 return seconds, size
 
             for i, files in enumerate(cts.values()):
@@ -257,6 +300,11 @@ def run(quick: bool = False) -> Report:
             for name in targets:
                 report.say(f"CT, {name}: median {median(ct_rates[name]):.0f} MB/s over {len(ct_rates[name])} rounds; "
                            f"RSS idle {idle[name] / 1e6:.0f} MB, peak {peaks[name] / 1e6:.0f} MB")
+                if cpu[name]:
+                    ms = {part: median([r[part] for r in cpu[name]]) * 1000 for part in ("worker", "pool", "nginx")}
+                    report.say(f"CT, {name}: CPU per slice (median of rounds): the busiest gunicorn worker "
+                               f"{ms['worker']:.2f} ms, ingest pool processes {ms['pool']:.2f} ms, NGINX "
+                               f"{ms['nginx']:.2f} ms")
             if "PHI hooks" in targets:
                 audited = _audit_rows(hooked) if hooked is not None else 0
                 report.say(f"the hooked stack wrote {audited} audit records for {200 * len(cts)} CT instances "

@@ -184,6 +184,7 @@ def analyse(
         return IngestResult.about(header, "failed", failure_reason=CANNOT_UNDERSTAND, detail=error.detail)
     # the spooler hashed the upload as it wrote it; a file a hook wrote is hashed here
     analysis.digest = digest if digest and final_path == path else sha256_of(final_path)
+    analysis.indexed.metadata_json()  # serialised here, in the pool process, rather than at registration
     return analysis
 
 
@@ -417,8 +418,8 @@ class Ingestor:
     ) -> tuple[IngestResult, bool]:
         """Store and register, holding the instance's reservation; the flag says whether the catalog commit
         (which also ends the reservation) happened."""
-        existing = self.catalog.get_instance(indexed.ids.sop, with_metadata=False)
-        if existing is not None and existing.sha256 == digest:
+        existing = reservation.stored  # the stored object's sha256, read when the reservation was won
+        if existing == digest:
             result.status = "duplicate"
             return result, False
         if existing is not None and not self.settings.stow_overwrite:

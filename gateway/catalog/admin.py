@@ -3,22 +3,26 @@ trail and the quarantine list. Small tables, each written in one short transacti
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import sqlalchemy as sa
 
 from gateway.catalog.engine import CatalogBase
 from gateway.catalog.owner import Owner, is_gone, this_process
-from gateway.catalog.schema import audit, quarantine, reservations, revocations
+from gateway.catalog.schema import audit, instances, quarantine, reservations, revocations
 from gateway.errors import CatalogUnavailable
 
+_STORED_SHA256 = sa.select(instances.c.sop_uid, instances.c.sha256).where(
+    instances.c.sop_uid.in_(sa.bindparam("sops", expanding=True))
+)
 # Revocations older than their expiry are purged at most this often (seconds of the caller's clock).
 PURGE_INTERVAL = 300
 _AUDIT_FIELDS = {c.name for c in audit.c} - {"id"}
@@ -30,10 +34,13 @@ _LEGACY_LEASE = 3600  # rows written before migration 0003 carry no lease: the o
 
 @dataclass(frozen=True)
 class Reservation:
-    """One upload's claim on a SOP Instance UID (``nonce`` tells it from a later claim on the same UID)."""
+    """One upload's claim on a SOP Instance UID (``nonce`` tells it from a later claim on the same UID).
+    ``stored``: the sha256 of the instance already stored under that UID when the claim was won (None: none),
+    when the claim was made by ``reserve_many``, which reads it in the claim's own transaction."""
 
     sop_uid: str
     nonce: str
+    stored: str | None = field(default=None, compare=False)
 
 
 def _stale(row: Any, now: int) -> bool:
@@ -73,7 +80,9 @@ class AdminRecords(CatalogBase):
 
     def reserve_many(self, sop_uids: Sequence[str]) -> list[Reservation | None]:
         """``reserve`` for several uploads in one transaction (the group commit's batch). A SOP Instance UID
-        named twice is reserved for its first mention only: the second is an upload of it in flight."""
+        named twice is reserved for its first mention only: the second is an upload of it in flight. Each claim
+        won says what is stored under its UID (``Reservation.stored``), read in the same transaction: ingest's
+        duplicate check without a read of its own per upload."""
         me = this_process()
         out: list[Reservation | None] = []
         seen: set[str] = set()
@@ -82,7 +91,16 @@ class AdminRecords(CatalogBase):
             for sop_uid in sop_uids:
                 out.append(None if sop_uid in seen else self._reserve(conn, sop_uid, me, secrets.token_hex(16), now))
                 seen.add(sop_uid)
-        return out
+            won = [claim.sop_uid for claim in out if claim is not None]
+            stored = dict(conn.execute(_STORED_SHA256, {"sops": won}).all()) if won else {}
+        return [None if claim is None else replace(claim, stored=stored.get(claim.sop_uid)) for claim in out]
+
+    @functools.cached_property
+    def _claim(self) -> Any:
+        """The reservation insert, built once (values as parameters: building it per upload cost more than
+        running it). RETURNING, not rowcount: psycopg reports -1 rows for INSERT .. ON CONFLICT DO NOTHING."""
+        stmt = self._insert(reservations).on_conflict_do_nothing(index_elements=["sop_uid"])
+        return stmt.returning(reservations.c.sop_uid)
 
     def _reserve(self, conn: Any, sop_uid: str, me: Owner, nonce: str, now: int) -> Reservation | None:
         values = {
@@ -93,10 +111,7 @@ class AdminRecords(CatalogBase):
             "nonce": nonce,
             "expires_at": now + LEASE_SECONDS,
         }
-        stmt = self._insert(reservations).values(sop_uid=sop_uid, **values)
-        # RETURNING, not rowcount: psycopg reports -1 rows for INSERT .. ON CONFLICT DO NOTHING
-        stmt = stmt.on_conflict_do_nothing(index_elements=["sop_uid"]).returning(reservations.c.sop_uid)
-        if conn.execute(stmt).first() is not None:
+        if conn.execute(self._claim, {"sop_uid": sop_uid, **values}).first() is not None:
             return Reservation(sop_uid, nonce)
         row = conn.execute(sa.select(reservations).where(reservations.c.sop_uid == sop_uid).with_for_update()).first()
         if row is None or not _stale(row, now):

@@ -12,6 +12,7 @@ QIDO search.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Sequence
@@ -50,9 +51,45 @@ class Registration:
 
 
 _ROW_COLUMNS = [c for c in instances.c if c.name != "metadata"]
-# Built once: get_instance is on the frame path, and building a statement per call doubles its cost.
+# Built once: get_instance is on the frame path, and building a statement per call doubles its cost. The same
+# holds for registration (a statement built per call cost more CPU than SQLite running it): its statements are
+# built here or once per Catalog (``_upserts``), and take their values as parameters.
 _GET_FULL = sa.select(*instances.c).where(instances.c.sop_uid == sa.bindparam("sop_uid"))
 _GET_LIGHT = sa.select(*_ROW_COLUMNS).where(instances.c.sop_uid == sa.bindparam("sop_uid"))
+_STORED = sa.select(instances.c.sop_uid).where(instances.c.sop_uid.in_(sa.bindparam("sops", expanding=True)))
+_RESERVED = (
+    sa.select(reservations.c.sop_uid, reservations.c.nonce)
+    .where(reservations.c.sop_uid.in_(sa.bindparam("sops", expanding=True)))
+    .with_for_update()
+)
+_OWNERS = sa.select(series.c.series_uid, series.c.study_uid).where(
+    series.c.series_uid.in_(sa.bindparam("series_uids", expanding=True))
+)
+_END_RESERVATION = reservations.delete().where(
+    reservations.c.sop_uid == sa.bindparam("held"), reservations.c.nonce == sa.bindparam("ours")
+)
+_COUNT_SERIES = (
+    sa.select(sa.func.count()).select_from(instances).where(instances.c.series_uid == sa.bindparam("series_uid"))
+)
+_SET_SERIES_COUNT = (  # update statements: no parameter may take a column's name
+    series.update()
+    .where(series.c.series_uid == sa.bindparam("b_series_uid"))
+    .values(num_instances=sa.bindparam("count"))
+)
+_DROP_SERIES = series.delete().where(series.c.series_uid == sa.bindparam("series_uid"))
+_SERIES_OF_STUDY = sa.select(series.c.modality, series.c.num_instances).where(
+    series.c.study_uid == sa.bindparam("study_uid")
+)
+_SET_STUDY_COUNTS = (
+    studies.update()
+    .where(studies.c.study_uid == sa.bindparam("b_study_uid"))
+    .values(
+        num_series=sa.bindparam("n_series"),
+        num_instances=sa.bindparam("n_instances"),
+        modalities_in_study=sa.bindparam("modalities"),
+    )
+)
+_DROP_STUDY = studies.delete().where(studies.c.study_uid == sa.bindparam("study_uid"))
 
 
 class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
@@ -122,9 +159,7 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
         ``ReservationLost``); the others are left for ``_register_one``."""
         sops = [entry.record.instance.ids.sop for entry in batch]
         named = {sop: sops.count(sop) for sop in sops}
-        stored = set(
-            conn.execute(sa.select(instances.c.sop_uid).where(instances.c.sop_uid.in_(set(sops)))).scalars()
-        )
+        stored = set(conn.execute(_STORED, {"sops": sorted(named)}).scalars())
         candidates = [i for i in order if named[sops[i]] == 1 and sops[i] not in stored]
         if not candidates:
             return {}
@@ -132,12 +167,7 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
         reserved = [i for i in candidates if batch[i].reservation is not None]
         if reserved:
             ours = {
-                (row.sop_uid, row.nonce)
-                for row in conn.execute(
-                    sa.select(reservations.c.sop_uid, reservations.c.nonce)
-                    .where(reservations.c.sop_uid.in_([sops[i] for i in reserved]))
-                    .with_for_update()
-                )
+                (row.sop_uid, row.nonce) for row in conn.execute(_RESERVED, {"sops": [sops[i] for i in reserved]})
             }
             for i in reserved:
                 held = batch[i].reservation
@@ -146,11 +176,7 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
                     outcomes[i] = ReservationLost("another upload of this instance took over its reservation")
         candidates = [i for i in candidates if i not in outcomes]
         series_uids = {batch[i].record.instance.ids.series for i in candidates}
-        owners = dict(
-            conn.execute(
-                sa.select(series.c.series_uid, series.c.study_uid).where(series.c.series_uid.in_(series_uids))
-            ).all()
-        )
+        owners = dict(conn.execute(_OWNERS, {"series_uids": sorted(series_uids)}).all())
         for i in candidates:  # a series is claimed by the first study that names it (stored, or first here)
             ids = batch[i].record.instance.ids
             owners.setdefault(ids.series, ids.study)
@@ -158,27 +184,31 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
         if not plain:
             return outcomes
         now = int(time.time())
+        upsert_study, upsert_series = self._upserts
         last_of_study = {batch[i].record.instance.ids.study: i for i in plain}
-        for study_uid, i in sorted(last_of_study.items()):
-            values = self._study_values(batch[i].record, now)
-            stmt = self._insert(studies).values(study_uid=study_uid, **values)
-            conn.execute(stmt.on_conflict_do_update(index_elements=["study_uid"], set_=values))
+        conn.execute(
+            upsert_study,
+            [
+                {"study_uid": study_uid, **self._study_values(batch[i].record, now)}
+                for study_uid, i in sorted(last_of_study.items())
+            ],
+        )
         last_of_series = {batch[i].record.instance.ids.series: i for i in plain}
-        for series_uid, i in sorted(last_of_series.items()):
-            values = self._series_values(batch[i].record)
-            stmt = self._insert(series).values(
-                series_uid=series_uid, study_uid=batch[i].record.instance.ids.study, **values
-            )
-            conn.execute(stmt.on_conflict_do_update(index_elements=["series_uid"], set_=values))
+        conn.execute(
+            upsert_series,
+            [
+                {
+                    "series_uid": series_uid,
+                    "study_uid": batch[i].record.instance.ids.study,
+                    **self._series_values(batch[i].record),
+                }
+                for series_uid, i in sorted(last_of_series.items())
+            ],
+        )
         conn.execute(instances.insert(), [self._instance_values(batch[i].record, now) for i in plain])
         ended = [{"held": r.sop_uid, "ours": r.nonce} for i in plain if (r := batch[i].reservation) is not None]
         if ended:
-            conn.execute(
-                reservations.delete().where(
-                    reservations.c.sop_uid == sa.bindparam("held"), reservations.c.nonce == sa.bindparam("ours")
-                ),
-                ended,
-            )
+            conn.execute(_END_RESERVATION, ended)
         audits = [self._audit_values(fields) for i in plain if (fields := batch[i].audit_fields)]
         if audits:
             conn.execute(audit.insert(), audits)
@@ -219,6 +249,24 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
+
+    @functools.cached_property
+    def _upserts(self) -> tuple[Any, Any]:
+        """The study and the series upsert of ``_register_new``, built once: an insert whose conflict updates
+        every column it sets (``excluded`` is the row it tried to insert), run once per batch with a row of
+        parameters per study or series."""
+        study = self._insert(studies)
+        study_columns = [*self._STUDY_COLUMNS, "attrs", "updated_at"]
+        series_stmt = self._insert(series)
+        series_columns = ["modality", "series_number", "series_description", "attrs"]
+        return (
+            study.on_conflict_do_update(
+                index_elements=["study_uid"], set_={name: study.excluded[name] for name in study_columns}
+            ),
+            series_stmt.on_conflict_do_update(
+                index_elements=["series_uid"], set_={name: series_stmt.excluded[name] for name in series_columns}
+            ),
+        )
 
     _STUDY_COLUMNS = (
         "patient_id",
@@ -266,7 +314,7 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
             "frame_index": inst.frame_index,
             "frame_media_type": inst.frame_media_type,
             "bulkdata": json.dumps([[b.path, b.vr, b.offset, b.length] for b in inst.bulkdata]),
-            "metadata": json.dumps(inst.metadata, separators=(",", ":")),
+            "metadata": inst.metadata_json(),
             "attrs": json.dumps(inst.instance_attrs),
             "created_at": now,
             "tenant": rec.tenant,
@@ -303,34 +351,23 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
     def _recount(self, conn: Connection, study_uid: str, series_uid: str) -> None:
         """Recompute the series and study counts (and drop them when empty). Runs under the study's row lock,
         so recomputing (rather than incrementing) is safe and self-healing."""
-        count = conn.execute(
-            sa.select(sa.func.count()).select_from(instances).where(instances.c.series_uid == series_uid)
-        ).scalar_one()
+        count = conn.execute(_COUNT_SERIES, {"series_uid": series_uid}).scalar_one()
         if count:
-            conn.execute(series.update().where(series.c.series_uid == series_uid).values(num_instances=count))
+            conn.execute(_SET_SERIES_COUNT, {"b_series_uid": series_uid, "count": count})
         else:
-            conn.execute(series.delete().where(series.c.series_uid == series_uid))
-        row = conn.execute(
-            sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(series.c.num_instances), 0)).where(
-                series.c.study_uid == study_uid
-            )
-        ).one()
-        if not row[0]:
-            conn.execute(studies.delete().where(studies.c.study_uid == study_uid))
+            conn.execute(_DROP_SERIES, {"series_uid": series_uid})
+        rows = conn.execute(_SERIES_OF_STUDY, {"study_uid": study_uid}).all()
+        if not rows:
+            conn.execute(_DROP_STUDY, {"study_uid": study_uid})
             return
-        modalities = conn.execute(
-            sa.select(series.c.modality)
-            .where(series.c.study_uid == study_uid, series.c.modality.is_not(None))
-            .distinct()
-        ).scalars()
         conn.execute(
-            studies.update()
-            .where(studies.c.study_uid == study_uid)
-            .values(
-                num_series=row[0],
-                num_instances=row[1],
-                modalities_in_study="\\".join(sorted(m for m in modalities if m)),
-            )
+            _SET_STUDY_COUNTS,
+            {
+                "b_study_uid": study_uid,
+                "n_series": len(rows),
+                "n_instances": sum(row.num_instances or 0 for row in rows),
+                "modalities": "\\".join(sorted({row.modality for row in rows if row.modality})),
+            },
         )
 
     @staticmethod

@@ -7,8 +7,10 @@ worker that dies mid-encode is replaced after the lease (`docs/design.md` §3: w
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -35,13 +37,17 @@ class DerivativeRecords(CatalogBase):
         if not sop_uids:
             return
         now = int(time.time())
+        conn.execute(
+            self._queue_job, [{"sop_uid": sop, "attempts": 0, "not_before": 0, "created_at": now} for sop in sop_uids]
+        )
+
+    @functools.cached_property
+    def _queue_job(self) -> Any:
+        """The job upsert, built once (it runs in every registration)."""
         stmt = self._insert(derive_jobs)
-        stmt = stmt.on_conflict_do_update(
+        return stmt.on_conflict_do_update(
             index_elements=["sop_uid"],
             set_={"attempts": 0, "not_before": 0, "last_error": None, "created_at": stmt.excluded.created_at},
-        )
-        conn.execute(
-            stmt, [{"sop_uid": sop, "attempts": 0, "not_before": 0, "created_at": now} for sop in sop_uids]
         )
 
     def claim_derivative(self, *, lease: int, max_attempts: int, now: int | None = None) -> DeriveJob | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,3 +45,12 @@ class IndexedInstance:
     instance_attrs: dict[str, Any] = field(default_factory=dict)
     # flat values for catalog columns (gateway.dicom.qido_attrs.searchable; keys in SEARCHABLE_KEYS)
     searchable: dict[str, str | int | None] = field(default_factory=dict)
+    # ``metadata`` as the catalog stores it (``metadata_json``), once computed: ingest's pool process serialises
+    # it, so the request's process (whose one GIL every upload of the worker shares) does not
+    metadata_text: str = ""
+
+    def metadata_json(self) -> str:
+        """``metadata`` as the catalog stores it: compact JSON, keys in the order the index built them."""
+        if not self.metadata_text:
+            self.metadata_text = json.dumps(self.metadata, separators=(",", ":"))
+        return self.metadata_text

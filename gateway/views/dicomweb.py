@@ -33,6 +33,7 @@ from gateway.lifecycle import check_reason
 from gateway.numbers import parse_int
 from gateway.render import render_instance
 from gateway.uids import check_uid
+from gateway.views.body import large_read_stream
 from gateway.views.common import decision, deleter, dicomweb_root, public_base, services
 
 log = logging.getLogger("gateway.dicomweb")
@@ -195,7 +196,7 @@ def _stow(study: str | None) -> Response:
         workers=max(6, srv.ingestor.processes + 4),
         in_flight=max(12, 2 * srv.ingestor.processes + 8),
     )
-    stream = request.environ["wsgi.input"]
+    stream = large_read_stream(request.environ["wsgi.input"])
     try:
         if media_type == "application/dicom":
             batch.add(*_spool_single(stream, srv.spool_dir))

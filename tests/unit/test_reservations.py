@@ -175,3 +175,17 @@ def test_holding_refreshes_the_lease(catalog: Catalog, monkeypatch: pytest.Monke
             assert time.monotonic() < deadline
             time.sleep(0.02)
     catalog.release(reservation)
+
+
+def test_reserve_many_says_what_is_stored_under_each_uid_it_claims(catalog: Catalog) -> None:
+    """Ingest's duplicate check reads the stored sha256 in the claim's own transaction."""
+    stored = make_instance("1.2.3", "1.2.3.1", "1.2.3.1.1")
+    catalog.register_instance(record(stored, b"v1"))
+    held = catalog.reserve("1.2.3.1.3")
+    new, again, same_uid_twice, in_flight = catalog.reserve_many(
+        ["1.2.3.1.2", "1.2.3.1.1", "1.2.3.1.2", "1.2.3.1.3"]
+    )
+    assert new is not None and new.stored is None
+    assert again is not None and again.stored == record(stored, b"v1").sha256
+    assert same_uid_twice is None and in_flight is None and held is not None
+    assert again == Reservation(again.sop_uid, again.nonce)  # the stored digest is no part of the claim's identity

@@ -1,0 +1,105 @@
+"""``large_read_stream``: under gunicorn, STOW reads the body through the reader under ``Body`` (large reads),
+with gunicorn's own accounting intact; anything else is read as it is."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+from gunicorn.http.body import Body, ChunkedReader, LengthReader
+from gunicorn.http.unreader import SocketUnreader
+
+from gateway.views.body import large_read_stream
+
+
+@pytest.fixture
+def socket_with() -> Iterator[Callable[[bytes], socket.socket]]:
+    """A socket that receives ``data`` and then end of stream (closed after the test)."""
+    opened: list[socket.socket] = []
+    senders: list[threading.Thread] = []
+
+    def make(data: bytes) -> socket.socket:
+        ours, theirs = socket.socketpair()
+        opened.append(ours)
+
+        def send() -> None:
+            with theirs:
+                theirs.sendall(data)
+
+        senders.append(threading.Thread(target=send, daemon=True))
+        senders[-1].start()
+        return ours
+
+    yield make
+    for sender in senders:  # what a test did not read fits in the socket's buffer: every sender finishes
+        sender.join(timeout=10)
+    for sock in opened:
+        sock.close()
+
+
+@pytest.mark.parametrize("read_size", [1 << 20, 1000])
+def test_length_body_is_read_from_the_socket_with_gunicorns_count_kept(
+    socket_with: Callable[[bytes], socket.socket], read_size: int
+) -> None:
+    payload = os.urandom(700_000)
+    after = b"GET /next HTTP/1.1\r\n"  # the next request on a keep-alive connection
+    unreader = SocketUnreader(socket_with(payload[5000:] + after))
+    unreader.unread(payload[:5000])  # what gunicorn read past the request headers
+    body = Body(LengthReader(unreader, len(payload)))
+    stream = large_read_stream(body)
+    assert stream is not body and stream is not body.reader
+    chunks = []
+    while chunk := stream.read(read_size):
+        assert len(chunk) <= read_size
+        chunks.append(chunk)
+    assert b"".join(chunks) == payload
+    assert body.reader.length == 0
+    assert body.read(8192) == b""  # what gunicorn's drain after the response sees: nothing left of this body
+    assert unreader.read() == after  # and the next request's bytes are untouched
+
+
+def test_length_body_buffered_beyond_its_end_leaves_the_rest_to_gunicorn(
+    socket_with: Callable[[bytes], socket.socket],
+) -> None:
+    after = b"GET /next HTTP/1.1\r\n"
+    unreader = SocketUnreader(socket_with(b""))
+    unreader.unread(b"body" + after)  # a small body and the next request arrived in one socket read
+    body = Body(LengthReader(unreader, 4))
+    stream = large_read_stream(body)
+    assert stream.read(1 << 20) == b"body"
+    assert stream.read(1 << 20) == b""
+    assert unreader.read() == after
+
+
+def test_length_body_cut_short_ends_the_stream(socket_with: Callable[[bytes], socket.socket]) -> None:
+    body = Body(LengthReader(SocketUnreader(socket_with(b"x" * 100)), 1000))
+    stream = large_read_stream(body)
+    assert b"".join(iter(lambda: stream.read(1 << 20), b"")) == b"x" * 100
+
+
+def test_chunked_body_is_read_through_its_reader(socket_with: Callable[[bytes], socket.socket]) -> None:
+    payload = os.urandom(50_000)
+    wire = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in (payload[:20_000], payload[20_000:])) + b"0\r\n\r\n"
+
+    class Req:
+        trailers: list[tuple[str, str]] = []
+
+    body = Body(ChunkedReader(Req(), SocketUnreader(socket_with(wire))))
+    stream = large_read_stream(body)
+    assert stream is body.reader
+    assert b"".join(iter(lambda: stream.read(1 << 20), b"")) == payload
+
+
+def test_a_body_already_read_from_and_other_streams_are_kept(
+    socket_with: Callable[[bytes], socket.socket],
+) -> None:
+    payload = b"x" * 5000
+    body = Body(LengthReader(SocketUnreader(socket_with(payload)), len(payload)))
+    assert body.read(10) == b"x" * 10  # the Body buffers the rest of the reader's 1 KiB
+    assert large_read_stream(body) is body
+    plain = io.BytesIO(b"abc")
+    assert large_read_stream(plain) is plain
