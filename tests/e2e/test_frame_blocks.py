@@ -5,6 +5,9 @@ Python's answer."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +18,10 @@ from gateway import nginx_contract as nginx
 from gateway.tools.synth import make_wsi, wsi_tile
 from tests.e2e.conftest import uids_of
 from tests.e2e.harness import RunningStack
+from tests.e2e.test_durability import children_of
 from tests.e2e.test_lifecycle import assert_gone, delete
 from tests.e2e.test_read_path import WSI_VARIANTS, parse_multipart
+from tests.requirements import require
 
 BLOCK = nginx.FRAMES_PER_BLOCK
 # Headers that differ between any two answers, whoever made them.
@@ -172,3 +177,41 @@ def test_an_object_rewritten_under_its_key_is_read_afresh(
     stack.storage().put_file(key, folder / "rewritten.dcm")
     answer = requests.get(f"{url}/frames/1", headers=octet, timeout=30)
     assert (answer.status_code, answer.content) == (200, other)
+
+
+def test_a_frame_and_the_end_of_its_body_go_out_in_one_write(
+    stack: RunningStack, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A composed (SSI) body has no Content-Length, so it goes out chunked. Its last, empty chunk leaves with the
+    frame, never in a write of its own (postpone_output in dgw-plan.conf): one system call and one client wake-up
+    less per frame (docs/bench.md, B2). Watched with strace on the NGINX workers, for a frame whose plan is made
+    and for one whose plan is cached, single part and multipart."""
+    probe = subprocess.run(["strace", "-f", "-o", "/dev/null", "true"], capture_output=True, check=False)
+    require(probe.returncode == 0, f"strace cannot trace here: {probe.stderr.decode(errors='replace')[:200]}")
+    folder = tmp_path_factory.mktemp("blocks-one-write")
+    path = make_wsi(folder, frames=4, seed=41, clean=True)
+    assert stack.stow([path]).status_code == 200
+    url = instance_url(stack, path)
+    workers = children_of(stack.stack.processes["nginx"].pid)
+    assert workers, "NGINX has no workers"
+    trace = folder / "trace.txt"
+    attach = [argument for pid in workers for argument in ("-p", str(pid))]
+    strace = subprocess.Popen(
+        ["strace", "-f", "-qq", "-yy", "-s", "16", "-o", str(trace), "-e", "trace=writev", *attach],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(1.0)  # strace prints nothing when it has attached; give it the time to (the workers are idle)
+        for accept in ("application/octet-stream", 'multipart/related; type="application/octet-stream"'):
+            for _ in range(3):  # the frame's plan made, then cached
+                answer = requests.get(f"{url}/frames/2", headers={"Accept": accept}, timeout=30)
+                assert answer.status_code == 200 and wsi_tile(41, 2, frames=4) in answer.content
+                assert answer.headers["Transfer-Encoding"] == "chunked"
+    finally:
+        strace.send_signal(signal.SIGINT)  # detach: the trace file is complete once strace exits
+        strace.wait(30)
+    # writes to clients only (-yy names each socket: this stack's port on the local side), not to the upstreams
+    client = f":{stack.stack.port}->"
+    writes = [line for line in trace.read_text().splitlines() if client in line]
+    assert sum('iov_base="HTTP/1.1 200 OK' in line for line in writes) == 6, writes
+    assert len(writes) == 6, writes
