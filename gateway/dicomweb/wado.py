@@ -250,12 +250,14 @@ class Planner:
     def block(self, raw_uri: str, accept: str) -> PlanResponse:
         """The plans of a block of ``nginx.FRAMES_PER_BLOCK`` consecutive frames for one Accept, from which NGINX's
         njs (``njs/dgw_frames.js``) answers single frames without a Python hop. ``raw_uri`` is ``{instance
-        path}/frames/{first}``, ``first`` being 1 + a multiple of the block size. Plan line ``n - first`` is exactly
-        what ``plan`` answers for frame ``n`` without Range, as a JSON array ``[status, [[name, value], ...],
-        body]``, so every decision stays here; an index before the lines lets njs find one without reading the
-        others (``_indexed``). The block's own X-Accel-Expires is the shortest of its frames'. The block fails
-        as a whole with the error its first frame gets; frames past the last are left out (njs then asks ``plan``
-        for them, which answers the JSON 404)."""
+        path}/frames/{first}``, ``first`` being 1 + a multiple of the block size. Line 0 is what the frames share;
+        line ``1 + n - first`` is exactly what ``plan`` answers for frame ``n`` without Range, so every decision
+        stays here: either a whole plan, a JSON array ``[status, [[name, value], ...], body]``, or, for a single
+        part read in one range, only that range ``[first byte, last byte]`` of the shared ``[status, headers,
+        [before, between, after]]``, whose body is ``before + first + between + last + after`` (``_shared_line``).
+        An index before the lines lets njs find one without reading the others (``_indexed``). The block's own
+        X-Accel-Expires is the shortest of its frames'. The block fails as a whole with the error its first frame
+        gets; frames past the last are left out (njs then asks ``plan`` for them, which answers the JSON 404)."""
         path, _, query = raw_uri.partition("?")
         target = parse_target(path, query)
         first_s = target.rest[len("frames/") :] if target.rest.startswith("frames/") else ""
@@ -272,22 +274,29 @@ class Planner:
         # ASCII JSON (json.dumps escapes the rest): a byte offset is a character offset for njs too
         if choice.offer.multipart:
             plans = [self._frames_of(choice, [n], "") for n in numbers]
-            lines = [json.dumps([p.status, p.headers, p.body.decode()], separators=(",", ":")).encode() for p in plans]
+            lines = [b"null"]
+            lines += [json.dumps([p.status, p.headers, p.body.decode()], separators=(",", ":")).encode() for p in plans]
         else:
             lines = self._single_frame_lines(choice, numbers)
         headers = [("Content-Type", "text/plain"), ("X-Accel-Expires", str(min(self._plan_seconds, choice.expires)))]
         return PlanResponse(200, headers, _indexed(lines))
 
     def _single_frame_lines(self, choice: _FrameChoice, numbers: range) -> list[bytes]:
-        """What ``_single_frame`` answers for each frame of ``numbers`` without Range, as block lines: what every
-        line shares (status, headers, the object's origin path) is made once, so a block costs Python a fraction of
-        as many plans (it is made on the first pass over a slide, once per block)."""
+        """The shared line and what ``_single_frame`` answers for each frame of ``numbers`` without Range, as block
+        lines. A frame read in one small range (the common case) is only its range: a block of them is a few bytes
+        per frame, for Python to make and for NGINX to read on every first-pass frame (docs/bench.md B2)."""
         origin = self._origin_path(choice.key)
         headers = [*_frame_headers(choice.offer, choice.expires), (nginx.ACCEPT_RANGES, "bytes")]
+        small = f"{self._range_prefix}/"  # where _segment sends a range up to FILE_SEGMENT_MAX bytes
+        shared = json.dumps([200, headers, _include_text(f"{small}\0-\0", origin).split("\0")], separators=(",", ":"))
         head = json.dumps([200, headers], separators=(",", ":"))[:-1]
-        lines: list[bytes] = []
+        lines = [shared.encode()]
         for n in numbers:
             ranges = choice.index.ranges(n)
+            if len(ranges) == 1 and ranges[0][1] <= nginx.FILE_SEGMENT_MAX:
+                start, length = ranges[0]
+                lines.append(b"[%d,%d]" % (start, start + length - 1))
+                continue
             body = "".join(_include_text(self._segment(start, length), origin) for start, length in ranges)
             lines.append(f"{head},{json.dumps(body)}]".encode())
         return lines

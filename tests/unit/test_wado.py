@@ -713,14 +713,19 @@ def test_only_derivative_named_without_it_is_406(planner: Planner) -> None:
 
 
 def block_lines(response: PlanResponse) -> list[PlanResponse]:
-    """The plan lines of a block, read through its index line exactly as njs reads them (njs/dgw_frames.js)."""
+    """The plans of a block's frames, read through its index line and its shared line exactly as njs reads them
+    (njs/dgw_frames.js)."""
     body, width = response.body, nginx.BLOCK_OFFSET_DIGITS
     index, *lines = body.split(b"\n")
     offsets = [int(index[k : k + width]) for k in range(0, len(index), width)]
     assert len(index) % width == 0 and len(offsets) == len(lines) + 1
     assert [body[start : end - 1] for start, end in itertools.pairwise(offsets)] == lines
     assert offsets[-1] == len(body) + 1 and body.isascii()
-    plans = [json.loads(line) for line in lines]
+    shared, *plans = [json.loads(line) for line in lines]
+    for k, plan in enumerate(plans):
+        if len(plan) == 2:  # only the frame's byte range, between the pieces of the shared line
+            first, last = plan
+            plans[k] = [shared[0], shared[1], f"{shared[2][0]}{first}{shared[2][1]}{last}{shared[2][2]}"]
     return [PlanResponse(status, [tuple(h) for h in headers], body.encode()) for status, headers, body in plans]
 
 
@@ -756,6 +761,12 @@ def test_block_lines_are_the_per_frame_plans(planner: Planner, catalog: Catalog,
                                                                  ("X-Accel-Expires", "600")])  # fmt: skip
             lines = block_lines(response)
             assert len(lines) == count
+            if accept == "application/octet-stream":  # a frame read in one range is only that range
+                raw = response.body.split(b"\n")[2:]
+                single = [(n, index.ranges(n)) for n in range(first, first + count) if len(index.ranges(n)) == 1]
+                assert single or fragmented
+                for n, ((start, length),) in single:
+                    assert raw[n - first] == b"[%d,%d]" % (start, start + length - 1)
             for n, line in zip(range(first, first + count), lines, strict=True):
                 plan = planner.plan("GET", instance_uri(SE, big, f"/frames/{n}"), accept, "")
                 assert same_but_boundary(line, plan), n
