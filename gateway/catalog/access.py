@@ -4,15 +4,32 @@ paged by id)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from functools import cache
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
 
 from gateway.catalog.engine import CatalogBase
 from gateway.catalog.schema import access, access_cursor
 
 ACCESS_FIELDS = tuple(c.name for c in access.c if c.name != "id")
+
+
+@cache
+def _insert_sql(dialect: Dialect) -> str:
+    """The ``access`` INSERT as SQLAlchemy compiles it for ``dialect`` (PostgreSQL's bind casts included), with
+    positional placeholders: the collector hands the driver one tuple per row, in ``ACCESS_FIELDS`` order, without
+    SQLAlchemy's per-row parameter processing (none of these column types has a bind processor)."""
+    compiled = access.insert().inline().compile(dialect=dialect, column_keys=list(ACCESS_FIELDS))
+    if compiled.positional:  # SQLite: "?"
+        assert tuple(compiled.positiontup or ()) == ACCESS_FIELDS
+        return compiled.string
+    names = re.findall(r"%\((\w+)\)s", compiled.string)  # psycopg: "%(name)s::TYPE" -> "%s::TYPE"
+    assert tuple(names) == ACCESS_FIELDS
+    return re.sub(r"%\((\w+)\)s", "%s", compiled.string)
 
 
 class AccessRecords(CatalogBase):
@@ -24,15 +41,15 @@ class AccessRecords(CatalogBase):
             row = conn.execute(sa.select(access_cursor).where(access_cursor.c.source == source)).first()
         return None if row is None else (row.file_id, int(row.position))
 
-    def add_access(self, rows: Sequence[dict[str, Any]], source: str, file_id: str, position: int) -> None:
-        """Append ``rows`` and move the position in ``source`` in one transaction: a crash between the two can
-        neither lose nor repeat a line."""
+    def add_access(self, rows: Sequence[tuple[Any, ...]], source: str, file_id: str, position: int) -> None:
+        """Append ``rows`` (tuples of ``ACCESS_FIELDS``) and move the position in ``source`` in one transaction: a
+        crash between the two can neither lose nor repeat a line."""
         values = {"file_id": file_id, "position": position}
         upsert = self._insert(access_cursor).values(source=source, **values)
         upsert = upsert.on_conflict_do_update(index_elements=["source"], set_=values)
         with self._write() as conn:
             if rows:
-                conn.execute(access.insert(), [{name: row[name] for name in ACCESS_FIELDS} for row in rows])
+                conn.exec_driver_sql(_insert_sql(self.engine.dialect), list(rows))
             conn.execute(upsert)
 
     def prune_access(self, before: int) -> int:

@@ -1,0 +1,174 @@
+"""The exact rows the access audit collector stores (gateway/accesslog.py), on SQLite and PostgreSQL, for a varied set
+of log lines: NGINX's own and hostile ones (no JSON, other types, huge numbers, escapes, invalid UTF-8). ``EXPECTED``
+was written by the collector before its fast path (orjson, tuples through one compiled INSERT; issue 15): both store
+the same rows, and skip the same lines."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from gateway import accesslog
+from gateway.accesslog import collect
+from gateway.catalog import Catalog
+from gateway.catalog.access import ACCESS_FIELDS
+from gateway.catalog.schema import access
+
+ST = "2.25.44373845550713167418202007337371354766"
+SE = "2.25.124316646398298092288964008202905819582"
+IN = "2.25.16919105130305721201181962911971750061"
+FRAMES = f"/t/***/dicomweb/studies/{ST}/series/{SE}/instances/{IN}/frames"
+
+
+def nginx(uri: Any, **fields: Any) -> bytes:
+    """A line in NGINX's ``dgw_json`` format (nginx/templates/dicomgw.conf.template), fields replaced as given."""
+    entry = {"time": "2026-12-04T07:34:17+00:00", "remote": "127.0.0.1", "method": "GET", "uri": uri, "status": 200,
+             "bytes": 17411, "request_time": 0.000, "sub": "bench", "jti": "4erwDL7DzsxD", "via": "path",
+             "study": ST, "upstream_status": "", "upstream_time": "", "cache": "HIT", "block": "",
+             "protocol": "HTTP/1.1", "user_agent": ""}  # fmt: skip
+    entry.update(fields)
+    return json.dumps(entry, separators=(",", ":")).encode()
+
+
+LINES: list[bytes] = [
+    # NGINX's own lines
+    nginx(f"{FRAMES}/12888"),
+    nginx(f"{FRAMES}/1,2,3", time="2026-12-04T07:34:18+00:00", cache="MISS", bytes=1048576),
+    nginx(f"/dicomweb/studies/{ST}/series/{SE}/metadata", via="bearer", sub="alice bob"),
+    nginx(f"/dicomweb/studies/{ST}/series/{SE}/instances/{IN}/rendered", method="HEAD", bytes=0),
+    nginx(f"/dicomweb/studies/{ST}/thumbnail?viewport=64,64", via="cookie"),
+    nginx(f"/dicomweb/studies/{ST}/bulkdata/7fe00010", via="query"),
+    nginx(f"/t/***/dicomweb/studies/{ST}?token=***", time="2026-12-04T08:34:17+01:00"),
+    nginx(f"/dicomweb/studies/{ST}/", status=304),
+    nginx(f"/dicomweb/studies/{ST}/series/{SE}/instances/{IN}/", method="DELETE", status=204, via="api-key"),
+    nginx(f"/dicomweb/studies/{ST}/series/{SE}/bogus/x", status=404),
+    nginx(f"/dicomweb/studies/{ST}/series/{SE}/instances"),
+    nginx("/dicomweb/studies?PatientName=DOE^JOHN&limit=10", study=""),
+    nginx("/t/***/dicomweb/studies", status=401, sub="", jti="", via=""),
+    nginx("/dicomweb/series/", study="not-a-uid"),
+    nginx(f"/dicomweb/studies/{ST}", method="POST", bytes=120),
+    nginx("/dicomweb/studies", method="POST", study=""),
+    nginx(f"/dicomweb/wado?requestType=WADO&studyUID={ST}&seriesUID={SE}&objectUID={IN}&token=***"),
+    nginx("/dicomweb/wado?requestType=WADO&studyUID=DOE^JOHN&objectUID=1..2", study=""),
+    nginx("/dicomweb/other", status=404),
+    # lines that are no DICOMweb request, or no line of the format: skipped
+    nginx(f"/dicomweb/studies/{ST}", method="OPTIONS", status=204),
+    nginx("/healthz"),
+    nginx("/api/v1/tokens", method="POST"),
+    nginx("/***"),
+    nginx(f"/dicomweb/studies/{ST}", time="yesterday"),
+    nginx(f"/dicomweb/studies/{ST}", status="ok"),
+    nginx(f"/dicomweb/studies/{ST}", status=None),
+    nginx(f"/dicomweb/studies/{ST}") + b" trailing",
+    b"[" + nginx(f"/dicomweb/studies/{ST}") + b"]",
+    b"\xef\xbb\xbf" + nginx(f"/dicomweb/studies/{ST}"),
+    b"not json",
+    b"",
+    b'{"time": "2026-12-04T07:34:17+00:00", "uri": "/dicomweb/studies"}',
+    # other types than NGINX writes, huge numbers, escapes, invalid UTF-8: stored as before
+    nginx(f"/dicomweb/studies/{ST}", status="200", bytes="12"),
+    nginx(f"/dicomweb/studies/{ST}", status=200.7, bytes=1.9),
+    nginx(f"/dicomweb/studies/{ST}", status=True, bytes=None),
+    nginx(f"/dicomweb/studies/{ST}", bytes=2**63 - 1, request_time=2**80, upstream_time=-(2**70)),
+    nginx(f"/dicomweb/studies/{ST}", sub=None, jti=12345678901234567890123, via=["path"], remote={"a": 1}),
+    nginx(f"/dicomweb/studies/{ST}", sub=1.5, jti=2**64, via=True, method="get"),
+    nginx(f"/dicomweb/studies/{ST}", sub="é" * 300, remote="r" * 100, jti="j" * 300, via="v" * 100),
+    nginx(f"/dicomweb/studies/{ST}", method="POSTPOSTPOSTPOSTPOST"),
+    nginx(f"/dicomweb/studies/{ST}", time="2026-12-04T07:34:17Z"),
+    nginx(f"/dicomweb/studies/{ST}/series/{SE}\n"),
+    nginx(f"/dicomweb/studies/{ST}/x\ny/metadata"),
+    nginx(f"/dicomweb/studies/{ST}/series/{SE}/instances/{IN}/frames/1\r"),
+    nginx(f"/dicomweb/studies/{ST}").replace(b"/dicomweb", b"\\/dicomweb"),
+    nginx(f"/dicomweb/studies/{ST}", request_time=float("nan"), user_agent="S").replace(b'"S"', b'"\\ud800"'),
+    nginx(f"/dicomweb/studies/{ST}", sub="alXce").replace(b"alXce", b"al\xffce"),
+    nginx(f"/dicomweb/studies/{ST}", status=404).replace(b'"status":404', b'"status":404,"status":403'),
+    nginx(f"/dicomweb/studies?StudyInstanceUID={ST}", study="1.2.3"),
+    nginx(f"/dicomweb/studies/{ST}") + b"\r",
+]
+
+AT = 1796369657  # 2026-12-04T07:34:17+00:00
+
+
+def row(action: str, study: str | None = ST, series: str | None = None, sop: str | None = None, *, at: int = AT,
+        remote: str = "127.0.0.1", method: str = "GET", sub: str = "bench", jti: str = "4erwDL7DzsxD",
+        via: str = "path", status: int = 200, size: int = 17411) -> tuple[Any, ...]:  # fmt: skip
+    return (at, remote, method, action, study, series, sop, sub, jti, via, status, size)
+
+
+# In the order of LINES, skipped lines left out.
+EXPECTED: list[tuple[Any, ...]] = [
+    row("frames", ST, SE, IN),
+    row("frames", ST, SE, IN, at=1796369658, size=1048576),
+    row("metadata", ST, SE, sub="alice bob", via="bearer"),
+    row("rendered", ST, SE, IN, method="HEAD", size=0),
+    row("thumbnail", via="cookie"),
+    row("bulkdata", via="query"),
+    row("retrieve"),
+    row("retrieve", status=304),
+    row("retrieve", ST, SE, IN, method="DELETE", via="api-key", status=204),
+    row("other", ST, SE, status=404),
+    row("search", ST, SE),
+    row("search", None),
+    row("search", sub="", jti="", via="", status=401),
+    row("search", None),
+    row("store", method="POST", size=120),
+    row("store", None, method="POST"),
+    row("wado-uri", ST, SE, IN),
+    row("wado-uri", None),
+    row("other", status=404),
+    row("retrieve", size=12),
+    row("retrieve", size=1),
+    row("retrieve", status=1, size=0),
+    row("retrieve", size=9223372036854775807),
+    row("retrieve", remote="{'a': 1}", sub="None", jti="12345678901234567890123", via="['path']"),
+    row("retrieve", method="get", sub="1.5", jti="18446744073709551616", via="True"),
+    row("retrieve", remote="r" * 64, sub="é" * 256, jti="j" * 256, via="v" * 64),
+    row("retrieve", method="POSTPOSTPOSTPOST"),
+    row("retrieve"),
+    row("retrieve", ST, SE),
+    row("other"),
+    row("frames", ST, SE, IN),
+    row("retrieve"),
+    row("retrieve"),
+    row("retrieve", sub="al\ufffdce"),
+    row("retrieve", status=403),
+    row("search", "1.2.3"),
+    row("retrieve"),
+]
+
+
+def stored(catalog: Catalog) -> list[tuple[Any, ...]]:
+    with catalog.engine.connect() as conn:
+        select = sa.select(*(access.c[name] for name in ACCESS_FIELDS)).order_by(access.c.id)
+        return [tuple(row) for row in conn.execute(select)]
+
+
+def test_the_collector_stores_exactly_these_rows(catalog: Catalog, tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    log.write_bytes(b"\n".join(LINES) + b"\n" + nginx(f"{FRAMES}/1")[:100])  # the last line still being written
+    assert collect(catalog, log, 36500, now=1_800_000_000) == len(EXPECTED)
+    assert stored(catalog) == EXPECTED
+    assert collect(catalog, log, 36500, now=1_800_000_000) == 0  # read once
+
+
+@pytest.mark.parametrize("batch", [7, 1000, accesslog.BATCH_BYTES])
+def test_batches_of_any_size_store_the_same_rows_and_echo_the_same_bytes(
+    catalog: Catalog, tmp_path: Path, batch: int, monkeypatch: pytest.MonkeyPatch, capsysbinary: Any
+) -> None:
+    """A batch boundary inside a line, or a line longer than a batch, changes neither rows nor position; ``--echo``
+    copies every complete line once, the one still being written not yet."""
+    monkeypatch.setattr(accesslog, "BATCH_BYTES", batch)
+    log = tmp_path / "access.log"
+    complete = b"\n".join(LINES) + b"\n"
+    log.write_bytes(complete + nginx(f"{FRAMES}/1")[:100])
+    assert collect(catalog, log, 36500, now=1_800_000_000, echo=True) == len(EXPECTED)
+    assert stored(catalog) == EXPECTED
+    assert capsysbinary.readouterr().out == complete
+    stat = log.stat()
+    position = catalog.access_position(f"{socket.gethostname()}:{log.resolve()}")
+    assert position == (f"{stat.st_dev}:{stat.st_ino}", len(complete))
