@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import operator
 import os
 import re
 import socket
@@ -88,38 +89,34 @@ class _Unusual(Exception):
     """A line the fast path does not read (not orjson's JSON, or a field of another type than NGINX writes)."""
 
 
+# the fields a row takes, and their types in NGINX's lines
+_FIELDS = operator.itemgetter("method", "uri", "time", "status", "remote", "sub", "jti", "via", "study", "bytes")
+_TYPES = (str, str, str, int, str, str, str, str, str, int)
 _TIMES: dict[str, int] = {}  # $time_iso8601 → epoch seconds: the lines of one second share their time
 
 
 def _fast_row(raw: bytes) -> tuple[Any, ...] | None:
-    """``access_row`` for a line as NGINX writes it (every field read a string, ``status`` and ``bytes`` integers),
-    as a tuple of ``ACCESS_FIELDS``: parsed with orjson, each field read once, the time parsed once per second, one
-    regular expression for a read below a study. Raises ``_Unusual`` for any other line, which ``access_row`` then
-    reads: the standard library's JSON (orjson refuses ``NaN``, lone surrogates and invalid UTF-8, and reads an
-    integer beyond 64 bits as a float: such a value is no ``int`` here) and its conversions, so both store the same
-    row (tests/unit/test_accesslog_rows.py pins them)."""
+    """``access_row`` for a line as NGINX writes it (every field read present, a string, ``status`` and ``bytes``
+    integers, no newline in ``uri``), as a tuple of ``ACCESS_FIELDS``: parsed with orjson, the fields taken and
+    type-checked at once, the time parsed once per second, one regular expression for a read below a study.
+    Raises ``_Unusual`` for any other line, which ``access_row`` then reads: the standard library's JSON (orjson
+    refuses ``NaN``, lone surrogates and invalid UTF-8, and reads an integer beyond 64 bits as a float: such a value
+    is no ``int`` here) and its conversions, so both store the same row (tests/unit/test_accesslog_rows.py pins
+    them)."""
     try:
         entry = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise _Unusual from None
     if type(entry) is not dict:
         return None  # the standard library reads no object either
-    get = entry.get
-    method = get("method", "")
-    uri = get("uri", "")
-    moment = get("time")
-    status = get("status")
-    remote = get("remote", "")
-    sub = get("sub", "")
-    jti = get("jti", "")
-    via = get("via", "")
-    study = get("study", "")
-    size = get("bytes", 0)
-    if not (
-        type(method) is str and type(uri) is str and type(moment) is str and type(status) is int
-        and type(remote) is str and type(sub) is str and type(jti) is str and type(via) is str and type(study) is str
-        and type(size) is int and "\n" not in uri
-    ):  # fmt: skip
+    try:
+        fields = _FIELDS(entry)
+    except KeyError:
+        raise _Unusual from None
+    if tuple(map(type, fields)) != _TYPES:
+        raise _Unusual
+    method, uri, moment, status, remote, sub, jti, via, study, size = fields
+    if "\n" in uri:
         raise _Unusual
     if method == "OPTIONS":
         return None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from functools import cache
+from itertools import chain
 from typing import Any
 
 import sqlalchemy as sa
@@ -18,18 +19,24 @@ from gateway.catalog.schema import access, access_cursor
 ACCESS_FIELDS = tuple(c.name for c in access.c if c.name != "id")
 
 
+ROWS_PER_INSERT = 80  # 960 parameters: under SQLite's oldest limit (999)
+
+
 @cache
-def _insert_sql(dialect: Dialect) -> str:
+def _insert_sql(dialect: Dialect, count: int) -> str:
     """The ``access`` INSERT as SQLAlchemy compiles it for ``dialect`` (PostgreSQL's bind casts included), with
-    positional placeholders: the collector hands the driver one tuple per row, in ``ACCESS_FIELDS`` order, without
-    SQLAlchemy's per-row parameter processing (none of these column types has a bind processor)."""
+    ``count`` rows of positional placeholders in ``ACCESS_FIELDS`` order: the collector's rows go to the driver as
+    one flat tuple per statement, without SQLAlchemy's per-row parameter processing (none of these column types has
+    a bind processor), and SQLite runs one statement per ``count`` rows instead of one per row."""
     compiled = access.insert().inline().compile(dialect=dialect, column_keys=list(ACCESS_FIELDS))
     if compiled.positional:  # SQLite: "?"
         assert tuple(compiled.positiontup or ()) == ACCESS_FIELDS
-        return compiled.string
-    names = re.findall(r"%\((\w+)\)s", compiled.string)  # psycopg: "%(name)s::TYPE" -> "%s::TYPE"
-    assert tuple(names) == ACCESS_FIELDS
-    return re.sub(r"%\((\w+)\)s", "%s", compiled.string)
+        sql = compiled.string
+    else:  # psycopg: "%(name)s::TYPE" -> "%s::TYPE"
+        assert tuple(re.findall(r"%\((\w+)\)s", compiled.string)) == ACCESS_FIELDS
+        sql = re.sub(r"%\((\w+)\)s", "%s", compiled.string)
+    head, values = sql.split(" VALUES ")
+    return f"{head} VALUES {', '.join([values] * count)}"
 
 
 class AccessRecords(CatalogBase):
@@ -49,7 +56,9 @@ class AccessRecords(CatalogBase):
         upsert = upsert.on_conflict_do_update(index_elements=["source"], set_=values)
         with self._write() as conn:
             if rows:
-                conn.exec_driver_sql(_insert_sql(self.engine.dialect), list(rows))
+                for start in range(0, len(rows), ROWS_PER_INSERT):
+                    page = rows[start : start + ROWS_PER_INSERT]
+                    conn.exec_driver_sql(_insert_sql(self.engine.dialect, len(page)), tuple(chain.from_iterable(page)))
             conn.execute(upsert)
 
     def prune_access(self, before: int) -> int:

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from gateway import accesslog
 from gateway.accesslog import collect
 from gateway.catalog import Catalog
-from gateway.catalog.access import ACCESS_FIELDS
+from gateway.catalog.access import ACCESS_FIELDS, ROWS_PER_INSERT
 from gateway.catalog.schema import access
 
 ST = "2.25.44373845550713167418202007337371354766"
@@ -161,13 +161,15 @@ def test_batches_of_any_size_store_the_same_rows_and_echo_the_same_bytes(
     catalog: Catalog, tmp_path: Path, batch: int, monkeypatch: pytest.MonkeyPatch, capsysbinary: Any
 ) -> None:
     """A batch boundary inside a line, or a line longer than a batch, changes neither rows nor position; ``--echo``
-    copies every complete line once, the one still being written not yet."""
+    copies every complete line once, the one still being written not yet. Three copies of LINES: a batch of more
+    rows than one INSERT takes (``ROWS_PER_INSERT``)."""
     monkeypatch.setattr(accesslog, "BATCH_BYTES", batch)
     log = tmp_path / "access.log"
-    complete = b"\n".join(LINES) + b"\n"
+    complete = (b"\n".join(LINES) + b"\n") * 3
+    assert len(EXPECTED) * 3 > ROWS_PER_INSERT
     log.write_bytes(complete + nginx(f"{FRAMES}/1")[:100])
-    assert collect(catalog, log, 36500, now=1_800_000_000, echo=True) == len(EXPECTED)
-    assert stored(catalog) == EXPECTED
+    assert collect(catalog, log, 36500, now=1_800_000_000, echo=True) == len(EXPECTED) * 3
+    assert stored(catalog) == EXPECTED * 3
     assert capsysbinary.readouterr().out == complete
     stat = log.stat()
     position = catalog.access_position(f"{socket.gethostname()}:{log.resolve()}")
