@@ -4,7 +4,6 @@ paged by id)."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from functools import cache
 from itertools import chain
@@ -19,23 +18,18 @@ from gateway.catalog.schema import access, access_cursor
 ACCESS_FIELDS = tuple(c.name for c in access.c if c.name != "id")
 
 
-ROWS_PER_INSERT = 80  # 960 parameters: under SQLite's oldest limit (999)
+ROWS_PER_INSERT = 80  # on SQLite; 960 parameters: under its oldest limit (999)
+_COPY = f"COPY access ({', '.join(ACCESS_FIELDS)}) FROM STDIN"  # PostgreSQL
 
 
 @cache
 def _insert_sql(dialect: Dialect, count: int) -> str:
-    """The ``access`` INSERT as SQLAlchemy compiles it for ``dialect`` (PostgreSQL's bind casts included), with
-    ``count`` rows of positional placeholders in ``ACCESS_FIELDS`` order: the collector's rows go to the driver as
-    one flat tuple per statement, without SQLAlchemy's per-row parameter processing (none of these column types has
-    a bind processor), and SQLite runs one statement per ``count`` rows instead of one per row."""
+    """SQLite's ``access`` INSERT as SQLAlchemy compiles it, with ``count`` rows of positional placeholders in
+    ``ACCESS_FIELDS`` order: the collector's rows go to the driver as one flat tuple per statement, without
+    SQLAlchemy's per-row parameter processing (none of these column types has a bind processor)."""
     compiled = access.insert().inline().compile(dialect=dialect, column_keys=list(ACCESS_FIELDS))
-    if compiled.positional:  # SQLite: "?"
-        assert tuple(compiled.positiontup or ()) == ACCESS_FIELDS
-        sql = compiled.string
-    else:  # psycopg: "%(name)s::TYPE" -> "%s::TYPE"
-        assert tuple(re.findall(r"%\((\w+)\)s", compiled.string)) == ACCESS_FIELDS
-        sql = re.sub(r"%\((\w+)\)s", "%s", compiled.string)
-    head, values = sql.split(" VALUES ")
+    assert compiled.positional and tuple(compiled.positiontup or ()) == ACCESS_FIELDS
+    head, values = compiled.string.split(" VALUES ")
     return f"{head} VALUES {', '.join([values] * count)}"
 
 
@@ -55,7 +49,15 @@ class AccessRecords(CatalogBase):
         upsert = self._insert(access_cursor).values(source=source, **values)
         upsert = upsert.on_conflict_do_update(index_elements=["source"], set_=values)
         with self._write() as conn:
-            if rows:
+            if rows and self.dialect == "postgresql":
+                # COPY: psycopg writes the rows in C, the server reads them in bulk (~1.5 us of client CPU per row
+                # here, ~10 for an executemany of INSERTs); same values, same order, same column checks
+                psycopg = conn.connection.driver_connection
+                assert psycopg is not None
+                with psycopg.cursor() as cursor, cursor.copy(_COPY) as copy:
+                    for row in rows:
+                        copy.write_row(row)
+            elif rows:  # SQLite: one statement per ROWS_PER_INSERT rows (pysqlite's executemany steps row by row)
                 for start in range(0, len(rows), ROWS_PER_INSERT):
                     page = rows[start : start + ROWS_PER_INSERT]
                     conn.exec_driver_sql(_insert_sql(self.engine.dialect, len(page)), tuple(chain.from_iterable(page)))

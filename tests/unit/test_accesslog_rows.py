@@ -174,3 +174,14 @@ def test_batches_of_any_size_store_the_same_rows_and_echo_the_same_bytes(
     stat = log.stat()
     position = catalog.access_position(f"{socket.gethostname()}:{log.resolve()}")
     assert position == (f"{stat.st_dev}:{stat.st_ino}", len(complete))
+
+
+def test_a_batch_the_database_refuses_stores_neither_rows_nor_position(catalog: Catalog, tmp_path: Path) -> None:
+    """Rows and position go in one transaction: a value no backend stores (``bytes`` beyond 64 bits) fails the
+    whole batch, and the next pass starts from the same place."""
+    log = tmp_path / "access.log"
+    log.write_bytes(nginx(f"{FRAMES}/1") + b"\n" + nginx(f"{FRAMES}/2", bytes=2**64) + b"\n")
+    with pytest.raises(Exception):  # noqa: B017 - the driver's own error: OverflowError, psycopg's DataError
+        collect(catalog, log, 36500, now=1_800_000_000)
+    assert stored(catalog) == []
+    assert catalog.access_position(f"{socket.gethostname()}:{log.resolve()}") is None
