@@ -12,9 +12,11 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gateway import accesslog
-from gateway.accesslog import collect
+from gateway.accesslog import access_row, collect
 from gateway.catalog import Catalog
 from gateway.catalog.access import ACCESS_FIELDS, ROWS_PER_INSERT
 from gateway.catalog.schema import access
@@ -185,3 +187,57 @@ def test_a_batch_the_database_refuses_stores_neither_rows_nor_position(catalog: 
         collect(catalog, log, 36500, now=1_800_000_000)
     assert stored(catalog) == []
     assert catalog.access_position(f"{socket.gethostname()}:{log.resolve()}") is None
+
+
+# -- the fast path against the reference reader, under hypothesis ------------------------------------------------
+_PIECES = ["/studies/", "/series/", "/instances/", "1.2", "3", ".", "/", "//", "?", "=", "&", "\n", "\r", "é", "x",
+           "frames", "metadata", "rendered", "thumbnail", "bulkdata", "series", "instances", "wado", "studyUID=1.2",
+           "/t/***", "/dicomweb"]  # fmt: skip
+_uris = st.builds(
+    lambda head, pieces: head + "".join(pieces),
+    st.sampled_from(["", "/dicomweb", "/t/***/dicomweb", f"/dicomweb/studies/{ST}", f"{FRAMES}/"]),
+    st.lists(st.sampled_from(_PIECES), max_size=10),
+)
+_odd = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70), st.floats(), st.text())
+_NAMES = ["time", "method", "uri", "status", "bytes", "study", "sub"]
+_fields = st.fixed_dictionaries(  # a line as NGINX writes it ...
+    {
+        "time": st.sampled_from(["2026-12-04T07:34:17+00:00", "2026-12-04T07:34:17", "2026-12-04", "bad"]),
+        "method": st.sampled_from(["GET", "HEAD", "POST", "DELETE", "OPTIONS"]),
+        "uri": _uris,
+        "status": st.sampled_from([200, 404]),
+        "bytes": st.integers(min_value=0, max_value=2**63 - 1),
+        "study": st.sampled_from(["", ST, "x"]),
+        "sub": st.text(max_size=300),
+    }
+)
+
+
+@settings(max_examples=2500, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(  # ... with a few fields of another type, or missing
+    fields=_fields,
+    spoil=st.dictionaries(st.sampled_from(_NAMES), _odd, max_size=2),
+    drop=st.sets(st.sampled_from(_NAMES), max_size=2),
+)
+def test_the_fast_path_reads_every_line_as_access_row_does(
+    fields: dict[str, Any], spoil: dict[str, Any], drop: set[str]
+) -> None:
+    """Whatever a line holds, the collector's reading (``_row``: the fast path, or ``access_row`` for lines it does
+    not take) is ``access_row``'s: the same row, or the same skip, or the same error."""
+    fields.update(spoil)
+    raw = nginx(fields.pop("uri"), **fields)
+    entry = json.loads(raw)
+    for name in drop:
+        del entry[name]
+    raw = json.dumps(entry).encode()
+
+    def outcome(read: Any) -> Any:
+        try:
+            return read()
+        except Exception as error:
+            return type(error)
+
+    reference = outcome(lambda: access_row(raw.decode("utf-8", errors="replace")))
+    if isinstance(reference, dict):
+        reference = tuple(reference[name] for name in ACCESS_FIELDS)
+    assert outcome(lambda: accesslog._row(raw)) == reference
