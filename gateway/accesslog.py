@@ -51,7 +51,9 @@ _TAILS = {"metadata": "metadata", "rendered": "rendered", "thumbnail": "thumbnai
 
 
 def access_row(line: str) -> dict[str, Any] | None:
-    """One log line → one audit row, or None for lines that are no DICOMweb request (or no JSON)."""
+    """One log line → one audit row, or None for lines that are no DICOMweb request (or no JSON). The reference
+    reading: the collector takes NGINX's own lines by ``_fast_row``, which must agree with it, and every other line
+    by this."""
     try:
         entry = json.loads(line)
     except ValueError:
@@ -145,6 +147,7 @@ def _fast_row(raw: bytes) -> tuple[Any, ...] | None:
 
 
 def _row(raw: bytes) -> tuple[Any, ...] | None:
+    """One complete line (without its newline) → the row the collector stores, a tuple of ``ACCESS_FIELDS``."""
     try:
         return _fast_row(raw)
     except _Unusual:
