@@ -69,22 +69,29 @@ def access_row(line: str) -> dict[str, Any] | None:
     try:
         at = int(datetime.fromisoformat(str(entry["time"])).timestamp())
         status = int(entry["status"])
-    except (KeyError, ValueError, TypeError):
+        size = int(entry.get("bytes") or 0)
+    except (KeyError, ValueError, TypeError, OverflowError):
         return None
     return {
         "at": at,
-        "remote": str(entry.get("remote", ""))[:64],
-        "method": str(entry.get("method", ""))[:16],
+        "remote": _text(entry.get("remote", ""), 64),
+        "method": _text(entry.get("method", ""), 16),
         "action": action,
         "study_uid": study,
         "series_uid": series,
         "sop_uid": sop,
-        "sub": str(entry.get("sub", ""))[:256],
-        "jti": str(entry.get("jti", ""))[:256],
-        "via": str(entry.get("via", ""))[:64],
+        "sub": _text(entry.get("sub", ""), 256),
+        "jti": _text(entry.get("jti", ""), 256),
+        "via": _text(entry.get("via", ""), 64),
         "status": status,
-        "bytes": int(entry.get("bytes") or 0),
+        "bytes": size,
     }
+
+
+def _text(value: Any, limit: int) -> str:
+    """A field as stored text: a JSON escape of a lone surrogate (a damaged line) is no UTF-8 PostgreSQL would take."""
+    text = str(value)[:limit]
+    return text if text.isascii() else text.encode("utf-8", "replace").decode("utf-8")
 
 
 class _Unusual(Exception):
@@ -149,10 +156,29 @@ def _fast_row(raw: bytes) -> tuple[Any, ...] | None:
 def _row(raw: bytes) -> tuple[Any, ...] | None:
     """One complete line (without its newline) → the row the collector stores, a tuple of ``ACCESS_FIELDS``."""
     try:
-        return _fast_row(raw)
+        row = _fast_row(raw)
     except _Unusual:
-        row = access_row(raw.decode("utf-8", errors="replace"))
-        return None if row is None else tuple(row[name] for name in ACCESS_FIELDS)
+        found = access_row(raw.decode("utf-8", errors="replace"))
+        row = None if found is None else tuple(found[name] for name in ACCESS_FIELDS)
+    return None if row is None else _storable(row)
+
+
+_INT64 = 1 << 63
+_UID_MAX = 64  # PS3.5 9.1, the width of the catalog's UID columns
+
+
+def _storable(row: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """The row as every backend stores it. A path level longer than a UID (anyone can ask for
+    ``/studies/<70 digits>``) is not one, so it is left out (PostgreSQL refuses it in a UID column, and the refused
+    batch would stop the collector at that line for good); a number beyond 64 bits (a damaged line: NGINX never
+    writes one) drops the line. The position still moves past it: no line can stop the audit trail."""
+    at, remote, method, action, study, series, sop, sub, jti, via, status, size = row
+    if not (-_INT64 <= status < _INT64 and -_INT64 <= size < _INT64):
+        return None
+    if (study and len(study) > _UID_MAX) or (series and len(series) > _UID_MAX) or (sop and len(sop) > _UID_MAX):
+        study, series, sop = (uid if uid and len(uid) <= _UID_MAX else None for uid in (study, series, sop))
+        return (at, remote, method, action, study, series, sop, sub, jti, via, status, size)
+    return row
 
 
 def _what(method: str, path: str, query: str | None) -> tuple[str, str | None, str | None, str | None]:

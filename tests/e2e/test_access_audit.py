@@ -20,7 +20,7 @@ from gateway.config import parse_api_keys
 from gateway.dicomweb.multipart import encode_multipart
 from gateway.tools.synth import make_series
 from tests.e2e.conftest import uids_of
-from tests.e2e.harness import RunningStack
+from tests.e2e.harness import RunningStack, start_stack
 
 COLLECT_BOUND = 30.0  # seconds: several collector passes (DICOMGW_AUDIT_COLLECT_SECONDS, 5 by default)
 _SEEDS = itertools.count(1350)
@@ -186,3 +186,24 @@ def wait_until(
             assert picked, params
             return picked
         time.sleep(0.5)
+
+
+def test_no_request_stops_the_audit_trail_on_postgresql(tmp_path: Path, postgres_url: str) -> None:
+    """Anyone, without a token, can ask for a path whose "UIDs" are longer than any UID (refused, and logged). The
+    collector used to store them as they came, PostgreSQL refused them in its UID columns, and every later pass
+    failed at that line: no request after it was ever on record. Now the over-long levels are left out."""
+    running = start_stack(tmp_path / "var", "file", None, DICOMGW_DATABASE_URL=postgres_url)
+    try:
+        long = "1" * 70
+        probe = requests.get(f"{running.url}/dicomweb/studies/{long}/series/{long}", timeout=10)
+        assert (probe.status_code, probe.json()) == (403, {"error": "forbidden", "detail": "invalid_path"})
+        files = make_series(tmp_path / "ct", modality="CT", slices=1, seed=next(_SEEDS))
+        study = uids_of(files[0])[0]
+        assert running.stow(files).status_code == 200
+        token = running.issue([study], sub="after-the-probe")["token"]
+        read = requests.get(f"{running.root(token)}/studies/{study}/series", timeout=10)
+        assert read.status_code == 200
+        (item,) = wait_for_rows(running, 1, subject="after-the-probe")
+        assert (item["study_uid"], item["action"], item["status"]) == (study, "search", 200)
+    finally:
+        running.stack.stop()
