@@ -254,7 +254,7 @@ class Planner:
         line ``1 + n - first`` is exactly what ``plan`` answers for frame ``n`` without Range, so every decision
         stays here: either a whole plan, a JSON array ``[status, [[name, value], ...], body]``, or, for a single
         part read in one range, only that range ``[first byte, last byte]`` of the shared ``[status, headers,
-        [before, between, after]]``, whose body is ``before + first + between + last + after`` (``_shared_line``).
+        [before, between, after]]``, whose body is ``before + first + between + last + after``.
         An index before the lines lets njs find one without reading the others (``_indexed``). The block's own
         X-Accel-Expires is the shortest of its frames'. The block fails as a whole with the error its first frame
         gets; frames past the last are left out (njs then asks ``plan`` for them, which answers the JSON 404)."""
