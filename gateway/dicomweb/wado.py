@@ -271,34 +271,34 @@ class Planner:
         assert instance.frames is not None
         choice = self._frame_choice(instance, accept, single=True)
         numbers = range(first, min(first + nginx.FRAMES_PER_BLOCK, instance.frames.count + 1))
-        # ASCII JSON (json.dumps escapes the rest): a byte offset is a character offset for njs too
-        if choice.offer.multipart:
-            plans = [self._frames_of(choice, [n], "") for n in numbers]
-            lines = [b"null"]
-            lines += [json.dumps([p.status, p.headers, p.body.decode()], separators=(",", ":")).encode() for p in plans]
-        else:
-            lines = self._single_frame_lines(choice, numbers)
         headers = [("Content-Type", "text/plain"), ("X-Accel-Expires", str(min(self._plan_seconds, choice.expires)))]
-        return PlanResponse(200, headers, _indexed(lines))
+        return PlanResponse(200, headers, _indexed(self._frame_lines(choice, numbers)))
 
-    def _single_frame_lines(self, choice: _FrameChoice, numbers: range) -> list[bytes]:
-        """The shared line and what ``_single_frame`` answers for each frame of ``numbers`` without Range, as block
-        lines. A frame read in one small range (the common case) is only its range: a block of them is a few bytes
-        per frame, for Python to make and for NGINX to read on every first-pass frame (docs/bench.md B2)."""
-        origin = self._origin_path(choice.key)
-        headers = [*_frame_headers(choice.offer, choice.expires), (nginx.ACCEPT_RANGES, "bytes")]
-        small = f"{self._range_prefix}/"  # where _segment sends a range up to FILE_SEGMENT_MAX bytes
-        shared = json.dumps([200, headers, _include_text(f"{small}\0-\0", origin).split("\0")], separators=(",", ":"))
-        head = json.dumps([200, headers], separators=(",", ":"))[:-1]
-        lines = [shared.encode()]
+    def _frame_lines(self, choice: _FrameChoice, numbers: range) -> list[bytes]:
+        """The shared line, then what ``plan`` answers for each frame of ``numbers`` without Range, as block lines
+        (ASCII JSON: json.dumps escapes the rest, so a byte offset is a character offset for njs too). A frame read
+        in one small range (the common case) is only that range: a block of them is a few bytes per frame, for
+        Python to make and for NGINX to read on every first-pass frame (docs/bench.md B2). The frames of a
+        multipart block share one boundary (a per-frame plan draws its own)."""
+        include = _include_text(f"{self._range_prefix}/\0-\0", self._origin_path(choice.key))  # see _segment
+        if choice.offer.multipart:
+            part = self._multipart([(choice.offer.part_content_type, [b"\0"])], choice.offer.part_type, choice.expires)
+            before, after = part.body.decode().split("\0")
+            headers = part.headers
+        else:
+            before = after = ""
+            headers = [*_frame_headers(choice.offer, choice.expires), (nginx.ACCEPT_RANGES, "bytes")]
+        pieces = f"{before}{include}{after}".split("\0")
+        lines = [json.dumps([200, headers, pieces], separators=(",", ":")).encode()]
         for n in numbers:
             ranges = choice.index.ranges(n)
             if len(ranges) == 1 and ranges[0][1] <= nginx.FILE_SEGMENT_MAX:
                 start, length = ranges[0]
                 lines.append(b"[%d,%d]" % (start, start + length - 1))
-                continue
-            body = "".join(_include_text(self._segment(start, length), origin) for start, length in ranges)
-            lines.append(f"{head},{json.dumps(body)}]".encode())
+            else:
+                plan = self._frames_of(choice, [n], "")
+                whole = [plan.status, plan.headers, plan.body.decode()]
+                lines.append(json.dumps(whole, separators=(",", ":")).encode())
         return lines
 
     # -- pieces ---------------------------------------------------------------------------------------------------

@@ -761,12 +761,11 @@ def test_block_lines_are_the_per_frame_plans(planner: Planner, catalog: Catalog,
                                                                  ("X-Accel-Expires", "600")])  # fmt: skip
             lines = block_lines(response)
             assert len(lines) == count
-            if accept == "application/octet-stream":  # a frame read in one range is only that range
-                raw = response.body.split(b"\n")[2:]
-                single = [(n, index.ranges(n)) for n in range(first, first + count) if len(index.ranges(n)) == 1]
-                assert single or fragmented
-                for n, ((start, length),) in single:
-                    assert raw[n - first] == b"[%d,%d]" % (start, start + length - 1)
+            raw = response.body.split(b"\n")[2:]  # a frame read in one range is only that range
+            single = [(n, index.ranges(n)) for n in range(first, first + count) if len(index.ranges(n)) == 1]
+            assert single or fragmented
+            for n, ((start, length),) in single:
+                assert raw[n - first] == b"[%d,%d]" % (start, start + length - 1)
             for n, line in zip(range(first, first + count), lines, strict=True):
                 plan = planner.plan("GET", instance_uri(SE, big, f"/frames/{n}"), accept, "")
                 assert same_but_boundary(line, plan), n
