@@ -177,14 +177,37 @@ def test_holding_refreshes_the_lease(catalog: Catalog, monkeypatch: pytest.Monke
     catalog.release(reservation)
 
 
+def test_one_thread_keeps_every_held_lease_and_stops_when_none_is_held(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("gateway.catalog.admin.HEARTBEAT_SECONDS", 0.05)
+    first, second = catalog.reserve(SOP, 0), catalog.reserve(SOP + ".2", 0)  # leases that ran out long ago
+    assert first is not None and second is not None
+    with catalog.holding(first):
+        keeper = catalog._keeper
+        with catalog.holding(second):
+            assert catalog._keeper is keeper is not None  # no thread of its own per upload
+            deadline = time.monotonic() + 10
+            while catalog.stale_reservations(int(time.time())):  # both renewed by the one keeper
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+    deadline = time.monotonic() + 10
+    while catalog._keeper is not None:  # idle for a heartbeat interval: the thread ends
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert keeper is not None
+    keeper.join(10)
+    assert not keeper.is_alive()
+    catalog.release(first)
+    catalog.release(second)
+
+
 def test_reserve_many_says_what_is_stored_under_each_uid_it_claims(catalog: Catalog) -> None:
     """Ingest's duplicate check reads the stored sha256 in the claim's own transaction."""
     stored = make_instance("1.2.3", "1.2.3.1", "1.2.3.1.1")
     catalog.register_instance(record(stored, b"v1"))
     held = catalog.reserve("1.2.3.1.3")
-    new, again, same_uid_twice, in_flight = catalog.reserve_many(
-        ["1.2.3.1.2", "1.2.3.1.1", "1.2.3.1.2", "1.2.3.1.3"]
-    )
+    new, again, same_uid_twice, in_flight = catalog.reserve_many(["1.2.3.1.2", "1.2.3.1.1", "1.2.3.1.2", "1.2.3.1.3"])
     assert new is not None and new.stored is None
     assert again is not None and again.stored == record(stored, b"v1").sha256
     assert same_uid_twice is None and in_flight is None and held is not None
