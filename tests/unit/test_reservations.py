@@ -212,3 +212,12 @@ def test_reserve_many_says_what_is_stored_under_each_uid_it_claims(catalog: Cata
     assert again is not None and again.stored == record(stored, b"v1").sha256
     assert same_uid_twice is None and in_flight is None and held is not None
     assert again == Reservation(again.sop_uid, again.nonce)  # the stored digest is no part of the claim's identity
+
+
+def test_this_process_reads_proc_once_and_names_its_own_start_time() -> None:
+    from gateway.catalog.owner import _stat
+
+    me = this_process()
+    assert this_process() is me  # read once per pid: each reservation used to read /proc again
+    stat = _stat(os.getpid())
+    assert stat is not None and me.started == stat[1] and me.pid == os.getpid()
