@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.uids import InstanceId
 
@@ -48,9 +48,29 @@ class IndexedInstance:
     # ``metadata`` as the catalog stores it (``metadata_json``), once computed: ingest's pool process serialises
     # it, so the request's process (whose one GIL every upload of the worker shares) does not
     metadata_text: str = ""
+    # ``gateway.catalog.records.search_values(metadata)``, once computed (by ingest's pool process, like the text)
+    metadata_search: dict[str, Any] | None = None
 
     def metadata_json(self) -> str:
         """``metadata`` as the catalog stores it: compact JSON, keys in the order the index built them."""
         if not self.metadata_text:
             self.metadata_text = json.dumps(self.metadata, separators=(",", ":"))
         return self.metadata_text
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (a pool process's answer to the request's process) without ``metadata`` once its text is made:
+        the request's process stores the text, and rebuilding the dict's few hundred objects cost it CPU under
+        its one GIL on every upload. The dict is parsed back from the text if anything reads it."""
+        state = dict(self.__dict__)
+        if self.metadata_text:
+            del state["metadata"]
+        return state
+
+    if not TYPE_CHECKING:  # hidden from mypy, which would otherwise accept any attribute of the class
+
+        def __getattr__(self, name: str) -> Any:
+            # reached only for an attribute the instance lacks: ``metadata`` of an unpickled instance
+            if name == "metadata" and "metadata_text" in self.__dict__:
+                self.__dict__["metadata"] = json.loads(self.metadata_text)
+                return self.__dict__["metadata"]
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
