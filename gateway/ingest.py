@@ -184,10 +184,12 @@ def analyse(
         return IngestResult.about(header, "failed", failure_reason=CANNOT_UNDERSTAND, detail=error.detail)
     # the spooler hashed the upload as it wrote it; a file a hook wrote is hashed here
     analysis.digest = digest if digest and final_path == path else sha256_of(final_path)
-    # serialised and flattened here, in the pool process, rather than at registration: the pool sends the text,
-    # not the dict (IndexedInstance.__getstate__)
+    # serialised and flattened here, in the pool process, rather than at registration: the pool sends the texts,
+    # not the dicts (IndexedInstance.__getstate__)
     analysis.indexed.metadata_json()
     analysis.indexed.metadata_search = search_values(analysis.indexed.metadata)
+    for level in ("study", "series", "instance"):
+        analysis.indexed.attrs_json(level)
     return analysis
 
 
