@@ -55,6 +55,10 @@ class AdminRecords(CatalogBase):
         super().__init__(url)
         self._last_purge = 0
         self._purge_lock = threading.Lock()
+        # reservations this process holds (``holding``) -> when each is next due a heartbeat (time.monotonic())
+        self._held: dict[Reservation, float] = {}
+        self._leases = threading.Condition()
+        self._keeper: threading.Thread | None = None
 
     # --- upload reservations ----------------------------------------------------------------------------------
     # Why owner + lease rather than a database lock held by the uploading connection: SQLite has no lock finer
@@ -137,23 +141,50 @@ class AdminRecords(CatalogBase):
 
     @contextmanager
     def holding(self, reservation: Reservation) -> Iterator[None]:
-        """Refresh the lease every HEARTBEAT_SECONDS while the body runs (a slow store must not lose it)."""
-        stop = threading.Event()
-
-        def beat() -> None:
-            while not stop.wait(HEARTBEAT_SECONDS):
-                try:
-                    self.heartbeat(reservation)
-                except CatalogUnavailable:
-                    pass  # the next beat retries; the lease outlives several missed beats
-
-        thread = threading.Thread(target=beat, name=f"lease-{reservation.sop_uid}", daemon=True)
-        thread.start()
+        """Refresh the lease every HEARTBEAT_SECONDS while the body runs (a slow store must not lose it). One
+        thread (``_keep_leases``) beats for every reservation this process holds: a thread started and joined
+        per upload cost the STOW worker a thread start, two GIL hand-offs and a join per instance."""
+        with self._leases:
+            self._held[reservation] = time.monotonic() + HEARTBEAT_SECONDS
+            if self._keeper is None:
+                self._keeper = threading.Thread(target=self._keep_leases, name="lease-keeper", daemon=True)
+                self._keeper.start()
+            # no wake-up needed: the keeper's next wake is never later than this one's first beat (every due
+            # time is "when added or last beaten + HEARTBEAT_SECONDS")
         try:
             yield
         finally:
-            stop.set()
-            thread.join()
+            with self._leases:
+                self._held.pop(reservation, None)
+
+    def _keep_leases(self) -> None:
+        """Beat each held reservation when it is due; stop once none was held for HEARTBEAT_SECONDS (the next
+        ``holding`` starts the thread again)."""
+        try:
+            while True:
+                with self._leases:
+                    if not self._held:
+                        self._leases.wait(HEARTBEAT_SECONDS)
+                        if not self._held:
+                            return
+                    now = time.monotonic()
+                    due = [reservation for reservation, at in self._held.items() if at <= now]
+                    if not due:
+                        self._leases.wait(min(self._held.values()) - now)
+                        continue
+                    for reservation in due:
+                        self._held[reservation] = now + HEARTBEAT_SECONDS
+                for reservation in due:  # outside the lock: a beat is a catalog write
+                    try:
+                        self.heartbeat(reservation)
+                    except CatalogUnavailable:
+                        pass  # the next beat retries; the lease outlives several missed beats
+        finally:
+            with self._leases:
+                self._keeper = None
+                if self._held:  # one came in as this thread stopped (or a beat failed in an unforeseen way)
+                    self._keeper = threading.Thread(target=self._keep_leases, name="lease-keeper", daemon=True)
+                    self._keeper.start()
 
     def release(self, reservation: Reservation) -> None:
         with self._write() as conn:

@@ -283,7 +283,7 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
 
     def _study_values(self, rec: InstanceRecord, now: int) -> dict[str, Any]:
         values = {name: rec.values.get(name) for name in self._STUDY_COLUMNS}
-        values.update(attrs=json.dumps(rec.instance.study_attrs), updated_at=now)
+        values.update(attrs=rec.instance.attrs_json("study"), updated_at=now)
         return values
 
     @staticmethod
@@ -292,7 +292,7 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
             "modality": rec.values.get("modality"),
             "series_number": rec.values.get("series_number"),
             "series_description": rec.values.get("series_description"),
-            "attrs": json.dumps(rec.instance.series_attrs),
+            "attrs": rec.instance.attrs_json("series"),
         }
 
     @staticmethod
@@ -315,7 +315,7 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
             "frame_media_type": inst.frame_media_type,
             "bulkdata": json.dumps([[b.path, b.vr, b.offset, b.length] for b in inst.bulkdata]),
             "metadata": inst.metadata_json(),
-            "attrs": json.dumps(inst.instance_attrs),
+            "attrs": inst.attrs_json("instance"),
             "created_at": now,
             "tenant": rec.tenant,
             "destination": rec.destination,

@@ -8,6 +8,7 @@ lock up front: ``BEGIN IMMEDIATE`` on SQLite (set here); on PostgreSQL the write
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +24,7 @@ from gateway.errors import CatalogUnavailable, ConfigError
 MIGRATIONS = Path(__file__).parent / "migrations"
 # An arbitrary constant: the PostgreSQL advisory lock that serialises migrations between starting workers.
 _MIGRATION_LOCK = 0x6463_6D67
+BUSY_TIMEOUT = 30  # seconds a SQLite writer waits for the write lock before the catalog counts as unavailable
 
 
 def engine_url(url: str) -> str:
@@ -37,7 +39,7 @@ def _unicode_lower(value: Any) -> Any:
 
 
 def _sqlite_engine(url: str) -> Engine:
-    engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+    engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -47,7 +49,7 @@ def _sqlite_engine(url: str) -> Engine:
         for pragma in (
             "journal_mode=WAL",
             "foreign_keys=ON",
-            "busy_timeout=30000",
+            f"busy_timeout={BUSY_TIMEOUT * 1000}",
             "synchronous=FULL",
             # Case-sensitive LIKE (DICOM matching is case-sensitive except PN, which lower()s both sides);
             # it also lets a prefix pattern such as 'ABC%' use the ordinary index.
@@ -85,6 +87,12 @@ class CatalogBase:
         else:
             raise ValueError("catalog URL must be sqlite:///... or postgresql://...")
         self.dialect = self.engine.dialect.name
+        # SQLite has one writer: a thread that finds the write lock taken sleeps in SQLite's busy handler (1, 2,
+        # 5, 10 ms ...) however soon the lock is free, which stalled the reservation and registration group
+        # commits of one upload behind each other's. This process's writers queue here instead, woken as soon
+        # as the one before commits; other processes still meet at SQLite's lock. (RLock: a write opened
+        # inside another in one thread waits at SQLite's lock, as it would without this one.)
+        self._writers: threading.RLock | None = threading.RLock() if self.dialect == "sqlite" else None
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -101,7 +109,7 @@ class CatalogBase:
         commit skips the flush to disk (SQLite WAL with synchronous=NORMAL, PostgreSQL synchronous_commit off).
         The next durable commit flushes it too, so commits still reach disk in order."""
         try:
-            with self.engine.connect() as conn:
+            with self._one_writer(), self.engine.connect() as conn:
                 conn.execution_options(write=True)
                 sqlite = None if durable or self.dialect != "sqlite" else conn.connection.driver_connection
                 if sqlite is not None:
@@ -116,6 +124,19 @@ class CatalogBase:
                         sqlite.execute("PRAGMA synchronous=FULL")
         except sa.exc.OperationalError as exc:
             raise CatalogUnavailable(f"catalog unavailable ({type(exc.orig).__name__})") from None
+
+    @contextmanager
+    def _one_writer(self) -> Iterator[None]:
+        """This process's turn to write (SQLite), waited for as long as SQLite's busy timeout."""
+        if self._writers is None:
+            yield
+            return
+        if not self._writers.acquire(timeout=BUSY_TIMEOUT):
+            raise CatalogUnavailable("catalog unavailable (OperationalError)")  # as SQLite's own timeout says
+        try:
+            yield
+        finally:
+            self._writers.release()
 
     def _insert(self, table: sa.Table) -> Any:
         if self.dialect == "postgresql":

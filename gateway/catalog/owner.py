@@ -49,10 +49,18 @@ def _stat(pid: int) -> tuple[str, int] | None:
         return None
 
 
+_ME: dict[int, Owner] = {}  # pid -> this process as an owner: a start time never changes (read /proc once)
+
+
 def this_process() -> Owner:
     pid = os.getpid()  # read per call: gunicorn forks its workers after the app may have been imported
-    stat = _stat(pid)
-    return Owner(host_identity(), pid, stat[1] if stat else 0)
+    me = _ME.get(pid)
+    if me is None:
+        stat = _stat(pid)
+        me = Owner(host_identity(), pid, stat[1] if stat else 0)
+        if stat is not None:
+            _ME[pid] = me
+    return me
 
 
 def is_gone(owner: Owner) -> bool:

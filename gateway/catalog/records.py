@@ -85,7 +85,8 @@ class InstanceRecord:
         tenant: str | None = None,
         destination: str | None = None,
     ) -> InstanceRecord:
-        flat = search_values(instance.metadata)
+        search = getattr(instance, "metadata_search", None)  # computed with the metadata (ingest's pool)
+        flat = dict(search) if search is not None else search_values(instance.metadata)
         # ingest's own flattening (gateway.dicom.qido_attrs.searchable) wins where it has a value
         indexed = getattr(instance, "searchable", None) or {}
         flat.update({name: indexed[name] for name in SEARCH_FIELDS if indexed.get(name) is not None})

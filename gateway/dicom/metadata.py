@@ -44,10 +44,14 @@ def build_metadata(ds: Dataset, elements: list[Element], *, bulkdata_uris: bool 
 
 def _dataset_json(ds: Dataset, elements: list[Element], prefix: str, uris: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    # pydicom finds its own tag objects by identity; a plain int key costs a new tag object and Python-level
+    # comparisons in every one of the several lookups a first read of a value makes
+    own = {int(tag): tag for tag in ds.keys()}
     for el in elements:
         key = tag_hex(el.tag)
+        tag = own.get(el.tag, el.tag)
         if el.items is not None:
-            item_datasets = ds[el.tag].value
+            item_datasets = ds[tag].value
             items = [
                 _dataset_json(item_ds, item, f"{prefix}{key}/{i}/", uris)
                 for i, (item_ds, item) in enumerate(zip(item_datasets, el.items, strict=True))
@@ -58,7 +62,7 @@ def _dataset_json(ds: Dataset, elements: list[Element], prefix: str, uris: bool)
         else:
             try:
                 # the threshold is irrelevant here: every element reaching this line is small or not binary
-                out[key] = ds[el.tag].to_json_dict(None, 1 << 62)
+                out[key] = ds[tag].to_json_dict(None, 1 << 62)
             except Exception:  # noqa: BLE001 - pydicom raises many types for garbage values
                 log.warning("metadata: dropped element %s%s, its value cannot be decoded", prefix, key)
     return {k: out[k] for k in sorted(out)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.uids import InstanceId
 
@@ -48,9 +48,47 @@ class IndexedInstance:
     # ``metadata`` as the catalog stores it (``metadata_json``), once computed: ingest's pool process serialises
     # it, so the request's process (whose one GIL every upload of the worker shares) does not
     metadata_text: str = ""
+    # ``gateway.catalog.records.search_values(metadata)``, once computed (by ingest's pool process, like the text)
+    metadata_search: dict[str, Any] | None = None
+    # ``study_attrs`` ... as the catalog stores them (``attrs_json``), once computed: keyed "study", "series",
+    # "instance"
+    attrs_text: dict[str, str] = field(default_factory=dict)
 
     def metadata_json(self) -> str:
         """``metadata`` as the catalog stores it: compact JSON, keys in the order the index built them."""
         if not self.metadata_text:
             self.metadata_text = json.dumps(self.metadata, separators=(",", ":"))
         return self.metadata_text
+
+    def attrs_json(self, level: str) -> str:
+        """The QIDO attributes of ``level`` ("study", "series", "instance") as the catalog stores them."""
+        text = self.attrs_text.get(level)
+        if text is None:
+            text = self.attrs_text[level] = json.dumps(getattr(self, f"{level}_attrs"))
+        return text
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (a pool process's answer to the request's process) without the dicts whose JSON text is made
+        (the metadata, the QIDO attributes): the request's process stores the texts, and rebuilding the dicts'
+        few hundred objects cost it CPU under its one GIL on every upload. A dict is parsed back from its text
+        if anything reads it."""
+        state = dict(self.__dict__)
+        if self.metadata_text:
+            del state["metadata"]
+        for level in self.attrs_text:
+            state.pop(f"{level}_attrs", None)
+        return state
+
+    if not TYPE_CHECKING:  # hidden from mypy, which would otherwise accept any attribute of the class
+
+        def __getattr__(self, name: str) -> Any:
+            # reached only for an attribute the instance lacks: a dict left out of the pickle (__getstate__)
+            texts = self.__dict__.get("attrs_text", {})
+            if name == "metadata" and "metadata_text" in self.__dict__:
+                text = self.metadata_text
+            elif name.endswith("_attrs") and name[: -len("_attrs")] in texts:
+                text = texts[name[: -len("_attrs")]]
+            else:
+                raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+            self.__dict__[name] = json.loads(text)
+            return self.__dict__[name]

@@ -196,11 +196,14 @@ class _Scanner:
         self.findings.append(Finding(path, keyword, rule))
 
     def walk(self, dataset: Dataset, prefix: str = "", meta: bool = False) -> None:
+        # ``tag`` is the dataset's own key (found by identity when looked up again), ``number`` the same tag as
+        # a plain int: pydicom's tag type compares in Python, ~1,800 times a CT slice before this split
         for tag in sorted(dataset.keys()):
-            group, element = tag >> 16, tag & 0xFFFF
+            number = int(tag)
+            group, element = number >> 16, number & 0xFFFF
             if element == 0:  # group lengths
                 continue
-            path = prefix + tag_text(tag)
+            path = prefix + tag_text(number)
             vr = vr_of(dataset, tag)
             if group % 2:
                 self._private(dataset, tag, path, vr)
@@ -209,7 +212,7 @@ class _Scanner:
                 if rule is None:
                     rule = self._free_text_rule(dataset, tag, vr)
                 if rule is not None:
-                    self.add(path, tag, rule)
+                    self.add(path, number, rule)
             if vr == "SQ":
                 for index, item in enumerate(dataset[tag].value):
                     self.walk(item, f"{path}[{index}]>")
@@ -234,20 +237,21 @@ class _Scanner:
             self.add(path, tag, rule)
 
     def _public_rule(self, dataset: Dataset, tag: int, vr: str, meta: bool) -> str | None:
-        if meta and tag in META_PRIVATE:
+        number = int(tag)  # compared as a plain int (see walk); ``tag`` reads the dataset
+        if meta and number in META_PRIVATE:
             return None if self._empty(dataset, tag, vr) else "meta-private-information"
-        if tag == TEXT_VALUE and str(dataset.get("ValueType", "")).upper() == "TEXT":
+        if number == TEXT_VALUE and str(dataset.get("ValueType", "")).upper() == "TEXT":
             if "cleanStructContOpt" not in self.options and not self._empty(dataset, tag, vr):
                 return "sr-text"
             return None
-        if tag == BURNED_IN:
+        if number == BURNED_IN:
             return None  # judged once, at the top level (see burned_in)
-        row = self.table.lookup(tag)
+        row = self.table.lookup(number)
         if row is None or self._empty(dataset, tag, vr):
             return None
         action = effective_action(row, self.options)
         if action == "K":
-            if tag == PATIENT_AGE:
+            if number == PATIENT_AGE:
                 return self._age_rule(dataset, tag)
             return None
         if action == "C":
@@ -276,7 +280,7 @@ class _Scanner:
         return None
 
     def _free_text_rule(self, dataset: Dataset, tag: int, vr: str) -> str | None:
-        if vr not in FREE_TEXT_VRS or keyword_for_tag(tag) in IDENTIFIER_KEYWORDS:
+        if vr not in FREE_TEXT_VRS or keyword_for_tag(int(tag)) in IDENTIFIER_KEYWORDS:
             return None
         if self._empty(dataset, tag, vr):
             return None

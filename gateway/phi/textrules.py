@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 
-from pydicom.datadict import dictionary_VR
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -21,6 +21,7 @@ FREE_TEXT_VRS = frozenset({"LO", "LT", "ST", "UT", "SH", "UC"})
 NAME_KEYWORDS = frozenset({"PatientName", "OtherPatientNames", "PatientBirthName", "PatientMotherBirthName"})
 ID_KEYWORDS = frozenset({"PatientID", "OtherPatientIDs", "AccessionNumber"})
 IDENTIFIER_KEYWORDS = NAME_KEYWORDS | ID_KEYWORDS
+_IDENTIFIER_TAGS = tuple((keyword, int(tag_for_keyword(keyword) or 0)) for keyword in IDENTIFIER_KEYWORDS)
 # Modalities whose images are often screen captures or carry operator annotations in the pixels: for these a
 # missing Burned In Annotation is treated like YES.
 BURNED_IN_MODALITIES = frozenset({"US", "IVUS", "SC", "XC", "ES", "GM", "OT", "XA", "RF", "OP", "DOC"})
@@ -130,14 +131,18 @@ class Identifiers:
 
 
 def _collect(dataset: Dataset, names: list[str], ids: list[str]) -> None:
-    for keyword in IDENTIFIER_KEYWORDS:
-        if keyword in dataset:
-            for value in text_values(dataset[keyword].value):
+    # looked up by plain int among the dataset's own tag objects: a keyword lookup (``keyword in dataset``) made
+    # a new tag object and compared tags in Python, 7 times per item of every sequence
+    own = {int(tag): tag for tag in dataset.keys()}
+    for keyword, number in _IDENTIFIER_TAGS:
+        tag = own.get(number)
+        if tag is not None:
+            for value in text_values(dataset[tag].value):
                 if keyword in NAME_KEYWORDS:
                     names.extend(_name_parts(value))
                 else:
                     ids.append(value.strip(" \0"))
-    for tag in dataset.keys():
+    for tag in own.values():
         if vr_of(dataset, tag) == "SQ":
             for item in dataset[tag].value:
                 _collect(item, names, ids)

@@ -170,3 +170,68 @@ def test_a_batch_larger_than_the_limit_is_split(catalog: Catalog) -> None:
     assert results == [True] * 10
     assert counting.batches[0] == 1 and max(counting.batches) == 4 and sum(counting.batches) == 10
     assert study_counts(catalog, ST) == (1, 10, ["CT"])
+
+
+def _no_busy_wait(catalog: Catalog) -> None:
+    """From now on SQLite refuses a writer that finds the write lock taken at once ("database is locked")
+    instead of sleeping in its busy handler: only a wait outside SQLite can keep two writers apart."""
+    catalog.engine.dispose()
+    sa.event.listen(catalog.engine, "connect", lambda dbapi, _record: dbapi.execute("PRAGMA busy_timeout=0"))
+
+
+def test_sqlite_writers_of_one_process_queue_outside_sqlite(tmp_path: Any) -> None:
+    # Reservations and registrations are two group commits: their transactions meet at SQLite's one write
+    # lock, where a waiter sleeps 1, 2, 5 ms... however soon the lock is free. Writers of one catalog take
+    # turns before SQLite instead.
+    catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
+    catalog.migrate()
+    try:
+        _no_busy_wait(catalog)
+        failures: list[BaseException] = []
+
+        def reserve(prefix: str) -> None:
+            try:
+                for n in range(40):
+                    claim = catalog.reserve(f"{prefix}.{n}")
+                    assert claim is not None
+                    catalog.release(claim)
+            except BaseException as error:  # noqa: BLE001 - reported by the assertion below
+                failures.append(error)
+
+        threads = [threading.Thread(target=reserve, args=(f"1.2.3.{t}",)) for t in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert failures == []
+    finally:
+        catalog.close()
+
+
+def test_a_sqlite_writer_waits_its_turn_only_as_long_as_the_busy_timeout(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.catalog import engine
+
+    catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
+    catalog.migrate()
+    monkeypatch.setattr(engine, "BUSY_TIMEOUT", 0.05)  # the documented bound, shortened for the test
+    holding, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with catalog._write():
+            holding.set()
+            done.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert holding.wait(30)
+        with pytest.raises(CatalogUnavailable), catalog._write():
+            pass
+    finally:
+        done.set()
+        holder.join()
+    with catalog._write() as conn:  # the turn comes back once the other writer committed
+        conn.exec_driver_sql("SELECT 1")
+    catalog.close()

@@ -104,3 +104,39 @@ def test_a_dead_pool_process_costs_no_upload(services: Services, tmp_path: Path)
     assert services.ingestor.ingest(upload(tmp_path, 3), context).status == "stored"
     assert pool_pids(services) - {pid}
     assert [services.catalog.get_instance(f"{ORG_ROOT}.3.{n}") is not None for n in (1, 2, 3)] == [True] * 3
+
+
+def test_the_pool_sends_the_metadata_as_text_and_stores_the_same(services: Services, tmp_path: Path) -> None:
+    import json
+    import pickle
+
+    from gateway.catalog.records import InstanceRecord
+    from gateway.dicom.index import index_file
+    from gateway.ingest import Analysis, analyse
+
+    path = upload(tmp_path, 4)
+    expected = index_file(path)  # in this process: the dict, its text made from it
+    context = UploadContext(source="stow", sub="t", region="eu")
+    analysis = analyse(path, context, None, None, [], 1024)
+    assert isinstance(analysis, Analysis) and analysis.indexed is not None
+    back = pickle.loads(pickle.dumps(analysis))  # what a pool process answers
+    assert back.indexed is not None
+    # the texts only: the request's process need not rebuild the dicts
+    assert {"metadata", "study_attrs", "series_attrs", "instance_attrs"}.isdisjoint(vars(back.indexed))
+    assert back.indexed.metadata_json() == expected.metadata_json()
+    for level in ("study", "series", "instance"):
+        assert back.indexed.attrs_json(level) == json.dumps(getattr(expected, f"{level}_attrs"))
+    # parsed back from the texts when asked for
+    assert back.indexed.metadata == expected.metadata
+    assert (back.indexed.study_attrs, back.indexed.series_attrs, back.indexed.instance_attrs) == (
+        expected.study_attrs,
+        expected.series_attrs,
+        expected.instance_attrs,
+    )
+    made = {"storage_key": "k", "size": 1, "sha256": "s", "etag": "e"}
+    sent = InstanceRecord.from_indexed(back.indexed, **made).values
+    assert sent == InstanceRecord.from_indexed(expected, **made).values  # the flat search values computed there
+    assert services.ingestor.ingest(path, context).status == "stored"  # through the real pool
+    stored = services.catalog.get_instance(f"{ORG_ROOT}.3.4", with_metadata=True)
+    assert stored is not None and stored.metadata == expected.metadata_json()
+    assert stored.attrs == json.dumps(expected.instance_attrs)

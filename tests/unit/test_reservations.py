@@ -177,15 +177,47 @@ def test_holding_refreshes_the_lease(catalog: Catalog, monkeypatch: pytest.Monke
     catalog.release(reservation)
 
 
+def test_one_thread_keeps_every_held_lease_and_stops_when_none_is_held(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("gateway.catalog.admin.HEARTBEAT_SECONDS", 0.05)
+    first, second = catalog.reserve(SOP, 0), catalog.reserve(SOP + ".2", 0)  # leases that ran out long ago
+    assert first is not None and second is not None
+    with catalog.holding(first):
+        keeper = catalog._keeper
+        with catalog.holding(second):
+            assert catalog._keeper is keeper is not None  # no thread of its own per upload
+            deadline = time.monotonic() + 10
+            while catalog.stale_reservations(int(time.time())):  # both renewed by the one keeper
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+    deadline = time.monotonic() + 10
+    while catalog._keeper is not None:  # idle for a heartbeat interval: the thread ends
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert keeper is not None
+    keeper.join(10)
+    assert not keeper.is_alive()
+    catalog.release(first)
+    catalog.release(second)
+
+
 def test_reserve_many_says_what_is_stored_under_each_uid_it_claims(catalog: Catalog) -> None:
     """Ingest's duplicate check reads the stored sha256 in the claim's own transaction."""
     stored = make_instance("1.2.3", "1.2.3.1", "1.2.3.1.1")
     catalog.register_instance(record(stored, b"v1"))
     held = catalog.reserve("1.2.3.1.3")
-    new, again, same_uid_twice, in_flight = catalog.reserve_many(
-        ["1.2.3.1.2", "1.2.3.1.1", "1.2.3.1.2", "1.2.3.1.3"]
-    )
+    new, again, same_uid_twice, in_flight = catalog.reserve_many(["1.2.3.1.2", "1.2.3.1.1", "1.2.3.1.2", "1.2.3.1.3"])
     assert new is not None and new.stored is None
     assert again is not None and again.stored == record(stored, b"v1").sha256
     assert same_uid_twice is None and in_flight is None and held is not None
     assert again == Reservation(again.sop_uid, again.nonce)  # the stored digest is no part of the claim's identity
+
+
+def test_this_process_reads_proc_once_and_names_its_own_start_time() -> None:
+    from gateway.catalog.owner import _stat
+
+    me = this_process()
+    assert this_process() is me  # read once per pid: each reservation used to read /proc again
+    stat = _stat(os.getpid())
+    assert stat is not None and me.started == stat[1] and me.pid == os.getpid()
