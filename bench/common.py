@@ -240,6 +240,32 @@ class BenchStack:
             return 0
         return sum(1 for line in path.read_text(errors="replace").splitlines() if text in line)
 
+    def collector_pids(self) -> list[int]:
+        """The access audit collector (``dicom-gateway audit collect --follow``), which loads NGINX's log."""
+        return [self.stack.processes["collector"].pid]
+
+    def audit_settled(self, timeout: float = 60.0) -> None:
+        """Wait until the audit collector has loaded every line NGINX wrote so far (its position in the catalog is
+        the access log's size): what a run leaves it to do must not fall into the next run's window."""
+        import socket
+
+        from gateway.catalog import Catalog
+
+        log = self.stack.access_log
+        source = f"{socket.gethostname()}:{log.resolve()}"
+        catalog = Catalog(self.stack.database_url)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                stored = catalog.access_position(source)
+                if stored is not None and stored[1] >= log.stat().st_size:
+                    return
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"the audit collector did not catch up within {timeout:.0f} s")
+                time.sleep(0.1)
+        finally:
+            catalog.engine.dispose()
+
     def log_offset(self) -> int:
         """The access log's current size: pass it to ``access_log(since=...)`` to read only what follows."""
         path = self.stack.access_log
