@@ -225,24 +225,61 @@ def _batches(handle: Any, position: int, echo: bool) -> Iterator[tuple[list[tupl
         yield [row for row in map(_row, lines) if row is not None], position
 
 
-def collect(catalog: Catalog, log: Path, retention_days: int, now: float | None = None, echo: bool = False) -> int:
+class Held:
+    """The log file a following collector keeps open between passes. When the log is rotated (renamed away, a new
+    file under its name), this handle still reads the old file: the lines NGINX wrote to it after the last pass are
+    loaded before the new file's, rather than lost."""
+
+    def __init__(self) -> None:
+        self.handle: Any = None
+
+    def take(self, handle: Any) -> None:
+        if self.handle is not None and self.handle is not handle:
+            self.handle.close()
+        self.handle = handle
+
+    def close(self) -> None:
+        self.take(None)
+
+
+def collect(
+    catalog: Catalog,
+    log: Path,
+    retention_days: int,
+    now: float | None = None,
+    echo: bool = False,
+    held: Held | None = None,
+) -> int:
     """One pass: load the new complete lines of ``log``, then apply the retention. Returns the rows added. The
-    position is kept per host and path: every ECS task's sidecar reads its own NGINX's log into one catalog."""
+    position is kept per host and path: every ECS task's sidecar reads its own NGINX's log into one catalog.
+    ``held`` (``follow_log``): the file stays open between passes, so a rotated log's last lines are loaded."""
     source = f"{socket.gethostname()}:{log.resolve()}"
     added = 0
     try:
         handle = log.open("rb")
     except FileNotFoundError:
-        handle = None  # NGINX has not answered anything yet
-    if handle is not None:
-        with handle:
-            stat = os.fstat(handle.fileno())
+        handle = None  # NGINX has not answered anything yet (or the log was renamed away this instant)
+    stored = catalog.access_position(source)
+    if held is not None and held.handle is not None and stored is not None:
+        old = _file_id(os.fstat(held.handle.fileno()))
+        if old == stored[0] and (handle is None or _file_id(os.fstat(handle.fileno())) != old):
+            for rows, position in _batches(held.handle, stored[1], echo):  # the rotated log's tail
+                catalog.add_access(rows, source, old, position)
+                added += len(rows)
             stored = catalog.access_position(source)
+    if handle is not None:
+        try:
+            stat = os.fstat(handle.fileno())
             # a new file (rotated) or a shorter one (truncated): start at its beginning
             start = stored[1] if stored and stored[0] == _file_id(stat) and stored[1] <= stat.st_size else 0
             for rows, position in _batches(handle, start, echo):
                 catalog.add_access(rows, source, _file_id(stat), position)
                 added += len(rows)
+        finally:
+            if held is None:
+                handle.close()
+            else:
+                held.take(handle)
     catalog.prune_access(int((time.time() if now is None else now) - retention_days * 86400))
     return added
 
@@ -257,16 +294,21 @@ def follow_log(
     heartbeat: Path | None = None,
 ) -> None:
     """Collect every ``interval`` seconds until ``stop`` is set (a signal), and once more before returning. A
-    catalog that is briefly out (or not yet migrated) is retried on the next pass: the position is not lost."""
-    while True:
-        try:
-            collect(catalog, log, retention_days, echo=echo)
-            if heartbeat is not None:
-                heartbeat.touch()
-        except Exception as error:  # noqa: BLE001 - the collector outlives a database blip; one line, no trace
-            print(f"dicom-gateway audit collect: {type(error).__name__}: {' '.join(str(error).split())[:300]}",
-                  file=sys.stderr, flush=True)  # fmt: skip
-        if stop.wait(interval):
-            with contextlib.suppress(Exception):
-                collect(catalog, log, retention_days, echo=echo)
-            return
+    catalog that is briefly out (or not yet migrated) is retried on the next pass: the position is not lost. The
+    log stays open between passes (``Held``), so the lines of a rotated log written after a pass are loaded too."""
+    held = Held()
+    try:
+        while True:
+            try:
+                collect(catalog, log, retention_days, echo=echo, held=held)
+                if heartbeat is not None:
+                    heartbeat.touch()
+            except Exception as error:  # noqa: BLE001 - the collector outlives a database blip; one line, no trace
+                print(f"dicom-gateway audit collect: {type(error).__name__}: {' '.join(str(error).split())[:300]}",
+                      file=sys.stderr, flush=True)  # fmt: skip
+            if stop.wait(interval):
+                with contextlib.suppress(Exception):
+                    collect(catalog, log, retention_days, echo=echo, held=held)
+                return
+    finally:
+        held.close()

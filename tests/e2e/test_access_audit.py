@@ -8,6 +8,8 @@ from __future__ import annotations
 import csv
 import io
 import itertools
+import os
+import signal
 import time
 import uuid
 from collections.abc import Callable
@@ -205,5 +207,35 @@ def test_no_request_stops_the_audit_trail_on_postgresql(tmp_path: Path, postgres
         assert read.status_code == 200
         (item,) = wait_for_rows(running, 1, subject="after-the-probe")
         assert (item["study_uid"], item["action"], item["status"]) == (study, "search", 200)
+    finally:
+        running.stack.stop()
+
+
+def test_a_rotated_access_log_loses_no_line(tmp_path: Path) -> None:
+    """logrotate's way through the real stack: the log renamed, NGINX told to reopen it (SIGUSR1). A read made just
+    before the rotation is in the old file only, written after the collector's last pass; it is on record with the
+    read made after it (the collector keeps the old file open and loads its last lines first)."""
+    running = start_stack(tmp_path / "var", "file", None, DICOMGW_AUDIT_COLLECT_SECONDS="2")
+    try:
+        files = make_series(tmp_path / "ct", modality="CT", slices=1, seed=next(_SEEDS))
+        study = uids_of(files[0])[0]
+        assert running.stow(files).status_code == 200
+        root = running.root(running.issue([study], sub="around-the-rotation")["token"])
+        settle = running.root(running.issue([study], sub="settle")["token"])
+        assert requests.get(f"{settle}/studies/{study}/series", timeout=10).status_code == 200
+        wait_for_rows(running, 1, subject="settle")  # the collector has just passed over the log
+        log = running.stack.access_log
+        before = requests.get(f"{root}/studies/{study}/series", timeout=10)
+        assert before.status_code == 200
+        log.rename(log.with_name("access.log.1"))
+        os.kill(running.stack.processes["nginx"].pid, signal.SIGUSR1)
+        deadline = time.monotonic() + COLLECT_BOUND
+        while not log.exists():  # NGINX reopens its logs in each worker, asynchronously
+            assert time.monotonic() < deadline, "NGINX did not reopen its access log"
+            time.sleep(0.05)
+        after = requests.get(f"{root}/studies/{study}", timeout=10)
+        assert after.status_code == 200
+        items = wait_for_rows(running, 2, subject="around-the-rotation")
+        assert sorted(item["action"] for item in items) == ["retrieve", "search"]
     finally:
         running.stack.stop()

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from gateway import accesslog
 from gateway.accesslog import access_row, collect
 from gateway.catalog import Catalog
 from gateway.logmask import MaskingFilter, mask
@@ -103,6 +104,30 @@ def test_a_truncated_or_replaced_log_is_read_from_its_start(catalog: Catalog, tm
     rotated.write_text(line(f"/dicomweb/studies/{ST}") * 5)
     rotated.replace(log)  # a new file under the old name
     assert collect(catalog, log, 365, now=NOW) == 5
+
+
+def test_a_rotated_logs_last_lines_are_loaded_before_the_new_files(catalog: Catalog, tmp_path: Path) -> None:
+    """logrotate renames the log and NGINX reopens a new one under its name: the lines NGINX wrote to the old file
+    after the last pass are loaded from the file the following collector still holds (``Held``), then the new
+    file's. Without it those lines were lost: the next pass read only the new file, from its start."""
+    log = tmp_path / "access.log"
+    log.write_text(line(f"/dicomweb/studies/{ST}") * 2)
+    held = accesslog.Held()
+    try:
+        assert collect(catalog, log, 365, now=NOW, held=held) == 2
+        with log.open("a") as handle:  # written after the pass ...
+            handle.write(line(f"/dicomweb/studies/{ST}/series/{SE}/metadata") * 3)
+        log.rename(tmp_path / "access.log.1")  # ... then rotated
+        assert collect(catalog, log, 365, now=NOW, held=held) == 3  # no new file yet: the old one's tail
+        log.write_text(line(f"/dicomweb/studies/{ST}/series") * 4)
+        with (tmp_path / "access.log.1").open("a") as handle:  # a last line NGINX wrote before it reopened
+            handle.write(line(f"/dicomweb/studies/{ST}/thumbnail"))
+        assert collect(catalog, log, 365, now=NOW, held=held) == 5
+        assert collect(catalog, log, 365, now=NOW, held=held) == 0
+    finally:
+        held.close()
+    actions = [row["action"] for row in catalog.access_records(study_uid=ST, limit=1000)]
+    assert sorted(actions) == sorted(["retrieve"] * 2 + ["metadata"] * 3 + ["thumbnail"] + ["search"] * 4)
 
 
 def test_retention_deletes_older_rows(catalog: Catalog, tmp_path: Path) -> None:
