@@ -766,6 +766,8 @@ def test_block_lines_are_the_per_frame_plans(planner: Planner, catalog: Catalog,
             assert single or fragmented
             for n, ((start, length),) in single:
                 assert raw[n - first] == b"[%d,%d]" % (start, start + length - 1)
+            # the frames read in one range share the block's headers (a multipart block: one boundary)
+            assert len({tuple(lines[n - first].headers) for n, _ in single}) <= 1
             for n, line in zip(range(first, first + count), lines, strict=True):
                 plan = planner.plan("GET", instance_uri(SE, big, f"/frames/{n}"), accept, "")
                 assert same_but_boundary(line, plan), n
