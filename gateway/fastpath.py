@@ -5,7 +5,7 @@
   WSGI callable here).
 - ``/_plan/...`` (NGINX's internal location, reached only by its byte-serving locations' rewrite): the read plan
   (``gateway.dicomweb.wado``) of the original path that follows the prefix.
-- ``/_block/...`` (NGINX's internal location, reached only by njs's subrequest): the plans of a block of frames
+- ``/_block2/...`` (NGINX's internal location, reached only by njs's subrequest): the plans of a block of frames
   (``Planner.block``), which NGINX caches and picks single frames from without a Python hop.
 The ``/t/{token}`` path prefix is removed before Flask sees a path, so Flask routes are written once.
 """
@@ -101,7 +101,7 @@ class FastPath:
         return [b""]
 
     def plan(self, environ: dict[str, Any], start_response: StartResponse, block: bool = False) -> Iterable[bytes]:
-        """A read plan (``/_plan/...``) or a block plan (``/_block/...``, always token-less: NGINX builds it)."""
+        """A read plan (``/_plan/...``) or a block plan (``/_block2/...``, always token-less: NGINX builds it)."""
         uri = environ.get("RAW_URI") or environ.get("REQUEST_URI") or environ.get("PATH_INFO", "")
         prefix = nginx.BLOCK if block else nginx.PLAN
         uri = uri[len(prefix) :] if uri.startswith(prefix + "/") else uri

@@ -23,7 +23,11 @@ PLAN = "/_plan"  # read plans: the byte-serving location rewrites to /_plan{orig
 # a plan-cache miss there is made by njs (njs/dgw_frames.js, on the origin server) from the frame's block plan, and
 # what njs does not answer goes to Python's per-frame plan.
 FRAME = "/_frame"
-BLOCK = "/_block"  # block plans: /_block{token-less instance path}/frames/{first}, proxied to Python, cached
+# Block plans: /_block2{token-less instance path}/frames/{first}, proxied to Python, cached. The path names the block
+# format (2: a shared line 0 and compact frame lines): NGINX's cache outlives an upgrade, and a block of another
+# format read by this njs would give frame n the bytes of frame n+1. An NGINX and a gateway of different versions
+# find no block (404) and fall back to per-frame plans. Change it with every change of the block format.
+BLOCK = "/_block2"
 FRAMES_PER_BLOCK = 128  # frames per block plan; njs/dgw_frames.js holds the same number (a unit test compares)
 BLOCK_OFFSET_DIGITS = 8  # width of a block plan's line offsets; njs/dgw_frames.js holds it too (a unit test compares)
 

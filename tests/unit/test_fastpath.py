@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from itsdangerous import URLSafeTimedSerializer
 
+from gateway import nginx_contract as nginx
 from gateway.auth import Authorizer
 from gateway.config import parse_api_keys
 from gateway.dicomweb.wado import Planner, PlanResponse
@@ -453,7 +454,7 @@ def test_block_route_answers_with_the_block_plan(
     body = b"200\tContent-Type: application/octet-stream\t<!--# include -->"
     app, planner = make_app(tokens, revocations, flask, PlanResponse(200, [("Content-Type", "text/plain")], body))
     raw = f"{SERIES_PATH}/instances/{IN}/frames/65"
-    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/_block" + raw, "RAW_URI": "/_block" + raw}
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": nginx.BLOCK + raw, "RAW_URI": nginx.BLOCK + raw}
     recorder, sent = call(app, {**environ, "HTTP_ACCEPT": "application/octet-stream", "HTTP_X_DGW_RANGE": "bytes=0-1"})
     assert planner.calls == [("block", raw, "application/octet-stream", "")]  # a block has no Range
     assert recorder.status == "200 OK"

@@ -77,5 +77,6 @@ def test_template_says_why_headers_repeat() -> None:
 
 def test_njs_block_size_is_pythons() -> None:
     script = Path(__file__).resolve().parents[2] / "nginx/templates/njs/dgw_frames.js.template"
+    assert f"var BLOCK = '{nginx.BLOCK}';" in script.read_text()
     assert f"var FRAMES_PER_BLOCK = {nginx.FRAMES_PER_BLOCK};" in script.read_text()
     assert f"var BLOCK_OFFSET_DIGITS = {nginx.BLOCK_OFFSET_DIGITS};" in script.read_text()
