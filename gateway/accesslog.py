@@ -56,7 +56,7 @@ def access_row(line: str) -> dict[str, Any] | None:
     by this."""
     try:
         entry = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than Python reads
         return None
     if not isinstance(entry, dict) or entry.get("method") == "OPTIONS":
         return None
@@ -163,6 +163,7 @@ def _row(raw: bytes) -> tuple[Any, ...] | None:
     return None if row is None else _storable(row)
 
 
+_INT32 = 1 << 31  # access.status is an INTEGER column
 _INT64 = 1 << 63
 _UID_MAX = 64  # PS3.5 9.1, the width of the catalog's UID columns
 
@@ -170,11 +171,15 @@ _UID_MAX = 64  # PS3.5 9.1, the width of the catalog's UID columns
 def _storable(row: tuple[Any, ...]) -> tuple[Any, ...] | None:
     """The row as every backend stores it. A path level longer than a UID (anyone can ask for
     ``/studies/<70 digits>``) is not one, so it is left out (PostgreSQL refuses it in a UID column, and the refused
-    batch would stop the collector at that line for good); a number beyond 64 bits (a damaged line: NGINX never
-    writes one) drops the line. The position still moves past it: no line can stop the audit trail."""
+    batch would stop the collector at that line for good); a number beyond its column (a damaged line: NGINX never
+    writes one) drops the line; a NUL character, which PostgreSQL's text refuses, becomes U+FFFD. The position
+    still moves past it: no line can stop the audit trail."""
     at, remote, method, action, study, series, sop, sub, jti, via, status, size = row
-    if not (-_INT64 <= status < _INT64 and -_INT64 <= size < _INT64):
+    if not (-_INT32 <= status < _INT32 and -_INT64 <= size < _INT64):
         return None
+    if "\x00" in remote or "\x00" in method or "\x00" in sub or "\x00" in jti or "\x00" in via:
+        remote, method, sub, jti, via = (text.replace("\x00", "\ufffd") for text in (remote, method, sub, jti, via))
+        row = (at, remote, method, action, study, series, sop, sub, jti, via, status, size)
     if (study and len(study) > _UID_MAX) or (series and len(series) > _UID_MAX) or (sop and len(sop) > _UID_MAX):
         study, series, sop = (uid if uid and len(uid) <= _UID_MAX else None for uid in (study, series, sop))
         return (at, remote, method, action, study, series, sop, sub, jti, via, status, size)
@@ -225,21 +230,42 @@ def _batches(handle: Any, position: int, echo: bool) -> Iterator[tuple[list[tupl
         yield [row for row in map(_row, lines) if row is not None], position
 
 
+# How long a rotated log is still read after it last grew: NGINX's workers write to the old file until each has
+# reopened the log (its master creates the new file first; logrotate's ``create`` even before NGINX is told).
+ROTATED_GRACE_SECONDS = 30.0
+
+
 class Held:
     """The log file a following collector keeps open between passes. When the log is rotated (renamed away, a new
     file under its name), this handle still reads the old file: the lines NGINX wrote to it after the last pass are
-    loaded before the new file's, rather than lost."""
+    loaded before the new file's, and the old file stays open and is read on every pass until it has not grown for
+    ``ROTATED_GRACE_SECONDS``, for the lines NGINX's workers write to it before they reopen the log."""
 
     def __init__(self) -> None:
         self.handle: Any = None
+        self.rotated: Any = None  # the old file after a rotation, read from ``rotated_position``
+        self.rotated_position = 0
+        self.rotated_grew = 0.0  # time.monotonic() when it last gave a line
 
     def take(self, handle: Any) -> None:
         if self.handle is not None and self.handle is not handle:
             self.handle.close()
         self.handle = handle
 
+    def rotate(self, position: int) -> None:
+        """The held file was renamed away, and read up to ``position``: keep reading it for a while."""
+        self.drop_rotated()
+        self.rotated, self.rotated_position, self.rotated_grew = self.handle, position, time.monotonic()
+        self.handle = None
+
+    def drop_rotated(self) -> None:
+        if self.rotated is not None:
+            self.rotated.close()
+        self.rotated = None
+
     def close(self) -> None:
         self.take(None)
+        self.drop_rotated()
 
 
 def collect(
@@ -260,12 +286,18 @@ def collect(
     except FileNotFoundError:
         handle = None  # NGINX has not answered anything yet (or the log was renamed away this instant)
     stored = catalog.access_position(source)
-    if held is not None and held.handle is not None and stored is not None:
+    if held is not None and held.rotated is not None:
+        added += _drain_rotated(catalog, source, stored, held, echo)
+    if held is not None and held.handle is not None:
         old = _file_id(os.fstat(held.handle.fileno()))
-        if old == stored[0] and (handle is None or _file_id(os.fstat(handle.fileno())) != old):
-            for rows, position in _batches(held.handle, stored[1], echo):  # the rotated log's tail
-                catalog.add_access(rows, source, old, position)
+        if handle is None or _file_id(os.fstat(handle.fileno())) != old:
+            # rotated: the old file's tail (from its start if no line of it was stored yet), then keep it open
+            read_to = stored[1] if stored is not None and stored[0] == old else 0
+            for rows, end in _batches(held.handle, read_to, echo):
+                catalog.add_access(rows, source, old, end)
                 added += len(rows)
+                read_to = end
+            held.rotate(read_to)
             stored = catalog.access_position(source)
     if handle is not None:
         try:
@@ -281,6 +313,24 @@ def collect(
             else:
                 held.take(handle)
     catalog.prune_access(int((time.time() if now is None else now) - retention_days * 86400))
+    return added
+
+
+def _drain_rotated(catalog: Catalog, source: str, stored: tuple[str, int] | None, held: Held, echo: bool) -> int:
+    """Load what NGINX wrote to a rotated log since the last pass (its position is kept in ``held``; the catalog's
+    is the current file's and stays as it is). The old file is closed once it has been quiet for the grace time."""
+    added = 0
+    start = held.rotated_position
+    for rows, position in _batches(held.rotated, start, echo):
+        file_id, at = stored if stored is not None else (_file_id(os.fstat(held.rotated.fileno())), position)
+        catalog.add_access(rows, source, file_id, at)
+        held.rotated_position = position
+        added += len(rows)
+    now = time.monotonic()
+    if held.rotated_position != start:
+        held.rotated_grew = now
+    elif now - held.rotated_grew > ROTATED_GRACE_SECONDS:
+        held.drop_rotated()
     return added
 
 

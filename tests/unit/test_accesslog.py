@@ -130,6 +130,54 @@ def test_a_rotated_logs_last_lines_are_loaded_before_the_new_files(catalog: Cata
     assert sorted(actions) == sorted(["retrieve"] * 2 + ["metadata"] * 3 + ["thumbnail"] + ["search"] * 4)
 
 
+def test_lines_written_to_a_rotated_log_after_the_new_one_appeared_are_loaded(
+    catalog: Catalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NGINX's master creates the new log before its workers reopen it (logrotate's ``create``, before NGINX is even
+    told): a worker can still write to the renamed file after a pass has already moved on to the new one. The old
+    file stays open and is read on every pass until it has been quiet for the grace time; its lines were lost."""
+    log, old = tmp_path / "access.log", tmp_path / "access.log.1"
+    held = accesslog.Held()
+    try:
+        log.write_text(line(f"/dicomweb/studies/{ST}"))
+        assert collect(catalog, log, 365, now=NOW, held=held) == 1
+        log.rename(old)
+        log.write_text("")  # the new file, created first
+        assert collect(catalog, log, 365, now=NOW, held=held) == 0
+        with old.open("a") as handle:  # a worker that has not reopened the log yet
+            handle.write(line(f"/dicomweb/studies/{ST}/series/{SE}/metadata") * 2)
+        with log.open("a") as handle:
+            handle.write(line(f"/dicomweb/studies/{ST}/series"))
+        assert collect(catalog, log, 365, now=NOW, held=held) == 3
+        assert held.rotated is not None
+        monkeypatch.setattr(accesslog, "ROTATED_GRACE_SECONDS", 0.0)
+        assert collect(catalog, log, 365, now=NOW, held=held) == 0
+        assert held.rotated is None  # quiet past the grace time: closed
+    finally:
+        held.close()
+    actions = [row["action"] for row in catalog.access_records(study_uid=ST, limit=1000)]
+    assert sorted(actions) == sorted(["retrieve", "metadata", "metadata", "search"])
+
+
+def test_a_held_log_rotated_before_any_of_its_lines_was_stored_is_read_from_its_start(
+    catalog: Catalog, tmp_path: Path
+) -> None:
+    """The file the collector held was empty at its last pass (no position stored for it): lines written to it
+    before the rotation are read from its start, not skipped."""
+    log = tmp_path / "access.log"
+    held = accesslog.Held()
+    try:
+        log.write_text("")
+        assert collect(catalog, log, 365, now=NOW, held=held) == 0
+        with log.open("a") as handle:
+            handle.write(line(f"/dicomweb/studies/{ST}/thumbnail") * 2)
+        log.rename(tmp_path / "access.log.1")
+        log.write_text(line(f"/dicomweb/studies/{ST}"))
+        assert collect(catalog, log, 365, now=NOW, held=held) == 3
+    finally:
+        held.close()
+
+
 def test_retention_deletes_older_rows(catalog: Catalog, tmp_path: Path) -> None:
     log = tmp_path / "access.log"
     old = "2026-01-01T00:00:00+00:00"

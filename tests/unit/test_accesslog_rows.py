@@ -180,9 +180,10 @@ def test_batches_of_any_size_store_the_same_rows_and_echo_the_same_bytes(
 
 def test_no_line_stops_the_audit_trail(catalog: Catalog, tmp_path: Path) -> None:
     """Anyone can ask for a path whose "UIDs" are longer than any UID (PostgreSQL refuses them in a UID column), and
-    a damaged line can hold numbers beyond 64 bits (no backend stores them) or a lone surrogate (no UTF-8): a batch
-    holding one used to fail, and every later pass failed at the same line, so nothing after it was ever audited.
-    Such levels are left out, such lines skipped; the lines around them are stored and the position moves on."""
+    a damaged line can hold numbers beyond their columns, a lone surrogate (no UTF-8), a NUL (no PostgreSQL text)
+    or JSON nested deeper than Python reads: a batch holding one used to fail, and every later pass failed at the
+    same line, so nothing after it was ever audited. Such levels are left out, such lines skipped (a NUL replaced);
+    the lines around them are stored and the position moves on."""
     log = tmp_path / "access.log"
     long = "1" * 70
     lines = [
@@ -195,15 +196,19 @@ def test_no_line_stops_the_audit_trail(catalog: Catalog, tmp_path: Path) -> None
         nginx(f"{FRAMES}/5", status=float("inf")).replace(b"Infinity", b"1e999"),
         nginx(f"{FRAMES}/6", sub="S").replace(b'"S"', b'"\\udc80x"'),
         nginx(f"{FRAMES}/7"),
+        nginx(f"{FRAMES}/8", status=2**31),  # beyond the INTEGER column
+        nginx(f"{FRAMES}/9", sub="S").replace(b'"S"', b'"a\\u0000b"'),  # NUL: no PostgreSQL text
+        b"[" * 100_000 + b"]" * 100_000,  # deeper than Python's JSON reader goes
     ]
     log.write_bytes(b"\n".join(lines) + b"\n")
-    assert collect(catalog, log, 36500, now=1_800_000_000) == 5
+    assert collect(catalog, log, 36500, now=1_800_000_000) == 6
     assert stored(catalog) == [
         row("frames", ST, SE, IN),
         row("frames", None, SE, None, sub="", jti="", via="", status=401),
         row("store", ST, method="POST", status=400),
         row("frames", ST, SE, IN, sub="?x"),
         row("frames", ST, SE, IN),
+        row("frames", ST, SE, IN, sub="a\ufffdb"),
     ]
     assert catalog.access_position(f"{socket.gethostname()}:{log.resolve()}") == (
         accesslog._file_id(log.stat()),
