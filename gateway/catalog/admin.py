@@ -146,9 +146,11 @@ class AdminRecords(CatalogBase):
         per upload cost the STOW worker a thread start, two GIL hand-offs and a join per instance."""
         with self._leases:
             self._held[reservation] = time.monotonic() + HEARTBEAT_SECONDS
-            if self._keeper is None:
-                self._keeper = threading.Thread(target=self._keep_leases, name="lease-keeper", daemon=True)
-                self._keeper.start()
+            try:
+                self._start_keeper()
+            except BaseException:  # no thread could start: this upload fails, and holds nothing
+                self._held.pop(reservation, None)
+                raise
             # no wake-up needed: the keeper's next wake is never later than this one's first beat (every due
             # time is "when added or last beaten + HEARTBEAT_SECONDS")
         try:
@@ -156,6 +158,15 @@ class AdminRecords(CatalogBase):
         finally:
             with self._leases:
                 self._held.pop(reservation, None)
+
+    def _start_keeper(self) -> None:
+        """Start the keeper unless one runs (called holding ``_leases``). ``_keeper`` names a thread only once it has
+        started: one that could not start (no threads left) must not pass for running, or no lease of this
+        process would be beaten again and other processes would take over uploads still in progress."""
+        if self._keeper is None:
+            keeper = threading.Thread(target=self._keep_leases, name="lease-keeper", daemon=True)
+            keeper.start()  # it waits for _leases, held here, before it looks at anything
+            self._keeper = keeper
 
     def _keep_leases(self) -> None:
         """Beat each held reservation when it is due; stop once none was held for HEARTBEAT_SECONDS (the next
@@ -183,8 +194,7 @@ class AdminRecords(CatalogBase):
             with self._leases:
                 self._keeper = None
                 if self._held:  # one came in as this thread stopped (or a beat failed in an unforeseen way)
-                    self._keeper = threading.Thread(target=self._keep_leases, name="lease-keeper", daemon=True)
-                    self._keeper.start()
+                    self._start_keeper()  # if none can start, the next upload's ``holding`` tries again
 
     def release(self, reservation: Reservation) -> None:
         with self._write() as conn:

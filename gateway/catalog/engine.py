@@ -127,7 +127,8 @@ class CatalogBase:
 
     @contextmanager
     def _one_writer(self) -> Iterator[None]:
-        """This process's turn to write (SQLite), waited for as long as SQLite's busy timeout."""
+        """This process's turn to write (SQLite), waited for at most SQLite's busy timeout; the transaction then
+        waits for other processes' writers in SQLite's busy handler, so a write can wait twice that in all."""
         if self._writers is None:
             yield
             return

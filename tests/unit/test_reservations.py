@@ -202,6 +202,34 @@ def test_one_thread_keeps_every_held_lease_and_stops_when_none_is_held(
     catalog.release(second)
 
 
+def test_a_keeper_that_could_not_start_is_started_by_the_next_upload(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Thread.start`` can fail (no threads left): that upload fails and holds nothing, and the next one starts
+    the keeper. Before, the thread that never started passed for running, and no lease of the process was beaten
+    again: other processes took over uploads still in progress once their leases ran out."""
+    monkeypatch.setattr("gateway.catalog.admin.HEARTBEAT_SECONDS", 0.05)
+    first, second = catalog.reserve(SOP, 0), catalog.reserve(SOP + ".2", 0)  # leases that ran out long ago
+    assert first is not None and second is not None
+    start = threading.Thread.start
+
+    def no_thread(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", no_thread)
+    with pytest.raises(RuntimeError), catalog.holding(first):
+        pass
+    assert catalog._keeper is None and not catalog._held
+    monkeypatch.setattr(threading.Thread, "start", start)
+    with catalog.holding(second):
+        deadline = time.monotonic() + 10
+        while SOP + ".2" in catalog.stale_reservations(int(time.time())):  # beaten by a keeper that runs
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    catalog.release(first)
+    catalog.release(second)
+
+
 def test_reserve_many_says_what_is_stored_under_each_uid_it_claims(catalog: Catalog) -> None:
     """Ingest's duplicate check reads the stored sha256 in the claim's own transaction."""
     stored = make_instance("1.2.3", "1.2.3.1", "1.2.3.1.1")
