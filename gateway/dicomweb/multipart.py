@@ -20,6 +20,8 @@ Strictness, where the RFCs leave room:
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -30,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from gateway.errors import MalformedMultipart, PayloadTooLarge, UnsupportedMediaType
+from gateway.errors import MalformedMultipart, PayloadTooLarge, StorageUnavailable, UnsupportedMediaType
 
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # noqa: S105 (RFC 9110 token, not a password)
 _MEDIA_TYPE = re.compile(rf"({_TOKEN})/({_TOKEN})")
@@ -43,6 +45,7 @@ _UNQUOTED = re.compile(r'[^\s;"]+')
 _QUOTED_PAIR = re.compile(r"\\(.)")
 _HEADER_NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
+Buffer = bytes | memoryview
 MAX_HEADER_BYTES = 64 * 1024
 MAX_PREAMBLE_BYTES = 1 << 20
 _MAX_PADDING = 1024
@@ -232,9 +235,9 @@ def iter_parts(
     """Stream a ``multipart/related`` body part by part into files in ``spool_dir``.
 
     Each ``Part`` is yielded only once its closing delimiter has been seen, so a yielded part is complete. An
-    error (``MalformedMultipart``, ``PayloadTooLarge``) is raised at the part where the body goes wrong; parts
-    already yielded are the caller's to keep or delete. The file of a part being written when an error occurs
-    or the generator is closed is removed here.
+    error (``MalformedMultipart``, ``PayloadTooLarge``; ``StorageUnavailable`` when the spool folder fails) is
+    raised at the part where the body goes wrong; parts already yielded are the caller's to keep or delete. The
+    file of a part being written when an error occurs or the generator is closed is removed here.
     """
     check_boundary(boundary)
     if chunk_size < 1:
@@ -316,24 +319,55 @@ def _spool_body(
 ) -> tuple[Path, int, str]:
     """The part's body into a new file: its path, size and sha256 (hashed on the way, so ingest need not read
     the file again for its digest)."""
-    fd, name = tempfile.mkstemp(prefix="part-", suffix=".spool", dir=spool_dir)
-    path = Path(name)
     digest = hashlib.sha256()
-
-    def write(chunk: memoryview) -> None:
-        out.write(chunk)
-        digest.update(chunk)
-
     try:
-        with os.fdopen(fd, "wb") as out:
+        with spool_file(spool_dir, "part-", ".spool") as (path, write_file):
+
+            def write(chunk: memoryview) -> None:
+                write_file(chunk)
+                digest.update(chunk)
+
             size = reader.scan_to(delimiter, write, max_part_bytes)
     except _TooLarge:
-        path.unlink(missing_ok=True)
         raise PayloadTooLarge(f"part {number} is larger than {max_part_bytes} bytes") from None
+    return path, size, digest.hexdigest()
+
+
+@contextlib.contextmanager
+def spool_file(spool_dir: Path, prefix: str, suffix: str) -> Iterator[tuple[Path, Callable[[Buffer], None]]]:
+    """A new file in ``spool_dir`` and a function that appends to it; the file is removed when anything fails
+    before the block ends. A spool folder that is full, gone or read-only is the gateway's fault, not the
+    client's: ``StorageUnavailable`` (503, retry is safe), never a 500, and no partial file left to fill the
+    folder for every later upload."""
+
+    def unavailable(exc: OSError) -> StorageUnavailable:
+        return StorageUnavailable(f"upload spool write failed ({errno.errorcode.get(exc.errno or 0, 'error')})")
+
+    try:
+        fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=spool_dir)
+    except OSError as exc:
+        raise unavailable(exc) from None
+    path = Path(name)
+    out = os.fdopen(fd, "wb")
+
+    def write(chunk: Buffer) -> None:
+        try:
+            out.write(chunk)
+        except OSError as exc:
+            raise unavailable(exc) from None
+
+    try:
+        yield path, write
+        try:
+            out.flush()
+        except OSError as exc:
+            raise unavailable(exc) from None
     except BaseException:
+        with contextlib.suppress(OSError):  # what is still buffered cannot be written either
+            out.close()
         path.unlink(missing_ok=True)
         raise
-    return path, size, digest.hexdigest()
+    out.close()
 
 
 # ---------------------------------------------------------------------------------------------- client side

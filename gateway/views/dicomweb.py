@@ -16,7 +16,7 @@ from flask import Blueprint, Response, request
 from gateway import fastjson
 from gateway.catalog.deletions import Target
 from gateway.dicomweb.accept import Offer, negotiate
-from gateway.dicomweb.multipart import iter_parts, parse_content_type
+from gateway.dicomweb.multipart import iter_parts, parse_content_type, spool_file
 from gateway.dicomweb.qido import parse_qido
 from gateway.dicomweb.stow import StowBatch
 from gateway.dicomweb.stow_response import StowItem, build_stow_response
@@ -228,21 +228,16 @@ def _stow(study: str | None) -> Response:
 
 def _spool_single(stream: object, spool_dir: Path) -> tuple[Path, str]:
     """The body into a new file: its path and sha256 (hashed on the way)."""
-    import hashlib
-    import tempfile
-
-    handle = tempfile.NamedTemporaryFile(dir=spool_dir, prefix="stow-", suffix=".dcm", delete=False)
     digest = hashlib.sha256()
-    with handle:
-        total = 0
+    total = 0
+    with spool_file(spool_dir, "stow-", ".dcm") as (path, write):
         while chunk := stream.read(1 << 20):  # type: ignore[attr-defined]
             total += len(chunk)
             if total > MAX_PART_BYTES:
-                Path(handle.name).unlink(missing_ok=True)
                 raise PayloadTooLarge("the instance is larger than this gateway accepts")
-            handle.write(chunk)
+            write(chunk)
             digest.update(chunk)
-    return Path(handle.name), digest.hexdigest()
+    return path, digest.hexdigest()
 
 
 # -- DELETE (API key only; gateway.lifecycle) -------------------------------------------------------------------

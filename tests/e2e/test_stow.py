@@ -377,3 +377,36 @@ def test_reconcile_finds_and_repairs_a_crash_between_store_and_commit(stack: Run
     assert key in result["registered"]
     assert f"studies/{study}/series/{series}/instances/2.25.62.dcm" in result["deleted"]
     assert [i["00080018"]["Value"][0] for i in requests.get(instances_url, timeout=10).json()] == [sop]
+
+
+# -- a stack of its own: the upload spool folder fails ------------------------------------------------------------
+
+
+def test_spool_folder_gone_is_a_503_and_the_retry_is_stored(tmp_path: Path) -> None:
+    """The folder uploads are spooled to (DICOMGW_TMP_DIR) removed under a running gateway (a temp cleaner; a
+    full disk takes the same path, unit-tested in test_multipart): a JSON 503 with Retry-After for a multipart
+    and a single-part body, never a 500; back in place, the same upload is stored and no spool file is left."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    running = start_stack(tmp_path / "var", "file", None, DICOMGW_TMP_DIR=str(spool))
+    try:
+        files = make_series(tmp_path / "f", modality="CT", slices=2, seed=59, clean=True)
+        spool.rmdir()
+        single = requests.post(
+            f"{running.url}/dicomweb/studies",
+            data=files[0].read_bytes(),
+            headers={**running.api_headers, "Content-Type": "application/dicom"},
+            timeout=60,
+        )
+        for answer in (running.stow(files), single):
+            assert answer.status_code == 503, answer.text
+            assert answer.headers["Content-Type"] == "application/json"
+            assert answer.json() == {"error": "storage_unavailable", "detail": "upload spool write failed (ENOENT)"}
+            assert answer.headers["Retry-After"] == "5"
+        spool.mkdir()
+        retry = running.stow(files)
+        assert retry.status_code == 200, retry.text
+        assert len(referenced(retry)) == 2
+        assert [p for p in spool.iterdir() if p.name.startswith(("stow-", "part-"))] == []
+    finally:
+        running.stack.stop()
