@@ -48,7 +48,10 @@ def create_app(
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:
         code = (error.name or "error").lower().replace(" ", "_")
-        return Response(error_body(code, error.description or code), error.code or 500, mimetype="application/json")
+        response = Response(error_body(code, error.description or code), error.code or 500, mimetype="application/json")
+        # a 405 must say what the resource takes (RFC 9110 15.5.6); werkzeug's own answer has it, ours kept it out
+        response.headers.extend((k, v) for k, v in error.get_headers() if k.lower() == "allow")
+        return response
 
     @app.errorhandler(Exception)
     def unexpected(error: Exception) -> Response:
