@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask, Response
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
 from gateway.config import Settings
@@ -14,6 +15,16 @@ from gateway.errors import GatewayError, error_body, to_response
 from gateway.services import Services
 
 log = logging.getLogger("gateway")
+
+
+class _JSONProvider(DefaultJSONProvider):
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        try:
+            return super().loads(s, **kwargs)
+        except RecursionError:
+            # a body nested deeper than the decoder's stack is malformed JSON like any other (get_json then
+            # answers 400), never an unexpected error: a 500 for a client's mistake, on unauthenticated routes too
+            raise ValueError("JSON nested too deeply") from None
 
 
 def create_app(
@@ -30,6 +41,7 @@ def create_app(
             settings = Settings.from_mapping(config)
         services = Services.build(settings, migrate=migrate)
     app = Flask(__name__)
+    app.json = _JSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = None  # STOW streams; NGINX enforces the body limit
     app.extensions["dicomgw"] = services
 

@@ -193,6 +193,18 @@ def test_a_method_the_resource_does_not_take_is_a_405_with_allow(stack: RunningS
     assert not failures, "\n".join(failures)
 
 
+def test_json_nested_deeper_than_the_decoder_is_a_400(stack: RunningStack) -> None:
+    """A JSON body nested 100,000 deep (RecursionError in the decoder) is malformed JSON like any other: a JSON 400,
+    never a 500 "unexpected server error" (it was one, even on the unauthenticated renewal route)."""
+    deep = b'{"token":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    key = f"Authorization: Bearer {stack.stack.api_key}\r\n"
+    for path, auth in (("/api/v1/tokens/renew", ""), ("/api/v1/tokens", key), ("/api/v1/admin/erasure", key)):
+        head = f"POST {path} HTTP/1.1\r\nHost: gw\r\n{auth}Content-Type: application/json\r\n"
+        head += f"Content-Length: {len(deep)}\r\nConnection: close\r\n\r\n"
+        status, headers, body = raw(stack, head.encode() + deep)
+        assert_json_error(status, headers, body, 400)
+
+
 def test_long_uri_and_many_headers_are_served(stack: RunningStack, ct: dict[str, str]) -> None:
     """Whatever NGINX lets through, gunicorn takes too (its defaults refused 4 KB lines and 100 headers)."""
     query = "&".join(["includefield=00080020"] * 350)
