@@ -23,6 +23,7 @@ from gateway.dicomweb.stow_response import StowItem, build_stow_response
 from gateway.errors import (
     BadRequest,
     GatewayError,
+    MalformedMultipart,
     NotFound,
     PayloadTooLarge,
     UnsupportedMediaType,
@@ -219,6 +220,8 @@ def _stow(study: str | None) -> Response:
         batch.abandon()
         raise
     results = batch.finish()
+    if not results:  # nothing to answer per instance: say what is wrong with the body, like any other 400
+        raise MalformedMultipart("the multipart body holds no part")
     outage = batch.outage
     if outage is not None and not any(r.ok for r in results):
         raise outage

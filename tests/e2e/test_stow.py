@@ -104,6 +104,7 @@ def test_study_in_url_must_match(stack: RunningStack, tmp_path: Path) -> None:
             400,
         ),
         ("multipart/related; type=application/dicom; boundary=x", b"no delimiter at all", 400),
+        ("multipart/related; type=application/dicom; boundary=x", b"--x--\r\n", 400),  # no part: say so
         ("multipart/related; type=image/png; boundary=x", b"--x--\r\n", 415),
         ("text/plain", b"hello", 415),
     ],
@@ -116,6 +117,8 @@ def test_broken_multipart_gives_a_clear_error(stack: RunningStack, content_type:
         timeout=30,
     )
     assert answer.status_code == status
+    assert answer.headers["Content-Type"] == "application/json"
+    assert set(answer.json()) == {"error", "detail"}
     assert answer.json()["error"] in ("malformed_multipart", "unsupported_media_type")
 
 
