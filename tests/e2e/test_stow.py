@@ -3,7 +3,9 @@ mid-upload, bounded memory for a 2 GB instance, and the upload CLI."""
 
 from __future__ import annotations
 
+import io
 import os
+import socket
 import struct
 import subprocess
 import sys
@@ -12,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import pydicom
 import pytest
@@ -169,6 +172,43 @@ def test_single_part_application_dicom(stack: RunningStack, tmp_path: Path) -> N
     )
     assert answer.status_code == 200
     assert referenced(answer)[0]["00081155"]["Value"] == [uids_of(path)[2]]
+
+
+def test_single_part_body_cut_short_is_not_stored_and_the_retry_is(stack: RunningStack, tmp_path: Path) -> None:
+    """A client that goes away in the middle of an application/dicom body: the gateway reads a short body (NGINX
+    closes, gunicorn reads EOF). Cut where the file still parses (before its trailing padding here; any element
+    boundary of a file without pixel data), it was stored as if whole, and the client's retry of the whole file
+    was refused with 0x0111 (other bytes under that UID). Nothing is stored now, and the retry is."""
+    [source] = make_series(tmp_path / "cut", modality="CT", slices=1, seed=61, clean=True)
+    ds = pydicom.dcmread(source)
+    whole_head = io.BytesIO()
+    ds.save_as(whole_head, enforce_file_format=True)
+    ds.add_new(0xFFFCFFFC, "OB", b"\0" * 4096)  # Data Set Trailing Padding: the last element the client sends
+    whole = io.BytesIO()
+    ds.save_as(whole, enforce_file_format=True)
+    data, cut = whole.getvalue(), len(whole_head.getvalue())
+    assert data[:cut] == whole_head.getvalue()
+    parsed = urlparse(stack.url)
+    head = (
+        f"POST /dicomweb/studies HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {stack.stack.api_key}\r\n"
+        f"Content-Type: application/dicom\r\nContent-Length: {len(data)}\r\n\r\n"
+    )
+    with socket.create_connection((parsed.hostname, parsed.port), timeout=10) as connection:
+        connection.sendall(head.encode() + data[:cut])
+    retry = requests.post(
+        f"{stack.url}/dicomweb/studies",
+        data=data,
+        headers={**stack.api_headers, "Content-Type": "application/dicom"},
+        timeout=60,
+    )
+    assert retry.status_code == 200, retry.text
+    study, series, sop = uids_of(source)
+    stored = requests.get(
+        f"{stack.url}/dicomweb/studies/{study}/series/{series}/instances/{sop}",
+        headers={**stack.api_headers, "Accept": "application/dicom"},
+        timeout=30,
+    )
+    assert stored.status_code == 200 and stored.content == data
 
 
 def test_upload_cli_with_a_write_token(stack: RunningStack, tmp_path: Path) -> None:

@@ -310,11 +310,11 @@ def test_spool_full_is_503_and_leaves_no_file(tmp_path: Path, size: int) -> None
         parse(data, tmp_path, chunk_size=512)
     assert list(tmp_path.iterdir()) == []
     with file_size_limit(1024), pytest.raises(StorageUnavailable, match=r"upload spool write failed \(EFBIG\)"):
-        _spool_single(io.BytesIO(b"c" * size), tmp_path)
+        _spool_single(io.BytesIO(b"c" * size), tmp_path, size)
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(StorageUnavailable, match=r"\(ENOENT\)"):  # the spool folder is gone
         parse(data, tmp_path / "gone")
-    path, digest = _spool_single(io.BytesIO(b"c" * size), tmp_path)  # room again: stored whole
+    path, digest = _spool_single(io.BytesIO(b"c" * size), tmp_path, size)  # room again: stored whole
     assert path.read_bytes() == b"c" * size and digest == hashlib.sha256(b"c" * size).hexdigest()
 
 
