@@ -185,6 +185,10 @@ def _stow(study: str | None) -> Response:
     claims = decision().claims
     srv = services()
     media_type, params = parse_content_type(request.headers.get("Content-Type", ""))
+    coding = request.headers.get("Content-Encoding", "").strip().lower()
+    if coding not in ("", "identity"):
+        # read as DICOM, a gzip body was a 409 "not a DICOM Part 10 file" per part, or a 400 "no boundary"
+        raise UnsupportedMediaType(f"Content-Encoding {coding[:40]} is not supported: send the body uncompressed")
     context = UploadContext(
         source="stow",
         sub=claims.sub,

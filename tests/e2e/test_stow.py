@@ -3,6 +3,7 @@ mid-upload, bounded memory for a 2 GB instance, and the upload CLI."""
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import socket
@@ -123,6 +124,27 @@ def test_broken_multipart_gives_a_clear_error(stack: RunningStack, content_type:
     assert answer.headers["Content-Type"] == "application/json"
     assert set(answer.json()) == {"error", "detail"}
     assert answer.json()["error"] in ("malformed_multipart", "unsupported_media_type")
+
+
+@pytest.mark.parametrize("content_type", ["application/dicom", "multipart/related; type=application/dicom; boundary=x"])
+def test_compressed_body_is_a_clear_415(stack: RunningStack, tmp_path: Path, content_type: str) -> None:
+    """A body with a Content-Encoding (gzip) is refused as such (RFC 9110 15.5.16), not read as DICOM (a 409 "not a
+    DICOM Part 10 file") or as multipart (a 400 "no opening boundary")."""
+    [file] = make_series(tmp_path / "gz", modality="CT", slices=1, seed=62, clean=True)
+    data = file.read_bytes()
+    if content_type.startswith("multipart"):
+        data = b"--x\r\nContent-Type: application/dicom\r\n\r\n" + data + b"\r\n--x--\r\n"
+    answer = requests.post(
+        f"{stack.url}/dicomweb/studies",
+        data=gzip.compress(data),
+        headers={**stack.api_headers, "Content-Type": content_type, "Content-Encoding": "gzip"},
+        timeout=30,
+    )
+    assert answer.status_code == 415, answer.text
+    assert answer.json() == {
+        "error": "unsupported_media_type",
+        "detail": "Content-Encoding gzip is not supported: send the body uncompressed",
+    }
 
 
 def test_boundary_longer_than_rfc_2046_is_accepted_up_to_a_bound(stack: RunningStack, tmp_path: Path) -> None:
