@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from gateway.catalog.owner import Owner, host_identity, is_gone, this_process
 from gateway.errors import MalformedMultipart, PayloadTooLarge, StorageUnavailable, UnsupportedMediaType
 
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # noqa: S105 (RFC 9110 token, not a password)
@@ -321,7 +322,7 @@ def _spool_body(
     the file again for its digest)."""
     digest = hashlib.sha256()
     try:
-        with spool_file(spool_dir, "part-", ".spool") as (path, write_file):
+        with spool_file(spool_dir, "part", ".spool") as (path, write_file):
 
             def write(chunk: memoryview) -> None:
                 write_file(chunk)
@@ -333,8 +334,42 @@ def _spool_body(
     return path, size, digest.hexdigest()
 
 
+_SPOOL_NAME = re.compile(r"(?:part|stow)-([0-9a-f]{8})-([0-9]+)-([0-9]+)-")
+
+
+def _host_tag() -> str:
+    identity = host_identity()
+    return hashlib.sha256(identity.encode()).hexdigest()[:8] if identity else ""
+
+
+def spool_prefix(kind: str) -> str:
+    """``{kind}-{host}-{pid}-{start time}-``: a spool file names the process writing it, so that what a killed
+    worker left can be told from what a live one is writing (``sweep_spool``)."""
+    me = this_process()
+    return f"{kind}-{_host_tag() or 'x'}-{me.pid}-{me.started}-"
+
+
+def sweep_spool(spool_dir: Path) -> int:
+    """Remove the spool files of processes of this host that are gone: a worker killed in the middle of an upload
+    (kill -9, the OOM killer) left its parts there, never to be ingested, each a copy of uploaded DICOM (PHI
+    included) that no DELETE or erasure reaches, and a folder that only grows. Returns how many were removed."""
+    tag = _host_tag()
+    try:
+        names = os.listdir(spool_dir)
+    except OSError:
+        return 0
+    removed = 0
+    for name in names:
+        match = _SPOOL_NAME.match(name)
+        if tag and match and match[1] == tag and is_gone(Owner(host_identity(), int(match[2]), int(match[3]))):
+            with contextlib.suppress(OSError):
+                (spool_dir / name).unlink()
+                removed += 1
+    return removed
+
+
 @contextlib.contextmanager
-def spool_file(spool_dir: Path, prefix: str, suffix: str) -> Iterator[tuple[Path, Callable[[Buffer], None]]]:
+def spool_file(spool_dir: Path, kind: str, suffix: str) -> Iterator[tuple[Path, Callable[[Buffer], None]]]:
     """A new file in ``spool_dir`` and a function that appends to it; the file is removed when anything fails
     before the block ends. A spool folder that is full, gone or read-only is the gateway's fault, not the
     client's: ``StorageUnavailable`` (503, retry is safe), never a 500, and no partial file left to fill the
@@ -344,7 +379,7 @@ def spool_file(spool_dir: Path, prefix: str, suffix: str) -> Iterator[tuple[Path
         return StorageUnavailable(f"upload spool write failed ({errno.errorcode.get(exc.errno or 0, 'error')})")
 
     try:
-        fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=spool_dir)
+        fd, name = tempfile.mkstemp(prefix=spool_prefix(kind), suffix=suffix, dir=spool_dir)
     except OSError as exc:
         raise unavailable(exc) from None
     path = Path(name)

@@ -237,7 +237,7 @@ def _spool_single(stream: object, spool_dir: Path, length: int | None) -> tuple[
     """The body into a new file: its path and sha256 (hashed on the way). ``length``: the Content-Length."""
     digest = hashlib.sha256()
     total = 0
-    with spool_file(spool_dir, "stow-", ".dcm") as (path, write):
+    with spool_file(spool_dir, "stow", ".dcm") as (path, write):
         while chunk := stream.read(1 << 20):  # type: ignore[attr-defined]
             total += len(chunk)
             if total > MAX_PART_BYTES:
