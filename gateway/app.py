@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask, Response
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
 from gateway.config import Settings
@@ -14,6 +15,16 @@ from gateway.errors import GatewayError, error_body, to_response
 from gateway.services import Services
 
 log = logging.getLogger("gateway")
+
+
+class _JSONProvider(DefaultJSONProvider):
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        try:
+            return super().loads(s, **kwargs)
+        except RecursionError:
+            # a body nested deeper than the decoder's stack is malformed JSON like any other (get_json then
+            # answers 400), never an unexpected error: a 500 for a client's mistake, on unauthenticated routes too
+            raise ValueError("JSON nested too deeply") from None
 
 
 def create_app(
@@ -30,6 +41,7 @@ def create_app(
             settings = Settings.from_mapping(config)
         services = Services.build(settings, migrate=migrate)
     app = Flask(__name__)
+    app.json = _JSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = None  # STOW streams; NGINX enforces the body limit
     app.extensions["dicomgw"] = services
 
@@ -48,7 +60,10 @@ def create_app(
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:
         code = (error.name or "error").lower().replace(" ", "_")
-        return Response(error_body(code, error.description or code), error.code or 500, mimetype="application/json")
+        response = Response(error_body(code, error.description or code), error.code or 500, mimetype="application/json")
+        # a 405 must say what the resource takes (RFC 9110 15.5.6); werkzeug's own answer has it, ours kept it out
+        response.headers.extend((k, v) for k, v in error.get_headers() if k.lower() == "allow")
+        return response
 
     @app.errorhandler(Exception)
     def unexpected(error: Exception) -> Response:

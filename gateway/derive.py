@@ -227,7 +227,13 @@ def work(settings: Settings, stop: threading.Event, *, once: bool = False) -> in
                 break
             stop.wait(POLL_SECONDS)
             continue
-        run_job(job, storage, catalog, settings.tmp_dir or None)
+        try:
+            run_job(job, storage, catalog, settings.tmp_dir or None)
+        except CatalogUnavailable:
+            # The outcome could not be recorded: the job's lease brings it back; a database blip never ends the
+            # worker (under `stack up` that stopped every process).
+            log.warning("catalog unavailable; the job is retried when its lease ends", extra={"sop_uid": job.sop_uid})
+            stop.wait(POLL_SECONDS)
         done += 1
     return done
 

@@ -10,6 +10,7 @@ from gateway import nginx_contract as nginx
 from gateway.auth import Authorizer
 from gateway.catalog import Catalog
 from gateway.config import Settings
+from gateway.dicomweb.multipart import sweep_spool
 from gateway.dicomweb.wado import Planner
 from gateway.hooks import Hook
 from gateway.ingest import Ingestor
@@ -81,6 +82,7 @@ class Services:
         if hooks is None:
             hooks, destinations = build_policy_hooks(settings, storage)
         spool_dir = Path(settings.tmp_dir or tempfile.gettempdir())
+        sweep_spool(spool_dir)  # what a worker killed mid-upload left (a new worker starts in its place)
         from gateway.derive import open_offering
 
         ingestor = Ingestor(

@@ -20,6 +20,8 @@ Strictness, where the RFCs leave room:
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -30,7 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from gateway.errors import MalformedMultipart, PayloadTooLarge, UnsupportedMediaType
+from gateway.catalog.owner import Owner, host_identity, is_gone, this_process
+from gateway.errors import MalformedMultipart, PayloadTooLarge, StorageUnavailable, UnsupportedMediaType
 
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # noqa: S105 (RFC 9110 token, not a password)
 _MEDIA_TYPE = re.compile(rf"({_TOKEN})/({_TOKEN})")
@@ -43,6 +46,7 @@ _UNQUOTED = re.compile(r'[^\s;"]+')
 _QUOTED_PAIR = re.compile(r"\\(.)")
 _HEADER_NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
+Buffer = bytes | memoryview
 MAX_HEADER_BYTES = 64 * 1024
 MAX_PREAMBLE_BYTES = 1 << 20
 _MAX_PADDING = 1024
@@ -232,9 +236,9 @@ def iter_parts(
     """Stream a ``multipart/related`` body part by part into files in ``spool_dir``.
 
     Each ``Part`` is yielded only once its closing delimiter has been seen, so a yielded part is complete. An
-    error (``MalformedMultipart``, ``PayloadTooLarge``) is raised at the part where the body goes wrong; parts
-    already yielded are the caller's to keep or delete. The file of a part being written when an error occurs
-    or the generator is closed is removed here.
+    error (``MalformedMultipart``, ``PayloadTooLarge``; ``StorageUnavailable`` when the spool folder fails) is
+    raised at the part where the body goes wrong; parts already yielded are the caller's to keep or delete. The
+    file of a part being written when an error occurs or the generator is closed is removed here.
     """
     check_boundary(boundary)
     if chunk_size < 1:
@@ -316,24 +320,89 @@ def _spool_body(
 ) -> tuple[Path, int, str]:
     """The part's body into a new file: its path, size and sha256 (hashed on the way, so ingest need not read
     the file again for its digest)."""
-    fd, name = tempfile.mkstemp(prefix="part-", suffix=".spool", dir=spool_dir)
-    path = Path(name)
     digest = hashlib.sha256()
-
-    def write(chunk: memoryview) -> None:
-        out.write(chunk)
-        digest.update(chunk)
-
     try:
-        with os.fdopen(fd, "wb") as out:
+        with spool_file(spool_dir, "part", ".spool") as (path, write_file):
+
+            def write(chunk: memoryview) -> None:
+                write_file(chunk)
+                digest.update(chunk)
+
             size = reader.scan_to(delimiter, write, max_part_bytes)
     except _TooLarge:
-        path.unlink(missing_ok=True)
         raise PayloadTooLarge(f"part {number} is larger than {max_part_bytes} bytes") from None
+    return path, size, digest.hexdigest()
+
+
+_SPOOL_NAME = re.compile(r"(?:part|stow)-([0-9a-f]{8})-([0-9]+)-([0-9]+)-")
+
+
+def _host_tag() -> str:
+    identity = host_identity()
+    return hashlib.sha256(identity.encode()).hexdigest()[:8] if identity else ""
+
+
+def spool_prefix(kind: str) -> str:
+    """``{kind}-{host}-{pid}-{start time}-``: a spool file names the process writing it, so that what a killed
+    worker left can be told from what a live one is writing (``sweep_spool``)."""
+    me = this_process()
+    return f"{kind}-{_host_tag() or 'x'}-{me.pid}-{me.started}-"
+
+
+def sweep_spool(spool_dir: Path) -> int:
+    """Remove the spool files of processes of this host that are gone: a worker killed in the middle of an upload
+    (kill -9, the OOM killer) left its parts there, never to be ingested, each a copy of uploaded DICOM (PHI
+    included) that no DELETE or erasure reaches, and a folder that only grows. Returns how many were removed."""
+    tag = _host_tag()
+    try:
+        names = os.listdir(spool_dir)
+    except OSError:
+        return 0
+    removed = 0
+    for name in names:
+        match = _SPOOL_NAME.match(name)
+        if tag and match and match[1] == tag and is_gone(Owner(host_identity(), int(match[2]), int(match[3]))):
+            with contextlib.suppress(OSError):
+                (spool_dir / name).unlink()
+                removed += 1
+    return removed
+
+
+@contextlib.contextmanager
+def spool_file(spool_dir: Path, kind: str, suffix: str) -> Iterator[tuple[Path, Callable[[Buffer], None]]]:
+    """A new file in ``spool_dir`` and a function that appends to it; the file is removed when anything fails
+    before the block ends. A spool folder that is full, gone or read-only is the gateway's fault, not the
+    client's: ``StorageUnavailable`` (503, retry is safe), never a 500, and no partial file left to fill the
+    folder for every later upload."""
+
+    def unavailable(exc: OSError) -> StorageUnavailable:
+        return StorageUnavailable(f"upload spool write failed ({errno.errorcode.get(exc.errno or 0, 'error')})")
+
+    try:
+        fd, name = tempfile.mkstemp(prefix=spool_prefix(kind), suffix=suffix, dir=spool_dir)
+    except OSError as exc:
+        raise unavailable(exc) from None
+    path = Path(name)
+    out = os.fdopen(fd, "wb")
+
+    def write(chunk: Buffer) -> None:
+        try:
+            out.write(chunk)
+        except OSError as exc:
+            raise unavailable(exc) from None
+
+    try:
+        yield path, write
+        try:
+            out.flush()
+        except OSError as exc:
+            raise unavailable(exc) from None
     except BaseException:
+        with contextlib.suppress(OSError):  # what is still buffered cannot be written either
+            out.close()
         path.unlink(missing_ok=True)
         raise
-    return path, size, digest.hexdigest()
+    out.close()
 
 
 # ---------------------------------------------------------------------------------------------- client side

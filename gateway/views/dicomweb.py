@@ -16,13 +16,14 @@ from flask import Blueprint, Response, request
 from gateway import fastjson
 from gateway.catalog.deletions import Target
 from gateway.dicomweb.accept import Offer, negotiate
-from gateway.dicomweb.multipart import iter_parts, parse_content_type
+from gateway.dicomweb.multipart import iter_parts, parse_content_type, spool_file
 from gateway.dicomweb.qido import parse_qido
 from gateway.dicomweb.stow import StowBatch
 from gateway.dicomweb.stow_response import StowItem, build_stow_response
 from gateway.errors import (
     BadRequest,
     GatewayError,
+    MalformedMultipart,
     NotFound,
     PayloadTooLarge,
     UnsupportedMediaType,
@@ -184,6 +185,10 @@ def _stow(study: str | None) -> Response:
     claims = decision().claims
     srv = services()
     media_type, params = parse_content_type(request.headers.get("Content-Type", ""))
+    coding = request.headers.get("Content-Encoding", "").strip().lower()
+    if coding not in ("", "identity"):
+        # read as DICOM, a gzip body was a 409 "not a DICOM Part 10 file" per part, or a 400 "no boundary"
+        raise UnsupportedMediaType(f"Content-Encoding {coding[:40]} is not supported: send the body uncompressed")
     context = UploadContext(
         source="stow",
         sub=claims.sub,
@@ -199,7 +204,7 @@ def _stow(study: str | None) -> Response:
     stream = large_read_stream(request.environ["wsgi.input"])
     try:
         if media_type == "application/dicom":
-            batch.add(*_spool_single(stream, srv.spool_dir))
+            batch.add(*_spool_single(stream, srv.spool_dir, request.content_length))
         elif media_type == "multipart/related":
             part_type = params.get("type", "application/dicom").lower()
             if part_type != "application/dicom":
@@ -219,6 +224,8 @@ def _stow(study: str | None) -> Response:
         batch.abandon()
         raise
     results = batch.finish()
+    if not results:  # nothing to answer per instance: say what is wrong with the body, like any other 400
+        raise MalformedMultipart("the multipart body holds no part")
     outage = batch.outage
     if outage is not None and not any(r.ok for r in results):
         raise outage
@@ -226,23 +233,23 @@ def _stow(study: str | None) -> Response:
     return dicom_json(json.dumps(answer.body, separators=(",", ":")).encode(), answer.status)
 
 
-def _spool_single(stream: object, spool_dir: Path) -> tuple[Path, str]:
-    """The body into a new file: its path and sha256 (hashed on the way)."""
-    import hashlib
-    import tempfile
-
-    handle = tempfile.NamedTemporaryFile(dir=spool_dir, prefix="stow-", suffix=".dcm", delete=False)
+def _spool_single(stream: object, spool_dir: Path, length: int | None) -> tuple[Path, str]:
+    """The body into a new file: its path and sha256 (hashed on the way). ``length``: the Content-Length."""
     digest = hashlib.sha256()
-    with handle:
-        total = 0
+    total = 0
+    with spool_file(spool_dir, "stow", ".dcm") as (path, write):
         while chunk := stream.read(1 << 20):  # type: ignore[attr-defined]
             total += len(chunk)
             if total > MAX_PART_BYTES:
-                Path(handle.name).unlink(missing_ok=True)
                 raise PayloadTooLarge("the instance is larger than this gateway accepts")
-            handle.write(chunk)
+            write(chunk)
             digest.update(chunk)
-    return Path(handle.name), digest.hexdigest()
+        # A client that went away mid-body leaves a short read, not an error (NGINX closes, gunicorn reads EOF):
+        # cut at an element boundary, the file still parses, and storing it would refuse the client's retry of
+        # the whole file (0x0111). A multipart body has its close delimiter for this; a single part only this.
+        if length is not None and total != length:
+            raise BadRequest(f"the body ended after {total} of its {length} bytes (Content-Length)")
+    return path, digest.hexdigest()
 
 
 # -- DELETE (API key only; gateway.lifecycle) -------------------------------------------------------------------

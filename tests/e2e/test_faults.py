@@ -121,6 +121,14 @@ def test_worker_killed_mid_stow_then_retry_stores_everything(stack: RunningStack
         assert answer.content == path.read_bytes(), uids_of(path)[2]
     assert requests.get(f"{stack.url}/readyz", timeout=10).status_code == 200
 
+    # What the killed worker had spooled (the part it was ingesting, the parts queued behind it: copies of the
+    # upload, PHI included) is removed once a worker starts in its place; it was left in the folder for good.
+    spool = stack.stack.var_dir / "spool"
+    deadline = time.monotonic() + 30
+    while left := sorted(p.name for p in spool.iterdir() if p.name.startswith(("part-", "stow-"))):
+        assert time.monotonic() < deadline, f"spool files left by the killed worker: {left}"
+        time.sleep(0.2)
+
 
 @pytest.fixture
 def missing(stack: RunningStack, tmp_path: Path) -> tuple[str, Path, str]:

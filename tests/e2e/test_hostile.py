@@ -156,6 +156,55 @@ def test_every_error_a_client_can_trigger_is_json(stack: RunningStack, ct: dict[
     assert not failures, "\n".join(failures)
 
 
+def test_a_method_the_resource_does_not_take_is_a_405_with_allow(stack: RunningStack, ct: dict[str, str]) -> None:
+    """PUT, PATCH, an unknown method, or POST/DELETE where no resource takes them: a JSON 405 naming what the
+    resource takes (RFC 9110 requires Allow), whatever the credential; they were a 403 "out_of_scope" even with the
+    API key, a POST to a frame a 404, and no 405 had an Allow header. DELETE where it exists stays the auth step's
+    (API key only: a token gets 403, above)."""
+    root, study, series, sop = ct["root"], ct["study"], ct["series"], ct["sop"]
+    instance = f"studies/{study}/series/{series}/instances/{sop}"
+    key = {"Authorization": f"Bearer {stack.stack.api_key}"}
+    cases = [
+        ("PUT", "studies", "GET, HEAD, POST, OPTIONS"),
+        ("PATCH", f"studies/{study}", "GET, HEAD, POST, DELETE, OPTIONS"),
+        ("FOO", instance, "GET, HEAD, DELETE, OPTIONS"),
+        ("TRACE", f"{instance}/frames/1", "GET, HEAD, OPTIONS"),
+        ("POST", f"{instance}/frames/1", "GET, HEAD, OPTIONS"),
+        ("POST", f"{instance}/bulkdata/7FE00010", "GET, HEAD, OPTIONS"),
+        ("POST", f"studies/{study}/metadata", "GET, HEAD, OPTIONS"),
+        ("DELETE", "studies", "GET, HEAD, POST, OPTIONS"),
+        ("DELETE", f"studies/{study}/series", "GET, HEAD, OPTIONS"),
+    ]
+    failures = []
+    for method, path, allow in cases:
+        for base, headers in ((root, {}), ("/dicomweb", key)):
+            lines = "".join(f"{k}: {v}\r\n" for k, v in {"Host": "gw", **headers, "Connection": "close"}.items())
+            request = f"{method} {base}/{path} HTTP/1.1\r\n{lines}Content-Length: 0\r\n\r\n".encode()
+            status, answer, body = raw(stack, request)
+            try:
+                assert_json_error(status, answer, body, 405)
+                assert answer.get("allow") == allow, answer
+            except (AssertionError, ValueError, KeyError) as error:
+                failures.append(f"{method} {base}/{path}: {error!r}")
+    # Python's own 405s keep werkzeug's Allow too
+    status, answer, body = raw(stack, b"PUT /api/v1/tokens HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+    assert_json_error(status, answer, body, 405)
+    assert set(answer.get("allow", "").split(", ")) == {"POST", "OPTIONS"}, answer
+    assert not failures, "\n".join(failures)
+
+
+def test_json_nested_deeper_than_the_decoder_is_a_400(stack: RunningStack) -> None:
+    """A JSON body nested 100,000 deep (RecursionError in the decoder) is malformed JSON like any other: a JSON 400,
+    never a 500 "unexpected server error" (it was one, even on the unauthenticated renewal route)."""
+    deep = b'{"token":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    key = f"Authorization: Bearer {stack.stack.api_key}\r\n"
+    for path, auth in (("/api/v1/tokens/renew", ""), ("/api/v1/tokens", key), ("/api/v1/admin/erasure", key)):
+        head = f"POST {path} HTTP/1.1\r\nHost: gw\r\n{auth}Content-Type: application/json\r\n"
+        head += f"Content-Length: {len(deep)}\r\nConnection: close\r\n\r\n"
+        status, headers, body = raw(stack, head.encode() + deep)
+        assert_json_error(status, headers, body, 400)
+
+
 def test_long_uri_and_many_headers_are_served(stack: RunningStack, ct: dict[str, str]) -> None:
     """Whatever NGINX lets through, gunicorn takes too (its defaults refused 4 KB lines and 100 headers)."""
     query = "&".join(["includefield=00080020"] * 350)

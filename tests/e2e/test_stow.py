@@ -3,7 +3,10 @@ mid-upload, bounded memory for a 2 GB instance, and the upload CLI."""
 
 from __future__ import annotations
 
+import gzip
+import io
 import os
+import socket
 import struct
 import subprocess
 import sys
@@ -12,6 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import pydicom
 import pytest
@@ -104,6 +108,7 @@ def test_study_in_url_must_match(stack: RunningStack, tmp_path: Path) -> None:
             400,
         ),
         ("multipart/related; type=application/dicom; boundary=x", b"no delimiter at all", 400),
+        ("multipart/related; type=application/dicom; boundary=x", b"--x--\r\n", 400),  # no part: say so
         ("multipart/related; type=image/png; boundary=x", b"--x--\r\n", 415),
         ("text/plain", b"hello", 415),
     ],
@@ -116,7 +121,30 @@ def test_broken_multipart_gives_a_clear_error(stack: RunningStack, content_type:
         timeout=30,
     )
     assert answer.status_code == status
+    assert answer.headers["Content-Type"] == "application/json"
+    assert set(answer.json()) == {"error", "detail"}
     assert answer.json()["error"] in ("malformed_multipart", "unsupported_media_type")
+
+
+@pytest.mark.parametrize("content_type", ["application/dicom", "multipart/related; type=application/dicom; boundary=x"])
+def test_compressed_body_is_a_clear_415(stack: RunningStack, tmp_path: Path, content_type: str) -> None:
+    """A body with a Content-Encoding (gzip) is refused as such (RFC 9110 15.5.16), not read as DICOM (a 409 "not a
+    DICOM Part 10 file") or as multipart (a 400 "no opening boundary")."""
+    [file] = make_series(tmp_path / "gz", modality="CT", slices=1, seed=62, clean=True)
+    data = file.read_bytes()
+    if content_type.startswith("multipart"):
+        data = b"--x\r\nContent-Type: application/dicom\r\n\r\n" + data + b"\r\n--x--\r\n"
+    answer = requests.post(
+        f"{stack.url}/dicomweb/studies",
+        data=gzip.compress(data),
+        headers={**stack.api_headers, "Content-Type": content_type, "Content-Encoding": "gzip"},
+        timeout=30,
+    )
+    assert answer.status_code == 415, answer.text
+    assert answer.json() == {
+        "error": "unsupported_media_type",
+        "detail": "Content-Encoding gzip is not supported: send the body uncompressed",
+    }
 
 
 def test_boundary_longer_than_rfc_2046_is_accepted_up_to_a_bound(stack: RunningStack, tmp_path: Path) -> None:
@@ -166,6 +194,43 @@ def test_single_part_application_dicom(stack: RunningStack, tmp_path: Path) -> N
     )
     assert answer.status_code == 200
     assert referenced(answer)[0]["00081155"]["Value"] == [uids_of(path)[2]]
+
+
+def test_single_part_body_cut_short_is_not_stored_and_the_retry_is(stack: RunningStack, tmp_path: Path) -> None:
+    """A client that goes away in the middle of an application/dicom body: the gateway reads a short body (NGINX
+    closes, gunicorn reads EOF). Cut where the file still parses (before its trailing padding here; any element
+    boundary of a file without pixel data), it was stored as if whole, and the client's retry of the whole file
+    was refused with 0x0111 (other bytes under that UID). Nothing is stored now, and the retry is."""
+    [source] = make_series(tmp_path / "cut", modality="CT", slices=1, seed=61, clean=True)
+    ds = pydicom.dcmread(source)
+    whole_head = io.BytesIO()
+    ds.save_as(whole_head, enforce_file_format=True)
+    ds.add_new(0xFFFCFFFC, "OB", b"\0" * 4096)  # Data Set Trailing Padding: the last element the client sends
+    whole = io.BytesIO()
+    ds.save_as(whole, enforce_file_format=True)
+    data, cut = whole.getvalue(), len(whole_head.getvalue())
+    assert data[:cut] == whole_head.getvalue()
+    parsed = urlparse(stack.url)
+    head = (
+        f"POST /dicomweb/studies HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {stack.stack.api_key}\r\n"
+        f"Content-Type: application/dicom\r\nContent-Length: {len(data)}\r\n\r\n"
+    )
+    with socket.create_connection((parsed.hostname, parsed.port), timeout=10) as connection:
+        connection.sendall(head.encode() + data[:cut])
+    retry = requests.post(
+        f"{stack.url}/dicomweb/studies",
+        data=data,
+        headers={**stack.api_headers, "Content-Type": "application/dicom"},
+        timeout=60,
+    )
+    assert retry.status_code == 200, retry.text
+    study, series, sop = uids_of(source)
+    stored = requests.get(
+        f"{stack.url}/dicomweb/studies/{study}/series/{series}/instances/{sop}",
+        headers={**stack.api_headers, "Accept": "application/dicom"},
+        timeout=30,
+    )
+    assert stored.status_code == 200 and stored.content == data
 
 
 def test_upload_cli_with_a_write_token(stack: RunningStack, tmp_path: Path) -> None:
@@ -377,3 +442,36 @@ def test_reconcile_finds_and_repairs_a_crash_between_store_and_commit(stack: Run
     assert key in result["registered"]
     assert f"studies/{study}/series/{series}/instances/2.25.62.dcm" in result["deleted"]
     assert [i["00080018"]["Value"][0] for i in requests.get(instances_url, timeout=10).json()] == [sop]
+
+
+# -- a stack of its own: the upload spool folder fails ------------------------------------------------------------
+
+
+def test_spool_folder_gone_is_a_503_and_the_retry_is_stored(tmp_path: Path) -> None:
+    """The folder uploads are spooled to (DICOMGW_TMP_DIR) removed under a running gateway (a temp cleaner; a
+    full disk takes the same path, unit-tested in test_multipart): a JSON 503 with Retry-After for a multipart
+    and a single-part body, never a 500; back in place, the same upload is stored and no spool file is left."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    running = start_stack(tmp_path / "var", "file", None, DICOMGW_TMP_DIR=str(spool))
+    try:
+        files = make_series(tmp_path / "f", modality="CT", slices=2, seed=59, clean=True)
+        spool.rmdir()
+        single = requests.post(
+            f"{running.url}/dicomweb/studies",
+            data=files[0].read_bytes(),
+            headers={**running.api_headers, "Content-Type": "application/dicom"},
+            timeout=60,
+        )
+        for answer in (running.stow(files), single):
+            assert answer.status_code == 503, answer.text
+            assert answer.headers["Content-Type"] == "application/json"
+            assert answer.json() == {"error": "storage_unavailable", "detail": "upload spool write failed (ENOENT)"}
+            assert answer.headers["Retry-After"] == "5"
+        spool.mkdir()
+        retry = running.stow(files)
+        assert retry.status_code == 200, retry.text
+        assert len(referenced(retry)) == 2
+        assert [p for p in spool.iterdir() if p.name.startswith(("stow-", "part-"))] == []
+    finally:
+        running.stack.stop()

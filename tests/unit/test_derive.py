@@ -3,7 +3,9 @@ back-off and the attempt limit, the sha256-guarded publish, and the exact lossle
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import imagecodecs
@@ -11,10 +13,12 @@ import numpy as np
 import pydicom
 import pytest
 
+import gateway.derive as derive_module
 from gateway.catalog import Catalog
 from gateway.derive import MAX_ATTEMPTS, derivative_key, encode_instance, handle_sqs
 from gateway.dicom.frames import FrameIndex
 from gateway.dicom.index import index_file
+from gateway.errors import CatalogUnavailable
 from gateway.storage import open_storage
 from gateway.tools.synth import make_series, make_wsi
 from tests.fixtures.catalog_data import make_instance, record
@@ -123,3 +127,33 @@ def test_sqs_queue_sends_one_message_and_never_raises(moto_server: MotoServer) -
     dead_client = client(dead.endpoint)
     dead.stop()
     SqsQueue(url, client=dead_client).enqueue("1.2.4")  # no exception
+
+
+def test_worker_outlives_a_catalog_outage_in_the_middle_of_a_job(
+    catalog: Catalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The catalog goes away after a job is claimed (a PostgreSQL restart): the worker neither records nor
+    finishes it, and it does not exit either (it used to, and `stack up` then stopped every process); the job
+    comes back when its lease ends."""
+    catalog.enqueue_derivative(SOP)
+    down = {"now": False}
+    claim = catalog.claim_derivative
+
+    def claim_then_outage(**kwargs: Any) -> Any:
+        if down["now"]:
+            raise CatalogUnavailable("catalog unavailable (OperationalError)")
+        down["now"] = True  # the database dies right after this claim
+        return claim(**kwargs)
+
+    def unavailable(*args: Any, **kwargs: Any) -> Any:
+        raise CatalogUnavailable("catalog unavailable (OperationalError)")
+
+    monkeypatch.setattr(catalog, "claim_derivative", claim_then_outage)
+    for name in ("get_instance", "fail_derivative", "finish_derivative", "require_current_schema"):
+        monkeypatch.setattr(catalog, name, unavailable if name != "require_current_schema" else lambda: None)
+    monkeypatch.setattr(derive_module, "Catalog", lambda url: catalog)
+    settings = SimpleNamespace(storage_url=f"file://{tmp_path}", database_url="unused", tmp_dir="")
+    assert derive_module.work(settings, threading.Event(), once=True) == 1  # type: ignore[arg-type]
+    monkeypatch.undo()
+    job = catalog.derivative_job(SOP)
+    assert job is not None and job.attempts == 1  # still there: the lease brings it back

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -22,8 +24,10 @@ from gateway.dicomweb.multipart import (
     iter_parts,
     multipart_boundary,
     parse_content_type,
+    spool_file,
+    sweep_spool,
 )
-from gateway.errors import MalformedMultipart, PayloadTooLarge, UnsupportedMediaType
+from gateway.errors import MalformedMultipart, PayloadTooLarge, StorageUnavailable, UnsupportedMediaType
 
 REPO = Path(__file__).resolve().parents[2]
 BIG = 1 << 40
@@ -283,6 +287,64 @@ def test_oversize_part(tmp_path: Path) -> None:
         parse(data, tmp_path, max_part_bytes=100, chunk_size=16)
     assert list(tmp_path.iterdir()) == []
     assert [c for _, c in parse(data, tmp_path, max_part_bytes=101)] == [b"a" * 100, b"b" * 101]
+
+
+@contextlib.contextmanager
+def file_size_limit(limit: int) -> Iterator[None]:
+    """Writes past ``limit`` bytes fail in the kernel (EFBIG; Python ignores SIGXFSZ), as on a full spool disk."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+@pytest.mark.parametrize("size", [3000, 3 << 20])  # left in the write buffer, or written in large reads
+def test_spool_full_is_503_and_leaves_no_file(tmp_path: Path, size: int) -> None:
+    """A spool write that fails (disk full) is the gateway's fault: StorageUnavailable, a 503 the client may
+    retry, never an OSError (a 500); and the half-written files are removed, or they would keep the spool full.
+    Both the multipart parser and the single application/dicom body."""
+    from gateway.views.dicomweb import _spool_single
+
+    data = body(b"a" * 100, b"b" * size)
+    with file_size_limit(1024), pytest.raises(StorageUnavailable, match=r"upload spool write failed \(EFBIG\)"):
+        parse(data, tmp_path, chunk_size=512)
+    assert list(tmp_path.iterdir()) == []
+    with file_size_limit(1024), pytest.raises(StorageUnavailable, match=r"upload spool write failed \(EFBIG\)"):
+        _spool_single(io.BytesIO(b"c" * size), tmp_path, size)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(StorageUnavailable, match=r"\(ENOENT\)"):  # the spool folder is gone
+        parse(data, tmp_path / "gone")
+    path, digest = _spool_single(io.BytesIO(b"c" * size), tmp_path, size)  # room again: stored whole
+    assert path.read_bytes() == b"c" * size and digest == hashlib.sha256(b"c" * size).hexdigest()
+
+
+def test_sweep_removes_only_what_a_process_gone_left(tmp_path: Path) -> None:
+    """A spool file names its writer (host, pid, start time): the sweep a new worker runs removes the files of a
+    process of this host that is gone (killed mid-upload), never a live one's, another host's or anything else."""
+    from gateway.catalog.owner import this_process
+
+    with spool_file(tmp_path, "part", ".spool") as (live, write):
+        write(b"mine")
+    child = subprocess.run(  # a process that ran here and exited: what a killed worker leaves
+        [sys.executable, "-c", "from gateway.dicomweb.multipart import spool_prefix; print(spool_prefix('stow'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    ).stdout.strip()
+    dead = tmp_path / f"{child}abc.dcm"
+    me = this_process()
+    tag = live.name.split("-")[1]
+    other_host = tmp_path / f"part-{'0' * 8 if tag != '0' * 8 else '1' * 8}-{child.split('-')[2]}-1-x.spool"
+    unrelated = tmp_path / "part-notours.spool"
+    for path in (dead, other_host, unrelated):
+        path.write_bytes(b"x")
+    assert live.name.startswith(f"part-{tag}-{me.pid}-{me.started}-")
+    assert sweep_spool(tmp_path) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (live, other_host, unrelated))
+    assert sweep_spool(tmp_path / "gone") == 0
 
 
 def test_closing_the_generator_removes_nothing_yielded(tmp_path: Path) -> None:
