@@ -28,6 +28,7 @@ from gateway.numbers import parse_int
 from gateway.uids import InstanceId, check_uid
 
 NATIVE_TS = "1.2.840.10008.1.2.1"
+IMPLICIT_TS = "1.2.840.10008.1.2"
 # The lossless derivative's transfer syntax (gateway.derive): HTJ2K Lossless with RPCL progression, PS3.5 A.4.13.
 DERIVATIVE_TS = "1.2.840.10008.1.2.4.202"
 DERIVATIVE_MEDIA_TYPE = "image/jphc"
@@ -75,6 +76,15 @@ class CachedInstance:
     frames: FrameIndex | None
     bulkdata: dict[str, tuple[int, int]] = field(default_factory=dict)
     derivative: Derivative | None = None
+
+
+def bulk_syntax(stored: str) -> str:
+    """The transfer syntax that labels (and that a client names for) an instance's frames and bulkdata. PS3.18
+    8.7.3.3.1 (Table 8.7.3-4): uncompressed bulkdata is little-endian bytes named Explicit VR Little Endian; an
+    implicit VR file holds exactly those bytes (VR encoding only changes element headers), so they are served as
+    such, not as the file's own syntax, which no client asks for and which made ``transfer-syntax=1.2.840.10008.1.2.1``
+    a 406. Retrieve (P10) still names the file's syntax."""
+    return NATIVE_TS if stored == IMPLICIT_TS else stored
 
 
 def _decode_bulkdata(value: Any) -> dict[str, tuple[int, int]]:
@@ -371,7 +381,7 @@ class Planner:
         return PlanResponse(200, headers)
 
     def _frame_offers(self, instance: CachedInstance, single_allowed: bool) -> list[Offer]:
-        ts = instance.transfer_syntax_uid
+        ts = bulk_syntax(instance.transfer_syntax_uid)
         media = instance.frame_media_type
         offers = []
         if media != "application/octet-stream":
@@ -460,8 +470,9 @@ class Planner:
         if found is None:
             raise NotFound("no such bulkdata element")
         offset, length = found
-        single = Offer("application/octet-stream", instance.transfer_syntax_uid, False)
-        multi = Offer("application/octet-stream", instance.transfer_syntax_uid, True)
+        ts = bulk_syntax(instance.transfer_syntax_uid)
+        single = Offer("application/octet-stream", ts, False)
+        multi = Offer("application/octet-stream", ts, True)
         offer = negotiate(accept, [single, multi] if range_header else [multi, single])
         expires = ("X-Accel-Expires", str(self._plan_seconds))
         if not offer.multipart:
