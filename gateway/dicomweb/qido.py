@@ -7,7 +7,8 @@ case-insensitively and we do, on every backend), wildcards ``*`` and ``?`` (SQL 
 partial date such as ``2020`` or ``202003`` matches the whole year or month), ``ModalitiesInStudy`` (any of
 the listed values), integer attributes (``SeriesNumber``, ``InstanceNumber``). Attributes may be given by
 keyword or by tag (``PatientID`` or ``00100020``); attributes of the query level and of the levels above it
-can be matched. Anything else is a 400 that names the parameter. ``fuzzymatching`` is accepted and ignored;
+can be matched. Anything else is a 400 that names the parameter. ``fuzzymatching`` is accepted and ignored
+(``fuzzy`` records a ``true``, which the answer must own up to: PS3.18 8.3.4.2);
 the transport parameters ``token``, ``accept``, ``charset`` and ``_`` are ignored (the DICOMweb layer handles
 them).
 """
@@ -99,6 +100,7 @@ class QidoQuery:
     offset: int = 0
     study_uid: str | None = None  # from the path
     series_uid: str | None = None  # from the path
+    fuzzy: bool = False  # fuzzymatching=true was asked for; we match literally
 
 
 def _resolve(name: str) -> tuple[str, Attr | None]:
@@ -259,4 +261,5 @@ def parse_qido(
         offset=_int_param("offset", list(args.get("offset", [])), 0),
         study_uid=study_uid,
         series_uid=series_uid,
+        fuzzy=any(value.strip().lower() == "true" for value in args.get("fuzzymatching", [])),
     )

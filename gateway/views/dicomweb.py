@@ -43,6 +43,7 @@ DICOM_JSON = "application/dicom+json"
 MAX_PART_BYTES = 8 << 30
 
 
+FUZZY_WARNING = "The fuzzymatching parameter is not supported. Only literal matching has been performed."
 JSON_OFFERS = [Offer(DICOM_JSON, "*", False), Offer("application/json", "*", False)]
 
 
@@ -74,7 +75,10 @@ def _search(level: str, study: str | None = None, series: str | None = None) -> 
     results = catalog.search(query, scope)
     if not results and study and not catalog.exists(study, series):
         raise NotFound("no such study" if series is None else "no such series")  # e.g. deleted
-    return dicom_json(fastjson.dumps(results))
+    response = dicom_json(fastjson.dumps(results))
+    if query.fuzzy:  # PS3.18 8.3.4.2: a server without fuzzy matching says so in this header, in these words
+        response.headers["Warning"] = f"299 {public_base()}/dicomweb: {FUZZY_WARNING}"
+    return response
 
 
 @bp.get("/studies")

@@ -299,6 +299,27 @@ def test_qido_answer_is_compact_utf8_dicom_json(
         assert requests.get(f"{root}/studies", params={"ModalitiesInStudy": other}, timeout=30).json() == [], other
 
 
+
+def test_qido_fuzzymatching_is_ignored_with_the_warning_ps3_18_requires(
+    stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]
+) -> None:
+    """PS3.18 8.3.4.2: a server without fuzzy matching performs the search literally and, when asked for it,
+    answers with `Warning: 299 <service>: The fuzzymatching parameter is not supported. ...` (it was silent)."""
+    study = uids_of(synthetic["ct"][0])[0]
+    root = roots[study]
+    literal = requests.get(f"{root}/studies", timeout=30)
+    for params in ({"fuzzymatching": "true"}, {"fuzzymatching": "true", "PatientName": "*"}):
+        answer = requests.get(f"{root}/studies", params=params, timeout=30)
+        assert answer.status_code == 200 and answer.json() == literal.json()
+        assert answer.headers["Warning"] == (
+            f"299 {stack.url}/dicomweb: The fuzzymatching parameter is not supported. "
+            "Only literal matching has been performed."
+        )
+        series = requests.get(f"{root}/studies/{study}/series", params=params, timeout=30)
+        assert series.status_code == 200 and series.headers["Warning"].startswith("299 ")
+    for quiet in ({}, {"fuzzymatching": "false"}):
+        assert "Warning" not in requests.get(f"{root}/studies", params=quiet, timeout=30).headers
+
 def test_storage_error_aborts_instead_of_corrupting(
     stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str], tmp_path: Path
 ) -> None:

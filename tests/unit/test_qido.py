@@ -74,6 +74,8 @@ def test_includefield_limit_offset() -> None:
     )
     assert query.include == frozenset({"00180050", "00080008", "00280010"}) and not query.include_all
     assert (query.limit, query.offset) == (5, 10)
+    assert query.fuzzy  # ignored, but the view must say so (PS3.18 8.3.4.2)
+    assert not parse_qido("studies", {"fuzzymatching": ["false"]}).fuzzy and not parse_qido("studies", {}).fuzzy
     assert parse_qido("studies", {"includefield": ["all"]}).include_all
     default = parse_qido("studies", {"token": ["abc"], "accept": ["application/dicom+json"]})
     assert (default.limit, default.offset, default.matches) == (DEFAULT_LIMIT, 0, ())
