@@ -43,7 +43,6 @@ DICOM_JSON = "application/dicom+json"
 MAX_PART_BYTES = 8 << 30
 
 
-FUZZY_WARNING = "The fuzzymatching parameter is not supported. Only literal matching has been performed."
 JSON_OFFERS = [Offer(DICOM_JSON, "*", False), Offer("application/json", "*", False)]
 
 
@@ -76,8 +75,8 @@ def _search(level: str, study: str | None = None, series: str | None = None) -> 
     if not results and study and not catalog.exists(study, series):
         raise NotFound("no such study" if series is None else "no such series")  # e.g. deleted
     response = dicom_json(fastjson.dumps(results))
-    if query.fuzzy:  # PS3.18 8.3.4.2: a server without fuzzy matching says so in this header, in these words
-        response.headers["Warning"] = f"299 {public_base()}/dicomweb: {FUZZY_WARNING}"
+    for text in query.warnings:  # PS3.18 8.3.4.2/5/6: a matching option we ignored is owned up to, in these words
+        response.headers.add("Warning", f"299 {public_base()}/dicomweb: {text}")
     return response
 
 

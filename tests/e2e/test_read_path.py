@@ -299,26 +299,38 @@ def test_qido_answer_is_compact_utf8_dicom_json(
         assert requests.get(f"{root}/studies", params={"ModalitiesInStudy": other}, timeout=30).json() == [], other
 
 
-
-def test_qido_fuzzymatching_is_ignored_with_the_warning_ps3_18_requires(
+def test_qido_unsupported_matching_options_are_ignored_with_the_warning_ps3_18_requires(
     stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]
 ) -> None:
-    """PS3.18 8.3.4.2: a server without fuzzy matching performs the search literally and, when asked for it,
-    answers with `Warning: 299 <service>: The fuzzymatching parameter is not supported. ...` (it was silent)."""
+    """PS3.18 8.3.4.2, 8.3.4.5, 8.3.4.6: a server without fuzzy, empty value or multiple value matching searches
+    without it and, when asked for it, answers with a `Warning: 299 <service>: ...` in the standard's words. The
+    fuzzymatching Warning was missing; emptyvaluematching and multiplevaluematching were a 400."""
     study = uids_of(synthetic["ct"][0])[0]
     root = roots[study]
+    service = f"299 {stack.url}/dicomweb: "
+    texts = {
+        "fuzzymatching": "The fuzzymatching parameter is not supported. Only literal matching has been performed.",
+        "emptyvaluematching": (
+            "The emptyvaluematching parameter is not supported. Empty Value Matching has not been performed."
+        ),
+        "multiplevaluematching": (
+            "The multiplevaluematching parameter is not supported. Multiple Value Matching has not been performed."
+        ),
+    }
     literal = requests.get(f"{root}/studies", timeout=30)
-    for params in ({"fuzzymatching": "true"}, {"fuzzymatching": "true", "PatientName": "*"}):
-        answer = requests.get(f"{root}/studies", params=params, timeout=30)
-        assert answer.status_code == 200 and answer.json() == literal.json()
-        assert answer.headers["Warning"] == (
-            f"299 {stack.url}/dicomweb: The fuzzymatching parameter is not supported. "
-            "Only literal matching has been performed."
-        )
-        series = requests.get(f"{root}/studies/{study}/series", params=params, timeout=30)
-        assert series.status_code == 200 and series.headers["Warning"].startswith("299 ")
-    for quiet in ({}, {"fuzzymatching": "false"}):
-        assert "Warning" not in requests.get(f"{root}/studies", params=quiet, timeout=30).headers
+    for name, text in texts.items():
+        for params in ({name: "true"}, {name: "true", "PatientName": "*"}):
+            answer = requests.get(f"{root}/studies", params=params, timeout=30)
+            assert answer.status_code == 200 and answer.json() == literal.json(), (name, answer.text[:200])
+            assert answer.headers["Warning"] == service + text
+            series = requests.get(f"{root}/studies/{study}/series", params=params, timeout=30)
+            assert series.status_code == 200 and series.headers["Warning"] == service + text
+        assert "Warning" not in requests.get(f"{root}/studies", params={name: "false"}, timeout=30).headers
+    two = {"fuzzymatching": "true", "emptyvaluematching": "true"}
+    both = requests.get(f"{root}/studies", params=two, timeout=30)
+    assert both.raw.headers.getlist("Warning") == [service + texts[name] for name in two]
+    assert "Warning" not in literal.headers
+
 
 def test_storage_error_aborts_instead_of_corrupting(
     stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str], tmp_path: Path

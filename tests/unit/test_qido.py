@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from gateway.catalog import Catalog
 from gateway.catalog.schema import series as series_table
 from gateway.catalog.schema import studies as studies_table
-from gateway.dicomweb.qido import DEFAULT_LIMIT, MAX_LIMIT, Match, parse_qido
+from gateway.dicomweb.qido import DEFAULT_LIMIT, MAX_LIMIT, UNSUPPORTED_OPTIONS, Match, parse_qido
 from gateway.errors import BadRequest
 from gateway.scope import Scope
 from tests.fixtures.catalog_data import SR_DOC, make_instance, record
@@ -74,8 +74,10 @@ def test_includefield_limit_offset() -> None:
     )
     assert query.include == frozenset({"00180050", "00080008", "00280010"}) and not query.include_all
     assert (query.limit, query.offset) == (5, 10)
-    assert query.fuzzy  # ignored, but the view must say so (PS3.18 8.3.4.2)
-    assert not parse_qido("studies", {"fuzzymatching": ["false"]}).fuzzy and not parse_qido("studies", {}).fuzzy
+    assert query.warnings == (UNSUPPORTED_OPTIONS["fuzzymatching"],)  # ignored, but the view must say so
+    options = {name: ["true"] for name in ("multiplevaluematching", "emptyvaluematching")}
+    assert set(parse_qido("studies", options).warnings) == {UNSUPPORTED_OPTIONS[name] for name in options}
+    assert parse_qido("studies", {"fuzzymatching": ["false"], "emptyvaluematching": ["false"]}).warnings == ()
     assert parse_qido("studies", {"includefield": ["all"]}).include_all
     default = parse_qido("studies", {"token": ["abc"], "accept": ["application/dicom+json"]})
     assert (default.limit, default.offset, default.matches) == (DEFAULT_LIMIT, 0, ())
