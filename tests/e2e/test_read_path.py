@@ -332,6 +332,42 @@ def test_qido_unsupported_matching_options_are_ignored_with_the_warning_ps3_18_r
     assert "Warning" not in literal.headers
 
 
+def test_qido_matches_carry_their_retrieve_url(stack: RunningStack, synthetic: dict[str, Any]) -> None:
+    """PS3.18 Tables 10.6.3-3/4/5: each match names its Retrieve URL (0008,1190) when the Retrieve transaction can
+    fetch it (there was none at any level). Under the root the client used, as STOW's RetrieveURLs: a path token
+    stays in it, so the URL works as given; a series token cannot retrieve the whole study, so its study has none."""
+    path = synthetic["ct"][0]
+    study, series, sop = uids_of(path)
+    token_root = stack.root(stack.issue([study])["token"])
+    series_root = stack.root(stack.issue([study], series=[series])["token"])
+    for root, headers in ((token_root, {}), (f"{stack.url}/dicomweb", stack.api_headers)):
+        found = [
+            requests.get(f"{root}/{where}", headers=headers, timeout=30).json()
+            for where in (
+                f"studies?StudyInstanceUID={study}",
+                f"studies/{study}/series?SeriesInstanceUID={series}",
+                f"series?SeriesInstanceUID={series}",
+                f"studies/{study}/series/{series}/instances?SOPInstanceUID={sop}",
+                f"instances?SOPInstanceUID={sop}",
+            )
+        ]
+        urls = [match["00081190"] for [match] in found]
+        assert all(list(match) == sorted(match) for [match] in found)
+        study_url = f"{root}/studies/{study}"
+        series_url = f"{study_url}/series/{series}"
+        instance_url = f"{series_url}/instances/{sop}"
+        assert urls == [{"vr": "UR", "Value": [url]} for url in (study_url, *[series_url] * 2, *[instance_url] * 2)]
+        instance = requests.get(instance_url, headers={**headers, "Accept": "application/dicom"}, timeout=30)
+        assert instance.status_code == 200 and instance.content == path.read_bytes()
+        for url in (study_url, series_url):
+            accept = 'multipart/related; type="application/dicom"'
+            assert requests.get(url, headers={**headers, "Accept": accept}, timeout=60).status_code == 200, url
+    [only_series] = requests.get(f"{series_root}/studies", timeout=30).json()
+    assert "00081190" not in only_series  # the study is not the series token's to retrieve
+    [listed] = requests.get(f"{series_root}/studies/{study}/series", timeout=30).json()
+    assert listed["00081190"]["Value"] == [f"{series_root}/studies/{study}/series/{series}"]
+
+
 def test_storage_error_aborts_instead_of_corrupting(
     stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str], tmp_path: Path
 ) -> None:
