@@ -359,13 +359,13 @@ class Planner:
             instances = self._listed(target.study or "", target.series)
         if not instances:
             raise NotFound("no instances")
-        syntaxes = {i.transfer_syntax_uid for i in instances}
-        stored = syntaxes.pop() if len(syntaxes) == 1 else "*"
-        offers = [Offer("application/dicom", stored, True)]
-        if target.instance is not None:
-            offers.append(Offer("application/dicom", stored, False))
-        offer = negotiate(accept, offers)
-        if not offer.multipart:
+        # PS3.18 8.7.8.2: each part has its own Selected Transfer Syntax, so a study or series is acceptable when
+        # every syntax it holds is (named in the Accept, or `*`); a syntax nobody accepts is a 406 (no transcoding).
+        # Only one instance can be a single part.
+        syntaxes = sorted({i.transfer_syntax_uid for i in instances})
+        single = [Offer("application/dicom", syntaxes[0], False)] if target.instance is not None else []
+        offers = [negotiate(accept, [Offer("application/dicom", syntax, True), *single]) for syntax in syntaxes]
+        if not offers[0].multipart:
             return self.redirect_object(instances[0], "application/dicom")
         parts = [(f"application/dicom; transfer-syntax={i.transfer_syntax_uid}", [self._include(i)]) for i in instances]
         expires = self._plan_seconds if target.instance is not None else 0

@@ -15,7 +15,7 @@ import pydicom
 import pytest
 import requests
 
-from gateway.tools.synth import wsi_tile
+from gateway.tools.synth import make_series, wsi_tile
 from tests.e2e.conftest import uids_of
 from tests.e2e.harness import RunningStack
 
@@ -184,6 +184,30 @@ def test_retrieve_series_and_study_multipart(
         timeout=60,
     )
     assert refused.status_code == 406
+
+
+def test_retrieve_of_a_study_in_two_syntaxes_takes_an_accept_naming_both(stack: RunningStack, tmp_path: Path) -> None:
+    """PS3.18 8.7.8.2: each part of a retrieve has its own Selected Transfer Syntax. A study holding Explicit VR
+    Little Endian and JPEG Baseline instances is served as stored to an Accept that names both syntaxes (a 406
+    before: only `transfer-syntax=*` or none matched a mixed study); naming one of them only is still a 406."""
+    from pydicom.data import get_testdata_file
+
+    [native] = make_series(tmp_path, modality="CT", slices=1, rows=64, columns=64, seed=63, clean=True)
+    dataset = pydicom.dcmread(native)
+    jpeg = pydicom.dcmread(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm"))
+    jpeg.StudyInstanceUID, jpeg.SOPInstanceUID = dataset.StudyInstanceUID, pydicom.uid.generate_uid()
+    jpeg.save_as(tmp_path / "jpeg.dcm", enforce_file_format=True)
+    assert stack.stow([native, tmp_path / "jpeg.dcm"]).status_code == 200
+    url = f"{stack.url}/dicomweb/studies/{dataset.StudyInstanceUID}"
+    syntaxes = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.50"]
+    ranges = [f'multipart/related; type="application/dicom"; transfer-syntax={ts}' for ts in syntaxes]
+    both = requests.get(url, headers={**stack.api_headers, "Accept": ", ".join(ranges)}, timeout=60)
+    assert both.status_code == 200, both.text[:200]
+    parts = parse_multipart(both)
+    assert sorted(kind for kind, _ in parts) == [f"application/dicom; transfer-syntax={ts}" for ts in syntaxes]
+    assert sorted(body for _, body in parts) == sorted([native.read_bytes(), (tmp_path / "jpeg.dcm").read_bytes()])
+    for one in ranges:
+        assert requests.get(url, headers={**stack.api_headers, "Accept": one}, timeout=60).status_code == 406
 
 
 def test_metadata_levels_relative_bulkdata_etag_gzip(
