@@ -368,6 +368,18 @@ def test_instance_level_and_includefield(catalog: Catalog) -> None:
     assert top[0]["00100020"]["Value"] == ["P4"] and top[0]["00080060"]["Value"] == ["CT"]
 
 
+def test_an_instance_without_pixel_data_has_no_number_of_frames(catalog: Catalog) -> None:
+    """PS3.18 Table 10.6.3-5 returns Number of Frames (0028,0008) "if known": an SR or a waveform has no frames, and 0
+    is no valid value of it (PS3.3 C.7.6.6); the catalog's 0 ("no pixel data") was answered as `"Value": [0]`."""
+    sop = "1.2.70.1.1"
+    catalog.register_instance(
+        record(make_instance("1.2.70", "1.2.70.1", sop, modality="SR", sop_class=SR_DOC, frames=0))
+    )
+    [found] = find(catalog, "instances", SOPInstanceUID=sop)
+    assert "00280008" not in found and found["00080018"]["Value"] == [sop]
+    assert find(catalog, "instances", study_uid=S1, series_uid=S1 + ".1")[0]["00280008"] == {"vr": "IS", "Value": [1]}
+
+
 def test_study_scope_sees_only_its_study_at_every_level(catalog: Catalog) -> None:
     scope = Scope(frozenset({S2}))
     assert uids(find(catalog, "studies", scope)) == [S2]
