@@ -115,6 +115,25 @@ def test_accept_query_parameter_wins(stack: RunningStack, synthetic: dict[str, A
     assert answer.headers["Content-Type"] == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"
 
 
+def test_accept_query_parameter_with_a_literal_plus(
+    stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]
+) -> None:
+    """A hyperlink written as `?accept=application/dicom+json` keeps its "+" (RFC 3986; PS3.18 8.3 expands query
+    parameters per RFC 6570, which never writes a space as "+"); it was read as a form, as "application/dicom json",
+    and answered 406 by QIDO, metadata and the read plans."""
+    study, series, sop = uids_of(synthetic["ct"][0])
+    root = roots[study]
+    instance = instance_url(roots, synthetic["ct"][0])
+    for url in (f"{root}/studies?accept=application/dicom+json", f"{instance}/metadata?accept=application/dicom+json"):
+        answer = requests.get(url, timeout=30)
+        assert answer.status_code == 200, (url, answer.text[:200])
+        assert answer.headers["Content-Type"] == "application/dicom+json"
+    xml = requests.get(f"{root}/studies?accept=multipart/related;type=%22application/dicom+xml%22", timeout=30)
+    assert xml.status_code == 406  # still XML, which QIDO does not offer
+    frames = requests.get(f"{instance}/frames/1?accept=multipart/related;type=application/octet-stream", timeout=30)
+    assert frames.status_code == 200 and frames.headers["Content-Type"].startswith("multipart/related")
+
+
 def test_bulkdata_ranges(stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]) -> None:
     path = synthetic["ct"][1]
     pixels = pydicom.dcmread(path).PixelData
