@@ -214,7 +214,9 @@ def test_retrieve_of_a_study_in_two_syntaxes_takes_an_accept_naming_both(stack: 
     [native] = make_series(tmp_path, modality="CT", slices=1, rows=64, columns=64, seed=63, clean=True)
     dataset = pydicom.dcmread(native)
     jpeg = pydicom.dcmread(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm"))
-    jpeg.StudyInstanceUID, jpeg.SOPInstanceUID = dataset.StudyInstanceUID, pydicom.uid.generate_uid()
+    # new series and instance UIDs: the test file's own belong to it in test_real_files
+    jpeg.StudyInstanceUID = dataset.StudyInstanceUID
+    jpeg.SeriesInstanceUID, jpeg.SOPInstanceUID = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
     jpeg.save_as(tmp_path / "jpeg.dcm", enforce_file_format=True)
     assert stack.stow([native, tmp_path / "jpeg.dcm"]).status_code == 200
     url = f"{stack.url}/dicomweb/studies/{dataset.StudyInstanceUID}"
