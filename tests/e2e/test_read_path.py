@@ -211,7 +211,7 @@ def test_retrieve_of_a_study_in_two_syntaxes_takes_an_accept_naming_both(stack: 
     before: only `transfer-syntax=*` or none matched a mixed study); naming one of them only is still a 406."""
     from pydicom.data import get_testdata_file
 
-    [native] = make_series(tmp_path, modality="CT", slices=1, rows=64, columns=64, seed=63, clean=True)
+    [native] = make_series(tmp_path, modality="CT", slices=1, rows=64, columns=64, seed=165, clean=True)
     dataset = pydicom.dcmread(native)
     jpeg = pydicom.dcmread(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm"))
     # new series and instance UIDs: the test file's own belong to it in test_real_files
