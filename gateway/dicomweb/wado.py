@@ -506,8 +506,10 @@ class Planner:
         include = [self._include(instance, offset, length)] if length else []
         return self._multipart([("application/octet-stream", include)], "application/octet-stream", self._plan_seconds)
 
-    def wado(self, params: dict[str, list[str]]) -> PlanResponse:
-        """WADO-URI (PS3.18 9) for ``application/dicom``: the object itself, by X-Accel-Redirect."""
+    def wado(self, params: dict[str, list[str]], render_default: bool = False) -> PlanResponse | None:
+        """WADO-URI (PS3.18 9) for ``application/dicom``: the object itself, by X-Accel-Redirect. With
+        ``render_default`` (no ``contentType``) only for an instance without frames to render; None for an image,
+        which the caller renders."""
 
         def one(name: str) -> str:
             values = params.get(name) or []
@@ -521,4 +523,6 @@ class Planner:
         series = check_uid(one("seriesUID"), "seriesUID")
         sop = check_uid(one("objectUID"), "objectUID")
         instance = self.instance(study, series, sop)
+        if render_default and instance.frames is not None:
+            return None
         return self.redirect_object(instance, "application/dicom")

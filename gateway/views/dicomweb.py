@@ -344,16 +344,21 @@ def thumbnail_series(study: str, series: str) -> Response:
 @bp.get("/wado")
 def wado() -> Response:
     """WADO-URI (PS3.18 9): ``application/dicom`` is handed to NGINX (X-Accel-Redirect, Range honoured by
-    storage); image types (``image/jpeg``, the default) are rendered."""
+    storage); image types are rendered. Without ``contentType`` an image is rendered as ``image/jpeg``, and an
+    instance with no frames to render (no pixel data: an SR, a waveform, an RT plan; or pixels not stored as
+    ranges) is sent as ``application/dicom``: image/jpeg is the default of single-frame images only (PS3.18 7.1.2
+    and 7.4 of the URI service), and a 406 left such an instance unreachable by a plain WADO-URI link."""
     decision()
     args = request.args
-    content_type = args.get("contentType", "image/jpeg").split(";")[0].strip()
-    if content_type == "application/dicom":
-        plan = services().planner.wado({key: args.getlist(key) for key in args})
-        response = Response(status=plan.status)
-        for name, value in plan.headers:
-            response.headers[name] = value
-        return response
+    content_type = args.get("contentType", "").split(";")[0].strip()
+    if not content_type or content_type == "application/dicom":
+        plan = services().planner.wado({key: args.getlist(key) for key in args}, render_default=not content_type)
+        if plan is not None:
+            response = Response(status=plan.status)
+            for name, value in plan.headers:
+                response.headers[name] = value
+            return response
+        content_type = "image/jpeg"
     for key in ("requestType", "studyUID", "seriesUID", "objectUID"):
         if len(args.getlist(key)) != 1:
             raise BadRequest(f"WADO-URI needs exactly one {key}")

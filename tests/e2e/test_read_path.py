@@ -298,6 +298,32 @@ def test_wado_uri(stack: RunningStack, synthetic: dict[str, Any], roots: dict[st
     assert denied.status_code == 403
 
 
+def test_wado_uri_without_content_type_sends_an_instance_without_pixels_as_dicom(
+    stack: RunningStack, tmp_path: Path
+) -> None:
+    """PS3.18 (URI service, 7.1.2 / 7.4): image/jpeg is the default contentType of single-frame images; an SR, a
+    waveform or an RT plan has no frame to render and defaults to application/dicom. It was a 406 ("frames cannot
+    be rendered"), so a plain WADO-URI link to such an instance never worked. Images still default to image/jpeg,
+    and an explicit image/jpeg for the SR is still a 406."""
+    from pydicom.data import get_testdata_file
+
+    report = pydicom.dcmread(get_testdata_file("reportsi.dcm"))
+    uids = [pydicom.uid.generate_uid() for _ in range(3)]  # its own: test_real_files stores the file as it is
+    report.StudyInstanceUID, report.SeriesInstanceUID, report.SOPInstanceUID = uids
+    report.file_meta.MediaStorageSOPInstanceUID = uids[2]
+    report.save_as(tmp_path / "sr.dcm", enforce_file_format=True)
+    assert stack.stow([tmp_path / "sr.dcm"]).status_code == 200
+    params = {"requestType": "WADO", "studyUID": uids[0], "seriesUID": uids[1], "objectUID": uids[2]}
+    url = f"{stack.url}/dicomweb/wado"
+    default = requests.get(url, params=params, headers=stack.api_headers, timeout=30)
+    assert (default.status_code, default.headers["Content-Type"]) == (200, "application/dicom"), default.text[:200]
+    assert default.content == (tmp_path / "sr.dcm").read_bytes()
+    jpeg = requests.get(url, params={**params, "contentType": "image/jpeg"}, headers=stack.api_headers, timeout=30)
+    assert jpeg.status_code == 406 and jpeg.headers["Content-Type"] == "application/json"
+    missing = requests.get(url, params={**params, "objectUID": "1.2.3"}, headers=stack.api_headers, timeout=30)
+    assert missing.status_code == 404 and missing.headers["Content-Type"] == "application/json"
+
+
 def test_rendered_and_thumbnail(stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]) -> None:
     url = instance_url(roots, synthetic["ct"][0])
     rendered = requests.get(
