@@ -268,6 +268,9 @@ def shape_row(query: QidoQuery, row: Mapping[str, Any]) -> dict[str, Any]:
         for tag, vr, key, how in _FILLERS[level]:
             value = row[key]
             if how == _COUNT:
+                if tag == "00280008" and not value:  # no pixel data: no frames to count, and 0 is no valid value
+                    result.pop(tag, None)
+                    continue
                 result[tag] = {"vr": "IS", "Value": [int(value)]}
             elif how == _MODALITIES:
                 result[tag] = {"vr": "CS", "Value": [p for p in value.split("\\") if p]} if value else {"vr": "CS"}

@@ -58,7 +58,10 @@ def parse_accept(value: str) -> list[MediaRange]:
     ranges: list[tuple[float, int, MediaRange]] = []
     for index, item in enumerate(_split_outside_quotes(value, ",")):
         pieces = _split_outside_quotes(item, ";")
-        media_type = pieces[0].strip().lower()
+        # A space inside type/subtype can only be the "+" of a structured suffix (`application/dicom+json`) that a
+        # query string read as a form turned into one: RFC 3986 and the RFC 6570 expansion PS3.18 8.3 uses keep
+        # "+" as "+", and no media type holds a space.
+        media_type = pieces[0].strip().lower().replace(" ", "+")
         if "/" not in media_type:
             continue
         params: dict[str, str] = {}
@@ -75,7 +78,7 @@ def parse_accept(value: str) -> list[MediaRange]:
                 except ValueError:
                     q = 0.0
             elif name:
-                params[name] = raw.lower() if name == "type" else raw
+                params[name] = raw.lower().replace(" ", "+") if name == "type" else raw  # "+" as above
         if q > 0:
             ranges.append((-q, index, MediaRange(media_type, params, q)))
     return [r for _, _, r in sorted(ranges, key=lambda t: (t[0], t[1]))]

@@ -7,7 +7,9 @@ case-insensitively and we do, on every backend), wildcards ``*`` and ``?`` (SQL 
 partial date such as ``2020`` or ``202003`` matches the whole year or month), ``ModalitiesInStudy`` (any of
 the listed values), integer attributes (``SeriesNumber``, ``InstanceNumber``). Attributes may be given by
 keyword or by tag (``PatientID`` or ``00100020``); attributes of the query level and of the levels above it
-can be matched. Anything else is a 400 that names the parameter. ``fuzzymatching`` is accepted and ignored;
+can be matched. Anything else is a 400 that names the parameter. ``fuzzymatching``, ``emptyvaluematching`` and
+``multiplevaluematching`` are accepted and ignored (``warnings`` holds what the answer must then say: PS3.18
+8.3.4.2, 8.3.4.5, 8.3.4.6);
 the transport parameters ``token``, ``accept``, ``charset`` and ``_`` are ignored (the DICOMweb layer handles
 them).
 """
@@ -28,6 +30,17 @@ LEVELS: dict[str, int] = {"studies": 0, "series": 1, "instances": 2}
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 _CONTROL = {"limit", "offset", "fuzzymatching", "includefield"}
+# Matching options PS3.18 defines and we do not support: the search is made without them and, for a ``true``, the
+# response carries a Warning with these words (8.3.4.2, 8.3.4.5, 8.3.4.6).
+UNSUPPORTED_OPTIONS = {
+    "fuzzymatching": "The fuzzymatching parameter is not supported. Only literal matching has been performed.",
+    "emptyvaluematching": (
+        "The emptyvaluematching parameter is not supported. Empty Value Matching has not been performed."
+    ),
+    "multiplevaluematching": (
+        "The multiplevaluematching parameter is not supported. Multiple Value Matching has not been performed."
+    ),
+}
 _TRANSPORT = {"token", "accept", "charset", "_"}
 _TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
 
@@ -99,6 +112,7 @@ class QidoQuery:
     offset: int = 0
     study_uid: str | None = None  # from the path
     series_uid: str | None = None  # from the path
+    warnings: tuple[str, ...] = ()  # texts of the Warning headers the answer carries (UNSUPPORTED_OPTIONS)
 
 
 def _resolve(name: str) -> tuple[str, Attr | None]:
@@ -226,7 +240,7 @@ def parse_qido(
     include: set[str] = set()
     include_all = False
     for name, values in args.items():
-        if name in _TRANSPORT or name == "fuzzymatching":
+        if name in _TRANSPORT or name in UNSUPPORTED_OPTIONS:
             continue
         if name == "includefield":
             for item in (part.strip() for value in values for part in value.split(",")):
@@ -259,4 +273,9 @@ def parse_qido(
         offset=_int_param("offset", list(args.get("offset", [])), 0),
         study_uid=study_uid,
         series_uid=series_uid,
+        warnings=tuple(
+            text
+            for name, text in UNSUPPORTED_OPTIONS.items()
+            if any(value.strip().lower() == "true" for value in args.get(name, []))
+        ),
     )

@@ -15,7 +15,7 @@ import re
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -28,6 +28,7 @@ from gateway.numbers import parse_int
 from gateway.uids import InstanceId, check_uid
 
 NATIVE_TS = "1.2.840.10008.1.2.1"
+IMPLICIT_TS = "1.2.840.10008.1.2"
 # The lossless derivative's transfer syntax (gateway.derive): HTJ2K Lossless with RPCL progression, PS3.5 A.4.13.
 DERIVATIVE_TS = "1.2.840.10008.1.2.4.202"
 DERIVATIVE_MEDIA_TYPE = "image/jphc"
@@ -75,6 +76,23 @@ class CachedInstance:
     frames: FrameIndex | None
     bulkdata: dict[str, tuple[int, int]] = field(default_factory=dict)
     derivative: Derivative | None = None
+
+
+def bulk_syntax(stored: str) -> str:
+    """The transfer syntax that labels (and that a client names for) an instance's frames and bulkdata. PS3.18
+    8.7.3.3.1 (Table 8.7.3-4): uncompressed bulkdata is little-endian bytes named Explicit VR Little Endian; an
+    implicit VR file holds exactly those bytes (VR encoding only changes element headers), so they are served as
+    such (naming the file's own syntax made ``transfer-syntax=1.2.840.10008.1.2.1`` a 406). A client that names the
+    file's syntax still gets them under that name (``_also_implicit``). Retrieve (P10) names the file's syntax."""
+    return NATIVE_TS if stored == IMPLICIT_TS else stored
+
+
+def _also_implicit(instance: CachedInstance, offers: list[Offer]) -> list[Offer]:
+    """``offers``, then, for an implicit VR file, the same under its own syntax: what a client that copied the
+    file's Transfer Syntax UID into its Accept got before ``bulk_syntax``, the same bytes."""
+    if instance.transfer_syntax_uid != IMPLICIT_TS:
+        return offers
+    return offers + [replace(offer, transfer_syntax=IMPLICIT_TS) for offer in offers]
 
 
 def _decode_bulkdata(value: Any) -> dict[str, tuple[int, int]]:
@@ -349,13 +367,13 @@ class Planner:
             instances = self._listed(target.study or "", target.series)
         if not instances:
             raise NotFound("no instances")
-        syntaxes = {i.transfer_syntax_uid for i in instances}
-        stored = syntaxes.pop() if len(syntaxes) == 1 else "*"
-        offers = [Offer("application/dicom", stored, True)]
-        if target.instance is not None:
-            offers.append(Offer("application/dicom", stored, False))
-        offer = negotiate(accept, offers)
-        if not offer.multipart:
+        # PS3.18 8.7.8.2: each part has its own Selected Transfer Syntax, so a study or series is acceptable when
+        # every syntax it holds is (named in the Accept, or `*`); a syntax nobody accepts is a 406 (no transcoding).
+        # Only one instance can be a single part.
+        syntaxes = sorted({i.transfer_syntax_uid for i in instances})
+        single = [Offer("application/dicom", syntaxes[0], False)] if target.instance is not None else []
+        offers = [negotiate(accept, [Offer("application/dicom", syntax, True), *single]) for syntax in syntaxes]
+        if not offers[0].multipart:
             return self.redirect_object(instances[0], "application/dicom")
         parts = [(f"application/dicom; transfer-syntax={i.transfer_syntax_uid}", [self._include(i)]) for i in instances]
         expires = self._plan_seconds if target.instance is not None else 0
@@ -371,7 +389,7 @@ class Planner:
         return PlanResponse(200, headers)
 
     def _frame_offers(self, instance: CachedInstance, single_allowed: bool) -> list[Offer]:
-        ts = instance.transfer_syntax_uid
+        ts = bulk_syntax(instance.transfer_syntax_uid)
         media = instance.frame_media_type
         offers = []
         if media != "application/octet-stream":
@@ -381,6 +399,7 @@ class Planner:
             if media != "application/octet-stream":
                 offers.append(Offer(media, ts, False))
             offers.append(Offer("application/octet-stream", ts, False))
+        offers = _also_implicit(instance, offers)
         derivative = instance.derivative
         if derivative is not None:
             # Before the stored syntax's offers: a client naming both syntaxes gets the derivative where it exists.
@@ -460,9 +479,10 @@ class Planner:
         if found is None:
             raise NotFound("no such bulkdata element")
         offset, length = found
-        single = Offer("application/octet-stream", instance.transfer_syntax_uid, False)
-        multi = Offer("application/octet-stream", instance.transfer_syntax_uid, True)
-        offer = negotiate(accept, [single, multi] if range_header else [multi, single])
+        ts = bulk_syntax(instance.transfer_syntax_uid)
+        single = Offer("application/octet-stream", ts, False)
+        multi = Offer("application/octet-stream", ts, True)
+        offer = negotiate(accept, _also_implicit(instance, [single, multi] if range_header else [multi, single]))
         expires = ("X-Accel-Expires", str(self._plan_seconds))
         if not offer.multipart:
             wanted = parse_range(range_header, length) if range_header else None
@@ -486,8 +506,10 @@ class Planner:
         include = [self._include(instance, offset, length)] if length else []
         return self._multipart([("application/octet-stream", include)], "application/octet-stream", self._plan_seconds)
 
-    def wado(self, params: dict[str, list[str]]) -> PlanResponse:
-        """WADO-URI (PS3.18 9) for ``application/dicom``: the object itself, by X-Accel-Redirect."""
+    def wado(self, params: dict[str, list[str]], render_default: bool = False) -> PlanResponse | None:
+        """WADO-URI (PS3.18 9) for ``application/dicom``: the object itself, by X-Accel-Redirect. With
+        ``render_default`` (no ``contentType``) only for an instance without frames to render; None for an image,
+        which the caller renders."""
 
         def one(name: str) -> str:
             values = params.get(name) or []
@@ -501,4 +523,6 @@ class Planner:
         series = check_uid(one("seriesUID"), "seriesUID")
         sop = check_uid(one("objectUID"), "objectUID")
         instance = self.instance(study, series, sop)
+        if render_default and instance.frames is not None:
+            return None
         return self.redirect_object(instance, "application/dicom")

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 from flask import Blueprint, Response, request
 
@@ -33,6 +34,7 @@ from gateway.ingest import IngestResult
 from gateway.lifecycle import check_reason
 from gateway.numbers import parse_int
 from gateway.render import render_instance
+from gateway.scope import Scope
 from gateway.uids import check_uid
 from gateway.views.body import large_read_stream
 from gateway.views.common import decision, deleter, dicomweb_root, public_base, services
@@ -75,7 +77,34 @@ def _search(level: str, study: str | None = None, series: str | None = None) -> 
     results = catalog.search(query, scope)
     if not results and study and not catalog.exists(study, series):
         raise NotFound("no such study" if series is None else "no such series")  # e.g. deleted
-    return dicom_json(fastjson.dumps(results))
+    response = dicom_json(fastjson.dumps(_with_retrieve_urls(results, level, scope)))
+    for text in query.warnings:  # PS3.18 8.3.4.2/5/6: a matching option we ignored is owned up to, in these words
+        response.headers.add("Warning", f"299 {public_base()}/dicomweb: {text}")
+    return response
+
+
+def _with_retrieve_urls(results: list[dict[str, Any]], level: str, scope: Scope | None) -> list[dict[str, Any]]:
+    """PS3.18 Tables 10.6.3-3/4/5: each match carries its Retrieve URL (0008,1190) when the Retrieve transaction can
+    fetch it, under the root the client used (a path token stays in it, as in STOW's answer; QIDO answers are never
+    cached by NGINX). A series token cannot retrieve a whole study: its study matches carry none. Attributes stay
+    in tag order."""
+    base = public_base() + dicomweb_root()
+    out = []
+    for result in results:
+        study = result["0020000D"]["Value"][0]
+        url = f"{base}/studies/{study}"
+        if level == "studies":
+            retrievable = scope is None or scope.allows_study(study)
+        else:
+            series = result["0020000E"]["Value"][0]
+            url += f"/series/{series}"
+            retrievable = scope is None or scope.allows_series(study, series)
+            if level == "instances":
+                url += f"/instances/{result['00080018']['Value'][0]}"
+        if retrievable:
+            result = dict(sorted({**result, "00081190": {"vr": "UR", "Value": [url]}}.items()))
+        out.append(result)
+    return out
 
 
 @bp.get("/studies")
@@ -322,16 +351,21 @@ def thumbnail_series(study: str, series: str) -> Response:
 @bp.get("/wado")
 def wado() -> Response:
     """WADO-URI (PS3.18 9): ``application/dicom`` is handed to NGINX (X-Accel-Redirect, Range honoured by
-    storage); image types (``image/jpeg``, the default) are rendered."""
+    storage); image types are rendered. Without ``contentType`` an image is rendered as ``image/jpeg``, and an
+    instance with no frames to render (no pixel data: an SR, a waveform, an RT plan; or pixels not stored as
+    ranges) is sent as ``application/dicom``: image/jpeg is the default of single-frame images only (PS3.18 7.1.2
+    and 7.4 of the URI service), and a 406 left such an instance unreachable by a plain WADO-URI link."""
     decision()
     args = request.args
-    content_type = args.get("contentType", "image/jpeg").split(";")[0].strip()
-    if content_type == "application/dicom":
-        plan = services().planner.wado({key: args.getlist(key) for key in args})
-        response = Response(status=plan.status)
-        for name, value in plan.headers:
-            response.headers[name] = value
-        return response
+    content_type = args.get("contentType", "").split(";")[0].strip()
+    if not content_type or content_type == "application/dicom":
+        plan = services().planner.wado({key: args.getlist(key) for key in args}, render_default=not content_type)
+        if plan is not None:
+            response = Response(status=plan.status)
+            for name, value in plan.headers:
+                response.headers[name] = value
+            return response
+        content_type = "image/jpeg"
     for key in ("requestType", "studyUID", "seriesUID", "objectUID"):
         if len(args.getlist(key)) != 1:
             raise BadRequest(f"WADO-URI needs exactly one {key}")

@@ -11,6 +11,7 @@ from typing import Any
 
 import pydicom
 import pytest
+import requests
 from dicomweb_client.api import DICOMwebClient
 
 from gateway.tools.synth import make_series, wsi_tile
@@ -84,6 +85,35 @@ def test_store(stack: RunningStack, tmp_path: Path) -> None:
     assert "FailedSOPSequence" not in response
     [stored] = client.search_for_instances(search_filters={"SOPInstanceUID": dataset.SOPInstanceUID})
     assert stored["0020000D"]["Value"] == [dataset.StudyInstanceUID]
+
+
+def test_implicit_vr_frames_and_bulkdata_are_explicit_vr_little_endian(stack: RunningStack, tmp_path: Path) -> None:
+    """PS3.18 8.7.3.3.1 (Table 8.7.3-4): uncompressed frames and bulkdata are little-endian bytes named Explicit VR
+    Little Endian, the syntax dicomweb-client asks for. An implicit VR file holds the same pixel bytes, so asking for
+    them by that name is no transcoding (it was a 406, and the parts were labelled 1.2.840.10008.1.2)."""
+    [path] = make_series(tmp_path, modality="CT", slices=1, rows=64, columns=64, seed=164, clean=True)
+    dataset = pydicom.dcmread(path)
+    dataset.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+    study, series, sop = dataset.StudyInstanceUID, dataset.SeriesInstanceUID, dataset.SOPInstanceUID
+    client = DICOMwebClient(url=stack.root(stack.issue([study], actions=["read", "write"])["token"]))
+    assert "FailedSOPSequence" not in client.store_instances([dataset])
+    explicit = ("application/octet-stream", "1.2.840.10008.1.2.1")
+    assert client.retrieve_instance_frames(study, series, sop, [1], media_types=(explicit,)) == [dataset.PixelData]
+    base = f"{client.base_url}/studies/{study}/series/{series}/instances/{sop}"
+    assert client.retrieve_bulkdata(f"{base}/bulkdata/7FE00010", media_types=(explicit,)) == [dataset.PixelData]
+    single = requests.get(f"{base}/frames/1", headers={"Accept": "application/octet-stream"}, timeout=30)
+    assert single.headers["Content-Type"] == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"
+    assert single.content == dataset.PixelData
+    # A client that copies the file's own syntax into its Accept (dicomweb-client refuses to: PS3.18 has no such
+    # bulk data syntax) still gets the same bytes, under that name, as before.
+    implicit = "application/octet-stream; transfer-syntax=1.2.840.10008.1.2"
+    for where, content_type in (("frames/1", implicit), ("bulkdata/7FE00010", "application/octet-stream")):
+        named = requests.get(f"{base}/{where}", headers={"Accept": implicit}, timeout=30)
+        assert named.status_code == 200 and named.content == dataset.PixelData, where
+        assert named.headers["Content-Type"] == content_type
+    # The instance itself is still the stored implicit VR file.
+    [whole] = client.retrieve_study(study)
+    assert whole.file_meta.TransferSyntaxUID == pydicom.uid.ImplicitVRLittleEndian
 
 
 # -- the `dicomweb_client` command-line tool, unmodified, as a subprocess ------------------------------------------

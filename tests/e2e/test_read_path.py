@@ -15,7 +15,7 @@ import pydicom
 import pytest
 import requests
 
-from gateway.tools.synth import wsi_tile
+from gateway.tools.synth import make_series, wsi_tile
 from tests.e2e.conftest import uids_of
 from tests.e2e.harness import RunningStack
 
@@ -115,6 +115,25 @@ def test_accept_query_parameter_wins(stack: RunningStack, synthetic: dict[str, A
     assert answer.headers["Content-Type"] == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"
 
 
+def test_accept_query_parameter_with_a_literal_plus(
+    stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]
+) -> None:
+    """A hyperlink written as `?accept=application/dicom+json` keeps its "+" (RFC 3986; PS3.18 8.3 expands query
+    parameters per RFC 6570, which never writes a space as "+"); it was read as a form, as "application/dicom json",
+    and answered 406 by QIDO, metadata and the read plans."""
+    study, series, sop = uids_of(synthetic["ct"][0])
+    root = roots[study]
+    instance = instance_url(roots, synthetic["ct"][0])
+    for url in (f"{root}/studies?accept=application/dicom+json", f"{instance}/metadata?accept=application/dicom+json"):
+        answer = requests.get(url, timeout=30)
+        assert answer.status_code == 200, (url, answer.text[:200])
+        assert answer.headers["Content-Type"] == "application/dicom+json"
+    xml = requests.get(f"{root}/studies?accept=multipart/related;type=%22application/dicom+xml%22", timeout=30)
+    assert xml.status_code == 406  # still XML, which QIDO does not offer
+    frames = requests.get(f"{instance}/frames/1?accept=multipart/related;type=application/octet-stream", timeout=30)
+    assert frames.status_code == 200 and frames.headers["Content-Type"].startswith("multipart/related")
+
+
 def test_bulkdata_ranges(stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]) -> None:
     path = synthetic["ct"][1]
     pixels = pydicom.dcmread(path).PixelData
@@ -186,6 +205,32 @@ def test_retrieve_series_and_study_multipart(
     assert refused.status_code == 406
 
 
+def test_retrieve_of_a_study_in_two_syntaxes_takes_an_accept_naming_both(stack: RunningStack, tmp_path: Path) -> None:
+    """PS3.18 8.7.8.2: each part of a retrieve has its own Selected Transfer Syntax. A study holding Explicit VR
+    Little Endian and JPEG Baseline instances is served as stored to an Accept that names both syntaxes (a 406
+    before: only `transfer-syntax=*` or none matched a mixed study); naming one of them only is still a 406."""
+    from pydicom.data import get_testdata_file
+
+    [native] = make_series(tmp_path, modality="CT", slices=1, rows=64, columns=64, seed=165, clean=True)
+    dataset = pydicom.dcmread(native)
+    jpeg = pydicom.dcmread(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm"))
+    # new series and instance UIDs: the test file's own belong to it in test_real_files
+    jpeg.StudyInstanceUID = dataset.StudyInstanceUID
+    jpeg.SeriesInstanceUID, jpeg.SOPInstanceUID = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    jpeg.save_as(tmp_path / "jpeg.dcm", enforce_file_format=True)
+    assert stack.stow([native, tmp_path / "jpeg.dcm"]).status_code == 200
+    url = f"{stack.url}/dicomweb/studies/{dataset.StudyInstanceUID}"
+    syntaxes = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.50"]
+    ranges = [f'multipart/related; type="application/dicom"; transfer-syntax={ts}' for ts in syntaxes]
+    both = requests.get(url, headers={**stack.api_headers, "Accept": ", ".join(ranges)}, timeout=60)
+    assert both.status_code == 200, both.text[:200]
+    parts = parse_multipart(both)
+    assert sorted(kind for kind, _ in parts) == [f"application/dicom; transfer-syntax={ts}" for ts in syntaxes]
+    assert sorted(body for _, body in parts) == sorted([native.read_bytes(), (tmp_path / "jpeg.dcm").read_bytes()])
+    for one in ranges:
+        assert requests.get(url, headers={**stack.api_headers, "Accept": one}, timeout=60).status_code == 406
+
+
 def test_metadata_levels_relative_bulkdata_etag_gzip(
     stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]
 ) -> None:
@@ -253,6 +298,32 @@ def test_wado_uri(stack: RunningStack, synthetic: dict[str, Any], roots: dict[st
     assert denied.status_code == 403
 
 
+def test_wado_uri_without_content_type_sends_an_instance_without_pixels_as_dicom(
+    stack: RunningStack, tmp_path: Path
+) -> None:
+    """PS3.18 (URI service, 7.1.2 / 7.4): image/jpeg is the default contentType of single-frame images; an SR, a
+    waveform or an RT plan has no frame to render and defaults to application/dicom. It was a 406 ("frames cannot
+    be rendered"), so a plain WADO-URI link to such an instance never worked. Images still default to image/jpeg,
+    and an explicit image/jpeg for the SR is still a 406."""
+    from pydicom.data import get_testdata_file
+
+    report = pydicom.dcmread(get_testdata_file("reportsi.dcm"))
+    uids = [pydicom.uid.generate_uid() for _ in range(3)]  # its own: test_real_files stores the file as it is
+    report.StudyInstanceUID, report.SeriesInstanceUID, report.SOPInstanceUID = uids
+    report.file_meta.MediaStorageSOPInstanceUID = uids[2]
+    report.save_as(tmp_path / "sr.dcm", enforce_file_format=True)
+    assert stack.stow([tmp_path / "sr.dcm"]).status_code == 200
+    params = {"requestType": "WADO", "studyUID": uids[0], "seriesUID": uids[1], "objectUID": uids[2]}
+    url = f"{stack.url}/dicomweb/wado"
+    default = requests.get(url, params=params, headers=stack.api_headers, timeout=30)
+    assert (default.status_code, default.headers["Content-Type"]) == (200, "application/dicom"), default.text[:200]
+    assert default.content == (tmp_path / "sr.dcm").read_bytes()
+    jpeg = requests.get(url, params={**params, "contentType": "image/jpeg"}, headers=stack.api_headers, timeout=30)
+    assert jpeg.status_code == 406 and jpeg.headers["Content-Type"] == "application/json"
+    missing = requests.get(url, params={**params, "objectUID": "1.2.3"}, headers=stack.api_headers, timeout=30)
+    assert missing.status_code == 404 and missing.headers["Content-Type"] == "application/json"
+
+
 def test_rendered_and_thumbnail(stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]) -> None:
     url = instance_url(roots, synthetic["ct"][0])
     rendered = requests.get(
@@ -297,6 +368,75 @@ def test_qido_answer_is_compact_utf8_dicom_json(
     assert answer.content == json.dumps([found], separators=(",", ":"), ensure_ascii=False).encode()
     for other in ("C", "MR", "T"):
         assert requests.get(f"{root}/studies", params={"ModalitiesInStudy": other}, timeout=30).json() == [], other
+
+
+def test_qido_unsupported_matching_options_are_ignored_with_the_warning_ps3_18_requires(
+    stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]
+) -> None:
+    """PS3.18 8.3.4.2, 8.3.4.5, 8.3.4.6: a server without fuzzy, empty value or multiple value matching searches
+    without it and, when asked for it, answers with a `Warning: 299 <service>: ...` in the standard's words. The
+    fuzzymatching Warning was missing; emptyvaluematching and multiplevaluematching were a 400."""
+    study = uids_of(synthetic["ct"][0])[0]
+    root = roots[study]
+    service = f"299 {stack.url}/dicomweb: "
+    texts = {
+        "fuzzymatching": "The fuzzymatching parameter is not supported. Only literal matching has been performed.",
+        "emptyvaluematching": (
+            "The emptyvaluematching parameter is not supported. Empty Value Matching has not been performed."
+        ),
+        "multiplevaluematching": (
+            "The multiplevaluematching parameter is not supported. Multiple Value Matching has not been performed."
+        ),
+    }
+    literal = requests.get(f"{root}/studies", timeout=30)
+    for name, text in texts.items():
+        for params in ({name: "true"}, {name: "true", "PatientName": "*"}):
+            answer = requests.get(f"{root}/studies", params=params, timeout=30)
+            assert answer.status_code == 200 and answer.json() == literal.json(), (name, answer.text[:200])
+            assert answer.headers["Warning"] == service + text
+            series = requests.get(f"{root}/studies/{study}/series", params=params, timeout=30)
+            assert series.status_code == 200 and series.headers["Warning"] == service + text
+        assert "Warning" not in requests.get(f"{root}/studies", params={name: "false"}, timeout=30).headers
+    two = {"fuzzymatching": "true", "emptyvaluematching": "true"}
+    both = requests.get(f"{root}/studies", params=two, timeout=30)
+    assert both.raw.headers.getlist("Warning") == [service + texts[name] for name in two]
+    assert "Warning" not in literal.headers
+
+
+def test_qido_matches_carry_their_retrieve_url(stack: RunningStack, synthetic: dict[str, Any]) -> None:
+    """PS3.18 Tables 10.6.3-3/4/5: each match names its Retrieve URL (0008,1190) when the Retrieve transaction can
+    fetch it (there was none at any level). Under the root the client used, as STOW's RetrieveURLs: a path token
+    stays in it, so the URL works as given; a series token cannot retrieve the whole study, so its study has none."""
+    path = synthetic["ct"][0]
+    study, series, sop = uids_of(path)
+    token_root = stack.root(stack.issue([study])["token"])
+    series_root = stack.root(stack.issue([study], series=[series])["token"])
+    for root, headers in ((token_root, {}), (f"{stack.url}/dicomweb", stack.api_headers)):
+        found = [
+            requests.get(f"{root}/{where}", headers=headers, timeout=30).json()
+            for where in (
+                f"studies?StudyInstanceUID={study}",
+                f"studies/{study}/series?SeriesInstanceUID={series}",
+                f"series?SeriesInstanceUID={series}",
+                f"studies/{study}/series/{series}/instances?SOPInstanceUID={sop}",
+                f"instances?SOPInstanceUID={sop}",
+            )
+        ]
+        urls = [match["00081190"] for [match] in found]
+        assert all(list(match) == sorted(match) for [match] in found)
+        study_url = f"{root}/studies/{study}"
+        series_url = f"{study_url}/series/{series}"
+        instance_url = f"{series_url}/instances/{sop}"
+        assert urls == [{"vr": "UR", "Value": [url]} for url in (study_url, *[series_url] * 2, *[instance_url] * 2)]
+        instance = requests.get(instance_url, headers={**headers, "Accept": "application/dicom"}, timeout=30)
+        assert instance.status_code == 200 and instance.content == path.read_bytes()
+        for url in (study_url, series_url):
+            accept = 'multipart/related; type="application/dicom"'
+            assert requests.get(url, headers={**headers, "Accept": accept}, timeout=60).status_code == 200, url
+    [only_series] = requests.get(f"{series_root}/studies", timeout=30).json()
+    assert "00081190" not in only_series  # the study is not the series token's to retrieve
+    [listed] = requests.get(f"{series_root}/studies/{study}/series", timeout=30).json()
+    assert listed["00081190"]["Value"] == [f"{series_root}/studies/{study}/series/{series}"]
 
 
 def test_storage_error_aborts_instead_of_corrupting(

@@ -73,6 +73,16 @@ def test_parse_q_value_quoted_and_spaced() -> None:
     ]
 
 
+def test_parse_restores_the_plus_a_form_decoded_query_turned_into_a_space() -> None:
+    """`?accept=application/dicom+json` read as a form arrives as "application/dicom json" (it was a 406): media
+    types hold no space, and PS3.18 8.3 (RFC 6570) keeps "+" literal."""
+    assert parse_accept("application/dicom json") == [MediaRange("application/dicom+json", {}, 1.0)]
+    assert parse_accept('multipart/related; type="application/dicom xml"') == [
+        MediaRange("multipart/related", {"type": "application/dicom+xml"}, 1.0)
+    ]
+    assert parse_accept(" application/dicom+json ; q=0.5") == [MediaRange("application/dicom+json", {}, 0.5)]
+
+
 def test_parse_empty() -> None:
     assert parse_accept("") == []
 

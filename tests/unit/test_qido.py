@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from gateway.catalog import Catalog
 from gateway.catalog.schema import series as series_table
 from gateway.catalog.schema import studies as studies_table
-from gateway.dicomweb.qido import DEFAULT_LIMIT, MAX_LIMIT, Match, parse_qido
+from gateway.dicomweb.qido import DEFAULT_LIMIT, MAX_LIMIT, UNSUPPORTED_OPTIONS, Match, parse_qido
 from gateway.errors import BadRequest
 from gateway.scope import Scope
 from tests.fixtures.catalog_data import SR_DOC, make_instance, record
@@ -74,6 +74,10 @@ def test_includefield_limit_offset() -> None:
     )
     assert query.include == frozenset({"00180050", "00080008", "00280010"}) and not query.include_all
     assert (query.limit, query.offset) == (5, 10)
+    assert query.warnings == (UNSUPPORTED_OPTIONS["fuzzymatching"],)  # ignored, but the view must say so
+    options = {name: ["true"] for name in ("multiplevaluematching", "emptyvaluematching")}
+    assert set(parse_qido("studies", options).warnings) == {UNSUPPORTED_OPTIONS[name] for name in options}
+    assert parse_qido("studies", {"fuzzymatching": ["false"], "emptyvaluematching": ["false"]}).warnings == ()
     assert parse_qido("studies", {"includefield": ["all"]}).include_all
     default = parse_qido("studies", {"token": ["abc"], "accept": ["application/dicom+json"]})
     assert (default.limit, default.offset, default.matches) == (DEFAULT_LIMIT, 0, ())
@@ -362,6 +366,18 @@ def test_instance_level_and_includefield(catalog: Catalog) -> None:
     assert uids(find(catalog, "instances", study_uid=S2, InstanceNumber="2"), "00080018") == [S2 + ".1.1"]
     top = find(catalog, "instances", PatientID="P4")
     assert top[0]["00100020"]["Value"] == ["P4"] and top[0]["00080060"]["Value"] == ["CT"]
+
+
+def test_an_instance_without_pixel_data_has_no_number_of_frames(catalog: Catalog) -> None:
+    """PS3.18 Table 10.6.3-5 returns Number of Frames (0028,0008) "if known": an SR or a waveform has no frames, and 0
+    is no valid value of it (PS3.3 C.7.6.6); the catalog's 0 ("no pixel data") was answered as `"Value": [0]`."""
+    sop = "1.2.70.1.1"
+    catalog.register_instance(
+        record(make_instance("1.2.70", "1.2.70.1", sop, modality="SR", sop_class=SR_DOC, frames=0))
+    )
+    [found] = find(catalog, "instances", SOPInstanceUID=sop)
+    assert "00280008" not in found and found["00080018"]["Value"] == [sop]
+    assert find(catalog, "instances", study_uid=S1, series_uid=S1 + ".1")[0]["00280008"] == {"vr": "IS", "Value": [1]}
 
 
 def test_study_scope_sees_only_its_study_at_every_level(catalog: Catalog) -> None:

@@ -510,6 +510,22 @@ def test_retrieve_study_with_mixed_transfer_syntaxes(planner: Planner, catalog: 
     accept = f'multipart/related; type="application/dicom"; transfer-syntax={EXPLICIT}'
     with pytest.raises(NotAcceptable):
         planner.plan("GET", f"/dicomweb/studies/{ST}", accept, "")
+    # PS3.18 8.7.8.2: each part has its own Selected Transfer Syntax, so listing every stored syntax is enough (this
+    # was a 406); leaving one out is still a 406 (no transcoding), whatever q the others have.
+    stored = sorted({ROWS[sop].transfer_syntax_uid for sop in (CT1, CT2, WSI, OLD)})
+    ranges = [
+        f'multipart/related; type="application/dicom"; transfer-syntax={ts}; q=0.{9 - n}' for n, ts in enumerate(stored)
+    ]
+    listed = planner.plan("GET", f"/dicomweb/studies/{ST}", ", ".join(reversed(ranges)), "")
+    assert listed.body == multipart_body(
+        boundary_of(listed, "application/dicom"),
+        [
+            (f"application/dicom; transfer-syntax={ROWS[sop].transfer_syntax_uid}", inc(sop))
+            for sop in (CT1, CT2, WSI, OLD)
+        ],
+    )
+    with pytest.raises(NotAcceptable):
+        planner.plan("GET", f"/dicomweb/studies/{ST}", ", ".join(ranges[1:]), "")
 
 
 def test_retrieve_series_with_one_transfer_syntax_honours_it(catalog: Catalog) -> None:
