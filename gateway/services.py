@@ -10,10 +10,10 @@ from gateway import nginx_contract as nginx
 from gateway.auth import Authorizer
 from gateway.catalog import Catalog
 from gateway.config import Settings
-from gateway.dicomweb.multipart import sweep_spool
 from gateway.dicomweb.wado import Planner
 from gateway.hooks import Hook
 from gateway.ingest import Ingestor
+from gateway.spool import sweep_spool
 from gateway.storage import Storage, open_storage
 from gateway.tokens import TokenService
 

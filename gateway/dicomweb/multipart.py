@@ -20,20 +20,16 @@ Strictness, where the RFCs leave room:
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import hashlib
-import os
 import re
 import secrets
-import tempfile
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from gateway.catalog.owner import Owner, host_identity, is_gone, this_process
-from gateway.errors import MalformedMultipart, PayloadTooLarge, StorageUnavailable, UnsupportedMediaType
+from gateway.errors import MalformedMultipart, PayloadTooLarge, UnsupportedMediaType
+from gateway.spool import spool_file
 
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # noqa: S105 (RFC 9110 token, not a password)
 _MEDIA_TYPE = re.compile(rf"({_TOKEN})/({_TOKEN})")
@@ -46,7 +42,6 @@ _UNQUOTED = re.compile(r'[^\s;"]+')
 _QUOTED_PAIR = re.compile(r"\\(.)")
 _HEADER_NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
-Buffer = bytes | memoryview
 MAX_HEADER_BYTES = 64 * 1024
 MAX_PREAMBLE_BYTES = 1 << 20
 _MAX_PADDING = 1024
@@ -332,77 +327,6 @@ def _spool_body(
     except _TooLarge:
         raise PayloadTooLarge(f"part {number} is larger than {max_part_bytes} bytes") from None
     return path, size, digest.hexdigest()
-
-
-_SPOOL_NAME = re.compile(r"(?:part|stow)-([0-9a-f]{8})-([0-9]+)-([0-9]+)-")
-
-
-def _host_tag() -> str:
-    identity = host_identity()
-    return hashlib.sha256(identity.encode()).hexdigest()[:8] if identity else ""
-
-
-def spool_prefix(kind: str) -> str:
-    """``{kind}-{host}-{pid}-{start time}-``: a spool file names the process writing it, so that what a killed
-    worker left can be told from what a live one is writing (``sweep_spool``)."""
-    me = this_process()
-    return f"{kind}-{_host_tag() or 'x'}-{me.pid}-{me.started}-"
-
-
-def sweep_spool(spool_dir: Path) -> int:
-    """Remove the spool files of processes of this host that are gone: a worker killed in the middle of an upload
-    (kill -9, the OOM killer) left its parts there, never to be ingested, each a copy of uploaded DICOM (PHI
-    included) that no DELETE or erasure reaches, and a folder that only grows. Returns how many were removed."""
-    tag = _host_tag()
-    try:
-        names = os.listdir(spool_dir)
-    except OSError:
-        return 0
-    removed = 0
-    for name in names:
-        match = _SPOOL_NAME.match(name)
-        if tag and match and match[1] == tag and is_gone(Owner(host_identity(), int(match[2]), int(match[3]))):
-            with contextlib.suppress(OSError):
-                (spool_dir / name).unlink()
-                removed += 1
-    return removed
-
-
-@contextlib.contextmanager
-def spool_file(spool_dir: Path, kind: str, suffix: str) -> Iterator[tuple[Path, Callable[[Buffer], None]]]:
-    """A new file in ``spool_dir`` and a function that appends to it; the file is removed when anything fails
-    before the block ends. A spool folder that is full, gone or read-only is the gateway's fault, not the
-    client's: ``StorageUnavailable`` (503, retry is safe), never a 500, and no partial file left to fill the
-    folder for every later upload."""
-
-    def unavailable(exc: OSError) -> StorageUnavailable:
-        return StorageUnavailable(f"upload spool write failed ({errno.errorcode.get(exc.errno or 0, 'error')})")
-
-    try:
-        fd, name = tempfile.mkstemp(prefix=spool_prefix(kind), suffix=suffix, dir=spool_dir)
-    except OSError as exc:
-        raise unavailable(exc) from None
-    path = Path(name)
-    out = os.fdopen(fd, "wb")
-
-    def write(chunk: Buffer) -> None:
-        try:
-            out.write(chunk)
-        except OSError as exc:
-            raise unavailable(exc) from None
-
-    try:
-        yield path, write
-        try:
-            out.flush()
-        except OSError as exc:
-            raise unavailable(exc) from None
-    except BaseException:
-        with contextlib.suppress(OSError):  # what is still buffered cannot be written either
-            out.close()
-        path.unlink(missing_ok=True)
-        raise
-    out.close()
 
 
 # ---------------------------------------------------------------------------------------------- client side

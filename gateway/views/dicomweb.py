@@ -17,7 +17,7 @@ from flask import Blueprint, Response, request
 from gateway import fastjson
 from gateway.catalog.deletions import Target
 from gateway.dicomweb.accept import Offer, negotiate
-from gateway.dicomweb.multipart import iter_parts, parse_content_type, spool_file
+from gateway.dicomweb.multipart import iter_parts, parse_content_type
 from gateway.dicomweb.qido import parse_qido
 from gateway.dicomweb.stow import StowBatch
 from gateway.dicomweb.stow_response import StowItem, build_stow_response
@@ -35,6 +35,7 @@ from gateway.lifecycle import check_reason
 from gateway.numbers import parse_int
 from gateway.render import render_instance
 from gateway.scope import Scope
+from gateway.spool import spool_file
 from gateway.uids import check_uid
 from gateway.views.body import large_read_stream
 from gateway.views.common import decision, deleter, dicomweb_root, public_base, services

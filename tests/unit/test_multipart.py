@@ -24,10 +24,9 @@ from gateway.dicomweb.multipart import (
     iter_parts,
     multipart_boundary,
     parse_content_type,
-    spool_file,
-    sweep_spool,
 )
 from gateway.errors import MalformedMultipart, PayloadTooLarge, StorageUnavailable, UnsupportedMediaType
+from gateway.spool import spool_file, sweep_spool
 
 REPO = Path(__file__).resolve().parents[2]
 BIG = 1 << 40
@@ -328,7 +327,7 @@ def test_sweep_removes_only_what_a_process_gone_left(tmp_path: Path) -> None:
     with spool_file(tmp_path, "part", ".spool") as (live, write):
         write(b"mine")
     child = subprocess.run(  # a process that ran here and exited: what a killed worker leaves
-        [sys.executable, "-c", "from gateway.dicomweb.multipart import spool_prefix; print(spool_prefix('stow'))"],
+        [sys.executable, "-c", "from gateway.spool import spool_prefix; print(spool_prefix('stow'))"],
         capture_output=True,
         text=True,
         check=True,
