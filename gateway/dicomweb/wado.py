@@ -15,7 +15,7 @@ import re
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -82,17 +82,10 @@ def bulk_syntax(stored: str) -> str:
     """The transfer syntax that labels (and that a client names for) an instance's frames and bulkdata. PS3.18
     8.7.3.3.1 (Table 8.7.3-4): uncompressed bulkdata is little-endian bytes named Explicit VR Little Endian; an
     implicit VR file holds exactly those bytes (VR encoding only changes element headers), so they are served as
-    such (naming the file's own syntax made ``transfer-syntax=1.2.840.10008.1.2.1`` a 406). A client that names the
-    file's syntax still gets them under that name (``_also_implicit``). Retrieve (P10) names the file's syntax."""
+    such, never under the file's own syntax, which made ``transfer-syntax=1.2.840.10008.1.2.1`` a 406 and which
+    PS3.18 8.7.3 says "shall not be used with Web Services". Retrieve (P10) still names the file's syntax (we never
+    transcode)."""
     return NATIVE_TS if stored == IMPLICIT_TS else stored
-
-
-def _also_implicit(instance: CachedInstance, offers: list[Offer]) -> list[Offer]:
-    """``offers``, then, for an implicit VR file, the same under its own syntax: what a client that copied the
-    file's Transfer Syntax UID into its Accept got before ``bulk_syntax``, the same bytes."""
-    if instance.transfer_syntax_uid != IMPLICIT_TS:
-        return offers
-    return offers + [replace(offer, transfer_syntax=IMPLICIT_TS) for offer in offers]
 
 
 def _decode_bulkdata(value: Any) -> dict[str, tuple[int, int]]:
@@ -399,7 +392,6 @@ class Planner:
             if media != "application/octet-stream":
                 offers.append(Offer(media, ts, False))
             offers.append(Offer("application/octet-stream", ts, False))
-        offers = _also_implicit(instance, offers)
         derivative = instance.derivative
         if derivative is not None:
             # Before the stored syntax's offers: a client naming both syntaxes gets the derivative where it exists.
@@ -482,7 +474,7 @@ class Planner:
         ts = bulk_syntax(instance.transfer_syntax_uid)
         single = Offer("application/octet-stream", ts, False)
         multi = Offer("application/octet-stream", ts, True)
-        offer = negotiate(accept, _also_implicit(instance, [single, multi] if range_header else [multi, single]))
+        offer = negotiate(accept, [single, multi] if range_header else [multi, single])
         expires = ("X-Accel-Expires", str(self._plan_seconds))
         if not offer.multipart:
             wanted = parse_range(range_header, length) if range_header else None
