@@ -358,6 +358,10 @@ def wado() -> Response:
     and 7.4 of the URI service), and a 406 left such an instance unreachable by a plain WADO-URI link."""
     decision()
     args = request.args
+    if args.get("anonymize", "").strip().lower() == "yes":
+        # nothing is de-identified on the way out: ignoring the request would send identified data to a client
+        # that asked for none (fail closed)
+        raise BadRequest("anonymize=yes is not supported: objects are served as stored")
     content_type = args.get("contentType", "").split(";")[0].strip()
     if not content_type or content_type == "application/dicom":
         plan = services().planner.wado({key: args.getlist(key) for key in args}, render_default=not content_type)

@@ -296,6 +296,15 @@ def test_wado_uri(stack: RunningStack, synthetic: dict[str, Any], roots: dict[st
         f"{roots[study]}/wado", params={**params, "studyUID": other[0], "seriesUID": other[1]}, timeout=30
     )
     assert denied.status_code == 403
+    for content_type in ("application/dicom", "image/jpeg"):  # never identified data to a client that asked for none
+        refused = requests.get(
+            f"{roots[study]}/wado", params={**params, "contentType": content_type, "anonymize": "yes"}, timeout=30
+        )
+        assert refused.status_code == 400
+        assert refused.json() == {
+            "error": "bad_request",
+            "detail": "anonymize=yes is not supported: objects are served as stored",
+        }
 
 
 def test_wado_uri_without_content_type_sends_an_instance_without_pixels_as_dicom(
