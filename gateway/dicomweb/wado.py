@@ -415,6 +415,10 @@ class Planner:
                 "frames of this instance cannot be served as stored byte ranges "
                 "(deflated, big-endian or 1-bit data); retrieve the instance instead"
             )
+        if len(numbers) > instance.frames.count:
+            # a list may repeat frames, but one request never asks for more frames than the instance holds: a single
+            # 8 KB URI could otherwise ask for the same large frame 1,000 times (1,000 storage reads, a GB out)
+            raise BadRequest(f"the frame list is longer than the instance's {instance.frames.count} frame(s)")
         for n in numbers:
             instance.frames.ranges(n)  # FrameNotFound before negotiation, whichever object answers
         return self._frames_of(self._frame_choice(instance, accept, len(numbers) == 1), numbers, range_header)

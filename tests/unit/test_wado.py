@@ -290,6 +290,16 @@ def test_frame_out_of_range_is_404(planner: Planner) -> None:
     assert caught.value.detail == "frame 4 does not exist; the instance has 3 frame(s)"
 
 
+def test_a_frame_list_is_never_longer_than_the_instance(planner: Planner) -> None:
+    """Repeats are served (PS3.18 sets no rule), but never more frames than the instance holds: one URI asking for a
+    large frame 1,000 times was 1,000 storage reads and a GB sent."""
+    response = planner.plan("GET", instance_uri(SE, CT1, "/frames/1,1,3"), "", "")  # CT1 has 3 frames
+    assert response.status == 200
+    with pytest.raises(BadRequest) as caught:
+        planner.plan("GET", instance_uri(SE, CT1, "/frames/1,1,1,1"), "", "")
+    assert caught.value.detail == "the frame list is longer than the instance's 3 frame(s)"
+
+
 @pytest.mark.parametrize(
     "spec", ["0", "1,0", "a", "1,", "-1", ",".join(["1"] * 1001), "9" * 30, "2147483648", "1_0", "+1", "9" * 5000]
 )
