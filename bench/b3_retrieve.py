@@ -107,9 +107,10 @@ def run() -> Report:
 
                 spilled = stack.error_log_count("buffered to a temporary file")
                 cpu_before = cpu_seconds(stack.nginx_pids())
-                idle = stack.rss()
+                rss = stack.rss_probe()
+                idle = rss()
                 gw_rates, st_rates, ratios = [], [], []
-                with RssSampler(stack.rss) as sampler:
+                with RssSampler(rss) as sampler:
                     for _ in range(ROUNDS):
                         st = run_wrk(static, [static_path], duration=DURATION, connections=1, threads=1)
                         gw = run_wrk(stack.url, [gateway_path], headers={"Accept": ACCEPT}, duration=DURATION,
@@ -121,7 +122,7 @@ def run() -> Report:
                         ratios.append(gw.mb_per_s / st.mb_per_s)
                         report.say(f"  static {st.summary()}")
                         report.say(f"  gateway {gw.summary()}")
-                after = stack.rss()
+                after = rss()
                 nginx_cpu = cpu_seconds(stack.nginx_pids()) - cpu_before
                 spilled = stack.error_log_count("buffered to a temporary file") - spilled
                 report.say(f"{label}: the stack's NGINX used {nginx_cpu:.1f} s CPU during the gateway runs; "

@@ -247,14 +247,17 @@ def run(quick: bool = False) -> Report:
                 orthanc, orthanc_error = None, str(error).splitlines()[0]
             targets: dict[str, Callable[[list[Path]], tuple[float, int]]] = {
                 "no hooks": lambda files: plain.stow(files, UPLOAD_HEADERS)[:2]}
-            # per process: the sum would jump when the other gunicorn worker starts its ingest pool mid-run
-            rss: dict[str, Callable[[], int]] = {"no hooks": plain.largest_rss}
+            # per process: the sum would jump when the other gunicorn worker starts its ingest pool mid-run. A
+            # probe is made per upload (the processes found before it, not during it: see BenchStack.rss_probe)
+            rss: dict[str, Callable[[], Callable[[], int]]] = {
+                "no hooks": functools.partial(plain.rss_probe, largest=True)}
             if hooked is not None:
                 targets["PHI hooks"] = lambda files: hooked.stow(files, UPLOAD_HEADERS)[:2]
-                rss["PHI hooks"] = hooked.largest_rss
+                rss["PHI hooks"] = functools.partial(hooked.rss_probe, largest=True)
             if orthanc is not None:
                 targets["Orthanc"] = functools.partial(_orthanc_stow, orthanc.url)
-                rss["Orthanc"] = functools.partial(rss_of, orthanc.process.pid)
+                orthanc_pid = orthanc.process.pid
+                rss["Orthanc"] = lambda: functools.partial(rss_of, orthanc_pid)
             warm = ct_series(seed=49, slices=8, clean=False)
             for name in targets:  # untimed: each side's caches and the gateway's ingest pool start
                 targets[name](warm)
@@ -262,7 +265,7 @@ def run(quick: bool = False) -> Report:
                 spread = [warm, *(ct_series(seed=seed, slices=8) for seed in (46, 47, 48))]
                 if stack is not None and not _warm_every_worker(stack, spread):
                     report.say("a gunicorn worker did not start its ingest pool during the warm-up")
-            idle = {name: measure() for name, measure in rss.items()}
+            idle = {name: probe()() for name, probe in rss.items()}
             ct_times: dict[str, list[float]] = {name: [] for name in targets}
             ct_rates: dict[str, list[float]] = {name: [] for name in targets}
             peaks: dict[str, int] = dict.fromkeys(targets, 0)
@@ -273,7 +276,7 @@ def run(quick: bool = False) -> Report:
                 stack = {"no hooks": plain, "PHI hooks": hooked}.get(name)
                 before = _cpu_split(stack) if stack is not None else {}
                 try:
-                    with RssSampler(rss[name]) as sampler:
+                    with RssSampler(rss[name]()) as sampler:
                         seconds, size = targets[name](files)
                 except AssertionError as error:
                     if name == "PHI hooks":
