@@ -160,15 +160,24 @@ def _warm_every_worker(stack: BenchStack, series: list[list[Path]], attempts: in
 
 
 def _cpu_split(stack: BenchStack) -> dict[str, float]:
-    """CPU seconds so far of the busiest gunicorn worker (the one a STOW runs in), of the ingest pool processes
-    (all workers' together) and of NGINX: subtract two readings to see where one upload's CPU went."""
+    """CPU seconds so far of each gunicorn worker (``worker <pid>``), of the ingest pool processes (all workers'
+    together) and of NGINX: ``_cpu_used`` subtracts two readings to see where one upload's CPU went."""
     master = stack.stack.processes["gunicorn"].pid
     workers = children_of(master)
     return {
-        "worker": max((cpu_seconds([worker]) for worker in workers), default=0.0),
+        **{f"worker {worker}": cpu_seconds([worker]) for worker in workers},
         "pool": cpu_seconds([pid for worker in workers for pid in children_of(worker)]),
         "nginx": cpu_seconds(stack.nginx_pids()),
     }
+
+
+def _cpu_used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """CPU seconds between two ``_cpu_split`` readings: the worker that used the most (the one the STOW ran in:
+    each worker's own difference, not the difference of the busiest so far, which may be the other one), the
+    pool processes and NGINX."""
+    used = {part: after[part] - before.get(part, 0.0) for part in after}
+    workers = [seconds for part, seconds in used.items() if part.startswith("worker ")]
+    return {"worker": max(workers, default=0.0), "pool": used["pool"], "nginx": used["nginx"]}
 
 
 def _orthanc_stow(url: str, files: list[Path]) -> tuple[float, int]:
@@ -287,7 +296,7 @@ def run(quick: bool = False) -> Report:
                 peaks[name] = max(peaks[name], sampler.peak)
                 if stack is not None:
                     after = _cpu_split(stack)
-                    cpu[name].append({part: (after[part] - before[part]) / len(files) for part in after})
+                    cpu[name].append({part: seconds / len(files) for part, seconds in _cpu_used(before, after).items()})
                 return seconds, size
 
             for i, files in enumerate(cts.values()):

@@ -303,7 +303,8 @@ class Ingestor:
     ) -> IngestResult:
         """Never raises for a bad file; raises StorageUnavailable / CatalogUnavailable for outages so the caller
         can tell the client to retry (nothing was made visible)."""
-        analysis = self._analyse(path, context, expected_study, scope, digest)
+        with self.reservations.expect():  # a reservation batch may wait for this file's analysis
+            analysis = self._analyse(path, context, expected_study, scope, digest)
         if isinstance(analysis, IngestResult):
             return analysis
         header, outcome, final_path = analysis.header, analysis.outcome, analysis.path
@@ -429,7 +430,8 @@ class Ingestor:
             return result, False
         if existing is not None and not self.settings.stow_overwrite:
             return self._different_bytes(result), False
-        stored = self.storage.put_file(key, path)
+        with self.registrations.expect():  # a registration batch may wait for this store
+            stored = self.storage.put_file(key, path)
         record = InstanceRecord.from_indexed(
             indexed,
             storage_key=key,

@@ -225,11 +225,12 @@ def _stow(study: str | None) -> Response:
         tenant=request.headers.get("X-DICOMGW-Tenant"),
         region=request.headers.get("X-DICOMGW-Region"),
     )
-    # a thread per pool process, plus one committing while they analyse
+    # a thread per pool process, plus those whose files wait in a group commit's batch (gateway.catalog.groupcommit)
+    # or are being stored, so the pool is never idle while a batch gathers
     batch = StowBatch(
         lambda path, digest: srv.ingestor.ingest(path, context, study, claims.scope, digest=digest),
-        workers=max(6, srv.ingestor.processes + 4),
-        in_flight=max(12, 2 * srv.ingestor.processes + 8),
+        workers=max(10, srv.ingestor.processes + 8),
+        in_flight=max(16, 2 * srv.ingestor.processes + 12),
     )
     stream = large_read_stream(request.environ["wsgi.input"])
     try:

@@ -172,6 +172,70 @@ def test_a_batch_larger_than_the_limit_is_split(catalog: Catalog) -> None:
     assert study_counts(catalog, ST) == (1, 10, ["CT"])
 
 
+def test_a_batch_waits_for_an_upload_on_its_way_and_takes_it_along(catalog: Catalog) -> None:
+    # One STOW's files reach the commit a few ms apart: a leader that knows another is coming waits for it.
+    counting = CountingCatalog(catalog)
+    counting.release.set()
+    group: GroupCommit[Registration, bool] = GroupCommit(counting.register_instances, linger=30)
+    first, second = (Registration(record(make_instance(ST, SE1, f"1.2.3.1.1.{n}", instance_number=n))) for n in (1, 2))
+    analysing, outcome = threading.Event(), []
+
+    def on_its_way() -> None:
+        with group.expect():  # e.g. its file is in analysis
+            analysing.set()
+            wait_until_queued(group, 1)
+        outcome.append(group.submit(second))
+
+    thread = threading.Thread(target=on_its_way)
+    thread.start()
+    analysing.wait(10)
+    assert group.submit(first) is True  # returned with the second, long before the 30 s linger
+    thread.join(10)
+    assert outcome == [True]
+    assert counting.batches == [2]
+    assert study_counts(catalog, ST) == (1, 2, ["CT"])
+
+
+def test_a_batch_stops_waiting_for_an_upload_that_will_not_come(catalog: Catalog) -> None:
+    counting = CountingCatalog(catalog)
+    counting.release.set()
+    group: GroupCommit[Registration, bool] = GroupCommit(counting.register_instances, linger=30)
+    analysing = threading.Event()
+
+    def fails_before_submitting() -> None:
+        with group.expect():  # its file turns out not to be DICOM: no registration follows
+            analysing.set()
+            wait_until_queued(group, 1)
+
+    thread = threading.Thread(target=fails_before_submitting)
+    thread.start()
+    analysing.wait(10)
+    assert group.submit(Registration(record(make_instance(ST, SE1, "1.2.3.1.1.1")))) is True
+    thread.join(10)
+    assert counting.batches == [1]
+
+
+def test_a_batch_waits_no_longer_than_its_linger(catalog: Catalog) -> None:
+    counting = CountingCatalog(catalog)
+    counting.release.set()
+    group: GroupCommit[Registration, bool] = GroupCommit(counting.register_instances, linger=0.05)
+    slow_file_done = threading.Event()
+
+    def slow_analysis() -> None:
+        with group.expect():
+            slow_file_done.wait(30)
+
+    thread = threading.Thread(target=slow_analysis)
+    thread.start()
+    try:
+        # committed while the other upload is still being analysed (it waits for this test, up to 30 s)
+        assert group.submit(Registration(record(make_instance(ST, SE1, "1.2.3.1.1.1")))) is True
+        assert not slow_file_done.is_set() and counting.batches == [1]
+    finally:
+        slow_file_done.set()
+        thread.join(10)
+
+
 def _no_busy_wait(catalog: Catalog) -> None:
     """From now on SQLite refuses a writer that finds the write lock taken at once ("database is locked")
     instead of sleeping in its busy handler: only a wait outside SQLite can keep two writers apart."""
