@@ -152,7 +152,7 @@ def _warm_every_worker(stack: BenchStack, series: list[list[Path]], attempts: in
     master = stack.stack.processes["gunicorn"].pid
     for _ in range(attempts):
         workers = children_of(master)
-        if workers and all(len(children_of(worker)) >= 2 for worker in workers):  # the pool and its tracker
+        if workers and all(len(children_of(worker)) >= 2 for worker in workers):  # the pool's processes
             return True
         with ThreadPoolExecutor(len(series)) as uploads:
             list(uploads.map(lambda files: stack.stow(files, UPLOAD_HEADERS), series))

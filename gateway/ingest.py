@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import multiprocessing
 import threading
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -43,6 +40,7 @@ from gateway.errors import (
 )
 from gateway.hooks import Hook, HookOutcome, UploadContext
 from gateway.metrics import INGESTED
+from gateway.processpool import PoolBroken, ProcessPool
 from gateway.scope import Scope
 from gateway.storage import Storage
 from gateway.uids import InstanceId
@@ -242,7 +240,7 @@ class Ingestor:
         self.spool_dir = spool_dir
         self.destinations = destinations or {}
         self.processes = processes
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool: ProcessPool | None = None
         self._pool_lock = threading.Lock()
 
     def _analyse(
@@ -252,23 +250,16 @@ class Ingestor:
         if self.processes > 0:
             with self._pool_lock:
                 if self._pool is None:
-                    # spawn, not fork: a gunicorn worker has threads, and a forked child would inherit their locks
-                    self._pool = ProcessPoolExecutor(
-                        self.processes,
-                        mp_context=multiprocessing.get_context("spawn"),
-                        initializer=_start_analyser,
-                        initargs=(self.settings,),
-                    )
+                    self._pool = ProcessPool(self.processes, _start_analyser, (self.settings,))
                 pool = self._pool
             try:
-                return pool.submit(_analyse_in_pool, path, context, expected_study, scope, threshold, digest).result()
-            except BrokenProcessPool:
-                # a pool process died (killed, out of memory): a new pool next time; this file is analysed here
-                log.warning("the ingest process pool broke; starting a new one")
-                with self._pool_lock:
-                    if self._pool is pool:
-                        self._pool = None
-                pool.shutdown(wait=False)
+                answer: IngestResult | Analysis = pool.run(
+                    _analyse_in_pool, path, context, expected_study, scope, threshold, digest
+                )
+                return answer
+            except PoolBroken:
+                # a pool process died (killed, out of memory) and was replaced; this file is analysed here
+                log.warning("an ingest process died; this file is analysed in the request's process")
         return analyse(path, context, expected_study, scope, self.hooks, threshold, digest)
 
     def close(self) -> None:
@@ -276,7 +267,7 @@ class Ingestor:
         with self._pool_lock:
             pool, self._pool = self._pool, None
         if pool is not None:
-            pool.shutdown(wait=True)
+            pool.close()
 
     def ingest(
         self,

@@ -72,7 +72,7 @@ def upload(tmp_path: Path, n: int) -> Path:
 
 def pool_pids(services: Services) -> set[int]:
     pool = services.ingestor._pool
-    return set() if pool is None else {p.pid for p in pool._processes.values() if p.pid is not None}
+    return set() if pool is None else set(pool.pids)
 
 
 def test_pool_runs_the_hooks_and_the_commit_stays_here(services: Services, tmp_path: Path) -> None:

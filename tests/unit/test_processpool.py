@@ -1,0 +1,113 @@
+"""The ingest processes (``gateway.processpool``): real spawned processes, real kills."""
+
+from __future__ import annotations
+
+import math
+import operator
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from gateway.processpool import PoolBroken, ProcessPool
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def gone_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@pytest.fixture
+def pool() -> Iterator[ProcessPool]:
+    started = ProcessPool(2, operator.truth, (1,))
+    yield started
+    started.close()
+
+
+def test_calls_run_in_other_processes_and_answer_or_raise(pool: ProcessPool) -> None:
+    assert pool.run(operator.add, 2, 3) == 5
+    pids = {pool.run(os.getpid) for _ in range(6)}
+    assert os.getpid() not in pids and pids <= set(pool.pids)
+    with pytest.raises(ValueError, match="math domain error"):
+        pool.run(math.sqrt, -1)
+    assert pool.run(operator.add, "a", "b") == "ab"  # a raised call leaves its process serving
+
+
+def test_an_answer_that_cannot_be_sent_is_an_error_not_a_hang(pool: ProcessPool) -> None:
+    with pytest.raises(RuntimeError, match="could not be sent"):
+        pool.run(threading.Lock)  # a lock does not pickle
+    assert pool.run(operator.mul, 6, 7) == 42
+
+
+def test_threads_share_the_processes(pool: ProcessPool) -> None:
+    with ThreadPoolExecutor(8) as threads:
+        assert list(threads.map(lambda n: pool.run(operator.mul, n, n), range(40))) == [n * n for n in range(40)]
+
+
+def test_a_killed_process_fails_its_call_and_is_replaced(pool: ProcessPool) -> None:
+    before = set(pool.pids)
+    victim = next(iter(before))
+    with ThreadPoolExecutor(2) as thread:
+        sleeping = [thread.submit(pool.run, time.sleep, 3) for _ in range(2)]  # both processes busy
+        time.sleep(0.5)
+        os.kill(victim, signal.SIGKILL)
+        outcomes = []
+        for future in sleeping:
+            try:
+                outcomes.append(future.result(timeout=20))
+            except PoolBroken:
+                outcomes.append("broken")
+    assert "broken" in outcomes
+    assert victim not in pool.pids and len(pool.pids) == 2
+    assert {pool.run(os.getpid) for _ in range(6)} <= set(pool.pids)
+
+
+def test_close_stops_every_process() -> None:
+    pool = ProcessPool(2, operator.truth, (1,))
+    pids = pool.pids
+    assert pool.run(operator.add, 1, 1) == 2
+    pool.close()
+    assert all(gone_within(pid, 10) for pid in pids)
+
+
+def test_the_processes_exit_when_their_parent_is_killed() -> None:
+    # a gunicorn worker killed with -9 must not leave processes behind holding uploads in memory
+    script = (
+        "import operator, os, sys, time\n"
+        "from gateway.processpool import ProcessPool\n"
+        "pool = ProcessPool(2, operator.truth, (1,))\n"
+        "assert pool.run(operator.add, 1, 1) == 2\n"
+        "print(' '.join(map(str, pool.pids)), flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
+    try:
+        assert parent.stdout is not None
+        children = [int(pid) for pid in parent.stdout.readline().split()]
+        assert len(children) == 2 and all(alive(pid) for pid in children)
+        parent.kill()
+        parent.wait(10)
+        assert all(gone_within(pid, 10) for pid in children)
+    finally:
+        parent.kill()
+        parent.wait(10)
+        if parent.stdout is not None:
+            parent.stdout.close()
