@@ -109,19 +109,26 @@ class ProcessPool:
         except (EOFError, OSError):
             self._replace(worker)
             raise PoolBroken("an ingest process died during the call") from None
+        except Exception:
+            self._idle.put(worker)  # the call or its answer did not pickle: the process and its pipe are fine
+            raise
+        except BaseException:
+            self._replace(worker)  # interrupted between send and answer: the answer would reach the next caller
+            raise
         self._idle.put(worker)
         if ok:
             return answer
         raise answer
 
     def _replace(self, dead: _Worker) -> None:
-        log.warning("an ingest process exited (code %s); starting another", dead.process.exitcode)
         dead.stop(timeout=1)
         with self._lock:
             if self._closed:
-                return
-            fresh = self._start()
-            self._workers[self._workers.index(dead)] = fresh
+                fresh = dead  # stopped: whoever takes it next fails at once, as this caller did, never waits
+            else:
+                log.warning("an ingest process exited (code %s); starting another", dead.process.exitcode)
+                fresh = self._start()
+                self._workers[self._workers.index(dead)] = fresh
         self._idle.put(fresh)
 
     def close(self, timeout: float = 5.0) -> None:

@@ -35,6 +35,15 @@ def gone_within(pid: int, seconds: float) -> bool:
     return True
 
 
+class NeedsTwoArguments(Exception):
+    def __init__(self, first: str, second: str) -> None:
+        super().__init__(first)  # pickled with one argument: unpickling it fails with TypeError
+
+
+def raise_one_that_does_not_unpickle() -> None:
+    raise NeedsTwoArguments("a", "b")
+
+
 @pytest.fixture
 def pool() -> Iterator[ProcessPool]:
     started = ProcessPool(2, operator.truth, (1,))
@@ -55,6 +64,15 @@ def test_an_answer_that_cannot_be_sent_is_an_error_not_a_hang(pool: ProcessPool)
     with pytest.raises(RuntimeError, match="could not be sent"):
         pool.run(threading.Lock)  # a lock does not pickle
     assert pool.run(operator.mul, 6, 7) == 42
+
+
+def test_an_error_that_does_not_come_back_whole_leaves_the_process_serving(pool: ProcessPool) -> None:
+    with pytest.raises(TypeError):
+        pool.run(raise_one_that_does_not_unpickle)
+    with pytest.raises(TypeError):
+        pool.run(operator.add, threading.Lock(), 1)  # a call that does not pickle is never sent
+    assert pool._idle.qsize() == 2  # both processes still take calls
+    assert pool.run(operator.add, 1, 2) == 3
 
 
 def test_threads_share_the_processes(pool: ProcessPool) -> None:
