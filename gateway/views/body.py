@@ -22,6 +22,8 @@ import os
 import socket
 from typing import Any
 
+from gateway.errors import BadRequest
+
 READ_SIZE = 256 * 1024  # bytes asked of the socket at most per read
 
 
@@ -53,7 +55,29 @@ class _LengthBody:
         return data
 
 
+class _BrokenBodyIsBadRequest:
+    """A read that fails because the body broke is the client's doing, answered with a 400 that says so (never an
+    unhandled error and its traceback): gunicorn raises ``NoMoreData`` (an ``OSError``) when the connection
+    ends inside a chunk, as it does when a client goes away and NGINX closes the upstream connection; the socket
+    may also be reset."""
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+
+    def read(self, size: int = -1, /) -> bytes:
+        try:
+            data: bytes = self.source.read(size)
+        except OSError:
+            raise BadRequest("the request body ended before it was complete (the connection broke)") from None
+        return data
+
+
 def large_read_stream(stream: Any) -> Any:
+    """A reader of the request body ``stream`` (see the module) whose broken reads are a 400."""
+    return _BrokenBodyIsBadRequest(_large_reads(stream))
+
+
+def _large_reads(stream: Any) -> Any:
     """``stream``, or a reader of the same bytes under gunicorn's ``Body`` (see the module)."""
     try:
         from gunicorn.http.body import Body, ChunkedReader, EOFReader, LengthReader

@@ -233,6 +233,42 @@ def test_single_part_body_cut_short_is_not_stored_and_the_retry_is(stack: Runnin
     assert stored.status_code == 200 and stored.content == data
 
 
+def test_a_chunked_body_cut_short_is_a_clean_400_and_the_retry_stores_all(stack: RunningStack, tmp_path: Path) -> None:
+    """A client that goes away in the middle of a chunked multipart body: NGINX closes the upstream connection and
+    gunicorn's chunked reader raises on the missing bytes. That was an unhandled error (a traceback in the log);
+    it is now a broken body like any other (400), nothing half-received is stored, and the retry stores all."""
+    whole, partial = make_series(tmp_path / "chunked", modality="CT", slices=2, seed=168, clean=True)
+    boundary = "dgw-test-boundary-168"
+    part = f"\r\n--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+    first = part + whole.read_bytes() + part  # a whole part and the next one's delimiter, in chunks of 64 KiB
+    chunks = b"".join(
+        f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
+        for piece in (first[i : i + 65536] for i in range(0, len(first), 65536))
+    )
+    cut = partial.read_bytes()[:1000]  # then a chunk announced 5,000 bytes longer than what is sent
+    parsed = urlparse(stack.url)
+    head = (
+        f"POST /dicomweb/studies HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {stack.stack.api_key}\r\n"
+        f'Content-Type: multipart/related; type="application/dicom"; boundary={boundary}\r\n'
+        "Transfer-Encoding: chunked\r\n\r\n"
+    )
+    log = stack.stack.gunicorn_log
+    before = log.read_text(errors="replace") if log.exists() else ""
+    with socket.create_connection((parsed.hostname, parsed.port), timeout=10) as connection:
+        connection.sendall(head.encode() + chunks + f"{len(cut) + 5000:x}\r\n".encode() + cut)
+        time.sleep(0.5)  # NGINX has passed the bytes on
+    study, series, sop = uids_of(partial)
+    cut_instance = f"{stack.url}/dicomweb/studies/{study}/series/{series}/instances/{sop}/metadata"
+    stack.settle_access_log()  # the broken request has been answered and logged
+    assert requests.get(cut_instance, headers=stack.api_headers, timeout=30).status_code == 404
+    after = log.read_text(errors="replace") if log.exists() else ""
+    assert "Traceback" not in after[len(before) :], after[len(before) :][-2000:]
+    retry = stack.stow([whole, partial])
+    assert retry.status_code == 200, retry.text
+    assert len(referenced(retry)) == 2
+    assert requests.get(cut_instance, headers=stack.api_headers, timeout=30).status_code == 200
+
+
 def test_upload_cli_with_a_write_token(stack: RunningStack, tmp_path: Path) -> None:
     files = make_series(tmp_path / "cli", modality="CT", slices=3, seed=56, clean=True)
     (tmp_path / "cli" / "notes.txt").write_text("not DICOM")

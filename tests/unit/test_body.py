@@ -13,6 +13,7 @@ import pytest
 from gunicorn.http.body import Body, ChunkedReader, LengthReader
 from gunicorn.http.unreader import SocketUnreader
 
+from gateway.errors import BadRequest
 from gateway.views.body import large_read_stream
 
 
@@ -51,7 +52,7 @@ def test_length_body_is_read_from_the_socket_with_gunicorns_count_kept(
     unreader.unread(payload[:5000])  # what gunicorn read past the request headers
     body = Body(LengthReader(unreader, len(payload)))
     stream = large_read_stream(body)
-    assert stream is not body and stream is not body.reader
+    assert stream.source is not body and stream.source is not body.reader
     chunks = []
     while chunk := stream.read(read_size):
         assert len(chunk) <= read_size
@@ -90,8 +91,21 @@ def test_chunked_body_is_read_through_its_reader(socket_with: Callable[[bytes], 
 
     body = Body(ChunkedReader(Req(), SocketUnreader(socket_with(wire))))
     stream = large_read_stream(body)
-    assert stream is body.reader
+    assert stream.source is body.reader
     assert b"".join(iter(lambda: stream.read(1 << 20), b"")) == payload
+
+
+def test_a_chunked_body_cut_inside_a_chunk_is_a_bad_request(socket_with: Callable[[bytes], socket.socket]) -> None:
+    # a client that went away: NGINX closes the upstream connection inside a chunk, gunicorn raises NoMoreData
+    wire = b"%x\r\n%s" % (50_000, b"x" * 20_000)
+
+    class Req:
+        trailers: list[tuple[str, str]] = []
+
+    stream = large_read_stream(Body(ChunkedReader(Req(), SocketUnreader(socket_with(wire)))))
+    with pytest.raises(BadRequest, match="ended before it was complete"):
+        while stream.read(1 << 20):
+            pass
 
 
 def test_a_body_already_read_from_and_other_streams_are_kept(
@@ -100,6 +114,6 @@ def test_a_body_already_read_from_and_other_streams_are_kept(
     payload = b"x" * 5000
     body = Body(LengthReader(SocketUnreader(socket_with(payload)), len(payload)))
     assert body.read(10) == b"x" * 10  # the Body buffers the rest of the reader's 1 KiB
-    assert large_read_stream(body) is body
+    assert large_read_stream(body).source is body
     plain = io.BytesIO(b"abc")
-    assert large_read_stream(plain) is plain
+    assert large_read_stream(plain).source is plain
