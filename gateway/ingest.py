@@ -42,6 +42,7 @@ from gateway.hooks import Hook, HookOutcome, UploadContext
 from gateway.metrics import INGESTED
 from gateway.processpool import PoolBroken, ProcessPool
 from gateway.scope import Scope
+from gateway.spool import sweep_spool
 from gateway.storage import Storage
 from gateway.uids import InstanceId
 
@@ -258,8 +259,10 @@ class Ingestor:
                 )
                 return answer
             except PoolBroken:
-                # a pool process died (killed, out of memory) and was replaced; this file is analysed here
+                # a pool process died (killed, out of memory) and was replaced; this file is analysed here, and
+                # what the dead process was writing (a de-identified copy) is removed
                 log.warning("an ingest process died; this file is analysed in the request's process")
+                sweep_spool(self.spool_dir)
         return analyse(path, context, expected_study, scope, self.hooks, threshold, digest)
 
     def close(self) -> None:

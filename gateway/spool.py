@@ -21,7 +21,8 @@ from gateway.catalog.owner import Owner, host_identity, is_gone, this_process
 from gateway.errors import StorageUnavailable
 
 Buffer = bytes | memoryview
-_SPOOL_NAME = re.compile(r"(?:part|stow)-([0-9a-f]{8})-([0-9]+)-([0-9]+)-")
+# upload parts, single-part bodies, and the de-identifier's outputs (written in an ingest pool process)
+_SPOOL_NAME = re.compile(r"(?:part|stow|deid)-([0-9a-f]{8})-([0-9]+)-([0-9]+)-")
 
 
 def _host_tag() -> str:

@@ -38,6 +38,7 @@ from gateway.phi.pixelfile import CannotClean
 from gateway.phi.pixels import check_ocr, identifier_terms
 from gateway.phi.policy import Destination, Policy, Rule, load_policy
 from gateway.phi.scanner import ScanReport, read_dataset, scan_file, scan_with_values
+from gateway.spool import spool_prefix
 
 MIN_KEY_LENGTH = 32
 BURNED_IN_RULE = "burned-in-annotation"
@@ -127,7 +128,8 @@ class PhiHook:
 
     def _deidentify(self, path: Path, rule: Rule, report: ScanReport) -> HookOutcome:
         choice = self.policy.on_deidentify_failure
-        handle, name = tempfile.mkstemp(prefix="deid-", suffix=".dcm", dir=self.tmp_dir or path.parent)
+        # named for this process, so that what it leaves if killed mid-write is swept (gateway.spool)
+        handle, name = tempfile.mkstemp(prefix=spool_prefix("deid"), suffix=".dcm", dir=self.tmp_dir or path.parent)
         os.close(handle)
         output = Path(name)
         try:

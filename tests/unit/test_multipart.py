@@ -326,22 +326,23 @@ def test_sweep_removes_only_what_a_process_gone_left(tmp_path: Path) -> None:
 
     with spool_file(tmp_path, "part", ".spool") as (live, write):
         write(b"mine")
-    child = subprocess.run(  # a process that ran here and exited: what a killed worker leaves
-        [sys.executable, "-c", "from gateway.spool import spool_prefix; print(spool_prefix('stow'))"],
+    child, child_deid = subprocess.run(  # a process that ran here and exited: what a killed worker leaves
+        [sys.executable, "-c", "from gateway.spool import spool_prefix as p; print(p('stow')); print(p('deid'))"],
         capture_output=True,
         text=True,
         check=True,
         cwd=REPO,
-    ).stdout.strip()
+    ).stdout.split()
     dead = tmp_path / f"{child}abc.dcm"
+    dead_deid = tmp_path / f"{child_deid}abc.dcm"  # a de-identified copy an ingest pool process was writing
     me = this_process()
     tag = live.name.split("-")[1]
     other_host = tmp_path / f"part-{'0' * 8 if tag != '0' * 8 else '1' * 8}-{child.split('-')[2]}-1-x.spool"
     unrelated = tmp_path / "part-notours.spool"
-    for path in (dead, other_host, unrelated):
+    for path in (dead, dead_deid, other_host, unrelated):
         path.write_bytes(b"x")
     assert live.name.startswith(f"part-{tag}-{me.pid}-{me.started}-")
-    assert sweep_spool(tmp_path) == 1
+    assert sweep_spool(tmp_path) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (live, other_host, unrelated))
     assert sweep_spool(tmp_path / "gone") == 0
 

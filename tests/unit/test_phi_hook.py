@@ -15,6 +15,7 @@ from gateway.phi.hook import PhiHook
 from gateway.phi.policy import Policy, parse_policy
 from gateway.phi.scanner import scan_file
 from gateway.services import build_policy_hooks
+from gateway.spool import spool_prefix
 from gateway.storage import open_storage
 
 try:
@@ -100,6 +101,8 @@ def test_deidentify_accepts_a_new_clean_file(phi_file: Path) -> None:
     outcome = PhiHook(policy, KEY)(phi_file, ctx("deid"))
     assert outcome.action == "accept" and outcome.destination == "research"
     assert outcome.path is not None and outcome.path != phi_file and outcome.path.parent == phi_file.parent
+    # named for the process writing it: a killed ingest process's copy is swept (gateway.spool.sweep_spool)
+    assert outcome.path.name.startswith(spool_prefix("deid"))
     assert phi_file.read_bytes() == before
     assert scan_file(outcome.path, policy).clean
     assert pydicom.dcmread(outcome.path).PatientIdentityRemoved == "YES"
