@@ -172,11 +172,16 @@ def test_a_batch_larger_than_the_limit_is_split(catalog: Catalog) -> None:
     assert study_counts(catalog, ST) == (1, 10, ["CT"])
 
 
-def test_a_batch_waits_for_an_upload_on_its_way_and_takes_it_along(catalog: Catalog) -> None:
-    # One STOW's files reach the commit a few ms apart: a leader that knows another is coming waits for it.
+def lingering(catalog: Catalog, linger: float) -> tuple[CountingCatalog, GroupCommit[Registration, bool]]:
+    """A group commit over the real catalog that counts its batches (none held back) and waits up to ``linger``."""
     counting = CountingCatalog(catalog)
     counting.release.set()
-    group: GroupCommit[Registration, bool] = GroupCommit(counting.register_instances, linger=30)
+    return counting, GroupCommit(counting.register_instances, linger=linger)
+
+
+def test_a_batch_waits_for_an_upload_on_its_way_and_takes_it_along(catalog: Catalog) -> None:
+    # One STOW's files reach the commit a few ms apart: a leader that knows another is coming waits for it.
+    counting, group = lingering(catalog, 30)
     first, second = (Registration(record(make_instance(ST, SE1, f"1.2.3.1.1.{n}", instance_number=n))) for n in (1, 2))
     analysing, outcome = threading.Event(), []
 
@@ -197,9 +202,7 @@ def test_a_batch_waits_for_an_upload_on_its_way_and_takes_it_along(catalog: Cata
 
 
 def test_a_batch_stops_waiting_for_an_upload_that_will_not_come(catalog: Catalog) -> None:
-    counting = CountingCatalog(catalog)
-    counting.release.set()
-    group: GroupCommit[Registration, bool] = GroupCommit(counting.register_instances, linger=30)
+    counting, group = lingering(catalog, 30)
     analysing = threading.Event()
 
     def fails_before_submitting() -> None:
@@ -216,9 +219,7 @@ def test_a_batch_stops_waiting_for_an_upload_that_will_not_come(catalog: Catalog
 
 
 def test_a_batch_waits_no_longer_than_its_linger(catalog: Catalog) -> None:
-    counting = CountingCatalog(catalog)
-    counting.release.set()
-    group: GroupCommit[Registration, bool] = GroupCommit(counting.register_instances, linger=0.05)
+    counting, group = lingering(catalog, 0.05)
     slow_file_done = threading.Event()
 
     def slow_analysis() -> None:
