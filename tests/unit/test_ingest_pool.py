@@ -97,9 +97,18 @@ def test_a_dead_pool_process_costs_no_upload(services: Services, tmp_path: Path)
     context = UploadContext(source="stow", sub="t", region="eu")
     assert services.ingestor.ingest(upload(tmp_path, 1), context).status == "stored"
     [pid] = pool_pids(services)
+    # what the process was writing when killed: a de-identified copy, named for it (gateway.phi.hook)
+    from gateway.catalog.owner import _stat
+    from gateway.spool import _host_tag
+
+    stat = _stat(pid)
+    assert stat is not None
+    left = tmp_path / "spool" / f"deid-{_host_tag()}-{pid}-{stat[1]}-x.dcm"
+    left.write_bytes(b"half a de-identified copy")
     os.kill(pid, signal.SIGKILL)
     # the broken pool is noticed on the next upload, which is analysed in this process instead
     assert services.ingestor.ingest(upload(tmp_path, 2), context).status == "stored"
+    assert not left.exists()  # and what the dead process left is gone
     # and the one after that gets a new pool
     assert services.ingestor.ingest(upload(tmp_path, 3), context).status == "stored"
     assert pool_pids(services) - {pid}
