@@ -138,7 +138,9 @@ def read_instance(
             uids = _identity(ds)
             number_of_frames = _number_of_frames(ds, elements)
             frame_index = _frame_index(fp, ts, ds, elements, number_of_frames) if ranges_valid else None
-            metadata = meta_json.build_metadata(ds, elements, bulkdata_uris=ranges_valid)
+            metadata = meta_json.build_metadata(
+                ds, elements, bulkdata_uris=ranges_valid, little_endian=ts != EXPLICIT_VR_BE
+            )
             searchable = qido_attrs.searchable(ds)
             instance_number = int32_or_none(_get(ds, "InstanceNumber"))  # a catalog INTEGER column
 

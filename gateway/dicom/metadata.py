@@ -9,6 +9,14 @@ level and ``metadata_text`` is canonical, so the same file always gives the same
 Series- and study-level metadata reuse the stored text: ``rebase_bulkdata_text(text, "instances/{sop}/")`` is
 a plain ``str.replace``, safe because in canonical JSON the sequence ``"BulkDataURI":"`` can only be a key
 followed by its value (a quote inside a string value is always escaped).
+
+Values that repeat are converted once per process (``_ValueMemo``): the slices of a series carry the same patient,
+study, series and equipment elements, and pydicom's conversion and ``to_json_dict`` were most of ingest's CPU per
+slice (docs/bench.md, B4). The JSON of a non-bulk element depends only on its tag, VR, bytes, encoding and
+character set, which the memo key holds; elements whose conversion reads other elements (private elements, whose
+VR may come from their creator, and implicit-VR elements of ambiguous dictionary VR, resolved from Pixel
+Representation) are never memoised. Entries are shared between the metadata of different instances: callers
+read the metadata, never change it.
 """
 
 from __future__ import annotations
@@ -20,17 +28,67 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from pydicom import config as pydicom_config
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 
 from gateway.dicom.walker import Element, tag_hex
 
 log = logging.getLogger(__name__)
 
+SPECIFIC_CHARACTER_SET = 0x00080005
 _URI_MARK = '"BulkDataURI":"bulkdata/'
 _SAFE_PREFIX = re.compile(r"^[A-Za-z0-9._~/:%@!$&'()*+,;=-]*$")
 
 
-def build_metadata(ds: Dataset, elements: list[Element], *, bulkdata_uris: bool = True) -> dict[str, Any]:
+class _ValueMemo:
+    """The DICOM JSON of element values already converted by this process (see the module). Bounded: emptied
+    when full, so memory stays flat whatever is uploaded; only values of up to ``MAX_VALUE`` bytes are kept."""
+
+    SIZE = 8192
+    MAX_VALUE = 256
+    # values pydicom converts from their own bytes (binary VRs are read in the file's byte order: part of the key)
+    VRS = frozenset(
+        {"AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "PN", "SH", "SL", "SS", "ST",
+         "SV", "TM", "UC", "UI", "UL", "UR", "US", "UT", "UV"}
+    )  # fmt: skip
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self._ambiguous: dict[int, bool] = {}
+
+    def key(self, el: Element, context: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        """The memo key of ``el`` (``context``: byte order, character set, validation mode), or None when its
+        JSON may depend on more than its own bytes."""
+        value = el.value
+        if value is None or len(value) > self.MAX_VALUE or el.vr not in self.VRS or (el.tag >> 16) & 1:
+            return None
+        if el.implicit and self._is_ambiguous(el.tag):
+            return None
+        return (el.tag, el.vr, el.implicit, value, context)
+
+    def _is_ambiguous(self, tag: int) -> bool:
+        known = self._ambiguous.get(tag)
+        if known is None:
+            try:
+                known = " or " in dictionary_VR(tag)
+            except KeyError:
+                known = True
+            self._ambiguous[tag] = known
+        return known
+
+    def store(self, key: tuple[Any, ...], value: dict[str, Any]) -> None:
+        if len(self.entries) >= self.SIZE:
+            self.entries.clear()
+        self.entries[key] = value
+
+
+_memo = _ValueMemo()
+
+
+def build_metadata(
+    ds: Dataset, elements: list[Element], *, bulkdata_uris: bool = True, little_endian: bool = True
+) -> dict[str, Any]:
     """DICOM JSON of the walked ``elements``; ``ds`` is pydicom's reading of the same file (the same elements at
     every level, checked by ``index.read_instance``) and decodes the non-bulk values. A value pydicom cannot
     decode is left out (logged by tag) rather than failing the ingest. Call inside
@@ -39,10 +97,23 @@ def build_metadata(ds: Dataset, elements: list[Element], *, bulkdata_uris: bool 
     ``bulkdata_uris=False`` (big-endian and deflated files, whose bulk values are no byte range of the object
     a client could be sent): a bulk element is ``{"vr": ...}`` with no value, which PS3.18 F.2.5 allows; its
     value is in the whole instance only. A URI that could never be served is not advertised."""
-    return _dataset_json(ds, elements, "", bulkdata_uris)
+    mode = pydicom_config.settings.reading_validation_mode
+    return _dataset_json(ds, elements, "", bulkdata_uris, (little_endian, _charset(elements, b""), mode))
 
 
-def _dataset_json(ds: Dataset, elements: list[Element], prefix: str, uris: bool) -> dict[str, Any]:
+def _charset(elements: list[Element], inherited: bytes) -> bytes:
+    """The raw Specific Character Set of a data set (an item without one inherits its parent's, as in pydicom)."""
+    for el in elements:
+        if el.tag == SPECIFIC_CHARACTER_SET:
+            return el.value if el.value is not None else b"(bulk)"
+        if el.tag > SPECIFIC_CHARACTER_SET:
+            break
+    return inherited
+
+
+def _dataset_json(
+    ds: Dataset, elements: list[Element], prefix: str, uris: bool, context: tuple[bool, bytes, Any]
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     # pydicom finds its own tag objects by identity; a plain int key costs a new tag object and Python-level
     # comparisons in every one of the several lookups a first read of a value makes
@@ -53,18 +124,27 @@ def _dataset_json(ds: Dataset, elements: list[Element], prefix: str, uris: bool)
         if el.items is not None:
             item_datasets = ds[tag].value
             items = [
-                _dataset_json(item_ds, item, f"{prefix}{key}/{i}/", uris)
+                _dataset_json(
+                    item_ds, item, f"{prefix}{key}/{i}/", uris, (context[0], _charset(item, context[1]), context[2])
+                )
                 for i, (item_ds, item) in enumerate(zip(item_datasets, el.items, strict=True))
             ]
             out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
         elif el.bulk:
             out[key] = {"vr": el.vr, "BulkDataURI": f"bulkdata/{prefix}{key}"} if uris else {"vr": el.vr}
         else:
+            memo_key = _memo.key(el, context)
+            if memo_key is not None and (known := _memo.entries.get(memo_key)) is not None:
+                out[key] = known
+                continue
             try:
                 # the threshold is irrelevant here: every element reaching this line is small or not binary
-                out[key] = ds[tag].to_json_dict(None, 1 << 62)
+                out[key] = value = ds[tag].to_json_dict(None, 1 << 62)
             except Exception:  # noqa: BLE001 - pydicom raises many types for garbage values
                 log.warning("metadata: dropped element %s%s, its value cannot be decoded", prefix, key)
+                continue
+            if memo_key is not None:
+                _memo.store(memo_key, value)
     return {k: out[k] for k in sorted(out)}
 
 

@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pydicom.data
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from gateway.dicom import metadata as metadata_module
 from gateway.dicom.index import index_file
 from gateway.dicom.metadata import join_metadata, metadata_text, rebase_bulkdata_text, rebase_bulkdata_uris
 from gateway.dicom.qido_attrs import SEARCHABLE_KEYS
+from gateway.errors import DicomError
 from tests.unit import dicom_builders as b
+
+PYDICOM_TEST_FILES = Path(pydicom.data.__file__).parent / "test_files"
 
 
 def pydicom_json(path: Path) -> dict[str, Any]:
@@ -170,3 +176,72 @@ def test_searchable(tmp_path: Path) -> None:
         {"Alphabetic": "Doe^Jane", "Ideographic": "ドウ^ジェーン"}
     ]
     assert indexed.number_of_frames == 0 and indexed.frame_index is None
+
+
+# --- values converted once per process (metadata._ValueMemo) ------------------------------------------------------
+
+
+@pytest.fixture
+def empty_memo() -> Iterator[None]:
+    metadata_module._memo.entries.clear()
+    yield
+    metadata_module._memo.entries.clear()
+
+
+def test_pydicom_test_files_give_the_same_metadata_with_the_memo_full(empty_memo: None) -> None:
+    """Every file of pydicom's own test data (other toolkits' files: many character sets, both byte orders,
+    implicit VR, private elements) gives the same metadata whether the memo starts empty or holds what all the
+    others left in it."""
+    files = sorted(p for p in PYDICOM_TEST_FILES.rglob("*") if p.is_file())
+    fresh: dict[Path, str] = {}
+    for path in files:
+        metadata_module._memo.entries.clear()
+        try:
+            fresh[path] = metadata_text(index_file(path).metadata)
+        except DicomError:
+            continue
+    assert len(fresh) > 50
+    for _ in range(2):  # the second pass meets every value the first one stored
+        for path, text in fresh.items():
+            assert metadata_text(index_file(path).metadata) == text, path.name
+    assert metadata_module._memo.entries
+
+
+def test_the_same_bytes_under_another_character_set_are_decoded_again(tmp_path: Path, empty_memo: None) -> None:
+    utf8 = b.write(b.base(SpecificCharacterSet="ISO_IR 192"), tmp_path / "utf8.dcm")
+    data = utf8.read_bytes()
+    assert data.count(b"ISO_IR 192") == 1
+    latin1 = tmp_path / "latin1.dcm"
+    latin1.write_bytes(data.replace(b"ISO_IR 192", b"ISO_IR 100"))  # the name's bytes unchanged
+    assert index_file(utf8).metadata["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "Müller^Jürgen"}]}
+    assert index_file(latin1).metadata["00100010"] == {
+        "vr": "PN",
+        "Value": [{"Alphabetic": "MÃ¼ller^JÃ¼rgen"}],
+    }
+
+
+@pytest.mark.parametrize("ts", [b.ExplicitVRLittleEndian, b.ImplicitVRLittleEndian])
+def test_a_value_read_through_pixel_representation_is_not_shared(
+    tmp_path: Path, ts: str, empty_memo: None
+) -> None:
+    """(0028,0106) is "US or SS": in implicit VR the same two bytes are 65535 or -1 by Pixel Representation."""
+    unsigned = b.image(b.base(), 2, 2, 16, 1)
+    unsigned.SmallestImagePixelValue = 0xFFFF
+    signed = b.image(b.base(), 2, 2, 16, 1)
+    signed.PixelRepresentation = 1
+    signed.SmallestImagePixelValue = -1
+    for ds in (unsigned, signed):
+        ds.PixelData = b"\x00" * 8
+    first = b.write(unsigned, tmp_path / "u.dcm", ts)
+    second = b.write(signed, tmp_path / "s.dcm", ts)
+    assert index_file(first).metadata["00280106"] == {"vr": "US", "Value": [65535]}
+    assert index_file(second).metadata["00280106"] == {"vr": "SS", "Value": [-1]}
+    assert index_file(first).metadata["00280106"] == {"vr": "US", "Value": [65535]}
+
+
+def test_the_memo_stays_bounded(tmp_path: Path, empty_memo: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(metadata_module._ValueMemo, "SIZE", 5)
+    for number in range(12):
+        path = b.write(b.base(InstanceNumber=number + 1, StudyID=f"S{number}"), tmp_path / f"{number}.dcm")
+        assert index_file(path).metadata["00200013"] == {"vr": "IS", "Value": [number + 1]}
+        assert len(metadata_module._memo.entries) <= 5
