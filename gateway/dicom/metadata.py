@@ -10,13 +10,9 @@ Series- and study-level metadata reuse the stored text: ``rebase_bulkdata_text(t
 a plain ``str.replace``, safe because in canonical JSON the sequence ``"BulkDataURI":"`` can only be a key
 followed by its value (a quote inside a string value is always escaped).
 
-Values that repeat are converted once per process (``_ValueMemo``): the slices of a series carry the same patient,
-study, series and equipment elements, and pydicom's conversion and ``to_json_dict`` were most of ingest's CPU per
-slice (docs/bench.md, B4). The JSON of a non-bulk element depends only on its tag, VR, bytes, encoding and
-character set, which the memo key holds; elements whose conversion reads other elements (private elements, whose
-VR may come from their creator, and implicit-VR elements of ambiguous dictionary VR, resolved from Pixel
-Representation) are never memoised. Entries are shared between the metadata of different instances: callers
-read the metadata, never change it.
+The JSON of a value that repeats (the slices of a series share most of theirs) is made once per process
+(``gateway.dicom.valuememo``): entries are shared between the metadata of different instances, which callers
+read and never change.
 """
 
 from __future__ import annotations
@@ -28,62 +24,18 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from pydicom import config as pydicom_config
-from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 
+from gateway.dicom.valuememo import SPECIFIC_CHARACTER_SET, ValueMemo, is_memoisable, validation_mode
 from gateway.dicom.walker import Element, tag_hex
 
 log = logging.getLogger(__name__)
 
-SPECIFIC_CHARACTER_SET = 0x00080005
 _URI_MARK = '"BulkDataURI":"bulkdata/'
 _SAFE_PREFIX = re.compile(r"^[A-Za-z0-9._~/:%@!$&'()*+,;=-]*$")
 
 
-class _ValueMemo:
-    """The DICOM JSON of element values already converted by this process (see the module). Bounded: emptied
-    when full, so memory stays flat whatever is uploaded; only values of up to ``MAX_VALUE`` bytes are kept."""
-
-    SIZE = 8192
-    MAX_VALUE = 256
-    # values pydicom converts from their own bytes (binary VRs are read in the file's byte order: part of the key)
-    VRS = frozenset(
-        {"AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "PN", "SH", "SL", "SS", "ST",
-         "SV", "TM", "UC", "UI", "UL", "UR", "US", "UT", "UV"}
-    )  # fmt: skip
-
-    def __init__(self) -> None:
-        self.entries: dict[tuple[Any, ...], dict[str, Any]] = {}
-        self._ambiguous: dict[int, bool] = {}
-
-    def key(self, el: Element, context: tuple[Any, ...]) -> tuple[Any, ...] | None:
-        """The memo key of ``el`` (``context``: byte order, character set, validation mode), or None when its
-        JSON may depend on more than its own bytes."""
-        value = el.value
-        if value is None or len(value) > self.MAX_VALUE or el.vr not in self.VRS or (el.tag >> 16) & 1:
-            return None
-        if el.implicit and self._is_ambiguous(el.tag):
-            return None
-        return (el.tag, el.vr, el.implicit, value, context)
-
-    def _is_ambiguous(self, tag: int) -> bool:
-        known = self._ambiguous.get(tag)
-        if known is None:
-            try:
-                known = " or " in dictionary_VR(tag)
-            except KeyError:
-                known = True
-            self._ambiguous[tag] = known
-        return known
-
-    def store(self, key: tuple[Any, ...], value: dict[str, Any]) -> None:
-        if len(self.entries) >= self.SIZE:
-            self.entries.clear()
-        self.entries[key] = value
-
-
-_memo = _ValueMemo()
+_memo: ValueMemo[dict[str, Any]] = ValueMemo()
 
 
 def build_metadata(
@@ -97,8 +49,8 @@ def build_metadata(
     ``bulkdata_uris=False`` (big-endian and deflated files, whose bulk values are no byte range of the object
     a client could be sent): a bulk element is ``{"vr": ...}`` with no value, which PS3.18 F.2.5 allows; its
     value is in the whole instance only. A URI that could never be served is not advertised."""
-    mode = pydicom_config.settings.reading_validation_mode
-    return _dataset_json(ds, elements, "", bulkdata_uris, (little_endian, _charset(elements, b""), mode))
+    context = (little_endian, _charset(elements, b""), validation_mode())
+    return _dataset_json(ds, elements, "", bulkdata_uris, context)
 
 
 def _charset(elements: list[Element], inherited: bytes) -> bytes:
@@ -133,8 +85,12 @@ def _dataset_json(
         elif el.bulk:
             out[key] = {"vr": el.vr, "BulkDataURI": f"bulkdata/{prefix}{key}"} if uris else {"vr": el.vr}
         else:
-            memo_key = _memo.key(el, context)
-            if memo_key is not None and (known := _memo.entries.get(memo_key)) is not None:
+            memo_key = (
+                (el.tag, el.vr, el.implicit, el.value, context)
+                if is_memoisable(el.tag, el.vr, el.implicit, el.value)
+                else None
+            )
+            if memo_key is not None and (known := _memo.get(memo_key)) is not None:
                 out[key] = known
                 continue
             try:

@@ -42,8 +42,10 @@ from typing import Any
 
 import pydicom
 from pydicom.datadict import keyword_for_tag
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
+from gateway.dicom.valuememo import SPECIFIC_CHARACTER_SET, ValueMemo, is_memoisable, validation_mode
 from gateway.phi.policy import BASIC, Policy
 from gateway.phi.profile import MODIFIED_DATES_CODE, effective_action, is_date_clean, table, tag_text
 from gateway.phi.textrules import (
@@ -160,6 +162,21 @@ def _private_creator(dataset: Dataset, tag: int) -> str | None:
     return str(value).strip(" \0") if value is not None else None
 
 
+# the string values of element values seen before (gateway.dicom.valuememo): the scanner reads most values of
+# every file, and a series repeats most of them
+_texts_memo: ValueMemo[tuple[str, ...]] = ValueMemo()
+
+
+def _charset(dataset: Dataset, inherited: object) -> object:
+    """The Specific Character Set of ``dataset`` as read (raw bytes until pydicom converts it); an item without
+    one inherits its parent's, as in pydicom."""
+    element = dataset.get_item(SPECIFIC_CHARACTER_SET, keep_deferred=True)
+    if element is None:
+        return inherited
+    value = element.value
+    return value if isinstance(value, bytes) else repr(value)
+
+
 class _Scanner:
     def __init__(self, policy: Policy, identifiers: Identifiers, declared_dates: bool) -> None:
         self.policy = policy
@@ -168,6 +185,7 @@ class _Scanner:
         self.declared_dates = declared_dates
         self.table = table()
         self.findings: list[Finding] = []
+        self._context: tuple[object, object] = (b"", validation_mode())  # of the data set being walked
 
     # -- element values, read only when small
     @staticmethod
@@ -178,7 +196,20 @@ class _Scanner:
         """String values, or None when the value is too large to read."""
         if self._length(dataset, tag) > MAX_TEXT:
             return None
-        return text_values(dataset[tag].value)
+        return self._text_values(dataset, tag)
+
+    def _text_values(self, dataset: Dataset, tag: int) -> list[str]:
+        raw = dataset.get_item(tag, keep_deferred=True)
+        if not isinstance(raw, RawDataElement) or not is_memoisable(
+            int(tag), raw.VR, raw.is_implicit_VR, raw.value
+        ):
+            return text_values(dataset[tag].value)
+        key = (int(tag), raw.VR, raw.is_implicit_VR, raw.is_little_endian, raw.value, self._context)
+        known = _texts_memo.get(key)
+        if known is None:
+            known = tuple(text_values(dataset[tag].value))
+            _texts_memo.store(key, known)
+        return list(known)
 
     def _empty(self, dataset: Dataset, tag: int, vr: str) -> bool:
         if vr == "SQ":
@@ -187,7 +218,7 @@ class _Scanner:
         if length == 0:
             return True
         if vr in STRING_VRS and length <= MAX_TEXT:
-            return is_empty_text(text_values(dataset[tag].value))
+            return is_empty_text(self._text_values(dataset, tag))
         return False
 
     # -- the walk
@@ -196,6 +227,14 @@ class _Scanner:
         self.findings.append(Finding(path, keyword, rule))
 
     def walk(self, dataset: Dataset, prefix: str = "", meta: bool = False) -> None:
+        outer = self._context
+        self._context = (b"(file meta)" if meta else _charset(dataset, outer[0]), outer[1])
+        try:
+            self._walk(dataset, prefix, meta)
+        finally:
+            self._context = outer
+
+    def _walk(self, dataset: Dataset, prefix: str, meta: bool) -> None:
         # ``tag`` is the dataset's own key (found by identity when looked up again), ``number`` the same tag as
         # a plain int: pydicom's tag type compares in Python, ~1,800 times a CT slice before this split
         for tag in sorted(dataset.keys()):

@@ -15,6 +15,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from gateway.dicom import metadata as metadata_module
+from gateway.dicom import valuememo
 from gateway.dicom.index import index_file
 from gateway.dicom.metadata import join_metadata, metadata_text, rebase_bulkdata_text, rebase_bulkdata_uris
 from gateway.dicom.qido_attrs import SEARCHABLE_KEYS
@@ -240,7 +241,7 @@ def test_a_value_read_through_pixel_representation_is_not_shared(
 
 
 def test_the_memo_stays_bounded(tmp_path: Path, empty_memo: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(metadata_module._ValueMemo, "SIZE", 5)
+    monkeypatch.setattr(valuememo.ValueMemo, "SIZE", 5)
     for number in range(12):
         path = b.write(b.base(InstanceNumber=number + 1, StudyID=f"S{number}"), tmp_path / f"{number}.dcm")
         assert index_file(path).metadata["00200013"] == {"vr": "IS", "Value": [number + 1]}

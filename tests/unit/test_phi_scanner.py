@@ -6,17 +6,22 @@ import json
 import tracemalloc
 from pathlib import Path
 
+import pydicom.data
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from gateway.phi.policy import Policy, parse_policy
-from gateway.phi.scanner import Finding, scan_file
+from gateway.phi import scanner as scanner_module
+from gateway.phi.policy import BASIC, Policy, parse_policy
+from gateway.phi.scanner import Finding, read_dataset, scan_file
+from gateway.phi.textrules import Identifiers
 
 try:
     from test_phi_files import ORG_ROOT, clean_dataset, write, write_big_native
 except ImportError:  # collected as a package
     from tests.unit.test_phi_files import ORG_ROOT, clean_dataset, write, write_big_native
+
+PYDICOM_TEST_FILES = Path(pydicom.data.__file__).parent / "test_files"
 
 
 def scan(
@@ -426,3 +431,45 @@ def test_recognisable_dummy_values_for_d_codes(tmp_path: Path) -> None:
         ("(0008,0020)", "StudyDate", "e1-1:Z"),
         ("(0040,0512)", "ContainerIdentifier", "e1-1:D"),
     ]
+
+
+# --- string values read once per process (gateway.dicom.valuememo) ------------------------------------------------
+
+
+def test_pydicom_test_files_scan_the_same_with_the_memo_full() -> None:
+    """Every file of pydicom's test data (other toolkits' files: character sets, byte orders, implicit VR,
+    private elements) gets the same report whether the memo starts empty or holds what all the others left."""
+    files = sorted(p for p in PYDICOM_TEST_FILES.rglob("*") if p.is_file())
+    fresh = {}
+    for path in files:
+        scanner_module._texts_memo.entries.clear()
+        fresh[path] = scan_file(path).to_dict()
+    assert sum(report["status"] == "phi" for report in fresh.values()) > 20
+    for _ in range(2):  # the second pass meets every value the first one stored
+        for path, report in fresh.items():
+            assert scan_file(path).to_dict() == report, path.name
+    assert scanner_module._texts_memo.entries
+
+
+def test_the_same_bytes_under_another_character_set_are_decoded_again(tmp_path: Path) -> None:
+    """A value's text depends on the character set in force: bytes seen under one are decoded again under
+    another (at the top level and in an item that inherits it)."""
+    ds = clean_dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.StudyDescription = "Müller"
+    item = Dataset()
+    item.CodeMeaning = "Müller"
+    ds.ProcedureCodeSequence = Sequence([item])
+    utf8 = write(ds, tmp_path / "utf8.dcm")
+    data = utf8.read_bytes()
+    assert data.count(b"ISO_IR 192") == 1
+    latin1 = tmp_path / "latin1.dcm"
+    latin1.write_bytes(data.replace(b"ISO_IR 192", b"ISO_IR 100"))
+    seen = []
+    for path in (utf8, latin1, utf8):
+        dataset = read_dataset(path)
+        scanner = scanner_module._Scanner(BASIC, Identifiers.collect(dataset), False)
+        scanner._context = (scanner_module._charset(dataset, b""), scanner._context[1])
+        item_ds = dataset.ProcedureCodeSequence[0]
+        seen.append((scanner._texts(dataset, 0x00081030), scanner._texts(item_ds, 0x00080104)))
+    assert seen == [(["Müller"], ["Müller"]), (["MÃ¼ller"], ["MÃ¼ller"]), (["Müller"], ["Müller"])]
