@@ -141,7 +141,6 @@ def read_instance(
             metadata = meta_json.build_metadata(
                 ds, elements, bulkdata_uris=ranges_valid, little_endian=ts != EXPLICIT_VR_BE
             )
-            searchable = qido_attrs.searchable(ds)
             instance_number = int32_or_none(_get(ds, "InstanceNumber"))  # a catalog INTEGER column
 
     bulkdata = (
@@ -162,7 +161,7 @@ def read_instance(
         study_attrs=qido_attrs.study_attrs(metadata),
         series_attrs=qido_attrs.series_attrs(metadata),
         instance_attrs=qido_attrs.instance_attrs(metadata, ts),
-        searchable=searchable,
+        searchable=qido_attrs.searchable(metadata),
     )
     return indexed, ds
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 from typing import Any
 
 from pydicom.datadict import tag_for_keyword
-from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
 
 from gateway.numbers import int32_or_none
 
@@ -134,30 +132,28 @@ _INT_KEYS = {
 SEARCHABLE_KEYS = tuple(_TEXT_KEYS) + tuple(_INT_KEYS)
 
 
-def searchable(ds: Dataset) -> dict[str, str | int | None]:
-    """Flat values for catalog columns: every key of ``SEARCHABLE_KEYS``, None when missing."""
+def searchable(metadata: dict[str, Any]) -> dict[str, str | int | None]:
+    """Flat values for catalog columns, from the instance's DICOM JSON (values pydicom decoded once, see
+    ``gateway.dicom.valuememo``): every key of ``SEARCHABLE_KEYS``, None when missing, empty or undecodable."""
     out: dict[str, str | int | None] = {}
-    for key, keyword in _TEXT_KEYS.items():
-        out[key] = _text(ds, keyword)
-    for key, keyword in _INT_KEYS.items():
-        out[key] = int32_or_none(_text(ds, keyword))
+    for key, tag in _TEXT_TAGS.items():
+        out[key] = _text(metadata.get(tag))
+    for key, tag in _INT_TAGS.items():
+        out[key] = int32_or_none(_text(metadata.get(tag)))
     return out
 
 
-def _text(ds: Dataset, keyword: str) -> str | None:
-    try:
-        value = ds.get(keyword)
-    except Exception:  # noqa: BLE001 - an undecodable value is "not searchable", not a failed ingest
-        return None
+_TEXT_TAGS = dict(zip(_TEXT_KEYS, _tags(*_TEXT_KEYS.values()), strict=True))
+_INT_TAGS = dict(zip(_INT_KEYS, _tags(*_INT_KEYS.values()), strict=True))
+
+
+def _text(element: Any) -> str | None:
+    """The first value of a DICOM JSON element as text (a PN's alphabetic group)."""
+    values = element.get("Value") if isinstance(element, dict) else None
+    value = values[0] if isinstance(values, list) and values else None
+    if isinstance(value, dict):  # PN
+        value = value.get("Alphabetic")
     if value is None:
         return None
-    if isinstance(value, list | tuple | MultiValue):
-        value = value[0] if len(value) else None
-        if value is None:
-            return None
-    if keyword.endswith("Name") and hasattr(value, "alphabetic"):
-        text = str(value.alphabetic)
-    else:
-        text = str(value)
-    text = text.strip()
+    text = str(value).strip()
     return text or None

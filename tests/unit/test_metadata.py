@@ -12,14 +12,17 @@ import pydicom.data
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
 from gateway.dicom import metadata as metadata_module
-from gateway.dicom import valuememo
-from gateway.dicom.index import index_file
+from gateway.dicom import qido_attrs, valuememo
+from gateway.dicom.index import index_file, read_instance
 from gateway.dicom.metadata import join_metadata, metadata_text, rebase_bulkdata_text, rebase_bulkdata_uris
 from gateway.dicom.qido_attrs import SEARCHABLE_KEYS
+from gateway.dicom.walker import quiet_validation
 from gateway.errors import DicomError
+from gateway.numbers import int32_or_none
 from tests.unit import dicom_builders as b
 
 PYDICOM_TEST_FILES = Path(pydicom.data.__file__).parent / "test_files"
@@ -246,3 +249,36 @@ def test_the_memo_stays_bounded(tmp_path: Path, empty_memo: None, monkeypatch: p
         path = b.write(b.base(InstanceNumber=number + 1, StudyID=f"S{number}"), tmp_path / f"{number}.dcm")
         assert index_file(path).metadata["00200013"] == {"vr": "IS", "Value": [number + 1]}
         assert len(metadata_module._memo.entries) <= 5
+
+
+def _pydicom_text(ds: Dataset, keyword: str) -> str | None:
+    """A catalog column's value as pydicom reads the element: its first value as text (PN: alphabetic)."""
+    try:
+        value = ds.get(keyword)
+    except Exception:  # noqa: BLE001 - undecodable: not searchable
+        return None
+    if isinstance(value, list | tuple | MultiValue):
+        value = value[0] if len(value) else None
+    if value is None:
+        return None
+    text = str(value.alphabetic) if hasattr(value, "alphabetic") else str(value)
+    return text.strip() or None
+
+
+def test_searchable_values_are_what_pydicom_reads_for_its_test_files() -> None:
+    """The catalog's flat values come from the metadata JSON: for every file of pydicom's test data they are
+    what pydicom itself reads from the elements."""
+    compared = 0
+    for path in sorted(p for p in PYDICOM_TEST_FILES.rglob("*") if p.is_file()):
+        try:
+            indexed, ds = read_instance(path)
+        except DicomError:
+            continue
+        with quiet_validation():
+            expected = {key: _pydicom_text(ds, keyword) for key, keyword in qido_attrs._TEXT_KEYS.items()}
+            expected |= {
+                key: int32_or_none(_pydicom_text(ds, keyword)) for key, keyword in qido_attrs._INT_KEYS.items()
+            }
+        assert indexed.searchable == expected, path.name
+        compared += 1
+    assert compared > 50
