@@ -53,18 +53,18 @@ def build_metadata(
     return _dataset_json(ds, elements, "", bulkdata_uris, context)
 
 
-def _charset(elements: list[Element], inherited: bytes) -> bytes:
+def _charset(elements: list[Element], inherited: bytes | str) -> bytes | str:
     """The raw Specific Character Set of a data set (an item without one inherits its parent's, as in pydicom)."""
     for el in elements:
         if el.tag == SPECIFIC_CHARACTER_SET:
-            return el.value if el.value is not None else b"(bulk)"
+            return el.value if el.value is not None else "a bulk value"  # not bytes: never equal to a read value
         if el.tag > SPECIFIC_CHARACTER_SET:
             break
     return inherited
 
 
 def _dataset_json(
-    ds: Dataset, elements: list[Element], prefix: str, uris: bool, context: tuple[bool, bytes, Any]
+    ds: Dataset, elements: list[Element], prefix: str, uris: bool, context: tuple[bool, bytes | str, Any]
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     # pydicom finds its own tag objects by identity; a plain int key costs a new tag object and Python-level

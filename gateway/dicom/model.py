@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from gateway import fastjson
 from gateway.uids import InstanceId
 
 # A byte range inside the stored P10 object: (offset, length).
@@ -55,16 +55,18 @@ class IndexedInstance:
     attrs_text: dict[str, str] = field(default_factory=dict)
 
     def metadata_json(self) -> str:
-        """``metadata`` as the catalog stores it: compact JSON, keys in the order the index built them."""
+        """``metadata`` as the catalog stores it: compact UTF-8 JSON (orjson, ``gateway.fastjson``), keys in the
+        order the index built them. A DS that is no finite number (an overflow) is ``null``: RFC 8259 JSON has no
+        NaN or Infinity, which ``JSON.parse`` refuses."""
         if not self.metadata_text:
-            self.metadata_text = json.dumps(self.metadata, separators=(",", ":"))
+            self.metadata_text = fastjson.dumps(self.metadata).decode()
         return self.metadata_text
 
     def attrs_json(self, level: str) -> str:
         """The QIDO attributes of ``level`` ("study", "series", "instance") as the catalog stores them."""
         text = self.attrs_text.get(level)
         if text is None:
-            text = self.attrs_text[level] = json.dumps(getattr(self, f"{level}_attrs"))
+            text = self.attrs_text[level] = fastjson.dumps(getattr(self, f"{level}_attrs")).decode()
         return text
 
     def __getstate__(self) -> dict[str, Any]:
@@ -90,5 +92,5 @@ class IndexedInstance:
                 text = texts[name[: -len("_attrs")]]
             else:
                 raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-            self.__dict__[name] = json.loads(text)
+            self.__dict__[name] = fastjson.loads(text)
             return self.__dict__[name]

@@ -168,8 +168,8 @@ _texts_memo: ValueMemo[tuple[str, ...]] = ValueMemo()
 
 
 def _charset(dataset: Dataset, inherited: object) -> object:
-    """The Specific Character Set of ``dataset`` as read (raw bytes until pydicom converts it); an item without
-    one inherits its parent's, as in pydicom."""
+    """The Specific Character Set of ``dataset`` as read (raw bytes, or the repr of the value once pydicom has
+    converted it: never equal to bytes); an item without one inherits its parent's, as in pydicom."""
     element = dataset.get_item(SPECIFIC_CHARACTER_SET, keep_deferred=True)
     if element is None:
         return inherited
@@ -228,7 +228,7 @@ class _Scanner:
 
     def walk(self, dataset: Dataset, prefix: str = "", meta: bool = False) -> None:
         outer = self._context
-        self._context = (b"(file meta)" if meta else _charset(dataset, outer[0]), outer[1])
+        self._context = ("file meta" if meta else _charset(dataset, outer[0]), outer[1])  # meta: ASCII
         try:
             self._walk(dataset, prefix, meta)
         finally:

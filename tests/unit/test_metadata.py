@@ -282,3 +282,22 @@ def test_searchable_values_are_what_pydicom_reads_for_its_test_files() -> None:
         assert indexed.searchable == expected, path.name
         compared += 1
     assert compared > 50
+
+
+def test_stored_metadata_is_strict_json_even_for_a_ds_that_overflows(tmp_path: Path) -> None:
+    """A DS of "1e999" is infinity to pydicom; the stored text must still parse with a strict parser (a browser's
+    ``JSON.parse``): RFC 8259 has no Infinity, so the value is null."""
+    data = b.write(b.base(SliceThickness="12345"), tmp_path / "ok.dcm").read_bytes()
+    assert data.count(b"12345 ") == 1
+    path = tmp_path / "overflow.dcm"
+    path.write_bytes(data.replace(b"12345 ", b"1e999 "))
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    indexed = index_file(path)
+    stored = json.loads(indexed.metadata_json(), parse_constant=refuse)
+    assert stored["00180050"] == {"vr": "DS", "Value": [None]}
+    assert json.loads(indexed.attrs_json("instance"), parse_constant=refuse)
+    assert stored["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "Müller^Jürgen"}]}
+    assert "Müller" in indexed.metadata_json()  # UTF-8 text, no \\u escapes
