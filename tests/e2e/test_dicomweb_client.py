@@ -188,3 +188,53 @@ def test_cli_jpeg_frames_of_a_slide(stack: RunningStack, synthetic: dict[str, An
     )
     for number in (2, 300):
         assert (tmp_path / f"{sop}_{number}.jpg").read_bytes() == wsi_tile(13, number, frames=300)
+
+
+def test_metadata_of_repeated_values_under_other_character_sets(stack: RunningStack, tmp_path: Path) -> None:
+    """One STOW of slices that repeat their values (what ingest converts once per process: README, "A value
+    converted once is not converted again"), two of them with the same name bytes under another character set,
+    and a DS that overflows: what dicomweb-client reads back is pydicom's own reading of each file, and the body
+    is strict JSON (a browser's ``JSON.parse`` refuses ``Infinity``)."""
+    first, *others = make_series(tmp_path / "src", modality="CT", slices=4, rows=32, columns=32, seed=165, clean=True)
+    files = []
+    for number, path in enumerate([first, *others], start=1):
+        dataset = pydicom.dcmread(path)
+        dataset.SpecificCharacterSet = "ISO_IR 192"
+        dataset.PatientName = "Müller^Jürgen"
+        dataset.SliceThickness = "12345"
+        data = _written(dataset, tmp_path / f"{number}.dcm")
+        if number > 2:  # the same bytes, read as Latin-1: "MÃ¼ller^JÃ¼rgen"
+            data = data.replace(b"ISO_IR 192", b"ISO_IR 100")
+        if number == 4:
+            data = data.replace(b"12345 ", b"1e999 ")
+        (tmp_path / f"{number}.dcm").write_bytes(data)
+        files.append(tmp_path / f"{number}.dcm")
+    study, series, _ = uids_of(files[0])
+    answer = stack.stow(files)
+    assert answer.status_code == 200, answer.text
+    client = DICOMwebClient(url=stack.root(stack.issue([study])["token"]))
+    by_sop = {item["00080018"]["Value"][0]: item for item in client.retrieve_series_metadata(study, series)}
+    for number, path in enumerate(files, start=1):
+        source = pydicom.dcmread(path)
+        stored = by_sop[source.SOPInstanceUID]
+        name = "Müller^Jürgen" if number <= 2 else "MÃ¼ller^JÃ¼rgen"
+        assert str(source.PatientName) == name
+        assert stored["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": name}]}
+        assert stored["00080005"] == {"vr": "CS", "Value": ["ISO_IR 192" if number <= 2 else "ISO_IR 100"]}
+        assert stored["00180050"] == {"vr": "DS", "Value": [12345 if number < 4 else None]}
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    raw = requests.get(
+        f"{client.base_url}/studies/{study}/series/{series}/metadata",
+        headers={"Accept": "application/dicom+json"},
+        timeout=30,
+    )
+    assert raw.status_code == 200
+    assert len(json.loads(raw.content, parse_constant=refuse)) == 4
+
+
+def _written(dataset: pydicom.Dataset, path: Path) -> bytes:
+    dataset.save_as(path, enforce_file_format=True)
+    return path.read_bytes()
