@@ -36,8 +36,8 @@ def is_memoisable(tag: int, vr: str | None, implicit: bool, value: bytes | None)
         if known is None:
             try:
                 known = " or " in dictionary_VR(tag)
-            except KeyError:  # unknown public tag: read as UN
-                known = True
+            except KeyError:  # unknown public tag, read as UN: not kept (the dictionary bounds this map)
+                return False
             _ambiguous[tag] = known
         return not known
     return True

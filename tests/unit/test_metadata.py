@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -301,3 +302,19 @@ def test_stored_metadata_is_strict_json_even_for_a_ds_that_overflows(tmp_path: P
     assert json.loads(indexed.attrs_json("instance"), parse_constant=refuse)
     assert stored["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "Müller^Jürgen"}]}
     assert "Müller" in indexed.metadata_json()  # UTF-8 text, no \\u escapes
+
+
+def test_a_character_set_written_out_of_order_still_keys_the_memo(tmp_path: Path, empty_memo: None) -> None:
+    """pydicom keys a data set by tag, whatever the order of the file: a Specific Character Set written after the
+    name it decodes still applies, and the memo must not hand out what the same bytes meant without it."""
+    data = b.write(b.base(SpecificCharacterSet="ISO_IR 192"), tmp_path / "a.dcm").read_bytes()
+    charset = struct.pack("<HH", 0x0008, 0x0005) + b"CS" + struct.pack("<H", 10) + b"ISO_IR 192"
+    assert data.count(charset) == 1
+    without = data.replace(charset, b"")
+    name = without.index(struct.pack("<HH", 0x0010, 0x0010))
+    after_name = name + 8 + struct.unpack_from("<H", without, name + 6)[0]
+    (tmp_path / "none.dcm").write_bytes(without)  # the default character set: the bytes read as Latin-1
+    (tmp_path / "late.dcm").write_bytes(without[:after_name] + charset + without[after_name:])
+    assert index_file(tmp_path / "none.dcm").metadata["00100010"]["Value"] == [{"Alphabetic": "MÃ¼ller^JÃ¼rgen"}]
+    assert str(dcmread(tmp_path / "late.dcm").PatientName) == "Müller^Jürgen"
+    assert index_file(tmp_path / "late.dcm").metadata["00100010"]["Value"] == [{"Alphabetic": "Müller^Jürgen"}]
