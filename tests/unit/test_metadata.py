@@ -318,3 +318,16 @@ def test_a_character_set_written_out_of_order_still_keys_the_memo(tmp_path: Path
     assert index_file(tmp_path / "none.dcm").metadata["00100010"]["Value"] == [{"Alphabetic": "MÃ¼ller^JÃ¼rgen"}]
     assert str(dcmread(tmp_path / "late.dcm").PatientName) == "Müller^Jürgen"
     assert index_file(tmp_path / "late.dcm").metadata["00100010"]["Value"] == [{"Alphabetic": "Müller^Jürgen"}]
+
+
+def test_a_tag_written_twice_cannot_teach_the_memo_a_wrong_value(tmp_path: Path, empty_memo: None) -> None:
+    """A data set that names Patient's Name twice is one element to pydicom (the last one). Its first bytes must not
+    be remembered as meaning the second value: the next upload with those bytes (any tenant's) would be given
+    another patient's name."""
+    data = b.write(b.base(PatientName="DOE^JOHN"), tmp_path / "plain.dcm").read_bytes()
+    name = struct.pack("<HH", 0x0010, 0x0010) + b"PN" + struct.pack("<H", 8)
+    assert data.count(name + b"DOE^JOHN") == 1
+    (tmp_path / "twice.dcm").write_bytes(data.replace(name + b"DOE^JOHN", name + b"DOE^JOHN" + name + b"EVIL^EVE"))
+    assert str(dcmread(tmp_path / "twice.dcm").PatientName) == "EVIL^EVE"
+    assert index_file(tmp_path / "twice.dcm").metadata["00100010"]["Value"] == [{"Alphabetic": "EVIL^EVE"}]
+    assert index_file(tmp_path / "plain.dcm").metadata["00100010"]["Value"] == [{"Alphabetic": "DOE^JOHN"}]
