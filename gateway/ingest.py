@@ -26,7 +26,7 @@ from gateway.catalog import Catalog
 from gateway.catalog.admin import Reservation
 from gateway.catalog.catalog import Registration
 from gateway.catalog.groupcommit import GroupCommit
-from gateway.catalog.records import InstanceRecord, search_values
+from gateway.catalog.records import InstanceRecord
 from gateway.config import Settings
 from gateway.dicom.index import index_file, read_instance
 from gateway.dicom.model import IndexedInstance
@@ -183,10 +183,9 @@ def analyse(
         return IngestResult.about(header, "failed", failure_reason=CANNOT_UNDERSTAND, detail=error.detail)
     # the spooler hashed the upload as it wrote it; a file a hook wrote is hashed here
     analysis.digest = digest if digest and final_path == path else sha256_of(final_path)
-    # serialised and flattened here, in the pool process, rather than at registration: the pool sends the texts,
-    # not the dicts (IndexedInstance.__getstate__)
+    # serialised here, in the pool process, rather than at registration: the pool sends the texts, not the dicts
+    # (IndexedInstance.__getstate__); the flat search values were made with the metadata (``searchable``)
     analysis.indexed.metadata_json()
-    analysis.indexed.metadata_search = search_values(analysis.indexed.metadata)
     for level in ("study", "series", "instance"):
         analysis.indexed.attrs_json(level)
     return analysis

@@ -7,50 +7,33 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.dicom.model import BulkRange, IndexedInstance
-from gateway.numbers import int32_or_none
+from gateway.dicom.qido_attrs import searchable
 
-# Searchable flat values: key -> (DICOM JSON tag, kind). ``kind`` says how to flatten the DICOM JSON value.
-SEARCH_FIELDS: dict[str, tuple[str, str]] = {
-    "patient_id": ("00100020", "str"),
-    "patient_name": ("00100010", "pn"),
-    "patient_birth_date": ("00100030", "str"),
-    "patient_sex": ("00100040", "str"),
-    "study_date": ("00080020", "str"),
-    "study_time": ("00080030", "str"),
-    "accession_number": ("00080050", "str"),
-    "study_id": ("00200010", "str"),
-    "study_description": ("00081030", "str"),
-    "referring_physician_name": ("00080090", "pn"),
-    "modality": ("00080060", "str"),
-    "series_number": ("00200011", "int"),
-    "series_description": ("0008103E", "str"),
-    "instance_number": ("00200013", "int"),
-}
-
-
-def _first(element: Any) -> Any:
-    if not isinstance(element, dict):
-        return None
-    values = element.get("Value")
-    if not isinstance(values, list) or not values:
-        return None
-    return values[0]
+# The searchable catalog columns an instance fills; their values are flattened from its DICOM JSON by
+# ``gateway.dicom.qido_attrs.searchable`` (ingest computes them with the metadata, in its pool process).
+SEARCH_FIELDS = (
+    "patient_id",
+    "patient_name",
+    "patient_birth_date",
+    "patient_sex",
+    "study_date",
+    "study_time",
+    "accession_number",
+    "study_id",
+    "study_description",
+    "referring_physician_name",
+    "modality",
+    "series_number",
+    "series_description",
+    "instance_number",
+)
 
 
 def search_values(metadata: dict[str, Any]) -> dict[str, Any]:
-    """Flatten the searchable attributes out of an instance's DICOM JSON. Missing or empty values become None;
-    PN values use their Alphabetic group; IS values become int (None when not an integer)."""
-    out: dict[str, Any] = {}
-    for name, (tag, kind) in SEARCH_FIELDS.items():
-        value = _first(metadata.get(tag))
-        if kind == "pn":
-            value = value.get("Alphabetic") if isinstance(value, dict) else value
-        if kind == "int":
-            value = int32_or_none(value)
-        elif value is not None:
-            value = str(value).strip() or None
-        out[name] = value
-    return out
+    """The searchable values of an instance's DICOM JSON (keys of ``SEARCH_FIELDS``). Missing or empty values
+    become None; PN values use their Alphabetic group; IS values become int (None when not an integer)."""
+    flat = searchable(metadata)
+    return {name: flat[name] for name in SEARCH_FIELDS}
 
 
 @dataclass
@@ -85,11 +68,8 @@ class InstanceRecord:
         tenant: str | None = None,
         destination: str | None = None,
     ) -> InstanceRecord:
-        search = getattr(instance, "metadata_search", None)  # computed with the metadata (ingest's pool)
-        flat = dict(search) if search is not None else search_values(instance.metadata)
-        # ingest's own flattening (gateway.dicom.qido_attrs.searchable) wins where it has a value
-        indexed = getattr(instance, "searchable", None) or {}
-        flat.update({name: indexed[name] for name in SEARCH_FIELDS if indexed.get(name) is not None})
+        indexed = instance.searchable  # flattened by ingest (its pool process) along with the metadata
+        flat = {name: indexed.get(name) for name in SEARCH_FIELDS} if indexed else search_values(instance.metadata)
         if values:
             flat.update(values)
         return cls(instance, storage_key, size, sha256, etag, flat, replace, tenant, destination)

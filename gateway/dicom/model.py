@@ -48,8 +48,6 @@ class IndexedInstance:
     # ``metadata`` as the catalog stores it (``metadata_json``), once computed: ingest's pool process serialises
     # it, so the request's process (whose one GIL every upload of the worker shares) does not
     metadata_text: str = ""
-    # ``gateway.catalog.records.search_values(metadata)``, once computed (by ingest's pool process, like the text)
-    metadata_search: dict[str, Any] | None = None
     # ``study_attrs`` ... as the catalog stores them (``attrs_json``), once computed: keyed "study", "series",
     # "instance"
     attrs_text: dict[str, str] = field(default_factory=dict)
