@@ -27,7 +27,7 @@ from gateway.catalog.admin import PURGE_INTERVAL, AdminRecords, Reservation
 from gateway.catalog.deletions import DeletionRecords
 from gateway.catalog.derivatives import DerivativeRecords
 from gateway.catalog.engine import MIGRATIONS, engine_url
-from gateway.catalog.records import InstanceRecord, InstanceRow
+from gateway.catalog.records import SERIES_FIELDS, STUDY_FIELDS, InstanceRecord, InstanceRow
 from gateway.catalog.schema import audit, instances, reservations, series, studies
 from gateway.catalog.search import build_select, shape_row, wide_prefixes
 from gateway.dicomweb.qido import QidoQuery
@@ -268,18 +268,7 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
             ),
         )
 
-    _STUDY_COLUMNS = (
-        "patient_id",
-        "patient_name",
-        "patient_birth_date",
-        "patient_sex",
-        "study_date",
-        "study_time",
-        "accession_number",
-        "study_id",
-        "study_description",
-        "referring_physician_name",
-    )
+    _STUDY_COLUMNS = STUDY_FIELDS
 
     def _study_values(self, rec: InstanceRecord, now: int) -> dict[str, Any]:
         values = {name: rec.values.get(name) for name in self._STUDY_COLUMNS}
@@ -288,12 +277,9 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
 
     @staticmethod
     def _series_values(rec: InstanceRecord) -> dict[str, Any]:
-        return {
-            "modality": rec.values.get("modality"),
-            "series_number": rec.values.get("series_number"),
-            "series_description": rec.values.get("series_description"),
-            "attrs": rec.instance.attrs_json("series"),
-        }
+        values = {name: rec.values.get(name) for name in SERIES_FIELDS}
+        values["attrs"] = rec.instance.attrs_json("series")
+        return values
 
     @staticmethod
     def _instance_values(rec: InstanceRecord, now: int) -> dict[str, Any]:

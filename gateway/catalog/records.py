@@ -11,7 +11,7 @@ from gateway.dicom.qido_attrs import searchable
 
 # The searchable catalog columns an instance fills; their values are flattened from its DICOM JSON by
 # ``gateway.dicom.qido_attrs.searchable`` (ingest computes them with the metadata, in its pool process).
-SEARCH_FIELDS = (
+STUDY_FIELDS = (
     "patient_id",
     "patient_name",
     "patient_birth_date",
@@ -22,11 +22,9 @@ SEARCH_FIELDS = (
     "study_id",
     "study_description",
     "referring_physician_name",
-    "modality",
-    "series_number",
-    "series_description",
-    "instance_number",
 )
+SERIES_FIELDS = ("modality", "series_number", "series_description")
+SEARCH_FIELDS = (*STUDY_FIELDS, *SERIES_FIELDS, "instance_number")
 
 
 def search_values(metadata: dict[str, Any]) -> dict[str, Any]:
