@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.dicom.model import BulkRange, IndexedInstance
-from gateway.dicom.qido_attrs import searchable
 
 # The searchable catalog columns an instance fills; their values are flattened from its DICOM JSON by
 # ``gateway.dicom.qido_attrs.searchable`` (ingest computes them with the metadata, in its pool process).
@@ -30,6 +29,10 @@ SEARCH_FIELDS = (*STUDY_FIELDS, *SERIES_FIELDS, "instance_number")
 def search_values(metadata: dict[str, Any]) -> dict[str, Any]:
     """The searchable values of an instance's DICOM JSON (keys of ``SEARCH_FIELDS``). Missing or empty values
     become None; PN values use their Alphabetic group; IS values become int (None when not an integer)."""
+    # imported here: qido_attrs loads pydicom's dictionary, which a process that only parses uploads (the spool,
+    # gateway.dicomweb.multipart, imports this package) must not carry (tests/unit/test_multipart.py, memory)
+    from gateway.dicom.qido_attrs import searchable
+
     flat = searchable(metadata)
     return {name: flat[name] for name in SEARCH_FIELDS}
 
