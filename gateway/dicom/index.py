@@ -241,7 +241,7 @@ def _read_pydicom(fp: BinaryIO, ts: str, elements: list[Element]) -> Dataset:
             ds.file_meta[tag].value  # noqa: B018 - decoding is the check
         except Exception:  # noqa: BLE001
             raise DicomError(f"file meta element {_tag_name(tag)} cannot be decoded by pydicom") from None
-    if tags != {el.tag for el in elements} or not _same_items(ds, elements):
+    if tags != _walked_tags(elements) or not _same_items(ds, elements):
         raise DicomError("pydicom reads other elements than the index found (ambiguous encoding)")
     return ds
 
@@ -260,6 +260,18 @@ def _check_character_sets(elements: list[Element]) -> None:
             _check_character_sets(item)
 
 
+def _walked_tags(elements: list[Element]) -> set[int]:
+    """The tags of one walked data set. ``DicomError`` for a tag written twice (PS3.5 7.1: at most once per data
+    set): readers disagree on which one counts (pydicom keeps the last, DCMTK the first), so a viewer could show
+    a value the PHI scan never saw."""
+    tags: set[int] = set()
+    for el in elements:
+        if el.tag in tags:
+            raise DicomError(f"element {_tag_name(el.tag)} appears twice in one data set")
+        tags.add(el.tag)
+    return tags
+
+
 def _same_items(ds: Dataset, elements: list[Element]) -> bool:
     """Whether pydicom's sequences hold the walker's items, element for element (the top level is compared by
     the caller)."""
@@ -273,7 +285,7 @@ def _same_items(ds: Dataset, elements: list[Element]) -> bool:
         if not isinstance(items, PydicomSequence) or len(items) != len(el.items):
             return False
         for item_ds, item in zip(items, el.items, strict=True):
-            if set(item_ds.keys()) != {child.tag for child in item} or not _same_items(item_ds, item):
+            if set(item_ds.keys()) != _walked_tags(item) or not _same_items(item_ds, item):
                 return False
     return True
 

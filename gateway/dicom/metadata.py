@@ -24,7 +24,6 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
 from gateway.dicom.valuememo import SPECIFIC_CHARACTER_SET, ValueMemo, is_memoisable, validation_mode
@@ -94,16 +93,13 @@ def _dataset_json(
             if memo_key is not None and (known := _memo.get(memo_key)) is not None:
                 out[key] = known
                 continue
-            # kept only when pydicom converts these very bytes: a tag written twice in one data set is one element
-            # to pydicom (the last), and must not teach the memo that the first one's bytes mean the other's value
-            raw = ds.get_item(tag, keep_deferred=True) if memo_key is not None else None
             try:
                 # the threshold is irrelevant here: every element reaching this line is small or not binary
                 out[key] = value = ds[tag].to_json_dict(None, 1 << 62)
             except Exception:  # noqa: BLE001 - pydicom raises many types for garbage values
                 log.warning("metadata: dropped element %s%s, its value cannot be decoded", prefix, key)
                 continue
-            if memo_key is not None and isinstance(raw, RawDataElement) and raw.value == el.value:
+            if memo_key is not None:  # pydicom converted these very bytes: read_instance refuses a tag written twice
                 _memo.store(memo_key, value)
     return {k: out[k] for k in sorted(out)}
 

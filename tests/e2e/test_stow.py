@@ -83,6 +83,36 @@ def test_mixed_request_is_202_and_non_dicom_is_a_failure(stack: RunningStack, tm
     assert reasons == [0xC000, 0xC000]
 
 
+def test_a_data_set_naming_an_element_twice_is_refused_and_the_rest_stored(
+    stack: RunningStack, tmp_path: Path
+) -> None:
+    """PS3.5 7.1: an element appears at most once in a data set. Readers disagree on a file that names one twice
+    (pydicom keeps the last, DCMTK the first), so a viewer could show a name the PHI scan never saw: refused with
+    a reason naming the tag, never stored; the other parts of the request are."""
+    good, other = make_series(tmp_path / "d", modality="CT", slices=2, rows=32, columns=32, seed=191, clean=True)
+    data = other.read_bytes()
+    name = struct.pack("<HH", 0x0010, 0x0010) + b"PN"
+    at = data.index(name)
+    length = struct.unpack_from("<H", data, at + 6)[0]
+    twice = tmp_path / "twice.dcm"
+    twice.write_bytes(data[: at + 8 + length] + name + struct.pack("<H", 8) + b"EVIL^EVE" + data[at + 8 + length :])
+    answer = stack.stow([good, twice])
+    assert answer.status_code == 202
+    [stored] = referenced(answer)
+    assert stored["00081155"]["Value"] == [uids_of(good)[2]]
+    [failure] = failed(answer)
+    assert failure["00081197"]["Value"] == [0xC000]
+    assert failure["00091001"]["Value"] == ["element (0010,0010) appears twice in one data set"]
+    study, series, sop = uids_of(other)
+    found = requests.get(
+        f"{stack.url}/dicomweb/studies/{study}/series/{series}/instances",
+        params={"SOPInstanceUID": sop},
+        headers=stack.api_headers,
+        timeout=30,
+    )
+    assert found.status_code == 204 or found.json() == []
+
+
 def test_study_in_url_must_match(stack: RunningStack, tmp_path: Path) -> None:
     [path] = make_series(tmp_path / "d", modality="CT", slices=1, seed=54, clean=True)
     from gateway.dicomweb.multipart import encode_multipart
