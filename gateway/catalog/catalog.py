@@ -256,9 +256,9 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
         every column it sets (``excluded`` is the row it tried to insert), run once per batch with a row of
         parameters per study or series."""
         study = self._insert(studies)
-        study_columns = [*self._STUDY_COLUMNS, "attrs", "updated_at"]
+        study_columns = [*STUDY_FIELDS, "attrs", "updated_at"]
         series_stmt = self._insert(series)
-        series_columns = ["modality", "series_number", "series_description", "attrs"]
+        series_columns = [*SERIES_FIELDS, "attrs"]
         return (
             study.on_conflict_do_update(
                 index_elements=["study_uid"], set_={name: study.excluded[name] for name in study_columns}
@@ -268,10 +268,8 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
             ),
         )
 
-    _STUDY_COLUMNS = STUDY_FIELDS
-
     def _study_values(self, rec: InstanceRecord, now: int) -> dict[str, Any]:
-        values = {name: rec.values.get(name) for name in self._STUDY_COLUMNS}
+        values = {name: rec.values.get(name) for name in STUDY_FIELDS}
         values.update(attrs=rec.instance.attrs_json("study"), updated_at=now)
         return values
 
