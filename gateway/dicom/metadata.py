@@ -54,13 +54,12 @@ def build_metadata(
 
 
 def _charset(elements: list[Element], inherited: bytes | str) -> bytes | str:
-    """The raw Specific Character Set of a data set (an item without one inherits its parent's, as in pydicom).
-    Every element is looked at, the last one found wins: pydicom keys a data set by tag, whatever the file's order."""
-    found: bytes | str = inherited
+    """The raw Specific Character Set of a data set (an item without one inherits its parent's, as in pydicom),
+    wherever the file puts it: pydicom keys a data set by tag, whatever the order of the file."""
     for el in elements:
         if el.tag == SPECIFIC_CHARACTER_SET:
-            found = el.value if el.value is not None else "a bulk value"  # not bytes: never equal to a read value
-    return found
+            return el.value if el.value is not None else "a bulk value"  # not bytes: never equal to a read value
+    return inherited
 
 
 def _dataset_json(
