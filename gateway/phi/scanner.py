@@ -52,15 +52,16 @@ from gateway.phi.textrules import (
     BURNED_IN_MODALITIES,
     DUMMY_VALUES,
     FREE_TEXT_VRS,
-    IDENTIFIER_KEYWORDS,
+    IDENTIFIER_TAGS,
     MAX_AGE_YEARS,
     Identifiers,
+    add_identifier,
     age_years,
     deferred,
+    element_length,
+    element_vr,
     is_empty_text,
     text_values,
-    value_length,
-    vr_of,
 )
 
 DEFER_SIZE = 256 * 1024  # values larger than this stay on disk (Pixel Data, big private blobs)
@@ -177,54 +178,87 @@ def _charset(dataset: Dataset, inherited: object) -> object:
     return value if isinstance(value, bytes) else repr(value)
 
 
+def _finding(path: str, tag: int, rule: str) -> Finding:
+    return Finding(path, "" if (tag >> 16) % 2 else keyword_for_tag(tag), rule)
+
+
+class _Element:
+    """One element of the data set being walked, looked up once (``Dataset.get_item``: no conversion): its VR,
+    the length of its value, and its string values, read at most once and only when a rule needs them."""
+
+    __slots__ = ("_texts", "length", "number", "raw", "tag", "vr")
+
+    def __init__(self, dataset: Dataset, tag: int) -> None:
+        self.tag = tag  # the dataset's own key (found by identity when looked up again)
+        self.number = int(tag)  # the same tag as a plain int: pydicom's tag type compares in Python
+        self.raw = dataset.get_item(tag, keep_deferred=True)
+        self.vr = element_vr(self.raw, self.number)
+        self.length = element_length(self.raw)
+        self._texts: tuple[str, ...] | None = None
+
+
 class _Scanner:
-    def __init__(self, policy: Policy, identifiers: Identifiers, declared_dates: bool) -> None:
+    """One walk of a data set. The free-text rule needs the patient's name parts and IDs found anywhere in the
+    file, so its candidates wait, in their place among the findings, until the walk has collected them all
+    (``finish``): one walk instead of a second one for the identifiers."""
+
+    def __init__(self, policy: Policy, declared_dates: bool) -> None:
         self.policy = policy
         self.options = policy.deidentify.options
-        self.identifiers = identifiers
         self.declared_dates = declared_dates
         self.table = table()
-        self.findings: list[Finding] = []
+        self.findings: list[Finding | None] = []
         self._context: tuple[object, object] = (b"", validation_mode())  # of the data set being walked
+        self._names: list[str] = []
+        self._ids: list[str] = []
+        # free text to match against the identifiers: (its place in ``findings``, path, tag, its values)
+        self._pending_text: list[tuple[int, str, int, tuple[str, ...]]] = []
 
     # -- element values, read only when small
-    @staticmethod
-    def _length(dataset: Dataset, tag: int) -> int:
-        return value_length(dataset, tag)
-
-    def _texts(self, dataset: Dataset, tag: int) -> list[str] | None:
+    def _texts(self, dataset: Dataset, element: _Element) -> tuple[str, ...] | None:
         """String values, or None when the value is too large to read."""
-        if self._length(dataset, tag) > MAX_TEXT:
+        if element.length > MAX_TEXT:
             return None
-        return self._text_values(dataset, tag)
+        return self._text_values(dataset, element)
 
-    def _text_values(self, dataset: Dataset, tag: int) -> list[str]:
-        raw = dataset.get_item(tag, keep_deferred=True)
+    def _text_values(self, dataset: Dataset, element: _Element) -> tuple[str, ...]:
+        known = element._texts
+        if known is not None:
+            return known
+        raw = element.raw
         if not isinstance(raw, RawDataElement) or not is_memoisable(
-            int(tag), raw.VR, raw.is_implicit_VR, raw.value
+            element.number, raw.VR, raw.is_implicit_VR, raw.value
         ):
-            return text_values(dataset[tag].value)
-        key = (int(tag), raw.VR, raw.is_implicit_VR, raw.is_little_endian, raw.value, self._context)
-        known = _texts_memo.get(key)
-        if known is None:
-            known = tuple(text_values(dataset[tag].value))
-            _texts_memo.store(key, known)
-        return list(known)
+            known = tuple(text_values(dataset[element.tag].value))
+        else:
+            key = (element.number, raw.VR, raw.is_implicit_VR, raw.is_little_endian, raw.value, self._context)
+            known = _texts_memo.get(key)
+            if known is None:
+                known = tuple(text_values(dataset[element.tag].value))
+                _texts_memo.store(key, known)
+        element._texts = known
+        return known
 
-    def _empty(self, dataset: Dataset, tag: int, vr: str) -> bool:
-        if vr == "SQ":
-            return len(dataset[tag].value) == 0
-        length = self._length(dataset, tag)
-        if length == 0:
+    def _empty(self, dataset: Dataset, element: _Element) -> bool:
+        if element.vr == "SQ":
+            return len(dataset[element.tag].value) == 0
+        if element.length == 0:
             return True
-        if vr in STRING_VRS and length <= MAX_TEXT:
-            return is_empty_text(self._text_values(dataset, tag))
+        if element.vr in STRING_VRS and element.length <= MAX_TEXT:
+            return is_empty_text(self._text_values(dataset, element))
         return False
 
     # -- the walk
     def add(self, path: str, tag: int, rule: str) -> None:
-        keyword = "" if (tag >> 16) % 2 else keyword_for_tag(tag)
-        self.findings.append(Finding(path, keyword, rule))
+        self.findings.append(_finding(path, tag, rule))
+
+    def finish(self) -> list[Finding]:
+        """The findings in the file's tag order, free text that repeats an identifier included."""
+        identifiers = Identifiers(self._names, self._ids)
+        for place, path, tag, texts in self._pending_text:
+            if identifiers.repeated_in(texts):
+                self.findings[place] = _finding(path, tag, "free-text-identifier")
+        return [finding for finding in self.findings if finding is not None]
 
     def walk(self, dataset: Dataset, prefix: str = "", meta: bool = False) -> None:
         outer = self._context
@@ -235,63 +269,60 @@ class _Scanner:
             self._context = outer
 
     def _walk(self, dataset: Dataset, prefix: str, meta: bool) -> None:
-        # ``tag`` is the dataset's own key (found by identity when looked up again), ``number`` the same tag as
-        # a plain int: pydicom's tag type compares in Python, ~1,800 times a CT slice before this split
         for tag in sorted(dataset.keys()):
-            number = int(tag)
-            group, element = number >> 16, number & 0xFFFF
-            if element == 0:  # group lengths
+            element = _Element(dataset, tag)
+            number = element.number
+            if number & 0xFFFF == 0:  # group lengths
                 continue
             path = prefix + tag_text(number)
-            vr = vr_of(dataset, tag)
-            if group % 2:
-                self._private(dataset, tag, path, vr)
+            if (number >> 16) % 2:
+                self._private(dataset, element, path)
             else:
-                rule = self._public_rule(dataset, tag, vr, meta)
-                if rule is None:
-                    rule = self._free_text_rule(dataset, tag, vr)
+                if number in IDENTIFIER_TAGS and not meta:
+                    add_identifier(number, self._text_values(dataset, element), self._names, self._ids)
+                rule = self._public_rule(dataset, element, meta)
                 if rule is not None:
                     self.add(path, number, rule)
-            if vr == "SQ":
+                else:
+                    self._free_text(dataset, element, path)
+            if element.vr == "SQ":
                 for index, item in enumerate(dataset[tag].value):
                     self.walk(item, f"{path}[{index}]>")
 
-    def _private(self, dataset: Dataset, tag: int, path: str, vr: str) -> None:
-        element = tag & 0xFFFF
-        if 0x10 <= element <= 0xFF:  # private creator: a vendor name, not PHI
+    def _private(self, dataset: Dataset, element: _Element, path: str) -> None:
+        number = element.number
+        if 0x10 <= number & 0xFFFF <= 0xFF:  # private creator: a vendor name, not PHI
             return
-        if self._empty(dataset, tag, vr):
+        if self._empty(dataset, element):
             return
-        creator = _private_creator(dataset, tag)
+        creator = _private_creator(dataset, number)
         safe = (
             "rtnSafePrivOpt" in self.options
             and creator is not None
-            and self.policy.is_private_safe(creator, tag)
+            and self.policy.is_private_safe(creator, number)
         )
         if not safe:
-            self.add(path, tag, "private-tag")
+            self.add(path, number, "private-tag")
             return
-        rule = self._free_text_rule(dataset, tag, vr)
-        if rule is not None:
-            self.add(path, tag, rule)
+        self._free_text(dataset, element, path)
 
-    def _public_rule(self, dataset: Dataset, tag: int, vr: str, meta: bool) -> str | None:
-        number = int(tag)  # compared as a plain int (see walk); ``tag`` reads the dataset
+    def _public_rule(self, dataset: Dataset, element: _Element, meta: bool) -> str | None:
+        number, vr = element.number, element.vr
         if meta and number in META_PRIVATE:
-            return None if self._empty(dataset, tag, vr) else "meta-private-information"
+            return None if self._empty(dataset, element) else "meta-private-information"
         if number == TEXT_VALUE and str(dataset.get("ValueType", "")).upper() == "TEXT":
-            if "cleanStructContOpt" not in self.options and not self._empty(dataset, tag, vr):
+            if "cleanStructContOpt" not in self.options and not self._empty(dataset, element):
                 return "sr-text"
             return None
         if number == BURNED_IN:
             return None  # judged once, at the top level (see burned_in)
         row = self.table.lookup(number)
-        if row is None or self._empty(dataset, tag, vr):
+        if row is None or self._empty(dataset, element):
             return None
         action = effective_action(row, self.options)
         if action == "K":
             if number == PATIENT_AGE:
-                return self._age_rule(dataset, tag)
+                return self._age_rule(dataset, element)
             return None
         if action == "C":
             if is_date_clean(row, self.options) and not self.declared_dates:
@@ -302,31 +333,35 @@ class _Scanner:
                 None  # X/Z/U* (Referenced/Source Image Sequence): keep, remap the UIDs inside (checked there)
             )
         if "D" in action and vr != "UI" and vr != "SQ":
-            values = self._texts(dataset, tag) or []
+            values = self._texts(dataset, element) or ()
             if values and all(value.strip(" \0").upper() in DUMMY_VALUES for value in values):
                 return None
         if vr == "UI" and ("U" in action or "D" in action):
-            values = self._texts(dataset, tag) or []
+            values = self._texts(dataset, element) or ()
             if all(value.strip(" \0").startswith("2.25.") for value in values if value.strip(" \0")):
                 return None
         return "e1-1:" + action
 
-    def _age_rule(self, dataset: Dataset, tag: int) -> str | None:
-        for value in self._texts(dataset, tag) or []:
+    def _age_rule(self, dataset: Dataset, element: _Element) -> str | None:
+        for value in self._texts(dataset, element) or ():
             years = age_years(value)
             if years is None or years > MAX_AGE_YEARS:
                 return "age-over-89"
         return None
 
-    def _free_text_rule(self, dataset: Dataset, tag: int, vr: str) -> str | None:
-        if vr not in FREE_TEXT_VRS or keyword_for_tag(int(tag)) in IDENTIFIER_KEYWORDS:
-            return None
-        if self._empty(dataset, tag, vr):
-            return None
-        texts = self._texts(dataset, tag)
+    def _free_text(self, dataset: Dataset, element: _Element, path: str) -> None:
+        """Text too large to check is a finding now; other free text is matched against the identifiers once
+        the walk has found them all (``finish``)."""
+        if element.vr not in FREE_TEXT_VRS or element.number in IDENTIFIER_TAGS:
+            return
+        if self._empty(dataset, element):
+            return
+        texts = self._texts(dataset, element)
         if texts is None:
-            return "oversized-text"
-        return "free-text-identifier" if self.identifiers.repeated_in(texts) else None
+            self.add(path, element.number, "oversized-text")
+            return
+        self._pending_text.append((len(self.findings), path, element.number, texts))
+        self.findings.append(None)
 
     def burned_in(self, dataset: Dataset) -> None:
         burned = str(dataset.get("BurnedInAnnotation", "") or "").strip().upper()
@@ -338,13 +373,13 @@ class _Scanner:
 def scan_dataset(dataset: Dataset, policy: Policy | None = None, file: str = "") -> ScanReport:
     """Scan an already-read dataset (read it with ``read_dataset`` so big values stay on disk)."""
     policy = policy or BASIC
-    scanner = _Scanner(policy, Identifiers.collect(dataset), _declares_modified_dates(dataset))
+    scanner = _Scanner(policy, _declares_modified_dates(dataset))
     meta = getattr(dataset, "file_meta", None)
     if meta is not None:
         scanner.walk(meta, meta=True)
     scanner.walk(dataset)
     scanner.burned_in(dataset)
-    return ScanReport(file=file, findings=scanner.findings, policy_version=policy.version)
+    return ScanReport(file=file, findings=scanner.finish(), policy_version=policy.version)
 
 
 def top_level_values(dataset: Dataset, keywords: Iterable[str]) -> dict[str, str]:

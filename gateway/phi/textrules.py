@@ -22,6 +22,8 @@ NAME_KEYWORDS = frozenset({"PatientName", "OtherPatientNames", "PatientBirthName
 ID_KEYWORDS = frozenset({"PatientID", "OtherPatientIDs", "AccessionNumber"})
 IDENTIFIER_KEYWORDS = NAME_KEYWORDS | ID_KEYWORDS
 _IDENTIFIER_TAGS = tuple((keyword, int(tag_for_keyword(keyword) or 0)) for keyword in IDENTIFIER_KEYWORDS)
+IDENTIFIER_TAGS = frozenset(number for _, number in _IDENTIFIER_TAGS)
+_NAME_TAGS = frozenset(number for keyword, number in _IDENTIFIER_TAGS if keyword in NAME_KEYWORDS)
 # Modalities whose images are often screen captures or carry operator annotations in the pixels: for these a
 # missing Burned In Annotation is treated like YES.
 BURNED_IN_MODALITIES = frozenset({"US", "IVUS", "SC", "XC", "ES", "GM", "OT", "XA", "RF", "OP", "DOC"})
@@ -40,8 +42,12 @@ _AGE_DIVISOR = {"D": 365.25, "W": 52.18, "M": 12.0, "Y": 1.0}
 def vr_of(dataset: Dataset, tag: int) -> str:
     """The VR of an element without converting it (implicit-VR raw elements carry none: use the dictionary;
     unknown and private ones count as UN; ambiguous ones such as "US or SS" take the first)."""
-    element = dataset.get_item(tag, keep_deferred=True)
-    vr = element.VR if element is not None else None
+    return element_vr(dataset.get_item(tag, keep_deferred=True), tag)
+
+
+def element_vr(element: object, tag: int) -> str:
+    """``vr_of`` of an element already looked up (``Dataset.get_item``; None when absent)."""
+    vr = getattr(element, "VR", None)
     if vr is None or (vr == "UN" and not (tag >> 16) % 2):
         # a public element sent as UN (e.g. after a VR-losing conversion) is what pydicom decodes it as: its
         # dictionary VR (config.replace_un_with_known_vr), so a UID in it is remapped, not emptied
@@ -63,12 +69,16 @@ def deferred(dataset: Dataset, tag: int) -> RawDataElement | None:
 
 def value_length(dataset: Dataset, tag: int) -> int:
     """Length of an element's value without loading it (items for a sequence; 0xFFFFFFFF = undefined)."""
-    element = dataset.get_item(tag, keep_deferred=True)
+    return element_length(dataset.get_item(tag, keep_deferred=True))
+
+
+def element_length(element: object) -> int:
+    """``value_length`` of an element already looked up (``Dataset.get_item``; None when absent)."""
     if element is None:
         return 0
     if isinstance(element, RawDataElement):
         return int(element.length)
-    value = element.value
+    value = getattr(element, "value", None)
     if isinstance(value, bytes | str | list | Sequence):
         return len(value)
     return int(value is not None)
@@ -130,18 +140,23 @@ class Identifiers:
         return cls(names, ids)
 
 
+def add_identifier(tag: int, values: Iterable[str], names: list[str], ids: list[str]) -> None:
+    """What the values of an ``IDENTIFIER_TAGS`` element add to the patient's name parts or IDs."""
+    if tag in _NAME_TAGS:
+        for value in values:
+            names.extend(_name_parts(value))
+    else:
+        ids.extend(value.strip(" \0") for value in values)
+
+
 def _collect(dataset: Dataset, names: list[str], ids: list[str]) -> None:
     # looked up by plain int among the dataset's own tag objects: a keyword lookup (``keyword in dataset``) made
     # a new tag object and compared tags in Python, 7 times per item of every sequence
     own = {int(tag): tag for tag in dataset.keys()}
-    for keyword, number in _IDENTIFIER_TAGS:
+    for _, number in _IDENTIFIER_TAGS:
         tag = own.get(number)
         if tag is not None:
-            for value in text_values(dataset[tag].value):
-                if keyword in NAME_KEYWORDS:
-                    names.extend(_name_parts(value))
-                else:
-                    ids.append(value.strip(" \0"))
+            add_identifier(number, text_values(dataset[tag].value), names, ids)
     for tag in own.values():
         if vr_of(dataset, tag) == "SQ":
             for item in dataset[tag].value:

@@ -14,7 +14,6 @@ from pydicom.sequence import Sequence
 from gateway.phi import scanner as scanner_module
 from gateway.phi.policy import BASIC, Policy, parse_policy
 from gateway.phi.scanner import Finding, read_dataset, scan_file
-from gateway.phi.textrules import Identifiers
 
 try:
     from test_phi_files import ORG_ROOT, clean_dataset, write, write_big_native
@@ -468,8 +467,13 @@ def test_the_same_bytes_under_another_character_set_are_decoded_again(tmp_path: 
     seen = []
     for path in (utf8, latin1, utf8):
         dataset = read_dataset(path)
-        scanner = scanner_module._Scanner(BASIC, Identifiers.collect(dataset), False)
+        scanner = scanner_module._Scanner(BASIC, False)
         scanner._context = (scanner_module._charset(dataset, b""), scanner._context[1])
         item_ds = dataset.ProcedureCodeSequence[0]
-        seen.append((scanner._texts(dataset, 0x00081030), scanner._texts(item_ds, 0x00080104)))
-    assert seen == [(["Müller"], ["Müller"]), (["MÃ¼ller"], ["MÃ¼ller"]), (["Müller"], ["Müller"])]
+        seen.append(
+            (
+                scanner._texts(dataset, scanner_module._Element(dataset, 0x00081030)),
+                scanner._texts(item_ds, scanner_module._Element(item_ds, 0x00080104)),
+            )
+        )
+    assert seen == [(("Müller",), ("Müller",)), (("MÃ¼ller",), ("MÃ¼ller",)), (("Müller",), ("Müller",))]
