@@ -242,6 +242,24 @@ def test_reserve_many_says_what_is_stored_under_each_uid_it_claims(catalog: Cata
     assert again == Reservation(again.sop_uid, again.nonce)  # the stored digest is no part of the claim's identity
 
 
+def test_reserve_many_claims_the_free_takes_over_the_dead_and_leaves_the_live(
+    catalog: Catalog, catalog_url: str
+) -> None:
+    """One batch: free UIDs are claimed in one statement, a killed upload's reservation is taken over, another
+    host's live one is left alone, and a UID named twice is claimed once."""
+    dead, free, live = "1.2.3.7.1", "1.2.3.7.2", SOP
+    with reserved_by_a_killed_process(catalog_url, dead):
+        pass
+    now = int(time.time())
+    put_row(catalog, host="elsewhere|boot|pid:[1]", pid=1, expires_at=now + 60, created_at=now)  # holds SOP
+    claims = catalog.reserve_many([free, dead, live, free])
+    assert [claim is not None for claim in claims] == [True, True, False, False]
+    assert [claim.sop_uid for claim in claims if claim is not None] == [free, dead]
+    assert len({claim.nonce for claim in claims if claim is not None}) == 2
+    assert catalog.reserve(dead, now) is None and catalog.reserve(free, now) is None  # now ours, and live
+    assert sorted(catalog.stale_reservations(now + 10 * LEASE_SECONDS)) == sorted([dead, free, live])
+
+
 def test_this_process_reads_proc_once_and_names_its_own_start_time() -> None:
     from gateway.catalog.owner import _stat
 
