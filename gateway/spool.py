@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import hashlib
-import itertools
 import os
 import re
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -26,7 +25,6 @@ Buffer = bytes | memoryview
 _SPOOL_NAME = re.compile(r"(?:part|stow|deid)-([0-9a-f]{8})-([0-9]+)-([0-9]+)-")
 
 
-@functools.cache
 def _host_tag() -> str:
     identity = host_identity()
     return hashlib.sha256(identity.encode()).hexdigest()[:8] if identity else ""
@@ -37,25 +35,6 @@ def spool_prefix(kind: str) -> str:
     worker left can be told from what a live one is writing (``sweep_spool``)."""
     me = this_process()
     return f"{kind}-{_host_tag() or 'x'}-{me.pid}-{me.started}-"
-
-
-# The rest of a spool file's name: a count within the process its prefix names, so names never repeat while it
-# lives (``tempfile.mkstemp``'s random names cost the STOW worker's body-reading thread ~6 % of its Python time).
-_serial = itertools.count()
-_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-
-
-def _create(spool_dir: Path, kind: str, suffix: str) -> tuple[int, str]:
-    """A new, private file in ``spool_dir``: its descriptor and path. ``O_EXCL`` never opens what is already there
-    (a file left by an earlier process of the same pid and start time, a planted link): the next name is tried."""
-    prefix = os.path.join(spool_dir, spool_prefix(kind))
-    for _ in range(100):
-        name = f"{prefix}{next(_serial):x}{suffix}"
-        try:
-            return os.open(name, _FLAGS, 0o600), name
-        except FileExistsError:
-            continue
-    raise FileExistsError(errno.EEXIST, "no free spool file name", prefix)
 
 
 def sweep_spool(spool_dir: Path) -> int:
@@ -88,7 +67,7 @@ def spool_file(spool_dir: Path, kind: str, suffix: str) -> Iterator[tuple[Path, 
         return StorageUnavailable(f"upload spool write failed ({errno.errorcode.get(exc.errno or 0, 'error')})")
 
     try:
-        fd, name = _create(spool_dir, kind, suffix)
+        fd, name = tempfile.mkstemp(prefix=spool_prefix(kind), suffix=suffix, dir=spool_dir)
     except OSError as exc:
         raise unavailable(exc) from None
     path = Path(name)
