@@ -88,27 +88,16 @@ class AdminRecords(CatalogBase):
         won says what is stored under its UID (``Reservation.stored``), read in the same transaction: ingest's
         duplicate check without a read of its own per upload."""
         me = this_process()
-        nonces = {sop_uid: secrets.token_hex(16) for sop_uid in sop_uids}  # each UID once, at its first mention
-        with self._write(durable=False) as conn:
-            now = self._now(conn)
-            values = self._claim_values(me, now)
-            # one statement claims every free UID (the insert's rows in one go); a UID already held is taken over
-            # one by one, if its owner is gone
-            rows = [{"sop_uid": sop_uid, "nonce": nonce, **values} for sop_uid, nonce in nonces.items()]
-            claimed = set(conn.execute(self._claim, rows).scalars())
-            won = {
-                sop_uid: Reservation(sop_uid, nonce)
-                for sop_uid, nonce in nonces.items()
-                if sop_uid in claimed or self._take_over(conn, sop_uid, me, nonce, now) is not None
-            }
-            stored = dict(conn.execute(_STORED_SHA256, {"sops": list(won)}).all()) if won else {}
         out: list[Reservation | None] = []
         seen: set[str] = set()
-        for sop_uid in sop_uids:
-            claim = None if sop_uid in seen else won.get(sop_uid)
-            seen.add(sop_uid)
-            out.append(None if claim is None else replace(claim, stored=stored.get(sop_uid)))
-        return out
+        with self._write(durable=False) as conn:
+            now = self._now(conn)
+            for sop_uid in sop_uids:
+                out.append(None if sop_uid in seen else self._reserve(conn, sop_uid, me, secrets.token_hex(16), now))
+                seen.add(sop_uid)
+            won = [claim.sop_uid for claim in out if claim is not None]
+            stored = dict(conn.execute(_STORED_SHA256, {"sops": won}).all()) if won else {}
+        return [None if claim is None else replace(claim, stored=stored.get(claim.sop_uid)) for claim in out]
 
     @functools.cached_property
     def _claim(self) -> Any:
@@ -117,31 +106,24 @@ class AdminRecords(CatalogBase):
         stmt = self._insert(reservations).on_conflict_do_nothing(index_elements=["sop_uid"])
         return stmt.returning(reservations.c.sop_uid)
 
-    @staticmethod
-    def _claim_values(me: Owner, now: int) -> dict[str, Any]:
-        return {
+    def _reserve(self, conn: Any, sop_uid: str, me: Owner, nonce: str, now: int) -> Reservation | None:
+        values = {
             "created_at": now,
             "owner_host": me.host,
             "owner_pid": me.pid,
             "owner_started": me.started,
+            "nonce": nonce,
             "expires_at": now + LEASE_SECONDS,
         }
-
-    def _reserve(self, conn: Any, sop_uid: str, me: Owner, nonce: str, now: int) -> Reservation | None:
-        if conn.execute(self._claim, {"sop_uid": sop_uid, "nonce": nonce, **self._claim_values(me, now)}).first():
+        if conn.execute(self._claim, {"sop_uid": sop_uid, **values}).first() is not None:
             return Reservation(sop_uid, nonce)
-        return self._take_over(conn, sop_uid, me, nonce, now)
-
-    def _take_over(self, conn: Any, sop_uid: str, me: Owner, nonce: str, now: int) -> Reservation | None:
-        """The reservation of ``sop_uid`` that another upload holds, if that upload is certainly over (its owner
-        process is gone, or its lease ran out): compare-and-swap on the nonce, so two newcomers never both win."""
         row = conn.execute(sa.select(reservations).where(reservations.c.sop_uid == sop_uid).with_for_update()).first()
         if row is None or not _stale(row, now):
             return None
         taken = conn.execute(
             reservations.update()
             .where(reservations.c.sop_uid == sop_uid, reservations.c.nonce == row.nonce)
-            .values(nonce=nonce, **self._claim_values(me, now))
+            .values(**values)
         )
         return Reservation(sop_uid, nonce) if taken.rowcount else None
 
