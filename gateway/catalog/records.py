@@ -26,15 +26,17 @@ SERIES_FIELDS = ("modality", "series_number", "series_description")
 SEARCH_FIELDS = (*STUDY_FIELDS, *SERIES_FIELDS, "instance_number")
 
 
-def search_values(metadata: dict[str, Any]) -> dict[str, Any]:
+def search_values(metadata: dict[str, Any], flat: dict[str, Any] | None = None) -> dict[str, Any]:
     """The searchable values of an instance's DICOM JSON (keys of ``SEARCH_FIELDS``). Missing or empty values
-    become None; PN values use their Alphabetic group; IS values become int (None when not an integer)."""
-    # imported here: qido_attrs loads pydicom's dictionary, which a process that only parses uploads (the spool,
-    # gateway.dicomweb.multipart, imports this package) must not carry (tests/unit/test_multipart.py, memory)
-    from gateway.dicom.qido_attrs import searchable
+    become None; PN values use their Alphabetic group; IS values become int (None when not an integer). ``flat``:
+    the metadata's ``gateway.dicom.qido_attrs.searchable``, when ingest already made it (in its pool process)."""
+    if not flat:
+        # imported here: qido_attrs loads pydicom's dictionary, which a process that only parses uploads (the
+        # spool, gateway.dicomweb.multipart, imports this package) must not carry (tests/unit/test_multipart.py)
+        from gateway.dicom.qido_attrs import searchable
 
-    flat = searchable(metadata)
-    return {name: flat[name] for name in SEARCH_FIELDS}
+        flat = searchable(metadata)
+    return {name: flat.get(name) for name in SEARCH_FIELDS}
 
 
 @dataclass
@@ -69,8 +71,7 @@ class InstanceRecord:
         tenant: str | None = None,
         destination: str | None = None,
     ) -> InstanceRecord:
-        indexed = instance.searchable  # flattened by ingest (its pool process) along with the metadata
-        flat = {name: indexed.get(name) for name in SEARCH_FIELDS} if indexed else search_values(instance.metadata)
+        flat = search_values(instance.metadata, instance.searchable)
         if values:
             flat.update(values)
         return cls(instance, storage_key, size, sha256, etag, flat, replace, tenant, destination)
