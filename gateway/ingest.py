@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -59,6 +60,10 @@ OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
 STUDY_MISMATCH = 0xC409  # Referenced Study Instance UID does not match the target resource
 DUPLICATE_DIFFERENT = 0x0111  # Duplicate SOP Instance (with different content)
+
+# How long an upload waits for another upload of the same instance to end before it answers 0xA700 (see
+# ``Ingestor._reserve``): a commit takes milliseconds; a killed holder's reservation is taken over at once.
+RESERVATION_WAIT_SECONDS = 10.0
 
 Status = Literal["stored", "duplicate", "failed", "quarantined"]
 
@@ -389,7 +394,7 @@ class Ingestor:
         # could each write the object and the loser's bytes would sit under the winner's catalog row.
         # A crashed upload's reservation is taken over at once (its process is gone) or after a short lease: see
         # gateway.catalog.admin and README "Ingest".
-        reservation = self.reservations.submit(indexed.ids.sop)
+        reservation = self._reserve(indexed.ids.sop)
         if reservation is None:
             return self._in_flight(result)
         committed = False
@@ -402,6 +407,18 @@ class Ingestor:
         finally:
             if not committed:  # a successful commit ended the reservation in the same transaction
                 self.catalog.release(reservation)
+
+    def _reserve(self, sop_uid: str) -> Reservation | None:
+        """The instance's reservation, waiting while another upload of it holds it: another part of the same
+        request (a client that sends one file twice) or a concurrent client. That upload ends within moments, and
+        this one is then a duplicate (same bytes: a success) or a conflict (0x0111), which is the answer the client
+        can act on, never a "retry shortly" that a retry meets again. None after ``RESERVATION_WAIT_SECONDS``."""
+        deadline = time.monotonic() + RESERVATION_WAIT_SECONDS
+        pause = 0.005
+        while (reservation := self.reservations.submit(sop_uid)) is None and time.monotonic() < deadline:
+            time.sleep(pause)
+            pause = min(pause * 2, 0.2)
+        return reservation
 
     def _commit(
         self,

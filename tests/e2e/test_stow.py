@@ -70,6 +70,43 @@ def test_same_uid_different_bytes_is_refused(stack: RunningStack, tmp_path: Path
     assert failure["00081155"]["Value"] == [uids_of(path)[2]]
 
 
+def test_one_request_naming_an_instance_twice_gets_a_duplicate_or_a_conflict(
+    stack: RunningStack, tmp_path: Path
+) -> None:
+    """A client that sends one file twice in one request (its parts are ingested concurrently) gets what a second
+    request would get: the same bytes are a success for both parts, other bytes a 0x0111 for one of them. Never
+    0xA700 "retry shortly", which a retry of the same body meets again."""
+    [path] = make_series(tmp_path / "twice", modality="CT", slices=1, rows=32, columns=32, seed=192, clean=True)
+    study, series, sop = uids_of(path)
+    same = stack.stow([path, path])
+    assert same.status_code == 200, same.text
+    assert [r["00081155"]["Value"] for r in referenced(same)] == [[sop], [sop]] and not failed(same)
+
+    [path2] = make_series(tmp_path / "twice2", modality="CT", slices=1, rows=32, columns=32, seed=193, clean=True)
+    sop2 = uids_of(path2)[2]
+    ds2 = pydicom.dcmread(path2)
+    ds2.InstanceNumber = 77
+    other2 = tmp_path / "other2.dcm"
+    ds2.save_as(other2)
+    differ = stack.stow([path2, other2])
+    assert differ.status_code == 202, differ.text
+    assert [r["00081155"]["Value"] for r in referenced(differ)] == [[sop2]]
+    [failure] = failed(differ)
+    assert failure["00081155"]["Value"] == [sop2]
+    assert failure["00081197"]["Value"] == [0x0111]
+    stored = requests.get(
+        f"{stack.url}/dicomweb/studies/{uids_of(path2)[0]}/series/{uids_of(path2)[1]}/instances/{sop2}",
+        headers={**stack.api_headers, "Accept": "application/dicom; transfer-syntax=*"},
+        timeout=30,
+    )
+    assert stored.status_code == 200
+    assert stored.content in (path2.read_bytes(), other2.read_bytes())
+    listed = requests.get(
+        f"{stack.url}/dicomweb/studies/{study}/instances", headers=stack.api_headers, timeout=30
+    ).json()
+    assert [item["00080018"]["Value"] for item in listed] == [[sop]]
+
+
 def test_mixed_request_is_202_and_non_dicom_is_a_failure(stack: RunningStack, tmp_path: Path) -> None:
     [good] = make_series(tmp_path / "c", modality="CT", slices=1, seed=53, clean=True)
     junk = tmp_path / "junk.dcm"
