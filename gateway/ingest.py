@@ -29,7 +29,7 @@ from gateway.catalog.catalog import Registration
 from gateway.catalog.groupcommit import GroupCommit
 from gateway.catalog.records import InstanceRecord
 from gateway.config import Settings
-from gateway.dicom.index import index_file, read_instance
+from gateway.dicom.index import index_file, named_uids, read_instance
 from gateway.dicom.model import IndexedInstance
 from gateway.errors import (
     CatalogUnavailable,
@@ -71,7 +71,7 @@ Status = Literal["stored", "duplicate", "failed", "quarantined"]
 @dataclass
 class IngestResult:
     status: Status
-    ids: InstanceId | None = None  # None when the file could not be read
+    ids: InstanceId | None = None  # of a file that could not be read: what it names (``refused``), or None
     sop_class_uid: str | None = None
     failure_reason: int | None = None
     detail: str = ""
@@ -85,6 +85,13 @@ class IngestResult:
     @property
     def ok(self) -> bool:
         return self.status in ("stored", "duplicate")
+
+    @classmethod
+    def refused(cls, path: Path, detail: str) -> IngestResult:
+        """A file that could not be read as DICOM (0xC000), naming the instance it claims to be where its UIDs
+        can be read (``named_uids``), so the client can tell which of its files failed."""
+        ids, sop_class_uid = named_uids(path)
+        return cls("failed", ids=ids, sop_class_uid=sop_class_uid, failure_reason=CANNOT_UNDERSTAND, detail=detail)
 
     @classmethod
     def about(cls, header: Header, status: Status, **fields: Any) -> IngestResult:
@@ -158,7 +165,7 @@ def analyse(
     try:
         indexed, dataset = read_instance(path, bulkdata_threshold=bulkdata_threshold)
     except DicomError as error:
-        return IngestResult("failed", failure_reason=CANNOT_UNDERSTAND, detail=error.detail)
+        return IngestResult.refused(path, detail=error.detail)
     header = Header(indexed.ids, indexed.sop_class_uid)
     if expected_study is not None and header.ids.study != expected_study:
         return IngestResult.about(
@@ -292,7 +299,7 @@ class Ingestor:
             raise  # an outage: the caller answers 503 and the client retries
         except Exception as error:  # a file no parser foresaw: one failed part, never a 500 for the request
             log.exception("ingest failed on an unexpected error (%s)", type(error).__name__)
-            result = IngestResult("failed", failure_reason=CANNOT_UNDERSTAND, detail="the file could not be processed")
+            result = IngestResult.refused(path, detail="the file could not be processed")
         INGESTED.labels(result.status).inc()
         return result
 

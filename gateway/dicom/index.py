@@ -331,6 +331,42 @@ def _identity(ds: Dataset) -> tuple[str, str, str, str]:
     return out[0], out[1], out[2], out[3]
 
 
+def named_uids(path: Path) -> tuple[InstanceId | None, str | None]:
+    """The UIDs a file ingest refused names for itself, as far as they can be read: its SOP Instance, SOP Class,
+    Study and Series UIDs from the data set (read up to where it breaks), the first two else from the file meta
+    (Media Storage SOP Instance / Class UID); "" for a Study or Series UID not read. So a STOW failure item says
+    which instance failed (PS3.18 10.5.3: Referenced SOP Class and Instance UID) even for a truncated file.
+    ``(None, class or None)`` without a SOP Instance UID; never raises."""
+    found: dict[str, str] = {}
+    wanted = {
+        "SOPClassUID": "sop_class",
+        "SOPInstanceUID": "sop",
+        "StudyInstanceUID": "study",
+        "SeriesInstanceUID": "series",
+    }
+    with quiet_validation():
+        meta: Dataset
+        try:
+            meta = pydicom.filereader.read_file_meta_info(path)
+        except Exception:  # noqa: BLE001 - a file that broke the index may break pydicom in any way
+            meta = Dataset()
+        for keyword, name in (("MediaStorageSOPClassUID", "sop_class"), ("MediaStorageSOPInstanceUID", "sop")):
+            if is_uid(value := str(_get(meta, keyword) or "").strip()):
+                found[name] = value
+        ds: Dataset
+        try:
+            with open(path, "rb") as fp:
+                ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=list(wanted))
+        except Exception:  # noqa: BLE001 - as above: then the file meta's UIDs are all there is
+            ds = Dataset()
+        for keyword, name in wanted.items():
+            if is_uid(value := str(_get(ds, keyword) or "").strip()):
+                found[name] = value
+    if "sop" not in found:
+        return None, found.get("sop_class")
+    return InstanceId(found.get("study", ""), found.get("series", ""), found["sop"]), found.get("sop_class")
+
+
 def _get(ds: Dataset, keyword: str) -> Any:
     """The decoded value, or None when absent or undecodable (e.g. IS "abc")."""
     try:

@@ -88,7 +88,8 @@ class StowItem:
     ``duplicate`` is an identical re-upload (success). ``failed`` and ``quarantined`` go to the Failed SOP
     Sequence; ``failure_reason`` defaults to 0x0110 (processing failure) and, for ``quarantined``, to 0xC4F0.
     UIDs are validated here: a stored item must carry four valid UIDs; a failed item's UIDs are reported only
-    if valid (a file that could not be parsed has none). ``detail`` is a fixed phrase, never PHI.
+    if valid (a file that could not be parsed names those it holds: ``gateway.dicom.index.named_uids``).
+    ``detail`` is a fixed phrase, never PHI.
     """
 
     status: Status

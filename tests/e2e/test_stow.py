@@ -118,6 +118,13 @@ def test_mixed_request_is_202_and_non_dicom_is_a_failure(stack: RunningStack, tm
     assert len(referenced(answer)) == 1
     reasons = sorted(f["00081197"]["Value"][0] for f in failed(answer))
     assert reasons == [0xC000, 0xC000]
+    # PS3.18 10.5.3: a failure item names the instance; a truncated file still names its UIDs, junk names none
+    by_reason = {f["00091001"]["Value"][0]: f for f in failed(answer)}
+    cut = next(f for text, f in by_reason.items() if not text.startswith("not a DICOM"))
+    assert cut["00081155"]["Value"] == [uids_of(good)[2]]
+    assert cut["00081150"]["Value"] == ["1.2.840.10008.5.1.4.1.1.2"]
+    junk_item = next(f for text, f in by_reason.items() if text.startswith("not a DICOM"))
+    assert "00081155" not in junk_item and "00081150" not in junk_item
 
 
 def test_a_data_set_naming_an_element_twice_is_refused_and_the_rest_stored(
@@ -350,6 +357,24 @@ def test_upload_cli_with_a_write_token(stack: RunningStack, tmp_path: Path) -> N
     assert "already" in second.stdout.lower()
     listed = requests.get(f"{stack.root(token)}/studies/{study}/instances", timeout=10).json()
     assert len(listed) == 3
+
+
+def test_upload_cli_names_each_broken_files_own_reason(stack: RunningStack, tmp_path: Path) -> None:
+    """Two files the server cannot read, in one request: each line of the CLI's report gives that file's reason
+    (the failure items name the UIDs each file claims), not both reasons for both."""
+    one, two = make_series(tmp_path / "broken", modality="CT", slices=2, rows=32, columns=32, seed=194, clean=True)
+    one.write_bytes(one.read_bytes()[:-100])  # truncated inside the pixel data
+    ds = pydicom.dcmread(two)
+    del ds.StudyInstanceUID
+    ds.save_as(two)
+    folder = str(tmp_path / "broken")
+    command = [sys.executable, "-m", "gateway.cli", "upload", folder, "--url", f"{stack.url}/dicomweb"]
+    env = {**os.environ, "DICOMGW_API_KEY": stack.stack.api_key, "COLUMNS": "400"}  # one table row a line
+    ran = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False, env=env)
+    assert ran.returncode != 0
+    lines = {name: line for line in ran.stdout.splitlines() for name in (one.name, two.name) if name in line}
+    assert "truncated" in lines[one.name] and "missing" not in lines[one.name], ran.stdout
+    assert "Study Instance UID (0020,000D) is missing" in lines[two.name] and "truncated" not in lines[two.name]
 
 
 # -- a stack of its own: the S3 server dies mid-upload ------------------------------------------------------------
