@@ -21,6 +21,7 @@ from urllib.parse import parse_qs
 
 from gateway import nginx_contract as nginx
 from gateway.dicom.frames import FrameIndex
+from gateway.dicom.index import DEFLATED_LE, EXPLICIT_VR_BE, NATIVE_SYNTAXES, is_video
 from gateway.dicomweb.accept import Offer, negotiate
 from gateway.dicomweb.paths import Target, parse_target, split_token
 from gateway.errors import BadRequest, FramesNotServable, NotFound, RangeNotSatisfiable
@@ -86,6 +87,21 @@ def bulk_syntax(stored: str) -> str:
     PS3.18 8.7.3 says "shall not be used with Web Services". Retrieve (P10) still names the file's syntax (we never
     transcode)."""
     return NATIVE_TS if stored == IMPLICIT_TS else stored
+
+
+def _why_no_frames(instance: CachedInstance) -> str:
+    """Why ingest found no frame ranges in ``instance`` (``docs/index.md``, "Instances whose frames are not served
+    as ranges"), as far as its transfer syntax tells."""
+    ts = instance.transfer_syntax_uid
+    if ts == DEFLATED_LE:
+        return "its data set is deflated"
+    if ts == EXPLICIT_VR_BE:
+        return "it is big-endian"
+    if ts not in NATIVE_SYNTAXES:
+        if is_video(ts):
+            return "it is a video stream, whose frames cannot be separated"
+        return "its compressed frames cannot be told apart: no offset table, and fragments that do not each start one"
+    return "it has no pixel data, or frames that are not whole bytes (Bits Allocated 1)"
 
 
 def _decode_bulkdata(value: Any) -> dict[str, tuple[int, int]]:
@@ -412,8 +428,8 @@ class Planner:
         numbers = [parse_int(n, "frame number", low=1) for n in items]
         if instance.frames is None:
             raise FramesNotServable(
-                "frames of this instance cannot be served as stored byte ranges "
-                "(deflated, big-endian or 1-bit data); retrieve the instance instead"
+                f"frames of this instance cannot be served as stored byte ranges ({_why_no_frames(instance)}); "
+                "retrieve the instance instead"
             )
         if len(numbers) > instance.frames.count:
             # a list may repeat frames, but one request never asks for more frames than the instance holds: a single

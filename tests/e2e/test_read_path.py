@@ -539,3 +539,34 @@ def test_json_endpoints_negotiate(
         assert answer.status_code == status, url
         if status == 200:
             assert answer.headers["Content-Type"] == "application/dicom+json"
+
+
+def test_frames_that_cannot_be_told_apart_are_a_406_saying_why(stack: RunningStack, tmp_path: Path) -> None:
+    """An RLE instance of 3 frames in 2 fragments each, with an empty Basic Offset Table: nothing says where a frame
+    starts (RLE fragments carry no start marker), so its frames are not served as ranges. The 406 says that, not
+    "deflated, big-endian or 1-bit data" (what every such instance was told before); the instance itself is served."""
+    from pydicom.encaps import encapsulate
+
+    [native] = make_series(tmp_path, modality="CT", slices=1, rows=16, columns=16, seed=195, clean=True)
+    ds = pydicom.dcmread(native)
+    frames = [bytes([n]) * 64 for n in range(6)]
+    ds.PixelData = encapsulate(frames, fragments_per_frame=2, has_bot=False)
+    ds.NumberOfFrames = 3
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.RLELossless
+    ds["PixelData"].is_undefined_length = True
+    ds["PixelData"].VR = "OB"
+    ds.save_as(tmp_path / "rle.dcm", enforce_file_format=True)
+    assert stack.stow([tmp_path / "rle.dcm"]).status_code == 200
+    study, series, sop = ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
+    url = f"{stack.url}/dicomweb/studies/{study}/series/{series}/instances/{sop}"
+    answer = requests.get(f"{url}/frames/1", headers={**stack.api_headers, "Accept": "*/*"}, timeout=30)
+    assert answer.status_code == 406
+    assert answer.headers["Content-Type"] == "application/json"
+    assert answer.json() == {
+        "error": "frames_not_servable",
+        "detail": "frames of this instance cannot be served as stored byte ranges (its compressed frames cannot be "
+        "told apart: no offset table, and fragments that do not each start one); retrieve the instance instead",
+    }
+    p10 = {**stack.api_headers, "Accept": "application/dicom; transfer-syntax=*"}
+    whole = requests.get(url, headers=p10, timeout=30)
+    assert (whole.status_code, whole.content) == (200, (tmp_path / "rle.dcm").read_bytes())

@@ -279,8 +279,30 @@ def test_frames_without_an_index_are_not_acceptable(planner: Planner) -> None:
         planner.plan("GET", instance_uri(SE2, OLD, "/frames/1"), "", "")
     assert caught.value.detail == (
         "frames of this instance cannot be served as stored byte ranges "
-        "(deflated, big-endian or 1-bit data); retrieve the instance instead"
+        "(its data set is deflated); retrieve the instance instead"
     )
+
+
+@pytest.mark.parametrize(
+    ("syntax", "why"),
+    [
+        ("1.2.840.10008.1.2.1.99", "its data set is deflated"),
+        ("1.2.840.10008.1.2.2", "it is big-endian"),
+        ("1.2.840.10008.1.2.4.102", "it is a video stream, whose frames cannot be separated"),
+        (
+            "1.2.840.10008.1.2.5",
+            "its compressed frames cannot be told apart: no offset table, and fragments that do not each start one",
+        ),
+        ("1.2.840.10008.1.2", "it has no pixel data, or frames that are not whole bytes (Bits Allocated 1)"),
+        ("1.2.840.10008.1.2.1", "it has no pixel data, or frames that are not whole bytes (Bits Allocated 1)"),
+    ],
+)
+def test_the_406_for_frames_without_an_index_says_why(syntax: str, why: str) -> None:
+    from dataclasses import replace
+
+    from gateway.dicomweb.wado import _why_no_frames
+
+    assert _why_no_frames(replace(to_cached(ROWS[OLD]), transfer_syntax_uid=syntax)) == why
 
 
 def test_frame_out_of_range_is_404(planner: Planner) -> None:
