@@ -364,6 +364,8 @@ def wado() -> Response:
         # that asked for none (fail closed)
         raise BadRequest("anonymize=yes is not supported: objects are served as stored")
     content_type = args.get("contentType", "").split(";")[0].strip()
+    if not content_type and "transferSyntax" in args:
+        content_type = "application/dicom"  # a client naming a transfer syntax asks for the object, not an image
     if not content_type or content_type == "application/dicom":
         plan = services().planner.wado({key: args.getlist(key) for key in args}, render_default=not content_type)
         if plan is not None:

@@ -307,6 +307,34 @@ def test_wado_uri(stack: RunningStack, synthetic: dict[str, Any], roots: dict[st
         }
 
 
+def test_wado_uri_transfer_syntax_names_the_stored_one_or_is_refused(
+    stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]
+) -> None:
+    """PS3.18 9 (WADO-URI) ``transferSyntax``: objects are served as stored, so naming the stored syntax (or ``*``)
+    gets the object, with or without ``contentType``; another syntax is a JSON 406 naming the stored one (it was
+    ignored: a 200 with other bytes than asked for); a value that is no UID is a JSON 400."""
+    path = synthetic["ct"][0]
+    study, series, sop = uids_of(path)
+    stored = str(pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+    params = {"requestType": "WADO", "studyUID": study, "seriesUID": series, "objectUID": sop}
+    url = f"{roots[study]}/wado"
+    for extra in ({"transferSyntax": stored}, {"transferSyntax": "*", "contentType": "application/dicom"}):
+        same = requests.get(url, params={**params, **extra}, timeout=30)
+        assert (same.status_code, same.headers["Content-Type"]) == (200, "application/dicom")
+        assert same.content == path.read_bytes()
+    jpeg_syntax = {"contentType": "application/dicom", "transferSyntax": "1.2.840.10008.1.2.4.50"}
+    other = requests.get(url, params={**params, **jpeg_syntax}, timeout=30)
+    assert other.status_code == 406
+    assert other.json() == {
+        "error": "not_acceptable",
+        "detail": f"the object is stored as {stored} and served as stored (no transcoding): "
+        "ask for that transferSyntax or none",
+    }
+    bad = requests.get(url, params={**params, "contentType": "application/dicom", "transferSyntax": "abc"}, timeout=30)
+    assert bad.status_code == 400
+    assert bad.json() == {"error": "bad_request", "detail": "transferSyntax must be a transfer syntax UID"}
+
+
 def test_wado_uri_without_content_type_sends_an_instance_without_pixels_as_dicom(
     stack: RunningStack, tmp_path: Path
 ) -> None:
