@@ -6,12 +6,12 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask, Response
+from flask import Flask, Response, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
 from gateway.config import Settings
-from gateway.errors import GatewayError, error_body, to_response
+from gateway.errors import BadRequest, GatewayError, error_body, to_response
 from gateway.services import Services
 
 log = logging.getLogger("gateway")
@@ -51,6 +51,15 @@ def create_app(
     app.register_blueprint(api.bp)
     app.register_blueprint(access.bp)
     app.register_blueprint(dicomweb.bp)
+
+    @app.before_request
+    def query_is_utf8() -> None:
+        # werkzeug decodes the raw query string as strict UTF-8 when a view first reads request.args: a raw byte
+        # that is not UTF-8 (RFC 3986 allows none, percent-encoded ones are decoded leniently) raised there, a 500
+        try:
+            request.query_string.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest("the query string is not valid UTF-8 (percent-encode its bytes)") from None
 
     @app.errorhandler(GatewayError)
     def gateway_error(error: GatewayError) -> Response:

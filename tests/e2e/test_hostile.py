@@ -89,6 +89,20 @@ def test_http09_request_line_is_a_json_400(stack: RunningStack) -> None:
 # -- 10: every error class a client can trigger is JSON ---------------------------------------------------------
 
 
+INTERNAL_PATHS = [
+    "/_seg/0-1/studies/x.dcm",
+    "/_seg/all/studies/x.dcm",
+    "/_fseg/x",
+    "/_file/x",
+    "/_obj/x",
+    "/_frame/dicomweb/studies/1/series/2/instances/3/frames/1",
+    "/_plan/dicomweb/studies/1",
+    "/_auth",
+    "/_block2/x",
+    "/_dgw/error",
+]
+
+
 def error_cases(ct: dict[str, str]) -> list[tuple[str, bytes, int]]:
     root, study, series, sop = ct["root"], ct["study"], ct["series"], ct["sop"]
     instance = f"{root}/studies/{study}/series/{series}/instances/{sop}"
@@ -142,6 +156,18 @@ def error_cases(ct: dict[str, str]) -> list[tuple[str, bytes, int]]:
         ("range beyond the object", get(instance, Accept="application/dicom", Range="bytes=99999999-"), 416),
         ("unknown transfer encoding", post.format("/api/v1/tokens", "Transfer-Encoding: gzip\r\n", "").encode(), 501),
         ("HTTP/3 on a HTTP/1 socket", b"GET / HTTP/3.0\r\nHost: gw\r\nConnection: close\r\n\r\n", 505),
+        # a raw query byte that is not UTF-8 (a 500 from werkzeug's request.args before), on each kind of route
+        ("raw non-UTF-8 byte in a QIDO query", get(f"{root}/studies?PatientName=\xff"), 400),
+        ("raw non-UTF-8 byte in a metadata query", get(f"{instance}/metadata?x=\xc3"), 400),
+        ("raw non-UTF-8 byte in a rendered query", get(f"{instance}/rendered?quality=\xff"), 400),
+        (
+            "raw non-UTF-8 byte in a WADO-URI query",
+            get(f"{root}/wado?requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={sop}&contentType=\xff"),
+            400,
+        ),
+        ("raw non-UTF-8 byte in the session exchange", get("/api/v1/session?token=\xff"), 400),
+        # NGINX's internal locations asked for directly (a closed connection without an answer, or a 403, before)
+        *((f"internal path {path}", get(path), 404) for path in INTERNAL_PATHS),
     ]
 
 
