@@ -418,7 +418,40 @@ def test_no_token_reaches_any_log_whatever_the_request_looks_like(stack: Running
 def test_answers_nginx_gives_itself_keep_the_query_in_the_access_log(stack: RunningStack) -> None:
     """An error page redirect empties $args: the logged query comes from the request line instead."""
     marker = os.urandom(6).hex()
-    status, headers, body = raw(stack, get(f"/no/such/place?probe={marker}"))
+    status, headers, body = raw(stack, get(f"/no/such/{marker}?probe={marker}&limit=17"))
     assert_json_error(status, headers, body, 404)
     stack.settle_access_log()
-    assert [e["status"] for e in stack.access_log() if e["uri"] == f"/no/such/place?probe={marker}"] == [404]
+    logged = [e["status"] for e in stack.access_log() if e["uri"] == f"/no/such/{marker}?probe=***&limit=17"]
+    assert logged == [404]
+
+
+def test_query_values_that_may_be_phi_or_credentials_never_reach_the_access_log(
+    stack: RunningStack, ct: dict[str, str]
+) -> None:
+    """QIDO matching values can be PHI, and a client may put a credential under any parameter name: the access log
+    (a file on disk, echoed to CloudWatch by the collector) keeps every parameter's name but only the values that
+    name a resource or a representation. The audit still finds the study of a WADO-URI read (its UIDs are kept)."""
+    root, study, series, sop = ct["root"], ct["study"], ct["series"], ct["sop"]
+    secrets_sent = ["DOE^JOHNATHAN", "PID-884422", "ACC-77110", "19570312", "k3y-" + os.urandom(8).hex()]
+    name, patient_id, accession, birth, api_key = secrets_sent
+    requests.get(
+        f"{stack.url}{root}/studies",
+        params={"PatientName": name, "PatientID": patient_id, "00080050": accession, "limit": "5"},
+        timeout=30,
+    )
+    born = {"PatientBirthDate": birth, "includefield": "00100010"}
+    requests.get(f"{stack.url}{root}/studies", params=born, timeout=30)
+    requests.post(f"{stack.url}/api/v1/tokens", params={"api_key": api_key}, json={}, timeout=30)
+    requests.get(f"{stack.url}/api/v1/admin/access", params={"key": api_key}, timeout=30)
+    wado = {"requestType": "WADO", "studyUID": study, "seriesUID": series, "objectUID": sop}
+    requests.get(f"{stack.url}{root}/wado", params={**wado, "contentType": "application/dicom"}, timeout=30)
+    stack.settle_access_log()
+    text = stack.stack.access_log.read_bytes()
+    for value in secrets_sent:
+        assert value.encode() not in text and value.replace("^", "%5E").encode() not in text, value
+    uris = [e["uri"] for e in stack.access_log()]
+    assert f"{root.replace(ct['token'], '***')}/studies?PatientName=***&PatientID=***&00080050=***&limit=5" in uris
+    assert f"{root.replace(ct['token'], '***')}/studies?PatientBirthDate=***&includefield=00100010" in uris
+    assert "/api/v1/tokens?api_key=***" in uris and "/api/v1/admin/access?key=***" in uris
+    wado_query = f"requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={sop}"
+    assert any(uri.endswith(f"/wado?{wado_query}&contentType=application%2Fdicom") for uri in uris), uris
