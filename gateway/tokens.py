@@ -29,7 +29,7 @@ from gateway.uids import is_uid
 
 VERSION = 1
 SALTS = {"read": "dicomgw.read.v1", "write": "dicomgw.write.v1"}
-MAX_TOKEN_LENGTH = 4096  # longer than any token we issue; bigger ones are refused before any work
+MAX_TOKEN_LENGTH = 4096  # no token we issue is longer (``_sign`` refuses); bigger ones are refused before any work
 ACTIONS = ("read", "write")
 # sub travels in a response header to NGINX's audit log: printable ASCII only
 _SUB = re.compile(r"[\x21-\x7e]{1,128}")
@@ -190,6 +190,11 @@ class TokenService:
         )
         token = serializer.dumps(payload)
         assert isinstance(token, str)
+        if len(token) > MAX_TOKEN_LENGTH:  # every transport refuses it: never hand out a token that cannot work
+            raise BadRequest(
+                f"the scope is too large for one token ({len(token)} characters, at most {MAX_TOKEN_LENGTH}): "
+                "issue several tokens with fewer studies or series each"
+            )
         return IssuedToken(token, decode_claims(payload, issued, self.max_ttl))
 
     # -- verifying -------------------------------------------------------------------------------------------
@@ -242,6 +247,9 @@ _CLAIM_NAMES = frozenset({"v", "s", "st", "se", "a", "t", "j", "si", "sx"})
 _ACTION_CODES = {"r": frozenset({"read"}), "w": frozenset({"write"}), "rw": frozenset({"read", "write"})}
 _JTI = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 _MAX_UIDS = 100
+# A session's end lies after the token's issue and within a year of it (``DICOMGW_SESSION_MAX`` caps it far lower).
+# A signed end beyond that (a hand-signed token, an old release) would overflow the date it is shown as: a 500.
+_SESSION_SPAN = 366 * 86400
 
 
 def decode_claims(payload: object, issued: int, max_ttl: int) -> Claims:
@@ -279,7 +287,7 @@ def decode_claims(payload: object, issued: int, max_ttl: int) -> Claims:
         raise TokenInvalid("malformed token claims: session")
     if session is not None and (not isinstance(session, str) or not _JTI.fullmatch(session)):
         raise TokenInvalid("malformed token claims: session")
-    if session_end is not None and (type(session_end) is not int or session_end <= 0):
+    if session_end is not None and (type(session_end) is not int or not issued < session_end <= issued + _SESSION_SPAN):
         raise TokenInvalid("malformed token claims: session")
     return Claims(
         sub=sub,

@@ -4,6 +4,8 @@ fail-closed behaviour, the audit log, CORS, and the WebView cookie exchange."""
 from __future__ import annotations
 
 import http.client
+import random
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -336,6 +338,16 @@ def test_issue_validation(stack: RunningStack, ct: tuple[str, str, str]) -> None
         answer = requests.post(url, json=body, headers=stack.api_headers, timeout=10)
         assert answer.status_code == 400
         assert answer.json() == {"error": "bad_request", "detail": detail}
+    # 100 studies of 64-character UIDs: a token no transport takes (a 201 before, then a 401 everywhere)
+    digits = random.Random(7)
+    studies = ["1.2." + "".join(digits.choice("123456789") for _ in range(60)) for _ in range(100)]
+    too_large = requests.post(url, json={"sub": "a", "studies": studies}, headers=stack.api_headers, timeout=10)
+    assert too_large.status_code == 400
+    assert re.fullmatch(
+        r"the scope is too large for one token \(4[0-9]{3} characters, at most 4096\): issue several tokens with "
+        r"fewer studies or series each",
+        too_large.json()["detail"],
+    )
     bad_key = requests.post(url, json=cases[0][0], headers={"Authorization": "Bearer nope"}, timeout=10)
     assert bad_key.status_code == 401
     good = stack.issue([ct[0]])

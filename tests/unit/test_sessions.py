@@ -86,6 +86,10 @@ def test_revoking_the_session_id_refuses_every_renewed_token(tokens: TokenServic
         {"si": "abc", "sx": "1"},
         {"si": "abc", "sx": 0},
         {"si": 5, "sx": T0},
+        {"si": "abc", "sx": T0},  # ends when it was issued
+        {"si": "abc", "sx": T0 + 367 * 86400},  # beyond any session
+        {"si": "abc", "sx": 10**20},  # a date Python cannot show: renew answered 500
+        {"si": "abc", "sx": 2**63},
     ],
 )
 def test_malformed_session_claims_are_refused(tokens: TokenService, extra: dict[str, object]) -> None:
