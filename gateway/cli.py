@@ -31,7 +31,7 @@ def stack() -> None:
 
 
 @stack.command("up")
-@click.option("--port", default=8080, show_default=True, help="Port NGINX listens on.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535), help="Port NGINX listens on.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address NGINX listens on.")
 @click.option("--storage", "storage_url", default="", help="Storage URL (default file://$PWD/var/objects).")
 @click.option(

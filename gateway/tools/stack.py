@@ -11,6 +11,7 @@ its parts share its paths and processes; split, each piece would pass the whole 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import signal
@@ -35,14 +36,26 @@ class StackError(RuntimeError):
     """A start-up problem with a message meant for a person (no traceback)."""
 
 
-def port_is_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+def check_listen(host: str, port: int) -> None:
+    """StackError (one line) unless NGINX can listen on ``host``:``port``: an IPv4 or IPv6 address of this machine
+    (or a name resolving to one) and a free port."""
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError):
+        raise StackError(f"cannot listen on {host!r}: not an address or a name that resolves") from None
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind((host, port))
-        except OSError:
-            return False
-    return True
+            probe.bind(address)
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise StackError(f"port {port} on {host} is already in use: choose another with --port") from None
+            raise StackError(f"cannot listen on {host} port {port}: {error.strerror}") from None
+
+
+def netloc(host: str, port: int) -> str:
+    """``host:port`` as URLs and NGINX's listen write it (an IPv6 address in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -135,7 +148,7 @@ class Stack:
     # -- paths ---------------------------------------------------------------------------------------------------
     @property
     def url(self) -> str:
-        return f"{'https' if self.tls else 'http'}://{'localhost' if self.tls else self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{netloc('localhost' if self.tls else self.host, self.port)}"
 
     @property
     def nginx_dir(self) -> Path:
@@ -188,7 +201,7 @@ class Stack:
     def nginx_values(self) -> dict[str, str]:
         run = self.run_dir
         values = {
-            "DICOMGW_LISTEN": f"{self.host}:{self.port}",
+            "DICOMGW_LISTEN": netloc(self.host, self.port),
             "DICOMGW_LISTEN_OPTIONS": "ssl http2" if self.tls else "",
             "DICOMGW_TLS_CONF": "conf.d/snippets/dgw-tls-on.conf"
             if self.tls
@@ -245,8 +258,7 @@ class Stack:
             raise StackError(
                 "nginx is not installed: install the Debian package 'nginx' (apt-get install nginx)"
             )
-        if not port_is_free(self.host, self.port):
-            raise StackError(f"port {self.port} on {self.host} is already in use: choose another with --port")
+        check_listen(self.host, self.port)
         self.prepare()
         try:
             self._start_processes(timeout)

@@ -160,6 +160,45 @@ def test_busy_port_is_a_clear_message(tmp_path: Path) -> None:
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (("--port", "99999"), "Invalid value for '--port': 99999 is not in the range 1<=x<=65535."),
+        (("--port", "-1"), "Invalid value for '--port': -1 is not in the range 1<=x<=65535."),
+        (("--host", "999.1.1.1"), "Error: cannot listen on '999.1.1.1': not an address or a name that resolves"),
+        (("--host", "192.0.2.7"), "Error: cannot listen on 192.0.2.7 port {port}: Cannot assign requested address"),
+    ],
+    ids=["port-too-large", "port-negative", "host-no-address", "host-not-ours"],
+)
+def test_a_bad_port_or_host_is_one_clear_line(tmp_path: Path, flags: tuple[str, ...], message: str) -> None:
+    """A port out of range was a traceback and a host that is not this machine's a false "port in use"."""
+    port = free_port()
+    process = _start(tmp_path / "var", port, *flags)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode in (1, 2), err
+    assert message.format(port=port) in err and "Traceback" not in err, err
+    assert not _processes_mentioning(str(tmp_path / "var"))
+
+
+def test_stack_up_on_ipv6_loopback(tmp_path: Path) -> None:
+    """``--host ::1`` was refused as "port in use" (the probe spoke IPv4 only); NGINX needs it in brackets."""
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+            port = probe.getsockname()[1]
+    except OSError:
+        pytest.skip("this machine has no IPv6 loopback")
+    process = _start(tmp_path / "var", port, "--host", "::1")
+    try:
+        _wait_ready(f"http://[::1]:{port}", process)
+        assert requests.get(f"http://[::1]:{port}/healthz", timeout=10).json() == {"status": "ok"}
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert f"http://[::1]:{port}" in out
+
+
 def test_tls_http2_and_secure_cookie(tmp_path: Path) -> None:
     urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
     stack = Stack(tmp_path / "var", port=free_port(), tls=True)
