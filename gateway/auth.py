@@ -24,7 +24,10 @@ from gateway.scope import Scope
 from gateway.tokens import MAX_TOKEN_LENGTH, Claims, TokenService
 from gateway.uids import is_uid
 
-COOKIE_NAMES = ("__Host-dicomgw_token", "dicomgw_token")
+# The session cookie's name: ``__Host-`` over TLS (the browser then takes it only from a secure origin, for this host
+# and path "/"), the plain name otherwise. Only the name of the deployment's mode is read: with both accepted, an
+# unprefixed cookie planted by a sibling subdomain or over plain HTTP was used once the real one expired.
+SECURE_COOKIE_NAME, PLAIN_COOKIE_NAME = "__Host-dicomgw_token", "dicomgw_token"
 _TOKEN_CHARS = re.compile(r"[A-Za-z0-9_.\-]+")
 READ_METHODS = frozenset({"GET", "HEAD"})
 API_KEY_JTI = "api-key"  # the jti of an API key's claims (no token id: the label names the caller)
@@ -59,16 +62,17 @@ def query_token(query: str) -> str | None:
     return found[0] if found else None
 
 
-def cookie_token(header: str) -> str | None:
-    """The token cookie; ``__Host-dicomgw_token`` wins over ``dicomgw_token``, the first cookie of a name counts."""
-    found: dict[str, str] = {}
+def cookie_name(tls: bool) -> str:
+    """The session cookie's name for a deployment served over TLS (``DICOMGW_TLS``) or not."""
+    return SECURE_COOKIE_NAME if tls else PLAIN_COOKIE_NAME
+
+
+def cookie_token(header: str, name: str = PLAIN_COOKIE_NAME) -> str | None:
+    """The value of the first cookie called ``name`` (``cookie_name``); any other cookie is ignored."""
     for part in header.split(";"):
-        name, _, value = part.strip().partition("=")
-        if name in COOKIE_NAMES and name not in found:
-            found[name] = value.strip('"')
-    for name in COOKIE_NAMES:
-        if name in found:
-            return found[name]
+        key, _, value = part.strip().partition("=")
+        if key == name:
+            return value.strip('"')
     return None
 
 
@@ -150,8 +154,10 @@ class Authorizer:
         refresh: float = 2.0,
         clock: Callable[[], float] = time.time,
         load_generations: Callable[[int], dict[str, int]] | None = None,
+        cookie: str = PLAIN_COOKIE_NAME,
     ) -> None:
         self.tokens = tokens
+        self.cookie = cookie  # the one cookie name read (``cookie_name``)
         self._api_keys = tuple((key.secret.encode(), key.label) for key in api_keys)
         self._clock = clock
         self._revoked: Reloaded[set[str]] = Reloaded(load_revoked, set(), refresh, clock)
@@ -230,7 +236,7 @@ class Authorizer:
                 via.append("api-key" if bearer.jti == API_KEY_JTI else "bearer")
         if not granted and cookie_header:
             # Ambient: the browser sends it whatever the page meant, so it never vetoes nor joins an explicit one.
-            token = cookie_token(cookie_header)
+            token = cookie_token(cookie_header, self.cookie)
             if token:
                 if not well_formed(token):
                     raise TokenInvalid("malformed token")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway import nginx_contract as nginx
-from gateway.auth import Authorizer
+from gateway.auth import Authorizer, cookie_name
 from gateway.catalog import Catalog
 from gateway.config import Settings
 from gateway.dicomweb.wado import Planner
@@ -63,6 +63,7 @@ class Services:
             catalog.revoked_jtis,
             settings.revocation_refresh,
             load_generations=catalog.generations,
+            cookie=cookie_name(settings.tls),
         )
         local = settings.storage_url.startswith("file://")  # NGINX reads the local folder itself
         planner = Planner(

@@ -10,8 +10,9 @@ from urllib.parse import quote
 from flask import Blueprint, Response, jsonify, redirect, request
 from werkzeug.wrappers import Response as WerkzeugResponse
 
+from gateway.auth import cookie_name, cookie_token
 from gateway.catalog.deletions import Target
-from gateway.errors import BadRequest, InvalidPath, NotFound, TokenMissing
+from gateway.errors import BadRequest, InvalidPath, NotFound, TokenMissing, TokenRevoked
 from gateway.lifecycle import check_reason, summary
 from gateway.numbers import parse_int
 from gateway.tokens import Claims
@@ -73,25 +74,35 @@ def session_fields(claims: Claims) -> dict[str, Any]:
 @bp.post("/tokens/renew")
 def renew_token() -> tuple[Response, int]:
     """A viewer's renewal: ``{"token": ...}`` in the body (never in a URL, which logs keep), a fresh token of the
-    same session in the answer, until the session's end or its revocation (401 then, as for a read)."""
+    same session in the answer, until the session's end or its revocation (401 then, as for a read). ``{}`` renews
+    the session cookie instead (the WebView flow, whose page holds no token): the fresh token goes into the cookie,
+    never into the body. Only a JSON body is read, so a cross-site form cannot post one without a CORS preflight."""
     body = request.get_json(silent=True)
-    if not isinstance(body, dict) or set(body) != {"token"} or not isinstance(body["token"], str):
-        raise BadRequest('the body must be {"token": "<the current token>"}')
-    if not body["token"]:
-        raise TokenMissing("no token to renew")
     srv = services()
+    in_cookie = body == {}
+    if in_cookie:
+        token = cookie_token(request.headers.get("Cookie", ""), srv.authorizer.cookie) or ""
+    elif isinstance(body, dict) and set(body) == {"token"} and isinstance(body["token"], str):
+        token = body["token"]
+    else:
+        raise BadRequest('the body must be {"token": "<the current token>"}, or {} to renew the session cookie')
+    if not token:
+        raise TokenMissing("no token to renew")
     now = int(time.time())
-    issued = srv.tokens.renew(body["token"], srv.authorizer.revoked(), now=now)
+    issued = srv.tokens.renew(token, srv.authorizer.revoked(), now=now)
     payload = {
-        "token": issued.token,
         "expires_at": iso(issued.claims.expires_at),
         "expires_in": issued.claims.expires_at - now,
         "jti": issued.claims.jti,
         **session_fields(issued.claims),
         "session_expires_in": (issued.claims.session_expires_at or now) - now,
     }
+    if not in_cookie:
+        payload = {"token": issued.token, **payload}
     response = jsonify(payload)
     response.headers["Cache-Control"] = "no-store"
+    if in_cookie:
+        set_session_cookie(response, issued.token, issued.claims)
     return response, 200
 
 
@@ -125,6 +136,9 @@ def safe_next(value: str) -> str:
     return value
 
 
+COOKIE_AFTER_END_SECONDS = 60  # how long the session cookie outlives its token (``set_session_cookie``)
+
+
 @bp.get("/session")
 def session() -> WerkzeugResponse:
     """Trade a URL token for a first-party HttpOnly cookie (mobile WebViews), then 303 to ``next``."""
@@ -136,21 +150,28 @@ def session() -> WerkzeugResponse:
     claims = srv.tokens.verify(token, "read")
     revoked = srv.authorizer.revoked()
     if claims.jti in revoked or (claims.session is not None and claims.session in revoked):
-        raise TokenMissing("token revoked")
-    settings = srv.settings
+        raise TokenRevoked("token revoked")
     response = redirect(target, code=303)
-    name = "__Host-dicomgw_token" if settings.tls else "dicomgw_token"
+    set_session_cookie(response, token, claims)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def set_session_cookie(response: WerkzeugResponse, token: str, claims: Claims) -> None:
+    """The HttpOnly session cookie holding ``token``. It outlives the token (or its session) by a minute: a renewal
+    or a read just after the end still presents it and is told ``token_expired``, not ``token_missing``, which the
+    viewer can only show as a withdrawn link. An expired token opens nothing."""
+    settings = services().settings
+    end = claims.session_expires_at or claims.expires_at
     response.set_cookie(
-        name,
+        cookie_name(settings.tls),
         token,
-        max_age=max(0, claims.expires_at - int(time.time())),
+        max_age=max(0, end - int(time.time())) + COOKIE_AFTER_END_SECONDS,
         path="/",
         secure=settings.tls,
         httponly=True,
         samesite=settings.cookie_samesite,
     )
-    response.headers["Cache-Control"] = "no-store"
-    return response
 
 
 # -- admin: quarantine and audit (API key) -------------------------------------------------------------------

@@ -226,6 +226,11 @@ def test_tls_http2_and_secure_cookie(tmp_path: Path) -> None:
         cookie = answer.headers["Set-Cookie"]
         assert cookie.startswith("__Host-dicomgw_token=")
         assert "Secure" in cookie and "HttpOnly" in cookie and "Path=/" in cookie and "Domain" not in cookie
+        # over TLS only the __Host- cookie counts: a plain one may come from a sibling subdomain or plain HTTP
+        studies = f"{stack.url}/dicomweb/studies"
+        for name, status in (("__Host-dicomgw_token", 200), ("dicomgw_token", 401)):
+            read = requests.get(studies, headers={"Cookie": f"{name}={token}"}, verify=False, timeout=10)  # noqa: S501
+            assert read.status_code == status, (name, read.text)
     finally:
         stack.stop()
 

@@ -303,6 +303,69 @@ def test_session_cookie_exchange(stack: RunningStack, ct: tuple[str, str, str]) 
     assert jar.status_code == 200
 
 
+def test_the_session_cookie_is_renewed_by_posting_an_empty_object(
+    stack: RunningStack, ct: tuple[str, str, str]
+) -> None:
+    """The WebView flow's page holds no token: ``POST /api/v1/tokens/renew`` with ``{}`` renews the session cookie
+    itself (the fresh token only in Set-Cookie, never in the body). A revoked token is ``token_revoked`` at the
+    cookie exchange (it said ``token_missing``); a JSON body is required (a form cannot post one cross-site)."""
+    study, series, _ = ct
+    issued = stack.issue([study], ttl=60, session_max=600)
+    exchange = requests.Session()
+    opened = exchange.get(
+        f"{stack.url}/api/v1/session", params={"token": issued["token"], "next": "/viewer/"}, allow_redirects=False
+    )
+    assert opened.status_code == 303
+    renewed = exchange.post(f"{stack.url}/api/v1/tokens/renew", json={}, timeout=10)
+    assert renewed.status_code == 200, renewed.text
+    body = renewed.json()
+    assert "token" not in body and body["session"] == issued["session"] and body["jti"] != issued["jti"]
+    assert 0 < body["expires_in"] <= 60 and 0 < body["session_expires_in"] <= 600
+    cookie = renewed.headers["Set-Cookie"]
+    fresh = exchange.cookies["dicomgw_token"]
+    assert fresh != issued["token"] and cookie.startswith(f"dicomgw_token={fresh};")
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Path=/" in cookie
+    assert fresh not in renewed.text
+    listed = exchange.get(f"{stack.url}/dicomweb/studies/{study}/series/{series}/instances", timeout=10)
+    assert listed.status_code == 200
+    as_form = exchange.post(f"{stack.url}/api/v1/tokens/renew", data="{}", timeout=10)  # text/plain: no preflight
+    assert as_form.status_code == 400
+    no_cookie = requests.post(f"{stack.url}/api/v1/tokens/renew", json={}, timeout=10)
+    assert (no_cookie.status_code, no_cookie.json()["error"]) == (401, "token_missing")
+    revoke = requests.post(f"{stack.url}/api/v1/tokens/{issued['jti']}/revoke", headers=stack.api_headers, timeout=10)
+    assert revoke.status_code == 204
+    deadline = time.monotonic() + 8  # every worker reloads revocations within DICOMGW_REVOCATION_REFRESH
+    while True:
+        again = requests.get(
+            f"{stack.url}/api/v1/session", params={"token": issued["token"]}, allow_redirects=False, timeout=10
+        )
+        if again.status_code != 303 or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
+    assert (again.status_code, again.json()) == (401, {"error": "token_revoked", "detail": "token revoked"})
+
+
+def test_a_viewer_on_an_allowed_origin_can_renew(stack: RunningStack, ct: tuple[str, str, str]) -> None:
+    """README, Sessions: OHIF or Cornerstone3D on the portal's origin renew with a fetch POST of JSON, which needs a
+    CORS preflight: allowed origins get it (an HTML 200 without CORS headers before), others get no CORS header."""
+    issued = stack.issue([ct[0]], ttl=60, session_max=600)
+    url = f"{stack.url}/api/v1/tokens/renew"
+    ask = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"}
+    preflight = requests.options(url, headers={"Origin": "https://portal.example", **ask}, timeout=10)
+    assert preflight.status_code == 204
+    assert preflight.headers["Access-Control-Allow-Origin"] == "https://portal.example"
+    assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+    assert "Content-Type" in preflight.headers["Access-Control-Allow-Headers"]
+    stranger = requests.options(url, headers={"Origin": "https://evil.example", **ask}, timeout=10)
+    assert "Access-Control-Allow-Origin" not in stranger.headers
+    origin = {"Origin": "https://portal.example"}
+    renewed = requests.post(url, json={"token": issued["token"]}, headers=origin, timeout=10)
+    assert renewed.status_code == 200
+    assert renewed.headers["Access-Control-Allow-Origin"] == "https://portal.example"
+    assert renewed.headers["Content-Type"] == "application/json"
+    assert renewed.json()["token"] != issued["token"]
+
+
 @pytest.mark.parametrize(
     "target",
     [

@@ -144,3 +144,34 @@ def test_session_max_is_capped_and_renewal_refuses_plain_tokens(stack: RunningSt
     assert read.status_code == 200
     stack.settle_access_log()
     assert [e["sub"] for e in stack.access_log() if e["jti"] == body["jti"]] == ["renewer"]
+
+
+@pytest.mark.parametrize("stack", ["file"], indirect=True)
+def test_the_webview_cookie_flow_renews_its_cookie_until_the_session_ends(
+    stack: RunningStack, synthetic: dict[str, Any], browser: Any  # noqa: F811
+) -> None:
+    """README, mobile WebViews: the app opens ``/api/v1/session?token=...&next=/viewer/#study=...``; the page holds
+    no token, so it renews by posting ``{}`` and the gateway renews the HttpOnly cookie. Before, the viewer never
+    renewed in this flow: the cookie expired with the first token and the next series showed the "revoked" screen
+    long before the session's end."""
+    study = study_of(synthetic, "ct")
+    issued = stack.issue([study], ttl=TTL, session_max=SESSION)
+    log = NetworkLog()
+    page = open_page(browser, log)
+    page.goto(f"{stack.url}/api/v1/session?token={issued['token']}&next=/viewer/%23study={study}")
+    wait_ready(page)
+    wait_until(epoch(issued["expires_at"]) + 1)  # the exchanged token has expired
+    ct_b_series = uids_of(synthetic["ct_b"][0])[1]
+    page.click(f"#series button[data-uid='{ct_b_series}']")
+    page.wait_for_selector(f"#viewport[data-state=ready][data-series='{ct_b_series}']")
+    assert page.locator("#error").is_hidden()
+    renewals = [r for r in log.requests if r.url.endswith("/api/v1/tokens/renew")]
+    assert len(renewals) >= 2 and all(r.method == "POST" and r.post_data == "{}" for r in renewals)
+    cookies = {c["name"]: c["value"] for c in page.context.cookies()}
+    assert cookies["dicomgw_token"] != issued["token"]  # renewed in the cookie, never seen by the page
+
+    wait_until(epoch(issued["session_expires_at"]))
+    page.wait_for_selector("#error:not([hidden])", timeout=(TTL + 10) * 1000)
+    assert page.get_attribute("#error", "data-kind") == "expired"
+    assert time.time() >= epoch(issued["session_expires_at"])
+    page.context.close()

@@ -14,6 +14,7 @@ from gateway.auth import (
     api_key_claims,
     bearer_value,
     check_scope,
+    cookie_name,
     cookie_token,
     query_token,
 )
@@ -63,10 +64,16 @@ def test_cookie_token() -> None:
     assert cookie_token("theme=dark") is None
 
 
-def test_host_prefixed_cookie_is_preferred_whatever_the_order() -> None:
-    assert cookie_token("dicomgw_token=plain; __Host-dicomgw_token=host") == "host"
-    assert cookie_token("__Host-dicomgw_token=host; dicomgw_token=plain") == "host"
-    assert cookie_token('__Host-dicomgw_token="quoted"') == "quoted"
+def test_only_the_cookie_name_of_the_deployments_mode_is_read() -> None:
+    """Over TLS only ``__Host-dicomgw_token`` (a plain cookie may be planted by a sibling subdomain or over HTTP),
+    without TLS only ``dicomgw_token``; whatever the order."""
+    secure, plain = cookie_name(tls=True), cookie_name(tls=False)
+    assert (secure, plain) == ("__Host-dicomgw_token", "dicomgw_token")
+    assert cookie_token("dicomgw_token=plain; __Host-dicomgw_token=host", secure) == "host"
+    assert cookie_token("dicomgw_token=plain; __Host-dicomgw_token=host", plain) == "plain"
+    assert cookie_token("dicomgw_token=planted", secure) is None
+    assert cookie_token("__Host-dicomgw_token=host", plain) is None
+    assert cookie_token('__Host-dicomgw_token="quoted"', secure) == "quoted"
     # the first cookie of a name counts
     assert cookie_token("dicomgw_token=first; dicomgw_token=second") == "first"
 

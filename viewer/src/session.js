@@ -4,7 +4,8 @@
 // The exchange is a POST with the current token in the JSON body and the new one in the answer: never in a URL.
 // The new token replaces the old one in memory only; every later request uses it: the DICOMweb client's root, and
 // the image loader's requests (`withCurrentToken` rewrites the `/t/{token}/` prefix of a frame URL registered
-// earlier, so Cornerstone's image ids, and its cache, stay as they are).
+// earlier, so Cornerstone's image ids, and its cache, stay as they are). In the cookie flow (a mobile WebView that
+// opened /api/v1/session) the page holds no token: it posts `{}`, and the gateway renews the HttpOnly cookie itself.
 import { GatewayError } from './dicomweb.js';
 
 export const credential = { token: null };
@@ -23,7 +24,7 @@ async function renewOnce() {
     response = await fetch('/api/v1/tokens/renew', {
       method: 'POST',
       headers: { 'Content-Type': 'application/json' },
-      body: JSON.stringify({ token: credential.token }),
+      body: JSON.stringify(credential.token ? { token: credential.token } : {}),
       credentials: 'same-origin',
       referrerPolicy: 'no-referrer',
       cache: 'no-store',
@@ -49,7 +50,6 @@ async function renewOnce() {
  * with the 401 (expired or revoked). `onRenewed(token)` after each renewal.
  */
 export function keepRenewing(onRenewed, onEnd) {
-  if (!credential.token) return; // the cookie flow: the page holds no token
   const step = async () => {
     const result = await renewOnce();
     if (result.done) return;
@@ -62,8 +62,10 @@ export function keepRenewing(onRenewed, onEnd) {
       return;
     }
     const { token, expires_in: expiresIn, session_expires_in: sessionLeft } = result.body;
-    credential.token = token;
-    onRenewed(token);
+    if (token) {
+      credential.token = token; // the cookie flow gets none: the gateway renewed the cookie
+      onRenewed(token);
+    }
     const wait = expiresIn >= sessionLeft ? expiresIn + 1 : Math.max(1, expiresIn / 2);
     setTimeout(step, wait * 1000);
   };
