@@ -54,7 +54,8 @@ def _split_outside_quotes(value: str, sep: str) -> list[str]:
 
 
 def parse_accept(value: str) -> list[MediaRange]:
-    """Media ranges in preference order (q descending, then as written). Malformed entries are skipped."""
+    """Media ranges in preference order (q descending, then as written; ``q=0`` ones, "not acceptable", last).
+    Malformed entries are skipped."""
     ranges: list[tuple[float, int, MediaRange]] = []
     for index, item in enumerate(_split_outside_quotes(value, ",")):
         pieces = _split_outside_quotes(item, ";")
@@ -79,8 +80,7 @@ def parse_accept(value: str) -> list[MediaRange]:
                     q = 0.0
             elif name:
                 params[name] = raw.lower().replace(" ", "+") if name == "type" else raw  # "+" as above
-        if q > 0:
-            ranges.append((-q, index, MediaRange(media_type, params, q)))
+        ranges.append((-q, index, MediaRange(media_type, params, q)))
     return [r for _, _, r in sorted(ranges, key=lambda t: (t[0], t[1]))]
 
 
@@ -116,9 +116,16 @@ def negotiate(accept: str, offers: list[Offer]) -> Offer:
     if not ranges:
         return default
     default_part = default.part_type
+    # RFC 9110 12.4.2: q=0 means "not acceptable": an offer such a range matches is never chosen, and a header of
+    # q=0 ranges only accepts nothing (it was read as no header at all, which accepts anything)
+    refused = [r for r in ranges if r.q == 0]
     for media_range in ranges:
+        if media_range.q == 0:
+            break
         for offer in offers:
-            if _matches(media_range, offer, default_part):
+            if _matches(media_range, offer, default_part) and not any(
+                _matches(no, offer, default_part) for no in refused
+            ):
                 return offer
     raise NotAcceptable(
         "none of the accepted media types can be produced from the stored data (no transcoding)"

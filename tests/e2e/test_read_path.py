@@ -97,6 +97,9 @@ def test_ct_frame_matches_pixel_data(stack: RunningStack, synthetic: dict[str, A
         ("multipart/related; type=application/octet-stream; transfer-syntax=1.2.840.10008.1.2.4.50", 406),
         ("image/png", 406),
         ("text/html, application/octet-stream;q=0.5", 200),
+        # q=0 is "not acceptable" (RFC 9110 12.4.2): refusals only are a 406, not the default representation
+        ("*/*;q=0", 406),
+        ("multipart/related;q=0, application/octet-stream;q=0", 406),
     ],
 )
 def test_frame_accept_negotiation(
@@ -104,6 +107,16 @@ def test_frame_accept_negotiation(
 ) -> None:
     answer = requests.get(f"{instance_url(roots, synthetic['ct'][0])}/frames/1", headers={"Accept": accept}, timeout=30)
     assert answer.status_code == status
+
+
+def test_json_refused_with_q_zero_is_a_406(
+    stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]
+) -> None:
+    """QIDO and metadata answer only DICOM JSON: a client refusing it (q=0) gets a 406, not JSON."""
+    url = instance_url(roots, synthetic["ct"][0])
+    for target in (f"{url}/metadata", url.rsplit("/instances/", 1)[0] + "/instances"):
+        answer = requests.get(target, headers={"Accept": "application/dicom+json;q=0"}, timeout=30)
+        assert (answer.status_code, answer.headers["Content-Type"]) == (406, "application/json"), target
 
 
 def test_accept_query_parameter_wins(stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]) -> None:

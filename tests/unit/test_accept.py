@@ -60,9 +60,12 @@ def test_parse_commas_and_semicolons_inside_quotes() -> None:
     ]
 
 
-def test_parse_skips_malformed_and_q_zero() -> None:
+def test_parse_skips_malformed_and_puts_q_zero_last() -> None:
     assert parse_accept("garbage, , ;q=1, image/png;q=0, image/gif;q=abc, image/jp2;q=0.0, image/jpeg") == [
-        MediaRange("image/jpeg")
+        MediaRange("image/jpeg"),
+        MediaRange("image/png", {}, 0.0),
+        MediaRange("image/gif", {}, 0.0),
+        MediaRange("image/jp2", {}, 0.0),
     ]
 
 
@@ -170,9 +173,16 @@ def test_negotiate_bulkdata_default_depends_on_offer_order() -> None:
     assert negotiate("multipart/related; type=application/octet-stream", BULK_RANGE_OFFERS) == BULK_OFFERS[0]
 
 
-def test_only_refusals_count_as_no_accept_header() -> None:
-    """Every range has q=0: treated as if the header were absent (RFC 9110 12.5.1 allows disregarding it)."""
-    assert negotiate("image/jpeg;q=0, application/octet-stream;q=0", FRAME_OFFERS) == FRAME_OFFERS[0]
+def test_q_zero_is_not_acceptable() -> None:
+    """RFC 9110 12.4.2: q=0 means "not acceptable". A header of refusals only accepts nothing (a 406; it was read
+    as no header, which sent the very type refused), and a refusal excludes what a wider range would accept."""
+    with pytest.raises(NotAcceptable):
+        negotiate("image/jpeg;q=0, application/octet-stream;q=0", FRAME_OFFERS)
+    with pytest.raises(NotAcceptable):
+        negotiate("application/dicom+json;q=0", [Offer("application/dicom+json", "", False)])
+    with pytest.raises(NotAcceptable):  # the one image/* offer of a single frame is the refused image/jpeg
+        negotiate("image/*;q=0.5, image/jpeg;q=0", FRAME_OFFERS)
+    assert negotiate("image/*;q=0.5, image/jpeg;q=0, application/octet-stream;q=0.1", FRAME_OFFERS) == FRAME_OFFERS[3]
 
 
 def test_negotiate_without_offers() -> None:
