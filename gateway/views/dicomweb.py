@@ -16,7 +16,7 @@ from flask import Blueprint, Response, request
 
 from gateway import fastjson
 from gateway.catalog.deletions import Target
-from gateway.dicomweb.accept import Offer, negotiate
+from gateway.dicomweb.accept import Offer, negotiate, parse_accept
 from gateway.dicomweb.multipart import iter_parts, parse_content_type
 from gateway.dicomweb.qido import parse_qido
 from gateway.dicomweb.stow import StowBatch
@@ -363,7 +363,10 @@ def wado() -> Response:
         # nothing is de-identified on the way out: ignoring the request would send identified data to a client
         # that asked for none (fail closed)
         raise BadRequest("anonymize=yes is not supported: objects are served as stored")
-    content_type = args.get("contentType", "").split(";")[0].strip()
+    # PS3.18 9 (URI service): contentType takes Accept's syntax, a list with q-values; the most preferred type
+    # decides between the object and a rendering (the first type alone, parameters and all, was read before)
+    listed = [r for r in parse_accept(args.get("contentType", "")) if r.q > 0]
+    content_type = listed[0].media_type if listed else ""
     if not content_type and "transferSyntax" in args:
         content_type = "application/dicom"  # a client naming a transfer syntax asks for the object, not an image
     if not content_type or content_type == "application/dicom":
@@ -381,4 +384,4 @@ def wado() -> Response:
     if args.get("requestType") != "WADO":
         raise BadRequest("requestType must be WADO")
     frame = parse_int(args.get("frameNumber") or "1", "frameNumber", low=1)
-    return render_instance(services(), study, series, sop, frame, args, content_type)
+    return render_instance(services(), study, series, sop, frame, args, args.get("contentType") or content_type)

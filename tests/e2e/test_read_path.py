@@ -320,6 +320,32 @@ def test_wado_uri(stack: RunningStack, synthetic: dict[str, Any], roots: dict[st
         }
 
 
+@pytest.mark.parametrize(
+    ("content_type", "expected"),
+    [
+        ("application/dicom,image/jpeg", "application/dicom"),
+        ("image/jpeg;q=0.5,application/dicom", "application/dicom"),
+        ("image/jpeg;q=0.5,image/png", "image/png"),
+        ("image/png;q=0.4, image/jpeg;q=0.6", "image/jpeg"),
+        ("application/dicom;q=0.1, image/png", "image/png"),
+    ],
+)
+def test_wado_uri_content_type_is_a_list_with_q_values(
+    stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str], content_type: str, expected: str
+) -> None:
+    """PS3.18 9 (URI service): contentType has Accept's syntax. Only the first type, cut at its first ";", was read:
+    a list whose first entry was DICOM was rendered, and q-values were ignored."""
+    path = synthetic["ct"][0]
+    study, series, sop = uids_of(path)
+    params = {"requestType": "WADO", "studyUID": study, "seriesUID": series, "objectUID": sop}
+    answer = requests.get(f"{roots[study]}/wado", params={**params, "contentType": content_type}, timeout=30)
+    assert (answer.status_code, answer.headers["Content-Type"]) == (200, expected)
+    if expected == "application/dicom":
+        assert answer.content == path.read_bytes()
+    else:
+        assert answer.content.startswith(b"\x89PNG" if expected == "image/png" else b"\xff\xd8")
+
+
 def test_wado_uri_transfer_syntax_names_the_stored_one_or_is_refused(
     stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]
 ) -> None:
