@@ -156,15 +156,14 @@ def _metadata(study: str, series: str | None = None, instance: str | None = None
     if not rows:
         raise NotFound("no instances")
     parts = []
+    # BulkDataURIs are stored relative to their instance; clients get them absolute, under the root they used (a
+    # path token stays in it), as RetrieveURLs are: PS3.18 F.2.2 calls the value "the WADO-RS URL" of the bulk
+    # data, and clients such as dicomweb-client fetch it as given (a relative one failed there).
+    root = json.dumps(f"{public_base()}{dicomweb_root()}/studies/")[1:-1]
     for row in rows:
         text = row.metadata or "[]"
-        # BulkDataURIs are stored relative to the instance; make them relative to the URL that was asked for.
-        if instance is None:
-            prefix = (
-                f"instances/{row.sop_uid}/" if series else f"series/{row.series_uid}/instances/{row.sop_uid}/"
-            )
-            text = text.replace('"BulkDataURI":"bulkdata/', f'"BulkDataURI":"{prefix}bulkdata/')
-        parts.append(text)
+        prefix = f"{root}{row.study_uid}/series/{row.series_uid}/instances/{row.sop_uid}/"
+        parts.append(text.replace('"BulkDataURI":"bulkdata/', f'"BulkDataURI":"{prefix}bulkdata/'))
     body = ("[" + ",".join(parts) + "]").encode()
     response = dicom_json(body)
     response.set_etag(hashlib.sha256(body).hexdigest()[:32])

@@ -61,9 +61,15 @@ def test_metadata_frames_and_bulkdata(ct_client: DICOMwebClient, synthetic: dict
     assert len(ct_client.retrieve_study_metadata(study)) == len(synthetic["ct"]) + len(synthetic["ct_b"])
     [frame] = ct_client.retrieve_instance_frames(study, series, sop, frame_numbers=[1])
     assert frame == pixels
-    base = f"{ct_client.base_url}/studies/{study}/series/{series}/instances/{sop}/"
-    [bulk] = ct_client.retrieve_bulkdata(base + metadata["7FE00010"]["BulkDataURI"])
+    # the URI exactly as the metadata gives it: absolute, under the client's root (a relative one made the
+    # unmodified client fail with MissingSchema)
+    uri = metadata["7FE00010"]["BulkDataURI"]
+    assert uri == f"{ct_client.base_url}/studies/{study}/series/{series}/instances/{sop}/bulkdata/7FE00010"
+    [bulk] = ct_client.retrieve_bulkdata(uri)
     assert bulk == pixels
+    for instance_metadata in ct_client.retrieve_series_metadata(study, series):
+        [bulk] = ct_client.retrieve_bulkdata(instance_metadata["7FE00010"]["BulkDataURI"])
+        assert len(bulk) == len(pixels)
 
 
 def test_wsi_frame_list(stack: RunningStack, synthetic: dict[str, Any]) -> None:
@@ -162,7 +168,9 @@ def test_cli_search_metadata_and_retrieve(
     metadata = json.loads(run_cli(base, "retrieve", "instances", *where, "metadata"))
     assert metadata["00080018"]["Value"] == [sop]
     assert metadata["00280010"]["Value"] == [source.Rows] and metadata["00280011"]["Value"] == [source.Columns]
-    assert metadata["7FE00010"]["BulkDataURI"] == "bulkdata/7FE00010"
+    root = stack.root(token) if transport == "path" else f"{stack.url}/dicomweb"
+    bulk = f"{root}/studies/{study}/series/{series}/instances/{sop}/bulkdata/7FE00010"
+    assert metadata["7FE00010"]["BulkDataURI"] == bulk
     series_metadata = json.loads(run_cli(base, "retrieve", "series", "--study", study, "--series", series, "metadata"))
     assert sorted(m["00080018"]["Value"][0] for m in series_metadata) == sorted(uids_of(p)[2] for p in ct)
 

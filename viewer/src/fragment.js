@@ -35,7 +35,7 @@ export function takeLinkFromLocation(win = window) {
   return parts;
 }
 
-/** The DICOMweb root for a token (path prefix form, so relative BulkDataURIs keep it) or the cookie root. */
+/** The DICOMweb root for a token (path prefix form, so the URLs the gateway returns keep it) or the cookie root. */
 export function dicomwebRoot(token) {
   return token ? `/t/${token}/dicomweb` : '/dicomweb';
 }
