@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
 from gateway.errors import ConfigError
 
@@ -247,6 +248,33 @@ def _flag(name: str, value: str) -> bool:
     raise ConfigError(PREFIX + name, f"expected 0 or 1, got {value!r}")
 
 
+def _public_url(value: str) -> str:
+    """``DICOMGW_PUBLIC_URL``: empty, or an http(s) URL with a host and no query or fragment (it prefixes every URL
+    the gateway hands out: a value such as ``notaurl`` made viewer URLs that open nothing)."""
+    if not value:
+        return ""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigError(PREFIX + "PUBLIC_URL", f"must be an http:// or https:// URL with a host: {value!r}")
+    return value.rstrip("/")
+
+
+def _origin(value: str) -> str:
+    """One ``DICOMGW_CORS_ORIGINS`` entry: a browser origin, ``scheme://host[:port]``, exactly as browsers send it
+    (no path, no trailing slash, no ``*``: an entry that can never match was accepted silently)."""
+    parts = urlsplit(value)
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or "*" in value
+        or value != f"{parts.scheme}://{parts.netloc}"
+    ):
+        raise ConfigError(
+            PREFIX + "CORS_ORIGINS", f"each entry must be an origin such as https://portal.example.org: {value!r}"
+        )
+    return value
+
+
 def _int(name: str, value: str, minimum: int = 0) -> int:
     try:
         number = int(value)
@@ -383,8 +411,8 @@ class Settings:
             storage_url=storage,
             database_url=database,
             phi_policy=Path(policy) if policy else None,
-            public_url=values["PUBLIC_URL"].rstrip("/"),
-            cors_origins=_split(values["CORS_ORIGINS"]),
+            public_url=_public_url(values["PUBLIC_URL"]),
+            cors_origins=tuple(_origin(origin) for origin in _split(values["CORS_ORIGINS"])),
             token_max_ttl=max_ttl,
             token_default_ttl=min(_int("TOKEN_DEFAULT_TTL", values["TOKEN_DEFAULT_TTL"], 1), max_ttl),
             session_max=_int("SESSION_MAX", values["SESSION_MAX"], 1),

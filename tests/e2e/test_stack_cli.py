@@ -553,8 +553,18 @@ def test_container_gunicorn_migrates_once_in_the_master(tmp_path: Path) -> None:
             {},
             "DICOMGW_DATABASE_URL: cannot open the catalog: unable to open database file",
         ),
+        (
+            (),
+            {"DICOMGW_CORS_ORIGINS": "*"},
+            "DICOMGW_CORS_ORIGINS: each entry must be an origin such as https://portal.example.org: '*'",
+        ),
+        (
+            (),
+            {"DICOMGW_PUBLIC_URL": "notaurl"},
+            "DICOMGW_PUBLIC_URL: must be an http:// or https:// URL with a host: 'notaurl'",
+        ),
     ],
-    ids=["short-signing-key", "missing-policy", "relative-storage", "catalog-cannot-open"],
+    ids=["short-signing-key", "missing-policy", "relative-storage", "catalog-cannot-open", "cors-star", "public-url"],
 )
 def test_start_up_failure_is_one_line(
     tmp_path: Path, flags: tuple[str, ...], env: dict[str, str], message: str

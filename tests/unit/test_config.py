@@ -104,6 +104,25 @@ def test_missing_required_value_names_it(name: str, missing: str | None) -> None
         ({"BULKDATA_THRESHOLD": "1k"}, "BULKDATA_THRESHOLD", "expected an integer, got '1k'"),
         ({"MODE": "test"}, "MODE", "expected production or development"),
         ({"PHI_POLICY": "/nonexistent/policy.toml"}, "PHI_POLICY", "no such file: /nonexistent/policy.toml"),
+        ({"PUBLIC_URL": "notaurl"}, "PUBLIC_URL", "must be an http:// or https:// URL with a host: 'notaurl'"),
+        (
+            {"PUBLIC_URL": "javascript:alert(1)"},
+            "PUBLIC_URL",
+            "must be an http:// or https:// URL with a host: 'javascript:alert(1)'",
+        ),
+        (
+            {"PUBLIC_URL": "https://dicom.example.org/?x=1"},
+            "PUBLIC_URL",
+            "must be an http:// or https:// URL with a host: 'https://dicom.example.org/?x=1'",
+        ),
+        *(
+            (
+                {"CORS_ORIGINS": f"https://ok.example,{origin}"},
+                "CORS_ORIGINS",
+                f"each entry must be an origin such as https://portal.example.org: {origin!r}",
+            )
+            for origin in ("*", "portal.example", "http://a.example/path", "https://a.example/", "https://*.example")
+        ),
     ],
 )
 def test_bad_values_name_their_variable(changes: dict[str, str], variable: str, message: str) -> None:
