@@ -174,6 +174,7 @@ def read_file_meta(fp: BinaryIO, size: int) -> str:
         raise DicomError("not a DICOM Part 10 file (no 'DICM' prefix after the 128-byte preamble)")
     ts: str | None = None
     pos = _PREAMBLE + 4
+    declared: tuple[int, int] | None = None  # (0002,0000)'s value and where the elements it counts begin
     while True:
         hdr = fp.read(8)
         if len(hdr) < 8:
@@ -204,6 +205,15 @@ def read_file_meta(fp: BinaryIO, size: int) -> str:
         pos += length
         if elem == 0x0010:
             ts = value.rstrip(b"\x00 ").decode("ascii", "replace")
+        elif elem == 0x0000 and length == 4:
+            declared = (struct.unpack("<I", value)[0], pos)
+    if declared is not None and declared[0] != pos - declared[1]:
+        # PS3.10 7.1: the group length counts the meta elements after it. Readers disagree on a wrong one:
+        # pydicom ignores it, DCMTK moves elements past it into the data set or gives up on the file.
+        raise DicomError(
+            f"the File Meta Information Group Length (0002,0000) is {declared[0]} bytes, but the file meta "
+            f"elements after it take {pos - declared[1]}"
+        )
     if ts is None:
         raise DicomError("the file meta information has no Transfer Syntax UID (0002,0010)")
     if not is_uid(ts):

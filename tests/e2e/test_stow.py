@@ -157,6 +157,28 @@ def test_a_data_set_naming_an_element_twice_is_refused_and_the_rest_stored(
     assert found.status_code == 204 or found.json() == []
 
 
+@pytest.mark.parametrize("declared", [100, 0x7FFFFFFF])
+def test_a_wrong_file_meta_group_length_is_refused(stack: RunningStack, tmp_path: Path, declared: int) -> None:
+    """PS3.10 7.1: (0002,0000) counts the file meta elements after it. pydicom ignores a wrong value, DCMTK moves
+    elements past it into the data set (or gives up): the readers disagree on the file, so it is refused, as a
+    data set naming an element twice is. It was stored and served as is."""
+    [path] = make_series(tmp_path / "gl", modality="CT", slices=1, rows=16, columns=16, seed=196, clean=True)
+    data = bytearray(path.read_bytes())
+    assert data[132:140] == b"\x02\x00\x00\x00UL\x04\x00"  # (0002,0000) UL, first after the DICM prefix
+    actual = struct.unpack_from("<I", data, 140)[0]
+    struct.pack_into("<I", data, 140, declared)
+    path.write_bytes(bytes(data))
+    answer = stack.stow([path])
+    assert answer.status_code == 409
+    [failure] = failed(answer)
+    assert failure["00081197"]["Value"] == [0xC000]
+    assert failure["00081155"]["Value"] == [uids_of(path)[2]]
+    assert failure["00091001"]["Value"] == [
+        f"the File Meta Information Group Length (0002,0000) is {declared} bytes, but the file meta elements after "
+        f"it take {actual}"
+    ]
+
+
 def test_study_in_url_must_match(stack: RunningStack, tmp_path: Path) -> None:
     [path] = make_series(tmp_path / "d", modality="CT", slices=1, seed=54, clean=True)
     from gateway.dicomweb.multipart import encode_multipart
