@@ -38,6 +38,7 @@ from gateway.phi.pixelfile import CannotClean
 from gateway.phi.pixels import check_ocr, identifier_terms
 from gateway.phi.policy import Destination, Policy, Rule, load_policy
 from gateway.phi.scanner import ScanReport, read_dataset, scan_file, scan_with_values
+from gateway.phi.textrules import identifier_values
 from gateway.spool import spool_prefix
 
 MIN_KEY_LENGTH = 32
@@ -115,7 +116,7 @@ class PhiHook:
         if self.destination_storages is not None and destination.name not in self.destination_storages:
             return self._refuse(rule, report, f"destination {destination.name!r} is not configured")
         if rule.action == "deidentify":
-            return self._deidentify(path, rule, report)
+            return self._deidentify(path, rule, report, dataset)
         if rule.action == "allow" and not destination.identifiable_allowed:
             return self._refuse(
                 rule, report, f"destination {destination.name!r} does not accept identifiable data"
@@ -126,8 +127,11 @@ class PhiHook:
                 return self._refuse(rule, report, problem)
         return self._outcome("accept", rule.action, rule, report, destination=destination.name)
 
-    def _deidentify(self, path: Path, rule: Rule, report: ScanReport) -> HookOutcome:
+    def _deidentify(self, path: Path, rule: Rule, report: ScanReport, dataset: Dataset | None) -> HookOutcome:
         choice = self.policy.on_deidentify_failure
+        # the output is re-scanned against the original's names and IDs too: its own are emptied, and an element
+        # the profile keeps (StationName, DeviceSerialNumber...) may still repeat them
+        known = identifier_values(dataset if dataset is not None else read_dataset(path))
         # named for this process, so that what it leaves if killed mid-write is swept (gateway.spool)
         handle, name = tempfile.mkstemp(prefix=spool_prefix("deid"), suffix=".dcm", dir=self.tmp_dir or path.parent)
         os.close(handle)
@@ -140,9 +144,9 @@ class PhiHook:
         except Exception as exc:  # noqa: BLE001 - a malformed file must give an outcome, never an exception
             output.unlink(missing_ok=True)
             return self._refuse(rule, report, f"cannot de-identify: {type(exc).__name__}", choice)
-        rescan = scan_file(output, self.policy)
+        rescan = scan_file(output, self.policy, known)
         if rule.pixels != "refuse" and rescan.findings and {f.rule for f in rescan.findings} == {BURNED_IN_RULE}:
-            return self._pixels(path, output, rule, report)
+            return self._pixels(path, output, rule, report, known)
         if not rescan.clean:
             output.unlink(missing_ok=True)
             return self._outcome(
@@ -158,7 +162,9 @@ class PhiHook:
             "accept", "deidentify", rule, report, path=output, destination=rule.destination, deidentified=True
         )
 
-    def _pixels(self, path: Path, deidentified: Path, rule: Rule, report: ScanReport) -> HookOutcome:
+    def _pixels(
+        self, path: Path, deidentified: Path, rule: Rule, report: ScanReport, known: tuple[list[str], list[str]]
+    ) -> HookOutcome:
         """Clean or review the burned-in text of a file whose header is already de-identified."""
         choice = self.policy.on_deidentify_failure
         options = self.policy.pixels
@@ -194,7 +200,7 @@ class PhiHook:
             outcome.report["pixels"] = result.to_dict()
             return outcome
         deidentified.unlink(missing_ok=True)
-        rescan = scan_file(cleaned, self.policy)
+        rescan = scan_file(cleaned, self.policy, known)
         if not rescan.clean:
             cleaned.unlink(missing_ok=True)
             return self._outcome(

@@ -202,15 +202,17 @@ class _Scanner:
     file, so its candidates wait, in their place among the findings, until the walk has collected them all
     (``finish``): one walk instead of a second one for the identifiers."""
 
-    def __init__(self, policy: Policy, declared_dates: bool) -> None:
+    def __init__(
+        self, policy: Policy, declared_dates: bool, known: tuple[Iterable[str], Iterable[str]] = ((), ())
+    ) -> None:
         self.policy = policy
         self.options = policy.deidentify.options
         self.declared_dates = declared_dates
         self.table = table()
         self.findings: list[Finding | None] = []
         self._context: tuple[object, object] = (b"", validation_mode())  # of the data set being walked
-        self._names: list[str] = []
-        self._ids: list[str] = []
+        self._names: list[str] = list(known[0])  # ``known``: identifiers from elsewhere (the original file)
+        self._ids: list[str] = list(known[1])
         # free text to match against the identifiers: (its place in ``findings``, path, tag, its values)
         self._pending_text: list[tuple[int, str, int, tuple[str, ...]]] = []
 
@@ -370,10 +372,17 @@ class _Scanner:
             self.add(tag_text(BURNED_IN), BURNED_IN, "burned-in-annotation")
 
 
-def scan_dataset(dataset: Dataset, policy: Policy | None = None, file: str = "") -> ScanReport:
-    """Scan an already-read dataset (read it with ``read_dataset`` so big values stay on disk)."""
+def scan_dataset(
+    dataset: Dataset,
+    policy: Policy | None = None,
+    file: str = "",
+    known: tuple[Iterable[str], Iterable[str]] = ((), ()),
+) -> ScanReport:
+    """Scan an already-read dataset (read it with ``read_dataset`` so big values stay on disk). ``known``: name
+    parts and IDs from elsewhere that free text must not repeat either (a de-identified file is re-scanned with
+    the original's: its own are emptied, so an element the profile keeps could still repeat them unseen)."""
     policy = policy or BASIC
-    scanner = _Scanner(policy, _declares_modified_dates(dataset))
+    scanner = _Scanner(policy, _declares_modified_dates(dataset), known)
     meta = getattr(dataset, "file_meta", None)
     if meta is not None:
         scanner.walk(meta, meta=True)
@@ -410,10 +419,17 @@ def scan_with_values(
         ), {}
 
 
-def scan_file(path: Path | str, policy: Policy | None = None) -> ScanReport:
-    """Scan one Part 10 file. Never raises: an unreadable file gives ``ScanReport(readable=False,
-    error=...)``."""
-    return scan_with_values(path, policy)[0]
+def scan_file(
+    path: Path | str, policy: Policy | None = None, known: tuple[Iterable[str], Iterable[str]] = ((), ())
+) -> ScanReport:
+    """Scan one Part 10 file (``known`` as for ``scan_dataset``). Never raises: an unreadable file gives
+    ``ScanReport(readable=False, error=...)``."""
+    policy = policy or BASIC
+    table()  # a broken installation must fail loudly, not make every file look "unreadable"
+    try:
+        return scan_dataset(read_dataset(Path(path)), policy, str(path), known)
+    except Exception as exc:  # noqa: BLE001 - an unreadable file is a report, never an exception
+        return ScanReport(file=str(path), readable=False, error=_describe(exc), policy_version=policy.version)
 
 
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"|b'[^']*'")

@@ -140,6 +140,14 @@ class Identifiers:
         return cls(names, ids)
 
 
+def identifier_values(dataset: Dataset) -> tuple[list[str], list[str]]:
+    """The patient's name parts and IDs found anywhere in ``dataset`` (what ``Identifiers`` matches text against)."""
+    names: list[str] = []
+    ids: list[str] = []
+    _collect(dataset, names, ids)
+    return names, ids
+
+
 def add_identifier(tag: int, values: Iterable[str], names: list[str], ids: list[str]) -> None:
     """What the values of an ``IDENTIFIER_TAGS`` element add to the patient's name parts or IDs."""
     if tag in _NAME_TAGS:

@@ -33,4 +33,4 @@ def readyz() -> tuple[Response, int]:
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    return Response(gateway_metrics.render(), mimetype=CONTENT_TYPE_LATEST)
+    return Response(gateway_metrics.render(), content_type=CONTENT_TYPE_LATEST)  # mimetype= added a 2nd charset

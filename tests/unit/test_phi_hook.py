@@ -26,7 +26,7 @@ except ImportError:  # collected as a package
 KEY = "h" * 40
 
 
-def make_policy(**options: Any) -> Policy:
+def make_policy(deidentify: dict[str, Any] | None = None, **options: Any) -> Policy:
     def rule(tenant: str, action: str, destination: str | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"id": tenant, "match": {"tenant": tenant}, "action": action}
         if destination:
@@ -55,7 +55,7 @@ def make_policy(**options: Any) -> Policy:
                 rule("route-us", "route", "us"),
                 rule("route-research", "route", "research"),
             ],
-            "deidentify": {"dates": "shift", "cleanDescOpt": True},
+            "deidentify": {"dates": "shift", "cleanDescOpt": True, **(deidentify or {})},
         }
     )
 
@@ -122,6 +122,22 @@ def test_deidentify_refuses_output_that_does_not_rescan_clean(tmp_path: Path) ->
     assert sorted(tmp_path.iterdir()) == before  # the rejected output was removed
     held = PhiHook(make_policy(on_deidentify_failure="quarantine"), KEY)(path, ctx("deid"))
     assert held.action == "quarantine"
+
+
+def test_a_kept_element_repeating_the_original_id_fails_the_rescan(tmp_path: Path) -> None:
+    """The de-identifier keeps StationName and DeviceSerialNumber (K, rtnDevIdOpt); when they repeat the patient's
+    ID the original scan flags them, and so must the re-scan: the output's own ID is emptied, so it is re-scanned
+    against the original's names and IDs (it was stored with the ID in two elements)."""
+    ds = phi_dataset()
+    ds.StationName = ds.PatientID
+    ds.DeviceSerialNumber = f"dev {ds.PatientID}"
+    path = write(ds, tmp_path / "station.dcm")
+    policy = make_policy(deidentify={"rtnDevIdOpt": True})
+    assert {f.path for f in scan_file(path, policy).findings} >= {"(0008,1010)", "(0018,1000)"}
+    outcome = PhiHook(policy, KEY)(path, ctx("deid"))
+    assert outcome.action == "reject" and "free-text-identifier" in outcome.reason, outcome.reason
+    assert set(outcome.audit["rescan_paths"]) == {"(0008,1010)", "(0018,1000)"}
+    assert str(ds.PatientID) not in repr(outcome.audit) + repr(outcome.report)
 
 
 def test_deidentify_failure_is_an_outcome(tmp_path: Path) -> None:
