@@ -60,6 +60,7 @@ OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
 STUDY_MISMATCH = 0xC409  # Referenced Study Instance UID does not match the target resource
 DUPLICATE_DIFFERENT = 0x0111  # Duplicate SOP Instance (with different content)
+QUARANTINED = 0xC4F0  # implementation-specific (gateway.dicomweb.stow_response): held by the data policy
 
 # How long an upload waits for another upload of the same instance to end before it answers 0xA700 (see
 # ``Ingestor._reserve``): a commit takes milliseconds; a killed holder's reservation is taken over at once.
@@ -350,7 +351,10 @@ class Ingestor:
             self.catalog.add_audit(**fields)
 
     def _quarantine(self, path: Path, context: UploadContext, header: Header, outcome: HookOutcome) -> IngestResult:
-        key = "quarantine/" + header.ids.key
+        # One key per quarantined file, not per SOP Instance UID: a later upload of the instance under another rule
+        # (the identifiable original after a de-identified copy held for pixel review) replaced the held file and
+        # its record, and a release then stored what the first rule had kept back. The same bytes again share one.
+        key = f"quarantine/{header.ids.key.removesuffix('.dcm')}.{sha256_of(path)[:16]}.dcm"
         self.storage.put_file(key, path)
         self.catalog.add_quarantine(
             key=key,
@@ -364,7 +368,7 @@ class Ingestor:
         return IngestResult.about(
             header,
             "quarantined",
-            failure_reason=PROCESSING_FAILURE,
+            failure_reason=QUARANTINED,
             detail=outcome.reason or "quarantined for review",
             report=outcome.report,
             storage_key=key,

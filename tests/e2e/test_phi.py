@@ -256,9 +256,28 @@ def test_quarantine_is_never_served_and_can_be_released(phi_stack: RunningStack,
     study, series, sop = uids_of(path)
     answer = stow(phi_stack, [path], tenant="anyone")
     assert answer.status_code == 409
+    [failure] = answer.json()["00081198"]["Value"]
+    assert failure["00081197"]["Value"] == [0xC4F0]  # README: 0xC4F0 quarantined (it said 0x0110)
+    assert failure["00091002"]["Value"] == ["QUARANTINED"]
     assert not visible(phi_stack, sop)
+    # another file of the same SOP Instance UID is held beside it, never in its place (one key per file)
+    ds.InstanceNumber = 2
+    other = tmp_path / "other.dcm"
+    ds.save_as(other)
+    assert stow(phi_stack, [other], tenant="anyone").status_code == 409
+    assert stow(phi_stack, [path], tenant="anyone").status_code == 409  # the same bytes again: the same item
     items = requests.get(f"{phi_stack.url}/api/v1/admin/quarantine", headers=phi_stack.api_headers, timeout=10)
-    [entry] = [i for i in items.json()["items"] if i["sop_uid"] == sop]
+    held = [i for i in items.json()["items"] if i["sop_uid"] == sop]
+    assert len(held) == 2 and len({i["key"] for i in held}) == 2
+    stored = phi_stack.storage()
+
+    def held_bytes(key: str) -> bytes:
+        target = tmp_path / f"held-{key.rsplit('.', 2)[-2]}.dcm"
+        stored.download(key, target)
+        return target.read_bytes()
+
+    assert sorted(held_bytes(i["key"]) for i in held) == sorted([path.read_bytes(), other.read_bytes()])
+    [entry] = [i for i in held if held_bytes(i["key"]) == path.read_bytes()]
     token = phi_stack.issue([study])["token"]
     url = f"{phi_stack.root(token)}/studies/{study}/series/{series}/instances/{sop}"
     assert requests.get(url, headers={"Accept": "application/dicom"}, timeout=10).status_code == 404

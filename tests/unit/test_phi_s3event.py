@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
@@ -132,7 +133,9 @@ def test_quarantined_upload_moves_to_quarantine(setup: tuple[Settings, Any, str]
     [result] = handler(event(bucket, "gw/incoming/q.dcm"), None, settings=settings, s3=s3)["results"]
     assert result["status"] == "quarantined" and result["deleted"] is True
     [only] = keys(s3, bucket)
-    assert only.startswith("gw/quarantine/studies/") and only.endswith(f"/instances/{ORG_ROOT}.3.1.dcm")
+    # one key per quarantined file: the instance's key with the file's digest (16 hex digits) before ".dcm"
+    assert only.startswith("gw/quarantine/studies/")
+    assert re.fullmatch(rf".*/instances/{re.escape(ORG_ROOT)}\.3\.1\.[0-9a-f]{{16}}\.dcm", only), only
 
 
 def test_other_keys_are_skipped(setup: tuple[Settings, Any, str], tmp_path: Path) -> None:
