@@ -54,6 +54,8 @@ from gateway.phi.textrules import (
     FREE_TEXT_VRS,
     IDENTIFIER_TAGS,
     MAX_AGE_YEARS,
+    PIXEL_DATA_TAGS,
+    SECONDARY_CAPTURE_CLASSES,
     Identifiers,
     add_identifier,
     age_years,
@@ -366,9 +368,20 @@ class _Scanner:
         self.findings.append(None)
 
     def burned_in(self, dataset: Dataset) -> None:
+        """Burned In Annotation YES, or not NO on an image that is likely to carry text in its pixels: a modality
+        of screen captures and annotated images, a Secondary Capture, or an image naming no modality (fail
+        closed: nothing says what it is)."""
         burned = str(dataset.get("BurnedInAnnotation", "") or "").strip().upper()
+        if burned == "NO":
+            return
         modality = str(dataset.get("Modality", "") or "").strip().upper()
-        if burned == "YES" or (burned != "NO" and modality in BURNED_IN_MODALITIES):
+        sop_class = str(dataset.get("SOPClassUID", "") or "").strip()
+        image = any(tag in dataset for tag in PIXEL_DATA_TAGS)
+        if (
+            burned == "YES"
+            or modality in BURNED_IN_MODALITIES
+            or (image and (sop_class in SECONDARY_CAPTURE_CLASSES or not modality))
+        ):
             self.add(tag_text(BURNED_IN), BURNED_IN, "burned-in-annotation")
 
 

@@ -27,6 +27,12 @@ _NAME_TAGS = frozenset(number for keyword, number in _IDENTIFIER_TAGS if keyword
 # Modalities whose images are often screen captures or carry operator annotations in the pixels: for these a
 # missing Burned In Annotation is treated like YES.
 BURNED_IN_MODALITIES = frozenset({"US", "IVUS", "SC", "XC", "ES", "GM", "OT", "XA", "RF", "OP", "DOC"})
+PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float and Double Float Pixel Data
+# Secondary Capture SOP classes (PS3.4 B.5): screen captures whatever their Modality says, or when they say none
+# (img2dcm writes no Modality: a capture with a name burned into it passed as clean).
+SECONDARY_CAPTURE_CLASSES = frozenset(
+    {"1.2.840.10008.5.1.4.1.1.7", *(f"1.2.840.10008.5.1.4.1.1.7.{n}" for n in range(1, 5))}
+)
 # Dummy values PS3.15 "D" allows ("replace with a non-zero length dummy value"): an element coded with D
 # and whose every value is one of these is not a finding. Kept short and obviously fake on purpose.
 DUMMY_VALUES = frozenset({"ANONYMIZED", "ANONYMOUS", "19000101", "19000101000000", "000000", "0"})

@@ -106,6 +106,16 @@ DEID_REFUSED: dict[str, tuple[int, str]] = {
         name: (PROCESSING_FAILURE, _BURNED_IN)
         for name in (
             "ExplVR_BigEnd.dcm",
+            # Secondary Captures that name no modality, or one of the modalities the list does not hold (NM): a
+            # capture is held as likely to carry text whatever Modality says (docs/phi.md, burned-in text)
+            "GDCMJ2K_TextGBR.dcm",
+            "JPEG-lossy.dcm",
+            "JPEG2000-embedded-sequence-delimiter.dcm",
+            "JPEG2000.dcm",
+            "JPGExtended.dcm",
+            "SC_jpeg_no_color_transform.dcm",
+            "SC_jpeg_no_color_transform_2.dcm",
+            "SC_rgb_jpeg_app14_dcmd.dcm",
             "SC_rgb_dcmtk_+eb+cr.dcm",
             "SC_rgb_dcmtk_+eb+cy+n1.dcm",
             "SC_rgb_dcmtk_+eb+cy+n2.dcm",

@@ -231,6 +231,32 @@ def test_burned_in_annotation_missing_on_ultrasound(tmp_path: Path) -> None:
     assert scan(ds, tmp_path) == []  # CT without the attribute: not a modality that burns text in
 
 
+@pytest.mark.parametrize(
+    ("sop_class", "modality", "flagged"),
+    [
+        ("1.2.840.10008.5.1.4.1.1.7", None, True),  # a Secondary Capture naming no modality (img2dcm's output)
+        ("1.2.840.10008.5.1.4.1.1.7.4", "CT", True),  # a multi-frame true colour SC, whatever Modality says
+        ("1.2.840.10008.5.1.4.1.1.2", None, True),  # an image naming no modality: nothing says what it is
+        ("1.2.840.10008.5.1.4.1.1.2", "CT", False),
+    ],
+)
+def test_burned_in_annotation_missing_on_captures_and_unknown_images(
+    tmp_path: Path, sop_class: str, modality: str | None, flagged: bool
+) -> None:
+    ds = clean_dataset()
+    ds.SOPClassUID = sop_class
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    if modality is None:
+        del ds.Modality
+    else:
+        ds.Modality = modality
+    del ds.BurnedInAnnotation
+    finding = [("(0028,0301)", "BurnedInAnnotation", "burned-in-annotation")]
+    assert scan(ds, tmp_path) == (finding if flagged else [])
+    ds.BurnedInAnnotation = "NO"
+    assert scan(ds, tmp_path) == []
+
+
 def test_free_text_repeating_a_name_part(tmp_path: Path) -> None:
     ds = clean_dataset()
     ds.PatientName = "DOE^JOHN"
