@@ -8,9 +8,10 @@ from pathlib import Path
 
 import click
 
-from gateway.errors import ConfigError
-from gateway.phi.policy import Policy, load_policy
-from gateway.phi.scanner import scan_file
+from gateway.dicom.index import read_instance
+from gateway.errors import ConfigError, DicomError
+from gateway.phi.policy import BASIC, Policy, load_policy
+from gateway.phi.scanner import ScanReport, scan_with_values
 
 
 def _files(paths: tuple[Path, ...]) -> Iterator[Path]:
@@ -19,6 +20,18 @@ def _files(paths: tuple[Path, ...]) -> Iterator[Path]:
             yield from sorted(child for child in path.rglob("*") if child.is_file())
         else:
             yield path  # a missing file gives an "unreadable" report, not a usage error
+
+
+def scan_as_ingest(path: Path, policy: Policy | None) -> ScanReport:
+    """The report the upload hooks would make of ``path``: a file ingest refuses as unreadable (truncated, a
+    missing UID, a structure pydicom only guesses at) is unreadable here too, with ingest's reason, not a
+    report of its PHI (the two disagreed on such files)."""
+    try:
+        _, dataset = read_instance(path)
+    except (DicomError, OSError) as error:
+        detail = error.detail if isinstance(error, DicomError) else f"{type(error).__name__}: {error.strerror}"
+        return ScanReport(file=str(path), readable=False, error=detail, policy_version=(policy or BASIC).version)
+    return scan_with_values(path, policy, (), dataset)[0]
 
 
 @click.command("scan")
@@ -43,7 +56,7 @@ def scan(ctx: click.Context, paths: tuple[Path, ...], policy_file: Path | None) 
             raise click.BadParameter(str(error), param_hint="--policy") from None
     worst = 0
     for path in _files(paths):
-        report = scan_file(path, policy)
+        report = scan_as_ingest(path, policy)
         click.echo(report.to_json())
         worst = max(worst, report.exit_code)
     ctx.exit(worst)

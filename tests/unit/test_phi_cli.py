@@ -36,6 +36,25 @@ def test_exit_codes_highest_wins(tmp_path: Path) -> None:
     assert [line["file"] for line in lines] == [str(bad), str(phi), str(clean)]
 
 
+def test_a_file_ingest_refuses_is_unreadable_with_ingests_reason(tmp_path: Path) -> None:
+    """``scan`` and the upload hooks agree: pydicom reads a truncated file (and scanned it as "phi", exit 1), ingest
+    refuses it (0xC000) before any hook runs. The report gives ingest's reason."""
+    from pydicom.data import get_testdata_file
+
+    truncated = Path(get_testdata_file("MR_truncated.dcm"))
+    code, [line] = run(str(truncated))
+    assert code == 2
+    assert (line["status"], line["readable"], line["error"]) == (
+        "unreadable",
+        False,
+        "file is truncated inside (7FE0,0010)",
+    )
+    whole = write(phi_dataset(), tmp_path / "whole.dcm")
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(whole.read_bytes()[:-40])
+    assert run(str(cut))[0] == 2 and run(str(whole))[0] == 1
+
+
 def test_folders_recurse_in_sorted_order(tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
     write(clean_dataset(), tmp_path / "sub" / "b.dcm")
