@@ -210,6 +210,15 @@ def stow_study(study: str) -> Response:
     return _stow(check_uid(study))
 
 
+def _one_header(name: str) -> str | None:
+    """A policy header sent at most once. Twice, the WSGI server joins the values with a comma, and the policy
+    matched the joined text ("research-a,allow" against ``research-*``): refused, as is a comma in one value."""
+    values = request.headers.getlist(name)
+    if len(values) > 1 or any("," in value for value in values):
+        raise BadRequest(f"{name} must be sent once, with one value")
+    return values[0] if values else None
+
+
 def _stow(study: str | None) -> Response:
     claims = decision().claims
     srv = services()
@@ -221,8 +230,8 @@ def _stow(study: str | None) -> Response:
     context = UploadContext(
         source="stow",
         sub=claims.sub,
-        tenant=request.headers.get("X-DICOMGW-Tenant"),
-        region=request.headers.get("X-DICOMGW-Region"),
+        tenant=_one_header("X-DICOMGW-Tenant"),
+        region=_one_header("X-DICOMGW-Region"),
     )
     # a thread per pool process, plus those whose files wait in a group commit's batch (gateway.catalog.groupcommit)
     # or are being stored, so the pool is never idle while a batch gathers

@@ -487,3 +487,34 @@ def test_hiding_place_through_the_s3_event_path(
     assert not visible(phi_stack, sop)
     [record] = [r for r in audit(phi_stack, sop) if r["source"] == "s3-event"]
     assert HIDING[name][1] in record["tags"]
+
+
+def test_a_policy_header_sent_twice_is_refused(phi_stack: RunningStack, tmp_path: Path) -> None:
+    """Two X-DICOMGW-Tenant headers were joined by the WSGI server ("research,clinical") and the policy matched the
+    joined text against its globs: now a JSON 400, and nothing stored."""
+    import http.client
+    from urllib.parse import urlparse
+
+    from gateway.dicomweb.multipart import encode_multipart
+
+    [path] = make_series(tmp_path, modality="CT", slices=1, rows=16, columns=16, seed=197)
+    body = encode_multipart([path])
+    parsed = urlparse(phi_stack.url)
+    for headers in (
+        [("X-DICOMGW-Tenant", "research"), ("X-DICOMGW-Tenant", "clinical")],
+        [("X-DICOMGW-Tenant", "clinical"), ("X-DICOMGW-Region", "eu-west-1"), ("X-DICOMGW-Region", "us-east-1")],
+        [("X-DICOMGW-Tenant", "research,clinical")],
+    ):
+        connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=60)
+        connection.putrequest("POST", "/dicomweb/studies")
+        for name, value in [*headers, ("Content-Type", body.content_type), *phi_stack.api_headers.items()]:
+            connection.putheader(name, value)
+        data = b"".join(body)
+        connection.putheader("Content-Length", str(len(data)))
+        connection.endheaders(data)
+        answer = connection.getresponse()
+        document = json.loads(answer.read())
+        connection.close()
+        assert answer.status == 400, (headers, document)
+        assert document["error"] == "bad_request" and "must be sent once, with one value" in document["detail"]
+    assert not visible(phi_stack, uids_of(path)[2])
