@@ -89,6 +89,9 @@ def bulk_syntax(stored: str) -> str:
     return NATIVE_TS if stored == IMPLICIT_TS else stored
 
 
+PIXEL_DATA_PATH = "7FE00010"  # the bulkdata path of the top-level Pixel Data
+
+
 def _check_wado_transfer_syntax(asked: str, stored: str) -> None:
     """WADO-URI's ``transferSyntax`` (PS3.18 9): objects are served as stored (we never transcode), so it must
     name the stored syntax (or ``*``); another syntax is a 406 that names the stored one, a value that is no UID a
@@ -503,6 +506,17 @@ class Planner:
         found = instance.bulkdata.get(path)
         if found is None:
             raise NotFound("no such bulkdata element")
+        if path == PIXEL_DATA_PATH and instance.transfer_syntax_uid not in NATIVE_SYNTAXES:
+            # Encapsulated Pixel Data: its frames, each in its compressed media type and syntax (PS3.18 8.7.3.3),
+            # not the raw item stream (offset table and item headers) under application/octet-stream
+            if instance.frames is None:
+                raise FramesNotServable(
+                    f"the pixel data of this instance cannot be served in frames ({_why_no_frames(instance)}); "
+                    "retrieve the instance instead"
+                )
+            count = instance.frames.count
+            choice = self._frame_choice(instance, accept, count == 1)
+            return self._frames_of(choice, list(range(1, count + 1)), range_header)
         offset, length = found
         ts = bulk_syntax(instance.transfer_syntax_uid)
         single = Offer("application/octet-stream", ts, False)

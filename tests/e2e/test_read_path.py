@@ -634,3 +634,29 @@ def test_frames_that_cannot_be_told_apart_are_a_406_saying_why(stack: RunningSta
     p10 = {**stack.api_headers, "Accept": "application/dicom; transfer-syntax=*"}
     whole = requests.get(url, headers=p10, timeout=30)
     assert (whole.status_code, whole.content) == (200, (tmp_path / "rle.dcm").read_bytes())
+
+
+@pytest.mark.parametrize("variant", ["wsi_bot", "wsi_frag"])
+def test_encapsulated_pixel_data_bulkdata_is_its_frames(
+    stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str], variant: str
+) -> None:
+    """The BulkDataURI of encapsulated Pixel Data answered the raw item stream (offset table, item headers)
+    labelled application/octet-stream. It answers the frames now, each in its compressed media type and syntax
+    (PS3.18 8.7.3.3), the same bytes as the frames resource."""
+    _, frames, _ = WSI_VARIANTS[variant]
+    url = instance_url(roots, synthetic[variant])
+    [metadata] = requests.get(f"{url}/metadata", timeout=30).json()
+    bulk = metadata["7FE00010"]["BulkDataURI"]
+    assert bulk == f"{url}/bulkdata/7FE00010"
+    answer = requests.get(bulk, timeout=60)  # no Accept: the default, multipart of the stored frame type
+    assert answer.status_code == 200
+    assert answer.headers["Content-Type"].startswith('multipart/related; type="image/jpeg"')
+    parts = parse_multipart(answer)
+    listed = requests.get(
+        f"{url}/frames/{','.join(str(n) for n in range(1, frames + 1))}",
+        headers={"Accept": 'multipart/related; type="image/jpeg"'},
+        timeout=60,
+    )
+    assert parts == parse_multipart(listed) and len(parts) == frames
+    assert {kind for kind, _ in parts} == {"image/jpeg; transfer-syntax=1.2.840.10008.1.2.4.50"}
+    assert all(body.startswith(b"\xff\xd8") for _, body in parts)
