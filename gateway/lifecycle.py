@@ -52,12 +52,21 @@ class Deleter:
 
     def delete(self, targets: list[Target], *, sub: str, reason: str) -> list[Removed]:
         """Remove every target that exists (one transaction hides them all), wait out the caches, remove their
-        objects. Returns what was removed (empty: nothing was there)."""
+        objects. Returns what was removed (empty: nothing was there). When nothing is visible but a deletion of
+        these targets was interrupted after step 1 (its worker killed, NGINX resending the DELETE to another
+        one; a catalog or storage outage answered 503 "retry"), this call finishes it and returns it: the retry
+        gets its 204, not a 404 "nothing stored there" with the objects left until someone runs reconcile."""
         removed = self.catalog.hide(targets, sub=sub, reason=reason)
-        if not removed:
-            return []
-        self.on_hidden()
-        self.sleep(self.settle)
+        if removed:
+            self.on_hidden()
+            self.sleep(self.settle)
+        else:
+            interrupted = [record for record in self.catalog.unfinished_deletions() if _names(targets, record)]
+            if not interrupted:
+                return []
+            # no plan or decision made before the first attempt hid them may still be in use: its settle
+            self.sleep(max(0.0, max(r["created_at"] for r in interrupted) + self.settle - time.time()))
+            removed = [_removed(record) for record in interrupted]
         for item in removed:
             self.remove_objects(list(item.keys))
             self.catalog.finish_deletion(item.id)
@@ -97,6 +106,29 @@ class Deleter:
             self.catalog.finish_deletion(record["id"])
             done.append({"id": record["id"], "study_uid": record["study_uid"], "removed": len(removed)})
         return done
+
+
+def _names(targets: list[Target], record: dict[str, Any]) -> bool:
+    """Whether a deletion record removed one of ``targets`` or something inside it."""
+    return any(
+        record["study_uid"] == target.study
+        and target.series in (None, record["series_uid"])
+        and target.sop in (None, record["sop_uid"])
+        for target in targets
+    )
+
+
+def _removed(record: dict[str, Any]) -> Removed:
+    """An unfinished deletion record as what its DELETE removed (series and instances from its storage keys)."""
+    keys = tuple(record["keys"])
+    found = [instance_of(key) for key in keys]
+    return Removed(
+        id=record["id"],
+        target=Target(record["study_uid"], record["series_uid"], record["sop_uid"]),
+        sop_uids=tuple(sorted({f[1] for f in found if f is not None})),
+        series_uids=tuple(sorted({key.split("/series/", 1)[1].split("/", 1)[0] for key in keys if "/series/" in key})),
+        keys=keys,
+    )
 
 
 def summary(removed: list[Removed]) -> dict[str, Any]:

@@ -276,3 +276,24 @@ def test_retention_command_once_with_a_heartbeat(
     assert result.exit_code == 0, result.output
     assert json.loads(result.output) == {"configured": False, "dry_run": True, "would_remove": []}
     assert heartbeat.exists()
+
+
+def test_a_retried_delete_finishes_the_deletion_its_first_attempt_left(
+    catalog: Catalog, storage: LocalStorage, stored: dict[str, str]
+) -> None:
+    """A DELETE interrupted after hiding (a killed worker, an outage answered 503 "retry"): the retry found nothing
+    visible and answered 404, leaving the objects to reconcile. It finishes the recorded deletion now, after the
+    settle time counted from the first attempt; a DELETE of something else still finds nothing."""
+    first = catalog.hide([Target(ST, SE1)], sub="portal", reason="withdrawn")  # step 1, then the crash
+    assert [r.sop_uids for r in first] == [(SOP1, SOP2)]
+    assert len(list(storage.list("studies/"))) == 5  # nothing removed yet
+    waited: list[float] = []
+    patient = Deleter(catalog, storage, settle=30, sleep=waited.append)
+    assert patient.delete([Target(ST, SE2, "9.9.9")], sub="portal", reason="") == []
+    again = patient.delete([Target(ST, SE1)], sub="portal", reason="withdrawn")
+    finished = [(r.id, r.target, r.sop_uids, r.series_uids) for r in again]
+    assert finished == [(first[0].id, Target(ST, SE1), (SOP1, SOP2), (SE1,))]
+    assert 25 < waited[-1] <= 30  # what is left of the first attempt's settle
+    assert sorted(storage.list("studies/")) == [stored[SOP3]]
+    assert catalog.unfinished_deletions() == []
+    assert patient.delete([Target(ST, SE1)], sub="portal", reason="") == []  # finished: nothing left to do
