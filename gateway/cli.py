@@ -288,7 +288,10 @@ def reconcile(repair: bool) -> None:
         settings = Settings.from_env()
     except ConfigError as error:
         raise click.ClickException(str(error)) from None
-    report = run(settings, repair=repair)
+    try:
+        report = run(settings, repair=repair)
+    except GatewayError as error:  # the catalog or storage unreachable: one line, as retention says it
+        raise click.ClickException(f"{error.code}: {error.detail}") from None
     click.echo(json.dumps(report, indent=2))
     unrepaired = report["orphans"] or report["stale_reservations"] or report["unfinished_deletions"]
     sys.exit(0 if repair or not unrepaired else 1)

@@ -77,6 +77,9 @@ class FastPath:
             decision = self.authorizer.decide(
                 method, uri, environ.get("HTTP_COOKIE", ""), environ.get("HTTP_AUTHORIZATION", "")
             )
+            # inside the try: it reads the catalog's tombstones, and a catalog outage is an answer (NGINX's JSON
+            # 503), never an exception gunicorn logs with its traceback
+            generation = self.authorizer.generation(decision.study)
         except GatewayError as error:
             status, headers = to_auth_answer(error)
             AUTH_DECISIONS.labels(str(status)).inc()
@@ -94,7 +97,7 @@ class FastPath:
                 (nginx.SUB, claims.sub),
                 (nginx.JTI, claims.jti),
                 (nginx.STUDY, decision.study),
-                (nginx.GENERATION, str(self.authorizer.generation(decision.study))),
+                (nginx.GENERATION, str(generation)),
                 (nginx.VIA, decision.via),
             ],
         )

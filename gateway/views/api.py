@@ -16,7 +16,7 @@ from gateway.errors import BadRequest, InvalidPath, NotFound, TokenMissing, Toke
 from gateway.lifecycle import check_reason, summary
 from gateway.numbers import parse_int
 from gateway.tokens import Claims
-from gateway.views.common import deleter, public_base, require_api_key, services
+from gateway.views.common import deleter, no_content, public_base, require_api_key, services
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -107,7 +107,7 @@ def renew_token() -> tuple[Response, int]:
 
 
 @bp.post("/tokens/<jti>/revoke")
-def revoke_token(jti: str) -> tuple[str, int]:
+def revoke_token(jti: str) -> Response:
     require_api_key()
     if not 0 < len(jti) <= 64 or not all(c.isalnum() or c in "-_" for c in jti):
         raise BadRequest("malformed jti")
@@ -117,7 +117,7 @@ def revoke_token(jti: str) -> tuple[str, int]:
     longest = max(srv.settings.token_max_ttl, srv.settings.session_max)
     srv.catalog.revoke(jti, int(time.time()) + longest + 60)
     srv.authorizer.forget_revocations()
-    return "", 204
+    return no_content()
 
 
 def safe_next(value: str) -> str:
@@ -208,7 +208,7 @@ def preview_quarantine(key: str) -> Response:
 
 
 @bp.delete("/admin/quarantine/<path:key>")
-def delete_quarantine(key: str) -> tuple[str, int]:
+def delete_quarantine(key: str) -> Response:
     require_api_key()
     srv = services()
     full = key if key.startswith("quarantine/") else "quarantine/" + key
@@ -216,7 +216,7 @@ def delete_quarantine(key: str) -> tuple[str, int]:
         raise NotFound("no such quarantined object")
     srv.storage.delete(full)
     srv.catalog.remove_quarantine(full)
-    return "", 204
+    return no_content()
 
 
 @bp.get("/admin/audit")

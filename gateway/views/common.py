@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import current_app, request
+from flask import Response, current_app, request
 
 from gateway.auth import Decision
 from gateway.errors import Unauthorized
@@ -58,3 +58,10 @@ def deleter(srv: Services) -> Deleter:
     """Deletes through this node's storage and catalog; the node forgets its tombstones at once (the others
     within their refresh)."""
     return Deleter(srv.catalog, srv.storage, srv.settings.delete_settle, on_hidden=srv.authorizer.forget_deletions)
+
+
+def no_content() -> Response:
+    """A 204 without a body, and so without a Content-Type (Flask's default said text/html)."""
+    response = Response(status=204)
+    del response.headers["Content-Type"]
+    return response

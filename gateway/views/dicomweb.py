@@ -38,7 +38,7 @@ from gateway.scope import Scope
 from gateway.spool import spool_file
 from gateway.uids import check_uid
 from gateway.views.body import large_read_stream
-from gateway.views.common import decision, deleter, dicomweb_root, public_base, services
+from gateway.views.common import decision, deleter, dicomweb_root, no_content, public_base, services
 
 log = logging.getLogger("gateway.dicomweb")
 bp = Blueprint("dicomweb", __name__, url_prefix="/dicomweb")
@@ -294,28 +294,28 @@ def _spool_single(stream: object, spool_dir: Path, length: int | None) -> tuple[
 # -- DELETE (API key only; gateway.lifecycle) -------------------------------------------------------------------
 
 
-def _delete(target: Target) -> tuple[str, int]:
+def _delete(target: Target) -> Response:
     decision()  # refuses anything but the API key
     srv = services()
     label = srv.authorizer.api_key_label(request.headers.get("Authorization", "")) or "api-key"
     reason = check_reason(request.headers.get("X-DICOMGW-Reason", ""))
     if not deleter(srv).delete([target], sub=label, reason=reason):
         raise NotFound("nothing stored there")
-    return "", 204
+    return no_content()
 
 
 @bp.delete("/studies/<study>")
-def delete_study(study: str) -> tuple[str, int]:
+def delete_study(study: str) -> Response:
     return _delete(Target(check_uid(study)))
 
 
 @bp.delete("/studies/<study>/series/<series>")
-def delete_series(study: str, series: str) -> tuple[str, int]:
+def delete_series(study: str, series: str) -> Response:
     return _delete(Target(check_uid(study), check_uid(series)))
 
 
 @bp.delete("/studies/<study>/series/<series>/instances/<instance>")
-def delete_instance(study: str, series: str, instance: str) -> tuple[str, int]:
+def delete_instance(study: str, series: str, instance: str) -> Response:
     return _delete(Target(check_uid(study), check_uid(series), check_uid(instance)))
 
 

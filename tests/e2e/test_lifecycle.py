@@ -165,7 +165,9 @@ def test_delete_instance_then_series_leaves_the_rest_served(
     for spec in (*victim.values(), neighbour["frame"], get_spec_study(root, study)):
         assert get(spec).status_code == 200 and get(spec).status_code == 200
 
-    assert delete(stack, f"studies/{study}/series/{series_a}/instances/{sop}").status_code == 204
+    removed = delete(stack, f"studies/{study}/series/{series_a}/instances/{sop}")
+    assert removed.status_code == 204
+    assert "Content-Type" not in removed.headers and removed.content == b""  # it said text/html
     for name in ("instance_metadata", "instance_retrieve", "frame", "bulkdata", "rendered", "thumbnail", "wado_dicom"):
         assert_gone(get(victim[name]))
     assert get(neighbour["frame"]).status_code == 200

@@ -255,6 +255,23 @@ def test_auth_catalog_outage_is_not_a_refusal(tokens: TokenService, revocations:
     assert recorder.status == "500 Internal Server Error"
 
 
+def test_auth_tombstone_outage_is_not_a_refusal_nor_an_exception(
+    tokens: TokenService, revocations: Revocations, flask: FakeFlask
+) -> None:
+    """The deletion generation is read after the decision: a catalog outage there went up to gunicorn as an
+    exception (a traceback in its log, and NGINX's generic answer); it is NGINX's 500 (its JSON 503) now."""
+
+    def outage(since: int) -> dict[str, int]:
+        raise CatalogUnavailable("catalog unreachable")
+
+    authorizer = Authorizer(tokens, parse_api_keys(API_KEY), revocations, refresh=0.0, load_generations=outage)
+    app = FastPath(flask, authorizer, ScriptedPlanner(PlanResponse(200, [], b"")))
+    issued = tokens.issue(sub="u", studies=[ST])
+    recorder, body = call(app, auth_environ(f"/t/{issued.token}{SERIES_PATH}"))
+    assert recorder.status == "500 Internal Server Error"
+    assert dict(recorder.headers)["X-Dgw-Error"] == "catalog_unavailable"
+
+
 def _signed(payload: Any) -> str:
     serializer = URLSafeTimedSerializer([KEY], salt=SALTS["read"], signer_kwargs={"digest_method": hashlib.sha256})
     token = serializer.dumps(payload)

@@ -297,3 +297,20 @@ def test_a_retried_delete_finishes_the_deletion_its_first_attempt_left(
     assert sorted(storage.list("studies/")) == [stored[SOP3]]
     assert catalog.unfinished_deletions() == []
     assert patient.delete([Target(ST, SE1)], sub="portal", reason="") == []  # finished: nothing left to do
+
+
+def test_reconcile_with_the_catalog_unreachable_is_one_line(storage: LocalStorage) -> None:
+    """It printed a traceback (retention said the same in one line)."""
+    from click.testing import CliRunner
+
+    from gateway.cli import main
+
+    env = {
+        "DICOMGW_SIGNING_KEYS": "s" * 32,
+        "DICOMGW_API_KEYS": "a" * 32,
+        "DICOMGW_STORAGE_URL": storage.url,
+        "DICOMGW_DATABASE_URL": "postgresql://nobody@127.0.0.1:9/none",  # nothing listens on port 9
+    }
+    result = CliRunner().invoke(main, ["reconcile", "--dry-run"], env=env)
+    assert result.exit_code == 1
+    assert result.output == "Error: catalog_unavailable: catalog unavailable (OperationalError)\n"
