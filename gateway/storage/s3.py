@@ -33,6 +33,7 @@ from gateway.storage.local import check_key
 DEFAULT_PRESIGN_TTL = 3600
 # Multipart above 64 MB in 16 MB parts: single PUTs stay single (one request, atomic), huge WSIs upload in
 # parallel parts; S3 makes a multipart object visible only at CompleteMultipartUpload, so it is atomic too.
+PROBE_SECONDS = 3  # the readiness probe's connect and read timeout (one attempt)
 TRANSFER = TransferConfig(
     multipart_threshold=64 * 1024 * 1024, multipart_chunksize=16 * 1024 * 1024, max_concurrency=4
 )
@@ -100,6 +101,10 @@ class S3Storage:
             max_pool_connections=32,
         )
         self.client: Any = session.client("s3", endpoint_url=self.endpoint_url, config=config)
+        # /readyz's probe: one short attempt. Through the client above an S3 that accepts connections but never
+        # answers (a hung endpoint) held readiness 3 x 60 s, longer than any load balancer waits for it.
+        probe = Config(connect_timeout=PROBE_SECONDS, read_timeout=PROBE_SECONDS, retries={"max_attempts": 1})
+        self._probe: Any = session.client("s3", endpoint_url=self.endpoint_url, config=config.merge(probe))
         # The origin NGINX must proxy to (scheme://host[:port]); the presigned signature covers this host.
         self.origin = self.client.meta.endpoint_url.rstrip("/")
         self._presigned: dict[str, tuple[str, float]] = {}
@@ -115,7 +120,7 @@ class S3Storage:
     def check(self) -> None:
         try:
             with _mapped("check"):
-                self.client.head_bucket(Bucket=self.bucket)
+                self._probe.head_bucket(Bucket=self.bucket)
         except NotFound:
             raise StorageUnavailable("storage bucket not found") from None
 

@@ -187,3 +187,30 @@ def test_missing_object_by_wado_uri(stack: RunningStack, missing: tuple[str, Pat
     _, series, sop = uids_of(path)
     query = f"requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={sop}&contentType=application/dicom"
     assert_never_other_bytes(f"{root}/wado?{query}", {}, path.read_bytes())
+
+
+def test_a_hung_storage_makes_readyz_503_within_seconds(tmp_path: Path) -> None:
+    """An S3 endpoint that accepts connections but never answers (moto frozen with SIGSTOP): /readyz held the
+    probe for 3 attempts of 60 s (200 s) and then said "ok". It answers 503 naming storage within seconds, and
+    200 again once storage answers."""
+    from tests.e2e.harness import start_stack
+    from tests.fixtures.servers import start_moto
+
+    moto = start_moto()
+    running = start_stack(tmp_path / "var", "s3", moto)
+    try:
+        assert requests.get(f"{running.url}/readyz", timeout=10).status_code == 200
+        moto.process.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            answer = requests.get(f"{running.url}/readyz", timeout=60)
+            took = time.monotonic() - started
+        finally:
+            moto.process.send_signal(signal.SIGCONT)
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["checks"] == {"storage": "storage_unavailable", "catalog": "ok"}
+        assert took < 30, took  # one 3-second attempt, far below the 200 s it took
+        assert requests.get(f"{running.url}/readyz", timeout=30).status_code == 200
+    finally:
+        running.stack.stop()
+        moto.stop()
