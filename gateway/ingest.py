@@ -448,6 +448,12 @@ class Ingestor:
         existing = reservation.stored  # the stored object's sha256, read when the reservation was won
         if existing == digest:
             result.status = "duplicate"
+            if self.storage.head(key) is None:
+                # the catalog has it, storage lost it (removed behind the gateway's back, a restore from an older
+                # backup): the same bytes again put it back, under the reservation, instead of a "duplicate"
+                # that leaves every read of it a 404
+                self.storage.put_file(key, path)
+                log.warning("restored a stored object that storage had lost", extra={"sop_uid": indexed.ids.sop})
             return result, False
         if existing is not None and not self.settings.stow_overwrite:
             return self._different_bytes(result), False

@@ -214,3 +214,22 @@ def test_a_hung_storage_makes_readyz_503_within_seconds(tmp_path: Path) -> None:
     finally:
         running.stack.stop()
         moto.stop()
+
+
+def test_uploading_the_same_file_again_restores_an_object_storage_lost(stack: RunningStack, tmp_path: Path) -> None:
+    """An object removed behind the gateway's back (or lost in a restore) left its instance listed and every read
+    a 404, and the same file uploaded again was a "duplicate" that changed nothing. It puts the object back now."""
+    [path] = make_series(tmp_path, modality="CT", slices=1, rows=16, columns=16, seed=198, clean=True)
+    study, series, sop = uids_of(path)
+    assert stack.stow([path]).status_code == 200
+    stack.storage().delete(f"studies/{study}/series/{series}/instances/{sop}.dcm")
+    url = f"{stack.url}/dicomweb/studies/{study}/series/{series}/instances/{sop}"
+    headers = {**stack.api_headers, "Accept": "application/dicom; transfer-syntax=*"}
+    lost = requests.get(url, headers=headers, timeout=30)
+    assert (lost.status_code, lost.json()["error"]) == (404, "not_found")
+    again = stack.stow([path])
+    assert again.status_code == 200
+    [item] = again.json()["00081199"]["Value"]
+    assert item["00091002"]["Value"] == ["DUPLICATE"]  # the catalog already had it: nothing registered twice
+    restored = requests.get(url, headers=headers, timeout=30)
+    assert (restored.status_code, restored.content) == (200, path.read_bytes())
