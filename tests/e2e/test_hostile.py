@@ -250,6 +250,21 @@ def test_416_keeps_content_range(stack: RunningStack, ct: dict[str, str], synthe
         assert headers["content-range"] == f"bytes */{synthetic['ct'][0].stat().st_size}"
 
 
+def test_a_last_position_beyond_any_object_means_to_the_end(
+    stack: RunningStack, ct: dict[str, str], synthetic: dict[str, Any]
+) -> None:
+    """RFC 9110 14.1.2: a last-pos past the end is the end. Twenty digits overflowed storage's parser: a 416 for the
+    whole instance, where frames answered 206."""
+    instance = f"{ct['root']}/studies/{ct['study']}/series/{ct['series']}/instances/{ct['sop']}"
+    whole = synthetic["ct"][0].read_bytes()
+    status, headers, body = raw(
+        stack, get(instance, Accept="application/dicom", Range="bytes=100-99999999999999999999")
+    )
+    assert status == 206, body[:200]
+    assert headers["content-range"] == f"bytes 100-{len(whole) - 1}/{len(whole)}"
+    assert body == whole[100:]
+
+
 # -- 6: multi-range ---------------------------------------------------------------------------------------------
 
 
