@@ -414,17 +414,21 @@ def top_level_values(dataset: Dataset, keywords: Iterable[str]) -> dict[str, str
 
 
 def scan_with_values(
-    path: Path | str, policy: Policy | None = None, keywords: Iterable[str] = (), dataset: Dataset | None = None
+    path: Path | str,
+    policy: Policy | None = None,
+    keywords: Iterable[str] = (),
+    dataset: Dataset | None = None,
+    known: tuple[Iterable[str], Iterable[str]] = ((), ()),
 ) -> tuple[ScanReport, dict[str, str]]:
     """``scan_file`` plus the top-level values of ``keywords`` (for policy matching; never put in a
     report). ``dataset``: the file as ingest's index already read and checked it (``index.read_instance``),
-    scanned instead of reading the file again."""
+    scanned instead of reading the file again; ``known`` as for ``scan_dataset``."""
     policy = policy or BASIC
     table()  # a broken installation must fail loudly, not make every file look "unreadable"
     try:
         if dataset is None:
             dataset = read_dataset(Path(path))
-        report = scan_dataset(dataset, policy, str(path))
+        report = scan_dataset(dataset, policy, str(path), known)
         return report, top_level_values(dataset, keywords)
     except Exception as exc:  # noqa: BLE001 - an unreadable file is a report, never an exception
         return ScanReport(
@@ -437,12 +441,7 @@ def scan_file(
 ) -> ScanReport:
     """Scan one Part 10 file (``known`` as for ``scan_dataset``). Never raises: an unreadable file gives
     ``ScanReport(readable=False, error=...)``."""
-    policy = policy or BASIC
-    table()  # a broken installation must fail loudly, not make every file look "unreadable"
-    try:
-        return scan_dataset(read_dataset(Path(path)), policy, str(path), known)
-    except Exception as exc:  # noqa: BLE001 - an unreadable file is a report, never an exception
-        return ScanReport(file=str(path), readable=False, error=_describe(exc), policy_version=policy.version)
+    return scan_with_values(path, policy, known=known)[0]
 
 
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"|b'[^']*'")

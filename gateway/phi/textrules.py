@@ -140,10 +140,7 @@ class Identifiers:
 
     @classmethod
     def collect(cls, dataset: Dataset) -> Identifiers:
-        names: list[str] = []
-        ids: list[str] = []
-        _collect(dataset, names, ids)
-        return cls(names, ids)
+        return cls(*identifier_values(dataset))
 
 
 def identifier_values(dataset: Dataset) -> tuple[list[str], list[str]]:

@@ -31,9 +31,9 @@ from gateway.storage.base import StoredObject
 from gateway.storage.local import check_key
 
 DEFAULT_PRESIGN_TTL = 3600
+PROBE_SECONDS = 3  # the readiness probe's connect and read timeout (one attempt)
 # Multipart above 64 MB in 16 MB parts: single PUTs stay single (one request, atomic), huge WSIs upload in
 # parallel parts; S3 makes a multipart object visible only at CompleteMultipartUpload, so it is atomic too.
-PROBE_SECONDS = 3  # the readiness probe's connect and read timeout (one attempt)
 TRANSFER = TransferConfig(
     multipart_threshold=64 * 1024 * 1024, multipart_chunksize=16 * 1024 * 1024, max_concurrency=4
 )
