@@ -16,6 +16,7 @@ them).
 
 from __future__ import annotations
 
+import datetime
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -149,9 +150,18 @@ def _split_list(value: str) -> list[str]:
     return [part.strip() for part in re.split(r"[,\\]", value) if part.strip()]
 
 
+def _is_calendar_date(part: str) -> bool:
+    """YYYY, YYYYMM or YYYYMMDD naming a real month and day (20231301 or 99999999 matched nothing, silently)."""
+    try:
+        datetime.date(int(part[:4]), int(part[4:6] or 1), int(part[6:8] or 1))
+    except ValueError:
+        return False
+    return True
+
+
 def _date_bounds(name: str, value: str) -> tuple[str | None, str | None]:
     def check(part: str) -> str:
-        if not re.fullmatch(r"\d{4}(\d{2}(\d{2})?)?", part):
+        if not re.fullmatch(r"\d{4}(\d{2}(\d{2})?)?", part) or not _is_calendar_date(part):
             raise BadRequest(f"{name}: expected a date YYYYMMDD (or YYYY, YYYYMM) or a range of them")
         return part
 
@@ -166,7 +176,9 @@ def _date_bounds(name: str, value: str) -> tuple[str | None, str | None]:
 
 def _time_bounds(name: str, value: str) -> tuple[str | None, str | None]:
     def check(part: str) -> str:
-        if not re.fullmatch(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?", part):
+        found = re.fullmatch(r"(\d{2})((\d{2})((\d{2})(\.\d{1,6})?)?)?", part)
+        # PS3.5 TM: hours 00-23, minutes 00-59, seconds 00-60 (a leap second)
+        if found is None or int(found[1]) > 23 or int(found[3] or 0) > 59 or int(found[5] or 0) > 60:
             raise BadRequest(f"{name}: expected a time HH[MM[SS[.FFFFFF]]] or a range of them")
         return part
 
@@ -187,6 +199,8 @@ def _match(name: str, attr: Attr, values: list[str]) -> Match | None:
     if attr.kind in ("uid", "modalities"):
         items = [item for value in values for item in _split_list(value)]
         if not items:
+            if any(value.strip() for value in values):  # "," or "\\": separators, no item
+                raise BadRequest(f"{name}: an empty list")
             return None
         if attr.kind == "uid":
             for item in items:

@@ -41,6 +41,11 @@ def assert_400(answer: requests.Response, needle: str) -> None:
         (f"/instances?00200013=-{HUGE}", "00200013"),
         ("/studies?offset=2147483648", "offset"),
         ("/series?SeriesNumber=2147483648", "SeriesNumber"),
+        # a date or time that names no day or hour matched nothing with a 200; separators only matched everything
+        ("/studies?StudyDate=20231301", "StudyDate"),
+        ("/studies?StudyDate=99999999", "StudyDate"),
+        ("/studies?StudyTime=240000", "StudyTime"),
+        ("/studies?StudyInstanceUID=,", "StudyInstanceUID: an empty list"),
     ],
 )
 def test_qido_integers_out_of_range_are_400(

@@ -102,6 +102,16 @@ def test_path_uids_are_validated() -> None:
         ("studies", {"StudyDate": ["2020-01-01"]}, "StudyDate"),
         ("studies", {"StudyDate": ["-"]}, "empty date range"),
         ("studies", {"StudyTime": ["25:00"]}, "StudyTime"),
+        # dates and times that name no day or time of day matched nothing, silently, with a 200
+        ("studies", {"StudyDate": ["20231301"]}, "StudyDate"),
+        ("studies", {"StudyDate": ["99999999"]}, "StudyDate"),
+        ("studies", {"StudyDate": ["20230230"]}, "StudyDate"),
+        ("studies", {"StudyDate": ["20230101-20231332"]}, "StudyDate"),
+        ("studies", {"StudyTime": ["240000"]}, "StudyTime"),
+        ("studies", {"StudyTime": ["1260"]}, "StudyTime"),
+        # a list of separators only matched everything
+        ("studies", {"StudyInstanceUID": [","]}, "StudyInstanceUID: an empty list"),
+        ("studies", {"ModalitiesInStudy": ["\\"]}, "ModalitiesInStudy: an empty list"),
         ("studies", {"StudyInstanceUID": ["1.2.*"]}, "not a valid UID"),
         ("studies", {"limit": ["ten"]}, "limit"),
         ("studies", {"offset": ["-1"]}, "offset"),
