@@ -228,6 +228,8 @@ def _match(name: str, attr: Attr, values: list[str]) -> Match | None:
 
 
 def _int_param(name: str, values: list[str], default: int) -> int:
+    if len(values) > 1:  # the last one silently won
+        raise BadRequest(f"{name} given more than once")
     if not values or values[-1] == "":
         return default
     return parse_int(values[-1], name)
@@ -253,6 +255,7 @@ def parse_qido(
     matches: list[Match] = []
     include: set[str] = set()
     include_all = False
+    matched: dict[str, str] = {}  # attribute tag -> the name it was given under
     for name, values in args.items():
         if name in _TRANSPORT or name in UNSUPPORTED_OPTIONS:
             continue
@@ -267,9 +270,12 @@ def parse_qido(
             continue
         if "." in name:
             raise BadRequest(f"{name}: sequence matching is not supported")
-        _, attr = _resolve(name)
+        tag, attr = _resolve(name)
         if attr is None or attr.kind == "none":
             raise BadRequest(f"{name}: matching on this attribute is not supported")
+        if tag in matched:  # by keyword and by tag: two keys of one attribute were ANDed (0 results, no error)
+            raise BadRequest(f"{name}: the same attribute as {matched[tag]}, given twice")
+        matched[tag] = name
         if attr.level > depth:
             raise BadRequest(f"{name}: cannot match an attribute of a lower level in a {level} query")
         match = _match(name, attr, list(values))

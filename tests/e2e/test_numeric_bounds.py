@@ -46,6 +46,8 @@ def assert_400(answer: requests.Response, needle: str) -> None:
         ("/studies?StudyDate=99999999", "StudyDate"),
         ("/studies?StudyTime=240000", "StudyTime"),
         ("/studies?StudyInstanceUID=,", "StudyInstanceUID: an empty list"),
+        ("/studies?limit=1&limit=3", "limit given more than once"),
+        ("/studies?PatientID=a&00100020=b", "the same attribute as PatientID"),
     ],
 )
 def test_qido_integers_out_of_range_are_400(

@@ -109,6 +109,10 @@ def test_path_uids_are_validated() -> None:
         ("studies", {"StudyDate": ["20230101-20231332"]}, "StudyDate"),
         ("studies", {"StudyTime": ["240000"]}, "StudyTime"),
         ("studies", {"StudyTime": ["1260"]}, "StudyTime"),
+        # one attribute by keyword and by tag was ANDed, a repeated limit took the last value
+        ("studies", {"PatientName": ["a"], "00100010": ["b"]}, "00100010: the same attribute as PatientName"),
+        ("studies", {"limit": ["1", "3"]}, "limit given more than once"),
+        ("studies", {"offset": ["0", "10"]}, "offset given more than once"),
         # a list of separators only matched everything
         ("studies", {"StudyInstanceUID": [","]}, "StudyInstanceUID: an empty list"),
         ("studies", {"ModalitiesInStudy": ["\\"]}, "ModalitiesInStudy: an empty list"),
