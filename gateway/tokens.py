@@ -214,6 +214,10 @@ class TokenService:
             raise TokenInvalid(f"token does not allow {purpose}")
         return claims
 
+    def has_session(self, token: str) -> bool:
+        """Whether a token of ours was issued with ``session_max`` (TokenUnrecognised / TokenInvalid otherwise)."""
+        return self._cached(token)[0].session is not None
+
     def _cached(self, token: str) -> tuple[Claims, str]:
         cached = self._cache.get(token)
         if cached is None:

@@ -72,23 +72,34 @@ def session_fields(claims: Claims) -> dict[str, Any]:
 
 
 @bp.post("/tokens/renew")
-def renew_token() -> tuple[Response, int]:
+def renew_token() -> Response | tuple[Response, int]:
     """A viewer's renewal: ``{"token": ...}`` in the body (never in a URL, which logs keep), a fresh token of the
     same session in the answer, until the session's end or its revocation (401 then, as for a read). ``{}`` renews
     the session cookie instead (the WebView flow, whose page holds no token): the fresh token goes into the cookie,
     never into the body. Only a JSON body is read, so a cross-site form cannot post one without a CORS preflight."""
     body = request.get_json(silent=True)
     srv = services()
-    in_cookie = body == {}
+    # "if_session": true asks "renew if this token has a session": 204 instead of the 400 for one without (the
+    # bundled viewer asks so on load; a 400 there was an error in every browser console)
+    if_session = isinstance(body, dict) and body.get("if_session") is True
+    fields = set(body) - {"if_session"} if isinstance(body, dict) else None
+    in_cookie = fields == set()
     if in_cookie:
         token = cookie_token(request.headers.get("Cookie", ""), srv.authorizer.cookie) or ""
-    elif isinstance(body, dict) and set(body) == {"token"} and isinstance(body["token"], str):
+    elif isinstance(body, dict) and fields == {"token"} and isinstance(body["token"], str):
         token = body["token"]
     else:
-        raise BadRequest('the body must be {"token": "<the current token>"}, or {} to renew the session cookie')
+        raise BadRequest(
+            'the body must be {"token": "<the current token>"}, or {} to renew the session cookie '
+            '(either with "if_session": true)'
+        )
+    if isinstance(body, dict) and "if_session" in body and not if_session:
+        raise BadRequest("if_session must be true when given")
     if not token:
         raise TokenMissing("no token to renew")
     now = int(time.time())
+    if if_session and not srv.tokens.has_session(token):
+        return no_content()
     issued = srv.tokens.renew(token, srv.authorizer.revoked(), now=now)
     payload = {
         "expires_at": iso(issued.claims.expires_at),

@@ -345,6 +345,23 @@ def test_the_session_cookie_is_renewed_by_posting_an_empty_object(
     assert (again.status_code, again.json()) == (401, {"error": "token_revoked", "detail": "token revoked"})
 
 
+def test_renewal_if_session_is_a_204_for_a_token_without_one(stack: RunningStack, ct: tuple[str, str, str]) -> None:
+    """``"if_session": true``: what the bundled viewer sends on load, not knowing whether its token has a session.
+    A plain token is a 204 (no body, nothing renewed) instead of the 400 every browser console showed; a session
+    token renews as before; a bad token is still refused."""
+    url = f"{stack.url}/api/v1/tokens/renew"
+    plain = stack.issue([ct[0]])["token"]
+    probe = requests.post(url, json={"token": plain, "if_session": True}, timeout=10)
+    assert (probe.status_code, probe.content, probe.headers.get("Content-Type")) == (204, b"", None)
+    assert requests.post(url, json={"token": plain}, timeout=10).status_code == 400  # the plain form: unchanged
+    session = stack.issue([ct[0]], ttl=60, session_max=600)["token"]
+    renewed = requests.post(url, json={"token": session, "if_session": True}, timeout=10)
+    assert renewed.status_code == 200 and renewed.json()["token"] != session
+    assert requests.post(url, json={"token": "x" + plain, "if_session": True}, timeout=10).status_code == 401
+    wrong = requests.post(url, json={"token": plain, "if_session": False}, timeout=10)
+    assert (wrong.status_code, wrong.json()["detail"]) == (400, "if_session must be true when given")
+
+
 def test_a_viewer_on_an_allowed_origin_can_renew(stack: RunningStack, ct: tuple[str, str, str]) -> None:
     """README, Sessions: OHIF or Cornerstone3D on the portal's origin renew with a fetch POST of JSON, which needs a
     CORS preflight: allowed origins get it (an HTML 200 without CORS headers before), others get no CORS header."""

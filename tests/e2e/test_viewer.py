@@ -181,6 +181,9 @@ def assert_clean_network(log: NetworkLog, token: str, *, devtools_sees_viewer: b
     assert all(h["accept"].startswith("multipart/related; type=application/octet-stream") for h in frames)
     violations = [m for m in log.console if "Content Security Policy" in m or m.startswith("pageerror")]
     assert violations == []
+    # no request answered with an error either: the renewal probe of a token without a session was a 400 that every
+    # browser console showed ("Failed to load resource")
+    assert [m for m in log.console if "Failed to load resource" in m] == []
 
 
 def server_methods(stack: RunningStack, jti: str) -> set[str]:

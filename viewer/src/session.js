@@ -24,7 +24,8 @@ async function renewOnce() {
     response = await fetch('/api/v1/tokens/renew', {
       method: 'POST',
       headers: { 'Content-Type': 'application/json' },
-      body: JSON.stringify(credential.token ? { token: credential.token } : {}),
+      // if_session: a token issued without session_max is a 204 (nothing to renew), not a 400 in the console
+      body: JSON.stringify(credential.token ? { token: credential.token, if_session: true } : { if_session: true }),
       credentials: 'same-origin',
       referrerPolicy: 'no-referrer',
       cache: 'no-store',
@@ -32,13 +33,14 @@ async function renewOnce() {
   } catch {
     return { retry: RETRY_SECONDS };
   }
+  // a token without a session lives its own life: 204 (400 from a gateway that predates if_session)
+  if (response.status === 204 || response.status === 400) return { done: true };
   let body = {};
   try {
     body = await response.json();
   } catch {
     // NGINX's own pages while the gateway restarts: the status says enough
   }
-  if (response.status === 400) return { done: true }; // a token without a session lives its own life
   if (response.status >= 500) return { retry: RETRY_SECONDS };
   if (!response.ok) return { error: new GatewayError(response.status, String(body.error || ''), String(body.detail || '')) };
   return { body };
