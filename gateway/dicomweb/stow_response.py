@@ -116,8 +116,9 @@ def build_stow_response(
     """Build the response for ``items`` (in request order). ``root`` is the DICOMweb root the client used
     (``/t/{token}/dicomweb``, ``/dicomweb`` or an absolute URL); RetrieveURLs are built under it.
 
-    The top-level RetrieveURL names ``study_uid`` (the study in the request URL) when given, else the one
-    study that every stored instance belongs to; it is present but empty when there is no such single study.
+    The top-level RetrieveURL names the one study that every stored instance belongs to (a de-identified upload's
+    remapped study, whatever the request URL named), else ``study_uid`` (the study in the request URL); it is
+    present but empty when there is neither.
     """
     base = root.rstrip("/")
     referenced: list[dict[str, Any]] = []
@@ -132,9 +133,9 @@ def build_stow_response(
         else:
             failed.append(_failed_item(item))
 
-    study = study_uid
-    if study is None and len(stored_studies) == 1:
-        study = next(iter(stored_studies))
+    # the one study the stored instances are in; under a de-identifying policy that is the remapped UID, not the one
+    # in the request URL, which then names nothing stored (its RetrieveURL was a 404)
+    study = next(iter(stored_studies)) if len(stored_studies) == 1 else study_uid
     study_url = f"{base}/studies/{check_uid(study)}" if study else None
     body: dict[str, Any] = {"00081190": _element("UR", study_url)}
     if failed:

@@ -518,3 +518,31 @@ def test_a_policy_header_sent_twice_is_refused(phi_stack: RunningStack, tmp_path
         assert answer.status == 400, (headers, document)
         assert document["error"] == "bad_request" and "must be sent once, with one value" in document["detail"]
     assert not visible(phi_stack, uids_of(path)[2])
+
+
+def test_a_deidentified_upload_to_a_study_url_names_the_stored_study(
+    phi_stack: RunningStack, tmp_path: Path
+) -> None:
+    """STOW to /studies/{original study} under a de-identifying rule stores the instance under a remapped study: the
+    top-level RetrieveURL names that study (it named the original, a 404), and it retrieves."""
+    from gateway.dicomweb.multipart import encode_multipart
+
+    [path] = make_series(tmp_path, modality="CT", slices=1, rows=16, columns=16, seed=199)
+    original = uids_of(path)[0]
+    body = encode_multipart([path])
+    headers = {
+        **phi_stack.api_headers,
+        "Content-Type": body.content_type,
+        "X-DICOMGW-Tenant": "research",
+        "X-DICOMGW-Region": "eu-west-1",
+    }
+    answer = requests.post(f"{phi_stack.url}/dicomweb/studies/{original}", data=body, headers=headers, timeout=60)
+    assert answer.status_code == 200, answer.text
+    [item] = answer.json()["00081199"]["Value"]
+    stored_study = item["00081190"]["Value"][0].split("/studies/")[1].split("/")[0]
+    assert stored_study != original and stored_study.startswith("2.25.")
+    study_url = answer.json()["00081190"]["Value"][0]
+    assert study_url == f"{phi_stack.url}/dicomweb/studies/{stored_study}"
+    p10 = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+    retrieved = requests.get(study_url, headers={**phi_stack.api_headers, "Accept": p10}, timeout=60)
+    assert retrieved.status_code == 200

@@ -115,6 +115,13 @@ def test_all_failed_is_409() -> None:
     }
 
 
+def test_the_study_url_names_where_the_instances_were_stored() -> None:
+    """A de-identifying policy stores an upload to /studies/{ST} under a remapped study UID: the top-level
+    RetrieveURL names that study (it named ST, which holds nothing: a 404)."""
+    response = build_stow_response([stored("1.1", study="2.25.9")], "/dicomweb", study_uid=ST)
+    assert response.body["00081190"] == {"vr": "UR", "Value": ["/dicomweb/studies/2.25.9"]}
+
+
 def test_warning_makes_202() -> None:
     response = build_stow_response([stored("1.1", warning_reason=COERCION_OF_DATA_ELEMENTS)], "/dicomweb")
     assert response.status == 202
