@@ -71,6 +71,13 @@ def session_fields(claims: Claims) -> dict[str, Any]:
     return {"session": claims.session, "session_expires_at": iso(claims.session_expires_at)}
 
 
+# what a renewal's body may be (README, HTTP API)
+RENEW_BODY = (
+    'the body must be {"token": "<the current token>"}, or {} to renew the session cookie (either may add '
+    '"if_session": true)'
+)
+
+
 @bp.post("/tokens/renew")
 def renew_token() -> Response | tuple[Response, int]:
     """A viewer's renewal: ``{"token": ...}`` in the body (never in a URL, which logs keep), a fresh token of the
@@ -78,28 +85,22 @@ def renew_token() -> Response | tuple[Response, int]:
     the session cookie instead (the WebView flow, whose page holds no token): the fresh token goes into the cookie,
     never into the body. Only a JSON body is read, so a cross-site form cannot post one without a CORS preflight."""
     body = request.get_json(silent=True)
-    srv = services()
-    # "if_session": true asks "renew if this token has a session": 204 instead of the 400 for one without (the
+    if not isinstance(body, dict) or not set(body) <= {"token", "if_session"}:
+        raise BadRequest(RENEW_BODY)
+    # "if_session": true asks "renew if this token has a session": a 204 for one without instead of the 400 (the
     # bundled viewer asks so on load; a 400 there was an error in every browser console)
-    if_session = isinstance(body, dict) and body.get("if_session") is True
-    fields = set(body) - {"if_session"} if isinstance(body, dict) else None
-    in_cookie = fields == set()
-    if in_cookie:
-        token = cookie_token(request.headers.get("Cookie", ""), srv.authorizer.cookie) or ""
-    elif isinstance(body, dict) and fields == {"token"} and isinstance(body["token"], str):
-        token = body["token"]
-    else:
-        raise BadRequest(
-            'the body must be {"token": "<the current token>"}, or {} to renew the session cookie '
-            '(either with "if_session": true)'
-        )
-    if isinstance(body, dict) and "if_session" in body and not if_session:
+    if body.get("if_session", True) is not True:
         raise BadRequest("if_session must be true when given")
+    srv = services()
+    in_cookie = "token" not in body
+    token = cookie_token(request.headers.get("Cookie", ""), srv.authorizer.cookie) if in_cookie else body["token"]
+    if token is not None and not isinstance(token, str):
+        raise BadRequest(RENEW_BODY)
     if not token:
         raise TokenMissing("no token to renew")
-    now = int(time.time())
-    if if_session and not srv.tokens.has_session(token):
+    if body.get("if_session") and not srv.tokens.has_session(token):
         return no_content()
+    now = int(time.time())
     issued = srv.tokens.renew(token, srv.authorizer.revoked(), now=now)
     payload = {
         "expires_at": iso(issued.claims.expires_at),
