@@ -80,7 +80,7 @@ class RunningStack:
         a line first sends a marker request and waits until the marker's line is written: the lines of every
         request answered before it are then there too. Never a fixed sleep, which passes without checking."""
         marker = uuid.uuid4().hex
-        requests.get(f"{self.url}/settle/{marker}", timeout=10)  # a 404, logged with its path (query values are masked)
+        requests.get(f"{self.url}/healthz", headers={"User-Agent": f"settle-{marker}"}, timeout=10)  # the log keeps it
         deadline = time.monotonic() + 10
         while not (self.stack.access_log.exists() and marker in self.stack.access_log.read_text(errors="replace")):
             assert time.monotonic() < deadline, "NGINX never logged the marker request"
