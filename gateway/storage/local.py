@@ -27,6 +27,8 @@ from gateway.storage.base import StoredObject
 # Temporary files carry this suffix (and a leading dot); ``list`` never reports them.
 _TMP_SUFFIX = ".partial"
 _COPY_CHUNK = 1024 * 1024
+# A write whose folder a concurrent delete removed (``LocalStorage._prune``) creates it again, up to this often.
+_PLACE_ATTEMPTS = 3
 
 
 def check_key(key: str) -> str:
@@ -105,14 +107,7 @@ class LocalStorage:
         self._require_root()
         tmp = target.parent / f".{target.name}.{secrets.token_hex(8)}{_TMP_SUFFIX}"
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                # Same filesystem (the spool folder usually is): a hard link instead of a second copy of the
-                # bytes; the caller removes its own name afterwards. Otherwise the kernel copies (sendfile).
-                os.link(path, tmp)
-                os.chmod(tmp, 0o644)  # spool files are private (0600); NGINX must be able to read objects
-            except OSError:
-                shutil.copyfile(path, tmp)
+            self._place(path, tmp)
             with open(tmp, "rb") as written:
                 os.fsync(written.fileno())
             os.replace(tmp, target)
@@ -126,6 +121,41 @@ class LocalStorage:
             raise StorageUnavailable(
                 f"storage write failed ({errno.errorcode.get(exc.errno or 0, 'error')})"
             ) from None
+
+    @staticmethod
+    def _place(path: Path, tmp: Path) -> None:
+        """The bytes of ``path`` at ``tmp``, creating its folder. A delete removes folders it empties (``_prune``):
+        one emptied between our ``mkdir`` and our write is created again (a few times at most, then it is a fault)."""
+        for attempt in range(_PLACE_ATTEMPTS):
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                # Same filesystem (the spool folder usually is): a hard link instead of a second copy of the
+                # bytes; the caller removes its own name afterwards. Otherwise the kernel copies (sendfile).
+                os.link(path, tmp)
+                os.chmod(tmp, 0o644)  # spool files are private (0600); NGINX must be able to read objects
+                return
+            except FileNotFoundError:
+                if attempt + 1 == _PLACE_ATTEMPTS or not Path(path).is_file():
+                    raise
+                continue  # the folder was pruned under us
+            except OSError:
+                pass
+            try:
+                shutil.copyfile(path, tmp)
+                return
+            except FileNotFoundError:
+                if attempt + 1 == _PLACE_ATTEMPTS or not Path(path).is_file():
+                    raise
+
+    def _prune(self, folder: Path) -> None:
+        """Remove ``folder`` and its parents up to the root while they are empty: a deleted study leaves no
+        empty folders behind. ``rmdir`` refuses a folder that is not empty, so a concurrent write keeps it."""
+        while folder != self.root and self.root in folder.parents:
+            try:
+                folder.rmdir()
+            except OSError:
+                return
+            folder = folder.parent
 
     def head(self, key: str) -> StoredObject | None:
         try:
@@ -165,10 +195,12 @@ class LocalStorage:
             shutil.copyfileobj(src, dst, _COPY_CHUNK)
 
     def delete(self, key: str) -> None:
+        path = self._path(key)
         try:
-            self._path(key).unlink()
+            path.unlink()
         except FileNotFoundError:
             pass
+        self._prune(path.parent)
 
     def move(self, src: str, dst: str) -> StoredObject:
         """A rename: atomic on one filesystem, so the object is always at exactly one of the two keys."""
@@ -176,11 +208,18 @@ class LocalStorage:
         if not source.is_file():
             raise NotFound("object not found")
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(source, target)
+            for attempt in range(_PLACE_ATTEMPTS):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.replace(source, target)
+                    break
+                except FileNotFoundError:
+                    if attempt + 1 == _PLACE_ATTEMPTS or not source.is_file():
+                        raise  # the target folder was pruned under us: create it again
             _fsync_dir(target.parent)
             if source.parent != target.parent:
                 _fsync_dir(source.parent)
+                self._prune(source.parent)
             return self._stat(target, dst)
         except OSError as exc:
             raise StorageUnavailable(

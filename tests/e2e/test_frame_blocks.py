@@ -8,6 +8,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -42,16 +43,16 @@ def headers_of(answer: requests.Response) -> dict[str, str]:
     return {k.lower(): v for k, v in answer.headers.items() if k.lower() not in VOLATILE}
 
 
-def log_lines(stack: RunningStack, suffix: str, since: int = 0) -> list[dict[str, Any]]:
-    """The access log lines of URIs ending with ``suffix``, from line ``since`` on (``log_mark``): the stack and its
-    synthetic instances are shared, so another test may have asked for the same frame."""
+def log_lines(stack: RunningStack, suffix: str, agent: str | None = None) -> list[dict[str, Any]]:
+    """The access log lines of URIs ending with ``suffix``, only those of requests sent with User-Agent ``agent``
+    when given: the stack and its synthetic instances are shared, so another test may have asked for the same
+    frame (a test's own agent, not a line count taken before its requests: the log is the one witness)."""
     stack.settle_access_log()
-    return [line for line in stack.access_log()[since:] if line["uri"].endswith(suffix)]
-
-
-def log_mark(stack: RunningStack) -> int:
-    stack.settle_access_log()
-    return len(stack.access_log())
+    return [
+        line
+        for line in stack.access_log()
+        if line["uri"].endswith(suffix) and (agent is None or line["user_agent"] == agent)
+    ]
 
 
 @pytest.mark.parametrize(
@@ -64,17 +65,17 @@ def test_block_frames_are_the_per_frame_plans_answers(
     seed, frames, native = WSI_VARIANTS[variant]
     url = instance_url(stack, synthetic[variant])
     sop = uids_of(synthetic[variant])[2]
-    mark = log_mark(stack)
     # this test's own spelling: plan-cache keys hold the Accept as sent, so no other test's reads of these shared
-    # frames count towards the plans' uses (a plan is stored on its second use)
+    # frames count towards the plans' uses (a plan is stored on its second use); its own agent marks its lines
     own = f"{accept}; q=0.9"
+    agent = f"frame-blocks-{uuid.uuid4().hex}"
     numbers = sorted({1, 2, min(BLOCK, frames), min(BLOCK + 1, frames), min(2 * BLOCK, frames), frames - 1, frames})
     for number in numbers:
         expected = wsi_tile(seed, number, frames=frames, native=native)
         reference = python_plan(f"{url}/frames/{number}", accept)
         assert (reference.status_code, reference.content) == (200, expected), number
         for attempt in ("first", "second", "cached"):
-            answer = requests.get(f"{url}/frames/{number}", headers={"Accept": own}, timeout=30)
+            answer = requests.get(f"{url}/frames/{number}", headers={"Accept": own, "User-Agent": agent}, timeout=30)
             assert answer.status_code == 200, (number, attempt, answer.text[:200])
             assert answer.content == expected, (number, attempt)
             assert answer.headers["Content-Type"] == reference.headers["Content-Type"], (number, attempt)
@@ -83,7 +84,7 @@ def test_block_frames_are_the_per_frame_plans_answers(
     # The first two requests of each frame: a plan made by njs from its block (only the first request of a block
     # had Python make the block's plan; NGINX caches the frame's own plan on its second request); the third: the
     # frame's plan from the cache. Never a per-frame plan from Python.
-    lines = [line for n in numbers for line in log_lines(stack, f"{sop}/frames/{n}", mark)]
+    lines = [line for n in numbers for line in log_lines(stack, f"{sop}/frames/{n}", agent)]
     expected = [(200, "MISS"), (200, "MISS"), (200, "HIT")] * len(numbers)
     assert [(line["status"], line["cache"]) for line in lines] == expected, lines
     made = [line for line in lines if line["cache"] == "MISS"]

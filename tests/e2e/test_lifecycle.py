@@ -128,6 +128,8 @@ def test_delete_study_after_cached_plans_then_upload_it_again(
     for name, spec in specs.items():
         assert_gone(get(spec)), name  # type: ignore[func-returns-value]
     assert stored_keys(stack, study) == []
+    if stack.backend == "local":  # no empty folders left behind (S3 has none)
+        assert not (stack.storage().root / "studies" / study).exists()
     assert_gone(delete(stack, f"studies/{study}"))  # idempotent: nothing there any more
     audit = requests.get(
         f"{stack.url}/api/v1/admin/audit",

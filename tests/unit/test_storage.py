@@ -85,6 +85,39 @@ def test_move_and_delete(storage: Storage, tmp_path: Path) -> None:
         storage.move("incoming/nothing", "studies/9/y.dcm")
 
 
+def test_a_delete_removes_the_folders_it_empties_and_a_write_recreates_them(tmp_path: Path) -> None:
+    storage = LocalStorage(f"file://{tmp_path / 'objects'}")
+    src = write(tmp_path / "src", b"pixels")
+    storage.put_file("studies/1/series/2/a.dcm", src)
+    storage.put_file("studies/1/series/2/b.dcm", src)
+    storage.delete("studies/1/series/2/a.dcm")
+    assert (storage.root / "studies/1/series/2").is_dir()  # b is still there
+    storage.delete("studies/1/series/2/b.dcm")
+    assert sorted(os.listdir(storage.root)) == []  # every folder up to the root, never the root itself
+    storage.put_file("studies/1/series/2/b.dcm", src)
+    storage.move("studies/1/series/2/b.dcm", "quarantine/b.dcm")
+    assert sorted(os.listdir(storage.root)) == ["quarantine"]
+    assert storage.read_range("quarantine/b.dcm", 0, 6) == b"pixels"
+
+
+def test_a_write_racing_a_delete_of_its_folder_lands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The folder a write has just created is pruned by a delete before the write's link: it is created again."""
+    storage = LocalStorage(f"file://{tmp_path / 'objects'}")
+    src = write(tmp_path / "src", b"pixels")
+    real_link, pruned = os.link, []
+
+    def link_after_a_prune(source: str, target: str) -> None:
+        if not pruned:
+            pruned.append(target)
+            os.rmdir(os.path.dirname(target))  # what a concurrent delete's prune does
+        real_link(source, target)
+
+    monkeypatch.setattr(os, "link", link_after_a_prune)
+    stored = storage.put_file("studies/1/a.dcm", src)
+    assert pruned and stored.size == 6
+    assert storage.read_range("studies/1/a.dcm", 0, 6) == b"pixels"
+
+
 def test_list_prefix_semantics(storage: Storage, tmp_path: Path) -> None:
     src = write(tmp_path / "src", b"1")
     keys = ["a/b/c.dcm", "a/b/d.dcm", "a/bb/e.dcm", "a/x.dcm", "b/z.dcm"]
