@@ -1,7 +1,9 @@
 """Rendered frames and thumbnails: the one place Python decodes pixels.
 
-A frame's stored bytes are read by range from storage (never the whole object), decoded (native with numpy,
-JPEG with Pillow), windowed with the file's window/level (or the request's), and encoded as JPEG or PNG.
+A frame's stored bytes are read by range from storage (never the whole object), decoded by pydicom's decoders
+(native, RLE, and JPEG and JPEG 2000 through Pillow), turned into display values as PS3.3 C.11 says (modality LUT,
+the request's or the file's window or VOI LUT, MONOCHROME1 inverted, palette colour, YBR to RGB), and encoded as
+JPEG or PNG.
 Thumbnails are rendered once, stored next to the instance, and from then on served by NGINX from storage.
 """
 
@@ -18,6 +20,11 @@ from typing import Any
 import numpy as np
 from flask import Response
 from PIL import Image
+from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate
+from pydicom.multival import MultiValue
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, convert_color_space, get_decoder
+from pydicom.uid import UID
 
 from gateway import nginx_contract as nginx
 from gateway.dicomweb.accept import Offer, negotiate
@@ -37,76 +44,174 @@ def _value(metadata: Mapping[str, Any], tag: str, default: Any = None) -> Any:
     return element["Value"][0]
 
 
-def _frame_bytes(services: Services, row: Any, frame: int) -> bytes:
-    from gateway.dicomweb.wado import to_cached
+# What rendering reads of an instance's metadata: the Image Pixel module, the modality and VOI transforms and the
+# palette. Only these become a pydicom Dataset (its LUT functions take one); bulk LUT data are read by range.
+_RENDER_TAGS = (
+    "00280002 00280004 00280006 00280008 00280010 00280011 00280100 00280101 00280103 00281050 00281051 "
+    "00281052 00281053 00281054 00281056 00283000 00283010 00281101 00281102 00281103 00281201 00281202 "
+    "00281203 00281221 00281222 00281223"
+).split()
+# The pixel data elements (PS3.3 C.7.6.3), by their bulkdata path: integer, float and double float pixels.
+_PIXEL_KEYWORDS = {"7FE00010": "PixelData", "7FE00008": "FloatPixelData", "7FE00009": "DoubleFloatPixelData"}
+_IMAGE_OFFERS = [Offer("image/jpeg", "*", False), Offer("image/png", "*", False)]
+_FUNCTIONS = {"LINEAR": "LINEAR", "LINEAR_EXACT": "LINEAR_EXACT", "SIGMOID": "SIGMOID"}
 
-    cached = to_cached(row)
+
+def _frame_bytes(services: Services, cached: Any, frame: int) -> bytes:
     if cached.frames is None:
         raise NotAcceptable("this instance's frames cannot be rendered (not range-servable)")
     return b"".join(
-        services.storage.read_range(row.storage_key, start, length)
+        services.storage.read_range(cached.storage_key, start, length)
         for start, length in cached.frames.ranges(frame)
     )
 
 
-def _to_image(data: bytes, metadata: Mapping[str, Any], params: Mapping[str, str], media: str) -> Image.Image:
-    rows = int(_value(metadata, "00280010", 0))
-    columns = int(_value(metadata, "00280011", 0))
-    samples = int(_value(metadata, "00280002", 1))
-    if media != "application/octet-stream":
-        try:
-            image = Image.open(io.BytesIO(data))
-            image.load()
-        except (OSError, ValueError, Image.DecompressionBombError):  # a codestream PIL refuses is no server fault
-            raise NotAcceptable("this frame's compression cannot be rendered here") from None
-        return image.convert("RGB" if samples == 3 else "L")
-    bits = int(_value(metadata, "00280100", 16))
-    signed = int(_value(metadata, "00280103", 0)) == 1
-    if len(data) < rows * columns * samples * max(bits // 8, 1):  # e.g. YBR_FULL_422: two samples per pixel
-        raise NotAcceptable("this frame's pixel layout cannot be rendered here")
-    if samples == 3:
-        pixels = np.frombuffer(data, dtype=np.uint8)[: rows * columns * 3]
-        planar = int(_value(metadata, "00280006", 0)) == 1
-        shaped = (
-            pixels.reshape(3, rows, columns).transpose(1, 2, 0)
-            if planar
-            else pixels.reshape(rows, columns, 3)
-        )
-        return Image.fromarray(np.ascontiguousarray(shaped), "RGB")
-    dtype = {8: np.uint8, 16: np.uint16, 32: np.uint32}.get(bits)
-    if dtype is None:
-        raise NotAcceptable("unsupported Bits Allocated for rendering")
-    values = np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<"))[: rows * columns]
-    if signed:
-        values = values.view(np.dtype(dtype).newbyteorder("<").str.replace("u", "i"))
-    slope = float(_value(metadata, "00281053", 1) or 1)
-    intercept = float(_value(metadata, "00281052", 0) or 0)
-    real = values.astype(np.float32) * slope + intercept
+def _pixel_dataset(services: Services, cached: Any, metadata: Mapping[str, Any]) -> Dataset:
+    """The rendering attributes as a Dataset; a LUT stored as bulkdata is read from storage by its range."""
+
+    def bulk(tag: str, vr: str, uri: str) -> bytes:
+        found = cached.bulkdata.get(uri.removeprefix("bulkdata/"))
+        if found is None:
+            raise NotAcceptable("this instance's lookup tables cannot be read for rendering")
+        offset, length = found
+        return services.storage.read_range(cached.storage_key, offset, length)
+
+    subset = {tag: metadata[tag] for tag in _RENDER_TAGS if tag in metadata}
+    try:
+        return Dataset.from_json(subset, bulk_data_uri_handler=bulk)
+    except (ValueError, TypeError, KeyError) as error:  # uploaded values pydicom cannot take are no server fault
+        raise NotAcceptable(f"this instance's pixel description cannot be rendered ({type(error).__name__})") from None
+
+
+def _decode(data: bytes, ds: Dataset, syntax: str, keyword: str) -> tuple[np.ndarray, str]:
+    """One frame's pixels, decoded by pydicom's decoders (native, RLE, JPEG and JPEG 2000 through Pillow; what no
+    installed plugin decodes is a 406), and the photometric interpretation they are in (YBR comes back as RGB)."""
+    uid = UID(syntax)
+    try:
+        decoder = get_decoder(uid)
+    except NotImplementedError:
+        raise NotAcceptable(f"frames in {uid.name or syntax} cannot be rendered here") from None
+    if not decoder.is_available:
+        raise NotAcceptable(f"no decoder for {uid.name} is installed here: its frames cannot be rendered")
+    samples = int(ds.get("SamplesPerPixel") or 1)
+    bits = int(ds.get("BitsAllocated") or 0)
+    options: dict[str, Any] = {
+        "rows": int(ds.get("Rows") or 0),
+        "columns": int(ds.get("Columns") or 0),
+        "samples_per_pixel": samples,
+        "bits_allocated": bits,
+        "bits_stored": int(ds.get("BitsStored") or bits),
+        "pixel_representation": int(ds.get("PixelRepresentation") or 0),
+        "photometric_interpretation": str(ds.get("PhotometricInterpretation") or "MONOCHROME2"),
+        "number_of_frames": 1,
+        "pixel_keyword": keyword,
+        "transfer_syntax_uid": uid,
+    }
+    if samples > 1:
+        options["planar_configuration"] = int(ds.get("PlanarConfiguration") or 0)
+    try:
+        pixels, meta = decoder.as_array(encapsulate([data]) if uid.is_encapsulated else data, **options)
+    except Exception:  # noqa: BLE001 - any decoder failure on uploaded bytes is "cannot render", never a 500
+        raise NotAcceptable("this frame cannot be decoded for rendering") from None
+    return pixels, str(meta.get("photometric_interpretation") or options["photometric_interpretation"])
+
+
+def _to_eight_bits(values: np.ndarray, bits: int) -> np.ndarray:
+    if bits <= 8:
+        return values.astype(np.uint8)
+    return np.clip(np.rint(values.astype(np.float64) * (255.0 / (2**bits - 1))), 0, 255).astype(np.uint8)
+
+
+def _windowed(real: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
+    """PS3.3 C.11.2.1.2 onto 0..255: LINEAR (the default), LINEAR_EXACT and SIGMOID."""
+    if function == "SIGMOID":
+        scaled = 255.0 / (1.0 + np.exp(-4.0 * (real - center) / width))
+    elif function == "LINEAR_EXACT":
+        scaled = ((real - center) / width + 0.5) * 255.0
+    elif width <= 1.0:
+        scaled = np.where(real > center - 0.5, 255.0, 0.0)
+    else:
+        scaled = ((real - (center - 0.5)) / (width - 1.0) + 0.5) * 255.0
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def _monochrome(pixels: np.ndarray, ds: Dataset, params: Mapping[str, str]) -> np.ndarray:
+    """Modality LUT or rescale, then the request's window, the file's window, its VOI LUT, or the frame's range."""
+    try:
+        real = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64)
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError):
+        raise NotAcceptable("this instance's modality transform cannot be rendered") from None
     window = params.get("window")
     if window:
-        center, width = _window(window)
-    else:
-        center = _value(metadata, "00281050")
-        width = _value(metadata, "00281051")
-        if center is None or width is None:
-            low, high = float(real.min()), float(real.max())
-            center, width = (low + high) / 2, max(high - low, 1.0)
-    center, width = float(center), max(float(width), 1.0)
-    scaled = np.clip((real - (center - width / 2)) / width * 255.0, 0, 255).astype(np.uint8)
-    if _value(metadata, "00280004", "MONOCHROME2") == "MONOCHROME1":
+        return _windowed(real, *_window(window))
+    center, width = _value_of(ds, "WindowCenter"), _value_of(ds, "WindowWidth")
+    if center is not None and width is not None and float(width) > 0:
+        function = str(ds.get("VOILUTFunction") or "LINEAR").upper()
+        return _windowed(real, float(center), float(width), _FUNCTIONS.get(function, "LINEAR"))
+    if "VOILUTSequence" in ds:
+        try:
+            item = ds.VOILUTSequence[0]
+            bits = int(item.LUTDescriptor[2])
+            return _to_eight_bits(np.asarray(apply_voi_lut(real, ds, prefer_lut=True)), bits)
+        except (ValueError, TypeError, IndexError, KeyError, AttributeError):
+            raise NotAcceptable("this instance's VOI LUT cannot be rendered") from None
+    low, high = float(real.min()), float(real.max())
+    if high <= low:
+        return np.zeros(real.shape, dtype=np.uint8)
+    return _windowed(real, (low + high) / 2, high - low, "LINEAR_EXACT")
+
+
+def _value_of(ds: Dataset, keyword: str) -> Any:
+    """The first value of a multi-valued element (the window to use when several are offered), or None."""
+    element = ds.get(keyword)
+    if element is None or element == "":
+        return None
+    return element[0] if isinstance(element, MultiValue) else element
+
+
+def _to_image(services: Services, row: Any, frame: int, params: Mapping[str, str]) -> Image.Image:
+    from gateway.dicomweb.wado import to_cached
+
+    cached = to_cached(row)
+    metadata = json.loads(row.metadata)
+    keyword = next((name for tag, name in _PIXEL_KEYWORDS.items() if tag in metadata), "PixelData")
+    ds = _pixel_dataset(services, cached, metadata)
+    pixels, photometric = _decode(_frame_bytes(services, cached, frame), ds, cached.transfer_syntax_uid, keyword)
+    if photometric == "PALETTE COLOR":
+        try:
+            colours = np.asarray(apply_color_lut(pixels, ds))
+            bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
+        except (ValueError, TypeError, IndexError, KeyError, AttributeError):
+            raise NotAcceptable("this instance's palette cannot be rendered") from None
+        return Image.fromarray(_to_eight_bits(colours, 16 if bits > 8 else 8), "RGB")
+    if pixels.ndim == 3:
+        if photometric.startswith("YBR"):
+            pixels = convert_color_space(pixels, photometric, "RGB")
+        bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 8)
+        return Image.fromarray(np.ascontiguousarray(_to_eight_bits(pixels, bits)), "RGB")
+    scaled = _monochrome(pixels, ds, params)
+    if photometric == "MONOCHROME1":
         scaled = 255 - scaled
-    return Image.fromarray(scaled.reshape(rows, columns), "L")
+    return Image.fromarray(np.ascontiguousarray(scaled), "L")
 
 
-def _window(text: str) -> tuple[float, float]:
-    """``window=center,width[,function]``: finite numbers (``nan`` or ``1e999`` would render garbage)."""
+def _window(text: str) -> tuple[float, float, str]:
+    """``window=center,width[,function]`` (PS3.18 8.3.5.1.3): finite numbers (``nan`` or ``1e999`` would render
+    garbage), a width above 0, and a function of PS3.3 C.11.2.1.3 (``linear``, the default, ``linear-exact`` or
+    ``sigmoid``)."""
+    parts = text.split(",")
     try:
-        center, width = (float(v) for v in text.split(",")[:2])
+        center, width = (float(v) for v in parts[:2])
     except ValueError:
         raise BadRequest("window must be center,width[,function]") from None
     if not all(math.isfinite(v) and abs(v) <= _MAX_WINDOW for v in (center, width)):
         raise BadRequest(f"window: center and width must be numbers within ±{_MAX_WINDOW:g}")
-    return center, width
+    if width <= 0:
+        raise BadRequest("window: the width must be above 0")
+    function = parts[2].strip().upper().replace("-", "_") if len(parts) > 2 else "LINEAR"
+    if function not in _FUNCTIONS or len(parts) > 3:
+        raise BadRequest("window: the function must be linear, linear-exact or sigmoid")
+    return center, width, function
 
 
 def _encode(image: Image.Image, media: str, quality: int) -> bytes:
@@ -129,12 +234,9 @@ def render_instance(
     services: Services, study: str, series: str, sop: str, frame: int, params: Mapping[str, str], accept: str
 ) -> Response:
     row = _load(services, study, series, sop)
-    offer = negotiate(
-        params.get("accept", accept), [Offer("image/jpeg", "*", False), Offer("image/png", "*", False)]
-    )
+    offer = negotiate(params.get("accept", accept), _IMAGE_OFFERS)
     quality = parse_int(params.get("quality", "90"), "quality", low=1, high=100)
-    metadata = json.loads(row.metadata)
-    image = _to_image(_frame_bytes(services, row, frame), metadata, params, row.frame_media_type)
+    image = _to_image(services, row, frame, params)
     viewport = params.get("viewport")
     if viewport:
         sizes = viewport.split(",")
@@ -146,14 +248,20 @@ def render_instance(
     return Response(body, mimetype=offer.part_type, headers={"Cache-Control": "private, max-age=3600"})
 
 
-def thumbnail(services: Services, study: str, series: str, sop: str) -> Response:
+def thumbnail(
+    services: Services, study: str, series: str, sop: str, params: Mapping[str, str], accept: str
+) -> Response:
     """Render once, store next to the instance (inside the prefixes deployments grant the gateway), and let NGINX
-    serve the stored file from then on."""
+    serve the stored file from then on. A thumbnail asked for as PNG or at another ``viewport`` is rendered for
+    the request (PS3.18 8.3.5.1: Accept and viewport apply to thumbnails too); one that is neither is a 406."""
+    offer = negotiate(params.get("accept", accept), _IMAGE_OFFERS)
+    if offer.part_type != "image/jpeg" or params.get("viewport"):
+        sized = {"viewport": f"{THUMBNAIL_SIZE},{THUMBNAIL_SIZE}", **params}
+        return render_instance(services, study, series, sop, 1, sized, accept)
     row = _load(services, study, series, sop)
     key = row.thumbnail_key
     if not key:
-        metadata = json.loads(row.metadata)
-        image = _to_image(_frame_bytes(services, row, 1), metadata, {}, row.frame_media_type)
+        image = _to_image(services, row, 1, {})
         image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
         key = row.storage_key.removesuffix(".dcm") + ".thumb.jpg"
         with tempfile.TemporaryDirectory() as tmp:

@@ -343,7 +343,7 @@ def thumbnail_instance(study: str, series: str, instance: str) -> Response:
     decision()
     from gateway.render import thumbnail
 
-    return thumbnail(services(), study, series, instance)
+    return thumbnail(services(), study, series, instance, request.args, request.headers.get("Accept", ""))
 
 
 @bp.get("/studies/<study>/series/<series>/thumbnail")
@@ -355,7 +355,7 @@ def thumbnail_series(study: str, series: str) -> Response:
     if not rows:
         raise NotFound("no instances")
     middle = rows[len(rows) // 2]
-    return thumbnail(services(), study, series, middle.sop_uid)
+    return thumbnail(services(), study, series, middle.sop_uid, request.args, request.headers.get("Accept", ""))
 
 
 @bp.get("/wado")

@@ -7,6 +7,7 @@ import email.parser
 import email.policy
 import gzip
 import hashlib
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,9 @@ from typing import Any
 import pydicom
 import pytest
 import requests
+from PIL import Image
 
+from gateway.render import THUMBNAIL_SIZE
 from gateway.tools.synth import make_series, wsi_tile
 from tests.e2e.conftest import uids_of
 from tests.e2e.harness import RunningStack
@@ -413,6 +416,22 @@ def test_rendered_and_thumbnail(stack: RunningStack, synthetic: dict[str, Any], 
     assert second.headers["ETag"]  # served from storage by NGINX
     tile = requests.get(f"{instance_url(roots, synthetic['wsi_bot'])}/frames/7/rendered", timeout=30)
     assert tile.status_code == 200 and tile.content[:2] == b"\xff\xd8"
+    # a thumbnail honours Accept and viewport (PS3.18 8.3.5.1) like rendered does
+    png = requests.get(f"{url}/thumbnail", headers={"Accept": "image/png"}, timeout=30)
+    assert (png.status_code, png.headers["Content-Type"]) == (200, "image/png")
+    assert max(Image.open(io.BytesIO(png.content)).size) == THUMBNAIL_SIZE
+    small = requests.get(f"{url}/thumbnail", params={"viewport": "32,32"}, timeout=30)
+    assert (small.status_code, small.headers["Content-Type"]) == (200, "image/jpeg")
+    assert max(Image.open(io.BytesIO(small.content)).size) == 32
+    refused = requests.get(f"{url}/thumbnail", headers={"Accept": "application/json"}, timeout=30)
+    assert (refused.status_code, refused.headers["Content-Type"]) == (406, "application/json")
+    # window=center,width[,function]: the functions of PS3.3 C.11.2.1.3; anything else is a JSON 400
+    for window in ("40,400", "40,400,linear", "40,400,LINEAR_EXACT", "40,400,sigmoid"):
+        answer = requests.get(f"{url}/rendered", params={"window": window}, timeout=30)
+        assert (answer.status_code, answer.content[:2]) == (200, b"\xff\xd8"), window
+    for window in ("40,0", "40,400,cubic", "40", "40,400,linear,x"):
+        answer = requests.get(f"{url}/rendered", params={"window": window}, timeout=30)
+        assert (answer.status_code, answer.json()["error"]) == (400, "bad_request"), window
 
 
 def test_qido_is_scoped_to_the_token(stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]) -> None:

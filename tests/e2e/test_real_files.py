@@ -15,19 +15,24 @@ from __future__ import annotations
 import base64
 import email.parser
 import email.policy
+import io
 import tempfile
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pydicom
 import pydicom.data
 import pytest
 import requests
+from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.errors import BytesLengthException
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 from pydicom.pixels.utils import get_expected_length
 
 from gateway.dicom.index import DEFLATED_LE, EXPLICIT_VR_BE, NATIVE_SYNTAXES, frame_media_type, named_uids
@@ -316,6 +321,47 @@ def get(stack: RunningStack, url: str, accept: str) -> requests.Response:
     return requests.get(url, headers={"Accept": accept, **stack.api_headers}, timeout=60)
 
 
+def display_values(ds: Dataset) -> np.ndarray:
+    """Frame 1 as a viewer shows it, through pydicom's own dataset functions (the whole file read, not the
+    gateway's frame ranges and metadata): RGB, or the monochrome values after the modality and VOI transforms."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # pydicom's notes on padding and odd lengths: not our subject
+        pixels = ds.pixel_array
+    if int(ds.get("NumberOfFrames") or 1) > 1:
+        pixels = pixels[0]
+    if ds.PhotometricInterpretation == "PALETTE COLOR":
+        return np.asarray(apply_color_lut(pixels, ds), dtype=np.float64)
+    if pixels.ndim == 3:
+        return pixels.astype(np.float64)
+    shown = np.asarray(apply_voi_lut(apply_modality_lut(pixels, ds), ds), dtype=np.float64)
+    return -shown if ds.PhotometricInterpretation == "MONOCHROME1" else shown
+
+
+def assert_renders_as_pydicom_decodes(ds: Dataset, png: bytes) -> None:
+    """The rendered PNG shows frame 1: colours within a few levels of pydicom's (scaled to 8 bits), grey levels in
+    step with pydicom's display values (windows clip, so grey levels are compared by correlation where they vary)."""
+    image = np.asarray(Image.open(io.BytesIO(png)), dtype=np.float64)
+    expected = display_values(ds)
+    assert image.shape == expected.shape, (image.shape, expected.shape)
+    if expected.ndim == 3:
+        scale = 255.0 / max(float(expected.max()), 255.0) if expected.max() > 255 else 1.0
+        if ds.PhotometricInterpretation != "PALETTE COLOR" and int(ds.BitsStored) > 8:
+            scale = 255.0 / (2 ** int(ds.BitsStored) - 1)
+        elif ds.PhotometricInterpretation == "PALETTE COLOR" and int(ds.RedPaletteColorLookupTableDescriptor[2]) > 8:
+            scale = 255.0 / 65535
+        assert float(np.abs(image - expected * scale).mean()) <= 3.0
+        return
+    if np.ptp(expected) == 0:  # one value everywhere: one grey level
+        assert np.ptp(image) == 0
+        return
+    assert np.ptp(image) > 0, "a uniform picture of varying values"
+    inside = (image > 0) & (image < 255)  # where the window did not clip
+    if inside.sum() > 16 and np.ptp(expected[inside]) > 0 and np.ptp(image[inside]) > 0:
+        assert float(np.corrcoef(image[inside], expected[inside])[0, 1]) >= 0.98
+    else:  # clipped almost everywhere: what is brighter must still be brighter
+        assert float(np.corrcoef(image.ravel(), expected.ravel())[0, 1]) >= 0.9
+
+
 def expected_frames(ds: Dataset) -> list[bytes] | None:
     """What frames/N must answer, from pydicom; None when the frames are documented as not servable."""
     ts = str(ds.file_meta.TransferSyntaxUID)
@@ -402,12 +448,18 @@ def check_served(stack: RunningStack, item: RealFile, url: str) -> tuple[int, in
         timeout=60,
     )
     assert wado.status_code == 200 and wado.content == data, wado.text[:200]
-    # rendered: an image, or a JSON 406 for what the renderer cannot decode; never a 5xx
-    rendered = get(stack, f"{url}/rendered", "image/jpeg")
+    # rendered: an image showing what pydicom decodes, or a JSON 406 for what no installed decoder reads; never
+    # a 5xx, never a picture of the wrong values
+    rendered = get(stack, f"{url}/rendered", "image/png")
     assert (rendered.status_code, rendered.headers["Content-Type"]) in (
-        (200, "image/jpeg"),
+        (200, "image/png"),
         (406, "application/json"),
     ), (rendered.status_code, rendered.text[:200])
+    if rendered.status_code == 200:
+        try:
+            assert_renders_as_pydicom_decodes(ds, rendered.content)
+        except AssertionError as failure:
+            raise AssertionError(f"{item.name}: rendered is not what pydicom decodes: {failure}") from None
 
     answer = get(stack, f"{url}/metadata", "application/dicom+json")
     assert answer.status_code == 200 and answer.headers["Content-Type"] == "application/dicom+json"
