@@ -45,6 +45,7 @@ ENV NGINX_ENVSUBST_TEMPLATE_DIR=/etc/nginx/templates \
     DICOMGW_VIEWER_ROOT=/usr/share/dicomgw/viewer \
     DICOMGW_AUTH_CACHE_SECONDS=2 \
     DICOMGW_MAX_BODY=4g \
+    DICOMGW_MAX_UPLOADS=4 \
     DICOMGW_FILE_ORIGIN_LISTEN=127.0.0.1:8081 \
     DICOMGW_FILE_ROOT=/usr/share/dicomgw/empty \
     DICOMGW_CORS_ORIGIN_REGEX="^\$" \

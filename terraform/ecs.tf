@@ -21,6 +21,7 @@ locals {
     DICOMGW_VIEWER_ROOT        = "/usr/share/dicomgw/viewer"
     DICOMGW_AUTH_CACHE_SECONDS = "2"
     DICOMGW_MAX_BODY           = "4g"
+    DICOMGW_MAX_UPLOADS        = tostring(max(1, floor(var.gateway_threads / 2))) # half of one worker's threads
     DICOMGW_GATEWAY_UPSTREAM   = "127.0.0.1:8000"
     DICOMGW_STORAGE_SCHEME     = "https"
     DICOMGW_STORAGE_UPSTREAM   = "${local.s3_host}:443"

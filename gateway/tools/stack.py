@@ -215,6 +215,9 @@ class Stack:
             "DICOMGW_CACHE_DIR": str(self.nginx_dir / "cache"),
             "DICOMGW_ACCESS_LOG": str(self.access_log),
             "DICOMGW_MAX_BODY": "8g",
+            # half of one worker's threads (every upload may land on the same worker): the rest stay free for
+            # decisions and queries
+            "DICOMGW_MAX_UPLOADS": self.extra_env.get("DICOMGW_MAX_UPLOADS", str(max(1, self.gunicorn_threads // 2))),
             "DICOMGW_AUTH_CACHE_SECONDS": self.extra_env.get("DICOMGW_AUTH_CACHE_SECONDS", "2"),
             "DICOMGW_FRAME_ANCESTORS": self.extra_env.get("DICOMGW_FRAME_ANCESTORS", "'self'"),
             "DICOMGW_CORS_ORIGIN_REGEX": nginxconf.cors_regex(

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -233,3 +235,63 @@ def test_uploading_the_same_file_again_restores_an_object_storage_lost(stack: Ru
     assert item["00091002"]["Value"] == ["DUPLICATE"]  # the catalog already had it: nothing registered twice
     restored = requests.get(url, headers=headers, timeout=30)
     assert (restored.status_code, restored.content) == (200, path.read_bytes())
+
+
+def open_slow_upload(stack: RunningStack) -> socket.socket:
+    """A STOW whose client sends its headers and the start of a 2 MB body, then nothing (a phone on a bad line)."""
+    head = (
+        "POST /dicomweb/studies HTTP/1.1\r\n"
+        f"Host: 127.0.0.1:{stack.stack.port}\r\n"
+        f"Authorization: Bearer {stack.stack.api_key}\r\n"
+        'Content-Type: multipart/related; type="application/dicom"; boundary=SLOW\r\n'
+        "Content-Length: 2000000\r\n\r\n"
+        "--SLOW\r\nContent-Type: application/dicom\r\n\r\n"
+    )
+    sock = socket.create_connection(("127.0.0.1", stack.stack.port), timeout=10)
+    sock.sendall(head.encode() + b"\0" * 128)
+    return sock
+
+
+def test_slow_uploads_never_take_the_threads_reads_need(stack: RunningStack, synthetic: dict[str, Any]) -> None:
+    """Uploads stream to gunicorn unbuffered, one thread each for the whole body: more slow uploads than a worker
+    has threads made every read and /readyz wait for a free one (503 after 5 s). NGINX lets half of one worker's
+    threads hold uploads (DICOMGW_MAX_UPLOADS) and answers the next upload at once, before its body: a JSON 503 with
+    Retry-After. Reads stay fast meanwhile, and once the slow uploads end, an upload is taken again."""
+    ct = synthetic["ct"][0]
+    assert stack.stow([ct]).status_code == 200  # stored (or already there): something to read
+    study, series, sop = uids_of(ct)
+    root = stack.root(stack.issue([study])["token"])
+    limit = int(stack.stack.nginx_values()["DICOMGW_MAX_UPLOADS"])
+    assert limit == stack.stack.gunicorn_threads // 2
+    slow = [open_slow_upload(stack) for _ in range(2 * stack.stack.gunicorn_threads + 1)]
+    try:
+        answered = []
+        deadline = time.monotonic() + 10
+        while len(answered) < len(slow) - limit and time.monotonic() < deadline:
+            ready, _, _ = select.select([s for s in slow if s not in answered], [], [], 0.2)
+            answered.extend(ready)
+        assert len(answered) == len(slow) - limit  # the ones over the limit, answered without their body
+        for sock in answered:
+            head, _, body = sock.recv(65536).partition(b"\r\n\r\n")
+            status, *lines = head.decode().split("\r\n")
+            headers = dict(line.split(": ", 1) for line in lines)
+            assert status.startswith("HTTP/1.1 503 "), head
+            assert (headers["Retry-After"], headers["Content-Type"]) == ("5", "application/json"), head
+            assert json.loads(body) == {
+                "error": "gateway_unavailable",
+                "detail": "too many uploads at once, try again shortly",
+            }
+        # meanwhile every kind of read is served at once: decisions, QIDO, frames, readiness
+        frame = f"{root}/studies/{study}/series/{series}/instances/{sop}/frames/1"
+        for url, accept in ((f"{root}/studies", "application/dicom+json"), (frame, "application/octet-stream")):
+            answer = requests.get(url, headers={"Accept": accept}, timeout=4)
+            assert answer.status_code == 200, (url, answer.status_code, answer.text[:200])
+        assert requests.get(f"{stack.url}/readyz", timeout=4).status_code == 200
+    finally:
+        for sock in slow:
+            sock.close()
+    deadline = time.monotonic() + 30
+    while (answer := stack.stow([ct])).status_code == 503:  # NGINX notices the closed uploads
+        assert time.monotonic() < deadline, answer.text
+        time.sleep(0.2)
+    assert answer.status_code == 200, answer.text[:300]

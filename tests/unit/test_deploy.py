@@ -576,6 +576,7 @@ def test_ecs_environment_renders_a_config_nginx_accepts(tmp_path: Path) -> None:
         "DICOMGW_STORAGE_HOST": S3_HOST,
         "DICOMGW_CORS_ORIGIN_REGEX": r"^(https://portal\.example\.org)$",
         "DICOMGW_FRAME_ANCESTORS": "'self' https://portal.example.org",
+        "DICOMGW_MAX_UPLOADS": "4",  # half of one worker's default 8 threads
     }
     literal = {key: value for key, value in raw.items() if "${" not in value}
     assert set(literal) | set(computed) == set(raw)
