@@ -4,8 +4,10 @@ fail-closed behaviour, the audit log, CORS, and the WebView cookie exchange."""
 from __future__ import annotations
 
 import http.client
+import os
 import random
 import re
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ import requests
 
 from gateway.tokens import TokenService
 from gateway.tools.stack import Stack, free_port
+from gateway.tools.synth import make_series
 from tests.e2e.conftest import uids_of
 from tests.e2e.harness import RunningStack
 
@@ -497,3 +500,94 @@ def test_dead_gateway_is_503_never_200(tmp_path: Path, synthetic: dict[str, Any]
             assert answer.json()["error"] == "gateway_unavailable"
     finally:
         running.stop()
+
+
+UNAVAILABLE = {"error": "gateway_unavailable", "detail": "the gateway is unavailable, try again shortly"}
+
+
+def assert_unavailable(answer: requests.Response, what: str) -> None:
+    """README, "Fail closed": the 503 a client gets from a dead or slow gateway is JSON and says when to retry."""
+    assert answer.status_code == 503, (what, answer.status_code, answer.text[:200])
+    assert answer.headers["Content-Type"] == "application/json", what
+    assert answer.headers["Retry-After"] == "5", what
+    assert answer.json() == UNAVAILABLE, what
+
+
+def test_dead_gateway_503_says_when_to_retry(tmp_path: Path, synthetic: dict[str, Any]) -> None:
+    """gunicorn killed: every DICOMweb read (decided by the auth hop), STOW (the same hop, before the body) and the
+    token API (proxied, no auth hop) is the JSON 503 with ``Retry-After: 5``: a viewer or portal can tell "try
+    again shortly" from a refusal, and a bare NGINX 502 page never reaches it."""
+    running = _stack(tmp_path)
+    try:
+        study, series, sop = uids_of(synthetic["ct"][0])
+        token = TokenService((running.signing_key,), 3600).issue(sub="x", studies=[study]).token
+        api = {"Authorization": f"Bearer {running.api_key}"}
+        running.kill("gunicorn")
+        root = f"{running.url}/t/{token}/dicomweb"
+        instance = f"{root}/studies/{study}/series/{series}/instances/{sop}"
+        for what, answer in (
+            ("qido", requests.get(f"{root}/studies", timeout=15)),
+            ("frame", requests.get(f"{instance}/frames/1", timeout=15)),
+            ("retrieve", requests.get(instance, headers={"Accept": "application/dicom"}, timeout=15)),
+            ("metadata", requests.get(f"{instance}/metadata", timeout=15)),
+            ("api key", requests.get(f"{running.url}/dicomweb/studies", headers=api, timeout=15)),
+            (
+                "stow",
+                requests.post(
+                    f"{running.url}/dicomweb/studies",
+                    data=synthetic["ct"][0].read_bytes(),
+                    headers={**api, "Content-Type": "application/dicom"},
+                    timeout=15,
+                ),
+            ),
+            (
+                "token api",
+                requests.post(f"{running.url}/api/v1/tokens", json={"sub": "x", "studies": [study]}, headers=api),
+            ),
+        ):
+            assert_unavailable(answer, what)
+    finally:
+        running.stop()
+
+
+def test_slow_gateway_is_a_503_with_retry_after_then_served_again(tmp_path: Path) -> None:
+    """gunicorn frozen (SIGSTOP: it accepts connections and never answers, a hung process): the auth hop gives up
+    after its 5-second read timeout and every DICOMweb read is the JSON 503 with ``Retry-After: 5`` within seconds,
+    never a 200 and never a request held for gunicorn's 300 s. Resumed, the same URLs with the same token are
+    served: the 503 was the gateway's silence, not a refusal of the token."""
+    from tests.e2e.harness import start_stack
+
+    running = start_stack(tmp_path / "var", "file", None)
+    try:
+        files = make_series(tmp_path / "ct", modality="CT", slices=1, rows=32, columns=32, seed=2301, clean=True)
+        assert running.stow(files).status_code == 200
+        study, series, sop = uids_of(files[0])
+        # signed here, never presented before the freeze: no decision and no plan of these URLs is cached
+        token = TokenService((running.stack.signing_key,), 3600).issue(sub="slow", studies=[study]).token
+        instance = f"{running.root(token)}/studies/{study}/series/{series}/instances/{sop}"
+        reads = {
+            "qido": (f"{running.root(token)}/studies/{study}/series", {}),
+            "frame": (f"{instance}/frames/1", {"Accept": "application/octet-stream"}),
+            "retrieve": (instance, {"Accept": "application/dicom"}),
+            "metadata": (f"{instance}/metadata", {}),
+        }
+        gunicorn = running.stack.processes["gunicorn"].pid  # its own process group: the master and its workers
+        os.killpg(gunicorn, signal.SIGSTOP)
+        try:
+            for what, (url, headers) in reads.items():
+                started = time.monotonic()
+                answer = requests.get(url, headers=headers, timeout=60)
+                took = time.monotonic() - started
+                assert_unavailable(answer, what)
+                assert took < 20, (what, took)  # the auth hop's 5 s read timeout, not gunicorn's 300 s
+        finally:
+            os.killpg(gunicorn, signal.SIGCONT)
+        deadline = time.monotonic() + 30
+        for what, (url, headers) in reads.items():
+            while (answer := requests.get(url, headers=headers, timeout=60)).status_code == 503:
+                assert time.monotonic() < deadline, f"{what} still 503 after SIGCONT"
+                time.sleep(0.2)
+            assert answer.status_code == 200, (what, answer.text[:200])
+        assert requests.get(reads["retrieve"][0], headers=reads["retrieve"][1], timeout=30).content == files[0].read_bytes()
+    finally:
+        running.stack.stop()
