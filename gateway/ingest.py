@@ -61,6 +61,7 @@ CANNOT_UNDERSTAND = 0xC000
 STUDY_MISMATCH = 0xC409  # Referenced Study Instance UID does not match the target resource
 DUPLICATE_DIFFERENT = 0x0111  # Duplicate SOP Instance (with different content)
 QUARANTINED = 0xC4F0  # implementation-specific (gateway.dicomweb.stow_response): held by the data policy
+COERCED = 0xB000  # Warning: Coercion of Data Elements (PS3.4 Table B.2-1): a hook rewrote the file (de-identified)
 
 # How long an upload waits for another upload of the same instance to end before it answers 0xA700 (see
 # ``Ingestor._reserve``): a commit takes milliseconds; a killed holder's reservation is taken over at once.
@@ -75,6 +76,7 @@ class IngestResult:
     ids: InstanceId | None = None  # of a file that could not be read: what it names (``refused``), or None
     sop_class_uid: str | None = None
     failure_reason: int | None = None
+    warning_reason: int | None = None
     detail: str = ""
     report: dict[str, Any] = field(default_factory=dict)
     storage_key: str | None = None
@@ -323,7 +325,12 @@ class Ingestor:
             if outcome.action == "quarantine":
                 return self._quarantine(final_path, context, header, outcome)
             assert analysis.indexed is not None
-            return self._store(final_path, context, header, outcome, analysis.indexed, analysis.digest)
+            result = self._store(final_path, context, header, outcome, analysis.indexed, analysis.digest)
+            if result.ok and final_path != path:
+                # stored as a hook rewrote it, not as sent: PS3.18 I.2 has the client told (202, Warning Reason)
+                result.warning_reason = COERCED
+                result.detail = result.detail or "de-identified on upload: data elements coerced"
+            return result
         finally:
             if final_path != path:
                 final_path.unlink(missing_ok=True)

@@ -57,8 +57,3 @@ class StowBatch:
             return [item.result() if isinstance(item, Future) else item for item in self._results]
         finally:
             self._pool.shutdown(wait=True)
-
-    def abandon(self) -> None:
-        """The body broke mid-way: the parts already received whole are ingested as usual (a retry of the whole
-        request is idempotent), and the error goes to the client."""
-        self._pool.shutdown(wait=True)

@@ -30,7 +30,7 @@ from gateway.errors import (
     UnsupportedMediaType,
 )
 from gateway.hooks import UploadContext
-from gateway.ingest import IngestResult
+from gateway.ingest import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, IngestResult
 from gateway.lifecycle import check_reason
 from gateway.numbers import parse_int
 from gateway.render import render_instance
@@ -80,8 +80,15 @@ def _search(level: str, study: str | None = None, series: str | None = None) -> 
         raise NotFound("no such study" if series is None else "no such series")  # e.g. deleted
     response = dicom_json(fastjson.dumps(_with_retrieve_urls(results, level, scope)))
     for text in query.warnings:  # PS3.18 8.3.4.2/5/6: a matching option we ignored is owned up to, in these words
-        response.headers.add("Warning", f"299 {public_base()}/dicomweb: {text}")
+        response.headers.add("Warning", _warning(text))
     return response
+
+
+def _warning(text: str) -> str:
+    """A Warning header value as PS3.18 8.3.4 writes them: ``299 {+SERVICE}: "text"`` (RFC 7234 5.5: the text is
+    a quoted-string, so a quote or backslash in it is escaped)."""
+    quoted = text.replace("\\", "\\\\").replace('"', '\\"')
+    return f'299 {public_base()}/dicomweb: "{quoted}"'
 
 
 def _with_retrieve_urls(results: list[dict[str, Any]], level: str, scope: Scope | None) -> list[dict[str, Any]]:
@@ -197,6 +204,7 @@ def _to_item(result: IngestResult) -> StowItem:
         ids=result.ids,
         failure_reason=result.failure_reason,
         detail=result.detail,
+        warning_reason=result.warning_reason,
     )
 
 
@@ -259,17 +267,28 @@ def _stow(study: str | None) -> Response:
                     )
         else:
             raise UnsupportedMediaType("Content-Type must be multipart/related; type=application/dicom")
-    except GatewayError:
-        batch.abandon()
-        raise
-    results = batch.finish()
+    except GatewayError as error:
+        # the parts received whole before the body broke are ingested as usual (a retry of the whole request is
+        # idempotent); PS3.18 Table 10.5.3-1 keeps 400 for "nothing stored", so once one is, the answer lists them
+        results = batch.finish()
+        if not any(r.ok for r in results):
+            raise
+        reason = OUT_OF_RESOURCES if error.status in (413, 503, 507) else CANNOT_UNDERSTAND
+        results.append(IngestResult("failed", failure_reason=reason, detail=f"the rest of the body: {error.detail}"))
+        broken: str | None = error.detail
+    else:
+        results = batch.finish()
+        broken = None
     if not results:  # nothing to answer per instance: say what is wrong with the body, like any other 400
         raise MalformedMultipart("the multipart body holds no part")
     outage = batch.outage
     if outage is not None and not any(r.ok for r in results):
         raise outage
     answer = build_stow_response([_to_item(r) for r in results], root=public_base() + dicomweb_root(), study_uid=study)
-    return dicom_json(json.dumps(answer.body, separators=(",", ":")).encode(), answer.status)
+    response = dicom_json(json.dumps(answer.body, separators=(",", ":")).encode(), answer.status)
+    if broken is not None:
+        response.headers["Warning"] = _warning(f"the body broke after {sum(r.ok for r in results)} stored: {broken}")
+    return response
 
 
 def _spool_single(stream: object, spool_dir: Path, length: int | None) -> tuple[Path, str]:

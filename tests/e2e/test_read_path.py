@@ -485,13 +485,13 @@ def test_qido_unsupported_matching_options_are_ignored_with_the_warning_ps3_18_r
         for params in ({name: "true"}, {name: "true", "PatientName": "*"}):
             answer = requests.get(f"{root}/studies", params=params, timeout=30)
             assert answer.status_code == 200 and answer.json() == literal.json(), (name, answer.text[:200])
-            assert answer.headers["Warning"] == service + text
+            assert answer.headers["Warning"] == f'{service}"{text}"'  # RFC 7234 5.5: the text is a quoted-string
             series = requests.get(f"{root}/studies/{study}/series", params=params, timeout=30)
-            assert series.status_code == 200 and series.headers["Warning"] == service + text
+            assert series.status_code == 200 and series.headers["Warning"] == f'{service}"{text}"'
         assert "Warning" not in requests.get(f"{root}/studies", params={name: "false"}, timeout=30).headers
     two = {"fuzzymatching": "true", "emptyvaluematching": "true"}
     both = requests.get(f"{root}/studies", params=two, timeout=30)
-    assert both.raw.headers.getlist("Warning") == [service + texts[name] for name in two]
+    assert both.raw.headers.getlist("Warning") == [f'{service}"{texts[name]}"' for name in two]
     assert "Warning" not in literal.headers
 
 

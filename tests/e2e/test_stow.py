@@ -222,6 +222,39 @@ def test_broken_multipart_gives_a_clear_error(stack: RunningStack, content_type:
     assert answer.json()["error"] in ("malformed_multipart", "unsupported_media_type")
 
 
+def test_body_broken_after_a_stored_part_lists_what_was_stored(stack: RunningStack, tmp_path: Path) -> None:
+    """A multipart body that breaks after its first part arrived whole (a client gone, a proxy cutting it): that
+    part is stored, so the answer is no 400 (PS3.18 Table 10.5.3-1: nothing stored) but a 202 naming it, the
+    broken rest as a failed item (0xC000) and a Warning; the retry of the whole request stores the rest."""
+    first, second = make_series(tmp_path / "broken", modality="CT", slices=2, seed=171, clean=True)
+    part = b"--x\r\nContent-Type: application/dicom\r\n\r\n"
+    whole = first.read_bytes()
+    body = part + whole + b"\r\n" + part + second.read_bytes()[:300]  # no close delimiter: the body ends in a part
+    headers = {**stack.api_headers, "Content-Type": "multipart/related; type=application/dicom; boundary=x"}
+    answer = requests.post(f"{stack.url}/dicomweb/studies", data=body, headers=headers, timeout=60)
+    assert answer.status_code == 202, answer.text
+    assert answer.headers["Content-Type"] == "application/dicom+json"
+    study, series, sop = uids_of(first)
+    [stored] = referenced(answer)
+    assert stored["00081155"]["Value"] == [sop] and "00081196" not in stored
+    [rest] = failed(answer)
+    assert rest["00081197"] == {"vr": "US", "Value": [0xC000]} and "00081155" not in rest
+    assert rest["00091001"]["Value"][0].startswith("the rest of the body: ")
+    assert answer.headers["Warning"] == (
+        f'299 {stack.url}/dicomweb: "the body broke after 1 stored: {rest["00091001"]["Value"][0][22:]}"'
+    )
+    instance = f"{stack.url}/dicomweb/studies/{study}/series/{series}/instances/{sop}"
+    got = requests.get(instance, headers={**stack.api_headers, "Accept": "application/dicom"}, timeout=30)
+    assert got.status_code == 200 and got.content == whole
+    retry = part + whole + b"\r\n" + part + second.read_bytes() + b"\r\n--x--\r\n"
+    again = requests.post(f"{stack.url}/dicomweb/studies", data=retry, headers=headers, timeout=60)
+    assert again.status_code == 200, again.text
+    assert [o["00091002"]["Value"][0] for o in referenced(again)] == ["DUPLICATE", "STORED"]
+    # broken before any part is whole: nothing stored, the 400 it always was
+    cut = requests.post(f"{stack.url}/dicomweb/studies", data=part + whole[:300], headers=headers, timeout=60)
+    assert cut.status_code == 400 and cut.json()["error"] == "malformed_multipart"
+
+
 @pytest.mark.parametrize("content_type", ["application/dicom", "multipart/related; type=application/dicom; boundary=x"])
 def test_compressed_body_is_a_clear_415(stack: RunningStack, tmp_path: Path, content_type: str) -> None:
     """A body with a Content-Encoding (gzip) is refused as such (RFC 9110 15.5.16), not read as DICOM (a 409 "not a

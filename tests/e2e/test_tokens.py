@@ -588,6 +588,7 @@ def test_slow_gateway_is_a_503_with_retry_after_then_served_again(tmp_path: Path
                 assert time.monotonic() < deadline, f"{what} still 503 after SIGCONT"
                 time.sleep(0.2)
             assert answer.status_code == 200, (what, answer.text[:200])
-        assert requests.get(reads["retrieve"][0], headers=reads["retrieve"][1], timeout=30).content == files[0].read_bytes()
+        retrieved = requests.get(reads["retrieve"][0], headers=reads["retrieve"][1], timeout=30)
+        assert retrieved.content == files[0].read_bytes()
     finally:
         running.stack.stop()
