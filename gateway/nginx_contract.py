@@ -32,7 +32,7 @@ FRAMES_PER_BLOCK = 128  # frames per block plan; njs/dgw_frames.js holds the sam
 BLOCK_OFFSET_DIGITS = 8  # width of a block plan's line offsets; njs/dgw_frames.js holds it too (a unit test compares)
 
 # NGINX -> Python (set only by the byte-serving locations; cleared on every other proxied request).
-RANGE = "X-Dgw-Range"  # the client's Range (NGINX blanks Range itself towards a cached upstream)
+RANGE = "X-Dgw-Range"  # the client's Range, blank with If-Range (NGINX blanks Range itself towards a cached upstream)
 
 # Python -> NGINX (read by auth_request_set / $upstream_http_*; hidden from the client or turned into headers).
 SUB = "X-Dgw-Sub"  # the decision's subject, for the audit log

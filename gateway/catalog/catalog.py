@@ -29,7 +29,7 @@ from gateway.catalog.derivatives import DerivativeRecords
 from gateway.catalog.engine import MIGRATIONS, engine_url
 from gateway.catalog.records import SERIES_FIELDS, STUDY_FIELDS, InstanceRecord, InstanceRow
 from gateway.catalog.schema import audit, instances, reservations, series, studies
-from gateway.catalog.search import build_select, shape_row, wide_prefixes
+from gateway.catalog.search import build_count, build_select, shape_row, wide_prefixes
 from gateway.dicomweb.qido import QidoQuery
 from gateway.errors import Conflict, GatewayError, ReservationLost, SeriesInOtherStudy
 from gateway.scope import Scope
@@ -450,6 +450,12 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
             if scope is not None and scope.series is not None and rows:
                 self._scope_counts(conn, rows, scope.series)
         return [shape_row(query, row) for row in rows]
+
+    def count(self, query: QidoQuery, scope: Scope | None) -> int:
+        """How many matches ``search`` pages through (limit and offset ignored)."""
+        with self._read() as conn:
+            unindexed = wide_prefixes(conn, query) if self.dialect == "sqlite" else frozenset()
+            return int(conn.execute(build_count(query, scope, unindexed)).scalar_one())
 
     @staticmethod
     def _scope_counts(conn: Connection, rows: list[dict[str, Any]], visible: frozenset[str]) -> None:

@@ -163,29 +163,14 @@ def build_select(query: QidoQuery, scope: Scope | None, unindexed: frozenset[int
     of PN prefix matches that must not use their index (``wide_prefixes``)."""
     depth = LEVELS[query.level]
     columns: list[Any] = [c.label(f"st_{c.name}") for c in studies.c]
-    source: Any = studies
     if depth >= 1:
         columns += [c.label(f"se_{c.name}") for c in series.c]
-        source = series.join(studies, series.c.study_uid == studies.c.study_uid)
     if depth == 2:
         wanted = ["sop_uid", "sop_class_uid", "instance_number", "number_of_frames", "attrs"]
         if query.include_all or query.include:
             wanted.append("metadata")
         columns += [instances.c[name].label(f"in_{name}") for name in wanted]
-        source = instances.join(series, instances.c.series_uid == series.c.series_uid).join(
-            studies, instances.c.study_uid == studies.c.study_uid
-        )
-    stmt = sa.select(*columns).select_from(source)
-    if query.study_uid is not None:
-        stmt = stmt.where(studies.c.study_uid == query.study_uid)
-    if query.series_uid is not None:
-        stmt = stmt.where(series.c.series_uid == query.series_uid)
-    for position, match in enumerate(query.matches):
-        stmt = stmt.where(_clause(match, scope, position in unindexed))
-    if scope is not None:
-        stmt = stmt.where(studies.c.study_uid.in_(sorted(scope.studies)))
-        if scope.series is not None and depth >= 1:
-            stmt = stmt.where(series.c.series_uid.in_(sorted(scope.series)))
+    stmt = _filtered(sa.select(*columns).select_from(_source(query)), query, scope, unindexed)
     order: list[Any] = [sa.nulls_last(studies.c.study_date.desc()), studies.c.study_uid]
     if depth >= 1:
         order += [sa.nulls_last(series.c.series_number.asc()), series.c.series_uid]
@@ -200,6 +185,38 @@ def build_select(query: QidoQuery, scope: Scope | None, unindexed: frozenset[int
         stmt = sa.select(*columns).where(studies.c.study_uid.in_(page.scalar_subquery()))
         return stmt.order_by(*order)
     return stmt.order_by(*order).limit(query.limit).offset(query.offset)
+
+
+def build_count(query: QidoQuery, scope: Scope | None, unindexed: frozenset[int] = frozenset()) -> sa.Select[Any]:
+    """How many rows ``build_select`` would find without its limit and offset (the QIDO "additional results")."""
+    return _filtered(sa.select(sa.func.count()).select_from(_source(query)), query, scope, unindexed)
+
+
+def _source(query: QidoQuery) -> Any:
+    """The tables a query of ``query.level`` reads: studies, series joined to them, or instances joined to both."""
+    depth = LEVELS[query.level]
+    if depth == 0:
+        return studies
+    if depth == 1:
+        return series.join(studies, series.c.study_uid == studies.c.study_uid)
+    return instances.join(series, instances.c.series_uid == series.c.series_uid).join(
+        studies, instances.c.study_uid == studies.c.study_uid
+    )
+
+
+def _filtered(stmt: sa.Select[Any], query: QidoQuery, scope: Scope | None, unindexed: frozenset[int]) -> sa.Select[Any]:
+    """``stmt`` with the query's UIDs, its matches and the credential's scope as WHERE clauses."""
+    if query.study_uid is not None:
+        stmt = stmt.where(studies.c.study_uid == query.study_uid)
+    if query.series_uid is not None:
+        stmt = stmt.where(series.c.series_uid == query.series_uid)
+    for position, match in enumerate(query.matches):
+        stmt = stmt.where(_clause(match, scope, position in unindexed))
+    if scope is not None:
+        stmt = stmt.where(studies.c.study_uid.in_(sorted(scope.studies)))
+        if scope.series is not None and LEVELS[query.level] >= 1:
+            stmt = stmt.where(series.c.series_uid.in_(sorted(scope.series)))
+    return stmt
 
 
 # --- DICOM JSON ---------------------------------------------------------------------------------------------

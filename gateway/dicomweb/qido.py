@@ -114,6 +114,7 @@ class QidoQuery:
     study_uid: str | None = None  # from the path
     series_uid: str | None = None  # from the path
     warnings: tuple[str, ...] = ()  # texts of the Warning headers the answer carries (UNSUPPORTED_OPTIONS)
+    server_limit: bool = False  # the page size is ours (no limit asked, or more than MAX_LIMIT), not the client's
 
 
 def _resolve(name: str) -> tuple[str, Attr | None]:
@@ -281,9 +282,8 @@ def parse_qido(
         match = _match(name, attr, list(values))
         if match is not None:
             matches.append(match)
-    limit = _int_param("limit", list(args.get("limit", [])), DEFAULT_LIMIT)
-    if limit == 0:
-        limit = DEFAULT_LIMIT
+    asked = _int_param("limit", list(args.get("limit", [])), 0)
+    limit = asked or DEFAULT_LIMIT
     return QidoQuery(
         level=level,
         matches=tuple(matches),
@@ -293,6 +293,7 @@ def parse_qido(
         offset=_int_param("offset", list(args.get("offset", [])), 0),
         study_uid=study_uid,
         series_uid=series_uid,
+        server_limit=asked == 0 or asked > MAX_LIMIT,
         warnings=tuple(
             text
             for name, text in UNSUPPORTED_OPTIONS.items()

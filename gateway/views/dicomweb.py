@@ -79,8 +79,15 @@ def _search(level: str, study: str | None = None, series: str | None = None) -> 
     if not results and study and not catalog.exists(study, series):
         raise NotFound("no such study" if series is None else "no such series")  # e.g. deleted
     response = dicom_json(fastjson.dumps(_with_retrieve_urls(results, level, scope)))
+    response.headers["Cache-Control"] = "private, no-cache"  # a search answers for now: the catalog changes
     for text in query.warnings:  # PS3.18 8.3.4.2/5/6: a matching option we ignored is owned up to, in these words
         response.headers.add("Warning", _warning(text))
+    if query.server_limit and len(results) == query.limit:
+        # PS3.18 8.3.4.4: a page cut by our maximum, not by the client's limit, says how much is left (counted only
+        # then: a client that pages with its own limit knows to ask for the next page)
+        remaining = catalog.count(query, scope) - query.offset - len(results)
+        if remaining > 0:
+            response.headers.add("Warning", _warning(f"There are {remaining} additional results that can be requested"))
     return response
 
 

@@ -158,6 +158,15 @@ def test_bulkdata_ranges(stack: RunningStack, synthetic: dict[str, Any], roots: 
     assert whole.status_code == 200
     assert whole.content == pixels
     assert whole.headers["Accept-Ranges"] == "bytes"
+    assert whole.headers["Cache-Control"] == "private, no-cache"
+    frame = requests.get(f"{instance_url(roots, path)}/frames/1", timeout=30)
+    assert frame.status_code == 200 and frame.headers["Cache-Control"] == "private, no-cache"
+    # bulkdata has no validator for an If-Range to match: the whole value, never a part of something unchecked
+    for validator in ('"d41d8cd98f00b204"', "Sat, 05 Dec 2026 00:00:00 GMT"):
+        headers = {"Accept": "application/octet-stream", "Range": "bytes=100-1099", "If-Range": validator}
+        resumed = requests.get(url, headers=headers, timeout=30)
+        assert resumed.status_code == 200, validator
+        assert resumed.content == pixels and "Content-Range" not in resumed.headers
     part = requests.get(url, headers={"Accept": "application/octet-stream", "Range": "bytes=100-1099"}, timeout=30)
     assert part.status_code == 206
     assert part.headers["Content-Range"] == f"bytes 100-1099/{len(pixels)}"
@@ -183,7 +192,8 @@ def test_retrieve_instance_single_part_with_range(
     assert answer.status_code == 200
     assert answer.content == data
     assert answer.headers["Content-Length"] == str(len(data))
-    assert answer.headers["Cache-Control"] == "private, max-age=31536000, immutable"
+    # revalidated, never kept: the same URL may name other bytes after a DELETE and a new upload
+    assert answer.headers["Cache-Control"] == "private, no-cache"
     etag = answer.headers["ETag"]
     assert etag.startswith('"') and not etag.startswith("W/")
     ranged = requests.get(url, headers={"Accept": "application/dicom", "Range": "bytes=128-131"}, timeout=30)
@@ -191,6 +201,14 @@ def test_retrieve_instance_single_part_with_range(
     assert ranged.content == b"DICM"
     again = requests.get(url, headers={"Accept": "application/dicom", "If-None-Match": etag}, timeout=30)
     assert again.status_code == 304
+    resumed = requests.get(
+        url, headers={"Accept": "application/dicom", "Range": "bytes=128-131", "If-Range": etag}, timeout=30
+    )
+    assert resumed.status_code == 206 and resumed.content == b"DICM"  # the ETag matches: the range
+    stale = requests.get(
+        url, headers={"Accept": "application/dicom", "Range": "bytes=128-131", "If-Range": '"other"'}, timeout=30
+    )
+    assert stale.status_code == 200 and stale.content == data  # it does not: the whole object
 
 
 def test_retrieve_series_and_study_multipart(
@@ -493,6 +511,39 @@ def test_qido_unsupported_matching_options_are_ignored_with_the_warning_ps3_18_r
     both = requests.get(f"{root}/studies", params=two, timeout=30)
     assert both.raw.headers.getlist("Warning") == [f'{service}"{texts[name]}"' for name in two]
     assert "Warning" not in literal.headers
+
+
+def test_qido_page_cut_by_the_server_says_how_many_are_left(stack: RunningStack, tmp_path: Path) -> None:
+    """PS3.18 8.3.4.4: without a limit the answer stops at 100 matches, and a page cut by the server's maximum
+    carries ``Warning: 299 {service}: "There are N additional results that can be requested"`` (a client such as
+    dicomweb-client searching without a limit saw 100 of 103 and could not tell). A client's own limit is its
+    choice: no warning, as when everything fits."""
+    files = make_series(tmp_path / "many", modality="CT", slices=103, rows=16, columns=16, seed=172, clean=True)
+    assert stack.stow(files).status_code == 200
+    study, series, _ = uids_of(files[0])
+    url = f"{stack.url}/dicomweb/studies/{study}/series/{series}/instances"
+    service = f"299 {stack.url}/dicomweb: "
+
+    def search(**params: str) -> requests.Response:
+        answer = requests.get(url, params=params, headers=stack.api_headers, timeout=30)
+        assert answer.status_code == 200, answer.text[:200]
+        return answer
+
+    first = search()
+    assert len(first.json()) == 100
+    assert first.headers["Cache-Control"] == "private, no-cache"
+    assert first.headers["Warning"] == service + '"There are 3 additional results that can be requested"'
+    shifted = search(offset="1")
+    assert len(shifted.json()) == 100
+    assert shifted.headers["Warning"] == service + '"There are 2 additional results that can be requested"'
+    rest = search(offset="100")
+    assert len(rest.json()) == 3 and "Warning" not in rest.headers
+    mine = search(limit="50")
+    assert len(mine.json()) == 50 and "Warning" not in mine.headers
+    everything = search(limit="1000")
+    assert len(everything.json()) == 103 and "Warning" not in everything.headers
+    sops = [item["00080018"]["Value"][0] for item in first.json() + rest.json()]
+    assert sorted(sops) == sorted(uids_of(f)[2] for f in files)
 
 
 def test_qido_matches_carry_their_retrieve_url(stack: RunningStack, synthetic: dict[str, Any]) -> None:

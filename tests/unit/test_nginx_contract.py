@@ -47,7 +47,7 @@ def test_headers_to_python(conf: str) -> None:
     choice = conf[conf.index("$dgw_plan_location {") : conf.index("\n}", conf.index("$dgw_plan_location {"))]
     assert f"default {nginx.PLAN};" in choice
     assert re.findall(r" (/_[a-z]+);", choice) == [nginx.PLAN, nginx.FRAME]
-    assert f"proxy_set_header {nginx.RANGE} $http_range;" in conf
+    assert f"proxy_set_header {nginx.RANGE} $dgw_plan_range;" in conf  # blank when If-Range is sent
     for header in nginx.TO_PYTHON:  # a client cannot send them: every other proxied request clears them
         assert f'proxy_set_header {header} "";' in conf
 
