@@ -133,6 +133,10 @@ class UnsupportedMediaType(GatewayError):
     code = "unsupported_media_type"
 
 
+class UnsupportedContentEncoding(UnsupportedMediaType):
+    """A compressed request body: the 415 names the one coding accepted (RFC 9110 15.5.16, Accept-Encoding)."""
+
+
 class RangeNotSatisfiable(GatewayError):
     """A Range outside the representation; ``length`` is its size, for ``Content-Range: bytes */length``."""
 
@@ -203,6 +207,8 @@ def to_response(error: GatewayError) -> tuple[int, list[tuple[str, str]], bytes]
     headers = [("Content-Type", "application/json")]
     if isinstance(error, RangeNotSatisfiable):
         headers.append(("Content-Range", f"bytes */{error.length}"))
+    if isinstance(error, UnsupportedContentEncoding):
+        headers.append(("Accept-Encoding", "identity"))
     if error.status == 503:
         headers.append(("Retry-After", RETRY_AFTER_SECONDS))
     return error.status, headers, error_body(error.code, error.detail)

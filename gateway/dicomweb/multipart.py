@@ -276,6 +276,9 @@ def _after_delimiter(reader: _Reader) -> bool:
     if reader.peek(2) == b"--":
         reader.pos += 2
         return True
+    if reader.peek(_MAX_PADDING + 2).lstrip(b" \t").startswith(b"\n"):
+        # a body written with LF line ends (a hand-made client): say so, not "line too long" or "bytes after"
+        raise MalformedMultipart("a boundary delimiter line ends in a bare LF: multipart lines end in CRLF")
     line = reader.read_line(_MAX_PADDING)
     if line.strip(b" \t"):
         raise MalformedMultipart("unexpected bytes after a boundary delimiter (boundary occurs in the data?)")

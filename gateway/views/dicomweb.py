@@ -27,6 +27,7 @@ from gateway.errors import (
     MalformedMultipart,
     NotFound,
     PayloadTooLarge,
+    UnsupportedContentEncoding,
     UnsupportedMediaType,
 )
 from gateway.hooks import UploadContext
@@ -236,12 +237,17 @@ def _one_header(name: str) -> str | None:
 
 def _stow(study: str | None) -> Response:
     claims = decision().claims
+    # PS3.18 10.5.2: the response is DICOM JSON (XML is not offered); a client that accepts neither gets its 406
+    # before any of its body is stored
+    accept_json()
     srv = services()
     media_type, params = parse_content_type(request.headers.get("Content-Type", ""))
     coding = request.headers.get("Content-Encoding", "").strip().lower()
     if coding not in ("", "identity"):
         # read as DICOM, a gzip body was a 409 "not a DICOM Part 10 file" per part, or a 400 "no boundary"
-        raise UnsupportedMediaType(f"Content-Encoding {coding[:40]} is not supported: send the body uncompressed")
+        raise UnsupportedContentEncoding(
+            f"Content-Encoding {coding[:40]} is not supported: send the body uncompressed"
+        )
     context = UploadContext(
         source="stow",
         sub=claims.sub,
@@ -264,7 +270,11 @@ def _stow(study: str | None) -> Response:
             if part_type != "application/dicom":
                 raise UnsupportedMediaType("STOW-RS accepts multipart/related; type=application/dicom")
             boundary = params.get("boundary", "")
-            for part in iter_parts(stream, boundary, srv.spool_dir, max_part_bytes=MAX_PART_BYTES):
+            # a part without a Content-Type is read as the body's type (some hand-made clients send none)
+            parts = iter_parts(
+                stream, boundary, srv.spool_dir, max_part_bytes=MAX_PART_BYTES, default_content_type=part_type
+            )
+            for part in parts:
                 if part.content_type.split(";")[0].strip().lower() == "application/dicom":
                     batch.add(part.path, part.sha256)
                 else:
@@ -312,6 +322,8 @@ def _spool_single(stream: object, spool_dir: Path, length: int | None) -> tuple[
         # A client that went away mid-body leaves a short read, not an error (NGINX closes, gunicorn reads EOF):
         # cut at an element boundary, the file still parses, and storing it would refuse the client's retry of
         # the whole file (0x0111). A multipart body has its close delimiter for this; a single part only this.
+        if total == 0:
+            raise BadRequest("the body is empty: send one DICOM Part 10 file")
         if length is not None and total != length:
             raise BadRequest(f"the body ended after {total} of its {length} bytes (Content-Length)")
     return path, digest.hexdigest()

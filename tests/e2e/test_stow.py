@@ -270,9 +270,58 @@ def test_compressed_body_is_a_clear_415(stack: RunningStack, tmp_path: Path, con
         timeout=30,
     )
     assert answer.status_code == 415, answer.text
+    assert answer.headers["Accept-Encoding"] == "identity"  # RFC 9110 15.5.16: the coding it does accept
     assert answer.json() == {
         "error": "unsupported_media_type",
         "detail": "Content-Encoding gzip is not supported: send the body uncompressed",
+    }
+
+
+@pytest.mark.parametrize("accept", ['multipart/related; type="application/dicom+xml"', "application/dicom+json;q=0"])
+def test_stow_for_a_client_that_takes_no_json_is_a_406_before_anything_is_stored(
+    stack: RunningStack, tmp_path: Path, accept: str
+) -> None:
+    """PS3.18 10.5.2: the Store Instances Response comes as DICOM JSON here (XML is not offered). A client that
+    accepts only XML, or refuses JSON, got JSON and its instance stored; now its 406 comes before the body."""
+    [path] = make_series(tmp_path / "accept", modality="CT", slices=1, seed=173, clean=True)
+    study, series, sop = uids_of(path)
+    body = b"--x\r\nContent-Type: application/dicom\r\n\r\n" + path.read_bytes() + b"\r\n--x--\r\n"
+    headers = {
+        **stack.api_headers,
+        "Content-Type": "multipart/related; type=application/dicom; boundary=x",
+        "Accept": accept,
+    }
+    answer = requests.post(f"{stack.url}/dicomweb/studies", data=body, headers=headers, timeout=30)
+    assert answer.status_code == 406, answer.text
+    assert answer.headers["Content-Type"] == "application/json"
+    assert answer.json()["error"] == "not_acceptable"
+    instance = f"{stack.url}/dicomweb/studies/{study}/series/{series}/instances/{sop}"
+    stored = requests.get(instance, headers={**stack.api_headers, "Accept": "application/dicom"}, timeout=30)
+    assert stored.status_code == 404
+
+
+def test_stow_body_shapes_hand_made_clients_send(stack: RunningStack, tmp_path: Path) -> None:
+    """An empty application/dicom body is a 400 saying so (it was a 409 naming nothing); a part without its own
+    Content-Type is read as the body's type and stored (it was refused as "not application/dicom"); a body written
+    with bare LF line ends is a 400 that says so (it said "header line longer than 1024 bytes")."""
+    headers = {**stack.api_headers, "Content-Type": "application/dicom"}
+    empty = requests.post(f"{stack.url}/dicomweb/studies", data=b"", headers=headers, timeout=30)
+    assert empty.status_code == 400, empty.text
+    assert empty.json() == {"error": "bad_request", "detail": "the body is empty: send one DICOM Part 10 file"}
+
+    [path] = make_series(tmp_path / "bare", modality="CT", slices=1, seed=174, clean=True)
+    multipart = {**stack.api_headers, "Content-Type": "multipart/related; type=application/dicom; boundary=x"}
+    bare = b"--x\r\n\r\n" + path.read_bytes() + b"\r\n--x--\r\n"
+    answer = requests.post(f"{stack.url}/dicomweb/studies", data=bare, headers=multipart, timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert referenced(answer)[0]["00081155"]["Value"] == [uids_of(path)[2]]
+
+    lf = b"--x\nContent-Type: application/dicom\n\n" + path.read_bytes() + b"\n--x--\n"
+    answer = requests.post(f"{stack.url}/dicomweb/studies", data=lf, headers=multipart, timeout=30)
+    assert answer.status_code == 400
+    assert answer.json() == {
+        "error": "malformed_multipart",
+        "detail": "a boundary delimiter line ends in a bare LF: multipart lines end in CRLF",
     }
 
 
