@@ -358,11 +358,14 @@ class Planner:
         return f"{prefix}/{first}-{first + length - 1}"
 
     @staticmethod
-    def _multipart(parts: list[tuple[str, list[bytes]]], part_type: str, expires: int) -> PlanResponse:
+    def _multipart(
+        parts: list[tuple[str, list[bytes]]], part_type: str, expires: int, part_headers: str = ""
+    ) -> PlanResponse:
+        """``part_headers``: header lines (each ending in CRLF) every part carries after its Content-Type."""
         boundary = secrets.token_hex(16)
         body = bytearray()
         for content_type, includes in parts:
-            body += f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode()
+            body += f"--{boundary}\r\nContent-Type: {content_type}\r\n{part_headers}\r\n".encode()
             for include in includes:
                 body += include
             body += b"\r\n"
@@ -523,8 +526,19 @@ class Planner:
         multi = Offer("application/octet-stream", ts, True)
         offer = negotiate(accept, [single, multi] if range_header else [multi, single])
         expires = ("X-Accel-Expires", str(self._plan_seconds))
+        wanted = parse_range(range_header, length) if range_header else None
+        if offer.multipart and wanted is not None:
+            # a client that takes only multipart and sends a Range (dicomweb-client's retrieve_bulkdata with a
+            # byte_range) gets the range in its one part, which says which bytes it holds; the whole value before
+            first, last = wanted
+            ranged = self._multipart(
+                [("application/octet-stream", [self._include(instance, offset + first, last - first + 1)])],
+                "application/octet-stream",
+                self._plan_seconds,
+                part_headers=f"Content-Range: bytes {first}-{last}/{length}\r\n",
+            )
+            return PlanResponse(206, ranged.headers, ranged.body)
         if not offer.multipart:
-            wanted = parse_range(range_header, length) if range_header else None
             if wanted is not None:
                 first, last = wanted
                 return PlanResponse(

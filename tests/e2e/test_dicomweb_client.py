@@ -67,6 +67,11 @@ def test_metadata_frames_and_bulkdata(ct_client: DICOMwebClient, synthetic: dict
     assert uri == f"{ct_client.base_url}/studies/{study}/series/{series}/instances/{sop}/bulkdata/7FE00010"
     [bulk] = ct_client.retrieve_bulkdata(uri)
     assert bulk == pixels
+    # a byte range: the client asks multipart with a Range and reads the one part (it got the whole value)
+    [part] = ct_client.retrieve_bulkdata(uri, byte_range=(100, 1099))
+    assert part == pixels[100:1100]
+    [tail] = ct_client.retrieve_bulkdata(uri, byte_range=(len(pixels) - 10, len(pixels) - 1))
+    assert tail == pixels[-10:]
     for instance_metadata in ct_client.retrieve_series_metadata(study, series):
         [bulk] = ct_client.retrieve_bulkdata(instance_metadata["7FE00010"]["BulkDataURI"])
         assert len(bulk) == len(pixels)

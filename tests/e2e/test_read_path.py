@@ -180,6 +180,14 @@ def test_bulkdata_ranges(stack: RunningStack, synthetic: dict[str, Any], roots: 
     multi = requests.get(url, headers={"Accept": 'multipart/related; type="application/octet-stream"'}, timeout=30)
     assert multi.status_code == 200
     assert [body for _, body in parse_multipart(multi)] == [pixels]
+    multi_range = {"Accept": 'multipart/related; type="application/octet-stream"', "Range": "bytes=100-1099"}
+    ranged = requests.get(url, headers=multi_range, timeout=30)
+    assert ranged.status_code == 206 and "Content-Range" not in ranged.headers
+    assert ranged.headers["Content-Type"].startswith('multipart/related; type="application/octet-stream"; boundary=')
+    header = f"Content-Type: {ranged.headers['Content-Type']}\r\n\r\n".encode()
+    [one] = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(header + ranged.content).get_payload()
+    assert one["Content-Range"] == f"bytes 100-1099/{len(pixels)}"
+    assert one["Content-Type"] == "application/octet-stream" and one.get_payload(decode=True) == pixels[100:1100]
 
 
 def test_retrieve_instance_single_part_with_range(
