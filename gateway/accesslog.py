@@ -132,7 +132,7 @@ def _fast_row(raw: bytes) -> tuple[Any, ...] | None:
     below = _BELOW_STUDY.fullmatch(uri) if method != "POST" else None
     if below is not None:  # what _what finds for these, without its second match
         study_uid, series, sop, tail = below.groups()
-        action = _TAILS.get(tail, "other") if tail else "retrieve"
+        action = _TAILS.get(tail, "other") if tail else _whole(method)
     else:
         found = _DICOMWEB.match(uri)
         if found is None:
@@ -201,7 +201,12 @@ def _what(method: str, path: str, query: str | None) -> tuple[str, str | None, s
     if levels is None:
         return "other", None, None, None
     tail = (levels.group("tail") or "").split("/")[0]
-    return _TAILS.get(tail, "retrieve" if not tail else "other"), levels["study"], levels["series"], levels["sop"]
+    return _TAILS.get(tail, _whole(method) if not tail else "other"), levels["study"], levels["series"], levels["sop"]
+
+
+def _whole(method: str) -> str:
+    """The action on a study, series or instance itself: a DELETE removes it, anything else retrieves it."""
+    return "delete" if method == "DELETE" else "retrieve"
 
 
 def _file_id(stat: os.stat_result) -> str:

@@ -154,6 +154,17 @@ def test_audit_names_the_api_key_by_its_label(stack: RunningStack, tmp_path: Pat
     )
     assert item["status"] == 200
     assert stack.stack.api_key not in str(item)
+    # the DELETE of the study is on record as one (it was a "retrieve"), newest first
+    removed = requests.delete(f"{stack.url}/dicomweb/studies/{study}", headers=stack.api_headers, timeout=60)
+    assert removed.status_code == 204, removed.text[:300]
+    latest, _ = wait_for_rows(stack, 2, study=study)
+    assert (latest["sub"], latest["via"], latest["action"], latest["method"], latest["status"]) == (
+        label,
+        "api-key",
+        "delete",
+        "DELETE",
+        204,
+    )
 
 
 def test_audit_api_refusals_are_json(stack: RunningStack) -> None:

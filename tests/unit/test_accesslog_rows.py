@@ -112,7 +112,7 @@ EXPECTED: list[tuple[Any, ...]] = [
     row("bulkdata", via="query"),
     row("retrieve"),
     row("retrieve", status=304),
-    row("retrieve", ST, SE, IN, method="DELETE", via="api-key", status=204),
+    row("delete", ST, SE, IN, method="DELETE", via="api-key", status=204),
     row("other", ST, SE, status=404),
     row("search", ST, SE),
     row("search", None),
