@@ -17,7 +17,22 @@ from gateway.config import env_int, env_list, env_value, parse_api_keys
 from gateway.errors import ConfigError, GatewayError
 
 
-@click.group()
+class _UsageInOneLine(click.ClickException):
+    exit_code = 2  # click's code for a usage error
+
+
+class _Commands(click.Group):
+    """A bad option value or a missing argument is one line (``Error: ...``, exit 2), as every start-up failure is:
+    click's usage block around it put the message on the last of four lines."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as error:
+            raise _UsageInOneLine(error.format_message()) from None
+
+
+@click.group(cls=_Commands)
 def main() -> None:
     """dicom-gateway: DICOM in object storage, served over DICOMweb behind time-limited tokens."""
 

@@ -160,15 +160,9 @@ class TokenService:
         of the one presented, which must be valid now (not expired, not revoked, not past its session). Its
         lifetime is the presented token's, cut at the session's end."""
         now = _clock() if now is None else now
-        claims, _ = self._cached(token)
+        claims = self.check_live(token, revoked, now)
         if claims.session is None or claims.session_expires_at is None:
             raise BadRequest("this token has no session to renew (issue it with session_max)")
-        if claims.jti in revoked or claims.session in revoked:
-            raise TokenRevoked("token revoked")
-        if now >= claims.session_expires_at:
-            raise TokenExpired("session expired")
-        if now >= claims.expires_at:
-            raise TokenExpired("token expired")
         payload: dict[str, Any] = {
             "v": VERSION,
             "s": claims.sub,
@@ -214,9 +208,18 @@ class TokenService:
             raise TokenInvalid(f"token does not allow {purpose}")
         return claims
 
-    def has_session(self, token: str) -> bool:
-        """Whether a token of ours was issued with ``session_max`` (TokenUnrecognised / TokenInvalid otherwise)."""
-        return self._cached(token)[0].session is not None
+    def check_live(self, token: str, revoked: set[str], now: int) -> Claims:
+        """The claims of a token of ours that is neither revoked (itself or its session) nor past its own or its
+        session's end: TokenRevoked / TokenExpired first, whatever else is asked of the token (a dead token is a
+        401 before a token without a session is a 400)."""
+        claims, _ = self._cached(token)
+        if claims.jti in revoked or (claims.session is not None and claims.session in revoked):
+            raise TokenRevoked("token revoked")
+        if claims.session_expires_at is not None and now >= claims.session_expires_at:
+            raise TokenExpired("session expired")
+        if now >= claims.expires_at:
+            raise TokenExpired("token expired")
+        return claims
 
     def _cached(self, token: str) -> tuple[Claims, str]:
         cached = self._cache.get(token)

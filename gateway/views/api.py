@@ -98,10 +98,13 @@ def renew_token() -> Response | tuple[Response, int]:
         raise BadRequest(RENEW_BODY)
     if not token:
         raise TokenMissing("no token to renew")
-    if body.get("if_session") and not srv.tokens.has_session(token):
-        return no_content()
     now = int(time.time())
-    issued = srv.tokens.renew(token, srv.authorizer.revoked(), now=now)
+    revoked = srv.authorizer.revoked()
+    # an expired or revoked token is told so (401), session or not: a 204 or 400 left a viewer renewing a dead link
+    claims = srv.tokens.check_live(token, revoked, now)
+    if body.get("if_session") and claims.session is None:
+        return no_content()
+    issued = srv.tokens.renew(token, revoked, now=now)
     payload = {
         "expires_at": iso(issued.claims.expires_at),
         "expires_in": issued.claims.expires_at - now,

@@ -41,6 +41,7 @@ def test_metrics_count_decisions_across_workers(stack: RunningStack, synthetic: 
     answer = requests.get(f"{stack.url}/metrics", timeout=10)
     assert answer.status_code == 200
     assert answer.headers["Content-Type"].startswith("text/plain")
+    assert answer.headers["Referrer-Policy"] == "no-referrer"  # README: on every answer
     samples = {
         line.split(" ")[0]: float(line.split(" ")[1])
         for line in answer.text.splitlines()
@@ -49,3 +50,11 @@ def test_metrics_count_decisions_across_workers(stack: RunningStack, synthetic: 
     assert samples['dicomgw_auth_decisions_total{outcome="204"}'] >= 1
     assert samples['dicomgw_auth_decisions_total{outcome="401"}'] >= 1
     assert any(line.startswith("dicomgw_ingested_instances_total{") for line in answer.text.splitlines())
+
+
+def test_root_redirects_to_the_viewer_with_the_headers_of_every_answer(stack: RunningStack) -> None:
+    answer = requests.get(f"{stack.url}/", allow_redirects=False, timeout=10)
+    assert answer.status_code == 302
+    assert answer.headers["Location"].endswith("/viewer/")
+    assert answer.headers["Referrer-Policy"] == "no-referrer"
+    assert answer.headers["X-Content-Type-Options"] == "nosniff"

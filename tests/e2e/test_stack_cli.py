@@ -177,6 +177,7 @@ def test_a_bad_port_or_host_is_one_clear_line(tmp_path: Path, flags: tuple[str, 
     out, err = process.communicate(timeout=60)
     assert process.returncode in (1, 2), err
     assert message.format(port=port) in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1, err  # README: one line (click's usage block made it four)
     assert not _processes_mentioning(str(tmp_path / "var"))
 
 

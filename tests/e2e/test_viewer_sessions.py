@@ -131,6 +131,21 @@ def test_session_max_is_capped_and_renewal_refuses_plain_tokens(stack: RunningSt
     assert requests.post(f"{stack.url}/api/v1/tokens/renew", json={"t": 1}, timeout=10).status_code == 400
     forged = requests.post(f"{stack.url}/api/v1/tokens/renew", json={"token": "abc.def"}, timeout=10)
     assert forged.status_code == 401
+    # a dead token is told so before anything else, session or not (it was a 400, or a 204 with if_session)
+    short = stack.issue([study], ttl=1)
+    time.sleep(2.1)
+    for body in ({"token": short["token"]}, {"token": short["token"], "if_session": True}):
+        dead = requests.post(f"{stack.url}/api/v1/tokens/renew", json=body, timeout=10)
+        assert (dead.status_code, dead.json()["error"]) == (401, "token_expired"), body
+    revoked = stack.issue([study])
+    gone = requests.post(f"{stack.url}/api/v1/tokens/{revoked['jti']}/revoke", headers=stack.api_headers, timeout=10)
+    assert gone.status_code == 204
+    deadline = time.monotonic() + revocation_bound(stack) + 5
+    for body in ({"token": revoked["token"]}, {"token": revoked["token"], "if_session": True}):
+        while (dead := requests.post(f"{stack.url}/api/v1/tokens/renew", json=body, timeout=10)).status_code != 401:
+            assert time.monotonic() < deadline, (body, dead.status_code, dead.text)
+            time.sleep(0.2)
+        assert dead.json()["error"] == "token_revoked", body
     # a renewal answers a token of the same session and subject, usable at once
     session = stack.issue([study], ttl=60, session_max=600, sub="renewer")
     renewed = requests.post(f"{stack.url}/api/v1/tokens/renew", json={"token": session["token"]}, timeout=10)
