@@ -184,6 +184,9 @@ def _metadata(study: str, series: str | None = None, instance: str | None = None
     response.set_etag(hashlib.sha256(body).hexdigest()[:32])
     response.headers["Cache-Control"] = "private, no-cache"
     response.make_conditional(request)
+    if response.status_code == 304:
+        # RFC 9110 15.4.5: a 304 carries the Vary its 200 would; NGINX's gzip_vary adds it only to bodies it gzips
+        response.headers["Vary"] = "Accept-Encoding"
     return response
 
 

@@ -301,6 +301,8 @@ def test_metadata_levels_relative_bulkdata_etag_gzip(
         f"{root}/studies/{study}/series/{series}/metadata", headers={"If-None-Match": etag}, timeout=30
     )
     assert cached.status_code == 304
+    # RFC 9110 15.4.5: the 304 varies as its 200 does (the gzip Vary was missing)
+    assert series_md.headers["Vary"] == cached.headers["Vary"] == "Accept-Encoding, Origin, Accept"
     raw = requests.get(
         f"{root}/studies/{study}/series/{series}/metadata",
         headers={"Accept-Encoding": "gzip"},
