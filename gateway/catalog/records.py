@@ -22,7 +22,13 @@ STUDY_FIELDS = (
     "study_description",
     "referring_physician_name",
 )
-SERIES_FIELDS = ("modality", "series_number", "series_description")
+SERIES_FIELDS = (
+    "modality",
+    "series_number",
+    "series_description",
+    "performed_procedure_step_start_date",
+    "performed_procedure_step_start_time",
+)
 SEARCH_FIELDS = (*STUDY_FIELDS, *SERIES_FIELDS, "instance_number")
 
 

@@ -61,6 +61,9 @@ series = sa.Table(
     sa.Column("series_description", sa.Text),
     sa.Column("num_instances", sa.Integer, nullable=False, server_default="0"),
     sa.Column("attrs", sa.Text, nullable=False, server_default="{}"),
+    # matching keys of PS3.18 Table 10.6.1-5 (migration 0009)
+    sa.Column("performed_procedure_step_start_date", sa.String(32)),
+    sa.Column("performed_procedure_step_start_time", sa.String(32)),
     # ModalitiesInStudy matching is "study_uid IN (SELECT study_uid FROM series WHERE modality IN ...)"
     sa.Index("ix_series_modality_study", "modality", "study_uid"),
     sa.Index("ix_series_study", "study_uid", "series_number"),

@@ -123,6 +123,7 @@ _TEXT_KEYS = {
     "series_date": "SeriesDate",
     "body_part_examined": "BodyPartExamined",
     "performed_procedure_step_start_date": "PerformedProcedureStepStartDate",
+    "performed_procedure_step_start_time": "PerformedProcedureStepStartTime",
 }
 _INT_KEYS = {
     "series_number": "SeriesNumber",

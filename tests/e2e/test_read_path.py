@@ -556,6 +556,31 @@ def test_qido_page_cut_by_the_server_says_how_many_are_left(stack: RunningStack,
     assert sorted(sops) == sorted(uids_of(f)[2] for f in files)
 
 
+def test_qido_series_match_the_performed_procedure_step_start(stack: RunningStack, tmp_path: Path) -> None:
+    """PS3.18 Table 10.6.1-5: a series query matches PerformedProcedureStepStartDate and -Time (a 400 before)."""
+    files = make_series(tmp_path / "pps", modality="CT", slices=2, seed=175, clean=True)
+    for path in files:
+        ds = pydicom.dcmread(path)
+        ds.PerformedProcedureStepStartDate, ds.PerformedProcedureStepStartTime = "20230405", "101500"
+        ds.save_as(path)
+    assert stack.stow(files).status_code == 200
+    study, series, _ = uids_of(files[0])
+    url = f"{stack.url}/dicomweb/studies/{study}/series"
+
+    def found(**params: str) -> list[str]:
+        answer = requests.get(url, params=params, headers=stack.api_headers, timeout=30)
+        assert answer.status_code == 200, answer.text[:200]
+        return [item["0020000E"]["Value"][0] for item in answer.json()]
+
+    assert found(PerformedProcedureStepStartDate="20230401-20230430") == [series]
+    assert found(PerformedProcedureStepStartDate="20230405", PerformedProcedureStepStartTime="1000-1030") == [series]
+    assert found(PerformedProcedureStepStartDate="20230501-") == []
+    assert found(PerformedProcedureStepStartTime="1100-") == []
+    [item] = requests.get(url, headers=stack.api_headers, timeout=30).json()
+    assert item["00400244"] == {"vr": "DA", "Value": ["20230405"]}
+    assert item["00400245"] == {"vr": "TM", "Value": ["101500"]}
+
+
 def test_qido_matches_carry_their_retrieve_url(stack: RunningStack, synthetic: dict[str, Any]) -> None:
     """PS3.18 Tables 10.6.3-3/4/5: each match names its Retrieve URL (0008,1190) when the Retrieve transaction can
     fetch it (there was none at any level). Under the root the client used, as STOW's RetrieveURLs: a path token

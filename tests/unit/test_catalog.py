@@ -59,7 +59,7 @@ def test_migrate_is_idempotent_and_matches_schema(catalog: Catalog) -> None:
     # the order index is declared by its columns (what SQLite reflects); PostgreSQL reflects its DESC NULLS LAST
     diffs = [d for d in diffs if catalog.dialect == "sqlite" or getattr(d[1], "name", "") != "ix_studies_date_order"]
     assert diffs == []
-    assert version == "0008"
+    assert version == "0009"
     indexes = {name: " ".join(sql.split()) for name, sql in ddl if sql}
     assert "lower(patient_name)" in indexes["ix_studies_patient_name_lower"]
     if catalog.dialect == "postgresql":
@@ -69,6 +69,46 @@ def test_migrate_is_idempotent_and_matches_schema(catalog: Catalog) -> None:
     else:
         assert "study_date DESC, study_uid, modalities_in_study, patient_name" in indexes["ix_studies_date_order"]
     catalog.check()
+
+
+def test_migration_0009_fills_the_performed_step_columns_from_stored_series(catalog_url: str) -> None:
+    """Series stored before 0009 match on PerformedProcedureStepStartDate/Time at once: the columns are filled from
+    the attributes each series row holds, and a series without them stays NULL."""
+    from alembic import command
+    from alembic.config import Config
+
+    from gateway.catalog.engine import MIGRATIONS
+
+    old = Catalog(catalog_url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with old.engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0008")
+        conn.execute(sa.text("INSERT INTO studies (study_uid, attrs, updated_at) VALUES ('1.2.9', '{}', 0)"))
+        with_step = {"00400244": {"vr": "DA", "Value": ["20240102"]}, "00400245": {"vr": "TM", "Value": ["0915"]}}
+        rows = [("1.2.9.1", json.dumps(with_step)), ("1.2.9.2", json.dumps({"00400244": {"vr": "DA"}}))]
+        for uid, attrs in rows:
+            conn.execute(
+                sa.text("INSERT INTO series (series_uid, study_uid, attrs) VALUES (:u, '1.2.9', :a)"),
+                {"u": uid, "a": attrs},
+            )
+    old.close()
+    catalog = Catalog(catalog_url)
+    try:
+        catalog.migrate()
+        with catalog.engine.connect() as conn:
+            found = conn.execute(
+                sa.text(
+                    "SELECT series_uid, performed_procedure_step_start_date, performed_procedure_step_start_time "
+                    "FROM series ORDER BY series_uid"
+                )
+            ).all()
+        assert [tuple(row) for row in found] == [("1.2.9.1", "20240102", "0915"), ("1.2.9.2", None, None)]
+        query = parse_qido("series", {"PerformedProcedureStepStartDate": ["20240101-20240131"]})
+        assert [r["0020000E"]["Value"][0] for r in catalog.search(query, None)] == ["1.2.9.1"]
+    finally:
+        catalog.close()
 
 
 def test_sqlite_pragmas(tmp_path: object) -> None:

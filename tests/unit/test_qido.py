@@ -554,6 +554,9 @@ def test_exact_series_answer_with_study_attributes(catalog: Catalog) -> None:
         "0020000E": {"vr": "UI", "Value": [S2 + ".1"]},
         "00200011": {"vr": "IS", "Value": [1]},
         "00201209": {"vr": "IS", "Value": [2]},
+        # matching keys of PS3.18 Table 10.6.1-5, returned empty when the series has none
+        "00400244": {"vr": "DA"},
+        "00400245": {"vr": "TM"},
     }
     assert exact([first]) == exact([dict(sorted({**study, **series}.items()))])
 
