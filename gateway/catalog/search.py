@@ -16,7 +16,7 @@ from sqlalchemy.ext.compiler import compiles
 
 from gateway import fastjson
 from gateway.catalog.schema import instances, series, studies
-from gateway.dicomweb.qido import LEVELS, RETURN_ATTRS, Match, QidoQuery
+from gateway.dicomweb.qido import LEVELS, RETURN_ATTRS, Match, QidoQuery, like_pattern
 from gateway.scope import Scope
 
 
@@ -107,22 +107,31 @@ def wide_prefixes(conn: Connection, query: QidoQuery) -> frozenset[int]:
 _TABLES = {0: studies, 1: series, 2: instances}
 
 
+def _modalities_clause(codes: tuple[str, ...], scope: Scope | None) -> sa.ColumnElement[bool]:
+    """ModalitiesInStudy: a study matches when one of its series' modalities matches one of ``codes``."""
+    exact = [code for code in codes if "*" not in code and "?" not in code]
+    patterns = [code for code in codes if code not in exact]
+    if scope is None or scope.series is None:
+        if not patterns:
+            # The study row's sorted, backslash-joined list ("CT\\SR"), which the study order index carries: a
+            # page is found by reading that index alone (migration 0008), never probing the series of each study.
+            framed = sa.literal("\\").concat(studies.c.modalities_in_study).concat("\\")
+            return sa.or_(*(framed.contains(f"\\{code}\\", autoescape=True) for code in exact))
+    # A series scope sees the modalities of its series only, and a wildcard (C*) matches one series' modality,
+    # never a stretch of the joined list: probe the series (ix_series_modality_study).
+    probe = series.alias("modality_probe")
+    matches: list[sa.ColumnElement[bool]] = [probe.c.modality.in_(exact)] if exact else []
+    matches += [probe.c.modality.like(like_pattern(code), escape="\\") for code in patterns]
+    inner = sa.select(probe.c.series_uid).where(probe.c.study_uid == studies.c.study_uid, sa.or_(*matches))
+    if scope is not None and scope.series is not None:
+        inner = inner.where(probe.c.series_uid.in_(sorted(scope.series)))
+    return inner.exists()
+
+
 def _clause(match: Match, scope: Scope | None, unindexed: bool = False) -> sa.ColumnElement[bool]:
     attr = match.attr
-    if attr.kind == "modalities" and (scope is None or scope.series is None):
-        # The study row's sorted, backslash-joined list ("CT\\SR"), which the study order index carries: a page
-        # is found by reading that index alone (migration 0008), never probing the series of each study.
-        framed = sa.literal("\\").concat(studies.c.modalities_in_study).concat("\\")
-        return sa.or_(*(framed.contains(f"\\{value}\\", autoescape=True) for value in match.values))
     if attr.kind == "modalities":
-        # A series scope sees the modalities of its series only: probe them (ix_series_modality_study).
-        probe = series.alias("modality_probe")
-        inner = sa.select(probe.c.series_uid).where(
-            probe.c.study_uid == studies.c.study_uid, probe.c.modality.in_(match.values)
-        )
-        if scope is not None and scope.series is not None:
-            inner = inner.where(probe.c.series_uid.in_(sorted(scope.series)))
-        return inner.exists()
+        return _modalities_clause(match.values, scope)
     assert attr.column is not None
     column = _TABLES[attr.level].c[attr.column]
     if match.op == "in":

@@ -133,7 +133,8 @@ def _resolve(name: str) -> tuple[str, Attr | None]:
     return f"{number:08X}", None
 
 
-def _like(value: str) -> str:
+def like_pattern(value: str) -> str:
+    """A DICOM wildcard value (``*``, ``?``) as a LIKE pattern whose escape character is a backslash."""
     out = []
     for char in value:
         if char == "*":
@@ -209,8 +210,10 @@ def _match(name: str, attr: Attr, values: list[str]) -> Match | None:
                     raise BadRequest(
                         f"{name}: {item!r} is not a valid UID (wildcards are not allowed on UIDs)"
                     )
-        elif any(not re.fullmatch(r"[A-Z0-9_ ]{1,16}", item) for item in items):
-            raise BadRequest(f"{name}: expected modality codes such as CT,MR")
+        elif any(not re.fullmatch(r"[A-Z0-9_ *?]{1,16}", item) for item in items):
+            raise BadRequest(f"{name}: expected modality codes such as CT,MR (wildcards * and ? allowed)")
+        elif any(item.strip("*") == "" for item in items):
+            return None  # "*" matches every study, even one with no modality (universal matching)
         return Match(attr, "in", tuple(dict.fromkeys(items)))
     if len(values) > 1:
         raise BadRequest(f"{name} given more than once")
@@ -224,7 +227,7 @@ def _match(name: str, attr: Attr, values: list[str]) -> Match | None:
     if attr.kind == "int":  # IS: a 32-bit signed integer, optionally space-padded (PS3.5 6.2)
         return Match(attr, "eq", (parse_int(value.strip(" "), name, low=INT32_MIN, signed=True),))
     if "*" in value or "?" in value:
-        return Match(attr, "like", (_like(value),))
+        return Match(attr, "like", (like_pattern(value),))
     return Match(attr, "eq", (value,))
 
 

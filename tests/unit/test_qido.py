@@ -598,6 +598,14 @@ def test_modalities_in_study_matches_whole_codes(catalog: Catalog) -> None:
     scope = Scope(frozenset({S1, S2}), frozenset({S1 + ".2", S2 + ".1"}))
     assert uids(find(catalog, "studies", scope, ModalitiesInStudy="CT")) == []
     assert uids(find(catalog, "studies", scope, ModalitiesInStudy="SR,MR")) == [S2, S1]
+    # wildcards (PS3.4 C.2.2.2.4 allows them on CS) match one series' modality, never a stretch of the list
+    assert uids(find(catalog, "studies", ModalitiesInStudy="S*")) == [S1]
+    assert uids(find(catalog, "studies", ModalitiesInStudy="?R")) == [S2, S1, S5]
+    assert uids(find(catalog, "studies", ModalitiesInStudy="*T,U?")) == [S6, S1, S4, S3]
+    assert find(catalog, "studies", ModalitiesInStudy="C*R") == []  # "CT\\SR" holds C...R only across codes
+    assert find(catalog, "studies", ModalitiesInStudy="_*") == []  # "_" is literal
+    assert len(find(catalog, "studies", ModalitiesInStudy="*")) == 6  # universal
+    assert uids(find(catalog, "studies", scope, ModalitiesInStudy="C*,M*")) == [S2]
 
 
 def test_paging_edges_with_index_filters(catalog: Catalog, monkeypatch: pytest.MonkeyPatch) -> None:
