@@ -96,11 +96,28 @@ def _dataset_json(
                 # the threshold is irrelevant here: every element reaching this line is small or not binary
                 out[key] = value = ds[tag].to_json_dict(None, 1 << 62)
             except Exception:  # noqa: BLE001 - pydicom raises many types for garbage values
-                log.warning("metadata: dropped element %s%s, its value cannot be decoded", prefix, key)
-                continue
+                value = _names_json(ds[tag]) if el.vr == "PN" else None
+                if value is None:
+                    log.warning("metadata: dropped element %s%s, its value cannot be decoded", prefix, key)
+                    continue
+                out[key] = value
             if memo_key is not None:  # pydicom converted these very bytes: read_instance refuses a tag written twice
                 _memo.store(memo_key, value)
     return {k: out[k] for k in sorted(out)}
+
+
+def _names_json(element: Any) -> dict[str, Any] | None:
+    """A PN element pydicom cannot write (it fails on an empty value among several, "A^B\\\\C"): each name's
+    component groups, an empty one as null (PS3.18 F.2.5); None when the value cannot be read at all."""
+    try:
+        names = list(element.value) if element.VM > 1 else [element.value]
+        out: list[dict[str, str] | None] = []
+        for name in names:
+            groups = zip(("Alphabetic", "Ideographic", "Phonetic"), getattr(name, "components", ()), strict=False)
+            out.append({group: str(text) for group, text in groups if text} or None)
+    except Exception:  # noqa: BLE001 - the same garbage values as above
+        return None
+    return {"vr": "PN", "Value": out}
 
 
 def metadata_text(metadata: dict[str, Any]) -> str:

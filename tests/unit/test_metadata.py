@@ -88,6 +88,18 @@ def test_no_file_meta_and_person_names(tmp_path: Path) -> None:
     assert md["00200013"] == {"vr": "IS", "Value": [7]}
 
 
+def test_a_name_list_with_an_empty_name_keeps_every_name(tmp_path: Path) -> None:
+    """pydicom cannot write "A^B\\\\C" (an empty name among several) as JSON: the element was dropped from the
+    metadata. Each name comes back, the empty one as null (PS3.18 F.2.5)."""
+    names = "Doe^Jane\\\\Roe^Jo=ロー^ジョー"
+    path = b.write(b.base(SpecificCharacterSet="ISO_IR 192", OtherPatientNames=names), tmp_path / "names.dcm")
+    md = index_file(path).metadata
+    assert md["00101001"] == {
+        "vr": "PN",
+        "Value": [{"Alphabetic": "Doe^Jane"}, None, {"Alphabetic": "Roe^Jo", "Ideographic": "ロー^ジョー"}],
+    }
+
+
 def _native(tmp_path: Path) -> tuple[Path, bytes]:
     ds = b.image(b.base(), 2, 2, 16, 1)
     ds.PixelData = b"\x01\x02" * 4
