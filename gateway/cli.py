@@ -16,6 +16,9 @@ import click
 from gateway.config import env_int, env_list, env_value, parse_api_keys
 from gateway.errors import ConfigError, GatewayError
 
+# click 8.2+ shows a bare group's help by raising this usage error; 8.1 (allowed by pyproject) has no such class
+_BARE_GROUP_HELP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
 
 class _UsageInOneLine(click.ClickException):
     exit_code = 2  # click's code for a usage error
@@ -28,6 +31,8 @@ class _Commands(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except _BARE_GROUP_HELP:
+            raise  # a bare group asks for its help: shown as click shows it
         except click.UsageError as error:
             raise _UsageInOneLine(error.format_message()) from None
 

@@ -96,11 +96,11 @@ def _dataset_json(
                 # the threshold is irrelevant here: every element reaching this line is small or not binary
                 out[key] = value = ds[tag].to_json_dict(None, 1 << 62)
             except Exception:  # noqa: BLE001 - pydicom raises many types for garbage values
-                value = _names_json(ds[tag]) if el.vr == "PN" else None
-                if value is None:
+                names = _names_json(ds[tag]) if el.vr == "PN" else None
+                if names is None:
                     log.warning("metadata: dropped element %s%s, its value cannot be decoded", prefix, key)
                     continue
-                out[key] = value
+                out[key] = value = names
             if memo_key is not None:  # pydicom converted these very bytes: read_instance refuses a tag written twice
                 _memo.store(memo_key, value)
     return {k: out[k] for k in sorted(out)}
