@@ -9,6 +9,7 @@ Thumbnails are rendered once, stored next to the instance, and from then on serv
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -18,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flask import Response
+from flask import Response, request
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, convert_color_space, get_decoder
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRBigEndian
 
 from gateway import nginx_contract as nginx
 from gateway.dicomweb.accept import Offer, negotiate
@@ -78,9 +79,13 @@ def _pixel_dataset(services: Services, cached: Any, metadata: Mapping[str, Any])
 
     subset = {tag: metadata[tag] for tag in _RENDER_TAGS if tag in metadata}
     try:
-        return Dataset.from_json(subset, bulk_data_uri_handler=bulk)
+        ds = Dataset.from_json(subset, bulk_data_uri_handler=bulk)
     except (ValueError, TypeError, KeyError) as error:  # uploaded values pydicom cannot take are no server fault
         raise NotAcceptable(f"this instance's pixel description cannot be rendered ({type(error).__name__})") from None
+    # OW lookup tables are read in the file's byte order, which pydicom takes from here (DICOM JSON carries none:
+    # without it every LUT of an implicit VR file, OW in the metadata, was a 406)
+    ds.set_original_encoding(False, cached.transfer_syntax_uid != ExplicitVRBigEndian)
+    return ds
 
 
 def _decode(data: bytes, ds: Dataset, syntax: str, keyword: str) -> tuple[np.ndarray, str]:
@@ -245,7 +250,12 @@ def render_instance(
         width, height = (parse_int(v, "viewport", low=1) for v in sizes[:2])
         image.thumbnail((width, height))
     body = _encode(image, offer.part_type, quality)
-    return Response(body, mimetype=offer.part_type, headers={"Cache-Control": "private, max-age=3600"})
+    # revalidated like every read (a deleted or replaced instance must not be shown again from a browser cache);
+    # the ETag spares sending the image again when the rendering has not changed
+    response = Response(body, mimetype=offer.part_type, headers={"Cache-Control": "private, no-cache"})
+    response.set_etag(hashlib.sha256(body).hexdigest()[:32])
+    response.make_conditional(request)
+    return response
 
 
 def thumbnail(

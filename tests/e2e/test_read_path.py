@@ -431,6 +431,43 @@ def test_wado_uri_without_content_type_sends_an_instance_without_pixels_as_dicom
     assert missing.status_code == 404 and missing.headers["Content-Type"] == "application/json"
 
 
+@pytest.mark.parametrize("lut", ["ModalityLUTSequence", "VOILUTSequence"])
+def test_rendering_applies_a_lookup_table_of_an_implicit_vr_file(stack: RunningStack, tmp_path: Path, lut: str) -> None:
+    """An implicit VR file's LUT Data is OW in the metadata; pydicom's LUT functions need the data set's byte order,
+    which a data set made from DICOM JSON does not carry: such instances were a 406. The PNG follows the table."""
+    import numpy as np
+    from pydicom.dataset import Dataset
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    seed = 176 if lut == "ModalityLUTSequence" else 177
+    [path] = make_series(tmp_path / "lut", modality="CT", slices=1, rows=16, columns=16, seed=seed, clean=True)
+    ds = pydicom.dcmread(path)
+    ds.PixelData = (np.arange(256, dtype=np.uint16).reshape(16, 16) * 8).tobytes()
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    for name in ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth"):
+        ds.pop(name, None)
+    table = Dataset()
+    table.LUTDescriptor = [4096, 0, 8]
+    table.LUTData = (255 - (np.arange(4096) * 255 // 4095)).astype(np.uint16).tobytes()  # an inverting ramp
+    if lut == "ModalityLUTSequence":
+        table.ModalityLUTType = "HU"
+    setattr(ds, lut, [table])
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=True)
+    assert stack.stow([path]).status_code == 200
+    study, series, sop = uids_of(path)
+    url = f"{stack.url}/dicomweb/studies/{study}/series/{series}/instances/{sop}/rendered"
+    answer = requests.get(url, headers={**stack.api_headers, "Accept": "image/png"}, timeout=30)
+    assert answer.status_code == 200, answer.text[:300]
+    image = np.asarray(Image.open(io.BytesIO(answer.content)), dtype=np.float64)
+    read = pydicom.dcmread(path)
+    expected = np.asarray(apply_voi_lut(apply_modality_lut(read.pixel_array, read), read), dtype=np.float64)
+    assert image.shape == expected.shape
+    assert float(np.corrcoef(image.ravel(), expected.ravel())[0, 1]) >= 0.98  # the inverting table, applied
+    assert image[0, 0] > image[15, 15]
+
+
 def test_rendered_and_thumbnail(stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]) -> None:
     url = instance_url(roots, synthetic["ct"][0])
     rendered = requests.get(
@@ -439,6 +476,15 @@ def test_rendered_and_thumbnail(stack: RunningStack, synthetic: dict[str, Any], 
     assert rendered.status_code == 200
     assert rendered.headers["Content-Type"] == "image/png"
     assert rendered.content[:8] == b"\x89PNG\r\n\x1a\n"
+    # revalidated, never kept (a deleted instance must not show again): the same rendering again is a 304
+    assert rendered.headers["Cache-Control"] == "private, no-cache"
+    again = requests.get(
+        f"{url}/rendered",
+        headers={"Accept": "image/png", "If-None-Match": rendered.headers["ETag"]},
+        params={"viewport": "64,64"},
+        timeout=30,
+    )
+    assert again.status_code == 304 and again.content == b""
     first = requests.get(f"{url}/thumbnail", timeout=30)
     second = requests.get(f"{url}/thumbnail", timeout=30)
     assert first.status_code == second.status_code == 200
