@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,8 @@ MAX_PART_BYTES = 8 << 30
 
 
 JSON_OFFERS = [Offer(DICOM_JSON, "*", False), Offer("application/json", "*", False)]
+DICOM_XML = "application/dicom+xml"
+STOW_OFFERS = [*JSON_OFFERS, Offer(DICOM_XML, "*", False), Offer(DICOM_XML, "*", True)]
 
 
 def dicom_json(payload: bytes, status: int = 200) -> Response:
@@ -240,9 +243,9 @@ def _one_header(name: str) -> str | None:
 
 def _stow(study: str | None) -> Response:
     claims = decision().claims
-    # PS3.18 10.5.2: the response is DICOM JSON (XML is not offered); a client that accepts neither gets its 406
-    # before any of its body is stored
-    accept_json()
+    # PS3.18 10.5.3: the Store Instances Response as DICOM JSON or XML (dcm4che's stowrs asks for XML); a client
+    # that accepts neither gets its 406 before any of its body is stored
+    answer_as = negotiate(request.args.get("accept") or request.headers.get("Accept", ""), STOW_OFFERS)
     srv = services()
     media_type, params = parse_content_type(request.headers.get("Content-Type", ""))
     coding = request.headers.get("Content-Encoding", "").strip().lower()
@@ -305,7 +308,15 @@ def _stow(study: str | None) -> Response:
     if outage is not None and not any(r.ok for r in results):
         raise outage
     answer = build_stow_response([_to_item(r) for r in results], root=public_base() + dicomweb_root(), study_uid=study)
-    response = dicom_json(json.dumps(answer.body, separators=(",", ":")).encode(), answer.status)
+    if answer_as.part_type != DICOM_XML:
+        response = dicom_json(json.dumps(answer.body, separators=(",", ":")).encode(), answer.status)
+    elif not answer_as.multipart:
+        response = Response(answer.to_xml(), status=answer.status, mimetype=DICOM_XML)
+    else:  # multipart/related; type="application/dicom+xml": the one part
+        boundary = secrets.token_hex(16)
+        head = f"--{boundary}\r\nContent-Type: {DICOM_XML}\r\n\r\n".encode()
+        response = Response(head + answer.to_xml() + f"\r\n--{boundary}--\r\n".encode(), status=answer.status)
+        response.headers["Content-Type"] = f'multipart/related; type="{DICOM_XML}"; boundary={boundary}'
     if broken is not None:
         response.headers["Warning"] = _warning(f"the body broke after {sum(r.ok for r in results)} stored: {broken}")
     return response

@@ -3,6 +3,7 @@ mid-upload, bounded memory for a 2 GB instance, and the upload CLI."""
 
 from __future__ import annotations
 
+import email
 import gzip
 import io
 import os
@@ -277,12 +278,54 @@ def test_compressed_body_is_a_clear_415(stack: RunningStack, tmp_path: Path, con
     }
 
 
-@pytest.mark.parametrize("accept", ['multipart/related; type="application/dicom+xml"', "application/dicom+json;q=0"])
-def test_stow_for_a_client_that_takes_no_json_is_a_406_before_anything_is_stored(
+@pytest.mark.parametrize("accept", ["application/dicom+xml", 'multipart/related; type="application/dicom+xml"'])
+def test_stow_answers_xml_to_a_client_that_asks_for_it(stack: RunningStack, tmp_path: Path, accept: str) -> None:
+    """PS3.18 10.5.3: the Store Instances Response as PS3.19 Native DICOM Model XML for a client that asks for it,
+    as dcm4che's stowrs does by default (``Accept: application/dicom+xml``); single part or the one part of a
+    multipart/related answer, as the Accept says."""
+    from xml.etree import ElementTree
+
+    seed = 178 if accept.startswith("application") else 179
+    [path] = make_series(tmp_path / "xml", modality="CT", slices=1, seed=seed, clean=True)
+    study, series, sop = uids_of(path)
+    body = b"--x\r\nContent-Type: application/dicom\r\n\r\n" + path.read_bytes() + b"\r\n--x--\r\n"
+    headers = {
+        **stack.api_headers,
+        "Content-Type": "multipart/related; type=application/dicom; boundary=x",
+        "Accept": accept,
+    }
+    answer = requests.post(f"{stack.url}/dicomweb/studies", data=body, headers=headers, timeout=30)
+    assert answer.status_code == 200, answer.text
+    xml = answer.content
+    if accept.startswith("multipart"):
+        content_type = answer.headers["Content-Type"]
+        assert content_type.startswith('multipart/related; type="application/dicom+xml"; boundary=')
+        message = email.message_from_bytes(f"Content-Type: {content_type}\r\n\r\n".encode() + answer.content)
+        [part] = message.get_payload()
+        assert part["Content-Type"] == "application/dicom+xml"
+        xml = part.get_payload(decode=True)
+    else:
+        assert answer.headers["Content-Type"] == "application/dicom+xml; charset=utf-8"
+    ns = {"d": "http://dicom.nema.org/PS3.19/models/NativeDICOM"}
+    root = ElementTree.fromstring(xml)
+    assert root.tag == "{http://dicom.nema.org/PS3.19/models/NativeDICOM}NativeDicomModel"
+    study_url = root.find("d:DicomAttribute[@keyword='RetrieveURL']/d:Value", ns)
+    assert study_url is not None and study_url.text == f"{stack.url}/dicomweb/studies/{study}"
+    [item] = root.findall("d:DicomAttribute[@tag='00081199']/d:Item", ns)
+    values = {a.get("keyword") or a.get("tag"): a.findtext("d:Value", namespaces=ns) for a in item}
+    assert values["ReferencedSOPInstanceUID"] == sop
+    assert values["RetrieveURL"] == f"{stack.url}/dicomweb/studies/{study}/series/{series}/instances/{sop}"
+    assert values["00091002"] == "STORED"
+    instance = f"{stack.url}/dicomweb/studies/{study}/series/{series}/instances/{sop}"
+    stored = requests.get(instance, headers={**stack.api_headers, "Accept": "application/dicom"}, timeout=30)
+    assert stored.status_code == 200 and stored.content == path.read_bytes()
+
+
+@pytest.mark.parametrize("accept", ["application/dicom+json;q=0, application/dicom+xml;q=0", "text/html"])
+def test_stow_for_a_client_that_takes_neither_json_nor_xml_is_a_406_before_anything_is_stored(
     stack: RunningStack, tmp_path: Path, accept: str
 ) -> None:
-    """PS3.18 10.5.2: the Store Instances Response comes as DICOM JSON here (XML is not offered). A client that
-    accepts only XML, or refuses JSON, got JSON and its instance stored; now its 406 comes before the body."""
+    """A client that accepts neither representation got JSON and its instance stored; now its 406 comes first."""
     [path] = make_series(tmp_path / "accept", modality="CT", slices=1, seed=173, clean=True)
     study, series, sop = uids_of(path)
     body = b"--x\r\nContent-Type: application/dicom\r\n\r\n" + path.read_bytes() + b"\r\n--x--\r\n"
