@@ -359,8 +359,11 @@ def follow_log(
                 if heartbeat is not None:
                     heartbeat.touch()
             except Exception as error:  # noqa: BLE001 - the collector outlives a database blip; one line, no trace
-                print(f"dicom-gateway audit collect: {type(error).__name__}: {' '.join(str(error).split())[:300]}",
-                      file=sys.stderr, flush=True)  # fmt: skip
+                # stderr may sit on the very disk that is full: a failed print must not end the collector (stack up
+                # stopped the whole gateway when it did)
+                with contextlib.suppress(OSError):
+                    print(f"dicom-gateway audit collect: {type(error).__name__}: {' '.join(str(error).split())[:300]}",
+                          file=sys.stderr, flush=True)  # fmt: skip
             if stop.wait(interval):
                 with contextlib.suppress(Exception):
                     collect(catalog, log, retention_days, echo=echo, held=held)

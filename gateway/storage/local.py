@@ -11,6 +11,7 @@ handed out by the catalog matches what NGINX sends and ``If-Match`` / ``If-None-
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
@@ -90,11 +91,13 @@ class LocalStorage:
         try:
             with open(probe, "wb") as handle:
                 handle.write(b"ok")
-            probe.unlink()
         except OSError as exc:
             raise StorageUnavailable(
                 f"storage folder is not writable ({errno.errorcode.get(exc.errno or 0)})"
             ) from None
+        finally:  # a full disk fails the write or the close after the create: no probe left behind, on every call
+            with contextlib.suppress(OSError):
+                probe.unlink()
 
     def _stat(self, path: Path, key: str) -> StoredObject:
         st = path.stat()

@@ -230,3 +230,30 @@ def test_masking_filter_rewrites_message_args_and_traceback() -> None:
     formatted = logging.Formatter().format(record)
     assert "SECRET" not in formatted
     assert "/t/***/x" in formatted
+
+
+def test_the_collector_outlives_a_stderr_it_cannot_write(tmp_path: Path) -> None:
+    """A full disk holds the collector's stderr file as well as the catalog: the line saying the catalog is out
+    failed to print, the collector exited, and ``stack up`` stopped the whole gateway with it. The real command,
+    its stderr on /dev/full (every write ENOSPC) and its catalog unreachable, keeps collecting until stopped."""
+    import os
+    import subprocess
+
+    log = tmp_path / "access.log"
+    log.write_text(line(f"/dicomweb/studies/{ST}"))
+    env = {
+        **os.environ,
+        "DICOMGW_MODE": "development",
+        "DICOMGW_DATABASE_URL": "postgresql://u:p@127.0.0.1:9/nothing",  # refused at once: CatalogUnavailable
+        "DICOMGW_AUDIT_COLLECT_SECONDS": "1",
+    }
+    command = [sys.executable, "-m", "gateway.cli", "audit", "collect", "--follow", "--log", str(log)]
+    with open("/dev/full", "w") as full:
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=full)
+        try:
+            with pytest.raises(subprocess.TimeoutExpired):  # several failed passes, each with its failed print
+                process.wait(timeout=4)
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+    assert process.returncode in (0, -15), process.returncode

@@ -333,3 +333,37 @@ def test_s3_region_from_env(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> 
     assert "%2Feu-west-3%2Fs3%2Faws4_request" in storage.origin_path("k")
     monkeypatch.delenv("AWS_DEFAULT_REGION")
     assert S3Storage(f"s3://{s3_bucket}").region == "us-east-1"
+
+
+def test_readiness_probe_on_a_full_disk_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a full disk the probe file is created and its write fails: each /readyz left an empty ``.readyz-*``
+    file (one inode per load-balancer probe, never swept). The write fails as ENOSPC does; the folder stays
+    empty, and the answer is the 503's StorageUnavailable."""
+    import builtins
+    import errno
+
+    from gateway.storage import local
+
+    storage = LocalStorage(f"file://{tmp_path / 'objects'}")
+
+    class FullDisk:
+        def __init__(self, path: Path) -> None:
+            self.handle = builtins.open(path, "wb")  # created, as on a full disk (an inode is still free)
+
+        def __enter__(self) -> FullDisk:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.handle.close()
+
+        def write(self, data: bytes) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(local, "open", lambda path, mode: FullDisk(path), raising=False)
+    for _ in range(3):
+        with pytest.raises(StorageUnavailable, match="ENOSPC"):
+            storage.check()
+    assert list((tmp_path / "objects").iterdir()) == []
+    monkeypatch.undo()
+    storage.check()  # space again: ready, and still nothing left behind
+    assert list((tmp_path / "objects").iterdir()) == []
