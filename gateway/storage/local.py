@@ -164,6 +164,7 @@ class LocalStorage:
         try:
             return self._stat(self._path(key), key)
         except FileNotFoundError:
+            self._require_root()  # an unmounted folder is no proof that every object is gone
             return None
         except NotADirectoryError:
             return None
@@ -175,6 +176,7 @@ class LocalStorage:
         try:
             fd = os.open(self._path(key), os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError:
+            self._require_root()  # the whole folder gone (unmounted, moved) is an outage to retry, not a 404
             raise NotFound("object not found") from None
         except OSError as exc:
             raise StorageUnavailable(

@@ -367,3 +367,19 @@ def test_readiness_probe_on_a_full_disk_leaves_no_file(tmp_path: Path, monkeypat
     monkeypatch.undo()
     storage.check()  # space again: ready, and still nothing left behind
     assert list((tmp_path / "objects").iterdir()) == []
+
+
+def test_a_missing_storage_folder_is_an_outage_not_a_missing_object(tmp_path: Path) -> None:
+    """The folder unmounted or moved away: reads said "object not found" (a JSON 404 for a rendered image, an
+    instance a client then treats as gone, and ``head`` None for every object) where the store is out (503, retry)."""
+    storage = LocalStorage(f"file://{tmp_path / 'objects'}")
+    storage.put_file("a/b.dcm", write(tmp_path / "b.dcm", b"DICM"))
+    with pytest.raises(NotFound):
+        storage.read_range("a/missing.dcm", 0, 4)
+    assert storage.head("a/missing.dcm") is None
+    (tmp_path / "objects").rename(tmp_path / "away")
+    for read in (lambda: storage.read_range("a/b.dcm", 0, 4), lambda: storage.head("a/b.dcm")):
+        with pytest.raises(StorageUnavailable, match="storage folder is missing"):
+            read()
+    (tmp_path / "away").rename(tmp_path / "objects")
+    assert storage.read_range("a/b.dcm", 0, 4) == b"DICM"
