@@ -1,0 +1,70 @@
+"""README claims no other test exercised, each checked through the real stack as README states it: the session
+cookie's lifetime, study- and series-level rendered and thumbnail paths, the reason header of a DELETE, formula
+cells in the access-audit CSV, ``/metrics`` from a non-loopback address, ``/readyz`` without its storage folder,
+``DICOMGW_STOW_OVERWRITE=1`` and ``DICOMGW_DERIVATIVES=0``."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import requests
+
+from tests.e2e.conftest import uids_of
+from tests.e2e.harness import RunningStack
+
+COLLECT_BOUND = 30.0  # seconds: several passes of the access audit collector (5 s apart by default)
+
+
+def json_error(answer: requests.Response, status: int, code: str) -> dict[str, Any]:
+    """README: errors are JSON everywhere, ``{"error": code, "detail": ...}``, ``Content-Type: application/json``."""
+    assert answer.status_code == status, (answer.status_code, answer.text[:300])
+    assert answer.headers["Content-Type"] == "application/json", answer.headers
+    body: dict[str, Any] = answer.json()
+    assert set(body) == {"error", "detail"} and body["error"] == code, body
+    return body
+
+
+# -- claim: "The cookie outlives its token's session by a minute" (Sessions; and "expiring a minute after the token")
+
+
+def epoch(text: str) -> int:
+    """The API's ``expires_at`` (``2026-12-05T02:38:14Z``) in epoch seconds."""
+    return int(datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp())
+
+
+def cookie_max_age(answer: requests.Response) -> int:
+    [max_age] = re.findall(r"Max-Age=(\d+)", answer.headers["Set-Cookie"])
+    return int(max_age)
+
+
+def test_the_session_cookie_lives_a_minute_past_its_token(stack: RunningStack, synthetic: dict[str, Any]) -> None:
+    study = uids_of(synthetic["ct"][0])[0]
+    issued = stack.issue([study], ttl=600)
+    before = int(time.time())
+    answer = requests.get(
+        f"{stack.url}/api/v1/session", params={"token": issued["token"]}, allow_redirects=False, timeout=10
+    )
+    after = int(time.time())
+    assert answer.status_code == 303 and answer.headers["Location"] == "/viewer/"
+    # the remaining lifetime of the token, counted in whole seconds when the answer was made, plus 60
+    expires_at = epoch(issued["expires_at"])
+    assert cookie_max_age(answer) in {expires_at - now + 60 for now in range(before, after + 1)}
+    assert expires_at - before <= 600
+    assert 600 + 60 - (after - before) - 1 <= cookie_max_age(answer) <= 600 + 60
+
+
+def test_the_session_cookie_lives_a_minute_past_the_session(stack: RunningStack, synthetic: dict[str, Any]) -> None:
+    study = uids_of(synthetic["ct"][0])[0]
+    issued = stack.issue([study], ttl=60, session_max=900)
+    before = int(time.time())
+    answer = requests.get(
+        f"{stack.url}/api/v1/session", params={"token": issued["token"]}, allow_redirects=False, timeout=10
+    )
+    after = int(time.time())
+    assert answer.status_code == 303
+    end = epoch(issued["session_expires_at"])
+    assert cookie_max_age(answer) in {end - now + 60 for now in range(before, after + 1)}
+    assert cookie_max_age(answer) > 60 + 60  # the session's end, not the 60 s token's
