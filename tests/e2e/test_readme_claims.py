@@ -5,6 +5,7 @@ cells in the access-audit CSV, ``/metrics`` from a non-loopback address, ``/read
 
 from __future__ import annotations
 
+import io
 import re
 import time
 from datetime import UTC, datetime
@@ -68,3 +69,26 @@ def test_the_session_cookie_lives_a_minute_past_the_session(stack: RunningStack,
     end = epoch(issued["session_expires_at"])
     assert cookie_max_age(answer) in {end - now + 60 for now in range(before, after + 1)}
     assert cookie_max_age(answer) > 60 + 60  # the session's end, not the 60 s token's
+
+
+# -- claim: "study-level and series-level rendered and a study-level thumbnail are not offered: 404"; series thumbnail
+
+
+def test_study_and_series_level_renderings(stack: RunningStack, synthetic: dict[str, Any]) -> None:
+    study, series, _ = uids_of(synthetic["ct"][0])
+    root = stack.root(stack.issue([study])["token"])
+    for path in (
+        f"/studies/{study}/rendered",
+        f"/studies/{study}/series/{series}/rendered",
+        f"/studies/{study}/thumbnail",
+    ):
+        for accept in ({}, {"Accept": "image/jpeg"}, {"Accept": "image/png"}):
+            json_error(requests.get(f"{root}{path}", headers=accept, timeout=30), 404, "not_found")
+    thumbnail = requests.get(f"{root}/studies/{study}/series/{series}/thumbnail", timeout=30)
+    assert thumbnail.status_code == 200, thumbnail.text[:300]
+    assert thumbnail.headers["Content-Type"] == "image/jpeg"
+    assert thumbnail.content[:3] == b"\xff\xd8\xff"
+    from PIL import Image
+
+    with Image.open(io.BytesIO(thumbnail.content)) as image:
+        assert image.format == "JPEG" and max(image.size) == 128  # README: thumbnails are 128 px JPEG
