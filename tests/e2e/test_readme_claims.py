@@ -9,10 +9,13 @@ import io
 import re
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 
+from gateway.tools.synth import make_series
 from tests.e2e.conftest import uids_of
 from tests.e2e.harness import RunningStack
 
@@ -92,3 +95,32 @@ def test_study_and_series_level_renderings(stack: RunningStack, synthetic: dict[
 
     with Image.open(io.BytesIO(thumbnail.content)) as image:
         assert image.format == "JPEG" and max(image.size) == 128  # README: thumbnails are 128 px JPEG
+
+
+# -- claim: DELETE's "optional X-DICOMGW-Reason header (≤ 500 printable characters ...)"
+
+
+@pytest.mark.parametrize("control", ["\x01", "\x1b", "\x7f", "\t"])
+def test_a_delete_reason_with_a_control_character_is_a_400(stack: RunningStack, tmp_path: Path, control: str) -> None:
+    seed = 7100 + ord(control) + (0 if stack.backend == "file" else 500)
+    [path] = make_series(tmp_path, modality="CT", slices=1, rows=16, columns=16, seed=seed, clean=True)
+    study, series, sop = uids_of(path)
+    assert stack.stow([path]).status_code == 200
+    answer = requests.delete(
+        f"{stack.url}/dicomweb/studies/{study}",
+        headers={**stack.api_headers, "X-DICOMGW-Reason": f"portal{control}withdrew"},
+        timeout=120,
+    )
+    body = json_error(answer, 400, "bad_request")
+    assert body["detail"] == "reason must be printable text of at most 500 characters"  # the gateway's, not NGINX's
+    # refused before anything was removed: the instance is still served
+    token = stack.issue([study])["token"]
+    listed = requests.get(f"{stack.root(token)}/studies/{study}/instances", timeout=30)
+    assert listed.status_code == 200
+    assert [item["00080018"]["Value"] for item in listed.json()] == [[sop]]
+    done = requests.delete(
+        f"{stack.url}/dicomweb/studies/{study}",
+        headers={**stack.api_headers, "X-DICOMGW-Reason": "clean up"},
+        timeout=120,
+    )
+    assert done.status_code == 204
