@@ -5,9 +5,11 @@ cells in the access-audit CSV, ``/metrics`` from a non-loopback address, ``/read
 
 from __future__ import annotations
 
+import csv
 import io
 import re
 import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -124,3 +126,35 @@ def test_a_delete_reason_with_a_control_character_is_a_400(stack: RunningStack, 
         timeout=120,
     )
     assert done.status_code == 204
+
+
+# -- claim: the access audit CSV: "cells a spreadsheet would run as a formula are prefixed with '"
+
+
+def test_the_audit_csv_defuses_formula_cells(stack: RunningStack, synthetic: dict[str, Any]) -> None:
+    study, series, _ = uids_of(synthetic["ct"][0])
+    tag = uuid.uuid4().hex[:8]
+    subjects = [f"=HYPERLINK(1){tag}", f"+1{tag}", f"-1{tag}", f"@SUM{tag}"]
+    for subject in subjects:
+        token = stack.issue([study], sub=subject)["token"]
+        assert requests.get(f"{stack.root(token)}/studies/{study}/series", timeout=30).status_code == 200
+    for subject in subjects:
+        deadline = time.monotonic() + COLLECT_BOUND
+        while True:
+            params = {"subject": subject, "format": "csv"}
+            answer = requests.get(
+                f"{stack.url}/api/v1/admin/access", params=params, headers=stack.api_headers, timeout=10
+            )
+            assert answer.status_code == 200, answer.text[:300]
+            rows = list(csv.DictReader(io.StringIO(answer.text)))
+            if rows or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert answer.headers["Content-Type"] == "text/csv; charset=utf-8"
+        assert len(rows) == 1, (subject, answer.text)
+        assert rows[0]["sub"] == "'" + subject
+        assert rows[0]["study_uid"] == study and rows[0]["status"] == "200"
+        as_json = requests.get(
+            f"{stack.url}/api/v1/admin/access", params={"subject": subject}, headers=stack.api_headers, timeout=10
+        )
+        assert [item["sub"] for item in as_json.json()["items"]] == [subject]  # JSON keeps the value as it is
