@@ -10,6 +10,7 @@ import io
 import re
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -158,3 +159,49 @@ def test_the_audit_csv_defuses_formula_cells(stack: RunningStack, synthetic: dic
             f"{stack.url}/api/v1/admin/access", params={"subject": subject}, headers=stack.api_headers, timeout=10
         )
         assert [item["sub"] for item in as_json.json()["items"]] == [subject]  # JSON keeps the value as it is
+
+
+# -- claims that need a stack of their own (local folder) -------------------------------------------------------
+
+
+def non_loopback_address() -> str:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the outgoing interface's address
+        address = str(probe.getsockname()[0])
+    assert not address.startswith("127."), "this machine has no non-loopback IPv4 address"
+    return address
+
+
+@pytest.fixture
+def public_stack(tmp_path: Path) -> Iterator[tuple[RunningStack, str]]:
+    from gateway.tools.stack import Stack, free_port
+
+    address = non_loopback_address()
+    stack = Stack(
+        tmp_path / "var",
+        host=address,
+        port=free_port(address),
+        extra_env={"DICOMGW_CORS_ORIGINS": "https://portal.example"},
+    )
+    stack.start()
+    try:
+        yield RunningStack(stack, "file"), address
+    finally:
+        stack.stop()
+
+
+def test_metrics_is_refused_from_a_non_loopback_address(public_stack: tuple[RunningStack, str]) -> None:
+    """README, HTTP API: ``GET /metrics`` is "loopback only". The stack listens on this machine's own non-loopback
+    address, so the request arrives from that address, not from 127.0.0.1."""
+    running, address = public_stack
+    assert running.url == f"http://{address}:{running.stack.port}"
+    healthz = requests.get(f"{running.url}/healthz", timeout=10)
+    assert healthz.status_code == 200 and healthz.json() == {"status": "ok"}  # the server answers this client
+    answer = requests.get(f"{running.url}/metrics", timeout=10)
+    json_error(answer, 403, "forbidden")
+    assert "# TYPE" not in answer.text
+    running.settle_access_log()
+    [line] = [entry for entry in running.access_log() if entry["uri"] == "/metrics"]
+    assert (line["remote"], line["status"], line["upstream_status"]) == (address, 403, "")  # NGINX refused it
