@@ -20,7 +20,7 @@ import requests
 
 from gateway.tools.synth import make_series
 from tests.e2e.conftest import uids_of
-from tests.e2e.harness import RunningStack
+from tests.e2e.harness import RunningStack, start_stack
 
 COLLECT_BOUND = 30.0  # seconds: several passes of the access audit collector (5 s apart by default)
 
@@ -205,3 +205,33 @@ def test_metrics_is_refused_from_a_non_loopback_address(public_stack: tuple[Runn
     running.settle_access_log()
     [line] = [entry for entry in running.access_log() if entry["uri"] == "/metrics"]
     assert (line["remote"], line["status"], line["upstream_status"]) == (address, 403, "")  # NGINX refused it
+
+
+@pytest.fixture
+def file_stack(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[RunningStack]:
+    env: dict[str, str] = getattr(request, "param", {})
+    running = start_stack(tmp_path / "var", "file", None, **env)
+    try:
+        yield running
+    finally:
+        running.stack.stop()
+
+
+def test_readyz_names_a_missing_storage_folder(file_stack: RunningStack) -> None:
+    """README: ``/readyz`` is "200 when storage and catalog answer, else 503 naming the failing check"."""
+    ready = requests.get(f"{file_stack.url}/readyz", timeout=10)
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ok", "checks": {"storage": "ok", "catalog": "ok"}}
+    folder = Path(file_stack.stack.storage_url.removeprefix("file://"))
+    assert folder.is_dir()
+    moved = folder.with_name(folder.name + ".away")
+    folder.rename(moved)
+    try:
+        answer = requests.get(f"{file_stack.url}/readyz", timeout=30)
+        assert answer.status_code == 503, answer.text
+        assert answer.headers["Content-Type"] == "application/json"
+        assert answer.json() == {"status": "unavailable", "checks": {"storage": "storage_unavailable", "catalog": "ok"}}
+        assert not folder.exists()  # the probe made no folder in its place
+    finally:
+        moved.rename(folder)
+    assert requests.get(f"{file_stack.url}/readyz", timeout=10).status_code == 200
