@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 import requests
 
@@ -235,3 +236,33 @@ def test_readyz_names_a_missing_storage_folder(file_stack: RunningStack) -> None
     finally:
         moved.rename(folder)
     assert requests.get(f"{file_stack.url}/readyz", timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize("file_stack", [{"DICOMGW_STOW_OVERWRITE": "1"}], indirect=True)
+def test_stow_overwrite_replaces_the_instance(file_stack: RunningStack, tmp_path: Path) -> None:
+    """README: ``DICOMGW_STOW_OVERWRITE=1``: "a STOW of a known SOP Instance UID with different bytes replaces it"."""
+    [path] = make_series(tmp_path / "ct", modality="CT", slices=1, rows=16, columns=16, seed=7301, clean=True)
+    study, series, sop = uids_of(path)
+    first = file_stack.stow([path])
+    assert first.status_code == 200, first.text
+    ds = pydicom.dcmread(path)
+    ds.InstanceNumber = 99
+    ds.save_as(path)
+    replaced = path.read_bytes()
+    second = file_stack.stow([path])
+    assert second.status_code == 200, second.text
+    body = second.json()
+    assert "00081198" not in body  # no FailedSOPSequence: not 0x0111
+    [ref] = body["00081199"]["Value"]
+    assert ref["00081155"]["Value"] == [sop]
+    token = file_stack.issue([study])["token"]
+    instance = f"{file_stack.root(token)}/studies/{study}/series/{series}/instances/{sop}"
+    retrieved = requests.get(instance, headers={"Accept": "application/dicom"}, timeout=30)
+    assert retrieved.status_code == 200
+    assert retrieved.content == replaced
+    [metadata] = requests.get(f"{instance}/metadata", timeout=30).json()
+    assert metadata["00200013"]["Value"] == [99]
+    listed = requests.get(f"{file_stack.root(token)}/studies/{study}/instances", timeout=30).json()
+    assert [item["00080018"]["Value"] for item in listed] == [[sop]]  # replaced, not added beside it
+    stored = [key for key in file_stack.storage().list(f"studies/{study}/") if key.endswith(".dcm")]
+    assert len(stored) == 1
