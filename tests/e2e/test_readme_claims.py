@@ -266,3 +266,41 @@ def test_stow_overwrite_replaces_the_instance(file_stack: RunningStack, tmp_path
     assert [item["00080018"]["Value"] for item in listed] == [[sop]]  # replaced, not added beside it
     stored = [key for key in file_stack.storage().list(f"studies/{study}/") if key.endswith(".dcm")]
     assert len(stored) == 1
+
+
+@pytest.mark.parametrize("file_stack", [{"DICOMGW_DERIVATIVES": "0"}], indirect=True)
+def test_no_derivative_is_made_with_derivatives_off(file_stack: RunningStack, tmp_path: Path) -> None:
+    """README: ``DICOMGW_DERIVATIVES`` "0: none are made". No job is queued, so even a derivative worker run here
+    (with derivatives on) finds nothing to make, and a frame request naming only HTJ2K stays a 406."""
+    import threading
+
+    from gateway.catalog import Catalog
+    from gateway.config import Settings
+    from gateway.derive import work
+    from gateway.dicomweb.wado import DERIVATIVE_TS
+
+    files = make_series(tmp_path / "ct", modality="CT", slices=2, rows=64, columns=64, seed=7401, clean=True)
+    assert file_stack.stow(files).status_code == 200
+    settings = Settings.from_env(
+        {**file_stack.stack.gateway_env(), "DICOMGW_MODE": "development", "DICOMGW_DERIVATIVES": "1"}
+    )
+    assert work(settings, threading.Event(), once=True) == 0
+    catalog = Catalog(file_stack.stack.database_url)
+    study = uids_of(files[0])[0]
+    for path in files:
+        assert catalog.derivative_job(uids_of(path)[2]) is None
+    assert [key for key in file_stack.storage().list(f"studies/{study}/") if "/htj2k-" in key] == []
+    _, series, sop = uids_of(files[0])
+    url = f"{file_stack.root(file_stack.issue([study])['token'])}/studies/{study}/series/{series}/instances/{sop}"
+    only = requests.get(
+        f"{url}/frames/1", headers={"Accept": f"image/jphc; transfer-syntax={DERIVATIVE_TS}"}, timeout=30
+    )
+    json_error(only, 406, "not_acceptable")
+    either = requests.get(
+        f"{url}/frames/1",
+        headers={"Accept": f"image/jphc; transfer-syntax={DERIVATIVE_TS}, application/octet-stream; transfer-syntax=*"},
+        timeout=30,
+    )
+    assert either.status_code == 200
+    assert either.headers["Content-Type"] == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"
+    assert either.content == pydicom.dcmread(files[0]).PixelData
