@@ -278,6 +278,18 @@ def test_compressed_body_is_a_clear_415(stack: RunningStack, tmp_path: Path, con
     }
 
 
+def stow_one_accepting(stack: RunningStack, tmp_path: Path, seed: int, accept: str) -> tuple[Path, requests.Response]:
+    """A one-instance multipart STOW sent with ``accept``: the file and the answer."""
+    [path] = make_series(tmp_path / f"accept-{seed}", modality="CT", slices=1, seed=seed, clean=True)
+    body = b"--x\r\nContent-Type: application/dicom\r\n\r\n" + path.read_bytes() + b"\r\n--x--\r\n"
+    headers = {
+        **stack.api_headers,
+        "Content-Type": "multipart/related; type=application/dicom; boundary=x",
+        "Accept": accept,
+    }
+    return path, requests.post(f"{stack.url}/dicomweb/studies", data=body, headers=headers, timeout=30)
+
+
 @pytest.mark.parametrize("accept", ["application/dicom+xml", 'multipart/related; type="application/dicom+xml"'])
 def test_stow_answers_xml_to_a_client_that_asks_for_it(stack: RunningStack, tmp_path: Path, accept: str) -> None:
     """PS3.18 10.5.3: the Store Instances Response as PS3.19 Native DICOM Model XML for a client that asks for it,
@@ -285,16 +297,8 @@ def test_stow_answers_xml_to_a_client_that_asks_for_it(stack: RunningStack, tmp_
     multipart/related answer, as the Accept says."""
     from xml.etree import ElementTree
 
-    seed = 178 if accept.startswith("application") else 179
-    [path] = make_series(tmp_path / "xml", modality="CT", slices=1, seed=seed, clean=True)
+    path, answer = stow_one_accepting(stack, tmp_path, 178 if accept.startswith("application") else 179, accept)
     study, series, sop = uids_of(path)
-    body = b"--x\r\nContent-Type: application/dicom\r\n\r\n" + path.read_bytes() + b"\r\n--x--\r\n"
-    headers = {
-        **stack.api_headers,
-        "Content-Type": "multipart/related; type=application/dicom; boundary=x",
-        "Accept": accept,
-    }
-    answer = requests.post(f"{stack.url}/dicomweb/studies", data=body, headers=headers, timeout=30)
     assert answer.status_code == 200, answer.text
     xml = answer.content
     if accept.startswith("multipart"):
@@ -326,15 +330,8 @@ def test_stow_for_a_client_that_takes_neither_json_nor_xml_is_a_406_before_anyth
     stack: RunningStack, tmp_path: Path, accept: str
 ) -> None:
     """A client that accepts neither representation got JSON and its instance stored; now its 406 comes first."""
-    [path] = make_series(tmp_path / "accept", modality="CT", slices=1, seed=173, clean=True)
+    path, answer = stow_one_accepting(stack, tmp_path, 173, accept)
     study, series, sop = uids_of(path)
-    body = b"--x\r\nContent-Type: application/dicom\r\n\r\n" + path.read_bytes() + b"\r\n--x--\r\n"
-    headers = {
-        **stack.api_headers,
-        "Content-Type": "multipart/related; type=application/dicom; boundary=x",
-        "Accept": accept,
-    }
-    answer = requests.post(f"{stack.url}/dicomweb/studies", data=body, headers=headers, timeout=30)
     assert answer.status_code == 406, answer.text
     assert answer.headers["Content-Type"] == "application/json"
     assert answer.json()["error"] == "not_acceptable"
