@@ -77,6 +77,7 @@ class IngestResult:
     sop_class_uid: str | None = None
     failure_reason: int | None = None
     warning_reason: int | None = None
+    sent_sop_uid: str | None = None  # the SOP Instance UID as uploaded, when a hook stored it under another
     detail: str = ""
     report: dict[str, Any] = field(default_factory=dict)
     storage_key: str | None = None
@@ -330,6 +331,8 @@ class Ingestor:
                 # stored as a hook rewrote it, not as sent: PS3.18 I.2 has the client told (202, Warning Reason)
                 result.warning_reason = COERCED
                 result.detail = result.detail or "de-identified on upload: data elements coerced"
+                if result.ids is not None and result.ids.sop != header.ids.sop:
+                    result.sent_sop_uid = header.ids.sop  # lets the uploader tell which of its files this is
             return result
         finally:
             if final_path != path:

@@ -13,6 +13,9 @@ the response items and Error Comment (0000,0902) is a command element that a dat
 - (0009,1001) LT reason text (a fixed phrase from ingest; never a value taken from the file, so never PHI)
 - (0009,1002) CS outcome: ``STORED``, ``DUPLICATE``, ``FAILED`` or ``QUARANTINED`` (lets a client tell
   "already stored" apart from "stored now"; both are successes in the standard sense)
+- (0009,1003) UI the SOP Instance UID the instance was sent with, when a de-identifying policy stored it under
+  another (the uploader's own value, answered to the uploader only: it lets ``dicom-gateway upload`` match the
+  item to its file)
 
 Clients that do not know the block ignore it; the standard FailureReason (0008,1197) is always present.
 """
@@ -67,6 +70,7 @@ PRIVATE_CREATOR = "DICOMGW"
 TAG_PRIVATE_CREATOR = "00090010"
 TAG_REASON_TEXT = "00091001"
 TAG_OUTCOME = "00091002"
+TAG_SENT_SOP_UID = "00091003"
 
 Status = Literal["stored", "duplicate", "failed", "quarantined"]
 _SUCCESS: frozenset[str] = frozenset({"stored", "duplicate"})
@@ -101,6 +105,7 @@ class StowItem:
     failure_reason: int | None
     detail: str
     warning_reason: int | None = None
+    sent_sop_uid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -200,6 +205,8 @@ def _private(item: StowItem) -> dict[str, Any]:
     if item.detail:
         out[TAG_REASON_TEXT] = _element("LT", item.detail)
     out[TAG_OUTCOME] = _element("CS", item.status.upper())
+    if item.sent_sop_uid is not None and is_uid(item.sent_sop_uid):
+        out[TAG_SENT_SOP_UID] = _element("UI", item.sent_sop_uid)
     return out
 
 

@@ -53,6 +53,7 @@ from gateway.dicomweb.stow_response import (
     TAG_OUTCOME,
     TAG_PRIVATE_CREATOR,
     TAG_REASON_TEXT,
+    TAG_SENT_SOP_UID,
     reason_name,
 )
 from gateway.uids import is_uid
@@ -284,7 +285,8 @@ def apply_stow_response(batch: list[FileEntry], payload: Any) -> None:
     unattributed: list[str] = []
     if isinstance(payload, dict):
         for item in _items(payload, "00081199"):
-            uid = _first(item, "00081155")
+            # a de-identified instance is stored under a new UID: the item names the one its file was sent with
+            uid = _private(item, TAG_SENT_SOP_UID) or _first(item, "00081155")
             if uid:
                 duplicate = _private(item, TAG_OUTCOME) == "DUPLICATE"
                 results[uid] = ("present" if duplicate else "stored", "")

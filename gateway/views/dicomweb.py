@@ -219,6 +219,7 @@ def _to_item(result: IngestResult) -> StowItem:
         failure_reason=result.failure_reason,
         detail=result.detail,
         warning_reason=result.warning_reason,
+        sent_sop_uid=result.sent_sop_uid,
     )
 
 

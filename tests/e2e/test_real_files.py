@@ -634,3 +634,39 @@ def test_a_file_pydicom_cannot_read_is_refused_and_never_served(
         study, series = item["0020000D"]["Value"][0], item["0020000E"]["Value"][0]
         url = f"{stack.url}/dicomweb/studies/{study}/series/{series}/instances/{sop}"
         assert get(stack, url, "application/dicom").content == data
+
+
+def test_upload_cli_under_a_deidentifying_policy_reports_each_file_stored(
+    deid_stack: RunningStack, tmp_path: Path
+) -> None:
+    """``dicom-gateway upload`` matched the answer's items to its files by SOP Instance UID, and a de-identified
+    instance is stored under a new one: every file was reported "not acknowledged in the server's response" (exit
+    1) although stored. Each item now names the UID its file was sent with (private (0009,1003)); the answer stays
+    a 202 with Warning Reason 0xB000 (coerced), and a second run finds them all stored already."""
+    import os
+    import subprocess
+    import sys
+
+    from gateway.tools.synth import make_series
+
+    seed = 181 if deid_stack.backend == "file" else 182
+    files = make_series(tmp_path / "deid-cli", modality="CT", slices=3, rows=16, columns=16, seed=seed)
+    command = [sys.executable, "-m", "gateway.cli", "upload", str(tmp_path / "deid-cli"), "--url"]
+    command.append(f"{deid_stack.url}/dicomweb")
+    env = {**os.environ, "DICOMGW_API_KEY": deid_stack.stack.api_key, "COLUMNS": "400"}
+    first = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False, env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "not acknowledged" not in first.stdout
+    key = deid_stack.stack.deid_key.encode()
+    for path in files:
+        stored_sop = remap_uid(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID, key)
+        found = requests.get(
+            f"{deid_stack.url}/dicomweb/instances",
+            params={"SOPInstanceUID": stored_sop},
+            headers=deid_stack.api_headers,
+            timeout=10,
+        )
+        assert found.status_code == 200 and len(found.json()) == 1, path.name
+    second = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False, env=env)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "already" in second.stdout.lower()
