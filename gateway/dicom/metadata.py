@@ -96,28 +96,37 @@ def _dataset_json(
                 # the threshold is irrelevant here: every element reaching this line is small or not binary
                 out[key] = value = ds[tag].to_json_dict(None, 1 << 62)
             except Exception:  # noqa: BLE001 - pydicom raises many types for garbage values
-                names = _names_json(ds[tag]) if el.vr == "PN" else None
-                if names is None:
+                rebuilt = _with_empty_values(ds, tag)
+                if rebuilt is None:
                     log.warning("metadata: dropped element %s%s, its value cannot be decoded", prefix, key)
                     continue
-                out[key] = value = names
+                out[key] = value = rebuilt
             if memo_key is not None:  # pydicom converted these very bytes: read_instance refuses a tag written twice
                 _memo.store(memo_key, value)
     return {k: out[k] for k in sorted(out)}
 
 
-def _names_json(element: Any) -> dict[str, Any] | None:
-    """A PN element pydicom cannot write (it fails on an empty value among several, "A^B\\\\C"): each name's
-    component groups, an empty one as null (PS3.18 F.2.5); None when the value cannot be read at all."""
+def _with_empty_values(ds: Dataset, tag: Any) -> dict[str, Any] | None:
+    """An element pydicom's JSON writer fails on because one of its values is empty ("A^B\\\\C" in a PN, "1\\\\0"
+    in a DS or IS): every value, an empty one as null (PS3.18 F.2.5), names as their component groups, numbers as
+    numbers. None when a value cannot be read at all (the element is then dropped, as before)."""
+    out: list[Any] = []
     try:
-        names = list(element.value) if element.VM > 1 else [element.value]
-        out: list[dict[str, str] | None] = []
-        for name in names:
-            groups = zip(("Alphabetic", "Ideographic", "Phonetic"), getattr(name, "components", ()), strict=False)
-            out.append({group: str(text) for group, text in groups if text} or None)
-    except Exception:  # noqa: BLE001 - the same garbage values as above
+        element = ds[tag]  # pydicom converts the value here, and garbage raises as it did for the writer
+        if element.VR not in ("PN", "DS", "IS") or element.VM < 2:
+            return None
+        for item in element.value:
+            if element.VR == "PN":
+                groups = zip(("Alphabetic", "Ideographic", "Phonetic"), getattr(item, "components", ()), strict=False)
+                out.append({group: str(text) for group, text in groups if text} or None)
+            elif str(item).strip() == "":
+                out.append(None)
+            else:
+                number = float(item)
+                out.append(int(number) if element.VR == "IS" else number)  # as pydicom writes them
+    except Exception:  # noqa: BLE001 - the same garbage values as the writer's
         return None
-    return {"vr": "PN", "Value": out}
+    return {"vr": element.VR, "Value": out}
 
 
 def metadata_text(metadata: dict[str, Any]) -> str:

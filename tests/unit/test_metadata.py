@@ -100,6 +100,17 @@ def test_a_name_list_with_an_empty_name_keeps_every_name(tmp_path: Path) -> None
     }
 
 
+def test_numbers_with_an_empty_value_keep_every_value(tmp_path: Path) -> None:
+    """pydicom's JSON writer fails on "1\\\\0.5" in a DS or IS (an empty value among several): the element was
+    dropped from the metadata. The values come back as numbers, the empty one as null (PS3.18 F.2.5)."""
+    ds = b.base()
+    ds.add_new(0x00200037, "DS", "1\\\\0.5\\0\\0\\1")  # ImageOrientationPatient with its second value empty
+    ds.add_new(0x00201041, "IS", "4\\\\6")  # an IS list with an empty value
+    md = index_file(b.write(ds, tmp_path / "numbers.dcm")).metadata
+    assert md["00200037"] == {"vr": "DS", "Value": [1.0, None, 0.5, 0.0, 0.0, 1.0]}
+    assert md["00201041"] == {"vr": "IS", "Value": [4, None, 6]}
+
+
 def _native(tmp_path: Path) -> tuple[Path, bytes]:
     ds = b.image(b.base(), 2, 2, 16, 1)
     ds.PixelData = b"\x01\x02" * 4
