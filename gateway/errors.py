@@ -39,6 +39,10 @@ class GatewayError(Exception):
         super().__init__(detail or self.code)
         self.detail = detail or self.code
 
+    def headers(self) -> list[tuple[str, str]]:
+        """Headers the answer carries besides its Content-Type: a 503 says when to retry."""
+        return [("Retry-After", RETRY_AFTER_SECONDS)] if self.status == 503 else []
+
 
 class BadRequest(GatewayError):
     status = 400
@@ -136,6 +140,9 @@ class UnsupportedMediaType(GatewayError):
 class UnsupportedContentEncoding(UnsupportedMediaType):
     """A compressed request body: the 415 names the one coding accepted (RFC 9110 15.5.16, Accept-Encoding)."""
 
+    def headers(self) -> list[tuple[str, str]]:
+        return [("Accept-Encoding", "identity")]
+
 
 class RangeNotSatisfiable(GatewayError):
     """A Range outside the representation; ``length`` is its size, for ``Content-Range: bytes */length``."""
@@ -147,6 +154,9 @@ class RangeNotSatisfiable(GatewayError):
     def __init__(self, detail: str = "", *, length: int = 0) -> None:
         super().__init__(detail)
         self.length = length
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [("Content-Range", f"bytes */{self.length}")]
 
 
 class StorageUnavailable(GatewayError):
@@ -204,14 +214,7 @@ def error_body(code: str, detail: str) -> bytes:
 
 def to_response(error: GatewayError) -> tuple[int, list[tuple[str, str]], bytes]:
     """Status, headers and JSON body for ``error`` (no Content-Length: the caller knows the body)."""
-    headers = [("Content-Type", "application/json")]
-    if isinstance(error, RangeNotSatisfiable):
-        headers.append(("Content-Range", f"bytes */{error.length}"))
-    if isinstance(error, UnsupportedContentEncoding):
-        headers.append(("Accept-Encoding", "identity"))
-    if error.status == 503:
-        headers.append(("Retry-After", RETRY_AFTER_SECONDS))
-    return error.status, headers, error_body(error.code, error.detail)
+    return error.status, [("Content-Type", "application/json"), *error.headers()], error_body(error.code, error.detail)
 
 
 def all_codes() -> set[str]:

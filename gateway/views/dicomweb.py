@@ -59,10 +59,11 @@ def dicom_json(payload: bytes, status: int = 200) -> Response:
     return response
 
 
-def accept_json() -> None:
-    """PS3.18 8.7: QIDO and metadata come as DICOM JSON; a client that accepts only XML (or anything else) gets
-    406 rather than a representation it did not ask for. The ``accept`` query parameter wins over the header."""
-    negotiate(request.args.get("accept") or request.headers.get("Accept", ""), JSON_OFFERS)
+def accepted(offers: list[Offer] = JSON_OFFERS) -> Offer:
+    """PS3.18 8.7: which of ``offers`` the client takes (QIDO and metadata come only as DICOM JSON); one that takes
+    none gets 406 rather than a representation it did not ask for. The ``accept`` query parameter wins over the
+    header."""
+    return negotiate(request.args.get("accept") or request.headers.get("Accept", ""), offers)
 
 
 # -- QIDO-RS ----------------------------------------------------------------------------------------------------
@@ -70,7 +71,7 @@ def accept_json() -> None:
 
 def _search(level: str, study: str | None = None, series: str | None = None) -> Response:
     scope = decision().claims.scope
-    accept_json()
+    accepted()
     args = {key: request.args.getlist(key) for key in request.args if key not in ("token", "accept")}
     query = parse_qido(
         level,  # type: ignore[arg-type]
@@ -161,7 +162,7 @@ def search_instances(study: str, series: str) -> Response:
 
 def _metadata(study: str, series: str | None = None, instance: str | None = None) -> Response:
     decision()
-    accept_json()
+    accepted()
     catalog = services().catalog
     check_uid(study)
     if instance is not None:
@@ -246,7 +247,7 @@ def _stow(study: str | None) -> Response:
     claims = decision().claims
     # PS3.18 10.5.3: the Store Instances Response as DICOM JSON or XML (dcm4che's stowrs asks for XML); a client
     # that accepts neither gets its 406 before any of its body is stored
-    answer_as = negotiate(request.args.get("accept") or request.headers.get("Accept", ""), STOW_OFFERS)
+    answer_as = accepted(STOW_OFFERS)
     srv = services()
     media_type, params = parse_content_type(request.headers.get("Content-Type", ""))
     coding = request.headers.get("Content-Encoding", "").strip().lower()
