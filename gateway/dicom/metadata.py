@@ -94,7 +94,7 @@ def _dataset_json(
                 continue
             try:
                 # the threshold is irrelevant here: every element reaching this line is small or not binary
-                out[key] = value = ds[tag].to_json_dict(None, 1 << 62)
+                out[key] = value = _empty_as_null(ds[tag].to_json_dict(None, 1 << 62))
             except Exception:  # noqa: BLE001 - pydicom raises many types for garbage values
                 rebuilt = _with_empty_values(ds, tag)
                 if rebuilt is None:
@@ -104,6 +104,15 @@ def _dataset_json(
             if memo_key is not None:  # pydicom converted these very bytes: read_instance refuses a tag written twice
                 _memo.store(memo_key, value)
     return {k: out[k] for k in sorted(out)}
+
+
+def _empty_as_null(value: dict[str, Any]) -> dict[str, Any]:
+    """An empty value among several is null, not "" (PS3.18 F.2.5): pydicom writes ``A\\\\C`` in a CS as
+    ``["A", "", "C"]``. A lone empty value is already an element with no "Value"."""
+    values = value.get("Value")
+    if values is not None and len(values) > 1 and "" in values:
+        value["Value"] = [None if v == "" else v for v in values]
+    return value
 
 
 def _with_empty_values(ds: Dataset, tag: Any) -> dict[str, Any] | None:

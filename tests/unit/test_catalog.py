@@ -59,7 +59,7 @@ def test_migrate_is_idempotent_and_matches_schema(catalog: Catalog) -> None:
     # the order index is declared by its columns (what SQLite reflects); PostgreSQL reflects its DESC NULLS LAST
     diffs = [d for d in diffs if catalog.dialect == "sqlite" or getattr(d[1], "name", "") != "ix_studies_date_order"]
     assert diffs == []
-    assert version == "0009"
+    assert version == "0010"
     indexes = {name: " ".join(sql.split()) for name, sql in ddl if sql}
     assert "lower(patient_name)" in indexes["ix_studies_patient_name_lower"]
     if catalog.dialect == "postgresql":
@@ -107,6 +107,58 @@ def test_migration_0009_fills_the_performed_step_columns_from_stored_series(cata
         assert [tuple(row) for row in found] == [("1.2.9.1", "20240102", "0915"), ("1.2.9.2", None, None)]
         query = parse_qido("series", {"PerformedProcedureStepStartDate": ["20240101-20240131"]})
         assert [r["0020000E"]["Value"][0] for r in catalog.search(query, None)] == ["1.2.9.1"]
+    finally:
+        catalog.close()
+
+
+def test_migration_0010_stores_an_empty_value_among_several_as_null(catalog_url: str) -> None:
+    """Metadata and QIDO attributes stored before 0010 held "" for an empty value among several; PS3.18 F.2.5 has
+    null. The migration rewrites them (in sequences too) and leaves every other row's text as it was."""
+    from alembic import command
+    from alembic.config import Config
+
+    from gateway.catalog.engine import MIGRATIONS
+
+    old = Catalog(catalog_url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    image_type = {"00080008": {"vr": "CS", "Value": ["ORIGINAL", "", "AXIAL"]}}
+    nested = {"00081115": {"vr": "SQ", "Value": [{"00081150": {"vr": "UI", "Value": ["", "1.2"]}}]}}
+    untouched = '{"00080020":{"vr":"DA","Value":["20240102"]},"00081030":{"vr":"LO","Value":[""]}}'
+    with old.engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0009")
+        conn.execute(
+            sa.text("INSERT INTO studies (study_uid, attrs, updated_at) VALUES ('1.2.9', :a, 0)"), {"a": untouched}
+        )
+        conn.execute(
+            sa.text("INSERT INTO series (series_uid, study_uid, attrs) VALUES ('1.2.9.1', '1.2.9', :a)"),
+            {"a": json.dumps(image_type)},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO instances (sop_uid, study_uid, series_uid, sop_class_uid, transfer_syntax_uid, "
+                "storage_key, size, sha256, etag, metadata, attrs, created_at) VALUES "
+                "('1.2.9.1.1', '1.2.9', '1.2.9.1', '1.2.840.10008.5.1.4.1.1.2', '1.2.840.10008.1.2.1', 'k', 1, "
+                "'00', 'e', :m, :a, 0)"
+            ),
+            {"m": json.dumps({**image_type, **nested}), "a": json.dumps(nested)},
+        )
+    old.close()
+    catalog = Catalog(catalog_url)
+    try:
+        catalog.migrate()
+        with catalog.engine.connect() as conn:
+            study = conn.execute(sa.text("SELECT attrs FROM studies")).scalar_one()
+            series = conn.execute(sa.text("SELECT attrs FROM series")).scalar_one()
+            metadata, attrs = conn.execute(sa.text("SELECT metadata, attrs FROM instances")).one()
+        null_image_type = {"00080008": {"vr": "CS", "Value": ["ORIGINAL", None, "AXIAL"]}}
+        null_nested = {"00081115": {"vr": "SQ", "Value": [{"00081150": {"vr": "UI", "Value": [None, "1.2"]}}]}}
+        assert study == untouched  # one empty value alone: no list to hold a null, and the text is unchanged
+        assert json.loads(series) == null_image_type
+        assert json.loads(metadata) == {**null_image_type, **null_nested}
+        assert json.loads(attrs) == null_nested
+        assert metadata == json.dumps({**null_image_type, **null_nested}, separators=(",", ":"))
     finally:
         catalog.close()
 

@@ -111,6 +111,21 @@ def test_numbers_with_an_empty_value_keep_every_value(tmp_path: Path) -> None:
     assert md["00201041"] == {"vr": "IS", "Value": [4, None, 6]}
 
 
+def test_an_empty_value_among_several_strings_is_null(tmp_path: Path) -> None:
+    """PS3.18 F.2.5: "If a multi-valued attribute has one or more empty values these are represented as null array
+    elements". pydicom writes them as "" (a CS, a UI, a DA); a lone empty value is still an element with no Value."""
+    ds = b.base()
+    ds.ImageType = "ORIGINAL\\\\AXIAL"
+    ds.add_new(0x00081150, "UI", "1.2.3\\\\1.2.4")  # ReferencedSOPClassUID
+    ds.add_new(0x00181012, "DA", "\\20200101")  # DateOfSecondaryCapture, first value empty
+    ds.add_new(0x00081030, "LO", "")  # StudyDescription, empty
+    md = index_file(b.write(ds, tmp_path / "strings.dcm")).metadata
+    assert md["00080008"] == {"vr": "CS", "Value": ["ORIGINAL", None, "AXIAL"]}
+    assert md["00081150"] == {"vr": "UI", "Value": ["1.2.3", None, "1.2.4"]}
+    assert md["00181012"] == {"vr": "DA", "Value": [None, "20200101"]}
+    assert md["00081030"] == {"vr": "LO"}
+
+
 def _native(tmp_path: Path) -> tuple[Path, bytes]:
     ds = b.image(b.base(), 2, 2, 16, 1)
     ds.PixelData = b"\x01\x02" * 4
