@@ -98,6 +98,20 @@ def test_store(stack: RunningStack, tmp_path: Path) -> None:
     assert stored["0020000D"]["Value"] == [dataset.StudyInstanceUID]
 
 
+def test_an_empty_value_among_several_is_null(stack: RunningStack, tmp_path: Path) -> None:
+    """PS3.18 F.2.5: an empty value of a multi-valued attribute is a null array element (it was ""). The
+    unmodified client reads the metadata back into the values the file holds."""
+    [path] = make_series(tmp_path, modality="CT", slices=1, rows=32, columns=32, seed=62, clean=True)
+    dataset = pydicom.dcmread(path)
+    dataset.ImageType = ["ORIGINAL", "", "AXIAL"]
+    study, series, sop = dataset.StudyInstanceUID, dataset.SeriesInstanceUID, dataset.SOPInstanceUID
+    client = DICOMwebClient(url=stack.root(stack.issue([study], actions=["read", "write"])["token"]))
+    assert "FailedSOPSequence" not in client.store_instances([dataset])
+    metadata = client.retrieve_instance_metadata(study, series, sop)
+    assert metadata["00080008"] == {"vr": "CS", "Value": ["ORIGINAL", None, "AXIAL"]}
+    assert pydicom.Dataset.from_json({"00080008": metadata["00080008"]}).ImageType == ["ORIGINAL", "", "AXIAL"]
+
+
 def test_implicit_vr_frames_and_bulkdata_are_explicit_vr_little_endian(stack: RunningStack, tmp_path: Path) -> None:
     """PS3.18 8.7.3.3.1 (Table 8.7.3-4): uncompressed frames and bulkdata are little-endian bytes named Explicit VR
     Little Endian, the syntax dicomweb-client asks for. An implicit VR file holds the same pixel bytes, so asking for

@@ -395,11 +395,15 @@ def bulkdata_uris(dataset: dict[str, Any], prefix: str = "") -> Iterator[tuple[s
 
 
 def pydicom_json(dataset: dict[str, Any], *, omit_bulk: bool) -> dict[str, Any]:
-    """pydicom's DICOM JSON in the gateway's documented form: an empty sequence has no Value (PS3.18 F.2.5);
-    for big-endian and deflated files a bulk value (Pixel Data, or binary over the threshold) is left out."""
+    """pydicom's DICOM JSON in the gateway's documented form: an empty sequence has no Value, an empty value among
+    several is null (PS3.18 F.2.5; pydicom writes ""); for big-endian and deflated files a bulk value (Pixel Data,
+    or binary over the threshold) is left out."""
     out = {}
     for key, entry in dataset.items():
         entry = dict(entry)
+        values = entry.get("Value")
+        if entry.get("vr") != "SQ" and isinstance(values, list) and len(values) > 1:
+            entry["Value"] = [None if value == "" else value for value in values]
         if entry.get("vr") == "SQ":
             items = [pydicom_json(item, omit_bulk=omit_bulk) for item in entry.pop("Value", [])]
             if items:
