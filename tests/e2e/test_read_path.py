@@ -82,6 +82,23 @@ def test_frame_list_is_multipart_in_order(
     assert all(ct == "image/jpeg; transfer-syntax=1.2.840.10008.1.2.4.50" for ct, _ in parts)
 
 
+@pytest.mark.parametrize("separator", ["%2C", "%2c"])
+def test_a_frame_list_separated_by_an_encoded_comma(
+    stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str], separator: str
+) -> None:
+    """PS3.18 8.3.1: {frameList} is "a comma or %2C separated list". Any other percent-encoding in a path stays a
+    400 (README: NGINX and Python can never read a path differently)."""
+    url = instance_url(roots, synthetic["wsi_frag"])
+    answer = requests.get(f"{url}/frames/5{separator}1{separator}200", timeout=30)
+    assert answer.status_code == 200, answer.text[:200]
+    assert [body for _, body in parse_multipart(answer)] == [wsi_tile(16, n, frames=200) for n in (5, 1, 200)]
+    hostile = [f"frames/5{separator}", f"frames/5{separator}{separator}1", "frames/5%252C1"]
+    for path in [*hostile, f"bulkdata/7FE00010{separator}1"]:
+        refused = requests.get(f"{url}/{path}", timeout=30)
+        assert (refused.status_code, refused.headers["Content-Type"]) == (400, "application/json"), path
+        assert refused.json() == {"error": "bad_request", "detail": "the request path is not canonical"}
+
+
 def test_ct_frame_matches_pixel_data(stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]) -> None:
     path = synthetic["ct"][2]
     ds = pydicom.dcmread(path)
