@@ -62,7 +62,7 @@ class MalformedMultipart(BadRequest):
 
 
 class Unauthorized(GatewayError):
-    """No credential, or one that does not verify (bad signature, expired, revoked, wrong purpose)."""
+    """No credential, or one that does not verify (bad signature, expired, revoked)."""
 
     status = 401
     code = "unauthorized"
@@ -98,6 +98,13 @@ class Forbidden(GatewayError):
 
 class OutOfScope(Forbidden):
     code = "out_of_scope"
+
+
+class InsufficientScope(Forbidden):
+    """A token of ours, valid, whose actions do not include the request's (a read token on STOW): RFC 6750 3.1's
+    ``insufficient_scope``, a 403. A 401 told the user the token itself was bad."""
+
+    code = "insufficient_scope"
 
 
 class NotFound(GatewayError):

@@ -23,7 +23,7 @@ from typing import Any
 
 from itsdangerous import BadData, BadSignature, TimestampSigner, URLSafeTimedSerializer
 
-from gateway.errors import BadRequest, TokenExpired, TokenInvalid, TokenRevoked, TokenUnrecognised
+from gateway.errors import BadRequest, InsufficientScope, TokenExpired, TokenInvalid, TokenRevoked, TokenUnrecognised
 from gateway.scope import Scope
 from gateway.uids import is_uid
 
@@ -194,7 +194,8 @@ class TokenService:
     # -- verifying -------------------------------------------------------------------------------------------
     def verify(self, token: str, purpose: str, now: int | None = None) -> Claims:
         """Claims of a token valid for ``purpose`` ("read" or "write"). Raises TokenUnrecognised when no key of
-        ours signed it, TokenExpired, or TokenInvalid (bad claims, wrong purpose, issued in the future).
+        ours signed it, TokenExpired, TokenInvalid (bad claims, issued in the future), or InsufficientScope (a token
+        whose actions do not include ``purpose``).
 
         A read is allowed with a read token, or with a write token whose actions include read; a write only with
         a token signed with the write salt."""
@@ -205,7 +206,7 @@ class TokenService:
         if now < claims.issued_at - 60:
             raise TokenInvalid("token issued in the future")
         if not claims.may(purpose) or (purpose == "write" and signed_for != "write"):
-            raise TokenInvalid(f"token does not allow {purpose}")
+            raise InsufficientScope(f"token does not allow {purpose}")
         return claims
 
     def check_live(self, token: str, revoked: set[str], now: int) -> Claims:

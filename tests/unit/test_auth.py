@@ -20,7 +20,7 @@ from gateway.auth import (
 )
 from gateway.config import parse_api_keys
 from gateway.dicomweb.paths import Target, parse_target
-from gateway.errors import OutOfScope, TokenExpired, TokenInvalid, TokenMissing, TokenRevoked
+from gateway.errors import InsufficientScope, OutOfScope, TokenExpired, TokenInvalid, TokenMissing, TokenRevoked
 from gateway.scope import Scope
 from gateway.tokens import Claims, TokenService
 
@@ -213,7 +213,7 @@ def test_decide_checks_scope_purpose_and_expiry(tokens: TokenService) -> None:
     authorizer = make_authorizer(tokens, Revocations(), Clock(T))
     with pytest.raises(OutOfScope):
         authorizer.decide("GET", f"/t/{issued.token}/dicomweb/studies/{ST2}", now=T)
-    with pytest.raises(TokenInvalid) as caught:
+    with pytest.raises(InsufficientScope) as caught:  # a 403: the token is good, its actions are not enough
         authorizer.decide("POST", f"/t/{issued.token}{STUDY_PATH}", now=T)
     assert caught.value.detail == "token does not allow write"
     with pytest.raises(TokenExpired):
@@ -509,7 +509,7 @@ def test_an_api_key_with_a_token_gets_the_token(tokens: TokenService) -> None:
     assert decision.claims.actions == {"read"}
     with pytest.raises(OutOfScope):
         authorizer.decide("GET", f"/t/{issued.token}/dicomweb/studies/{ST2}", authorization=f"Bearer {API_KEY}")
-    with pytest.raises(TokenInvalid):  # the read token cannot write, whatever key comes with it
+    with pytest.raises(InsufficientScope):  # the read token cannot write, whatever key comes with it
         authorizer.decide("POST", f"/t/{issued.token}{STUDY_PATH}", authorization=f"Bearer {API_KEY}")
 
 
@@ -520,7 +520,7 @@ def test_write_token_in_the_authorization_header(tokens: TokenService) -> None:
     authorizer = make_authorizer(tokens, Revocations(), Clock(T))
     assert authorizer.decide("POST", STUDY_PATH, authorization=f"Bearer {writer.token}", now=T).claims.sub == "orthanc"
     assert authorizer.decide("POST", "/dicomweb/studies", authorization=f"Bearer {writer.token}", now=T)
-    with pytest.raises(TokenInvalid) as caught:  # ours, for the wrong purpose: refused, not ignored
+    with pytest.raises(InsufficientScope) as caught:  # ours, for the wrong purpose: refused, not ignored
         authorizer.decide("POST", f"/t/{writer.token}{STUDY_PATH}", authorization=f"Bearer {reader.token}", now=T)
     assert caught.value.detail == "token does not allow write"
 

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from itsdangerous import URLSafeTimedSerializer
 
-from gateway.errors import BadRequest, TokenExpired, TokenInvalid, TokenUnrecognised
+from gateway.errors import BadRequest, InsufficientScope, TokenExpired, TokenInvalid, TokenUnrecognised
 from gateway.scope import Scope
 from gateway.tokens import MAX_TOKEN_LENGTH, SALTS, Claims, TokenService, _TimestampSerializer, decode_claims
 from gateway.uids import is_uid
@@ -159,17 +159,17 @@ def test_verifier_with_a_lower_cap_shortens_the_lifetime() -> None:
 def test_read_token_cannot_write() -> None:
     tokens = service()
     token = tokens.issue(sub="u", studies=[STUDY], actions=["read"], now=T).token
-    with pytest.raises(TokenInvalid) as caught:
+    with pytest.raises(InsufficientScope) as caught:  # RFC 6750 3.1: a 403, the token itself is good
         tokens.verify(token, "write", now=T)
     assert caught.value.detail == "token does not allow write"
-    assert type(caught.value) is TokenInvalid  # ours, for the wrong purpose: not TokenUnrecognised
+    assert caught.value.status == 403
 
 
 def test_write_only_token_cannot_read() -> None:
     tokens = service()
     token = tokens.issue(sub="u", studies=[STUDY], actions=["write"], now=T).token
     assert tokens.verify(token, "write", now=T).actions == frozenset({"write"})
-    with pytest.raises(TokenInvalid) as caught:
+    with pytest.raises(InsufficientScope) as caught:
         tokens.verify(token, "read", now=T)
     assert caught.value.detail == "token does not allow read"
 
@@ -205,7 +205,7 @@ def test_cache_does_not_bypass_expiry() -> None:
     with pytest.raises(TokenExpired):
         tokens.verify(token, "read", now=T + 30)
     # and the cache does not remember a purpose it was never asked about
-    with pytest.raises(TokenInvalid):
+    with pytest.raises(InsufficientScope):
         tokens.verify(token, "write", now=T)
 
 
