@@ -30,7 +30,7 @@ from pydicom.uid import UID, ExplicitVRBigEndian
 from gateway import nginx_contract as nginx
 from gateway.dicomweb.accept import Offer, negotiate
 from gateway.errors import BadRequest, NotAcceptable, NotFound
-from gateway.numbers import parse_int
+from gateway.numbers import INT32_MAX, parse_int
 from gateway.services import Services
 from gateway.uids import check_uid
 
@@ -219,6 +219,54 @@ def _window(text: str) -> tuple[float, float, str]:
     return center, width, function
 
 
+def _sized(image: Image.Image, params: Mapping[str, str]) -> Image.Image:
+    """The part of the frame asked for, scaled down to fit: WADO-URI's ``region=x1,y1,x2,y2`` (fractions of the
+    frame, PS3.18 9), then ``viewport=vw,vh[,sx,sy,sw,sh]`` (PS3.18 8.3.5.1.3: the source region in pixels, a
+    negative width or height flipping it), aspect ratio kept. A region that leaves the frame is a 400."""
+    if params.get("region"):
+        x1, y1, x2, y2 = _numbers(params["region"], "region", 4)
+        if not (0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1):
+            raise BadRequest("region must be x1,y1,x2,y2 with 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1")
+        w, h = image.size
+        left, top = math.floor(x1 * w), math.floor(y1 * h)
+        image = image.crop((left, top, max(math.ceil(x2 * w), left + 1), max(math.ceil(y2 * h), top + 1)))
+    if not params.get("viewport"):
+        return image
+    sizes = params["viewport"].split(",")
+    if len(sizes) not in (2, 6):
+        raise BadRequest("viewport must be vw,vh or vw,vh,sx,sy,sw,sh")
+    width, height = (parse_int(v, "viewport", low=1) for v in sizes[:2])
+    if len(sizes) == 6:
+        sx, sy = (parse_int(v or "0", "viewport", low=0) for v in sizes[2:4])
+        sw, sh = (parse_int(v or "0", "viewport", low=-INT32_MAX, signed=True) for v in sizes[4:6])
+        sw, sh = sw or image.width - sx, sh or image.height - sy  # omitted or 0: to the frame's edge
+        if sw < 0:  # a negative width takes the columns left of sx, flipped (PS3.18 8.3.5.1.3)
+            left, right = sx + sw, sx
+        else:
+            left, right = sx, sx + sw
+        top, bottom = (sy + sh, sy) if sh < 0 else (sy, sy + sh)
+        if left < 0 or top < 0 or left >= right or top >= bottom or right > image.width or bottom > image.height:
+            raise BadRequest(f"viewport: the source region leaves the {image.width}x{image.height} frame")
+        image = image.crop((left, top, right, bottom))
+        if sw < 0:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        if sh < 0:
+            image = image.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+    image.thumbnail((width, height))
+    return image
+
+
+def _numbers(text: str, name: str, count: int) -> list[float]:
+    """``count`` finite numbers separated by commas, or a 400 naming ``name``."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise BadRequest(f"{name} must be numbers separated by commas") from None
+    if len(values) != count or not all(math.isfinite(v) for v in values):
+        raise BadRequest(f"{name} must be {count} finite numbers separated by commas")
+    return values
+
+
 def _encode(image: Image.Image, media: str, quality: int) -> bytes:
     out = io.BytesIO()
     if media == "image/png":
@@ -241,14 +289,7 @@ def render_instance(
     row = _load(services, study, series, sop)
     offer = negotiate(params.get("accept", accept), _IMAGE_OFFERS)
     quality = parse_int(params.get("quality", "90"), "quality", low=1, high=100)
-    image = _to_image(services, row, frame, params)
-    viewport = params.get("viewport")
-    if viewport:
-        sizes = viewport.split(",")
-        if len(sizes) < 2:
-            raise BadRequest("viewport must be width,height")
-        width, height = (parse_int(v, "viewport", low=1) for v in sizes[:2])
-        image.thumbnail((width, height))
+    image = _sized(_to_image(services, row, frame, params), params)
     body = _encode(image, offer.part_type, quality)
     # revalidated like every read (a deleted or replaced instance must not be shown again from a browser cache);
     # the ETag spares sending the image again when the rendering has not changed

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from gateway.errors import (
 from gateway.hooks import UploadContext
 from gateway.ingest import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, IngestResult
 from gateway.lifecycle import check_reason
-from gateway.numbers import parse_int
+from gateway.numbers import INT32_MAX, parse_int
 from gateway.render import render_instance
 from gateway.scope import Scope
 from gateway.spool import spool_file
@@ -432,7 +433,12 @@ def wado() -> Response:
     if not content_type and "transferSyntax" in args:
         content_type = "application/dicom"  # a client naming a transfer syntax asks for the object, not an image
     if not content_type or content_type == "application/dicom":
-        plan = services().planner.wado({key: args.getlist(key) for key in args}, render_default=not content_type)
+        params = {key: args.getlist(key) for key in args}
+        named = listed[0].params.get("transfer-syntax") if listed else None
+        if named is not None:  # contentType=application/dicom;transfer-syntax=... asks as transferSyntax does
+            if params.setdefault("transferSyntax", [named]) != [named]:
+                raise BadRequest("contentType's transfer-syntax and transferSyntax differ")
+        plan = services().planner.wado(params, render_default=not content_type)
         if plan is not None:
             response = Response(status=plan.status)
             for name, value in plan.headers:
@@ -446,4 +452,28 @@ def wado() -> Response:
     if args.get("requestType") != "WADO":
         raise BadRequest("requestType must be WADO")
     frame = parse_int(args.get("frameNumber") or "1", "frameNumber", low=1)
-    return render_instance(services(), study, series, sop, frame, args, args.get("contentType") or content_type)
+    accept = args.get("contentType") or content_type
+    return render_instance(services(), study, series, sop, frame, _rendering_of(args), accept)
+
+
+def _rendering_of(args: Mapping[str, str]) -> dict[str, str]:
+    """WADO-URI's image parameters (PS3.18 9) as the rendering's: ``windowCenter`` and ``windowWidth`` (both or
+    neither), ``imageQuality``, ``rows`` and ``columns`` (the most the image may have, aspect ratio kept) and
+    ``region``. They were ignored: a viewer got another window, size or crop than it asked for, with a 200. What
+    the gateway cannot do (a presentation state, burned-in annotation) is a 400 rather than an image that
+    silently differs from the one asked for."""
+    for name in ("annotation", "presentationUID", "presentationSeriesUID"):
+        if name in args:
+            raise BadRequest(f"{name} is not supported: frames are rendered without annotation or presentation state")
+    params = {"region": args.get("region", "")}
+    center, width = args.get("windowCenter"), args.get("windowWidth")
+    if (center is None) != (width is None):
+        raise BadRequest("windowCenter and windowWidth must be given together")
+    if center is not None:
+        params["window"] = f"{center},{width}"
+    if "imageQuality" in args:
+        params["quality"] = args["imageQuality"]
+    rows, columns = (parse_int(args[name], name, low=1) if name in args else INT32_MAX for name in ("rows", "columns"))
+    if "rows" in args or "columns" in args:
+        params["viewport"] = f"{columns},{rows}"
+    return params

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pydicom
 import pytest
 import requests
@@ -392,6 +393,95 @@ def test_wado_uri_content_type_is_a_list_with_q_values(
         assert answer.content == path.read_bytes()
     else:
         assert answer.content.startswith(b"\x89PNG" if expected == "image/png" else b"\xff\xd8")
+
+
+def pixels(answer: requests.Response) -> np.ndarray:
+    assert answer.status_code == 200, answer.text[:200]
+    return np.asarray(Image.open(io.BytesIO(answer.content)))
+
+
+def test_wado_uri_image_parameters_shape_the_rendering(
+    stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]
+) -> None:
+    """PS3.18 9 (URI service): windowCenter/windowWidth, imageQuality, rows/columns and region were ignored (every
+    variant was the same 200 image). Each now gives what the same rendering asked for through WADO-RS gives;
+    what cannot be honoured (a presentation state, annotation, half a window) is a JSON 400."""
+    path = synthetic["ct"][0]
+    study, series, sop = uids_of(path)
+    url = f"{roots[study]}/wado"
+    rendered = f"{instance_url(roots, path)}/rendered"
+    params = {"requestType": "WADO", "studyUID": study, "seriesUID": series, "objectUID": sop}
+    png = {**params, "contentType": "image/png"}
+    as_png = {"Accept": "image/png"}
+    full = pixels(requests.get(url, params=png, timeout=30))
+    height, width = full.shape[:2]
+    windowed = requests.get(url, params={**png, "windowCenter": "40", "windowWidth": "80"}, timeout=30)
+    same = requests.get(rendered, params={"window": "40,80"}, headers=as_png, timeout=30)
+    assert pixels(windowed).tolist() == pixels(same).tolist()
+    assert pixels(windowed).tolist() != full.tolist()
+    small = pixels(requests.get(url, params={**png, "rows": "32"}, timeout=30))
+    assert small.shape[:2] == (32, round(32 * width / height))
+    narrow = pixels(requests.get(url, params={**png, "columns": "16", "rows": "64"}, timeout=30))
+    assert narrow.shape[1] == 16
+    quarter = pixels(requests.get(url, params={**png, "region": "0,0,0.5,0.5"}, timeout=30))
+    assert quarter.tolist() == full[: height // 2, : width // 2].tolist()
+    jpeg = requests.get(url, params={**params, "imageQuality": "5"}, timeout=30)
+    assert jpeg.content == requests.get(rendered, params={"quality": "5"}, timeout=30).content
+    assert jpeg.content != requests.get(url, params=params, timeout=30).content
+    unsupported = "is not supported: frames are rendered without annotation or presentation state"
+    bad_region = "region must be x1,y1,x2,y2 with 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1"
+    for extra, detail in (
+        ({"windowCenter": "40"}, "windowCenter and windowWidth must be given together"),
+        ({"annotation": "patient"}, f"annotation {unsupported}"),
+        ({"presentationUID": "1.2.3", "presentationSeriesUID": "1.2.3"}, f"presentationUID {unsupported}"),
+        ({"region": "0,0,1.5,1"}, bad_region),
+        ({"region": "0.5,0,0.5,1"}, bad_region),
+        ({"region": "0,0,nan,1"}, "region must be 4 finite numbers separated by commas"),
+        ({"rows": "0"}, "rows: expected an integer from 1 to 2147483647"),
+        ({"imageQuality": "101"}, "quality: expected an integer from 1 to 100"),
+    ):
+        refused = requests.get(url, params={**png, **extra}, timeout=30)
+        assert (refused.status_code, refused.headers["Content-Type"]) == (400, "application/json"), extra
+        assert refused.json() == {"error": "bad_request", "detail": detail}
+
+
+def test_rendered_viewport_takes_a_source_region(
+    stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]
+) -> None:
+    """PS3.18 8.3.5.1.3: viewport=vw,vh,sx,sy,sw,sh renders the region (sx,sy,sw,sh) of the frame, a negative sw or
+    sh flipping it; only vw,vh were read, so the whole frame came back."""
+    rendered = f"{instance_url(roots, synthetic['ct'][0])}/rendered"
+    as_png = {"Accept": "image/png"}
+    full = pixels(requests.get(rendered, headers=as_png, timeout=30))
+    region = pixels(requests.get(rendered, params={"viewport": "1000,1000,10,20,30,40"}, headers=as_png, timeout=30))
+    assert region.tolist() == full[20:60, 10:40].tolist()
+    flipped = pixels(requests.get(rendered, params={"viewport": "1000,1000,40,20,-30,40"}, headers=as_png, timeout=30))
+    assert flipped.tolist() == full[20:60, 10:40][:, ::-1].tolist()
+    for viewport in ("64,64,0,0,100000,10", "64,64,1,2", "64,64,0,0,-5,10"):
+        refused = requests.get(rendered, params={"viewport": viewport}, timeout=30)
+        assert (refused.status_code, refused.headers["Content-Type"]) == (400, "application/json"), viewport
+
+
+def test_wado_uri_content_type_may_name_the_transfer_syntax(
+    stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]
+) -> None:
+    """contentType takes Accept's syntax (PS3.18 9), so application/dicom;transfer-syntax=... asks as transferSyntax
+    does: the stored syntax gets the object, another one a 406 (it was ignored: the object came back regardless)."""
+    path = synthetic["ct"][0]
+    study, series, sop = uids_of(path)
+    stored = str(pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+    params = {"requestType": "WADO", "studyUID": study, "seriesUID": series, "objectUID": sop}
+    url = f"{roots[study]}/wado"
+    named = {"contentType": f"application/dicom;transfer-syntax={stored}"}
+    same = requests.get(url, params={**params, **named}, timeout=30)
+    assert (same.status_code, same.content) == (200, path.read_bytes())
+    other = {"contentType": "application/dicom; transfer-syntax=1.2.840.10008.1.2"}
+    assert requests.get(url, params={**params, **other}, timeout=30).status_code == 406
+    both = {**other, "transferSyntax": stored}
+    refused = requests.get(url, params={**params, **both}, timeout=30)
+    assert refused.status_code == 400
+    detail = "contentType's transfer-syntax and transferSyntax differ"
+    assert refused.json() == {"error": "bad_request", "detail": detail}
 
 
 def test_wado_uri_transfer_syntax_names_the_stored_one_or_is_refused(
