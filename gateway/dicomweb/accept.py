@@ -53,6 +53,15 @@ def _split_outside_quotes(value: str, sep: str) -> list[str]:
     return parts
 
 
+# Names of frame media types from before PS3.18 registered them, still sent by clients (dicomweb-client lists both
+# for RLE and JPEG-LS frames): read as the registered name, which is what the answer's Content-Type then says.
+_LEGACY_NAMES = {"image/x-dicom-rle": "image/dicom-rle", "image/x-jls": "image/jls"}
+
+
+def _standard(media_type: str) -> str:
+    return _LEGACY_NAMES.get(media_type, media_type)
+
+
 def parse_accept(value: str) -> list[MediaRange]:
     """Media ranges in preference order (q descending, then as written; ``q=0`` ones, "not acceptable", last).
     Malformed entries are skipped."""
@@ -62,7 +71,7 @@ def parse_accept(value: str) -> list[MediaRange]:
         # A space inside type/subtype can only be the "+" of a structured suffix (`application/dicom+json`) that a
         # query string read as a form turned into one: RFC 3986 and the RFC 6570 expansion PS3.18 8.3 uses keep
         # "+" as "+", and no media type holds a space.
-        media_type = pieces[0].strip().lower().replace(" ", "+")
+        media_type = _standard(pieces[0].strip().lower().replace(" ", "+"))
         if "/" not in media_type:
             continue
         params: dict[str, str] = {}
@@ -79,7 +88,7 @@ def parse_accept(value: str) -> list[MediaRange]:
                 except ValueError:
                     q = 0.0
             elif name:
-                params[name] = raw.lower().replace(" ", "+") if name == "type" else raw  # "+" as above
+                params[name] = _standard(raw.lower().replace(" ", "+")) if name == "type" else raw  # "+" as above
         ranges.append((-q, index, MediaRange(media_type, params, q)))
     return [r for _, _, r in sorted(ranges, key=lambda t: (t[0], t[1]))]
 

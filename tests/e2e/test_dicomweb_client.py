@@ -13,6 +13,9 @@ import pydicom
 import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
+from pydicom.data import get_testdata_file
+from pydicom.encaps import generate_frames
+from pydicom.uid import generate_uid
 
 from gateway.tools.synth import make_series, wsi_tile
 from tests.e2e.conftest import uids_of
@@ -110,6 +113,32 @@ def test_an_empty_value_among_several_is_null(stack: RunningStack, tmp_path: Pat
     metadata = client.retrieve_instance_metadata(study, series, sop)
     assert metadata["00080008"] == {"vr": "CS", "Value": ["ORIGINAL", None, "AXIAL"]}
     assert pydicom.Dataset.from_json({"00080008": metadata["00080008"]}).ImageType == ["ORIGINAL", "", "AXIAL"]
+
+
+@pytest.mark.parametrize(
+    ("name", "legacy"), [("MR_small_RLE.dcm", "image/x-dicom-rle"), ("JPEGLSNearLossless_08.dcm", "image/x-jls")]
+)
+def test_frames_under_the_legacy_media_type_names(stack: RunningStack, name: str, legacy: str) -> None:
+    """dicomweb-client lists image/x-dicom-rle and image/x-jls beside the registered names (PS3.18 Table 8.7.3-5):
+    asked for by the legacy name, the frames are served (they were a 406), labelled with the registered name."""
+    dataset = pydicom.dcmread(get_testdata_file(name))
+    dataset.StudyInstanceUID, dataset.SeriesInstanceUID = generate_uid(), generate_uid()
+    dataset.SOPInstanceUID = generate_uid()
+    study, series, sop = dataset.StudyInstanceUID, dataset.SeriesInstanceUID, dataset.SOPInstanceUID
+    client = DICOMwebClient(url=stack.root(stack.issue([study], actions=["read", "write"])["token"]))
+    assert "FailedSOPSequence" not in client.store_instances([dataset])
+    count = int(dataset.get("NumberOfFrames") or 1)
+    expected = list(generate_frames(dataset.PixelData, number_of_frames=count))
+    frames = client.retrieve_instance_frames(study, series, sop, [1], media_types=((legacy,),))
+    assert frames == expected[:1]
+    answer = requests.get(
+        f"{client.base_url}/studies/{study}/series/{series}/instances/{sop}/frames/1",
+        headers={"Accept": f'multipart/related; type="{legacy}"'},
+        timeout=30,
+    )
+    assert answer.status_code == 200
+    registered = {"image/x-dicom-rle": "image/dicom-rle", "image/x-jls": "image/jls"}[legacy]
+    assert answer.headers["Content-Type"].startswith(f'multipart/related; type="{registered}"; boundary=')
 
 
 def test_implicit_vr_frames_and_bulkdata_are_explicit_vr_little_endian(stack: RunningStack, tmp_path: Path) -> None:
