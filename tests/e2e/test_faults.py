@@ -237,19 +237,43 @@ def test_uploading_the_same_file_again_restores_an_object_storage_lost(stack: Ru
     assert (restored.status_code, restored.content) == (200, path.read_bytes())
 
 
-def open_slow_upload(stack: RunningStack) -> socket.socket:
-    """A STOW whose client sends its headers and the start of a 2 MB body, then nothing (a phone on a bad line)."""
+def open_slow_upload(stack: RunningStack, credential: str | None = None) -> socket.socket:
+    """A STOW whose client sends its headers and the start of a 2 MB body, then nothing (a phone on a bad line).
+    ``credential``: the Authorization value (default the API key; "" for none)."""
+    credential = f"Bearer {stack.stack.api_key}" if credential is None else credential
     head = (
         "POST /dicomweb/studies HTTP/1.1\r\n"
         f"Host: 127.0.0.1:{stack.stack.port}\r\n"
-        f"Authorization: Bearer {stack.stack.api_key}\r\n"
-        'Content-Type: multipart/related; type="application/dicom"; boundary=SLOW\r\n'
+        + (f"Authorization: {credential}\r\n" if credential else "")
+        + 'Content-Type: multipart/related; type="application/dicom"; boundary=SLOW\r\n'
         "Content-Length: 2000000\r\n\r\n"
         "--SLOW\r\nContent-Type: application/dicom\r\n\r\n"
     )
     sock = socket.create_connection(("127.0.0.1", stack.stack.port), timeout=10)
     sock.sendall(head.encode() + b"\0" * 128)
     return sock
+
+
+@pytest.mark.parametrize("credential", ["", "Bearer not-a-token"])
+def test_refused_slow_uploads_take_no_upload_slot(stack: RunningStack, tmp_path: Path, credential: str) -> None:
+    """Only uploads the auth decision lets through count against DICOMGW_MAX_UPLOADS. NGINX's limit_conn counted
+    every POST before its auth: refused ones, whose bodies NGINX kept reading to discard them, held every slot for
+    up to 30 s, so anyone without a credential could keep every real upload out with a few slow connections."""
+    seed = 2101 + 2 * (stack.backend != "file") + bool(credential)  # a study of its own per backend and case
+    [path] = make_series(tmp_path, modality="CT", slices=1, rows=16, columns=16, seed=seed, clean=True)
+    refused = [open_slow_upload(stack, credential) for _ in range(2 * stack.stack.gunicorn_threads + 1)]
+    try:
+        for sock in refused:  # each refused at once, its body not yet sent
+            sock.settimeout(10)
+            head = sock.recv(65536).split(b"\r\n", 1)[0]
+            assert head.startswith(b"HTTP/1.1 401 "), head
+        for sock in refused:  # still sending: NGINX goes on reading their bodies to discard them
+            sock.sendall(b"\0" * 128)
+        answer = stack.stow([path])
+        assert answer.status_code == 200, answer.text[:300]
+    finally:
+        for sock in refused:
+            sock.close()
 
 
 def test_slow_uploads_never_take_the_threads_reads_need(stack: RunningStack, synthetic: dict[str, Any]) -> None:
