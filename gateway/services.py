@@ -18,9 +18,12 @@ from gateway.storage import Storage, open_storage
 from gateway.tokens import TokenService
 
 
-def build_policy_hooks(settings: Settings, default: Storage) -> tuple[list[Hook], dict[str, Storage]]:
+def build_policy_hooks(
+    settings: Settings, default: Storage, *, create: bool = False
+) -> tuple[list[Hook], dict[str, Storage]]:
     """The PHI hook chain and one storage per policy destination (the same object for "default" URLs), so a
-    file routed to a destination is written exactly there; no policy means no hooks and no destinations."""
+    file routed to a destination is written exactly there; no policy means no hooks and no destinations.
+    ``create``: make the destinations' local folders (start-up only)."""
     from gateway.phi.hook import PhiHook, load_checked_policy
 
     policy = load_checked_policy(settings)
@@ -29,7 +32,7 @@ def build_policy_hooks(settings: Settings, default: Storage) -> tuple[list[Hook]
     storages: dict[str, Storage] = {}
     for name in policy.destinations:
         url = policy.storage_url(name, settings.storage_url)
-        storages[name] = default if url == settings.storage_url else open_storage(url)
+        storages[name] = default if url == settings.storage_url else open_storage(url, create=create)
     hook = PhiHook(policy, settings.deid_key, destination_storages=storages, tmp_dir=settings.tmp_dir or None)
     return [hook], storages
 
@@ -47,8 +50,9 @@ class Services:
 
     @classmethod
     def build(cls, settings: Settings, hooks: list[Hook] | None = None, *, migrate: bool = True) -> Services:
-        """``migrate=False`` (gunicorn workers): only check the schema; ``gateway.startup`` migrated it once."""
-        storage = open_storage(settings.storage_url)
+        """``migrate=False`` (gunicorn workers): only check the schema and never create a storage folder;
+        ``gateway.startup`` migrated the schema and made the folders once. Otherwise (in-process) both are done."""
+        storage = open_storage(settings.storage_url, create=migrate)
         catalog = Catalog(settings.database_url)
         if migrate:
             catalog.migrate()
@@ -81,7 +85,7 @@ class Services:
         # the pool's processes build their hooks from the settings: only for the hooks the settings make
         processes = settings.ingest_processes if hooks is None else 0
         if hooks is None:
-            hooks, destinations = build_policy_hooks(settings, storage)
+            hooks, destinations = build_policy_hooks(settings, storage, create=migrate)
         spool_dir = Path(settings.tmp_dir or tempfile.gettempdir())
         sweep_spool(spool_dir)  # what a worker killed mid-upload left (a new worker starts in its place)
         from gateway.derive import open_offering

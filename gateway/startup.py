@@ -67,7 +67,17 @@ def migrate(settings: Settings) -> str:
 
 
 def prepare(env: Mapping[str, str] | None = None) -> Settings:
-    """Validate the settings and migrate the catalog, once, before any worker starts."""
+    """Validate the settings, migrate the catalog and make the local storage folders, once, before any worker
+    starts (workers never make them: a folder gone at run time is an outage, not a new empty folder)."""
     settings = check_settings(env)
     migrate(settings)
+    create_storage(settings)
     return settings
+
+
+def create_storage(settings: Settings) -> None:
+    """The local folders of the storage and of the PHI policy's destinations (nothing for S3)."""
+    from gateway.services import build_policy_hooks
+    from gateway.storage import open_storage
+
+    build_policy_hooks(settings, open_storage(settings.storage_url, create=True), create=True)

@@ -7,12 +7,13 @@ from gateway.storage.base import Storage, StoredObject
 __all__ = ["Storage", "StoredObject", "open_storage"]
 
 
-def open_storage(url: str) -> Storage:
-    """``file:///abs/dir`` or ``s3://bucket/prefix`` (endpoint from ``AWS_ENDPOINT_URL`` when set)."""
+def open_storage(url: str, *, create: bool = False) -> Storage:
+    """``file:///abs/dir`` or ``s3://bucket/prefix`` (endpoint from ``AWS_ENDPOINT_URL`` when set). ``create``: make
+    a local folder that is missing (start-up only, ``gateway.startup``); a bucket is never created."""
     if url.startswith("file://"):
         from gateway.storage.local import LocalStorage
 
-        return LocalStorage(url)
+        return LocalStorage(url, create=create)
     if url.startswith("s3://"):
         from gateway.storage.s3 import S3Storage
 

@@ -60,10 +60,12 @@ def _fsync_dir(path: Path) -> None:
 
 
 class LocalStorage:
-    """``file:///abs/dir``. The root is created at construction (start-up), never later: if a mounted volume
-    disappears at run time, writes fail with ``StorageUnavailable`` instead of filling the wrong disk."""
+    """``file:///abs/dir``. The root is created only with ``create=True``, which start-up passes once before
+    gunicorn forks (``gateway.startup.prepare``), never later: if a mounted volume disappears at run time, writes
+    fail with ``StorageUnavailable`` instead of filling the wrong disk. (Every worker used to create it: a worker
+    replaced after the folder went made an empty one, and uploads and /readyz said all was well.)"""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, create: bool = False) -> None:
         if not url.startswith("file://"):
             raise ValueError("LocalStorage needs a file:// URL")
         path = urllib.parse.unquote(url[len("file://") :])
@@ -71,10 +73,11 @@ class LocalStorage:
             raise ValueError("LocalStorage needs an absolute path: file:///abs/dir")
         self.url = url
         self.root = Path(path).resolve()
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            pass  # reported by check() and by every write, with the storage-unavailable error
+        if create:
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+            except OSError:
+                pass  # reported by check() and by every write, with the storage-unavailable error
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)

@@ -8,7 +8,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,6 +25,7 @@ import requests
 from gateway.tools.synth import make_series
 from tests.e2e.conftest import uids_of
 from tests.e2e.harness import RunningStack, start_stack
+from tests.e2e.test_durability import children_of
 
 COLLECT_BOUND = 30.0  # seconds: several passes of the access audit collector (5 s apart by default)
 
@@ -213,6 +216,21 @@ def test_readyz_names_a_missing_storage_folder(file_stack: RunningStack) -> None
         assert answer.headers["Content-Type"] == "application/json"
         assert answer.json() == {"status": "unavailable", "checks": {"storage": "storage_unavailable", "catalog": "ok"}}
         assert not folder.exists()  # the probe made no folder in its place
+        # gunicorn replaces killed workers: the new ones find the folder gone too (each worker used to create it,
+        # so an empty folder stood in for the lost one and uploads and /readyz said all was well)
+        master = file_stack.stack.processes["gunicorn"].pid
+        killed = set(children_of(master))
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while len(set(children_of(master)) - killed) < len(killed):
+            assert time.monotonic() < deadline, "gunicorn did not replace its workers"
+            time.sleep(0.2)
+        while (answer := requests.get(f"{file_stack.url}/readyz", timeout=30)).status_code not in (200, 503):
+            assert time.monotonic() < deadline, answer.text
+            time.sleep(0.2)
+        assert answer.status_code == 503, answer.text
+        assert not folder.exists()
     finally:
         moved.rename(folder)
     assert requests.get(f"{file_stack.url}/readyz", timeout=10).status_code == 200

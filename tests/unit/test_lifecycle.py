@@ -28,7 +28,7 @@ SOP1, SOP2, SOP3 = "1.2.3.1.1.1", "1.2.3.1.1.11", "1.2.3.1.2.1"
 
 @pytest.fixture
 def storage(tmp_path: Path) -> LocalStorage:
-    return LocalStorage(f"file://{tmp_path / 'objects'}")
+    return LocalStorage(f"file://{tmp_path / 'objects'}", create=True)
 
 
 def put(storage: LocalStorage, tmp_path: Path, key: str) -> None:

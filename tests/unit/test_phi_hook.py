@@ -220,7 +220,7 @@ def settings(**values: str) -> Settings:
 
 
 def test_build_hooks(tmp_path: Path) -> None:
-    storage = open_storage(f"file://{tmp_path}/objects")
+    storage = open_storage(f"file://{tmp_path}/objects", create=True)
 
     def build_hooks(settings: Settings) -> list[Any]:
         return list(build_policy_hooks(settings, storage)[0])

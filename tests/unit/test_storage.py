@@ -31,7 +31,7 @@ def write(path: Path, data: bytes) -> Path:
 @pytest.fixture(params=["local", "s3"])
 def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
     if request.param == "local":
-        return open_storage(f"file://{tmp_path / 'objects'}")
+        return open_storage(f"file://{tmp_path / 'objects'}", create=True)
     bucket = request.getfixturevalue("s3_bucket")
     return open_storage(f"s3://{bucket}/pre/fix")
 
@@ -86,7 +86,7 @@ def test_move_and_delete(storage: Storage, tmp_path: Path) -> None:
 
 
 def test_a_delete_removes_the_folders_it_empties_and_a_write_recreates_them(tmp_path: Path) -> None:
-    storage = LocalStorage(f"file://{tmp_path / 'objects'}")
+    storage = LocalStorage(f"file://{tmp_path / 'objects'}", create=True)
     src = write(tmp_path / "src", b"pixels")
     storage.put_file("studies/1/series/2/a.dcm", src)
     storage.put_file("studies/1/series/2/b.dcm", src)
@@ -102,7 +102,7 @@ def test_a_delete_removes_the_folders_it_empties_and_a_write_recreates_them(tmp_
 
 def test_a_write_racing_a_delete_of_its_folder_lands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The folder a write has just created is pruned by a delete before the write's link: it is created again."""
-    storage = LocalStorage(f"file://{tmp_path / 'objects'}")
+    storage = LocalStorage(f"file://{tmp_path / 'objects'}", create=True)
     src = write(tmp_path / "src", b"pixels")
     real_link, pruned = os.link, []
 
@@ -165,7 +165,7 @@ def test_invalid_keys_rejected(storage: Storage, tmp_path: Path, bad: str) -> No
 
 
 def test_local_layout_etag_and_origin_path(tmp_path: Path) -> None:
-    storage = LocalStorage(f"file://{tmp_path / 'root'}")
+    storage = LocalStorage(f"file://{tmp_path / 'root'}", create=True)
     src = write(tmp_path / "src", b"0123456789")
     stored = storage.put_file("a+b/c d~.dcm", src)
     on_disk = tmp_path / "root" / "a+b" / "c d~.dcm"
@@ -181,7 +181,7 @@ def test_local_layout_etag_and_origin_path(tmp_path: Path) -> None:
 
 
 def test_local_put_keeps_old_object_when_write_fails(tmp_path: Path) -> None:
-    storage = LocalStorage(f"file://{tmp_path / 'root'}")
+    storage = LocalStorage(f"file://{tmp_path / 'root'}", create=True)
     storage.put_file("k", write(tmp_path / "src", b"old"))
     with pytest.raises(FileNotFoundError):
         storage.put_file("k", tmp_path / "does-not-exist")
@@ -190,13 +190,17 @@ def test_local_put_keeps_old_object_when_write_fails(tmp_path: Path) -> None:
 
 def test_local_missing_dir_unavailable(tmp_path: Path) -> None:
     root = tmp_path / "root"
-    storage = LocalStorage(f"file://{root}")
+    storage = LocalStorage(f"file://{root}", create=True)
     storage.check()
     root.rmdir()
     with pytest.raises(StorageUnavailable):
         storage.check()
     with pytest.raises(StorageUnavailable):
         storage.put_file("k", write(tmp_path / "src", b"x"))
+    # a worker started now (gunicorn replacing one) opens the storage without creating it: still an outage
+    with pytest.raises(StorageUnavailable):
+        open_storage(f"file://{root}").check()
+    assert not root.exists()
     root.write_bytes(b"a file where the folder should be")
     with pytest.raises(StorageUnavailable):
         storage.check()
@@ -344,7 +348,7 @@ def test_readiness_probe_on_a_full_disk_leaves_no_file(tmp_path: Path, monkeypat
 
     from gateway.storage import local
 
-    storage = LocalStorage(f"file://{tmp_path / 'objects'}")
+    storage = LocalStorage(f"file://{tmp_path / 'objects'}", create=True)
 
     class FullDisk:
         def __init__(self, path: Path) -> None:
@@ -372,7 +376,7 @@ def test_readiness_probe_on_a_full_disk_leaves_no_file(tmp_path: Path, monkeypat
 def test_a_missing_storage_folder_is_an_outage_not_a_missing_object(tmp_path: Path) -> None:
     """The folder unmounted or moved away: reads said "object not found" (a JSON 404 for a rendered image, an
     instance a client then treats as gone, and ``head`` None for every object) where the store is out (503, retry)."""
-    storage = LocalStorage(f"file://{tmp_path / 'objects'}")
+    storage = LocalStorage(f"file://{tmp_path / 'objects'}", create=True)
     storage.put_file("a/b.dcm", write(tmp_path / "b.dcm", b"DICM"))
     with pytest.raises(NotFound):
         storage.read_range("a/missing.dcm", 0, 4)
