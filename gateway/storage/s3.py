@@ -62,6 +62,53 @@ def _mapped(what: str) -> Iterator[None]:
         raise StorageUnavailable(f"storage {what} failed ({type(exc).__name__})") from None
 
 
+# botocore's failures that mean storage did not answer at all (it holds a gunicorn thread for the whole timeout)
+_STALLS = (
+    botocore.exceptions.EndpointConnectionError,  # refused, unreachable, and the connect timeout (a subclass)
+    botocore.exceptions.ReadTimeoutError,
+    botocore.exceptions.ConnectionClosedError,
+)
+STALL_PAUSE = 5.0  # seconds every call fails at once after storage stalled (the Retry-After of its 503s)
+
+
+class _Breaker:
+    """Fail fast while storage does not answer. Each call to a hung S3 held a gunicorn thread for its timeouts
+    (minutes, with retries): thirty renderings from one token took every thread, and QIDO and /healthz, which need
+    no storage, went unanswered. After a stall every call is a 503 at once for ``STALL_PAUSE`` seconds; then one
+    call at a time tries storage, and the first that gets an answer (any answer, a 404 too) closes the breaker."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._open_until = 0.0  # 0: closed
+        self._trial = False
+
+    @contextmanager
+    def call(self) -> Iterator[None]:
+        with self._lock:
+            if self._open_until:
+                if self._clock() < self._open_until or self._trial:
+                    raise StorageUnavailable("storage is not answering, try again shortly")
+                self._trial = True
+        try:
+            yield
+        except _STALLS:
+            self.stalled()
+            raise
+        except BaseException:
+            self.answered()
+            raise
+        self.answered()
+
+    def stalled(self) -> None:
+        with self._lock:
+            self._open_until, self._trial = self._clock() + STALL_PAUSE, False
+
+    def answered(self) -> None:
+        with self._lock:
+            self._open_until, self._trial = 0.0, False
+
+
 class S3Storage:
     """``s3://bucket/prefix``. Region from the AWS environment/config (default ``us-east-1``); with
     ``AWS_ENDPOINT_URL`` set, path-style addressing (what MinIO, moto and most S3-compatible servers need).
@@ -95,9 +142,9 @@ class S3Storage:
             signature_version="s3v4",
             # Presigned URLs are path-style (the NGINX origin is the endpoint host, one for every bucket).
             s3={"addressing_style": "path"},
-            retries={"max_attempts": 3, "mode": "standard"},
+            retries={"max_attempts": 2, "mode": "standard"},
             connect_timeout=5,
-            read_timeout=60,
+            read_timeout=10,  # no S3 request of ours waits longer for an answer; the breaker bounds the rest
             max_pool_connections=32,
         )
         self.client: Any = session.client("s3", endpoint_url=self.endpoint_url, config=config)
@@ -109,6 +156,13 @@ class S3Storage:
         self.origin = self.client.meta.endpoint_url.rstrip("/")
         self._presigned: dict[str, tuple[str, float]] = {}
         self._lock = threading.Lock()
+        self._breaker = _Breaker(clock)
+
+    @contextmanager
+    def _call(self, what: str) -> Iterator[None]:
+        """One call to S3: refused at once while the breaker is open, its failures as the gateway's errors."""
+        with _mapped(what), self._breaker.call():
+            yield
 
     def _key(self, key: str) -> str:
         check_key(key)
@@ -118,9 +172,15 @@ class S3Storage:
         return full[len(self.prefix) + 1 :] if self.prefix else full
 
     def check(self) -> None:
+        """/readyz's probe: one short attempt, whatever the breaker says; its outcome opens or closes it."""
         try:
             with _mapped("check"):
-                self._probe.head_bucket(Bucket=self.bucket)
+                try:
+                    self._probe.head_bucket(Bucket=self.bucket)
+                except _STALLS:
+                    self._breaker.stalled()
+                    raise
+                self._breaker.answered()
         except NotFound:
             raise StorageUnavailable("storage bucket not found") from None
 
@@ -128,7 +188,7 @@ class S3Storage:
         full = self._key(key)
         if not Path(path).is_file():
             raise FileNotFoundError(path)  # a caller bug, not an outage
-        with _mapped("write"):
+        with self._call("write"):
             self.client.upload_file(str(path), self.bucket, full, Config=TRANSFER)
         found = self.head(key)
         if found is None:  # read-after-write is strong on S3; an absent object means the write was lost
@@ -138,7 +198,7 @@ class S3Storage:
     def head(self, key: str) -> StoredObject | None:
         full = self._key(key)
         try:
-            with _mapped("head"):
+            with self._call("head"):
                 answer = self.client.head_object(Bucket=self.bucket, Key=full)
         except NotFound:
             return None
@@ -152,7 +212,7 @@ class S3Storage:
             if self.head(key) is None:
                 raise NotFound("object not found")
             return b""
-        with _mapped("read"):
+        with self._call("read"):
             try:
                 answer = self.client.get_object(
                     Bucket=self.bucket, Key=full, Range=f"bytes={start}-{start + length - 1}"
@@ -170,21 +230,21 @@ class S3Storage:
 
     def download(self, key: str, path: Path) -> None:
         full = self._key(key)
-        with _mapped("download"):
+        with self._call("download"):
             self.client.download_file(self.bucket, full, str(path), Config=TRANSFER)
 
     def delete(self, key: str) -> None:
         full = self._key(key)
         with self._lock:
             self._presigned.pop(key, None)
-        with _mapped("delete"):
+        with self._call("delete"):
             self.client.delete_object(Bucket=self.bucket, Key=full)
 
     def move(self, src: str, dst: str) -> StoredObject:
         """Managed copy (multipart copy above 5 GB) then delete: a crash in between leaves both, never
         neither."""
         source, target = self._key(src), self._key(dst)
-        with _mapped("move"):
+        with self._call("move"):
             self.client.copy({"Bucket": self.bucket, "Key": source}, self.bucket, target, Config=TRANSFER)
         moved = self.head(dst)
         if moved is None:
@@ -195,7 +255,7 @@ class S3Storage:
     def list(self, prefix: str) -> Iterator[str]:
         full = f"{self.prefix}/{prefix}" if self.prefix else prefix
         paginator = self.client.get_paginator("list_objects_v2")
-        with _mapped("list"):
+        with self._call("list"):
             for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
                 for item in page.get("Contents", ()):
                     yield self._unkey(item["Key"])

@@ -218,6 +218,58 @@ def test_a_hung_storage_makes_readyz_503_within_seconds(tmp_path: Path) -> None:
         moto.stop()
 
 
+def test_a_hung_storage_holds_no_thread_for_long(tmp_path: Path) -> None:
+    """Each read of an S3 that accepts connections and never answers held a gunicorn thread for 3 x 60 s: a few
+    dozen renderings from one token took every thread, and QIDO and /healthz, which need no storage, went
+    unanswered. Now a call waits at most 2 x 10 s, after which the process refuses storage calls at once (a JSON
+    503 with Retry-After) for 5 s at a time, and serves again as soon as storage answers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.e2e.harness import start_stack
+    from tests.fixtures.servers import start_moto
+
+    moto = start_moto()
+    running = start_stack(tmp_path / "var", "s3", moto)
+    try:
+        files = make_series(tmp_path / "ct", modality="CT", slices=4, rows=32, columns=32, seed=2111, clean=True)
+        assert running.stow(files).status_code == 200
+        urls = []
+        for path in files:
+            study, series, sop = uids_of(path)
+            urls.append(f"{running.url}/dicomweb/studies/{study}/series/{series}/instances/{sop}/rendered")
+        assert requests.get(urls[0], headers=running.api_headers, timeout=30).status_code == 200
+        moto.process.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with ThreadPoolExecutor(max_workers=32) as pool:
+                answers = list(
+                    pool.map(
+                        lambda url: requests.get(url, headers=running.api_headers, timeout=120),
+                        [urls[n % len(urls)] for n in range(32)],
+                    )
+                )
+                took = time.monotonic() - started
+                # every thread free again: a query that needs no storage is answered at once
+                query = requests.get(f"{running.url}/dicomweb/studies", headers=running.api_headers, timeout=5)
+        finally:
+            moto.process.send_signal(signal.SIGCONT)
+        assert query.status_code == 200
+        assert took < 60, took  # 32 renderings over 16 threads took minutes (each 3 x 60 s)
+        for answer in answers:
+            assert (answer.status_code, answer.headers["Content-Type"]) == (503, "application/json"), answer.text
+            assert answer.headers["Retry-After"] == "5"
+            assert answer.json()["error"] == "storage_unavailable"
+        deadline = time.monotonic() + 30
+        while (again := requests.get(urls[1], headers=running.api_headers, timeout=30)).status_code == 503:
+            assert time.monotonic() < deadline, again.text
+            time.sleep(0.5)
+        assert again.status_code == 200 and again.content[:2] == b"\xff\xd8"
+    finally:
+        moto.process.send_signal(signal.SIGCONT)
+        running.stack.stop()
+        moto.stop()
+
+
 def test_uploading_the_same_file_again_restores_an_object_storage_lost(stack: RunningStack, tmp_path: Path) -> None:
     """An object removed behind the gateway's back (or lost in a restore) left its instance listed and every read
     a 404, and the same file uploaded again was a "duplicate" that changed nothing. It puts the object back now."""

@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import socket
 import subprocess
+import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -17,7 +19,7 @@ import requests
 from gateway.errors import InvalidPath, NotFound, StorageUnavailable
 from gateway.storage import Storage, open_storage
 from gateway.storage.local import LocalStorage, nginx_etag
-from gateway.storage.s3 import S3Storage
+from gateway.storage.s3 import STALL_PAUSE, S3Storage
 from tests.fixtures.servers import MotoServer, create_bucket, set_aws_env, start_moto
 
 AWKWARD = ["a+b/c d.dcm", "x/y+z/%41~!.bin", "studies/1.2/series/3.4/instances/5.6.dcm", "unicodé/ü.dcm"]
@@ -387,3 +389,53 @@ def test_a_missing_storage_folder_is_an_outage_not_a_missing_object(tmp_path: Pa
             read()
     (tmp_path / "away").rename(tmp_path / "objects")
     assert storage.read_range("a/b.dcm", 0, 4) == b"DICM"
+
+
+class FlakyS3:
+    """An S3 endpoint on a real socket that closes every connection unanswered (what a crashed or overloaded
+    server does) until told to answer; each answer is a 404. Counts the connections it is sent."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        self.connections = 0
+        self.answering = False
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            self.connections += 1
+            if self.answering:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            conn.close()
+
+
+def test_s3_calls_fail_at_once_while_storage_does_not_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each call to an S3 that does not answer held a gunicorn thread for its timeouts and retries (minutes): a few
+    renderings took every thread. After a stall, calls are a 503 at once for STALL_PAUSE seconds without touching
+    the endpoint; then one call tries it again, and an answer (a 404 here) lets every call through again."""
+    flaky = FlakyS3()
+    set_aws_env(monkeypatch, flaky.endpoint)
+    now = [1_000_000.0]
+    storage = S3Storage("s3://bucket", clock=lambda: now[0])
+    with pytest.raises(StorageUnavailable) as caught:
+        storage.read_range("a.dcm", 0, 10)
+    assert caught.value.detail == "storage read failed (ConnectionClosedError)"
+    tried = flaky.connections
+    assert tried >= 1
+    for call in (lambda: storage.read_range("a.dcm", 0, 10), lambda: storage.head("a.dcm")):
+        with pytest.raises(StorageUnavailable) as caught:
+            call()
+        assert caught.value.detail == "storage is not answering, try again shortly"
+    assert flaky.connections == tried  # refused without a connection
+    now[0] += STALL_PAUSE
+    flaky.answering = True
+    assert storage.head("a.dcm") is None  # the one call that tries again: answered
+    assert storage.head("b.dcm") is None  # closed again: every call goes through
+    assert flaky.connections == tried + 2
+    flaky.server.close()
