@@ -8,8 +8,10 @@ from __future__ import annotations
 import csv
 import io
 import itertools
+import json
 import os
 import signal
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -165,6 +167,36 @@ def test_audit_names_the_api_key_by_its_label(stack: RunningStack, tmp_path: Pat
         "DELETE",
         204,
     )
+
+
+def test_requests_nginx_answers_itself_are_on_record_as_sent(stack: RunningStack, tmp_path: Path) -> None:
+    """A client gone before any answer was logged with "status":000, no JSON number, and the collector skipped the
+    line: those requests were missing from the audit. A POST NGINX refused itself (an error page is an internal
+    redirect) was on record as a GET. Now: status 499, and the method the client sent."""
+    files = make_series(tmp_path, modality="CT", slices=1, seed=next(_SEEDS) + (0 if stack.backend == "file" else 50))
+    study = uids_of(files[0])[0]
+    assert stack.stow(files).status_code == 200
+    token = stack.issue([study])["token"]
+    for _ in range(3):  # sent, then the client shuts its side at once: no answer is ever written
+        with socket.create_connection(("127.0.0.1", stack.stack.port), timeout=10) as sock:
+            sock.sendall(f"GET /t/{token}/dicomweb/studies/{study}/series HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            sock.shutdown(socket.SHUT_WR)
+    refused = requests.post(
+        f"{stack.url}/dicomweb/studies/{study}",
+        data=b"x",
+        headers={**stack.api_headers, "Content-Type": "application/dicom", "Transfer-Encoding": "gzip"},
+        timeout=10,
+    )
+    assert refused.status_code == 501
+    rows = wait_for_rows(stack, 4, study=study)  # the STOW to /studies names no study in its path
+    assert sorted((row["method"], row["status"]) for row in rows) == [
+        ("GET", 499),
+        ("GET", 499),
+        ("GET", 499),
+        ("POST", 501),
+    ]
+    for line in stack.stack.access_log.read_text().splitlines():
+        json.loads(line)  # every line is JSON
 
 
 def test_audit_api_refusals_are_json(stack: RunningStack) -> None:
