@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from gateway.config import env_int, env_list, env_value, parse_api_keys
+from gateway.config import check_public_url, env_int, env_list, env_value, parse_api_keys
 from gateway.errors import ConfigError, GatewayError
 
 # click 8.2+ shows a bare group's help by raising this usage error; 8.1 (allowed by pyproject) has no such class
@@ -203,7 +203,12 @@ def token_issue(
         )
     except GatewayError as error:
         raise click.ClickException(error.detail) from None
-    base = (base_url or env_value("PUBLIC_URL") or "http://127.0.0.1:8080").rstrip("/")
+    try:  # --url prefixes the printed URLs as DICOMGW_PUBLIC_URL does, so it is checked as that is
+        base = (check_public_url(base_url) or env_value("PUBLIC_URL") or "http://127.0.0.1:8080").rstrip("/")
+    except ConfigError:
+        raise click.BadParameter(
+            f"must be an http:// or https:// URL with a host: {base_url!r}", param_hint="--url"
+        ) from None
     payload = {
         "token": issued.token,
         "expires_at": iso(issued.claims.expires_at),
@@ -219,7 +224,7 @@ def keys() -> None:
 
 
 @keys.command("generate")
-@click.option("--count", default=1, show_default=True, help="How many keys to print.")
+@click.option("--count", default=1, show_default=True, type=click.IntRange(min=1), help="How many keys to print.")
 def keys_generate(count: int) -> None:
     """Print new random keys (64 URL-safe characters), one per line, for DICOMGW_SIGNING_KEYS or _API_KEYS."""
     for _ in range(count):
@@ -236,12 +241,14 @@ def db() -> None:
 
 @db.command("upgrade")
 def db_upgrade() -> None:
-    """Validate the settings and migrate the catalog to this version, once, before the workers start (what
-    `stack up` and the container's gunicorn do themselves)."""
-    from gateway.startup import StartupError, check_settings, migrate
+    """Validate the settings, migrate the catalog to this version and make a missing local storage folder, once,
+    before the workers start (what `stack up` and the container's gunicorn do themselves)."""
+    from gateway.startup import StartupError, check_settings, create_storage, migrate
 
     try:
-        revision = migrate(check_settings())
+        settings = check_settings()
+        revision = migrate(settings)
+        create_storage(settings)
     except StartupError as error:
         raise click.ClickException(str(error)) from None
     click.echo(f"catalog schema at revision {revision}")

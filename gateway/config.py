@@ -248,7 +248,7 @@ def _flag(name: str, value: str) -> bool:
     raise ConfigError(PREFIX + name, f"expected 0 or 1, got {value!r}")
 
 
-def _public_url(value: str) -> str:
+def check_public_url(value: str) -> str:
     """``DICOMGW_PUBLIC_URL``: empty, or an http(s) URL with a host and no query or fragment (it prefixes every URL
     the gateway hands out: a value such as ``notaurl`` made viewer URLs that open nothing)."""
     if not value:
@@ -411,7 +411,7 @@ class Settings:
             storage_url=storage,
             database_url=database,
             phi_policy=Path(policy) if policy else None,
-            public_url=_public_url(values["PUBLIC_URL"]),
+            public_url=check_public_url(values["PUBLIC_URL"]),
             cors_origins=tuple(_origin(origin) for origin in _split(values["CORS_ORIGINS"])),
             token_max_ttl=max_ttl,
             token_default_ttl=min(_int("TOKEN_DEFAULT_TTL", values["TOKEN_DEFAULT_TTL"], 1), max_ttl),

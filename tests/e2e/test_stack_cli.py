@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -371,6 +372,13 @@ def _token_issue_signs_with_the_stacks_key(tmp_path: Path, var: Path, url: str, 
     missing = subprocess.run(command, cwd=elsewhere, env=env, capture_output=True, text=True)
     assert missing.returncode == 1
     assert missing.stderr.strip().splitlines()[-1] == "Error: DICOMGW_SIGNING_KEYS is not set (and no var/signing.key)"
+    # --url prefixes the printed URLs, as DICOMGW_PUBLIC_URL does, and is checked as that is (it was printed as given)
+    bad_url = [*command[:-1], "javascript:alert(1)", "--var", str(var)]
+    refused = subprocess.run(bad_url, cwd=elsewhere, env=env, capture_output=True, text=True)
+    assert (refused.returncode, refused.stdout) == (2, "")
+    assert refused.stderr.strip() == (
+        "Error: Invalid value for --url: must be an http:// or https:// URL with a host: 'javascript:alert(1)'"
+    )
 
 
 def test_s3_storage_from_the_environment_is_what_nginx_reads(tmp_path: Path, moto_server: MotoServer) -> None:
@@ -591,3 +599,16 @@ def test_seeding_failure_is_one_line_and_stops_everything(tmp_path: Path) -> Non
     assert line.startswith('Error: seeding failed: the STOW-RS upload answered 409: {"00081190":{"vr":"UR"}')
     assert out.splitlines()[-1] == "stopped."
     assert not _processes_mentioning(str(var))
+
+
+def test_keys_generate_prints_count_distinct_keys() -> None:
+    """README: `keys generate [--count N]` prints random keys, one per line. A count below 1 printed nothing and
+    exited 0 (a script reading its output got no key and no error); it is a usage error now."""
+    command = [sys.executable, "-m", "gateway.cli", "keys", "generate"]
+    done = subprocess.run([*command, "--count", "3"], capture_output=True, text=True, check=True)
+    keys = done.stdout.splitlines()
+    assert len(set(keys)) == 3 and all(re.fullmatch(r"[A-Za-z0-9_-]{64}", key) for key in keys)
+    for count in ("0", "-1"):
+        refused = subprocess.run([*command, "--count", count], capture_output=True, text=True)
+        assert (refused.returncode, refused.stdout) == (2, "")
+        assert refused.stderr.strip() == f"Error: Invalid value for '--count': {count} is not in the range x>=1."
