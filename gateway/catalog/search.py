@@ -179,6 +179,8 @@ def build_select(query: QidoQuery, scope: Scope | None, unindexed: frozenset[int
         if query.include_all or query.include:
             wanted.append("metadata")
         columns += [instances.c[name].label(f"in_{name}") for name in wanted]
+    elif query.include:
+        columns.append(_one_instance_metadata(depth, scope).label("in_metadata"))
     stmt = _filtered(sa.select(*columns).select_from(_source(query)), query, scope, unindexed)
     order: list[Any] = [sa.nulls_last(studies.c.study_date.desc()), studies.c.study_uid]
     if depth >= 1:
@@ -194,6 +196,19 @@ def build_select(query: QidoQuery, scope: Scope | None, unindexed: frozenset[int
         stmt = sa.select(*columns).where(studies.c.study_uid.in_(page.scalar_subquery()))
         return stmt.order_by(*order)
     return stmt.order_by(*order).limit(query.limit).offset(query.offset)
+
+
+def _one_instance_metadata(depth: int, scope: Scope | None) -> sa.ScalarSelect[Any]:
+    """The metadata of one instance of the row's study (``depth`` 0) or series (1) that the scope lets the client
+    see: where a study- or series-level includefield the stored attributes lack is looked up. One instance
+    stands for its study or series (the attributes of those levels are the same in each of its instances); no
+    order, so the index finds it without reading the others."""
+    inner = sa.select(instances.c.metadata).where(instances.c.study_uid == studies.c.study_uid)
+    if depth == 1:
+        inner = inner.where(instances.c.series_uid == series.c.series_uid)
+    if scope is not None and scope.series is not None:
+        inner = inner.where(instances.c.series_uid.in_(sorted(scope.series)))
+    return inner.limit(1).scalar_subquery()
 
 
 def build_count(query: QidoQuery, scope: Scope | None, unindexed: frozenset[int] = frozenset()) -> sa.Select[Any]:
@@ -315,13 +330,19 @@ def shape_row(query: QidoQuery, row: Mapping[str, Any]) -> dict[str, Any]:
         result["0020000E"] = {"vr": "UI", "Value": [row["se_series_uid"]]}
     if query.include_all or query.include:
         metadata: dict[str, Any] = {}
-        if depth == 2 and row.get("in_metadata"):
+        if row.get("in_metadata"):
             metadata = _without_bulk(fastjson.loads(row["in_metadata"]))
         sources = [*reversed(stored), metadata]
-        if query.include_all:
-            for attrs in sources:
+        if query.include_all:  # all of this level's attributes: above instance level, not one instance's
+            for attrs in sources if depth == 2 else sources[:-1]:
                 for tag, element in attrs.items():
                     result.setdefault(tag, element)
+        if depth < 2:  # one instance stands for its study or series only in the attributes of that level
+            # imported here: it loads pydicom's dictionary, which the catalog package must not (records.py)
+            from gateway.dicom.qido_attrs import INCLUDABLE_SERIES_TAGS, INCLUDABLE_STUDY_TAGS
+
+            includable = INCLUDABLE_STUDY_TAGS if depth == 0 else INCLUDABLE_SERIES_TAGS
+            sources[-1] = {tag: element for tag, element in metadata.items() if tag in includable}
         for tag in query.include:
             if tag not in result:
                 found = next((attrs[tag] for attrs in sources if tag in attrs), None)

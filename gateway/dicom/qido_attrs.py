@@ -71,6 +71,40 @@ INSTANCE_TAGS = _tags(
     "SeriesInstanceUID",
     "StudyInstanceUID",
 )
+# What a study- or series-level includefield may take from one instance of the study or series, beyond the
+# stored attributes above: the attributes of the modules of that level (PS3.3 C.7.1.1 Patient, C.7.2.1 General
+# Study, C.7.2.2 Patient Study; C.7.3.1 General Series, C.7.5.1 General Equipment, C.7.4.1 Frame of Reference),
+# never an attribute of one image (its SOP Instance UID, its Slice Thickness).
+INCLUDABLE_STUDY_TAGS = frozenset(
+    _tags(
+        *"""PatientName PatientID IssuerOfPatientID TypeOfPatientID IssuerOfPatientIDQualifiersSequence
+        PatientBirthDate PatientBirthTime PatientSex OtherPatientIDsSequence OtherPatientNames PatientBirthName
+        PatientMotherBirthName EthnicGroup PatientComments PatientSpeciesDescription PatientSpeciesCodeSequence
+        PatientBreedDescription PatientBreedCodeSequence ResponsiblePerson ResponsiblePersonRole
+        ResponsibleOrganization PatientIdentityRemoved DeidentificationMethod DeidentificationMethodCodeSequence
+        QualityControlSubject StudyInstanceUID StudyDate StudyTime ReferringPhysicianName
+        ReferringPhysicianIdentificationSequence StudyID AccessionNumber IssuerOfAccessionNumberSequence
+        StudyDescription PhysiciansOfRecord NameOfPhysiciansReadingStudy RequestingService ProcedureCodeSequence
+        ReasonForPerformedProcedureCodeSequence ReferencedStudySequence AdmittingDiagnosesDescription
+        AdmittingDiagnosesCodeSequence PatientAge PatientSize PatientWeight PatientSizeCodeSequence Occupation
+        AdditionalPatientHistory MedicalAlerts Allergies SmokingStatus PregnancyStatus LastMenstrualDate
+        PatientState AdmissionID IssuerOfAdmissionIDSequence ServiceEpisodeID ServiceEpisodeDescription
+        PatientSexNeutered TimezoneOffsetFromUTC""".split()
+    )
+)
+INCLUDABLE_SERIES_TAGS = INCLUDABLE_STUDY_TAGS | frozenset(
+    _tags(
+        *"""Modality SeriesInstanceUID SeriesNumber Laterality SeriesDate SeriesTime PerformingPhysicianName
+        ProtocolName SeriesDescription SeriesDescriptionCodeSequence OperatorsName BodyPartExamined PatientPosition
+        ReferencedPerformedProcedureStepSequence RelatedSeriesSequence PerformedProcedureStepID
+        PerformedProcedureStepStartDate PerformedProcedureStepStartTime PerformedProcedureStepDescription
+        AnatomicalOrientationType Manufacturer InstitutionName InstitutionAddress StationName
+        InstitutionalDepartmentName ManufacturerModelName DeviceSerialNumber SoftwareVersions SpatialResolution
+        DateOfLastCalibration TimeOfLastCalibration PixelPaddingValue FrameOfReferenceUID
+        PositionReferenceIndicator""".split()
+    )
+)
+
 # Request Attributes Sequence: only the two identifiers PS3.18 asks for, not the whole request.
 _REQUEST_ATTRIBUTES = _tags("RequestAttributesSequence")[0]
 _REQUEST_ITEM_TAGS = _tags("ScheduledProcedureStepID", "RequestedProcedureID")

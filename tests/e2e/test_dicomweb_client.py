@@ -141,6 +141,41 @@ def test_frames_under_the_legacy_media_type_names(stack: RunningStack, name: str
     assert answer.headers["Content-Type"].startswith(f'multipart/related; type="{registered}"; boundary=')
 
 
+def test_study_and_series_includefields_beyond_the_stored_attributes(stack: RunningStack, tmp_path: Path) -> None:
+    """PS3.18 8.3.4.3: includefield asks for attributes beyond the defaults. At study and series level they were
+    looked up only in the few attributes stored per study or series, so PatientAge or InstitutionName never came
+    back. They come from an instance of the study (series) the token may see, for the attributes of that level
+    only: an image's own attributes (Slice Thickness) are no study's."""
+    first = make_series(tmp_path / "a", modality="CT", slices=1, rows=16, columns=16, seed=2121, clean=True)
+    other = make_series(tmp_path / "b", modality="CT", slices=1, rows=16, columns=16, seed=2122, clean=True)
+    datasets = [pydicom.dcmread(path) for path in (*first, *other)]
+    study = datasets[0].StudyInstanceUID
+    for n, dataset in enumerate(datasets):
+        dataset.StudyInstanceUID = study
+        dataset.PatientAge, dataset.PatientWeight = "042Y", str(80 + 10 * n)
+        dataset.InstitutionName, dataset.SliceThickness = f"Hospital {n}", "2.5"
+    client = DICOMwebClient(url=stack.root(stack.issue([study], actions=["read", "write"])["token"]))
+    assert "FailedSOPSequence" not in client.store_instances(datasets)
+    [found] = client.search_for_studies(
+        search_filters={"StudyInstanceUID": study}, fields=["PatientAge", "00101030", "SliceThickness"]
+    )
+    assert found["00101010"] == {"vr": "AS", "Value": ["042Y"]}
+    assert found["00101030"]["Value"][0] in (80, 90)
+    assert "00180050" not in found
+    listed = client.search_for_series(study, fields=["InstitutionName"])
+    series = {item["0020000E"]["Value"][0]: item for item in listed}
+    for n, dataset in enumerate(datasets):
+        assert series[dataset.SeriesInstanceUID]["00080080"] == {"vr": "LO", "Value": [f"Hospital {n}"]}
+    # a series token's study row is made from its own series only
+    second = datasets[1].SeriesInstanceUID
+    narrow = DICOMwebClient(url=stack.root(stack.issue([study], series=[second])["token"]))
+    [seen] = narrow.search_for_studies(search_filters={"StudyInstanceUID": study}, fields=["PatientWeight"])
+    assert seen["00101030"] == {"vr": "DS", "Value": [90]}
+    # includefield=all at study level: the study's attributes, never one instance's
+    [every] = client.search_for_studies(search_filters={"StudyInstanceUID": study}, fields=["all"])
+    assert "00080018" not in every and "00180050" not in every
+
+
 def test_implicit_vr_frames_and_bulkdata_are_explicit_vr_little_endian(stack: RunningStack, tmp_path: Path) -> None:
     """PS3.18 8.7.3.3.1 (Table 8.7.3-4): uncompressed frames and bulkdata are little-endian bytes named Explicit VR
     Little Endian, the syntax dicomweb-client asks for. An implicit VR file holds the same pixel bytes, so asking for
