@@ -16,7 +16,7 @@ from gateway.errors import BadRequest, InvalidPath, NotFound, TokenMissing, Toke
 from gateway.lifecycle import check_reason, summary
 from gateway.numbers import parse_int
 from gateway.tokens import Claims
-from gateway.views.common import deleter, no_content, public_base, require_api_key, services
+from gateway.views.common import deleter, json_body, no_content, public_base, require_api_key, services
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -37,7 +37,7 @@ def iso(epoch: int) -> str:
 @bp.post("/tokens")
 def issue_token() -> tuple[Response, int]:
     require_api_key()
-    body = request.get_json(silent=True)
+    body = json_body()
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
     unknown = sorted(set(body) - TOKEN_FIELDS)
@@ -84,7 +84,7 @@ def renew_token() -> Response | tuple[Response, int]:
     same session in the answer, until the session's end or its revocation (401 then, as for a read). ``{}`` renews
     the session cookie instead (the WebView flow, whose page holds no token): the fresh token goes into the cookie,
     never into the body. Only a JSON body is read, so a cross-site form cannot post one without a CORS preflight."""
-    body = request.get_json(silent=True)
+    body = json_body()
     if not isinstance(body, dict) or not set(body) <= {"token", "if_session"}:
         raise BadRequest(RENEW_BODY)
     # "if_session": true asks "renew if this token has a session": a 204 for one without instead of the 400 (the
@@ -260,7 +260,7 @@ def erase_patient() -> tuple[Response, int]:
     """Right to erasure: every study of a Patient ID (optionally of one issuer), removed as a DELETE removes a
     study. The Patient ID travels in the body, never in a URL (URLs are logged)."""
     require_api_key()
-    body = request.get_json(silent=True)
+    body = json_body()
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
     unknown = sorted(set(body) - ERASURE_FIELDS)

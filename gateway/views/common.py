@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Response, current_app, request
 
 from gateway.auth import Decision
-from gateway.errors import Unauthorized
+from gateway.errors import BadRequest, Unauthorized
 from gateway.lifecycle import Deleter
 from gateway.services import Services
 
@@ -65,3 +67,29 @@ def no_content() -> Response:
     response = Response(status=204)
     del response.headers["Content-Type"]
     return response
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise _DuplicateKey(next(key for key in keys if keys.count(key) > 1))
+    return dict(pairs)
+
+
+def json_body() -> Any:
+    """The request's JSON body, or None when it is not ``application/json`` (so a cross-site form cannot send one
+    without a CORS preflight) or not JSON. A key given twice is a 400: parsers disagree on which one counts (the
+    last one silently won here), so a portal and the gateway could read one body two ways."""
+    if not request.is_json:
+        return None
+    try:
+        # the app's provider: a body nested too deeply is a ValueError there too, never a 500
+        return current_app.json.loads(request.get_data(cache=True), object_pairs_hook=_unique_keys)
+    except _DuplicateKey as duplicate:
+        raise BadRequest(f"the JSON body gives {str(duplicate)!r} twice") from None
+    except ValueError:
+        return None

@@ -231,6 +231,22 @@ def test_json_nested_deeper_than_the_decoder_is_a_400(stack: RunningStack) -> No
         assert_json_error(status, headers, body, 400)
 
 
+def test_a_json_key_given_twice_is_a_400(stack: RunningStack, ct: dict[str, str]) -> None:
+    """``{"studies": [A], "studies": [B]}``: the last one silently won, so a portal that read the first and the
+    gateway could issue a token for different studies from one body. Every JSON API refuses it, naming the key."""
+    key = f"Authorization: Bearer {stack.stack.api_key}\r\n"
+    for path, auth, body, twice in (
+        ("/api/v1/tokens", key, f'{{"sub":"u","studies":["{ct["study"]}"],"studies":["1.2.3"]}}', "studies"),
+        ("/api/v1/tokens/renew", "", '{"token":"a","token":"b"}', "token"),
+        ("/api/v1/admin/erasure", key, '{"patient_id":"x","reason":"r","patient_id":"y"}', "patient_id"),
+    ):
+        head = f"POST {path} HTTP/1.1\r\nHost: gw\r\n{auth}Content-Type: application/json\r\n"
+        head += f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        status, headers, answer = raw(stack, head.encode() + body.encode())
+        error = assert_json_error(status, headers, answer, 400)
+        assert error["detail"] == f"the JSON body gives {twice!r} twice", error
+
+
 def test_long_uri_and_many_headers_are_served(stack: RunningStack, ct: dict[str, str]) -> None:
     """Whatever NGINX lets through, gunicorn takes too (its defaults refused 4 KB lines and 100 headers)."""
     query = "&".join(["includefield=00080020"] * 350)
