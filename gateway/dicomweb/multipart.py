@@ -51,8 +51,9 @@ def parse_content_type(value: str) -> tuple[str, dict[str, str]]:
     """Split a Content-Type value into the lower-cased media type and its parameters (RFC 9110 8.3.1, 5.6.6).
 
     Parameter names are lower-cased; values keep their case (a boundary is case-sensitive) with quoted-pair
-    escapes removed. The first occurrence of a repeated parameter wins. Raises ``UnsupportedMediaType`` when
-    the value is not a media type.
+    escapes removed. Raises ``UnsupportedMediaType`` when the value is not a media type, or when it gives one
+    parameter twice with different values (RFC 6838 4.3: a name must not occur twice; two boundaries are two
+    readings of one body, and the first one silently won).
     """
     text = value.strip()
     match = _MEDIA_TYPE.match(text)
@@ -84,7 +85,9 @@ def parse_content_type(value: str) -> tuple[str, dict[str, str]]:
                 raise UnsupportedMediaType(f"Content-Type {media_type}: empty parameter value")
             param_value = unquoted.group(0)
             pos = unquoted.end()
-        params.setdefault(name.group(1).lower(), param_value)
+        key = name.group(1).lower()
+        if params.setdefault(key, param_value) != param_value:
+            raise UnsupportedMediaType(f"Content-Type {media_type}: parameter {key} given twice")
     return media_type, params
 
 

@@ -208,6 +208,8 @@ def test_study_in_url_must_match(stack: RunningStack, tmp_path: Path) -> None:
         ("multipart/related; type=application/dicom; boundary=x", b"--x--\r\n", 400),  # no part: say so
         ("multipart/related; type=image/png; boundary=x", b"--x--\r\n", 415),
         ("text/plain", b"hello", 415),
+        # two boundaries are two readings of one body (the first silently won)
+        ("multipart/related; type=application/dicom; boundary=x; boundary=y", b"--x--\r\n", 415),
     ],
 )
 def test_broken_multipart_gives_a_clear_error(stack: RunningStack, content_type: str, body: bytes, status: int) -> None:

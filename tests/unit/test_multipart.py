@@ -106,8 +106,10 @@ def test_parse_content_type_quoted_and_unquoted() -> None:
         {"boundary": 'a b"c', "charset": "utf-8"},
     )
     assert parse_content_type("application/dicom") == ("application/dicom", {})
-    # the first of a repeated parameter wins
-    assert parse_content_type("a/b; x=1; x=2")[1] == {"x": "1"}
+    # a parameter given twice: the same value is harmless, two values are two readings of one body (RFC 6838 4.3)
+    assert parse_content_type("a/b; x=1; X=1")[1] == {"x": "1"}
+    with pytest.raises(UnsupportedMediaType, match="parameter boundary given twice"):
+        parse_content_type("multipart/related; boundary=a; boundary=b")
 
 
 @pytest.mark.parametrize(
