@@ -21,7 +21,7 @@ from urllib.parse import parse_qs
 
 from gateway import nginx_contract as nginx
 from gateway.dicom.frames import FrameIndex
-from gateway.dicom.index import DEFLATED_LE, EXPLICIT_VR_BE, NATIVE_SYNTAXES, is_video
+from gateway.dicom.index import DEFLATED_LE, EXPLICIT_VR_BE, EXPLICIT_VR_LE, NATIVE_SYNTAXES, is_video
 from gateway.dicomweb.accept import Offer, negotiate
 from gateway.dicomweb.paths import Target, parse_target, split_token
 from gateway.errors import BadRequest, FramesNotServable, NotAcceptable, NotFound, RangeNotSatisfiable
@@ -402,13 +402,18 @@ class Planner:
         single = [Offer("application/dicom", syntaxes[0], False)] if target.instance is not None else []
         offers = [negotiate(accept, [Offer("application/dicom", syntax, True), *single]) for syntax in syntaxes]
         if not offers[0].multipart:
-            return self.redirect_object(instances[0], "application/dicom")
+            return self.redirect_object(instances[0])
         parts = [(f"application/dicom; transfer-syntax={i.transfer_syntax_uid}", [self._include(i)]) for i in instances]
         expires = self._plan_seconds if target.instance is not None else 0
         return self._multipart(parts, "application/dicom", expires)
 
-    def redirect_object(self, instance: CachedInstance, media_type: str) -> PlanResponse:
+    def redirect_object(self, instance: CachedInstance) -> PlanResponse:
+        """The stored object, served by NGINX from storage as ``application/dicom`` naming its transfer syntax
+        unless it is Explicit VR Little Endian, which a missing parameter means (PS3.18 8.7.3.5.2: a JPEG file
+        labelled plain ``application/dicom`` claimed to be that)."""
         origin = self._origin_path(instance.storage_key)
+        ts = instance.transfer_syntax_uid
+        media_type = "application/dicom" if ts == EXPLICIT_VR_LE else f"application/dicom; transfer-syntax={ts}"
         headers = [
             ("X-Accel-Redirect", f"{nginx.OBJECT}{origin}"),
             ("X-Accel-Expires", "0"),
@@ -580,4 +585,4 @@ class Planner:
             _check_wado_transfer_syntax(one("transferSyntax").strip(), instance.transfer_syntax_uid)
         elif render_default and instance.frames is not None:
             return None
-        return self.redirect_object(instance, "application/dicom")
+        return self.redirect_object(instance)

@@ -35,7 +35,14 @@ from pydicom.errors import BytesLengthException
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 from pydicom.pixels.utils import get_expected_length
 
-from gateway.dicom.index import DEFLATED_LE, EXPLICIT_VR_BE, NATIVE_SYNTAXES, frame_media_type, named_uids
+from gateway.dicom.index import (
+    DEFLATED_LE,
+    EXPLICIT_VR_BE,
+    EXPLICIT_VR_LE,
+    NATIVE_SYNTAXES,
+    frame_media_type,
+    named_uids,
+)
 from gateway.dicom.walker import quiet_validation
 from gateway.dicomweb.multipart import encode_multipart
 from gateway.phi.deidentify import remap_uid
@@ -432,12 +439,14 @@ def inline(dataset: dict[str, Any], fetched: dict[str, bytes], prefix: str = "")
 def check_served(stack: RunningStack, item: RealFile, url: str) -> tuple[int, int]:
     """Compare everything served for one stored file with pydicom; returns (frames, BulkDataURIs) compared."""
     data = item.path.read_bytes()
-    whole = get(stack, url, "application/dicom")
-    assert whole.status_code == 200, whole.text
-    assert whole.headers["Content-Type"] == "application/dicom"
-    assert whole.content == data
     ds = pydicom.dcmread(item.path)
     ts = str(ds.file_meta.TransferSyntaxUID)
+    whole = get(stack, url, "application/dicom")
+    assert whole.status_code == 200, whole.text
+    # no parameter means Explicit VR Little Endian (PS3.18 8.7.3.5.2): any other stored syntax is named
+    labelled = "application/dicom" if ts == EXPLICIT_VR_LE else f"application/dicom; transfer-syntax={ts}"
+    assert whole.headers["Content-Type"] == labelled
+    assert whole.content == data
     study, series, sop = url.split("/studies/", 1)[1].replace("/series/", "/").replace("/instances/", "/").split("/")
     wado = requests.get(
         f"{stack.url}/dicomweb/wado",
@@ -452,6 +461,7 @@ def check_served(stack: RunningStack, item: RealFile, url: str) -> tuple[int, in
         timeout=60,
     )
     assert wado.status_code == 200 and wado.content == data, wado.text[:200]
+    assert wado.headers["Content-Type"] == labelled
     # rendered: an image showing what pydicom decodes, or a JSON 406 for what no installed decoder reads; never
     # a 5xx, never a picture of the wrong values
     rendered = get(stack, f"{url}/rendered", "image/png")
