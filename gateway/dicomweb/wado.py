@@ -193,7 +193,7 @@ def slice_ranges(ranges: list[tuple[int, int]], first: int, last: int) -> list[t
 def parse_range(header: str, length: int) -> tuple[int, int] | None:
     """One ``bytes=`` range as (first, last) inclusive; None when absent or not a single byte range (ignored, as
     RFC 9110 allows). Raises RangeNotSatisfiable when it cannot be met."""
-    match = re.fullmatch(r"bytes=\s*([0-9]*)-([0-9]*)\s*", header.strip())
+    match = re.fullmatch(r"bytes=\s*([0-9]*)-([0-9]*)\s*", header.strip(), re.IGNORECASE)  # RFC 9110 14.1
     if match is None or match.group(1) == match.group(2) == "":
         return None  # not a single well-formed byte range: ignored, as RFC 9110 allows
     first_s, last_s = match.groups()

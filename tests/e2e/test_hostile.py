@@ -129,7 +129,7 @@ def error_cases(ct: dict[str, str]) -> list[tuple[str, bytes, int]]:
             post.format(
                 f"{root}/studies/{study}", "Content-Type: application/dicom\r\nContent-Length: 0\r\n", ""
             ).encode(),
-            401,
+            403,  # a good token without write: insufficient_scope (RFC 6750 3.1)
         ),
         (
             "method the auth step refuses",
@@ -486,3 +486,25 @@ def test_query_values_that_may_be_phi_or_credentials_never_reach_the_access_log(
     assert "/api/v1/tokens?api_key=***" in uris and "/api/v1/admin/access?key=***" in uris
     wado_query = f"requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={sop}"
     assert any(uri.endswith(f"/wado?{wado_query}&contentType=application%2Fdicom") for uri in uris), uris
+
+
+def test_a_patient_name_in_a_path_never_reaches_the_access_log(stack: RunningStack, ct: dict[str, str]) -> None:
+    """A portal that puts what it has in the path (studies/Zylberstein^Quirinus/series) gets a 403 or 404, and the
+    access log kept the name: a path is now logged as it is only when each segment is one of ours (UIDs, frame
+    lists, bulkdata tags, route words), else up to the first segment that is not, then "/***"."""
+    root, study, series, sop = ct["root"], ct["study"], ct["series"], ct["sop"]
+    masked = root.replace(ct["token"], "***")
+    name = "Zylberstein^Quirinus"  # sent as Zylberstein%5EQuirinus: cut at the "%", as before
+    requests.get(f"{stack.url}{root}/studies/{name}/series", timeout=30)
+    requests.get(f"{stack.url}{root}/studies/Zylberstein/series", timeout=30)
+    requests.get(f"{stack.url}/dicomweb/studies/{study}/series/PID88442211", headers=stack.api_headers, timeout=30)
+    frame = f"{root}/studies/{study}/series/{series}/instances/{sop}/frames/1"
+    assert requests.get(f"{stack.url}{frame}", timeout=30).status_code == 200
+    stack.settle_access_log()
+    text = stack.stack.access_log.read_bytes()
+    for value in (name, "Zylberstein", "PID88442211"):
+        assert value.encode() not in text and value.replace("^", "%5E").encode() not in text, value
+    uris = [e["uri"] for e in stack.access_log()]
+    assert "/***" in uris and f"{masked}/studies/***" in uris
+    assert f"/dicomweb/studies/{study}/series/***" in uris
+    assert frame.replace(ct["token"], "***") in uris  # our own paths stay whole: the audit needs their UIDs

@@ -189,6 +189,8 @@ def test_bulkdata_ranges(stack: RunningStack, synthetic: dict[str, Any], roots: 
     assert part.status_code == 206
     assert part.headers["Content-Range"] == f"bytes 100-1099/{len(pixels)}"
     assert part.content == pixels[100:1100]
+    upper = requests.get(url, headers={"Accept": "application/octet-stream", "Range": "BYTES=100-1099"}, timeout=30)
+    assert (upper.status_code, upper.content) == (206, pixels[100:1100])  # RFC 9110 14.1: any case
     tail = requests.get(url, headers={"Range": "bytes=-10"}, timeout=30)
     assert tail.status_code == 206
     assert tail.content == pixels[-10:]
@@ -225,6 +227,10 @@ def test_retrieve_instance_single_part_with_range(
     ranged = requests.get(url, headers={"Accept": "application/dicom", "Range": "bytes=128-131"}, timeout=30)
     assert ranged.status_code == 206
     assert ranged.content == b"DICM"
+    # the range unit is case-insensitive (RFC 9110 14.1): "BYTES=" was ignored, the whole object sent
+    for unit in ("BYTES", "Bytes"):
+        upper = requests.get(url, headers={"Accept": "application/dicom", "Range": f"{unit}=128-131"}, timeout=30)
+        assert (upper.status_code, upper.content) == (206, b"DICM"), unit
     again = requests.get(url, headers={"Accept": "application/dicom", "If-None-Match": etag}, timeout=30)
     assert again.status_code == 304
     # with If-Range, the whole object (S3 has no If-Range: a range of a replaced object was sent before), and a

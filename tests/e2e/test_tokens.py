@@ -149,11 +149,12 @@ def test_write_token_cannot_read_and_read_token_cannot_write(
     study, series, _ = ct
     service = TokenService((stack.stack.signing_key,), 3600)
     write_only = service.issue(sub="uploader", studies=[study], actions=["write"]).token
+    # a good token whose actions do not include the request's: 403 insufficient_scope (RFC 6750 3.1)
     read = requests.get(f"{series_url(stack.root(write_only), study, series)}/instances", timeout=10)
-    assert read.status_code == 401
+    assert (read.status_code, read.json()) == (403, {"error": "forbidden", "detail": "insufficient_scope"})
     read_only = stack.issue([study])["token"]
     stored = stack.stow([synthetic["ct"][0]], root=stack.root(read_only))
-    assert stored.status_code == 401
+    assert (stored.status_code, stored.json()) == (403, {"error": "forbidden", "detail": "insufficient_scope"})
     read_write = stack.issue([study], actions=["read", "write"])["token"]
     assert stack.stow([synthetic["ct"][0]], root=stack.root(read_write)).status_code == 200
     assert requests.get(f"{series_url(stack.root(read_write), study, series)}/instances", timeout=10).ok
