@@ -52,7 +52,9 @@ VARIABLES: dict[str, Variable] = {
     "STORAGE_URL": Variable(
         True,
         "",
-        "`file:///abs/dir` or `s3://bucket/prefix` (S3-compatible via `AWS_ENDPOINT_URL`).",
+        "`file:///abs/dir` or `s3://bucket/prefix` (S3-compatible via `AWS_ENDPOINT_URL`). A missing folder is "
+        "created at start-up only: one that goes missing later (an unmounted volume) makes storage a 503 until it "
+        "is back, never a new empty folder.",
     ),
     "DATABASE_URL": Variable(True, "", "Catalog: `sqlite:///path.db` or `postgresql://user:pass@host/db`."),
     "PHI_POLICY": Variable(False, "", "Path of the PHI / data-sovereignty policy (TOML). Empty: no PHI hooks run."),

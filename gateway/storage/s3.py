@@ -62,12 +62,10 @@ def _mapped(what: str) -> Iterator[None]:
         raise StorageUnavailable(f"storage {what} failed ({type(exc).__name__})") from None
 
 
-# botocore's failures that mean storage did not answer at all (it holds a gunicorn thread for the whole timeout)
-_STALLS = (
-    botocore.exceptions.EndpointConnectionError,  # refused, unreachable, and the connect timeout (a subclass)
-    botocore.exceptions.ReadTimeoutError,
-    botocore.exceptions.ConnectionClosedError,
-)
+# botocore's failures that held a gunicorn thread for a whole timeout. A refused or closed connection fails at
+# once and opens nothing: a retry the moment storage is back must go through.
+_STALLS = (botocore.exceptions.ConnectTimeoutError, botocore.exceptions.ReadTimeoutError)
+READ_TIMEOUT = 10.0  # seconds: no S3 request of ours waits longer for an answer; the breaker bounds the rest
 STALL_PAUSE = 5.0  # seconds every call fails at once after storage stalled (the Retry-After of its 503s)
 
 
@@ -114,11 +112,16 @@ class S3Storage:
     ``AWS_ENDPOINT_URL`` set, path-style addressing (what MinIO, moto and most S3-compatible servers need).
 
     ``presign_ttl`` (seconds) defaults to ``DICOMGW_S3_PRESIGN_TTL`` or one hour. ``clock`` is injectable so
-    tests can move time instead of sleeping.
+    tests can move time instead of sleeping; ``read_timeout`` so they can meet a hung endpoint in less than 10 s.
     """
 
     def __init__(
-        self, url: str, *, presign_ttl: int | None = None, clock: Callable[[], float] = time.time
+        self,
+        url: str,
+        *,
+        presign_ttl: int | None = None,
+        clock: Callable[[], float] = time.time,
+        read_timeout: float = READ_TIMEOUT,
     ) -> None:
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme != "s3" or not parsed.netloc:
@@ -144,7 +147,7 @@ class S3Storage:
             s3={"addressing_style": "path"},
             retries={"max_attempts": 2, "mode": "standard"},
             connect_timeout=5,
-            read_timeout=10,  # no S3 request of ours waits longer for an answer; the breaker bounds the rest
+            read_timeout=read_timeout,
             max_pool_connections=32,
         )
         self.client: Any = session.client("s3", endpoint_url=self.endpoint_url, config=config)

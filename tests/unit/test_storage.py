@@ -391,15 +391,16 @@ def test_a_missing_storage_folder_is_an_outage_not_a_missing_object(tmp_path: Pa
     assert storage.read_range("a/b.dcm", 0, 4) == b"DICM"
 
 
-class FlakyS3:
-    """An S3 endpoint on a real socket that closes every connection unanswered (what a crashed or overloaded
-    server does) until told to answer; each answer is a 404. Counts the connections it is sent."""
+class HungS3:
+    """An S3 endpoint on a real socket that accepts connections and never answers (a hung server) until told to
+    answer, with a 404 to every request then. Counts the connections it is sent."""
 
     def __init__(self) -> None:
         self.server = socket.create_server(("127.0.0.1", 0))
         self.endpoint = f"http://127.0.0.1:{self.server.getsockname()[1]}"
         self.connections = 0
         self.answering = False
+        self.held: list[socket.socket] = []
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
@@ -409,33 +410,55 @@ class FlakyS3:
             except OSError:
                 return
             self.connections += 1
-            if self.answering:
-                conn.recv(65536)
-                conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            if not self.answering:
+                self.held.append(conn)  # open, read, never answered
+                continue
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            conn.close()
+
+    def close(self) -> None:
+        self.server.close()
+        for conn in self.held:
             conn.close()
 
 
 def test_s3_calls_fail_at_once_while_storage_does_not_answer(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each call to an S3 that does not answer held a gunicorn thread for its timeouts and retries (minutes): a few
-    renderings took every thread. After a stall, calls are a 503 at once for STALL_PAUSE seconds without touching
-    the endpoint; then one call tries it again, and an answer (a 404 here) lets every call through again."""
-    flaky = FlakyS3()
-    set_aws_env(monkeypatch, flaky.endpoint)
+    renderings took every thread. After a call timed out, calls are a 503 at once for STALL_PAUSE seconds without
+    touching the endpoint; then one call tries it again, and an answer (a 404 here) lets every call through."""
+    hung = HungS3()
+    set_aws_env(monkeypatch, hung.endpoint)
     now = [1_000_000.0]
-    storage = S3Storage("s3://bucket", clock=lambda: now[0])
-    with pytest.raises(StorageUnavailable) as caught:
-        storage.read_range("a.dcm", 0, 10)
-    assert caught.value.detail == "storage read failed (ConnectionClosedError)"
-    tried = flaky.connections
-    assert tried >= 1
-    for call in (lambda: storage.read_range("a.dcm", 0, 10), lambda: storage.head("a.dcm")):
+    storage = S3Storage("s3://bucket", clock=lambda: now[0], read_timeout=0.3)
+    try:
         with pytest.raises(StorageUnavailable) as caught:
-            call()
-        assert caught.value.detail == "storage is not answering, try again shortly"
-    assert flaky.connections == tried  # refused without a connection
-    now[0] += STALL_PAUSE
-    flaky.answering = True
-    assert storage.head("a.dcm") is None  # the one call that tries again: answered
-    assert storage.head("b.dcm") is None  # closed again: every call goes through
-    assert flaky.connections == tried + 2
-    flaky.server.close()
+            storage.read_range("a.dcm", 0, 10)
+        assert caught.value.detail == "storage read failed (ReadTimeoutError)"
+        tried = hung.connections
+        assert tried >= 1
+        for call in (lambda: storage.read_range("a.dcm", 0, 10), lambda: storage.head("a.dcm")):
+            with pytest.raises(StorageUnavailable) as caught:
+                call()
+            assert caught.value.detail == "storage is not answering, try again shortly"
+        assert hung.connections == tried  # refused without a connection
+        now[0] += STALL_PAUSE
+        hung.answering = True
+        assert storage.head("a.dcm") is None  # the one call that tries again: answered
+        assert storage.head("b.dcm") is None  # closed again: every call goes through
+    finally:
+        hung.close()
+
+
+def test_s3_refused_connections_never_hold_back_the_retry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refused connection fails at once and holds no thread: it opens no breaker, so the retry the moment
+    storage is back goes through (README: a 503 with Retry-After, and the retry is safe)."""
+    closed = socket.create_server(("127.0.0.1", 0))
+    endpoint = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    closed.close()  # nothing listens there now: every connection is refused
+    set_aws_env(monkeypatch, endpoint)
+    storage = S3Storage("s3://bucket")
+    for _ in range(2):
+        with pytest.raises(StorageUnavailable) as caught:
+            storage.head("a.dcm")
+        assert caught.value.detail == "storage head failed (EndpointConnectionError)"
