@@ -106,7 +106,8 @@ VARIABLES: dict[str, Variable] = {
         "5",
         "Seconds a DELETE waits between hiding what it removes and removing the stored objects (then it answers): "
         "at least `DICOMGW_REVOCATION_REFRESH` + NGINX's `DICOMGW_AUTH_CACHE_SECONDS` + 1, so no node still serves "
-        "from a decision or plan made before the delete.",
+        "from a decision or plan made before the delete. A lower value is refused; unset, it is raised to that bound "
+        "when the bound is above 5.",
         minimum=0,
     ),
     "STOW_OVERWRITE": Variable(False, "0", "1: a STOW of a known SOP Instance UID with different bytes replaces it."),
@@ -287,6 +288,26 @@ def _int(name: str, value: str, minimum: int = 0) -> int:
     return number
 
 
+_AUTH_CACHE_SECONDS = "2"  # NGINX's default (docker/nginx.Dockerfile, stack up)
+
+
+def _delete_settle(given: str, refresh: int, auth_cache: str) -> int:
+    """DELETE_SETTLE as set, or the default raised to the bound when a slower refresh or decision cache needs more.
+    A value below the bound is refused: a node could still serve, from a decision or plan cached before a DELETE,
+    objects the DELETE then removes (gateway/lifecycle.py, step 2)."""
+    bound = refresh + _int("AUTH_CACHE_SECONDS", auth_cache, 0) + 1
+    if not given:
+        return max(int(VARIABLES["DELETE_SETTLE"].default), bound)
+    settle = _int("DELETE_SETTLE", given, 0)
+    if settle < bound:
+        raise ConfigError(
+            PREFIX + "DELETE_SETTLE",
+            f"must be at least {bound} ({PREFIX}REVOCATION_REFRESH + {PREFIX}AUTH_CACHE_SECONDS + 1): a node could "
+            "still serve what a DELETE removed from a decision cached before it",
+        )
+    return settle
+
+
 def read_or_create_secret(path: Path) -> str:
     """A secret kept in a 0600 file, created on first use and reused afterwards."""
     if path.exists():
@@ -348,12 +369,15 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         values = {name: env.get(PREFIX + name, "") for name in VARIABLES}
+        # NGINX's decision cache, read here only to check DELETE_SETTLE against it (2 where NGINX runs apart)
+        values["AUTH_CACHE_SECONDS"] = env.get(PREFIX + "AUTH_CACHE_SECONDS", "")
         return cls.from_mapping(values)
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> Settings:
         """Build from ``{"SIGNING_KEYS": "...", ...}`` (names without the prefix; lower case accepted)."""
         values = {name: str(raw.get(name, raw.get(name.lower(), "")) or "") for name in VARIABLES}
+        settle_given = values["DELETE_SETTLE"]
         for name, (_, default, _, _) in VARIABLES.items():
             if not values[name]:
                 values[name] = default
@@ -404,6 +428,8 @@ class Settings:
                 f"{presign_ttl} s is shorter than twice {PREFIX}PLAN_CACHE_SECONDS ({plan_seconds} s): a cached read "
                 "plan would outlive its presigned storage paths; raise the one or lower the other",
             )
+        refresh = _int("REVOCATION_REFRESH", values["REVOCATION_REFRESH"], 0)
+        settle = _delete_settle(settle_given, refresh, str(raw.get("AUTH_CACHE_SECONDS") or _AUTH_CACHE_SECONDS))
         policy = values["PHI_POLICY"]
         if policy and not Path(policy).is_file():
             raise ConfigError(PREFIX + "PHI_POLICY", f"no such file: {policy}")
@@ -421,8 +447,8 @@ class Settings:
             mode=mode,
             tls=tls,
             cookie_samesite=samesite,
-            revocation_refresh=float(_int("REVOCATION_REFRESH", values["REVOCATION_REFRESH"], 0)),
-            delete_settle=float(_int("DELETE_SETTLE", values["DELETE_SETTLE"], 0)),
+            revocation_refresh=float(refresh),
+            delete_settle=float(settle),
             stow_overwrite=_flag("STOW_OVERWRITE", values["STOW_OVERWRITE"]),
             derivatives=_flag("DERIVATIVES", values["DERIVATIVES"]),
             derivatives_for_any=_flag("DERIVATIVES_FOR_ANY", values["DERIVATIVES_FOR_ANY"]),

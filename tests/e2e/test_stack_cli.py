@@ -572,8 +572,22 @@ def test_container_gunicorn_migrates_once_in_the_master(tmp_path: Path) -> None:
             {"DICOMGW_PUBLIC_URL": "notaurl"},
             "DICOMGW_PUBLIC_URL: must be an http:// or https:// URL with a host: 'notaurl'",
         ),
+        (
+            (),
+            {"DICOMGW_DELETE_SETTLE": "0"},
+            "DICOMGW_DELETE_SETTLE: must be at least 5 (DICOMGW_REVOCATION_REFRESH + DICOMGW_AUTH_CACHE_SECONDS + 1): "
+            "a node could still serve what a DELETE removed from a decision cached before it",
+        ),
     ],
-    ids=["short-signing-key", "missing-policy", "relative-storage", "catalog-cannot-open", "cors-star", "public-url"],
+    ids=[
+        "short-signing-key",
+        "missing-policy",
+        "relative-storage",
+        "catalog-cannot-open",
+        "cors-star",
+        "public-url",
+        "delete-settle-below-bound",
+    ],
 )
 def test_start_up_failure_is_one_line(
     tmp_path: Path, flags: tuple[str, ...], env: dict[str, str], message: str

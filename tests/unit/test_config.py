@@ -102,6 +102,19 @@ def test_missing_required_value_names_it(name: str, missing: str | None) -> None
         ({"REVOCATION_REFRESH": "-1"}, "REVOCATION_REFRESH", "must be at least 0"),
         ({"REVOCATION_REFRESH": "soon"}, "REVOCATION_REFRESH", "expected an integer, got 'soon'"),
         ({"BULKDATA_THRESHOLD": "1k"}, "BULKDATA_THRESHOLD", "expected an integer, got '1k'"),
+        (
+            {"DELETE_SETTLE": "0"},
+            "DELETE_SETTLE",
+            "must be at least 5 (DICOMGW_REVOCATION_REFRESH + DICOMGW_AUTH_CACHE_SECONDS + 1): a node could still "
+            "serve what a DELETE removed from a decision cached before it",
+        ),
+        (
+            {"DELETE_SETTLE": "6", "REVOCATION_REFRESH": "9", "AUTH_CACHE_SECONDS": "1"},
+            "DELETE_SETTLE",
+            "must be at least 11 (DICOMGW_REVOCATION_REFRESH + DICOMGW_AUTH_CACHE_SECONDS + 1): a node could still "
+            "serve what a DELETE removed from a decision cached before it",
+        ),
+        ({"DELETE_SETTLE": "-1"}, "DELETE_SETTLE", "must be at least 0"),
         ({"MODE": "test"}, "MODE", "expected production or development"),
         ({"PHI_POLICY": "/nonexistent/policy.toml"}, "PHI_POLICY", "no such file: /nonexistent/policy.toml"),
         ({"PUBLIC_URL": "notaurl"}, "PUBLIC_URL", "must be an http:// or https:// URL with a host: 'notaurl'"),
@@ -139,6 +152,19 @@ def test_policy_file(tmp_path: Path) -> None:
     policy = tmp_path / "policy.toml"
     policy.write_text("")
     assert settings(PHI_POLICY=str(policy)).phi_policy == policy
+
+
+def test_delete_settle_defaults_to_its_bound_when_the_caches_are_slower() -> None:
+    """Unset, DELETE_SETTLE is 5 or the bound it must not go below (REVOCATION_REFRESH + NGINX's AUTH_CACHE_SECONDS
+    + 1), whichever is larger; NGINX's variable is read from the environment when it is there."""
+    assert settings().delete_settle == 5.0
+    assert settings(REVOCATION_REFRESH="9").delete_settle == 12.0
+    assert settings(DELETE_SETTLE="7").delete_settle == 7.0
+    env = {"DICOMGW_SIGNING_KEYS": "k" * 32, "DICOMGW_API_KEYS": "a" * 32, "DICOMGW_STORAGE_URL": "file:///data",
+           "DICOMGW_DATABASE_URL": "sqlite:////tmp/gw.db"}  # fmt: skip
+    assert Settings.from_env({**env, "DICOMGW_AUTH_CACHE_SECONDS": "10"}).delete_settle == 13.0
+    with pytest.raises(ConfigError, match="^DICOMGW_DELETE_SETTLE: must be at least 13 "):
+        Settings.from_env({**env, "DICOMGW_AUTH_CACHE_SECONDS": "10", "DICOMGW_DELETE_SETTLE": "12"})
 
 
 def test_accepted_values() -> None:

@@ -225,7 +225,7 @@ def test_the_lambda_entry_point_runs_retention(
     policy.write_text("version = 1\n[retention]\ndays = 1\n")
     mapping = {"SIGNING_KEYS": "s" * 32, "API_KEYS": "a" * 32, "STORAGE_URL": storage.url, "DATABASE_URL": catalog_url}
     report = retention(
-        {}, None, settings=Settings.from_mapping({**mapping, "PHI_POLICY": str(policy), "DELETE_SETTLE": "0"})
+        {}, None, settings=Settings.from_mapping({**mapping, "PHI_POLICY": str(policy)}).with_changes(delete_settle=0.0)
     )
     assert report["studies"] == [ST] and report["instances"] == 3
     assert list(storage.list("studies/")) == [] and catalog.study_version(ST) is None
