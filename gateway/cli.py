@@ -95,9 +95,15 @@ def stack_up(
                 urls = seed_demo(the_stack)
             except StackError as error:
                 raise click.ClickException(str(error)) from None
-            click.echo(f"viewer:   {urls['viewer_url']}")
+            # a link that answers 404 is worse than none: say what builds the viewer instead
+            built = (the_stack.viewer_root / "index.html").is_file()
+            if built:
+                click.echo(f"viewer:   {urls['viewer_url']}")
+            else:
+                click.echo(f"viewer:   not built: {the_stack.viewer_root} has no index.html (make viewer; needs npm)")
             click.echo(f"dicomweb: {urls['dicomweb_root']}")
-            click.echo(f"slide:    {urls['wsi_viewer_url']}")
+            if built:
+                click.echo(f"slide:    {urls['wsi_viewer_url']}")
         api_key = (
             "the first of DICOMGW_API_KEYS"
             if the_stack.keys_from_environment("DICOMGW_API_KEYS")

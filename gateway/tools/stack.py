@@ -151,6 +151,11 @@ class Stack:
         return f"{'https' if self.tls else 'http'}://{netloc('localhost' if self.tls else self.host, self.port)}"
 
     @property
+    def viewer_root(self) -> Path:
+        """The built viewer NGINX serves under /viewer/ (``make viewer`` builds it; without it /viewer/ is a 404)."""
+        return Path(self.extra_env.get("DICOMGW_VIEWER_ROOT") or nginxconf.REPO_ROOT / "viewer" / "dist")
+
+    @property
     def nginx_dir(self) -> Path:
         return self.var_dir / "nginx"
 
@@ -211,7 +216,7 @@ class Stack:
             "DICOMGW_GATEWAY_UPSTREAM": f"unix:{run / 'gunicorn.sock'}",
             "DICOMGW_FILE_ORIGIN_LISTEN": f"unix:{run / 'storage.sock'}",
             "DICOMGW_FILE_ROOT": str(self.file_root or self.var_dir / "objects"),
-            "DICOMGW_VIEWER_ROOT": str(nginxconf.REPO_ROOT / "viewer" / "dist"),
+            "DICOMGW_VIEWER_ROOT": str(self.viewer_root),
             "DICOMGW_CACHE_DIR": str(self.nginx_dir / "cache"),
             "DICOMGW_ACCESS_LOG": str(self.access_log),
             "DICOMGW_MAX_BODY": "8g",

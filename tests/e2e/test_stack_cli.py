@@ -149,6 +149,31 @@ def test_stack_up_ready_then_ctrl_c_stops_everything(tmp_path: Path) -> None:
     assert (tmp_path / "var" / "signing.key").read_text() == key
 
 
+def test_stack_up_without_a_built_viewer_prints_no_dead_link(tmp_path: Path) -> None:
+    """A clone where `make viewer` has not run (no npm): the viewer and slide links would answer 404, so stack up
+    says what is missing instead, and the DICOMweb root still works."""
+    port = free_port()
+    empty = tmp_path / "viewer" / "dist"  # as in a fresh clone: never built
+    process = _start(tmp_path / "var", port, env={"DICOMGW_VIEWER_ROOT": str(empty)}, seed=True)
+    lines: dict[str, str] = {}
+    try:
+        assert process.stdout is not None
+        while "api key" not in lines:
+            line = process.stdout.readline()
+            if not line:
+                break
+            name, _, value = line.partition(":")
+            lines[name.strip()] = value.strip()
+        assert lines["viewer"] == f"not built: {empty} has no index.html (make viewer; needs npm)"
+        assert "slide" not in lines
+        assert requests.get(f"{lines['dicomweb']}/studies", timeout=10).status_code == 200
+        assert requests.get(f"http://127.0.0.1:{port}/viewer/", timeout=10).status_code == 404
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=60)
+    assert process.returncode == 0
+
+
 def test_busy_port_is_a_clear_message(tmp_path: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
