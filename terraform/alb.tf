@@ -52,6 +52,8 @@ resource "aws_lb_listener" "https" {
   protocol          = "HTTPS"
   ssl_policy        = var.ssl_policy
   certificate_arn   = var.certificate_arn
+  # TLS ends here, so NGINX sees plain HTTP and sends no HSTS: the listener adds it to every answer
+  routing_http_response_strict_transport_security_header_value = "max-age=63072000"
 
   default_action {
     type             = "forward"

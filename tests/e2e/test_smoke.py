@@ -58,3 +58,4 @@ def test_root_redirects_to_the_viewer_with_the_headers_of_every_answer(stack: Ru
     assert answer.headers["Location"].endswith("/viewer/")
     assert answer.headers["Referrer-Policy"] == "no-referrer"
     assert answer.headers["X-Content-Type-Options"] == "nosniff"
+    assert "Strict-Transport-Security" not in answer.headers  # plain HTTP: HSTS is for TLS answers only

@@ -231,7 +231,10 @@ def test_tls_http2_and_secure_cookie(tmp_path: Path) -> None:
     stack = Stack(tmp_path / "var", port=free_port(), tls=True)
     stack.start()
     try:
-        assert requests.get(f"{stack.url}/readyz", verify=False, timeout=10).status_code == 200  # noqa: S501
+        ready = requests.get(f"{stack.url}/readyz", verify=False, timeout=10)  # noqa: S501
+        assert ready.status_code == 200
+        hsts = "max-age=63072000"
+        assert ready.headers["Strict-Transport-Security"] == hsts
         alpn = subprocess.run(
             ["openssl", "s_client", "-alpn", "h2", "-connect", f"127.0.0.1:{stack.port}", "-servername", "localhost"],
             input=b"",
@@ -251,6 +254,7 @@ def test_tls_http2_and_secure_cookie(tmp_path: Path) -> None:
             timeout=10,
         )  # noqa: S501
         cookie = answer.headers["Set-Cookie"]
+        assert answer.headers["Strict-Transport-Security"] == hsts
         assert cookie.startswith("__Host-dicomgw_token=")
         assert "Secure" in cookie and "HttpOnly" in cookie and "Path=/" in cookie and "Domain" not in cookie
         # over TLS only the __Host- cookie counts: a plain one may come from a sibling subdomain or plain HTTP
@@ -258,6 +262,9 @@ def test_tls_http2_and_secure_cookie(tmp_path: Path) -> None:
         for name, status in (("__Host-dicomgw_token", 200), ("dicomgw_token", 401)):
             read = requests.get(studies, headers={"Cookie": f"{name}={token}"}, verify=False, timeout=10)  # noqa: S501
             assert read.status_code == status, (name, read.text)
+            assert read.headers["Strict-Transport-Security"] == hsts  # on a JSON error and on a DICOMweb answer
+        viewer = requests.get(f"{stack.url}/viewer/", verify=False, timeout=10)  # noqa: S501
+        assert (viewer.status_code, viewer.headers["Strict-Transport-Security"]) == (200, hsts)
     finally:
         stack.stop()
 

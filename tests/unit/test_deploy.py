@@ -890,6 +890,8 @@ def test_alb_is_https_with_redirect_http2_and_strict_headers() -> None:
         "HTTPS",
         "${var.certificate_arn}",
     )
+    # TLS ends at the ALB, so it sends HSTS (NGINX sends it only over its own TLS)
+    assert https["routing_http_response_strict_transport_security_header_value"] == "max-age=63072000"
     (redirect_action,) = tf_resource("aws_lb_listener", "http_redirect")["default_action"]
     assert redirect_action["redirect"] == [{"port": "443", "protocol": "HTTPS", "status_code": "HTTP_301"}]
 
