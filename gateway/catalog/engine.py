@@ -72,6 +72,26 @@ def _sqlite_engine(url: str) -> Engine:
     return engine
 
 
+# libpq's bounds on a database that stops answering (an RDS failover moves the primary and drops the old one's
+# packets): without them a connect waited for TCP's SYN retries (over two minutes) and a query on a pooled
+# connection until TCP gave up (about fifteen minutes), each holding a gunicorn thread. Seconds to connect; then
+# unacknowledged data aborts the connection after TCP_USER_TIMEOUT ms, and an idle one is probed by keepalives. A
+# parameter the URL sets itself wins (?connect_timeout=...).
+PG_NETWORK_BOUNDS = {
+    "connect_timeout": 5,
+    "tcp_user_timeout": 15_000,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
+
+
+def _network_bounds(url: str) -> dict[str, int]:
+    given = sa.engine.make_url(url).query
+    return {name: value for name, value in PG_NETWORK_BOUNDS.items() if name not in given}
+
+
 class CatalogBase:
     """The engine and the transaction helpers every group of catalog records uses: ``_read()`` (a connection),
     ``_write()`` (a write transaction, lock taken up front), ``_insert(table)`` (the dialect's INSERT, which
@@ -83,7 +103,9 @@ class CatalogBase:
         if full.startswith("sqlite"):
             self.engine = _sqlite_engine(full)
         elif full.startswith("postgresql+psycopg"):
-            self.engine = sa.create_engine(full, pool_pre_ping=True, pool_size=10, max_overflow=20)
+            self.engine = sa.create_engine(
+                full, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args=_network_bounds(full)
+            )
         else:
             raise ValueError("catalog URL must be sqlite:///... or postgresql://...")
         self.dialect = self.engine.dialect.name

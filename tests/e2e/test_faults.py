@@ -371,3 +371,72 @@ def test_slow_uploads_never_take_the_threads_reads_need(stack: RunningStack, syn
         assert time.monotonic() < deadline, answer.text
         time.sleep(0.2)
     assert answer.status_code == 200, answer.text[:300]
+
+
+def _cluster_pids(port: int) -> list[int]:
+    """The postmaster listening on ``port`` and every process it started (the backends the pool holds)."""
+    found = subprocess.run(["pgrep", "-f", "--", f"-p {port} "], capture_output=True, text=True, check=False)
+    pids = {int(pid) for pid in found.stdout.split()}
+    for pid in list(pids):
+        children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+        pids |= {int(child) for child in children.stdout.split()}
+    return sorted(pids)
+
+
+@pytest.mark.postgres
+def test_a_frozen_catalog_makes_readyz_503_within_seconds(tmp_path: Path) -> None:
+    """A PostgreSQL that holds its connections and never answers (every process of the cluster frozen with
+    SIGSTOP, as a stalled database server or a half-dead failover looks from the gateway): /readyz waited for the
+    database as long as it was frozen (over 90 s here), holding a gunicorn thread each time it was asked. It
+    answers 503 naming the catalog within seconds, a second probe joins the first one's wait instead of holding
+    another thread, reads get a JSON 503, and all is answered again once the database is."""
+    import psycopg
+
+    from gateway.tools.postgres import private_postgres
+    from gateway.tools.stack import Stack, free_port
+
+    with private_postgres() as server:
+        admin = f"host={server.host} port={server.port} user=postgres dbname=postgres"
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute("CREATE DATABASE frozen")
+        stack = Stack(tmp_path / "var", port=free_port(), database_url=server.url("frozen"))
+        stack.start()
+        try:
+            assert requests.get(f"{stack.url}/readyz", timeout=10).status_code == 200
+            token = requests.post(
+                f"{stack.url}/api/v1/tokens",
+                json={"sub": "frozen", "studies": ["2.25.1"]},
+                headers={"Authorization": f"Bearer {stack.api_key}"},
+                timeout=10,
+            ).json()["token"]
+            pids = _cluster_pids(server.port)
+            assert len(pids) > 2  # the postmaster and its backends
+            for pid in pids:
+                os.kill(pid, signal.SIGSTOP)
+            try:
+                answers = []
+                for _ in range(3):
+                    started = time.monotonic()
+                    answer = requests.get(f"{stack.url}/readyz", timeout=60)
+                    answers.append((answer.status_code, answer.json(), time.monotonic() - started))
+                started = time.monotonic()
+                search = requests.get(f"{stack.url}/t/{token}/dicomweb/studies", timeout=60)
+                search_took = time.monotonic() - started
+            finally:
+                for pid in pids:
+                    os.kill(pid, signal.SIGCONT)
+            for status, body, took in answers:
+                assert (status, body) == (
+                    503,
+                    {"status": "unavailable", "checks": {"catalog": "catalog_unavailable", "storage": "ok"}},
+                )
+                assert took < 6, took  # READY_WAIT is 3 s
+            assert search.status_code == 503 and search.headers["Content-Type"] == "application/json", search.text
+            assert search.json()["error"] == "gateway_unavailable" and search_took < 15, search_took
+            deadline = time.monotonic() + 30
+            while requests.get(f"{stack.url}/readyz", timeout=30).status_code != 200:
+                assert time.monotonic() < deadline, "readyz did not recover"
+                time.sleep(0.5)
+            assert requests.get(f"{stack.url}/t/{token}/dicomweb/studies", timeout=30).status_code == 200
+        finally:
+            stack.stop()

@@ -541,3 +541,29 @@ def test_wide_prefix_bound_grows_with_the_catalog_and_the_page(tmp_path: Path) -
         deepest = search.wide_bound(conn, parse_qido("studies", {"offset": ["2147483647"]}))
     assert (first, deeper, deepest) == (20, 44, search.WIDE_PREFIX_MAX)
     catalog.close()
+
+
+@pytest.mark.postgres
+def test_postgres_connections_are_bounded_when_the_database_stops_answering(postgres_url: str) -> None:
+    """libpq's defaults wait for TCP (minutes) on a database whose packets vanish (an RDS failover): every
+    connection carries a connect timeout, TCP_USER_TIMEOUT and keepalives; a value given in the URL wins."""
+    from gateway.catalog.engine import PG_NETWORK_BOUNDS
+
+    def parameters(url: str) -> dict[str, str]:
+        catalog = Catalog(url)
+        try:
+            with catalog.engine.connect() as conn:
+                return dict(conn.connection.dbapi_connection.info.get_parameters())  # type: ignore[union-attr]
+        finally:
+            catalog.close()
+
+    given = parameters(postgres_url)
+    assert {name: given.get(name) for name in PG_NETWORK_BOUNDS} == {
+        "connect_timeout": "5",
+        "tcp_user_timeout": "15000",
+        "keepalives": "1",
+        "keepalives_idle": "10",
+        "keepalives_interval": "5",
+        "keepalives_count": "3",
+    }
+    assert parameters(f"{postgres_url}?connect_timeout=9")["connect_timeout"] == "9"
