@@ -54,6 +54,10 @@ _RENDER_TAGS = (
 ).split()
 # The pixel data elements (PS3.3 C.7.6.3), by their bulkdata path: integer, float and double float pixels.
 _PIXEL_KEYWORDS = {"7FE00010": "PixelData", "7FE00008": "FloatPixelData", "7FE00009": "DoubleFloatPixelData"}
+# An enhanced multi-frame image (PS3.3 C.7.6.16) keeps its rescale and window not at the top level but in the
+# Pixel Value Transformation (0028,9145) and Frame VOI LUT (0028,9132) macros of its Shared (5200,9229) or
+# Per-Frame (5200,9230) Functional Groups: the frame's own item wins over the shared one.
+_FRAME_MACROS = ("00289145", "00289132")
 _IMAGE_OFFERS = [Offer("image/jpeg", "*", False), Offer("image/png", "*", False)]
 _FUNCTIONS = {"LINEAR": "LINEAR", "LINEAR_EXACT": "LINEAR_EXACT", "SIGMOID": "SIGMOID"}
 
@@ -67,8 +71,24 @@ def _frame_bytes(services: Services, cached: Any, frame: int) -> bytes:
     )
 
 
-def _pixel_dataset(services: Services, cached: Any, metadata: Mapping[str, Any]) -> Dataset:
-    """The rendering attributes as a Dataset; a LUT stored as bulkdata is read from storage by its range."""
+def _first_item(element: Any, index: int = 0) -> Mapping[str, Any]:
+    items = element.get("Value") if isinstance(element, Mapping) else None
+    item = items[index] if isinstance(items, list) and 0 <= index < len(items) else None
+    return item if isinstance(item, Mapping) else {}
+
+
+def _frame_attributes(metadata: Mapping[str, Any], frame: int) -> dict[str, Any]:
+    """The rendering attributes an enhanced multi-frame image gives frame ``frame`` in its functional groups."""
+    found: dict[str, Any] = {}
+    for group in (_first_item(metadata.get("52009229")), _first_item(metadata.get("52009230"), frame - 1)):
+        for macro in _FRAME_MACROS:
+            found.update((tag, value) for tag, value in _first_item(group.get(macro)).items() if tag in _RENDER_TAGS)
+    return found
+
+
+def _pixel_dataset(services: Services, cached: Any, metadata: Mapping[str, Any], frame: int) -> Dataset:
+    """Frame ``frame``'s rendering attributes as a Dataset; a LUT stored as bulkdata is read from storage by its
+    range."""
 
     def bulk(tag: str, vr: str, uri: str) -> bytes:
         found = cached.bulkdata.get(uri.removeprefix("bulkdata/"))
@@ -77,7 +97,7 @@ def _pixel_dataset(services: Services, cached: Any, metadata: Mapping[str, Any])
         offset, length = found
         return services.storage.read_range(cached.storage_key, offset, length)
 
-    subset = {tag: metadata[tag] for tag in _RENDER_TAGS if tag in metadata}
+    subset = {tag: metadata[tag] for tag in _RENDER_TAGS if tag in metadata} | _frame_attributes(metadata, frame)
     try:
         ds = Dataset.from_json(subset, bulk_data_uri_handler=bulk)
     except (ValueError, TypeError, KeyError) as error:  # uploaded values pydicom cannot take are no server fault
@@ -180,7 +200,7 @@ def _to_image(services: Services, row: Any, frame: int, params: Mapping[str, str
     cached = to_cached(row)
     metadata = json.loads(row.metadata)
     keyword = next((name for tag, name in _PIXEL_KEYWORDS.items() if tag in metadata), "PixelData")
-    ds = _pixel_dataset(services, cached, metadata)
+    ds = _pixel_dataset(services, cached, metadata, frame)
     pixels, photometric = _decode(_frame_bytes(services, cached, frame), ds, cached.transfer_syntax_uid, keyword)
     if photometric == "PALETTE COLOR":
         try:

@@ -581,6 +581,51 @@ def test_rendering_applies_a_lookup_table_of_an_implicit_vr_file(stack: RunningS
     assert image[0, 0] > image[15, 15]
 
 
+def test_rendering_an_enhanced_multi_frame_image_applies_its_functional_groups(
+    stack: RunningStack, tmp_path: Path
+) -> None:
+    """An enhanced multi-frame image (PS3.3 C.7.6.16) keeps its rescale in the Shared Functional Groups and each
+    frame's window in its Per-Frame item: rendering read only top-level attributes, so every frame was shown
+    stretched over its own range, whatever window the file gave it. Each frame is now windowed as the file says."""
+    from pydicom.dataset import Dataset
+
+    [path] = make_series(tmp_path / "enhanced", modality="CT", slices=1, rows=16, columns=16, seed=7611, clean=True)
+    ds = pydicom.dcmread(path)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"  # Enhanced CT
+    stored = np.stack([np.arange(256, dtype=np.uint16).reshape(16, 16) * 16] * 2)  # 0..4080, both frames
+    ds.NumberOfFrames, ds.PixelData = 2, stored.tobytes()
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    for name in ("RescaleSlope", "RescaleIntercept", "RescaleType", "WindowCenter", "WindowWidth"):
+        ds.pop(name, None)
+    rescale = Dataset()
+    rescale.RescaleIntercept, rescale.RescaleSlope, rescale.RescaleType = -1024, 1, "HU"
+    shared = Dataset()
+    shared.PixelValueTransformationSequence = [rescale]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    windows = [(40.0, 400.0), (1000.0, 2000.0)]  # a soft-tissue and a bone window (HU)
+    frames = []
+    for center, width in windows:
+        voi = Dataset()
+        voi.WindowCenter, voi.WindowWidth = center, width
+        item = Dataset()
+        item.FrameVOILUTSequence = [voi]
+        frames.append(item)
+    ds.PerFrameFunctionalGroupsSequence = frames
+    ds.save_as(path, enforce_file_format=True)
+    assert stack.stow([path]).status_code == 200
+    study, series, sop = uids_of(path)
+    url = f"{stack.url}/dicomweb/studies/{study}/series/{series}/instances/{sop}"
+    for number, (center, width) in enumerate(windows, 1):
+        answer = requests.get(
+            f"{url}/frames/{number}/rendered", headers={**stack.api_headers, "Accept": "image/png"}, timeout=30
+        )
+        assert answer.status_code == 200, answer.text[:300]
+        image = np.asarray(Image.open(io.BytesIO(answer.content)), dtype=np.float64)
+        hu = stored[number - 1].astype(np.float64) - 1024  # PS3.3 C.11.2.1.2.1, LINEAR
+        expected = np.clip(np.rint(((hu - (center - 0.5)) / (width - 1) + 0.5) * 255), 0, 255)
+        assert np.abs(image - expected).max() <= 1, (number, np.abs(image - expected).max())
+
+
 def test_rendered_and_thumbnail(stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]) -> None:
     url = instance_url(roots, synthetic["ct"][0])
     rendered = requests.get(
