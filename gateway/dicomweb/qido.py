@@ -218,6 +218,14 @@ def _match(name: str, attr: Attr, values: list[str]) -> Match | None:
     if len(values) > 1:
         raise BadRequest(f"{name} given more than once")
     value = values[0]
+    if attr.kind == "pn" and "=" in value:
+        # The catalog keeps a name's alphabetic component group only (PS3.5 6.2: groups are split by "="), so a
+        # name given with its ideographic or phonetic groups, as a client copies it from a file or an answer, is
+        # matched on that group. A name that asks for nothing but those groups (`=山田*`, `*=山田*`) cannot be
+        # answered, which a 400 says: an empty answer, or every study, would both be wrong.
+        value, _, others = value.partition("=")
+        if value.strip("*") == "" and others.strip("=*"):
+            raise BadRequest(f"{name}: only the alphabetic component group (before the first '=') is matched")
     if value == "" or value.strip("*") == "" and value:
         return None  # universal matching
     if attr.kind == "date":

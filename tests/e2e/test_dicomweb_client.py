@@ -329,3 +329,31 @@ def test_metadata_of_repeated_values_under_other_character_sets(stack: RunningSt
 def _written(dataset: pydicom.Dataset, path: Path) -> bytes:
     dataset.save_as(path, enforce_file_format=True)
     return path.read_bytes()
+
+
+def test_search_by_a_name_with_its_ideographic_and_phonetic_groups(stack: RunningStack, tmp_path: Path) -> None:
+    """A Japanese name has three component groups (PS3.5 H.3); a client searching by the name as pydicom reads it
+    from the file got no study, since the catalog keeps the alphabetic group only. The name is matched on its
+    alphabetic group; a name that gives none is a 400, never an empty answer that looks like "no such patient"."""
+    name = "Yamada^Tarou=山田^太郎=やまだ^たろう"
+    [path] = make_series(tmp_path, modality="CT", slices=1, rows=16, columns=16, seed=7612, clean=True)
+    dataset = pydicom.dcmread(path)
+    dataset.SpecificCharacterSet = ["", "ISO 2022 IR 87"]
+    dataset.PatientName = name
+    dataset.save_as(path, enforce_file_format=True)
+    assert stack.stow([path]).status_code == 200
+    study = uids_of(path)[0]
+    client = DICOMwebClient(url=stack.root(stack.issue([study])["token"]))
+    read = str(pydicom.dcmread(path).PatientName)
+    assert read == name
+    for value in (read, "YAMADA^TAROU=山田^太郎", "yamada*=山田*"):
+        found = client.search_for_studies(search_filters={"PatientName": value})
+        assert [s["0020000D"]["Value"][0] for s in found] == [study], value
+        assert found[0]["00100010"]["Value"] == [
+            {"Alphabetic": "Yamada^Tarou", "Ideographic": "山田^太郎", "Phonetic": "やまだ^たろう"}
+        ]
+    for value in ("=山田^太郎", "*=山田*"):  # nothing asked of the alphabetic group: no answer could be right
+        answer = requests.get(f"{client.base_url}/studies", params={"PatientName": value}, timeout=30)
+        assert answer.status_code == 400 and answer.headers["Content-Type"] == "application/json", value
+        assert "alphabetic component group" in answer.json()["detail"]
+    assert len(client.search_for_studies(search_filters={"PatientName": "*=*"})) == 1  # universal, as "*"
