@@ -451,7 +451,11 @@ def print_summary(report: UploadReport, console: Console) -> None:
 @click.option("--api-key", envvar="DICOMGW_API_KEY", help="Sent as a Bearer token (env DICOMGW_API_KEY).")
 @click.option("--retries", default=5, show_default=True, type=click.IntRange(0), help="Retries per request.")
 @click.option("--backoff", default=0.5, show_default=True, type=click.FloatRange(0.0), help="First delay, s.")
-@click.option("--no-resume", is_flag=True, help="Do not ask the server which instances it already has.")
+@click.option(
+    "--no-resume",
+    is_flag=True,
+    help="Send every file: do not ask which instances the server has (resume compares UIDs, not contents).",
+)
 def upload(
     paths: tuple[Path, ...],
     root: str,
