@@ -199,7 +199,9 @@ def _to_image(services: Services, row: Any, frame: int, params: Mapping[str, str
 
     cached = to_cached(row)
     metadata = json.loads(row.metadata)
-    keyword = next((name for tag, name in _PIXEL_KEYWORDS.items() if tag in metadata), "PixelData")
+    keyword = next((name for tag, name in _PIXEL_KEYWORDS.items() if tag in metadata), None)
+    if keyword is None:  # an Encapsulated PDF, a structured report: no image to render
+        raise NotAcceptable("this instance has no pixel data: it is no image to render")
     ds = _pixel_dataset(services, cached, metadata, frame)
     pixels, photometric = _decode(_frame_bytes(services, cached, frame), ds, cached.transfer_syntax_uid, keyword)
     if photometric == "PALETTE COLOR":

@@ -972,3 +972,43 @@ def test_encapsulated_pixel_data_bulkdata_is_its_frames(
     assert parts == parse_multipart(listed) and len(parts) == frames
     assert {kind for kind, _ in parts} == {"image/jpeg; transfer-syntax=1.2.840.10008.1.2.4.50"}
     assert all(body.startswith(b"\xff\xd8") for _, body in parts)
+
+
+def test_an_encapsulated_pdf_is_no_image_to_render_and_its_document_is_its_bulkdata(
+    stack: RunningStack, tmp_path: Path
+) -> None:
+    """An Encapsulated PDF (PS3.3 A.45.1) has no pixel data: a rendering is a JSON 406 that says so (it said
+    "frames ... not range-servable", which sent users looking for a broken file), and the document itself is
+    served, byte for byte, at the BulkDataURI its metadata gives for Encapsulated Document (0042,0011)."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    document = b"%PDF-1.4\n" + bytes(range(256)) * 40 + b"\n%%EOF\n"
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.104.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=["pdf-15101"])
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = generate_uid(entropy_srcs=["pdf-15101-study"])
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=["pdf-15101-series"])
+    ds.Modality, ds.PatientID, ds.MIMETypeOfEncapsulatedDocument = "DOC", "PDF-15101", "application/pdf"
+    ds.EncapsulatedDocument = document
+    path = tmp_path / "report.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    assert stack.stow([path]).status_code == 200
+    root = stack.root(stack.issue([ds.StudyInstanceUID])["token"])
+    instance = f"{root}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+    wado = {"requestType": "WADO", "studyUID": ds.StudyInstanceUID, "seriesUID": ds.SeriesInstanceUID,
+            "objectUID": ds.SOPInstanceUID, "contentType": "image/jpeg"}  # fmt: skip
+    for answer in (
+        requests.get(f"{instance}/rendered", headers={"Accept": "image/png"}, timeout=30),
+        requests.get(f"{root}/wado", params=wado, timeout=30),
+    ):
+        assert (answer.status_code, answer.headers["Content-Type"]) == (406, "application/json"), answer.text
+        assert answer.json()["detail"] == "this instance has no pixel data: it is no image to render"
+    [metadata] = requests.get(f"{instance}/metadata", timeout=30).json()
+    uri = metadata["00420011"]["BulkDataURI"]
+    bulk = requests.get(uri, headers={"Accept": "application/octet-stream"}, timeout=30)
+    assert (bulk.status_code, bulk.content) == (200, document)
