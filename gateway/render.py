@@ -9,6 +9,7 @@ Thumbnails are rendered once, stored next to the instance, and from then on serv
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -305,10 +306,57 @@ def _load(services: Services, study: str, series: str, sop: str) -> Any:
     return row
 
 
+def _document(services: Services, row: Any) -> tuple[str, bytes] | None:
+    """An Encapsulated PDF's MIME type and bytes (PS3.3 A.45.1, C.24.2), else None."""
+    from gateway.dicomweb.wado import to_cached
+
+    metadata = json.loads(row.metadata)
+    element, mime = metadata.get("00420011"), _first_item_value(metadata.get("00420012"))
+    # PDF only: served from the gateway's own origin, an uploaded text/html or XML "document" would run its
+    # scripts there (a CDA stays reachable as bulkdata, as application/octet-stream)
+    if not isinstance(element, Mapping) or mime != "application/pdf":
+        return None
+    if isinstance(element.get("InlineBinary"), str):
+        return mime, base64.b64decode(element["InlineBinary"])
+    cached = to_cached(row)
+    uri = element.get("BulkDataURI")
+    found = cached.bulkdata.get(uri.removeprefix("bulkdata/")) if isinstance(uri, str) else None
+    if found is None:
+        return None
+    offset, length = found
+    return mime, services.storage.read_range(cached.storage_key, offset, length)
+
+
+def _first_item_value(element: Any) -> Any:
+    values = element.get("Value") if isinstance(element, Mapping) else None
+    return values[0] if isinstance(values, list) and values else None
+
+
 def render_instance(
-    services: Services, study: str, series: str, sop: str, frame: int, params: Mapping[str, str], accept: str
+    services: Services,
+    study: str,
+    series: str,
+    sop: str,
+    frame: int,
+    params: Mapping[str, str],
+    accept: str,
+    whole: bool = False,
 ) -> Response:
+    """Frame ``frame`` as an image; ``whole``: the instance was asked for, not a frame of it."""
     row = _load(services, study, series, sop)
+    document = _document(services, row) if whole else None
+    if document is not None:
+        # An Encapsulated PDF is rendered as itself (PS3.18 8.7.4: application/pdf is a rendered media type of
+        # documents); no image is made of it
+        mime, body = document
+        try:
+            offer = negotiate(params.get("accept", accept), [Offer(mime, "*", False)])
+        except NotAcceptable:
+            raise NotAcceptable(f"this instance is an encapsulated document: it is rendered as {mime} only") from None
+        response = Response(body, mimetype=offer.part_type, headers={"Cache-Control": "private, no-cache"})
+        response.set_etag(hashlib.sha256(body).hexdigest()[:32])
+        response.make_conditional(request)
+        return response
     offer = negotiate(params.get("accept", accept), _IMAGE_OFFERS)
     quality = parse_int(params.get("quality", "90"), "quality", low=1, high=100)
     image = _sized(_to_image(services, row, frame, params), params)

@@ -381,7 +381,7 @@ def delete_instance(study: str, series: str, instance: str) -> Response:
 def rendered_instance(study: str, series: str, instance: str) -> Response:
     decision()
     return render_instance(
-        services(), study, series, instance, 1, request.args, request.headers.get("Accept", "")
+        services(), study, series, instance, 1, request.args, request.headers.get("Accept", ""), whole=True
     )
 
 
@@ -453,7 +453,8 @@ def wado() -> Response:
         raise BadRequest("requestType must be WADO")
     frame = parse_int(args.get("frameNumber") or "1", "frameNumber", low=1)
     accept = args.get("contentType") or content_type
-    return render_instance(services(), study, series, sop, frame, _rendering_of(args), accept)
+    rendering = _rendering_of(args)
+    return render_instance(services(), study, series, sop, frame, rendering, accept, whole="frameNumber" not in args)
 
 
 def _rendering_of(args: Mapping[str, str]) -> dict[str, str]:

@@ -974,12 +974,14 @@ def test_encapsulated_pixel_data_bulkdata_is_its_frames(
     assert all(body.startswith(b"\xff\xd8") for _, body in parts)
 
 
-def test_an_encapsulated_pdf_is_no_image_to_render_and_its_document_is_its_bulkdata(
+def test_an_encapsulated_pdf_renders_as_itself_and_its_document_is_its_bulkdata(
     stack: RunningStack, tmp_path: Path
 ) -> None:
-    """An Encapsulated PDF (PS3.3 A.45.1) has no pixel data: a rendering is a JSON 406 that says so (it said
-    "frames ... not range-servable", which sent users looking for a broken file), and the document itself is
-    served, byte for byte, at the BulkDataURI its metadata gives for Encapsulated Document (0042,0011)."""
+    """An Encapsulated PDF (PS3.3 A.45.1) has no pixel data. Its rendering is the PDF itself (PS3.18 8.7.4: the
+    rendered media types of text include application/pdf; OHIF's PDF viewport opens /rendered), by WADO-RS and
+    WADO-URI; an image of it is a JSON 406 that says what it renders as (it said "frames ... not range-servable",
+    which sent users looking for a broken file). The document is also its Encapsulated Document (0042,0011)
+    bulkdata, byte for byte."""
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -1001,14 +1003,42 @@ def test_an_encapsulated_pdf_is_no_image_to_render_and_its_document_is_its_bulkd
     root = stack.root(stack.issue([ds.StudyInstanceUID])["token"])
     instance = f"{root}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
     wado = {"requestType": "WADO", "studyUID": ds.StudyInstanceUID, "seriesUID": ds.SeriesInstanceUID,
-            "objectUID": ds.SOPInstanceUID, "contentType": "image/jpeg"}  # fmt: skip
+            "objectUID": ds.SOPInstanceUID}  # fmt: skip
+    for answer in (
+        requests.get(f"{instance}/rendered", timeout=30),  # a browser's iframe: Accept */* at most
+        requests.get(f"{instance}/rendered", headers={"Accept": "application/pdf"}, timeout=30),
+        requests.get(f"{root}/wado", params={**wado, "contentType": "application/pdf"}, timeout=30),
+    ):
+        assert (answer.status_code, answer.headers["Content-Type"], answer.content) == (
+            200,
+            "application/pdf",
+            document,
+        )
     for answer in (
         requests.get(f"{instance}/rendered", headers={"Accept": "image/png"}, timeout=30),
-        requests.get(f"{root}/wado", params=wado, timeout=30),
+        requests.get(f"{root}/wado", params={**wado, "contentType": "image/jpeg"}, timeout=30),
     ):
         assert (answer.status_code, answer.headers["Content-Type"]) == (406, "application/json"), answer.text
-        assert answer.json()["detail"] == "this instance has no pixel data: it is no image to render"
+        detail = "this instance is an encapsulated document: it is rendered as application/pdf only"
+        assert answer.json()["detail"] == detail
+    no_pixels = "this instance has no pixel data: it is no image to render"
+    frame = requests.get(f"{instance}/frames/1/rendered", timeout=30)
+    assert (frame.status_code, frame.json()["detail"]) == (406, no_pixels)
     [metadata] = requests.get(f"{instance}/metadata", timeout=30).json()
     uri = metadata["00420011"]["BulkDataURI"]
     bulk = requests.get(uri, headers={"Accept": "application/octet-stream"}, timeout=30)
     assert (bulk.status_code, bulk.content) == (200, document)
+    # a "document" of another type is never served as itself from the gateway's origin: an uploaded text/html
+    # would run its scripts there
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=["html-15101"])
+    ds.MIMETypeOfEncapsulatedDocument, ds.EncapsulatedDocument = "text/html", b"<script>alert(1)</script>" * 50
+    ds.save_as(path, enforce_file_format=True)
+    assert stack.stow([path]).status_code == 200
+    page = f"{root}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+    for answer in (
+        requests.get(f"{page}/rendered", headers={"Accept": "text/html"}, timeout=30),
+        requests.get(f"{root}/wado", params={**wado, "objectUID": ds.SOPInstanceUID, "contentType": "text/html"},
+                     timeout=30),  # fmt: skip
+    ):
+        assert (answer.status_code, answer.headers["Content-Type"]) == (406, "application/json"), answer.text
+        assert b"<script>" not in answer.content
