@@ -310,8 +310,10 @@ def _document(services: Services, row: Any) -> tuple[str, bytes] | None:
     """An Encapsulated PDF's MIME type and bytes (PS3.3 A.45.1, C.24.2), else None."""
     from gateway.dicomweb.wado import to_cached
 
+    if '"00420011"' not in row.metadata:  # no Encapsulated Document: the images' case, without a second parse
+        return None
     metadata = json.loads(row.metadata)
-    element, mime = metadata.get("00420011"), _first_item_value(metadata.get("00420012"))
+    element, mime = metadata.get("00420011"), _first_value(metadata.get("00420012"))
     # PDF only: served from the gateway's own origin, an uploaded text/html or XML "document" would run its
     # scripts there (a CDA stays reachable as bulkdata, as application/octet-stream)
     if not isinstance(element, Mapping) or mime != "application/pdf":
@@ -327,7 +329,7 @@ def _document(services: Services, row: Any) -> tuple[str, bytes] | None:
     return mime, services.storage.read_range(cached.storage_key, offset, length)
 
 
-def _first_item_value(element: Any) -> Any:
+def _first_value(element: Any) -> Any:
     values = element.get("Value") if isinstance(element, Mapping) else None
     return values[0] if isinstance(values, list) and values else None
 
