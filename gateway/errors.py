@@ -134,6 +134,13 @@ class ReservationLost(Conflict):
     code = "reservation_lost"
 
 
+class PreconditionFailed(GatewayError):
+    """An If-Match or If-Unmodified-Since the representation does not meet (RFC 9110 15.5.13)."""
+
+    status = 412
+    code = "precondition_failed"
+
+
 class PayloadTooLarge(GatewayError):
     status = 413
     code = "payload_too_large"

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flask import Response, request
+from flask import Response
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
@@ -34,6 +34,7 @@ from gateway.errors import BadRequest, NotAcceptable, NotFound
 from gateway.numbers import INT32_MAX, parse_int
 from gateway.services import Services
 from gateway.uids import check_uid
+from gateway.views.common import make_conditional
 
 THUMBNAIL_SIZE = 128
 _MAX_WINDOW = 1e9  # far beyond any stored value (32-bit pixels times a rescale slope)
@@ -367,8 +368,7 @@ def render_instance(
     # the ETag spares sending the image again when the rendering has not changed
     response = Response(body, mimetype=offer.part_type, headers={"Cache-Control": "private, no-cache"})
     response.set_etag(hashlib.sha256(body).hexdigest()[:32])
-    response.make_conditional(request)
-    return response
+    return make_conditional(response)
 
 
 def thumbnail(

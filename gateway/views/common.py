@@ -7,7 +7,7 @@ from typing import Any
 from flask import Response, current_app, request
 
 from gateway.auth import Decision
-from gateway.errors import BadRequest, Unauthorized
+from gateway.errors import BadRequest, PreconditionFailed, Unauthorized
 from gateway.lifecycle import Deleter
 from gateway.services import Services
 
@@ -95,3 +95,12 @@ def json_body() -> Any:
         raise BadRequest(f"the JSON body gives {str(duplicate)!r} twice") from None
     except ValueError:
         return None
+
+
+def make_conditional(response: Response) -> Response:
+    """Evaluate the request's preconditions against ``response``'s validators (304 or the response itself). A
+    failed If-Match / If-Unmodified-Since is our JSON 412: werkzeug kept the whole representation as its body."""
+    response.make_conditional(request)
+    if response.status_code == 412:
+        raise PreconditionFailed("the representation does not match If-Match or If-Unmodified-Since")
+    return response

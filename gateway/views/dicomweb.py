@@ -41,7 +41,15 @@ from gateway.scope import Scope
 from gateway.spool import spool_file
 from gateway.uids import check_uid
 from gateway.views.body import large_read_stream
-from gateway.views.common import decision, deleter, dicomweb_root, no_content, public_base, services
+from gateway.views.common import (
+    decision,
+    deleter,
+    dicomweb_root,
+    make_conditional,
+    no_content,
+    public_base,
+    services,
+)
 
 log = logging.getLogger("gateway.dicomweb")
 bp = Blueprint("dicomweb", __name__, url_prefix="/dicomweb")
@@ -188,7 +196,7 @@ def _metadata(study: str, series: str | None = None, instance: str | None = None
     response = dicom_json(body)
     response.set_etag(hashlib.sha256(body).hexdigest()[:32])
     response.headers["Cache-Control"] = "private, no-cache"
-    response.make_conditional(request)
+    make_conditional(response)
     if response.status_code == 304:
         # RFC 9110 15.4.5: a 304 carries the Vary its 200 would; NGINX's gzip_vary adds it only to bodies it gzips
         response.headers["Vary"] = "Accept-Encoding"
