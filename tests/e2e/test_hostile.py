@@ -108,6 +108,7 @@ def error_cases(ct: dict[str, str]) -> list[tuple[str, bytes, int]]:
     instance = f"{root}/studies/{study}/series/{series}/instances/{sop}"
     post = "POST {} HTTP/1.1\r\nHost: gw\r\n{}Connection: close\r\n\r\n{}"
     many_headers = {f"X-Header-{n}": "v" for n in range(150)}
+    beyond = "bytes=99999999-"
     return [
         ("path not canonical", get(f"{root}/studies/{study}/%2e%2e"), 400),
         ("header too large", get("/dicomweb/studies", X="a" * 9000), 400),
@@ -154,6 +155,13 @@ def error_cases(ct: dict[str, str]) -> list[tuple[str, bytes, int]]:
         ("URI longer than gunicorn's request line", get(f"{root}/studies?x={'a' * 8100}"), 414),
         ("URI longer than NGINX's buffers", get(f"{root}/studies?x={'a' * 9000}"), 414),
         ("range beyond the object", get(instance, Accept="application/dicom", Range="bytes=99999999-"), 416),
+        # NGINX's JSON answers on a path whose last segment has an extension were typed by it (text/html, image/svg+xml,
+        # application/javascript, a thumbnail's image/jpeg): the named error locations keep the client's URI
+        ("token missing, path ending .html", get("/dicomweb/x.html"), 401),
+        ("token garbage, path ending .js", get("/t/garbage/dicomweb/a.js"), 401),
+        ("out of scope, path ending .svg", get(f"{root}/x.svg"), 403),
+        ("not a UID, path ending .png", get("/dicomweb/studies/1.png"), 403),
+        ("range beyond a thumbnail", get(f"{root}/studies/{study}/series/{series}/thumbnail", Range=beyond), 416),
         ("unknown transfer encoding", post.format("/api/v1/tokens", "Transfer-Encoding: gzip\r\n", "").encode(), 501),
         ("HTTP/3 on a HTTP/1 socket", b"GET / HTTP/3.0\r\nHost: gw\r\nConnection: close\r\n\r\n", 505),
         # a raw query byte that is not UTF-8 (a 500 from werkzeug's request.args before), on each kind of route
