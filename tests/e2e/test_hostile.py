@@ -227,6 +227,26 @@ def test_a_method_the_resource_does_not_take_is_a_405_with_allow(stack: RunningS
     assert not failures, "\n".join(failures)
 
 
+def test_options_names_what_the_resource_takes(stack: RunningStack, ct: dict[str, str]) -> None:
+    """An OPTIONS (a CORS preflight or not) is answered by NGINX; it had no Allow, which RFC 9110 9.3.7 names as
+    what an OPTIONS answer should carry: the same list a 405 on that resource gives."""
+    root, study, series, sop = ct["root"], ct["study"], ct["series"], ct["sop"]
+    instance = f"{root}/studies/{study}/series/{series}/instances/{sop}"
+    cases = [
+        (f"{root}/studies", "GET, HEAD, POST, OPTIONS"),
+        (f"{root}/studies/{study}", "GET, HEAD, POST, DELETE, OPTIONS"),
+        (instance, "GET, HEAD, DELETE, OPTIONS"),
+        (f"{instance}/frames/1", "GET, HEAD, OPTIONS"),
+        (f"/dicomweb/studies/{study}/series/{series}/thumbnail", "GET, HEAD, OPTIONS"),
+        ("/api/v1/tokens/renew", "POST, OPTIONS"),
+    ]
+    for path, allow in cases:
+        for origin in ({}, {"Origin": "https://portal.example", "Access-Control-Request-Method": "GET"}):
+            answer = requests.options(f"{stack.url}{path}", headers=origin, timeout=30)
+            assert answer.status_code == 204, (path, answer.text)
+            assert answer.headers.get("Allow") == allow, (path, answer.headers)
+
+
 def test_json_nested_deeper_than_the_decoder_is_a_400(stack: RunningStack) -> None:
     """A JSON body nested 100,000 deep (RecursionError in the decoder) is malformed JSON like any other: a JSON 400,
     never a 500 "unexpected server error" (it was one, even on the unauthenticated renewal route)."""
