@@ -170,7 +170,7 @@ def _monochrome(pixels: np.ndarray, ds: Dataset, params: Mapping[str, str]) -> n
         raise NotAcceptable("this instance's modality transform cannot be rendered") from None
     window = params.get("window")
     if window:
-        return _windowed(real, *_window(window))
+        return _windowed(real, *parse_window(window))
     center, width = _value_of(ds, "WindowCenter"), _value_of(ds, "WindowWidth")
     if center is not None and width is not None and float(width) > 0:
         function = str(ds.get("VOILUTFunction") or "LINEAR").upper()
@@ -224,7 +224,7 @@ def _to_image(services: Services, row: Any, frame: int, params: Mapping[str, str
     return Image.fromarray(np.ascontiguousarray(scaled), "L")
 
 
-def _window(text: str) -> tuple[float, float, str]:
+def parse_window(text: str) -> tuple[float, float, str]:
     """``window=center,width[,function]`` (PS3.18 8.3.5.1.3): finite numbers (``nan`` or ``1e999`` would render
     garbage), a width above 0, and a function of PS3.3 C.11.2.1.3 (``linear``, the default, ``linear-exact`` or
     ``sigmoid``)."""

@@ -36,7 +36,7 @@ from gateway.hooks import UploadContext
 from gateway.ingest import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, IngestResult
 from gateway.lifecycle import check_reason
 from gateway.numbers import INT32_MAX, parse_int
-from gateway.render import render_instance
+from gateway.render import parse_window, render_instance
 from gateway.scope import Scope
 from gateway.spool import spool_file
 from gateway.uids import check_uid
@@ -480,10 +480,20 @@ def _rendering_of(args: Mapping[str, str]) -> dict[str, str]:
     center, width = args.get("windowCenter"), args.get("windowWidth")
     if (center is None) != (width is None):
         raise BadRequest("windowCenter and windowWidth must be given together")
-    if center is not None:
+    # checked here, so an error names the parameters the client sent (it named the WADO-RS ones: window, quality)
+    if center is not None and width is not None:
         params["window"] = f"{center},{width}"
+        try:
+            if "," in center + width:  # one number each (a comma passed a window function on)
+                raise BadRequest("not numbers")
+            parse_window(params["window"])
+        except BadRequest as error:
+            reason = error.detail.removeprefix("window: ")
+            if reason == error.detail:  # not two numbers at all
+                reason = "center and width must be numbers"
+            raise BadRequest(f"windowCenter and windowWidth: {reason}") from None
     if "imageQuality" in args:
-        params["quality"] = args["imageQuality"]
+        params["quality"] = str(parse_int(args["imageQuality"], "imageQuality", low=1, high=100))
     rows, columns = (parse_int(args[name], name, low=1) if name in args else INT32_MAX for name in ("rows", "columns"))
     if "rows" in args or "columns" in args:
         params["viewport"] = f"{columns},{rows}"

@@ -505,7 +505,11 @@ def test_wado_uri_image_parameters_shape_the_rendering(
         ({"region": "0.5,0,0.5,1"}, bad_region),
         ({"region": "0,0,nan,1"}, "region must be 4 finite numbers separated by commas"),
         ({"rows": "0"}, "rows: expected an integer from 1 to 2147483647"),
-        ({"imageQuality": "101"}, "quality: expected an integer from 1 to 100"),
+        # named as the client sent them (they were named "quality" and "window", WADO-RS's parameters)
+        ({"imageQuality": "101"}, "imageQuality: expected an integer from 1 to 100"),
+        ({"windowCenter": "abc", "windowWidth": "1"}, "windowCenter and windowWidth: center and width must be numbers"),
+        ({"windowCenter": "40", "windowWidth": "0"}, "windowCenter and windowWidth: the width must be above 0"),
+        ({"windowCenter": "1,2", "windowWidth": "1"}, "windowCenter and windowWidth: center and width must be numbers"),
     ):
         refused = requests.get(url, params={**png, **extra}, timeout=30)
         assert (refused.status_code, refused.headers["Content-Type"]) == (400, "application/json"), extra
