@@ -271,8 +271,12 @@ def test_whole_object_preconditions_are_evaluated(
             ({"If-Modified-Since": "Mon, 01 Jan 2001 00:00:00 GMT"}, 200),
             ({"If-Match": etag}, 200),
             ({"If-Match": '"other"'}, 412),
+            ({"If-Match": "*"}, 200),
             ({"If-Unmodified-Since": modified}, 200),
             ({"If-Unmodified-Since": "Mon, 01 Jan 2001 00:00:00 GMT"}, 412),
+            # not an HTTP-date: ignored (RFC 9110 13.1.3, 13.1.4)
+            ({"If-Modified-Since": "garbage"}, 200),
+            ({"If-Unmodified-Since": "garbage"}, 200),
         ]
         for condition, status in cases:
             for method in ("GET", "HEAD"):
