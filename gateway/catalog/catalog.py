@@ -22,6 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from gateway import fastjson
 from gateway.catalog.access import AccessRecords
 from gateway.catalog.admin import PURGE_INTERVAL, AdminRecords, Reservation
 from gateway.catalog.deletions import DeletionRecords
@@ -60,6 +61,12 @@ _STORED = sa.select(instances.c.sop_uid).where(instances.c.sop_uid.in_(sa.bindpa
 _RESERVED = (
     sa.select(reservations.c.sop_uid, reservations.c.nonce)
     .where(reservations.c.sop_uid.in_(sa.bindparam("sops", expanding=True)))
+    .with_for_update()
+)
+_STUDIES = (
+    sa.select(studies.c.study_uid, studies.c.attrs, *(studies.c[name] for name in STUDY_FIELDS))
+    .where(studies.c.study_uid.in_(sa.bindparam("study_uids", expanding=True)))
+    .order_by(studies.c.study_uid)  # locked in study order, as the upserts lock them: no deadlock between batches
     .with_for_update()
 )
 _OWNERS = sa.select(series.c.series_uid, series.c.study_uid).where(
@@ -185,14 +192,11 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
             return outcomes
         now = int(time.time())
         upsert_study, upsert_series = self._upserts
-        last_of_study = {batch[i].record.instance.ids.study: i for i in plain}
-        conn.execute(
-            upsert_study,
-            [
-                {"study_uid": study_uid, **self._study_values(batch[i].record, now)}
-                for study_uid, i in sorted(last_of_study.items())
-            ],
-        )
+        of_study: dict[str, list[InstanceRecord]] = {}
+        for i in plain:
+            of_study.setdefault(batch[i].record.instance.ids.study, []).append(batch[i].record)
+        merged = self._merged_study_values(conn, of_study, now)
+        conn.execute(upsert_study, [{"study_uid": study_uid, **merged[study_uid]} for study_uid in sorted(merged)])
         last_of_series = {batch[i].record.instance.ids.series: i for i in plain}
         conn.execute(
             upsert_series,
@@ -273,6 +277,28 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
         values.update(attrs=rec.instance.attrs_json("study"), updated_at=now)
         return values
 
+    def _merged_study_values(
+        self, conn: Connection, of_study: dict[str, list[InstanceRecord]], now: int
+    ) -> dict[str, dict[str, Any]]:
+        """The study row each study gets from its new instances (in order) over what is stored: a later value
+        replaces an earlier one only where it is not empty. Instances of a study need not repeat its attributes
+        (an encapsulated PDF or a key object from another system often leaves Study Date or Accession Number
+        empty): the last one stored emptied the study's before, and a date search lost the study."""
+        stored = {row.study_uid: row for row in conn.execute(_STUDIES, {"study_uids": sorted(of_study)})}
+        merged: dict[str, dict[str, Any]] = {}
+        for study_uid, records in of_study.items():
+            row = stored.get(study_uid)
+            values = {name: getattr(row, name) for name in STUDY_FIELDS} if row is not None else {}
+            attrs: dict[str, Any] = fastjson.loads(row.attrs) if row is not None and row.attrs else {}
+            for rec in records:
+                values.update({k: v for k, v in self._study_values(rec, now).items() if v is not None})
+                for tag, element in fastjson.loads(rec.instance.attrs_json("study")).items():
+                    if "Value" in element or "Value" not in attrs.get(tag, {}):
+                        attrs[tag] = element
+            values["attrs"] = fastjson.dumps(dict(sorted(attrs.items()))).decode()
+            merged[study_uid] = {**dict.fromkeys(STUDY_FIELDS), **values}
+        return merged
+
     @staticmethod
     def _series_values(rec: InstanceRecord) -> dict[str, Any]:
         values = {name: rec.values.get(name) for name in SERIES_FIELDS}
@@ -316,7 +342,7 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
             if not rec.replace:
                 raise Conflict("SOP Instance UID already stored with different content")
             self._delete(conn, inst.ids.sop)
-        study_values = self._study_values(rec, now)
+        study_values = self._merged_study_values(conn, {inst.ids.study: [rec]}, now)[inst.ids.study]
         stmt = self._insert(studies).values(study_uid=inst.ids.study, **study_values)
         conn.execute(stmt.on_conflict_do_update(index_elements=["study_uid"], set_=study_values))
         owner = conn.execute(

@@ -857,6 +857,56 @@ def test_qido_series_match_the_performed_procedure_step_start(stack: RunningStac
     assert item["00400245"] == {"vr": "TM", "Value": ["101500"]}
 
 
+@pytest.mark.parametrize("together", [False, True], ids=["one_request_each", "one_request"])
+def test_an_instance_leaving_study_attributes_empty_keeps_the_studys(
+    stack: RunningStack, tmp_path: Path, together: bool
+) -> None:
+    """Instances of one study need not repeat its attributes: a report or key object made by another system often
+    leaves Study Date, Accession Number or Study Description empty. The last instance stored set the study's row,
+    empties included: the study's QIDO answer lost its date, and a date search (a viewer's study list) its
+    study. An empty value never replaces a stored one; a later value that is not empty still does."""
+    seed = 8101 if together else 8102
+    first = make_series(tmp_path / "first", modality="CT", slices=1, seed=seed, clean=True)[0]
+    ds = pydicom.dcmread(first)
+    ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.StudyDescription = "20230405", "101500", "ACC9", "CT chest"
+    ds.save_as(first)
+    second = make_series(tmp_path / "second", modality="MR", slices=1, seed=seed + 100, clean=True)[0]
+    other = pydicom.dcmread(second)
+    other.StudyInstanceUID = ds.StudyInstanceUID
+    other.StudyDate = other.StudyTime = other.AccessionNumber = ""
+    if "StudyDescription" in other:
+        del other.StudyDescription
+    other.save_as(second)
+    if together:
+        assert stack.stow([first, second]).status_code == 200
+    else:
+        assert stack.stow([first]).status_code == 200
+        assert stack.stow([second]).status_code == 200
+    study = ds.StudyInstanceUID
+    url = f"{stack.url}/dicomweb/studies"
+
+    def found(**params: str) -> list[dict[str, Any]]:
+        answer = requests.get(url, params={"StudyInstanceUID": study, **params}, headers=stack.api_headers, timeout=30)
+        assert answer.status_code == 200, answer.text[:200]
+        result: list[dict[str, Any]] = answer.json()
+        return result
+
+    [item] = found(StudyDate="20230401-20230430", AccessionNumber="ACC9")
+    assert item["00080020"] == {"vr": "DA", "Value": ["20230405"]}
+    assert item["00080030"] == {"vr": "TM", "Value": ["101500"]}
+    assert item["00081030"] == {"vr": "LO", "Value": ["CT chest"]}
+    assert item["00201208"] == {"vr": "IS", "Value": [2]}
+    assert sorted(item["00080061"]["Value"]) == ["CT", "MR"]
+    # a later value that is not empty replaces the stored one
+    third = make_series(tmp_path / "third", modality="MR", slices=1, seed=seed + 200, clean=True)[0]
+    later = pydicom.dcmread(third)
+    later.StudyInstanceUID, later.StudyDescription = study, "CT chest, revised"
+    later.save_as(third)
+    assert stack.stow([third]).status_code == 200
+    [item] = found(StudyDate="20230405")
+    assert item["00081030"] == {"vr": "LO", "Value": ["CT chest, revised"]}
+
+
 def test_qido_matches_carry_their_retrieve_url(stack: RunningStack, synthetic: dict[str, Any]) -> None:
     """PS3.18 Tables 10.6.3-3/4/5: each match names its Retrieve URL (0008,1190) when the Retrieve transaction can
     fetch it (there was none at any level). Under the root the client used, as STOW's RetrieveURLs: a path token
