@@ -63,12 +63,18 @@ _RESERVED = (
     .where(reservations.c.sop_uid.in_(sa.bindparam("sops", expanding=True)))
     .with_for_update()
 )
-_STUDIES = (
-    sa.select(studies.c.study_uid, studies.c.attrs, *(studies.c[name] for name in STUDY_FIELDS))
-    .where(studies.c.study_uid.in_(sa.bindparam("study_uids", expanding=True)))
-    .order_by(studies.c.study_uid)  # locked in study order, as the upserts lock them: no deadlock between batches
+# The stored study and series rows a registration merges its values into (``Catalog._merged``), locked in UID
+# order, as the upserts lock them: two batches into the same studies cannot deadlock.
+_STORED_ROWS = {
+    level: sa.select(uid.label("uid"), table.c.attrs, *(table.c[name] for name in fields))
+    .where(uid.in_(sa.bindparam("uids", expanding=True)))
+    .order_by(uid)
     .with_for_update()
-)
+    for level, table, uid, fields in (
+        ("study", studies, studies.c.study_uid, STUDY_FIELDS),
+        ("series", series, series.c.series_uid, SERIES_FIELDS),
+    )
+}
 _OWNERS = sa.select(series.c.series_uid, series.c.study_uid).where(
     series.c.series_uid.in_(sa.bindparam("series_uids", expanding=True))
 )
@@ -193,20 +199,21 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
         now = int(time.time())
         upsert_study, upsert_series = self._upserts
         of_study: dict[str, list[InstanceRecord]] = {}
+        of_series: dict[str, list[InstanceRecord]] = {}
         for i in plain:
-            of_study.setdefault(batch[i].record.instance.ids.study, []).append(batch[i].record)
-        merged = self._merged_study_values(conn, of_study, now)
-        conn.execute(upsert_study, [{"study_uid": study_uid, **merged[study_uid]} for study_uid in sorted(merged)])
-        last_of_series = {batch[i].record.instance.ids.series: i for i in plain}
+            ids = batch[i].record.instance.ids
+            of_study.setdefault(ids.study, []).append(batch[i].record)
+            of_series.setdefault(ids.series, []).append(batch[i].record)
+        merged = self._merged(conn, "study", of_study)
+        conn.execute(
+            upsert_study, [{"study_uid": uid, **merged[uid], "updated_at": now} for uid in sorted(merged)]
+        )
+        merged = self._merged(conn, "series", of_series)
         conn.execute(
             upsert_series,
             [
-                {
-                    "series_uid": series_uid,
-                    "study_uid": batch[i].record.instance.ids.study,
-                    **self._series_values(batch[i].record),
-                }
-                for series_uid, i in sorted(last_of_series.items())
+                {"series_uid": uid, "study_uid": of_series[uid][0].instance.ids.study, **merged[uid]}
+                for uid in sorted(merged)
             ],
         )
         conn.execute(instances.insert(), [self._instance_values(batch[i].record, now) for i in plain])
@@ -272,38 +279,28 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
             ),
         )
 
-    def _study_values(self, rec: InstanceRecord, now: int) -> dict[str, Any]:
-        values = {name: rec.values.get(name) for name in STUDY_FIELDS}
-        values.update(attrs=rec.instance.attrs_json("study"), updated_at=now)
-        return values
-
-    def _merged_study_values(
-        self, conn: Connection, of_study: dict[str, list[InstanceRecord]], now: int
+    def _merged(
+        self, conn: Connection, level: str, of_uid: dict[str, list[InstanceRecord]]
     ) -> dict[str, dict[str, Any]]:
-        """The study row each study gets from its new instances (in order) over what is stored: a later value
-        replaces an earlier one only where it is not empty. Instances of a study need not repeat its attributes
-        (an encapsulated PDF or a key object from another system often leaves Study Date or Accession Number
-        empty): the last one stored emptied the study's before, and a date search lost the study."""
-        stored = {row.study_uid: row for row in conn.execute(_STUDIES, {"study_uids": sorted(of_study)})}
+        """The ``level`` ("study" or "series") row each UID gets from its new instances (in order) over the stored
+        one: its searchable columns and QIDO attributes, a later value replacing an earlier one only where it is
+        not empty. Instances need not repeat their study's or series' attributes (a report or key object from
+        another system often leaves Study Date or Accession Number empty): the last one stored emptied them, and
+        a date search (a viewer's study list) lost the study."""
+        fields = STUDY_FIELDS if level == "study" else SERIES_FIELDS
+        stored = {row.uid: row for row in conn.execute(_STORED_ROWS[level], {"uids": sorted(of_uid)})}
         merged: dict[str, dict[str, Any]] = {}
-        for study_uid, records in of_study.items():
-            row = stored.get(study_uid)
-            values = {name: getattr(row, name) for name in STUDY_FIELDS} if row is not None else {}
+        for uid, records in of_uid.items():
+            row = stored.get(uid)
+            values = {name: getattr(row, name) if row is not None else None for name in fields}
             attrs: dict[str, Any] = fastjson.loads(row.attrs) if row is not None and row.attrs else {}
             for rec in records:
-                values.update({k: v for k, v in self._study_values(rec, now).items() if v is not None})
-                for tag, element in fastjson.loads(rec.instance.attrs_json("study")).items():
+                values.update({name: value for name in fields if (value := rec.values.get(name)) is not None})
+                for tag, element in fastjson.loads(rec.instance.attrs_json(level)).items():
                     if "Value" in element or "Value" not in attrs.get(tag, {}):
                         attrs[tag] = element
-            values["attrs"] = fastjson.dumps(dict(sorted(attrs.items()))).decode()
-            merged[study_uid] = {**dict.fromkeys(STUDY_FIELDS), **values}
+            merged[uid] = {**values, "attrs": fastjson.dumps(dict(sorted(attrs.items()))).decode()}
         return merged
-
-    @staticmethod
-    def _series_values(rec: InstanceRecord) -> dict[str, Any]:
-        values = {name: rec.values.get(name) for name in SERIES_FIELDS}
-        values["attrs"] = rec.instance.attrs_json("series")
-        return values
 
     @staticmethod
     def _instance_values(rec: InstanceRecord, now: int) -> dict[str, Any]:
@@ -342,7 +339,7 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
             if not rec.replace:
                 raise Conflict("SOP Instance UID already stored with different content")
             self._delete(conn, inst.ids.sop)
-        study_values = self._merged_study_values(conn, {inst.ids.study: [rec]}, now)[inst.ids.study]
+        study_values = {**self._merged(conn, "study", {inst.ids.study: [rec]})[inst.ids.study], "updated_at": now}
         stmt = self._insert(studies).values(study_uid=inst.ids.study, **study_values)
         conn.execute(stmt.on_conflict_do_update(index_elements=["study_uid"], set_=study_values))
         owner = conn.execute(
@@ -350,7 +347,7 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
         ).first()
         if owner is not None and owner.study_uid != inst.ids.study:
             raise SeriesInOtherStudy("Series Instance UID already belongs to another study")
-        series_values = self._series_values(rec)
+        series_values = self._merged(conn, "series", {inst.ids.series: [rec]})[inst.ids.series]
         stmt = self._insert(series).values(
             series_uid=inst.ids.series, study_uid=inst.ids.study, **series_values
         )

@@ -864,12 +864,18 @@ def test_an_instance_leaving_study_attributes_empty_keeps_the_studys(
     """Instances of one study need not repeat its attributes: a report or key object made by another system often
     leaves Study Date, Accession Number or Study Description empty. The last instance stored set the study's row,
     empties included: the study's QIDO answer lost its date, and a date search (a viewer's study list) its
-    study. An empty value never replaces a stored one; a later value that is not empty still does."""
+    study; a series' likewise. An empty value never replaces a stored one; a later value that is not empty
+    still does."""
     seed = 8101 if together else 8102
-    first = make_series(tmp_path / "first", modality="CT", slices=1, seed=seed, clean=True)[0]
+    first, sibling = make_series(tmp_path / "first", modality="CT", slices=2, seed=seed, clean=True)
     ds = pydicom.dcmread(first)
     ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.StudyDescription = "20230405", "101500", "ACC9", "CT chest"
+    ds.SeriesDescription = "Axial 2mm"
     ds.save_as(first)
+    blank = pydicom.dcmread(sibling)  # the same series, its description left empty
+    blank.StudyDate, blank.StudyTime, blank.AccessionNumber, blank.StudyDescription = ds.StudyDate, "", "", ""
+    blank.SeriesDescription = ""
+    blank.save_as(sibling)
     second = make_series(tmp_path / "second", modality="MR", slices=1, seed=seed + 100, clean=True)[0]
     other = pydicom.dcmread(second)
     other.StudyInstanceUID = ds.StudyInstanceUID
@@ -878,10 +884,10 @@ def test_an_instance_leaving_study_attributes_empty_keeps_the_studys(
         del other.StudyDescription
     other.save_as(second)
     if together:
-        assert stack.stow([first, second]).status_code == 200
+        assert stack.stow([first, sibling, second]).status_code == 200
     else:
-        assert stack.stow([first]).status_code == 200
-        assert stack.stow([second]).status_code == 200
+        for path in (first, sibling, second):
+            assert stack.stow([path]).status_code == 200
     study = ds.StudyInstanceUID
     url = f"{stack.url}/dicomweb/studies"
 
@@ -895,8 +901,13 @@ def test_an_instance_leaving_study_attributes_empty_keeps_the_studys(
     assert item["00080020"] == {"vr": "DA", "Value": ["20230405"]}
     assert item["00080030"] == {"vr": "TM", "Value": ["101500"]}
     assert item["00081030"] == {"vr": "LO", "Value": ["CT chest"]}
-    assert item["00201208"] == {"vr": "IS", "Value": [2]}
+    assert item["00201208"] == {"vr": "IS", "Value": [3]}
     assert sorted(item["00080061"]["Value"]) == ["CT", "MR"]
+    series_url = f"{url}/{study}/series"
+    [found_series] = requests.get(
+        series_url, params={"SeriesDescription": "Axial*"}, headers=stack.api_headers, timeout=30
+    ).json()
+    assert found_series["0008103E"] == {"vr": "LO", "Value": ["Axial 2mm"]}
     # a later value that is not empty replaces the stored one
     third = make_series(tmp_path / "third", modality="MR", slices=1, seed=seed + 200, clean=True)[0]
     later = pydicom.dcmread(third)
