@@ -356,17 +356,17 @@ def render_instance(
             offer = negotiate(params.get("accept", accept), [Offer(mime, "*", False)])
         except NotAcceptable:
             raise NotAcceptable(f"this instance is an encapsulated document: it is rendered as {mime} only") from None
-        response = Response(body, mimetype=offer.part_type, headers={"Cache-Control": "private, no-cache"})
-        response.set_etag(hashlib.sha256(body).hexdigest()[:32])
-        response.make_conditional(request)
-        return response
+        return _revalidated(body, offer.part_type)
     offer = negotiate(params.get("accept", accept), _IMAGE_OFFERS)
     quality = parse_int(params.get("quality", "90"), "quality", low=1, high=100)
     image = _sized(_to_image(services, row, frame, params), params)
-    body = _encode(image, offer.part_type, quality)
-    # revalidated like every read (a deleted or replaced instance must not be shown again from a browser cache);
-    # the ETag spares sending the image again when the rendering has not changed
-    response = Response(body, mimetype=offer.part_type, headers={"Cache-Control": "private, no-cache"})
+    return _revalidated(_encode(image, offer.part_type, quality), offer.part_type)
+
+
+def _revalidated(body: bytes, media_type: str) -> Response:
+    """A rendering, revalidated like every read (a deleted or replaced instance must not be shown again from a
+    browser cache); its ETag spares sending it again while it has not changed."""
+    response = Response(body, mimetype=media_type, headers={"Cache-Control": "private, no-cache"})
     response.set_etag(hashlib.sha256(body).hexdigest()[:32])
     return make_conditional(response)
 
