@@ -117,7 +117,13 @@ class DeletionRecords(CatalogBase):
         return Removed(int(new_id), target, tuple(row.sop_uid for row in rows), series_uids, keys)
 
     def studies_of_patient(self, patient_id: str, issuer: str | None = None) -> list[str]:
-        """Study UIDs whose Patient ID is exactly ``patient_id`` (and, when given, Issuer of Patient ID)."""
+        """Study UIDs whose Patient ID is exactly ``patient_id`` (and, when given, Issuer of Patient ID).
+
+        Both are compared without leading and trailing spaces, which DICOM does not count in an LO value (the
+        catalog stores the Patient ID stripped), so a value copied with its padding from a file or an HL7 message still
+        finds the patient."""
+        patient_id = patient_id.strip()
+        issuer = None if issuer is None else issuer.strip()
         with self._read() as conn:
             rows = conn.execute(
                 sa.select(studies.c.study_uid, studies.c.attrs).where(studies.c.patient_id == patient_id)
@@ -126,7 +132,8 @@ class DeletionRecords(CatalogBase):
         for row in rows:
             if issuer is not None:
                 element = json.loads(row.attrs).get(_ISSUER) or {}
-                if (element.get("Value") or [None])[0] != issuer:
+                stored = (element.get("Value") or [None])[0]
+                if stored is None or str(stored).strip() != issuer:
                     continue
             found.append(str(row.study_uid))
         return sorted(found)

@@ -259,6 +259,38 @@ def test_patient_erasure_removes_every_study_of_the_patient(
     assert len({r["request_id"] for r in erased}) == 1
 
 
+
+def test_patient_erasure_finds_a_patient_id_given_with_its_padding(
+    stack: RunningStack, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """DICOM does not count an LO value's leading and trailing spaces and the catalog stores the Patient ID
+    stripped: the Patient ID (and issuer) exactly as the file holds it, padding and all, finds the patient."""
+    import pydicom
+
+    base = tmp_path_factory.mktemp("erasure-padded")
+    patient = f"PAD-7720-{stack.backend}"
+    files = make_study(base, 7720, series=1, patient=patient)
+    for path in files:
+        ds = pydicom.dcmread(path)
+        ds.PatientID, ds.IssuerOfPatientID = f" {patient}", " HOSP-7720"
+        ds.save_as(path)
+    assert stack.stow(files).status_code == 200
+    study = uids_of(files[0])[0]
+    answer = requests.post(
+        f"{stack.url}/api/v1/admin/erasure",
+        json={"patient_id": f" {patient} ", "issuer": " HOSP-7720"},
+        headers=stack.api_headers,
+        timeout=120,
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["studies"] == [study] and answer.json()["instances"] == 3
+    assert stored_keys(stack, study) == []
+    other_issuer = requests.post(
+        f"{stack.url}/api/v1/admin/erasure", json={"patient_id": patient, "issuer": ""}, headers=stack.api_headers,
+        timeout=60,
+    )
+    assert_gone(other_issuer)
+
 def workers_of(stack: RunningStack) -> list[int]:
     master = stack.stack.processes["gunicorn"].pid
     return [int(pid) for pid in os.listdir("/proc") if pid.isdigit() and parent_of(int(pid)) == master]
