@@ -460,6 +460,31 @@ def test_expired_revoked_and_out_of_scope_links(stack: RunningStack, synthetic: 
     page.context.close()
 
 
+
+def test_a_reloaded_link_asks_for_the_portal_not_withdrawn(
+    stack: RunningStack, synthetic: dict[str, Any], browser: Any
+) -> None:
+    """The viewer scrubs the token from the address bar, so a reload arrives with no credential at all (401
+    ``token_missing``): the screen says to open the study again from the portal, not that access was withdrawn or
+    the link damaged (the token is still valid)."""
+    issued = stack.issue([study_of(synthetic, "ct")], ttl=600)
+    log = NetworkLog()
+    page = open_page(browser, log)
+    page.goto(issued["viewer_url"])
+    wait_ready(page)
+    assert issued["token"] not in page.url
+    page.reload()
+    page.wait_for_selector("#error:not([hidden])")
+    assert page.get_attribute("#error", "data-kind") == "missing"
+    assert "portal" in page.inner_text("#error-title")
+    assert "withdrawn" not in page.inner_text("body")
+    page.context.close()
+    # the token itself still opens the study
+    page = open_page(browser, NetworkLog())
+    page.goto(issued["viewer_url"])
+    wait_ready(page)
+    page.context.close()
+
 def test_dead_gateway_shows_unavailable(tmp_path: Path, synthetic: dict[str, Any], browser: Any) -> None:
     """NGINX up, gunicorn killed: the auth hop fails closed with 503 and the viewer says the server is down."""
     running = start_stack(tmp_path / "dead", "file", None)

@@ -4,6 +4,8 @@ import { GatewayError } from './dicomweb.js';
 const MESSAGES = {
   expired: ['This link has expired', 'Study links are valid for a limited time. Open the study again from your portal to get a new link.'],
   revoked: ['This link is no longer valid', 'Access through this link was withdrawn or the link is damaged. Open the study again from your portal.'],
+  // no credential at all: the token is scrubbed from the address bar, so a reload (or a copied URL) arrives without it
+  missing: ['Open the study again from your portal', 'For privacy this page does not keep its link, so a reloaded or copied page cannot show the study.'],
   forbidden: ['This link does not cover this study', 'The link you used does not give access to these images. Open the study again from your portal.'],
   notfound: ['Study not found', 'The study in this link is not on the server (any more).'],
   unavailable: ['The image server is not reachable', 'The server is down or restarting. Try again in a minute.'],
@@ -15,6 +17,7 @@ const MESSAGES = {
 export function classify(error) {
   if (!(error instanceof GatewayError)) return 'failed';
   const codes = `${error.code} ${error.detail}`;
+  if (error.status === 401 && codes.includes('token_missing')) return 'missing';
   if (error.status === 401) return codes.includes('expired') ? 'expired' : 'revoked';
   if (error.status === 403) return 'forbidden';
   if (error.status === 404) return 'notfound';
