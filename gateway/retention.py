@@ -39,10 +39,16 @@ def expired(catalog: Catalog, retention: Retention, now: int) -> list[tuple[Targ
     for study, rows in sorted(by_study.items()):
         if len(rows) == rows[0][0].study_instances:
             longest = max(days for _, days in rows)
-            found.append((Target(study), f"retention: older than {longest} days"))
+            # bounded by the newest instance chosen: one uploaded into the study during the run stays
+            newest = max(row.created_at for row, _ in rows)
+            found.append((Target(study, stored_until=newest), f"retention: older than {longest} days"))
         else:
             found += [
-                (Target(study, row.series_uid, row.sop_uid), f"retention: older than {days} days") for row, days in rows
+                (
+                    Target(study, row.series_uid, row.sop_uid, stored_until=row.created_at),
+                    f"retention: older than {days} days",
+                )
+                for row, days in rows
             ]
     return found
 

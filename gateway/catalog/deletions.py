@@ -24,11 +24,14 @@ from gateway.catalog.schema import deletions, instances, reservations, studies
 
 @dataclass(frozen=True)
 class Target:
-    """A study, one series of it, or one instance of that series."""
+    """A study, one series of it, or one instance of that series; with ``stored_until`` (epoch seconds) only its
+    instances stored at or before then: retention chose them by age, and an instance uploaded into the study while
+    the run was under way (a run waits one settle per reason) is not its to remove."""
 
     study: str
     series: str | None = None
     sop: str | None = None
+    stored_until: int | None = None
 
     @property
     def level(self) -> str:
@@ -86,6 +89,8 @@ class DeletionRecords(CatalogBase):
             where.append(instances.c.series_uid == target.series)
         if target.sop is not None:
             where.append(instances.c.sop_uid == target.sop)
+        if target.stored_until is not None:
+            where.append(instances.c.created_at <= target.stored_until)
         rows = conn.execute(
             sa.select(instances.c.sop_uid, instances.c.series_uid, instances.c.storage_key, instances.c.thumbnail_key)
             .where(*where)

@@ -409,3 +409,52 @@ def test_retention_run_removes_what_the_policy_expired(
         timeout=30,
     ).json()["items"]
     assert [(r["sub"], r["reason"]) for r in audit] == [("retention", "retention: older than 30 days")]
+
+
+def test_retention_leaves_an_instance_uploaded_into_its_study_during_the_run(
+    stack: RunningStack, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A run removes one reason after another, each after its settle: a study it chose as wholly expired may get a
+    new instance meanwhile (here during the first reason's settle), which is not the run's to remove."""
+    base = tmp_path_factory.mktemp("retention-race")
+    trial, old = make_study(base, 7740, series=1), make_study(base, 7742, series=1)
+    assert stack.stow(trial, **{"X-DICOMGW-Tenant": "trial"}).status_code == 200
+    assert stack.stow(old).status_code == 200
+    studies = [uids_of(files[0])[0] for files in (trial, old)]
+    db = sqlite3.connect(stack.stack.var_dir / "catalog.db", timeout=30)
+    with db:
+        db.execute("UPDATE instances SET created_at = created_at - 40 * 86400 WHERE study_uid = ?", (studies[0],))
+        db.execute("UPDATE instances SET created_at = created_at - 60 * 86400 WHERE study_uid = ?", (studies[1],))
+    db.close()
+    policy = base / "policy.toml"
+    policy.write_text("version = 1\n[retention]\ndays = 50\ntenants = { trial = 30 }\n")
+    env = {**os.environ, **stack.stack.gateway_env(), "DICOMGW_PHI_POLICY": str(policy)}
+    run = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "retention", "run"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # "older than 30 days" goes first: once its study is hidden the run waits its settle
+        qido = f"{stack.url}/dicomweb/studies/{studies[0]}/series"
+        deadline = time.monotonic() + 60
+        while requests.get(qido, headers=stack.api_headers, timeout=30).status_code != 404:
+            assert time.monotonic() < deadline and run.poll() is None, "the run never hid the first study"
+            time.sleep(0.05)
+        new = make_series(base / "new", slices=1, rows=64, columns=64, seed=7744, clean=True, study_uid=studies[1])
+        assert stack.stow(new).status_code == 200
+        out, err = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 0, err
+    assert json.loads(out)["studies"] == sorted(studies)
+    root = stack.root(stack.issue([studies[1]])["token"])
+    kept = requests.get(f"{root}/studies/{studies[1]}/instances", timeout=30)
+    assert kept.status_code == 200, kept.text
+    assert [item["00080018"]["Value"][0] for item in kept.json()] == [uids_of(new[0])[2]]
+    assert get(reads(root, new[0])["instance_retrieve"]).status_code == 200
+    objects = [key.rsplit("/", 1)[1] for key in stored_keys(stack, studies[1]) if key.endswith(".dcm")]
+    assert objects == [f"{uids_of(new[0])[2]}.dcm"]  # the expired ones gone, the new one kept
