@@ -81,6 +81,7 @@ class IngestResult:
     detail: str = ""
     report: dict[str, Any] = field(default_factory=dict)
     storage_key: str | None = None
+    routed: bool = False  # stored in another destination by policy: that region's gateway serves it, not this one
 
     @property
     def sop_uid(self) -> str | None:
@@ -410,6 +411,7 @@ class Ingestor:
                 destination.put_file(key, path)
                 self._audit(context, original, outcome)
                 result.detail = "stored in another destination by policy"
+                result.routed = True
                 return result
         # One upload of an instance at a time: without this, two concurrent uploads of a new SOP Instance UID
         # could each write the object and the loser's bytes would sit under the winner's catalog row.

@@ -106,6 +106,8 @@ class StowItem:
     detail: str
     warning_reason: int | None = None
     sent_sop_uid: str | None = None
+    # stored in another region's destination by policy: not served here, so no RetrieveURL of ours names it
+    routed: bool = False
 
 
 @dataclass(frozen=True)
@@ -170,7 +172,8 @@ def build_stow_response(
     for item in items:
         if item.status in _SUCCESS:
             referenced.append(_referenced_item(item, base))
-            stored_studies.add(item.ids.study if item.ids else "")
+            if not item.routed:
+                stored_studies.add(item.ids.study if item.ids else "")
             warnings = warnings or item.warning_reason is not None
         else:
             failed.append(_failed_item(item))
@@ -178,6 +181,8 @@ def build_stow_response(
     # the one study the stored instances are in; under a de-identifying policy that is the remapped UID, not the one
     # in the request URL, which then names nothing stored (its RetrieveURL was a 404)
     study = next(iter(stored_studies)) if len(stored_studies) == 1 else study_uid
+    if referenced and not stored_studies:
+        study = None  # every stored instance went to another region's destination: nothing of it is served here
     study_url = f"{base}/studies/{check_uid(study)}" if study else None
     body: dict[str, Any] = {"00081190": _element("UR", study_url)}
     if failed:
@@ -219,7 +224,7 @@ def _referenced_item(item: StowItem, base: str) -> dict[str, Any]:
     out: dict[str, Any] = {
         "00081150": _element("UI", sop_class),
         "00081155": _element("UI", sop),
-        "00081190": _element("UR", f"{base}/studies/{study}/series/{series}/instances/{sop}"),
+        "00081190": _element("UR", None if item.routed else f"{base}/studies/{study}/series/{series}/instances/{sop}"),
     }
     if item.warning_reason is not None:
         out["00081196"] = _element("US", item.warning_reason)

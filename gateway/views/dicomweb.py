@@ -232,6 +232,7 @@ def _to_item(result: IngestResult) -> StowItem:
         detail=result.detail,
         warning_reason=result.warning_reason,
         sent_sop_uid=result.sent_sop_uid,
+        routed=result.routed,
     )
 
 

@@ -240,6 +240,23 @@ def test_route_to_a_destination_that_allows_identifiable_data(
     assert not [k for k in stored_keys(phi_stack) if sop in k]  # not in the default (de-identified) bucket
 
 
+
+def test_a_routed_upload_names_no_retrieve_url_of_this_gateway(
+    phi_stack: RunningStack, phi_files: dict[str, list[Path]]
+) -> None:
+    """A file routed to another region's destination is served by that region's gateway, never this one: the STOW
+    answer's RetrieveURLs (top level and instance) named this gateway, where they answered 404."""
+    path = phi_files["ct2"][0]
+    study, series, sop = uids_of(path)
+    answer = stow(phi_stack, [path], tenant="clinical", region="eu-west-1")
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    (item,) = body["00081199"]["Value"]
+    assert item["00081155"]["Value"] == [sop]
+    assert "Value" not in item["00081190"] and "Value" not in body["00081190"], answer.text
+    root = phi_stack.root(phi_stack.issue([study])["token"])
+    assert requests.get(f"{root}/studies/{study}/series/{series}/instances/{sop}", timeout=30).status_code == 404
+
 def test_clean_file_is_accepted_unchanged(phi_stack: RunningStack, phi_files: dict[str, list[Path]]) -> None:
     path = phi_files["clean"][0]
     study, series, sop = uids_of(path)
