@@ -88,16 +88,24 @@ def _frame_attributes(metadata: Mapping[str, Any], frame: int) -> dict[str, Any]
     return found
 
 
+def _bulk_bytes(services: Services, cached: Any, uri: str) -> bytes | None:
+    """A value the stored metadata names by its (relative) BulkDataURI, read from storage by its range."""
+    found = cached.bulkdata.get(uri.removeprefix("bulkdata/"))
+    if found is None:
+        return None
+    offset, length = found
+    return services.storage.read_range(cached.storage_key, offset, length)
+
+
 def _pixel_dataset(services: Services, cached: Any, metadata: Mapping[str, Any], frame: int) -> Dataset:
     """Frame ``frame``'s rendering attributes as a Dataset; a LUT stored as bulkdata is read from storage by its
     range."""
 
     def bulk(tag: str, vr: str, uri: str) -> bytes:
-        found = cached.bulkdata.get(uri.removeprefix("bulkdata/"))
+        found = _bulk_bytes(services, cached, uri)
         if found is None:
             raise NotAcceptable("this instance's lookup tables cannot be read for rendering")
-        offset, length = found
-        return services.storage.read_range(cached.storage_key, offset, length)
+        return found
 
     subset = {tag: metadata[tag] for tag in _RENDER_TAGS if tag in metadata} | _frame_attributes(metadata, frame)
     try:
@@ -314,25 +322,16 @@ def _document(services: Services, row: Any) -> tuple[str, bytes] | None:
     if '"00420011"' not in row.metadata:  # no Encapsulated Document: the images' case, without a second parse
         return None
     metadata = json.loads(row.metadata)
-    element, mime = metadata.get("00420011"), _first_value(metadata.get("00420012"))
+    element, mime = metadata.get("00420011"), _value(metadata, "00420012")
     # PDF only: served from the gateway's own origin, an uploaded text/html or XML "document" would run its
     # scripts there (a CDA stays reachable as bulkdata, as application/octet-stream)
     if not isinstance(element, Mapping) or mime != "application/pdf":
         return None
     if isinstance(element.get("InlineBinary"), str):
         return mime, base64.b64decode(element["InlineBinary"])
-    cached = to_cached(row)
     uri = element.get("BulkDataURI")
-    found = cached.bulkdata.get(uri.removeprefix("bulkdata/")) if isinstance(uri, str) else None
-    if found is None:
-        return None
-    offset, length = found
-    return mime, services.storage.read_range(cached.storage_key, offset, length)
-
-
-def _first_value(element: Any) -> Any:
-    values = element.get("Value") if isinstance(element, Mapping) else None
-    return values[0] if isinstance(values, list) and values else None
+    document = _bulk_bytes(services, to_cached(row), uri) if isinstance(uri, str) else None
+    return None if document is None else (mime, document)
 
 
 def render_instance(
