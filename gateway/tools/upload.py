@@ -1,6 +1,6 @@
 """``dicom-gateway upload``: a STOW-RS client that streams files, resumes, retries and says what happened.
 
-Flow: collect files (folders recurse; files without the ``DICM`` preamble are skipped with a note) → read
+Flow: collect files (folders recurse; files without the ``DICM`` preamble and DICOMDIRs are skipped with a note) → read
 each header's UIDs (pydicom, ``stop_before_pixels`` + ``specific_tags``: the pixels are never read) → ask QIDO
 which instances the server already has and drop them (so a re-run after a failure sends only what is
 missing) → send the rest in ``multipart/related`` batches of about ``--batch-bytes``, ``--concurrency``
@@ -64,6 +64,9 @@ STOW_STATUSES = frozenset({200, 202, 409})
 QIDO_BATCH = 40  # UIDs per QIDO request: ~2.6 KB of query, well inside NGINX's 8 KB request line
 MAX_FILES_PER_BATCH = 500
 MAX_RETRY_AFTER = 30.0
+# PS3.10 8.6 / PS3.4 Annex F: a DICOMDIR, the index of a CD or USB export, is no instance to store. Every such export
+# has one; sent, it failed as an instance without a Study Instance UID, and the upload of a whole CD exited 1.
+MEDIA_DIRECTORY_SOP_CLASS = "1.2.840.10008.1.3.10"
 
 
 @dataclass
@@ -137,10 +140,14 @@ def read_entry(path: Path) -> FileEntry:
         ds = pydicom.dcmread(
             path,
             stop_before_pixels=True,
-            specific_tags=["SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"],
+            specific_tags=["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"],
         )
     except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError, struct.error) as exc:
         entry.outcome, entry.reason = "failed", f"unreadable DICOM header ({type(exc).__name__})"
+        return entry
+    meta_class = ds.file_meta.get("MediaStorageSOPClassUID", "") if ds.file_meta else ""
+    if MEDIA_DIRECTORY_SOP_CLASS in (str(meta_class).strip(), str(ds.get("SOPClassUID", "")).strip()):
+        entry.outcome, entry.reason = "skipped", "a DICOMDIR, the index of the media, not an instance"
         return entry
     meta_sop = ds.file_meta.get("MediaStorageSOPInstanceUID", "") if ds.file_meta else ""
     entry.sop_uid = str(ds.get("SOPInstanceUID", "") or meta_sop).strip() or None
@@ -372,6 +379,9 @@ def run_upload(
             report.files.append(FileEntry(path=path, size=0, outcome="skipped", reason="not a DICOM file"))
             continue
         entry = read_entry(path)
+        if entry.outcome == "skipped":
+            note = f"skipped ({entry.reason}): {path}"
+            err_console.print(note, style="dim", highlight=False, markup=False, soft_wrap=True)
         if entry.sop_uid and entry.outcome == "pending":
             if entry.sop_uid in seen:
                 entry.outcome, entry.reason = "skipped", f"same SOP Instance UID as {seen[entry.sop_uid]}"
