@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import os
 import shutil
 import signal
@@ -56,6 +57,14 @@ def check_listen(host: str, port: int) -> None:
 def netloc(host: str, port: int) -> str:
     """``host:port`` as URLs and NGINX's listen write it (an IPv6 address in brackets)."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def is_wildcard(host: str) -> bool:
+    """``0.0.0.0`` or ``::``: every address of this machine, which no client can open as a URL."""
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -148,7 +157,13 @@ class Stack:
     # -- paths ---------------------------------------------------------------------------------------------------
     @property
     def url(self) -> str:
-        return f"{'https' if self.tls else 'http'}://{netloc('localhost' if self.tls else self.host, self.port)}"
+        """Where this machine reaches the stack: a wildcard listen address is reached on its loopback."""
+        host = self.host
+        if self.tls:
+            host = "localhost"  # the name the self-signed certificate carries
+        elif is_wildcard(host):
+            host = "::1" if ":" in host else "127.0.0.1"
+        return f"{'https' if self.tls else 'http'}://{netloc(host, self.port)}"
 
     @property
     def viewer_root(self) -> Path:
@@ -177,8 +192,11 @@ class Stack:
 
     # -- configuration ---------------------------------------------------------------------------------------------
     def gateway_env(self) -> dict[str, str]:
+        # On a wildcard address other machines reach the stack too (a phone trying the viewer on the LAN), each by
+        # its own name for it: RetrieveURLs and viewer links then follow the Host the client used.
+        public = {} if is_wildcard(self.host) else {"DICOMGW_PUBLIC_URL": self.url}
         env = {
-            "DICOMGW_PUBLIC_URL": self.url,
+            **public,
             "DICOMGW_TLS": "1" if self.tls else "0",
             "DICOMGW_TMP_DIR": str(self.var_dir / "spool"),
             "PROMETHEUS_MULTIPROC_DIR": str(self.run_dir / "metrics"),
@@ -205,9 +223,12 @@ class Stack:
 
     def nginx_values(self) -> dict[str, str]:
         run = self.run_dir
+        # "::" means every address, IPv4 included, as it does for most servers (NGINX alone listens IPv6-only)
+        dual_stack = is_wildcard(self.host) and ":" in self.host
+        listen_options = (["ssl", "http2"] if self.tls else []) + (["ipv6only=off"] if dual_stack else [])
         values = {
             "DICOMGW_LISTEN": netloc(self.host, self.port),
-            "DICOMGW_LISTEN_OPTIONS": "ssl http2" if self.tls else "",
+            "DICOMGW_LISTEN_OPTIONS": " ".join(listen_options),
             "DICOMGW_TLS_CONF": "conf.d/snippets/dgw-tls-on.conf"
             if self.tls
             else "conf.d/snippets/dgw-tls-off.conf",

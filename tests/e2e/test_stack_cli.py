@@ -226,6 +226,34 @@ def test_stack_up_on_ipv6_loopback(tmp_path: Path) -> None:
     assert f"http://[::1]:{port}" in out
 
 
+@pytest.mark.parametrize("host", ["0.0.0.0", "::"])
+def test_stack_up_on_every_address_prints_links_that_open_and_answers_each_client_on_its_own_name(
+    tmp_path: Path, host: str
+) -> None:
+    """``--host 0.0.0.0`` printed ``http://0.0.0.0:port`` links, and RetrieveURLs pointed there too
+    (DICOMGW_PUBLIC_URL was that address), unusable from any other machine; ``--host ::`` listened on IPv6 only."""
+    if ":" in host and not socket.has_ipv6:
+        pytest.skip("this machine has no IPv6")
+    port = free_port()
+    [ct] = make_series(tmp_path / "ct", modality="CT", slices=1, seed=74, clean=True)
+    process = _start(tmp_path / "var", port, "--host", host)
+    try:
+        printed = _printed(process)
+        loopback = f"http://{'[::1]' if ':' in host else '127.0.0.1'}:{port}"
+        assert printed["gateway"] == f"{loopback}  (ready: {loopback}/readyz)"
+        _wait_ready(loopback, process)
+        api_key = (tmp_path / "var" / "api.key").read_text().strip()
+        # IPv4 reaches "::" too; each client's RetrieveURL is on the name it used for the gateway
+        for client_url in dict.fromkeys([f"http://127.0.0.1:{port}", loopback]):
+            stored = _stow(client_url, api_key, [ct])
+            assert stored.status_code == 200, stored.text
+            retrieve = stored.json()["00081190"]["Value"][0]
+            assert retrieve == f"{client_url}/dicomweb/studies/{uids_of(ct)[0]}"
+            assert requests.get(retrieve, headers={"Authorization": f"Bearer {api_key}"}, timeout=30).ok
+    finally:
+        _stop(process)
+
+
 def test_tls_http2_and_secure_cookie(tmp_path: Path) -> None:
     urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
     stack = Stack(tmp_path / "var", port=free_port(), tls=True)
