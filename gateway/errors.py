@@ -128,6 +128,13 @@ class SeriesInOtherStudy(Conflict):
     code = "series_in_other_study"
 
 
+class PatientMismatch(Conflict):
+    """An instance whose Patient ID (and issuer) differs from the one its study already holds: the catalog keeps
+    one patient per study, so storing it would hide it from that patient's erasure."""
+
+    code = "patient_mismatch"
+
+
 class ReservationLost(Conflict):
     """An upload's reservation of its SOP Instance UID was taken over (its lease ran out) before the commit."""
 

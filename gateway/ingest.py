@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from gateway.catalog import Catalog
 from gateway.catalog.admin import Reservation
-from gateway.catalog.catalog import Registration
+from gateway.catalog.catalog import OTHER_PATIENT, Registration
 from gateway.catalog.groupcommit import GroupCommit
 from gateway.catalog.records import InstanceRecord
 from gateway.config import Settings
@@ -35,6 +35,7 @@ from gateway.errors import (
     CatalogUnavailable,
     Conflict,
     DicomError,
+    PatientMismatch,
     ReservationLost,
     SeriesInOtherStudy,
     StorageUnavailable,
@@ -61,6 +62,7 @@ CANNOT_UNDERSTAND = 0xC000
 STUDY_MISMATCH = 0xC409  # Referenced Study Instance UID does not match the target resource
 DUPLICATE_DIFFERENT = 0x0111  # Duplicate SOP Instance (with different content)
 QUARANTINED = 0xC4F0  # implementation-specific (gateway.dicomweb.stow_response): held by the data policy
+PATIENT_MISMATCH = 0xA778  # the study holds another patient's instances (the code dcm4chee-arc uses)
 COERCED = 0xB000  # Warning: Coercion of Data Elements (PS3.4 Table B.2-1): a hook rewrote the file (de-identified)
 
 # How long an upload waits for another upload of the same instance to end before it answers 0xA700 (see
@@ -469,6 +471,13 @@ class Ingestor:
             return result, False
         if existing is not None and not self.settings.stow_overwrite:
             return self._different_bytes(result), False
+        if existing is not None and self.catalog.patient_differs(
+            InstanceRecord.from_indexed(indexed, storage_key=key, size=0, sha256=digest, etag="")
+        ):
+            # checked before the put, which would replace the stored bytes the catalog then keeps describing
+            result.status, result.failure_reason = "failed", PATIENT_MISMATCH
+            result.detail = OTHER_PATIENT
+            return result, False
         with self.registrations.expect():  # a registration batch may wait for this store
             stored = self.storage.put_file(key, path)
         record = InstanceRecord.from_indexed(
@@ -494,6 +503,13 @@ class Ingestor:
             result.status = "failed"
             result.failure_reason = PROCESSING_FAILURE
             result.detail = "the Series Instance UID already belongs to another study"
+            return result, False
+        except PatientMismatch as refused:
+            if existing is None:  # a new key, ours under the reservation (a replaced one holds the new bytes)
+                self.storage.delete(key)
+            result.status = "failed"
+            result.failure_reason = PATIENT_MISMATCH
+            result.detail = refused.detail
             return result, False
         except Conflict:
             return self._different_bytes(result), False

@@ -32,12 +32,21 @@ from gateway.catalog.records import SERIES_FIELDS, STUDY_FIELDS, InstanceRecord,
 from gateway.catalog.schema import audit, instances, reservations, series, studies
 from gateway.catalog.search import build_count, build_select, shape_row, wide_prefixes
 from gateway.dicomweb.qido import QidoQuery
-from gateway.errors import Conflict, GatewayError, ReservationLost, SeriesInOtherStudy
+from gateway.errors import Conflict, GatewayError, PatientMismatch, ReservationLost, SeriesInOtherStudy
 from gateway.scope import Scope
 from gateway.uids import check_uid
 
 # Still importable from here, as before the split.
 __all__ = ["MIGRATIONS", "PURGE_INTERVAL", "Catalog", "Registration", "engine_url"]
+
+
+OTHER_PATIENT = "the study holds another patient's instances (Patient ID or Issuer of Patient ID differs)"
+
+
+def _patient(patient_id: Any, attrs: dict[str, Any]) -> tuple[str, str]:
+    """(Patient ID, Issuer of Patient ID) of a study's or an instance's values, stripped ("" when absent)."""
+    issuer = (attrs.get(_ISSUER) or {}).get("Value") or [""]
+    return str(patient_id or "").strip(), str(issuer[0] or "").strip()
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,14 @@ _STORED_ROWS = {
         ("series", series, series.c.series_uid, SERIES_FIELDS),
     )
 }
+_STUDY_PATIENTS = sa.select(studies.c.study_uid, studies.c.patient_id, studies.c.attrs).where(
+    studies.c.study_uid.in_(sa.bindparam("uids", expanding=True))
+)
+# PostgreSQL: one writer at a time per study, taken before its row is read. A row lock cannot do it for a study
+# not stored yet: two uploads into a new study each read "none", and the second upsert overwrote the first's
+# Patient ID (and every value the merge keeps). SQLite's BEGIN IMMEDIATE already serialises all writers.
+_LOCK_STUDY = sa.text("SELECT pg_advisory_xact_lock(hashtextextended('study:' || :uid, 0))")
+_ISSUER = "00100021"
 _OWNERS = sa.select(series.c.series_uid, series.c.study_uid).where(
     series.c.series_uid.in_(sa.bindparam("series_uids", expanding=True))
 )
@@ -133,10 +150,11 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
         """``register_instance`` for several uploads in ONE transaction, so one flush to disk makes them all
         durable and each series' counts are recomputed once. Each registration stands alone: its outcome, in
         input order, is True (stored), False (same bytes already stored), or the error that refused it
-        (``ReservationLost``, ``Conflict``, ``SeriesInOtherStudy``), which changed nothing. New instances go in
-        with a few statements for the whole batch (``_register_new``); the rest (already stored, replaced, named
-        twice, refused) one by one under a savepoint each. Rows are locked in study order, so two batches into
-        the same studies cannot deadlock on PostgreSQL."""
+        (``ReservationLost``, ``Conflict``, ``SeriesInOtherStudy``, ``PatientMismatch``), which changed nothing.
+        New instances go in with a few statements for the whole batch (``_register_new``); the rest (already
+        stored, replaced, named twice, refused) one by one under a savepoint each. Rows are locked in study order
+        (on PostgreSQL each study is locked first, ``_LOCK_STUDY``), so two batches into the same studies cannot
+        deadlock on PostgreSQL."""
         for entry in batch:
             ids = entry.record.instance.ids
             check_uid(ids.study, "StudyInstanceUID")
@@ -145,6 +163,9 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
         order = sorted(range(len(batch)), key=lambda i: (batch[i].record.instance.ids.study, i))
         outcomes: dict[int, bool | GatewayError] = {}
         with self._write() as conn:
+            if self.dialect == "postgresql":
+                for study_uid in sorted({entry.record.instance.ids.study for entry in batch}):
+                    conn.execute(_LOCK_STUDY, {"uid": study_uid})
             savepoint = conn.begin_nested()
             try:
                 outcomes.update(self._register_new(conn, batch, order))
@@ -194,6 +215,9 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
             ids = batch[i].record.instance.ids
             owners.setdefault(ids.series, ids.study)
         plain = [i for i in candidates if owners[(ids := batch[i].record.instance.ids).series] == ids.study]
+        for i in self._other_patients(conn, [(i, batch[i].record) for i in plain]):
+            outcomes[i] = PatientMismatch(OTHER_PATIENT)
+        plain = [i for i in plain if i not in outcomes]
         if not plain:
             return outcomes
         now = int(time.time())
@@ -250,7 +274,7 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
                     self._queue_derivatives(conn, [entry.record.instance.ids.sop])
                 savepoint.commit()
                 return created
-            except (ReservationLost, Conflict, SeriesInOtherStudy) as refused:
+            except Conflict as refused:  # ReservationLost, SeriesInOtherStudy, PatientMismatch too
                 savepoint.rollback()
                 return refused
             except sa.exc.IntegrityError:
@@ -302,6 +326,31 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
             merged[uid] = {**values, "attrs": fastjson.dumps(dict(sorted(attrs.items()))).decode()}
         return merged
 
+    def patient_differs(self, rec: InstanceRecord) -> bool:
+        """Whether ``rec``'s patient is not the one its study holds (a check before any write; registration
+        checks again under the study's lock)."""
+        with self._read() as conn:
+            return bool(self._other_patients(conn, [(0, rec)]))
+
+    @staticmethod
+    def _other_patients(conn: Connection, entries: list[tuple[int, InstanceRecord]]) -> set[int]:
+        """The entries (by their index) whose patient is not the one their study holds, or the one an earlier entry
+        into the same study names. An empty Patient ID or issuer differs from none (a study's values merge)."""
+        known: dict[str, tuple[str, str]] = {
+            row.study_uid: _patient(row.patient_id, fastjson.loads(row.attrs) if row.attrs else {})
+            for row in conn.execute(_STUDY_PATIENTS, {"uids": sorted({r.instance.ids.study for _, r in entries})})
+        }
+        refused = set()
+        for index, rec in entries:
+            study = rec.instance.ids.study
+            theirs = _patient(rec.values.get("patient_id"), fastjson.loads(rec.instance.attrs_json("study")))
+            held = known.get(study, ("", ""))
+            if held[0] and theirs[0] and (held[0] != theirs[0] or (held[1] and theirs[1] and held[1] != theirs[1])):
+                refused.add(index)
+            else:  # what the study's merged row will hold (``_merged``)
+                known[study] = (held[0] or theirs[0], held[1] or theirs[1])
+        return refused
+
     @staticmethod
     def _instance_values(rec: InstanceRecord, now: int) -> dict[str, Any]:
         inst = rec.instance
@@ -339,6 +388,8 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
             if not rec.replace:
                 raise Conflict("SOP Instance UID already stored with different content")
             self._delete(conn, inst.ids.sop)
+        if self._other_patients(conn, [(0, rec)]):
+            raise PatientMismatch(OTHER_PATIENT)
         study_values = {**self._merged(conn, "study", {inst.ids.study: [rec]})[inst.ids.study], "updated_at": now}
         stmt = self._insert(studies).values(study_uid=inst.ids.study, **study_values)
         conn.execute(stmt.on_conflict_do_update(index_elements=["study_uid"], set_=study_values))

@@ -45,6 +45,8 @@ DUPLICATE_SOP_INSTANCE = 0x0111  # PS3.7 C.4: same SOP Instance UID already stor
 SOP_CLASS_NOT_SUPPORTED = 0x0122
 STUDY_UID_MISMATCH = 0xC409  # the instance's study is not the one in the URL (the code dcm4chee-arc uses)
 QUARANTINED_BY_POLICY = 0xC4F0  # implementation-specific: the PHI / data-sovereignty policy quarantined it
+# the study already holds another patient's instances: dcm4chee-arc's "conflicting Patient ID not accepted"
+PATIENT_MISMATCH = 0xA778
 
 # Warning Reason (0008,1196) values: PS3.18 Table I.2-3 (C-STORE warnings, PS3.4 Table B.2-1).
 COERCION_OF_DATA_ELEMENTS = 0xB000
@@ -61,6 +63,7 @@ REASON_NAMES: dict[int, str] = {
     SOP_CLASS_NOT_SUPPORTED: "SOP class not supported",
     STUDY_UID_MISMATCH: "study instance UID does not match the request",
     QUARANTINED_BY_POLICY: "quarantined by the data policy",
+    PATIENT_MISMATCH: "the study holds another patient's instances",
     COERCION_OF_DATA_ELEMENTS: "data elements coerced",
     ELEMENTS_DISCARDED: "elements discarded",
     DATA_SET_DOES_NOT_MATCH_SOP_CLASS_WARNING: "data set does not match SOP class (stored)",

@@ -16,15 +16,17 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
+from gateway.catalog.catalog import OTHER_PATIENT
 from gateway.tools.synth import make_series
 from tests.e2e.conftest import uids_of
-from tests.e2e.harness import RunningStack
+from tests.e2e.harness import RunningStack, start_stack
 from tests.e2e.test_faults import parent_of
 from tests.e2e.test_read_path import parse_multipart
 
@@ -290,6 +292,98 @@ def test_patient_erasure_finds_a_patient_id_given_with_its_padding(
         timeout=60,
     )
     assert_gone(other_issuer)
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def catalog_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunningStack]:
+    """A stack of its own on each catalog (a local folder for storage), replacing an instance allowed."""
+    env = {"DICOMGW_STOW_OVERWRITE": "1"}
+    if request.param == "postgres":
+        env["DICOMGW_DATABASE_URL"] = request.getfixturevalue("postgres_url")
+    running = start_stack(tmp_path / "var", "file", None, **env)
+    try:
+        yield running
+    finally:
+        running.stack.stop()
+
+
+def one_slice(base: Path, seed: int, patient: str, study: str | None = None) -> list[Path]:
+    return make_series(base, slices=1, rows=64, columns=64, seed=seed, clean=True, patient=patient, study_uid=study)
+
+
+def erase(stack: RunningStack, patient: str) -> requests.Response:
+    return requests.post(
+        f"{stack.url}/api/v1/admin/erasure", json={"patient_id": patient}, headers=stack.api_headers, timeout=120
+    )
+
+
+def test_an_instance_of_another_patient_is_refused_so_erasure_misses_nothing(
+    catalog_stack: RunningStack, tmp_path: Path
+) -> None:
+    """The catalog keeps one Patient ID per study, the one erasure finds a patient by. An instance of patient B sent
+    into patient A's study was stored, and erasing B found nothing while B's instance stayed served. It is refused
+    now (0xA778, what dcm4chee-arc answers), alone: the rest of the request is stored; two uploads racing into a new
+    study for two patients store one and refuse the other."""
+    stack = catalog_stack
+    mine = make_study(tmp_path / "a", 7801, series=1, patient="PAT-A")
+    study = uids_of(mine[0])[0]
+    assert stack.stow(mine).status_code == 200
+    intruder = one_slice(tmp_path / "b", 7802, "PAT-B", study)
+    more = one_slice(tmp_path / "a2", 7803, "PAT-A", study)
+    answer = stack.stow([*intruder, *more])
+    assert answer.status_code == 202, answer.text
+    body = answer.json()
+    (failed,) = body["00081198"]["Value"]
+    assert failed["00081155"] == {"vr": "UI", "Value": [uids_of(intruder[0])[2]]}
+    assert failed["00081197"] == {"vr": "US", "Value": [0xA778]}
+    assert failed["00091001"] == {"vr": "LT", "Value": [OTHER_PATIENT]}
+    assert [item["00081155"]["Value"] for item in body["00081199"]["Value"]] == [[uids_of(more[0])[2]]]
+    assert not any(uids_of(intruder[0])[2] in key for key in stored_keys(stack, study))
+    # nor may another patient's file replace one of A's instances (its bytes stay the ones the catalog describes)
+    import pydicom
+
+    ds = pydicom.dcmread(mine[0])
+    ds.PatientID = "PAT-B"
+    ds.save_as(tmp_path / "replacement.dcm")
+    replaced = stack.stow([tmp_path / "replacement.dcm"])
+    assert replaced.status_code == 409, replaced.text
+    assert replaced.json()["00081198"]["Value"][0]["00081197"] == {"vr": "US", "Value": [0xA778]}
+    token = stack.issue([study])["token"]
+    _, series_uid, sop = uids_of(mine[0])
+    kept = requests.get(
+        f"{stack.root(token)}/studies/{study}/series/{series_uid}/instances/{sop}",
+        headers={"Accept": "application/dicom"},
+        timeout=30,
+    )
+    assert kept.status_code == 200 and kept.content == mine[0].read_bytes()
+    assert_gone(erase(stack, "PAT-B"))  # nothing of B is stored, so nothing of B stays served
+    erased = erase(stack, "PAT-A")
+    assert erased.status_code == 200 and erased.json()["instances"] == 4
+    assert stored_keys(stack, study) == []
+
+    # two uploads at once into a study neither has stored yet
+    first = one_slice(tmp_path / "c", 7804, "PAT-C")
+    new_study = uids_of(first[0])[0]
+    second = one_slice(tmp_path / "d", 7805, "PAT-D", new_study)
+    answers: dict[str, requests.Response] = {}
+    start = threading.Barrier(2)
+
+    def upload(name: str, files: list[Path]) -> None:
+        start.wait()
+        answers[name] = stack.stow(files)
+
+    threads = [threading.Thread(target=upload, args=item) for item in (("PAT-C", first), ("PAT-D", second))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(a.status_code for a in answers.values()) == [200, 409], {k: a.text for k, a in answers.items()}
+    (winner,) = [name for name, a in answers.items() if a.status_code == 200]
+    (loser,) = [name for name, a in answers.items() if a.status_code == 409]
+    assert answers[loser].json()["00081198"]["Value"][0]["00081197"] == {"vr": "US", "Value": [0xA778]}
+    assert_gone(erase(stack, loser))
+    assert erase(stack, winner).json()["studies"] == [new_study]
+    assert stored_keys(stack, new_study) == []
+
 
 def workers_of(stack: RunningStack) -> list[int]:
     master = stack.stack.processes["gunicorn"].pid

@@ -14,12 +14,12 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from gateway.catalog import Catalog, InstanceRecord, search_values
-from gateway.catalog.catalog import PURGE_INTERVAL, engine_url
+from gateway.catalog.catalog import PURGE_INTERVAL, Registration, engine_url
 from gateway.catalog.schema import metadata as schema_metadata
 from gateway.catalog.schema import revocations
 from gateway.dicom.model import BulkRange
 from gateway.dicomweb.qido import parse_qido
-from gateway.errors import CatalogUnavailable, Conflict, InvalidUID
+from gateway.errors import CatalogUnavailable, Conflict, InvalidUID, PatientMismatch
 from tests.fixtures.catalog_data import SR_DOC, make_instance, record
 
 ST = "1.2.3.1"
@@ -305,6 +305,72 @@ def test_series_in_two_studies_is_a_conflict(catalog: Catalog) -> None:
         catalog.register_instance(record(make_instance("1.2.3.9", SE1, "1.2.3.9.1")))
     assert counts(catalog, "1.2.3.9") is None
     assert catalog.get_instance("1.2.3.9.1") is None
+
+
+def test_an_instance_of_another_patient_is_refused_in_a_study(catalog: Catalog) -> None:
+    """The catalog keeps one Patient ID (and issuer) per study, which erasure finds the patient by: an instance of
+    patient B stored into patient A's study would stay served after B's erasure. It is refused, alone: the rest of
+    its batch is stored. An empty Patient ID or issuer differs from none (a study's values merge)."""
+    catalog.register_instance(record(make_instance(ST, SE1, f"{SE1}.1", patient_id="PA", issuer="HOSP")))
+    batch = [
+        make_instance(ST, SE1, f"{SE1}.2", patient_id="PB", issuer="HOSP"),  # another patient
+        make_instance(ST, SE1, f"{SE1}.3", patient_id="PA", issuer="CLINIC"),  # same ID, another issuer
+        make_instance(ST, SE1, f"{SE1}.4", patient_id="PA"),  # no issuer: A's
+        make_instance(ST, SE2, f"{SE2}.1", patient_id="", series_number=2),  # no Patient ID: merges into A's
+        make_instance("1.2.3.7", "1.2.3.7.1", "1.2.3.7.1.1", patient_id="PB"),  # B's own study
+        make_instance("1.2.3.7", "1.2.3.7.1", "1.2.3.7.1.2", patient_id="PC"),  # into it, in the same batch
+    ]
+    outcomes = catalog.register_instances([Registration(record(inst)) for inst in batch])
+    assert [type(o).__name__ if isinstance(o, Exception) else o for o in outcomes] == [
+        "PatientMismatch", "PatientMismatch", True, True, True, "PatientMismatch"
+    ]
+    assert isinstance(outcomes[0], PatientMismatch) and outcomes[0].status == 409
+    assert [r.sop_uid for r in catalog.instances_of(ST)] == [f"{SE1}.1", f"{SE1}.4", f"{SE2}.1"]
+    assert counts(catalog, ST) == (2, 3, ["CT"])
+    assert catalog.studies_of_patient("PA", "HOSP") == [ST] and catalog.studies_of_patient("PB") == ["1.2.3.7"]
+    assert catalog.get_instance(f"{SE1}.2") is None and catalog.get_instance("1.2.3.7.1.2") is None
+    with pytest.raises(PatientMismatch):  # one at a time, too
+        catalog.register_instance(record(make_instance(ST, SE1, f"{SE1}.5", patient_id="PB")))
+    # a replaced instance is checked once the old one is out: the only instance of its study may change patient
+    catalog.register_instance(record(make_instance("1.2.3.8", "1.2.3.8.1", "1.2.3.8.1.1", patient_id="PA")))
+    replaced = record(make_instance("1.2.3.8", "1.2.3.8.1", "1.2.3.8.1.1", patient_id="PB"), b"v2", replace=True)
+    assert catalog.register_instance(replaced) is True
+    assert catalog.studies_of_patient("PB") == ["1.2.3.7", "1.2.3.8"]
+
+
+def test_two_patients_uploading_into_one_new_study_at_once(catalog_url: str) -> None:
+    """Two writers (two nodes) each storing the first instance of a new study, for two patients: one is stored and
+    the other refused, every time. On PostgreSQL a row lock cannot serialise them (neither sees a row to lock):
+    both read "no study", and the second upsert replaced the first one's Patient ID, so erasing that patient
+    missed their instance."""
+    nodes = [Catalog(catalog_url), Catalog(catalog_url)]
+    nodes[0].migrate()
+    try:
+        for n in range(12):
+            study = f"1.2.3.50.{n}"
+            start = threading.Barrier(2)
+            outcomes: list[Any] = [None, None]
+
+            def upload(
+                node: int, study: str = study, start: threading.Barrier = start, outcomes: list[Any] = outcomes
+            ) -> None:
+                inst = make_instance(study, f"{study}.{node}", f"{study}.{node}.1", patient_id=f"P{node}")
+                start.wait()
+                outcomes[node] = nodes[node].register_instances([Registration(record(inst))])[0]
+
+            threads = [threading.Thread(target=upload, args=(node,)) for node in (0, 1)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert sorted(type(o).__name__ for o in outcomes) == ["PatientMismatch", "bool"], (n, outcomes)
+            (winner,) = [node for node in (0, 1) if outcomes[node] is True]
+            assert study in nodes[0].studies_of_patient(f"P{winner}")
+            assert study not in nodes[0].studies_of_patient(f"P{1 - winner}")
+            assert counts(nodes[0], study) == (1, 1, ["CT"])
+    finally:
+        for node in nodes:
+            node.close()
 
 
 def test_invalid_uid_rejected(catalog: Catalog) -> None:
