@@ -334,8 +334,8 @@ class Ingestor:
                 # stored as a hook rewrote it, not as sent: PS3.18 I.2 has the client told (202, Warning Reason)
                 result.warning_reason = COERCED
                 result.detail = result.detail or "de-identified on upload: data elements coerced"
-                if result.ids is not None and result.ids.sop != header.ids.sop:
-                    result.sent_sop_uid = header.ids.sop  # lets the uploader tell which of its files this is
+            if result.ids is not None and result.ids.sop != header.ids.sop:
+                result.sent_sop_uid = header.ids.sop  # lets the uploader tell which of its files this is
             return result
         finally:
             if final_path != path:

@@ -13,9 +13,9 @@ the response items and Error Comment (0000,0902) is a command element that a dat
 - (0009,1001) LT reason text (a fixed phrase from ingest; never a value taken from the file, so never PHI)
 - (0009,1002) CS outcome: ``STORED``, ``DUPLICATE``, ``FAILED`` or ``QUARANTINED`` (lets a client tell
   "already stored" apart from "stored now"; both are successes in the standard sense)
-- (0009,1003) UI the SOP Instance UID the instance was sent with, when a de-identifying policy stored it under
-  another (the uploader's own value, answered to the uploader only: it lets ``dicom-gateway upload`` match the
-  item to its file)
+- (0009,1003) UI the SOP Instance UID the instance was sent with, when a de-identifying policy stored it (or would
+  have) under another (the uploader's own value, answered to the uploader only: it lets ``dicom-gateway upload``
+  match the item, stored or failed, to its file)
 
 Clients that do not know the block ignore it; the standard FailureReason (0008,1197) is always present.
 """

@@ -303,7 +303,7 @@ def apply_stow_response(batch: list[FileEntry], payload: Any) -> None:
             reason = text or (reason_name(code) if isinstance(code, int) else "no reason given")
             if isinstance(code, int):
                 reason = f"{reason} (0x{code:04X})"
-            uid = _first(item, "00081155")
+            uid = _private(item, TAG_SENT_SOP_UID) or _first(item, "00081155")
             if uid:
                 results[uid] = ("failed", reason)
             else:

@@ -569,3 +569,21 @@ def test_a_deidentified_upload_to_a_study_url_names_the_stored_study(
     p10 = 'multipart/related; type="application/dicom"; transfer-syntax=*'
     retrieved = requests.get(study_url, headers={**phi_stack.api_headers, "Accept": p10}, timeout=60)
     assert retrieved.status_code == 200
+
+
+def test_a_deidentified_file_that_fails_names_the_uid_it_was_sent_with(phi_stack: RunningStack, tmp_path: Path) -> None:
+    """De-identified, a file has a new SOP Instance UID; when it then fails (here: other bytes under that UID) the
+    failed item names the UID it was sent with in (0009,1003), as a stored one does, so ``dicom-gateway upload``
+    reports that file's reason instead of "not acknowledged"."""
+    [path] = make_series(tmp_path / "first", modality="CT", slices=1, rows=16, columns=16, seed=211)
+    sent = uids_of(path)[2]
+    assert stow(phi_stack, [path], tenant="research").status_code == 202
+    ds = pydicom.dcmread(path)
+    ds.InstanceNumber = 7  # other bytes, the same instance
+    ds.save_as(path)
+    answer = stow(phi_stack, [path], tenant="research")
+    assert answer.status_code == 409, answer.text
+    [item] = failures(answer)
+    assert item["00081197"] == {"vr": "US", "Value": [0x0111]}
+    assert item["00081155"]["Value"][0] != sent
+    assert item["00091003"] == {"vr": "UI", "Value": [sent]}

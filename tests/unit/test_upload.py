@@ -295,3 +295,19 @@ def test_failures_without_uid_are_attributed_to_unacknowledged_files(tmp_path: P
         "failed",
         "not acknowledged in the server's response; server reported: cannot parse the data set (0xC000)",
     )
+
+
+def test_a_failed_deidentified_file_is_matched_by_the_uid_it_was_sent_with(tmp_path: Path) -> None:
+    """A de-identifying policy gives an instance a new SOP Instance UID; when it then fails (another patient's study,
+    different bytes already stored) the item names the new UID and, in (0009,1003), the one the file was sent with.
+    The file was reported "not acknowledged" and its reason lost."""
+    from gateway.tools.upload import FileEntry, apply_stow_response
+
+    sent = FileEntry(path=tmp_path / "a", size=1, sop_uid="1.1")
+    text = "the study holds another patient's instances"
+    payload = build_stow_response(
+        [StowItem("failed", CTImageStorage, InstanceId(ST, SE, "2.25.9"), 0xA778, text, sent_sop_uid="1.1")],
+        "/dicomweb",
+    ).body
+    apply_stow_response([sent], payload)
+    assert (sent.outcome, sent.reason) == ("failed", f"{text} (0xA778)")
