@@ -264,10 +264,17 @@ class AdminRecords(CatalogBase):
         return values
 
     def audit_records(
-        self, *, sop_uid: str | None = None, study_uid: str | None = None, limit: int = 100
+        self,
+        *,
+        sop_uid: str | None = None,
+        study_uid: str | None = None,
+        before_id: int | None = None,
+        limit: int = 100,
     ) -> list[dict[str, Any]]:
-        """Newest first."""
+        """Newest first; ``before_id`` continues a page (the last ``id`` of the previous one)."""
         stmt = sa.select(audit).order_by(audit.c.id.desc()).limit(limit)
+        if before_id is not None:
+            stmt = stmt.where(audit.c.id < before_id)
         if sop_uid is not None:
             stmt = stmt.where(audit.c.sop_uid == sop_uid)
         if study_uid is not None:

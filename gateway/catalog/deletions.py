@@ -205,9 +205,14 @@ class DeletionRecords(CatalogBase):
                 )
         return live
 
-    def deletion_records(self, *, study_uid: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """Newest first; without the storage keys (an audit reader needs what and why, not where)."""
+    def deletion_records(
+        self, *, study_uid: str | None = None, before_id: int | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """Newest first, ``before_id`` continuing a page (the last ``id`` of the previous one); without the storage
+        keys (an audit reader needs what and why, not where)."""
         stmt = sa.select(deletions).order_by(deletions.c.id.desc()).limit(limit)
+        if before_id is not None:
+            stmt = stmt.where(deletions.c.id < before_id)
         if study_uid is not None:
             stmt = stmt.where(deletions.c.study_uid == study_uid)
         with self._read() as conn:

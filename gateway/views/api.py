@@ -16,6 +16,7 @@ from gateway.errors import BadRequest, InvalidPath, NotFound, TokenMissing, Toke
 from gateway.lifecycle import check_reason, summary
 from gateway.numbers import parse_int
 from gateway.tokens import Claims
+from gateway.uids import check_uid
 from gateway.views.common import deleter, json_body, no_content, public_base, require_api_key, services
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -234,22 +235,37 @@ def delete_quarantine(key: str) -> Response:
     return no_content()
 
 
+AUDIT_PARAMS = {"kind", "sop_uid", "study_uid", "limit", "cursor"}
+MAX_AUDIT_PAGE = 1000
+
+
 @bp.get("/admin/audit")
 def audit() -> Response:
-    """``kind=hook`` (default): the PHI hook decisions; ``kind=deletion``: who deleted what, when and why."""
+    """``kind=hook`` (default): the PHI hook decisions; ``kind=deletion``: who deleted what, when and why. Newest
+    first, a page at a time: ``cursor`` is the ``next_cursor`` of the previous page (None after the last)."""
     require_api_key()
-    limit = min(parse_int(request.args.get("limit") or "100", "limit"), 1000)
-    kind = request.args.get("kind", "hook")
-    catalog = services().catalog
-    if kind == "deletion":
-        return jsonify(items=catalog.deletion_records(study_uid=request.args.get("study_uid"), limit=limit))
-    if kind != "hook":
+    args = request.args
+    unknown = sorted(set(args) - AUDIT_PARAMS)
+    if unknown:
+        raise BadRequest(f"unknown parameters: {', '.join(unknown)}")
+    kind = args.get("kind", "hook")
+    if kind not in ("hook", "deletion"):
         raise BadRequest("kind must be hook or deletion")
-    return jsonify(
-        items=catalog.audit_records(
-            sop_uid=request.args.get("sop_uid"), study_uid=request.args.get("study_uid"), limit=limit
-        )
-    )
+    if kind == "deletion" and "sop_uid" in args:
+        raise BadRequest("sop_uid filters kind=hook only")
+    limit = min(parse_int(args.get("limit") or "100", "limit", low=1), MAX_AUDIT_PAGE)
+    filters: dict[str, Any] = {
+        name: check_uid(args[name], name) for name in ("sop_uid", "study_uid") if name in args
+    }
+    if "cursor" in args:
+        filters["before_id"] = parse_int(args["cursor"], "cursor", low=1, high=2**62)
+    catalog = services().catalog
+    records = catalog.deletion_records if kind == "deletion" else catalog.audit_records
+    items = records(**filters, limit=limit)
+    next_cursor = str(items[-1]["id"]) if len(items) == limit else None
+    response = jsonify(items=items, next_cursor=next_cursor)
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 ERASURE_FIELDS = {"patient_id", "issuer", "reason"}

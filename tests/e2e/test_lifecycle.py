@@ -385,6 +385,74 @@ def test_an_instance_of_another_patient_is_refused_so_erasure_misses_nothing(
     assert stored_keys(stack, new_study) == []
 
 
+def audit_page(stack: RunningStack, **params: str) -> requests.Response:
+    return requests.get(f"{stack.url}/api/v1/admin/audit", params=params, headers=stack.api_headers, timeout=30)
+
+
+def every_page(stack: RunningStack, **params: str) -> list[list[dict[str, Any]]]:
+    """The pages a client gets following ``next_cursor`` until it is null."""
+    pages: list[list[dict[str, Any]]] = []
+    cursor: dict[str, str] = {}
+    while True:
+        answer = audit_page(stack, **params, **cursor)
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["Cache-Control"] == "no-store"
+        pages.append(answer.json()["items"])
+        if answer.json()["next_cursor"] is None:
+            return pages
+        assert len(pages) < 50
+        cursor = {"cursor": answer.json()["next_cursor"]}
+
+
+def test_the_audit_pages_to_its_end_and_refuses_a_malformed_filter(
+    stack: RunningStack, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The audit answered the newest 1,000 records and no way past them, and took any study_uid. A client now follows
+    ``next_cursor`` to the oldest record; a malformed UID, cursor or parameter is a JSON 400."""
+    from gateway.catalog import Catalog
+
+    base = tmp_path_factory.mktemp("audit-pages")
+    patient = f"PAGES-{stack.backend}"
+    studies = [make_study(base, 7900 + 10 * n, series=1, patient=patient) for n in range(3)]
+    assert stack.stow([f for files in studies for f in files]).status_code == 200
+    assert erase(stack, patient).status_code == 200  # one deletion record per study
+    # five hook decisions, written the way ingest writes them
+    study = uids_of(studies[0][0])[0]
+    catalog = Catalog(stack.stack.database_url)
+    try:
+        for n in range(5):
+            catalog.add_audit(source="stow", sub="e2e", sop_uid=f"{study}.{n}", study_uid=study, decision="accept")
+    finally:
+        catalog.close()
+
+    hook = every_page(stack, study_uid=study, limit="2")
+    assert [len(page) for page in hook] == [2, 2, 1]
+    assert [r["sop_uid"] for page in hook for r in page] == [f"{study}.{n}" for n in (4, 3, 2, 1, 0)]
+    everything = audit_page(stack, kind="deletion", limit="1000").json()["items"]
+    deletions = every_page(stack, kind="deletion", limit="2")
+    assert [r["id"] for page in deletions for r in page] == [r["id"] for r in everything]
+    assert {uids_of(files[0])[0] for files in studies} <= {r["study_uid"] for r in everything}
+    single = audit_page(stack, kind="deletion", study_uid=study).json()
+    assert [r["study_uid"] for r in single["items"]] == [study] and single["next_cursor"] is None
+
+    refusals = {
+        "study_uid": ({"study_uid": "1.2.abc"}, "invalid_uid", "study_uid is not a valid DICOM UID"),
+        "sop_uid": ({"sop_uid": "x" * 70}, "invalid_uid", "sop_uid is not a valid DICOM UID"),
+        "cursor": ({"cursor": "next"}, "bad_request", "cursor: expected an integer from 1 to 4611686018427387904"),
+        "zero cursor": ({"cursor": "0"}, "bad_request", "cursor: expected an integer from 1 to 4611686018427387904"),
+        "unknown": ({"studyUID": study}, "bad_request", "unknown parameters: studyUID"),
+        "kind": ({"kind": "access"}, "bad_request", "kind must be hook or deletion"),
+        "sop of a deletion": (
+            {"kind": "deletion", "sop_uid": study}, "bad_request", "sop_uid filters kind=hook only"
+        ),
+    }
+    for name, (params, code, detail) in refusals.items():
+        answer = audit_page(stack, **params)
+        assert answer.status_code == 400, name
+        assert answer.headers["Content-Type"] == "application/json", name
+        assert answer.json() == {"error": code, "detail": detail}, name
+
+
 def workers_of(stack: RunningStack) -> list[int]:
     master = stack.stack.processes["gunicorn"].pid
     return [int(pid) for pid in os.listdir("/proc") if pid.isdigit() and parent_of(int(pid)) == master]
