@@ -13,7 +13,8 @@
   date part of every DT back by a per-patient number of days (1..max_shift_days) derived from HMAC(key,
   PatientID, falling back to PatientName, then StudyInstanceUID), so intervals within a patient are kept;
   times are kept.
-- C (clean) on text: the value is kept unless it repeats the patient's name or an ID, then it is emptied.
+- C (clean) on text: the value is kept unless it repeats the patient's name, an ID or the birth date, or gives a
+  birth date after its keyword ("DOB 19950331"), then it is emptied.
 - Overlays (60xx) and curves (50xx) are removed as whole groups; private elements are removed unless
   ``[private].safe`` lists them; private creators go when their block is empty.
 - An Encapsulated Document cannot be cleaned (a PDF may say anything): such a file is refused.
@@ -60,6 +61,7 @@ from gateway.phi.textrules import (
     Identifiers,
     age_years,
     deferred,
+    gives_birth_date,
     text_values,
     value_length,
     vr_of,
@@ -230,9 +232,11 @@ class _Deidentifier:
             return
         if keyword_for_tag(tag) in IDENTIFIER_KEYWORDS:
             return
-        if self._length(dataset, tag) > MAX_TEXT or self.identifiers.repeated_in(
-            text_values(dataset[tag].value)
-        ):
+        if self._length(dataset, tag) > MAX_TEXT:
+            self._empty(dataset, tag, vr)
+            return
+        texts = text_values(dataset[tag].value)
+        if self.identifiers.repeated_in(texts) or gives_birth_date(texts):  # what the scanner flags in text
             self._empty(dataset, tag, vr)
 
     def _cap_age(self, dataset: Dataset, tag: int) -> None:

@@ -17,10 +17,11 @@ policy's ``[deidentify]`` options (an enabled option's K/C replaces the basic-pr
   cannot be told from a real one. Any other C: a finding only under the free-text rule.
 - Private elements: a finding unless ``[private].safe`` whitelists (creator, element); private creators are
   not.
-- Beyond the table: SR TEXT items (``sr-text``), free text repeating the patient's name or IDs
-  (``free-text-identifier``), PatientAge above 89 years (``age-over-89``), Burned In Annotation YES or missing
-  on modalities that burn text in (``burned-in-annotation``), private information in the file meta
-  (``meta-private-information``), text too large to check (``oversized-text``).
+- Beyond the table: SR TEXT items (``sr-text``), free text repeating the patient's name, IDs or birth date
+  (``free-text-identifier``), free text giving a birth date after its keyword (``free-text-birth-date``),
+  PatientAge above 89 years (``age-over-89``), Burned In Annotation YES or missing on modalities that burn text
+  in (``burned-in-annotation``), private information in the file meta (``meta-private-information``), text too
+  large to check (``oversized-text``).
 
 A file that claims PatientIdentityRemoved=YES is scanned like any other. Findings carry the tag path, keyword
 and rule id, never the value; the order is the file's tag order, so a file always gives the same report.
@@ -62,6 +63,7 @@ from gateway.phi.textrules import (
     deferred,
     element_length,
     element_vr,
+    gives_birth_date,
     is_empty_text,
     text_values,
 )
@@ -262,6 +264,8 @@ class _Scanner:
         for place, path, tag, texts in self._pending_text:
             if identifiers.repeated_in(texts):
                 self.findings[place] = _finding(path, tag, "free-text-identifier")
+            elif gives_birth_date(texts):
+                self.findings[place] = _finding(path, tag, "free-text-birth-date")
         return [finding for finding in self.findings if finding is not None]
 
     def walk(self, dataset: Dataset, prefix: str = "", meta: bool = False) -> None:

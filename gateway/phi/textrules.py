@@ -1,7 +1,9 @@
 """Rules beyond Table E.1-1 that the scanner and the de-identifier share.
 
-- Free text (LO, LT, ST, UT, SH, UC) that repeats a part of the patient's name or one of the patient's IDs
-  found anywhere in the same file (any sequence depth, Original Attributes Sequence included).
+- Free text (LO, LT, ST, UT, SH, UC) that repeats a part of the patient's name, one of the patient's IDs or the
+  patient's birth date (as DICOM writes it or as people do: ``date_forms``) found anywhere in the same file (any
+  sequence depth, Original Attributes Sequence included).
+- Free text that gives a birth date, whoever's: a keyword (DOB, date of birth, born...) followed by a date.
 - Ages above 89 years (HIPAA Safe Harbor groups them as "90 or older").
 - Modalities whose pixel data often carries burned-in text.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
+from datetime import date
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
@@ -20,10 +23,11 @@ from pydicom.sequence import Sequence
 FREE_TEXT_VRS = frozenset({"LO", "LT", "ST", "UT", "SH", "UC"})
 NAME_KEYWORDS = frozenset({"PatientName", "OtherPatientNames", "PatientBirthName", "PatientMotherBirthName"})
 ID_KEYWORDS = frozenset({"PatientID", "OtherPatientIDs", "AccessionNumber"})
-IDENTIFIER_KEYWORDS = NAME_KEYWORDS | ID_KEYWORDS
+IDENTIFIER_KEYWORDS = NAME_KEYWORDS | ID_KEYWORDS | {"PatientBirthDate"}
 _IDENTIFIER_TAGS = tuple((keyword, int(tag_for_keyword(keyword) or 0)) for keyword in IDENTIFIER_KEYWORDS)
 IDENTIFIER_TAGS = frozenset(number for _, number in _IDENTIFIER_TAGS)
 _NAME_TAGS = frozenset(number for keyword, number in _IDENTIFIER_TAGS if keyword in NAME_KEYWORDS)
+_BIRTH_DATE_TAG = int(tag_for_keyword("PatientBirthDate") or 0)
 # Modalities whose images are often screen captures or carry operator annotations in the pixels: for these a
 # missing Burned In Annotation is treated like YES.
 BURNED_IN_MODALITIES = frozenset({"US", "IVUS", "SC", "XC", "ES", "GM", "OT", "XA", "RF", "OP", "DOC"})
@@ -41,6 +45,14 @@ MIN_ID = 3
 MAX_AGE_YEARS = 89
 
 _SPLIT_NAME = re.compile(r"[\^=\s,]+")
+_DA = re.compile(r"\d{8}")
+# A birth date given in words: DOB / D.O.B. / date of birth / birth date / born (on) / geb. (German), then a date
+# as DICOM or people write it. Only with its keyword: a bare date in text is usually the study's.
+_GIVEN_BIRTH_DATE = re.compile(
+    r"(?<![0-9A-Za-z])(?:d\.?o\.?b|date\s+of\s+birth|birth\s*date|born(?:\s+on)?|geb(?:oren|\.)?)\.?\s*[:=#-]?\s*"
+    r"(?:\d{8}|\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4})(?![0-9])",
+    re.IGNORECASE,
+)
 _AGE = re.compile(r"^(\d{3})([DWMY])$")
 _AGE_DIVISOR = {"D": 365.25, "W": 52.18, "M": 12.0, "Y": 1.0}
 
@@ -105,6 +117,30 @@ def is_empty_text(values: Iterable[str]) -> bool:
     return all(not value.strip(" \0") for value in values)
 
 
+def date_forms(value: str) -> list[str]:
+    """A DA value as text writes it: 19950331, 1995-03-31 (and / .), 31.03.1995, 31/03/1995, 31-03-1995, US order
+    03/31/1995, and without leading zeros (31.3.1995, 3/31/1995). Nothing for a value that is no valid date."""
+    text = value.strip(" \0")
+    if _DA.fullmatch(text) is None:
+        return []
+    year, month, day = text[:4], text[4:6], text[6:]
+    try:
+        date(int(year), int(month), int(day))
+    except ValueError:
+        return []
+    forms = {text}
+    for sep in "-/.":
+        forms.add(f"{year}{sep}{month}{sep}{day}")
+        for m, d in ((month, day), (month.lstrip("0"), day.lstrip("0"))):
+            forms.update((f"{d}{sep}{m}{sep}{year}", f"{m}{sep}{d}{sep}{year}"))
+    return sorted(forms)
+
+
+def gives_birth_date(values: Iterable[str]) -> bool:
+    """Whether text gives a birth date with its keyword ("dob 19950331", "Date of birth: 31.03.1995")."""
+    return any(_GIVEN_BIRTH_DATE.search(value) for value in values)
+
+
 def _name_parts(value: str) -> Iterator[str]:
     # PN: up to three groups (alphabetic=ideographic=phonetic), each family^given^middle^prefix^suffix.
     # Prefixes and suffixes ("DR", "JR") are too common in ordinary text to count as identifying.
@@ -152,10 +188,14 @@ def identifier_values(dataset: Dataset) -> tuple[list[str], list[str]]:
 
 
 def add_identifier(tag: int, values: Iterable[str], names: list[str], ids: list[str]) -> None:
-    """What the values of an ``IDENTIFIER_TAGS`` element add to the patient's name parts or IDs."""
+    """What the values of an ``IDENTIFIER_TAGS`` element add to the patient's name parts or IDs (a birth date counts
+    as an ID, in each of the forms text writes it)."""
     if tag in _NAME_TAGS:
         for value in values:
             names.extend(_name_parts(value))
+    elif tag == _BIRTH_DATE_TAG:
+        for value in values:
+            ids.extend(date_forms(value))
     else:
         ids.extend(value.strip(" \0") for value in values)
 

@@ -3,6 +3,7 @@ S3-event path, and identifiable data never lands where the policy forbids it."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -587,3 +588,35 @@ def test_a_deidentified_file_that_fails_names_the_uid_it_was_sent_with(phi_stack
     assert item["00081197"] == {"vr": "US", "Value": [0x0111]}
     assert item["00081155"]["Value"][0] != sent
     assert item["00091003"] == {"vr": "UI", "Value": [sent]}
+
+
+def test_a_birth_date_in_free_text_is_phi(phi_stack: RunningStack, tmp_path: Path) -> None:
+    """A birth date written in text passed the hook as clean: "DOB 19950331" in an element the profile keeps was
+    routed as a clean file and stored, and a de-identified file kept the patient's own birth date written
+    31.03.1995 there. The first is refused by the policy's default rule now (PHI found, no rule allows it); the
+    second is stored with that text emptied."""
+    [given] = make_series(tmp_path / "given", modality="CT", slices=1, rows=16, columns=16, seed=221, clean=True)
+    ds = pydicom.dcmread(given)
+    ds.ManufacturerModelName = "DOB 19950331"
+    ds.save_as(given)
+    sop = uids_of(given)[2]
+    answer = stow(phi_stack, [given], tenant="anyone")
+    assert answer.status_code == 409, answer.text
+    assert failures(answer)[0]["00081197"] == {"vr": "US", "Value": [0x0110]}
+    assert not visible(phi_stack, sop)
+    [record] = audit(phi_stack, sop)
+    assert (record["decision"], record["tags"]) == ("reject", ["(0008,1090)"])
+
+    [own] = make_series(tmp_path / "own", modality="CT", slices=1, rows=16, columns=16, seed=222)
+    ds = pydicom.dcmread(own)
+    ds.PatientBirthDate = "19950331"
+    ds.ManufacturerModelName = "pt 31.03.1995"
+    ds.save_as(own)
+    answer = stow(phi_stack, [own], tenant="research")
+    assert answer.status_code == 202, answer.text
+    [item] = answer.json()["00081199"]["Value"]
+    url = item["00081190"]["Value"][0]
+    stored = requests.get(url, headers={**phi_stack.api_headers, "Accept": "application/dicom"}, timeout=30)
+    assert stored.status_code == 200
+    kept = pydicom.dcmread(io.BytesIO(stored.content))
+    assert (kept.ManufacturerModelName, kept.PatientBirthDate) == ("", "")

@@ -97,6 +97,24 @@ def test_options_output_rescans_clean_with_the_policy(tmp_path: Path) -> None:
     assert out.PatientBirthDate == ""  # no option retains it
 
 
+def test_descriptions_giving_the_birth_date_are_emptied(tmp_path: Path) -> None:
+    """The clean-descriptors option keeps a description unless it says who the patient is: the birth date (the
+    patient's own in any written form, or any after its keyword) now counts, as the scanner counts it, so the
+    output re-scans clean instead of being refused."""
+    policy = options_policy()
+    ds = clean_dataset()
+    ds.PatientBirthDate = "19950331"
+    ds.StudyDescription = "CT CHEST"
+    ds.SeriesDescription = "pt born 31.03.1995"
+    ds.ProtocolName = "DOB 19800101 (mother)"
+    src = write(ds, tmp_path / "src.dcm")
+    result = deidentify_file(src, tmp_path / "out.dcm", KEY, policy)
+    report = scan_file(result.path, policy)
+    assert report.clean, report.findings
+    out = pydicom.dcmread(result.path)
+    assert (out.StudyDescription, out.SeriesDescription, out.ProtocolName) == ("CT CHEST", "", "")
+
+
 def test_dates_shift_by_the_same_keyed_offset_per_patient(tmp_path: Path) -> None:
     policy = options_policy()
     first = write(phi_dataset(sop=ORG_ROOT + ".3.1"), tmp_path / "a.dcm")

@@ -298,6 +298,41 @@ def test_descriptions_under_clean_descriptors_option(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    "text", ["f/u 19950331", "seen 1995-03-31", "pt 31.03.1995", "31/3/1995 follow-up", "ref 03/31/1995"]
+)
+def test_free_text_repeating_the_birth_date(tmp_path: Path, text: str) -> None:
+    """The patient's own birth date in free text, as DICOM writes it or as people do, is an identifier like the
+    name or the ID: it passed as clean. A date that is not the birth date does not count."""
+    ds = clean_dataset()
+    ds.PatientBirthDate = "19950331"
+    ds.SeriesDescription = text
+    assert scan(ds, tmp_path, policy(cleanDescOpt=True)) == [
+        ("(0008,103E)", "SeriesDescription", "free-text-identifier"),
+        ("(0010,0030)", "PatientBirthDate", "e1-1:Z"),
+    ]
+    ds.SeriesDescription = "CT 19950330, 1995-03-311, 131.03.1995"
+    assert scan(ds, tmp_path, policy(cleanDescOpt=True)) == [("(0010,0030)", "PatientBirthDate", "e1-1:Z")]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["dob 19950331", "DOB: 31.03.1995", "D.O.B. 1995/03/31", "date of birth 3/31/1995", "born on 1995-03-31",
+     "geb. 31.3.1995"],
+)
+def test_free_text_giving_a_birth_date(tmp_path: Path, text: str) -> None:
+    """A birth date after its keyword is one whoever's it is (the file's own may be emptied already); a date or
+    a word alone is not."""
+    ds = clean_dataset()
+    ds.SeriesDescription = text
+    assert scan(ds, tmp_path, policy(cleanDescOpt=True)) == [
+        ("(0008,103E)", "SeriesDescription", "free-text-birth-date")
+    ]
+    for harmless in ("CT 19950331", "dob", "reborn 1995-03-31", "born 1995"):
+        ds.SeriesDescription = harmless
+        assert scan(ds, tmp_path, policy(cleanDescOpt=True)) == [], harmless
+
+
 def test_patient_age_over_89(tmp_path: Path) -> None:
     ds = clean_dataset()
     ds.PatientAge = "045Y"
