@@ -327,10 +327,14 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
         return merged
 
     def patient_differs(self, rec: InstanceRecord) -> bool:
-        """Whether ``rec``'s patient is not the one its study holds (a check before any write; registration
-        checks again under the study's lock)."""
+        """Whether ``rec``'s patient is not the one its study holds, leaving out the stored instance it would
+        replace (as registration does); a check before any write, made again under the study's lock."""
+        ids = rec.instance.ids
+        others = sa.select(instances.c.sop_uid).where(
+            instances.c.study_uid == ids.study, instances.c.sop_uid != ids.sop
+        )
         with self._read() as conn:
-            return bool(self._other_patients(conn, [(0, rec)]))
+            return conn.execute(others.limit(1)).first() is not None and bool(self._other_patients(conn, [(0, rec)]))
 
     @staticmethod
     def _other_patients(conn: Connection, entries: list[tuple[int, InstanceRecord]]) -> set[int]:

@@ -334,6 +334,8 @@ def test_an_instance_of_another_patient_is_refused_in_a_study(catalog: Catalog) 
     # a replaced instance is checked once the old one is out: the only instance of its study may change patient
     catalog.register_instance(record(make_instance("1.2.3.8", "1.2.3.8.1", "1.2.3.8.1.1", patient_id="PA")))
     replaced = record(make_instance("1.2.3.8", "1.2.3.8.1", "1.2.3.8.1.1", patient_id="PB"), b"v2", replace=True)
+    assert catalog.patient_differs(replaced) is False  # what ingest asks before it overwrites the object
+    assert catalog.patient_differs(record(make_instance(ST, SE1, f"{SE1}.1", patient_id="PB"))) is True
     assert catalog.register_instance(replaced) is True
     assert catalog.studies_of_patient("PB") == ["1.2.3.7", "1.2.3.8"]
 
