@@ -2,8 +2,8 @@
 
 SQLite (default; WAL, foreign keys, busy timeout, ``synchronous=FULL`` so a committed row survives a power
 cut) or PostgreSQL (``postgresql://`` uses the psycopg 3 driver). Writes that read-then-write take the write
-lock up front: ``BEGIN IMMEDIATE`` on SQLite, a row lock on the study (``INSERT .. ON CONFLICT DO UPDATE``) on
-PostgreSQL, so concurrent uploads into one study cannot lose a count.
+lock up front: ``BEGIN IMMEDIATE`` on SQLite, an advisory lock per study then its row lock on PostgreSQL, so
+concurrent uploads into one study cannot lose a count or a value, nor store two patients in it.
 
 ``Catalog`` is the one class callers use. The connection plumbing lives in ``engine.py`` and the
 reservation, revocation, audit and quarantine records in ``admin.py``; this module holds the instances and
