@@ -214,9 +214,9 @@ class FrameNotFound(NotFound):
 
 
 class FramesNotServable(NotAcceptable):
-    """The instance is stored in a form whose frames cannot be served as byte ranges (big-endian, deflated,
-    Bits Allocated 1, video, or an encapsulation whose frame boundaries could not be found): only the whole
-    instance can be retrieved."""
+    """The instance is stored in a form whose frames cannot be served (Bits Allocated 1, video, or an encapsulation
+    whose frame boundaries could not be found): only the whole instance can be retrieved. Big-endian and deflated
+    frames are converted (``gateway.dicom.converted``)."""
 
     code = "frames_not_servable"
 

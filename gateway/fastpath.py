@@ -7,6 +7,8 @@
   (``gateway.dicomweb.wado``) of the original path that follows the prefix.
 - ``/_block2/...`` (NGINX's internal location, reached only by njs's subrequest): the plans of a block of frames
   (``Planner.block``), which NGINX caches and picks single frames from without a Python hop.
+- ``/_conv/...`` (NGINX's internal location, reached only by a plan's X-Accel-Redirect): frames and bulkdata of
+  big-endian and deflated instances, answered with their converted bytes (``Planner.plan(convert=True)``).
 The ``/t/{token}`` path prefix is removed before Flask sees a path, so Flask routes are written once.
 """
 
@@ -26,6 +28,7 @@ from gateway.metrics import AUTH_DECISIONS, READ_PLANS
 log = logging.getLogger("gateway.fastpath")
 _PLAN_PREFIX = nginx.PLAN + "/"
 _BLOCK_PREFIX = nginx.BLOCK + "/"
+_CONVERTED_PREFIX = nginx.CONVERTED + "/"
 _RANGE_KEY = nginx.environ_key(nginx.RANGE)
 
 StartResponse = Callable[..., Any]
@@ -64,6 +67,8 @@ class FastPath:
             return self.plan(environ, start_response)
         if path.startswith(_BLOCK_PREFIX):
             return self.plan(environ, start_response, block=True)
+        if path.startswith(_CONVERTED_PREFIX):
+            return self.plan(environ, start_response, convert=True)
         if path.startswith("/t/"):
             token, rest = split_token(path)
             environ["dicomgw.path_token"] = token
@@ -103,10 +108,13 @@ class FastPath:
         )
         return [b""]
 
-    def plan(self, environ: dict[str, Any], start_response: StartResponse, block: bool = False) -> Iterable[bytes]:
-        """A read plan (``/_plan/...``) or a block plan (``/_block2/...``, always token-less: NGINX builds it)."""
+    def plan(
+        self, environ: dict[str, Any], start_response: StartResponse, block: bool = False, convert: bool = False
+    ) -> Iterable[bytes]:
+        """A read plan (``/_plan/...``), a block plan (``/_block2/...``, always token-less: NGINX builds it) or
+        converted bytes (``/_conv/...``, token-less: the plan's redirect)."""
         uri = environ.get("RAW_URI") or environ.get("REQUEST_URI") or environ.get("PATH_INFO", "")
-        prefix = nginx.BLOCK if block else nginx.PLAN
+        prefix = nginx.BLOCK if block else nginx.CONVERTED if convert else nginx.PLAN
         uri = uri[len(prefix) :] if uri.startswith(prefix + "/") else uri
         accept = environ.get("HTTP_ACCEPT", "")
         try:
@@ -114,7 +122,7 @@ class FastPath:
                 response = self.planner.block(uri, accept)
             else:
                 response = self.planner.plan(
-                    environ.get("REQUEST_METHOD", "GET"), uri, accept, environ.get(_RANGE_KEY, "")
+                    environ.get("REQUEST_METHOD", "GET"), uri, accept, environ.get(_RANGE_KEY, ""), convert=convert
                 )
         except GatewayError as error:
             READ_PLANS.labels(str(error.status)).inc()

@@ -17,6 +17,9 @@ FILE_SEGMENT_MAX = 1 << 20
 WHOLE_SEGMENT = "/_seg/all"  # SSI include of a whole stored object (proxied from storage)
 FILE = "/_file"  # SSI include of a whole object of local-folder storage (read from disk by NGINX)
 OBJECT = "/_obj"  # X-Accel-Redirect target: a whole stored object, Range answered by storage
+# X-Accel-Redirect target of frames and bulkdata of big-endian and deflated instances: /_conv{token-less path}, proxied
+# to Python's fast path, which answers with the converted (little-endian) bytes; no SSI, no cache.
+CONVERTED = "/_conv"
 ERROR_PAGE = "/_dgw/error"  # NGINX's own JSON error page (no Python involved; named so the test finds it)
 PLAN = "/_plan"  # read plans: the byte-serving location rewrites to /_plan{original path}, proxied to Python
 # One frame (GET, no Range, no query but the token): the byte-serving location rewrites to /_frame{original path};
@@ -46,7 +49,7 @@ BLOCK_CACHE = "X-Dgw-Block"  # (from njs) whether the block plan a frame's plan 
 
 TO_PYTHON = (RANGE,)
 FROM_PYTHON = (SUB, JTI, STUDY, VIA, ERROR, ACCEPT_RANGES, GENERATION, BLOCK_CACHE)
-LOCATIONS = (AUTH, PLAN, FRAME, BLOCK, SEGMENT, WHOLE_SEGMENT, FILE, OBJECT, ERROR_PAGE)
+LOCATIONS = (AUTH, PLAN, FRAME, BLOCK, SEGMENT, WHOLE_SEGMENT, FILE, OBJECT, CONVERTED, ERROR_PAGE)
 
 
 def environ_key(header: str) -> str:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gateway import nginx_contract as nginx
 from gateway.auth import Authorizer, cookie_name
 from gateway.catalog import Catalog
 from gateway.config import Settings
+from gateway.dicom.converted import ConvertedReader
 from gateway.dicomweb.wado import Planner
+from gateway.errors import NotFound
 from gateway.hooks import Hook
 from gateway.ingest import Ingestor
 from gateway.spool import sweep_spool
@@ -35,6 +38,14 @@ def build_policy_hooks(
         storages[name] = default if url == settings.storage_url else open_storage(url, create=create)
     hook = PhiHook(policy, settings.deid_key, destination_storages=storages, tmp_dir=settings.tmp_dir or None)
     return [hook], storages
+
+
+def _metadata_of(catalog: Catalog, sop: str) -> dict[str, Any]:
+    """An instance's DICOM JSON (a converted frame needs its Image Pixel module); NotFound if it went meanwhile."""
+    row = catalog.get_instance(sop)
+    if row is None:
+        raise NotFound("no such instance")
+    return row.metadata_json()
 
 
 @dataclass
@@ -80,6 +91,8 @@ class Services:
             generation=authorizer.generation,
             plan_seconds=settings.plan_cache_seconds,
             derivatives_for_any=settings.derivatives_for_any,
+            converted=ConvertedReader(storage, settings.bulkdata_threshold),
+            load_metadata=lambda sop: _metadata_of(catalog, sop),
         )
         destinations: dict[str, Storage] = {}
         # the pool's processes build their hooks from the settings: only for the hooks the settings make

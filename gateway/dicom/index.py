@@ -4,8 +4,8 @@ Everything the read path needs is computed here once (`docs/design.md` §3). Off
 the stored P10 object, i.e. in the file as given (the gateway stores the bytes it indexed, unchanged).
 
 Big-endian and deflated files are parsed (metadata, QIDO attributes) but their frames and bulkdata are not
-byte ranges of the object as a client wants them: ``frame_index`` is None and ``bulkdata`` is empty; only the
-whole instance is served (see docs/index.md).
+byte ranges of the object as a client wants them: ``frame_index`` is None and ``bulkdata`` is empty; their
+metadata still names BulkDataURIs, answered by converting the values (``gateway.dicom.converted``, docs/index.md).
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def read_instance(
         ts = read_file_meta(fp, size)
         ranges_valid = ts not in (DEFLATED_LE, EXPLICIT_VR_BE)
         if ts == DEFLATED_LE:
-            data = _inflate(fp, inflate_limit)
+            data = inflate(fp, inflate_limit)
             walker = Walker(
                 io.BytesIO(data), len(data), little=True, implicit=False, bulk_threshold=bulkdata_threshold
             )
@@ -138,9 +138,7 @@ def read_instance(
             uids = _identity(ds)
             number_of_frames = _number_of_frames(ds, elements)
             frame_index = _frame_index(fp, ts, ds, elements, number_of_frames) if ranges_valid else None
-            metadata = meta_json.build_metadata(
-                ds, elements, bulkdata_uris=ranges_valid, little_endian=ts != EXPLICIT_VR_BE
-            )
+            metadata = meta_json.build_metadata(ds, elements, little_endian=ts != EXPLICIT_VR_BE)
             instance_number = int32_or_none(_get(ds, "InstanceNumber"))  # a catalog INTEGER column
 
     bulkdata = (
@@ -304,7 +302,7 @@ def _tag_name(tag: int) -> str:
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
-def _inflate(fp: BinaryIO, limit: int) -> bytes:
+def inflate(fp: BinaryIO, limit: int) -> bytes:
     """Deflated data set (PS3.5 A.5): raw deflate, no zlib header. Inflated in memory, capped so a deflate
     bomb cannot exhaust it; such files are small in practice (structured reports, not images)."""
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)

@@ -38,19 +38,14 @@ _SAFE_PREFIX = re.compile(r"^[A-Za-z0-9._~/:%@!$&'()*+,;=-]*$")
 _memo: ValueMemo[dict[str, Any]] = ValueMemo()
 
 
-def build_metadata(
-    ds: Dataset, elements: list[Element], *, bulkdata_uris: bool = True, little_endian: bool = True
-) -> dict[str, Any]:
+def build_metadata(ds: Dataset, elements: list[Element], *, little_endian: bool = True) -> dict[str, Any]:
     """DICOM JSON of the walked ``elements``; ``ds`` is pydicom's reading of the same file (the same elements at
     every level, checked by ``index.read_instance``) and decodes the non-bulk values. A value pydicom cannot
     decode is left out (logged by tag) rather than failing the ingest. Call inside
-    ``walker.quiet_validation()`` so pydicom logs no values.
-
-    ``bulkdata_uris=False`` (big-endian and deflated files, whose bulk values are no byte range of the object
-    a client could be sent): a bulk element is ``{"vr": ...}`` with no value, which PS3.18 F.2.5 allows; its
-    value is in the whole instance only. A URI that could never be served is not advertised."""
+    ``walker.quiet_validation()`` so pydicom logs no values. Big-endian and deflated files name BulkDataURIs too:
+    the read path answers them with the converted value (``gateway.dicom.converted``)."""
     context = (little_endian, _charset(elements, b""), validation_mode())
-    return _dataset_json(ds, elements, "", bulkdata_uris, context)
+    return _dataset_json(ds, elements, "", context)
 
 
 def _charset(elements: list[Element], inherited: bytes | str) -> bytes | str:
@@ -63,7 +58,7 @@ def _charset(elements: list[Element], inherited: bytes | str) -> bytes | str:
 
 
 def _dataset_json(
-    ds: Dataset, elements: list[Element], prefix: str, uris: bool, context: tuple[bool, bytes | str, Any]
+    ds: Dataset, elements: list[Element], prefix: str, context: tuple[bool, bytes | str, Any]
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     # pydicom finds its own tag objects by identity; a plain int key costs a new tag object and Python-level
@@ -76,13 +71,13 @@ def _dataset_json(
             item_datasets = ds[tag].value
             items = [
                 _dataset_json(
-                    item_ds, item, f"{prefix}{key}/{i}/", uris, (context[0], _charset(item, context[1]), context[2])
+                    item_ds, item, f"{prefix}{key}/{i}/", (context[0], _charset(item, context[1]), context[2])
                 )
                 for i, (item_ds, item) in enumerate(zip(item_datasets, el.items, strict=True))
             ]
             out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
         elif el.bulk:
-            out[key] = {"vr": el.vr, "BulkDataURI": f"bulkdata/{prefix}{key}"} if uris else {"vr": el.vr}
+            out[key] = {"vr": el.vr, "BulkDataURI": f"bulkdata/{prefix}{key}"}
         else:
             memo_key = (
                 (el.tag, el.vr, el.implicit, el.value, context)

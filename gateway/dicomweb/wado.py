@@ -14,17 +14,25 @@ import json
 import re
 import secrets
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
 from gateway import nginx_contract as nginx
+from gateway.dicom.converted import ConvertedReader, is_converted
 from gateway.dicom.frames import FrameIndex
 from gateway.dicom.index import DEFLATED_LE, EXPLICIT_VR_BE, EXPLICIT_VR_LE, NATIVE_SYNTAXES, is_video
 from gateway.dicomweb.accept import Offer, negotiate
 from gateway.dicomweb.paths import Target, parse_target, split_token
-from gateway.errors import BadRequest, FramesNotServable, NotAcceptable, NotFound, RangeNotSatisfiable
+from gateway.errors import (
+    BadRequest,
+    FrameNotFound,
+    FramesNotServable,
+    NotAcceptable,
+    NotFound,
+    RangeNotSatisfiable,
+)
 from gateway.numbers import parse_int
 from gateway.uids import InstanceId, check_uid, is_uid
 
@@ -77,6 +85,7 @@ class CachedInstance:
     frames: FrameIndex | None
     bulkdata: dict[str, tuple[int, int]] = field(default_factory=dict)
     derivative: Derivative | None = None
+    number_of_frames: int = 0
 
 
 def bulk_syntax(stored: str) -> str:
@@ -84,9 +93,10 @@ def bulk_syntax(stored: str) -> str:
     8.7.3.3.1 (Table 8.7.3-4): uncompressed bulkdata is little-endian bytes named Explicit VR Little Endian; an
     implicit VR file holds exactly those bytes (VR encoding only changes element headers), so they are served as
     such, never under the file's own syntax, which made ``transfer-syntax=1.2.840.10008.1.2.1`` a 406 and which
-    PS3.18 8.7.3 says "shall not be used with Web Services". Retrieve (P10) still names the file's syntax (we never
+    PS3.18 8.7.3 says "shall not be used with Web Services". Big-endian and deflated files' values are converted
+    to those bytes (``gateway.dicom.converted``). Retrieve (P10) still names the file's syntax (we never
     transcode)."""
-    return NATIVE_TS if stored == IMPLICIT_TS else stored
+    return NATIVE_TS if stored == IMPLICIT_TS or is_converted(stored) else stored
 
 
 PIXEL_DATA_PATH = "7FE00010"  # the bulkdata path of the top-level Pixel Data
@@ -146,6 +156,7 @@ def to_cached(row: Any) -> CachedInstance:
         frames=FrameIndex.unpack(row.frame_index) if row.frame_index else None,
         bulkdata=_decode_bulkdata(row.bulkdata),
         derivative=_derivative(row),
+        number_of_frames=int(getattr(row, "number_of_frames", 0) or 0),
     )
 
 
@@ -227,13 +238,19 @@ class Planner:
         generation: Callable[[str], int] | None = None,
         plan_seconds: int = STABLE_PLAN_SECONDS,
         derivatives_for_any: bool = False,
+        converted: ConvertedReader | None = None,
+        load_metadata: Callable[[str], Mapping[str, Any]] | None = None,
     ) -> None:
         """``whole_object_prefix`` is where SSI fetches a whole object: ``/_seg/all`` proxies to storage,
         ``/_file`` (local-folder storage) lets NGINX read the file itself. ``range_prefix`` is where it fetches a byte
         range: ``/_seg`` proxies to storage; ``/_fseg`` (local-folder storage) has njs read it from disk, for ranges
         up to ``nginx.FILE_SEGMENT_MAX`` (larger ones still go through ``/_seg``). ``generation(study)`` changes when
         something of the study is deleted (``Authorizer.generation``): what is cached under an older one is
-        reloaded. ``derivatives_for_any``: a frame's derivative also answers ``transfer-syntax=*``."""
+        reloaded. ``derivatives_for_any``: a frame's derivative also answers ``transfer-syntax=*``. ``converted``
+        reads frames and bulk values of big-endian and deflated instances, whose metadata (Image Pixel module)
+        ``load_metadata(sop)`` gives; without them those answer 406 as before."""
+        self._converted = converted
+        self._load_metadata = load_metadata
         self._derivatives_for_any = derivatives_for_any
         self._load_instance = load_instance
         self._list_instances = list_instances
@@ -271,7 +288,10 @@ class Planner:
         self._cache.pop(sop, None)
 
     # -- entry point ---------------------------------------------------------------------------------------------
-    def plan(self, method: str, raw_uri: str, accept: str, range_header: str) -> PlanResponse:
+    def plan(self, method: str, raw_uri: str, accept: str, range_header: str, convert: bool = False) -> PlanResponse:
+        """The read plan of ``raw_uri``. Frames and bulkdata of big-endian and deflated instances are no stored
+        byte ranges: their plan hands the request to ``nginx.CONVERTED`` (X-Accel-Redirect), whence NGINX asks
+        again with ``convert``, and then the answer holds the converted bytes themselves (no SSI there)."""
         _, rest = split_token(raw_uri)
         path, _, query = rest.partition("?")
         target = parse_target(path, query)
@@ -284,10 +304,12 @@ class Planner:
         if target.instance is None:
             raise NotFound("not a retrieve path")
         instance = self.instance(target.study, target.series or "", target.instance)
+        # the redirect names the token-less path (a frame list's %2C as a comma: NGINX decodes the redirect's URI)
+        redirect = None if convert else nginx.CONVERTED + re.sub("%2[cC]", ",", rest)
         if target.rest.startswith("frames/"):
-            return self._frames(instance, target.rest[len("frames/") :], accept, range_header)
+            return self._frames(instance, target.rest[len("frames/") :], accept, range_header, redirect)
         if target.rest.startswith("bulkdata/"):
-            return self._bulkdata(instance, target.rest[len("bulkdata/") :], accept, range_header)
+            return self._bulkdata(instance, target.rest[len("bulkdata/") :], accept, range_header, redirect)
         raise NotFound("not a retrieve path")
 
     def block(self, raw_uri: str, accept: str) -> PlanResponse:
@@ -310,6 +332,8 @@ class Planner:
         if first < 1 or (first - 1) % nginx.FRAMES_PER_BLOCK:
             raise NotFound("not the first frame of a block")
         instance = self.instance(target.study, target.series or "", target.instance)
+        if self._converts(instance):  # no byte ranges to list: njs asks each frame's plan (a redirect) instead
+            raise FramesNotServable("this instance's frames are converted, not stored byte ranges")
         self._frames(instance, str(first), accept)  # the error the block's first frame gets, if any
         assert instance.frames is not None
         choice = self._frame_choice(instance, accept, single=True)
@@ -445,23 +469,60 @@ class Planner:
     def _wants_derivative(self, accept: str) -> bool:
         return DERIVATIVE_TS in accept or (self._derivatives_for_any and "transfer-syntax=*" in accept.replace(" ", ""))
 
-    def _frames(self, instance: CachedInstance, spec: str, accept: str, range_header: str = "") -> PlanResponse:
+    def _converts(self, instance: CachedInstance) -> bool:
+        """Whether this instance's frames and bulk values are converted (big-endian, deflated), not byte ranges."""
+        return self._converted is not None and instance.frames is None and is_converted(instance.transfer_syntax_uid)
+
+    def _frames(
+        self, instance: CachedInstance, spec: str, accept: str, range_header: str = "", redirect: str | None = None
+    ) -> PlanResponse:
         items = spec.split(",")
         if len(items) > 1000:
             raise BadRequest("at most 1000 frame numbers per request")
         numbers = [parse_int(n, "frame number", low=1) for n in items]
-        if instance.frames is None:
+        converted = self._converts(instance)
+        if instance.frames is None and not (converted and instance.number_of_frames):
+            why = "it has no pixel data" if converted else _why_no_frames(instance)
             raise FramesNotServable(
-                f"frames of this instance cannot be served as stored byte ranges ({_why_no_frames(instance)}); "
-                "retrieve the instance instead"
+                f"frames of this instance cannot be served as stored byte ranges ({why}); retrieve the instance instead"
             )
-        if len(numbers) > instance.frames.count:
+        count = instance.number_of_frames if instance.frames is None else instance.frames.count
+        if len(numbers) > count:
             # a list may repeat frames, but one request never asks for more frames than the instance holds: a single
             # 8 KB URI could otherwise ask for the same large frame 1,000 times (1,000 storage reads, a GB out)
-            raise BadRequest(f"the frame list is longer than the instance's {instance.frames.count} frame(s)")
-        for n in numbers:
-            instance.frames.ranges(n)  # FrameNotFound before negotiation, whichever object answers
+            raise BadRequest(f"the frame list is longer than the instance's {count} frame(s)")
+        for n in numbers:  # FrameNotFound before negotiation, whichever object answers
+            if not 1 <= n <= count:
+                raise FrameNotFound(f"frame {n} does not exist; the instance has {count} frame(s)")
+        if converted:
+            return self._converted_frames(instance, numbers, accept, range_header, redirect)
         return self._frames_of(self._frame_choice(instance, accept, len(numbers) == 1), numbers, range_header)
+
+    def _to_converter(self, redirect: str) -> PlanResponse:
+        """The plan of converted bytes: NGINX asks again at ``redirect`` (``nginx.CONVERTED``), where Python answers
+        with the bytes. Not cached (X-Accel-Expires 0), as no other redirect is."""
+        return PlanResponse(200, [("X-Accel-Redirect", redirect), ("X-Accel-Expires", "0")])
+
+    def _metadata(self, instance: CachedInstance) -> Mapping[str, Any]:
+        assert self._load_metadata is not None  # _converts: configured together
+        return self._load_metadata(instance.ids.sop)
+
+    def _converted_frames(
+        self, instance: CachedInstance, numbers: list[int], accept: str, range_header: str, redirect: str | None
+    ) -> PlanResponse:
+        """Frames of a big-endian or deflated instance as little-endian bytes (PS3.18 8.7.3), negotiated as native
+        frames are (``application/octet-stream``, Explicit VR Little Endian); a single part honours one Range."""
+        offer = negotiate(accept, self._frame_offers(instance, len(numbers) == 1))
+        if redirect is not None:
+            return self._to_converter(redirect)
+        assert self._converted is not None
+        frames = self._converted.frames(
+            instance.storage_key, instance.size, self._metadata(instance), instance.number_of_frames, numbers
+        )
+        if offer.multipart:
+            return self._multipart([(offer.part_content_type, [f]) for f in frames], offer.part_type, 0)
+        [frame] = frames
+        return self._single_frame(instance, "", [(0, len(frame))], offer, range_header, 0, frame)
 
     def _frame_choice(self, instance: CachedInstance, accept: str, single: bool) -> _FrameChoice:
         """What answers frames of this instance for this Accept (it depends on no frame number)."""
@@ -495,9 +556,10 @@ class Planner:
         offer: Offer,
         range_header: str,
         expires: int,
+        converted: bytes | None = None,
     ) -> PlanResponse:
         """One frame as a single part, honouring one byte range (206 / 416), so a progressive decoder can start
-        from the first bytes of a codestream."""
+        from the first bytes of a codestream. ``converted``: the frame's bytes themselves (``ranges`` are in it)."""
         total = sum(length for _, length in ranges)
         headers = _frame_headers(offer, expires)
         wanted = parse_range(range_header, total) if range_header else None
@@ -507,10 +569,17 @@ class Planner:
             headers.append(("Content-Range", f"bytes {first}-{last}/{total}"))
         else:
             headers.append((nginx.ACCEPT_RANGES, "bytes"))
-        body = b"".join(self._include(instance, start, length, key) for start, length in ranges)
+        if converted is not None:
+            body = b"".join(converted[start : start + length] for start, length in ranges)
+        else:
+            body = b"".join(self._include(instance, start, length, key) for start, length in ranges)
         return PlanResponse(206 if wanted is not None else 200, headers, body)
 
-    def _bulkdata(self, instance: CachedInstance, path: str, accept: str, range_header: str) -> PlanResponse:
+    def _bulkdata(
+        self, instance: CachedInstance, path: str, accept: str, range_header: str, redirect: str | None = None
+    ) -> PlanResponse:
+        if self._converts(instance):
+            return self._converted_bulkdata(instance, path, accept, range_header, redirect)
         found = instance.bulkdata.get(path)
         if found is None:
             raise NotFound("no such bulkdata element")
@@ -526,20 +595,55 @@ class Planner:
             choice = self._frame_choice(instance, accept, count == 1)
             return self._frames_of(choice, list(range(1, count + 1)), range_header)
         offset, length = found
+        return self._bulk_answer(
+            instance, offset, length, accept, range_header, lambda first, n: self._include(instance, first, n)
+        )
+
+    def _converted_bulkdata(
+        self, instance: CachedInstance, path: str, accept: str, range_header: str, redirect: str | None
+    ) -> PlanResponse:
+        """A bulk value of a big-endian or deflated instance in little endian (PS3.18 8.7.3), answered as any
+        other bulk value is."""
+        if redirect is not None:
+            self._bulk_offer(instance, accept, range_header)  # a 406 is the plan's own answer
+            return self._to_converter(redirect)
+        assert self._converted is not None
+        value = self._converted.bulk(instance.storage_key, instance.size, self._metadata(instance), path)
+        return self._bulk_answer(
+            instance, 0, len(value), accept, range_header, lambda first, n: value[first : first + n], expires=0
+        )
+
+    @staticmethod
+    def _bulk_offer(instance: CachedInstance, accept: str, range_header: str) -> Offer:
         ts = bulk_syntax(instance.transfer_syntax_uid)
         single = Offer("application/octet-stream", ts, False)
         multi = Offer("application/octet-stream", ts, True)
-        offer = negotiate(accept, [single, multi] if range_header else [multi, single])
-        expires = ("X-Accel-Expires", str(self._plan_seconds))
+        return negotiate(accept, [single, multi] if range_header else [multi, single])
+
+    def _bulk_answer(
+        self,
+        instance: CachedInstance,
+        offset: int,
+        length: int,
+        accept: str,
+        range_header: str,
+        piece: Callable[[int, int], bytes],
+        expires: int | None = None,
+    ) -> PlanResponse:
+        """The answer for a bulk value of ``length`` bytes at ``offset``, whose bytes ``piece(start, length)``
+        gives (an SSI include of a stored range, or converted bytes themselves)."""
+        offer = self._bulk_offer(instance, accept, range_header)
+        seconds = self._plan_seconds if expires is None else expires
+        expires_header = ("X-Accel-Expires", str(seconds))
         wanted = parse_range(range_header, length) if range_header else None
         if offer.multipart and wanted is not None:
             # a client that takes only multipart and sends a Range (dicomweb-client's retrieve_bulkdata with a
             # byte_range) gets the range in its one part, which says which bytes it holds; the whole value before
             first, last = wanted
             ranged = self._multipart(
-                [("application/octet-stream", [self._include(instance, offset + first, last - first + 1)])],
+                [("application/octet-stream", [piece(offset + first, last - first + 1)])],
                 "application/octet-stream",
-                self._plan_seconds,
+                seconds,
                 part_headers=f"Content-Range: bytes {first}-{last}/{length}\r\n",
             )
             return PlanResponse(206, ranged.headers, ranged.body)
@@ -551,18 +655,18 @@ class Planner:
                     [
                         ("Content-Type", "application/octet-stream"),
                         ("Content-Range", f"bytes {first}-{last}/{length}"),
-                        expires,
+                        expires_header,
                     ],
-                    self._include(instance, offset + first, last - first + 1),
+                    piece(offset + first, last - first + 1),
                 )
             headers = [
                 ("Content-Type", "application/octet-stream"),
                 (nginx.ACCEPT_RANGES, "bytes"),
-                expires,
+                expires_header,
             ]
-            return PlanResponse(200, headers, self._include(instance, offset, length) if length else b"")
-        include = [self._include(instance, offset, length)] if length else []
-        return self._multipart([("application/octet-stream", include)], "application/octet-stream", self._plan_seconds)
+            return PlanResponse(200, headers, piece(offset, length) if length else b"")
+        include = [piece(offset, length)] if length else []
+        return self._multipart([("application/octet-stream", include)], "application/octet-stream", seconds)
 
     def wado(self, params: dict[str, list[str]], render_default: bool = False) -> PlanResponse | None:
         """WADO-URI (PS3.18 9) for ``application/dicom``: the object itself, by X-Accel-Redirect. With

@@ -66,8 +66,8 @@ class ScriptedPlanner(Planner):
         self.answer = answer
         self.calls: list[tuple[str, str, str, str]] = []
 
-    def plan(self, method: str, raw_uri: str, accept: str, range_header: str) -> PlanResponse:
-        self.calls.append((method, raw_uri, accept, range_header))
+    def plan(self, method: str, raw_uri: str, accept: str, range_header: str, convert: bool = False) -> PlanResponse:
+        self.calls.append(("convert" if convert else method, raw_uri, accept, range_header))
         if isinstance(self.answer, Exception):
             raise self.answer
         return self.answer

@@ -118,7 +118,9 @@ def test_video_has_no_frame_index(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("ts", [b.ExplicitVRBigEndian, b.DeflatedExplicitVRLittleEndian])
-def test_big_endian_and_deflated_are_served_whole(tmp_path: Path, ts: str) -> None:
+def test_big_endian_and_deflated_have_no_byte_ranges(tmp_path: Path, ts: str) -> None:
+    """Their frames and bulk values are converted on the read path (gateway.dicom.converted), never served as byte
+    ranges of the object; the metadata still names their BulkDataURIs."""
     path, _ = native_file(tmp_path / "x.dcm", ts)
     indexed = index_file(path)
     assert indexed.transfer_syntax_uid == ts
@@ -127,8 +129,7 @@ def test_big_endian_and_deflated_are_served_whole(tmp_path: Path, ts: str) -> No
     assert indexed.frame_index is None
     assert indexed.bulkdata == []
     assert indexed.metadata["00280010"] == {"vr": "US", "Value": [10]}
-    # no BulkDataURI that could never be served: the value is in the whole instance only
-    assert indexed.metadata["7FE00010"] == {"vr": "OW"}
+    assert indexed.metadata["7FE00010"] == {"vr": "OW", "BulkDataURI": "bulkdata/7FE00010"}
     assert indexed.frame_media_type == "application/octet-stream"
 
 

@@ -1,0 +1,165 @@
+"""Frames and bulk values of instances whose stored bytes are not what a client is sent: Explicit VR Big Endian and
+Deflated Explicit VR Little Endian files.
+
+PS3.18 8.7.3: uncompressed frames and bulk values go out as little-endian bytes (Explicit VR Little Endian) and
+the origin server converts. The values are found as ingest found them (``read_file_meta``, ``Walker``,
+``native_index``, ``iter_bulk``), read from storage, and byte-swapped (big endian) or sliced out of the inflated
+data set (deflated). Nothing is kept between requests: a big-endian object is read by range (its element headers,
+then only the values asked for); a deflated one is read whole and inflated in memory, within ``INFLATE_LIMIT``, for
+each request (such files are small: ingest refused any that inflates beyond the limit).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from gateway.dicom.frames import native_index
+from gateway.dicom.index import DEFLATED_LE, EXPLICIT_VR_BE, INFLATE_LIMIT, inflate, read_file_meta
+from gateway.dicom.walker import PIXEL_TAGS, Element, Walker, iter_bulk, tag_hex
+from gateway.errors import DicomError, FramesNotServable, GatewayError, NotFound
+from gateway.storage.base import Storage
+
+CONVERTED_SYNTAXES = frozenset({EXPLICIT_VR_BE, DEFLATED_LE})
+_READ_AHEAD = 1 << 16  # element headers are read through a buffer of this size (one storage read each)
+# Bytes per swapped word of a big-endian value, by VR (PS3.5 7.3); OB and UN are bytes, never swapped.
+_WORD = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
+
+
+def is_converted(transfer_syntax_uid: str) -> bool:
+    """Whether frames and bulk values of an instance stored in this syntax are converted, not byte ranges."""
+    return transfer_syntax_uid in CONVERTED_SYNTAXES
+
+
+class _StoredFile(io.RawIOBase):
+    """A stored object as a read-only seekable file, each read one range read from storage."""
+
+    def __init__(self, storage: Storage, key: str, size: int) -> None:
+        super().__init__()
+        self._storage, self._key, self._size, self._pos = storage, key, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        wanted = min(len(buffer), self._size - self._pos)
+        if wanted <= 0:
+            return 0
+        data = self._storage.read_range(self._key, self._pos, wanted)
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def readall(self) -> bytes:
+        """The rest in one storage read (the default reads 8 KB at a time: a request each on S3)."""
+        data = self._storage.read_range(self._key, self._pos, max(0, self._size - self._pos))
+        self._pos += len(data)
+        return data
+
+
+def _first(metadata: Mapping[str, Any], tag: str, default: Any) -> Any:
+    values = (metadata.get(tag) or {}).get("Value") or [default]
+    return values[0] if values[0] is not None else default
+
+
+def _swapped(data: bytes, word: int) -> bytes:
+    """Big-endian words of ``word`` bytes as little-endian ones."""
+    if word <= 1:
+        return data
+    return np.frombuffer(data, dtype=f">u{word}").astype(f"<u{word}").tobytes()
+
+
+class ConvertedReader:
+    """Reads converted frames and bulk values of one stored object per call. ``bulk_threshold``: ingest's
+    (DICOMGW_BULKDATA_THRESHOLD), so the bulkdata paths found here are those its metadata advertises."""
+
+    def __init__(self, storage: Storage, bulk_threshold: int, inflate_limit: int = INFLATE_LIMIT) -> None:
+        self._storage = storage
+        self._threshold = bulk_threshold
+        self._inflate_limit = inflate_limit
+
+    def _walk(self, key: str, size: int) -> tuple[BinaryIO, bool, list[Element]]:
+        """The data set's elements (offsets in ``fp``: the object, or its inflated data set) and its byte order."""
+        fp: BinaryIO = io.BufferedReader(_StoredFile(self._storage, key, size), _READ_AHEAD)
+        try:
+            ts = read_file_meta(fp, size)
+            if ts == DEFLATED_LE:
+                data = inflate(fp, self._inflate_limit)
+                fp, size = io.BytesIO(data), len(data)
+            little = ts != EXPLICIT_VR_BE
+            return fp, little, Walker(fp, size, little=little, implicit=False, bulk_threshold=self._threshold).walk()
+        except NotFound:
+            raise NotFound("the object is missing from storage") from None
+        except DicomError:
+            # ingest read this very object: it changed in storage since (a server fault, not the client's)
+            raise GatewayError("the stored object no longer reads as it did when it was stored") from None
+
+    def frames(self, key: str, size: int, metadata: Mapping[str, Any], count: int, numbers: list[int]) -> list[bytes]:
+        """Frames ``numbers`` (1-based, within ``count``) as native little-endian bytes; ``metadata``: the
+        instance's DICOM JSON (its Image Pixel module). ``FramesNotServable`` for pixels that are not whole bytes
+        (Bits Allocated 1) or encapsulated."""
+        fp, little, elements = self._walk(key, size)
+        pixel = next((el for el in elements if el.tag in PIXEL_TAGS), None)
+        if pixel is None or pixel.fragments is not None:
+            raise FramesNotServable("this instance has no native pixel data to serve as frames")
+        bits = int(_first(metadata, "00280100", 0) or 0)
+        try:
+            index = native_index(
+                value_offset=pixel.offset,
+                value_length=pixel.length,
+                rows=int(_first(metadata, "00280010", 0)),
+                columns=int(_first(metadata, "00280011", 0)),
+                samples_per_pixel=int(_first(metadata, "00280002", 1)),
+                bits_allocated=bits,
+                number_of_frames=count,
+                photometric=str(_first(metadata, "00280004", "")),
+            )
+        except (DicomError, TypeError, ValueError):
+            index = None
+        if index is None:
+            raise FramesNotServable("its frames are not whole bytes (Bits Allocated 1): retrieve the instance instead")
+        word = 1 if little else (bits // 8 if bits >= 16 else _WORD.get(pixel.vr, 1))
+        return [self._value(fp, pixel.offset, *index.ranges(n)[0], word) for n in numbers]
+
+    def bulk(self, key: str, size: int, metadata: Mapping[str, Any], path: str) -> bytes:
+        """The little-endian value of the bulk element at ``path`` (``7FE00010``, ``00540016/0/00181072``):
+        native Pixel Data swapped by Bits Allocated, as its frames are, other values by their VR."""
+        fp, little, elements = self._walk(key, size)
+        found = dict(iter_bulk(elements)).get(path)
+        if found is None or found.fragments is not None:
+            raise NotFound("no such bulkdata element")
+        bits = int(_first(metadata, "00280100", 0) or 0) if path == tag_hex(found.tag) else 0
+        if little or found.implicit:  # a sequence inside UN is implicit VR little endian even in a big-endian file
+            word = 1
+        elif found.tag in PIXEL_TAGS and bits >= 16 and path == tag_hex(found.tag):
+            word = bits // 8
+        else:
+            word = _WORD.get(found.vr, 1)
+        return self._value(fp, found.offset, found.offset, found.length, word)
+
+    @staticmethod
+    def _value(fp: BinaryIO, value_offset: int, offset: int, length: int, word: int) -> bytes:
+        """``length`` bytes from ``offset`` of a value starting at ``value_offset``, its words (counted from the
+        value's start: an 8-bit OW frame may start mid-word) swapped."""
+        start = offset - (offset - value_offset) % word
+        end = offset + length
+        end += -(end - value_offset) % word
+        fp.seek(start)
+        data = fp.read(end - start)
+        if len(data) != end - start:
+            raise GatewayError("the stored object is shorter than when it was stored")
+        return _swapped(data, word)[offset - start : offset - start + length]
