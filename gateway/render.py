@@ -26,11 +26,12 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, convert_color_space, get_decoder
-from pydicom.uid import UID, ExplicitVRBigEndian
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian
 
 from gateway import nginx_contract as nginx
+from gateway.dicom.converted import ConvertedReader, is_converted
 from gateway.dicomweb.accept import Offer, negotiate
-from gateway.errors import BadRequest, NotAcceptable, NotFound
+from gateway.errors import BadRequest, FrameNotFound, NotAcceptable, NotFound
 from gateway.numbers import INT32_MAX, parse_int
 from gateway.services import Services
 from gateway.uids import check_uid
@@ -64,13 +65,22 @@ _IMAGE_OFFERS = [Offer("image/jpeg", "*", False), Offer("image/png", "*", False)
 _FUNCTIONS = {"LINEAR": "LINEAR", "LINEAR_EXACT": "LINEAR_EXACT", "SIGMOID": "SIGMOID"}
 
 
-def _frame_bytes(services: Services, cached: Any, frame: int) -> bytes:
+def _frame_bytes(services: Services, cached: Any, frame: int, metadata: Mapping[str, Any]) -> tuple[bytes, str]:
+    """Frame ``frame``'s bytes and the transfer syntax they are in: a big-endian or deflated file's frame is
+    converted to little endian (``gateway.dicom.converted``), which is how it is decoded then."""
+    count = cached.number_of_frames
+    if cached.frames is None and is_converted(cached.transfer_syntax_uid) and count:
+        if not 1 <= frame <= count:
+            raise FrameNotFound(f"frame {frame} does not exist; the instance has {count} frame(s)")
+        reader = ConvertedReader(services.storage, services.settings.bulkdata_threshold)
+        [data] = reader.frames(cached.storage_key, cached.size, metadata, count, [frame])
+        return data, ExplicitVRLittleEndian
     if cached.frames is None:
         raise NotAcceptable("this instance's frames cannot be rendered (not range-servable)")
     return b"".join(
         services.storage.read_range(cached.storage_key, start, length)
         for start, length in cached.frames.ranges(frame)
-    )
+    ), cached.transfer_syntax_uid
 
 
 def _first_item(element: Any, index: int = 0) -> Mapping[str, Any]:
@@ -213,7 +223,8 @@ def _to_image(services: Services, row: Any, frame: int, params: Mapping[str, str
     if keyword is None:  # an Encapsulated PDF, a structured report: no image to render
         raise NotAcceptable("this instance has no pixel data: it is no image to render")
     ds = _pixel_dataset(services, cached, metadata, frame)
-    pixels, photometric = _decode(_frame_bytes(services, cached, frame), ds, cached.transfer_syntax_uid, keyword)
+    data, syntax = _frame_bytes(services, cached, frame, metadata)
+    pixels, photometric = _decode(data, ds, syntax, keyword)
     if photometric == "PALETTE COLOR":
         try:
             colours = np.asarray(apply_color_lut(pixels, ds))

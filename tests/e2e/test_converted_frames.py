@@ -5,6 +5,7 @@ viewer opening such a study showed nothing. Checked with the unmodified dicomweb
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import pydicom
 import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
+from PIL import Image
 from pydicom.data import get_testdata_file
 
 from tests.e2e.conftest import BACKENDS
@@ -97,6 +99,19 @@ def test_pixel_data_bulkdata_is_little_endian(stack: RunningStack, name: str) ->
     value += b"\0" * (len(ds.PixelData) - len(value))
     assert client.retrieve_bulkdata(uri) == [value]
     assert client.retrieve_bulkdata(uri, byte_range=(2, 9)) == [value[2:10]]
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_rendered_and_thumbnail_are_images(stack: RunningStack, name: str) -> None:
+    ds = pydicom.dcmread(_path(name))
+    url = _url(_client(stack, ds), ds)
+    rendered = requests.get(f"{url}/rendered", headers={"Accept": "image/png"}, timeout=30)
+    assert (rendered.status_code, rendered.headers["Content-Type"]) == (200, "image/png"), rendered.text[:200]
+    image = Image.open(io.BytesIO(rendered.content))
+    assert image.size == (int(ds.Columns), int(ds.Rows))
+    thumbnail = requests.get(f"{url}/thumbnail", headers={"Accept": "image/jpeg"}, timeout=30)
+    assert (thumbnail.status_code, thumbnail.headers["Content-Type"]) == (200, "image/jpeg"), thumbnail.text[:200]
+    assert Image.open(io.BytesIO(thumbnail.content)).format == "JPEG"
 
 
 def test_a_syntax_the_gateway_cannot_produce_is_a_json_406(stack: RunningStack) -> None:
