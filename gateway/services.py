@@ -93,6 +93,9 @@ class Services:
             derivatives_for_any=settings.derivatives_for_any,
             converted=ConvertedReader(storage, settings.bulkdata_threshold),
             load_metadata=lambda sop: _metadata_of(catalog, sop),
+            present=lambda key: storage.head(key) is not None,
+            # a local stat costs microseconds; an S3 HEAD a round trip, so a yes is believed for a minute there
+            presence_seconds=0 if local else 60,
         )
         destinations: dict[str, Storage] = {}
         # the pool's processes build their hooks from the settings: only for the hooks the settings make

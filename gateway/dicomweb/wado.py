@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -240,6 +241,8 @@ class Planner:
         derivatives_for_any: bool = False,
         converted: ConvertedReader | None = None,
         load_metadata: Callable[[str], Mapping[str, Any]] | None = None,
+        present: Callable[[str], bool] | None = None,
+        presence_seconds: float = 0,
     ) -> None:
         """``whole_object_prefix`` is where SSI fetches a whole object: ``/_seg/all`` proxies to storage,
         ``/_file`` (local-folder storage) lets NGINX read the file itself. ``range_prefix`` is where it fetches a byte
@@ -248,7 +251,12 @@ class Planner:
         something of the study is deleted (``Authorizer.generation``): what is cached under an older one is
         reloaded. ``derivatives_for_any``: a frame's derivative also answers ``transfer-syntax=*``. ``converted``
         reads frames and bulk values of big-endian and deflated instances, whose metadata (Image Pixel module)
-        ``load_metadata(sop)`` gives; without them those answer 406 as before."""
+        ``load_metadata(sop)`` gives; without them those answer 406 as before. ``present(key)``: whether storage
+        holds the object (checked before a plan of its frames or bulkdata; a yes is believed for
+        ``presence_seconds``)."""
+        self._present = present
+        self._presence_seconds = presence_seconds
+        self._seen: OrderedDict[str, float] = OrderedDict()
         self._converted = converted
         self._load_metadata = load_metadata
         self._derivatives_for_any = derivatives_for_any
@@ -286,6 +294,23 @@ class Planner:
 
     def forget(self, sop: str) -> None:
         self._cache.pop(sop, None)
+
+    def _require_present(self, key: str) -> None:
+        """A JSON 404 for a plan of an object storage no longer holds, as its whole-object GET answers: a plan of
+        its byte ranges answered 200 and then aborted the transfer (444, no answer at all) at the first include."""
+        if self._present is None:
+            return
+        seen = self._seen.get(key)
+        if seen is not None and time.monotonic() - seen < self._presence_seconds:
+            return
+        if not self._present(key):
+            self._seen.pop(key, None)
+            raise NotFound("the object is missing from storage")
+        if self._presence_seconds > 0:
+            self._seen[key] = time.monotonic()
+            self._seen.move_to_end(key)
+            if len(self._seen) > self._cache_size:
+                self._seen.popitem(last=False)
 
     # -- entry point ---------------------------------------------------------------------------------------------
     def plan(self, method: str, raw_uri: str, accept: str, range_header: str, convert: bool = False) -> PlanResponse:
@@ -337,6 +362,7 @@ class Planner:
         self._frames(instance, str(first), accept)  # the error the block's first frame gets, if any
         assert instance.frames is not None
         choice = self._frame_choice(instance, accept, single=True)
+        self._require_present(choice.key)
         numbers = range(first, min(first + nginx.FRAMES_PER_BLOCK, instance.frames.count + 1))
         headers = [("Content-Type", "text/plain"), ("X-Accel-Expires", str(min(self._plan_seconds, choice.expires)))]
         return PlanResponse(200, headers, _indexed(self._frame_lines(choice, numbers)))
@@ -543,6 +569,7 @@ class Planner:
     def _frames_of(self, choice: _FrameChoice, numbers: list[int], range_header: str) -> PlanResponse:
         instance, offer, key = choice.instance, choice.offer, choice.key
         ranges = [choice.index.ranges(n) for n in numbers]
+        self._require_present(key)
         if not offer.multipart:
             return self._single_frame(instance, key, ranges[0], offer, range_header, choice.expires)
         includes = [[self._include(instance, start, length, key) for start, length in frame] for frame in ranges]
@@ -595,6 +622,7 @@ class Planner:
             choice = self._frame_choice(instance, accept, count == 1)
             return self._frames_of(choice, list(range(1, count + 1)), range_header)
         offset, length = found
+        self._require_present(instance.storage_key)
         return self._bulk_answer(
             instance, offset, length, accept, range_header, lambda first, n: self._include(instance, first, n)
         )

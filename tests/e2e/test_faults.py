@@ -179,6 +179,29 @@ def test_missing_object_is_never_a_200_with_other_bytes(
     assert_never_other_bytes(url, {"Accept": accept}, path.read_bytes())
 
 
+def test_missing_object_frames_and_bulkdata_answer_the_json_404_of_the_whole_object(
+    stack: RunningStack, missing: tuple[str, Path, str]
+) -> None:
+    """Frames and bulkdata of an object storage lost answered 200, then closed the connection with no answer at all
+    (NGINX's 444 at the plan's first include); they answer what the whole-object GET answers: a JSON 404."""
+    root, path, _ = missing
+    study, series, sop = uids_of(path)
+    url = f"{root}/studies/{study}/series/{series}/instances/{sop}"
+    gone = {"error": "not_found", "detail": "the object is missing from storage"}
+    octets = {"Accept": "application/octet-stream"}
+    for suffix, headers in [
+        ("", {"Accept": "application/dicom"}),
+        ("/frames/1", octets),  # one frame: njs's block path, then Python's plan
+        ("/frames/1", {"Accept": "multipart/related; type=application/octet-stream"}),
+        ("/frames/1", {**octets, "Range": "bytes=0-9"}),  # Python's plan directly
+        ("/bulkdata/7FE00010", octets),
+        ("/bulkdata/7FE00010", {"Accept": "multipart/related; type=application/octet-stream"}),
+    ]:
+        answer = requests.get(url + suffix, headers=headers, timeout=30)
+        assert (answer.status_code, answer.headers["Content-Type"]) == (404, "application/json"), (suffix, headers)
+        assert answer.json() == gone, (suffix, headers)
+
+
 def test_missing_object_aborts_a_study_retrieve(stack: RunningStack, missing: tuple[str, Path, str]) -> None:
     root, _, study = missing
     assert_never_other_bytes(f"{root}/studies/{study}", {"Accept": "multipart/related; type=application/dicom"}, b"")
