@@ -1,0 +1,79 @@
+"""Converted frames and bulk values (gateway.dicom.converted) of pydicom-written big-endian and deflated files in
+local-folder storage, against pydicom's own pixel_array: the cases the real files do not hold (an 8-bit OW frame
+starting mid-word, a multi-frame deflated file, a value inside a sequence) and what a missing object answers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from gateway.dicom.converted import ConvertedReader
+from gateway.dicom.index import index_file
+from gateway.errors import FramesNotServable, NotFound
+from gateway.storage.local import LocalStorage
+from tests.unit import dicom_builders as b
+
+
+def _stored(tmp_path: Path, ds: Dataset, ts: str) -> tuple[LocalStorage, str, int, dict[str, Any]]:
+    storage = LocalStorage(f"file://{tmp_path}/store", create=True)
+    path = b.write(ds, tmp_path / "x.dcm", ts)
+    stored = storage.put_file("x.dcm", path)
+    return storage, "x.dcm", stored.size, index_file(path).metadata
+
+
+def _pixels_le(path: Path) -> list[bytes]:
+    pixels = pydicom.dcmread(path).pixel_array
+    return [frame.astype(frame.dtype.newbyteorder("<")).tobytes() for frame in pixels]
+
+
+@pytest.mark.parametrize(("bits", "samples"), [(8, 3), (16, 1), (32, 1)])
+@pytest.mark.parametrize("ts", [b.ExplicitVRBigEndian, b.DeflatedExplicitVRLittleEndian])
+def test_every_frame_is_pydicoms_pixels_in_little_endian(tmp_path: Path, ts: str, bits: int, samples: int) -> None:
+    """3x3 RGB 8-bit frames are 27 bytes: the second starts mid-word of the big-endian OW value."""
+    ds = b.image(b.base(), 3, 3, bits, 3, samples)
+    ds.PixelData = b"".join(b.native_frames(3, 3 * 3 * samples * bits // 8)) + (b"\0" if bits == 8 else b"")
+    ds["PixelData"].VR = "OW"
+    storage, key, size, metadata = _stored(tmp_path, ds, ts)
+    expected = _pixels_le(tmp_path / "x.dcm")
+    reader = ConvertedReader(storage, bulk_threshold=1024)
+    assert reader.frames(key, size, metadata, 3, [1, 2, 3, 2]) == [*expected, expected[1]]
+    value = reader.bulk(key, size, metadata, "7FE00010")
+    assert value[: sum(map(len, expected))] == b"".join(expected)
+
+
+def test_a_bulk_value_in_a_sequence_is_swapped_by_its_vr(tmp_path: Path) -> None:
+    ds = b.image(b.base(), 2, 2, 16, 1)
+    ds.PixelData = bytes(8)
+    ds["PixelData"].VR = "OW"
+    item = Dataset()
+    item.add_new(0x00281201, "OW", bytes(range(256)) * 8)  # Red Palette Color Lookup Table Data
+    ds.add_new(0x00409096, "SQ", Sequence([item]))  # Real World Value Mapping Sequence
+    storage, key, size, metadata = _stored(tmp_path, ds, b.ExplicitVRBigEndian)
+    value = ConvertedReader(storage, bulk_threshold=1024).bulk(key, size, metadata, "00409096/0/00281201")
+    assert value == np.frombuffer(bytes(range(256)) * 8, ">u2").astype("<u2").tobytes()
+    with pytest.raises(NotFound):
+        ConvertedReader(storage, bulk_threshold=1024).bulk(key, size, metadata, "00409096/1/00281201")
+
+
+def test_bits_allocated_1_stays_not_servable(tmp_path: Path) -> None:
+    ds = b.image(b.base(), 8, 8, 1, 1)
+    ds.BitsStored, ds.HighBit = 1, 0
+    ds.PixelData = bytes(8)
+    storage, key, size, metadata = _stored(tmp_path, ds, b.ExplicitVRBigEndian)
+    with pytest.raises(FramesNotServable):
+        ConvertedReader(storage, bulk_threshold=1024).frames(key, size, metadata, 1, [1])
+
+
+def test_a_missing_object_is_the_whole_objects_404(tmp_path: Path) -> None:
+    ds = b.image(b.base(), 2, 2, 16, 1)
+    ds.PixelData = bytes(8)
+    storage, key, size, metadata = _stored(tmp_path, ds, b.DeflatedExplicitVRLittleEndian)
+    storage.delete(key)
+    with pytest.raises(NotFound, match="^the object is missing from storage$"):
+        ConvertedReader(storage, bulk_threshold=1024).frames(key, size, metadata, 1, [1])
