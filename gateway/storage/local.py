@@ -164,8 +164,12 @@ class LocalStorage:
             folder = folder.parent
 
     def head(self, key: str) -> StoredObject | None:
+        """None for anything but a regular file, as ``_open`` and NGINX read it (a directory or FIFO is no object)."""
+        path = self._path(key)
         try:
-            return self._stat(self._path(key), key)
+            if not stat.S_ISREG(path.stat().st_mode):
+                return None
+            return self._stat(path, key)
         except FileNotFoundError:
             self._require_root()  # an unmounted folder is no proof that every object is gone
             return None

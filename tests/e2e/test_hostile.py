@@ -391,10 +391,8 @@ def test_missing_object_is_never_served_as_other_bytes(stack: RunningStack, vict
     assert_never_other_bytes(stack, victim)
 
 
-@pytest.mark.parametrize("stack", ["file"], indirect=True)
-@pytest.mark.parametrize("kind", ["directory", "dangling symlink", "fifo"])
-def test_object_that_is_not_a_regular_file(stack: RunningStack, victim: dict[str, str], kind: str) -> None:
-    """Tests run as root, so an unreadable mode would not stop the reader: these shapes do."""
+def break_object(stack: RunningStack, victim: dict[str, str], kind: str) -> Path:
+    """Put a directory, a dangling symlink or a FIFO where the victim's object was."""
     target = stack.stack.var_dir / "objects" / victim["key"]
     target.unlink()
     if kind == "directory":
@@ -403,6 +401,33 @@ def test_object_that_is_not_a_regular_file(stack: RunningStack, victim: dict[str
         target.symlink_to(target.parent / "nowhere.dcm")
     else:
         os.mkfifo(target)
+    return target
+
+
+@pytest.mark.parametrize("stack", ["file"], indirect=True)
+@pytest.mark.parametrize("kind", ["directory", "dangling symlink", "fifo"])
+def test_frames_of_an_object_that_is_not_a_regular_file_are_the_whole_objects_json_404(
+    stack: RunningStack, victim: dict[str, str], kind: str
+) -> None:
+    """No object for NGINX, none for Python: frames and bulkdata answer the whole object's JSON 404 (a directory or
+    FIFO passed the presence check of their plan, which then aborted the transfer)."""
+    break_object(stack, victim, kind)
+    instance = f"{victim['root']}/studies/{victim['study']}/series/{victim['series']}/instances/{victim['sop']}"
+    gone = {"error": "not_found", "detail": "the object is missing from storage"}
+    for suffix, accept in (
+        ("", "application/dicom"),
+        ("/frames/1", "application/octet-stream"),
+        ("/bulkdata/7FE00010", "application/octet-stream"),
+    ):
+        answer = requests.get(instance + suffix, headers={"Accept": accept}, timeout=30)
+        assert (answer.status_code, answer.headers["Content-Type"], answer.json()) == (404, "application/json", gone)
+
+
+@pytest.mark.parametrize("stack", ["file"], indirect=True)
+@pytest.mark.parametrize("kind", ["directory", "dangling symlink", "fifo"])
+def test_object_that_is_not_a_regular_file(stack: RunningStack, victim: dict[str, str], kind: str) -> None:
+    """Tests run as root, so an unreadable mode would not stop the reader: these shapes do."""
+    target = break_object(stack, victim, kind)
     assert_never_other_bytes(stack, victim)
     # the gateway still works (no worker is left blocked on the FIFO)
     target.unlink() if not target.is_dir() else target.rmdir()

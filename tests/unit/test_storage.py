@@ -87,6 +87,16 @@ def test_move_and_delete(storage: Storage, tmp_path: Path) -> None:
         storage.move("incoming/nothing", "studies/9/y.dcm")
 
 
+def test_local_head_finds_no_object_that_is_not_a_regular_file(tmp_path: Path) -> None:
+    """As ``read_range`` and NGINX: a directory or FIFO at a key is no object (a plan checked by ``head`` then
+    aborted its transfer)."""
+    storage = LocalStorage(f"file://{tmp_path}/root", create=True)
+    (tmp_path / "root" / "a").mkdir()
+    os.mkfifo(tmp_path / "root" / "b")
+    assert storage.head("a") is None
+    assert storage.head("b") is None
+
+
 def test_a_delete_removes_the_folders_it_empties_and_a_write_recreates_them(tmp_path: Path) -> None:
     storage = LocalStorage(f"file://{tmp_path / 'objects'}", create=True)
     src = write(tmp_path / "src", b"pixels")
