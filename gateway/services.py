@@ -93,9 +93,9 @@ class Services:
             derivatives_for_any=settings.derivatives_for_any,
             converted=ConvertedReader(storage, settings.bulkdata_threshold),
             load_metadata=lambda sop: _metadata_of(catalog, sop),
-            present=lambda key: storage.head(key) is not None,
-            # a local stat costs microseconds; an S3 HEAD a round trip, so a yes is believed for a minute there
-            presence_seconds=0 if local else 60,
+            # a local stat costs microseconds; on S3 it would be a HEAD, a round trip added to every instance's first
+            # frame, for an object that vanished behind the catalog's back (`reconcile` finds those): not checked
+            present=(lambda key: storage.head(key) is not None) if local else None,
         )
         destinations: dict[str, Storage] = {}
         # the pool's processes build their hooks from the settings: only for the hooks the settings make

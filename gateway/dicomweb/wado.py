@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -242,7 +241,6 @@ class Planner:
         converted: ConvertedReader | None = None,
         load_metadata: Callable[[str], Mapping[str, Any]] | None = None,
         present: Callable[[str], bool] | None = None,
-        presence_seconds: float = 0,
     ) -> None:
         """``whole_object_prefix`` is where SSI fetches a whole object: ``/_seg/all`` proxies to storage,
         ``/_file`` (local-folder storage) lets NGINX read the file itself. ``range_prefix`` is where it fetches a byte
@@ -252,11 +250,8 @@ class Planner:
         reloaded. ``derivatives_for_any``: a frame's derivative also answers ``transfer-syntax=*``. ``converted``
         reads frames and bulk values of big-endian and deflated instances, whose metadata (Image Pixel module)
         ``load_metadata(sop)`` gives; without them those answer 406 as before. ``present(key)``: whether storage
-        holds the object (checked before a plan of its frames or bulkdata; a yes is believed for
-        ``presence_seconds``)."""
+        holds the object, checked before a plan of its frames or bulkdata (none: not checked)."""
         self._present = present
-        self._presence_seconds = presence_seconds
-        self._seen: OrderedDict[str, float] = OrderedDict()
         self._converted = converted
         self._load_metadata = load_metadata
         self._derivatives_for_any = derivatives_for_any
@@ -298,19 +293,8 @@ class Planner:
     def _require_present(self, key: str) -> None:
         """A JSON 404 for a plan of an object storage no longer holds, as its whole-object GET answers: a plan of
         its byte ranges answered 200 and then aborted the transfer (444, no answer at all) at the first include."""
-        if self._present is None:
-            return
-        seen = self._seen.get(key)
-        if seen is not None and time.monotonic() - seen < self._presence_seconds:
-            return
-        if not self._present(key):
-            self._seen.pop(key, None)
+        if self._present is not None and not self._present(key):
             raise NotFound("the object is missing from storage")
-        if self._presence_seconds > 0:
-            self._seen[key] = time.monotonic()
-            self._seen.move_to_end(key)
-            if len(self._seen) > self._cache_size:
-                self._seen.popitem(last=False)
 
     # -- entry point ---------------------------------------------------------------------------------------------
     def plan(self, method: str, raw_uri: str, accept: str, range_header: str, convert: bool = False) -> PlanResponse:

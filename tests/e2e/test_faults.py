@@ -182,8 +182,9 @@ def test_missing_object_is_never_a_200_with_other_bytes(
 def test_missing_object_frames_and_bulkdata_answer_the_json_404_of_the_whole_object(
     stack: RunningStack, missing: tuple[str, Path, str]
 ) -> None:
-    """Frames and bulkdata of an object storage lost answered 200, then closed the connection with no answer at all
-    (NGINX's 444 at the plan's first include); they answer what the whole-object GET answers: a JSON 404."""
+    """Frames and bulkdata of an object the local folder lost answered 200, then closed the connection with no answer
+    at all (NGINX's 444 at the plan's first include); they answer what the whole-object GET answers: a JSON 404.
+    On S3 nothing checks the object before the plan (a HEAD on every first view): the transfer aborts."""
     root, path, _ = missing
     study, series, sop = uids_of(path)
     url = f"{root}/studies/{study}/series/{series}/instances/{sop}"
@@ -197,6 +198,9 @@ def test_missing_object_frames_and_bulkdata_answer_the_json_404_of_the_whole_obj
         ("/bulkdata/7FE00010", octets),
         ("/bulkdata/7FE00010", {"Accept": "multipart/related; type=application/octet-stream"}),
     ]:
+        if stack.backend == "s3" and suffix:
+            assert_never_other_bytes(url + suffix, headers, path.read_bytes())
+            continue
         answer = requests.get(url + suffix, headers=headers, timeout=30)
         assert (answer.status_code, answer.headers["Content-Type"]) == (404, "application/json"), (suffix, headers)
         assert answer.json() == gone, (suffix, headers)
