@@ -40,6 +40,16 @@ export const PRESETS = {
   brain: [40, 80],
 };
 
+/**
+ * The instance's metadata as the image loader can take it. Its metadata provider reads Modality without a guard
+ * (every image's plane module asks whether it is NM): an instance without it, which real secondary captures are
+ * (Modality is Type 1, yet often missing), threw on every image and the viewer never left "loading". An empty value
+ * stands in; the instance's own metadata (series list, overlay) is left as the gateway sent it.
+ */
+function forLoader(instance) {
+  return instance['00080060']?.Value?.length ? instance : { ...instance, '00080060': { vr: 'CS', Value: [''] } };
+}
+
 export class Stage {
   /**
    * @param {HTMLElement} element
@@ -85,7 +95,7 @@ export class Stage {
   register(frames, frameUrl) {
     return frames.map(({ instance, sop, frame }) => {
       const imageId = `wadors:${frameUrl(sop, frame)}`;
-      wadors.metaDataManager.add(imageId, instance);
+      wadors.metaDataManager.add(imageId, forLoader(instance));
       return imageId;
     });
   }
