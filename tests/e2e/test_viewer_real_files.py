@@ -22,6 +22,7 @@ import numpy as np
 import pydicom
 import pydicom.data
 import pytest
+import requests
 from PIL import Image
 from pydicom.uid import generate_uid
 
@@ -68,6 +69,10 @@ WRONG_IN_CORNERSTONE: dict[str, str] = {
 # The placeholder preview and the series thumbnail are the gateway's rendering: a JSON 406 where the gateway's
 # decoders cannot read the file (README, Rendered), which the viewer outlives.
 PREVIEWS = ("/rendered", "/thumbnail")
+# PALETTE COLOR, its LUTs 256 16-bit entries (512 bytes): InlineBinary in the metadata at the default bulk data
+# threshold, BulkDataURIs at this stack's lower one; the image loader takes neither, the viewer resolves both.
+PALETTE = "examples_palette.dcm"
+LOW_THRESHOLD = "256"
 
 
 def fresh_copy(name: str, folder: Path) -> Path:
@@ -96,8 +101,8 @@ def stack_with(folder: Path, names: list[str], **env: str) -> RunningStack:
 
 @pytest.fixture(scope="module")
 def real_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
-    names = [*SHOWN, *WRONG_IN_CORNERSTONE]
-    running = stack_with(tmp_path_factory.mktemp("viewer-real"), names)
+    names = [*SHOWN, *WRONG_IN_CORNERSTONE, PALETTE]
+    running = stack_with(tmp_path_factory.mktemp("viewer-real"), names, DICOMGW_BULKDATA_THRESHOLD=LOW_THRESHOLD)
     try:
         yield running
     finally:
@@ -176,3 +181,28 @@ def test_real_file_renders_as_pydicom_decodes_it(
     real_stack: RunningStack, browser: Any, name: str  # noqa: F811 - the fixture from test_viewer
 ) -> None:
     assert_shows(real_stack, browser, name, SHOWN.get(name, name))
+
+
+def palette_lut(running: RunningStack) -> dict[str, Any]:
+    ds = study_of(running, PALETTE)
+    url = f"{running.url}/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/metadata"
+    answer = requests.get(url, headers={**running.api_headers, "Accept": "application/dicom+json"}, timeout=30)
+    assert answer.status_code == 200
+    element: dict[str, Any] = answer.json()[0]["00281201"]
+    return element
+
+
+def test_palette_lookup_tables_from_bulkdata(real_stack: RunningStack, browser: Any) -> None:  # noqa: F811
+    """The palette's LUTs as BulkDataURIs: the viewer fetches them (one CORS-simple GET each) before the image."""
+    assert set(palette_lut(real_stack)) == {"vr", "BulkDataURI"}
+    assert_shows(real_stack, browser, PALETTE, PALETTE)
+
+
+def test_palette_with_inline_lookup_tables(tmp_path: Path, browser: Any) -> None:  # noqa: F811
+    """At the default bulk data threshold the palette's LUTs arrive inline (InlineBinary) in the metadata."""
+    running = stack_with(tmp_path, [PALETTE])
+    try:
+        assert set(palette_lut(running)) == {"vr", "InlineBinary"}
+        assert_shows(running, browser, PALETTE, PALETTE)
+    finally:
+        running.stack.stop()

@@ -20,6 +20,25 @@ export const ACCEPT_EITHER = `accept=${encodeURIComponent(
   `image/jphc;transfer-syntax=${DERIVATIVE_TS},application/octet-stream;transfer-syntax=*`,
 )}`;
 
+// Red, green and blue palette colour LUT: (descriptor, data) tags.
+const PALETTE_LUTS = [
+  ['00281101', '00281201'],
+  ['00281102', '00281202'],
+  ['00281103', '00281203'],
+];
+
+/**
+ * LUT data bytes as entries, read the way the image loader reads them from a Part 10 file (wadouri): one byte per
+ * entry when the data holds exactly as many bytes as the descriptor's entries (0 meaning 65536), else 16-bit words,
+ * little endian as the gateway serves them.
+ */
+function lutEntries(bytes, descriptorEntries) {
+  const entries = Number(descriptorEntries) || 65536;
+  if (bytes.length === entries) return Array.from(bytes);
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  return Array.from({ length: Math.floor(bytes.length / 2) }, (_, i) => view.getUint16(2 * i, true));
+}
+
 const tag = (obj, key) => obj?.[key]?.Value?.[0];
 export const dicom = {
   string: (obj, key) => {
@@ -78,8 +97,47 @@ export class DicomWebClient {
       .sort((a, b) => (a.number ?? 1e9) - (b.number ?? 1e9) || (b.instances ?? 0) - (a.instances ?? 0));
   }
 
-  metadata(study, series) {
-    return this.json(`/studies/${study}/series/${series}/metadata`);
+  /** A series' instance metadata, with palette colour lookup tables as numbers (see `withPaletteValues`). */
+  async metadata(study, series) {
+    const metadata = await this.json(`/studies/${study}/series/${series}/metadata`);
+    await Promise.all(metadata.map((instance) => this.withPaletteValues(instance)));
+    return metadata;
+  }
+
+  /**
+   * The image loader reads palette colour LUT data only from a DICOM JSON `Value` of numbers, while the gateway sends
+   * binary values as base64 `InlineBinary` (up to DICOMGW_BULKDATA_THRESHOLD bytes) or a `BulkDataURI`: without this
+   * a PALETTE COLOR image (ultrasound, secondary capture) fails to load.
+   */
+  async withPaletteValues(instance) {
+    if (dicom.string(instance, '00280004') !== 'PALETTE COLOR') return;
+    await Promise.all(
+      PALETTE_LUTS.map(async ([descriptorTag, dataTag]) => {
+        const element = instance[dataTag];
+        if (!element || element.Value) return;
+        let bytes = null;
+        if (element.InlineBinary) bytes = Uint8Array.from(atob(element.InlineBinary), (c) => c.charCodeAt(0));
+        else if (element.BulkDataURI) bytes = await this.bulkdata(element.BulkDataURI);
+        if (bytes) element.Value = lutEntries(bytes, instance[descriptorTag]?.Value?.[0]);
+      }),
+    );
+  }
+
+  /** One bulk value's bytes (single part, CORS-simple); the URI carries the root the metadata was asked on. */
+  async bulkdata(url) {
+    let response;
+    try {
+      response = await fetch(url, {
+        headers: { Accept: 'application/octet-stream' },
+        credentials: 'same-origin',
+        referrerPolicy: 'no-referrer',
+        cache: 'no-store',
+      });
+    } catch {
+      throw new GatewayError(0, 'network', 'the gateway could not be reached');
+    }
+    if (!response.ok) throw new GatewayError(response.status, '', '');
+    return new Uint8Array(await response.arrayBuffer());
   }
 
   thumbnailUrl(study, series) {
