@@ -3,8 +3,9 @@ CharLS, OpenJPEG...) stored through STOW-RS into the real stack and each opened 
 
 Each file in SHOWN must render as pydicom decodes it: the image area of a screenshot, downsampled to grey, correlates
 with pydicom's frame 1 (coarse on purpose: Cornerstone's window and interpolation differ from pydicom's), with no
-page error and no failed request but the gateway's documented 406 for a preview it cannot render.
-WRONG_IN_CORNERSTONE lists files that do render, wrongly, in Cornerstone's own decoding: strict
+page error and no failed request but the gateway's documented 406 for a preview it cannot render. Each file in
+UNSHOWABLE cannot work for a reason outside our code (listed with it) and must give the viewer's plain error screen,
+not a black stage. WRONG_IN_CORNERSTONE lists files that do render, wrongly, in Cornerstone's own decoding: strict
 xfails, so a Cornerstone upgrade that fixes one says so (the viewer gets no failure to show a screen for).
 
 Big-endian and deflated files are left out: how their frames are served (today a 406) is being changed elsewhere.
@@ -59,6 +60,11 @@ SHOWN: dict[str, str] = {
     "examples_rgb_color.dcm": "examples_rgb_color.dcm",
     "rtdose.dcm": "rtdose.dcm",  # 32-bit, 15 frames
 }
+UNSHOWABLE: dict[str, str] = {
+    "SC_rgb_rle_32bit.dcm": "32-bit RLE: Cornerstone's RLE decoder takes 8 and 16 bits only",
+    "liver_1frame.dcm": "Bits Allocated 1: the gateway serves no frames of bit-packed pixels (406, README), and "
+    "the viewer reads frames only",
+}
 WRONG_IN_CORNERSTONE: dict[str, str] = {
     "JPEG2000-embedded-sequence-delimiter.dcm": "an undecodable codestream (pydicom's test of parsing around it): "
     "OpenJPEG logs an error, yet Cornerstone reports the image loaded and draws it black",
@@ -101,7 +107,7 @@ def stack_with(folder: Path, names: list[str], **env: str) -> RunningStack:
 
 @pytest.fixture(scope="module")
 def real_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
-    names = [*SHOWN, *WRONG_IN_CORNERSTONE, PALETTE]
+    names = [*SHOWN, *UNSHOWABLE, *WRONG_IN_CORNERSTONE, PALETTE]
     running = stack_with(tmp_path_factory.mktemp("viewer-real"), names, DICOMGW_BULKDATA_THRESHOLD=LOW_THRESHOLD)
     try:
         yield running
@@ -114,9 +120,9 @@ def study_of(running: RunningStack, name: str) -> pydicom.Dataset:
 
 
 def open_file(
-    running: RunningStack, chromium: Any, name: str
+    running: RunningStack, chromium: Any, name: str, *, error: bool = False
 ) -> tuple[Any, NetworkLog, list[tuple[int, str]]]:
-    """Open the file's study from a signed link; wait for the first image and the prefetch (or an error)."""
+    """Open the file's study from a signed link; wait for the first image and the prefetch, or the error screen."""
     study = str(study_of(running, name).StudyInstanceUID)
     issued = running.issue([study], ttl=600)
     log = NetworkLog()
@@ -124,10 +130,13 @@ def open_file(
     failed: list[tuple[int, str]] = []
     page.on("response", lambda r: r.status >= 400 and failed.append((r.status, r.url.split("?")[0])))
     page.goto(issued["viewer_url"])
-    page.wait_for_function(
-        "() => !document.getElementById('error').hidden || (document.getElementById('viewport').dataset.state"
-        " === 'ready' && document.getElementById('progress').hidden)"
-    )
+    if error:
+        page.wait_for_selector("#error:not([hidden])")
+    else:
+        page.wait_for_function(
+            "() => !document.getElementById('error').hidden || (document.getElementById('viewport').dataset.state"
+            " === 'ready' && document.getElementById('progress').hidden)"
+        )
     settle(page)
     return page, log, failed
 
@@ -181,6 +190,18 @@ def test_real_file_renders_as_pydicom_decodes_it(
     real_stack: RunningStack, browser: Any, name: str  # noqa: F811 - the fixture from test_viewer
 ) -> None:
     assert_shows(real_stack, browser, name, SHOWN.get(name, name))
+
+
+@pytest.mark.parametrize("name", list(UNSHOWABLE))
+def test_real_file_the_browser_cannot_show_gets_the_error_screen(
+    real_stack: RunningStack, browser: Any, name: str  # noqa: F811
+) -> None:
+    page, _, _ = open_file(real_stack, browser, name, error=True)
+    assert page.locator("#error").is_visible(), f"{name} ({UNSHOWABLE[name]}): no error screen"
+    assert page.get_attribute("#error", "data-kind") == "unsupported"
+    assert "cannot be shown" in page.inner_text("#error-title")
+    assert page.locator("#app").is_hidden()
+    page.context.close()
 
 
 def palette_lut(running: RunningStack) -> dict[str, Any]:

@@ -9,6 +9,8 @@ const MESSAGES = {
   forbidden: ['This link does not cover this study', 'The link you used does not give access to these images. Open the study again from your portal.'],
   notfound: ['Study not found', 'The study in this link is not on the server (any more).'],
   unavailable: ['The image server is not reachable', 'The server is down or restarting. Try again in a minute.'],
+  // the link works but the images cannot be decoded or served to the browser (not the gateway being down)
+  unsupported: ['These images cannot be shown here', 'They are stored in a format this viewer cannot display. A DICOM viewer on a computer may show them.'],
   nolink: ['No study to show', 'Open this viewer through a study link from your portal.'],
   failed: ['The study could not be loaded', 'Something went wrong on the server. Try again later.'],
 };

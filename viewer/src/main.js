@@ -106,13 +106,26 @@ function setProgress(done, total, label) {
   $('progress-text').textContent = label || `Loading ${done} / ${total}`;
 }
 
-/** An image failed: ask the gateway why (token expired? gateway down?) and show the error screen if it says so. */
-async function onLoadFailure() {
+/**
+ * An image failed (`imageId` when known): ask the gateway why (token expired? gateway down?) and show the error screen
+ * if it says so.
+ */
+async function onLoadFailure(imageId = null) {
   // One question at a time: a dead gateway fails every queued frame at once.
   if (state.failed || state.probing) return;
   state.probing = true;
   try {
     await state.client.json(`/studies/${state.study}/series?limit=1`);
+    // The link is fine, so the image itself cannot be shown (a pixel format the decoders lack, a damaged
+    // codestream, frames the gateway does not serve): with nothing of this series on screen, say so plainly
+    // rather than leave a black stage.
+    const stage = state.stage;
+    const onScreen = typeof imageId !== 'string' || (stage && imageId === stage.imageIds[stage.index]);
+    if (stage && !stage.hasImage() && onScreen) {
+      state.failed = true;
+      showError('unsupported');
+      return;
+    }
     $('status').textContent = 'Some images could not be loaded.';
   } catch (error) {
     const kind = classify(error);
@@ -137,7 +150,7 @@ function prefetchAround(index) {
     }
   }
   wanted.forEach((id) => state.loaded.add(id));
-  state.stage.prefetch(wanted, (_, error) => error && onLoadFailure());
+  state.stage.prefetch(wanted, (id, error) => error && onLoadFailure(id));
 }
 
 /** What opening a series needs before Cornerstone: metadata, frames, where to start, and whether a derivative
@@ -203,13 +216,13 @@ async function openSeries(series, info = seriesInfo(series)) {
     const total = imageIds.length;
     setProgress(0, total);
     imageIds.forEach((id) => state.loaded.add(id));
-    stage.prefetch(imageIds, (_, error, preview) => {
+    stage.prefetch(imageIds, (id, error, preview) => {
       if (state.series !== series) return;
       if (!preview) done += 1;
       setProgress(done, total);
       setStatus();
       if (done === total) moment('dgw-all-full-quality');
-      if (error) onLoadFailure();
+      if (error) onLoadFailure(id);
     });
   } else {
     setProgress(1, 1);
@@ -271,7 +284,7 @@ function bindControls(stage) {
     else if (event.key === 'End') target = stage.imageIds.length - 1;
     if (target === null) return;
     event.preventDefault();
-    stage.go(target).catch(onLoadFailure);
+    stage.go(target).catch(() => onLoadFailure());
   });
   const { Enums, eventTarget } = state;
   const el = $('viewport');
@@ -280,7 +293,7 @@ function bindControls(stage) {
     if (state.stage.imageIds.length > PREFETCH_ALL) prefetchAround(stage.index);
   });
   el.addEventListener(Enums.Events.VOI_MODIFIED, setStatus);
-  eventTarget.addEventListener(Enums.Events.IMAGE_LOAD_FAILED, onLoadFailure);
+  eventTarget.addEventListener(Enums.Events.IMAGE_LOAD_FAILED, (event) => onLoadFailure(event.detail?.imageId));
 }
 
 async function main() {

@@ -138,6 +138,12 @@ export class Stage {
     return this.go(this.index + delta);
   }
 
+  /** Whether an image of the current stack is on screen (a failed first image leaves none). */
+  hasImage() {
+    const image = this.viewport?.csImage;
+    return Boolean(image && this.imageIds.includes(image.imageId));
+  }
+
   isColor() {
     const meta = this.imageIds.length ? metaData.get('imagePixelModule', this.imageIds[this.index]) : null;
     return Boolean(meta && meta.samplesPerPixel > 1);
