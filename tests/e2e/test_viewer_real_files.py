@@ -60,6 +60,9 @@ SHOWN: dict[str, str] = {
     "examples_rgb_color.dcm": "examples_rgb_color.dcm",
     "rtdose.dcm": "rtdose.dcm",  # 32-bit, 15 frames
     "ExplVR_LitEnd_planar.dcm": "ExplVR_BigEnd.dcm",  # RGB, planar configuration 1 (see LITTLE_ENDIAN_COPIES)
+    "MR_small_bigendian.dcm": "MR_small_bigendian.dcm",  # big-endian: the gateway serves its frames little-endian
+    "ExplVR_BigEnd.dcm": "ExplVR_BigEnd.dcm",  # big-endian RGB, planar configuration 1
+    "image_dfl.dcm": "image_dfl.dcm",  # deflated data set: the gateway inflates it
 }
 # RGB with planar configuration 1 ships in pydicom only as big-endian (left out, above): the same dataset, written
 # little-endian by pydicom (8-bit OB pixels: the same bytes), under its own name.
