@@ -158,10 +158,11 @@ def _is_creator(tag: str, element: dict[str, Any]) -> bool:
 
 
 def build_stow_response(
-    items: Sequence[StowItem], root: str, *, study_uid: str | None = None
+    items: Sequence[StowItem], root: str, *, study_uid: str | None = None, query: str = ""
 ) -> StowResponse:
     """Build the response for ``items`` (in request order). ``root`` is the DICOMweb root the client used
-    (``/t/{token}/dicomweb``, ``/dicomweb`` or an absolute URL); RetrieveURLs are built under it.
+    (``/t/{token}/dicomweb``, ``/dicomweb`` or an absolute URL); RetrieveURLs are built under it, each ending with
+    ``query`` (``?token=...`` when the client's token travelled in the query).
 
     The top-level RetrieveURL names the one study that every stored instance belongs to (a de-identified upload's
     remapped study, whatever the request URL named), else ``study_uid`` (the study in the request URL); it is
@@ -174,7 +175,7 @@ def build_stow_response(
     warnings = False
     for item in items:
         if item.status in _SUCCESS:
-            referenced.append(_referenced_item(item, base))
+            referenced.append(_referenced_item(item, base, query))
             if not item.routed:
                 stored_studies.add(item.ids.study if item.ids else "")
             warnings = warnings or item.warning_reason is not None
@@ -186,7 +187,7 @@ def build_stow_response(
     study = next(iter(stored_studies)) if len(stored_studies) == 1 else study_uid
     if referenced and not stored_studies:
         study = None  # every stored instance went to another region's destination: nothing of it is served here
-    study_url = f"{base}/studies/{check_uid(study)}" if study else None
+    study_url = f"{base}/studies/{check_uid(study)}{query}" if study else None
     body: dict[str, Any] = {"00081190": _element("UR", study_url)}
     if failed:
         body["00081198"] = {"vr": "SQ", "Value": failed}
@@ -218,16 +219,17 @@ def _private(item: StowItem) -> dict[str, Any]:
     return out
 
 
-def _referenced_item(item: StowItem, base: str) -> dict[str, Any]:
+def _referenced_item(item: StowItem, base: str, query: str) -> dict[str, Any]:
     sop_class = check_uid(item.sop_class_uid or "", "SOP Class UID")
     ids = item.ids or InstanceId("", "", "")
     sop = check_uid(ids.sop, "SOP Instance UID")
     study = check_uid(ids.study, "Study Instance UID")
     series = check_uid(ids.series, "Series Instance UID")
+    url = None if item.routed else f"{base}/studies/{study}/series/{series}/instances/{sop}{query}"
     out: dict[str, Any] = {
         "00081150": _element("UI", sop_class),
         "00081155": _element("UI", sop),
-        "00081190": _element("UR", None if item.routed else f"{base}/studies/{study}/series/{series}/instances/{sop}"),
+        "00081190": _element("UR", url),
     }
     if item.warning_reason is not None:
         out["00081196"] = _element("US", item.warning_reason)

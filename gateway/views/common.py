@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Response, current_app, request
 
-from gateway.auth import Decision
+from gateway.auth import Decision, query_token
 from gateway.errors import BadRequest, PreconditionFailed, Unauthorized
 from gateway.lifecycle import Deleter
 from gateway.services import Services
@@ -54,6 +54,16 @@ def dicomweb_root() -> str:
     """The DICOMweb root the client used, relative to the host: ``/t/{token}/dicomweb`` or ``/dicomweb``."""
     token = request.environ.get("dicomgw.path_token")
     return f"/t/{token}/dicomweb" if token else "/dicomweb"
+
+
+def token_query() -> str:
+    """``?token={T}`` when the request presented a token in its query, else ``""``: the URIs an answer names
+    (RetrieveURLs, BulkDataURIs) end with it, as they keep a path token in ``dicomweb_root``, so a client that
+    authenticates that way can follow them (without it they answered 401). The value is the raw one the decision
+    read (``query_token``; a token that passed is URL-safe characters only, so it needs no encoding). A cookie or an
+    Authorization value never goes into a URI: the client sends those again by itself."""
+    token = query_token(raw_uri().partition("?")[2])
+    return f"?token={token}" if token else ""
 
 
 def deleter(srv: Services) -> Deleter:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
@@ -49,6 +50,7 @@ from gateway.views.common import (
     no_content,
     public_base,
     services,
+    token_query,
 )
 
 log = logging.getLogger("gateway.dicomweb")
@@ -115,9 +117,10 @@ def _warning(text: str) -> str:
 def _with_retrieve_urls(results: list[dict[str, Any]], level: str, scope: Scope | None) -> list[dict[str, Any]]:
     """PS3.18 Tables 10.6.3-3/4/5: each match carries its Retrieve URL (0008,1190) when the Retrieve transaction can
     fetch it, under the root the client used (a path token stays in it, as in STOW's answer; QIDO answers are never
-    cached by NGINX). A series token cannot retrieve a whole study: its study matches carry none. Attributes stay
-    in tag order."""
+    cached by NGINX), and so does a query token (``token_query``). A series token cannot retrieve a whole study:
+    its study matches carry none. Attributes stay in tag order."""
     base = public_base() + dicomweb_root()
+    query = token_query()
     out = []
     for result in results:
         study = result["0020000D"]["Value"][0]
@@ -131,7 +134,7 @@ def _with_retrieve_urls(results: list[dict[str, Any]], level: str, scope: Scope 
             if level == "instances":
                 url += f"/instances/{result['00080018']['Value'][0]}"
         if retrievable:
-            result = dict(sorted({**result, "00081190": {"vr": "UR", "Value": [url]}}.items()))
+            result = dict(sorted({**result, "00081190": {"vr": "UR", "Value": [url + query]}}.items()))
         out.append(result)
     return out
 
@@ -168,6 +171,14 @@ def search_instances(study: str, series: str) -> Response:
 
 # -- metadata -----------------------------------------------------------------------------------------------------
 
+# a stored (relative) BulkDataURI in canonical metadata text: its path is tags, item numbers and slashes, no quote
+_BULK_URI = re.compile(r'"BulkDataURI":"bulkdata/([^"]*)"')
+
+
+def _with_query(text: str, prefix: str, query: str) -> str:
+    """Each stored BulkDataURI of ``text`` as ``{prefix}bulkdata/{path}{query}``."""
+    return _BULK_URI.sub(lambda match: f'"BulkDataURI":"{prefix}bulkdata/{match[1]}{query}"', text)
+
 
 def _metadata(study: str, series: str | None = None, instance: str | None = None) -> Response:
     decision()
@@ -185,13 +196,17 @@ def _metadata(study: str, series: str | None = None, instance: str | None = None
         raise NotFound("no instances")
     parts = []
     # BulkDataURIs are stored relative to their instance; clients get them absolute, under the root they used (a
-    # path token stays in it), as RetrieveURLs are: PS3.18 F.2.2 calls the value "the WADO-RS URL" of the bulk
-    # data, and clients such as dicomweb-client fetch it as given (a relative one failed there).
+    # path token stays in it, a query token ends it), as RetrieveURLs are: PS3.18 F.2.2 calls the value "the WADO-RS
+    # URL" of the bulk data, and clients such as dicomweb-client fetch it as given (a relative one failed there).
     root = json.dumps(f"{public_base()}{dicomweb_root()}/studies/")[1:-1]
+    query = token_query()
     for row in rows:
         text = row.metadata or "[]"
         prefix = f"{root}{row.study_uid}/series/{row.series_uid}/instances/{row.sop_uid}/"
-        parts.append(text.replace('"BulkDataURI":"bulkdata/', f'"BulkDataURI":"{prefix}bulkdata/'))
+        if query:  # the query goes after each URI's path, so the one replace of the prefix cannot place it
+            parts.append(_with_query(text, prefix, query))
+        else:
+            parts.append(text.replace('"BulkDataURI":"bulkdata/', f'"BulkDataURI":"{prefix}bulkdata/'))
     body = ("[" + ",".join(parts) + "]").encode()
     response = dicom_json(body)
     # weak: NGINX gzips the 200 and then weakens its ETag itself, but never a 304's, which must name the ETag the 200
@@ -321,7 +336,9 @@ def _stow(study: str | None) -> Response:
     outage = batch.outage
     if outage is not None and not any(r.ok for r in results):
         raise outage
-    answer = build_stow_response([_to_item(r) for r in results], root=public_base() + dicomweb_root(), study_uid=study)
+    answer = build_stow_response(
+        [_to_item(r) for r in results], root=public_base() + dicomweb_root(), study_uid=study, query=token_query()
+    )
     if answer_as.part_type != DICOM_XML:
         response = dicom_json(json.dumps(answer.body, separators=(",", ":")).encode(), answer.status)
     elif not answer_as.multipart:

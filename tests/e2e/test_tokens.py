@@ -4,6 +4,7 @@ fail-closed behaviour, the audit log, CORS, and the WebView cookie exchange."""
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import random
 import re
@@ -13,9 +14,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import pydicom
 import pytest
 import requests
+from dicomweb_client.api import DICOMwebClient
 
+from gateway.dicomweb.multipart import encode_multipart
 from gateway.tokens import TokenService
 from gateway.tools.stack import Stack, free_port
 from gateway.tools.synth import make_series
@@ -62,6 +66,69 @@ def test_valid_token_each_transport(stack: RunningStack, ct: tuple[str, str, str
         assert answer.status_code == 200, answer.text
         assert answer.headers["Content-Type"] == "application/dicom+json"
         assert len(answer.json()) == 6
+
+
+def test_a_query_token_is_kept_in_the_uris_an_answer_names(
+    stack: RunningStack, synthetic: dict[str, Any], ct: tuple[str, str, str], tmp_path: Path
+) -> None:
+    """README Tokens: the URIs an answer names (metadata's BulkDataURIs, QIDO's and STOW's RetrieveURLs) end with
+    the query token the request presented, as they keep a path token: without it a client that authenticates by
+    ``?token=`` got URIs that answered 401 (a viewer loading a bulk value). The unmodified dicomweb-client follows
+    the BulkDataURI as given. A cookie or an Authorization credential is never put into a URI, and one token's
+    answer never names another's."""
+    study, series, sop = ct
+    pixels = pydicom.dcmread(synthetic["ct"][0]).PixelData
+    token = stack.issue([study])["token"]
+    client = DICOMwebClient(url=f"{stack.url}/dicomweb")
+    metadata = client.retrieve_instance_metadata(study, series, sop, additional_params={"token": token})
+    instance_url = f"{stack.url}/dicomweb/studies/{study}/series/{series}/instances/{sop}"
+    uri = metadata["7FE00010"]["BulkDataURI"]
+    assert uri == f"{instance_url}/bulkdata/7FE00010?token={token}"
+    [bulk] = client.retrieve_bulkdata(uri)
+    assert bulk == pixels
+    for level in (f"studies/{study}", f"studies/{study}/series/{series}"):
+        answer = requests.get(f"{stack.url}/dicomweb/{level}/metadata?token={token}", timeout=30)
+        assert answer.status_code == 200, answer.text
+        uris = [d["7FE00010"]["BulkDataURI"] for d in answer.json()]
+        assert uris and all(u.endswith(f"/bulkdata/7FE00010?token={token}") for u in uris)
+    # QIDO: each match's Retrieve URL, followed as given
+    answer = requests.get(f"{stack.url}/dicomweb/studies/{study}/series/{series}/instances?token={token}", timeout=30)
+    assert answer.status_code == 200, answer.text
+    urls = {match["00080018"]["Value"][0]: match["00081190"]["Value"][0] for match in answer.json()}
+    assert urls[sop] == f"{instance_url}?token={token}"
+    retrieved = requests.get(urls[sop], headers={"Accept": "application/dicom"}, timeout=30)
+    assert retrieved.status_code == 200 and retrieved.content == synthetic["ct"][0].read_bytes()
+    # another token on the same URLs gets its own URIs (no answer naming one token is kept for another)
+    other = stack.issue([study])["token"]
+    answer = requests.get(f"{instance_url}/metadata?token={other}", timeout=30)
+    assert answer.json()[0]["7FE00010"]["BulkDataURI"] == f"{instance_url}/bulkdata/7FE00010?token={other}"
+    # a credential that travels by itself, or no token in the query (%74oken= is none, README; sent raw, as
+    # requests would decode it): no query at all
+    for headers in ({"Authorization": f"Bearer {token}"}, {"Cookie": f"dicomgw_token={token}"}):
+        answer = requests.get(f"{instance_url}/metadata", headers=headers, timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()[0]["7FE00010"]["BulkDataURI"] == f"{instance_url}/bulkdata/7FE00010"
+    status, raw = raw_get(stack, f"{urlparse(instance_url).path}/metadata?%74oken={token}", stack.api_headers)
+    assert status == 200
+    assert json.loads(raw)[0]["7FE00010"]["BulkDataURI"] == f"{instance_url}/bulkdata/7FE00010"
+    # STOW: the RetrieveURLs of the answer, followed as given
+    [path] = make_series(tmp_path, modality="CT", slices=1, rows=32, columns=32, seed=1601, clean=True)
+    new_study, new_series, new_sop = uids_of(path)
+    writer = stack.issue([new_study], actions=["read", "write"])["token"]
+    body = encode_multipart([path])
+    stored = requests.post(
+        f"{stack.url}/dicomweb/studies?token={writer}",
+        data=body,
+        headers={"Content-Type": body.content_type, "Accept": "application/dicom+json"},
+        timeout=60,
+    )
+    assert stored.status_code == 200, stored.text
+    study_url = f"{stack.url}/dicomweb/studies/{new_study}"
+    assert stored.json()["00081190"]["Value"] == [f"{study_url}?token={writer}"]
+    [item] = stored.json()["00081199"]["Value"]
+    assert item["00081190"]["Value"] == [f"{study_url}/series/{new_series}/instances/{new_sop}?token={writer}"]
+    retrieved = requests.get(item["00081190"]["Value"][0], headers={"Accept": "application/dicom"}, timeout=30)
+    assert retrieved.status_code == 200 and retrieved.content == path.read_bytes()
 
 
 def test_missing_token_is_401(stack: RunningStack, ct: tuple[str, str, str]) -> None:
