@@ -15,6 +15,7 @@ from typing import Any
 
 from pydicom.datadict import tag_for_keyword
 
+from gateway.dicom.times import time_key
 from gateway.numbers import int32_or_none
 
 
@@ -167,12 +168,16 @@ _INT_KEYS = {
 SEARCHABLE_KEYS = tuple(_TEXT_KEYS) + tuple(_INT_KEYS)
 
 
+# TM columns: stored as ``time_key`` writes them, so QIDO compares times, not the texts files happen to hold
+_TIME_KEYS = frozenset({"study_time", "performed_procedure_step_start_time"})
 def searchable(metadata: dict[str, Any]) -> dict[str, str | int | None]:
     """Flat values for catalog columns, from the instance's DICOM JSON (values pydicom decoded once, see
-    ``gateway.dicom.valuememo``): every key of ``SEARCHABLE_KEYS``, None when missing, empty or undecodable."""
+    ``gateway.dicom.valuememo``): every key of ``SEARCHABLE_KEYS``, None when missing, empty or undecodable
+    (a time column holds its ``time_key``, None for a value that is no time)."""
     out: dict[str, str | int | None] = {}
     for key, tag in _TEXT_TAGS.items():
-        out[key] = _text(metadata.get(tag))
+        text = _text(metadata.get(tag))
+        out[key] = time_key(text) if key in _TIME_KEYS and text is not None else text
     for key, tag in _INT_TAGS.items():
         out[key] = int32_or_none(_text(metadata.get(tag)))
     return out

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from gateway.dicom.times import time_key
 from gateway.errors import BadRequest
 from gateway.numbers import INT32_MIN, parse_int
 from gateway.uids import check_uid, is_uid
@@ -177,24 +178,22 @@ def _date_bounds(name: str, value: str) -> tuple[str | None, str | None]:
 
 
 def _time_bounds(name: str, value: str) -> tuple[str | None, str | None]:
-    def check(part: str) -> str:
-        found = re.fullmatch(r"(\d{2})((\d{2})((\d{2})(\.\d{1,6})?)?)?", part)
-        # PS3.5 TM: hours 00-23, minutes 00-59, seconds 00-60 (a leap second)
-        if found is None or int(found[1]) > 23 or int(found[3] or 0) > 59 or int(found[5] or 0) > 60:
-            raise BadRequest(f"{name}: expected a time HH[MM[SS[.FFFFFF]]] or a range of them")
-        return part
+    """The first and last instant a time or time range covers, as the catalog stores times (``time_key``): a
+    single value is the range of what it names, so ``101500.000`` finds a stored ``101500`` and ``1015`` finds
+    ``101530`` (PS3.4 C.2.2.2); an upper bound ``1200`` includes 12:00:59.999999."""
 
-    def upper(part: str) -> str:
-        # "1200" as an upper bound includes 12:00:59.999999; stored times compare as strings
-        whole, _, fraction = check(part).partition(".")
-        return whole.ljust(6, "9") + "." + fraction.ljust(6, "9")
+    def key(part: str, fill: str) -> str:
+        found = time_key(part, fill)
+        if found is None:
+            raise BadRequest(f"{name}: expected a time HH[MM[SS[.FFFFFF]]] or a range of them")
+        return found
 
     if "-" in value:
         low, _, high = value.partition("-")
         if not low and not high:
             raise BadRequest(f"{name}: empty time range")
-        return (check(low) if low else None, upper(high) if high else None)
-    return check(value), upper(value)
+        return (key(low, "0") if low else None, key(high, "9") if high else None)
+    return key(value, "0"), key(value, "9")
 
 
 def _match(name: str, attr: Attr, values: list[str]) -> Match | None:

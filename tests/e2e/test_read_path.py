@@ -857,6 +857,39 @@ def test_qido_series_match_the_performed_procedure_step_start(stack: RunningStac
     assert item["00400245"] == {"vr": "TM", "Value": ["101500"]}
 
 
+def test_qido_times_match_as_times(stack: RunningStack, tmp_path: Path) -> None:
+    """PS3.4 C.2.2.2: a TM value may omit trailing components and carry a fraction. Matched as texts,
+    ``StudyTime=101500.000`` missed a study stored at ``101500`` and ``101500`` one stored at ``1015``; now each
+    names the time it is, single values and ranges, at study and series level."""
+    studies = {}
+    for seed, stored in ((1761, "101500"), (1762, "1015"), (1763, "101500.5")):
+        [path] = make_series(tmp_path / stored, modality="CT", slices=1, rows=32, columns=32, seed=seed, clean=True)
+        ds = pydicom.dcmread(path)
+        ds.StudyTime = ds.PerformedProcedureStepStartTime = stored
+        ds.save_as(path)
+        assert stack.stow([path]).status_code == 200
+        studies[stored] = ds.StudyInstanceUID
+
+    def found(level: str = "studies", **params: str) -> set[str]:
+        answer = requests.get(
+            f"{stack.url}/dicomweb/{level}",
+            params={"StudyInstanceUID": ",".join(studies.values()), **params},
+            headers=stack.api_headers,
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text[:200]
+        times = {"studies": "00080030", "series": "00400245"}[level]
+        return {item[times]["Value"][0] for item in answer.json()}
+
+    assert found(StudyTime="101500.000") == {"101500", "1015"}
+    assert found(StudyTime="101500") == {"101500", "1015", "101500.5"}
+    assert found(StudyTime="101500.5") == {"101500.5"}
+    assert found(StudyTime="1015") == found(StudyTime="1000-1015") == {"101500", "1015", "101500.5"}
+    assert found(StudyTime="101500.1-") == {"101500.5"}
+    assert found(StudyTime="101501") == set()
+    assert found("series", PerformedProcedureStepStartTime="101500.000") == {"101500", "1015"}
+
+
 @pytest.mark.parametrize("together", [False, True], ids=["one_request_each", "one_request"])
 def test_an_instance_leaving_study_attributes_empty_keeps_the_studys(
     stack: RunningStack, tmp_path: Path, together: bool

@@ -59,7 +59,7 @@ def test_migrate_is_idempotent_and_matches_schema(catalog: Catalog) -> None:
     # the order index is declared by its columns (what SQLite reflects); PostgreSQL reflects its DESC NULLS LAST
     diffs = [d for d in diffs if catalog.dialect == "sqlite" or getattr(d[1], "name", "") != "ix_studies_date_order"]
     assert diffs == []
-    assert version == "0010"
+    assert version == "0011"
     indexes = {name: " ".join(sql.split()) for name, sql in ddl if sql}
     assert "lower(patient_name)" in indexes["ix_studies_patient_name_lower"]
     if catalog.dialect == "postgresql":
@@ -104,7 +104,11 @@ def test_migration_0009_fills_the_performed_step_columns_from_stored_series(cata
                     "FROM series ORDER BY series_uid"
                 )
             ).all()
-        assert [tuple(row) for row in found] == [("1.2.9.1", "20240102", "0915"), ("1.2.9.2", None, None)]
+        # the time as 0011 keys it (test_migration_0011_...)
+        assert [tuple(row) for row in found] == [
+            ("1.2.9.1", "20240102", "091500.000000"),
+            ("1.2.9.2", None, None),
+        ]
         query = parse_qido("series", {"PerformedProcedureStepStartDate": ["20240101-20240131"]})
         assert [r["0020000E"]["Value"][0] for r in catalog.search(query, None)] == ["1.2.9.1"]
     finally:
@@ -159,6 +163,58 @@ def test_migration_0010_stores_an_empty_value_among_several_as_null(catalog_url:
         assert json.loads(metadata) == {**null_image_type, **null_nested}
         assert json.loads(attrs) == null_nested
         assert metadata == json.dumps({**null_image_type, **null_nested}, separators=(",", ":"))
+    finally:
+        catalog.close()
+
+
+def test_migration_0011_keys_the_stored_times(catalog_url: str) -> None:
+    """Study and performed-step times stored before 0011 hold the file's text; QIDO compared those texts, so
+    ``StudyTime=101500.000`` missed a stored ``101500``. The migration rewrites them as time keys (a value that is
+    no time becomes NULL), and the times match as times at once; the answer keeps the file's text."""
+    from alembic import command
+    from alembic.config import Config
+
+    from gateway.catalog.engine import MIGRATIONS
+
+    old = Catalog(catalog_url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    times = {"1.2.9": "101500", "1.2.8": "1015", "1.2.7": "10:15:00.5", "1.2.6": "noon", "1.2.5": None}
+    with old.engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0010")
+        for uid, text in times.items():
+            attrs = json.dumps({"00080030": {"vr": "TM", "Value": [text]}} if text else {})
+            conn.execute(
+                sa.text("INSERT INTO studies (study_uid, study_time, attrs, updated_at) VALUES (:u, :t, :a, 0)"),
+                {"u": uid, "t": text, "a": attrs},
+            )
+        conn.execute(
+            sa.text(
+                "INSERT INTO series (series_uid, study_uid, performed_procedure_step_start_time, attrs) "
+                "VALUES ('1.2.9.1', '1.2.9', '0915', '{}')"
+            )
+        )
+    old.close()
+    catalog = Catalog(catalog_url)
+    try:
+        catalog.migrate()
+        with catalog.engine.connect() as conn:
+            keys = dict(conn.execute(sa.text("SELECT study_uid, study_time FROM studies")).all())
+            step = conn.execute(sa.text("SELECT performed_procedure_step_start_time FROM series")).scalar_one()
+        assert keys == {
+            "1.2.9": "101500.000000",
+            "1.2.8": "101500.000000",
+            "1.2.7": "101500.500000",
+            "1.2.6": None,
+            "1.2.5": None,
+        }
+        assert step == "091500.000000"
+        found = catalog.search(parse_qido("studies", {"StudyTime": ["101500.000"]}), None)
+        answered = {r["0020000D"]["Value"][0]: r["00080030"]["Value"][0] for r in found}
+        assert answered == {"1.2.9": "101500", "1.2.8": "1015"}
+        query = parse_qido("series", {"PerformedProcedureStepStartTime": ["091500.000"]})
+        assert [r["0020000E"]["Value"][0] for r in catalog.search(query, None)] == ["1.2.9.1"]
     finally:
         catalog.close()
 

@@ -52,7 +52,10 @@ def test_date_and_time_ranges() -> None:
     assert one("studies", StudyDate="-2020").values == (None, "20209999")
     assert one("studies", StudyDate="2020-").values == ("20200000", None)
     assert one("studies", StudyDate="202003").values == ("20200300", "20200399")
-    assert one("studies", StudyTime="0800-1200").values == ("0800", "120099.999999")
+    assert one("studies", StudyTime="0800-1200").values == ("080000.000000", "120099.999999")
+    # a single time is the range of what it names, in the catalog's time keys (gateway.dicom.times)
+    assert one("studies", StudyTime="101500.000").values == ("101500.000000", "101500.000999")
+    assert one("studies", StudyTime="1015").values == ("101500.000000", "101599.999999")
     assert one("studies", PatientBirthDate="-19800101").values == (None, "19800101")
 
 
@@ -322,6 +325,35 @@ def test_date_time_ranges(catalog: Catalog) -> None:
     assert uids(find(catalog, "studies", StudyTime="0800-1200")) == [S6, S2, S1, S4, S5]
     assert uids(find(catalog, "studies", StudyTime="2300-")) == [S3]
     assert uids(find(catalog, "studies", StudyDate="20200115", StudyTime="-1100")) == [S1]
+
+
+def test_times_match_as_times_not_texts(catalog_url: str) -> None:
+    """PS3.4 C.2.2.2: a TM value may omit trailing components and carry a fraction, so ``101500.000``, ``101500``
+    and ``1015`` name one time, and a stored ``1015`` or ``10:15:30`` (the form before DICOM 3.0) is a time too.
+    Compared as texts, ``StudyTime=101500.000`` missed a stored ``101500``, and ``101500`` a stored ``1015``. The
+    answer still gives each study's time as its file has it."""
+    stored = {"1.2.71": "101500", "1.2.72": "1015", "1.2.73": "101500.25", "1.2.74": "10:15:30", "1.2.75": "1016"}
+    stored["1.2.76"] = "0915"
+    catalog = Catalog(catalog_url)
+    catalog.migrate()
+    try:
+        for study, time_text in stored.items():
+            catalog.register_instance(record(make_instance(study, study + ".1", study + ".1.1", study_time=time_text)))
+
+        def times(value: str) -> set[str]:
+            return {r["00080030"]["Value"][0] for r in find(catalog, "studies", StudyTime=value)}
+
+        assert times("101500.000") == {"101500", "1015"}
+        assert times("101500") == {"101500", "101500.25", "1015"}
+        assert times("1015") == times("10:15") == {"101500", "101500.25", "1015", "10:15:30"}
+        assert times("101500.25") == {"101500.25"}
+        assert times("101530") == {"10:15:30"}
+        assert times("1015-101500.5") == {"101500", "101500.25", "1015"}
+        assert times("-0959") == {"0915"}
+        assert times("1016-") == {"1016"}
+        assert times("10") == {"101500", "101500.25", "1015", "10:15:30", "1016"}
+    finally:
+        catalog.close()
 
 
 def test_uid_list_and_modalities(catalog: Catalog) -> None:
