@@ -9,9 +9,11 @@ from typing import Any
 from flask import Flask, Response, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import NotFound as NoRoute
 
 from gateway.config import Settings
-from gateway.errors import BadRequest, GatewayError, error_body, to_response
+from gateway.dicomweb.paths import unknown_resource_detail
+from gateway.errors import BadRequest, GatewayError, NotFound, error_body, to_response
 from gateway.services import Services
 
 log = logging.getLogger("gateway")
@@ -68,6 +70,8 @@ def create_app(
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:
+        if isinstance(error, NoRoute):  # no route: our 404, saying what is wrong with the path
+            return gateway_error(NotFound(unknown_resource_detail(request.path)))
         code = (error.name or "error").lower().replace(" ", "_")
         response = Response(error_body(code, error.description or code), error.code or 500, mimetype="application/json")
         # a 405 must say what the resource takes (RFC 9110 15.5.6); werkzeug's own answer has it, ours kept it out

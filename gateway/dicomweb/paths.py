@@ -76,3 +76,18 @@ def _uid(segment: str) -> str:
     return segment
 
 
+
+
+def unknown_resource_detail(path: str) -> str:
+    """What to tell a client whose path names no resource (a JSON 404; werkzeug's sentence said nothing useful).
+    The path itself is never echoed: a client may have put a patient's name in it."""
+    if len(path) > 1 and path.endswith("/"):
+        # PS3.18 names every resource without one; /studies/ and /studies are distinct URIs (RFC 3986 6.2.4)
+        return "no such resource: ask for it without the trailing '/' (.../studies, not .../studies/)"
+    if path == "/dicomweb" or path.startswith("/dicomweb/"):
+        return (
+            "no such DICOMweb resource: the paths are /studies, /series, /instances and "
+            "/studies/{study}[/series/{series}[/instances/{instance}]], with /metadata (each level), "
+            "/frames/{n}, /bulkdata/{path}, /rendered and /thumbnail below them (PS3.18 10.4-10.6)"
+        )
+    return "no such resource"

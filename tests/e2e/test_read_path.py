@@ -857,6 +857,42 @@ def test_qido_series_match_the_performed_procedure_step_start(stack: RunningStac
     assert item["00400245"] == {"vr": "TM", "Value": ["101500"]}
 
 
+def test_an_unknown_dicomweb_path_is_our_json_404_saying_what_is_wrong(
+    stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]
+) -> None:
+    """``/dicomweb/studies/`` and ``.../metadata/`` answered werkzeug's sentence ("The requested URL was not found
+    on the server. If you entered the URL manually please check your spelling and try again."). PS3.18 names no
+    resource with a trailing slash, and ``/studies/`` is another URI than ``/studies`` (RFC 3986 6.2.4): the 404
+    stays, now from the error map and saying what to change; any other unknown DICOMweb path lists the resources."""
+    study, series, sop = uids_of(synthetic["ct"][0])
+    slash = "no such resource: ask for it without the trailing '/' (.../studies, not .../studies/)"
+    unknown = (
+        "no such DICOMweb resource: the paths are /studies, /series, /instances and "
+        "/studies/{study}[/series/{series}[/instances/{instance}]], with /metadata (each level), "
+        "/frames/{n}, /bulkdata/{path}, /rendered and /thumbnail below them (PS3.18 10.4-10.6)"
+    )
+    instance = f"studies/{study}/series/{series}/instances/{sop}"
+    for root, headers in ((roots[study], {}), (f"{stack.url}/dicomweb", stack.api_headers)):
+        for path, detail in (
+            ("/studies/", slash),
+            ("/series/", slash),
+            ("/instances/", slash),
+            (f"/studies/{study}/metadata/", slash),
+            (f"/studies/{study}/series/", slash),
+            (f"/studies/{study}/series/{series}/metadata/", slash),
+            (f"/{instance}/metadata/", slash),
+            (f"/{instance}/frames/", slash),
+            ("/", slash),
+            ("", unknown),
+            (f"/studies/{study}/reports", unknown),
+            *([("/patients", unknown)] if headers else []),  # a study token is refused there first (403)
+        ):
+            answer = requests.get(f"{root}{path}", headers=headers, timeout=30)
+            assert answer.status_code == 404, (path, answer.text)
+            assert answer.headers["Content-Type"] == "application/json", path
+            assert answer.json() == {"error": "not_found", "detail": detail}, path
+
+
 def test_qido_times_match_as_times(stack: RunningStack, tmp_path: Path) -> None:
     """PS3.4 C.2.2.2: a TM value may omit trailing components and carry a fraction. Matched as texts,
     ``StudyTime=101500.000`` missed a study stored at ``101500`` and ``101500`` one stored at ``1015``; now each
