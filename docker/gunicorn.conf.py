@@ -54,10 +54,12 @@ worker_tmp_dir = "/dev/shm"
 # Recycle workers now and then so a slow leak never takes a task down; jitter spreads the restarts.
 max_requests = 20000
 max_requests_jitter = 2000
-# NGINX bounds requests (8 KB lines, 32 KB of headers) and answers JSON; gunicorn must never refuse what NGINX let
-# through with its own plain page (gunicorn's defaults, 4094-byte lines and 100 headers, are lower).
+# NGINX bounds requests (8 KB request lines, 32 KB header lines, 128 KB of headers) and answers JSON; gunicorn must
+# never refuse what NGINX let through with its own plain page (gunicorn's defaults, 4094-byte lines, 100 headers
+# and 8190-byte header lines, are lower).
 limit_request_line = 8190
 limit_request_fields = 32768
+limit_request_field_size = 32768
 accesslog = None
 # every record masked (a URI gunicorn quotes may carry a token): gateway/logmask.py
 logger_class = "gateway.logmask.GunicornLogger"

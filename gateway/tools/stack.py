@@ -330,11 +330,14 @@ class Stack:
                 "gateway.logmask.GunicornLogger",  # no credential in any log line (gateway/logmask.py)
                 "--umask",
                 "0o007",
-                # NGINX bounds requests (8 KB lines, 32 KB of headers) and answers JSON; gunicorn must never refuse
-                # what NGINX let through with its own plain page (same values in docker/gunicorn.conf.py)
+                # NGINX bounds requests (8 KB request lines, 32 KB header lines, 128 KB of headers) and answers
+                # JSON; gunicorn must never refuse what NGINX let through with its own plain page (same values in
+                # docker/gunicorn.conf.py)
                 "--limit-request-line",
                 "8190",
                 "--limit-request-fields",
+                "32768",
+                "--limit-request-field_size",
                 "32768",
             ],
             env,

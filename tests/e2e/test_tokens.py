@@ -351,6 +351,31 @@ def test_cors_simple_get_and_preflight(stack: RunningStack, ct: tuple[str, str, 
     assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
 
 
+@pytest.mark.parametrize("length", [8001, 9000, 32000])
+def test_a_uri_too_long_is_a_414_a_browser_can_read(stack: RunningStack, ct: tuple[str, str, str], length: int) -> None:
+    """A URI over 8000 bytes is a JSON 414. NGINX refused one longer than its 8 KB header buffer before reading any
+    header, so that 414 had no Access-Control-Allow-Origin and a cross-origin viewer saw a network error instead;
+    URIs up to 32 KB are now read with their headers and answered with the CORS every JSON error carries."""
+    path = f"{urlparse(stack.root(stack.issue([ct[0]])['token'])).path}/studies?x="
+    answer = requests.get(
+        f"{stack.url}{path}{'a' * (length - len(path))}", headers={"Origin": "https://portal.example"}, timeout=10
+    )
+    assert answer.status_code == 414
+    assert answer.headers["Access-Control-Allow-Origin"] == "https://portal.example"
+    assert answer.headers["Access-Control-Allow-Credentials"] == "true"
+    assert answer.headers["Content-Type"] == "application/json"
+    assert answer.json() == {"error": "uri_too_long", "detail": "the request URI is longer than 8000 bytes"}
+
+
+def test_a_header_line_nginx_takes_is_answered_by_the_gateway(stack: RunningStack) -> None:
+    """NGINX now reads header lines up to 32 KB (for the 414 above): gunicorn takes as long a line, so such a request
+    is answered, never refused with gunicorn's plain page."""
+    headers = {**stack.api_headers, "X-Portal-Context": "a" * 30000}
+    answer = requests.get(f"{stack.url}/dicomweb/studies?limit=1", headers=headers, timeout=10)
+    assert answer.status_code == 200, answer.text[:200]
+    assert answer.headers["Content-Type"] == "application/dicom+json"
+
+
 def test_session_cookie_exchange(stack: RunningStack, ct: tuple[str, str, str]) -> None:
     study, series, _ = ct
     token = stack.issue([study], ttl=600)["token"]
