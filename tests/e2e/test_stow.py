@@ -749,3 +749,63 @@ def test_spool_folder_gone_is_a_503_and_the_retry_is_stored(tmp_path: Path) -> N
         assert [p for p in spool.iterdir() if p.name.startswith(("stow-", "part-"))] == []
     finally:
         running.stack.stop()
+
+
+def _first_answer(connection: socket.socket) -> bytes:
+    """What the server sends before the client sends any body: the head of its first answer (a 100 or a final
+    one), read until its blank line, and a final answer's body when it gives its length."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = connection.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lengths = [int(line[15:]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")]
+    length = lengths[0] if lengths else 0
+    while len(rest) < length:
+        chunk = connection.recv(65536)
+        if not chunk:
+            break
+        rest += chunk
+    return head + b"\r\n\r\n" + rest
+
+
+def test_expect_100_continue_is_refused_before_any_body_is_asked_for(stack: RunningStack, tmp_path: Path) -> None:
+    """A STOW sent with ``Expect: 100-continue`` and a credential NGINX refuses got "100 Continue" first, then the
+    401 or 403: the client sent its whole body for nothing. The refusal now comes first, alone; an allowed upload
+    still gets its 100 and is stored."""
+    [path] = make_series(tmp_path, modality="CT", slices=1, rows=32, columns=32, seed=1651, clean=True)
+    body = path.read_bytes()
+    study = uids_of(path)[0]
+    parsed = urlparse(stack.url)
+    reader = urlparse(stack.root(stack.issue([study])["token"])).path
+    writer = urlparse(stack.root(stack.issue([study], actions=["read", "write"])["token"])).path
+
+    def head(root: str, method: str = "POST", length: int = len(body)) -> str:
+        return (
+            f"{method} {root}/studies HTTP/1.1\r\nHost: gw\r\nContent-Type: application/dicom\r\n"
+            f"Accept: application/dicom+json\r\nContent-Length: {length}\r\nExpect: 100-continue\r\n\r\n"
+        )
+
+    for request, status, detail in (
+        (head("/dicomweb"), "401 Unauthorized", '{"error":"unauthorized","detail":"token_missing"}'),
+        (head("/t/garbage/dicomweb"), "401 Unauthorized", '{"error":"unauthorized","detail":"token_invalid"}'),
+        (head(reader), "403 Forbidden", '{"error":"forbidden","detail":"insufficient_scope"}'),
+        (head(writer, "PUT"), "405 Not Allowed", '{"error":"method_not_allowed","detail":"method not allowed here"}'),
+        (
+            head(writer, length=1 << 40),
+            "413 Request Entity Too Large",
+            '"error":"payload_too_large","detail":"the request body is larger than',
+        ),
+    ):
+        with socket.create_connection((parsed.hostname, parsed.port), timeout=10) as connection:
+            connection.sendall(request.encode())
+            answer = _first_answer(connection).decode()
+        assert answer.startswith(f"HTTP/1.1 {status}\r\n"), answer[:200]
+        assert detail in answer.partition("\r\n\r\n")[2], answer
+    with socket.create_connection((parsed.hostname, parsed.port), timeout=30) as connection:
+        connection.sendall(head(writer).encode())
+        assert _first_answer(connection) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        connection.sendall(body)
+        assert _first_answer(connection).startswith(b"HTTP/1.1 200 OK\r\n")
