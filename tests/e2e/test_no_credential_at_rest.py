@@ -140,10 +140,12 @@ def test_no_credential_anywhere_under_the_stack(own_stack: RunningStack, tmp_pat
         timeout=30,
     )
     assert gone.status_code == 404, gone.text[:200]
-    with pytest.raises(requests.ConnectionError):  # a composed body aborts rather than splice in an error
-        requests.get(
-            f"{stack.root(reader['token'])}/studies/{study}/series/{series}/instances/{sop}/frames/1", timeout=30
-        )
+    frame = f"{stack.root(reader['token'])}/studies/{study}/series/{series}/instances/{sop}/frames/1"
+    if stack.backend == "file":  # the plan stats the object first (README): the whole object's JSON 404
+        assert requests.get(frame, timeout=30).status_code == 404
+    else:
+        with pytest.raises(requests.ConnectionError):  # a composed body aborts rather than splice in an error
+            requests.get(frame, timeout=30)
 
     # the gateway dies: every transport and the STOW now fail as 503, logged by NGINX without the request line
     stack.settle_access_log()
