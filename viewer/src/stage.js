@@ -13,6 +13,7 @@ import {
 } from '@cornerstonejs/core';
 import { init as initLoader, wadors } from '@cornerstonejs/dicom-image-loader';
 import { ACCEPT_EITHER } from './dicomweb.js';
+import { UnshowableImage, prepareFrame } from './frames.js';
 
 // Preview from the first bytes of each codestream (its low resolutions), then the rest of the same object.
 const PREVIEW_BYTES = 65536;
@@ -61,6 +62,7 @@ export class Stage {
     this.imageIds = [];
     this.engine = null;
     this.viewport = null;
+    this.requests = new WeakMap(); // the image loader's XHR -> the frame URL it was opened for
   }
 
   async init() {
@@ -69,7 +71,22 @@ export class Stage {
     initLoader({
       maxWebWorkers: Math.min(2, navigator.hardwareConcurrency || 1),
       // a renewed token replaces the one in frame URLs registered earlier (session.js)
-      open: (xhr, url) => xhr.open('get', this.currentUrl(url), true),
+      open: (xhr, url) => {
+        this.requests.set(xhr, url);
+        xhr.open('get', this.currentUrl(url), true);
+      },
+      // frames Cornerstone would draw wrongly are fixed or refused before it decodes them (frames.js)
+      beforeProcessing: async (xhr) => {
+        const instance = wadors.metaDataManager.get(`wadors:${(this.requests.get(xhr) || '').split('?')[0]}`);
+        if (!instance) return xhr.response;
+        try {
+          return prepareFrame(instance, xhr.response, xhr.getResponseHeader('Content-Type') || '');
+        } catch (error) {
+          // a fixed phrase, never the URL (it carries the token)
+          if (error instanceof UnshowableImage) console.warn('viewer: image not shown:', error.reason);
+          throw error;
+        }
+      },
     });
     this.engine = new RenderingEngine(ENGINE);
     this.engine.enableElement({

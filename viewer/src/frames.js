@@ -1,0 +1,97 @@
+// Frame bytes checked (and where the fix is ours, fixed) before the image loader decodes them. Cornerstone 5.14
+// draws some valid or damaged frames wrongly without reporting anything; a clinical viewer must not show a wrong
+// picture as if it were right, so those are either made right here or refused (the load fails, and the viewer shows
+// its "cannot be shown" screen).
+import { convertColorSpace } from '@cornerstonejs/dicom-image-loader';
+import extractMultipart from '@cornerstonejs/dicom-image-loader/wadors/extractMultipart';
+import { getTransferSyntaxForContentType } from '@cornerstonejs/dicom-image-loader/wadors/loadImage';
+import { dicom } from './dicomweb.js';
+
+/** A frame the viewer refuses to draw; `reason` is a fixed phrase (never data from the image). */
+export class UnshowableImage extends Error {
+  constructor(reason) {
+    super(reason);
+    this.name = 'UnshowableImage';
+    this.reason = reason;
+  }
+}
+
+const NATIVE = new Set(['1.2.840.10008.1.2', '1.2.840.10008.1.2.1', '1.2.840.10008.1.2.1.99', '1.2.840.10008.1.2.2']);
+const JPEG_8BIT = new Set(['1.2.840.10008.1.2.4.50', '1.2.840.10008.1.2.4.51']);
+// Adobe APP14, version 100, no flags, transform 0: the three components are RGB, not YCbCr.
+const ADOBE_RGB = Uint8Array.of(0xff, 0xee, 0x00, 0x0e, 0x41, 0x64, 0x6f, 0x62, 0x65, 0x00, 0x64, 0, 0, 0, 0, 0);
+
+const ascii = (bytes, at, text) => [...text].every((c, i) => bytes[at + i] === c.charCodeAt(0));
+
+/** Which colour markers a JPEG has before its first scan: JFIF (APP0) and Adobe (APP14). */
+function jpegColourMarkers(bytes) {
+  const found = { jfif: false, adobe: false };
+  let i = 2; // after SOI
+  while (i + 4 <= bytes.length && bytes[i] === 0xff) {
+    const marker = bytes[i + 1];
+    if (marker === 0xff) {
+      i += 1; // fill byte
+    } else if (marker === 0xda || marker === 0xd9) {
+      break;
+    } else if (marker === 0x01 || (marker >= 0xd0 && marker <= 0xd7)) {
+      i += 2;
+    } else {
+      if (marker === 0xe0 && ascii(bytes, i + 4, 'JFIF\0')) found.jfif = true;
+      if (marker === 0xee && ascii(bytes, i + 4, 'Adobe')) found.adobe = true;
+      i += 2 + ((bytes[i + 2] << 8) | bytes[i + 3]);
+    }
+  }
+  return found;
+}
+
+/** The frame as Cornerstone can draw it right, or an UnshowableImage. */
+function fixFrame(instance, transferSyntax, frame) {
+  const pi = dicom.string(instance, '00280004');
+  const samples = dicom.number(instance, '00280002') ?? 1;
+  const rows = dicom.number(instance, '00280010');
+  const columns = dicom.number(instance, '00280011');
+  if (NATIVE.has(transferSyntax) && pi === 'YBR_FULL_422') {
+    // The loader expects a 422 frame of 1.5 bytes per pixel, so native ones (2 bytes per pixel) reach vtk
+    // unconverted and it throws. Converted here with the loader's own converter: RGB bytes, which it then takes as is.
+    if (frame.length !== 2 * rows * columns) throw new UnshowableImage('YBR_FULL_422 frame of an unexpected size');
+    const rgb = new Uint8ClampedArray(3 * rows * columns);
+    convertColorSpace({ photometricInterpretation: pi, pixelData: frame }, rgb, false);
+    return new Uint8Array(rgb.buffer);
+  }
+  if (JPEG_8BIT.has(transferSyntax) && pi === 'RGB' && samples === 3) {
+    // Without JFIF or Adobe markers the JPEG decoder assumes YCbCr and converts RGB data as if it were (magenta);
+    // an Adobe marker saying "RGB" makes it keep the components, as PhotometricInterpretation says they are.
+    const markers = jpegColourMarkers(frame);
+    if (markers.jfif || markers.adobe) return frame;
+    const fixed = new Uint8Array(frame.length + ADOBE_RGB.length);
+    fixed.set(frame.subarray(0, 2));
+    fixed.set(ADOBE_RGB, 2);
+    fixed.set(frame.subarray(2), 2 + ADOBE_RGB.length);
+    return fixed;
+  }
+  return frame;
+}
+
+/**
+ * A frame response body (the loader's XHR answer: multipart, or a single part) as the loader should decode it.
+ * @param {object} instance the instance's DICOM JSON
+ * @param {ArrayBuffer} body
+ * @param {string} contentType the response's Content-Type
+ * @returns {ArrayBuffer}
+ */
+export function prepareFrame(instance, body, contentType) {
+  const part = extractMultipart(contentType, body);
+  const frame = new Uint8Array(part.pixelData);
+  const fixed = fixFrame(instance, getTransferSyntaxForContentType(part.contentType), frame);
+  if (fixed === frame) return body;
+  if (!contentType.includes('multipart')) return fixed.buffer;
+  // The same multipart answer with the part's bytes replaced: headers and closing boundary untouched.
+  const whole = new Uint8Array(body);
+  const start = part.tokenIndex + 4;
+  const end = start + frame.length;
+  const out = new Uint8Array(whole.length - frame.length + fixed.length);
+  out.set(whole.subarray(0, start));
+  out.set(fixed, start);
+  out.set(whole.subarray(end), start + fixed.length);
+  return out.buffer;
+}
