@@ -4,10 +4,9 @@ CharLS, OpenJPEG...) stored through STOW-RS into the real stack and each opened 
 Each file in SHOWN must render as pydicom decodes it: the image area of a screenshot, downsampled to grey, correlates
 with pydicom's frame 1 (coarse on purpose: Cornerstone's window and interpolation differ from pydicom's), with no
 page error and no failed request but the gateway's documented 406 for a preview it cannot render. Each file in
-UNSHOWABLE cannot work for a reason outside our code (listed with it) and must give the viewer's plain error screen,
-not a black stage. WRONG_IN_CORNERSTONE lists files that do render, wrongly, in Cornerstone's own decoding: strict
-xfails, so a Cornerstone upgrade that fixes one says so (the viewer gets no failure to show a screen for). Files
-Cornerstone draws wrongly from the bytes it is given are fixed by the viewer first (viewer/src/frames.js).
+UNSHOWABLE cannot be drawn right (the reason is listed with it) and must give the viewer's plain error screen, never
+a black or wrong picture: Cornerstone 5.14 draws some of them wrongly without any error, so the viewer refuses those
+from the instance's metadata and the frame bytes before Cornerstone decodes them (viewer/src/frames.js).
 
 Big-endian and deflated files are left out: how their frames are served (today a 406) is being changed elsewhere.
 """
@@ -74,11 +73,11 @@ UNSHOWABLE: dict[str, str] = {
     "SC_rgb_rle_32bit.dcm": "32-bit RLE: Cornerstone's RLE decoder takes 8 and 16 bits only",
     "liver_1frame.dcm": "Bits Allocated 1: the gateway serves no frames of bit-packed pixels (406, README), and "
     "the viewer reads frames only",
-}
-WRONG_IN_CORNERSTONE: dict[str, str] = {
-    "JPEG2000-embedded-sequence-delimiter.dcm": "an undecodable codestream (pydicom's test of parsing around it): "
-    "OpenJPEG logs an error, yet Cornerstone reports the image loaded and draws it black",
-    "SC_rgb_rle_16bit.dcm": "16-bit colour is drawn as if it were 8-bit: white bands",
+    "SC_rgb_rle_16bit.dcm": "16-bit colour: Cornerstone draws it as if it were 8-bit (white bands), so the viewer "
+    "refuses colour of more than 8 bits from the metadata",
+    "JPEG2000-embedded-sequence-delimiter.dcm": "an undecodable codestream (pydicom's test of parsing around it; "
+    "its SIZ says 3,722,445,056 columns): OpenJPEG fails in the worker, yet Cornerstone reported it loaded and drew "
+    "it black, so the viewer refuses a codestream whose size is not the image's",
 }
 # An RGB JPEG baseline without an Adobe marker, nearly uniform white (pydicom: (244, 244, 244) on average): too flat
 # to correlate, so its colour is compared. Decoded as YCbCr it was magenta; the viewer adds an Adobe marker saying RGB.
@@ -122,7 +121,7 @@ def stack_with(folder: Path, names: list[str], **env: str) -> RunningStack:
 
 @pytest.fixture(scope="module")
 def real_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
-    names = [*SHOWN, *UNSHOWABLE, *WRONG_IN_CORNERSTONE, NO_ADOBE_MARKER, PALETTE]
+    names = [*SHOWN, *UNSHOWABLE, NO_ADOBE_MARKER, PALETTE]
     running = stack_with(tmp_path_factory.mktemp("viewer-real"), names, DICOMGW_BULKDATA_THRESHOLD=LOW_THRESHOLD)
     try:
         yield running
@@ -194,17 +193,11 @@ def assert_shows(running: RunningStack, chromium: Any, name: str, reference: str
     page.context.close()
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        *SHOWN,
-        *(pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=r)) for n, r in WRONG_IN_CORNERSTONE.items()),
-    ],
-)
+@pytest.mark.parametrize("name", list(SHOWN))
 def test_real_file_renders_as_pydicom_decodes_it(
     real_stack: RunningStack, browser: Any, name: str  # noqa: F811 - the fixture from test_viewer
 ) -> None:
-    assert_shows(real_stack, browser, name, SHOWN.get(name, name))
+    assert_shows(real_stack, browser, name, SHOWN[name])
 
 
 def test_rgb_jpeg_without_adobe_marker_keeps_its_colours(real_stack: RunningStack, browser: Any) -> None:  # noqa: F811

@@ -18,6 +18,17 @@ export class UnshowableImage extends Error {
 
 const NATIVE = new Set(['1.2.840.10008.1.2', '1.2.840.10008.1.2.1', '1.2.840.10008.1.2.1.99', '1.2.840.10008.1.2.2']);
 const JPEG_8BIT = new Set(['1.2.840.10008.1.2.4.50', '1.2.840.10008.1.2.4.51']);
+const JPEG_2000 = new Set([
+  '1.2.840.10008.1.2.4.90',
+  '1.2.840.10008.1.2.4.91',
+  '1.2.840.10008.1.2.4.92',
+  '1.2.840.10008.1.2.4.93',
+  '1.2.840.10008.1.2.4.201',
+  '1.2.840.10008.1.2.4.202',
+  '1.2.840.10008.1.2.4.203',
+  '3.2.840.10008.1.2.4.96',
+]);
+
 // Adobe APP14, version 100, no flags, transform 0: the three components are RGB, not YCbCr.
 const ADOBE_RGB = Uint8Array.of(0xff, 0xee, 0x00, 0x0e, 0x41, 0x64, 0x6f, 0x62, 0x65, 0x00, 0x64, 0, 0, 0, 0, 0);
 
@@ -42,6 +53,19 @@ function jpegColourMarkers(bytes) {
     }
   }
   return found;
+}
+
+/** A JPEG 2000 codestream's image size and component count from its SIZ segment (null for anything else). */
+function j2kSize(bytes) {
+  if (bytes.length < 42 || bytes[0] !== 0xff || bytes[1] !== 0x4f || bytes[2] !== 0xff || bytes[3] !== 0x51) {
+    return null; // a JP2 file or something else: not ours to judge
+  }
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  return {
+    columns: view.getUint32(8) - view.getUint32(16),
+    rows: view.getUint32(12) - view.getUint32(20),
+    components: view.getUint16(40),
+  };
 }
 
 /** The frame as Cornerstone can draw it right, or an UnshowableImage. */
@@ -69,6 +93,13 @@ function fixFrame(instance, transferSyntax, frame) {
     fixed.set(frame.subarray(2), 2 + ADOBE_RGB.length);
     return fixed;
   }
+  if (JPEG_2000.has(transferSyntax)) {
+    // OpenJPEG fails on such a codestream in the decode worker, yet the loader reports the image loaded (black).
+    const size = j2kSize(frame);
+    if (size && (size.columns !== columns || size.rows !== rows || size.components !== samples)) {
+      throw new UnshowableImage('JPEG 2000 codestream not of the image’s size');
+    }
+  }
   return frame;
 }
 
@@ -80,6 +111,10 @@ function fixFrame(instance, transferSyntax, frame) {
  * @returns {ArrayBuffer}
  */
 export function prepareFrame(instance, body, contentType) {
+  const samples = dicom.number(instance, '00280002') ?? 1;
+  const bits = dicom.number(instance, '00280100') ?? 8;
+  // The loader draws colour samples of more than 8 bits as if they were 8-bit (white bands): nothing to fix.
+  if (samples > 1 && bits > 8) throw new UnshowableImage('colour of more than 8 bits per sample');
   const part = extractMultipart(contentType, body);
   const frame = new Uint8Array(part.pixelData);
   const fixed = fixFrame(instance, getTransferSyntaxForContentType(part.contentType), frame);
