@@ -483,6 +483,10 @@ class Planner:
         """Whether this instance's frames and bulk values are converted (big-endian, deflated), not byte ranges."""
         return self._converted is not None and instance.frames is None and is_converted(instance.transfer_syntax_uid)
 
+    def _has_frames(self, instance: CachedInstance) -> bool:
+        """Whether frames of this instance can be served: stored byte ranges, or converted ones."""
+        return instance.frames is not None or bool(self._converts(instance) and instance.number_of_frames)
+
     def _frames(
         self, instance: CachedInstance, spec: str, accept: str, range_header: str = "", redirect: str | None = None
     ) -> PlanResponse:
@@ -491,7 +495,7 @@ class Planner:
             raise BadRequest("at most 1000 frame numbers per request")
         numbers = [parse_int(n, "frame number", low=1) for n in items]
         converted = self._converts(instance)
-        if instance.frames is None and not (converted and instance.number_of_frames):
+        if not self._has_frames(instance):
             why = "it has no pixel data" if converted else _why_no_frames(instance)
             raise FramesNotServable(
                 f"frames of this instance cannot be served as stored byte ranges ({why}); retrieve the instance instead"
@@ -699,6 +703,6 @@ class Planner:
         instance = self.instance(study, series, sop)
         if "transferSyntax" in params:
             _check_wado_transfer_syntax(one("transferSyntax").strip(), instance.transfer_syntax_uid)
-        elif render_default and instance.frames is not None:
+        elif render_default and self._has_frames(instance):
             return None
         return self.redirect_object(instance)

@@ -112,6 +112,12 @@ def test_rendered_and_thumbnail_are_images(stack: RunningStack, name: str) -> No
     thumbnail = requests.get(f"{url}/thumbnail", headers={"Accept": "image/jpeg"}, timeout=30)
     assert (thumbnail.status_code, thumbnail.headers["Content-Type"]) == (200, "image/jpeg"), thumbnail.text[:200]
     assert Image.open(io.BytesIO(thumbnail.content)).format == "JPEG"
+    # WADO-URI without contentType: an image is rendered as image/jpeg (PS3.18 9); these came as application/dicom
+    root = url.split("/studies/")[0]
+    uids = {"studyUID": ds.StudyInstanceUID, "seriesUID": ds.SeriesInstanceUID, "objectUID": ds.SOPInstanceUID}
+    wado = requests.get(f"{root}/wado", params={"requestType": "WADO", **uids}, timeout=30)
+    assert (wado.status_code, wado.headers["Content-Type"]) == (200, "image/jpeg"), wado.text[:200]
+    assert Image.open(io.BytesIO(wado.content)).size == (int(ds.Columns), int(ds.Rows))
 
 
 def test_a_syntax_the_gateway_cannot_produce_is_a_json_406(stack: RunningStack) -> None:
