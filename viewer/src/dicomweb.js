@@ -58,11 +58,11 @@ export class DicomWebClient {
     this.root = root;
   }
 
-  async json(path) {
-    let response;
+  /** A CORS-simple GET: the credential travels in the URL or the cookie, never in a header. */
+  async get(url, accept) {
     try {
-      response = await fetch(this.root + path, {
-        headers: { Accept: 'application/dicom+json' },
+      return await fetch(url, {
+        headers: { Accept: accept },
         credentials: 'same-origin',
         referrerPolicy: 'no-referrer',
         cache: 'no-store',
@@ -70,6 +70,10 @@ export class DicomWebClient {
     } catch {
       throw new GatewayError(0, 'network', 'the gateway could not be reached');
     }
+  }
+
+  async json(path) {
+    const response = await this.get(this.root + path, 'application/dicom+json');
     if (!response.ok) {
       let body = {};
       try {
@@ -125,17 +129,7 @@ export class DicomWebClient {
 
   /** One bulk value's bytes (single part, CORS-simple); the URI carries the root the metadata was asked on. */
   async bulkdata(url) {
-    let response;
-    try {
-      response = await fetch(url, {
-        headers: { Accept: 'application/octet-stream' },
-        credentials: 'same-origin',
-        referrerPolicy: 'no-referrer',
-        cache: 'no-store',
-      });
-    } catch {
-      throw new GatewayError(0, 'network', 'the gateway could not be reached');
-    }
+    const response = await this.get(url, 'application/octet-stream');
     if (!response.ok) throw new GatewayError(response.status, '', '');
     return new Uint8Array(await response.arrayBuffer());
   }
