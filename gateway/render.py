@@ -1,7 +1,8 @@
 """Rendered frames and thumbnails: the one place Python decodes pixels.
 
 A frame's stored bytes are read by range from storage (never the whole object), decoded by pydicom's decoders
-(native, RLE, and JPEG and JPEG 2000 through Pillow), turned into display values as PS3.3 C.11 says (modality LUT,
+(native, RLE, JPEG and JPEG 2000 through Pillow, and through imagecodecs what Pillow does not read: JPEG Lossless,
+JPEG-LS, 12-bit JPEG, HTJ2K; ``gateway.dicom.codecs``), turned into display values as PS3.3 C.11 says (modality LUT,
 the request's or the file's window or VOI LUT, MONOCHROME1 inverted, palette colour, YBR to RGB), and encoded as
 JPEG or PNG.
 Thumbnails are rendered once, stored next to the instance, and from then on served by NGINX from storage.
@@ -29,6 +30,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, c
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian
 
 from gateway import nginx_contract as nginx
+from gateway.dicom import codecs
 from gateway.dicom.converted import ConvertedReader, is_converted
 from gateway.dicomweb.accept import Offer, negotiate
 from gateway.errors import BadRequest, FrameNotFound, NotAcceptable, NotFound
@@ -36,6 +38,8 @@ from gateway.numbers import INT32_MAX, parse_int
 from gateway.services import Services
 from gateway.uids import check_uid
 from gateway.views.common import make_conditional
+
+codecs.register()  # every process that renders imports this module before it decodes a frame
 
 THUMBNAIL_SIZE = 128
 _MAX_WINDOW = 1e9  # far beyond any stored value (32-bit pixels times a rescale slope)
@@ -129,8 +133,9 @@ def _pixel_dataset(services: Services, cached: Any, metadata: Mapping[str, Any],
 
 
 def _decode(data: bytes, ds: Dataset, syntax: str, keyword: str) -> tuple[np.ndarray, str]:
-    """One frame's pixels, decoded by pydicom's decoders (native, RLE, JPEG and JPEG 2000 through Pillow; what no
-    installed plugin decodes is a 406), and the photometric interpretation they are in (YBR comes back as RGB)."""
+    """One frame's pixels, decoded by pydicom's decoders (native, RLE, JPEG and JPEG 2000 through Pillow, the rest
+    through imagecodecs; what no installed plugin decodes is a 406), and the photometric interpretation they are in
+    (YBR comes back as RGB)."""
     uid = UID(syntax)
     try:
         decoder = get_decoder(uid)

@@ -41,8 +41,9 @@ pytestmark = pytest.mark.browser
 
 TEST_FILES = Path(pydicom.data.__file__).parent / "test_files"
 
-# file -> the file pydicom decodes as its reference: itself, or the same pixels stored in a syntax pydicom can
-# decode without optional plugins (this venv has no JPEG-LS or lossless-JPEG decoder for pydicom).
+# file -> the file pydicom decodes as its reference: itself, or the same pixels stored in a syntax pydicom decodes
+# with its own plugins (JPEG-LS and lossless JPEG are decoded by the gateway's imagecodecs plugin, which
+# test_real_files registers: a twin keeps the reference independent of it).
 SHOWN: dict[str, str] = {
     "CT_small.dcm": "CT_small.dcm",  # signed 16-bit, rescale, the file's window
     "MR_small_RLE.dcm": "MR_small_RLE.dcm",
