@@ -5,7 +5,8 @@ last); the gateway adds imagecodecs' (``gateway.dicom.codecs``). ``rendered`` an
 406 for all of them (a portal's study list showed no thumbnail).
 
 A lossless file renders byte for byte as its uncompressed twin does (the same pixels, the same metadata: the
-rendering is deterministic), at frame 1 and at the last frame; a lossy one as pydicom decodes it."""
+rendering is deterministic), at frame 1 and at the last frame, as a thumbnail and by WADO-URI as image/jpeg; a
+lossy one as pydicom decodes it."""
 
 from __future__ import annotations
 
@@ -107,6 +108,20 @@ def thumbnail_size(path: Path) -> tuple[int, int]:
     return frame.size
 
 
+def wado_uri_jpeg(stack: RunningStack, path: Path) -> bytes:
+    """WADO-URI's ``contentType=image/jpeg`` of the instance (PS3.18 9), the way legacy portals show it."""
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    uids = {"studyUID": ds.StudyInstanceUID, "seriesUID": ds.SeriesInstanceUID, "objectUID": ds.SOPInstanceUID}
+    answer = requests.get(
+        f"{stack.url}/dicomweb/wado",
+        params={"requestType": "WADO", **{k: str(v) for k, v in uids.items()}, "contentType": "image/jpeg"},
+        headers=stack.api_headers,
+        timeout=60,
+    )
+    assert (answer.status_code, answer.headers["Content-Type"]) == (200, "image/jpeg"), answer.text[:200]
+    return answer.content
+
+
 def image(stack: RunningStack, address: str, accept: str) -> bytes:
     answer = get(stack, address, accept)
     assert (answer.status_code, answer.headers["Content-Type"]) == (200, accept), answer.text[:200]
@@ -125,6 +140,7 @@ def test_a_lossless_file_renders_as_its_uncompressed_twin(
     thumbnail = image(stack, f"{compressed}/thumbnail", "image/jpeg")
     assert thumbnail == image(stack, f"{reference}/thumbnail", "image/jpeg")
     assert Image.open(io.BytesIO(thumbnail)).size == thumbnail_size(files[name])
+    assert wado_uri_jpeg(stack, files[name]) == wado_uri_jpeg(stack, files[f"{name}.reference"])
 
 
 @pytest.mark.parametrize("name", LOSSY)
