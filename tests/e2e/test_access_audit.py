@@ -189,12 +189,11 @@ def test_requests_nginx_answers_itself_are_on_record_as_sent(stack: RunningStack
     )
     assert refused.status_code == 501
     rows = wait_for_rows(stack, 4, study=study)  # the STOW to /studies names no study in its path
-    assert sorted((row["method"], row["status"]) for row in rows) == [
-        ("GET", 499),
-        ("GET", 499),
-        ("GET", 499),
-        ("POST", 501),
-    ]
+    assert [(row["method"], row["status"]) for row in rows if row["method"] != "GET"] == [("POST", 501)]
+    # Each gone client is on record. NGINX notices a client that half-closed with its request only while it waits on
+    # the gateway, so under heavy load it may have answered first (200); it was 499 in every quiet run.
+    gets = sorted(row["status"] for row in rows if row["method"] == "GET")
+    assert len(gets) == 3 and set(gets) <= {200, 499} and 499 in gets, gets
     for line in stack.stack.access_log.read_text().splitlines():
         json.loads(line)  # every line is JSON
 
