@@ -84,8 +84,8 @@ _STORED_ROWS = {
         ("series", series, series.c.series_uid, SERIES_FIELDS),
     )
 }
-_STUDY_PATIENTS = sa.select(studies.c.study_uid, studies.c.patient_id, studies.c.attrs).where(
-    studies.c.study_uid.in_(sa.bindparam("uids", expanding=True))
+_STUDY_PATIENT = sa.select(studies.c.study_uid.label("uid"), studies.c.patient_id, studies.c.attrs).where(
+    studies.c.study_uid == sa.bindparam("uid")
 )
 # PostgreSQL: one writer at a time per study, taken before its row is read. A row lock cannot do it for a study
 # not stored yet: two uploads into a new study each read "none", and the second upsert overwrote the first's
@@ -215,7 +215,9 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
             ids = batch[i].record.instance.ids
             owners.setdefault(ids.series, ids.study)
         plain = [i for i in candidates if owners[(ids := batch[i].record.instance.ids).series] == ids.study]
-        for i in self._other_patients(conn, [(i, batch[i].record) for i in plain]):
+        # the stored study rows, read once: the patient check and the merge both start from them
+        stored_studies = self._stored(conn, "study", {batch[i].record.instance.ids.study for i in plain})
+        for i in self._other_patients(stored_studies, [(i, batch[i].record) for i in plain]):
             outcomes[i] = PatientMismatch(OTHER_PATIENT)
         plain = [i for i in plain if i not in outcomes]
         if not plain:
@@ -228,7 +230,7 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
             ids = batch[i].record.instance.ids
             of_study.setdefault(ids.study, []).append(batch[i].record)
             of_series.setdefault(ids.series, []).append(batch[i].record)
-        merged = self._merged(conn, "study", of_study)
+        merged = self._merged(conn, "study", of_study, stored_studies)
         conn.execute(
             upsert_study, [{"study_uid": uid, **merged[uid], "updated_at": now} for uid in sorted(merged)]
         )
@@ -303,16 +305,26 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
             ),
         )
 
+    @staticmethod
+    def _stored(conn: Connection, level: str, uids: set[str]) -> dict[str, Any]:
+        """The stored ``level`` rows of ``uids`` (locked for the merge), by UID."""
+        return {row.uid: row for row in conn.execute(_STORED_ROWS[level], {"uids": sorted(uids)})}
+
     def _merged(
-        self, conn: Connection, level: str, of_uid: dict[str, list[InstanceRecord]]
+        self,
+        conn: Connection,
+        level: str,
+        of_uid: dict[str, list[InstanceRecord]],
+        stored: dict[str, Any] | None = None,
     ) -> dict[str, dict[str, Any]]:
         """The ``level`` ("study" or "series") row each UID gets from its new instances (in order) over the stored
         one: its searchable columns and QIDO attributes, a later value replacing an earlier one only where it is
         not empty. Instances need not repeat their study's or series' attributes (a report or key object from
         another system often leaves Study Date or Accession Number empty): the last one stored emptied them, and
-        a date search (a viewer's study list) lost the study."""
+        a date search (a viewer's study list) lost the study. ``stored``: those rows, if the caller read them."""
         fields = STUDY_FIELDS if level == "study" else SERIES_FIELDS
-        stored = {row.uid: row for row in conn.execute(_STORED_ROWS[level], {"uids": sorted(of_uid)})}
+        if stored is None:
+            stored = self._stored(conn, level, set(of_uid))
         merged: dict[str, dict[str, Any]] = {}
         for uid, records in of_uid.items():
             row = stored.get(uid)
@@ -334,15 +346,18 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
             instances.c.study_uid == ids.study, instances.c.sop_uid != ids.sop
         )
         with self._read() as conn:
-            return conn.execute(others.limit(1)).first() is not None and bool(self._other_patients(conn, [(0, rec)]))
+            if conn.execute(others.limit(1)).first() is None:
+                return False
+            stored = {row.uid: row for row in conn.execute(_STUDY_PATIENT, {"uid": ids.study})}
+            return bool(self._other_patients(stored, [(0, rec)]))
 
     @staticmethod
-    def _other_patients(conn: Connection, entries: list[tuple[int, InstanceRecord]]) -> set[int]:
-        """The entries (by their index) whose patient is not the one their study holds, or the one an earlier entry
-        into the same study names. An empty Patient ID or issuer differs from none (a study's values merge)."""
+    def _other_patients(stored: dict[str, Any], entries: list[tuple[int, InstanceRecord]]) -> set[int]:
+        """The entries (by their index) whose patient is not the one their study holds (``stored``: the study rows,
+        by UID), or the one an earlier entry into the same study names. An empty Patient ID or issuer differs from
+        none (a study's values merge)."""
         known: dict[str, tuple[str, str]] = {
-            row.study_uid: _patient(row.patient_id, fastjson.loads(row.attrs) if row.attrs else {})
-            for row in conn.execute(_STUDY_PATIENTS, {"uids": sorted({r.instance.ids.study for _, r in entries})})
+            uid: _patient(row.patient_id, fastjson.loads(row.attrs) if row.attrs else {}) for uid, row in stored.items()
         }
         refused = set()
         for index, rec in entries:
@@ -392,9 +407,11 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
             if not rec.replace:
                 raise Conflict("SOP Instance UID already stored with different content")
             self._delete(conn, inst.ids.sop)
-        if self._other_patients(conn, [(0, rec)]):
+        stored_study = self._stored(conn, "study", {inst.ids.study})
+        if self._other_patients(stored_study, [(0, rec)]):
             raise PatientMismatch(OTHER_PATIENT)
-        study_values = {**self._merged(conn, "study", {inst.ids.study: [rec]})[inst.ids.study], "updated_at": now}
+        merged = self._merged(conn, "study", {inst.ids.study: [rec]}, stored_study)
+        study_values = {**merged[inst.ids.study], "updated_at": now}
         stmt = self._insert(studies).values(study_uid=inst.ids.study, **study_values)
         conn.execute(stmt.on_conflict_do_update(index_elements=["study_uid"], set_=study_values))
         owner = conn.execute(
