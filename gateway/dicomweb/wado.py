@@ -343,10 +343,10 @@ class Planner:
         instance = self.instance(target.study, target.series or "", target.instance)
         if self._converts(instance):  # no byte ranges to list: njs asks each frame's plan (a redirect) instead
             raise FramesNotServable("this instance's frames are converted, not stored byte ranges")
-        self._frames(instance, str(first), accept)  # the error the block's first frame gets, if any
+        # the error the block's first frame gets, if any (a lost object's 404 included)
+        self._frames(instance, str(first), accept)
         assert instance.frames is not None
         choice = self._frame_choice(instance, accept, single=True)
-        self._require_present(choice.key)
         numbers = range(first, min(first + nginx.FRAMES_PER_BLOCK, instance.frames.count + 1))
         headers = [("Content-Type", "text/plain"), ("X-Accel-Expires", str(min(self._plan_seconds, choice.expires)))]
         return PlanResponse(200, headers, _indexed(self._frame_lines(choice, numbers)))
