@@ -110,6 +110,9 @@ class IngestResult:
 class Header:
     ids: InstanceId
     sop_class_uid: str
+    # the patient the file names as uploaded (Patient ID, Issuer of Patient ID; "" when none): a quarantine record
+    # keeps them, so a patient erasure finds held files without a stored study. Out of repr: PHI stays out of logs
+    patient: tuple[str, str] = field(default=("", ""), repr=False)
 
 
 def sha256_of(path: Path) -> str:
@@ -173,7 +176,9 @@ def analyse(
         indexed, dataset = read_instance(path, bulkdata_threshold=bulkdata_threshold)
     except DicomError as error:
         return IngestResult.refused(path, detail=error.detail)
-    header = Header(indexed.ids, indexed.sop_class_uid)
+    named = indexed.searchable
+    patient = (str(named.get("patient_id") or ""), str(named.get("issuer_of_patient_id") or ""))
+    header = Header(indexed.ids, indexed.sop_class_uid, patient)
     if expected_study is not None and header.ids.study != expected_study:
         return IngestResult.about(
             header,
@@ -374,6 +379,7 @@ class Ingestor:
             sop_uid=header.ids.sop,
             study_uid=header.ids.study,
             series_uid=header.ids.series,
+            patient=header.patient,
             reason=outcome.reason,
             report=outcome.report,
         )

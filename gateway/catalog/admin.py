@@ -294,16 +294,20 @@ class AdminRecords(CatalogBase):
         sop_uid: str | None = None,
         study_uid: str | None = None,
         series_uid: str | None = None,
+        patient: tuple[str, str] | None = None,
         reason: str = "",
         report: Mapping[str, Any] | None = None,
         created_at: int | None = None,
     ) -> None:
         """Record a quarantined object by its storage key (re-quarantining the same key updates the
-        record)."""
+        record). ``patient``: the file's Patient ID and Issuer of Patient ID ("" when it names none), which a
+        patient erasure finds it by; None: not known (a record made before migration 0012 has none)."""
         values = {
             "sop_uid": sop_uid,
             "study_uid": study_uid,
             "series_uid": series_uid,
+            "patient_id": None if patient is None else patient[0].strip(),
+            "issuer_of_patient_id": None if patient is None else patient[1].strip(),
             "reason": reason,
             "report": json.dumps(dict(report or {})),
             "created_at": int(created_at or time.time()),
@@ -316,6 +320,8 @@ class AdminRecords(CatalogBase):
     def _quarantine_dict(row: Any) -> dict[str, Any]:
         data = dict(row._mapping)
         data["report"] = json.loads(data["report"])
+        # kept for erasure only: the review list names files by UID, as it did before the patient was recorded
+        del data["patient_id"], data["issuer_of_patient_id"]
         return data
 
     def list_quarantine(self, limit: int = 1000) -> list[dict[str, Any]]:
@@ -329,14 +335,18 @@ class AdminRecords(CatalogBase):
             row = conn.execute(sa.select(quarantine).where(quarantine.c.key == key)).first()
         return None if row is None else self._quarantine_dict(row)
 
-    def quarantine_of_studies(self, study_uids: list[str]) -> list[str]:
-        """Keys of the quarantined objects of these studies (a patient erasure removes them too)."""
-        if not study_uids:
-            return []
+    def quarantine_of_patient(self, patient_id: str, issuer: str | None, study_uids: list[str]) -> list[str]:
+        """Keys of the quarantined objects of a patient (a patient erasure removes them too): those recorded with
+        this Patient ID (and, when given, this Issuer of Patient ID; both compared as ``studies_of_patient``
+        compares them), whether or not a study of the patient is stored, and those of ``study_uids``."""
+        patient: sa.ColumnElement[bool] = quarantine.c.patient_id == patient_id.strip()
+        if issuer is not None:
+            # as for a study: a given issuer matches a recorded one equal to it, and "" none (no file names it)
+            issuer = issuer.strip()
+            patient = sa.and_(patient, quarantine.c.issuer_of_patient_id == issuer) if issuer else sa.false()
+        found = sa.or_(patient, quarantine.c.study_uid.in_(study_uids)) if study_uids else patient
         with self._read() as conn:
-            return sorted(
-                conn.execute(sa.select(quarantine.c.key).where(quarantine.c.study_uid.in_(study_uids))).scalars()
-            )
+            return sorted(conn.execute(sa.select(quarantine.c.key).where(found)).scalars())
 
     def remove_quarantine(self, key: str) -> None:
         with self._write() as conn:

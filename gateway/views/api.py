@@ -293,10 +293,11 @@ def erase_patient() -> tuple[Response, int]:
     label = srv.authorizer.api_key_label(request.headers.get("Authorization", "")) or "api-key"
     studies = srv.catalog.studies_of_patient(patient_id, issuer)
     removed = deleter(srv).delete([Target(uid) for uid in studies], sub=label, reason=check_reason(reason))
-    if not removed:
-        raise NotFound("no study of this patient is stored")
-    # files of these studies held for review are the patient's data too
-    quarantined = srv.catalog.quarantine_of_studies(sorted({item.target.study for item in removed}))
+    # files of the patient held for review are the patient's data too, whether or not a study of theirs is stored
+    erased = sorted({item.target.study for item in removed})
+    quarantined = srv.catalog.quarantine_of_patient(patient_id, issuer, erased)
+    if not removed and not quarantined:
+        raise NotFound("no study or quarantined file of this patient is stored")
     for key in quarantined:
         srv.storage.delete(key)
         srv.catalog.remove_quarantine(key)

@@ -385,6 +385,94 @@ def test_an_instance_of_another_patient_is_refused_so_erasure_misses_nothing(
     assert stored_keys(stack, new_study) == []
 
 
+HOLD_POLICY = """
+version = "e2e-erasure"
+
+[destinations.main]
+storage = "default"
+region = "eu-west-1"
+identifiable_allowed = true
+
+[[rules]]
+id = "hold"
+match = { tenant = "hold" }
+action = "quarantine"
+reason = "held for review"
+
+[default]
+action = "allow"
+destination = "main"
+"""
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def holding_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunningStack]:
+    """A stack of its own on each catalog whose policy quarantines the uploads of tenant ``hold`` and stores the
+    rest."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text(HOLD_POLICY)
+    env = {"DICOMGW_PHI_POLICY": str(policy)}
+    if request.param == "postgres":
+        env["DICOMGW_DATABASE_URL"] = request.getfixturevalue("postgres_url")
+    running = start_stack(tmp_path / "var", "file", None, **env)
+    try:
+        yield running
+    finally:
+        running.stack.stop()
+
+
+def upload(stack: RunningStack, files: list[Path], tenant: str) -> requests.Response:
+    return stack.stow(files, **{"X-DICOMGW-Tenant": tenant, "X-DICOMGW-Region": "eu-west-1"})
+
+
+def held(stack: RunningStack) -> dict[str, str]:
+    """Quarantined file -> its SOP Instance UID, as the review list has them."""
+    answer = requests.get(f"{stack.url}/api/v1/admin/quarantine", headers=stack.api_headers, timeout=30)
+    assert answer.status_code == 200
+    return {item["key"]: item["sop_uid"] for item in answer.json()["items"]}
+
+
+def test_erasure_removes_the_quarantined_files_of_a_patient_with_no_stored_study(
+    holding_stack: RunningStack, tmp_path: Path
+) -> None:
+    """Erasure found held files only through the patient's stored studies: a patient whose every file was quarantined
+    kept them all, and the erasure answered 404. The quarantine record keeps the file's Patient ID and issuer."""
+    import pydicom
+
+    stack = holding_stack
+    mine = [*one_slice(tmp_path / "a", 7901, "HELD-A"), *one_slice(tmp_path / "a2", 7902, "HELD-A")]
+    theirs = one_slice(tmp_path / "b", 7903, "HELD-B")
+    for path in mine:
+        ds = pydicom.dcmread(path)
+        ds.IssuerOfPatientID = "HOSP-79"
+        ds.save_as(path)
+    answer = upload(stack, [*mine, *theirs], "hold")
+    assert answer.status_code == 409, answer.text
+    assert {item["00081197"]["Value"][0] for item in answer.json()["00081198"]["Value"]} == {0xC4F0}
+    before = held(stack)
+    assert sorted(before.values()) == sorted(uids_of(path)[2] for path in [*mine, *theirs])
+    storage = stack.storage()
+    assert sorted(storage.list("quarantine/")) == sorted(before)
+
+    url = f"{stack.url}/api/v1/admin/erasure"
+    other_issuer = requests.post(
+        url, json={"patient_id": "HELD-A", "issuer": "HOSP-80"}, headers=stack.api_headers, timeout=120
+    )
+    assert_gone(other_issuer)
+    assert held(stack) == before
+    erased = requests.post(
+        url, json={"patient_id": " HELD-A ", "issuer": "HOSP-79"}, headers=stack.api_headers, timeout=120
+    )
+    assert erased.status_code == 200, erased.text
+    assert erased.headers["Content-Type"] == "application/json"
+    assert erased.json() == {"studies": [], "series": 0, "instances": 0, "deletions": [], "quarantined": 2}
+    kept = {key: sop for key, sop in before.items() if sop == uids_of(theirs[0])[2]}
+    assert held(stack) == kept and sorted(storage.list("quarantine/")) == sorted(kept)
+    assert_gone(erase(stack, "HELD-A"))
+    assert erase(stack, "HELD-B").json()["quarantined"] == 1
+    assert list(storage.list("quarantine/")) == []
+
+
 def audit_page(stack: RunningStack, **params: str) -> requests.Response:
     return requests.get(f"{stack.url}/api/v1/admin/audit", params=params, headers=stack.api_headers, timeout=30)
 

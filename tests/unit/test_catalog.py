@@ -59,7 +59,7 @@ def test_migrate_is_idempotent_and_matches_schema(catalog: Catalog) -> None:
     # the order index is declared by its columns (what SQLite reflects); PostgreSQL reflects its DESC NULLS LAST
     diffs = [d for d in diffs if catalog.dialect == "sqlite" or getattr(d[1], "name", "") != "ix_studies_date_order"]
     assert diffs == []
-    assert version == "0011"
+    assert version == "0012"
     indexes = {name: " ".join(sql.split()) for name, sql in ddl if sql}
     assert "lower(patient_name)" in indexes["ix_studies_patient_name_lower"]
     if catalog.dialect == "postgresql":
@@ -215,6 +215,36 @@ def test_migration_0011_keys_the_stored_times(catalog_url: str) -> None:
         assert answered == {"1.2.9": "101500", "1.2.8": "1015"}
         query = parse_qido("series", {"PerformedProcedureStepStartTime": ["091500.000"]})
         assert [r["0020000E"]["Value"][0] for r in catalog.search(query, None)] == ["1.2.9.1"]
+    finally:
+        catalog.close()
+
+
+def test_migration_0012_leaves_earlier_quarantine_records_reachable_by_their_study(catalog_url: str) -> None:
+    """A file quarantined before 0012 has no patient recorded (it is in the file alone): erasure still reaches it
+    through its study, and never by a Patient ID."""
+    from alembic import command
+    from alembic.config import Config
+
+    from gateway.catalog.engine import MIGRATIONS
+
+    old = Catalog(catalog_url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with old.engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0011")
+        conn.execute(
+            sa.text("INSERT INTO quarantine (key, study_uid, created_at) VALUES ('quarantine/old.dcm', '1.2.9', 0)")
+        )
+    old.close()
+    catalog = Catalog(catalog_url)
+    try:
+        catalog.migrate()
+        with catalog.engine.connect() as conn:
+            row = conn.execute(sa.text("SELECT patient_id, issuer_of_patient_id FROM quarantine")).one()
+        assert tuple(row) == (None, None)
+        assert catalog.quarantine_of_patient("P-1", None, ["1.2.9"]) == ["quarantine/old.dcm"]
+        assert catalog.quarantine_of_patient("P-1", None, []) == []
     finally:
         catalog.close()
 

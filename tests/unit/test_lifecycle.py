@@ -236,12 +236,19 @@ def test_the_lambda_entry_point_runs_retention(
     }
 
 
-def test_quarantine_of_studies_lists_only_theirs(catalog: Catalog) -> None:
-    catalog.add_quarantine("quarantine/a.dcm", study_uid=ST)
+def test_quarantine_of_patient_finds_held_files_by_patient_and_by_study(catalog: Catalog) -> None:
+    catalog.add_quarantine("quarantine/a.dcm", study_uid=ST)  # recorded before migration 0012: no patient known
     catalog.add_quarantine("quarantine/b.dcm", study_uid=ST2)
     catalog.add_quarantine("quarantine/c.dcm")  # unreadable: no study known
-    assert catalog.quarantine_of_studies([ST]) == ["quarantine/a.dcm"]
-    assert catalog.quarantine_of_studies([]) == []
+    catalog.add_quarantine("quarantine/d.dcm", study_uid="1.2.99", patient=(" P-1 ", "HOSP"))
+    catalog.add_quarantine("quarantine/e.dcm", study_uid="1.2.98", patient=("P-1", ""))
+    catalog.add_quarantine("quarantine/f.dcm", study_uid="1.2.97", patient=("", ""))
+    found = ["quarantine/a.dcm", "quarantine/d.dcm", "quarantine/e.dcm"]
+    assert catalog.quarantine_of_patient("P-1", None, [ST]) == found
+    assert catalog.quarantine_of_patient(" P-1", " HOSP ", []) == ["quarantine/d.dcm"]
+    assert catalog.quarantine_of_patient("P-1", "", []) == []  # as for a study: "" is no issuer to match
+    assert catalog.quarantine_of_patient("P-2", None, []) == []
+    assert "patient_id" not in catalog.get_quarantine("quarantine/d.dcm")  # type: ignore[operator]
 
 
 def test_tombstones_outlive_every_cached_plan() -> None:
