@@ -338,15 +338,28 @@ class AdminRecords(CatalogBase):
     def quarantine_of_patient(self, patient_id: str, issuer: str | None, study_uids: list[str]) -> list[str]:
         """Keys of the quarantined objects of a patient (a patient erasure removes them too): those recorded with
         this Patient ID (and, when given, this Issuer of Patient ID; both compared as ``studies_of_patient``
-        compares them), whether or not a study of the patient is stored, and those of ``study_uids``."""
-        patient: sa.ColumnElement[bool] = quarantine.c.patient_id == patient_id.strip()
+        compares them), whether or not a study of the patient is stored, and those held under one of
+        ``study_uids`` (the patient's erased studies) that name no other patient. Another patient's file held
+        under the same Study Instance UID stays."""
+        patient_id = patient_id.strip()
+        held = quarantine.c
+        patient: sa.ColumnElement[bool] = held.patient_id == patient_id
+        issuer_unlike: sa.ColumnElement[bool] = sa.false()
         if issuer is not None:
             # as for a study: a given issuer matches a recorded one equal to it, and "" none (no file names it)
             issuer = issuer.strip()
-            patient = sa.and_(patient, quarantine.c.issuer_of_patient_id == issuer) if issuer else sa.false()
-        found = sa.or_(patient, quarantine.c.study_uid.in_(study_uids)) if study_uids else patient
+            patient = sa.and_(patient, held.issuer_of_patient_id == issuer) if issuer else sa.false()
+            issuer_unlike = sa.and_(held.issuer_of_patient_id != "", held.issuer_of_patient_id != issuer)
+        found = patient
+        if study_uids:
+            # In an erased study, a file naming no Patient ID (or issuer) is the study's patient's, as such an
+            # instance merges into its study on upload. A record made before migration 0012 names no patient (only
+            # its file does): it goes with its study, as every held file of the study went before.
+            named_none = sa.or_(held.patient_id.is_(None), held.patient_id == "")
+            same = sa.or_(named_none, sa.and_(held.patient_id == patient_id, sa.not_(issuer_unlike)))
+            found = sa.or_(patient, sa.and_(held.study_uid.in_(study_uids), same))
         with self._read() as conn:
-            return sorted(conn.execute(sa.select(quarantine.c.key).where(found)).scalars())
+            return sorted(conn.execute(sa.select(held.key).where(found)).scalars())
 
     def remove_quarantine(self, key: str) -> None:
         with self._write() as conn:

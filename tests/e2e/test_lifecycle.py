@@ -473,6 +473,50 @@ def test_erasure_removes_the_quarantined_files_of_a_patient_with_no_stored_study
     assert list(storage.list("quarantine/")) == []
 
 
+def test_erasure_leaves_another_patients_file_held_under_the_same_study(
+    holding_stack: RunningStack, tmp_path: Path
+) -> None:
+    """Erasing a patient removed every file held under their studies' UIDs, another patient's among them. Only the
+    patient's go now; a record quarantined before the patient was recorded (migration 0012) still goes with its
+    study."""
+    import sqlalchemy as sa
+
+    from gateway.catalog.catalog import engine_url
+
+    stack = holding_stack
+    stored = one_slice(tmp_path / "a", 7911, "OWN-A")
+    study = uids_of(stored[0])[0]
+    assert upload(stack, stored, "store").status_code == 200
+    mine = one_slice(tmp_path / "a2", 7912, "OWN-A", study)
+    theirs = one_slice(tmp_path / "b", 7913, "OWN-B", study)
+    legacy = one_slice(tmp_path / "c", 7914, "OWN-C", study)
+    answer = upload(stack, [*mine, *theirs, *legacy], "hold")
+    assert answer.status_code == 409, answer.text
+    sops = {name: uids_of(files[0])[2] for name, files in (("mine", mine), ("theirs", theirs), ("legacy", legacy))}
+    keys = {sop: key for key, sop in held(stack).items()}
+    assert sorted(keys) == sorted(sops.values())
+    engine = sa.create_engine(engine_url(stack.stack.database_url))
+    try:
+        with engine.begin() as conn:  # as a row quarantined before migration 0012 is
+            conn.execute(
+                sa.text("UPDATE quarantine SET patient_id = NULL, issuer_of_patient_id = NULL WHERE key = :key"),
+                {"key": keys[sops["legacy"]]},
+            )
+    finally:
+        engine.dispose()
+
+    erased = erase(stack, "OWN-A")
+    assert erased.status_code == 200, erased.text
+    assert (erased.json()["studies"], erased.json()["instances"], erased.json()["quarantined"]) == ([study], 1, 2)
+    assert held(stack) == {keys[sops["theirs"]]: sops["theirs"]}
+    assert list(stack.storage().list("quarantine/")) == [keys[sops["theirs"]]]
+    assert stored_keys(stack, study) == []
+    again = erase(stack, "OWN-B")
+    assert again.status_code == 200, again.text
+    assert again.json() == {"studies": [], "series": 0, "instances": 0, "deletions": [], "quarantined": 1}
+    assert held(stack) == {} and list(stack.storage().list("quarantine/")) == []
+
+
 def audit_page(stack: RunningStack, **params: str) -> requests.Response:
     return requests.get(f"{stack.url}/api/v1/admin/audit", params=params, headers=stack.api_headers, timeout=30)
 

@@ -251,6 +251,31 @@ def test_quarantine_of_patient_finds_held_files_by_patient_and_by_study(catalog:
     assert "patient_id" not in catalog.get_quarantine("quarantine/d.dcm")  # type: ignore[operator]
 
 
+def test_quarantine_of_patient_leaves_another_patients_file_held_under_an_erased_study(catalog: Catalog) -> None:
+    """Only the patient's: a held file naming another patient stays, though its Study Instance UID is an erased
+    study's; one naming no patient (or no issuer) there is the study's patient's, as an upload of it merges."""
+    catalog.add_quarantine("quarantine/mine.dcm", study_uid=ST, patient=("P-1", "HOSP"))
+    catalog.add_quarantine("quarantine/theirs.dcm", study_uid=ST, patient=("P-2", "HOSP"))
+    catalog.add_quarantine("quarantine/other-issuer.dcm", study_uid=ST, patient=("P-1", "ELSEWHERE"))
+    catalog.add_quarantine("quarantine/no-issuer.dcm", study_uid=ST, patient=("P-1", ""))
+    catalog.add_quarantine("quarantine/nobody.dcm", study_uid=ST, patient=("", ""))
+    catalog.add_quarantine("quarantine/old.dcm", study_uid=ST)  # before 0012: by its study, as before
+    catalog.add_quarantine("quarantine/nobody-elsewhere.dcm", study_uid=ST2, patient=("", ""))
+    assert catalog.quarantine_of_patient("P-1", "HOSP", [ST]) == [
+        "quarantine/mine.dcm",
+        "quarantine/no-issuer.dcm",
+        "quarantine/nobody.dcm",
+        "quarantine/old.dcm",
+    ]
+    assert catalog.quarantine_of_patient("P-1", None, [ST]) == [
+        "quarantine/mine.dcm",
+        "quarantine/no-issuer.dcm",
+        "quarantine/nobody.dcm",
+        "quarantine/old.dcm",
+        "quarantine/other-issuer.dcm",
+    ]
+
+
 def test_tombstones_outlive_every_cached_plan() -> None:
     """A tombstone must outlast any plan NGINX cached before the delete, or the pre-delete cache key would come back
     (generation 0) while that plan is still fresh."""
