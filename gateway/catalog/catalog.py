@@ -60,11 +60,13 @@ class Registration:
     derive: bool = False
 
 
-_ROW_COLUMNS = [c for c in instances.c if c.name != "metadata"]
+# what an InstanceRow holds: erasure alone reads the other_patient columns (gateway.catalog.deletions)
+_FULL_COLUMNS = [c for c in instances.c if not c.name.startswith("other_")]
+_ROW_COLUMNS = [c for c in _FULL_COLUMNS if c.name != "metadata"]
 # Built once: get_instance is on the frame path, and building a statement per call doubles its cost. The same
 # holds for registration (a statement built per call cost more CPU than SQLite running it): its statements are
 # built here or once per Catalog (``_upserts``), and take their values as parameters.
-_GET_FULL = sa.select(*instances.c).where(instances.c.sop_uid == sa.bindparam("sop_uid"))
+_GET_FULL = sa.select(*_FULL_COLUMNS).where(instances.c.sop_uid == sa.bindparam("sop_uid"))
 _GET_LIGHT = sa.select(*_ROW_COLUMNS).where(instances.c.sop_uid == sa.bindparam("sop_uid"))
 _STORED = sa.select(instances.c.sop_uid).where(instances.c.sop_uid.in_(sa.bindparam("sops", expanding=True)))
 _RESERVED = (
@@ -470,7 +472,7 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
     ) -> list[InstanceRow]:
         """A study's (or one series') instances, ordered by series number, series UID, instance number, SOP
         UID."""
-        columns = list(instances.c) if with_metadata else _ROW_COLUMNS
+        columns = _FULL_COLUMNS if with_metadata else _ROW_COLUMNS
         stmt = (
             sa.select(*columns)
             .select_from(instances.join(series, instances.c.series_uid == series.c.series_uid))

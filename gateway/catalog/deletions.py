@@ -143,6 +143,24 @@ class DeletionRecords(CatalogBase):
             found.append(str(row.study_uid))
         return sorted(found)
 
+    def instances_of_patient_elsewhere(self, patient_id: str, issuer: str | None = None) -> list[Target]:
+        """The instances of a patient stored in another patient's study (before STOW refused that; migration 0013
+        recorded their own Patient ID and issuer), as instance targets; compared as ``studies_of_patient``
+        compares a study's."""
+        patient_id = patient_id.strip()
+        where = [instances.c.other_patient_id == patient_id]
+        if issuer is not None:
+            if not issuer.strip():
+                return []  # as for a study: "" is no issuer to match
+            where.append(instances.c.other_issuer_of_patient_id == issuer.strip())
+        stmt = (
+            sa.select(instances.c.study_uid, instances.c.series_uid, instances.c.sop_uid)
+            .where(*where)
+            .order_by(instances.c.study_uid, instances.c.sop_uid)
+        )
+        with self._read() as conn:
+            return [Target(row.study_uid, row.series_uid, row.sop_uid) for row in conn.execute(stmt)]
+
     def stored_before(self, cutoff: int) -> list[Any]:
         """Instances stored before ``cutoff`` (epoch seconds), with what retention selects on and their study's
         instance count (rows: sop_uid, study_uid, series_uid, tenant, destination, created_at, study_instances)."""

@@ -103,6 +103,18 @@ instances = sa.Table(
     sa.Index("ix_instances_series_number", "series_uid", "instance_number"),
     sa.Index("ix_instances_study", "study_uid"),
     sa.Index("ix_instances_created_at", "created_at"),
+    # The instance's own Patient ID and Issuer of Patient ID where they are not its study's, NULL everywhere else:
+    # instances stored into another patient's study before STOW refused that (0xA778, session 16), found from their
+    # metadata by migration 0013, so a patient erasure reaches them. STOW stores no new one, so ingest leaves these
+    # NULL, and the index holds those rows alone. The read path never selects them (gateway.catalog.catalog).
+    sa.Column("other_patient_id", sa.Text),
+    sa.Column("other_issuer_of_patient_id", sa.Text),
+    sa.Index(
+        "ix_instances_other_patient_id",
+        "other_patient_id",
+        sqlite_where=sa.text("other_patient_id IS NOT NULL"),
+        postgresql_where=sa.text("other_patient_id IS NOT NULL"),
+    ),
 )
 
 revocations = sa.Table(

@@ -292,9 +292,13 @@ def erase_patient() -> tuple[Response, int]:
     srv = services()
     label = srv.authorizer.api_key_label(request.headers.get("Authorization", "")) or "api-key"
     studies = srv.catalog.studies_of_patient(patient_id, issuer)
-    removed = deleter(srv).delete([Target(uid) for uid in studies], sub=label, reason=check_reason(reason))
-    # files of the patient held for review are the patient's data too, whether or not a study of theirs is stored
-    erased = sorted({item.target.study for item in removed})
+    # and the patient's instances an older catalog stored in another patient's study (STOW refuses them now)
+    elsewhere = [t for t in srv.catalog.instances_of_patient_elsewhere(patient_id, issuer) if t.study not in studies]
+    targets = [Target(uid) for uid in studies] + elsewhere
+    removed = deleter(srv).delete(targets, sub=label, reason=check_reason(reason))
+    # files of the patient held for review are the patient's data too, whether or not a study of theirs is stored;
+    # those of a study only an instance was taken from are not (they are the study's patient's)
+    erased = sorted({item.target.study for item in removed if item.target.level == "study"})
     quarantined = srv.catalog.quarantine_of_patient(patient_id, issuer, erased)
     if not removed and not quarantined:
         raise NotFound("no study or quarantined file of this patient is stored")

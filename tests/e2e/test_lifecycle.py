@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -383,6 +384,80 @@ def test_an_instance_of_another_patient_is_refused_so_erasure_misses_nothing(
     assert_gone(erase(stack, loser))
     assert erase(stack, winner).json()["studies"] == [new_study]
     assert stored_keys(stack, new_study) == []
+
+
+def test_erasure_removes_the_patients_instances_an_older_catalog_stored_in_another_patients_study(
+    catalog_stack: RunningStack, tmp_path: Path
+) -> None:
+    """Before STOW refused it (0xA778), an instance of patient B could be stored in patient A's study: the catalog kept
+    A's Patient ID for the study, and erasing B left that instance served. Migration 0013 finds it in the catalog's
+    metadata when the gateway is upgraded over such a catalog, and erasing B now removes it (alone: A's study stays)."""
+    import sqlalchemy as sa
+    from alembic import command
+    from alembic.config import Config
+
+    from gateway.catalog import Catalog
+    from gateway.catalog.catalog import engine_url
+    from gateway.catalog.engine import MIGRATIONS
+
+    stack = catalog_stack
+    theirs = one_slice(tmp_path / "a", 7921, "OLD-A")
+    study = uids_of(theirs[0])[0]
+    own = one_slice(tmp_path / "b", 7922, "OLD-B")
+    assert stack.stow([*theirs, *own]).status_code == 200
+    stray = one_slice(tmp_path / "b2", 7923, "OLD-B", study)
+    # the older catalog: the study's patient did not stop B's instance (as with an empty Patient ID now), and the
+    # study row kept A's values
+    engine = sa.create_engine(engine_url(stack.stack.database_url))
+    try:
+        with engine.begin() as conn:
+            kept = conn.execute(
+                sa.text("SELECT patient_id, attrs FROM studies WHERE study_uid = :s"), {"s": study}
+            ).one()
+            conn.execute(sa.text("UPDATE studies SET patient_id = NULL WHERE study_uid = :s"), {"s": study})
+        assert stack.stow(stray).status_code == 200
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text("UPDATE studies SET patient_id = :p, attrs = :a WHERE study_uid = :s"),
+                {"p": kept.patient_id, "a": kept.attrs, "s": study},
+            )
+    finally:
+        engine.dispose()
+    stack.stack.stop()
+    older = Catalog(stack.stack.database_url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    try:
+        with older.engine.begin() as conn, warnings.catch_warnings():
+            # SQLite's batch mode reflects the tables; it cannot reflect the expression index (lower(patient_name))
+            warnings.filterwarnings("ignore", "Skipped unsupported reflection of expression-based index")
+            config.attributes["connection"] = conn
+            command.downgrade(config, "0012")
+    finally:
+        older.close()
+    stack.stack.start()  # migrates the catalog to this version
+
+    token = stack.issue([study])["token"]
+    _, series_uid, sop = uids_of(stray[0])
+    stray_url = f"{stack.root(token)}/studies/{study}/series/{series_uid}/instances/{sop}"
+    assert requests.get(stray_url, headers={"Accept": "application/dicom"}, timeout=30).status_code == 200
+    erased = erase(stack, "OLD-B")
+    assert erased.status_code == 200, erased.text
+    result = erased.json()
+    assert result["instances"] == 2 and result["quarantined"] == 0
+    assert sorted((d["level"], d["study_uid"], d["sop_uid"]) for d in result["deletions"]) == sorted(
+        [("study", uids_of(own[0])[0], None), ("instance", study, sop)]
+    )
+    assert_gone(requests.get(stray_url, headers={"Accept": "application/dicom"}, timeout=30))
+    assert not any(sop in key for key in stored_keys(stack, study))
+    assert stored_keys(stack, uids_of(own[0])[0]) == []
+    _, a_series, a_sop = uids_of(theirs[0])
+    a_url = f"{stack.root(token)}/studies/{study}/series/{a_series}/instances/{a_sop}"
+    answer = requests.get(a_url, headers={"Accept": "application/dicom"}, timeout=30)
+    assert answer.status_code == 200 and answer.content == theirs[0].read_bytes()
+    assert_gone(erase(stack, "OLD-B"))
+    assert erase(stack, "OLD-A").json()["studies"] == [study]
+    assert stored_keys(stack, study) == []
 
 
 HOLD_POLICY = """

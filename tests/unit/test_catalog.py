@@ -15,6 +15,7 @@ from alembic.migration import MigrationContext
 
 from gateway.catalog import Catalog, InstanceRecord, search_values
 from gateway.catalog.catalog import PURGE_INTERVAL, Registration, engine_url
+from gateway.catalog.deletions import Target
 from gateway.catalog.schema import metadata as schema_metadata
 from gateway.catalog.schema import revocations
 from gateway.dicom.model import BulkRange
@@ -59,7 +60,7 @@ def test_migrate_is_idempotent_and_matches_schema(catalog: Catalog) -> None:
     # the order index is declared by its columns (what SQLite reflects); PostgreSQL reflects its DESC NULLS LAST
     diffs = [d for d in diffs if catalog.dialect == "sqlite" or getattr(d[1], "name", "") != "ix_studies_date_order"]
     assert diffs == []
-    assert version == "0012"
+    assert version == "0013"
     indexes = {name: " ".join(sql.split()) for name, sql in ddl if sql}
     assert "lower(patient_name)" in indexes["ix_studies_patient_name_lower"]
     if catalog.dialect == "postgresql":
@@ -245,6 +246,81 @@ def test_migration_0012_leaves_earlier_quarantine_records_reachable_by_their_stu
         assert tuple(row) == (None, None)
         assert catalog.quarantine_of_patient("P-1", None, ["1.2.9"]) == ["quarantine/old.dcm"]
         assert catalog.quarantine_of_patient("P-1", None, []) == []
+    finally:
+        catalog.close()
+
+
+def test_migration_0013_records_the_patient_of_an_instance_in_another_patients_study(catalog_url: str) -> None:
+    """Before STOW refused it (0xA778), an instance of patient B could be stored in patient A's study, and the catalog
+    kept one Patient ID per study. The migration finds such instances in their metadata (no object is read) and
+    records their own patient; every other instance keeps NULL, and the read path is unchanged."""
+    from alembic import command
+    from alembic.config import Config
+
+    from gateway.catalog.engine import MIGRATIONS
+
+    def patient(pid: str | None, issuer: str | None = None) -> str:
+        meta = {"00100020": {"vr": "LO", "Value": [pid]} if pid is not None else {"vr": "LO"}}
+        if issuer is not None:
+            meta["00100021"] = {"vr": "LO", "Value": [issuer]}
+        return json.dumps(meta)
+
+    old = Catalog(catalog_url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with old.engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0012")
+        study_attrs = json.dumps({"00100021": {"vr": "LO", "Value": ["HOSP"]}})
+        conn.execute(
+            sa.text("INSERT INTO studies (study_uid, patient_id, attrs, updated_at) VALUES ('1.2.9', 'PAT-A', :a, 0)"),
+            {"a": study_attrs},
+        )
+        conn.execute(sa.text("INSERT INTO series (series_uid, study_uid, attrs) VALUES ('1.2.9.1', '1.2.9', '{}')"))
+        metadata = {
+            "1.2.9.1.1": patient("PAT-A", "HOSP"),
+            "1.2.9.1.2": patient(" PAT-B ", "HOSP"),  # another patient
+            "1.2.9.1.3": patient("PAT-A", "ELSEWHERE"),  # another issuer
+            "1.2.9.1.4": patient(None),  # no Patient ID: merged into the study
+            "1.2.9.1.5": patient("PAT-A"),  # no issuer: merged
+            "1.2.9.1.6": patient("PAT-C"),
+        }
+        for sop, meta in metadata.items():
+            conn.execute(
+                sa.text(
+                    "INSERT INTO instances (sop_uid, study_uid, series_uid, sop_class_uid, transfer_syntax_uid, "
+                    "storage_key, size, sha256, etag, metadata, created_at) "
+                    "VALUES (:s, '1.2.9', '1.2.9.1', '1.2.840.10008.5.1.4.1.1.2', '1.2.840.10008.1.2.1', :k, 1, "
+                    "'00', 'e', :m, 0)"
+                ),
+                {"s": sop, "k": f"studies/1.2.9/series/1.2.9.1/instances/{sop}.dcm", "m": meta},
+            )
+    old.close()
+    catalog = Catalog(catalog_url)
+    try:
+        catalog.migrate()
+        with catalog.engine.connect() as conn:
+            found = conn.execute(
+                sa.text("SELECT sop_uid, other_patient_id, other_issuer_of_patient_id FROM instances ORDER BY sop_uid")
+            ).all()
+        assert [tuple(row) for row in found] == [
+            ("1.2.9.1.1", None, None),
+            ("1.2.9.1.2", "PAT-B", "HOSP"),
+            ("1.2.9.1.3", "PAT-A", "ELSEWHERE"),
+            ("1.2.9.1.4", None, None),
+            ("1.2.9.1.5", None, None),
+            ("1.2.9.1.6", "PAT-C", ""),
+        ]
+        assert catalog.instances_of_patient_elsewhere(" PAT-B", "HOSP") == [Target("1.2.9", "1.2.9.1", "1.2.9.1.2")]
+        assert catalog.instances_of_patient_elsewhere("PAT-B", "OTHER") == []
+        assert catalog.instances_of_patient_elsewhere("PAT-A", "ELSEWHERE") == [
+            Target("1.2.9", "1.2.9.1", "1.2.9.1.3")
+        ]
+        assert catalog.instances_of_patient_elsewhere("PAT-C") == [Target("1.2.9", "1.2.9.1", "1.2.9.1.6")]
+        assert catalog.instances_of_patient_elsewhere("PAT-C", "") == []
+        row = catalog.get_instance("1.2.9.1.2")
+        assert row is not None and json.loads(row.metadata or "")["00100020"]["Value"] == [" PAT-B "]
+        assert [r.sop_uid for r in catalog.instances_of("1.2.9", with_metadata=False)] == sorted(metadata)
     finally:
         catalog.close()
 
