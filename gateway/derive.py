@@ -1,12 +1,17 @@
 """Lossless per-frame derivatives for slow networks, made after the STOW answer (`docs/design.md` §3).
 
-Each frame of a native monochrome instance (8 or 16 bits allocated) is encoded to HTJ2K Lossless RPCL
+Each frame of a monochrome instance (8 or 16 bits allocated) is encoded to HTJ2K Lossless RPCL
 (1.2.840.10008.1.2.4.202: reversible 5/3 wavelet, RPCL progression, TLM markers, one tile-part per resolution),
 which a progressive decoder paints from its first bytes. The codestreams are stored back to back as one object
 under the instance's storage prefix, with their own frame index; only once it is wholly stored is it published, in
 one catalog UPDATE guarded by the original's sha256 (a replaced instance never gets a stale derivative). Every
 frame is decoded again and compared with the stored words before anything is stored: a derivative that would not
 give back the exact pixels is never written.
+
+Native little-endian frames are read as stored words. Frames in a lossless compressed syntax (JPEG Lossless, JPEG-LS
+lossless, RLE, JPEG 2000 lossless), big-endian or deflated are decoded by pydicom (with ``gateway.dicom.codecs``),
+so the derivative holds pydicom's pixel values. Lossy sources get none: their pixels re-encoded losslessly come
+out larger than the source. A source that does not decode is skipped at once (a log line, no retry).
 
 The encoder is OpenJPH through imagecodecs (a maintained binary wheel; see README "Mobile delivery").
 
@@ -30,10 +35,14 @@ from typing import Any, Protocol
 import imagecodecs
 import numpy as np
 import pydicom
+from pydicom import uid
+from pydicom.pixels import pixel_array
 
 from gateway.catalog import Catalog
 from gateway.catalog.derivatives import DeriveJob
 from gateway.config import Settings
+from gateway.dicom import codecs
+from gateway.dicom.converted import CONVERTED_SYNTAXES
 from gateway.dicom.frames import FrameIndex
 from gateway.dicom.index import EXPLICIT_VR_LE, IMPLICIT_VR_LE
 from gateway.dicom.model import IndexedInstance
@@ -42,11 +51,17 @@ from gateway.errors import CatalogUnavailable, DicomError
 from gateway.storage import Storage, open_storage
 
 log = logging.getLogger(__name__)
+codecs.register()  # pydicom decodes JPEG Lossless and JPEG-LS through imagecodecs here
 
 MAX_ATTEMPTS = 3
 LEASE_SECONDS = 300  # an encode that has not finished by then is taken to have crashed
 POLL_SECONDS = 0.5
-_SOURCE_SYNTAXES = (EXPLICIT_VR_LE, IMPLICIT_VR_LE)
+_NATIVE_SYNTAXES = (EXPLICIT_VR_LE, IMPLICIT_VR_LE)
+# Frames that decode to exactly the values they were made from. Not JPEG Baseline/Extended, JPEG 2000 (.91),
+# JPEG-LS near-lossless: lossy; nor HTJ2K: already what the derivative is (and .203 may be lossy).
+_LOSSLESS_SYNTAXES = frozenset(
+    {uid.JPEGLossless, uid.JPEGLosslessSV1, uid.JPEGLSLossless, uid.RLELossless, uid.JPEG2000Lossless}
+)
 _DTYPES: dict[tuple[int, int], np.dtype[Any]] = {
     (8, 0): np.dtype("u1"),
     (16, 0): np.dtype("<u2"),
@@ -102,8 +117,14 @@ class Offering:
 
     @staticmethod
     def wants(indexed: IndexedInstance) -> bool:
-        index = indexed.frame_index
-        return indexed.transfer_syntax_uid in _SOURCE_SYNTAXES and index is not None and index[:1] == b"\x00"  # native
+        """Whether the instance's frames are served one by one in a syntax we derive from (the worker checks the
+        rest: monochrome, 8 or 16 bits)."""
+        syntax, index = indexed.transfer_syntax_uid, indexed.frame_index
+        if syntax in _NATIVE_SYNTAXES:
+            return index is not None and index[:1] == b"\x00"  # native frames as byte ranges
+        if syntax in CONVERTED_SYNTAXES:
+            return indexed.number_of_frames > 0  # frames converted on request
+        return syntax in _LOSSLESS_SYNTAXES and index is not None
 
     def offer(self, indexed: IndexedInstance) -> None:
         if self.wants(indexed):
@@ -125,9 +146,12 @@ def derivative_key(storage_key: str, sha256: str) -> str:
     return f"{stem}/htj2k-{sha256[:16]}.j2c"
 
 
-def _pixel_layout(path: Path) -> tuple[int, int, np.dtype[Any]] | None:
+class Undecodable(Exception):
+    """pydicom could not decode the source's pixel data: retrying gives the same answer."""
+
+
+def _pixel_layout(ds: pydicom.Dataset) -> tuple[int, int, np.dtype[Any]] | None:
     """(rows, columns, stored word type) of a monochrome frame we can encode, else None."""
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
     photometric = str(ds.get("PhotometricInterpretation", ""))
     if int(ds.get("SamplesPerPixel", 1)) != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
         return None
@@ -149,7 +173,7 @@ def encode_frame(words: np.ndarray[Any, Any]) -> bytes:
 def encode_instance(source: Path, frames: FrameIndex, target: Path) -> FrameIndex | None:
     """Write every frame of ``source`` as HTJ2K codestreams to ``target``; their index, or None when the instance
     is not one we derive (colour, 32-bit, signed 8-bit...)."""
-    layout = _pixel_layout(source)
+    layout = _pixel_layout(pydicom.dcmread(source, stop_before_pixels=True))
     if layout is None:
         return None
     rows, columns, dtype = layout
@@ -169,23 +193,74 @@ def encode_instance(source: Path, frames: FrameIndex, target: Path) -> FrameInde
     return FrameIndex.encapsulated(fragments, range(len(fragments)))
 
 
+def encode_decoded(source: Path, count: int, target: Path) -> FrameIndex | None:
+    """As ``encode_instance``, for a source whose frames pydicom decodes (compressed, big-endian, deflated): each
+    of its ``count`` frames as pydicom's pixel array, in the stored word type. None when the instance is not one
+    we derive; raises ``Undecodable`` when pydicom cannot decode it."""
+    try:
+        ds = pydicom.dcmread(source)  # a deflated data set can only be read whole
+    except Exception as error:  # noqa: BLE001 - ingest read it: whatever fails here fails again
+        raise Undecodable(type(error).__name__) from error
+    layout = _pixel_layout(ds)
+    if layout is None or int(ds.get("NumberOfFrames") or 1) != count:
+        return None
+    rows, columns, dtype = layout
+    fragments: list[tuple[int, int]] = []
+    with target.open("wb") as out:
+        for n in range(count):  # one frame decoded at a time: a long cine's pixels are never all in memory
+            try:
+                frame = pixel_array(ds, index=n)
+            except Exception as error:  # noqa: BLE001 - a codestream its decoder refuses, a missing decoder...
+                raise Undecodable(type(error).__name__) from error
+            # big-endian words, or 8-bit samples in 16 bits allocated, become the stored type; never a narrowing
+            if frame.shape != (rows, columns) or not np.can_cast(frame.dtype, dtype, casting="safe"):
+                return None
+            code = encode_frame(np.ascontiguousarray(frame, dtype=dtype))
+            fragments.append((out.tell(), len(code)))
+            out.write(code)
+    return FrameIndex.encapsulated(fragments, range(len(fragments)))
+
+
+def _frame_count(row: Any) -> int | None:
+    """How many frames the instance serves, if it is one we derive from; else None."""
+    syntax = row.transfer_syntax_uid
+    if syntax in CONVERTED_SYNTAXES:
+        return int(row.number_of_frames) or None
+    if not row.frame_index or syntax not in (*_NATIVE_SYNTAXES, *_LOSSLESS_SYNTAXES):
+        return None
+    frames = FrameIndex.unpack(row.frame_index)
+    if (frames.kind == 0) != (syntax in _NATIVE_SYNTAXES):
+        return None
+    return frames.count
+
+
 def derive(sop_uid: str, storage: Storage, catalog: Catalog, tmp_dir: str | None = None) -> str:
     """Make and publish one instance's derivative; returns what happened (``published``, ``not_eligible``,
-    ``gone``, ``replaced``, ``exists``). Raises on failure (the caller retries)."""
+    ``undecodable``, ``gone``, ``replaced``, ``exists``). Raises on failure (the caller retries)."""
     row = catalog.get_instance(sop_uid, with_metadata=False)
     if row is None:
         return "gone"
     if row.derivative_key:
         return "exists"
-    if row.transfer_syntax_uid not in _SOURCE_SYNTAXES or not row.frame_index:
-        return "not_eligible"
-    frames = FrameIndex.unpack(row.frame_index)
-    if frames.kind != 0:
+    count = _frame_count(row)
+    if count is None:
         return "not_eligible"
     with tempfile.TemporaryDirectory(dir=tmp_dir, prefix="dgw-derive-") as work:
         source, target = Path(work) / "source.dcm", Path(work) / "derived.j2c"
         storage.download(row.storage_key, source)
-        index = encode_instance(source, frames, target)
+        try:
+            if row.transfer_syntax_uid in _NATIVE_SYNTAXES and row.frame_index:  # (_frame_count checked the index)
+                index = encode_instance(source, FrameIndex.unpack(row.frame_index), target)
+            else:
+                index = encode_decoded(source, count, target)
+        except Undecodable as error:
+            # the exception's type only: a message may quote the data set's values
+            log.warning(
+                "derivative skipped: pydicom cannot decode the pixel data (%s); the original is served",
+                error,
+                extra={"sop_uid": sop_uid},
+            )
+            return "undecodable"
         if index is None:
             return "not_eligible"
         key = derivative_key(row.storage_key, row.sha256)
@@ -254,6 +329,9 @@ def handle_sqs(event: Mapping[str, Any], storage: Storage, catalog: Catalog) -> 
 def main() -> None:
     """``python -m gateway.derive``: the local worker (the stack starts it; docker-compose runs it)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s derive %(levelname)s %(message)s")
+    # pydicom logs each decoder plugin that fails as an ERROR with its traceback, even when the next one decodes;
+    # here the job's own line says what happened to the instance
+    logging.getLogger("pydicom.pixels.decoders.base").addFilter(lambda record: record.exc_info is None)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

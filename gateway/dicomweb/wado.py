@@ -15,7 +15,7 @@ import re
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -525,9 +525,18 @@ class Planner:
         self, instance: CachedInstance, numbers: list[int], accept: str, range_header: str, redirect: str | None
     ) -> PlanResponse:
         """Frames of a big-endian or deflated instance as little-endian bytes (PS3.18 8.7.3), negotiated as native
-        frames are (``application/octet-stream``, Explicit VR Little Endian); a single part honours one Range."""
-        offer = negotiate(accept, self._frame_offers(instance, len(numbers) == 1))
-        if redirect is not None:
+        frames are (``application/octet-stream``, Explicit VR Little Endian); a single part honours one Range. Its
+        derivative, where the Accept names it, is stored codestreams as any other instance's."""
+        if redirect is None:
+            # the converter's own request: its answer is bytes, never SSI includes, so never the derivative (one
+            # published since this request's plan chose the original is served from the next request on)
+            offer = negotiate(accept, self._frame_offers(replace(instance, derivative=None), len(numbers) == 1))
+        else:
+            instance, offer, expires = self._negotiate_frames(instance, accept, len(numbers) == 1)
+            if offer.explicit_only and instance.derivative is not None:
+                derived = instance.derivative
+                choice = _FrameChoice(instance, offer, derived.storage_key, derived.frames, expires)
+                return self._frames_of(choice, numbers, range_header)
             return self._to_converter(redirect)
         assert self._converted is not None
         frames = self._converted.frames(
@@ -540,6 +549,17 @@ class Planner:
 
     def _frame_choice(self, instance: CachedInstance, accept: str, single: bool) -> _FrameChoice:
         """What answers frames of this instance for this Accept (it depends on no frame number)."""
+        instance, offer, expires = self._negotiate_frames(instance, accept, single)
+        key, index = instance.storage_key, instance.frames
+        if offer.explicit_only and instance.derivative is not None:
+            key, index = instance.derivative.storage_key, instance.derivative.frames
+        assert index is not None  # _frames refused an instance without a frame index
+        return _FrameChoice(instance, offer, key, index, expires)
+
+    def _negotiate_frames(
+        self, instance: CachedInstance, accept: str, single: bool
+    ) -> tuple[CachedInstance, Offer, int]:
+        """The instance as it now is, the offer that answers its frames for this Accept, and the plan's seconds."""
         expires = self._plan_seconds
         if instance.derivative is None and self._wants_derivative(accept):
             # The derivative may have been published since this process cached the row: look again, and keep the
@@ -547,12 +567,7 @@ class Planner:
             self.forget(instance.ids.sop)
             instance = self.instance(instance.ids.study, instance.ids.series, instance.ids.sop)
             expires = 0 if instance.derivative is None else expires
-        offer = negotiate(accept, self._frame_offers(instance, single))
-        key, index = instance.storage_key, instance.frames
-        if offer.explicit_only and instance.derivative is not None:
-            key, index = instance.derivative.storage_key, instance.derivative.frames
-        assert index is not None  # _frames refused an instance without a frame index
-        return _FrameChoice(instance, offer, key, index, expires)
+        return instance, negotiate(accept, self._frame_offers(instance, single)), expires
 
     def _frames_of(self, choice: _FrameChoice, numbers: list[int], range_header: str) -> PlanResponse:
         instance, offer, key = choice.instance, choice.offer, choice.key
