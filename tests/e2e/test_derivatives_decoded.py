@@ -38,6 +38,9 @@ from gateway.dicomweb.wado import DERIVATIVE_TS
 from tests.e2e.conftest import BACKENDS, uids_of
 from tests.e2e.harness import RunningStack, start_stack
 from tests.e2e.test_compressed_render import fresh_copy
+from tests.e2e.test_real_files import display_values
+from tests.e2e.test_viewer import NetworkLog, browser, open_page, wait_ready  # noqa: F401 - browser is a fixture
+from tests.e2e.test_viewer_real_files import coarse, image_area
 from tests.fixtures.compressed import compressed_twin, pydicom_file, signed_12_bit
 from tests.fixtures.servers import MotoServer
 
@@ -224,3 +227,33 @@ def test_an_undecodable_source_is_skipped_once(stack: RunningStack, files: dict[
     answer = viewer_get(frame_url(stack, files["undecodable.dcm"], 1))
     assert answer.status_code == 200
     assert answer.headers["Content-Type"] == f"application/octet-stream; transfer-syntax={JPEGLosslessSV1}"
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("stack", ["file"], indirect=True)
+@pytest.mark.parametrize("name", ["cine-sv1.dcm", "cine-deflated.dcm"])
+def test_the_viewer_loads_a_compressed_cine_from_its_derivative(
+    stack: RunningStack, files: dict[str, Path], browser: Any, name: str  # noqa: F811 - the fixture from test_viewer
+) -> None:
+    """The bundled viewer opens a three-frame JPEG Lossless (or deflated) cine progressively from the derivative of
+    each frame (it loaded the stored frames before), and shows frame 1 as pydicom decodes it."""
+    path = files[name]
+    for n in (1, 2, 3):
+        assert wait_for_derivative(frame_url(stack, path, n)).headers["Content-Type"] == HT
+    ds = pydicom.dcmread(path)
+    log = NetworkLog()
+    page = open_page(browser, log, viewport={"width": 600, "height": 500})
+    page.goto(stack.issue([str(ds.StudyInstanceUID)], ttl=600)["viewer_url"])
+    wait_ready(page)
+    page.wait_for_function("() => document.getElementById('viewport').dataset.fullQualityMs !== undefined")
+    data = page.evaluate("() => ({...document.getElementById('viewport').dataset})")
+    assert (data["progressive"], data["quality"]) == ("true", "full")
+    assert page.locator("#error").is_hidden()
+    pixels = [r for r in log.requests if "/frames/" in r.url and "/rendered" not in r.url]
+    assert {r.url.split("?")[0].rsplit("/", 1)[1] for r in pixels} == {"1", "2", "3"}
+    served = {r.response().headers["content-type"] for r in pixels if r.response() is not None}
+    assert served == {HT}
+    shown = image_area(page, int(ds.Rows), int(ds.Columns))
+    correlation = float(np.corrcoef(coarse(shown).ravel(), coarse(display_values(ds)).ravel())[0, 1])
+    assert correlation > 0.9, f"the picture does not follow pydicom's ({correlation:.2f})"
+    page.context.close()
