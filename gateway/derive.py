@@ -44,7 +44,7 @@ from gateway.config import Settings
 from gateway.dicom import codecs
 from gateway.dicom.converted import CONVERTED_SYNTAXES
 from gateway.dicom.frames import FrameIndex
-from gateway.dicom.index import EXPLICIT_VR_LE, IMPLICIT_VR_LE
+from gateway.dicom.index import DEFLATED_LE, EXPLICIT_VR_LE, IMPLICIT_VR_LE
 from gateway.dicom.model import IndexedInstance
 from gateway.dicomweb.wado import DERIVATIVE_TS
 from gateway.errors import CatalogUnavailable, DicomError
@@ -198,18 +198,21 @@ def encode_decoded(source: Path, count: int, target: Path) -> FrameIndex | None:
     of its ``count`` frames as pydicom's pixel array, in the stored word type. None when the instance is not one
     we derive; raises ``Undecodable`` when pydicom cannot decode it."""
     try:
-        ds = pydicom.dcmread(source)  # a deflated data set can only be read whole
+        header = pydicom.dcmread(source, stop_before_pixels=True)
+        layout = _pixel_layout(header)
+        if layout is None or int(header.get("NumberOfFrames") or 1) != count:
+            return None
+        # pydicom reads one frame at a time from the file (a long cine is never whole in memory); a deflated data
+        # set it reads only whole
+        pixels = pydicom.dcmread(source) if header.file_meta.TransferSyntaxUID == DEFLATED_LE else source
     except Exception as error:  # noqa: BLE001 - ingest read it: whatever fails here fails again
         raise Undecodable(type(error).__name__) from error
-    layout = _pixel_layout(ds)
-    if layout is None or int(ds.get("NumberOfFrames") or 1) != count:
-        return None
     rows, columns, dtype = layout
     fragments: list[tuple[int, int]] = []
     with target.open("wb") as out:
-        for n in range(count):  # one frame decoded at a time: a long cine's pixels are never all in memory
+        for n in range(count):
             try:
-                frame = pixel_array(ds, index=n)
+                frame = pixel_array(pixels, index=n)
             except Exception as error:  # noqa: BLE001 - a codestream its decoder refuses, a missing decoder...
                 raise Undecodable(type(error).__name__) from error
             # big-endian words, or 8-bit samples in 16 bits allocated, become the stored type; never a narrowing
