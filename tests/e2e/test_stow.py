@@ -809,3 +809,34 @@ def test_expect_100_continue_is_refused_before_any_body_is_asked_for(stack: Runn
         assert _first_answer(connection) == b"HTTP/1.1 100 Continue\r\n\r\n"
         connection.sendall(body)
         assert _first_answer(connection).startswith(b"HTTP/1.1 200 OK\r\n")
+
+
+
+def test_expect_100_continue_gets_the_503_alone_when_the_gateway_is_down(tmp_path: Path) -> None:
+    """gunicorn down: an upload sent with ``Expect: 100-continue`` got "100 Continue" and then the JSON 503 (answered
+    from a named location), so the client sent its whole body for nothing. The 503 now comes first, alone, for an
+    API key and a token alike."""
+    running = start_stack(tmp_path / "var", "file", None)
+    try:
+        writer = urlparse(running.root(running.issue(["1.2.3"], actions=["read", "write"])["token"])).path
+        running.stack.kill("gunicorn")
+        parsed = urlparse(running.url)
+        for path, credential in (
+            ("/dicomweb/studies", f"Authorization: Bearer {running.stack.api_key}\r\n"),
+            (f"{writer}/studies", ""),
+            (f"{writer}/studies/1.2.3", ""),
+        ):
+            request = (
+                f"POST {path} HTTP/1.1\r\nHost: gw\r\n{credential}Content-Type: application/dicom\r\n"
+                "Content-Length: 1000000\r\nExpect: 100-continue\r\n\r\n"
+            )
+            with socket.create_connection((parsed.hostname, parsed.port), timeout=15) as connection:
+                connection.sendall(request.encode())
+                answer = _first_answer(connection).decode()
+            head, _, body = answer.partition("\r\n\r\n")
+            assert head.startswith("HTTP/1.1 503 Service Temporarily Unavailable\r\n"), (path, answer[:200])
+            lines = head.split("\r\n")
+            assert "Retry-After: 5" in lines and "Content-Type: application/json" in lines, head
+            assert body == '{"error":"gateway_unavailable","detail":"the gateway is unavailable, try again shortly"}'
+    finally:
+        running.stack.stop()
