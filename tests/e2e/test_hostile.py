@@ -81,9 +81,42 @@ def test_malformed_request_line_is_a_json_400(stack: RunningStack, line: bytes) 
 
 
 def test_http09_request_line_is_a_json_400(stack: RunningStack) -> None:
-    """NGINX answers a request line without a version as HTTP/1.1 (it refuses HTTP/0.9 outright)."""
+    """A request line without a version that NGINX cannot parse is answered as HTTP/1.1: a status line and JSON."""
     status, headers, body = raw(stack, b"GET *\r\n\r\n")
     assert_json_error(status, headers, body, 400)
+
+
+def _closed_without_a_byte(connect: socket.socket, request: bytes) -> bytes:
+    with connect as connection:
+        connection.settimeout(10)
+        connection.sendall(request)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_http09_requests_are_closed_without_an_answer(stack: RunningStack, ct: dict[str, str]) -> None:
+    """HTTP/0.9 (``GET /path`` without a version) has no status line and no headers: NGINX answered it with a bare
+    body (a frame's bytes, /healthz's JSON, the viewer's page, an error page's JSON) a client could not tell from
+    anything else. Every server block now closes it without a byte; HTTP/1.0 is still answered."""
+    instance = f"{ct['root']}/studies/{ct['study']}/series/{ct['series']}/instances/{ct['sop']}"
+    parsed = urlparse(stack.url)
+    for path in (f"{instance}/frames/1", instance, "/healthz", "/viewer/", "/", "/dicomweb/x/%2e%2e", "/_dgw/error"):
+        for line in (f"GET {path}\r\n", f"GET {path}\n"):
+            connection = socket.create_connection((parsed.hostname, parsed.port))
+            assert _closed_without_a_byte(connection, line.encode()) == b"", line
+    # HTTP/0.9 has only GET: NGINX's 400 for another method was a bare JSON body too; and a bare LF ends the request
+    # line early (the rest is never read as a request)
+    for request in (b"HEAD /healthz\r\n", b"POST /dicomweb/studies\n", b"GET /healthz\n HTTP/1.1\r\nHost: gw\r\n\r\n"):
+        connection = socket.create_connection((parsed.hostname, parsed.port))
+        assert _closed_without_a_byte(connection, request) == b"", request
+    status, _, body = raw(stack, b"GET /healthz HTTP/1.0\r\n\r\n")
+    assert (status, json.loads(body)) == (200, {"status": "ok"})
+    # the local-folder origin server (its own socket, which the main server proxies to)
+    origin = socket.socket(socket.AF_UNIX)
+    origin.connect(str(stack.stack.run_dir / "storage.sock"))
+    assert _closed_without_a_byte(origin, b"GET /\r\n") == b""
 
 
 # -- 10: every error class a client can trigger is JSON ---------------------------------------------------------
