@@ -215,14 +215,14 @@ def parse_range(header: str, length: int) -> tuple[int, int] | None:
                 raise RangeNotSatisfiable("empty suffix range", length=length)
             return max(0, length - suffix), length - 1
         first = int(first_s)
-        last = int(last_s) if last_s else length - 1
+        last = int(last_s) if last_s else None
     except ValueError:
         return None
+    if last is not None and last < first:
+        return None  # RFC 9110 14.1.1: invalid, so ignored, whatever the length (a 416 when first was past the end)
     if first >= length:
         raise RangeNotSatisfiable("range starts beyond the end", length=length)
-    if first < 0 or last < first:
-        return None
-    return first, min(last, length - 1)
+    return first, length - 1 if last is None else min(last, length - 1)
 
 
 class Planner:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import pydicom
 import pytest
 import requests
 
@@ -340,6 +341,59 @@ def test_a_last_position_beyond_any_object_means_to_the_end(
     assert status == 206, body[:200]
     assert headers["content-range"] == f"bytes 100-{len(whole) - 1}/{len(whole)}"
     assert body == whole[100:]
+
+
+@pytest.fixture(scope="module")
+def tiny(stack: RunningStack, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A 16x16 CT slice stored for these tests: its one frame (and Pixel Data) is 512 bytes, shorter than a range
+    from 600."""
+    seed = 1701 if stack.backend == "file" else 1702
+    folder = tmp_path_factory.mktemp("tiny")
+    [path] = make_series(folder, modality="CT", slices=1, rows=16, columns=16, seed=seed, clean=True)
+    assert stack.stow([path]).status_code == 200
+    study, series, sop = uids_of(path)
+    root = stack.root(stack.issue([study])["token"])
+    pixels = pydicom.dcmread(path).PixelData
+    assert len(pixels) == 512
+    instance = f"{root}/studies/{study}/series/{series}/instances/{sop}"
+    return {"instance": instance, "file": path.read_bytes(), "pixels": pixels}
+
+
+def _tiny_targets(tiny: dict[str, Any]) -> list[tuple[str, dict[str, str], bytes]]:
+    octets = {"Accept": "application/octet-stream"}
+    return [
+        (tiny["instance"], {"Accept": "application/dicom"}, tiny["file"]),
+        (f"{tiny['instance']}/frames/1", octets, tiny["pixels"]),
+        (f"{tiny['instance']}/bulkdata/7FE00010", octets, tiny["pixels"]),
+    ]
+
+
+INVALID_RANGES = ["bytes=600-2", "bytes=5-2", "BYTES=3-0", "bytes=0012-011", "bytes=", "bytes=abc", "items=0-5"]
+
+
+@pytest.mark.parametrize("invalid", INVALID_RANGES)
+def test_an_invalid_range_is_ignored(stack: RunningStack, tiny: dict[str, Any], invalid: str) -> None:
+    """RFC 9110 14.1.1: a byte-range-spec whose last position is below its first is invalid, and a Range that is
+    not a valid ranges-specifier must be ignored: the whole body, a 200. ``bytes=5-2`` of a whole instance was a
+    416 (storage answered it), and of a frame or bulk value a 416 when its first position was past the end."""
+    for url, accept, whole in _tiny_targets(tiny):
+        answer = requests.get(url, headers={**accept, "Range": invalid}, timeout=30)
+        assert answer.status_code == 200, (url, invalid, answer.status_code, answer.text[:200])
+        assert "Content-Range" not in answer.headers
+        assert answer.content == whole
+
+
+@pytest.mark.parametrize("unsatisfiable", ["bytes=-0", "bytes=999999999-", "bytes={length}-"])
+def test_a_valid_unsatisfiable_range_stays_a_416(
+    stack: RunningStack, tiny: dict[str, Any], unsatisfiable: str
+) -> None:
+    """``bytes=-0`` (an empty suffix) and a first position at or past the end are valid but unsatisfiable: 416."""
+    for url, accept, whole in _tiny_targets(tiny):
+        wanted = unsatisfiable.format(length=len(whole))
+        status, headers, body = raw(stack, get(urlparse(url).path, **accept, Range=wanted))
+        assert_json_error(status, headers, body, 416)
+        if stack.backend == "file" or whole is tiny["pixels"]:  # moto, like S3, sends no Content-Range with a 416
+            assert headers["content-range"] == f"bytes */{len(whole)}", (url, wanted)
 
 
 # -- 6: multi-range ---------------------------------------------------------------------------------------------
