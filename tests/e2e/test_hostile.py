@@ -4,8 +4,10 @@ every log whatever the request looks like."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import re
 import shutil
 import socket
 import zlib
@@ -418,6 +420,64 @@ def test_multi_range_answers_the_whole_object(
         assert single.status_code == 206
         assert single.headers["Content-Range"] == f"bytes 128-131/{len(data)}"
         assert single.content == b"DICM"
+
+
+# -- several Accept lines ---------------------------------------------------------------------------------------
+
+
+def _answer(stack: RunningStack, path: str, accepts: list[str], **headers: str) -> tuple[int, str, bytes]:
+    """Status, Content-Type and body of a GET sending each of ``accepts`` as an Accept line of its own (http.client
+    sends header lines as given), multipart boundaries blanked so two answers compare."""
+    parsed = urlparse(stack.url)
+    connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=30)
+    try:
+        connection.putrequest("GET", path, skip_accept_encoding=True)
+        for value in accepts:
+            connection.putheader("Accept", value)
+        for name, value in headers.items():
+            connection.putheader(name, value)
+        connection.endheaders()
+        response = connection.getresponse()
+        content_type, body = response.getheader("Content-Type", ""), response.read()
+    finally:
+        connection.close()
+    boundary = re.search(r"boundary=([^;\s]+)", content_type)
+    if boundary:
+        content_type = content_type.replace(boundary.group(1), "B")
+        body = body.replace(boundary.group(1).encode(), b"B")
+    return response.status, content_type, body
+
+
+ACCEPT_LINES = [
+    ["image/jpeg", "application/octet-stream"],
+    ["application/dicom+json", "application/octet-stream"],
+    ["application/octet-stream; q=0.5", 'multipart/related; type="application/octet-stream"'],
+    ['multipart/related; type="application/octet-stream"; q=0.5', "application/octet-stream"],
+]
+
+
+@pytest.mark.parametrize("accepts", ACCEPT_LINES)
+def test_several_accept_lines_are_answered_as_one_joined_line(
+    stack: RunningStack, ct: dict[str, str], accepts: list[str]
+) -> None:
+    """RFC 9110 5.3: a field sent as several lines is the same as one comma-joined line. NGINX 1.22 keyed and made
+    plans on the first Accept line only (``image/jpeg`` then ``application/octet-stream`` was a 406 for a frame
+    that one line with both serves). Each target first with the lines, then joined, then with the first value
+    alone: a plan cached for the lines never answers the one value."""
+    instance = f"{ct['root']}/studies/{ct['study']}/series/{ct['series']}/instances/{ct['sop']}"
+    for path, headers in (
+        (f"{instance}/frames/1", {}),  # njs's per-frame plans (/_frame/)
+        (f"{instance}/frames/1", {"Range": "bytes=0-99"}),  # Python's (/_plan/)
+        (f"{instance}/bulkdata/7FE00010", {}),
+        (f"{instance}/metadata", {}),
+    ):
+        lines = _answer(stack, path, accepts, **headers)
+        joined = _answer(stack, path, [", ".join(accepts)], **headers)
+        assert lines == joined, (path, headers, lines[:2], joined[:2])
+        assert lines[0] in (200, 206) or path.endswith("/metadata"), (path, lines[:2])
+        alone = _answer(stack, path, accepts[:1], **headers)
+        fresh = _answer(stack, f"{path}?x={len(accepts[0])}", accepts[:1], **headers)  # a key nothing was cached on
+        assert alone[:2] == fresh[:2], (path, alone[:2], fresh[:2])
 
 
 # -- 9 and 10: stored objects that are missing or not regular files ---------------------------------------------
