@@ -101,6 +101,13 @@ class IngestResult:
         return cls("failed", ids=ids, sop_class_uid=sop_class_uid, failure_reason=CANNOT_UNDERSTAND, detail=detail)
 
     @classmethod
+    def out_of_resources(cls, path: Path, detail: str) -> IngestResult:
+        """A file not stored for an outage (0xA700: storage or catalog full or down), naming the instance the
+        file says it is, so the client knows which of its files to send again."""
+        ids, sop_class_uid = named_uids(path)
+        return cls("failed", ids=ids, sop_class_uid=sop_class_uid, failure_reason=OUT_OF_RESOURCES, detail=detail)
+
+    @classmethod
     def about(cls, header: Header, status: Status, **fields: Any) -> IngestResult:
         """A result naming the instance ``header`` describes."""
         return cls(status, ids=header.ids, sop_class_uid=header.sop_class_uid, **fields)

@@ -16,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from gateway.errors import CatalogUnavailable, GatewayError, StorageUnavailable
-from gateway.ingest import OUT_OF_RESOURCES, IngestResult
+from gateway.ingest import IngestResult
 
 log = logging.getLogger("gateway.stow")
 
@@ -41,12 +41,12 @@ class StowBatch:
     def _run(self, path: Path, digest: str) -> IngestResult:
         try:
             if self.outage is not None:
-                return IngestResult("failed", failure_reason=OUT_OF_RESOURCES, detail=self.outage.detail)
+                return IngestResult.out_of_resources(path, self.outage.detail)
             try:
                 return self._ingest(path, digest)
             except (StorageUnavailable, CatalogUnavailable) as error:
                 self.outage = error
-                return IngestResult("failed", failure_reason=OUT_OF_RESOURCES, detail=error.detail)
+                return IngestResult.out_of_resources(path, error.detail)
         finally:
             path.unlink(missing_ok=True)
             self._slots.release()

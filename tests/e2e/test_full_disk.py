@@ -1,6 +1,8 @@
 """A full disk through the real stack (local-folder storage): each folder the stack writes to sits on a small tmpfs
 of its own, which a test fills with a file and then frees again.
 
+- the storage folder: a series that does not fit is stored as far as it fits (202, every other instance a named
+  0xA700), nothing torn is left or shown, and the same upload succeeds once there is room;
 - NGINX's own temp and cache folders: reads and uploads answered as usual, only not cached.
 
 Mounting needs root (as in CI's VM): without it every test here skips, saying why.
@@ -24,10 +26,12 @@ from gateway.tools.synth import make_series
 from tests.e2e.conftest import uids_of
 from tests.e2e.harness import RunningStack, start_stack
 from tests.e2e.test_read_path import parse_multipart
-from tests.e2e.test_stow import referenced
+from tests.e2e.test_stow import failed, referenced
 
+OUT_OF_RESOURCES = 0xA700
 FRAMES = "multipart/related; type=application/octet-stream"
 FRAME_TYPE = "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"  # make_series: Explicit VR LE
+SLICE = 525_700  # bytes of one 512 x 512 CT slice of make_series, rounded up
 
 
 @contextlib.contextmanager
@@ -69,6 +73,11 @@ def fill(folder: Path, leave: int = 0) -> Path:
     return filler
 
 
+def free(folder: Path) -> None:
+    for filler in folder.glob("filler-*"):
+        filler.unlink()
+
+
 @contextlib.contextmanager
 def running(var_dir: Path, **env: str) -> Iterator[RunningStack]:
     stack = start_stack(var_dir, "file", None, **env)
@@ -80,6 +89,88 @@ def running(var_dir: Path, **env: str) -> Iterator[RunningStack]:
 
 def sent(files: list[Path]) -> dict[str, bytes]:
     return {uids_of(path)[2]: path.read_bytes() for path in files}
+
+
+def listed(stack: RunningStack, study: str) -> requests.Response:
+    return requests.get(f"{stack.url}/dicomweb/studies/{study}/instances", headers=stack.api_headers, timeout=30)
+
+
+def retrieved(stack: RunningStack, path: Path) -> bytes:
+    study, series, sop = uids_of(path)
+    answer = requests.get(
+        f"{stack.url}/dicomweb/studies/{study}/series/{series}/instances/{sop}",
+        headers={**stack.api_headers, "Accept": "application/dicom"},
+        timeout=60,
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["Content-Type"] == "application/dicom"
+    return answer.content
+
+
+def assert_partly_stored(stack: RunningStack, answer: requests.Response, files: list[Path], detail: str) -> set[str]:
+    """A 202 naming what was stored and, with 0xA700 and ``detail``, what was not; QIDO and WADO show exactly the
+    stored instances, whole. Returns their SOP Instance UIDs."""
+    assert answer.status_code == 202, answer.text
+    assert answer.headers["Content-Type"] == "application/dicom+json"
+    stored = {item["00081155"]["Value"][0] for item in referenced(answer)}
+    failures = failed(answer)
+    assert stored and failures
+    for item in failures:
+        assert item["00081197"]["Value"] == [OUT_OF_RESOURCES]
+        assert item["00091001"]["Value"][0].endswith(detail)
+    by_sop = {uids_of(path)[2]: path for path in files}
+    study = uids_of(files[0])[0]
+    assert sorted(row["00080018"]["Value"][0] for row in listed(stack, study).json()) == sorted(stored)
+    for sop in stored:
+        assert retrieved(stack, by_sop[sop]) == by_sop[sop].read_bytes()
+    return stored
+
+
+def assert_storage_whole(stack: RunningStack, files: list[Path]) -> None:
+    """Every object in the storage folder is one of ``files`` byte for byte (or a derivative): no temporary
+    file, nothing torn."""
+    expected = sent(files)
+    root = stack.stack.file_root
+    assert root is not None
+    for path in root.rglob("*"):
+        assert not path.name.endswith(".partial"), path
+        if path.suffix == ".dcm" and path.stem in expected:
+            assert path.read_bytes() == expected[path.stem], path
+
+
+def assert_all_stored(stack: RunningStack, answer: requests.Response, files: list[Path]) -> None:
+    assert answer.status_code == 200, answer.text
+    assert sorted(item["00081155"]["Value"][0] for item in referenced(answer)) == sorted(sent(files))
+    study = uids_of(files[0])[0]
+    assert sorted(row["00080018"]["Value"][0] for row in listed(stack, study).json()) == sorted(sent(files))
+    for path in files:
+        assert retrieved(stack, path) == path.read_bytes()
+
+
+def test_storage_folder_full_stores_what_fits_names_the_rest_and_the_retry_stores_all(tmp_path: Path) -> None:
+    """A series larger than the storage folder's free space: the instances that fit are stored whole, each one
+    that does not is a failed item naming its instance with 0xA700 (a 202; a 503 with Retry-After when none
+    fits), no torn or temporary file is left, and once space is freed the same upload is a 200."""
+    files = make_series(tmp_path / "ct", modality="CT", slices=8, seed=91, clean=True)
+    var = tmp_path / "var"
+    with tmpfs(var / "objects", "8m") as objects, running(var, DICOMGW_DERIVATIVES="0") as stack:
+        fill(objects, leave=int(2.5 * SLICE))
+        answer = stack.stow(files)
+        stored = assert_partly_stored(stack, answer, files, "storage write failed (ENOSPC)")
+        named = {item["00081155"]["Value"][0] for item in failed(answer)}
+        assert named == set(sent(files)) - stored  # each failed instance is named: the client knows what to resend
+        assert_storage_whole(stack, files)
+        fill(objects)  # not even one more fits: nothing stored, so the whole request is the 503 to retry
+        rest = [path for path in files if uids_of(path)[2] not in stored]
+        none = stack.stow(rest)
+        assert none.status_code == 503, none.text
+        assert none.headers["Content-Type"] == "application/json"
+        assert none.headers["Retry-After"] == "5"
+        assert none.json() == {"error": "storage_unavailable", "detail": "storage write failed (ENOSPC)"}
+        assert_storage_whole(stack, files)
+        free(objects)
+        assert_all_stored(stack, stack.stow(files), files)
+        assert_storage_whole(stack, files)
 
 
 def test_nginx_temp_and_cache_folders_full_still_serve_reads_and_uploads(tmp_path: Path) -> None:
