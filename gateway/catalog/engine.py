@@ -8,6 +8,7 @@ lock up front: ``BEGIN IMMEDIATE`` on SQLite (set here); on PostgreSQL the write
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,6 +33,15 @@ def engine_url(url: str) -> str:
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         return "postgresql+psycopg://" + url.split("://", 1)[1]
     return url
+
+
+def unavailable(exc: sa.exc.DBAPIError) -> CatalogUnavailable:
+    """The outage a database error means; a full disk says so (SQLite's SQLITE_FULL, PostgreSQL's disk_full), as
+    storage's ENOSPC does, so an operator reading the 503 knows what to free."""
+    orig = exc.orig
+    if getattr(orig, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or getattr(orig, "sqlstate", None) == "53100":
+        return CatalogUnavailable("catalog unavailable (disk full)")
+    return CatalogUnavailable(f"catalog unavailable ({type(orig).__name__})")
 
 
 def _unicode_lower(value: Any) -> Any:
@@ -122,7 +132,7 @@ class CatalogBase:
             with self.engine.connect() as conn:
                 yield conn
         except sa.exc.OperationalError as exc:
-            raise CatalogUnavailable(f"catalog unavailable ({type(exc.orig).__name__})") from None
+            raise unavailable(exc) from None
 
     @contextmanager
     def _write(self, durable: bool = True) -> Iterator[Connection]:
@@ -145,7 +155,7 @@ class CatalogBase:
                     if sqlite is not None:
                         sqlite.execute("PRAGMA synchronous=FULL")
         except sa.exc.OperationalError as exc:
-            raise CatalogUnavailable(f"catalog unavailable ({type(exc.orig).__name__})") from None
+            raise unavailable(exc) from None
 
     @contextmanager
     def _one_writer(self) -> Iterator[None]:

@@ -3,6 +3,7 @@ of its own, which a test fills with a file and then frees again.
 
 - the storage folder: a series that does not fit is stored as far as it fits (202, every other instance a named
   0xA700), nothing torn is left or shown, and the same upload succeeds once there is room;
+- the catalog's folder: a JSON 503 saying so, nothing shown, the data stored before still read, the retry stored;
 - NGINX's own temp and cache folders: reads and uploads answered as usual, only not cached.
 
 Mounting needs root (as in CI's VM): without it every test here skips, saying why.
@@ -171,6 +172,41 @@ def test_storage_folder_full_stores_what_fits_names_the_rest_and_the_retry_store
         free(objects)
         assert_all_stored(stack, stack.stow(files), files)
         assert_storage_whole(stack, files)
+
+
+def test_catalog_folder_full_is_a_503_while_stored_data_is_still_read(tmp_path: Path) -> None:
+    """The SQLite catalog's folder full: an upload is a JSON 503 that says the disk is full, nothing of it is
+    shown or left in storage, QIDO, metadata and frames of what was stored before still answer, and once space
+    is freed the same upload is stored."""
+    before = make_series(tmp_path / "before", modality="CT", slices=2, seed=93, clean=True)
+    files = make_series(tmp_path / "ct", modality="CT", slices=4, seed=94, clean=True)
+    var = tmp_path / "var"
+    with tmpfs(tmp_path / "db", "16m") as db, running(var, DICOMGW_DATABASE_URL=f"sqlite:///{db}/catalog.db") as stack:
+        assert stack.stow(before).status_code == 200
+        fill(db)
+        answer = stack.stow(files)
+        assert answer.status_code == 503, answer.text
+        assert answer.headers["Content-Type"] == "application/json"
+        assert answer.headers["Retry-After"] == "5"
+        assert answer.json() == {"error": "catalog_unavailable", "detail": "catalog unavailable (disk full)"}
+        study = uids_of(files[0])[0]
+        assert listed(stack, study).status_code == 404
+        root = stack.stack.file_root
+        assert root is not None and not (root / "studies" / study).exists()
+        # what was stored before is still served while the catalog cannot be written
+        old_study, old_series, _ = uids_of(before[0])
+        assert sorted(row["00080018"]["Value"][0] for row in listed(stack, old_study).json()) == sorted(sent(before))
+        for path in before:
+            _, _, sop = uids_of(path)
+            base = f"{stack.url}/dicomweb/studies/{old_study}/series/{old_series}/instances/{sop}"
+            metadata = requests.get(f"{base}/metadata", headers=stack.api_headers, timeout=30)
+            assert metadata.status_code == 200, metadata.text
+            assert metadata.json()[0]["00080018"]["Value"] == [sop]
+            frame = requests.get(f"{base}/frames/1", headers={**stack.api_headers, "Accept": FRAMES}, timeout=30)
+            assert frame.status_code == 200, frame.text
+            assert parse_multipart(frame) == [(FRAME_TYPE, pydicom.dcmread(path).PixelData)]
+        free(db)
+        assert_all_stored(stack, stack.stow(files), files)
 
 
 def test_nginx_temp_and_cache_folders_full_still_serve_reads_and_uploads(tmp_path: Path) -> None:
