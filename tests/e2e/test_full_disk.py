@@ -3,6 +3,7 @@ of its own, which a test fills with a file and then frees again.
 
 - the storage folder: a series that does not fit is stored as far as it fits (202, every other instance a named
   0xA700), nothing torn is left or shown, and the same upload succeeds once there is room;
+- the upload spool (``DICOMGW_TMP_DIR``): the same;
 - the catalog's folder: a JSON 503 saying so, nothing shown, the data stored before still read, the retry stored;
 - NGINX's own temp and cache folders: reads and uploads answered as usual, only not cached.
 
@@ -92,6 +93,11 @@ def sent(files: list[Path]) -> dict[str, bytes]:
     return {uids_of(path)[2]: path.read_bytes() for path in files}
 
 
+def spooled(spool: Path) -> list[str]:
+    """Upload spool files (not the derivative worker's own working folders, there only while it works)."""
+    return sorted(path.name for path in spool.iterdir() if path.name.startswith(("stow-", "part-", "deid-")))
+
+
 def listed(stack: RunningStack, study: str) -> requests.Response:
     return requests.get(f"{stack.url}/dicomweb/studies/{study}/instances", headers=stack.api_headers, timeout=30)
 
@@ -172,6 +178,24 @@ def test_storage_folder_full_stores_what_fits_names_the_rest_and_the_retry_store
         free(objects)
         assert_all_stored(stack, stack.stow(files), files)
         assert_storage_whole(stack, files)
+
+
+def test_upload_spool_full_stores_the_parts_read_and_the_retry_stores_all(tmp_path: Path) -> None:
+    """The folder STOW bodies are spooled to fills up in the middle of a series: the parts spooled whole are
+    stored, the rest of the body is one 0xA700 failed item (a 202 with a Warning), no spool file is left behind,
+    and once space is freed the same upload is a 200."""
+    files = make_series(tmp_path / "ct", modality="CT", slices=8, seed=92, clean=True)
+    var = tmp_path / "var"
+    with tmpfs(var / "spool", "8m") as spool, running(var) as stack:
+        fill(spool, leave=int(1.5 * SLICE))
+        answer = stack.stow(files)
+        assert_partly_stored(stack, answer, files, "upload spool write failed (ENOSPC)")
+        assert answer.headers["Warning"].endswith('upload spool write failed (ENOSPC)"')
+        assert spooled(spool) == []
+        assert_storage_whole(stack, files)
+        free(spool)
+        assert_all_stored(stack, stack.stow(files), files)
+        assert spooled(spool) == []
 
 
 def test_catalog_folder_full_is_a_503_while_stored_data_is_still_read(tmp_path: Path) -> None:
