@@ -7,7 +7,7 @@ of its own, which a test fills with a file and then frees again.
 - the catalog's folder: a JSON 503 saying so, nothing shown, the data stored before still read, the retry stored;
 - NGINX's own temp and cache folders: reads and uploads answered as usual, only not cached.
 
-Mounting needs root (as in CI's VM): without it every test here skips, saying why.
+Mounting needs root (as in CI's VM): without it every test here skips, saying why (under `make test`, fails).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
-import pytest
 import requests
 
 from gateway.tools.synth import make_series
@@ -29,6 +28,7 @@ from tests.e2e.conftest import uids_of
 from tests.e2e.harness import RunningStack, start_stack
 from tests.e2e.test_read_path import parse_multipart
 from tests.e2e.test_stow import failed, referenced
+from tests.requirements import require
 
 OUT_OF_RESOURCES = 0xA700
 FRAMES = "multipart/related; type=application/octet-stream"
@@ -47,10 +47,10 @@ def tmpfs(folder: Path, size: str) -> Iterator[Path]:
             text=True,
             check=False,
         )
+        done, reason = mounted.returncode == 0, mounted.stderr.strip()
     except OSError as error:  # no mount(8) at all
-        pytest.skip(f"cannot mount a tmpfs: {error}")
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (the full-disk tests need root): {mounted.stderr.strip()}")
+        done, reason = False, str(error)
+    require(done, f"cannot mount a tmpfs (the full-disk tests need root): {reason}")
     try:
         yield folder
     finally:
