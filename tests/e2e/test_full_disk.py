@@ -16,13 +16,17 @@ import contextlib
 import errno
 import hashlib
 import os
+import shutil
 import subprocess
+import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
 import requests
 
+from gateway.tools.postgres import PostgresServer
 from gateway.tools.synth import make_series
 from tests.e2e.conftest import uids_of
 from tests.e2e.harness import RunningStack, start_stack
@@ -205,7 +209,10 @@ def test_catalog_folder_full_is_a_503_while_stored_data_is_still_read(tmp_path: 
     before = make_series(tmp_path / "before", modality="CT", slices=2, seed=93, clean=True)
     files = make_series(tmp_path / "ct", modality="CT", slices=4, seed=94, clean=True)
     var = tmp_path / "var"
-    with tmpfs(tmp_path / "db", "16m") as db, running(var, DICOMGW_DATABASE_URL=f"sqlite:///{db}/catalog.db") as stack:
+    with (
+        tmpfs(tmp_path / "db", "16m") as db,
+        running(var, DICOMGW_DATABASE_URL=f"sqlite:///{db}/catalog.db", DICOMGW_DERIVATIVES="0") as stack,
+    ):
         assert stack.stow(before).status_code == 200
         fill(db)
         answer = stack.stow(files)
@@ -217,6 +224,7 @@ def test_catalog_folder_full_is_a_503_while_stored_data_is_still_read(tmp_path: 
         assert listed(stack, study).status_code == 404
         root = stack.stack.file_root
         assert root is not None and not (root / "studies" / study).exists()
+        assert_storage_whole(stack, before)
         # what was stored before is still served while the catalog cannot be written
         old_study, old_series, _ = uids_of(before[0])
         assert sorted(row["00080018"]["Value"][0] for row in listed(stack, old_study).json()) == sorted(sent(before))
@@ -231,6 +239,53 @@ def test_catalog_folder_full_is_a_503_while_stored_data_is_still_read(tmp_path: 
             assert parse_multipart(frame) == [(FRAME_TYPE, pydicom.dcmread(path).PixelData)]
         free(db)
         assert_all_stored(stack, stack.stow(files), files)
+
+
+@contextlib.contextmanager
+def postgres_database_in(folder: Path, server: PostgresServer) -> Iterator[str]:
+    """The URL of a new PostgreSQL database whose tables live in ``folder`` (a tablespace; dropped after)."""
+    import psycopg
+
+    shutil.chown(folder, "postgres", "postgres")  # the server writes its tablespace as its own OS user
+    name = f"full_{uuid.uuid4().hex[:12]}"
+    admin = f"host={server.host} port={server.port} user=postgres dbname=postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLESPACE {name} LOCATION '{folder}'")
+        conn.execute(f"CREATE DATABASE {name} TABLESPACE {name}")
+    try:
+        yield server.url(name)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+            conn.execute(f"DROP TABLESPACE {name}")
+
+
+def test_catalog_on_postgresql_full_is_a_503_saying_so(tmp_path: Path, postgres_server: PostgresServer) -> None:
+    """PostgreSQL's tables on a full disk (their tablespace; its write-ahead log still has room): the upload's first
+    catalog write needs a new page and fails with disk_full, so the upload is the same JSON 503 as on SQLite,
+    nothing is stored, and the same upload is stored once space is freed."""
+    files = make_series(tmp_path / "ct", modality="CT", slices=2, seed=97, clean=True)
+    # PostgreSQL runs as its own OS user: its folder cannot be inside pytest's private tmp_path
+    folder = Path(tempfile.mkdtemp(prefix="dicomgw-full-"))
+    try:
+        with (
+            tmpfs(folder, "16m") as tables,
+            postgres_database_in(tables, postgres_server) as url,
+            running(tmp_path / "var", DICOMGW_DATABASE_URL=url) as stack,
+        ):
+            fill(tables)
+            answer = stack.stow(files)
+            assert answer.status_code == 503, answer.text
+            assert answer.headers["Retry-After"] == "5"
+            assert answer.json() == {"error": "catalog_unavailable", "detail": "catalog unavailable (disk full)"}
+            study = uids_of(files[0])[0]
+            assert listed(stack, study).status_code == 404
+            root = stack.stack.file_root
+            assert root is not None and not (root / "studies" / study).exists()
+            free(tables)
+            assert_all_stored(stack, stack.stow(files), files)
+    finally:
+        folder.rmdir()
 
 
 def test_nginx_temp_and_cache_folders_full_still_serve_reads_and_uploads(tmp_path: Path) -> None:
