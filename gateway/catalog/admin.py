@@ -3,6 +3,7 @@ trail and the quarantine list. Small tables, each written in one short transacti
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import secrets
@@ -29,6 +30,8 @@ _AUDIT_FIELDS = {c.name for c in audit.c} - {"id"}
 # An upload reservation lives this long past its owner's last heartbeat (beats every HEARTBEAT_SECONDS).
 LEASE_SECONDS = 60
 HEARTBEAT_SECONDS = 15
+# How often a reservation whose release met a catalog outage is released again, until the catalog answers.
+RELEASE_RETRY_SECONDS = 1.0
 _LEGACY_LEASE = 3600  # rows written before migration 0003 carry no lease: the old one-hour rule
 
 
@@ -57,6 +60,8 @@ class AdminRecords(CatalogBase):
         self._purge_lock = threading.Lock()
         # reservations this process holds (``holding``) -> when each is next due a heartbeat (time.monotonic())
         self._held: dict[Reservation, float] = {}
+        # reservations whose release failed (the catalog was out) -> when the keeper next tries it
+        self._owed: dict[Reservation, float] = {}
         self._leases = threading.Condition()
         self._keeper: threading.Thread | None = None
 
@@ -169,34 +174,57 @@ class AdminRecords(CatalogBase):
             self._keeper = keeper
 
     def _keep_leases(self) -> None:
-        """Beat each held reservation when it is due; stop once none was held for HEARTBEAT_SECONDS (the next
-        ``holding`` starts the thread again)."""
+        """Beat each held reservation when it is due, and release the owed ones; stop once none was held or owed
+        for HEARTBEAT_SECONDS (the next ``holding`` or failed ``release`` starts the thread again)."""
         try:
             while True:
                 with self._leases:
-                    if not self._held:
+                    if not self._held and not self._owed:
                         self._leases.wait(HEARTBEAT_SECONDS)
-                        if not self._held:
+                        if not self._held and not self._owed:
                             return
                     now = time.monotonic()
                     due = [reservation for reservation, at in self._held.items() if at <= now]
-                    if not due:
-                        self._leases.wait(min(self._held.values()) - now)
+                    owed = [reservation for reservation, at in self._owed.items() if at <= now]
+                    if not due and not owed:
+                        self._leases.wait(min([*self._held.values(), *self._owed.values()]) - now)
                         continue
                     for reservation in due:
                         self._held[reservation] = now + HEARTBEAT_SECONDS
+                    for reservation in owed:
+                        self._owed[reservation] = now + RELEASE_RETRY_SECONDS
                 for reservation in due:  # outside the lock: a beat is a catalog write
                     try:
                         self.heartbeat(reservation)
                     except CatalogUnavailable:
                         pass  # the next beat retries; the lease outlives several missed beats
+                for reservation in owed:
+                    try:
+                        self._end_reservation(reservation)
+                    except CatalogUnavailable:
+                        continue  # still out: tried again in RELEASE_RETRY_SECONDS
+                    with self._leases:
+                        self._owed.pop(reservation, None)
         finally:
             with self._leases:
                 self._keeper = None
-                if self._held:  # one came in as this thread stopped (or a beat failed in an unforeseen way)
+                if self._held or self._owed:  # one came in as this thread stopped (or a beat failed unforeseen)
                     self._start_keeper()  # if none can start, the next upload's ``holding`` tries again
 
     def release(self, reservation: Reservation) -> None:
+        try:
+            self._end_reservation(reservation)
+        except CatalogUnavailable:
+            # This process lives on, so no other upload takes the row over before its lease ends: the client's
+            # retry once the catalog is back met "in progress" for a minute. The keeper releases it as soon as
+            # the catalog answers.
+            with self._leases:
+                self._owed[reservation] = time.monotonic() + RELEASE_RETRY_SECONDS
+                with contextlib.suppress(RuntimeError):  # no thread can start: the lease still ends in a minute
+                    self._start_keeper()
+            raise
+
+    def _end_reservation(self, reservation: Reservation) -> None:
         with self._write() as conn:
             conn.execute(
                 reservations.delete().where(
