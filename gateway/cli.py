@@ -112,10 +112,12 @@ def stack_up(
         click.echo(f"api key:  {api_key}  (logs: {the_stack.var_dir / 'logs'})")
         click.echo("Ctrl-C stops everything.")
         while not stop.is_set():
-            for name, process in the_stack.processes.items():
-                if process.poll() is not None:
-                    click.echo(f"{name} exited unexpectedly; stopping.", err=True)
-                    stop.set()
+            restarted, dead = the_stack.supervise()
+            for name in restarted:
+                click.echo(f"{name} exited unexpectedly; started it again.", err=True)
+            for name in dead:
+                click.echo(f"{name} exited unexpectedly; stopping.", err=True)
+                stop.set()
             stop.wait(1.0)
     finally:
         the_stack.stop()

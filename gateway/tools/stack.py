@@ -31,6 +31,11 @@ from gateway.config import parse_api_keys, read_or_create_secret
 from gateway.tools import nginxconf
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+# Helpers whose work survives them (the collector's log position is committed with its rows, derivative jobs wait in
+# the catalog): one that exits is started again, as compose's restart policy does, instead of stopping the gateway
+# with it. NGINX's log keeps every line meanwhile, so the audit trail loses none.
+HELPERS = frozenset({"collector", "derive"})
+RESTART_PAUSE = 5.0  # seconds at least between two starts of a helper: one that cannot start does not spin
 
 
 class StackError(RuntimeError):
@@ -119,6 +124,7 @@ class Stack:
     gunicorn_threads: int = 8
     derive_worker: bool = True  # the derivative worker (gateway.derive), unless DICOMGW_DERIVATIVES=0
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    commands: dict[str, tuple[list[str], dict[str, str], float]] = field(default_factory=dict)  # argv, env, start
     log_marks: dict[Path, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -384,6 +390,7 @@ class Stack:
     def _spawn(self, name: str, argv: list[str], env: Mapping[str, str]) -> None:
         for path in self._logs_of(name):
             self.log_marks[path] = path.stat().st_size if path.exists() else 0
+        self.commands[name] = (argv, dict(env), time.monotonic())
         with (self.var_dir / "logs" / f"{name}.out").open("ab") as log:  # the child keeps its own copy
             self.processes[name] = subprocess.Popen(
                 argv,
@@ -453,6 +460,23 @@ class Stack:
             if path.exists():
                 texts.append("\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
         return "\n".join(texts)
+
+    def supervise(self) -> tuple[list[str], list[str]]:
+        """One look at the processes (``stack up`` looks every second): a helper that exited is started again,
+        at most once per RESTART_PAUSE. Returns the helpers started again and the other processes that exited
+        (NGINX, gunicorn: the gateway cannot serve without them)."""
+        restarted, dead = [], []
+        for name, process in list(self.processes.items()):
+            if process.poll() is None:
+                continue
+            if name not in HELPERS:
+                dead.append(name)
+                continue
+            argv, env, started = self.commands[name]
+            if time.monotonic() - started >= RESTART_PAUSE:
+                self._spawn(name, argv, env)
+                restarted.append(name)
+        return restarted, dead
 
     def kill(self, name: str) -> None:
         """Stop one process now (tests use it to prove NGINX fails closed)."""

@@ -176,3 +176,95 @@ def test_postgres_killed_mid_stow_then_restarted(tmp_path: Path) -> None:
             assert report.returncode == 0, report.stdout + report.stderr
         finally:
             stack.stop()
+
+
+def collector_pids(var: Path) -> list[int]:
+    """The access audit collectors `stack up` runs for ``var`` (each runs in its stack's folder)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            if b"collect" in argv and b"audit" in argv and Path(os.readlink(proc / "cwd")) == var:
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def ready(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/readyz", timeout=5).status_code == 200
+    except requests.ConnectionError:  # NGINX not listening yet
+        return False
+
+
+def test_audit_collector_killed_under_stack_up(tmp_path: Path) -> None:
+    """SIGKILL of the access audit collector under `dicom-gateway stack up`: reads go on being served, stack up
+    starts the collector again (at most once per RESTART_PAUSE) and says so, and every request answered while it
+    was down reaches the access audit, once. Before, stack up took the collector's exit for the gateway's and
+    stopped everything: every client then met a refused connection."""
+    from gateway.dicomweb.multipart import encode_multipart
+    from gateway.tools.stack import RESTART_PAUSE, free_port
+
+    var = (tmp_path / "var").resolve()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMGW_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "stack", "up", "--no-seed", "--port", str(port), "--var", str(var)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**env, "DICOMGW_DERIVATIVES": "0"},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not (collector_pids(var) and ready(url)):
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate(timeout=30)
+            time.sleep(0.2)
+        api = {"Authorization": f"Bearer {(var / 'api.key').read_text().strip()}"}
+        files = make_series(tmp_path / "ct", modality="CT", slices=2, seed=73, clean=True)
+        study, series, sop = uids_of(files[0])
+        body = encode_multipart(files)
+        stored = requests.post(
+            f"{url}/dicomweb/studies", data=body, timeout=60,
+            headers={"Content-Type": body.content_type, "Accept": "application/dicom+json", **api},
+        )  # fmt: skip
+        assert stored.status_code == 200, stored.text[:300]
+        claims = {"sub": "while-collector-down", "studies": [study]}
+        token = requests.post(f"{url}/api/v1/tokens", json=claims, headers=api, timeout=10).json()["token"]
+        root = f"{url}/t/{token}/dicomweb"
+
+        [collector] = collector_pids(var)
+        os.kill(collector, signal.SIGKILL)
+        killed_at = time.monotonic()
+        for _ in range(3):  # served at once, whatever the collector's state
+            search = requests.get(f"{root}/studies", headers={"Accept": "application/dicom+json"}, timeout=10)
+            assert search.status_code == 200 and study in search.text, (search.status_code, search.text[:200])
+            frame = requests.get(
+                f"{root}/studies/{study}/series/{series}/instances/{sop}/frames/1",
+                headers={"Accept": "application/octet-stream"}, timeout=10,
+            )  # fmt: skip
+            assert frame.status_code == 200 and len(frame.content) == 512 * 512 * 2
+        # started again (not before RESTART_PAUSE after its start, so within that and a look of stack up)
+        while not [pid for pid in collector_pids(var) if pid != collector]:
+            assert process.poll() is None, process.communicate(timeout=30)
+            assert time.monotonic() - killed_at < RESTART_PAUSE + 5, "the collector was not started again"
+            time.sleep(0.2)
+        # every request answered while it was down is on record, once
+        deadline = time.monotonic() + 30
+        while True:
+            rows = requests.get(
+                f"{url}/api/v1/admin/access", params={"subject": "while-collector-down"}, headers=api, timeout=10
+            ).json()["items"]
+            if len(rows) >= 6 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert sorted(row["action"] for row in rows) == ["frames"] * 3 + ["search"] * 3, rows
+        assert {row["status"] for row in rows} == {200}
+        assert ready(url)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert "collector exited unexpectedly; started it again." in err, err
+    assert "stopping" not in err and "Traceback" not in err, err
+    assert not collector_pids(var)
