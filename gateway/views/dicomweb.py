@@ -350,6 +350,8 @@ def _stow(study: str | None) -> Response:
         response.headers["Content-Type"] = f'multipart/related; type="{DICOM_XML}"; boundary={boundary}'
     if broken is not None:
         response.headers["Warning"] = _warning(f"the body broke after {sum(r.ok for r in results)} stored: {broken}")
+    if outage is not None:  # the instances an outage failed (0xA700) can be sent again once it is over: say when
+        response.headers.extend(outage.headers())
     return response
 
 
