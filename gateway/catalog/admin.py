@@ -95,13 +95,19 @@ class AdminRecords(CatalogBase):
         me = this_process()
         out: list[Reservation | None] = []
         seen: set[str] = set()
-        with self._write(durable=False) as conn:
-            now = self._now(conn)
-            for sop_uid in sop_uids:
-                out.append(None if sop_uid in seen else self._reserve(conn, sop_uid, me, secrets.token_hex(16), now))
-                seen.add(sop_uid)
-            won = [claim.sop_uid for claim in out if claim is not None]
-            stored = dict(conn.execute(_STORED_SHA256, {"sops": won}).all()) if won else {}
+        nonces = {sop_uid: secrets.token_hex(16) for sop_uid in sop_uids}
+        try:
+            with self._write(durable=False) as conn:
+                now = self._now(conn)
+                for sop_uid in sop_uids:
+                    out.append(None if sop_uid in seen else self._reserve(conn, sop_uid, me, nonces[sop_uid], now))
+                    seen.add(sop_uid)
+                won = [claim.sop_uid for claim in out if claim is not None]
+                stored = dict(conn.execute(_STORED_SHA256, {"sops": won}).all()) if won else {}
+        except CatalogUnavailable:
+            # the commit may have reached the database before the connection broke: nothing here holds those claims
+            self._owe([Reservation(sop_uid, nonce) for sop_uid, nonce in nonces.items()])
+            raise
         return [None if claim is None else replace(claim, stored=stored.get(claim.sop_uid)) for claim in out]
 
     @functools.cached_property
@@ -218,11 +224,17 @@ class AdminRecords(CatalogBase):
             # This process lives on, so no other upload takes the row over before its lease ends: the client's
             # retry once the catalog is back met "in progress" for a minute. The keeper releases it as soon as
             # the catalog answers.
-            with self._leases:
-                self._owed[reservation] = time.monotonic() + RELEASE_RETRY_SECONDS
-                with contextlib.suppress(RuntimeError):  # no thread can start: the lease still ends in a minute
-                    self._start_keeper()
+            self._owe([reservation])
             raise
+
+    def _owe(self, claims: Sequence[Reservation]) -> None:
+        """Have the keeper release ``claims`` (by nonce: one never won deletes nothing) once the catalog answers."""
+        with self._leases:
+            for claim in claims:
+                self._owed[claim] = time.monotonic() + RELEASE_RETRY_SECONDS
+            self._leases.notify()  # a keeper asleep until a beat due later must try these within the second
+            with contextlib.suppress(RuntimeError):  # no thread can start: the lease still ends in a minute
+                self._start_keeper()
 
     def _end_reservation(self, reservation: Reservation) -> None:
         with self._write() as conn:

@@ -267,3 +267,34 @@ def test_this_process_reads_proc_once_and_names_its_own_start_time() -> None:
     assert this_process() is me  # read once per pid: each reservation used to read /proc again
     stat = _stat(os.getpid())
     assert stat is not None and me.started == stat[1] and me.pid == os.getpid()
+
+
+@pytest.mark.postgres
+def test_a_release_the_catalog_missed_is_made_once_it_answers() -> None:
+    """A release that meets a catalog outage (PostgreSQL stopped) is made by this process within seconds of the
+    database answering again, even while the lease keeper sleeps until a later beat (another upload held). Before,
+    the row stayed until its lease ran out (this process lives on), and an upload of the instance sent again once
+    the database was back met "in progress" for a minute; then the keeper slept through the owed release for up
+    to HEARTBEAT_SECONDS."""
+    from gateway.errors import CatalogUnavailable
+    from gateway.tools.postgres import PG_BIN, available, private_postgres
+    from tests.requirements import require
+
+    require(available(), f"SKIPPING: no initdb/postgres in {PG_BIN} (apt-get install postgresql)")
+    with private_postgres() as server:
+        catalog = Catalog(server.url("postgres"))
+        catalog.migrate()
+        try:
+            other, missed = catalog.reserve("1.2.3.1"), catalog.reserve("1.2.3.2")
+            assert other is not None and missed is not None
+            with catalog.holding(other):  # the keeper now sleeps until other's first beat, 15 s away
+                server.stop()
+                with pytest.raises(CatalogUnavailable):
+                    catalog.release(missed)
+                server.start()
+                deadline = time.monotonic() + 5
+                while catalog.reserve("1.2.3.2") is None:
+                    assert time.monotonic() < deadline, "the missed release was not made"
+                    time.sleep(0.1)
+        finally:
+            catalog.close()
