@@ -1,0 +1,305 @@
+"""DCMTK and GDCM (Debian's `dcmtk` and `libgdcm-tools`), the field's reference toolkits, as outside oracles.
+
+Files they write (img2dcm from a Pillow JPEG and BMP, dcmcjpeg, dcmcjpls, dcmcrle, dcmconv to deflated and big
+endian, gdcmconv to JPEG 2000, JPEG-LS, RLE and back to native, dcmodify's edge data) are stored through STOW-RS
+and read back: the instance byte for byte, the frames (a compressed frame is its encapsulated fragments, a native
+one the pixels pydicom decodes), rendered and thumbnail. Answers they read: every WADO-RS retrieve passes
+`dcmftest` and `dcmdump` without a warning, and our DICOM JSON metadata equals `dcm2json`'s of the same file for
+every attribute both emit (PS3.18 Annex F), but for the bulk data: a URI here where dcm2json inlines (F.2.5 leaves
+it to the server) and the pixel data dcm2json cannot write for a compressed file (it is compared without it).
+"""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import io
+import json
+import shutil
+import subprocess
+import warnings
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import pytest
+import requests
+from PIL import Image
+from pydicom.encaps import generate_frames
+from pydicom.uid import generate_uid
+
+import gateway.render  # noqa: F401 - pydicom decodes the references with the plugin the gateway registers
+from tests.e2e.harness import RunningStack, start_stack
+from tests.e2e.test_real_files import assert_renders_as_pydicom_decodes
+from tests.fixtures.compressed import pydicom_file
+from tests.requirements import require
+
+pytestmark = pytest.mark.third_party
+
+DCMTK = ["img2dcm", "dcmcjpeg", "dcmcjpls", "dcmcrle", "dcmconv", "dcmodify", "dcmdump", "dcmftest", "dcm2json"]
+require(
+    all(shutil.which(tool) for tool in [*DCMTK, "gdcmconv"]),
+    "DCMTK and GDCM's tools are not installed (`make system-deps` installs Debian's dcmtk and libgdcm-tools)",
+    module=True,
+)
+
+# name -> (pydicom's file it starts from, the command that writes it: the source is appended, then the target)
+CONVERTED: dict[str, tuple[str, list[str]]] = {
+    "dcmcjpeg-sv1": ("MR_small.dcm", ["dcmcjpeg", "+e1"]),  # JPEG Lossless SV1
+    "dcmcjpeg-p14": ("MR_small.dcm", ["dcmcjpeg", "+el"]),  # JPEG Lossless Process 14
+    "dcmcjpeg-baseline": ("img2dcm-bmp", ["dcmcjpeg", "+eb"]),  # JPEG baseline of 8-bit RGB
+    "dcmcjpls": ("MR_small.dcm", ["dcmcjpls"]),  # JPEG-LS lossless
+    "dcmcrle": ("MR_small.dcm", ["dcmcrle"]),
+    "dcmconv-deflated": ("MR_small.dcm", ["dcmconv", "+td"]),
+    "dcmconv-big-endian": ("MR_small.dcm", ["dcmconv", "+tb"]),
+    "gdcm-j2k": ("MR_small.dcm", ["gdcmconv", "--j2k"]),
+    "gdcm-jpegls": ("MR_small.dcm", ["gdcmconv", "--jpegls"]),
+    "gdcm-rle": ("SC_rgb_rle_2frame.dcm", ["gdcmconv", "--rle"]),  # RGB, two frames
+    "gdcm-raw": ("SC_rgb_rle_2frame.dcm", ["gdcmconv", "--raw"]),  # RLE back to native
+}
+# dcmodify's edge data, each on its own copy of MR_small (explicit little endian)
+EDGES: dict[str, list[str | bytes]] = {
+    "edge-private": [
+        "-i", "(0029,0010)=SIEMENS CSA HEADER", "-i", "(0029,1008)=IMAGE NUM 4",  # in DCMTK's private dictionary
+        "-i", "(0029,0011)=ACME 1.0", "-i", "(0029,1110)=",  # not in it: an empty UN
+    ],
+    "edge-odd-length": ["-i", "StudyDescription=odd", "-i", "PatientID=ABCDE"],  # padded to even with a space
+    "edge-sequence": [
+        arg
+        for item in range(120)
+        for arg in (
+            "-i", f"ReferencedImageSequence[{item}].ReferencedSOPClassUID=1.2.840.10008.5.1.4.1.1.4",
+            "-i", f"ReferencedImageSequence[{item}].ReferencedSOPInstanceUID=1.2.3.{item + 1}",
+        )
+    ],
+    "edge-multi-valued": ["-i", "ImageType=ORIGINAL\\PRIMARY\\AXIAL", "-i", "WindowCenter=40\\400.5", "-i",
+                          "WindowWidth=80\\1000"],
+    "edge-utf8": [
+        "-i", "SpecificCharacterSet=ISO_IR 192",
+        "-i", "PatientName=Müller^José=山田^太郎=やまだ^たろう".encode(),
+        "-i", "InstitutionName=Hôpital Saint-Éloi".encode(),
+    ],
+    "edge-latin1": [
+        "-i", "SpecificCharacterSet=ISO_IR 100",
+        "-i", "PatientName=Müller^José".encode("latin-1"),
+        "-i", "InstitutionName=Hôpital Saint-Éloi".encode("latin-1"),
+    ],
+}  # fmt: skip
+COMPRESSED_BY = {"dcmcjpeg", "dcmcjpls", "dcmcrle", "gdcm-j2k", "gdcm-jpegls", "gdcm-rle", "img2dcm-jpeg"}
+
+
+def run(*argv: str | bytes | Path) -> subprocess.CompletedProcess[bytes]:
+    done = subprocess.run([str(a) if isinstance(a, Path) else a for a in argv], capture_output=True, timeout=60)
+    assert done.returncode == 0, (argv[0], done.stderr)
+    return done
+
+
+def fresh_copy(source: Path, target: Path) -> Path:
+    """The file as its own instance in its own study; everything else as it was."""
+    ds = pydicom.dcmread(source)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.save_as(target, enforce_file_format=False)
+    return target
+
+
+def compressed(name: str) -> bool:
+    return any(name.startswith(prefix) for prefix in COMPRESSED_BY)
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+    """Each file the tools wrote, by name: (the file stored, the file whose pixels it holds)."""
+    folder = tmp_path_factory.mktemp("dcmtk-gdcm")
+    y, x = np.mgrid[0:48, 0:64]
+    picture = Image.fromarray(np.stack([x * 4, y * 5, (x + y) * 2], axis=-1).astype(np.uint8))
+    picture.save(folder / "picture.jpg", quality=90)
+    picture.save(folder / "picture.bmp")
+    files: dict[str, tuple[Path, Path]] = {}
+    keys = ["-k", "PatientName=Doe^Jane", "-k", "PatientID=DCMTK-1", "-k", "StudyDescription=img2dcm"]
+    run("img2dcm", *keys, folder / "picture.jpg", folder / "img2dcm-jpeg.dcm")
+    run("img2dcm", "-i", "BMP", *keys, folder / "picture.bmp", folder / "img2dcm-bmp.dcm")
+    for name in ("img2dcm-jpeg", "img2dcm-bmp"):
+        files[name] = (folder / f"{name}.dcm", folder / f"{name}.dcm")
+    for name, (origin, command) in CONVERTED.items():
+        start = files[origin][0] if origin in files else pydicom_file(origin)
+        source = fresh_copy(start, folder / f"{name}.source.dcm")
+        run(*command, source, folder / f"{name}.dcm")
+        files[name] = (folder / f"{name}.dcm", source)
+    for name, edits in EDGES.items():
+        target = fresh_copy(pydicom_file("MR_small.dcm"), folder / f"{name}.dcm")
+        run("dcmodify", "-nb", *edits, target)
+        files[name] = (target, target)
+    return files
+
+
+@pytest.fixture(scope="module")
+def stored(
+    tmp_path_factory: pytest.TempPathFactory, made: dict[str, tuple[Path, Path]]
+) -> Iterator[tuple[RunningStack, requests.Response]]:
+    running = start_stack(tmp_path_factory.mktemp("dcmtk-gdcm-stack"), "file", None)
+    try:
+        yield running, running.stow([sent for sent, _ in made.values()])
+    finally:
+        running.stack.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(stored: tuple[RunningStack, requests.Response]) -> RunningStack:
+    return stored[0]
+
+
+def url(stack: RunningStack, path: Path) -> str:
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    series = f"{stack.url}/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+    return f"{series}/instances/{ds.SOPInstanceUID}"
+
+
+def get(stack: RunningStack, address: str, accept: str) -> requests.Response:
+    return requests.get(address, headers={"Accept": accept, **stack.api_headers}, timeout=60)
+
+
+def parts(answer: requests.Response) -> list[tuple[str, bytes]]:
+    """(Content-Type, body) of each part, parsed with the standard library's MIME parser."""
+    assert answer.status_code == 200, answer.text[:300]
+    header = f"Content-Type: {answer.headers['Content-Type']}\r\n\r\n".encode()
+    message = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(header + answer.content)
+    return [(str(part["Content-Type"]), part.get_payload(decode=True)) for part in message.get_payload()]
+
+
+def retrieved(stack: RunningStack, path: Path) -> bytes:
+    answer = get(stack, url(stack, path), 'multipart/related; type="application/dicom"; transfer-syntax=*')
+    [(_, body)] = parts(answer)
+    return body
+
+
+NAMES = ["img2dcm-jpeg", "img2dcm-bmp", *CONVERTED, *EDGES]
+
+
+def test_every_file_is_stored(stored: tuple[RunningStack, requests.Response], made: dict[str, Any]) -> None:
+    _, answer = stored
+    assert (answer.status_code, answer.headers["Content-Type"]) == (200, "application/dicom+json"), answer.text
+    referenced = answer.json()["00081199"]["Value"]
+    expected = {str(pydicom.dcmread(sent, stop_before_pixels=True).SOPInstanceUID) for sent, _ in made.values()}
+    assert {item["00081155"]["Value"][0] for item in referenced} == expected
+    assert "00081198" not in answer.json()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_instance_is_byte_identical(stack: RunningStack, made: dict[str, tuple[Path, Path]], name: str) -> None:
+    sent, _ = made[name]
+    assert retrieved(stack, sent) == sent.read_bytes()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_frames(stack: RunningStack, made: dict[str, tuple[Path, Path]], name: str) -> None:
+    """A compressed frame is its fragments as stored; a native frame holds the pixels pydicom decodes from the
+    file the tool started from (for a lossless syntax the tool's own file decodes to them too)."""
+    sent, source = made[name]
+    ds = pydicom.dcmread(sent)
+    count = int(ds.get("NumberOfFrames") or 1)
+    numbers = ",".join(str(n) for n in range(1, count + 1))
+    answer = get(
+        stack,
+        f"{url(stack, sent)}/frames/{numbers}",
+        'multipart/related; type="application/octet-stream"; transfer-syntax=*',
+    )
+    frames = [body for _, body in parts(answer)]
+    if compressed(name):
+        assert frames == list(generate_frames(ds.PixelData, number_of_frames=count))
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        expected = pydicom.dcmread(source).pixel_array
+    got = np.stack([np.frombuffer(frame, dtype=expected.dtype.newbyteorder("<")) for frame in frames])
+    assert np.array_equal(got, expected.reshape(count, -1))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_rendered_and_thumbnail(stack: RunningStack, made: dict[str, tuple[Path, Path]], name: str) -> None:
+    sent, _ = made[name]
+    address = url(stack, sent)
+    for path, accept in (("rendered", "image/png"), ("frames/1/rendered", "image/png"), ("thumbnail", "image/jpeg")):
+        answer = get(stack, f"{address}/{path}", accept)
+        assert (answer.status_code, answer.headers["Content-Type"]) == (200, accept), answer.text[:200]
+        assert Image.open(io.BytesIO(answer.content)).format == accept.split("/")[1].upper()
+        if path == "rendered":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                assert_renders_as_pydicom_decodes(pydicom.dcmread(sent), answer.content)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_dcmtk_reads_the_retrieved_file(
+    stack: RunningStack, made: dict[str, tuple[Path, Path]], name: str, tmp_path: Path
+) -> None:
+    sent, _ = made[name]
+    saved = tmp_path / "retrieved.dcm"
+    saved.write_bytes(retrieved(stack, sent))
+    assert run("dcmftest", saved).stdout.decode() == f"yes: {saved}\n"
+    dumped = run("dcmdump", saved)
+    assert dumped.stderr == b""
+
+
+def dcm2json(path: Path, folder: Path) -> dict[str, Any]:
+    """DCMTK's DICOM JSON of the file; of a copy without its pixel data when they are compressed (dcm2json writes
+    no InlineBinary of encapsulated pixel data), taken out by dcmodify."""
+    if compressed(path.stem):
+        path = Path(shutil.copy(path, folder / "without-pixels.dcm"))
+        run("dcmodify", "-nb", "-e", "(7fe0,0010)", path)
+    return exact_json(run("dcm2json", path).stdout)
+
+
+def exact_json(text: bytes | str) -> dict[str, Any]:
+    """JSON numbers as the decimals they write (90, 90.0 and 9E1 are one number; 1e16 is not 9999999999999999)."""
+    answer = json.loads(text, parse_float=Decimal, parse_int=Decimal)
+    return answer[0] if isinstance(answer, list) else answer
+
+
+def same_value(vr: str, mine: dict[str, Any], other: dict[str, Any]) -> bool:
+    if "BulkDataURI" in mine and "InlineBinary" in other:  # the server's choice (PS3.18 F.2.5)
+        return True
+    mine, other = {k: v for k, v in mine.items() if k != "vr"}, {k: v for k, v in other.items() if k != "vr"}
+    if vr == "FL" and len(mine.get("Value", [])) == len(other.get("Value", [])):
+        # dcm2json writes the shortest decimal that reads back as the same 32-bit float, we its exact value
+        return [np.float32(v) for v in mine["Value"]] == [np.float32(v) for v in other["Value"]]
+    return mine == other
+
+
+def differences(ours: dict[str, Any], theirs: dict[str, Any], where: str = "") -> list[str]:
+    """Every attribute both emit, compared: VR, then the value (a sequence item by item)."""
+    found = []
+    for tag in sorted(set(ours) & set(theirs)):
+        mine, other = ours[tag], theirs[tag]
+        if mine["vr"] != other["vr"]:
+            found.append(f"{where}{tag}: VR {mine['vr']} here, {other['vr']} in dcm2json")
+        elif mine["vr"] == "SQ":
+            items, their_items = mine.get("Value", []), other.get("Value", [])
+            if len(items) != len(their_items):
+                found.append(f"{where}{tag}: {len(items)} items here, {len(their_items)} in dcm2json")
+            for number, (item, their_item) in enumerate(zip(items, their_items, strict=False)):
+                found += differences(item, their_item, f"{where}{tag}[{number}].")
+        elif not same_value(mine["vr"], mine, other):
+            found.append(f"{where}{tag}: {mine} here, {other} in dcm2json")
+    return found
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_metadata_is_what_dcm2json_reads(
+    stack: RunningStack, made: dict[str, tuple[Path, Path]], name: str, tmp_path: Path
+) -> None:
+    """Where both write an attribute, the same VR and values. One difference is DCMTK 3.6.7's: dcm2json writes
+    Specific Character Set as "ISO_IR 192" (the JSON's own encoding) where we keep the data set's, which CP-2518
+    makes the rule (DCMTK's issue 1181 follows it); the values of the strings it decodes are still compared."""
+    sent, _ = made[name]
+    answer = get(stack, f"{url(stack, sent)}/metadata", "application/dicom+json")
+    assert (answer.status_code, answer.headers["Content-Type"]) == (200, "application/dicom+json"), answer.text[:200]
+    ours, theirs = exact_json(answer.content), dcm2json(sent, tmp_path)
+    charset = pydicom.dcmread(sent, stop_before_pixels=True).get("SpecificCharacterSet")
+    if charset not in (None, "ISO_IR 192"):
+        assert (ours["00080005"]["Value"], theirs.pop("00080005")["Value"]) == ([charset], ["ISO_IR 192"])
+    assert differences(ours, theirs) == []
+    assert set(theirs) <= set(ours)  # nothing DCMTK reads is left out
