@@ -32,6 +32,7 @@ from gateway.dicom.walker import Element, tag_hex
 log = logging.getLogger(__name__)
 
 _URI_MARK = '"BulkDataURI":"bulkdata/'
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 _SAFE_PREFIX = re.compile(r"^[A-Za-z0-9._~/:%@!$&'()*+,;=-]*$")
 
 
@@ -89,7 +90,7 @@ def _dataset_json(
                 continue
             try:
                 # the threshold is irrelevant here: every element reaching this line is small or not binary
-                out[key] = value = _empty_as_null(ds[tag].to_json_dict(None, 1 << 62))
+                out[key] = value = _empty_as_null(_exact_ds(ds[tag], ds[tag].to_json_dict(None, 1 << 62)))
             except Exception:  # noqa: BLE001 - pydicom raises many types for garbage values
                 rebuilt = _with_empty_values(ds, tag)
                 if rebuilt is None:
@@ -99,6 +100,21 @@ def _dataset_json(
             if memo_key is not None:  # pydicom converted these very bytes: read_instance refuses a tag written twice
                 _memo.store(memo_key, value)
     return {k: out[k] for k in sorted(out)}
+
+
+def _ds_number(text: str) -> int | float:
+    """A DS value as a JSON number: an integer stays an integer (a float holds 15 digits, a DS 16:
+    9999999999999999 read as a float was written 1e+16, another number); any other as pydicom reads it."""
+    text = text.strip()
+    return int(text) if _INTEGER.fullmatch(text) else float(text)
+
+
+def _exact_ds(element: Any, value: dict[str, Any]) -> dict[str, Any]:
+    if element.VR != "DS" or "Value" not in value:
+        return value
+    texts = element.value if element.VM > 1 else [element.value]
+    value["Value"] = [None if v is None or str(v).strip() == "" else _ds_number(str(v)) for v in texts]
+    return value
 
 
 def _empty_as_null(value: dict[str, Any]) -> dict[str, Any]:
@@ -126,8 +142,7 @@ def _with_empty_values(ds: Dataset, tag: Any) -> dict[str, Any] | None:
             elif str(item).strip() == "":
                 out.append(None)
             else:
-                number = float(item)
-                out.append(int(number) if element.VR == "IS" else number)  # as pydicom writes them
+                out.append(int(float(item)) if element.VR == "IS" else _ds_number(str(item)))
     except Exception:  # noqa: BLE001 - the same garbage values as the writer's
         return None
     return {"vr": element.VR, "Value": out}

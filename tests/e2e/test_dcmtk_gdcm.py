@@ -77,6 +77,12 @@ EDGES: dict[str, list[str | bytes]] = {
     ],
     "edge-multi-valued": ["-i", "ImageType=ORIGINAL\\PRIMARY\\AXIAL", "-i", "WindowCenter=40\\400.5", "-i",
                           "WindowWidth=80\\1000"],
+    "edge-numbers": [
+        "-i", "SliceLocation=9999999999999999",  # 16 digits: more than a float holds
+        "-i", "SpacingBetweenSlices=-1.5e-05", "-i", "AcquisitionNumber=+12", "-i", "(0070,0253)=0.1",  # FL
+        "-i", "(0018,9089)=0.1\\0.2\\0.3", "-i", "FrameIncrementPointer=(0018,1063)",  # FD, AT
+        "-i", "ImageComments=  leading spaces", "-i", "(0018,9151)=20200101120000.123456+0100",  # LT, DT
+    ],
     "edge-utf8": [
         "-i", "SpecificCharacterSet=ISO_IR 192",
         "-i", "PatientName=Müller^José=山田^太郎=やまだ^たろう".encode(),
