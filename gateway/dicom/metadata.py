@@ -90,7 +90,8 @@ def _dataset_json(
                 continue
             try:
                 # the threshold is irrelevant here: every element reaching this line is small or not binary
-                out[key] = value = _empty_as_null(_exact_ds(ds[tag], ds[tag].to_json_dict(None, 1 << 62)))
+                value = _exact_ds(ds[tag], ds[tag].to_json_dict(None, 1 << 62))
+                out[key] = value = _empty_as_null(_name_groups(value) if el.vr == "PN" else value)
             except Exception:  # noqa: BLE001 - pydicom raises many types for garbage values
                 rebuilt = _with_empty_values(ds, tag)
                 if rebuilt is None:
@@ -117,6 +118,21 @@ def _exact_ds(element: Any, value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
+def _groups(name: dict[str, str]) -> dict[str, str] | None:
+    """The component groups that hold a name component, as dcm2json writes them: pydicom writes an empty
+    Alphabetic group, and "^^" has no component either (PS3.5 6.2). None when no group is left."""
+    return {group: text for group, text in name.items() if text.strip("^ ")} or None
+
+
+def _name_groups(value: dict[str, Any]) -> dict[str, Any]:
+    names = [_groups(name) if isinstance(name, dict) else name for name in value.get("Value", [])]
+    if names == [None]:  # one name without any component: an empty value, which has no "Value"
+        return {"vr": value["vr"]}
+    if names:
+        value["Value"] = names
+    return value
+
+
 def _empty_as_null(value: dict[str, Any]) -> dict[str, Any]:
     """An empty value among several is null, not "" (PS3.18 F.2.5): pydicom writes ``A\\\\C`` in a CS as
     ``["A", "", "C"]``. A lone empty value is already an element with no "Value"."""
@@ -138,7 +154,7 @@ def _with_empty_values(ds: Dataset, tag: Any) -> dict[str, Any] | None:
         for item in element.value:
             if element.VR == "PN":
                 groups = zip(("Alphabetic", "Ideographic", "Phonetic"), getattr(item, "components", ()), strict=False)
-                out.append({group: str(text) for group, text in groups if text} or None)
+                out.append(_groups({group: str(text) for group, text in groups}))
             elif str(item).strip() == "":
                 out.append(None)
             else:

@@ -88,6 +88,11 @@ EDGES: dict[str, list[str | bytes]] = {
         "-i", "PatientName=Müller^José=山田^太郎=やまだ^たろう".encode(),
         "-i", "InstitutionName=Hôpital Saint-Éloi".encode(),
     ],
+    "edge-names": [  # component groups left empty
+        "-i", "SpecificCharacterSet=ISO_IR 192",
+        "-i", "PatientName==山田^太郎=やまだ^たろう".encode(), "-i", "OperatorsName=Smith^Al==すみす".encode(),
+        "-i", "NameOfPhysiciansReadingStudy==^^", "-i", "ReferringPhysicianName=Doe^John\\Roe^Jane=ロー".encode(),
+    ],
     "edge-latin1": [
         "-i", "SpecificCharacterSet=ISO_IR 100",
         "-i", "PatientName=Müller^José".encode("latin-1"),

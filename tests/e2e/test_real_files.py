@@ -437,10 +437,16 @@ def bulkdata_uris(dataset: dict[str, Any], prefix: str = "") -> Iterator[tuple[s
 
 def pydicom_json(dataset: dict[str, Any]) -> dict[str, Any]:
     """pydicom's DICOM JSON in the gateway's documented form: an empty sequence has no Value, an empty value among
-    several is null (PS3.18 F.2.5; pydicom writes "")."""
+    several is null (PS3.18 F.2.5; pydicom writes ""), a name holds only its groups with a component (pydicom
+    writes an empty Alphabetic group; a name of delimiters only is an empty value)."""
     out = {}
     for key, entry in dataset.items():
         entry = dict(entry)
+        if entry.get("vr") == "PN" and "Value" in entry:
+            names = [{g: t for g, t in name.items() if t.strip("^ ")} or "" for name in entry["Value"]]
+            entry["Value"] = names
+            if names == [""]:
+                del entry["Value"]
         values = entry.get("Value")
         if entry.get("vr") != "SQ" and isinstance(values, list) and len(values) > 1:
             entry["Value"] = [None if value == "" else value for value in values]

@@ -302,6 +302,8 @@ def _pydicom_text(ds: Dataset, keyword: str) -> str | None:
     if value is None:
         return None
     text = str(value.alphabetic) if hasattr(value, "alphabetic") else str(value)
+    if hasattr(value, "alphabetic") and not text.strip("^ "):
+        return None  # delimiters only ("^^^^"): no name component, an empty name (PS3.5 6.2)
     return text.strip() or None
 
 
