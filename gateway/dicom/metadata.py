@@ -66,6 +66,8 @@ def _dataset_json(
     # comparisons in every one of the several lookups a first read of a value makes
     own = {int(tag): tag for tag in ds.keys()}
     for el in elements:
+        if not el.tag & 0xFFFF:
+            continue  # a group length counts bytes of the encoding the file had: nothing a client can use (PS3.5 7.2)
         key = tag_hex(el.tag)
         tag = own.get(el.tag, el.tag)
         if el.items is not None:

@@ -438,9 +438,11 @@ def bulkdata_uris(dataset: dict[str, Any], prefix: str = "") -> Iterator[tuple[s
 def pydicom_json(dataset: dict[str, Any]) -> dict[str, Any]:
     """pydicom's DICOM JSON in the gateway's documented form: an empty sequence has no Value, an empty value among
     several is null (PS3.18 F.2.5; pydicom writes ""), a name holds only its groups with a component (pydicom
-    writes an empty Alphabetic group; a name of delimiters only is an empty value)."""
+    writes an empty Alphabetic group; a name of delimiters only is an empty value), no group length."""
     out = {}
     for key, entry in dataset.items():
+        if key.endswith("0000"):
+            continue
         entry = dict(entry)
         if entry.get("vr") == "PN" and "Value" in entry:
             names = [{g: t for g, t in name.items() if t.strip("^ ")} or "" for name in entry["Value"]]
