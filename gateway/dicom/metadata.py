@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 
 _URI_MARK = '"BulkDataURI":"bulkdata/'
 _INTEGER = re.compile(r"[+-]?[0-9]+")
+# leading and trailing spaces of their values are padding (PS3.5 Table 6.2-1); pydicom keeps leading ones, and
+# trailing ones of every value but the last (" DERIVED \\SECONDARY" gave " DERIVED ")
+_PADDED_BOTH_ENDS = frozenset({"AE", "CS", "LO", "SH"})
 _SAFE_PREFIX = re.compile(r"^[A-Za-z0-9._~/:%@!$&'()*+,;=-]*$")
 
 
@@ -93,7 +96,8 @@ def _dataset_json(
             try:
                 # the threshold is irrelevant here: every element reaching this line is small or not binary
                 value = _exact_ds(ds[tag], ds[tag].to_json_dict(None, 1 << 62))
-                out[key] = value = _empty_as_null(_name_groups(value) if el.vr == "PN" else value)
+                value = _name_groups(value) if el.vr == "PN" else _unpadded(value)
+                out[key] = value = _empty_as_null(value)
             except Exception:  # noqa: BLE001 - pydicom raises many types for garbage values
                 rebuilt = _with_empty_values(ds, tag)
                 if rebuilt is None:
@@ -132,6 +136,16 @@ def _name_groups(value: dict[str, Any]) -> dict[str, Any]:
         return {"vr": value["vr"]}
     if names:
         value["Value"] = names
+    return value
+
+
+def _unpadded(value: dict[str, Any]) -> dict[str, Any]:
+    if value["vr"] not in _PADDED_BOTH_ENDS or "Value" not in value:
+        return value
+    values = [v.strip(" ") if isinstance(v, str) else v for v in value["Value"]]
+    if values == [""]:  # spaces only: an empty value, which has no "Value"
+        return {"vr": value["vr"]}
+    value["Value"] = values
     return value
 
 

@@ -438,7 +438,8 @@ def bulkdata_uris(dataset: dict[str, Any], prefix: str = "") -> Iterator[tuple[s
 def pydicom_json(dataset: dict[str, Any]) -> dict[str, Any]:
     """pydicom's DICOM JSON in the gateway's documented form: an empty sequence has no Value, an empty value among
     several is null (PS3.18 F.2.5; pydicom writes ""), a name holds only its groups with a component (pydicom
-    writes an empty Alphabetic group; a name of delimiters only is an empty value), no group length."""
+    writes an empty Alphabetic group; a name of delimiters only is an empty value), no group length, no padding
+    around AE, CS, LO and SH values."""
     out = {}
     for key, entry in dataset.items():
         if key.endswith("0000"):
@@ -448,6 +449,10 @@ def pydicom_json(dataset: dict[str, Any]) -> dict[str, Any]:
             names = [{g: t for g, t in name.items() if t.strip("^ ")} or "" for name in entry["Value"]]
             entry["Value"] = names
             if names == [""]:
+                del entry["Value"]
+        if entry.get("vr") in ("AE", "CS", "LO", "SH") and "Value" in entry:  # spaces around each value are padding
+            entry["Value"] = [v.strip(" ") if isinstance(v, str) else v for v in entry["Value"]]
+            if entry["Value"] == [""]:
                 del entry["Value"]
         values = entry.get("Value")
         if entry.get("vr") != "SQ" and isinstance(values, list) and len(values) > 1:
