@@ -5,12 +5,14 @@ endian, gdcmconv to JPEG 2000, JPEG-LS, RLE and back to native, dcmodify's edge 
 and read back: the instance byte for byte, the frames (a compressed frame is its encapsulated fragments, a native
 one the pixels pydicom decodes), rendered and thumbnail. Answers they read: every WADO-RS retrieve passes
 `dcmftest` and `dcmdump` without a warning, and our DICOM JSON metadata equals `dcm2json`'s of the same file for
-every attribute both emit (PS3.18 Annex F), but for the bulk data: a URI here where dcm2json inlines (F.2.5 leaves
-it to the server) and the pixel data dcm2json cannot write for a compressed file (it is compared without it).
+every attribute (PS3.18 Annex F), but for the bulk data: a URI here where dcm2json inlines (F.2.5 leaves it to
+the server; the URI answers the bytes dcm2json inlines) and the pixel data dcm2json cannot write for a compressed
+file (it is compared without it).
 """
 
 from __future__ import annotations
 
+import base64
 import email.parser
 import email.policy
 import io
@@ -293,9 +295,10 @@ def exact_json(text: bytes | str) -> dict[str, Any]:
     return answer[0] if isinstance(answer, list) else answer
 
 
-def same_value(vr: str, mine: dict[str, Any], other: dict[str, Any]) -> bool:
-    if "BulkDataURI" in mine and "InlineBinary" in other:  # the server's choice (PS3.18 F.2.5)
-        return True
+def same_value(vr: str, mine: dict[str, Any], other: dict[str, Any], stack: RunningStack) -> bool:
+    if "BulkDataURI" in mine and "InlineBinary" in other:  # the server's choice (PS3.18 F.2.5): the same bytes
+        answer = get(stack, mine["BulkDataURI"], "application/octet-stream")
+        return answer.status_code == 200 and answer.content == base64.b64decode(other["InlineBinary"])
     mine, other = {k: v for k, v in mine.items() if k != "vr"}, {k: v for k, v in other.items() if k != "vr"}
     if vr == "FL" and len(mine.get("Value", [])) == len(other.get("Value", [])):
         # dcm2json writes the shortest decimal that reads back as the same 32-bit float, we its exact value
@@ -303,7 +306,7 @@ def same_value(vr: str, mine: dict[str, Any], other: dict[str, Any]) -> bool:
     return mine == other
 
 
-def differences(ours: dict[str, Any], theirs: dict[str, Any], where: str = "") -> list[str]:
+def differences(ours: dict[str, Any], theirs: dict[str, Any], stack: RunningStack, where: str = "") -> list[str]:
     """The attributes each writes, then every one both write: VR and value (a sequence item by item)."""
     found = [f"{where}{tag}: only here" for tag in sorted(set(ours) - set(theirs))]
     found += [f"{where}{tag}: only in dcm2json" for tag in sorted(set(theirs) - set(ours))]
@@ -316,8 +319,8 @@ def differences(ours: dict[str, Any], theirs: dict[str, Any], where: str = "") -
             if len(items) != len(their_items):
                 found.append(f"{where}{tag}: {len(items)} items here, {len(their_items)} in dcm2json")
             for number, (item, their_item) in enumerate(zip(items, their_items, strict=False)):
-                found += differences(item, their_item, f"{where}{tag}[{number}].")
-        elif not same_value(mine["vr"], mine, other):
+                found += differences(item, their_item, stack, f"{where}{tag}[{number}].")
+        elif not same_value(mine["vr"], mine, other, stack):
             found.append(f"{where}{tag}: {mine} here, {other} in dcm2json")
     return found
 
@@ -339,4 +342,4 @@ def test_metadata_is_what_dcm2json_reads(
         assert (ours.pop("00080005")["Value"], theirs.pop("00080005")["Value"]) == (kept, ["ISO_IR 192"])
     if compressed(sent):  # dcm2json read a copy without its pixel data (and dcmodify dropped trailing padding)
         ours = {tag: value for tag, value in ours.items() if tag not in ("7FE00010", "FFFCFFFC")}
-    assert differences(ours, theirs) == []
+    assert differences(ours, theirs, stack) == []
