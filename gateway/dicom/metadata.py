@@ -70,7 +70,7 @@ def _dataset_json(
     own = {int(tag): tag for tag in ds.keys()}
     for el in elements:
         if not el.tag & 0xFFFF:
-            continue  # a group length counts bytes of the encoding the file had: nothing a client can use (PS3.5 7.2)
+            continue  # group lengths "shall not be included" (PS3.18 F.2.2): they count bytes of the file's encoding
         key = tag_hex(el.tag)
         tag = own.get(el.tag, el.tag)
         if el.items is not None:
@@ -125,8 +125,8 @@ def _exact_ds(element: Any, value: dict[str, Any]) -> dict[str, Any]:
 
 
 def _groups(name: dict[str, str]) -> dict[str, str] | None:
-    """The component groups that hold a name component, as dcm2json writes them: pydicom writes an empty
-    Alphabetic group, and "^^" has no component either (PS3.5 6.2). None when no group is left."""
+    """The groups that hold a name component: PS3.18 F.2.2 encodes the non-empty ones only, and pydicom writes an
+    empty Alphabetic group ("^^" has no component either, PS3.5 6.2). None when no group is left."""
     return {group: text for group, text in name.items() if text.strip("^ ")} or None
 
 
