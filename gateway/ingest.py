@@ -42,6 +42,7 @@ from gateway.errors import (
 )
 from gateway.hooks import Hook, HookOutcome, UploadContext
 from gateway.metrics import INGESTED
+from gateway.phi.deidentify import identifier_digest
 from gateway.processpool import PoolBroken, ProcessPool
 from gateway.scope import Scope
 from gateway.spool import sweep_spool
@@ -386,7 +387,12 @@ class Ingestor:
             sop_uid=header.ids.sop,
             study_uid=header.ids.study,
             series_uid=header.ids.series,
-            patient=header.patient,
+            # keyed digests, never the identifiers: the held file may be a de-identified copy (pixel review), whose
+            # record must not link it back to the patient in clear
+            patient=(
+                identifier_digest(header.patient[0], self.settings.deid_key),
+                identifier_digest(header.patient[1], self.settings.deid_key),
+            ),
             reason=outcome.reason,
             report=outcome.report,
         )

@@ -340,8 +340,8 @@ class AdminRecords(CatalogBase):
         created_at: int | None = None,
     ) -> None:
         """Record a quarantined object by its storage key (re-quarantining the same key updates the
-        record). ``patient``: the file's Patient ID and Issuer of Patient ID ("" when it names none), which a
-        patient erasure finds it by; None: not known (a record made before migration 0012 has none)."""
+        record). ``patient``: keyed digests of the file's Patient ID and Issuer of Patient ID ("" when it names
+        none), which a patient erasure finds it by; None: not known (a record made before migration 0012 has none)."""
         values = {
             "sop_uid": sop_uid,
             "study_uid": study_uid,
@@ -383,7 +383,8 @@ class AdminRecords(CatalogBase):
         under the same Study Instance UID stays."""
         patient_id = patient_id.strip()
         held = quarantine.c
-        patient: sa.ColumnElement[bool] = held.patient_id == patient_id
+        # "" is a record of a file that names no Patient ID, never a patient to match
+        patient: sa.ColumnElement[bool] = held.patient_id == patient_id if patient_id else sa.false()
         issuer_unlike: sa.ColumnElement[bool] = sa.false()
         if issuer is not None:
             # as for a study: a given issuer matches a recorded one equal to it, and "" none (no file names it)

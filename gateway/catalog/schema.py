@@ -171,8 +171,9 @@ quarantine = sa.Table(
     sa.Column("reason", sa.Text, nullable=False, server_default=""),
     sa.Column("report", sa.Text, nullable=False, server_default="{}"),
     sa.Column("created_at", sa.BigInteger, nullable=False),
-    # the held file's Patient ID and Issuer of Patient ID as uploaded, stripped ("" when it names none), in clear as
-    # studies.patient_id is: a patient erasure finds the file by them (migration 0012). NULL in a row quarantined
+    # keyed digests (gateway.phi.deidentify.identifier_digest) of the held file's Patient ID and Issuer of Patient ID
+    # as uploaded ("" when it names none): a patient erasure finds the file by them (migration 0012), and a
+    # de-identified copy held for pixel review is not linked back to the patient in clear. NULL in a row quarantined
     # before 0012: erasure reaches it only through its study.
     sa.Column("patient_id", sa.Text),
     sa.Column("issuer_of_patient_id", sa.Text),

@@ -93,6 +93,17 @@ def remap_uid(uid: str, key: bytes) -> str:
     return "2.25." + str(int.from_bytes(digest.digest()[:16], "big"))
 
 
+def identifier_digest(value: str, key: str | bytes) -> str:
+    """A keyed digest (hex HMAC-SHA256) of an identifier a record must be found by without holding it, such as the
+    Patient ID of a quarantined file; "" (the file names none) stays "". Stable per key: erasure digests the ID it is
+    given the same way."""
+    value = value.strip()
+    if not value:
+        return ""
+    secret = key.encode("utf-8") if isinstance(key, str) else key
+    return hmac.new(secret, b"dicomgw-identifier\0" + value.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
 def shift_days(patient: str, key: bytes, max_days: int) -> int:
     digest = hmac.new(key, b"dicomgw-date\0" + patient.encode("utf-8"), hashlib.sha256).digest()
     return 1 + int.from_bytes(digest[:8], "big") % max_days

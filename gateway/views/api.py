@@ -15,6 +15,7 @@ from gateway.catalog.deletions import Target
 from gateway.errors import BadRequest, InvalidPath, NotFound, TokenMissing, TokenRevoked
 from gateway.lifecycle import check_reason, summary
 from gateway.numbers import parse_int
+from gateway.phi.deidentify import identifier_digest
 from gateway.tokens import Claims
 from gateway.uids import check_uid
 from gateway.views.common import deleter, json_body, no_content, public_base, require_api_key, services
@@ -283,7 +284,8 @@ def erase_patient() -> tuple[Response, int]:
     if unknown:
         raise BadRequest(f"unknown fields: {', '.join(unknown)}")
     patient_id, issuer, reason = body.get("patient_id"), body.get("issuer"), body.get("reason", "")
-    if not isinstance(patient_id, str) or not patient_id or len(patient_id) > 64:
+    # blank is no Patient ID: held files that name none would all match it
+    if not isinstance(patient_id, str) or not patient_id.strip() or len(patient_id) > 64:
         raise BadRequest("patient_id must be a non-empty string of at most 64 characters")
     if issuer is not None and (not isinstance(issuer, str) or len(issuer) > 64):
         raise BadRequest("issuer must be a string of at most 64 characters")
@@ -299,7 +301,11 @@ def erase_patient() -> tuple[Response, int]:
     # files of the patient held for review are the patient's data too, whether or not a study of theirs is stored;
     # those of a study only an instance was taken from are not (they are the study's patient's)
     erased = sorted({item.target.study for item in removed if item.target.level == "study"})
-    quarantined = srv.catalog.quarantine_of_patient(patient_id, issuer, erased)
+    # held files are recorded under keyed digests of their Patient ID and issuer (gateway.ingest)
+    key = srv.settings.deid_key
+    quarantined = srv.catalog.quarantine_of_patient(
+        identifier_digest(patient_id, key), None if issuer is None else identifier_digest(issuer, key), erased
+    )
     if not removed and not quarantined:
         raise NotFound("no study or quarantined file of this patient is stored")
     for key in quarantined:

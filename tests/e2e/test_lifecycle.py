@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -590,6 +591,42 @@ def test_erasure_leaves_another_patients_file_held_under_the_same_study(
     assert again.status_code == 200, again.text
     assert again.json() == {"studies": [], "series": 0, "instances": 0, "deletions": [], "quarantined": 1}
     assert held(stack) == {} and list(stack.storage().list("quarantine/")) == []
+
+
+def test_erasure_records_hold_no_identifier_in_clear_and_a_blank_patient_id_is_refused(
+    holding_stack: RunningStack, tmp_path: Path
+) -> None:
+    """A quarantine record keeps keyed digests of the held file's Patient ID and issuer, never the values (the held
+    file may be a de-identified copy). A blank Patient ID is no patient: it matched every held file naming none, and
+    the erasure deleted them all."""
+    import sqlalchemy as sa
+
+    from gateway.catalog.catalog import engine_url
+
+    stack = holding_stack
+    named, unnamed = one_slice(tmp_path / "a", 7921, "CLEAR-A"), one_slice(tmp_path / "b", 7922, "")
+    assert upload(stack, [*named, *unnamed], "hold").status_code == 409
+    before = held(stack)
+    assert len(before) == 2
+    engine = sa.create_engine(engine_url(stack.stack.database_url))
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT patient_id, issuer_of_patient_id FROM quarantine")).all()
+    finally:
+        engine.dispose()
+    recorded = sorted(row[0] for row in rows)
+    assert recorded[0] == "" and re.fullmatch(r"[0-9a-f]{64}", recorded[1]), recorded
+    assert [row[1] for row in rows] == ["", ""]
+    for blank in ("", "   "):
+        refused = erase(stack, blank)
+        assert refused.status_code == 400, refused.text
+        assert refused.json() == {
+            "error": "bad_request",
+            "detail": "patient_id must be a non-empty string of at most 64 characters",
+        }
+    assert held(stack) == before
+    assert erase(stack, " CLEAR-A ").json()["quarantined"] == 1
+    assert list(held(stack).values()) == [uids_of(unnamed[0])[2]]
 
 
 def audit_page(stack: RunningStack, **params: str) -> requests.Response:

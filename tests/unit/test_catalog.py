@@ -284,6 +284,9 @@ def test_migration_0013_records_the_patient_of_an_instance_in_another_patients_s
             "1.2.9.1.4": patient(None),  # no Patient ID: merged into the study
             "1.2.9.1.5": patient("PAT-A"),  # no issuer: merged
             "1.2.9.1.6": patient("PAT-C"),
+            # stored before orjson: the standard library wrote a DS overflow as Infinity, which SQLite's json_extract
+            # and PostgreSQL's ::json refuse (the upgrade rolled back)
+            "1.2.9.1.7": patient("PAT-D").replace("{", '{"00201041": {"vr": "DS", "Value": [Infinity]}, ', 1),
         }
         for sop, meta in metadata.items():
             conn.execute(
@@ -310,6 +313,7 @@ def test_migration_0013_records_the_patient_of_an_instance_in_another_patients_s
             ("1.2.9.1.4", None, None),
             ("1.2.9.1.5", None, None),
             ("1.2.9.1.6", "PAT-C", ""),
+            ("1.2.9.1.7", "PAT-D", ""),
         ]
         assert catalog.instances_of_patient_elsewhere(" PAT-B", "HOSP") == [Target("1.2.9", "1.2.9.1", "1.2.9.1.2")]
         assert catalog.instances_of_patient_elsewhere("PAT-B", "OTHER") == []
@@ -321,6 +325,7 @@ def test_migration_0013_records_the_patient_of_an_instance_in_another_patients_s
         row = catalog.get_instance("1.2.9.1.2")
         assert row is not None and json.loads(row.metadata or "")["00100020"]["Value"] == [" PAT-B "]
         assert [r.sop_uid for r in catalog.instances_of("1.2.9", with_metadata=False)] == sorted(metadata)
+        assert catalog.instances_of_patient_elsewhere("PAT-D") == [Target("1.2.9", "1.2.9.1", "1.2.9.1.7")]
     finally:
         catalog.close()
 

@@ -1,6 +1,7 @@
-"""A quarantine record keeps the held file's Patient ID and Issuer of Patient ID (in clear, as ``studies`` keeps
-them for QIDO): a patient erasure found held files only through the patient's stored studies, so a patient whose
-every file was quarantined kept them all, and another patient's file held under an erased study UID went with it.
+"""A quarantine record keeps keyed digests of the held file's Patient ID and Issuer of Patient ID (never the
+values: the held file may be a de-identified copy, which the record must not link back to the patient): a patient
+erasure found held files only through the patient's stored studies, so a patient whose every file was quarantined
+kept them all, and another patient's file held under an erased study UID went with it.
 
 Rows quarantined before this revision get NULL: the patient of a held file is in the file alone (the study row's
 patient need not be its own), and reading every held object is not a migration's job. Erasure reaches such a row

@@ -14,6 +14,8 @@ Create Date: 2026-12-05
 
 from __future__ import annotations
 
+import json
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -27,10 +29,29 @@ _PATIENT_ID, _ISSUER = "00100020", "00100021"
 _WHERE = "other_patient_id IS NOT NULL"
 
 
+def _unsafe(column: str) -> str:
+    """Whether the database's JSON reader may refuse the column: metadata stored before orjson (bb5cd8d) wrote a DS
+    overflow as Infinity or NaN, which SQLite's json_extract and PostgreSQL's ::json reject (the whole upgrade would
+    roll back). Such rows are read in Python (json.loads takes them); a "NaN" inside a text value only sends a row
+    there too."""
+    return f"({column} LIKE '%Infinity%' OR {column} LIKE '%NaN%')"
+
+
 def _first_value(column: str, tag: str, postgres: bool) -> str:
     if postgres:
-        return f"({column}::json -> '{tag}' -> 'Value' ->> 0)"
-    return f"json_extract({column}, '$.\"{tag}\".Value[0]')"
+        extract = f"({column}::json -> '{tag}' -> 'Value' ->> 0)"
+    else:
+        extract = f"json_extract({column}, '$.\"{tag}\".Value[0]')"
+    return f"CASE WHEN {_unsafe(column)} THEN NULL ELSE {extract} END"
+
+
+def _raw(column: str) -> str:
+    return f"CASE WHEN {_unsafe(column)} THEN {column} END"
+
+
+def _in_python(raw: str, tag: str) -> object:
+    values = (json.loads(raw).get(tag) or {}).get("Value") or [None]
+    return values[0]
 
 
 def _differs(theirs: tuple[str, str], held: tuple[str, str]) -> bool:
@@ -53,7 +74,7 @@ def upgrade() -> None:
     select = sa.text(
         "SELECT i.sop_uid, "  # noqa: S608 - constants
         f"{_first_value('i.metadata', _PATIENT_ID, postgres)}, {_first_value('i.metadata', _ISSUER, postgres)}, "
-        f"s.patient_id, {_first_value('s.attrs', _ISSUER, postgres)} "
+        f"s.patient_id, {_first_value('s.attrs', _ISSUER, postgres)}, {_raw('i.metadata')}, {_raw('s.attrs')} "
         "FROM instances i JOIN studies s ON s.study_uid = i.study_uid "
         f"WHERE i.sop_uid > :after ORDER BY i.sop_uid LIMIT {_BATCH}"
     )
@@ -63,7 +84,11 @@ def upgrade() -> None:
     after = ""
     while rows := bind.execute(select, {"after": after}).all():
         changed = []
-        for uid, patient, issuer, study_patient, study_issuer in rows:
+        for uid, patient, issuer, study_patient, study_issuer, metadata, attrs in rows:
+            if metadata is not None:
+                patient, issuer = _in_python(metadata, _PATIENT_ID), _in_python(metadata, _ISSUER)
+            if attrs is not None:
+                study_issuer = _in_python(attrs, _ISSUER)
             theirs = (str(patient or "").strip(), str(issuer or "").strip())
             if _differs(theirs, (str(study_patient or "").strip(), str(study_issuer or "").strip())):
                 changed.append({"uid": uid, "patient": theirs[0], "issuer": theirs[1]})
