@@ -208,7 +208,9 @@ class AdminRecords(CatalogBase):
                     try:
                         self._end_reservation(reservation)
                     except CatalogUnavailable:
-                        continue  # still out: tried again in RELEASE_RETRY_SECONDS
+                        # still out: the rest would each wait out a connect timeout too, holding the beats back;
+                        # all are tried again in RELEASE_RETRY_SECONDS
+                        break
                     with self._leases:
                         self._owed.pop(reservation, None)
         finally:
