@@ -114,7 +114,8 @@ VARIABLES: dict[str, Variable] = {
     "DERIVATIVES": Variable(
         False,
         "1",
-        "1: after the STOW answer, a worker stores a lossless HTJ2K copy of each native monochrome frame, served to "
+        "1: after the STOW answer, a worker stores a lossless HTJ2K copy of each monochrome frame of a native or "
+        "losslessly compressed instance, served to "
         "clients whose Accept names its transfer syntax; 0: none are made.",
     ),
     "DERIVATIVES_FOR_ANY": Variable(
