@@ -3,11 +3,13 @@ loopback ports, and a small client that talks to it the way a portal and a viewe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -116,6 +118,18 @@ def start_stack(var_dir: Path, backend: str, moto: MotoServer | None, **env: str
     stack = Stack(var_dir, port=free_port(), storage_url=storage_url, extra_env=extra)
     stack.start()
     return RunningStack(stack, backend)
+
+
+@contextlib.contextmanager
+def stack_holding(var_dir: Path, backend: str, moto: MotoServer | None, files: list[Path]) -> Iterator[RunningStack]:
+    """A stack with ``files`` stored by one STOW (a test module's data set), stopped afterwards."""
+    running = start_stack(var_dir, backend, moto)
+    try:
+        answer = running.stow(files)
+        assert answer.status_code == 200, answer.text
+        yield running
+    finally:
+        running.stack.stop()
 
 
 class LoopbackPageServer:

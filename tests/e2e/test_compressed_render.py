@@ -23,7 +23,7 @@ from pydicom.uid import UID, HTJ2KLossless, JPEG2000Lossless, JPEGLossless, JPEG
 
 import gateway.render  # noqa: F401 - pydicom decodes the reference pictures with the plugin the gateway registers
 from tests.e2e.conftest import BACKENDS
-from tests.e2e.harness import RunningStack, start_stack
+from tests.e2e.harness import RunningStack, stack_holding
 from tests.e2e.test_real_files import assert_renders_as_pydicom_decodes
 from tests.fixtures.compressed import compressed_twin, pydicom_file, signed_12_bit
 from tests.fixtures.servers import MotoServer
@@ -81,13 +81,9 @@ def stack(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, files: dict[str, Path]
 ) -> Iterator[RunningStack]:
     moto: MotoServer | None = request.getfixturevalue("moto_server") if request.param == "s3" else None
-    running = start_stack(tmp_path_factory.mktemp(f"compressed-{request.param}"), request.param, moto)
-    try:
-        answer = running.stow(list(files.values()))
-        assert answer.status_code == 200, answer.text
+    folder = tmp_path_factory.mktemp(f"compressed-{request.param}")
+    with stack_holding(folder, request.param, moto, list(files.values())) as running:
         yield running
-    finally:
-        running.stack.stop()
 
 
 def url(stack: RunningStack, path: Path) -> str:

@@ -36,6 +36,7 @@ from pydicom.uid import JPEG2000, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSNea
 
 import gateway.render  # noqa: F401 - pydicom decodes the references with the plugin the gateway registers
 from tests.e2e.harness import RunningStack, start_stack
+from tests.e2e.test_compressed_render import get, url
 from tests.e2e.test_real_files import assert_renders_as_pydicom_decodes
 from tests.fixtures.compressed import pydicom_file
 from tests.requirements import require
@@ -184,14 +185,6 @@ def stack(stored: tuple[RunningStack, requests.Response]) -> RunningStack:
     return stored[0]
 
 
-def url(stack: RunningStack, path: Path) -> str:
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
-    series = f"{stack.url}/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
-    return f"{series}/instances/{ds.SOPInstanceUID}"
-
-
-def get(stack: RunningStack, address: str, accept: str) -> requests.Response:
-    return requests.get(address, headers={"Accept": accept, **stack.api_headers}, timeout=60)
 
 
 def parts(answer: requests.Response) -> list[tuple[str, bytes]]:

@@ -36,7 +36,7 @@ import gateway.derive  # noqa: F401 - pydicom decodes the sources with the codec
 from gateway.catalog import Catalog
 from gateway.dicomweb.wado import DERIVATIVE_TS
 from tests.e2e.conftest import BACKENDS, uids_of
-from tests.e2e.harness import RunningStack, start_stack
+from tests.e2e.harness import RunningStack, stack_holding
 from tests.e2e.test_compressed_render import fresh_copy
 from tests.e2e.test_real_files import display_values
 from tests.e2e.test_viewer import NetworkLog, browser, open_page, wait_ready  # noqa: F401 - browser is a fixture
@@ -129,13 +129,9 @@ def stack(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, files: dict[str, Path]
 ) -> Iterator[RunningStack]:
     moto: MotoServer | None = request.getfixturevalue("moto_server") if request.param == "s3" else None
-    running = start_stack(tmp_path_factory.mktemp(f"decoded-{request.param}"), request.param, moto)
-    try:
-        answer = running.stow(list(files.values()))
-        assert answer.status_code == 200, answer.text
+    folder = tmp_path_factory.mktemp(f"decoded-{request.param}")
+    with stack_holding(folder, request.param, moto, list(files.values())) as running:
         yield running
-    finally:
-        running.stack.stop()
 
 
 def frame_url(stack: RunningStack, path: Path, n: int) -> str:
