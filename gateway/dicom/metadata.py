@@ -95,7 +95,8 @@ def _dataset_json(
                 continue
             try:
                 # the threshold is irrelevant here: every element reaching this line is small or not binary
-                value = _exact_ds(ds[tag], ds[tag].to_json_dict(None, 1 << 62))
+                element = ds[tag]
+                value = _exact_ds(element, element.to_json_dict(None, 1 << 62))
                 value = _name_groups(value) if el.vr == "PN" else _unpadded(value)
                 out[key] = value = _empty_as_null(value)
             except Exception:  # noqa: BLE001 - pydicom raises many types for garbage values
