@@ -46,9 +46,12 @@ ERROR = "X-Dgw-Error"  # why auth refused: the error code NGINX writes into its 
 ACCEPT_RANGES = "X-Dgw-Accept-Ranges"  # SSI drops Accept-Ranges; a plan that honours Range says so here
 GENERATION = "X-Dgw-Generation"  # the study's deletion generation: part of the plan-cache key (gateway.lifecycle)
 BLOCK_CACHE = "X-Dgw-Block"  # (from njs) whether the block plan a frame's plan was made from was cached, for the log
+# (from njs) that NGINX's cache folder has no room (nginx/templates/njs/dgw_cache.js): the frame's plan is served,
+# not cached
+CACHE_FULL = "X-Dgw-Cache-Full"
 
 TO_PYTHON = (RANGE,)
-FROM_PYTHON = (SUB, JTI, STUDY, VIA, ERROR, ACCEPT_RANGES, GENERATION, BLOCK_CACHE)
+FROM_PYTHON = (SUB, JTI, STUDY, VIA, ERROR, ACCEPT_RANGES, GENERATION, BLOCK_CACHE, CACHE_FULL)
 LOCATIONS = (AUTH, PLAN, FRAME, BLOCK, SEGMENT, WHOLE_SEGMENT, FILE, OBJECT, CONVERTED, ERROR_PAGE)
 
 
