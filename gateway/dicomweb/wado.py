@@ -532,11 +532,9 @@ class Planner:
             # published since this request's plan chose the original is served from the next request on)
             offer = negotiate(accept, self._frame_offers(replace(instance, derivative=None), len(numbers) == 1))
         else:
-            instance, offer, expires = self._negotiate_frames(instance, accept, len(numbers) == 1)
-            if offer.explicit_only and instance.derivative is not None:
-                derived = instance.derivative
-                choice = _FrameChoice(instance, offer, derived.storage_key, derived.frames, expires)
-                return self._frames_of(choice, numbers, range_header)
+            derived = self._derived(*self._negotiate_frames(instance, accept, len(numbers) == 1))
+            if derived is not None:
+                return self._frames_of(derived, numbers, range_header)
             return self._to_converter(redirect)
         assert self._converted is not None
         frames = self._converted.frames(
@@ -550,11 +548,19 @@ class Planner:
     def _frame_choice(self, instance: CachedInstance, accept: str, single: bool) -> _FrameChoice:
         """What answers frames of this instance for this Accept (it depends on no frame number)."""
         instance, offer, expires = self._negotiate_frames(instance, accept, single)
-        key, index = instance.storage_key, instance.frames
-        if offer.explicit_only and instance.derivative is not None:
-            key, index = instance.derivative.storage_key, instance.derivative.frames
-        assert index is not None  # _frames refused an instance without a frame index
-        return _FrameChoice(instance, offer, key, index, expires)
+        derived = self._derived(instance, offer, expires)
+        if derived is not None:
+            return derived
+        assert instance.frames is not None  # _frames refused an instance without a frame index
+        return _FrameChoice(instance, offer, instance.storage_key, instance.frames, expires)
+
+    @staticmethod
+    def _derived(instance: CachedInstance, offer: Offer, expires: int) -> _FrameChoice | None:
+        """The derivative's frames, when the offer is its transfer syntax and the instance has one."""
+        derivative = instance.derivative
+        if not offer.explicit_only or derivative is None:
+            return None
+        return _FrameChoice(instance, offer, derivative.storage_key, derivative.frames, expires)
 
     def _negotiate_frames(
         self, instance: CachedInstance, accept: str, single: bool
