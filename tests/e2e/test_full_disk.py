@@ -206,6 +206,19 @@ def test_upload_spool_full_stores_the_parts_read_and_the_retry_stores_all(tmp_pa
         assert spooled(spool) == []
 
 
+def assert_refused_for_a_full_catalog(stack: RunningStack, files: list[Path]) -> None:
+    """A STOW while the catalog's disk is full: the JSON 503 that says so, nothing of it listed or stored."""
+    answer = stack.stow(files)
+    assert answer.status_code == 503, answer.text
+    assert answer.headers["Content-Type"] == "application/json"
+    assert answer.headers["Retry-After"] == "5"
+    assert answer.json() == {"error": "catalog_unavailable", "detail": "catalog unavailable (disk full)"}
+    study = uids_of(files[0])[0]
+    assert listed(stack, study).status_code == 404
+    root = stack.stack.file_root
+    assert root is not None and not (root / "studies" / study).exists()
+
+
 def test_catalog_folder_full_is_a_503_while_stored_data_is_still_read(tmp_path: Path) -> None:
     """The SQLite catalog's folder full: an upload is a JSON 503 that says the disk is full, nothing of it is
     shown or left in storage, QIDO, metadata and frames of what was stored before still answer, and once space
@@ -219,15 +232,7 @@ def test_catalog_folder_full_is_a_503_while_stored_data_is_still_read(tmp_path: 
     ):
         assert stack.stow(before).status_code == 200
         fill(db)
-        answer = stack.stow(files)
-        assert answer.status_code == 503, answer.text
-        assert answer.headers["Content-Type"] == "application/json"
-        assert answer.headers["Retry-After"] == "5"
-        assert answer.json() == {"error": "catalog_unavailable", "detail": "catalog unavailable (disk full)"}
-        study = uids_of(files[0])[0]
-        assert listed(stack, study).status_code == 404
-        root = stack.stack.file_root
-        assert root is not None and not (root / "studies" / study).exists()
+        assert_refused_for_a_full_catalog(stack, files)
         assert_storage_whole(stack, before)
         # what was stored before is still served while the catalog cannot be written
         old_study, old_series, _ = uids_of(before[0])
@@ -278,14 +283,7 @@ def test_catalog_on_postgresql_full_is_a_503_saying_so(tmp_path: Path, postgres_
             running(tmp_path / "var", DICOMGW_DATABASE_URL=url) as stack,
         ):
             fill(tables)
-            answer = stack.stow(files)
-            assert answer.status_code == 503, answer.text
-            assert answer.headers["Retry-After"] == "5"
-            assert answer.json() == {"error": "catalog_unavailable", "detail": "catalog unavailable (disk full)"}
-            study = uids_of(files[0])[0]
-            assert listed(stack, study).status_code == 404
-            root = stack.stack.file_root
-            assert root is not None and not (root / "studies" / study).exists()
+            assert_refused_for_a_full_catalog(stack, files)
             free(tables)
             assert_all_stored(stack, stack.stow(files), files)
     finally:
