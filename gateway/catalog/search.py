@@ -128,10 +128,50 @@ def _modalities_clause(codes: tuple[str, ...], scope: Scope | None) -> sa.Column
     return inner.exists()
 
 
+class request_item_match(sa.sql.expression.ColumnElement[bool]):  # noqa: N801 - SQL construct naming
+    """Whether an item of the series' stored Request Attributes Sequence (its row's QIDO attributes, the DICOM
+    JSON QIDO returns) passes every test of ``tests``: (item attribute tag, "eq" or "like", value), the
+    sequence matching of PS3.4 C.2.2.2.6. Written per dialect (below): each has its own JSON functions. Only
+    series queries and the instance queries that join series reach it, so the series table is in the FROM."""
+
+    type = sa.Boolean()
+    inherit_cache = False
+
+    def __init__(self, tests: tuple[tuple[str, str, str], ...]) -> None:
+        self.tests = tests
+
+
+def _item_tests(element: request_item_match, compiler: Any, value_of: str, **kw: Any) -> str:
+    """The WHERE of one item: each test on ``value_of`` (SQL of the item attribute's first value, a format string
+    of its tag), the value bound. The tags are ours (qido's two item keys), never the client's text."""
+    tests = []
+    for tag, op, value in element.tests:
+        assert tag.isalnum(), tag
+        first = sa.literal_column(value_of.format(tag), sa.String())
+        bound = sa.bindparam(None, value, type_=sa.String())
+        tests.append(compiler.process(first.like(bound, escape="\\") if op == "like" else first == bound, **kw))
+    return " AND ".join(tests)
+
+
+@compiles(request_item_match)
+def _request_item_postgresql(element: request_item_match, compiler: Any, **kw: Any) -> str:
+    tests = _item_tests(element, compiler, "(item.value -> '{}' -> 'Value' ->> 0)", **kw)
+    source = "json_array_elements(CAST(series.attrs AS json) -> '00400275' -> 'Value') AS item(value)"
+    return f"EXISTS (SELECT 1 FROM {source} WHERE {tests})"  # noqa: S608 - constants, bound values (_item_tests)
+
+
+@compiles(request_item_match, "sqlite")
+def _request_item_sqlite(element: request_item_match, compiler: Any, **kw: Any) -> str:
+    tests = _item_tests(element, compiler, "json_extract(item.value, '$.\"{}\".Value[0]')", **kw)
+    return f"EXISTS (SELECT 1 FROM json_each(series.attrs, '$.\"00400275\".Value') AS item WHERE {tests})"  # noqa: S608
+
+
 def _clause(match: Match, scope: Scope | None, unindexed: bool = False) -> sa.ColumnElement[bool]:
     attr = match.attr
     if attr.kind == "modalities":
         return _modalities_clause(match.values, scope)
+    if attr.kind == "request":
+        return request_item_match(match.values)
     assert attr.column is not None
     column = _TABLES[attr.level].c[attr.column]
     if match.op == "in":

@@ -5,9 +5,12 @@ Matching supported: single value (exact; case-sensitive except PN, which PS3.4 C
 case-insensitively and we do, on every backend), wildcards ``*`` and ``?`` (SQL LIKE, with ``%``, ``_`` and
 ``\\`` escaped), UID lists (comma or backslash separated), date and time ranges (``a-b``, ``-b``, ``a-``; a
 partial date such as ``2020`` or ``202003`` matches the whole year or month), ``ModalitiesInStudy`` (any of
-the listed values), integer attributes (``SeriesNumber``, ``InstanceNumber``). Attributes may be given by
-keyword or by tag (``PatientID`` or ``00100020``); attributes of the query level and of the levels above it
-can be matched. Anything else is a 400 that names the parameter. ``fuzzymatching``, ``emptyvaluematching`` and
+the listed values), integer attributes (``SeriesNumber``, ``InstanceNumber``), and the one sequence PS3.18 Table
+10.6.1-5 has a series query match, ``RequestAttributesSequence`` by its ``ScheduledProcedureStepID`` and
+``RequestedProcedureID`` (``RequestAttributesSequence.RequestedProcedureID=RP1`` or ``00400275.00401001=RP1``: a
+series matches when one item matches every such key, PS3.4 C.2.2.2.6). Attributes may be given by keyword or by
+tag (``PatientID`` or ``00100020``); attributes of the query level and of the levels above it can be matched.
+Anything else is a 400 that names the parameter. ``fuzzymatching``, ``emptyvaluematching`` and
 ``multiplevaluematching`` are accepted and ignored (``warnings`` holds what the answer must then say: PS3.18
 8.3.4.2, 8.3.4.5, 8.3.4.6);
 the transport parameters ``token``, ``accept``, ``charset`` and ``_`` are ignored (the DICOMweb layer handles
@@ -54,7 +57,7 @@ class Attr:
     vr: str
     level: int  # 0 study, 1 series, 2 instance
     column: str | None  # column of that level's table; None: computed (counts, modalities) or attrs only
-    kind: str  # uid | str | pn | date | time | int | modalities | none (return only, not matchable)
+    kind: str  # uid | str | pn | date | time | int | modalities | request | none (return only, not matchable)
 
 
 _ATTRS = [
@@ -90,6 +93,10 @@ _ATTRS = [
     Attr("Columns", "00280011", "US", 2, None, "none"),
     Attr("BitsAllocated", "00280100", "US", 2, None, "none"),
 ]
+# Sequence matching (PS3.4 C.2.2.2.6) on the one sequence PS3.18 Table 10.6.1-5 asks a series query to match, by
+# the two item attributes it names; the items are those the series' stored attributes hold, which QIDO returns.
+REQUEST_ATTRIBUTES = Attr("RequestAttributesSequence", "00400275", "SQ", 1, None, "request")
+_REQUEST_ITEM_TAGS = frozenset({"00400009", "00401001"})  # ScheduledProcedureStepID, RequestedProcedureID
 BY_KEYWORD = {a.keyword: a for a in _ATTRS}
 BY_TAG = {a.tag: a for a in _ATTRS}
 # Return attributes per level: every attribute of that level (PS3.18 tables 10.6.3-3/4/5, plus
@@ -100,8 +107,8 @@ RETURN_ATTRS = {level: [a for a in _ATTRS if a.level == level] for level in (0, 
 @dataclass(frozen=True)
 class Match:
     attr: Attr
-    op: Literal["in", "eq", "like", "range"]
-    values: tuple[Any, ...]
+    op: Literal["in", "eq", "like", "range", "item"]
+    values: tuple[Any, ...]  # for "item": (item attribute tag, "eq" or "like", value) for each key of one item
 
 
 @dataclass(frozen=True)
@@ -238,6 +245,30 @@ def _match(name: str, attr: Attr, values: list[str]) -> Match | None:
     return Match(attr, "eq", (value,))
 
 
+def _request_item_key(name: str, values: list[str], level: str) -> tuple[str, tuple[str, str, str] | None]:
+    """A sequence key ``{sequence}.{attribute}`` (keywords or tags): its path of tags, and its test on one item
+    (None for universal matching). Only RequestAttributesSequence's two keys of PS3.18 Table 10.6.1-5 are matched;
+    any other path is a 400 that says so."""
+    sequence, _, item = name.partition(".")
+    path = (_resolve(sequence)[0], _resolve(item)[0] if "." not in item else "")
+    if path[0] != REQUEST_ATTRIBUTES.tag or path[1] not in _REQUEST_ITEM_TAGS:
+        raise BadRequest(
+            f"{name}: sequence matching is supported on RequestAttributesSequence.ScheduledProcedureStepID and "
+            "RequestAttributesSequence.RequestedProcedureID only"
+        )
+    if LEVELS[level] < REQUEST_ATTRIBUTES.level:
+        raise BadRequest(f"{name}: cannot match an attribute of a lower level in a {level} query")
+    if len(values) > 1:
+        raise BadRequest(f"{name} given more than once")
+    value = values[0].strip(" ")  # SH: leading and trailing spaces are not significant (PS3.5 6.2)
+    key = ".".join(path)
+    if value.strip("*") == "":
+        return key, None  # universal matching
+    if "*" in value or "?" in value:
+        return key, (path[1], "like", like_pattern(value))
+    return key, (path[1], "eq", value)
+
+
 def _int_param(name: str, values: list[str], default: int) -> int:
     if len(values) > 1:  # the last one silently won
         raise BadRequest(f"{name} given more than once")
@@ -267,6 +298,7 @@ def parse_qido(
     include: set[str] = set()
     include_all = False
     matched: dict[str, str] = {}  # attribute tag -> the name it was given under
+    item_keys: list[tuple[str, str, str]] = []  # RequestAttributesSequence item keys: all match in one item
     for name, values in args.items():
         if name in _TRANSPORT or name in UNSUPPORTED_OPTIONS:
             continue
@@ -280,7 +312,13 @@ def parse_qido(
         if name in ("limit", "offset"):
             continue
         if "." in name:
-            raise BadRequest(f"{name}: sequence matching is not supported")
+            item_key = _request_item_key(name, list(values), level)
+            if item_key[0] in matched:
+                raise BadRequest(f"{name}: the same attribute as {matched[item_key[0]]}, given twice")
+            matched[item_key[0]] = name
+            if item_key[1] is not None:
+                item_keys.append(item_key[1])
+            continue
         tag, attr = _resolve(name)
         if attr is None or attr.kind == "none":
             raise BadRequest(f"{name}: matching on this attribute is not supported")
@@ -292,6 +330,8 @@ def parse_qido(
         match = _match(name, attr, list(values))
         if match is not None:
             matches.append(match)
+    if item_keys:
+        matches.append(Match(REQUEST_ATTRIBUTES, "item", tuple(item_keys)))
     asked = _int_param("limit", list(args.get("limit", [])), 0)
     limit = asked or DEFAULT_LIMIT
     return QidoQuery(

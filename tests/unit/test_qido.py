@@ -46,6 +46,18 @@ def test_universal_matching_adds_no_filter() -> None:
     assert parse_qido("studies", {"PatientID": [""], "PatientName": ["*"]}).matches == ()
 
 
+def test_request_attributes_keys_are_one_item_match() -> None:
+    """Both keys of RequestAttributesSequence, by keyword or tag, become one match: they must hold in one item."""
+    query = parse_qido(
+        "series",
+        {"RequestAttributesSequence.ScheduledProcedureStepID": ["SPS*"], "00400275.00401001": [" RP1 "]},
+    )
+    [match] = query.matches
+    assert (match.attr.keyword, match.op) == ("RequestAttributesSequence", "item")
+    assert match.values == (("00400009", "like", "SPS%"), ("00401001", "eq", "RP1"))
+    assert parse_qido("series", {"00400275.00401001": ["*"]}).matches == ()  # universal matching
+
+
 def test_date_and_time_ranges() -> None:
     assert one("studies", StudyDate="20200101").values == ("20200101", "20200101")
     assert one("studies", StudyDate="20200101-20201231").values == ("20200101", "20201231")
