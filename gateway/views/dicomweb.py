@@ -19,7 +19,7 @@ from flask import Blueprint, Response, request
 
 from gateway import fastjson
 from gateway.catalog.deletions import Target
-from gateway.dicomweb.accept import Offer, negotiate, parse_accept
+from gateway.dicomweb.accept import MediaRange, Offer, negotiate, parse_accept
 from gateway.dicomweb.multipart import iter_parts, parse_content_type
 from gateway.dicomweb.qido import parse_qido
 from gateway.dicomweb.stow import StowBatch
@@ -458,8 +458,14 @@ def wado() -> Response:
         # that asked for none (fail closed)
         raise BadRequest("anonymize=yes is not supported: objects are served as stored")
     # PS3.18 9 (URI service): contentType takes Accept's syntax, a list with q-values; the most preferred type
-    # decides between the object and a rendering (the first type alone, parameters and all, was read before)
-    listed = [r for r in parse_accept(args.get("contentType", "")) if r.q > 0]
+    # decides between the object and a rendering (the first type alone, parameters and all, was read before).
+    # Without it the Accept header selects (PS3.18 9.3): `Accept: application/dicom` was sent a JPEG.
+    if "contentType" in args:
+        listed = [r for r in parse_accept(args["contentType"]) if r.q > 0]
+        accept = args["contentType"]
+    else:
+        listed = _wado_choice(request.headers.get("Accept", ""))
+        accept = request.headers.get("Accept", "") if listed else ""
     content_type = listed[0].media_type if listed else ""
     if not content_type and "transferSyntax" in args:
         content_type = "application/dicom"  # a client naming a transfer syntax asks for the object, not an image
@@ -483,9 +489,25 @@ def wado() -> Response:
     if args.get("requestType") != "WADO":
         raise BadRequest("requestType must be WADO")
     frame = parse_int(args.get("frameNumber") or "1", "frameNumber", low=1)
-    accept = args.get("contentType") or content_type
+    accept = accept or content_type
     rendering = _rendering_of(args)
     return render_instance(services(), study, series, sop, frame, rendering, accept, whole="frameNumber" not in args)
+
+
+# What WADO-URI answers (PS3.18 9.3-9.5): the object, or a rendering of an image or an Encapsulated PDF.
+_WADO_TYPES = ("application/dicom", "image/jpeg", "image/png", "application/pdf")
+
+
+def _wado_choice(header: str) -> list[MediaRange]:
+    """The Accept header's choice between the object and a rendering, when there is no ``contentType``: its most
+    preferred range naming one of those types, or none (the defaults) when a wildcard comes first or nothing fits.
+    A browser's `<img>` or page Accept (image/avif, text/html... then `*/*`) keeps the defaults."""
+    for media_range in parse_accept(header):
+        if media_range.q == 0 or media_range.media_type.endswith("/*"):
+            return []
+        if media_range.media_type in _WADO_TYPES:
+            return [media_range]
+    return []
 
 
 def _rendering_of(args: Mapping[str, str]) -> dict[str, str]:

@@ -1,0 +1,81 @@
+"""WADO-URI and QIDO-RS requests as third-party clients send them, against the real stack holding pydicom's test
+files: a single-frame CT, a two-frame RLE colour image and an SR.
+
+PS3.18 9.3: without ``contentType`` the Accept header selects the media type (a request with `Accept:
+application/dicom` was sent a JPEG)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from pydicom.data import get_testdata_file
+
+from tests.e2e.conftest import BACKENDS, uids_of
+from tests.e2e.harness import RunningStack, stack_holding
+from tests.fixtures.servers import MotoServer
+
+NAMES = {"ct": "CT_small.dcm", "rgb2": "SC_rgb_rle_2frame.dcm", "sr": "reportsi.dcm"}
+# What Chromium sends for an <img> and for a page it opens: neither names a type WADO-URI answers before a wildcard
+IMG_ACCEPT = "image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8"
+PAGE_ACCEPT = (
+    "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,image/apng,*/*;q=0.8,"
+    "application/signed-exchange;v=b3;q=0.7"
+)
+
+
+@pytest.fixture(scope="module")
+def files() -> dict[str, Path]:
+    found = {key: get_testdata_file(name) for key, name in NAMES.items()}
+    return {key: Path(str(path)) for key, path in found.items()}
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, files: dict[str, Path]
+) -> Iterator[RunningStack]:
+    moto: MotoServer | None = request.getfixturevalue("moto_server") if request.param == "s3" else None
+    folder = tmp_path_factory.mktemp(f"clients-{request.param}")
+    with stack_holding(folder, request.param, moto, list(files.values())) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def root(stack: RunningStack, files: dict[str, Path]) -> str:
+    """A token root for the three studies, as a viewer is given."""
+    return stack.root(stack.issue([uids_of(path)[0] for path in files.values()])["token"])
+
+
+def wado(root: str, path: Path, extra: str = "") -> str:
+    study, series, sop = uids_of(path)
+    return f"{root}/wado?requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={sop}{extra}"
+
+
+def test_wado_uri_without_content_type_answers_what_the_accept_header_asks(
+    root: str, files: dict[str, Path]
+) -> None:
+    answer = requests.get(wado(root, files["ct"]), headers={"Accept": "application/dicom"}, timeout=30)
+    assert answer.status_code == 200, answer.text[:300]
+    assert answer.headers["Content-Type"] == "application/dicom"
+    assert answer.content == files["ct"].read_bytes()
+    answer = requests.get(wado(root, files["ct"]), headers={"Accept": "image/png"}, timeout=30)
+    assert answer.status_code == 200, answer.text[:300]
+    assert answer.headers["Content-Type"] == "image/png"
+    assert answer.content.startswith(b"\x89PNG\r\n\x1a\n")
+    # contentType wins over the header (PS3.18 8.7): the header is only read without it
+    answer = requests.get(
+        wado(root, files["ct"], "&contentType=image/jpeg"), headers={"Accept": "application/dicom"}, timeout=30
+    )
+    assert answer.status_code == 200
+    assert answer.headers["Content-Type"] == "image/jpeg"
+    # a browser's own Accept keeps the defaults: JPEG for an image, the object for an SR
+    for accept in (IMG_ACCEPT, PAGE_ACCEPT, "*/*"):
+        answer = requests.get(wado(root, files["ct"]), headers={"Accept": accept}, timeout=30)
+        assert (answer.status_code, answer.headers["Content-Type"]) == (200, "image/jpeg"), accept
+        assert answer.content.startswith(b"\xff\xd8")
+        answer = requests.get(wado(root, files["sr"]), headers={"Accept": accept}, timeout=30)
+        assert (answer.status_code, answer.headers["Content-Type"]) == (200, "application/dicom"), accept
+        assert answer.content == files["sr"].read_bytes()
+
