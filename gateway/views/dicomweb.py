@@ -26,6 +26,7 @@ from gateway.dicomweb.stow import StowBatch
 from gateway.dicomweb.stow_response import StowItem, build_stow_response
 from gateway.errors import (
     BadRequest,
+    FrameNotFound,
     GatewayError,
     MalformedMultipart,
     NotFound,
@@ -488,10 +489,18 @@ def wado() -> Response:
     study, series, sop = (check_uid(args.get(k, ""), k) for k in ("studyUID", "seriesUID", "objectUID"))
     if args.get("requestType") != "WADO":
         raise BadRequest("requestType must be WADO")
+    if len(args.getlist("frameNumber")) > 1:
+        raise BadRequest("WADO-URI takes one frameNumber")  # PS3.18 9.5.2.1: a 400 (the first one was served)
     frame = parse_int(args.get("frameNumber") or "1", "frameNumber", low=1)
     accept = accept or content_type
     rendering = _rendering_of(args)
-    return render_instance(services(), study, series, sop, frame, rendering, accept, whole="frameNumber" not in args)
+    try:
+        return render_instance(
+            services(), study, series, sop, frame, rendering, accept, whole="frameNumber" not in args
+        )
+    except FrameNotFound as error:
+        # PS3.18 9.5.2.1: a frameNumber past the instance's frames is a 400 here (WADO-RS's frames resource: 404)
+        raise BadRequest(error.detail) from None
 
 
 # What WADO-URI answers (PS3.18 9.3-9.5): the object, or a rendering of an image or an Encapsulated PDF.

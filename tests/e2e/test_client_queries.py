@@ -2,7 +2,8 @@
 files: a single-frame CT, a two-frame RLE colour image and an SR.
 
 PS3.18 9.3: without ``contentType`` the Accept header selects the media type (a request with `Accept:
-application/dicom` was sent a JPEG)."""
+application/dicom` was sent a JPEG); 9.5.2.1: a ``frameNumber`` past the instance's frames, or given twice, is a
+400 (it was a 404, and a second one was ignored)."""
 
 from __future__ import annotations
 
@@ -53,6 +54,13 @@ def wado(root: str, path: Path, extra: str = "") -> str:
     return f"{root}/wado?requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={sop}{extra}"
 
 
+def assert_400(answer: requests.Response, needle: str) -> None:
+    assert answer.status_code == 400, (answer.status_code, answer.text[:300])
+    assert answer.headers["Content-Type"] == "application/json"
+    assert answer.json()["error"] == "bad_request"
+    assert needle in answer.json()["detail"]
+
+
 def test_wado_uri_without_content_type_answers_what_the_accept_header_asks(
     root: str, files: dict[str, Path]
 ) -> None:
@@ -79,3 +87,19 @@ def test_wado_uri_without_content_type_answers_what_the_accept_header_asks(
         assert (answer.status_code, answer.headers["Content-Type"]) == (200, "application/dicom"), accept
         assert answer.content == files["sr"].read_bytes()
 
+
+def test_wado_uri_frame_number_past_the_frames_or_given_twice_is_400(root: str, files: dict[str, Path]) -> None:
+    answer = requests.get(wado(root, files["rgb2"], "&contentType=image/jpeg&frameNumber=2"), timeout=30)
+    assert (answer.status_code, answer.headers["Content-Type"]) == (200, "image/jpeg")
+    assert_400(
+        requests.get(wado(root, files["rgb2"], "&contentType=image/jpeg&frameNumber=3"), timeout=30),
+        "frame 3 does not exist; the instance has 2 frame(s)",
+    )
+    assert_400(
+        requests.get(wado(root, files["ct"], "&frameNumber=2"), timeout=30),
+        "frame 2 does not exist; the instance has 1 frame(s)",
+    )
+    assert_400(
+        requests.get(wado(root, files["rgb2"], "&frameNumber=1&frameNumber=2"), timeout=30),
+        "WADO-URI takes one frameNumber",
+    )
