@@ -65,7 +65,9 @@ _PIXEL_KEYWORDS = {"7FE00010": "PixelData", "7FE00008": "FloatPixelData", "7FE00
 # Pixel Value Transformation (0028,9145) and Frame VOI LUT (0028,9132) macros of its Shared (5200,9229) or
 # Per-Frame (5200,9230) Functional Groups: the frame's own item wins over the shared one.
 _FRAME_MACROS = ("00289145", "00289132")
-_IMAGE_OFFERS = [Offer("image/jpeg", "*", False), Offer("image/png", "*", False)]
+# PS3.18 Table 8.7.4-1: a single-frame image's rendered media types; JPEG the default, PNG and GIF required of
+# WADO-RS (GIF was a 406)
+_IMAGE_OFFERS = [Offer("image/jpeg", "*", False), Offer("image/png", "*", False), Offer("image/gif", "*", False)]
 _FUNCTIONS = {"LINEAR": "LINEAR", "LINEAR_EXACT": "LINEAR_EXACT", "SIGMOID": "SIGMOID"}
 
 
@@ -319,6 +321,8 @@ def _encode(image: Image.Image, media: str, quality: int) -> bytes:
     out = io.BytesIO()
     if media == "image/png":
         image.save(out, "PNG")
+    elif media == "image/gif":
+        image.save(out, "GIF")  # 8-bit grey is exact in its palette; colour is reduced to 256 colours by Pillow
     else:
         image.save(out, "JPEG", quality=quality)
     return out.getvalue()
@@ -391,7 +395,8 @@ def thumbnail(
 ) -> Response:
     """Render once, store next to the instance (inside the prefixes deployments grant the gateway), and let NGINX
     serve the stored file from then on. A thumbnail asked for as PNG or at another ``viewport`` is rendered for
-    the request (PS3.18 8.3.5.1: Accept and viewport apply to thumbnails too); one that is neither is a 406."""
+    the request (PS3.18 8.3.5.1: Accept and viewport apply to thumbnails too), and so is one asked for as GIF; an
+    Accept naming none of them is a 406."""
     offer = negotiate(params.get("accept", accept), _IMAGE_OFFERS)
     if offer.part_type != "image/jpeg" or params.get("viewport"):
         sized = {"viewport": f"{THUMBNAIL_SIZE},{THUMBNAIL_SIZE}", **params}

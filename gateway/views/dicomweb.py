@@ -504,7 +504,7 @@ def wado() -> Response:
 
 
 # What WADO-URI answers (PS3.18 9.3-9.5): the object, or a rendering of an image or an Encapsulated PDF.
-_WADO_TYPES = ("application/dicom", "image/jpeg", "image/png", "application/pdf")
+_WADO_TYPES = ("application/dicom", "image/jpeg", "image/png", "image/gif", "application/pdf")
 
 
 def _wado_choice(header: str) -> list[MediaRange]:

@@ -3,15 +3,19 @@ files: a single-frame CT, a two-frame RLE colour image and an SR.
 
 PS3.18 9.3: without ``contentType`` the Accept header selects the media type (a request with `Accept:
 application/dicom` was sent a JPEG); 9.5.2.1: a ``frameNumber`` past the instance's frames, or given twice, is a
-400 (it was a 404, and a second one was ignored)."""
+400 (it was a 404, and a second one was ignored). Table 8.7.4-1: a single-frame image's rendered resource answers
+``image/gif`` too (it was a 406)."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
+from PIL import Image
 from pydicom.data import get_testdata_file
 
 from tests.e2e.conftest import BACKENDS, uids_of
@@ -103,3 +107,23 @@ def test_wado_uri_frame_number_past_the_frames_or_given_twice_is_400(root: str, 
         requests.get(wado(root, files["rgb2"], "&frameNumber=1&frameNumber=2"), timeout=30),
         "WADO-URI takes one frameNumber",
     )
+
+
+def test_gif_renderings_hold_the_png_rendering_pixels(root: str, files: dict[str, Path]) -> None:
+    study, series, sop = uids_of(files["ct"])
+    instance = f"{root}/studies/{study}/series/{series}/instances/{sop}"
+    for url, accept in (
+        (f"{instance}/rendered", "image/gif"),
+        (f"{instance}/frames/1/rendered", "image/gif"),
+        (f"{instance}/thumbnail", "image/gif"),
+        (wado(root, files["ct"], "&contentType=image/gif"), ""),
+        (wado(root, files["ct"]), "image/gif"),
+    ):
+        gif = requests.get(url, headers={"Accept": accept} if accept else {}, timeout=30)
+        assert (gif.status_code, gif.headers["Content-Type"]) == (200, "image/gif"), (url, gif.text[:300])
+        assert gif.content.startswith(b"GIF8")
+        png = requests.get(url.replace("image/gif", "image/png"), headers={"Accept": "image/png"}, timeout=30)
+        assert (png.status_code, png.headers["Content-Type"]) == (200, "image/png"), url
+        # the same grey levels: 8-bit grey is exact in a GIF's palette
+        grey = [np.asarray(Image.open(io.BytesIO(answer.content)).convert("L")) for answer in (gif, png)]
+        assert np.array_equal(*grey), url
