@@ -454,10 +454,15 @@ def wado() -> Response:
     link."""
     decision()
     args = request.args
-    if args.get("anonymize", "").strip().lower() == "yes":
+    anonymize = [value.strip().lower() for value in args.getlist("anonymize")]
+    if anonymize == ["yes"]:
         # nothing is de-identified on the way out: ignoring the request would send identified data to a client
         # that asked for none (fail closed)
         raise BadRequest("anonymize=yes is not supported: objects are served as stored")
+    if anonymize and anonymize != ["no"]:
+        # PS3.18 9.4.1.2.1 defines the one value yes, and 8.3 makes another a 400: `anonymize=true` was ignored, so
+        # a client that meant yes was sent identified data. An explicit no asks for what is served.
+        raise BadRequest("anonymize takes the one value yes, which is not supported: objects are served as stored")
     # PS3.18 9 (URI service): contentType takes Accept's syntax, a list with q-values; the most preferred type
     # decides between the object and a rendering (the first type alone, parameters and all, was read before).
     # Without it the Accept header selects (PS3.18 9.3): `Accept: application/dicom` was sent a JPEG.

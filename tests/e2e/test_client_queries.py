@@ -4,7 +4,8 @@ files: a single-frame CT, a two-frame RLE colour image and an SR.
 PS3.18 9.3: without ``contentType`` the Accept header selects the media type (a request with `Accept:
 application/dicom` was sent a JPEG); 9.5.2.1: a ``frameNumber`` past the instance's frames, or given twice, is a
 400 (it was a 404, and a second one was ignored). Table 8.7.4-1: a single-frame image's rendered resource answers
-``image/gif`` too (it was a 406)."""
+``image/gif`` too (it was a 406). 9.4.1.2.1: ``anonymize`` has the one value ``yes`` (refused: nothing is
+de-identified); another value was ignored, so ``anonymize=true`` was sent identified data."""
 
 from __future__ import annotations
 
@@ -127,3 +128,12 @@ def test_gif_renderings_hold_the_png_rendering_pixels(root: str, files: dict[str
         # the same grey levels: 8-bit grey is exact in a GIF's palette
         grey = [np.asarray(Image.open(io.BytesIO(answer.content)).convert("L")) for answer in (gif, png)]
         assert np.array_equal(*grey), url
+
+
+@pytest.mark.parametrize("value", ["true", "1", "Y", "", "no&anonymize=yes"])
+def test_wado_uri_anonymize_other_than_yes_or_no_is_400(root: str, files: dict[str, Path], value: str) -> None:
+    for content_type in ("application/dicom", "image/jpeg"):
+        answer = requests.get(wado(root, files["ct"], f"&contentType={content_type}&anonymize={value}"), timeout=30)
+        assert_400(answer, "not supported: objects are served as stored")
+    answer = requests.get(wado(root, files["ct"], "&contentType=application/dicom&anonymize=no"), timeout=30)
+    assert (answer.status_code, answer.content) == (200, files["ct"].read_bytes())
