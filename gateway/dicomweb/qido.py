@@ -10,6 +10,7 @@ the listed values), integer attributes (``SeriesNumber``, ``InstanceNumber``), a
 ``RequestedProcedureID`` (``RequestAttributesSequence.RequestedProcedureID=RP1`` or ``00400275.00401001=RP1``: a
 series matches when one item matches every such key, PS3.4 C.2.2.2.6). Attributes may be given by keyword or by
 tag (``PatientID`` or ``00100020``); attributes of the query level and of the levels above it can be matched.
+An empty value of any other attribute is universal matching, a return key (as ``includefield``).
 Anything else is a 400 that names the parameter. ``fuzzymatching``, ``emptyvaluematching`` and
 ``multiplevaluematching`` are accepted and ignored (``warnings`` holds what the answer must then say: PS3.18
 8.3.4.2, 8.3.4.5, 8.3.4.6);
@@ -320,6 +321,11 @@ def parse_qido(
                 item_keys.append(item_key[1])
             continue
         tag, attr = _resolve(name)
+        if (attr is None or attr.kind == "none") and not any(values):
+            # Universal matching (an empty value, PS3.4 C.2.2.2.3) asks for no match, only the attribute returned:
+            # a return key as includefield names one. C-FIND-style clients send them (`00101010=`); a 400 before.
+            include.add(tag)
+            continue
         if attr is None or attr.kind == "none":
             raise BadRequest(f"{name}: matching on this attribute is not supported")
         if tag in matched:  # by keyword and by tag: two keys of one attribute were ANDed (0 results, no error)

@@ -5,7 +5,8 @@ PS3.18 9.3: without ``contentType`` the Accept header selects the media type (a 
 application/dicom` was sent a JPEG); 9.5.2.1: a ``frameNumber`` past the instance's frames, or given twice, is a
 400 (it was a 404, and a second one was ignored). Table 8.7.4-1: a single-frame image's rendered resource answers
 ``image/gif`` too (it was a 406). 9.4.1.2.1: ``anonymize`` has the one value ``yes`` (refused: nothing is
-de-identified); another value was ignored, so ``anonymize=true`` was sent identified data."""
+de-identified); another value was ignored, so ``anonymize=true`` was sent identified data. QIDO: an empty value is
+universal matching (PS3.4 C.2.2.2.3), a return key; of an attribute the catalog does not match it was a 400."""
 
 from __future__ import annotations
 
@@ -137,3 +138,21 @@ def test_wado_uri_anonymize_other_than_yes_or_no_is_400(root: str, files: dict[s
         assert_400(answer, "not supported: objects are served as stored")
     answer = requests.get(wado(root, files["ct"], "&contentType=application/dicom&anonymize=no"), timeout=30)
     assert (answer.status_code, answer.content) == (200, files["ct"].read_bytes())
+
+
+def test_qido_empty_values_are_return_keys_as_c_find_style_clients_send_them(
+    root: str, files: dict[str, Path]
+) -> None:
+    """DICOMcloud's web client's study query (empty keys, a trailing ``&``), with PatientAge and Rows added."""
+    study, _, _ = uids_of(files["ct"])
+    asked = requests.get(
+        f"{root}/studies?00200010=&00080020=&00100010=&00100020=&00101010=&StudyInstanceUID={study}&limit=12&offset=0&",
+        timeout=30,
+    )
+    included = requests.get(f"{root}/studies?includefield=00101010&StudyInstanceUID={study}", timeout=30)
+    assert (asked.status_code, asked.headers["Content-Type"]) == (200, "application/dicom+json"), asked.text[:300]
+    assert asked.json() == included.json()
+    assert asked.json()[0]["00101010"] == {"vr": "AS", "Value": ["000Y"]}
+    asked = requests.get(f"{root}/studies/{study}/instances?NumberOfFrames=&Rows=&Columns=", timeout=30)
+    assert asked.status_code == 200, asked.text[:300]
+    assert [(a["00280010"], a["00280011"]) for a in asked.json()] == [({"vr": "US", "Value": [128]},) * 2]

@@ -58,6 +58,14 @@ def test_request_attributes_keys_are_one_item_match() -> None:
     assert parse_qido("series", {"00400275.00401001": ["*"]}).matches == ()  # universal matching
 
 
+def test_an_empty_value_of_an_attribute_not_matched_is_a_return_key() -> None:
+    # PS3.4 C.2.2.2.3: universal matching asks only for the attribute, as C-FIND-style clients do (a 400 before)
+    query = parse_qido("instances", {"PatientAge": [""], "00280008": [""], "ImageType": ["", ""]})
+    assert (query.matches, query.include) == ((), frozenset({"00101010", "00280008", "00080008"}))
+    with pytest.raises(BadRequest, match="not supported"):
+        parse_qido("studies", {"PatientAge": ["045Y"]})
+
+
 def test_date_and_time_ranges() -> None:
     assert one("studies", StudyDate="20200101").values == ("20200101", "20200101")
     assert one("studies", StudyDate="20200101-20201231").values == ("20200101", "20201231")
