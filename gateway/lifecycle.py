@@ -50,13 +50,14 @@ class Deleter:
     on_hidden: Callable[[], None] = lambda: None
     sleep: Callable[[float], None] = field(default=time.sleep)
 
-    def delete(self, targets: list[Target], *, sub: str, reason: str) -> list[Removed]:
+    def delete(self, targets: list[Target], *, sub: str, reason: str, rebuild: bool = False) -> list[Removed]:
         """Remove every target that exists (one transaction hides them all), wait out the caches, remove their
         objects. Returns what was removed (empty: nothing was there). When nothing is visible but a deletion of
         these targets was interrupted after step 1 (its worker killed, NGINX resending the DELETE to another
         one; a catalog or storage outage answered 503 "retry"), this call finishes it and returns it: the retry
-        gets its 204, not a 404 "nothing stored there" with the objects left until someone runs reconcile."""
-        removed = self.catalog.hide(targets, sub=sub, reason=reason)
+        gets its 204, not a 404 "nothing stored there" with the objects left until someone runs reconcile.
+        ``rebuild``: ``Catalog.hide``'s (a patient erasure)."""
+        removed = self.catalog.hide(targets, sub=sub, reason=reason, rebuild=rebuild)
         if removed:
             self.on_hidden()
             self.sleep(self.settle)

@@ -28,7 +28,7 @@ from gateway.catalog.admin import PURGE_INTERVAL, AdminRecords, Reservation
 from gateway.catalog.deletions import DeletionRecords
 from gateway.catalog.derivatives import DerivativeRecords
 from gateway.catalog.engine import MIGRATIONS, engine_url
-from gateway.catalog.records import SERIES_FIELDS, STUDY_FIELDS, InstanceRecord, InstanceRow
+from gateway.catalog.records import SERIES_FIELDS, STUDY_FIELDS, InstanceRecord, InstanceRow, search_values
 from gateway.catalog.schema import audit, instances, reservations, series, studies
 from gateway.catalog.search import build_count, build_select, shape_row, wide_prefixes
 from gateway.dicomweb.qido import QidoQuery
@@ -47,6 +47,26 @@ def _patient(patient_id: Any, attrs: dict[str, Any]) -> tuple[str, str]:
     """(Patient ID, Issuer of Patient ID) of a study's or an instance's values, stripped ("" when absent)."""
     issuer = (attrs.get(_ISSUER) or {}).get("Value") or [""]
     return str(patient_id or "").strip(), str(issuer[0] or "").strip()
+
+
+def _merge(fields: Sequence[str], row: Any, items: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
+    """A study or series row (``fields`` and ``attrs``) from ``row`` (the stored one, or None) and then each
+    instance's (searchable values, QIDO attributes of the level), in order: a later value replaces an earlier one
+    only where it is not empty."""
+    values = {name: getattr(row, name) if row is not None else None for name in fields}
+    attrs: dict[str, Any] = fastjson.loads(row.attrs) if row is not None and row.attrs else {}
+    for flat, level_attrs in items:
+        values.update({name: value for name in fields if (value := flat.get(name)) is not None})
+        for tag, element in level_attrs.items():
+            if "Value" in element or "Value" not in attrs.get(tag, {}):
+                attrs[tag] = element
+    return {**values, "attrs": fastjson.dumps(dict(sorted(attrs.items()))).decode()}
+
+
+def _differs(theirs: tuple[str, str], held: tuple[str, str]) -> bool:
+    """Whether patient ``theirs`` is not ``held`` (both from ``_patient``): an empty Patient ID or issuer differs
+    from none (a study's values merge)."""
+    return bool(held[0] and theirs[0] and (held[0] != theirs[0] or (held[1] and theirs[1] and held[1] != theirs[1])))
 
 
 @dataclass(frozen=True)
@@ -330,14 +350,11 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
         merged: dict[str, dict[str, Any]] = {}
         for uid, records in of_uid.items():
             row = stored.get(uid)
-            values = {name: getattr(row, name) if row is not None else None for name in fields}
-            attrs: dict[str, Any] = fastjson.loads(row.attrs) if row is not None and row.attrs else {}
-            for rec in records:
-                values.update({name: value for name in fields if (value := rec.values.get(name)) is not None})
-                for tag, element in fastjson.loads(rec.instance.attrs_json(level)).items():
-                    if "Value" in element or "Value" not in attrs.get(tag, {}):
-                        attrs[tag] = element
-            merged[uid] = {**values, "attrs": fastjson.dumps(dict(sorted(attrs.items()))).decode()}
+            merged[uid] = _merge(
+                fields,
+                row,
+                [(rec.values, fastjson.loads(rec.instance.attrs_json(level))) for rec in records],
+            )
         return merged
 
     def patient_differs(self, rec: InstanceRecord) -> bool:
@@ -366,7 +383,7 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
             study = rec.instance.ids.study
             theirs = _patient(rec.values.get("patient_id"), fastjson.loads(rec.instance.attrs_json("study")))
             held = known.get(study, ("", ""))
-            if held[0] and theirs[0] and (held[0] != theirs[0] or (held[1] and theirs[1] and held[1] != theirs[1])):
+            if _differs(theirs, held):
                 refused.add(index)
             else:  # what the study's merged row will hold (``_merged``)
                 known[study] = (held[0] or theirs[0], held[1] or theirs[1])
@@ -450,6 +467,64 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
                 "modalities": "\\".join(sorted({row.modality for row in rows if row.modality})),
             },
         )
+
+    def _rebuild(self, conn: Connection, study_uid: str, now: int) -> None:
+        """After an erasure took instances out of a study that stays: its patient, study and series values again
+        from the instances left, in the order they were stored, as if only they had been (no value of the erased
+        patient stays). The first naming a patient makes it the study's, as STOW now refuses any other into it;
+        another patient's instance (migration 0013) keeps its own Patient ID and issuer in ``other_patient_*``
+        and gives the study none of its values. Reads every remaining instance's metadata: an erasure's cost, never
+        a DELETE's."""
+        # imported here, as gateway.catalog.records does: it loads pydicom's dictionary
+        from gateway.dicom.qido_attrs import series_attrs, study_attrs
+
+        rows = conn.execute(
+            sa.select(
+                instances.c.sop_uid,
+                instances.c.series_uid,
+                instances.c.metadata,
+                instances.c.other_patient_id,
+                instances.c.other_issuer_of_patient_id,
+            )
+            .where(instances.c.study_uid == study_uid)
+            .order_by(instances.c.created_at, instances.c.sop_uid)
+        ).all()
+        if not rows:
+            return  # the study went with its last instance (``_recount``)
+        held = ("", "")
+        of_study: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        of_series: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+        flags = []
+        for row in rows:
+            metadata = fastjson.loads(row.metadata)
+            flat, level = search_values(metadata), study_attrs(metadata)
+            theirs = _patient(flat.get("patient_id"), level)
+            other = _differs(theirs, held)
+            if not other:
+                held = (held[0] or theirs[0], held[1] or theirs[1])
+                of_study.append((flat, level))
+            of_series.setdefault(row.series_uid, []).append((flat, series_attrs(metadata)))
+            wanted = theirs if other else (None, None)
+            if (row.other_patient_id, row.other_issuer_of_patient_id) != wanted:
+                flags.append({"b_sop": row.sop_uid, "o_patient": wanted[0], "o_issuer": wanted[1]})
+        conn.execute(
+            studies.update()
+            .where(studies.c.study_uid == study_uid)
+            .values(**_merge(STUDY_FIELDS, None, of_study), updated_at=now)
+        )
+        for series_uid, items in of_series.items():
+            conn.execute(
+                series.update().where(series.c.series_uid == series_uid).values(**_merge(SERIES_FIELDS, None, items))
+            )
+        if flags:
+            conn.execute(
+                instances.update()
+                .where(instances.c.sop_uid == sa.bindparam("b_sop"))
+                .values(
+                    other_patient_id=sa.bindparam("o_patient"), other_issuer_of_patient_id=sa.bindparam("o_issuer")
+                ),
+                flags,
+            )
 
     @staticmethod
     def _row(row: Any) -> InstanceRow:

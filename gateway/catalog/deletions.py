@@ -49,6 +49,16 @@ class Removed:
     keys: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class ErasurePlan:
+    """``DeletionRecords.erasure_plan``: the patient's studies (their UIDs), the targets to remove, and the other
+    patients' instances (SOP UIDs, by study) left in the patient's studies."""
+
+    studies: list[str]
+    targets: list[Target]
+    kept: dict[str, tuple[str, ...]]
+
+
 _ISSUER = "00100021"
 # The SOP Instance UID in a storage key (``studies/{st}/series/{se}/instances/{sop}.dcm``, gateway.uids).
 _SOP_IN_KEY = re.compile(r"/instances/([0-9.]+)\.dcm$")
@@ -66,9 +76,15 @@ class DeletionRecords(CatalogBase):
 
         def _recount(self, conn: Connection, study_uid: str, series_uid: str) -> None: ...
 
-    def hide(self, targets: list[Target], *, sub: str, reason: str, now: int | None = None) -> list[Removed]:
+        def _rebuild(self, conn: Connection, study_uid: str, now: int) -> None: ...
+
+    def hide(
+        self, targets: list[Target], *, sub: str, reason: str, now: int | None = None, rebuild: bool = False
+    ) -> list[Removed]:
         """Remove the catalog rows of every target in one transaction; each target that held instances gets a
-        deletion record (unfinished: its objects are still in storage). Targets with nothing are left out."""
+        deletion record (unfinished: its objects are still in storage). Targets with nothing are left out.
+        ``rebuild`` (a patient erasure): a study left holding instances gets its patient, study and series values
+        again from those alone (``Catalog._rebuild``), so none of the removed instances' values stays."""
         now = int(time.time()) if now is None else now
         request_id = secrets.token_hex(8)
         removed: list[Removed] = []
@@ -77,6 +93,9 @@ class DeletionRecords(CatalogBase):
                 found = self._hide_one(conn, target, sub=sub, reason=reason, request_id=request_id, now=now)
                 if found is not None:
                     removed.append(found)
+            if rebuild:
+                for study_uid in sorted({item.target.study for item in removed if item.target.level != "study"}):
+                    self._rebuild(conn, study_uid, now)
         return removed
 
     def _hide_one(
@@ -142,6 +161,48 @@ class DeletionRecords(CatalogBase):
                     continue
             found.append(str(row.study_uid))
         return sorted(found)
+
+    def erasure_plan(self, patient_id: str, issuer: str | None = None) -> ErasurePlan:
+        """What erasing a patient removes: each of their studies whole, except where an older catalog stored
+        another patient's instance in it (migration 0013 recorded it): there the patient's series and instances
+        go and the other patient's instances stay (``kept``); and the patient's instances stored in another
+        patient's study (``instances_of_patient_elsewhere``)."""
+        theirs = self.studies_of_patient(patient_id, issuer)
+        own = self.instances_of_patient_elsewhere(patient_id, issuer)
+        mine = {target.sop for target in own}
+        with self._read() as conn:
+            others = conn.execute(
+                sa.select(instances.c.study_uid, instances.c.sop_uid).where(
+                    instances.c.study_uid.in_(theirs), instances.c.other_patient_id.is_not(None)
+                )
+            ).all()
+            kept: dict[str, list[str]] = {}
+            for row in others:
+                if row.sop_uid not in mine:
+                    kept.setdefault(row.study_uid, []).append(row.sop_uid)
+            shared = (
+                conn.execute(
+                    sa.select(instances.c.study_uid, instances.c.series_uid, instances.c.sop_uid)
+                    .where(instances.c.study_uid.in_(sorted(kept)))
+                    .order_by(instances.c.study_uid, instances.c.series_uid, instances.c.sop_uid)
+                ).all()
+                if kept
+                else []
+            )
+        # in a study that keeps another patient's instance: a series holding none goes whole, the rest instance by
+        # instance (as DELETEs of each would)
+        keeping = {row.series_uid for row in shared if row.sop_uid in kept[row.study_uid]}
+        targets = [
+            *(Target(uid) for uid in theirs if uid not in kept),
+            *dict.fromkeys(Target(row.study_uid, row.series_uid) for row in shared if row.series_uid not in keeping),
+            *(
+                Target(row.study_uid, row.series_uid, row.sop_uid)
+                for row in shared
+                if row.series_uid in keeping and row.sop_uid not in kept[row.study_uid]
+            ),
+            *(target for target in own if target.study not in theirs),
+        ]
+        return ErasurePlan(theirs, targets, {uid: tuple(sorted(sops)) for uid, sops in sorted(kept.items())})
 
     def instances_of_patient_elsewhere(self, patient_id: str, issuer: str | None = None) -> list[Target]:
         """The instances of a patient stored in another patient's study (before STOW refused that; migration 0013

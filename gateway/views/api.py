@@ -11,7 +11,6 @@ from flask import Blueprint, Response, jsonify, redirect, request
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from gateway.auth import cookie_name, cookie_token
-from gateway.catalog.deletions import Target
 from gateway.errors import BadRequest, InvalidPath, NotFound, TokenMissing, TokenRevoked
 from gateway.lifecycle import check_reason, summary
 from gateway.numbers import parse_int
@@ -275,7 +274,8 @@ ERASURE_FIELDS = {"patient_id", "issuer", "reason"}
 @bp.post("/admin/erasure")
 def erase_patient() -> tuple[Response, int]:
     """Right to erasure: every study of a Patient ID (optionally of one issuer), removed as a DELETE removes a
-    study. The Patient ID travels in the body, never in a URL (URLs are logged)."""
+    study, less another patient's instances an older catalog stored in it (they stay: ``kept``). The Patient ID
+    travels in the body, never in a URL (URLs are logged)."""
     require_api_key()
     body = json_body()
     if not isinstance(body, dict):
@@ -293,14 +293,13 @@ def erase_patient() -> tuple[Response, int]:
         raise BadRequest("reason must be a string")
     srv = services()
     label = srv.authorizer.api_key_label(request.headers.get("Authorization", "")) or "api-key"
-    studies = srv.catalog.studies_of_patient(patient_id, issuer)
-    # and the patient's instances an older catalog stored in another patient's study (STOW refuses them now)
-    elsewhere = [t for t in srv.catalog.instances_of_patient_elsewhere(patient_id, issuer) if t.study not in studies]
-    targets = [Target(uid) for uid in studies] + elsewhere
-    removed = deleter(srv).delete(targets, sub=label, reason=check_reason(reason))
+    # the patient's studies, less another patient's instances an older catalog stored in one, and the patient's
+    # instances it stored in another patient's study (STOW refuses both now)
+    plan = srv.catalog.erasure_plan(patient_id, issuer)
+    removed = deleter(srv).delete(plan.targets, sub=label, reason=check_reason(reason), rebuild=True)
     # files of the patient held for review are the patient's data too, whether or not a study of theirs is stored;
     # those of a study only an instance was taken from are not (they are the study's patient's)
-    erased = sorted({item.target.study for item in removed if item.target.level == "study"})
+    erased = sorted({item.target.study for item in removed} & set(plan.studies))
     # held files are recorded under keyed digests of their Patient ID and issuer (gateway.ingest)
     key = srv.settings.deid_key
     quarantined = srv.catalog.quarantine_of_patient(
@@ -311,4 +310,5 @@ def erase_patient() -> tuple[Response, int]:
     for key in quarantined:
         srv.storage.delete(key)
         srv.catalog.remove_quarantine(key)
-    return jsonify({**summary(removed), "quarantined": len(quarantined)}), 200
+    kept = {"studies": sorted(plan.kept), "instances": sum(map(len, plan.kept.values()))}
+    return jsonify({**summary(removed), "kept": kept, "quarantined": len(quarantined)}), 200

@@ -387,12 +387,11 @@ def test_an_instance_of_another_patient_is_refused_so_erasure_misses_nothing(
     assert stored_keys(stack, new_study) == []
 
 
-def test_erasure_removes_the_patients_instances_an_older_catalog_stored_in_another_patients_study(
-    catalog_stack: RunningStack, tmp_path: Path
-) -> None:
-    """Before STOW refused it (0xA778), an instance of patient B could be stored in patient A's study: the catalog kept
-    A's Patient ID for the study, and erasing B left that instance served. Migration 0013 finds it in the catalog's
-    metadata when the gateway is upgraded over such a catalog, and erasing B now removes it (alone: A's study stays)."""
+def store_as_an_older_catalog_did(stack: RunningStack, study: str, files: list[Path]) -> None:
+    """Store another patient's ``files`` in ``study`` as a catalog from before STOW refused that (0xA778) did: the
+    study's patient did not stop them (as with an empty Patient ID now) and the study row kept its patient's
+    Patient ID and attributes (its other columns took the later values, as the merge did). Then the gateway is
+    upgraded over that catalog: stopped, the catalog taken back to revision 0012, started (migration 0013 runs)."""
     import sqlalchemy as sa
     from alembic import command
     from alembic.config import Config
@@ -401,14 +400,6 @@ def test_erasure_removes_the_patients_instances_an_older_catalog_stored_in_anoth
     from gateway.catalog.catalog import engine_url
     from gateway.catalog.engine import MIGRATIONS
 
-    stack = catalog_stack
-    theirs = one_slice(tmp_path / "a", 7921, "OLD-A")
-    study = uids_of(theirs[0])[0]
-    own = one_slice(tmp_path / "b", 7922, "OLD-B")
-    assert stack.stow([*theirs, *own]).status_code == 200
-    stray = one_slice(tmp_path / "b2", 7923, "OLD-B", study)
-    # the older catalog: the study's patient did not stop B's instance (as with an empty Patient ID now), and the
-    # study row kept A's values
     engine = sa.create_engine(engine_url(stack.stack.database_url))
     try:
         with engine.begin() as conn:
@@ -416,7 +407,7 @@ def test_erasure_removes_the_patients_instances_an_older_catalog_stored_in_anoth
                 sa.text("SELECT patient_id, attrs FROM studies WHERE study_uid = :s"), {"s": study}
             ).one()
             conn.execute(sa.text("UPDATE studies SET patient_id = NULL WHERE study_uid = :s"), {"s": study})
-        assert stack.stow(stray).status_code == 200
+        assert stack.stow(files).status_code == 200
         with engine.begin() as conn:
             conn.execute(
                 sa.text("UPDATE studies SET patient_id = :p, attrs = :a WHERE study_uid = :s"),
@@ -438,6 +429,21 @@ def test_erasure_removes_the_patients_instances_an_older_catalog_stored_in_anoth
         older.close()
     stack.stack.start()  # migrates the catalog to this version
 
+
+def test_erasure_removes_the_patients_instances_an_older_catalog_stored_in_another_patients_study(
+    catalog_stack: RunningStack, tmp_path: Path
+) -> None:
+    """Before STOW refused it (0xA778), an instance of patient B could be stored in patient A's study: the catalog kept
+    A's Patient ID for the study, and erasing B left that instance served. Migration 0013 finds it in the catalog's
+    metadata when the gateway is upgraded over such a catalog, and erasing B now removes it (alone: A's study stays)."""
+    stack = catalog_stack
+    theirs = one_slice(tmp_path / "a", 7921, "OLD-A")
+    study = uids_of(theirs[0])[0]
+    own = one_slice(tmp_path / "b", 7922, "OLD-B")
+    assert stack.stow([*theirs, *own]).status_code == 200
+    stray = one_slice(tmp_path / "b2", 7923, "OLD-B", study)
+    store_as_an_older_catalog_did(stack, study, stray)
+
     token = stack.issue([study])["token"]
     _, series_uid, sop = uids_of(stray[0])
     stray_url = f"{stack.root(token)}/studies/{study}/series/{series_uid}/instances/{sop}"
@@ -446,6 +452,7 @@ def test_erasure_removes_the_patients_instances_an_older_catalog_stored_in_anoth
     assert erased.status_code == 200, erased.text
     result = erased.json()
     assert result["instances"] == 2 and result["quarantined"] == 0
+    assert result["kept"] == {"studies": [], "instances": 0}
     assert sorted((d["level"], d["study_uid"], d["sop_uid"]) for d in result["deletions"]) == sorted(
         [("study", uids_of(own[0])[0], None), ("instance", study, sop)]
     )
@@ -458,6 +465,103 @@ def test_erasure_removes_the_patients_instances_an_older_catalog_stored_in_anoth
     assert answer.status_code == 200 and answer.content == theirs[0].read_bytes()
     assert_gone(erase(stack, "OLD-B"))
     assert erase(stack, "OLD-A").json()["studies"] == [study]
+    assert stored_keys(stack, study) == []
+
+
+def test_erasure_keeps_another_patients_instance_an_older_catalog_stored_in_the_patients_study(
+    catalog_stack: RunningStack, tmp_path: Path
+) -> None:
+    """Erasing patient A removed A's study whole, and with it patient B's instance an older catalog had stored in it
+    (before 0xA778): B's data lost, though nobody asked to erase B. Now A's series and instances go and B's instance
+    stays, served byte for byte, under its study, whose patient and study values are then B's own (from B's
+    instance): no value of A stays in the catalog, storage or cached plans. Erasing B then removes the study."""
+    import pydicom
+    import sqlalchemy as sa
+
+    from gateway.catalog.catalog import engine_url
+
+    stack = catalog_stack
+    mine = make_study(tmp_path / "a", 7931, series=2, patient="ERASE-A")
+    study = uids_of(mine[0])[0]
+    shared_series = uids_of(mine[0])[1]
+    a_values = {"PatientName": "Erased^Alice", "PatientBirthDate": "19010203", "StudyDescription": "ALICE-STUDY"}
+    for path in mine:
+        ds = pydicom.dcmread(path)
+        for name, value in a_values.items():
+            setattr(ds, name, value)
+        ds.save_as(path)
+    assert stack.stow(mine).status_code == 200
+    (theirs,) = one_slice(tmp_path / "b", 7939, "KEEP-B", study)
+    ds = pydicom.dcmread(theirs)
+    ds.SeriesInstanceUID = shared_series  # in one of A's series: that series stays, A's instances in it go
+    ds.PatientName, ds.PatientBirthDate = "Kept^Bob", "19020304"
+    ds.save_as(theirs)
+    sop = uids_of(theirs)[2]
+    store_as_an_older_catalog_did(stack, study, [theirs])
+
+    token = stack.issue([study])["token"]
+    root = stack.root(token)
+    url = f"{root}/studies/{study}/series/{shared_series}/instances/{sop}"
+    before = requests.get(f"{url}/metadata", timeout=30)
+    assert before.status_code == 200
+    for path in mine:  # cached by NGINX (from the second read) before the erasure: none may be used after it
+        assert [get(reads(root, path)["frame"]).status_code for _ in range(2)] == [200, 200]
+
+    erased = erase(stack, "ERASE-A")
+    assert erased.status_code == 200, erased.text
+    result = erased.json()
+    other_series = uids_of(mine[3])[1]
+    assert result["studies"] == [study] and result["instances"] == 6 and result["quarantined"] == 0
+    assert result["kept"] == {"studies": [study], "instances": 1}
+    assert sorted((d["level"], d["series_uid"], d["sop_uid"], d["instances"]) for d in result["deletions"]) == sorted(
+        [("series", other_series, None, 3)]
+        + [("instance", shared_series, uids_of(path)[2], 1) for path in mine if uids_of(path)[1] == shared_series]
+    )
+    for path in mine:
+        for name in ("instance_retrieve", "instance_metadata", "frame", "thumbnail"):
+            assert_gone(get(reads(root, path)[name]))
+    # B's instance: the same bytes, the same metadata, found by B's Patient ID with B's values
+    answer = requests.get(url, headers={"Accept": "application/dicom"}, timeout=30)
+    assert answer.status_code == 200 and answer.content == theirs.read_bytes()
+    metadata = requests.get(f"{url}/metadata", timeout=30)
+    assert metadata.status_code == 200 and metadata.json() == before.json()
+    study_metadata = requests.get(f"{root}/studies/{study}/metadata", timeout=30)
+    assert study_metadata.status_code == 200 and study_metadata.json() == before.json()
+    assert requests.get(f"{root}/studies", params={"PatientID": "ERASE-A"}, timeout=30).json() == []
+    (found,) = requests.get(
+        f"{root}/studies", params={"PatientID": "KEEP-B", "includefield": "PatientBirthDate"}, timeout=30
+    ).json()
+    assert found["0020000D"]["Value"] == [study]
+    assert found["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "Kept^Bob"}]}
+    assert found["00100030"] == {"vr": "DA", "Value": ["19020304"]}
+    assert found["00201208"] == {"vr": "IS", "Value": [1]} and found["00201206"] == {"vr": "IS", "Value": [1]}
+    assert "Value" not in found.get("00081030", {})  # A's Study Description went with A's instances
+    assert requests.get(f"{root}/studies", params={"StudyDescription": "ALICE*"}, timeout=30).json() == []
+    (series_found,) = requests.get(f"{root}/studies/{study}/series", timeout=30).json()
+    assert series_found["0020000E"]["Value"] == [shared_series]
+    assert stored_keys(stack, study) and all(sop in key for key in stored_keys(stack, study))
+    engine = sa.create_engine(engine_url(stack.stack.database_url))
+    try:
+        with engine.connect() as conn:
+            rows = [
+                str(tuple(row))
+                for table in ("studies", "series", "instances")
+                for row in conn.execute(sa.text(f"SELECT * FROM {table}"))  # noqa: S608 - constants
+            ]
+    finally:
+        engine.dispose()
+    for value in ["ERASE-A", *a_values.values()]:
+        assert not any(value in row for row in rows), value
+
+    again = erase(stack, "KEEP-B")
+    assert again.status_code == 200, again.text
+    assert (again.json()["studies"], again.json()["instances"], again.json()["kept"]) == (
+        [study],
+        1,
+        {"studies": [], "instances": 0},
+    )
+    assert [d["level"] for d in again.json()["deletions"]] == ["study"]
+    assert_gone(requests.get(url, headers={"Accept": "application/dicom"}, timeout=30))
     assert stored_keys(stack, study) == []
 
 
@@ -541,7 +645,14 @@ def test_erasure_removes_the_quarantined_files_of_a_patient_with_no_stored_study
     )
     assert erased.status_code == 200, erased.text
     assert erased.headers["Content-Type"] == "application/json"
-    assert erased.json() == {"studies": [], "series": 0, "instances": 0, "deletions": [], "quarantined": 2}
+    assert erased.json() == {
+        "studies": [],
+        "series": 0,
+        "instances": 0,
+        "deletions": [],
+        "kept": {"studies": [], "instances": 0},
+        "quarantined": 2,
+    }
     kept = {key: sop for key, sop in before.items() if sop == uids_of(theirs[0])[2]}
     assert held(stack) == kept and sorted(storage.list("quarantine/")) == sorted(kept)
     assert_gone(erase(stack, "HELD-A"))
@@ -589,7 +700,14 @@ def test_erasure_leaves_another_patients_file_held_under_the_same_study(
     assert stored_keys(stack, study) == []
     again = erase(stack, "OWN-B")
     assert again.status_code == 200, again.text
-    assert again.json() == {"studies": [], "series": 0, "instances": 0, "deletions": [], "quarantined": 1}
+    assert again.json() == {
+        "studies": [],
+        "series": 0,
+        "instances": 0,
+        "deletions": [],
+        "kept": {"studies": [], "instances": 0},
+        "quarantined": 1,
+    }
     assert held(stack) == {} and list(stack.storage().list("quarantine/")) == []
 
 
