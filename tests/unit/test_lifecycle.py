@@ -349,34 +349,37 @@ def test_reconcile_with_the_catalog_unreachable_is_one_line(storage: LocalStorag
 
 
 def test_erasure_of_a_study_holding_other_patients_instances_keeps_them_under_the_earliest(catalog: Catalog) -> None:
-    """An older catalog stored patients B and C in patient A's study (migration 0013 recorded them). Erasing A took
-    the study whole, B and C with it; now A's series and instances go, and the study's values are rebuilt from what
-    is left: the earliest stored patient's (B's), C's instance still recorded as another patient's. Erasing B then
-    leaves C's, and erasing C the study."""
+    """An older catalog stored patients B, D and C in patient A's study (migration 0013 recorded them), and the study's
+    row took values of theirs. Erasing C removed C's instance and left C's Study Description in the study's row;
+    erasing A took the study whole, B and D with it. Now the study left is rebuilt from its remaining instances:
+    erasing C leaves A's values, erasing A then B's (the earliest stored patient's), D's instance still recorded as
+    another patient's; erasing B leaves D's, and erasing D removes the study."""
     import sqlalchemy as sa
 
     from gateway.catalog.schema import studies
 
-    sop_b, sop_c = "1.2.3.1.1.5", "1.2.3.1.1.7"
+    sop_b, sop_d, sop_c = "1.2.3.1.1.5", "1.2.3.1.1.6", "1.2.3.1.1.7"
     catalog.register_instance(record(make_instance(ST, SE1, SOP1, patient_id="P-A", patient_name="A^Al")))
     catalog.register_instance(record(make_instance(ST, SE2, SOP3, patient_id="P-A", patient_name="A^Al")))
     with catalog.engine.begin() as conn:
         row = conn.execute(sa.select(studies.c.attrs).where(studies.c.study_uid == ST)).one()
-    for sop, patient, name in ((sop_b, "P-B", "B^Bo"), (sop_c, "P-C", "C^Cy")):
+    for sop, patient in ((sop_b, "P-B"), (sop_d, "P-D"), (sop_c, "P-C")):
         with catalog.engine.begin() as conn:  # as the older catalog let them in
             conn.execute(studies.update().where(studies.c.study_uid == ST).values(patient_id=None))
+        name = patient[-1] + "^" + patient[-1]
         catalog.register_instance(
             record(make_instance(ST, SE1, sop, patient_id=patient, patient_name=name, study_desc=f"{patient}-DESC"))
         )
         with catalog.engine.begin() as conn:  # ... and migration 0013 found them
             conn.execute(studies.update().where(studies.c.study_uid == ST).values(patient_id="P-A", attrs=row.attrs))
             conn.execute(
-                instances.update().where(instances.c.sop_uid == sop).values(
-                    other_patient_id=patient, other_issuer_of_patient_id=""
-                )
+                instances.update()
+                .where(instances.c.sop_uid == sop)
+                .values(other_patient_id=patient, other_issuer_of_patient_id="")
             )
 
-    def state() -> tuple[Any, list[Any]]:
+    def erase(patient: str) -> tuple[Any, list[Any]]:
+        catalog.hide(catalog.erasure_plan(patient).targets, sub="k", reason="", rebuild=True)
         with catalog.engine.begin() as conn:
             study = conn.execute(
                 sa.select(studies.c.patient_id, studies.c.patient_name, studies.c.study_description, studies.c.attrs)
@@ -386,21 +389,24 @@ def test_erasure_of_a_study_holding_other_patients_instances_keeps_them_under_th
             ).all()
         return study, [tuple(flag) for flag in flags]
 
+    assert catalog.erasure_plan("P-C").targets == [Target(ST, SE1, sop_c)]
+    study, flags = erase("P-C")
+    assert (study.patient_id, study.patient_name, study.study_description) == ("P-A", "A^Al", "CHEST")
+    assert flags == [(SOP1, None), (sop_b, "P-B"), (sop_d, "P-D"), (SOP3, None)]
+
     plan = catalog.erasure_plan("P-A")
-    assert plan.studies == [ST] and plan.kept == {ST: (sop_b, sop_c)}
+    assert plan.studies == [ST] and plan.kept == {ST: (sop_b, sop_d)}
     assert plan.targets == [Target(ST, SE2), Target(ST, SE1, SOP1)]
-    assert [r.sop_uids for r in catalog.hide(plan.targets, sub="k", reason="", rebuild=True)] == [(SOP3,), (SOP1,)]
-    study, flags = state()
-    assert (study.patient_id, study.patient_name, study.study_description) == ("P-B", "B^Bo", "P-B-DESC")
-    assert "A^Al" not in study.attrs and "P-A" not in study.attrs and "P-C" not in study.attrs
-    assert flags == [(sop_b, None), (sop_c, "P-C")]
+    study, flags = erase("P-A")
+    assert (study.patient_id, study.patient_name, study.study_description) == ("P-B", "B^B", "P-B-DESC")
+    assert "A^Al" not in study.attrs and "P-A" not in study.attrs and "P-D" not in study.attrs
+    assert flags == [(sop_b, None), (sop_d, "P-D")]
     assert catalog.studies_of_patient("P-A") == [] and catalog.instances_of_patient_elsewhere("P-A") == []
 
     plan = catalog.erasure_plan("P-B")
-    assert plan.kept == {ST: (sop_c,)} and plan.targets == [Target(ST, SE1, sop_b)]
-    catalog.hide(plan.targets, sub="k", reason="", rebuild=True)
-    study, flags = state()
-    assert (study.patient_id, study.patient_name, study.study_description) == ("P-C", "C^Cy", "P-C-DESC")
-    assert flags == [(sop_c, None)]
-    plan = catalog.erasure_plan("P-C")
+    assert plan.kept == {ST: (sop_d,)} and plan.targets == [Target(ST, SE1, sop_b)]
+    study, flags = erase("P-B")
+    assert (study.patient_id, study.patient_name, study.study_description) == ("P-D", "D^D", "P-D-DESC")
+    assert flags == [(sop_d, None)]
+    plan = catalog.erasure_plan("P-D")
     assert plan.kept == {} and plan.targets == [Target(ST)]
