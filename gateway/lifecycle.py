@@ -133,10 +133,11 @@ def _removed(record: dict[str, Any]) -> Removed:
 
 
 def summary(removed: list[Removed]) -> dict[str, Any]:
-    """What a deletion removed, by UID and count (never a PHI value)."""
+    """What a deletion removed, by UID and count (never a PHI value). ``series``: the series it took instances from,
+    each once (an erasure or a retention run removes several instances of one series as separate targets)."""
     return {
         "studies": sorted({item.target.study for item in removed}),
-        "series": sum(len(item.series_uids) for item in removed),
+        "series": len({series for item in removed for series in item.series_uids}),
         "instances": sum(len(item.sop_uids) for item in removed),
         "deletions": [
             {
