@@ -28,15 +28,17 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Generator, Iterator, Mapping
+from contextlib import closing
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol, cast
 
 import imagecodecs
 import numpy as np
 import pydicom
 from pydicom import uid
-from pydicom.pixels import pixel_array
+from pydicom.encaps import encapsulate
+from pydicom.pixels import iter_pixels, pixel_array
 
 from gateway.catalog import Catalog
 from gateway.catalog.derivatives import DeriveJob
@@ -193,26 +195,55 @@ def encode_instance(source: Path, frames: FrameIndex, target: Path) -> FrameInde
     return FrameIndex.encapsulated(fragments, range(len(fragments)))
 
 
-def encode_decoded(source: Path, count: int, target: Path) -> FrameIndex | None:
+def _read_frame(src: BinaryIO, frames: FrameIndex, n: int) -> bytes:
+    """Frame ``n``'s codestream: its fragments' values, where the frame index made at ingest has them."""
+    parts = []
+    for offset, length in frames.ranges(n):
+        src.seek(offset)
+        parts.append(src.read(length))
+        if len(parts[-1]) != length:
+            raise DicomError("the stored object is shorter than its frame index")
+    return b"".join(parts)
+
+
+def _decoded_frames(source: Path, header: pydicom.Dataset, frames: FrameIndex | None) -> Iterator[np.ndarray[Any, Any]]:
+    """Each frame of ``source`` as pydicom decodes it, in one pass over the file: frame n is never looked for
+    again from the first fragment (``pixel_array(path, index=n)`` did: quadratic in the frames). A compressed
+    source's frames are read by the frame index and each is decoded as a one-frame data set (pydicom 3.0.2's
+    ``iter_pixels`` fails on a JPEG 2000 frame it must sign-correct: a read-only array); pydicom finds the frames
+    of a big-endian one itself, and reads a deflated one only whole."""
+    if frames is None:
+        yield from iter_pixels(pydicom.dcmread(source) if header.file_meta.TransferSyntaxUID == DEFLATED_LE else source)
+        return
+    one = header  # the header without its pixels: each frame goes in as its only frame
+    for tag in (0x7FE00001, 0x7FE00002, 0x00280008):  # Extended Offset Table (and lengths), Number of Frames
+        one.pop(tag, None)
+    with source.open("rb") as src:
+        for n in range(1, frames.count + 1):
+            one.add_new(0x7FE00010, "OB", encapsulate([_read_frame(src, frames, n)]))
+            yield pixel_array(one)
+
+
+def encode_decoded(source: Path, count: int, target: Path, frames: FrameIndex | None = None) -> FrameIndex | None:
     """As ``encode_instance``, for a source whose frames pydicom decodes (compressed, big-endian, deflated): each
-    of its ``count`` frames as pydicom's pixel array, in the stored word type. None when the instance is not one
-    we derive; raises ``Undecodable`` when pydicom cannot decode it."""
+    of its ``count`` frames as pydicom's pixel array, in the stored word type; ``frames``, a compressed source's
+    frame index. None when the instance is not one we derive; raises ``Undecodable`` when pydicom cannot decode
+    it."""
     try:
         header = pydicom.dcmread(source, stop_before_pixels=True)
         layout = _pixel_layout(header)
         if layout is None or int(header.get("NumberOfFrames") or 1) != count:
             return None
-        # pydicom reads one frame at a time from the file (a long cine is never whole in memory); a deflated data
-        # set it reads only whole
-        pixels = pydicom.dcmread(source) if header.file_meta.TransferSyntaxUID == DEFLATED_LE else source
     except Exception as error:  # noqa: BLE001 - ingest read it: whatever fails here fails again
         raise Undecodable(type(error).__name__) from error
     rows, columns, dtype = layout
     fragments: list[tuple[int, int]] = []
-    with target.open("wb") as out:
-        for n in range(count):
+    # a generator (typed as an Iterator): closing it closes the file it opened, also when it has frames past count
+    decoded = cast("Generator[np.ndarray[Any, Any], None, None]", _decoded_frames(source, header, frames))
+    with closing(decoded), target.open("wb") as out:
+        for _ in range(count):
             try:
-                frame = pixel_array(pixels, index=n)
+                frame = next(decoded)
             except Exception as error:  # noqa: BLE001 - a codestream its decoder refuses, a missing decoder...
                 raise Undecodable(type(error).__name__) from error
             # big-endian words, or 8-bit samples in 16 bits allocated, become the stored type; never a narrowing
@@ -252,10 +283,11 @@ def derive(sop_uid: str, storage: Storage, catalog: Catalog, tmp_dir: str | None
         source, target = Path(work) / "source.dcm", Path(work) / "derived.j2c"
         storage.download(row.storage_key, source)
         try:
-            if row.transfer_syntax_uid in _NATIVE_SYNTAXES and row.frame_index:  # (_frame_count checked the index)
-                index = encode_instance(source, FrameIndex.unpack(row.frame_index), target)
+            frames = FrameIndex.unpack(row.frame_index) if row.frame_index else None  # (_frame_count checked it)
+            if row.transfer_syntax_uid in _NATIVE_SYNTAXES and frames is not None:
+                index = encode_instance(source, frames, target)
             else:
-                index = encode_decoded(source, count, target)
+                index = encode_decoded(source, count, target, frames)
         except Undecodable as error:
             # the exception's type only: a message may quote the data set's values
             log.warning(
