@@ -47,7 +47,7 @@ from gateway.dicom import codecs
 from gateway.dicom.converted import CONVERTED_SYNTAXES
 from gateway.dicom.frames import FrameIndex
 from gateway.dicom.index import DEFLATED_LE, EXPLICIT_VR_LE, IMPLICIT_VR_LE
-from gateway.dicom.model import IndexedInstance
+from gateway.dicom.model import IndexedInstance, PixelFormat
 from gateway.dicomweb.wado import DERIVATIVE_TS
 from gateway.errors import CatalogUnavailable, DicomError
 from gateway.storage import Storage, open_storage
@@ -119,8 +119,11 @@ class Offering:
 
     @staticmethod
     def wants(indexed: IndexedInstance) -> bool:
-        """Whether the instance's frames are served one by one in a syntax we derive from (the worker checks the
-        rest: monochrome, 8 or 16 bits)."""
+        """Whether the instance's frames are served one by one in a syntax we derive from, and its pixels are
+        monochrome 8 or 16-bit words as far as ingest read them (the worker checks the file again)."""
+        pixels = indexed.pixel_format
+        if pixels is not None and _word_type(pixels) is None:
+            return False  # colour, 32-bit...: the worker would read the whole object only to skip it
         syntax, index = indexed.transfer_syntax_uid, indexed.frame_index
         if syntax in _NATIVE_SYNTAXES:
             return index is not None and index[:1] == b"\x00"  # native frames as byte ranges
@@ -152,12 +155,23 @@ class Undecodable(Exception):
     """pydicom could not decode the source's pixel data: retrying gives the same answer."""
 
 
+def _word_type(pixels: PixelFormat) -> np.dtype[Any] | None:
+    """The stored word type of a monochrome sample we encode; None for colour, 32-bit, signed 8-bit..."""
+    if pixels.samples_per_pixel != 1 or pixels.photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        return None
+    return _DTYPES.get((pixels.bits_allocated, pixels.pixel_representation))
+
+
 def _pixel_layout(ds: pydicom.Dataset) -> tuple[int, int, np.dtype[Any]] | None:
     """(rows, columns, stored word type) of a monochrome frame we can encode, else None."""
-    photometric = str(ds.get("PhotometricInterpretation", ""))
-    if int(ds.get("SamplesPerPixel", 1)) != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        return None
-    dtype = _DTYPES.get((int(ds.get("BitsAllocated", 0)), int(ds.get("PixelRepresentation", 0))))
+    dtype = _word_type(
+        PixelFormat(
+            int(ds.get("SamplesPerPixel", 1)),
+            str(ds.get("PhotometricInterpretation", "")),
+            int(ds.get("BitsAllocated", 0)),
+            int(ds.get("PixelRepresentation", 0)),
+        )
+    )
     if dtype is None:
         return None
     return int(ds.Rows), int(ds.Columns), dtype
@@ -271,13 +285,16 @@ def _frame_count(row: Any) -> int | None:
 def derive(sop_uid: str, storage: Storage, catalog: Catalog, tmp_dir: str | None = None) -> str:
     """Make and publish one instance's derivative; returns what happened (``published``, ``not_eligible``,
     ``undecodable``, ``gone``, ``replaced``, ``exists``). Raises on failure (the caller retries)."""
-    row = catalog.get_instance(sop_uid, with_metadata=False)
+    row = catalog.get_instance(sop_uid)
     if row is None:
         return "gone"
     if row.derivative_key:
         return "exists"
     count = _frame_count(row)
-    if count is None:
+    # the catalog's metadata says colour or 32-bit without a storage read (a job an older version queued);
+    # the stored file's own header decides the rest
+    pixels = PixelFormat.of(row.metadata_json())
+    if count is None or (pixels is not None and _word_type(pixels) is None):
         return "not_eligible"
     with tempfile.TemporaryDirectory(dir=tmp_dir, prefix="dgw-derive-") as work:
         source, target = Path(work) / "source.dcm", Path(work) / "derived.j2c"

@@ -19,6 +19,7 @@ import numpy as np
 
 from gateway.dicom.frames import native_index
 from gateway.dicom.index import DEFLATED_LE, EXPLICIT_VR_BE, INFLATE_LIMIT, inflate, read_file_meta
+from gateway.dicom.model import first_value
 from gateway.dicom.walker import PIXEL_TAGS, Element, Walker, iter_bulk, tag_hex
 from gateway.errors import DicomError, FramesNotServable, GatewayError, NotFound
 from gateway.storage.base import Storage
@@ -71,11 +72,6 @@ class _StoredFile(io.RawIOBase):
         return data
 
 
-def _first(metadata: Mapping[str, Any], tag: str, default: Any) -> Any:
-    values = (metadata.get(tag) or {}).get("Value") or [default]
-    return values[0] if values[0] is not None else default
-
-
 def _swapped(data: bytes, word: int) -> bytes:
     """Big-endian words of ``word`` bytes as little-endian ones."""
     if word <= 1:
@@ -116,17 +112,17 @@ class ConvertedReader:
         pixel = next((el for el in elements if el.tag in PIXEL_TAGS), None)
         if pixel is None or pixel.fragments is not None:
             raise FramesNotServable("this instance has no native pixel data to serve as frames")
-        bits = int(_first(metadata, "00280100", 0) or 0)
+        bits = int(first_value(metadata, "00280100", 0) or 0)
         try:
             index = native_index(
                 value_offset=pixel.offset,
                 value_length=pixel.length,
-                rows=int(_first(metadata, "00280010", 0)),
-                columns=int(_first(metadata, "00280011", 0)),
-                samples_per_pixel=int(_first(metadata, "00280002", 1)),
+                rows=int(first_value(metadata, "00280010", 0)),
+                columns=int(first_value(metadata, "00280011", 0)),
+                samples_per_pixel=int(first_value(metadata, "00280002", 1)),
                 bits_allocated=bits,
                 number_of_frames=count,
-                photometric=str(_first(metadata, "00280004", "")),
+                photometric=str(first_value(metadata, "00280004", "")),
             )
         except (DicomError, TypeError, ValueError):
             index = None
@@ -142,7 +138,7 @@ class ConvertedReader:
         found = dict(iter_bulk(elements)).get(path)
         if found is None or found.fragments is not None:
             raise NotFound("no such bulkdata element")
-        bits = int(_first(metadata, "00280100", 0) or 0) if path == tag_hex(found.tag) else 0
+        bits = int(first_value(metadata, "00280100", 0) or 0) if path == tag_hex(found.tag) else 0
         if little or found.implicit:  # a sequence inside UN is implicit VR little endian even in a big-endian file
             word = 1
         elif found.tag in PIXEL_TAGS and bits >= 16 and path == tag_hex(found.tag):

@@ -26,7 +26,7 @@ from pydicom.sequence import Sequence as PydicomSequence
 from gateway.dicom import metadata as meta_json
 from gateway.dicom import qido_attrs
 from gateway.dicom.frames import FrameIndex, encapsulated_index, native_index
-from gateway.dicom.model import BulkRange, IndexedInstance
+from gateway.dicom.model import BulkRange, IndexedInstance, PixelFormat
 from gateway.dicom.walker import (
     EXTENDED_OFFSET_TABLE,
     EXTENDED_OFFSET_TABLE_LENGTHS,
@@ -160,6 +160,7 @@ def read_instance(
         series_attrs=qido_attrs.series_attrs(metadata),
         instance_attrs=qido_attrs.instance_attrs(metadata, ts),
         searchable=qido_attrs.searchable(metadata),
+        pixel_format=PixelFormat.of(metadata),
     )
     return indexed, ds
 

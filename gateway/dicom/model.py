@@ -2,14 +2,45 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from gateway import fastjson
 from gateway.uids import InstanceId
 
 # A byte range inside the stored P10 object: (offset, length).
 Range = tuple[int, int]
+
+
+def first_value(metadata: Mapping[str, Any], tag: str, default: Any) -> Any:
+    """The first value of a DICOM JSON element (PS3.18 F.2), ``default`` when it is absent or has none."""
+    values = (metadata.get(tag) or {}).get("Value") or [default]
+    return values[0] if values[0] is not None else default
+
+
+class PixelFormat(NamedTuple):
+    """How one pixel is stored (Image Pixel module, PS3.3 C.7.6.3): what decides whether an instance can have a
+    lossless derivative (``gateway.derive``), known from the metadata without reading the pixels."""
+
+    samples_per_pixel: int
+    photometric: str
+    bits_allocated: int
+    pixel_representation: int
+
+    @classmethod
+    def of(cls, metadata: Mapping[str, Any]) -> PixelFormat | None:
+        """The format the metadata describes (absent elements as pydicom's defaults the worker reads), or None
+        when a value is no number."""
+        try:
+            return cls(
+                int(first_value(metadata, "00280002", 1)),
+                str(first_value(metadata, "00280004", "")),
+                int(first_value(metadata, "00280100", 0)),
+                int(first_value(metadata, "00280103", 0)),
+            )
+        except (TypeError, ValueError):
+            return None
 
 
 @dataclass(frozen=True)
@@ -51,6 +82,9 @@ class IndexedInstance:
     # ``study_attrs`` ... as the catalog stores them (``attrs_json``), once computed: keyed "study", "series",
     # "instance"
     attrs_text: dict[str, str] = field(default_factory=dict)
+    # made in ingest's pool process with the metadata, so the request's process decides whether to queue a
+    # derivative without parsing the metadata again; None: not known
+    pixel_format: PixelFormat | None = None
 
     def metadata_json(self) -> str:
         """``metadata`` as the catalog stores it: compact UTF-8 JSON (orjson, ``gateway.fastjson``), keys in the
