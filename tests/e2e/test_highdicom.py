@@ -1,0 +1,325 @@
+"""Derived objects written by highdicom (PyPI ``highdicom``, what imaging-AI tools write for OHIF, Slim and dcm4chee):
+encodings our synthetic CT and WSI never carry, made with highdicom's own API from `dicom-gateway synth` sources.
+
+- binary Segmentations (Bits Allocated 1): one of 33 x 35 frames, whose frames are not byte-aligned in the native
+  Pixel Data (1,155 bits each), and a TILED_FULL one on a whole-slide image, whose 16 x 16 frames are;
+- a fractional Segmentation, native and in JPEG-LS lossless (highdicom's compressed SEG: its binary JPEG 2000 needs
+  pylibjpeg-openjpeg, which nothing here installs);
+- Parametric Maps with Float Pixel Data (7FE0,0008) and Double Float Pixel Data (7FE0,0009);
+- a Comprehensive 3D SR holding a TID 1500 measurement report (no pixel data, nested sequences, references).
+
+highdicom 0.28 writes no VL Whole Slide Microscopy image itself (no ``hd.sm``, its legacy conversion is CT, MR and
+PET only): the TILED_FULL Segmentation of the synthetic slide is the whole-slide object here.
+
+Each is stored through STOW-RS on the real stack and checked against PS3.18 and what pydicom and highdicom decode
+from the same file: the instance byte for byte, the metadata (pydicom's JSON with the bulk values each BulkDataURI
+answers), every frame alone and in frame lists (a 1-bit frame starts on a byte boundary: PS3.5 8.1.1, README),
+rendered and thumbnail, and QIDO.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.encaps import generate_frames
+from pydicom.pixels.utils import pack_bits, unpack_bits
+from pydicom.sr.codedict import codes
+
+from gateway.dicom.index import NATIVE_SYNTAXES, frame_media_type
+from gateway.dicom.walker import quiet_validation
+from gateway.tools.synth import make_series, make_wsi
+from tests.e2e.conftest import BACKENDS
+from tests.e2e.harness import RunningStack, stack_holding
+from tests.e2e.test_compressed_render import url
+from tests.e2e.test_real_files import bulkdata_uris, get, inline, multipart_parts, pydicom_json, value_at
+
+PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+OCTETS = "application/octet-stream"
+MULTIPART = "multipart/related; type=application/octet-stream; transfer-syntax=*"
+
+
+def _equipment() -> dict[str, Any]:
+    return {
+        "series_instance_uid": hd.UID(),
+        "sop_instance_uid": hd.UID(),
+        "instance_number": 1,
+        "manufacturer": "dicom-gateway tests",
+        "manufacturer_model_name": "highdicom",
+        "software_versions": hd.__version__,
+        "device_serial_number": "1",
+    }
+
+
+def _segments(count: int) -> list[hd.seg.SegmentDescription]:
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="test", version="1", family=codes.cid7162.ArtificialIntelligence
+    )
+    return [
+        hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=f"segment {number}",
+            segmented_property_category=codes.cid7150.Tissue,
+            segmented_property_type=codes.cid7166.ConnectiveTissue,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+        )
+        for number in range(1, count + 1)
+    ]
+
+
+def _segmentation(sources: list[pydicom.Dataset], mask: np.ndarray, kind: str, number: int, **options: Any) -> Any:
+    segments = _segments(mask.shape[-1] if mask.ndim == 4 else 1)
+    return hd.seg.Segmentation(
+        sources, mask, kind, segments, series_number=number, **_equipment(), **options
+    )
+
+
+def _parametric_map(sources: list[pydicom.Dataset], values: np.ndarray, number: int) -> Any:
+    mapping = hd.pm.RealWorldValueMapping(
+        lut_label="value",
+        lut_explanation="test values",
+        unit=codes.UCUM.NoUnits,
+        value_range=(float(values.min()), float(values.max())),
+        intercept=0,
+        slope=1,
+    )
+    voi = hd.VOILUTTransformation(window_center=0.0, window_width=400.0)
+    return hd.pm.ParametricMap(
+        sources,
+        values,
+        series_number=number,
+        contains_recognizable_visual_features=False,
+        real_world_value_mappings=[mapping],
+        voi_lut_transformations=[voi],
+        **_equipment(),
+    )
+
+
+def _measurement_report(sources: list[pydicom.Dataset]) -> Any:
+    """TID 1500 with one planar ROI (a polyline on the first slice) and one 3D point, each with a measurement."""
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(uid=hd.UID(), name="model"),
+    )
+    context = hd.sr.ObservationContext(observer_device_context=observer)
+    polyline = hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=np.array([[2.0, 2.0], [20.0, 2.0], [20.0, 20.0], [2.0, 2.0]]),
+        source_image=hd.sr.SourceImageForRegion.from_source_image(sources[0]),
+    )
+    point = hd.sr.ImageRegion3D(
+        graphic_type=hd.sr.GraphicTypeValues3D.POINT,
+        graphic_data=np.array([[1.5, 2.5, 0.0]]),
+        frame_of_reference_uid=sources[0].FrameOfReferenceUID,
+    )
+    groups = [
+        hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"finding {n}"),
+            referenced_region=region,
+            measurements=[hd.sr.Measurement(name=codes.SCT.Area, value=162.5 + n, unit=codes.UCUM.SquareMillimeter)],
+        )
+        for n, region in enumerate((polyline, point))
+    ]
+    report = hd.sr.MeasurementReport(
+        observation_context=context,
+        procedure_reported=codes.LN.CTUnspecifiedBodyRegion,
+        imaging_measurements=groups,
+    )
+    return hd.sr.Comprehensive3DSR(
+        evidence=sources,
+        content=report,
+        series_number=40,
+        **{k: v for k, v in _equipment().items() if k not in ("manufacturer_model_name", "software_versions",
+                                                                  "device_serial_number")},
+    )
+
+
+@pytest.fixture(scope="module")
+def objects(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The highdicom objects, by name, written with ``save_as`` as highdicom's users do."""
+    base = tmp_path_factory.mktemp("highdicom")
+    ct_files = make_series(base / "ct", modality="CT", slices=3, rows=33, columns=35, seed=41, clean=True)
+    ct = [pydicom.dcmread(p) for p in ct_files]
+    wsi = pydicom.dcmread(make_wsi(base / "wsi", frames=12, native=True, tile=16, seed=42, clean=True))
+    shape = (len(ct), int(ct[0].Rows), int(ct[0].Columns))
+    mask = np.zeros((*shape, 2), dtype=bool)
+    mask[:, 3:25, 4:30, 0] = True
+    mask[:, 10:32, 1:12, 1] = True
+    mask[1, 0, 0, 0] = mask[2, 32, 34, 1] = True  # first and last bits of a frame
+    fractional = np.zeros((*shape, 1), dtype=np.float32)
+    fractional[:, 2:31, 3:32, 0] = np.linspace(0.0, 1.0, 29 * 29, dtype=np.float32).reshape(29, 29)
+    values = np.arange(np.prod(shape), dtype=np.float64).reshape(shape) * 0.37 - 150.25
+    slide = np.zeros((1, int(wsi.TotalPixelMatrixRows), int(wsi.TotalPixelMatrixColumns), 1), dtype=bool)
+    slide[0, 5:40, 7:50, 0] = True
+    made = {
+        "seg-binary": _segmentation(ct, mask, "BINARY", 10),
+        "seg-fractional": _segmentation(ct, fractional, "FRACTIONAL", 11),
+        "seg-jpegls": _segmentation(ct, fractional, "FRACTIONAL", 12, transfer_syntax_uid=pydicom.uid.JPEGLSLossless),
+        "seg-tiled-full": _segmentation(
+            [wsi], slide, "BINARY", 13, tile_pixel_array=True, dimension_organization_type="TILED_FULL",
+            omit_empty_frames=False,
+        ),
+        "pm-float": _parametric_map(ct, values.astype(np.float32), 20),
+        "pm-double": _parametric_map(ct, values, 21),
+        "sr-tid1500": _measurement_report(ct),
+    }
+    paths = {}
+    for name, dataset in made.items():
+        paths[name] = base / f"{name}.dcm"
+        dataset.save_as(paths[name])
+    return paths
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, objects: dict[str, Path]
+) -> Iterator[RunningStack]:
+    moto = request.getfixturevalue("moto_server") if request.param == "s3" else None
+    var = tmp_path_factory.mktemp(f"highdicom-{request.param}")
+    with stack_holding(var, request.param, moto, list(objects.values())) as running:
+        yield running
+
+
+def test_the_objects_carry_the_encodings_they_are_made_for(objects: dict[str, Path]) -> None:
+    """What each test below relies on, as pydicom reads the files."""
+    read = {name: pydicom.dcmread(path) for name, path in objects.items()}
+    binary = read["seg-binary"]
+    assert (binary.BitsAllocated, binary.NumberOfFrames) == (1, 6)
+    assert (binary.Rows * binary.Columns) % 8 != 0  # frames 2..6 start inside a byte
+    tiled = read["seg-tiled-full"]
+    assert (tiled.BitsAllocated, tiled.DimensionOrganizationType) == (1, "TILED_FULL")
+    assert (tiled.Rows * tiled.Columns) % 8 == 0  # each frame a whole number of bytes
+    assert read["seg-fractional"].BitsAllocated == 8
+    assert read["seg-jpegls"].file_meta.TransferSyntaxUID == pydicom.uid.JPEGLSLossless
+    assert "FloatPixelData" in read["pm-float"] and "DoubleFloatPixelData" in read["pm-double"]
+    assert not any(keyword in read["sr-tid1500"] for keyword in PIXEL_KEYWORDS)
+
+
+def expected_frames(ds: pydicom.Dataset) -> list[bytes]:
+    """Frame n as PS3.18 8.7.3 sends it: a compressed frame's codestream, native frames as little-endian bytes, and
+    a 1-bit frame's bits from the first bit of its own first byte (PS3.5 8.1.1), packed as pydicom packs them."""
+    count = int(ds.get("NumberOfFrames") or 1)
+    if str(ds.file_meta.TransferSyntaxUID) not in NATIVE_SYNTAXES:
+        return list(generate_frames(ds.PixelData, number_of_frames=count))
+    keyword = next(k for k in PIXEL_KEYWORDS if k in ds)
+    value = ds[keyword].value
+    if ds.BitsAllocated == 1:
+        bits = int(ds.Rows) * int(ds.Columns)
+        pixels = unpack_bits(value)[: bits * count].reshape(count, bits)
+        return [pack_bits(frame, pad=False) for frame in pixels]
+    size = len(value) // count if keyword != "PixelData" else int(ds.Rows) * int(ds.Columns) * ds.BitsAllocated // 8
+    return [value[n * size : (n + 1) * size] for n in range(count)]
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["seg-binary", "seg-fractional", "seg-jpegls", "seg-tiled-full", "pm-float", "pm-double", "sr-tid1500"],
+)
+def test_a_highdicom_object_is_stored_byte_identical_and_described_as_pydicom_reads_it(
+    stack: RunningStack, objects: dict[str, Path], name: str
+) -> None:
+    """The instance byte for byte, its metadata pydicom's JSON (each BulkDataURI, Float and Double Float Pixel Data
+    included, answering the value's bytes), and QIDO finds it at every level."""
+    path = objects[name]
+    ds = pydicom.dcmread(path)
+    address = url(stack, path)
+    whole = get(stack, address, "application/dicom; transfer-syntax=*")
+    assert whole.status_code == 200, whole.text[:200]
+    assert whole.content == path.read_bytes()
+    answer = get(stack, f"{address}/metadata", "application/dicom+json")
+    assert (answer.status_code, answer.headers["Content-Type"]) == (200, "application/dicom+json")
+    [metadata] = answer.json()
+    fetched = {}
+    for element, uri in bulkdata_uris(metadata):
+        assert uri == f"{address}/bulkdata/{element}"
+        if element == "7FE00010" and str(ds.file_meta.TransferSyntaxUID) not in NATIVE_SYNTAXES:
+            fetched[element] = value_at(ds, element)  # its bulkdata is its frames, checked below
+            continue
+        bulk = get(stack, uri, OCTETS)
+        assert (bulk.status_code, bulk.headers["Content-Type"].split(";")[0]) == (200, OCTETS), element
+        assert bulk.content == value_at(ds, element), element
+        fetched[element] = bulk.content
+    pixels = [k for k, tag in zip(PIXEL_KEYWORDS, ("7FE00010", "7FE00008", "7FE00009"), strict=True) if tag in fetched]
+    assert pixels == [k for k in PIXEL_KEYWORDS if k in ds]  # the pixel data of each kind is a BulkDataURI
+    with quiet_validation():
+        assert inline(metadata, fetched) == pydicom_json(ds.to_json_dict())
+    study, series, sop = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
+    for level, query in (
+        ("studies", f"StudyInstanceUID={study}"),
+        (f"studies/{study}/series", f"SeriesInstanceUID={series}"),
+        (f"studies/{study}/series/{series}/instances", f"SOPInstanceUID={sop}"),
+    ):
+        found = get(stack, f"{stack.url}/dicomweb/{level}?{query}", "application/dicom+json")
+        assert found.status_code == 200, (level, found.text[:200])
+        assert len(found.json()) == 1, level
+    [attrs] = get(
+        stack, f"{stack.url}/dicomweb/studies/{study}/instances?SOPInstanceUID={sop}", "application/dicom+json"
+    ).json()
+    assert attrs["00080016"]["Value"] == [str(ds.SOPClassUID)]
+
+
+@pytest.mark.parametrize("name", ["seg-fractional", "seg-jpegls", "pm-float", "pm-double"])
+def test_every_frame_of_a_highdicom_object_is_what_pydicom_decodes(
+    stack: RunningStack, objects: dict[str, Path], name: str
+) -> None:
+    """Each frame alone and in frame lists (in order, reversed, repeated), single part and multipart; a 1-bit
+    frame decodes to that frame's mask and float frames are exact."""
+    path = objects[name]
+    ds = pydicom.dcmread(path)
+    ts = str(ds.file_meta.TransferSyntaxUID)
+    address = url(stack, path)
+    frames = expected_frames(ds)
+    native = ts in NATIVE_SYNTAXES
+    single = OCTETS if native else f"{frame_media_type(ts)}; transfer-syntax={ts}"
+    for number, frame in enumerate(frames, 1):
+        answer = get(stack, f"{address}/frames/{number}", single)
+        assert answer.status_code == 200, (number, answer.text[:200])
+        assert answer.headers["Content-Type"].split(";")[0] == single.split(";")[0]
+        assert answer.content == frame, f"frame {number}"
+    numbers = [*range(1, len(frames) + 1)]
+    for listed in (numbers, numbers[::-1], [numbers[-1], 1, numbers[-1]]):
+        answer = get(stack, f"{address}/frames/{','.join(map(str, listed))}", MULTIPART)
+        assert answer.status_code == 200, (listed, answer.text[:200])
+        assert [body for _, body in multipart_parts(answer)] == [frames[n - 1] for n in listed], listed
+    if ds.BitsAllocated == 1 and native:
+        # what a client decodes from the bytes: frame n's mask, as pydicom and highdicom read it from the file
+        bits = int(ds.Rows) * int(ds.Columns)
+        masks = ds.pixel_array.reshape(len(frames), int(ds.Rows), int(ds.Columns))
+        segmentation = hd.seg.segread(path)
+        for number in numbers:
+            answer = get(stack, f"{address}/frames/{number}", OCTETS)
+            decoded = unpack_bits(answer.content)[:bits].reshape(int(ds.Rows), int(ds.Columns))
+            assert np.array_equal(decoded, masks[number - 1]), f"frame {number}"
+            assert np.array_equal(decoded, segmentation.get_stored_frame(number)), f"frame {number}"
+    if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+        dtype = "<f4" if "FloatPixelData" in ds else "<f8"
+        for number in numbers:
+            answer = get(stack, f"{address}/frames/{number}", OCTETS)
+            values = np.frombuffer(answer.content, dtype).reshape(int(ds.Rows), int(ds.Columns))
+            assert np.array_equal(values, ds.pixel_array[number - 1]), f"frame {number}"
+
+
+@pytest.mark.parametrize("name", ["seg-fractional", "seg-jpegls", "pm-float", "pm-double", "sr-tid1500"])
+@pytest.mark.parametrize("resource", ["rendered", "thumbnail"])
+def test_rendered_and_thumbnail_of_a_highdicom_object_are_an_image_or_a_json_406(
+    stack: RunningStack, objects: dict[str, Path], name: str, resource: str
+) -> None:
+    """An image of the object's first frame, or the documented JSON 406 (README, rendered): never a 5xx."""
+    address = url(stack, objects[name])
+    answer = get(stack, f"{address}/{resource}", "image/png")
+    if name == "sr-tid1500":
+        assert (answer.status_code, answer.headers["Content-Type"]) == (406, "application/json"), answer.text[:200]
+        return
+    assert (answer.status_code, answer.headers["Content-Type"]) == (200, "image/png"), answer.text[:200]
+    ds = pydicom.dcmread(objects[name], stop_before_pixels=True)
+    image = Image.open(io.BytesIO(answer.content))
+    if resource == "rendered":
+        assert image.size == (int(ds.Columns), int(ds.Rows))
