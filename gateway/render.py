@@ -31,7 +31,7 @@ from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian
 
 from gateway import nginx_contract as nginx
 from gateway.dicom import codecs
-from gateway.dicom.converted import ConvertedReader, is_converted
+from gateway.dicom.converted import ConvertedReader, frames_converted
 from gateway.dicomweb.accept import Offer, negotiate
 from gateway.errors import BadRequest, FrameNotFound, NotAcceptable, NotFound
 from gateway.numbers import INT32_MAX, parse_int
@@ -73,9 +73,10 @@ _FUNCTIONS = {"LINEAR": "LINEAR", "LINEAR_EXACT": "LINEAR_EXACT", "SIGMOID": "SI
 
 def _frame_bytes(services: Services, cached: Any, frame: int, metadata: Mapping[str, Any]) -> tuple[bytes, str]:
     """Frame ``frame``'s bytes and the transfer syntax they are in: a big-endian or deflated file's frame is
-    converted to little endian (``gateway.dicom.converted``), which is how it is decoded then."""
+    converted to little endian, a 1-bit frame starting inside a byte re-packed (``gateway.dicom.converted``), and
+    decoded so then."""
     count = cached.number_of_frames
-    if cached.frames is None and is_converted(cached.transfer_syntax_uid) and count:
+    if frames_converted(cached.transfer_syntax_uid, cached.frames is not None, count):
         if not 1 <= frame <= count:
             raise FrameNotFound(f"frame {frame} does not exist; the instance has {count} frame(s)")
         reader = ConvertedReader(services.storage, services.settings.bulkdata_threshold)

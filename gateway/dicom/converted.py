@@ -1,10 +1,13 @@
 """Frames and bulk values of instances whose stored bytes are not what a client is sent: Explicit VR Big Endian and
-Deflated Explicit VR Little Endian files.
+Deflated Explicit VR Little Endian files, and Bits Allocated 1 frames that do not start on a byte boundary.
 
 PS3.18 8.7.3: uncompressed frames and bulk values go out as little-endian bytes (Explicit VR Little Endian) and
 the origin server converts. The values are found as ingest found them (``read_file_meta``, ``Walker``,
 ``native_index``, ``iter_bulk``), read from storage, and byte-swapped (big endian) or sliced out of the inflated
-data set (deflated). Nothing is kept between requests: a big-endian object is read by range (its element headers,
+data set (deflated). A 1-bit frame is sent from the first bit of its own first byte, its last byte padded with
+zero bits (PS3.5 8.1.1 packs a native frame so; dcm4chee sends such frames so): one of Rows x Columns x Samples per
+Pixel bits that is not a multiple of 8 starts inside a byte of the stored value, and is re-packed from the bytes
+holding it. Nothing is kept between requests: a big-endian object is read by range (its element headers,
 then only the values asked for); a deflated one is read whole and inflated in memory, within ``INFLATE_LIMIT``, for
 each request (such files are small: ingest refused any that inflates beyond the limit).
 """
@@ -13,12 +16,21 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import numpy as np
+from pydicom.pixels.utils import pack_bits, unpack_bits
 
 from gateway.dicom.frames import native_index
-from gateway.dicom.index import DEFLATED_LE, EXPLICIT_VR_BE, INFLATE_LIMIT, inflate, read_file_meta
+from gateway.dicom.index import (
+    DEFLATED_LE,
+    EXPLICIT_VR_BE,
+    IMPLICIT_VR_LE,
+    INFLATE_LIMIT,
+    NATIVE_SYNTAXES,
+    inflate,
+    read_file_meta,
+)
 from gateway.dicom.model import first_value
 from gateway.dicom.walker import PIXEL_TAGS, Element, Walker, iter_bulk, tag_hex
 from gateway.errors import DicomError, FramesNotServable, GatewayError, NotFound
@@ -33,6 +45,12 @@ _WORD = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 def is_converted(transfer_syntax_uid: str) -> bool:
     """Whether frames and bulk values of an instance stored in this syntax are converted, not byte ranges."""
     return transfer_syntax_uid in CONVERTED_SYNTAXES
+
+
+def frames_converted(transfer_syntax_uid: str, indexed: bool, number_of_frames: int) -> bool:
+    """Whether an instance's frames are made here: a big-endian or deflated file's, and native frames ingest found
+    no byte ranges for (``indexed`` False: Bits Allocated 1 frames that do not start on a byte boundary)."""
+    return not indexed and number_of_frames > 0 and transfer_syntax_uid in NATIVE_SYNTAXES
 
 
 class _StoredFile(io.RawIOBase):
@@ -96,8 +114,8 @@ class ConvertedReader:
             if ts == DEFLATED_LE:
                 data = inflate(fp, self._inflate_limit)
                 fp, size = io.BytesIO(data), len(data)
-            little = ts != EXPLICIT_VR_BE
-            return fp, little, Walker(fp, size, little=little, implicit=False, bulk_threshold=self._threshold).walk()
+            little, implicit = ts != EXPLICIT_VR_BE, ts == IMPLICIT_VR_LE
+            return fp, little, Walker(fp, size, little=little, implicit=implicit, bulk_threshold=self._threshold).walk()
         except NotFound:
             raise NotFound("the object is missing from storage") from None
         except DicomError:
@@ -105,31 +123,45 @@ class ConvertedReader:
             raise GatewayError("the stored object no longer reads as it did when it was stored") from None
 
     def frames(self, key: str, size: int, metadata: Mapping[str, Any], count: int, numbers: list[int]) -> list[bytes]:
-        """Frames ``numbers`` (1-based, within ``count``) as native little-endian bytes; ``metadata``: the
-        instance's DICOM JSON (its Image Pixel module). ``FramesNotServable`` for pixels that are not whole bytes
-        (Bits Allocated 1) or encapsulated."""
+        """Frames ``numbers`` (1-based, within ``count``) as native little-endian bytes, a 1-bit frame from the
+        first bit of its first byte; ``metadata``: the instance's DICOM JSON (its Image Pixel module).
+        ``FramesNotServable`` for encapsulated pixels, or an Image Pixel module that does not describe the value."""
         fp, little, elements = self._walk(key, size)
         pixel = next((el for el in elements if el.tag in PIXEL_TAGS), None)
         if pixel is None or pixel.fragments is not None:
             raise FramesNotServable("this instance has no native pixel data to serve as frames")
         bits = int(first_value(metadata, "00280100", 0) or 0)
+        word = 1 if little else (bits // 8 if bits >= 16 else _WORD.get(pixel.vr, 1))
         try:
+            rows, columns = int(first_value(metadata, "00280010", 0)), int(first_value(metadata, "00280011", 0))
+            samples = int(first_value(metadata, "00280002", 1))
             index = native_index(
                 value_offset=pixel.offset,
                 value_length=pixel.length,
-                rows=int(first_value(metadata, "00280010", 0)),
-                columns=int(first_value(metadata, "00280011", 0)),
-                samples_per_pixel=int(first_value(metadata, "00280002", 1)),
+                rows=rows,
+                columns=columns,
+                samples_per_pixel=samples,
                 bits_allocated=bits,
                 number_of_frames=count,
                 photometric=str(first_value(metadata, "00280004", "")),
             )
         except (DicomError, TypeError, ValueError):
-            index = None
-        if index is None:
-            raise FramesNotServable("its frames are not whole bytes (Bits Allocated 1): retrieve the instance instead")
-        word = 1 if little else (bits // 8 if bits >= 16 else _WORD.get(pixel.vr, 1))
-        return [self._value(fp, pixel.offset, *index.ranges(n)[0], word) for n in numbers]
+            raise FramesNotServable("its Image Pixel module does not describe its pixel data") from None
+        if index is not None:
+            return [self._value(fp, pixel.offset, *index.ranges(n)[0], word) for n in numbers]
+        frame_bits = rows * columns * samples  # native_index: Bits Allocated 1, not a whole number of bytes
+        if frame_bits * count > pixel.length * 8:
+            raise FramesNotServable("its pixel data holds fewer bits than its frames")
+        return [self._bit_frame(fp, pixel.offset, (n - 1) * frame_bits, frame_bits, word) for n in numbers]
+
+    def _bit_frame(self, fp: BinaryIO, value_offset: int, first_bit: int, frame_bits: int, word: int) -> bytes:
+        """``frame_bits`` bits from bit ``first_bit`` of the 1-bit value at ``value_offset``, packed from a byte
+        boundary (pydicom's bit order: the first pixel in the least significant bit)."""
+        start, end = first_bit // 8, -(-(first_bit + frame_bits) // 8)
+        data = self._value(fp, value_offset, value_offset + start, end - start, word)
+        skip = first_bit - 8 * start
+        pixels = cast(np.ndarray, unpack_bits(data, as_array=True))
+        return pack_bits(pixels[skip : skip + frame_bits], pad=False)
 
     def bulk(self, key: str, size: int, metadata: Mapping[str, Any], path: str) -> bytes:
         """The little-endian value of the bulk element at ``path`` (``7FE00010``, ``00540016/0/00181072``):

@@ -157,17 +157,20 @@ def native_index(
     number_of_frames: int,
     photometric: str = "",
 ) -> FrameIndex | None:
-    """Native (uncompressed) pixel data: frames are back to back. None for Bits Allocated 1, whose frames are
-    not byte-aligned. ``DicomError`` if the value is shorter than the frames it must hold."""
-    if bits_allocated == 1:
+    """Native (uncompressed) pixel data: frames are back to back. Bits Allocated 1 frames are too when each is a
+    whole number of bytes; None when they are not (a frame then starts inside a byte: ``gateway.dicom.converted``
+    re-packs it).
+    ``DicomError`` if the value is shorter than the frames it must hold."""
+    if bits_allocated == 1 and rows * columns * samples_per_pixel % 8:
         return None
-    if rows <= 0 or columns <= 0 or samples_per_pixel <= 0 or bits_allocated <= 0 or bits_allocated % 8:
+    bits_valid = bits_allocated == 1 or (bits_allocated > 0 and bits_allocated % 8 == 0)
+    if rows <= 0 or columns <= 0 or samples_per_pixel <= 0 or not bits_valid:
         raise DicomError("Rows, Columns, Samples per Pixel or Bits Allocated are missing or invalid")
     if number_of_frames <= 0:
         raise DicomError("Number of Frames must be a positive integer")
     # PS3.5 8.2.1 / PS3.3 C.7.6.3.1.2: YBR_FULL_422 native data carries two samples per pixel, not three.
     samples2 = 4 if photometric == "YBR_FULL_422" and samples_per_pixel == 3 else 2 * samples_per_pixel
-    frame_length = rows * columns * samples2 * (bits_allocated // 8) // 2
+    frame_length = rows * columns * samples2 * bits_allocated // 16
     if frame_length * number_of_frames > value_length:
         raise DicomError(
             f"Pixel Data holds {value_length} bytes, fewer than {number_of_frames} frame(s) of {frame_length}"

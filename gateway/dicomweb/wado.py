@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from gateway import nginx_contract as nginx
-from gateway.dicom.converted import ConvertedReader, is_converted
+from gateway.dicom.converted import ConvertedReader, frames_converted, is_converted
 from gateway.dicom.frames import FrameIndex
 from gateway.dicom.index import DEFLATED_LE, EXPLICIT_VR_BE, EXPLICIT_VR_LE, NATIVE_SYNTAXES, is_video
 from gateway.dicomweb.accept import Offer, negotiate
@@ -127,7 +127,7 @@ def _why_no_frames(instance: CachedInstance) -> str:
         if is_video(ts):
             return "it is a video stream, whose frames cannot be separated"
         return "its compressed frames cannot be told apart: no offset table, and fragments that do not each start one"
-    return "it has no pixel data, or frames that are not whole bytes (Bits Allocated 1)"
+    return "it has no pixel data, or 1-bit frames that do not start on a byte boundary"
 
 
 def _decode_bulkdata(value: Any) -> dict[str, tuple[int, int]]:
@@ -341,7 +341,7 @@ class Planner:
         if first < 1 or (first - 1) % nginx.FRAMES_PER_BLOCK:
             raise NotFound("not the first frame of a block")
         instance = self.instance(target.study, target.series or "", target.instance)
-        if self._converts(instance):  # no byte ranges to list: njs asks each frame's plan (a redirect) instead
+        if self._converts_frames(instance):  # no byte ranges to list: njs asks each frame's plan (a redirect) instead
             raise FramesNotServable("this instance's frames are converted, not stored byte ranges")
         # the error the block's first frame gets, if any (a lost object's 404 included)
         self._frames(instance, str(first), accept)
@@ -483,9 +483,16 @@ class Planner:
         """Whether this instance's frames and bulk values are converted (big-endian, deflated), not byte ranges."""
         return self._converted is not None and instance.frames is None and is_converted(instance.transfer_syntax_uid)
 
+    def _converts_frames(self, instance: CachedInstance) -> bool:
+        """Whether this instance's frames are converted (``frames_converted``: big-endian, deflated, or 1-bit frames
+        that do not start on a byte boundary), not byte ranges."""
+        return self._converted is not None and frames_converted(
+            instance.transfer_syntax_uid, instance.frames is not None, instance.number_of_frames
+        )
+
     def _has_frames(self, instance: CachedInstance) -> bool:
         """Whether frames of this instance can be served: stored byte ranges, or converted ones."""
-        return instance.frames is not None or bool(self._converts(instance) and instance.number_of_frames)
+        return instance.frames is not None or self._converts_frames(instance)
 
     def _frames(
         self, instance: CachedInstance, spec: str, accept: str, range_header: str = "", redirect: str | None = None
@@ -494,9 +501,9 @@ class Planner:
         if len(items) > 1000:
             raise BadRequest("at most 1000 frame numbers per request")
         numbers = [parse_int(n, "frame number", low=1) for n in items]
-        converted = self._converts(instance)
+        converted = self._converts_frames(instance)
         if not self._has_frames(instance):
-            why = "it has no pixel data" if converted else _why_no_frames(instance)
+            why = "it has no pixel data" if self._converts(instance) else _why_no_frames(instance)
             raise FramesNotServable(
                 f"frames of this instance cannot be served as stored byte ranges ({why}); retrieve the instance instead"
             )
@@ -518,13 +525,14 @@ class Planner:
         return PlanResponse(200, [("X-Accel-Redirect", redirect), ("X-Accel-Expires", "0")])
 
     def _metadata(self, instance: CachedInstance) -> Mapping[str, Any]:
-        assert self._load_metadata is not None  # _converts: configured together
+        assert self._load_metadata is not None  # _converts(_frames): configured together
         return self._load_metadata(instance.ids.sop)
 
     def _converted_frames(
         self, instance: CachedInstance, numbers: list[int], accept: str, range_header: str, redirect: str | None
     ) -> PlanResponse:
-        """Frames of a big-endian or deflated instance as little-endian bytes (PS3.18 8.7.3), negotiated as native
+        """Frames of a big-endian or deflated instance as little-endian bytes (PS3.18 8.7.3), and 1-bit frames that
+        start inside a byte from a byte boundary (``gateway.dicom.converted``), negotiated as native
         frames are (``application/octet-stream``, Explicit VR Little Endian); a single part honours one Range. Its
         derivative, where the Accept names it, is stored codestreams as any other instance's."""
         if redirect is None:

@@ -449,7 +449,7 @@ def wado() -> Response:
     """WADO-URI (PS3.18 9): ``application/dicom`` is handed to NGINX (X-Accel-Redirect, Range honoured by
     storage); image types are rendered. Without ``contentType`` an image is rendered as ``image/jpeg``, and an
     instance with no frames to render (no pixel data: an SR, a waveform, an RT plan; or frames that cannot be
-    served, such as 1-bit ones) is sent as ``application/dicom``: image/jpeg is the default of single-frame images
+    served, such as a video's) is sent as ``application/dicom``: image/jpeg is the default of single-frame images
     only (PS3.18 7.1.2 and 7.4 of the URI service), and a 406 left such an instance unreachable by a plain WADO-URI
     link."""
     decision()

@@ -34,7 +34,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.errors import BytesLengthException
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
-from pydicom.pixels.utils import get_expected_length
+from pydicom.pixels.utils import get_expected_length, pack_bits
 
 import gateway.render  # noqa: F401 - pydicom decodes with the plugins the gateway registers (gateway.dicom.codecs)
 from gateway.dicom.index import (
@@ -113,8 +113,6 @@ REFUSED: dict[str, tuple[int, str]] = {
 # 406s before imagecodecs decoded them (gateway.dicom.codecs).
 NOT_RENDERED: dict[str, str] = {
     "JPEG2000-embedded-sequence-delimiter.dcm": "an undecodable codestream (its SIZ says 3,722,445,056 columns)",
-    "liver_1frame.dcm": "Bits Allocated 1: no whole-byte frames to read (README, frames)",
-    "liver_expb_1frame.dcm": "Bits Allocated 1: no whole-byte frames to read (README, frames)",
 }
 
 _BURNED_IN = (
@@ -380,12 +378,13 @@ def assert_renders_as_pydicom_decodes(ds: Dataset, png: bytes) -> None:
 
 def expected_frames(ds: Dataset) -> list[bytes] | None:
     """What frames/N must answer, from pydicom; None when the frames are documented as not servable. Big-endian
-    frames are little endian (PS3.18 8.7.3); pydicom has inflated a deflated file's already."""
+    frames are little endian (PS3.18 8.7.3); pydicom has inflated a deflated file's already. A 1-bit frame is the
+    pixels pydicom decodes, packed from a byte boundary (README, frames)."""
     ts = str(ds.file_meta.TransferSyntaxUID)
     count = int(ds.get("NumberOfFrames") or 1)
     if ts in NATIVE_SYNTAXES:
         if ds.BitsAllocated == 1:
-            return None
+            return [pack_bits(frame.ravel(), pad=False) for frame in ds.pixel_array.reshape(count, -1)]
         size = get_expected_length(ds, "bytes") // count
         pixels = little_endian(ds, ds["PixelData"], pixel_data=True)
         return [pixels[n * size : (n + 1) * size] for n in range(count)]

@@ -72,8 +72,8 @@ SHOWN: dict[str, str] = {
 LITTLE_ENDIAN_COPIES = {"ExplVR_LitEnd_planar.dcm": "ExplVR_BigEnd.dcm"}
 UNSHOWABLE: dict[str, str] = {
     "SC_rgb_rle_32bit.dcm": "32-bit RLE: Cornerstone's RLE decoder takes 8 and 16 bits only",
-    "liver_1frame.dcm": "Bits Allocated 1: the gateway serves no frames of bit-packed pixels (406, README), and "
-    "the viewer reads frames only",
+    "liver_1frame.dcm": "Bits Allocated 1: the gateway serves its frame (packed from a byte boundary), but Cornerstone "
+    "draws it black without an error, so the viewer refuses 1-bit pixels from the metadata",
     "SC_rgb_rle_16bit.dcm": "16-bit colour: Cornerstone draws it as if it were 8-bit (white bands), so the viewer "
     "refuses colour of more than 8 bits from the metadata",
     "JPEG2000-embedded-sequence-delimiter.dcm": "an undecodable codestream (pydicom's test of parsing around it; "

@@ -87,8 +87,12 @@ def test_native_index_rules() -> None:
     )
     index = native_index(value_length=24, **args)  # type: ignore[arg-type]
     assert index is not None and index.ranges(2) == [(112, 12)]
-    # Bits Allocated 1: frames are not byte-aligned
+    # Bits Allocated 1: 6-bit frames do not start on a byte boundary (converted on request); 8-bit ones do
     assert native_index(value_length=24, **{**args, "bits_allocated": 1}) is None  # type: ignore[arg-type]
+    bits = native_index(value_length=2, **{**args, "bits_allocated": 1, "columns": 4})  # type: ignore[arg-type]
+    assert bits is not None and bits.ranges(2) == [(101, 1)]
+    with pytest.raises(DicomError, match="fewer than 2 frame"):
+        native_index(value_length=1, **{**args, "bits_allocated": 1, "columns": 4})  # type: ignore[arg-type]
     with pytest.raises(DicomError, match="fewer than 2 frame"):
         native_index(value_length=23, **args)  # type: ignore[arg-type]
     # YBR_FULL_422: two samples per pixel on the wire

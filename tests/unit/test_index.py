@@ -48,14 +48,23 @@ def test_native_multiframe_16bit(tmp_path: Path, ts: str) -> None:
     assert bulk_bytes(path, indexed)["7FE00010"] == b"".join(data)
 
 
-def test_bits_allocated_1_is_not_range_servable(tmp_path: Path) -> None:
-    ds = b.image(b.base(), 8, 8, 1, 2)
+@pytest.mark.parametrize(("columns", "ranges"), [(8, [(0, 3), (3, 3)]), (7, None)])
+def test_bits_allocated_1_frames_are_ranges_when_each_is_whole_bytes(
+    tmp_path: Path, columns: int, ranges: list[tuple[int, int]] | None
+) -> None:
+    """3 x 8 bits: frame 2 starts at byte 3. 3 x 7 bits: frame 2 starts at bit 5 of byte 2, no range."""
+    ds = b.image(b.base(), 3, columns, 1, 2)
     ds.BitsStored, ds.HighBit = 1, 0
     ds.PixelData = b"\x55" * 16
     ds["PixelData"].VR = "OB"
     path = b.write(ds, tmp_path / "bits1.dcm")
     indexed = index_file(path)
-    assert indexed.frame_index is None
+    offset = indexed.bulkdata[0].offset
+    if ranges is None:
+        assert indexed.frame_index is None
+    else:
+        frames = FrameIndex.unpack(indexed.frame_index or b"")
+        assert [frames.ranges(n) for n in (1, 2)] == [[(offset + start, length)] for start, length in ranges]
     assert indexed.number_of_frames == 2
     assert bulk_bytes(path, indexed) == {"7FE00010": b"\x55" * 16}
 

@@ -294,8 +294,8 @@ def test_frames_without_an_index_are_not_acceptable(planner: Planner) -> None:
             "1.2.840.10008.1.2.5",
             "its compressed frames cannot be told apart: no offset table, and fragments that do not each start one",
         ),
-        ("1.2.840.10008.1.2", "it has no pixel data, or frames that are not whole bytes (Bits Allocated 1)"),
-        ("1.2.840.10008.1.2.1", "it has no pixel data, or frames that are not whole bytes (Bits Allocated 1)"),
+        ("1.2.840.10008.1.2", "it has no pixel data, or 1-bit frames that do not start on a byte boundary"),
+        ("1.2.840.10008.1.2.1", "it has no pixel data, or 1-bit frames that do not start on a byte boundary"),
     ],
 )
 def test_the_406_for_frames_without_an_index_says_why(syntax: str, why: str) -> None:

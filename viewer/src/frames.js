@@ -115,6 +115,8 @@ export function prepareFrame(instance, body, contentType) {
   const bits = dicom.number(instance, '00280100') ?? 8;
   // The loader draws colour samples of more than 8 bits as if they were 8-bit (white bands): nothing to fix.
   if (samples > 1 && bits > 8) throw new UnshowableImage('colour of more than 8 bits per sample');
+  // Bits Allocated 1 (a binary segmentation): Cornerstone 5.14 draws the frames the gateway sends black, no error.
+  if (bits === 1) throw new UnshowableImage('1-bit pixels');
   const part = extractMultipart(contentType, body);
   const frame = new Uint8Array(part.pixelData);
   const fixed = fixFrame(instance, getTransferSyntaxForContentType(part.contentType), frame);
