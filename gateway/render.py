@@ -222,6 +222,21 @@ def _value_of(ds: Dataset, keyword: str) -> Any:
     return element[0] if isinstance(element, MultiValue) else element
 
 
+def _unpad_palette(ds: Dataset) -> None:
+    """Drop the padding byte of 8-bit palette entries of an odd count (PS3.3 C.7.6.3.1.6: one byte an entry; PS3.5
+    7.1: a value is of even length), as highdicom writes a LABELMAP segmentation's palette of 3 colours. pydicom's
+    ``apply_color_lut`` takes the entry size from the data's length and fails on 4 bytes for 3 entries."""
+    descriptor = ds.get("RedPaletteColorLookupTableDescriptor")
+    if not isinstance(descriptor, MultiValue) or len(descriptor) != 3 or descriptor[2] != 8:
+        return
+    entries = int(descriptor[0]) or 65536
+    for colour in ("Red", "Green", "Blue", "Alpha"):
+        keyword = f"{colour}PaletteColorLookupTableData"
+        data = ds.get(keyword)
+        if entries % 2 and isinstance(data, bytes) and len(data) == entries + 1:
+            ds[keyword].value = data[:entries]
+
+
 def _to_image(services: Services, row: Any, frame: int, params: Mapping[str, str]) -> Image.Image:
     from gateway.dicomweb.wado import to_cached
 
@@ -234,6 +249,7 @@ def _to_image(services: Services, row: Any, frame: int, params: Mapping[str, str
     data, syntax = _frame_bytes(services, cached, frame, metadata)
     pixels, photometric = _decode(data, ds, syntax, keyword)
     if photometric == "PALETTE COLOR":
+        _unpad_palette(ds)
         try:
             colours = np.asarray(apply_color_lut(pixels, ds))
             bits = int(ds.RedPaletteColorLookupTableDescriptor[2])

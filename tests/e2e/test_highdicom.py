@@ -3,8 +3,10 @@ encodings our synthetic CT and WSI never carry, made with highdicom's own API fr
 
 - binary Segmentations (Bits Allocated 1): one of 33 x 35 frames, whose frames are not byte-aligned in the native
   Pixel Data (1,155 bits each), and a TILED_FULL one on a whole-slide image, whose 16 x 16 frames are;
-- a fractional Segmentation, native and in JPEG-LS lossless (highdicom's compressed SEG: its binary JPEG 2000 needs
-  pylibjpeg-openjpeg, which nothing here installs);
+- the binary one again in Implicit VR Little Endian, and a LABELMAP Segmentation with a palette (PALETTE COLOR,
+  3 entries of 8 bits: the LUT data is padded to an even length);
+- a fractional Segmentation, native and in JPEG-LS lossless, once with an Extended Offset Table (highdicom's
+  compressed SEG: its binary JPEG 2000 needs pylibjpeg-openjpeg, which nothing here installs);
 - Parametric Maps with Float Pixel Data (7FE0,0008) and Double Float Pixel Data (7FE0,0009);
 - a Comprehensive 3D SR holding a TID 1500 measurement report (no pixel data, nested sequences, references).
 
@@ -44,6 +46,18 @@ from tests.e2e.test_real_files import bulkdata_uris, get, inline, multipart_part
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 OCTETS = "application/octet-stream"
 MULTIPART = "multipart/related; type=application/octet-stream; transfer-syntax=*"
+IMAGES = [
+    "seg-binary",
+    "seg-binary-implicit",
+    "seg-fractional",
+    "seg-jpegls",
+    "seg-jpegls-eot",
+    "seg-labelmap",
+    "seg-tiled-full",
+    "pm-float",
+    "pm-double",
+]
+ALL = [*IMAGES, "sr-tid1500"]
 
 
 def _equipment() -> dict[str, Any]:
@@ -76,7 +90,8 @@ def _segments(count: int) -> list[hd.seg.SegmentDescription]:
 
 
 def _segmentation(sources: list[pydicom.Dataset], mask: np.ndarray, kind: str, number: int, **options: Any) -> Any:
-    segments = _segments(mask.shape[-1] if mask.ndim == 4 else 1)
+    """``mask``: one plane per segment on the last axis, or (a label map) segment numbers as values."""
+    segments = _segments(mask.shape[-1] if mask.ndim == 4 else max(int(mask.max()), 1))
     return hd.seg.Segmentation(
         sources, mask, kind, segments, series_number=number, **_equipment(), **options
     )
@@ -154,6 +169,7 @@ def objects(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     mask[:, 3:25, 4:30, 0] = True
     mask[:, 10:32, 1:12, 1] = True
     mask[1, 0, 0, 0] = mask[2, 32, 34, 1] = True  # first and last bits of a frame
+    labels = np.where(mask[..., 1], 2, np.where(mask[..., 0], 1, 0)).astype(np.uint8)  # segment 2 over 1
     fractional = np.zeros((*shape, 1), dtype=np.float32)
     fractional[:, 2:31, 3:32, 0] = np.linspace(0.0, 1.0, 29 * 29, dtype=np.float32).reshape(29, 29)
     values = np.arange(np.prod(shape), dtype=np.float64).reshape(shape) * 0.37 - 150.25
@@ -163,6 +179,17 @@ def objects(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "seg-binary": _segmentation(ct, mask, "BINARY", 10),
         "seg-fractional": _segmentation(ct, fractional, "FRACTIONAL", 11),
         "seg-jpegls": _segmentation(ct, fractional, "FRACTIONAL", 12, transfer_syntax_uid=pydicom.uid.JPEGLSLossless),
+        "seg-jpegls-eot": _segmentation(
+            ct, fractional, "FRACTIONAL", 14, transfer_syntax_uid=pydicom.uid.JPEGLSLossless,
+            use_extended_offset_table=True,
+        ),
+        "seg-binary-implicit": _segmentation(
+            ct, mask, "BINARY", 15, transfer_syntax_uid=pydicom.uid.ImplicitVRLittleEndian
+        ),
+        "seg-labelmap": _segmentation(
+            ct, labels, "LABELMAP", 16,
+            palette_color_lut_transformation=hd.PaletteColorLUTTransformation.from_colors(["black", "red", "blue"]),
+        ),
         "seg-tiled-full": _segmentation(
             [wsi], slide, "BINARY", 13, tile_pixel_array=True, dimension_organization_type="TILED_FULL",
             omit_empty_frames=False,
@@ -199,6 +226,11 @@ def test_the_objects_carry_the_encodings_they_are_made_for(objects: dict[str, Pa
     assert (tiled.Rows * tiled.Columns) % 8 == 0  # each frame a whole number of bytes
     assert read["seg-fractional"].BitsAllocated == 8
     assert read["seg-jpegls"].file_meta.TransferSyntaxUID == pydicom.uid.JPEGLSLossless
+    assert "ExtendedOffsetTable" in read["seg-jpegls-eot"]
+    implicit = read["seg-binary-implicit"]
+    assert (implicit.file_meta.TransferSyntaxUID, implicit.BitsAllocated) == (pydicom.uid.ImplicitVRLittleEndian, 1)
+    labelmap = read["seg-labelmap"]
+    assert (labelmap.SegmentationType, labelmap.PhotometricInterpretation) == ("LABELMAP", "PALETTE COLOR")
     assert "FloatPixelData" in read["pm-float"] and "DoubleFloatPixelData" in read["pm-double"]
     assert not any(keyword in read["sr-tid1500"] for keyword in PIXEL_KEYWORDS)
 
@@ -217,10 +249,7 @@ def expected_frames(ds: pydicom.Dataset) -> list[bytes]:
     return [value[n * size : (n + 1) * size] for n in range(count)]
 
 
-@pytest.mark.parametrize(
-    "name",
-    ["seg-binary", "seg-fractional", "seg-jpegls", "seg-tiled-full", "pm-float", "pm-double", "sr-tid1500"],
-)
+@pytest.mark.parametrize("name", ALL)
 def test_a_highdicom_object_is_stored_byte_identical_and_described_as_pydicom_reads_it(
     stack: RunningStack, objects: dict[str, Path], name: str
 ) -> None:
@@ -264,9 +293,7 @@ def test_a_highdicom_object_is_stored_byte_identical_and_described_as_pydicom_re
     assert attrs["00080016"]["Value"] == [str(ds.SOPClassUID)]
 
 
-@pytest.mark.parametrize(
-    "name", ["seg-binary", "seg-fractional", "seg-jpegls", "seg-tiled-full", "pm-float", "pm-double"]
-)
+@pytest.mark.parametrize("name", IMAGES)
 def test_every_frame_of_a_highdicom_object_is_what_pydicom_decodes(
     stack: RunningStack, objects: dict[str, Path], name: str
 ) -> None:
@@ -307,10 +334,7 @@ def test_every_frame_of_a_highdicom_object_is_what_pydicom_decodes(
             assert np.array_equal(values, ds.pixel_array[number - 1]), f"frame {number}"
 
 
-@pytest.mark.parametrize(
-    "name",
-    ["seg-binary", "seg-fractional", "seg-jpegls", "seg-tiled-full", "pm-float", "pm-double", "sr-tid1500"],
-)
+@pytest.mark.parametrize("name", ALL)
 @pytest.mark.parametrize("resource", ["rendered", "thumbnail"])
 def test_rendered_and_thumbnail_of_a_highdicom_object_are_an_image_or_a_json_406(
     stack: RunningStack, objects: dict[str, Path], name: str, resource: str
@@ -326,6 +350,9 @@ def test_rendered_and_thumbnail_of_a_highdicom_object_are_an_image_or_a_json_406
     image = Image.open(io.BytesIO(answer.content))
     if resource == "rendered":
         assert image.size == (int(ds.Columns), int(ds.Rows))
+    if resource == "rendered" and name == "seg-labelmap":  # frame 1's labels in the palette's colours
+        colours = np.array([(0, 0, 0), (255, 0, 0), (0, 0, 255)], dtype=np.uint8)
+        assert np.array_equal(np.asarray(image.convert("RGB")), colours[ds.pixel_array[0]])
     if resource == "rendered" and ds.BitsAllocated == 1:  # frame 1's mask: set pixels white, the rest black
         shown = np.asarray(image.convert("L"))
         mask = ds.pixel_array.reshape(-1, int(ds.Rows), int(ds.Columns))[0].astype(bool)
