@@ -357,3 +357,47 @@ def test_rendered_and_thumbnail_of_a_highdicom_object_are_an_image_or_a_json_406
         shown = np.asarray(image.convert("L"))
         mask = ds.pixel_array.reshape(-1, int(ds.Rows), int(ds.Columns))[0].astype(bool)
         assert np.array_equal(shown, np.where(mask, 255, 0).astype(np.uint8))
+
+
+@pytest.mark.parametrize("name", ["seg-binary", "seg-binary-implicit", "seg-tiled-full"])
+def test_dicomweb_client_and_highdicom_read_a_binary_segmentation_over_dicomweb(
+    stack: RunningStack, objects: dict[str, Path], name: str
+) -> None:
+    """dicomweb-client, unmodified, as an AI pipeline reads a SEG back: the instance (highdicom finds the masks of
+    the file in it) and its frames (each decodes to that frame's mask, as highdicom decodes the file's)."""
+    from dicomweb_client.api import DICOMwebClient
+
+    local = hd.seg.segread(objects[name])
+    study, series, sop = str(local.StudyInstanceUID), str(local.SeriesInstanceUID), str(local.SOPInstanceUID)
+    client = DICOMwebClient(url=stack.root(stack.issue([study])["token"]))
+    remote = hd.seg.Segmentation.from_dataset(client.retrieve_instance(study, series, sop))
+    numbers = list(range(1, int(local.NumberOfFrames) + 1))
+    assert np.array_equal(remote.get_stored_frames(), local.get_stored_frames())
+    frames = client.retrieve_instance_frames(study, series, sop, frame_numbers=numbers[::-1])
+    bits = int(local.Rows) * int(local.Columns)
+    for number, frame in zip(numbers[::-1], frames, strict=True):
+        decoded = unpack_bits(frame)[:bits].reshape(int(local.Rows), int(local.Columns))
+        assert np.array_equal(decoded, local.get_stored_frame(number)), f"frame {number}"
+
+
+def test_highdicom_reads_the_measurement_report_over_dicomweb(stack: RunningStack, objects: dict[str, Path]) -> None:
+    """The TID 1500 report as retrieved: highdicom finds both measurement groups, their tracking identifiers and
+    values, and the source image the polyline refers to."""
+    from dicomweb_client.api import DICOMwebClient
+
+    local = pydicom.dcmread(objects["sr-tid1500"])
+    study, series, sop = str(local.StudyInstanceUID), str(local.SeriesInstanceUID), str(local.SOPInstanceUID)
+    client = DICOMwebClient(url=stack.root(stack.issue([study])["token"]))
+    remote, mine = (
+        hd.sr.MeasurementReport.from_sequence(hd.sr.Comprehensive3DSR.from_dataset(ds).content)
+        for ds in (client.retrieve_instance(study, series, sop), local)
+    )
+    groups = remote.get_planar_roi_measurement_groups()
+    assert [g.tracking_identifier for g in groups] == ["finding 0", "finding 1"]
+    assert [g.get_measurements()[0].value for g in groups] == [162.5, 163.5]
+    assert [g.roi for g in groups] == [g.roi for g in mine.get_planar_roi_measurement_groups()]
+    [source] = groups[0].roi.ContentSequence  # the polyline's source image
+    assert source.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == str(
+        local.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+        .ReferencedSOPInstanceUID
+    )
