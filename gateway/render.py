@@ -80,7 +80,8 @@ def _frame_bytes(services: Services, cached: Any, frame: int, metadata: Mapping[
         if not 1 <= frame <= count:
             raise FrameNotFound(f"frame {frame} does not exist; the instance has {count} frame(s)")
         reader = ConvertedReader(services.storage, services.settings.bulkdata_threshold)
-        [data] = reader.frames(cached.storage_key, cached.size, metadata, count, [frame])
+        pixel_range = cached.bulkdata.get("7FE00010")  # a little-endian file's (others have no ranges)
+        [data] = reader.frames(cached.storage_key, cached.size, metadata, count, [frame], pixel_range=pixel_range)
         return data, ExplicitVRLittleEndian
     if cached.frames is None:
         raise NotAcceptable("this instance's frames cannot be rendered (not range-servable)")

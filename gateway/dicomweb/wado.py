@@ -546,7 +546,12 @@ class Planner:
             return self._to_converter(redirect)
         assert self._converted is not None
         frames = self._converted.frames(
-            instance.storage_key, instance.size, self._metadata(instance), instance.number_of_frames, numbers
+            instance.storage_key,
+            instance.size,
+            self._metadata(instance),
+            instance.number_of_frames,
+            numbers,
+            pixel_range=instance.bulkdata.get(PIXEL_DATA_PATH),  # a little-endian file's (others have no ranges)
         )
         if offer.multipart:
             return self._multipart([(offer.part_content_type, [f]) for f in frames], offer.part_type, 0)
