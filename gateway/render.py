@@ -30,6 +30,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, c
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian
 
 from gateway import nginx_contract as nginx
+from gateway import report
 from gateway.dicom import codecs
 from gateway.dicom.converted import ConvertedReader, frames_converted
 from gateway.dicomweb.accept import Offer, negotiate
@@ -68,6 +69,11 @@ _FRAME_MACROS = ("00289145", "00289132")
 # PS3.18 Table 8.7.4-1: a single-frame image's rendered media types; JPEG the default, PNG and GIF required of
 # WADO-RS (GIF was a 406)
 _IMAGE_OFFERS = [Offer("image/jpeg", "*", False), Offer("image/png", "*", False), Offer("image/gif", "*", False)]
+# PS3.18 Table 8.7.4-1, the Text category (structured reports): text/html the default, text/plain required
+_TEXT_OFFERS = [Offer("text/html", "*", False), Offer("text/plain", "*", False)]
+# The rendered HTML of a report is inert: nothing may load or run (a <script> in a TEXT value is escaped; sandbox
+# makes the page an opaque origin even if one were not), and it cannot submit or be re-based.
+REPORT_CSP = "default-src 'none'; sandbox; base-uri 'none'; form-action 'none'"
 _FUNCTIONS = {"LINEAR": "LINEAR", "LINEAR_EXACT": "LINEAR_EXACT", "SIGMOID": "SIGMOID"}
 
 
@@ -382,7 +388,8 @@ def render_instance(
     accept: str,
     whole: bool = False,
 ) -> Response:
-    """Frame ``frame`` as an image; ``whole``: the instance was asked for, not a frame of it."""
+    """Frame ``frame`` as an image; ``whole``: the instance was asked for, not a frame of it (an Encapsulated PDF
+    is then the PDF, and a structured report its text)."""
     row = _load(services, study, series, sop)
     document = _document(services, row) if whole else None
     if document is not None:
@@ -394,10 +401,29 @@ def render_instance(
         except NotAcceptable:
             raise NotAcceptable(f"this instance is an encapsulated document: it is rendered as {mime} only") from None
         return _revalidated(body, offer.part_type)
+    if whole and '"0040A040"' in row.metadata and report.is_report(json.loads(row.metadata)):
+        return _report(services, row, params.get("accept", accept))
     offer = negotiate(params.get("accept", accept), _IMAGE_OFFERS)
     quality = parse_int(params.get("quality", "90"), "quality", low=1, high=100)
     image = _sized(_to_image(services, row, frame, params), params)
     return _revalidated(_encode(image, offer.part_type, quality), offer.part_type)
+
+
+def _report(services: Services, row: Any, accept: str) -> Response:
+    """A structured report as HTML (the default) or plain text, in UTF-8 whatever the file's character set."""
+    try:
+        offer = negotiate(accept, _TEXT_OFFERS)
+    except NotAcceptable:
+        raise NotAcceptable("this instance is a structured report: it is rendered as text/html or text/plain") from None
+    size = int(row.size)
+    if size > report.MAX_BYTES:
+        raise NotAcceptable(f"this report is larger than {report.MAX_BYTES} bytes: it is not rendered")
+    document = report.read(services.storage.read_range(row.storage_key, 0, size))
+    if offer.part_type == "text/plain":
+        return _revalidated(report.as_text(document).encode(), "text/plain")
+    response = _revalidated(report.as_html(document).encode(), "text/html")
+    response.headers["Content-Security-Policy"] = REPORT_CSP
+    return response
 
 
 def _revalidated(body: bytes, media_type: str) -> Response:

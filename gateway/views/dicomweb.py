@@ -508,8 +508,9 @@ def wado() -> Response:
         raise BadRequest(error.detail) from None
 
 
-# What WADO-URI answers (PS3.18 9.3-9.5): the object, or a rendering of an image or an Encapsulated PDF.
-_WADO_TYPES = ("application/dicom", "image/jpeg", "image/png", "image/gif", "application/pdf")
+# What WADO-URI answers (PS3.18 9.3-9.5): the object, or a rendering of an image, an Encapsulated PDF or a report.
+# text/html is not among them: a browser's page Accept names it first, and an image must still come as a JPEG.
+_WADO_TYPES = ("application/dicom", "image/jpeg", "image/png", "image/gif", "application/pdf", "text/plain")
 
 
 def _wado_choice(header: str) -> list[MediaRange]:

@@ -1,0 +1,300 @@
+"""Rendered structured reports through the real stack (PS3.18 Table 8.7.4-1, the Text category: text/html the
+default, text/plain required, by WADO-RS and WADO-URI). They were a JSON 406 ("no pixel data").
+
+The files: pydicom's two SR test files (a Basic Text SR in ISO_IR 100 and DCMTK's Comprehensive SR test document,
+every value type, a multi-line TEXT, a Latin-1 name) and a Comprehensive SR built here whose values hold markup and
+UTF-8 (ISO_IR 192). The text is compared with what DCMTK's dsr2xml reads of the same file: every content item's
+nesting, relationship, value type, concept name and value."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from tests.e2e.conftest import BACKENDS, uids_of
+from tests.e2e.harness import RunningStack, stack_holding
+from tests.fixtures.servers import MotoServer
+
+CSP = "default-src 'none'; sandbox; base-uri 'none'; form-action 'none'"
+HOSTILE_TEXT = "<script>alert(document.cookie)</script>\r\n<img src=x onerror=alert(1)> Größe: 3 cm"
+
+
+def _code(value: str, scheme: str, meaning: str) -> Sequence:
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = value, scheme, meaning
+    return Sequence([code])
+
+
+def _item(relationship: str, value_type: str, name: tuple[str, str, str], **values: Any) -> Dataset:
+    item = Dataset()
+    item.RelationshipType, item.ValueType, item.ConceptNameCodeSequence = relationship, value_type, _code(*name)
+    for keyword, value in values.items():
+        setattr(item, keyword, value)
+    return item
+
+
+def hostile_report(path: Path) -> Path:
+    """A Comprehensive SR in UTF-8 whose title, study description and TEXT value hold markup."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.33"
+    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=["sr-rendered-hostile"])
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = generate_uid(entropy_srcs=["sr-rendered-hostile-study"])
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=["sr-rendered-hostile-series"])
+    ds.Modality, ds.PatientName, ds.PatientID = "SR", "Müller^Zoë", "SR-HOSTILE"
+    ds.StudyDate = ds.ContentDate = "20240102"
+    ds.StudyTime = ds.ContentTime = "101500"
+    ds.SeriesNumber = ds.InstanceNumber = 1
+    ds.StudyDescription = "<b>study</b>"
+    ds.ReferencedPerformedProcedureStepSequence = Sequence()
+    ds.PerformedProcedureCodeSequence = Sequence()
+    ds.ValueType, ds.ContinuityOfContent = "CONTAINER", "SEPARATE"
+    ds.ConceptNameCodeSequence = _code("18748-4", "LN", "Imaging Report <script>alert('title')</script>")
+    ds.CompletionFlag, ds.VerificationFlag = "COMPLETE", "UNVERIFIED"
+    measured = Dataset()
+    measured.NumericValue, measured.MeasurementUnitsCodeSequence = "12.5", _code("mm", "UCUM", "millimeter")
+    nodule = _code("M-03010", "SRT", "Nodule")
+    findings = _item("CONTAINS", "CONTAINER", ("121070", "DCM", "Findings"), ContinuityOfContent="SEPARATE")
+    findings.ContentSequence = Sequence(
+        [
+            _item("CONTAINS", "TEXT", ("121071", "DCM", "Finding"), TextValue=HOSTILE_TEXT),
+            _item("CONTAINS", "CODE", ("121071", "DCM", "Finding"), ConceptCodeSequence=nodule),
+            _item("CONTAINS", "NUM", ("G-D7FE", "SRT", "Diameter"), MeasuredValueSequence=Sequence([measured])),
+            _item("CONTAINS", "DATE", ("111060", "DCM", "Study Date"), Date="20240102"),
+            _item("CONTAINS", "PNAME", ("121008", "DCM", "Person Observer Name"), PersonName="Müller^Zoë"),
+        ]
+    )
+    ds.ContentSequence = Sequence(
+        [
+            _item("HAS OBS CONTEXT", "PNAME", ("121008", "DCM", "Person Observer Name"), PersonName="Observer^Ann"),
+            _item("HAS OBS CONTEXT", "UIDREF", ("121018", "DCM", "Procedure Study Instance UID"), UID="1.2.3.4.5"),
+            findings,
+        ]
+    )
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    names = {"basic": "reportsi.dcm", "dcmtk": "test-SR.dcm"}
+    found = {key: Path(str(get_testdata_file(name))) for key, name in names.items()}
+    return {**found, "hostile": hostile_report(tmp_path_factory.mktemp("sr") / "hostile.dcm")}
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, files: dict[str, Path]
+) -> Iterator[RunningStack]:
+    moto: MotoServer | None = request.getfixturevalue("moto_server") if request.param == "s3" else None
+    folder = tmp_path_factory.mktemp(f"sr-{request.param}")
+    with stack_holding(folder, request.param, moto, list(files.values())) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def root(stack: RunningStack, files: dict[str, Path]) -> str:
+    return stack.root(stack.issue(sorted({uids_of(path)[0] for path in files.values()}))["token"])
+
+
+def instance(root: str, path: Path) -> str:
+    study, series, sop = uids_of(path)
+    return f"{root}/studies/{study}/series/{series}/instances/{sop}"
+
+
+def wado(root: str, path: Path) -> tuple[str, dict[str, str]]:
+    study, series, sop = uids_of(path)
+    return f"{root}/wado", {"requestType": "WADO", "studyUID": study, "seriesUID": series, "objectUID": sop}
+
+
+def assert_text(answer: requests.Response) -> str:
+    assert answer.status_code == 200, (answer.status_code, answer.text[:300])
+    assert answer.headers["Content-Type"] == "text/plain; charset=utf-8"
+    assert answer.headers["X-Content-Type-Options"] == "nosniff"
+    return answer.content.decode("utf-8")
+
+
+def assert_html(answer: requests.Response) -> str:
+    assert answer.status_code == 200, (answer.status_code, answer.text[:300])
+    assert answer.headers["Content-Type"] == "text/html; charset=utf-8"
+    assert answer.headers["Content-Security-Policy"] == CSP
+    assert answer.headers["X-Content-Type-Options"] == "nosniff"
+    return answer.content.decode("utf-8")
+
+
+def assert_406(answer: requests.Response, detail: str) -> None:
+    assert (answer.status_code, answer.headers["Content-Type"]) == (406, "application/json"), answer.text[:300]
+    assert answer.json() == {"error": "not_acceptable", "detail": detail}
+
+
+# -- DCMTK's reading of a report, in the text rendering's line format --------------------------------------------
+
+_ITEMS = {"container", "text", "code", "num", "uidref", "pname", "date", "time", "datetime", "image", "composite",
+          "waveform", "scoord", "scoord3d", "tcoord", "reference"}  # fmt: skip
+_RELATIONSHIPS = "has obs context|has concept mod|has properties|has acq context|contains|inferred from|selected from"
+_LINE = re.compile(rf"^( *)({_RELATIONSHIPS})(?: ([A-Z0-9]+))?(?:: (.*?))?(?: = (.*))?$")
+
+
+def _dcmtk_value(element: ET.Element) -> str | None:
+    """The value dsr2xml gives a content item, in the rendering's form; None where only the item is compared."""
+    tag = element.tag
+    if tag in ("text", "uidref", "date", "time", "datetime"):
+        return (element.findtext("value") or "").replace("\r\n", "\n").replace("\r", "\n").strip()
+    if tag == "code":
+        return f"{element.findtext('meaning')} ({element.findtext('value')}, {element.findtext('scheme/designator')})"
+    if tag == "num":
+        return f"{element.findtext('value')} {element.findtext('unit/value')}"
+    if tag == "container":
+        return ""
+    return None
+
+
+def dcmtk_items(path: Path) -> list[tuple[int, str, str, str, str | None]]:
+    """(depth, relationship, value type, concept name, value) of every content item below the root, as dsr2xml
+    reads the file."""
+    xml = subprocess.run(["dsr2xml", str(path)], capture_output=True, check=True, timeout=60).stdout
+    root = ET.fromstring(xml).find("document/content/container")  # the root (its date and time are the header's)
+    assert root is not None
+    found: list[tuple[int, str, str, str, str | None]] = []
+
+    def walk(element: ET.Element, depth: int) -> None:
+        for child in element:
+            if child.tag not in _ITEMS:
+                continue
+            relationship = (child.findtext("relationship") or "").lower()
+            kind = "" if child.tag == "reference" else child.tag.upper()
+            found.append((depth, relationship, kind, child.findtext("concept/meaning") or "", _dcmtk_value(child)))
+            walk(child, depth + 1)
+
+    walk(root, 0)
+    return found
+
+
+def rendered_items(text: str) -> list[tuple[int, str, str, str, str]]:
+    """The same of the text rendering: its tree (after the header), a value's further lines joined to it."""
+    tree = text.split("\n\n", 2)[2]
+    items: list[tuple[int, str, str, str, str]] = []
+    for line in tree.rstrip("\n").split("\n"):
+        match = _LINE.match(line)
+        if match is None:  # a multi-line value's further line
+            depth, relationship, kind, name, value = items[-1]
+            items[-1] = (depth, relationship, kind, name, f"{value}\n{line.strip()}")
+            continue
+        indent, relationship, kind, name, value = match.groups()
+        items.append((len(indent) // 2, relationship, kind or "", name or "", value or ""))
+    return items
+
+
+@pytest.mark.skipif(shutil.which("dsr2xml") is None, reason="DCMTK is installed by make test")
+@pytest.mark.parametrize("name", ["dcmtk", "hostile"])
+def test_plain_text_holds_every_content_item_dcmtk_reads(root: str, files: dict[str, Path], name: str) -> None:
+    url = f"{instance(root, files[name])}/rendered"
+    text = assert_text(requests.get(url, params={"accept": "text/plain"}, timeout=30))
+    expected = dcmtk_items(files[name])
+    got = rendered_items(text)
+    assert [item[:4] for item in got] == [item[:4] for item in expected]
+    for (depth, relationship, kind, concept, value), mine in zip(expected, got, strict=True):
+        if value is not None:
+            assert mine[4] == value, (depth, relationship, kind, concept)
+
+
+def test_plain_text_is_utf8_of_the_files_character_set(root: str, files: dict[str, Path]) -> None:
+    """test-SR.dcm is ISO_IR 100 (Latin-1: "Jörg" is the byte F6), the hostile one ISO_IR 192."""
+    text = assert_text(requests.get(f"{instance(root, files['dcmtk'])}/rendered", headers={"Accept": "text/plain"},
+                                    timeout=30))  # fmt: skip
+    assert text.startswith("Diagnosis\n\nDocument:           Comprehensive SR Storage\nPatient:            Test^S R\n")
+    assert "Verifying Observer: Riesmeier^Jörg, OFFIS e.V. 2001-02-13T18:47:46\n" in text
+    assert "contains TEXT: Code = Sample Text\n                      A\n                      B\n" in text
+    text = assert_text(requests.get(f"{instance(root, files['hostile'])}/rendered", headers={"Accept": "text/plain"},
+                                    timeout=30))  # fmt: skip
+    assert "Patient:           Müller^Zoë (SR-HOSTILE)\n" in text
+    assert "  contains TEXT: Finding = <script>alert(document.cookie)</script>\n" in text  # plain text is not markup
+    text = assert_text(requests.get(f"{instance(root, files['basic'])}/rendered", headers={"Accept": "text/plain"},
+                                    timeout=30))  # fmt: skip
+    assert text.startswith("Document Title\n\nDocument:          Basic Text SR Storage\n")
+    assert "contains CONTAINER: Section Heading\n  contains TEXT: Report Text = Enter text\n" in text
+
+
+class _Tags(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, list[tuple[str, str | None]]]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, attrs))
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def test_html_is_the_default_and_markup_in_values_comes_out_inert(root: str, files: dict[str, Path]) -> None:
+    """text/html is the Text category's default: no Accept, `*/*`, `text/*` and a browser's page Accept get it. A
+    TEXT value, title or study description holding `<script>` or `<img onerror>` is shown as text: every value is
+    escaped (the only elements are the page's own, with no attribute but its charset), and the sandboxing CSP
+    would keep any script from running on the gateway's origin even if one were not."""
+    url = f"{instance(root, files['hostile'])}/rendered"
+    page_accept = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"
+    pages = [
+        assert_html(requests.get(url, headers=headers, timeout=30))
+        for headers in ({}, {"Accept": "*/*"}, {"Accept": "text/*"}, {"Accept": page_accept})
+    ]
+    assert len(set(pages)) == 1
+    parser = _Tags()
+    parser.feed(pages[0])
+    assert {tag for tag, _ in parser.tags} <= {"html", "head", "meta", "title", "body", "h1", "dl", "dt", "dd", "ul",
+                                               "li", "i", "b", "br"}  # fmt: skip
+    assert [attrs for _, attrs in parser.tags if attrs] == [[("charset", "utf-8")]]
+    shown = "".join(parser.text)
+    assert "<script>alert(document.cookie)</script>" in shown and "<img src=x onerror=alert(1)> Größe: 3 cm" in shown
+    assert "Imaging Report <script>alert('title')</script>" in shown and "<b>study</b>" in shown
+    assert "&lt;script&gt;alert(document.cookie)&lt;/script&gt;<br>&lt;img src=x onerror=alert(1)&gt;" in pages[0]
+
+
+def test_accept_negotiation_chooses_between_html_and_plain_text(root: str, files: dict[str, Path]) -> None:
+    url = f"{instance(root, files['basic'])}/rendered"
+    plain = ("text/plain", "text/html;q=0.5, text/plain", "image/png;q=0.9, text/plain;q=0.8", "text/html;q=0, */*")
+    for accept in plain:
+        assert_text(requests.get(url, headers={"Accept": accept}, timeout=30))
+    # the accept query parameter wins over the header
+    assert_text(requests.get(url, params={"accept": "text/plain"}, headers={"Accept": "text/html"}, timeout=30))
+    assert_html(requests.get(url, params={"accept": "text/html"}, headers={"Accept": "text/plain"}, timeout=30))
+    detail = "this instance is a structured report: it is rendered as text/html or text/plain"
+    for accept in ("image/png", "image/jpeg", "application/pdf", "text/xml", "text/*;q=0"):
+        assert_406(requests.get(url, headers={"Accept": accept}, timeout=30), detail)
+    # a frame of a report is no image either
+    assert_406(requests.get(f"{instance(root, files['basic'])}/frames/1/rendered", timeout=30),
+               "this instance has no pixel data: it is no image to render")  # fmt: skip
+
+
+def test_wado_uri_renders_a_report_as_text_or_html(root: str, files: dict[str, Path]) -> None:
+    url, params = wado(root, files["hostile"])
+    plain = assert_text(requests.get(url, params={**params, "contentType": "text/plain"}, timeout=30))
+    html = assert_html(requests.get(url, params={**params, "contentType": "text/html"}, timeout=30))
+    via_rs = f"{instance(root, files['hostile'])}/rendered"
+    assert plain == assert_text(requests.get(via_rs, headers={"Accept": "text/plain"}, timeout=30))
+    assert html == assert_html(requests.get(via_rs, timeout=30))
+    # without contentType, an Accept naming text/plain selects it (PS3.18 9.3); a browser's keeps the object
+    assert assert_text(requests.get(url, params=params, headers={"Accept": "text/plain"}, timeout=30)) == plain
+    answer = requests.get(url, params=params, headers={"Accept": "text/html,*/*;q=0.8"}, timeout=30)
+    assert (answer.status_code, answer.headers["Content-Type"]) == (200, "application/dicom")
+    assert answer.content == files["hostile"].read_bytes()
+    assert_406(requests.get(url, params={**params, "contentType": "image/jpeg"}, timeout=30),
+               "this instance is a structured report: it is rendered as text/html or text/plain")  # fmt: skip
