@@ -11,6 +11,7 @@ Thumbnails are rendered once, stored next to the instance, and from then on serv
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import io
 import json
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 from flask import Response
-from PIL import Image
+from PIL import Image, ImageDraw
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.multival import MultiValue
@@ -434,18 +435,45 @@ def _revalidated(body: bytes, media_type: str) -> Response:
     return make_conditional(response)
 
 
+def _has_pixels(row: Any) -> bool:
+    """Whether the instance holds an image (a top-level pixel data element; an SR's icon image does not count)."""
+    if '"7FE000' not in row.metadata:  # no pixel data element at any level: no parse
+        return False
+    return any(tag in json.loads(row.metadata) for tag in _PIXEL_KEYWORDS)
+
+
+@functools.lru_cache(maxsize=len(_IMAGE_OFFERS))
+def _document_icon(media: str) -> bytes:
+    """A page of text, drawn once per media type: the thumbnail of an instance that is no image (PS3.18
+    10.4.3.3.4 leaves the representation to the origin server; Supplement 203 names "a generic graphical
+    representation of a page of text" for a structured report). It shows nothing of the instance, so no PHI."""
+    image = Image.new("L", (THUMBNAIL_SIZE, THUMBNAIL_SIZE), 224)
+    draw = ImageDraw.Draw(image)
+    draw.polygon([(28, 12), (84, 12), (100, 28), (100, 116), (28, 116)], fill=255, outline=96)
+    draw.line([(84, 12), (84, 28), (100, 28)], fill=96)
+    for top in range(40, 108, 10):
+        draw.line([(38, top), (90 if top % 20 else 74, top)], fill=150, width=3)
+    return _encode(image, media, 85)
+
+
 def thumbnail(
     services: Services, study: str, series: str, sop: str, params: Mapping[str, str], accept: str
 ) -> Response:
     """Render once, store next to the instance (inside the prefixes deployments grant the gateway), and let NGINX
     serve the stored file from then on. A thumbnail asked for as PNG or at another ``viewport`` is rendered for
     the request (PS3.18 8.3.5.1: Accept and viewport apply to thumbnails too), and so is one asked for as GIF; an
-    Accept naming none of them is a 406."""
+    Accept naming none of them is a 406. An instance that is no image (a report, a PDF, a waveform) has the
+    drawing of a page as its thumbnail (it was a 406)."""
     offer = negotiate(params.get("accept", accept), _IMAGE_OFFERS)
+    row = _load(services, study, series, sop)
+    if not _has_pixels(row):
+        if params.get("viewport"):
+            icon = Image.open(io.BytesIO(_document_icon("image/png")))
+            return _revalidated(_encode(_sized(icon, params), offer.part_type, 85), offer.part_type)
+        return _revalidated(_document_icon(offer.part_type), offer.part_type)
     if offer.part_type != "image/jpeg" or params.get("viewport"):
         sized = {"viewport": f"{THUMBNAIL_SIZE},{THUMBNAIL_SIZE}", **params}
         return render_instance(services, study, series, sop, 1, sized, accept)
-    row = _load(services, study, series, sop)
     key = row.thumbnail_key
     if not key:
         image = _to_image(services, row, 1, {})

@@ -437,9 +437,12 @@ def thumbnail_series(study: str, series: str) -> Response:
     decision()
     from gateway.render import thumbnail
 
-    rows = services().catalog.instances_of(check_uid(study), check_uid(series))
+    rows = services().catalog.instances_of(check_uid(study), check_uid(series), with_metadata=False)
     if not rows:
         raise NotFound("no instances")
+    # the middle image: a series holding a report or a PDF beside its images is shown by an image (the report's
+    # page drawing only when the series holds no image at all)
+    rows = [row for row in rows if row.number_of_frames > 0] or rows
     middle = rows[len(rows) // 2]
     return thumbnail(services(), study, series, middle.sop_uid, request.args, request.headers.get("Accept", ""))
 

@@ -1,5 +1,7 @@
 """Rendered structured reports through the real stack (PS3.18 Table 8.7.4-1, the Text category: text/html the
-default, text/plain required, by WADO-RS and WADO-URI). They were a JSON 406 ("no pixel data").
+default, text/plain required, by WADO-RS and WADO-URI). They were a JSON 406 ("no pixel data"). And the thumbnail
+of an instance that is no image (a report, a PDF): a drawing of a page (PS3.18 10.4.3.3.4 leaves the meaningful
+representation to the origin server); a series holding images beside it is shown by an image. Both were a 406.
 
 The files: pydicom's two SR test files (a Basic Text SR in ISO_IR 100 and DCMTK's Comprehensive SR test document,
 every value type, a multi-line TEXT, a Latin-1 name) and a Comprehensive SR built here whose values hold markup and
@@ -14,11 +16,14 @@ import subprocess
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from html.parser import HTMLParser
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 import requests
+from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
@@ -92,11 +97,45 @@ def hostile_report(path: Path) -> Path:
     return path
 
 
+def report_beside(path: Path, image: Path) -> Path:
+    """pydicom's Basic Text SR moved into ``image``'s series (its patient's), numbered after it."""
+    ds = pydicom.dcmread(get_testdata_file("reportsi.dcm"))
+    beside = pydicom.dcmread(image, stop_before_pixels=True)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = beside.StudyInstanceUID, beside.SeriesInstanceUID
+    ds.PatientID, ds.PatientName = beside.PatientID, beside.PatientName
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=["sr-rendered-beside"])
+    ds.InstanceNumber = int(beside.InstanceNumber) + 1
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def encapsulated_pdf(path: Path) -> Path:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.104.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=["sr-rendered-pdf"])
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = generate_uid(entropy_srcs=["sr-rendered-pdf-study"])
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=["sr-rendered-pdf-series"])
+    ds.Modality, ds.PatientID, ds.MIMETypeOfEncapsulatedDocument = "DOC", "SR-PDF", "application/pdf"
+    ds.EncapsulatedDocument = b"%PDF-1.4\n%%EOF\n"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    names = {"basic": "reportsi.dcm", "dcmtk": "test-SR.dcm"}
+    names = {"basic": "reportsi.dcm", "dcmtk": "test-SR.dcm", "ct": "CT_small.dcm"}
     found = {key: Path(str(get_testdata_file(name))) for key, name in names.items()}
-    return {**found, "hostile": hostile_report(tmp_path_factory.mktemp("sr") / "hostile.dcm")}
+    folder = tmp_path_factory.mktemp("sr")
+    return {
+        **found,
+        "hostile": hostile_report(folder / "hostile.dcm"),
+        "beside": report_beside(folder / "beside.dcm", found["ct"]),
+        "pdf": encapsulated_pdf(folder / "pdf.dcm"),
+    }
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -298,3 +337,43 @@ def test_wado_uri_renders_a_report_as_text_or_html(root: str, files: dict[str, P
     assert answer.content == files["hostile"].read_bytes()
     assert_406(requests.get(url, params={**params, "contentType": "image/jpeg"}, timeout=30),
                "this instance is a structured report: it is rendered as text/html or text/plain")  # fmt: skip
+
+
+def test_thumbnail_of_a_report_or_a_pdf_is_the_drawing_of_a_page(root: str, files: dict[str, Path]) -> None:
+    """One drawing for every instance that is no image, at instance and series level, in the Accept's image type
+    and viewport; nothing of the instance is in it (PS3.18 10.4.3.3.4: no patient information)."""
+    drawings = set()
+    for key in ("hostile", "pdf", "dcmtk"):
+        url = instance(root, files[key])
+        for thumbnail in (f"{url}/thumbnail", f"{url.rsplit('/instances/', 1)[0]}/thumbnail"):
+            answer = requests.get(thumbnail, timeout=30)
+            assert (answer.status_code, answer.headers["Content-Type"]) == (200, "image/jpeg"), answer.text[:300]
+            image = Image.open(BytesIO(answer.content))
+            assert (image.format, image.size) == ("JPEG", (128, 128))
+            drawings.add(answer.content)
+            again = requests.get(thumbnail, headers={"If-None-Match": answer.headers["ETag"]}, timeout=30)
+            assert again.status_code == 304
+    assert len(drawings) == 1
+    url = f"{instance(root, files['hostile'])}/thumbnail"
+    for media, kind in (("image/png", "PNG"), ("image/gif", "GIF")):
+        answer = requests.get(url, headers={"Accept": media}, timeout=30)
+        assert (answer.status_code, answer.headers["Content-Type"]) == (200, media)
+        drawn = Image.open(BytesIO(answer.content))
+        assert (drawn.format, drawn.size) == (kind, (128, 128))
+    answer = requests.get(url, params={"viewport": "64,64"}, headers={"Accept": "image/png"}, timeout=30)
+    assert (answer.status_code, Image.open(BytesIO(answer.content)).size) == (200, (64, 64))
+    answer = requests.get(url, headers={"Accept": "text/html"}, timeout=30)
+    assert_406(answer, "none of the accepted media types can be produced from the stored data (no transcoding)")
+
+
+def test_series_thumbnail_is_of_its_image_when_a_report_is_its_middle_instance(
+    root: str, files: dict[str, Path]
+) -> None:
+    """CT_small's series holds the CT and, numbered after it, a report: the middle instance, which made the series
+    thumbnail a 406. The series is shown by its image."""
+    image = instance(root, files["ct"])
+    series = requests.get(f"{image.rsplit('/instances/', 1)[0]}/thumbnail", timeout=30)
+    assert (series.status_code, series.headers["Content-Type"]) == (200, "image/jpeg"), series.text[:300]
+    own = requests.get(f"{image}/thumbnail", timeout=30)
+    assert own.status_code == 200 and series.content == own.content
+    assert requests.get(f"{instance(root, files['beside'])}/thumbnail", timeout=30).content != own.content
