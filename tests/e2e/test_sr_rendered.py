@@ -377,3 +377,32 @@ def test_series_thumbnail_is_of_its_image_when_a_report_is_its_middle_instance(
     own = requests.get(f"{image}/thumbnail", timeout=30)
     assert own.status_code == 200 and series.content == own.content
     assert requests.get(f"{instance(root, files['beside'])}/thumbnail", timeout=30).content != own.content
+
+
+@pytest.mark.browser
+def test_chromium_shows_the_markup_of_a_report_as_text_and_runs_none_of_it(root: str, files: dict[str, Path]) -> None:
+    """The rendered HTML opened in Chromium, as a user following a link would: the `<script>` and `<img onerror>`
+    of the report's values appear as text, no dialog opens, and the page asks for nothing but itself."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.exists():
+        pytest.skip("Chromium is installed by make test")
+    url = f"{instance(root, files['hostile'])}/rendered"
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium), args=["--headless", "--no-sandbox"])
+        try:
+            page = browser.new_page()
+            dialogs: list[str] = []
+            requested: list[str] = []
+            page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+            page.on("request", lambda request: requested.append(request.url))
+            answer = page.goto(url)
+            assert answer is not None and answer.status == 200
+            page.wait_for_load_state("load")
+            shown = page.inner_text("body")
+            assert "<script>alert(document.cookie)</script>" in shown
+            assert "<img src=x onerror=alert(1)> Größe: 3 cm" in shown
+            assert page.locator("script").count() == 0 and page.locator("img").count() == 0
+            assert dialogs == [] and requested == [url]
+        finally:
+            browser.close()
