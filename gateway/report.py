@@ -149,13 +149,20 @@ def _value(item: Dataset, value_type: str) -> str:
     return ""
 
 
+def _one_line(text: str) -> str:
+    """Only a TEXT value may span lines: a line break in a name or a header value (none is allowed there, an upload
+    may hold one anyway) would print a line of its own choosing, such as a forged "Verification Flag: VERIFIED"."""
+    return " ".join(_lines(text))
+
+
 def _item(ds: Dataset, relationship: str) -> Item:
     reference = ds.get("ReferencedContentItemIdentifier")
     if reference is not None and "ValueType" not in ds:  # by-reference relationship (PS3.3 C.17.3.2.5)
         path = ".".join(str(n) for n in _many(reference))
         return Item(relationship, "", "", f"see content item {path}")
-    value_type = _text(ds.get("ValueType")).upper()
-    return Item(relationship, value_type, _meaning(ds), _value(ds, value_type))
+    value_type = _one_line(_text(ds.get("ValueType")).upper())
+    value = _value(ds, value_type)
+    return Item(relationship, value_type, _one_line(_meaning(ds)), value if value_type == "TEXT" else _one_line(value))
 
 
 def _report(ds: Dataset) -> Report:
@@ -165,7 +172,7 @@ def _report(ds: Dataset) -> Report:
     while pending:
         node, shown, depth = pending.pop()
         for child in node.get("ContentSequence") or []:
-            item = _item(child, _text(child.get("RelationshipType")).lower())
+            item = _item(child, _one_line(_text(child.get("RelationshipType")).lower()))
             shown.children.append(item)
             if depth + 1 >= MAX_DEPTH:
                 if child.get("ContentSequence"):
@@ -194,7 +201,7 @@ def _header(ds: Dataset) -> list[tuple[str, str]]:
         header.append(("Verifying Observer", f"{who} {_when(observer.get('VerificationDateTime'), DT)}".strip()))
     moment = " ".join(p for p in (_when(ds.get("ContentDate"), DA), _when(ds.get("ContentTime"), TM)) if p)
     header.append(("Content Date/Time", moment))
-    return [(name, value) for name, value in header if value]
+    return [(name, _one_line(value)) for name, value in header if value]
 
 
 def _lines(value: str) -> list[str]:

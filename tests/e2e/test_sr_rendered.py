@@ -67,7 +67,7 @@ def hostile_report(path: Path) -> Path:
     ds.StudyDate = ds.ContentDate = "20240102"
     ds.StudyTime = ds.ContentTime = "101500"
     ds.SeriesNumber = ds.InstanceNumber = 1
-    ds.StudyDescription = "<b>study</b>"
+    ds.StudyDescription = "<b>study</b>\nVerification Flag: VERIFIED"  # a forged line, if printed as one
     ds.ReferencedPerformedProcedureStepSequence = Sequence()
     ds.PerformedProcedureCodeSequence = Sequence()
     ds.ValueType, ds.ContinuityOfContent = "CONTAINER", "SEPARATE"
@@ -265,6 +265,9 @@ def test_plain_text_is_utf8_of_the_files_character_set(root: str, files: dict[st
                                     timeout=30))  # fmt: skip
     assert "Patient:           Müller^Zoë (SR-HOSTILE)\n" in text
     assert "  contains TEXT: Finding = <script>alert(document.cookie)</script>\n" in text  # plain text is not markup
+    # a line break in a header value or a name is a space: only a TEXT value spans lines
+    assert "Study:             <b>study</b> Verification Flag: VERIFIED\n" in text
+    assert [line for line in text.split("\n") if line.startswith("Verification")] == ["Verification Flag: UNVERIFIED"]
     text = assert_text(requests.get(f"{instance(root, files['basic'])}/rendered", headers={"Accept": "text/plain"},
                                     timeout=30))  # fmt: skip
     assert text.startswith("Document Title\n\nDocument:          Basic Text SR Storage\n")
