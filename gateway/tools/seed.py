@@ -11,7 +11,7 @@ import pydicom
 import requests
 
 from gateway.dicomweb.multipart import encode_multipart
-from gateway.tools.stack import Stack, StackError
+from gateway.tools.stack import Stack, StackError, own_certificate
 
 
 class Target:
@@ -51,19 +51,21 @@ def _stow(stack: Stack | Target, files: list[str]) -> None:
     }
     # verify=False: the stack's own self-signed certificate under --tls
     url = f"{stack.url}/dicomweb/studies"
-    answer = requests.post(url, data=body, headers=headers, timeout=600, verify=False)  # noqa: S501
+    with own_certificate():
+        answer = requests.post(url, data=body, headers=headers, timeout=600, verify=False)  # noqa: S501
     if answer.status_code != 200:
         raise _failed("the STOW-RS upload", answer)
 
 
 def issue(stack: Stack | Target, study: str, ttl: int = 3600) -> dict[str, Any]:
-    answer = requests.post(
-        f"{stack.url}/api/v1/tokens",
-        json={"sub": "demo", "studies": [study], "actions": ["read"], "ttl": ttl},
-        headers={"Authorization": f"Bearer {stack.api_key}"},
-        timeout=30,
-        verify=False,  # noqa: S501 - the stack's own self-signed certificate
-    )
+    with own_certificate():
+        answer = requests.post(
+            f"{stack.url}/api/v1/tokens",
+            json={"sub": "demo", "studies": [study], "actions": ["read"], "ttl": ttl},
+            headers={"Authorization": f"Bearer {stack.api_key}"},
+            timeout=30,
+            verify=False,  # noqa: S501 - the stack's own self-signed certificate
+        )
     if answer.status_code != 201:
         raise _failed("issuing a token", answer)
     result: dict[str, Any] = answer.json()

@@ -20,12 +20,14 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
 import requests
+import urllib3
 
 from gateway.config import parse_api_keys, read_or_create_secret
 from gateway.tools import nginxconf
@@ -76,6 +78,15 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
+
+
+@contextlib.contextmanager
+def own_certificate() -> Iterator[None]:
+    """Requests to the stack's own self-signed certificate (``verify=False``) without urllib3's warning for each:
+    `stack up --tls` printed four InsecureRequestWarnings among its links."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
+        yield
 
 
 def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
@@ -425,7 +436,7 @@ class Stack:
                     raise StackError(
                         f"{name} exited at start-up: {self.last_error(name)} (logs: {self.var_dir / 'logs'})"
                     )
-            with contextlib.suppress(requests.RequestException):
+            with contextlib.suppress(requests.RequestException), own_certificate():
                 answer = requests.get(self.url + "/readyz", timeout=2, verify=False)  # noqa: S501 - own cert
                 if answer.status_code == 200:
                     return
