@@ -1,0 +1,392 @@
+"""HTTP/2 as browsers, mobile WebViews and HTTP/2 clients speak it to `stack up --tls` (README: "HTTP/2 on the TLS
+listener"): every DICOMweb read and upload, errors and credentials travel over h2 through the real NGINX, with
+unmodified clients (httpx with h2, its h2 protocol library for a body cut mid-stream, Debian's curl, Chromium), each
+checking the stack's own self-signed certificate. Exact statuses, bytes and headers, as over HTTP/1.1."""
+
+from __future__ import annotations
+
+import asyncio
+import email.parser
+import email.policy
+import hashlib
+import io
+import json
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlparse
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import httpx
+import pydicom
+import pytest
+
+from gateway.dicomweb.multipart import encode_multipart
+from gateway.tools.stack import Stack, free_port
+from gateway.tools.synth import make_series, make_wsi, wsi_tile
+from tests.e2e.conftest import uids_of
+from tests.requirements import require
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+class H2Stack:
+    """A `stack up --tls` stack and an HTTP/2 client that checks its certificate."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.url = stack.url
+        self.cert = stack.var_dir / "tls" / "tls.crt"
+        self.tls = ssl.create_default_context(cafile=str(self.cert))
+        self.client = httpx.Client(http2=True, verify=self.tls, timeout=120)
+        self.api = {"Authorization": f"Bearer {stack.api_key}"}
+
+    def get(self, url: str, **headers: str) -> httpx.Response:
+        answer = self.client.get(url, headers=headers)
+        assert answer.http_version == "HTTP/2", answer.http_version
+        return answer
+
+    def issue(self, studies: list[str]) -> str:
+        answer = self.client.post(f"{self.url}/api/v1/tokens", json={"sub": "h2", "studies": studies}, headers=self.api)
+        assert answer.status_code == 201, answer.text
+        token: str = answer.json()["token"]
+        return token
+
+    def stow(self, files: list[Path], **headers: str) -> httpx.Response:
+        body = encode_multipart(files)
+        answer = self.client.post(
+            f"{self.url}/dicomweb/studies",
+            content=iter(body),  # streamed from disk in DATA frames, as the upload client streams it
+            headers={**self.api, "Content-Type": body.content_type, "Accept": "application/dicom+json", **headers},
+        )
+        assert answer.http_version == "HTTP/2"
+        return answer
+
+    def curl(self, url: str, *args: str) -> tuple[str, bytes]:
+        """Debian's curl over HTTP/2 (nghttp2): (the HTTP version and status it reports, the body)."""
+        done = subprocess.run(
+            ["curl", "-sS", "--http2", "--cacert", str(self.cert), "-w", "\n%{http_version} %{http_code}", *args, url],
+            capture_output=True,
+            timeout=60,
+            check=True,
+        )
+        body, _, status = done.stdout.rpartition(b"\n")
+        return status.decode(), body
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    base = tmp_path_factory.mktemp("h2-data")
+    return {
+        "ct": make_series(base / "ct", modality="CT", slices=20, seed=181, clean=True),
+        "wsi": make_wsi(base / "wsi", frames=300, offsets="bot", seed=182, clean=True),
+    }
+
+
+@pytest.fixture(scope="module")
+def h2stack(tmp_path_factory: pytest.TempPathFactory, data: dict[str, Any]) -> Iterator[H2Stack]:
+    stack = Stack(
+        tmp_path_factory.mktemp("h2") / "var",
+        port=free_port(),
+        tls=True,
+        extra_env={"DICOMGW_CORS_ORIGINS": "https://portal.example"},
+    )
+    stack.start()
+    running = H2Stack(stack)
+    try:
+        stored = running.stow([data["wsi"]])
+        assert stored.status_code == 200, stored.text
+        yield running
+    finally:
+        running.client.close()
+        stack.stop()
+
+
+@pytest.fixture(scope="module")
+def ct_stored(h2stack: H2Stack, data: dict[str, Any]) -> str:
+    """The 20-instance CT series, stored by one STOW-RS over h2 (test_stow_of_twenty_instances checks the answer)."""
+    answer = h2stack.stow(data["ct"])
+    assert answer.status_code == 200, answer.text
+    return uids_of(data["ct"][0])[0]
+
+
+def parts(answer: httpx.Response) -> list[tuple[str, bytes]]:
+    header = f"Content-Type: {answer.headers['Content-Type']}\r\n\r\n".encode()
+    message = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(header + answer.content)
+    assert message.is_multipart()
+    return [(str(part["Content-Type"]), part.get_payload(decode=True)) for part in message.get_payload()]
+
+
+def frames_url(h2stack: H2Stack, data: dict[str, Any]) -> str:
+    study, series, sop = uids_of(data["wsi"])
+    return f"{h2stack.url}/t/{h2stack.issue([study])}/dicomweb/studies/{study}/series/{series}/instances/{sop}/frames"
+
+
+def test_stow_of_twenty_instances(h2stack: H2Stack, data: dict[str, Any], ct_stored: str) -> None:
+    """The fixture's upload stored all 20; the same body again (a client's retry over h2) is answered alike."""
+    again = h2stack.stow(data["ct"])
+    assert (again.status_code, again.headers["Content-Type"]) == (200, "application/dicom+json")
+    stored = {item["00081155"]["Value"][0] for item in again.json()["00081199"]["Value"]}
+    assert stored == {uids_of(path)[2] for path in data["ct"]}
+    assert "00081198" not in again.json()
+
+
+def test_frames_and_frame_lists(h2stack: H2Stack, data: dict[str, Any]) -> None:
+    url = frames_url(h2stack, data)
+    one = h2stack.get(f"{url}/7", Accept="image/jpeg")
+    assert (one.status_code, one.headers["Content-Type"]) == (200, "image/jpeg; transfer-syntax=1.2.840.10008.1.2.4.50")
+    assert one.content == wsi_tile(182, 7, frames=300)
+    listed = h2stack.get(f"{url}/5,1,300")
+    assert listed.status_code == 200
+    assert listed.headers["Content-Type"].startswith('multipart/related; type="image/jpeg"; boundary=')
+    assert [body for _, body in parts(listed)] == [wsi_tile(182, n, frames=300) for n in (5, 1, 300)]
+    status, body = h2stack.curl(f"{url}/300", "-H", "Accept: image/jpeg")
+    assert (status, body) == ("2 200", wsi_tile(182, 300, frames=300))
+
+
+def test_a_hundred_frames_multiplexed_on_one_connection(h2stack: H2Stack, data: dict[str, Any]) -> None:
+    """What a slide viewer does: every visible tile at once, as concurrent streams of one connection."""
+    url = frames_url(h2stack, data)
+
+    async def fetch() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=1)
+        async with httpx.AsyncClient(http2=True, verify=h2stack.tls, limits=limits, timeout=120) as client:
+            return await asyncio.gather(
+                *(client.get(f"{url}/{n}", headers={"Accept": "image/jpeg"}) for n in range(101, 201))
+            )
+
+    answers = asyncio.run(fetch())
+    assert {a.http_version for a in answers} == {"HTTP/2"}
+    assert len({id(a.extensions["network_stream"]) for a in answers}) == 1  # one TCP connection
+    assert len({a.extensions["stream_id"] for a in answers}) == 100
+    expected = [(200, wsi_tile(182, n, frames=300)) for n in range(101, 201)]
+    assert [(a.status_code, a.content) for a in answers] == expected
+
+
+def test_bulkdata_range_and_whole_study_byte_identical(h2stack: H2Stack, data: dict[str, Any], ct_stored: str) -> None:
+    path = data["ct"][3]
+    study, series, sop = uids_of(path)
+    root = f"{h2stack.url}/t/{h2stack.issue([study])}/dicomweb/studies/{study}"
+    pixels = pydicom.dcmread(path).PixelData
+    bulk = f"{root}/series/{series}/instances/{sop}/bulkdata/7FE00010"
+    part = h2stack.get(bulk, Accept="application/octet-stream", Range="bytes=100-1099")
+    assert (part.status_code, part.headers["Content-Range"]) == (206, f"bytes 100-1099/{len(pixels)}")
+    assert part.content == pixels[100:1100]
+    tail = h2stack.get(bulk, Range="bytes=-10")
+    assert (tail.status_code, tail.content) == (206, pixels[-10:])
+    whole = h2stack.get(root, Accept="multipart/related; type=application/dicom")
+    assert whole.status_code == 200
+    got = sorted(hashlib.sha256(body).hexdigest() for _, body in parts(whole))
+    assert got == sorted(hashlib.sha256(p.read_bytes()).hexdigest() for p in data["ct"])
+
+
+def test_metadata_and_qido_are_gzipped_json(h2stack: H2Stack, data: dict[str, Any], ct_stored: str) -> None:
+    study, series, _ = uids_of(data["ct"][0])
+    root = f"{h2stack.url}/t/{h2stack.issue([study])}/dicomweb"
+    for url in (f"{root}/studies/{study}/metadata", f"{root}/studies/{study}/series/{series}/instances"):
+        raw = h2stack.client.get(url, headers={"Accept-Encoding": "gzip"})
+        plain = h2stack.get(url, **{"Accept-Encoding": "identity"})
+        assert (raw.http_version, raw.status_code, plain.status_code) == ("HTTP/2", 200, 200)
+        assert raw.headers["Content-Encoding"] == "gzip" and "Content-Encoding" not in plain.headers
+        assert raw.headers["Content-Type"] == plain.headers["Content-Type"] == "application/dicom+json"
+        assert raw.content == plain.content  # httpx decoded the gzip
+        assert len(json.loads(raw.content)) == 20
+
+
+def test_rendered_thumbnail_and_wado_uri(h2stack: H2Stack, data: dict[str, Any], ct_stored: str) -> None:
+    path = data["ct"][0]
+    study, series, sop = uids_of(path)
+    root = f"{h2stack.url}/t/{h2stack.issue([study])}/dicomweb"
+    rendered = h2stack.get(f"{root}/studies/{study}/series/{series}/instances/{sop}/rendered", Accept="image/png")
+    assert (rendered.status_code, rendered.headers["Content-Type"]) == (200, "image/png")
+    assert rendered.content[:8] == b"\x89PNG\r\n\x1a\n"
+    thumbnail = h2stack.get(f"{root}/studies/{study}/series/{series}/thumbnail")
+    assert (thumbnail.status_code, thumbnail.headers["Content-Type"]) == (200, "image/jpeg")
+    assert thumbnail.content[:3] == b"\xff\xd8\xff"
+    query = f"requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={sop}&contentType=application%2Fdicom"
+    wado = h2stack.get(f"{root}/wado?{query}")
+    assert (wado.status_code, wado.headers["Content-Type"]) == (200, "application/dicom")
+    assert wado.content == path.read_bytes()
+
+
+def test_expect_100_continue(h2stack: H2Stack, data: dict[str, Any], tmp_path: Path) -> None:
+    """HTTP/2 has no 100 (curl waits a second, then sends): the upload is stored; a refused one is JSON."""
+    [path] = make_series(tmp_path / "expect", modality="CT", slices=1, seed=183, clean=True)
+    body = encode_multipart([path])
+    upload = tmp_path / "body"
+    upload.write_bytes(b"".join(body))
+    headers = ["-H", f"Content-Type: {body.content_type}", "-H", "Expect: 100-continue", "--data-binary", f"@{upload}"]
+    url = f"{h2stack.url}/dicomweb/studies"
+    auth = f"Authorization: {h2stack.api['Authorization']}"
+    status, answer = h2stack.curl(url, *headers, "-H", auth, "-H", "Accept: application/dicom+json")
+    assert status == "2 200", answer
+    assert json.loads(answer)["00081199"]["Value"][0]["00081155"]["Value"] == [uids_of(path)[2]]
+    status, answer = h2stack.curl(url, *headers)
+    assert (status, json.loads(answer)) == ("2 401", {"error": "unauthorized", "detail": "token_missing"})
+
+
+def _cut_upload(h2stack: H2Stack, headers: list[tuple[str, str]], body: bytes) -> None:
+    """Send ``headers`` and ``body`` on one h2 stream, then reset it (a client gone mid-upload): no END_STREAM."""
+    parsed = urlparse(h2stack.url)
+    tls = ssl.create_default_context(cafile=str(h2stack.cert))
+    tls.set_alpn_protocols(["h2"])
+    with socket.create_connection((parsed.hostname, parsed.port), timeout=10) as raw:
+        with tls.wrap_socket(raw, server_hostname=parsed.hostname) as sock:
+            assert sock.selected_alpn_protocol() == "h2"
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+            conn.initiate_connection()
+            stream = conn.get_next_available_stream_id()
+            conn.send_headers(stream, [(":method", "POST"), (":scheme", "https"), (":authority", parsed.netloc),
+                                       (":path", "/dicomweb/studies"), *headers])
+            sent = 0
+            while sent < len(body):
+                room = min(conn.local_flow_control_window(stream), conn.max_outbound_frame_size, len(body) - sent)
+                if room <= 0:  # NGINX opens the window as it passes the bytes on
+                    conn.receive_data(sock.recv(65536))
+                    sock.sendall(conn.data_to_send())
+                    continue
+                conn.send_data(stream, body[sent : sent + room])
+                sent += room
+                sock.sendall(conn.data_to_send())
+            time.sleep(0.5)  # NGINX has passed the bytes on
+            conn.reset_stream(stream, h2.errors.ErrorCodes.CANCEL)
+            sock.sendall(conn.data_to_send())
+
+
+@pytest.mark.parametrize("length", ["declared", "undeclared"])
+def test_a_body_cut_mid_stream_stores_nothing_and_the_retry_stores_all(
+    h2stack: H2Stack, tmp_path: Path, length: str
+) -> None:
+    """A client gone mid-upload (RST_STREAM). Without a Content-Length (h2 needs none) NGINX streams the body to
+    gunicorn chunked: a cut must never read as a body that ended. Cut at an element boundary, where the file still
+    parses (before its trailing padding), and in a multipart body after a whole part."""
+    seed = {"declared": 184, "undeclared": 185}[length]
+    [single] = make_series(tmp_path / "single", modality="CT", slices=1, seed=seed, clean=True)
+    ds = pydicom.dcmread(single)
+    head = io.BytesIO()
+    ds.save_as(head, enforce_file_format=True)
+    ds.add_new(0xFFFCFFFC, "OB", b"\0" * 4096)  # Data Set Trailing Padding: the last element the client sends
+    padded = io.BytesIO()
+    ds.save_as(padded, enforce_file_format=True)
+    whole = padded.getvalue()
+    assert whole[: len(head.getvalue())] == head.getvalue()
+    first, second = make_series(tmp_path / "multi", modality="CT", slices=2, seed=seed + 10, clean=True)
+    multipart = encode_multipart([first, second])
+    body = b"".join(multipart)
+    cut_at = body.index(second.read_bytes()[:1000]) + 1000
+
+    def sized(headers: list[tuple[str, str]], size: int) -> list[tuple[str, str]]:
+        return [*headers, ("content-length", str(size))] if length == "declared" else headers
+
+    auth = ("authorization", h2stack.api["Authorization"])
+    _cut_upload(h2stack, sized([auth, ("content-type", "application/dicom")], len(whole)), head.getvalue())
+    _cut_upload(h2stack, sized([auth, ("content-type", multipart.content_type)], len(body)), body[:cut_at])
+    time.sleep(0.5)
+    instances = {}
+    for path in (single, first, second):
+        study, series, sop = uids_of(path)
+        instances[path] = f"{h2stack.url}/dicomweb/studies/{study}/series/{series}/instances/{sop}"
+    assert h2stack.get(instances[single], **h2stack.api).status_code == 404
+    assert h2stack.get(instances[second], **h2stack.api).status_code == 404
+    retry = h2stack.client.post(
+        f"{h2stack.url}/dicomweb/studies", content=whole, headers={**h2stack.api, "Content-Type": "application/dicom"}
+    )
+    assert retry.status_code == 200, retry.text
+    assert h2stack.stow([first, second]).status_code == 200
+    for path, expected in ((single, whole), (first, first.read_bytes()), (second, second.read_bytes())):
+        stored = h2stack.get(instances[path], **h2stack.api, Accept="application/dicom")
+        assert (stored.status_code, stored.content) == (200, expected)
+
+
+def test_errors_are_json(h2stack: H2Stack, data: dict[str, Any]) -> None:
+    url = frames_url(h2stack, data)
+    study = uids_of(data["wsi"])[0]
+    token = h2stack.issue([study])
+    cases = [
+        (f"{h2stack.url}/dicomweb/studies", {}, 401, {"error": "unauthorized", "detail": "token_missing"}),
+        (f"{h2stack.url}/t/{token}/dicomweb/studies/1.2.3", {}, 403, {"error": "forbidden", "detail": "out_of_scope"}),
+        (f"{h2stack.url}/nope", {}, 404, {"error": "not_found", "detail": "no such resource"}),
+        (f"{url}/301", {"Accept": "image/jpeg"}, 404, {"error": "frame_not_found"}),
+        (f"{url}/1", {"Accept": "text/html"}, 406, {"error": "not_acceptable"}),
+    ]
+    for target, headers, status, expected in cases:
+        answer = h2stack.get(target, Origin="https://portal.example", **headers)
+        assert (answer.status_code, answer.headers["Content-Type"]) == (status, "application/json"), target
+        assert expected.items() <= answer.json().items(), answer.text
+        assert answer.headers["Access-Control-Allow-Origin"] == "https://portal.example"
+        assert answer.headers["Strict-Transport-Security"] == "max-age=63072000"
+
+
+def test_the_token_in_path_query_and_host_cookie(h2stack: H2Stack, data: dict[str, Any]) -> None:
+    study = uids_of(data["wsi"])[0]
+    token = h2stack.issue([study])
+    studies = f"{h2stack.url}/dicomweb/studies"
+    for url, headers in (
+        (f"{h2stack.url}/t/{token}/dicomweb/studies", {}),
+        (f"{studies}?token={token}", {}),
+        (studies, {"Cookie": f"__Host-dicomgw_token={token}"}),
+    ):
+        answer = h2stack.get(url, **headers)
+        assert answer.status_code == 200, (url, answer.text)
+        assert [item["0020000D"]["Value"] for item in answer.json()] == [[study]]
+    plain = h2stack.get(studies, Cookie=f"dicomgw_token={token}")  # over TLS only the __Host- cookie counts
+    assert (plain.status_code, plain.json()) == (401, {"error": "unauthorized", "detail": "token_missing"})
+    # the session exchange sets the __Host- cookie over h2 too (a client of its own: the shared one keeps cookies)
+    with httpx.Client(http2=True, verify=h2stack.tls) as client:
+        session = client.get(f"{h2stack.url}/api/v1/session", params={"token": token, "next": "/viewer/"})
+    assert (session.http_version, session.status_code) == ("HTTP/2", 303)
+    assert session.headers["Set-Cookie"].startswith(f"__Host-dicomgw_token={token};")
+
+
+def _wire(response: dict[str, Any]) -> tuple[str, int, str]:
+    return response.get("protocol", ""), int(response["status"]), str(response["url"])
+
+
+@pytest.mark.browser
+def test_the_viewer_over_https_h2(h2stack: H2Stack, data: dict[str, Any], ct_stored: str) -> None:
+    """Chromium loads the viewer and the study over h2, by a token link and by the WebView's __Host- cookie."""
+    playwright_sync = pytest.importorskip("playwright.sync_api")
+    require(Path(CHROMIUM).exists(), f"{CHROMIUM} is not installed (`make test` installs it with apt)")
+    study = ct_stored
+    token = h2stack.issue([study])
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"]
+    with playwright_sync.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
+        try:
+            # the certificate is the stack's own: Chromium is told to take it, as a user accepts it once
+            context = browser.new_context(ignore_https_errors=True, viewport={"width": 1200, "height": 800})
+            page = context.new_page()
+            page.set_default_timeout(30_000)
+            seen: list[tuple[str, int, str]] = []
+            cdp = context.new_cdp_session(page)
+            cdp.on(
+                "Network.responseReceived",
+                lambda event: seen.append(_wire(event["response"])),
+            )
+            cdp.send("Network.enable")
+            for url in (
+                f"{h2stack.url}/viewer/#study={study}&token={token}",
+                f"{h2stack.url}/api/v1/session?token={token}&next={quote(f'/viewer/#study={study}', safe='')}",
+            ):
+                page.goto(url)
+                page.wait_for_selector("#viewport[data-state=ready]")
+                page.wait_for_function(
+                    "() => { const d = document.getElementById('viewport').dataset;"
+                    " return Number(d.loaded) === Number(d.count) && document.getElementById('progress').hidden; }"
+                )
+                assert page.get_attribute("#viewport", "data-count") == "20"
+            cookies = {c["name"]: c for c in context.cookies()}
+            assert cookies["__Host-dicomgw_token"]["secure"] and cookies["__Host-dicomgw_token"]["httpOnly"]
+        finally:
+            browser.close()
+    wire = [(protocol, status, url) for protocol, status, url in seen if url.startswith("https:")]
+    frames = [url for _, _, url in wire if "/frames/" in url]
+    assert len(frames) >= 20, wire
+    assert [entry for entry in wire if entry[0] != "h2" or entry[1] >= 400] == []
