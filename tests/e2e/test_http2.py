@@ -371,6 +371,26 @@ def test_the_token_in_path_query_and_host_cookie(h2stack: H2Stack, data: dict[st
     assert session.headers["Set-Cookie"].startswith(f"__Host-dicomgw_token={token};")
 
 
+def test_large_headers_a_browser_sends_reach_the_gateway(h2stack: H2Stack, data: dict[str, Any]) -> None:
+    """A browser sends each cookie of the site as its own header field over h2 (RFC 9113 8.2.3) and NGINX joins
+    them into one Cookie line; NGINX bounds h2 headers by their HPACK-encoded size and the whole list (128 KB),
+    not by the 32 KB line it takes over HTTP/1.1. Lines longer than 32 KB were refused by gunicorn: the cookie
+    line made the auth step fail (a 503 "gateway unavailable"), any other header was gunicorn's HTML 431."""
+    study = uids_of(data["wsi"])[0]
+    token = h2stack.issue([study])
+    studies = f"{h2stack.url}/dicomweb/studies"
+    crumbs = [
+        ("cookie", f"analytics={'a' * 20000}"),
+        ("cookie", f"__Host-dicomgw_token={token}"),
+        ("cookie", f"preferences={'b' * 20000}"),
+    ]
+    answer = h2stack.client.get(studies, headers=crumbs)
+    assert (answer.http_version, answer.status_code) == ("HTTP/2", 200), answer.text[:200]
+    assert [item["0020000D"]["Value"] for item in answer.json()] == [[study]]
+    long_header = h2stack.get(f"{h2stack.url}/t/{token}/dicomweb/studies", **{"X-Client-State": "c" * 40000})
+    assert (long_header.status_code, long_header.headers["Content-Type"]) == (200, "application/dicom+json")
+
+
 def _wire(response: dict[str, Any]) -> tuple[str, int, str]:
     return response.get("protocol", ""), int(response["status"]), str(response["url"])
 
