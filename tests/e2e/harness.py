@@ -106,7 +106,9 @@ class RunningStack:
         return "\n".join(parts)
 
 
-def start_stack(var_dir: Path, backend: str, moto: MotoServer | None, **env: str) -> RunningStack:
+def start_stack(
+    var_dir: Path, backend: str, moto: MotoServer | None, *, tls: bool = False, **env: str
+) -> RunningStack:
     extra = {"DICOMGW_CORS_ORIGINS": "https://portal.example", **env}
     storage_url = ""
     if backend == "s3":
@@ -115,7 +117,7 @@ def start_stack(var_dir: Path, backend: str, moto: MotoServer | None, **env: str
         create_bucket(moto.endpoint, bucket)
         storage_url = f"s3://{bucket}/data"
         extra.update(AWS_TEST_ENV, AWS_ENDPOINT_URL=moto.endpoint)
-    stack = Stack(var_dir, port=free_port(), storage_url=storage_url, extra_env=extra)
+    stack = Stack(var_dir, port=free_port(), storage_url=storage_url, extra_env=extra, tls=tls)
     stack.start()
     return RunningStack(stack, backend)
 

@@ -29,9 +29,11 @@ import pydicom
 import pytest
 
 from gateway.dicomweb.multipart import encode_multipart
-from gateway.tools.stack import Stack, free_port
+from gateway.tools.stack import Stack
 from gateway.tools.synth import make_series, make_wsi, wsi_tile
-from tests.e2e.conftest import uids_of
+from tests.e2e.conftest import BACKENDS, uids_of
+from tests.e2e.harness import start_stack
+from tests.fixtures.servers import MotoServer
 from tests.requirements import require
 
 CHROMIUM = "/usr/bin/chromium"
@@ -91,15 +93,13 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     }
 
 
-@pytest.fixture(scope="module")
-def h2stack(tmp_path_factory: pytest.TempPathFactory, data: dict[str, Any]) -> Iterator[H2Stack]:
-    stack = Stack(
-        tmp_path_factory.mktemp("h2") / "var",
-        port=free_port(),
-        tls=True,
-        extra_env={"DICOMGW_CORS_ORIGINS": "https://portal.example"},
-    )
-    stack.start()
+@pytest.fixture(scope="module", params=BACKENDS)
+def h2stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, data: dict[str, Any]
+) -> Iterator[H2Stack]:
+    """`stack up --tls` on each storage backend (the local folder's reads are njs's, S3's are proxied)."""
+    moto: MotoServer | None = request.getfixturevalue("moto_server") if request.param == "s3" else None
+    stack = start_stack(tmp_path_factory.mktemp(f"h2-{request.param}"), request.param, moto, tls=True).stack
     running = H2Stack(stack)
     try:
         stored = running.stow([data["wsi"]])
