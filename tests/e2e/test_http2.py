@@ -209,6 +209,27 @@ def test_bulkdata_range_and_whole_study_byte_identical(h2stack: H2Stack, data: d
     assert got == sorted(hashlib.sha256(p.read_bytes()).hexdigest() for p in data["ct"])
 
 
+def test_whole_studies_retrieved_at_once_on_one_connection(
+    h2stack: H2Stack, data: dict[str, Any], ct_stored: str
+) -> None:
+    """Eight retrieves of the 20-instance study as concurrent streams: NGINX composes each from storage (SSI) while
+    h2 flow control interleaves them; every one byte-identical."""
+    study = ct_stored
+    url = f"{h2stack.url}/t/{h2stack.issue([study])}/dicomweb/studies/{study}"
+    expected = sorted(hashlib.sha256(p.read_bytes()).hexdigest() for p in data["ct"])
+
+    async def fetch() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=1)
+        async with httpx.AsyncClient(http2=True, verify=h2stack.tls, limits=limits, timeout=120) as client:
+            return await asyncio.gather(*(client.get(url) for _ in range(8)))
+
+    answers = asyncio.run(fetch())
+    assert len({id(a.extensions["network_stream"]) for a in answers}) == 1
+    for answer in answers:
+        assert (answer.http_version, answer.status_code) == ("HTTP/2", 200)
+        assert sorted(hashlib.sha256(body).hexdigest() for _, body in parts(answer)) == expected
+
+
 def test_metadata_and_qido_are_gzipped_json(h2stack: H2Stack, data: dict[str, Any], ct_stored: str) -> None:
     study, series, _ = uids_of(data["ct"][0])
     root = f"{h2stack.url}/t/{h2stack.issue([study])}/dicomweb"
