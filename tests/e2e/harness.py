@@ -151,3 +151,22 @@ class LoopbackPageServer:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def padded_file(source: Path) -> tuple[bytes, int]:
+    """``source``'s instance followed by 4 KB of Data Set Trailing Padding (the last element a client sends), and
+    where that padding starts: a body cut there still parses as a whole file, as a cut at any element boundary of
+    a file without pixel data would."""
+    import io
+
+    import pydicom
+
+    ds = pydicom.dcmread(source)
+    head = io.BytesIO()
+    ds.save_as(head, enforce_file_format=True)
+    ds.add_new(0xFFFCFFFC, "OB", b"\0" * 4096)
+    whole = io.BytesIO()
+    ds.save_as(whole, enforce_file_format=True)
+    cut = len(head.getvalue())
+    assert whole.getvalue()[:cut] == head.getvalue()
+    return whole.getvalue(), cut

@@ -9,7 +9,6 @@ import asyncio
 import email.parser
 import email.policy
 import hashlib
-import io
 import json
 import socket
 import ssl
@@ -32,7 +31,7 @@ from gateway.dicomweb.multipart import encode_multipart
 from gateway.tools.stack import Stack
 from gateway.tools.synth import make_series, make_wsi, wsi_tile
 from tests.e2e.conftest import BACKENDS, uids_of
-from tests.e2e.harness import start_stack
+from tests.e2e.harness import padded_file, start_stack
 from tests.fixtures.servers import MotoServer
 from tests.requirements import require
 
@@ -352,14 +351,7 @@ def test_a_body_cut_mid_stream_stores_nothing_and_the_retry_stores_all(
     parses (before its trailing padding), and in a multipart body after a whole part."""
     seed = {"declared": 184, "undeclared": 185}[length]
     [single] = make_series(tmp_path / "single", modality="CT", slices=1, seed=seed, clean=True)
-    ds = pydicom.dcmread(single)
-    head = io.BytesIO()
-    ds.save_as(head, enforce_file_format=True)
-    ds.add_new(0xFFFCFFFC, "OB", b"\0" * 4096)  # Data Set Trailing Padding: the last element the client sends
-    padded = io.BytesIO()
-    ds.save_as(padded, enforce_file_format=True)
-    whole = padded.getvalue()
-    assert whole[: len(head.getvalue())] == head.getvalue()
+    whole, cut = padded_file(single)
     first, second = make_series(tmp_path / "multi", modality="CT", slices=2, seed=seed + 10, clean=True)
     multipart = encode_multipart([first, second])
     body = b"".join(multipart)
@@ -369,7 +361,7 @@ def test_a_body_cut_mid_stream_stores_nothing_and_the_retry_stores_all(
         return [*headers, ("content-length", str(size))] if length == "declared" else headers
 
     auth = ("authorization", h2stack.api["Authorization"])
-    _cut_upload(h2stack, sized([auth, ("content-type", "application/dicom")], len(whole)), head.getvalue())
+    _cut_upload(h2stack, sized([auth, ("content-type", "application/dicom")], len(whole)), whole[:cut])
     _cut_upload(h2stack, sized([auth, ("content-type", multipart.content_type)], len(body)), body[:cut_at])
     time.sleep(0.5)
     instances = {}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import email
 import gzip
-import io
 import os
 import socket
 import struct
@@ -24,7 +23,7 @@ import requests
 
 from gateway.tools.synth import make_series
 from tests.e2e.conftest import uids_of
-from tests.e2e.harness import RunningStack, start_stack
+from tests.e2e.harness import RunningStack, padded_file, start_stack
 from tests.fixtures.servers import start_moto
 
 
@@ -422,14 +421,7 @@ def test_single_part_body_cut_short_is_not_stored_and_the_retry_is(stack: Runnin
     boundary of a file without pixel data), it was stored as if whole, and the client's retry of the whole file
     was refused with 0x0111 (other bytes under that UID). Nothing is stored now, and the retry is."""
     [source] = make_series(tmp_path / "cut", modality="CT", slices=1, seed=166, clean=True)  # a study of its own
-    ds = pydicom.dcmread(source)
-    whole_head = io.BytesIO()
-    ds.save_as(whole_head, enforce_file_format=True)
-    ds.add_new(0xFFFCFFFC, "OB", b"\0" * 4096)  # Data Set Trailing Padding: the last element the client sends
-    whole = io.BytesIO()
-    ds.save_as(whole, enforce_file_format=True)
-    data, cut = whole.getvalue(), len(whole_head.getvalue())
-    assert data[:cut] == whole_head.getvalue()
+    data, cut = padded_file(source)
     parsed = urlparse(stack.url)
     head = (
         f"POST /dicomweb/studies HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {stack.stack.api_key}\r\n"
