@@ -134,6 +134,15 @@ def stack_holding(var_dir: Path, backend: str, moto: MotoServer | None, files: l
         running.stack.stop()
 
 
+
+def module_stack(request: Any, tmp_path_factory: Any, name: str, files: list[Path]) -> Iterator[RunningStack]:
+    """The body of a test module's ``stack`` fixture parametrized over BACKENDS (``request.param``): a stack holding
+    ``files`` on that storage backend (moto's server for S3), in a folder named ``{name}-{backend}``."""
+    backend = request.param
+    moto: MotoServer | None = request.getfixturevalue("moto_server") if backend == "s3" else None
+    with stack_holding(tmp_path_factory.mktemp(f"{name}-{backend}"), backend, moto, files) as running:
+        yield running
+
 class LoopbackPageServer:
     """A test web page's own server on loopback, with origin ``http://localhost:P``: an origin other than the
     gateway's (``127.0.0.1``), yet still loopback, so Chromium's local-network-access rules do not interfere."""

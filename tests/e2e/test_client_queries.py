@@ -21,8 +21,7 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 from tests.e2e.conftest import BACKENDS, uids_of
-from tests.e2e.harness import RunningStack, stack_holding
-from tests.fixtures.servers import MotoServer
+from tests.e2e.harness import RunningStack, module_stack
 
 NAMES = {"ct": "CT_small.dcm", "rgb2": "SC_rgb_rle_2frame.dcm", "sr": "reportsi.dcm"}
 # What Chromium sends for an <img> and for a page it opens: neither names a type WADO-URI answers before a wildcard
@@ -43,10 +42,7 @@ def files() -> dict[str, Path]:
 def stack(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, files: dict[str, Path]
 ) -> Iterator[RunningStack]:
-    moto: MotoServer | None = request.getfixturevalue("moto_server") if request.param == "s3" else None
-    folder = tmp_path_factory.mktemp(f"clients-{request.param}")
-    with stack_holding(folder, request.param, moto, list(files.values())) as running:
-        yield running
+    yield from module_stack(request, tmp_path_factory, "clients", list(files.values()))
 
 
 @pytest.fixture(scope="module")

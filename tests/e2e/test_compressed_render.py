@@ -23,10 +23,9 @@ from pydicom.uid import UID, HTJ2KLossless, JPEG2000Lossless, JPEGLossless, JPEG
 
 import gateway.render  # noqa: F401 - pydicom decodes the reference pictures with the plugin the gateway registers
 from tests.e2e.conftest import BACKENDS
-from tests.e2e.harness import RunningStack, stack_holding
+from tests.e2e.harness import RunningStack, module_stack
 from tests.e2e.test_real_files import assert_renders_as_pydicom_decodes
 from tests.fixtures.compressed import compressed_twin, pydicom_file, signed_12_bit
-from tests.fixtures.servers import MotoServer
 
 # name -> (how it is made: a pydicom file, or a twin of a source in a syntax), the uncompressed twin it must render as
 SHIPPED = {
@@ -80,10 +79,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def stack(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, files: dict[str, Path]
 ) -> Iterator[RunningStack]:
-    moto: MotoServer | None = request.getfixturevalue("moto_server") if request.param == "s3" else None
-    folder = tmp_path_factory.mktemp(f"compressed-{request.param}")
-    with stack_holding(folder, request.param, moto, list(files.values())) as running:
-        yield running
+    yield from module_stack(request, tmp_path_factory, "compressed", list(files.values()))
 
 
 def url(stack: RunningStack, path: Path) -> str:

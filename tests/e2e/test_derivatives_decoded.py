@@ -36,13 +36,12 @@ import gateway.derive  # noqa: F401 - pydicom decodes the sources with the codec
 from gateway.catalog import Catalog
 from gateway.dicomweb.wado import DERIVATIVE_TS
 from tests.e2e.conftest import BACKENDS, uids_of
-from tests.e2e.harness import RunningStack, stack_holding
+from tests.e2e.harness import RunningStack, module_stack
 from tests.e2e.test_compressed_render import fresh_copy
 from tests.e2e.test_real_files import display_values
 from tests.e2e.test_viewer import NetworkLog, browser, open_page, wait_ready  # noqa: F401 - browser is a fixture
 from tests.e2e.test_viewer_real_files import coarse, image_area
 from tests.fixtures.compressed import compressed_twin, pydicom_file, signed_12_bit
-from tests.fixtures.servers import MotoServer
 
 HT = f"image/jphc; transfer-syntax={DERIVATIVE_TS}"
 # what the viewer sends (viewer/src/dicomweb.js ACCEPT_EITHER; the image loader's own Accept header)
@@ -128,10 +127,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def stack(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, files: dict[str, Path]
 ) -> Iterator[RunningStack]:
-    moto: MotoServer | None = request.getfixturevalue("moto_server") if request.param == "s3" else None
-    folder = tmp_path_factory.mktemp(f"decoded-{request.param}")
-    with stack_holding(folder, request.param, moto, list(files.values())) as running:
-        yield running
+    yield from module_stack(request, tmp_path_factory, "decoded", list(files.values()))
 
 
 def frame_url(stack: RunningStack, path: Path, n: int) -> str:

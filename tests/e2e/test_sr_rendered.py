@@ -30,8 +30,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from tests.e2e.conftest import BACKENDS, uids_of
-from tests.e2e.harness import RunningStack, stack_holding
-from tests.fixtures.servers import MotoServer
+from tests.e2e.harness import RunningStack, module_stack
 
 CSP = "default-src 'none'; sandbox; base-uri 'none'; form-action 'none'"
 HOSTILE_TEXT = "<script>alert(document.cookie)</script>\r\n<img src=x onerror=alert(1)> Größe: 3 cm"
@@ -142,10 +141,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def stack(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, files: dict[str, Path]
 ) -> Iterator[RunningStack]:
-    moto: MotoServer | None = request.getfixturevalue("moto_server") if request.param == "s3" else None
-    folder = tmp_path_factory.mktemp(f"sr-{request.param}")
-    with stack_holding(folder, request.param, moto, list(files.values())) as running:
-        yield running
+    yield from module_stack(request, tmp_path_factory, "sr", list(files.values()))
 
 
 @pytest.fixture(scope="module")
