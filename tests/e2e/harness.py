@@ -123,9 +123,12 @@ def start_stack(
 
 
 @contextlib.contextmanager
-def stack_holding(var_dir: Path, backend: str, moto: MotoServer | None, files: list[Path]) -> Iterator[RunningStack]:
-    """A stack with ``files`` stored by one STOW (a test module's data set), stopped afterwards."""
-    running = start_stack(var_dir, backend, moto)
+def stack_holding(
+    var_dir: Path, backend: str, moto: MotoServer | None, files: list[Path], **env: str
+) -> Iterator[RunningStack]:
+    """A stack with ``files`` stored by one STOW (a test module's data set), stopped afterwards; ``env`` as
+    ``start_stack``'s."""
+    running = start_stack(var_dir, backend, moto, **env)
     try:
         answer = running.stow(files)
         assert answer.status_code == 200, answer.text
@@ -135,12 +138,15 @@ def stack_holding(var_dir: Path, backend: str, moto: MotoServer | None, files: l
 
 
 
-def module_stack(request: Any, tmp_path_factory: Any, name: str, files: list[Path]) -> Iterator[RunningStack]:
+def module_stack(
+    request: Any, tmp_path_factory: Any, name: str, files: list[Path], **env: str
+) -> Iterator[RunningStack]:
     """The body of a test module's ``stack`` fixture parametrized over BACKENDS (``request.param``): a stack holding
-    ``files`` on that storage backend (moto's server for S3), in a folder named ``{name}-{backend}``."""
+    ``files`` on that storage backend (moto's server for S3), in a folder named ``{name}-{backend}``; ``env`` as
+    ``start_stack``'s."""
     backend = request.param
     moto: MotoServer | None = request.getfixturevalue("moto_server") if backend == "s3" else None
-    with stack_holding(tmp_path_factory.mktemp(f"{name}-{backend}"), backend, moto, files) as running:
+    with stack_holding(tmp_path_factory.mktemp(f"{name}-{backend}"), backend, moto, files, **env) as running:
         yield running
 
 class LoopbackPageServer:
