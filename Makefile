@@ -8,7 +8,7 @@ PIP := $(VENV)/bin/pip
 APT_PACKAGES := nginx libnginx-mod-http-js openssl postgresql chromium orthanc orthanc-dicomweb dcmtk libgdcm-tools tesseract-ocr tesseract-ocr-eng
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo demo-deps test lint unit e2e bench bench-quick bench-1m bench-tools system-deps venv viewer dwv clean
+.PHONY: demo demo-deps test lint unit e2e bench bench-quick bench-1m bench-tools system-deps venv viewer dwv ohif clean
 
 # OS packages: installed with apt-get when we are root, otherwise a one-line hint naming them.
 system-deps:
@@ -73,6 +73,12 @@ tests/e2e/dwv/node_modules/.package-lock.json: tests/e2e/dwv/package.json tests/
 
 dwv: tests/e2e/dwv/node_modules/.package-lock.json
 
+# OHIF's DICOMweb client (dicomweb-client) and dcmjs, unmodified, for tests/e2e/test_ohif_client.py.
+tests/e2e/ohif/node_modules/.package-lock.json: tests/e2e/ohif/package.json tests/e2e/ohif/package-lock.json
+	cd tests/e2e/ohif && npm ci --no-audit --no-fund --loglevel=error
+
+ohif: tests/e2e/ohif/node_modules/.package-lock.json
+
 demo: demo-deps venv viewer
 	$(VENV)/bin/dicom-gateway stack up
 
@@ -80,14 +86,14 @@ lint: venv
 	$(VENV)/bin/ruff check gateway tests bench docker
 	$(VENV)/bin/mypy
 
-test: system-deps venv .venv-checkov/.installed viewer dwv lint
+test: system-deps venv .venv-checkov/.installed viewer dwv ohif lint
 	DICOMGW_TEST_REQUIRE_ALL=1 $(VENV)/bin/pytest -p no:cacheprovider --basetemp=$(CURDIR)/.pytest-tmp tests; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing on purpose"; exit 1; fi; exit $$status
 
 unit: venv
 	$(VENV)/bin/pytest tests/unit
 
-e2e: venv viewer dwv
+e2e: venv viewer dwv ohif
 	$(VENV)/bin/pytest tests/e2e
 
 bench-tools: venv
@@ -106,4 +112,4 @@ bench-1m: venv
 	$(PY) -m bench.b5_qido --studies 1000000
 
 clean:
-	rm -rf var .venv .venv-checkov viewer/node_modules viewer/dist tests/e2e/dwv/node_modules
+	rm -rf var .venv .venv-checkov viewer/node_modules viewer/dist tests/e2e/dwv/node_modules tests/e2e/ohif/node_modules
