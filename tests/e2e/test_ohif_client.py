@@ -33,6 +33,7 @@ from pydicom.uid import HTJ2KLossless, JPEGLosslessSV1, generate_uid
 from gateway.tools.synth import make_series, make_wsi
 from tests.e2e.conftest import BACKENDS, uids_of
 from tests.e2e.harness import LoopbackPageServer, RunningStack, module_stack
+from tests.e2e.test_compressed_render import fresh_copy
 from tests.e2e.test_viewer import CHROMIUM, CHROMIUM_ARGS, playwright_sync
 from tests.fixtures.compressed import compressed_twin, pydicom_file
 from tests.requirements import require
@@ -101,7 +102,8 @@ def with_bulk_elements(source: Path, target: Path) -> Path:
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two patients' studies for the study list, multi-frame native and JPEG slides, compressed twins of pydicom's
-    files (HTJ2K, two-frame JPEG Lossless), one with bulk elements besides Pixel Data."""
+    files (HTJ2K, two-frame JPEG Lossless) and two of them (JPEG-LS, RLE), one with bulk elements besides Pixel
+    Data."""
     base = tmp_path_factory.mktemp("ohif-data")
     ct = make_series(base / "ct", modality="CT", slices=3, rows=64, columns=64, seed=41, clean=True)
     for path in ct:
@@ -115,6 +117,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     made["jpeg"] = make_wsi(base / "jpeg", frames=5, tile=64, seed=44, clean=True)
     made["htj2k"] = compressed_twin(pydicom_file("MR_small.dcm"), HTJ2KLossless, base / "htj2k.dcm")
     made["sv1"] = compressed_twin(pydicom_file("SC_rgb_rle_2frame.dcm"), JPEGLosslessSV1, base / "sv1.dcm")
+    made["jls"] = fresh_copy(pydicom_file("MR_small_jpeg_ls_lossless.dcm"), base / "jls.dcm")
+    made["rle"] = fresh_copy(pydicom_file("MR_small_RLE.dcm"), base / "rle.dcm")
     return made
 
 
@@ -342,7 +346,7 @@ def test_study_and_series_metadata_naturalized(page: Any, config: dict[str, Any]
 # -- instances, parsed by dcmjs ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["ct1", "native", "jpeg", "htj2k", "sv1", "bulk"])
+@pytest.mark.parametrize("name", ["ct1", "native", "jpeg", "htj2k", "sv1", "jls", "rle", "bulk"])
 def test_instance_parsed_by_dcmjs(page: Any, config: dict[str, Any], files: dict[str, Path], name: str) -> None:
     path = files[name]
     study, series, sop = uids_of(path)
@@ -417,6 +421,9 @@ def test_native_frames(page: Any, config: dict[str, Any], files: dict[str, Path]
         ("jpeg", [1], [{"mediaType": "image/jpeg", "transferSyntaxUID": JPEG_BASELINE}]),
         ("jpeg", [2, 5, 3], [{"mediaType": "image/jpeg", "transferSyntaxUID": JPEG_BASELINE}]),
         ("sv1", [1, 2], [{"mediaType": "image/jpeg", "transferSyntaxUID": "1.2.840.10008.1.2.4.70"}]),
+        # the pre-registration names the client's table holds (README: read as image/jls, image/dicom-rle)
+        ("jls", [1], [{"mediaType": "image/x-jls", "transferSyntaxUID": "1.2.840.10008.1.2.4.80"}]),
+        ("rle", [1], [{"mediaType": "image/x-dicom-rle", "transferSyntaxUID": "1.2.840.10008.1.2.5"}]),
         # several types (compressed or not, whichever is stored), as a viewer that decodes both asks
         (
             "htj2k",
