@@ -11,11 +11,16 @@ the listed values), integer attributes (``SeriesNumber``, ``InstanceNumber``), a
 series matches when one item matches every such key, PS3.4 C.2.2.2.6). Attributes may be given by keyword or by
 tag (``PatientID`` or ``00100020``); attributes of the query level and of the levels above it can be matched.
 An empty value of any other attribute is universal matching, a return key (as ``includefield``).
-Anything else is a 400 that names the parameter. ``fuzzymatching``, ``emptyvaluematching`` and
-``multiplevaluematching`` are accepted and ignored (``warnings`` holds what the answer must then say: PS3.18
-8.3.4.2, 8.3.4.5, 8.3.4.6);
-the transport parameters ``token``, ``accept``, ``charset`` and ``_`` are ignored (the DICOMweb layer handles
-them).
+
+What the gateway does not support is ignored, as PS3.18 8.3 has an origin server do with a query parameter or value
+it does not support (the request is processed as if it were absent), and owned up to in a ``Warning`` (``warnings``):
+a parameter that names no attribute (``foo``, vendor parameters), an attribute key the catalog does not match (a
+value of ``ImageType``, a sequence key other than the two above) and an ``includefield`` value that names no
+attribute. ``fuzzymatching``, ``emptyvaluematching`` and ``multiplevaluematching`` are ignored in the words of
+PS3.18 8.3.4.2, 8.3.4.5, 8.3.4.6. A bad value of what is supported (a date, a UID, ``limit``), an attribute of a
+lower level than the query's or one attribute given twice stays a 400 that names the parameter. The transport
+parameters ``token``, ``accept``, ``charset`` and ``_`` (jQuery's cache buster) are ignored silently (the DICOMweb
+layer handles the first three).
 """
 
 from __future__ import annotations
@@ -49,6 +54,15 @@ UNSUPPORTED_OPTIONS = {
 }
 _TRANSPORT = {"token", "accept", "charset", "_"}
 _TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
+# What was ignored, named in the Warning texts (our words: PS3.18 8.3 asks only that it be ignored). Names are
+# shown only when they are plain (a header holds no CR LF; a client's text is never echoed raw), at most a few.
+IGNORED_TEXTS = {
+    "parameter": "The following query parameters are not supported and were ignored: ",
+    "key": "The following attributes are not supported as query keys and were not matched: ",
+    "include": "The following includefield values name no attribute and were ignored: ",
+}
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+_NAMED_MAX = 10
 
 
 @dataclass(frozen=True)
@@ -128,6 +142,14 @@ class QidoQuery:
 
 def _resolve(name: str) -> tuple[str, Attr | None]:
     """(tag, known attribute or None) for a keyword or 8-hex tag; BadRequest when it is neither."""
+    found = _lookup(name)
+    if found is None:
+        raise BadRequest(f"unknown attribute {name!r}")
+    return found
+
+
+def _lookup(name: str) -> tuple[str, Attr | None] | None:
+    """(tag, known attribute or None) for a keyword or 8-hex tag; None when it is neither."""
     if _TAG.match(name):
         tag = name.upper()
         return tag, BY_TAG.get(tag)
@@ -137,9 +159,22 @@ def _resolve(name: str) -> tuple[str, Attr | None]:
     from pydicom.datadict import tag_for_keyword
 
     number = tag_for_keyword(name)
-    if number is None:
-        raise BadRequest(f"unknown attribute {name!r}")
-    return f"{number:08X}", None
+    return None if number is None else (f"{number:08X}", None)
+
+
+def _ignored_warnings(ignored: dict[str, list[str]]) -> tuple[str, ...]:
+    """The Warning texts for what was ignored, by kind (``IGNORED_TEXTS``): the plain names, in the order given."""
+    texts = []
+    for kind, names in ignored.items():
+        if not names:
+            continue
+        plain = list(dict.fromkeys(name for name in names if _PLAIN_NAME.fullmatch(name)))
+        shown = ", ".join(plain[:_NAMED_MAX])
+        others = len(set(names)) - min(len(plain), _NAMED_MAX)
+        if others:
+            shown += f"{', ' if shown else ''}{others} other{'s' if others > 1 else ''}"
+        texts.append(IGNORED_TEXTS[kind] + shown)
+    return tuple(texts)
 
 
 def like_pattern(value: str) -> str:
@@ -246,17 +281,16 @@ def _match(name: str, attr: Attr, values: list[str]) -> Match | None:
     return Match(attr, "eq", (value,))
 
 
-def _request_item_key(name: str, values: list[str], level: str) -> tuple[str, tuple[str, str, str] | None]:
+def _request_item_key(
+    name: str, values: list[str], level: str
+) -> tuple[str, tuple[str, str, str] | None] | None:
     """A sequence key ``{sequence}.{attribute}`` (keywords or tags): its path of tags, and its test on one item
     (None for universal matching). Only RequestAttributesSequence's two keys of PS3.18 Table 10.6.1-5 are matched;
-    any other path is a 400 that says so."""
+    None for any other path (the caller ignores it, with a Warning)."""
     sequence, _, item = name.partition(".")
     path = (_resolve(sequence)[0], _resolve(item)[0] if "." not in item else "")
     if path[0] != REQUEST_ATTRIBUTES.tag or path[1] not in _REQUEST_ITEM_TAGS:
-        raise BadRequest(
-            f"{name}: sequence matching is supported on RequestAttributesSequence.ScheduledProcedureStepID and "
-            "RequestAttributesSequence.RequestedProcedureID only"
-        )
+        return None
     if LEVELS[level] < REQUEST_ATTRIBUTES.level:
         raise BadRequest(f"{name}: cannot match an attribute of a lower level in a {level} query")
     if len(values) > 1:
@@ -300,6 +334,7 @@ def parse_qido(
     include_all = False
     matched: dict[str, str] = {}  # attribute tag -> the name it was given under
     item_keys: list[tuple[str, str, str]] = []  # RequestAttributesSequence item keys: all match in one item
+    ignored: dict[str, list[str]] = {kind: [] for kind in IGNORED_TEXTS}  # PS3.18 8.3: ignored, with a Warning
     for name, values in args.items():
         if name in _TRANSPORT or name in UNSUPPORTED_OPTIONS:
             continue
@@ -307,27 +342,40 @@ def parse_qido(
             for item in (part.strip() for value in values for part in value.split(",")):
                 if item == "all":
                     include_all = True
+                elif item and (found := _lookup(item)) is not None:
+                    include.add(found[0])
                 elif item:
-                    include.add(_resolve(item)[0])
+                    ignored["include"].append(item)
             continue
         if name in ("limit", "offset"):
             continue
         if "." in name:
+            if any(_lookup(part) is None for part in name.split(".")):
+                ignored["parameter"].append(name)  # names no attribute: a vendor's parameter
+                continue
             item_key = _request_item_key(name, list(values), level)
+            if item_key is None:
+                ignored["key"].append(name)
+                continue
             if item_key[0] in matched:
                 raise BadRequest(f"{name}: the same attribute as {matched[item_key[0]]}, given twice")
             matched[item_key[0]] = name
             if item_key[1] is not None:
                 item_keys.append(item_key[1])
             continue
-        tag, attr = _resolve(name)
-        if (attr is None or attr.kind == "none") and not any(values):
-            # Universal matching (an empty value, PS3.4 C.2.2.2.3) asks for no match, only the attribute returned:
-            # a return key as includefield names one. C-FIND-style clients send them (`00101010=`); a 400 before.
-            include.add(tag)
+        found = _lookup(name)
+        if found is None:  # names no attribute: a cache buster, a vendor's or a misspelt parameter
+            ignored["parameter"].append(name)
             continue
+        tag, attr = found
         if attr is None or attr.kind == "none":
-            raise BadRequest(f"{name}: matching on this attribute is not supported")
+            # Universal matching (an empty value, PS3.4 C.2.2.2.3) asks for no match, only the attribute returned:
+            # a return key as includefield names one. C-FIND-style clients send them (`00101010=`). A value the
+            # catalog cannot match is ignored (PS3.18 8.3), the attribute still returned; both were a 400.
+            include.add(tag)
+            if any(values):
+                ignored["key"].append(name)
+            continue
         if tag in matched:  # by keyword and by tag: two keys of one attribute were ANDed (0 results, no error)
             raise BadRequest(f"{name}: the same attribute as {matched[tag]}, given twice")
         matched[tag] = name
@@ -354,5 +402,6 @@ def parse_qido(
             text
             for name, text in UNSUPPORTED_OPTIONS.items()
             if any(value.strip().lower() == "true" for value in args.get(name, []))
-        ),
+        )
+        + _ignored_warnings(ignored),
     )

@@ -6,7 +6,9 @@ application/dicom` was sent a JPEG); 9.5.2.1: a ``frameNumber`` past the instanc
 400 (it was a 404, and a second one was ignored). Table 8.7.4-1: a single-frame image's rendered resource answers
 ``image/gif`` too (it was a 406). 9.4.1.2.1: ``anonymize`` has the one value ``yes`` (refused: nothing is
 de-identified); another value was ignored, so ``anonymize=true`` was sent identified data. QIDO: an empty value is
-universal matching (PS3.4 C.2.2.2.3), a return key; of an attribute the catalog does not match it was a 400."""
+universal matching (PS3.4 C.2.2.2.3), a return key; of an attribute the catalog does not match it was a 400. A
+parameter, key or includefield value QIDO does not support is ignored and named in a Warning (PS3.18 8.3): a 400
+before, so a viewer adding its own parameter (jQuery's ``_``) got no study list."""
 
 from __future__ import annotations
 
@@ -152,3 +154,51 @@ def test_qido_empty_values_are_return_keys_as_c_find_style_clients_send_them(
     asked = requests.get(f"{root}/studies/{study}/instances?NumberOfFrames=&Rows=&Columns=", timeout=30)
     assert asked.status_code == 200, asked.text[:300]
     assert [(a["00280010"], a["00280011"]) for a in asked.json()] == [({"vr": "US", "Value": [128]},) * 2]
+
+
+def test_qido_ignores_what_it_does_not_support_and_says_so_in_a_warning(
+    stack: RunningStack, root: str, files: dict[str, Path]
+) -> None:
+    """PS3.18 8.3: an origin server ignores a query parameter, key or value it does not support and answers as if
+    it were absent. jQuery's cache buster (``_``), a parameter a viewer adds, a key the catalog does not match and
+    an includefield naming no attribute were each a JSON 400; now the answer is the one without them, and a
+    ``Warning: 299`` names what was ignored (never its value: ``Token=`` may carry a credential)."""
+    study, _, _ = uids_of(files["ct"])
+    service = f"299 {stack.url}/dicomweb: "
+    plain = requests.get(f"{root}/studies?StudyInstanceUID={study}&includefield=PatientAge", timeout=30)
+    assert plain.status_code == 200 and "Warning" not in plain.headers
+    assert plain.json()[0]["00101010"] == {"vr": "AS", "Value": ["000Y"]}
+    cache_buster = requests.get(
+        f"{root}/studies?StudyInstanceUID={study}&includefield=PatientAge&_=1712345678", timeout=30
+    )
+    assert (cache_buster.status_code, cache_buster.json()) == (200, plain.json())
+    assert "Warning" not in cache_buster.headers  # a transport parameter, ignored silently
+    answer = requests.get(
+        f"{root}/studies?StudyInstanceUID={study}&foo=bar&includefield=PatientAge,NotAKeyword&Token=s3cr3t"
+        "&ImageType=DERIVED&RequestAttributesSequence.AccessionNumber=A1&Vendor.Option=1&bad%0D%0Aname=1",
+        timeout=30,
+    )
+    assert (answer.status_code, answer.headers["Content-Type"]) == (200, "application/dicom+json"), answer.text
+    # ImageType is no study attribute: returned where a study has it (here none), never matched
+    assert answer.json() == plain.json()
+    assert answer.raw.headers.getlist("Warning") == [
+        f'{service}"The following query parameters are not supported and were ignored: foo, Token, Vendor.Option, '
+        '1 other"',
+        f'{service}"The following attributes are not supported as query keys and were not matched: ImageType, '
+        'RequestAttributesSequence.AccessionNumber"',
+        f'{service}"The following includefield values name no attribute and were ignored: NotAKeyword"',
+    ]
+    assert "s3cr3t" not in str(answer.headers) and "DERIVED" not in str(answer.headers)
+    # an instance key not matched is still a return key of the instances it is asked of
+    rows = requests.get(f"{root}/studies/{study}/instances?Rows=64&ImageType=X", timeout=30)
+    assert rows.status_code == 200, rows.text[:300]
+    assert [(a["00280010"], a["00080008"]["Value"]) for a in rows.json()] == [
+        ({"vr": "US", "Value": [128]}, ["ORIGINAL", "PRIMARY", "AXIAL"])
+    ]
+    assert rows.raw.headers.getlist("Warning") == [
+        f'{service}"The following attributes are not supported as query keys and were not matched: Rows, ImageType"'
+    ]
+    # what the standard makes a malformed request stays the JSON 400: a bad value of what is supported
+    assert_400(requests.get(f"{root}/studies?StudyDate=2020-13-01&foo=bar", timeout=30), "StudyDate")
+    assert_400(requests.get(f"{root}/studies?limit=ten", timeout=30), "limit")
+    assert_400(requests.get(f"{root}/studies?SOPInstanceUID=1.2", timeout=30), "lower level")

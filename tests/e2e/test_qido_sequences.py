@@ -101,7 +101,7 @@ def test_series_and_instances_match_the_request_attributes_sequence(
     }
 
 
-# What the series query still refuses, and why (the detail of each JSON 400).
+# What the query still refuses, and why (the detail of each JSON 400): a malformed request.
 REFUSED = [
     (
         "studies",
@@ -110,23 +110,41 @@ REFUSED = [
     ),
     (
         "series",
-        {"RequestAttributesSequence.AccessionNumber": "A1"},
-        "RequestAttributesSequence.AccessionNumber: sequence matching is supported on "
-        "RequestAttributesSequence.ScheduledProcedureStepID and RequestAttributesSequence.RequestedProcedureID only",
-    ),
-    (
-        "series",
         {"RequestAttributesSequence.RequestedProcedureID": "RP-1", "00400275.00401001": "RP-1"},
         "00400275.00401001: the same attribute as RequestAttributesSequence.RequestedProcedureID, given twice",
     ),
-    ("series", {"RequestAttributesSequence.NoSuchKeyword": "x"}, "unknown attribute 'NoSuchKeyword'"),
 ]
 
 
-def test_other_sequence_keys_are_a_json_400_that_says_why(requested: tuple[RunningStack, dict[str, str]]) -> None:
+def test_misplaced_or_repeated_sequence_keys_are_a_json_400_that_says_why(
+    requested: tuple[RunningStack, dict[str, str]],
+) -> None:
     stack, _ = requested
     for level, params, detail in REFUSED:
         answer = requests.get(f"{stack.url}/dicomweb/{level}", params=params, headers=stack.api_headers, timeout=30)
         assert answer.status_code == 400, params
         assert answer.headers["Content-Type"] == "application/json"
         assert answer.json() == {"error": "bad_request", "detail": detail}
+
+
+def test_other_sequence_keys_are_ignored_with_a_warning(requested: tuple[RunningStack, dict[str, str]]) -> None:
+    """PS3.18 8.3: a key the origin server does not support is ignored, the answer the one without it (a JSON 400
+    before), and the Warning names it; a path naming no attribute is a parameter we do not know."""
+    stack, _ = requested
+    service = f"299 {stack.url}/dicomweb: "
+    every = requests.get(f"{stack.url}/dicomweb/series", headers=stack.api_headers, timeout=30)
+    for params, warning in (
+        (
+            {"RequestAttributesSequence.AccessionNumber": "A1"},
+            "The following attributes are not supported as query keys and were not matched: "
+            "RequestAttributesSequence.AccessionNumber",
+        ),
+        (
+            {"RequestAttributesSequence.NoSuchKeyword": "x"},
+            "The following query parameters are not supported and were ignored: "
+            "RequestAttributesSequence.NoSuchKeyword",
+        ),
+    ):
+        answer = requests.get(f"{stack.url}/dicomweb/series", params=params, headers=stack.api_headers, timeout=30)
+        assert (answer.status_code, answer.json()) == (200, every.json()), params
+        assert answer.headers["Warning"] == f'{service}"{warning}"'

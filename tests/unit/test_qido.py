@@ -62,8 +62,12 @@ def test_an_empty_value_of_an_attribute_not_matched_is_a_return_key() -> None:
     # PS3.4 C.2.2.2.3: universal matching asks only for the attribute, as C-FIND-style clients do (a 400 before)
     query = parse_qido("instances", {"PatientAge": [""], "00280008": [""], "ImageType": ["", ""]})
     assert (query.matches, query.include) == ((), frozenset({"00101010", "00280008", "00080008"}))
-    with pytest.raises(BadRequest, match="not supported"):
-        parse_qido("studies", {"PatientAge": ["045Y"]})
+    # a value of it is not matched (PS3.18 8.3: ignored, with a Warning); the attribute is still returned
+    query = parse_qido("studies", {"PatientAge": ["045Y"]})
+    assert (query.matches, query.include) == ((), frozenset({"00101010"}))
+    assert query.warnings == (
+        "The following attributes are not supported as query keys and were not matched: PatientAge",
+    )
 
 
 def test_date_and_time_ranges() -> None:
@@ -115,10 +119,34 @@ def test_path_uids_are_validated() -> None:
 
 
 @pytest.mark.parametrize(
+    ("args", "include", "warning"),
+    [
+        (
+            {"NoSuchAttribute": ["x"], "_": ["1712345678"]},
+            set(),
+            "query parameters are not supported and were ignored: NoSuchAttribute",
+        ),
+        ({"ImageType": ["ORIGINAL"]}, {"00080008"}, "not supported as query keys and were not matched: ImageType"),
+        ({"00400275.00321060": ["x"]}, set(), "not supported as query keys and were not matched: 00400275.00321060"),
+        ({"Vendor.Thing": ["x"]}, set(), "query parameters are not supported and were ignored: Vendor.Thing"),
+        ({"includefield": ["NotAKeyword,PatientAge"]}, {"00101010"}, "name no attribute and were ignored: NotAKeyword"),
+        ({"a\r\nb": ["x"], "c d": ["y"]}, set(), "query parameters are not supported and were ignored: 2 others"),
+    ],
+)
+def test_unsupported_parameters_are_ignored_with_a_warning(
+    args: dict[str, list[str]], include: set[str], warning: str
+) -> None:
+    """PS3.18 8.3: a parameter, key or value the origin server does not support is ignored (the request is answered
+    as if it were absent); the answer's Warning names it, when its name is plain. A 400 before."""
+    query = parse_qido("studies", args)
+    assert (query.matches, set(query.include)) == ((), include)
+    assert [text for text in query.warnings if warning in text] == [query.warnings[0]]
+    assert len(query.warnings) == 1
+
+
+@pytest.mark.parametrize(
     ("level", "args", "needle"),
     [
-        ("studies", {"NoSuchAttribute": ["x"]}, "unknown attribute"),
-        ("studies", {"ImageType": ["x"]}, "not supported"),  # a real keyword we do not index
         ("studies", {"Modality": ["CT"]}, "lower level"),
         ("studies", {"SOPInstanceUID": ["1.2"]}, "lower level"),
         ("series", {"InstanceNumber": ["1"]}, "lower level"),
@@ -156,8 +184,6 @@ def test_path_uids_are_validated() -> None:
         ("series", {"SeriesNumber": ["\u0665"]}, "SeriesNumber"),  # ARABIC-INDIC DIGIT FIVE
         ("series", {"SeriesNumber": ["9" * 5000]}, "SeriesNumber"),  # beyond int()'s digit limit
         ("studies", {"PatientID": ["a", "b"]}, "more than once"),
-        ("studies", {"00400275.00321060": ["x"]}, "sequence"),
-        ("studies", {"includefield": ["NotAKeyword"]}, "unknown attribute"),
         ("studies", {"ModalitiesInStudy": ["C'T"]}, "modality"),
         ("bogus", {}, "level"),
     ],
