@@ -242,8 +242,14 @@ def _one_instance_metadata(depth: int, scope: Scope | None) -> sa.ScalarSelect[A
     """The metadata of one instance of the row's study (``depth`` 0) or series (1) that the scope lets the client
     see: where a study- or series-level includefield the stored attributes lack is looked up. One instance
     stands for its study or series (the attributes of those levels are the same in each of its instances); no
-    order, so the index finds it without reading the others."""
-    inner = sa.select(instances.c.metadata).where(instances.c.study_uid == studies.c.study_uid)
+    order, so the index finds it without reading the others. It is one of the study's own patient: an older
+    catalog may hold another patient's instance in a study (``other_patient_id``, migration 0013), whose patient
+    values (PatientWeight, PatientComments...) a study's or a series' answer must never carry next to the study's
+    patient; where no instance of that patient is visible (a series of the other patient's only), the attribute
+    is left out."""
+    inner = sa.select(instances.c.metadata).where(
+        instances.c.study_uid == studies.c.study_uid, instances.c.other_patient_id.is_(None)
+    )
     if depth == 1:
         inner = inner.where(instances.c.series_uid == series.c.series_uid)
     if scope is not None and scope.series is not None:

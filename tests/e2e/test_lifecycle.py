@@ -387,11 +387,16 @@ def test_an_instance_of_another_patient_is_refused_so_erasure_misses_nothing(
     assert stored_keys(stack, new_study) == []
 
 
-def store_as_an_older_catalog_did(stack: RunningStack, study: str, files: list[Path]) -> None:
+def store_as_an_older_catalog_did(
+    stack: RunningStack, study: str, files: list[Path], *, keep_study_patient: bool = True
+) -> None:
     """Store another patient's ``files`` in ``study`` as a catalog from before STOW refused that (0xA778) did: the
     study's patient did not stop them (as with an empty Patient ID now) and the study row kept its patient's
-    Patient ID and attributes (its other columns took the later values, as the merge did). Then the gateway is
-    upgraded over that catalog: stopped, the catalog taken back to revision 0012, started (migration 0013 runs)."""
+    Patient ID and attributes (its other columns took the later values, as the merge did); or, with
+    ``keep_study_patient`` false, the row took the later patient's values as the merge did with every other
+    column, so the study is ``files``' patient's and the instances stored before are another patient's. Then the
+    gateway is upgraded over that catalog: stopped, the catalog taken back to revision 0012, started (migration
+    0013 runs)."""
     import sqlalchemy as sa
     from alembic import command
     from alembic.config import Config
@@ -408,11 +413,12 @@ def store_as_an_older_catalog_did(stack: RunningStack, study: str, files: list[P
             ).one()
             conn.execute(sa.text("UPDATE studies SET patient_id = NULL WHERE study_uid = :s"), {"s": study})
         assert stack.stow(files).status_code == 200
-        with engine.begin() as conn:
-            conn.execute(
-                sa.text("UPDATE studies SET patient_id = :p, attrs = :a WHERE study_uid = :s"),
-                {"p": kept.patient_id, "a": kept.attrs, "s": study},
-            )
+        if keep_study_patient:
+            with engine.begin() as conn:
+                conn.execute(
+                    sa.text("UPDATE studies SET patient_id = :p, attrs = :a WHERE study_uid = :s"),
+                    {"p": kept.patient_id, "a": kept.attrs, "s": study},
+                )
     finally:
         engine.dispose()
     stack.stack.stop()
