@@ -1,4 +1,5 @@
-"""The STOW-RS Store Instances Response (PS3.18 10.5.3 and Annex I) as DICOM JSON, with its HTTP status.
+"""The STOW-RS Store Instances Response (PS3.18 10.5.3 and Annex I) as DICOM JSON, with its HTTP status (as XML:
+``gateway.dicomweb.xml``).
 
 Status codes (PS3.18 Table 10.5.3-1): 200 when every instance was stored (or was already stored with the same
 bytes) without warnings; 202 when some were stored and others failed or carry a warning; 409 when the request
@@ -26,9 +27,6 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
-from xml.etree import ElementTree
-
-from pydicom.datadict import keyword_for_tag
 
 from gateway.uids import InstanceId, check_uid, is_uid
 
@@ -121,40 +119,6 @@ class StowResponse:
 
     def to_bytes(self) -> bytes:
         return json.dumps(self.body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-    def to_xml(self) -> bytes:
-        """The same response as PS3.19 Native DICOM Model XML (``application/dicom+xml``), for clients that ask
-        for it (dcm4che's ``stowrs`` does by default)."""
-        root = ElementTree.Element("NativeDicomModel", {"xmlns": NATIVE_DICOM_NS, "xml:space": "preserve"})
-        _xml_dataset(root, self.body)
-        return ElementTree.tostring(root, encoding="utf-8", xml_declaration=True)
-
-
-NATIVE_DICOM_NS = "http://dicom.nema.org/PS3.19/models/NativeDICOM"
-
-
-def _xml_dataset(parent: ElementTree.Element, dataset: dict[str, Any]) -> None:
-    """The DICOM JSON ``dataset`` (a STOW response: strings, numbers and sequences) as DicomAttribute elements."""
-    # a private block (gggg,xx00-xxFF) by group and xx, from its creator element (gggg,00xx)
-    creators = {tag[:4] + tag[6:8]: el["Value"][0] for tag, el in dataset.items() if _is_creator(tag, el)}
-    for tag, element in sorted(dataset.items()):
-        attrs = {"tag": tag, "vr": element["vr"]}
-        keyword = keyword_for_tag(int(tag, 16))
-        if keyword:
-            attrs["keyword"] = keyword
-        elif int(tag[:4], 16) % 2 and tag[:4] + tag[4:6] in creators:  # a private element: name its block's creator
-            attrs["privateCreator"] = creators[tag[:4] + tag[4:6]]
-        node = ElementTree.SubElement(parent, "DicomAttribute", attrs)
-        for number, value in enumerate(element.get("Value", []), start=1):
-            if element["vr"] == "SQ":
-                _xml_dataset(ElementTree.SubElement(node, "Item", {"number": str(number)}), value)
-            else:
-                ElementTree.SubElement(node, "Value", {"number": str(number)}).text = str(value)
-
-
-def _is_creator(tag: str, element: dict[str, Any]) -> bool:
-    """A Private Creator element, (gggg,0010-00FF) in an odd group, holding the block's creator name."""
-    return int(tag[:4], 16) % 2 == 1 and tag[4:6] == "00" and 0x10 <= int(tag[6:8], 16) and bool(element.get("Value"))
 
 
 def build_stow_response(

@@ -10,7 +10,6 @@ import hashlib
 import json
 import logging
 import re
-import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from flask import Blueprint, Response, request
 
 from gateway import fastjson
 from gateway.catalog.deletions import Target
+from gateway.dicomweb import xml
 from gateway.dicomweb.accept import MediaRange, Offer, negotiate, parse_accept
 from gateway.dicomweb.multipart import iter_parts, parse_content_type
 from gateway.dicomweb.qido import parse_qido
@@ -29,6 +29,7 @@ from gateway.errors import (
     FrameNotFound,
     GatewayError,
     MalformedMultipart,
+    NotAcceptable,
     NotFound,
     PayloadTooLarge,
     UnsupportedContentEncoding,
@@ -58,12 +59,18 @@ log = logging.getLogger("gateway.dicomweb")
 bp = Blueprint("dicomweb", __name__, url_prefix="/dicomweb")
 
 DICOM_JSON = "application/dicom+json"
+DICOM_XML = xml.MEDIA_TYPE
 MAX_PART_BYTES = 8 << 30
 
 
 JSON_OFFERS = [Offer(DICOM_JSON, "*", False), Offer("application/json", "*", False)]
-DICOM_XML = "application/dicom+xml"
-STOW_OFFERS = [*JSON_OFFERS, Offer(DICOM_XML, "*", False), Offer(DICOM_XML, "*", True)]
+# PS3.18 Tables 10.4.4-1 (metadata) and 10.6.4-1 (search): DICOM JSON is the default and multipart/related;
+# type="application/dicom+xml" Required, one NativeDicomModel part per data set. The single-part XML type is for a
+# resource that is a single response item only (Table 10.4.4-1 Note 4): instance metadata and the STOW response.
+XML_PARTS = Offer(DICOM_XML, "*", True)
+LIST_OFFERS = [*JSON_OFFERS, XML_PARTS]
+ONE_OFFERS = [*LIST_OFFERS, Offer(DICOM_XML, "*", False)]
+STOW_OFFERS = [*JSON_OFFERS, Offer(DICOM_XML, "*", False), XML_PARTS]
 
 
 def dicom_json(payload: bytes, status: int = 200) -> Response:
@@ -71,11 +78,24 @@ def dicom_json(payload: bytes, status: int = 200) -> Response:
     return response
 
 
-def accepted(offers: list[Offer] = JSON_OFFERS) -> Offer:
-    """PS3.18 8.7: which of ``offers`` the client takes (QIDO and metadata come only as DICOM JSON); one that takes
-    none gets 406 rather than a representation it did not ask for. The ``accept`` query parameter wins over the
-    header."""
-    return negotiate(request.args.get("accept") or request.headers.get("Accept", ""), offers)
+def accepted(offers: list[Offer]) -> Offer:
+    """PS3.18 8.7: which of ``offers`` the client takes; one that takes none gets 406 rather than a representation
+    it did not ask for, naming those it can have. The ``accept`` query parameter wins over the header."""
+    try:
+        return negotiate(request.args.get("accept") or request.headers.get("Accept", ""), offers)
+    except NotAcceptable:
+        names = [f'multipart/related; type="{o.part_type}"' if o.multipart else o.part_type for o in offers]
+        raise NotAcceptable(f"this resource is answered as {', '.join(names[:-1])} or {names[-1]}") from None
+
+
+def dicom_xml(datasets: list[dict[str, Any]], multipart: bool) -> Response:
+    """``datasets`` as Native DICOM Model XML (``gateway.dicomweb.xml``): one document, or one part each."""
+    if not multipart:
+        return Response(xml.to_xml(datasets[0]), mimetype=DICOM_XML)
+    body, content_type = xml.multipart(xml.to_xml(dataset) for dataset in datasets)
+    response = Response(body)
+    response.headers["Content-Type"] = content_type
+    return response
 
 
 # -- QIDO-RS ----------------------------------------------------------------------------------------------------
@@ -83,7 +103,7 @@ def accepted(offers: list[Offer] = JSON_OFFERS) -> Offer:
 
 def _search(level: str, study: str | None = None, series: str | None = None) -> Response:
     scope = decision().claims.scope
-    accepted()
+    answer_as = accepted(LIST_OFFERS)
     args = {key: request.args.getlist(key) for key in request.args if key not in ("token", "accept")}
     query = parse_qido(
         level,  # type: ignore[arg-type]
@@ -95,7 +115,8 @@ def _search(level: str, study: str | None = None, series: str | None = None) -> 
     results = catalog.search(query, scope)
     if not results and study and not catalog.exists(study, series):
         raise NotFound("no such study" if series is None else "no such series")  # e.g. deleted
-    response = dicom_json(fastjson.dumps(_with_retrieve_urls(results, level, scope)))
+    matches = _with_retrieve_urls(results, level, scope)
+    response = dicom_json(fastjson.dumps(matches)) if answer_as.part_type != DICOM_XML else dicom_xml(matches, True)
     response.headers["Cache-Control"] = "private, no-cache"  # a search answers for now: the catalog changes
     for text in query.warnings:  # PS3.18 8.3.4.2/5/6: a matching option we ignored is owned up to, in these words
         response.headers.add("Warning", _warning(text))
@@ -183,7 +204,7 @@ def _with_query(text: str, prefix: str, query: str) -> str:
 
 def _metadata(study: str, series: str | None = None, instance: str | None = None) -> Response:
     decision()
-    accepted()
+    answer_as = accepted(ONE_OFFERS if instance is not None else LIST_OFFERS)
     catalog = services().catalog
     check_uid(study)
     if instance is not None:
@@ -208,8 +229,13 @@ def _metadata(study: str, series: str | None = None, instance: str | None = None
             parts.append(_with_query(text, prefix, query))
         else:
             parts.append(text.replace('"BulkDataURI":"bulkdata/', f'"BulkDataURI":"{prefix}bulkdata/'))
-    body = ("[" + ",".join(parts) + "]").encode()
-    response = dicom_json(body)
+    if answer_as.part_type == DICOM_XML:
+        # XML is made from the very JSON text a JSON client gets, so both say the same
+        response = dicom_xml([json.loads(part) or {} for part in parts], answer_as.multipart)
+        body = response.get_data()
+    else:
+        body = ("[" + ",".join(parts) + "]").encode()
+        response = dicom_json(body)
     # weak: NGINX gzips the 200 and then weakens its ETag itself, but never a 304's, which must name the ETag the 200
     # would (RFC 9110 15.4.5): a weak one in every answer is the same in all of them
     response.set_etag(hashlib.sha256(body).hexdigest()[:32], weak=True)
@@ -342,13 +368,9 @@ def _stow(study: str | None) -> Response:
     )
     if answer_as.part_type != DICOM_XML:
         response = dicom_json(json.dumps(answer.body, separators=(",", ":")).encode(), answer.status)
-    elif not answer_as.multipart:
-        response = Response(answer.to_xml(), status=answer.status, mimetype=DICOM_XML)
-    else:  # multipart/related; type="application/dicom+xml": the one part
-        boundary = secrets.token_hex(16)
-        head = f"--{boundary}\r\nContent-Type: {DICOM_XML}\r\n\r\n".encode()
-        response = Response(head + answer.to_xml() + f"\r\n--{boundary}--\r\n".encode(), status=answer.status)
-        response.headers["Content-Type"] = f'multipart/related; type="{DICOM_XML}"; boundary={boundary}'
+    else:  # single part, or the one part of multipart/related; type="application/dicom+xml"
+        response = dicom_xml([answer.body], answer_as.multipart)
+        response.status_code = answer.status
     if broken is not None:
         response.headers["Warning"] = _warning(f"the body broke after {sum(r.ok for r in results)} stored: {broken}")
     if outage is not None:  # the instances an outage failed (0xA700) can be sent again once it is over: say when
