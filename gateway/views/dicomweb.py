@@ -66,7 +66,7 @@ MAX_PART_BYTES = 8 << 30
 JSON_OFFERS = [Offer(DICOM_JSON, "*", False), Offer("application/json", "*", False)]
 # PS3.18 Tables 10.4.4-1 (metadata) and 10.6.4-1 (search): DICOM JSON is the default and multipart/related;
 # type="application/dicom+xml" Required, one NativeDicomModel part per data set. The single-part XML type is for a
-# resource that is a single response item only (Table 10.4.4-1 Note 4): instance metadata and the STOW response.
+# resource that is a single response item only (Table 10.4.4-1 Note 3): instance metadata and the STOW response.
 XML_PARTS = Offer(DICOM_XML, "*", True)
 LIST_OFFERS = [*JSON_OFFERS, XML_PARTS]
 ONE_OFFERS = [*LIST_OFFERS, Offer(DICOM_XML, "*", False)]

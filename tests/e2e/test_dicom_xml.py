@@ -292,7 +292,7 @@ def test_a_search_without_a_match_is_an_empty_body(stack: RunningStack) -> None:
         (f'application/dicom+json;q=0, {XML_PARTS};q=0.1', "xml"),
         ("multipart/related; type=application/*", "xml"),
         ("*/*", "json"),
-        ("application/dicom+xml", 406),  # single part: a search has many response items (Table 10.4.4-1 Note 4)
+        ("application/dicom+xml", 406),  # single part: a search has many response items (Table 10.4.4-1 Note 3)
         (f"{XML_PARTS}; transfer-syntax=1.2.840.10008.1.2.4.50", 406),
     ],
 )
@@ -318,7 +318,7 @@ def test_search_and_study_metadata_negotiate_xml_with_json(
 
 def test_instance_metadata_is_a_single_xml_document_too(stack: RunningStack, files: dict[str, Path]) -> None:
     """An instance is a single response item: the single-part application/dicom+xml is permitted for it (PS3.18
-    Table 10.4.4-1 Note 4), also through the ``accept`` query parameter; its ETag is the same from one answer to
+    Table 10.4.4-1 Note 3), also through the ``accept`` query parameter; its ETag is the same from one answer to
     the next, so If-None-Match is a 304."""
     url = f"{instance_url(stack, files['chrX1.dcm'])}/metadata"
     answer = get(stack, url, "application/dicom+xml")
