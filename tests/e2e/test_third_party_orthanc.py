@@ -110,6 +110,21 @@ def test_qido_through_orthanc(orthanc: Orthanc, synthetic: dict[str, Any], trans
     assert values(found, "00080018") == [sop]
 
 
+def test_orthanc_asks_for_dicom_xml(orthanc: Orthanc, synthetic: dict[str, Any]) -> None:
+    """Orthanc's plugin sends the Accept it is given (`HttpHeaders`) and gets PS3.19 XML for a search and a series'
+    metadata: one NativeDicomModel part per match and per instance (PS3.18 Tables 10.4.4-1 and 10.6.4-1)."""
+    from tests.e2e.test_dicom_xml import XML_PARTS, flatten, xml_parts
+
+    study, series, _ = uids_of(synthetic["ct"][0])
+    accept = {"Accept": XML_PARTS}
+    for uri, count in (("/studies", 1), (f"/studies/{study}/series/{series}/metadata", len(synthetic["ct"]))):
+        answer = orthanc.post(f"/dicom-web/servers/{server('path')}/get", {"Uri": uri, "HttpHeaders": accept})
+        assert answer.status_code == 200, answer.text[:300]
+        documents = xml_parts(answer)
+        assert len(documents) == count
+        assert all(flatten(document)["0020000D"] == ("UI", [study]) for document in documents)
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_retrieve_study_into_orthanc_is_byte_identical(
     orthanc: Orthanc, synthetic: dict[str, Any], transport: str
