@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +166,25 @@ class LoopbackPageServer:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+@contextlib.contextmanager
+def folder_page_server(directory: Path) -> Iterator[LoopbackPageServer]:
+    """A ``LoopbackPageServer`` of the files under ``directory`` (a test page and its node_modules), without a log
+    line per request; closed afterwards."""
+
+    class QuietFiles(SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(directory), **kwargs)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
+            return
+
+    server = LoopbackPageServer(QuietFiles)
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 def padded_file(source: Path) -> tuple[bytes, int]:

@@ -18,7 +18,6 @@ import base64
 import io
 import json
 from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ from pydicom.uid import HTJ2KLossless, JPEGLosslessSV1, generate_uid
 
 from gateway.tools.synth import make_series, make_wsi
 from tests.e2e.conftest import BACKENDS, uids_of
-from tests.e2e.harness import LoopbackPageServer, RunningStack, module_stack
+from tests.e2e.harness import LoopbackPageServer, RunningStack, folder_page_server, module_stack
 from tests.e2e.test_compressed_render import fresh_copy
 from tests.e2e.test_viewer import CHROMIUM, CHROMIUM_ARGS, playwright_sync
 from tests.fixtures.compressed import compressed_twin, pydicom_file
@@ -53,15 +52,6 @@ require(
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 
-
-class QuietFiles(SimpleHTTPRequestHandler):
-    """Serves tests/e2e/ohif/ (the page and the two packages)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, directory=str(PAGE_DIR), **kwargs)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
-        return
 
 
 def named(path: Path, **values: str) -> Path:
@@ -124,11 +114,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def page_server() -> Iterator[LoopbackPageServer]:
-    server = LoopbackPageServer(QuietFiles)
-    try:
+    with folder_page_server(PAGE_DIR) as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture(scope="module", params=BACKENDS)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import pydicom
 import pytest
 
 from tests.e2e.conftest import uids_of
-from tests.e2e.harness import LoopbackPageServer, RunningStack, start_stack
+from tests.e2e.harness import LoopbackPageServer, RunningStack, folder_page_server, start_stack
 from tests.e2e.test_viewer import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, NetworkLog, playwright_sync
 from tests.requirements import require
 
@@ -37,23 +36,11 @@ require(
 )
 
 
-class QuietFiles(SimpleHTTPRequestHandler):
-    """Serves tests/e2e/dwv/ (the page, DWV and its dependencies)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, directory=str(PAGE_DIR), **kwargs)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
-        return
-
 
 @pytest.fixture(scope="module")
 def page_server() -> Iterator[LoopbackPageServer]:
-    server = LoopbackPageServer(QuietFiles)
-    try:
+    with folder_page_server(PAGE_DIR) as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture(scope="module")
