@@ -18,11 +18,10 @@ from typing import Generic, TypeVar
 from urllib.parse import parse_qs
 
 from gateway.config import ApiKey
-from gateway.dicomweb.paths import Target, parse_target, split_token
-from gateway.errors import OutOfScope, TokenInvalid, TokenMissing, TokenRevoked, TokenUnrecognised
+from gateway.dicomweb.paths import Target, parse_target, split_token, wado_object
+from gateway.errors import GatewayError, OutOfScope, TokenInvalid, TokenMissing, TokenRevoked, TokenUnrecognised
 from gateway.scope import Scope
 from gateway.tokens import MAX_TOKEN_LENGTH, Claims, TokenService
-from gateway.uids import is_uid
 
 # The session cookie's name: ``__Host-`` over TLS (the browser then takes it only from a secure origin, for this host
 # and path "/"), the plain name otherwise. Only the name of the deployment's mode is read: with both accepted, an
@@ -44,10 +43,12 @@ class Decision:
     claims: Claims
     target: Target
     via: str = ""  # the transports whose credentials decided, space-separated (for the access audit)
+    located: str = ""  # the study of a WADO-URI object named by its SOP Instance UID alone (``wado_study``)
 
     @property
     def study(self) -> str:
-        return self.target.study or ""
+        """The study the request reads, for the access audit (``X-Dgw-Study``) and the plan cache's key."""
+        return self.target.study or self.located
 
 
 def query_token(query: str) -> str | None:
@@ -86,14 +87,19 @@ def well_formed(token: str) -> bool:
     return len(token) <= MAX_TOKEN_LENGTH and _TOKEN_CHARS.fullmatch(token) is not None
 
 
-def check_scope(scope: Scope, method: str, target: Target) -> None:
+# Where a stored instance is, by its SOP Instance UID: (study, series), or None when nothing is stored under it.
+Locate = Callable[[str], tuple[str, str] | None]
+
+
+def check_scope(scope: Scope, method: str, target: Target, locate: Locate | None = None) -> None:
     """Raise OutOfScope unless ``target`` lies inside ``scope``. QIDO answers are filtered later, so search paths
     (``/studies``, ``/series``, ``/instances`` and the study-level ``series``/``instances`` lists) pass here when
-    the study (if any) is touched by the scope."""
+    the study (if any) is touched by the scope. ``locate`` finds a WADO-URI object named by its SOP Instance UID
+    alone (without it such a request is refused)."""
     if target.study is None:
         if target.rest in ("studies", "series", "instances", "wado", ""):
             if target.rest == "wado":
-                _check_wado(scope, target)
+                _check_wado(scope, target, locate)
             return
         raise OutOfScope("path outside the token's scope")
     if target.series is None:
@@ -108,12 +114,27 @@ def check_scope(scope: Scope, method: str, target: Target) -> None:
         raise OutOfScope("series outside the token's scope")
 
 
-def _check_wado(scope: Scope, target: Target) -> None:
+def _check_wado(scope: Scope, target: Target, locate: Locate | None) -> None:
+    """The series a WADO-URI query names must be in scope. NGINX asks before the view parses anything, so the
+    query is read here as the view reads it (``paths.wado_object``). An object named by its SOP Instance UID alone
+    is judged by where it is stored; one stored nowhere gets the answer of one stored outside the scope, so a
+    token cannot learn which UIDs exist beyond what it may read. A named study and series decide on their own, as
+    before: a malformed objectUID beside them stays the view's 400."""
     params = parse_qs(target.query)
-    study = (params.get("studyUID") or [""])[0]
-    series = (params.get("seriesUID") or [""])[0]
-    if not (is_uid(study) and is_uid(series)):
-        raise OutOfScope("WADO-URI needs valid studyUID and seriesUID")
+    try:
+        named = wado_object({name: params.get(name, []) for name in ("studyUID", "seriesUID")})
+        study, series = named.study, named.series
+        if study is None or series is None:
+            sop = wado_object(params).sop
+            found = locate(sop) if locate is not None and sop is not None else None
+            if found is None:
+                raise OutOfScope("object outside the token's scope")
+            # where it is stored: a study or series also named and not its own is the view's 404, after this
+            study, series = found
+    except OutOfScope:
+        raise
+    except GatewayError:
+        raise OutOfScope("WADO-URI needs a valid objectUID, studyUID and seriesUID") from None
     if not scope.allows_series(study, series):
         raise OutOfScope("object outside the token's scope")
 
@@ -155,8 +176,10 @@ class Authorizer:
         clock: Callable[[], float] = time.time,
         load_generations: Callable[[int], dict[str, int]] | None = None,
         cookie: str = PLAIN_COOKIE_NAME,
+        locate: Locate | None = None,
     ) -> None:
         self.tokens = tokens
+        self._locate = locate  # a WADO-URI object named by its SOP Instance UID alone (``check_scope``)
         self.cookie = cookie  # the one cookie name read (``cookie_name``)
         self._api_keys = tuple((key.secret.encode(), key.label) for key in api_keys)
         self._clock = clock
@@ -248,7 +271,23 @@ class Authorizer:
             raise TokenMissing("no token in the path, the query, the Authorization header or the cookie")
         if method in DELETE_METHODS and any(claims.jti != API_KEY_JTI for claims in granted):
             raise OutOfScope("only the API key may delete")
-        return Decision(granted[0] if len(granted) == 1 else intersect(granted), target, " ".join(via))
+        claims = granted[0] if len(granted) == 1 else intersect(granted)
+        return Decision(claims, target, " ".join(via), self._wado_study(target))
+
+    def _wado_study(self, target: Target) -> str:
+        """The study of a WADO-URI object that the query names by its SOP Instance UID alone, where it is stored:
+        the access audit records it (from the path and query it would have none, and a search of who read a
+        study's objects would miss the read). ``""`` for any other request."""
+        if target.rest != "wado" or target.study is not None or self._locate is None:
+            return ""
+        try:
+            named = wado_object(parse_qs(target.query))
+        except GatewayError:
+            return ""
+        if (named.study is not None and named.series is not None) or named.sop is None:
+            return ""  # the audit reads a named study from the query itself
+        found = self._locate(named.sop)
+        return "" if found is None else found[0]
 
     def _bearer(self, value: str, purpose: str, method: str, target: Target, now: int) -> Claims | None:
         """The credential in an ``Authorization: Bearer`` value, or None when it is not one of ours."""
@@ -269,7 +308,7 @@ class Authorizer:
         if claims.jti in revoked or (claims.session is not None and claims.session in revoked):
             raise TokenRevoked("token revoked")
         if claims.scope is not None:
-            check_scope(claims.scope, method, target)
+            check_scope(claims.scope, method, target, self._locate)
         return claims
 
 

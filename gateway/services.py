@@ -79,6 +79,7 @@ class Services:
             settings.revocation_refresh,
             load_generations=catalog.generations,
             cookie=cookie_name(settings.tls),
+            locate=catalog.locate,
         )
         local = settings.storage_url.startswith("file://")  # NGINX reads the local folder itself
         planner = Planner(

@@ -542,6 +542,12 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
             row = conn.execute(_GET_FULL if with_metadata else _GET_LIGHT, {"sop_uid": sop_uid}).first()
         return None if row is None else self._row(row)
 
+    def locate(self, sop_uid: str) -> tuple[str, str] | None:
+        """The study and series of the instance stored under ``sop_uid`` (what a WADO-URI request naming only the
+        object is authorised by), or None."""
+        row = self.get_instance(sop_uid, with_metadata=False)
+        return None if row is None else (row.study_uid, row.series_uid)
+
     def instances_of(
         self, study_uid: str, series_uid: str | None = None, *, with_metadata: bool = True
     ) -> list[InstanceRow]:

@@ -9,11 +9,12 @@ both start here.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from gateway.errors import InvalidPath
-from gateway.uids import is_uid
+from gateway.errors import BadRequest, InvalidPath
+from gateway.uids import check_uid, is_uid
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,37 @@ def parse_target(path: str, query: str = "") -> Target:
                 i += 2
     rest = "/".join(parts[i:])
     return Target(below or "/", study, series, instance, rest, query)
+
+
+@dataclass(frozen=True)
+class WadoObject:
+    """The instance a WADO-URI query names (PS3.18 9.1.2.1). ``study`` and ``series`` are None when the query
+    leaves them out or empty: the instance is then the one its SOP Instance UID names."""
+
+    study: str | None
+    series: str | None
+    sop: str | None  # None: no objectUID (a 400 once the scope is checked)
+
+    def required_sop(self) -> str:
+        if self.sop is None:
+            raise BadRequest("WADO-URI needs exactly one objectUID")
+        return self.sop
+
+
+def wado_object(params: Mapping[str, Sequence[str]]) -> WadoObject:
+    """The UIDs of a WADO-URI query (its values decoded, blank ones kept or not). ``objectUID`` is required
+    (``WadoObject.required_sop``); ``studyUID`` and ``seriesUID`` may be empty or left out, as Weasis sends them
+    with its ``requireOnlySOPInstanceUID`` option: a SOP Instance UID is globally unique (PS3.18 9.1.2.1, the
+    note to Table 9.1.2-1), the two others are there for archives that can only retrieve down a hierarchy.
+    Raises BadRequest (InvalidUID for a value that is no UID)."""
+
+    def named(name: str) -> str | None:
+        values = [value for value in params.get(name, ()) if value]
+        if len(values) > 1:
+            raise BadRequest(f"WADO-URI needs exactly one {name}")
+        return check_uid(values[0], name) if values else None
+
+    return WadoObject(named("studyUID"), named("seriesUID"), named("objectUID"))
 
 
 def _uid(segment: str) -> str:

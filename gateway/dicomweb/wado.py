@@ -24,7 +24,7 @@ from gateway.dicom.converted import ConvertedReader, frames_converted, is_conver
 from gateway.dicom.frames import FrameIndex
 from gateway.dicom.index import DEFLATED_LE, EXPLICIT_VR_BE, EXPLICIT_VR_LE, NATIVE_SYNTAXES, is_video
 from gateway.dicomweb.accept import Offer, negotiate
-from gateway.dicomweb.paths import Target, parse_target, split_token
+from gateway.dicomweb.paths import Target, WadoObject, parse_target, split_token, wado_object
 from gateway.errors import (
     BadRequest,
     FrameNotFound,
@@ -34,7 +34,7 @@ from gateway.errors import (
     RangeNotSatisfiable,
 )
 from gateway.numbers import parse_int
-from gateway.uids import InstanceId, check_uid, is_uid
+from gateway.uids import InstanceId, is_uid
 
 NATIVE_TS = "1.2.840.10008.1.2.1"
 IMPLICIT_TS = "1.2.840.10008.1.2"
@@ -718,25 +718,40 @@ class Planner:
         include = [piece(offset, length)] if length else []
         return self._multipart([("application/octet-stream", include)], "application/octet-stream", seconds)
 
-    def wado(self, params: dict[str, list[str]], render_default: bool = False) -> PlanResponse | None:
+    def wado(self, params: Mapping[str, Sequence[str]], render_default: bool = False) -> PlanResponse | None:
         """WADO-URI (PS3.18 9) for ``application/dicom``: the object itself, by X-Accel-Redirect. With
         ``render_default`` (no ``contentType``) only for an instance without frames to render; None for an image,
         which the caller renders."""
-
-        def one(name: str) -> str:
-            values = params.get(name) or []
-            if len(values) != 1:
-                raise BadRequest(f"WADO-URI needs exactly one {name}")
-            return values[0]
-
-        if one("requestType") != "WADO":
-            raise BadRequest("requestType must be WADO")
-        study = check_uid(one("studyUID"), "studyUID")
-        series = check_uid(one("seriesUID"), "seriesUID")
-        sop = check_uid(one("objectUID"), "objectUID")
-        instance = self.instance(study, series, sop)
+        check_wado_request_type(params)
+        instance = self.named_instance(wado_object(params))
         if "transferSyntax" in params:
-            _check_wado_transfer_syntax(one("transferSyntax").strip(), instance.transfer_syntax_uid)
+            values = params["transferSyntax"]
+            if len(values) != 1:
+                raise BadRequest("WADO-URI needs exactly one transferSyntax")
+            _check_wado_transfer_syntax(values[0].strip(), instance.transfer_syntax_uid)
         elif render_default and self._has_frames(instance):
             return None
         return self.redirect_object(instance)
+
+    def named_instance(self, named: WadoObject) -> CachedInstance:
+        """The instance a WADO-URI query names; by its SOP Instance UID alone when the study or series is left
+        out (``paths.wado_object``), and then a study or series it does name must be the instance's."""
+        sop = named.required_sop()
+        if named.study is not None and named.series is not None:
+            return self.instance(named.study, named.series, sop)
+        row = self._load_instance(sop)
+        if row is None:
+            raise NotFound("no such instance")
+        if named.study not in (None, row.study_uid) or named.series not in (None, row.series_uid):
+            raise NotFound("no such instance in this study and series")
+        return self.instance(row.study_uid, row.series_uid, sop)
+
+
+def check_wado_request_type(params: Mapping[str, Sequence[str]]) -> None:
+    """PS3.18 9.1.2.1.1: ``requestType`` is ``WADO``; the value is an ABNF quoted string, so case-insensitive
+    (``wado`` from a hand-written portal link is the same request), any other a 400."""
+    values = params.get("requestType") or []
+    if len(values) != 1:
+        raise BadRequest("WADO-URI needs exactly one requestType")
+    if values[0].upper() != "WADO":
+        raise BadRequest("requestType must be WADO")

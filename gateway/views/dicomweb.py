@@ -21,9 +21,11 @@ from gateway.catalog.deletions import Target
 from gateway.dicomweb import xml
 from gateway.dicomweb.accept import MediaRange, Offer, negotiate, parse_accept
 from gateway.dicomweb.multipart import iter_parts, parse_content_type
+from gateway.dicomweb.paths import wado_object
 from gateway.dicomweb.qido import parse_qido
 from gateway.dicomweb.stow import StowBatch
 from gateway.dicomweb.stow_response import StowItem, build_stow_response
+from gateway.dicomweb.wado import check_wado_request_type
 from gateway.errors import (
     BadRequest,
     FrameNotFound,
@@ -488,6 +490,13 @@ def wado() -> Response:
         # PS3.18 9.4.1.2.1 defines the one value yes, and 8.3 makes another a 400: `anonymize=true` was ignored, so
         # a client that meant yes was sent identified data. An explicit no asks for what is served.
         raise BadRequest("anonymize takes the one value yes, which is not supported: objects are served as stored")
+    params = {key: args.getlist(key) for key in args}
+    check_wado_request_type(params)
+    planner = services().planner
+    instance = planner.named_instance(wado_object(params))
+    # The query names the instance it locates, so a plan or a rendering made below never looks it up again by a
+    # study or series left out (Weasis's requireOnlySOPInstanceUID sends both empty)
+    params["studyUID"], params["seriesUID"] = [instance.ids.study], [instance.ids.series]
     # PS3.18 9 (URI service): contentType takes Accept's syntax, a list with q-values; the most preferred type
     # decides between the object and a rendering (the first type alone, parameters and all, was read before).
     # Without it the Accept header selects (PS3.18 9.3): `Accept: application/dicom` was sent a JPEG.
@@ -501,24 +510,17 @@ def wado() -> Response:
     if not content_type and "transferSyntax" in args:
         content_type = "application/dicom"  # a client naming a transfer syntax asks for the object, not an image
     if not content_type or content_type == "application/dicom":
-        params = {key: args.getlist(key) for key in args}
         named = listed[0].params.get("transfer-syntax") if listed else None
         if named is not None:  # contentType=application/dicom;transfer-syntax=... asks as transferSyntax does
             if params.setdefault("transferSyntax", [named]) != [named]:
                 raise BadRequest("contentType's transfer-syntax and transferSyntax differ")
-        plan = services().planner.wado(params, render_default=not content_type)
-        if plan is not None:
+        plan = planner.wado(params, render_default=not content_type)
+        if plan is not None and content_type in ("", "application/dicom"):
             response = Response(status=plan.status)
             for name, value in plan.headers:
                 response.headers[name] = value
             return response
-        content_type = "image/jpeg"
-    for key in ("requestType", "studyUID", "seriesUID", "objectUID"):
-        if len(args.getlist(key)) != 1:
-            raise BadRequest(f"WADO-URI needs exactly one {key}")
-    study, series, sop = (check_uid(args.get(k, ""), k) for k in ("studyUID", "seriesUID", "objectUID"))
-    if args.get("requestType") != "WADO":
-        raise BadRequest("requestType must be WADO")
+        content_type = content_type or "image/jpeg"
     if len(args.getlist("frameNumber")) > 1:
         raise BadRequest("WADO-URI takes one frameNumber")  # PS3.18 9.5.2.1: a 400 (the first one was served)
     frame = parse_int(args.get("frameNumber") or "1", "frameNumber", low=1)
@@ -526,7 +528,14 @@ def wado() -> Response:
     rendering = _rendering_of(args)
     try:
         return render_instance(
-            services(), study, series, sop, frame, rendering, accept, whole="frameNumber" not in args
+            services(),
+            instance.ids.study,
+            instance.ids.series,
+            instance.ids.sop,
+            frame,
+            rendering,
+            accept,
+            whole="frameNumber" not in args,
         )
     except FrameNotFound as error:
         # PS3.18 9.5.2.1: a frameNumber past the instance's frames is a 400 here (WADO-RS's frames resource: 404)

@@ -159,10 +159,36 @@ def test_wado_scope_from_the_query() -> None:
     assert scope_detail(STUDY_SCOPE, wado, query=f"studyUID={ST2}&seriesUID={SE}") == (
         "object outside the token's scope"
     )
-    needs = "WADO-URI needs valid studyUID and seriesUID"
-    assert scope_detail(STUDY_SCOPE, wado, query=f"studyUID={ST}") == needs
+    needs = "WADO-URI needs a valid objectUID, studyUID and seriesUID"
     assert scope_detail(STUDY_SCOPE, wado, query=f"studyUID={ST}&seriesUID=abc") == needs
-    assert scope_detail(STUDY_SCOPE, wado) == needs
+    assert scope_detail(STUDY_SCOPE, wado, query="objectUID=x") == needs
+    assert allowed(STUDY_SCOPE, wado, query=f"studyUID={ST}&seriesUID={SE}&objectUID=x&objectUID=y")  # the view: 400
+    assert scope_detail(STUDY_SCOPE, wado, query=f"studyUID={ST}&studyUID={ST2}&seriesUID={SE}") == needs
+    # no objectUID to find the series by: refused without a locator, and by one when it is not stored
+    outside = "object outside the token's scope"
+    assert scope_detail(STUDY_SCOPE, wado, query=f"studyUID={ST}") == outside
+    assert scope_detail(STUDY_SCOPE, wado) == outside
+    assert scope_detail(STUDY_SCOPE, wado, query=f"studyUID=&seriesUID=&objectUID={IN}") == outside
+
+
+def test_wado_object_named_alone_is_judged_by_where_it_is_stored() -> None:
+    """Weasis's requireOnlySOPInstanceUID: studyUID and seriesUID empty or left out, the scope decided by the
+    series the instance is stored in; one stored nowhere gets the out-of-scope answer (no existence oracle)."""
+    stored = {IN: (ST, SE)}
+    wado = "/dicomweb/wado"
+    for query in (f"studyUID=&seriesUID=&objectUID={IN}", f"objectUID={IN}", f"studyUID={ST}&objectUID={IN}"):
+        check_scope(SERIES_SCOPE, "GET", parse_target(wado, query), stored.get)
+        assert_out_of_scope(Scope(frozenset({ST}), frozenset({SE2})), wado, query, stored.get)
+        assert_out_of_scope(Scope(frozenset({ST2})), wado, query, stored.get)
+    assert_out_of_scope(STUDY_SCOPE, wado, "objectUID=1.2.999", stored.get)
+    # a study named beside it that the token reaches does not lend its scope to an object stored elsewhere
+    assert_out_of_scope(Scope(frozenset({ST2})), wado, f"studyUID={ST2}&objectUID={IN}", stored.get)
+
+
+def assert_out_of_scope(scope: Scope, path: str, query: str, locate: auth.Locate) -> None:
+    with pytest.raises(OutOfScope) as caught:
+        check_scope(scope, "GET", parse_target(path, query), locate)
+    assert caught.value.detail == "object outside the token's scope"
 
 
 # -- Authorizer ----------------------------------------------------------------------------------------------------

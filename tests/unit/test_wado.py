@@ -595,6 +595,25 @@ def test_wado_uri_redirects_to_the_object(planner: Planner) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"studyUID": "", "seriesUID": ""},  # Weasis's requireOnlySOPInstanceUID
+        {"studyUID": None, "seriesUID": None},
+        {"seriesUID": ""},
+        {"studyUID": None},
+        {"requestType": "wado"},  # PS3.18 9.1.2.1.1: an ABNF quoted string, case-insensitive
+    ],
+)
+def test_wado_uri_finds_an_object_named_by_its_sop_instance_uid(
+    planner: Planner, changes: dict[str, str | None]
+) -> None:
+    uri = wado_with(**changes, contentType="application/dicom")
+    answer = planner.wado(parse_qs(uri.partition("?")[2], keep_blank_values=True))
+    assert answer is not None
+    assert ("X-Accel-Redirect", f"/_obj/objects/{key(SE, CT1)}") in answer.headers
+
+
 GOOD_WADO = {"requestType": "WADO", "studyUID": ST, "seriesUID": SE, "objectUID": CT1}
 
 
@@ -609,14 +628,16 @@ def wado_with(**changes: str | None) -> str:
     [
         (wado_with(requestType=None), BadRequest, "WADO-URI needs exactly one requestType"),
         (wado_with(requestType="RS"), BadRequest, "requestType must be WADO"),
-        (wado_with(studyUID=None), BadRequest, "WADO-URI needs exactly one studyUID"),
-        (wado_with(seriesUID=None), BadRequest, "WADO-URI needs exactly one seriesUID"),
+        (wado_with() + f"&studyUID={ST}", BadRequest, "WADO-URI needs exactly one studyUID"),
+        (wado_with(requestType="WADO&requestType=WADO"), BadRequest, "WADO-URI needs exactly one requestType"),
         (wado_with(objectUID=None), BadRequest, "WADO-URI needs exactly one objectUID"),
         (wado_with() + f"&objectUID={CT2}", BadRequest, "WADO-URI needs exactly one objectUID"),
         (wado_with(studyUID="x"), InvalidUID, "studyUID is not a valid DICOM UID"),
         (wado_with(seriesUID="1..2"), InvalidUID, "seriesUID is not a valid DICOM UID"),
         (wado_with(objectUID="a"), InvalidUID, "objectUID is not a valid DICOM UID"),
         (wado_with(seriesUID=SE2), NotFound, "no such instance in this study and series"),
+        (wado_with(studyUID=None, seriesUID=SE2), NotFound, "no such instance in this study and series"),
+        (wado_with(studyUID="", seriesUID="", objectUID="1.2.3.9"), NotFound, "no such instance"),
     ],
 )
 def test_wado_uri_validation(planner: Planner, uri: str, error: type[Exception], detail: str) -> None:

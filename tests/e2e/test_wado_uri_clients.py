@@ -1,0 +1,223 @@
+"""WADO-URI requests exactly as Weasis, Horos/OsiriX and Cornerstone's ``wadouri`` loader build them, against the
+real stack on both storage backends, with each token transport (path prefix, query, cookie).
+
+Weasis (``LoadSeries``) asks ``?requestType=WADO&studyUID=..&seriesUID=..&objectUID=..&contentType=application%2Fdicom``
+then, if configured, ``&transferSyntax=..&imageQuality=..``, then its ``additionnalParameters`` (a portal puts the
+token there); its thumbnails are ``contentType=image/jpeg&imageQuality=70&rows=..&columns=..``. With the manifest's
+``requireOnlySOPInstanceUID`` it sends ``studyUID=`` and ``seriesUID=`` empty: that was a 400, it is now found by its
+SOP Instance UID, and a scoped token is judged by where the instance is stored (out of scope, or stored nowhere: the
+403 of the full form for another study). Horos asks ``contentType=application/dicom`` unencoded with
+``&useOrig=true`` (a dcm4chee parameter) or ``&transferSyntax=*&useOrig=true``, and tests a server with
+``studyUID=1&seriesUID=1&objectUID=1``. Cornerstone's loader requests the image id's URL as given (its ``frame=`` cut
+off) with the browser's ``Accept: */*``."""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+import requests
+from PIL import Image
+from pydicom.data import get_testdata_file
+
+from tests.e2e.conftest import BACKENDS, uids_of
+from tests.e2e.harness import RunningStack, module_stack
+from tests.e2e.test_sr_rendered import encapsulated_pdf
+
+NAMES = {"ct": "CT_small.dcm", "rgb2": "SC_rgb_rle_2frame.dcm", "sr": "reportsi.dcm", "mr": "MR_small.dcm"}
+TRANSPORTS = ["path", "query", "cookie"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    found = {key: Path(str(get_testdata_file(name))) for key, name in NAMES.items()}
+    return {**found, "pdf": encapsulated_pdf(tmp_path_factory.mktemp("wado-clients") / "pdf.dcm")}
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, files: dict[str, Path]
+) -> Iterator[RunningStack]:
+    yield from module_stack(request, tmp_path_factory, "wado-clients", list(files.values()))
+
+
+@pytest.fixture(scope="module")
+def token(stack: RunningStack, files: dict[str, Path]) -> str:
+    """A viewer's token: every study but the MR's."""
+    studies = [uids_of(path)[0] for key, path in files.items() if key != "mr"]
+    assert uids_of(files["mr"])[0] not in studies
+    result: str = stack.issue(studies)["token"]
+    return result
+
+
+def get(stack: RunningStack, token: str, transport: str, query: str, **headers: str) -> requests.Response:
+    """``GET /wado?{query}`` carrying the token as ``transport`` says (the query token last, as Weasis appends its
+    additional parameters)."""
+    cookies: dict[str, Any] = {}
+    if transport == "path":
+        url = f"{stack.root(token)}/wado?{query}"
+    elif transport == "query":
+        url = f"{stack.url}/dicomweb/wado?{query}&token={token}"
+    else:
+        url, cookies = f"{stack.url}/dicomweb/wado?{query}", {"dicomgw_token": token}
+    return requests.get(url, headers=headers, cookies=cookies, timeout=60)
+
+
+def weasis(path: Path, *, only_sop: bool, extra: str = "") -> str:
+    study, series, sop = uids_of(path)
+    if only_sop:
+        study = series = ""
+    ids = f"studyUID={study}&seriesUID={series}&objectUID={sop}"
+    return f"requestType=WADO&{ids}&contentType=application%2Fdicom{extra}"
+
+
+def assert_json(answer: requests.Response, status: int, error: str) -> dict[str, Any]:
+    assert answer.status_code == status, (answer.status_code, answer.text[:300])
+    assert answer.headers["Content-Type"] == "application/json"
+    body: dict[str, Any] = answer.json()
+    assert body["error"] == error, body
+    return body
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_weasis_require_only_sop_instance_uid_is_served_in_scope_only(
+    stack: RunningStack, token: str, files: dict[str, Path], transport: str
+) -> None:
+    for key in ("ct", "rgb2", "sr"):
+        for only_sop in (False, True):
+            answer = get(stack, token, transport, weasis(files[key], only_sop=only_sop))
+            assert answer.status_code == 200, (key, only_sop, answer.status_code, answer.text[:300])
+            assert answer.headers["Content-Type"].startswith("application/dicom"), answer.headers["Content-Type"]
+            assert answer.content == files[key].read_bytes(), (key, only_sop)
+    # left out rather than empty, or only one of them: the same object
+    study, series, sop = uids_of(files["ct"])
+    for query in (
+        f"requestType=WADO&objectUID={sop}&contentType=application%2Fdicom",
+        f"requestType=WADO&studyUID={study}&seriesUID=&objectUID={sop}&contentType=application%2Fdicom",
+        f"objectUID={sop}&seriesUID={series}&requestType=WADO&contentType=application%2Fdicom",
+    ):
+        answer = get(stack, token, transport, query)
+        assert (answer.status_code, answer.content) == (200, files["ct"].read_bytes()), query
+    # outside the token's scope: the full form's 403, and the same for the UID alone (nothing more, nothing less)
+    full = assert_json(get(stack, token, transport, weasis(files["mr"], only_sop=False)), 403, "forbidden")
+    alone = assert_json(get(stack, token, transport, weasis(files["mr"], only_sop=True)), 403, "forbidden")
+    assert full == {"error": "forbidden", "detail": "out_of_scope"}
+    assert alone == full
+    # a UID stored nowhere answers as one stored outside the scope: a token cannot probe which UIDs exist
+    nowhere = "requestType=WADO&studyUID=&seriesUID=&objectUID=1.2.3.999&contentType=application%2Fdicom"
+    assert assert_json(get(stack, token, transport, nowhere), 403, "forbidden") == full
+    # a study of the token named beside an object stored in another study lends it no scope
+    mr_sop = uids_of(files["mr"])[2]
+    lent = f"requestType=WADO&studyUID={study}&seriesUID=&objectUID={mr_sop}&contentType=application%2Fdicom"
+    assert assert_json(get(stack, token, transport, lent), 403, "forbidden") == full
+
+
+def test_the_access_audit_names_the_study_of_an_object_named_alone(
+    stack: RunningStack, token: str, files: dict[str, Path]
+) -> None:
+    """Its query names no study, so the study the decision located goes into the log line (``X-Dgw-Study``), and
+    the audit row holds it: a search of who read a study's objects finds this read."""
+    from gateway.accesslog import access_row
+
+    study, _, sop = uids_of(files["ct"])
+    agent = f"weasis-{uuid.uuid4().hex}"
+    for transport in TRANSPORTS:
+        answer = get(stack, token, transport, weasis(files["ct"], only_sop=True), **{"User-Agent": agent})
+        assert answer.status_code == 200
+    stack.settle_access_log()
+    lines = [line for line in stack.access_log() if line.get("user_agent") == agent]
+    assert len(lines) == 3 and {line["study"] for line in lines} == {study}, lines
+    for line in lines:
+        row = access_row(json.dumps(line))
+        assert row is not None
+        assert (row["action"], row["study_uid"], row["sop_uid"]) == ("wado-uri", study, sop)
+        assert token not in json.dumps(line)
+
+
+def test_only_sop_instance_uid_with_the_api_key(stack: RunningStack, files: dict[str, Path]) -> None:
+    """The unscoped credential reaches every object; one stored nowhere is a 404, and a named study or series
+    that is not the object's a 404 as in the full form."""
+    base = f"{stack.url}/dicomweb/wado"
+    answer = requests.get(f"{base}?{weasis(files['mr'], only_sop=True)}", headers=stack.api_headers, timeout=60)
+    assert (answer.status_code, answer.content) == (200, files["mr"].read_bytes())
+    nowhere = "requestType=WADO&studyUID=&seriesUID=&objectUID=1.2.3.999&contentType=application%2Fdicom"
+    assert_json(requests.get(f"{base}?{nowhere}", headers=stack.api_headers, timeout=60), 404, "not_found")
+    ct_study = uids_of(files["ct"])[0]
+    other = f"requestType=WADO&studyUID={ct_study}&objectUID={uids_of(files['mr'])[2]}"
+    body = assert_json(requests.get(f"{base}?{other}", headers=stack.api_headers, timeout=60), 404, "not_found")
+    assert body["detail"] == "no such instance in this study and series"
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_weasis_thumbnail_and_transfer_syntax_requests(
+    stack: RunningStack, token: str, files: dict[str, Path], transport: str
+) -> None:
+    study, series, sop = uids_of(files["ct"])
+    for ids in (f"studyUID={study}&seriesUID={series}", "studyUID=&seriesUID="):
+        thumbnail = f"requestType=WADO&{ids}&objectUID={sop}&contentType=image/jpeg&imageQuality=70&rows=64&columns=64"
+        answer = get(stack, token, transport, thumbnail)
+        assert (answer.status_code, answer.headers["Content-Type"]) == (200, "image/jpeg"), answer.text[:300]
+        image = Image.open(io.BytesIO(answer.content))
+        assert image.format == "JPEG" and max(image.size) == 64, image.size
+    stored = str(pydicom.dcmread(files["ct"], stop_before_pixels=True).file_meta.TransferSyntaxUID)
+    # the stored syntax (or "*"), with the compression rate Weasis adds: the object as stored
+    for syntax in (stored, "*"):
+        answer = get(stack, token, transport, weasis(files["ct"], only_sop=True, extra=f"&transferSyntax={syntax}"))
+        assert (answer.status_code, answer.content) == (200, files["ct"].read_bytes()), answer.text[:300]
+    lossy = weasis(files["ct"], only_sop=True, extra="&transferSyntax=1.2.840.10008.1.2.4.91&imageQuality=80")
+    body = assert_json(get(stack, token, transport, lossy), 406, "not_acceptable")
+    assert stored in body["detail"]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_horos_requests(stack: RunningStack, token: str, files: dict[str, Path], transport: str) -> None:
+    study, series, sop = uids_of(files["rgb2"])
+    base = f"requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={sop}&contentType=application/dicom"
+    for extra in ("&useOrig=true", "&transferSyntax=*&useOrig=true"):
+        answer = get(stack, token, transport, base + extra)
+        assert answer.status_code == 200, answer.text[:300]
+        assert answer.headers["Content-Type"] == "application/dicom; transfer-syntax=1.2.840.10008.1.2.5"
+        assert answer.content == files["rgb2"].read_bytes()
+    # its "test the server" request: a study the token does not reach
+    probe = "requestType=WADO&studyUID=1&seriesUID=1&objectUID=1&contentType=application/dicom&useOrig=true"
+    assert_json(get(stack, token, transport, probe), 403, "forbidden")
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_cornerstone_wadouri_requests(stack: RunningStack, token: str, files: dict[str, Path], transport: str) -> None:
+    """The loader fetches the image id's URL with XMLHttpRequest: a browser's ``Accept: */*``."""
+    for key in ("ct", "rgb2"):
+        answer = get(stack, token, transport, weasis(files[key], only_sop=False), Accept="*/*")
+        assert answer.status_code == 200, answer.text[:300]
+        assert answer.headers["Content-Type"].startswith("application/dicom")
+        assert answer.content == files[key].read_bytes()
+    # Cornerstone's documentation's example asks for baseline JPEG, which this object is not stored as
+    jpeg = weasis(files["ct"], only_sop=False, extra="&transferSyntax=1.2.840.10008.1.2.4.50")
+    assert_json(get(stack, token, transport, jpeg, Accept="*/*"), 406, "not_acceptable")
+
+
+def test_values_in_other_cases(stack: RunningStack, token: str, files: dict[str, Path]) -> None:
+    """``requestType``'s value is an ABNF quoted string (case-insensitive), media types are case-insensitive; the
+    parameter names are case-sensitive (``%s"objectUID="``), so a lower-case name names nothing."""
+    study, series, sop = uids_of(files["ct"])
+    ids = f"studyUID={study}&seriesUID={series}&objectUID={sop}"
+    for query in (
+        f"requestType=wado&{ids}&contentType=application/dicom",
+        f"requestType=Wado&{ids}&contentType=Application/DICOM",
+        f"requestType=WADO&{ids}&contentType=application/dicom&anonymize=NO",
+    ):
+        answer = get(stack, token, "path", query)
+        assert (answer.status_code, answer.content) == (200, files["ct"].read_bytes()), (query, answer.text[:300])
+    answer = get(stack, token, "path", f"requestType=WADO&{ids}&contentType=IMAGE/PNG")
+    assert (answer.status_code, answer.headers["Content-Type"]) == (200, "image/png")
+    body = assert_json(get(stack, token, "path", f"requestType=WADO&{ids.lower()}"), 403, "forbidden")
+    assert body["detail"] == "out_of_scope"  # NGINX names the refusal, never the reason
+    lower = f"{stack.url}/dicomweb/wado?requestType=WADO&{ids.lower()}"
+    body = assert_json(requests.get(lower, headers=stack.api_headers, timeout=60), 400, "bad_request")
+    assert body["detail"] == "WADO-URI needs exactly one objectUID"
