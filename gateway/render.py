@@ -379,6 +379,20 @@ def _document(services: Services, row: Any) -> tuple[str, bytes] | None:
     return None if document is None else (mime, document)
 
 
+def text_rendering(services: Services, sop: str) -> str:
+    """The default rendered media type of an instance of the Text resource category (PS3.18 Table 8.7.4-1):
+    ``text/html`` for a structured report; for an Encapsulated PDF ``application/pdf``, the one rendering made of
+    a document. ``""`` for an instance outside that category."""
+    row = services.catalog.get_instance(check_uid(sop))
+    if row is None or row.metadata is None:
+        return ""
+    if '"0040A040"' in row.metadata and report.is_report(json.loads(row.metadata)):
+        return "text/html"
+    if '"00420011"' in row.metadata and _value(json.loads(row.metadata), "00420012") == "application/pdf":
+        return "application/pdf"
+    return ""
+
+
 def render_instance(
     services: Services,
     study: str,

@@ -41,7 +41,7 @@ from gateway.hooks import UploadContext
 from gateway.ingest import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, IngestResult
 from gateway.lifecycle import check_reason
 from gateway.numbers import INT32_MAX, parse_int
-from gateway.render import parse_window, render_instance
+from gateway.render import parse_window, render_instance, text_rendering
 from gateway.scope import Scope
 from gateway.spool import spool_file
 from gateway.uids import check_uid
@@ -474,11 +474,11 @@ def thumbnail_series(study: str, series: str) -> Response:
 @bp.get("/wado")
 def wado() -> Response:
     """WADO-URI (PS3.18 9): ``application/dicom`` is handed to NGINX (X-Accel-Redirect, Range honoured by
-    storage); image types are rendered. Without ``contentType`` an image is rendered as ``image/jpeg``, and an
-    instance with no frames to render (no pixel data: an SR, a waveform, an RT plan; or frames that cannot be
-    served, such as a video's) is sent as ``application/dicom``: image/jpeg is the default of single-frame images
-    only (PS3.18 7.1.2 and 7.4 of the URI service), and a 406 left such an instance unreachable by a plain WADO-URI
-    link."""
+    storage); the rendered media types are rendered. Without ``contentType`` the default is that of the
+    instance's resource category (PS3.18 Table 8.7.4-1): ``image/jpeg`` for an image, ``text/html`` for a
+    structured report (an Encapsulated PDF: the PDF, the one rendering made of a document), and the object
+    (``application/dicom``) for the rest (a waveform, an RT plan, a video whose frames cannot be served), which has
+    no rendered media type: a 406 left such an instance unreachable by a plain WADO-URI link."""
     decision()
     args = request.args
     anonymize = [value.strip().lower() for value in args.getlist("anonymize")]
@@ -515,6 +515,8 @@ def wado() -> Response:
             if params.setdefault("transferSyntax", [named]) != [named]:
                 raise BadRequest("contentType's transfer-syntax and transferSyntax differ")
         plan = planner.wado(params, render_default=not content_type)
+        if plan is not None and not content_type:
+            content_type = text_rendering(services(), instance.ids.sop)  # PS3.18 Table 8.7.4-1, Text: text/html
         if plan is not None and content_type in ("", "application/dicom"):
             response = Response(status=plan.status)
             for name, value in plan.headers:

@@ -82,14 +82,14 @@ def test_wado_uri_without_content_type_answers_what_the_accept_header_asks(
     )
     assert answer.status_code == 200
     assert answer.headers["Content-Type"] == "image/jpeg"
-    # a browser's own Accept keeps the defaults: JPEG for an image, the object for an SR
+    # a browser's own Accept keeps the defaults (PS3.18 Table 8.7.4-1): JPEG for an image, HTML for an SR
     for accept in (IMG_ACCEPT, PAGE_ACCEPT, "*/*"):
         answer = requests.get(wado(root, files["ct"]), headers={"Accept": accept}, timeout=30)
         assert (answer.status_code, answer.headers["Content-Type"]) == (200, "image/jpeg"), accept
         assert answer.content.startswith(b"\xff\xd8")
         answer = requests.get(wado(root, files["sr"]), headers={"Accept": accept}, timeout=30)
-        assert (answer.status_code, answer.headers["Content-Type"]) == (200, "application/dicom"), accept
-        assert answer.content == files["sr"].read_bytes()
+        assert (answer.status_code, answer.headers["Content-Type"]) == (200, "text/html; charset=utf-8"), accept
+        assert answer.content.startswith(b"<!DOCTYPE html>")
 
 
 def test_wado_uri_frame_number_past_the_frames_or_given_twice_is_400(root: str, files: dict[str, Path]) -> None:

@@ -591,27 +591,41 @@ def test_wado_uri_transfer_syntax_names_the_stored_one_or_is_refused(
 def test_wado_uri_without_content_type_sends_an_instance_without_pixels_as_dicom(
     stack: RunningStack, tmp_path: Path
 ) -> None:
-    """PS3.18 (URI service, 7.1.2 / 7.4): image/jpeg is the default contentType of single-frame images; an SR, a
-    waveform or an RT plan has no frame to render and defaults to application/dicom. It was a 406 ("frames cannot
-    be rendered"), so a plain WADO-URI link to such an instance never worked. Images still default to image/jpeg,
-    and an explicit image/jpeg for the SR is still a 406."""
+    """PS3.18 Table 8.7.4-1 (URI column): image/jpeg is the default of images and text/html that of the Text
+    category (a report); an instance of neither (an RT plan, a waveform) has no rendered media type and defaults to
+    application/dicom. It was a 406 ("frames cannot be rendered"), so a plain WADO-URI link to such an instance
+    never worked; a report came as the object too. An explicit image/jpeg for either is still a 406."""
     from pydicom.data import get_testdata_file
 
-    report = pydicom.dcmread(get_testdata_file("reportsi.dcm"))
-    uids = [pydicom.uid.generate_uid() for _ in range(3)]  # its own: test_real_files stores the file as it is
-    report.StudyInstanceUID, report.SeriesInstanceUID, report.SOPInstanceUID = uids
-    report.file_meta.MediaStorageSOPInstanceUID = uids[2]
-    report.save_as(tmp_path / "sr.dcm", enforce_file_format=True)
-    assert stack.stow([tmp_path / "sr.dcm"]).status_code == 200
-    params = {"requestType": "WADO", "studyUID": uids[0], "seriesUID": uids[1], "objectUID": uids[2]}
+    paths = {}
+    for kind in ("sr", "plan"):
+        ds = pydicom.dcmread(get_testdata_file("reportsi.dcm"))
+        uids = [pydicom.uid.generate_uid() for _ in range(3)]  # its own: test_real_files stores the file as it is
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = uids
+        ds.file_meta.MediaStorageSOPInstanceUID = uids[2]
+        if kind == "plan":  # no SR content: an RT Plan (no pixels, no text)
+            for keyword in ("ValueType", "ContentSequence", "ConceptNameCodeSequence"):
+                delattr(ds, keyword)
+            ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.481.5"
+            ds.Modality = "RTPLAN"
+        paths[kind] = tmp_path / f"{kind}.dcm"
+        ds.save_as(paths[kind], enforce_file_format=True)
+    assert stack.stow(list(paths.values())).status_code == 200
     url = f"{stack.url}/dicomweb/wado"
-    default = requests.get(url, params=params, headers=stack.api_headers, timeout=30)
-    assert (default.status_code, default.headers["Content-Type"]) == (200, "application/dicom"), default.text[:200]
-    assert default.content == (tmp_path / "sr.dcm").read_bytes()
-    jpeg = requests.get(url, params={**params, "contentType": "image/jpeg"}, headers=stack.api_headers, timeout=30)
-    assert jpeg.status_code == 406 and jpeg.headers["Content-Type"] == "application/json"
-    missing = requests.get(url, params={**params, "objectUID": "1.2.3"}, headers=stack.api_headers, timeout=30)
-    assert missing.status_code == 404 and missing.headers["Content-Type"] == "application/json"
+    for kind, path in paths.items():
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        params = {"requestType": "WADO", "studyUID": ds.StudyInstanceUID, "seriesUID": ds.SeriesInstanceUID,
+                  "objectUID": ds.SOPInstanceUID}  # fmt: skip
+        default = requests.get(url, params=params, headers=stack.api_headers, timeout=30)
+        if kind == "plan":
+            assert (default.status_code, default.headers["Content-Type"]) == (200, "application/dicom"), default.text
+            assert default.content == path.read_bytes()
+        else:
+            assert (default.status_code, default.headers["Content-Type"]) == (200, "text/html; charset=utf-8")
+        jpeg = requests.get(url, params={**params, "contentType": "image/jpeg"}, headers=stack.api_headers, timeout=30)
+        assert jpeg.status_code == 406 and jpeg.headers["Content-Type"] == "application/json"
+        missing = requests.get(url, params={**params, "objectUID": "1.2.3"}, headers=stack.api_headers, timeout=30)
+        assert missing.status_code == 404 and missing.headers["Content-Type"] == "application/json"
 
 
 @pytest.mark.parametrize("lut", ["ModalityLUTSequence", "VOILUTSequence"])

@@ -9,7 +9,10 @@ SOP Instance UID, and a scoped token is judged by where the instance is stored (
 403 of the full form for another study). Horos asks ``contentType=application/dicom`` unencoded with
 ``&useOrig=true`` (a dcm4chee parameter) or ``&transferSyntax=*&useOrig=true``, and tests a server with
 ``studyUID=1&seriesUID=1&objectUID=1``. Cornerstone's loader requests the image id's URL as given (its ``frame=`` cut
-off) with the browser's ``Accept: */*``."""
+off) with the browser's ``Accept: */*``.
+
+PS3.18 Table 8.7.4-1: without ``contentType`` a structured report's default is ``text/html`` (it was sent as
+``application/dicom``); ``text/xml`` is optional for the URI service and stays a JSON 406."""
 
 from __future__ import annotations
 
@@ -28,7 +31,8 @@ from pydicom.data import get_testdata_file
 
 from tests.e2e.conftest import BACKENDS, uids_of
 from tests.e2e.harness import RunningStack, module_stack
-from tests.e2e.test_sr_rendered import encapsulated_pdf
+from tests.e2e.test_client_queries import IMG_ACCEPT, PAGE_ACCEPT
+from tests.e2e.test_sr_rendered import CSP, encapsulated_pdf
 
 NAMES = {"ct": "CT_small.dcm", "rgb2": "SC_rgb_rle_2frame.dcm", "sr": "reportsi.dcm", "mr": "MR_small.dcm"}
 TRANSPORTS = ["path", "query", "cookie"]
@@ -200,6 +204,48 @@ def test_cornerstone_wadouri_requests(stack: RunningStack, token: str, files: di
     # Cornerstone's documentation's example asks for baseline JPEG, which this object is not stored as
     jpeg = weasis(files["ct"], only_sop=False, extra="&transferSyntax=1.2.840.10008.1.2.4.50")
     assert_json(get(stack, token, transport, jpeg, Accept="*/*"), 406, "not_acceptable")
+
+
+def test_default_media_type_follows_the_resource_category(
+    stack: RunningStack, token: str, files: dict[str, Path]
+) -> None:
+    """PS3.18 Table 8.7.4-1 (URI column): image/jpeg for an image, text/html for a report (an Encapsulated PDF is
+    sent as the PDF, the one rendering made of it); without a rendered type (a waveform, ...) the object."""
+
+    def ask(key: str, transport: str, headers: dict[str, str]) -> requests.Response:
+        study, series, sop = uids_of(files[key])
+        query = f"requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={sop}"
+        return get(stack, token, transport, query, **headers)
+
+    for headers in ({"Accept": "*/*"}, {"Accept": IMG_ACCEPT}, {"Accept": PAGE_ACCEPT}):
+        for transport in TRANSPORTS:
+            image = ask("ct", transport, headers)
+            assert (image.status_code, image.headers["Content-Type"]) == (200, "image/jpeg")
+            assert image.content.startswith(b"\xff\xd8")
+            report = ask("sr", transport, headers)
+            assert report.status_code == 200, report.text[:300]
+            assert report.headers["Content-Type"] == "text/html; charset=utf-8"
+            assert report.headers["Content-Security-Policy"] == CSP
+            assert b"<html" in report.content
+            pdf = ask("pdf", transport, headers)
+            assert (pdf.status_code, pdf.headers["Content-Type"]) == (200, "application/pdf")
+            assert pdf.content == pydicom.dcmread(files["pdf"]).EncapsulatedDocument  # as stored: its even-length pad
+
+
+def test_report_content_types(stack: RunningStack, token: str, files: dict[str, Path]) -> None:
+    study, series, sop = uids_of(files["sr"])
+    query = f"requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={sop}"
+    text = get(stack, token, "path", f"{query}&contentType=text/plain")
+    assert (text.status_code, text.headers["Content-Type"]) == (200, "text/plain; charset=utf-8")
+    # the object when asked for, by the parameter or the header
+    for answer in (
+        get(stack, token, "path", f"{query}&contentType=application/dicom"),
+        get(stack, token, "path", query, Accept="application/dicom"),
+    ):
+        assert (answer.status_code, answer.content) == (200, files["sr"].read_bytes())
+    # text/xml is optional for the URI service (Table 8.7.4-1) and not made here
+    body = assert_json(get(stack, token, "path", f"{query}&contentType=text/xml"), 406, "not_acceptable")
+    assert "text/html or text/plain" in body["detail"]
 
 
 def test_values_in_other_cases(stack: RunningStack, token: str, files: dict[str, Path]) -> None:
