@@ -224,6 +224,31 @@ def make_authorizer(tokens: TokenService, revocations: Revocations, clock: Clock
     return Authorizer(tokens, keys, revocations, 2.0, clock)
 
 
+def test_decide_locates_a_wado_object_named_alone(tokens: TokenService) -> None:
+    """Weasis's requireOnlySOPInstanceUID: the scope is checked on the series the object is stored in, and the
+    decision names its study (X-Dgw-Study: the access audit's study of a query that names none)."""
+    stored = {IN: (ST, SE)}
+    asked: list[str] = []
+
+    def locate(sop: str) -> tuple[str, str] | None:
+        asked.append(sop)
+        return stored.get(sop)
+
+    keys = parse_api_keys("api-key-one-" + "1" * 20)
+    authorizer = Authorizer(tokens, keys, Revocations(), 2.0, Clock(T), locate=locate)
+    token = tokens.issue(sub="u", studies=[ST], now=T).token
+    query = f"requestType=WADO&studyUID=&seriesUID=&objectUID={IN}&contentType=application%2Fdicom"
+    decision = authorizer.decide("GET", f"/t/{token}/dicomweb/wado?{query}", now=T)
+    assert decision.study == ST and asked == [IN, IN]
+    api_key = authorizer.decide("GET", f"/dicomweb/wado?{query}", authorization="Bearer " + "api-key-one-" + "1" * 20)
+    assert api_key.study == ST  # no scope to check, the audit still names the study
+    full = authorizer.decide("GET", f"/t/{token}/dicomweb/wado?studyUID={ST}&seriesUID={SE}&objectUID={IN}", now=T)
+    assert full.study == "" and len(asked) == 3  # the audit reads a named study from the query: no lookup
+    other = tokens.issue(sub="u", studies=[ST2], now=T).token
+    with pytest.raises(OutOfScope):
+        authorizer.decide("GET", f"/t/{other}/dicomweb/wado?{query}", now=T)
+
+
 def test_decide_with_a_path_token(tokens: TokenService) -> None:
     issued = tokens.issue(sub="u", studies=[ST], now=T)
     authorizer = make_authorizer(tokens, Revocations(), Clock(T))
