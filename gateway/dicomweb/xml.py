@@ -54,8 +54,14 @@ def multipart(documents: Iterable[bytes]) -> tuple[bytes, str]:
 
 
 def _attributes(parent: ElementTree.Element, dataset: Mapping[str, Any]) -> None:
-    # a private block (gggg,xx00-xxFF) by group and xx, from its creator element (gggg,00xx)
-    creators = {tag[:4] + tag[6:8]: el["Value"][0] for tag, el in dataset.items() if _is_creator(tag, el)}
+    # a private block (gggg,xx00-xxFF) by group and xx, from its creator element (gggg,00xx): its whole value, as
+    # PS3.19 A.1.5 names it ("the value of the Private Creator Data Element") and dcm2xml writes it, also when a
+    # backslash made it several values in JSON (an empty one among them is null there)
+    creators = {
+        tag[:4] + tag[6:8]: "\\".join("" if value is None else str(value) for value in el["Value"])
+        for tag, el in dataset.items()
+        if _is_creator(tag, el)
+    }
     for tag, element in sorted(dataset.items()):
         vr = element["vr"]
         attrs = {"tag": tag, "vr": vr}

@@ -52,6 +52,21 @@ def test_private_elements_are_named_by_their_creator_when_it_is_known() -> None:
     assert tags == [("00290010", None), ("00290005", "ACME 1"), ("00291105", None)]
 
 
+def test_a_creator_of_several_values_names_its_block_by_the_whole_value() -> None:
+    """LO's backslash makes a Private Creator several values in JSON, an empty one null: the block is named by the
+    value as the file holds it, as dcm2xml names it (the null first value was a TypeError, the answer a 500)."""
+    document = xml.to_xml(
+        {
+            "00290010": {"vr": "LO", "Value": [None, "ACME"]},
+            "00291001": {"vr": "LO", "Value": ["a"]},
+            "00310010": {"vr": "LO", "Value": ["ONE", "TWO"]},
+            "00311001": {"vr": "LO", "Value": ["b"]},
+        }
+    )
+    tags = [(a.get("tag"), a.get("privateCreator")) for a in ElementTree.fromstring(document)]
+    assert tags == [("00290010", None), ("00290001", "\\ACME"), ("00310010", None), ("00310001", "ONE\\TWO")]
+
+
 def test_at_values_bulk_data_and_inline_binary() -> None:
     document = xml.to_xml(
         {
