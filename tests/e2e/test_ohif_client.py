@@ -543,6 +543,14 @@ def test_storage_cors_and_headers_stay_behind_nginx(
             assert answer.headers["Access-Control-Allow-Origin"] == page_server.origin, path
             assert answer.headers["Access-Control-Allow-Credentials"] == "true"
             assert [name for name in answer.headers if name.lower().startswith("x-am")] == [], path
+            # an origin the gateway does not allow gets no CORS answer at all: storage's `*` let any page read an
+            # object through a path token (a token in the URL needs no credentials, which `*` excludes)
+            foreign = requests.get(
+                url + path, headers={"Accept": accept, "Origin": "https://elsewhere.example"}, timeout=30
+            )
+            assert foreign.status_code == 200, foreign.text[:300]
+            assert "Access-Control-Allow-Origin" not in foreign.headers, path
+            assert "Access-Control-Allow-Credentials" not in foreign.headers, path
     assert requests.get(url, timeout=30, headers={"Accept": "application/dicom"}).content == files["ct3"].read_bytes()
 
 
