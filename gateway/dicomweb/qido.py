@@ -17,8 +17,9 @@ it does not support (the request is processed as if it were absent), and owned u
 a parameter that names no attribute (``foo``, vendor parameters), an attribute key the catalog does not match (a
 value of ``ImageType``, a sequence key other than the two above) and an ``includefield`` value that names no
 attribute. ``fuzzymatching``, ``emptyvaluematching`` and ``multiplevaluematching`` are ignored in the words of
-PS3.18 8.3.4.2, 8.3.4.5, 8.3.4.6. A bad value of what is supported (a date, a UID, ``limit``), an attribute of a
-lower level than the query's or one attribute given twice stays a 400 that names the parameter. The transport
+PS3.18 8.3.4.2, 8.3.4.5, 8.3.4.6. A bad value of what is supported (a date, a UID, ``limit``), a key the catalog
+matches of a lower level than the query's (``Modality`` in a studies query; ``Rows`` there is ignored as above) or one
+attribute given twice stays a 400 that names the parameter. The transport
 parameters ``token``, ``accept``, ``charset`` and ``_`` (jQuery's cache buster) are ignored silently (the DICOMweb
 layer handles the first three).
 """
