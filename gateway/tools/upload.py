@@ -1,6 +1,7 @@
 """``dicom-gateway upload``: a STOW-RS client that streams files, resumes, retries and says what happened.
 
-Flow: collect files (folders recurse; files without the ``DICM`` preamble and DICOMDIRs are skipped with a note) → read
+Flow: collect files (folders recurse; what is no DICOM, archives and DICOMDIRs are skipped with a note; a data set
+without the PS3.10 wrapping is wrapped, ``media_files``) → read
 each header's UIDs (pydicom, ``stop_before_pixels`` + ``specific_tags``: the pixels are never read) → ask QIDO
 which instances the server already has and drop them (so a re-run after a failure sends only what is
 missing) → send the rest in ``multipart/related`` batches of about ``--batch-bytes``, ``--concurrency``
@@ -14,7 +15,7 @@ re-upload as a success.
 
 Connection errors and 429/502/503/504 are retried with exponential backoff (``Retry-After`` honoured up to
 30 s). Exit code: 0 everything is on the server, 1 some files failed, 2 nothing could be sent (no DICOM found,
-or no request got a STOW response). URLs are never printed: they may carry the token.
+or no request got a STOW response), 130 stopped by Ctrl-C. URLs are never printed: they may carry the token.
 
 Over 400 lines on purpose: collect, resume query, batching, retries and the report are one pipeline over the
 same per-file records, read top to bottom; a developer tool, not on the service's path.
@@ -22,7 +23,9 @@ same per-file records, read top to bottom; a developer tool, not on the service'
 
 from __future__ import annotations
 
+import os
 import struct
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -56,6 +59,14 @@ from gateway.dicomweb.stow_response import (
     TAG_SENT_SOP_UID,
     reason_name,
 )
+from gateway.tools.media_files import (
+    ARCHIVE_NOTES,
+    MEDIA_DIRECTORY_SOP_CLASS,
+    PREAMBLE,
+    kind_of,
+    read_bare,
+    wrap_part10,
+)
 from gateway.uids import is_uid
 
 Outcome = Literal["pending", "stored", "present", "failed", "skipped"]
@@ -64,9 +75,7 @@ STOW_STATUSES = frozenset({200, 202, 409})
 QIDO_BATCH = 40  # UIDs per QIDO request: ~2.6 KB of query, well inside NGINX's 8 KB request line
 MAX_FILES_PER_BATCH = 500
 MAX_RETRY_AFTER = 30.0
-# PS3.10 8.6 / PS3.4 Annex F: a DICOMDIR, the index of a CD or USB export, is no instance to store. Every such export
-# has one; sent, it failed as an instance without a Study Instance UID, and the upload of a whole CD exited 1.
-MEDIA_DIRECTORY_SOP_CLASS = "1.2.840.10008.1.3.10"
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
 
 
 @dataclass
@@ -78,6 +87,12 @@ class FileEntry:
     series_uid: str | None = None
     outcome: Outcome = "pending"
     reason: str = ""
+    sent_path: Path | None = None  # the PS3.10 file sent in place of ``path`` (a bare data set wrapped)
+    has_file_meta: bool = True  # False: ``DICM`` but no group 0002 after it, a data set to wrap
+
+    @property
+    def body_path(self) -> Path:
+        return self.sent_path or self.path
 
 
 @dataclass
@@ -97,12 +112,15 @@ class UploadOptions:
 class UploadReport:
     files: list[FileEntry] = field(default_factory=list)
     responses: int = 0  # requests that got a STOW response (200/202/409)
+    interrupted: bool = False  # Ctrl-C: batches not yet started were not sent
 
     def count(self, outcome: Outcome) -> int:
         return sum(1 for f in self.files if f.outcome == outcome)
 
     @property
     def exit_code(self) -> int:
+        if self.interrupted:
+            return EXIT_INTERRUPTED
         to_send = [f for f in self.files if f.outcome != "skipped"]
         if not to_send:
             return 2
@@ -123,14 +141,35 @@ def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
             yield path
 
 
-def is_dicom_file(path: Path) -> bool:
-    """PS3.10 7.1: 128-byte preamble then ``DICM``."""
+def collect(path: Path, wrap_dir: Path) -> FileEntry:
+    """What to do with one file of an export: a PS3.10 file is read as it is; a data set without its preamble or
+    File Meta is wrapped into a PS3.10 file in ``wrap_dir`` (``media_files``); an archive or anything else is
+    skipped; a file that cannot be read has failed (it may be an instance of the export)."""
     try:
+        size = path.stat().st_size
         with open(path, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:] == b"DICM"
+            head = f.read(PREAMBLE + 4)
+    except OSError as exc:
+        return FileEntry(path=path, size=0, outcome="failed", reason=f"cannot read the file ({type(exc).__name__})")
+    kind = kind_of(head)
+    if kind in ARCHIVE_NOTES:
+        return FileEntry(path=path, size=size, outcome="skipped", reason=ARCHIVE_NOTES[kind])
+    if kind == "part10":
+        entry = read_entry(path)
+        if entry.outcome != "pending" or entry.has_file_meta:
+            return entry
+    bare = read_bare(path)
+    if bare is None:
+        if kind == "part10":
+            return FileEntry(path=path, size=size, outcome="failed", reason="no File Meta and no readable data set")
+        return FileEntry(path=path, size=size, outcome="skipped", reason="not a DICOM file")
+    handle, name = tempfile.mkstemp(dir=wrap_dir, suffix=".dcm")
+    os.close(handle)
+    target = Path(name)
+    wrap_part10(path, bare, target)
+    entry = read_entry(target)
+    entry.path, entry.sent_path = path, target
+    return entry
 
 
 def read_entry(path: Path) -> FileEntry:
@@ -149,6 +188,7 @@ def read_entry(path: Path) -> FileEntry:
     if MEDIA_DIRECTORY_SOP_CLASS in (str(meta_class).strip(), str(ds.get("SOPClassUID", "")).strip()):
         entry.outcome, entry.reason = "skipped", "a DICOMDIR, the index of the media, not an instance"
         return entry
+    entry.has_file_meta = bool(ds.file_meta)  # one that is there but wrong is the server's to judge, with a reason
     meta_sop = ds.file_meta.get("MediaStorageSOPInstanceUID", "") if ds.file_meta else ""
     entry.sop_uid = str(ds.get("SOPInstanceUID", "") or meta_sop).strip() or None
     entry.study_uid = str(ds.get("StudyInstanceUID", "")).strip() or None
@@ -258,7 +298,7 @@ class StowClient:
             on_bytes(-sent)
             sent = 0
 
-        body = MultipartBody(paths=[e.path for e in batch], on_bytes=count)
+        body = MultipartBody(paths=[e.body_path for e in batch], on_bytes=count)
         try:
             response = self.request(
                 "POST",
@@ -371,16 +411,22 @@ def run_upload(
     console = console or Console()
     err_console = err_console or Console(stderr=True)
     report = UploadReport()
+    with tempfile.TemporaryDirectory(prefix="dicomgw-upload-") as wrap_dir:
+        collect_all(paths, Path(wrap_dir), report, err_console)
+        send_all(report, StowClient(options, sleep=sleep), options, err_console)
+    print_summary(report, console)
+    return report
+
+
+def collect_all(paths: Iterable[Path], wrap_dir: Path, report: UploadReport, err_console: Console) -> None:
     seen: dict[str, Path] = {}
     for path in iter_files(paths):
-        if not is_dicom_file(path):
-            note = f"skipped (no DICM preamble): {path}"
-            err_console.print(note, style="dim", highlight=False, markup=False, soft_wrap=True)
-            report.files.append(FileEntry(path=path, size=0, outcome="skipped", reason="not a DICOM file"))
-            continue
-        entry = read_entry(path)
+        entry = collect(path, wrap_dir)
         if entry.outcome == "skipped":
             note = f"skipped ({entry.reason}): {path}"
+            err_console.print(note, style="dim", highlight=False, markup=False, soft_wrap=True)
+        elif entry.sent_path is not None and entry.outcome == "pending":
+            note = f"wrapped into a PS3.10 file (the data set had no File Meta or preamble): {path}"
             err_console.print(note, style="dim", highlight=False, markup=False, soft_wrap=True)
         if entry.sop_uid and entry.outcome == "pending":
             if entry.sop_uid in seen:
@@ -389,7 +435,10 @@ def run_upload(
                 seen[entry.sop_uid] = path
         report.files.append(entry)
 
-    client = StowClient(options, sleep=sleep)
+
+def send_all(report: UploadReport, client: StowClient, options: UploadOptions, err_console: Console) -> None:
+    """Resume check, then the batches. Ctrl-C sends no further batch: the ones in flight finish (their answer says
+    what is stored, so a re-run sends only the rest) and the summary is printed with exit code 130."""
     pending = [f for f in report.files if f.outcome == "pending"]
     if pending and options.resume:
         present = client.already_stored(pending)
@@ -397,31 +446,41 @@ def run_upload(
             if entry.sop_uid in present:
                 entry.outcome, entry.reason = "present", "already on the server (not re-sent)"
         pending = [f for f in pending if f.outcome == "pending"]
+    if not pending:
+        return
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    stop = threading.Event()
+    with Progress(*columns, console=err_console) as progress:
+        files_task = progress.add_task("files", total=len(pending))
+        bytes_task = progress.add_task("bytes", total=sum(f.size for f in pending))
+        lock = threading.Lock()
 
-    if pending:
-        columns = (
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-        )
-        with Progress(*columns, console=err_console) as progress:
-            files_task = progress.add_task("files", total=len(pending))
-            bytes_task = progress.add_task("bytes", total=sum(f.size for f in pending))
-            lock = threading.Lock()
+        def send(batch: list[FileEntry]) -> None:
+            if stop.is_set():
+                return
+            answered = client.send_batch(batch, lambda n: progress.advance(bytes_task, n))
+            with lock:
+                report.responses += int(answered)
+            progress.advance(files_task, len(batch))
 
-            def send(batch: list[FileEntry]) -> None:
-                answered = client.send_batch(batch, lambda n: progress.advance(bytes_task, n))
-                with lock:
-                    report.responses += int(answered)
-                progress.advance(files_task, len(batch))
-
-            with ThreadPoolExecutor(max_workers=options.concurrency) as pool:
-                list(pool.map(send, make_batches(pending, options.batch_bytes)))
-    print_summary(report, console)
-    return report
+        pool = ThreadPoolExecutor(max_workers=options.concurrency)
+        try:
+            list(pool.map(send, make_batches(pending, options.batch_bytes)))
+        except KeyboardInterrupt:
+            stop.set()
+            report.interrupted = True  # a second Ctrl-C while the batches in flight finish stops at once
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    for entry in pending:
+        if entry.outcome == "pending" and report.interrupted:
+            entry.reason = "not sent: the upload was interrupted (Ctrl-C)"
 
 
 def print_summary(report: UploadReport, console: Console) -> None:
@@ -434,8 +493,11 @@ def print_summary(report: UploadReport, console: Console) -> None:
         ("present", "already present"),
         ("failed", "failed"),
         ("skipped", "skipped"),
+        ("pending", "not sent"),
     ):
         files = [f for f in report.files if f.outcome == outcome]
+        if outcome == "pending" and not files:
+            continue
         table.add_row(label, str(len(files)), str(sum(f.size for f in files)))
     console.print(table)
     problems = [f for f in report.files if f.outcome in ("failed", "pending")]
@@ -479,8 +541,8 @@ def upload(
 ) -> None:
     """Send DICOM files (folders recurse) to a DICOMweb server with STOW-RS.
 
-    Exit code 0 when every DICOM file is on the server, 1 when some failed, 2 when nothing could be sent.
-    """
+    Exit code 0 when every DICOM file is on the server, 1 when some failed, 2 when nothing could be sent, 130 when
+    Ctrl-C stopped it (the batches in flight finish; a re-run sends the rest)."""
     options = UploadOptions(
         root=root,
         concurrency=concurrency,

@@ -190,7 +190,7 @@ def test_upload_recurses_skips_non_dicom_and_reports(server: tuple[str, ServerSt
     assert state.posts == 1  # all three fit in one batch
     assert state.tokens == {"TOK"} and state.authorization == {"Bearer KEY"}
     assert sorted(state.qido) == [["1.2.3.1", "1.2.3.2", "1.2.3.3"]]
-    assert "skipped (no DICM preamble):" in err and "notes.txt" in err and "DICM-but-no-preamble" in err
+    assert "skipped (not a DICOM file):" in err and "notes.txt" in err and "DICM-but-no-preamble" in err
     cells = [line.split("│") for line in out.splitlines() if "│" in line]
     rows = {c[1].strip(): c[2].strip() for c in cells}
     assert rows["stored"] == "3" and rows["already present"] == "0" and rows["failed"] == "0"
