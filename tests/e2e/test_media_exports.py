@@ -227,6 +227,13 @@ def test_a_pacs_export_without_ps310_wrapping_is_wrapped_not_changed(running: Ru
         failed = raw.json()["00081198"]["Value"]
         assert [item["00081197"]["Value"] for item in failed] == [[0xC000]]
         assert failed[0]["00091001"]["Value"] == [reason]
+        single = requests.post(  # the same file as a single-part application/dicom body
+            f"{running.url}/dicomweb/studies",
+            data=path.read_bytes(),
+            headers={**running.api_headers, "Content-Type": "application/dicom", "Accept": "application/dicom+json"},
+            timeout=30,
+        )
+        assert single.status_code == 409 and single.json()["00081198"] == raw.json()["00081198"], single.text
         assert instance(running, sop_of(path))[0] == []
 
     done = upload(running, export)
