@@ -127,6 +127,10 @@ def _write(
     ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
     ds.SeriesNumber, ds.InstanceNumber = 1, 1
     ds.ImageType = ["ORIGINAL", "PRIMARY"] if us else ["DERIVED", "SECONDARY"]
+    # Type 2C in General Series and General Image (PS3.3 C.7.3.1, C.7.6.1): Laterality is needed unless the body
+    # part is known to be unpaired, Patient Orientation (empty: unknown) unless the plane is in the header
+    ds.BodyPartExamined = "ABDOMEN"  # both pictures are an abdominal B-mode sector
+    ds.PatientOrientation = ""
     if not us:
         ds.ConversionType = "WSD"
     _image_pixel(ds, rows, columns, color, jpeg)
