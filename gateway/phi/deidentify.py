@@ -2,9 +2,13 @@
 
 ``deidentify_file(src, dst, key, policy)`` never touches ``src``. Choices where the standard leaves room:
 
-- Compound codes (X/Z, X/D, Z/D, X/Z/D) become an empty value, which keeps Type 2 attributes present; plain X
-  removes the element. D is also written as an empty value rather than a dummy: stricter, and it keeps the
-  scanner's rule "empty is clean" simple.
+- D writes a dummy value of the element's VR (``DUMMY``: ANONYMIZED, 19000101, 000000, 0), as PS3.15 E.3.1
+  requires of D ("a non-zero length value"): an empty one broke Type 1 attributes (Container and Specimen
+  Identifier of a slide). The compound codes with D (X/D, Z/D, X/Z/D) choose by the attribute's Type in the
+  IOD, which the de-identifier does not know: an element holding a value gets the dummy (conformant whatever
+  its Type: Content Date, Acquisition DateTime and Device Serial Number are Type 1 in enhanced multi-frame
+  images), one without stays empty. Other compound codes (X/Z) become an empty value, which keeps Type 2
+  attributes present; plain X removes the element. Sequences and values of other VRs are emptied.
 - UIDs (U, or D on a UI element) become ``2.25.<int>`` where the integer is 128 bits of HMAC-SHA256(key, UID):
   the same study uploaded twice, or its series uploaded separately, map to the same new UIDs under the same
   key; a different key gives unrelated UIDs. References (ReferencedSOPInstanceUID...) follow, since they are U
@@ -76,6 +80,10 @@ PATIENT_AGE = 0x00101010
 META_DROP = (0x00020017, 0x00020018, 0x00020026, 0x00020027, 0x00020028, 0x00020100, 0x00020102)
 LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
 CHUNK = 1024 * 1024
+# D's dummy per VR, each one the scanner takes for a dummy (textrules.is_dummy; PS3.15 E.3.1: "consistent with
+# the VR"); a name is a family name alone, as dciodvfy wants a PN ("ANONYMIZED" is the retired one-word form)
+DUMMY = {"DA": "19000101", "DT": "19000101000000", "TM": "000000", "DS": "0", "IS": "0", "PN": "ANONYMIZED^"}
+DUMMY |= dict.fromkeys(("AE", "CS", "LO", "LT", "SH", "ST", "UC", "UT"), "ANONYMIZED")
 
 
 @dataclass(frozen=True)
@@ -192,6 +200,9 @@ class _Deidentifier:
                 remap_uid(value, self.key) for value in text_values(dataset[tag].value) if value.strip()
             ]
             dataset[tag].value = values if len(values) != 1 else values[0]
+            return
+        if "D" in action and vr in DUMMY and (action == "D" or self._length(dataset, tag)):
+            dataset.add_new(tag, vr, DUMMY[vr])
             return
         if action == "X":
             del dataset[tag]

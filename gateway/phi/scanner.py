@@ -51,7 +51,6 @@ from gateway.phi.policy import BASIC, Policy
 from gateway.phi.profile import MODIFIED_DATES_CODE, effective_action, is_date_clean, table, tag_text
 from gateway.phi.textrules import (
     BURNED_IN_MODALITIES,
-    DUMMY_VALUES,
     FREE_TEXT_VRS,
     IDENTIFIER_TAGS,
     MAX_AGE_YEARS,
@@ -64,6 +63,7 @@ from gateway.phi.textrules import (
     element_length,
     element_vr,
     gives_birth_date,
+    is_dummy,
     is_empty_text,
     text_values,
 )
@@ -342,7 +342,7 @@ class _Scanner:
             )
         if "D" in action and vr != "UI" and vr != "SQ":
             values = self._texts(dataset, element) or ()
-            if values and all(value.strip(" \0").upper() in DUMMY_VALUES for value in values):
+            if values and all(is_dummy(value) for value in values):
                 return None
         if vr == "UI" and ("U" in action or "D" in action):
             values = self._texts(dataset, element) or ()

@@ -189,7 +189,9 @@ def identifier_values(dataset: Dataset) -> tuple[list[str], list[str]]:
 
 def add_identifier(tag: int, values: Iterable[str], names: list[str], ids: list[str]) -> None:
     """What the values of an ``IDENTIFIER_TAGS`` element add to the patient's name parts or IDs (a birth date counts
-    as an ID, in each of the forms text writes it)."""
+    as an ID, in each of the forms text writes it). A dummy (what de-identification writes for D) identifies
+    nobody: were it an ID, every other dummy in the file would repeat it."""
+    values = [value for value in values if not is_dummy(value)]
     if tag in _NAME_TAGS:
         for value in values:
             names.extend(_name_parts(value))
@@ -212,6 +214,11 @@ def _collect(dataset: Dataset, names: list[str], ids: list[str]) -> None:
         if vr_of(dataset, tag) == "SQ":
             for item in dataset[tag].value:
                 _collect(item, names, ids)
+
+
+def is_dummy(value: str) -> bool:
+    """One of ``DUMMY_VALUES``, as a person name too ("ANONYMIZED^": a family name alone, PS3.5 6.2)."""
+    return value.strip(" \0").rstrip("^").upper() in DUMMY_VALUES
 
 
 def age_years(value: str) -> float | None:

@@ -55,13 +55,14 @@ def test_basic_profile_output_rescans_clean_and_source_is_untouched(tmp_path: Pa
     report = scan_file(result.path)
     assert report.clean, report.findings
     out = pydicom.dcmread(result.path)
-    assert out.PatientName == "" and out.PatientID == "" and out.StudyDate == ""
+    assert out.PatientName == "" and out.StudyDate == ""  # Z
+    assert out.PatientID == "ANONYMIZED"  # Z/D with a value: the dummy, conformant where it is Type 1 (PS3.15 E.3.1)
     assert (
         "PatientAge" not in out
         and "OtherPatientIDsSequence" not in out
         and "RequestAttributesSequence" not in out
     )
-    assert out.InstitutionName == "" and out.DeviceSerialNumber == ""  # X/Z/D: emptied, not removed
+    assert out.InstitutionName == out.DeviceSerialNumber == "ANONYMIZED"  # X/Z/D with a value: the dummy
     assert 0x00091001 not in out and 0x00090010 not in out and 0x00111001 not in out and 0x00110010 not in out
     assert out.PatientIdentityRemoved == "YES"
     assert [item.CodeValue for item in out.DeidentificationMethodCodeSequence] == ["113100"]
@@ -166,7 +167,7 @@ def test_sr_content_is_cleaned(tmp_path: Path) -> None:
     assert scan_file(result.path, policy).clean
     items = pydicom.dcmread(result.path).ContentSequence
     assert [item.get("TextValue") for item in items] == ["", None, "No acute findings."]
-    assert items[1].PersonName == ""
+    assert items[1].PersonName == "ANONYMIZED^"  # D: a dummy (Type 1 in a PNAME item)
     basic = deidentify_file(src, tmp_path / "basic.dcm", KEY)
     assert scan_file(basic.path).clean
     assert len(pydicom.dcmread(basic.path).ContentSequence) == 0
