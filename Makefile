@@ -5,7 +5,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-APT_PACKAGES := nginx libnginx-mod-http-js openssl postgresql chromium orthanc orthanc-dicomweb dcmtk libgdcm-tools tesseract-ocr tesseract-ocr-eng
+APT_PACKAGES := nginx libnginx-mod-http-js openssl postgresql chromium orthanc orthanc-dicomweb dcmtk libgdcm-tools dicom3tools tesseract-ocr tesseract-ocr-eng
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: demo demo-deps test lint unit e2e bench bench-quick bench-1m bench-tools system-deps venv viewer dwv ohif clean
@@ -23,6 +23,7 @@ system-deps:
 	dpkg -s orthanc-dicomweb >/dev/null 2>&1 || missing="$$missing orthanc-dicomweb"; \
 	dpkg -s dcmtk >/dev/null 2>&1 || missing="$$missing dcmtk"; \
 	dpkg -s libgdcm-tools >/dev/null 2>&1 || missing="$$missing libgdcm-tools"; \
+	dpkg -s dicom3tools >/dev/null 2>&1 || missing="$$missing dicom3tools"; \
 	command -v tesseract >/dev/null || missing="$$missing tesseract-ocr"; \
 	dpkg -s tesseract-ocr-eng >/dev/null 2>&1 || missing="$$missing tesseract-ocr-eng"; \
 	command -v strace >/dev/null || missing="$$missing strace"; \
