@@ -4,12 +4,12 @@ writes: `dciodvfy` checks each against its IOD (modules, Type 1/2/C attributes, 
 
 The objects: what `dicom-gateway synth` writes (the CT, MR, whole-slide, ultrasound and secondary-capture files the
 tests and `make demo` feed the gateway), and what the stack stores in place of an upload under a PHI policy: the
-de-identified instance (`gateway/phi/deidentify.py`), the Clean Pixel Data output (`gateway/phi/pixelfile.py`,
-native and JPEG frames) and the de-identified file held in quarantine for pixel review. Each is retrieved from the
-stack (WADO-RS, or storage for the quarantined one) and must carry no `Error -` line that its original does not:
-ours have none, a third party's (pydicom's test files) keep theirs and gain none. The gateway converts no whole
-instance (Retrieve names the stored file's syntax; only frames and bulk values are converted, PS3.18 8.7.3), so
-there is no converted object to check.
+de-identified instance (`gateway/phi/deidentify.py`), the Clean Pixel Data output (`gateway/phi/pixelfile.py`:
+native, RLE and JPEG frames) and the de-identified file held in quarantine for pixel review. Each is retrieved from
+the stack (WADO-RS, or storage for the quarantined one) and must carry no `Error -` line that its original does
+not: ours have none, a third party's (pydicom's test files) keep theirs and gain none. The gateway converts no
+whole instance (Retrieve names the stored file's syntax; only frames and bulk values are converted, PS3.18 8.7.3),
+so there is no converted object to check.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 import pydicom
 import pytest
 import requests
+from pydicom.uid import RLELossless, generate_uid
 
 from tests.e2e.harness import RunningStack, start_stack
 from tests.e2e.test_real_files import get, multipart_parts, stored_url
@@ -54,7 +55,7 @@ SYNTH: dict[str, list[str]] = {
 }
 # what the stack writes, by name
 DEIDENTIFIED = ["ct", "mr", "wsi"]  # header de-identification only
-CLEANED = ["us", "us-jpeg", "sc"]  # burned-in text: Clean Pixel Data too
+CLEANED = ["us", "us-jpeg", "us-rle", "sc"]  # burned-in text: Clean Pixel Data too (native, JPEG, RLE re-encoded)
 # pydicom's test files, each but CT_small with errors of its own (a UID with leading zeroes, a missing Type 1C): the
 # enhanced SEG, the RT plan and dose and the ECG hold D-coded attributes that are Type 1 there
 THIRD_PARTY = [
@@ -203,15 +204,26 @@ def stored_copy(stack: RunningStack, answer: requests.Response, target: Path) ->
     return target
 
 
+def rle_copy(source: Path, target: Path) -> Path:
+    """``source`` compressed to RLE Lossless by pydicom, as its own instance in its own study."""
+    ds = pydicom.dcmread(source)
+    ds.compress(RLELossless, generate_instance_uid=True)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.save_as(target, enforce_file_format=True)
+    return target
+
+
 @pytest.fixture(scope="module")
 def written(
     stack: RunningStack, synthesized: dict[str, list[Path]], tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, tuple[Path, Path]]:
     """What the stack wrote, by name: (the original uploaded, the object the stack stored or holds)."""
     folder = tmp_path_factory.mktemp("written")
+    originals = {name: synthesized[name][0] for name in DEIDENTIFIED + CLEANED if name in synthesized}
+    originals["us-rle"] = rle_copy(synthesized["us"][0], folder / "us-rle.source.dcm")
     pairs: dict[str, tuple[Path, Path]] = {}
     for name in DEIDENTIFIED + CLEANED:
-        original = synthesized[name][0]
+        original = originals[name]
         pairs[name] = (original, stored_copy(stack, stow(stack, original, "research"), folder / f"{name}.dcm"))
     for name in THIRD_PARTY:
         original = pydicom_file(name)
@@ -233,7 +245,11 @@ def test_what_the_gateway_writes_has_no_error(written: dict[str, tuple[Path, Pat
     original, stored = written[name]
     ds = pydicom.dcmread(stored, stop_before_pixels=True)
     assert ds.PatientIdentityRemoved == "YES"  # the object the gateway wrote, not the upload
-    assert ds.SOPInstanceUID != pydicom.dcmread(original, stop_before_pixels=True).SOPInstanceUID
+    source = pydicom.dcmread(original, stop_before_pixels=True)
+    assert ds.SOPInstanceUID != source.SOPInstanceUID
+    if name in CLEANED:  # masked and re-encoded in the upload's own syntax
+        assert ds.BurnedInAnnotation == "NO" and ds.file_meta.TransferSyntaxUID == source.file_meta.TransferSyntaxUID
+        assert [code.CodeValue for code in ds.DeidentificationMethodCodeSequence] == ["113100", "113101"]
     assert dciodvfy_errors(original) == []
     assert dciodvfy_errors(stored) == []
 
