@@ -7,7 +7,8 @@
   Identifier of a slide). The compound codes with D (X/D, Z/D, X/Z/D) choose by the attribute's Type in the
   IOD, which the de-identifier does not know: an element holding a value gets the dummy (conformant whatever
   its Type: Content Date, Acquisition DateTime and Device Serial Number are Type 1 in enhanced multi-frame
-  images), one without stays empty. Other compound codes (X/Z) become an empty value, which keeps Type 2
+  images), one without stays empty; Patient ID, Type 2 in every IOD, stays empty (``ALWAYS_TYPE_2``). Other
+  compound codes (X/Z) become an empty value, which keeps Type 2
   attributes present; plain X removes the element. Sequences and values of other VRs are emptied.
 - UIDs (U, or D on a UI element) become ``2.25.<int>`` where the integer is 128 bits of HMAC-SHA256(key, UID):
   the same study uploaded twice, or its series uploaded separately, map to the same new UIDs under the same
@@ -84,6 +85,10 @@ CHUNK = 1024 * 1024
 # the VR"); a name is a family name alone, as dciodvfy wants a PN ("ANONYMIZED" is the retired one-word form)
 DUMMY = {"DA": "19000101", "DT": "19000101000000", "TM": "000000", "DS": "0", "IS": "0", "PN": "ANONYMIZED^"}
 DUMMY |= dict.fromkeys(("AE", "CS", "LO", "LT", "SH", "ST", "UC", "UT"), "ANONYMIZED")
+# Patient ID is Type 2 in the Patient Module of every IOD (PS3.3 C.7.1.1), so its Z/D is always Z, an empty value: a
+# dummy shared by every de-identified upload would make them one patient (a viewer groups them so, an erasure of that
+# Patient ID takes them all).
+ALWAYS_TYPE_2 = frozenset({0x00100020})
 
 
 @dataclass(frozen=True)
@@ -201,7 +206,8 @@ class _Deidentifier:
             ]
             dataset[tag].value = values if len(values) != 1 else values[0]
             return
-        if "D" in action and vr in DUMMY and (action == "D" or self._length(dataset, tag)):
+        held = action != "D" and tag not in ALWAYS_TYPE_2 and self._length(dataset, tag)
+        if "D" in action and vr in DUMMY and (action == "D" or held):
             dataset.add_new(tag, vr, DUMMY[vr])
             return
         if action == "X":
