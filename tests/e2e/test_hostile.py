@@ -136,6 +136,8 @@ INTERNAL_PATHS = [
     "/_auth",
     "/_block2/x",
     "/_dgw/error",
+    "/_dgw/storage",
+    "/_dgw/storage-503",
 ]
 
 

@@ -1,0 +1,309 @@
+"""Storage outages as a viewer meets them (session 19), through the real stack: S3 (moto's server behind a relay
+that refuses connections, hangs, or answers 503 SlowDown, as an outage shows) and the local folder (its folder
+gone, as an unmounted volume).
+
+Every read kind a viewer uses is asked during and after the outage. Where the failure is known before the answer
+starts, the client gets a JSON 503 with Retry-After (CORS included, so a browser viewer can read it); where NGINX
+has started a composed answer, the transfer fails (no status, or a chunked body never terminated), never a complete
+wrong answer. QIDO and metadata, which need only the catalog, are served throughout. Once storage answers, every
+read is served again, byte for byte, within the documented pause (5 s), with nothing restarted; an upload refused
+during the outage stores nothing, and the same upload afterwards stores every instance.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from gateway.dicomweb.multipart import multipart_boundary
+from gateway.tools.synth import make_series, make_wsi
+from tests.e2e.conftest import uids_of
+from tests.e2e.harness import RunningStack, start_stack
+from tests.fixtures.servers import MotoServer, StorageFaults, start_moto
+
+ORIGIN = "https://portal.example"  # the harness's allowed CORS origin
+PAUSE = 5.0  # seconds reads NGINX composes from S3 are refused after a failure (njs/dgw_storage.js)
+
+# reads NGINX composes from storage with SSI (the 200 goes out before a byte range is fetched)
+COMPOSED = ("instance multipart", "series", "study", "frame", "frame octets", "frames", "bulkdata", "bulkdata range")
+# reads answered whole: an object by X-Accel-Redirect (its status comes from storage) or Python's renderings
+WHOLE = ("instance", "thumbnail", "wado-uri", "rendered", "wado-uri jpeg")
+# reads of the catalog alone
+CATALOG = ("qido", "metadata")
+
+
+@dataclass
+class Answer:
+    """What a client got: ``complete`` is False when the connection ended before a whole answer (no status line,
+    or a body cut short: a chunked body not terminated, fewer bytes than Content-Length)."""
+
+    complete: bool
+    status: int = 0
+    headers: dict[str, str] | None = None
+    body: bytes = b""
+    took: float = 0.0
+
+    def payload(self) -> bytes:
+        """The body, with a multipart boundary (new for each uncached plan) replaced by a constant."""
+        content_type = (self.headers or {}).get("content-type", "")
+        if content_type.startswith("multipart/"):
+            return self.body.replace(multipart_boundary(content_type).encode(), b"BOUNDARY")
+        return self.body
+
+
+def fetch(stack: RunningStack, path: str, headers: dict[str, str], timeout: float = 60) -> Answer:
+    connection = http.client.HTTPConnection("127.0.0.1", stack.stack.port, timeout=timeout)
+    started = time.monotonic()
+    try:
+        connection.request("GET", path, headers={"Origin": ORIGIN, **headers})
+        response = connection.getresponse()
+        found = {k.lower(): v for k, v in response.getheaders()}
+        try:
+            body = response.read()
+        except http.client.IncompleteRead:
+            return Answer(False, response.status, found, took=time.monotonic() - started)
+        return Answer(True, response.status, found, body, time.monotonic() - started)
+    except (http.client.RemoteDisconnected, ConnectionError):
+        return Answer(False, took=time.monotonic() - started)
+    finally:
+        connection.close()
+
+
+def assert_json_503(name: str, answer: Answer) -> None:
+    assert answer.complete and answer.status == 503, (name, answer)
+    assert answer.headers is not None
+    assert answer.headers["content-type"] == "application/json", (name, answer.headers)
+    assert answer.headers["retry-after"] == "5", (name, answer.headers)
+    assert answer.headers["access-control-allow-origin"] == ORIGIN, (name, answer.headers)
+    assert json.loads(answer.body)["error"] == "storage_unavailable", (name, answer.body)
+
+
+def assert_failed_or_json_503(name: str, answer: Answer) -> None:
+    """The first read to meet the failure: a failed transfer, or the JSON 503; never a complete other answer."""
+    if answer.complete:
+        assert_json_503(name, answer)
+
+
+@dataclass
+class Data:
+    stack: RunningStack
+    reads: dict[str, tuple[str, dict[str, str]]]
+    before: dict[str, Answer]
+    big_series: str  # a 20 MB series retrieve: still being sent when storage goes away
+
+
+def reads_of(root: str, ct: list[Path], wsi: Path) -> dict[str, tuple[str, dict[str, str]]]:
+    study, series, sop = uids_of(ct[0])
+    wsi_study, wsi_series, wsi_sop = uids_of(wsi)
+    instance = f"{root}/studies/{study}/series/{series}/instances/{sop}"
+    slide = f"{root}/studies/{wsi_study}/series/{wsi_series}/instances/{wsi_sop}"
+    wado = f"{root}/wado?requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={sop}"
+    return {
+        "instance": (instance, {"Accept": "application/dicom"}),
+        "instance multipart": (instance, {}),
+        "series": (f"{root}/studies/{study}/series/{series}", {}),
+        "study": (f"{root}/studies/{study}", {}),
+        "metadata": (f"{instance}/metadata", {}),
+        "frame": (f"{slide}/frames/3", {}),
+        "frame octets": (f"{slide}/frames/4", {"Accept": "application/octet-stream"}),
+        "frames": (f"{slide}/frames/1,2,5", {}),
+        "bulkdata": (f"{instance}/bulkdata/7FE00010", {}),
+        "bulkdata range": (f"{instance}/bulkdata/7FE00010", {"Range": "bytes=0-99"}),
+        "rendered": (f"{instance}/rendered", {}),
+        "thumbnail": (f"{root}/studies/{study}/series/{series}/thumbnail", {}),
+        "wado-uri": (f"{wado}&contentType=application/dicom", {}),
+        "wado-uri jpeg": (wado, {}),
+        "qido": (f"{root}/studies?StudyInstanceUID={study}", {}),
+    }
+
+
+def stored_data(base: Path, stack: RunningStack, big: bool) -> Data:
+    ct = make_series(base / "ct", modality="CT", slices=3, rows=64, columns=64, seed=1901, clean=True)
+    wsi = make_wsi(base / "wsi", frames=40, seed=1902, clean=True)
+    files = [*ct, wsi]
+    if big:
+        files += make_series(base / "big", modality="CT", slices=40, seed=1903, clean=True)
+    assert stack.stow(files).status_code == 200
+    token = stack.issue(sorted({uids_of(path)[0] for path in files}))["token"]
+    reads = reads_of(f"/t/{token}/dicomweb", ct, wsi)
+    before = {name: fetch(stack, path, headers) for name, (path, headers) in reads.items()}
+    for name, answer in before.items():
+        assert answer.complete and answer.status in (200, 206), (name, answer)
+    big_study, big_series, _ = uids_of(files[-1])
+    return Data(stack, reads, before, f"/t/{token}/dicomweb/studies/{big_study}/series/{big_series}")
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Data, StorageFaults]]:
+    moto = start_moto()
+    faults = StorageFaults(moto.endpoint)
+    base = tmp_path_factory.mktemp("outage-s3")
+    running = start_stack(base / "var", "s3", MotoServer(moto.process, faults.endpoint))
+    try:
+        yield stored_data(base, running, big=True), faults
+    finally:
+        running.stack.stop()
+        faults.close()
+        moto.stop()
+
+
+def listed_instances(stack: RunningStack, study: str) -> int:
+    """How many instances QIDO lists in ``study`` (0 when it lists no such study)."""
+    query = {"StudyInstanceUID": study, "includefield": "NumberOfStudyRelatedInstances"}
+    answer = requests.get(f"{stack.url}/dicomweb/studies", params=query, headers=stack.api_headers, timeout=10)
+    assert answer.status_code == 200, answer.text
+    return sum(int(item["00201208"]["Value"][0]) for item in answer.json())
+
+
+def assert_served_again(data: Data, within: float) -> None:
+    """Every read answers as before the outage, within ``within`` seconds of storage answering again."""
+    deadline = time.monotonic() + within
+    for name, (path, headers) in data.reads.items():
+        while (answer := fetch(data.stack, path, headers)).status == 503 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        expected = data.before[name]
+        assert answer.complete and answer.status == expected.status, (name, answer)
+        assert answer.payload() == expected.payload(), name
+
+
+@pytest.mark.parametrize("failure", ["refused", "slowdown"])
+def test_reads_during_an_s3_outage_are_json_503s_and_served_again_after(
+    s3: tuple[Data, StorageFaults], failure: str, tmp_path: Path
+) -> None:
+    """Frames, bulkdata and multipart retrieves were each an aborted transfer (a closed connection, no status) for
+    as long as S3 refused connections or answered 503 SlowDown. The first read to meet the failure still is (its
+    200 was under way); the next ones get the JSON 503 with Retry-After before their answer starts, as the whole
+    object, WADO-URI, thumbnail and rendered reads did already. QIDO and metadata are served throughout; nothing
+    is refused for longer than the pause once S3 answers."""
+    data, faults = s3
+    stack = data.stack
+    faults.set(failure)
+    try:
+        first = fetch(stack, *data.reads["frame"])
+        assert_failed_or_json_503("first frame", first)
+        during = {name: fetch(stack, path, headers) for name, (path, headers) in data.reads.items()}
+        for name in (*COMPOSED, *WHOLE):
+            assert_json_503(name, during[name])
+        for name in CATALOG:
+            assert during[name].complete and during[name].status == 200, (name, during[name])
+            assert during[name].body == data.before[name].body, name
+        # the auth step still answers first: no credential is a 401, not news of the outage
+        path, headers = data.reads["frame"]
+        anonymous = fetch(stack, "/dicomweb/" + path.split("/dicomweb/", 1)[1], headers)
+        assert (anonymous.status, json.loads(anonymous.body)["error"]) == (401, "unauthorized")
+        # a frame never asked for before (no plan cached), asked during the outage: refused, and served after
+        fresh = data.reads["frame"][0].replace("/frames/3", "/frames/7")
+        assert_json_503("uncached frame", fetch(stack, fresh, {}))
+        # an upload: refused whole, nothing of it listed
+        seed = 1910 + len(failure)
+        upload = make_series(tmp_path, modality="CT", slices=3, rows=32, columns=32, seed=seed, clean=True)
+        refused = stack.stow(upload)
+        assert (refused.status_code, refused.headers["Retry-After"]) == (503, "5"), refused.text
+        assert refused.json()["error"] == "storage_unavailable"
+        study = uids_of(upload[0])[0]
+        assert listed_instances(stack, study) == 0
+    finally:
+        faults.set("up")
+    assert_served_again(data, within=PAUSE + 5)
+    assert fetch(stack, fresh, {}).status == 200
+    stored = stack.stow(upload)
+    assert stored.status_code == 200, stored.text
+    assert len(stored.json()["00081199"]["Value"]) == 3
+    assert listed_instances(stack, study) == 3
+
+
+def test_a_hung_s3_fails_a_read_within_seconds_then_refuses_at_once(s3: tuple[Data, StorageFaults]) -> None:
+    """An S3 that accepts connections and never answers held every frame for NGINX's 60 s read timeout before
+    closing the connection, read after read. The first read now fails after 10 s (Python's own S3 timeout), and
+    the reads after it within the pause are the JSON 503 at once."""
+    data, faults = s3
+    faults.set("hung")
+    try:
+        first = fetch(data.stack, *data.reads["frame"])
+        assert_failed_or_json_503("first frame", first)
+        assert first.took < 15, first.took
+        for name in ("frame", "frames", "study", "bulkdata range", "instance"):
+            answer = fetch(data.stack, *data.reads[name])
+            assert_json_503(name, answer)
+            assert answer.took < 1, (name, answer.took)
+    finally:
+        faults.set("up")
+    assert_served_again(data, within=PAUSE + 5)
+
+
+def test_a_retrieve_under_way_when_s3_goes_is_a_failed_transfer(s3: tuple[Data, StorageFaults]) -> None:
+    """A 20 MB series retrieve that has started is cut (its chunked body never terminated), never ended as if it
+    were complete."""
+    data, faults = s3
+    connection = http.client.HTTPConnection("127.0.0.1", data.stack.stack.port, timeout=30)
+    try:
+        connection.request("GET", data.big_series)
+        response = connection.getresponse()
+        assert response.status == 200 and response.getheader("Transfer-Encoding") == "chunked"
+        start = response.read(256 * 1024)
+        assert len(start) == 256 * 1024
+        faults.set("refused")
+        with pytest.raises((http.client.IncompleteRead, ConnectionError)):
+            response.read()
+    finally:
+        connection.close()
+        faults.set("up")
+    assert_served_again(data, within=PAUSE + 5)
+
+
+# -- the local folder ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Data]:
+    base = tmp_path_factory.mktemp("outage-file")
+    running = start_stack(base / "var", "file", None)
+    try:
+        yield stored_data(base, running, big=False)
+    finally:
+        running.stack.stop()
+
+
+def test_a_storage_folder_gone_is_a_503_not_a_404(local: Data) -> None:
+    """The local folder gone (an unmounted volume): a whole object, WADO-URI and a thumbnail were a 404 "the
+    object is missing from storage", which a client or cache keeps as the object's fate, while Python's reads said
+    503. All are the JSON 503 with Retry-After now; composed reads fail their transfer (the local folder's reads
+    are per file, so no earlier failure refuses them first); the catalog's reads are served; once the folder is
+    back everything is, byte for byte."""
+    root = local.stack.stack.file_root
+    assert root is not None
+    moved = root.with_name(root.name + ".unmounted")
+    shutil.move(root, moved)
+    try:
+        during = {name: fetch(local.stack, path, headers) for name, (path, headers) in local.reads.items()}
+    finally:
+        shutil.move(moved, root)
+    for name in WHOLE:
+        assert_json_503(name, during[name])
+    for name in COMPOSED:
+        assert not during[name].complete, (name, during[name])
+    for name in CATALOG:
+        assert during[name].complete and during[name].body == local.before[name].body, name
+    assert_served_again(local, within=1)
+
+
+def test_a_missing_object_in_a_present_folder_stays_a_404(local: Data, tmp_path: Path) -> None:
+    """Only the folder's absence is an outage: an object removed behind the catalog's back is still the 404."""
+    [path] = make_series(tmp_path, modality="CT", slices=1, rows=16, columns=16, seed=1920, clean=True)
+    assert local.stack.stow([path]).status_code == 200
+    study, series, sop = uids_of(path)
+    obj = next(p for p in (local.stack.stack.file_root or Path("/nonexistent")).rglob(f"{sop}*"))
+    obj.unlink()
+    headers: dict[str, Any] = {**local.stack.api_headers, "Accept": "application/dicom"}
+    url = f"{local.stack.url}/dicomweb/studies/{study}/series/{series}/instances/{sop}"
+    answer = requests.get(url, headers=headers, timeout=10)
+    assert (answer.status_code, answer.json()["error"]) == (404, "not_found"), answer.text
