@@ -54,12 +54,13 @@ worker_tmp_dir = "/dev/shm"
 # Recycle workers now and then so a slow leak never takes a task down; jitter spreads the restarts.
 max_requests = 20000
 max_requests_jitter = 2000
-# NGINX bounds requests (8 KB request lines, 32 KB header lines, 128 KB of headers) and answers JSON; gunicorn must
-# never refuse what NGINX let through with its own plain page (gunicorn's defaults, 4094-byte lines, 100 headers
-# and 8190-byte header lines, are lower). Over HTTP/2 NGINX bounds only the whole header list (128 KB of names and
-# values) and each field as HPACK encodes it: one line may take all of it (a browser's cookie crumbs, joined into
-# one Cookie line), so a line may be 128 KB + ": " + CRLF.
-limit_request_line = 8190
+# NGINX bounds requests (8 KB request lines, 32 KB for a QIDO search; 32 KB header lines, 128 KB of headers) and
+# answers JSON; gunicorn must never refuse what NGINX let through with its own plain page (gunicorn's defaults,
+# 4094-byte lines, 100 headers and 8190-byte header lines, are lower; 8190 is its largest request line but 0, none).
+# Over HTTP/2 NGINX bounds only the whole header list (128 KB of names and values) and each field as HPACK encodes
+# it: one line may take all of it (a browser's cookie crumbs, joined into one Cookie line), so a line may be 128 KB
+# + ": " + CRLF.
+limit_request_line = 0
 limit_request_fields = 32768
 limit_request_field_size = 131076
 accesslog = None

@@ -22,6 +22,7 @@ NGINX_ONLY_CODES = {
     "method_not_allowed": "a method NGINX does not route to the gateway",
     "request_timeout": "the client did not send the request in time",
     "uri_too_long": "a request line longer than NGINX's buffers",
+    "request_header_fields_too_large": "a header line longer than NGINX's buffers, or too many headers (431)",
     "not_implemented": "a transfer encoding NGINX does not support",
     "http_version_not_supported": "neither HTTP/1.x nor HTTP/2",
 }

@@ -347,13 +347,14 @@ class Stack:
                 "gateway.logmask.GunicornLogger",  # no credential in any log line (gateway/logmask.py)
                 "--umask",
                 "0o007",
-                # NGINX bounds requests (8 KB request lines, 32 KB header lines, 128 KB of headers) and answers
-                # JSON; gunicorn must never refuse what NGINX let through with its own plain page (same values in
-                # docker/gunicorn.conf.py). Over HTTP/2 NGINX bounds only the whole header list (128 KB of names
-                # and values) and a field as HPACK encodes it: one line may take all of it (a browser's cookie
-                # crumbs, joined into one Cookie line), so a line may be 128 KB + ": " + CRLF.
+                # NGINX bounds requests (8 KB request lines, 32 KB for a QIDO search; 32 KB header lines, 128 KB of
+                # headers) and answers JSON; gunicorn must never refuse what NGINX let through with its own plain
+                # page (same values in docker/gunicorn.conf.py; gunicorn's request line is 8190 bytes or unbounded).
+                # Over HTTP/2 NGINX bounds only the whole header list (128 KB of names and values) and a field as
+                # HPACK encodes it: one line may take all of it (a browser's cookie crumbs, joined into one Cookie
+                # line), so a line may be 128 KB + ": " + CRLF.
                 "--limit-request-line",
-                "8190",
+                "0",
                 "--limit-request-fields",
                 "32768",
                 "--limit-request-field_size",
