@@ -512,3 +512,38 @@ def test_the_viewer_over_https_h2(h2stack: H2Stack, data: dict[str, Any], ct_sto
     frames = [url for _, _, url in wire if "/frames/" in url]
     assert len([url for url in frames if slide in url]) >= 1 and len([url for url in frames if study in url]) >= 20
     assert [entry for entry in wire if entry[0] != "h2" or entry[1] >= 400] == []
+
+
+def test_over_long_requests_over_h2_are_refused_at_once(h2stack: H2Stack, data: dict[str, Any]) -> None:
+    """Over HTTP/2 as over HTTP/1.1 (test_hostile.py): a retrieve URI over 8,000 bytes is the JSON 414 with CORS, a
+    search for 300 studies by UID is answered, 1,000 headers are the JSON 431. Over NGINX's h2 limits the request
+    fails at once, unanswered, never hangs: a URI of 64 KB (curl's; httpx sends none over 32 KB, curl none of 1 MB)
+    ends its stream, a header list over 128 KB the connection (GOAWAY ENHANCE_YOUR_CALM: the HPACK state is the
+    connection's, RFC 9113 4.3)."""
+    study, series, sop = uids_of(data["wsi"])
+    token = h2stack.issue([study])
+    root = f"{h2stack.url}/t/{token}/dicomweb"
+    origin = {"Origin": "https://portal.example"}
+    uri_error = {"error": "uri_too_long", "detail": "the request URI is longer than 8000 bytes (32 KB for a search)"}
+    for size in (8 * 1024, 32 * 1024 - 200):
+        answer = h2stack.get(f"{root}/studies/{study}/metadata?x={'a' * size}", **origin)
+        assert (answer.status_code, answer.json()) == (414, uri_error)
+        assert answer.headers["Access-Control-Allow-Origin"] == "https://portal.example"
+    report, body = h2stack.curl(f"{root}/studies/{study}/metadata?x={'a' * 33 * 1024}")  # httpx sends none as long
+    assert (report, json.loads(body)) == ("2 414", uri_error)
+    # a :path field of 64 KB is over NGINX's h2 limit: the stream ends unanswered, at once
+    started = time.monotonic()
+    url = f"{root}/studies/{study}/metadata?x={'a' * 64 * 1024}"
+    done = subprocess.run(["curl", "-sS", "--http2", "--cacert", str(h2stack.cert), url], capture_output=True)
+    assert (done.returncode, done.stdout) == (56, b""), done.stderr[-300:]
+    assert time.monotonic() - started < 5
+    uids = [f"1.2.826.0.1.3680043.8.498.{10**37 + n}" for n in range(299)] + [study]
+    answer = h2stack.get(f"{root}/studies?StudyInstanceUID={','.join(uids)}", **origin)
+    assert answer.status_code == 200 and [item["0020000D"]["Value"] for item in answer.json()] == [[study]]
+    answer = h2stack.get(f"{root}/studies", **{f"X-Header-{n}": "v" for n in range(1000)})
+    assert (answer.status_code, answer.json()["error"]) == (431, "request_header_fields_too_large")
+    started = time.monotonic()
+    with httpx.Client(http2=True, verify=h2stack.tls, timeout=30) as client:
+        with pytest.raises(httpx.RemoteProtocolError, match="error_code:11"):
+            client.get(f"{root}/studies", headers={"X-Client-State": "a" * 130_000})
+    assert time.monotonic() - started < 5
