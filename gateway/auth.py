@@ -19,7 +19,15 @@ from urllib.parse import parse_qs
 
 from gateway.config import ApiKey
 from gateway.dicomweb.paths import Target, parse_target, split_token, wado_object
-from gateway.errors import GatewayError, OutOfScope, TokenInvalid, TokenMissing, TokenRevoked, TokenUnrecognised
+from gateway.errors import (
+    GatewayError,
+    InvalidPath,
+    OutOfScope,
+    TokenInvalid,
+    TokenMissing,
+    TokenRevoked,
+    TokenUnrecognised,
+)
 from gateway.scope import Scope
 from gateway.tokens import MAX_TOKEN_LENGTH, Claims, TokenService
 
@@ -239,6 +247,11 @@ class Authorizer:
             raise OutOfScope(f"method {method} is not allowed")
         purpose = "read" if method in READ_METHODS else "write"
         now_s = int(self._clock()) if now is None else now
+        if "#" in raw_uri:
+            # No request-target holds a fragment (RFC 9112 3.2). NGINX refuses one first; here as well because this
+            # reads the raw URI whole while the view's query (gunicorn's) ends at "#": the two would judge and serve
+            # different objects
+            raise InvalidPath("a request target holds no fragment (#)")
         path_token, rest = split_token(raw_uri)
         path, _, query = rest.partition("?")
         target = parse_target(path, query)

@@ -32,6 +32,8 @@ from pydicom.data import get_testdata_file
 from tests.e2e.conftest import BACKENDS, uids_of
 from tests.e2e.harness import RunningStack, module_stack
 from tests.e2e.test_client_queries import IMG_ACCEPT, PAGE_ACCEPT
+from tests.e2e.test_hostile import assert_json_error, raw
+from tests.e2e.test_hostile import get as raw_get
 from tests.e2e.test_sr_rendered import CSP, encapsulated_pdf
 
 NAMES = {"ct": "CT_small.dcm", "rgb2": "SC_rgb_rle_2frame.dcm", "sr": "reportsi.dcm", "mr": "MR_small.dcm"}
@@ -268,3 +270,34 @@ def test_values_in_other_cases(stack: RunningStack, token: str, files: dict[str,
     lower = f"{stack.url}/dicomweb/wado?requestType=WADO&{ids.lower()}"
     body = assert_json(requests.get(lower, headers=stack.api_headers, timeout=60), 400, "bad_request")
     assert body["detail"] == "WADO-URI needs exactly one objectUID"
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_fragment_cannot_split_what_is_judged_from_what_is_served(
+    stack: RunningStack, token: str, files: dict[str, Path], transport: str
+) -> None:
+    """The auth step read ``$request_uri`` whole, gunicorn's query (the view's) ends at ``#``: the token's own study
+    and series after a ``#`` passed the decision, and the view served the object named before it, alone, from a
+    study outside the scope. No request-target holds a fragment (RFC 9112 3.2): a JSON 400 before any decision,
+    with the token in any transport. Sent as raw bytes: a client library drops the fragment."""
+    own_study, own_series, _ = uids_of(files["ct"])
+    mr_sop = uids_of(files["mr"])[2]
+    query = f"requestType=WADO&contentType=application/dicom&objectUID={mr_sop}"
+    split = f"{query}#&studyUID={own_study}&seriesUID={own_series}"
+    headers: dict[str, str] = {}
+    if transport == "path":
+        target = f"/t/{token}/dicomweb/wado?{split}"
+    elif transport == "query":
+        target = f"/dicomweb/wado?token={token}&{split}"
+    else:
+        target, headers = f"/dicomweb/wado?{split}", {"Cookie": f"dicomgw_token={token}"}
+    status, answer_headers, body = raw(stack, raw_get(target, **headers))
+    assert_json_error(status, answer_headers, body, 400)
+    assert json.loads(body) == {"error": "bad_request", "detail": "the request target holds a fragment (#)"}
+    # a fragment anywhere, even after a query the token may read, is the same refusal
+    ct_study, ct_series, ct_sop = uids_of(files["ct"])
+    own = f"/t/{token}/dicomweb/wado?requestType=WADO&studyUID={ct_study}&seriesUID={ct_series}&objectUID={ct_sop}"
+    status, answer_headers, body = raw(stack, raw_get(own + "#page"))
+    assert_json_error(status, answer_headers, body, 400)
+    # and the object itself stays out of reach by its UID alone
+    assert_json(get(stack, token, transport, query), 403, "forbidden")

@@ -20,7 +20,15 @@ from gateway.auth import (
 )
 from gateway.config import parse_api_keys
 from gateway.dicomweb.paths import Target, parse_target
-from gateway.errors import InsufficientScope, OutOfScope, TokenExpired, TokenInvalid, TokenMissing, TokenRevoked
+from gateway.errors import (
+    InsufficientScope,
+    InvalidPath,
+    OutOfScope,
+    TokenExpired,
+    TokenInvalid,
+    TokenMissing,
+    TokenRevoked,
+)
 from gateway.scope import Scope
 from gateway.tokens import Claims, TokenService
 
@@ -247,6 +255,20 @@ def test_decide_locates_a_wado_object_named_alone(tokens: TokenService) -> None:
     other = tokens.issue(sub="u", studies=[ST2], now=T).token
     with pytest.raises(OutOfScope):
         authorizer.decide("GET", f"/t/{other}/dicomweb/wado?{query}", now=T)
+
+
+def test_decide_refuses_a_fragment(tokens: TokenService) -> None:
+    """The view's query (gunicorn's) ends at "#", this decision read the raw URI whole: the own series after a "#"
+    let the object before it be served alone from any study. No request-target holds a fragment (RFC 9112 3.2)."""
+    stored = {IN: (ST2, SE)}
+    authorizer = Authorizer(tokens, (), Revocations(), 2.0, Clock(T), locate=stored.get)
+    token = tokens.issue(sub="u", studies=[ST], now=T).token
+    for uri in (
+        f"/t/{token}/dicomweb/wado?requestType=WADO&objectUID={IN}#&studyUID={ST}&seriesUID={SE}",
+        f"/t/{token}/dicomweb/studies/{ST}/series/{SE}#",
+    ):
+        with pytest.raises(InvalidPath):
+            authorizer.decide("GET", uri, now=T)
 
 
 def test_decide_with_a_path_token(tokens: TokenService) -> None:
