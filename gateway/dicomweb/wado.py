@@ -284,7 +284,9 @@ class Planner:
             cached = hit[1]
             self._cache.move_to_end(sop)
         if cached.ids.study != study or cached.ids.series != series:
-            raise NotFound("no such instance in this study and series")
+            # the answer of a UID stored nowhere: a token may name its own study and series beside any objectUID,
+            # and "in this study and series" told it the UID is stored in another study it cannot read
+            raise NotFound("no such instance")
         return cached
 
     def forget(self, sop: str) -> None:
@@ -743,7 +745,7 @@ class Planner:
         if row is None:
             raise NotFound("no such instance")
         if named.study not in (None, row.study_uid) or named.series not in (None, row.series_uid):
-            raise NotFound("no such instance in this study and series")
+            raise NotFound("no such instance")  # as one stored nowhere (``instance``)
         return self.instance(row.study_uid, row.series_uid, sop)
 
 

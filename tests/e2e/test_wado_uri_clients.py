@@ -157,7 +157,7 @@ def test_only_sop_instance_uid_with_the_api_key(stack: RunningStack, files: dict
     ct_study = uids_of(files["ct"])[0]
     other = f"requestType=WADO&studyUID={ct_study}&objectUID={uids_of(files['mr'])[2]}"
     body = assert_json(requests.get(f"{base}?{other}", headers=stack.api_headers, timeout=60), 404, "not_found")
-    assert body["detail"] == "no such instance in this study and series"
+    assert body["detail"] == "no such instance"  # as a UID stored nowhere
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -301,3 +301,33 @@ def test_a_fragment_cannot_split_what_is_judged_from_what_is_served(
     assert_json_error(status, answer_headers, body, 400)
     # and the object itself stays out of reach by its UID alone
     assert_json(get(stack, token, transport, query), 403, "forbidden")
+
+
+def test_own_study_beside_another_studys_object_tells_nothing(
+    stack: RunningStack, token: str, files: dict[str, Path]
+) -> None:
+    """A token names its own study and series (which pass the auth step) beside the SOP Instance UID of an object
+    stored in a study it cannot read: the 404 said "no such instance in this study and series", a UID stored
+    nowhere "no such instance", so the token learned which UIDs exist. Both are now one answer, for WADO-URI and
+    for WADO-RS's instance, frame, metadata and rendered resources."""
+    study, series, _ = uids_of(files["ct"])
+    mr_sop, nowhere = uids_of(files["mr"])[2], "1.2.3.999"
+    answers: dict[str, list[tuple[int, str, bytes]]] = {}
+    for sop in (mr_sop, nowhere):
+        wado_uri = f"requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={sop}"
+        instance = f"{stack.root(token)}/studies/{study}/series/{series}/instances/{sop}"
+        for url in (
+            f"{stack.root(token)}/wado?{wado_uri}&contentType=application%2Fdicom",
+            f"{stack.root(token)}/wado?{wado_uri}",
+            instance,
+            f"{instance}/frames/1",
+            f"{instance}/metadata",
+            f"{instance}/rendered",
+        ):
+            answer = requests.get(url, timeout=60)
+            assert answer.status_code == 404, (url, answer.status_code, answer.text[:300])
+            assert answer.headers["Content-Type"] == "application/json", url
+            key = url.replace(sop, "{sop}")
+            answers.setdefault(key, []).append((answer.status_code, answer.headers["Content-Type"], answer.content))
+    for url, (stored_elsewhere, stored_nowhere) in answers.items():
+        assert stored_elsewhere == stored_nowhere, url
