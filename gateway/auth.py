@@ -51,7 +51,7 @@ class Decision:
     claims: Claims
     target: Target
     via: str = ""  # the transports whose credentials decided, space-separated (for the access audit)
-    located: str = ""  # the study of a WADO-URI object named by its SOP Instance UID alone (``wado_study``)
+    located: str = ""  # the study a WADO-URI query names, or where the object it names alone is (``_wado_study``)
 
     @property
     def study(self) -> str:
@@ -288,18 +288,19 @@ class Authorizer:
         return Decision(claims, target, " ".join(via), self._wado_study(target))
 
     def _wado_study(self, target: Target) -> str:
-        """The study of a WADO-URI object that the query names by its SOP Instance UID alone, where it is stored:
-        the access audit records it (from the path and query it would have none, and a search of who read a
-        study's objects would miss the read). ``""`` for any other request."""
-        if target.rest != "wado" or target.study is not None or self._locate is None:
+        """The study of a WADO-URI request, for the access audit: the one its query names (decoded, as the view
+        reads it), else where the object its SOP Instance UID names is stored. The audit cannot take it from the
+        logged query alone, which shows a value only under a plain ``studyUID`` among its first parameters
+        (``%73tudyUID=`` or 32 parameters before it hid the study of a read). ``""`` for any other request."""
+        if target.rest != "wado" or target.study is not None:
             return ""
         try:
             named = wado_object(parse_qs(target.query))
         except GatewayError:
             return ""
-        if (named.study is not None and named.series is not None) or named.sop is None:
-            return ""  # the audit reads a named study from the query itself
-        found = self._locate(named.sop)
+        if named.study is not None:
+            return named.study
+        found = None if named.sop is None or self._locate is None else self._locate(named.sop)
         return "" if found is None else found[0]
 
     def _bearer(self, value: str, purpose: str, method: str, target: Target, now: int) -> Claims | None:

@@ -331,3 +331,29 @@ def test_own_study_beside_another_studys_object_tells_nothing(
             answers.setdefault(key, []).append((answer.status_code, answer.headers["Content-Type"], answer.content))
     for url, (stored_elsewhere, stored_nowhere) in answers.items():
         assert stored_elsewhere == stored_nowhere, url
+
+
+def test_the_access_audit_names_the_study_however_the_query_is_spelled(
+    stack: RunningStack, token: str, files: dict[str, Path]
+) -> None:
+    """The audit read a WADO-URI study from the query as logged, and the log shows a value only under a plain
+    ``studyUID`` among the first 32 parameters (PHI and credentials travel under other names): ``%73tudyUID=``,
+    which the decision and the view decode, or 32 parameters before it left the read of a study out of a search of
+    who read it. The decision now names the study it judged (``X-Dgw-Study``) whenever the query names one."""
+    from gateway.accesslog import access_row
+
+    study, series, sop = uids_of(files["ct"])
+    agent = f"hidden-{uuid.uuid4().hex}"
+    for query in (
+        f"requestType=WADO&%73tudyUID={study}&seriesUID={series}&objectUID={sop}&contentType=application%2Fdicom",
+        "&".join(["x=1"] * 32) + "&" + weasis(files["ct"], only_sop=False),
+        "&".join(["x=1"] * 32) + "&" + weasis(files["ct"], only_sop=True),
+    ):
+        answer = get(stack, token, "path", query, **{"User-Agent": agent})
+        assert (answer.status_code, answer.content) == (200, files["ct"].read_bytes()), answer.text[:300]
+    stack.settle_access_log()
+    lines = [line for line in stack.access_log() if line.get("user_agent") == agent]
+    assert [line["study"] for line in lines] == [study] * 3, lines
+    for line in lines:
+        row = access_row(json.dumps(line))
+        assert row is not None and (row["action"], row["study_uid"]) == ("wado-uri", study), row
