@@ -271,7 +271,10 @@ class Planner:
     def instance(self, study: str, series: str, sop: str) -> CachedInstance:
         generation = self._generation(study)
         hit = self._cache.get(sop)
-        if hit is None or hit[0] != generation:
+        # A hit of another study or series is looked up again: the instance may have been deleted there and stored
+        # here since (only the generation of the study asked for is checked), and a miss is a lookup anyway, so
+        # one stored elsewhere takes as long to refuse as one stored nowhere.
+        if hit is None or hit[0] != generation or (hit[1].ids.study, hit[1].ids.series) != (study, series):
             row = self._load_instance(sop)
             if row is None:
                 self._cache.pop(sop, None)

@@ -357,3 +357,34 @@ def test_the_access_audit_names_the_study_however_the_query_is_spelled(
     for line in lines:
         row = access_row(json.dumps(line))
         assert row is not None and (row["action"], row["study_uid"]) == ("wado-uri", study), row
+
+
+def test_an_object_deleted_then_stored_in_another_study_is_found_there(
+    stack: RunningStack, tmp_path: Path, files: dict[str, Path]
+) -> None:
+    """A worker kept the instance it had served under its SOP Instance UID, checked only against the generation of
+    the study asked for: once the instance was deleted and stored again in another study (a misfiled instance
+    moved), its SOP Instance UID alone was found in the catalog in the new study and then refused as "not in this
+    study" by every worker that had served it before, until its cache evicted it."""
+    moved = pydicom.dcmread(files["ct"])
+    moved.SOPInstanceUID = moved.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    moved.StudyInstanceUID, moved.SeriesInstanceUID = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    before = tmp_path / "before.dcm"
+    moved.save_as(before)
+    assert stack.stow([before]).status_code == 200
+    query = f"requestType=WADO&objectUID={moved.SOPInstanceUID}&contentType=application%2Fdicom"
+    alone = f"{stack.url}/dicomweb/wado?{query}"
+    for _ in range(8):  # every worker serves it once at least
+        answer = requests.get(alone, headers=stack.api_headers, timeout=60)
+        assert (answer.status_code, answer.content) == (200, before.read_bytes())
+    old = f"studies/{moved.StudyInstanceUID}/series/{moved.SeriesInstanceUID}/instances/{moved.SOPInstanceUID}"
+    gone = requests.delete(f"{stack.url}/dicomweb/{old}", headers=stack.api_headers, timeout=120)
+    assert gone.status_code in (200, 202, 204), gone.text
+    moved.StudyInstanceUID, moved.SeriesInstanceUID = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    after = tmp_path / "after.dcm"
+    moved.save_as(after)
+    assert stack.stow([after]).status_code == 200
+    for _ in range(8):
+        answer = requests.get(alone, headers=stack.api_headers, timeout=60)
+        assert answer.status_code == 200, answer.text[:300]
+        assert answer.content == after.read_bytes()
