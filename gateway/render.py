@@ -34,12 +34,13 @@ from gateway import nginx_contract as nginx
 from gateway import report
 from gateway.dicom import codecs
 from gateway.dicom.converted import ConvertedReader, frames_converted
+from gateway.dicomweb import xml
 from gateway.dicomweb.accept import Offer, negotiate
 from gateway.errors import BadRequest, FrameNotFound, NotAcceptable, NotFound
 from gateway.numbers import INT32_MAX, parse_int
 from gateway.services import Services
 from gateway.uids import check_uid
-from gateway.views.common import make_conditional
+from gateway.views.common import make_conditional, metadata_text
 
 codecs.register()  # every process that renders imports this module before it decodes a frame
 
@@ -70,8 +71,9 @@ _FRAME_MACROS = ("00289145", "00289132")
 # PS3.18 Table 8.7.4-1: a single-frame image's rendered media types; JPEG the default, PNG and GIF required of
 # WADO-RS (GIF was a 406)
 _IMAGE_OFFERS = [Offer("image/jpeg", "*", False), Offer("image/png", "*", False), Offer("image/gif", "*", False)]
-# PS3.18 Table 8.7.4-1, the Text category (structured reports): text/html the default, text/plain required
-_TEXT_OFFERS = [Offer("text/html", "*", False), Offer("text/plain", "*", False)]
+# PS3.18 Table 8.7.4-1, the Text category (structured reports): text/html the default, text/plain and text/xml
+# required of the RESTful rendered resource (text/xml optional for WADO-URI, served there too)
+_TEXT_OFFERS = [Offer("text/html", "*", False), Offer("text/plain", "*", False), Offer("text/xml", "*", False)]
 # The rendered HTML of a report is inert: nothing may load or run (a <script> in a TEXT value is escaped; sandbox
 # makes the page an opaque origin even if one were not), and it cannot submit or be re-based.
 REPORT_CSP = "default-src 'none'; sandbox; base-uri 'none'; form-action 'none'"
@@ -425,11 +427,20 @@ def render_instance(
 
 
 def _report(services: Services, row: Any, accept: str) -> Response:
-    """A structured report as HTML (the default) or plain text, in UTF-8 whatever the file's character set."""
+    """A structured report as HTML (the default), plain text or XML, in UTF-8 whatever the file's character set.
+    The XML is the report's data set as a PS3.19 Native DICOM Model document, content tree and all, made from its
+    metadata as instance metadata's XML is (bulk data by BulkData URI): no other XML schema for reports is
+    standard, and the stored object need not be read."""
     try:
         offer = negotiate(accept, _TEXT_OFFERS)
     except NotAcceptable:
-        raise NotAcceptable("this instance is a structured report: it is rendered as text/html or text/plain") from None
+        raise NotAcceptable(
+            "this instance is a structured report: it is rendered as text/html, text/plain or text/xml"
+        ) from None
+    if offer.part_type == "text/xml":
+        response = _revalidated(xml.to_xml(json.loads(metadata_text(row)) or {}), "text/xml")
+        response.headers["Content-Security-Policy"] = REPORT_CSP  # a browser opening it runs nothing either
+        return response
     size = int(row.size)
     if size > report.MAX_BYTES:
         raise NotAcceptable(f"this report is larger than {report.MAX_BYTES} bytes: it is not rendered")

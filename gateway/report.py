@@ -1,5 +1,6 @@
 """Structured reports rendered as text (PS3.18 Table 8.7.4-1, the Text category: text/html the default, text/plain
-required): the document's header, its title (the root's Concept Name) and its content tree (PS3.3 C.17.3), one
+required; its text/xml is the data set's Native DICOM Model XML, made in ``gateway.render``): the document's
+header, its title (the root's Concept Name) and its content tree (PS3.3 C.17.3), one
 content item a line, nested by indentation (text) or by lists (HTML).
 
 pydicom reads the stored object and decodes its values in the file's Specific Character Set; neither pydicom nor

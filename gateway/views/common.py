@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 from flask import Response, current_app, request
@@ -114,3 +116,20 @@ def make_conditional(response: Response) -> Response:
     if response.status_code == 412:
         raise PreconditionFailed("the representation does not match If-Match or If-Unmodified-Since")
     return response
+
+
+# a stored (relative) BulkDataURI in canonical metadata text: its path is tags, item numbers and slashes, no quote
+_BULK_URI = re.compile(r'"BulkDataURI":"bulkdata/([^"]*)"')
+
+
+def metadata_text(row: Any) -> str:
+    """An instance's stored DICOM JSON text with its BulkDataURIs absolute, under the root the client used (a path
+    token stays in it, a query token ends each URI), as RetrieveURLs are: PS3.18 F.2.2 calls the value "the WADO-RS
+    URL" of the bulk data, and clients such as dicomweb-client fetch it as given (a relative one failed there)."""
+    root = json.dumps(f"{public_base()}{dicomweb_root()}/studies/")[1:-1]
+    prefix = f"{root}{row.study_uid}/series/{row.series_uid}/instances/{row.sop_uid}/"
+    text = row.metadata or "[]"
+    query = token_query()
+    if query:  # the query goes after each URI's path, so the one replace of the prefix cannot place it
+        return _BULK_URI.sub(lambda match: f'"BulkDataURI":"{prefix}bulkdata/{match[1]}{query}"', text)
+    return text.replace('"BulkDataURI":"bulkdata/', f'"BulkDataURI":"{prefix}bulkdata/')

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -51,6 +50,7 @@ from gateway.views.common import (
     deleter,
     dicomweb_root,
     make_conditional,
+    metadata_text,
     no_content,
     public_base,
     services,
@@ -195,14 +195,6 @@ def search_instances(study: str, series: str) -> Response:
 
 # -- metadata -----------------------------------------------------------------------------------------------------
 
-# a stored (relative) BulkDataURI in canonical metadata text: its path is tags, item numbers and slashes, no quote
-_BULK_URI = re.compile(r'"BulkDataURI":"bulkdata/([^"]*)"')
-
-
-def _with_query(text: str, prefix: str, query: str) -> str:
-    """Each stored BulkDataURI of ``text`` as ``{prefix}bulkdata/{path}{query}``."""
-    return _BULK_URI.sub(lambda match: f'"BulkDataURI":"{prefix}bulkdata/{match[1]}{query}"', text)
-
 
 def _metadata(study: str, series: str | None = None, instance: str | None = None) -> Response:
     decision()
@@ -218,19 +210,7 @@ def _metadata(study: str, series: str | None = None, instance: str | None = None
         rows = catalog.instances_of(study, check_uid(series) if series else None)
     if not rows:
         raise NotFound("no instances")
-    parts = []
-    # BulkDataURIs are stored relative to their instance; clients get them absolute, under the root they used (a
-    # path token stays in it, a query token ends it), as RetrieveURLs are: PS3.18 F.2.2 calls the value "the WADO-RS
-    # URL" of the bulk data, and clients such as dicomweb-client fetch it as given (a relative one failed there).
-    root = json.dumps(f"{public_base()}{dicomweb_root()}/studies/")[1:-1]
-    query = token_query()
-    for row in rows:
-        text = row.metadata or "[]"
-        prefix = f"{root}{row.study_uid}/series/{row.series_uid}/instances/{row.sop_uid}/"
-        if query:  # the query goes after each URI's path, so the one replace of the prefix cannot place it
-            parts.append(_with_query(text, prefix, query))
-        else:
-            parts.append(text.replace('"BulkDataURI":"bulkdata/', f'"BulkDataURI":"{prefix}bulkdata/'))
+    parts = [metadata_text(row) for row in rows]  # BulkDataURIs stored relative, answered absolute
     if answer_as.part_type == DICOM_XML:
         # XML is made from the very JSON text a JSON client gets, so both say the same
         response = dicom_xml([json.loads(part) or {} for part in parts], answer_as.multipart)
@@ -546,7 +526,7 @@ def wado() -> Response:
 
 # What WADO-URI answers (PS3.18 9.3-9.5): the object, or a rendering of an image, an Encapsulated PDF or a report.
 # text/html is not among them: a browser's page Accept names it first, and an image must still come as a JPEG.
-_WADO_TYPES = ("application/dicom", "image/jpeg", "image/png", "image/gif", "application/pdf", "text/plain")
+_WADO_TYPES = ("application/dicom", "image/jpeg", "image/png", "image/gif", "application/pdf", "text/plain", "text/xml")
 
 
 def _wado_choice(header: str) -> list[MediaRange]:

@@ -22,6 +22,7 @@ rendered and thumbnail, and QIDO.
 from __future__ import annotations
 
 import io
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from gateway.tools.synth import make_series, make_wsi
 from tests.e2e.conftest import BACKENDS
 from tests.e2e.harness import RunningStack, stack_holding
 from tests.e2e.test_compressed_render import url
+from tests.e2e.test_dicom_xml import NS, assert_as_dcmtk_reads, flatten
 from tests.e2e.test_real_files import bulkdata_uris, get, inline, multipart_parts, pydicom_json, value_at
 
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
@@ -413,3 +415,24 @@ def test_highdicom_reads_the_measurement_report_over_dicomweb(stack: RunningStac
         local.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
         .ReferencedSOPInstanceUID
     )
+
+
+def test_the_measurement_report_rendered_as_xml_is_what_dcmtk_reads(
+    stack: RunningStack, objects: dict[str, Path], tmp_path: Path
+) -> None:
+    """``/rendered`` of the TID 1500 report as text/xml (PS3.18 Table 8.7.4-1): its data set as a Native DICOM Model
+    document, the nested measurement groups, their tracking identifiers, measurements and the polyline's graphic
+    data among them, attribute for attribute what DCMTK's ``dcm2xml --native-format`` reads of the stored file."""
+    address = url(stack, objects["sr-tid1500"])
+    stored = tmp_path / "stored.dcm"
+    stored.write_bytes(get(stack, address, "application/dicom").content)
+    answer = get(stack, f"{address}/rendered", "text/xml")
+    assert (answer.status_code, answer.headers["Content-Type"]) == (200, "text/xml; charset=utf-8"), answer.text[:300]
+    document = ET.fromstring(answer.content)
+    assert document.tag == f"{NS}NativeDicomModel"
+    assert_as_dcmtk_reads(document, stored, address)
+    values = flatten(document)
+    texts = {value[0] for key, (vr, value) in values.items() if key.endswith("0040A160") and value}
+    numbers = sorted(float(value[0]) for key, (vr, value) in values.items() if key.endswith("0040A30A"))
+    assert {"finding 0", "finding 1"} <= texts and numbers == [162.5, 163.5]
+    assert any(key.endswith("00700022") and vr == "FL" for key, (vr, _) in values.items())  # the polyline's points

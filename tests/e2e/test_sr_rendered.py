@@ -1,5 +1,6 @@
 """Rendered structured reports through the real stack (PS3.18 Table 8.7.4-1, the Text category: text/html the
-default, text/plain required, by WADO-RS and WADO-URI). They were a JSON 406 ("no pixel data"). And the thumbnail
+default, text/plain and text/xml required, by WADO-RS and WADO-URI). They were a JSON 406 ("no pixel data"; text/xml
+until session 19, now the report's Native DICOM Model XML, compared with DCMTK's dcm2xml). And the thumbnail
 of an instance that is no image (a report, a PDF): a drawing of a page (PS3.18 10.4.3.3.4 leaves the meaningful
 representation to the origin server); a series holding images beside it is shown by an image. Both were a 406.
 
@@ -31,8 +32,10 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from tests.e2e.conftest import BACKENDS, uids_of
 from tests.e2e.harness import RunningStack, module_stack
+from tests.e2e.test_dicom_xml import NS, assert_as_dcmtk_reads, flatten
 
 CSP = "default-src 'none'; sandbox; base-uri 'none'; form-action 'none'"
+REPORT_406 = "this instance is a structured report: it is rendered as text/html, text/plain or text/xml"
 HOSTILE_TEXT = "<script>alert(document.cookie)</script>\r\n<img src=x onerror=alert(1)> Größe: 3 cm"
 
 
@@ -172,6 +175,18 @@ def assert_html(answer: requests.Response) -> str:
     assert answer.headers["Content-Security-Policy"] == CSP
     assert answer.headers["X-Content-Type-Options"] == "nosniff"
     return answer.content.decode("utf-8")
+
+
+def assert_xml(answer: requests.Response) -> ET.Element:
+    """A NativeDicomModel document, served as text/xml in UTF-8 with the sandboxing CSP of the HTML."""
+    assert answer.status_code == 200, (answer.status_code, answer.text[:300])
+    assert answer.headers["Content-Type"] == "text/xml; charset=utf-8"
+    assert answer.headers["Content-Security-Policy"] == CSP
+    assert answer.headers["X-Content-Type-Options"] == "nosniff"
+    assert answer.content.startswith(b"<?xml version='1.0' encoding='utf-8'?>\n<NativeDicomModel ")
+    document = ET.fromstring(answer.content)
+    assert document.tag == f"{NS}NativeDicomModel"
+    return document
 
 
 def assert_406(answer: requests.Response, detail: str) -> None:
@@ -314,9 +329,13 @@ def test_accept_negotiation_chooses_between_html_and_plain_text(root: str, files
     # the accept query parameter wins over the header
     assert_text(requests.get(url, params={"accept": "text/plain"}, headers={"Accept": "text/html"}, timeout=30))
     assert_html(requests.get(url, params={"accept": "text/html"}, headers={"Accept": "text/plain"}, timeout=30))
-    detail = "this instance is a structured report: it is rendered as text/html or text/plain"
-    for accept in ("image/png", "image/jpeg", "application/pdf", "text/xml", "text/*;q=0"):
-        assert_406(requests.get(url, headers={"Accept": accept}, timeout=30), detail)
+    for accept in ("text/xml", "text/html;q=0.5, text/xml", "text/plain;q=0.2, text/xml;q=0.3",
+                   "text/html;q=0, text/plain;q=0, */*"):  # fmt: skip
+        assert_xml(requests.get(url, headers={"Accept": accept}, timeout=30))
+    assert_html(requests.get(url, headers={"Accept": "text/xml;q=0, text/*"}, timeout=30))
+    assert_xml(requests.get(url, params={"accept": "text/xml"}, headers={"Accept": "text/html"}, timeout=30))
+    for accept in ("image/png", "image/jpeg", "application/pdf", "application/xml", "text/*;q=0"):
+        assert_406(requests.get(url, headers={"Accept": accept}, timeout=30), REPORT_406)
     # a frame of a report is no image either
     assert_406(requests.get(f"{instance(root, files['basic'])}/frames/1/rendered", timeout=30),
                "this instance has no pixel data: it is no image to render")  # fmt: skip
@@ -334,8 +353,50 @@ def test_wado_uri_renders_a_report_as_text_or_html(root: str, files: dict[str, P
     assert assert_text(requests.get(url, params=params, headers={"Accept": "text/plain"}, timeout=30)) == plain
     answer = requests.get(url, params=params, headers={"Accept": "text/html,*/*;q=0.8"}, timeout=30)
     assert assert_html(answer) == html
-    assert_406(requests.get(url, params={**params, "contentType": "image/jpeg"}, timeout=30),
-               "this instance is a structured report: it is rendered as text/html or text/plain")  # fmt: skip
+    assert_406(requests.get(url, params={**params, "contentType": "image/jpeg"}, timeout=30), REPORT_406)
+
+
+@pytest.mark.parametrize("name", ["basic", "dcmtk", "hostile"])
+def test_xml_is_the_report_data_set_as_dcmtk_reads_the_stored_file(
+    root: str, files: dict[str, Path], tmp_path: Path, name: str
+) -> None:
+    """text/xml (PS3.18 Table 8.7.4-1: Required of the rendered resource for the Text category) is the report's
+    data set as a PS3.19 Native DICOM Model document: every attribute, the content tree's items with their concept
+    names and values among them, says what DCMTK's ``dcm2xml --native-format`` reads of the stored file. It was a
+    JSON 406. WADO-URI serves the same document for ``contentType=text/xml`` and for an Accept naming it first."""
+    url = instance(root, files[name])
+    stored = tmp_path / "stored.dcm"
+    stored.write_bytes(requests.get(url, headers={"Accept": "application/dicom"}, timeout=30).content)
+    answer = requests.get(f"{url}/rendered", headers={"Accept": "text/xml"}, timeout=30)
+    document = assert_xml(answer)
+    assert_as_dcmtk_reads(document, stored, url)
+    # the content tree is there: the root's concept name and each first-level item's relationship and value type
+    ours, ds = flatten(document), pydicom.dcmread(stored)
+    assert ours["0040A043/1/00080104"] == ("LO", [ds.ConceptNameCodeSequence[0].CodeMeaning])
+    items = [key for key in ours if re.fullmatch(r"0040A730/\d+/0040A040", key)]
+    assert [ours[key][1] for key in items] == [[item.ValueType] for item in ds.ContentSequence]
+    again = requests.get(f"{url}/rendered", headers={"Accept": "text/xml", "If-None-Match": answer.headers["ETag"]},
+                         timeout=30)  # fmt: skip
+    assert again.status_code == 304
+    wado_url, params = wado(root, files[name])
+    by_uri = requests.get(wado_url, params={**params, "contentType": "text/xml"}, timeout=30)
+    assert_xml(by_uri)
+    assert by_uri.content == answer.content
+    by_accept = requests.get(wado_url, params=params, headers={"Accept": "text/xml"}, timeout=30)
+    assert (by_accept.headers["Content-Type"], by_accept.content) == ("text/xml; charset=utf-8", answer.content)
+
+
+def test_xml_of_a_report_keeps_its_markup_as_text(root: str, files: dict[str, Path]) -> None:
+    """The hostile report's TEXT value is character data of the XML (escaped, its carriage return kept as a
+    reference), never an element a browser would build: the document's only elements are the Native DICOM Model's."""
+    answer = requests.get(f"{instance(root, files['hostile'])}/rendered", headers={"Accept": "text/xml"}, timeout=30)
+    document = assert_xml(answer)
+    names = {element.tag.removeprefix(NS) for element in document.iter()}
+    assert names <= {"NativeDicomModel", "DicomAttribute", "Value", "Item", "PersonName", "Alphabetic",
+                     "FamilyName", "GivenName"}  # fmt: skip
+    text = flatten(document)["0040A730/3/0040A730/1/0040A160"]
+    assert text == ("UT", [HOSTILE_TEXT])
+    assert b"&lt;script&gt;alert(document.cookie)&lt;/script&gt;&#13;\n&lt;img src=x" in answer.content
 
 
 def test_thumbnail_of_a_report_or_a_pdf_is_the_drawing_of_a_page(root: str, files: dict[str, Path]) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import json
 import uuid
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -246,9 +247,14 @@ def test_report_content_types(stack: RunningStack, token: str, files: dict[str, 
         get(stack, token, "path", query, Accept="application/dicom"),
     ):
         assert (answer.status_code, answer.content) == (200, files["sr"].read_bytes())
-    # text/xml is optional for the URI service (Table 8.7.4-1) and not made here
-    body = assert_json(get(stack, token, "path", f"{query}&contentType=text/xml"), 406, "not_acceptable")
-    assert "text/html or text/plain" in body["detail"]
+    # text/xml is optional for the URI service (Table 8.7.4-1), served as the RESTful rendered resource serves it:
+    # the report's data set as a Native DICOM Model document (it was a JSON 406)
+    xml = get(stack, token, "path", f"{query}&contentType=text/xml")
+    assert (xml.status_code, xml.headers["Content-Type"]) == (200, "text/xml; charset=utf-8"), xml.text[:300]
+    assert xml.headers["Content-Security-Policy"] == CSP
+    assert ET.fromstring(xml.content).tag == "{http://dicom.nema.org/PS3.19/models/NativeDICOM}NativeDicomModel"
+    body = assert_json(get(stack, token, "path", f"{query}&contentType=image/png"), 406, "not_acceptable")
+    assert "text/html, text/plain or text/xml" in body["detail"]
 
 
 def test_values_in_other_cases(stack: RunningStack, token: str, files: dict[str, Path]) -> None:
