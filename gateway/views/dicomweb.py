@@ -75,9 +75,11 @@ ONE_OFFERS = [*LIST_OFFERS, Offer(DICOM_XML, "*", False)]
 STOW_OFFERS = [*JSON_OFFERS, Offer(DICOM_XML, "*", False), XML_PARTS]
 
 
-def dicom_json(payload: bytes, status: int = 200) -> Response:
-    response = Response(payload, status=status, mimetype=DICOM_JSON)
-    return response
+def dicom_json(payload: bytes, answer_as: Offer, status: int = 200) -> Response:
+    """DICOM JSON under the media type negotiated: ``application/json`` to a client that asked for that (PS3.18
+    defines only application/dicom+json, Tables 10.4.4-1 and 10.6.4-1; the alias is the gateway's courtesy to
+    generic clients), so a client refusing dicom+json with q=0 is never sent it (RFC 9110 12.5.1)."""
+    return Response(payload, status=status, mimetype=answer_as.part_type)
 
 
 def accepted(offers: list[Offer]) -> Offer:
@@ -118,7 +120,10 @@ def _search(level: str, study: str | None = None, series: str | None = None) -> 
     if not results and study and not catalog.exists(study, series):
         raise NotFound("no such study" if series is None else "no such series")  # e.g. deleted
     matches = _with_retrieve_urls(results, level, scope)
-    response = dicom_json(fastjson.dumps(matches)) if answer_as.part_type != DICOM_XML else dicom_xml(matches, True)
+    if answer_as.part_type == DICOM_XML:
+        response = dicom_xml(matches, True)
+    else:
+        response = dicom_json(fastjson.dumps(matches), answer_as)
     response.headers["Cache-Control"] = "private, no-cache"  # a search answers for now: the catalog changes
     for text in query.warnings:  # PS3.18 8.3.4.2/5/6: a matching option we ignored is owned up to, in these words
         response.headers.add("Warning", _warning(text))
@@ -217,10 +222,13 @@ def _metadata(study: str, series: str | None = None, instance: str | None = None
         body = response.get_data()
     else:
         body = ("[" + ",".join(parts) + "]").encode()
-        response = dicom_json(body)
+        response = dicom_json(body, answer_as)
     # weak: NGINX gzips the 200 and then weakens its ETag itself, but never a 304's, which must name the ETag the 200
     # would (RFC 9110 15.4.5): a weak one in every answer is the same in all of them
-    response.set_etag(hashlib.sha256(body).hexdigest()[:32], weak=True)
+    digest = hashlib.sha256(body)
+    if answer_as.part_type == "application/json":  # the same bytes as another representation: its own validator
+        digest.update(b"application/json")
+    response.set_etag(digest.hexdigest()[:32], weak=True)
     response.headers["Cache-Control"] = "private, no-cache"
     make_conditional(response)
     if response.status_code == 304:
@@ -349,7 +357,7 @@ def _stow(study: str | None) -> Response:
         [_to_item(r) for r in results], root=public_base() + dicomweb_root(), study_uid=study, query=token_query()
     )
     if answer_as.part_type != DICOM_XML:
-        response = dicom_json(json.dumps(answer.body, separators=(",", ":")).encode(), answer.status)
+        response = dicom_json(json.dumps(answer.body, separators=(",", ":")).encode(), answer_as, answer.status)
     else:  # single part, or the one part of multipart/related; type="application/dicom+xml"
         response = dicom_xml([answer.body], answer_as.multipart)
         response.status_code = answer.status

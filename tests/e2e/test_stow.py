@@ -328,6 +328,15 @@ def test_stow_answers_xml_to_a_client_that_asks_for_it(stack: RunningStack, tmp_
     assert stored.status_code == 200 and stored.content == path.read_bytes()
 
 
+def test_stow_answers_application_json_to_a_client_that_refuses_dicom_json(stack: RunningStack, tmp_path: Path) -> None:
+    """``application/json`` is negotiated for a client that refuses application/dicom+json with q=0; the response
+    now says so (it said application/dicom+json, which the client had refused), with the same DICOM JSON body."""
+    path, answer = stow_one_accepting(stack, tmp_path, 183, "application/dicom+json;q=0, application/json")
+    assert (answer.status_code, answer.headers["Content-Type"]) == (200, "application/json"), answer.text
+    [item] = referenced(answer)
+    assert item["00081155"]["Value"] == [uids_of(path)[2]]
+
+
 @pytest.mark.parametrize("accept", ["application/dicom+json;q=0, application/dicom+xml;q=0", "text/html"])
 def test_stow_for_a_client_that_takes_neither_json_nor_xml_is_a_406_before_anything_is_stored(
     stack: RunningStack, tmp_path: Path, accept: str
