@@ -307,3 +307,45 @@ def test_a_missing_object_in_a_present_folder_stays_a_404(local: Data, tmp_path:
     url = f"{local.stack.url}/dicomweb/studies/{study}/series/{series}/instances/{sop}"
     answer = requests.get(url, headers=headers, timeout=10)
     assert (answer.status_code, answer.json()["error"]) == (404, "not_found"), answer.text
+
+
+def test_a_preflight_during_an_s3_outage_is_answered_and_the_read_is_the_503(s3: tuple[Data, StorageFaults]) -> None:
+    """A browser viewer sending Authorization preflights every read. Once a read had met the outage, the preflight
+    of a frame or a retrieve went to the auth step without credentials, a 403: the browser reported a failed CORS
+    request instead of the JSON 503 and its Retry-After. The preflight is the 204 it always is, and the read after
+    it the 503."""
+    data, faults = s3
+    stack = data.stack
+    faults.set("refused")
+    try:
+        assert_failed_or_json_503("first frame", fetch(stack, *data.reads["frame"]))
+        preflight = {"Origin": ORIGIN, "Access-Control-Request-Method": "GET"}
+        preflight["Access-Control-Request-Headers"] = "authorization"
+        for name in ("frame", "instance multipart", "bulkdata"):
+            path = "/dicomweb/" + data.reads[name][0].split("/dicomweb/", 1)[1]
+            answer = requests.options(f"{stack.url}{path}", headers=preflight, timeout=10)
+            assert answer.status_code == 204, (name, answer.status_code, answer.text)
+            assert answer.headers["Access-Control-Allow-Origin"] == ORIGIN, name
+            assert "Authorization" in answer.headers["Access-Control-Allow-Headers"], name
+            assert_json_503(name, fetch(stack, path, {**stack.api_headers, **data.reads[name][1]}))
+    finally:
+        faults.set("up")
+    assert_served_again(data, within=PAUSE + 5)
+
+
+def test_a_request_storage_refuses_alone_refuses_no_other_read(s3: tuple[Data, StorageFaults]) -> None:
+    """A whole object's request carries the client's own preconditions to storage. An If-Modified-Since storage
+    cannot take (moto answers 30 Feb with a 500) was recorded as an outage: every client's frames were the JSON
+    503 for 5 s, for one request anyone could repeat. It is that request's 503 alone now; a date outside the
+    grammar (99 Foo) is ignored as RFC 9110 13.1.3 says, and the object served."""
+    data, _ = s3
+    stack = data.stack
+    path, headers = data.reads["instance"]
+    ignored = fetch(stack, path, {**headers, "If-Modified-Since": "Sun, 99 Foo 2026 99:99:99 GMT"})
+    assert (ignored.status, ignored.body) == (200, data.before["instance"].body)
+    refused = fetch(stack, path, {**headers, "If-Modified-Since": "Mon, 30 Feb 2026 00:00:00 GMT"})
+    assert_json_503("instance", refused)
+    for name in ("frame", "frames", "study", "bulkdata range"):
+        answer = fetch(stack, *data.reads[name])
+        assert answer.complete and answer.status == data.before[name].status, (name, answer)
+        assert answer.payload() == data.before[name].payload(), name
