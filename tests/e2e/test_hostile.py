@@ -341,7 +341,7 @@ def test_an_over_long_uri_is_a_json_414_at_once(stack: RunningStack, ct: dict[st
     uri = f"{instance}/{'1' * size}" if where == "path" else f"{instance}/metadata?x={'a' * size}"
     started = time.monotonic()
     status, headers, body = raw(stack, get(uri, Origin=ORIGIN))
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 20  # not a hang (a loaded 2-core CI machine can take seconds)
     error = assert_json_error(status, headers, body, 414)
     assert error["detail"] == "the request URI is longer than 8000 bytes (32 KB for a search)"
     assert (headers.get("access-control-allow-origin") == ORIGIN) == (len(uri) < 32 * 1024 - 100), headers
@@ -365,7 +365,7 @@ def test_over_large_headers_are_a_json_431(stack: RunningStack, ct: dict[str, st
     as JSON that says why, with CORS, at once."""
     started = time.monotonic()
     status, answer, body = raw(stack, get(f"{ct['root']}/studies", Origin=ORIGIN, **headers))
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 20  # not a hang (a loaded 2-core CI machine can take seconds)
     error = assert_json_error(status, answer, body, 431)
     detail = "the request headers are too large (a line over 32 KB, or too many)"
     assert error == {"error": "request_header_fields_too_large", "detail": detail}

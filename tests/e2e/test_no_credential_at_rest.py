@@ -102,7 +102,7 @@ def refusals(stack: RunningStack, token: str, study: str) -> None:
         assert answer.headers["Content-Type"] == "application/json"
     noncanonical = requests.get(f"{stack.root(token)}/studies/{study}/%2e%2e/series", timeout=10)
     assert noncanonical.status_code == 400
-    too_long = requests.get(f"{stack.root(token)}/studies?x={'a' * 9000}", timeout=10)
+    too_long = requests.get(f"{stack.root(token)}/studies/{study}/metadata?x={'a' * 9000}", timeout=10)
     assert too_long.status_code == 414
     missing = requests.get(f"{stack.root(token)}/studies/{study}/series/1.2.3/instances/4.5.6/frames/1", timeout=10)
     assert missing.status_code == 404

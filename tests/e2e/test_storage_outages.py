@@ -230,11 +230,11 @@ def test_a_hung_s3_fails_a_read_within_seconds_then_refuses_at_once(s3: tuple[Da
     try:
         first = fetch(data.stack, *data.reads["frame"])
         assert_failed_or_json_503("first frame", first)
-        assert first.took < 15, first.took
+        assert first.took < 20, first.took  # NGINX's 10 s, where it was 60 (slack for a loaded CI machine)
         for name in ("frame", "frames", "study", "bulkdata range", "instance"):
             answer = fetch(data.stack, *data.reads[name])
             assert_json_503(name, answer)
-            assert answer.took < 1, (name, answer.took)
+            assert answer.took < 3, (name, answer.took)  # at once: no 10 s wait on storage
     finally:
         faults.set("up")
     assert_served_again(data, within=PAUSE + 5)
