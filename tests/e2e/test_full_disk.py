@@ -206,8 +206,11 @@ def test_upload_spool_full_stores_the_parts_read_and_the_retry_stores_all(tmp_pa
         assert spooled(spool) == []
 
 
-def assert_refused_for_a_full_catalog(stack: RunningStack, files: list[Path]) -> None:
-    """A STOW while the catalog's disk is full: the JSON 503 that says so, nothing of it listed or stored."""
+def assert_refused_for_a_full_catalog(stack: RunningStack, files: list[Path], orphans: bool = False) -> None:
+    """A STOW while the catalog's disk is full: the JSON 503 that says so, nothing of it listed or stored. With
+    ``orphans``, an object may be left unlisted: a registration that fails after its reservation fitted keeps the
+    stored object (a lost answer after a commit cannot be told from a failed commit), for the retry and
+    ``reconcile`` to settle (gateway/ingest.py)."""
     answer = stack.stow(files)
     assert answer.status_code == 503, answer.text
     assert answer.headers["Content-Type"] == "application/json"
@@ -216,7 +219,9 @@ def assert_refused_for_a_full_catalog(stack: RunningStack, files: list[Path]) ->
     study = uids_of(files[0])[0]
     assert listed(stack, study).status_code == 404
     root = stack.stack.file_root
-    assert root is not None and not (root / "studies" / study).exists()
+    assert root is not None
+    if not orphans:
+        assert not (root / "studies" / study).exists()
 
 
 def test_catalog_folder_full_is_a_503_while_stored_data_is_still_read(tmp_path: Path) -> None:
@@ -271,8 +276,9 @@ def postgres_database_in(folder: Path, server: PostgresServer) -> Iterator[str]:
 
 def test_catalog_on_postgresql_full_is_a_503_saying_so(tmp_path: Path, postgres_server: PostgresServer) -> None:
     """PostgreSQL's tables on a full disk (their tablespace; its write-ahead log still has room): the upload's first
-    catalog write needs a new page and fails with disk_full, so the upload is the same JSON 503 as on SQLite,
-    nothing is stored, and the same upload is stored once space is freed."""
+    catalog write that needs a new page fails with disk_full (the reservation, or the registration when the
+    reservation fitted a page PostgreSQL had), so the upload is the same JSON 503 as on SQLite, nothing of it is
+    listed, and the same upload is stored once space is freed."""
     files = make_series(tmp_path / "ct", modality="CT", slices=2, seed=97, clean=True)
     # PostgreSQL runs as its own OS user: its folder cannot be inside pytest's private tmp_path
     folder = Path(tempfile.mkdtemp(prefix="dicomgw-full-"))
@@ -283,7 +289,8 @@ def test_catalog_on_postgresql_full_is_a_503_saying_so(tmp_path: Path, postgres_
             running(tmp_path / "var", DICOMGW_DATABASE_URL=url) as stack,
         ):
             fill(tables)
-            assert_refused_for_a_full_catalog(stack, files)
+            # PostgreSQL may take the reservation into a page it has and refuse only the registration
+            assert_refused_for_a_full_catalog(stack, files, orphans=True)
             free(tables)
             assert_all_stored(stack, stack.stow(files), files)
     finally:
