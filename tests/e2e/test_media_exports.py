@@ -353,6 +353,9 @@ def test_an_upload_cut_by_ctrl_c_resumes_without_sending_twice(running: RunningS
         stderr=subprocess.PIPE,
         text=True,
         env=upload_env(running),
+        # as from a terminal: a suite started in the background (`make test &`, a CI runner) ignores SIGINT, and a
+        # Python started with it ignored never raises KeyboardInterrupt
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 60
     while count_stored(running, paths) < 3:
