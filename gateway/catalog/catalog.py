@@ -353,7 +353,7 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
             merged[uid] = _merge(
                 fields,
                 row,
-                [(rec.values, fastjson.loads(rec.instance.attrs_json(level))) for rec in records],
+                [(rec.values, getattr(rec.instance, f"{level}_attrs")) for rec in records],  # parsed once, kept
             )
         return merged
 
@@ -381,7 +381,7 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
         refused = set()
         for index, rec in entries:
             study = rec.instance.ids.study
-            theirs = _patient(rec.values.get("patient_id"), fastjson.loads(rec.instance.attrs_json("study")))
+            theirs = _patient(rec.values.get("patient_id"), rec.instance.study_attrs)
             held = known.get(study, ("", ""))
             if _differs(theirs, held):
                 refused.add(index)

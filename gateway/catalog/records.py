@@ -35,7 +35,8 @@ SEARCH_FIELDS = (*STUDY_FIELDS, *SERIES_FIELDS, "instance_number")
 def search_values(metadata: dict[str, Any], flat: dict[str, Any] | None = None) -> dict[str, Any]:
     """The searchable values of an instance's DICOM JSON (keys of ``SEARCH_FIELDS``). Missing or empty values
     become None; PN values use their Alphabetic group; IS values become int (None when not an integer). ``flat``:
-    the metadata's ``gateway.dicom.qido_attrs.searchable``, when ingest already made it (in its pool process)."""
+    the metadata's ``gateway.dicom.qido_attrs.searchable``, when ingest already made it (in its pool process);
+    ``metadata`` is then not read."""
     if not flat:
         # imported here: qido_attrs loads pydicom's dictionary, which a process that only parses uploads (the
         # spool, gateway.dicomweb.multipart, imports this package) must not carry (tests/unit/test_multipart.py)
@@ -77,7 +78,9 @@ class InstanceRecord:
         tenant: str | None = None,
         destination: str | None = None,
     ) -> InstanceRecord:
-        flat = search_values(instance.metadata, instance.searchable)
+        # the pool made the flat values: ``instance.metadata`` is not touched, since reading it would parse the
+        # whole DICOM JSON back from its text in the request's process (IndexedInstance.__getstate__)
+        flat = search_values({}, instance.searchable) if instance.searchable else search_values(instance.metadata)
         if values:
             flat.update(values)
         return cls(instance, storage_key, size, sha256, etag, flat, replace, tenant, destination)
