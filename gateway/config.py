@@ -216,6 +216,20 @@ def markdown_table() -> str:
     return "\n".join(rows) + "\n"
 
 
+def _s3_url_ok(url: str) -> bool:
+    """``s3://bucket[/prefix]`` as ``S3Storage`` reads it: a bucket, no query, fragment or credentials, and a prefix
+    whose segments are neither empty, ``.`` nor ``..`` (no backslash or NUL: the storage keys' rule)."""
+    parts = urlsplit(url)
+    if not parts.netloc or "@" in parts.netloc or parts.query or parts.fragment or "?" in url or "#" in url:
+        return False
+    prefix = parts.path.strip("/")
+    if not prefix:
+        return True
+    return "\\" not in prefix and "\x00" not in prefix and all(
+        segment not in ("", ".", "..") for segment in prefix.split("/")
+    )
+
+
 def _split(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
@@ -393,6 +407,10 @@ class Settings:
         storage = values["STORAGE_URL"]
         if not (storage.startswith("file:///") or storage.startswith("s3://")):
             raise ConfigError(PREFIX + "STORAGE_URL", "must start with file:/// or s3://")
+        if storage.startswith("s3://") and not _s3_url_ok(storage):
+            # what S3Storage takes (a bucket, then an optional prefix of plain segments): found here, it is the
+            # one-line start-up error README promises, not a traceback from the storage module
+            raise ConfigError(PREFIX + "STORAGE_URL", "must be s3://bucket or s3://bucket/prefix")
         database = values["DATABASE_URL"]
         if not database.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://")):
             raise ConfigError(PREFIX + "DATABASE_URL", "must start with sqlite:/// or postgresql://")

@@ -588,6 +588,26 @@ def test_workers_never_migrate_and_db_upgrade_does_it_once(tmp_path: Path) -> No
     _serve_until_ready(argv, env, port, tmp_path)
 
 
+@pytest.mark.parametrize("storage", ["s3://", "s3:///data", "s3://dicom/data/../x"])
+def test_db_upgrade_with_a_malformed_s3_url_is_one_line(tmp_path: Path, storage: str) -> None:
+    """README, Command line: `db upgrade` validates the settings; Configuration: a bad value stops start-up with a
+    message naming it. An S3 URL without a bucket or with a `..` prefix was a traceback (session 20)."""
+    upgrade = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "db", "upgrade"],
+        env=_gateway_env(tmp_path, DICOMGW_STORAGE_URL=storage),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (upgrade.returncode, upgrade.stdout, upgrade.stderr) == (
+        1,
+        "",
+        "Error: DICOMGW_STORAGE_URL: must be s3://bucket or s3://bucket/prefix\n",
+    )
+    assert not (tmp_path / "catalog.db").exists()
+
+
 def test_container_gunicorn_migrates_once_in_the_master(tmp_path: Path) -> None:
     """The image's command (gunicorn with docker/gunicorn.conf.py) on an empty catalog: on_starting migrates
     before any worker exists (workers cannot migrate, see above), so the first start always boots."""
@@ -618,6 +638,10 @@ def test_container_gunicorn_migrates_once_in_the_master(tmp_path: Path) -> None:
             "DICOMGW_PHI_POLICY: no such file: /nonexistent/policy.toml",
         ),
         (("--storage", "file://objects"), {}, "DICOMGW_STORAGE_URL: must start with file:/// or s3://"),
+        # session 20: an S3 URL without a bucket, or with a prefix no key can be under, was a traceback from the
+        # storage module (ValueError, InvalidPath) after the settings had been called valid
+        (("--storage", "s3://"), {}, "DICOMGW_STORAGE_URL: must be s3://bucket or s3://bucket/prefix"),
+        ((), {"DICOMGW_STORAGE_URL": "s3://dicom/../x"}, "DICOMGW_STORAGE_URL: must be s3://bucket or s3://bucket/prefix"),
         (
             ("--database", "sqlite:///{tmp}/missing/catalog.db"),
             {},
@@ -644,6 +668,8 @@ def test_container_gunicorn_migrates_once_in_the_master(tmp_path: Path) -> None:
         "short-signing-key",
         "missing-policy",
         "relative-storage",
+        "s3-without-bucket",
+        "s3-prefix-dot-dot",
         "catalog-cannot-open",
         "cors-star",
         "public-url",
