@@ -230,6 +230,12 @@ def _s3_url_ok(url: str) -> bool:
     )
 
 
+def _unset(value: str) -> bool:
+    """A required value that names nothing: empty, blanks, or only the list separators (``DICOMGW_SIGNING_KEYS=,``
+    left no key to sign with, yet passed for set). ``stack up`` and ``token issue`` read such a value as unset."""
+    return not value.strip(", \t")
+
+
 def _split(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
@@ -346,7 +352,7 @@ def _development_defaults(values: dict[str, str]) -> None:
         "API_KEYS": lambda: read_or_create_secret(var / "api.key"),
     }
     for name, make in defaults.items():
-        if not values[name]:
+        if _unset(values[name]):
             values[name] = make()
 
 
@@ -402,7 +408,7 @@ class Settings:
         if mode == "development":
             _development_defaults(values)
         for name, (required, _, _, _) in VARIABLES.items():
-            if required and not values[name]:
+            if required and _unset(values[name]):
                 raise ConfigError(PREFIX + name, "is required but not set")
         storage = values["STORAGE_URL"]
         if not (storage.startswith("file:///") or storage.startswith("s3://")):

@@ -608,6 +608,26 @@ def test_db_upgrade_with_a_malformed_s3_url_is_one_line(tmp_path: Path, storage:
     assert not (tmp_path / "catalog.db").exists()
 
 
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("DICOMGW_SIGNING_KEYS", ","), ("DICOMGW_SIGNING_KEYS", " , "), ("DICOMGW_API_KEYS", ",")],
+)
+def test_db_upgrade_with_a_key_list_that_holds_no_key_is_one_line(tmp_path: Path, variable: str, value: str) -> None:
+    """README, Configuration: a missing required value stops start-up with a message naming it. A list of only
+    commas left no key at all (nothing to sign or call with), yet passed for set (session 20)."""
+    upgrade = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "db", "upgrade"],
+        env=_gateway_env(tmp_path, **{variable: value}),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    expected = (1, "", f"Error: {variable}: is required but not set\n")
+    assert (upgrade.returncode, upgrade.stdout, upgrade.stderr) == expected
+    assert not (tmp_path / "catalog.db").exists()
+
+
 def test_container_gunicorn_migrates_once_in_the_master(tmp_path: Path) -> None:
     """The image's command (gunicorn with docker/gunicorn.conf.py) on an empty catalog: on_starting migrates
     before any worker exists (workers cannot migrate, see above), so the first start always boots."""
