@@ -306,7 +306,14 @@ def _int(name: str, value: str, minimum: int = 0) -> int:
         raise ConfigError(PREFIX + name, f"expected an integer, got {value!r}") from None
     if number < minimum:
         raise ConfigError(PREFIX + name, f"must be at least {minimum}")
+    if number > _INT_SETTING_MAX:
+        # a lifetime past this ends beyond what dates can name (DICOMGW_TOKEN_MAX_TTL=10**20 let `token issue
+        # --ttl 10**17` die in a traceback formatting its expiry): a one-line error at start-up instead
+        raise ConfigError(PREFIX + name, f"must be at most {_INT_SETTING_MAX}")
     return number
+
+
+_INT_SETTING_MAX = 2**31 - 1  # every integer setting, as every integer in a request (gateway/numbers.py)
 
 
 _AUTH_CACHE_SECONDS = "2"  # NGINX's default (docker/nginx.Dockerfile, stack up)

@@ -628,6 +628,34 @@ def test_db_upgrade_with_a_key_list_that_holds_no_key_is_one_line(tmp_path: Path
     assert not (tmp_path / "catalog.db").exists()
 
 
+@pytest.mark.parametrize("variable", ["DICOMGW_TOKEN_MAX_TTL", "DICOMGW_SESSION_MAX", "DICOMGW_DELETE_SETTLE"])
+def test_an_integer_setting_past_32_bits_is_one_line(tmp_path: Path, variable: str) -> None:
+    """An integer setting is bounded as a request's integers are: DICOMGW_TOKEN_MAX_TTL=10**20 passed, and then
+    `token issue --ttl` of a large number died in a traceback formatting the expiry (session 20)."""
+    env = _gateway_env(tmp_path, **{variable: str(10**20)})
+    upgrade = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "db", "upgrade"], env=env, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert (upgrade.returncode, upgrade.stdout, upgrade.stderr) == (
+        1,
+        "",
+        f"Error: {variable}: must be at most 2147483647\n",
+    )
+    if variable == "DICOMGW_TOKEN_MAX_TTL":
+        issue = subprocess.run(
+            [sys.executable, "-m", "gateway.cli", "token", "issue", "--study", "1.2.3", "--ttl", str(10**17)],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        )
+        assert (issue.returncode, issue.stdout, issue.stderr) == (
+            1,
+            "",
+            "Error: DICOMGW_TOKEN_MAX_TTL: must be at most 2147483647\n",
+        )
+
+
 def test_container_gunicorn_migrates_once_in_the_master(tmp_path: Path) -> None:
     """The image's command (gunicorn with docker/gunicorn.conf.py) on an empty catalog: on_starting migrates
     before any worker exists (workers cannot migrate, see above), so the first start always boots."""
