@@ -28,6 +28,7 @@ import struct
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -512,6 +513,32 @@ def print_summary(report: UploadReport, console: Console) -> None:
         console.print(failures)
 
 
+URL_HINT = "'--url'"
+
+
+def split_root(root: str, token: str | None) -> tuple[str, str | None]:
+    """``--url`` as a DICOMweb root: http(s) with a host. A root that ends in ``?token=T`` (README, Tokens: the query
+    transport works on every DICOMweb path) sends ``T`` as ``--token`` does; it was kept in the root, so each
+    request went to ``{root}?token=T/studies`` and every file failed (a 405). Any other query or a fragment is no
+    root: a usage error. The messages never quote the URL, which may carry the token."""
+    parts = urllib.parse.urlsplit(root)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise click.BadParameter(
+            "expected an http:// or https:// DICOMweb root, e.g. https://host/t/TOKEN/dicomweb", param_hint=URL_HINT
+        )
+    if parts.fragment or root.endswith("#"):
+        raise click.BadParameter("a DICOMweb root holds no fragment (#)", param_hint=URL_HINT)
+    if parts.query or root.endswith("?"):
+        # read raw, as the gateway reads the query token (README, Tokens: `%74oken=` is no token)
+        name, _, value = parts.query.partition("=")
+        if name != "token" or not value or "&" in value:
+            raise click.BadParameter("a DICOMweb root holds no query but ?token=...", param_hint=URL_HINT)
+        if token and token != value:
+            raise click.BadParameter("its ?token= and --token (or DICOMGW_TOKEN) differ", param_hint=URL_HINT)
+        token = value
+    return urllib.parse.urlunsplit(parts._replace(query="", fragment="")), token
+
+
 @click.command("upload")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--url", "root", required=True, help="DICOMweb root, e.g. https://host/t/TOKEN/dicomweb.")
@@ -543,6 +570,7 @@ def upload(
 
     Exit code 0 when every DICOM file is on the server, 1 when some failed, 2 when nothing could be sent, 130 when
     Ctrl-C stopped it (the batches in flight finish; a re-run sends the rest)."""
+    root, token = split_root(root, token)
     options = UploadOptions(
         root=root,
         concurrency=concurrency,

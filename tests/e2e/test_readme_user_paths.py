@@ -3,12 +3,18 @@ README line it checks and asserts the exact status, headers and bytes the README
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
+from gateway.tools.synth import make_series
+from tests.e2e.conftest import uids_of
 from tests.e2e.harness import RunningStack, stack_holding
 
 
@@ -43,3 +49,59 @@ def test_audit_limit_1000_is_a_page(stack: RunningStack, kind: str) -> None:
     assert answer.headers["Cache-Control"] == "no-store"
     body = answer.json()
     assert set(body) == {"items", "next_cursor"} and body["next_cursor"] is None
+
+
+# -- README, Command line: `upload PATH... --url ROOT`; Tokens: the query `?token=` is accepted on every DICOMweb
+# path. A root copied with its `?token=T` kept the query in front of `/studies` (`{root}?token=T/studies`): every
+# file failed with a 405 and the exit was 2. It now sends T as `--token` does; a root that is no http(s) URL, or
+# holds another query or a fragment, is one usage line (exit 2) instead of a failed row per file.
+
+
+def cli_upload(folder: Path, url: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("DICOMGW_API_KEY", "DICOMGW_TOKEN")}
+    command = [sys.executable, "-m", "gateway.cli", "upload", str(folder), "--url", url, *extra]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env={**env, "COLUMNS": "400"})
+
+
+def summary(stdout: str) -> dict[str, str]:
+    cells = [line.split("│") for line in stdout.splitlines() if line.count("│") == 4]
+    return {c[1].strip(): c[2].strip() for c in cells}
+
+
+def test_upload_to_a_root_with_its_query_token(stack: RunningStack, tmp_path: Path) -> None:
+    files = make_series(tmp_path / "ct", modality="CT", slices=2, rows=32, columns=32, seed=2020, clean=True)
+    study = uids_of(files[0])[0]
+    token = stack.issue([study], actions=["read", "write"])["token"]
+    root = f"{stack.url}/dicomweb?token={token}"
+
+    first = cli_upload(tmp_path / "ct", root)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert summary(first.stdout) == {"stored": "2", "already present": "0", "failed": "0", "skipped": "0"}
+    assert token not in first.stdout + first.stderr  # URLs are never printed: they may carry the token
+
+    listed = requests.get(f"{stack.url}/dicomweb/studies/{study}/instances?token={token}", timeout=30)
+    assert listed.status_code == 200 and listed.headers["Content-Type"] == "application/dicom+json"
+    assert sorted(item["00080018"]["Value"][0] for item in listed.json()) == sorted(uids_of(f)[2] for f in files)
+
+    again = cli_upload(tmp_path / "ct", root)  # resume asks with the same token: nothing sent twice
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert summary(again.stdout) == {"stored": "0", "already present": "2", "failed": "0", "skipped": "0"}
+
+
+@pytest.mark.parametrize(
+    ("url", "extra", "message"),
+    [
+        ("notaurl", (), "expected an http:// or https:// DICOMweb root, e.g. https://host/t/TOKEN/dicomweb"),
+        ("{url}/dicomweb?limit=1", (), "a DICOMweb root holds no query but ?token=..."),
+        ("{url}/dicomweb?token=", (), "a DICOMweb root holds no query but ?token=..."),
+        ("{url}/dicomweb?%74oken=abc", (), "a DICOMweb root holds no query but ?token=..."),
+        ("{url}/dicomweb#frag", (), "a DICOMweb root holds no fragment (#)"),
+        ("{url}/dicomweb?token=abc", ("--token", "xyz"), "its ?token= and --token (or DICOMGW_TOKEN) differ"),
+    ],
+)
+def test_upload_to_what_is_no_root_is_one_line(
+    stack: RunningStack, tmp_path: Path, url: str, extra: tuple[str, ...], message: str
+) -> None:
+    make_series(tmp_path / "ct", modality="CT", slices=1, rows=32, columns=32, seed=2021, clean=True)
+    done = cli_upload(tmp_path / "ct", url.format(url=stack.url), *extra)
+    assert (done.returncode, done.stdout, done.stderr) == (2, "", f"Error: Invalid value for '--url': {message}\n")
