@@ -176,7 +176,7 @@ def token() -> None:
 @click.option("--ttl", type=int, default=None, help="Lifetime in seconds (capped by DICOMGW_TOKEN_MAX_TTL).")
 @click.option("--sub", default="cli", show_default=True, help="Who the token is for (audit log).")
 @click.option(
-    "--url", "base_url", default="", help="Public base URL (default DICOMGW_PUBLIC_URL or localhost:8080)."
+    "--url", "base_url", default="", help="Public base URL (default DICOMGW_PUBLIC_URL or http://127.0.0.1:8080)."
 )
 @click.option(
     "--var",
