@@ -13,7 +13,7 @@ from flask import Blueprint, Response, jsonify, request
 from gateway.errors import BadRequest
 from gateway.numbers import parse_int
 from gateway.uids import check_uid
-from gateway.views.common import require_api_key, services
+from gateway.views.common import refuse_repeats, require_api_key, services
 
 bp = Blueprint("access", __name__, url_prefix="/api/v1/admin")
 
@@ -58,11 +58,12 @@ def access() -> Response:
     unknown = sorted(set(args) - PARAMS)
     if unknown:
         raise BadRequest(f"unknown parameters: {', '.join(unknown)}")
+    refuse_repeats(args)
     as_csv = _wants_csv()
     ceiling = MAX_CSV if as_csv else MAX_JSON
     limit = parse_int(args.get("limit") or str(min(ceiling, 1000 if as_csv else 100)), "limit", low=1, high=ceiling)
     rows = services().catalog.access_records(
-        study_uid=check_uid(args["study"]) if "study" in args else None,
+        study_uid=check_uid(args["study"], "study") if "study" in args else None,
         sub=args.get("subject") or None,
         since=instant(args["from"], "from") if "from" in args else None,
         until=instant(args["to"], "to") if "to" in args else None,

@@ -17,7 +17,15 @@ from gateway.numbers import parse_int
 from gateway.phi.deidentify import identifier_digest
 from gateway.tokens import Claims
 from gateway.uids import check_uid
-from gateway.views.common import deleter, json_body, no_content, public_base, require_api_key, services
+from gateway.views.common import (
+    deleter,
+    json_body,
+    no_content,
+    public_base,
+    refuse_repeats,
+    require_api_key,
+    services,
+)
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -248,6 +256,7 @@ def audit() -> Response:
     unknown = sorted(set(args) - AUDIT_PARAMS)
     if unknown:
         raise BadRequest(f"unknown parameters: {', '.join(unknown)}")
+    refuse_repeats(args)
     kind = args.get("kind", "hook")
     if kind not in ("hook", "deletion"):
         raise BadRequest("kind must be hook or deletion")

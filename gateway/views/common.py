@@ -133,3 +133,11 @@ def metadata_text(row: Any) -> str:
     if query:  # the query goes after each URI's path, so the one replace of the prefix cannot place it
         return _BULK_URI.sub(lambda match: f'"BulkDataURI":"{prefix}bulkdata/{match[1]}{query}"', text)
     return text.replace('"BulkDataURI":"bulkdata/', f'"BulkDataURI":"{prefix}bulkdata/')
+
+
+def refuse_repeats(args: Any) -> None:
+    """A parameter given twice is a 400, as QIDO's ``limit`` and a JSON body's key are: the first one alone was
+    read, so ``study=A&study=B`` listed only A's rows, and an audit answered a question nobody asked."""
+    repeated = sorted(name for name in set(args) if len(args.getlist(name)) > 1)
+    if repeated:
+        raise BadRequest(f"{repeated[0]} given more than once")

@@ -105,3 +105,41 @@ def test_upload_to_what_is_no_root_is_one_line(
     make_series(tmp_path / "ct", modality="CT", slices=1, rows=32, columns=32, seed=2021, clean=True)
     done = cli_upload(tmp_path / "ct", url.format(url=stack.url), *extra)
     assert (done.returncode, done.stdout, done.stderr) == (2, "", f"Error: Invalid value for '--url': {message}\n")
+
+
+# -- README, HTTP API: the admin audit and the access trail take each of their parameters once. A repeated one was
+# read by its first value alone: `study=A&study=B` listed A's rows only, as if that had been the question.
+
+
+@pytest.mark.parametrize(
+    ("query", "name"),
+    [
+        ("access?study=1.2.3&study=1.2.4", "study"),
+        ("access?subject=a&subject=b", "subject"),
+        ("access?limit=5&limit=5", "limit"),
+        ("access?format=csv&format=json", "format"),
+        ("audit?study_uid=1.2.3&study_uid=1.2.4", "study_uid"),
+        ("audit?kind=deletion&kind=hook", "kind"),
+        ("audit?kind=deletion&cursor=5&cursor=6", "cursor"),
+    ],
+)
+def test_an_admin_query_parameter_given_twice_is_a_json_400(stack: RunningStack, query: str, name: str) -> None:
+    answer = requests.get(f"{stack.url}/api/v1/admin/{query}", headers=stack.api_headers, timeout=30)
+    assert answer.status_code == 400, (answer.status_code, answer.text[:300])
+    assert answer.headers["Content-Type"] == "application/json"
+    assert answer.content == b'{"error": "bad_request", "detail": "%s given more than once"}' % name.encode()
+
+
+def test_the_access_trails_malformed_study_is_named(stack: RunningStack) -> None:
+    answer = requests.get(f"{stack.url}/api/v1/admin/access?study=abc", headers=stack.api_headers, timeout=30)
+    assert answer.status_code == 400 and answer.headers["Content-Type"] == "application/json"
+    assert answer.content == b'{"error": "invalid_uid", "detail": "study is not a valid DICOM UID"}'
+
+
+def test_each_admin_query_parameter_once_still_answers(stack: RunningStack, synthetic: dict[str, Any]) -> None:
+    study = uids_of(synthetic["ct"][0])[0]
+    for query in (f"access?study={study}&limit=5&format=json", "audit?kind=deletion&limit=5"):
+        answer = requests.get(f"{stack.url}/api/v1/admin/{query}", headers=stack.api_headers, timeout=30)
+        assert answer.status_code == 200, (answer.status_code, answer.text[:300])
+        assert answer.headers["Content-Type"] == "application/json"
+        assert set(answer.json()) == {"items", "next_cursor"}
