@@ -53,11 +53,21 @@ def stack() -> None:
 @stack.command("up")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535), help="Port NGINX listens on.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address NGINX listens on.")
-@click.option("--storage", "storage_url", default="", help="Storage URL (default file://$PWD/var/objects).")
 @click.option(
-    "--database", "database_url", default="", help="Catalog URL (default sqlite:///$PWD/var/catalog.db)."
+    "--storage",
+    "storage_url",
+    default="",
+    help="Storage URL (default DICOMGW_STORAGE_URL, else the --var folder's objects/).",
 )
-@click.option("--var", "var_dir", default="var", show_default=True, type=click.Path(path_type=Path))
+@click.option(
+    "--database",
+    "database_url",
+    default="",
+    help="Catalog URL (default DICOMGW_DATABASE_URL, else sqlite:/// of the --var folder's catalog.db).",
+)
+@click.option(
+    "--var", "var_dir", default="var", show_default=True, type=click.Path(file_okay=False, path_type=Path)
+)
 @click.option("--no-seed", is_flag=True, help="Do not load the synthetic studies.")
 @click.option("--tls", is_flag=True, help="Serve HTTPS with HTTP/2 on a generated self-signed certificate.")
 def stack_up(

@@ -206,6 +206,17 @@ def test_a_bad_port_or_host_is_one_clear_line(tmp_path: Path, flags: tuple[str, 
     assert not _processes_mentioning(str(tmp_path / "var"))
 
 
+def test_a_var_that_is_a_file_is_one_clear_line(tmp_path: Path) -> None:
+    """`--var DIR` names a folder: a file there was `Error: [Errno 17] File exists: '...'` (session 20)."""
+    var = tmp_path / "var"
+    var.write_text("not a folder")
+    process = _start(var, free_port())
+    out, err = process.communicate(timeout=60)
+    expected = (2, "", f"Error: Invalid value for '--var': Directory '{var}' is a file.\n")
+    assert (process.returncode, out, err) == expected
+    assert var.read_text() == "not a folder"
+
+
 def test_stack_up_on_ipv6_loopback(tmp_path: Path) -> None:
     """``--host ::1`` was refused as "port in use" (the probe spoke IPv4 only); NGINX needs it in brackets."""
     try:
