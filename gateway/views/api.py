@@ -166,6 +166,8 @@ COOKIE_AFTER_END_SECONDS = 60  # how long the session cookie outlives its token 
 @bp.get("/session")
 def session() -> WerkzeugResponse:
     """Trade a URL token for a first-party HttpOnly cookie (mobile WebViews), then 303 to ``next``."""
+    # two tokens (or two targets) name no one answer: the first alone was taken, in silence
+    refuse_repeats(request.args)
     token = request.args.get("token", "")
     if not token:
         raise TokenMissing("token query parameter is required")

@@ -143,3 +143,24 @@ def test_each_admin_query_parameter_once_still_answers(stack: RunningStack, synt
         assert answer.status_code == 200, (answer.status_code, answer.text[:300])
         assert answer.headers["Content-Type"] == "application/json"
         assert set(answer.json()) == {"items", "next_cursor"}
+
+
+# -- README, Tokens: `GET /api/v1/session?token=...&next=/viewer/...` sets the cookie and 303s to `next`. Two tokens
+# or two targets took the first in silence (a 303 with the first token as the cookie); now a JSON 400.
+
+
+@pytest.mark.parametrize("name", ["token", "next"])
+def test_the_session_exchange_takes_each_parameter_once(
+    stack: RunningStack, synthetic: dict[str, Any], name: str
+) -> None:
+    token = stack.issue([uids_of(synthetic["ct"][0])[0]])["token"]
+    query = f"token={token}&token={token}" if name == "token" else f"token={token}&next=/viewer/&next=/viewer/x"
+    answer = requests.get(f"{stack.url}/api/v1/session?{query}", allow_redirects=False, timeout=30)
+    assert answer.status_code == 400 and answer.headers["Content-Type"] == "application/json"
+    assert "Set-Cookie" not in answer.headers
+    assert answer.content == b'{"error": "bad_request", "detail": "%s given more than once"}' % name.encode()
+    once = requests.get(
+        f"{stack.url}/api/v1/session?token={token}&next=/viewer/", allow_redirects=False, timeout=30
+    )
+    assert once.status_code == 303 and once.headers["Location"] == "/viewer/"
+    assert once.headers["Set-Cookie"].startswith(f"dicomgw_token={token}; ")
