@@ -164,3 +164,39 @@ def test_the_session_exchange_takes_each_parameter_once(
     )
     assert once.status_code == 303 and once.headers["Location"] == "/viewer/"
     assert once.headers["Set-Cookie"].startswith(f"dicomgw_token={token}; ")
+
+
+# -- README, Command line: `synth ct|mr|wsi --out DIR [...]` writes synthetic DICOM (docs/synth.md: `--patient`
+# names the PatientID). One over LO's 64 characters, with a backslash or a control character was written as given
+# (a pydicom warning, an invalid file); now a one-line usage error, and what it takes goes through the stack whole.
+
+
+@pytest.mark.parametrize("patient", ["x" * 65, "a\\b", "a\tb", ""])
+@pytest.mark.parametrize("kind", ["ct", "us"])
+def test_synth_refuses_a_patient_id_dicom_cannot_hold(tmp_path: Path, kind: str, patient: str) -> None:
+    size = ["--slices", "1", "--rows", "16", "--columns", "16"] if kind == "ct" else ["--frames", "1"]
+    command = [sys.executable, "-m", "gateway.cli", "synth", kind, "--out", str(tmp_path / "out"), *size]
+    done = subprocess.run([*command, "--patient", patient], capture_output=True, text=True, timeout=120)
+    message = "Error: Invalid value for '--patient': a Patient ID is 1-64 characters, no backslash and no control"
+    assert (done.returncode, done.stdout, done.stderr) == (2, "", f"{message} character\n")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_synth_patient_id_of_64_characters_is_stored_and_found(stack: RunningStack, tmp_path: Path) -> None:
+    patient = "MRN-" + "7" * 60
+    command = [sys.executable, "-m", "gateway.cli", "synth", "ct", "--out", str(tmp_path / "ct")]
+    done = subprocess.run(
+        [*command, "--slices", "1", "--rows", "16", "--columns", "16", "--seed", "2022", "--patient", patient],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    upload = cli_upload(tmp_path / "ct", f"{stack.url}/dicomweb", "--api-key", stack.stack.api_key)
+    assert upload.returncode == 0, upload.stdout + upload.stderr
+    found = requests.get(
+        f"{stack.url}/dicomweb/studies", params={"PatientID": patient}, headers=stack.api_headers, timeout=30
+    )
+    assert found.status_code == 200 and found.headers["Content-Type"] == "application/dicom+json"
+    [match] = found.json()
+    assert match["00100020"] == {"vr": "LO", "Value": [patient]}

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from gateway.errors import InvalidUID
+from gateway.tools.synth.options import patient_id
 from gateway.tools.synth.phantom import DEFAULT_SLICES, make_series
 from gateway.tools.synth.tiles import DEFAULT_FRAMES, DEFAULT_NATIVE_FRAMES
 from gateway.tools.synth.wsi import Offsets, make_wsi
@@ -32,7 +33,10 @@ def _common_options(function: Callable[..., None]) -> Callable[..., None]:
                 "--study-uid", default=None, help="Put the series into this study (default: from the seed)."
             ),
             click.option(
-                "--patient", default=None, help="PatientID to use (default: a fake MRN from the seed)."
+                "--patient",
+                default=None,
+                callback=patient_id,
+                help="PatientID to use (default: a fake MRN from the seed).",
             ),
         ]
     ):
