@@ -183,7 +183,9 @@ def token() -> None:
 @click.option("--study", "studies", multiple=True, required=True, help="Study Instance UID (repeatable).")
 @click.option("--series", "series", multiple=True, help="Series Instance UID (repeatable; one study only).")
 @click.option("--action", "action", type=click.Choice(["read", "write"]), default="read", show_default=True)
-@click.option("--ttl", type=int, default=None, help="Lifetime in seconds (at most DICOMGW_TOKEN_MAX_TTL: a longer one is refused).")
+@click.option(
+    "--ttl", type=int, default=None, help="Lifetime in seconds (at most DICOMGW_TOKEN_MAX_TTL: a longer one is refused)."
+)
 @click.option("--sub", default="cli", show_default=True, help="Who the token is for (audit log).")
 @click.option(
     "--url", "base_url", default="", help="Public base URL (default DICOMGW_PUBLIC_URL or http://127.0.0.1:8080)."
