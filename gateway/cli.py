@@ -184,7 +184,7 @@ def token() -> None:
 @click.option("--series", "series", multiple=True, help="Series Instance UID (repeatable; one study only).")
 @click.option("--action", "action", type=click.Choice(["read", "write"]), default="read", show_default=True)
 @click.option(
-    "--ttl", type=int, default=None, help="Lifetime in seconds (at most DICOMGW_TOKEN_MAX_TTL: a longer one is refused)."
+    "--ttl", type=int, default=None, help="Lifetime in seconds (at most DICOMGW_TOKEN_MAX_TTL; a longer one: refused)."
 )
 @click.option("--sub", default="cli", show_default=True, help="Who the token is for (audit log).")
 @click.option(
