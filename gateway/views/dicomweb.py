@@ -482,6 +482,12 @@ def wado() -> Response:
     check_wado_request_type(params)
     planner = services().planner
     instance = planner.named_instance(wado_object(params))
+    # PS3.18 9: each parameter it defines holds one value (contentType's list is one value, comma-separated); of
+    # two, the first was used in silence (contentType=image/png&contentType=image/jpeg, rows=64&rows=512), while a
+    # repeated UID or frameNumber was already a 400. Other parameters (a client's own) are not read.
+    repeated = sorted(name for name in _WADO_PARAMETERS if len(params.get(name, ())) > 1)
+    if repeated:
+        raise BadRequest(f"WADO-URI takes one {repeated[0]}")
     # The query names the instance it locates, so a plan or a rendering made below never looks it up again by a
     # study or series left out (Weasis's requireOnlySOPInstanceUID sends both empty)
     params["studyUID"], params["seriesUID"] = [instance.ids.study], [instance.ids.series]
@@ -531,6 +537,13 @@ def wado() -> Response:
         # PS3.18 9.5.2.1: a frameNumber past the instance's frames is a 400 here (WADO-RS's frames resource: 404)
         raise BadRequest(error.detail) from None
 
+
+# The parameters PS3.18 9 defines for WADO-URI (9.1.2 and Table 9.1-1, 9.4, 9.5).
+_WADO_PARAMETERS = (
+    "requestType", "studyUID", "seriesUID", "objectUID", "contentType", "charset", "anonymize", "annotation", "rows",
+    "columns", "region", "windowCenter", "windowWidth", "frameNumber", "imageQuality", "presentationUID",
+    "presentationSeriesUID", "transferSyntax",
+)
 
 # What WADO-URI answers (PS3.18 9.3-9.5): the object, or a rendering of an image, an Encapsulated PDF or a report.
 # text/html is not among them: a browser's page Accept names it first, and an image must still come as a JPEG.

@@ -278,6 +278,31 @@ def test_values_in_other_cases(stack: RunningStack, token: str, files: dict[str,
     assert body["detail"] == "WADO-URI needs exactly one objectUID"
 
 
+def test_a_parameter_given_twice_is_a_json_400_naming_it(
+    stack: RunningStack, token: str, files: dict[str, Path]
+) -> None:
+    """Each WADO-URI parameter holds one value (PS3.18 9): of two, the first was used in silence (a PNG asked for
+    after a JPEG got the JPEG, a 64-row thumbnail asked for twice at two sizes got the first), while a repeated UID
+    or frameNumber was already a 400. Now every repeat of a parameter PS3.18 defines is the same JSON 400, naming
+    it (a client's own parameters are not read, repeated or not)."""
+    study, series, sop = uids_of(files["ct"])
+    ids = f"requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={sop}"
+    for extra, name in (
+        ("&contentType=image/png&contentType=image/jpeg", "contentType"),
+        ("&contentType=application/dicom&contentType=application/dicom", "contentType"),
+        ("&contentType=image/jpeg&rows=64&rows=512", "rows"),
+        ("&windowCenter=40&windowWidth=400&windowCenter=50", "windowCenter"),
+        ("&transferSyntax=1.2.840.10008.1.2.1&transferSyntax=1.2.840.10008.1.2.1", "transferSyntax"),
+        ("&frameNumber=1&frameNumber=1", "frameNumber"),
+    ):
+        body = assert_json(get(stack, token, "path", ids + extra), 400, "bad_request")
+        assert body["detail"] == f"WADO-URI takes one {name}", (extra, body)
+    # one of each is served as before, whichever transport carries the token
+    for transport in TRANSPORTS:
+        answer = get(stack, token, transport, f"{ids}&contentType=image/png&rows=64")
+        assert (answer.status_code, answer.headers["Content-Type"]) == (200, "image/png"), answer.text[:200]
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_a_fragment_cannot_split_what_is_judged_from_what_is_served(
     stack: RunningStack, token: str, files: dict[str, Path], transport: str
