@@ -177,10 +177,15 @@ def test_requests_nginx_answers_itself_are_on_record_as_sent(stack: RunningStack
     study = uids_of(files[0])[0]
     assert stack.stow(files).status_code == 200
     token = stack.issue([study])["token"]
-    for _ in range(3):  # sent, then the client shuts its side at once: no answer is ever written
+
+    def gone_client() -> None:  # sent, then the client shuts its side at once: no answer is ever read
         with socket.create_connection(("127.0.0.1", stack.stack.port), timeout=10) as sock:
             sock.sendall(f"GET /t/{token}/dicomweb/studies/{study}/series HTTP/1.1\r\nHost: x\r\n\r\n".encode())
             sock.shutdown(socket.SHUT_WR)
+
+    gone = 3
+    for _ in range(gone):
+        gone_client()
     refused = requests.post(
         f"{stack.url}/dicomweb/studies/{study}",
         data=b"x",
@@ -188,12 +193,17 @@ def test_requests_nginx_answers_itself_are_on_record_as_sent(stack: RunningStack
         timeout=10,
     )
     assert refused.status_code == 501
-    rows = wait_for_rows(stack, 4, study=study)  # the STOW to /studies names no study in its path
+    rows = wait_for_rows(stack, 1 + gone, study=study)  # the STOW to /studies names no study in its path
     assert [(row["method"], row["status"]) for row in rows if row["method"] != "GET"] == [("POST", 501)]
     # Each gone client is on record. NGINX notices a client that half-closed with its request only while it waits on
-    # the gateway, so under heavy load it may have answered first (200); it was 499 in every quiet run.
+    # the gateway, so on a loaded machine it may answer first (200; all three did in a two-process suite, while it was
+    # 499 in every quiet run): then more gone clients, one at a time, until NGINX meets one while it waits.
     gets = sorted(row["status"] for row in rows if row["method"] == "GET")
-    assert len(gets) == 3 and set(gets) <= {200, 499} and 499 in gets, gets
+    while 499 not in gets and gone < 20:
+        gone_client()
+        gone += 1
+        gets = sorted(row["status"] for row in wait_for_rows(stack, 1 + gone, study=study) if row["method"] == "GET")
+    assert len(gets) == gone and set(gets) <= {200, 499} and 499 in gets, gets
     for line in stack.stack.access_log.read_text().splitlines():
         json.loads(line)  # every line is JSON
 
