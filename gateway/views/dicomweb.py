@@ -484,7 +484,7 @@ def wado() -> Response:
     instance = planner.named_instance(wado_object(params))
     # PS3.18 9: each parameter it defines holds one value (contentType's list is one value, comma-separated); of
     # two, the first was used in silence (contentType=image/png&contentType=image/jpeg, rows=64&rows=512), while a
-    # repeated UID or frameNumber was already a 400. Other parameters (a client's own) are not read.
+    # repeated UID was already a 400 (PS3.18 9.5.2.1 makes a second frameNumber one). A client's own are not read.
     repeated = sorted(name for name in _WADO_PARAMETERS if len(params.get(name, ())) > 1)
     if repeated:
         raise BadRequest(f"WADO-URI takes one {repeated[0]}")
@@ -517,8 +517,6 @@ def wado() -> Response:
                 response.headers[name] = value
             return response
         content_type = content_type or "image/jpeg"
-    if len(args.getlist("frameNumber")) > 1:
-        raise BadRequest("WADO-URI takes one frameNumber")  # PS3.18 9.5.2.1: a 400 (the first one was served)
     frame = parse_int(args.get("frameNumber") or "1", "frameNumber", low=1)
     accept = accept or content_type
     rendering = _rendering_of(args)
