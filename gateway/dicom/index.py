@@ -87,6 +87,7 @@ _META_LIMIT = 1 << 16  # a file meta element longer than this is not a file meta
 _BUFFER = 1 << 16
 INFLATE_LIMIT = 256 << 20  # bytes a deflated data set may inflate to
 SPECIFIC_CHARACTER_SET = 0x00080005
+_NUMBER_OF_FRAMES = 0x00280008
 _PYDICOM_DEFER = 1024  # the pydicom check reads values up to this size; larger ones stay on disk
 
 
@@ -404,9 +405,10 @@ def _number_of_frames(ds: Dataset, elements: list[Element]) -> int:
         return 0
     if "NumberOfFrames" not in ds:
         return 1
+    raw = next((el.value for el in elements if el.tag == _NUMBER_OF_FRAMES), None)
+    if raw is not None and not raw.strip(b" \0"):
+        return 1  # empty (pydicom reads it as None, which was refused as no number)
     value = _get(ds, "NumberOfFrames")
-    if value == "":
-        return 1
     n = _int_or_none(value)
     if n is None or not 1 <= n <= INT32_MAX:
         raise DicomError("Number of Frames (0028,0008) is not a positive integer")

@@ -1,0 +1,95 @@
+"""Files no one on the project wrote, in shapes the toolkits' own test data do not take (session 21): each is built
+here byte by byte or with pydicom, stored through STOW-RS on the real stack (local folder, SQLite: what is checked
+is decided at ingest, the same on every backend) and read back as a viewer reads it. Each test failed before its
+fix (CHANGELOG, session 21)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from tests.e2e.harness import RunningStack, start_stack
+
+CANNOT_UNDERSTAND = 0xC000
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    running = start_stack(tmp_path_factory.mktemp("outside-files"), "file", None)
+    try:
+        yield running
+    finally:
+        running.stack.stop()
+
+
+def image(frames: int | None = None, **values: Any) -> Dataset:
+    """A small native 16-bit secondary capture (4 x 6), ``frames`` frames, ``values`` set on it."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientID, ds.Modality = "OUTSIDE-1", "OT"
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 4, 6, 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    if frames is not None:
+        ds.NumberOfFrames = frames
+    ds.PixelData = np.arange((frames or 1) * 24, dtype="<u2").tobytes()
+    for keyword, value in values.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def write(ds: Dataset, folder: Path) -> Path:
+    path = folder / f"{ds.SOPInstanceUID}.dcm"
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def address(stack: RunningStack, ds: Dataset) -> str:
+    return (
+        f"{stack.url}/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+        f"/instances/{ds.SOPInstanceUID}"
+    )
+
+
+def get(stack: RunningStack, url: str, accept: str) -> requests.Response:
+    return requests.get(url, headers={**stack.api_headers, "Accept": accept}, timeout=30)
+
+
+def items(answer: requests.Response, tag: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = answer.json().get(tag, {}).get("Value", [])
+    return found
+
+
+def test_an_empty_number_of_frames_is_one_frame(stack: RunningStack, tmp_path: Path) -> None:
+    """Number of Frames present but empty (zero length) is one frame, as pydicom decodes it and as index.py's own
+    docstring said: pydicom reads the empty IS as None, which the check took for no number, a 0xC000 refusal."""
+    ds = image(frames=1)
+    ds["NumberOfFrames"].value = ""
+    path = write(ds, tmp_path)
+    answer = stack.stow([path])
+    assert answer.status_code == 200, answer.text
+    assert [item["00081155"]["Value"] for item in items(answer, "00081199")] == [[ds.SOPInstanceUID]]
+    frame = get(stack, f"{address(stack, ds)}/frames/1", "application/octet-stream")
+    assert (frame.status_code, frame.headers["Content-Type"]) == (
+        200,
+        "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1",
+    )
+    assert frame.content == ds.PixelData
+    metadata = get(stack, f"{address(stack, ds)}/metadata", "application/dicom+json")
+    assert metadata.status_code == 200
+    assert metadata.json()[0]["00280008"] == {"vr": "IS"}
+    retrieved = get(stack, address(stack, ds), "application/dicom")
+    assert (retrieved.status_code, retrieved.content) == (200, path.read_bytes())
