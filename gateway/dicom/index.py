@@ -134,6 +134,7 @@ def read_instance(
                 bulk_threshold=bulkdata_threshold,
             )
         elements = walker.walk()
+        _check_pixel_encoding(ts, elements)
         with quiet_validation():
             ds = _read_pydicom(fp, ts, elements)
             uids = _identity(ds)
@@ -399,6 +400,18 @@ def _pixel_element(elements: list[Element]) -> Element | None:
     return None
 
 
+def _check_pixel_encoding(ts: str, elements: list[Element]) -> None:
+    """``DicomError`` for encapsulated (undefined-length) pixel data under a native transfer syntax (PS3.5 A.4
+    allows it only in the compressed ones): its item headers would be served and rendered as pixels, as when a
+    tool rewrote a compressed file's Transfer Syntax UID without decoding it."""
+    pixel = _pixel_element(elements)
+    if pixel is not None and pixel.fragments is not None and ts in NATIVE_SYNTAXES:
+        raise DicomError(
+            f"Pixel Data {_tag_name(pixel.tag)} is encapsulated (undefined length), which the native transfer "
+            f"syntax {ts} does not allow"
+        )
+
+
 def _number_of_frames(ds: Dataset, elements: list[Element]) -> int:
     """0 when there is no pixel data; Number of Frames (default 1 when absent or empty) otherwise."""
     if _pixel_element(elements) is None:
@@ -422,8 +435,8 @@ def _frame_index(
     if pixel is None or number_of_frames == 0:
         return None
     if pixel.fragments is not None:
-        if ts in NATIVE_SYNTAXES or is_video(ts):
-            return None  # video: frames are not separable; native syntax with encapsulation: malformed
+        if is_video(ts):
+            return None  # video: frames are not separable (a native syntax with encapsulation is refused)
         eot = {
             el.tag: el.value
             for el in elements

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import requests
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.encaps import encapsulate
+from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 
 from tests.e2e.harness import RunningStack, start_stack
 
@@ -93,3 +94,36 @@ def test_an_empty_number_of_frames_is_one_frame(stack: RunningStack, tmp_path: P
     assert metadata.json()[0]["00280008"] == {"vr": "IS"}
     retrieved = get(stack, address(stack, ds), "application/dicom")
     assert (retrieved.status_code, retrieved.content) == (200, path.read_bytes())
+
+
+def test_encapsulated_pixel_data_under_a_native_transfer_syntax_is_refused(
+    stack: RunningStack, tmp_path: Path
+) -> None:
+    """Encapsulated (undefined-length) Pixel Data in an Explicit VR Little Endian file, as a tool writes that
+    rewrites a compressed file's Transfer Syntax UID without decoding it (PS3.5 A.4 allows encapsulation only in
+    the compressed syntaxes). It was stored, and its frame 1 was the item headers and compressed bytes sent as
+    native pixels (`application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1`), rendered as an image of
+    them. Now a 0xC000 failure naming the element; the request's good file is stored, the bad one is nowhere."""
+    bad = image(frames=2)
+    bad.file_meta.TransferSyntaxUID = RLELossless  # pydicom writes encapsulated data only under such a syntax
+    bad.PixelData = encapsulate([bytes(bad.PixelData[:48]), bytes(bad.PixelData[48:])])
+    bad_path = write(bad, tmp_path)
+    written = bad_path.read_bytes()
+    assert written.count(b"1.2.840.10008.1.2.5\0") == 1
+    bad_path.write_bytes(written.replace(b"1.2.840.10008.1.2.5\0", b"1.2.840.10008.1.2.1\0"))  # the same length
+    good = image()
+    answer = stack.stow([bad_path, write(good, tmp_path)])
+    assert answer.status_code == 202, answer.text
+    assert [item["00081155"]["Value"] for item in items(answer, "00081199")] == [[good.SOPInstanceUID]]
+    (failure,) = items(answer, "00081198")
+    assert failure["00081155"]["Value"] == [bad.SOPInstanceUID]
+    assert failure["00081197"]["Value"] == [CANNOT_UNDERSTAND]
+    assert failure["00091001"]["Value"] == [
+        "Pixel Data (7FE0,0010) is encapsulated (undefined length), which the native transfer syntax "
+        "1.2.840.10008.1.2.1 does not allow"
+    ]
+    for path, accept in (("/metadata", "application/dicom+json"), ("/frames/1", "application/octet-stream")):
+        gone = get(stack, address(stack, bad) + path, accept)
+        assert (gone.status_code, gone.headers["Content-Type"]) == (404, "application/json"), gone.text
+    frame = get(stack, f"{address(stack, good)}/frames/1", "application/octet-stream")
+    assert (frame.status_code, frame.content) == (200, good.PixelData)
