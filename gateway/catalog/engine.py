@@ -49,7 +49,11 @@ def _unicode_lower(value: Any) -> Any:
 
 
 def _sqlite_engine(url: str) -> Engine:
-    engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT})
+    # hide_parameters: a database error's text quotes every bound value otherwise (a file's Patient's Name and
+    # ID, in clear), and the logs take that text
+    engine = sa.create_engine(
+        url, connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT}, hide_parameters=True
+    )
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -114,7 +118,12 @@ class CatalogBase:
             self.engine = _sqlite_engine(full)
         elif full.startswith("postgresql+psycopg"):
             self.engine = sa.create_engine(
-                full, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args=_network_bounds(full)
+                full,
+                pool_pre_ping=True,
+                pool_size=10,
+                max_overflow=20,
+                connect_args=_network_bounds(full),
+                hide_parameters=True,  # as for SQLite: no value of a file in an error's text
             )
         else:
             raise ValueError("catalog URL must be sqlite:///... or postgresql://...")

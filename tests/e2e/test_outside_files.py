@@ -6,6 +6,7 @@ fix (CHANGELOG, session 21)."""
 from __future__ import annotations
 
 import io
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,33 @@ from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 from tests.e2e.harness import RunningStack, start_stack
 
 CANNOT_UNDERSTAND = 0xC000
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def catalog_stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    """A stack on each catalog backend: values a file holds meet the catalog's columns, and PostgreSQL takes less
+    than SQLite (no NUL in text, bounded index rows, the modality column's 16 characters)."""
+    env: dict[str, str] = {}
+    admin = ""
+    if request.param == "postgres":
+        import psycopg
+
+        server = request.getfixturevalue("postgres_server")
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        admin = f"host={server.host} port={server.port} user=postgres dbname=postgres"
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        env["DICOMGW_DATABASE_URL"] = server.url(name)
+    running = start_stack(tmp_path_factory.mktemp(f"outside-{request.param}"), "file", None, **env)
+    try:
+        yield running
+    finally:
+        running.stack.stop()
+        if admin:
+            import psycopg
+
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +155,40 @@ def test_encapsulated_pixel_data_under_a_native_transfer_syntax_is_refused(
         assert (gone.status_code, gone.headers["Content-Type"]) == (404, "application/json"), gone.text
     frame = get(stack, f"{address(stack, good)}/frames/1", "application/octet-stream")
     assert (frame.status_code, frame.content) == (200, good.PixelData)
+
+
+def with_value(ds: Dataset, tag: int, raw: bytes, folder: Path) -> Path:
+    """``ds`` written with the value of the (short-VR) element ``tag`` replaced by ``raw`` as given: bytes pydicom
+    would not write itself (a NUL inside a name)."""
+    path = write(ds, folder)
+    data = path.read_bytes()
+    header = tag.to_bytes(4, "big")
+    header = header[1::-1] + header[:1:-1]  # (gggg,eeee) little endian
+    start = data.index(header + ds[tag].VR.encode())
+    length = int.from_bytes(data[start + 6 : start + 8], "little")
+    value = raw + b" " * (len(raw) % 2)
+    path.write_bytes(data[: start + 6] + len(value).to_bytes(2, "little") + value + data[start + 8 + length :])
+    return path
+
+
+def application_log(stack: RunningStack) -> str:
+    return "".join(
+        path.read_text(errors="replace")
+        for path in (stack.stack.gunicorn_log, stack.stack.var_dir / "logs" / "gunicorn.out")
+        if path.exists()
+    )
+
+
+def test_no_value_of_a_file_reaches_the_application_log(catalog_stack: RunningStack, tmp_path: Path) -> None:
+    """A catalog error while an instance was registered logged SQLAlchemy's message, which quotes every bound
+    parameter: the Patient's Name, ID, birth date and study description of the file, in clear (a NUL in a name,
+    which PostgreSQL's text cannot hold, was one such error). The engines now hide parameters from their errors."""
+    ds = image(PatientName="Zyxwq^Quorvan", PatientBirthDate="19610417", StudyDescription="Knee left qwzx")
+    ds.PatientID = "PHI-7Q2ZK"
+    path = with_value(ds, 0x00100010, b"Zyxwq\x00^Quorvan", tmp_path)
+    answer = catalog_stack.stow([path])
+    assert answer.status_code in (200, 409), answer.text
+    catalog_stack.settle_access_log()
+    log = application_log(catalog_stack)
+    for value in ("Zyxwq", "Quorvan", "PHI-7Q2ZK", "19610417", "qwzx"):
+        assert value not in log
