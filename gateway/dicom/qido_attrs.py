@@ -170,13 +170,29 @@ SEARCHABLE_KEYS = tuple(_TEXT_KEYS) + tuple(_INT_KEYS)
 
 # TM columns: stored as ``time_key`` writes them, so QIDO compares times, not the texts files happen to hold
 _TIME_KEYS = frozenset({"study_time", "performed_procedure_step_start_time"})
+# The longest value a text column holds, on both backends alike: PostgreSQL refused a longer one (an index row is
+# at most ~2.7 KB; the modality column is VARCHAR(16)), a 503 "catalog unavailable" for a file with a 30,000
+# character name. Every VR searched holds at most 64 characters (PS3.5 6.2), so only a broken value is left out:
+# the file is stored and answered whole, just not searchable by that value (as an out-of-range Series Number).
+_TEXT_LIMIT = 256
+_TEXT_LIMITS = {"modality": 16}
+
+
+def _storable(key: str, text: str | None) -> str | None:
+    if text is None:
+        return None
+    text = text.replace("\0", "\ufffd")  # PostgreSQL's text holds no NUL (as DICOM XML, U+FFFD stands for it)
+    return text if len(text) <= _TEXT_LIMITS.get(key, _TEXT_LIMIT) else None
+
+
 def searchable(metadata: dict[str, Any]) -> dict[str, str | int | None]:
     """Flat values for catalog columns, from the instance's DICOM JSON (values pydicom decoded once, see
-    ``gateway.dicom.valuememo``): every key of ``SEARCHABLE_KEYS``, None when missing, empty or undecodable
-    (a time column holds its ``time_key``, None for a value that is no time)."""
+    ``gateway.dicom.valuememo``): every key of ``SEARCHABLE_KEYS``, None when missing, empty, undecodable or
+    longer than a column holds (a time column holds its ``time_key``, None for a value that is no time; a NUL is
+    U+FFFD)."""
     out: dict[str, str | int | None] = {}
     for key, tag in _TEXT_TAGS.items():
-        text = _text(metadata.get(tag))
+        text = _storable(key, _text(metadata.get(tag)))
         out[key] = time_key(text) if key in _TIME_KEYS and text is not None else text
     for key, tag in _INT_TAGS.items():
         out[key] = int32_or_none(_text(metadata.get(tag)))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -192,3 +193,51 @@ def test_no_value_of_a_file_reaches_the_application_log(catalog_stack: RunningSt
     log = application_log(catalog_stack)
     for value in ("Zyxwq", "Quorvan", "PHI-7Q2ZK", "19610417", "qwzx"):
         assert value not in log
+
+
+def test_values_the_catalog_cannot_index_are_stored_and_answered_whole(
+    catalog_stack: RunningStack, tmp_path: Path
+) -> None:
+    """Values no VR allows, which SQLite took and PostgreSQL refused: a NUL inside a name (0xC000 "the file could
+    not be processed"), a 30,000-character Patient's Name, Patient ID or Accession Number (a 503 "catalog
+    unavailable (ProgramLimitExceeded)" with Retry-After, for a file no retry could store: an index row of
+    PostgreSQL holds ~2.7 KB) and a 20-character Modality (VARCHAR(16)). Each is stored on both catalogs and
+    answered whole; the catalog searches a NUL as U+FFFD and leaves a value longer than 256 characters (16 for
+    Modality) unsearched."""
+    long_text = "Qx" * 15_000
+    nul = image(PatientName="x")
+    nul_path = with_value(nul, 0x00100010, b"Nulname\x00^Given", tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # pydicom says each value is longer than its VR allows
+        others = [
+            image(PatientName=long_text),
+            image(PatientID=long_text),
+            image(AccessionNumber=long_text),
+            image(Modality="ABCDEFGHIJKLMNOPQRST"),
+        ]
+        paths = [write(ds, tmp_path) for ds in others]
+    answer = catalog_stack.stow([nul_path, *paths])
+    assert answer.status_code == 200, answer.text
+    assert len(items(answer, "00081199")) == 5
+    for ds, path in [(nul, nul_path), *zip(others, paths, strict=True)]:
+        retrieved = get(catalog_stack, address(catalog_stack, ds), "application/dicom")
+        assert (retrieved.status_code, retrieved.content) == (200, path.read_bytes())
+    metadata = get(catalog_stack, f"{address(catalog_stack, nul)}/metadata", "application/dicom+json").json()[0]
+    assert metadata["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "Nulname\x00^Given"}]}
+    long_name = get(catalog_stack, f"{address(catalog_stack, others[0])}/metadata", "application/dicom+json")
+    assert long_name.json()[0]["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": long_text}]}
+    found = requests.get(
+        f"{catalog_stack.url}/dicomweb/studies",
+        params={"PatientName": "Nulname*"},
+        headers=catalog_stack.api_headers,
+        timeout=30,
+    )
+    assert found.status_code == 200, found.text
+    assert [study["0020000D"]["Value"] for study in found.json()] == [[nul.StudyInstanceUID]]
+    series = requests.get(
+        f"{catalog_stack.url}/dicomweb/studies/{others[3].StudyInstanceUID}/series",
+        headers=catalog_stack.api_headers,
+        timeout=30,
+    )
+    assert series.status_code == 200, series.text
+    assert [s["00080060"]["Value"] for s in series.json()] == [["ABCDEFGHIJKLMNOPQRST"]]
