@@ -62,6 +62,10 @@ def create_app(
             request.query_string.decode("utf-8")
         except UnicodeDecodeError:
             raise BadRequest("the query string is not valid UTF-8 (percent-encode its bytes)") from None
+        # no DICOM value or identifier holds a NUL, and PostgreSQL's text takes none: a %00 in a search was a 500
+        for name, value in request.args.items(multi=True):
+            if "\0" in name or "\0" in value:
+                raise BadRequest(f"{name.replace(chr(0), '%00')[:64]} holds a NUL character (%00)")
 
     @app.errorhandler(GatewayError)
     def gateway_error(error: GatewayError) -> Response:

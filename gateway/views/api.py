@@ -302,6 +302,8 @@ def erase_patient() -> tuple[Response, int]:
         raise BadRequest("patient_id must be a non-empty string of at most 64 characters")
     if issuer is not None and (not isinstance(issuer, str) or len(issuer) > 64):
         raise BadRequest("issuer must be a string of at most 64 characters")
+    if "\0" in patient_id + (issuer or ""):  # no Patient ID holds one, and PostgreSQL's text takes none (a 500)
+        raise BadRequest("patient_id and issuer hold no NUL character")
     if not isinstance(reason, str):
         raise BadRequest("reason must be a string")
     srv = services()

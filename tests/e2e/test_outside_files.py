@@ -241,3 +241,26 @@ def test_values_the_catalog_cannot_index_are_stored_and_answered_whole(
     )
     assert series.status_code == 200, series.text
     assert [s["00080060"]["Value"] for s in series.json()] == [["ABCDEFGHIJKLMNOPQRST"]]
+
+
+def test_a_nul_in_a_search_is_a_json_400_on_every_catalog(catalog_stack: RunningStack) -> None:
+    """A NUL (%00) in a QIDO match value, the access trail's subject or an erasure's Patient ID was a JSON 500 on
+    PostgreSQL ("unexpected server error": its text takes no NUL) and an empty 200 on SQLite. No DICOM value or
+    identifier holds one: a 400 naming the parameter on both."""
+    headers = catalog_stack.api_headers
+    for path, name in (
+        ("/dicomweb/studies?PatientName=A%00*", "PatientName"),
+        ("/dicomweb/series?PatientID=A%00B", "PatientID"),
+        ("/dicomweb/instances?AccessionNumber=%00", "AccessionNumber"),
+        ("/api/v1/admin/access?subject=a%00b", "subject"),
+    ):
+        answer = requests.get(catalog_stack.url + path, headers=headers, timeout=30)
+        assert (answer.status_code, answer.headers["Content-Type"]) == (400, "application/json"), answer.text
+        assert answer.json() == {"error": "bad_request", "detail": f"{name} holds a NUL character (%00)"}
+    erasure = requests.post(
+        f"{catalog_stack.url}/api/v1/admin/erasure", json={"patient_id": "A\x00B"}, headers=headers, timeout=30
+    )
+    assert (erasure.status_code, erasure.json()) == (
+        400,
+        {"error": "bad_request", "detail": "patient_id and issuer hold no NUL character"},
+    )
