@@ -171,11 +171,18 @@ SEARCHABLE_KEYS = tuple(_TEXT_KEYS) + tuple(_INT_KEYS)
 # TM columns: stored as ``time_key`` writes them, so QIDO compares times, not the texts files happen to hold
 _TIME_KEYS = frozenset({"study_time", "performed_procedure_step_start_time"})
 # The longest value a text column holds, on both backends alike: PostgreSQL refused a longer one (an index row is
-# at most ~2.7 KB; the modality column is VARCHAR(16)), a 503 "catalog unavailable" for a file with a 30,000
-# character name. Every VR searched holds at most 64 characters (PS3.5 6.2), so only a broken value is left out:
-# the file is stored and answered whole, just not searchable by that value (as an out-of-range Series Number).
+# at most ~2.7 KB; a date, sex or modality column is a VARCHAR(16) or (32), gateway/catalog/schema.py), a 503
+# "catalog unavailable" for a file with a 30,000 character name. No VR searched holds more than 64 characters
+# (PS3.5 6.2), a DA 8 (18 as a range), a CS 16, so only a broken value is left out: the file is stored and answered
+# whole, just not searchable by that value (as an out-of-range Series Number). Time columns hold a time_key.
 _TEXT_LIMIT = 256
-_TEXT_LIMITS = {"modality": 16}
+_TEXT_LIMITS = {
+    "modality": 16,
+    "patient_sex": 16,
+    "patient_birth_date": 16,
+    "study_date": 16,
+    "performed_procedure_step_start_date": 32,
+}
 
 
 def _storable(key: str, text: str | None) -> str | None:

@@ -201,9 +201,9 @@ def test_values_the_catalog_cannot_index_are_stored_and_answered_whole(
     """Values no VR allows, which SQLite took and PostgreSQL refused: a NUL inside a name (0xC000 "the file could
     not be processed"), a 30,000-character Patient's Name, Patient ID or Accession Number (a 503 "catalog
     unavailable (ProgramLimitExceeded)" with Retry-After, for a file no retry could store: an index row of
-    PostgreSQL holds ~2.7 KB) and a 20-character Modality (VARCHAR(16)). Each is stored on both catalogs and
-    answered whole; the catalog searches a NUL as U+FFFD and leaves a value longer than 256 characters (16 for
-    Modality) unsearched."""
+    PostgreSQL holds ~2.7 KB), a 20-character Modality and an 18-character Study Date or Patient's Sex
+    (VARCHAR(16)). Each is stored on both catalogs and answered whole; the catalog searches a NUL as U+FFFD and
+    leaves a value longer than its column (256 characters, 16 for those) unsearched."""
     long_text = "Qx" * 15_000
     nul = image(PatientName="x")
     nul_path = with_value(nul, 0x00100010, b"Nulname\x00^Given", tmp_path)
@@ -214,11 +214,12 @@ def test_values_the_catalog_cannot_index_are_stored_and_answered_whole(
             image(PatientID=long_text),
             image(AccessionNumber=long_text),
             image(Modality="ABCDEFGHIJKLMNOPQRST"),
+            image(StudyDate="20200101-20210101X", PatientSex="UNKNOWN-SEX-VALUE"),
         ]
         paths = [write(ds, tmp_path) for ds in others]
     answer = catalog_stack.stow([nul_path, *paths])
     assert answer.status_code == 200, answer.text
-    assert len(items(answer, "00081199")) == 5
+    assert len(items(answer, "00081199")) == 6
     for ds, path in [(nul, nul_path), *zip(others, paths, strict=True)]:
         retrieved = get(catalog_stack, address(catalog_stack, ds), "application/dicom")
         assert (retrieved.status_code, retrieved.content) == (200, path.read_bytes())
