@@ -123,10 +123,13 @@ class FrameIndex:
         first = _I.unpack_from(buf, self._first_at + 4 * (n - 1))[0]
         end = _I.unpack_from(buf, self._first_at + 4 * n)[0] if n < self.count else self._nfrag
         off_at, len_at = _ENCAP.size, self._frag_len_at
-        return [
+        pairs = [
             (_Q.unpack_from(buf, off_at + 8 * i)[0], _I.unpack_from(buf, len_at + 4 * i)[0])
             for i in range(first, end)
         ]
+        # an empty fragment (a zero-length item, legal and even) holds none of the frame's bytes: as a range it was
+        # /_seg/{first}-{first - 1}, which storage refuses, and NGINX closed the connection without an answer (444)
+        return [pair for pair in pairs if pair[1]]
 
     def total_length(self, n: int) -> int:
         """Bytes in frame ``n`` (what a single-part response's Content-Length is)."""

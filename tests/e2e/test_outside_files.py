@@ -265,3 +265,46 @@ def test_a_nul_in_a_search_is_a_json_400_on_every_catalog(catalog_stack: Running
         400,
         {"error": "bad_request", "detail": "patient_id and issuer hold no NUL character"},
     )
+
+
+def encapsulated(fragments: list[bytes], offsets: list[int], frames: int) -> Dataset:
+    """An RLE Lossless image of ``frames`` frames whose Pixel Data items are ``fragments`` exactly as given, after
+    a Basic Offset Table of ``offsets`` (pydicom's writer makes no empty item)."""
+    ds = image(frames=frames)
+    ds.file_meta.TransferSyntaxUID = RLELossless
+    items = [len(b"".join(o.to_bytes(4, "little") for o in offsets))]
+    table = b"".join(o.to_bytes(4, "little") for o in offsets)
+    value = b"\xfe\xff\x00\xe0" + items[0].to_bytes(4, "little") + table
+    for fragment in fragments:
+        value += b"\xfe\xff\x00\xe0" + len(fragment).to_bytes(4, "little") + fragment
+    ds.PixelData = value
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    return ds
+
+
+def test_an_empty_fragment_is_no_byte_of_its_frame(stack: RunningStack, tmp_path: Path) -> None:
+    """A zero-length Pixel Data item (even, so legal; some encoders end or pad a frame with one) inside a frame, and
+    a frame of one empty item: the plan asked storage for the range {first}-{first - 1}, which it refuses, so
+    NGINX closed the connection without an answer (444) for the frame, any frame list holding it and
+    bulkdata/7FE00010. A frame is now its non-empty fragments' bytes; an empty frame is an empty part."""
+    first = b"\x01" * 64 + b"ab"
+    last = b"\x02" * 64 + b"cd"
+    # frame 1: `first` then an empty item; frame 2: one empty item; frame 3: `last`
+    ds = encapsulated([first, b"", b"", last], [0, 74 + 8, 74 + 8 + 8], frames=3)
+    answer = stack.stow([write(ds, tmp_path)])
+    assert answer.status_code == 200, answer.text
+    url = address(stack, ds)
+    for n, expected in ((1, first), (2, b""), (3, last)):
+        frame = get(stack, f"{url}/frames/{n}", "image/dicom-rle")
+        assert (frame.status_code, frame.headers["Content-Type"], frame.content) == (
+            200,
+            "image/dicom-rle; transfer-syntax=1.2.840.10008.1.2.5",
+            expected,
+        )
+    for path in ("frames/1,2,3", "bulkdata/7FE00010"):
+        multipart = get(stack, f"{url}/{path}", 'multipart/related; type="image/dicom-rle"')
+        assert multipart.status_code == 200, multipart.text
+        boundary = multipart.headers["Content-Type"].split("boundary=")[1]
+        parts = multipart.content.split(f"--{boundary}".encode())[1:-1]
+        assert [part.split(b"\r\n\r\n", 1)[1][:-2] for part in parts] == [first, b"", last]
