@@ -78,6 +78,7 @@ _TEXT_OFFERS = [Offer("text/html", "*", False), Offer("text/plain", "*", False),
 # makes the page an opaque origin even if one were not), and it cannot submit or be re-based.
 REPORT_CSP = "default-src 'none'; sandbox; base-uri 'none'; form-action 'none'"
 _FUNCTIONS = {"LINEAR": "LINEAR", "LINEAR_EXACT": "LINEAR_EXACT", "SIGMOID": "SIGMOID"}
+ENCAPSULATED_UNCOMPRESSED = "1.2.840.10008.1.2.1.98"
 
 
 def _frame_bytes(services: Services, cached: Any, frame: int, metadata: Mapping[str, Any]) -> tuple[bytes, str]:
@@ -94,10 +95,14 @@ def _frame_bytes(services: Services, cached: Any, frame: int, metadata: Mapping[
         return data, ExplicitVRLittleEndian
     if cached.frames is None:
         raise NotAcceptable("this instance's frames cannot be rendered (not range-servable)")
-    return b"".join(
+    data = b"".join(
         services.storage.read_range(cached.storage_key, start, length)
         for start, length in cached.frames.ranges(frame)
-    ), cached.transfer_syntax_uid
+    )
+    # each item of Encapsulated Uncompressed Explicit VR Little Endian holds one frame's native pixels (PS3.5
+    # A.4.11), which pydicom has no decoder for under that name: a 406 for an image any viewer shows
+    syntax = cached.transfer_syntax_uid
+    return data, ExplicitVRLittleEndian if syntax == ENCAPSULATED_UNCOMPRESSED else syntax
 
 
 def _first_item(element: Any, index: int = 0) -> Mapping[str, Any]:
