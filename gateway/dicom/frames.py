@@ -34,8 +34,8 @@ _ENCAP = struct.Struct("<BII")
 _Q = struct.Struct("<Q")
 _I = struct.Struct("<I")
 # Fragment starts that begin a new frame when the offset table is empty: JPEG / JPEG-LS SOI, JPEG 2000
-# codestream SOC, JP2 signature box.
-_FRAME_STARTS = (b"\xff\xd8", b"\xff\x4f", b"\x00\x00\x00\x0c")
+# codestream SOC, JP2 (and JPEG XL container) signature box, JPEG XL codestream signature.
+_FRAME_STARTS = (b"\xff\xd8", b"\xff\x4f", b"\x00\x00\x00\x0c", b"\xff\x0a")
 
 
 def _le(arr: array[int]) -> bytes:

@@ -60,6 +60,10 @@ _MEDIA_TYPES: dict[str, str] = {
     "1.2.840.10008.1.2.4.91": "image/jp2",
     "1.2.840.10008.1.2.4.92": "image/jpx",
     "1.2.840.10008.1.2.4.93": "image/jpx",
+    # JPEG XL (Supplement 232): Lossless, JPEG Recompression, JPEG XL
+    "1.2.840.10008.1.2.4.110": "image/jxl",
+    "1.2.840.10008.1.2.4.111": "image/jxl",
+    "1.2.840.10008.1.2.4.112": "image/jxl",
     "1.2.840.10008.1.2.4.201": "image/jphc",
     "1.2.840.10008.1.2.4.202": "image/jphc",
     "1.2.840.10008.1.2.4.203": "image/jphc",

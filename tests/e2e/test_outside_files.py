@@ -336,3 +336,53 @@ def test_encapsulated_uncompressed_frames_are_rendered(stack: RunningStack, tmp_
         second.NumberOfFrames = 1
         second.PixelData = native.PixelData[size:]
         assert_renders_as_pydicom_decodes(second, get(stack, f"{url}/frames/2/rendered", "image/png").content)
+
+
+def jpeg_xl(syntax: str, fragments: list[bytes], frames: int, folder: Path) -> tuple[Dataset, Path]:
+    """A JPEG XL file (Supplement 232; pydicom 3.0 does not know its syntaxes, so it is written as JPEG 2000 and
+    its Transfer Syntax UID put in after), Pixel Data items ``fragments`` after an empty offset table."""
+    ds = image(frames=frames)
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.91"
+    ds.PixelData = b"".join(
+        [b"\xfe\xff\x00\xe0\x00\x00\x00\x00"]
+        + [b"\xfe\xff\x00\xe0" + len(f).to_bytes(4, "little") + f for f in fragments]
+    )
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    path = write(ds, folder)
+    data = path.read_bytes()
+    old = b"\x02\x00\x10\x00UI\x16\x001.2.840.10008.1.2.4.91"
+    new = b"\x02\x00\x10\x00UI\x18\x00" + syntax.encode() + b"\x00"
+    assert data.count(old) == 1
+    data = data.replace(old, new)
+    at = data.index(b"\x02\x00\x00\x00UL\x04\x00") + 8  # File Meta Information Group Length: 2 bytes more
+    data = data[:at] + (int.from_bytes(data[at : at + 4], "little") + 2).to_bytes(4, "little") + data[at + 4 :]
+    path.write_bytes(data)
+    return ds, path
+
+
+def test_jpeg_xl_frames_are_image_jxl(stack: RunningStack, tmp_path: Path) -> None:
+    """JPEG XL (1.2.840.10008.1.2.4.110-112; DCMTK 3.6.9 and Orthanc write and serve them) frames were only
+    `application/octet-stream` with the syntax named, and `Accept: image/jxl` (PS3.18 Table 8.7.3-5's type for
+    them) a JSON 406. A frame split over several items without an offset table (each frame starting with the
+    codestream signature FF 0A) could not be told apart from the next: a 406 too."""
+    one, two = b"\xff\x0a" + b"\x11" * 40, b"\xff\x0a" + b"\x22" * 40
+    cases = [
+        ("1.2.840.10008.1.2.4.110", [one, two]),
+        ("1.2.840.10008.1.2.4.112", [one[:20], one[20:], two[:10], two[10:]]),  # two items a frame
+    ]
+    for syntax, fragments in cases:
+        ds, path = jpeg_xl(syntax, fragments, 2, tmp_path)
+        answer = stack.stow([path])
+        assert answer.status_code == 200, answer.text
+        url = address(stack, ds)
+        for n, expected in ((1, one), (2, two)):
+            frame = get(stack, f"{url}/frames/{n}", "image/jxl")
+            assert (frame.status_code, frame.headers["Content-Type"], frame.content) == (
+                200,
+                f"image/jxl; transfer-syntax={syntax}",
+                expected,
+            ), frame.text
+        multipart = get(stack, f"{url}/frames/1,2", "*/*")
+        assert multipart.status_code == 200, multipart.text
+        assert multipart.headers["Content-Type"].startswith('multipart/related; type="image/jxl"; boundary=')

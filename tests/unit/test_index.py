@@ -294,6 +294,7 @@ def test_media_types() -> None:
     assert frame_media_type("1.2.840.10008.1.2.4.91") == "image/jp2"
     assert frame_media_type("1.2.840.10008.1.2.4.93") == "image/jpx"
     assert frame_media_type("1.2.840.10008.1.2.5") == "image/dicom-rle"
+    assert frame_media_type("1.2.840.10008.1.2.4.110") == "image/jxl"
     assert frame_media_type("1.2.840.10008.1.2.1") == "application/octet-stream"
     assert frame_media_type("1.2.3.4") == "application/octet-stream"
 
