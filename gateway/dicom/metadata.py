@@ -17,6 +17,7 @@ read and never change.
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import logging
@@ -101,6 +102,10 @@ def _dataset_json(
                 out[key] = value = _empty_as_null(value)
             except Exception:  # noqa: BLE001 - pydicom raises many types for garbage values
                 rebuilt = _with_empty_values(ds, tag)
+                if rebuilt is None and el.vr == "UN" and el.value is not None:
+                    # written as UN, its bytes are its value (as dcm2json writes it), whatever pydicom failed to make
+                    # of them by the dictionary's VR (a known sequence's tag whose bytes are no item): it was dropped
+                    rebuilt = {"vr": "UN", "InlineBinary": base64.b64encode(el.value).decode("ascii")}
                 if rebuilt is None:
                     log.warning("metadata: dropped element %s%s, its value cannot be decoded", prefix, key)
                     continue

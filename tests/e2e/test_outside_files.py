@@ -386,3 +386,25 @@ def test_jpeg_xl_frames_are_image_jxl(stack: RunningStack, tmp_path: Path) -> No
         multipart = get(stack, f"{url}/frames/1,2", "*/*")
         assert multipart.status_code == 200, multipart.text
         assert multipart.headers["Content-Type"].startswith('multipart/related; type="image/jxl"; boundary=')
+
+
+def test_a_un_value_pydicom_cannot_read_by_its_tag_is_kept_as_un(stack: RunningStack, tmp_path: Path) -> None:
+    """An element written with VR UN (a PACS that did not know it passed it on so) under a tag the dictionary
+    gives another VR: pydicom converts it by the dictionary, and when its bytes are no such value (no item of
+    Referenced Image Sequence) the metadata dropped the element. Its bytes are now its InlineBinary, as dcm2json
+    writes it (PS3.18 F.2.7), in the JSON and the XML."""
+    ds = image()
+    ds.add_new(0x00081140, "OB", b"abcd")  # written as OB, then made UN (pydicom would not write these bytes)
+    path = write(ds, tmp_path)
+    data = path.read_bytes()
+    at = data.index(b"\x08\x00\x40\x11OB")
+    path.write_bytes(data[: at + 4] + b"UN" + data[at + 6 :])
+    answer = stack.stow([path])
+    assert answer.status_code == 200, answer.text
+    metadata = get(stack, f"{address(stack, ds)}/metadata", "application/dicom+json")
+    assert metadata.json()[0]["00081140"] == {"vr": "UN", "InlineBinary": "YWJjZA=="}
+    xml = get(stack, f"{address(stack, ds)}/metadata", "application/dicom+xml")
+    assert xml.status_code == 200
+    assert '<DicomAttribute tag="00081140" vr="UN" keyword="ReferencedImageSequence"><InlineBinary>YWJjZA==' in (
+        xml.text.replace("\n", "").replace("  ", "")
+    )
