@@ -1,7 +1,7 @@
 """Files no one on the project wrote, in shapes the toolkits' own test data do not take (session 21): each is built
-here byte by byte or with pydicom, stored through STOW-RS on the real stack (local folder, SQLite: what is checked
-is decided at ingest, the same on every backend) and read back as a viewer reads it. Each test failed before its
-fix (CHANGELOG, session 21)."""
+here byte by byte or with pydicom, stored through STOW-RS on the real stack (both storage backends; the catalog's
+part on SQLite and PostgreSQL) and read back as a viewer reads it. Each test failed before its fix (CHANGELOG,
+session 21)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 
+from tests.e2e.conftest import BACKENDS
 from tests.e2e.harness import RunningStack, start_stack
+from tests.fixtures.servers import MotoServer
 
 CANNOT_UNDERSTAND = 0xC000
 
@@ -51,9 +53,11 @@ def catalog_stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
-    running = start_stack(tmp_path_factory.mktemp("outside-files"), "file", None)
+@pytest.fixture(scope="module", params=BACKENDS)
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    """A stack on each storage backend (SQLite): frames and rendering read stored ranges, a plan NGINX follows."""
+    moto: MotoServer | None = request.getfixturevalue("moto_server") if request.param == "s3" else None
+    running = start_stack(tmp_path_factory.mktemp(f"outside-files-{request.param}"), request.param, moto)
     try:
         yield running
     finally:
