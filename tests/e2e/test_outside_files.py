@@ -288,7 +288,7 @@ def encapsulated(fragments: list[bytes], offsets: list[int], frames: int) -> Dat
 
 
 def test_an_empty_fragment_is_no_byte_of_its_frame(stack: RunningStack, tmp_path: Path) -> None:
-    """A zero-length Pixel Data item (even, so legal; some encoders end or pad a frame with one) inside a frame, and
+    """A zero-length Pixel Data item (even, so legal, and no rule keeps one out of a frame) inside a frame, and
     a frame of one empty item: the plan asked storage for the range {first}-{first - 1}, which it refuses, so
     NGINX closed the connection without an answer (444) for the frame, any frame list holding it and
     bulkdata/7FE00010. A frame is now its non-empty fragments' bytes; an empty frame is an empty part."""
@@ -367,7 +367,7 @@ def jpeg_xl(syntax: str, fragments: list[bytes], frames: int, folder: Path) -> t
 
 def test_jpeg_xl_frames_are_image_jxl(stack: RunningStack, tmp_path: Path) -> None:
     """JPEG XL (1.2.840.10008.1.2.4.110-112; DCMTK 3.6.9 and Orthanc write and serve them) frames were only
-    `application/octet-stream` with the syntax named, and `Accept: image/jxl` (PS3.18 Table 8.7.3-5's type for
+    `application/octet-stream` with the syntax named, and `Accept: image/jxl` (the media type Supplement 232 gives
     them) a JSON 406. A frame split over several items without an offset table (each frame starting with the
     codestream signature FF 0A) could not be told apart from the next: a 406 too."""
     one, two = b"\xff\x0a" + b"\x11" * 40, b"\xff\x0a" + b"\x22" * 40
