@@ -1,0 +1,96 @@
+"""HTTP clients as they meet the gateway on the wire, through the real stack on both storage backends (session 21):
+requests that are legal but unusual (a GET with a body, as some HTTP libraries send one), caching and conditional
+requests as browsers, CDNs and mobile HTTP stacks send them, token transports as a cross-origin page uses them. Each
+test names what a user saw before its fix."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from gateway.tools.synth import make_series, make_wsi
+from tests.e2e.conftest import BACKENDS, uids_of
+from tests.e2e.harness import RunningStack, module_stack
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("http-clients-data")
+    ct = make_series(base / "ct", modality="CT", slices=2, seed=41, clean=True)
+    return {"ct": ct[0], "ct2": ct[1], "wsi": make_wsi(base / "wsi", frames=6, native=True, seed=42, clean=True)}
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, files: dict[str, Path]
+) -> Iterator[RunningStack]:
+    yield from module_stack(request, tmp_path_factory, "http-clients", list(files.values()))
+
+
+@pytest.fixture(scope="module")
+def uids(files: dict[str, Path]) -> dict[str, tuple[str, str, str]]:
+    return {key: uids_of(path) for key, path in files.items()}
+
+
+@pytest.fixture(scope="module")
+def root(stack: RunningStack, uids: dict[str, tuple[str, str, str]]) -> str:
+    return stack.root(stack.issue(sorted({u[0] for u in uids.values()}), ttl=3600)["token"])
+
+
+def instance_url(root: str, uid: tuple[str, str, str]) -> str:
+    return f"{root}/studies/{uid[0]}/series/{uid[1]}/instances/{uid[2]}"
+
+
+def read_targets(root: str, uids: dict[str, tuple[str, str, str]]) -> list[tuple[str, dict[str, str]]]:
+    """One request of each way NGINX reads storage: a whole object by X-Accel-Redirect (single-part instance,
+    WADO-URI, thumbnail), byte ranges by SSI (frames, bulkdata: /_seg/ on S3, /_fseg/ on the local folder) and
+    whole objects as parts (multipart retrieve: /_seg/all on S3, /_file/ locally)."""
+    ct, wsi = instance_url(root, uids["ct"]), instance_url(root, uids["wsi"])
+    study, series, sop = uids["ct2"]
+    octet = {"Accept": "application/octet-stream"}
+    return [
+        (ct, {"Accept": "application/dicom"}),
+        (f"{root}/wado?requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={sop}"
+         "&contentType=application/dicom", {}),
+        (f"{ct}/thumbnail", {}),
+        (f"{wsi}/frames/2", octet),
+        (f"{ct}/bulkdata/7FE00010", {**octet, "Range": "bytes=0-99"}),
+        (f"{root}/studies/{study}/series/{series}", {}),
+    ]
+
+
+def answered(answer: requests.Response) -> tuple[int, bytes]:
+    """Status and body, a multipart body's boundary (new for every answer) replaced by one word."""
+    boundary = answer.headers.get("Content-Type", "").partition("boundary=")[2].strip('"')
+    body = answer.content.replace(boundary.encode(), b"BOUNDARY") if boundary else answer.content
+    return answer.status_code, body
+
+
+def test_a_get_with_a_body_spoils_no_other_read(
+    stack: RunningStack, root: str, uids: dict[str, tuple[str, str, str]]
+) -> None:
+    """RFC 9110 9.3.1: a GET's content has no meaning, but clients send one (``requests.get(url, data=...)``, Java and
+    .NET clients that always send a body, a chunked empty one). NGINX passed its Content-Length on to storage with no
+    body after it (``proxy_pass_request_body off`` keeps the header), so storage took the first bytes of the next
+    request on that keepalive connection for the body: the next read of any client there was a JSON 503
+    ``storage_unavailable`` (storage's 400), and on S3 a composed frame could be cut (a 444)."""
+    targets = read_targets(root, uids)
+    expected = []
+    for url, headers in targets:
+        answer = requests.get(url, headers=headers, timeout=30)
+        assert answer.status_code in (200, 206), (url, answer.status_code, answer.text[:200])
+        expected.append(answered(answer))
+    for chunked in (False, True):  # Content-Length: 5; Transfer-Encoding: chunked
+        for (url, headers), (status, content) in zip(targets, expected, strict=True):
+            body: Any = iter([b"hello"]) if chunked else b"hello"
+            with_body = requests.get(url, headers=headers, data=body, timeout=30)
+            assert answered(with_body) == (status, content), (url, with_body.text[:200])
+            # the next reads (new connections, either NGINX worker) reuse NGINX's connections to storage
+            for _ in range(4):
+                for (url2, headers2), (status2, content2) in zip(targets, expected, strict=True):
+                    answer = requests.get(url2, headers=headers2, timeout=30)
+                    assert answered(answer) == (status2, content2), (url, url2, answer.status_code, answer.text[:200])
