@@ -115,6 +115,23 @@ def _matches(media_range: MediaRange, offer: Offer, default_part: str) -> bool:
     return media_range.media_type == offer.part_type
 
 
+def _specificity(media_range: MediaRange) -> tuple[bool, bool, int]:
+    """RFC 9110 12.5.1's order: a type over ``type/*`` over ``*/*``, and more parameters over fewer."""
+    major, _, minor = media_range.media_type.partition("/")
+    return major != "*", minor != "*", len(media_range.params)
+
+
+def _quality(ranges: list[MediaRange], offer: Offer, default_part: str) -> float:
+    """The offer's q: that of the most specific range matching it (RFC 9110 12.5.1: ``application/dicom+json,
+    */*;q=0`` accepts DICOM JSON and nothing else); a refusal wins a tie."""
+    matching = [r for r in ranges if _matches(r, offer, default_part)]
+    if not matching:
+        return 0.0
+    top = max(_specificity(r) for r in matching)
+    qs = [r.q for r in matching if _specificity(r) == top]
+    return 0.0 if 0.0 in qs else max(qs)
+
+
 def negotiate(accept: str, offers: list[Offer]) -> Offer:
     """The best offer for ``accept`` (the first offer that is not ``explicit_only`` is the default for a missing
     header or ``*/*``)."""
@@ -125,16 +142,14 @@ def negotiate(accept: str, offers: list[Offer]) -> Offer:
     if not ranges:
         return default
     default_part = default.part_type
-    # RFC 9110 12.4.2: q=0 means "not acceptable": an offer such a range matches is never chosen, and a header of
-    # q=0 ranges only accepts nothing (it was read as no header at all, which accepts anything)
-    refused = [r for r in ranges if r.q == 0]
+    # RFC 9110 12.4.2: q=0 means "not acceptable": an offer whose most specific range says so is never chosen, and a
+    # header of q=0 ranges only accepts nothing (it was read as no header at all, which accepts anything). The
+    # ranges come best first, so the first offer taken at its own q is one of the best.
     for media_range in ranges:
         if media_range.q == 0:
             break
         for offer in offers:
-            if _matches(media_range, offer, default_part) and not any(
-                _matches(no, offer, default_part) for no in refused
-            ):
+            if _matches(media_range, offer, default_part) and _quality(ranges, offer, default_part) == media_range.q:
                 return offer
     raise NotAcceptable(
         "none of the accepted media types can be produced from the stored data (no transcoding)"

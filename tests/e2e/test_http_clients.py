@@ -94,3 +94,30 @@ def test_a_get_with_a_body_spoils_no_other_read(
                 for (url2, headers2), (status2, content2) in zip(targets, expected, strict=True):
                     answer = requests.get(url2, headers=headers2, timeout=30)
                     assert answered(answer) == (status2, content2), (url, url2, answer.status_code, answer.text[:200])
+
+
+@pytest.mark.parametrize(
+    ("resource", "accept", "content_type", "other"),
+    [
+        ("/metadata", "application/dicom+json, */*;q=0", "application/dicom+json", "application/json"),
+        ("/metadata", "application/json, application/*;q=0", "application/json", "application/dicom+json"),
+        ("/frames/1", "application/octet-stream, */*;q=0", "application/octet-stream", "multipart/related"),
+        ("/rendered", "image/png, image/*;q=0", "image/png", "image/jpeg"),
+        ("/thumbnail", "image/jpeg, */*;q=0", "image/jpeg", "image/png"),
+        ("search", "application/dicom+json, */*;q=0", "application/dicom+json", "application/json"),
+    ],
+)
+def test_a_type_named_outranks_a_wider_refusal(
+    stack: RunningStack, root: str, uids: dict[str, tuple[str, str, str]], resource: str, accept: str,
+    content_type: str, other: str,
+) -> None:
+    """RFC 9110 12.5.1: the most specific range gives a type its q, so ``application/dicom+json, */*;q=0`` ("this
+    and nothing else", what a strict API client sends) accepts DICOM JSON. It was a JSON 406: the wider refusal
+    vetoed the type the client had named. The other way round the type is still refused, and another one sent."""
+    url = f"{root}/studies" if resource == "search" else instance_url(root, uids["ct"]) + resource
+    answer = requests.get(url, headers={"Accept": accept}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["Content-Type"].split(";")[0] == content_type
+    refused = requests.get(url, headers={"Accept": f"*/*, {content_type};q=0"}, timeout=30)
+    assert refused.status_code == 200, refused.text
+    assert refused.headers["Content-Type"].split(";")[0] == other

@@ -185,6 +185,22 @@ def test_q_zero_is_not_acceptable() -> None:
     assert negotiate("image/*;q=0.5, image/jpeg;q=0, application/octet-stream;q=0.1", FRAME_OFFERS) == FRAME_OFFERS[3]
 
 
+def test_a_more_specific_range_outranks_a_refusal_or_a_wider_range() -> None:
+    """RFC 9110 12.5.1: the most specific range matching a type gives its q. ``application/dicom+json, */*;q=0``
+    ("this and nothing else") was a 406: the wider refusal vetoed the type the client named."""
+    json_offers = [Offer("application/dicom+json", "*", False), Offer("application/json", "*", False)]
+    assert negotiate("application/dicom+json, */*;q=0", json_offers) == json_offers[0]
+    assert negotiate("application/json, application/*;q=0", json_offers) == json_offers[1]
+    assert negotiate("application/octet-stream, */*;q=0", FRAME_OFFERS) == FRAME_OFFERS[3]
+    assert negotiate("image/jpeg, image/*;q=0", FRAME_OFFERS) == FRAME_OFFERS[2]
+    # a wider range at q=1 does not lift the specific one's lower q: the other type is preferred
+    assert negotiate("application/dicom+json;q=0.1, */*", json_offers) == json_offers[1]
+    with pytest.raises(NotAcceptable):  # the specific refusal still wins over the wider acceptance
+        negotiate("*/*, application/dicom+json;q=0, application/json;q=0", json_offers)
+    with pytest.raises(NotAcceptable):  # equally specific: the refusal wins
+        negotiate("image/jpeg, image/jpeg;q=0", [FRAME_OFFERS[2]])
+
+
 def test_negotiate_without_offers() -> None:
     with pytest.raises(NotAcceptable) as caught:
         negotiate("*/*", [])
