@@ -121,3 +121,21 @@ def test_a_type_named_outranks_a_wider_refusal(
     refused = requests.get(url, headers={"Accept": f"*/*, {content_type};q=0"}, timeout=30)
     assert refused.status_code == 200, refused.text
     assert refused.headers["Content-Type"].split(";")[0] == other
+
+
+def test_viewer_assets_a_shared_cache_keeps_say_they_vary_with_accept_encoding(stack: RunningStack) -> None:
+    """The viewer's hashed assets are ``Cache-Control: public, max-age=31536000, immutable`` and gzipped for a
+    client that takes gzip, but said nothing of it: a CDN or proxy in front kept the first answer a year for every
+    client, gzip bytes for one that takes none (RFC 9110 12.5.5 has the server send ``Vary``)."""
+    assets = sorted((stack.stack.viewer_root / "assets").glob("*.js"), key=lambda p: p.stat().st_size)
+    if not assets:
+        pytest.skip("the viewer is not built (make viewer)")
+    url = f"{stack.url}/viewer/assets/{assets[-1].name}"
+    gzipped = requests.get(url, headers={"Accept-Encoding": "gzip"}, timeout=30, stream=True)
+    plain = requests.get(url, headers={"Accept-Encoding": "identity"}, timeout=30)
+    assert gzipped.status_code == plain.status_code == 200
+    assert gzipped.headers["Content-Encoding"] == "gzip" and "Content-Encoding" not in plain.headers
+    for answer in (gzipped, plain):
+        assert answer.headers["Cache-Control"] == "public, max-age=31536000, immutable"
+        assert "accept-encoding" in answer.headers.get("Vary", "").lower(), answer.headers
+    assert plain.content == assets[-1].read_bytes()
