@@ -14,7 +14,8 @@ import requests
 
 from gateway.tools.synth import make_series, make_wsi
 from tests.e2e.conftest import BACKENDS, uids_of
-from tests.e2e.harness import RunningStack, module_stack
+from tests.e2e.harness import RunningStack, module_stack, stack_holding
+from tests.fixtures.servers import MotoServer, PresignCheckingS3
 
 
 @pytest.fixture(scope="module")
@@ -139,3 +140,55 @@ def test_viewer_assets_a_shared_cache_keeps_say_they_vary_with_accept_encoding(s
         assert answer.headers["Cache-Control"] == "public, max-age=31536000, immutable"
         assert "accept-encoding" in answer.headers.get("Vary", "").lower(), answer.headers
     assert plain.content == assets[-1].read_bytes()
+
+
+@pytest.fixture(scope="module")
+def strict_s3(
+    tmp_path_factory: pytest.TempPathFactory, moto_server: MotoServer, files: dict[str, Path]
+) -> Iterator[tuple[RunningStack, PresignCheckingS3]]:
+    """A stack on S3 whose presigned URLs are checked as S3 checks them (moto does not check the method)."""
+    strict = PresignCheckingS3(moto_server.endpoint)
+    try:
+        with stack_holding(
+            tmp_path_factory.mktemp("http-clients-strict-s3"), "s3", MotoServer(moto_server.process, strict.endpoint),
+            list(files.values()),
+        ) as running:
+            yield running, strict
+    finally:
+        strict.close()
+
+
+def test_head_of_an_object_storage_serves_is_its_get_without_the_body(
+    stack: RunningStack, strict_s3: tuple[RunningStack, PresignCheckingS3], uids: dict[str, tuple[str, str, str]]
+) -> None:
+    """HEAD of a single-part instance, a WADO-URI object or a thumbnail (the objects NGINX reads from storage whole,
+    by X-Accel-Redirect) went to S3 as a HEAD of a URL presigned for GET, which S3 refuses (the signature covers
+    the method): a JSON 503 ``storage_unavailable`` where the GET was a 200. Storage is now asked with GET, and the
+    HEAD answers the GET's status and headers without a body (RFC 9110 9.3.2)."""
+    strict_stack, strict = strict_s3
+    for running in (stack, strict_stack):
+        assert_head_is_get_without_body(running, uids)
+    assert strict.methods and set(strict.methods) == {"GET"}
+
+
+def assert_head_is_get_without_body(stack: RunningStack, uids: dict[str, tuple[str, str, str]]) -> None:
+    root = stack.root(stack.issue(sorted({u[0] for u in uids.values()}), ttl=3600)["token"])
+    ct = instance_url(root, uids["ct"])
+    study, series, sop = uids["ct2"]
+    for url, headers in [
+        (ct, {"Accept": "application/dicom"}),
+        (ct, {"Accept": "application/dicom", "Range": "bytes=0-131"}),
+        (f"{root}/wado?requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={sop}"
+         "&contentType=application/dicom", {}),
+        (f"{ct}/thumbnail", {}),
+    ]:
+        got = requests.get(url, headers=headers, timeout=30)
+        assert got.status_code in (200, 206), got.text
+        head = requests.head(url, headers=headers, timeout=30)
+        assert head.status_code == got.status_code, (url, head.status_code, head.headers)
+        assert head.content == b""
+        for name in ("Content-Type", "Content-Length", "ETag", "Last-Modified", "Content-Range", "Cache-Control"):
+            assert head.headers.get(name) == got.headers.get(name), name
+        etag = got.headers["ETag"]
+        again = requests.head(url, headers={**headers, "If-None-Match": etag}, timeout=30)
+        assert (again.status_code, again.headers["ETag"], again.content) == (304, etag, b"")
