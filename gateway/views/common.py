@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 from flask import Response, current_app, request
+from werkzeug.http import parse_etags, unquote_etag
 
 from gateway.auth import Decision, query_token
 from gateway.errors import BadRequest, PreconditionFailed, Unauthorized
@@ -111,8 +112,15 @@ def json_body() -> Any:
 
 def make_conditional(response: Response) -> Response:
     """Evaluate the request's preconditions against ``response``'s validators (304 or the response itself). A
-    failed If-Match / If-Unmodified-Since is our JSON 412: werkzeug kept the whole representation as its body."""
-    response.make_conditional(request)
+    failed If-Match / If-Unmodified-Since is our JSON 412: werkzeug kept the whole representation as its body.
+    If-Match is evaluated here, first (RFC 9110 13.2.2): werkzeug refused ``If-Match: *``, which holds for any
+    current representation (13.1.1), and compared a weak ETag strongly as if it were strong."""
+    if_match = parse_etags(request.headers.get("If-Match"))
+    if if_match:
+        tag, weak = unquote_etag(response.headers.get("ETag"))
+        if not (if_match.star_tag or (tag is not None and not weak and if_match.is_strong(tag))):
+            raise PreconditionFailed("the representation does not match If-Match or If-Unmodified-Since")
+    response.make_conditional({k: v for k, v in request.environ.items() if k != "HTTP_IF_MATCH"})
     if response.status_code == 412:
         raise PreconditionFailed("the representation does not match If-Match or If-Unmodified-Since")
     return response

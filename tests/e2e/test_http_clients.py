@@ -192,3 +192,30 @@ def assert_head_is_get_without_body(stack: RunningStack, uids: dict[str, tuple[s
         etag = got.headers["ETag"]
         again = requests.head(url, headers={**headers, "If-None-Match": etag}, timeout=30)
         assert (again.status_code, again.headers["ETag"], again.content) == (304, etag, b"")
+
+
+@pytest.mark.parametrize("resource", ["/metadata", "/rendered", "/frames/1/rendered"])
+def test_if_match_star_holds_for_a_representation_python_answers(
+    stack: RunningStack, root: str, uids: dict[str, tuple[str, str, str]], resource: str
+) -> None:
+    """RFC 9110 13.1.1: ``If-Match: *`` is true whenever the resource has a current representation. Metadata and
+    rendered images (their ETag made by Python) answered it with a JSON 412, as for a tag that does not match;
+    whole objects, whose preconditions storage evaluates, were right. If-Match compares strongly, so metadata's weak
+    ETag matches no If-Match tag, and a 304 still follows from If-None-Match once If-Match holds (13.2.2)."""
+    url = instance_url(root, uids["ct"]) + resource
+    plain = requests.get(url, timeout=30)
+    assert plain.status_code == 200
+    etag = plain.headers["ETag"]
+    star = requests.get(url, headers={"If-Match": "*"}, timeout=30)
+    assert (star.status_code, star.content) == (200, plain.content)
+    assert requests.head(url, headers={"If-Match": "*"}, timeout=30).status_code == 200
+    wrong = requests.get(url, headers={"If-Match": '"nope"'}, timeout=30)
+    assert wrong.status_code == 412 and wrong.json()["error"] == "precondition_failed"
+    own = requests.get(url, headers={"If-Match": f'"nope", {etag}'}, timeout=30)
+    if etag.startswith("W/"):  # a weak tag never matches strongly
+        assert own.status_code == 412 and own.json()["error"] == "precondition_failed"
+        assert requests.get(url, headers={"If-Match": etag[2:]}, timeout=30).status_code == 412
+    else:
+        assert (own.status_code, own.content) == (200, plain.content)
+    both = requests.get(url, headers={"If-Match": "*", "If-None-Match": etag}, timeout=30)
+    assert (both.status_code, both.headers["ETag"], both.content) == (304, etag, b"")
