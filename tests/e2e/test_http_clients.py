@@ -219,3 +219,25 @@ def test_if_match_star_holds_for_a_representation_python_answers(
         assert (own.status_code, own.content) == (200, plain.content)
     both = requests.get(url, headers={"If-Match": "*", "If-None-Match": etag}, timeout=30)
     assert (both.status_code, both.headers["ETag"], both.content) == (304, etag, b"")
+
+
+@pytest.mark.parametrize("resource", ["/frames/1", "/bulkdata/7FE00010", ""])
+def test_a_precondition_nginx_refuses_is_a_json_412(
+    stack: RunningStack, root: str, uids: dict[str, tuple[str, str, str]], resource: str
+) -> None:
+    """Frames, bulkdata and multipart retrieves carry no validator, so NGINX's own precondition check refuses an
+    If-Match tag (RFC 9110 13.1.1) with a 412, but with its HTML page (``Content-Type: text/html``), where every
+    other error is JSON; a browser viewer on another origin could not read it. ``If-Match: *`` holds, and
+    ``If-None-Match: *`` is the 304 it is."""
+    url = instance_url(root, uids["ct"]) + resource
+    origin = {"Origin": "https://portal.example"}
+    refused = requests.get(url, headers={**origin, "If-Match": '"nope"'}, timeout=30)
+    assert refused.status_code == 412
+    assert refused.headers["Content-Type"] == "application/json"
+    assert refused.json() == {
+        "error": "precondition_failed",
+        "detail": "the representation does not match If-Match or If-Unmodified-Since",
+    }
+    assert refused.headers["Access-Control-Allow-Origin"] == "https://portal.example"
+    assert requests.get(url, headers={"If-Match": "*"}, timeout=30).status_code == 200
+    assert requests.get(url, headers={"If-None-Match": "*"}, timeout=30).status_code == 304
