@@ -15,6 +15,7 @@ import requests
 from gateway.tools.synth import make_series, make_wsi
 from tests.e2e.conftest import BACKENDS, uids_of
 from tests.e2e.harness import RunningStack, module_stack, stack_holding
+from tests.e2e.test_hostile import raw
 from tests.fixtures.servers import MotoServer, PresignCheckingS3
 
 
@@ -262,3 +263,31 @@ def test_a_range_on_the_viewer_never_makes_an_error_a_cache_keeps(stack: Running
         assert answer.content == path.read_bytes()
         assert answer.headers["Cache-Control"] == cache_control
         assert "Content-Range" not in answer.headers
+
+
+def test_a_cookie_sent_on_several_lines_is_read_as_one(
+    stack: RunningStack, uids: dict[str, tuple[str, str, str]]
+) -> None:
+    """RFC 6265 5.4 has a browser send one Cookie line, but HTTP/2 sends each cookie as a field of its own (RFC 9113
+    8.2.3) and a hop that does not join them, or an HTTP/1.1 client adding its own, sends several lines. NGINX's
+    auth step read them joined and allowed the request; gunicorn joined them with a comma, found no cookie, and
+    the view answered 401 ``token_missing``: frames were served, while metadata, QIDO, rendered, thumbnails and
+    WADO-URI of the same token were refused."""
+    token = stack.issue(sorted({u[0] for u in uids.values()}), ttl=3600)["token"]
+    study, series, sop = uids["ct"]
+    instance = f"/dicomweb/studies/{study}/series/{series}/instances/{sop}"
+    host = stack.url.split("//", 1)[1]
+    for path in (
+        f"{instance}/metadata",
+        "/dicomweb/studies",
+        f"{instance}/rendered",
+        f"{instance}/thumbnail",
+        f"/dicomweb/wado?requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={sop}",
+        f"{instance}/frames/1",
+    ):
+        status, _, body = raw(
+            stack,
+            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nCookie: portal=1\r\nCookie: dicomgw_token={token}\r\n"
+            f"Cookie: theme=dark\r\nConnection: close\r\n\r\n".encode(),
+        )
+        assert status == 200, (path, body[:200])
