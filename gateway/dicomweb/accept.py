@@ -87,6 +87,8 @@ def parse_accept(value: str) -> list[MediaRange]:
                     q = min(max(float(raw), 0.0), 1.0)  # RFC 9110: 0..1; more must not outrank others
                 except ValueError:
                     q = 0.0
+                if q != q:  # NaN: malformed like "abc" (it compared unequal to its own range's q)
+                    q = 0.0
             elif name:
                 params[name] = _standard(raw.lower().replace(" ", "+")) if name == "type" else raw  # "+" as above
         ranges.append((-q, index, MediaRange(media_type, params, q)))

@@ -199,6 +199,9 @@ def test_a_more_specific_range_outranks_a_refusal_or_a_wider_range() -> None:
         negotiate("*/*, application/dicom+json;q=0, application/json;q=0", json_offers)
     with pytest.raises(NotAcceptable):  # equally specific: the refusal wins
         negotiate("image/jpeg, image/jpeg;q=0", [FRAME_OFFERS[2]])
+    # a q that is no number (NaN included) is malformed: a refusal, as q=abc is
+    assert parse_accept("image/jpeg;q=nan") == [MediaRange("image/jpeg", {}, 0.0)]
+    assert negotiate("application/dicom+json;q=NaN, application/json;q=0.5", json_offers) == json_offers[1]
 
 
 def test_negotiate_without_offers() -> None:
