@@ -10,7 +10,7 @@ from flask import Response, current_app, request
 from werkzeug.http import parse_etags, unquote_etag
 
 from gateway.auth import Decision, query_token
-from gateway.errors import BadRequest, PreconditionFailed, Unauthorized
+from gateway.errors import BadRequest, PreconditionFailed, Unauthorized, UnsupportedContentEncoding
 from gateway.lifecycle import Deleter
 from gateway.services import Services
 
@@ -101,6 +101,9 @@ def json_body() -> Any:
     last one silently won here), so a portal and the gateway could read one body two ways."""
     if not request.is_json:
         return None
+    coding = request.headers.get("Content-Encoding", "").strip().lower()
+    if coding not in ("", "identity"):  # read as JSON, a gzip body was "the body must be a JSON object"
+        raise UnsupportedContentEncoding(f"Content-Encoding {coding[:40]} is not supported: send the body uncompressed")
     try:
         # the app's provider: a body nested too deeply is a ValueError there too, never a 500
         return current_app.json.loads(request.get_data(cache=True), object_pairs_hook=_unique_keys)

@@ -291,3 +291,34 @@ def test_a_cookie_sent_on_several_lines_is_read_as_one(
             f"Cookie: theme=dark\r\nConnection: close\r\n\r\n".encode(),
         )
         assert status == 200, (path, body[:200])
+
+
+def test_a_compressed_json_body_is_a_415_naming_the_coding_taken(
+    stack: RunningStack, uids: dict[str, tuple[str, str, str]]
+) -> None:
+    """A client that compresses its request bodies (``Content-Encoding: gzip``, an SDK option) was told "the body
+    must be a JSON object" (400) by the token API, as if the JSON were wrong; STOW already answered 415 (RFC 9110
+    15.5.16) with ``Accept-Encoding: identity``, the coding it takes. Every JSON body of the API now does."""
+    import gzip
+    import json
+
+    body = json.dumps({"sub": "gzip", "studies": [uids["ct"][0]]}).encode()
+    headers = {**stack.api_headers, "Content-Type": "application/json"}
+    answer = requests.post(
+        f"{stack.url}/api/v1/tokens", data=gzip.compress(body), headers={**headers, "Content-Encoding": "gzip"},
+        timeout=30,
+    )
+    assert answer.status_code == 415, answer.text
+    assert answer.json()["error"] == "unsupported_media_type"
+    assert answer.headers["Accept-Encoding"] == "identity"
+    renew = requests.post(
+        f"{stack.url}/api/v1/tokens/renew", data=gzip.compress(b"{}"),
+        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"}, timeout=30,
+    )
+    assert renew.status_code == 415 and renew.headers["Accept-Encoding"] == "identity"
+    plain = requests.post(f"{stack.url}/api/v1/tokens", data=body, headers=headers, timeout=30)
+    assert plain.status_code == 201
+    same = requests.post(
+        f"{stack.url}/api/v1/tokens", data=body, headers={**headers, "Content-Encoding": "identity"}, timeout=30
+    )
+    assert same.status_code == 201
