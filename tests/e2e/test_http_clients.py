@@ -344,3 +344,35 @@ def test_frames_are_served_with_the_large_headers_the_gateway_takes(
         assert answer.status_code == 200, (number, answer.text[:200])
         plain = requests.get(f"{wsi}/frames/{number}", headers={"Accept": accept}, timeout=30)
         assert answer.content == plain.content and len(plain.content) > 1000
+
+
+@pytest.mark.parametrize(
+    ("method", "resource", "headers"),
+    [
+        ("POST", "/studies", "content-type, x-dicomgw-tenant, x-dicomgw-region"),
+        ("GET", "/studies/1.2.3/series/4.5.6/instances/7.8.9", "range, if-range"),
+        ("GET", "/studies/1.2.3/metadata", "accept, if-none-match, if-modified-since"),
+        ("GET", "/studies/1.2.3/series/4.5.6/instances/7.8.9", "if-match, if-unmodified-since"),
+    ],
+)
+def test_a_preflight_allows_the_headers_the_gateway_reads(
+    stack: RunningStack, root: str, method: str, resource: str, headers: str
+) -> None:
+    """A page on an allowed origin may send what the gateway documents and reads: STOW's policy headers
+    (``X-DICOMGW-Tenant``, ``X-DICOMGW-Region``: README, PHI) and the preconditions the read path evaluates (a JS
+    download resuming with ``If-Range``, a metadata cache revalidating). The preflight allowed only Authorization,
+    Content-Type, Accept and Range, so the browser refused such a request before sending it."""
+    preflight = requests.options(
+        f"{root}{resource}",
+        headers={
+            "Origin": "https://portal.example",
+            "Access-Control-Request-Method": method,
+            "Access-Control-Request-Headers": headers,
+        },
+        timeout=30,
+    )
+    assert preflight.status_code == 204
+    assert preflight.headers["Access-Control-Allow-Origin"] == "https://portal.example"
+    allowed = {h.strip().lower() for h in preflight.headers["Access-Control-Allow-Headers"].split(",")}
+    assert {h.strip() for h in headers.split(",")} <= allowed
+    assert method in preflight.headers["Access-Control-Allow-Methods"]
