@@ -376,3 +376,28 @@ def test_a_preflight_allows_the_headers_the_gateway_reads(
     allowed = {h.strip().lower() for h in preflight.headers["Access-Control-Allow-Headers"].split(",")}
     assert {h.strip() for h in headers.split(",")} <= allowed
     assert method in preflight.headers["Access-Control-Allow-Methods"]
+
+
+@pytest.mark.parametrize("path", ["/api/v1/tokens/renew", "/api/v1/tokens", "/api/v1/admin/erasure"])
+def test_an_api_body_is_bounded_before_python_reads_it(stack: RunningStack, path: str) -> None:
+    """The API's JSON bodies are a few hundred bytes, and Python reads one whole (the renewal before any
+    credential: the token travels in it). They had STOW's 8 GB limit, so any client could have a gunicorn worker
+    hold gigabytes (a 20 MB body was read and parsed, then refused). Over 1 MB is now NGINX's JSON 413, before the
+    body is read; the documented calls still work."""
+    import socket
+
+    host, port = stack.url.split("//", 1)[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {2 * 1024 * 1024}\r\nConnection: close\r\n\r\n{{".encode()
+        )
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413 "), head
+    assert b"\r\nContent-Type: application/json\r\n" in head
+    assert body == b'{"error":"payload_too_large","detail":"the request body is larger than 1m"}'
+    renew = requests.post(f"{stack.url}/api/v1/tokens/renew", json={}, timeout=30)
+    assert renew.status_code == 401  # no session cookie: refused, read and answered by Python
