@@ -126,7 +126,11 @@ def _why_no_frames(instance: CachedInstance) -> str:
     if ts not in NATIVE_SYNTAXES:
         if is_video(ts):
             return "it is a video stream, whose frames cannot be separated"
-        return "its compressed frames cannot be told apart: no offset table, and fragments that do not each start one"
+        # "no offset table" alone misled when there is one whose entries do not count the frames
+        return (
+            "its compressed frames cannot be told apart: no offset table with an entry for each frame, and fragments "
+            "that do not each start one"
+        )
     return "it has no pixel data, or 1-bit frames that do not start on a byte boundary"
 
 

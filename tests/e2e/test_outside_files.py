@@ -412,3 +412,22 @@ def test_a_un_value_pydicom_cannot_read_by_its_tag_is_kept_as_un(stack: RunningS
     assert '<DicomAttribute tag="00081140" vr="UN" keyword="ReferencedImageSequence"><InlineBinary>YWJjZA==' in (
         xml.text.replace("\n", "").replace("  ", "")
     )
+
+
+def test_frames_an_offset_table_does_not_count_are_a_406_that_says_so(stack: RunningStack, tmp_path: Path) -> None:
+    """Number of Frames 5 over three RLE items whose Basic Offset Table has three entries (a file cut down, or a
+    count written wrong): the frames cannot be told apart, a 406 as README says, but its detail said there was
+    "no offset table", sending whoever read it to look for the wrong fault. It says the table does not count the
+    frames now."""
+    frames = [bytes([n]) * 64 + b"ab" for n in range(3)]
+    ds = encapsulated(frames, [0, 74, 148], frames=5)
+    answer = stack.stow([write(ds, tmp_path)])
+    assert answer.status_code == 200, answer.text
+    frame = get(stack, f"{address(stack, ds)}/frames/1", "image/dicom-rle")
+    assert (frame.status_code, frame.headers["Content-Type"]) == (406, "application/json")
+    assert frame.json() == {
+        "error": "frames_not_servable",
+        "detail": "frames of this instance cannot be served as stored byte ranges (its compressed frames cannot be "
+        "told apart: no offset table with an entry for each frame, and fragments that do not each start one); "
+        "retrieve the instance instead",
+    }

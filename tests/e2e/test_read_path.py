@@ -1158,7 +1158,8 @@ def test_frames_that_cannot_be_told_apart_are_a_406_saying_why(stack: RunningSta
     assert answer.json() == {
         "error": "frames_not_servable",
         "detail": "frames of this instance cannot be served as stored byte ranges (its compressed frames cannot be "
-        "told apart: no offset table, and fragments that do not each start one); retrieve the instance instead",
+        "told apart: no offset table with an entry for each frame, and fragments that do not each start one); "
+        "retrieve the instance instead",
     }
     p10 = {**stack.api_headers, "Accept": "application/dicom; transfer-syntax=*"}
     whole = requests.get(url, headers=p10, timeout=30)

@@ -292,7 +292,8 @@ def test_frames_without_an_index_are_not_acceptable(planner: Planner) -> None:
         ("1.2.840.10008.1.2.4.102", "it is a video stream, whose frames cannot be separated"),
         (
             "1.2.840.10008.1.2.5",
-            "its compressed frames cannot be told apart: no offset table, and fragments that do not each start one",
+            "its compressed frames cannot be told apart: no offset table with an entry for each frame, and fragments "
+            "that do not each start one",
         ),
         ("1.2.840.10008.1.2", "it has no pixel data, or 1-bit frames that do not start on a byte boundary"),
         ("1.2.840.10008.1.2.1", "it has no pixel data, or 1-bit frames that do not start on a byte boundary"),
