@@ -181,6 +181,15 @@ def native_index(
     return FrameIndex.native(value_offset, frame_length, number_of_frames)
 
 
+def stream_index(items: Sequence[tuple[int, int]]) -> FrameIndex | None:
+    """Every fragment of encapsulated Pixel Data (``items`` as for ``encapsulated_index``, the Basic Offset Table
+    left out) as the ranges of one piece: a video stream, whose frames cannot be told apart and which PS3.18
+    8.7.3.3.2 serves whole (its note 5: video bulkdata is one part holding every frame). None without a fragment."""
+    if len(items) < 2:
+        return None
+    return FrameIndex.encapsulated(list(items[1:]), [0])
+
+
 def encapsulated_index(
     fp: BinaryIO,
     items: Sequence[tuple[int, int]],

@@ -25,7 +25,7 @@ from pydicom.sequence import Sequence as PydicomSequence
 
 from gateway.dicom import metadata as meta_json
 from gateway.dicom import qido_attrs
-from gateway.dicom.frames import FrameIndex, encapsulated_index, native_index
+from gateway.dicom.frames import FrameIndex, encapsulated_index, native_index, stream_index
 from gateway.dicom.model import BulkRange, IndexedInstance, PixelFormat
 from gateway.dicom.walker import (
     EXTENDED_OFFSET_TABLE,
@@ -440,7 +440,9 @@ def _frame_index(
         return None
     if pixel.fragments is not None:
         if is_video(ts):
-            return None  # video: frames are not separable (a native syntax with encapsulation is refused)
+            # video: frames are not separable; its index is the whole stream, served as the Pixel Data bulkdata and
+            # never as frames (gateway.dicomweb.wado.to_cached). A native syntax with encapsulation is refused
+            return stream_index(pixel.fragments)
         eot = {
             el.tag: el.value
             for el in elements

@@ -86,6 +86,7 @@ class CachedInstance:
     bulkdata: dict[str, tuple[int, int]] = field(default_factory=dict)
     derivative: Derivative | None = None
     number_of_frames: int = 0
+    stream: FrameIndex | None = None  # a video's fragments, its one stream (served as its Pixel Data bulkdata)
 
 
 def bulk_syntax(stored: str) -> str:
@@ -125,7 +126,7 @@ def _why_no_frames(instance: CachedInstance) -> str:
         return "it is big-endian"
     if ts not in NATIVE_SYNTAXES:
         if is_video(ts):
-            return "it is a video stream, whose frames cannot be separated"
+            return "it is a video stream, whose frames cannot be separated: its Pixel Data bulkdata is the stream"
         # "no offset table" alone misled when there is one whose entries do not count the frames
         return (
             "its compressed frames cannot be told apart: no offset table with an entry for each frame, and fragments "
@@ -150,6 +151,8 @@ def _decode_bulkdata(value: Any) -> dict[str, tuple[int, int]]:
 
 
 def to_cached(row: Any) -> CachedInstance:
+    index = FrameIndex.unpack(row.frame_index) if row.frame_index else None
+    video = is_video(row.transfer_syntax_uid)  # a video's index is its stream, never frames
     return CachedInstance(
         ids=InstanceId(row.study_uid, row.series_uid, row.sop_uid),
         transfer_syntax_uid=row.transfer_syntax_uid,
@@ -157,10 +160,11 @@ def to_cached(row: Any) -> CachedInstance:
         size=int(row.size),
         etag=row.etag or "",
         frame_media_type=row.frame_media_type or "application/octet-stream",
-        frames=FrameIndex.unpack(row.frame_index) if row.frame_index else None,
+        frames=None if video else index,
         bulkdata=_decode_bulkdata(row.bulkdata),
         derivative=_derivative(row),
         number_of_frames=int(getattr(row, "number_of_frames", 0) or 0),
+        stream=index if video else None,
     )
 
 
@@ -644,6 +648,8 @@ class Planner:
         if path == PIXEL_DATA_PATH and instance.transfer_syntax_uid not in NATIVE_SYNTAXES:
             # Encapsulated Pixel Data: its frames, each in its compressed media type and syntax (PS3.18 8.7.3.3),
             # not the raw item stream (offset table and item headers) under application/octet-stream
+            if is_video(instance.transfer_syntax_uid):
+                return self._video_stream(instance, accept, range_header)
             if instance.frames is None:
                 raise FramesNotServable(
                     f"the pixel data of this instance cannot be served in frames ({_why_no_frames(instance)}); "
@@ -657,6 +663,17 @@ class Planner:
         return self._bulk_answer(
             instance, offset, length, accept, range_header, lambda first, n: self._include(instance, first, n)
         )
+
+    def _video_stream(self, instance: CachedInstance, accept: str, range_header: str) -> PlanResponse:
+        """A video's Pixel Data: the whole stream in its video media type and syntax, as one part (PS3.18
+        8.7.3.3.2, note 5), from its fragments' byte ranges; a Range is honoured as for a frame (a player seeks)."""
+        if instance.stream is None:  # stored before ingest indexed video streams
+            raise FramesNotServable(
+                "this video was stored before its stream was indexed; retrieve the instance instead"
+            )
+        offer = negotiate(accept, self._frame_offers(instance, True))
+        choice = _FrameChoice(instance, offer, instance.storage_key, instance.stream, self._plan_seconds)
+        return self._frames_of(choice, [1], range_header)
 
     def _converted_bulkdata(
         self, instance: CachedInstance, path: str, accept: str, range_header: str, redirect: str | None

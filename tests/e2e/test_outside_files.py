@@ -431,3 +431,62 @@ def test_frames_an_offset_table_does_not_count_are_a_406_that_says_so(stack: Run
         "told apart: no offset table with an entry for each frame, and fragments that do not each start one); "
         "retrieve the instance instead",
     }
+
+
+def video(syntax: str, fragments: list[bytes], frames: int) -> Dataset:
+    """A video (an endoscope's or an ultrasound cart's MPEG export) of ``frames`` frames: its Pixel Data items are
+    ``fragments`` after an empty offset table, as DCMTK's img2dcm and the carts write it (the bytes need not decode:
+    the gateway never decodes a video)."""
+    ds = image(frames=frames, Rows=4, Columns=6, SamplesPerPixel=3, PhotometricInterpretation="YBR_PARTIAL_420")
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PlanarConfiguration = 8, 8, 7, 0
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.PixelData = b"".join(
+        [b"\xfe\xff\x00\xe0\x00\x00\x00\x00"]
+        + [b"\xfe\xff\x00\xe0" + len(f).to_bytes(4, "little") + f for f in fragments]
+    )
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    return ds
+
+
+@pytest.mark.parametrize(
+    ("syntax", "media_type"),
+    [("1.2.840.10008.1.2.4.102", "video/mp4"), ("1.2.840.10008.1.2.4.100", "video/mpeg2")],
+)
+def test_a_video_is_its_pixel_data_bulkdata_as_one_stream(
+    stack: RunningStack, tmp_path: Path, syntax: str, media_type: str
+) -> None:
+    """A video's frames cannot be told apart (a 406, as before), and there was no way to get its stream over WADO-RS:
+    `bulkdata/7FE00010`, the BulkDataURI its metadata names, was the same 406 for any Accept. It is now the whole
+    stream, every fragment in order, as one part in the video's media type (PS3.18 8.7.3.3.2, note 5), single or
+    multipart as asked, and a byte range of it for a player that seeks."""
+    stream = [b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 3, b"\x00\x00\x01\xb3" * 50, b"\x42" * 1001 + b"\x00"]
+    ds = video(syntax, stream, frames=90)
+    answer = stack.stow([write(ds, tmp_path)])
+    assert answer.status_code == 200, answer.text
+    url = address(stack, ds)
+    whole = b"".join(stream)
+    metadata = get(stack, f"{url}/metadata", "application/dicom+json").json()[0]
+    bulk = metadata["7FE00010"]["BulkDataURI"]
+    assert bulk.endswith(f"/instances/{ds.SOPInstanceUID}/bulkdata/7FE00010")
+    content_type = f"{media_type}; transfer-syntax={syntax}"
+    single = get(stack, f"{url}/bulkdata/7FE00010", media_type)
+    assert (single.status_code, single.headers["Content-Type"], single.content) == (200, content_type, whole)
+    multipart = get(stack, f"{url}/bulkdata/7FE00010", f'multipart/related; type="{media_type}"')
+    assert multipart.status_code == 200, multipart.text
+    boundary = multipart.headers["Content-Type"].split("boundary=")[1]
+    parts = multipart.content.split(f"--{boundary}".encode())[1:-1]
+    assert len(parts) == 1
+    head, body = parts[0].split(b"\r\n\r\n", 1)
+    assert f"Content-Type: {content_type}".encode() in head and body[:-2] == whole
+    seek = requests.get(
+        f"{url}/bulkdata/7FE00010", headers={**stack.api_headers, "Accept": media_type, "Range": "bytes=700-1099"},
+        timeout=30,
+    )
+    assert (seek.status_code, seek.headers["Content-Range"], seek.content) == (
+        206, f"bytes 700-1099/{len(whole)}", whole[700:1100]
+    )
+    frames = get(stack, f"{url}/frames/1", media_type)
+    assert frames.status_code == 406 and frames.json()["error"] == "frames_not_servable", frames.text
+    assert "its Pixel Data bulkdata is the stream" in frames.json()["detail"]
+    assert get(stack, f"{url}/bulkdata/7FE00010", "image/jpeg").status_code == 406

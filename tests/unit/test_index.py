@@ -113,17 +113,19 @@ def test_single_frame_all_fragments(tmp_path: Path) -> None:
     assert frames_of(path, indexed.frame_index) == data
 
 
-def test_video_has_no_frame_index(tmp_path: Path) -> None:
+def test_video_is_indexed_as_one_stream(tmp_path: Path) -> None:
+    """A video's frames cannot be told apart: its index is the whole stream, every fragment in order (served as its
+    Pixel Data bulkdata, never as frames)."""
+    stream = [b"\x00\x00\x01\xb3" * 10, b"\x00\x00\x01\xb8" * 7, b"\x01\x02" * 5]
     path = b.encapsulated(
-        tmp_path / "v.dcm",
-        [b"\x00\x00\x01\xb3" * 10],
-        transfer_syntax="1.2.840.10008.1.2.4.102",
-        number_of_frames=30,
+        tmp_path / "v.dcm", stream, transfer_syntax="1.2.840.10008.1.2.4.102", number_of_frames=30, bot=False
     )
     indexed = index_file(path)
     assert indexed.frame_media_type == "video/mp4"
-    assert indexed.frame_index is None
     assert [r.path for r in indexed.bulkdata] == ["7FE00010"]
+    index = FrameIndex.unpack(indexed.frame_index or b"")
+    assert index.count == 1 and len(index.ranges(1)) == 3
+    assert frames_of(path, indexed.frame_index) == [b"".join(stream)]
 
 
 @pytest.mark.parametrize("ts", [b.ExplicitVRBigEndian, b.DeflatedExplicitVRLittleEndian])

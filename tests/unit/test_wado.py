@@ -289,7 +289,10 @@ def test_frames_without_an_index_are_not_acceptable(planner: Planner) -> None:
     [
         ("1.2.840.10008.1.2.1.99", "its data set is deflated"),
         ("1.2.840.10008.1.2.2", "it is big-endian"),
-        ("1.2.840.10008.1.2.4.102", "it is a video stream, whose frames cannot be separated"),
+        (
+            "1.2.840.10008.1.2.4.102",
+            "it is a video stream, whose frames cannot be separated: its Pixel Data bulkdata is the stream",
+        ),
         (
             "1.2.840.10008.1.2.5",
             "its compressed frames cannot be told apart: no offset table with an entry for each frame, and fragments "
