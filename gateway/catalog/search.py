@@ -184,6 +184,18 @@ def _clause(match: Match, scope: Scope | None, unindexed: bool = False) -> sa.Co
         if high is not None:
             parts.append(column <= high)
         return sa.and_(*parts)
+    if match.op == "datetime":
+        # the dates bound the span as a plain range does (the date index still drives it); the times count on the
+        # first and last day only, and a study with no time is matched on its date alone
+        time_attr, low_date, low_time, high_date, high_time = match.values
+        assert time_attr.column is not None
+        time = _TABLES[time_attr.level].c[time_attr.column]
+        parts = []
+        if low_date is not None:
+            parts += [column >= low_date, sa.or_(column > low_date, time >= low_time, time.is_(None))]
+        if high_date is not None:
+            parts += [column <= high_date, sa.or_(column < high_date, time <= high_time, time.is_(None))]
+        return sa.and_(*parts)
     if attr.kind == "pn":
         # PN matches case-insensitively on every backend (PS3.4 C.2.2.2.1 allows it; users expect it). An
         # ASCII pattern needs only the database's built-in lower(); a non-ASCII one needs Unicode folding,

@@ -4,7 +4,8 @@ into SQL and shapes the rows into DICOM JSON.
 Matching supported: single value (exact; case-sensitive except PN, which PS3.4 C.2.2.2.1 allows to match
 case-insensitively and we do, on every backend), wildcards ``*`` and ``?`` (SQL LIKE, with ``%``, ``_`` and
 ``\\`` escaped), UID lists (comma or backslash separated), date and time ranges (``a-b``, ``-b``, ``a-``; a
-partial date such as ``2020`` or ``202003`` matches the whole year or month), ``ModalitiesInStudy`` (any of
+partial date such as ``2020`` or ``202003`` matches the whole year or month; a date range and a time range of one
+form are one span, PS3.4 C.2.2.2.5.4), ``ModalitiesInStudy`` (any of
 the listed values), integer attributes (``SeriesNumber``, ``InstanceNumber``), and the one sequence PS3.18 Table
 10.6.1-5 has a series query match, ``RequestAttributesSequence`` by its ``ScheduledProcedureStepID`` and
 ``RequestedProcedureID`` (``RequestAttributesSequence.RequestedProcedureID=RP1`` or ``00400275.00401001=RP1``: a
@@ -114,6 +115,8 @@ _ATTRS = [
 REQUEST_ATTRIBUTES = Attr("RequestAttributesSequence", "00400275", "SQ", 1, None, "request")
 _REQUEST_ITEM_TAGS = frozenset({"00400009", "00401001"})  # ScheduledProcedureStepID, RequestedProcedureID
 BY_KEYWORD = {a.keyword: a for a in _ATTRS}
+# Date and time pairs matched as one DT when both are ranges of the same form (PS3.18 8.3.4.1.1, PS3.4 C.2.2.2.5.4)
+_DATE_TIME_PAIRS = (("00080020", "00080030"), ("00400244", "00400245"))
 BY_TAG = {a.tag: a for a in _ATTRS}
 # Return attributes per level: every attribute of that level (PS3.18 tables 10.6.3-3/4/5, plus
 # StudyDescription). Parent levels are added when the query is not scoped to a parent by the path.
@@ -123,8 +126,10 @@ RETURN_ATTRS = {level: [a for a in _ATTRS if a.level == level] for level in (0, 
 @dataclass(frozen=True)
 class Match:
     attr: Attr
-    op: Literal["in", "eq", "like", "range", "item"]
-    values: tuple[Any, ...]  # for "item": (item attribute tag, "eq" or "like", value) for each key of one item
+    op: Literal["in", "eq", "like", "range", "item", "datetime"]
+    # for "item": (item attribute tag, "eq" or "like", value) for each key of one item; for "datetime" (on the
+    # date attribute): (time attribute, low date, low time, high date, high time), a missing end None
+    values: tuple[Any, ...]
 
 
 @dataclass(frozen=True)
@@ -282,6 +287,23 @@ def _match(name: str, attr: Attr, values: list[str]) -> Match | None:
     return Match(attr, "eq", (value,))
 
 
+def _combined_date_times(matches: list[Match], ranges: dict[str, Match]) -> list[Match]:
+    """A date range and a time range of the same form (both ``a-b``, both ``-b`` or both ``a-``) are one span, from
+    the first date's time to the last date's (PS3.18 8.3.4.1.1 requires combined date-time matching, PS3.4
+    C.2.2.2.5.4): ``StudyDate=20240101-20240102&StudyTime=1400-1400`` is the 24 hours from 14:00, not 14:00 on
+    each day, which found nothing a client asking "since yesterday 14:00" wanted."""
+    for date_tag, time_tag in _DATE_TIME_PAIRS:
+        day, time = ranges.get(date_tag), ranges.get(time_tag)
+        if day is None or time is None:
+            continue
+        if (day.values[0] is None, day.values[1] is None) != (time.values[0] is None, time.values[1] is None):
+            continue  # not the same form: each matched on its own
+        span = (time.attr, day.values[0], time.values[0], day.values[1], time.values[1])
+        combined = Match(day.attr, "datetime", span)
+        matches = [combined if m is day else m for m in matches if m is not time]
+    return matches
+
+
 def _request_item_key(
     name: str, values: list[str], level: str
 ) -> tuple[str, tuple[str, str, str] | None] | None:
@@ -336,6 +358,7 @@ def parse_qido(
     matched: dict[str, str] = {}  # attribute tag -> the name it was given under
     item_keys: list[tuple[str, str, str]] = []  # RequestAttributesSequence item keys: all match in one item
     ignored: dict[str, list[str]] = {kind: [] for kind in IGNORED_TEXTS}  # PS3.18 8.3: ignored, with a Warning
+    ranges: dict[str, Match] = {}  # date and time range matches (a "-" in the value), by tag
     for name, values in args.items():
         if name in _TRANSPORT or name in UNSUPPORTED_OPTIONS:
             continue
@@ -385,6 +408,9 @@ def parse_qido(
         match = _match(name, attr, list(values))
         if match is not None:
             matches.append(match)
+            if match.op == "range" and "-" in values[0]:
+                ranges[tag] = match
+    matches = _combined_date_times(matches, ranges)
     if item_keys:
         matches.append(Match(REQUEST_ATTRIBUTES, "item", tuple(item_keys)))
     asked = _int_param("limit", list(args.get("limit", [])), 0)
