@@ -353,6 +353,15 @@ def output_levels(query: QidoQuery) -> list[int]:
     return levels
 
 
+def _private_creator(tag: str) -> str | None:
+    """The Private Creator element that reserves a private data element's block (PS3.5 7.8.1: ``gggg,xxee`` is
+    reserved by ``gggg,00xx``), which PS3.18 10.6.3.3 returns with a private element an includefield names: its
+    value alone says nothing (``0009,1001`` is whatever the creator of block 10 says it is)."""
+    if int(tag[3], 16) % 2 == 0 or int(tag[4:6], 16) < 0x10:
+        return None
+    return f"{tag[:4]}00{tag[4:6]}"
+
+
 def shape_row(query: QidoQuery, row: Mapping[str, Any]) -> dict[str, Any]:
     """A result row as a DICOM JSON object. For each of ``output_levels``: the stored QIDO attributes of that
     level (ingest chose them), then any return attribute still missing from its flat column (empty element
@@ -401,7 +410,7 @@ def shape_row(query: QidoQuery, row: Mapping[str, Any]) -> dict[str, Any]:
 
             includable = INCLUDABLE_STUDY_TAGS if depth == 0 else INCLUDABLE_SERIES_TAGS
             sources[-1] = {tag: element for tag, element in metadata.items() if tag in includable}
-        for tag in query.include:
+        for tag in sorted(query.include | {creator for tag in query.include if (creator := _private_creator(tag))}):
             if tag not in result:
                 found = next((attrs[tag] for attrs in sources if tag in attrs), None)
                 if found is not None:
