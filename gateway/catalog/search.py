@@ -231,7 +231,7 @@ def build_select(query: QidoQuery, scope: Scope | None, unindexed: frozenset[int
         if query.include_all or query.include:
             wanted.append("metadata")
         columns += [instances.c[name].label(f"in_{name}") for name in wanted]
-    elif query.include:
+    elif query.include or query.include_all:
         columns.append(_one_instance_metadata(depth, scope).label("in_metadata"))
     stmt = _filtered(sa.select(*columns).select_from(_source(query)), query, scope, unindexed)
     order: list[Any] = [sa.nulls_last(studies.c.study_date.desc()), studies.c.study_uid]
@@ -400,16 +400,16 @@ def shape_row(query: QidoQuery, row: Mapping[str, Any]) -> dict[str, Any]:
         if row.get("in_metadata"):
             metadata = _without_bulk(fastjson.loads(row["in_metadata"]))
         sources = [*reversed(stored), metadata]
-        if query.include_all:  # all of this level's attributes: above instance level, not one instance's
-            for attrs in sources if depth == 2 else sources[:-1]:
-                for tag, element in attrs.items():
-                    result.setdefault(tag, element)
         if depth < 2:  # one instance stands for its study or series only in the attributes of that level
             # imported here: it loads pydicom's dictionary, which the catalog package must not (records.py)
             from gateway.dicom.qido_attrs import INCLUDABLE_SERIES_TAGS, INCLUDABLE_STUDY_TAGS
 
             includable = INCLUDABLE_STUDY_TAGS if depth == 0 else INCLUDABLE_SERIES_TAGS
             sources[-1] = {tag: element for tag, element in metadata.items() if tag in includable}
+        if query.include_all:  # all of this level's attributes: those a named includefield gets too (PatientAge)
+            for attrs in sources:
+                for tag, element in attrs.items():
+                    result.setdefault(tag, element)
         for tag in sorted(query.include | {creator for tag in query.include if (creator := _private_creator(tag))}):
             if tag not in result:
                 found = next((attrs[tag] for attrs in sources if tag in attrs), None)

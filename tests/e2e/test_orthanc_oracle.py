@@ -71,7 +71,14 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Dataset]:
             ds.StudyTime = time
         ds.filename = str(write(ds, folder))
         made[name] = ds
-    private = image(PatientID="ORACLE-PRIV", PatientName="Oracle^private", StudyDate="20240201")
+    private = image(
+        PatientID="ORACLE-PRIV",
+        PatientName="Oracle^private",
+        StudyDate="20240201",
+        PatientAge="045Y",
+        InstitutionName="Oracle Hospital",
+        SliceThickness="2.5",
+    )
     private.private_block(0x0009, "ACME 1.0", create=True).add_new(0x01, "LO", "private value")
     private.filename = str(write(private, folder))
     made["private"] = private
@@ -180,3 +187,24 @@ def test_a_private_element_included_comes_with_its_creator_fixed(
     else:
         assert "00091001" not in mine[0]
     assert "00090010" not in theirs[0] and "00091001" not in theirs[0]
+
+
+@pytest.mark.parametrize(
+    ("level", "named", "tag", "element"),
+    [
+        ("studies", "PatientAge", "00101010", {"vr": "AS", "Value": ["045Y"]}),
+        ("series", "InstitutionName", "00080080", {"vr": "LO", "Value": ["Oracle Hospital"]}),
+    ],
+)
+def test_includefield_all_holds_what_a_named_includefield_gets_fixed(
+    stack: RunningStack, orthanc: Orthanc, level: str, named: str, tag: str, element: dict[str, Any]
+) -> None:
+    """PS3.18 10.6.3.3.1-2: includefield=all is "all available" attributes of the level. A study's Patient's Age
+    (a series' Institution Name) was returned when named, and left out under `all`. Orthanc leaves both out (its
+    answers hold the attributes it indexes only). One image's own Slice Thickness is no study's or series'."""
+    query = f"/{level}?PatientID=ORACLE-PRIV&includefield="
+    [by_name], _ = ask(stack, orthanc, query + named)
+    [every], [theirs] = ask(stack, orthanc, query + "all")
+    assert by_name[tag] == every[tag] == element
+    assert "00180050" not in every and "00080018" not in every
+    assert tag not in theirs
