@@ -67,8 +67,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Dataset]:
     made: dict[str, Dataset] = {}
     for name, date, time in DATED:
         ds = image(PatientID="ORACLE-DT", PatientName=f"Oracle^{name}", StudyDate=date)
+        ds.PerformedProcedureStepStartDate = date
         if time is not None:
-            ds.StudyTime = time
+            ds.StudyTime = ds.PerformedProcedureStepStartTime = time
         ds.filename = str(write(ds, folder))
         made[name] = ds
     private = image(
@@ -170,6 +171,11 @@ def test_a_date_range_and_a_time_range_are_one_span_fixed(
     series, _ = ask(stack, orthanc, f"/series?PatientID=ORACLE-DT&{query}")
     instances, _ = ask(stack, orthanc, f"/instances?PatientID=ORACLE-DT&{query}")
     assert names(series) == names(instances) == expected
+    performed = query.replace("StudyDate", "PerformedProcedureStepStartDate").replace(
+        "StudyTime", "PerformedProcedureStepStartTime"
+    )
+    series, _ = ask(stack, orthanc, f"/series?PatientID=ORACLE-DT&{performed}")
+    assert names(series) == expected  # the series pair of PS3.18 Table 10.6.1-5, alike
 
 
 @pytest.mark.parametrize("include", ["00091001", "00091001,00090010", "00090010"])
