@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from gateway.catalog import Catalog
 from gateway.catalog.admin import Reservation
 from gateway.catalog.catalog import OTHER_PATIENT, Registration
-from gateway.catalog.groupcommit import GroupCommit
+from gateway.catalog.groupcommit import GroupCommit, describe, is_outage
 from gateway.catalog.records import InstanceRecord
 from gateway.config import Settings
 from gateway.dicom.index import index_file, named_uids, read_instance
@@ -438,7 +438,12 @@ class Ingestor:
         # could each write the object and the loser's bytes would sit under the winner's catalog row.
         # A crashed upload's reservation is taken over at once (its process is gone) or after a short lease: see
         # gateway.catalog.admin and README "Ingest".
-        reservation = self._reserve(indexed.ids.sop)
+        try:
+            reservation = self._reserve(indexed.ids.sop)
+        except Exception as error:
+            if is_outage(error):
+                raise
+            return self._catalog_refused(result, error, "upload reservation")  # nothing stored, nothing held
         if reservation is None:
             return self._in_flight(result)
         committed = False
@@ -532,6 +537,13 @@ class Ingestor:
             return result, False
         except Conflict:
             return self._different_bytes(result), False
+        except Exception as error:
+            # the database refused this upload's rows, not the others' of its batch (gateway.catalog.groupcommit)
+            if is_outage(error):
+                raise
+            if existing is None:  # a new key, ours under the reservation (a replaced one holds the new bytes)
+                self.storage.delete(key)
+            return self._catalog_refused(result, error, "record"), False
         if not created:
             result.status = "duplicate"
         elif offering is not None and not offering.in_catalog:
@@ -544,6 +556,19 @@ class Ingestor:
         result.status = "failed"
         result.failure_reason = OUT_OF_RESOURCES
         result.detail = "another upload of this instance is in progress; retry shortly"
+        return result
+
+    @staticmethod
+    def _catalog_refused(result: IngestResult, error: Exception, what: str) -> IngestResult:
+        """A failure of this instance alone that is not an outage: a constraint or trigger of the database, a value
+        it cannot take, a bug. Retrying will not help until that changes: 0x0110, never 0xA700. The error's class
+        and code only, in the answer and the log: its message quotes the row's values."""
+        log.warning(
+            "the catalog refused an instance's %s (%s)", what, describe(error), extra={"sop_uid": result.sop_uid}
+        )
+        result.status = "failed"
+        result.failure_reason = PROCESSING_FAILURE
+        result.detail = f"the catalog refused this instance's {what} ({describe(error)}); it was not stored"
         return result
 
     @staticmethod

@@ -11,10 +11,17 @@ commit ~5 ms apart (each has its file analysed first): without waiting, seven ba
 the statements were a quarter of the STOW worker's CPU. A caller whose item is on its way says so (``expect()``);
 the leader then lingers up to ``linger`` seconds while such items are still coming. A lone upload, with nothing
 on its way, commits at once.
+
+A batch that fails for a reason that is not an outage (the database refused one item's row: a constraint, a
+trigger, a value it cannot take; or a bug that one item's values meet) is run again one item at a time, each in
+a transaction of its own: only the item at fault fails, and other clients' uploads that happened to share its
+transaction are stored. An outage (``is_outage``) still fails the whole batch at once: each item alone would only
+meet it again, one connect timeout each.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -24,11 +31,32 @@ from typing import Generic, TypeVar
 
 from gateway.errors import GatewayError
 
+log = logging.getLogger("gateway.catalog")
+
 MAX_BATCH = 64  # items per transaction: bounds how long one commit holds SQLite's write lock
 LINGER_SECONDS = 0.02  # the longest a batch waits for items on their way (docs/bench.md, B4)
 
 Item = TypeVar("Item")
 Outcome = TypeVar("Outcome")
+
+
+def is_outage(error: BaseException) -> bool:
+    """Whether ``error`` fails every item of a batch alike: the catalog unreachable, its disk full or its lock not
+    won in time (``CatalogUnavailable``, which ``gateway.catalog.engine`` makes of every ``OperationalError``), a
+    connection SQLAlchemy found broken, or the process exiting (not an ``Exception``)."""
+    if not isinstance(error, Exception) or getattr(error, "connection_invalidated", False):
+        return True
+    return isinstance(error, GatewayError) and error.status >= 500
+
+
+def describe(error: BaseException) -> str:
+    """What a log line or an answer may say of a database error: its class and SQLSTATE (PostgreSQL) or SQLite
+    error name, never its message, which quotes values (PostgreSQL's "Failing row contains (...)" holds the whole
+    row: a patient's name and ID)."""
+    orig = getattr(error, "orig", None)
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "sqlite_errorname", None)
+    name = type(orig if orig is not None else error).__name__
+    return f"{name} {code}" if code else name
 
 
 @dataclass
@@ -41,8 +69,10 @@ class _Waiting(Generic[Item, Outcome]):
 
 class GroupCommit(Generic[Item, Outcome]):
     """``submit(item)`` runs ``batch([item, ...])`` together with whatever else is waiting. ``batch`` returns one
-    outcome per item, in order; a ``GatewayError`` outcome is raised to that item's caller alone, an exception
-    of ``batch`` itself (an outage) to every caller of that batch."""
+    outcome per item, in order; a ``GatewayError`` outcome is raised to that item's caller alone. An exception of
+    ``batch`` itself is an outage (``is_outage``), raised to every caller of that batch, or else the fault of
+    some item: each item then runs alone (``batch([item])``), and the exception of an item alone is raised to its
+    caller."""
 
     def __init__(
         self,
@@ -102,12 +132,30 @@ class GroupCommit(Generic[Item, Outcome]):
             outcomes = self.batch([waiting.item for waiting in batch])
             for waiting, outcome in zip(batch, outcomes, strict=True):
                 waiting.outcome = outcome
-        except BaseException as error:  # noqa: BLE001 - an outage (or a bug) fails the whole batch, none half-done
-            for waiting in batch:
-                waiting.failure = error
+        except BaseException as error:  # noqa: BLE001 - an outage fails the whole batch, none half-done
+            if len(batch) > 1 and not is_outage(error):
+                what = describe(error)
+                log.warning("a catalog batch of %d failed (%s): each of its items is committed alone", len(batch), what)
+                self._alone(batch)
+            else:
+                for waiting in batch:
+                    waiting.failure = error
         finally:
             with self._changed:
                 for waiting in batch:
                     waiting.done = True
                 self._leading = False
                 self._changed.notify_all()
+
+    def _alone(self, batch: list[_Waiting[Item, Outcome]]) -> None:
+        """Each item of a failed batch in a batch of its own (the failed one changed nothing: its transaction rolled
+        back), until one meets an outage, which the items not run yet share."""
+        for number, waiting in enumerate(batch):
+            try:
+                waiting.outcome = self.batch([waiting.item])[0]
+            except BaseException as error:  # noqa: BLE001 - this item's own failure, or an outage for the rest
+                waiting.failure = error
+                if is_outage(error):
+                    for rest in batch[number + 1 :]:
+                        rest.failure = error
+                    return

@@ -14,10 +14,10 @@ import sqlalchemy as sa
 from gateway.catalog import Catalog
 from gateway.catalog.catalog import Registration
 from gateway.catalog.groupcommit import GroupCommit
-from gateway.catalog.schema import derive_jobs
+from gateway.catalog.schema import derive_jobs, reservations
 from gateway.dicomweb.qido import parse_qido
 from gateway.errors import CatalogUnavailable, Conflict, GatewayError, ReservationLost, SeriesInOtherStudy
-from tests.fixtures.catalog_data import make_instance, record
+from tests.fixtures.catalog_data import allow, make_instance, record, refuse
 
 ST, ST2 = "1.2.3.1", "1.2.3.2"
 SE1, SE2 = "1.2.3.1.1", "1.2.3.1.2"
@@ -158,7 +158,68 @@ def test_an_outage_fails_every_upload_of_the_batch_and_stores_none(catalog: Cata
     threading.Thread(target=lambda: (wait_until_queued(group, 4), counting.release.set()), daemon=True).start()
     results = register_concurrently(group, registrations)
     assert all(isinstance(result, CatalogUnavailable) for result in results)
+    assert counting.batches == [1, 4]  # an outage is never retried item by item: each would meet it again
     assert study_counts(catalog, ST) is None
+
+
+def test_a_batch_one_registration_fails_is_committed_one_by_one(catalog: Catalog) -> None:
+    """The database refuses one registration's row (a trigger, not an outage): the batch it shared with four
+    others is run again one registration per transaction, and only that one fails, with the database's error."""
+    refuse(catalog.url, "instances", "1.2.3.1.1.3")
+    counting = CountingCatalog(catalog)
+    group: GroupCommit[Registration, bool] = GroupCommit(counting.register_instances)
+    registrations = [
+        Registration(record(make_instance(ST, SE1, f"1.2.3.1.1.{n}", instance_number=n))) for n in range(1, 7)
+    ]
+    threading.Thread(target=lambda: (wait_until_queued(group, 5), counting.release.set()), daemon=True).start()
+    results = register_concurrently(group, registrations)
+    [refused] = [i for i, result in enumerate(results) if result is not True]
+    assert registrations[refused].record.instance.ids.sop == "1.2.3.1.1.3"
+    assert isinstance(results[refused], sa.exc.DBAPIError) and not isinstance(results[refused], sa.exc.OperationalError)
+    assert counting.batches == [1, 5, 1, 1, 1, 1, 1]  # the failed batch of five, then each of them alone
+    assert catalog.get_instance("1.2.3.1.1.3") is None
+    assert study_counts(catalog, ST) == (1, 5, ["CT"])
+    allow(catalog.url, "instances")
+    assert group.submit(registrations[refused]) is True
+
+
+def test_a_batch_one_reservation_fails_is_claimed_one_by_one(catalog: Catalog) -> None:
+    refuse(catalog.url, "reservations", "1.2.3.1.1.2")
+    batches: list[int] = []
+
+    def reserve_many(sops: Sequence[str]) -> list[Any]:
+        batches.append(len(sops))
+        return catalog.reserve_many(sops)
+
+    group: GroupCommit[str, Any] = GroupCommit(reserve_many)
+    group._leading = True  # hold the lead: the four queue up, then run as one batch
+    sops = [f"1.2.3.1.1.{n}" for n in range(1, 5)]
+    results: list[Any] = [None] * 4
+
+    def run(i: int) -> None:
+        try:
+            results[i] = group.submit(sops[i])
+        except Exception as error:  # noqa: BLE001 - the outcome under test
+            results[i] = error
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for _ in range(1000):
+        if len(group._queue) == 4:
+            break
+        threading.Event().wait(0.01)
+    with group._changed:
+        group._leading = False
+        group._changed.notify_all()
+    for thread in threads:
+        thread.join(30)
+    assert batches == [4, 1, 1, 1, 1]
+    assert isinstance(results[1], sa.exc.DBAPIError)
+    assert [claim.sop_uid for claim in (results[0], results[2], results[3])] == [sops[0], sops[2], sops[3]]
+    with catalog.engine.connect() as conn:
+        held = set(conn.execute(sa.select(reservations.c.sop_uid)).scalars())
+    assert held == {sops[0], sops[2], sops[3]}
 
 
 def test_a_batch_larger_than_the_limit_is_split(catalog: Catalog) -> None:
