@@ -274,3 +274,115 @@ def test_audit_collector_killed_under_stack_up(tmp_path: Path) -> None:
     assert "collector exited unexpectedly; started it again." in err, err
     assert "stopping" not in err and "Traceback" not in err, err
     assert not collector_pids(var)
+
+
+def kill_workers_inside_a_registration(server: Any, database: str, master: int, stop: threading.Event) -> list[int]:
+    """Poll PostgreSQL until a registration transaction is open (the group commit's batch holds its study's advisory
+    lock, ``_LOCK_STUDY``, from its first statement to its commit), freeze every gunicorn worker, check the lock is
+    still held (the commit has not happened), then SIGKILL them: the one running the batch dies between its
+    statements and its commit. Returns the pids killed (none when the upload ended first)."""
+    import psycopg
+
+    dsn = f"host={server.host} port={server.port} user=postgres dbname={database}"
+    open_batch = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = " + (
+        "(SELECT oid FROM pg_database WHERE datname = current_database())"
+    )
+    with psycopg.connect(dsn, autocommit=True) as db:
+        while not stop.is_set():
+            if db.execute(open_batch).fetchone()[0]:
+                workers = [int(pid) for pid in subprocess.run(
+                    ["pgrep", "-P", str(master)], capture_output=True, text=True, check=False
+                ).stdout.split()]  # fmt: skip
+                for pid in workers:
+                    os.kill(pid, signal.SIGSTOP)
+                if db.execute(open_batch).fetchone()[0]:
+                    for pid in workers:
+                        os.kill(pid, signal.SIGKILL)
+                    return workers
+                for pid in workers:
+                    os.kill(pid, signal.SIGCONT)  # it committed before it stopped: wait for the next batch
+            time.sleep(0.001)
+    return []
+
+
+@pytest.mark.postgres
+def test_workers_killed_inside_a_registration_commit_then_the_retry_stores_everything(tmp_path: Path) -> None:
+    """SIGKILL of the gunicorn workers while the group commit's registration transaction is open on PostgreSQL
+    (its statements run, its commit not yet sent): test_faults.py kills a worker while it stores an object and
+    holds a reservation; here the death lands inside the catalog transaction of several uploads at once. The
+    database rolls the batch back when the connection drops (no instance half registered, no study lock left
+    held), the STOW is answered with a JSON error, and the same STOW sent again at once stores every instance:
+    the dead worker's reservations are taken over (its pid is gone), the objects it stored without a row are
+    written again and registered, and reconcile finds nothing left over."""
+    import psycopg
+
+    from gateway.dicomweb.multipart import encode_multipart
+    from gateway.tools.postgres import private_postgres
+    from gateway.tools.stack import Stack, free_port
+
+    files = make_series(tmp_path / "ct", modality="CT", slices=20, rows=128, columns=128, seed=74, clean=True)
+    study = uids_of(files[0])[0]
+    with private_postgres({"synchronous_commit": "on"}) as server:
+        admin = f"host={server.host} port={server.port} user=postgres dbname=postgres"
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute("CREATE DATABASE killed")
+        stack = Stack(tmp_path / "var", port=free_port(), database_url=server.url("killed"), derive_worker=False)
+        stack.start()
+        try:
+            api = {"Authorization": f"Bearer {stack.api_key}"}
+            body = encode_multipart(files)
+            raw = b"".join(body)
+
+            def stow(data: Any) -> requests.Response:
+                headers = {"Content-Type": body.content_type, "Accept": "application/dicom+json", **api}
+                return requests.post(f"{stack.url}/dicomweb/studies", data=data, headers=headers, timeout=60)
+
+            answers: list[requests.Response] = []
+            upload = threading.Thread(target=lambda: answers.append(stow(throttled(raw, 3.0))))
+            stop = threading.Event()
+            upload.start()
+            try:
+                killed = kill_workers_inside_a_registration(server, "killed", stack.processes["gunicorn"].pid, stop)
+            finally:
+                stop.set()
+                upload.join(60)
+            assert killed, "the upload ended before a registration transaction was seen open"
+            assert answers and answers[0].status_code in (502, 503), answers and answers[0].text[:300]
+            assert answers[0].headers["Content-Type"] == "application/json"
+
+            with psycopg.connect(f"host={server.host} port={server.port} user=postgres dbname=killed") as db:
+                # rolled back whole: no advisory lock left, and every study row counts the instances it holds
+                assert db.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'").fetchone()[0] == 0
+                rows = db.execute(
+                    "SELECT s.num_instances, (SELECT count(*) FROM instances i WHERE i.study_uid = s.study_uid) "
+                    "FROM studies s"
+                ).fetchall()
+                assert all(counted == held for counted, held in rows), rows
+
+            deadline = time.monotonic() + 30  # gunicorn's master starts new workers
+            while True:
+                again = stow(body)
+                if again.status_code != 503 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            assert again.status_code == 200, again.text[:2000]
+            claims = {"sub": "killed", "studies": [study]}
+            token = requests.post(f"{stack.url}/api/v1/tokens", json=claims, headers=api, timeout=10).json()["token"]
+            root = f"{stack.url}/t/{token}/dicomweb"
+            listed = requests.get(
+                f"{root}/studies/{study}/instances", headers={"Accept": "application/dicom+json"}, timeout=30
+            )
+            assert listed.status_code == 200 and len(listed.json()) == 20, listed.text[:300]
+            for path in files:
+                _, series, sop = uids_of(path)
+                url = f"{root}/studies/{study}/series/{series}/instances/{sop}"
+                got = requests.get(url, headers={"Accept": 'multipart/related; type="application/dicom"'}, timeout=30)
+                assert got.status_code == 200 and path.read_bytes() in got.content
+            env = {**os.environ, **stack.gateway_env()}
+            report = subprocess.run(
+                [str(Path(sys.executable).with_name("dicom-gateway")), "reconcile", "--dry-run"],
+                env=env, capture_output=True, text=True, timeout=120, check=False,
+            )  # fmt: skip
+            assert report.returncode == 0, report.stdout + report.stderr
+        finally:
+            stack.stop()
