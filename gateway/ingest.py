@@ -514,9 +514,9 @@ class Ingestor:
             tenant=context.tenant,
             destination=outcome.destination,
         )
-        try:
-            offering = self.derivatives
-            in_catalog = offering is not None and offering.in_catalog and offering.wants(indexed)
+        offering = self.derivatives
+        in_catalog = offering is not None and offering.in_catalog and offering.wants(indexed)
+        try:  # the group commit alone: an error here is the catalog's, about this upload (caught below)
             created = self.registrations.submit(
                 Registration(record, self._audit_fields(context, original, outcome), reservation, derive=in_catalog)
             )
