@@ -129,17 +129,21 @@ class GroupCommit(Generic[Item, Outcome]):
 
     def _run(self, batch: list[_Waiting[Item, Outcome]]) -> None:
         try:
-            outcomes = self.batch([waiting.item for waiting in batch])
-            for waiting, outcome in zip(batch, outcomes, strict=True):
-                waiting.outcome = outcome
-        except BaseException as error:  # noqa: BLE001 - an outage fails the whole batch, none half-done
-            if len(batch) > 1 and not is_outage(error):
+            try:
+                outcomes = self.batch([waiting.item for waiting in batch])
+            except Exception as error:
+                if len(batch) == 1 or is_outage(error):
+                    raise
                 what = describe(error)
                 log.warning("a catalog batch of %d failed (%s): each of its items is committed alone", len(batch), what)
                 self._alone(batch)
-            else:
-                for waiting in batch:
-                    waiting.failure = error
+                return
+            # outside the retry: outcomes that do not match the batch come after its commit, never run it twice
+            for waiting, outcome in zip(batch, outcomes, strict=True):
+                waiting.outcome = outcome
+        except BaseException as error:  # noqa: BLE001 - an outage fails the whole batch, none half-done
+            for waiting in batch:
+                waiting.failure = error
         finally:
             with self._changed:
                 for waiting in batch:

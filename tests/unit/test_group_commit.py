@@ -361,3 +361,38 @@ def test_a_sqlite_writer_waits_its_turn_only_as_long_as_the_busy_timeout(
     with catalog._write() as conn:  # the turn comes back once the other writer committed
         conn.exec_driver_sql("SELECT 1")
     catalog.close()
+
+
+def test_outcomes_that_do_not_match_a_committed_batch_never_run_it_again() -> None:
+    """A batch that committed and then answered the wrong number of outcomes (a bug after the commit): every caller
+    gets the error, and no item runs a second time (a reservation claimed twice would wait for itself)."""
+    calls: list[int] = []
+
+    def batch(items: Sequence[int]) -> list[int]:
+        calls.append(len(items))
+        return []
+
+    group: GroupCommit[int, int] = GroupCommit(batch)
+    group._leading = True  # hold the lead: the three queue up, then run as one batch
+    results: list[Any] = [None] * 3
+
+    def run(i: int) -> None:
+        try:
+            results[i] = group.submit(i)
+        except Exception as error:  # noqa: BLE001 - the outcome under test
+            results[i] = error
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for _ in range(1000):
+        if len(group._queue) == 3:
+            break
+        threading.Event().wait(0.01)
+    with group._changed:
+        group._leading = False
+        group._changed.notify_all()
+    for thread in threads:
+        thread.join(30)
+    assert calls == [3]
+    assert all(isinstance(result, ValueError) for result in results)
