@@ -8,11 +8,11 @@ read back."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from gateway.tools.synth import make_series
 from tests.e2e.conftest import uids_of
 from tests.e2e.harness import RunningStack, start_stack
 from tests.fixtures.catalog_data import allow, refuse
+from tests.fixtures.servers import postgres_database
 
 REFERENCED, FAILED = "00081199", "00081198"
 FAILURE_REASON, SOP_UID, REASON_TEXT = "00081197", "00081155", "00091001"
@@ -33,28 +34,15 @@ PROCESSING_FAILURE = 0x0110
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def refusing_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunningStack]:
-    env: dict[str, str] = {}
-    admin = name = ""
-    if request.param == "postgres":
-        import psycopg
-
-        server = request.getfixturevalue("postgres_server")
-        name = f"t_{uuid.uuid4().hex[:12]}"
-        admin = f"host={server.host} port={server.port} user=postgres dbname=postgres"
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        env["DICOMGW_DATABASE_URL"] = server.url(name)
-    # no derivative worker: its own catalog writes are not under test
-    running = start_stack(tmp_path / f"refusals-{request.param}", "file", None, DICOMGW_DERIVATIVES="0", **env)
-    try:
+    with contextlib.ExitStack() as cleanup:
+        env: dict[str, str] = {}
+        if request.param == "postgres":
+            server = request.getfixturevalue("postgres_server")
+            env["DICOMGW_DATABASE_URL"] = cleanup.enter_context(postgres_database(server))
+        # no derivative worker: its own catalog writes are not under test
+        running = start_stack(tmp_path / f"refusals-{request.param}", "file", None, DICOMGW_DERIVATIVES="0", **env)
+        cleanup.callback(running.stack.stop)
         yield running
-    finally:
-        running.stack.stop()
-        if admin:
-            import psycopg
-
-            with psycopg.connect(admin, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def by_sop(answer: requests.Response, tag: str) -> dict[str, dict[str, Any]]:

@@ -5,8 +5,8 @@ session 21)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
-import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +21,7 @@ from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 
 from tests.e2e.conftest import BACKENDS
 from tests.e2e.harness import RunningStack, start_stack
-from tests.fixtures.servers import MotoServer
+from tests.fixtures.servers import MotoServer, postgres_database
 
 CANNOT_UNDERSTAND = 0xC000
 
@@ -30,27 +30,14 @@ CANNOT_UNDERSTAND = 0xC000
 def catalog_stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     """A stack on each catalog backend: values a file holds meet the catalog's columns, and PostgreSQL takes less
     than SQLite (no NUL in text, bounded index rows, the modality column's 16 characters)."""
-    env: dict[str, str] = {}
-    admin = ""
-    if request.param == "postgres":
-        import psycopg
-
-        server = request.getfixturevalue("postgres_server")
-        name = f"t_{uuid.uuid4().hex[:12]}"
-        admin = f"host={server.host} port={server.port} user=postgres dbname=postgres"
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        env["DICOMGW_DATABASE_URL"] = server.url(name)
-    running = start_stack(tmp_path_factory.mktemp(f"outside-{request.param}"), "file", None, **env)
-    try:
+    with contextlib.ExitStack() as cleanup:
+        env: dict[str, str] = {}
+        if request.param == "postgres":
+            server = request.getfixturevalue("postgres_server")
+            env["DICOMGW_DATABASE_URL"] = cleanup.enter_context(postgres_database(server))
+        running = start_stack(tmp_path_factory.mktemp(f"outside-{request.param}"), "file", None, **env)
+        cleanup.callback(running.stack.stop)
         yield running
-    finally:
-        running.stack.stop()
-        if admin:
-            import psycopg
-
-            with psycopg.connect(admin, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
