@@ -1,8 +1,12 @@
-"""No credential in gunicorn's or the gateway's logs: every log record is masked before any handler writes it.
+"""No credential (nor a value a database error quotes) in gunicorn's or the gateway's logs: every log record is masked
+before any handler writes it.
 
 Gunicorn itself quotes the request URI when a response fails mid-stream ("Error handling request /t/<token>/...");
 an exception's text may quote a header. ``mask`` replaces what a credential can look like in such text: a
-``/t/{token}`` path segment, a ``token=`` parameter, ``Bearer``/``Basic`` values and the token cookie. Gunicorn
+``/t/{token}`` path segment, a ``token=`` parameter, ``Bearer``/``Basic`` values and the token cookie. A database
+error's ``DETAIL`` line is masked too: PostgreSQL quotes the values of the row it refused there ("Failing row
+contains (...)", "Key (...)=(...)"), a file's patient's name and ID, which the catalog's ``hide_parameters`` does
+not reach (it hides only the bound parameters SQLAlchemy adds). Gunicorn
 loads ``GunicornLogger`` (``--logger-class``; docker/gunicorn.conf.py), which also routes the ``gateway`` loggers
 through its masked handlers.
 """
@@ -19,6 +23,7 @@ _PATTERNS = (
     (re.compile(r"/t/[^/\s?#\"']+"), "/t/***"),
     (re.compile(r"(?i)(token=)[^&\s;\"']*"), r"\1***"),
     (re.compile(r"(?i)\b(bearer|basic)(\s+|%20|\+)[^\s,;\"']+"), r"\1 ***"),
+    (re.compile(r"(?m)^(DETAIL:\s*).*$"), r"\1***"),
 )
 
 

@@ -232,6 +232,34 @@ def test_masking_filter_rewrites_message_args_and_traceback() -> None:
     assert "/t/***/x" in formatted
 
 
+@pytest.mark.postgres
+def test_a_database_error_logged_keeps_no_value_of_the_row_it_refused(postgres_url: str) -> None:
+    """PostgreSQL quotes the row it refused in its error's DETAIL line (a file's patient's name, in clear), which
+    the catalog engine's ``hide_parameters`` does not reach: ingest's catch-all logged it with the traceback when an
+    audit or quarantine record was refused. The masking filter takes the line out of the message and traceback."""
+    import sqlalchemy as sa
+
+    name = "Doe^" + "Jane"  # built here, so that the traceback's source lines do not hold it
+    catalog = Catalog(postgres_url)  # its engine, hide_parameters and all
+    with catalog.engine.begin() as conn:
+        conn.exec_driver_sql(f"CREATE TABLE refusing (name text CHECK (name <> '{name}'))")
+    record = logging.LogRecord(
+        "gateway.ingest", logging.ERROR, __file__, 1, "ingest failed on an unexpected error (%s)", ("X",), None
+    )
+    try:
+        with catalog.engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO refusing VALUES (:name)"), {"name": name})
+    except sa.exc.IntegrityError:
+        record.exc_info = sys.exc_info()
+    assert record.exc_info is not None
+    assert name in logging.Formatter().formatException(record.exc_info)  # what the log held before
+    assert MaskingFilter().filter(record)
+    formatted = logging.Formatter().format(record)
+    assert name not in formatted
+    assert "DETAIL:  ***" in formatted and "violates check constraint" in formatted  # the rest stays to debug by
+    catalog.engine.dispose()
+
+
 def test_the_collector_outlives_a_stderr_it_cannot_write(tmp_path: Path) -> None:
     """A full disk holds the collector's stderr file as well as the catalog: the line saying the catalog is out
     failed to print, the collector exited, and ``stack up`` stopped the whole gateway with it. The real command,
