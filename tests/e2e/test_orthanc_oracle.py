@@ -6,21 +6,20 @@ asserts what the standard asks (Orthanc is not always right; its answer is then 
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import requests
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
 
 from gateway.dicomweb.multipart import encode_multipart
 from gateway.tools import orthanc as orthanc_tool
 from gateway.tools.orthanc import Orthanc
 from tests.e2e.harness import RunningStack, start_stack
+from tests.e2e.test_outside_files import image as outside_image
+from tests.e2e.test_outside_files import write
 from tests.requirements import require
 
 pytestmark = pytest.mark.third_party
@@ -37,28 +36,9 @@ DATED = [
 
 
 def image(**values: Any) -> Dataset:
-    """A small native 16-bit secondary capture (4 x 6) with ``values`` set on it."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "OT", 1, 1
-    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 4, 6, 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.PixelData = np.arange(24, dtype="<u2").tobytes()
-    for keyword, value in values.items():
-        setattr(ds, keyword, value)
-    return ds
-
-
-def write(ds: Dataset, folder: Path) -> Path:
-    path = folder / f"{ds.SOPInstanceUID}.dcm"
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    path.write_bytes(buffer.getvalue())
-    return path
+    """test_outside_files' small native secondary capture, numbered (Orthanc lists a series and an instance by
+    their numbers), with ``values`` set on it."""
+    return outside_image(SeriesNumber=1, InstanceNumber=1, **values)
 
 
 @pytest.fixture(scope="module")

@@ -66,6 +66,27 @@ def kill_postmaster_while_a_reservation_is_held(
     return {}
 
 
+def assert_stored_whole(stack: Any, root: str, headers: dict[str, str], study: str, files: list[Path]) -> None:
+    """Every file listed in its study and served byte for byte under ``root``, and ``reconcile --dry-run`` finds
+    nothing: no object stored without its catalog row, no reservation left behind."""
+    listed = requests.get(
+        f"{root}/studies/{study}/instances", headers={"Accept": "application/dicom+json", **headers}, timeout=30
+    )
+    assert listed.status_code == 200 and len(listed.json()) == len(files), listed.text[:300]
+    for path in files:
+        _, series, sop = uids_of(path)
+        url = f"{root}/studies/{study}/series/{series}/instances/{sop}"
+        accept = {"Accept": 'multipart/related; type="application/dicom"', **headers}
+        got = requests.get(url, headers=accept, timeout=30)
+        assert got.status_code == 200 and path.read_bytes() in got.content
+    env = {**os.environ, **stack.gateway_env()}
+    report = subprocess.run(
+        [str(Path(sys.executable).with_name("dicom-gateway")), "reconcile", "--dry-run"],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert report.returncode == 0, report.stdout + report.stderr
+
+
 def json_503(answer: requests.Response, took: float) -> None:
     assert answer.status_code == 503, (answer.status_code, answer.text[:300])
     assert answer.headers["Content-Type"] == "application/json", answer.headers
@@ -164,22 +185,7 @@ def test_postgres_killed_mid_stow_then_restarted(tmp_path: Path) -> None:
 
             again = stow(body, body.content_type)
             assert again.status_code == 200, again.text[:2000]
-            listed = requests.get(
-                f"{root}/studies/{study}/instances", headers={"Accept": "application/dicom+json"}, timeout=30
-            )
-            assert listed.status_code == 200 and len(listed.json()) == 20, listed.text[:300]
-            for path in files:
-                _, series, sop = uids_of(path)
-                url = f"{root}/studies/{study}/series/{series}/instances/{sop}"
-                got = requests.get(url, headers={"Accept": 'multipart/related; type="application/dicom"'}, timeout=30)
-                assert got.status_code == 200 and path.read_bytes() in got.content
-            # nothing stored without its catalog row, no reservation left behind
-            env = {**os.environ, **stack.gateway_env()}
-            report = subprocess.run(
-                [str(Path(sys.executable).with_name("dicom-gateway")), "reconcile", "--dry-run"],
-                env=env, capture_output=True, text=True, timeout=120, check=False,
-            )  # fmt: skip
-            assert report.returncode == 0, report.stdout + report.stderr
+            assert_stored_whole(stack, root, {}, study, files)
         finally:
             stack.stop()
 
@@ -369,21 +375,7 @@ def test_workers_killed_inside_a_registration_commit_then_the_retry_stores_every
             claims = {"sub": "killed", "studies": [study]}
             token = requests.post(f"{stack.url}/api/v1/tokens", json=claims, headers=api, timeout=10).json()["token"]
             root = f"{stack.url}/t/{token}/dicomweb"
-            listed = requests.get(
-                f"{root}/studies/{study}/instances", headers={"Accept": "application/dicom+json"}, timeout=30
-            )
-            assert listed.status_code == 200 and len(listed.json()) == 20, listed.text[:300]
-            for path in files:
-                _, series, sop = uids_of(path)
-                url = f"{root}/studies/{study}/series/{series}/instances/{sop}"
-                got = requests.get(url, headers={"Accept": 'multipart/related; type="application/dicom"'}, timeout=30)
-                assert got.status_code == 200 and path.read_bytes() in got.content
-            env = {**os.environ, **stack.gateway_env()}
-            report = subprocess.run(
-                [str(Path(sys.executable).with_name("dicom-gateway")), "reconcile", "--dry-run"],
-                env=env, capture_output=True, text=True, timeout=120, check=False,
-            )  # fmt: skip
-            assert report.returncode == 0, report.stdout + report.stderr
+            assert_stored_whole(stack, root, {}, study, files)
         finally:
             stack.stop()
 
@@ -476,16 +468,6 @@ def test_workers_killed_inside_a_sqlite_registration_then_the_retry_stores_every
         while (again := stow()).status_code == 503 and time.monotonic() < deadline:
             time.sleep(0.5)
         assert again.status_code == 200, again.text[:2000]
-        listed = requests.get(
-            f"{stack.url}/dicomweb/studies/{study}/instances",
-            headers={"Accept": "application/dicom+json", **api}, timeout=30,
-        )  # fmt: skip
-        assert listed.status_code == 200 and len(listed.json()) == 12, listed.text[:300]
-        env = {**os.environ, **stack.gateway_env()}
-        report = subprocess.run(
-            [str(Path(sys.executable).with_name("dicom-gateway")), "reconcile", "--dry-run"],
-            env=env, capture_output=True, text=True, timeout=120, check=False,
-        )  # fmt: skip
-        assert report.returncode == 0, report.stdout + report.stderr
+        assert_stored_whole(stack, f"{stack.url}/dicomweb", api, study, files)
     finally:
         stack.stop()

@@ -103,24 +103,35 @@ class CountingCatalog:
         return self.catalog.register_instances(batch)
 
 
-def register_concurrently(group: GroupCommit[Registration, bool], registrations: list[Registration]) -> list[Any]:
-    results: list[Any] = [None] * len(registrations)
+def submit_concurrently(
+    group: GroupCommit[Any, Any], items: Sequence[Any], *, as_one_batch: bool = False
+) -> list[Any]:
+    """Each item submitted from a thread of its own: the outcomes (or errors) in order. ``as_one_batch``: the lead is
+    held until every item is queued, so that they run as one batch."""
+    results: list[Any] = [None] * len(items)
 
     def run(i: int) -> None:
         try:
-            results[i] = group.submit(registrations[i])
+            results[i] = group.submit(items[i])
         except Exception as error:  # noqa: BLE001 - the outcome under test
             results[i] = error
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(registrations))]
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(items))]
+    if as_one_batch:
+        group._leading = True  # hold the lead: every item queues up, then they run as one batch
     for thread in threads:
         thread.start()
+    if as_one_batch:
+        wait_until_queued(group, len(items))
+        with group._changed:
+            group._leading = False
+            group._changed.notify_all()
     for thread in threads:
         thread.join(30)
     return results
 
 
-def wait_until_queued(group: GroupCommit[Registration, bool], n: int) -> None:
+def wait_until_queued(group: GroupCommit[Any, Any], n: int) -> None:
     for _ in range(1000):
         if len(group._queue) >= n:
             return
@@ -135,7 +146,7 @@ def test_uploads_waiting_together_share_one_transaction(catalog: Catalog) -> Non
         Registration(record(make_instance(ST, SE1, f"1.2.3.1.1.{n}", instance_number=n))) for n in range(1, 21)
     ]
     threading.Thread(target=lambda: (wait_until_queued(group, 19), counting.release.set()), daemon=True).start()
-    results = register_concurrently(group, registrations)
+    results = submit_concurrently(group, registrations)
     assert results == [True] * 20
     # the first commit ran alone while the 19 others queued; they then committed together
     assert counting.batches == [1, 19]
@@ -156,7 +167,7 @@ def test_an_outage_fails_every_upload_of_the_batch_and_stores_none(catalog: Cata
     group: GroupCommit[Registration, bool] = GroupCommit(counting.register_instances)
     registrations = [Registration(record(make_instance(ST, SE1, f"1.2.3.1.1.{n}"))) for n in range(1, 6)]
     threading.Thread(target=lambda: (wait_until_queued(group, 4), counting.release.set()), daemon=True).start()
-    results = register_concurrently(group, registrations)
+    results = submit_concurrently(group, registrations)
     assert all(isinstance(result, CatalogUnavailable) for result in results)
     assert counting.batches == [1, 4]  # an outage is never retried item by item: each would meet it again
     assert study_counts(catalog, ST) is None
@@ -172,7 +183,7 @@ def test_a_batch_one_registration_fails_is_committed_one_by_one(catalog: Catalog
         Registration(record(make_instance(ST, SE1, f"1.2.3.1.1.{n}", instance_number=n))) for n in range(1, 7)
     ]
     threading.Thread(target=lambda: (wait_until_queued(group, 5), counting.release.set()), daemon=True).start()
-    results = register_concurrently(group, registrations)
+    results = submit_concurrently(group, registrations)
     [refused] = [i for i, result in enumerate(results) if result is not True]
     assert registrations[refused].record.instance.ids.sop == "1.2.3.1.1.3"
     assert isinstance(results[refused], sa.exc.DBAPIError) and not isinstance(results[refused], sa.exc.OperationalError)
@@ -192,28 +203,8 @@ def test_a_batch_one_reservation_fails_is_claimed_one_by_one(catalog: Catalog) -
         return catalog.reserve_many(sops)
 
     group: GroupCommit[str, Any] = GroupCommit(reserve_many)
-    group._leading = True  # hold the lead: the four queue up, then run as one batch
     sops = [f"1.2.3.1.1.{n}" for n in range(1, 5)]
-    results: list[Any] = [None] * 4
-
-    def run(i: int) -> None:
-        try:
-            results[i] = group.submit(sops[i])
-        except Exception as error:  # noqa: BLE001 - the outcome under test
-            results[i] = error
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
-    for thread in threads:
-        thread.start()
-    for _ in range(1000):
-        if len(group._queue) == 4:
-            break
-        threading.Event().wait(0.01)
-    with group._changed:
-        group._leading = False
-        group._changed.notify_all()
-    for thread in threads:
-        thread.join(30)
+    results = submit_concurrently(group, sops, as_one_batch=True)
     assert batches == [4, 1, 1, 1, 1]
     assert isinstance(results[1], sa.exc.DBAPIError)
     assert [claim.sop_uid for claim in (results[0], results[2], results[3])] == [sops[0], sops[2], sops[3]]
@@ -227,7 +218,7 @@ def test_a_batch_larger_than_the_limit_is_split(catalog: Catalog) -> None:
     group: GroupCommit[Registration, bool] = GroupCommit(counting.register_instances, max_batch=4)
     registrations = [Registration(record(make_instance(ST, SE1, f"1.2.3.1.1.{n}"))) for n in range(1, 11)]
     threading.Thread(target=lambda: (wait_until_queued(group, 9), counting.release.set()), daemon=True).start()
-    results = register_concurrently(group, registrations)
+    results = submit_concurrently(group, registrations)
     assert results == [True] * 10
     assert counting.batches[0] == 1 and max(counting.batches) == 4 and sum(counting.batches) == 10
     assert study_counts(catalog, ST) == (1, 10, ["CT"])
@@ -373,26 +364,6 @@ def test_outcomes_that_do_not_match_a_committed_batch_never_run_it_again() -> No
         return []
 
     group: GroupCommit[int, int] = GroupCommit(batch)
-    group._leading = True  # hold the lead: the three queue up, then run as one batch
-    results: list[Any] = [None] * 3
-
-    def run(i: int) -> None:
-        try:
-            results[i] = group.submit(i)
-        except Exception as error:  # noqa: BLE001 - the outcome under test
-            results[i] = error
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
-    for thread in threads:
-        thread.start()
-    for _ in range(1000):
-        if len(group._queue) == 3:
-            break
-        threading.Event().wait(0.01)
-    with group._changed:
-        group._leading = False
-        group._changed.notify_all()
-    for thread in threads:
-        thread.join(30)
+    results = submit_concurrently(group, [0, 1, 2], as_one_batch=True)
     assert calls == [3]
     assert all(isinstance(result, ValueError) for result in results)
