@@ -2,16 +2,16 @@
 into SQL and shapes the rows into DICOM JSON.
 
 Matching supported: single value (exact; case-sensitive except PN, which PS3.4 C.2.2.2.1 allows to match
-case-insensitively and we do, on every backend), wildcards ``*`` and ``?`` (SQL LIKE, with ``%``, ``_`` and
-``\\`` escaped), UID lists (comma or backslash separated), date and time ranges (``a-b``, ``-b``, ``a-``; a
-partial date such as ``2020`` or ``202003`` matches the whole year or month; a date range and a time range of one
-form are one span, PS3.4 C.2.2.2.5.4), ``ModalitiesInStudy`` (any of
-the listed values), integer attributes (``SeriesNumber``, ``InstanceNumber``), and the one sequence PS3.18 Table
-10.6.1-5 has a series query match, ``RequestAttributesSequence`` by its ``ScheduledProcedureStepID`` and
+case-insensitively and we do, on every backend), wildcards ``*`` and ``?`` (SQL LIKE, with ``%``, ``_`` and ``\\``
+escaped), UID lists (comma or backslash separated), date and time ranges (``a-b``, ``-b``, ``a-``; a partial date
+such as ``2020`` or ``202003`` matches the whole year or month; a date range and a time range of one form are one
+span, PS3.4 C.2.2.2.5.4), ``ModalitiesInStudy`` (any of the listed values; ``Modality`` and ``PatientSex`` lists
+likewise, plain codes only), integer attributes (``SeriesNumber``, ``InstanceNumber``), and the one sequence PS3.18
+Table 10.6.1-5 has a series query match, ``RequestAttributesSequence`` by its ``ScheduledProcedureStepID`` and
 ``RequestedProcedureID`` (``RequestAttributesSequence.RequestedProcedureID=RP1`` or ``00400275.00401001=RP1``: a
-series matches when one item matches every such key, PS3.4 C.2.2.2.6). Attributes may be given by keyword or by
-tag (``PatientID`` or ``00100020``); attributes of the query level and of the levels above it can be matched.
-An empty value of any other attribute is universal matching, a return key (as ``includefield``).
+series matches when one item matches every such key, PS3.4 C.2.2.2.6). Attributes may be given by keyword or by tag
+(``PatientID`` or ``00100020``); attributes of the query level and of the levels above it can be matched. An empty
+value of any other attribute is universal matching, a return key (as ``includefield``).
 
 What the gateway does not support is ignored, as PS3.18 8.3 has an origin server do with a query parameter or value
 it does not support (the request is processed as if it were absent), and owned up to in a ``Warning`` (``warnings``):
@@ -266,6 +266,8 @@ def _match(name: str, attr: Attr, values: list[str]) -> Match | None:
     if len(values) > 1:
         raise BadRequest(f"{name} given more than once")
     value = values[0]
+    if attr.vr == "CS" and ("," in value or "\\" in value):
+        return _code_list(name, attr, value)
     if attr.kind == "pn" and "=" in value:
         # The catalog keeps a name's alphabetic component group only (PS3.5 6.2: groups are split by "="), so a
         # name given with its ideographic or phonetic groups, as a client copies it from a file or an answer, is
@@ -285,6 +287,16 @@ def _match(name: str, attr: Attr, values: list[str]) -> Match | None:
     if "*" in value or "?" in value:
         return Match(attr, "like", (like_pattern(value),))
     return Match(attr, "eq", (value,))
+
+
+def _code_list(name: str, attr: Attr, value: str) -> Match:
+    """``Modality=CT,MR`` (or ``CT\\MR``): any of the codes, as for ModalitiesInStudy. A code string holds no
+    comma or backslash (PS3.5 6.2), so the list cannot be read as one value, which matched nothing in silence;
+    Orthanc and dcm4chee answer it the same way (PS3.18 defines lists for UIDs only)."""
+    items = _split_list(value)
+    if not items or any(not re.fullmatch(r"[A-Z0-9_ ]{1,16}", item) for item in items):
+        raise BadRequest(f"{name}: a list takes plain codes such as CT,MR (no wildcards)")
+    return Match(attr, "in", tuple(dict.fromkeys(items)))
 
 
 def _combined_date_times(matches: list[Match], ranges: dict[str, Match]) -> list[Match]:

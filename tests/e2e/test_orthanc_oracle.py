@@ -34,6 +34,9 @@ DATED = [
     ("jan3-1200", "20240103", "120000"),
 ]
 
+# (Modality, PatientSex): one study each, Patient ID "ORACLE-MOD"
+MODALITIES = [("CT", "F"), ("MR", "M"), ("US", "O")]
+
 
 def image(**values: Any) -> Dataset:
     """test_outside_files' small native secondary capture, numbered (Orthanc lists a series and an instance by
@@ -63,6 +66,10 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Dataset]:
     private.private_block(0x0009, "ACME 1.0", create=True).add_new(0x01, "LO", "private value")
     private.filename = str(write(private, folder))
     made["private"] = private
+    for modality, sex in MODALITIES:
+        ds = image(PatientID="ORACLE-MOD", PatientName=f"Oracle^{modality}", Modality=modality, PatientSex=sex)
+        ds.filename = str(write(ds, folder))
+        made[modality] = ds
     return made
 
 
@@ -194,3 +201,33 @@ def test_includefield_all_holds_what_a_named_includefield_gets_fixed(
     assert by_name[tag] == every[tag] == element
     assert "00180050" not in every and "00080018" not in every
     assert tag not in theirs
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("/series?PatientID=ORACLE-MOD&Modality=CT,MR", ["CT", "MR"]),
+        ("/series?PatientID=ORACLE-MOD&Modality=MR,PT", ["MR"]),
+        ("/studies?PatientID=ORACLE-MOD&PatientSex=F,O", ["CT", "US"]),
+    ],
+)
+def test_a_list_of_codes_matches_any_of_them_fixed(
+    stack: RunningStack, orthanc: Orthanc, query: str, expected: list[str]
+) -> None:
+    """A code string holds no comma or backslash (PS3.5 6.2), so ``Modality=CT,MR`` can only mean either code, as
+    ModalitiesInStudy lists do; Orthanc answers so. The gateway matched the list as one value: nothing, in silence."""
+    mine, theirs = ask(stack, orthanc, query)
+    assert names(mine) == names(theirs) == expected
+    # the backslash, DICOM's own separator of values, as ModalitiesInStudy takes it (Orthanc: nothing)
+    backslashed, _ = ask(stack, orthanc, query.replace(",", "%5C"))
+    assert names(backslashed) == expected
+
+
+@pytest.mark.parametrize("value", ["CT,M*", "CT,mr", ",", "\\"])
+def test_a_list_of_codes_takes_plain_codes(stack: RunningStack, value: str) -> None:
+    answer = requests.get(
+        f"{stack.url}/dicomweb/series", params={"Modality": value}, headers=stack.api_headers, timeout=30
+    )
+    assert answer.status_code == 400
+    assert answer.headers["Content-Type"] == "application/json"
+    assert answer.json()["detail"] == "Modality: a list takes plain codes such as CT,MR (no wildcards)"
