@@ -16,6 +16,9 @@ INT32_MIN = -(2**31)
 INT32_MAX = 2**31 - 1  # the range of DICOM IS (PS3.5 6.2) and of the catalog's INTEGER columns
 _UNSIGNED = re.compile(r"[0-9]{1,32}")
 _SIGNED = re.compile(r"[+-]?[0-9]{1,32}")
+# A decimal number as a query writes one: Python's float() also takes "1_0" (10), " 1", fullwidth digits, "inf"
+# and "nan", none of which a client means as a window or a region
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]{1,32}(?:\.[0-9]{0,32})?|\.[0-9]{1,32})(?:[eE][+-]?[0-9]{1,3})?")
 
 
 def parse_int(text: str, name: str, *, low: int = 0, high: int = INT32_MAX, signed: bool = False) -> int:
@@ -34,3 +37,11 @@ def int32_or_none(value: object) -> int | None:
     except (TypeError, ValueError):
         return None
     return number if number is not None and INT32_MIN <= number <= INT32_MAX else None
+
+
+def parse_decimal(text: str) -> float:
+    """``text`` as a number written in plain ASCII decimal (``-12.5``, ``1e3``); ``ValueError`` otherwise, for the
+    caller to answer the 400 that names its parameter."""
+    if _DECIMAL.fullmatch(text) is None:
+        raise ValueError(text)
+    return float(text)

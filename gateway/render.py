@@ -37,7 +37,7 @@ from gateway.dicom.converted import ConvertedReader, frames_converted
 from gateway.dicomweb import xml
 from gateway.dicomweb.accept import Offer, negotiate
 from gateway.errors import BadRequest, FrameNotFound, NotAcceptable, NotFound
-from gateway.numbers import INT32_MAX, parse_int
+from gateway.numbers import INT32_MAX, parse_decimal, parse_int
 from gateway.services import Services
 from gateway.uids import check_uid
 from gateway.views.common import make_conditional, metadata_text
@@ -288,7 +288,7 @@ def parse_window(text: str) -> tuple[float, float, str]:
     ``sigmoid``)."""
     parts = text.split(",")
     try:
-        center, width = (float(v) for v in parts[:2])
+        center, width = (parse_decimal(v) for v in parts[:2])
     except ValueError:
         raise BadRequest("window must be center,width[,function]") from None
     if not all(math.isfinite(v) and abs(v) <= _MAX_WINDOW for v in (center, width)):
@@ -299,6 +299,30 @@ def parse_window(text: str) -> tuple[float, float, str]:
     if function not in _FUNCTIONS or len(parts) > 3:
         raise BadRequest("window: the function must be linear, linear-exact or sigmoid")
     return center, width, function
+
+
+# PS3.18 8.3.5.1's rendering parameters (and the accept the gateway takes in the query): one value each
+_RENDERING_PARAMETERS = ("accept", "annotation", "charset", "iccprofile", "quality", "viewport", "window")
+
+
+def rendering_query(args: Any) -> dict[str, str]:
+    """The query of a WADO-RS rendered or thumbnail request (a werkzeug MultiDict), checked as WADO-URI's is: a
+    parameter given twice (``window=...&window=...``) or empty (``window=``, ``viewport=``) is a 400, it rendered
+    with the first or with none in silence. ``annotation`` (PS3.18 8.3.5.1.1: patient or technique text burned in)
+    and an ``iccprofile`` other than ``no`` (8.3.5.1.5: the profile shall be present) are a 400 too: the image
+    carries neither, and one that silently differs from the one asked for is worse on a clinical display than a
+    refusal."""
+    repeated = sorted(name for name in _RENDERING_PARAMETERS if len(args.getlist(name)) > 1)
+    if repeated:
+        raise BadRequest(f"rendered takes one {repeated[0]}")
+    if "annotation" in args:
+        raise BadRequest("annotation is not supported: nothing is burned into rendered images")
+    if args.get("iccprofile", "no").strip().lower() != "no":
+        raise BadRequest("iccprofile: only no is supported: rendered images carry no ICC profile")
+    for name in ("window", "viewport"):
+        if args.get(name) == "":
+            raise BadRequest(f"{name} is empty")
+    return {key: args[key] for key in args}
 
 
 def _sized(image: Image.Image, params: Mapping[str, str]) -> Image.Image:
@@ -341,9 +365,9 @@ def _sized(image: Image.Image, params: Mapping[str, str]) -> Image.Image:
 def _numbers(text: str, name: str, count: int) -> list[float]:
     """``count`` finite numbers separated by commas, or a 400 naming ``name``."""
     try:
-        values = [float(v) for v in text.split(",")]
+        values = [parse_decimal(v) for v in text.split(",")]
     except ValueError:
-        raise BadRequest(f"{name} must be numbers separated by commas") from None
+        values = []
     if len(values) != count or not all(math.isfinite(v) for v in values):
         raise BadRequest(f"{name} must be {count} finite numbers separated by commas")
     return values

@@ -40,7 +40,7 @@ from gateway.hooks import UploadContext
 from gateway.ingest import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, IngestResult
 from gateway.lifecycle import check_reason
 from gateway.numbers import INT32_MAX, parse_int
-from gateway.render import parse_window, render_instance, text_rendering
+from gateway.render import parse_window, render_instance, rendering_query, text_rendering
 from gateway.scope import Scope
 from gateway.spool import spool_file
 from gateway.uids import check_uid
@@ -423,17 +423,21 @@ def delete_instance(study: str, series: str, instance: str) -> Response:
 @bp.get("/studies/<study>/series/<series>/instances/<instance>/rendered")
 def rendered_instance(study: str, series: str, instance: str) -> Response:
     decision()
-    return render_instance(
-        services(), study, series, instance, 1, request.args, request.headers.get("Accept", ""), whole=True
-    )
+    query = rendering_query(request.args)
+    return render_instance(services(), study, series, instance, 1, query, request.headers.get("Accept", ""), whole=True)
 
 
-@bp.get("/studies/<study>/series/<series>/instances/<instance>/frames/<int:frame>/rendered")
-def rendered_frame(study: str, series: str, instance: str, frame: int) -> Response:
+@bp.get("/studies/<study>/series/<series>/instances/<instance>/frames/<frames>/rendered")
+def rendered_frame(study: str, series: str, instance: str, frames: str) -> Response:
     decision()
-    return render_instance(
-        services(), study, series, instance, frame, request.args, request.headers.get("Accept", "")
-    )
+    # PS3.18 10.4.1.1.3 names a frame list here, checked as the frames resource checks it (0, -1 or a 21-digit
+    # number was a 404, a list the 404 of an unknown path); a rendering of several frames (an animated GIF or a
+    # video, Table 8.7.4-1's multi-frame category) is not made
+    numbers = {parse_int(n, "frame number", low=1) for n in frames.split(",")}
+    if len(numbers) > 1:
+        raise NotAcceptable("a rendering of several frames is not offered: ask for frames/{n}/rendered one by one")
+    query = rendering_query(request.args)
+    return render_instance(services(), study, series, instance, numbers.pop(), query, request.headers.get("Accept", ""))
 
 
 @bp.get("/studies/<study>/series/<series>/instances/<instance>/thumbnail")
@@ -441,7 +445,8 @@ def thumbnail_instance(study: str, series: str, instance: str) -> Response:
     decision()
     from gateway.render import thumbnail
 
-    return thumbnail(services(), study, series, instance, request.args, request.headers.get("Accept", ""))
+    query = rendering_query(request.args)
+    return thumbnail(services(), study, series, instance, query, request.headers.get("Accept", ""))
 
 
 @bp.get("/studies/<study>/series/<series>/thumbnail")
@@ -456,7 +461,8 @@ def thumbnail_series(study: str, series: str) -> Response:
     # page drawing only when the series holds no image at all)
     rows = [row for row in rows if row.number_of_frames > 0] or rows
     middle = rows[len(rows) // 2]
-    return thumbnail(services(), study, series, middle.sop_uid, request.args, request.headers.get("Accept", ""))
+    query = rendering_query(request.args)
+    return thumbnail(services(), study, series, middle.sop_uid, query, request.headers.get("Accept", ""))
 
 
 @bp.get("/wado")
@@ -497,6 +503,10 @@ def wado() -> Response:
     if "contentType" in args:
         listed = [r for r in parse_accept(args["contentType"]) if r.q > 0]
         accept = args["contentType"]
+        if listed and listed[0].media_type == "*/*":
+            # any type at all is the category's default, as without contentType: `*/*` of a waveform or an RT
+            # plan was a 406 "no pixel data" where the object is what it has
+            listed = []
     else:
         listed = _wado_choice(request.headers.get("Accept", ""))
         accept = request.headers.get("Accept", "") if listed else ""
@@ -517,7 +527,7 @@ def wado() -> Response:
                 response.headers[name] = value
             return response
         content_type = content_type or "image/jpeg"
-    frame = parse_int(args.get("frameNumber") or "1", "frameNumber", low=1)
+    frame = parse_int(args.get("frameNumber", "1"), "frameNumber", low=1)  # an empty one is no frame: a 400
     accept = accept or content_type
     rendering = _rendering_of(args)
     try:
@@ -569,6 +579,8 @@ def _rendering_of(args: Mapping[str, str]) -> dict[str, str]:
     for name in ("annotation", "presentationUID", "presentationSeriesUID"):
         if name in args:
             raise BadRequest(f"{name} is not supported: frames are rendered without annotation or presentation state")
+    if args.get("region") == "":
+        raise BadRequest("region is empty")  # it rendered the whole frame, as if none were asked for
     params = {"region": args.get("region", "")}
     center, width = args.get("windowCenter"), args.get("windowWidth")
     if (center is None) != (width is None):

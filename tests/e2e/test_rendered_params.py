@@ -1,0 +1,249 @@
+"""The rendered resources' query parameters (PS3.18 8.3.5.1: ``window``, ``viewport``, ``quality``, ``annotation``,
+``iccprofile``) and WADO-URI's (PS3.18 9: ``contentType``, ``frameNumber``, ``region``, ``windowCenter``...) as
+viewers send them and as hostile clients do, against the real stack on both storage backends, on real images:
+pydicom's signed 16-bit MR, a 30-frame YBR_FULL_422 JPEG, palette colour, a MONOCHROME1 image and a waveform.
+
+The pixels are compared with what pydicom and numpy make of the same file (``apply_modality_lut``, PS3.3
+C.11.2.1.2's sigmoid, ``numpy.flip``), exactly for PNG. Every refusal is a JSON 400 or 406 with its exact body."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import requests
+from PIL import Image
+from pydicom.data import get_testdata_file
+from pydicom.pixels import apply_modality_lut
+from pydicom.uid import generate_uid
+
+from tests.e2e.conftest import BACKENDS, uids_of
+from tests.e2e.harness import RunningStack, module_stack
+from tests.e2e.test_compressed_render import fresh_copy
+
+NAMES = {
+    "mr": "MR_small.dcm",  # signed 16-bit, a window in the file
+    "ybr": "examples_ybr_color.dcm",  # 30 frames, YBR_FULL_422 JPEG Baseline
+    "palette": "examples_palette.dcm",
+    "ecg": "waveform_ecg.dcm",  # no rendered media type: its WADO-URI default is the object
+}
+FRAME_ERROR = {"error": "bad_request", "detail": "frame number: expected an integer from 1 to 2147483647"}
+
+
+def monochrome1(target: Path) -> Path:
+    """pydicom's CT (signed 16-bit, rescaled to HU, no window) as MONOCHROME1: the frame's range, inverted."""
+    ds = pydicom.dcmread(str(get_testdata_file("CT_small.dcm")))
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.save_as(target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("rendered-params")
+    made = {key: fresh_copy(Path(str(get_testdata_file(name))), folder / name) for key, name in NAMES.items()}
+    return {**made, "mono1": monochrome1(folder / "mono1.dcm")}
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, files: dict[str, Path]
+) -> Iterator[RunningStack]:
+    yield from module_stack(request, tmp_path_factory, "rendered-params", list(files.values()))
+
+
+def instance(stack: RunningStack, path: Path) -> str:
+    study, series, sop = uids_of(path)
+    return f"{stack.url}/dicomweb/studies/{study}/series/{series}/instances/{sop}"
+
+
+def wado(stack: RunningStack, path: Path, query: str = "") -> str:
+    study, series, sop = uids_of(path)
+    return f"{stack.url}/dicomweb/wado?requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={sop}{query}"
+
+
+def get(stack: RunningStack, url: str, accept: str = "") -> requests.Response:
+    """``url`` as written (its percent-encoding kept), with the API key."""
+    return requests.get(url, headers={**stack.api_headers, **({"Accept": accept} if accept else {})}, timeout=60)
+
+
+def assert_error(answer: requests.Response, status: int, body: dict[str, str]) -> None:
+    assert (answer.status_code, answer.headers["Content-Type"]) == (status, "application/json"), answer.text[:300]
+    assert answer.json() == body
+
+
+def image(answer: requests.Response, media_type: str) -> bytes:
+    assert (answer.status_code, answer.headers["Content-Type"]) == (200, media_type), answer.text[:300]
+    return answer.content
+
+
+def pixels(body: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(body)))
+
+
+def test_a_frame_list_on_rendered_is_checked_as_the_frames_resource_checks_it(
+    stack: RunningStack, files: dict[str, Path]
+) -> None:
+    """PS3.18 10.4.1.1.3 names ``frames/{framelist}/rendered``. Frame 0, -1 or a 21-digit number was a 404 (the
+    frames resource answers them a 400), and a list the 404 of an unknown path, which told a client the resource
+    did not exist. Now: the frames resource's 400, and for several frames a 406 (no animated GIF or video of
+    them is made); one frame named twice is that frame."""
+    ybr = instance(stack, files["ybr"])
+    for frames in ("0", "-1", "99999999999999999999", "1,x", "1,,2", "+1", "1,0"):
+        assert_error(get(stack, f"{ybr}/frames/{frames}/rendered"), 400, FRAME_ERROR)
+    several = {
+        "error": "not_acceptable",
+        "detail": "a rendering of several frames is not offered: ask for frames/{n}/rendered one by one",
+    }
+    assert_error(get(stack, f"{ybr}/frames/1,2/rendered"), 406, several)
+    assert_error(get(stack, f"{ybr}/frames/1,30/rendered", "image/png"), 406, several)
+    second = image(get(stack, f"{ybr}/frames/2/rendered", "image/png"), "image/png")
+    assert image(get(stack, f"{ybr}/frames/2,2/rendered", "image/png"), "image/png") == second
+    assert_error(
+        get(stack, f"{ybr}/frames/31/rendered"),
+        404,
+        {"error": "frame_not_found", "detail": "frame 31 does not exist; the instance has 30 frame(s)"},
+    )
+    # the last frame is the file's last frame, as pydicom decodes it (its YBR as RGB)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        expected = pydicom.dcmread(files["ybr"]).pixel_array[29]
+    assert np.array_equal(pixels(image(get(stack, f"{ybr}/frames/30/rendered", "image/png"), "image/png")), expected)
+
+
+def test_a_rendering_parameter_given_twice_or_empty_is_a_400(stack: RunningStack, files: dict[str, Path]) -> None:
+    """``window=1,2&window=600,1600`` rendered with the first and ``viewport=32,32&viewport=512,512`` with the first,
+    in silence, and ``window=`` or ``viewport=`` as if absent (WADO-URI answers both a 400; ``quality=`` was one
+    already). On the instance, its frames, its thumbnail and the series' thumbnail alike."""
+    mr = instance(stack, files["mr"])
+    series = mr.rsplit("/instances/", 1)[0]
+    for resource in (f"{mr}/rendered", f"{mr}/frames/1/rendered", f"{mr}/thumbnail", f"{series}/thumbnail"):
+        for query, name in (
+            ("window=1,2&window=600,1600", "window"),
+            ("viewport=32,32&viewport=512,512", "viewport"),
+            ("quality=50&quality=90", "quality"),
+            ("accept=image/png&accept=image/gif", "accept"),
+            ("iccprofile=no&iccprofile=no", "iccprofile"),
+        ):
+            detail = f"rendered takes one {name}"
+            assert_error(get(stack, f"{resource}?{query}"), 400, {"error": "bad_request", "detail": detail})
+        for name in ("window", "viewport"):
+            empty = {"error": "bad_request", "detail": f"{name} is empty"}
+            assert_error(get(stack, f"{resource}?{name}="), 400, empty)
+        assert image(get(stack, f"{resource}?viewport=32,32", "image/png"), "image/png")
+
+
+def test_annotation_and_an_icc_profile_are_refused_not_dropped(stack: RunningStack, files: dict[str, Path]) -> None:
+    """PS3.18 8.3.5.1.1: ``annotation=patient`` asks for the patient's name burned in; 8.3.5.1.5: ``iccprofile=yes``
+    (or ``srgb``...) asks for a profile in the image. Both were ignored, a 200 with an image that was not the one
+    asked for (WADO-URI's ``annotation`` is a 400 already). ``iccprofile=no`` is what is served."""
+    mr = instance(stack, files["mr"])
+    plain = image(get(stack, f"{mr}/rendered", "image/png"), "image/png")
+    assert image(get(stack, f"{mr}/rendered?iccprofile=no", "image/png"), "image/png") == plain
+    assert image(get(stack, f"{mr}/rendered?iccprofile=NO", "image/png"), "image/png") == plain
+    annotation = {
+        "error": "bad_request",
+        "detail": "annotation is not supported: nothing is burned into rendered images",
+    }
+    icc = {"error": "bad_request", "detail": "iccprofile: only no is supported: rendered images carry no ICC profile"}
+    for resource in (f"{mr}/rendered", f"{mr}/frames/1/rendered", f"{mr}/thumbnail"):
+        for query in ("annotation=patient", "annotation=patient,technique", "annotation="):
+            assert_error(get(stack, f"{resource}?{query}"), 400, annotation)
+        for query in ("iccprofile=yes", "iccprofile=srgb", "iccprofile=adobergb", "iccprofile="):
+            assert_error(get(stack, f"{resource}?{query}"), 400, icc)
+
+
+def test_window_and_region_take_plain_decimals_only(stack: RunningStack, files: dict[str, Path]) -> None:
+    """Python's ``float()`` read ``1_0`` as 10, fullwidth digits and a leading space as numbers: a typo rendered
+    another window with a 200. Decimals as a query writes them (``600``, ``-2.5``, ``6e2``, ``.5``) still render."""
+    mr = instance(stack, files["mr"])
+    reference = image(get(stack, f"{mr}/rendered?window=600,1600", "image/png"), "image/png")
+    for window in ("6e2,1.6e3", "600.0,1600.", "%2B600,1600", "600,16E2,linear"):
+        assert image(get(stack, f"{mr}/rendered?window={window}", "image/png"), "image/png") == reference, window
+    bad_window = {"error": "bad_request", "detail": "window must be center,width[,function]"}
+    for window in ("6_00,1600", "%EF%BC%96%EF%BC%90%EF%BC%90,1600", "%20600,1600", "600,1600%20", "0x10,1", "nan,1"):
+        assert_error(get(stack, f"{mr}/rendered?window={window}"), 400, bad_window)
+    bad_pair = {"error": "bad_request", "detail": "windowCenter and windowWidth: center and width must be numbers"}
+    assert_error(get(stack, wado(stack, files["mr"], "&windowCenter=6_00&windowWidth=1600")), 400, bad_pair)
+    wado_reference = image(get(stack, wado(stack, files["mr"], "&windowCenter=6e2&windowWidth=1600")), "image/jpeg")
+    assert image(get(stack, wado(stack, files["mr"], "&windowCenter=600&windowWidth=1600")), "image/jpeg") == (
+        wado_reference
+    )
+    bad_region = {"error": "bad_request", "detail": "region must be 4 finite numbers separated by commas"}
+    for region in ("0,0,1_0,1", "0,0,%EF%BC%91,1", "0,0,inf,1"):
+        assert_error(get(stack, wado(stack, files["mr"], f"&region={region}")), 400, bad_region)
+    half = image(get(stack, wado(stack, files["mr"], "&region=0,0,.5,1&contentType=image/png")), "image/png")
+    assert pixels(half).shape == (64, 32)
+
+
+def test_wado_uri_empty_frame_number_or_region_is_a_400(stack: RunningStack, files: dict[str, Path]) -> None:
+    """``frameNumber=`` rendered frame 1 and ``region=`` the whole frame, as if neither were asked for;
+    ``frameNumber=0`` and ``region=0,0,0,0`` are a 400 already (PS3.18 9.5.2.1)."""
+    assert_error(
+        get(stack, wado(stack, files["ybr"], "&frameNumber=")),
+        400,
+        {"error": "bad_request", "detail": "frameNumber: expected an integer from 1 to 2147483647"},
+    )
+    assert_error(
+        get(stack, wado(stack, files["ybr"], "&region=")), 400, {"error": "bad_request", "detail": "region is empty"}
+    )
+    frame_30 = image(get(stack, f"{instance(stack, files['ybr'])}/frames/30/rendered", "image/png"), "image/png")
+    by_uri = get(stack, wado(stack, files["ybr"], "&frameNumber=30&contentType=image/png"))
+    assert image(by_uri, "image/png") == frame_30
+
+
+def test_wado_uri_any_type_is_the_instance_default(stack: RunningStack, files: dict[str, Path]) -> None:
+    """``contentType=*/*`` (any type) of a waveform, whose one type is ``application/dicom``, was a 406 "no pixel
+    data"; without ``contentType``, or with ``Accept: */*``, it is the object. Now ``*/*`` first is the default of
+    the instance's category, as PS3.18 Table 8.7.4-1 gives it; a type before it still decides."""
+    ecg = files["ecg"]
+    for query in ("&contentType=*/*", "&contentType=*%2F*", "&contentType=*/*;q=0.9", ""):
+        answer = get(stack, wado(stack, ecg, query))
+        assert (answer.status_code, answer.headers["Content-Type"]) == (200, "application/dicom"), query
+        assert answer.content == ecg.read_bytes()
+    mr = files["mr"]
+    default = image(get(stack, wado(stack, mr)), "image/jpeg")
+    assert image(get(stack, wado(stack, mr, "&contentType=*/*")), "image/jpeg") == default
+    assert image(get(stack, wado(stack, mr, "&contentType=image/png,*/*;q=0.5")), "image/png")
+    assert_error(
+        get(stack, wado(stack, ecg, "&contentType=image/*")),
+        406,
+        {"error": "not_acceptable", "detail": "this instance has no pixel data: it is no image to render"},
+    )
+
+
+def sigmoid(real: np.ndarray, center: float, width: float) -> np.ndarray:
+    """PS3.3 C.11.2.1.3.1 onto 0..255."""
+    return np.clip(np.rint(255.0 / (1.0 + np.exp(-4.0 * (real - center) / width))), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("key", ["mr", "mono1"])
+def test_a_sigmoid_window_and_a_flipped_viewport_render_as_numpy_computes_them(
+    stack: RunningStack, files: dict[str, Path], key: str
+) -> None:
+    """The request's ``window=c,w,sigmoid`` over the modality LUT (signed MR, rescaled CT as MONOCHROME1, inverted
+    after the window) and ``viewport`` with a negative ``sw`` and ``sh`` (the region left of and above ``sx,sy``,
+    flipped), byte for byte in PNG."""
+    ds = pydicom.dcmread(files[key])
+    real = apply_modality_lut(ds.pixel_array, ds).astype(np.float64)
+    expected = sigmoid(real, 40.0, 400.0)
+    if ds.PhotometricInterpretation == "MONOCHROME1":
+        expected = 255 - expected
+    address = f"{instance(stack, files[key])}/rendered"
+    got = pixels(image(get(stack, f"{address}?window=40,400,sigmoid", "image/png"), "image/png"))
+    assert np.array_equal(got, expected)
+    rows, columns = real.shape
+    flipped = f"{address}?window=40,400,SIGMOID&viewport={columns},{rows},{columns},{rows},-{columns},-{rows}"
+    assert np.array_equal(pixels(image(get(stack, flipped, "image/png"), "image/png")), np.flip(expected))
+    left = f"{address}?window=40,400,sigmoid&viewport=16,{rows},16,0,-16,0"
+    assert np.array_equal(pixels(image(get(stack, left, "image/png"), "image/png")), np.flip(expected[:, :16], 1))
+    # a viewport larger than the frame is bounded by the frame: never enlarged, whatever its size
+    huge = f"{address}?viewport=2147483647,2147483647"
+    assert Image.open(io.BytesIO(image(get(stack, huge, "image/png"), "image/png"))).size == (columns, rows)
