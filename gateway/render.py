@@ -301,8 +301,8 @@ def parse_window(text: str) -> tuple[float, float, str]:
     return center, width, function
 
 
-# PS3.18 8.3.5.1's rendering parameters (and the accept the gateway takes in the query): one value each
-_RENDERING_PARAMETERS = ("accept", "annotation", "charset", "iccprofile", "quality", "viewport", "window")
+# PS3.18 8.3.5.1's rendering parameters, one value each (accept and charset are read as on every resource)
+_RENDERING_PARAMETERS = ("annotation", "iccprofile", "quality", "viewport", "window")
 
 
 def rendering_query(args: Any) -> dict[str, str]:
