@@ -19,8 +19,9 @@ import pytest
 import requests
 from PIL import Image
 from pydicom.data import get_testdata_file
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.pixels import apply_modality_lut
-from pydicom.uid import generate_uid
+from pydicom.uid import RLELossless, generate_uid
 
 from tests.e2e.conftest import BACKENDS, uids_of
 from tests.e2e.harness import RunningStack, module_stack
@@ -45,11 +46,28 @@ def monochrome1(target: Path) -> Path:
     return target
 
 
+def rle_of_zeros(target: Path, side: int) -> Path:
+    """pydicom's MR as one ``side`` x ``side`` 16-bit frame of zeros in RLE (PS3.5 G): two segments of 128-byte
+    runs, 1/64 of the decoded size (a 12000 x 12000 frame is a 4.5 MB file)."""
+    ds = pydicom.dcmread(str(get_testdata_file("MR_small.dcm")))
+    segment = b"\x81\x00" * (side * side // 128)  # -127 + 1 = 128 copies of the byte 0
+    header = np.zeros(16, "<u4")
+    header[:3] = 2, 64, 64 + len(segment)
+    ds.PixelData = encapsulate([header.tobytes() + segment + segment])
+    ds["PixelData"].VR = "OB"
+    ds.Rows = ds.Columns = side
+    ds.file_meta.TransferSyntaxUID = RLELossless
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.save_as(target)
+    return target
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("rendered-params")
     made = {key: fresh_copy(Path(str(get_testdata_file(name))), folder / name) for key, name in NAMES.items()}
-    return {**made, "mono1": monochrome1(folder / "mono1.dcm")}
+    return {**made, "mono1": monochrome1(folder / "mono1.dcm"), "huge": rle_of_zeros(folder / "huge.dcm", 12000)}
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -246,3 +264,26 @@ def test_a_sigmoid_window_and_a_flipped_viewport_render_as_numpy_computes_them(
     # a viewport larger than the frame is bounded by the frame: never enlarged, whatever its size
     huge = f"{address}?viewport=2147483647,2147483647"
     assert Image.open(io.BytesIO(image(get(stack, huge, "image/png"), "image/png"))).size == (columns, rows)
+
+
+def test_a_frame_too_large_to_render_is_a_406_not_gigabytes_of_a_worker(
+    stack: RunningStack, files: dict[str, Path]
+) -> None:
+    """A 4.5 MB RLE file declaring one 12000 x 12000 frame (144 megapixels of zeros) rendered as a 1.7 MB JPEG after
+    holding 1.5 GB of the worker for each request (measured); a 40000 x 40000 one, 50 MB, would need 16 GB. A
+    frame above 8192 x 8192 pixels is now a JSON 406 before anything is read or decoded, on every route that
+    renders; its frame is still served as stored."""
+    huge = instance(stack, files["huge"])
+    refused = {
+        "error": "not_acceptable",
+        "detail": "this frame (12000 x 12000) is larger than the 67108864 pixels rendered here: retrieve its frames "
+        "instead",
+    }
+    for url in (f"{huge}/rendered", f"{huge}/frames/1/rendered", f"{huge}/thumbnail", wado(stack, files["huge"])):
+        assert_error(get(stack, url), 406, refused)
+    frame = get(stack, f"{huge}/frames/1", 'multipart/related; type="application/octet-stream"; transfer-syntax=*')
+    [stored] = generate_frames(pydicom.dcmread(files["huge"]).PixelData, number_of_frames=1)
+    boundary = frame.headers["Content-Type"].split("boundary=")[1]
+    head, _, rest = frame.content.partition(b"\r\n\r\n")
+    assert frame.status_code == 200 and head.startswith(f"--{boundary}\r\n".encode())
+    assert rest == stored + f"\r\n--{boundary}--\r\n".encode()
