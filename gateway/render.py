@@ -29,6 +29,7 @@ from pydicom.encaps import encapsulate
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, convert_color_space, get_decoder
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian
+from werkzeug.datastructures import MultiDict
 
 from gateway import nginx_contract as nginx
 from gateway import report
@@ -315,7 +316,7 @@ def parse_window(text: str) -> tuple[float, float, str]:
 _RENDERING_PARAMETERS = ("annotation", "iccprofile", "quality", "viewport", "window")
 
 
-def rendering_query(args: Any) -> dict[str, str]:
+def rendering_query(args: MultiDict[str, str]) -> dict[str, str]:
     """The query of a WADO-RS rendered or thumbnail request (a werkzeug MultiDict), checked as WADO-URI's is: a
     parameter given twice (``window=...&window=...``) or empty (``window=``, ``viewport=``) is a 400, it rendered
     with the first or with none in silence. ``annotation`` (PS3.18 8.3.5.1.1: patient or technique text burned in)
