@@ -536,7 +536,9 @@ def thumbnail(
             icon = Image.open(io.BytesIO(_document_icon("image/png")))
             return _revalidated(_encode(_sized(icon, params), offer.part_type, 85), offer.part_type)
         return _revalidated(_document_icon(offer.part_type), offer.part_type)
-    if offer.part_type != "image/jpeg" or params.get("viewport"):
+    # a window or a quality is rendered for the request as a viewport is: the stored thumbnail ignored them unless
+    # a viewport came too (and took `quality=0` or `window=nan,1` without the 400 they are with one)
+    if offer.part_type != "image/jpeg" or any(name in params for name in ("viewport", "window", "quality")):
         sized = {"viewport": f"{THUMBNAIL_SIZE},{THUMBNAIL_SIZE}", **params}
         return render_instance(services, study, series, sop, 1, sized, accept)
     key = row.thumbnail_key

@@ -287,3 +287,24 @@ def test_a_frame_too_large_to_render_is_a_406_not_gigabytes_of_a_worker(
     head, _, rest = frame.content.partition(b"\r\n\r\n")
     assert frame.status_code == 200 and head.startswith(f"--{boundary}\r\n".encode())
     assert rest == stored + f"\r\n--{boundary}--\r\n".encode()
+
+
+def test_a_thumbnail_takes_its_window_and_quality_with_or_without_a_viewport(
+    stack: RunningStack, files: dict[str, Path]
+) -> None:
+    """``thumbnail?window=40,400`` was the stored thumbnail (the file's window), while the same with
+    ``&viewport=128,128`` was windowed as asked; ``thumbnail?quality=0`` and ``?window=nan,1`` were a 200 without a
+    viewport and a 400 with one. A window or a quality now renders the thumbnail for the request either way."""
+    for key in ("mr", "mono1"):
+        address = instance(stack, files[key])
+        plain = image(get(stack, f"{address}/thumbnail"), "image/jpeg")
+        windowed = image(get(stack, f"{address}/thumbnail?window=40,400,sigmoid&viewport=128,128"), "image/jpeg")
+        assert windowed != plain
+        assert image(get(stack, f"{address}/thumbnail?window=40,400,sigmoid"), "image/jpeg") == windowed
+        low = image(get(stack, f"{address}/thumbnail?quality=5&viewport=128,128"), "image/jpeg")
+        assert image(get(stack, f"{address}/thumbnail?quality=5"), "image/jpeg") == low
+        quality = {"error": "bad_request", "detail": "quality: expected an integer from 1 to 100"}
+        assert_error(get(stack, f"{address}/thumbnail?quality=0"), 400, quality)
+        window = {"error": "bad_request", "detail": "window must be center,width[,function]"}
+        assert_error(get(stack, f"{address}/thumbnail?window=nan,1"), 400, window)
+        assert image(get(stack, f"{address}/thumbnail"), "image/jpeg") == plain  # the stored one is unchanged
