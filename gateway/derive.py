@@ -47,7 +47,7 @@ from gateway.dicom import codecs
 from gateway.dicom.converted import CONVERTED_SYNTAXES
 from gateway.dicom.frames import FrameIndex
 from gateway.dicom.index import DEFLATED_LE, EXPLICIT_VR_LE, IMPLICIT_VR_LE
-from gateway.dicom.model import IndexedInstance, PixelFormat
+from gateway.dicom.model import MAX_DECODED_PIXELS, IndexedInstance, PixelFormat
 from gateway.dicomweb.wado import DERIVATIVE_TS
 from gateway.errors import CatalogUnavailable, DicomError
 from gateway.storage import Storage, open_storage
@@ -163,7 +163,8 @@ def _word_type(pixels: PixelFormat) -> np.dtype[Any] | None:
 
 
 def _pixel_layout(ds: pydicom.Dataset) -> tuple[int, int, np.dtype[Any]] | None:
-    """(rows, columns, stored word type) of a monochrome frame we can encode, else None."""
+    """(rows, columns, stored word type) of a monochrome frame we can encode (``MAX_DECODED_PIXELS`` at most),
+    else None."""
     dtype = _word_type(
         PixelFormat(
             int(ds.get("SamplesPerPixel", 1)),
@@ -172,9 +173,10 @@ def _pixel_layout(ds: pydicom.Dataset) -> tuple[int, int, np.dtype[Any]] | None:
             int(ds.get("PixelRepresentation", 0)),
         )
     )
-    if dtype is None:
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    if dtype is None or rows * columns > MAX_DECODED_PIXELS:  # a compressed frame of that size: a memory bomb
         return None
-    return int(ds.Rows), int(ds.Columns), dtype
+    return rows, columns, dtype
 
 
 def encode_frame(words: np.ndarray[Any, Any]) -> bytes:

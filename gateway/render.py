@@ -35,6 +35,7 @@ from gateway import nginx_contract as nginx
 from gateway import report
 from gateway.dicom import codecs
 from gateway.dicom.converted import ConvertedReader, frames_converted
+from gateway.dicom.model import MAX_DECODED_PIXELS
 from gateway.dicomweb import xml
 from gateway.dicomweb.accept import Offer, negotiate
 from gateway.errors import BadRequest, FrameNotFound, NotAcceptable, NotFound
@@ -47,10 +48,6 @@ codecs.register()  # every process that renders imports this module before it de
 
 THUMBNAIL_SIZE = 128
 _MAX_WINDOW = 1e9  # far beyond any stored value (32-bit pixels times a rescale slope)
-# The most pixels a rendered frame may have (8192 x 8192; a mammogram or a 50-megapixel photograph is below it).
-# Decoding and windowing take some 10 bytes a pixel: a 4.5 MB RLE file of a 12000 x 12000 frame held 1.5 GB of a
-# worker per request, and one of 40000 x 40000, a few MB more, would exhaust the machine
-MAX_RENDERED_PIXELS = 2**26
 
 
 def _value(metadata: Mapping[str, Any], tag: str, default: Any = None) -> Any:
@@ -267,9 +264,9 @@ def _to_image(services: Services, row: Any, frame: int, params: Mapping[str, str
         raise NotAcceptable("this instance has no pixel data: it is no image to render")
     ds = _pixel_dataset(services, cached, metadata, frame)
     rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
-    if rows * columns > MAX_RENDERED_PIXELS:
+    if rows * columns > MAX_DECODED_PIXELS:
         raise NotAcceptable(
-            f"this frame ({columns} x {rows}) is larger than the {MAX_RENDERED_PIXELS} pixels rendered here: "
+            f"this frame ({columns} x {rows}) is larger than the {MAX_DECODED_PIXELS} pixels rendered here: "
             "retrieve its frames instead"
         )
     data, syntax = _frame_bytes(services, cached, frame, metadata)

@@ -11,6 +11,10 @@ from gateway.uids import InstanceId
 
 # A byte range inside the stored P10 object: (offset, length).
 Range = tuple[int, int]
+# The most pixels of one frame the gateway decodes (8192 x 8192: a mammogram or a 50-megapixel photograph is below
+# it), to render it or derive from it. Decoding takes some 10 bytes a pixel, and a compressed frame can declare far
+# more than its file holds: a 4.5 MB RLE file of a 12000 x 12000 frame held 1.5 GB of a worker
+MAX_DECODED_PIXELS = 2**26
 
 
 def first_value(metadata: Mapping[str, Any], tag: str, default: Any) -> Any:

@@ -20,7 +20,7 @@ import numpy as np
 import pydicom
 import pytest
 import requests
-from pydicom.encaps import encapsulate
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
@@ -39,6 +39,7 @@ from tests.e2e.conftest import BACKENDS, uids_of
 from tests.e2e.harness import RunningStack, module_stack
 from tests.e2e.test_compressed_render import fresh_copy
 from tests.e2e.test_real_files import display_values
+from tests.e2e.test_rendered_params import rle_of_zeros
 from tests.e2e.test_viewer import NetworkLog, browser, open_page, wait_ready  # noqa: F401 - browser is a fixture
 from tests.e2e.test_viewer_real_files import coarse, image_area
 from tests.fixtures.compressed import compressed_twin, pydicom_file, signed_12_bit
@@ -120,6 +121,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     made["cine-rle.dcm"] = rewritten(sources["cine.dcm"], folder / "cine-rle.dcm", RLELossless)
     deflated = DeflatedExplicitVRLittleEndian
     made["cine-deflated.dcm"] = rewritten(sources["cine.dcm"], folder / "cine-deflated.dcm", deflated)
+    made["huge-rle.dcm"] = rle_of_zeros(folder / "huge-rle.dcm", 12000)
     return made
 
 
@@ -225,6 +227,26 @@ def test_an_undecodable_source_is_skipped_once(stack: RunningStack, files: dict[
     answer = viewer_get(frame_url(stack, files["undecodable.dcm"], 1))
     assert answer.status_code == 200
     assert answer.headers["Content-Type"] == f"application/octet-stream; transfer-syntax={JPEGLosslessSV1}"
+
+
+def test_a_frame_too_large_to_decode_gets_no_derivative(stack: RunningStack, files: dict[str, Path]) -> None:
+    """A 4.5 MB RLE file declaring one 12000 x 12000 frame: decoding it took 1.5 GB of the worker, and a larger one
+    would exhaust the machine, retried after each crash. Above ``MAX_DECODED_PIXELS`` the source is not derived: its
+    job ends without a retry, and its frame is served as stored."""
+    path = files["huge-rle.dcm"]
+    sop = uids_of(path)[2]
+    catalog = Catalog(stack.stack.database_url)
+    deadline = time.monotonic() + WAIT
+    while catalog.derivative_job(sop) is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert catalog.derivative_job(sop) is None  # finished, not waiting for a retry
+    row = catalog.get_instance(sop, with_metadata=False)
+    assert row is not None and row.derivative_key is None
+    answer = viewer_get(frame_url(stack, path, 1))
+    assert answer.status_code == 200
+    assert answer.headers["Content-Type"] == f"application/octet-stream; transfer-syntax={RLELossless}"
+    [stored] = generate_frames(pydicom.dcmread(path).PixelData, number_of_frames=1)
+    assert answer.content == stored
 
 
 @pytest.mark.browser
