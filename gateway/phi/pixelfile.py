@@ -40,6 +40,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
+from gateway.dicom.model import MAX_DECODED_PIXELS
 from gateway.phi.pixels import Box, mask
 from gateway.phi.scanner import DEFER_SIZE
 from gateway.phi.textrules import deferred
@@ -82,13 +83,16 @@ class PixelFile:
         frames = int(dataset.get("NumberOfFrames", 1) or 1)
         if frames > max_frames:
             raise CannotClean(f"{frames} frames, more than [pixels].max_frames = {max_frames}")
+        rows, columns = int(dataset.Rows), int(dataset.Columns)
+        if rows * columns > MAX_DECODED_PIXELS:  # a compressed frame can declare far more than its file holds
+            raise CannotClean(f"a frame of {columns} x {rows} pixels, more than the {MAX_DECODED_PIXELS} decoded here")
         return cls(
             path,
             dataset,
             syntax,
             frames,
-            int(dataset.Rows),
-            int(dataset.Columns),
+            rows,
+            columns,
             int(dataset.get("SamplesPerPixel", 1) or 1),
             str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).strip(),
         )

@@ -30,6 +30,7 @@ from gateway.phi.scanner import scan_file
 from gateway.tools.synth.burned import make_sc, make_us, planted, text_boxes
 from tests.e2e.conftest import uids_of
 from tests.e2e.harness import RunningStack, start_stack
+from tests.e2e.test_rendered_params import rle_of_zeros
 
 BAND = 100  # rows of the configured US header band
 SLACK = 12  # pixels a masked word box may reach beyond the planted line's box (margin, glyph overhang)
@@ -237,3 +238,25 @@ def test_refuse_keeps_the_409(stack: RunningStack, tmp_path: Path) -> None:
     assert not [item for item in quarantine_items(stack) if item["sop_uid"] == sop]
     deidentified = remap_uid(sop, stack.stack.deid_key.encode())
     assert not [key for key in stack.storage().list("") if sop in key or deidentified in key]
+
+
+def test_a_frame_too_large_to_decode_is_held_for_review_undecoded(stack: RunningStack, tmp_path: Path) -> None:
+    """A 4.5 MB RLE file declaring one 12000 x 12000 frame with burned-in text: decoding it for OCR would take
+    1.5 GB of an ingest process, and a larger one would exhaust the machine. Above ``MAX_DECODED_PIXELS`` it is held
+    for review without a decode, and the reviewer's preview is a JSON 406 instead of that decode."""
+    path = rle_of_zeros(tmp_path / "huge.dcm", 12000)
+    ds = pydicom.dcmread(path)
+    ds.BurnedInAnnotation = "YES"
+    ds.save_as(path)
+    sop = uids_of(path)[2]
+    answer = stow(stack, path, "clean")
+    assert answer.status_code == 409, answer.text
+    [entry] = [item for item in quarantine_items(stack) if item["sop_uid"] == sop]
+    detail = "a frame of 12000 x 12000 pixels, more than the 67108864 decoded here"
+    assert entry["reason"] == f"pixels need review: {detail}"
+    preview = requests.get(
+        f"{stack.url}/api/v1/admin/quarantine/{entry['key']}/preview", headers=stack.api_headers, timeout=30
+    )
+    assert preview.status_code == 406
+    assert preview.headers["Content-Type"] == "application/json"
+    assert preview.json()["detail"] == f"cannot render this file: {detail}"
