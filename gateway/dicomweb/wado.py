@@ -101,6 +101,10 @@ def bulk_syntax(stored: str) -> str:
 
 
 PIXEL_DATA_PATH = "7FE00010"  # the bulkdata path of the top-level Pixel Data
+DOCUMENT_PATH = "00420011"  # the bulkdata path of an Encapsulated Document (PS3.3 C.24.2)
+# Encapsulated Documents served in their own media type: PDF only, the type `/rendered` already serves from this
+# origin (an uploaded text/html or XML "document" would run its scripts here: those stay application/octet-stream)
+DOCUMENT_MEDIA_TYPES = frozenset({"application/pdf"})
 
 
 def _check_wado_transfer_syntax(asked: str, stored: str) -> None:
@@ -661,8 +665,25 @@ class Planner:
         offset, length = found
         self._require_present(instance.storage_key)
         return self._bulk_answer(
-            instance, offset, length, accept, range_header, lambda first, n: self._include(instance, first, n)
+            instance,
+            offset,
+            length,
+            accept,
+            range_header,
+            lambda first, n: self._include(instance, first, n),
+            media_type=self._document_type(instance, path),
         )
+
+    def _document_type(self, instance: CachedInstance, path: str) -> str:
+        """The media type an Encapsulated Document's bulkdata is also served as: its MIME Type of Encapsulated
+        Document (0042,0012) when that is one of DOCUMENT_MEDIA_TYPES (PS3.18 8.7.3.3.2 serves a document's bulk
+        data in its own media type; Orthanc's /tools/create-dicom and any PDF-to-DICOM tool write one), else ""."""
+        if path != DOCUMENT_PATH or self._load_metadata is None:
+            return ""
+        element = self._load_metadata(instance.ids.sop).get("00420012")
+        values = element.get("Value") if isinstance(element, Mapping) else None
+        mime = values[0] if isinstance(values, list) and len(values) == 1 else None
+        return mime if isinstance(mime, str) and mime in DOCUMENT_MEDIA_TYPES else ""
 
     def _video_stream(self, instance: CachedInstance, accept: str, range_header: str) -> PlanResponse:
         """A video's Pixel Data: the whole stream in its video media type and syntax, as one part (PS3.18
@@ -681,20 +702,31 @@ class Planner:
         """A bulk value of a big-endian or deflated instance in little endian (PS3.18 8.7.3), answered as any
         other bulk value is."""
         if redirect is not None:
-            self._bulk_offer(instance, accept, range_header)  # a 406 is the plan's own answer
+            # a 406 is the plan's own answer
+            self._bulk_offer(instance, accept, range_header, self._document_type(instance, path))
             return self._to_converter(redirect)
         assert self._converted is not None
         value = self._converted.bulk(instance.storage_key, instance.size, self._metadata(instance), path)
         return self._bulk_answer(
-            instance, 0, len(value), accept, range_header, lambda first, n: value[first : first + n], expires=0
+            instance,
+            0,
+            len(value),
+            accept,
+            range_header,
+            lambda first, n: value[first : first + n],
+            expires=0,
+            media_type=self._document_type(instance, path),
         )
 
     @staticmethod
-    def _bulk_offer(instance: CachedInstance, accept: str, range_header: str) -> Offer:
+    def _bulk_offer(instance: CachedInstance, accept: str, range_header: str, media_type: str = "") -> Offer:
+        """``media_type``: a document's own type, offered first (its default), application/octet-stream after."""
         ts = bulk_syntax(instance.transfer_syntax_uid)
-        single = Offer("application/octet-stream", ts, False)
-        multi = Offer("application/octet-stream", ts, True)
-        return negotiate(accept, [single, multi] if range_header else [multi, single])
+        offers: list[Offer] = []
+        for part_type in (media_type, "application/octet-stream") if media_type else ("application/octet-stream",):
+            single, multi = Offer(part_type, ts, False), Offer(part_type, ts, True)
+            offers += [single, multi] if range_header else [multi, single]
+        return negotiate(accept, offers)
 
     def _bulk_answer(
         self,
@@ -705,10 +737,12 @@ class Planner:
         range_header: str,
         piece: Callable[[int, int], bytes],
         expires: int | None = None,
+        media_type: str = "",
     ) -> PlanResponse:
         """The answer for a bulk value of ``length`` bytes at ``offset``, whose bytes ``piece(start, length)``
-        gives (an SSI include of a stored range, or converted bytes themselves)."""
-        offer = self._bulk_offer(instance, accept, range_header)
+        gives (an SSI include of a stored range, or converted bytes themselves); ``media_type`` as _bulk_offer's."""
+        offer = self._bulk_offer(instance, accept, range_header, media_type)
+        part_type = offer.part_type
         seconds = self._plan_seconds if expires is None else expires
         expires_header = ("X-Accel-Expires", str(seconds))
         wanted = parse_range(range_header, length) if range_header else None
@@ -717,8 +751,8 @@ class Planner:
             # byte_range) gets the range in its one part, which says which bytes it holds; the whole value before
             first, last = wanted
             ranged = self._multipart(
-                [("application/octet-stream", [piece(offset + first, last - first + 1)])],
-                "application/octet-stream",
+                [(part_type, [piece(offset + first, last - first + 1)])],
+                part_type,
                 seconds,
                 part_headers=f"Content-Range: bytes {first}-{last}/{length}\r\n",
             )
@@ -729,20 +763,20 @@ class Planner:
                 return PlanResponse(
                     206,
                     [
-                        ("Content-Type", "application/octet-stream"),
+                        ("Content-Type", part_type),
                         ("Content-Range", f"bytes {first}-{last}/{length}"),
                         expires_header,
                     ],
                     piece(offset + first, last - first + 1),
                 )
             headers = [
-                ("Content-Type", "application/octet-stream"),
+                ("Content-Type", part_type),
                 (nginx.ACCEPT_RANGES, "bytes"),
                 expires_header,
             ]
             return PlanResponse(200, headers, piece(offset, length) if length else b"")
         include = [piece(offset, length)] if length else []
-        return self._multipart([("application/octet-stream", include)], "application/octet-stream", seconds)
+        return self._multipart([(part_type, include)], part_type, seconds)
 
     def wado(self, params: Mapping[str, Sequence[str]], render_default: bool = False) -> PlanResponse | None:
         """WADO-URI (PS3.18 9) for ``application/dicom``: the object itself, by X-Accel-Redirect. With
