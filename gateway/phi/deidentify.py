@@ -45,6 +45,7 @@ from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomFileLike
 from pydicom.filewriter import correct_ambiguous_vr_element, write_data_element, write_file_meta_info
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
@@ -299,13 +300,27 @@ def _patient_key(dataset: Dataset) -> str:
     return ""
 
 
+def earlier_methods(dataset: Dataset) -> list[str]:
+    """The De-identification Method values a file already holds (a file an earlier step de-identified)."""
+    value = dataset.get("DeidentificationMethod")
+    values = list(value) if isinstance(value, MultiValue | list | tuple) else [] if value is None else [value]
+    return [str(method) for method in values if str(method).strip(" \0")]
+
+
 def _mark(dataset: Dataset, policy: Policy) -> None:
-    """PatientIdentityRemoved, DeidentificationMethod and its CID 7050 codes, per the options used."""
+    """PatientIdentityRemoved, DeidentificationMethod and its CID 7050 codes, per the options used. A file an
+    earlier step de-identified (Orthanc's /anonymize, a PACS export) keeps that step's method values and codes
+    before this one's: PS3.3 C.7.1.1 has both hold every successive step (the method was overwritten, so the
+    record of the first step was lost)."""
     dataset.PatientIdentityRemoved = "YES"
     options = sorted(policy.deidentify.options, key=lambda name: OPTION_CODES[name][0])
-    dataset.DeidentificationMethod = METHOD
-    codes = Sequence()
+    earlier = earlier_methods(dataset)
+    dataset.DeidentificationMethod = [*earlier, METHOD] if earlier else METHOD
+    codes = Sequence(list(dataset.get("DeidentificationMethodCodeSequence") or []))
+    had = {(str(item.get("CodeValue", "")), str(item.get("CodingSchemeDesignator", ""))) for item in codes}
     for value, meaning in [BASIC_PROFILE_CODE] + [OPTION_CODES[name] for name in options]:
+        if (value, "DCM") in had:
+            continue
         item = Dataset()
         item.CodeValue = value
         item.CodingSchemeDesignator = "DCM"

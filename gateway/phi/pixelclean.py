@@ -15,7 +15,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from gateway.phi.deidentify import remap_uid
+from gateway.phi.deidentify import earlier_methods, remap_uid
 from gateway.phi.pixelfile import PixelFile
 from gateway.phi.pixels import Box, PixelOptions, band_boxes, find_words, merge, ocr_image
 
@@ -61,8 +61,9 @@ def _mark(dataset: Dataset, key: bytes) -> str:
         item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = CLEAN_PIXEL_CODE[0], "DCM", CLEAN_PIXEL_CODE[1]
         codes.append(item)
         dataset.DeidentificationMethodCodeSequence = sorted(codes, key=lambda code: str(code.CodeValue))
-    method = str(dataset.get("DeidentificationMethod", "") or "")
-    dataset.DeidentificationMethod = (method + "; " if method else "") + CLEAN_PIXEL_CODE[1]
+    # one more value (the method is multi-valued, PS3.3 C.7.1.1: one value joined to a list was "['a', 'b']; c")
+    methods = earlier_methods(dataset)
+    dataset.DeidentificationMethod = [*methods, CLEAN_PIXEL_CODE[1]] if methods else CLEAN_PIXEL_CODE[1]
     return sop
 
 
