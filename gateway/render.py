@@ -34,7 +34,7 @@ from werkzeug.datastructures import MultiDict
 from gateway import nginx_contract as nginx
 from gateway import report
 from gateway.dicom import codecs
-from gateway.dicom.converted import ConvertedReader, frames_converted
+from gateway.dicom.converted import ConvertedReader, frames_converted, is_converted
 from gateway.dicom.model import MAX_DECODED_PIXELS
 from gateway.dicomweb import xml
 from gateway.dicomweb.accept import Offer, negotiate
@@ -414,7 +414,15 @@ def _document(services: Services, row: Any) -> tuple[str, bytes] | None:
     if isinstance(element.get("InlineBinary"), str):
         return mime, base64.b64decode(element["InlineBinary"])
     uri = element.get("BulkDataURI")
-    document = _bulk_bytes(services, to_cached(row), uri) if isinstance(uri, str) else None
+    if not isinstance(uri, str):
+        return None
+    cached = to_cached(row)
+    if is_converted(cached.transfer_syntax_uid):
+        # a deflated or big-endian file's values have no stored byte range (they were none: the PDF was a 406 "no
+        # pixel data"); read as its bulkdata is served
+        reader = ConvertedReader(services.storage, services.settings.bulkdata_threshold)
+        return mime, reader.bulk(cached.storage_key, cached.size, metadata, uri.removeprefix("bulkdata/"))
+    document = _bulk_bytes(services, cached, uri)
     return None if document is None else (mime, document)
 
 
