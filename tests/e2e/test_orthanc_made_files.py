@@ -6,7 +6,7 @@ use it, to make files nobody on this project wrote: `/tools/create-dicom` (PNG d
 `/anonymize` (Keep, Replace, Remove, KeepPrivateTags, Force), `/merge` and `/split`. They are stored in the gateway by
 Orthanc's own DICOMweb STOW client (`/dicom-web/servers/gateway/stow`, the API key in `HttpHeaders`) or by our STOW,
 and read back (retrieve, frames, metadata, bulkdata, rendered, WADO-URI, QIDO) against what pydicom decodes of the
-file Orthanc gives (`/instances/{id}/file`, or `/modify`'s answer).
+file Orthanc gives (`/instances/{id}/file`, or `/modify`'s answer), on both storage backends.
 
 What Orthanc 1.10 here cannot make, and so is not tested: JPEG 2000 and RLE (`Transcode` answers a 500 "Cannot
 transcode to transfer syntax": its DCMTK has no encoder for them; the gateway's handling of both is tested with
@@ -40,6 +40,7 @@ from pydicom.encaps import generate_frames
 
 from gateway.tools import orthanc as orthanc_tool
 from gateway.tools.orthanc import Orthanc
+from tests.e2e.conftest import BACKENDS
 from tests.e2e.harness import RunningStack, start_stack
 from tests.requirements import require
 
@@ -95,9 +96,11 @@ def parse_multipart(response: requests.Response) -> list[tuple[str, bytes]]:
     return [(str(part["Content-Type"]), part.get_payload(decode=True)) for part in message.get_payload()]
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
-    running = start_stack(tmp_path_factory.mktemp("orthanc-made-stack"), "file", None)
+@pytest.fixture(scope="module", params=BACKENDS)
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    backend = request.param
+    moto = request.getfixturevalue("moto_server") if backend == "s3" else None
+    running = start_stack(tmp_path_factory.mktemp(f"orthanc-made-{backend}"), backend, moto)
     try:
         yield running
     finally:
@@ -281,6 +284,24 @@ def test_files_orthanc_transcodes(
     assert [match["00080018"]["Value"] for match in found.json()] == [[ds.SOPInstanceUID]]
 
 
+def stored_pdf(stack: RunningStack, orthanc: Orthanc, folder: Path, syntax: str) -> pydicom.Dataset:
+    """An Encapsulated PDF `/tools/create-dicom` made of PDF, stored by Orthanc's STOW client as created, or
+    by ours `Transcode`d to ``syntax``."""
+    made = create(orthanc, {"PatientID": "ORTHANC-PDF", "PatientName": "Pdf^Doc", "Modality": "DOC"},
+                  "data:application/pdf;base64," + base64.b64encode(PDF).decode())  # fmt: skip
+    if syntax == "as-created":
+        blob = file_of(orthanc, made)
+        stow_by_orthanc(orthanc, [made], 1)
+    else:
+        blob = modified(orthanc, made, {"Transcode": TRANSCODED[syntax], "Force": True})
+        assert stow_ours(stack, folder, [blob]).status_code == 200
+    ds = pydicom.dcmread(io.BytesIO(blob))
+    assert ds.file_meta.TransferSyntaxUID == TRANSCODED.get(syntax, "1.2.840.10008.1.2.1")
+    # Orthanc pads the odd length with a NUL (and writes no Encapsulated Document Length)
+    assert bytes(ds.EncapsulatedDocument) == PDF + b"\0"
+    return ds
+
+
 @pytest.mark.parametrize("syntax", ["as-created", "deflated", "big-endian"])
 def test_an_encapsulated_pdf_is_its_bulkdata_as_application_pdf_fixed(
     stack: RunningStack, orthanc: Orthanc, tmp_path: Path, syntax: str
@@ -289,17 +310,8 @@ def test_an_encapsulated_pdf_is_its_bulkdata_as_application_pdf_fixed(
     only application/octet-stream: `Accept: application/pdf` (OHIF's `?accept=application/pdf` too) was a JSON 406,
     and the default was `multipart/related; type="application/octet-stream"`. The document is its own media type
     now, as `/rendered` already served it (PS3.18 8.7.3.3.2); octet-stream is still served when asked."""
-    made = create(orthanc, {"PatientID": "ORTHANC-PDF", "PatientName": "Pdf^Doc", "Modality": "DOC"},
-                  "data:application/pdf;base64," + base64.b64encode(PDF).decode())  # fmt: skip
-    if syntax == "as-created":
-        blob = file_of(orthanc, made)
-        stow_by_orthanc(orthanc, [made], 1)
-    else:
-        blob = modified(orthanc, made, {"Transcode": TRANSCODED[syntax], "Force": True})
-        assert stow_ours(stack, tmp_path, [blob]).status_code == 200
-    ds = pydicom.dcmread(io.BytesIO(blob))
+    ds = stored_pdf(stack, orthanc, tmp_path, syntax)
     document = bytes(ds.EncapsulatedDocument)
-    assert document == PDF + b"\0"  # Orthanc pads the odd length (and writes no Encapsulated Document Length)
     url = instance_url(stack, ds)
     [metadata] = get(stack, f"{url}/metadata", "application/dicom+json").json()
     assert metadata["00420012"] == {"vr": "LO", "Value": ["application/pdf"]}
@@ -327,7 +339,17 @@ def test_an_encapsulated_pdf_is_its_bulkdata_as_application_pdf_fixed(
     )
     refused = get(stack, bulk, "image/png")
     assert (refused.status_code, refused.headers["Content-Type"]) == (406, "application/json")
-    # the rendering of a document is the document (a deflated or big-endian one's was a 406 "no pixel data")
+
+
+@pytest.mark.parametrize("syntax", ["as-created", "deflated", "big-endian"])
+def test_an_encapsulated_pdf_renders_as_itself_in_any_syntax_fixed(
+    stack: RunningStack, orthanc: Orthanc, tmp_path: Path, syntax: str
+) -> None:
+    """The rendering of a document is the document, `/rendered` and WADO-URI alike: a deflated or big-endian one's
+    (Orthanc's `Transcode` makes them) was a JSON 406 "no pixel data", its value having no stored byte range."""
+    ds = stored_pdf(stack, orthanc, tmp_path, syntax)
+    document = bytes(ds.EncapsulatedDocument)
+    url = instance_url(stack, ds)
     for rendered in (get(stack, f"{url}/rendered"), wado_uri(stack, ds, contentType="application/pdf")):
         assert (rendered.status_code, rendered.headers["Content-Type"], rendered.content) == (
             200,
