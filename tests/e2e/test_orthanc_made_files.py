@@ -284,6 +284,75 @@ def test_files_orthanc_transcodes(
     assert [match["00080018"]["Value"] for match in found.json()] == [[ds.SOPInstanceUID]]
 
 
+def multiframe(kind: str, frames: int = 4, rows: int = 12, columns: int = 16) -> bytes:
+    """A native multi-frame secondary capture for Orthanc to transcode (`/tools/create-dicom` makes none): 8-bit
+    gray or RGB, or 12 bits stored in 16."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    samples, bits = (3, 8) if kind == "rgb" else (1, 16 if kind == "gray12" else 8)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = {
+        "gray8": "1.2.840.10008.5.1.4.1.1.7.2",
+        "gray12": "1.2.840.10008.5.1.4.1.1.7.3",
+        "rgb": "1.2.840.10008.5.1.4.1.1.7.4",
+    }[kind]
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientID, ds.PatientName, ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "ORTHANC-MF", "Multi", "OT", 1, 1
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.NumberOfFrames = rows, columns, samples, frames
+    ds.PhotometricInterpretation = "RGB" if samples == 3 else "MONOCHROME2"
+    if samples == 3:
+        ds.PlanarConfiguration = 0
+    stored = 12 if bits == 16 else 8
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, stored, stored - 1, 0
+    values = np.arange(frames * rows * columns * samples) * 13 % (1 << stored)
+    ds.PixelData = values.astype(np.uint16 if bits == 16 else np.uint8).tobytes()
+    ds["PixelData"].VR = "OW" if bits == 16 else "OB"
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("syntax", "kind"),
+    # JPEG baseline holds 8-bit samples only
+    [
+        (s, k)
+        for s in TRANSCODED
+        if s != "implicit"
+        for k in ("gray8", "gray12", "rgb")
+        if (s, k) != ("jpeg-baseline", "gray12")
+    ],
+)
+def test_multiframe_files_orthanc_transcodes(
+    stack: RunningStack, orthanc: Orthanc, tmp_path: Path, kind: str, syntax: str
+) -> None:
+    """DCMTK's encapsulation of a multi-frame image (Orthanc's `Transcode`: an empty Basic Offset Table, one
+    fragment a frame): every frame is the file's own, pydicom's frame of the encapsulated Pixel Data or its decoded
+    pixels in little endian, and a middle frame is rendered."""
+    put = requests.post(f"{orthanc.url}/instances", data=multiframe(kind), timeout=60)
+    assert put.status_code == 200, put.text
+    blob = modified(orthanc, put.json()["ID"], {"Transcode": TRANSCODED[syntax], "Force": True})
+    ds = pydicom.dcmread(io.BytesIO(blob))
+    assert stow_ours(stack, tmp_path, [blob]).status_code == 200
+    url = instance_url(stack, ds)
+    compressed = ds.file_meta.TransferSyntaxUID.is_compressed
+    expected = (
+        list(generate_frames(ds.PixelData, number_of_frames=4))
+        if compressed
+        else [frame.astype(frame.dtype.newbyteorder("<")).tobytes() for frame in ds.pixel_array]
+    )
+    answer = get(stack, f"{url}/frames/1,2,3,4", "*/*")
+    assert answer.status_code == 200
+    assert [body for _, body in parse_multipart(answer)] == expected
+    rendered = get(stack, f"{url}/frames/3/rendered", "image/png")
+    assert (rendered.status_code, rendered.headers["Content-Type"]) == (200, "image/png")
+    assert Image.open(io.BytesIO(rendered.content)).size == (ds.Columns, ds.Rows)
+
+
 def stored_pdf(stack: RunningStack, orthanc: Orthanc, folder: Path, syntax: str) -> pydicom.Dataset:
     """An Encapsulated PDF `/tools/create-dicom` made of PDF, stored by Orthanc's STOW client as created, or
     by ours `Transcode`d to ``syntax``."""
