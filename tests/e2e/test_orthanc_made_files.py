@@ -218,6 +218,33 @@ def test_images_orthanc_creates_and_stores_by_its_stow_client(
         assert np.array_equal(np.asarray(image), ds.pixel_array)
 
 
+def test_a_content_array_makes_a_series_stored_whole(stack: RunningStack, orthanc: Orthanc) -> None:
+    """Several "Content" entries make one instance each, in one new series (Orthanc 1.10 makes no multi-frame
+    image of them): Orthanc's STOW client stores the series, QIDO lists its instances in order, each frame is
+    pydicom's pixels of that instance."""
+    body = {
+        "Tags": {"PatientID": "ORTHANC-SERIES", "SOPClassUID": SECONDARY_CAPTURE, "Modality": "OT"},
+        "Content": [{"Content": png(kind)} for kind in ("gray8", "rgb", "gray16")],
+    }
+    answer = orthanc.post("/tools/create-dicom", body)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["Path"] == f"/series/{answer.json()['ID']}"
+    instances = orthanc.get(f"/series/{answer.json()['ID']}/instances").json()
+    assert len(instances) == 3
+    stow_by_orthanc(orthanc, [answer.json()["ID"]], 3)
+    written = [pydicom.dcmread(io.BytesIO(file_of(orthanc, instance["ID"]))) for instance in instances]
+    series = {(ds.StudyInstanceUID, ds.SeriesInstanceUID) for ds in written}
+    [(study, series_uid)] = series
+    listed = get(stack, f"{stack.url}/dicomweb/studies/{study}/series/{series_uid}/instances", "application/dicom+json")
+    assert sorted(match["00080018"]["Value"][0] for match in listed.json()) == sorted(
+        ds.SOPInstanceUID for ds in written
+    )
+    for ds in written:
+        frame = get(stack, f"{instance_url(stack, ds)}/frames/1", "application/octet-stream")
+        assert frame.status_code == 200
+        assert frame.content == ds.pixel_array.astype(ds.pixel_array.dtype.newbyteorder("<")).tobytes()
+
+
 @pytest.mark.parametrize(
     ("charset", "name", "description"),
     [
