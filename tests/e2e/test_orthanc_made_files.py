@@ -306,7 +306,17 @@ def test_files_orthanc_transcodes(
         assert frame.content == ds.pixel_array.astype(ds.pixel_array.dtype.newbyteorder("<")).tobytes()
     rendered = get(stack, f"{url}/rendered", "image/png")
     assert (rendered.status_code, rendered.headers["Content-Type"]) == (200, "image/png")
-    assert Image.open(io.BytesIO(rendered.content)).size == (ds.Columns, ds.Rows)
+    image = Image.open(io.BytesIO(rendered.content))
+    assert image.size == (ds.Columns, ds.Rows)
+    if kind == "rgb":
+        # colour has no window: the pixels Orthanc decodes of the same file (pydicom has no JPEG Lossless decoder
+        # here), YBR_FULL_422 of JPEG baseline included
+        put = requests.post(f"{orthanc.url}/instances", data=blob, timeout=60)
+        assert put.status_code == 200, put.text
+        preview = requests.get(
+            f"{orthanc.url}/instances/{put.json()['ID']}/frames/0/preview", headers={"Accept": "image/png"}, timeout=60
+        )
+        assert np.array_equal(np.asarray(image), np.asarray(Image.open(io.BytesIO(preview.content)).convert("RGB")))
     found = get(stack, f"{stack.url}/dicomweb/instances?SOPInstanceUID={ds.SOPInstanceUID}", "application/dicom+json")
     assert [match["00080018"]["Value"] for match in found.json()] == [[ds.SOPInstanceUID]]
 
