@@ -676,8 +676,9 @@ class Planner:
 
     def _document_type(self, instance: CachedInstance, path: str) -> str:
         """The media type an Encapsulated Document's bulkdata is also served as: its MIME Type of Encapsulated
-        Document (0042,0012) when that is one of DOCUMENT_MEDIA_TYPES (PS3.18 8.7.3.3.2 serves a document's bulk
-        data in its own media type; Orthanc's /tools/create-dicom and any PDF-to-DICOM tool write one), else ""."""
+        Document (0042,0012) when that is one of DOCUMENT_MEDIA_TYPES (a client asks for the document as what it
+        is: OHIF's `?accept=application/pdf`; Orthanc's /tools/create-dicom and PDF-to-DICOM tools write one), else
+        ""."""
         if path != DOCUMENT_PATH or self._load_metadata is None:
             return ""
         element = self._load_metadata(instance.ids.sop).get("00420012")

@@ -415,7 +415,7 @@ def test_an_encapsulated_pdf_is_its_bulkdata_as_application_pdf_fixed(
     """`/tools/create-dicom` with a PDF data URI makes an Encapsulated PDF. Its metadata's BulkDataURI answered
     only application/octet-stream: `Accept: application/pdf` (OHIF's `?accept=application/pdf` too) was a JSON 406,
     and the default was `multipart/related; type="application/octet-stream"`. The document is its own media type
-    now, as `/rendered` already served it (PS3.18 8.7.3.3.2); octet-stream is still served when asked."""
+    now, as `/rendered` already served it; octet-stream is still served when asked."""
     ds = stored_pdf(stack, orthanc, tmp_path, syntax)
     document = bytes(ds.EncapsulatedDocument)
     url = instance_url(stack, ds)
