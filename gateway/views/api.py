@@ -197,6 +197,10 @@ def set_session_cookie(response: WerkzeugResponse, token: str, claims: Claims) -
         secure=settings.tls,
         httponly=True,
         samesite=settings.cookie_samesite,
+        # SameSite=None is for a portal's cross-site iframe, where browsers that block third-party cookies (Chromium
+        # by default, Safari, Firefox's strict mode) drop an unpartitioned cookie: the viewer then had no credential.
+        # Partitioned (CHIPS) keeps it, for this gateway under that portal's site only.
+        partitioned=settings.cookie_samesite == "None",
     )
 
 

@@ -1,0 +1,176 @@
+"""Tokens, cookies and the browser as portals and mobile WebViews use them (session 22, real Chromium, real stack).
+
+A portal on another origin embeds the viewer in an iframe or calls DICOMweb with ``fetch()``; a WebView trades its
+URL token for the session cookie. What those clients can read and keep is the browser's decision, so it is the
+browser that judges here: a cross-site iframe's cookie (third-party cookie rules), the JSON error and the challenge
+of a refused ``fetch()`` (CORS on every answer), hostile tokens and path tricks, which must all fail closed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+import requests
+
+from gateway.dicomweb.multipart import encode_multipart
+from gateway.tools.stack import own_certificate
+from gateway.tools.synth import make_series
+from tests.e2e.conftest import uids_of
+from tests.e2e.harness import RunningStack, start_stack
+from tests.e2e.test_viewer import (  # noqa: F401 - browser is a fixture
+    ARTIFACTS,
+    NetworkLog,
+    Portal,
+    browser,
+    open_page,
+)
+
+pytestmark = pytest.mark.browser
+
+CHALLENGE = 'Bearer realm="dicom-gateway"'
+INVALID = 'Bearer realm="dicom-gateway", error="invalid_token"'
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Two small studies: the token's (CT) and another patient's (MR)."""
+    base = tmp_path_factory.mktemp("token-clients-data")
+    ct = make_series(base / "ct", modality="CT", slices=3, seed=41, clean=True)
+    mr = make_series(base / "mr", modality="MR", slices=2, seed=42, clean=True)
+    return {"files": [*ct, *mr], "ct": uids_of(ct[0]), "mr": uids_of(mr[0])}
+
+
+@pytest.fixture(scope="module")
+def portal() -> Iterator[Portal]:
+    server = Portal()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def store(running: RunningStack, files: list[Path]) -> None:
+    body = encode_multipart(files)
+    with own_certificate():
+        answer = requests.post(
+            f"{running.url}/dicomweb/studies",
+            data=body,
+            headers={"Content-Type": body.content_type, "Accept": "application/dicom+json", **running.api_headers},
+            timeout=120,
+            verify=False,  # noqa: S501 - the stack's own self-signed certificate
+        )
+    assert answer.status_code == 200, answer.text
+
+
+def issue(running: RunningStack, studies: list[str], **body: Any) -> dict[str, Any]:
+    with own_certificate():
+        answer = requests.post(
+            f"{running.url}/api/v1/tokens",
+            json={"sub": "portal-user", "studies": studies, **body},
+            headers=running.api_headers,
+            timeout=30,
+            verify=False,  # noqa: S501 - the stack's own self-signed certificate
+        )
+    assert answer.status_code == 201, answer.text
+    result: dict[str, Any] = answer.json()
+    return result
+
+
+@pytest.fixture(scope="module")
+def plain(
+    tmp_path_factory: pytest.TempPathFactory, data: dict[str, Any], portal: Portal
+) -> Iterator[RunningStack]:
+    """Plain HTTP, the portal's origin allowed to call DICOMweb and to frame the viewer."""
+    running = start_stack(
+        tmp_path_factory.mktemp("token-clients-plain"),
+        "file",
+        None,
+        DICOMGW_CORS_ORIGINS=portal.origin,
+        DICOMGW_FRAME_ANCESTORS=portal.origin,
+    )
+    try:
+        store(running, data["files"])
+        yield running
+    finally:
+        running.stack.stop()
+
+
+@pytest.fixture(scope="module")
+def secure(
+    tmp_path_factory: pytest.TempPathFactory, data: dict[str, Any], portal: Portal
+) -> Iterator[RunningStack]:
+    """TLS with ``DICOMGW_COOKIE_SAMESITE=None``: the README's set-up for a portal's cross-site iframe."""
+    running = start_stack(
+        tmp_path_factory.mktemp("token-clients-tls"),
+        "file",
+        None,
+        tls=True,
+        DICOMGW_COOKIE_SAMESITE="None",
+        DICOMGW_CORS_ORIGINS=portal.origin,
+        DICOMGW_FRAME_ANCESTORS=portal.origin,
+    )
+    try:
+        store(running, data["files"])
+        yield running
+    finally:
+        running.stack.stop()
+
+
+def cookie_attributes(set_cookie: str) -> tuple[str, set[str]]:
+    """``name=value`` and the attributes a Set-Cookie names, without the two that change with the clock."""
+    first, *rest = [part.strip() for part in set_cookie.split(";")]
+    return first, {part for part in rest if not part.startswith(("Expires=", "Max-Age="))}
+
+
+# -- a portal's cross-site iframe keeps the session cookie ---------------------------------------------------------
+
+
+def test_a_cross_site_iframe_keeps_its_session_cookie_partitioned(
+    secure: RunningStack, data: dict[str, Any], portal: Portal, browser: Any  # noqa: F811 - the fixture
+) -> None:
+    """The README's cross-site iframe set-up (TLS, ``DICOMGW_COOKIE_SAMESITE=None``): the portal frames
+    ``/api/v1/session?token=...&next=/viewer/#study=...`` and the viewer then reads with the cookie alone. Chromium
+    blocks third-party cookies, so the unpartitioned cookie was dropped and the viewer said "Open the study again
+    from your portal" (no credential at all). The cookie is now Partitioned (CHIPS): kept for the gateway under
+    this portal only, renewed there by the viewer's ``{}`` renewal."""
+    study = data["ct"][0]
+    issued = issue(secure, [study], ttl=10, session_max=60)
+    # the gateway by its address: a site other than the portal's (localhost) whatever the schemes
+    gateway = secure.url.replace("://localhost:", "://127.0.0.1:")
+    session_url = f"{gateway}/api/v1/session?token={issued['token']}&next=" + quote(f"/viewer/#study={study}", safe="")
+
+    with own_certificate():
+        answer = requests.get(session_url, allow_redirects=False, timeout=10, verify=False)  # noqa: S501
+    assert answer.status_code == 303
+    assert answer.headers["Location"] == f"/viewer/#study={study}"
+    pair, attributes = cookie_attributes(answer.headers["Set-Cookie"])
+    assert pair == f"__Host-dicomgw_token={issued['token']}"
+    assert attributes == {"Secure", "HttpOnly", "Path=/", "SameSite=None", "Partitioned"}
+
+    portal.html = (
+        '<!doctype html><html><body><iframe id="viewer" referrerpolicy="no-referrer" '
+        f'style="width:900px;height:600px;border:0" src="{session_url}"></iframe></body></html>'
+    )
+    page = open_page(browser, NetworkLog(), ignore_https_errors=True)
+    try:
+        # the viewer renews at once on load ({} to /api/v1/tokens/renew: the cookie flow), which sets a new cookie
+        with page.expect_response(lambda r: r.url == f"{gateway}/api/v1/tokens/renew") as renewal:
+            page.goto(f"{portal.origin}/patient")
+        frame = page.frame_locator("#viewer")
+        frame.locator("#viewport[data-state=ready], #error:not([hidden])").first.wait_for()
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "token-clients-iframe-cookie.png"))
+        assert frame.locator("#error").get_attribute("data-kind") is None, "the viewer showed its error screen"
+        assert frame.locator("#viewport").get_attribute("data-state") == "ready"
+        assert renewal.value.status == 200
+        jar = [c for c in page.context.cookies() if c["name"] == "__Host-dicomgw_token"]
+        assert [(c.get("partitionKey"), c["sameSite"], c["secure"], c["httpOnly"]) for c in jar] == [
+            (portal.origin.rsplit(":", 1)[0], "None", True, True)
+        ]
+        assert jar[0]["value"] != issued["token"]  # the renewed token replaced the first in the partition
+    finally:
+        page.context.close()
