@@ -62,11 +62,23 @@ class MalformedMultipart(BadRequest):
     code = "malformed_multipart"
 
 
+# The challenge of every 401 (RFC 9110 15.5.2: a 401 MUST carry one; RFC 6750 3: Bearer, and ``invalid_token`` when a
+# token was presented but is bad). A client's HTTP stack (OkHttp's Authenticator, Java's and .NET's handlers, an
+# OIDC library) reads it to tell "renew the token" from any other failure. NGINX's own 401 sends the same
+# (``$dgw_challenge``, nginx/templates/dicomgw.conf.template).
+BEARER_CHALLENGE = 'Bearer realm="dicom-gateway"'
+INVALID_TOKEN_CHALLENGE = BEARER_CHALLENGE + ', error="invalid_token"'
+
+
 class Unauthorized(GatewayError):
     """No credential, or one that does not verify (bad signature, expired, revoked)."""
 
     status = 401
     code = "unauthorized"
+    challenge: ClassVar[str] = BEARER_CHALLENGE
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [("WWW-Authenticate", self.challenge)]
 
 
 class TokenMissing(Unauthorized):
@@ -75,6 +87,7 @@ class TokenMissing(Unauthorized):
 
 class TokenInvalid(Unauthorized):
     code = "token_invalid"
+    challenge = INVALID_TOKEN_CHALLENGE
 
 
 class TokenUnrecognised(TokenInvalid):

@@ -8,6 +8,7 @@ of a refused ``fetch()`` (CORS on every answer), hostile tokens and path tricks,
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -174,3 +175,100 @@ def test_a_cross_site_iframe_keeps_its_session_cookie_partitioned(
         assert jar[0]["value"] != issued["token"]  # the renewed token replaced the first in the partition
     finally:
         page.context.close()
+
+
+# -- a portal's fetch() reads every answer: the JSON, and on a 401 the challenge -----------------------------------
+
+FETCH_ALL = """async (requests) => {
+  const out = [];
+  for (const [name, url] of requests) {
+    const answer = await fetch(url, {headers: {Accept: 'application/dicom+json'}, cache: 'no-store'});
+    out.push({name, status: answer.status, type: answer.headers.get('content-type'),
+              challenge: answer.headers.get('www-authenticate'), body: await answer.text()});
+  }
+  return out;
+}"""
+
+
+def test_a_portal_fetch_reads_each_refusal_its_json_and_challenge(
+    plain: RunningStack, data: dict[str, Any], portal: Portal, browser: Any  # noqa: F811 - the fixture
+) -> None:
+    """A portal page on another origin calls DICOMweb with ``fetch()``, the token in the path or the query: no
+    preflight, and every answer readable (CORS on the 200 and on each refusal), so the page can tell the user why.
+    A 401 had no ``WWW-Authenticate`` at all (RFC 9110 15.5.2 requires one), so a client could not tell from the
+    protocol that the token needs renewing; it now names the Bearer challenge, with ``error="invalid_token"``
+    when a token was presented (RFC 6750 3), and CORS exposes it."""
+    ct, mr = data["ct"][0], data["mr"][0]
+    token = issue(plain, [ct])["token"]
+    forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+    root = f"{plain.url}/t/{token}/dicomweb"
+    asked = [
+        ("path", f"{root}/studies/{ct}/series"),
+        ("query", f"{plain.url}/dicomweb/studies/{ct}/series?token={token}"),
+        ("missing", f"{plain.url}/dicomweb/studies/{ct}/series"),
+        ("forged", f"{plain.url}/t/{forged}/dicomweb/studies/{ct}/series"),
+        ("other study", f"{root}/studies/{mr}/series"),
+        # the browser's URL parser resolves the encoded dot segment before sending: the other study, refused
+        ("dot segment", f"{root}/studies/{ct}/%2e%2e/{mr}/series"),
+        ("no such series", f"{root}/studies/{ct}/series/1.2.3/metadata"),
+    ]
+    portal.html = "<!doctype html><title>portal</title>"
+    log = NetworkLog()
+    page = open_page(browser, log)
+    try:
+        page.goto(f"{portal.origin}/patient")
+        answers = {a["name"]: a for a in page.evaluate(FETCH_ALL, asked)}
+    finally:
+        page.context.close()
+    assert [url for method, url, kind in log.wire if method == "OPTIONS" or kind == "Preflight"] == []
+
+    for name in ("path", "query"):
+        assert (answers[name]["status"], answers[name]["type"], answers[name]["challenge"]) == (
+            200,
+            "application/dicom+json",
+            None,
+        )
+        assert [study["0020000D"]["Value"] for study in json.loads(answers[name]["body"])] == [[ct]]
+    refused = {
+        name: (a["status"], a["type"], a["challenge"], a["body"]) for name, a in answers.items() if a["status"] != 200
+    }
+    assert refused == {
+        "missing": (401, "application/json", CHALLENGE, '{"error":"unauthorized","detail":"token_missing"}'),
+        "forged": (401, "application/json", INVALID, '{"error":"unauthorized","detail":"token_invalid"}'),
+        "other study": (403, "application/json", None, '{"error":"forbidden","detail":"out_of_scope"}'),
+        "dot segment": (403, "application/json", None, '{"error":"forbidden","detail":"out_of_scope"}'),
+        "no such series": (404, "application/json", None, '{"error": "not_found", "detail": "no instances"}'),
+    }
+
+
+def test_every_401_the_gateway_answers_carries_the_challenge(plain: RunningStack, data: dict[str, Any]) -> None:
+    """NGINX's 401s (the auth step) and Python's (renewal, the cookie exchange, the API key) alike: the Bearer
+    challenge, ``invalid_token`` for a token that was presented, the JSON body unchanged. A 403 carries none."""
+    ct = data["ct"][0]
+    token = issue(plain, [ct])["token"]
+    forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+    series = f"/dicomweb/studies/{ct}/series"
+    renew = f"{plain.url}/api/v1/tokens/renew"
+    answers = {
+        "nginx, none": requests.get(plain.url + series, timeout=10),
+        "nginx, query": requests.get(f"{plain.url}{series}?token={forged}", timeout=10),
+        "nginx, cookie": requests.get(plain.url + series, headers={"Cookie": f"dicomgw_token={forged}"}, timeout=10),
+        "nginx, bearer": requests.get(plain.url + series, headers={"Authorization": "Bearer None"}, timeout=10),
+        "renew, none": requests.post(renew, json={}, timeout=10),
+        "renew, forged": requests.post(renew, json={"token": forged}, timeout=10),
+        "session, forged": requests.get(f"{plain.url}/api/v1/session?token={forged}", timeout=10),
+        "api, no key": requests.post(f"{plain.url}/api/v1/tokens", json={"sub": "x", "studies": [ct]}, timeout=10),
+    }
+    seen = {name: (a.status_code, a.headers.get("WWW-Authenticate"), a.json()["error"]) for name, a in answers.items()}
+    assert seen == {
+        "nginx, none": (401, CHALLENGE, "unauthorized"),
+        "nginx, query": (401, INVALID, "unauthorized"),
+        "nginx, cookie": (401, INVALID, "unauthorized"),
+        "nginx, bearer": (401, INVALID, "unauthorized"),
+        "renew, none": (401, CHALLENGE, "token_missing"),
+        "renew, forged": (401, INVALID, "token_invalid"),
+        "session, forged": (401, INVALID, "token_invalid"),
+        "api, no key": (401, CHALLENGE, "unauthorized"),
+    }
+    other = requests.get(f"{plain.url}/t/{token}/dicomweb/studies/{data['mr'][0]}/series", timeout=10)
+    assert (other.status_code, other.headers.get("WWW-Authenticate")) == (403, None)
