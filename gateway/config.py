@@ -283,12 +283,20 @@ def check_public_url(value: str) -> str:
     return value.rstrip("/")
 
 
+# An app's own scheme: the origin a mobile WebView sends from its bundled pages (iOS Capacitor's
+# ``capacitor://localhost``, Ionic's ``ionic://localhost``, Tauri's ``tauri://localhost``). ``file:`` pages send
+# ``Origin: null``, which no entry may allow (every sandboxed or opaque page sends it too).
+_APP_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
+
+
 def _origin(value: str) -> str:
     """One ``DICOMGW_CORS_ORIGINS`` entry: a browser origin, ``scheme://host[:port]``, exactly as browsers send it
-    (no path, no trailing slash, no ``*``: an entry that can never match was accepted silently)."""
+    (no path, no trailing slash, no ``*``: an entry that can never match was accepted silently). The scheme is
+    ``http``, ``https`` or an app's own (``_APP_SCHEME``)."""
     parts = urlsplit(value)
     if (
-        parts.scheme not in ("http", "https")
+        not _APP_SCHEME.fullmatch(parts.scheme)
+        or parts.scheme == "file"
         or not parts.hostname
         or "*" in value
         or value != f"{parts.scheme}://{parts.netloc}"

@@ -34,6 +34,7 @@ pytestmark = pytest.mark.browser
 
 CHALLENGE = 'Bearer realm="dicom-gateway"'
 INVALID = 'Bearer realm="dicom-gateway", error="invalid_token"'
+APP_ORIGIN = "capacitor://localhost"  # what WKWebView sends from a Capacitor app's bundled pages
 
 
 @pytest.fixture(scope="module")
@@ -85,12 +86,13 @@ def issue(running: RunningStack, studies: list[str], **body: Any) -> dict[str, A
 def plain(
     tmp_path_factory: pytest.TempPathFactory, data: dict[str, Any], portal: Portal
 ) -> Iterator[RunningStack]:
-    """Plain HTTP, the portal's origin allowed to call DICOMweb and to frame the viewer."""
+    """Plain HTTP, the portal's origin allowed to call DICOMweb and to frame the viewer, and an iOS app's WebView
+    (Capacitor's ``capacitor://localhost``) allowed to call DICOMweb."""
     running = start_stack(
         tmp_path_factory.mktemp("token-clients-plain"),
         "file",
         None,
-        DICOMGW_CORS_ORIGINS=portal.origin,
+        DICOMGW_CORS_ORIGINS=f"{portal.origin},{APP_ORIGIN}",
         DICOMGW_FRAME_ANCESTORS=portal.origin,
     )
     try:
@@ -119,6 +121,11 @@ def secure(
         yield running
     finally:
         running.stack.stop()
+
+
+def forge(token: str) -> str:
+    """The token with its signature's end changed: well formed, signed by no key."""
+    return token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
 
 
 def cookie_attributes(set_cookie: str) -> tuple[str, set[str]]:
@@ -200,7 +207,7 @@ def test_a_portal_fetch_reads_each_refusal_its_json_and_challenge(
     when a token was presented (RFC 6750 3), and CORS exposes it."""
     ct, mr = data["ct"][0], data["mr"][0]
     token = issue(plain, [ct])["token"]
-    forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+    forged = forge(token)
     root = f"{plain.url}/t/{token}/dicomweb"
     asked = [
         ("path", f"{root}/studies/{ct}/series"),
@@ -246,7 +253,7 @@ def test_every_401_the_gateway_answers_carries_the_challenge(plain: RunningStack
     challenge, ``invalid_token`` for a token that was presented, the JSON body unchanged. A 403 carries none."""
     ct = data["ct"][0]
     token = issue(plain, [ct])["token"]
-    forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+    forged = forge(token)
     series = f"/dicomweb/studies/{ct}/series"
     renew = f"{plain.url}/api/v1/tokens/renew"
     answers = {
@@ -272,3 +279,37 @@ def test_every_401_the_gateway_answers_carries_the_challenge(plain: RunningStack
     }
     other = requests.get(f"{plain.url}/t/{token}/dicomweb/studies/{data['mr'][0]}/series", timeout=10)
     assert (other.status_code, other.headers.get("WWW-Authenticate")) == (403, None)
+
+
+def test_an_app_webview_origin_may_call_dicomweb(plain: RunningStack, data: dict[str, Any]) -> None:
+    """A hybrid app's bundled page (iOS Capacitor: WKWebView sends ``Origin: capacitor://localhost``; Ionic's
+    ``ionic://localhost`` alike) calls DICOMweb with ``fetch()``. Such an origin in ``DICOMGW_CORS_ORIGINS`` was
+    refused at start-up (only http and https), so no app could be allowed at all; it is now an origin like any
+    other: echoed on the answer and on a refusal, its preflight allowed. ``Origin: null`` (a ``file:`` page, any
+    sandboxed one) is still never allowed."""
+    ct = data["ct"][0]
+    token = issue(plain, [ct])["token"]
+    url = f"{plain.url}/t/{token}/dicomweb/studies/{ct}/series"
+    accept = {"Accept": "application/dicom+json"}
+    read = requests.get(url, headers={**accept, "Origin": APP_ORIGIN}, timeout=10)
+    refused = requests.get(url.replace(token, forge(token)), headers={**accept, "Origin": APP_ORIGIN}, timeout=10)
+    preflight = requests.options(
+        f"{plain.url}/dicomweb/studies/{ct}/series",
+        headers={
+            "Origin": APP_ORIGIN,
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "authorization",
+        },
+        timeout=10,
+    )
+    opaque = requests.get(url, headers={**accept, "Origin": "null"}, timeout=10)
+    assert [(a.status_code, a.headers.get("Access-Control-Allow-Origin")) for a in (read, refused, preflight)] == [
+        (200, APP_ORIGIN),
+        (401, APP_ORIGIN),
+        (204, APP_ORIGIN),
+    ]
+    assert [a.headers.get("Access-Control-Allow-Credentials") for a in (read, refused, preflight)] == ["true"] * 3
+    assert "authorization" in preflight.headers["Access-Control-Allow-Headers"].lower()
+    assert [s["0020000D"]["Value"] for s in read.json()] == [[ct]]
+    assert refused.json() == {"error": "unauthorized", "detail": "token_invalid"}
+    assert (opaque.status_code, opaque.headers.get("Access-Control-Allow-Origin")) == (200, None)
