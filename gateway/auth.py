@@ -326,6 +326,16 @@ class Authorizer:
         return claims
 
 
+def decision_lifetime(expires_at: int, now: int, cached_for: int) -> int | None:
+    """How long NGINX may keep a decision allowing a credential that expires at ``expires_at`` (``X-Accel-Expires``),
+    or None when its own ``DICOMGW_AUTH_CACHE_SECONDS`` (``cached_for``) ends first. Kept for that long, a decision
+    made in a token's last seconds let frames, bulkdata and metadata be read with it up to that long after its
+    expiry. NGINX counts whole seconds and may read the next one when it stores the decision: two seconds spare
+    (0: not kept at all)."""
+    left = expires_at - now - 2
+    return None if left >= cached_for else max(left, 0)
+
+
 def intersect(granted: list[Claims]) -> Claims:
     """What every one of several credentials allows: the narrowest scope, the common actions, the earliest expiry.
     The audit headers name them all (``sub`` and ``jti`` hold no spaces, so a space separates them)."""

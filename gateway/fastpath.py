@@ -15,13 +15,14 @@ The ``/t/{token}`` path prefix is removed before Flask sees a path, so Flask rou
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from werkzeug.http import parse_etags
 
 from gateway import nginx_contract as nginx
-from gateway.auth import Authorizer
+from gateway.auth import Authorizer, decision_lifetime
 from gateway.dicomweb.paths import split_token
 from gateway.dicomweb.wado import Planner
 from gateway.errors import GatewayError, PreconditionFailed, to_auth_answer, to_response
@@ -32,6 +33,8 @@ _PLAN_PREFIX = nginx.PLAN + "/"
 _BLOCK_PREFIX = nginx.BLOCK + "/"
 _CONVERTED_PREFIX = nginx.CONVERTED + "/"
 _RANGE_KEY = nginx.environ_key(nginx.RANGE)
+_AUTH_CACHE_KEY = nginx.environ_key(nginx.AUTH_CACHE)
+DEFAULT_AUTH_CACHE = 2  # DICOMGW_AUTH_CACHE_SECONDS when NGINX does not say (the template always does)
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -112,16 +115,21 @@ class FastPath:
             return [b""]
         claims = decision.claims
         AUTH_DECISIONS.labels("204").inc()
-        start_response(
-            _status(204),
-            [
-                (nginx.SUB, claims.sub),
-                (nginx.JTI, claims.jti),
-                (nginx.STUDY, decision.study),
-                (nginx.GENERATION, str(generation)),
-                (nginx.VIA, decision.via),
-            ],
+        headers = [
+            (nginx.SUB, claims.sub),
+            (nginx.JTI, claims.jti),
+            (nginx.STUDY, decision.study),
+            (nginx.GENERATION, str(generation)),
+            (nginx.VIA, decision.via),
+        ]
+        # a decision never outlives the credential it allows (NGINX would serve reads with it after the expiry)
+        cached_for = environ.get(_AUTH_CACHE_KEY, "")
+        lifetime = decision_lifetime(
+            claims.expires_at, int(time.time()), int(cached_for) if cached_for.isdigit() else DEFAULT_AUTH_CACHE
         )
+        if lifetime is not None:
+            headers.append(("X-Accel-Expires", str(lifetime)))
+        start_response(_status(204), headers)
         return [b""]
 
     def plan(

@@ -36,6 +36,7 @@ BLOCK_OFFSET_DIGITS = 8  # width of a block plan's line offsets; njs/dgw_frames.
 
 # NGINX -> Python (set only by the byte-serving locations; cleared on every other proxied request).
 RANGE = "X-Dgw-Range"  # the client's Range, blank with If-Range (NGINX blanks Range itself towards a cached upstream)
+AUTH_CACHE = "X-Dgw-Auth-Cache"  # (/_auth only) how many seconds NGINX keeps a decision: DICOMGW_AUTH_CACHE_SECONDS
 
 # Python -> NGINX (read by auth_request_set / $upstream_http_*; hidden from the client or turned into headers).
 SUB = "X-Dgw-Sub"  # the decision's subject, for the audit log
@@ -50,7 +51,7 @@ BLOCK_CACHE = "X-Dgw-Block"  # (from njs) whether the block plan a frame's plan 
 # not cached
 CACHE_FULL = "X-Dgw-Cache-Full"
 
-TO_PYTHON = (RANGE,)
+TO_PYTHON = (RANGE, AUTH_CACHE)
 FROM_PYTHON = (SUB, JTI, STUDY, VIA, ERROR, ACCEPT_RANGES, GENERATION, BLOCK_CACHE, CACHE_FULL)
 LOCATIONS = (AUTH, PLAN, FRAME, BLOCK, SEGMENT, WHOLE_SEGMENT, FILE, OBJECT, CONVERTED, ERROR_PAGE)
 

@@ -9,7 +9,9 @@ of a refused ``fetch()`` (CORS on every answer), hostile tokens and path tricks,
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -313,3 +315,43 @@ def test_an_app_webview_origin_may_call_dicomweb(plain: RunningStack, data: dict
     assert [s["0020000D"]["Value"] for s in read.json()] == [[ct]]
     assert refused.json() == {"error": "unauthorized", "detail": "token_invalid"}
     assert (opaque.status_code, opaque.headers.get("Access-Control-Allow-Origin")) == (200, None)
+
+
+# -- a token's expiry is its end, whatever NGINX keeps --------------------------------------------------------------
+
+
+def epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def wait_until(moment: float) -> None:
+    """Wait out a documented instant (a token's expiry): explicit, never a guess."""
+    time.sleep(max(0.0, moment - time.time()))
+
+
+def test_an_expired_token_reads_nothing_with_a_decision_nginx_kept(plain: RunningStack, data: dict[str, Any]) -> None:
+    """A viewer reading frames while its token runs out: NGINX keeps each allowing decision
+    ``DICOMGW_AUTH_CACHE_SECONDS`` (2 s) per token and series, so a frame read in the token's last second let every
+    read of that series (frames, bulkdata, metadata, rendered) go on for up to two seconds after the expiry. The
+    decision now lives no longer than its credential: the first read after the expiry is the 401
+    ``token_expired``."""
+    study, series, sop = data["ct"]
+    issued = issue(plain, [study], ttl=3)
+    expiry = epoch(issued["expires_at"])
+    root = f"{plain.url}/t/{issued['token']}/dicomweb/studies/{study}/series/{series}"
+    reads = {
+        "frame": (f"{root}/instances/{sop}/frames/1", "multipart/related; type=application/octet-stream"),
+        "bulkdata": (f"{root}/instances/{sop}/bulkdata/7FE00010", "application/octet-stream"),
+        "metadata": (f"{root}/metadata", "application/dicom+json"),
+        "rendered": (f"{root}/instances/{sop}/rendered", "image/jpeg"),
+    }
+    wait_until(expiry - 1.0)  # the token's last second: this read's decision is kept
+    before = requests.get(reads["frame"][0], headers={"Accept": reads["frame"][1]}, timeout=10)
+    assert before.status_code == 200
+    wait_until(expiry + 0.3)
+    after = {
+        name: requests.get(url, headers={"Accept": accept}, timeout=10) for name, (url, accept) in reads.items()
+    }
+    assert {name: (a.status_code, a.headers.get("WWW-Authenticate"), a.content) for name, a in after.items()} == {
+        name: (401, INVALID, b'{"error":"unauthorized","detail":"token_expired"}') for name in reads
+    }
