@@ -9,12 +9,13 @@ of a refused ``fetch()`` (CORS on every answer), hostile tokens and path tricks,
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlparse
 
 import pytest
 import requests
@@ -355,3 +356,65 @@ def test_an_expired_token_reads_nothing_with_a_decision_nginx_kept(plain: Runnin
     assert {name: (a.status_code, a.headers.get("WWW-Authenticate"), a.content) for name, a in after.items()} == {
         name: (401, INVALID, b'{"error":"unauthorized","detail":"token_expired"}') for name in reads
     }
+
+
+# -- hostile tokens and path tricks fail closed, as JSON a portal's page can read -----------------------------------
+
+REFUSED_PATH = (400, '{"error":"bad_request","detail":"the request path is not canonical"}')
+OUT_OF_SCOPE = (403, '{"error":"forbidden","detail":"out_of_scope"}')
+INVALID_PATH = (403, '{"error":"forbidden","detail":"invalid_path"}')
+BAD_TOKEN = (401, '{"error":"unauthorized","detail":"token_invalid"}')
+
+
+def hostile_requests(token: str, study: str, other: str) -> list[tuple[str, bytes, dict[str, str], tuple[int, str]]]:
+    """(name, raw request target, headers, the refusal): each as a client sends it, never normalised on the way."""
+    root = f"/t/{token}/dicomweb"
+    plain = f"/dicomweb/studies/{study}/series"
+    return [
+        ("dot-dot to the other study", f"{root}/studies/{study}/../{other}/series".encode(), {}, REFUSED_PATH),
+        ("encoded dot-dot", f"{root}/studies/{study}/%2e%2e/{other}/series".encode(), {}, REFUSED_PATH),
+        ("encoded slash in the token", f"/t/{token[:20]}%2F{token[20:]}{plain}".encode(), {}, REFUSED_PATH),
+        ("empty segment", f"{root}/studies/{study}//series".encode(), {}, REFUSED_PATH),
+        ("matrix parameter", f"{root}/studies/{other};{study}/series".encode(), {}, INVALID_PATH),
+        ("other study, own as a parameter", f"{root}/studies/{other}/series?StudyInstanceUID={study}".encode(), {},
+         OUT_OF_SCOPE),
+        ("upper-case route", f"{root}/STUDIES/{other}/series".encode(), {}, OUT_OF_SCOPE),
+        ("trailing dot", f"{root}/studies/{study}./series".encode(), {}, INVALID_PATH),
+        ("raw UTF-8 token", f"/t/\u00e9{token}{plain}".encode(), {}, BAD_TOKEN),
+        ("20 KB token in the path", f"/t/{'A' * 20_000}{plain}".encode(), {}, BAD_TOKEN),
+        ("20 KB token in the query", f"{plain}?token={'A' * 20_000}".encode(), {}, BAD_TOKEN),
+        ("20 KB token in the cookie", plain.encode(), {"Cookie": f"dicomgw_token={'A' * 20_000}"}, BAD_TOKEN),
+        ("token twice in the query", f"{plain}?token={token}&token={token}".encode(), {}, BAD_TOKEN),
+        # an explicit credential decides alone: a cookie for the other study neither widens nor vetoes it
+        ("path token, other study's cookie", f"{root}/studies/{other}/series".encode(),
+         {"Cookie": f"dicomgw_token={token}"}, OUT_OF_SCOPE),
+    ]
+
+
+def raw_request(running: RunningStack, target: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+    """A GET of ``target`` byte for byte (http.client and requests would encode or normalise it)."""
+    parsed = urlparse(running.url)
+    with socket.create_connection((parsed.hostname, parsed.port), timeout=10) as sock:
+        lines = [b"GET " + target + b" HTTP/1.1", f"Host: {parsed.netloc}".encode(), b"Connection: close",
+                 f"Origin: {APP_ORIGIN}".encode(), b"Accept: application/dicom+json"]
+        lines += [f"{name}: {value}".encode() for name, value in headers.items()]
+        sock.sendall(b"\r\n".join(lines) + b"\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *fields = head.decode("latin-1").split("\r\n")
+    parsed_headers = {name.lower(): value.strip() for name, _, value in (f.partition(":") for f in fields)}
+    return int(status_line.split()[1]), parsed_headers, body
+
+
+def test_hostile_tokens_and_path_tricks_fail_closed_as_readable_json(plain: RunningStack, data: dict[str, Any]) -> None:
+    """A token for study A used for study B by path tricks, hostile tokens in each transport: every one a refusal
+    (never the other study, never a 5xx), JSON with CORS so the page that sent it can read why."""
+    study, other = data["ct"][0], data["mr"][0]
+    token = issue(plain, [study])["token"]
+    for name, target, headers, (status, body) in hostile_requests(token, study, other):
+        got_status, got_headers, got_body = raw_request(plain, target, headers)
+        assert (got_status, got_body.decode()) == (status, body), name
+        assert got_headers["content-type"] == "application/json", name
+        assert got_headers.get("access-control-allow-origin") == APP_ORIGIN, name
