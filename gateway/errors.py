@@ -62,6 +62,13 @@ class MalformedMultipart(BadRequest):
     code = "malformed_multipart"
 
 
+class CookieNotKept(BadRequest):
+    """The cookie exchange asked for where the browser will not keep the cookie (a cross-site iframe, unless the
+    cookie is ``SameSite=None``): the viewer behind it would have no credential at all."""
+
+    code = "cookie_not_kept"
+
+
 # The challenge of every 401 (RFC 9110 15.5.2: a 401 MUST carry one; RFC 6750 3: Bearer, and ``invalid_token`` when a
 # token was presented but is bad). A client's HTTP stack (OkHttp's Authenticator, Java's and .NET's handlers, an
 # OIDC library) reads it to tell "renew the token" from any other failure. NGINX's own 401 sends the same

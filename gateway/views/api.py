@@ -11,7 +11,7 @@ from flask import Blueprint, Response, jsonify, redirect, request
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from gateway.auth import cookie_name, cookie_token
-from gateway.errors import BadRequest, InvalidPath, NotFound, TokenMissing, TokenRevoked
+from gateway.errors import BadRequest, CookieNotKept, InvalidPath, NotFound, TokenMissing, TokenRevoked
 from gateway.lifecycle import check_reason, summary
 from gateway.numbers import parse_int
 from gateway.phi.deidentify import identifier_digest
@@ -177,10 +177,26 @@ def session() -> WerkzeugResponse:
     revoked = srv.authorizer.revoked()
     if claims.jti in revoked or (claims.session is not None and claims.session in revoked):
         raise TokenRevoked("token revoked")
+    if srv.settings.cookie_samesite != "None" and cross_site_frame():
+        raise CookieNotKept(
+            f"a cross-site iframe does not keep this gateway's SameSite={srv.settings.cookie_samesite} cookie, so the "
+            "page would have no credential: embed /viewer/#study=...&token=... instead, or serve the gateway over TLS "
+            "with DICOMGW_COOKIE_SAMESITE=None"
+        )
     response = redirect(target, code=303)
     set_session_cookie(response, token, claims)
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+def cross_site_frame() -> bool:
+    """Whether the browser loads this answer into a frame of another site (Fetch Metadata: every current browser
+    sends it). There a SameSite=Lax or Strict cookie is dropped on arrival, and the viewer the exchange redirects to
+    said "Open the study again from your portal", which the portal could only do again, to the same end."""
+    return request.headers.get("Sec-Fetch-Site") == "cross-site" and request.headers.get("Sec-Fetch-Dest") in (
+        "iframe",
+        "frame",
+    )
 
 
 def set_session_cookie(response: WerkzeugResponse, token: str, claims: Claims) -> None:

@@ -418,3 +418,52 @@ def test_hostile_tokens_and_path_tricks_fail_closed_as_readable_json(plain: Runn
         assert (got_status, got_body.decode()) == (status, body), name
         assert got_headers["content-type"] == "application/json", name
         assert got_headers.get("access-control-allow-origin") == APP_ORIGIN, name
+
+
+# -- the cookie exchange where the browser would drop its cookie --------------------------------------------------
+
+NOT_KEPT = (
+    '{"error": "cookie_not_kept", "detail": "a cross-site iframe does not keep this gateway\'s SameSite=Lax cookie, '
+    "so the page would have no credential: embed /viewer/#study=...&token=... instead, or serve the gateway over TLS "
+    'with DICOMGW_COOKIE_SAMESITE=None"}'
+)
+
+
+def test_the_cookie_exchange_in_a_cross_site_iframe_over_http_says_why_it_cannot_work(
+    plain: RunningStack, data: dict[str, Any], portal: Portal, browser: Any  # noqa: F811 - the fixture
+) -> None:
+    """Over plain HTTP the cookie is SameSite=Lax, which a browser drops when it arrives in another site's iframe:
+    a portal framing ``/api/v1/session`` got a viewer saying "Open the study again from your portal", which the
+    portal can only do again, to the same end. The exchange now refuses there (Fetch Metadata tells it where its
+    answer goes) with a JSON 400 naming what works; a WebView's top-level page and a same-site frame still get
+    the cookie."""
+    study = data["ct"][0]
+    token = issue(plain, [study])["token"]
+    session_url = f"{plain.url}/api/v1/session?token={token}&next=" + quote(f"/viewer/#study={study}", safe="")
+    portal.html = (
+        '<!doctype html><html><body><iframe id="viewer" referrerpolicy="no-referrer" '
+        f'style="width:900px;height:600px;border:0" src="{session_url}"></iframe></body></html>'
+    )
+    page = open_page(browser, NetworkLog())
+    try:
+        with page.expect_response(lambda r: "/api/v1/session" in r.url) as exchange:
+            page.goto(f"{portal.origin}/patient")
+        assert (exchange.value.status, exchange.value.headers["content-type"]) == (400, "application/json")
+        assert exchange.value.text() == NOT_KEPT
+        assert page.context.cookies() == []
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "token-clients-iframe-lax-cookie.png"))
+    finally:
+        page.context.close()
+
+    def exchange_as(site: str, dest: str) -> requests.Response:
+        headers = {"Sec-Fetch-Site": site, "Sec-Fetch-Dest": dest, "Sec-Fetch-Mode": "navigate"}
+        return requests.get(session_url, headers=headers, allow_redirects=False, timeout=10)
+
+    refused = exchange_as("cross-site", "iframe")
+    assert (refused.status_code, refused.text, refused.headers.get("Set-Cookie")) == (400, NOT_KEPT, None)
+    for site, dest in (("none", "document"), ("cross-site", "document"), ("same-site", "iframe")):
+        kept = exchange_as(site, dest)
+        assert (kept.status_code, kept.headers["Location"]) == (303, f"/viewer/#study={study}"), (site, dest)
+        pair, attributes = cookie_attributes(kept.headers["Set-Cookie"])
+        assert (pair, attributes) == (f"dicomgw_token={token}", {"HttpOnly", "Path=/", "SameSite=Lax"})
