@@ -31,6 +31,7 @@ from tests.e2e.test_viewer import (  # noqa: F401 - browser is a fixture
     Portal,
     browser,
     open_page,
+    wait_ready,
 )
 
 pytestmark = pytest.mark.browser
@@ -42,11 +43,12 @@ APP_ORIGIN = "capacitor://localhost"  # what WKWebView sends from a Capacitor ap
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Two small studies: the token's (CT) and another patient's (MR)."""
+    """Two small studies: the token's (CT, two series) and another patient's (MR)."""
     base = tmp_path_factory.mktemp("token-clients-data")
     ct = make_series(base / "ct", modality="CT", slices=3, seed=41, clean=True)
+    ct_b = make_series(base / "ct-b", modality="CT", slices=2, seed=43, clean=True, study_uid=uids_of(ct[0])[0])
     mr = make_series(base / "mr", modality="MR", slices=2, seed=42, clean=True)
-    return {"files": [*ct, *mr], "ct": uids_of(ct[0]), "mr": uids_of(mr[0])}
+    return {"files": [*ct, *ct_b, *mr], "ct": uids_of(ct[0]), "ct_b": uids_of(ct_b[0]), "mr": uids_of(mr[0])}
 
 
 @pytest.fixture(scope="module")
@@ -238,7 +240,8 @@ def test_a_portal_fetch_reads_each_refusal_its_json_and_challenge(
             "application/dicom+json",
             None,
         )
-        assert [study["0020000D"]["Value"] for study in json.loads(answers[name]["body"])] == [[ct]]
+        listed = json.loads(answers[name]["body"])
+        assert sorted(series["0020000E"]["Value"][0] for series in listed) == sorted([data["ct"][1], data["ct_b"][1]])
     refused = {
         name: (a["status"], a["type"], a["challenge"], a["body"]) for name, a in answers.items() if a["status"] != 200
     }
@@ -313,7 +316,7 @@ def test_an_app_webview_origin_may_call_dicomweb(plain: RunningStack, data: dict
     ]
     assert [a.headers.get("Access-Control-Allow-Credentials") for a in (read, refused, preflight)] == ["true"] * 3
     assert "authorization" in preflight.headers["Access-Control-Allow-Headers"].lower()
-    assert [s["0020000D"]["Value"] for s in read.json()] == [[ct]]
+    assert sorted(s["0020000E"]["Value"][0] for s in read.json()) == sorted([data["ct"][1], data["ct_b"][1]])
     assert refused.json() == {"error": "unauthorized", "detail": "token_invalid"}
     assert (opaque.status_code, opaque.headers.get("Access-Control-Allow-Origin")) == (200, None)
 
@@ -356,6 +359,29 @@ def test_an_expired_token_reads_nothing_with_a_decision_nginx_kept(plain: Runnin
     assert {name: (a.status_code, a.headers.get("WWW-Authenticate"), a.content) for name, a in after.items()} == {
         name: (401, INVALID, b'{"error":"unauthorized","detail":"token_expired"}') for name in reads
     }
+
+
+def test_a_token_that_expires_while_the_viewer_is_open_shows_the_expired_screen(
+    plain: RunningStack, data: dict[str, Any], browser: Any  # noqa: F811 - the fixture
+) -> None:
+    """A link without a session (no ``session_max``) lives its own lifetime: the viewer keeps what it has shown,
+    and its next read after the expiry (opening the study's other series) shows "This link has expired", not a
+    black stage or a withdrawn link."""
+    study = data["ct"][0]
+    issued = issue(plain, [study], ttl=12)
+    page = open_page(browser, NetworkLog())
+    try:
+        page.goto(f"{plain.url}/viewer/#study={study}&token={issued['token']}")
+        wait_ready(page)
+        wait_until(epoch(issued["expires_at"]) + 0.5)
+        page.click(f"#series button[data-uid='{data['ct_b'][1]}']")
+        page.wait_for_selector("#error:not([hidden])")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "token-clients-expired-while-open.png"))
+        assert page.get_attribute("#error", "data-kind") == "expired"
+        assert page.inner_text("#error-title") == "This link has expired"
+    finally:
+        page.context.close()
 
 
 # -- hostile tokens and path tricks fail closed, as JSON a portal's page can read -----------------------------------
