@@ -205,6 +205,13 @@ def set_session_cookie(response: WerkzeugResponse, token: str, claims: Claims) -
     viewer can only show as a withdrawn link. An expired token opens nothing."""
     settings = services().settings
     end = claims.session_expires_at or claims.expires_at
+    partitioned = settings.cookie_samesite == "None"
+    if partitioned:
+        # an unpartitioned cookie of the same name (set before cookies were partitioned) is a cookie of its own
+        # to a browser, sent with this one and before it: the gateway reads the first, so it shadowed every new one
+        response.delete_cookie(
+            cookie_name(settings.tls), path="/", secure=settings.tls, httponly=True, samesite=settings.cookie_samesite
+        )
     response.set_cookie(
         cookie_name(settings.tls),
         token,
@@ -216,7 +223,7 @@ def set_session_cookie(response: WerkzeugResponse, token: str, claims: Claims) -
         # SameSite=None is for a portal's cross-site iframe, where browsers that block third-party cookies (Chromium
         # by default, Safari, Firefox's strict mode) drop an unpartitioned cookie: the viewer then had no credential.
         # Partitioned (CHIPS) keeps it, for this gateway under that portal's site only.
-        partitioned=settings.cookie_samesite == "None",
+        partitioned=partitioned,
     )
 
 

@@ -38,6 +38,11 @@ pytestmark = pytest.mark.browser
 
 CHALLENGE = 'Bearer realm="dicom-gateway"'
 INVALID = 'Bearer realm="dicom-gateway", error="invalid_token"'
+SECURE_COOKIE = "__Host-dicomgw_token"
+# the unpartitioned cookie of the same name, deleted as the partitioned one is set
+UNPARTITIONED_DELETED = (
+    "__Host-dicomgw_token=; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0; Secure; HttpOnly; Path=/; SameSite=None"
+)
 APP_ORIGIN = "capacitor://localhost"  # what WKWebView sends from a Capacitor app's bundled pages
 
 
@@ -160,8 +165,10 @@ def test_a_cross_site_iframe_keeps_its_session_cookie_partitioned(
         answer = requests.get(session_url, allow_redirects=False, timeout=10, verify=False)  # noqa: S501
     assert answer.status_code == 303
     assert answer.headers["Location"] == f"/viewer/#study={study}"
-    pair, attributes = cookie_attributes(answer.headers["Set-Cookie"])
-    assert pair == f"__Host-dicomgw_token={issued['token']}"
+    deleted, kept = answer.raw.headers.getlist("Set-Cookie")
+    assert deleted == UNPARTITIONED_DELETED
+    pair, attributes = cookie_attributes(kept)
+    assert pair == f"{SECURE_COOKIE}={issued['token']}"
     assert attributes == {"Secure", "HttpOnly", "Path=/", "SameSite=None", "Partitioned"}
 
     portal.html = (
@@ -180,7 +187,7 @@ def test_a_cross_site_iframe_keeps_its_session_cookie_partitioned(
         assert frame.locator("#error").get_attribute("data-kind") is None, "the viewer showed its error screen"
         assert frame.locator("#viewport").get_attribute("data-state") == "ready"
         assert renewal.value.status == 200
-        jar = [c for c in page.context.cookies() if c["name"] == "__Host-dicomgw_token"]
+        jar = [c for c in page.context.cookies() if c["name"] == SECURE_COOKIE]
         assert [(c.get("partitionKey"), c["sameSite"], c["secure"], c["httpOnly"]) for c in jar] == [
             (portal.origin.rsplit(":", 1)[0], "None", True, True)
         ]
@@ -493,3 +500,28 @@ def test_the_cookie_exchange_in_a_cross_site_iframe_over_http_says_why_it_cannot
         assert (kept.status_code, kept.headers["Location"]) == (303, f"/viewer/#study={study}"), (site, dest)
         pair, attributes = cookie_attributes(kept.headers["Set-Cookie"])
         assert (pair, attributes) == (f"dicomgw_token={token}", {"HttpOnly", "Path=/", "SameSite=Lax"})
+
+
+def test_a_cookie_from_before_the_partitioned_one_never_shadows_it(
+    secure: RunningStack, data: dict[str, Any], browser: Any  # noqa: F811 - the fixture
+) -> None:
+    """A WebView (top-level) that did the exchange before the cookie was ``Partitioned`` holds an unpartitioned
+    ``__Host-dicomgw_token``: a browser keeps the two apart and sends both, the older first, which the gateway
+    reads. A new exchange for another study then opened a viewer refused with the old study's token. The exchange
+    now deletes the unpartitioned cookie as it sets the partitioned one."""
+    study, other = data["ct"][0], data["mr"][0]
+    old = issue(secure, [other], ttl=600)["token"]
+    new = issue(secure, [study], ttl=600)["token"]
+    page = open_page(browser, NetworkLog(), ignore_https_errors=True)
+    try:
+        page.context.add_cookies(
+            [{"name": SECURE_COOKIE, "value": old, "url": secure.url + "/", "secure": True,
+              "httpOnly": True, "sameSite": "None"}]
+        )
+        page.goto(f"{secure.url}/api/v1/session?token={new}&next=" + quote(f"/viewer/#study={study}", safe=""))
+        page.locator("#viewport[data-state=ready], #error:not([hidden])").first.wait_for()
+        assert page.get_attribute("#error", "data-kind") is None, "the viewer showed its error screen"
+        jar = [(c["value"], c.get("partitionKey")) for c in page.context.cookies() if c["name"] == SECURE_COOKIE]
+        assert jar == [(new, "https://localhost")]
+    finally:
+        page.context.close()
