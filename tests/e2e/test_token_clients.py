@@ -525,3 +525,45 @@ def test_a_cookie_from_before_the_partitioned_one_never_shadows_it(
         assert jar == [(new, "https://localhost")]
     finally:
         page.context.close()
+
+
+IMAGES = """async (sources) => Promise.all(sources.map(([name, src]) => new Promise((resolve) => {
+  const img = new Image();
+  img.referrerPolicy = 'no-referrer';
+  img.onload = () => resolve([name, img.naturalWidth, img.naturalHeight]);
+  img.onerror = () => resolve([name, 0, 0]);
+  img.src = src;
+})))"""
+
+
+def test_a_portal_page_shows_rendered_images_by_img_src(
+    plain: RunningStack, data: dict[str, Any], portal: Portal, browser: Any  # noqa: F811 - the fixture
+) -> None:
+    """``<img src>`` on a portal page (another origin, no CORS involved): the rendered image, a frame's, the
+    thumbnail and WADO-URI's JPEG show with the token in the path or the query, at the image's size; another
+    study's image does not show at all."""
+    study, series, sop = data["ct"]
+    token = issue(plain, [study])["token"]
+    root = f"{plain.url}/t/{token}/dicomweb/studies/{study}/series/{series}"
+    other = "/".join(("", "studies", data["mr"][0], "series", data["mr"][1], "instances", data["mr"][2]))
+    wado = f"requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={sop}"
+    sources = [
+        ("rendered", f"{root}/instances/{sop}/rendered"),
+        ("rendered, query token", f"{plain.url}/dicomweb/studies/{study}/series/{series}/instances/{sop}/rendered"
+         f"?token={token}"),
+        ("frame rendered", f"{root}/instances/{sop}/frames/1/rendered"),
+        ("thumbnail", f"{root}/thumbnail"),
+        ("wado-uri", f"{plain.url}/t/{token}/dicomweb/wado?{wado}"),
+        ("other study", f"{plain.url}/t/{token}/dicomweb{other}/rendered"),
+    ]
+    portal.html = "<!doctype html><title>portal</title>"
+    page = open_page(browser, NetworkLog())
+    try:
+        page.goto(f"{portal.origin}/patient")
+        shown = {name: (width, height) for name, width, height in page.evaluate(IMAGES, sources)}
+    finally:
+        page.context.close()
+    size = (512, 512)  # the synthetic CT's Columns and Rows
+    assert shown.pop("other study") == (0, 0)
+    assert shown.pop("thumbnail")[0] > 0
+    assert shown == {"rendered": size, "rendered, query token": size, "frame rendered": size, "wado-uri": size}
