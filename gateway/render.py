@@ -73,6 +73,12 @@ _FRAME_MACROS = ("00289145", "00289132")
 # PS3.18 Table 8.7.4-1: a single-frame image's rendered media types; JPEG the default, PNG and GIF required of
 # WADO-RS (GIF was a 406)
 _IMAGE_OFFERS = [Offer("image/jpeg", "*", False), Offer("image/png", "*", False), Offer("image/gif", "*", False)]
+# PS3.18 Table 8.7.4-1: a multi-frame image's one rendered media type, GIF (animated): a frame list's rendering
+_FRAMES_OFFERS = [Offer("image/gif", "*", False)]
+# A frame list's frames are held decoded until the GIF is written: at most this many 8-bit samples in all (a
+# 100-frame 512x512 CT is 26 MB, a 30-frame 640x480 colour cine 28 MB)
+MAX_RENDERED_SAMPLES = 64 << 20
+_DEFAULT_FRAME_MS = 100  # a frame list of an image without Frame Time (0018,1063): ten frames a second
 # PS3.18 Table 8.7.4-1, the Text category (structured reports): text/html the default, text/plain and text/xml
 # required of the RESTful rendered resource (text/xml optional for WADO-URI, served there too)
 _TEXT_OFFERS = [Offer("text/html", "*", False), Offer("text/plain", "*", False), Offer("text/xml", "*", False)]
@@ -469,6 +475,47 @@ def render_instance(
     quality = parse_int(params.get("quality", "90"), "quality", low=1, high=100)
     image = _sized(_to_image(services, row, frame, params), params)
     return _revalidated(_encode(image, offer.part_type, quality), offer.part_type)
+
+
+def render_frames(
+    services: Services, study: str, series: str, sop: str, spec: str, params: Mapping[str, str], accept: str
+) -> Response:
+    """The frames of a frame list (``frames/1,5,9/rendered``, PS3.18 10.4.1.1.4) as one animated GIF, each frame
+    rendered as ``render_instance`` renders one, shown for the image's Frame Time. PS3.18 Table 8.7.4-1 gives a
+    multi-frame rendering no other media type; JPEG and PNG hold one frame (a 406 that says so)."""
+    row = _load(services, study, series, sop)
+    numbers = [parse_int(n, "frame number", low=1) for n in spec.split(",")]
+    count = int(row.number_of_frames)
+    if count < 1:
+        raise NotAcceptable("this instance has no pixel data: it is no image to render")
+    if len(numbers) > count:  # as the frames resource: never more renderings than the instance has frames
+        raise BadRequest(f"the frame list is longer than the instance's {count} frame(s)")
+    for n in numbers:
+        if n > count:
+            raise FrameNotFound(f"frame {n} does not exist; the instance has {count} frame(s)")
+    try:
+        offer = negotiate(params.get("accept", accept), _FRAMES_OFFERS)
+    except NotAcceptable:
+        raise NotAcceptable(
+            "several frames are rendered as one animated image/gif only (PS3.18 Table 8.7.4-1): accept image/gif, "
+            "or ask for each frame's /frames/{n}/rendered"
+        ) from None
+    metadata = json.loads(row.metadata)
+    samples = int(_value(metadata, "00280010", 0) or 0) * int(_value(metadata, "00280011", 0) or 0)
+    samples *= int(_value(metadata, "00280002", 1) or 1) * len(numbers)
+    if samples > MAX_RENDERED_SAMPLES:
+        raise BadRequest(
+            f"the frames asked for hold more than {MAX_RENDERED_SAMPLES >> 20} MB of pixels: render fewer at once"
+        )
+    images = [_sized(_to_image(services, row, n, params), params) for n in numbers]
+    try:
+        frame_ms = float(_value(metadata, "00181063", _DEFAULT_FRAME_MS))
+    except (TypeError, ValueError):
+        frame_ms = _DEFAULT_FRAME_MS
+    duration = round(frame_ms) if math.isfinite(frame_ms) and 10 <= frame_ms <= 60_000 else _DEFAULT_FRAME_MS
+    out = io.BytesIO()
+    images[0].save(out, "GIF", save_all=True, append_images=images[1:], duration=duration, loop=0)
+    return _revalidated(out.getvalue(), offer.part_type)
 
 
 def _report(services: Services, row: Any, accept: str) -> Response:

@@ -40,7 +40,7 @@ from gateway.hooks import UploadContext
 from gateway.ingest import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, IngestResult
 from gateway.lifecycle import check_reason
 from gateway.numbers import INT32_MAX, parse_int
-from gateway.render import parse_window, render_instance, rendering_query, text_rendering
+from gateway.render import parse_window, render_frames, render_instance, rendering_query, text_rendering
 from gateway.scope import Scope
 from gateway.spool import spool_file
 from gateway.uids import check_uid
@@ -431,13 +431,14 @@ def rendered_instance(study: str, series: str, instance: str) -> Response:
 def rendered_frame(study: str, series: str, instance: str, frames: str) -> Response:
     decision()
     # PS3.18 10.4.1.1.3 names a frame list here, checked as the frames resource checks it (0, -1 or a 21-digit
-    # number was a 404, a list the 404 of an unknown path); a rendering of several frames (an animated GIF or a
-    # video, Table 8.7.4-1's multi-frame category) is not made
-    numbers = {parse_int(n, "frame number", low=1) for n in frames.split(",")}
-    if len(numbers) > 1:
-        raise NotAcceptable("a rendering of several frames is not offered: ask for frames/{n}/rendered one by one")
+    # number was a 404, a list the 404 of an unknown path); one frame, named once or more, is rendered as itself,
+    # several as one animated GIF (``render_frames``)
+    numbers = [parse_int(n, "frame number", low=1) for n in frames.split(",")]
     query = rendering_query(request.args)
-    return render_instance(services(), study, series, instance, numbers.pop(), query, request.headers.get("Accept", ""))
+    accept = request.headers.get("Accept", "")
+    if len(set(numbers)) == 1:
+        return render_instance(services(), study, series, instance, numbers[0], query, accept)
+    return render_frames(services(), study, series, instance, frames, query, accept)
 
 
 @bp.get("/studies/<study>/series/<series>/instances/<instance>/thumbnail")

@@ -1,0 +1,132 @@
+"""Outside DICOMweb clients, round two: what the unmodified Python dicomweb-client (and other clients) ask of the
+gateway the ways their documentation shows and the earlier client suites did not, against the real stack on both
+storage backends.
+
+PS3.18 10.4.1.1.4 defines the rendered frames resource for a frame list (`frames/1,5,9/rendered`), and Table
+8.7.4-1 gives a multi-frame image one rendered media type, `image/gif`: dicomweb-client's
+`retrieve_instance_frames_rendered` with several frames was a 404 "no such DICOMweb resource" (as if the instance
+were gone). It is now one animated GIF whose frames are the frames' own renderings; an Accept that takes no GIF
+is a JSON 406 that says why."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from dicomweb_client.api import DICOMwebClient
+from PIL import Image, ImageSequence
+from pydicom.data import get_testdata_file
+
+from tests.e2e.conftest import BACKENDS, uids_of
+from tests.e2e.harness import RunningStack, module_stack
+
+# a 30-frame JPEG Baseline YBR cine (Frame Time 33.333 ms), a single-frame CT, and a report (no pixel data)
+NAMES = {"cine": "examples_ybr_color.dcm", "ct": "CT_small.dcm", "sr": "reportsi.dcm"}
+
+
+@pytest.fixture(scope="module")
+def files() -> dict[str, Path]:
+    return {key: Path(str(get_testdata_file(name))) for key, name in NAMES.items()}
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, files: dict[str, Path]
+) -> Iterator[RunningStack]:
+    yield from module_stack(request, tmp_path_factory, "clients2", list(files.values()))
+
+
+@pytest.fixture(scope="module")
+def root(stack: RunningStack, files: dict[str, Path]) -> str:
+    """A token root for the module's studies, as a client is given."""
+    return stack.root(stack.issue([uids_of(path)[0] for path in files.values()])["token"])
+
+
+def instance_url(root: str, path: Path) -> str:
+    study, series, sop = uids_of(path)
+    return f"{root}/studies/{study}/series/{series}/instances/{sop}"
+
+
+def gif_frames(body: bytes) -> list[np.ndarray]:
+    image = Image.open(io.BytesIO(body))
+    assert image.format == "GIF"
+    return [np.asarray(frame.convert("RGB")) for frame in ImageSequence.Iterator(image)]
+
+
+def assert_json_error(answer: requests.Response, status: int, error: str, detail: str) -> None:
+    assert answer.status_code == status, (answer.status_code, answer.text[:300])
+    assert answer.headers["Content-Type"] == "application/json"
+    assert answer.json() == {"error": error, "detail": detail}
+
+
+def test_rendered_frame_list_is_one_animated_gif_of_the_frames_renderings(root: str, files: dict[str, Path]) -> None:
+    cine = files["cine"]
+    study, series, sop = uids_of(cine)
+    client = DICOMwebClient(url=root)
+    body = client.retrieve_instance_frames_rendered(study, series, sop, frame_numbers=[3, 1, 30])
+    frames = gif_frames(body)
+    assert len(frames) == 3
+    image = Image.open(io.BytesIO(body))
+    assert image.size == (320, 240)
+    assert image.info["loop"] == 0  # a cine loops
+    assert image.info["duration"] == 30  # Frame Time 33.333 ms, in the GIF's hundredths of a second
+    url = instance_url(root, cine)
+    for got, number in zip(frames, (3, 1, 30), strict=True):
+        one = requests.get(f"{url}/frames/{number}/rendered", headers={"Accept": "image/gif"}, timeout=60)
+        assert one.status_code == 200
+        [alone] = gif_frames(one.content)
+        assert np.array_equal(got, alone), number
+    assert not np.array_equal(frames[0], frames[1])  # the frames asked for, not one frame three times
+
+    # the rendering parameters apply to each frame; the answer is revalidated as every rendering is
+    answer = requests.get(f"{url}/frames/1,2/rendered?viewport=64,64", headers={"Accept": "image/*"}, timeout=60)
+    assert answer.status_code == 200
+    assert answer.headers["Content-Type"] == "image/gif"
+    assert answer.headers["Cache-Control"] == "private, no-cache"
+    assert [frame.shape for frame in gif_frames(answer.content)] == [(48, 64, 3)] * 2
+
+
+def test_rendered_frame_list_refusals_are_json(root: str, files: dict[str, Path]) -> None:
+    url = instance_url(root, files["cine"])
+    for accept in ("image/jpeg", "image/png", "image/png, image/jpeg;q=0.5"):
+        assert_json_error(
+            requests.get(f"{url}/frames/1,2/rendered", headers={"Accept": accept}, timeout=60),
+            406,
+            "not_acceptable",
+            "several frames are rendered as one animated image/gif only (PS3.18 Table 8.7.4-1): accept image/gif, "
+            "or ask for each frame's /frames/{n}/rendered",
+        )
+    assert_json_error(
+        requests.get(f"{url}/frames/1,31/rendered", timeout=60),
+        404,
+        "frame_not_found",
+        "frame 31 does not exist; the instance has 30 frame(s)",
+    )
+    for spec in ("1,abc", "0,1", "abc"):  # the last was the 404 "no such DICOMweb resource" too
+        assert_json_error(
+            requests.get(f"{url}/frames/{spec}/rendered", timeout=60),
+            400,
+            "bad_request",
+            "frame number: expected an integer from 1 to 2147483647",
+        )
+    ct = instance_url(root, files["ct"])
+    assert_json_error(
+        requests.get(f"{ct}/frames/1,1/rendered", timeout=60),
+        400,
+        "bad_request",
+        "the frame list is longer than the instance's 1 frame(s)",
+    )
+    assert_json_error(
+        requests.get(f"{instance_url(root, files['sr'])}/frames/1,2/rendered", timeout=60),
+        406,
+        "not_acceptable",
+        "this instance has no pixel data: it is no image to render",
+    )
+    # one frame stays the single-frame rendering, JPEG by default
+    one = requests.get(f"{url}/frames/2/rendered", timeout=60)
+    assert one.status_code == 200
+    assert one.headers["Content-Type"] == "image/jpeg"
