@@ -320,7 +320,7 @@ def _stow(study: str | None) -> Response:
         elif media_type == "multipart/related":
             part_type = params.get("type", "application/dicom").lower()
             if part_type != "application/dicom":
-                raise UnsupportedMediaType("STOW-RS accepts multipart/related; type=application/dicom")
+                raise UnsupportedMediaType(_stow_refusal(part_type))
             boundary = params.get("boundary", "")
             # a part without a Content-Type is read as the body's type (some hand-made clients send none)
             parts = iter_parts(
@@ -335,7 +335,7 @@ def _stow(study: str | None) -> Response:
                         IngestResult("failed", failure_reason=0x0122, detail="part is not application/dicom")
                     )
         else:
-            raise UnsupportedMediaType("Content-Type must be multipart/related; type=application/dicom")
+            raise UnsupportedMediaType(_stow_refusal(media_type))
     except GatewayError as error:
         # the parts received whole before the body broke are ingested as usual (a retry of the whole request is
         # idempotent); PS3.18 Table 10.5.3-1 keeps 400 for "nothing stored", so once one is, the answer lists them
@@ -366,6 +366,24 @@ def _stow(study: str | None) -> Response:
     if outage is not None:  # the instances an outage failed (0xA700) can be sent again once it is over: say when
         response.headers.extend(outage.headers())
     return response
+
+
+# PS3.18 10.5.2's other request form, DICOM JSON or XML metadata with bulk data parts: not supported (each
+# instance is stored as the Part 10 file it was sent as, byte for byte)
+_METADATA_TYPES = ("application/dicom+json", "application/json", "application/dicom+xml")
+_STOW_TYPES = 'multipart/related; type="application/dicom" (one DICOM Part 10 file per part) or application/dicom'
+
+
+def _stow_refusal(media_type: str) -> str:
+    """The 415's detail: what STOW-RS takes, and for the metadata and bulk data form that it is not supported (it
+    said "accepts multipart/related; type=application/dicom" alone, and "must be" that for a single
+    application/dicom+json body, which named neither the form refused nor the single application/dicom body)."""
+    if media_type in _METADATA_TYPES:
+        return (
+            f"STOW-RS of metadata and bulk data ({media_type}, PS3.18 10.5.2) is not supported: send each instance "
+            f"as its DICOM Part 10 file, {_STOW_TYPES}"
+        )
+    return f"STOW-RS takes {_STOW_TYPES}"
 
 
 def _spool_single(stream: object, spool_dir: Path, length: int | None) -> tuple[Path, str]:

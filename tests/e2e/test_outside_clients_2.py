@@ -11,16 +11,20 @@ is a JSON 406 that says why."""
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
 from PIL import Image, ImageSequence
 from pydicom.data import get_testdata_file
 
+from gateway.dicomweb.xml import to_xml
+from gateway.tools.synth import make_series
 from tests.e2e.conftest import BACKENDS, uids_of
 from tests.e2e.harness import RunningStack, module_stack
 
@@ -130,3 +134,70 @@ def test_rendered_frame_list_refusals_are_json(root: str, files: dict[str, Path]
     one = requests.get(f"{url}/frames/2/rendered", timeout=60)
     assert one.status_code == 200
     assert one.headers["Content-Type"] == "image/jpeg"
+
+
+def multipart(parts: list[tuple[dict[str, str], bytes]], boundary: str = "gw-outside-2") -> bytes:
+    body = b""
+    for headers, data in parts:
+        lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        body += f"--{boundary}\r\n{lines}\r\n".encode() + data + b"\r\n"
+    return body + f"--{boundary}--\r\n".encode()
+
+
+METADATA_REFUSAL = (
+    "STOW-RS of metadata and bulk data ({}, PS3.18 10.5.2) is not supported: send each instance as its DICOM Part "
+    '10 file, multipart/related; type="application/dicom" (one DICOM Part 10 file per part) or application/dicom'
+)
+
+
+def test_stow_of_metadata_and_bulk_data_is_a_415_that_says_so(stack: RunningStack, tmp_path: Path) -> None:
+    """PS3.18 10.5.2's other request form, as a client writes it: the instance's DICOM JSON (or XML) with its pixel
+    data as a bulk data part named by Content-Location. The gateway stores Part 10 files only; the 415 said
+    "STOW-RS accepts multipart/related; type=application/dicom" (and, for one application/dicom+json body, "must
+    be" that), naming neither the form it refused nor the single-part body it takes."""
+    [path] = make_series(tmp_path, modality="CT", slices=1, rows=16, columns=16, seed=2201, clean=True)
+    dataset = pydicom.dcmread(path)
+    study, _, sop = uids_of(path)
+    uri = f"{stack.url}/bulk/{sop}/pixels"
+    metadata = dataset.to_json_dict(bulk_data_threshold=256, bulk_data_element_handler=lambda _: uri)
+    assert metadata["7FE00010"] == {"vr": "OW", "BulkDataURI": uri}
+    bulk = ({"Content-Type": "application/octet-stream", "Content-Location": uri}, dataset.PixelData)
+    headers = {**stack.api_headers, "Accept": "application/dicom+json"}
+    as_json = ({"Content-Type": "application/dicom+json"}, json.dumps([metadata]).encode())
+    as_xml = ({"Content-Type": "application/dicom+xml"}, to_xml(metadata))
+    sent = [("application/dicom+json", [as_json, bulk]), ("application/dicom+xml", [as_xml, bulk])]
+    for part_type, parts in sent:
+        for content_type in (
+            f'multipart/related; type="{part_type}"; boundary=gw-outside-2',
+            f"multipart/related; boundary=gw-outside-2; type={part_type.upper()}; start=\"<metadata>\"",
+        ):
+            answer = requests.post(
+                f"{stack.url}/dicomweb/studies/{study}",
+                data=multipart(parts),
+                headers={**headers, "Content-Type": content_type},
+                timeout=60,
+            )
+            assert_json_error(answer, 415, "unsupported_media_type", METADATA_REFUSAL.format(part_type))
+    single = requests.post(
+        f"{stack.url}/dicomweb/studies",
+        data=json.dumps([metadata]).encode(),
+        headers={**headers, "Content-Type": "application/dicom+json"},
+        timeout=60,
+    )
+    assert_json_error(single, 415, "unsupported_media_type", METADATA_REFUSAL.format("application/dicom+json"))
+    other = requests.post(
+        f"{stack.url}/dicomweb/studies", data=b"x", headers={**headers, "Content-Type": "image/jpeg"}, timeout=60
+    )
+    assert_json_error(
+        other,
+        415,
+        "unsupported_media_type",
+        'STOW-RS takes multipart/related; type="application/dicom" (one DICOM Part 10 file per part) or '
+        "application/dicom",
+    )
+    found = requests.get(f"{stack.url}/dicomweb/instances?SOPInstanceUID={sop}", headers=headers, timeout=30)
+    assert (found.status_code, found.json()) == (200, [])  # nothing of it stored
+
+    # the same instance as its Part 10 file, as the 415 says, is stored
+    stored = stack.stow([path])
+    assert stored.status_code == 200, stored.text
