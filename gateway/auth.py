@@ -21,6 +21,7 @@ from gateway.config import ApiKey
 from gateway.dicomweb.paths import Target, parse_target, split_token, wado_object
 from gateway.errors import (
     GatewayError,
+    InsufficientScope,
     InvalidPath,
     OutOfScope,
     TokenInvalid,
@@ -255,8 +256,10 @@ class Authorizer:
         path_token, rest = split_token(raw_uri)
         path, _, query = rest.partition("?")
         target = parse_target(path, query)
+        # a delete is an action no token holds (RFC 6750 3.1's insufficient_scope, as a read token's STOW): it was
+        # "out_of_scope", which told the client the study lay outside a token that reaches it
         if method in DELETE_METHODS and (path_token or query_token(query)):
-            raise OutOfScope("only the API key may delete")
+            raise InsufficientScope("only the API key may delete")
         granted: list[Claims] = []
         via: list[str] = []
         for transport, token in (("path", path_token), ("query", query_token(query))):
@@ -283,7 +286,7 @@ class Authorizer:
                 raise TokenInvalid("the Authorization header holds neither an API key nor a token of this gateway")
             raise TokenMissing("no token in the path, the query, the Authorization header or the cookie")
         if method in DELETE_METHODS and any(claims.jti != API_KEY_JTI for claims in granted):
-            raise OutOfScope("only the API key may delete")
+            raise InsufficientScope("only the API key may delete")
         claims = granted[0] if len(granted) == 1 else intersect(granted)
         return Decision(claims, target, " ".join(via), self._wado_study(target))
 

@@ -201,3 +201,34 @@ def test_stow_of_metadata_and_bulk_data_is_a_415_that_says_so(stack: RunningStac
     # the same instance as its Part 10 file, as the 415 says, is stored
     stored = stack.stow([path])
     assert stored.status_code == 200, stored.text
+
+
+def test_a_token_that_may_write_is_refused_a_delete_as_insufficient_scope(stack: RunningStack, tmp_path: Path) -> None:
+    """dicomweb-client's `delete_study`/`delete_series`/`delete_instance` with a read-write token: deleting is the
+    API key's alone (README, Lifecycle), an action no token holds, so RFC 6750 3.1's `insufficient_scope`, as a
+    read token's STOW gets. It was `out_of_scope` (a read-only token already got `insufficient_scope`), which told
+    the user the study lay outside a token that reaches it."""
+    [path] = make_series(tmp_path, modality="CT", slices=1, rows=16, columns=16, seed=2202, clean=True)
+    assert stack.stow([path]).status_code == 200
+    study, series, sop = uids_of(path)
+    writer = stack.issue([study], actions=["read", "write"])["token"]
+    reader = stack.issue([study])["token"]
+    clients = [
+        DICOMwebClient(url=stack.root(writer)),
+        DICOMwebClient(url=f"{stack.url}/dicomweb", headers={"Authorization": f"Bearer {writer}"}),
+        DICOMwebClient(url=f"{stack.url}/dicomweb", headers={"Authorization": f"Bearer {reader}"}),
+    ]
+    for client in clients:
+        for method, uids in (
+            ("delete_study", (study,)),
+            ("delete_series", (study, series)),
+            ("delete_instance", (study, series, sop)),
+        ):
+            with pytest.raises(requests.HTTPError) as refused:
+                getattr(client, method)(*uids)
+            assert_json_error(refused.value.response, 403, "forbidden", "insufficient_scope")
+    # nothing was removed; the API key deletes, and the study is then gone
+    assert [item["00080018"]["Value"] for item in clients[0].search_for_instances(study)] == [[sop]]
+    DICOMwebClient(url=f"{stack.url}/dicomweb", headers=stack.api_headers).delete_study(study)
+    gone = requests.get(f"{stack.root(writer)}/studies/{study}/series", timeout=30)
+    assert gone.status_code == 404

@@ -413,9 +413,9 @@ def test_delete_is_for_the_api_key_only(tokens: TokenService) -> None:
         {"authorization": f"Bearer {writer}"},
         {"cookie_header": f"dicomgw_token={writer}"},
     ):
-        with pytest.raises((OutOfScope, TokenInvalid)):
+        with pytest.raises((InsufficientScope, TokenInvalid)):
             authorizer.decide("DELETE", STUDY_PATH, now=T, **attempt)  # type: ignore[arg-type]
-    with pytest.raises(OutOfScope):
+    with pytest.raises(InsufficientScope):
         authorizer.decide(
             "DELETE", f"/t/{writer}{STUDY_PATH}", authorization="Bearer api-key-two-" + "2" * 20, now=T
         )
