@@ -24,7 +24,7 @@ from PIL import Image, ImageSequence
 from pydicom.data import get_testdata_file
 
 from gateway.dicomweb.xml import to_xml
-from gateway.tools.synth import make_series
+from gateway.tools.synth import make_series, make_wsi
 from tests.e2e.conftest import BACKENDS, uids_of
 from tests.e2e.harness import RunningStack, module_stack
 
@@ -33,8 +33,11 @@ NAMES = {"cine": "examples_ybr_color.dcm", "ct": "CT_small.dcm", "sr": "reportsi
 
 
 @pytest.fixture(scope="module")
-def files() -> dict[str, Path]:
-    return {key: Path(str(get_testdata_file(name))) for key, name in NAMES.items()}
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    found = {key: Path(str(get_testdata_file(name))) for key, name in NAMES.items()}
+    # a slide of 90 JPEG tiles of 512x512 RGB: 70.8 MB of pixels decoded, over what one rendering holds (64 MiB)
+    slide = make_wsi(tmp_path_factory.mktemp("slide"), frames=90, tile=512, seed=2203, clean=True)
+    return {**found, "slide": slide}
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -130,6 +133,17 @@ def test_rendered_frame_list_refusals_are_json(root: str, files: dict[str, Path]
         "not_acceptable",
         "this instance has no pixel data: it is no image to render",
     )
+    slide = instance_url(root, files["slide"])
+    every = ",".join(str(n) for n in range(1, 91))
+    assert_json_error(
+        requests.get(f"{slide}/frames/{every}/rendered", timeout=60),
+        400,
+        "bad_request",
+        "the frames asked for hold more than 64 MB of pixels: render fewer at once",
+    )
+    # two blank corner tiles: the same image twice is one GIF frame shown for both (no Frame Time: 100 ms each)
+    corners = Image.open(io.BytesIO(requests.get(f"{slide}/frames/1,90/rendered", timeout=60).content))
+    assert (corners.format, corners.n_frames, corners.info["duration"]) == ("GIF", 1, 200)
     # one frame stays the single-frame rendering, JPEG by default
     one = requests.get(f"{url}/frames/2/rendered", timeout=60)
     assert one.status_code == 200
