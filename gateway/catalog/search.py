@@ -313,6 +313,11 @@ def _without_bulk(dataset: dict[str, Any]) -> dict[str, Any]:
 
 
 _PREFIX = {0: "st_", 1: "se_", 2: "in_"}
+# Transfer Syntax UID (0002,0010) is File Meta, no attribute of the data set a QIDO match is; PS3.18 answers the
+# stored syntax as Available Transfer Syntax UID (0008,3002). An instance-level includefield that names it gets that
+# value all the same: Google's ez-wsi-dicomweb asks for it (as Google's archive answers it) and opens no slide
+# without it ("DICOM tag 00020010 is missing")
+_TRANSFER_SYNTAX, _AVAILABLE_TRANSFER_SYNTAX = "00020010", "00083002"
 # computed columns that override whatever the stored attributes say
 _COUNTS = {
     "00201206": "st_num_series",
@@ -415,4 +420,6 @@ def shape_row(query: QidoQuery, row: Mapping[str, Any]) -> dict[str, Any]:
                 found = next((attrs[tag] for attrs in sources if tag in attrs), None)
                 if found is not None:
                     result[tag] = found
+        if depth == 2 and _TRANSFER_SYNTAX in query.include and _AVAILABLE_TRANSFER_SYNTAX in result:
+            result[_TRANSFER_SYNTAX] = result[_AVAILABLE_TRANSFER_SYNTAX]
     return dict(sorted(result.items()))

@@ -5,8 +5,8 @@ The ``*_attrs`` functions take the instance's DICOM JSON (``gateway.dicom.metada
 for one level, so QIDO answers reuse the exact values of the metadata. Attributes that describe many instances
 (Number of Study Related Series/Instances, Number of Series Related Instances, Modalities in Study, Instance
 Availability, Retrieve URL) are computed by the catalog and the read path, not here. Transfer syntax is
-answered as Available Transfer Syntax UID (0008,3002), the QIDO attribute for it; group 0002 never appears in
-QIDO.
+answered as Available Transfer Syntax UID (0008,3002), the QIDO attribute for it; group 0002 appears in QIDO
+only as Transfer Syntax UID (0002,0010) of an instance whose includefield names it (``gateway.catalog.search``).
 """
 
 from __future__ import annotations

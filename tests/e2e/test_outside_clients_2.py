@@ -246,3 +246,43 @@ def test_a_token_that_may_write_is_refused_a_delete_as_insufficient_scope(stack:
     DICOMwebClient(url=f"{stack.url}/dicomweb", headers=stack.api_headers).delete_study(study)
     gone = requests.get(f"{stack.root(writer)}/studies/{study}/series", timeout=30)
     assert gone.status_code == 404
+
+
+# The includefield list Google's ez-wsi-dicomweb 6.1.6 sends with every instance search (dicom_web_interface.py,
+# DEFAULT_INSTANCE_TAGS), in its order; it reads each slide level's Transfer Syntax UID (0002,0010) from the answer
+EZ_WSI_INCLUDES = (
+    "00080018 00200013 00280010 00280011 00280002 00280100 00280102 00280103 00280030 00280008 00280009 00480001 "
+    "00480002 00480003 00480006 00480007 00480008 00480010 00480012 22000002 22000005 00209228 00209161 00080008 "
+    "00020010 00282000 00480105 00280004 00081115 0020000E 00081140 00081155 00081140 00081155 00081072 00401101 "
+    "00080119 52009229 00209311"
+).split()
+
+
+def test_an_instance_search_naming_transfer_syntax_uid_answers_it(root: str, files: dict[str, Path]) -> None:
+    """Google's ez-wsi-dicomweb (its DicomSlide, tried against this stack outside the suite) searches a slide's
+    instances with `includefield=00020010` among others and stops with "DICOM tag 00020010 is missing from the
+    DICOM object": the gateway kept group 0002 out of QIDO and answered the syntax only as Available Transfer
+    Syntax UID (0008,3002). An instance-level includefield naming Transfer Syntax UID now gets the stored syntax
+    (with that element ez-wsi opened the slide and read a patch through the frames resource); `all` and the study
+    and series levels are as before."""
+    study, series, sop = uids_of(files["slide"])
+    query = "&".join(f"includefield={tag}" for tag in EZ_WSI_INCLUDES)
+    answer = requests.get(f"{root}/studies/{study}/series/{series}/instances?{query}", timeout=30)
+    assert answer.status_code == 200
+    assert "Warning" not in answer.headers
+    [instance] = answer.json()
+    jpeg = {"vr": "UI", "Value": ["1.2.840.10008.1.2.4.50"]}
+    assert (instance["00020010"], instance["00083002"]) == (jpeg, jpeg)
+    assert instance["00480006"] == {"vr": "UL", "Value": [5120]}  # what else ez-wsi reads of the level is there
+
+    client = DICOMwebClient(url=root)
+    ct_study, _, ct_sop = uids_of(files["ct"])
+    [found] = client.search_for_instances(ct_study, fields=["TransferSyntaxUID"])
+    explicit = {"vr": "UI", "Value": ["1.2.840.10008.1.2.1"]}  # CT_small.dcm: Explicit VR Little Endian
+    assert (found["00080018"]["Value"], found["00020010"]) == ([ct_sop], explicit)
+    # named only: `all` keeps File Meta out, and a study or series is no instance with a transfer syntax
+    [every] = client.search_for_instances(ct_study, fields=["all"])
+    assert "00020010" not in every and every["00083002"] == explicit
+    [as_study] = client.search_for_studies(search_filters={"StudyInstanceUID": ct_study}, fields=["00020010"])
+    [as_series] = client.search_for_series(ct_study, fields=["00020010"])
+    assert "00020010" not in as_study and "00020010" not in as_series
