@@ -286,3 +286,21 @@ def test_an_instance_search_naming_transfer_syntax_uid_answers_it(root: str, fil
     [as_study] = client.search_for_studies(search_filters={"StudyInstanceUID": ct_study}, fields=["00020010"])
     [as_series] = client.search_for_series(ct_study, fields=["00020010"])
     assert "00020010" not in as_study and "00020010" not in as_series
+
+
+def test_a_base_url_ending_in_a_slash_is_told_what_is_wrong(root: str, files: dict[str, Path]) -> None:
+    """A DICOMweb base URL written with a trailing slash, as Orthanc's configuration examples write theirs
+    (`.../dicomweb/`), given to dicomweb-client: it joins `/studies` to it, and every request's path holds `//`,
+    which the gateway refuses (NGINX and Python must never read a path differently). The 400 said only "the
+    request path is not canonical"; it now names the empty segment and where it comes from. Other non-canonical
+    paths keep their answer."""
+    study, series, _ = uids_of(files["ct"])
+    client = DICOMwebClient(url=f"{root}/")
+    detail = "the request path is not canonical: it holds an empty segment (//), as a base URL ending in / makes"
+    for call in (lambda: client.search_for_studies(), lambda: client.retrieve_series_metadata(study, series)):
+        with pytest.raises(requests.HTTPError) as refused:
+            call()
+        assert_json_error(refused.value.response, 400, "bad_request", detail)
+    dotted = requests.get(f"{root}/studies/{study}/%2e%2e", timeout=30)
+    assert_json_error(dotted, 400, "bad_request", "the request path is not canonical")
+    assert [s["0020000D"]["Value"] for s in DICOMwebClient(url=root).search_for_studies()] != []
