@@ -603,7 +603,22 @@ class Planner:
             self.forget(instance.ids.sop)
             instance = self.instance(instance.ids.study, instance.ids.series, instance.ids.sop)
             expires = 0 if instance.derivative is None else expires
-        return instance, negotiate(accept, self._frame_offers(instance, single)), expires
+        return instance, self._frame_offer(instance, accept, single), expires
+
+    def _frame_offer(self, instance: CachedInstance, accept: str, single: bool) -> Offer:
+        """The offer that answers frames for this Accept. Several frames asked for in a single-part type only
+        (`image/jpeg`, `application/octet-stream`) is a 406 that says multipart is needed: the generic "cannot be
+        produced (no transcoding)" sent a client asking JPEG frames of a JPEG image after the wrong fault."""
+        try:
+            return negotiate(accept, self._frame_offers(instance, single))
+        except NotAcceptable:
+            if single:
+                raise
+            alone = negotiate(accept, self._frame_offers(instance, True))  # the same 406 if no part type fits either
+            raise NotAcceptable(
+                "several frames are sent as multipart/related only, one part per frame: accept "
+                f'multipart/related; type="{alone.part_type}"'
+            ) from None
 
     def _frames_of(self, choice: _FrameChoice, numbers: list[int], range_header: str) -> PlanResponse:
         instance, offer, key = choice.instance, choice.offer, choice.key

@@ -304,3 +304,43 @@ def test_a_base_url_ending_in_a_slash_is_told_what_is_wrong(root: str, files: di
     dotted = requests.get(f"{root}/studies/{study}/%2e%2e", timeout=30)
     assert_json_error(dotted, 400, "bad_request", "the request path is not canonical")
     assert [s["0020000D"]["Value"] for s in DICOMwebClient(url=root).search_for_studies()] != []
+
+
+def several_frames_refusal(part_type: str) -> str:
+    return (
+        "several frames are sent as multipart/related only, one part per frame: accept "
+        f'multipart/related; type="{part_type}"'
+    )
+
+
+def test_several_frames_in_a_single_part_type_are_a_406_that_says_multipart(root: str, files: dict[str, Path]) -> None:
+    """Several frames, or the Pixel Data of a JPEG cine as bulk data, asked for in a single-part media type:
+    ez-wsi-dicomweb's `get_bulkdata` sends `Accept: application/octet-stream; transfer-syntax=*`, a client asking
+    JPEG frames `image/jpeg`. They cannot be one part, and the 406 said "none of the accepted media types can be
+    produced from the stored data (no transcoding)", though the frames are JPEG as asked: it now says that
+    several frames go as multipart only, and names the part type to ask for. One frame stays single part."""
+    url = instance_url(root, files["cine"])
+    cases = [
+        ("frames/1,2", "image/jpeg", "image/jpeg"),
+        ("frames/1,2", "image/jpeg; transfer-syntax=1.2.840.10008.1.2.4.50", "image/jpeg"),
+        ("frames/2,1", "application/octet-stream", "application/octet-stream"),
+        ("bulkdata/7FE00010", "application/octet-stream; transfer-syntax=*", "application/octet-stream"),
+        ("bulkdata/7FE00010", "image/jpeg", "image/jpeg"),
+    ]
+    for path, accept, part_type in cases:
+        answer = requests.get(f"{url}/{path}", headers={"Accept": accept}, timeout=30)
+        assert_json_error(answer, 406, "not_acceptable", several_frames_refusal(part_type))
+    # what the 406 says to ask for is served
+    asked = requests.get(f"{url}/frames/1,2", headers={"Accept": 'multipart/related; type="image/jpeg"'}, timeout=30)
+    assert asked.status_code == 200
+    assert asked.headers["Content-Type"].startswith('multipart/related; type="image/jpeg"; boundary=')
+    one = requests.get(f"{url}/frames/2", headers={"Accept": "image/jpeg"}, timeout=30)
+    assert (one.status_code, one.headers["Content-Type"]) == (200, "image/jpeg; transfer-syntax=1.2.840.10008.1.2.4.50")
+    # a type the frames are not in is still the generic refusal
+    png = requests.get(f"{url}/frames/1,2", headers={"Accept": "image/png"}, timeout=30)
+    assert_json_error(
+        png,
+        406,
+        "not_acceptable",
+        "none of the accepted media types can be produced from the stored data (no transcoding)",
+    )
