@@ -263,8 +263,13 @@ def _unpad_palette(ds: Dataset) -> None:
 def _to_image(services: Services, row: Any, frame: int, params: Mapping[str, str]) -> Image.Image:
     from gateway.dicomweb.wado import to_cached
 
-    cached = to_cached(row)
-    metadata = json.loads(row.metadata)
+    return _image_of(services, to_cached(row), json.loads(row.metadata), frame, params)
+
+
+def _image_of(
+    services: Services, cached: Any, metadata: Mapping[str, Any], frame: int, params: Mapping[str, str]
+) -> Image.Image:
+    """Frame ``frame`` of the instance ``cached`` (its parsed ``metadata``) as a display image."""
     keyword = next((name for tag, name in _PIXEL_KEYWORDS.items() if tag in metadata), None)
     if keyword is None:  # an Encapsulated PDF, a structured report: no image to render
         raise NotAcceptable("this instance has no pixel data: it is no image to render")
@@ -500,14 +505,17 @@ def render_frames(
             "several frames are rendered as one animated image/gif only (PS3.18 Table 8.7.4-1): accept image/gif, "
             "or ask for each frame's /frames/{n}/rendered"
         ) from None
-    metadata = json.loads(row.metadata)
+    from gateway.dicomweb.wado import to_cached
+
+    # parsed once for all the frames: an enhanced image's metadata (per-frame functional groups) can be megabytes
+    cached, metadata = to_cached(row), json.loads(row.metadata)
     samples = int(_value(metadata, "00280010", 0) or 0) * int(_value(metadata, "00280011", 0) or 0)
     samples *= int(_value(metadata, "00280002", 1) or 1) * len(numbers)
     if samples > MAX_RENDERED_SAMPLES:
         raise BadRequest(
             f"the frames asked for hold more than {MAX_RENDERED_SAMPLES >> 20} MB of pixels: render fewer at once"
         )
-    images = [_sized(_to_image(services, row, n, params), params) for n in numbers]
+    images = [_sized(_image_of(services, cached, metadata, n, params), params) for n in numbers]
     try:
         frame_ms = float(_value(metadata, "00181063", _DEFAULT_FRAME_MS))
     except (TypeError, ValueError):

@@ -327,13 +327,15 @@ def _stow(study: str | None) -> Response:
                 stream, boundary, srv.spool_dir, max_part_bytes=MAX_PART_BYTES, default_content_type=part_type
             )
             for part in parts:
-                if part.content_type.split(";")[0].strip().lower() == "application/dicom":
+                got = part.content_type.split(";")[0].strip().lower()
+                if got == "application/dicom":
                     batch.add(part.path, part.sha256)
                 else:
                     part.path.unlink(missing_ok=True)
-                    batch.add_result(
-                        IngestResult("failed", failure_reason=0x0122, detail="part is not application/dicom")
-                    )
+                    # what curl -F sends (application/octet-stream) was 0x0122 "SOP class not supported": the
+                    # part's media type, not its SOP class, is what the gateway does not take
+                    refused = IngestResult("failed", failure_reason=CANNOT_UNDERSTAND, detail=_part_refusal(got))
+                    batch.add_result(refused)
         else:
             raise UnsupportedMediaType(_stow_refusal(media_type))
     except GatewayError as error:
@@ -384,6 +386,15 @@ def _stow_refusal(media_type: str) -> str:
             f"as its DICOM Part 10 file, {_STOW_TYPES}"
         )
     return f"STOW-RS takes {_STOW_TYPES}"
+
+
+def _part_refusal(media_type: str) -> str:
+    """A multipart part that is no ``application/dicom``: its type (a validated token/token, lower-cased) and what a
+    part must be."""
+    return (
+        f"part is {media_type}, not application/dicom: each part is one DICOM Part 10 file, "
+        "Content-Type: application/dicom"
+    )
 
 
 def _spool_single(stream: object, spool_dir: Path, length: int | None) -> tuple[Path, str]:

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -344,3 +347,46 @@ def test_several_frames_in_a_single_part_type_are_a_406_that_says_multipart(root
         "not_acceptable",
         "none of the accepted media types can be produced from the stored data (no transcoding)",
     )
+
+
+def test_curl_form_parts_are_refused_for_their_media_type_not_their_sop_class(
+    stack: RunningStack, tmp_path: Path
+) -> None:
+    """The STOW recipe many pages give, `curl -F file=@x.dcm -H "Content-Type: multipart/related;
+    type=application/dicom"`: curl keeps the multipart/related type, adds its boundary, and labels the file part
+    `application/octet-stream` (with a form-data Content-Disposition). The part was refused with FailureReason
+    0x0122, "SOP class not supported", which sent the user after the file's SOP class; it is now 0xC000 (cannot
+    understand) with a reason naming the part's media type and what a part must be. With `;type=application/dicom`
+    the same curl command stores the file."""
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed")
+    [path] = make_series(tmp_path, modality="CT", slices=1, rows=16, columns=16, seed=2204, clean=True)
+    study, _, sop = uids_of(path)
+    key = stack.api_headers["Authorization"]
+
+    def send(form: str) -> dict[str, Any]:
+        headers = [f"Authorization: {key}", "Accept: application/dicom+json"]
+        headers.append("Content-Type: multipart/related; type=application/dicom")
+        command = [curl, "-sS", "-w", "\\n%{http_code}", *(f for h in headers for f in ("-H", h)), "-F", form]
+        done = subprocess.run(
+            [*command, f"{stack.url}/dicomweb/studies"], capture_output=True, text=True, timeout=60, check=True
+        )
+        body, _, status = done.stdout.rpartition("\n")
+        return {"status": int(status), "answer": json.loads(body)}
+
+    refused = send(f"file=@{path}")
+    assert refused["status"] == 409
+    [item] = refused["answer"]["00081198"]["Value"]
+    assert item["00081197"] == {"vr": "US", "Value": [0xC000]}
+    assert item["00091001"] == {
+        "vr": "LT",
+        "Value": [
+            "part is application/octet-stream, not application/dicom: each part is one DICOM Part 10 file, "
+            "Content-Type: application/dicom"
+        ],
+    }
+    stored = send(f"file=@{path};type=application/dicom")
+    assert stored["status"] == 200
+    assert [i["00081155"]["Value"] for i in stored["answer"]["00081199"]["Value"]] == [[sop]]
+    assert stored["answer"]["00081190"]["Value"] == [f"{stack.url}/dicomweb/studies/{study}"]
