@@ -390,3 +390,35 @@ def test_curl_form_parts_are_refused_for_their_media_type_not_their_sop_class(
     assert stored["status"] == 200
     assert [i["00081155"]["Value"] for i in stored["answer"]["00081199"]["Value"]] == [[sop]]
     assert stored["answer"]["00081190"]["Value"] == [f"{stack.url}/dicomweb/studies/{study}"]
+
+
+def test_a_parts_own_headers_do_not_change_what_is_stored(stack: RunningStack, tmp_path: Path) -> None:
+    """README, Ingest: a part's `transfer-syntax` parameter (here JPEG Baseline, for an Explicit VR Little Endian
+    file), its Content-ID and Content-Location and the body's `start` are not read: the file is stored byte for
+    byte, and its own Transfer Syntax UID is what the frames and the search say."""
+    [path] = make_series(tmp_path, modality="CT", slices=1, rows=16, columns=16, seed=2205, clean=True)
+    study, series, sop = uids_of(path)
+    part = {
+        "Content-Type": "application/dicom; transfer-syntax=1.2.840.10008.1.2.4.50",
+        "Content-ID": "<instance-1@outside.example>",
+        "Content-Location": "file:///C:/Export/IM000001",
+    }
+    answer = requests.post(
+        f"{stack.url}/dicomweb/studies/{study}",
+        data=multipart([(part, path.read_bytes())]),
+        headers={
+            **stack.api_headers,
+            "Accept": "application/dicom+json",
+            "Content-Type": 'multipart/related; type="application/dicom"; start="<instance-1@outside.example>"; '
+            "boundary=gw-outside-2",
+        },
+        timeout=60,
+    )
+    assert answer.status_code == 200, answer.text
+    url = f"{stack.url}/dicomweb/studies/{study}/series/{series}/instances/{sop}"
+    whole = requests.get(url, headers={**stack.api_headers, "Accept": "application/dicom"}, timeout=30)
+    assert (whole.headers["Content-Type"], whole.content) == ("application/dicom", path.read_bytes())
+    raw = {**stack.api_headers, "Accept": "application/octet-stream"}
+    frame = requests.get(f"{url}/frames/1", headers=raw, timeout=30)
+    assert frame.headers["Content-Type"] == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"
+    assert frame.content == pydicom.dcmread(path).PixelData
