@@ -483,13 +483,12 @@ def render_instance(
 
 
 def render_frames(
-    services: Services, study: str, series: str, sop: str, spec: str, params: Mapping[str, str], accept: str
+    services: Services, study: str, series: str, sop: str, numbers: list[int], params: Mapping[str, str], accept: str
 ) -> Response:
     """The frames of a frame list (``frames/1,5,9/rendered``, PS3.18 10.4.1.1.4) as one animated GIF, each frame
     rendered as ``render_instance`` renders one, shown for the image's Frame Time. PS3.18 Table 8.7.4-1 gives a
     multi-frame rendering no other media type; JPEG and PNG hold one frame (a 406 that says so)."""
     row = _load(services, study, series, sop)
-    numbers = [parse_int(n, "frame number", low=1) for n in spec.split(",")]
     count = int(row.number_of_frames)
     if count < 1:
         raise NotAcceptable("this instance has no pixel data: it is no image to render")
@@ -498,6 +497,8 @@ def render_frames(
     for n in numbers:
         if n > count:
             raise FrameNotFound(f"frame {n} does not exist; the instance has {count} frame(s)")
+    if len(set(numbers)) == 1:  # one frame named more than once is that frame, in any type one frame takes
+        return render_instance(services, study, series, sop, numbers[0], params, accept)
     try:
         offer = negotiate(params.get("accept", accept), _FRAMES_OFFERS)
     except NotAcceptable:

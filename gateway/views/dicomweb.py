@@ -460,14 +460,13 @@ def rendered_instance(study: str, series: str, instance: str) -> Response:
 def rendered_frame(study: str, series: str, instance: str, frames: str) -> Response:
     decision()
     # PS3.18 10.4.1.1.3 names a frame list here, checked as the frames resource checks it (0, -1 or a 21-digit
-    # number was a 404, a list the 404 of an unknown path); one frame, named once or more, is rendered as itself,
-    # several as one animated GIF (``render_frames``)
+    # number was a 404, a list the 404 of an unknown path); a list is one animated GIF (``render_frames``)
     numbers = [parse_int(n, "frame number", low=1) for n in frames.split(",")]
     query = rendering_query(request.args)
     accept = request.headers.get("Accept", "")
-    if len(set(numbers)) == 1:
+    if len(numbers) == 1:
         return render_instance(services(), study, series, instance, numbers[0], query, accept)
-    return render_frames(services(), study, series, instance, frames, query, accept)
+    return render_frames(services(), study, series, instance, numbers, query, accept)
 
 
 @bp.get("/studies/<study>/series/<series>/instances/<instance>/thumbnail")
