@@ -224,11 +224,13 @@ def token_issue(
     except GatewayError as error:
         raise click.ClickException(error.detail) from None
     try:  # --url prefixes the printed URLs as DICOMGW_PUBLIC_URL does, so it is checked as that is
-        base = (check_public_url(base_url) or env_value("PUBLIC_URL") or "http://127.0.0.1:8080").rstrip("/")
-    except ConfigError:
-        raise click.BadParameter(
-            f"must be an http:// or https:// URL with a host: {base_url!r}", param_hint="--url"
-        ) from None
+        given = check_public_url(base_url)
+    except ConfigError as error:
+        raise click.BadParameter(error.problem, param_hint="--url") from None
+    try:  # and so is the variable itself (a user:pass@ in it went into every printed URL)
+        base = given or check_public_url(env_value("PUBLIC_URL")) or "http://127.0.0.1:8080"
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
     payload = {
         "token": issued.token,
         "expires_at": iso(issued.claims.expires_at),

@@ -280,6 +280,10 @@ def check_public_url(value: str) -> str:
     if not value:
         return ""
     parts = urlsplit(value)
+    if "@" in parts.netloc:
+        # it prefixes every URL handed to clients: a user name or password there went to every viewer and log;
+        # the value is not repeated (it holds the credential)
+        raise ConfigError(PREFIX + "PUBLIC_URL", "must not hold a user name or password (user:pass@)")
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
         raise ConfigError(PREFIX + "PUBLIC_URL", f"must be an http:// or https:// URL with a host: {value!r}")
     return value.rstrip("/")
@@ -301,11 +305,11 @@ def _origin(value: str) -> str:
         or parts.scheme == "file"
         or not parts.hostname
         or "*" in value
+        or "@" in value  # no browser sends a user name or password in Origin
         or value != f"{parts.scheme}://{parts.netloc}"
     ):
-        raise ConfigError(
-            PREFIX + "CORS_ORIGINS", f"each entry must be an origin such as https://portal.example.org: {value!r}"
-        )
+        shown = "" if "@" in value else f": {value!r}"  # never repeat a user:pass@ an entry held
+        raise ConfigError(PREFIX + "CORS_ORIGINS", f"each entry must be an origin such as https://portal.example.org{shown}")
     return value
 
 
@@ -437,6 +441,12 @@ class Settings:
         database = values["DATABASE_URL"]
         if not database.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://")):
             raise ConfigError(PREFIX + "DATABASE_URL", "must start with sqlite:/// or postgresql://")
+        if database.split("?", 1)[0].count("@") > 1:
+            # a password holding a bare @ (p@ss) is cut at it: the rest became the host, and the driver's "failed
+            # to resolve host 'ss@db'" printed part of the password. Refused here, the value never shown.
+            raise ConfigError(
+                PREFIX + "DATABASE_URL", "the user name or password holds an unencoded @: write it as %40"
+            )
         keys = _split(values["SIGNING_KEYS"])
         if any(len(key) < 32 for key in keys):
             raise ConfigError(PREFIX + "SIGNING_KEYS", "every key must be at least 32 characters")
