@@ -79,5 +79,14 @@ def create_storage(settings: Settings) -> None:
     """The local folders of the storage and of the PHI policy's destinations (nothing for S3)."""
     from gateway.services import build_policy_hooks
     from gateway.storage import open_storage
+    from gateway.storage.local import LocalStorage
 
+    if settings.storage_url.startswith("file://"):
+        # made here, not by LocalStorage(create=True), which leaves a failure to the first write: a folder that
+        # cannot be made (under a file, on a read-only mount) started a gateway that answered 503 to every upload
+        root = LocalStorage(settings.storage_url).root
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StartupError(f"DICOMGW_STORAGE_URL: cannot make the folder {root}: {error.strerror}") from None
     build_policy_hooks(settings, open_storage(settings.storage_url, create=True), create=True)
