@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import ipaddress
 import os
 import shutil
@@ -24,6 +25,7 @@ import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import requests
@@ -38,6 +40,20 @@ NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 # with it. NGINX's log keeps every line meanwhile, so the audit trail loses none.
 HELPERS = frozenset({"collector", "derive"})
 RESTART_PAUSE = 5.0  # seconds at least between two starts of a helper: one that cannot start does not spin
+
+
+# Settings that hold a path of this machine (a database URL's is handled by ``absolute_sqlite``).
+RELATIVE_PATHS = ("DICOMGW_PHI_POLICY", "DICOMGW_TMP_DIR", "DICOMGW_VIEWER_ROOT")
+
+
+def absolute_sqlite(url: str) -> str:
+    """``sqlite:///rel.db`` (a path relative to the current folder) as ``sqlite:////abs/rel.db``; others unchanged."""
+    if not url.startswith("sqlite:///"):
+        return url
+    path, mark, query = url[len("sqlite:///") :].partition("?")
+    if not path or path.startswith("/") or path == ":memory:":
+        return url
+    return f"sqlite:///{Path(path).absolute()}{mark}{query}"
 
 
 class StackError(RuntimeError):
@@ -137,6 +153,7 @@ class Stack:
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     commands: dict[str, tuple[list[str], dict[str, str], float]] = field(default_factory=dict)  # argv, env, start
     log_marks: dict[Path, int] = field(default_factory=dict)
+    lock: Any = field(default=None, repr=False)  # the open var/run/stack.lock while this stack holds it
 
     def __post_init__(self) -> None:
         # One value per setting, used by gunicorn, NGINX and seeding alike: a flag (constructor argument) wins,
@@ -147,9 +164,13 @@ class Stack:
         self.storage_url = (
             self.storage_url or env.get("DICOMGW_STORAGE_URL", "") or f"file://{self.var_dir / 'objects'}"
         )
-        self.database_url = (
+        self.database_url = absolute_sqlite(
             self.database_url or env.get("DICOMGW_DATABASE_URL", "") or f"sqlite:///{self.var_dir / 'catalog.db'}"
         )
+        # gunicorn and the helpers run in var/: a relative path means the folder the operator typed it in (they
+        # found another file there, or none: `sqlite:///catalog.db` was migrated here, then refused in var/)
+        self.extra_env = {**env, **{name: str(Path(env[name]).absolute()) for name in RELATIVE_PATHS if env.get(name)}}
+        env = self.extra_env
         self.signing_keys = self._keys("DICOMGW_SIGNING_KEYS", "signing.key")
         self.api_keys = self._keys("DICOMGW_API_KEYS", "api.key")
         self.deid_key = env.get("DICOMGW_DEID_KEY", "") or read_or_create_secret(self.var_dir / "deid.key")
@@ -304,13 +325,38 @@ class Stack:
             raise StackError(
                 "nginx is not installed: install the Debian package 'nginx' (apt-get install nginx)"
             )
-        check_listen(self.host, self.port)
-        self.prepare()
+        self._take_lock()
+        try:
+            check_listen(self.host, self.port)
+            self.prepare()
+        except BaseException:
+            self._release_lock()
+            raise
         try:
             self._start_processes(timeout)
         except BaseException:
             self.stop()  # never leave half a stack running (an OSError spawning NGINX, Ctrl-C while waiting)
             raise
+
+    def _take_lock(self) -> None:
+        """One stack per --var folder. A second one (another port, another terminal) unlinked the first's gunicorn
+        socket and metrics and, once stopped, left the first answering 503. flock, not a pid file: the kernel drops
+        it with the process that held it, so a stack killed any way never blocks the next start."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        handle = (self.run_dir / "stack.lock").open("a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise StackError(
+                f"another stack is running with --var {self.var_dir}: stop it first, or choose another --var"
+            ) from None
+        self.lock = handle
+
+    def _release_lock(self) -> None:
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
 
     def _start_processes(self, timeout: float) -> None:
         main_conf = self.render()
@@ -514,6 +560,7 @@ class Stack:
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
         self.processes.clear()
+        self._release_lock()
 
     @contextlib.contextmanager
     def running(self) -> Iterator[Stack]:
