@@ -99,6 +99,10 @@ def stack_up(
     except (StackError, OSError) as error:  # one line: a port in use, a bad setting, an unwritable --var
         raise click.ClickException(str(error)) from None
     try:
+        if stop.is_set():
+            # Ctrl-C or SIGTERM came while it started: it printed the links of a stack it then stopped, after
+            # seeding it first (seconds more of a command told to stop)
+            return
         click.echo(f"gateway:  {the_stack.url}  (ready: {the_stack.url}/readyz)")
         if not no_seed:
             try:
