@@ -1,0 +1,301 @@
+"""Configuration and the command line as operators bring them (session 22): values typed into an .env file or a
+shell (a password with an @, a URL with user:pass@, a relative path, a folder that cannot be made), and
+`dicom-gateway stack up` run twice on one --var or stopped while it starts. Every command runs for real (a
+subprocess, the real NGINX, gunicorn, PostgreSQL); each refusal is one exact line that names the variable and never
+repeats a credential."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+from gateway.tools.stack import free_port
+from tests.fixtures.servers import PostgresServer, postgres_database
+
+REPO = Path(__file__).resolve().parents[2]
+CLI = [sys.executable, "-m", "gateway.cli"]
+SECRET = "hunter2-" + secrets.token_hex(4)  # what no output may show
+
+
+def _environment(tmp_path: Path, **changes: str) -> dict[str, str]:
+    """A complete production configuration under ``tmp_path`` (no DICOMGW_* of this shell), with ``changes``."""
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("DICOMGW_")},
+        "DICOMGW_SIGNING_KEYS": secrets.token_urlsafe(48),
+        "DICOMGW_API_KEYS": secrets.token_urlsafe(48),
+        "DICOMGW_STORAGE_URL": f"file://{tmp_path / 'objects'}",
+        "DICOMGW_DATABASE_URL": f"sqlite:///{tmp_path / 'catalog.db'}",
+        **changes,
+    }
+
+
+def _run(argv: list[str], env: Mapping[str, str], cwd: Path) -> tuple[int, str, str]:
+    done = subprocess.run([*CLI, *argv], env=dict(env), cwd=cwd, capture_output=True, text=True, timeout=120)
+    return done.returncode, done.stdout, done.stderr
+
+
+def _stack_up(var: Path | str, port: int, env: Mapping[str, str], cwd: Path, *flags: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*CLI, "stack", "up", "--no-seed", "--port", str(port), "--var", str(var), *flags],
+        env=dict(env),
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _ready(port: int) -> int | str:
+    try:
+        return requests.get(f"http://127.0.0.1:{port}/readyz", timeout=10).status_code
+    except requests.RequestException as error:
+        return type(error).__name__
+
+
+def _wait_ready(port: int, process: subprocess.Popen[str], timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        if _ready(port) == 200:
+            return
+        time.sleep(0.2)
+    raise AssertionError("stack up did not become ready")
+
+
+def _stop(process: subprocess.Popen[str]) -> tuple[int, str, str]:
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    return process.returncode, out, err
+
+
+def _finish(process: subprocess.Popen[str]) -> tuple[int, str, str]:
+    """What a `stack up` that should stop by itself (a refusal) exited with and printed; one that runs on instead is
+    stopped (what it printed then fails the test)."""
+    try:
+        out, err = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        return _stop(process)
+    return process.returncode, out, err
+
+
+def _processes_under(folder: Path) -> list[int]:
+    """PIDs whose command line names ``folder`` (what a stack up there started)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if str(folder) in (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def _head_revision() -> str:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(REPO / "gateway" / "catalog" / "migrations"))
+    head = ScriptDirectory.from_config(config).get_current_head()
+    assert head is not None
+    return head
+
+
+# -- credentials in URLs -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_a_database_password_with_a_bare_at_is_refused_without_showing_it(
+    tmp_path: Path, postgres_server: PostgresServer
+) -> None:
+    """A PostgreSQL password holding `@`, typed as it is: the URL was cut at the first `@` and the driver's
+    "failed to resolve host 'ssword@127.0.0.1'" printed the rest of the password. Now one line says how to write
+    it, and the same password percent-encoded (README: `postgresql://user:pass@host/db`) opens the catalog."""
+    with postgres_database(postgres_server) as url:
+        _, _, where = url.partition("://")
+        user, _, host_and_db = where.partition("@")
+        bare = f"postgresql://{user}:p@{SECRET}@{host_and_db}"
+        code, out, err = _run(["db", "upgrade"], _environment(tmp_path, DICOMGW_DATABASE_URL=bare), tmp_path)
+        assert (code, out, err) == (
+            1,
+            "",
+            "Error: DICOMGW_DATABASE_URL: the user name or password holds an unencoded @: write it as %40\n",
+        )
+        assert "hunter2" not in out + err
+        encoded = f"postgresql://{user}:p%40{SECRET}%2F%3F%23%3A@{host_and_db}"
+        code, out, err = _run(["db", "upgrade"], _environment(tmp_path, DICOMGW_DATABASE_URL=encoded), tmp_path)
+        assert (code, out, err) == (0, f"catalog schema at revision {_head_revision()}\n", "")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "line"),
+    [
+        (
+            "DICOMGW_PUBLIC_URL",
+            f"https://viewer:{SECRET}@dicom.example.org",
+            "Error: DICOMGW_PUBLIC_URL: must not hold a user name or password (user:pass@)\n",
+        ),
+        (
+            "DICOMGW_PUBLIC_URL",
+            f"https://viewer:{SECRET}@dicom.example.org/?x=1",
+            "Error: DICOMGW_PUBLIC_URL: must not hold a user name or password (user:pass@)\n",
+        ),
+        (
+            "DICOMGW_CORS_ORIGINS",
+            f"https://portal.example.org,https://portal:{SECRET}@portal.example.org",
+            "Error: DICOMGW_CORS_ORIGINS: each entry must be an origin such as https://portal.example.org\n",
+        ),
+    ],
+    ids=["public-url", "public-url-with-query", "cors-origin"],
+)
+def test_a_url_setting_with_user_and_password_is_refused_without_showing_them(
+    tmp_path: Path, variable: str, value: str, line: str
+) -> None:
+    """DICOMGW_PUBLIC_URL prefixes every viewer link, RetrieveURL and DICOMweb root handed to clients: a
+    `user:pass@` in it was accepted and went out in every answer (and a refusal for another reason quoted it whole).
+    An origin with one can never match what a browser sends, yet was accepted. Both are one line now, without it."""
+    code, out, err = _run(["db", "upgrade"], _environment(tmp_path, **{variable: value}), tmp_path)
+    assert (code, out, err) == (1, "", line)
+    assert not (tmp_path / "catalog.db").exists()
+
+
+def test_token_issue_never_prints_a_url_with_user_and_password(tmp_path: Path) -> None:
+    """`token issue` prints viewer_url and dicomweb_root under --url, else DICOMGW_PUBLIC_URL: either with a
+    `user:pass@` printed it into both URLs (pasted into tickets and chats). Now each is refused in one line."""
+    env = _environment(tmp_path)
+    issue = ["token", "issue", "--study", "1.2.3"]
+    code, out, err = _run([*issue, "--url", f"https://viewer:{SECRET}@dicom.example.org"], env, tmp_path)
+    assert (code, out, err) == (
+        2,
+        "",
+        "Error: Invalid value for --url: must not hold a user name or password (user:pass@)\n",
+    )
+    env["DICOMGW_PUBLIC_URL"] = f"https://viewer:{SECRET}@dicom.example.org"
+    code, out, err = _run(issue, env, tmp_path)
+    refused = "Error: DICOMGW_PUBLIC_URL: must not hold a user name or password (user:pass@)\n"
+    assert (code, out, err) == (1, "", refused)
+    # a plain --url still wins over the variable, as README says
+    code, out, err = _run([*issue, "--url", "https://dicom.example.org/"], env, tmp_path)
+    assert (code, err) == (0, "")
+    assert '"dicomweb_root": "https://dicom.example.org/t/' in out
+
+
+# -- folders and paths -------------------------------------------------------------------------------------------
+
+
+def test_a_storage_folder_that_cannot_be_made_stops_start_up_in_one_line(tmp_path: Path) -> None:
+    """`file:///...` under a path that is a file (a mount point not mounted, a typo): start-up said all was well
+    (`db upgrade` printed the revision and exited 0; `stack up` waited its 30 s for a readiness that never came),
+    and every upload would have been a 503. Now start-up stops at once, naming the variable, the folder and why."""
+    blocker = tmp_path / "data"
+    blocker.write_text("a file where the folder should be")
+    storage = f"file://{blocker / 'objects'}"
+    code, out, err = _run(["db", "upgrade"], _environment(tmp_path, DICOMGW_STORAGE_URL=storage), tmp_path)
+    assert (code, out, err) == (
+        1,
+        "",
+        f"Error: DICOMGW_STORAGE_URL: cannot make the folder {blocker / 'objects'}: Not a directory\n",
+    )
+    started = time.monotonic()
+    process = _stack_up(tmp_path / "var", free_port(), _environment(tmp_path), tmp_path, "--storage", storage)
+    assert _finish(process) == (
+        1,
+        "",
+        f"Error: DICOMGW_STORAGE_URL: cannot make the folder {blocker / 'objects'}: Not a directory\n",
+    )
+    assert time.monotonic() - started < 25
+    assert not _processes_under(tmp_path / "var")
+    assert blocker.read_text() == "a file where the folder should be"
+
+
+def test_relative_paths_mean_the_folder_stack_up_was_started_in(tmp_path: Path) -> None:
+    """`stack up --database sqlite:///catalog.db` (README's `sqlite:///path.db`) with `DICOMGW_PHI_POLICY=policy.toml`:
+    the catalog was migrated in the operator's folder, but gunicorn and its helpers run in --var, where they found
+    no policy and an empty catalog ("derive exited at start-up: ... run `dicom-gateway db upgrade`"). Every process
+    now reads the paths the operator meant."""
+    shutil.copy(REPO / "examples" / "phi-policy.toml", tmp_path / "policy.toml")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMGW_")}
+    env.update(DICOMGW_PHI_POLICY="policy.toml", DICOMGW_TMP_DIR="spool")
+    (tmp_path / "spool").mkdir()
+    port = free_port()
+    process = _stack_up("var", port, env, tmp_path, "--database", "sqlite:///catalog.db")
+    try:
+        _wait_ready(port, process)
+        assert not (tmp_path / "var" / "catalog.db").exists()
+        with sqlite3.connect(tmp_path / "catalog.db") as catalog:
+            assert catalog.execute("SELECT version_num FROM alembic_version").fetchall() == [(_head_revision(),)]
+    finally:
+        code, out, err = _stop(process)
+    assert (code, err) == (0, "")
+    assert out.splitlines()[-1] == "stopped."
+
+
+# -- stack up: one per folder, stopped while it starts ------------------------------------------------------------
+
+
+def test_a_second_stack_up_on_the_same_var_is_refused_and_the_first_keeps_serving(tmp_path: Path) -> None:
+    """Two terminals, one --var, two ports: the second `stack up` started, unlinked the first's gunicorn socket and
+    metrics, and once stopped left the first answering 503 to new connections. Now it is refused in one line and
+    the first is untouched; after the first stops (even killed), the folder is free again: no stale lock."""
+    env = _environment(tmp_path)
+    for name in ("DICOMGW_STORAGE_URL", "DICOMGW_DATABASE_URL"):
+        del env[name]
+    var, first_port, second_port = tmp_path / "var", free_port(), free_port()
+    first = _stack_up(var, first_port, env, tmp_path)
+    try:
+        _wait_ready(first_port, first)
+        second = _stack_up(var, second_port, env, tmp_path)
+        assert _finish(second) == (
+            1,
+            "",
+            f"Error: another stack is running with --var {var}: stop it first, or choose another --var\n",
+        )
+        assert (var / "run" / "gunicorn.sock").exists()
+        with ThreadPoolExecutor(16) as pool:  # new connections to gunicorn, not only NGINX's kept-alive ones
+            assert set(pool.map(lambda _: _ready(first_port), range(64))) == {200}
+    finally:
+        code, _, err = _stop(first)
+    assert (code, err) == (0, "")
+    again = _stack_up(var, second_port, env, tmp_path)
+    _wait_ready(second_port, again)
+    assert _stop(again)[0] == 0
+
+
+def test_ctrl_c_while_stack_up_starts_prints_no_links_and_the_next_start_runs(tmp_path: Path) -> None:
+    """Ctrl-C (or a service manager's SIGTERM) while `stack up` was starting: it went on, printed the links of a
+    stack it then stopped (and seeded it first, without --no-seed). Now it stops, prints only `stopped.`, leaves
+    no process, and the next `stack up` on the same folder and port starts."""
+    env = _environment(tmp_path)
+    for name in ("DICOMGW_STORAGE_URL", "DICOMGW_DATABASE_URL"):
+        del env[name]
+    var, port = tmp_path / "var", free_port()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        process = _stack_up(var, port, env, tmp_path)
+        deadline = time.monotonic() + 60
+        while not (var / "logs" / "gunicorn.out").exists():  # it is starting: gunicorn has been spawned
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.01)
+        process.send_signal(signum)
+        out, err = process.communicate(timeout=90)
+        assert (process.returncode, out, err) == (0, "stopped.\n", "")
+        time.sleep(0.5)
+        assert not _processes_under(var)
+        (var / "logs" / "gunicorn.out").unlink()
+    again = _stack_up(var, port, env, tmp_path)
+    _wait_ready(port, again)
+    code, out, err = _stop(again)
+    assert (code, err) == (0, "")
+    assert out.startswith(f"gateway:  http://127.0.0.1:{port}  (ready: http://127.0.0.1:{port}/readyz)\n")
