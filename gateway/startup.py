@@ -8,7 +8,9 @@ on an empty catalog never race on a migration. Failures are ``StartupError``: on
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from pathlib import Path
 
 from gateway.config import Settings
 from gateway.errors import ConfigError, GatewayError
@@ -70,9 +72,23 @@ def prepare(env: Mapping[str, str] | None = None) -> Settings:
     """Validate the settings, migrate the catalog and make the local storage folders, once, before any worker
     starts (workers never make them: a folder gone at run time is an outage, not a new empty folder)."""
     settings = check_settings(env)
+    check_spool(settings)
     migrate(settings)
     create_storage(settings)
     return settings
+
+
+def check_spool(settings: Settings) -> None:
+    """``DICOMGW_TMP_DIR``, where every upload is spooled, is a folder the workers can write: one that does not exist
+    (a typo, a volume not mounted) started a gateway that was ready and answered 503 to every upload. Not made here:
+    a spool is meant to be on a chosen disk, and one made on the wrong disk fills it."""
+    if not settings.tmp_dir:
+        return  # the system temp dir
+    spool = Path(settings.tmp_dir)
+    if not spool.is_dir():
+        raise StartupError(f"DICOMGW_TMP_DIR: no such folder: {spool}")
+    if not os.access(spool, os.W_OK | os.X_OK):
+        raise StartupError(f"DICOMGW_TMP_DIR: this user cannot write to {spool}")
 
 
 def create_storage(settings: Settings) -> None:

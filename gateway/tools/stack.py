@@ -442,6 +442,7 @@ class Stack:
         """Validate the gateway's settings and migrate the catalog once, before gunicorn starts its workers."""
         from gateway.startup import StartupError, prepare
 
+        (self.var_dir / "spool").mkdir(exist_ok=True)  # the default DICOMGW_TMP_DIR, which start-up checks
         try:
             prepare({**os.environ, **self.gateway_env()})  # exactly what gunicorn gets
         except StartupError as error:

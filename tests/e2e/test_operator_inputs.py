@@ -221,6 +221,26 @@ def test_a_storage_folder_that_cannot_be_made_stops_start_up_in_one_line(tmp_pat
     assert blocker.read_text() == "a file where the folder should be"
 
 
+def test_an_upload_spool_that_does_not_exist_stops_start_up_in_one_line(tmp_path: Path) -> None:
+    """DICOMGW_TMP_DIR naming no folder (a typo, a volume not mounted): the gateway started, /readyz said 200, and
+    every upload was a 503 `upload spool write failed (ENOENT)`. Now `stack up` and the image's gunicorn stop at
+    start-up, in one line naming the variable."""
+    missing = tmp_path / "no-such-spool"
+    env = _environment(tmp_path, DICOMGW_TMP_DIR=str(missing))
+    process = _stack_up(tmp_path / "var", free_port(), env, tmp_path)
+    assert _finish(process) == (1, "", f"Error: DICOMGW_TMP_DIR: no such folder: {missing}\n")
+    assert not _processes_under(tmp_path / "var")
+    gunicorn = [str(Path(sys.executable).with_name("gunicorn")), "--config", str(REPO / "docker" / "gunicorn.conf.py")]
+    env.update(GUNICORN_BIND=f"127.0.0.1:{free_port()}", WEB_CONCURRENCY="1")
+    done = subprocess.run(
+        [*gunicorn, "gateway.wsgi:application"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1] == f"dicom-gateway: DICOMGW_TMP_DIR: no such folder: {missing}"
+    assert "Traceback" not in done.stderr and "Booting worker" not in done.stderr
+    assert not missing.exists()
+
+
 def test_relative_paths_mean_the_folder_stack_up_was_started_in(tmp_path: Path) -> None:
     """`stack up --database sqlite:///catalog.db` (README's `sqlite:///path.db`) with `DICOMGW_PHI_POLICY=policy.toml`:
     the catalog was migrated in the operator's folder, but gunicorn and its helpers run in --var, where they found
