@@ -525,14 +525,14 @@ def test_stack_resolves_each_setting_once(tmp_path: Path) -> None:
             "DICOMGW_SIGNING_KEYS": keys,
             "DICOMGW_API_KEYS": "k" * 40,
             "DICOMGW_STORAGE_URL": "file:///srv/env",
-            "DICOMGW_DATABASE_URL": "sqlite:///srv/env.db",
+            "DICOMGW_DATABASE_URL": "sqlite:////srv/env.db",
         },
     )
     env = stack.gateway_env()
     assert (stack.signing_key, env["DICOMGW_SIGNING_KEYS"]) == (keys.split(",")[1], keys)
     assert (stack.api_key, env["DICOMGW_API_KEYS"]) == ("k" * 40, "k" * 40)
     assert (stack.storage_url, env["DICOMGW_STORAGE_URL"]) == ("file:///srv/flag", "file:///srv/flag")
-    assert (stack.database_url, env["DICOMGW_DATABASE_URL"]) == ("sqlite:///srv/env.db", "sqlite:///srv/env.db")
+    assert (stack.database_url, env["DICOMGW_DATABASE_URL"]) == ("sqlite:////srv/env.db", "sqlite:////srv/env.db")
     assert sorted(p.name for p in var.iterdir()) == ["deid.key"]  # no key file that nothing would use
 
 
