@@ -56,7 +56,11 @@ VARIABLES: dict[str, Variable] = {
         "created at start-up only: one that goes missing later (an unmounted volume) makes storage a 503 until it "
         "is back, never a new empty folder.",
     ),
-    "DATABASE_URL": Variable(True, "", "Catalog: `sqlite:///path.db` or `postgresql://user:pass@host/db`."),
+    "DATABASE_URL": Variable(
+        True,
+        "",
+        "Catalog: `sqlite:///path.db` or `postgresql://user:pass@host/db` (an `@` in the password as `%40`).",
+    ),
     "PHI_POLICY": Variable(False, "", "Path of the PHI / data-sovereignty policy (TOML). Empty: no PHI hooks run."),
     "PUBLIC_URL": Variable(
         False,
@@ -65,7 +69,7 @@ VARIABLES: dict[str, Variable] = {
         "scheme and host the client used, as NGINX passes them (`Host`, `X-Forwarded-Proto`); set it behind a load "
         "balancer that terminates TLS (NGINX then sees `http`), and for Python's dicomweb-client on a port other than "
         "80/443 (`stack up --host 0.0.0.0`, which leaves it unset): that client sends `Host` without the port, so the "
-        "URLs it is given lack it.",
+        "URLs it is given lack it. No `user:pass@`: it is handed to every client.",
     ),
     "CORS_ORIGINS": Variable(
         False,
@@ -148,7 +152,8 @@ VARIABLES: dict[str, Variable] = {
     "TMP_DIR": Variable(
         False,
         "",
-        "Where uploads are spooled before they are stored (default: the system temp dir).",
+        "Where uploads are spooled before they are stored (default: the system temp dir); an existing folder the "
+        "gateway can write, checked at start-up (never made: it belongs on a chosen disk).",
     ),
     "S3_PRESIGN_TTL": Variable(
         False,
