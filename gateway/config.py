@@ -263,6 +263,9 @@ def parse_api_keys(value: str) -> tuple[ApiKey, ...]:
     keys = []
     for entry in _split(value):
         label, colon, secret = entry.rpartition(":")
+        # `ops: KEY`, as YAML is written: the blank made the key " KEY", which no Bearer header (read stripped)
+        # could ever present: every call was a 401, and start-up said nothing
+        label, secret = label.strip(), secret.strip()
         if not colon:
             label = "key-" + hashlib.sha256(secret.encode()).hexdigest()[:8]
         elif not API_KEY_LABEL.match(label) or not secret:

@@ -193,6 +193,30 @@ def test_token_issue_never_prints_a_url_with_user_and_password(tmp_path: Path) -
     assert '"dicomweb_root": "https://dicom.example.org/t/' in out
 
 
+def test_an_api_key_written_label_colon_blank_key_is_the_key(tmp_path: Path) -> None:
+    """`DICOMGW_API_KEYS=ops: KEY`, the blank after the colon as YAML and most key lists are written: the key became
+    " KEY", which no `Authorization: Bearer KEY` (read without blanks) matched. Start-up said nothing and every
+    server-to-server call was a 401 (and `backup :KEY` was refused as a malformed label). The blanks around the label
+    and the key are now no part of either."""
+    key = secrets.token_urlsafe(48)
+    env = _environment(tmp_path, DICOMGW_API_KEYS=f"ops: {key} , backup :{secrets.token_urlsafe(48)}")
+    port = free_port()
+    process = _stack_up(tmp_path / "var", port, env, tmp_path)
+    try:
+        _wait_ready(port, process)
+        answer = requests.post(
+            f"http://127.0.0.1:{port}/api/v1/tokens",
+            json={"sub": "portal", "studies": ["1.2.3"]},
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=30,
+        )
+        assert (answer.status_code, answer.headers["Content-Type"]) == (201, "application/json"), answer.text
+        assert answer.json()["dicomweb_root"].startswith(f"http://127.0.0.1:{port}/t/")
+    finally:
+        code, _, err = _stop(process)
+    assert (code, err) == (0, "")
+
+
 # -- folders and paths -------------------------------------------------------------------------------------------
 
 
