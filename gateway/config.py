@@ -185,7 +185,12 @@ VARIABLES: dict[str, Variable] = {
 
 # Read by a library, not by us: declared so README's table (and a reader) finds them here too.
 ELSEWHERE: dict[str, Variable] = {
-    "AWS_ENDPOINT_URL": Variable(False, "", "S3-compatible endpoint (MinIO, moto); standard boto3 variable."),
+    "AWS_ENDPOINT_URL": Variable(
+        False,
+        "",
+        "S3-compatible endpoint (MinIO, moto): `http(s)://host[:port]`, checked at start-up with `s3://` storage; "
+        "standard boto3 variable.",
+    ),
     "PROMETHEUS_MULTIPROC_DIR": Variable(
         False,
         "",
@@ -235,6 +240,18 @@ def _s3_url_ok(url: str) -> bool:
     return "\\" not in prefix and "\x00" not in prefix and all(
         segment not in ("", ".", "..") for segment in prefix.split("/")
     )
+
+
+def _endpoint_ok(url: str) -> bool:
+    """``AWS_ENDPOINT_URL``: unset (AWS itself), or ``http(s)://host[:port]`` without ``user:pass@``."""
+    if not url:
+        return True
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - a port that is no number raises here
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and "@" not in parts.netloc
 
 
 def _unset(value: str) -> bool:
@@ -421,6 +438,7 @@ class Settings:
         values = {name: env.get(PREFIX + name, "") for name in VARIABLES}
         # NGINX's decision cache, read here only to check DELETE_SETTLE against it (2 where NGINX runs apart)
         values["AUTH_CACHE_SECONDS"] = env.get(PREFIX + "AUTH_CACHE_SECONDS", "")
+        values["AWS_ENDPOINT_URL"] = env_value("AWS_ENDPOINT_URL", env)  # checked with an s3:// storage
         return cls.from_mapping(values)
 
     @classmethod
@@ -446,6 +464,12 @@ class Settings:
             # what S3Storage takes (a bucket, then an optional prefix of plain segments): found here, it is the
             # one-line start-up error README promises, not a traceback from the storage module
             raise ConfigError(PREFIX + "STORAGE_URL", "must be s3://bucket or s3://bucket/prefix")
+        if storage.startswith("s3://") and not _endpoint_ok(str(raw.get("AWS_ENDPOINT_URL") or "")):
+            # boto3 raised "Invalid endpoint" (a traceback at start-up) for `minio:9000`, took a scheme typo, and a
+            # user:pass@ (which boto3 does not use) was written into NGINX's rendered Host; the value is not shown
+            raise ConfigError(
+                "AWS_ENDPOINT_URL", "must be an http:// or https:// URL with a host, such as http://minio:9000"
+            )
         database = values["DATABASE_URL"]
         if not database.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://")):
             raise ConfigError(PREFIX + "DATABASE_URL", "must start with sqlite:/// or postgresql://")

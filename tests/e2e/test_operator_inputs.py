@@ -22,7 +22,8 @@ import pytest
 import requests
 
 from gateway.tools.stack import free_port
-from tests.fixtures.servers import PostgresServer, postgres_database
+from tests.e2e.harness import AWS_TEST_ENV
+from tests.fixtures.servers import MotoServer, PostgresServer, create_bucket, postgres_database
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "gateway.cli"]
@@ -215,6 +216,38 @@ def test_an_api_key_written_label_colon_blank_key_is_the_key(tmp_path: Path) -> 
     finally:
         code, _, err = _stop(process)
     assert (code, err) == (0, "")
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    ["127.0.0.1:{port}", "htp://127.0.0.1:{port}", f"http://minio:{SECRET}@127.0.0.1:{{port}}", "http://127.0.0.1:x"],
+    ids=["no-scheme", "scheme-typo", "user-and-password", "port-no-number"],
+)
+def test_an_s3_endpoint_that_is_no_url_is_one_line(tmp_path: Path, moto_server: MotoServer, endpoint: str) -> None:
+    """`AWS_ENDPOINT_URL=127.0.0.1:9000` (what MinIO's console shows as its API address) with s3:// storage: start-up
+    died in boto3's "ValueError: Invalid endpoint" traceback; a scheme typo passed start-up, and a `user:pass@` was
+    written into NGINX's rendered configuration as the storage's Host. Each is one line now, without the value; the
+    real endpoint, trailing slash and all, still starts."""
+    port = moto_server.endpoint.rsplit(":", 1)[1]
+    create_bucket(moto_server.endpoint, "operators")
+    env = _environment(tmp_path, **AWS_TEST_ENV, DICOMGW_STORAGE_URL="s3://operators/data")
+    env["AWS_ENDPOINT_URL"] = endpoint.format(port=port)
+    code, out, err = _run(["db", "upgrade"], env, tmp_path)
+    assert (code, out, err) == (
+        1,
+        "",
+        "Error: AWS_ENDPOINT_URL: must be an http:// or https:// URL with a host, such as http://minio:9000\n",
+    )
+    process = _stack_up(tmp_path / "var", free_port(), env, tmp_path)
+    assert _finish(process) == (
+        1,
+        "",
+        "Error: AWS_ENDPOINT_URL: must be an http:// or https:// URL with a host, such as http://minio:9000\n",
+    )
+    assert not (tmp_path / "var" / "nginx" / "conf").exists()
+    env["AWS_ENDPOINT_URL"] = moto_server.endpoint + "/"
+    code, out, err = _run(["db", "upgrade"], env, tmp_path)
+    assert (code, out, err) == (0, f"catalog schema at revision {_head_revision()}\n", "")
 
 
 # -- folders and paths -------------------------------------------------------------------------------------------
