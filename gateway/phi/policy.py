@@ -463,7 +463,11 @@ def loads_policy(text: str) -> Policy:
 
 def load_policy(path: Path | str) -> Policy:
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        # utf-8-sig: Notepad's "UTF-8 with BOM" was "not valid TOML: Invalid statement (at line 1, column 1)"
+        text = Path(path).read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise ConfigError(VARIABLE, f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        # a file saved as Latin-1 or UTF-16 (an accent in a comment) stopped start-up with a traceback
+        raise ConfigError(VARIABLE, f"{path} is not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
     return loads_policy(text)

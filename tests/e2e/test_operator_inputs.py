@@ -298,6 +298,23 @@ def test_an_upload_spool_that_does_not_exist_stops_start_up_in_one_line(tmp_path
     assert not missing.exists()
 
 
+def test_a_phi_policy_saved_by_a_windows_editor_starts_or_is_one_line(tmp_path: Path) -> None:
+    """The example policy as Windows editors save it: Notepad's "UTF-8 with BOM" was refused as "not valid TOML:
+    Invalid statement (at line 1, column 1)"; saved as Latin-1 (a site name with an accent in a comment) start-up
+    died in a UnicodeDecodeError traceback. The first now starts; the second is one line naming the variable."""
+    text = (REPO / "examples" / "phi-policy.toml").read_text(encoding="utf-8")
+    env = _environment(tmp_path, DICOMGW_DEID_KEY=secrets.token_urlsafe(48))  # the example de-identifies
+    with_bom = tmp_path / "bom.toml"
+    with_bom.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    code, out, err = _run(["db", "upgrade"], {**env, "DICOMGW_PHI_POLICY": str(with_bom)}, tmp_path)
+    assert (code, out, err) == (0, f"catalog schema at revision {_head_revision()}\n", "")
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes(("# Hôpital Saint-Éloi\n" + text).encode("latin-1"))
+    code, out, err = _run(["db", "upgrade"], {**env, "DICOMGW_PHI_POLICY": str(latin1)}, tmp_path)
+    refused = f"Error: DICOMGW_PHI_POLICY: {latin1} is not UTF-8 text (byte 3): save it as UTF-8\n"
+    assert (code, out, err) == (1, "", refused)
+
+
 def test_relative_paths_mean_the_folder_stack_up_was_started_in(tmp_path: Path) -> None:
     """`stack up --database sqlite:///catalog.db` (README's `sqlite:///path.db`) with `DICOMGW_PHI_POLICY=policy.toml`:
     the catalog was migrated in the operator's folder, but gunicorn and its helpers run in --var, where they found
