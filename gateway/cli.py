@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from gateway.config import check_public_url, env_int, env_list, env_value, parse_api_keys
+from gateway.config import check_database_url, check_public_url, env_int, env_list, env_value, parse_api_keys
 from gateway.errors import ConfigError, GatewayError
 
 # click 8.2+ shows a bare group's help by raising this usage error; 8.1 (allowed by pyproject) has no such class
@@ -309,16 +309,20 @@ def audit_collect(log_path: Path, follow: bool, echo: bool, heartbeat: Path | No
 
     try:
         database = env_value("DATABASE_URL")
+        if not database:
+            raise click.ClickException("DICOMGW_DATABASE_URL is required")
+        check_database_url(database)  # as the gateway checks it: --follow retried a URL that can never open
         retention = env_int("AUDIT_RETENTION_DAYS")
         interval = env_int("AUDIT_COLLECT_SECONDS")
     except ConfigError as error:
         raise click.ClickException(str(error)) from None
-    if not database:
-        raise click.ClickException("DICOMGW_DATABASE_URL is required")
     catalog = Catalog(database)
     try:
         if not follow:
-            added = collect(catalog, log_path, retention, echo=echo)
+            try:
+                added = collect(catalog, log_path, retention, echo=echo)
+            except GatewayError as error:  # the catalog unreachable: one line, as reconcile says it (was a traceback)
+                raise click.ClickException(f"{error.code}: {error.detail}") from None
             click.echo(f"{added} access rows added", err=echo)
             return
         stop = threading.Event()

@@ -314,6 +314,17 @@ def check_public_url(value: str) -> str:
     return value.rstrip("/")
 
 
+def check_database_url(value: str) -> str:
+    """``DICOMGW_DATABASE_URL``: SQLite or PostgreSQL, and no bare ``@`` in its user name or password."""
+    if not value.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://")):
+        raise ConfigError(PREFIX + "DATABASE_URL", "must start with sqlite:/// or postgresql://")
+    if value.split("?", 1)[0].count("@") > 1:
+        # a password holding a bare @ (p@ss) is cut at it: the rest became the host, and the driver's "failed to
+        # resolve host 'ss@db'" printed part of the password. Refused here, the value never shown.
+        raise ConfigError(PREFIX + "DATABASE_URL", "the user name or password holds an unencoded @: write it as %40")
+    return value
+
+
 # An app's own scheme: the origin a mobile WebView sends from its bundled pages (iOS Capacitor's
 # ``capacitor://localhost``, Ionic's ``ionic://localhost``, Tauri's ``tauri://localhost``). ``file:`` pages send
 # ``Origin: null``, which no entry may allow (every sandboxed or opaque page sends it too).
@@ -470,15 +481,7 @@ class Settings:
             raise ConfigError(
                 "AWS_ENDPOINT_URL", "must be an http:// or https:// URL with a host, such as http://minio:9000"
             )
-        database = values["DATABASE_URL"]
-        if not database.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://")):
-            raise ConfigError(PREFIX + "DATABASE_URL", "must start with sqlite:/// or postgresql://")
-        if database.split("?", 1)[0].count("@") > 1:
-            # a password holding a bare @ (p@ss) is cut at it: the rest became the host, and the driver's "failed
-            # to resolve host 'ss@db'" printed part of the password. Refused here, the value never shown.
-            raise ConfigError(
-                PREFIX + "DATABASE_URL", "the user name or password holds an unencoded @: write it as %40"
-            )
+        database = check_database_url(values["DATABASE_URL"])
         keys = _split(values["SIGNING_KEYS"])
         if any(len(key) < 32 for key in keys):
             raise ConfigError(PREFIX + "SIGNING_KEYS", "every key must be at least 32 characters")

@@ -141,6 +141,26 @@ def test_a_database_password_with_a_bare_at_is_refused_without_showing_it(
         assert (code, out, err) == (0, f"catalog schema at revision {_head_revision()}\n", "")
 
 
+def test_audit_collect_against_a_catalog_it_cannot_open_is_one_line(tmp_path: Path) -> None:
+    """`audit collect` (the collector service, cron) with the catalog down: a 40-line CatalogUnavailable traceback.
+    With a password holding a bare `@`, `--follow` retried for ever, each pass "catalog unavailable", never why.
+    Now the first is one line as `reconcile` says it, the second refused at once as the gateway refuses it."""
+    log = tmp_path / "access.log"
+    log.write_text("")
+    env = _environment(tmp_path, DICOMGW_DATABASE_URL=f"postgresql://gw@127.0.0.1:{free_port()}/catalog")
+    collect = ["audit", "collect", "--log", str(log)]
+    unavailable = "Error: catalog_unavailable: catalog unavailable (OperationalError)\n"
+    assert _run(collect, env, tmp_path) == (1, "", unavailable)
+    env["DICOMGW_DATABASE_URL"] = f"postgresql://gw:p@{SECRET}@127.0.0.1:{free_port()}/catalog"
+    follow = [*CLI, *collect, "--follow"]
+    done = subprocess.run(follow, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert (done.returncode, done.stdout, done.stderr) == (
+        1,
+        "",
+        "Error: DICOMGW_DATABASE_URL: the user name or password holds an unencoded @: write it as %40\n",
+    )
+
+
 @pytest.mark.parametrize(
     ("variable", "value", "line"),
     [
