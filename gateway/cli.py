@@ -147,6 +147,10 @@ def stack_seed(url: str, work_dir: Path) -> None:
     from gateway.tools.seed import Target, seed_demo
     from gateway.tools.stack import StackError
 
+    try:  # the printed links start with it, as with DICOMGW_PUBLIC_URL (`notaurl` was a requests traceback's text)
+        url = check_public_url(url)
+    except ConfigError as error:
+        raise click.BadParameter(error.problem, param_hint="--url") from None
     try:
         keys = parse_api_keys(",".join(env_list("API_KEYS")))
     except ConfigError as error:

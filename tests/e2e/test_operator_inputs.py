@@ -270,6 +270,24 @@ def test_an_s3_endpoint_that_is_no_url_is_one_line(tmp_path: Path, moto_server: 
     assert (code, out, err) == (0, f"catalog schema at revision {_head_revision()}\n", "")
 
 
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("notaurl", "must be an http:// or https:// URL with a host: 'notaurl'"),
+        (f"https://admin:{SECRET}@dicom.example.org", "must not hold a user name or password (user:pass@)"),
+    ],
+    ids=["no-url", "user-and-password"],
+)
+def test_stack_seed_url_is_checked_before_anything_is_sent(tmp_path: Path, url: str, problem: str) -> None:
+    """`stack seed --url` prefixes the links it prints, as DICOMGW_PUBLIC_URL does: `notaurl` ended in "seeding
+    failed: MissingSchema: Invalid URL 'notaurl/dicomweb/studies'" after the synthetic studies were written, and a
+    `user:pass@` went on to the uploads and into the printed links. Both are a usage error first (exit 2)."""
+    env = _environment(tmp_path)
+    code, out, err = _run(["stack", "seed", "--url", url, "--work-dir", str(tmp_path / "seed")], env, tmp_path)
+    assert (code, out, err) == (2, "", f"Error: Invalid value for --url: {problem}\n")
+    assert not (tmp_path / "seed").exists()
+
+
 # -- folders and paths -------------------------------------------------------------------------------------------
 
 
