@@ -204,8 +204,15 @@ def env_value(name: str, env: Mapping[str, str] | None = None) -> str:
     """One declared variable (``name`` without the prefix, or an ``ELSEWHERE`` name): its value, else its default."""
     env = os.environ if env is None else env
     if name in ELSEWHERE:
-        return env.get(name, "") or ELSEWHERE[name].default
-    return env.get(PREFIX + name, "") or VARIABLES[name].default
+        return _trimmed(name, env.get(name, "")) or ELSEWHERE[name].default
+    return _trimmed(name, env.get(PREFIX + name, "")) or VARIABLES[name].default
+
+
+def _trimmed(name: str, value: str) -> str:
+    """A value without the blanks around it, which `docker run --env-file`, Kubernetes literals and hand-edited
+    files keep: `file:///data ` made a folder named "data ", ` 1` was no flag. DEID_KEY stays as given: it is a
+    secret whose every byte shapes the pseudonyms already made."""
+    return value if name == "DEID_KEY" else value.strip()
 
 
 def env_int(name: str, env: Mapping[str, str] | None = None) -> int:
@@ -455,7 +462,7 @@ class Settings:
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> Settings:
         """Build from ``{"SIGNING_KEYS": "...", ...}`` (names without the prefix; lower case accepted)."""
-        values = {name: str(raw.get(name, raw.get(name.lower(), "")) or "") for name in VARIABLES}
+        values = {name: _trimmed(name, str(raw.get(name, raw.get(name.lower(), "")) or "")) for name in VARIABLES}
         settle_given = values["DELETE_SETTLE"]
         for name, (_, default, _, _) in VARIABLES.items():
             if not values[name]:

@@ -161,11 +161,16 @@ class Stack:
         self.var_dir = self.var_dir.resolve()
         self.var_dir.mkdir(parents=True, exist_ok=True)
         env = self.extra_env
+        # without the blanks around them, as the gateway reads them (NGINX would serve a folder named "objects ")
         self.storage_url = (
-            self.storage_url or env.get("DICOMGW_STORAGE_URL", "") or f"file://{self.var_dir / 'objects'}"
+            self.storage_url.strip()
+            or env.get("DICOMGW_STORAGE_URL", "").strip()
+            or f"file://{self.var_dir / 'objects'}"
         )
         self.database_url = absolute_sqlite(
-            self.database_url or env.get("DICOMGW_DATABASE_URL", "") or f"sqlite:///{self.var_dir / 'catalog.db'}"
+            self.database_url.strip()
+            or env.get("DICOMGW_DATABASE_URL", "").strip()
+            or f"sqlite:///{self.var_dir / 'catalog.db'}"
         )
         # gunicorn and the helpers run in var/: a relative path means the folder the operator typed it in (they
         # found another file there, or none: `sqlite:///catalog.db` was migrated here, then refused in var/)

@@ -18,10 +18,13 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pydicom
 import pytest
 import requests
 
+from gateway.dicomweb.multipart import encode_multipart
 from gateway.tools.stack import free_port
+from gateway.tools.synth import make_series
 from tests.e2e.harness import AWS_TEST_ENV
 from tests.fixtures.servers import MotoServer, PostgresServer, create_bucket, postgres_database
 
@@ -286,6 +289,50 @@ def test_stack_seed_url_is_checked_before_anything_is_sent(tmp_path: Path, url: 
     code, out, err = _run(["stack", "seed", "--url", url, "--work-dir", str(tmp_path / "seed")], env, tmp_path)
     assert (code, out, err) == (2, "", f"Error: Invalid value for --url: {problem}\n")
     assert not (tmp_path / "seed").exists()
+
+
+def test_blanks_around_values_are_no_part_of_them(tmp_path: Path) -> None:
+    """`docker run --env-file`, Kubernetes literals and hand-edited files keep the blanks around a value: ` file:///x`
+    was "must start with file:/// or s3://", `file:///x/objects ` made a folder named "objects " (NGINX served
+    another), ` 1` was no flag, ` production` no mode. Every value is now read without them, by the gateway,
+    NGINX and the CLI alike: what is stored is what NGINX serves."""
+    [ct] = make_series(tmp_path / "ct", modality="CT", slices=1, seed=73, clean=True)
+    ds = pydicom.dcmread(ct, stop_before_pixels=True)
+    study, series, sop = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
+    env = _environment(
+        tmp_path,
+        DICOMGW_STORAGE_URL=f" file://{tmp_path / 'objects'} ",
+        DICOMGW_DATABASE_URL=f"sqlite:///{tmp_path / 'catalog.db'}\t",
+        DICOMGW_MODE=" production",
+        DICOMGW_STOW_OVERWRITE="1 ",
+        DICOMGW_TOKEN_MAX_TTL=" 7200 ",
+    )
+    key = env["DICOMGW_API_KEYS"]
+    port = free_port()
+    process = _stack_up(tmp_path / "var", port, env, tmp_path)
+    try:
+        _wait_ready(port, process)
+        body = encode_multipart([ct])
+        stored = requests.post(
+            f"http://127.0.0.1:{port}/dicomweb/studies",
+            data=body,
+            headers={"Content-Type": body.content_type, "Authorization": f"Bearer {key}"},
+            timeout=60,
+        )
+        assert stored.status_code == 200, stored.text
+        assert [p.name for p in (tmp_path / "objects").rglob("*.dcm")] == [f"{sop}.dcm"]
+        assert (tmp_path / "catalog.db").is_file()
+        assert [p.name for p in tmp_path.iterdir() if p.name != p.name.strip()] == []  # no "objects ", "catalog.db\t"
+        read = requests.get(
+            f"http://127.0.0.1:{port}/dicomweb/studies/{study}/series/{series}/instances/{sop}",
+            headers={"Accept": 'multipart/related; type="application/dicom"', "Authorization": f"Bearer {key}"},
+            timeout=60,
+        )
+        assert read.status_code == 200
+        assert ct.read_bytes() in read.content
+    finally:
+        code, _, err = _stop(process)
+    assert (code, err) == (0, "")
 
 
 # -- folders and paths -------------------------------------------------------------------------------------------
