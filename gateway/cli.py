@@ -75,7 +75,7 @@ def stack_up(
 ) -> None:
     """Start the stack, seed synthetic studies, print the URLs, and run until Ctrl-C."""
     from gateway.tools.seed import seed_demo
-    from gateway.tools.stack import Stack, StackError
+    from gateway.tools.stack import Stack, StackError, StartInterrupted
 
     passthrough = {k: v for k, v in os.environ.items() if k.startswith("DICOMGW_") or k == "AWS_ENDPOINT_URL"}
     stop = threading.Event()
@@ -94,17 +94,17 @@ def stack_up(
             database_url=database_url,
             tls=tls,
             extra_env=passthrough,
+            interrupt=stop,
         )
         the_stack.start()
+    except StartInterrupted:  # Ctrl-C or SIGTERM before it was ready: everything it started is stopped
+        click.echo("stopped.")
+        return
     except (StackError, OSError) as error:  # one line: a port in use, a bad setting, an unwritable --var
         raise click.ClickException(str(error)) from None
     try:
-        if stop.is_set():
-            # Ctrl-C or SIGTERM came while it started: it printed the links of a stack it then stopped, after
-            # seeding it first (seconds more of a command told to stop)
-            return
         click.echo(f"gateway:  {the_stack.url}  (ready: {the_stack.url}/readyz)")
-        if not no_seed:
+        if not no_seed and not stop.is_set():  # seeding a stack told to stop took seconds more
             try:
                 urls = seed_demo(the_stack)
             except StackError as error:

@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator, Mapping
@@ -58,6 +59,10 @@ def absolute_sqlite(url: str) -> str:
 
 class StackError(RuntimeError):
     """A start-up problem with a message meant for a person (no traceback)."""
+
+
+class StartInterrupted(StackError):
+    """``interrupt`` was set (Ctrl-C, SIGTERM) before the stack was ready: it is stopped, nothing to report."""
 
 
 def check_listen(host: str, port: int) -> None:
@@ -154,6 +159,9 @@ class Stack:
     commands: dict[str, tuple[list[str], dict[str, str], float]] = field(default_factory=dict)  # argv, env, start
     log_marks: dict[Path, int] = field(default_factory=dict)
     lock: Any = field(default=None, repr=False)  # the open var/run/stack.lock while this stack holds it
+    # set by `stack up` on Ctrl-C or SIGTERM: a start still waiting stops there (it waited up to its timeout for a
+    # readiness nobody wanted any more, then printed the links of a stack it stopped, after seeding it)
+    interrupt: threading.Event | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         # One value per setting, used by gunicorn, NGINX and seeding alike: a flag (constructor argument) wins,
@@ -334,6 +342,7 @@ class Stack:
         try:
             check_listen(self.host, self.port)
             self.prepare()
+            self._check_interrupt()
         except BaseException:
             self._release_lock()
             raise
@@ -467,11 +476,16 @@ class Stack:
                 cwd=str(self.var_dir),
             )
 
+    def _check_interrupt(self) -> None:
+        if self.interrupt is not None and self.interrupt.is_set():
+            raise StartInterrupted("stopped while starting")  # start() stops what was started
+
     def _wait_for_socket(self, path: Path, name: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if path.exists():
                 return
+            self._check_interrupt()
             if self.processes[name].poll() is not None:
                 self.stop()
                 raise StackError(
@@ -496,6 +510,7 @@ class Stack:
                 if answer.status_code == 200:
                     return
                 last = answer.text
+            self._check_interrupt()  # after the readiness check: a stack that is ready has started
             time.sleep(0.1)
         self.stop()
         last = " ".join(last.split())[:300]

@@ -454,9 +454,9 @@ def test_a_second_stack_up_on_the_same_var_is_refused_and_the_first_keeps_servin
 
 
 def test_ctrl_c_while_stack_up_starts_prints_no_links_and_the_next_start_runs(tmp_path: Path) -> None:
-    """Ctrl-C (or a service manager's SIGTERM) while `stack up` was starting: it went on, printed the links of a
-    stack it then stopped (and seeded it first, without --no-seed). Now it stops, prints only `stopped.`, leaves
-    no process, and the next `stack up` on the same folder and port starts."""
+    """Ctrl-C (or a service manager's SIGTERM) while `stack up` was starting: it went on waiting for readiness,
+    printed the links of a stack it then stopped (and seeded it first, without --no-seed). Now the start ends
+    there: only `stopped.`, no process left, and the next `stack up` on the same folder and port starts."""
     env = _environment(tmp_path)
     for name in ("DICOMGW_STORAGE_URL", "DICOMGW_DATABASE_URL"):
         del env[name]
