@@ -82,6 +82,15 @@ def check_listen(host: str, port: int) -> None:
             raise StackError(f"cannot listen on {host} port {port}: {error.strerror}") from None
 
 
+def bare_host(host: str) -> str:
+    """``[::1]``, as URLs, NGINX and Docker write an IPv6 address, is ``::1`` (it was "not an address")."""
+    inner = host[1:-1] if host.startswith("[") and host.endswith("]") else ""
+    try:
+        return inner if ipaddress.ip_address(inner).version == 6 else host
+    except ValueError:
+        return host
+
+
 def netloc(host: str, port: int) -> str:
     """``host:port`` as URLs and NGINX's listen write it (an IPv6 address in brackets)."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -168,6 +177,7 @@ class Stack:
         # then the environment (``extra_env``), then the default under ``var/`` (keys generated there once).
         self.var_dir = self.var_dir.resolve()
         self.var_dir.mkdir(parents=True, exist_ok=True)
+        self.host = bare_host(self.host)
         env = self.extra_env
         # without the blanks around them, as the gateway reads them (NGINX would serve a folder named "objects ")
         self.storage_url = (

@@ -6,10 +6,12 @@ repeats a credential."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -423,6 +425,34 @@ def test_relative_paths_mean_the_folder_stack_up_was_started_in(tmp_path: Path) 
 
 
 # -- stack up: one per folder, stopped while it starts ------------------------------------------------------------
+
+
+def test_stack_up_on_an_ipv6_address_written_in_brackets(tmp_path: Path) -> None:
+    """`--host [::1]`, as URLs, NGINX's listen and `docker run -p` write an IPv6 address: refused as "cannot listen
+    on '[::1]': not an address or a name that resolves". It is the address inside the brackets now."""
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+            port = probe.getsockname()[1]
+    except OSError:
+        pytest.skip("this machine has no IPv6 loopback")
+    env = _environment(tmp_path)
+    for name in ("DICOMGW_STORAGE_URL", "DICOMGW_DATABASE_URL"):
+        del env[name]
+    process = _stack_up(tmp_path / "var", port, env, tmp_path, "--host", "[::1]")
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and process.poll() is None:
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"http://[::1]:{port}/readyz", timeout=10).status_code == 200:
+                    break
+            time.sleep(0.2)
+        answer = requests.get(f"http://[::1]:{port}/healthz", timeout=10)
+        assert (answer.status_code, answer.json()) == (200, {"status": "ok"})
+    finally:
+        code, out, err = _stop(process)
+    assert (code, err) == (0, "")
+    assert out.startswith(f"gateway:  http://[::1]:{port}  (ready: http://[::1]:{port}/readyz)\n")
 
 
 def test_a_second_stack_up_on_the_same_var_is_refused_and_the_first_keeps_serving(tmp_path: Path) -> None:
