@@ -49,7 +49,7 @@ from gateway.dicom.frames import FrameIndex
 from gateway.dicom.index import DEFLATED_LE, EXPLICIT_VR_LE, IMPLICIT_VR_LE
 from gateway.dicom.model import MAX_DECODED_PIXELS, IndexedInstance, PixelFormat
 from gateway.dicomweb.wado import DERIVATIVE_TS
-from gateway.errors import CatalogUnavailable, DicomError
+from gateway.errors import CatalogUnavailable, ConfigError, DicomError, GatewayError
 from gateway.storage import Storage, open_storage
 
 log = logging.getLogger(__name__)
@@ -389,7 +389,12 @@ def main() -> None:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    work(Settings.from_env(), stop)
+    try:
+        work(Settings.from_env(), stop)
+    except ConfigError as error:  # a bad setting, a catalog not migrated: one line, as gunicorn's (was a traceback)
+        raise SystemExit(f"dicom-gateway: {error}") from None
+    except GatewayError as error:  # the catalog unreachable at start: compose (or stack up) starts it again
+        raise SystemExit(f"dicom-gateway: {error.code}: {error.detail}") from None
 
 
 if __name__ == "__main__":

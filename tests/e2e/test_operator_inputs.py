@@ -337,6 +337,39 @@ def test_blanks_around_values_are_no_part_of_them(tmp_path: Path) -> None:
     assert (code, err) == (0, "")
 
 
+@pytest.mark.parametrize(
+    ("changes", "line"),
+    [
+        (
+            {"DICOMGW_SIGNING_KEYS": "short"},
+            "dicom-gateway: DICOMGW_SIGNING_KEYS: every key must be at least 32 characters",
+        ),
+        (
+            {},
+            "dicom-gateway: DICOMGW_DATABASE_URL: the catalog schema is at revision (none), this version needs "
+            "{head}: run `dicom-gateway db upgrade` before starting the workers",
+        ),
+        (
+            {"DICOMGW_DATABASE_URL": "postgresql://gw@127.0.0.1:{port}/catalog"},
+            "dicom-gateway: catalog_unavailable: catalog unavailable (OperationalError)",
+        ),
+    ],
+    ids=["bad-setting", "catalog-not-migrated", "catalog-down"],
+)
+def test_the_derivative_worker_refuses_in_one_line(tmp_path: Path, changes: dict[str, str], line: str) -> None:
+    """`python -m gateway.derive`, compose's derive service: a bad setting, a catalog not yet migrated or down ended
+    in a 20-line traceback (and `stack up` quoted its last line, "gateway.errors.ConfigError: ..."). Now it is one
+    line, in the form gunicorn's master uses."""
+    port = free_port()
+    env = _environment(tmp_path, **{k: v.format(port=port) for k, v in changes.items()})
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.derive"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert (done.returncode, done.stdout) == (1, "")
+    assert "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[-1] == line.format(head=_head_revision())
+
+
 # -- folders and paths -------------------------------------------------------------------------------------------
 
 
