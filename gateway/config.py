@@ -417,7 +417,14 @@ def _development_defaults(values: dict[str, str]) -> None:
     }
     for name, make in defaults.items():
         if _unset(values[name]):
-            values[name] = make()
+            try:
+                values[name] = make()
+            except OSError as error:  # ./var a file, or a read-only folder: was a traceback from pathlib
+                raise ConfigError(
+                    PREFIX + "MODE",
+                    f"development keeps its keys and catalog in {var}, which is not a writable folder "
+                    f"({error.strerror})",
+                ) from None
 
 
 @dataclass(frozen=True)

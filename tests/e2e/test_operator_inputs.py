@@ -370,6 +370,27 @@ def test_the_derivative_worker_refuses_in_one_line(tmp_path: Path, changes: dict
     assert done.stderr.splitlines()[-1] == line.format(head=_head_revision())
 
 
+def test_development_mode_where_its_folder_cannot_be_made_is_one_line(tmp_path: Path) -> None:
+    """README: `DICOMGW_MODE=development` fills what is missing under ./var. Run where ./var cannot be made (a file
+    of that name, a read-only folder), `db upgrade` (and the image's gunicorn) died in pathlib's traceback. Now one
+    line names the variable and the folder; where it can be made, the keys are made there, 0600."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMGW_")}
+    env["DICOMGW_MODE"] = "development"
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / "var").write_text("not a folder")
+    assert _run(["db", "upgrade"], env, blocked) == (
+        1,
+        "",
+        f"Error: DICOMGW_MODE: development keeps its keys and catalog in {blocked / 'var'}, which is not a writable "
+        "folder (File exists)\n",
+    )
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    assert _run(["db", "upgrade"], env, fresh) == (0, f"catalog schema at revision {_head_revision()}\n", "")
+    assert oct((fresh / "var" / "signing.key").stat().st_mode & 0o777) == "0o600"
+
+
 # -- folders and paths -------------------------------------------------------------------------------------------
 
 
