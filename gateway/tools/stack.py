@@ -192,7 +192,8 @@ class Stack:
         )
         # gunicorn and the helpers run in var/: a relative path means the folder the operator typed it in (they
         # found another file there, or none: `sqlite:///catalog.db` was migrated here, then refused in var/)
-        self.extra_env = {**env, **{name: str(Path(env[name]).absolute()) for name in RELATIVE_PATHS if env.get(name)}}
+        given = {name: env.get(name, "").strip() for name in RELATIVE_PATHS}
+        self.extra_env = {**env, **{name: str(Path(path).absolute()) for name, path in given.items() if path}}
         env = self.extra_env
         self.signing_keys = self._keys("DICOMGW_SIGNING_KEYS", "signing.key")
         self.api_keys = self._keys("DICOMGW_API_KEYS", "api.key")
