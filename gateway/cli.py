@@ -95,6 +95,7 @@ def stack_up(
             tls=tls,
             extra_env=passthrough,
             interrupt=stop,
+            die_with_parent=True,
         )
         the_stack.start()
     except StartInterrupted:  # Ctrl-C or SIGTERM before it was ready: everything it started is stopped

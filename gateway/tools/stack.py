@@ -11,6 +11,7 @@ its parts share its paths and processes; split, each piece would pass the whole 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import ipaddress
@@ -23,7 +24,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,22 @@ def check_listen(host: str, port: int) -> None:
             if error.errno == errno.EADDRINUSE:
                 raise StackError(f"port {port} on {host} is already in use: choose another with --port") from None
             raise StackError(f"cannot listen on {host} port {port}: {error.strerror}") from None
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _dies_with(parent: int) -> Callable[[], None]:
+    """For Popen's preexec_fn: the child gets SIGTERM when ``parent`` (the thread that spawned it) ends, on Linux,
+    and exits at once if that already happened before the request took effect."""
+
+    def request() -> None:
+        if sys.platform == "linux":
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    return request
 
 
 def bare_host(host: str) -> str:
@@ -171,6 +188,9 @@ class Stack:
     # set by `stack up` on Ctrl-C or SIGTERM: a start still waiting stops there (it waited up to its timeout for a
     # readiness nobody wanted any more, then printed the links of a stack it stopped, after seeding it)
     interrupt: threading.Event | None = field(default=None, repr=False)
+    # `stack up`: its processes end with it however it ends. Killed (kill -9, the OOM killer), it left NGINX and
+    # gunicorn running in their own sessions, and the next `stack up` was "port ... is already in use".
+    die_with_parent: bool = False
 
     def __post_init__(self) -> None:
         # One value per setting, used by gunicorn, NGINX and seeding alike: a flag (constructor argument) wins,
@@ -485,6 +505,7 @@ class Stack:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 cwd=str(self.var_dir),
+                preexec_fn=_dies_with(os.getpid()) if self.die_with_parent else None,  # noqa: PLW1509 - no threads spawn
             )
 
     def _check_interrupt(self) -> None:

@@ -98,11 +98,13 @@ def _finish(process: subprocess.Popen[str]) -> tuple[int, str, str]:
 
 
 def _processes_under(folder: Path) -> list[int]:
-    """PIDs whose command line names ``folder`` (what a stack up there started)."""
+    """PIDs whose command line names ``folder`` or that run in it (what a stack up there started: its derivative
+    worker and audit collector name no path, and run in --var)."""
     found = []
     for proc in Path("/proc").glob("[0-9]*"):
         try:
-            if str(folder) in (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if str(folder) in command or Path(os.readlink(proc / "cwd")).is_relative_to(folder):
                 found.append(int(proc.name))
         except OSError:
             continue
@@ -535,6 +537,34 @@ def test_a_second_stack_up_on_the_same_var_is_refused_and_the_first_keeps_servin
     again = _stack_up(var, second_port, env, tmp_path)
     _wait_ready(second_port, again)
     assert _stop(again)[0] == 0
+
+
+def test_stack_up_killed_leaves_nothing_that_blocks_the_next_start(tmp_path: Path) -> None:
+    """`stack up` killed outright (kill -9, the OOM killer): NGINX and gunicorn, in sessions of their own, ran on
+    without it, and the next `stack up` was "port ... is already in use" until someone found and killed them. Its
+    processes now end with it, and the next start on the same folder and port runs."""
+    env = _environment(tmp_path)
+    for name in ("DICOMGW_STORAGE_URL", "DICOMGW_DATABASE_URL"):
+        del env[name]
+    var, port = tmp_path / "var", free_port()
+    first = _stack_up(var, port, env, tmp_path)
+    try:
+        _wait_ready(port, first)
+        first.kill()
+        first.communicate(timeout=30)
+        deadline = time.monotonic() + 30  # gunicorn's graceful stop takes up to 5 s
+        while _processes_under(var) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _processes_under(var) == []
+    finally:
+        for pid in _processes_under(var):  # what this test's stack left, if it did (NGINX's workers: its group)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
+    again = _stack_up(var, port, env, tmp_path)
+    _wait_ready(port, again)
+    code, out, err = _stop(again)
+    assert (code, err) == (0, "")
+    assert out.startswith(f"gateway:  http://127.0.0.1:{port}  (ready: http://127.0.0.1:{port}/readyz)\n")
 
 
 def test_ctrl_c_while_stack_up_starts_prints_no_links_and_the_next_start_runs(tmp_path: Path) -> None:
