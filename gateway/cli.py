@@ -13,7 +13,15 @@ from typing import Any
 
 import click
 
-from gateway.config import check_database_url, check_public_url, env_int, env_list, env_value, parse_api_keys
+from gateway.config import (
+    check_database_url,
+    check_keys,
+    check_public_url,
+    env_int,
+    env_list,
+    env_value,
+    parse_api_keys,
+)
 from gateway.errors import ConfigError, GatewayError
 
 # click 8.2+ shows a bare group's help by raising this usage error; 8.1 (allowed by pyproject) has no such class
@@ -180,7 +188,10 @@ def _signing_keys(var_dir: Path) -> tuple[str, ...]:
         keys = env_list("SIGNING_KEYS", {"DICOMGW_SIGNING_KEYS": stored.read_text().strip()})
     if not keys:
         raise click.ClickException(f"DICOMGW_SIGNING_KEYS is not set (and no {stored})")
-    return keys
+    try:  # as the gateway checks them: a 5-character key signed tokens no gateway could have been started with
+        return check_keys("SIGNING_KEYS", keys)
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
 
 
 @main.group()

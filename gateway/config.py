@@ -321,6 +321,13 @@ def check_public_url(value: str) -> str:
     return value.rstrip("/")
 
 
+def check_keys(name: str, keys: tuple[str, ...]) -> tuple[str, ...]:
+    """Signing or verifying keys (``name`` without the prefix): each at least 32 characters."""
+    if any(len(key) < 32 for key in keys):
+        raise ConfigError(PREFIX + name, "every key must be at least 32 characters")
+    return keys
+
+
 def check_database_url(value: str) -> str:
     """``DICOMGW_DATABASE_URL``: SQLite or PostgreSQL, and no bare ``@`` in its user name or password."""
     if not value.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://")):
@@ -496,12 +503,8 @@ class Settings:
                 "AWS_ENDPOINT_URL", "must be an http:// or https:// URL with a host, such as http://minio:9000"
             )
         database = check_database_url(values["DATABASE_URL"])
-        keys = _split(values["SIGNING_KEYS"])
-        if any(len(key) < 32 for key in keys):
-            raise ConfigError(PREFIX + "SIGNING_KEYS", "every key must be at least 32 characters")
-        verify_keys = _split(values["VERIFY_KEYS"])
-        if any(len(key) < 32 for key in verify_keys):
-            raise ConfigError(PREFIX + "VERIFY_KEYS", "every key must be at least 32 characters")
+        keys = check_keys("SIGNING_KEYS", _split(values["SIGNING_KEYS"]))
+        verify_keys = check_keys("VERIFY_KEYS", _split(values["VERIFY_KEYS"]))
         samesite = values["COOKIE_SAMESITE"].capitalize()
         if samesite not in ("Lax", "Strict", "None"):
             raise ConfigError(PREFIX + "COOKIE_SAMESITE", "expected Lax, Strict or None")

@@ -393,6 +393,17 @@ def test_development_mode_where_its_folder_cannot_be_made_is_one_line(tmp_path: 
     assert oct((fresh / "var" / "signing.key").stat().st_mode & 0o777) == "0o600"
 
 
+def test_token_issue_refuses_a_signing_key_the_gateway_refuses(tmp_path: Path) -> None:
+    """`token issue` signed with any DICOMGW_SIGNING_KEYS, `short` included: a token under a key no gateway could have
+    started with (they refuse keys under 32 characters), and a weak one. It is refused as the gateway refuses it."""
+    env = _environment(tmp_path, DICOMGW_SIGNING_KEYS="short")
+    assert _run(["token", "issue", "--study", "1.2.3"], env, tmp_path) == (
+        1,
+        "",
+        "Error: DICOMGW_SIGNING_KEYS: every key must be at least 32 characters\n",
+    )
+
+
 # -- folders and paths -------------------------------------------------------------------------------------------
 
 
