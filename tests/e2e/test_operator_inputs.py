@@ -28,23 +28,12 @@ from gateway.dicomweb.multipart import encode_multipart
 from gateway.tools.stack import free_port
 from gateway.tools.synth import make_series
 from tests.e2e.harness import AWS_TEST_ENV
+from tests.e2e.test_stack_cli import gateway_env
 from tests.fixtures.servers import MotoServer, PostgresServer, create_bucket, postgres_database
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "gateway.cli"]
 SECRET = "hunter2-" + secrets.token_hex(4)  # what no output may show
-
-
-def _environment(tmp_path: Path, **changes: str) -> dict[str, str]:
-    """A complete production configuration under ``tmp_path`` (no DICOMGW_* of this shell), with ``changes``."""
-    return {
-        **{k: v for k, v in os.environ.items() if not k.startswith("DICOMGW_")},
-        "DICOMGW_SIGNING_KEYS": secrets.token_urlsafe(48),
-        "DICOMGW_API_KEYS": secrets.token_urlsafe(48),
-        "DICOMGW_STORAGE_URL": f"file://{tmp_path / 'objects'}",
-        "DICOMGW_DATABASE_URL": f"sqlite:///{tmp_path / 'catalog.db'}",
-        **changes,
-    }
 
 
 def _run(argv: list[str], env: Mapping[str, str], cwd: Path) -> tuple[int, str, str]:
@@ -136,7 +125,7 @@ def test_a_database_password_with_a_bare_at_is_refused_without_showing_it(
         _, _, where = url.partition("://")
         user, _, host_and_db = where.partition("@")
         bare = f"postgresql://{user}:p@{SECRET}@{host_and_db}"
-        code, out, err = _run(["db", "upgrade"], _environment(tmp_path, DICOMGW_DATABASE_URL=bare), tmp_path)
+        code, out, err = _run(["db", "upgrade"], gateway_env(tmp_path, DICOMGW_DATABASE_URL=bare), tmp_path)
         assert (code, out, err) == (
             1,
             "",
@@ -144,7 +133,7 @@ def test_a_database_password_with_a_bare_at_is_refused_without_showing_it(
         )
         assert "hunter2" not in out + err
         encoded = f"postgresql://{user}:p%40{SECRET}%2F%3F%23%3A@{host_and_db}"
-        code, out, err = _run(["db", "upgrade"], _environment(tmp_path, DICOMGW_DATABASE_URL=encoded), tmp_path)
+        code, out, err = _run(["db", "upgrade"], gateway_env(tmp_path, DICOMGW_DATABASE_URL=encoded), tmp_path)
         assert (code, out, err) == (0, f"catalog schema at revision {_head_revision()}\n", "")
 
 
@@ -154,7 +143,7 @@ def test_audit_collect_against_a_catalog_it_cannot_open_is_one_line(tmp_path: Pa
     Now the first is one line as `reconcile` says it, the second refused at once as the gateway refuses it."""
     log = tmp_path / "access.log"
     log.write_text("")
-    env = _environment(tmp_path, DICOMGW_DATABASE_URL=f"postgresql://gw@127.0.0.1:{free_port()}/catalog")
+    env = gateway_env(tmp_path, DICOMGW_DATABASE_URL=f"postgresql://gw@127.0.0.1:{free_port()}/catalog")
     collect = ["audit", "collect", "--log", str(log)]
     unavailable = "Error: catalog_unavailable: catalog unavailable (OperationalError)\n"
     assert _run(collect, env, tmp_path) == (1, "", unavailable)
@@ -195,7 +184,7 @@ def test_a_url_setting_with_user_and_password_is_refused_without_showing_them(
     """DICOMGW_PUBLIC_URL prefixes every viewer link, RetrieveURL and DICOMweb root handed to clients: a
     `user:pass@` in it was accepted and went out in every answer (and a refusal for another reason quoted it whole).
     An origin with one can never match what a browser sends, yet was accepted. Both are one line now, without it."""
-    code, out, err = _run(["db", "upgrade"], _environment(tmp_path, **{variable: value}), tmp_path)
+    code, out, err = _run(["db", "upgrade"], gateway_env(tmp_path, **{variable: value}), tmp_path)
     assert (code, out, err) == (1, "", line)
     assert not (tmp_path / "catalog.db").exists()
 
@@ -203,7 +192,7 @@ def test_a_url_setting_with_user_and_password_is_refused_without_showing_them(
 def test_token_issue_never_prints_a_url_with_user_and_password(tmp_path: Path) -> None:
     """`token issue` prints viewer_url and dicomweb_root under --url, else DICOMGW_PUBLIC_URL: either with a
     `user:pass@` printed it into both URLs (pasted into tickets and chats). Now each is refused in one line."""
-    env = _environment(tmp_path)
+    env = gateway_env(tmp_path)
     issue = ["token", "issue", "--study", "1.2.3"]
     code, out, err = _run([*issue, "--url", f"https://viewer:{SECRET}@dicom.example.org"], env, tmp_path)
     assert (code, out, err) == (
@@ -227,7 +216,7 @@ def test_an_api_key_written_label_colon_blank_key_is_the_key(tmp_path: Path) -> 
     server-to-server call was a 401 (and `backup :KEY` was refused as a malformed label). The blanks around the label
     and the key are now no part of either."""
     key = secrets.token_urlsafe(48)
-    env = _environment(tmp_path, DICOMGW_API_KEYS=f"ops: {key} , backup :{secrets.token_urlsafe(48)}")
+    env = gateway_env(tmp_path, DICOMGW_API_KEYS=f"ops: {key} , backup :{secrets.token_urlsafe(48)}")
     port = free_port()
     process = _stack_up(tmp_path / "var", port, env, tmp_path)
     try:
@@ -257,7 +246,7 @@ def test_an_s3_endpoint_that_is_no_url_is_one_line(tmp_path: Path, moto_server: 
     real endpoint, trailing slash and all, still starts."""
     port = moto_server.endpoint.rsplit(":", 1)[1]
     create_bucket(moto_server.endpoint, "operators")
-    env = _environment(tmp_path, **AWS_TEST_ENV, DICOMGW_STORAGE_URL="s3://operators/data")
+    env = gateway_env(tmp_path, **AWS_TEST_ENV, DICOMGW_STORAGE_URL="s3://operators/data")
     env["AWS_ENDPOINT_URL"] = endpoint.format(port=port)
     code, out, err = _run(["db", "upgrade"], env, tmp_path)
     assert (code, out, err) == (
@@ -289,7 +278,7 @@ def test_stack_seed_url_is_checked_before_anything_is_sent(tmp_path: Path, url: 
     """`stack seed --url` prefixes the links it prints, as DICOMGW_PUBLIC_URL does: `notaurl` ended in "seeding
     failed: MissingSchema: Invalid URL 'notaurl/dicomweb/studies'" after the synthetic studies were written, and a
     `user:pass@` went on to the uploads and into the printed links. Both are a usage error first (exit 2)."""
-    env = _environment(tmp_path)
+    env = gateway_env(tmp_path)
     code, out, err = _run(["stack", "seed", "--url", url, "--work-dir", str(tmp_path / "seed")], env, tmp_path)
     assert (code, out, err) == (2, "", f"Error: Invalid value for --url: {problem}\n")
     assert not (tmp_path / "seed").exists()
@@ -303,7 +292,7 @@ def test_blanks_around_values_are_no_part_of_them(tmp_path: Path) -> None:
     [ct] = make_series(tmp_path / "ct", modality="CT", slices=1, seed=73, clean=True)
     ds = pydicom.dcmread(ct, stop_before_pixels=True)
     study, series, sop = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
-    env = _environment(
+    env = gateway_env(
         tmp_path,
         DICOMGW_STORAGE_URL=f" file://{tmp_path / 'objects'} ",
         DICOMGW_DATABASE_URL=f"sqlite:///{tmp_path / 'catalog.db'}\t",
@@ -363,7 +352,7 @@ def test_the_derivative_worker_refuses_in_one_line(tmp_path: Path, changes: dict
     in a 20-line traceback (and `stack up` quoted its last line, "gateway.errors.ConfigError: ..."). Now it is one
     line, in the form gunicorn's master uses."""
     port = free_port()
-    env = _environment(tmp_path, **{k: v.format(port=port) for k, v in changes.items()})
+    env = gateway_env(tmp_path, **{k: v.format(port=port) for k, v in changes.items()})
     done = subprocess.run(
         [sys.executable, "-m", "gateway.derive"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
     )
@@ -396,7 +385,7 @@ def test_development_mode_where_its_folder_cannot_be_made_is_one_line(tmp_path: 
 def test_token_issue_refuses_a_signing_key_the_gateway_refuses(tmp_path: Path) -> None:
     """`token issue` signed with any DICOMGW_SIGNING_KEYS, `short` included: a token under a key no gateway could have
     started with (they refuse keys under 32 characters), and a weak one. It is refused as the gateway refuses it."""
-    env = _environment(tmp_path, DICOMGW_SIGNING_KEYS="short")
+    env = gateway_env(tmp_path, DICOMGW_SIGNING_KEYS="short")
     assert _run(["token", "issue", "--study", "1.2.3"], env, tmp_path) == (
         1,
         "",
@@ -414,14 +403,14 @@ def test_a_storage_folder_that_cannot_be_made_stops_start_up_in_one_line(tmp_pat
     blocker = tmp_path / "data"
     blocker.write_text("a file where the folder should be")
     storage = f"file://{blocker / 'objects'}"
-    code, out, err = _run(["db", "upgrade"], _environment(tmp_path, DICOMGW_STORAGE_URL=storage), tmp_path)
+    code, out, err = _run(["db", "upgrade"], gateway_env(tmp_path, DICOMGW_STORAGE_URL=storage), tmp_path)
     assert (code, out, err) == (
         1,
         "",
         f"Error: DICOMGW_STORAGE_URL: cannot make the folder {blocker / 'objects'}: Not a directory\n",
     )
     started = time.monotonic()
-    process = _stack_up(tmp_path / "var", free_port(), _environment(tmp_path), tmp_path, "--storage", storage)
+    process = _stack_up(tmp_path / "var", free_port(), gateway_env(tmp_path), tmp_path, "--storage", storage)
     assert _finish(process) == (
         1,
         "",
@@ -437,7 +426,7 @@ def test_an_upload_spool_that_does_not_exist_stops_start_up_in_one_line(tmp_path
     every upload was a 503 `upload spool write failed (ENOENT)`. Now `stack up` and the image's gunicorn stop at
     start-up, in one line naming the variable."""
     missing = tmp_path / "no-such-spool"
-    env = _environment(tmp_path, DICOMGW_TMP_DIR=str(missing))
+    env = gateway_env(tmp_path, DICOMGW_TMP_DIR=str(missing))
     process = _stack_up(tmp_path / "var", free_port(), env, tmp_path)
     assert _finish(process) == (1, "", f"Error: DICOMGW_TMP_DIR: no such folder: {missing}\n")
     assert not _processes_under(tmp_path / "var")
@@ -457,7 +446,7 @@ def test_a_phi_policy_saved_by_a_windows_editor_starts_or_is_one_line(tmp_path: 
     Invalid statement (at line 1, column 1)"; saved as Latin-1 (a site name with an accent in a comment) start-up
     died in a UnicodeDecodeError traceback. The first now starts; the second is one line naming the variable."""
     text = (REPO / "examples" / "phi-policy.toml").read_text(encoding="utf-8")
-    env = _environment(tmp_path, DICOMGW_DEID_KEY=secrets.token_urlsafe(48))  # the example de-identifies
+    env = gateway_env(tmp_path, DICOMGW_DEID_KEY=secrets.token_urlsafe(48))  # the example de-identifies
     with_bom = tmp_path / "bom.toml"
     with_bom.write_bytes(b"\xef\xbb\xbf" + text.encode())
     code, out, err = _run(["db", "upgrade"], {**env, "DICOMGW_PHI_POLICY": str(with_bom)}, tmp_path)
@@ -503,7 +492,7 @@ def test_stack_up_on_an_ipv6_address_written_in_brackets(tmp_path: Path) -> None
             port = probe.getsockname()[1]
     except OSError:
         pytest.skip("this machine has no IPv6 loopback")
-    env = _environment(tmp_path)
+    env = gateway_env(tmp_path)
     for name in ("DICOMGW_STORAGE_URL", "DICOMGW_DATABASE_URL"):
         del env[name]
     process = _stack_up(tmp_path / "var", port, env, tmp_path, "--host", "[::1]")
@@ -526,7 +515,7 @@ def test_a_second_stack_up_on_the_same_var_is_refused_and_the_first_keeps_servin
     """Two terminals, one --var, two ports: the second `stack up` started, unlinked the first's gunicorn socket and
     metrics, and once stopped left the first answering 503 to new connections. Now it is refused in one line and
     the first is untouched; after the first stops (even killed), the folder is free again: no stale lock."""
-    env = _environment(tmp_path)
+    env = gateway_env(tmp_path)
     for name in ("DICOMGW_STORAGE_URL", "DICOMGW_DATABASE_URL"):
         del env[name]
     var, first_port, second_port = tmp_path / "var", free_port(), free_port()
@@ -554,7 +543,7 @@ def test_stack_up_killed_leaves_nothing_that_blocks_the_next_start(tmp_path: Pat
     """`stack up` killed outright (kill -9, the OOM killer): NGINX and gunicorn, in sessions of their own, ran on
     without it, and the next `stack up` was "port ... is already in use" until someone found and killed them. Its
     processes now end with it, and the next start on the same folder and port runs."""
-    env = _environment(tmp_path)
+    env = gateway_env(tmp_path)
     for name in ("DICOMGW_STORAGE_URL", "DICOMGW_DATABASE_URL"):
         del env[name]
     var, port = tmp_path / "var", free_port()
@@ -582,7 +571,7 @@ def test_ctrl_c_while_stack_up_starts_prints_no_links_and_the_next_start_runs(tm
     """Ctrl-C (or a service manager's SIGTERM) while `stack up` was starting: it went on waiting for readiness,
     printed the links of a stack it then stopped (and seeded it first, without --no-seed). Now the start ends
     there: only `stopped.`, no process left, and the next `stack up` on the same folder and port starts."""
-    env = _environment(tmp_path)
+    env = gateway_env(tmp_path)
     for name in ("DICOMGW_STORAGE_URL", "DICOMGW_DATABASE_URL"):
         del env[name]
     var, port = tmp_path / "var", free_port()

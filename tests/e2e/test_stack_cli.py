@@ -547,7 +547,8 @@ def _head_revision() -> str:
     return ScriptDirectory(str(MIGRATIONS)).get_current_head() or ""
 
 
-def _gateway_env(tmp_path: Path, **changes: str) -> dict[str, str]:
+def gateway_env(tmp_path: Path, **changes: str) -> dict[str, str]:
+    """A complete production configuration under ``tmp_path`` (no DICOMGW_* of this shell), with ``changes``."""
     return {
         **_clean_environment(),
         "DICOMGW_SIGNING_KEYS": secrets.token_urlsafe(48),
@@ -574,7 +575,7 @@ def _serve_until_ready(argv: list[str], env: Mapping[str, str], port: int, cwd: 
 def test_workers_never_migrate_and_db_upgrade_does_it_once(tmp_path: Path) -> None:
     """Workers on an empty catalog refuse with one line (so two of them can never race on a migration);
     `dicom-gateway db upgrade` migrates, after which the same workers start."""
-    env = _gateway_env(tmp_path)
+    env = gateway_env(tmp_path)
     port = free_port()
     argv = [str(GUNICORN), "gateway.wsgi:application", "--bind", f"127.0.0.1:{port}", "--workers", "2"]
     # One worker for the refusal: when two fail at the same moment, gunicorn's master may raise its own HaltServer
@@ -605,7 +606,7 @@ def test_db_upgrade_with_a_malformed_s3_url_is_one_line(tmp_path: Path, storage:
     message naming it. An S3 URL without a bucket or with a `..` prefix was a traceback (session 20)."""
     upgrade = subprocess.run(
         [sys.executable, "-m", "gateway.cli", "db", "upgrade"],
-        env=_gateway_env(tmp_path, DICOMGW_STORAGE_URL=storage),
+        env=gateway_env(tmp_path, DICOMGW_STORAGE_URL=storage),
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -628,7 +629,7 @@ def test_db_upgrade_with_a_key_list_that_holds_no_key_is_one_line(tmp_path: Path
     commas left no key at all (nothing to sign or call with), yet passed for set (session 20)."""
     upgrade = subprocess.run(
         [sys.executable, "-m", "gateway.cli", "db", "upgrade"],
-        env=_gateway_env(tmp_path, **{variable: value}),
+        env=gateway_env(tmp_path, **{variable: value}),
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -643,7 +644,7 @@ def test_db_upgrade_with_a_key_list_that_holds_no_key_is_one_line(tmp_path: Path
 def test_an_integer_setting_past_32_bits_is_one_line(tmp_path: Path, variable: str) -> None:
     """An integer setting is bounded as a request's integers are: DICOMGW_TOKEN_MAX_TTL=10**20 passed, and then
     `token issue --ttl` of a large number died in a traceback formatting the expiry (session 20)."""
-    env = _gateway_env(tmp_path, **{variable: str(10**20)})
+    env = gateway_env(tmp_path, **{variable: str(10**20)})
     upgrade = subprocess.run(
         [sys.executable, "-m", "gateway.cli", "db", "upgrade"], env=env, cwd=tmp_path, capture_output=True, text=True
     )
@@ -671,7 +672,7 @@ def test_container_gunicorn_migrates_once_in_the_master(tmp_path: Path) -> None:
     """The image's command (gunicorn with docker/gunicorn.conf.py) on an empty catalog: on_starting migrates
     before any worker exists (workers cannot migrate, see above), so the first start always boots."""
     port = free_port()
-    env = _gateway_env(tmp_path, GUNICORN_BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY="2", GUNICORN_THREADS="2")
+    env = gateway_env(tmp_path, GUNICORN_BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY="2", GUNICORN_THREADS="2")
     argv = [str(GUNICORN), "--config", str(REPO / "docker" / "gunicorn.conf.py"), "gateway.wsgi:application"]
     _serve_until_ready(argv, env, port, tmp_path)
     with sqlite3.connect(tmp_path / "catalog.db") as catalog:

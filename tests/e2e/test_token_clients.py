@@ -25,12 +25,13 @@ from gateway.tools.stack import own_certificate
 from gateway.tools.synth import make_series
 from tests.e2e.conftest import uids_of
 from tests.e2e.harness import RunningStack, start_stack
-from tests.e2e.test_viewer import (  # noqa: F401 - browser is a fixture
+from tests.e2e.test_viewer import (  # noqa: F401 - browser and portal are fixtures
     ARTIFACTS,
     NetworkLog,
     Portal,
     browser,
     open_page,
+    portal,
     wait_ready,
 )
 
@@ -54,15 +55,6 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     ct_b = make_series(base / "ct-b", modality="CT", slices=2, seed=43, clean=True, study_uid=uids_of(ct[0])[0])
     mr = make_series(base / "mr", modality="MR", slices=2, seed=42, clean=True)
     return {"files": [*ct, *ct_b, *mr], "ct": uids_of(ct[0]), "ct_b": uids_of(ct_b[0]), "mr": uids_of(mr[0])}
-
-
-@pytest.fixture(scope="module")
-def portal() -> Iterator[Portal]:
-    server = Portal()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def store(running: RunningStack, files: list[Path]) -> None:
@@ -94,7 +86,7 @@ def issue(running: RunningStack, studies: list[str], **body: Any) -> dict[str, A
 
 @pytest.fixture(scope="module")
 def plain(
-    tmp_path_factory: pytest.TempPathFactory, data: dict[str, Any], portal: Portal
+    tmp_path_factory: pytest.TempPathFactory, data: dict[str, Any], portal: Portal  # noqa: F811 - the fixture
 ) -> Iterator[RunningStack]:
     """Plain HTTP, the portal's origin allowed to call DICOMweb and to frame the viewer, and an iOS app's WebView
     (Capacitor's ``capacitor://localhost``) allowed to call DICOMweb."""
@@ -114,7 +106,7 @@ def plain(
 
 @pytest.fixture(scope="module")
 def secure(
-    tmp_path_factory: pytest.TempPathFactory, data: dict[str, Any], portal: Portal
+    tmp_path_factory: pytest.TempPathFactory, data: dict[str, Any], portal: Portal  # noqa: F811 - the fixture
 ) -> Iterator[RunningStack]:
     """TLS with ``DICOMGW_COOKIE_SAMESITE=None``: the README's set-up for a portal's cross-site iframe."""
     running = start_stack(
