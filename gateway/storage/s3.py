@@ -264,7 +264,7 @@ class S3Storage:
                     yield self._unkey(item["Key"])
 
     def origin_path(self, key: str) -> str:
-        """Path + query of a presigned GET (``/bucket/prefix/key?X-Amz-...``); ``+`` travels as ``%2B``.
+        """Path + query of a presigned GET (``/bucket/prefix/key?X-Amz-...``), its path percent-encoded twice.
 
         Cached per key for half the TTL. A cache hit is one dict lookup and one clock read."""
         now = self._clock()
@@ -275,7 +275,9 @@ class S3Storage:
             "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=self.presign_ttl
         )
         parts = urllib.parse.urlsplit(url)
-        path = f"{parts.path}?{parts.query}"
+        # NGINX decodes an X-Accel-Redirect or SSI path once, then proxies the decoded path as it is: encoded twice,
+        # S3 gets the path as signed (a prefix with a space, a "%" or "é" was sent raw: a 400, 403 or wrong key)
+        path = f"{parts.path.replace('%', '%25')}?{parts.query}"
         with self._lock:
             if len(self._presigned) >= _CACHE_MAX:
                 self._presigned = {k: v for k, v in self._presigned.items() if v[1] > now}

@@ -159,8 +159,8 @@ def test_awkward_keys(storage: Storage, tmp_path: Path, key: str) -> None:
     path = storage.origin_path(key)
     assert path.startswith("/")
     assert "+" not in path.split("?")[0] and " " not in path
-    if "+" in key:
-        assert "%2B" in path
+    if "+" in key:  # S3's path is encoded twice (NGINX decodes it once, s3.py), the local origin's once
+        assert "%2B" in urllib.parse.unquote(path.split("?")[0]) if isinstance(storage, S3Storage) else "%2B" in path
 
 
 @pytest.mark.parametrize(
@@ -252,10 +252,14 @@ def test_s3_origin_path_presigned_fetch(s3_bucket: str, moto_server: MotoServer,
         path = storage.origin_path(key)
         assert path.startswith(f"/{s3_bucket}/pre/")
         assert "X-Amz-Signature=" in path and "X-Amz-Expires=3600" in path
-        assert urllib.parse.unquote(path.split("?")[0]) == f"/{s3_bucket}/pre/{key}"
-        answer = requests.get(moto_server.endpoint + path, timeout=10)
+        # encoded twice: NGINX decodes the path once (X-Accel-Redirect, SSI) and sends S3 what is left
+        once, query = path.split("?")
+        once = urllib.parse.unquote(once)
+        assert urllib.parse.unquote(once) == f"/{s3_bucket}/pre/{key}"
+        sent = f"{moto_server.endpoint}{once}?{query}"
+        answer = requests.get(sent, timeout=10)
         assert answer.status_code == 200 and answer.content == data
-        ranged = requests.get(moto_server.endpoint + path, headers={"Range": "bytes=100-199"}, timeout=10)
+        ranged = requests.get(sent, headers={"Range": "bytes=100-199"}, timeout=10)
         assert ranged.status_code == 206 and ranged.content == data[100:200]
     # (moto does not verify signatures, so a tampered URL cannot be tested here; the e2e suite covers NGINX)
     assert storage.origin == moto_server.endpoint

@@ -1,0 +1,112 @@
+"""S3 as real S3-compatible servers behave (session 22), through the real stack: moto's server behind
+``PresignCheckingS3``, which checks each presigned request's SigV4 signature against the path as it arrives, as S3
+does (moto checks none).
+
+A bucket's key prefix is the operator's: ``s3://scans/radiology 2024`` or ``s3://scans/données`` are valid S3 keys
+(S3 takes any UTF-8), and both read paths must serve every object under them: NGINX's (an instance by
+X-Accel-Redirect, frames and retrieves composed by SSI) and Python's (renderings).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pydicom
+import pytest
+import requests
+from pydicom.encaps import generate_frames
+
+from gateway.dicomweb.multipart import multipart_boundary
+from gateway.tools.stack import Stack, free_port
+from gateway.tools.synth import make_series, make_wsi
+from tests.e2e.conftest import uids_of
+from tests.e2e.harness import AWS_TEST_ENV, RunningStack
+from tests.fixtures.servers import MotoServer, PresignCheckingS3, create_bucket
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("s3-semantics-data")
+    ct = make_series(base / "ct", modality="CT", slices=1, seed=41, clean=True, rows=64, columns=64)
+    return {"ct": ct[0], "wsi": make_wsi(base / "wsi", frames=3, offsets="bot", seed=42, clean=True)}
+
+
+@pytest.fixture(scope="module")
+def strict(moto_server: MotoServer) -> Iterator[PresignCheckingS3]:
+    checker = PresignCheckingS3(moto_server.endpoint)
+    yield checker
+    checker.close()
+
+
+def parts_of(answer: requests.Response) -> list[bytes]:
+    """The bodies of a multipart/related answer, in order."""
+    boundary = multipart_boundary(answer.headers["Content-Type"]).encode()
+    chunks = answer.content.split(b"--" + boundary)[1:-1]
+    return [chunk.split(b"\r\n\r\n", 1)[1].removesuffix(b"\r\n") for chunk in chunks]
+
+
+@pytest.mark.parametrize("prefix", ["radiology 2024", "données", "a%41b"], ids=["space", "utf-8", "percent"])
+def test_a_prefix_that_needs_percent_encoding_is_served_on_both_read_paths(
+    tmp_path: Path, moto_server: MotoServer, strict: PresignCheckingS3, files: dict[str, Path], prefix: str
+) -> None:
+    """With a key prefix holding a space, a non-ASCII letter or a ``%`` (``s3://bucket/radiology 2024``), STOW stored
+    every instance and Python's renderings were served, but every read NGINX serves from S3 failed: a single-part
+    instance or thumbnail was a JSON 503 (space: NGINX sent the decoded path raw, an invalid request line) or a
+    JSON 404 "missing from storage" (``données`` sent as raw bytes, ``a%41b`` read as ``aAb``), and every frame and
+    retrieve was a dropped connection. NGINX decodes the X-Accel-Redirect and SSI paths once and proxies the decoded
+    path as it is, so the presigned path now reaches it encoded once more: S3 gets exactly the path that was
+    signed."""
+    bucket = f"dgw-prefix-{free_port()}"
+    create_bucket(moto_server.endpoint, bucket)
+    env = {**AWS_TEST_ENV, "AWS_ENDPOINT_URL": strict.endpoint, "DICOMGW_CORS_ORIGINS": "https://portal.example"}
+    stack = Stack(tmp_path / "var", port=free_port(), storage_url=f"s3://{bucket}/{prefix}", extra_env=env)
+    stack.start()
+    try:
+        running = RunningStack(stack, "s3")
+        stored = running.stow([files["ct"], files["wsi"]])
+        assert stored.status_code == 200, stored.text
+        # the objects really are under the literal prefix
+        s3 = boto3.client("s3", endpoint_url=moto_server.endpoint, region_name="us-east-1",
+                          aws_access_key_id="test", aws_secret_access_key="test")
+        keys = [item["Key"] for item in s3.list_objects_v2(Bucket=bucket)["Contents"]]
+        assert len(keys) >= 2 and all(key.startswith(prefix + "/") for key in keys), keys
+
+        study, series, sop = uids_of(files["ct"])
+        wsi_study, wsi_series, wsi_sop = uids_of(files["wsi"])
+        root = running.root(running.issue([study, wsi_study])["token"])
+        ct = f"{root}/studies/{study}/series/{series}/instances/{sop}"
+        slide = f"{root}/studies/{wsi_study}/series/{wsi_series}/instances/{wsi_sop}"
+        ct_bytes = files["ct"].read_bytes()
+        dataset = pydicom.dcmread(files["wsi"])
+        frames = list(generate_frames(dataset.PixelData, number_of_frames=3))
+        strict.methods.clear()
+
+        # NGINX, X-Accel-Redirect: the whole object, and a range of it
+        instance = requests.get(ct, headers={"Accept": "application/dicom"}, timeout=30)
+        assert (instance.status_code, instance.headers["Content-Type"]) == (200, "application/dicom")
+        assert instance.content == ct_bytes
+        part = requests.get(ct, headers={"Accept": "application/dicom", "Range": "bytes=128-131"}, timeout=30)
+        assert (part.status_code, part.content) == (206, b"DICM")
+        thumbnail = requests.get(f"{ct}/thumbnail", timeout=30)
+        assert (thumbnail.status_code, thumbnail.headers["Content-Type"]) == (200, "image/jpeg")
+        assert thumbnail.content.startswith(b"\xff\xd8")
+
+        # NGINX, SSI: a whole object as a part, and frames as byte ranges of one
+        retrieve = requests.get(f"{root}/studies/{study}/series/{series}", timeout=30)
+        assert retrieve.status_code == 200
+        assert parts_of(retrieve) == [ct_bytes]
+        frame = requests.get(f"{slide}/frames/2,3", timeout=30)
+        assert frame.status_code == 200
+        assert frame.headers["Content-Type"].startswith('multipart/related; type="image/jpeg"')
+        assert parts_of(frame) == frames[1:]
+
+        # Python: a rendering reads the object through boto3
+        rendered = requests.get(f"{ct}/rendered", headers={"Accept": "image/png"}, timeout=30)
+        assert (rendered.status_code, rendered.headers["Content-Type"]) == (200, "image/png")
+
+        # every object NGINX read was a GET whose signature held (a 403 would have been the JSON 503 above)
+        assert strict.methods and set(strict.methods) == {"GET"}
+    finally:
+        stack.stop()
