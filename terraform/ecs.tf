@@ -7,7 +7,9 @@
 ################################################################################
 
 locals {
-  s3_host = "${local.data_bucket_name}.s3.${var.region}.amazonaws.com"
+  # path-style, the host the gateway presigns for (gateway/storage/s3.py): S3 checks the Host in the signature,
+  # and on a bucket's own host (BUCKET.s3...) it reads the presigned /BUCKET/key as the key "BUCKET/key"
+  s3_host = "s3.${var.region}.amazonaws.com"
 
   # Every ${DICOMGW_*} variable of nginx/templates/ (tests/unit/test_deploy.py checks the two lists agree).
   nginx_environment = {
@@ -40,6 +42,7 @@ locals {
     DICOMGW_CORS_ORIGINS  = join(",", var.cors_origins)
     DICOMGW_TOKEN_MAX_TTL = tostring(var.token_max_ttl)
     AWS_REGION            = var.region
+    AWS_DEFAULT_REGION    = var.region # the one botocore reads: presigned URLs are signed for this region
     GUNICORN_BIND         = "127.0.0.1:8000"
     WEB_CONCURRENCY       = tostring(var.gateway_workers)
     GUNICORN_THREADS      = tostring(var.gateway_threads)

@@ -9,6 +9,9 @@ X-Accel-Redirect, frames and retrieves composed by SSI) and Python's (renderings
 
 from __future__ import annotations
 
+import os
+import re
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +22,7 @@ import requests
 from pydicom.encaps import generate_frames
 
 from gateway.dicomweb.multipart import multipart_boundary
+from gateway.storage.s3 import S3Storage
 from gateway.tools.stack import Stack, free_port
 from gateway.tools.synth import make_series, make_wsi
 from tests.e2e.conftest import uids_of
@@ -110,3 +114,48 @@ def test_a_prefix_that_needs_percent_encoding_is_served_on_both_read_paths(
         assert strict.methods and set(strict.methods) == {"GET"}
     finally:
         stack.stop()
+
+
+def test_the_host_nginx_sends_s3_on_ecs_is_the_host_the_gateway_signs_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Terraform deployment (terraform/ecs.tf) had NGINX send S3 the virtual-hosted
+    ``Host: BUCKET.s3.REGION.amazonaws.com``, while the gateway presigns path-style (``/BUCKET/key``, README) for
+    ``s3.REGION.amazonaws.com`` (and for ``us-east-1`` where the platform sets no ``AWS_DEFAULT_REGION``: Terraform
+    set ``AWS_REGION``, which botocore does not read). S3 takes the Host into the signature (the checking S3 above
+    does too) and reads ``/BUCKET/key`` on a bucket's own host as the key ``BUCKET/key``: every instance, frame and
+    thumbnail NGINX reads would be a JSON 503. Terraform now sends the host the gateway signs for, in the region it
+    deploys to."""
+    from tests.unit.test_deploy import tf_locals
+
+    region, bucket = "eu-central-1", "dicom-gw-data-123456789012-eu-central-1"
+    tf = tf_locals()
+
+    def resolve(value: str) -> str:
+        value = value.replace("${local.s3_host}", tf["s3_host"])
+        return value.replace("${local.data_bucket_name}", bucket).replace("${var.region}", region)
+
+    nginx = {key: resolve(value) for key, value in tf["nginx_environment"].items() if "STORAGE" in key}
+    gateway = tf["gateway_environment"]  # a merge(...) expression: its literal AWS_* settings
+    aws = re.findall(r"\b(AWS_[A-Z_]+) = var\.region\b", gateway)
+    assert 'DICOMGW_STORAGE_URL = "s3://${local.data_bucket_name}"' in gateway
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    for name in aws:
+        monkeypatch.setenv(name, region)
+    # the task role's credentials, as ECS hands them to botocore; no shared files in the image
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "task-role")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "task-role")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+
+    storage = S3Storage(f"s3://{bucket}")
+    signed = urllib.parse.urlsplit(storage.origin)
+    path, _, query = storage.origin_path("studies/1.2/series/3.4/instances/5.6.dcm").partition("?")
+    assert path == f"/{bucket}/studies/1.2/series/3.4/instances/5.6.dcm"
+    assert f"%2F{region}%2Fs3%2Faws4_request" in query  # signed for the deployment's region
+    assert (nginx["DICOMGW_STORAGE_SCHEME"], nginx["DICOMGW_STORAGE_HOST"], nginx["DICOMGW_STORAGE_UPSTREAM"]) == (
+        signed.scheme,
+        signed.netloc,
+        f"{signed.netloc}:443",
+    )
+    assert signed.netloc == f"s3.{region}.amazonaws.com"

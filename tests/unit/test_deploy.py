@@ -57,7 +57,7 @@ GENERATED_SECRETS = (
     "DICOMGW_S3_SECRET_ACCESS_KEY",
     "POSTGRES_PASSWORD",
 )
-S3_HOST = "dicom-gw-data-123456789012-eu-central-1.s3.eu-central-1.amazonaws.com"
+S3_HOST = "s3.eu-central-1.amazonaws.com"
 TEMPLATE_VARIABLE = re.compile(r"\$\{(DICOMGW_[A-Z0-9_]+)\}")
 
 
