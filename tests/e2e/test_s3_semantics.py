@@ -26,7 +26,7 @@ from gateway.storage.s3 import S3Storage
 from gateway.tools.stack import Stack, free_port
 from gateway.tools.synth import make_series, make_wsi
 from tests.e2e.conftest import uids_of
-from tests.e2e.harness import AWS_TEST_ENV, RunningStack
+from tests.e2e.harness import AWS_TEST_ENV, RunningStack, start_stack
 from tests.fixtures.servers import MotoServer, PresignCheckingS3, create_bucket
 
 
@@ -114,6 +114,61 @@ def test_a_prefix_that_needs_percent_encoding_is_served_on_both_read_paths(
         assert strict.methods and set(strict.methods) == {"GET"}
     finally:
         stack.stop()
+
+
+def test_a_vanished_bucket_is_an_outage_on_both_read_paths_not_a_missing_object(
+    tmp_path: Path, moto_server: MotoServer, files: dict[str, Path]
+) -> None:
+    """S3 answers 404 for a bucket that is gone (``NoSuchBucket``) as for a key that is (``NoSuchKey``), told apart only
+    in the body NGINX drops. With the bucket deleted (or the wrong one configured), a single-part instance and a
+    WADO-URI object were a JSON 404 "the object is missing from storage", while the thumbnail and renderings
+    (Python) and /readyz said ``storage_unavailable``: a viewer or PACS took the study for deleted. NGINX now asks
+    storage's probe on such a 404: an object deleted behind the gateway's back is still the JSON 404, a vanished
+    bucket the JSON 503 with Retry-After, on both read paths."""
+    origin = "https://portal.example"
+    running = start_stack(tmp_path / "var", "s3", moto_server)
+    try:
+        ct = make_series(tmp_path / "two", modality="CT", slices=2, seed=43, clean=True, rows=64, columns=64)
+        assert running.stow(ct).status_code == 200
+        bucket = running.stack.storage_url.split("/")[2]
+        s3 = boto3.client("s3", endpoint_url=moto_server.endpoint, region_name="us-east-1",
+                          aws_access_key_id="test", aws_secret_access_key="test")
+        study, series, gone = uids_of(ct[0])
+        kept = uids_of(ct[1])[2]
+        root = running.root(running.issue([study])["token"])
+
+        def reads(sop: str) -> dict[str, requests.Response]:
+            instance = f"{root}/studies/{study}/series/{series}/instances/{sop}"
+            wado = f"{root}/wado?requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={sop}"
+            asked = {
+                "instance": (instance, {"Accept": "application/dicom"}),
+                "wado-uri": (f"{wado}&contentType=application/dicom", {}),
+                "thumbnail": (f"{instance}/thumbnail", {}),
+            }
+            return {
+                name: requests.get(url, headers={"Origin": origin, **headers}, timeout=30)
+                for name, (url, headers) in asked.items()
+            }
+
+        # an object deleted behind the gateway's back: missing, on both paths
+        for item in s3.list_objects_v2(Bucket=bucket)["Contents"]:
+            if gone in item["Key"]:
+                s3.delete_object(Bucket=bucket, Key=item["Key"])
+        for name, answer in reads(gone).items():
+            assert (answer.status_code, answer.headers["Content-Type"]) == (404, "application/json"), name
+            assert answer.headers["Access-Control-Allow-Origin"] == origin, name
+            assert answer.json()["error"] == "not_found", name
+        # the bucket gone: an outage, on both paths, for the object still catalogued
+        for item in s3.list_objects_v2(Bucket=bucket)["Contents"]:
+            s3.delete_object(Bucket=bucket, Key=item["Key"])
+        s3.delete_bucket(Bucket=bucket)
+        for name, answer in reads(kept).items():
+            assert (answer.status_code, answer.headers["Content-Type"]) == (503, "application/json"), name
+            assert answer.headers["Retry-After"] == "5", name
+            assert answer.headers["Access-Control-Allow-Origin"] == origin, name
+            assert answer.json()["error"] == "storage_unavailable", name
+    finally:
+        running.stack.stop()
 
 
 def test_the_host_nginx_sends_s3_on_ecs_is_the_host_the_gateway_signs_for(monkeypatch: pytest.MonkeyPatch) -> None:
