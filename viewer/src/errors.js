@@ -28,13 +28,22 @@ export function classify(error) {
 }
 
 /** Replace the viewer with the error screen; `kind` goes to `data-kind` for tests and embedding pages. */
-export function showError(kind, status = null) {
+export function showError(kind, status = null, note = '') {
   const [title, text] = MESSAGES[kind] || MESSAGES.failed;
   const screen = document.getElementById('error');
   document.getElementById('error-title').textContent = title;
-  document.getElementById('error-text').textContent = text + (status ? ` (HTTP ${status})` : '');
+  document.getElementById('error-text').textContent = text + (status ? ` (HTTP ${status})` : '') + (note ? ` ${note}` : '');
   screen.dataset.kind = kind;
   screen.hidden = false;
   document.getElementById('app').hidden = true;
   document.title = `${title} · DICOM viewer`;
+}
+
+/** Back to the viewer: the failure the screen reported has passed (the network or storage answers again). */
+export function hideError() {
+  const screen = document.getElementById('error');
+  screen.hidden = true;
+  delete screen.dataset.kind;
+  document.getElementById('app').hidden = false;
+  document.title = 'DICOM viewer';
 }

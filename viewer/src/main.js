@@ -1,7 +1,7 @@
 // The viewer page: read the link, list the series, show one as a scrollable stack, report progress and errors.
 import './style.css';
 import { DicomWebClient, GatewayError, dicom, framesOf } from './dicomweb.js';
-import { classify, showError } from './errors.js';
+import { classify, hideError, showError } from './errors.js';
 import { dicomwebRoot, takeLinkFromLocation } from './fragment.js';
 import { credential, keepRenewing, withCurrentToken } from './session.js';
 
@@ -12,6 +12,11 @@ const stageModule = import('./stage.js');
 // load around the current frame only.
 const PREFETCH_ALL = 600;
 const PREFETCH_AROUND = 8;
+// A frame that failed this way says the network or the gateway's storage is away for now (a phone between cells,
+// a storage outage's 503), not that the image is bad: wait for it and load the frame again.
+const TRANSIENT = new Set([0, 502, 503, 504]);
+const RETRY_FIRST_MS = 2000;
+const RETRY_MAX_MS = 30000;
 
 const $ = (id) => document.getElementById(id);
 const state = {
@@ -23,6 +28,11 @@ const state = {
   loaded: new Set(),
   failed: false,
   probing: false,
+  waiting: false, // the network or storage is away: failed frames are loaded again once it answers
+  retryMs: RETRY_FIRST_MS,
+  retried: false, // failed frames were asked again: the next that loads ends the outage's message
+  failedFrames: new Set(), // frames of the open series whose load failed, counted as settled by the progress bar
+  onFrame: null, // the open series' prefetch callback (progress, failures)
   toolsBound: false,
 };
 
@@ -106,16 +116,28 @@ function setProgress(done, total, label) {
   $('progress-text').textContent = label || `Loading ${done} / ${total}`;
 }
 
+/** The HTTP status of a failed frame load (the image loader rejects with its XHR; 0: no answer), or null. */
+function statusOf(error) {
+  const status = error?.status ?? error?.request?.status;
+  return typeof status === 'number' ? status : null;
+}
+
 /**
- * An image failed (`imageId` when known): ask the gateway why (token expired? gateway down?) and show the error screen
- * if it says so.
+ * An image failed (`imageId` when known, the loader's `error`): ask the gateway why (token expired? gateway down?)
+ * and show the error screen if it says so. A network or storage outage ends nothing: the images on screen stay, and
+ * the failed frames are loaded again once the gateway answers (the address bar no longer holds the token, so a reload
+ * could not bring the study back).
  */
-async function onLoadFailure(imageId = null) {
+async function onLoadFailure(imageId = null, error = null) {
   // One question at a time: a dead gateway fails every queued frame at once.
-  if (state.failed || state.probing) return;
+  if (state.failed || state.probing || state.waiting) return;
   state.probing = true;
   try {
     await state.client.json(`/studies/${state.study}/series?limit=1`);
+    if (TRANSIENT.has(statusOf(error))) {
+      waitForGateway(statusOf(error));
+      return;
+    }
     // The link is fine, so the image itself cannot be shown (a pixel format the decoders lack, a damaged
     // codestream, frames the gateway does not serve): with nothing of this series on screen, say so plainly
     // rather than leave a black stage.
@@ -127,18 +149,63 @@ async function onLoadFailure(imageId = null) {
       return;
     }
     $('status').textContent = 'Some images could not be loaded.';
-  } catch (error) {
-    const kind = classify(error);
+  } catch (probeError) {
+    const kind = classify(probeError);
     if (kind === 'failed') {
       // The gateway answered, but not about the link: keep the images we have.
       $('status').textContent = 'Some images could not be loaded.';
       return;
     }
+    if (kind === 'unavailable') {
+      waitForGateway(probeError instanceof GatewayError ? probeError.status : null);
+      return;
+    }
     state.failed = true;
-    showError(kind, error instanceof GatewayError ? error.status : null);
+    showError(kind, probeError instanceof GatewayError ? probeError.status : null);
   } finally {
     state.probing = false;
   }
+}
+
+/**
+ * The network or the gateway's storage is away: say so (over the image when one is on screen, else the error
+ * screen), then load the failed frames again after a pause that doubles up to 30 s while they keep failing.
+ */
+function waitForGateway(status) {
+  state.waiting = true;
+  const stage = state.stage;
+  if (stage && stage.hasImage()) $('status').textContent = 'Connection lost. Retrying…';
+  else showError('unavailable', status || null, 'This page retries by itself.');
+  const delay = state.retryMs;
+  state.retryMs = Math.min(RETRY_MAX_MS, state.retryMs * 2);
+  setTimeout(() => {
+    state.waiting = false;
+    if (!state.failed) retryFailedFrames();
+  }, delay);
+}
+
+function retryFailedFrames() {
+  const stage = state.stage;
+  const ids = [...state.failedFrames].filter((id) => stage.imageIds.includes(id));
+  state.failedFrames.clear();
+  if (!ids.length || !state.onFrame) {
+    // the failure was of a frame that has loaded since (the viewport's own request): nothing is left to wait for
+    onRecovered(null);
+    return;
+  }
+  ids.forEach((id) => state.loaded.delete(id));
+  state.retried = true;
+  state.onFrame.retrying(ids.length);
+  stage.prefetch(ids, state.onFrame);
+}
+
+/** A frame of the open series loaded again after an outage: leave the error screen, draw it if it is on screen. */
+function onRecovered(imageId) {
+  state.retryMs = RETRY_FIRST_MS;
+  if (!document.getElementById('error').hidden) hideError();
+  if ($('status').textContent === 'Connection lost. Retrying…') $('status').textContent = '';
+  const stage = state.stage;
+  if (imageId && !stage.hasImage() && imageId === stage.imageIds[stage.index]) stage.redraw().catch(() => onLoadFailure());
 }
 
 function prefetchAround(index) {
@@ -150,7 +217,7 @@ function prefetchAround(index) {
     }
   }
   wanted.forEach((id) => state.loaded.add(id));
-  state.stage.prefetch(wanted, (id, error) => error && onLoadFailure(id));
+  state.stage.prefetch(wanted, state.onFrame);
 }
 
 /** What opening a series needs before Cornerstone: metadata, frames, where to start, and whether a derivative
@@ -183,6 +250,8 @@ async function openSeries(series, info = seriesInfo(series)) {
   const { client, study, stage } = state;
   state.series = series;
   state.loaded = new Set();
+  state.failedFrames = new Set();
+  state.onFrame = null;
   for (const button of document.querySelectorAll('#series button')) {
     button.setAttribute('aria-current', String(button.dataset.uid === series.uid));
   }
@@ -195,6 +264,30 @@ async function openSeries(series, info = seriesInfo(series)) {
   for (const button of document.querySelectorAll('#presets button')) button.disabled = color;
 
   el.dataset.progressive = String(progressive);
+  const all = imageIds.length <= PREFETCH_ALL;
+  const total = imageIds.length;
+  let done = 0; // frames settled (loaded at full quality, or failed): the progress bar
+  const onFrame = (id, error, preview) => {
+    if (state.series !== series) return;
+    if (error) {
+      state.failedFrames.add(id);
+      onLoadFailure(id, error);
+    } else if (!preview && state.retried) {
+      onRecovered(id);
+    }
+    if (!all) return;
+    if (!preview) done += 1;
+    setProgress(done, total);
+    setStatus();
+    if (done === total) moment('dgw-all-full-quality');
+  };
+  // frames loaded again after an outage settle once more
+  onFrame.retrying = (count) => {
+    if (!all) return;
+    done -= count;
+    setProgress(done, total);
+  };
+  state.onFrame = onFrame;
   await stage.show(imageIds, start, progressive, () => {
     removePlaceholder();
     moment('dgw-first-image');
@@ -211,19 +304,10 @@ async function openSeries(series, info = seriesInfo(series)) {
   el.dataset.series = series.uid;
   setStatus();
 
-  if (imageIds.length <= PREFETCH_ALL) {
-    let done = 0;
-    const total = imageIds.length;
+  if (all) {
     setProgress(0, total);
     imageIds.forEach((id) => state.loaded.add(id));
-    stage.prefetch(imageIds, (id, error, preview) => {
-      if (state.series !== series) return;
-      if (!preview) done += 1;
-      setProgress(done, total);
-      setStatus();
-      if (done === total) moment('dgw-all-full-quality');
-      if (error) onLoadFailure(id);
-    });
+    stage.prefetch(imageIds, onFrame);
   } else {
     setProgress(1, 1);
     prefetchAround(start);
@@ -293,7 +377,9 @@ function bindControls(stage) {
     if (state.stage.imageIds.length > PREFETCH_ALL) prefetchAround(stage.index);
   });
   el.addEventListener(Enums.Events.VOI_MODIFIED, setStatus);
-  eventTarget.addEventListener(Enums.Events.IMAGE_LOAD_FAILED, (event) => onLoadFailure(event.detail?.imageId));
+  eventTarget.addEventListener(Enums.Events.IMAGE_LOAD_FAILED, (event) =>
+    onLoadFailure(event.detail?.imageId, event.detail?.error),
+  );
 }
 
 async function main() {

@@ -155,6 +155,13 @@ export class Stage {
     return this.go(this.index + delta);
   }
 
+  /** Draw the current image again once it is loadable (its first load failed: nothing is on screen). */
+  async redraw() {
+    await this.viewport.setStack(this.imageIds, this.index);
+    this.viewport.resetCamera();
+    this.viewport.render();
+  }
+
   /** Whether an image of the current stack is on screen (a failed first image leaves none). */
   hasImage() {
     const image = this.viewport?.csImage;

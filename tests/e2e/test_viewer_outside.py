@@ -1,0 +1,138 @@
+"""The bundled viewer as phones and portals really run it (session 22): real Chromium against the real stack, with
+the network a phone has (3G, a few seconds offline mid-load through the DevTools protocol) and the storage outages
+a server has (the local folder gone, as an unmounted volume: reads answer 503 or fail their transfer).
+
+What a user must never get: a blank stage, a spinner that never ends, or an error screen that stays after the
+network is back while the token is still good (the address bar no longer holds the token, so a reload cannot help:
+the page is the only way back to the images).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.tools.synth import make_series
+from tests.e2e.conftest import uids_of
+from tests.e2e.harness import RunningStack, start_stack
+from tests.e2e.test_viewer import (  # noqa: F401 - browser is a fixture
+    NetworkLog,
+    assert_not_blank,
+    browser,
+    open_page,
+    snap,
+    wait_ready,
+)
+
+pytestmark = pytest.mark.browser
+
+SLICES = 60
+# Chromium's "Slow 3G" preset, as DevTools applies it: 400 ms latency, ~50 KB/s each way.
+SLOW_3G = {"offline": False, "latency": 400, "downloadThroughput": 50_000, "uploadThroughput": 50_000}
+# a fast 3G phone: 150 ms latency, ~500 KB/s down
+FAST_3G = {"offline": False, "latency": 150, "downloadThroughput": 500_000, "uploadThroughput": 100_000}
+ONLINE = {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1}
+OFFLINE = {"offline": True, "latency": 0, "downloadThroughput": 0, "uploadThroughput": 0}
+
+
+@pytest.fixture(scope="module")
+def outside(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningStack, str]]:
+    """A stack of its own (file backend: its folder can be unmounted) holding one CT series of 40 small slices."""
+    base = tmp_path_factory.mktemp("viewer-outside")
+    files = make_series(base / "ct", modality="CT", slices=SLICES, rows=512, columns=512, seed=31, clean=True)
+    running = start_stack(base / "var", "file", None)
+    try:
+        answer = running.stow(files)
+        assert answer.status_code == 200, answer.text
+        yield running, uids_of(files[0])[0]
+    finally:
+        running.stack.stop()
+
+
+def dataset(page: Any) -> dict[str, str]:
+    result: dict[str, str] = page.evaluate("() => ({...document.getElementById('viewport').dataset})")
+    return result
+
+
+def wait_all_loaded(page: Any, timeout: float = 90_000) -> None:
+    """Every frame settled (a failed one counts until it is asked again) and no outage message left."""
+    page.wait_for_function(
+        f"() => {{ const d = document.getElementById('viewport').dataset;"
+        f" return d.state === 'ready' && d.loaded === '{SLICES}' && document.getElementById('progress').hidden"
+        f" && document.getElementById('status').textContent === '' && document.getElementById('error').hidden; }}",
+        timeout=timeout,
+    )
+
+
+def assert_every_slice_shows(page: Any, name: str) -> None:
+    """The first and the last slice are on screen (the last one was among the frames lost to the outage)."""
+    assert page.locator("#error").is_hidden()
+    assert page.inner_text("#status") == ""
+    assert_not_blank(snap(page, f"{name}-first"))
+    page.keyboard.press("End")
+    page.wait_for_function(f"() => document.getElementById('viewport').dataset.index === '{SLICES - 1}'")
+    assert_not_blank(snap(page, f"{name}-last"))
+
+
+def test_offline_for_seconds_mid_load_keeps_the_images_and_finishes_the_series_fixed(
+    outside: tuple[RunningStack, str], browser: Any  # noqa: F811
+) -> None:
+    """A phone (390x844 at 3x, touch) on 3G loses the network for 4 s just after the first image: the images on
+    screen stay with "Connection lost. Retrying…", and once the network is back the rest of the series loads by
+    itself. It was the "image server is not reachable" screen over the loaded images, for good: nothing retried,
+    and a reload could not help (the token is scrubbed from the address bar: "Open the study again")."""
+    running, study = outside
+    issued = running.issue([study], ttl=600)
+    log = NetworkLog()
+    page = open_page(
+        browser, log, viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True, device_scale_factor=3
+    )
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send("Network.emulateNetworkConditions", FAST_3G)
+    page.goto(issued["viewer_url"])
+    page.wait_for_selector("#viewport[data-state=ready]", timeout=120_000)
+    assert int(dataset(page).get("loaded") or 0) < SLICES, "the series loaded before the network went"
+    cdp.send("Network.emulateNetworkConditions", OFFLINE)
+    page.wait_for_function("() => document.getElementById('status').textContent === 'Connection lost. Retrying…'")
+    page.wait_for_timeout(4000)
+    assert page.locator("#error").is_hidden(), page.inner_text("#error")
+    assert page.inner_text("#status") == "Connection lost. Retrying…"
+    assert_not_blank(snap(page, "outside-offline"))
+    cdp.send("Network.emulateNetworkConditions", ONLINE)
+    wait_all_loaded(page)
+    assert_every_slice_shows(page, "outside-offline-back")
+    page.context.close()
+
+
+def test_a_storage_outage_at_open_says_unavailable_then_shows_the_study_fixed(
+    outside: tuple[RunningStack, str], browser: Any  # noqa: F811
+) -> None:
+    """Storage gone when the study opens (the local folder unmounted: frame reads fail, QIDO and metadata are
+    served): the viewer said "These images cannot be shown here ... stored in a format this viewer cannot display",
+    for good. It now says the server is not reachable and that the page retries, and shows the study by itself once
+    storage is back."""
+    running, study = outside
+    root = running.stack.file_root
+    assert root is not None
+    moved = root.with_name(root.name + ".unmounted")
+    issued = running.issue([study], ttl=600)
+    page = open_page(browser, NetworkLog())
+    shutil.move(root, moved)
+    try:
+        page.goto(issued["viewer_url"])
+        page.wait_for_selector("#error[data-kind]:not([hidden])")
+        assert page.get_attribute("#error", "data-kind") == "unavailable"
+        assert page.inner_text("#error-title") == "The image server is not reachable"
+        assert page.inner_text("#error-text").endswith("This page retries by itself.")
+    finally:
+        shutil.move(moved, root)
+    page.wait_for_selector("#error", state="hidden", timeout=60_000)
+    assert page.is_visible("#app")
+    wait_all_loaded(page)
+    assert_every_slice_shows(page, "outside-storage-back")
+    page.context.close()
