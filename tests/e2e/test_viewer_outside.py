@@ -135,3 +135,32 @@ def test_a_storage_outage_at_open_says_unavailable_then_shows_the_study_fixed(
     wait_all_loaded(page)
     assert_every_slice_shows(page, "outside-storage-back")
     page.context.close()
+
+
+def test_offline_while_the_study_opens_then_back_opens_it_fixed(
+    outside: tuple[RunningStack, str], browser: Any  # noqa: F811
+) -> None:
+    """A phone on slow 3G loses the network while the page opens the study (Cornerstone's ~1 MB of code on its way,
+    the series list asked), then gets it back. The "not reachable" screen stayed for good (and a reload says "Open
+    the study again": the token is gone from the address bar); it now says the page retries, and the study opens."""
+    running, study = outside
+    issued = running.issue([study], ttl=600)
+    log = NetworkLog()
+    page = open_page(
+        browser, log, viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True,
+        device_scale_factor=3,
+    )
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send("Network.emulateNetworkConditions", SLOW_3G)
+    with page.expect_request(lambda request: "/viewer/assets/stage-" in request.url, timeout=60_000):
+        page.goto(issued["viewer_url"], wait_until="commit")
+    cdp.send("Network.emulateNetworkConditions", OFFLINE)
+    page.wait_for_selector("#error[data-kind]:not([hidden])")
+    assert page.get_attribute("#error", "data-kind") == "unavailable"
+    assert page.inner_text("#error-text").endswith("This page retries by itself.")
+    page.wait_for_timeout(3000)
+    cdp.send("Network.emulateNetworkConditions", ONLINE)
+    wait_all_loaded(page)
+    assert_every_slice_shows(page, "outside-offline-at-open")
+    page.context.close()

@@ -6,7 +6,16 @@ import { dicomwebRoot, takeLinkFromLocation } from './fragment.js';
 import { credential, keepRenewing, withCurrentToken } from './session.js';
 
 // Cornerstone (core and image loader) loads while the study's series list is fetched, not before it.
-const stageModule = import('./stage.js');
+let stageModule = import('./stage.js');
+
+/** The stage module; a fetch of its code lost to the network is the network's failure (`unavailable`), asked again
+ * on the next try (a rejected import stays rejected). */
+function loadStage() {
+  return stageModule.catch(() => {
+    stageModule = import('./stage.js');
+    throw new GatewayError(0, 'network', 'the viewer code could not be loaded');
+  });
+}
 
 // Fetch every frame of a series up front when it is this small (a CT series); larger ones (whole-slide images)
 // load around the current frame only.
@@ -395,20 +404,49 @@ async function main() {
   keepRenewing((token) => {
     state.client.root = dicomwebRoot(token);
   }, fail);
+  await openStudy(link.study);
+}
+
+/** List the series and show the first; idempotent, so that a try the network or the gateway failed is made again. */
+async function openStudy(study) {
+  for (let delay = RETRY_FIRST_MS; ; delay = Math.min(RETRY_MAX_MS, delay * 2)) {
+    try {
+      await openStudyOnce(study);
+      return;
+    } catch (error) {
+      // Offline, or the gateway down: the address bar no longer holds the token, so a reload cannot bring the
+      // study back; this page must. Anything else (expired, forbidden...) ends here.
+      if (state.failed || classify(error) !== 'unavailable') throw error;
+      showError('unavailable', error.status || null, 'This page retries by itself.');
+      await new Promise((resolve) => setTimeout(resolve, delay));
+      if (state.failed) return;
+      state.stage?.restartWorkers(); // started while the network was failing, they may be dead
+      hideError();
+    }
+  }
+}
+
+async function openStudyOnce(study) {
   setProgress(0, 1, 'Opening study…');
-  const series = await state.client.series(link.study);
+  const series = await state.client.series(study);
   if (!series.length) {
     showError('notfound');
     return;
   }
   const first = seriesInfo(series[0]); // metadata and the derivative probe while Cornerstone loads
-  first.then((info) => showPlaceholder(series[0], info)).catch(() => {});
-  const { Stage, Enums, eventTarget } = await stageModule;
-  state.Enums = Enums;
-  state.eventTarget = eventTarget;
-  state.stage = new Stage($('viewport'), withCurrentToken);
-  await state.stage.init();
-  bindControls(state.stage);
+  first.then((info) => {
+    removePlaceholder();
+    showPlaceholder(series[0], info);
+  }).catch(() => {});
+  if (!state.stage) {
+    const { Stage, Enums, eventTarget } = await loadStage();
+    state.Enums = Enums;
+    state.eventTarget = eventTarget;
+    const stage = new Stage($('viewport'), withCurrentToken);
+    await stage.init();
+    state.stage = stage;
+    bindControls(stage);
+  }
   renderSeriesList(series);
   await openSeries(series[0], first);
   $('viewport').focus({ preventScroll: true });

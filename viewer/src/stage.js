@@ -6,6 +6,7 @@ import {
   ProgressiveRetrieveImages,
   RenderingEngine,
   eventTarget,
+  getWebWorkerManager,
   imageLoader,
   init as initCore,
   metaData,
@@ -153,6 +154,14 @@ export class Stage {
 
   scroll(delta) {
     return this.go(this.index + delta);
+  }
+
+  /**
+   * Start the decode workers afresh: they are created when the loader starts, and one whose script the network
+   * failed to bring never answers (every decode waits for good). New ones are made on the next decode.
+   */
+  restartWorkers() {
+    getWebWorkerManager().terminate('dicomImageLoader');
   }
 
   /** Draw the current image again once it is loadable (its first load failed: nothing is on screen). */
