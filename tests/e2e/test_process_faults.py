@@ -7,6 +7,7 @@ once it is back, the same requests succeed at once, without restarting anything 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -95,6 +96,28 @@ def json_503(answer: requests.Response, took: float) -> None:
     assert took < 6, took
 
 
+@contextlib.contextmanager
+def stack_on_private_postgres(var: Path, database: str) -> Iterator[tuple[Any, Any]]:
+    """(a PostgreSQL cluster of its own, a stack whose catalog is ``database`` there), stopped afterwards: the tests
+    kill its postmaster. A crash loses no acknowledged commit, as in production (the throwaway cluster turns that
+    off for speed)."""
+    import psycopg
+
+    from gateway.tools.postgres import private_postgres
+    from gateway.tools.stack import Stack, free_port
+
+    with private_postgres({"synchronous_commit": "on"}) as server:
+        admin = f"host={server.host} port={server.port} user=postgres dbname=postgres"
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {database}")
+        stack = Stack(var, port=free_port(), database_url=server.url(database), derive_worker=False)
+        stack.start()
+        try:
+            yield server, stack
+        finally:
+            stack.stop()
+
+
 @pytest.mark.postgres
 def test_postgres_killed_mid_stow_then_restarted(tmp_path: Path) -> None:
     """SIGKILL of the catalog's postmaster while a 20-instance STOW holds an instance's reservation: the upload is
@@ -104,90 +127,78 @@ def test_postgres_killed_mid_stow_then_restarted(tmp_path: Path) -> None:
     same STOW, sent again at once, stores every instance. Before, the dead upload's reservation outlived the
     outage: its worker could not release it while the catalog was down and lived on, so the retry got "another
     upload of this instance is in progress" (0xA700) for the rest of the one-minute lease."""
-    import psycopg
     import pydicom
 
     from gateway.dicomweb.multipart import encode_multipart
-    from gateway.tools.postgres import private_postgres
-    from gateway.tools.stack import Stack, free_port
 
     before = make_series(tmp_path / "before", modality="CT", slices=3, seed=71, clean=True)
     files = make_series(tmp_path / "ct", modality="CT", slices=20, seed=72, clean=True)
     old_study, old_series, _ = uids_of(before[0])
     study = uids_of(files[0])[0]
-    # a crash loses no acknowledged commit, as in production (the throwaway cluster turns that off for speed)
-    with private_postgres({"synchronous_commit": "on"}) as server:
-        admin = f"host={server.host} port={server.port} user=postgres dbname=postgres"
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute("CREATE DATABASE faults")
-        stack = Stack(tmp_path / "var", port=free_port(), database_url=server.url("faults"), derive_worker=False)
-        stack.start()
+    with stack_on_private_postgres(tmp_path / "var", "faults") as (server, stack):
+        api = {"Authorization": f"Bearer {stack.api_key}"}
+
+        def stow(data: Any, content_type: str) -> requests.Response:
+            headers = {"Content-Type": content_type, "Accept": "application/dicom+json", **api}
+            return requests.post(f"{stack.url}/dicomweb/studies", data=data, headers=headers, timeout=60)
+
+        first = encode_multipart(before)
+        assert stow(first, first.content_type).status_code == 200
+        claims = {"sub": "faults", "studies": [old_study, study]}
+        token = requests.post(f"{stack.url}/api/v1/tokens", json=claims, headers=api, timeout=10).json()["token"]
+        root = f"{stack.url}/t/{token}/dicomweb"
+        sops = [uids_of(path)[2] for path in before]
+        reads = {
+            "qido": (f"{root}/studies", "application/dicom+json"),
+            "metadata": (f"{root}/studies/{old_study}/series/{old_series}/metadata", "application/dicom+json"),
+            "frame": (f"{root}/studies/{old_study}/series/{old_series}/instances/{sops[1]}/frames/1",
+                      "application/octet-stream"),
+        }  # fmt: skip
+
+        body = encode_multipart(files)
+        raw = b"".join(body)
+        answers: list[requests.Response] = []
+        upload = threading.Thread(target=lambda: answers.append(stow(throttled(raw, 4.0), body.content_type)))
+        stop = threading.Event()
+        upload.start()
         try:
-            api = {"Authorization": f"Bearer {stack.api_key}"}
-
-            def stow(data: Any, content_type: str) -> requests.Response:
-                headers = {"Content-Type": content_type, "Accept": "application/dicom+json", **api}
-                return requests.post(f"{stack.url}/dicomweb/studies", data=data, headers=headers, timeout=60)
-
-            first = encode_multipart(before)
-            assert stow(first, first.content_type).status_code == 200
-            claims = {"sub": "faults", "studies": [old_study, study]}
-            token = requests.post(f"{stack.url}/api/v1/tokens", json=claims, headers=api, timeout=10).json()["token"]
-            root = f"{stack.url}/t/{token}/dicomweb"
-            sops = [uids_of(path)[2] for path in before]
-            reads = {
-                "qido": (f"{root}/studies", "application/dicom+json"),
-                "metadata": (f"{root}/studies/{old_study}/series/{old_series}/metadata", "application/dicom+json"),
-                "frame": (f"{root}/studies/{old_study}/series/{old_series}/instances/{sops[1]}/frames/1",
-                          "application/octet-stream"),
-            }  # fmt: skip
-
-            body = encode_multipart(files)
-            raw = b"".join(body)
-            answers: list[requests.Response] = []
-            upload = threading.Thread(target=lambda: answers.append(stow(throttled(raw, 4.0), body.content_type)))
-            stop = threading.Event()
-            upload.start()
-            try:
-                # some of the upload is stored first: the answer must list it (3 instances of `before` are stored)
-                killed = kill_postmaster_while_a_reservation_is_held(server, "faults", stop, after=3 + 5)
-            finally:
-                stop.set()
-                upload.join(60)
-            assert killed, "the upload ended before any reservation was seen"
-            assert answers, "the upload was never answered"
-            answer = answers[0]
-            # what was stored is acknowledged; the rest failed for the outage (0xA700), to be sent again after
-            # Retry-After, as a 503 would say; never a 5xx page or a hang
-            assert answer.status_code == 202, (answer.status_code, answer.text[:300])
-            assert answer.headers["Retry-After"] == "5", answer.headers
-            failed = answer.json()[STOW_FAILED]["Value"]
-            assert failed and {item[FAILURE_REASON]["Value"][0] for item in failed} == {OUT_OF_RESOURCES}
-            assert len(answer.json()["00081199"]["Value"]) + len(failed) == 20
-
-            time.sleep(2.5)  # NGINX's decision cache (DICOMGW_AUTH_CACHE_SECONDS, 2 s) no longer answers
-            for url, accept in reads.values():
-                started = time.monotonic()
-                json_503(requests.get(url, headers={"Accept": accept}, timeout=30), time.monotonic() - started)
-            started = time.monotonic()
-            json_503(stow(body, body.content_type), time.monotonic() - started)
-
-            server.start()
-            # the first requests after the restart: no dead pooled connection is handed out
-            qido = requests.get(reads["qido"][0], headers={"Accept": reads["qido"][1]}, timeout=30)
-            assert qido.status_code == 200, qido.text[:300]
-            assert old_study in qido.text
-            meta = requests.get(reads["metadata"][0], headers={"Accept": reads["metadata"][1]}, timeout=30)
-            assert meta.status_code == 200 and len(meta.json()) == 3, meta.text[:300]
-            frame = requests.get(reads["frame"][0], headers={"Accept": reads["frame"][1]}, timeout=30)
-            assert frame.status_code == 200, frame.text[:300]
-            assert frame.content == pydicom.dcmread(before[1]).PixelData
-
-            again = stow(body, body.content_type)
-            assert again.status_code == 200, again.text[:2000]
-            assert_stored_whole(stack, root, {}, study, files)
+            # some of the upload is stored first: the answer must list it (3 instances of `before` are stored)
+            killed = kill_postmaster_while_a_reservation_is_held(server, "faults", stop, after=3 + 5)
         finally:
-            stack.stop()
+            stop.set()
+            upload.join(60)
+        assert killed, "the upload ended before any reservation was seen"
+        assert answers, "the upload was never answered"
+        answer = answers[0]
+        # what was stored is acknowledged; the rest failed for the outage (0xA700), to be sent again after
+        # Retry-After, as a 503 would say; never a 5xx page or a hang
+        assert answer.status_code == 202, (answer.status_code, answer.text[:300])
+        assert answer.headers["Retry-After"] == "5", answer.headers
+        failed = answer.json()[STOW_FAILED]["Value"]
+        assert failed and {item[FAILURE_REASON]["Value"][0] for item in failed} == {OUT_OF_RESOURCES}
+        assert len(answer.json()["00081199"]["Value"]) + len(failed) == 20
+
+        time.sleep(2.5)  # NGINX's decision cache (DICOMGW_AUTH_CACHE_SECONDS, 2 s) no longer answers
+        for url, accept in reads.values():
+            started = time.monotonic()
+            json_503(requests.get(url, headers={"Accept": accept}, timeout=30), time.monotonic() - started)
+        started = time.monotonic()
+        json_503(stow(body, body.content_type), time.monotonic() - started)
+
+        server.start()
+        # the first requests after the restart: no dead pooled connection is handed out
+        qido = requests.get(reads["qido"][0], headers={"Accept": reads["qido"][1]}, timeout=30)
+        assert qido.status_code == 200, qido.text[:300]
+        assert old_study in qido.text
+        meta = requests.get(reads["metadata"][0], headers={"Accept": reads["metadata"][1]}, timeout=30)
+        assert meta.status_code == 200 and len(meta.json()) == 3, meta.text[:300]
+        frame = requests.get(reads["frame"][0], headers={"Accept": reads["frame"][1]}, timeout=30)
+        assert frame.status_code == 200, frame.text[:300]
+        assert frame.content == pydicom.dcmread(before[1]).PixelData
+
+        again = stow(body, body.content_type)
+        assert again.status_code == 200, again.text[:2000]
+        assert_stored_whole(stack, root, {}, study, files)
 
 
 def collector_pids(var: Path) -> list[int]:
@@ -323,61 +334,51 @@ def test_workers_killed_inside_a_registration_commit_then_the_retry_stores_every
     import psycopg
 
     from gateway.dicomweb.multipart import encode_multipart
-    from gateway.tools.postgres import private_postgres
-    from gateway.tools.stack import Stack, free_port
 
     files = make_series(tmp_path / "ct", modality="CT", slices=20, rows=128, columns=128, seed=74, clean=True)
     study = uids_of(files[0])[0]
-    with private_postgres({"synchronous_commit": "on"}) as server:
-        admin = f"host={server.host} port={server.port} user=postgres dbname=postgres"
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute("CREATE DATABASE killed")
-        stack = Stack(tmp_path / "var", port=free_port(), database_url=server.url("killed"), derive_worker=False)
-        stack.start()
+    with stack_on_private_postgres(tmp_path / "var", "killed") as (server, stack):
+        api = {"Authorization": f"Bearer {stack.api_key}"}
+        body = encode_multipart(files)
+        raw = b"".join(body)
+
+        def stow(data: Any) -> requests.Response:
+            headers = {"Content-Type": body.content_type, "Accept": "application/dicom+json", **api}
+            return requests.post(f"{stack.url}/dicomweb/studies", data=data, headers=headers, timeout=60)
+
+        answers: list[requests.Response] = []
+        upload = threading.Thread(target=lambda: answers.append(stow(throttled(raw, 3.0))))
+        stop = threading.Event()
+        upload.start()
         try:
-            api = {"Authorization": f"Bearer {stack.api_key}"}
-            body = encode_multipart(files)
-            raw = b"".join(body)
-
-            def stow(data: Any) -> requests.Response:
-                headers = {"Content-Type": body.content_type, "Accept": "application/dicom+json", **api}
-                return requests.post(f"{stack.url}/dicomweb/studies", data=data, headers=headers, timeout=60)
-
-            answers: list[requests.Response] = []
-            upload = threading.Thread(target=lambda: answers.append(stow(throttled(raw, 3.0))))
-            stop = threading.Event()
-            upload.start()
-            try:
-                killed = kill_workers_inside_a_registration(server, "killed", stack.processes["gunicorn"].pid, stop)
-            finally:
-                stop.set()
-                upload.join(60)
-            assert killed, "the upload ended before a registration transaction was seen open"
-            # NGINX's JSON 503 for a gateway that died under the request; nothing says "stored"
-            json_503(answers[0], 0)
-
-            with psycopg.connect(f"host={server.host} port={server.port} user=postgres dbname=killed") as db:
-                # rolled back whole: no advisory lock left, and every study row counts the instances it holds
-                assert db.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'").fetchone()[0] == 0
-                rows = db.execute(
-                    "SELECT s.num_instances, (SELECT count(*) FROM instances i WHERE i.study_uid = s.study_uid) "
-                    "FROM studies s"
-                ).fetchall()
-                assert all(counted == held for counted, held in rows), rows
-
-            deadline = time.monotonic() + 30  # gunicorn's master starts new workers
-            while True:
-                again = stow(body)
-                if again.status_code != 503 or time.monotonic() > deadline:
-                    break
-                time.sleep(0.5)
-            assert again.status_code == 200, again.text[:2000]
-            claims = {"sub": "killed", "studies": [study]}
-            token = requests.post(f"{stack.url}/api/v1/tokens", json=claims, headers=api, timeout=10).json()["token"]
-            root = f"{stack.url}/t/{token}/dicomweb"
-            assert_stored_whole(stack, root, {}, study, files)
+            killed = kill_workers_inside_a_registration(server, "killed", stack.processes["gunicorn"].pid, stop)
         finally:
-            stack.stop()
+            stop.set()
+            upload.join(60)
+        assert killed, "the upload ended before a registration transaction was seen open"
+        # NGINX's JSON 503 for a gateway that died under the request; nothing says "stored"
+        json_503(answers[0], 0)
+
+        with psycopg.connect(f"host={server.host} port={server.port} user=postgres dbname=killed") as db:
+            # rolled back whole: no advisory lock left, and every study row counts the instances it holds
+            assert db.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'").fetchone()[0] == 0
+            rows = db.execute(
+                "SELECT s.num_instances, (SELECT count(*) FROM instances i WHERE i.study_uid = s.study_uid) "
+                "FROM studies s"
+            ).fetchall()
+            assert all(counted == held for counted, held in rows), rows
+
+        deadline = time.monotonic() + 30  # gunicorn's master starts new workers
+        while True:
+            again = stow(body)
+            if again.status_code != 503 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert again.status_code == 200, again.text[:2000]
+        claims = {"sub": "killed", "studies": [study]}
+        token = requests.post(f"{stack.url}/api/v1/tokens", json=claims, headers=api, timeout=10).json()["token"]
+        root = f"{stack.url}/t/{token}/dicomweb"
+        assert_stored_whole(stack, root, {}, study, files)
 
 
 # SQLite cannot show an open transaction to another process; this makes the registration the one long write: each
