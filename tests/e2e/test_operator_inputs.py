@@ -11,7 +11,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from gateway.dicomweb.multipart import encode_multipart
 from gateway.tools.stack import free_port
 from gateway.tools.synth import make_series
 from tests.e2e.harness import AWS_TEST_ENV
-from tests.e2e.test_stack_cli import gateway_env
+from tests.e2e.test_stack_cli import gateway_env, ipv6_loopback_port
 from tests.fixtures.servers import MotoServer, PostgresServer, create_bucket, postgres_database
 
 REPO = Path(__file__).resolve().parents[2]
@@ -486,12 +485,7 @@ def test_relative_paths_mean_the_folder_stack_up_was_started_in(tmp_path: Path) 
 def test_stack_up_on_an_ipv6_address_written_in_brackets(tmp_path: Path) -> None:
     """`--host [::1]`, as URLs, NGINX's listen and `docker run -p` write an IPv6 address: refused as "cannot listen
     on '[::1]': not an address or a name that resolves". It is the address inside the brackets now."""
-    try:
-        with socket.socket(socket.AF_INET6) as probe:
-            probe.bind(("::1", 0))
-            port = probe.getsockname()[1]
-    except OSError:
-        pytest.skip("this machine has no IPv6 loopback")
+    port = ipv6_loopback_port()
     env = gateway_env(tmp_path)
     for name in ("DICOMGW_STORAGE_URL", "DICOMGW_DATABASE_URL"):
         del env[name]

@@ -217,14 +217,19 @@ def test_a_var_that_is_a_file_is_one_clear_line(tmp_path: Path) -> None:
     assert var.read_text() == "not a folder"
 
 
-def test_stack_up_on_ipv6_loopback(tmp_path: Path) -> None:
-    """``--host ::1`` was refused as "port in use" (the probe spoke IPv4 only); NGINX needs it in brackets."""
+def ipv6_loopback_port() -> int:
+    """A free port on ::1, or the test is skipped on a machine without an IPv6 loopback."""
     try:
         with socket.socket(socket.AF_INET6) as probe:
             probe.bind(("::1", 0))
-            port = probe.getsockname()[1]
+            return int(probe.getsockname()[1])
     except OSError:
         pytest.skip("this machine has no IPv6 loopback")
+
+
+def test_stack_up_on_ipv6_loopback(tmp_path: Path) -> None:
+    """``--host ::1`` was refused as "port in use" (the probe spoke IPv4 only); NGINX needs it in brackets."""
+    port = ipv6_loopback_port()
     process = _start(tmp_path / "var", port, "--host", "::1")
     try:
         _wait_ready(f"http://[::1]:{port}", process)
