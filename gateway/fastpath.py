@@ -5,8 +5,8 @@
   WSGI callable here).
 - ``/_plan/...`` (NGINX's internal location, reached only by its byte-serving locations' rewrite): the read plan
   (``gateway.dicomweb.wado``) of the original path that follows the prefix.
-- ``/_block2/...`` (NGINX's internal location, reached only by njs's subrequest): the plans of a block of frames
-  (``Planner.block``), which NGINX caches and picks single frames from without a Python hop.
+- ``/_block3/...`` (proxied only by NGINX's internal ``/_frame`` location): the plan of a block of 100 frames
+  (``Planner.block``), which NGINX caches and serves each of those frames from without a Python hop.
 - ``/_conv/...`` (NGINX's internal location, reached only by a plan's X-Accel-Redirect): frames and bulkdata of
   big-endian and deflated instances, answered with their converted bytes (``Planner.plan(convert=True)``).
 The ``/t/{token}`` path prefix is removed before Flask sees a path, so Flask routes are written once.
@@ -135,7 +135,7 @@ class FastPath:
     def plan(
         self, environ: dict[str, Any], start_response: StartResponse, block: bool = False, convert: bool = False
     ) -> Iterable[bytes]:
-        """A read plan (``/_plan/...``), a block plan (``/_block2/...``, always token-less: NGINX builds it) or
+        """A read plan (``/_plan/...``), a block plan (``/_block3/...``, always token-less: NGINX builds it) or
         converted bytes (``/_conv/...``, token-less: the plan's redirect)."""
         uri = environ.get("RAW_URI") or environ.get("REQUEST_URI") or environ.get("PATH_INFO", "")
         prefix = nginx.BLOCK if block else nginx.CONVERTED if convert else nginx.PLAN

@@ -22,17 +22,19 @@ OBJECT = "/_obj"  # X-Accel-Redirect target: a whole stored object, Range answer
 CONVERTED = "/_conv"
 ERROR_PAGE = "/_dgw/error"  # NGINX's own JSON error page (no Python involved; named so the test finds it)
 PLAN = "/_plan"  # read plans: the byte-serving location rewrites to /_plan{original path}, proxied to Python
-# One frame (GET, no Range, no query but the token): the byte-serving location rewrites to /_frame{original path};
-# a plan-cache miss there is made by njs (njs/dgw_frames.js, on the origin server) from the frame's block plan, and
-# what njs does not answer goes to Python's per-frame plan.
+# One frame (GET, no Range, no query but the token) past the first block: the byte-serving location rewrites to
+# /_frame{original path}, whose plan is its block's (below), cached once for all of the block's frames.
 FRAME = "/_frame"
-# Block plans: /_block2{token-less instance path}/frames/{first}, proxied to Python, cached. The path names the block
-# format (2: a shared line 0 and compact frame lines): NGINX's cache outlives an upgrade, and a block of another
-# format read by this njs would give frame n the bytes of frame n+1. An NGINX and a gateway of different versions
-# find no block (404) and fall back to per-frame plans. Change it with every change of the block format.
-BLOCK = "/_block2"
-FRAMES_PER_BLOCK = 128  # frames per block plan; njs/dgw_frames.js holds the same number (a unit test compares)
-BLOCK_OFFSET_DIGITS = 8  # width of a block plan's line offsets; njs/dgw_frames.js holds it too (a unit test compares)
+# Block plans: /_block3{token-less instance path}/frames/{block}, proxied to Python, cached; block b holds frames
+# b * FRAMES_PER_BLOCK to b * FRAMES_PER_BLOCK + FRAMES_PER_BLOCK - 1, so NGINX finds a frame's block and its place
+# in it from the digits of its number. The path names the block format (3: a table of ranges in a header, which a
+# map picks the frame's from for the SSI include): NGINX's cache outlives an upgrade, and a block of another format
+# would give wrong bytes. Change it with every change of the block format.
+BLOCK = "/_block3"
+FRAMES_PER_BLOCK = 100  # the last two digits of a frame's number are its place in its block (the /_frame location)
+# Where a block plan's include goes for a place its table does not list (never: a block lists all of its frames or is
+# not made): the transfer is aborted.
+ABORT = "/_dgw/abort"
 
 # NGINX -> Python (set only by the byte-serving locations; cleared on every other proxied request).
 RANGE = "X-Dgw-Range"  # the client's Range, blank with If-Range (NGINX blanks Range itself towards a cached upstream)
@@ -45,15 +47,12 @@ STUDY = "X-Dgw-Study"  # the study the request names, for the audit log
 VIA = "X-Dgw-Via"  # which transports carried the deciding credentials (path, query, bearer, api-key, cookie)
 ERROR = "X-Dgw-Error"  # why auth refused: the error code NGINX writes into its JSON body
 ACCEPT_RANGES = "X-Dgw-Accept-Ranges"  # SSI drops Accept-Ranges; a plan that honours Range says so here
+FRAME_RANGES = "X-Dgw-Frame-Ranges"  # a block plan's table of its frames' byte ranges, read by a map (never sent)
 GENERATION = "X-Dgw-Generation"  # the study's deletion generation: part of the plan-cache key (gateway.lifecycle)
-BLOCK_CACHE = "X-Dgw-Block"  # (from njs) whether the block plan a frame's plan was made from was cached, for the log
-# (from njs) that NGINX's cache folder has no room (nginx/templates/njs/dgw_cache.js): the frame's plan is served,
-# not cached
-CACHE_FULL = "X-Dgw-Cache-Full"
 
 TO_PYTHON = (RANGE, AUTH_CACHE)
-FROM_PYTHON = (SUB, JTI, STUDY, VIA, ERROR, ACCEPT_RANGES, GENERATION, BLOCK_CACHE, CACHE_FULL)
-LOCATIONS = (AUTH, PLAN, FRAME, BLOCK, SEGMENT, WHOLE_SEGMENT, FILE, OBJECT, CONVERTED, ERROR_PAGE)
+FROM_PYTHON = (SUB, JTI, STUDY, VIA, ERROR, ACCEPT_RANGES, GENERATION, FRAME_RANGES)
+LOCATIONS = (AUTH, PLAN, FRAME, BLOCK, ABORT, SEGMENT, WHOLE_SEGMENT, FILE, OBJECT, CONVERTED, ERROR_PAGE)
 
 
 def environ_key(header: str) -> str:

@@ -179,16 +179,10 @@ def _derivative(row: Any) -> Derivative | None:
     return Derivative(syntax, key, FrameIndex.unpack(index))
 
 
-def _indexed(lines: list[bytes]) -> bytes:
-    """A block plan's body: one index line, then ``lines`` one per line. The index holds the byte offset of each
-    line's start, then that of the end of the body plus one, each ``nginx.BLOCK_OFFSET_DIGITS`` decimal digits
-    wide: njs reads line ``i`` as ``body[offset[i] : offset[i + 1] - 1]`` with no scan for newlines (a scan of a
-    block per frame was most of the njs time on a first pass, docs/bench.md B2)."""
-    width = nginx.BLOCK_OFFSET_DIGITS
-    offsets = [width * (len(lines) + 1) + 1]
-    for line in lines:
-        offsets.append(offsets[-1] + len(line) + 1)
-    return "".join(f"{offset:0{width}d}" for offset in offsets).encode() + b"\n" + b"\n".join(lines)
+def _block_unserved(expires: int) -> PlanResponse:
+    """A block NGINX cannot serve its frames from (``Planner.block``): a 404 it keeps for ``expires`` seconds like a
+    block, asking each frame's own plan meanwhile. Never a client's answer: NGINX intercepts it."""
+    return PlanResponse(404, [("X-Accel-Expires", str(expires))], b"")
 
 
 def _include_text(where: str, origin: str) -> str:
@@ -339,42 +333,41 @@ class Planner:
         raise NotFound("not a retrieve path")
 
     def block(self, raw_uri: str, accept: str) -> PlanResponse:
-        """The plans of a block of ``nginx.FRAMES_PER_BLOCK`` consecutive frames for one Accept, from which NGINX's
-        njs (``njs/dgw_frames.js``) answers single frames without a Python hop. ``raw_uri`` is ``{instance
-        path}/frames/{first}``, ``first`` being 1 + a multiple of the block size. Line 0 is what the frames share;
-        line ``1 + n - first`` is exactly what ``plan`` answers for frame ``n`` without Range, so every decision
-        stays here: either a whole plan, a JSON array ``[status, [[name, value], ...], body]``, or, for a single
-        part read in one range, only that range ``[first byte, last byte]`` of the shared ``[status, headers,
-        [before, between, after]]``, whose body is ``before + first + between + last + after``.
-        An index before the lines lets njs find one without reading the others (``_indexed``). The block's own
-        X-Accel-Expires is the shortest of its frames'. The block fails as a whole with the error its first frame
-        gets; frames past the last are left out (njs then asks ``plan`` for them, which answers the JSON 404)."""
+        """The plan of a block of ``nginx.FRAMES_PER_BLOCK`` consecutive frames for one Accept, which NGINX caches
+        once and serves each of the block's frames from, with no Python hop and no njs (docs/bench.md B2).
+        ``raw_uri`` is ``{instance path}/frames/{block}``: block ``b`` (b >= 1) holds frames ``b * 100`` to
+        ``b * 100 + 99``, so NGINX finds a frame's block and its place in it from the digits of its number (the
+        captures of the template's /_frame location). The status and headers are those of each frame's own plan
+        (``plan``), with one more, ``nginx.FRAME_RANGES``: the segment location NGINX reads frames from, then the byte
+        range of the frame at each place, ``{location};{place}:{first}-{last};...;`` (place: two digits), from which
+        NGINX picks the frame's (``$dgw_frame_segment``: location and range). The body is the SSI include of that
+        segment of the object (between a multipart part's head and tail).
+
+        A block is made only when every one of its frames exists and is read in one range; otherwise the answer is
+        ``_block_unserved`` (a 404 NGINX keeps like a block), and NGINX asks each frame's own plan, as it does for
+        any error: every decision stays Python's, and a frame past the last gets the JSON 404 it always got, never a
+        200 that the block could not fill."""
         path, _, query = raw_uri.partition("?")
         target = parse_target(path, query)
-        first_s = target.rest[len("frames/") :] if target.rest.startswith("frames/") else ""
-        if query or target.study is None or target.instance is None or not first_s.isdigit():
+        number = target.rest[len("frames/") :] if target.rest.startswith("frames/") else ""
+        if query or target.study is None or target.instance is None or not re.fullmatch("[1-9][0-9]{0,6}", number):
             raise NotFound("not a block path")
-        first = int(first_s)
-        if first < 1 or (first - 1) % nginx.FRAMES_PER_BLOCK:
-            raise NotFound("not the first frame of a block")
+        first = int(number) * nginx.FRAMES_PER_BLOCK
+        numbers = range(first, first + nginx.FRAMES_PER_BLOCK)
         instance = self.instance(target.study, target.series or "", target.instance)
-        if self._converts_frames(instance):  # no byte ranges to list: njs asks each frame's plan (a redirect) instead
-            raise FramesNotServable("this instance's frames are converted, not stored byte ranges")
+        if self._converts_frames(instance):  # no byte ranges to list: each frame's plan redirects
+            return _block_unserved(self._plan_seconds)
         # the error the block's first frame gets, if any (a lost object's 404 included)
         self._frames(instance, str(first), accept)
-        assert instance.frames is not None
         choice = self._frame_choice(instance, accept, single=True)
-        numbers = range(first, min(first + nginx.FRAMES_PER_BLOCK, instance.frames.count + 1))
-        headers = [("Content-Type", "text/plain"), ("X-Accel-Expires", str(min(self._plan_seconds, choice.expires)))]
-        return PlanResponse(200, headers, _indexed(self._frame_lines(choice, numbers)))
-
-    def _frame_lines(self, choice: _FrameChoice, numbers: range) -> list[bytes]:
-        """The shared line, then what ``plan`` answers for each frame of ``numbers`` without Range, as block lines
-        (ASCII JSON: json.dumps escapes the rest, so a byte offset is a character offset for njs too). A frame read
-        in one small range (the common case) is only that range: a block of them is a few bytes per frame, for
-        Python to make and for NGINX to read on every first-pass frame (docs/bench.md B2). The frames of a
-        multipart block share one boundary (a per-frame plan draws its own)."""
-        include = _include_text(f"{self._range_prefix}/\0-\0", self._origin_path(choice.key))  # see _segment
+        ranges = choice.index.single_ranges(first, numbers[-1]) if numbers[-1] <= choice.index.count else None
+        # njs reads local-folder ranges up to FILE_SEGMENT_MAX (_segment); a block names one location for all
+        if ranges is None or (
+            self._range_prefix == nginx.FILE_SEGMENT and max(n for _, n in ranges) > nginx.FILE_SEGMENT_MAX
+        ):
+            return _block_unserved(choice.expires)
+        # where NGINX reads the frames, then each frame's place in the block (two digits) and its byte range
+        table = "".join(f";{place:02d}:{start}-{start + length - 1}" for place, (start, length) in enumerate(ranges))
         if choice.offer.multipart:
             part = self._multipart([(choice.offer.part_content_type, [b"\0"])], choice.offer.part_type, choice.expires)
             before, after = part.body.decode().split("\0")
@@ -382,18 +375,8 @@ class Planner:
         else:
             before = after = ""
             headers = [*_frame_headers(choice.offer, choice.expires), (nginx.ACCEPT_RANGES, "bytes")]
-        pieces = f"{before}{include}{after}".split("\0")
-        lines = [json.dumps([200, headers, pieces], separators=(",", ":")).encode()]
-        for n in numbers:
-            ranges = choice.index.ranges(n)
-            if len(ranges) == 1 and ranges[0][1] <= nginx.FILE_SEGMENT_MAX:
-                start, length = ranges[0]
-                lines.append(b"[%d,%d]" % (start, start + length - 1))
-            else:
-                plan = self._frames_of(choice, [n], "")
-                whole = [plan.status, plan.headers, plan.body.decode()]
-                lines.append(json.dumps(whole, separators=(",", ":")).encode())
-        return lines
+        body = f"{before}{_include_text('$dgw_frame_segment', self._origin_path(choice.key))}{after}"
+        return PlanResponse(200, [*headers, (nginx.FRAME_RANGES, f"{self._range_prefix}{table};")], body.encode())
 
     # -- pieces ---------------------------------------------------------------------------------------------------
     def _include(

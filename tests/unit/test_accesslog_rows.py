@@ -31,7 +31,7 @@ def nginx(uri: Any, **fields: Any) -> bytes:
     """A line in NGINX's ``dgw_json`` format (nginx/templates/dicomgw.conf.template), fields replaced as given."""
     entry = {"time": "2026-12-04T07:34:17+00:00", "remote": "127.0.0.1", "method": "GET", "uri": uri, "status": 200,
              "bytes": 17411, "request_time": 0.000, "sub": "bench", "jti": "4erwDL7DzsxD", "via": "path",
-             "study": ST, "upstream_status": "", "upstream_time": "", "cache": "HIT", "block": "",
+             "study": ST, "upstream_status": "", "upstream_time": "", "cache": "HIT",
              "protocol": "HTTP/1.1", "user_agent": ""}  # fmt: skip
     entry.update(fields)
     return json.dumps(entry, separators=(",", ":")).encode()

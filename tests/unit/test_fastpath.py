@@ -470,7 +470,7 @@ def test_block_route_answers_with_the_block_plan(
 ) -> None:
     body = b"200\tContent-Type: application/octet-stream\t<!--# include -->"
     app, planner = make_app(tokens, revocations, flask, PlanResponse(200, [("Content-Type", "text/plain")], body))
-    raw = f"{SERIES_PATH}/instances/{IN}/frames/65"
+    raw = f"{SERIES_PATH}/instances/{IN}/frames/1"
     environ = {"REQUEST_METHOD": "GET", "PATH_INFO": nginx.BLOCK + raw, "RAW_URI": nginx.BLOCK + raw}
     recorder, sent = call(app, {**environ, "HTTP_ACCEPT": "application/octet-stream", "HTTP_X_DGW_RANGE": "bytes=0-1"})
     assert planner.calls == [("block", raw, "application/octet-stream", "")]  # a block has no Range

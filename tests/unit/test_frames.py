@@ -67,6 +67,25 @@ def test_encapsulated_multi_fragment_roundtrip() -> None:
     assert big.ranges(1) == [(5 << 32, 7)]
 
 
+def test_single_ranges_are_each_frames_one_range() -> None:
+    """``single_ranges`` answers what ``ranges`` answers frame by frame, or None where a frame is not one non-empty
+    fragment (a block plan is then not made)."""
+    fragments = [(10 + 100 * i, 5 + i % 3) for i in range(12)] + [(5000, 0), (6000, 9), (7000, 4), (8000, 6)]
+    index = FrameIndex.unpack(FrameIndex.encapsulated(fragments, [*range(12), 12, 14]).pack())  # 13: empty + one
+    for first, last in ((1, 12), (3, 7), (12, 12), (5, 5)):
+        assert index.single_ranges(first, last) == [index.ranges(n)[0] for n in range(first, last + 1)]
+    assert index.single_ranges(10, 13) is None  # frame 13: an empty fragment, then its bytes
+    assert index.single_ranges(14, 14) is None  # frame 14: two fragments
+    for first, last in ((0, 3), (3, 2), (14, 15)):
+        with pytest.raises(FrameNotFound):
+            index.single_ranges(first, last)
+    native = FrameIndex.native(100, 7, 5)
+    assert native.single_ranges(2, 5) == [(107, 7), (114, 7), (121, 7), (128, 7)]
+    assert FrameIndex.native(100, 0, 5).single_ranges(1, 5) is None
+    big = FrameIndex.encapsulated([(5 << 32, 7), (6 << 32, 1)], [0, 1])
+    assert big.single_ranges(1, 2) == [(5 << 32, 7), (6 << 32, 1)]
+
+
 @pytest.mark.parametrize("firsts", [[1, 2], [0, 0], [0, 3], [0, 2, 1]])
 def test_encapsulated_rejects_bad_frame_starts(firsts: list[int]) -> None:
     with pytest.raises(ValueError):

@@ -283,8 +283,11 @@ def test_tombstones_outlive_every_cached_plan() -> None:
     from gateway.dicomweb import wado
     from gateway.tools.nginxconf import REPO_ROOT
 
-    plan_conf = (REPO_ROOT / "nginx/templates/snippets/dgw-plan.conf.template").read_text()
-    assert "proxy_cache_valid 200 206 10m;" in plan_conf and "$dgw_gen" in plan_conf
+    snippets = REPO_ROOT / "nginx/templates/snippets"
+    assert "proxy_cache_valid 200 206 10m;" in (snippets / "dgw-plan.conf.template").read_text()
+    for keyed in ("dgw-plan-key.conf.template", "dgw-frame.conf.template"):  # a frame's own plan, a block's
+        key = next(line for line in (snippets / keyed).read_text().splitlines() if line.startswith("proxy_cache_key"))
+        assert key.endswith('|$dgw_gen";'), key
     assert auth.TOMBSTONE_SECONDS > max(wado.STABLE_PLAN_SECONDS, 600)
 
 

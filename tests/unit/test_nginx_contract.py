@@ -26,8 +26,8 @@ def test_internal_locations(conf: str) -> None:
     openings = [
         f"location = {nginx.AUTH} {{",
         f"location {nginx.PLAN}/ {{",
-        f"location {nginx.FRAME}/ {{",
-        f"location {nginx.BLOCK}/ {{",
+        f'location ~ "^{nginx.FRAME}(?:/t/[^/]+)?(?<dgw_frame_block>',
+        f"location {nginx.ABORT}/ {{",
         f"location ~ ^{nginx.SEGMENT}/(?<dgw_seg_start>[0-9]+)-(?<dgw_seg_end>[0-9]+)(?<dgw_seg_path>/.*)$ {{",
         f"location ~ ^{nginx.WHOLE_SEGMENT}(?<dgw_seg_path>/.*)$ {{",
         f"location {nginx.FILE}/ {{",
@@ -37,12 +37,13 @@ def test_internal_locations(conf: str) -> None:
     for opening in openings:
         assert opening in conf, opening
         start = conf.index(opening)
-        assert "internal;" in conf[start : conf.index("}", start)], opening  # no client reaches it
+        body = conf.index(" {\n", start)  # after the opening (a regex may hold braces)
+        assert "internal;" in conf[body : conf.index("}", body)], opening  # no client reaches it
     assert f"auth_request {nginx.AUTH};" in conf
 
 
 def test_headers_to_python(conf: str) -> None:
-    # the only way into the plan locations: one frame to /_frame/ (njs may make its plan), anything else to /_plan/
+    # the only way into the plan locations: one frame to /_frame/ (from its block's plan), anything else to /_plan/
     assert "rewrite ^ $dgw_plan_location$uri last;" in conf
     choice = conf[conf.index("$dgw_plan_location {") : conf.index("\n}", conf.index("$dgw_plan_location {"))]
     assert f"default {nginx.PLAN};" in choice
@@ -75,8 +76,13 @@ def test_template_says_why_headers_repeat() -> None:
     assert "inherits add_header" in snippet.read_text()
 
 
-def test_njs_block_size_is_pythons() -> None:
-    script = Path(__file__).resolve().parents[2] / "nginx/templates/njs/dgw_frames.js.template"
-    assert f"var BLOCK = '{nginx.BLOCK}';" in script.read_text()
-    assert f"var FRAMES_PER_BLOCK = {nginx.FRAMES_PER_BLOCK};" in script.read_text()
-    assert f"var BLOCK_OFFSET_DIGITS = {nginx.BLOCK_OFFSET_DIGITS};" in script.read_text()
+def test_block_plans_are_pythons(conf: str) -> None:
+    """A frame's block and its place in it are the digits of its number (FRAMES_PER_BLOCK: the last two), its range
+    comes from the block plan's table, which the client never sees."""
+    assert nginx.FRAMES_PER_BLOCK == 100
+    assert "(?<dgw_frame_block>/dicomweb/studies/[0-9.]+/series/[0-9.]+/instances/[0-9.]+/frames/[1-9][0-9]*)" in conf
+    assert "(?<dgw_frame_index>[0-9]{2})$" in conf
+    assert f"proxy_pass http://dgw_gateway{nginx.BLOCK}$dgw_frame_block;" in conf
+    assert f'"$dgw_frame_index|{nginx.upstream_variable(nginx.FRAME_RANGES)}" $dgw_frame_segment' in conf
+    assert f"default {nginx.ABORT};" in conf  # a place the table does not list
+    assert f"proxy_hide_header {nginx.FRAME_RANGES};" in conf

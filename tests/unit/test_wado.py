@@ -3,7 +3,6 @@ built from in-memory catalog rows with real ``FrameIndex`` objects."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
 from collections.abc import Sequence
@@ -785,22 +784,19 @@ def test_only_derivative_named_without_it_is_406(planner: Planner) -> None:
 
 # -- block plans ---------------------------------------------------------------------------------------------------
 
+BLOCK = nginx.FRAMES_PER_BLOCK
 
-def block_lines(response: PlanResponse) -> list[PlanResponse]:
-    """The plans of a block's frames, read through its index line and its shared line exactly as njs reads them
-    (njs/dgw_frames.js)."""
-    body, width = response.body, nginx.BLOCK_OFFSET_DIGITS
-    index, *lines = body.split(b"\n")
-    offsets = [int(index[k : k + width]) for k in range(0, len(index), width)]
-    assert len(index) % width == 0 and len(offsets) == len(lines) + 1
-    assert [body[start : end - 1] for start, end in itertools.pairwise(offsets)] == lines
-    assert offsets[-1] == len(body) + 1 and body.isascii()
-    shared, *plans = [json.loads(line) for line in lines]
-    for k, plan in enumerate(plans):
-        if len(plan) == 2:  # only the frame's byte range, between the pieces of the shared line
-            first, last = plan
-            plans[k] = [shared[0], shared[1], f"{shared[2][0]}{first}{shared[2][1]}{last}{shared[2][2]}"]
-    return [PlanResponse(status, [tuple(h) for h in headers], body.encode()) for status, headers, body in plans]
+
+def frame_from_block(response: PlanResponse, n: int) -> PlanResponse:
+    """Frame ``n``'s plan as NGINX makes it from its block's plan (the template's ``$dgw_frame_segment`` map): the
+    segment location the table names and the range it gives the frame's place (the last two digits of ``n``), or
+    the abort location for a place it does not list, where the body names ``$dgw_frame_segment``; the table header
+    is not sent."""
+    table = dict(response.headers)[nginx.FRAME_RANGES]
+    found = re.fullmatch(rf"(/_f?seg);(?:[^;]*;)*?{n % 100:02d}:([0-9]+-[0-9]+);.*", table)
+    segment = f"{found.group(1)}/{found.group(2)}" if found else nginx.ABORT
+    kept = [(k, v) for k, v in response.headers if k != nginx.FRAME_RANGES]
+    return PlanResponse(response.status, kept, response.body.replace(b"$dgw_frame_segment", segment.encode()))
 
 
 def same_but_boundary(one: PlanResponse, other: PlanResponse) -> bool:
@@ -818,56 +814,93 @@ def same_but_boundary(one: PlanResponse, other: PlanResponse) -> bool:
     return masked(one) == masked(other)
 
 
+def unserved(response: PlanResponse, seconds: int = STABLE_PLAN_SECONDS) -> bool:
+    """The answer for a block NGINX is not to serve frames from: a 404 it keeps like a block."""
+    return (response.status, response.headers, response.body) == (404, [("X-Accel-Expires", str(seconds))], b"")
+
+
+def add_instance(catalog: Catalog, sop: str, index: FrameIndex, size: int = 99_999) -> None:
+    catalog.rows[sop] = Row(ST, SE, sop, EXPLICIT, key(SE, sop), size, "", "application/octet-stream", index.pack(), "")
+
+
 @pytest.mark.parametrize("fragmented", [False, True])
-def test_block_lines_are_the_per_frame_plans(planner: Planner, catalog: Catalog, fragmented: bool) -> None:
+def test_block_frames_are_the_per_frame_plans(planner: Planner, catalog: Catalog, fragmented: bool) -> None:
     big = "1.2.3.4.9"
-    frames = nginx.FRAMES_PER_BLOCK + 3
+    frames = 3 * BLOCK + 50  # blocks 1 and 2 whole, block 3 partial
     index = FrameIndex.native(1000, 10, frames)
-    if fragmented:  # frames of one to three fragments each: a line holds one include per fragment
-        fragments = [(1000 + 40 * i, 12 + i % 5) for i in range(3 * frames)]
-        index = FrameIndex.encapsulated(fragments, sorted({0, *range(1, 3 * frames, 2)})[:frames])
-    catalog.rows[big] = Row(ST, SE, big, EXPLICIT, key(SE, big), 99_999, "", "application/octet-stream",
-                            index.pack(), "")  # fmt: skip
-    for first, count in ((1, nginx.FRAMES_PER_BLOCK), (nginx.FRAMES_PER_BLOCK + 1, 3)):
-        for accept in ("application/octet-stream", "multipart/related; type=application/octet-stream"):
-            response = planner.block(instance_uri(SE, big, f"/frames/{first}"), accept)
-            assert (response.status, response.headers) == (200, [("Content-Type", "text/plain"),
-                                                                 ("X-Accel-Expires", "600")])  # fmt: skip
-            lines = block_lines(response)
-            assert len(lines) == count
-            raw = response.body.split(b"\n")[2:]  # a frame read in one range is only that range
-            single = [(n, index.ranges(n)) for n in range(first, first + count) if len(index.ranges(n)) == 1]
-            assert single or fragmented
-            for n, ((start, length),) in single:
-                assert raw[n - first] == b"[%d,%d]" % (start, start + length - 1)
-            # the frames read in one range share the block's headers (a multipart block: one boundary)
-            assert len({tuple(lines[n - first].headers) for n, _ in single}) <= 1
-            for n, line in zip(range(first, first + count), lines, strict=True):
-                plan = planner.plan("GET", instance_uri(SE, big, f"/frames/{n}"), accept, "")
-                assert same_but_boundary(line, plan), n
-                assert plan.body.count(b"<!--# include") == len(index.ranges(n))
+    if fragmented:  # one fragment per frame but frame 250's two
+        fragments = [(1000 + 40 * i, 12 + i % 5) for i in range(frames + 1)]
+        index = FrameIndex.encapsulated(fragments, [*range(250), *range(251, frames + 1)])
+    add_instance(catalog, big, index)
+    for accept in ("application/octet-stream", "multipart/related; type=application/octet-stream"):
+        response = planner.block(instance_uri(SE, big, "/frames/1"), accept)
+        assert response.status == 200 and response.body.count(b"<!--# include") == 1
+        table = dict(response.headers)[nginx.FRAME_RANGES]
+        assert re.fullmatch(rf"/_seg(;[0-9]{{2}}:[0-9]+-[0-9]+){{{BLOCK}}};", table), table
+        for n in range(BLOCK, 2 * BLOCK):
+            plan = planner.plan("GET", instance_uri(SE, big, f"/frames/{n}"), accept, "")
+            assert same_but_boundary(frame_from_block(response, n), plan), n
+        second = planner.block(instance_uri(SE, big, "/frames/2"), accept)
+        if fragmented:
+            assert unserved(second)  # a frame of the block is read in two ranges
+        else:
+            plan = planner.plan("GET", instance_uri(SE, big, "/frames/250"), accept, "")
+            assert same_but_boundary(frame_from_block(second, 250), plan)
+        assert unserved(planner.block(instance_uri(SE, big, "/frames/3"), accept))  # frames 300-349 of 300-399
 
 
-def test_block_refusals(planner: Planner) -> None:
+def test_a_place_the_table_does_not_list_is_read_from_the_abort_location(planner: Planner, catalog: Catalog) -> None:
+    """What NGINX includes for a frame whose place has no range (never asked: a block lists all of its frames) is
+    under /_dgw/abort, which aborts the transfer: never another frame's bytes."""
+    big = "1.2.3.4.9"
+    add_instance(catalog, big, FrameIndex.native(1000, 10, 2 * BLOCK))
+    response = planner.block(instance_uri(SE, big, "/frames/1"), "application/octet-stream")
+    headers = dict(response.headers)
+    headers[nginx.FRAME_RANGES] = headers[nginx.FRAME_RANGES].replace(";42:", ";4:")
+    plan = frame_from_block(PlanResponse(200, list(headers.items()), response.body), 142)
+    assert plan.body == f'<!--# include virtual="{nginx.ABORT}/objects/{key(SE, big)}" wait="yes" -->'.encode()
+
+
+def test_block_refusals(planner: Planner, catalog: Catalog) -> None:
     octet = "application/octet-stream"
-    with pytest.raises(NotFound):
-        planner.block(instance_uri(SE, CT1, "/frames/2"), octet)  # not the first frame of a block
-    with pytest.raises(NotFound):
-        planner.block(instance_uri(SE, CT1, "/frames/1?accept=x"), octet)
-    with pytest.raises(NotFound):
-        planner.block(instance_uri(SE, CT1, "/frames/0"), octet)
-    with pytest.raises(FrameNotFound):
-        planner.block(instance_uri(SE, CT1, f"/frames/{nginx.FRAMES_PER_BLOCK + 1}"), octet)
+    for path in ("/frames/0", "/frames/01", "/frames/1?accept=x", "/frames/1,2", "/frames/", "/bulkdata/7FE00010"):
+        with pytest.raises(NotFound):
+            planner.block(instance_uri(SE, CT1, path), octet)
+    with pytest.raises(FrameNotFound):  # the error its first frame gets: frame 100 of 3
+        planner.block(instance_uri(SE, CT1, "/frames/1"), octet)
+    big = "1.2.3.4.9"
+    add_instance(catalog, big, FrameIndex.native(1000, 10, 2 * BLOCK))
     with pytest.raises(NotAcceptable):
-        planner.block(instance_uri(SE, CT1, "/frames/1"), "image/png")
+        planner.block(instance_uri(SE, big, "/frames/1"), "image/png")
     with pytest.raises(FramesNotServable):
         planner.block(instance_uri(SE2, OLD, "/frames/1"), octet)
-    assert block_lines(planner.block(instance_uri(SE, CT1, "/frames/1"), octet))[2].body == inc(CT1, 2024, 2535)
+
+
+def test_local_folder_blocks_hold_ranges_njs_reads(catalog: Catalog) -> None:
+    """With ``range_prefix=/_fseg`` (local-folder storage) a block names /_fseg for all of its frames, so it is made
+    only when njs can hold each of them in memory; through /_seg (S3) any size is served from a block."""
+    octet = "application/octet-stream"
+    big = "1.2.3.4.10"
+    limit = nginx.FILE_SEGMENT_MAX
+    frames = [(1000 + (limit + 8) * i, limit + (i == 149)) for i in range(2 * BLOCK)]  # frame 150: one byte more
+    add_instance(catalog, big, FrameIndex.encapsulated(frames, list(range(2 * BLOCK))), 300 * limit)
+    local = Planner(catalog.load, catalog.list, origin, range_prefix=nginx.FILE_SEGMENT)
+    assert unserved(local.block(instance_uri(SE, big, "/frames/1"), octet))
+    s3 = Planner(catalog.load, catalog.list, origin)
+    response = s3.block(instance_uri(SE, big, "/frames/1"), octet)
+    assert frame_from_block(response, 150) == s3.plan("GET", instance_uri(SE, big, "/frames/150"), octet, "")
+    frames[149] = (frames[149][0], limit)
+    add_instance(catalog, big, FrameIndex.encapsulated(frames, list(range(2 * BLOCK))), 300 * limit)
+    local.forget(big)
+    response = local.block(instance_uri(SE, big, "/frames/1"), octet)
+    include = f'<!--# include virtual="$dgw_frame_segment/objects/{key(SE, big)}" wait="yes" -->'
+    assert response.body == include.encode() and dict(response.headers)[nginx.FRAME_RANGES].startswith("/_fseg;00:")
+    assert frame_from_block(response, 150) == local.plan("GET", instance_uri(SE, big, "/frames/150"), octet, "")
 
 
 def test_local_folder_ranges_up_to_the_limit_are_read_by_njs(catalog: Catalog) -> None:
-    """With ``range_prefix=/_fseg`` (local-folder storage) a range njs can hold in memory is named for it, in plans
-    and block lines alike; a larger one still streams through ``/_seg``."""
+    """With ``range_prefix=/_fseg`` (local-folder storage) a range njs can hold in memory is named for it, in plans;
+    a larger one still streams through ``/_seg``."""
     planner = Planner(catalog.load, catalog.list, origin, range_prefix=nginx.FILE_SEGMENT)
     octet = "application/octet-stream"
     big = "1.2.3.4.10"
@@ -879,9 +912,5 @@ def test_local_folder_ranges_up_to_the_limit_are_read_by_njs(catalog: Catalog) -
     assert first.body == f'<!--# include virtual="/_fseg/1000-{999 + limit}'.encode() + path
     second = planner.plan("GET", instance_uri(SE, big, "/frames/2"), octet, "")
     assert second.body == f'<!--# include virtual="/_seg/{1000 + limit}-{1000 + 2 * limit}'.encode() + path
-    assert [line.body for line in block_lines(planner.block(instance_uri(SE, big, "/frames/1"), octet))] == [
-        first.body,
-        second.body,
-    ]
     ranged = planner.plan("GET", instance_uri(SE, CT1, "/frames/1"), octet, "bytes=0-9")
     assert ranged.status == 206 and b'virtual="/_fseg/1000-1009/objects/' in ranged.body
