@@ -46,7 +46,7 @@ def synthetic_log(path: Path, lines: int, per_second: int = 20_000) -> None:
             entry = {"time": moment, "remote": "127.0.0.1", "method": "GET", "uri": uri, "status": 200,
                      "bytes": rnd.randrange(8_000, 20_000), "request_time": 0.000, "sub": "bench",
                      "jti": "4erwDL7DzsxD", "via": "path", "study": ST, "upstream_status": "", "upstream_time": "",
-                     "cache": "HIT", "block": "", "protocol": "HTTP/1.1", "user_agent": ""}  # fmt: skip
+                     "cache": "HIT", "protocol": "HTTP/1.1", "user_agent": ""}  # fmt: skip
             out.write(json.dumps(entry, separators=(",", ":")) + "\n")
 
 

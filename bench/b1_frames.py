@@ -4,7 +4,9 @@ Frames 1, 16,000 and 32,000 (`docs/design.md` §3: frame 32,000 costs what frame
 client, requests interleaved across the three positions so machine noise hits them alike. Two regimes:
 
 - **cold plan cache**: each request is a frame never asked for before (the 200 frames starting at 1, at 16,000,
-  and the 200 ending at 32,000), so NGINX's plan cache misses and Python makes the read plan;
+  and the 200 ending at 32,000): Python makes the read plan of each of frames 1-99 and of 32,000 (the last block,
+  partial, is not made: README "Distinct frames without Python"), and of one block of 100 frames for the others,
+  each a plan-cache MISS for its first frame asked for and a HIT for the rest;
 - **warm plan cache**: the same three frames again and again, so the plan comes from NGINX's cache (it is keyed
   without the token).
 
