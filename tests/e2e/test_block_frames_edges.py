@@ -286,3 +286,25 @@ def test_s3_gone_while_blocks_are_cached_is_an_abort_then_the_json_503(
         time.sleep(0.5)
     answer = fetch(stack, f"{url}/frames/163", OCTETS)
     assert (answer.status, answer.body) == (200, wsi_tile(207, 163, frames=FRAMES))
+
+
+def test_ranges_storage_answers_whole_are_still_served(
+    stack: RunningStack, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The other side of the check above: frames over 1 MB go through /_seg on the local folder too (its origin
+    server's 206), single part, ranged and multipart, and are served byte for byte."""
+    tile = 640  # 640 x 640 RGB: 1.2 MB a frame, past FILE_SEGMENT_MAX
+    path = make_wsi(tmp_path_factory.mktemp("edges-big"), frames=3, native=True, tile=tile, seed=208, clean=True)
+    assert stack.stow([path]).status_code == 200
+    study, series, sop = uids_of(path)
+    url = f"/t/{stack.issue([study])['token']}/dicomweb/studies/{study}/series/{series}/instances/{sop}/frames"
+    frames = [wsi_tile(208, n, frames=3, native=True, tile=tile) for n in (1, 2, 3)]
+    assert len(frames[1]) > 1024 * 1024
+    answer = fetch(stack, f"{url}/2", OCTETS)
+    assert (answer.complete, answer.status, answer.body) == (True, 200, frames[1])
+    part = fetch(stack, f"{url}/3", {**OCTETS, "Range": "bytes=1048500-1048699"})
+    assert (part.complete, part.status, part.body) == (True, 206, frames[2][1048500:1048700])
+    multipart = 'multipart/related; type="application/octet-stream"'
+    both = fetch(stack, f"{url}/1,3", {"Accept": multipart})
+    assert both.complete and both.status == 200
+    assert frames[0] in both.body and frames[2] in both.body
