@@ -8,6 +8,8 @@ or an aborted transfer, never another frame's bytes, never a 200 with a short bo
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -250,11 +252,39 @@ def test_an_object_cut_short_behind_the_gateways_back_is_an_aborted_transfer(
     assert (answer.status, answer.body) == (200, wsi_tile(206, 50, frames=FRAMES))
 
 
+class RangeBlindS3(StorageFaults):
+    """The relay of tests/e2e/test_storage_outages.py, which can also play an S3-compatible server that ignores
+    ``Range`` on presigned reads (the header renamed on its way, same length): it answers the whole object, 200."""
+
+    ignore_range = False
+
+    def _relay(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(self.target)
+        with self._lock:
+            self._open.append(upstream)
+
+        def pump(source: socket.socket, sink: socket.socket, outward: bool) -> None:
+            try:
+                while data := source.recv(65536):
+                    if outward and self.ignore_range and b"X-Amz-Signature=" in data:
+                        data = data.replace(b"\r\nRange: bytes=", b"\r\nX-Rng: bytes=")
+                    sink.sendall(data)
+            except OSError:
+                pass
+            self._close(source)
+            self._close(sink)
+
+        back = threading.Thread(target=pump, args=(upstream, client, False), daemon=True)
+        back.start()
+        pump(client, upstream, True)
+        back.join()
+
+
 @pytest.fixture(scope="module")
-def s3_relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningStack, StorageFaults]]:
-    """A stack whose S3 a test can take away (a relay in front of moto), as tests/e2e/test_storage_outages.py."""
+def s3_relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningStack, RangeBlindS3]]:
+    """A stack whose S3 a test can take away or make ignore Range (a relay in front of moto)."""
     moto = start_moto()
-    faults = StorageFaults(moto.endpoint)
+    faults = RangeBlindS3(moto.endpoint)
     base = tmp_path_factory.mktemp("edges-outage")
     running = start_stack(base / "var", "s3", MotoServer(moto.process, faults.endpoint))
     try:
@@ -266,7 +296,7 @@ def s3_relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Running
 
 
 def test_s3_gone_while_blocks_are_cached_is_an_abort_then_the_json_503(
-    s3_relay: tuple[RunningStack, StorageFaults], tmp_path_factory: pytest.TempPathFactory
+    s3_relay: tuple[RunningStack, RangeBlindS3], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     stack, faults = s3_relay
     _, url = slide(stack, tmp_path_factory.mktemp("edges-s3-gone"), 207)
@@ -308,3 +338,26 @@ def test_ranges_storage_answers_whole_are_still_served(
     both = fetch(stack, f"{url}/1,3", {"Accept": multipart})
     assert both.complete and both.status == 200
     assert frames[0] in both.body and frames[2] in both.body
+
+
+def test_a_storage_that_ignores_range_never_gives_a_frame_the_whole_object(
+    s3_relay: tuple[RunningStack, RangeBlindS3], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """An S3-compatible server that answers a ranged read with the whole object (200): a frame was a 200 holding the
+    whole stored instance (its header, every other frame). Now an aborted transfer, from a block's plan and a
+    frame's own; served again once storage honours Range."""
+    stack, relay = s3_relay
+    _, url = slide(stack, tmp_path_factory.mktemp("edges-range-blind"), 209)
+    for number in (50, 150):  # frame 50's plan and block 1 cached
+        assert fetch(stack, f"{url}/frames/{number}", OCTETS).body == wsi_tile(209, number, frames=FRAMES)
+    relay.ignore_range = True
+    relay.set("up")  # closes the kept-alive connections: every read from here goes through the blind relay
+    try:
+        for target in ("150", "160", "50", through_python("170", OCTETS["Accept"])):
+            answer = fetch(stack, f"{url}/frames/{target}", OCTETS)
+            assert not answer.complete, (target, answer.status, answer.headers, len(answer.body))
+    finally:
+        relay.ignore_range = False
+        relay.set("up")
+    answer = fetch(stack, f"{url}/frames/160", OCTETS)
+    assert (answer.status, answer.body) == (200, wsi_tile(209, 160, frames=FRAMES))
