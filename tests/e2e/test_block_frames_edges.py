@@ -16,14 +16,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pydicom
 import pytest
 import requests
+from pydicom.uid import generate_uid
 
 from gateway.dicomweb.multipart import multipart_boundary
-from gateway.tools.synth import make_wsi, wsi_tile
+from gateway.tools.synth import make_series, make_wsi, wsi_tile
 from tests.e2e.conftest import uids_of
 from tests.e2e.harness import RunningStack, start_stack
+from tests.e2e.test_derivatives import HT, HT_OR_ORIGINAL, ORIGINAL_TYPE, run_worker_until
 from tests.e2e.test_lifecycle import delete
 from tests.e2e.test_storage_outages import Answer, assert_json_503, fetch
 from tests.fixtures.servers import MotoServer, StorageFaults, start_moto
@@ -361,3 +364,52 @@ def test_a_storage_that_ignores_range_never_gives_a_frame_the_whole_object(
         relay.set("up")
     answer = fetch(stack, f"{url}/frames/160", OCTETS)
     assert (answer.status, answer.body) == (200, wsi_tile(209, 160, frames=FRAMES))
+
+
+def cine(folder: Path, frames: int) -> tuple[Path, bytes]:
+    """A monochrome 16-bit multi-frame instance of ``frames`` 32 x 32 frames (a derivative is made for it), and its
+    pixel words."""
+    slice_ = make_series(folder / "ct", modality="CT", slices=1, rows=32, columns=32, seed=210, clean=True)[0]
+    ds = pydicom.dcmread(slice_)
+    words = np.random.default_rng(210).integers(0, 4000, size=(frames, 32, 32), dtype=np.uint16).tobytes()
+    ds.PixelRepresentation, ds.NumberOfFrames, ds.PixelData = 0, frames, words
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.save_as(folder / "cine.dcm")
+    return folder / "cine.dcm", words
+
+
+def test_the_derivative_on_block_frames_before_and_after_it_is_published(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """README "Mobile delivery": until the HTJ2K derivative exists, an Accept naming it with the stored syntax as a
+    fallback gets the original (uncached, so the derivative is served once published) and naming it alone is a
+    406; after, the derivative. Frames from 100 on answer exactly as their own plans, before and after."""
+    running = start_stack(tmp_path_factory.mktemp("edges-derivative"), "file", None)
+    running.stack.kill("derive")  # the derivative is made when this test says
+    try:
+        path, words = cine(tmp_path_factory.mktemp("edges-cine"), FRAMES)
+        assert running.stow([path]).status_code == 200
+        study, series, sop = uids_of(path)
+        token = running.issue([study])["token"]
+        url = f"/t/{token}/dicomweb/studies/{study}/series/{series}/instances/{sop}/frames"
+        size = 32 * 32 * 2
+        for number in (150, 151, 50):
+            before = fetch(running, f"{url}/{number}", {"Accept": HT_OR_ORIGINAL})
+            assert (before.status, before.body) == (200, words[(number - 1) * size : number * size])
+            assert before.headers is not None and before.headers["content-type"] == ORIGINAL_TYPE
+            only = fetch(running, f"{url}/{number}", {"Accept": HT})
+            assert (only.status, (only.headers or {}).get("content-type")) == (406, "application/json")
+
+        def published() -> bool:
+            answer = fetch(running, through_python(f"{url}/50", HT_OR_ORIGINAL), {"Accept": HT_OR_ORIGINAL})
+            return (answer.headers or {}).get("content-type") == HT
+
+        run_worker_until(running, published)
+        for number in (150, 152, 199, 250):
+            for accept in (HT_OR_ORIGINAL, HT):
+                answer = fetch(running, f"{url}/{number}", {"Accept": accept})
+                assert answer.status == 200 and (answer.headers or {}).get("content-type") == HT, (number, accept)
+                reference = fetch(running, through_python(f"{url}/{number}", accept), {"Accept": accept})
+                assert what(answer) == what(reference), (number, accept)
+    finally:
+        running.stack.stop()
