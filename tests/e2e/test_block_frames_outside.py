@@ -16,6 +16,7 @@ types) and plain HTTP requests with each single-part Accept.
 from __future__ import annotations
 
 import io
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from gateway import nginx_contract as nginx
 from gateway.tools.synth import make_series, make_wsi
 from tests.e2e.conftest import BACKENDS, uids_of
 from tests.e2e.harness import RunningStack, stack_holding
+from tests.e2e.test_frame_blocks import log_lines
 from tests.e2e.test_highdicom import _parametric_map, _segmentation
 from tests.e2e.test_real_files import multipart_parts
 
@@ -253,17 +255,24 @@ def test_every_frame_of_an_outside_file_is_what_pydicom_extracts(
             assert answer.json()["error"] == "frame_not_found"
 
 
+# frames in more than one fragment, or re-packed 1-bit frames: each gets its own plan from Python (no block)
+NO_BLOCKS = {"seg-binary", "jpeg-bot-2", "j2k-none-2"}
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_dicomweb_client_reads_the_frames_at_each_block_edge(
     stack: RunningStack, files: dict[str, Path], name: str
 ) -> None:
     """dicomweb-client's ``retrieve_instance_frames``, one frame a call (a single-frame URI: the block path), with
-    its default multipart Accept and with the file's own media type; one past the last is an HTTPError 404."""
+    its default multipart Accept and with the file's own media type; one past the last is an HTTPError 404. The
+    access log shows which plan answered: the block's for frames 101-199 once frame 100 made it (none made by
+    Python), or each frame's own for an instance whose frames are not single fragments."""
     path = files[name]
     frames = pydicom_frames(path)
     media, ts = media_type_of(path)
     study, series, sop = uids_of(path)
-    client = DICOMwebClient(url=stack.root(stack.issue([study])["token"]))
+    agent = f"block-outside-{uuid.uuid4().hex}"
+    client = DICOMwebClient(url=stack.root(stack.issue([study])["token"]), headers={"User-Agent": agent})
     for media_types in (None, ((media, ts),), ((media,),)):
         for number in edges(len(frames)):
             [frame] = client.retrieve_instance_frames(study, series, sop, [number], media_types=media_types)
@@ -271,6 +280,16 @@ def test_dicomweb_client_reads_the_frames_at_each_block_edge(
         with pytest.raises(requests.HTTPError) as refused:
             client.retrieve_instance_frames(study, series, sop, [len(frames) + 1], media_types=media_types)
         assert refused.value.response.status_code == 404
+    # the first pass (dicomweb-client's own Accept, which no other test here sends): frames 101, 150 and 199 after 100
+    lines = {n: log_lines(stack, f"{sop}/frames/{n}", agent)[0] for n in (100, 101, 150, 199)}
+    if name in NO_BLOCKS:
+        # the block's 404, then the frame's own plan (and, for 1-bit frames, the converter's bytes: one hop more)
+        hops = " : 200" if name == "seg-binary" else ""
+        assert [lines[n]["upstream_status"] for n in (100, 101)] == [f"404 : 200{hops}", f"200{hops}"], lines
+    else:
+        assert [(lines[n]["cache"], lines[n]["upstream_status"]) for n in (100, 101, 150, 199)] == [
+            ("MISS", "200"), *[("HIT", "")] * 3
+        ], lines
 
 
 @pytest.mark.parametrize("name", NAMES)
