@@ -47,6 +47,7 @@ OCTETS = "application/octet-stream"
 # the frame numbers a block plan's edges are made of: below the first block, its first and last, the next block's
 # first, the partial last block, the last frame
 EDGES = (1, 99, 100, 101, 150, 199, 200, 201)
+COUNTS = (199, 200)
 
 
 def edges(last: int) -> list[int]:
@@ -182,6 +183,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         template, base / "jpegls.dcm", JPEGLSLossless, [bytes(imagecodecs.jpegls_encode(f)) for f in pixels], "none"
     )
     paths["rle-none"] = _encapsulated(template, base / "rle-none.dcm", RLELossless, [_rle(f) for f in pixels], "none")
+    for count in COUNTS:  # the last block whole, or holding one frame
+        named = base / f"jpeg-{count}.dcm"
+        paths[f"jpeg-{count}"] = _encapsulated(template, named, JPEGBaseline8Bit, jpeg[:count], "bot")
     return paths
 
 
@@ -352,3 +356,22 @@ def test_wsidicom_reads_every_tile_of_a_level_of_hundreds(stack: RunningStack, s
         location, size = (256 * 12 - 100, 256 * 15 - 80), (600, 500)  # across four tiles from frame 300 on
         expected = np.asarray(local.read_region(location, 0, size))
         assert np.array_equal(np.asarray(web.read_region(location, 0, size)), expected)
+
+
+@pytest.mark.parametrize("count", COUNTS)
+def test_the_last_frames_whole_block_or_alone_in_one(stack: RunningStack, files: dict[str, Path], count: int) -> None:
+    """199 frames: block 1 is whole and ends the instance; 200: frame 200 is alone in block 2. Every frame from 99
+    on is pydicom's, and each past the last (in the same block or beyond) the JSON 404, twice (blocks cached)."""
+    path = files[f"jpeg-{count}"]
+    frames = pydicom_frames(path)
+    assert len(frames) == count
+    address = token_root(stack, path)
+    for _ in range(2):
+        for number in range(99, count + 1):
+            answer = requests.get(f"{address}/frames/{number}", headers={"Accept": "image/jpeg"}, timeout=30)
+            assert (answer.status_code, answer.content) == (200, frames[number - 1]), number
+            assert answer.headers["Content-Type"] == f"image/jpeg; transfer-syntax={JPEGBaseline8Bit}"
+        for number in (count + 1, count + 2, 299, 300, 301):
+            answer = requests.get(f"{address}/frames/{number}", headers={"Accept": "image/jpeg"}, timeout=30)
+            assert (answer.status_code, answer.headers["Content-Type"]) == (404, "application/json"), number
+            assert answer.json()["error"] == "frame_not_found"
