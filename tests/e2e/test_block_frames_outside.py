@@ -3,19 +3,25 @@ its block of 100 frames' plan, NGINX alone) as outside clients read them, from m
 wrote, on both storage backends: every frame byte for byte what pydicom extracts from the file, every status and
 Content-Type checked, whichever plan answered.
 
-The files, 260 frames each (blocks 1 whole, block 2 partial):
-- highdicom 0.28: a Legacy Converted Enhanced CT (native, 16-bit), a FRACTIONAL Segmentation (8-bit frames of an
-  odd length), a BINARY Segmentation whose 1-bit frames do not start on a byte boundary (re-packed: no block), a
-  Parametric Map of floats;
-- pydicom 3.0 ``encapsulate``/``encapsulate_extended``: JPEG baseline frames (Pillow) with a Basic Offset Table,
-  an Extended Offset Table and none, RLE Lossless (pydicom's encoder) and JPEG 2000 (imagecodecs) frames.
+The files, 260 frames each (block 1 whole, block 2 partial) unless named:
+- highdicom 0.28: a Legacy Converted Enhanced CT (native, 16-bit), Segmentations (FRACTIONAL: 8-bit frames of an
+  odd length; BINARY, whose 1-bit frames do not start on a byte boundary: re-packed, no block; LABELMAP; JPEG-LS
+  with an Extended Offset Table; TILED_FULL of a 400-tile slide), Parametric Maps of floats and doubles;
+- pydicom 3.0 ``encapsulate``/``encapsulate_extended``: JPEG baseline (Pillow: odd-length frames among them), RLE
+  Lossless (pydicom's encoder) and JPEG 2000 (imagecodecs) with a Basic Offset Table, an Extended Offset Table and
+  none; JPEG-LS; JPEG and JPEG 2000 in two fragments a frame (no block); JPEG of 199 and 200 frames;
+- DCMTK and GDCM (when installed): the enhanced CT in RLE, JPEG lossless and JPEG-LS with and without offset
+  tables, JPEG 2000, and big-endian and deflated (converted: no block);
+- wsidicom 0.36: a pyramid of a 400-tile slide (JPEG, Basic Offset Table).
 The clients: dicomweb-client 0.61 ``retrieve_instance_frames`` (its default multipart Accept and explicit media
-types) and plain HTTP requests with each single-part Accept.
+types), wsidicom over DICOMweb, and plain HTTP requests with each single-part and multipart Accept.
 """
 
 from __future__ import annotations
 
 import io
+import shutil
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +45,7 @@ from tests.e2e.harness import RunningStack, stack_holding
 from tests.e2e.test_frame_blocks import log_lines
 from tests.e2e.test_highdicom import _parametric_map, _segmentation
 from tests.e2e.test_real_files import multipart_parts
+from tests.requirements import require
 
 BLOCK = nginx.FRAMES_PER_BLOCK
 FRAMES = 260
@@ -52,6 +59,7 @@ COUNTS = (199, 200)
 
 def edges(last: int) -> list[int]:
     return [*EDGES, last - 1, last]
+
 
 pytestmark = [
     pytest.mark.third_party,
@@ -124,6 +132,32 @@ def _encapsulated(
     return path
 
 
+def _renamed(source: Path, path: Path) -> Path:
+    """``source`` as an instance of its own (the tools keep the UIDs of the file they convert)."""
+    ds = pydicom.dcmread(source)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(prefix="2.25.")
+    ds.SeriesInstanceUID = generate_uid(prefix="2.25.")
+    ds.save_as(path)
+    return path
+
+
+# other toolkits' writers, each given the enhanced CT (16-bit, 260 frames) and an output path
+TOOLS = {
+    "dcmtk-rle": ["dcmcrle"],
+    "dcmtk-rle-empty": ["dcmcrle", "-ot"],
+    "dcmtk-jpeg-lossless": ["dcmcjpeg", "+e1"],
+    "dcmtk-jpeg-lossless-empty": ["dcmcjpeg", "+e1", "-ot"],
+    "dcmtk-jpegls": ["dcmcjpls"],
+    "gdcm-j2k": ["gdcmconv", "--j2k"],
+    "gdcm-rle": ["gdcmconv", "--rle"],
+    "gdcm-jpegls": ["gdcmconv", "--jpegls"],
+    "dcmtk-big-endian": ["dcmconv", "+tb"],
+    "dcmtk-deflated": ["dcmconv", "+td"],
+}
+# frames converted to little-endian bytes by the gateway: each gets its own plan, then the converter's bytes
+CONVERTED = {"seg-binary", "dcmtk-big-endian", "dcmtk-deflated"}
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("block-frames-outside")
@@ -170,19 +204,21 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     assert {len(f) % 2 for f in jpeg} == {0, 1}  # odd frames too: their pad byte is part of the frame (README)
     for table in ("bot", "eot", "none"):
         paths[f"jpeg-{table}"] = _encapsulated(template, base / f"jpeg-{table}.dcm", JPEGBaseline8Bit, jpeg, table)
-    paths["rle-bot"] = _encapsulated(template, base / "rle-bot.dcm", RLELossless, [_rle(f) for f in pixels], "bot")
-    paths["j2k-none"] = _encapsulated(template, base / "j2k.dcm", JPEG2000Lossless, [_j2k(f) for f in pixels], "none")
-    paths["j2k-eot"] = _encapsulated(
-        template, base / "j2k-eot.dcm", JPEG2000Lossless, [_j2k(f) for f in pixels], "eot"
-    )
+    rle, j2k = [_rle(f) for f in pixels], [_j2k(f) for f in pixels]
+    for table in ("bot", "eot", "none"):
+        paths[f"rle-{table}"] = _encapsulated(template, base / f"rle-{table}.dcm", RLELossless, rle, table)
+        paths[f"j2k-{table}"] = _encapsulated(template, base / f"j2k-{table}.dcm", JPEG2000Lossless, j2k, table)
     paths["jpeg-bot-2"] = _encapsulated(template, base / "jpeg-bot-2.dcm", JPEGBaseline8Bit, jpeg, "bot", 2)
-    paths["j2k-none-2"] = _encapsulated(
-        template, base / "j2k-none-2.dcm", JPEG2000Lossless, [_j2k(f) for f in pixels], "none", 2
-    )
+    paths["j2k-none-2"] = _encapsulated(template, base / "j2k-none-2.dcm", JPEG2000Lossless, j2k, "none", 2)
     paths["jpegls-none"] = _encapsulated(
         template, base / "jpegls.dcm", JPEGLSLossless, [bytes(imagecodecs.jpegls_encode(f)) for f in pixels], "none"
     )
-    paths["rle-none"] = _encapsulated(template, base / "rle-none.dcm", RLELossless, [_rle(f) for f in pixels], "none")
+    # DCMTK and GDCM compress the enhanced CT, and DCMTK writes it big-endian and deflated (frames converted)
+    for name, command in TOOLS.items():
+        if shutil.which(command[0]):
+            made_by = base / f"{name}-made.dcm"
+            subprocess.run([*command, str(paths["ct-enhanced"]), str(made_by)], check=True, capture_output=True)
+            paths[name] = _renamed(made_by, base / f"{name}.dcm")
     for count in COUNTS:  # the last block whole, or holding one frame
         named = base / f"jpeg-{count}.dcm"
         paths[f"jpeg-{count}"] = _encapsulated(template, named, JPEGBaseline8Bit, jpeg[:count], "bot")
@@ -210,6 +246,9 @@ def pydicom_frames(path: Path) -> list[bytes]:
         return list(generate_frames(data, number_of_frames=count))
     if ds.BitsAllocated == 1:
         return [pack_bits(frame, pad=False) for frame in ds.pixel_array.reshape(count, -1)]
+    if not ds.file_meta.TransferSyntaxUID.is_little_endian or ds.file_meta.TransferSyntaxUID.is_deflated:
+        # PS3.18 8.7.3.3.1: a big-endian or deflated file's frames are served as little-endian bytes
+        return [frame.astype(frame.dtype.newbyteorder("<")).tobytes() for frame in ds.pixel_array.reshape(count, -1)]
     size = int(ds.Rows) * int(ds.Columns) * int(ds.SamplesPerPixel) * int(ds.BitsAllocated) // 8
     return [data[n * size : (n + 1) * size] for n in range(count)]
 
@@ -226,7 +265,12 @@ def media_type_of(path: Path) -> tuple[str, str]:
 
 NAMES = ["ct-enhanced", "seg-fractional", "seg-binary", "pm-float", "pm-double", "seg-jpegls-eot", "seg-labelmap",
          "seg-tiled-full", "jpeg-bot", "jpeg-eot", "jpeg-none", "rle-bot",
-         "j2k-none", "j2k-eot", "jpeg-bot-2", "j2k-none-2", "jpegls-none", "rle-none"]
+         "rle-eot", "rle-none", "j2k-bot", "j2k-eot", "j2k-none", "jpeg-bot-2", "j2k-none-2", "jpegls-none", *TOOLS]
+
+
+def file_of(files: dict[str, Path], name: str) -> Path:
+    require(name in files, f"{TOOLS.get(name, [name])[0]} is not installed")
+    return files[name]
 
 
 def token_root(stack: RunningStack, path: Path) -> str:
@@ -240,7 +284,7 @@ def test_every_frame_of_an_outside_file_is_what_pydicom_extracts(
 ) -> None:
     """Every one of the 260 frames alone, in its own media type and as application/octet-stream, twice (the
     block's plan made, then cached), against pydicom's extraction; one past the last is the JSON 404."""
-    path = files[name]
+    path = file_of(files, name)
     frames = pydicom_frames(path)
     last = len(frames)
     assert last == (400 if name == "seg-tiled-full" else FRAMES)
@@ -260,7 +304,7 @@ def test_every_frame_of_an_outside_file_is_what_pydicom_extracts(
 
 
 # frames in more than one fragment, or re-packed 1-bit frames: each gets its own plan from Python (no block)
-NO_BLOCKS = {"seg-binary", "jpeg-bot-2", "j2k-none-2"}
+NO_BLOCKS = {"jpeg-bot-2", "j2k-none-2", *CONVERTED}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -271,7 +315,7 @@ def test_dicomweb_client_reads_the_frames_at_each_block_edge(
     its default multipart Accept and with the file's own media type; one past the last is an HTTPError 404. The
     access log shows which plan answered: the block's for frames 101-199 once frame 100 made it (none made by
     Python), or each frame's own for an instance whose frames are not single fragments."""
-    path = files[name]
+    path = file_of(files, name)
     frames = pydicom_frames(path)
     media, ts = media_type_of(path)
     study, series, sop = uids_of(path)
@@ -288,7 +332,7 @@ def test_dicomweb_client_reads_the_frames_at_each_block_edge(
     lines = {n: log_lines(stack, f"{sop}/frames/{n}", agent)[0] for n in (100, 101, 150, 199)}
     if name in NO_BLOCKS:
         # the block's 404, then the frame's own plan (and, for 1-bit frames, the converter's bytes: one hop more)
-        hops = " : 200" if name == "seg-binary" else ""
+        hops = " : 200" if name in CONVERTED else ""
         assert [lines[n]["upstream_status"] for n in (100, 101)] == [f"404 : 200{hops}", f"200{hops}"], lines
     else:
         assert [(lines[n]["cache"], lines[n]["upstream_status"]) for n in (100, 101, 150, 199)] == [
@@ -302,7 +346,7 @@ def test_multipart_single_frames_name_their_part_type_and_syntax(
 ) -> None:
     """One frame as multipart/related (what OHIF and dicomweb-client ask): the part's Content-Type and bytes, from a
     block's plan or a frame's own, are the same."""
-    path = files[name]
+    path = file_of(files, name)
     frames = pydicom_frames(path)
     media, ts = media_type_of(path)
     address = token_root(stack, path)
