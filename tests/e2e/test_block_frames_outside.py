@@ -419,3 +419,36 @@ def test_the_last_frames_whole_block_or_alone_in_one(stack: RunningStack, files:
             answer = requests.get(f"{address}/frames/{number}", headers={"Accept": "image/jpeg"}, timeout=30)
             assert (answer.status_code, answer.headers["Content-Type"]) == (404, "application/json"), number
             assert answer.json()["error"] == "frame_not_found"
+
+
+def test_frames_over_a_megabyte_in_a_block(
+    stack: RunningStack, files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A block holding frames over 1 MB (a whole-slide tile of high quality): served from the block on S3; on the
+    local folder, whose small ranges NGINX reads in memory (FILE_SEGMENT_MAX), each frame gets its own plan. The
+    same bytes either way, single part and multipart."""
+    ds = pydicom.dcmread(files["jpeg-bot"])
+    frames = list(generate_frames(ds.PixelData, number_of_frames=FRAMES))
+    rng = np.random.default_rng(64)
+    for number, size in ((121, nginx.FILE_SEGMENT_MAX), (150, nginx.FILE_SEGMENT_MAX + 200_001)):
+        frames[number - 1] = frames[number - 1][:2] + rng.bytes(size) + b"\xff\xd9"  # odd or even: padded by pydicom
+    path = tmp_path_factory.mktemp("block-outside-large") / "large.dcm"
+    ds.PixelData = encapsulate([frame.rstrip(b"\0") if frame.endswith(b"\xd9\0") else frame for frame in frames])
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(prefix="2.25.")
+    ds.save_as(path)
+    assert stack.stow([path]).status_code == 200
+    expected = pydicom_frames(path)
+    address = token_root(stack, path)
+    agent = f"block-outside-{uuid.uuid4().hex}"
+    for number in (99, 100, 101, 121, 150, 199, 200):
+        headers = {"Accept": "image/jpeg", "User-Agent": agent}
+        answer = requests.get(f"{address}/frames/{number}", headers=headers, timeout=60)
+        assert (answer.status_code, answer.content) == (200, expected[number - 1]), number
+        multipart = 'multipart/related; type="image/jpeg"'
+        answer = requests.get(f"{address}/frames/{number}", headers={"Accept": multipart}, timeout=60)
+        assert answer.status_code == 200, number
+        assert multipart_parts(answer) == [("image/jpeg", expected[number - 1])], number
+    sop = uids_of(path)[2]
+    made = [log_lines(stack, f"{sop}/frames/{n}", agent)[0]["upstream_status"] for n in (100, 101)]
+    local = not stack.stack.storage_url.startswith("s3:")
+    assert made == (["404 : 200", "200"] if local else ["200", ""]), made
