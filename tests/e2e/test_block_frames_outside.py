@@ -39,9 +39,11 @@ from pydicom.pixels.utils import pack_bits
 from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, JPEGLSLossless, RLELossless, generate_uid
 
 from gateway import nginx_contract as nginx
+from gateway.dicomweb.wado import DERIVATIVE_TS
 from gateway.tools.synth import make_series, make_wsi
 from tests.e2e.conftest import BACKENDS, uids_of
 from tests.e2e.harness import RunningStack, stack_holding
+from tests.e2e.test_derivatives import wait_for_derivative
 from tests.e2e.test_frame_blocks import log_lines
 from tests.e2e.test_highdicom import _parametric_map, _segmentation
 from tests.e2e.test_real_files import multipart_parts
@@ -452,3 +454,21 @@ def test_frames_over_a_megabyte_in_a_block(
     made = [log_lines(stack, f"{sop}/frames/{n}", agent)[0]["upstream_status"] for n in (100, 101)]
     local = not stack.stack.storage_url.startswith("s3:")
     assert made == (["404 : 200", "200"] if local else ["200", ""]), made
+
+
+def test_the_htj2k_derivative_of_an_outside_file_from_its_blocks(stack: RunningStack, files: dict[str, Path]) -> None:
+    """The lossless HTJ2K copy the worker makes of highdicom's 260-frame enhanced CT (README, derivatives), asked
+    for by its transfer syntax: each frame, from the derivative's blocks from 100 on, decodes to pydicom's pixels of
+    that frame, and is the bytes of the frame's own plan (the Accept query parameter sends it there)."""
+    path = files["ct-enhanced"]
+    pixels = pydicom.dcmread(path).pixel_array
+    address = token_root(stack, path)
+    asked = f"image/jphc; transfer-syntax={DERIVATIVE_TS}"
+    first = wait_for_derivative(f"{address}/frames/1")
+    assert first.headers["Content-Type"] == asked, "no derivative was made"
+    for number in edges(FRAMES):
+        answer = requests.get(f"{address}/frames/{number}", headers={"Accept": asked}, timeout=30)
+        assert (answer.status_code, answer.headers["Content-Type"]) == (200, asked), number
+        assert np.array_equal(imagecodecs.htj2k_decode(answer.content), pixels[number - 1]), number
+        own = requests.get(f"{address}/frames/{number}", params={"accept": asked}, timeout=30)
+        assert (own.status_code, own.content) == (200, answer.content), number
