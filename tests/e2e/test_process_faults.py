@@ -28,6 +28,11 @@ STOW_FAILED = "00081198"
 FAILURE_REASON = "00081197"
 OUT_OF_RESOURCES = 0xA700
 
+# each study's instance count beside the instances it holds: equal in every row after a rolled-back registration
+STUDY_COUNTS = (
+    "SELECT s.num_instances, (SELECT count(*) FROM instances i WHERE i.study_uid = s.study_uid) FROM studies s"
+)
+
 
 def throttled(body: bytes, seconds: float, pieces: int = 40) -> Iterator[bytes]:
     """The body in ``pieces`` chunks over ``seconds``: the upload is still going when the catalog is killed."""
@@ -362,10 +367,7 @@ def test_workers_killed_inside_a_registration_commit_then_the_retry_stores_every
         with psycopg.connect(f"host={server.host} port={server.port} user=postgres dbname=killed") as db:
             # rolled back whole: no advisory lock left, and every study row counts the instances it holds
             assert db.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'").fetchone()[0] == 0
-            rows = db.execute(
-                "SELECT s.num_instances, (SELECT count(*) FROM instances i WHERE i.study_uid = s.study_uid) "
-                "FROM studies s"
-            ).fetchall()
+            rows = db.execute(STUDY_COUNTS).fetchall()
             assert all(counted == held for counted, held in rows), rows
 
         deadline = time.monotonic() + 30  # gunicorn's master starts new workers
@@ -459,10 +461,7 @@ def test_workers_killed_inside_a_sqlite_registration_then_the_retry_stores_every
         json_503(answers[0], 0)
         with sqlite3.connect(catalog) as db:
             db.execute("DROP TRIGGER slow_registration")
-            rows = db.execute(
-                "SELECT s.num_instances, (SELECT count(*) FROM instances i WHERE i.study_uid = s.study_uid) "
-                "FROM studies s"
-            ).fetchall()
+            rows = db.execute(STUDY_COUNTS).fetchall()
             assert all(counted == held for counted, held in rows), rows
 
         deadline = time.monotonic() + 30  # gunicorn's master starts new workers
