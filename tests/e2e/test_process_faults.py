@@ -29,7 +29,6 @@ FAILURE_REASON = "00081197"
 OUT_OF_RESOURCES = 0xA700
 
 # each study's instance count beside the instances it holds: equal in every row after a rolled-back registration
-ADVISORY_LOCKS = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
 STUDY_COUNTS = (
     "SELECT s.num_instances, (SELECT count(*) FROM instances i WHERE i.study_uid = s.study_uid) FROM studies s"
 )
