@@ -93,7 +93,7 @@ lint: venv
 
 test: system-deps venv .venv-checkov/.installed viewer dwv ohif lint
 	DICOMGW_TEST_REQUIRE_ALL=1 $(VENV)/bin/pytest -p no:cacheprovider --basetemp=$(CURDIR)/.pytest-tmp \
-	  -n $(TEST_WORKERS) --dist loadfile tests; status=$$?; \
+	  -n $(TEST_WORKERS) --dist loadfile --durations=15 tests; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing on purpose"; exit 1; fi; exit $$status
 
 unit: venv
