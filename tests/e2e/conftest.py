@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from gateway.tools.synth import make_series, make_wsi
-from tests.e2e.harness import RunningStack, start_stack
+from tests.e2e.harness import RunningStack, nginx_alarms, start_stack
 from tests.fixtures.servers import MotoServer
 
 BACKENDS = ["file", "s3"]
@@ -56,6 +56,8 @@ def stack(
         yield running
     finally:
         running.stack.stop()
+    # it ran for the whole session (NGINX's cache loader walks the caches a minute after the start)
+    assert not nginx_alarms(running), nginx_alarms(running)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -344,5 +344,5 @@ def test_nginx_temp_and_cache_folders_full_still_serve_reads_and_uploads(tmp_pat
         assert len(referenced(upload)) == 2
         # no probe left behind; the mark keeping the probe's verdict for a second says "full"
         assert sorted(path.name for path in cache.iterdir() if path.is_file()) == ["filler-0"]
-        assert sorted(path.name for path in (cache / "plan").iterdir() if path.is_file()) == [".room"]
-        assert (cache / "plan" / ".room").read_bytes() == b""
+        assert sorted(path.name for path in (cache / "plan").iterdir() if path.is_file()) == [".room.0000000000"]
+        assert (cache / "plan" / ".room.0000000000").read_bytes() == b""

@@ -199,7 +199,7 @@ function retryFailedFrames() {
   state.failedFrames.clear();
   if (!ids.length || !state.onFrame) {
     // the failure was of a frame that has loaded since (the viewport's own request): nothing is left to wait for
-    onRecovered(null);
+    onRecovered();
     return;
   }
   ids.forEach((id) => state.loaded.delete(id));
@@ -208,13 +208,30 @@ function retryFailedFrames() {
   stage.prefetch(ids, state.onFrame);
 }
 
-/** A frame of the open series loaded again after an outage: leave the error screen, draw it if it is on screen. */
-function onRecovered(imageId) {
+/**
+ * The gateway answers again after an outage (a failed frame loaded again, or none was left to ask again): leave the
+ * error screen, ask again for the thumbnails the outage lost, and draw the slice on screen if the stage is empty.
+ */
+function onRecovered() {
   state.retryMs = RETRY_FIRST_MS;
   if (!document.getElementById('error').hidden) hideError();
   if ($('status').textContent === 'Connection lost. Retrying…') $('status').textContent = '';
+  for (const img of document.querySelectorAll('#series img.missing')) {
+    img.classList.remove('missing');
+    img.setAttribute('src', img.getAttribute('src')); // set again: the browser asks for it again
+  }
+  drawIfEmpty();
+}
+
+/**
+ * Draw the slice on screen when the stage shows none (`imageId`, when given: only if it is that slice). The stage's
+ * own request for it can fail in an outage while the prefetch's, sent later, loads it: nothing else drew it, and the
+ * study stayed black with no message. Not behind the error screen: the hidden stage has no size to draw at.
+ */
+function drawIfEmpty(imageId = null) {
   const stage = state.stage;
-  if (imageId && !stage.hasImage() && imageId === stage.imageIds[stage.index]) stage.redraw().catch(() => onLoadFailure());
+  if ($('app').hidden || stage.hasImage() || (imageId && imageId !== stage.imageIds[stage.index])) return;
+  stage.redraw().catch((error) => onLoadFailure(stage.imageIds[stage.index], error));
 }
 
 function prefetchAround(index) {
@@ -282,7 +299,9 @@ async function openSeries(series, info = seriesInfo(series)) {
       state.failedFrames.add(id);
       onLoadFailure(id, error);
     } else if (!preview && state.retried) {
-      onRecovered(id);
+      onRecovered();
+    } else if (!preview) {
+      drawIfEmpty(id);
     }
     if (!all) return;
     if (!preview) done += 1;

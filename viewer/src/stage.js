@@ -166,6 +166,7 @@ export class Stage {
 
   /** Draw the current image again once it is loadable (its first load failed: nothing is on screen). */
   async redraw() {
+    this.engine.resize(true, false); // the stage may have just come back from behind the error screen
     await this.viewport.setStack(this.imageIds, this.index);
     this.viewport.resetCamera();
     this.viewport.render();
