@@ -40,6 +40,7 @@ const state = {
   waiting: false, // the network or storage is away: failed frames are loaded again once it answers
   retryMs: RETRY_FIRST_MS,
   retried: false, // failed frames were asked again: the next that loads ends the outage's message
+  redrawing: false, // the stage is drawing its slice again (drawIfEmpty)
   failedFrames: new Set(), // frames of the open series whose load failed, counted as settled by the progress bar
   onFrame: null, // the open series' prefetch callback (progress, failures)
   toolsBound: false,
@@ -230,8 +231,15 @@ function onRecovered() {
  */
 function drawIfEmpty(imageId = null) {
   const stage = state.stage;
-  if ($('app').hidden || stage.hasImage() || (imageId && imageId !== stage.imageIds[stage.index])) return;
-  stage.redraw().catch((error) => onLoadFailure(stage.imageIds[stage.index], error));
+  if (state.redrawing || $('app').hidden || stage.hasImage()) return;
+  if (imageId && imageId !== stage.imageIds[stage.index]) return;
+  state.redrawing = true; // one at a time: every frame that loads again after an outage asks
+  stage
+    .redraw()
+    .catch((error) => onLoadFailure(stage.imageIds[stage.index], error))
+    .finally(() => {
+      state.redrawing = false;
+    });
 }
 
 function prefetchAround(index) {
