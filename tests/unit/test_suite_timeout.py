@@ -1,0 +1,38 @@
+"""The suite's own promise (README, "Tests"): a test that hangs fails with its traceback after the configured
+timeout and the rest of the suite goes on, so a hang names itself instead of running into CI's clock (session 23's
+CI run was stopped at 99 % by a poll that never ended)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_configured_timeout_is_the_readmes_fifteen_minutes() -> None:
+    options = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    assert options["timeout"] == 15 * 60
+    assert "A test still running after 15\nminutes (pytest-timeout" in (ROOT / "README.md").read_text()
+
+
+def test_a_hanging_test_fails_with_its_traceback_and_the_others_still_run(tmp_path: Path) -> None:
+    """The same plugin and the same xdist mode as `make test`, the timeout shortened to 2 s."""
+    (tmp_path / "test_hang.py").write_text(
+        "import time\n\ndef test_waits_forever():\n    while True:\n        time.sleep(0.1)\n"
+    )
+    (tmp_path / "test_other.py").write_text("def test_one():\n    pass\n\ndef test_two():\n    pass\n")
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")  # not the repository's settings when under its tree
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "2", "--dist", "loadfile",
+         "-o", "timeout=2", "-rf", str(tmp_path)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 1, run.stdout[-2000:]
+    # the line it hung on, then the failure; the others ran
+    traceback = ">           time.sleep(0.1)\nE           Failed: Timeout (>2.0s) from pytest-timeout.\n"
+    assert traceback in run.stdout, run.stdout[-3000:]
+    assert "FAILED test_hang.py::test_waits_forever - Failed: Timeout" in run.stdout, run.stdout[-3000:]
+    assert "= 1 failed, 2 passed in " in run.stdout, run.stdout[-3000:]
