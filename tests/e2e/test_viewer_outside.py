@@ -9,6 +9,7 @@ the page is the only way back to the images).
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 from collections.abc import Iterator
@@ -51,6 +52,20 @@ def outside(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningS
         yield running, uids_of(files[0])[0]
     finally:
         running.stack.stop()
+
+
+@contextlib.contextmanager
+def storage_unmounted(running: RunningStack) -> Iterator[None]:
+    """The stack's local folder gone, as an unmounted volume (frame reads fail; QIDO and metadata are served), then
+    back."""
+    root = running.stack.file_root
+    assert root is not None
+    moved = root.with_name(root.name + ".unmounted")
+    shutil.move(root, moved)
+    try:
+        yield
+    finally:
+        shutil.move(moved, root)
 
 
 def dataset(page: Any) -> dict[str, str]:
@@ -117,20 +132,14 @@ def test_a_storage_outage_at_open_says_unavailable_then_shows_the_study_fixed(
     for good. It now says the server is not reachable and that the page retries, and shows the study by itself once
     storage is back."""
     running, study = outside
-    root = running.stack.file_root
-    assert root is not None
-    moved = root.with_name(root.name + ".unmounted")
     issued = running.issue([study], ttl=600)
     page = open_page(browser, NetworkLog())
-    shutil.move(root, moved)
-    try:
+    with storage_unmounted(running):
         page.goto(issued["viewer_url"])
         page.wait_for_selector("#error[data-kind]:not([hidden])")
         assert page.get_attribute("#error", "data-kind") == "unavailable"
         assert page.inner_text("#error-title") == "The image server is not reachable"
         assert page.inner_text("#error-text").endswith("This page retries by itself.")
-    finally:
-        shutil.move(moved, root)
     page.wait_for_selector("#error", state="hidden", timeout=60_000)
     assert page.is_visible("#app")
     wait_all_loaded(page)
@@ -147,9 +156,6 @@ def test_the_slice_on_screen_lost_to_an_outage_is_drawn_once_its_prefetch_loads_
     Now it is drawn, and the series' thumbnail, lost to the outage too, is asked again. The browser holds the
     prefetch's requests until storage is back; every answer is the real stack's."""
     running, study = outside
-    root = running.stack.file_root
-    assert root is not None
-    moved = root.with_name(root.name + ".unmounted")
     issued = running.issue([study], ttl=600)
     page = open_page(browser, NetworkLog())
     screen: list[str] = []
@@ -165,13 +171,10 @@ def test_the_slice_on_screen_lost_to_an_outage_is_drawn_once_its_prefetch_loads_
             held.append(route)
 
     page.route(re.compile(r"/frames/\d+$"), frame_request)  # not the derivative probe (a query), nor rendered
-    shutil.move(root, moved)
-    try:
+    with storage_unmounted(running):
         page.goto(issued["viewer_url"])
         page.wait_for_selector("#error[data-kind]:not([hidden])")
         assert page.get_attribute("#error", "data-kind") == "unavailable"
-    finally:
-        shutil.move(moved, root)
     waiting, held[:] = held[:], [None]
     assert screen[0] in [route.request.url for route in waiting]  # the prefetch asks for the slice on screen again
     for route in waiting:
