@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import re
 import shutil
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -158,13 +159,16 @@ def test_the_slice_on_screen_lost_to_an_outage_is_drawn_once_its_prefetch_loads_
     running, study = outside
     issued = running.issue([study], ttl=600)
     page = open_page(browser, NetworkLog())
-    screen: list[str] = []
-    held: list[Any] = []
+    screen: list[str] = []  # the stage's own request for the first slice, which the outage answers
+    held: list[Any] = []  # the prefetch's requests while storage is away
+    again: list[str] = []  # the frames asked for once storage is back
+    back = threading.Event()
 
-    def frame_request(route: Any) -> None:
-        if held == [None]:  # storage is back
+    def frame_request(route: Any) -> None:  # run on this thread, while it waits on the page
+        if back.is_set():
+            again.append(route.request.url)
             route.continue_()
-        elif not screen:  # the screen's own request for the first slice: the outage answers it
+        elif not screen:
             screen.append(route.request.url)
             route.continue_()
         else:
@@ -175,12 +179,14 @@ def test_the_slice_on_screen_lost_to_an_outage_is_drawn_once_its_prefetch_loads_
         page.goto(issued["viewer_url"])
         page.wait_for_selector("#error[data-kind]:not([hidden])")
         assert page.get_attribute("#error", "data-kind") == "unavailable"
-    waiting, held[:] = held[:], [None]
-    assert screen[0] in [route.request.url for route in waiting]  # the prefetch asks for the slice on screen again
-    for route in waiting:
+    back.set()
+    for route in held:
+        again.append(route.request.url)
         route.continue_()
     page.wait_for_selector("#error", state="hidden", timeout=60_000)
     wait_all_loaded(page)
+    # the prefetch asked for the slice on screen once storage was back (held until then, or sent after)
+    assert screen[0] in again
     assert_every_slice_shows(page, "outside-screen-lost")
     page.wait_for_function(
         "() => [...document.querySelectorAll('#series img')].every(i => i.complete && i.naturalWidth > 0)"
