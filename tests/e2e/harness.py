@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import threading
 import time
 import uuid
@@ -104,6 +105,19 @@ class RunningStack:
                 text = path.read_text(errors="replace").splitlines()[-40:]
                 parts.append(f"--- {path.name}\n" + "\n".join(text))
         return "\n".join(parts)
+
+
+@contextlib.contextmanager
+def storage_unmounted(running: RunningStack) -> Iterator[None]:
+    """The stack's local folder gone, as an unmounted volume (its reads fail; the catalog's are served), then back."""
+    root = running.stack.file_root
+    assert root is not None
+    moved = root.with_name(root.name + ".unmounted")
+    shutil.move(root, moved)
+    try:
+        yield
+    finally:
+        shutil.move(moved, root)
 
 
 # The alarms the suite raises on purpose: a stored object replaced by a directory or a FIFO behind the gateway's back

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ import requests
 from gateway.dicomweb.multipart import multipart_boundary
 from gateway.tools.synth import make_series, make_wsi
 from tests.e2e.conftest import uids_of
-from tests.e2e.harness import RunningStack, start_stack
+from tests.e2e.harness import RunningStack, start_stack, storage_unmounted
 from tests.fixtures.servers import MotoServer, StorageFaults, start_moto
 
 ORIGIN = "https://portal.example"  # the harness's allowed CORS origin
@@ -279,14 +278,8 @@ def test_a_storage_folder_gone_is_a_503_not_a_404(local: Data) -> None:
     503. All are the JSON 503 with Retry-After now; composed reads fail their transfer (the local folder's reads
     are per file, so no earlier failure refuses them first); the catalog's reads are served; once the folder is
     back everything is, byte for byte."""
-    root = local.stack.stack.file_root
-    assert root is not None
-    moved = root.with_name(root.name + ".unmounted")
-    shutil.move(root, moved)
-    try:
+    with storage_unmounted(local.stack):
         during = {name: fetch(local.stack, path, headers) for name, (path, headers) in local.reads.items()}
-    finally:
-        shutil.move(moved, root)
     for name in WHOLE:
         assert_json_503(name, during[name])
     for name in COMPOSED:

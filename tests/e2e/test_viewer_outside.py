@@ -9,9 +9,7 @@ the page is the only way back to the images).
 
 from __future__ import annotations
 
-import contextlib
 import re
-import shutil
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -20,7 +18,7 @@ import pytest
 
 from gateway.tools.synth import make_series
 from tests.e2e.conftest import uids_of
-from tests.e2e.harness import RunningStack, start_stack
+from tests.e2e.harness import RunningStack, start_stack, storage_unmounted
 from tests.e2e.test_viewer import (  # noqa: F401 - browser is a fixture
     NetworkLog,
     assert_not_blank,
@@ -53,20 +51,6 @@ def outside(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningS
         yield running, uids_of(files[0])[0]
     finally:
         running.stack.stop()
-
-
-@contextlib.contextmanager
-def storage_unmounted(running: RunningStack) -> Iterator[None]:
-    """The stack's local folder gone, as an unmounted volume (frame reads fail; QIDO and metadata are served), then
-    back."""
-    root = running.stack.file_root
-    assert root is not None
-    moved = root.with_name(root.name + ".unmounted")
-    shutil.move(root, moved)
-    try:
-        yield
-    finally:
-        shutil.move(moved, root)
 
 
 def dataset(page: Any) -> dict[str, str]:
