@@ -16,14 +16,17 @@ from typing import Any
 
 import pytest
 
-from gateway.tools.synth import make_series
+from gateway.tools.synth import make_series, make_wsi
+from gateway.tools.synth.tiles import _grid, _layout
 from tests.e2e.conftest import uids_of
 from tests.e2e.harness import RunningStack, start_stack, storage_unmounted
 from tests.e2e.test_viewer import (  # noqa: F401 - browser is a fixture
     NetworkLog,
     assert_not_blank,
     browser,
+    changed_fraction,
     open_page,
+    settle,
     snap,
     wait_ready,
 )
@@ -31,6 +34,9 @@ from tests.e2e.test_viewer import (  # noqa: F401 - browser is a fixture
 pytestmark = pytest.mark.browser
 
 SLICES = 60
+# a slide of more tiles than the viewer prefetches whole (PREFETCH_ALL in viewer/src/main.js): 20 rows of 32
+TILES = 640
+SLIDE_SEED = 31
 # Chromium's "Slow 3G" preset, as DevTools applies it: 400 ms latency, ~50 KB/s each way.
 SLOW_3G = {"offline": False, "latency": 400, "downloadThroughput": 50_000, "uploadThroughput": 50_000}
 # a fast 3G phone: 150 ms latency, ~500 KB/s down
@@ -51,6 +57,16 @@ def outside(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningS
         yield running, uids_of(files[0])[0]
     finally:
         running.stack.stop()
+
+
+@pytest.fixture(scope="module")
+def slide(outside: tuple[RunningStack, str], tmp_path_factory: pytest.TempPathFactory) -> tuple[RunningStack, str]:
+    """A whole-slide image of TILES tiles, stored in the same stack (a study of its own)."""
+    running, _ = outside
+    path = make_wsi(tmp_path_factory.mktemp("viewer-slide"), frames=TILES, seed=SLIDE_SEED, clean=True)
+    answer = running.stow([path])
+    assert answer.status_code == 200, answer.text
+    return running, uids_of(path)[0]
 
 
 def dataset(page: Any) -> dict[str, str]:
@@ -204,4 +220,66 @@ def test_offline_while_the_study_opens_then_back_opens_it_fixed(
     cdp.send("Network.emulateNetworkConditions", ONLINE)
     wait_all_loaded(page)
     assert_every_slice_shows(page, "outside-offline-at-open")
+    page.context.close()
+
+
+def test_a_tile_moved_to_in_a_storage_outage_is_drawn_once_storage_is_back_fixed(
+    slide: tuple[RunningStack, str], browser: Any  # noqa: F811
+) -> None:
+    """A whole-slide image is browsed with the keyboard while storage is away: the tiles moved to, beyond those
+    the viewer prefetched around the first, fail (503). The page must say "Connection lost. Retrying…" (never
+    "Some images could not be loaded." for an outage) and keep the tile on screen, and once storage is back it
+    must draw the tile moved to by itself, with the overlay naming the tile drawn."""
+    running, study = slide
+    rows, columns = _grid(TILES)
+    layout = _layout(SLIDE_SEED, TILES)
+    start = (rows // 2) * columns + columns // 2  # the viewer opens a slide at its centre tile
+    target = start + columns + 1  # down a row, then right: 33 tiles on, beyond the 8 prefetched either side
+    # three different tiles of tissue: each one drawn tells itself apart on screen
+    assert len({int(layout[i]) for i in (start, start + columns, target)}) == 3 and 0 not in layout[[start, target]]
+    issued = running.issue([study], ttl=600)
+    page = open_page(browser, NetworkLog())
+    page.goto(issued["viewer_url"])
+    wait_ready(page)
+    assert dataset(page)["index"] == str(start)
+    # the first tile and the 16 prefetched around it have arrived (not lost to the outage below)
+    page.wait_for_function(
+        "() => performance.getEntriesByType('resource')"
+        ".filter(e => /\\/frames\\/\\d+$/.test(e.name) && e.responseEnd > 0).length >= 17"
+    )
+    before = snap(page, "outside-slide-start")
+    assert_not_blank(before)
+    page.evaluate(
+        "() => { window.statuses = []; const el = document.getElementById('status');"
+        " new MutationObserver(() => window.statuses.push(el.textContent))"
+        ".observe(el, {childList: true, characterData: true, subtree: true}); }"
+    )
+    with storage_unmounted(running):
+        page.keyboard.press("ArrowDown")
+        page.keyboard.press("ArrowRight")
+        page.wait_for_function("() => document.getElementById('status').textContent === 'Connection lost. Retrying…'")
+        # past the first retry (2 s): still away, still saying so, the tile on screen kept
+        page.wait_for_timeout(3000)
+        assert page.inner_text("#status") == "Connection lost. Retrying…"
+        assert page.locator("#error").is_hidden(), page.inner_text("#error")
+        assert changed_fraction(before, snap(page, "outside-slide-away")) < 0.01
+    page.wait_for_function(
+        f"() => document.getElementById('viewport').dataset.index === '{target}'"
+        " && document.getElementById('status').textContent === ''",
+        timeout=60_000,
+    )
+    settle(page)
+    assert f"Tile {target + 1} / {TILES}" in page.inner_text("#overlay-br")
+    drawn = snap(page, "outside-slide-back")
+    assert changed_fraction(before, drawn) > 0.02, "the tile from before the outage is still on screen"
+    # the tile drawn is the one the overlay names: left and back draws the same picture
+    page.keyboard.press("ArrowLeft")
+    page.wait_for_function(f"() => document.getElementById('viewport').dataset.index === '{target - 1}'")
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function(f"() => document.getElementById('viewport').dataset.index === '{target}'")
+    settle(page)
+    assert changed_fraction(drawn, snap(page, "outside-slide-again")) < 0.01
+    statuses = page.evaluate("() => window.statuses")
+    assert "Some images could not be loaded." not in statuses, statuses
+    assert page.locator("#error").is_hidden()
     page.context.close()

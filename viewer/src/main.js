@@ -41,6 +41,7 @@ const state = {
   retryMs: RETRY_FIRST_MS,
   retried: false, // failed frames were asked again: the next that loads ends the outage's message
   redrawing: false, // the stage is drawing its slice again (drawIfEmpty)
+  lostSlice: null, // the slice moved to whose own load failed: the stage still shows the one before
   failedFrames: new Set(), // frames of the open series whose load failed, counted as settled by the progress bar
   onFrame: null, // the open series' prefetch callback (progress, failures)
   toolsBound: false,
@@ -225,14 +226,16 @@ function onRecovered() {
 }
 
 /**
- * Draw the slice on screen when the stage shows none (`imageId`, when given: only if it is that slice). The stage's
- * own request for it can fail in an outage while the prefetch's, sent later, loads it: nothing else drew it, and the
- * study stayed black with no message. Not behind the error screen: the hidden stage has no size to draw at.
+ * Draw the slice on screen when the stage shows none, or still shows the one before a move whose load failed
+ * (`imageId`, when given: only if it is that slice). The stage's own request for it can fail in an outage while the
+ * prefetch's, sent later, loads it: nothing else drew it, and the study stayed black (or on the tile before, the
+ * overlay naming it) with no message. Not behind the error screen: the hidden stage has no size to draw at.
  */
 function drawIfEmpty(imageId = null) {
   const stage = state.stage;
-  if (state.redrawing || $('app').hidden || stage.hasImage()) return;
-  if (imageId && imageId !== stage.imageIds[stage.index]) return;
+  const current = stage.imageIds[stage.index];
+  if (state.redrawing || $('app').hidden || (stage.hasImage() && state.lostSlice !== current)) return;
+  if (imageId && imageId !== current) return;
   state.redrawing = true; // one at a time: every frame that loads again after an outage asks
   stage
     .redraw()
@@ -240,6 +243,19 @@ function drawIfEmpty(imageId = null) {
     .finally(() => {
       state.redrawing = false;
     });
+}
+
+/**
+ * A frame failed to load: when it is the slice moved to (the stage keeps the one before), it is asked again with the
+ * prefetch's failed frames and drawn once it loads (retryFailedFrames, drawIfEmpty).
+ */
+function onFrameFailed(imageId, error) {
+  const stage = state.stage;
+  if (imageId && imageId === stage.imageIds[stage.index]) {
+    state.failedFrames.add(imageId);
+    state.lostSlice = imageId;
+  }
+  onLoadFailure(imageId, error);
 }
 
 function prefetchAround(index) {
@@ -404,17 +420,18 @@ function bindControls(stage) {
     else if (event.key === 'End') target = stage.imageIds.length - 1;
     if (target === null) return;
     event.preventDefault();
-    stage.go(target).catch(() => onLoadFailure());
+    stage.go(target).catch((error) => onFrameFailed(stage.imageIds[stage.index], error));
   });
   const { Enums, eventTarget } = state;
   const el = $('viewport');
-  el.addEventListener(Enums.Events.STACK_NEW_IMAGE, () => {
+  el.addEventListener(Enums.Events.STACK_NEW_IMAGE, (event) => {
+    if (event.detail?.imageId === state.lostSlice) state.lostSlice = null;
     setStatus();
     if (state.stage.imageIds.length > PREFETCH_ALL) prefetchAround(stage.index);
   });
   el.addEventListener(Enums.Events.VOI_MODIFIED, setStatus);
   eventTarget.addEventListener(Enums.Events.IMAGE_LOAD_FAILED, (event) =>
-    onLoadFailure(event.detail?.imageId, event.detail?.error),
+    onFrameFailed(event.detail?.imageId, event.detail?.error),
   );
 }
 
