@@ -6,11 +6,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import shutil
+import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -28,6 +30,34 @@ AWS_TEST_ENV = {
     "AWS_CONFIG_FILE": "/nonexistent",
     "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
 }
+
+
+def lines_until(process: subprocess.Popen[str], last: Callable[[str], bool], awaited: str, timeout: float) -> list[str]:
+    """The lines ``process`` prints on its stdout (without their newline), up to the first for which ``last`` is
+    true, or up to the end of its output. A blocking ``readline()`` waits for a child that hangs silently until
+    pytest-timeout's 15 minutes: this fails after ``timeout`` seconds, naming ``awaited`` and what was printed.
+    It reads the pipe a byte at a time, so ``communicate()`` afterwards gets exactly the rest."""
+    assert process.stdout is not None
+    pipe = process.stdout.fileno()
+    deadline = time.monotonic() + timeout
+    lines: list[str] = []
+    line = bytearray()
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([pipe], [], [], left)[0]:
+            so_far = [*lines, line.decode(errors="replace")] if line else lines
+            raise AssertionError(f"no {awaited} within {timeout:g} s; the lines printed so far: {so_far}")
+        byte = os.read(pipe, 1)
+        if byte not in (b"", b"\n"):
+            line += byte
+            continue
+        if byte or line:
+            lines.append(line.decode(errors="replace"))
+            line.clear()
+            if last(lines[-1]):
+                return lines
+        if not byte:
+            return lines
 
 
 @dataclass

@@ -29,11 +29,12 @@ from gateway.tokens import TokenService
 from gateway.tools.stack import Stack, free_port
 from gateway.tools.synth import make_series
 from tests.e2e.conftest import uids_of
-from tests.e2e.harness import AWS_TEST_ENV
+from tests.e2e.harness import AWS_TEST_ENV, lines_until
 from tests.fixtures.servers import MotoServer, create_bucket
 
 REPO = Path(__file__).resolve().parents[2]
 GUNICORN = Path(sys.executable).with_name("gunicorn")
+STARTING = 180  # seconds stack up may take to print its links (migrating, seeding, on a loaded machine)
 
 
 def _start(
@@ -68,15 +69,21 @@ def _clean_environment() -> dict[str, str]:
 
 def _printed(process: subprocess.Popen[str], last: str = "Ctrl-C stops everything.") -> dict[str, str]:
     """The ``name: value`` lines stack up prints, up to ``last``."""
-    assert process.stdout is not None
-    lines: dict[str, str] = {}
-    while True:
-        line = process.stdout.readline()
-        assert line, f"stack up ended early: {process.communicate(timeout=30)}"
-        if line.strip() == last:
-            return lines
-        name, _, value = line.partition(":")
-        lines[name.strip()] = value.strip()
+    lines = lines_until(process, lambda line: line.strip() == last, f"stack up line {last!r}", STARTING)
+    assert lines and lines[-1].strip() == last, f"stack up ended early: {process.communicate(timeout=30)}"
+    return _fields(lines[:-1])
+
+
+def _printed_through(process: subprocess.Popen[str], name: str) -> dict[str, str]:
+    """The ``name: value`` lines stack up prints, up to the one named ``name`` (or the end of its output)."""
+    lines = lines_until(
+        process, lambda line: line.partition(":")[0].strip() == name, f"stack up line {name!r}", STARTING
+    )
+    return _fields(lines)
+
+
+def _fields(lines: list[str]) -> dict[str, str]:
+    return {name.strip(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
 
 
 def _wait_ready(url: str, process: subprocess.Popen[str], timeout: float = 60) -> None:
@@ -154,15 +161,8 @@ def test_stack_up_without_a_built_viewer_prints_no_dead_link(tmp_path: Path) -> 
     port = free_port()
     empty = tmp_path / "viewer" / "dist"  # as in a fresh clone: never built
     process = _start(tmp_path / "var", port, env={"DICOMGW_VIEWER_ROOT": str(empty)}, seed=True)
-    lines: dict[str, str] = {}
     try:
-        assert process.stdout is not None
-        while "api key" not in lines:
-            line = process.stdout.readline()
-            if not line:
-                break
-            name, _, value = line.partition(":")
-            lines[name.strip()] = value.strip()
+        lines = _printed_through(process, "api key")
         assert lines["viewer"] == f"not built: {empty} has no index.html (make viewer; needs npm)"
         assert "slide" not in lines
         assert requests.get(f"{lines['dicomweb']}/studies", timeout=10).status_code == 200
@@ -324,16 +324,8 @@ def test_demo_prints_working_signed_urls(tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    lines: dict[str, str] = {}
     try:
-        assert seeded.stdout is not None
-        deadline = time.monotonic() + 180
-        while "slide" not in lines and time.monotonic() < deadline:
-            line = seeded.stdout.readline()
-            if not line:
-                break
-            name, _, value = line.partition(":")
-            lines[name.strip()] = value.strip()
+        lines = _printed_through(seeded, "slide")
         root = lines["dicomweb"]
         studies = requests.get(f"{root}/studies", timeout=10)
         assert studies.status_code == 200
