@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from gateway.dicom.index import read_instance
-from gateway.errors import ConfigError, DicomError
+from gateway.errors import ConfigError, DicomError, StorageUnavailable
 from gateway.phi.policy import BASIC, Policy, load_policy
 from gateway.phi.scanner import ScanReport, scan_with_values
 
@@ -72,17 +72,21 @@ def hooks() -> None:
 def run_incoming_command(ctx: click.Context) -> None:
     """Process every object under incoming/ (PHI hooks, then ingest); print one JSON result per object.
 
-    Exit status 1 if any object failed (it stays under incoming/ for a retry).
+    Exit status 1 if any object failed (it stays under incoming/ for a retry), or if storage could not be listed.
+    Each result is printed as it is made: a run stopped half-way has said what it did.
     """
     from gateway.config import Settings
     from gateway.lambda_handler import make_ingestor
-    from gateway.phi.s3event import run_incoming
+    from gateway.phi.s3event import iter_incoming
 
+    failed = False
     try:
         settings = Settings.from_env()
-        results = run_incoming(settings, make_ingestor=make_ingestor)
+        for result in iter_incoming(settings, make_ingestor=make_ingestor):
+            click.echo(json.dumps(result.to_dict(), sort_keys=True))
+            failed = failed or result.status == "failed"
     except ConfigError as error:
         raise click.ClickException(str(error)) from None
-    for result in results:
-        click.echo(json.dumps(result.to_dict(), sort_keys=True))
-    ctx.exit(1 if any(result.status == "failed" for result in results) else 0)
+    except StorageUnavailable as error:  # incoming/ could not be listed: one line, not botocore's traceback
+        raise click.ClickException(f"{error.detail}; everything under incoming/ stays there for the next run") from None
+    ctx.exit(1 if failed else 0)

@@ -6,10 +6,13 @@ anything that receives S3 event notifications: for each record it downloads the 
 ``-sub``), and calls ``Ingestor.ingest(path, context)``, which runs the hook chain (``Services.build``) and
 stores the result. The ``incoming/`` object is deleted only after the ingest reports ``stored``, ``duplicate`` or
 ``quarantined``, and only if it was not replaced meanwhile (same ETag); after any failure (including a rejection
-by the policy) it stays where it is, so nothing is ever lost.
+by the policy) it stays where it is, so nothing is ever lost. Storage failing at any step (reading the source,
+storing, deleting the source) is that object's result, with the step and the error's code, never an exception:
+one Lambda event or one run answers for every object in it.
 
-``run_incoming(settings, make_ingestor=...)`` lists ``incoming/`` and feeds each object to ``handle_event``:
-``dicom-gateway hooks run-incoming`` (for deployments without event notifications, and to retry).
+``iter_incoming(settings, make_ingestor=...)`` lists ``incoming/`` and feeds each object to ``handle_event``,
+yielding each result as it is made: ``dicom-gateway hooks run-incoming`` (for deployments without event
+notifications, and to retry) prints each at once, so a run killed half-way has said what it did.
 """
 
 from __future__ import annotations
@@ -23,14 +26,24 @@ from typing import Any, Protocol
 from urllib.parse import quote_plus, unquote_plus, urlparse
 
 import boto3
+import boto3.exceptions
+import botocore.exceptions
+from botocore.config import Config
 
 from gateway.config import Settings
-from gateway.errors import ConfigError
+from gateway.errors import CatalogUnavailable, ConfigError, StorageUnavailable
 from gateway.hooks import UploadContext
+from gateway.storage.s3 import READ_TIMEOUT
 
 INCOMING = "incoming/"
 DONE = ("stored", "duplicate", "quarantined")
 META_PREFIX = "dicomgw-"
+# What a call to S3 raises: refused or closed connections and timeouts, error answers (SlowDown, AccessDenied, 404),
+# and the transfer manager's own (a download whose retries ran out).
+S3_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, boto3.exceptions.Boto3Error)
+_MISSING = ("404", "NoSuchKey", "NotFound")
+GONE = "no longer under incoming/ (already processed, or removed)"
+KEPT = "kept for a retry"
 
 
 class IngestResultLike(Protocol):
@@ -82,22 +95,53 @@ def _context(metadata: Mapping[str, str]) -> UploadContext:
     return UploadContext(source="s3-event", sub=value("sub"), tenant=value("tenant"), region=value("region"))
 
 
+def _failed(step: str, error: Exception) -> str:
+    """``storage: head failed (EndpointConnectionError)``: the step and the error's code or class, never its message
+    (botocore's names the endpoint, the bucket and the key)."""
+    if isinstance(error, botocore.exceptions.ClientError):
+        answer = error.response.get("Error", {}).get("Code") or error.response.get("ResponseMetadata", {}).get(
+            "HTTPStatusCode", ""
+        )
+        return f"storage: {step} failed ({answer})"
+    return f"storage: {step} failed ({type(error).__name__})"
+
+
+def _missing(error: Exception) -> bool:
+    return isinstance(error, botocore.exceptions.ClientError) and (
+        str(error.response.get("Error", {}).get("Code", "")) in _MISSING
+    )
+
+
 def process_object(s3: Any, bucket: str, key: str, settings: Settings, ingestor: IngestorLike) -> IncomingResult:
-    """One ``incoming/`` object: download, ingest (hooks included), delete the source only after success."""
+    """One ``incoming/`` object: download, ingest (hooks included), delete the source only after success. Never
+    raises for storage: a failure is the object's result, the source kept (or already gone: ``skipped``)."""
     storage_bucket, prefix = _split_storage(settings.storage_url)
-    if bucket != storage_bucket or not key.startswith(prefix + INCOMING) or key.endswith("/"):
+    if bucket != storage_bucket or not key.startswith(prefix + INCOMING):
         return IncomingResult(bucket, key, "skipped", detail="not an incoming/ object of this gateway")
+    if key.endswith("/"):  # what a console's "Create folder" leaves: no file to ingest, nothing to delete
+        return IncomingResult(bucket, key, "skipped", detail="a folder marker (a key ending in /), not a file")
     try:
         head = s3.head_object(Bucket=bucket, Key=key)
-    except s3.exceptions.ClientError as exc:
-        return IncomingResult(bucket, key, "failed", detail=f"head: {exc.response['Error'].get('Code', '')}")
+    except S3_ERRORS as exc:
+        if _missing(exc):  # S3 delivers an event at least once: a second delivery finds the source gone
+            return IncomingResult(bucket, key, "skipped", detail=GONE)
+        return IncomingResult(bucket, key, "failed", detail=f"{_failed('head', exc)}; {KEPT}")
     handle, name = tempfile.mkstemp(prefix="incoming-", suffix=".dcm", dir=settings.tmp_dir or None)
     os.close(handle)
     path = Path(name)
     try:
-        s3.download_file(bucket, key, str(path))
+        try:
+            s3.download_file(bucket, key, str(path))
+        except S3_ERRORS as exc:
+            if _missing(exc):
+                return IncomingResult(bucket, key, "skipped", detail=GONE)
+            return IncomingResult(bucket, key, "failed", detail=f"{_failed('download', exc)}; {KEPT}")
+        except OSError as exc:  # the temporary folder full or gone
+            return IncomingResult(bucket, key, "failed", detail=f"download: {type(exc).__name__}; {KEPT}")
         try:
             result = ingestor.ingest(path, _context(head.get("Metadata", {})))
+        except (StorageUnavailable, CatalogUnavailable) as exc:  # an outage: its detail names no key nor value
+            return IncomingResult(bucket, key, "failed", detail=f"ingest: {exc.detail}; {KEPT}")
         except Exception as exc:  # noqa: BLE001 - one bad object must not stop the others; the source stays
             return IncomingResult(bucket, key, "failed", detail=f"ingest: {type(exc).__name__}")
         status = str(result.status)
@@ -105,20 +149,30 @@ def process_object(s3: Any, bucket: str, key: str, settings: Settings, ingestor:
         if status not in DONE:
             return outcome
         # Delete only the object we ingested: one replaced meanwhile waits for its own event.
-        current = s3.head_object(Bucket=bucket, Key=key)
-        if current["ETag"] != head["ETag"]:
-            return IncomingResult(bucket, key, status, outcome.sop_uid, "source replaced meanwhile; kept")
-        s3.delete_object(Bucket=bucket, Key=key)
+        step = "head"
+        try:
+            current = s3.head_object(Bucket=bucket, Key=key)
+            if current["ETag"] != head["ETag"]:
+                return IncomingResult(bucket, key, status, outcome.sop_uid, "source replaced meanwhile; kept")
+            step = "delete"
+            s3.delete_object(Bucket=bucket, Key=key)
+        except S3_ERRORS as exc:
+            if _missing(exc):  # removed meanwhile (another delivery of its event stored and removed it too)
+                return IncomingResult(bucket, key, status, outcome.sop_uid, "the source was removed meanwhile")
+            # stored (or held): the next run or event finds the same bytes done and removes the source then
+            detail = f"the source could not be removed ({_failed(step, exc)}); the next run removes it"
+            return IncomingResult(bucket, key, status, outcome.sop_uid, detail)
         return IncomingResult(bucket, key, status, outcome.sop_uid, outcome.detail, deleted=True)
-    except s3.exceptions.ClientError as exc:
-        return IncomingResult(bucket, key, "failed", detail=f"s3: {exc.response['Error'].get('Code', '')}")
     finally:
         path.unlink(missing_ok=True)
 
 
 def s3_client() -> Any:
-    """A client for the storage endpoint (``AWS_ENDPOINT_URL`` is honoured by boto3 itself)."""
-    return boto3.client("s3")
+    """A client for the storage endpoint (``AWS_ENDPOINT_URL`` is honoured by boto3 itself), with the storage's
+    bounds: boto3's defaults (60 s timeouts, 5 attempts) held a run on a storage that did not answer for minutes
+    per call."""
+    config = Config(connect_timeout=5, read_timeout=READ_TIMEOUT, retries={"max_attempts": 3, "mode": "standard"})
+    return boto3.client("s3", config=config)
 
 
 def handle_event(event: Mapping[str, Any], settings: Settings, ingestor: IngestorLike, s3: Any) -> dict[str, Any]:
@@ -128,20 +182,32 @@ def handle_event(event: Mapping[str, Any], settings: Settings, ingestor: Ingesto
     return {"results": [result.to_dict() for result in results]}
 
 
-def run_incoming(
+def iter_incoming(
     settings: Settings, *, make_ingestor: Callable[[Settings], IngestorLike], s3: Any = None
-) -> list[IncomingResult]:
-    """List ``incoming/`` under the storage prefix and hand each object to ``handle_event``, oldest key order.
-    The ingestor is built (``make_ingestor``) only once the storage is known to be S3."""
+) -> Iterator[IncomingResult]:
+    """List ``incoming/`` under the storage prefix and hand each object to ``handle_event``, in key order, yielding
+    each result as it is made. The ingestor is built (``make_ingestor``) only once the storage is known to be S3.
+    Raises ``StorageUnavailable`` when ``incoming/`` cannot be listed (every object then stays where it is)."""
     bucket, prefix = _split_storage(settings.storage_url)
     ingestor = make_ingestor(settings)
     s3 = s3 or s3_client()
-    results: list[IncomingResult] = []
-    paginator = s3.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=bucket, Prefix=prefix + INCOMING):
+    pages = iter(s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + INCOMING))
+    while True:
+        try:
+            page = next(pages, None)
+        except S3_ERRORS as exc:
+            raise StorageUnavailable(f"cannot list incoming/ ({_failed('list', exc)})") from None
+        if page is None:
+            return
         for entry in page.get("Contents", []):
             key = quote_plus(entry["Key"], safe="/")  # encoded as S3 encodes keys in event notifications
             event = {"Records": [{"s3": {"bucket": {"name": bucket}, "object": {"key": key}}}]}
             for result in handle_event(event, settings, ingestor, s3)["results"]:
-                results.append(IncomingResult(**result))
-    return results
+                yield IncomingResult(**result)
+
+
+def run_incoming(
+    settings: Settings, *, make_ingestor: Callable[[Settings], IngestorLike], s3: Any = None
+) -> list[IncomingResult]:
+    """``iter_incoming``'s results, all of them."""
+    return list(iter_incoming(settings, make_ingestor=make_ingestor, s3=s3))
