@@ -72,7 +72,8 @@ def hooks() -> None:
 def run_incoming_command(ctx: click.Context) -> None:
     """Process every object under incoming/ (PHI hooks, then ingest); print one JSON result per object.
 
-    Exit status 1 if any object failed (it stays under incoming/ for a retry), or if storage could not be listed.
+    Exit status 1 if any object failed (it stays under incoming/ for a retry), if storage could not be listed, or
+    if an outage stopped the run (storage or the catalog failing for one object: the others stay for the next run).
     Each result is printed as it is made: a run stopped half-way has said what it did.
     """
     from gateway.config import Settings
@@ -87,6 +88,6 @@ def run_incoming_command(ctx: click.Context) -> None:
             failed = failed or result.status == "failed"
     except ConfigError as error:
         raise click.ClickException(str(error)) from None
-    except StorageUnavailable as error:  # incoming/ could not be listed: one line, not botocore's traceback
-        raise click.ClickException(f"{error.detail}; everything under incoming/ stays there for the next run") from None
+    except StorageUnavailable as error:  # incoming/ not listed, or an outage stopped the run: one line, no traceback
+        raise click.ClickException(error.detail) from None
     ctx.exit(1 if failed else 0)

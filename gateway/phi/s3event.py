@@ -66,6 +66,7 @@ class IncomingResult:
     sop_uid: str | None = None
     detail: str = ""
     deleted: bool = False
+    outage: bool = False  # storage (or the catalog, or the temporary folder) failed: the next objects would too
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -125,7 +126,7 @@ def process_object(s3: Any, bucket: str, key: str, settings: Settings, ingestor:
     except S3_ERRORS as exc:
         if _missing(exc):  # S3 delivers an event at least once: a second delivery finds the source gone
             return IncomingResult(bucket, key, "skipped", detail=GONE)
-        return IncomingResult(bucket, key, "failed", detail=f"{_failed('head', exc)}; {KEPT}")
+        return IncomingResult(bucket, key, "failed", detail=f"{_failed('head', exc)}; {KEPT}", outage=True)
     handle, name = tempfile.mkstemp(prefix="incoming-", suffix=".dcm", dir=settings.tmp_dir or None)
     os.close(handle)
     path = Path(name)
@@ -135,13 +136,15 @@ def process_object(s3: Any, bucket: str, key: str, settings: Settings, ingestor:
         except S3_ERRORS as exc:
             if _missing(exc):
                 return IncomingResult(bucket, key, "skipped", detail=GONE)
-            return IncomingResult(bucket, key, "failed", detail=f"{_failed('download', exc)}; {KEPT}")
+            detail = f"{_failed('download', exc)}; {KEPT}"
+            return IncomingResult(bucket, key, "failed", detail=detail, outage=True)
         except OSError as exc:  # the temporary folder full or gone
-            return IncomingResult(bucket, key, "failed", detail=f"download: {type(exc).__name__}; {KEPT}")
+            detail = f"download: {type(exc).__name__}; {KEPT}"
+            return IncomingResult(bucket, key, "failed", detail=detail, outage=True)
         try:
             result = ingestor.ingest(path, _context(head.get("Metadata", {})))
         except (StorageUnavailable, CatalogUnavailable) as exc:  # an outage: its detail names no key nor value
-            return IncomingResult(bucket, key, "failed", detail=f"ingest: {exc.detail}; {KEPT}")
+            return IncomingResult(bucket, key, "failed", detail=f"ingest: {exc.detail}; {KEPT}", outage=True)
         except Exception as exc:  # noqa: BLE001 - one bad object must not stop the others; the source stays
             return IncomingResult(bucket, key, "failed", detail=f"ingest: {type(exc).__name__}")
         status = str(result.status)
@@ -161,7 +164,7 @@ def process_object(s3: Any, bucket: str, key: str, settings: Settings, ingestor:
                 return IncomingResult(bucket, key, status, outcome.sop_uid, "the source was removed meanwhile")
             # stored (or held): the next run or event finds the same bytes done and removes the source then
             detail = f"the source could not be removed ({_failed(step, exc)}); the next run removes it"
-            return IncomingResult(bucket, key, status, outcome.sop_uid, detail)
+            return IncomingResult(bucket, key, status, outcome.sop_uid, detail, outage=True)
         return IncomingResult(bucket, key, status, outcome.sop_uid, outcome.detail, deleted=True)
     finally:
         path.unlink(missing_ok=True)
@@ -187,7 +190,9 @@ def iter_incoming(
 ) -> Iterator[IncomingResult]:
     """List ``incoming/`` under the storage prefix and hand each object to ``handle_event``, in key order, yielding
     each result as it is made. The ingestor is built (``make_ingestor``) only once the storage is known to be S3.
-    Raises ``StorageUnavailable`` when ``incoming/`` cannot be listed (every object then stays where it is)."""
+    Raises ``StorageUnavailable`` when ``incoming/`` cannot be listed (every object then stays where it is), and
+    after the first result that met an outage: each object after it would wait out the same timeouts (~30 s each
+    on a storage that hangs), and stays where it is for the next run instead."""
     bucket, prefix = _split_storage(settings.storage_url)
     ingestor = make_ingestor(settings)
     s3 = s3 or s3_client()
@@ -196,7 +201,8 @@ def iter_incoming(
         try:
             page = next(pages, None)
         except S3_ERRORS as exc:
-            raise StorageUnavailable(f"cannot list incoming/ ({_failed('list', exc)})") from None
+            detail = f"cannot list incoming/ ({_failed('list', exc)})"
+            raise StorageUnavailable(f"{detail}; everything under incoming/ stays there for the next run") from None
         if page is None:
             return
         for entry in page.get("Contents", []):
@@ -204,6 +210,11 @@ def iter_incoming(
             event = {"Records": [{"s3": {"bucket": {"name": bucket}, "object": {"key": key}}}]}
             for result in handle_event(event, settings, ingestor, s3)["results"]:
                 yield IncomingResult(**result)
+                if result["outage"]:
+                    raise StorageUnavailable(
+                        "the run stopped at an outage (its last result says which); what is left under incoming/ "
+                        "stays there for the next run"
+                    )
 
 
 def run_incoming(

@@ -486,6 +486,58 @@ def test_a_run_while_storage_is_away_says_so_in_one_line_and_the_next_run_comple
     assert stacks.incoming_keys() == []
 
 
+def test_an_outage_half_way_stops_the_run_at_once_and_the_next_run_completes(cleared: Stacks, tmp_path: Path) -> None:
+    """Storage refused once the run is under way: the object it met says so (``outage``), the run stops there in one
+    line and exit 1, and the objects after it are not tried (each would wait out the same timeouts, ~30 s apiece on
+    a storage that hangs): they stay under incoming/ for the next run, which stores them all."""
+    stacks = cleared
+    bodies = {}
+    for n in range(6):
+        body = _synthetic(tmp_path, 80 + n)
+        bodies[stacks.put(f"halfway/{n}.dcm", body)] = body
+    keys = sorted(bodies)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "hooks", "run-incoming"],
+        env=stacks.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while stacks.incoming_keys() == keys:  # until the first object is stored and its source removed
+            assert process.poll() is None and time.monotonic() < deadline, "the run ended before the outage"
+            time.sleep(0.005)
+        process.send_signal(signal.SIGSTOP)  # held while storage goes away: the outage meets the next object
+        stacks.faults.set("refused")
+        process.send_signal(signal.SIGCONT)
+        stdout, stderr = process.communicate(timeout=90)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        stacks.faults.set("up")
+    assert process.returncode == 1, stdout + stderr
+    printed = [json.loads(line) for line in stdout.splitlines()]
+    *done, last = printed
+    assert done and all((r["status"], r["deleted"], r["outage"]) == ("stored", True, False) for r in done), printed
+    assert last["outage"] is True and last["deleted"] is False, last
+    assert [r["key"] for r in printed] == keys[: len(printed)]  # in key order, none after the outage
+    assert len(printed) < len(keys)
+    assert stderr.splitlines() == [
+        "Error: the run stopped at an outage (its last result says which); what is left under incoming/ stays there "
+        "for the next run"
+    ]
+    assert stacks.incoming_keys() == keys[len(done) :]
+    again = stacks.run_incoming()
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert set(results_of(again)) == set(keys[len(done) :])
+    assert stacks.incoming_keys() == []
+    for key in (keys[0], keys[-1]):
+        path = tmp_path / "sent.dcm"
+        path.write_bytes(bodies[key])
+        assert served(stacks.incoming, path, 1)["bytes"] == bodies[key]
+
+
 class StorageGoesAway:
     """The gateway's ingest, with storage taken away just before it (``when="before"``) or just after it
     (``"after"``: stored, then the source cannot be deleted)."""
