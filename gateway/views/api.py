@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import quote
 
 from flask import Blueprint, Response, jsonify, redirect, request
+from werkzeug.urls import iri_to_uri
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from gateway.auth import cookie_name, cookie_token
@@ -144,8 +145,13 @@ def revoke_token(jti: str) -> Response:
     return no_content()
 
 
+MAX_NEXT_BYTES = 2048  # of ``next`` as sent in Location (URL-encoded): with the cookie, well inside NGINX's 16 KB
+
+
 def safe_next(value: str) -> str:
-    """A same-origin relative path: no scheme, no authority (``//``), no backslash tricks, no control chars."""
+    """A same-origin relative path: no scheme, no authority (``//``), no backslash tricks, no control chars, and
+    at most ``MAX_NEXT_BYTES`` once URL-encoded as Location sends it (a longer one, beside a token of up to 4,096
+    characters in Set-Cookie, made headers NGINX refused to pass on: a 503)."""
     if not value:
         return "/viewer/"
     if (
@@ -157,6 +163,8 @@ def safe_next(value: str) -> str:
         or "%5c" in value.lower()
     ):
         raise InvalidPath("next must be a relative path on this site")
+    if len(iri_to_uri(value)) > MAX_NEXT_BYTES:
+        raise InvalidPath(f"next must be at most {MAX_NEXT_BYTES} bytes long (URL-encoded)")
     return value
 
 

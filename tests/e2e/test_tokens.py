@@ -481,6 +481,65 @@ def test_a_viewer_on_an_allowed_origin_can_renew(stack: RunningStack, ct: tuple[
     assert renewed.json()["token"] != issued["token"]
 
 
+def largest_session_token(stack: RunningStack, study: str) -> dict[str, Any]:
+    """A session token of the largest scope one token takes (a portal opening a patient's whole history): ``study``
+    and as many random 2.25 study UIDs (the least compressible) as fit, found from above."""
+    digits = random.Random(86)
+    others = [f"2.25.{digits.getrandbits(190)}" for _ in range(99)]
+    for count in range(len(others), 0, -1):
+        body = {"sub": "portal-user", "studies": [study, *others[:count]], "ttl": 60, "session_max": 600}
+        answer = requests.post(f"{stack.url}/api/v1/tokens", json=body, headers=stack.api_headers, timeout=10)
+        if answer.status_code == 201:
+            issued: dict[str, Any] = answer.json()
+            return issued
+        assert answer.status_code == 400 and "too large for one token" in answer.json()["detail"], answer.text
+    raise AssertionError("no scope fits one token")
+
+
+def test_the_largest_token_goes_through_the_cookie_exchange_and_its_renewal(
+    stack: RunningStack, ct: tuple[str, str, str]
+) -> None:
+    """Session 25: an issued token (a 201) is taken by the WebView cookie exchange and renewed in its cookie,
+    whatever its size. The answer's headers hold it in ``Set-Cookie`` (the exchange's also ``next`` in
+    ``Location``), and past NGINX's default 4 KB buffer for an upstream's headers the exchange was a 503
+    (``upstream sent too big header``, a 502 to NGINX): a token of ~3,800 characters, or a 3,000-character
+    ``next`` with any token. A ``next`` longer than 2,048 bytes is a JSON 400 naming the bound."""
+    study, series, _ = ct
+    issued = largest_session_token(stack, study)
+    token = issued["token"]
+    assert len(token) > 3800, len(token)  # the size that made the exchange a 503
+    exchange = requests.Session()
+    for target in (f"/viewer/#study={study}", "/viewer/#study=" + "1" * 2033):
+        opened = exchange.get(
+            f"{stack.url}/api/v1/session", params={"token": token, "next": target}, allow_redirects=False, timeout=10
+        )
+        assert opened.status_code == 303, (len(target), opened.status_code, opened.text[:200])
+        assert opened.headers["Location"] == target
+        assert exchange.cookies["dicomgw_token"] == token
+    listed = exchange.get(f"{stack.url}/dicomweb/studies/{study}/series/{series}/instances", timeout=10)
+    assert listed.status_code == 200
+    renewed = exchange.post(f"{stack.url}/api/v1/tokens/renew", json={}, timeout=10)
+    assert renewed.status_code == 200, renewed.text[:200]
+    fresh = exchange.cookies["dicomgw_token"]
+    assert fresh != token and len(fresh) > 3800
+    assert renewed.json()["session"] == issued["session"]
+    again = exchange.get(f"{stack.url}/dicomweb/studies/{study}/series/{series}/instances", timeout=10)
+    assert again.status_code == 200
+    plain = stack.issue([study])["token"]
+    too_long = requests.get(
+        f"{stack.url}/api/v1/session",
+        params={"token": plain, "next": "/viewer/?x=" + "a" * 3000},
+        allow_redirects=False,
+        timeout=10,
+    )
+    assert too_long.status_code == 400 and too_long.headers["Content-Type"] == "application/json"
+    assert too_long.json() == {
+        "error": "invalid_path",
+        "detail": "next must be at most 2048 bytes long (URL-encoded)",
+    }
+    assert "Set-Cookie" not in too_long.headers
+
+
 @pytest.mark.parametrize(
     "target",
     [
