@@ -157,6 +157,6 @@ def check_reason(reason: str) -> str:
     """A short, printable reason (it is stored and listed; a person should never type PHI into it)."""
     from gateway.errors import BadRequest
 
-    if len(reason) > MAX_REASON or any(ord(c) < 0x20 or ord(c) == 0x7F for c in reason):
+    if len(reason) > MAX_REASON or any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in reason):  # C0, DEL, C1
         raise BadRequest(f"reason must be printable text of at most {MAX_REASON} characters")
     return reason

@@ -421,11 +421,21 @@ def _spool_single(stream: object, spool_dir: Path, length: int | None) -> tuple[
 # -- DELETE (API key only; gateway.lifecycle) -------------------------------------------------------------------
 
 
+def header_text(value: str) -> str:
+    """A header's text as its sender wrote it. WSGI (PEP 3333) hands every header over read as ISO-8859-1, so
+    the UTF-8 that curl, scripts and a browser's fetch send came out as mojibake (``Lösung`` as ``LÃ¶sung``): UTF-8
+    bytes are read as UTF-8, any other bytes keep the ISO-8859-1 reading (what requests sends for a ``str``)."""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return value
+
+
 def _delete(target: Target) -> Response:
     decision()  # refuses anything but the API key
     srv = services()
     label = srv.authorizer.api_key_label(request.headers.get("Authorization", "")) or "api-key"
-    reason = check_reason(request.headers.get("X-DICOMGW-Reason", ""))
+    reason = check_reason(header_text(request.headers.get("X-DICOMGW-Reason", "")))
     if not deleter(srv).delete([target], sub=label, reason=reason):
         raise NotFound("nothing stored there")
     return no_content()

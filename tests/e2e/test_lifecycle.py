@@ -223,6 +223,42 @@ def test_delete_refusals_are_json(stack: RunningStack, tmp_path_factory: pytest.
     assert get(get_spec_study(stack.root(writer), study)).status_code == 200  # refused deletes changed nothing
 
 
+def test_a_delete_reason_outside_ascii_is_kept_as_written(
+    stack: RunningStack, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Session 25: ``X-DICOMGW-Reason`` as curl, a shell script or a browser's fetch sends it, UTF-8 bytes, was
+    kept in the deletion audit read as ISO-8859-1 (PEP 3333's reading of every header): ``Lösung`` was listed as
+    ``LÃ¶sung``. UTF-8 is read as UTF-8; bytes that are not UTF-8 keep their ISO-8859-1 reading (what requests sends
+    for a ``str`` header); a reason that is not printable once decoded is the JSON 400 it always was."""
+    files = make_study(tmp_path_factory.mktemp("del-reason"), 431, series=1)
+    assert stack.stow(files).status_code == 200
+    study = uids_of(files[0])[0]
+    sent = {
+        files[0]: ("Lösung – 検査 withdrawn".encode(), "Lösung – 検査 withdrawn"),
+        files[1]: ("Lösung".encode("latin-1"), "Lösung"),
+    }
+    for path, (raw, _) in sent.items():
+        _, series, sop = uids_of(path)
+        url = f"{stack.url}/dicomweb/studies/{study}/series/{series}/instances/{sop}"
+        answer = requests.delete(url, headers={**stack.api_headers, "X-DICOMGW-Reason": raw}, timeout=120)
+        assert answer.status_code == 204, answer.text
+    audit = requests.get(
+        f"{stack.url}/api/v1/admin/audit",
+        params={"kind": "deletion", "study_uid": study},
+        headers=stack.api_headers,
+        timeout=10,
+    ).json()["items"]
+    kept = {item["sop_uid"]: item["reason"] for item in audit}
+    assert kept == {uids_of(path)[2]: reason for path, (_, reason) in sent.items()}
+    _, series, sop = uids_of(files[2])
+    control = requests.delete(
+        f"{stack.url}/dicomweb/studies/{study}/series/{series}/instances/{sop}",
+        headers={**stack.api_headers, "X-DICOMGW-Reason": "a\u0085b".encode()},  # NEL, a C1 control, in UTF-8
+        timeout=120,
+    )
+    assert (control.status_code, control.json()["error"]) == (400, "bad_request")
+
+
 def test_patient_erasure_removes_every_study_of_the_patient(
     stack: RunningStack, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
