@@ -284,7 +284,7 @@ def _one_header(name: str) -> str | None:
     values = request.headers.getlist(name)
     if len(values) > 1 or any("," in value for value in values):
         raise BadRequest(f"{name} must be sent once, with one value")
-    return values[0] if values else None
+    return header_text(values[0]) if values else None  # the policy's names are Unicode: "Zürich", not "ZÃ¼rich"
 
 
 def _stow(study: str | None) -> Response:

@@ -977,6 +977,35 @@ def test_retention_run_removes_what_the_policy_expired(
     assert [(r["sub"], r["reason"]) for r in audit] == [("retention", "retention: older than 30 days")]
 
 
+def test_a_tenant_outside_ascii_is_the_policys_tenant(
+    stack: RunningStack, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Session 25: ``X-DICOMGW-Tenant: Zürich`` as curl sends it (UTF-8) was recorded as ``ZÃ¼rich`` (WSGI reads
+    headers as ISO-8859-1), so the policy's ``tenants = { "Zürich" = 30 }`` (and a rule matching that tenant)
+    never applied to its uploads: retention kept them for good. UTF-8 is read as UTF-8, as a DELETE's reason is."""
+    base = tmp_path_factory.mktemp("tenant-utf8")
+    files = make_study(base, 491, series=1)
+    assert stack.stow(files, **{"X-DICOMGW-Tenant": "Zürich".encode()}).status_code == 200  # type: ignore[arg-type]
+    study = uids_of(files[0])[0]
+    db = sqlite3.connect(stack.stack.var_dir / "catalog.db", timeout=30)
+    with db:
+        db.execute("UPDATE instances SET created_at = created_at - 40 * 86400 WHERE study_uid = ?", (study,))
+    db.close()
+    policy = base / "policy.toml"
+    policy.write_text('version = 1\n[retention]\ntenants = { "Zürich" = 30 }\n', encoding="utf-8")
+    env = {**os.environ, **stack.stack.gateway_env(), "DICOMGW_PHI_POLICY": str(policy)}
+    dry = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "retention", "run", "--dry-run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert dry.returncode == 0, dry.stderr
+    assert [item["study_uid"] for item in json.loads(dry.stdout)["would_remove"]] == [study]
+
+
 def test_retention_leaves_an_instance_uploaded_into_its_study_during_the_run(
     stack: RunningStack, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
