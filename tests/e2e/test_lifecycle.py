@@ -230,7 +230,7 @@ def test_a_delete_reason_outside_ascii_is_kept_as_written(
     kept in the deletion audit read as ISO-8859-1 (PEP 3333's reading of every header): ``Lösung`` was listed as
     ``LÃ¶sung``. UTF-8 is read as UTF-8; bytes that are not UTF-8 keep their ISO-8859-1 reading (what requests sends
     for a ``str`` header); a reason that is not printable once decoded is the JSON 400 it always was."""
-    files = make_study(tmp_path_factory.mktemp("del-reason"), 431, series=1)
+    files = make_study(tmp_path_factory.mktemp("del-reason"), 8251, series=1)
     assert stack.stow(files).status_code == 200
     study = uids_of(files[0])[0]
     sent = {
@@ -984,7 +984,7 @@ def test_a_tenant_outside_ascii_is_the_policys_tenant(
     headers as ISO-8859-1), so the policy's ``tenants = { "Zürich" = 30 }`` (and a rule matching that tenant)
     never applied to its uploads: retention kept them for good. UTF-8 is read as UTF-8, as a DELETE's reason is."""
     base = tmp_path_factory.mktemp("tenant-utf8")
-    files = make_study(base, 491, series=1)
+    files = make_study(base, 8261, series=1)
     assert stack.stow(files, **{"X-DICOMGW-Tenant": "Zürich".encode()}).status_code == 200  # type: ignore[arg-type]
     study = uids_of(files[0])[0]
     db = sqlite3.connect(stack.stack.var_dir / "catalog.db", timeout=30)
