@@ -29,7 +29,14 @@ from gateway.uids import is_uid
 
 VERSION = 1
 SALTS = {"read": "dicomgw.read.v1", "write": "dicomgw.write.v1"}
-MAX_TOKEN_LENGTH = 4096  # no token we issue is longer (``_sign`` refuses); bigger ones are refused before any work
+MAX_TOKEN_LENGTH = 4096  # a longer value is refused before any work: no transport takes it
+# A browser keeps a cookie whose name and value are at most 4,096 bytes together (RFC 6265 6.1; Chromium and Firefox
+# drop a longer one without a word, and the WebView's next request had no token). The longest name the token travels
+# under is gateway.auth.SECURE_COOKIE_NAME, "__Host-dicomgw_token": no token we sign is longer than this.
+MAX_SIGNED_LENGTH = MAX_TOKEN_LENGTH - len("__Host-dicomgw_token")
+# issue() leaves room for the session's renewals: a renewal's own jti, apart from its session id, takes 9-35
+# characters more (measured over 8,000 renewals of near-limit scopes, studies and series sorted as here)
+MAX_ISSUED_LENGTH = MAX_SIGNED_LENGTH - 64
 ACTIONS = ("read", "write")
 # sub travels in a response header to NGINX's audit log: printable ASCII only
 _SUB = re.compile(r"[\x21-\x7e]{1,128}")
@@ -143,9 +150,10 @@ class TokenService:
             raise BadRequest(f"ttl exceeds the maximum of {self.max_ttl} seconds")
         jti = secrets.token_urlsafe(9)
         code = "".join(a[0] for a in ACTIONS if a in actions)
-        payload: dict[str, Any] = {"v": VERSION, "s": sub, "st": studies, "a": code, "t": ttl, "j": jti}
+        # sorted as a renewal sorts them: the same order compresses to the same size
+        payload: dict[str, Any] = {"v": VERSION, "s": sub, "st": sorted(studies), "a": code, "t": ttl, "j": jti}
         if series is not None:
-            payload["se"] = series
+            payload["se"] = sorted(series)
         issued = _clock() if now is None else now
         if session_max is not None:
             if isinstance(session_max, bool) or not isinstance(session_max, int) or session_max <= 0:
@@ -153,7 +161,7 @@ class TokenService:
             if session_max > session_cap:
                 raise BadRequest(f"session_max exceeds the maximum of {session_cap} seconds")
             payload.update(si=jti, sx=issued + session_max, t=min(ttl, session_max))
-        return self._sign(payload, issued)
+        return self._sign(payload, issued, MAX_ISSUED_LENGTH)
 
     def renew(self, token: str, revoked: set[str], now: int | None = None) -> IssuedToken:
         """A fresh token of the same session: same subject, scope and actions, a new jti, the session id and end
@@ -175,18 +183,18 @@ class TokenService:
         }
         if claims.scope is not None and claims.scope.series is not None:
             payload["se"] = sorted(claims.scope.series)
-        return self._sign(payload, now)
+        return self._sign(payload, now, MAX_SIGNED_LENGTH)
 
-    def _sign(self, payload: dict[str, Any], issued: int) -> IssuedToken:
+    def _sign(self, payload: dict[str, Any], issued: int, limit: int) -> IssuedToken:
         purpose = "write" if "w" in payload["a"] else "read"
         serializer = _TimestampSerializer(
             self._keys, salt=SALTS[purpose], signer_kwargs={"digest_method": hashlib.sha256}, now=issued
         )
         token = serializer.dumps(payload)
         assert isinstance(token, str)
-        if len(token) > MAX_TOKEN_LENGTH:  # every transport refuses it: never hand out a token that cannot work
+        if len(token) > limit:  # a browser would drop it as a cookie: never hand out a token that cannot work
             raise BadRequest(
-                f"the scope is too large for one token ({len(token)} characters, at most {MAX_TOKEN_LENGTH}): "
+                f"the scope is too large for one token ({len(token)} characters, at most {limit}): "
                 "issue several tokens with fewer studies or series each"
             )
         return IssuedToken(token, decode_claims(payload, issued, self.max_ttl))

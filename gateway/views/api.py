@@ -150,7 +150,7 @@ MAX_NEXT_BYTES = 2048  # of ``next`` as sent in Location (URL-encoded): with the
 
 def safe_next(value: str) -> str:
     """A same-origin relative path: no scheme, no authority (``//``), no backslash tricks, no control chars, and
-    at most ``MAX_NEXT_BYTES`` once URL-encoded as Location sends it (a longer one, beside a token of up to 4,096
+    at most ``MAX_NEXT_BYTES`` once URL-encoded as Location sends it (a longer one, beside a token of up to 4,076
     characters in Set-Cookie, made headers NGINX refused to pass on: a 503)."""
     if not value:
         return "/viewer/"

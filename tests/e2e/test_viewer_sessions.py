@@ -191,3 +191,41 @@ def test_the_webview_cookie_flow_renews_its_cookie_until_the_session_ends(
     assert page.get_attribute("#error", "data-kind") == "expired"
     assert time.time() >= epoch(issued["session_expires_at"])
     page.context.close()
+
+
+@pytest.mark.parametrize("stack", ["file"], indirect=True)
+def test_the_largest_token_issued_is_kept_as_the_webview_cookie_and_renewed_in_it(
+    stack: RunningStack, synthetic: dict[str, Any], browser: Any  # noqa: F811
+) -> None:
+    """Session 25: a browser drops a cookie whose name and value pass 4,096 bytes, without a word, and the API issued
+    tokens of up to 4,096 characters: a portal's token for a patient's whole history was exchanged (a 303 with
+    ``Set-Cookie``), Chromium kept no cookie, and the WebView's next request was a 401 ``token_missing``. Every token
+    issued now fits as a cookie, beside the longer ``__Host-`` name too, with room for its session's renewals."""
+    from gateway.auth import PLAIN_COOKIE_NAME, SECURE_COOKIE_NAME
+    from gateway.tokens import MAX_SIGNED_LENGTH
+    from tests.e2e.test_tokens import largest_session_token
+
+    study = study_of(synthetic, "ct")
+    series = uids_of(synthetic["ct"][0])[1]
+    issued = largest_session_token(stack, study, ttl=600, session_max=1200)
+    token = issued["token"]
+    assert len(token) > 3900, len(token)  # within a few characters of the bound
+    assert len(SECURE_COOKIE_NAME) + MAX_SIGNED_LENGTH == 4096
+    page = open_page(browser, NetworkLog())
+    listing = f"/dicomweb/studies/{study}/series/{series}/instances"
+    opened = page.goto(f"{stack.url}/api/v1/session?token={token}&next={listing}")
+    assert opened is not None and opened.status == 200, (len(token), opened and opened.text()[:200])
+    cookies = {c["name"]: c["value"] for c in page.context.cookies()}
+    assert cookies == {PLAIN_COOKIE_NAME: token}
+    for _ in range(3):  # renewed in the cookie (no token in the page), kept each time, and read by the next request
+        renewed = page.evaluate(
+            "async () => { const r = await fetch('/api/v1/tokens/renew', {method: 'POST', body: '{}',"
+            " headers: {'Content-Type': 'application/json'}}); return [r.status, await r.json()]; }"
+        )
+        assert renewed[0] == 200 and renewed[1]["session"] == issued["session"], renewed
+        fresh = {c["name"]: c["value"] for c in page.context.cookies()}[PLAIN_COOKIE_NAME]
+        assert fresh != token and len(fresh) <= MAX_SIGNED_LENGTH
+        listed = page.evaluate(f"async () => (await fetch('{listing}')).status")
+        assert listed == 200
+        token = fresh
+    page.context.close()
