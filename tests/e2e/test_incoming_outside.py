@@ -114,9 +114,17 @@ class Stacks:
     def env(self) -> dict[str, str]:
         return {**os.environ, **self.incoming.stack.gateway_env(), **self.incoming.stack.extra_env}
 
+    RUN_INCOMING = (sys.executable, "-m", "gateway.cli", "hooks", "run-incoming")
+
+    def start_run_incoming(self) -> subprocess.Popen[str]:
+        """``dicom-gateway hooks run-incoming`` under way, for a test to act on while it runs."""
+        return subprocess.Popen(
+            self.RUN_INCOMING, env=self.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
     def run_incoming(self, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "gateway.cli", "hooks", "run-incoming"],
+            self.RUN_INCOMING,
             env=self.env(),
             capture_output=True,
             text=True,
@@ -496,13 +504,7 @@ def test_an_outage_half_way_stops_the_run_at_once_and_the_next_run_completes(cle
         body = _synthetic(tmp_path, 80 + n)
         bodies[stacks.put(f"halfway/{n}.dcm", body)] = body
     keys = sorted(bodies)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "hooks", "run-incoming"],
-        env=stacks.env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = stacks.start_run_incoming()
     try:
         deadline = time.monotonic() + 60
         while stacks.incoming_keys() == keys:  # until the first object is stored and its source removed
@@ -615,13 +617,7 @@ def test_a_run_killed_half_way_loses_nothing_and_the_next_run_completes(cleared:
     files = make_series(tmp_path / "killed", modality="CT", slices=24, rows=128, columns=128, seed=70, clean=True)
     study = uids_of(files[0])[0]
     keys = {stacks.put(f"killed/{path.name}", path.read_bytes()): path for path in files}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "hooks", "run-incoming"],
-        env=stacks.env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = stacks.start_run_incoming()
     try:
         deadline = time.monotonic() + 60
         while len(stacks.incoming_keys()) > len(files) - 4:
