@@ -192,6 +192,9 @@ def session() -> WerkzeugResponse:
             "with DICOMGW_COOKIE_SAMESITE=None"
         )
     response = redirect(target, code=303)
+    # a redirect needs no body: Werkzeug's was a small "Redirecting..." HTML page, text/html where JSON is the rule
+    response.set_data(b"")
+    del response.headers["Content-Type"]
     set_session_cookie(response, token, claims)
     response.headers["Cache-Control"] = "no-store"
     return response

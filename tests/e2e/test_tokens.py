@@ -379,6 +379,7 @@ def test_a_header_line_nginx_takes_is_answered_by_the_gateway(stack: RunningStac
 
 
 def test_session_cookie_exchange(stack: RunningStack, ct: tuple[str, str, str]) -> None:
+    """README, HTTP API: a 303 to ``next`` with the HttpOnly cookie, and no body (no HTML page where JSON is due)."""
     study, series, _ = ct
     token = stack.issue([study], ttl=600)["token"]
     answer = requests.get(
@@ -389,6 +390,9 @@ def test_session_cookie_exchange(stack: RunningStack, ct: tuple[str, str, str]) 
     )
     assert answer.status_code == 303
     assert answer.headers["Location"] == "/viewer/#study=1"
+    # a redirect needs no body: Werkzeug's "Redirecting..." HTML page was sent, text/html, where JSON is the rule
+    assert (answer.content, answer.headers.get("Content-Length")) == (b"", "0")
+    assert "Content-Type" not in answer.headers
     cookie = answer.headers["Set-Cookie"]
     assert cookie.startswith(f"dicomgw_token={token};")
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Path=/" in cookie
