@@ -13,7 +13,7 @@ from flask import Blueprint, Response, jsonify, request
 from gateway.errors import BadRequest
 from gateway.numbers import parse_int
 from gateway.uids import check_uid
-from gateway.views.common import refuse_repeats, require_api_key, services
+from gateway.views.common import check_params, require_api_key, services
 
 bp = Blueprint("access", __name__, url_prefix="/api/v1/admin")
 
@@ -55,10 +55,7 @@ def _cell(value: object) -> object:
 def access() -> Response:
     require_api_key()
     args = request.args
-    unknown = sorted(set(args) - PARAMS)
-    if unknown:
-        raise BadRequest(f"unknown parameters: {', '.join(unknown)}")
-    refuse_repeats(args)
+    check_params(args, PARAMS)
     as_csv = _wants_csv()
     ceiling = MAX_CSV if as_csv else MAX_JSON
     limit = parse_int(args.get("limit") or str(min(ceiling, 1000 if as_csv else 100)), "limit", low=1, high=ceiling)

@@ -152,3 +152,12 @@ def refuse_repeats(args: Any) -> None:
     repeated = sorted(name for name in set(args) if len(args.getlist(name)) > 1)
     if repeated:
         raise BadRequest(f"{repeated[0]} given more than once")
+
+
+def check_params(args: Any, known: set[str] | frozenset[str]) -> None:
+    """The admin listings' query: an unknown parameter is a 400 naming it (it was read by no one, and the answer
+    was to another question), then one given twice (``refuse_repeats``)."""
+    unknown = sorted(set(args) - known)
+    if unknown:
+        raise BadRequest(f"unknown parameters: {', '.join(unknown)}")
+    refuse_repeats(args)

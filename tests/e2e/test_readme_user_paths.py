@@ -130,6 +130,30 @@ def test_an_admin_query_parameter_given_twice_is_a_json_400(stack: RunningStack,
     assert answer.content == b'{"error": "bad_request", "detail": "%s given more than once"}' % name.encode()
 
 
+# -- README, HTTP API: `GET /api/v1/admin/quarantine` lists the held files and takes no parameter. `?limit=5` (what
+# the audit and access siblings take) was a 200 listing every held file, the parameter read by no one; now a JSON
+# 400 naming it, as its siblings answer an unknown parameter.
+
+
+@pytest.mark.parametrize(
+    ("query", "names"),
+    [
+        ("limit=5", "limit"),
+        ("limit=5&limit=5", "limit"),
+        ("cursor=3&kind=hook", "cursor, kind"),
+        ("study_uid=1.2.3", "study_uid"),
+    ],
+)
+def test_the_quarantine_listing_refuses_a_parameter(stack: RunningStack, query: str, names: str) -> None:
+    answer = requests.get(f"{stack.url}/api/v1/admin/quarantine?{query}", headers=stack.api_headers, timeout=30)
+    assert answer.status_code == 400, (answer.status_code, answer.text[:300])
+    assert answer.headers["Content-Type"] == "application/json"
+    assert answer.content == b'{"error": "bad_request", "detail": "unknown parameters: %s"}' % names.encode()
+    listed = requests.get(f"{stack.url}/api/v1/admin/quarantine", headers=stack.api_headers, timeout=30)
+    assert listed.status_code == 200 and listed.headers["Content-Type"] == "application/json"
+    assert listed.json() == {"items": []}
+
+
 def test_the_access_trails_malformed_study_is_named(stack: RunningStack) -> None:
     answer = requests.get(f"{stack.url}/api/v1/admin/access?study=abc", headers=stack.api_headers, timeout=30)
     assert answer.status_code == 400 and answer.headers["Content-Type"] == "application/json"
