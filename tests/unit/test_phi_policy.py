@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,8 @@ from gateway.errors import ConfigError
 from gateway.hooks import UploadContext
 from gateway.phi.policy import load_policy, loads_policy, parse_policy
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "phi-policy.toml"
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "phi-policy.toml"
 
 BASE: dict[str, Any] = {
     "version": 3,
@@ -64,6 +67,50 @@ def test_example_policy_loads() -> None:
     assert policy.tag_keywords == frozenset({"Modality", "InstitutionName"})
     assert policy.storage_url("clinical-eu", "file:///srv/objects") == "file:///srv/objects"
     assert policy.storage_url("research", "file:///srv/objects") == "s3://example-research/deid"
+
+
+# -- the policy snippets of the documentation, as a user copies them ------------------------------------------------
+# README's [retention] block left out the `version` every policy needs (and the destination it names): pasted alone,
+# it was "version: is required". Every ```toml block of README.md and docs/*.md now loads as written; a block meant as
+# a fragment would have to say so in its document and be completed here, explicitly.
+
+_TOML_FENCE = re.compile(r"^([ \t]*)```toml[ \t]*\n(.*?)^\1```[ \t]*$", re.M | re.S)
+
+
+def documented_policies() -> list[tuple[str, str]]:
+    """(``file:line``, the block as a user copies it, its list-item indent removed) for each ```toml block."""
+    found = []
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = doc.read_text(encoding="utf-8")
+        for match in _TOML_FENCE.finditer(text):
+            line = text.count("\n", 0, match.start()) + 1
+            found.append((f"{doc.relative_to(ROOT)}:{line}", textwrap.dedent(match[2])))
+    return found
+
+
+DOCUMENTED = documented_policies()
+
+
+def test_the_documentation_holds_policy_snippets() -> None:
+    assert any(where.startswith("README.md:") and "[retention]" in block for where, block in DOCUMENTED), DOCUMENTED
+
+
+@pytest.mark.parametrize(("where", "block"), DOCUMENTED, ids=[where for where, _ in DOCUMENTED])
+def test_each_documented_policy_snippet_loads_as_written(where: str, block: str) -> None:
+    loads_policy(block)  # a ConfigError names the key, e.g. "version: is required"
+
+
+def test_readmes_retention_snippet_says_what_readme_says() -> None:
+    """README, Lifecycle: by the tenant, else the destination, else ``days``."""
+    (block,) = [block for where, block in DOCUMENTED if where.startswith("README.md:") and "[retention]" in block]
+    retention = loads_policy(block).retention
+    assert (retention.days, dict(retention.destinations), dict(retention.tenants)) == (
+        3650,
+        {"research": 365},
+        {"trial-portal": 30},
+    )
+    assert [retention.days_for("trial-portal", "research"), retention.days_for(None, "research")] == [30, 365]
+    assert retention.days_for("other", None) == 3650
 
 
 def test_rules_evaluated_in_order() -> None:
