@@ -17,7 +17,10 @@ from gateway.phi.scanner import ScanReport, scan_with_values
 def _files(paths: tuple[Path, ...]) -> Iterator[Path]:
     for path in paths:
         if path.is_dir():
-            yield from sorted(child for child in path.rglob("*") if child.is_file())
+            files = sorted(child for child in path.rglob("*") if child.is_file())
+            if not files:  # said, not silent: no output and exit 0 read as "every file clean"
+                click.echo(f"no file found under {path}: nothing was scanned", err=True)
+            yield from files
         else:
             yield path  # a missing file gives an "unreadable" report, not a usage error
 
@@ -46,7 +49,8 @@ def scan_as_ingest(path: Path, policy: Policy | None) -> ScanReport:
 def scan(ctx: click.Context, paths: tuple[Path, ...], policy_file: Path | None) -> None:
     """Scan DICOM files (folders recurse) for PHI; print one JSON report per file, one per line.
 
-    Exit status: 0 all clean, 1 PHI found, 2 a file was unreadable (the highest wins).
+    Exit status: 0 all clean, 1 PHI found, 2 a file was unreadable (the highest wins). A folder holding no file
+    is said so on stderr (nothing scanned there: 0 unless another path says otherwise).
     """
     policy: Policy | None = None
     if policy_file is not None:

@@ -66,6 +66,21 @@ def test_folders_recurse_in_sorted_order(tmp_path: Path) -> None:
     ]
 
 
+def test_a_folder_holding_no_file_is_said_so(tmp_path: Path) -> None:
+    """README, Command line: ``scan`` on an empty folder printed nothing and exited 0, as if every file were clean.
+    It now says, in one line on stderr (stdout stays one JSON report a line), that nothing was scanned there; the
+    exit status is still 0 (README: nothing to do is not an error), and the other paths are scanned as before."""
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)  # folders alone hold no file
+    result = CliRunner().invoke(scan, [str(empty)])
+    assert (result.exit_code, result.stdout) == (0, "")
+    assert result.stderr == f"no file found under {empty}: nothing was scanned\n"
+    phi = write(phi_dataset(), tmp_path / "phi.dcm")
+    result = CliRunner().invoke(scan, [str(empty), str(phi)])
+    assert result.exit_code == 1 and [json.loads(line)["file"] for line in result.stdout.splitlines()] == [str(phi)]
+    assert result.stderr == f"no file found under {empty}: nothing was scanned\n"
+
+
 def test_policy_changes_what_counts(tmp_path: Path) -> None:
     ds = clean_dataset()
     ds.DeviceSerialNumber = "SN-1"
