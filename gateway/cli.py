@@ -17,6 +17,7 @@ from gateway.config import (
     check_database_url,
     check_keys,
     check_public_url,
+    development_database_url,
     env_int,
     env_list,
     env_value,
@@ -325,8 +326,10 @@ def audit_collect(log_path: Path, follow: bool, echo: bool, heartbeat: Path | No
 
     try:
         database = env_value("DATABASE_URL")
+        if not database and env_value("MODE") == "development":
+            database = development_database_url()  # README, DICOMGW_MODE: as every other command finds it
         if not database:
-            raise click.ClickException("DICOMGW_DATABASE_URL is required")
+            raise click.ClickException("DICOMGW_DATABASE_URL: is required but not set")
         check_database_url(database)  # as the gateway checks it: --follow retried a URL that can never open
         retention = env_int("AUDIT_RETENTION_DAYS")
         interval = env_int("AUDIT_COLLECT_SECONDS")

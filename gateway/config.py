@@ -412,13 +412,18 @@ def read_or_create_secret(path: Path) -> str:
     return value
 
 
+def development_database_url() -> str:
+    """The catalog development mode names when ``DICOMGW_DATABASE_URL`` is unset (``make demo``'s, under ./var)."""
+    return f"sqlite:///{Path('var').resolve() / 'catalog.db'}"
+
+
 def _development_defaults(values: dict[str, str]) -> None:
     """Development mode fills what production demands: the embedded default of ``make demo`` under ./var
     (keys generated once, mode 0600)."""
     var = Path("var").resolve()
     defaults = {
         "STORAGE_URL": lambda: f"file://{var / 'objects'}",
-        "DATABASE_URL": lambda: f"sqlite:///{var / 'catalog.db'}",
+        "DATABASE_URL": development_database_url,
         "SIGNING_KEYS": lambda: read_or_create_secret(var / "signing.key"),
         "API_KEYS": lambda: read_or_create_secret(var / "api.key"),
     }

@@ -285,3 +285,33 @@ def test_the_collector_outlives_a_stderr_it_cannot_write(tmp_path: Path) -> None
             process.terminate()
             process.wait(timeout=10)
     assert process.returncode in (0, -15), process.returncode
+
+
+def test_collect_in_development_mode_reads_the_catalog_under_var(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """README, DICOMGW_MODE: "development: missing ones default to ./var". `reconcile`, `retention run` and
+    `db upgrade` found ./var/catalog.db so; `audit collect` alone said "DICOMGW_DATABASE_URL is required". It now
+    loads into the catalog development mode names, and without development mode says what is missing as the other
+    commands say it."""
+    from click.testing import CliRunner
+
+    from gateway.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "var").mkdir()
+    db = Catalog(f"sqlite:///{tmp_path / 'var' / 'catalog.db'}")
+    db.migrate()
+    log = tmp_path / "access.log"
+    log.write_text(line(f"/dicomweb/studies/{ST}", study=ST))
+    monkeypatch.delenv("DICOMGW_DATABASE_URL", raising=False)
+    monkeypatch.setenv("DICOMGW_MODE", "production")
+    refused = CliRunner().invoke(main, ["audit", "collect", "--log", str(log)])
+    assert (refused.exit_code, refused.output) == (1, "Error: DICOMGW_DATABASE_URL: is required but not set\n")
+    monkeypatch.setenv("DICOMGW_MODE", "development")
+    done = CliRunner().invoke(main, ["audit", "collect", "--log", str(log)])
+    assert (done.exit_code, done.output) == (0, "1 access rows added\n")
+    try:
+        assert [row["study_uid"] for row in db.access_records(limit=10)] == [ST]
+    finally:
+        db.close()
