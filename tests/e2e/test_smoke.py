@@ -56,6 +56,22 @@ def test_root_redirects_to_the_viewer_with_the_headers_of_every_answer(stack: Ru
     answer = requests.get(f"{stack.url}/", allow_redirects=False, timeout=10)
     assert answer.status_code == 302
     assert answer.headers["Location"].endswith("/viewer/")
+    # a redirect needs no body: NGINX's own was an HTML page ("302 Found", text/html) where JSON is the rule
+    assert (answer.content, answer.headers.get("Content-Length")) == (b"", "0")
+    assert "Content-Type" not in answer.headers
     assert answer.headers["Referrer-Policy"] == "no-referrer"
     assert answer.headers["X-Content-Type-Options"] == "nosniff"
     assert "Strict-Transport-Security" not in answer.headers  # plain HTTP: HSTS is for TLS answers only
+
+
+def test_nginxs_directory_redirect_in_the_viewer_has_no_body(stack: RunningStack) -> None:
+    """``/viewer/assets`` (a folder of the viewer, asked without its slash): NGINX's 301 to ``/viewer/assets/`` came
+    with its HTML page; it is now empty, with the headers of every answer."""
+    answer = requests.get(f"{stack.url}/viewer/assets", allow_redirects=False, timeout=10)
+    assert answer.status_code == 301 and answer.headers["Location"].endswith("/viewer/assets/")
+    assert (answer.content, answer.headers.get("Content-Length")) == (b"", "0")
+    assert "Content-Type" not in answer.headers
+    assert answer.headers["Referrer-Policy"] == "no-referrer"
+    assert answer.headers["X-Content-Type-Options"] == "nosniff"
+    head = requests.head(f"{stack.url}/", allow_redirects=False, timeout=10)
+    assert head.status_code == 302 and head.headers["Location"].endswith("/viewer/")
