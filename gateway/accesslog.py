@@ -290,7 +290,12 @@ def collect(
         handle = log.open("rb")
     except FileNotFoundError:
         handle = None  # NGINX has not answered anything yet (or the log was renamed away this instant)
-    stored = catalog.access_position(source)
+    try:
+        stored = catalog.access_position(source)
+    except BaseException:  # the catalog out: this pass ends here, the log closed (it was left to the collector)
+        if handle is not None:
+            handle.close()
+        raise
     if held is not None and held.rotated is not None:
         added += _drain_rotated(catalog, source, stored, held, echo)
     if held is not None and held.handle is not None:

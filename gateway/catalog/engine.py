@@ -44,6 +44,18 @@ def unavailable(exc: sa.exc.DBAPIError) -> CatalogUnavailable:
     return CatalogUnavailable(f"catalog unavailable ({type(orig).__name__})")
 
 
+# SQLite's "file is not a database" and "database disk image is malformed" (primary codes; Python gives the extended)
+_DAMAGED = (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT)
+
+
+def damaged(exc: sa.exc.DatabaseError) -> CatalogUnavailable | None:
+    """The outage a SQLite file that is no database, or a damaged one, means (/readyz says ``catalog_unavailable``
+    of it): a read or a write was a 500 and the commands' traceback. None for any other database error."""
+    if getattr(exc.orig, "sqlite_errorcode", -1) & 0xFF not in _DAMAGED:
+        return None
+    return CatalogUnavailable("catalog unavailable (the SQLite file is not a database, or is damaged)")
+
+
 def _unicode_lower(value: Any) -> Any:
     return value.lower() if isinstance(value, str) else value
 
@@ -142,6 +154,10 @@ class CatalogBase:
                 yield conn
         except sa.exc.OperationalError as exc:
             raise unavailable(exc) from None
+        except sa.exc.DatabaseError as exc:
+            if (outage := damaged(exc)) is None:
+                raise
+            raise outage from None
 
     @contextmanager
     def _write(self, durable: bool = True) -> Iterator[Connection]:
@@ -165,6 +181,10 @@ class CatalogBase:
                         sqlite.execute("PRAGMA synchronous=FULL")
         except sa.exc.OperationalError as exc:
             raise unavailable(exc) from None
+        except sa.exc.DatabaseError as exc:
+            if (outage := damaged(exc)) is None:
+                raise
+            raise outage from None
 
     @contextmanager
     def _one_writer(self) -> Iterator[None]:

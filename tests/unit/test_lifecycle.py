@@ -13,7 +13,7 @@ from gateway.catalog import Catalog
 from gateway.catalog.deletions import Target
 from gateway.catalog.schema import instances
 from gateway.config import Settings
-from gateway.errors import ConfigError
+from gateway.errors import CatalogUnavailable, ConfigError
 from gateway.lifecycle import Deleter, instance_of, summary
 from gateway.phi.policy import Retention, parse_policy
 from gateway.reconcile import reconcile
@@ -349,6 +349,51 @@ def test_reconcile_with_the_catalog_unreachable_is_one_line(storage: LocalStorag
     result = CliRunner().invoke(main, ["reconcile", "--dry-run"], env=env)
     assert result.exit_code == 1
     assert result.output == "Error: catalog_unavailable: catalog unavailable (OperationalError)\n"
+
+
+DAMAGED = "Error: catalog_unavailable: catalog unavailable (the SQLite file is not a database, or is damaged)\n"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["reconcile", "--dry-run"], ["retention", "run", "--dry-run"], ["audit", "collect", "--log", "access.log"]],
+    ids=["reconcile", "retention", "audit-collect"],
+)
+def test_a_catalog_file_that_is_no_database_is_one_line(
+    storage: LocalStorage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    """/readyz says such a catalog is ``catalog_unavailable``; reconcile, retention and the collector ended with
+    SQLAlchemy's traceback ("file is not a database", from the connection's first PRAGMA)."""
+    from click.testing import CliRunner
+
+    from gateway.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "access.log").write_text("")
+    damaged = tmp_path / "damaged.db"
+    damaged.write_bytes(bytes(range(256)) * 32)
+    env = {
+        "DICOMGW_SIGNING_KEYS": "s" * 32,
+        "DICOMGW_API_KEYS": "a" * 32,
+        "DICOMGW_STORAGE_URL": storage.url,
+        "DICOMGW_DATABASE_URL": f"sqlite:///{damaged}",
+    }
+    result = CliRunner().invoke(main, command, env=env)
+    assert (result.exit_code, result.output) == (1, DAMAGED)
+
+
+def test_a_damaged_catalog_is_unavailable_to_a_read_and_a_write(tmp_path: Path) -> None:
+    """The web path answers what /readyz says (a JSON 503 ``catalog_unavailable``), not a 500 ``internal_error``."""
+    damaged = tmp_path / "damaged.db"
+    damaged.write_bytes(b"garbage" * 2000)
+    catalog = Catalog(f"sqlite:///{damaged}")
+    try:
+        with pytest.raises(CatalogUnavailable, match=r"not a database, or is damaged"):
+            catalog.schema_revision()
+        with pytest.raises(CatalogUnavailable, match=r"not a database, or is damaged"):
+            catalog.revoke("jti", 2**31)
+    finally:
+        catalog.close()
 
 
 def test_erasure_of_a_study_holding_other_patients_instances_keeps_them_under_the_earliest(catalog: Catalog) -> None:
