@@ -353,13 +353,16 @@ def audit_collect(log_path: Path, follow: bool, echo: bool, heartbeat: Path | No
 
 
 @main.command()
-@click.option("--repair/--dry-run", default=False, help="Register or delete orphans (default: only report).")
-def reconcile(repair: bool) -> None:
+@click.option("--dry-run", is_flag=True, help="Only report, exit 1 if anything is found (the default).")
+@click.option("--repair", is_flag=True, help="Finish interrupted deletions, register or delete orphans.")
+def reconcile(dry_run: bool, repair: bool) -> None:
     """Find stored objects without a catalog row (a crash between store and commit), upload reservations left
     by a crashed worker and deletions a crash interrupted, and repair them."""
     from gateway.config import Settings
     from gateway.reconcile import reconcile as run
 
+    if dry_run and repair:  # one option --repair/--dry-run let the last one win, silently
+        raise click.UsageError("--dry-run and --repair cannot be used together")
     try:
         settings = Settings.from_env()
     except ConfigError as error:

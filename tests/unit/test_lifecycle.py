@@ -4,6 +4,7 @@ neighbours or of an instance stored again), and how reconcile finishes a deletio
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -349,6 +350,32 @@ def test_reconcile_with_the_catalog_unreachable_is_one_line(storage: LocalStorag
     result = CliRunner().invoke(main, ["reconcile", "--dry-run"], env=env)
     assert result.exit_code == 1
     assert result.output == "Error: catalog_unavailable: catalog unavailable (OperationalError)\n"
+
+
+@pytest.mark.parametrize(
+    "flags", [["--dry-run", "--repair"], ["--repair", "--dry-run"]], ids=["dry-first", "repair-first"]
+)
+def test_reconcile_refuses_dry_run_with_repair(flags: list[str], storage: LocalStorage, tmp_path: Path) -> None:
+    """``--repair/--dry-run`` was one option whose last flag won, silently: ``--dry-run --repair`` repaired. Both
+    together are now a usage error naming both (exit 2, one line), before any setting or the catalog is read;
+    each flag alone does what it did (``--dry-run`` reports and exits 1 on findings, ``--repair`` repairs)."""
+    from click.testing import CliRunner
+
+    from gateway.cli import main
+
+    refused = CliRunner().invoke(main, ["reconcile", *flags], env={"DICOMGW_DATABASE_URL": "sqlite:///nowhere"})
+    assert (refused.exit_code, refused.output) == (2, "Error: --dry-run and --repair cannot be used together\n")
+    env = {
+        "DICOMGW_SIGNING_KEYS": "s" * 32,
+        "DICOMGW_API_KEYS": "a" * 32,
+        "DICOMGW_STORAGE_URL": storage.url,
+        "DICOMGW_DATABASE_URL": f"sqlite:///{tmp_path / 'catalog.db'}",
+    }
+    put(storage, tmp_path, "studies/1.2.3.9/series/1.2.3.9.1/instances/1.2.3.9.1.1.dcm")  # an unreadable orphan
+    for flag, code, orphans in [("--dry-run", 1, 1), ("", 1, 1), ("--repair", 0, 1), ("--dry-run", 0, 0)]:
+        result = CliRunner().invoke(main, ["reconcile", *([flag] if flag else [])], env=env)
+        assert result.exit_code == code, (flag, result.output)
+        assert len(json.loads(result.output)["orphans"]) == orphans, (flag, result.output)
 
 
 DAMAGED = "Error: catalog_unavailable: catalog unavailable (the SQLite file is not a database, or is damaged)\n"
