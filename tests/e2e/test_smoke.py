@@ -75,3 +75,25 @@ def test_nginxs_directory_redirect_in_the_viewer_has_no_body(stack: RunningStack
     assert answer.headers["X-Content-Type-Options"] == "nosniff"
     head = requests.head(f"{stack.url}/", allow_redirects=False, timeout=10)
     assert head.status_code == 302 and head.headers["Location"].endswith("/viewer/")
+
+
+def test_the_viewer_address_without_its_slash_redirects_to_the_viewer(stack: RunningStack) -> None:
+    """``/viewer`` (the address as a user types it) was the JSON 404 of an unknown path: it is a 301 to ``/viewer/``
+    with no body, its query string kept (a browser keeps the fragment, where the viewer's link holds its token).
+    Only ``/viewer`` itself: the path-token form and any other path stay what they were."""
+    for suffix, kept in [("", ""), ("?study=1.2.3&x=a%20b", "?study=1.2.3&x=a%20b")]:
+        for method in ("GET", "HEAD"):
+            answer = requests.request(method, f"{stack.url}/viewer{suffix}", allow_redirects=False, timeout=10)
+            assert answer.status_code == 301, (method, suffix, answer.status_code, answer.text)
+            assert answer.headers["Location"] == f"{stack.url}/viewer/{kept}"
+            assert (answer.content, answer.headers.get("Content-Length")) == (b"", "0")
+            assert "Content-Type" not in answer.headers
+            assert answer.headers["Referrer-Policy"] == "no-referrer"
+            assert answer.headers["X-Content-Type-Options"] == "nosniff"
+    followed = requests.get(f"{stack.url}/viewer", timeout=10)
+    assert followed.status_code == 200 and followed.url == f"{stack.url}/viewer/"
+    assert followed.headers["Content-Type"].startswith("text/html")
+    for path in ("/t/abc/viewer", "/viewers", "/viewer.html", "/dicomweb/viewer"):
+        other = requests.get(f"{stack.url}{path}", allow_redirects=False, timeout=10)
+        assert other.status_code in (401, 404) and "Location" not in other.headers, (path, other.status_code)
+        assert other.headers["Content-Type"] == "application/json", path

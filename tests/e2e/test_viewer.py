@@ -485,6 +485,25 @@ def test_a_reloaded_link_asks_for_the_portal_not_withdrawn(
     wait_ready(page)
     page.context.close()
 
+def test_the_viewer_address_without_its_slash_opens_the_study(
+    stack: RunningStack, synthetic: dict[str, Any], browser: Any
+) -> None:
+    """``/viewer#study=...&token=...`` (the link typed or pasted without the slash) was the JSON 404 of an unknown
+    path. NGINX's 301 to ``/viewer/`` carries no fragment; the browser keeps the link's own over the redirect, so
+    the study opens and the token leaves the address bar as from ``/viewer/#...``."""
+    issued = stack.issue([study_of(synthetic, "ct")], ttl=600)
+    assert "/viewer/#" in issued["viewer_url"]
+    log = NetworkLog()
+    page = open_page(browser, log)
+    page.goto(issued["viewer_url"].replace("/viewer/#", "/viewer#", 1))
+    wait_ready(page)
+    assert page.url.startswith(f"{stack.url}/viewer/")
+    assert issued["token"] not in page.url
+    assert_not_blank(snap(page, "no-slash"))
+    assert_clean_network(log, issued["token"])
+    page.context.close()
+
+
 def test_dead_gateway_shows_unavailable(tmp_path: Path, synthetic: dict[str, Any], browser: Any) -> None:
     """NGINX up, gunicorn killed: the auth hop fails closed with 503 and the viewer says the server is down."""
     running = start_stack(tmp_path / "dead", "file", None)
