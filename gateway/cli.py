@@ -339,7 +339,12 @@ def audit_collect(log_path: Path, follow: bool, echo: bool, heartbeat: Path | No
     try:
         if not follow:
             try:
+                # a catalog never migrated is told to run `db upgrade` as the workers tell it, and no SQLite file
+                # is made (the first write made an empty one and said "catalog unavailable (OperationalError)")
+                catalog.require_current_schema(then="before collecting")
                 added = collect(catalog, log_path, retention, echo=echo)
+            except ConfigError as error:
+                raise click.ClickException(str(error)) from None
             except GatewayError as error:  # the catalog unreachable: one line, as reconcile says it (was a traceback)
                 raise click.ClickException(f"{error.code}: {error.detail}") from None
             click.echo(f"{added} access rows added", err=echo)

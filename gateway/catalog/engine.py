@@ -223,15 +223,32 @@ class CatalogBase:
             command.upgrade(config, "head")
 
     def schema_revision(self) -> str:
-        """The Alembic revision the database is at ("" for an empty catalog)."""
+        """The Alembic revision the database is at ("" for an empty catalog). A SQLite file not made yet, or empty,
+        is not opened: a connection made the file (and its WAL header), and a command that only asked left an empty
+        database where the catalog belongs."""
         from alembic.runtime.migration import MigrationContext
 
+        if self._sqlite_file_empty():
+            return ""
         with self._read() as conn:
             return MigrationContext.configure(conn).get_current_revision() or ""
 
-    def require_current_schema(self) -> None:
+    def _sqlite_file_empty(self) -> bool:
+        """A SQLite catalog whose file is missing or of 0 bytes (SQLite's empty database)."""
+        database = self.engine.url.database if self.dialect == "sqlite" else None
+        if not database or database == ":memory:" or database.startswith("file:"):
+            return False  # PostgreSQL, an in-memory database, or a URI filename SQLite itself interprets
+        try:
+            return Path(database).stat().st_size == 0
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False  # not reachable (a file as a folder, no permission): the connection says so, as before
+
+    def require_current_schema(self, then: str = "before starting the workers") -> None:
         """Raise ``ConfigError`` unless the schema is exactly this version's: workers check, they never migrate
-        (``gateway.startup.prepare`` did, once, before they started)."""
+        (``gateway.startup.prepare`` did, once, before they started). ``then`` ends the advice to run ``db upgrade``
+        (a command says when it needs it). A SQLite catalog not made yet is left unmade."""
         from alembic.script import ScriptDirectory
 
         head = ScriptDirectory(str(MIGRATIONS)).get_current_head() or ""
@@ -240,7 +257,7 @@ class CatalogBase:
             raise ConfigError(
                 "DICOMGW_DATABASE_URL",
                 f"the catalog schema is at revision {current or '(none)'}, this version needs {head}: "
-                "run `dicom-gateway db upgrade` before starting the workers",
+                f"run `dicom-gateway db upgrade` {then}",
             )
 
     def check(self) -> None:

@@ -7,6 +7,7 @@ repeats a credential."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -154,6 +155,33 @@ def test_audit_collect_against_a_catalog_it_cannot_open_is_one_line(tmp_path: Pa
         "",
         "Error: DICOMGW_DATABASE_URL: the user name or password holds an unencoded @: write it as %40\n",
     )
+
+
+@pytest.mark.parametrize("command", [["audit", "collect", "--log", "access.log"], ["retention", "run", "--dry-run"]])
+def test_a_catalog_never_migrated_says_to_run_db_upgrade_and_creates_nothing(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """`audit collect` before any `db upgrade` (a catalog URL of a file not yet made) said `catalog unavailable
+    (OperationalError)` and left an empty SQLite file where the catalog belongs; `retention run` named `db upgrade`
+    but left the file too. Both now say what the gateway's workers say of a catalog behind them, and create nothing;
+    an empty file already there is told the same, and after `db upgrade` the command runs."""
+    (tmp_path / "access.log").write_text("")
+    catalog = tmp_path / "catalog.db"
+    env = gateway_env(tmp_path, DICOMGW_DATABASE_URL=f"sqlite:///{catalog}")
+    then = "before collecting" if command[0] == "audit" else "before starting the workers"
+    behind = (
+        f"Error: DICOMGW_DATABASE_URL: the catalog schema is at revision (none), this version needs "
+        f"{_head_revision()}: run `dicom-gateway db upgrade` {then}\n"
+    )
+    assert _run(command, env, tmp_path) == (1, "", behind)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["access.log"]  # no catalog.db, -wal or -shm
+    catalog.touch()  # an empty file (what the collector used to leave)
+    assert _run(command, env, tmp_path) == (1, "", behind)
+    assert catalog.stat().st_size == 0
+    assert _run(["db", "upgrade"], env, tmp_path)[0] == 0
+    code, out, err = _run(command, env, tmp_path)
+    assert (code, err) == (0, "")
+    assert out == "0 access rows added\n" if command[0] == "audit" else json.loads(out)["dry_run"] is True
 
 
 @pytest.mark.parametrize(
