@@ -55,7 +55,7 @@ def test_metrics_count_decisions_across_workers(stack: RunningStack, synthetic: 
 def test_root_redirects_to_the_viewer_with_the_headers_of_every_answer(stack: RunningStack) -> None:
     answer = requests.get(f"{stack.url}/", allow_redirects=False, timeout=10)
     assert answer.status_code == 302
-    assert answer.headers["Location"].endswith("/viewer/")
+    assert answer.headers["Location"] == "/viewer/"
     # a redirect needs no body: NGINX's own was an HTML page ("302 Found", text/html) where JSON is the rule
     assert (answer.content, answer.headers.get("Content-Length")) == (b"", "0")
     assert "Content-Type" not in answer.headers
@@ -68,13 +68,13 @@ def test_nginxs_directory_redirect_in_the_viewer_has_no_body(stack: RunningStack
     """``/viewer/assets`` (a folder of the viewer, asked without its slash): NGINX's 301 to ``/viewer/assets/`` came
     with its HTML page; it is now empty, with the headers of every answer."""
     answer = requests.get(f"{stack.url}/viewer/assets", allow_redirects=False, timeout=10)
-    assert answer.status_code == 301 and answer.headers["Location"].endswith("/viewer/assets/")
+    assert answer.status_code == 301 and answer.headers["Location"] == "/viewer/assets/"
     assert (answer.content, answer.headers.get("Content-Length")) == (b"", "0")
     assert "Content-Type" not in answer.headers
     assert answer.headers["Referrer-Policy"] == "no-referrer"
     assert answer.headers["X-Content-Type-Options"] == "nosniff"
     head = requests.head(f"{stack.url}/", allow_redirects=False, timeout=10)
-    assert head.status_code == 302 and head.headers["Location"].endswith("/viewer/")
+    assert head.status_code == 302 and head.headers["Location"] == "/viewer/"
 
 
 def test_the_viewer_address_without_its_slash_redirects_to_the_viewer(stack: RunningStack) -> None:
@@ -85,7 +85,7 @@ def test_the_viewer_address_without_its_slash_redirects_to_the_viewer(stack: Run
         for method in ("GET", "HEAD"):
             answer = requests.request(method, f"{stack.url}/viewer{suffix}", allow_redirects=False, timeout=10)
             assert answer.status_code == 301, (method, suffix, answer.status_code, answer.text)
-            assert answer.headers["Location"] == f"{stack.url}/viewer/{kept}"
+            assert answer.headers["Location"] == f"/viewer/{kept}"
             assert (answer.content, answer.headers.get("Content-Length")) == (b"", "0")
             assert "Content-Type" not in answer.headers
             assert answer.headers["Referrer-Policy"] == "no-referrer"
@@ -97,3 +97,17 @@ def test_the_viewer_address_without_its_slash_redirects_to_the_viewer(stack: Run
         other = requests.get(f"{stack.url}{path}", allow_redirects=False, timeout=10)
         assert other.status_code in (401, 404) and "Location" not in other.headers, (path, other.status_code)
         assert other.headers["Content-Type"] == "application/json", path
+
+
+def test_nginxs_redirects_behind_a_proxy_keep_the_address_the_browser_used(stack: RunningStack) -> None:
+    """Behind the ALB (TLS ended there, NGINX listening on 8080: terraform/ecs.tf) a browser at https://host/ was sent
+    to http://host:8080/viewer/ (NGINX's absolute Location names its own scheme and port), which nothing answers.
+    The Location of each redirect NGINX makes is now relative: resolved against the URL the browser used."""
+    behind = {"Host": "dicom.example.org", "X-Forwarded-Proto": "https", "X-Forwarded-Port": "443"}
+    for path, status, location in [
+        ("/", 302, "/viewer/"),
+        ("/viewer?x=1", 301, "/viewer/?x=1"),
+        ("/viewer/assets", 301, "/viewer/assets/"),
+    ]:
+        answer = requests.get(f"{stack.url}{path}", headers=behind, allow_redirects=False, timeout=10)
+        assert (answer.status_code, answer.headers["Location"]) == (status, location), path
