@@ -45,6 +45,14 @@ MIN_ID = 3
 MAX_AGE_YEARS = 89
 
 _SPLIT_NAME = re.compile(r"[\^=\s,]+")
+# The letters of a word in the alphabets that write words apart and have letter case: Latin (accented, and the
+# combining accents of decomposed text), Greek, Cyrillic. A name part next to one is inside a longer word ("Ли" in
+# "Поликлиника", as "LI" in "CLINIC"). Other scripts join honorifics, particles and prefixes to a name (山田太郎様,
+# 김희중님, לשרון): there a name part is found inside a longer run of letters too.
+_WORD_CHARACTER = (
+    "0-9A-Za-z\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u024f\u0300-\u036f\u0370-\u037d\u037f-\u0386\u0388-\u03ff"
+    "\u0400-\u052f\u1e00-\u1fff"
+)
 _DA = re.compile(r"\d{8}")
 # A birth date given in words: DOB / D.O.B. / date of birth / birth date / born (on) / geb. (German), then a date
 # as DICOM or people write it. Only with its keyword: a bare date in text is usually the study's.
@@ -161,7 +169,7 @@ class Identifiers:
         tokens.sort(key=len, reverse=True)
         self._pattern = (
             re.compile(
-                r"(?<![0-9A-Za-z])(?:" + "|".join(re.escape(t) for t in tokens) + r")(?![0-9A-Za-z])",
+                f"(?<![{_WORD_CHARACTER}])(?:" + "|".join(re.escape(t) for t in tokens) + f")(?![{_WORD_CHARACTER}])",
                 re.IGNORECASE,
             )
             if tokens
