@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from flask import Flask, Response, request
 from flask.json.provider import DefaultJSONProvider
@@ -17,6 +19,7 @@ from gateway.errors import BadRequest, GatewayError, NotFound, error_body, to_re
 from gateway.services import Services
 
 log = logging.getLogger("gateway")
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 class _JSONProvider(DefaultJSONProvider):
@@ -57,11 +60,12 @@ def create_app(
     @app.before_request
     def query_is_utf8() -> None:
         # werkzeug decodes the raw query string as strict UTF-8 when a view first reads request.args: a raw byte
-        # that is not UTF-8 (RFC 3986 allows none, percent-encoded ones are decoded leniently) raised there, a 500
+        # that is not UTF-8 (RFC 3986 allows none) raised there, a 500; percent-encoded ones it decodes leniently
         try:
-            request.query_string.decode("utf-8")
+            query = request.query_string.decode("utf-8")
         except UnicodeDecodeError:
             raise BadRequest("the query string is not valid UTF-8 (percent-encode its bytes)") from None
+        _percent_decoded_utf8(query)
         # no DICOM value or identifier holds a NUL, and PostgreSQL's text takes none: a %00 in a search was a 500
         for name, value in request.args.items(multi=True):
             if "\0" in name or "\0" in value:
@@ -89,6 +93,31 @@ def create_app(
         return gateway_error(GatewayError("unexpected server error"))
 
     return app
+
+
+def _percent_decoded_utf8(query: str) -> None:
+    """``BadRequest`` naming the parameter when a name or value is not UTF-8 once its %XX escapes are decoded
+    (PS3.18 8.3.1, RFC 3986 3.4): werkzeug reads such bytes as U+FFFD, so ``PatientName=M%FCller*`` (ISO-8859-1
+    percent-encoded) searched for a name nobody has, and answered an empty 200 as if no such patient were stored."""
+    for field in query.split("&"):
+        raw_name, _, raw_value = field.partition("=")
+        name = _utf8(raw_name)
+        if name is None or _utf8(raw_value) is None:
+            # the parameter's name, never its value (it may be PHI), and a plain name only
+            if name is None:
+                subject = "a query parameter's name"
+            else:
+                subject = name if _PLAIN_NAME.fullmatch(name) else "a query parameter"
+            raise BadRequest(
+                f"{subject} is not UTF-8 once its %XX escapes are decoded (percent-encode the value's UTF-8 bytes)"
+            )
+
+
+def _utf8(part: str) -> str | None:
+    try:
+        return unquote_to_bytes(part.replace("+", " ")).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def create_wsgi(config: Settings | Mapping[str, Any] | None = None, *, migrate: bool = True) -> Any:

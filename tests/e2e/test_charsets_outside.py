@@ -139,3 +139,60 @@ def test_description_repeating_a_name_part_fixed(
         assert metadata["00081030"] == {"vr": "LO", "Value": [description]}
     else:
         assert metadata.get("00081030", {"vr": "LO"}) == {"vr": "LO"}
+
+
+@pytest.fixture(scope="module")
+def latin1_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    """A stack holding one study of a patient Müller, written in ISO_IR 100."""
+    folder = tmp_path_factory.mktemp("charsets-latin1")
+    values = {"PatientName": "Müller^Jürgen".encode("latin-1"), "StudyDescription": "Schädel nativ".encode("latin-1")}
+    ct = with_text(folder / "ct", "ISO_IR 100", values)
+    running = start_stack(folder / "stack", "file", None)
+    try:
+        answer = running.stow([ct])
+        assert answer.status_code == 200, answer.text
+        running.uploaded["study"] = pydicom.dcmread(ct).StudyInstanceUID
+        yield running
+    finally:
+        running.stack.stop()
+
+
+@pytest.mark.parametrize(
+    ("query", "name"),
+    [
+        ("PatientName=M%FCller*", "PatientName"),  # ISO-8859-1, as Java's URLEncoder.encode(s, "ISO-8859-1") writes
+        ("StudyDescription=Sch%E4del*", "StudyDescription"),
+        ("PatientName=%CC%FE%EA*", "PatientName"),  # windows-1251 "Люк*"
+        ("includefield=00100010&PatientName=%C3", "PatientName"),  # a UTF-8 sequence cut short
+        ("Patient%FCName=x", "a query parameter's name"),
+    ],
+)
+def test_a_percent_encoded_value_that_is_no_utf8_is_a_400_fixed(
+    latin1_stack: RunningStack, query: str, name: str
+) -> None:
+    """PS3.18 8.3.1 and RFC 3986 3.4: a query's characters are UTF-8, percent-encoded. A raw byte that is not UTF-8
+    was already a JSON 400; the same byte percent-encoded was read as U+FFFD, so `PatientName=M%FCller*` (a client
+    that percent-encodes ISO-8859-1) was a 200 with no match for a patient Müller who is stored: an empty answer
+    the client took for "no such patient". It is the same 400, naming the parameter (never its value)."""
+    answer = requests.get(f"{latin1_stack.url}/dicomweb/studies?{query}", headers=latin1_stack.api_headers, timeout=30)
+    assert (answer.status_code, answer.headers["Content-Type"]) == (400, "application/json"), answer.text
+    assert answer.json() == {
+        "error": "bad_request",
+        "detail": f"{name} is not UTF-8 once its %XX escapes are decoded (percent-encode the value's UTF-8 bytes)",
+    }
+
+
+def test_percent_encoded_utf8_finds_the_latin1_study(latin1_stack: RunningStack) -> None:
+    """The same searches in UTF-8 find the study, case-insensitively (docs/catalog.md), and answer its values in
+    UTF-8 as pydicom decodes the ISO_IR 100 file."""
+    for query in ("PatientName=M%C3%BCller*", "PatientName=M%C3%9CLLER%5EJ%C3%9CRGEN", "StudyDescription=Sch%C3%A4*"):
+        answer = requests.get(
+            f"{latin1_stack.url}/dicomweb/studies?{query}&includefield=00081030",
+            headers=latin1_stack.api_headers,
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+        (study,) = answer.json()
+        assert study["0020000D"]["Value"] == [latin1_stack.uploaded["study"]]
+        assert study["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "Müller^Jürgen"}]}
+        assert study["00081030"] == {"vr": "LO", "Value": ["Schädel nativ"]}
