@@ -206,10 +206,19 @@ def _clause(match: Match, scope: Scope | None, unindexed: bool = False) -> sa.Co
             if unindexed:  # not the indexed expression any more (wide_prefixes): the order index drives the query
                 folded = folded.concat("")
             return folded.like(pattern, escape="\\")
-        return folded == pattern
+        return folded.in_(pn_spellings(pattern))
     if match.op == "like":
         return column.like(match.values[0], escape="\\")
     return column == match.values[0]
+
+
+def pn_spellings(name: str) -> list[str]:
+    """The ways a file may write the person name ``name`` (one component group): its trailing empty components and
+    their delimiters may be left out or written (PS3.5 6.2), so ``DOE^JOHN`` is also stored as ``DOE^JOHN^^^``, the
+    way many modalities write it. A group has five components, so at most four delimiters: each spelling is one
+    entry of the lower(name) index."""
+    name = name.rstrip("^ ")
+    return [name + "^" * extra for extra in range(max(1, 5 - name.count("^")))]
 
 
 def _order_index_filters(match: Match) -> bool:

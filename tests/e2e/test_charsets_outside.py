@@ -196,3 +196,62 @@ def test_percent_encoded_utf8_finds_the_latin1_study(latin1_stack: RunningStack)
         assert study["0020000D"]["Value"] == [latin1_stack.uploaded["study"]]
         assert study["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "Müller^Jürgen"}]}
         assert study["00081030"] == {"vr": "LO", "Value": ["Schädel nativ"]}
+
+
+# Names as modalities and RIS bridges write them, with their trailing empty components spelled out (PS3.5 6.2:
+# "Trailing null components and their delimiters may be omitted", so each is the name without them)
+PADDED_NAMES = {
+    "doe": (None, b"DOE^JOHN^^^", b"Smith^Anna^^Dr^"),
+    "strasse": ("ISO_IR 192", "Straße^Jörg^^^".encode(), b""),
+    "roe": (None, b"Roe^Jane", b""),
+}
+
+
+@pytest.fixture(scope="module")
+def padded_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    folder = tmp_path_factory.mktemp("charsets-padded")
+    files = {}
+    for key, (charset, name, physician) in PADDED_NAMES.items():
+        values = {"PatientName": name, **({"ReferringPhysicianName": physician} if physician else {})}
+        files[key] = with_text(folder / key, charset, values)
+    running = start_stack(folder / "stack", "file", None)
+    try:
+        answer = running.stow(list(files.values()))
+        assert answer.status_code == 200, answer.text
+        running.uploaded.update({key: pydicom.dcmread(path).StudyInstanceUID for key, path in files.items()})
+        yield running
+    finally:
+        running.stack.stop()
+
+
+@pytest.mark.parametrize(
+    ("query", "found"),
+    [
+        ("PatientName=DOE%5EJOHN", ["doe"]),
+        ("PatientName=doe%5Ejohn%5E", ["doe"]),
+        ("PatientName=Stra%C3%9Fe%5EJ%C3%B6rg", ["strasse"]),
+        ("PatientName=STRA%C3%9FE%5EJ%C3%96RG%5E%5E", ["strasse"]),
+        ("PatientName=Roe%5EJane%5E%5E%5E", ["roe"]),  # the query spelled out, the file not
+        ("ReferringPhysicianName=Smith%5EAnna%5E%5EDr", ["doe"]),
+        # a name is all its components: the family name alone, or another given name, is another name
+        ("PatientName=DOE", []),
+        ("PatientName=DOE%5EJOHN%5EX", []),
+        # wildcards were already blind to the delimiters a trailing * covers
+        ("PatientName=DOE%5EJ*", ["doe"]),
+    ],
+)
+def test_a_name_matches_without_its_trailing_delimiters_fixed(
+    padded_stack: RunningStack, query: str, found: list[str]
+) -> None:
+    """A study whose Patient's Name a modality wrote `DOE^JOHN^^^` was not found by `PatientName=DOE^JOHN`, the name
+    as a viewer shows it and a user types it (nor `Straße^Jörg^^^` by `Straße^Jörg`), and a query spelled out
+    found no name stored without them. PS3.5 6.2 makes trailing empty components and their delimiters optional:
+    both spellings are one name, and exact matching finds it in either."""
+    answer = requests.get(f"{padded_stack.url}/dicomweb/studies?{query}", headers=padded_stack.api_headers, timeout=30)
+    assert answer.status_code == 200, answer.text
+    uids = {padded_stack.uploaded[key]: key for key in PADDED_NAMES}
+    assert sorted(uids[study["0020000D"]["Value"][0]] for study in answer.json()) == found
+    for study in answer.json():  # the answer keeps the name as the file wrote it
+        key = uids[study["0020000D"]["Value"][0]]
+        charset, name, _ = PADDED_NAMES[key]
+        assert study["00100010"]["Value"] == [{"Alphabetic": name.decode("utf-8" if charset else "ascii")}]

@@ -726,6 +726,24 @@ def test_patient_name_prefix_same_page_by_name_index_or_by_order(
     assert page("*doe") == ["Müller^Doe"]
 
 
+def test_an_exact_name_matches_with_or_without_its_trailing_delimiters(catalog: Catalog) -> None:
+    """PS3.5 6.2: trailing empty components and their delimiters may be omitted, so `DOE^JOHN^^^` (as modalities
+    write it) and `DOE^JOHN` are one name, found by either spelling, case-insensitively, in any alphabet."""
+    names = ["DOE^JOHN^^^", "Doe^John", "doe^john^", "DOE", "DOE^JOHN^X", "Müller^Jörg^^", "müller^jörg"]
+    for i, name in enumerate(names):
+        study = f"1.2.7.{i}"
+        catalog.register_instance(record(make_instance(study, f"{study}.1", f"{study}.1.1", patient_name=name)))
+
+    def found(name: str) -> list[str]:
+        query = parse_qido("studies", {"PatientName": [name]})
+        return sorted(row["00100010"]["Value"][0]["Alphabetic"] for row in catalog.search(query, None))
+
+    both = ["DOE^JOHN^^^", "Doe^John", "doe^john^"]
+    assert found("doe^john") == found("DOE^JOHN^^^") == found("DOE^JOHN^^^^") == found("Doe^John^") == both
+    assert found("DOE") == found("DOE^^^^") == ["DOE"]
+    assert found("MÜLLER^JÖRG") == found("müller^jörg^^^") == ["Müller^Jörg^^", "müller^jörg"]
+
+
 def test_deep_study_pages_by_uids_first_match_the_plain_pages(
     catalog: Catalog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
