@@ -202,14 +202,29 @@ def _clause(match: Match, scope: Scope | None, unindexed: bool = False) -> sa.Co
         # which on SQLite is a (slower) Python function.
         pattern = match.values[0].lower()
         folded: sa.ColumnElement[str] = sa.func.lower(column) if pattern.isascii() else unicode_lower(column)
+        patterns = final_sigmas(pattern)
         if match.op == "like":
             if unindexed:  # not the indexed expression any more (wide_prefixes): the order index drives the query
                 folded = folded.concat("")
-            return folded.like(pattern, escape="\\")
-        return folded.in_(pn_spellings(pattern))
+            likes = [folded.like(each, escape="\\") for each in patterns]
+            return likes[0] if len(likes) == 1 else sa.or_(*likes)
+        return folded.in_([spelling for each in patterns for spelling in pn_spellings(each)])
     if match.op == "like":
         return column.like(match.values[0], escape="\\")
     return column == match.values[0]
+
+
+def final_sigmas(pattern: str) -> list[str]:
+    """A lower-cased Greek pattern in each way a lower-cased name may end its words: a small sigma ending a word is
+    ς where the name was written in small letters, σ where it was written in capitals (PostgreSQL's lower(), and
+    Python's before a "^": ``ΔΙΟΝΥΣΙΟΣ^ΝΙΚΟΣ`` is ``διονυσιοσ^νικος``). Both are kept on the column side, so its
+    index serves; at most four words give variants."""
+    pattern = pattern.replace("ς", "σ")
+    ends = [i for i, c in enumerate(pattern) if c == "σ" and not pattern[i + 1 : i + 2].isalpha()][:4]
+    variants = [pattern]
+    for i in ends:
+        variants += [v[:i] + "ς" + v[i + 1 :] for v in variants]
+    return variants
 
 
 def pn_spellings(name: str) -> list[str]:

@@ -198,12 +198,13 @@ def test_percent_encoded_utf8_finds_the_latin1_study(latin1_stack: RunningStack)
         assert study["00081030"] == {"vr": "LO", "Value": ["Schädel nativ"]}
 
 
-# Names as modalities and RIS bridges write them, with their trailing empty components spelled out (PS3.5 6.2:
-# "Trailing null components and their delimiters may be omitted", so each is the name without them)
+# Names as modalities and RIS bridges write them: with their trailing empty components spelled out (PS3.5 6.2:
+# "Trailing null components and their delimiters may be omitted", so each is the name without them), in capitals
 PADDED_NAMES = {
     "doe": (None, b"DOE^JOHN^^^", b"Smith^Anna^^Dr^"),
     "strasse": ("ISO_IR 192", "Straße^Jörg^^^".encode(), b""),
     "roe": (None, b"Roe^Jane", b""),
+    "greek": ("ISO_IR 126", "ΔΙΟΝΥΣΙΟΣ^ΝΙΚΟΣ".encode("iso8859_7"), b""),
 }
 
 
@@ -254,4 +255,29 @@ def test_a_name_matches_without_its_trailing_delimiters_fixed(
     for study in answer.json():  # the answer keeps the name as the file wrote it
         key = uids[study["0020000D"]["Value"][0]]
         charset, name, _ = PADDED_NAMES[key]
-        assert study["00100010"]["Value"] == [{"Alphabetic": name.decode("utf-8" if charset else "ascii")}]
+        assert study["00100010"]["Value"] == [{"Alphabetic": name.decode(python_encoding[charset or ""])}]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        pytest.param("Διονυσιος^Νικος", id="as-typed"),
+        pytest.param("διονυσιος^νικος", id="small"),
+        pytest.param("ΔΙΟΝΥΣΙΟΣ^ΝΙΚΟΣ", id="capitals"),
+        pytest.param("Διονυσιος*", id="prefix"),
+        pytest.param("*ος^Νικος", id="suffix"),
+    ],
+)
+def test_a_greek_name_in_capitals_is_found_in_small_letters_fixed(padded_stack: RunningStack, query: str) -> None:
+    """Greek ends a word in small letters with ς, not σ: `ΔΙΟΝΥΣΙΟΣ^ΝΙΚΟΣ`, a name in capitals as Greek RIS write
+    it, is `Διονυσιος^Νικος` as a user types it. Lower-casing the stored name gave `διονυσιοσ^νικος` (PostgreSQL
+    always, Python before the "^"), the query `διονυσιος^νικος`: no match, where `MÜLLER` finds `Müller`."""
+    answer = requests.get(
+        f"{padded_stack.url}/dicomweb/studies",
+        params={"PatientName": query},
+        headers=padded_stack.api_headers,
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    assert [study["0020000D"]["Value"][0] for study in answer.json()] == [padded_stack.uploaded["greek"]]
+    assert answer.json()[0]["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "ΔΙΟΝΥΣΙΟΣ^ΝΙΚΟΣ"}]}

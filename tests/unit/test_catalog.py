@@ -744,6 +744,26 @@ def test_an_exact_name_matches_with_or_without_its_trailing_delimiters(catalog: 
     assert found("MÜLLER^JÖRG") == found("müller^jörg^^^") == ["Müller^Jörg^^", "müller^jörg"]
 
 
+def test_a_greek_name_matches_in_either_case_on_both_databases(catalog: Catalog) -> None:
+    """Greek writes a final small sigma (ς) where the capital Σ ends a word: `ΔΙΟΝΥΣΙΟΣ` in small letters is
+    `διονυσιος`. PostgreSQL's lower() writes σ there, and so does Python's (SQLite's unicode_lower) before a "^":
+    a name stored in capitals, as Greek RIS write them, was not found by `Διονυσιος^Νικος` on either database."""
+    names = ["ΔΙΟΝΥΣΙΟΣ^ΝΙΚΟΣ", "Παπαδόπουλος^Γιώργος", "ΣΙΣΣΥ^ΑΝΝΑ"]
+    for i, name in enumerate(names):
+        study = f"1.2.6.{i}"
+        catalog.register_instance(record(make_instance(study, f"{study}.1", f"{study}.1.1", patient_name=name)))
+
+    def found(name: str) -> list[str]:
+        query = parse_qido("studies", {"PatientName": [name]})
+        return sorted(row["00100010"]["Value"][0]["Alphabetic"] for row in catalog.search(query, None))
+
+    for query in ("Διονυσιος^Νικος", "διονυσιος^νικος", "ΔΙΟΝΥΣΙΟΣ^ΝΙΚΟΣ", "Διονυσιος*", "*ος^Νικος", "Δ?ονυσιος*"):
+        assert found(query) == ["ΔΙΟΝΥΣΙΟΣ^ΝΙΚΟΣ"], query
+    for query in ("ΠΑΠΑΔΌΠΟΥΛΟΣ^ΓΙΏΡΓΟΣ", "παπαδόπουλος*", "ΠΑΠΑΔΌΠΟΥΛΟΣ*"):
+        assert found(query) == ["Παπαδόπουλος^Γιώργος"], query
+    assert found("Σισσυ^Αννα") == found("σισσυ*") == ["ΣΙΣΣΥ^ΑΝΝΑ"]
+
+
 def test_deep_study_pages_by_uids_first_match_the_plain_pages(
     catalog: Catalog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
