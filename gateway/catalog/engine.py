@@ -56,8 +56,15 @@ def damaged(exc: sa.exc.DatabaseError) -> CatalogUnavailable | None:
     return CatalogUnavailable("catalog unavailable (the SQLite file is not a database, or is damaged)")
 
 
+def unicode_fold(text: str) -> str:
+    """Lower case as PostgreSQL's lower() gives it, for a PN match: `İ` (Turkish capital dotted I) is `i`, where
+    Python's lower() writes `i̇` (i and a combining dot above). A Greek small sigma ending a word differs too (ς
+    from Python, σ from PostgreSQL): the query's spellings cover both (``search.final_sigmas``)."""
+    return text.replace("\u0130", "i").lower()
+
+
 def _unicode_lower(value: Any) -> Any:
-    return value.lower() if isinstance(value, str) else value
+    return unicode_fold(value) if isinstance(value, str) else value
 
 
 def _sqlite_engine(url: str) -> Engine:

@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.compiler import compiles
 
 from gateway import fastjson
+from gateway.catalog.engine import unicode_fold
 from gateway.catalog.schema import instances, series, studies
 from gateway.dicomweb.qido import LEVELS, RETURN_ATTRS, Match, QidoQuery, like_pattern
 from gateway.scope import Scope
@@ -200,8 +201,8 @@ def _clause(match: Match, scope: Scope | None, unindexed: bool = False) -> sa.Co
         # PN matches case-insensitively on every backend (PS3.4 C.2.2.2.1 allows it; users expect it). An
         # ASCII pattern needs only the database's built-in lower(); a non-ASCII one needs Unicode folding,
         # which on SQLite is a (slower) Python function.
-        pattern = match.values[0].lower()
-        folded: sa.ColumnElement[str] = sa.func.lower(column) if pattern.isascii() else unicode_lower(column)
+        pattern = unicode_fold(match.values[0])  # İ folds to an ASCII i: the query's own letters decide
+        folded: sa.ColumnElement[str] = sa.func.lower(column) if match.values[0].isascii() else unicode_lower(column)
         patterns = final_sigmas(pattern)
         if match.op == "like":
             if unindexed:  # not the indexed expression any more (wide_prefixes): the order index drives the query

@@ -205,6 +205,7 @@ PADDED_NAMES = {
     "strasse": ("ISO_IR 192", "Straße^Jörg^^^".encode(), b""),
     "roe": (None, b"Roe^Jane", b""),
     "greek": ("ISO_IR 126", "ΔΙΟΝΥΣΙΟΣ^ΝΙΚΟΣ".encode("iso8859_7"), b""),
+    "turkish": ("ISO_IR 148", "YILDIZ^İBRAHİM".encode("iso8859_9"), b""),
 }
 
 
@@ -281,3 +282,18 @@ def test_a_greek_name_in_capitals_is_found_in_small_letters_fixed(padded_stack: 
     assert answer.status_code == 200, answer.text
     assert [study["0020000D"]["Value"][0] for study in answer.json()] == [padded_stack.uploaded["greek"]]
     assert answer.json()[0]["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "ΔΙΟΝΥΣΙΟΣ^ΝΙΚΟΣ"}]}
+
+
+@pytest.mark.parametrize("query", ["Yildiz^İbrahim", "YILDIZ^İBRAHİM", "*^İbrahim", "Yildiz^İ*"])
+def test_a_turkish_name_in_capitals_is_found_as_typed_fixed(padded_stack: RunningStack, query: str) -> None:
+    """`İ` (Turkish capital dotted I, ISO_IR 148) lower-cased by Python is `i̇`, an i and a combining dot above:
+    `YILDIZ^İBRAHİM` in capitals was `yildiz^i̇brahi̇m` to the catalog, `Yildiz^İbrahim` as typed `yildiz^i̇brahim`,
+    and no match; PostgreSQL's lower() made it `i`, so the two databases disagreed. Both fold it to `i`."""
+    answer = requests.get(
+        f"{padded_stack.url}/dicomweb/studies",
+        params={"PatientName": query},
+        headers=padded_stack.api_headers,
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    assert [study["0020000D"]["Value"][0] for study in answer.json()] == [padded_stack.uploaded["turkish"]]

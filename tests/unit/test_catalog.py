@@ -764,6 +764,23 @@ def test_a_greek_name_matches_in_either_case_on_both_databases(catalog: Catalog)
     assert found("Σισσυ^Αννα") == found("σισσυ*") == ["ΣΙΣΣΥ^ΑΝΝΑ"]
 
 
+def test_a_turkish_dotted_capital_i_matches_alike_on_both_databases(catalog: Catalog) -> None:
+    """`İ` (U+0130, Turkish capital dotted I) is `i` in small letters to PostgreSQL's lower(), and `i̇` (i and a
+    combining dot above) to Python's (the query, SQLite's unicode_lower): `İBRAHİM` stored in capitals, as Turkish
+    RIS write names, was found by `İbrahim` on SQLite only. A query in ASCII letters is folded by SQLite's own
+    lower(), which leaves `İ` as it is: `ibrahim` finds it on PostgreSQL only (docs/catalog.md)."""
+    inst = make_instance("1.2.5.1", "1.2.5.1.1", "1.2.5.1.1.1", patient_name="YILDIZ^İBRAHİM")
+    catalog.register_instance(record(inst))
+
+    def found(name: str) -> list[str]:
+        query = parse_qido("studies", {"PatientName": [name]})
+        return [row["00100010"]["Value"][0]["Alphabetic"] for row in catalog.search(query, None)]
+
+    for query in ("Yildiz^İbrahim", "YILDIZ^İBRAHİM", "yildiz^İ*", "*^İbrahim", "*^İ?rah?m"):
+        assert found(query) == ["YILDIZ^İBRAHİM"], query
+    assert found("yildiz^ibrahim") == ([] if catalog.dialect == "sqlite" else ["YILDIZ^İBRAHİM"])
+
+
 def test_deep_study_pages_by_uids_first_match_the_plain_pages(
     catalog: Catalog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
