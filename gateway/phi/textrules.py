@@ -153,11 +153,17 @@ def _name_parts(value: str) -> Iterator[str]:
     # PN: up to three groups (alphabetic=ideographic=phonetic), each family^given^middle^prefix^suffix.
     # Prefixes and suffixes ("DR", "JR") are too common in ordinary text to count as identifying.
     for group in value.split("="):
-        for component in group.split("^")[:3]:
+        components = group.split("^")
+        for component in components[:3]:
             for part in _SPLIT_NAME.split(component):
                 part = part.strip(" \0")
                 if len(part) >= MIN_NAME_PART:
                     yield part
+        # family and given name written as one, as Chinese, Japanese and Korean text writes a name: "王伟" for
+        # 王^伟, whose one-character components are each too common to count alone
+        whole = "".join(component.strip(" \0") for component in components[:2])
+        if len(components) > 1 and len(whole) >= MIN_NAME_PART:
+            yield whole
 
 
 class Identifiers:

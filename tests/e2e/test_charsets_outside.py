@@ -114,6 +114,10 @@ def deid_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStac
         pytest.param("ISO_IR 192", "Yamada^Tarou=山田^太郎", "山田太郎様 頭部CT", False, id="japanese-honorific"),
         pytest.param("ISO_IR 192", "김희중", "김희중님 흉부", False, id="korean-particle"),
         pytest.param("ISO_IR 192", "שרון^דבורה", "בדיקה לשרון", False, id="hebrew-prefix"),
+        # a Chinese name of one-character components, written whole as Chinese writes it (王伟, 李娜)
+        pytest.param("ISO_IR 192", "Wang^Wei=王^伟", "王伟 头部CT平扫", False, id="chinese-full-name"),
+        pytest.param("GB18030", "Li^Na=李^娜", "患者李娜头颅CT", False, id="chinese-full-name-gb18030"),
+        pytest.param("ISO_IR 192", "Wang^Wei=王^伟", "王府井院区 头部CT", True, id="chinese-one-character"),
     ],
 )
 def test_description_repeating_a_name_part_fixed(
