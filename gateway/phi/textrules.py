@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable, Iterator
 from datetime import date
 
@@ -170,6 +171,7 @@ class Identifiers:
     """The patient's name parts and IDs found in one file, and a matcher for text that repeats them."""
 
     def __init__(self, names: Iterable[str], ids: Iterable[str]) -> None:
+        names, ids = map(_compatible, names), map(_compatible, ids)
         tokens = sorted({t for t in names if len(t) >= MIN_NAME_PART} | {t for t in ids if len(t) >= MIN_ID})
         # longest first so that "SMITH-JONES" wins over "SMITH"; boundaries so "LI" does not match "CLINIC"
         tokens.sort(key=len, reverse=True)
@@ -186,11 +188,17 @@ class Identifiers:
         return self._pattern is not None
 
     def repeated_in(self, values: Iterable[str]) -> bool:
-        return self._pattern is not None and any(self._pattern.search(value) for value in values)
+        return self._pattern is not None and any(self._pattern.search(_compatible(value)) for value in values)
 
     @classmethod
     def collect(cls, dataset: Dataset) -> Identifiers:
         return cls(*identifier_values(dataset))
+
+
+def _compatible(text: str) -> str:
+    """``text`` with one form for the letters Unicode counts as the same (NFKC): Japanese writes a name in
+    half-width katakana (ﾔﾏﾀﾞ, JIS X 0201) or full-width (ヤマダ), in full-width Latin (ＹＡＭＡＤＡ) or not."""
+    return text if text.isascii() else unicodedata.normalize("NFKC", text)
 
 
 def identifier_values(dataset: Dataset) -> tuple[list[str], list[str]]:

@@ -118,6 +118,10 @@ def deid_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStac
         pytest.param("ISO_IR 192", "Wang^Wei=王^伟", "王伟 头部CT平扫", False, id="chinese-full-name"),
         pytest.param("GB18030", "Li^Na=李^娜", "患者李娜头颅CT", False, id="chinese-full-name-gb18030"),
         pytest.param("ISO_IR 192", "Wang^Wei=王^伟", "王府井院区 头部CT", True, id="chinese-one-character"),
+        # Japanese writes one name in half-width or full-width letters (JIS X 0201 katakana, as ISO 2022 IR 13
+        # holds a name, and the full-width forms of Latin and katakana that Japanese text uses)
+        pytest.param("ISO_IR 192", "ﾔﾏﾀﾞ^ﾀﾛｳ=山田^太郎", "ヤマダ タロウ様 頭部CT", False, id="katakana-widths"),
+        pytest.param("ISO_IR 192", "Yamada^Tarou=山田^太郎", "ＹＡＭＡＤＡ様 頭部", False, id="fullwidth-latin"),
     ],
 )
 def test_description_repeating_a_name_part_fixed(
