@@ -1,6 +1,7 @@
 """Character sets and names from the wider world through the real stack (session 26, h1): files whose text is
-written in the character sets clinics use (Latin-1, Cyrillic, Greek, UTF-8 Japanese), stored by STOW-RS and read
-back as their users read them. Each ``*_fixed`` test failed before its fix (CHANGELOG, session 26)."""
+written in the character sets clinics use (ISO_IR 100, 126, 144 and 148, UTF-8, GB18030) and names as modalities and
+RIS write them (trailing delimiters, capitals), stored by STOW-RS, searched, read back and de-identified as their
+users do it. Each ``*_fixed`` test failed before its fix (CHANGELOG, session 26)."""
 
 from __future__ import annotations
 
@@ -93,8 +94,10 @@ def deid_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStac
     policy = base / "policy.toml"
     policy.write_text(CLEAN_DESCRIPTIONS_POLICY)
     running = start_stack(base / "stack", "file", None, DICOMGW_PHI_POLICY=str(policy))
-    yield running
-    running.stack.stop()
+    try:
+        yield running
+    finally:
+        running.stack.stop()
 
 
 @pytest.mark.parametrize(
