@@ -207,7 +207,7 @@ def _clause(match: Match, scope: Scope | None, unindexed: bool = False) -> sa.Co
         if match.op == "like":
             if unindexed:  # not the indexed expression any more (wide_prefixes): the order index drives the query
                 folded = folded.concat("")
-            likes = [folded.like(each, escape="\\") for each in patterns]
+            likes = [folded.like(each, escape="\\") for pattern in patterns for each in _like_spellings(pattern)]
             return likes[0] if len(likes) == 1 else sa.or_(*likes)
         return folded.in_([spelling for each in patterns for spelling in pn_spellings(each)])
     if match.op == "like":
@@ -235,6 +235,12 @@ def pn_spellings(name: str) -> list[str]:
     entry of the lower(name) index."""
     name = name.rstrip("^ ")
     return [name + "^" * extra for extra in range(max(1, 5 - name.count("^")))]
+
+
+def _like_spellings(pattern: str) -> list[str]:
+    """A PN wildcard pattern in each spelling ``pn_spellings`` gives a name: ``*^JOHN`` finds ``DOE^JOHN^^^``. One
+    ending with ``*`` already matches whatever delimiters follow."""
+    return [pattern] if pattern.endswith("%") and not pattern.endswith("\\%") else pn_spellings(pattern)
 
 
 def _order_index_filters(match: Match) -> bool:

@@ -249,7 +249,9 @@ def padded_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSt
         # a name is all its components: the family name alone, or another given name, is another name
         ("PatientName=DOE", []),
         ("PatientName=DOE%5EJOHN%5EX", []),
-        # wildcards were already blind to the delimiters a trailing * covers
+        # wildcards alike (a trailing * always covered the delimiters)
+        ("PatientName=*%5EJOHN", ["doe"]),
+        ("PatientName=D?E%5EJOHN", ["doe"]),
         ("PatientName=DOE%5EJ*", ["doe"]),
     ],
 )

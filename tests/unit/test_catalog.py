@@ -741,6 +741,9 @@ def test_an_exact_name_matches_with_or_without_its_trailing_delimiters(catalog: 
     both = ["DOE^JOHN^^^", "Doe^John", "doe^john^"]
     assert found("doe^john") == found("DOE^JOHN^^^") == found("DOE^JOHN^^^^") == found("Doe^John^") == both
     assert found("DOE") == found("DOE^^^^") == ["DOE"]
+    assert found("*^john") == found("D?E^JOHN") == found("*OE^JOHN^") == both  # wildcards alike
+    assert found("DOE^J*") == sorted([*both, "DOE^JOHN^X"])
+    assert found("*^X") == ["DOE^JOHN^X"]
     assert found("MÜLLER^JÖRG") == found("müller^jörg^^^") == ["Müller^Jörg^^", "müller^jörg"]
 
 
