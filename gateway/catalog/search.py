@@ -207,7 +207,7 @@ def _clause(match: Match, scope: Scope | None, unindexed: bool = False) -> sa.Co
         if match.op == "like":
             if unindexed:  # not the indexed expression any more (wide_prefixes): the order index drives the query
                 folded = folded.concat("")
-            likes = [folded.like(each, escape="\\") for pattern in patterns for each in _like_spellings(pattern)]
+            likes = [folded.like(each, escape="\\") for variant in patterns for each in _like_spellings(variant)]
             return likes[0] if len(likes) == 1 else sa.or_(*likes)
         return folded.in_([spelling for each in patterns for spelling in pn_spellings(each)])
     if match.op == "like":
