@@ -54,6 +54,11 @@ _WORD_CHARACTER = (
     "0-9A-Za-z\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u024f\u0300-\u036f\u0370-\u037d\u037f-\u0386\u0388-\u03ff"
     "\u0400-\u052f\u1e00-\u1fff"
 )
+# Cyrillic and Greek decline names by adding a case ending (Иванов, Иванова, Иванову): a name part of at least
+# MIN_DECLINED_NAME_PART letters in those alphabets is also found at the start of a longer word (fail closed; a
+# shorter one, "Ли", would start too many ordinary words). Latin text is matched whole-word ("Müllers" is missed).
+_DECLINING = re.compile("[\u0370-\u03ff\u1f00-\u1fff\u0400-\u052f\u0300-\u036f]+")
+MIN_DECLINED_NAME_PART = 4
 _DA = re.compile(r"\d{8}")
 # A birth date given in words: DOB / D.O.B. / date of birth / birth date / born (on) / geb. (German), then a date
 # as DICOM or people write it. Only with its keyword: a bare date in text is usually the study's.
@@ -171,17 +176,17 @@ class Identifiers:
     """The patient's name parts and IDs found in one file, and a matcher for text that repeats them."""
 
     def __init__(self, names: Iterable[str], ids: Iterable[str]) -> None:
-        names, ids = map(_compatible, names), map(_compatible, ids)
+        names, ids = list(map(_compatible, names)), map(_compatible, ids)
         tokens = sorted({t for t in names if len(t) >= MIN_NAME_PART} | {t for t in ids if len(t) >= MIN_ID})
+        declined = sorted({t for t in names if len(t) >= MIN_DECLINED_NAME_PART and _DECLINING.fullmatch(t)})
         # longest first so that "SMITH-JONES" wins over "SMITH"; boundaries so "LI" does not match "CLINIC"
         tokens.sort(key=len, reverse=True)
+        declined.sort(key=len, reverse=True)
+        alternatives = [f"(?:{_alternation(tokens)})(?![{_WORD_CHARACTER}])"] if tokens else []
+        if declined:  # a case ending after the whole name: no right boundary
+            alternatives.append(f"(?:{_alternation(declined)})")
         self._pattern = (
-            re.compile(
-                f"(?<![{_WORD_CHARACTER}])(?:" + "|".join(re.escape(t) for t in tokens) + f")(?![{_WORD_CHARACTER}])",
-                re.IGNORECASE,
-            )
-            if tokens
-            else None
+            re.compile(f"(?<![{_WORD_CHARACTER}])(?:{'|'.join(alternatives)})", re.IGNORECASE) if tokens else None
         )
 
     def __bool__(self) -> bool:
@@ -193,6 +198,10 @@ class Identifiers:
     @classmethod
     def collect(cls, dataset: Dataset) -> Identifiers:
         return cls(*identifier_values(dataset))
+
+
+def _alternation(tokens: list[str]) -> str:
+    return "|".join(re.escape(t) for t in tokens)
 
 
 def _compatible(text: str) -> str:

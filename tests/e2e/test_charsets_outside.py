@@ -113,6 +113,11 @@ def deid_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStac
         pytest.param("ISO_IR 144", "Ли^Анна", "КТ, пациентка ЛИ А.", False, id="cyrillic-word"),
         pytest.param("ISO_IR 126", "Διονυσιος^Νικος", "ΔΙΟΝΥΣΙΟΣ εξέταση", False, id="greek-word-uppercase"),
         pytest.param("ISO_IR 100", "Weiß^Jürgen", "Kontrolle (JÜRGEN)", False, id="latin1-word-uppercase"),
+        # Cyrillic and Greek decline a name by a case ending after it: "снимок Иванова" is the image of Иванов,
+        # "εξέταση Μαρίας" Μαρία's examination (a name part of 4 or more letters; fail closed)
+        pytest.param("ISO_IR 144", "Иванов^Пётр", "КТ: снимок Иванова", False, id="cyrillic-declined"),
+        pytest.param("ISO_IR 126", "Μαρία^Ελένη", "εξέταση Μαρίας", False, id="greek-declined"),
+        pytest.param("ISO_IR 144", "Ли^Анна", "Лицевой череп", True, id="cyrillic-short-part-starts-a-word"),
         # scripts that join honorifics, particles and prefixes to a name: found inside a longer run of letters
         pytest.param("ISO_IR 192", "Yamada^Tarou=山田^太郎", "山田太郎様 頭部CT", False, id="japanese-honorific"),
         pytest.param("ISO_IR 192", "김희중", "김희중님 흉부", False, id="korean-particle"),
