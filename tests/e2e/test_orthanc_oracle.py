@@ -9,9 +9,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import requests
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
 from gateway.dicomweb.multipart import encode_multipart
@@ -36,6 +38,10 @@ DATED = [
 
 # (Modality, PatientSex): one study each, Patient ID "ORACLE-MOD"
 MODALITIES = [("CT", "F"), ("MR", "M"), ("US", "O")]
+
+# (name, Patient's Name as the file writes it): one study each, Patient ID "ORACLE-PN"; a modality or RIS that
+# writes every component of a name leaves the trailing ones empty, delimiters kept (PS3.5 6.2.1.1)
+NAMES_WRITTEN = [("carets", "Caret^Carla^^^"), ("plain", "Plain^Paula"), ("family", "Family^^^^")]
 
 
 def image(**values: Any) -> Dataset:
@@ -66,6 +72,10 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Dataset]:
     private.private_block(0x0009, "ACME 1.0", create=True).add_new(0x01, "LO", "private value")
     private.filename = str(write(private, folder))
     made["private"] = private
+    for name, written in NAMES_WRITTEN:
+        ds = image(PatientID="ORACLE-PN", PatientName=written, ReferringPhysicianName=written)
+        ds.filename = str(write(ds, folder))
+        made[name] = ds
     for modality, sex in MODALITIES:
         ds = image(PatientID="ORACLE-MOD", PatientName=f"Oracle^{modality}", Modality=modality, PatientSex=sex)
         ds.filename = str(write(ds, folder))
@@ -114,6 +124,10 @@ def ask(stack: RunningStack, orthanc: Orthanc, query: str) -> tuple[list[dict[st
     assert mine.status_code == 200, mine.text
     assert theirs.status_code == 200, theirs.text
     return mine.json(), theirs.json() if theirs.content else []
+
+
+def tag_of(keyword: str) -> str:
+    return f"{tag_for_keyword(keyword):08X}"
 
 
 def names(matches: list[dict[str, Any]]) -> list[str]:
@@ -231,3 +245,32 @@ def test_a_list_of_codes_takes_plain_codes(stack: RunningStack, value: str) -> N
     assert answer.status_code == 400
     assert answer.headers["Content-Type"] == "application/json"
     assert answer.json()["detail"] == "Modality: a list takes plain codes such as CT,MR (no wildcards)"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("Caret^Carla", ["Caret^Carla^^^"]),  # stored with its trailing delimiters, asked for without them
+        ("caret^carla^", ["Caret^Carla^^^"]),
+        ("Plain^Paula^^^", ["Plain^Paula"]),  # stored without them, asked for with them
+        ("Family", ["Family^^^^"]),
+        ("Family^^^^", ["Family^^^^"]),
+        ("*^Carla", ["Caret^Carla^^^"]),  # a wildcard match ending in a component
+        ("Caret^Carla^^^*", ["Caret^Carla^^^"]),
+        ("Caret", []),  # the family name alone is still not the whole name
+    ],
+)
+def test_trailing_empty_name_components_do_not_change_a_name_fixed(
+    stack: RunningStack, orthanc: Orthanc, value: str, expected: list[str]
+) -> None:
+    """PS3.5 6.2.1.1: trailing null components of a Person Name and their delimiters may be omitted, so
+    ``Caret^Carla^^^`` and ``Caret^Carla`` are one name. A file written with the delimiters (or a client sending
+    them) found nothing when the other spelling was asked for: the gateway compared the texts. Orthanc does too (a
+    difference judged in its disfavour); the gateway now matches the name whichever way either side spells it, on
+    both PN keys it matches."""
+    for key in ("PatientName", "ReferringPhysicianName"):
+        mine, _ = ask(stack, orthanc, f"/studies?PatientID=ORACLE-PN&{key}={quote(value)}")
+        assert sorted(m[tag_of(key)]["Value"][0]["Alphabetic"] for m in mine) == expected, key
+    mine, theirs = ask(stack, orthanc, f"/studies?PatientID=ORACLE-PN&PatientName={quote(value)}")
+    if value in ("Caret^Carla", "Plain^Paula^^^", "Family"):
+        assert theirs == []  # Orthanc 1.x: the texts compared

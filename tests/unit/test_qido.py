@@ -352,6 +352,8 @@ def test_person_names_case_insensitive_with_wildcards(catalog: Catalog) -> None:
     assert uids(find(catalog, "studies", PatientName="Müller*")) == [S6]
     assert uids(find(catalog, "studies", PatientName="MÜLLER^jürgen")) == [S6]
     assert uids(find(catalog, "studies", ReferringPhysicianName="who*")) == [S6]
+    assert uids(find(catalog, "studies", PatientName="Doe^Jane^^^")) == [S4]  # stored "doe^jane"
+    assert uids(find(catalog, "studies", PatientName="Müller^Jürgen^")) == [S6]
 
 
 def test_wildcard_escaping(catalog: Catalog) -> None:
