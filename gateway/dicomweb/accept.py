@@ -108,8 +108,8 @@ def _matches(media_range: MediaRange, offer: Offer, default_part: str) -> bool:
         return part in (offer.part_type, "*/*") or (
             part.endswith("/*") and offer.part_type.startswith(part[:-1])
         )
-    if offer.multipart:
-        return media_range.media_type == "*/*"
+    if offer.multipart:  # multipart/* is every multipart subtype (RFC 9110 12.5.1), as */* is every type
+        return media_range.media_type in ("*/*", "multipart/*")
     if media_range.media_type == "*/*":
         return True
     if media_range.media_type.endswith("/*"):

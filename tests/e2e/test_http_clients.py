@@ -129,6 +129,33 @@ def test_a_type_named_outranks_a_wider_refusal(
     assert refused.headers["Content-Type"].split(";")[0] == other
 
 
+@pytest.mark.parametrize(
+    ("resource", "accept", "content_type"),
+    [
+        ("", "multipart/*", 'multipart/related; type="application/dicom"'),
+        ("/frames/1", "multipart/*", 'multipart/related; type="application/octet-stream"'),
+        ("/bulkdata/7FE00010", "multipart/*", 'multipart/related; type="application/octet-stream"'),
+        ("", "multipart/*;q=0, */*", "application/dicom"),
+        ("/frames/1", "multipart/*;q=0, */*", "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"),
+        ("/bulkdata/7FE00010", "multipart/*;q=0, */*", "application/octet-stream"),
+    ],
+)
+def test_multipart_star_names_every_multipart_answer(
+    stack: RunningStack, root: str, uids: dict[str, tuple[str, str, str]], resource: str, accept: str,
+    content_type: str,
+) -> None:
+    """RFC 9110 12.5.1: ``multipart/*`` is every multipart subtype (what a generic multipart client sends,
+    `fetch(url, {headers: {Accept: "multipart/*"}})`). It was a JSON 406 "none of the accepted media types can be
+    produced"; and a client refusing multipart (``multipart/*;q=0, */*``) was sent multipart/related, its refusal
+    unread. Now the first is the multipart answer, the second the single part."""
+    answer = requests.get(instance_url(root, uids["ct"]) + resource, headers={"Accept": accept}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["Content-Type"].partition("; boundary=")[0] == content_type
+    if "boundary=" in answer.headers["Content-Type"]:
+        single = requests.get(instance_url(root, uids["ct"]) + resource, headers={"Accept": "*/*"}, timeout=30)
+        assert answered(answer) == answered(single)  # the default answer, multipart
+
+
 def test_viewer_assets_a_shared_cache_keeps_say_they_vary_with_accept_encoding(stack: RunningStack) -> None:
     """The viewer's hashed assets are ``Cache-Control: public, max-age=31536000, immutable`` and gzipped for a
     client that takes gzip, but said nothing of it: a CDN or proxy in front kept the first answer a year for every

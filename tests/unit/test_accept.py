@@ -204,6 +204,19 @@ def test_a_more_specific_range_outranks_a_refusal_or_a_wider_range() -> None:
     assert negotiate("application/dicom+json;q=NaN, application/json;q=0.5", json_offers) == json_offers[1]
 
 
+def test_multipart_star_is_any_multipart_answer() -> None:
+    """RFC 9110 12.5.1: ``type/*`` is every subtype of the type, so ``multipart/*`` takes multipart/related (a 406
+    before), and ``multipart/*;q=0, */*`` refuses it: the single part is sent (multipart was, the refusal unread)."""
+    assert negotiate("multipart/*", FRAME_OFFERS) == FRAME_OFFERS[0]
+    assert negotiate("multipart/*", RETRIEVE_OFFERS) == RETRIEVE_OFFERS[0]
+    assert negotiate("multipart/*;q=0, */*", FRAME_OFFERS) == FRAME_OFFERS[2]
+    assert negotiate("multipart/*;q=0, */*", RETRIEVE_OFFERS) == RETRIEVE_OFFERS[1]
+    assert negotiate("multipart/*;q=0, */*", BULK_OFFERS) == BULK_OFFERS[1]
+    assert negotiate("multipart/*;q=0.5, application/octet-stream;q=0.1", FRAME_OFFERS) == FRAME_OFFERS[0]
+    with pytest.raises(NotAcceptable):
+        negotiate("multipart/*", [FRAME_OFFERS[2], FRAME_OFFERS[3]])
+
+
 def test_negotiate_without_offers() -> None:
     with pytest.raises(NotAcceptable) as caught:
         negotiate("*/*", [])
