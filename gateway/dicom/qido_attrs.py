@@ -15,7 +15,7 @@ from typing import Any
 
 from pydicom.datadict import tag_for_keyword
 
-from gateway.dicom.times import time_key
+from gateway.dicom.times import date_key, time_key
 from gateway.numbers import int32_or_none
 
 
@@ -170,6 +170,8 @@ SEARCHABLE_KEYS = tuple(_TEXT_KEYS) + tuple(_INT_KEYS)
 
 # TM columns: stored as ``time_key`` writes them, so QIDO compares times, not the texts files happen to hold
 _TIME_KEYS = frozenset({"study_time", "performed_procedure_step_start_time"})
+# DA columns: stored as ``date_key`` writes them (a date of the form before DICOM 3.0 without its dots)
+_DATE_KEYS = frozenset({"patient_birth_date", "study_date", "series_date", "performed_procedure_step_start_date"})
 # The longest value a text column holds, on both backends alike: PostgreSQL refused a longer one (an index row is
 # at most ~2.7 KB; a date, sex or modality column is a VARCHAR(16) or (32), gateway/catalog/schema.py), a 503
 # "catalog unavailable" for a file with a 30,000 character name. No VR searched holds more than 64 characters
@@ -200,6 +202,8 @@ def searchable(metadata: dict[str, Any]) -> dict[str, str | int | None]:
     out: dict[str, str | int | None] = {}
     for key, tag in _TEXT_TAGS.items():
         text = _storable(key, _text(metadata.get(tag)))
+        if text is not None and key in _DATE_KEYS:
+            text = date_key(text)
         out[key] = time_key(text) if key in _TIME_KEYS and text is not None else text
     for key, tag in _INT_TAGS.items():
         out[key] = int32_or_none(_text(metadata.get(tag)))

@@ -1,4 +1,5 @@
-"""DICOM TM values (PS3.5 6.2) as the catalog keys them, for stored values and QIDO bounds alike (``time_key``).
+"""DICOM TM and DA values (PS3.5 6.2) as the catalog keys them, for stored values and QIDO bounds alike
+(``time_key``, ``date_key``).
 
 Free of pydicom: QIDO's parser imports it, and a process that only parses uploads must not load pydicom's
 dictionary (``gateway.catalog.records``).
@@ -28,3 +29,15 @@ def time_key(value: str, fill: str = "0") -> str | None:
         return None
     whole = hours + (minutes or "") + (seconds or "")
     return whole.ljust(6, fill) + "." + (fraction or "").ljust(6, fill)
+
+
+# PS3.5 6.2 DA: YYYYMMDD; the form before DICOM 3.0, yyyy.mm.dd, which PS3.5 still recommends reading
+_DA_DOTTED = re.compile(r"(\d{4})\.(\d{2})\.(\d{2})")
+
+
+def date_key(value: str) -> str:
+    """A DA value as the catalog stores and QIDO compares it: ``YYYYMMDD``. A value of the form before DICOM 3.0
+    (``1993.03.04``) loses its dots, so it compares as the date it is (as text, ``1993.03.04`` sorted before
+    ``19930101`` and matched no day); any other value is returned as it is."""
+    found = _DA_DOTTED.fullmatch(value)
+    return "".join(found.groups()) if found else value

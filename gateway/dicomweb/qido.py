@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from gateway.dicom.times import time_key
+from gateway.dicom.times import date_key, time_key
 from gateway.errors import BadRequest
 from gateway.numbers import INT32_MIN, parse_int
 from gateway.uids import check_uid, is_uid
@@ -213,6 +213,7 @@ def _is_calendar_date(part: str) -> bool:
 
 def _date_bounds(name: str, value: str) -> tuple[str | None, str | None]:
     def check(part: str) -> str:
+        part = date_key(part)  # 1993.03.04, the form before DICOM 3.0 (an answer shows a file's value so)
         if not re.fullmatch(r"\d{4}(\d{2}(\d{2})?)?", part) or not _is_calendar_date(part):
             raise BadRequest(f"{name}: expected a date YYYYMMDD (or YYYY, YYYYMM) or a range of them")
         return part
@@ -222,7 +223,7 @@ def _date_bounds(name: str, value: str) -> tuple[str | None, str | None]:
         if not low and not high:
             raise BadRequest(f"{name}: empty date range")
         return (check(low).ljust(8, "0") if low else None, check(high).ljust(8, "9") if high else None)
-    check(value)
+    value = check(value)
     return value.ljust(8, "0"), value.ljust(8, "9")
 
 

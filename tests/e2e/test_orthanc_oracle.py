@@ -6,6 +6,7 @@ asserts what the standard asks (Orthanc is not always right; its answer is then 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from urllib.parse import quote
 import pytest
 import requests
 from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 from gateway.dicomweb.multipart import encode_multipart
@@ -76,6 +78,19 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Dataset]:
         ds = image(PatientID="ORACLE-PN", PatientName=written, ReferringPhysicianName=written)
         ds.filename = str(write(ds, folder))
         made[name] = ds
+    # dates and a time in the form before DICOM 3.0 (yyyy.mm.dd, hh:mm:ss), as old archives hold them
+    old = image(PatientID="ORACLE-OLD", PatientName="Oracle^old")
+    with warnings.catch_warnings():  # pydicom warns of values PS3.5 no longer defines
+        warnings.simplefilter("ignore")
+        for tag, vr, value in [
+            (0x00080020, "DA", "1993.03.04"),
+            (0x00080030, "TM", "10:15:30"),
+            (0x00100030, "DA", "1950.07.08"),
+            (0x00400244, "DA", "1993.03.04"),
+        ]:
+            old.add(DataElement(tag, vr, value))
+        old.filename = str(write(old, folder))
+    made["old"] = old
     for modality, sex in MODALITIES:
         ds = image(PatientID="ORACLE-MOD", PatientName=f"Oracle^{modality}", Modality=modality, PatientSex=sex)
         ds.filename = str(write(ds, folder))
@@ -274,3 +289,37 @@ def test_trailing_empty_name_components_do_not_change_a_name_fixed(
     mine, theirs = ask(stack, orthanc, f"/studies?PatientID=ORACLE-PN&PatientName={quote(value)}")
     if value in ("Caret^Carla", "Plain^Paula^^^", "Family"):
         assert theirs == []  # Orthanc 1.x: the texts compared
+
+
+@pytest.mark.parametrize(
+    ("query", "found"),
+    [
+        ("StudyDate=19930304", True),
+        ("StudyDate=1993", True),
+        ("StudyDate=199303", True),
+        ("StudyDate=19930101-19931231", True),
+        ("StudyDate=19930304-", True),
+        ("StudyDate=19930305-", False),
+        ("StudyDate=-19930303", False),
+        ("StudyDate=1993.03.04", True),  # the value as the answer shows it, pasted into a search
+        ("StudyDate=1993.03.01-1993.03.31", True),
+        ("StudyDate=19930304-19930304&StudyTime=1015-1016", True),  # combined date-time matching
+        ("PatientBirthDate=19500708", True),
+        ("PatientBirthDate=-19491231", False),
+    ],
+)
+def test_a_date_in_the_form_before_dicom_3_is_matched_as_a_date_fixed(
+    stack: RunningStack, orthanc: Orthanc, query: str, found: bool
+) -> None:
+    """PS3.5 6.2 (DA) recommends reading the form of the standard before V3.0, ``yyyy.mm.dd``, as old archives
+    hold it (its times, ``hh:mm:ss``, were read already). The catalog kept the text, so ``StudyDate=19930304``,
+    ``1993`` or a range holding the day found nothing, and open ranges compared the dots as characters. Orthanc
+    keeps the text too (a difference judged in its disfavour). The answer keeps the file's value."""
+    mine, theirs = ask(stack, orthanc, f"/studies?PatientID=ORACLE-OLD&{query}")
+    assert names(mine) == (["old"] if found else [])
+    if found:
+        assert mine[0]["00080020"] == {"vr": "DA", "Value": ["1993.03.04"]}
+    if query == "StudyDate=19930304":
+        assert theirs == []  # Orthanc 1.x: the texts compared
+    series, _ = ask(stack, orthanc, "/series?PatientID=ORACLE-OLD&PerformedProcedureStepStartDate=19930304")
+    assert names(series) == ["old"]

@@ -60,7 +60,7 @@ def test_migrate_is_idempotent_and_matches_schema(catalog: Catalog) -> None:
     # the order index is declared by its columns (what SQLite reflects); PostgreSQL reflects its DESC NULLS LAST
     diffs = [d for d in diffs if catalog.dialect == "sqlite" or getattr(d[1], "name", "") != "ix_studies_date_order"]
     assert diffs == []
-    assert version == "0013"
+    assert version == "0014"
     indexes = {name: " ".join(sql.split()) for name, sql in ddl if sql}
     assert "lower(patient_name)" in indexes["ix_studies_patient_name_lower"]
     if catalog.dialect == "postgresql":
@@ -215,6 +215,63 @@ def test_migration_0011_keys_the_stored_times(catalog_url: str) -> None:
         answered = {r["0020000D"]["Value"][0]: r["00080030"]["Value"][0] for r in found}
         assert answered == {"1.2.9": "101500", "1.2.8": "1015"}
         query = parse_qido("series", {"PerformedProcedureStepStartTime": ["091500.000"]})
+        assert [r["0020000E"]["Value"][0] for r in catalog.search(query, None)] == ["1.2.9.1"]
+    finally:
+        catalog.close()
+
+
+def test_migration_0014_keys_dates_of_the_form_before_dicom_3(catalog_url: str) -> None:
+    """Dates stored before 0014 hold the file's text; QIDO compared it, so a Study Date ``1993.03.04`` (the form
+    PS3.5 6.2 recommends reading) was no day of 1993. The migration drops the dots of such values only, and the
+    dates match as dates at once; the answer keeps the file's text."""
+    from alembic import command
+    from alembic.config import Config
+
+    from gateway.catalog.engine import MIGRATIONS
+
+    old = Catalog(catalog_url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    dates = {"1.2.9": "1993.03.04", "1.2.8": "19930305", "1.2.7": "1993-03-04", "1.2.6": "1993.3.4", "1.2.5": None}
+    with old.engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0013")
+        for uid, text in dates.items():
+            attrs = json.dumps({"00080020": {"vr": "DA", "Value": [text]}} if text else {})
+            conn.execute(
+                sa.text(
+                    "INSERT INTO studies (study_uid, study_date, patient_birth_date, attrs, updated_at) "
+                    "VALUES (:u, :d, :d, :a, 0)"
+                ),
+                {"u": uid, "d": text, "a": attrs},
+            )
+        conn.execute(
+            sa.text(
+                "INSERT INTO series (series_uid, study_uid, performed_procedure_step_start_date, attrs) "
+                "VALUES ('1.2.9.1', '1.2.9', '1993.03.04', '{}')"
+            )
+        )
+    old.close()
+    catalog = Catalog(catalog_url)
+    try:
+        catalog.migrate()
+        with catalog.engine.connect() as conn:
+            keys = {uid: (d, b) for uid, d, b in conn.execute(
+                sa.text("SELECT study_uid, study_date, patient_birth_date FROM studies")
+            ).all()}
+            step = conn.execute(sa.text("SELECT performed_procedure_step_start_date FROM series")).scalar_one()
+        assert keys == {
+            "1.2.9": ("19930304", "19930304"),
+            "1.2.8": ("19930305", "19930305"),
+            "1.2.7": ("1993-03-04", "1993-03-04"),  # no DA form: left as it was
+            "1.2.6": ("1993.3.4", "1993.3.4"),
+            "1.2.5": (None, None),
+        }
+        assert step == "19930304"
+        found = catalog.search(parse_qido("studies", {"StudyDate": ["1993"]}), None)
+        answered = {r["0020000D"]["Value"][0]: r["00080020"]["Value"][0] for r in found}
+        assert answered == {"1.2.9": "1993.03.04", "1.2.8": "19930305"}
+        query = parse_qido("series", {"PerformedProcedureStepStartDate": ["19930304"]})
         assert [r["0020000E"]["Value"][0] for r in catalog.search(query, None)] == ["1.2.9.1"]
     finally:
         catalog.close()

@@ -21,7 +21,7 @@ from gateway.dicom import qido_attrs, valuememo
 from gateway.dicom.index import index_file, read_instance
 from gateway.dicom.metadata import join_metadata, metadata_text, rebase_bulkdata_text, rebase_bulkdata_uris
 from gateway.dicom.qido_attrs import SEARCHABLE_KEYS
-from gateway.dicom.times import time_key
+from gateway.dicom.times import date_key, time_key
 from gateway.dicom.walker import quiet_validation
 from gateway.errors import DicomError
 from gateway.numbers import int32_or_none
@@ -324,6 +324,9 @@ def test_searchable_values_are_what_pydicom_reads_for_its_test_files() -> None:
         for key in qido_attrs._TIME_KEYS:  # times are kept as the key QIDO compares (gateway.dicom.times)
             text = expected[key]
             expected[key] = time_key(text) if isinstance(text, str) else None
+        for key in qido_attrs._DATE_KEYS & expected.keys():  # dates too (ExplVR_BigEnd.dcm's 1997.04.24)
+            text = expected[key]
+            expected[key] = date_key(text) if isinstance(text, str) else None
         assert indexed.searchable == expected, path.name
         compared += 1
     assert compared > 50

@@ -81,6 +81,9 @@ def test_date_and_time_ranges() -> None:
     assert one("studies", StudyTime="101500.000").values == ("101500.000000", "101500.000999")
     assert one("studies", StudyTime="1015").values == ("101500.000000", "101599.999999")
     assert one("studies", PatientBirthDate="-19800101").values == (None, "19800101")
+    # the form before DICOM 3.0 (PS3.5 6.2 DA), as the catalog keys it (gateway.dicom.times.date_key)
+    assert one("studies", StudyDate="1993.03.04").values == ("19930304", "19930304")
+    assert one("studies", StudyDate="1993.03.01-1993.03.31").values == ("19930301", "19930331")
 
 
 def test_uid_lists() -> None:
