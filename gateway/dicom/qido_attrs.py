@@ -170,7 +170,8 @@ SEARCHABLE_KEYS = tuple(_TEXT_KEYS) + tuple(_INT_KEYS)
 
 # TM columns: stored as ``time_key`` writes them, so QIDO compares times, not the texts files happen to hold
 _TIME_KEYS = frozenset({"study_time", "performed_procedure_step_start_time"})
-# DA columns: stored as ``date_key`` writes them (a date of the form before DICOM 3.0 without its dots)
+# DA columns: stored as ``date_key`` writes them (a date of the form before DICOM 3.0 without its dots; None for a
+# value that names no day), so QIDO compares dates
 _DATE_KEYS = frozenset({"patient_birth_date", "study_date", "series_date", "performed_procedure_step_start_date"})
 # The longest value a text column holds, on both backends alike: PostgreSQL refused a longer one (an index row is
 # at most ~2.7 KB; a date, sex or modality column is a VARCHAR(16) or (32), gateway/catalog/schema.py), a 503
@@ -197,8 +198,8 @@ def _storable(key: str, text: str | None) -> str | None:
 def searchable(metadata: dict[str, Any]) -> dict[str, str | int | None]:
     """Flat values for catalog columns, from the instance's DICOM JSON (values pydicom decoded once, see
     ``gateway.dicom.valuememo``): every key of ``SEARCHABLE_KEYS``, None when missing, empty, undecodable or
-    longer than a column holds (a time column holds its ``time_key``, None for a value that is no time; a NUL is
-    U+FFFD)."""
+    longer than a column holds (a time column holds its ``time_key``, None for a value that is no time, a date
+    column its ``date_key``, None for a value that is no day; a NUL is U+FFFD)."""
     out: dict[str, str | int | None] = {}
     for key, tag in _TEXT_TAGS.items():
         text = _storable(key, _text(metadata.get(tag)))

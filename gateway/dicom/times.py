@@ -1,5 +1,5 @@
-"""DICOM TM and DA values (PS3.5 6.2) as the catalog keys them, for stored values and QIDO bounds alike
-(``time_key``, ``date_key``).
+"""DICOM TM and DA values (PS3.5 6.2) as the catalog keys them: ``time_key`` for stored values and QIDO bounds
+alike, ``date_key`` for stored dates (``undotted`` for a date in a query, which may be partial).
 
 Free of pydicom: QIDO's parser imports it, and a process that only parses uploads must not load pydicom's
 dictionary (``gateway.catalog.records``).
@@ -7,6 +7,7 @@ dictionary (``gateway.catalog.records``).
 
 from __future__ import annotations
 
+import datetime
 import re
 
 # PS3.5 6.2 TM: HH[MM[SS[.F{1,6}]]]; the colons of the form before DICOM 3.0 (10:15:00), which PS3.5 still
@@ -35,9 +36,22 @@ def time_key(value: str, fill: str = "0") -> str | None:
 _DA_DOTTED = re.compile(r"(\d{4})\.(\d{2})\.(\d{2})")
 
 
-def date_key(value: str) -> str:
-    """A DA value as the catalog stores and QIDO compares it: ``YYYYMMDD``. A value of the form before DICOM 3.0
-    (``1993.03.04``) loses its dots, so it compares as the date it is (as text, ``1993.03.04`` sorted before
-    ``19930101`` and matched no day); any other value is returned as it is."""
+def undotted(value: str) -> str:
+    """A date of the form before DICOM 3.0 (``1993.03.04``) without its dots; any other value as it is."""
     found = _DA_DOTTED.fullmatch(value)
     return "".join(found.groups()) if found else value
+
+
+def date_key(value: str) -> str | None:
+    """A DA value as the catalog stores and QIDO compares it: ``YYYYMMDD`` (``1993.03.04`` without its dots: as
+    text it sorted before ``19930101`` and matched no day). None when it names no calendar day (``00000000``, the
+    placeholder some modalities write for an unknown date; a thirteenth month), as ``time_key`` has no time of day
+    match: compared as text, ``00000000`` was a date before any other."""
+    text = undotted(value)
+    if not re.fullmatch(r"\d{8}", text):
+        return None
+    try:
+        datetime.date(int(text[:4]), int(text[4:6]), int(text[6:]))
+    except ValueError:
+        return None
+    return text

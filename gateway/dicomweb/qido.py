@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from gateway.dicom.times import date_key, time_key
+from gateway.dicom.times import time_key, undotted
 from gateway.errors import BadRequest
 from gateway.numbers import INT32_MIN, parse_int
 from gateway.uids import check_uid, is_uid
@@ -213,7 +213,7 @@ def _is_calendar_date(part: str) -> bool:
 
 def _date_bounds(name: str, value: str) -> tuple[str | None, str | None]:
     def check(part: str) -> str:
-        part = date_key(part)  # 1993.03.04, the form before DICOM 3.0 (an answer shows a file's value so)
+        part = undotted(part)  # 1993.03.04, the form before DICOM 3.0 (an answer shows a file's value so)
         if not re.fullmatch(r"\d{4}(\d{2}(\d{2})?)?", part) or not _is_calendar_date(part):
             raise BadRequest(f"{name}: expected a date YYYYMMDD (or YYYY, YYYYMM) or a range of them")
         return part

@@ -91,6 +91,15 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Dataset]:
             old.add(DataElement(tag, vr, value))
         old.filename = str(write(old, folder))
     made["old"] = old
+    # dates that name no day: the placeholder some modalities write for an unknown date, and a thirteenth month
+    for name, date in (("zeros", "00000000"), ("month13", "19931301")):
+        ds = image(PatientID="ORACLE-NODAY", PatientName=f"Oracle^{name}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds.add(DataElement(0x00080020, "DA", date))
+            ds.add(DataElement(0x00100030, "DA", date))
+            ds.filename = str(write(ds, folder))
+        made[name] = ds
     for modality, sex in MODALITIES:
         ds = image(PatientID="ORACLE-MOD", PatientName=f"Oracle^{modality}", Modality=modality, PatientSex=sex)
         ds.filename = str(write(ds, folder))
@@ -323,3 +332,25 @@ def test_a_date_in_the_form_before_dicom_3_is_matched_as_a_date_fixed(
         assert theirs == []  # Orthanc 1.x: the texts compared
     series, _ = ask(stack, orthanc, "/series?PatientID=ORACLE-OLD&PerformedProcedureStepStartDate=19930304")
     assert names(series) == ["old"]
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["StudyDate=-20000101", "StudyDate=19000101-", "StudyDate=1993", "PatientBirthDate=-19500101"],
+)
+def test_a_stored_date_that_names_no_day_matches_no_range_fixed(
+    stack: RunningStack, orthanc: Orthanc, query: str
+) -> None:
+    """A Study Date or Patient's Birth Date that names no calendar day (``00000000``, the placeholder some
+    modalities write for an unknown date, or a thirteenth month) is no date (PS3.5 6.2 DA), as a stored time that
+    is no time of day matched nothing already. The catalog compared the text, so ``PatientBirthDate=-19500101``
+    ("born before 1950") listed every patient of unknown birth date, and ``StudyDate=1993`` a study of month 13.
+    Orthanc compares the text too (a difference judged in its disfavour). The answer keeps the file's value."""
+    mine, theirs = ask(stack, orthanc, f"/studies?PatientID=ORACLE-NODAY&{query}")
+    assert names(mine) == []
+    if query == "StudyDate=-20000101":
+        assert names(theirs) == ["month13", "zeros"]  # Orthanc 1.x: the texts compared
+    if query == "PatientBirthDate=-19500101":
+        assert names(theirs) == ["zeros"]
+    every, _ = ask(stack, orthanc, "/studies?PatientID=ORACLE-NODAY&StudyDate=")
+    assert sorted(m["00080020"]["Value"][0] for m in every) == ["00000000", "19931301"]

@@ -220,10 +220,11 @@ def test_migration_0011_keys_the_stored_times(catalog_url: str) -> None:
         catalog.close()
 
 
-def test_migration_0014_keys_dates_of_the_form_before_dicom_3(catalog_url: str) -> None:
+def test_migration_0014_keys_the_stored_dates(catalog_url: str) -> None:
     """Dates stored before 0014 hold the file's text; QIDO compared it, so a Study Date ``1993.03.04`` (the form
-    PS3.5 6.2 recommends reading) was no day of 1993. The migration drops the dots of such values only, and the
-    dates match as dates at once; the answer keeps the file's text."""
+    PS3.5 6.2 recommends reading) was no day of 1993, and ``00000000`` a day before every other. The migration
+    rewrites them as date keys (a value that is no day becomes NULL), and the dates match as dates at once; the
+    answer keeps the file's text."""
     from alembic import command
     from alembic.config import Config
 
@@ -232,7 +233,7 @@ def test_migration_0014_keys_dates_of_the_form_before_dicom_3(catalog_url: str) 
     old = Catalog(catalog_url)
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
-    dates = {"1.2.9": "1993.03.04", "1.2.8": "19930305", "1.2.7": "1993-03-04", "1.2.6": "1993.3.4", "1.2.5": None}
+    dates = {"1.2.9": "1993.03.04", "1.2.8": "19930305", "1.2.7": "00000000", "1.2.6": "1993.3.4", "1.2.5": None}
     with old.engine.begin() as conn:
         config.attributes["connection"] = conn
         command.upgrade(config, "0013")
@@ -263,8 +264,8 @@ def test_migration_0014_keys_dates_of_the_form_before_dicom_3(catalog_url: str) 
         assert keys == {
             "1.2.9": ("19930304", "19930304"),
             "1.2.8": ("19930305", "19930305"),
-            "1.2.7": ("1993-03-04", "1993-03-04"),  # no DA form: left as it was
-            "1.2.6": ("1993.3.4", "1993.3.4"),
+            "1.2.7": (None, None),  # names no day: matches nothing
+            "1.2.6": (None, None),
             "1.2.5": (None, None),
         }
         assert step == "19930304"
