@@ -381,6 +381,10 @@ def parse_qido(
                     include_all = True
                 elif item and (found := _lookup(item)) is not None:
                     include.add(found[0])
+                elif item and "." in item and all(_lookup(part) for part in item.split(".")):
+                    # a path into a sequence is an attribute too (PS3.18 8.3.4.1, 8.3.4.3): its sequence is
+                    # returned whole, as naming the sequence returns it (it was ignored as naming no attribute)
+                    include.add(_resolve(item.split(".")[0])[0])
                 elif item:
                     ignored["include"].append(item)
             continue

@@ -100,6 +100,16 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Dataset]:
             ds.add(DataElement(0x00100030, "DA", date))
             ds.filename = str(write(ds, folder))
         made[name] = ds
+    # a sequence of the Patient module (a study's) and one of an image's own
+    seq = image(PatientID="ORACLE-SEQ", PatientName="Oracle^seq")
+    other = Dataset()
+    other.PatientID, other.TypeOfPatientID = "OTHER-1", "TEXT"
+    seq.OtherPatientIDsSequence = [other]
+    referenced = Dataset()
+    referenced.ReferencedSOPClassUID, referenced.ReferencedSOPInstanceUID = seq.SOPClassUID, "1.2.3.4"
+    seq.ReferencedImageSequence = [referenced]
+    seq.filename = str(write(seq, folder))
+    made["seq"] = seq
     for modality, sex in MODALITIES:
         ds = image(PatientID="ORACLE-MOD", PatientName=f"Oracle^{modality}", Modality=modality, PatientSex=sex)
         ds.filename = str(write(ds, folder))
@@ -354,3 +364,33 @@ def test_a_stored_date_that_names_no_day_matches_no_range_fixed(
         assert names(theirs) == ["zeros"]
     every, _ = ask(stack, orthanc, "/studies?PatientID=ORACLE-NODAY&StudyDate=")
     assert sorted(m["00080020"]["Value"][0] for m in every) == ["00000000", "19931301"]
+
+
+@pytest.mark.parametrize(
+    ("level", "path", "tag"),
+    [
+        ("instances", "ReferencedImageSequence.ReferencedSOPInstanceUID", "00081140"),
+        ("instances", "00081140.00081155", "00081140"),
+        ("studies", "OtherPatientIDsSequence.PatientID", "00101002"),
+        ("studies", "00101002.00100020", "00101002"),
+    ],
+)
+def test_an_includefield_path_into_a_sequence_returns_the_sequence_fixed(
+    stack: RunningStack, orthanc: Orthanc, level: str, path: str, tag: str
+) -> None:
+    """PS3.18 8.3.4.3: an includefield value is an attribute, and an attribute may be a path into a sequence
+    (``attribute-id *("." attribute-id)``, 8.3.4.1). The gateway ignored such a path with a Warning saying it
+    named no attribute (``The following includefield values name no attribute and were ignored:
+    ReferencedImageSequence.ReferencedSOPInstanceUID``), and the sequence was not returned. It is now returned
+    whole, as naming the sequence returns it. Orthanc returns neither."""
+    query = f"/{level}?PatientID=ORACLE-SEQ&includefield="
+    [by_path], [theirs] = ask(stack, orthanc, query + path)
+    [by_sequence], _ = ask(stack, orthanc, query + tag)
+    assert by_path == by_sequence
+    assert len(by_path[tag]["Value"]) == 1
+    assert tag not in theirs
+    answer = requests.get(
+        f"{stack.url}/dicomweb{query}{path}", headers={**stack.api_headers, "Accept": "application/dicom+json"},
+        timeout=30,
+    )
+    assert "Warning" not in answer.headers

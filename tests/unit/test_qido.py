@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from gateway.catalog import Catalog
 from gateway.catalog.schema import series as series_table
 from gateway.catalog.schema import studies as studies_table
-from gateway.dicomweb.qido import DEFAULT_LIMIT, MAX_LIMIT, UNSUPPORTED_OPTIONS, Match, parse_qido
+from gateway.dicomweb.qido import DEFAULT_LIMIT, IGNORED_TEXTS, MAX_LIMIT, UNSUPPORTED_OPTIONS, Match, parse_qido
 from gateway.errors import BadRequest
 from gateway.scope import Scope
 from tests.fixtures.catalog_data import SR_DOC, make_instance, record
@@ -109,6 +109,9 @@ def test_includefield_limit_offset() -> None:
     assert set(parse_qido("studies", options).warnings) == {UNSUPPORTED_OPTIONS[name] for name in options}
     assert parse_qido("studies", {"fuzzymatching": ["false"], "emptyvaluematching": ["false"]}).warnings == ()
     assert parse_qido("studies", {"includefield": ["all"]}).include_all
+    # a path into a sequence names its sequence, returned whole (PS3.18 8.3.4.1's attribute)
+    path = parse_qido("instances", {"includefield": ["ReferencedImageSequence.ReferencedSOPInstanceUID,00101002.x"]})
+    assert (path.include, path.warnings) == (frozenset({"00081140"}), (IGNORED_TEXTS["include"] + "00101002.x",))
     default = parse_qido("studies", {"token": ["abc"], "accept": ["application/dicom+json"]})
     assert (default.limit, default.offset, default.matches) == (DEFAULT_LIMIT, 0, ())
     assert parse_qido("studies", {"limit": ["100000"]}).limit == MAX_LIMIT
