@@ -19,8 +19,8 @@ a parameter that names no attribute (``foo``, vendor parameters), an attribute k
 value of ``ImageType``, a sequence key other than the two above) and an ``includefield`` value that names no
 attribute. ``fuzzymatching``, ``emptyvaluematching`` and ``multiplevaluematching`` are ignored in the words of
 PS3.18 8.3.4.2, 8.3.4.5, 8.3.4.6. A bad value of what is supported (a date, a UID, ``limit``), a key the catalog
-matches of a lower level than the query's (``Modality`` in a studies query; ``Rows`` there is ignored as above) or one
-attribute given twice stays a 400 that names the parameter. The transport
+matches of a lower level than the query's (``Modality=CT`` in a studies query; ``Modality=`` is a return key;
+``Rows`` there is ignored as above) or one attribute given twice stays a 400 that names the parameter. The transport
 parameters ``token``, ``accept``, ``charset`` and ``_`` (jQuery's cache buster) are ignored silently (the DICOMweb
 layer handles the first three).
 """
@@ -421,6 +421,9 @@ def parse_qido(
             raise BadRequest(f"{name}: the same attribute as {matched[tag]}, given twice")
         matched[tag] = name
         if attr.level > depth:
+            if not any(values):  # an empty value asks no match (PS3.4 C.2.2.2.3): a return key, as above
+                include.add(tag)
+                continue
             raise BadRequest(f"{name}: cannot match an attribute of a lower level in a {level} query")
         match = _match(name, attr, list(values))
         if match is not None:

@@ -156,6 +156,31 @@ def test_qido_empty_values_are_return_keys_as_c_find_style_clients_send_them(
     assert [(a["00280010"], a["00280011"]) for a in asked.json()] == [({"vr": "US", "Value": [128]},) * 2]
 
 
+@pytest.mark.parametrize(
+    ("level", "keys"),
+    [
+        ("studies", "Modality=&SeriesInstanceUID=&SOPInstanceUID=&InstanceNumber="),
+        ("series", "SOPInstanceUID=&InstanceNumber=&00280010="),
+    ],
+)
+def test_qido_empty_values_of_a_lower_level_are_return_keys_too(
+    root: str, files: dict[str, Path], level: str, keys: str
+) -> None:
+    """An empty value asks nothing to be matched (universal matching, PS3.4 C.2.2.2.3): it is a return key, as
+    includefield names one, whatever the attribute's level (README). Of an attribute below the query's level
+    (`/studies?...&Modality=`, a C-FIND-style template's keys) it was the JSON 400 "Modality: cannot match an
+    attribute of a lower level in a studies query" that a value there still gets; now the answer is the one
+    without it (Orthanc answers 200 too). A value there stays a 400."""
+    study, _, _ = uids_of(files["ct"])
+    plain = requests.get(f"{root}/{level}?StudyInstanceUID={study}", timeout=30)
+    asked = requests.get(f"{root}/{level}?StudyInstanceUID={study}&{keys}", timeout=30)
+    assert (asked.status_code, asked.headers["Content-Type"]) == (200, "application/dicom+json"), asked.text[:300]
+    assert asked.json() == plain.json()
+    assert "Warning" not in asked.headers
+    valued = requests.get(f"{root}/{level}?StudyInstanceUID={study}&InstanceNumber=1", timeout=30)
+    assert_400(valued, f"InstanceNumber: cannot match an attribute of a lower level in a {level} query")
+
+
 def test_qido_ignores_what_it_does_not_support_and_says_so_in_a_warning(
     stack: RunningStack, root: str, files: dict[str, Path]
 ) -> None:

@@ -44,6 +44,9 @@ def test_wildcards_become_escaped_like() -> None:
 
 def test_universal_matching_adds_no_filter() -> None:
     assert parse_qido("studies", {"PatientID": [""], "PatientName": ["*"]}).matches == ()
+    # of a lower level than the query's too: a return key, as includefield names one (a value there is a 400)
+    lower = parse_qido("studies", {"Modality": [""], "SOPInstanceUID": [""]})
+    assert (lower.matches, lower.include) == ((), frozenset({"00080060", "00080018"}))
 
 
 def test_request_attributes_keys_are_one_item_match() -> None:
