@@ -278,4 +278,9 @@ def to_auth_answer(error: GatewayError) -> tuple[int, list[tuple[str, str]]]:
     status = 401 if isinstance(error, Unauthorized) else 403
     if error.status >= 500:
         status = 500
-    return status, [(nginx.ERROR, error.code), ("Content-Length", "0")]
+    headers = [(nginx.ERROR, error.code), ("Content-Length", "0")]
+    if isinstance(error, InvalidPath):
+        # NGINX keeps a decision per series (every path below it shares one): a refusal of this path's own shape
+        # (an instance segment that is no UID) kept there refused every read of the series for seconds
+        headers.append(("X-Accel-Expires", "0"))
+    return status, headers

@@ -782,3 +782,32 @@ def test_a_patient_name_in_a_path_never_reaches_the_access_log(stack: RunningSta
     assert "/***" in uris and f"{masked}/studies/***" in uris
     assert f"/dicomweb/studies/{study}/series/***" in uris
     assert frame.replace(ct["token"], "***") in uris  # our own paths stay whole: the audit needs their UIDs
+
+
+# -- a refused path is not the series' decision -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stack", ["file"], indirect=True)
+def test_a_path_refused_below_a_series_does_not_refuse_the_series(stack: RunningStack, ct: dict[str, str]) -> None:
+    """NGINX keeps an auth decision per credential, method and series (every frame of a series shares one). A path
+    whose instance segment is no UID (a Java client's ``;jsessionid=`` path parameter) is refused 403
+    ``invalid_path``, and that refusal was kept as the series' decision: for the next seconds every read of the
+    series with that credential, the metadata and frames a viewer asks for next, was the same 403. The refusal
+    concerns that path alone, so it is not kept."""
+    series = f"/studies/{ct['study']}/series/{ct['series']}"
+    # fresh tokens: no decision of theirs is kept yet, so the odd path is the first the auth step judges
+    in_path, in_header = (stack.issue([ct["study"]])["token"] for _ in range(2))
+    for root, headers in ((f"/t/{in_path}/dicomweb", {}), ("/dicomweb", {"Authorization": f"Bearer {in_header}"})):
+        instance = f"{stack.url}{root}{series}/instances/{ct['sop']}"
+        odd = requests.get(f"{instance};jsessionid=1F2E/metadata", headers=headers, timeout=30)
+        assert (odd.status_code, odd.content) == (403, b'{"error":"forbidden","detail":"invalid_path"}')
+        for url, accept in (
+            (f"{instance}/metadata", "application/dicom+json"),
+            (f"{instance}/frames/1", "application/octet-stream"),
+            (f"{stack.url}{root}{series}/instances", "application/dicom+json"),
+        ):
+            answer = requests.get(url, headers={**headers, "Accept": accept}, timeout=30)
+            assert (answer.status_code, answer.headers["Content-Type"].split(";")[0]) == (200, accept), (
+                url,
+                answer.content[:200],
+            )

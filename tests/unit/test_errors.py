@@ -40,10 +40,18 @@ def test_to_response_is_status_json_and_typed_headers() -> None:
 
 @pytest.mark.parametrize(
     ("error", "status"),
-    [(TokenExpired("x"), 401), (OutOfScope("x"), 403), (InvalidPath("x"), 403), (CatalogUnavailable("x"), 500)],
+    [(TokenExpired("x"), 401), (OutOfScope("x"), 403), (CatalogUnavailable("x"), 500)],
 )
 def test_to_auth_answer(error: GatewayError, status: int) -> None:
     assert to_auth_answer(error) == (status, [("X-Dgw-Error", error.code), ("Content-Length", "0")])
+
+
+def test_a_refused_path_is_no_decision_nginx_keeps() -> None:
+    """NGINX keys decisions by series: the refusal of one path's shape below it is not kept for the series."""
+    assert to_auth_answer(InvalidPath("x")) == (
+        403,
+        [("X-Dgw-Error", "invalid_path"), ("Content-Length", "0"), ("X-Accel-Expires", "0")],
+    )
 
 
 def test_codes_are_unique_per_class_and_not_nginx_only() -> None:
