@@ -815,6 +815,63 @@ def test_expect_100_continue_is_refused_before_any_body_is_asked_for(stack: Runn
 
 
 
+STOW_TAKES = 'multipart/related; type=\\"application/dicom\\" (one DICOM Part 10 file per part) or application/dicom'
+
+
+@pytest.mark.parametrize("stack", ["file"], indirect=True)
+def test_a_body_of_a_type_stow_does_not_take_is_refused_before_it_is_sent(
+    stack: RunningStack, tmp_path: Path
+) -> None:
+    """An upload whose Content-Type STOW-RS never takes (``application/x-www-form-urlencoded``, what ``curl
+    --data-binary`` sends unless told, ``text/plain``, a single DICOM JSON body, none at all) sent with ``Expect:
+    100-continue`` (curl's default over 1 MB, .NET's and Java's clients) got "100 Continue" and the client sent its
+    whole body before the JSON 415. Sent without it,
+    the 415 said ``Connection: keep-alive`` and NGINX then closed the connection, the body unread: the client's
+    next request on it had no answer. The 415 now comes first, alone, and the connection serves the next request."""
+    [path] = make_series(tmp_path, modality="CT", slices=1, rows=32, columns=32, seed=2611, clean=True)
+    body = path.read_bytes()
+    parsed = urlparse(stack.url)
+    metadata = (
+        "STOW-RS of metadata and bulk data (application/dicom+json, PS3.18 10.5.2) is not supported: send each "
+        f"instance as its DICOM Part 10 file, {STOW_TAKES}"
+    )
+    study = uids_of(path)[0]
+    takes = f"STOW-RS takes {STOW_TAKES}"
+    for target, content_type, detail in (
+        ("/dicomweb/studies", "Content-Type: application/x-www-form-urlencoded\r\n", takes),
+        ("/dicomweb/studies", "Content-Type: text/plain\r\n", takes),
+        (f"/dicomweb/studies/{study}", "Content-Type: multipart/form-data; boundary=x\r\n", takes),
+        ("/dicomweb/studies", "", takes),
+        ("/dicomweb/studies", "Content-Type: Application/DICOM+JSON\r\n", metadata),
+    ):
+        head = (
+            f"POST {target} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {stack.stack.api_key}\r\n"
+            f"{content_type}Content-Length: {len(body)}\r\n"
+        )
+        refusal = f'{{"error":"unsupported_media_type","detail":"{detail}"}}'
+        with socket.create_connection((parsed.hostname, parsed.port), timeout=10) as connection:
+            connection.sendall(f"{head}Expect: 100-continue\r\n\r\n".encode())
+            answer = _first_answer(connection).decode()
+            assert answer.startswith("HTTP/1.1 415 Unsupported Media Type\r\n"), answer[:200]
+            assert "Content-Type: application/json" in answer.split("\r\n") and answer.endswith(refusal), answer
+        with socket.create_connection((parsed.hostname, parsed.port), timeout=10) as connection:
+            connection.sendall(f"{head}\r\n".encode() + body)
+            answer = _first_answer(connection).decode()
+            assert answer.startswith("HTTP/1.1 415 ") and answer.endswith(refusal), answer
+            assert "Connection: keep-alive" in answer.split("\r\n"), answer
+            connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
+            assert _first_answer(connection).endswith(b'\r\n\r\n{"status":"ok"}\n')
+    # the types STOW takes still reach it, however their names are written
+    for content_type in ("APPLICATION/DICOM", "application/dicom ; charset=x"):
+        stored = requests.post(
+            f"{stack.url}/dicomweb/studies",
+            data=body,
+            headers={**stack.api_headers, "Content-Type": content_type, "Accept": "application/dicom+json"},
+            timeout=30,
+        )
+        assert stored.status_code == 200, (content_type, stored.text)
+
+
 def test_expect_100_continue_gets_the_503_alone_when_the_gateway_is_down(tmp_path: Path) -> None:
     """gunicorn down: an upload sent with ``Expect: 100-continue`` got "100 Continue" and then the JSON 503 (answered
     from a named location), so the client sent its whole body for nothing. The 503 now comes first, alone, for an
