@@ -66,7 +66,9 @@ VARIABLES: dict[str, Variable] = {
         False,
         "",
         "External base URL (`https://dicom.example.org`) of viewer, DICOMweb and STOW `RetrieveURL` URLs; unset: the "
-        "scheme and host the client used, as NGINX passes them (`Host`, `X-Forwarded-Proto`); set it behind a load "
+        "scheme and host the client used, as NGINX passes them (`Host`, `X-Forwarded-Proto`; the host of an "
+        "absolute-form request target, `GET http://host:port/...`, else the `Host` header, else, for an HTTP/1.0 "
+        "request without one, the address and port it came in on); set it behind a load "
         "balancer that terminates TLS (NGINX then sees `http`), and for Python's dicomweb-client on a port other than "
         "80/443 (`stack up --host 0.0.0.0`, which leaves it unset): that client sends `Host` without the port, so the "
         "URLs it is given lack it. No `user:pass@`: it is handed to every client.",

@@ -4,6 +4,8 @@ passes them to gunicorn (Host, X-Forwarded-Proto): a client cannot talk the gate
 
 from __future__ import annotations
 
+import json
+import socket
 from pathlib import Path
 
 import requests
@@ -50,5 +52,61 @@ def test_retrieve_urls_without_a_public_url_follow_the_request(tmp_path: Path) -
             first = requests.get(urls[0], headers={"Accept": "application/dicom"}, verify=False, timeout=30)  # noqa: S501
             assert (first.status_code, first.headers["Content-Type"]) == (200, "application/dicom")
             assert first.content in {f.read_bytes() for f in files}
+    finally:
+        stack.stop()
+
+
+def _raw(port: int, request: str) -> tuple[str, bytes]:
+    """The status line and body of the answer to ``request``, sent as written (no client library adds a Host)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(request.encode())
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"\r\ncontent-length: " in head.lower(), head  # the whole body, not chunked
+    return head.decode("latin-1").split("\r\n")[0], body
+
+
+def test_urls_without_a_public_url_name_the_authority_the_client_addressed(tmp_path: Path) -> None:
+    """Without DICOMGW_PUBLIC_URL, an HTTP/1.0 client that sends no Host got RetrieveURLs and a token's roots with
+    no authority at all (``http:/dicomweb/studies/...``), and a request in absolute form (``GET
+    http://gw.example:8080/dicomweb/studies``, what a client that takes the gateway for a proxy sends) got the Host
+    header's, which RFC 9112 3.2.2 has the server ignore then. They name the request target's authority, else the
+    Host header's, else the address and port the connection came in on."""
+    [path] = make_series(tmp_path / "ct", modality="CT", slices=1, rows=16, columns=16, seed=2612, clean=True)
+    study = uids_of(path)[0]
+    stack = Stack(tmp_path / "var", port=free_port(), extra_env={"DICOMGW_PUBLIC_URL": ""})
+    stack.start()
+    try:
+        key = f"Authorization: Bearer {stack.api_key}\r\n"
+        body = path.read_bytes()
+        stored = requests.post(
+            f"{stack.url}/dicomweb/studies",
+            data=body,
+            headers={"Authorization": f"Bearer {stack.api_key}", "Content-Type": "application/dicom"},
+            timeout=30,
+        )
+        assert stored.status_code == 200, stored.text
+        search = f"/dicomweb/studies?StudyInstanceUID={study}"
+        for request, authority in (
+            (f"GET {search} HTTP/1.0\r\n{key}\r\n", f"127.0.0.1:{stack.port}"),
+            (f"GET http://gw.example:8080{search} HTTP/1.1\r\nHost: other\r\n{key}Connection: close\r\n\r\n",
+             "gw.example:8080"),
+            (f"GET {search} HTTP/1.1\r\nHost: gw.example:8080\r\n{key}Connection: close\r\n\r\n", "gw.example:8080"),
+        ):
+            status, answer = _raw(stack.port, request)
+            assert status == "HTTP/1.1 200 OK", (status, answer[:200])
+            [match] = json.loads(answer)
+            assert match["00081190"]["Value"] == [f"http://{authority}/dicomweb/studies/{study}"], request
+        issue = json.dumps({"sub": "raw", "studies": [study]})
+        status, answer = _raw(
+            stack.port,
+            f"POST /api/v1/tokens HTTP/1.0\r\n{key}Content-Type: application/json\r\nContent-Length: {len(issue)}\r\n"
+            f"\r\n{issue}",
+        )
+        assert status.startswith("HTTP/1.1 201 "), (status, answer)
+        issued = json.loads(answer)
+        assert issued["dicomweb_root"] == f"http://127.0.0.1:{stack.port}/t/{issued['token']}/dicomweb"
     finally:
         stack.stop()
