@@ -10,7 +10,13 @@ from flask import Response, current_app, request
 from werkzeug.http import parse_etags, unquote_etag
 
 from gateway.auth import Decision, query_token
-from gateway.errors import BadRequest, PreconditionFailed, Unauthorized, UnsupportedContentEncoding
+from gateway.errors import (
+    BadRequest,
+    PreconditionFailed,
+    Unauthorized,
+    UnsupportedContentEncoding,
+    UnsupportedMediaType,
+)
 from gateway.lifecycle import Deleter
 from gateway.services import Services
 
@@ -96,11 +102,16 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def json_body() -> Any:
-    """The request's JSON body, or None when it is not ``application/json`` (so a cross-site form cannot send one
-    without a CORS preflight) or not JSON. A key given twice is a 400: parsers disagree on which one counts (the
-    last one silently won here), so a portal and the gateway could read one body two ways."""
+    """The request's JSON body, or None when it is not JSON. Only ``application/json`` is read (so a cross-site form
+    cannot send one without a CORS preflight): another type is a 415 naming it, since a JSON body sent as ``curl
+    -d`` sends it (``application/x-www-form-urlencoded``) was told "the body must be a JSON object". A key given
+    twice is a 400: parsers disagree on which one counts (the last one silently won here), so a portal and the
+    gateway could read one body two ways."""
     if not request.is_json:
-        return None
+        sent = f"as {request.mimetype[:60]}" if request.mimetype else "with no Content-Type"
+        raise UnsupportedMediaType(
+            f"the body must be JSON sent with Content-Type: application/json (it was sent {sent})"
+        )
     coding = request.headers.get("Content-Encoding", "").strip().lower()
     if coding not in ("", "identity"):  # read as JSON, a gzip body was "the body must be a JSON object"
         raise UnsupportedContentEncoding(f"Content-Encoding {coding[:40]} is not supported: send the body uncompressed")

@@ -5,6 +5,9 @@ test names what a user saw before its fix."""
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -357,6 +360,50 @@ def test_a_compressed_json_body_is_a_415_naming_the_coding_taken(
         f"{stack.url}/api/v1/tokens", data=body, headers={**headers, "Content-Encoding": "identity"}, timeout=30
     )
     assert same.status_code == 201
+
+
+def test_a_json_body_sent_as_another_type_is_a_415_naming_the_type(
+    stack: RunningStack, uids: dict[str, tuple[str, str, str]]
+) -> None:
+    """``curl -d '{"sub": ...}'`` without ``-H 'Content-Type: application/json'`` sends the JSON as
+    ``application/x-www-form-urlencoded``: the token API answered 400 "the body must be a JSON object" for a body
+    that is one, and the user went looking for a mistake in the JSON. Only JSON sent as JSON is read (a cross-site
+    form cannot send it without a CORS preflight), so it stays refused, as the 415 of RFC 9110 15.5.16 naming the
+    type that was sent and the one taken."""
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed")
+    body = json.dumps({"sub": "curl", "studies": [uids["ct"][0]]})
+    key = stack.api_headers["Authorization"]
+    for extra, sent in (([], "application/x-www-form-urlencoded"), (["-H", "Content-Type: text/plain"], "text/plain")):
+        done = subprocess.run(
+            [curl, "-sS", "-w", "\\n%{http_code}", "-H", f"Authorization: {key}", *extra, "-d", body,
+             f"{stack.url}/api/v1/tokens"],
+            capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+        answer, _, status = done.stdout.rpartition("\n")
+        assert (status, json.loads(answer)) == (
+            "415",
+            {
+                "error": "unsupported_media_type",
+                "detail": f"the body must be JSON sent with Content-Type: application/json (it was sent as {sent})",
+            },
+        )
+    for url, headers in (
+        (f"{stack.url}/api/v1/tokens/renew", {}),  # a cross-site form's post: refused as before, now saying why
+        (f"{stack.url}/api/v1/admin/erasure", stack.api_headers),
+    ):
+        answer = requests.post(url, data=b"{}", headers=headers, timeout=30)
+        assert (answer.status_code, answer.json()["detail"]) == (
+            415,
+            "the body must be JSON sent with Content-Type: application/json (it was sent with no Content-Type)",
+        )
+    issued = subprocess.run(
+        [curl, "-sS", "-w", "\\n%{http_code}", "-H", f"Authorization: {key}", "-H", "Content-Type: application/json",
+         "-d", body, f"{stack.url}/api/v1/tokens"],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    assert issued.stdout.endswith("\n201"), issued.stdout
 
 
 def test_frames_are_served_with_the_large_headers_the_gateway_takes(
