@@ -399,6 +399,24 @@ def test_errors_are_json(h2stack: H2Stack, data: dict[str, Any]) -> None:
         assert answer.headers["Strict-Transport-Security"] == "max-age=63072000"
 
 
+def test_plain_http_to_the_tls_port_is_a_json_400_saying_so(h2stack: H2Stack) -> None:
+    """``http://`` typed for ``https://`` (the same host and port): NGINX's "400 The plain HTTP request was sent to
+    HTTPS port" was an HTML page, where every error is JSON. It is the JSON 400 naming the scheme to use; the
+    connection is closed (it cannot become TLS)."""
+    plain = h2stack.url.replace("https://", "http://", 1)
+    for method, path in (("GET", "/dicomweb/studies"), ("POST", "/api/v1/tokens"), ("GET", "/viewer/")):
+        answer = httpx.request(method, f"{plain}{path}", headers=h2stack.api, timeout=30)
+        assert (answer.status_code, answer.headers["Content-Type"], answer.headers["Connection"]) == (
+            400,
+            "application/json",
+            "close",
+        ), (path, answer.text)
+        assert answer.json() == {
+            "error": "bad_request",
+            "detail": "this port speaks HTTPS: send the request to https:// instead of http://",
+        }
+
+
 @pytest.mark.parametrize("path", ["/dicomweb/studies", "/dicomweb/studies/1.2.3", "/api/v1/tokens"])
 def test_a_body_too_large_is_a_json_413(h2stack: H2Stack, path: str) -> None:
     """Over HTTP/1.1 NGINX's 413 was our JSON; over HTTP/2 it was NGINX's HTML page (NGINX 1.22 checks the declared
