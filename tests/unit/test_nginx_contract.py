@@ -86,3 +86,20 @@ def test_block_plans_are_pythons(conf: str) -> None:
     assert f'"$dgw_frame_index|{nginx.upstream_variable(nginx.FRAME_RANGES)}" $dgw_frame_segment' in conf
     assert f"default {nginx.ABORT};" in conf  # a place the table does not list
     assert f"proxy_hide_header {nginx.FRAME_RANGES};" in conf
+
+
+@pytest.mark.parametrize(
+    "media_type",
+    ["text/plain", "multipart/form-data", "application/dicom+json", "application/json", "application/dicom+xml"],
+)
+def test_nginx_refuses_a_stow_body_type_in_pythons_words(conf: str, media_type: str) -> None:
+    """NGINX answers a STOW of a media type STOW never takes from the request's head (dicomgw.conf,
+    $dgw_stow_refusal); Python says the same of a part of that type. The two texts are one detail."""
+    from gateway.views.dicomweb import _stow_refusal
+
+    block = conf[conf.index("map $content_type $dgw_stow_refusal {") :]
+    entries = re.findall(r'(default|"~\*([^"]+)")\s+\'([^\']*)\';', block[: block.index("}")])
+    detail = next(
+        text for key, regex, text in entries[1:] + entries[:1] if key == "default" or re.match(regex, media_type, re.I)
+    )
+    assert detail.replace('\\\\\\"', '"') == _stow_refusal(media_type)
