@@ -423,18 +423,18 @@ def collect_all(paths: Iterable[Path], wrap_dir: Path, report: UploadReport, err
     seen: dict[str, Path] = {}
     for path in iter_files(paths):
         entry = collect(path, wrap_dir)
+        if entry.sop_uid and entry.outcome == "pending":
+            if entry.sop_uid in seen:  # decided before the notes: it was counted as skipped without one
+                entry.outcome, entry.reason = "skipped", f"same SOP Instance UID as {seen[entry.sop_uid]}"
+            else:
+                seen[entry.sop_uid] = path
+        report.files.append(entry)  # before its note: a Ctrl-C during the note still counts it
         if entry.outcome == "skipped":
             note = f"skipped ({entry.reason}): {path}"
             err_console.print(note, style="dim", highlight=False, markup=False, soft_wrap=True)
         elif entry.sent_path is not None and entry.outcome == "pending":
             note = f"wrapped into a PS3.10 file (the data set had no File Meta or preamble): {path}"
             err_console.print(note, style="dim", highlight=False, markup=False, soft_wrap=True)
-        if entry.sop_uid and entry.outcome == "pending":
-            if entry.sop_uid in seen:
-                entry.outcome, entry.reason = "skipped", f"same SOP Instance UID as {seen[entry.sop_uid]}"
-            else:
-                seen[entry.sop_uid] = path
-        report.files.append(entry)
 
 
 def send_all(report: UploadReport, client: StowClient, options: UploadOptions, err_console: Console) -> None:

@@ -417,3 +417,29 @@ def test_an_unreadable_file_fails_and_the_rest_is_stored(running: RunningStack, 
     ]
     assert failed_rows(done.stdout) == {str(unreadable): "cannot read the file (PermissionError)"}
     assert instance(running, sop_of(readable))[1] == readable.read_bytes()
+
+
+def test_a_second_file_of_the_same_instance_is_skipped_with_a_note(running: RunningStack, tmp_path: Path) -> None:
+    """A stick holding one image twice (the series copied into a second folder, a corrected file beside the first): the
+    second file of a SOP Instance UID is not sent. It was counted under "skipped" without a note, so a summary of 2
+    skipped came with 1 line saying why; each skipped file now has its note naming the file it repeats."""
+    stick = tmp_path / "USB"
+    first, other = copy_as_83(["CT_small.dcm", "MR_small.dcm"], stick, 31)
+    same = stick / "SERIES2" / "IM000031"  # after IMAGES/ in the sorted walk
+    same.parent.mkdir()
+    shutil.copyfile(first, same)
+    changed = stick / "SERIES2" / "IM000032"  # the same instance with other bytes: not the one to store silently
+    dataset = pydicom.dcmread(other)
+    dataset.PatientComments = "corrected copy"
+    dataset.save_as(changed, enforce_file_format=True)
+    (stick / "README.TXT").write_bytes(b"PATIENT STICK\r\n")
+
+    done = upload(running, stick)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert summary_lines(done.stdout)[3] == row("skipped", [same, changed, stick / "README.TXT"])
+    assert f"skipped (same SOP Instance UID as {first}): {same}" in done.stderr
+    assert f"skipped (same SOP Instance UID as {other}): {changed}" in done.stderr
+    assert f"skipped (not a DICOM file): {stick / 'README.TXT'}" in done.stderr
+    assert done.stderr.count("skipped (") == 3
+    assert instance(running, sop_of(other))[1] == other.read_bytes()
+
