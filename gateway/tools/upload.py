@@ -413,8 +413,17 @@ def run_upload(
     err_console = err_console or Console(stderr=True)
     report = UploadReport()
     with tempfile.TemporaryDirectory(prefix="dicomgw-upload-") as wrap_dir:
-        collect_all(paths, Path(wrap_dir), report, err_console)
-        send_all(report, StowClient(options, sleep=sleep), options, err_console)
+        try:
+            collect_all(paths, Path(wrap_dir), report, err_console)
+            send_all(report, StowClient(options, sleep=sleep), options, err_console)
+        except KeyboardInterrupt:  # reading the files or asking what the server has: no batch had gone out
+            report.interrupted = True  # it was click's "Aborted!", exit 1 (some failed), and no summary
+            if not report.responses:
+                err_console.print("stopped (Ctrl-C) before any file was sent", highlight=False, markup=False)
+    if report.interrupted:
+        for entry in report.files:
+            if entry.outcome == "pending":
+                entry.reason = "not sent: the upload was interrupted (Ctrl-C)"
     print_summary(report, console)
     return report
 
@@ -479,9 +488,6 @@ def send_all(report: UploadReport, client: StowClient, options: UploadOptions, e
             report.interrupted = True  # a second Ctrl-C while the batches in flight finish stops at once
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-    for entry in pending:
-        if entry.outcome == "pending" and report.interrupted:
-            entry.reason = "not sent: the upload was interrupted (Ctrl-C)"
 
 
 def print_summary(report: UploadReport, console: Console) -> None:

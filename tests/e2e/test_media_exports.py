@@ -443,3 +443,70 @@ def test_a_second_file_of_the_same_instance_is_skipped_with_a_note(running: Runn
     assert done.stderr.count("skipped (") == 3
     assert instance(running, sop_of(other))[1] == other.read_bytes()
 
+
+def tiny_series(folder: Path, count: int) -> list[Path]:
+    """``count`` one-pixel secondary captures of one new series (about 600 bytes each: many files, little disk)."""
+    dataset = pydicom.Dataset()
+    dataset.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    dataset.StudyInstanceUID, dataset.SeriesInstanceUID = generate_uid(), generate_uid()
+    dataset.PatientID, dataset.Modality = "TINY", "OT"
+    dataset.Rows = dataset.Columns = dataset.SamplesPerPixel = 1
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = 8, 8, 7, 0
+    dataset.PhotometricInterpretation, dataset.PixelData = "MONOCHROME2", b"\0\0"
+    dataset.file_meta = pydicom.dataset.FileMetaDataset()
+    dataset.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    dataset.file_meta.MediaStorageSOPClassUID = dataset.SOPClassUID
+    paths = []
+    for n in range(count):
+        dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        dataset.InstanceNumber = n + 1
+        path = folder / f"IM{n:06d}"
+        dataset.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def test_ctrl_c_before_the_first_batch_says_what_was_not_sent_and_exits_130(
+    running: RunningStack, tmp_path: Path
+) -> None:
+    """SIGINT while the upload still reads the files (or asks what the server has): it was click's "Aborted!" and
+    exit 1, which the README gives to "some files failed", with no summary. Now it is as a Ctrl-C later on: one line
+    saying nothing was sent, the summary with a "not sent" row, exit 130; nothing is stored and the re-run sends
+    everything."""
+    folder = tmp_path / "export"
+    folder.mkdir()
+    paths = tiny_series(folder, 1000)
+    note = folder / "IM000500.TXT"  # read after IM000500: its note says the upload is half-way through reading
+    note.write_bytes(b"PATIENT CD\r\n")
+    cli = subprocess.Popen(
+        upload_command(running, folder),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=upload_env(running),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as from a terminal (see above)
+    )
+    assert cli.stderr is not None
+    assert cli.stderr.readline() == f"skipped (not a DICOM file): {note}\n"
+    cli.send_signal(signal.SIGINT)
+    out, err = cli.communicate(timeout=60)
+    assert cli.returncode == 130, out + err
+    assert "stopped (Ctrl-C) before any file was sent" in err and "Aborted!" not in err
+    lines = summary_lines(out)
+    assert lines[:4] == [
+        row("stored", 0, 0),
+        row("already present", 0, 0),
+        row("failed", 0, 0),
+        row("skipped", [note]),
+    ]
+    assert lines[4].startswith("not sent | ")
+    read = int(lines[4].split(" | ")[1])
+    assert 501 <= read <= len(paths)  # the signal came before any batch (while reading, or asking the server)
+    assert lines[4] == row("not sent", paths[:read])
+    assert set(failed_rows(out).values()) == {"not sent: the upload was interrupted (Ctrl-C)", ""}
+    assert count_stored(running, paths) == 0
+
+    again = upload(running, folder)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert summary_lines(again.stdout)[0] == row("stored", paths)
+    assert count_stored(running, paths) == len(paths)
