@@ -507,6 +507,56 @@ def test_relative_paths_mean_the_folder_stack_up_was_started_in(tmp_path: Path) 
     assert out.splitlines()[-1] == "stopped."
 
 
+def test_stack_up_in_a_folder_whose_path_has_spaces_and_accents(tmp_path: Path) -> None:
+    """`stack up --var "/home/ana/my docs/dgw"` (a home folder on macOS or a synced drive): NGINX did not start,
+    "Error: nginx exited at start-up: ... invalid parameter "docs/dgw/run/gunicorn.sock;" in .../dicomgw.conf:7": the
+    rendered configuration wrote each path unquoted. Every path is now one NGINX parameter: the stack starts, stores,
+    serves the stored bytes and a frame, writes its access log and stops cleanly."""
+    [ct] = make_series(tmp_path / "ct", modality="CT", slices=1, seed=74, clean=True)
+    ds = pydicom.dcmread(ct, stop_before_pixels=True)
+    study, series, sop = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
+    env = gateway_env(tmp_path)
+    for name in ("DICOMGW_STORAGE_URL", "DICOMGW_DATABASE_URL"):  # objects/ and catalog.db under --var
+        del env[name]
+    key = env["DICOMGW_API_KEYS"]
+    var, port = tmp_path / "my docs é", free_port()  # short: a socket path holds at most 107 bytes
+    process = _stack_up(var, port, env, tmp_path)
+    try:
+        _wait_ready(port, process)
+        body = encode_multipart([ct])
+        stored = requests.post(
+            f"http://127.0.0.1:{port}/dicomweb/studies",
+            data=body,
+            headers={"Content-Type": body.content_type, "Authorization": f"Bearer {key}"},
+            timeout=60,
+        )
+        assert stored.status_code == 200, stored.text
+        assert [p.name for p in (var / "objects").rglob("*.dcm")] == [f"{sop}.dcm"]
+        instance = f"http://127.0.0.1:{port}/dicomweb/studies/{study}/series/{series}/instances/{sop}"
+        whole = requests.get(
+            instance, headers={"Accept": "application/dicom", "Authorization": f"Bearer {key}"}, timeout=60
+        )
+        assert (whole.status_code, whole.headers["Content-Type"]) == (200, "application/dicom")
+        assert whole.content == ct.read_bytes()
+        frame = requests.get(
+            f"{instance}/frames/1",
+            headers={"Accept": 'multipart/related; type="application/octet-stream"', "Authorization": f"Bearer {key}"},
+            timeout=60,
+        )
+        assert frame.status_code == 200 and ds.Rows * ds.Columns * 2 <= len(frame.content)
+        logged = [json.loads(line) for line in (var / "nginx" / "logs" / "access.log").read_text().splitlines()]
+        assert [(e["method"], e["status"]) for e in logged if e["uri"].startswith("/dicomweb/")] == [
+            ("POST", 200),
+            ("GET", 200),
+            ("GET", 200),
+        ]
+    finally:
+        code, out, err = _stop(process)
+    assert (code, err) == (0, "")
+    assert out.splitlines()[-1] == "stopped."
+    assert not _processes_under(var)
+
+
 # -- stack up: one per folder, stopped while it starts ------------------------------------------------------------
 
 
