@@ -62,6 +62,10 @@ class StackError(RuntimeError):
     """A start-up problem with a message meant for a person (no traceback)."""
 
 
+# bytes of a Unix socket's path: sun_path holds 108 on Linux (104 on macOS) with its closing NUL
+UNIX_PATH_MAX = (104 if sys.platform == "darwin" else 108) - 1
+
+
 class StartInterrupted(StackError):
     """``interrupt`` was set (Ctrl-C, SIGTERM) before the stack was ready: it is stopped, nothing to report."""
 
@@ -372,6 +376,7 @@ class Stack:
         self._take_lock()
         try:
             check_listen(self.host, self.port)
+            self._check_socket_paths()
             self.prepare()
             self._check_interrupt()
         except BaseException:
@@ -397,6 +402,17 @@ class Stack:
                 f"another stack is running with --var {self.var_dir}: stop it first, or choose another --var"
             ) from None
         self.lock = handle
+
+    def _check_socket_paths(self) -> None:
+        """A --var too deep for its sockets was "gunicorn exited at start-up: ... Can't connect to .../gunicorn.sock",
+        which reads as a gunicorn or network fault: say what it is before anything starts."""
+        for name in ("gunicorn.sock", "storage.sock"):
+            path = self.run_dir / name
+            if len(bytes(path)) > UNIX_PATH_MAX:
+                raise StackError(
+                    f"--var {self.var_dir} is too deep: the stack's socket {path} would be {len(bytes(path))} bytes, "
+                    f"and a Unix socket's path holds at most {UNIX_PATH_MAX}: choose a shorter --var"
+                )
 
     def _release_lock(self) -> None:
         if self.lock is not None:

@@ -557,6 +557,30 @@ def test_stack_up_in_a_folder_whose_path_has_spaces_and_accents(tmp_path: Path) 
     assert not _processes_under(var)
 
 
+def test_a_var_folder_too_deep_for_a_unix_socket_is_one_line_that_says_so(tmp_path: Path) -> None:
+    """The stack's processes talk over Unix sockets in --var/run, and a socket's path holds at most 107 bytes. A
+    deeper --var (`/srv/hospital/deployments/dicom-gateway-production/...`) was "Error: gunicorn exited at start-up:
+    ... [ERROR] Can't connect to .../run/gunicorn.sock", which reads as a gunicorn or network fault. It is now
+    refused before anything starts, in one line naming the limit and what to do; a shorter --var then starts."""
+    env = gateway_env(tmp_path)
+    for name in ("DICOMGW_STORAGE_URL", "DICOMGW_DATABASE_URL"):
+        del env[name]
+    var = tmp_path / "deployments" / ("dicom-gateway-production-" + "x" * 80) / "var"
+    socket_path = var / "run" / "gunicorn.sock"
+    assert len(bytes(socket_path)) > 107
+    port = free_port()
+    code, out, err = _finish(_stack_up(var, port, env, tmp_path))
+    assert (code, out) == (1, "")
+    assert err == (
+        f"Error: --var {var} is too deep: the stack's socket {socket_path} would be {len(bytes(socket_path))} bytes, "
+        "and a Unix socket's path holds at most 107: choose a shorter --var\n"
+    )
+    assert not _processes_under(var) and _ready(port) == "ConnectionError"
+    shorter = _stack_up(tmp_path / "var", port, env, tmp_path)
+    _wait_ready(port, shorter)
+    assert _stop(shorter)[0] == 0
+
+
 # -- stack up: one per folder, stopped while it starts ------------------------------------------------------------
 
 
