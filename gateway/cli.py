@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from gateway import __version__
 from gateway.config import (
     check_database_url,
     check_keys,
@@ -47,6 +48,8 @@ class _Commands(click.Group):
 
 
 @click.group(cls=_Commands)
+# which version is installed, before `db upgrade` or in a bug report (it was "No such option '--version'")
+@click.version_option(__version__, prog_name="dicom-gateway", message="%(prog)s %(version)s")
 def main() -> None:
     """dicom-gateway: DICOM in object storage, served over DICOMweb behind time-limited tokens."""
 

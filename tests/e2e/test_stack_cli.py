@@ -16,6 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urljoin
@@ -770,3 +771,12 @@ def test_keys_generate_prints_count_distinct_keys() -> None:
         refused = subprocess.run([*command, "--count", count], capture_output=True, text=True)
         assert (refused.returncode, refused.stdout) == (2, "")
         assert refused.stderr.strip() == f"Error: Invalid value for '--count': {count} is not in the range x>=1."
+
+
+def test_version_prints_the_installed_version() -> None:
+    """`dicom-gateway --version`, what an operator runs before `db upgrade` or a bug report: it was "Error: No such
+    option '--version'", exit 2, and nothing else said which version is installed. It prints the version the
+    package declares (pyproject.toml), exit 0."""
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    done = subprocess.run([sys.executable, "-m", "gateway.cli", "--version"], capture_output=True, text=True)
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"dicom-gateway {declared}\n", "")
