@@ -377,6 +377,8 @@ def reconcile(dry_run: bool, repair: bool) -> None:
         raise click.ClickException(str(error)) from None
     try:
         report = run(settings, repair=repair)
+    except ConfigError as error:  # a catalog behind this version: `db upgrade` first
+        raise click.ClickException(str(error)) from None
     except GatewayError as error:  # the catalog or storage unreachable: one line, as retention says it
         raise click.ClickException(f"{error.code}: {error.detail}") from None
     click.echo(json.dumps(report, indent=2))

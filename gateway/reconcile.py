@@ -29,7 +29,9 @@ def reconcile(settings: Settings, *, repair: bool) -> dict[str, Any]:
     storage = open_storage(settings.storage_url)
     catalog = Catalog(settings.database_url)
     try:
-        catalog.migrate()
+        # `db upgrade` migrates, as for the workers: a misspelled catalog URL was made, migrated and then filled
+        # with every stored instance as an "orphan"
+        catalog.require_current_schema(then="before reconciling")
         return _reconcile(settings, storage, catalog, repair=repair)
     finally:
         catalog.close()

@@ -184,6 +184,38 @@ def test_a_catalog_never_migrated_says_to_run_db_upgrade_and_creates_nothing(
     assert out == "0 access rows added\n" if command[0] == "audit" else json.loads(out)["dry_run"] is True
 
 
+@pytest.mark.parametrize("flag", ["--dry-run", "--repair"])
+def test_reconcile_against_a_catalog_never_migrated_says_to_run_db_upgrade_and_creates_nothing(
+    tmp_path: Path, flag: str
+) -> None:
+    """`reconcile` migrated the catalog it was given: with a misspelled `DICOMGW_DATABASE_URL` (`catlog.db`) it made
+    and migrated a new SQLite file there, then called every stored instance an orphan (`--dry-run`: exit 1, the
+    whole archive listed) or registered them all into that new file (`--repair`: exit 0). Like the gateway's workers,
+    `retention run` and `audit collect`, it now refuses a catalog behind this version in one line naming `db
+    upgrade`, creates nothing and touches no stored object; once the catalog is migrated it runs as before."""
+    [ct] = make_series(tmp_path / "ct", modality="CT", slices=1, seed=75, clean=True)
+    ds = pydicom.dcmread(ct, stop_before_pixels=True)
+    key = f"studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}.dcm"
+    stored = tmp_path / "objects" / key
+    stored.parent.mkdir(parents=True)
+    shutil.copyfile(ct, stored)
+    misspelled = tmp_path / "catlog.db"
+    env = gateway_env(tmp_path, DICOMGW_DATABASE_URL=f"sqlite:///{misspelled}")
+    behind = (
+        f"Error: DICOMGW_DATABASE_URL: the catalog schema is at revision (none), this version needs "
+        f"{_head_revision()}: run `dicom-gateway db upgrade` before reconciling\n"
+    )
+    assert _run(["reconcile", flag], env, tmp_path) == (1, "", behind)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct", "objects"]  # no catlog.db, -wal or -shm
+    objects = tmp_path / "objects"
+    assert [p.relative_to(objects).as_posix() for p in objects.rglob("*") if p.is_file()] == [key]
+    assert stored.read_bytes() == ct.read_bytes()
+    assert _run(["db", "upgrade"], env, tmp_path)[0] == 0
+    code, out, err = _run(["reconcile", flag], env, tmp_path)
+    assert (code, err) == (1 if flag == "--dry-run" else 0, "")
+    assert json.loads(out)["orphans"] == [key]
+
+
 @pytest.mark.parametrize(
     ("variable", "value", "line"),
     [

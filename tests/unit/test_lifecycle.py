@@ -371,6 +371,9 @@ def test_reconcile_refuses_dry_run_with_repair(flags: list[str], storage: LocalS
         "DICOMGW_STORAGE_URL": storage.url,
         "DICOMGW_DATABASE_URL": f"sqlite:///{tmp_path / 'catalog.db'}",
     }
+    migrated = Catalog(env["DICOMGW_DATABASE_URL"])  # what `db upgrade` did: reconcile never migrates
+    migrated.migrate()
+    migrated.close()
     put(storage, tmp_path, "studies/1.2.3.9/series/1.2.3.9.1/instances/1.2.3.9.1.1.dcm")  # an unreadable orphan
     for flag, code, orphans in [("--dry-run", 1, 1), ("", 1, 1), ("--repair", 0, 1), ("--dry-run", 0, 0)]:
         result = CliRunner().invoke(main, ["reconcile", *([flag] if flag else [])], env=env)
