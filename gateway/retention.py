@@ -61,7 +61,7 @@ def run(settings: Settings, *, dry_run: bool, now: int | None = None) -> dict[st
     retention = load_policy(settings.phi_policy).retention if settings.phi_policy else Retention()
     catalog = Catalog(settings.database_url)
     try:
-        catalog.require_current_schema()
+        catalog.require_current_schema(then="before running retention")  # no workers start here
         targets = expired(catalog, retention, int(time.time()) if now is None else now)
         report: dict[str, Any] = {
             "configured": retention.configured,

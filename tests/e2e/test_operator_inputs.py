@@ -164,11 +164,12 @@ def test_a_catalog_never_migrated_says_to_run_db_upgrade_and_creates_nothing(
     """`audit collect` before any `db upgrade` (a catalog URL of a file not yet made) said `catalog unavailable
     (OperationalError)` and left an empty SQLite file where the catalog belongs; `retention run` named `db upgrade`
     but left the file too. Both now say what the gateway's workers say of a catalog behind them, and create nothing;
-    an empty file already there is told the same, and after `db upgrade` the command runs."""
+    an empty file already there is told the same, and after `db upgrade` the command runs. `retention run` said to
+    run it "before starting the workers", which it does not start: "before running retention" now."""
     (tmp_path / "access.log").write_text("")
     catalog = tmp_path / "catalog.db"
     env = gateway_env(tmp_path, DICOMGW_DATABASE_URL=f"sqlite:///{catalog}")
-    then = "before collecting" if command[0] == "audit" else "before starting the workers"
+    then = "before collecting" if command[0] == "audit" else "before running retention"
     behind = (
         f"Error: DICOMGW_DATABASE_URL: the catalog schema is at revision (none), this version needs "
         f"{_head_revision()}: run `dicom-gateway db upgrade` {then}\n"
