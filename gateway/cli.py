@@ -411,6 +411,9 @@ def retention_run(dry_run: bool, every: int, heartbeat: Path | None) -> None:
     while True:
         try:
             report = run(Settings.from_env(), dry_run=dry_run)
+        except KeyboardInterrupt:  # was click's "Aborted!", exit 1, with studies hidden and their objects still there
+            click.echo("stopped (Ctrl-C): the next `retention run` finishes the deletions this one began", err=True)
+            sys.exit(130)
         except ConfigError as error:
             raise click.ClickException(str(error)) from None
         except GatewayError as error:  # catalog or storage unreachable: the next round retries

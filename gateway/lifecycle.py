@@ -95,13 +95,13 @@ class Deleter:
             list(pool.map(self.storage.delete, gone))
         return gone
 
-    def finish_unfinished(self, *, older_than: int | None = None) -> list[dict[str, Any]]:
+    def finish_unfinished(self, *, older_than: int | None = None, sub: str | None = None) -> list[dict[str, Any]]:
         """Finish deletion records a crash left unfinished (``reconcile``); records younger than the settle
-        time belong to a DELETE still running and are left to it."""
+        time belong to a DELETE still running and are left to it. ``sub``: only that caller's records."""
         cutoff = int(time.time() - self.settle) if older_than is None else older_than
         done = []
         for record in self.catalog.unfinished_deletions():
-            if record["created_at"] > cutoff:
+            if record["created_at"] > cutoff or sub not in (None, record["sub"]):
                 continue
             removed = self.remove_objects(record["keys"])
             self.catalog.finish_deletion(record["id"])

@@ -22,6 +22,7 @@ from gateway.phi.policy import Retention
 from gateway.storage import open_storage
 
 DAY = 86400
+RETENTION_SUB = "retention"  # who removed it, in the deletion records and the audit
 
 
 def expired(catalog: Catalog, retention: Retention, now: int) -> list[tuple[Target, str]]:
@@ -53,6 +54,19 @@ def expired(catalog: Catalog, retention: Retention, now: int) -> list[tuple[Targ
     return found
 
 
+def finish_stopped_runs(catalog: Catalog, settings: Settings) -> list[dict[str, Any]]:
+    """Finish the deletions a run stopped in its settle wait left (Ctrl-C, SIGTERM, a Lambda's timeout): hidden,
+    they are no longer ``expired``, so their objects stayed in storage until a ``reconcile --repair``. A record
+    younger than the settle time is waited for, as a DELETE's retry waits (it may be another run's, still waiting:
+    removing objects twice is harmless)."""
+    ours = [record for record in catalog.unfinished_deletions() if record["sub"] == RETENTION_SUB]
+    if not ours:
+        return []
+    deleter = Deleter(catalog, open_storage(settings.storage_url), settings.delete_settle)
+    deleter.sleep(max(0.0, max(record["created_at"] for record in ours) + deleter.settle - time.time()))
+    return deleter.finish_unfinished(older_than=int(time.time()), sub=RETENTION_SUB)
+
+
 def run(settings: Settings, *, dry_run: bool, now: int | None = None) -> dict[str, Any]:
     """Apply the policy's retention once. ``dry_run`` lists what would go and removes nothing."""
     from gateway.phi.policy import load_policy
@@ -62,6 +76,7 @@ def run(settings: Settings, *, dry_run: bool, now: int | None = None) -> dict[st
     catalog = Catalog(settings.database_url)
     try:
         catalog.require_current_schema(then="before running retention")  # no workers start here
+        finished = [] if dry_run else finish_stopped_runs(catalog, settings)
         targets = expired(catalog, retention, int(time.time()) if now is None else now)
         report: dict[str, Any] = {
             "configured": retention.configured,
@@ -71,6 +86,8 @@ def run(settings: Settings, *, dry_run: bool, now: int | None = None) -> dict[st
                 for t, reason in targets
             ],
         }
+        if finished:
+            report["finished_deletions"] = finished
         if dry_run or not targets:
             return report
         deleter = Deleter(catalog, open_storage(settings.storage_url), settings.delete_settle)
@@ -80,7 +97,7 @@ def run(settings: Settings, *, dry_run: bool, now: int | None = None) -> dict[st
         for target, reason in targets:
             by_reason[reason].append(target)
         for reason, group in sorted(by_reason.items()):
-            removed += deleter.delete(group, sub="retention", reason=reason)
+            removed += deleter.delete(group, sub=RETENTION_SUB, reason=reason)
         report.update(summary(removed))
         return report
     finally:

@@ -1053,3 +1053,76 @@ def test_retention_leaves_an_instance_uploaded_into_its_study_during_the_run(
     assert get(reads(root, new[0])["instance_retrieve"]).status_code == 200
     objects = [key.rsplit("/", 1)[1] for key in stored_keys(stack, studies[1]) if key.endswith(".dcm")]
     assert objects == [f"{uids_of(new[0])[2]}.dcm"]  # the expired ones gone, the new one kept
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "killed"])
+def test_a_retention_run_stopped_in_its_settle_wait_is_finished_by_the_next_run(
+    stack: RunningStack, tmp_path_factory: pytest.TempPathFactory, signum: signal.Signals
+) -> None:
+    """Ctrl-C (or a kill: `docker compose restart`, a Lambda's timeout) while a run waits out its settle: the study
+    is hidden, its objects not yet removed. The run said click's "Aborted!" (exit 1) and the next run found nothing
+    expired (`"removed": []`: what is hidden is no longer listed), so the objects stayed in storage until someone
+    ran `reconcile --repair`. Ctrl-C now says so in one line (exit 130), and the next run finishes the deletions a
+    stopped run left, reported under `finished_deletions`; nothing is left for reconcile."""
+    base = tmp_path_factory.mktemp(f"retention-stopped-{signum.name}")
+    files = make_study(base, 7750 + signum, series=1)
+    tenant = f"stopped-{signum.name}"  # only this study expires: the stack holds other tests' backdated studies
+    assert stack.stow(files, **{"X-DICOMGW-Tenant": tenant}).status_code == 200
+    study = uids_of(files[0])[0]
+    db = sqlite3.connect(stack.stack.var_dir / "catalog.db", timeout=30)
+    with db:
+        db.execute("UPDATE instances SET created_at = created_at - 40 * 86400 WHERE study_uid = ?", (study,))
+    db.close()
+    wait_for_derivatives(stack, study, 3)  # the worker's copies are stored too, and go with their instances
+    keys = stored_keys(stack, study)
+    assert len([key for key in keys if key.endswith(".dcm")]) == 3
+    policy = base / "policy.toml"
+    policy.write_text(f"version = 1\n[retention]\ntenants = {{ {tenant} = 30 }}\n")
+    env = {**os.environ, **stack.stack.gateway_env(), "DICOMGW_PHI_POLICY": str(policy)}
+    command = [sys.executable, "-m", "gateway.cli", "retention", "run"]
+    run = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as from a terminal
+    )
+    try:
+        qido = f"{stack.url}/dicomweb/studies/{study}/series"
+        deadline = time.monotonic() + 60
+        while requests.get(qido, headers=stack.api_headers, timeout=30).status_code != 404:
+            assert time.monotonic() < deadline and run.poll() is None, "the run never hid the study"
+            time.sleep(0.05)
+        run.send_signal(signum)  # hidden, in its settle wait (DICOMGW_DELETE_SETTLE: seconds)
+        out, err = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    if signum == signal.SIGINT:
+        assert (run.returncode, out) == (130, "")
+        assert err == "stopped (Ctrl-C): the next `retention run` finishes the deletions this one began\n"
+    assert stored_keys(stack, study) == keys  # hidden, not yet removed
+
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert again.returncode == 0, again.stderr
+    report = json.loads(again.stdout)
+    assert report["removed"] == []
+    assert [(d["study_uid"], d["removed"]) for d in report["finished_deletions"]] == [(study, len(keys))]
+    assert stored_keys(stack, study) == []
+    audit = requests.get(
+        f"{stack.url}/api/v1/admin/audit",
+        params={"kind": "deletion", "study_uid": study},
+        headers=stack.api_headers,
+        timeout=30,
+    ).json()["items"]
+    assert [(r["sub"], r["reason"]) for r in audit] == [("retention", "retention: older than 30 days")]
+    left = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "reconcile", "--dry-run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert json.loads(left.stdout)["unfinished_deletions"] == [], left.stdout
