@@ -135,11 +135,28 @@ def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
     """Files under ``paths`` in a stable order (directories recurse, sorted)."""
     for path in paths:
         if path.is_dir():
-            for child in sorted(path.rglob("*")):
-                if child.is_file():
-                    yield child
+            yield from sorted(_walk(path))
         elif path.is_file():
             yield path
+
+
+def _walk(top: Path) -> Iterator[Path]:
+    """The files under ``top``, entering a linked folder as any folder (``rglob`` passed over it silently: a staging
+    folder of links to studies uploaded nothing), each folder once (a link back up is a loop, not followed)."""
+    seen: set[tuple[int, int]] = set()
+    for folder, folders, names in os.walk(top, followlinks=True):
+        try:
+            identity = os.stat(folder)
+        except OSError:  # gone since it was listed: as os.walk passes over a folder it cannot list
+            continue
+        if (identity.st_dev, identity.st_ino) in seen:
+            folders.clear()
+            continue
+        seen.add((identity.st_dev, identity.st_ino))
+        folders.sort()  # of two ways to one folder, the first in sorted order names its files
+        for name in names:
+            if (path := Path(folder, name)).is_file():  # a broken link, a FIFO or a socket is no file to read
+                yield path
 
 
 def collect(path: Path, wrap_dir: Path) -> FileEntry:

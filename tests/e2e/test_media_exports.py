@@ -510,3 +510,32 @@ def test_ctrl_c_before_the_first_batch_says_what_was_not_sent_and_exits_130(
     assert again.returncode == 0, again.stdout + again.stderr
     assert summary_lines(again.stdout)[0] == row("stored", paths)
     assert count_stored(running, paths) == len(paths)
+
+
+def test_a_folder_of_links_to_study_folders_uploads_what_they_hold(running: RunningStack, tmp_path: Path) -> None:
+    """A staging folder whose entries are symbolic links to study folders elsewhere (on a NAS, another disk), as an
+    operator gathers what to import: the linked folders were not entered, the upload found no file, exit 2
+    "nothing sent"; a link among real folders was passed over silently (exit 0, "everything is on the server",
+    its instances never sent). A linked folder is now entered as any folder, each folder once: a link back up (a
+    loop) is neither followed twice nor reported."""
+    archive, staging = tmp_path / "archive", tmp_path / "staging"
+    for folder in (archive / "STUDY1" / "SERIES", archive / "STUDY2", staging):
+        folder.mkdir(parents=True)
+    first, second = tiny_series(archive / "STUDY1" / "SERIES", 2), tiny_series(archive / "STUDY2", 1)
+    (staging / "STUDY1").symlink_to(archive / "STUDY1")
+    (staging / "STUDY2").symlink_to(archive / "STUDY2")
+    (archive / "STUDY1" / "SERIES" / "UP").symlink_to("..")  # a loop inside a linked folder
+    linked = [staging / "STUDY1" / p.relative_to(archive / "STUDY1") for p in first]
+    linked += [staging / "STUDY2" / p.relative_to(archive / "STUDY2") for p in second]
+
+    done = upload(running, staging)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert summary_lines(done.stdout) == [
+        row("stored", linked),
+        row("already present", 0, 0),
+        row("failed", 0, 0),
+        row("skipped", 0, 0),
+    ]
+    assert "UP" not in done.stdout + done.stderr
+    for path in first + second:
+        assert instance(running, sop_of(path))[1] == path.read_bytes(), path
