@@ -9,6 +9,7 @@ from ``VARIABLES`` and ``ELSEWHERE`` (``python -m gateway.config --markdown``; t
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 import re
@@ -200,6 +201,23 @@ ELSEWHERE: dict[str, Variable] = {
         "standard prometheus_client variable.",
     ),
 }
+
+
+# DICOMGW_ names read elsewhere that are close to a setting's: the upload client's key, NGINX's decision cache
+NOT_SETTINGS = frozenset({"API_KEY", "AUTH_CACHE_SECONDS"})
+
+
+def check_names(env: Mapping[str, str]) -> None:
+    """ConfigError for a DICOMGW_ name one typo from a setting: `DICOMGW_PHI_POLCY` left the gateway without its PHI
+    policy, silently (a name far from every setting may be another tool's: compose's .env, the NGINX template)."""
+    for given in sorted(env):
+        name = given[len(PREFIX) :]
+        if not given.startswith(PREFIX) or name in VARIABLES or name in NOT_SETTINGS:
+            continue
+        meant = difflib.get_close_matches(name, list(VARIABLES), n=1, cutoff=0.8)
+        if meant:
+            problem = f"no setting of this name: did you mean {PREFIX}{meant[0]}? (rename it, or remove it)"
+            raise ConfigError(given, problem)
 
 
 def env_value(name: str, env: Mapping[str, str] | None = None) -> str:
@@ -474,6 +492,7 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
+        check_names(env)
         values = {name: env.get(PREFIX + name, "") for name in VARIABLES}
         # NGINX's decision cache, read here only to check DELETE_SETTLE against it (2 where NGINX runs apart)
         values["AUTH_CACHE_SECONDS"] = env.get(PREFIX + "AUTH_CACHE_SECONDS", "")

@@ -389,6 +389,28 @@ def test_blanks_around_values_are_no_part_of_them(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("typo", "meant"),
+    [("DICOMGW_PHI_POLCY", "DICOMGW_PHI_POLICY"), ("DICOMGW_STOW_OVERWRITES", "DICOMGW_STOW_OVERWRITE")],
+)
+def test_a_misspelled_setting_is_refused_naming_the_one_meant(tmp_path: Path, typo: str, meant: str) -> None:
+    """`DICOMGW_PHI_POLCY=/etc/dgw/policy.toml` (one letter short): the gateway started without its PHI policy
+    (README: empty, "no PHI hooks run"), `db upgrade` said nothing, and identifiable uploads were stored unscanned; a
+    misspelled flag was as silently off. A DICOMGW_ name one typo from a setting is now refused at start-up, in one
+    line naming the setting meant, by `db upgrade` and `stack up` alike; nothing is made or started."""
+    shutil.copy(REPO / "examples" / "phi-policy.toml", tmp_path / "policy.toml")
+    env = gateway_env(tmp_path, **{typo: str(tmp_path / "policy.toml") if "POLICY" in meant else "1"})
+    env["DICOMGW_DEID_KEY"] = secrets.token_urlsafe(48)  # the example policy de-identifies
+    line = f"Error: {typo}: no setting of this name: did you mean {meant}? (rename it, or remove it)\n"
+    assert _run(["db", "upgrade"], env, tmp_path) == (1, "", line)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["policy.toml"]  # no catalog, no storage folder
+    code, out, err = _finish(_stack_up(tmp_path / "var", free_port(), env, tmp_path))
+    assert (code, out, err) == (1, "", line)
+    assert not _processes_under(tmp_path / "var")
+    env[meant] = env.pop(typo)
+    assert _run(["db", "upgrade"], env, tmp_path)[0] == 0
+
+
+@pytest.mark.parametrize(
     ("changes", "line"),
     [
         (
