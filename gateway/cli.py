@@ -186,13 +186,14 @@ def stack_seed(url: str, work_dir: Path) -> None:
 
 def _signing_keys(var_dir: Path) -> tuple[str, ...]:
     """DICOMGW_SIGNING_KEYS, else the key `stack up --var DIR` generated in DIR (the same default, ./var)."""
-    keys = env_list("SIGNING_KEYS")
     stored = var_dir / "signing.key"
-    if not keys and stored.exists():
-        keys = env_list("SIGNING_KEYS", {"DICOMGW_SIGNING_KEYS": stored.read_text().strip()})
-    if not keys:
-        raise click.ClickException(f"DICOMGW_SIGNING_KEYS is not set (and no {stored})")
-    try:  # as the gateway checks them: a 5-character key signed tokens no gateway could have been started with
+    try:  # a value in quotes is refused here as the gateway refuses it (it was a traceback)
+        keys = env_list("SIGNING_KEYS")
+        if not keys and stored.exists():
+            keys = env_list("SIGNING_KEYS", {"DICOMGW_SIGNING_KEYS": stored.read_text().strip()})
+        if not keys:
+            raise click.ClickException(f"DICOMGW_SIGNING_KEYS is not set (and no {stored})")
+        # as the gateway checks them: a 5-character key signed tokens no gateway could have been started with
         return check_keys("SIGNING_KEYS", keys)
     except ConfigError as error:
         raise click.ClickException(str(error)) from None

@@ -231,8 +231,16 @@ def env_value(name: str, env: Mapping[str, str] | None = None) -> str:
 def _trimmed(name: str, value: str) -> str:
     """A value without the blanks around it, which `docker run --env-file`, Kubernetes literals and hand-edited
     files keep: `file:///data ` made a folder named "data ", ` 1` was no flag. DEID_KEY stays as given: it is a
-    secret whose every byte shapes the pseudonyms already made."""
-    return value if name == "DEID_KEY" else value.strip()
+    secret whose every byte shapes the pseudonyms already made. A value in quotes is refused: the same files keep
+    them as part of it (a quoted URL was "must start with file:///", a quoted API key a key no client sends)."""
+    if name == "DEID_KEY":
+        return value
+    value = value.strip()
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+        variable = name if name in ELSEWHERE else PREFIX + name
+        problem = "is written in quotes, which docker --env-file and systemd keep as part of the value: remove them"
+        raise ConfigError(variable, problem)  # never the value: it may be a key
+    return value
 
 
 def env_int(name: str, env: Mapping[str, str] | None = None) -> int:

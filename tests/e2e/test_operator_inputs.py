@@ -388,6 +388,30 @@ def test_blanks_around_values_are_no_part_of_them(tmp_path: Path) -> None:
     assert (code, err) == (0, "")
 
 
+@pytest.mark.parametrize("variable", ["DICOMGW_STORAGE_URL", "DICOMGW_API_KEYS", "DICOMGW_TLS"])
+@pytest.mark.parametrize("quote", ['"', "'"])
+def test_a_value_written_in_quotes_is_refused_saying_so(tmp_path: Path, variable: str, quote: str) -> None:
+    """`docker run --env-file` and systemd's `EnvironmentFile` keep the quotes of `DICOMGW_STORAGE_URL="file:///..."`
+    as part of the value: `db upgrade` said "must start with file:/// or s3://" of a value that, in the file, does;
+    a quoted API key was the key with its quotes (every client's `Bearer k` a 401, nothing said at start-up); a
+    quoted flag was "expected 0 or 1". Each is now refused in one line that says what happened, without the value."""
+    env = gateway_env(tmp_path, DICOMGW_TLS="1")
+    env[variable] = f"{quote}{env[variable]}{quote}"
+    line = (
+        f"Error: {variable}: is written in quotes, which docker --env-file and systemd keep as part of the value: "
+        "remove them\n"
+    )
+    assert _run(["db", "upgrade"], env, tmp_path) == (1, "", line)
+    assert not (tmp_path / "catalog.db").exists()
+    if variable == "DICOMGW_API_KEYS":  # the signing keys too, where `token issue` reads them (it was a traceback)
+        env = gateway_env(tmp_path, DICOMGW_SIGNING_KEYS=f"{quote}{secrets.token_urlsafe(48)}{quote}")
+        assert _run(["token", "issue", "--study", "1.2.3"], env, tmp_path) == (
+            1,
+            "",
+            line.replace("DICOMGW_API_KEYS", "DICOMGW_SIGNING_KEYS"),
+        )
+
+
 @pytest.mark.parametrize(
     ("typo", "meant"),
     [("DICOMGW_PHI_POLCY", "DICOMGW_PHI_POLICY"), ("DICOMGW_STOW_OVERWRITES", "DICOMGW_STOW_OVERWRITE")],
