@@ -12,12 +12,13 @@ from gateway.dicom.index import read_instance
 from gateway.errors import ConfigError, DicomError, StorageUnavailable
 from gateway.phi.policy import BASIC, Policy, load_policy
 from gateway.phi.scanner import ScanReport, scan_with_values
+from gateway.tools.media_files import files_under
 
 
 def _files(paths: tuple[Path, ...]) -> Iterator[Path]:
     for path in paths:
         if path.is_dir():
-            files = sorted(child for child in path.rglob("*") if child.is_file())
+            files = sorted(files_under(path))  # linked folders too, as `upload` walks them
             if not files:  # said, not silent: no output and exit 0 read as "every file clean"
                 click.echo(f"no file found under {path}: nothing was scanned", err=True)
             yield from files

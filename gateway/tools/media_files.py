@@ -9,6 +9,8 @@ wrapped before it is sent: a 128-byte zero preamble, ``DICM`` and a File Meta In
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -44,6 +46,26 @@ class BareDataSet:
     transfer_syntax: str  # empty when the file has its File Meta, only the preamble is missing
     sop_class_uid: str
     sop_instance_uid: str
+
+
+def files_under(top: Path) -> Iterator[Path]:
+    """The files under ``top`` (``upload`` and ``scan``), entering a linked folder as any folder (``rglob`` passed over
+    it silently: a staging folder of links to studies held no file), each folder once (a link back up is a loop, not
+    followed)."""
+    seen: set[tuple[int, int]] = set()
+    for folder, folders, names in os.walk(top, followlinks=True):
+        try:
+            identity = os.stat(folder)
+        except OSError:  # gone since it was listed: as os.walk passes over a folder it cannot list
+            continue
+        if (identity.st_dev, identity.st_ino) in seen:
+            folders.clear()
+            continue
+        seen.add((identity.st_dev, identity.st_ino))
+        folders.sort()  # of two ways to one folder, the first in sorted order names its files
+        for name in names:
+            if (path := Path(folder, name)).is_file():  # a broken link, a FIFO or a socket is no file to read
+                yield path
 
 
 def kind_of(head: bytes) -> Kind:

@@ -64,6 +64,7 @@ from gateway.tools.media_files import (
     ARCHIVE_NOTES,
     MEDIA_DIRECTORY_SOP_CLASS,
     PREAMBLE,
+    files_under,
     kind_of,
     read_bare,
     wrap_part10,
@@ -135,28 +136,9 @@ def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
     """Files under ``paths`` in a stable order (directories recurse, sorted)."""
     for path in paths:
         if path.is_dir():
-            yield from sorted(_walk(path))
+            yield from sorted(files_under(path))
         elif path.is_file():
             yield path
-
-
-def _walk(top: Path) -> Iterator[Path]:
-    """The files under ``top``, entering a linked folder as any folder (``rglob`` passed over it silently: a staging
-    folder of links to studies uploaded nothing), each folder once (a link back up is a loop, not followed)."""
-    seen: set[tuple[int, int]] = set()
-    for folder, folders, names in os.walk(top, followlinks=True):
-        try:
-            identity = os.stat(folder)
-        except OSError:  # gone since it was listed: as os.walk passes over a folder it cannot list
-            continue
-        if (identity.st_dev, identity.st_ino) in seen:
-            folders.clear()
-            continue
-        seen.add((identity.st_dev, identity.st_ino))
-        folders.sort()  # of two ways to one folder, the first in sorted order names its files
-        for name in names:
-            if (path := Path(folder, name)).is_file():  # a broken link, a FIFO or a socket is no file to read
-                yield path
 
 
 def collect(path: Path, wrap_dir: Path) -> FileEntry:

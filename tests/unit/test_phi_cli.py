@@ -81,6 +81,23 @@ def test_a_folder_holding_no_file_is_said_so(tmp_path: Path) -> None:
     assert result.stderr == f"no file found under {empty}: nothing was scanned\n"
 
 
+
+def test_a_folder_of_links_to_folders_is_scanned_through_them(tmp_path: Path) -> None:
+    """`scan staging` where staging holds links to study folders (as `upload` is given them): the linked folders were
+    not entered, "no file found under staging: nothing was scanned", exit 0, read as "clean" of a folder whose
+    files carry PHI. A linked folder is entered as `upload` enters it, each folder once (a loop is not followed)."""
+    study = tmp_path / "archive" / "STUDY1"
+    study.mkdir(parents=True)
+    phi = write(phi_dataset(), study / "IM000001")
+    (study / "UP").symlink_to("..")  # a loop
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    (staging / "STUDY1").symlink_to(study)
+    result = CliRunner().invoke(scan, [str(staging)])
+    assert (result.exit_code, result.stderr) == (1, "")
+    reports = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(r["file"], r["status"]) for r in reports] == [(str(staging / "STUDY1" / phi.name), "phi")]
+
 def test_policy_changes_what_counts(tmp_path: Path) -> None:
     ds = clean_dataset()
     ds.DeviceSerialNumber = "SN-1"
