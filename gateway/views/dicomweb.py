@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -294,12 +295,10 @@ def _stow(study: str | None) -> Response:
     answer_as = accepted(STOW_OFFERS)
     srv = services()
     media_type, params = parse_content_type(request.headers.get("Content-Type", ""))
-    coding = request.headers.get("Content-Encoding", "").strip().lower()
-    if coding not in ("", "identity"):
+    coding = request.headers.get("Content-Encoding", "").strip()
+    if coding.lower() not in ("", "identity"):
         # read as DICOM, a gzip body was a 409 "not a DICOM Part 10 file" per part, or a 400 "no boundary"
-        raise UnsupportedContentEncoding(
-            f"Content-Encoding {coding[:40]} is not supported: send the body uncompressed"
-        )
+        raise UnsupportedContentEncoding(_coding_refusal(coding))
     context = UploadContext(
         source="stow",
         sub=claims.sub,
@@ -386,6 +385,16 @@ def _stow_refusal(media_type: str) -> str:
             f"as its DICOM Part 10 file, {_STOW_TYPES}"
         )
     return f"STOW-RS takes {_STOW_TYPES}"
+
+
+_CODINGS = re.compile(r"[A-Za-z0-9._+-]+(?:[ \t]*,[ \t]*[A-Za-z0-9._+-]+)*")
+
+
+def _coding_refusal(coding: str) -> str:
+    """The 415's detail for a compressed body (NGINX answers it from the request's head in these words,
+    $dgw_stow_refusal): the coding as sent when it is a list of tokens of at most 40 characters."""
+    named = coding if len(coding) <= 40 and _CODINGS.fullmatch(coding) else "of this request"
+    return f"Content-Encoding {named} is not supported: send the body uncompressed"
 
 
 def _part_refusal(media_type: str) -> str:

@@ -21,6 +21,7 @@ import pydicom
 import pytest
 import requests
 
+from gateway.dicomweb.multipart import encode_multipart
 from gateway.tools.synth import make_series
 from tests.e2e.conftest import uids_of
 from tests.e2e.harness import RunningStack, padded_file, start_stack
@@ -867,6 +868,79 @@ def test_a_body_of_a_type_stow_does_not_take_is_refused_before_it_is_sent(
             f"{stack.url}/dicomweb/studies",
             data=body,
             headers={**stack.api_headers, "Content-Type": content_type, "Accept": "application/dicom+json"},
+            timeout=30,
+        )
+        assert stored.status_code == 200, (content_type, stored.text)
+
+
+@pytest.mark.parametrize("stack", ["file"], indirect=True)
+def test_a_stow_of_parts_or_a_coding_stow_does_not_take_is_refused_before_it_is_sent(
+    stack: RunningStack, tmp_path: Path
+) -> None:
+    """The head of a multipart STOW that names parts STOW never takes (``type="application/dicom+json"``, the
+    metadata and bulk data form of PS3.18 10.5.2; ``type=image/jpeg``) or a compressed body (``Content-Encoding:
+    gzip``) is enough to refuse it, but Python refused it: sent with ``Expect: 100-continue`` the client got "100
+    Continue" and sent its whole body for nothing, and without it the 415 said ``Connection: keep-alive`` and NGINX
+    closed the connection, the body unread (http.client's next request: RemoteDisconnected). The 415 now comes from
+    the request's head, alone, and the connection serves the next request; the type= spellings STOW takes still
+    store."""
+    [path] = make_series(tmp_path, modality="CT", slices=1, rows=32, columns=32, seed=2651, clean=True)
+    boundary = "stow-head-2651"
+    body = b"".join(encode_multipart([path], boundary=boundary))
+    parsed = urlparse(stack.url)
+
+    def metadata(media_type: str) -> str:
+        return (
+            f"STOW-RS of metadata and bulk data ({media_type}, PS3.18 10.5.2) is not supported: send each "
+            f"instance as its DICOM Part 10 file, {STOW_TAKES}"
+        )
+
+    coding = "Content-Encoding gzip is not supported: send the body uncompressed"
+    dicom = f'multipart/related; type="application/dicom"; boundary={boundary}'
+    for headers, detail in (
+        (
+            f'Content-Type: multipart/related; type="application/dicom+json"; boundary={boundary}\r\n',
+            metadata("application/dicom+json"),
+        ),
+        (
+            f"Content-Type: Multipart/Related; boundary={boundary}; type=application/dicom+xml\r\n",
+            metadata("application/dicom+xml"),
+        ),
+        (f'Content-Type: multipart/related;type="image/jpeg";boundary={boundary}\r\n', f"STOW-RS takes {STOW_TAKES}"),
+        (f"Content-Type: {dicom}\r\nContent-Encoding: gzip\r\n", coding),
+    ):
+        head = (
+            f"POST /dicomweb/studies HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {stack.stack.api_key}\r\n"
+            f"{headers}Content-Length: {len(body)}\r\n"
+        )
+        refusal = f'{{"error":"unsupported_media_type","detail":"{detail}"}}'
+        with socket.create_connection((parsed.hostname, parsed.port), timeout=10) as connection:
+            connection.sendall(f"{head}Expect: 100-continue\r\n\r\n".encode())
+            answer = _first_answer(connection).decode()
+            assert answer.startswith("HTTP/1.1 415 Unsupported Media Type\r\n"), answer[:200]
+            lines = answer.split("\r\n")
+            assert "Content-Type: application/json" in lines and answer.endswith(refusal), answer
+            # RFC 9110 15.5.16: the 415 for a coding names the one the server takes
+            assert ("Accept-Encoding: identity" in lines) == (detail == coding), answer
+        with socket.create_connection((parsed.hostname, parsed.port), timeout=10) as connection:
+            connection.sendall(f"{head}\r\n".encode() + body)
+            answer = _first_answer(connection).decode()
+            assert answer.startswith("HTTP/1.1 415 ") and answer.endswith(refusal), answer
+            assert "Connection: keep-alive" in answer.split("\r\n"), answer
+            connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
+            assert _first_answer(connection).endswith(b'\r\n\r\n{"status":"ok"}\n')
+    # the multipart heads STOW takes still reach it: type= quoted, unquoted, in capitals, absent, after other
+    # parameters, a start parameter, Content-Encoding: identity
+    for content_type, extra in (
+        (dicom, {}),
+        (f"multipart/related; type=application/dicom; boundary={boundary}", {}),
+        (f'multipart/related; boundary="{boundary}"; start="<a@b>"; type="Application/DICOM"', {}),
+        (f"multipart/related; boundary={boundary}", {"Content-Encoding": "identity"}),
+    ):
+        stored = requests.post(
+            f"{stack.url}/dicomweb/studies",
+            data=body,
+            headers={**stack.api_headers, "Content-Type": content_type, "Accept": "application/dicom+json", **extra},
             timeout=30,
         )
         assert stored.status_code == 200, (content_type, stored.text)

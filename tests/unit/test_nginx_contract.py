@@ -89,17 +89,53 @@ def test_block_plans_are_pythons(conf: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "media_type",
-    ["text/plain", "multipart/form-data", "application/dicom+json", "application/json", "application/dicom+xml"],
+    ("content_type", "part_type"),
+    [
+        ("text/plain", "text/plain"),
+        ("multipart/form-data", "multipart/form-data"),
+        ("application/dicom+json", "application/dicom+json"),
+        ("application/json", "application/json"),
+        ("application/dicom+xml", "application/dicom+xml"),
+        ('multipart/related; type="application/dicom+json"; boundary=x', "application/dicom+json"),
+        ("multipart/related; boundary=x; type=application/json", "application/json"),
+        ('multipart/related;type="application/dicom+xml"', "application/dicom+xml"),
+        ('multipart/related; type="image/jpeg"; boundary=x', "image/jpeg"),
+    ],
 )
-def test_nginx_refuses_a_stow_body_type_in_pythons_words(conf: str, media_type: str) -> None:
-    """NGINX answers a STOW of a media type STOW never takes from the request's head (dicomgw.conf,
-    $dgw_stow_refusal); Python says the same of a part of that type. The two texts are one detail."""
+def test_nginx_refuses_a_stow_body_type_in_pythons_words(conf: str, content_type: str, part_type: str) -> None:
+    """NGINX answers a STOW of a media type STOW never takes, or of a multipart type= naming parts it never takes,
+    from the request's head (dicomgw.conf, $dgw_stow_type_refusal); Python says the same of a body or part of that
+    type. The two texts are one detail."""
     from gateway.views.dicomweb import _stow_refusal
 
-    block = conf[conf.index("map $content_type $dgw_stow_refusal {") :]
-    entries = re.findall(r'(default|"~\*([^"]+)")\s+\'([^\']*)\';', block[: block.index("}")])
+    block = conf[conf.index("map $content_type $dgw_stow_type_refusal {") :]
+    entries = re.findall(r'(default|"~\*([^"\\]*(?:\\.[^"\\]*)*)")\s+\'([^\']*)\';', block[: block.index("\n}")])
     detail = next(
-        text for key, regex, text in entries[1:] + entries[:1] if key == "default" or re.match(regex, media_type, re.I)
+        text
+        for key, regex, text in entries[1:] + entries[:1]
+        if key == "default" or re.match(regex.replace('\\"', '"'), content_type, re.I)
     )
-    assert detail.replace('\\\\\\"', '"') == _stow_refusal(media_type)
+    assert detail.replace('\\\\\\"', '"') == _stow_refusal(part_type)
+
+
+@pytest.mark.parametrize(
+    ("coding", "named"),
+    [
+        ("gzip", "gzip"),
+        ("GZIP", "GZIP"),
+        ("gzip, br", "gzip, br"),
+        ('x"y', "of this request"),
+        ("a" * 41, "of this request"),
+    ],
+)
+def test_nginx_refuses_a_compressed_stow_in_pythons_words(conf: str, coding: str, named: str) -> None:
+    """A compressed STOW body is NGINX's 415 from the request's head ($dgw_stow_coding); Python's text is the same,
+    the coding named only when no quote or backslash could reach the JSON."""
+    from gateway.views.dicomweb import _coding_refusal
+
+    block = conf[conf.index("map $http_content_encoding $dgw_stow_coding {") :]
+    [regex] = re.findall(r'"~\^(.*)" \$dgw_coding_sent;', block[: block.index("\n}")])
+    match = re.match("^" + regex.replace("?<dgw_coding_sent>", "?P<c>").replace("\\t", "\t"), coding)
+    assert (match.group("c") if match else "of this request") == named
+    assert _coding_refusal(coding) == f"Content-Encoding {named} is not supported: send the body uncompressed"
+    assert "'Content-Encoding $dgw_stow_coding is not supported: send the body uncompressed'" in conf
