@@ -14,8 +14,8 @@ Strictness, where the RFCs leave room:
   data, and guessing would risk storing a corrupt object.
 - The epilogue after the close delimiter is read and discarded (so a WSGI server can reuse the connection).
 - Part headers: ``Name: value`` lines (names lower-cased in ``Part.headers``), obsolete line folding unfolded,
-  at most 64 KiB of headers per part. ``Content-Transfer-Encoding`` is not interpreted (HTTP is 8-bit clean;
-  PS3.18 sends binary parts).
+  at most 64 KiB of headers per part, UTF-8 or else read as ISO-8859-1. ``Content-Transfer-Encoding`` is not
+  interpreted (HTTP is 8-bit clean; PS3.18 sends binary parts).
 """
 
 from __future__ import annotations
@@ -288,6 +288,16 @@ def _after_delimiter(reader: _Reader) -> bool:
     return False
 
 
+def _header_text(raw: bytes) -> str:
+    """A part header's bytes as text: UTF-8, else ISO-8859-1. Bytes past ASCII are opaque data to a recipient (RFC
+    9110 5.5); a file name in ISO-8859-1 (Java's HttpClient in its browser-compatible mode) made the whole body a
+    400 for a header nothing reads. A Content-Type holding one is still no media type."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
 def _read_headers(reader: _Reader, number: int) -> dict[str, str]:
     headers: dict[str, str] = {}
     total = 0
@@ -299,10 +309,7 @@ def _read_headers(reader: _Reader, number: int) -> dict[str, str]:
             raise MalformedMultipart(f"part {number}: headers larger than {MAX_HEADER_BYTES} bytes")
         if not line:
             return headers
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError:
-            raise MalformedMultipart(f"part {number}: header is not UTF-8") from None
+        text = _header_text(line)
         if line[:1] in (b" ", b"\t"):  # obsolete line folding (RFC 5322 2.2.3)
             if last is None:
                 raise MalformedMultipart(f"part {number}: header block starts with a continuation line")
@@ -312,7 +319,7 @@ def _read_headers(reader: _Reader, number: int) -> dict[str, str]:
         if not sep or _HEADER_NAME.fullmatch(name) is None:
             raise MalformedMultipart(f"part {number}: malformed header line")
         last = name.decode("ascii").lower()
-        value_text = value.decode("utf-8").strip(" \t")
+        value_text = _header_text(value).strip(" \t")
         headers[last] = f"{headers[last]}, {value_text}" if last in headers else value_text
 
 

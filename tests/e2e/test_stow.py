@@ -378,6 +378,33 @@ def test_stow_body_shapes_hand_made_clients_send(stack: RunningStack, tmp_path: 
     }
 
 
+def test_a_part_header_in_latin_1_is_opaque_text_and_the_part_is_stored(stack: RunningStack, tmp_path: Path) -> None:
+    """A part whose headers hold a byte that is no UTF-8 (a file name in ISO-8859-1, as Java's Apache HttpClient
+    writes it in its browser-compatible mode with that charset) made the whole STOW a 400 "part 1: header is not
+    UTF-8", for a header the gateway never reads; Orthanc 1.10 stores the same body. RFC 9110 5.5: such octets are
+    opaque data; they are read as ISO-8859-1 and the part is stored. A Content-Type that is no media type is still
+    the 400 it was."""
+    files = make_series(tmp_path / "latin1", modality="CT", slices=2, rows=32, columns=32, seed=2652, clean=True)
+    multipart = {
+        **stack.api_headers,
+        "Content-Type": 'multipart/related; type="application/dicom"; boundary=x',
+        "Accept": "application/dicom+json",
+    }
+    head = 'Content-Type: application/dicom\r\nContent-Disposition: attachment; filename="Müller.dcm"\r\n\r\n'
+    body = b"".join(b"--x\r\n" + head.encode("latin-1") + path.read_bytes() + b"\r\n" for path in files)
+    answer = requests.post(f"{stack.url}/dicomweb/studies", data=body + b"--x--\r\n", headers=multipart, timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert [item["00081155"]["Value"] for item in referenced(answer)] == [[uids_of(p)[2]] for p in files]
+
+    bad_type = b"--x\r\nContent-Type: application/dic\xf6m\r\n\r\n" + files[0].read_bytes() + b"\r\n--x--\r\n"
+    answer = requests.post(f"{stack.url}/dicomweb/studies", data=bad_type, headers=multipart, timeout=30)
+    assert answer.status_code == 400, answer.text
+    assert answer.json() == {
+        "error": "malformed_multipart",
+        "detail": "part 1: Content-Type application/dic: expected ';' at offset 15",
+    }
+
+
 def test_boundary_longer_than_rfc_2046_is_accepted_up_to_a_bound(stack: RunningStack, tmp_path: Path) -> None:
     """Orthanc 1.10 sends a 73-character boundary (two UUIDs): stored. Past 200 characters: 400 JSON."""
     from gateway.dicomweb.multipart import encode_multipart
