@@ -32,6 +32,8 @@ from gateway.storage import Storage
 # The SOP Instance UID of a stored object and of everything derived from it: ``{sop}.dcm``, ``{sop}.thumb.jpg``,
 # ``{sop}/...``. A UID's components are digits, so ``1.2.3.thumb.jpg`` is 1.2.3's and ``1.2.3.4.dcm`` is not.
 _INSTANCE_FILE = re.compile(r"^(?P<dir>.*/instances/)(?P<sop>[0-9]+(?:\.[0-9]+)*)(?:\.[A-Za-z][^/]*|/.*)$")
+# A derived object named by its original's digest: ``{sop}/htj2k-{sha256[:16]}.j2c``.
+_DERIVED_DIGEST = re.compile(r"/instances/[0-9.]+/[^/]*-([0-9a-f]{16})\.[^/]*$")
 MAX_REASON = 500
 DELETE_CONCURRENCY = 8
 
@@ -87,7 +89,7 @@ class Deleter:
             # one listing per series folder, not one per instance
             for key in list(self.storage.list(folder)):
                 found = instance_of(key)
-                if found is not None and found[0] == folder and found[1] in sops and found[1] not in live:
+                if found is not None and found[0] == folder and found[1] in sops and _stale(key, found[1], live):
                     gone.append(key)
         # S3 answers one DELETE per request: a few at once, so a study of thousands stays well inside a request's
         # time (boto3 clients are thread-safe; the local backend is just as happy)
@@ -107,6 +109,17 @@ class Deleter:
             self.catalog.finish_deletion(record["id"])
             done.append({"id": record["id"], "study_uid": record["study_uid"], "removed": len(removed)})
         return done
+
+
+def _stale(key: str, sop: str, live: dict[str, str | None]) -> bool:
+    """Whether ``key`` is the removed instance's: every object of an instance not stored again; of one stored again
+    during the settle, a derivative named by another original's digest (``gateway.derive.derivative_key``: the
+    deleted version's pixels, which nothing would ever remove otherwise). One being uploaded keeps everything."""
+    if sop not in live:
+        return True
+    sha256 = live[sop]
+    digest = _DERIVED_DIGEST.search(key)
+    return sha256 is not None and digest is not None and digest.group(1) != sha256[:16]
 
 
 def _names(targets: list[Target], record: dict[str, Any]) -> bool:

@@ -269,19 +269,17 @@ class DeletionRecords(CatalogBase):
                 .values(finished_at=int(time.time()) if now is None else now)
             )
 
-    def live_sops(self, sop_uids: list[str]) -> set[str]:
+    def live_sops(self, sop_uids: list[str]) -> dict[str, str | None]:
         """Which of these SOP UIDs are stored again (re-uploaded) or being uploaded right now: their objects
-        must stay."""
-        live: set[str] = set()
+        must stay. Each with the sha256 of the instance stored again; None while one is being uploaded."""
+        live: dict[str, str | None] = {}
         with self._read() as conn:
             for start in range(0, len(sop_uids), 500):
                 chunk = sop_uids[start : start + 500]
-                live.update(
-                    conn.execute(sa.select(instances.c.sop_uid).where(instances.c.sop_uid.in_(chunk))).scalars()
-                )
-                live.update(
-                    conn.execute(sa.select(reservations.c.sop_uid).where(reservations.c.sop_uid.in_(chunk))).scalars()
-                )
+                stored = sa.select(instances.c.sop_uid, instances.c.sha256).where(instances.c.sop_uid.in_(chunk))
+                live.update({sop: sha256 for sop, sha256 in conn.execute(stored)})
+                reserved = sa.select(reservations.c.sop_uid).where(reservations.c.sop_uid.in_(chunk))
+                live.update(dict.fromkeys(conn.execute(reserved).scalars()))
         return live
 
     def deletion_records(

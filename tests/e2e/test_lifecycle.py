@@ -1126,3 +1126,46 @@ def test_a_retention_run_stopped_in_its_settle_wait_is_finished_by_the_next_run(
         check=False,
     )
     assert json.loads(left.stdout)["unfinished_deletions"] == [], left.stdout
+
+
+def test_an_instance_sent_again_corrected_during_the_delete_keeps_no_derivative_of_the_deleted_one(
+    stack: RunningStack, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Session 26: a portal deletes a study and sends the corrected instance (same UIDs, other pixels) while the
+    DELETE waits its settle. The DELETE skips an instance stored again, and so skipped everything under its name:
+    after the 204 the HTJ2K derivative of the deleted pixels (``{sop}/htj2k-{old sha256[:16]}.j2c``) stayed in
+    storage for good, referenced by nothing (`reconcile` does not see it). It goes; the new instance, its own
+    derivative, and the frames it is served with are the new ones."""
+    import numpy as np
+    import pydicom
+
+    base = tmp_path_factory.mktemp("resent-corrected")
+    (first,) = make_series(base / "v1", slices=1, rows=128, columns=128, seed=7780, clean=True)
+    study, _, sop = uids_of(first)
+    corrected = pydicom.dcmread(first)
+    corrected.PixelData = (np.arange(128 * 128, dtype=np.uint16) % 997).tobytes()
+    second = base / "v2.dcm"
+    corrected.save_as(second, enforce_file_format=True)
+    assert stack.stow([first]).status_code == 200
+    wait_for_derivatives(stack, study, 1)
+    (deleted,) = [key for key in stored_keys(stack, study) if is_derivative(key)]
+
+    answer: dict[str, requests.Response] = {}
+    deleting = threading.Thread(target=lambda: answer.update(d=delete(stack, f"studies/{study}")))
+    deleting.start()
+    qido = f"{stack.url}/dicomweb/studies/{study}/series"
+    deadline = time.monotonic() + 30
+    while requests.get(qido, headers=stack.api_headers, timeout=30).status_code != 404:  # hidden: in its settle
+        assert time.monotonic() < deadline and deleting.is_alive(), "the DELETE never hid the study"
+        time.sleep(0.05)
+    assert stack.stow([second]).status_code == 200
+    deleting.join(timeout=120)
+    assert answer["d"].status_code == 204
+
+    assert deleted not in stored_keys(stack, study)
+    assert [key.rsplit("/", 1)[1] for key in stored_keys(stack, study) if key.endswith(".dcm")] == [f"{sop}.dcm"]
+    root = stack.root(stack.issue([study])["token"])
+    assert get(reads(root, second)["frame"]).content == corrected.PixelData
+    wait_for_derivatives(stack, study, 1)  # the corrected instance's own
+    (made,) = [key for key in stored_keys(stack, study) if is_derivative(key)]
+    assert made != deleted
