@@ -50,6 +50,7 @@ from gateway.dicom.index import DEFLATED_LE, EXPLICIT_VR_LE, IMPLICIT_VR_LE
 from gateway.dicom.model import MAX_DECODED_PIXELS, IndexedInstance, PixelFormat
 from gateway.dicomweb.wado import DERIVATIVE_TS
 from gateway.errors import CatalogUnavailable, ConfigError, DicomError, GatewayError
+from gateway.spool import spool_prefix, sweep_spool
 from gateway.storage import Storage, open_storage
 
 log = logging.getLogger(__name__)
@@ -298,7 +299,8 @@ def derive(sop_uid: str, storage: Storage, catalog: Catalog, tmp_dir: str | None
     pixels = PixelFormat.of(row.metadata_json())
     if count is None or (pixels is not None and _word_type(pixels) is None):
         return "not_eligible"
-    with tempfile.TemporaryDirectory(dir=tmp_dir, prefix="dgw-derive-") as work:
+    # named for this process, so that what a worker killed mid-encode left (a copy of the instance) is swept
+    with tempfile.TemporaryDirectory(dir=tmp_dir, prefix=spool_prefix("derive")) as work:
         source, target = Path(work) / "source.dcm", Path(work) / "derived.j2c"
         storage.download(row.storage_key, source)
         try:
@@ -345,6 +347,7 @@ def work(settings: Settings, stop: threading.Event, *, once: bool = False) -> in
     storage = open_storage(settings.storage_url)
     catalog = Catalog(settings.database_url)
     catalog.require_current_schema()
+    sweep_spool(Path(settings.tmp_dir or tempfile.gettempdir()))  # what a worker killed before this one left
     done = 0
     while not stop.is_set():
         try:

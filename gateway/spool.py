@@ -13,6 +13,7 @@ import errno
 import hashlib
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,8 +22,9 @@ from gateway.catalog.owner import Owner, host_identity, is_gone, this_process
 from gateway.errors import StorageUnavailable
 
 Buffer = bytes | memoryview
-# upload parts, single-part bodies, and the de-identifier's outputs (written in an ingest pool process)
-_SPOOL_NAME = re.compile(r"(?:part|stow|deid)-([0-9a-f]{8})-([0-9]+)-([0-9]+)-")
+# upload parts, single-part bodies, the de-identifier's outputs (written in an ingest pool process), and the
+# derivative worker's folders (a copy of the stored instance and its encoding, gateway.derive)
+_SPOOL_NAME = re.compile(r"(?:part|stow|deid|derive)-([0-9a-f]{8})-([0-9]+)-([0-9]+)-")
 
 
 def _host_tag() -> str:
@@ -40,7 +42,8 @@ def spool_prefix(kind: str) -> str:
 def sweep_spool(spool_dir: Path) -> int:
     """Remove the spool files of processes of this host that are gone: a worker killed in the middle of an upload
     (kill -9, the OOM killer) left its parts there, never to be ingested, each a copy of uploaded DICOM (PHI
-    included) that no DELETE or erasure reaches, and a folder that only grows. Returns how many were removed."""
+    included) that no DELETE or erasure reaches, and a folder that only grows; so did a derivative worker killed
+    mid-encode, its folder. Returns how many were removed."""
     tag = _host_tag()
     try:
         names = os.listdir(spool_dir)
@@ -50,8 +53,12 @@ def sweep_spool(spool_dir: Path) -> int:
     for name in names:
         match = _SPOOL_NAME.match(name)
         if tag and match and match[1] == tag and is_gone(Owner(host_identity(), int(match[2]), int(match[3]))):
+            path = spool_dir / name
             with contextlib.suppress(OSError):
-                (spool_dir / name).unlink()
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
                 removed += 1
     return removed
 

@@ -486,3 +486,48 @@ def test_workers_killed_inside_a_sqlite_registration_then_the_retry_stores_every
         assert_stored_whole(stack, f"{stack.url}/dicomweb", api, study, files)
     finally:
         stack.stop()
+
+
+def test_derivative_worker_killed_mid_encode_leaves_no_copy_of_the_instance(tmp_path: Path) -> None:
+    """Session 26: the derivative worker SIGKILLed while it encodes (the OOM killer on a large instance) left its
+    work folder in the spool, ``source.dcm`` a whole copy of the stored instance (PHI included), for good: the
+    worker started again did not look for it, and a DELETE (or an erasure) of the study left it there. The worker
+    names its folder as the spool names an upload's part (host, pid, start time), and one starting sweeps what a
+    dead one left, as a gunicorn worker does."""
+    from gateway.dicomweb.multipart import encode_multipart
+    from gateway.tools.stack import RESTART_PAUSE, Stack, free_port
+
+    files = make_series(tmp_path / "ct", modality="CT", slices=40, rows=512, columns=512, seed=76, clean=True)
+    study = uids_of(files[0])[0]
+    stack = Stack(tmp_path / "var", port=free_port())
+    stack.start()
+    spool = stack.var_dir / "spool"
+    try:
+        api = {"Authorization": f"Bearer {stack.api_key}"}
+        body = encode_multipart(files)
+        headers = {"Content-Type": body.content_type, "Accept": "application/dicom+json", **api}
+        stored = requests.post(f"{stack.url}/dicomweb/studies", data=body, headers=headers, timeout=120)
+        assert stored.status_code == 200, stored.text[:2000]
+        worker = stack.processes["derive"]
+        deadline = time.monotonic() + 60
+        while not (folders := [p for p in spool.iterdir() if (p / "source.dcm").exists()]):
+            assert time.monotonic() < deadline and worker.poll() is None, "the worker never started an encode"
+            time.sleep(0.005)
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait(30)
+        assert (folders[0] / "source.dcm").exists()  # what the killed worker left
+
+        time.sleep(RESTART_PAUSE)
+        assert stack.supervise() == (["derive"], [])  # as `stack up` does every second
+        deadline = time.monotonic() + 30
+        while folders[0].exists():
+            assert time.monotonic() < deadline, f"the new worker left {folders[0].name}: {os.listdir(folders[0])}"
+            time.sleep(0.1)
+        gone = requests.delete(f"{stack.url}/dicomweb/studies/{study}", headers=api, timeout=120)
+        assert gone.status_code == 204, gone.text
+        deadline = time.monotonic() + 60  # the jobs left find nothing stored; one under way ends and cleans up
+        while left := [p.name for p in spool.iterdir()]:
+            assert time.monotonic() < deadline, f"left in the spool after the DELETE: {left}"
+            time.sleep(0.1)
+    finally:
+        stack.stop()

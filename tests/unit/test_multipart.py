@@ -26,7 +26,7 @@ from gateway.dicomweb.multipart import (
     parse_content_type,
 )
 from gateway.errors import MalformedMultipart, PayloadTooLarge, StorageUnavailable, UnsupportedMediaType
-from gateway.spool import spool_file, sweep_spool
+from gateway.spool import spool_file, spool_prefix, sweep_spool
 
 REPO = Path(__file__).resolve().parents[2]
 BIG = 1 << 40
@@ -341,8 +341,12 @@ def test_sweep_removes_only_what_a_process_gone_left(tmp_path: Path) -> None:
 
     with spool_file(tmp_path, "part", ".spool") as (live, write):
         write(b"mine")
-    child, child_deid = subprocess.run(  # a process that ran here and exited: what a killed worker leaves
-        [sys.executable, "-c", "from gateway.spool import spool_prefix as p; print(p('stow')); print(p('deid'))"],
+    child, child_deid, child_derive = subprocess.run(  # a process that ran here and exited: a killed worker's
+        [
+            sys.executable,
+            "-c",
+            "from gateway.spool import spool_prefix as p; print(p('stow')); print(p('deid')); print(p('derive'))",
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -356,9 +360,15 @@ def test_sweep_removes_only_what_a_process_gone_left(tmp_path: Path) -> None:
     unrelated = tmp_path / "part-notours.spool"
     for path in (dead, dead_deid, other_host, unrelated):
         path.write_bytes(b"x")
+    dead_derive = tmp_path / f"{child_derive}abc"  # a killed derivative worker's folder (gateway.derive)
+    live_derive = tmp_path / f"{spool_prefix('derive')}abc"
+    for folder in (dead_derive, live_derive):
+        folder.mkdir()
+        (folder / "source.dcm").write_bytes(b"x")
     assert live.name.startswith(f"part-{tag}-{me.pid}-{me.started}-")
-    assert sweep_spool(tmp_path) == 2
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (live, other_host, unrelated))
+    assert sweep_spool(tmp_path) == 3
+    kept = (live, other_host, unrelated, live_derive)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in kept)
     assert sweep_spool(tmp_path / "gone") == 0
 
 
