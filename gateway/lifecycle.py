@@ -32,8 +32,8 @@ from gateway.storage import Storage
 # The SOP Instance UID of a stored object and of everything derived from it: ``{sop}.dcm``, ``{sop}.thumb.jpg``,
 # ``{sop}/...``. A UID's components are digits, so ``1.2.3.thumb.jpg`` is 1.2.3's and ``1.2.3.4.dcm`` is not.
 _INSTANCE_FILE = re.compile(r"^(?P<dir>.*/instances/)(?P<sop>[0-9]+(?:\.[0-9]+)*)(?:\.[A-Za-z][^/]*|/.*)$")
-# A derived object named by its original's digest: ``{sop}/htj2k-{sha256[:16]}.j2c``.
-_DERIVED_DIGEST = re.compile(r"/instances/[0-9.]+/[^/]*-([0-9a-f]{16})\.[^/]*$")
+# A derived object named by its original's digest: ``{sop}/htj2k-{sha256[:16]}.j2c``, ``{sop}.thumb-{sha256[:16]}.jpg``.
+_DERIVED_DIGEST = re.compile(r"/instances/[0-9.]*[0-9][./][^/]*-([0-9a-f]{16})\.[^/]*$")
 MAX_REASON = 500
 DELETE_CONCURRENCY = 8
 
@@ -113,8 +113,9 @@ class Deleter:
 
 def _stale(key: str, sop: str, live: dict[str, str | None]) -> bool:
     """Whether ``key`` is the removed instance's: every object of an instance not stored again; of one stored again
-    during the settle, a derivative named by another original's digest (``gateway.derive.derivative_key``: the
-    deleted version's pixels, which nothing would ever remove otherwise). One being uploaded keeps everything."""
+    during the settle, a derivative or thumbnail named by another original's digest (``gateway.derive``,
+    ``gateway.render.thumbnail``: the deleted version's pixels, which nothing would ever remove otherwise). One being
+    uploaded keeps everything."""
     if sop not in live:
         return True
     sha256 = live[sop]

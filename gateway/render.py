@@ -606,12 +606,16 @@ def thumbnail(
     if not key:
         image = _to_image(services, row, 1, {})
         image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
-        key = row.storage_key.removesuffix(".dcm") + ".thumb.jpg"
+        # named by the original's digest, as a derivative is: a render of an instance deleted (or replaced) while
+        # it ran never overwrites the thumbnail of the one stored again under the same UIDs, nor is recorded for it
+        key = f"{row.storage_key.removesuffix('.dcm')}.thumb-{row.sha256[:16]}.jpg"
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "thumb.jpg"
             path.write_bytes(_encode(image, "image/jpeg", 85))
             services.storage.put_file(key, path)
-        services.catalog.set_thumbnail(row.sop_uid, key)
+        if not services.catalog.set_thumbnail(row.sop_uid, key, row.sha256):
+            services.storage.delete(key)
+            raise NotFound("no such instance")
     response = Response(status=200, mimetype="image/jpeg")
     response.headers["X-Accel-Redirect"] = f"{nginx.OBJECT}{services.storage.origin_path(key)}"
     return response

@@ -608,9 +608,11 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
         with self._read() as conn:
             return conn.execute(stmt).first() is not None
 
-    def set_thumbnail(self, sop_uid: str, key: str) -> None:
+    def set_thumbnail(self, sop_uid: str, key: str, sha256: str) -> bool:
+        """Record a stored thumbnail, only if the instance still has the bytes it was rendered from."""
         with self._write() as conn:
-            conn.execute(instances.update().where(instances.c.sop_uid == sop_uid).values(thumbnail_key=key))
+            update = instances.update().where(instances.c.sop_uid == sop_uid, instances.c.sha256 == sha256)
+            return bool(conn.execute(update.values(thumbnail_key=key)).rowcount)
 
     def all_instance_keys(self) -> set[str]:
         with self._read() as conn:

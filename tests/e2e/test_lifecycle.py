@@ -1169,3 +1169,52 @@ def test_an_instance_sent_again_corrected_during_the_delete_keeps_no_derivative_
     wait_for_derivatives(stack, study, 1)  # the corrected instance's own
     (made,) = [key for key in stored_keys(stack, study) if is_derivative(key)]
     assert made != deleted
+
+
+def test_a_thumbnail_rendered_while_its_instance_is_deleted_and_sent_again_is_not_the_new_ones(
+    stack: RunningStack, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Session 26: a viewer's thumbnail of a large slice is being rendered when the portal deletes the study and sends
+    the corrected instance again (same UIDs, other pixels). The render finished after the new instance was stored
+    and recorded its file for it: from then on the new instance's thumbnail was the deleted one's image (128x128 of
+    the 4096x4096 slice, for a 64x64 one), for good. A thumbnail is named by its original's digest and recorded only
+    for the bytes it was rendered from."""
+    import io
+
+    import numpy as np
+    import pydicom
+    from PIL import Image
+
+    base = tmp_path_factory.mktemp("thumb-resent")
+    (first,) = make_series(base / "v1", slices=1, rows=4096, columns=4096, seed=7790, clean=True)
+    study, series, sop = uids_of(first)
+    corrected = pydicom.dcmread(first)
+    corrected.Rows = corrected.Columns = 64
+    corrected.PixelData = (np.arange(64 * 64, dtype=np.uint16) * 16 % 4000).astype(np.uint16).tobytes()
+    second = base / "v2.dcm"
+    corrected.save_as(second, enforce_file_format=True)
+    assert stack.stow([first]).status_code == 200
+    root = stack.root(stack.issue([study])["token"])
+    thumbnail = f"{root}/studies/{study}/series/{series}/instances/{sop}/thumbnail"
+
+    answers: dict[str, requests.Response] = {}
+    rendering = threading.Thread(target=lambda: answers.update(t=requests.get(thumbnail, timeout=60)))
+    rendering.start()
+    time.sleep(0.2)  # the render under way (the 4096x4096 slice takes a good part of a second)
+    deleting = threading.Thread(target=lambda: answers.update(d=delete(stack, f"studies/{study}")))
+    deleting.start()
+    qido = f"{stack.url}/dicomweb/studies/{study}/series"
+    while requests.get(qido, headers=stack.api_headers, timeout=30).status_code != 404:
+        assert deleting.is_alive(), "the DELETE never hid the study"
+        time.sleep(0.01)
+    assert stack.stow([second]).status_code == 200
+    rendering.join(60)
+    deleting.join(120)
+    assert answers["d"].status_code == 204
+    assert answers["t"].status_code in (200, 404), answers["t"].text[:200]  # the deleted one's, or gone
+
+    served = requests.get(thumbnail, timeout=30)
+    assert served.status_code == 200
+    assert Image.open(io.BytesIO(served.content)).size == (64, 64)  # the corrected instance's, not 128x128
+    thumbs = [key for key in stored_keys(stack, study) if ".thumb" in key]
+    assert len(thumbs) == 1, thumbs  # nothing of the deleted one's left beside it

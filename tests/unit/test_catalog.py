@@ -608,7 +608,11 @@ def test_invalid_uid_rejected(catalog: Catalog) -> None:
 def test_thumbnail_and_all_keys(catalog: Catalog) -> None:
     catalog.register_instance(record(make_instance(ST, SE1, "1.2.3.1.1.1")))
     catalog.register_instance(record(make_instance(ST, SE2, "1.2.3.1.2.1", series_number=2)))
-    catalog.set_thumbnail("1.2.3.1.1.1", "thumbs/a.jpg")
+    stored = catalog.get_instance("1.2.3.1.1.1")
+    assert stored is not None
+    # only for the bytes it was rendered from: not for an instance deleted and stored again meanwhile
+    assert not catalog.set_thumbnail("1.2.3.1.1.1", "thumbs/old.jpg", "0" * 64)
+    assert catalog.set_thumbnail("1.2.3.1.1.1", "thumbs/a.jpg", stored.sha256)
     row = catalog.get_instance("1.2.3.1.1.1")
     assert row is not None and row.thumbnail_key == "thumbs/a.jpg"
     assert catalog.all_instance_keys() == {
