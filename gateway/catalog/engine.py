@@ -56,6 +56,16 @@ def damaged(exc: sa.exc.DatabaseError) -> CatalogUnavailable | None:
     return CatalogUnavailable("catalog unavailable (the SQLite file is not a database, or is damaged)")
 
 
+def read_only(exc: sa.exc.DatabaseError) -> CatalogUnavailable | None:
+    """The outage PostgreSQL's read_only_sql_transaction (25006) means: the catalog's host became a replica (a
+    failover, or ``default_transaction_read_only``), so every write fails alike until it is a primary again. It was
+    taken for this upload's own fault (a 409 of 0x0110 items, no Retry-After) and a DELETE's or revoke's 500. None
+    for any other database error."""
+    if getattr(exc.orig, "sqlstate", None) != "25006":
+        return None
+    return CatalogUnavailable("catalog unavailable (read-only)")
+
+
 def unicode_fold(text: str) -> str:
     """Lower case as PostgreSQL's lower() gives it, for a PN match: `İ` (Turkish capital dotted I) is `i`, where
     Python's lower() writes `i̇` (i and a combining dot above). A Greek small sigma ending a word differs too (ς
@@ -162,7 +172,7 @@ class CatalogBase:
         except sa.exc.OperationalError as exc:
             raise unavailable(exc) from None
         except sa.exc.DatabaseError as exc:
-            if (outage := damaged(exc)) is None:
+            if (outage := damaged(exc) or read_only(exc)) is None:
                 raise
             raise outage from None
 
@@ -189,7 +199,7 @@ class CatalogBase:
         except sa.exc.OperationalError as exc:
             raise unavailable(exc) from None
         except sa.exc.DatabaseError as exc:
-            if (outage := damaged(exc)) is None:
+            if (outage := damaged(exc) or read_only(exc)) is None:
                 raise
             raise outage from None
 

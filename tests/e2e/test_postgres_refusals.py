@@ -1,0 +1,97 @@
+"""The PostgreSQL catalog reachable but refusing, through the real stack (``stack up`` on a database of the test
+server): a host that became a replica (read-only), its connections full, the gateway's password changed. Each is an
+outage of the catalog: the JSON 503 ``catalog_unavailable`` with ``Retry-After: 5`` saying which, never a 500 or a
+per-instance refusal, and the gateway serves again by itself once the database takes it."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import requests
+from sqlalchemy.engine import make_url
+
+from gateway.tools.postgres import PostgresServer
+from gateway.tools.synth import make_series
+from tests.e2e.conftest import uids_of
+from tests.e2e.harness import RunningStack, start_stack
+from tests.e2e.test_stow import referenced
+
+
+@contextlib.contextmanager
+def stack_on(var: Path, url: str) -> Iterator[RunningStack]:
+    running = start_stack(var, "file", None, DICOMGW_DATABASE_URL=url)
+    try:
+        yield running
+    finally:
+        running.stack.stop()
+
+
+def admin(server: PostgresServer) -> psycopg.Connection:
+    return psycopg.connect(f"host={server.host} port={server.port} user=postgres dbname=postgres", autocommit=True)
+
+
+def drop_connections(server: PostgresServer, database: str) -> None:
+    """End the gateway's sessions, as a failover does: its next ones open on the database as it is now."""
+    with admin(server) as conn:
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (database,))
+
+
+def assert_catalog_503(answer: requests.Response, detail: str) -> None:
+    assert answer.status_code == 503, (answer.status_code, answer.text[:500])
+    assert answer.headers["Content-Type"] == "application/json", answer.headers
+    assert answer.headers["Retry-After"] == "5", answer.headers
+    assert answer.json() == {"error": "catalog_unavailable", "detail": detail}
+
+
+def test_a_read_only_catalog_is_a_503_for_writes_and_reads_go_on(
+    tmp_path: Path, postgres_server: PostgresServer, postgres_url: str
+) -> None:
+    """The catalog's host a replica (an RDS failover seen from the old primary's address, or
+    ``ALTER DATABASE ... SET default_transaction_read_only = on``): a STOW was a 409 with each instance a 0x0110
+    "the catalog refused this instance's upload reservation (ReadOnlySqlTransaction 25006)" (no Retry-After: a
+    client gives up), a study DELETE and a token revoke were the 500 "unexpected server error" with a traceback in
+    gunicorn.log. Now each is the JSON 503 "catalog unavailable (read-only)" with Retry-After: 5, nothing of the
+    upload stored; QIDO, metadata and frames are served throughout; once the database takes writes again, the same
+    requests succeed with nothing restarted."""
+    database = make_url(postgres_url).database
+    stored = make_series(tmp_path / "stored", modality="CT", slices=2, seed=311, clean=True)
+    fresh = make_series(tmp_path / "fresh", modality="CT", slices=2, seed=312, clean=True)
+    study, series, sop = uids_of(stored[0])
+    with stack_on(tmp_path / "var", postgres_url) as stack:
+        assert stack.stow(stored).status_code == 200
+        jti = stack.issue([study])["jti"]
+        with admin(postgres_server) as conn:
+            conn.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
+        drop_connections(postgres_server, database)
+
+        upload = stack.stow(fresh)
+        assert_catalog_503(upload, "catalog unavailable (read-only)")
+        delete = requests.delete(f"{stack.url}/dicomweb/studies/{study}", headers=stack.api_headers, timeout=30)
+        assert_catalog_503(delete, "catalog unavailable (read-only)")
+        revoke = requests.post(f"{stack.url}/api/v1/tokens/{jti}/revoke", headers=stack.api_headers, timeout=30)
+        assert_catalog_503(revoke, "catalog unavailable (read-only)")
+
+        fresh_study = uids_of(fresh[0])[0]
+        qido = requests.get(f"{stack.url}/dicomweb/studies", headers=stack.api_headers, timeout=30)
+        assert qido.status_code == 200, qido.text
+        assert [row["0020000D"]["Value"] for row in qido.json()] == [[study]]  # nothing of the refused upload
+        base = f"{stack.url}/dicomweb/studies/{study}/series/{series}/instances/{sop}"
+        frame = requests.get(f"{base}/frames/1", headers={**stack.api_headers, "Accept": "multipart/related; "
+                             "type=application/octet-stream; transfer-syntax=*"}, timeout=30)
+        assert frame.status_code == 200, frame.text
+        assert "Traceback" not in stack.logs()
+
+        with admin(postgres_server) as conn:
+            conn.execute(f'ALTER DATABASE "{database}" RESET default_transaction_read_only')
+        drop_connections(postgres_server, database)
+        again = stack.stow(fresh)
+        assert again.status_code == 200, again.text
+        assert len(referenced(again)) == 2
+        listed = requests.get(f"{stack.url}/dicomweb/studies/{fresh_study}/instances", headers=stack.api_headers,
+                              timeout=30)
+        assert sorted(row["00080018"]["Value"][0] for row in listed.json()) == sorted(uids_of(p)[2] for p in fresh)
+        revoke = requests.post(f"{stack.url}/api/v1/tokens/{jti}/revoke", headers=stack.api_headers, timeout=30)
+        assert revoke.status_code == 204, revoke.text
