@@ -56,14 +56,20 @@ def damaged(exc: sa.exc.DatabaseError) -> CatalogUnavailable | None:
     return CatalogUnavailable("catalog unavailable (the SQLite file is not a database, or is damaged)")
 
 
-def read_only(exc: sa.exc.DatabaseError) -> CatalogUnavailable | None:
-    """The outage PostgreSQL's read_only_sql_transaction (25006) means: the catalog's host became a replica (a
-    failover, or ``default_transaction_read_only``), so every write fails alike until it is a primary again. It was
-    taken for this upload's own fault (a 409 of 0x0110 items, no Retry-After) and a DELETE's or revoke's 500. None
-    for any other database error."""
-    if getattr(exc.orig, "sqlstate", None) != "25006":
-        return None
-    return CatalogUnavailable("catalog unavailable (read-only)")
+# PostgreSQL errors that fail every request alike until the database changes: an outage of the catalog, never
+# one upload's own fault (a 409 of 0x0110 items, no Retry-After: a client gives up) nor a 500 with a traceback.
+# read_only_sql_transaction: the host became a replica (a failover, or ``default_transaction_read_only``);
+# undefined_table: the database was dropped and made again, empty (``db upgrade`` makes the tables).
+_REFUSING = {
+    "25006": "catalog unavailable (read-only)",
+    "42P01": "catalog unavailable (its tables are missing: run `dicom-gateway db upgrade`)",
+}
+
+
+def refusing(exc: sa.exc.DatabaseError) -> CatalogUnavailable | None:
+    """The outage a PostgreSQL error of ``_REFUSING`` means; None for any other database error."""
+    detail = _REFUSING.get(getattr(exc.orig, "sqlstate", None) or "")
+    return CatalogUnavailable(detail) if detail else None
 
 
 def unicode_fold(text: str) -> str:
@@ -172,7 +178,7 @@ class CatalogBase:
         except sa.exc.OperationalError as exc:
             raise unavailable(exc) from None
         except sa.exc.DatabaseError as exc:
-            if (outage := damaged(exc) or read_only(exc)) is None:
+            if (outage := damaged(exc) or refusing(exc)) is None:
                 raise
             raise outage from None
 
@@ -199,7 +205,7 @@ class CatalogBase:
         except sa.exc.OperationalError as exc:
             raise unavailable(exc) from None
         except sa.exc.DatabaseError as exc:
-            if (outage := damaged(exc) or read_only(exc)) is None:
+            if (outage := damaged(exc) or refusing(exc)) is None:
                 raise
             raise outage from None
 

@@ -6,6 +6,9 @@ per-instance refusal, and the gateway serves again by itself once the database t
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -95,3 +98,42 @@ def test_a_read_only_catalog_is_a_503_for_writes_and_reads_go_on(
         assert sorted(row["00080018"]["Value"][0] for row in listed.json()) == sorted(uids_of(p)[2] for p in fresh)
         revoke = requests.post(f"{stack.url}/api/v1/tokens/{jti}/revoke", headers=stack.api_headers, timeout=30)
         assert revoke.status_code == 204, revoke.text
+
+
+def test_a_database_dropped_then_made_again_empty_is_a_503_until_db_upgrade(
+    tmp_path: Path, postgres_server: PostgresServer, postgres_url: str
+) -> None:
+    """The catalog's database dropped, then made again empty (a restore under way, a mistaken re-create): while it
+    was gone every request was the 503 "catalog unavailable (OperationalError)", but once it was there without
+    tables `GET /dicomweb/studies` was the 500 "unexpected server error" (UndefinedTable in gunicorn.log) and a STOW
+    a 409 of 0x0110 items "the catalog refused this instance's upload reservation (UndefinedTable 42P01)". Now each
+    is the JSON 503 saying to run `dicom-gateway db upgrade`, with Retry-After: 5; after it, the same STOW is stored
+    and listed, with nothing restarted."""
+    database = make_url(postgres_url).database
+    files = make_series(tmp_path / "ct", modality="CT", slices=2, seed=313, clean=True)
+    study = uids_of(files[0])[0]
+    missing = "catalog unavailable (its tables are missing: run `dicom-gateway db upgrade`)"
+    with stack_on(tmp_path / "var", postgres_url) as stack:
+        with admin(postgres_server) as conn:
+            conn.execute(f'DROP DATABASE "{database}" WITH (FORCE)')
+        qido = requests.get(f"{stack.url}/dicomweb/studies", headers=stack.api_headers, timeout=30)
+        assert_catalog_503(qido, "catalog unavailable (OperationalError)")
+        with admin(postgres_server) as conn:
+            conn.execute(f'CREATE DATABASE "{database}"')
+
+        qido = requests.get(f"{stack.url}/dicomweb/studies", headers=stack.api_headers, timeout=30)
+        assert_catalog_503(qido, missing)
+        assert_catalog_503(stack.stow(files), missing)
+        ready = requests.get(f"{stack.url}/readyz", timeout=10)
+        assert (ready.status_code, ready.json()["checks"]["catalog"]) == (503, "catalog_unavailable")
+        assert "Traceback" not in stack.logs()
+
+        upgrade = subprocess.run(
+            [str(Path(sys.executable).parent / "dicom-gateway"), "db", "upgrade"],
+            env={**os.environ, **stack.stack.gateway_env()}, capture_output=True, text=True, timeout=120,
+        )
+        assert upgrade.returncode == 0, upgrade.stderr
+        again = stack.stow(files)
+        assert again.status_code == 200, again.text
+        listed = requests.get(f"{stack.url}/dicomweb/studies/{study}/instances", headers=stack.api_headers, timeout=30)
+        assert sorted(row["00080018"]["Value"][0] for row in listed.json()) == sorted(uids_of(p)[2] for p in files)
