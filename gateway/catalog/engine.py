@@ -8,8 +8,10 @@ lock up front: ``BEGIN IMMEDIATE`` on SQLite (set here); on PostgreSQL the write
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -141,6 +143,56 @@ def _network_bounds(url: str) -> dict[str, int]:
     return {name: value for name, value in PG_NETWORK_BOUNDS.items() if name not in given}
 
 
+# Seconds the database may leave a statement (or the pool's check of a pooled connection) unanswered. A database
+# frozen while its host's kernel still acknowledges every packet (the postmaster stopped, its disk hung) trips none
+# of libpq's bounds: each request waited until it woke, holding its gunicorn thread, and the next ones took the
+# rest (/readyz's 503 aside). The connection is then closed (its protocol state is unknown), and the request is the
+# JSON 503. Migrations are exempt (``migrate``): a long one is no outage.
+STATEMENT_WAIT = 15
+
+
+def _bounded_connect(_dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+    """A psycopg connection whose every wait for the server ends after ``STATEMENT_WAIT`` seconds."""
+    return _bounded_connection().connect(*cargs, **cparams)
+
+
+@functools.cache
+def _bounded_connection() -> Any:
+    import psycopg  # only with a PostgreSQL catalog (the optional extra)
+
+    class NoAnswer(psycopg.OperationalError):
+        """The database answered nothing in time (its class name is the 503's detail)."""
+
+    class BoundedConnection(psycopg.Connection):
+        wait_bound: float | None = STATEMENT_WAIT
+
+        def wait(self, gen: Any, *args: Any, **kwargs: Any) -> Any:
+            if self.wait_bound is None:
+                return super().wait(gen, *args, **kwargs)
+            deadline = time.monotonic() + self.wait_bound
+            try:
+                # psycopg resumes the generator every 0.1 s while the socket is idle (to see a Ctrl-C): the check
+                return super().wait(_until(gen, deadline, NoAnswer), *args, **kwargs)
+            except NoAnswer:
+                self.pgconn.finish()  # mid-protocol: never reused (SQLAlchemy sees it closed and discards it)
+                raise
+
+    return BoundedConnection
+
+
+def _until(gen: Any, deadline: float, error: type[Exception]) -> Any:
+    """``gen`` (a psycopg protocol generator) passed through, raising ``error`` once resumed after ``deadline``."""
+    try:
+        state = next(gen)
+        while True:
+            ready = yield state
+            if time.monotonic() > deadline:
+                raise error(f"no answer from the database in {STATEMENT_WAIT} s")
+            state = gen.send(ready)
+    except StopIteration as done:
+        return done.value
+
+
 class CatalogBase:
     """The engine and the transaction helpers every group of catalog records uses: ``_read()`` (a connection),
     ``_write()`` (a write transaction, lock taken up front), ``_insert(table)`` (the dialect's INSERT, which
@@ -160,6 +212,7 @@ class CatalogBase:
                 connect_args=_network_bounds(full),
                 hide_parameters=True,  # as for SQLite: no value of a file in an error's text
             )
+            event.listen(self.engine, "do_connect", _bounded_connect)
         else:
             raise ValueError("catalog URL must be sqlite:///... or postgresql://...")
         self.dialect = self.engine.dialect.name
@@ -239,11 +292,25 @@ class CatalogBase:
 
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
-        with self._write() as conn:
+        with self._write() as conn, self._unbounded(conn):
             if self.dialect == "postgresql":
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
             config.attributes["connection"] = conn
             command.upgrade(config, "head")
+
+    @staticmethod
+    @contextmanager
+    def _unbounded(conn: Connection) -> Iterator[None]:
+        """No ``STATEMENT_WAIT`` on ``conn`` for the block: a long migration, or one waiting for another's lock."""
+        driver: Any = conn.connection.driver_connection
+        if getattr(driver, "wait_bound", None) is None:
+            yield
+            return
+        driver.wait_bound = None
+        try:
+            yield
+        finally:
+            del driver.wait_bound  # the class's bound again
 
     def schema_revision(self) -> str:
         """The Alembic revision the database is at ("" for an empty catalog). A SQLite file not made yet, or empty,
