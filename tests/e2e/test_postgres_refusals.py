@@ -208,3 +208,35 @@ def test_a_frozen_database_is_a_503_in_bounded_time_and_frees_the_threads(tmp_pa
         assert [row["0020000D"]["Value"] for row in listed.json()] == [[study]]
         assert "Traceback" not in stack.logs()
 
+
+def test_db_upgrade_on_a_read_only_database_is_one_line_and_migrates_nothing(
+    tmp_path: Path, postgres_server: PostgresServer, postgres_url: str
+) -> None:
+    """`dicom-gateway db upgrade` against a database that is a replica (read-only) printed a 108-line traceback
+    ending in `sqlalchemy.exc.InternalError: (psycopg.errors.ReadOnlySqlTransaction) cannot execute CREATE TABLE in
+    a read-only transaction`. Now it is one line naming the outage, exit 1, no table made, and the password of
+    DICOMGW_DATABASE_URL in no output; once the database takes writes, the same command migrates it."""
+    database = str(make_url(postgres_url).database)
+    password = "pw-" + os.urandom(8).hex()  # trust authentication takes any: it must only never be printed
+    url = postgres_url.replace("postgres@", f"postgres:{password}@", 1)
+    env = {
+        **os.environ,
+        "DICOMGW_SIGNING_KEYS": "s" * 40,
+        "DICOMGW_API_KEYS": "k1",
+        "DICOMGW_STORAGE_URL": (tmp_path / "objects").as_uri(),
+        "DICOMGW_DATABASE_URL": url,
+    }
+    upgrade = [str(Path(sys.executable).parent / "dicom-gateway"), "db", "upgrade"]
+    with admin(postgres_server) as conn:
+        conn.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
+    done = subprocess.run(upgrade, env=env, capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout, done.stderr) == (
+        1, "", "Error: DICOMGW_DATABASE_URL: cannot migrate the catalog: catalog unavailable (read-only)\n"
+    )
+    with psycopg.connect(postgres_url) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone() == (0,)
+    with admin(postgres_server) as conn:
+        conn.execute(f'ALTER DATABASE "{database}" RESET default_transaction_read_only')
+    done = subprocess.run(upgrade, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert password not in done.stdout + done.stderr
