@@ -143,16 +143,16 @@ def _network_bounds(url: str) -> dict[str, int]:
     return {name: value for name, value in PG_NETWORK_BOUNDS.items() if name not in given}
 
 
-# Seconds the database may leave a statement (or the pool's check of a pooled connection) unanswered. A database
+# Seconds the database may stay silent during a statement (or the pool's check of a pooled connection). A database
 # frozen while its host's kernel still acknowledges every packet (the postmaster stopped, its disk hung) trips none
 # of libpq's bounds: each request waited until it woke, holding its gunicorn thread, and the next ones took the
 # rest (/readyz's 503 aside). The connection is then closed (its protocol state is unknown), and the request is the
-# JSON 503. Migrations are exempt (``migrate``): a long one is no outage.
+# JSON 503. Silence, not length: a large answer still arriving is no outage. Migrations are exempt (``migrate``).
 STATEMENT_WAIT = 15
 
 
 def _bounded_connect(_dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
-    """A psycopg connection whose every wait for the server ends after ``STATEMENT_WAIT`` seconds."""
+    """A psycopg connection whose every wait for the server ends after ``STATEMENT_WAIT`` seconds of silence."""
     return _bounded_connection().connect(*cargs, **cparams)
 
 
@@ -169,10 +169,9 @@ def _bounded_connection() -> Any:
         def wait(self, gen: Any, *args: Any, **kwargs: Any) -> Any:
             if self.wait_bound is None:
                 return super().wait(gen, *args, **kwargs)
-            deadline = time.monotonic() + self.wait_bound
             try:
                 # psycopg resumes the generator every 0.1 s while the socket is idle (to see a Ctrl-C): the check
-                return super().wait(_until(gen, deadline, NoAnswer), *args, **kwargs)
+                return super().wait(_until_silent_for(gen, self.wait_bound, NoAnswer), *args, **kwargs)
             except NoAnswer:
                 self.pgconn.finish()  # mid-protocol: never reused (SQLAlchemy sees it closed and discards it)
                 raise
@@ -180,13 +179,17 @@ def _bounded_connection() -> Any:
     return BoundedConnection
 
 
-def _until(gen: Any, deadline: float, error: type[Exception]) -> Any:
-    """``gen`` (a psycopg protocol generator) passed through, raising ``error`` once resumed after ``deadline``."""
+def _until_silent_for(gen: Any, bound: float, error: type[Exception]) -> Any:
+    """``gen`` (a psycopg protocol generator) passed through, raising ``error`` once the socket has been idle for
+    ``bound`` seconds (psycopg sends a falsy ready state when its wait timed out, the socket's state otherwise)."""
+    deadline = time.monotonic() + bound
     try:
         state = next(gen)
         while True:
             ready = yield state
-            if time.monotonic() > deadline:
+            if ready:
+                deadline = time.monotonic() + bound
+            elif time.monotonic() > deadline:
                 raise error(f"no answer from the database in {STATEMENT_WAIT} s")
             state = gen.send(ready)
     except StopIteration as done:

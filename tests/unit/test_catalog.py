@@ -922,3 +922,35 @@ def test_postgres_connections_are_bounded_when_the_database_stops_answering(post
         "keepalives_count": "3",
     }
     assert parameters(f"{postgres_url}?connect_timeout=9")["connect_timeout"] == "9"
+
+
+def test_a_statement_is_bounded_by_the_databases_silence_not_by_its_length() -> None:
+    """``STATEMENT_WAIT`` ends a wait after that much silence from the server (a frozen database), never a statement
+    whose answer is still arriving (a large result read over a slow network is no outage)."""
+    import time
+
+    from gateway.catalog.engine import _until_silent_for
+
+    class Silent(Exception):
+        pass
+
+    def protocol(rounds: int) -> Any:  # a psycopg generator: a state out, the socket's readiness in, per round
+        for _ in range(rounds):
+            yield "wait-read"
+        return "answer"
+
+    def drive(gen: Any, readiness: list[int], pause: float) -> Any:
+        state = next(gen)
+        try:
+            for ready in readiness:
+                time.sleep(pause)
+                state = gen.send(ready)
+        except StopIteration as done:
+            return done.value
+        return state
+
+    # 8 rounds of 0.03 s, each bringing data: 0.24 s in all, well past the 0.1 s bound
+    assert drive(_until_silent_for(protocol(8), 0.1, Silent), [1] * 9, 0.03) == "answer"
+    # silence (psycopg's wait timed out: ready 0) for longer than the bound
+    with pytest.raises(Silent):
+        drive(_until_silent_for(protocol(8), 0.1, Silent), [1, 0, 0, 0, 0, 0, 0, 0, 0], 0.03)
