@@ -782,6 +782,27 @@ def test_spool_folder_gone_is_a_503_and_the_retry_is_stored(tmp_path: Path) -> N
         running.stack.stop()
 
 
+def _refused_from_the_head(stack: RunningStack, head: str, body: bytes, detail: str) -> list[str]:
+    """``head`` (a STOW's request line and headers, without the blank line) is the JSON 415 ``detail`` before any
+    body: sent with ``Expect: 100-continue``, no "100 Continue" comes first; sent with its body, the answer keeps
+    the connection, which then serves the next request. The first answer's head and body lines."""
+    parsed = urlparse(stack.url)
+    refusal = f'{{"error":"unsupported_media_type","detail":"{detail}"}}'
+    with socket.create_connection((parsed.hostname, parsed.port), timeout=10) as connection:
+        connection.sendall(f"{head}Expect: 100-continue\r\n\r\n".encode())
+        answer = _first_answer(connection).decode()
+        assert answer.startswith("HTTP/1.1 415 Unsupported Media Type\r\n"), answer[:200]
+        assert "Content-Type: application/json" in answer.split("\r\n") and answer.endswith(refusal), answer
+    with socket.create_connection((parsed.hostname, parsed.port), timeout=10) as connection:
+        connection.sendall(f"{head}\r\n".encode() + body)
+        kept = _first_answer(connection).decode()
+        assert kept.startswith("HTTP/1.1 415 ") and kept.endswith(refusal), kept
+        assert "Connection: keep-alive" in kept.split("\r\n"), kept
+        connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
+        assert _first_answer(connection).endswith(b'\r\n\r\n{"status":"ok"}\n')
+    return answer.split("\r\n")
+
+
 def _first_answer(connection: socket.socket) -> bytes:
     """What the server sends before the client sends any body: the head of its first answer (a 100 or a final
     one), read until its blank line, and a final answer's body when it gives its length."""
@@ -858,7 +879,6 @@ def test_a_body_of_a_type_stow_does_not_take_is_refused_before_it_is_sent(
     next request on it had no answer. The 415 now comes first, alone, and the connection serves the next request."""
     [path] = make_series(tmp_path, modality="CT", slices=1, rows=32, columns=32, seed=2611, clean=True)
     body = path.read_bytes()
-    parsed = urlparse(stack.url)
     metadata = (
         "STOW-RS of metadata and bulk data (application/dicom+json, PS3.18 10.5.2) is not supported: send each "
         f"instance as its DICOM Part 10 file, {STOW_TAKES}"
@@ -876,19 +896,7 @@ def test_a_body_of_a_type_stow_does_not_take_is_refused_before_it_is_sent(
             f"POST {target} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {stack.stack.api_key}\r\n"
             f"{content_type}Content-Length: {len(body)}\r\n"
         )
-        refusal = f'{{"error":"unsupported_media_type","detail":"{detail}"}}'
-        with socket.create_connection((parsed.hostname, parsed.port), timeout=10) as connection:
-            connection.sendall(f"{head}Expect: 100-continue\r\n\r\n".encode())
-            answer = _first_answer(connection).decode()
-            assert answer.startswith("HTTP/1.1 415 Unsupported Media Type\r\n"), answer[:200]
-            assert "Content-Type: application/json" in answer.split("\r\n") and answer.endswith(refusal), answer
-        with socket.create_connection((parsed.hostname, parsed.port), timeout=10) as connection:
-            connection.sendall(f"{head}\r\n".encode() + body)
-            answer = _first_answer(connection).decode()
-            assert answer.startswith("HTTP/1.1 415 ") and answer.endswith(refusal), answer
-            assert "Connection: keep-alive" in answer.split("\r\n"), answer
-            connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
-            assert _first_answer(connection).endswith(b'\r\n\r\n{"status":"ok"}\n')
+        _refused_from_the_head(stack, head, body, detail)
     # the types STOW takes still reach it, however their names are written
     for content_type in ("APPLICATION/DICOM", "application/dicom ; charset=x"):
         stored = requests.post(
@@ -914,7 +922,6 @@ def test_a_stow_of_parts_or_a_coding_stow_does_not_take_is_refused_before_it_is_
     [path] = make_series(tmp_path, modality="CT", slices=1, rows=32, columns=32, seed=2651, clean=True)
     boundary = "stow-head-2651"
     body = b"".join(encode_multipart([path], boundary=boundary))
-    parsed = urlparse(stack.url)
 
     def metadata(media_type: str) -> str:
         return (
@@ -940,22 +947,9 @@ def test_a_stow_of_parts_or_a_coding_stow_does_not_take_is_refused_before_it_is_
             f"POST /dicomweb/studies HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {stack.stack.api_key}\r\n"
             f"{headers}Content-Length: {len(body)}\r\n"
         )
-        refusal = f'{{"error":"unsupported_media_type","detail":"{detail}"}}'
-        with socket.create_connection((parsed.hostname, parsed.port), timeout=10) as connection:
-            connection.sendall(f"{head}Expect: 100-continue\r\n\r\n".encode())
-            answer = _first_answer(connection).decode()
-            assert answer.startswith("HTTP/1.1 415 Unsupported Media Type\r\n"), answer[:200]
-            lines = answer.split("\r\n")
-            assert "Content-Type: application/json" in lines and answer.endswith(refusal), answer
-            # RFC 9110 15.5.16: the 415 for a coding names the one the server takes
-            assert ("Accept-Encoding: identity" in lines) == (detail == coding), answer
-        with socket.create_connection((parsed.hostname, parsed.port), timeout=10) as connection:
-            connection.sendall(f"{head}\r\n".encode() + body)
-            answer = _first_answer(connection).decode()
-            assert answer.startswith("HTTP/1.1 415 ") and answer.endswith(refusal), answer
-            assert "Connection: keep-alive" in answer.split("\r\n"), answer
-            connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
-            assert _first_answer(connection).endswith(b'\r\n\r\n{"status":"ok"}\n')
+        lines = _refused_from_the_head(stack, head, body, detail)
+        # RFC 9110 15.5.16: the 415 for a coding names the one the server takes
+        assert ("Accept-Encoding: identity" in lines) == (detail == coding), lines
     # the multipart heads STOW takes still reach it: type= quoted, unquoted, in capitals, absent, after other
     # parameters, a start parameter, Content-Encoding: identity
     for content_type, extra in (
