@@ -32,15 +32,13 @@ from gateway.dicom.index import (
     read_file_meta,
 )
 from gateway.dicom.model import first_value
-from gateway.dicom.walker import PIXEL_TAGS, Element, Walker, iter_bulk, tag_hex
+from gateway.dicom.walker import PIXEL_TAGS, WORD_BYTES, Element, Walker, iter_bulk, little_endian_words, tag_hex
 from gateway.errors import DicomError, FramesNotServable, GatewayError, NotFound
 from gateway.storage.base import Storage
 
 CONVERTED_SYNTAXES = frozenset({EXPLICIT_VR_BE, DEFLATED_LE})
 _READ_AHEAD = 1 << 16  # element headers are read through a buffer of this size (one storage read each)
 _BIT_FRAME_READ = 1 << 12  # a frame's bytes read without the walk: one storage read each, little read ahead
-# Bytes per swapped word of a big-endian value, by VR (PS3.5 7.3); OB and UN are bytes, never swapped.
-_WORD = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 
 
 def is_converted(transfer_syntax_uid: str) -> bool:
@@ -102,13 +100,6 @@ def _native_length(metadata: Mapping[str, Any], bits: int, count: int) -> int:
     return length + length % 2
 
 
-def _swapped(data: bytes, word: int) -> bytes:
-    """Big-endian words of ``word`` bytes as little-endian ones."""
-    if word <= 1:
-        return data
-    return np.frombuffer(data, dtype=f">u{word}").astype(f"<u{word}").tobytes()
-
-
 class ConvertedReader:
     """Reads converted frames and bulk values of one stored object per call. ``bulk_threshold``: ingest's
     (DICOMGW_BULKDATA_THRESHOLD), so the bulkdata paths found here are those its metadata advertises."""
@@ -161,7 +152,7 @@ class ConvertedReader:
             if pixel is None or pixel.fragments is not None:
                 raise FramesNotServable("this instance has no native pixel data to serve as frames")
             offset, length = pixel.offset, pixel.length
-            word = 1 if little else (bits // 8 if bits >= 16 else _WORD.get(pixel.vr, 1))
+            word = 1 if little else (bits // 8 if bits >= 16 else WORD_BYTES.get(pixel.vr, 1))
         try:
             rows, columns = int(first_value(metadata, "00280010", 0)), int(first_value(metadata, "00280011", 0))
             samples = int(first_value(metadata, "00280002", 1))
@@ -209,7 +200,7 @@ class ConvertedReader:
         elif found.tag in PIXEL_TAGS and bits >= 16 and path == tag_hex(found.tag):
             word = bits // 8
         else:
-            word = _WORD.get(found.vr, 1)
+            word = WORD_BYTES.get(found.vr, 1)
         return self._value(fp, found.offset, found.offset, found.length, word)
 
     @staticmethod
@@ -223,4 +214,4 @@ class ConvertedReader:
         data = fp.read(end - start)
         if len(data) != end - start:
             raise GatewayError("the stored object is shorter than when it was stored")
-        return _swapped(data, word)[offset - start : offset - start + length]
+        return little_endian_words(data, word)[offset - start : offset - start + length]

@@ -28,7 +28,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from gateway.dicom.valuememo import SPECIFIC_CHARACTER_SET, ValueMemo, is_memoisable, validation_mode
-from gateway.dicom.walker import Element, tag_hex
+from gateway.dicom.walker import WORD_BYTES, Element, little_endian_words, tag_hex
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,11 @@ def _dataset_json(
                 element = ds[tag]
                 value = _exact_ds(element, element.to_json_dict(None, 1 << 62))
                 value = _name_groups(value) if el.vr == "PN" else _unpadded(value)
+                if not context[0] and not el.implicit and el.vr in WORD_BYTES and el.value and "InlineBinary" in value:
+                    # a big-endian file's words, little-endian as its bulk values are (gateway.dicom.converted): the
+                    # same element read inline or by BulkDataURI is the same value, whatever the threshold
+                    swapped = little_endian_words(el.value, WORD_BYTES[el.vr])
+                    value = {"vr": el.vr, "InlineBinary": base64.b64encode(swapped).decode("ascii")}
                 out[key] = value = _empty_as_null(value)
             except Exception:  # noqa: BLE001 - pydicom raises many types for garbage values
                 rebuilt = _with_empty_values(ds, tag)

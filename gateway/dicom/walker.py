@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+import numpy as np
 from pydicom import config as pydicom_config
 from pydicom.datadict import dictionary_VR
 
@@ -36,6 +37,8 @@ FLOAT_PIXEL_DATA = 0x7FE00008
 DOUBLE_FLOAT_PIXEL_DATA = 0x7FE00009
 EXTENDED_OFFSET_TABLE = 0x7FE00001
 EXTENDED_OFFSET_TABLE_LENGTHS = 0x7FE00002
+# Bytes per swapped word of a big-endian value, by VR (PS3.5 7.3); OB and UN are bytes, never swapped.
+WORD_BYTES = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 
 # Elements of these VRs longer than the threshold are bulkdata (PS3.18 F.2.7): skipped, never read.
 BULK_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN"})
@@ -302,3 +305,12 @@ def quiet_validation() -> Iterator[None]:
             yield
         finally:
             settings._reading_validation_mode = saved
+
+
+def little_endian_words(data: bytes, word: int) -> bytes:
+    """Big-endian words of ``word`` bytes as little-endian ones; a trailing partial word (an odd-length value a
+    writer left unpadded) is kept as it is."""
+    whole = len(data) - len(data) % word if word > 1 else 0
+    if not whole:
+        return data
+    return np.frombuffer(data[:whole], dtype=f">u{word}").astype(f"<u{word}").tobytes() + data[whole:]

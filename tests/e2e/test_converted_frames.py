@@ -5,6 +5,7 @@ viewer opening such a study showed nothing. Checked with the unmodified dicomweb
 
 from __future__ import annotations
 
+import base64
 import io
 from collections.abc import Iterator
 from pathlib import Path
@@ -141,3 +142,23 @@ def test_a_frame_past_the_last_is_a_json_404(stack: RunningStack) -> None:
     assert (answer.status_code, answer.headers["Content-Type"]) == (404, "application/json")
     detail = "frame 16 does not exist; the instance has 15 frame(s)"
     assert answer.json() == {"error": "frame_not_found", "detail": detail}
+
+
+def test_inline_binary_of_a_big_endian_file_is_little_endian(stack: RunningStack, tmp_path: Path) -> None:
+    """A word value under the bulk data threshold is InlineBinary: it held the stored big-endian bytes while a longer
+    one's BulkDataURI answers little-endian ones, so a 256-entry palette lookup table (512 bytes) read back swapped
+    (0x0100 for 1) where a 1024-entry one read right. Both are now the little-endian value, as PS3.18 8.7.3 has it."""
+    ds = pydicom.dcmread(_path("MR_small_bigendian.dcm"))
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    short, long = np.arange(256, dtype=np.uint16), np.arange(1024, dtype=np.uint16) * 3
+    ds.add_new(0x00281201, "OW", short.astype(">u2").tobytes())  # Red Palette Color Lookup Table Data
+    ds.add_new(0x00281202, "OW", long.astype(">u2").tobytes())  # Green: over the 1024-byte threshold
+    ds.add_new(0x00660016, "OF", np.array([1.5, -2.0], dtype=">f4").tobytes())  # Point Coordinates Data
+    path = tmp_path / "be-lut.dcm"
+    pydicom.dcmwrite(path, ds, little_endian=False, implicit_vr=False)
+    assert stack.stow([path]).status_code == 200
+    client = _client(stack, ds)
+    metadata = client.retrieve_instance_metadata(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    assert metadata["00281201"] == {"vr": "OW", "InlineBinary": base64.b64encode(short.tobytes()).decode()}
+    assert metadata["00660016"] == {"vr": "OF", "InlineBinary": "AADAPwAAAMA="}  # 1.5, -2.0 as little-endian floats
+    assert client.retrieve_bulkdata(metadata["00281202"]["BulkDataURI"]) == [long.tobytes()]
