@@ -127,11 +127,19 @@ def _ds_number(text: str) -> int | float:
     return int(text) if _INTEGER.fullmatch(text) else float(text)
 
 
+def _is_number(text: str) -> int | float:
+    """An IS value as a JSON number: a fraction a writer put in one (``1.5``, which PS3.5 does not allow) is kept, as
+    pydicom reads it (pydicom's JSON writer, and so the metadata, said 1); an integral one is an integer."""
+    number = _ds_number(text)
+    return int(number) if isinstance(number, float) and number.is_integer() else number
+
+
 def _exact_ds(element: Any, value: dict[str, Any]) -> dict[str, Any]:
-    if element.VR != "DS" or "Value" not in value:
+    if element.VR not in ("DS", "IS") or "Value" not in value:
         return value
+    number = _ds_number if element.VR == "DS" else _is_number
     texts = element.value if element.VM > 1 else [element.value]
-    value["Value"] = [None if v is None or str(v).strip() == "" else _ds_number(str(v)) for v in texts]
+    value["Value"] = [None if v is None or str(v).strip() == "" else number(str(v)) for v in texts]
     return value
 
 
@@ -185,7 +193,7 @@ def _with_empty_values(ds: Dataset, tag: Any) -> dict[str, Any] | None:
             elif str(item).strip() == "":
                 out.append(None)
             else:
-                out.append(int(float(item)) if element.VR == "IS" else _ds_number(str(item)))
+                out.append(_is_number(str(item)) if element.VR == "IS" else _ds_number(str(item)))
     except Exception:  # noqa: BLE001 - the same garbage values as the writer's
         return None
     return {"vr": element.VR, "Value": out}

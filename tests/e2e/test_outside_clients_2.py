@@ -26,6 +26,7 @@ from dicomweb_client.api import DICOMwebClient
 from PIL import Image, ImageSequence
 from pydicom.data import get_testdata_file
 
+from gateway.dicom.walker import quiet_validation
 from gateway.dicomweb.xml import to_xml
 from gateway.tools.synth import make_series, make_wsi
 from tests.e2e.conftest import BACKENDS, uids_of
@@ -422,3 +423,26 @@ def test_a_parts_own_headers_do_not_change_what_is_stored(stack: RunningStack, t
     frame = requests.get(f"{url}/frames/1", headers=raw, timeout=30)
     assert frame.headers["Content-Type"] == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"
     assert frame.content == pydicom.dcmread(path).PixelData
+
+
+def test_an_integer_string_with_a_fraction_is_read_as_pydicom_reads_it(stack: RunningStack, tmp_path: Path) -> None:
+    """A modality that writes IS values with a fraction (`1.5`; PS3.5 wants an integer): pydicom reads 1.5 (its
+    ISfloat) and dcm2json writes "1.5", but dicomweb-client's `retrieve_instance_metadata` said 1, another number
+    than the stored file holds. A non-integer IS is now its number (an integral one stays an integer: `2.0` is 2,
+    `+0012` is 12)."""
+    [path] = make_series(tmp_path, modality="CT", slices=1, rows=16, columns=16, seed=2206, clean=True)
+    with quiet_validation():  # pydicom warns of the invalid IS values it writes and reads
+        ds = pydicom.dcmread(path)
+        ds.add_new(0x00200012, "IS", "1.5")  # Acquisition Number
+        ds.add_new(0x00180086, "IS", "2.0\\-0.25\\+0012")  # Echo Numbers
+        ds.save_as(path)
+        stored = pydicom.dcmread(path)
+        expected = [float(stored.AcquisitionNumber)], [float(v) for v in stored.EchoNumbers]
+    assert expected == ([1.5], [2.0, -0.25, 12.0])
+    assert stack.stow([path]).status_code == 200
+    study, series, sop = uids_of(path)
+    client = DICOMwebClient(url=stack.root(stack.issue([study])["token"]))
+    metadata = client.retrieve_instance_metadata(study, series, sop)
+    assert metadata["00200012"] == {"vr": "IS", "Value": [1.5]}
+    assert metadata["00180086"] == {"vr": "IS", "Value": [2, -0.25, 12]}
+    assert [type(v) for v in metadata["00180086"]["Value"]] == [int, float, int]
