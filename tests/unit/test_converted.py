@@ -4,6 +4,7 @@ starting mid-word, a multi-frame deflated file, a value inside a sequence) and w
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,24 @@ def test_a_bulk_value_in_a_sequence_is_swapped_by_its_vr(tmp_path: Path) -> None
     assert value == np.frombuffer(bytes(range(256)) * 8, ">u2").astype("<u2").tobytes()
     with pytest.raises(NotFound):
         ConvertedReader(storage, bulk_threshold=1024).bulk(key, size, metadata, "00409096/1/00281201")
+
+
+def test_an_inline_value_in_a_sequence_is_its_bulk_value_under_a_lower_threshold(tmp_path: Path) -> None:
+    """Metadata's InlineBinary of a big-endian word value is the bytes its BulkDataURI answers (little endian),
+    the same value whatever the threshold."""
+    ds = b.image(b.base(), 2, 2, 16, 1)
+    ds.PixelData = bytes(8)
+    ds["PixelData"].VR = "OW"
+    item = Dataset()
+    item.add_new(0x00281201, "OW", bytes(range(256)))  # 128 words: inline under 1024
+    item.add_new(0x00660016, "OF", np.array([1.5, -2.0], ">f4").tobytes())  # Point Coordinates Data
+    ds.add_new(0x00409096, "SQ", Sequence([item]))
+    storage, key, size, metadata = _stored(tmp_path, ds, b.ExplicitVRBigEndian)
+    inline = metadata["00409096"]["Value"][0]
+    as_bulk = ConvertedReader(storage, bulk_threshold=16).bulk(key, size, metadata, "00409096/0/00281201")
+    assert base64.b64decode(inline["00281201"]["InlineBinary"]) == as_bulk
+    assert as_bulk == np.frombuffer(bytes(range(256)), ">u2").astype("<u2").tobytes()
+    assert base64.b64decode(inline["00660016"]["InlineBinary"]) == np.array([1.5, -2.0], "<f4").tobytes()
 
 
 @pytest.mark.parametrize("vr", ["OB", "OW"])
