@@ -10,6 +10,7 @@ compact UTF-8 (no ``\\uXXXX`` escapes), as RFC 8259 prefers.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import orjson
@@ -26,4 +27,17 @@ def dumps(value: Any) -> bytes:
     try:
         return orjson.dumps(value)
     except TypeError:  # an integer beyond 64 bits
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+        # orjson writes a non-finite float (a DS that overflowed) as null; json.dumps would write Infinity, which
+        # no JSON parser takes (a browser's JSON.parse refused the whole metadata), so the fallback does as orjson
+        return json.dumps(_finite(value), separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float as None, as orjson writes them."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value

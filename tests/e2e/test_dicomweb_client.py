@@ -326,6 +326,35 @@ def test_metadata_of_repeated_values_under_other_character_sets(stack: RunningSt
     assert len(json.loads(raw.content, parse_constant=refuse)) == 4
 
 
+def test_metadata_of_an_overflowing_ds_beside_an_integer_beyond_64_bits(stack: RunningStack, tmp_path: Path) -> None:
+    """A Window Center that overflows a float (DS "1e400") in an instance that also holds an integer orjson cannot
+    write (IS "99999999999999999999", over-long): the metadata is still strict JSON, the DS null as it is alone.
+    The standard library's fallback wrote ``Infinity`` there, which a browser's ``JSON.parse`` (dicomweb-client in
+    OHIF, the bundled viewer) refuses: the series' metadata could not be read at all."""
+    [path] = make_series(tmp_path / "src", modality="CT", slices=1, rows=32, columns=32, seed=191, clean=True)
+    dataset = pydicom.dcmread(path)
+    dataset.WindowCenter, dataset.WindowWidth, dataset.InstanceNumber = "12345", "400", "987654321"
+    data = _written(dataset, tmp_path / "huge.dcm")
+    data = data.replace(b"12345 ", b"1e400 ").replace(b"987654321 ", b"99999999999999999999")
+    data = data.replace(b"IS\x0a\x00" + b"99999999999999999999", b"IS\x14\x00" + b"99999999999999999999")
+    (tmp_path / "huge.dcm").write_bytes(data)
+    study, series, sop = uids_of(tmp_path / "huge.dcm")
+    assert stack.stow([tmp_path / "huge.dcm"]).status_code == 200
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    root = stack.root(stack.issue([study])["token"])
+    for url in (f"{root}/studies/{study}/series/{series}/metadata", f"{root}/studies/{study}/metadata"):
+        raw = requests.get(url, headers={"Accept": "application/dicom+json"}, timeout=30)
+        assert raw.status_code == 200
+        [item] = json.loads(raw.content, parse_constant=refuse)
+        assert item["00080018"] == {"vr": "UI", "Value": [sop]}
+        assert item["00281050"] == {"vr": "DS", "Value": [None]}
+        assert item["00281051"] == {"vr": "DS", "Value": [400]}
+        assert item["00200013"]["Value"][0] > 2**64  # what made the encoder fall back (pydicom's reading of it)
+
+
 def _written(dataset: pydicom.Dataset, path: Path) -> bytes:
     dataset.save_as(path, enforce_file_format=True)
     return path.read_bytes()
