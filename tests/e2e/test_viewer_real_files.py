@@ -8,7 +8,7 @@ UNSHOWABLE cannot be drawn right (the reason is listed with it) and must give th
 a black or wrong picture: Cornerstone 5.14 draws some of them wrongly without any error, so the viewer refuses those
 from the instance's metadata and the frame bytes before Cornerstone decodes them (viewer/src/frames.js).
 
-Big-endian and deflated files are left out: how their frames are served (today a 406) is being changed elsewhere.
+Big-endian and deflated files are in too: the gateway serves their frames converted (little-endian, inflated).
 """
 
 from __future__ import annotations
@@ -67,8 +67,8 @@ SHOWN: dict[str, str] = {
     # native YBR_FULL_422 (Cornerstone expects 1.5 bytes a pixel and drew a black stage): the viewer converts it
     "SC_ybr_full_422_uncompressed.dcm": "SC_ybr_full_422_uncompressed.dcm",
 }
-# RGB with planar configuration 1 ships in pydicom only as big-endian (left out, above): the same dataset, written
-# little-endian by pydicom (8-bit OB pixels: the same bytes), under its own name.
+# RGB with planar configuration 1 ships in pydicom only as big-endian (shown above, converted): the same dataset,
+# written little-endian by pydicom (8-bit OB pixels: the same bytes), under its own name.
 LITTLE_ENDIAN_COPIES = {"ExplVR_LitEnd_planar.dcm": "ExplVR_BigEnd.dcm"}
 UNSHOWABLE: dict[str, str] = {
     "SC_rgb_rle_32bit.dcm": "32-bit RLE: Cornerstone's RLE decoder takes 8 and 16 bits only",
