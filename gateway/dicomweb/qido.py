@@ -6,11 +6,12 @@ case-insensitively and we do, on every backend), wildcards ``*`` and ``?`` (SQL 
 escaped), UID lists (comma or backslash separated), date and time ranges (``a-b``, ``-b``, ``a-``; a partial date
 such as ``2020`` or ``202003`` matches the whole year or month; a date range and a time range of one form are one
 span, PS3.4 C.2.2.2.5.4), ``ModalitiesInStudy`` (any of the listed values; ``Modality`` and ``PatientSex`` lists
-likewise, plain codes only), integer attributes (``SeriesNumber``, ``InstanceNumber``), and the one sequence PS3.18
-Table 10.6.1-5 has a series query match, ``RequestAttributesSequence`` by its ``ScheduledProcedureStepID`` and
-``RequestedProcedureID`` (``RequestAttributesSequence.RequestedProcedureID=RP1`` or ``00400275.00401001=RP1``: a
-series matches when one item matches every such key, PS3.4 C.2.2.2.6). Attributes may be given by keyword or by tag
-(``PatientID`` or ``00100020``); attributes of the query level and of the levels above it can be matched. An empty
+likewise, plain codes only; a UID key or one of these repeated is the list of its values), integer attributes
+(``SeriesNumber``, ``InstanceNumber``), and the one sequence PS3.18 Table 10.6.1-5 has a series query match,
+``RequestAttributesSequence`` by its ``ScheduledProcedureStepID`` and ``RequestedProcedureID``
+(``RequestAttributesSequence.RequestedProcedureID=RP1`` or ``00400275.00401001=RP1``: a series matches when one
+item matches every such key, PS3.4 C.2.2.2.6). Attributes may be given by keyword or by tag (``PatientID`` or
+``00100020``); attributes of the query level and of the levels above it can be matched. An empty
 value of any other attribute is universal matching, a return key (as ``includefield``).
 
 What the gateway does not support is ignored, as PS3.18 8.3 has an origin server do with a query parameter or value
@@ -20,9 +21,9 @@ value of ``ImageType``, a sequence key other than the two above) and an ``includ
 attribute. ``fuzzymatching``, ``emptyvaluematching`` and ``multiplevaluematching`` are ignored in the words of
 PS3.18 8.3.4.2, 8.3.4.5, 8.3.4.6. A bad value of what is supported (a date, a UID, ``limit``), a key the catalog
 matches of a lower level than the query's (``Modality=CT`` in a studies query; ``Modality=`` is a return key;
-``Rows`` there is ignored as above) or one attribute given twice stays a 400 that names the parameter. The transport
-parameters ``token``, ``accept``, ``charset`` and ``_`` (jQuery's cache buster) are ignored silently (the DICOMweb
-layer handles the first three).
+``Rows`` there is ignored as above) or one other attribute given twice stays a 400 that names the parameter. The
+transport parameters ``token``, ``accept``, ``charset`` and ``_`` (jQuery's cache buster) are ignored silently (the
+DICOMweb layer handles the first three).
 """
 
 from __future__ import annotations
@@ -264,6 +265,11 @@ def _match(name: str, attr: Attr, values: list[str]) -> Match | None:
         elif any(item.strip("*") == "" for item in items):
             return None  # "*" matches every study, even one with no modality (universal matching)
         return Match(attr, "in", tuple(dict.fromkeys(items)))
+    if attr.vr == "CS" and len(values) > 1:
+        # The key repeated is the list of codes, as a comma joins them: dicomweb-client sends a list so
+        # (`search_filters={"Modality": ["CT", "MR"]}` is `Modality=CT&Modality=MR`), as UID keys repeated are a list
+        present = [value for value in values if value.strip()]
+        return _code_list(name, attr, ",".join(present)) if present else None
     if len(values) > 1:
         raise BadRequest(f"{name} given more than once")
     value = values[0]

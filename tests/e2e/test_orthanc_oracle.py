@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 import pytest
 import requests
+from dicomweb_client.api import DICOMwebClient
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -279,6 +280,56 @@ def test_a_list_of_codes_takes_plain_codes(stack: RunningStack, value: str) -> N
     assert answer.status_code == 400
     assert answer.headers["Content-Type"] == "application/json"
     assert answer.json()["detail"] == "Modality: a list takes plain codes such as CT,MR (no wildcards)"
+
+
+@pytest.mark.parametrize(
+    ("level", "key", "codes", "expected"),
+    [
+        ("series", "Modality", ["CT", "MR"], ["CT", "MR"]),
+        ("studies", "PatientSex", ["F", "O"], ["CT", "US"]),
+        ("studies", "ModalitiesInStudy", ["MR", "US"], ["MR", "US"]),
+    ],
+)
+def test_a_code_key_repeated_is_the_list_of_its_codes_fixed(
+    stack: RunningStack, orthanc: Orthanc, level: str, key: str, codes: list[str], expected: list[str]
+) -> None:
+    """dicomweb-client sends a list of values as the key repeated (``search_filters={"Modality": ["CT", "MR"]}``
+    is ``Modality=CT&Modality=MR``), as PS3.18 has a UID key repeated be the list of its UIDs. ``Modality`` and
+    ``PatientSex`` answered ``400 "Modality given more than once"`` (the client's HTTPError), while ``CT,MR`` found
+    either. The repeated key is now that list: the same bytes as the comma's, Orthanc's answer to the comma
+    (Orthanc takes the last of a repeated key: MR alone)."""
+    client = DICOMwebClient(url=f"{stack.url}/dicomweb", headers=stack.api_headers)
+    search = client.search_for_series if level == "series" else client.search_for_studies
+    assert names(search(search_filters={"PatientID": "ORACLE-MOD", key: codes})) == expected
+    repeated = "&".join(f"{key}={code}" for code in codes)
+    answer = requests.get(
+        f"{stack.url}/dicomweb/{level}?PatientID=ORACLE-MOD&{repeated}", headers=stack.api_headers, timeout=30
+    )
+    listed = requests.get(
+        f"{stack.url}/dicomweb/{level}?PatientID=ORACLE-MOD&{key}={','.join(codes)}",
+        headers=stack.api_headers,
+        timeout=30,
+    )
+    assert (answer.status_code, answer.headers["Content-Type"]) == (200, "application/dicom+json")
+    assert "Warning" not in answer.headers
+    assert answer.content == listed.content
+    _, theirs = ask(stack, orthanc, f"/{level}?PatientID=ORACLE-MOD&{key}={','.join(codes)}")
+    assert names(theirs) == expected
+
+
+@pytest.mark.parametrize(
+    ("query", "detail"),
+    [
+        ("/series?Modality=CT&Modality=M*", "Modality: a list takes plain codes such as CT,MR (no wildcards)"),
+        ("/studies?PatientID=ORACLE-MOD&PatientID=ORACLE-DT", "PatientID given more than once"),
+    ],
+)
+def test_a_repeated_key_that_is_no_list_stays_a_400(stack: RunningStack, query: str, detail: str) -> None:
+    """A list takes plain codes, repeated as with commas; a key other than a UID's or a code's holds one value
+    (PS3.18: a query key is unique unless its attribute takes a UID list), so a second one is still a 400."""
+    answer = requests.get(f"{stack.url}/dicomweb{query}", headers=stack.api_headers, timeout=30)
+    assert (answer.status_code, answer.headers["Content-Type"]) == (400, "application/json")
+    assert answer.json() == {"error": "bad_request", "detail": detail}
 
 
 @pytest.mark.parametrize(

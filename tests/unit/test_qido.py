@@ -95,6 +95,15 @@ def test_uid_lists() -> None:
     assert query.matches[0].values == ("1.5", "1.6")
 
 
+def test_a_code_key_repeated_is_its_list() -> None:
+    """``Modality=CT&Modality=MR`` (dicomweb-client's list) is ``Modality=CT,MR``; it was a 400."""
+    [match] = parse_qido("series", {"Modality": ["CT", "MR,CT"]}).matches
+    assert (match.op, match.values) == ("in", ("CT", "MR"))
+    [match] = parse_qido("studies", {"PatientSex": ["F", "", "O"]}).matches
+    assert (match.op, match.values) == ("in", ("F", "O"))
+    assert parse_qido("series", {"Modality": ["", ""]}).matches == ()  # universal matching, as one empty value
+
+
 def test_includefield_limit_offset() -> None:
     query = parse_qido(
         "instances",
@@ -193,6 +202,8 @@ def test_unsupported_parameters_are_ignored_with_a_warning(
         ("series", {"SeriesNumber": ["\u0665"]}, "SeriesNumber"),  # ARABIC-INDIC DIGIT FIVE
         ("series", {"SeriesNumber": ["9" * 5000]}, "SeriesNumber"),  # beyond int()'s digit limit
         ("studies", {"PatientID": ["a", "b"]}, "more than once"),
+        ("series", {"Modality": ["CT", "M*"]}, "Modality: a list takes plain codes"),
+        ("studies", {"StudyDate": ["2020", "2021"]}, "StudyDate given more than once"),
         ("studies", {"ModalitiesInStudy": ["C'T"]}, "modality"),
         ("bogus", {}, "level"),
     ],
