@@ -25,7 +25,7 @@ from gateway.dicomweb.paths import wado_object
 from gateway.dicomweb.qido import parse_qido
 from gateway.dicomweb.stow import StowBatch
 from gateway.dicomweb.stow_response import StowItem, build_stow_response
-from gateway.dicomweb.wado import check_wado_request_type
+from gateway.dicomweb.wado import NATIVE_TS, check_wado_request_type
 from gateway.errors import (
     BadRequest,
     FrameNotFound,
@@ -66,14 +66,19 @@ DICOM_XML = xml.MEDIA_TYPE
 MAX_PART_BYTES = 8 << 30
 
 
-JSON_OFFERS = [Offer(DICOM_JSON, "*", False), Offer("application/json", "*", False)]
+# The transfer syntax of DICOM JSON and XML is that of their base64 values (InlineBinary; PS3.18 8.7.3.5: these
+# types "may have a Transfer Syntax parameter in order to specify the encoding of base64 data"): Explicit VR Little
+# Endian whatever the stored syntax (a big-endian file's values are swapped, gateway.dicom.walker), so an Accept
+# naming it is answered (`application/dicom+json; transfer-syntax=1.2.840.10008.1.2.1` was a 406), another one not
+METADATA_TS = NATIVE_TS
+JSON_OFFERS = [Offer(DICOM_JSON, METADATA_TS, False), Offer("application/json", METADATA_TS, False)]
 # PS3.18 Tables 10.4.4-1 (metadata) and 10.6.4-1 (search): DICOM JSON is the default and multipart/related;
 # type="application/dicom+xml" Required, one NativeDicomModel part per data set. The single-part XML type is for a
 # resource that is a single response item only (Table 10.4.4-1 Note 3): instance metadata and the STOW response.
-XML_PARTS = Offer(DICOM_XML, "*", True)
+XML_PARTS = Offer(DICOM_XML, METADATA_TS, True)
 LIST_OFFERS = [*JSON_OFFERS, XML_PARTS]
-ONE_OFFERS = [*LIST_OFFERS, Offer(DICOM_XML, "*", False)]
-STOW_OFFERS = [*JSON_OFFERS, Offer(DICOM_XML, "*", False), XML_PARTS]
+ONE_OFFERS = [*LIST_OFFERS, Offer(DICOM_XML, METADATA_TS, False)]
+STOW_OFFERS = [*JSON_OFFERS, Offer(DICOM_XML, METADATA_TS, False), XML_PARTS]
 
 
 def dicom_json(payload: bytes, answer_as: Offer, status: int = 200) -> Response:

@@ -330,6 +330,12 @@ def test_a_search_without_a_match_is_an_empty_body(stack: RunningStack) -> None:
         ("application/json;q=0.5, application/dicom+json", "application/dicom+json"),
         ("application/dicom+xml", 406),  # single part: a search has many response items (Table 10.4.4-1 Note 3)
         (f"{XML_PARTS}; transfer-syntax=1.2.840.10008.1.2.4.50", 406),
+        # the transfer syntax of these types is their base64 values' (PS3.18 8.7.3.5): Explicit VR Little Endian,
+        # which was a 406 too when named
+        (f"{XML_PARTS}; transfer-syntax=1.2.840.10008.1.2.1", "xml"),
+        ("application/dicom+json; transfer-syntax=1.2.840.10008.1.2.1", "application/dicom+json"),
+        ('application/json; transfer-syntax="1.2.840.10008.1.2.1"', "application/json"),
+        ("application/dicom+json; transfer-syntax=1.2.840.10008.1.2.2", 406),
     ],
 )
 def test_search_and_study_metadata_negotiate_xml_with_json(
