@@ -142,7 +142,13 @@ class TokenService:
                 raise BadRequest("a series-scoped token names exactly one study")
             if len(series) > 100 or not all(isinstance(uid, str) and is_uid(uid) for uid in series):
                 raise BadRequest("series: every entry must be a valid DICOM UID (at most 100)")
-        if not isinstance(actions, list) or not actions or not set(actions) <= set(ACTIONS):
+        # every entry a string before the set: a list or an object among them is unhashable (a 500 before)
+        if (
+            not isinstance(actions, list)
+            or not actions
+            or not all(isinstance(action, str) for action in actions)
+            or not set(actions) <= set(ACTIONS)
+        ):
             raise BadRequest("actions must be a non-empty list drawn from 'read' and 'write'")
         if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0:
             raise BadRequest("ttl must be a positive integer number of seconds")

@@ -132,6 +132,10 @@ BAD_ISSUES: list[tuple[dict[str, Any], str]] = [
     ({"actions": []}, "actions must be a non-empty list drawn from 'read' and 'write'"),
     ({"actions": ["read", "delete"]}, "actions must be a non-empty list drawn from 'read' and 'write'"),
     ({"actions": "read"}, "actions must be a non-empty list drawn from 'read' and 'write'"),
+    # JSON values no action is: a list or an object among them is unhashable (a 500 before), a number is not one
+    ({"actions": [["read"]]}, "actions must be a non-empty list drawn from 'read' and 'write'"),
+    ({"actions": [{}]}, "actions must be a non-empty list drawn from 'read' and 'write'"),
+    ({"actions": ["read", 1]}, "actions must be a non-empty list drawn from 'read' and 'write'"),
     ({"ttl": 0}, "ttl must be a positive integer number of seconds"),
     ({"ttl": -5}, "ttl must be a positive integer number of seconds"),
     ({"ttl": True}, "ttl must be a positive integer number of seconds"),
