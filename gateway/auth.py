@@ -10,7 +10,6 @@ call it directly.
 from __future__ import annotations
 
 import hmac
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,13 +29,12 @@ from gateway.errors import (
     TokenUnrecognised,
 )
 from gateway.scope import Scope
-from gateway.tokens import MAX_TOKEN_LENGTH, Claims, TokenService
+from gateway.tokens import MAX_TOKEN_LENGTH, TOKEN_CHARS, Claims, TokenService
 
 # The session cookie's name: ``__Host-`` over TLS (the browser then takes it only from a secure origin, for this host
 # and path "/"), the plain name otherwise. Only the name of the deployment's mode is read: with both accepted, an
 # unprefixed cookie planted by a sibling subdomain or over plain HTTP was used once the real one expired.
 SECURE_COOKIE_NAME, PLAIN_COOKIE_NAME = "__Host-dicomgw_token", "dicomgw_token"
-_TOKEN_CHARS = re.compile(r"[A-Za-z0-9_.\-]+")
 READ_METHODS = frozenset({"GET", "HEAD"})
 API_KEY_JTI = "api-key"  # the jti of an API key's claims (no token id: the label names the caller)
 WRITE_METHODS = frozenset({"POST"})
@@ -93,7 +91,7 @@ def bearer_value(authorization: str) -> str:
 
 
 def well_formed(token: str) -> bool:
-    return len(token) <= MAX_TOKEN_LENGTH and _TOKEN_CHARS.fullmatch(token) is not None
+    return len(token) <= MAX_TOKEN_LENGTH and TOKEN_CHARS.fullmatch(token) is not None
 
 
 # Where a stored instance is, by its SOP Instance UID: (study, series), or None when nothing is stored under it.

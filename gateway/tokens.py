@@ -38,6 +38,9 @@ MAX_SIGNED_LENGTH = MAX_TOKEN_LENGTH - len("__Host-dicomgw_token")
 # characters more (measured over 8,000 renewals of near-limit scopes, studies and series sorted as here)
 MAX_ISSUED_LENGTH = MAX_SIGNED_LENGTH - 64
 ACTIONS = ("read", "write")
+# what a token we sign is made of (base64url and dots): anything else is refused before itsdangerous, which takes
+# a padded value ("...=") as the same token
+TOKEN_CHARS = re.compile(r"[A-Za-z0-9_.\-]+")
 # sub travels in a response header to NGINX's audit log: printable ASCII only
 _SUB = re.compile(r"[\x21-\x7e]{1,128}")
 
@@ -250,6 +253,10 @@ class TokenService:
         wrong purpose is told apart from a value we never signed."""
         if len(token) > MAX_TOKEN_LENGTH:
             raise TokenUnrecognised("token too long")
+        if token and not TOKEN_CHARS.fullmatch(token):
+            # every read refuses such a value (auth.well_formed): the cookie exchange made a cookie of a padded token
+            # ("...=", which itsdangerous decodes as the token) that no read then took, and renewal renewed it
+            raise TokenUnrecognised("malformed token")
         for purpose, serializer in self._serializers.items():
             try:
                 # No max_age: itsdangerous would measure age with the wall clock and refuse any clock skew;

@@ -59,3 +59,55 @@ def test_the_same_body_with_good_actions_is_issued(stack: RunningStack) -> None:
     answer = post_json(stack, "/api/v1/tokens", body, **stack.api_headers)
     assert answer.status_code == 201, answer.text
     assert answer.json()["token"]
+
+
+INVALID = 'Bearer realm="dicom-gateway", error="invalid_token"'
+
+
+@pytest.mark.parametrize("padding", ["=", "=="])
+def test_a_padded_token_is_refused_by_the_cookie_exchange_and_renewal_as_by_every_read(
+    stack: RunningStack, padding: str
+) -> None:
+    """A token with base64 padding added (``...=``: a client that pads base64url) is no token every read takes
+    (NGINX's 401 ``token_invalid``), yet itsdangerous decodes it as the token: ``GET /api/v1/session?token=T=``
+    answered the 303 with ``Set-Cookie: dicomgw_token=T=``, and the viewer it led to then read nothing (401 on every
+    frame), and renewal renewed it. Both now refuse it first, as a read does."""
+    study, series, _ = stack.uploaded["ct"]
+    issued = stack.issue([study], session_max=600)
+    padded = issued["token"] + padding
+    read = requests.get(f"{stack.url}/dicomweb/studies/{study}/series/{series}/metadata?token={padded}", timeout=30)
+    assert read.status_code == 401
+    assert read.json() == {"error": "unauthorized", "detail": "token_invalid"}
+
+    exchange = requests.get(
+        f"{stack.url}/api/v1/session",
+        params={"token": padded, "next": "/viewer/"},
+        allow_redirects=False,
+        timeout=30,
+    )
+    assert exchange.status_code == 401
+    assert exchange.headers["Content-Type"] == "application/json"
+    assert exchange.headers["WWW-Authenticate"] == INVALID
+    assert "Set-Cookie" not in exchange.headers
+    assert exchange.json() == {"error": "token_invalid", "detail": "malformed token"}
+
+    renewal = post_json(stack, "/api/v1/tokens/renew", json.dumps({"token": padded}))
+    assert renewal.status_code == 401
+    assert renewal.headers["WWW-Authenticate"] == INVALID
+    assert renewal.json() == {"error": "token_invalid", "detail": "malformed token"}
+
+    # the token as issued goes through both, and its cookie reads
+    good = requests.get(
+        f"{stack.url}/api/v1/session",
+        params={"token": issued["token"], "next": "/viewer/"},
+        allow_redirects=False,
+        timeout=30,
+    )
+    assert good.status_code == 303
+    cookie = good.headers["Set-Cookie"].split(";")[0]
+    assert cookie == f"dicomgw_token={issued['token']}"
+    metadata = requests.get(
+        f"{stack.url}/dicomweb/studies/{study}/series/{series}/metadata", headers={"Cookie": cookie}, timeout=30
+    )
+    assert metadata.status_code == 200
+    assert post_json(stack, "/api/v1/tokens/renew", json.dumps({"token": issued["token"]})).status_code == 200

@@ -403,7 +403,7 @@ def test_a_huge_lifetime_is_capped_not_refused() -> None:
 
 def test_a_signed_payload_that_is_not_json_is_token_invalid() -> None:
     serializer = URLSafeTimedSerializer([KEY_NEW], salt=SALTS["read"], signer_kwargs={"digest_method": hashlib.sha256})
-    for raw in (b"not-base64!", b"eyJ2Ijox", b".eJzLSM3JyQcABiwCFQ"):  # not base64, truncated JSON, zlib of "hello"
+    for raw in (b"eyJ2I", b"eyJ2Ijox", b".eJzLSM3JyQcABiwCFQ"):  # no base64 (5 letters), cut JSON, zlib of "hello"
         token = serializer.make_signer().sign(raw).decode()
         with pytest.raises(TokenInvalid) as caught:
             service().verify(token, "read", now=int(time.time()))
@@ -489,6 +489,17 @@ def test_junk_does_not_verify(junk: str) -> None:
     with pytest.raises(TokenInvalid) as caught:
         service().verify(junk, "read", now=T)
     assert caught.value.detail == "token signature does not verify"
+
+
+@pytest.mark.parametrize("padding", ["=", "=="])
+def test_a_padded_token_is_malformed_as_every_read_judges_it(padding: str) -> None:
+    """itsdangerous decodes ``T=`` as ``T``; auth.well_formed refuses it on every read, and so does verify now (the
+    cookie exchange and renewal call it alone)."""
+    token = service().issue(sub="u", studies=[STUDY], now=T).token
+    assert service().verify(token, "read", now=T).sub == "u"
+    with pytest.raises(TokenInvalid) as caught:
+        service().verify(token + padding, "read", now=T)
+    assert caught.value.detail == "malformed token"
 
 
 def test_oversized_token_is_refused_before_any_work() -> None:
