@@ -32,6 +32,17 @@ class _JSONProvider(DefaultJSONProvider):
             raise ValueError("JSON nested too deeply") from None
 
 
+class _Flask(Flask):
+    def make_default_options_response(self) -> Response:
+        """An OPTIONS on a route of the API (``/api/v1/tokens``, a revoke, the cookie exchange, the admin calls,
+        ``/healthz``): a 204 with ``Allow`` and no body, as NGINX answers it for DICOMweb and the renewal. Flask's
+        was a 200 declaring ``text/html; charset=utf-8`` for no body (HTML where JSON or nothing is due)."""
+        response = super().make_default_options_response()
+        response.status_code = 204
+        del response.headers["Content-Type"]
+        return response
+
+
 def create_app(
     config: Settings | Mapping[str, Any] | None = None, services: Services | None = None, *, migrate: bool = True
 ) -> Flask:
@@ -45,7 +56,7 @@ def create_app(
         else:
             settings = Settings.from_mapping(config)
         services = Services.build(settings, migrate=migrate)
-    app = Flask(__name__)
+    app = _Flask(__name__)
     app.json = _JSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = None  # STOW streams; NGINX enforces the body limit
     app.extensions["dicomgw"] = services

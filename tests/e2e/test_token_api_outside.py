@@ -185,3 +185,26 @@ def test_with_no_decision_cache_and_no_refresh_a_revocation_holds_at_the_next_re
             answers = [requests.get(url, timeout=30) for _ in range(4)]
             assert [answer.status_code for answer in answers] == [401] * 4
             assert answers[0].json() == {"error": "unauthorized", "detail": "token_revoked"}
+
+
+@pytest.mark.parametrize(
+    ("path", "methods"),
+    [
+        ("/api/v1/tokens", {"POST", "OPTIONS"}),
+        ("/api/v1/tokens/abc/revoke", {"POST", "OPTIONS"}),
+        ("/api/v1/session", {"GET", "HEAD", "OPTIONS"}),
+        ("/api/v1/admin/erasure", {"POST", "OPTIONS"}),
+        ("/healthz", {"GET", "HEAD", "OPTIONS"}),
+    ],
+)
+def test_an_options_request_to_the_api_is_a_204_with_allow_and_no_html(
+    stack: RunningStack, path: str, methods: set[str]
+) -> None:
+    """``OPTIONS /api/v1/tokens`` (an HTTP library probing what the resource takes, a browser's preflight from a
+    portal page) was Flask's ``200`` with ``Content-Type: text/html; charset=utf-8`` and no body; NGINX answers
+    DICOMweb's and the renewal's as a 204 with ``Allow`` and no Content-Type. Now so are the API's."""
+    answer = requests.options(f"{stack.url}{path}", headers=stack.api_headers, timeout=30)
+    assert answer.status_code == 204
+    assert "Content-Type" not in answer.headers
+    assert answer.content == b""
+    assert {method.strip() for method in answer.headers["Allow"].split(",")} == methods
