@@ -73,7 +73,10 @@ def issue_token() -> tuple[Response, int]:
         **session_fields(issued.claims),
         **token_urls(issued.token, body["studies"][0], public_base()),
     }
-    return jsonify(payload), 201
+    response = jsonify(payload)
+    # a credential: no cache between the portal and the gateway keeps it (as the renewal's; RFC 6749 5.1)
+    response.headers["Cache-Control"] = "no-store"
+    return response, 201
 
 
 def session_fields(claims: Claims) -> dict[str, Any]:

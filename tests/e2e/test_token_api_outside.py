@@ -208,3 +208,21 @@ def test_an_options_request_to_the_api_is_a_204_with_allow_and_no_html(
     assert "Content-Type" not in answer.headers
     assert answer.content == b""
     assert {method.strip() for method in answer.headers["Allow"].split(",")} == methods
+
+
+def test_every_answer_holding_a_token_is_no_store(stack: RunningStack) -> None:
+    """RFC 6749 5.1's rule for a response holding a token (``Cache-Control: no-store``): the renewal's answer and the
+    cookie exchange's 303 had it, the issue's 201 (token, DICOMweb root and viewer URL) did not."""
+    study = stack.uploaded["ct"][0]
+    body = json.dumps({"sub": "portal", "studies": [study], "session_max": 600})
+    issued = post_json(stack, "/api/v1/tokens", body, **stack.api_headers)
+    assert issued.status_code == 201
+    assert issued.headers["Cache-Control"] == "no-store"
+    renewed = post_json(stack, "/api/v1/tokens/renew", json.dumps({"token": issued.json()["token"]}))
+    assert renewed.status_code == 200
+    assert renewed.headers["Cache-Control"] == "no-store"
+    exchange = requests.get(
+        f"{stack.url}/api/v1/session", params={"token": issued.json()["token"]}, allow_redirects=False, timeout=30
+    )
+    assert exchange.status_code == 303
+    assert exchange.headers["Cache-Control"] == "no-store"
