@@ -135,19 +135,31 @@ def test_a_revoked_token_reads_until_the_bound_the_readme_names_and_not_after(st
     Python): README said within ``DICOMGW_REVOCATION_REFRESH`` + ``DICOMGW_AUTH_CACHE_SECONDS`` (≈4 s), but NGINX
     keeps an entry until the end of the whole second its lifetime ends in, so a decision made at the start of a
     second is used for up to AUTH_CACHE + 1 s, after a worker's list that may be REFRESH old. Measured here: a read
-    2.4 s after the revocation is still served from the decision cached before it, and the last read served comes
-    within REFRESH + AUTH_CACHE + 1 s; from then on every read is the 401 ``token_revoked``."""
-    issued = stack.issue([stack.uploaded["ct"][0]])
-    url = frame_url(stack, issued["token"])
-    second = start_of_a_second()
-    assert requests.get(url, timeout=30).status_code == 200  # the decision NGINX keeps, made in this second
-    revoke = requests.post(f"{stack.url}/api/v1/tokens/{issued['jti']}/revoke", headers=stack.api_headers, timeout=30)
-    assert revoke.status_code == 204
-    revoked_at = time.time()
-    assert revoked_at < second + 0.6, "the machine is too slow to place the revocation in the decision's second"
-    time.sleep(max(0.0, second + 2.4 - time.time()))
-    assert requests.get(url, timeout=30).status_code == 200  # AUTH_CACHE (2 s) has passed: still the kept decision
-    last_served = time.time() - revoked_at
+    more than AUTH_CACHE after the revocation is still served from the decision cached before it, the last read
+    served comes within REFRESH + AUTH_CACHE + 1 s, and from then on every read is the 401 ``token_revoked``."""
+    for _ in range(3):  # a loaded machine may miss the second it aims at: then again, with a new token
+        issued = stack.issue([stack.uploaded["ct"][0]])
+        url = frame_url(stack, issued["token"])
+        second = start_of_a_second()
+        assert requests.get(url, timeout=30).status_code == 200  # the decision NGINX keeps, made in this second
+        revoke = requests.post(
+            f"{stack.url}/api/v1/tokens/{issued['jti']}/revoke", headers=stack.api_headers, timeout=30
+        )
+        assert revoke.status_code == 204
+        revoked_at = time.time()
+        if revoked_at > second + 0.4:
+            continue
+        time.sleep(max(0.0, second + 2.4 - time.time()))
+        sent = time.time()
+        kept = requests.get(url, timeout=30)
+        if kept.status_code != 200 and time.time() >= second + 3:
+            continue  # it reached NGINX after the kept decision's last second
+        break
+    else:
+        pytest.fail("three attempts missed the second they aimed at: the machine is too slow for this measure")
+    assert kept.status_code == 200  # AUTH_CACHE (2 s) after the decision and after the revocation: still served
+    assert sent - revoked_at >= AUTH_CACHE
+    last_served = sent - revoked_at
     refused = None
     while time.time() < revoked_at + REVOCATION_BOUND + 3:
         started = time.time()
@@ -161,7 +173,7 @@ def test_a_revoked_token_reads_until_the_bound_the_readme_names_and_not_after(st
     assert refused is not None
     assert refused.status_code == 401
     assert refused.json() == {"error": "unauthorized", "detail": "token_revoked"}
-    assert 2.4 <= last_served <= REVOCATION_BOUND, last_served
+    assert last_served <= REVOCATION_BOUND, last_served
 
 
 def test_with_no_decision_cache_and_no_refresh_a_revocation_holds_at_the_next_read(
