@@ -207,6 +207,8 @@ def test_with_no_decision_cache_and_no_refresh_a_revocation_holds_at_the_next_re
         ("/api/v1/session", {"GET", "HEAD", "OPTIONS"}),
         ("/api/v1/admin/erasure", {"POST", "OPTIONS"}),
         ("/healthz", {"GET", "HEAD", "OPTIONS"}),
+        ("/readyz", {"GET", "HEAD", "OPTIONS"}),
+        ("/metrics", {"GET", "HEAD", "OPTIONS"}),
     ],
 )
 def test_an_options_request_to_the_api_is_a_204_with_allow_and_no_html(
