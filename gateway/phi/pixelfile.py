@@ -223,4 +223,7 @@ def _kwargs(ds: Dataset) -> dict[str, Any]:
         "pixel_representation": int(ds.get("PixelRepresentation", 0) or 0),
         "photometric_interpretation": str(ds.PhotometricInterpretation),
         "number_of_frames": 1,
+        # pydicom's encoder requires it for colour (an RGB RLE file, as DCMTK's dcmcrle and ultrasound devices
+        # write it, failed with AttributeError); RLE keeps one segment per sample whatever its value
+        "planar_configuration": int(ds.get("PlanarConfiguration", 0) or 0),
     }

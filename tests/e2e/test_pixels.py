@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import io
 import re
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ from gateway.tools.synth.burned import make_sc, make_us, planted, text_boxes
 from tests.e2e.conftest import uids_of
 from tests.e2e.harness import RunningStack, start_stack
 from tests.e2e.test_rendered_params import rle_of_zeros
+from tests.requirements import require
 
 BAND = 100  # rows of the configured US header band
 SLACK = 12  # pixels a masked word box may reach beyond the planted line's box (margin, glyph overhang)
@@ -111,6 +114,12 @@ def make(kind: str, directory: Path) -> tuple[Path, list[str]]:
         return make_us(directory, frames=4, seed=2), planted(2)
     if kind == "us-jpeg":  # lossy colour frames: decoded, masked, re-encoded with the source's tables
         return make_us(directory, frames=3, seed=6, color=True, jpeg=True), planted(6)
+    if kind == "sc-rle":  # a colour capture in RLE Lossless as DCMTK's dcmcrle writes it (PlanarConfiguration 0)
+        require(shutil.which("dcmcrle") is not None, "DCMTK's dcmcrle is not installed")
+        native = make_sc(directory / "native", seed=5)
+        rle = directory / "sc-rle.dcm"
+        subprocess.run(["dcmcrle", str(native), str(rle)], check=True, capture_output=True)
+        return rle, planted(5)
     return make_sc(directory, seed=3), planted(3)
 
 
@@ -126,7 +135,7 @@ def quarantine_items(stack: RunningStack) -> list[dict[str, Any]]:
     return items
 
 
-@pytest.mark.parametrize("kind", ["us", "sc", "us-jpeg"])
+@pytest.mark.parametrize("kind", ["us", "sc", "us-jpeg", "sc-rle"])
 def test_clean_masks_burned_in_text(stack: RunningStack, tmp_path: Path, kind: str) -> None:
     path, strings = make(kind, tmp_path / "in")
     source = frames_of(path)
@@ -186,6 +195,8 @@ def test_clean_masks_burned_in_text(stack: RunningStack, tmp_path: Path, kind: s
         return
     if kind == "us":
         assert not output[:, :BAND].any()
+    if kind == "sc-rle":  # lossless stays lossless: every pixel outside the masks is the source's
+        assert ds.file_meta.TransferSyntaxUID == pydicom.uid.RLELossless
     changed = (output != source).reshape(source.shape[0], source.shape[1], source.shape[2], -1).any(axis=(0, 3))
     assert changed.any()
     assert not (changed & ~allowed).any(), "pixels outside the text regions changed"
