@@ -28,8 +28,8 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     stack.stack.stop()
 
 
-def upload(stack: RunningStack, folder: Path) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "gateway.cli", "upload", str(folder), "--url", f"{stack.url}/dicomweb"]
+def upload(stack: RunningStack, folder: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "gateway.cli", "upload", str(folder), "--url", f"{stack.url}/dicomweb", *options]
     env = {**os.environ, "DICOMGW_API_KEY": stack.stack.api_key, "COLUMNS": "400"}
     return subprocess.run(command, capture_output=True, text=True, timeout=300, check=False, env=env)
 
@@ -110,3 +110,93 @@ def duplicates(export: Path) -> int:
         duplicates += ds.SOPInstanceUID in seen
         seen.add(ds.SOPInstanceUID)
     return duplicates
+
+
+POLICY = """
+version = "upload-cli-1"
+
+[destinations.clinical-eu]
+storage = "default"
+region = "eu-west-1"
+identifiable_allowed = true
+
+[[rules]]
+id = "no-tenant"
+match = { tenant = "" }
+action = "reject"
+reason = "uploads must name a tenant (X-DICOMGW-Tenant)"
+
+[[rules]]
+id = "clinic"
+match = { tenant = "klinik-zürich" }
+action = "route"
+destination = "clinical-eu"
+
+[default]
+action = "reject"
+reason = "no policy rule covers this upload"
+"""
+
+
+@pytest.fixture(scope="module")
+def policy_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    base = tmp_path_factory.mktemp("upload-cli-policy")
+    policy = base / "policy.toml"
+    policy.write_text(POLICY, encoding="utf-8")
+    stack = start_stack(base / "stack", "file", None, DICOMGW_PHI_POLICY=str(policy))
+    yield stack
+    stack.stack.stop()
+
+
+def test_the_upload_names_the_tenant_and_region_the_policy_matches_on(
+    policy_stack: RunningStack, tmp_path: Path
+) -> None:
+    """README's example policy refuses an upload that names no tenant, and routes identifiable data only with the
+    region it comes from; `upload` could send neither header, so under such a policy it stored nothing. `--tenant`
+    and `--region` send them (UTF-8, as the policy writes `zürich`) with every STOW request."""
+    from gateway.tools.synth import make_series
+
+    files = make_series(tmp_path / "series", modality="CT", slices=2, rows=16, columns=16, seed=271)
+    folder = str(tmp_path / "series")
+
+    unnamed = upload(policy_stack, Path(folder))
+    assert unnamed.returncode == 1, unnamed.stdout + unnamed.stderr
+    assert unnamed.stdout.count("uploads must name a tenant (X-DICOMGW-Tenant) (0x0110)") == 2, unnamed.stdout
+
+    elsewhere = upload(policy_stack, Path(folder), "--tenant", "klinik-zürich", "--region", "us-east-1")
+    assert elsewhere.returncode == 1, elsewhere.stdout + elsewhere.stderr
+    refusal = "identifiable data from region 'us-east-1' may not go to destination 'clinical-eu' in region 'eu-west-1'"
+    assert elsewhere.stdout.count(refusal) == 2, elsewhere.stdout
+
+    for bad, said in (("a,b", "one value: no comma"), (" ", "must not be empty"), ("a\tb", "no control character")):
+        usage = upload(policy_stack, Path(folder), "--tenant", bad, "--region", "eu-west-1")
+        assert usage.returncode == 2 and f"Invalid value for '--tenant': {said}" in usage.stderr, usage.stderr
+        assert usage.stdout == ""
+
+    named = upload(policy_stack, Path(folder), "--tenant", "klinik-zürich", "--region", "eu-west-1")
+    assert named.returncode == 0, named.stdout + named.stderr
+    assert summary(named.stdout)["stored"] == "2", named.stdout
+    for path in files:
+        sop = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+        found = requests.get(
+            f"{policy_stack.url}/dicomweb/instances",
+            params={"SOPInstanceUID": sop},
+            headers=policy_stack.api_headers,
+            timeout=10,
+        )
+        assert found.status_code == 200 and len(found.json()) == 1, path.name
+        study, series = found.json()[0]["0020000D"]["Value"][0], found.json()[0]["0020000E"]["Value"][0]
+        whole = requests.get(
+            f"{policy_stack.url}/dicomweb/studies/{study}/series/{series}/instances/{sop}",
+            headers={**policy_stack.api_headers, "Accept": "application/dicom"},
+            timeout=10,
+        )
+        assert whole.status_code == 200 and whole.content == path.read_bytes(), path.name
+        audit = requests.get(
+            f"{policy_stack.url}/api/v1/admin/audit",
+            params={"sop_uid": sop},
+            headers=policy_stack.api_headers,
+            timeout=10,
+        )
+        decisions = [(item["decision"], item["rule"]) for item in audit.json()["items"]]
+        assert decisions[0] == ("route", "clinic"), decisions
