@@ -10,7 +10,9 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import ImageDraw
+from pydicom.uid import UID
 
 from gateway.errors import FrameNotFound, NotAcceptable, NotFound
 from gateway.hooks import UploadContext
@@ -34,6 +36,39 @@ def release(services: Services, key: str) -> dict[str, Any]:
     return {"status": result.status, "sop_uid": result.sop_uid, "detail": result.detail}
 
 
+def _other_encoding(local: Path, frame: int) -> tuple[np.ndarray, str] | None:
+    """Frame ``frame`` of a file in an encoding the pixel cleaner cannot re-encode (JPEG 2000, JPEG-LS, JPEG
+    Lossless, deflated): what goes to review for its encoding, decoded as the rendered endpoints decode a frame,
+    and the colour space it comes out in. None for any other file (the cleaner's own reader answers for those)."""
+    import pydicom
+    from pydicom.encaps import generate_frames
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    from gateway.dicom.model import MAX_DECODED_PIXELS
+    from gateway.phi.pixelfile import SUPPORTED
+    from gateway.phi.scanner import DEFER_SIZE
+    from gateway.render import _decode
+
+    ds = pydicom.dcmread(str(local), defer_size=DEFER_SIZE)
+    syntax = UID(ds.file_meta.TransferSyntaxUID)
+    if syntax in SUPPORTED or "PixelData" not in ds:
+        return None
+    if not syntax.is_encapsulated and syntax != DeflatedExplicitVRLittleEndian:
+        return None
+    if int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0) > MAX_DECODED_PIXELS:
+        return None
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if not 1 <= frame <= frames:
+        raise FrameNotFound(f"frame {frame} is outside 1..{frames}")
+    if syntax.is_encapsulated:
+        [data] = islice(generate_frames(ds.PixelData, number_of_frames=frames), frame - 1, frame)
+    else:  # deflated: pydicom inflated the data set; this frame's bytes of its native Pixel Data
+        size = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1) * int(ds.BitsAllocated) // 8
+        data = bytes(ds.PixelData[(frame - 1) * size : frame * size])
+        syntax = UID("1.2.840.10008.1.2.1")  # the inflated data set is Explicit VR Little Endian
+    return _decode(data, ds, syntax, "PixelData")
+
+
 def preview(services: Services, key: str, frame: int) -> bytes:
     """Frame ``frame`` (1-based) of a quarantined file as a PNG, the recorded text regions outlined in red."""
     from gateway.phi.pixelfile import CannotClean, PixelFile
@@ -51,9 +86,14 @@ def preview(services: Services, key: str, frame: int) -> bytes:
             if not 1 <= frame <= file.frames:
                 raise FrameNotFound(f"frame {frame} is outside 1..{file.frames}")
             [pixels] = islice(file.read_frames(), frame - 1, frame)
+            photometric = file.decoded_photometric
         except (CannotClean, ValueError) as exc:
-            raise NotAcceptable(f"cannot render this file: {exc}") from None
-    image = ocr_image(pixels, file.decoded_photometric).convert("RGB")
+            # the files held for their encoding are the ones a reviewer must look at: decoded as for rendering
+            other = _other_encoding(local, frame)
+            if other is None:
+                raise NotAcceptable(f"cannot render this file: {exc}") from None
+            pixels, photometric = other
+    image = ocr_image(pixels, photometric).convert("RGB")
     draw = ImageDraw.Draw(image)
     for box in regions:
         left, top = int(box["left"]), int(box["top"])

@@ -27,6 +27,7 @@ import requests
 from PIL import Image
 
 from gateway.phi.deidentify import remap_uid
+from gateway.phi.pixels import ocr_image
 from gateway.phi.policy import load_policy
 from gateway.phi.scanner import scan_file
 from gateway.tools.synth.burned import make_sc, make_us, planted, text_boxes
@@ -238,6 +239,40 @@ def test_review_quarantines_with_the_regions(stack: RunningStack, tmp_path: Path
         assert answer.headers["Content-Type"] == "application/json"
         assert answer.json()["error"] == code
     assert requests.get(preview, timeout=30).status_code == 401  # API key required
+
+
+@pytest.mark.parametrize(
+    ("option", "syntax"),
+    [("--j2k", "JPEG 2000 Image Compression (Lossless Only)"), ("--jpegls", "JPEG-LS Lossless Image Compression")],
+)
+def test_a_file_held_for_its_encoding_is_previewed(
+    stack: RunningStack, tmp_path: Path, option: str, syntax: str
+) -> None:
+    """A capture in JPEG 2000 or JPEG-LS (as GDCM's gdcmconv writes it) cannot be re-encoded honestly, so it is held
+    for review; the reviewer's preview of it was a JSON 406 "cannot render this file", so the very files sent to a
+    human could not be looked at. It is now frame 1 decoded as the rendered endpoints decode it, as a PNG."""
+    require(shutil.which("gdcmconv") is not None, "GDCM's gdcmconv is not installed")
+    native = make_sc(tmp_path / "native", seed=8 if option == "--j2k" else 9)
+    path = tmp_path / "encoded.dcm"
+    subprocess.run(["gdcmconv", option, str(native), str(path)], check=True, capture_output=True)
+    sop = uids_of(path)[2]
+    answer = stow(stack, path, "clean")
+    assert answer.status_code == 409, answer.text
+    [entry] = [item for item in quarantine_items(stack) if item["sop_uid"] == sop]
+    held = f"pixels need review: transfer syntax {syntax} cannot be re-encoded without changing its quality"
+    assert entry["reason"] == held
+
+    preview = f"{stack.url}/api/v1/admin/quarantine/{entry['key']}/preview"
+    answer = requests.get(preview, headers=stack.api_headers, timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["Content-Type"] == "image/png"
+    assert answer.headers["Cache-Control"] == "no-store"
+    image = np.asarray(Image.open(io.BytesIO(answer.content)).convert("L"))
+    expected = np.asarray(ocr_image(frames_of(native)[0], "RGB"))  # lossless: the capture as it was drawn
+    assert image.shape == (480, 640)
+    assert np.abs(image.astype(int) - expected.astype(int)).max() <= 1
+    answer = requests.get(f"{preview}?frame=2", headers=stack.api_headers, timeout=30)
+    assert answer.status_code == 404 and answer.json()["error"] == "frame_not_found"
 
 
 def test_refuse_keeps_the_409(stack: RunningStack, tmp_path: Path) -> None:

@@ -265,3 +265,25 @@ def test_native_output_keeps_elements_after_pixel_data(tmp_path: Path) -> None:
     out = pydicom.dcmread(tmp_path / "out.dcm")
     assert out[0xFFFCFFFC].value == b"\0" * 6
     assert out.pixel_array.shape == (480, 640, 3) and not out.pixel_array[10:30, 10:60].any()
+
+
+def test_the_preview_decodes_a_deflated_file_held_for_review(tmp_path: Path) -> None:
+    """A deflated file cannot be de-identified, so a policy with `on_deidentify_failure = "quarantine"` holds it
+    whole; its preview was a JSON 406. Each frame is now read from the inflated data set, the second one too."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    from gateway.quarantine import _other_encoding
+
+    source = make_us(tmp_path / "us", frames=2, rows=240, columns=320, seed=4)
+    ds = pydicom.dcmread(source)
+    expected = ds.pixel_array
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    deflated = tmp_path / "deflated.dcm"
+    ds.save_as(deflated, enforce_file_format=True)
+    for frame in (1, 2):
+        decoded = _other_encoding(deflated, frame)
+        assert decoded is not None
+        pixels, photometric = decoded
+        assert photometric == "MONOCHROME2"
+        assert np.array_equal(pixels, expected[frame - 1])
+    assert _other_encoding(source, 1) is None  # the cleaner's own reader answers for a native file
