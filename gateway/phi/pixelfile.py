@@ -154,6 +154,9 @@ class PixelFile:
             self._save_native(dst)
             return
         if self.syntax == RLELossless:
+            bits = int(ds.BitsAllocated)
+            if bits > 16:  # pydicom's RLE encoder writes 8- and 16-bit samples: review, never stored uncleaned
+                raise CannotClean(f"{bits}-bit RLE frames cannot be re-encoded here")
             encoded = []
             for frame in iter_pixels(ds, raw=True):
                 encoded.append(RLELosslessEncoder.encode(mask(frame.copy(), boxes, self.photometric), **_kwargs(ds)))

@@ -12,7 +12,7 @@ import pydicom
 import pytesseract
 import pytest
 from PIL import Image
-from pydicom.encaps import generate_frames
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, RLELossless
 
 from gateway.config import Settings
@@ -287,3 +287,40 @@ def test_the_preview_decodes_a_deflated_file_held_for_review(tmp_path: Path) -> 
         assert photometric == "MONOCHROME2"
         assert np.array_equal(pixels, expected[frame - 1])
     assert _other_encoding(source, 1) is None  # the cleaner's own reader answers for a native file
+
+
+def _rle_32(frame: np.ndarray) -> bytes:
+    """One 32-bit grey frame as PS3.5 Annex G writes it: four segments, a byte plane each (most significant first),
+    each a run of literal packets of at most 128 bytes."""
+    planes = [(frame.astype(">u4").view(np.uint8).reshape(-1, 4)[:, index]).tobytes() for index in range(4)]
+    segments = [
+        b"".join(bytes([len(plane[i : i + 128]) - 1]) + plane[i : i + 128] for i in range(0, len(plane), 128))
+        for plane in planes
+    ]
+    segments = [segment + b"\0" * (len(segment) % 2) for segment in segments]
+    offsets, at = [], 64
+    for segment in segments:
+        offsets.append(at)
+        at += len(segment)
+    return np.array([4, *offsets] + [0] * 11, "<u4").tobytes() + b"".join(segments)
+
+
+def test_a_32_bit_rle_file_goes_to_review(tmp_path: Path) -> None:
+    """pydicom's RLE encoder writes 8- and 16-bit samples only: a 32-bit RLE frame could be read for OCR but not
+    written back, and the file was refused "cannot clean the pixels: ValueError" through `on_deidentify_failure`
+    (here reject) instead of going to review, as an encoding that cannot be re-encoded honestly does whatever the
+    rule says."""
+    src = make_sc(tmp_path / "in", seed=10, color=False)
+    ds = pydicom.dcmread(src)
+    values = ds.pixel_array.astype(np.uint32) * 0x01010101
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 32, 32, 31
+    ds.PixelData = encapsulate([_rle_32(values)])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = RLELossless
+    ds.save_as(src)
+    assert np.array_equal(pydicom.dcmread(src).pixel_array, values)  # a valid RLE file, as pydicom decodes it
+    parsed = parse_policy({**policy("clean"), "options": {"on_deidentify_failure": "reject"}})
+    outcome = PhiHook(parsed, KEY, tmp_dir=tmp_path)(src, UploadContext(source="stow"))
+    assert outcome.action == "quarantine" and outcome.path is not None
+    assert outcome.reason == "pixels need review: 32-bit RLE frames cannot be re-encoded here"
+    assert pydicom.dcmread(outcome.path, stop_before_pixels=True).PatientIdentityRemoved == "YES"
