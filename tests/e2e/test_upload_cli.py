@@ -168,9 +168,17 @@ def test_the_upload_names_the_tenant_and_region_the_policy_matches_on(
     refusal = "identifiable data from region 'us-east-1' may not go to destination 'clinical-eu' in region 'eu-west-1'"
     assert elsewhere.stdout.count(refusal) == 2, elsewhere.stdout
 
-    for bad, said in (("a,b", "one value: no comma"), (" ", "must not be empty"), ("a\tb", "no control character")):
-        usage = upload(policy_stack, Path(folder), "--tenant", bad, "--region", "eu-west-1")
-        assert usage.returncode == 2 and f"Invalid value for '--tenant': {said}" in usage.stderr, usage.stderr
+    for option, bad, said in (
+        ("--tenant", "a,b", "one value: no comma"),
+        ("--tenant", " ", "must not be empty"),
+        ("--tenant", "a\tb", "no control character"),
+        ("--region", "eu-west-1,us-east-1", "one value: no comma"),
+        ("--region", "", "must not be empty"),
+        ("--region", "eu-west-1\n", "no control character"),
+    ):
+        context = {"--tenant": "klinik-zürich", "--region": "eu-west-1", option: bad}
+        usage = upload(policy_stack, Path(folder), *(item for pair in context.items() for item in pair))
+        assert usage.returncode == 2 and f"Invalid value for '{option}': {said}" in usage.stderr, usage.stderr
         assert usage.stdout == ""
 
     named = upload(policy_stack, Path(folder), "--tenant", "klinik-zürich", "--region", "eu-west-1")
