@@ -142,8 +142,29 @@ class PixelFile:
             yield from iter_pixels(self.dataset, raw=True)
         else:
             for data in generate_frames(self.dataset.PixelData, number_of_frames=self.frames):
-                with Image.open(io.BytesIO(data)) as image:
+                with self._open_jpeg(data) as image:
                     yield np.asarray(image)
+
+    def _stored_rgb(self, image: Image.Image) -> bool:
+        """True when this JPEG frame holds R, G and B without a colour transform, as Photometric Interpretation RGB
+        says (PS3.5 8.2.1; some devices write captures so): read and written as pydicom and viewers decode it, unless
+        a JFIF marker (or an Adobe one asking for the transform) says the components are YCbCr."""
+        return (
+            self.samples == 3
+            and self.photometric == "RGB"
+            and "jfif" not in image.info
+            and image.info.get("adobe_transform", 0) == 0
+        )
+
+    def _open_jpeg(self, data: bytes) -> Image.Image:
+        """A JPEG frame as RGB (or grey). Without an Adobe marker Pillow takes three components for YCbCr and turned
+        an RGB frame's grey into magenta: such a frame is read as stored (``draft("YCbCr")``: no conversion)."""
+        image = Image.open(io.BytesIO(data))
+        if self._stored_rgb(image) and "adobe_transform" not in image.info:
+            image.draft("YCbCr", image.size)
+            image.load()
+            return Image.frombytes("RGB", image.size, image.tobytes())
+        return image
 
     def write_masked(self, boxes: list[Box], dst: Path) -> None:
         """Mask ``boxes`` in every frame and save the dataset (header as it is now) to ``dst``."""
@@ -204,15 +225,23 @@ class PixelFile:
         return list(generate_frames(self.dataset.PixelData, number_of_frames=self.frames))
 
     def _jpeg(self, data: bytes, boxes: list[Box]) -> bytes:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
+        with Image.open(io.BytesIO(data)) as source:
+            source.load()
+            rgb = self._stored_rgb(source)
+            tables = getattr(source, "quantization", None)  # a JPEG frame always has them
+            image = self._open_jpeg(data) if rgb else source
             draw = ImageDraw.Draw(image)
             for box in boxes:
                 black = (0, 0, 0) if image.mode == "RGB" else 0
                 draw.rectangle((box.left, box.top, box.left + box.width - 1, box.top + box.height - 1), fill=black)
             out = io.BytesIO()
-            # the source's quantisation tables and subsampling: same quality, no silent up- or down-grade
-            image.save(out, format="JPEG", quality="keep")
+            if rgb:
+                # stored as RGB again (an Adobe marker, no transform: what Photometric Interpretation RGB says),
+                # with the source's tables; RGB is never chroma-subsampled
+                image.save(out, format="JPEG", qtables=tables, subsampling=0, keep_rgb=True)
+            else:
+                # the source's quantisation tables and subsampling: same quality, no silent up- or down-grade
+                image.save(out, format="JPEG", quality="keep")
         return out.getvalue()
 
 

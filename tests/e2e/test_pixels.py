@@ -25,6 +25,8 @@ import pytesseract
 import pytest
 import requests
 from PIL import Image
+from pydicom.data import get_testdata_file
+from pydicom.encaps import generate_frames
 
 from gateway.phi.deidentify import remap_uid
 from gateway.phi.pixels import ocr_image
@@ -201,6 +203,33 @@ def test_clean_masks_burned_in_text(stack: RunningStack, tmp_path: Path, kind: s
     changed = (output != source).reshape(source.shape[0], source.shape[1], source.shape[2], -1).any(axis=(0, 3))
     assert changed.any()
     assert not (changed & ~allowed).any(), "pixels outside the text regions changed"
+
+
+def test_an_rgb_jpeg_capture_keeps_its_colours(stack: RunningStack, tmp_path: Path) -> None:
+    """A JPEG Baseline capture whose components are R, G and B, stored without a colour transform as Photometric
+    Interpretation RGB says (pydicom's `SC_jpeg_no_color_transform.dcm`, from a real device; no JFIF or Adobe marker):
+    Pillow took its components for YCbCr, and the cleaned file re-encoded as YCbCr under the same RGB header, so every
+    viewer showed it in false colours (its grey 244 became (255, 121, 254)). The frame is now read as stored and
+    written back as RGB (an Adobe marker, no transform) with the source's tables: the colours are the source's."""
+    source = Path(str(get_testdata_file("SC_jpeg_no_color_transform.dcm")))
+    answer = stow(stack, source, "clean")
+    assert answer.status_code == 202, answer.text
+    url = answer.json()["00081199"]["Value"][0]["00081190"]["Value"][0]
+    token = stack.issue([url.split("/studies/")[1].split("/")[0]])["token"]
+    body = requests.get(
+        f"{stack.root(token)}/studies/{url.split('/studies/')[1]}", headers={"Accept": "application/dicom"}, timeout=30
+    )
+    assert body.status_code == 200
+    stored = pydicom.dcmread(io.BytesIO(body.content))
+    assert stored.PhotometricInterpretation == "RGB" and stored.BurnedInAnnotation == "NO"
+    [frame] = generate_frames(stored.PixelData, number_of_frames=1)
+    with Image.open(io.BytesIO(frame)) as image:
+        assert image.info.get("adobe_transform") == 0 and "jfif" not in image.info
+    sent = pydicom.dcmread(source).pixel_array.astype(int)
+    got = stored.pixel_array.astype(int)
+    assert tuple(sent[128, 128]) == (244, 244, 244)
+    assert np.abs(got[128, 128] - sent[128, 128]).max() <= 2, got[128, 128]
+    assert np.abs(got - sent).mean() < 1.0
 
 
 def test_review_quarantines_with_the_regions(stack: RunningStack, tmp_path: Path) -> None:
