@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -120,8 +121,16 @@ class Box:
         return {"left": self.left, "top": self.top, "width": self.width, "height": self.height, "source": self.source}
 
 
+# Letters NFKD does not decompose into a base letter and its accent (after upper-casing; ß is already SS)
+_FOLD = str.maketrans({"Ø": "O", "Đ": "D", "Ł": "L", "Þ": "TH", "Æ": "AE", "Œ": "OE", "Ħ": "H"})
+
+
 def _normal(text: str) -> str:
-    return _NOT_ALNUM.sub("", text.upper())
+    """Upper-case A-Z and 0-9 only, accents folded to their base letter: a name `Müller^Hans` is the term MULLER,
+    and OCR's English model reads the burned-in MÜLLER as MULLER (or MÜLLER). Dropping the accented letter instead
+    made the term MLLER, which no word matched: the name stayed readable under `pixels_match = "identifiers"`."""
+    decomposed = unicodedata.normalize("NFKD", text.upper().translate(_FOLD))
+    return _NOT_ALNUM.sub("", "".join(c for c in decomposed if not unicodedata.combining(c)))
 
 
 def identifier_terms(dataset: Dataset) -> frozenset[str]:

@@ -324,3 +324,20 @@ def test_a_32_bit_rle_file_goes_to_review(tmp_path: Path) -> None:
     assert outcome.action == "quarantine" and outcome.path is not None
     assert outcome.reason == "pixels need review: 32-bit RLE frames cannot be re-encoded here"
     assert pydicom.dcmread(outcome.path, stop_before_pixels=True).PatientIdentityRemoved == "YES"
+
+
+def test_identifiers_mode_matches_a_name_with_accents() -> None:
+    """`pixels_match = "identifiers"` matched OCR words to the patient's names with every letter outside A-Z dropped:
+    `Müller` was the term MLLER, which OCR's English model, reading the burned-in MÜLLER as MULLER (or MÜLLER),
+    never matched, so the family name stayed readable in the stored pixels (and `Ødegård` as DEGRD, `Åse` as
+    nothing). Accents now fold to their base letter on both sides."""
+    from gateway.phi.pixels import _matches
+
+    ds = pydicom.Dataset()
+    ds.PatientName = "Müller^Hans"
+    ds.OtherPatientNames = ["Ødegård^Åse", "Straße^Œdipe"]
+    terms = identifier_terms(ds)
+    assert {"MULLER", "HANS", "ODEGARD", "ASE", "STRASSE", "OEDIPE"} <= terms
+    for read in ("MULLER", "MÜLLER", "Müller,", "ODEGARD", "@degard", "Ase", "STRASSE"):
+        assert _matches(read, terms), read
+    assert not _matches("MILLER", terms)
