@@ -231,8 +231,9 @@ class PixelFile:
             tables = getattr(source, "quantization", None)  # a JPEG frame always has them
             image = self._open_jpeg(data) if rgb else source
             draw = ImageDraw.Draw(image)
+            # black as displayed: the brightest value of a MONOCHROME1 image is its black
+            black = (0, 0, 0) if image.mode == "RGB" else 255 if self.photometric == "MONOCHROME1" else 0
             for box in boxes:
-                black = (0, 0, 0) if image.mode == "RGB" else 0
                 draw.rectangle((box.left, box.top, box.left + box.width - 1, box.top + box.height - 1), fill=black)
             out = io.BytesIO()
             if rgb:

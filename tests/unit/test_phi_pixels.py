@@ -341,3 +341,18 @@ def test_identifiers_mode_matches_a_name_with_accents() -> None:
     for read in ("MULLER", "MÜLLER", "Müller,", "ODEGARD", "@degard", "Ase", "STRASSE"):
         assert _matches(read, terms), read
     assert not _matches("MILLER", terms)
+
+
+def test_a_monochrome1_jpeg_is_masked_black_as_displayed(tmp_path: Path) -> None:
+    """Masked pixels become black as displayed: the maximum for MONOCHROME1 (docs/phi.md). The JPEG Baseline path
+    filled 0 whatever the photometric interpretation, so a MONOCHROME1 JPEG (a CR, a scanned film) was masked white."""
+    from gateway.phi.pixelfile import PixelFile
+
+    src = make_sc(tmp_path / "in", seed=7, jpeg=True, color=False)
+    ds = pydicom.dcmread(src)
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    ds.save_as(src)
+    box = Box(left=64, top=64, width=64, height=32, source="band")
+    PixelFile.open(src, max_frames=10).write_masked([box], tmp_path / "out.dcm")
+    masked = pydicom.dcmread(tmp_path / "out.dcm").pixel_array[64:96, 64:128]
+    assert masked.min() >= 250, masked.min()  # 255, but for JPEG's rounding
