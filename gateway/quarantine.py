@@ -89,7 +89,12 @@ def preview(services: Services, key: str, frame: int) -> bytes:
             photometric = file.decoded_photometric
         except (CannotClean, ValueError) as exc:
             # the files held for their encoding are the ones a reviewer must look at: decoded as for rendering
-            other = _other_encoding(local, frame)
+            try:
+                other = _other_encoding(local, frame)
+            except (FrameNotFound, NotAcceptable):
+                raise
+            except Exception:  # noqa: BLE001 - a held file is anything that was uploaded: a 406, never a 500
+                other = None
             if other is None:
                 raise NotAcceptable(f"cannot render this file: {exc}") from None
             pixels, photometric = other

@@ -356,3 +356,26 @@ def test_a_monochrome1_jpeg_is_masked_black_as_displayed(tmp_path: Path) -> None
     PixelFile.open(src, max_frames=10).write_masked([box], tmp_path / "out.dcm")
     masked = pydicom.dcmread(tmp_path / "out.dcm").pixel_array[64:96, 64:128]
     assert masked.min() >= 250, masked.min()  # 255, but for JPEG's rounding
+
+
+def test_the_preview_of_a_held_file_it_cannot_read_is_a_406(tmp_path: Path) -> None:
+    """A held JPEG 2000 file whose Number of Frames promises more frames than its fragments hold: the preview of a
+    frame it lacks is the JSON 406 "cannot render this file", never a 500 (its decode raised a ValueError)."""
+    import shutil
+    from types import SimpleNamespace
+
+    from gateway.errors import NotAcceptable
+    from gateway.quarantine import preview
+
+    src = make_sc(tmp_path / "in", seed=7, jpeg=True)
+    ds = pydicom.dcmread(src)
+    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless  # held for its encoding; its one fragment is no J2K
+    ds.NumberOfFrames = 3
+    ds.save_as(src)
+    services = SimpleNamespace(
+        catalog=SimpleNamespace(get_quarantine=lambda key: {"report": {}}),
+        storage=SimpleNamespace(download=lambda key, local: shutil.copyfile(src, local)),
+        spool_dir=tmp_path,
+    )
+    with pytest.raises(NotAcceptable, match="cannot render this file"):
+        preview(services, "quarantine/held.dcm", 2)  # type: ignore[arg-type]
