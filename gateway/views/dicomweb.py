@@ -94,8 +94,14 @@ def accepted(offers: list[Offer]) -> Offer:
     try:
         return negotiate(request.args.get("accept") or request.headers.get("Accept", ""), offers)
     except NotAcceptable:
-        names = [f'multipart/related; type="{o.part_type}"' if o.multipart else o.part_type for o in offers]
-        raise NotAcceptable(f"this resource is answered as {', '.join(names[:-1])} or {names[-1]}") from None
+        raise NotAcceptable(not_acceptable_detail(offers)) from None
+
+
+def not_acceptable_detail(offers: list[Offer]) -> str:
+    """The 406's detail: the representations the resource has (NGINX answers a STOW's 406 from the request's head
+    in these words for ``STOW_OFFERS``, dicomgw.conf's $dgw_error_detail)."""
+    names = [f'multipart/related; type="{o.part_type}"' if o.multipart else o.part_type for o in offers]
+    return f"this resource is answered as {', '.join(names[:-1])} or {names[-1]}"
 
 
 def dicom_xml(datasets: list[dict[str, Any]], multipart: bool) -> Response:

@@ -782,21 +782,32 @@ def test_spool_folder_gone_is_a_503_and_the_retry_is_stored(tmp_path: Path) -> N
         running.stack.stop()
 
 
-def _refused_from_the_head(stack: RunningStack, head: str, body: bytes, detail: str) -> list[str]:
-    """``head`` (a STOW's request line and headers, without the blank line) is the JSON 415 ``detail`` before any
-    body: sent with ``Expect: 100-continue``, no "100 Continue" comes first; sent with its body, the answer keeps
-    the connection, which then serves the next request. The first answer's head and body lines."""
+def _refused_from_the_head(
+    stack: RunningStack,
+    head: str,
+    body: bytes,
+    detail: str,
+    status: str = "415 Unsupported Media Type",
+    code: str = "unsupported_media_type",
+) -> list[str]:
+    """``head`` (a STOW's request line and headers, without the blank line) is the JSON ``status`` with ``code`` and
+    ``detail`` before any body: sent with ``Expect: 100-continue``, no "100 Continue" comes first; sent with its
+    body, the answer keeps the connection, which then serves the next request (a 400, after which NGINX closes every
+    connection, says so: ``Connection: close``). The first answer's head and body lines."""
     parsed = urlparse(stack.url)
-    refusal = f'{{"error":"unsupported_media_type","detail":"{detail}"}}'
+    refusal = f'{{"error":"{code}","detail":"{detail}"}}'
     with socket.create_connection((parsed.hostname, parsed.port), timeout=10) as connection:
         connection.sendall(f"{head}Expect: 100-continue\r\n\r\n".encode())
         answer = _first_answer(connection).decode()
-        assert answer.startswith("HTTP/1.1 415 Unsupported Media Type\r\n"), answer[:200]
+        assert answer.startswith(f"HTTP/1.1 {status}\r\n"), answer[:200]
         assert "Content-Type: application/json" in answer.split("\r\n") and answer.endswith(refusal), answer
     with socket.create_connection((parsed.hostname, parsed.port), timeout=10) as connection:
         connection.sendall(f"{head}\r\n".encode() + body)
         kept = _first_answer(connection).decode()
-        assert kept.startswith("HTTP/1.1 415 ") and kept.endswith(refusal), kept
+        assert kept.startswith(f"HTTP/1.1 {status[:3]} ") and kept.endswith(refusal), kept
+        if status.startswith("400 "):
+            assert "Connection: close" in kept.split("\r\n"), kept
+            return answer.split("\r\n")
         assert "Connection: keep-alive" in kept.split("\r\n"), kept
         connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
         assert _first_answer(connection).endswith(b'\r\n\r\n{"status":"ok"}\n')
@@ -965,6 +976,64 @@ def test_a_stow_of_parts_or_a_coding_stow_does_not_take_is_refused_before_it_is_
             timeout=30,
         )
         assert stored.status_code == 200, (content_type, stored.text)
+
+
+@pytest.mark.parametrize("stack", ["file"], indirect=True)
+def test_a_stow_refused_for_its_path_accept_or_boundary_is_refused_before_it_is_sent(
+    stack: RunningStack, tmp_path: Path
+) -> None:
+    """A STOW to ``.../studies/`` (a base URL joined with a "/" too many), one whose Accept takes no answer STOW
+    gives (``Accept: application/dicom``, the body's type) and a multipart one without a boundary parameter were
+    Python's 404, 406 and 400: sent with ``Expect: 100-continue`` the client got "100 Continue" and sent its whole
+    body for nothing, and without it the 404 and 406 said ``Connection: keep-alive`` and NGINX then closed the
+    connection, the body unread (http.client's next request: RemoteDisconnected). Each now comes from the request's
+    head, alone, in Python's words; what Python may still store (every Accept line, the accept query parameter)
+    reaches it and is stored."""
+    [path] = make_series(tmp_path, modality="CT", slices=1, rows=32, columns=32, seed=2702, clean=True)
+    study = uids_of(path)[0]
+    body = path.read_bytes()
+    key = f"Authorization: Bearer {stack.stack.api_key}\r\n"
+    dicom = f"Content-Type: application/dicom\r\nContent-Length: {len(body)}\r\n"
+    slash = "no such resource: ask for it without the trailing '/' (.../studies, not .../studies/)"
+    answered_as = (
+        "this resource is answered as application/dicom+json, application/json, application/dicom+xml or "
+        'multipart/related; type=\\"application/dicom+xml\\"'
+    )
+    for head, status, code, detail in (
+        (f"POST /dicomweb/studies/ HTTP/1.1\r\nHost: gw\r\n{key}{dicom}", "404 Not Found", "not_found", slash),
+        (f"POST /dicomweb/studies/{study}/ HTTP/1.1\r\nHost: gw\r\n{key}{dicom}", "404 Not Found", "not_found", slash),
+        (
+            f"POST /dicomweb/studies HTTP/1.1\r\nHost: gw\r\n{key}Accept: application/dicom\r\n{dicom}",
+            "406 Not Acceptable",
+            "not_acceptable",
+            answered_as,
+        ),
+        (
+            f"POST /dicomweb/studies/{study} HTTP/1.1\r\nHost: gw\r\n{key}Accept: text/html, image/png\r\n{dicom}",
+            "406 Not Acceptable",
+            "not_acceptable",
+            answered_as,
+        ),
+        (
+            f"POST /dicomweb/studies HTTP/1.1\r\nHost: gw\r\n{key}"
+            f'Content-Type: multipart/related; type="application/dicom"\r\nContent-Length: {len(body)}\r\n',
+            "400 Bad Request",
+            "malformed_multipart",
+            "multipart body without a boundary parameter",
+        ),
+    ):
+        _refused_from_the_head(stack, head, body, detail, status, code)
+    # an Accept NGINX cannot rule out is Python's: a second line that takes JSON, the accept query parameter
+    parsed = urlparse(stack.url)
+    for target, accepts in (
+        ("/dicomweb/studies", "Accept: image/png\r\nAccept: application/dicom+json\r\n"),
+        ("/dicomweb/studies?accept=application/dicom%2Bjson", "Accept: image/png\r\n"),
+    ):
+        with socket.create_connection((parsed.hostname, parsed.port), timeout=30) as connection:
+            connection.sendall(f"POST {target} HTTP/1.1\r\nHost: gw\r\n{key}{accepts}{dicom}\r\n".encode() + body)
+            stored = _first_answer(connection).decode()
+        assert stored.startswith("HTTP/1.1 200 OK\r\n"), stored
+        assert "Content-Type: application/dicom+json" in stored.split("\r\n"), stored
 
 
 def test_expect_100_continue_gets_the_503_alone_when_the_gateway_is_down(tmp_path: Path) -> None:

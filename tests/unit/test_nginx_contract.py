@@ -139,3 +139,147 @@ def test_nginx_refuses_a_compressed_stow_in_pythons_words(conf: str, coding: str
     assert (match.group("c") if match else "of this request") == named
     assert _coding_refusal(coding) == f"Content-Encoding {named} is not supported: send the body uncompressed"
     assert "'Content-Encoding $dgw_stow_coding is not supported: send the body uncompressed'" in conf
+
+
+def _map_entries(conf: str, opening: str) -> list[tuple[str, str]]:
+    """The (regex, value) entries of one map of the rendered configuration, in order (``default`` as regex None)."""
+    block = conf[conf.index(opening) + len(opening) : ]
+    block = block[: block.index("\n}")]
+    quoted = r'"(?:[^"\\]|\\.)*"'
+    entries = re.findall(rf"^\s*({quoted}|\S+)\s+({quoted}|'[^']*'|\S+);", block, re.M)
+    return [(key, value) for key, value in entries]
+
+
+def _nginx_map(conf: str, opening: str, value: str) -> str:
+    """What a map of regexes (``~`` or ``~*``) gives ``value``: the first entry that matches, else its default."""
+    default = ""
+    for key, result in _map_entries(conf, opening):
+        if key == "default":
+            default = result
+            continue
+        if not key.startswith('"~'):
+            continue
+        pattern = key[1:-1].replace('\\"', '"')
+        flags = re.I if pattern.startswith("~*") else 0
+        if re.search(pattern[2:] if flags else pattern[1:], value, flags):
+            return result
+    return default
+
+
+STOW_ACCEPTS = [
+    # refused from the head: no media range STOW can answer in
+    ("application/dicom", True),
+    ("image/png", True),
+    ("text/plain, image/jpeg;q=0.5", True),
+    ("image/png;q=0", True),
+    ("multipart/related", True),
+    ("multipart/related; type=application/dicom", True),
+    ("application/octet-stream,text/html", True),
+    (" / ", True),
+    # left to Python: it may answer these (or weigh q=0 itself)
+    ("", False),
+    ("*/*", False),
+    ("application/*", False),
+    ("multipart/*", False),
+    ("application/dicom+json", False),
+    ("Application/DICOM+JSON", False),
+    ("application/json", False),
+    ("application/dicom+xml", False),
+    ('multipart/related; type="application/dicom+xml"', False),
+    ("multipart/related; type=application/dicom+xml", False),
+    ("application/dicom json", False),
+    ("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8", False),
+    ("application/dicom+json;q=0", False),
+    ("foo", False),
+    ("foo;type=a/b", False),
+    ('foo;x="a,b/c"', False),
+    ("image/png, application/dicom+json", False),
+]
+
+
+@pytest.mark.parametrize(("accept", "refused"), STOW_ACCEPTS)
+def test_nginx_refuses_a_stow_accept_only_where_python_does(conf: str, accept: str, refused: bool) -> None:
+    """A STOW whose Accept takes no answer STOW gives is NGINX's 406 from the request's head
+    ($dgw_stow_accept_header_refused): only where Python's negotiation refuses it too, never one Python answers."""
+    from gateway.dicomweb.accept import negotiate
+    from gateway.errors import NotAcceptable
+    from gateway.views.dicomweb import STOW_OFFERS
+
+    nginx_refuses = _nginx_map(conf, "map $dgw_request_accept $dgw_stow_accept_header_refused {", accept) == "1"
+    assert nginx_refuses == refused
+    try:
+        negotiate(accept, STOW_OFFERS)
+    except NotAcceptable:
+        python_refuses = True
+    else:
+        python_refuses = False
+    assert python_refuses or not nginx_refuses
+
+
+@pytest.mark.parametrize(
+    ("query", "checked"),
+    [("", True), ("?token=abc", True), ("?accept=application/dicom%2Bjson", False), ("?token=a&ACCEPT=x", False),
+     ("?%61ccept=x", False), ("?accepted=1", True)],
+)
+def test_nginx_leaves_a_stow_with_an_accept_parameter_to_python(conf: str, query: str, checked: bool) -> None:
+    """Python reads the ``accept`` query parameter before the header: NGINX judges the header only when the query
+    cannot hold one (``?%61ccept=`` is one to Python)."""
+    opening = "map $request_uri $dgw_stow_accept_refused {"
+    value = _nginx_map(conf, opening, f"/dicomweb/studies{query}")
+    assert (value == "$dgw_stow_accept_header_refused") == checked
+
+
+@pytest.mark.parametrize(
+    ("content_type", "refused"),
+    [
+        ("multipart/related", True),
+        ('multipart/related; type="application/dicom"', True),
+        ("Multipart/Related;type=application/dicom", True),
+        ('multipart/related; boundary=""; type=application/dicom', True),
+        ("multipart/related; boundary=x", False),
+        ('multipart/related; type="application/dicom"; BOUNDARY="a b"', False),
+        ('multipart/related; boundary=""; boundary=x', False),
+        ('multipart/related; boundary=""x', False),
+        ("multipart/related; boundary=", False),
+        ("application/dicom", False),
+    ],
+)
+def test_nginx_refuses_a_stow_without_a_boundary_in_pythons_words(conf: str, content_type: str, refused: bool) -> None:
+    """A multipart STOW without a boundary parameter is NGINX's 400 from the request's head
+    ($dgw_stow_boundary_refused), in Python's words; any boundary Python could read is Python's to judge."""
+    from gateway.dicomweb.multipart import check_boundary, parse_content_type
+    from gateway.errors import GatewayError, MalformedMultipart
+
+    nginx_refuses = _nginx_map(conf, "map $content_type $dgw_stow_boundary_refused {", content_type) == "1"
+    assert nginx_refuses == refused
+    if refused:
+        _, params = parse_content_type(content_type)
+        with pytest.raises(MalformedMultipart) as python:
+            check_boundary(params.get("boundary", ""))
+        entries = dict(_map_entries(conf, "map $dgw_stow_status $dgw_error_detail {"))
+        assert entries["400"].strip('"') == python.value.detail
+    else:
+        try:
+            media_type, params = parse_content_type(content_type)
+            if media_type == "multipart/related":
+                check_boundary(params.get("boundary", ""))
+        except GatewayError as error:
+            assert error.detail != "multipart body without a boundary parameter"
+
+
+def test_nginx_says_pythons_words_for_a_stow_path_and_accept_it_refuses(conf: str) -> None:
+    """The 404 of a STOW to a path ending in "/" and the 406 of a STOW whose Accept takes no answer, answered by NGINX
+    from the request's head, say what Python says of them."""
+    from gateway.dicomweb.paths import unknown_resource_detail
+    from gateway.views.dicomweb import STOW_OFFERS, not_acceptable_detail
+
+    entries = dict(_map_entries(conf, "map $dgw_stow_status $dgw_error_detail {"))
+    assert entries["404"].strip('"') == unknown_resource_detail("/dicomweb/studies/")
+    assert entries["406"].strip("'").replace('\\\\\\"', '"') == not_acceptable_detail(STOW_OFFERS)
+    for path, refused in (
+        ("/dicomweb/studies/", "1"),
+        ("/t/abc/dicomweb/studies/1.2.3/", "1"),
+        ("/dicomweb/studies", "0"),
+        ("/dicomweb/studies/1.2.3", "0"),
+    ):
+        assert _nginx_map(conf, "map $dgw_raw_path $dgw_stow_path_refused {", path) == refused
