@@ -405,6 +405,42 @@ def test_a_part_header_in_latin_1_is_opaque_text_and_the_part_is_stored(stack: R
     }
 
 
+@pytest.mark.parametrize("stack", ["file"], indirect=True)
+def test_a_stow_of_more_parts_than_a_request_takes_keeps_what_it_stored_and_names_the_rest(
+    stack: RunningStack, tmp_path: Path
+) -> None:
+    """A multipart STOW of tiny parts: each part's result was held until the answer, with no bound on their number,
+    so 660 KB of 60,000 one-byte parts held a worker for a minute and took it from 136 to 350 MB (a body of
+    DICOMGW_MAX_BODY, 8 GB, of them every worker's memory). A request takes 10,000 parts: what it stored before
+    is answered (202) with the rest as one failed item, 0xA700 and a ``Warning``, and nothing stored is a 413."""
+    [path] = make_series(tmp_path, modality="CT", slices=1, rows=32, columns=32, seed=2703, clean=True)
+    boundary = "stow-parts-2703"
+    tiny = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\nx\r\n".encode()
+    close = f"--{boundary}--\r\n".encode()
+    first = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + path.read_bytes() + b"\r\n"
+    headers = {
+        **stack.api_headers,
+        "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+        "Accept": "application/dicom+json",
+    }
+    rest = "more than 10000 parts in one request: send the parts from 10001 on in another"
+    answer = requests.post(
+        f"{stack.url}/dicomweb/studies", data=first + tiny * 10_005 + close, headers=headers, timeout=300
+    )
+    assert answer.status_code == 202, answer.text[:500]
+    [stored] = referenced(answer)
+    assert stored["00081155"]["Value"] == [uids_of(path)[2]]
+    failures = failed(answer)
+    assert len(failures) == 10_000  # parts 2 to 10,000 (no DICOM), then the rest
+    assert {f["00081197"]["Value"][0] for f in failures[:-1]} == {0xC000}
+    assert failures[-1]["00081197"]["Value"] == [0xA700]
+    assert failures[-1]["00091001"]["Value"] == [f"the rest of the body: {rest}"]
+    assert answer.headers["Warning"] == f'299 {stack.url}/dicomweb: "the body broke after 1 stored: {rest}"'
+    refused = requests.post(f"{stack.url}/dicomweb/studies", data=tiny * 10_001 + close, headers=headers, timeout=300)
+    assert refused.status_code == 413 and refused.headers["Content-Type"] == "application/json"
+    assert refused.json() == {"error": "payload_too_large", "detail": rest}
+
+
 def test_boundary_longer_than_rfc_2046_is_accepted_up_to_a_bound(stack: RunningStack, tmp_path: Path) -> None:
     """Orthanc 1.10 sends a 73-character boundary (two UUIDs): stored. Past 200 characters: 400 JSON."""
     from gateway.dicomweb.multipart import encode_multipart
