@@ -175,6 +175,8 @@ def read_file_meta(fp: BinaryIO, size: int) -> str:
     """Check the preamble and ``DICM`` prefix, walk the group 0002 elements (explicit VR little endian) and
     leave ``fp`` at the first data set element. Returns the Transfer Syntax UID."""
     head = fp.read(_PREAMBLE + 4)
+    if not head:  # a part a client sent with nothing in it (a file it failed to read): not "no DICM prefix"
+        raise DicomError("not a DICOM Part 10 file (it is empty: 0 bytes)")
     if len(head) < _PREAMBLE + 4 or head[_PREAMBLE:] != b"DICM":
         raise DicomError("not a DICOM Part 10 file (no 'DICM' prefix after the 128-byte preamble)")
     ts: str | None = None

@@ -363,7 +363,7 @@ def test_hostile_objects_are_each_stored_or_kept_with_the_reason_stow_gives(
     outcome = {key: (r["status"], r["deleted"], r["detail"]) for key, r in results.items()}
     key = stacks.key
     assert outcome == {
-        key("zero.dcm"): ("failed", False, NOT_P10),
+        key("zero.dcm"): ("failed", False, "not a DICOM Part 10 file (it is empty: 0 bytes)"),
         key("notes.txt"): ("failed", False, NOT_P10),
         key("no_meta.dcm"): ("failed", False, NOT_P10),
         key("cut/in the header.dcm"): (

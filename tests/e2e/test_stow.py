@@ -128,6 +128,32 @@ def test_mixed_request_is_202_and_non_dicom_is_a_failure(stack: RunningStack, tm
     assert "00081155" not in junk_item and "00081150" not in junk_item
 
 
+def test_an_empty_part_is_named_empty_and_the_rest_stored(stack: RunningStack, tmp_path: Path) -> None:
+    """A part with nothing in it (a browser client's file that failed to read, appended as an empty Blob) was
+    failed as "not a DICOM Part 10 file (no 'DICM' prefix after the 128-byte preamble)", which sent its user looking
+    at the file's format: it now says the part is empty. The other parts are stored."""
+    [good] = make_series(tmp_path, modality="CT", slices=1, rows=32, columns=32, seed=2704, clean=True)
+    boundary = "stow-empty-2704"
+    head = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+    body = head + b"\r\n" + head + good.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    content_type = f"multipart/related; type=application/dicom; boundary={boundary}"
+    answer = requests.post(
+        f"{stack.url}/dicomweb/studies",
+        data=body,
+        headers={**stack.api_headers, "Content-Type": content_type},
+        timeout=60,
+    )
+    assert answer.status_code == 202, answer.text
+    assert [r["00081155"]["Value"] for r in referenced(answer)] == [[uids_of(good)[2]]]
+    [empty] = failed(answer)
+    assert empty == {
+        "00081197": {"vr": "US", "Value": [0xC000]},
+        "00090010": {"vr": "LO", "Value": ["DICOMGW"]},
+        "00091001": {"vr": "LT", "Value": ["not a DICOM Part 10 file (it is empty: 0 bytes)"]},
+        "00091002": {"vr": "CS", "Value": ["FAILED"]},
+    }
+
+
 def test_a_data_set_naming_an_element_twice_is_refused_and_the_rest_stored(
     stack: RunningStack, tmp_path: Path
 ) -> None:
