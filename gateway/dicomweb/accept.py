@@ -134,9 +134,11 @@ def _quality(ranges: list[MediaRange], offer: Offer, default_part: str) -> float
     return 0.0 if 0.0 in qs else max(qs)
 
 
-def negotiate(accept: str, offers: list[Offer]) -> Offer:
+def negotiate(accept: str, offers: list[Offer], default_on_tie: bool = False) -> Offer:
     """The best offer for ``accept`` (the first offer that is not ``explicit_only`` is the default for a missing
-    header or ``*/*``)."""
+    header or ``*/*``). With ``default_on_tie`` the default is also taken whenever its q equals the best one's:
+    RFC 9110 gives ranges of one q no order, and PS3.18 names a default rendered type (image/jpeg), so Java's
+    ``text/html, image/gif, image/jpeg, *; q=.2`` gets the JPEG and not the first named GIF."""
     if not offers:
         raise NotAcceptable("no representation is available")
     ranges = parse_accept(accept) if accept.strip() else []
@@ -152,6 +154,8 @@ def negotiate(accept: str, offers: list[Offer]) -> Offer:
             break
         for offer in offers:
             if _matches(media_range, offer, default_part) and _quality(ranges, offer, default_part) == media_range.q:
+                if default_on_tie and _quality(ranges, default, default_part) == media_range.q:
+                    return default
                 return offer
     raise NotAcceptable(
         "none of the accepted media types can be produced from the stored data (no transcoding)"

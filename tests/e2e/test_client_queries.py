@@ -92,6 +92,44 @@ def test_wado_uri_without_content_type_answers_what_the_accept_header_asks(
         assert answer.content.startswith(b"<!DOCTYPE html>")
 
 
+# Java's HttpURLConnection sends this when the caller sets no Accept (ImageIO.read(url), a Java viewer's applet)
+JAVA_ACCEPT = "text/html, image/gif, image/jpeg, *; q=.2, */*; q=.2"
+
+
+def test_a_tie_between_image_types_is_the_jpeg_default_as_java_sends_it(root: str, files: dict[str, Path]) -> None:
+    """RFC 9110 gives ranges of one q no order, and PS3.18 names image/jpeg the default rendered type (WADO-URI:
+    a JPEG "if compatible with the Accept field"): Java's Accept names GIF and JPEG at q=1, and got a GIF of 256
+    colours, four times the JPEG's size, on WADO-URI, rendered and thumbnail alike. A higher q still wins."""
+    study, series, sop = uids_of(files["ct"])
+    instance = f"{root}/studies/{study}/series/{series}/instances/{sop}"
+    for url, accept in (
+        (wado(root, files["ct"]), JAVA_ACCEPT),
+        (wado(root, files["ct"], "&contentType=image/gif,image/jpeg"), JAVA_ACCEPT),
+        (wado(root, files["ct"], "&contentType=image/png;q=0.5,image/gif;q=0.5,image/jpeg;q=0.5"), "*/*"),
+        (wado(root, files["rgb2"], "&frameNumber=2"), JAVA_ACCEPT),
+        (f"{instance}/rendered", JAVA_ACCEPT),
+        (f"{instance}/rendered", "image/png, image/gif, image/jpeg"),
+        (f"{instance}/frames/1/rendered", JAVA_ACCEPT),
+        (f"{instance}/rendered?accept=image/gif,image/jpeg", "*/*"),
+        (f"{instance}/thumbnail", JAVA_ACCEPT),
+    ):
+        answer = requests.get(url, headers={"Accept": accept}, timeout=30)
+        assert (answer.status_code, answer.headers["Content-Type"]) == (200, "image/jpeg"), (url, accept)
+        assert answer.content.startswith(b"\xff\xd8"), url
+    # .NET's HttpClient sends no Accept at all
+    answer = requests.get(wado(root, files["ct"]), headers={"Accept": None}, timeout=30)
+    assert (answer.status_code, answer.headers["Content-Type"]) == (200, "image/jpeg")
+    # a type preferred by its q is still what is served
+    for url, accept, media in (
+        (f"{instance}/rendered", "image/gif, image/jpeg;q=0.9", "image/gif"),
+        (f"{instance}/rendered", "image/png, image/*;q=0.5", "image/png"),
+        (wado(root, files["ct"]), "image/png, image/jpeg;q=0.8", "image/png"),
+        (wado(root, files["ct"], "&contentType=image/gif,image/jpeg;q=0.9"), "*/*", "image/gif"),
+    ):
+        answer = requests.get(url, headers={"Accept": accept}, timeout=30)
+        assert (answer.status_code, answer.headers["Content-Type"]) == (200, media), (url, accept)
+
+
 def test_wado_uri_frame_number_past_the_frames_or_given_twice_is_400(root: str, files: dict[str, Path]) -> None:
     answer = requests.get(wado(root, files["rgb2"], "&contentType=image/jpeg&frameNumber=2"), timeout=30)
     assert (answer.status_code, answer.headers["Content-Type"]) == (200, "image/jpeg")

@@ -235,3 +235,19 @@ def test_part_content_type() -> None:
         f"application/octet-stream; transfer-syntax={EXPLICIT}"
     )
     assert Offer("application/dicom+json", EXPLICIT, False).part_content_type == "application/dicom+json"
+
+
+def test_the_default_wins_a_tie_only_when_asked_to() -> None:
+    """Rendered images (``default_on_tie``): ranges of one q have no order (RFC 9110 12.4.2), so PS3.18's default,
+    the first offer, is taken whenever it is as acceptable as the best; elsewhere the first range named still
+    decides, and a higher q always does."""
+    images = [Offer("image/jpeg", "*", False), Offer("image/png", "*", False), Offer("image/gif", "*", False)]
+    java = "text/html, image/gif, image/jpeg, *; q=.2, */*; q=.2"
+    assert negotiate(java, images, default_on_tie=True).part_type == "image/jpeg"
+    assert negotiate(java, images).part_type == "image/gif"
+    assert negotiate("image/png, image/*", images, default_on_tie=True).part_type == "image/jpeg"
+    assert negotiate("image/gif, image/jpeg;q=0.9", images, default_on_tie=True).part_type == "image/gif"
+    assert negotiate("image/png, image/*;q=0.5", images, default_on_tie=True).part_type == "image/png"
+    assert negotiate("*/*, image/jpeg;q=0", images, default_on_tie=True).part_type == "image/png"
+    with pytest.raises(NotAcceptable):
+        negotiate("image/jpeg;q=0", images, default_on_tie=True)
