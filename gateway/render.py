@@ -476,10 +476,20 @@ def render_instance(
         return _revalidated(body, offer.part_type)
     if whole and '"0040A040"' in row.metadata and report.is_report(json.loads(row.metadata)):
         return _report(services, row, params.get("accept", accept))
-    offer = negotiate(params.get("accept", accept), _IMAGE_OFFERS, default_on_tie=True)
+    offer = _image_offer(params.get("accept", accept))
     quality = parse_int(params.get("quality", "90"), "quality", low=1, high=100)
     image = _sized(_to_image(services, row, frame, params), params)
     return _revalidated(_encode(image, offer.part_type, quality), offer.part_type)
+
+
+def _image_offer(accept: str) -> Offer:
+    """JPEG (the default, also on a tie: ``negotiate``), PNG or GIF; a 406 naming them otherwise (it said "none of
+    the accepted media types can be produced from the stored data (no transcoding)", about a resource that is made
+    for the request, and named no type a client could ask for instead)."""
+    try:
+        return negotiate(accept, _IMAGE_OFFERS, default_on_tie=True)
+    except NotAcceptable:
+        raise NotAcceptable("an image is rendered as image/jpeg, image/png or image/gif only") from None
 
 
 def render_frames(
@@ -590,7 +600,7 @@ def thumbnail(
     the request (PS3.18 8.3.5.1: Accept and viewport apply to thumbnails too), and so is one asked for as GIF; an
     Accept naming none of them is a 406. An instance that is no image (a report, a PDF, a waveform) has the
     drawing of a page as its thumbnail (it was a 406)."""
-    offer = negotiate(params.get("accept", accept), _IMAGE_OFFERS, default_on_tie=True)
+    offer = _image_offer(params.get("accept", accept))
     row = _load(services, study, series, sop)
     if not _has_pixels(row):
         if params.get("viewport"):

@@ -130,6 +130,30 @@ def test_a_tie_between_image_types_is_the_jpeg_default_as_java_sends_it(root: st
         assert (answer.status_code, answer.headers["Content-Type"]) == (200, media), (url, accept)
 
 
+def test_an_image_type_that_is_not_made_is_a_406_naming_those_that_are(root: str, files: dict[str, Path]) -> None:
+    """``contentType=image/bmp`` or ``Accept: image/webp`` of a rendering: the 406 said "none of the accepted media
+    types can be produced from the stored data (no transcoding)", about a resource made for the request; it now
+    names the three types a client can ask for instead (PS3.18 8.7.4), on every route that renders an image."""
+    study, series, sop = uids_of(files["ct"])
+    instance = f"{root}/studies/{study}/series/{series}/instances/{sop}"
+    for url, accept in (
+        (wado(root, files["ct"], "&contentType=image/bmp"), "*/*"),
+        (wado(root, files["ct"], "&contentType=image/jp2,image/webp;q=0.5"), "*/*"),
+        (f"{instance}/rendered", "image/webp"),
+        (f"{instance}/rendered", "image/jpeg;q=0, image/png;q=0, image/gif;q=0"),
+        (f"{instance}/rendered?accept=image/jp2", "*/*"),
+        (f"{instance}/frames/1/rendered", "image/avif"),
+        (f"{instance}/thumbnail", "image/webp"),
+        (f"{root}/studies/{study}/series/{series}/thumbnail", "text/html"),
+    ):
+        answer = requests.get(url, headers={"Accept": accept}, timeout=30)
+        assert (answer.status_code, answer.headers["Content-Type"]) == (406, "application/json"), (url, accept)
+        assert answer.json() == {
+            "error": "not_acceptable",
+            "detail": "an image is rendered as image/jpeg, image/png or image/gif only",
+        }, (url, accept)
+
+
 def test_wado_uri_frame_number_past_the_frames_or_given_twice_is_400(root: str, files: dict[str, Path]) -> None:
     answer = requests.get(wado(root, files["rgb2"], "&contentType=image/jpeg&frameNumber=2"), timeout=30)
     assert (answer.status_code, answer.headers["Content-Type"]) == (200, "image/jpeg")
