@@ -578,6 +578,13 @@ def wado() -> Response:
     else:
         listed = _wado_choice(request.headers.get("Accept", ""))
         accept = request.headers.get("Accept", "") if listed else ""
+    if listed and listed[0].media_type == "application/*":
+        # the object is an application/ type an instance always has (an Encapsulated PDF's default, the PDF, is
+        # one too): it was a 406 "none of the accepted media types", or from the header a JPEG it did not accept
+        listed = [] if text_rendering(services(), instance.ids.sop) == "application/pdf" else [
+            MediaRange("application/dicom", listed[0].params, listed[0].q)
+        ]
+        accept = accept if listed else ""
     content_type = listed[0].media_type if listed else ""
     if not content_type and "transferSyntax" in args:
         content_type = "application/dicom"  # a client naming a transfer syntax asks for the object, not an image
@@ -631,7 +638,11 @@ def _wado_choice(header: str) -> list[MediaRange]:
     preferred range naming one of those types, or none (the defaults) when a wildcard comes first or nothing fits.
     A browser's `<img>` or page Accept (image/avif, text/html... then `*/*`) keeps the defaults."""
     for media_range in parse_accept(header):
-        if media_range.q == 0 or media_range.media_type.endswith("/*"):
+        if media_range.q == 0:
+            return []
+        if media_range.media_type == "application/*":  # the object (an Encapsulated PDF: the PDF, its default)
+            return [media_range]
+        if media_range.media_type.endswith("/*"):
             return []
         if media_range.media_type in _WADO_TYPES:
             return [media_range]

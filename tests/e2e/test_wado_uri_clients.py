@@ -257,6 +257,37 @@ def test_report_content_types(stack: RunningStack, token: str, files: dict[str, 
     assert "text/html, text/plain or text/xml" in body["detail"]
 
 
+def test_application_any_is_the_object(stack: RunningStack, token: str, files: dict[str, Path]) -> None:
+    """``application/*`` (as ``contentType`` or, without it, first in the Accept header) takes ``application/dicom``,
+    which every instance has: it was a JSON 406 "none of the accepted media types" as ``contentType``, and from the
+    header a JPEG or a report's HTML, neither of them an application/ type. An Encapsulated PDF's default, the PDF,
+    is one, so it is still the PDF."""
+    for key in ("ct", "rgb2", "sr"):
+        study, series, sop = uids_of(files[key])
+        query = f"requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={sop}"
+        for extra, headers in (
+            ("&contentType=application/*", {}),
+            ("&contentType=application%2F*%3Bq%3D0.5%2Cimage%2Fpng%3Bq%3D0.4", {}),
+            ("", {"Accept": "application/*"}),
+            ("", {"Accept": "application/*, */*;q=0.1"}),
+        ):
+            answer = get(stack, token, "path", query + extra, **headers)
+            assert answer.status_code == 200, (key, extra, answer.text[:300])
+            assert answer.headers["Content-Type"].split(";")[0] == "application/dicom", (key, extra)
+            assert answer.content == files[key].read_bytes()
+    # a refusal is no request for the object: the defaults stay
+    study, series, sop = uids_of(files["ct"])
+    query = f"requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={sop}"
+    answer = get(stack, token, "path", query, Accept="application/*;q=0, */*")
+    assert (answer.status_code, answer.headers["Content-Type"]) == (200, "image/jpeg")
+    study, series, sop = uids_of(files["pdf"])
+    query = f"requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={sop}"
+    for extra, headers in (("&contentType=application/*", {}), ("", {"Accept": "application/*"})):
+        answer = get(stack, token, "path", query + extra, **headers)
+        assert (answer.status_code, answer.headers["Content-Type"]) == (200, "application/pdf"), extra
+        assert answer.content == pydicom.dcmread(files["pdf"]).EncapsulatedDocument
+
+
 def test_values_in_other_cases(stack: RunningStack, token: str, files: dict[str, Path]) -> None:
     """``requestType``'s value is an ABNF quoted string (case-insensitive), media types are case-insensitive; the
     parameter names are case-sensitive (``%s"objectUID="``), so a lower-case name names nothing."""
