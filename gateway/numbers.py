@@ -29,6 +29,13 @@ def parse_int(text: str, name: str, *, low: int = 0, high: int = INT32_MAX, sign
     return int(text)
 
 
+def parse_is(text: str, name: str, *, low: int = 0, high: int = INT32_MAX) -> int:
+    """A query parameter PS3.18 encodes as a DICOM IS (WADO-URI's ``rows``, ``columns``, ``frameNumber``,
+    ``imageQuality``): PS3.5 6.2 allows a leading ``+`` or ``-`` and pads with leading or trailing spaces (``+5``,
+    `` 5``, and ``+5`` unencoded in a query, which reads as `` 5``), never inside the digits."""
+    return parse_int(text.strip(" "), name, low=low, high=high, signed=True)
+
+
 def int32_or_none(value: object) -> int | None:
     """A stored file's integer value for a catalog column: None when it is not an integer that fits (a file
     with an out-of-range Series Number is still stored; it is just not searchable by that number)."""

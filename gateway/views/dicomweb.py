@@ -40,7 +40,7 @@ from gateway.errors import (
 from gateway.hooks import UploadContext
 from gateway.ingest import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, IngestResult
 from gateway.lifecycle import check_reason
-from gateway.numbers import INT32_MAX, parse_int
+from gateway.numbers import INT32_MAX, parse_int, parse_is
 from gateway.render import parse_window, render_frames, render_instance, rendering_query, text_rendering
 from gateway.scope import Scope
 from gateway.spool import spool_file
@@ -602,7 +602,7 @@ def wado() -> Response:
                 response.headers[name] = value
             return response
         content_type = content_type or "image/jpeg"
-    frame = parse_int(args.get("frameNumber", "1"), "frameNumber", low=1)  # an empty one is no frame: a 400
+    frame = parse_is(args.get("frameNumber", "1"), "frameNumber", low=1)  # an empty one is no frame: a 400
     accept = accept or content_type
     rendering = _rendering_of(args)
     try:
@@ -666,6 +666,9 @@ def _rendering_of(args: Mapping[str, str]) -> dict[str, str]:
         raise BadRequest("windowCenter and windowWidth must be given together")
     # checked here, so an error names the parameters the client sent (it named the WADO-RS ones: window, quality)
     if center is not None and width is not None:
+        # each a DICOM DS (PS3.18): PS3.5 pads one with leading or trailing spaces, as a file's Window Center
+        # copied into a link is (`40 `), and `+40` unencoded reads ` 40`; they were a 400
+        center, width = center.strip(" "), width.strip(" ")
         params["window"] = f"{center},{width}"
         try:
             if "," in center + width:  # one number each (a comma passed a window function on)
@@ -677,8 +680,8 @@ def _rendering_of(args: Mapping[str, str]) -> dict[str, str]:
                 reason = "center and width must be numbers"
             raise BadRequest(f"windowCenter and windowWidth: {reason}") from None
     if "imageQuality" in args:
-        params["quality"] = str(parse_int(args["imageQuality"], "imageQuality", low=1, high=100))
-    rows, columns = (parse_int(args[name], name, low=1) if name in args else INT32_MAX for name in ("rows", "columns"))
+        params["quality"] = str(parse_is(args["imageQuality"], "imageQuality", low=1, high=100))
+    rows, columns = (parse_is(args[name], name, low=1) if name in args else INT32_MAX for name in ("rows", "columns"))
     if "rows" in args or "columns" in args:
         params["viewport"] = f"{columns},{rows}"
     return params

@@ -200,6 +200,47 @@ def test_window_and_region_take_plain_decimals_only(stack: RunningStack, files: 
     assert pixels(half).shape == (64, 32)
 
 
+def test_wado_uri_integer_and_decimal_parameters_read_as_dicom_is_and_ds(
+    stack: RunningStack, files: dict[str, Path]
+) -> None:
+    """PS3.18 encodes ``rows``, ``columns``, ``frameNumber`` and ``imageQuality`` as DICOM IS, ``windowCenter`` and
+    ``windowWidth`` as DS, and PS3.5 6.2 lets either carry a ``+`` and pad with spaces: a file's Window Center
+    ``40 `` (padded to an even length) copied into a link, or ``+40`` unencoded (a query reads it `` 40``), was a
+    JSON 400. They now render as the bare numbers do; a space inside, a fraction or an exponent in an IS, ``1_0``
+    and the sign of a count stay a 400."""
+    mr, ybr = files["mr"], files["ybr"]
+    plain = image(get(stack, wado(stack, mr, "&windowCenter=600&windowWidth=1600&rows=32&contentType=image/png")),
+                  "image/png")  # fmt: skip
+    for query in (
+        "&windowCenter=%2B600&windowWidth=1600%20&rows=%2B32",
+        "&windowCenter=+600&windowWidth=%201600&rows=32%20%20",
+        "&windowCenter=%20%206e2%20&windowWidth=+1.6E3&rows=+32&columns=%2064",
+    ):
+        answer = get(stack, wado(stack, mr, f"{query}&contentType=image/png"))
+        assert image(answer, "image/png") == plain, query
+    frame_30 = image(get(stack, wado(stack, ybr, "&frameNumber=30&contentType=image/png")), "image/png")
+    for number in ("%2B30", "+30", "30%20", "%20%2030"):
+        assert image(get(stack, wado(stack, ybr, f"&frameNumber={number}&contentType=image/png")), "image/png") == (
+            frame_30
+        ), number
+    quality = image(get(stack, wado(stack, ybr, "&frameNumber=2&imageQuality=40")), "image/jpeg")
+    assert image(get(stack, wado(stack, ybr, "&frameNumber=2&imageQuality=%2B40%20")), "image/jpeg") == quality
+    for name, query, low, high in (
+        ("rows", "&rows=3%202", 1, 2147483647),
+        ("rows", "&rows=1e3", 1, 2147483647),
+        ("columns", "&columns=32.0", 1, 2147483647),
+        ("columns", "&columns=-32", 1, 2147483647),
+        ("frameNumber", "&frameNumber=%20", 1, 2147483647),
+        ("frameNumber", "&frameNumber=3_0", 1, 2147483647),
+        ("imageQuality", "&imageQuality=%2B%2B40", 1, 100),
+    ):
+        detail = f"{name}: expected an integer from {low} to {high}"
+        assert_error(get(stack, wado(stack, ybr, query)), 400, {"error": "bad_request", "detail": detail})
+    bad_pair = {"error": "bad_request", "detail": "windowCenter and windowWidth: center and width must be numbers"}
+    for query in ("&windowCenter=6%2000&windowWidth=1600", "&windowCenter=600&windowWidth=%20%20"):
+        assert_error(get(stack, wado(stack, mr, query)), 400, bad_pair)
+
+
 def test_wado_uri_empty_frame_number_or_region_is_a_400(stack: RunningStack, files: dict[str, Path]) -> None:
     """``frameNumber=`` rendered frame 1 and ``region=`` the whole frame, as if neither were asked for;
     ``frameNumber=0`` and ``region=0,0,0,0`` are a 400 already (PS3.18 9.5.2.1)."""
