@@ -490,6 +490,10 @@ class Planner:
             instance.transfer_syntax_uid, instance.frames is not None, instance.number_of_frames
         )
 
+    def renders(self, instance: CachedInstance) -> bool:
+        """Whether WADO-URI renders this instance by default (an image whose frames can be served)."""
+        return self._has_frames(instance)
+
     def _has_frames(self, instance: CachedInstance) -> bool:
         """Whether frames of this instance can be served: stored byte ranges, or converted ones."""
         return instance.frames is not None or self._converts_frames(instance)

@@ -25,7 +25,7 @@ from gateway.dicomweb.paths import wado_object
 from gateway.dicomweb.qido import parse_qido
 from gateway.dicomweb.stow import StowBatch
 from gateway.dicomweb.stow_response import StowItem, build_stow_response
-from gateway.dicomweb.wado import NATIVE_TS, check_wado_request_type
+from gateway.dicomweb.wado import NATIVE_TS, CachedInstance, Planner, check_wado_request_type
 from gateway.errors import (
     BadRequest,
     FrameNotFound,
@@ -571,13 +571,18 @@ def wado() -> Response:
     if "contentType" in args:
         listed = [r for r in parse_accept(args["contentType"]) if r.q > 0]
         accept = args["contentType"]
-        if listed and listed[0].media_type == "*/*":
-            # any type at all is the category's default, as without contentType: `*/*` of a waveform or an RT
-            # plan was a 406 "no pixel data" where the object is what it has
-            listed = []
     else:
         listed = _wado_choice(request.headers.get("Accept", ""))
         accept = request.headers.get("Accept", "") if listed else ""
+    if len(listed) > 1:
+        # PS3.18 8.7.8.1: the most preferred type the instance's category is answered as, so a type it has none
+        # of does not hide the next (`image/jpeg,application/dicom;q=0.5` of a waveform or a report was a 406)
+        answered = _wado_types(planner, instance)
+        listed = [r for r in listed if _answers(r, answered)] or listed
+    if listed and listed[0].media_type == "*/*":
+        # any type at all is the category's default, as without contentType: `*/*` of a waveform or an RT
+        # plan was a 406 "no pixel data" where the object is what it has
+        listed = []
     if listed and listed[0].media_type == "application/*":
         # the object is an application/ type an instance always has (an Encapsulated PDF's default, the PDF, is
         # one too): it was a 406 "none of the accepted media types", or from the header a JPEG it did not accept
@@ -634,19 +639,42 @@ _WADO_TYPES = ("application/dicom", "image/jpeg", "image/png", "image/gif", "app
 
 
 def _wado_choice(header: str) -> list[MediaRange]:
-    """The Accept header's choice between the object and a rendering, when there is no ``contentType``: its most
-    preferred range naming one of those types, or none (the defaults) when a wildcard comes first or nothing fits.
-    A browser's `<img>` or page Accept (image/avif, text/html... then `*/*`) keeps the defaults."""
+    """The Accept header's choice between the object and a rendering, when there is no ``contentType``: its ranges
+    naming one of those types (or ``application/*``, the object), most preferred first, up to a wildcard or a
+    refusal; none (the defaults) when a wildcard comes first or nothing fits. A browser's `<img>` or page Accept
+    (image/avif, text/html... then `*/*`) keeps the defaults."""
+    chosen: list[MediaRange] = []
     for media_range in parse_accept(header):
         if media_range.q == 0:
-            return []
+            break
         if media_range.media_type == "application/*":  # the object (an Encapsulated PDF: the PDF, its default)
-            return [media_range]
-        if media_range.media_type.endswith("/*"):
-            return []
-        if media_range.media_type in _WADO_TYPES:
-            return [media_range]
-    return []
+            chosen.append(media_range)
+        elif media_range.media_type.endswith("/*"):
+            break
+        elif media_range.media_type in _WADO_TYPES:
+            chosen.append(media_range)
+    return chosen
+
+
+def _wado_types(planner: Planner, instance: CachedInstance) -> tuple[str, ...]:
+    """The types WADO-URI answers this instance as (PS3.18 Table 8.7.4-1 by its resource category): the object
+    always; a report's text, a PDF, or an image's renderings when its frames can be served."""
+    kind = text_rendering(services(), instance.ids.sop)
+    if kind == "text/html":
+        return ("application/dicom", "text/html", "text/plain", "text/xml")
+    if kind:
+        return ("application/dicom", kind)
+    if planner.renders(instance):
+        return ("application/dicom", "image/jpeg", "image/png", "image/gif")
+    return ("application/dicom",)
+
+
+def _answers(media_range: MediaRange, answered: tuple[str, ...]) -> bool:
+    if media_range.media_type == "*/*":
+        return True
+    if media_range.media_type.endswith("/*"):
+        return any(media.startswith(media_range.media_type[:-1]) for media in answered)
+    return media_range.media_type in answered
 
 
 def _rendering_of(args: Mapping[str, str]) -> dict[str, str]:

@@ -288,6 +288,46 @@ def test_application_any_is_the_object(stack: RunningStack, token: str, files: d
         assert answer.content == pydicom.dcmread(files["pdf"]).EncapsulatedDocument
 
 
+def test_the_most_preferred_type_the_instance_is_answered_as_is_served(
+    stack: RunningStack, token: str, files: dict[str, Path]
+) -> None:
+    """PS3.18 8.7.8.1: the Selected Media Type is the most preferred one the instance's category supports. The first
+    type listed decided alone, so a type the instance has none of hid the next: ``contentType=image/jpeg,
+    application/dicom;q=0.5`` of a report, or ``text/plain, application/dicom;q=0.5`` of an image, was a JSON 406
+    where the object was acceptable and available."""
+
+    def ask(key: str, extra: str, **headers: str) -> requests.Response:
+        study, series, sop = uids_of(files[key])
+        query = f"requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={sop}{extra}"
+        return get(stack, token, "path", query, **headers)
+
+    for key, extra, headers in (
+        ("sr", "&contentType=image/jpeg,application/dicom;q=0.5", {}),
+        ("sr", "&contentType=image%2Fpng%2Capplication%2Fdicom%3Bq%3D0.2", {}),
+        ("sr", "", {"Accept": "image/jpeg, image/png;q=0.9, application/dicom;q=0.5"}),
+        ("ct", "&contentType=text/plain,application/dicom;q=0.5", {}),
+        ("ct", "&contentType=text/*,application/dicom;q=0.1", {}),
+        ("pdf", "&contentType=image/jpeg,text/html;q=0.8,application/dicom;q=0.5", {}),
+        ("pdf", "", {"Accept": "text/plain, application/dicom;q=0.5"}),
+    ):
+        answer = ask(key, extra, **headers)
+        assert answer.status_code == 200, (key, extra, headers, answer.text[:300])
+        assert answer.headers["Content-Type"].split(";")[0] == "application/dicom", (key, extra, headers)
+        assert answer.content == files[key].read_bytes()
+    # a rendering further down the list, and the category's default for a `*/*` after a type it lacks
+    for key, extra, media in (
+        ("ct", "&contentType=text/plain,image/png;q=0.5", "image/png"),
+        ("sr", "&contentType=image/png,text/plain;q=0.5,application/dicom;q=0.4", "text/plain; charset=utf-8"),
+        ("sr", "&contentType=image/jpeg,*/*;q=0.1", "text/html; charset=utf-8"),
+        ("pdf", "&contentType=image/png,application/pdf;q=0.3", "application/pdf"),
+    ):
+        answer = ask(key, extra)
+        assert (answer.status_code, answer.headers["Content-Type"]) == (200, media), (key, extra, answer.text[:300])
+    # nothing the instance is answered as: the 406 of its category, as before
+    body = assert_json(ask("sr", "&contentType=image/jpeg,image/gif;q=0.5"), 406, "not_acceptable")
+    assert "text/html, text/plain or text/xml" in body["detail"]
+
+
 def test_values_in_other_cases(stack: RunningStack, token: str, files: dict[str, Path]) -> None:
     """``requestType``'s value is an ABNF quoted string (case-insensitive), media types are case-insensitive; the
     parameter names are case-sensitive (``%s"objectUID="``), so a lower-case name names nothing."""
