@@ -13,6 +13,7 @@ before, so a viewer adding its own parameter (jQuery's ``_``) got no study list.
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -152,6 +153,22 @@ def test_an_image_type_that_is_not_made_is_a_406_naming_those_that_are(root: str
             "error": "not_acceptable",
             "detail": "an image is rendered as image/jpeg, image/png or image/gif only",
         }, (url, accept)
+
+
+def test_an_accept_of_thousands_of_ranges_is_answered_at_once(root: str, files: dict[str, Path]) -> None:
+    """Negotiation found an offer's q again for each range matching it: a 25 KB Accept of 1,500 ``image/jpeg;q=0.5``
+    and one refusal (what NGINX's 32 KB header buffer lets through) held a gunicorn thread about 5 s per request,
+    any number at once. It is now read once: the same 406, at once; the same Accept naming PNG, a PNG."""
+    study, series, sop = uids_of(files["ct"])
+    instance = f"{root}/studies/{study}/series/{series}/instances/{sop}"
+    hostile = ",".join(["image/jpeg;q=0.5"] * 1500 + ["image/jpeg;q=0"])
+    for url in (f"{instance}/rendered", wado(root, files["ct"])):
+        started = time.monotonic()
+        answer = requests.get(url, headers={"Accept": hostile}, timeout=60)
+        assert time.monotonic() - started < 2, url
+        assert (answer.status_code, answer.headers["Content-Type"]) == (406, "application/json"), answer.text[:300]
+    answer = requests.get(f"{instance}/rendered", headers={"Accept": hostile + ",image/png;q=0.4"}, timeout=60)
+    assert (answer.status_code, answer.headers["Content-Type"]) == (200, "image/png")
 
 
 def test_wado_uri_frame_number_past_the_frames_or_given_twice_is_400(root: str, files: dict[str, Path]) -> None:
