@@ -217,6 +217,11 @@ def _monochrome(pixels: np.ndarray, ds: Dataset, params: Mapping[str, str]) -> n
         real = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64)
     except (ValueError, TypeError, IndexError, KeyError, AttributeError):
         raise NotAcceptable("this instance's modality transform cannot be rendered") from None
+    finite = np.isfinite(real)
+    if not finite.all():
+        # Float Pixel Data may hold NaN (a parametric map's "no value") and infinities: NaN is shown as the
+        # lowest value, and the frame's range is that of its finite values (one NaN made the whole frame black)
+        real = np.where(np.isnan(real), -np.inf, real)
     window = params.get("window")
     if window:
         return _windowed(real, *parse_window(window))
@@ -231,9 +236,12 @@ def _monochrome(pixels: np.ndarray, ds: Dataset, params: Mapping[str, str]) -> n
             return _to_eight_bits(np.asarray(apply_voi_lut(real, ds, prefer_lut=True)), bits)
         except (ValueError, TypeError, IndexError, KeyError, AttributeError):
             raise NotAcceptable("this instance's VOI LUT cannot be rendered") from None
-    low, high = float(real.min()), float(real.max())
-    if high <= low:
+    values = real if finite.all() else real[finite]
+    if not values.size:  # nothing finite: nothing to show
         return np.zeros(real.shape, dtype=np.uint8)
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        return np.where(real > low, 255, 0).astype(np.uint8)  # one value: black (and +inf beside it white)
     return _windowed(real, (low + high) / 2, high - low, "LINEAR_EXACT")
 
 

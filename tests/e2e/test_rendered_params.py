@@ -63,11 +63,35 @@ def rle_of_zeros(target: Path, side: int) -> Path:
     return target
 
 
+# Float Pixel Data of a parametric map: a gradient from -1.5 to 2.5 with NaN ("no value"), +inf and -inf in row 0
+FLOATS = np.linspace(-1.5, 2.5, 64, dtype=np.float32).reshape(8, 8)
+FLOATS[0, :3] = np.nan, np.inf, -np.inf
+
+
+def float_map(target: Path) -> Path:
+    """pydicom's CT header on an 8 x 8 Parametric Map of ``FLOATS`` (32-bit Float Pixel Data, no rescale)."""
+    ds = pydicom.dcmread(str(get_testdata_file("CT_small.dcm")))
+    del ds.PixelData, ds.RescaleSlope, ds.RescaleIntercept, ds.BitsStored, ds.HighBit, ds.PixelRepresentation
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.30"
+    ds.Rows = ds.Columns = 8
+    ds.BitsAllocated, ds.NumberOfFrames = 32, 1
+    ds.FloatPixelData = FLOATS.tobytes()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.save_as(target)
+    return target
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("rendered-params")
     made = {key: fresh_copy(Path(str(get_testdata_file(name))), folder / name) for key, name in NAMES.items()}
-    return {**made, "mono1": monochrome1(folder / "mono1.dcm"), "huge": rle_of_zeros(folder / "huge.dcm", 12000)}
+    return {
+        **made,
+        "mono1": monochrome1(folder / "mono1.dcm"),
+        "huge": rle_of_zeros(folder / "huge.dcm", 12000),
+        "float": float_map(folder / "float.dcm"),
+    }
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -239,6 +263,28 @@ def test_wado_uri_integer_and_decimal_parameters_read_as_dicom_is_and_ds(
     bad_pair = {"error": "bad_request", "detail": "windowCenter and windowWidth: center and width must be numbers"}
     for query in ("&windowCenter=6%2000&windowWidth=1600", "&windowCenter=600&windowWidth=%20%20"):
         assert_error(get(stack, wado(stack, mr, query)), 400, bad_pair)
+
+
+def test_a_float_image_holding_nan_or_infinities_renders_its_finite_values(
+    stack: RunningStack, files: dict[str, Path]
+) -> None:
+    """One NaN in Float Pixel Data (a parametric map's "no value") made the frame's range NaN and the whole rendering
+    black, by ``rendered``, WADO-URI and the thumbnail alike. The range is now that of the finite values; NaN and
+    -inf show as the lowest value, +inf as the highest, in the range and in a window asked for."""
+    url = instance(stack, files["float"])
+    finite = FLOATS[np.isfinite(FLOATS)].astype(np.float64)
+    low, high = finite.min(), finite.max()
+    expected = np.clip(np.rint((FLOATS.astype(np.float64) - low) / (high - low) * 255.0), 0, 255)
+    expected[0, :3] = 0, 255, 0
+    shown = pixels(image(get(stack, f"{url}/rendered", "image/png"), "image/png"))
+    assert shown.tolist() == expected.astype(np.uint8).tolist()
+    by_uri = pixels(image(get(stack, wado(stack, files["float"], "&contentType=image/png")), "image/png"))
+    assert by_uri.tolist() == shown.tolist()
+    windowed = pixels(image(get(stack, f"{url}/rendered?window=0,2", "image/png"), "image/png"))
+    assert windowed[0, :3].tolist() == [0, 255, 0]
+    assert windowed[7, 7] == 255 and windowed[0, 3] == 0  # 2.5 above the window, -1.31 below it
+    thumbnail = pixels(image(get(stack, f"{url}/thumbnail", "image/jpeg"), "image/jpeg"))
+    assert thumbnail.max() > 200  # it was black
 
 
 def test_wado_uri_empty_frame_number_or_region_is_a_400(stack: RunningStack, files: dict[str, Path]) -> None:
