@@ -61,15 +61,23 @@ def _status(code: int) -> str:
 
 
 def _precondition(environ: dict[str, Any]) -> GatewayError | int | None:
-    """Converted bytes carry no validator (no ETag, no Last-Modified), so, as NGINX's own check answers a stored
-    frame (RFC 9110 13.1, 13.2.2): an If-Match tag fails (412), ``If-Match: *`` holds, ``If-None-Match: *`` is a
-    304, a tag never matches; the dates are ignored. They were all ignored here, unlike for stored frames."""
+    """Composed and converted bytes (frames, bulkdata, multipart retrieves) carry no validator (no ETag, no
+    Last-Modified), so (RFC 9110 13.1, 13.2.2): an If-Match tag fails (412), ``If-Match: *`` holds,
+    ``If-None-Match: *`` is a 304, a tag never matches; the dates are ignored (13.1.3, 13.1.4: without a
+    modification date)."""
     if_match = parse_etags(environ.get("HTTP_IF_MATCH"))
     if if_match and not if_match.star_tag:
         return PreconditionFailed("the representation does not match If-Match or If-Unmodified-Since")
     if parse_etags(environ.get("HTTP_IF_NONE_MATCH")).star_tag:
         return 304
     return None
+
+
+# The preconditions NGINX's own check refuses (its not-modified filter, on a plan's 200 it caches): it answered an
+# If-Match tag with a 412 and then closed the connection under "Connection: keep-alive" (a 412 from a response
+# filter ends the request as an error), and If-Unmodified-Since with the same 412, without a date to compare. NGINX
+# asks Python for these requests (proxy_cache_bypass, dgw-plan.conf), and a plan answered uncached is not checked.
+_NGINX_REFUSES = ("HTTP_IF_MATCH", "HTTP_IF_UNMODIFIED_SINCE")
 
 
 class FastPath:
@@ -155,15 +163,25 @@ class FastPath:
             log.exception("read plan failed")
             return self._error(GatewayError("the read plan could not be made"), start_response)
         READ_PLANS.labels(str(response.status)).inc()
-        if convert and response.status in (200, 206):
+        headers = response.headers
+        # a whole object's redirect is judged by storage, on its own validators; converted bytes by their answer
+        if response.status in (200, 206) and not any(name == "X-Accel-Redirect" for name, _ in headers):
             unmet = _precondition(environ)
+            if block and (unmet is not None or any(environ.get(name) for name in _NGINX_REFUSES)):
+                # NGINX answers a block's errors with its own pages: the frame's own plan answers, in Python's words
+                start_response(_status(404), [("X-Accel-Expires", "0"), ("Content-Length", "0")])
+                return [b""]
             if isinstance(unmet, GatewayError):
                 return self._error(unmet, start_response)
             if unmet == 304:
-                kept = [h for h in response.headers if h[0].lower() not in ("content-type", "content-range")]
-                start_response(_status(304), kept)
+                # never cached (an X-Accel-Expires of the plan would keep it for the requests without the header)
+                dropped = ("content-type", "content-range", "x-accel-expires", nginx.ACCEPT_RANGES.lower())
+                kept = [h for h in headers if h[0].lower() not in dropped]
+                start_response(_status(304), [*kept, ("X-Accel-Expires", "0")])
                 return [b""]
-        headers = [*response.headers, ("Content-Length", str(len(response.body)))]
+            if any(environ.get(name) for name in _NGINX_REFUSES):
+                headers = [h for h in headers if h[0] != "X-Accel-Expires"] + [("X-Accel-Expires", "0")]
+        headers = [*headers, ("Content-Length", str(len(response.body)))]
         start_response(_status(response.status), headers)
         return [response.body]
 
