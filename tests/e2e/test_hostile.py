@@ -415,6 +415,26 @@ def test_a_last_position_beyond_any_object_means_to_the_end(
     assert body == whole[100:]
 
 
+@pytest.mark.parametrize(
+    "suffix", ["9223372036854775808", "99999999999999999999", "00000000000000000000000000018446744073709551616"]
+)
+def test_a_suffix_longer_than_any_object_is_the_whole_object(
+    stack: RunningStack, ct: dict[str, str], synthetic: dict[str, Any], suffix: str
+) -> None:
+    """RFC 9110 14.1.3: a suffix-length past the representation's is the whole of it. One beyond 2^63 - 1 overflowed
+    storage's parser: the instance was the JSON 416 ``bytes */{size}``, where its frames and bulk data answered 206
+    with every byte. A suffix of leading zeros is still its value: the last 500 bytes."""
+    instance = f"{ct['root']}/studies/{ct['study']}/series/{ct['series']}/instances/{ct['sop']}"
+    whole = synthetic["ct"][0].read_bytes()
+    status, headers, body = raw(stack, get(instance, Accept="application/dicom", Range=f"bytes=-{suffix}"))
+    assert status == 206, body[:200]
+    assert headers["content-range"] == f"bytes 0-{len(whole) - 1}/{len(whole)}"
+    assert body == whole
+    status, headers, body = raw(stack, get(instance, Accept="application/dicom", Range=f"bytes=-{'0' * 20}500"))
+    last = f"bytes {len(whole) - 500}-{len(whole) - 1}/{len(whole)}"
+    assert (status, headers["content-range"], body) == (206, last, whole[-500:])
+
+
 @pytest.fixture(scope="module")
 def tiny(stack: RunningStack, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A 16x16 CT slice stored for these tests: its one frame (and Pixel Data) is 512 bytes, shorter than a range
