@@ -49,9 +49,11 @@ ERROR = "X-Dgw-Error"  # why auth refused: the error code NGINX writes into its 
 ACCEPT_RANGES = "X-Dgw-Accept-Ranges"  # SSI drops Accept-Ranges; a plan that honours Range says so here
 FRAME_RANGES = "X-Dgw-Frame-Ranges"  # a block plan's table of its frames' byte ranges, read by a map (never sent)
 GENERATION = "X-Dgw-Generation"  # the study's deletion generation: part of the plan-cache key (gateway.lifecycle)
+# a whole object's redirect (/_obj): its size in bytes, named in the Content-Range of a 416 storage sends without one
+SIZE = "X-Dgw-Size"
 
 TO_PYTHON = (RANGE, AUTH_CACHE)
-FROM_PYTHON = (SUB, JTI, STUDY, VIA, ERROR, ACCEPT_RANGES, GENERATION, FRAME_RANGES)
+FROM_PYTHON = (SUB, JTI, STUDY, VIA, ERROR, ACCEPT_RANGES, GENERATION, FRAME_RANGES, SIZE)
 LOCATIONS = (AUTH, PLAN, FRAME, BLOCK, ABORT, SEGMENT, WHOLE_SEGMENT, FILE, OBJECT, CONVERTED, ERROR_PAGE)
 
 

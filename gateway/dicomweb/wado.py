@@ -452,6 +452,7 @@ class Planner:
             ("X-Accel-Redirect", f"{nginx.OBJECT}{origin}"),
             ("X-Accel-Expires", "0"),
             ("Content-Type", media_type),
+            (nginx.SIZE, str(instance.size)),
         ]
         return PlanResponse(200, headers)
 

@@ -501,6 +501,7 @@ def test_retrieve_instance_single_part_is_a_redirect(planner: Planner) -> None:
             ("X-Accel-Redirect", f"/_obj/objects/{key(SE, CT1)}"),
             ("X-Accel-Expires", "0"),
             ("Content-Type", "application/dicom"),
+            ("X-Dgw-Size", "3000"),  # named in a 416 storage sends without a Content-Range (S3)
         ],
         b"",
     )
@@ -594,6 +595,7 @@ def test_wado_uri_redirects_to_the_object(planner: Planner) -> None:
             ("X-Accel-Redirect", f"/_obj/objects/{key(SE, CT1)}"),
             ("X-Accel-Expires", "0"),
             ("Content-Type", "application/dicom"),
+            ("X-Dgw-Size", "3000"),  # named in a 416 storage sends without a Content-Range (S3)
         ],
     )
 
