@@ -15,7 +15,7 @@ from werkzeug.exceptions import NotFound as NoRoute
 
 from gateway.config import Settings
 from gateway.dicomweb.paths import unknown_resource_detail
-from gateway.errors import BadRequest, GatewayError, NotFound, error_body, to_response
+from gateway.errors import ERROR_CACHE_CONTROL, BadRequest, GatewayError, NotFound, error_body, to_response
 from gateway.services import Services
 
 log = logging.getLogger("gateway")
@@ -93,6 +93,7 @@ def create_app(
             return gateway_error(NotFound(unknown_resource_detail(request.path)))
         code = (error.name or "error").lower().replace(" ", "_")
         response = Response(error_body(code, error.description or code), error.code or 500, mimetype="application/json")
+        response.headers["Cache-Control"] = ERROR_CACHE_CONTROL
         # a 405 must say what the resource takes (RFC 9110 15.5.6); werkzeug's own answer has it, ours kept it out
         response.headers.extend((k, v) for k, v in error.get_headers() if k.lower() == "allow")
         return response

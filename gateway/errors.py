@@ -255,9 +255,16 @@ def error_body(code: str, detail: str) -> bytes:
     return json.dumps({"error": code, "detail": detail}).encode()
 
 
+# Every error answer's: a shared cache (a CDN in front) keeps none, a browser asks again before it shows one. A 404
+# is heuristically cacheable (RFC 9111 4.2.2): without it, one kept for a cookie's request could answer any other
+# credential (or none) without the auth step, and a study missing until its upload ended stayed missing.
+ERROR_CACHE_CONTROL = "private, no-cache"
+
+
 def to_response(error: GatewayError) -> tuple[int, list[tuple[str, str]], bytes]:
     """Status, headers and JSON body for ``error`` (no Content-Length: the caller knows the body)."""
-    return error.status, [("Content-Type", "application/json"), *error.headers()], error_body(error.code, error.detail)
+    headers = [("Content-Type", "application/json"), ("Cache-Control", ERROR_CACHE_CONTROL), *error.headers()]
+    return error.status, headers, error_body(error.code, error.detail)
 
 
 def all_codes() -> set[str]:

@@ -354,6 +354,47 @@ def test_a_precondition_on_a_composed_read_keeps_the_connection_and_a_date_witho
     assert unchanged[:1] == (304,) and unchanged[2] == b""
 
 
+def test_no_error_answer_is_kept_for_another_credential(
+    stack: RunningStack, root: str, uids: dict[str, tuple[str, str, str]]
+) -> None:
+    """Every answer of the read path says ``Cache-Control: private, no-cache`` (a shared cache in front keeps none
+    of them; a browser asks again before it shows one), its errors too: a 404 of metadata, a frame past the last,
+    WADO-URI or an unknown path (heuristically cacheable, RFC 9111 4.2.2) had no Cache-Control at all, so a CDN in
+    front could keep one answer to a cookie's request and give it to any other credential, or to none, without
+    asking the gateway: a study missing until its upload ended stayed missing, and a frame count or a UID's
+    existence reached a client the auth step would have refused. Python's errors and NGINX's own say it once."""
+    study, series, sop = uids["ct"]
+    ct = instance_url(root, uids["ct"])
+    bare = root.replace(root.split("/dicomweb")[0], stack.url)  # no token: the API key, or none
+    no_such = f"{root}/studies/{study}/series/{series}/instances/1.2.3.4"
+    cases: list[tuple[str, dict[str, str], int]] = [
+        (f"{ct}/frames/99", {}, 404),  # Python's plan
+        (f"{bare}/studies/1.2.3.4/metadata", stack.api_headers, 404),  # Flask
+        (f"{no_such}/metadata", {}, 404),
+        (f"{bare}/wado?requestType=WADO&studyUID=1.2.3&seriesUID=1.2.3.4&objectUID=1.2.3.4.5", stack.api_headers, 404),
+        (f"{bare}/nothing", stack.api_headers, 404),
+        (f"{ct}/rendered", {"Accept": "text/plain"}, 406),
+        (f"{ct}/frames/1", {"Accept": "application/octet-stream", "Range": "bytes=-0"}, 416),
+        (ct, {"Accept": "application/dicom", "Range": "bytes=99999999-"}, 416),  # storage's, NGINX's JSON
+        (f"{ct}/frames/1", {"If-Match": '"x"'}, 412),
+        (f"{bare}/studies/{study}/metadata", {}, 401),  # NGINX's auth step
+        (f"{stack.url}/dicomweb/studies/{study}/series/{series}/instances/{sop}/frames/1%2F", {}, 400),
+        (f"{stack.url}/nothing", {}, 404),  # NGINX's own
+    ]
+    for url, headers, status in cases:
+        parsed = urlsplit(url)
+        connection = http.client.HTTPConnection(parsed.hostname or "", parsed.port, timeout=30)
+        try:
+            connection.request("GET", f"{parsed.path}?{parsed.query}" if parsed.query else parsed.path, headers=headers)
+            answer = connection.getresponse()
+            body = answer.read()
+        finally:
+            connection.close()
+        assert answer.status == status, (url, answer.status, body[:200])
+        assert answer.getheader("Content-Type") == "application/json", url
+        cache_control = [v for k, v in answer.getheaders() if k.lower() == "cache-control"]
+        assert cache_control == ["private, no-cache"], (url, status, cache_control)
+
 @pytest.mark.parametrize("byte_range", ["bytes=99999999-", "bytes=0-9", "bytes=-0"])
 def test_a_range_on_the_viewer_never_makes_an_error_a_cache_keeps(stack: RunningStack, byte_range: str) -> None:
     """A hashed asset is ``public, max-age=31536000, immutable``, the page ``no-cache`` with an ETag; NGINX's 416

@@ -27,13 +27,15 @@ from gateway.tools.stack import Stack, free_port
 
 
 def test_to_response_is_status_json_and_typed_headers() -> None:
+    # no error is kept by a cache in front for another credential (a 404 is heuristically cacheable)
+    typed = [("Content-Type", "application/json"), ("Cache-Control", "private, no-cache")]
     status, headers, body = to_response(NotAcceptable("nothing fits"))
-    assert (status, headers) == (406, [("Content-Type", "application/json")])
+    assert (status, headers) == (406, typed)
     assert json.loads(body) == {"error": "not_acceptable", "detail": "nothing fits"}
     status, headers, _ = to_response(RangeNotSatisfiable("beyond the end", length=1000))
-    assert (status, headers) == (416, [("Content-Type", "application/json"), ("Content-Range", "bytes */1000")])
+    assert (status, headers) == (416, [*typed, ("Content-Range", "bytes */1000")])
     status, headers, _ = to_response(CatalogUnavailable("down"))
-    assert (status, headers) == (503, [("Content-Type", "application/json"), ("Retry-After", "5")])
+    assert (status, headers) == (503, [*typed, ("Retry-After", "5")])
     status, _, body = to_response(GatewayError())
     assert status == 500 and json.loads(body) == {"error": "internal_error", "detail": "internal_error"}
 

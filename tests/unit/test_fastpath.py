@@ -385,7 +385,11 @@ def test_plan_error_is_json(tokens: TokenService, revocations: Revocations, flas
     recorder, body = call(app, plan_environ(f"{SERIES_PATH}/instances/{IN}/frames/1"))
     expected = json.dumps({"error": "not_acceptable", "detail": "nothing fits"}).encode()
     assert recorder.status == "406 Not Acceptable"
-    assert recorder.headers == [("Content-Type", "application/json"), ("Content-Length", str(len(expected)))]
+    assert recorder.headers == [
+        ("Content-Type", "application/json"),
+        ("Cache-Control", "private, no-cache"),
+        ("Content-Length", str(len(expected))),
+    ]
     assert body == expected
 
 
