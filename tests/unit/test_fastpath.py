@@ -486,3 +486,41 @@ def test_block_route_answers_with_the_block_plan(
     recorder, sent = call(app, environ)
     assert recorder.status == "406 Not Acceptable"
     assert json.loads(sent)["error"] == "not_acceptable"
+
+
+def test_a_plan_judges_the_preconditions_nginx_would_refuse(
+    tokens: TokenService, revocations: Revocations, flask: FakeFlask
+) -> None:
+    """A composed read has no validator (RFC 9110 13.1): an If-Match tag is the JSON 412, ``*`` holds,
+    ``If-None-Match: *`` is a 304 kept by no cache, a date is ignored; a request carrying If-Match or
+    If-Unmodified-Since gets its plan uncached (NGINX does not check an uncached answer: its own 412 closed the
+    connection). A whole object's redirect is storage's to judge, on its own validators."""
+    body = b'<!--# include virtual="/_seg/0-9/objects/x.dcm" wait="yes" -->'
+    headers = [("Content-Type", "application/octet-stream"), ("X-Accel-Expires", "600"), (nginx.ACCEPT_RANGES, "bytes")]
+    answer = PlanResponse(200, headers, body)
+    app, _ = make_app(tokens, revocations, flask, answer)
+    frame = f"{SERIES_PATH}/instances/{IN}/frames/1"
+    recorder, sent = call(app, plan_environ(frame, HTTP_IF_MATCH='"x"'))
+    assert recorder.status == "412 Precondition Failed" and json.loads(sent)["error"] == "precondition_failed"
+    recorder, sent = call(app, plan_environ(frame, HTTP_IF_NONE_MATCH="*"))
+    assert (recorder.status, recorder.headers, sent) == ("304 Not Modified", [("X-Accel-Expires", "0")], b"")
+    for header in ({"HTTP_IF_MATCH": "*"}, {"HTTP_IF_UNMODIFIED_SINCE": "Thu, 01 Jan 1970 00:00:00 GMT"}):
+        recorder, sent = call(app, plan_environ(frame, **header))
+        assert recorder.status == "200 OK" and sent == body, header
+        assert [v for k, v in recorder.headers if k == "X-Accel-Expires"] == ["0"], header
+    recorder, _ = call(app, plan_environ(frame, HTTP_IF_NONE_MATCH='"x"', HTTP_IF_MODIFIED_SINCE="x"))
+    assert ("X-Accel-Expires", "600") in recorder.headers  # cached as usual
+    redirect = PlanResponse(200, [("X-Accel-Redirect", "/_obj/objects/x.dcm"), ("X-Accel-Expires", "0")])
+    app, _ = make_app(tokens, revocations, flask, redirect)
+    recorder, _ = call(app, plan_environ(f"{SERIES_PATH}/instances/{IN}", HTTP_IF_MATCH='"storage-etag"'))
+    assert recorder.status == "200 OK"
+    # a block's errors would be NGINX's pages: the frame's own plan answers it, in Python's words
+    app, _ = make_app(tokens, revocations, flask, answer)
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": nginx.BLOCK + frame, "RAW_URI": nginx.BLOCK + frame}
+    for header in ({"HTTP_IF_MATCH": '"x"'}, {"HTTP_IF_MATCH": "*"}, {"HTTP_IF_NONE_MATCH": "*"}):
+        recorder, sent = call(app, {**environ, **header})
+        assert (recorder.status, recorder.headers, sent) == (
+            "404 Not Found",
+            [("X-Accel-Expires", "0"), ("Content-Length", "0")],
+            b"",
+        ), header
