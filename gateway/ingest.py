@@ -381,7 +381,18 @@ class Ingestor:
         # (the identifiable original after a de-identified copy held for pixel review) replaced the held file and
         # its record, and a release then stored what the first rule had kept back. The same bytes again share one.
         key = f"quarantine/{header.ids.key.removesuffix('.dcm')}.{sha256_of(path)[:16]}.dcm"
-        self.storage.put_file(key, path)
+        # held where the policy lets identifiable data of the upload's region be (gateway.phi.hook: PhiHook._hold)
+        storage = self.destinations.get(outcome.destination) if outcome.destination else self.storage
+        if storage is None:  # fail closed: never fall back to another place
+            self._audit(context, header, outcome)
+            return IngestResult.about(
+                header,
+                "failed",
+                failure_reason=PROCESSING_FAILURE,
+                detail="the policy named a destination this gateway cannot write to",
+                report=outcome.report,
+            )
+        storage.put_file(key, path)
         self.catalog.add_quarantine(
             key=key,
             sop_uid=header.ids.sop,
@@ -395,6 +406,8 @@ class Ingestor:
             ),
             reason=outcome.reason,
             report=outcome.report,
+            destination=outcome.destination,
+            context=context,
         )
         self._audit(context, header, outcome)
         return IngestResult.about(

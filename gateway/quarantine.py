@@ -14,24 +14,48 @@ import numpy as np
 from PIL import ImageDraw
 from pydicom.uid import UID
 
-from gateway.errors import FrameNotFound, NotAcceptable, NotFound
+from gateway.errors import Conflict, FrameNotFound, NotAcceptable, NotFound
 from gateway.hooks import UploadContext
 from gateway.ingest import Ingestor
 from gateway.services import Services
+from gateway.storage import Storage
+
+
+def held_in(services: Services, record: dict[str, Any]) -> Storage:
+    """The storage holding a quarantined file: its record's destination (where the policy let identifiable data
+    of the upload's region be), or the default storage (a record without one, as every record before 0015)."""
+    name = record.get("destination")
+    if not name:
+        return services.storage
+    storage = services.ingestor.destinations.get(name)
+    if storage is None:  # the policy no longer names it: never looked for anywhere else
+        raise Conflict(f"the file is held in destination {name!r}, which this gateway's policy no longer names")
+    return storage
+
+
+def remove(services: Services, key: str) -> None:
+    """Delete a quarantined file and its record (NotFound if there is none)."""
+    record = services.catalog.get_quarantine(key)
+    if record is None:
+        raise NotFound("no such quarantined object")
+    held_in(services, record).delete(key)
+    services.catalog.remove_quarantine(key)
 
 
 def release(services: Services, key: str) -> dict[str, Any]:
-    if services.catalog.get_quarantine(key) is None:
+    record = services.catalog.get_quarantine(key)
+    if record is None:
         raise NotFound("no such quarantined object")
+    storage = held_in(services, record)
     ingestor = Ingestor(
         services.settings, services.storage, services.catalog, [], spool_dir=services.spool_dir
     )
     with tempfile.TemporaryDirectory(dir=services.spool_dir) as tmp:
         local = Path(tmp) / "released.dcm"
-        services.storage.download(key, local)
+        storage.download(key, local)
         result = ingestor.ingest(local, UploadContext(source="cli", sub="api-key"))
     if result.ok:
-        services.storage.delete(key)
+        storage.delete(key)
         services.catalog.remove_quarantine(key)
     return {"status": result.status, "sop_uid": result.sop_uid, "detail": result.detail}
 
@@ -80,7 +104,7 @@ def preview(services: Services, key: str, frame: int) -> bytes:
     regions = ((record.get("report") or {}).get("pixels") or {}).get("regions") or []
     with tempfile.TemporaryDirectory(dir=services.spool_dir) as tmp:
         local = Path(tmp) / "preview.dcm"
-        services.storage.download(key, local)
+        held_in(services, record).download(key, local)
         try:
             file = PixelFile.open(local, max_frames=1_000_000)
             if not 1 <= frame <= file.frames:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -20,6 +20,9 @@ from gateway.catalog.engine import CatalogBase
 from gateway.catalog.owner import Owner, is_gone, this_process
 from gateway.catalog.schema import audit, instances, quarantine, reservations, revocations
 from gateway.errors import CatalogUnavailable
+
+if TYPE_CHECKING:
+    from gateway.hooks import UploadContext
 
 _STORED_SHA256 = sa.select(instances.c.sop_uid, instances.c.sha256).where(
     instances.c.sop_uid.in_(sa.bindparam("sops", expanding=True))
@@ -340,10 +343,14 @@ class AdminRecords(CatalogBase):
         reason: str = "",
         report: Mapping[str, Any] | None = None,
         created_at: int | None = None,
+        destination: str | None = None,
+        context: UploadContext | None = None,
     ) -> None:
         """Record a quarantined object by its storage key (re-quarantining the same key updates the
         record). ``patient``: keyed digests of the file's Patient ID and Issuer of Patient ID ("" when it names
-        none), which a patient erasure finds it by; None: not known (a record made before migration 0012 has none)."""
+        none), which a patient erasure finds it by; None: not known (a record made before migration 0012 has none).
+        ``destination``: the policy destination whose storage holds it (None: the default storage); ``context``: the
+        upload's, which a release is judged with."""
         values = {
             "sop_uid": sop_uid,
             "study_uid": study_uid,
@@ -353,6 +360,11 @@ class AdminRecords(CatalogBase):
             "reason": reason,
             "report": json.dumps(dict(report or {})),
             "created_at": int(created_at or time.time()),
+            "destination": destination,
+            "tenant": None if context is None else context.tenant,
+            "region": None if context is None else context.region,
+            "source": None if context is None else context.source,
+            "sub": None if context is None else context.sub,
         }
         stmt = self._insert(quarantine).values(key=key, **values)
         with self._write() as conn:

@@ -177,6 +177,14 @@ quarantine = sa.Table(
     # before 0012: erasure reaches it only through its study.
     sa.Column("patient_id", sa.Text),
     sa.Column("issuer_of_patient_id", sa.Text),
+    # where the file is held: the policy destination that may hold identifiable data of the upload's region (NULL:
+    # the gateway's own storage, as every row before 0015), and the upload's context, which a release is judged
+    # with (gateway.quarantine) and the released instance keeps (its tenant's retention). NULL before 0015.
+    sa.Column("destination", sa.Text),
+    sa.Column("tenant", sa.Text),
+    sa.Column("region", sa.Text),
+    sa.Column("source", sa.Text),
+    sa.Column("sub", sa.Text),
     sa.Index("ix_quarantine_patient_id", "patient_id"),
 )
 

@@ -101,7 +101,40 @@ class PhiHook:
 
     # -- the hook
     def __call__(self, path: Path, context: UploadContext, dataset: Dataset | None = None) -> HookOutcome:
-        path = Path(path)
+        outcome = self._judge(Path(path), context, dataset)
+        return self._hold(outcome, context) if outcome.action == "quarantine" else outcome
+
+    def holding_place(self, context: UploadContext) -> Destination | None:
+        """Where a held file of an upload from ``context`` may be: a file is held because nobody could show it
+        carries no PHI (an identifiable original the de-identifier could not clean, a file with burned-in text),
+        so only a configured destination that allows identifiable data in the upload's declared region will do.
+        The gateway's own storage ("default") first, then the policy's order; None if there is no such place."""
+        if context.region is None:
+            return None
+        places = [
+            destination
+            for destination in self.policy.destinations.values()
+            if destination.identifiable_allowed
+            and destination.region == context.region
+            and (self.destination_storages is None or destination.name in self.destination_storages)
+        ]
+        places.sort(key=lambda destination: destination.storage != "default")  # stable: the policy's order after
+        return places[0] if places else None
+
+    def _hold(self, outcome: HookOutcome, context: UploadContext) -> HookOutcome:
+        """A quarantine held where the policy lets identifiable data of the upload's region be, else refused (fail
+        closed, as a reject: identifiable data at rest in a place the policy forbids is what it exists to stop)."""
+        place = self.holding_place(context)
+        if place is None:
+            outcome.action = "reject"
+            outcome.reason = f"{outcome.reason}; but {_held_nowhere(context)}"
+            outcome.audit["decision"] = "reject"
+            return outcome
+        outcome.destination = place.name
+        outcome.audit["destination"] = place.name
+        return outcome
+
+    def _judge(self, path: Path, context: UploadContext, dataset: Dataset | None) -> HookOutcome:
         report, tags = scan_with_values(path, self.policy, self.policy.tag_keywords, dataset)
         if not report.readable:
             choice = self.policy.on_unreadable
@@ -224,6 +257,11 @@ class PhiHook:
         )
         outcome.report["pixels"] = result.to_dict()
         return outcome
+
+
+def _held_nowhere(context: UploadContext) -> str:
+    where = "an upload that declares no region" if context.region is None else f"region {context.region!r}"
+    return f"no destination may hold identifiable data from {where}"
 
 
 def _identifiable_problem(destination: Destination, context: UploadContext) -> str | None:

@@ -281,12 +281,9 @@ def preview_quarantine(key: str) -> Response:
 @bp.delete("/admin/quarantine/<path:key>")
 def delete_quarantine(key: str) -> Response:
     require_api_key()
-    srv = services()
-    full = key if key.startswith("quarantine/") else "quarantine/" + key
-    if srv.catalog.get_quarantine(full) is None:
-        raise NotFound("no such quarantined object")
-    srv.storage.delete(full)
-    srv.catalog.remove_quarantine(full)
+    from gateway.quarantine import remove
+
+    remove(services(), key if key.startswith("quarantine/") else "quarantine/" + key)
     return no_content()
 
 
@@ -364,8 +361,9 @@ def erase_patient() -> tuple[Response, int]:
     )
     if not removed and not quarantined:
         raise NotFound("no study or quarantined file of this patient is stored")
+    from gateway.quarantine import remove
+
     for key in quarantined:
-        srv.storage.delete(key)
-        srv.catalog.remove_quarantine(key)
+        remove(srv, key)
     kept = {"studies": sorted(plan.kept), "instances": sum(map(len, plan.kept.values()))}
     return jsonify({**summary(removed), "kept": kept, "quarantined": len(quarantined)}), 200

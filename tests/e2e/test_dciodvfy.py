@@ -78,6 +78,13 @@ storage = "default"
 region = "eu-west-1"
 identifiable_allowed = false
 
+# a file held for pixel review may still show a name: it is held only where identifiable data of the upload's
+# region may be (docs/phi.md), here the same storage
+[destinations.held]
+storage = "default"
+region = "eu-west-1"
+identifiable_allowed = true
+
 [[rules]]
 id = "research"
 match = { tenant = "research" }

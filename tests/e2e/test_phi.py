@@ -293,12 +293,11 @@ def test_quarantine_is_never_served_and_can_be_released(phi_stack: RunningStack,
     items = requests.get(f"{phi_stack.url}/api/v1/admin/quarantine", headers=phi_stack.api_headers, timeout=10)
     held = [i for i in items.json()["items"] if i["sop_uid"] == sop]
     assert len(held) == 2 and len({i["key"] for i in held}) == 2
-    stored = phi_stack.storage()
+    # held in "vault", the destination that may hold identifiable data from eu-west-1 (the default storage may not)
+    assert {i["destination"] for i in held} == {"vault"}
 
     def held_bytes(key: str) -> bytes:
-        target = tmp_path / f"held-{key.rsplit('.', 2)[-2]}.dcm"
-        stored.download(key, target)
-        return target.read_bytes()
+        return (phi_stack.uploaded["base"] / "vault" / key).read_bytes()
 
     assert sorted(held_bytes(i["key"]) for i in held) == sorted([path.read_bytes(), other.read_bytes()])
     [entry] = [i for i in held if held_bytes(i["key"]) == path.read_bytes()]
@@ -311,6 +310,92 @@ def test_quarantine_is_never_served_and_can_be_released(phi_stack: RunningStack,
     assert released.status_code == 200
     assert released.json()["status"] == "stored"
     assert requests.get(url, headers={"Accept": "application/dicom"}, timeout=10).content == path.read_bytes()
+
+
+def _ultrasound(directory: Path, seed: int) -> Path:
+    [path] = make_series(directory, modality="CT", slices=1, seed=seed)
+    ds = pydicom.dcmread(path)
+    ds.Modality = "US"
+    ds.save_as(path)
+    return path
+
+
+def held_items(stack: RunningStack, sop: str) -> list[dict[str, Any]]:
+    items = requests.get(f"{stack.url}/api/v1/admin/quarantine", headers=stack.api_headers, timeout=10)
+    assert items.status_code == 200
+    return [i for i in items.json()["items"] if i["sop_uid"] == sop]
+
+
+def test_a_held_file_stays_where_identifiable_data_of_its_region_may_be(
+    phi_stack: RunningStack, tmp_path: Path
+) -> None:
+    """A held file carries PHI nobody has cleared: it went to the default storage ("main", identifiable_allowed =
+    false) whatever the upload's region. It is held in the destination that may hold identifiable data of that
+    region, or refused as a reject when the policy names none."""
+    base = phi_stack.uploaded["base"]
+    eu = _ultrasound(tmp_path / "eu", 61)
+    us = _ultrasound(tmp_path / "us", 62)
+    answer = stow(phi_stack, [eu], tenant="anyone", region="eu-west-1")
+    assert answer.status_code == 409
+    assert failures(answer)[0]["00081197"]["Value"] == [0xC4F0]
+    answer = stow(phi_stack, [us], tenant="anyone", region="us-east-1")
+    assert answer.status_code == 409
+    assert failures(answer)[0]["00081197"]["Value"] == [0xC4F0]
+    for path, place, region in ((eu, "vault", "eu-west-1"), (us, "us", "us-east-1")):
+        sop = uids_of(path)[2]
+        [item] = held_items(phi_stack, sop)
+        assert (item["destination"], item["tenant"], item["region"], item["source"]) == (
+            place, "anyone", region, "stow"
+        )
+        assert (base / place / item["key"]).read_bytes() == path.read_bytes()
+        assert not [k for k in stored_keys(phi_stack) if sop in k]  # nothing in the default storage
+        # the reviewer's preview and the deletion find it where it is held
+        preview = requests.get(
+            f"{phi_stack.url}/api/v1/admin/quarantine/{item['key']}/preview", headers=phi_stack.api_headers, timeout=30
+        )
+        assert preview.status_code == 200 and preview.content.startswith(b"\x89PNG")
+    [item] = held_items(phi_stack, uids_of(us)[2])
+    gone = requests.delete(
+        f"{phi_stack.url}/api/v1/admin/quarantine/{item['key']}", headers=phi_stack.api_headers, timeout=10
+    )
+    assert gone.status_code == 204
+    assert not (base / "us" / item["key"]).exists() and not held_items(phi_stack, uids_of(us)[2])
+    # a region no destination may hold identifiable data of, and no region at all: refused, held nowhere
+    for region, where in (("ap-south-1", "region 'ap-south-1'"), (None, "an upload that declares no region")):
+        path = _ultrasound(tmp_path / str(region), 63 if region else 64)
+        headers = {"X-DICOMGW-Tenant": "anyone", **({"X-DICOMGW-Region": region} if region else {})}
+        answer = phi_stack.stow([path], **headers)
+        assert answer.status_code == 409
+        [failed] = failures(answer)
+        assert failed["00081197"]["Value"] == [0x0110]
+        assert failed["00091002"]["Value"] == ["FAILED"]
+        assert failed["00091001"]["Value"] == [
+            f"ultrasound with PHI: held for review; but no destination may hold identifiable data from {where}"
+        ]
+        sop = uids_of(path)[2]
+        assert not held_items(phi_stack, sop)
+        assert not [k for k in stored_keys(phi_stack) if sop in k]
+        assert not [p for d in ("vault", "us") for p in (base / d).rglob(f"*{sop}*")]
+        assert audit(phi_stack, sop)[0]["decision"] == "reject"
+
+
+def test_an_original_held_on_a_deidentify_failure_stays_in_its_region(
+    phi_stack: RunningStack, tmp_path: Path
+) -> None:
+    """on_deidentify_failure = "quarantine" holds the identifiable original: never in "main", the de-identified
+    destination of the rule."""
+    [path] = make_series(tmp_path, modality="CT", slices=1, seed=65)
+    ds = pydicom.dcmread(path)
+    ds.BurnedInAnnotation = "YES"  # the rule's pixels = "refuse" (default): the de-identification fails
+    ds.save_as(path)
+    sop = uids_of(path)[2]
+    answer = stow(phi_stack, [path], tenant="research", region="eu-west-1")
+    assert answer.status_code == 409
+    assert failures(answer)[0]["00081197"]["Value"] == [0xC4F0]
+    [item] = held_items(phi_stack, sop)
+    assert item["destination"] == "vault" and item["tenant"] == "research"
+    assert (phi_stack.uploaded["base"] / "vault" / item["key"]).read_bytes() == path.read_bytes()
+    assert not [k for k in stored_keys(phi_stack) if sop in k]
 
 
 def test_s3_event_path_runs_the_same_hooks(

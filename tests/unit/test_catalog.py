@@ -60,7 +60,7 @@ def test_migrate_is_idempotent_and_matches_schema(catalog: Catalog) -> None:
     # the order index is declared by its columns (what SQLite reflects); PostgreSQL reflects its DESC NULLS LAST
     diffs = [d for d in diffs if catalog.dialect == "sqlite" or getattr(d[1], "name", "") != "ix_studies_date_order"]
     assert diffs == []
-    assert version == "0014"
+    assert version == "0015"
     indexes = {name: " ".join(sql.split()) for name, sql in ddl if sql}
     assert "lower(patient_name)" in indexes["ix_studies_patient_name_lower"]
     if catalog.dialect == "postgresql":
@@ -304,6 +304,43 @@ def test_migration_0012_leaves_earlier_quarantine_records_reachable_by_their_stu
         assert tuple(row) == (None, None)
         assert catalog.quarantine_of_patient("P-1", None, ["1.2.9"]) == ["quarantine/old.dcm"]
         assert catalog.quarantine_of_patient("P-1", None, []) == []
+    finally:
+        catalog.close()
+
+
+def test_migration_0015_leaves_earlier_quarantine_records_held_in_the_default_storage(catalog_url: str) -> None:
+    """A file quarantined before 0015 was put in the default storage, and its upload's context was not kept: the
+    record names no destination (the admin API looks for the file in the default storage, where it is) and no
+    context. A record made now keeps both."""
+    from alembic import command
+    from alembic.config import Config
+
+    from gateway.catalog.engine import MIGRATIONS
+    from gateway.hooks import UploadContext
+
+    old = Catalog(catalog_url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with old.engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0014")
+        conn.execute(
+            sa.text("INSERT INTO quarantine (key, study_uid, created_at) VALUES ('quarantine/old.dcm', '1.2.9', 0)")
+        )
+    old.close()
+    catalog = Catalog(catalog_url)
+    try:
+        catalog.migrate()
+        record = catalog.get_quarantine("quarantine/old.dcm")
+        assert record is not None
+        assert [record[k] for k in ("destination", "tenant", "region", "source", "sub")] == [None] * 5
+        context = UploadContext(source="stow", sub="portal", tenant="trial-portal", region="eu-west-1")
+        catalog.add_quarantine("quarantine/new.dcm", destination="vault", context=context)
+        record = catalog.get_quarantine("quarantine/new.dcm")
+        assert record is not None
+        assert [record[k] for k in ("destination", "tenant", "region", "source", "sub")] == [
+            "vault", "trial-portal", "eu-west-1", "stow", "portal"
+        ]
     finally:
         catalog.close()
 

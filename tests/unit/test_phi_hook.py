@@ -239,3 +239,22 @@ def test_build_hooks(tmp_path: Path) -> None:
     path.write_text("version = 1\nbogus = 2\n")
     with pytest.raises(ConfigError, match="bogus"):
         build_hooks(settings(PHI_POLICY=str(path), DEID_KEY=KEY))
+
+
+def test_a_held_file_is_held_where_identifiable_data_of_its_region_may_be(phi_file: Path) -> None:
+    """A held file may carry PHI: held in a destination that takes identifiable data of the upload's region (the
+    default storage first), else refused as a reject is (docs/phi.md, Decisions)."""
+    hook = PhiHook(make_policy(), KEY)
+    for region, place in (("eu-west-1", "eu"), ("us-east-1", "us")):
+        outcome = hook(phi_file, ctx("hold", region))
+        assert (outcome.action, outcome.destination, outcome.audit["destination"]) == ("quarantine", place, place)
+    for region, where in (("ap-south-1", "region 'ap-south-1'"), (None, "an upload that declares no region")):
+        outcome = hook(phi_file, ctx("hold", region))
+        assert (outcome.action, outcome.destination, outcome.audit["decision"]) == ("reject", None, "reject")
+        assert outcome.reason == (
+            f"policy rule 'hold': quarantine; but no destination may hold identifiable data from {where}"
+        )
+    # a destination the gateway has no storage for holds nothing
+    configured = PhiHook(make_policy(), KEY, destination_storages={"research": object()})
+    assert configured(phi_file, ctx("hold")).action == "reject"
+
