@@ -8,14 +8,14 @@ import io
 import tempfile
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import ImageDraw
 from pydicom.uid import UID
 
 from gateway.errors import Conflict, FrameNotFound, NotAcceptable, NotFound
-from gateway.hooks import UploadContext
+from gateway.hooks import Hook, HookOutcome, UploadContext
 from gateway.ingest import Ingestor
 from gateway.services import Services
 from gateway.storage import Storage
@@ -42,18 +42,63 @@ def remove(services: Services, key: str) -> None:
     services.catalog.remove_quarantine(key)
 
 
+class _Approved:
+    """The hook of a release: the decision ``PhiHook.approve`` made on the held file, handed to the ingest."""
+
+    name = "release"
+
+    def __init__(self, outcome: HookOutcome) -> None:
+        self.outcome = outcome
+
+    def __call__(self, path: Path, context: UploadContext, dataset: Any = None) -> HookOutcome:
+        return self.outcome
+
+
+SOURCES: dict[str, Literal["stow", "s3-event", "cli"]] = {"stow": "stow", "s3-event": "s3-event", "cli": "cli"}
+
+
+def upload_context(record: dict[str, Any]) -> UploadContext:
+    """The context of the upload a quarantine record holds (a record made before migration 0015 kept none: no
+    tenant, no region, which a policy judges as such, fail closed)."""
+    return UploadContext(
+        source=SOURCES.get(record.get("source") or "", "cli"),
+        sub=record.get("sub") or "api-key",
+        tenant=record.get("tenant"),
+        region=record.get("region"),
+    )
+
+
 def release(services: Services, key: str) -> dict[str, Any]:
+    """Store a held file as its upload would have been stored with the reviewer's approval: judged by the policy
+    with the upload's context (``PhiHook.approve``), then ingested with that context (its tenant's retention) into
+    the destination the policy allows. A policy refusal is a Conflict (409) naming why; the file stays held until
+    the released copy is stored."""
+    from gateway.phi.hook import PhiHook
+
     record = services.catalog.get_quarantine(key)
     if record is None:
         raise NotFound("no such quarantined object")
     storage = held_in(services, record)
-    ingestor = Ingestor(
-        services.settings, services.storage, services.catalog, [], spool_dir=services.spool_dir
-    )
+    context = upload_context(record)
+    policy = next((hook for hook in services.ingestor.hooks if isinstance(hook, PhiHook)), None)
     with tempfile.TemporaryDirectory(dir=services.spool_dir) as tmp:
         local = Path(tmp) / "released.dcm"
         storage.download(key, local)
-        result = ingestor.ingest(local, UploadContext(source="cli", sub="api-key"))
+        hooks: list[Hook] = []
+        if policy is not None:
+            outcome = policy.approve(local, context)
+            if outcome.action != "accept":
+                raise Conflict(f"the policy does not let this file be stored: {outcome.reason}")
+            hooks = [_Approved(outcome)]
+        ingestor = Ingestor(
+            services.settings,
+            services.storage,
+            services.catalog,
+            hooks,
+            spool_dir=services.spool_dir,
+            destinations=services.ingestor.destinations,
+        )
+        result = ingestor.ingest(local, context)
     if result.ok:
         storage.delete(key)
         services.catalog.remove_quarantine(key)

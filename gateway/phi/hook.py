@@ -134,6 +134,40 @@ class PhiHook:
         outcome.audit["destination"] = place.name
         return outcome
 
+    def approve(self, path: Path, context: UploadContext) -> HookOutcome:
+        """A held file a reviewer released, judged by the policy as its upload (``context``) would have been with
+        that approval: the ``quarantine`` rules are passed over (the review they ask for is done) and burned-in text
+        is no longer a finding (the reviewer looked at the pixels); every other finding is still PHI, which goes
+        only where identifiable data of the upload's region may be. The file is stored as it is held (a file the
+        gateway de-identified for pixel review is not de-identified again): ``accept`` with the destination, or
+        ``reject`` with the reason. A ``[default]`` that quarantines sends it where the file was held."""
+        path = Path(path)
+        report, tags = scan_with_values(path, self.policy, self.policy.tag_keywords)
+        rule = self.policy.select(context, tags, not report.clean, reviewed=True)
+        # unreadable: nobody can show it carries no PHI (fail closed)
+        phi = not report.readable or any(finding.rule != BURNED_IN_RULE for finding in report.findings)
+        if rule.action == "reject":
+            reason = rule.reason or f"policy rule {rule.id!r}: reject"
+            return self._outcome("reject", "reject", rule, report, reason=reason, released=True)
+        if rule.action == "quarantine":
+            place = self.holding_place(context)
+            if place is None:
+                return self._outcome(
+                    "reject", "reject", rule, report, reason=_held_nowhere(context), released=True
+                )
+            destination = place
+        else:
+            assert rule.destination is not None  # validated at load for allow, route and deidentify
+            destination = self.policy.destinations[rule.destination]
+        if self.destination_storages is not None and destination.name not in self.destination_storages:
+            return self._refuse(rule, report, f"destination {destination.name!r} is not configured")
+        problem = _identifiable_problem(destination, context) if phi else None
+        if rule.action == "allow" and not destination.identifiable_allowed:
+            problem = f"destination {destination.name!r} does not accept identifiable data"
+        if problem:
+            return self._outcome("reject", "reject", rule, report, reason=problem, released=True)
+        return self._outcome("accept", "release", rule, report, destination=destination.name, released=True)
+
     def _judge(self, path: Path, context: UploadContext, dataset: Dataset | None) -> HookOutcome:
         report, tags = scan_with_values(path, self.policy, self.policy.tag_keywords, dataset)
         if not report.readable:

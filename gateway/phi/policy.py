@@ -143,9 +143,11 @@ class Policy:
     def needs_ocr(self) -> bool:
         return any(rule.pixels != "refuse" for rule in (*self.rules, self.default))
 
-    def select(self, context: UploadContext, tags: Mapping[str, str], phi: bool) -> Rule:
+    def select(self, context: UploadContext, tags: Mapping[str, str], phi: bool, *, reviewed: bool = False) -> Rule:
+        """The first rule that matches, else ``[default]``. ``reviewed``: a reviewer released the file, which is the
+        review a ``quarantine`` rule asks for: such rules are passed over (the default is returned as it is)."""
         for rule in self.rules:
-            if rule.matches(context, tags, phi):
+            if rule.matches(context, tags, phi) and not (reviewed and rule.action == "quarantine"):
                 return rule
         return self.default
 

@@ -702,6 +702,51 @@ def test_erasure_removes_the_quarantined_files_of_a_patient_with_no_stored_study
     assert list(storage.list("quarantine/")) == []
 
 
+def test_a_released_file_keeps_its_uploads_tenant_for_retention(holding_stack: RunningStack, tmp_path: Path) -> None:
+    """A release ingested the held file as the admin's own upload (no tenant): the policy's retention for the
+    upload's tenant never applied to it (kept 3650 days, not 30). The quarantine record keeps the upload's context
+    (migration 0015) and the release stores the file with it, where the policy lets the upload's data go."""
+    import sqlalchemy as sa
+
+    from gateway.catalog.catalog import engine_url
+
+    stack = holding_stack
+    [path] = make_series(tmp_path / "held", slices=1, rows=64, columns=64, seed=7931)  # with PHI
+    study, series, sop = uids_of(path)
+    assert upload(stack, [path], "hold").status_code == 409
+    [key] = [key for key, held_sop in held(stack).items() if held_sop == sop]
+    released = requests.post(
+        f"{stack.url}/api/v1/admin/quarantine/{key}/release", headers=stack.api_headers, timeout=60
+    )
+    assert released.status_code == 200, released.text
+    assert released.json() == {"status": "stored", "sop_uid": sop, "detail": ""}
+    assert held(stack) == {} and list(stack.storage().list("quarantine/")) == []
+    url = f"{stack.root(stack.issue([study])['token'])}/studies/{study}/series/{series}/instances/{sop}"
+    assert requests.get(url, headers={"Accept": "application/dicom"}, timeout=30).content == path.read_bytes()
+    engine = sa.create_engine(engine_url(stack.stack.database_url))
+    try:
+        with engine.begin() as conn:  # 40 days ago (a retention measured in days cannot be waited out)
+            conn.execute(
+                sa.text("UPDATE instances SET created_at = created_at - 40 * 86400 WHERE study_uid = :study"),
+                {"study": study},
+            )
+    finally:
+        engine.dispose()
+    policy = tmp_path / "retention.toml"
+    policy.write_text(HOLD_POLICY + "\n[retention]\ndays = 3650\ntenants = { hold = 30 }\n")
+    env = {**os.environ, **stack.stack.gateway_env(), "DICOMGW_PHI_POLICY": str(policy)}
+    dry = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "retention", "run", "--dry-run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert dry.returncode == 0, dry.stderr
+    assert [(i["study_uid"], i["sop_uid"]) for i in json.loads(dry.stdout)["would_remove"]] == [(study, None)]
+
+
 def test_erasure_leaves_another_patients_file_held_under_the_same_study(
     holding_stack: RunningStack, tmp_path: Path
 ) -> None:

@@ -304,12 +304,10 @@ def test_quarantine_is_never_served_and_can_be_released(phi_stack: RunningStack,
     token = phi_stack.issue([study])["token"]
     url = f"{phi_stack.root(token)}/studies/{study}/series/{series}/instances/{sop}"
     assert requests.get(url, headers={"Accept": "application/dicom"}, timeout=10).status_code == 404
-    released = requests.post(
-        f"{phi_stack.url}/api/v1/admin/quarantine/{entry['key']}/release", headers=phi_stack.api_headers, timeout=30
-    )
-    assert released.status_code == 200
-    assert released.json()["status"] == "stored"
-    assert requests.get(url, headers={"Accept": "application/dicom"}, timeout=10).content == path.read_bytes()
+    # no rule but the quarantine covers tenant "anyone": a release is refused, never stored in "main" (which takes
+    # no identifiable data); a release the policy allows is test_a_release_is_judged_by_the_policy_...
+    assert release(phi_stack, entry["key"]).status_code == 409
+    assert requests.get(url, headers={"Accept": "application/dicom"}, timeout=10).status_code == 404
 
 
 def _ultrasound(directory: Path, seed: int) -> Path:
@@ -396,6 +394,59 @@ def test_an_original_held_on_a_deidentify_failure_stays_in_its_region(
     assert item["destination"] == "vault" and item["tenant"] == "research"
     assert (phi_stack.uploaded["base"] / "vault" / item["key"]).read_bytes() == path.read_bytes()
     assert not [k for k in stored_keys(phi_stack) if sop in k]
+
+
+def release(stack: RunningStack, key: str) -> requests.Response:
+    return requests.post(f"{stack.url}/api/v1/admin/quarantine/{key}/release", headers=stack.api_headers, timeout=60)
+
+
+def test_a_release_is_judged_by_the_policy_with_the_uploads_context(phi_stack: RunningStack, tmp_path: Path) -> None:
+    """A release stored the held file in the default storage ("main", identifiable_allowed = false) whatever the
+    policy said: it is judged as its upload would have been with the reviewer's approval (the quarantine rule passed
+    over), with the tenant and region it was uploaded with; a refusal is a JSON 409 naming why, the file still held."""
+    base = phi_stack.uploaded["base"]
+    # a tenant no rule but the quarantine covers: the default rejects it
+    nobody = _ultrasound(tmp_path / "nobody", 71)
+    assert stow(phi_stack, [nobody], tenant="anyone").status_code == 409
+    [item] = held_items(phi_stack, uids_of(nobody)[2])
+    refused = release(phi_stack, item["key"])
+    assert refused.status_code == 409
+    assert refused.headers["Content-Type"] == "application/json"
+    assert refused.json() == {
+        "error": "conflict",
+        "detail": "the policy does not let this file be stored: no policy rule covers this upload",
+    }
+    assert held_items(phi_stack, uids_of(nobody)[2]) == [item]  # still held, where it was
+    assert (base / "vault" / item["key"]).read_bytes() == nobody.read_bytes()
+    assert not [k for k in stored_keys(phi_stack) if uids_of(nobody)[2] in k]
+    # the identifiable original a de-identification could not clean: its rule's destination takes no PHI
+    [original] = make_series(tmp_path / "original", modality="CT", slices=1, seed=72)
+    ds = pydicom.dcmread(original)
+    ds.BurnedInAnnotation = "YES"
+    ds.save_as(original)
+    assert stow(phi_stack, [original], tenant="research").status_code == 409
+    [item] = held_items(phi_stack, uids_of(original)[2])
+    refused = release(phi_stack, item["key"])
+    assert refused.status_code == 409
+    assert refused.json()["detail"] == (
+        "the policy does not let this file be stored: identifiable data may not go to destination 'main'"
+    )
+    assert held_items(phi_stack, uids_of(original)[2]) == [item]
+    assert not [k for k in stored_keys(phi_stack) if uids_of(original)[2] in k]
+    # a tenant whose rule routes identifiable data of eu-west-1 to "vault": released there, as its upload would be
+    clinical = _ultrasound(tmp_path / "clinical", 73)
+    study, series, sop = uids_of(clinical)
+    assert stow(phi_stack, [clinical], tenant="clinical").status_code == 409  # ultrasound-review comes first
+    [item] = held_items(phi_stack, sop)
+    released = release(phi_stack, item["key"])
+    assert released.status_code == 200, released.text
+    assert released.json() == {"status": "stored", "sop_uid": sop, "detail": "stored in another destination by policy"}
+    stored = base / "vault" / f"studies/{study}/series/{series}/instances/{sop}.dcm"
+    assert stored.read_bytes() == clinical.read_bytes()
+    assert not held_items(phi_stack, sop) and not (base / "vault" / item["key"]).exists()
+    assert not [k for k in stored_keys(phi_stack) if sop in k]  # never in the default storage
+    assert audit(phi_stack, sop)[0]["decision"] == "release"
+    assert audit(phi_stack, sop)[0]["destination"] == "vault"
 
 
 def test_s3_event_path_runs_the_same_hooks(

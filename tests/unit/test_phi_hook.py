@@ -258,3 +258,40 @@ def test_a_held_file_is_held_where_identifiable_data_of_its_region_may_be(phi_fi
     configured = PhiHook(make_policy(), KEY, destination_storages={"research": object()})
     assert configured(phi_file, ctx("hold")).action == "reject"
 
+
+def test_a_release_is_judged_as_the_upload_with_the_reviewers_approval(phi_file: Path, tmp_path: Path) -> None:
+    """``approve``: the quarantine rules are passed over, every finding but burned-in text is still PHI, and the
+    file goes only where the rule sends it under an upload's checks; it is never rewritten."""
+    import dataclasses
+
+    from gateway.phi.policy import Rule
+
+    hook = PhiHook(make_policy(), KEY)
+    refused = hook.approve(phi_file, ctx("hold"))  # no rule after the quarantine: the default rejects
+    assert (refused.action, refused.reason, refused.audit["decision"]) == ("reject", "no policy rule matched", "reject")
+    refused = hook.approve(phi_file, ctx("deid"))  # the identifiable original: research takes no PHI
+    assert refused.action == "reject"
+    assert refused.reason == "identifiable data may not go to destination 'research'"
+    refused = hook.approve(phi_file, ctx("route-us"))
+    assert refused.reason == (
+        "identifiable data from region 'eu-west-1' may not go to destination 'us' in region 'us-east-1'"
+    )
+    allowed = hook.approve(phi_file, ctx("route-eu"))
+    assert (allowed.action, allowed.destination, allowed.path) == ("accept", "eu", None)
+    assert allowed.audit["decision"] == "release"
+    # a file whose only finding is burned-in text (held for pixel review): the reviewer looked; to research
+    ds = clean_dataset()
+    ds.Modality = "US"
+    del ds.BurnedInAnnotation
+    reviewed = write(ds, tmp_path / "reviewed.dcm")
+    assert {f.rule for f in scan_file(reviewed, hook.policy).findings} == {"burned-in-annotation"}
+    before = reviewed.read_bytes()
+    approved = hook.approve(reviewed, ctx("deid"))
+    assert (approved.action, approved.destination, approved.path) == ("accept", "research", None)
+    assert reviewed.read_bytes() == before  # stored as held, never de-identified again
+    # a [default] that quarantines: released where identifiable data of the region may be, as it was held
+    holding = PhiHook(dataclasses.replace(make_policy(), default=Rule(id="default", action="quarantine")), KEY)
+    assert holding.approve(phi_file, ctx("nobody", "us-east-1")).destination == "us"
+    assert holding.approve(phi_file, ctx("nobody", None)).reason == (
+        "no destination may hold identifiable data from an upload that declares no region"
+    )
