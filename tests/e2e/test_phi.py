@@ -358,6 +358,17 @@ def test_a_held_file_stays_where_identifiable_data_of_its_region_may_be(
     )
     assert gone.status_code == 204
     assert not (base / "us" / item["key"]).exists() and not held_items(phi_stack, uids_of(us)[2])
+    # a patient erasure removes the patient's held file where it is held
+    [item] = held_items(phi_stack, uids_of(eu)[2])
+    erased = requests.post(
+        f"{phi_stack.url}/api/v1/admin/erasure",
+        json={"patient_id": str(pydicom.dcmread(eu).PatientID)},
+        headers=phi_stack.api_headers,
+        timeout=60,
+    )
+    assert erased.status_code == 200, erased.text
+    assert erased.json()["quarantined"] == 1
+    assert not (base / "vault" / item["key"]).exists() and not held_items(phi_stack, uids_of(eu)[2])
     # a region no destination may hold identifiable data of, and no region at all: refused, held nowhere
     for region, where in (("ap-south-1", "region 'ap-south-1'"), (None, "an upload that declares no region")):
         path = _ultrasound(tmp_path / str(region), 63 if region else 64)
