@@ -71,8 +71,8 @@ def upload_context(record: dict[str, Any]) -> UploadContext:
 def release(services: Services, key: str) -> dict[str, Any]:
     """Store a held file as its upload would have been stored with the reviewer's approval: judged by the policy
     with the upload's context (``PhiHook.approve``), then ingested with that context (its tenant's retention) into
-    the destination the policy allows. A policy refusal is a Conflict (409) naming why; the file stays held until
-    the released copy is stored."""
+    the destination the policy allows. A policy refusal, or the ingest's failure, is a Conflict (409) naming why;
+    the file stays held until the released copy is stored (an outage raises, the client retries)."""
     from gateway.phi.hook import PhiHook
 
     record = services.catalog.get_quarantine(key)
@@ -99,9 +99,10 @@ def release(services: Services, key: str) -> dict[str, Any]:
             destinations=services.ingestor.destinations,
         )
         result = ingestor.ingest(local, context)
-    if result.ok:
-        storage.delete(key)
-        services.catalog.remove_quarantine(key)
+    if not result.ok:  # an upload's failure (different bytes under its SOP Instance UID...): still held
+        raise Conflict(f"the file could not be stored: {result.detail}")
+    storage.delete(key)
+    services.catalog.remove_quarantine(key)
     return {"status": result.status, "sop_uid": result.sop_uid, "detail": result.detail}
 
 

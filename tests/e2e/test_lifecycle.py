@@ -747,6 +747,37 @@ def test_a_released_file_keeps_its_uploads_tenant_for_retention(holding_stack: R
     assert [(i["study_uid"], i["sop_uid"]) for i in json.loads(dry.stdout)["would_remove"]] == [(study, None)]
 
 
+def test_a_release_the_ingest_refuses_is_a_409_and_the_file_stays_held(
+    holding_stack: RunningStack, tmp_path: Path
+) -> None:
+    """A release whose ingest failed (another file stored under the same SOP Instance UID) answered 200
+    {"status": "failed", ...}: a success status for a file that was not stored. It is the JSON 409 naming why,
+    the file still held."""
+    import pydicom
+
+    stack = holding_stack
+    [stored] = make_series(tmp_path / "stored", slices=1, rows=64, columns=64, seed=7941)
+    assert upload(stack, [stored], "store").status_code == 200
+    ds = pydicom.dcmread(stored)
+    ds.InstanceNumber = 99  # the same instance, other bytes
+    other = tmp_path / "other.dcm"
+    ds.save_as(other)
+    assert upload(stack, [other], "hold").status_code == 409
+    before = held(stack)
+    [key] = list(before)
+    refused = requests.post(
+        f"{stack.url}/api/v1/admin/quarantine/{key}/release", headers=stack.api_headers, timeout=60
+    )
+    assert refused.status_code == 409
+    assert refused.headers["Content-Type"] == "application/json"
+    assert refused.json() == {
+        "error": "conflict",
+        "detail": "the file could not be stored: an instance with this SOP Instance UID and different content is "
+        "already stored",
+    }
+    assert held(stack) == before and list(stack.storage().list("quarantine/")) == [key]
+
+
 def test_erasure_leaves_another_patients_file_held_under_the_same_study(
     holding_stack: RunningStack, tmp_path: Path
 ) -> None:
