@@ -345,6 +345,7 @@ def test_a_held_file_stays_where_identifiable_data_of_its_region_may_be(
         assert (item["destination"], item["tenant"], item["region"], item["source"]) == (
             place, "anyone", region, "stow"
         )
+        assert item["sub"] == audit(phi_stack, sop)[0]["sub"]  # who uploaded it, as the audit names them
         assert (base / place / item["key"]).read_bytes() == path.read_bytes()
         assert not [k for k in stored_keys(phi_stack) if sop in k]  # nothing in the default storage
         # the reviewer's preview and the deletion find it where it is held

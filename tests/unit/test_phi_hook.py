@@ -254,6 +254,18 @@ def test_a_held_file_is_held_where_identifiable_data_of_its_region_may_be(phi_fi
         assert outcome.reason == (
             f"policy rule 'hold': quarantine; but no destination may hold identifiable data from {where}"
         )
+    # the gateway's own storage first, whatever the policy's order
+    second = parse_policy(
+        {
+            "version": "v8",
+            "destinations": {
+                "vault": {"storage": "file:///vault", "region": "eu-west-1", "identifiable_allowed": True},
+                "own": {"storage": "default", "region": "eu-west-1", "identifiable_allowed": True},
+            },
+            "rules": [{"id": "hold", "match": {"tenant": "hold"}, "action": "quarantine"}],
+        }
+    )
+    assert PhiHook(second, KEY)(phi_file, ctx("hold")).destination == "own"
     # a destination the gateway has no storage for holds nothing
     configured = PhiHook(make_policy(), KEY, destination_storages={"research": object()})
     assert configured(phi_file, ctx("hold")).action == "reject"
