@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.catalog import Catalog
-from gateway.catalog.deletions import Removed, Target
+from gateway.catalog.deletions import Patient, Removed, Target
 from gateway.storage import Storage
 
 # The SOP Instance UID of a stored object and of everything derived from it: ``{sop}.dcm``, ``{sop}.thumb.jpg``,
@@ -52,24 +52,42 @@ class Deleter:
     on_hidden: Callable[[], None] = lambda: None
     sleep: Callable[[float], None] = field(default=time.sleep)
 
-    def delete(self, targets: list[Target], *, sub: str, reason: str, rebuild: bool = False) -> list[Removed]:
+    def delete(
+        self,
+        targets: list[Target],
+        *,
+        sub: str,
+        reason: str,
+        rebuild: bool = False,
+        patient: Patient | None = None,
+    ) -> list[Removed]:
         """Remove every target that exists (one transaction hides them all), wait out the caches, remove their
-        objects. Returns what was removed (empty: nothing was there). When nothing is visible but a deletion of
-        these targets was interrupted after step 1 (its worker killed, NGINX resending the DELETE to another
-        one; a catalog or storage outage answered 503 "retry"), this call finishes it and returns it: the retry
-        gets its 204, not a 404 "nothing stored there" with the objects left until someone runs reconcile.
-        ``rebuild``: ``Catalog.hide``'s (a patient erasure)."""
-        removed = self.catalog.hide(targets, sub=sub, reason=reason, rebuild=rebuild)
+        objects. Returns what was removed (empty: nothing was there). A deletion of these targets (or, with
+        ``patient``, an erasure of that patient) interrupted after step 1 (its worker killed, NGINX resending the
+        DELETE to another one; a catalog or storage outage answered 503 "retry") is finished by this call too and
+        returned with the rest: the retry gets its answer, not a 404 "nothing stored there" with the objects left
+        until someone runs reconcile. ``rebuild``, ``patient``: ``Catalog.hide``'s (a patient erasure)."""
+        removed = self.catalog.hide(targets, sub=sub, reason=reason, rebuild=rebuild, patient=patient)
         if removed:
             self.on_hidden()
+        new = {item.id for item in removed}
+        interrupted = [
+            record
+            for record in self.catalog.unfinished_deletions()
+            if record["id"] not in new and _names(targets, record)
+        ]
+        if patient is not None:
+            known = {record["id"] for record in interrupted} | new
+            interrupted += [r for r in self.catalog.unfinished_erasures(patient) if r["id"] not in known]
+        if not removed and not interrupted:
+            return []
+        # no plan or decision made before a deletion hid its rows may still be in use: the settle of the newest (of
+        # an interrupted one alone, what is left of it)
+        if removed:
             self.sleep(self.settle)
         else:
-            interrupted = [record for record in self.catalog.unfinished_deletions() if _names(targets, record)]
-            if not interrupted:
-                return []
-            # no plan or decision made before the first attempt hid them may still be in use: its settle
             self.sleep(max(0.0, max(r["created_at"] for r in interrupted) + self.settle - time.time()))
-            removed = [_removed(record) for record in interrupted]
+        removed += [_removed(record) for record in sorted(interrupted, key=lambda r: r["id"])]
         for item in removed:
             self.remove_objects(list(item.keys))
             self.catalog.finish_deletion(item.id)

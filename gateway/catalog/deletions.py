@@ -50,6 +50,15 @@ class Removed:
 
 
 @dataclass(frozen=True)
+class Patient:
+    """A patient erasure's call as its deletion records keep it: keyed digests
+    (``gateway.phi.deidentify.identifier_digest``) of the Patient ID and of the issuer (None: the call named none)."""
+
+    patient_id: str
+    issuer: str | None = None
+
+
+@dataclass(frozen=True)
 class ErasurePlan:
     """``DeletionRecords.erasure_plan``: the patient's studies (their UIDs), the targets to remove, and the other
     patients' instances (SOP UIDs, by study) left in the patient's studies."""
@@ -79,18 +88,29 @@ class DeletionRecords(CatalogBase):
         def _rebuild(self, conn: Connection, study_uid: str, now: int) -> None: ...
 
     def hide(
-        self, targets: list[Target], *, sub: str, reason: str, now: int | None = None, rebuild: bool = False
+        self,
+        targets: list[Target],
+        *,
+        sub: str,
+        reason: str,
+        now: int | None = None,
+        rebuild: bool = False,
+        patient: Patient | None = None,
     ) -> list[Removed]:
         """Remove the catalog rows of every target in one transaction; each target that held instances gets a
         deletion record (unfinished: its objects are still in storage). Targets with nothing are left out.
         ``rebuild`` (a patient erasure): a study left holding instances gets its patient, study and series values
-        again from those alone (``Catalog._rebuild``), so none of the removed instances' values stays."""
+        again from those alone (``Catalog._rebuild``), so none of the removed instances' values stays. ``patient``
+        (a patient erasure): the keyed digests it was called with, recorded so the same call sent again finds
+        these records (``unfinished_erasures``)."""
         now = int(time.time()) if now is None else now
         request_id = secrets.token_hex(8)
         removed: list[Removed] = []
         with self._write() as conn:
             for target in targets:
-                found = self._hide_one(conn, target, sub=sub, reason=reason, request_id=request_id, now=now)
+                found = self._hide_one(
+                    conn, target, sub=sub, reason=reason, request_id=request_id, now=now, patient=patient
+                )
                 if found is not None:
                     removed.append(found)
             if rebuild:
@@ -99,7 +119,15 @@ class DeletionRecords(CatalogBase):
         return removed
 
     def _hide_one(
-        self, conn: Connection, target: Target, *, sub: str, reason: str, request_id: str, now: int
+        self,
+        conn: Connection,
+        target: Target,
+        *,
+        sub: str,
+        reason: str,
+        request_id: str,
+        now: int,
+        patient: Patient | None,
     ) -> Removed | None:
         # lock the study row first (PostgreSQL), the order register takes, so an upload into it waits
         conn.execute(sa.select(studies.c.study_uid).where(studies.c.study_uid == target.study).with_for_update())
@@ -135,6 +163,8 @@ class DeletionRecords(CatalogBase):
                 request_id=request_id,
                 instances=len(rows),
                 keys=json.dumps(list(keys)),
+                patient_id=None if patient is None else patient.patient_id,
+                issuer_of_patient_id=None if patient is None else patient.issuer,
             )
             .returning(deletions.c.id)
         ).scalar_one()
@@ -261,6 +291,17 @@ class DeletionRecords(CatalogBase):
             ).all()
         return [_record(row) for row in rows]
 
+    def unfinished_erasures(self, patient: Patient) -> list[dict[str, Any]]:
+        """The unfinished deletion records of an erasure of this patient (oldest first): of the same Patient ID, and
+        of the same issuer when ``patient`` names one (an erasure that named none took the patient's studies of
+        every issuer, and so does one sent again without it)."""
+        where = [deletions.c.finished_at.is_(None), deletions.c.patient_id == patient.patient_id]
+        if patient.issuer is not None:
+            where.append(deletions.c.issuer_of_patient_id == patient.issuer)
+        with self._read() as conn:
+            rows = conn.execute(sa.select(deletions).where(*where).order_by(deletions.c.id)).all()
+        return [_record(row) for row in rows]
+
     def finish_deletion(self, deletion_id: int, now: int | None = None) -> None:
         with self._write() as conn:
             conn.execute(
@@ -296,7 +337,8 @@ class DeletionRecords(CatalogBase):
             rows = conn.execute(stmt).all()
         records = [_record(row) for row in rows]
         for record in records:
-            del record["keys"]
+            # the patient's digests serve the erasure sent again alone (no PHI value, but no reader's business)
+            del record["keys"], record["patient_id"], record["issuer_of_patient_id"]
         return records
 
 

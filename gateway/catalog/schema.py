@@ -211,6 +211,11 @@ deletions = sa.Table(
     sa.Column("instances", sa.Integer, nullable=False),
     # JSON list of the removed instances' storage keys (everything derived lives next to them)
     sa.Column("keys", sa.Text, nullable=False, server_default="[]"),
+    # a patient erasure's: keyed digests (gateway.phi.deidentify.identifier_digest) of the Patient ID and, when the
+    # call named one, the Issuer of Patient ID it was given (never the values), so the same call sent again after a
+    # crash finds the deletions it began and finishes them (migration 0016); NULL for every other deletion
+    sa.Column("patient_id", sa.Text),
+    sa.Column("issuer_of_patient_id", sa.Text),
     sa.Index("ix_deletions_created_at", "created_at"),
     sa.Index("ix_deletions_unfinished", "finished_at"),
 )

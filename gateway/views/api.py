@@ -12,6 +12,7 @@ from werkzeug.urls import iri_to_uri
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from gateway.auth import cookie_name, cookie_token
+from gateway.catalog.deletions import Patient
 from gateway.errors import BadRequest, CookieNotKept, InvalidPath, NotFound, TokenMissing, TokenRevoked
 from gateway.lifecycle import check_reason, summary
 from gateway.numbers import parse_int
@@ -350,15 +351,20 @@ def erase_patient() -> tuple[Response, int]:
     # the patient's studies, less another patient's instances an older catalog stored in one, and the patient's
     # instances it stored in another patient's study (STOW refuses both now)
     plan = srv.catalog.erasure_plan(patient_id, issuer)
-    removed = deleter(srv).delete(plan.targets, sub=label, reason=check_reason(reason), rebuild=True)
-    # files of the patient held for review are the patient's data too, whether or not a study of theirs is stored;
-    # those of a study only an instance was taken from are not (they are the study's patient's)
-    erased = sorted({item.target.study for item in removed} & set(plan.studies))
-    # held files are recorded under keyed digests of their Patient ID and issuer (gateway.ingest)
+    # held files are recorded under keyed digests of their Patient ID and issuer (gateway.ingest), and so are this
+    # erasure's deletion records: the same call sent again after a crash finishes what this one began
     key = srv.settings.deid_key
-    quarantined = srv.catalog.quarantine_of_patient(
-        identifier_digest(patient_id, key), None if issuer is None else identifier_digest(issuer, key), erased
+    patient = Patient(identifier_digest(patient_id, key), None if issuer is None else identifier_digest(issuer, key))
+    removed = deleter(srv).delete(
+        plan.targets, sub=label, reason=check_reason(reason), rebuild=True, patient=patient
     )
+    # files of the patient held for review are the patient's data too, whether or not a study of theirs is stored;
+    # those of a study only an instance was taken from are not (they are the study's patient's). A whole study
+    # removed is one of the patient's (also one an interrupted erasure of theirs hid)
+    erased = sorted(
+        {item.target.study for item in removed if item.target.level == "study" or item.target.study in plan.studies}
+    )
+    quarantined = srv.catalog.quarantine_of_patient(patient.patient_id, patient.issuer, erased)
     if not removed and not quarantined:
         raise NotFound("no study or quarantined file of this patient is stored")
     from gateway.quarantine import remove

@@ -1009,6 +1009,74 @@ def _delete_or_error(stack: RunningStack, path: str) -> requests.Response | Exce
         return error
 
 
+def _erase_or_error(stack: RunningStack, body: dict[str, str]) -> requests.Response | Exception:
+    try:
+        return requests.post(f"{stack.url}/api/v1/admin/erasure", json=body, headers=stack.api_headers, timeout=120)
+    except requests.RequestException as error:  # the connection died with the worker
+        return error
+
+
+def test_an_erasure_sent_again_after_a_crash_finishes_the_one_the_crash_interrupted(
+    stack: RunningStack, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The workers are killed (SIGKILL) while an erasure waits between hiding the patient's studies and removing
+    their objects. The same erasure sent again answered 404 "no study or quarantined file of this patient is
+    stored" (nothing visible is the patient's any more) and left the objects in storage for `reconcile --repair`:
+    the operator could not tell whether the erasure had been done. It now finishes the interrupted one and says
+    what it removed; sent once more, there is nothing left: the 404."""
+    base = tmp_path_factory.mktemp("erasure-crash")
+    patient = f"ERASE-CRASH-{stack.backend}"
+    first, second = make_study(base, 9471, series=1, patient=patient), make_study(base, 9481, series=1, patient=patient)
+    assert stack.stow([*first, *second]).status_code == 200
+    studies = sorted(uids_of(f[0])[0] for f in (first, second))
+    body = {"patient_id": patient, "reason": "GDPR art. 17"}
+
+    outcome: list[Any] = []
+    thread = threading.Thread(target=lambda: outcome.append(_erase_or_error(stack, body)))
+    thread.start()
+    db = sqlite3.connect(f"file:{stack.stack.var_dir / 'catalog.db'}?mode=ro", uri=True, timeout=30)
+    marks = ",".join("?" * len(studies))
+    deadline = time.monotonic() + 60
+    try:
+        while db.execute(
+            f"SELECT count(*) FROM deletions WHERE study_uid IN ({marks}) AND finished_at IS NULL", studies
+        ).fetchone() != (2,):
+            assert time.monotonic() < deadline, "the erasure never hid the studies"
+            time.sleep(0.005)
+        for pid in workers_of(stack):
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        db.close()
+    thread.join()
+    crashed = outcome[0]
+    assert not isinstance(crashed, requests.Response) or crashed.status_code >= 500  # POST is never resent
+    assert len([key for key in stored_keys(stack, studies[0]) if not is_derivative(key)]) == len(first)
+
+    answer = _erase_or_error(stack, body)
+    assert isinstance(answer, requests.Response) and answer.status_code == 200, answer
+    result = answer.json()
+    assert (result["studies"], result["series"], result["instances"]) == (studies, 2, 6)
+    assert sorted((d["level"], d["study_uid"], d["instances"]) for d in result["deletions"]) == [
+        ("study", study, 3) for study in studies
+    ]
+    assert result["kept"] == {"studies": [], "instances": 0} and result["quarantined"] == 0
+    assert patient not in answer.text
+    for study in studies:
+        assert stored_keys(stack, study) == []
+    env = {**os.environ, **stack.stack.gateway_env()}
+    command = [sys.executable, "-m", "gateway.cli", "reconcile"]
+    clean = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert clean.returncode == 0 and json.loads(clean.stdout)["unfinished_deletions"] == [], clean.stdout
+    assert_gone(_erase_or_error(stack, body))  # type: ignore[arg-type]
+    # the records keep the patient's digests for the retry alone: the audit lists what and why, as before
+    audit = requests.get(
+        f"{stack.url}/api/v1/admin/audit", params={"kind": "deletion"}, headers=stack.api_headers, timeout=30
+    ).json()["items"]
+    erased = [r for r in audit if r["study_uid"] in studies]
+    assert len(erased) == 2 and all(r["finished_at"] for r in erased)
+    assert not any("patient_id" in r or "issuer_of_patient_id" in r for r in erased)
+
+
 def test_retention_run_removes_what_the_policy_expired(
     stack: RunningStack, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from gateway.catalog import Catalog
-from gateway.catalog.deletions import Target
+from gateway.catalog.deletions import Patient, Target
 from gateway.catalog.schema import instances
 from gateway.config import Settings
 from gateway.errors import CatalogUnavailable, ConfigError
@@ -333,6 +333,43 @@ def test_a_retried_delete_finishes_the_deletion_its_first_attempt_left(
     assert sorted(storage.list("studies/")) == [stored[SOP3]]
     assert catalog.unfinished_deletions() == []
     assert patient.delete([Target(ST, SE1)], sub="portal", reason="") == []  # finished: nothing left to do
+
+
+def test_an_erasure_sent_again_finds_the_deletions_of_the_one_interrupted(
+    catalog: Catalog, storage: LocalStorage, stored: dict[str, str]
+) -> None:
+    """An erasure interrupted after hiding left records no Patient ID leads back to (the study rows are gone): the
+    same call found nothing and was a 404. Its records keep the call's keyed digests: the same Patient ID finds
+    them, with the same issuer or none (an erasure of every issuer), never with another issuer or another patient;
+    the audit lists neither digest."""
+    call = Patient("digest-of-P", "digest-of-I")
+    (first,) = catalog.hide([Target(ST)], sub="portal", reason="art. 17", rebuild=True, patient=call)
+    waited: list[float] = []
+    erasure = Deleter(catalog, storage, settle=30, sleep=waited.append)
+    assert erasure.delete([], sub="portal", reason="", patient=Patient("digest-of-Q")) == []
+    assert erasure.delete([], sub="portal", reason="", patient=Patient("digest-of-P", "digest-of-J")) == []
+    assert waited == [] and len(list(storage.list("studies/"))) == 5
+    assert [r["id"] for r in catalog.unfinished_erasures(Patient("digest-of-P", "digest-of-I"))] == [first.id]
+    again = erasure.delete([], sub="portal", reason="art. 17", patient=Patient("digest-of-P"))
+    assert [(r.id, r.target, r.sop_uids) for r in again] == [(first.id, Target(ST), (SOP1, SOP2, SOP3))]
+    assert 25 < waited[-1] <= 30  # what is left of the first attempt's settle
+    assert list(storage.list("studies/")) == [] and catalog.unfinished_deletions() == []
+    assert erasure.delete([], sub="portal", reason="", patient=call) == []  # finished: nothing left to do
+    (audit,) = catalog.deletion_records()
+    assert "patient_id" not in audit and "issuer_of_patient_id" not in audit and "keys" not in audit
+
+
+def test_a_delete_that_hides_more_also_finishes_the_interrupted_one_inside_it(
+    catalog: Catalog, storage: LocalStorage, stored: dict[str, str]
+) -> None:
+    """A series DELETE interrupted after hiding, then a DELETE of its study: the study's other series is hidden and
+    removed, and so are the series' objects (they waited for reconcile when the second DELETE found something)."""
+    (first,) = catalog.hide([Target(ST, SE1)], sub="portal", reason="")
+    waited: list[float] = []
+    removed = Deleter(catalog, storage, settle=30, sleep=waited.append).delete([Target(ST)], sub="portal", reason="")
+    assert [(r.target, r.sop_uids) for r in removed] == [(Target(ST), (SOP3,)), (Target(ST, SE1), (SOP1, SOP2))]
+    assert removed[1].id == first.id and waited == [30]
+    assert list(storage.list("studies/")) == [] and catalog.unfinished_deletions() == []
 
 
 def test_reconcile_with_the_catalog_unreachable_is_one_line(storage: LocalStorage) -> None:
