@@ -151,6 +151,43 @@ def stack_up(
         click.echo("stopped.")
 
 
+@stack.command("down")
+@click.option(
+    "--var", "var_dir", default="var", show_default=True, type=click.Path(file_okay=False, path_type=Path)
+)
+@click.option("--wait", default=60, show_default=True, type=click.IntRange(1, 3600), help="Seconds to wait for it.")
+def stack_down(var_dir: Path, wait: int) -> None:
+    """Stop the stack `stack up --var DIR` runs (from another terminal or a script), as Ctrl-C in its own does."""
+    from gateway.tools.stack import StackError, stop_running
+
+    try:
+        stopped = stop_running(var_dir, timeout=wait)
+    except StackError as error:
+        raise click.ClickException(str(error)) from None
+    if stopped is None:
+        click.echo(f"no stack is running with --var {var_dir}: nothing to stop")
+    else:
+        click.echo(f"stopped the stack with --var {var_dir} (pid {stopped['pid']}, {stopped['url']})")
+
+
+@stack.command("status")
+@click.option(
+    "--var", "var_dir", default="var", show_default=True, type=click.Path(file_okay=False, path_type=Path)
+)
+def stack_status(var_dir: Path) -> None:
+    """Whether a stack runs with --var DIR: exit 0 and its pid and URL, or exit 3 (not running, as LSB's status)."""
+    from gateway.tools.stack import running
+
+    found = running(var_dir)
+    if found is None:
+        click.echo(f"not running: no stack runs with --var {var_dir}")
+        sys.exit(3)
+    if not found:
+        click.echo(f"running with --var {var_dir} (an older version: its process is not recorded)")
+    else:
+        click.echo(f"running with --var {var_dir}: pid {found['pid']}, {found['url']}")
+
+
 @stack.command("seed")
 @click.option("--url", "url", required=True, help="The gateway's public URL (through NGINX).")
 @click.option("--work-dir", default="var", show_default=True, type=click.Path(path_type=Path))

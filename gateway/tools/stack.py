@@ -15,6 +15,7 @@ import ctypes
 import errno
 import fcntl
 import ipaddress
+import json
 import os
 import shutil
 import signal
@@ -129,6 +130,76 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
+
+
+def running(var_dir: Path) -> dict[str, Any] | None:
+    """The stack that ``stack up --var var_dir`` runs, as it recorded itself (``pid``, ``url``; empty when an older
+    version holds the folder); None when none holds the folder's lock. Makes nothing: a mistyped --var is no stack."""
+    try:
+        handle = (Path(var_dir) / "run" / "stack.lock").open("r")
+    except OSError:  # no such folder or file, or --var is a file: nothing runs there
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass  # held: a stack runs there
+        else:
+            return None  # free (closing the file lets it go)
+        try:
+            record = json.loads(handle.read() or "{}")
+        except ValueError:
+            record = {}
+        pid = record.get("pid") if isinstance(record, dict) else None
+        # the lock's holder by the kernel's own list: a file an older version kept holding names no process of its own
+        holders = _flock_holders(os.fstat(handle.fileno()))
+        if not isinstance(pid, int) or (holders is not None and pid not in holders):
+            return {}
+        return {"pid": pid, "url": str(record.get("url", ""))}
+
+
+def _flock_holders(stat: os.stat_result) -> set[int] | None:
+    """PIDs holding a flock on the file of ``stat`` (Linux's /proc/locks); None where the kernel does not say."""
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    holders = set()
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[-3].rsplit(":", 1)[-1] == str(stat.st_ino):
+            holders.add(int(fields[-4]))
+    return holders
+
+
+def stop_running(var_dir: Path, timeout: float = 60.0) -> dict[str, Any] | None:
+    """Stop the stack ``stack up --var var_dir`` runs, as Ctrl-C in its terminal does (SIGTERM), and wait until it
+    has let the folder go. Returns what it stopped; None when nothing ran there."""
+    record = running(var_dir)
+    if record is None:
+        return None
+    if not record:
+        raise StackError(
+            f"a stack runs with --var {var_dir} but did not record its process (an older version): stop it with "
+            "Ctrl-C where it runs"
+        )
+    try:
+        os.kill(record["pid"], signal.SIGTERM)
+    except ProcessLookupError:
+        pass  # it ended meanwhile
+    except PermissionError:
+        raise StackError(
+            f"the stack with --var {var_dir} (pid {record['pid']}) is another user's: stop it as that user"
+        ) from None
+    deadline = time.monotonic() + timeout
+    while running(var_dir) is not None:
+        if time.monotonic() > deadline:
+            raise StackError(
+                f"the stack with --var {var_dir} (pid {record['pid']}) was sent SIGTERM and has not stopped within "
+                f"{timeout:g} s"
+            )
+        time.sleep(0.2)
+    return record
 
 
 @contextlib.contextmanager
@@ -399,8 +470,13 @@ class Stack:
         except BlockingIOError:
             handle.close()
             raise StackError(
-                f"another stack is running with --var {self.var_dir}: stop it first, or choose another --var"
+                f"another stack is running with --var {self.var_dir}: stop it first (dicom-gateway stack down "
+                f"--var {self.var_dir}), or choose another --var"
             ) from None
+        # who holds it, for `stack down` and `stack status` (written under the lock: never another stack's)
+        os.ftruncate(handle.fileno(), 0)
+        handle.write(json.dumps({"pid": os.getpid(), "url": self.url}) + "\n")
+        handle.flush()
         self.lock = handle
 
     def _check_socket_paths(self) -> None:

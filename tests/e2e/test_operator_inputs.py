@@ -701,7 +701,8 @@ def test_a_second_stack_up_on_the_same_var_is_refused_and_the_first_keeps_servin
         assert _finish(second) == (
             1,
             "",
-            f"Error: another stack is running with --var {var}: stop it first, or choose another --var\n",
+            f"Error: another stack is running with --var {var}: stop it first (dicom-gateway stack down --var "
+            f"{var}), or choose another --var\n",
         )
         assert (var / "run" / "gunicorn.sock").exists()
         with ThreadPoolExecutor(16) as pool:  # new connections to gunicorn, not only NGINX's kept-alive ones

@@ -156,6 +156,64 @@ def test_stack_up_ready_then_ctrl_c_stops_everything(tmp_path: Path) -> None:
     assert (tmp_path / "var" / "signing.key").read_text() == key
 
 
+def _cli(*args: str, cwd: Path) -> tuple[int, str, str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**_clean_environment(), "PYTHONPATH": str(REPO)},
+    )
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_stack_down_and_status_from_another_terminal(tmp_path: Path) -> None:
+    """A stack started in the background (`nohup`, a script, another terminal) could be stopped only by finding and
+    killing its process: `stack down` and `stack status` were `Error: No such command 'down'.` (exit 2). `down`
+    stops it as Ctrl-C does (every process gone, the folder free for the next start); nothing running is said and
+    is no error; `status` exits 0 or 3 (LSB's "not running"). Neither makes a folder for a mistyped --var."""
+    var, port = tmp_path / "var", free_port()
+    assert _cli("stack", "status", "--var", "var", cwd=tmp_path) == (
+        3, "not running: no stack runs with --var var\n", ""
+    )
+    assert _cli("stack", "down", "--var", "var", cwd=tmp_path) == (
+        0, "no stack is running with --var var: nothing to stop\n", ""
+    )
+    assert not var.exists()
+    process = _start(var, port)
+    _printed(process)
+    _wait_ready(f"http://127.0.0.1:{port}", process)
+    children = _processes_mentioning(str(var))
+    assert len(children) >= 5  # nginx master + workers, gunicorn master + workers
+    assert _cli("stack", "status", "--var", str(var), cwd=tmp_path) == (
+        0, f"running with --var {var}: pid {process.pid}, http://127.0.0.1:{port}\n", ""
+    )
+    second = _start(var, free_port())
+    _, err = second.communicate(timeout=60)
+    assert (second.returncode, err) == (
+        1,
+        f"Error: another stack is running with --var {var}: stop it first (dicom-gateway stack down --var {var}), "
+        "or choose another --var\n",
+    )
+    assert _cli("stack", "down", "--var", str(var), cwd=tmp_path) == (
+        0, f"stopped the stack with --var {var} (pid {process.pid}, http://127.0.0.1:{port})\n", ""
+    )
+    out, err = process.communicate(timeout=30)  # its folder let go: it is ending, as after a Ctrl-C
+    assert (process.returncode, out) == (0, "stopped.\n") and "Traceback" not in err
+    assert not [pid for pid in children if _alive(pid)]
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+    assert _cli("stack", "status", "--var", str(var), cwd=tmp_path)[0] == 3
+    assert _cli("stack", "down", "--var", str(var), cwd=tmp_path) == (
+        0, f"no stack is running with --var {var}: nothing to stop\n", ""
+    )
+    again = _start(var, port)  # nothing blocks the next start
+    _wait_ready(f"http://127.0.0.1:{port}", again)
+    _stop(again)
+
+
 def test_stack_up_without_a_built_viewer_prints_no_dead_link(tmp_path: Path) -> None:
     """A clone where `make viewer` has not run (no npm): the viewer and slide links would answer 404, so stack up
     says what is missing instead, and the DICOMweb root still works."""
