@@ -638,9 +638,33 @@ class Stack:
             time.sleep(0.1)
         self.stop()
         last = " ".join(last.split())[:300]
+        storage = self._storage_problem() if "storage_unavailable" in last else ""
         raise StackError(
-            f"the stack did not become ready within {timeout:.0f} s: {last} (logs: {self.var_dir / 'logs'})"
+            f"the stack did not become ready within {timeout:.0f} s: {storage or last} (logs: {self.var_dir / 'logs'})"
         )
+
+    def _storage_problem(self) -> str:
+        """What keeps storage from answering, as its own probe says it, and what to do: /readyz says only
+        ``storage_unavailable``, the same for a bucket that does not exist and an S3 endpoint that is down."""
+        from gateway.errors import StorageUnavailable
+        from gateway.storage import open_storage
+
+        where = self.storage_url
+        if where.startswith("s3://"):
+            endpoint = self.extra_env.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
+            where = f"{where} at {endpoint}"
+        try:
+            open_storage(self.storage_url).check()
+        except StorageUnavailable as error:
+            if "bucket not found" in error.detail:
+                return f"storage {where}: the bucket does not exist: create it, or fix --storage (DICOMGW_STORAGE_URL)"
+            return (
+                f"storage {where}: {error.detail}: check that it runs and that --storage (DICOMGW_STORAGE_URL), "
+                "AWS_ENDPOINT_URL and the credentials are right"
+            )
+        except Exception:  # noqa: BLE001 - a hint only: the readiness answer is said instead
+            return ""
+        return ""
 
     def last_error(self, name: str) -> str:
         """One line saying why a process stopped: the gateway's own one-line message when there is one (its

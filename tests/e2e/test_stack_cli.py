@@ -529,6 +529,38 @@ def test_s3_storage_from_the_environment_is_what_nginx_reads(tmp_path: Path, mot
         _stop(process)
 
 
+def test_s3_storage_that_cannot_answer_says_why_the_stack_did_not_start(
+    tmp_path: Path, moto_server: MotoServer
+) -> None:
+    """`stack up` with a bucket that does not exist (a typo, one never made) or an S3 endpoint that is down waited
+    its 30 s and then said `the stack did not become ready within 30 s: {"checks":{"catalog":"ok","storage":
+    "storage_unavailable"},"status":"unavailable"}` for both, which says neither what is wrong nor what to do.
+    The line now says it, from storage's own probe; nothing is left running."""
+    bucket = f"dgw-cli-missing-{secrets.token_hex(4)}"
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{closed.getsockname()[1]}"  # nothing listens there once closed
+    cases = [
+        (moto_server.endpoint, "the bucket does not exist: create it, or fix --storage (DICOMGW_STORAGE_URL)"),
+        (
+            down,
+            "storage check failed (EndpointConnectionError): check that it runs and that --storage "
+            "(DICOMGW_STORAGE_URL), AWS_ENDPOINT_URL and the credentials are right",
+        ),
+    ]
+    for endpoint, why in cases:
+        env = {**AWS_TEST_ENV, "AWS_ENDPOINT_URL": endpoint, "DICOMGW_STORAGE_URL": f"s3://{bucket}/data"}
+        var = tmp_path / f"var-{len(why)}"
+        process = _start(var, free_port(), env=env)
+        out, err = process.communicate(timeout=STARTING)
+        assert (process.returncode, out) == (1, "")
+        assert err == (
+            f"Error: the stack did not become ready within 30 s: storage s3://{bucket}/data at {endpoint}: {why} "
+            f"(logs: {var.resolve() / 'logs'})\n"
+        )
+        assert not _processes_mentioning(str(var))
+
+
 def _small_seed(var: Path, files: list[Path], study: str) -> None:
     """A seed already generated into ``var/seed`` (what a second `make demo` finds), small enough to be quick."""
     manifest = {"ct_study": study, "wsi_study": study, "files": [str(f) for f in files]}
