@@ -60,8 +60,11 @@ def migrate(settings: Settings) -> str:
         catalog.close()
         raise StartupError(f"DICOMGW_DATABASE_URL: cannot open the catalog: {reason}") from None
     try:
+        catalog.require_not_newer()
         catalog.migrate()
         return catalog.schema_revision()
+    except ConfigError as error:
+        raise StartupError(_one_line(error)) from None
     except (GatewayError, CommandError) as error:
         raise StartupError(f"DICOMGW_DATABASE_URL: cannot migrate the catalog: {_one_line(error)}") from None
     finally:

@@ -346,11 +346,28 @@ class CatalogBase:
 
         head = ScriptDirectory(str(MIGRATIONS)).get_current_head() or ""
         current = self.schema_revision()
+        self.require_not_newer(current)
         if current != head:
             raise ConfigError(
                 "DICOMGW_DATABASE_URL",
                 f"the catalog schema is at revision {current or '(none)'}, this version needs {head}: "
                 f"run `dicom-gateway db upgrade` {then}",
+            )
+
+    def require_not_newer(self, current: str | None = None) -> None:
+        """Raise ``ConfigError`` when a newer gateway migrated the catalog (a revision this version's migrations do
+        not hold: the image rolled back after an upgrade). `db upgrade` cannot help (it said "Can't locate revision
+        identified by '0016'", and the workers, to run it), and no version migrates a catalog back."""
+        from alembic.script import ScriptDirectory
+
+        scripts = ScriptDirectory(str(MIGRATIONS))
+        current = self.schema_revision() if current is None else current
+        if current and current not in {script.revision for script in scripts.walk_revisions()}:
+            raise ConfigError(
+                "DICOMGW_DATABASE_URL",
+                f"the catalog schema is at revision {current}, newer than this version's {scripts.get_current_head()}"
+                ": a newer dicom-gateway migrated it, and no version migrates a catalog back: run that version "
+                "(or restore the catalog from before its upgrade)",
             )
 
     def check(self) -> None:

@@ -185,6 +185,36 @@ def test_a_catalog_never_migrated_says_to_run_db_upgrade_and_creates_nothing(
     assert out == "0 access rows added\n" if command[0] == "audit" else json.loads(out)["dry_run"] is True
 
 
+def test_a_catalog_a_newer_version_migrated_is_one_line_that_says_so_everywhere(tmp_path: Path) -> None:
+    """The image rolled back after a newer gateway migrated the catalog (its revision unknown here): `db upgrade`
+    said `cannot migrate the catalog: Can't locate revision identified by '0099'` (Alembic's words), and the
+    workers, `stack up`, `reconcile`, `retention run` and `audit collect` told the operator to run `db upgrade`,
+    which cannot help. Each now says what happened and what to do, and the catalog is left as it is."""
+    catalog = tmp_path / "catalog.db"
+    env = gateway_env(tmp_path, DICOMGW_DATABASE_URL=f"sqlite:///{catalog}")
+    assert _run(["db", "upgrade"], env, tmp_path)[0] == 0
+    with sqlite3.connect(catalog) as db:
+        db.execute("UPDATE alembic_version SET version_num = '0099'")
+    db.close()
+    (tmp_path / "access.log").write_text("")
+    newer = (
+        "Error: DICOMGW_DATABASE_URL: the catalog schema is at revision 0099, newer than this version's "
+        f"{_head_revision()}: a newer dicom-gateway migrated it, and no version migrates a catalog back: run that "
+        "version (or restore the catalog from before its upgrade)\n"
+    )
+    for command in (
+        ["db", "upgrade"],
+        ["reconcile"],
+        ["retention", "run"],
+        ["audit", "collect", "--log", "access.log"],
+        ["stack", "up", "--no-seed", "--port", str(free_port()), "--var", "var"],
+    ):
+        assert _run(command, env, tmp_path) == (1, "", newer), command
+    with sqlite3.connect(catalog) as db:
+        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [("0099",)]
+    db.close()
+
+
 @pytest.mark.parametrize("flag", ["--dry-run", "--repair"])
 def test_reconcile_against_a_catalog_never_migrated_says_to_run_db_upgrade_and_creates_nothing(
     tmp_path: Path, flag: str

@@ -39,6 +39,22 @@ def test_prepare_migrates_and_workers_then_accept_the_schema(tmp_path: Path) -> 
     catalog.close()
 
 
+def test_workers_refuse_a_catalog_a_newer_version_migrated_and_prepare_leaves_it(tmp_path: Path) -> None:
+    """The image rolled back after an upgrade: the workers said to run `db upgrade`, which cannot migrate a catalog
+    back (Alembic: "Can't locate revision"). Both say what happened, and nothing is migrated."""
+    prepare(_env(tmp_path))
+    catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
+    with catalog.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0099'")
+    newer = r"the catalog schema is at revision 0099, newer than this version's \d{4}: a newer dicom-gateway"
+    with pytest.raises(ConfigError, match=rf"^DICOMGW_DATABASE_URL: {newer}"):
+        catalog.require_current_schema()
+    with pytest.raises(StartupError, match=rf"^DICOMGW_DATABASE_URL: {newer}"):
+        prepare(_env(tmp_path))
+    assert catalog.schema_revision() == "0099"
+    catalog.close()
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
