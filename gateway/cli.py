@@ -446,25 +446,32 @@ def retention_run(dry_run: bool, every: int, heartbeat: Path | None) -> None:
     from gateway.errors import GatewayError
     from gateway.retention import run
 
-    while True:
-        try:
-            report = run(Settings.from_env(), dry_run=dry_run)
-        except KeyboardInterrupt:  # was click's "Aborted!", exit 1, with studies hidden and their objects still there
-            click.echo("stopped (Ctrl-C): the next `retention run` finishes the deletions this one began", err=True)
-            sys.exit(130)
-        except ConfigError as error:
-            raise click.ClickException(str(error)) from None
-        except GatewayError as error:  # catalog or storage unreachable: the next round retries
+    under_way = False
+    try:
+        while True:
+            under_way = True
+            try:
+                report = run(Settings.from_env(), dry_run=dry_run)
+            except ConfigError as error:
+                raise click.ClickException(str(error)) from None
+            except GatewayError as error:  # catalog or storage unreachable: the next round retries
+                if not every:
+                    raise click.ClickException(f"{error.code}: {error.detail}") from None
+                click.echo(json.dumps({"error": error.code, "detail": error.detail}), err=True)
+            else:
+                click.echo(json.dumps(report, indent=2))
+                if heartbeat is not None:
+                    heartbeat.touch()
+            under_way = False
             if not every:
-                raise click.ClickException(f"{error.code}: {error.detail}") from None
-            click.echo(json.dumps({"error": error.code, "detail": error.detail}), err=True)
-        else:
-            click.echo(json.dumps(report, indent=2))
-            if heartbeat is not None:
-                heartbeat.touch()
-        if not every:
-            return
-        time.sleep(every)
+                return
+            time.sleep(every)
+    except KeyboardInterrupt:  # was click's "Aborted!", exit 1: in a run, with studies hidden and their objects there
+        if under_way:
+            click.echo("stopped (Ctrl-C): the next `retention run` finishes the deletions this one began", err=True)
+        else:  # between two runs, most of --every's time
+            click.echo("stopped (Ctrl-C) between runs: nothing was under way", err=True)
+        sys.exit(130)
 
 
 def _add_optional_commands() -> None:

@@ -215,6 +215,29 @@ def test_a_catalog_a_newer_version_migrated_is_one_line_that_says_so_everywhere(
     db.close()
 
 
+def test_ctrl_c_between_two_retention_runs_is_one_line_and_exit_130(tmp_path: Path) -> None:
+    """`retention run --every S` spends its time waiting for the next run: a Ctrl-C there (an operator who started it
+    in a terminal) was click's `Aborted!`, exit 1, the status of a failed run. It is one line and exit 130, as a
+    Ctrl-C during a run is."""
+    env = gateway_env(tmp_path, DICOMGW_DATABASE_URL=f"sqlite:///{tmp_path / 'catalog.db'}")
+    assert _run(["db", "upgrade"], env, tmp_path)[0] == 0
+    process = subprocess.Popen(
+        [*CLI, "retention", "run", "--every", "3600"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    first = [process.stdout.readline() for _ in range(5)]  # the first run's report, then the wait
+    assert json.loads("".join(first)) == {"configured": False, "dry_run": False, "removed": []}
+    time.sleep(1)  # well inside the hour's wait
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=30)
+    assert (process.returncode, out, err) == (130, "", "stopped (Ctrl-C) between runs: nothing was under way\n")
+
+
 @pytest.mark.parametrize("flag", ["--dry-run", "--repair"])
 def test_reconcile_against_a_catalog_never_migrated_says_to_run_db_upgrade_and_creates_nothing(
     tmp_path: Path, flag: str
