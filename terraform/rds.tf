@@ -41,6 +41,14 @@ resource "aws_db_parameter_group" "this" {
     value = "0"
   }
 
+  # An error's DETAIL line quotes the values it is about ("Failing row contains (..., Doe^Jane, ...)" for a CHECK
+  # constraint, "Key (...)=(...)" for a unique one): the file's patient's name and ID. terse leaves DETAIL, HINT,
+  # QUERY and CONTEXT out of the server log; the error line and the statement (placeholders only) stay.
+  parameter {
+    name  = "log_error_verbosity"
+    value = "terse"
+  }
+
   parameter {
     name  = "log_connections"
     value = "1"

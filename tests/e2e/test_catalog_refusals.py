@@ -144,3 +144,70 @@ def test_the_one_upload_the_catalog_refuses_fails_alone(refusing_stack: RunningS
     assert again.status_code == 200, again.text[:2000]
     listed = requests.get(f"{running.url}/dicomweb/studies/{study}/instances", headers=accept, timeout=30)
     assert len(listed.json()) == 8
+
+
+def deployed_postgres_logging() -> dict[str, str]:
+    """The server log settings the deployments give PostgreSQL: Terraform's RDS parameter group (its ``log_*``
+    parameters) and the compose profile's ``postgres -c`` options, which must agree where both set one."""
+    import hcl2
+    import yaml
+
+    repo = Path(__file__).resolve().parents[2]
+    settings: dict[str, str] = {}
+    with (repo / "terraform" / "rds.tf").open() as handle:
+        parsed = hcl2.load(handle)
+    for entry in parsed["resource"]:
+        for group in entry.get("aws_db_parameter_group", {}).values():
+            for parameter in group["parameter"]:
+                name, value = (str(parameter[key]).strip('"') for key in ("name", "value"))
+                if name.startswith("log_"):
+                    settings[name] = value
+    command = yaml.safe_load((repo / "docker-compose.yml").read_text())["services"]["postgres"].get("command", [])
+    for name, _, value in (option.partition("=") for option in command[2::2]):
+        assert settings.get(name, value) == value, (name, settings[name], value)
+        settings[name] = value
+    return settings
+
+
+@pytest.mark.postgres
+def test_the_deployed_postgresql_logs_no_value_of_a_refused_row(tmp_path: Path) -> None:
+    """PostgreSQL's own log, as Terraform and compose configure it: a CHECK constraint refusing an upload's row
+    wrote the row into the server log ("DETAIL: Failing row contains (..., Canary^Refused, CANARY-5521, ...)", to
+    CloudWatch on AWS) although the gateway's answer and logs held no value of it. The error is still logged, its
+    DETAIL line is not (log_error_verbosity=terse)."""
+    import sqlalchemy as sa
+
+    from gateway.catalog.engine import engine_url
+    from gateway.tools.postgres import available, private_postgres
+    from tests.requirements import require
+
+    require(available(), "SKIPPING: no PostgreSQL binaries (apt-get install postgresql)")
+    settings = deployed_postgres_logging()
+    files = make_series(tmp_path / "ct", modality="CT", slices=2, rows=16, columns=16, seed=91, clean=True)
+    for path in files:
+        ds = pydicom.dcmread(path)
+        ds.PatientName, ds.PatientID, ds.StudyDescription = "Canary^Refused", "CANARY-5521", "Canary biopsy"
+        ds.save_as(path)
+    with contextlib.ExitStack() as cleanup:
+        server = cleanup.enter_context(
+            private_postgres({**settings, "logging_collector": "on", "log_directory": "pglog"})
+        )
+        url = cleanup.enter_context(postgres_database(server))
+        running = start_stack(tmp_path / "var", "file", None, DICOMGW_DERIVATIVES="0", DICOMGW_DATABASE_URL=url)
+        cleanup.callback(running.stack.stop)
+        # the study's row refused, as a constraint of a real deployment can (its text names no value: DDL is logged)
+        engine = sa.create_engine(engine_url(url))
+        with engine.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE studies ADD CONSTRAINT refuse_studies CHECK (length(patient_id) <> 11)")
+        engine.dispose()
+        answer = running.stow(files)
+        assert answer.status_code == 409, answer.text[:2000]
+        assert sorted(by_sop(answer, FAILED)) == sorted(uids_of(path)[2] for path in files)
+        running.stack.stop()  # every connection closed: its lines are in the log
+        assert server.data is not None
+        log = "\n".join(path.read_text(errors="replace") for path in (server.data / "pglog").iterdir())
+    assert 'violates check constraint "refuse_studies"' in log  # the refusal is logged, so the search means much
+    assert "STATEMENT:" in log and "$1" in log
+    for value in ("Canary", "CANARY-5521", "Failing row", "DETAIL:"):
+        assert value not in log, (value, log[-3000:])
+    assert settings["log_error_verbosity"] == "terse"

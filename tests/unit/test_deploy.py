@@ -382,6 +382,8 @@ def test_only_nginx_publishes_a_port_and_on_loopback_by_default() -> None:
 def test_postgres_is_an_optional_profile_and_sqlite_lives_in_a_volume() -> None:
     services = load_compose()["services"]
     assert services["postgres"]["profiles"] == ["postgres"]
+    # no DETAIL line quoting a refused row's values in PostgreSQL's own log (Terraform's parameter group alike)
+    assert services["postgres"]["command"] == ["postgres", "-c", "log_error_verbosity=terse"]
     assert all("profiles" not in service for name, service in services.items() if name != "postgres")
     dependency = services["gateway"]["depends_on"]["postgres"]
     assert dependency == {"condition": "service_healthy", "required": False}
@@ -906,6 +908,7 @@ def test_database_is_private_encrypted_and_protected() -> None:
     parameters = {p["name"]: p["value"] for p in tf_resource("aws_db_parameter_group", "this")["parameter"]}
     assert parameters["rds.force_ssl"] == "1"
     assert parameters["log_parameter_max_length"] == "0"  # no bind values (PHI) in the logs
+    assert parameters["log_error_verbosity"] == "terse"  # no DETAIL line quoting a refused row's values
 
 
 def test_both_containers_run_read_only_and_the_gateway_as_its_uid() -> None:
