@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import secrets
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import pydicom
 import pytest
 import requests
 
@@ -193,3 +195,81 @@ def stack_key(stack: RunningStack, sop: str) -> str:
         return str(row.storage_key)
     finally:
         catalog.close()
+
+
+def with_raw_value(ds: pydicom.Dataset, tag: int, vr: str, value: bytes) -> None:
+    """``value`` as the file's bytes of element ``tag``, however invalid for ``vr`` (pydicom refuses to write it)."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    value += b" " * (len(value) % 2)
+    ds[Tag(tag)] = RawDataElement(Tag(tag), vr, len(value), value, 0, False, True)  # type: ignore[assignment]
+
+
+POLICY = """
+version = "2026-12-06"
+[destinations.local]
+storage = "default"
+region = "eu-west-1"
+identifiable_allowed = true
+[destinations.deid]
+storage = "default"
+region = "eu-west-1"
+identifiable_allowed = false
+[[rules]]
+id = "research"
+match = { tenant = "research" }
+action = "deidentify"
+destination = "deid"
+[default]
+action = "allow"
+destination = "local"
+"""
+
+
+def test_no_value_of_a_hostile_file_in_any_log(tmp_path: Path) -> None:
+    """A patient's name where the file's VR forbids it (a CS, an IS, as a broken modality or a hostile client
+    writes one): pydicom's validation warning quoted it into the gateway's log (`UserWarning: Invalid value for VR
+    CS: 'CANARY^HOSTILE'` when the image was rendered, `... VR IS: 'CANARY7'` when the PHI scanner read the file),
+    and its warning about an unknown Specific Character Set quoted that (`Unknown encoding 'CANARY'`).
+    The workload runs the PHI hooks (an allowed and a de-identified upload) and every read; then every file the
+    stack wrote but the stored objects and the catalog (which hold the file as it was sent) is searched for it."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text(POLICY)
+    running = start_stack(tmp_path / "var", "file", None, DICOMGW_DERIVATIVES="0", DICOMGW_PHI_POLICY=str(policy))
+    try:
+        (path,) = make_series(tmp_path / "ct", modality="CT", slices=1, rows=32, columns=32, seed=2701, clean=True)
+        ds = pydicom.dcmread(path)
+        with_raw_value(ds, 0x00281056, "CS", b"CANARY^HOSTILE")  # VOI LUT Function
+        with_raw_value(ds, 0x00200013, "IS", b"CANARY7")  # Instance Number
+        with_raw_value(ds, 0x00080005, "CS", b"CANARY")  # Specific Character Set: no term pydicom knows
+        with warnings.catch_warnings():  # pydicom warns of that charset as it writes and reads the names
+            warnings.simplefilter("ignore")
+            ds.save_as(path)
+            study, series, sop = uids_of(path)
+        stored = running.stow([path])
+        assert stored.status_code == 200, stored.text[:300]
+        deidentified = running.stow([path], **{"X-DICOMGW-Tenant": "research", "X-DICOMGW-Region": "eu-west-1"})
+        assert deidentified.status_code == 202, deidentified.text[:300]
+        instance = f"{running.url}/dicomweb/studies/{study}/series/{series}/instances/{sop}"
+        for suffix, accept in (
+            ("/metadata", "application/dicom+json"),
+            ("/rendered", "image/jpeg"),
+            ("/frames/1/rendered", "image/png"),
+            ("/thumbnail", "image/jpeg"),
+            ("/frames/1", "application/octet-stream"),
+        ):
+            answer = requests.get(f"{instance}{suffix}", headers={"Accept": accept, **running.api_headers}, timeout=30)
+            assert answer.status_code == 200, (suffix, answer.status_code, answer.text[:300])
+        running.settle_access_log()
+    finally:
+        running.stack.stop()
+    held = []
+    for found in sorted(running.stack.var_dir.rglob("*")):
+        relative = found.relative_to(running.stack.var_dir)
+        the_store = relative.parts[0] == "objects" or found.name.startswith("catalog.db")
+        if the_store or not found.is_file() or found.is_socket():
+            continue
+        data = found.read_bytes()
+        held += [f"{word!r} in {relative}" for word in (b"CANARY", b"Canary") if word in data]
+    assert held == [], held
