@@ -17,6 +17,7 @@ its objects as orphans).
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections import defaultdict
@@ -36,6 +37,8 @@ _INSTANCE_FILE = re.compile(r"^(?P<dir>.*/instances/)(?P<sop>[0-9]+(?:\.[0-9]+)*
 _DERIVED_DIGEST = re.compile(r"/instances/[0-9.]*[0-9][./][^/]*-([0-9a-f]{16})\.[^/]*$")
 MAX_REASON = 500
 DELETE_CONCURRENCY = 8
+
+log = logging.getLogger(__name__)
 
 
 def instance_of(key: str) -> tuple[str, str] | None:
@@ -91,7 +94,13 @@ class Deleter:
         for item in removed:
             self.remove_objects(list(item.keys))
             self.catalog.finish_deletion(item.id)
+        self._scrub()
         return removed
+
+    def _scrub(self) -> None:
+        """No copy of the removed rows left in the catalog's files (``Catalog.scrub``) before the answer."""
+        if not self.catalog.scrub():
+            log.warning("the catalog's files still hold removed rows: a reader kept the checkpoint from finishing")
 
     def remove_objects(self, keys: list[str]) -> list[str]:
         """Remove the instances' objects and everything stored under their names; an instance stored again (or
@@ -126,6 +135,8 @@ class Deleter:
             removed = self.remove_objects(record["keys"])
             self.catalog.finish_deletion(record["id"])
             done.append({"id": record["id"], "study_uid": record["study_uid"], "removed": len(removed)})
+        if done:
+            self._scrub()
         return done
 
 

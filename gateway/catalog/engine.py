@@ -378,5 +378,24 @@ class CatalogBase:
         except sa.exc.SQLAlchemyError as exc:
             raise CatalogUnavailable(f"catalog unavailable ({type(exc).__name__})") from None
 
+    def scrub(self) -> bool:
+        """After a deletion: no copy of the deleted rows left in the database's files. SQLite zeroes a deleted
+        row (``secure_delete``) in the page version it appends to the write-ahead log, while the main file keeps
+        the old version until a checkpoint copies the new one over it, and the log's earlier frames keep theirs
+        until overwritten: a patient's name and ID stayed in ``catalog.db`` and ``catalog.db-wal`` after the
+        answer. A TRUNCATE checkpoint writes every frame into the main file and empties the log (it waits, in the
+        busy handler, for readers of older snapshots). False when a reader held it longer than that (the next
+        deletion's, or SQLite's own checkpoints, finish it). PostgreSQL: dead rows go at its next vacuum."""
+        if self.dialect != "sqlite":
+            return True
+        try:
+            with self._one_writer(), self.engine.connect() as conn:
+                # on the DB-API connection: outside any transaction, which a checkpoint cannot run in
+                driver: Any = conn.connection.driver_connection
+                (busy, _, _) = driver.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sa.exc.OperationalError as exc:
+            raise unavailable(exc) from None
+        return not busy
+
     def close(self) -> None:
         self.engine.dispose()

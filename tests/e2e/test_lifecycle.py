@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 import requests
 
@@ -1362,3 +1363,40 @@ def test_a_thumbnail_rendered_while_its_instance_is_deleted_and_sent_again_is_no
     assert Image.open(io.BytesIO(served.content)).size == (64, 64)  # the corrected instance's, not 128x128
     thumbs = [key for key in stored_keys(stack, study) if ".thumb" in key]
     assert len(thumbs) == 1, thumbs  # nothing of the deleted one's left beside it
+
+
+def test_a_deleted_patient_is_gone_from_the_sqlite_catalogs_files_at_the_answer(tmp_path: Path) -> None:
+    """README: the catalog is "gone at the answer" (SQLite overwrites deleted rows with secure_delete). In WAL mode
+    the zeroed page went to the write-ahead log, while the main file kept the page as it was at the last checkpoint
+    and the log its earlier versions: minutes after an erasure's 200 and a DELETE's 204, `catalog.db` and
+    `catalog.db-wal` still held the patient's name, ID and metadata. Each deletion now ends with a TRUNCATE
+    checkpoint; the bytes of the catalog's files are searched right after each answer (the stack still running)."""
+    running = start_stack(
+        tmp_path / "var", "file", None,
+        DICOMGW_DERIVATIVES="0", DICOMGW_REVOCATION_REFRESH="1", DICOMGW_AUTH_CACHE_SECONDS="1",
+        DICOMGW_DELETE_SETTLE="3",
+    )  # fmt: skip
+    try:
+        studies = {}
+        for seed, patient in ((8101, "ERASED-CANARY"), (8102, "DELETED-CANARY"), (8103, "KEPT-PATIENT")):
+            files = one_slice(tmp_path / patient, seed, patient)
+            ds = pydicom.dcmread(files[0])
+            ds.PatientName = f"{patient}^NAME"
+            ds.save_as(files[0])
+            assert running.stow(files).status_code == 200
+            studies[patient] = uids_of(files[0])[0]
+        catalog = Path(running.stack.database_url.removeprefix("sqlite:///"))
+
+        def catalog_bytes() -> bytes:
+            return b"".join(path.read_bytes() for path in catalog.parent.glob(catalog.name + "*"))
+
+        assert b"ERASED-CANARY" in catalog_bytes() and b"DELETED-CANARY" in catalog_bytes()
+        answer = erase(running, "ERASED-CANARY")
+        assert answer.status_code == 200 and answer.json()["studies"] == [studies["ERASED-CANARY"]], answer.text
+        assert b"ERASED-CANARY" not in catalog_bytes()
+        assert delete(running, f"studies/{studies['DELETED-CANARY']}").status_code == 204
+        held = catalog_bytes()
+        assert b"DELETED-CANARY" not in held
+        assert b"KEPT-PATIENT^NAME" in held  # the search reads the files a stored patient is in
+    finally:
+        running.stack.stop()
