@@ -25,6 +25,8 @@ import pydicom.data
 import pytest
 import requests
 from PIL import Image
+from pydicom.dataelem import RawDataElement
+from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from tests.e2e.harness import RunningStack, start_stack
@@ -249,3 +251,74 @@ def test_palette_with_inline_lookup_tables(tmp_path: Path, browser: Any) -> None
         assert_shows(running, browser, PALETTE, PALETTE)
     finally:
         running.stack.stop()
+
+
+# Window Center and Width as files carry them and the viewer cannot use them as they are (center bytes, width bytes),
+# and the pair it must use instead: None, none (the image's own range, as for CT_small.dcm, which has no window).
+# The gateway's metadata holds an empty value as null and a DS beyond a double as null too; the image loader read
+# both with parseFloat (NaN: a red stage, "W NaN  L NaN"), and took a width under 1 as it was (a thresholded or
+# inverted picture): PS3.3 C.11.2.1.2.1 has the width at least 1.
+UNUSABLE_WINDOWS: dict[str, tuple[bytes, bytes, tuple[int, int] | None]] = {
+    "first_value_empty": (b"\\40", b"\\400", (40, 400)),  # the second pair is the one to use
+    "width_0": (b"40", b"0", None),
+    "width_negative": (b"40", b"-400", None),
+    "beyond_a_double": (b"1e400", b"1e400", None),
+    "not_a_number": (b"NaN", b"NaN", None),
+    "center_without_width": (b"40", b"", None),
+}
+
+
+def with_window(folder: Path, name: str, center: bytes, width: bytes) -> Path:
+    """CT_small.dcm in a study of its own with these Window Center and Width bytes, written as they are."""
+    ds = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    for number, value in ((0x00281050, center), (0x00281051, width)):
+        value += b" " * (len(value) % 2)
+        ds[number] = RawDataElement(Tag(number), "DS", len(value), value, 0, False, True)
+    path = folder / f"window_{name}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def window_overlay(page: Any) -> str:
+    return str(page.inner_text("#overlay-br")).splitlines()[-1]
+
+
+def test_a_window_the_viewer_cannot_use_is_not_drawn(
+    real_stack: RunningStack, browser: Any, tmp_path: Path  # noqa: F811
+) -> None:
+    """A file's window with an empty value, a width under 1 or a value beyond a double: the viewer uses the first
+    usable pair, else the image's own range, and the picture is the CT as pydicom shows it with that window (a red
+    stage, or a black and white threshold, before)."""
+    files = {name: with_window(tmp_path, name, c, w) for name, (c, w, _) in UNUSABLE_WINDOWS.items()}
+    reference = tmp_path / "window_40_400.dcm"
+    ds = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
+    ds.WindowCenter, ds.WindowWidth = 40, 400
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.save_as(reference, enforce_file_format=True)
+    answer = real_stack.stow([*files.values(), reference])
+    assert answer.status_code == 200, answer.text
+    real_stack.uploaded.update({path.name: path for path in [*files.values(), reference]})
+
+    def shown(name: str) -> tuple[str, np.ndarray]:
+        page, log, failed = open_file(real_stack, browser, name)
+        assert page.locator("#error").is_hidden(), page.inner_text("#error")
+        overlay, picture = window_overlay(page), image_area(page, 128, 128, "RGB")
+        assert failed == []
+        assert [m for m in log.console if m.startswith("pageerror")] == []
+        page.context.close()
+        return overlay, picture
+
+    overlays = {"none": shown("CT_small.dcm")[0], "40/400": shown(reference.name)[0]}
+    assert overlays == {"none": "W 2063  L 136", "40/400": "W 399  L 40"}
+    for name, (_, _, used) in UNUSABLE_WINDOWS.items():
+        overlay, picture = shown(files[name].name)
+        assert overlay == overlays["40/400" if used else "none"], name
+        # grey, not the red of a NaN window
+        assert np.abs(picture[..., 0] - picture[..., 1]).max() < 2, name
+        expected = coarse(display_values(pydicom.dcmread(reference if used else TEST_FILES / "CT_small.dcm")))
+        correlation = float(np.corrcoef(coarse(picture).ravel(), expected.ravel())[0, 1])
+        assert correlation > 0.9, f"{name}: the picture does not follow pydicom's ({correlation:.2f})"
+

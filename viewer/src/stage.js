@@ -42,14 +42,48 @@ export const PRESETS = {
   brain: [40, 80],
 };
 
+const WINDOW_CENTER = '00281050';
+const WINDOW_WIDTH = '00281051';
+
 /**
- * The instance's metadata as the image loader can take it. Its metadata provider reads Modality without a guard
- * (every image's plane module asks whether it is NM): an instance without it, which real secondary captures are
- * (Modality is Type 1, yet often missing), threw on every image and the viewer never left "loading". An empty value
- * stands in; the instance's own metadata (series list, overlay) is left as the gateway sent it.
+ * The file's windows (Window Center and Width, paired by position) that can be used: both values numbers and the
+ * width at least 1 (PS3.3 C.11.2.1.2.1). The loader reads them with parseFloat and takes the first pair as it is: an
+ * empty first value (`"\\40"`, JSON null), a DS the gateway could not hold as a number (1e400, NaN: null) drew a red
+ * stage with "W NaN L NaN", a width of 0 or less a thresholded or inverted picture. Null when none is usable: the
+ * loader then windows the image over its own range, as it does for a file without a window.
+ */
+function usableWindows(instance) {
+  const centers = instance[WINDOW_CENTER]?.Value || [];
+  const widths = instance[WINDOW_WIDTH]?.Value || [];
+  const pairs = [];
+  for (let i = 0; i < Math.min(centers.length, widths.length); i += 1) {
+    const [center, width] = [centers[i], widths[i]].map((v) => (v === null || v === '' ? NaN : Number(v)));
+    if (Number.isFinite(center) && Number.isFinite(width) && width >= 1) pairs.push([center, width]);
+  }
+  return pairs.length ? pairs : null;
+}
+
+/**
+ * The instance's metadata as the image loader can take it (the instance's own metadata, for the series list and
+ * the overlay, is left as the gateway sent it):
+ * - Its metadata provider reads Modality without a guard (every image's plane module asks whether it is NM): an
+ *   instance without it, which real secondary captures are (Modality is Type 1, yet often missing), threw on every
+ *   image and the viewer never left "loading". An empty value stands in.
+ * - Only the windows it can use (usableWindows); none at all when it has none.
  */
 function forLoader(instance) {
-  return instance['00080060']?.Value?.length ? instance : { ...instance, '00080060': { vr: 'CS', Value: [''] } };
+  const fixed = { ...instance };
+  if (!instance['00080060']?.Value?.length) fixed['00080060'] = { vr: 'CS', Value: [''] };
+  if (instance[WINDOW_CENTER] || instance[WINDOW_WIDTH]) {
+    const windows = usableWindows(instance);
+    delete fixed[WINDOW_CENTER];
+    delete fixed[WINDOW_WIDTH];
+    if (windows) {
+      fixed[WINDOW_CENTER] = { vr: 'DS', Value: windows.map(([center]) => center) };
+      fixed[WINDOW_WIDTH] = { vr: 'DS', Value: windows.map(([, width]) => width) };
+    }
+  }
+  return fixed;
 }
 
 export class Stage {
