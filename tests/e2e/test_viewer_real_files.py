@@ -34,9 +34,11 @@ from tests.e2e.test_real_files import display_values
 from tests.e2e.test_viewer import (  # noqa: F401 - browser is a fixture
     HIDE_OVERLAYS,
     NetworkLog,
+    assert_not_blank,
     browser,
     open_page,
     settle,
+    snap,
 )
 
 pytestmark = pytest.mark.browser
@@ -322,3 +324,83 @@ def test_a_window_the_viewer_cannot_use_is_not_drawn(
         correlation = float(np.corrcoef(coarse(picture).ravel(), expected.ravel())[0, 1])
         assert correlation > 0.9, f"{name}: the picture does not follow pydicom's ({correlation:.2f})"
 
+
+
+def document_series(study: str, sop_class: str, modality: str, number: int, **values: Any) -> pydicom.Dataset:
+    """An instance without pixel data in a series of its own, of the patient of pydicom's CT_small.dcm."""
+    ds = pydicom.Dataset()
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = modality, number, 1
+    for keyword, value in values.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def test_a_study_with_a_report_a_pdf_and_key_objects_beside_its_images_opens_the_images(
+    real_stack: RunningStack, browser: Any, tmp_path: Path  # noqa: F811
+) -> None:
+    """A structured report (series 1), an encapsulated PDF (2) and a key object selection (3) beside a CT (4): the
+    viewer opens the CT, asks for no frame of the others, and their buttons say they hold no images (it opened the
+    report and showed "These images cannot be shown here" over the whole page, the CT out of reach). A study of a
+    report alone says it has no images to show."""
+    ct = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
+    patient = {"PatientName": ct.PatientName, "PatientID": ct.PatientID}
+    study, ct_series = generate_uid(), generate_uid()
+    report = pydicom.dcmread(TEST_FILES / "test-SR.dcm")
+    report.StudyInstanceUID, report.SeriesInstanceUID, report.SeriesNumber = study, generate_uid(), 1
+    report.SOPInstanceUID = report.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    for keyword in ("PatientBirthDate", "PatientSex"):
+        report.pop(keyword, None)
+    report.update(patient)
+    pdf = document_series(study, "1.2.840.10008.5.1.4.1.1.104.1", "DOC", 2, SeriesDescription="Report PDF",
+                          MIMETypeOfEncapsulatedDocument="application/pdf", EncapsulatedDocument=b"%PDF-1.4\n%%EOF\n",
+                          **patient)
+    key_objects = document_series(study, "1.2.840.10008.5.1.4.1.1.88.59", "KO", 3, **patient)
+    datasets = [report, pdf, key_objects]
+    for number in range(3):
+        image = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
+        image.StudyInstanceUID, image.SeriesInstanceUID = study, ct_series
+        image.SOPInstanceUID = image.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        image.SeriesNumber, image.InstanceNumber, image.SeriesDescription = 4, number + 1, "CT axial"
+        datasets.append(image)
+    alone = pydicom.dcmread(TEST_FILES / "test-SR.dcm")
+    alone.StudyInstanceUID, alone.SeriesInstanceUID = generate_uid(), generate_uid()
+    alone.SOPInstanceUID = alone.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    paths = []
+    for number, ds in enumerate([*datasets, alone]):
+        paths.append(tmp_path / f"mixed_{number}.dcm")
+        ds.save_as(paths[-1], enforce_file_format=True)
+    answer = real_stack.stow(paths)
+    assert answer.status_code == 200, answer.text
+    real_stack.uploaded.update({"mixed.dcm": paths[-2], "report_alone.dcm": paths[-1]})
+
+    page, log, failed = open_file(real_stack, browser, "mixed.dcm")
+    assert page.locator("#error").is_hidden(), page.inner_text("#error")
+    assert page.get_attribute("#viewport", "data-series") == ct_series
+    assert page.get_attribute("#viewport", "data-count") == "3"
+    assert page.inner_text("#overlay-tl") == "CT CT axial"
+    assert_not_blank(snap(page, "mixed-study"))
+    buttons = page.locator("#series button")
+    assert [buttons.nth(i).inner_text() for i in range(4)] == [
+        "SR Demonstration of SR Features · 1 · no images",
+        "DOC Report PDF · 1 · no images",
+        "KO · 1 · no images",
+        "CT CT axial · 3",
+    ]
+    assert [buttons.nth(i).is_disabled() for i in range(4)] == [True, True, True, False]
+    assert buttons.nth(3).get_attribute("aria-current") == "true"
+    others = {str(ds.SeriesInstanceUID) for ds in datasets[:3]}
+    assert [r.url for r in log.requests if "/frames/" in r.url and any(uid in r.url for uid in others)] == []
+    # only the thumbnails of the series without images, which the gateway cannot render (its documented 406)
+    assert [(s, url) for s, url in failed if not (s == 406 and url.endswith("/thumbnail"))] == []
+    assert [m for m in log.console if m.startswith("pageerror")] == []
+    page.context.close()
+
+    page, _, _ = open_file(real_stack, browser, "report_alone.dcm", error=True)
+    assert page.get_attribute("#error", "data-kind") == "noimages"
+    assert page.inner_text("#error-title") == "This study has no images to show"
+    page.context.close()

@@ -163,8 +163,17 @@ export class DicomWebClient {
   }
 }
 
+// Pixel Data, Float Pixel Data, Double Float Pixel Data: an instance without any (a structured report, an
+// encapsulated PDF, a key object selection, a presentation state) has no frame to show.
+const PIXEL_DATA = ['7FE00010', '7FE00008', '7FE00009'];
+
+/** Whether an instance is an image: pixel data and a size. */
+export function isImage(instance) {
+  return PIXEL_DATA.some((key) => instance[key]) && Boolean(dicom.number(instance, '00280010'));
+}
+
 /**
- * Order a series' instance metadata and expand it to one image per frame.
+ * Order a series' instance metadata and expand it to one image per frame; instances that are not images are left out.
  * Single-frame instances sort by InstanceNumber, then by position along the slice normal; a multi-frame instance
  * (the whole-slide image) contributes frames 1..NumberOfFrames in order.
  * @returns {{instance: object, sop: string, frame: number}[]}
@@ -178,7 +187,7 @@ export function framesOf(metadata) {
     const n = [b * f - c * e, c * d - a * f, a * e - b * d];
     return n[0] * ipp[0] + n[1] * ipp[1] + n[2] * ipp[2];
   };
-  const sorted = [...metadata].sort(
+  const sorted = metadata.filter(isImage).sort(
     (x, y) =>
       (dicom.number(x, '00200013') ?? 0) - (dicom.number(y, '00200013') ?? 0) || position(x) - position(y),
   );

@@ -10,6 +10,8 @@ const MESSAGES = {
   notfound: ['Study not found', 'The study in this link is not on the server (any more).'],
   unavailable: ['The image server is not reachable', 'The server is down or restarting. Try again in a minute.'],
   // the link works but the images cannot be decoded or served to the browser (not the gateway being down)
+  // the study holds no image at all: only reports, documents, key object selections...
+  noimages: ['This study has no images to show', 'It holds only reports or documents (such as a structured report or a PDF), which this viewer does not display.'],
   unsupported: ['These images cannot be shown here', 'They are stored in a format this viewer cannot display. A DICOM viewer on a computer may show them.'],
   nolink: ['No study to show', 'Open this viewer through a study link from your portal.'],
   failed: ['The study could not be loaded', 'Something went wrong on the server. Try again later.'],

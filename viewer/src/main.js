@@ -45,6 +45,7 @@ const state = {
   failedFrames: new Set(), // frames of the open series whose load failed, counted as settled by the progress bar
   onFrame: null, // the open series' prefetch callback (progress, failures)
   toolsBound: false,
+  noImages: new Set(), // series found to hold no image (a report, a PDF...): their buttons are disabled
 };
 
 /**
@@ -296,6 +297,37 @@ async function seriesInfo(series) {
   return { metadata, frames, tiles, start, progressive, color: (dicom.number(first, '00280002') ?? 1) > 1 };
 }
 
+/** The first series of the list that holds images, with its seriesInfo; null when none does. Each one found to hold
+ * none (a structured report, a PDF: a series of their own, often numbered first) is remembered as such. */
+async function firstWithImages(list) {
+  for (const series of list) {
+    const info = await seriesInfo(series);
+    if (info.frames.length) return { series, info };
+    state.noImages.add(series.uid);
+  }
+  return null;
+}
+
+/** Mark a series' button as holding no image: disabled, and its label says so. */
+function markNoImages(uid) {
+  state.noImages.add(uid);
+  const button = [...document.querySelectorAll('#series button')].find((b) => b.dataset.uid === uid);
+  if (!button || button.disabled) return;
+  button.disabled = true;
+  button.title = 'No images in this series';
+  button.querySelector('span').textContent += ' · no images';
+}
+
+/** A series chosen in the list: opened, unless it holds no image (then its button says so; the open one stays). */
+async function selectSeries(series) {
+  const info = await seriesInfo(series);
+  if (!info.frames.length) {
+    markNoImages(series.uid);
+    return;
+  }
+  await openSeries(series, info);
+}
+
 async function openSeries(series, info = seriesInfo(series)) {
   const { client, study, stage } = state;
   state.series = series;
@@ -384,9 +416,10 @@ function renderSeriesList(list) {
     const count = series.instances ? ` · ${series.instances}` : '';
     label.textContent = `${series.modality || '?'} ${series.description || ''}${count}`.trim();
     button.append(img, label);
-    button.addEventListener('click', () => openSeries(series).catch(fail));
+    button.addEventListener('click', () => selectSeries(series).catch(fail));
     nav.append(button);
   }
+  for (const uid of state.noImages) markNoImages(uid);
 }
 
 function fail(error) {
@@ -477,10 +510,11 @@ async function openStudyOnce(study) {
     showError('notfound');
     return;
   }
-  const first = seriesInfo(series[0]); // metadata and the derivative probe while Cornerstone loads
-  first.then((info) => {
+  // the first series with images: metadata and the derivative probe while Cornerstone loads
+  const first = firstWithImages(series);
+  first.then((found) => {
     removePlaceholder();
-    showPlaceholder(series[0], info);
+    if (found) showPlaceholder(found.series, found.info);
   }).catch(() => {});
   if (!state.stage) {
     const { Stage, Enums, eventTarget } = await loadStage();
@@ -492,7 +526,12 @@ async function openStudyOnce(study) {
     bindControls(stage);
   }
   renderSeriesList(series);
-  await openSeries(series[0], first);
+  const found = await first;
+  if (!found) {
+    showError('noimages');
+    return;
+  }
+  await openSeries(found.series, found.info);
   $('viewport').focus({ preventScroll: true });
 }
 
