@@ -125,6 +125,41 @@ def test_offline_for_seconds_mid_load_keeps_the_images_and_finishes_the_series_f
     page.context.close()
 
 
+def test_a_phone_shows_the_status_line_while_it_says_something_fixed(
+    outside: tuple[RunningStack, str], browser: Any  # noqa: F811
+) -> None:
+    """On a phone (390x844 at 3x, touch) the status line was hidden (`display: none` under 640 px): "Connection lost.
+    Retrying…" over the images (README, Viewer and embedding) reached no phone user, who saw the series stop loading
+    with nothing said. It is now a line of its own under the buttons, on screen, while it says something, and takes
+    no room when empty."""
+    running, study = outside
+    issued = running.issue([study], ttl=600)
+    page = open_page(
+        browser, NetworkLog(), viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True,
+        device_scale_factor=3,
+    )
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send("Network.emulateNetworkConditions", FAST_3G)
+    page.goto(issued["viewer_url"])
+    page.wait_for_selector("#viewport[data-state=ready]", timeout=120_000)
+    assert page.locator("#status").is_hidden()  # empty: no line of its own
+    stage_height = page.locator("#viewport").bounding_box()["height"]
+    cdp.send("Network.emulateNetworkConditions", OFFLINE)
+    page.wait_for_function("() => document.getElementById('status').textContent === 'Connection lost. Retrying…'")
+    status = page.locator("#status")
+    assert status.is_visible()
+    box = status.bounding_box()
+    assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390 and box["height"] > 10
+    assert box["y"] + box["height"] <= page.locator("#viewport").bounding_box()["y"]  # above the image, not over it
+    assert_not_blank(snap(page, "outside-phone-status"))
+    cdp.send("Network.emulateNetworkConditions", ONLINE)
+    wait_all_loaded(page)
+    assert page.locator("#status").is_hidden()
+    assert page.locator("#viewport").bounding_box()["height"] == stage_height
+    page.context.close()
+
+
 def test_a_storage_outage_at_open_says_unavailable_then_shows_the_study_fixed(
     outside: tuple[RunningStack, str], browser: Any  # noqa: F811
 ) -> None:
