@@ -612,6 +612,54 @@ def test_portal_iframe_embedding(
     page.context.close()
 
 
+KEYBOARD_PORTAL_PAGE = """<!doctype html><html><head><meta name="referrer" content="no-referrer"><title>Portal</title>
+</head><body style="margin:0"><button id="before">Before</button>
+<iframe id="viewer" src="{src}" title="DICOM viewer" sandbox="allow-scripts allow-same-origin"
+        referrerpolicy="no-referrer" allow="fullscreen" style="width:100%;height:560px;border:0"></iframe>
+<button id="after">After</button></body></html>"""
+
+
+def test_a_keyboard_user_leaves_the_image_with_tab_in_a_portal_iframe(
+    portal_stack: RunningStack, portal: Portal, synthetic: dict[str, Any], browser: Any
+) -> None:
+    """Keyboard only, the viewer in another site's iframe: the arrow keys scroll the image the viewer focuses at
+    open, Tab leaves it for the portal's next control, Shift+Tab reaches the series and the presets, and Enter on
+    *Brain* windows the image. Cornerstone's tools took every key on the image, Tab too: focus stayed on the image
+    for good (WCAG 2.1.2, no keyboard trap)."""
+    issued = portal_stack.issue([study_of(synthetic, "ct")], ttl=600)
+    portal.html = KEYBOARD_PORTAL_PAGE.format(src=issued["viewer_url"])
+    page = open_page(browser, NetworkLog())
+    page.goto(f"{portal.origin}/patient")
+    frame = page.frame_locator("#viewer")
+    frame.locator("#viewport[data-state=ready]").wait_for(timeout=60_000)
+    frame.locator("#progress").wait_for(state="hidden")
+    viewer = next(f for f in page.frames if f.url.startswith(portal_stack.url))
+
+    def focused() -> str:
+        return str(viewer.evaluate("() => document.hasFocus() ? document.activeElement.textContent.trim()"
+                                   " || document.activeElement.id : ''"))
+
+    page.locator("#before").focus()
+    page.keyboard.press("Tab")  # into the frame: its first control
+    assert focused() == "Soft tissue"
+    viewer.locator("#viewport").focus()
+    page.keyboard.press("ArrowDown")
+    viewer.wait_for_function("() => document.getElementById('viewport').dataset.index === '1'")
+    page.keyboard.press("Tab")
+    assert page.evaluate("() => document.activeElement.id") == "after"
+    page.keyboard.press("Shift+Tab")
+    assert focused() == "viewport"
+    page.keyboard.press("Shift+Tab")
+    assert focused().startswith("CT")  # the series' button
+    for name in ("Reset", "Brain"):
+        page.keyboard.press("Shift+Tab")
+        assert focused() == name
+    page.keyboard.press("Enter")
+    viewer.wait_for_function("() => document.getElementById('overlay-br').textContent.endsWith('W 80  L 40')")
+    assert viewer.get_attribute("#viewport", "data-index") == "1"
+    page.context.close()
+
+
 @pytest.mark.parametrize("stack", ["file"], indirect=True)
 def test_webview_cookie_flow(stack: RunningStack, synthetic: dict[str, Any], browser: Any) -> None:
     """URL token → /api/v1/session sets the HttpOnly cookie → the viewer talks to /dicomweb with no token at all."""

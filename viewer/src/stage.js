@@ -132,6 +132,19 @@ export class Stage {
     });
     this.viewport = this.engine.getViewport(VIEWPORT);
     this.element.addEventListener('contextmenu', (e) => e.preventDefault());
+    // Keyboard users: Cornerstone makes the viewport unreachable by Tab (tabindex -1, where the page has 0), and its
+    // tools take every key pressed on it (preventDefault), Tab too: a keyboard user was held on the image (the
+    // viewer focuses it at open), never reaching the series or the buttons, or the portal around the iframe. The
+    // image is in the Tab order again, and Tab goes on as it does everywhere (a capture listener runs before the
+    // tools' one).
+    this.element.tabIndex = 0;
+    this.element.addEventListener(
+      'keydown',
+      (event) => {
+        if (event.key === 'Tab') event.stopImmediatePropagation();
+      },
+      { capture: true },
+    );
 
     // The stage fills a flex box whose size changes with the phone's rotation and the iframe's size.
     new ResizeObserver(() => {
