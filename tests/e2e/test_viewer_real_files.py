@@ -404,3 +404,58 @@ def test_a_study_with_a_report_a_pdf_and_key_objects_beside_its_images_opens_the
     assert page.get_attribute("#error", "data-kind") == "noimages"
     assert page.inner_text("#error-title") == "This study has no images to show"
     page.context.close()
+
+
+def test_a_series_with_one_undecodable_instance_says_which_slice_cannot_be_shown(
+    real_stack: RunningStack, browser: Any, tmp_path: Path  # noqa: F811
+) -> None:
+    """Five JPEG baseline slices (Pillow's encoder), the third's frame made undecodable (its SOF0 marker turned
+    into SOF9, arithmetic coding, which no decoder here takes): the viewer shows the others, and on the third a
+    black stage saying "This image cannot be shown." with the overlay "Image 3 / 5 · cannot be shown". Before,
+    moving to it kept the second slice on screen, or (a series with the lossless derivative) drew a grey stage
+    saying "preview, loading full quality" for good."""
+    ct = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
+    grey = ct.pixel_array.astype(np.float64)
+    grey = np.round(255 * (grey - grey.min()) / np.ptp(grey)).astype(np.uint8)
+    study, series = generate_uid(), generate_uid()
+    paths = []
+    for number in range(5):
+        jpeg = io.BytesIO()
+        Image.fromarray(np.roll(grey, 20 * number, axis=1)).save(jpeg, format="JPEG", quality=95)
+        frame = jpeg.getvalue()
+        if number == 2:
+            sof = frame.index(b"\xff\xc0")
+            frame = frame[: sof + 1] + b"\xc9" + frame[sof + 2 :]
+        ds = pydicom.dcmread(TEST_FILES / "CT_small.dcm", stop_before_pixels=True)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.InstanceNumber = study, series, number + 1
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.JPEGBaseline8Bit
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.RescaleIntercept, ds.RescaleSlope = 0, 1
+        ds.LossyImageCompression = "01"
+        ds.PixelData = pydicom.encaps.encapsulate([frame])
+        ds["PixelData"].VR = "OB"
+        paths.append(tmp_path / f"one_broken_{number}.dcm")
+        ds.save_as(paths[-1], enforce_file_format=True)
+    answer = real_stack.stow(paths)
+    assert answer.status_code == 200, answer.text
+    real_stack.uploaded["one_broken.dcm"] = paths[0]
+
+    page, _, _ = open_file(real_stack, browser, "one_broken.dcm")
+    assert page.locator("#error").is_hidden(), page.inner_text("#error")
+    assert page.inner_text("#status") == "Some images could not be loaded."
+    assert page.locator("#unshown").is_hidden()
+    page.locator("#viewport").focus()
+    for index, label in ((1, "Image 2 / 5\nW"), (2, "Image 3 / 5 · cannot be shown"), (3, "Image 4 / 5\nW")):
+        page.keyboard.press("ArrowDown")
+        page.wait_for_function(f"() => document.getElementById('viewport').dataset.index === '{index}'")
+        settle(page)
+        assert page.inner_text("#overlay-br").startswith(label), index
+        if index == 2:
+            assert page.locator("#unshown").is_visible()
+            assert page.inner_text("#unshown") == "This image cannot be shown."
+            assert image_area(page, 128, 128).mean() < 10  # black, but for the sentence
+        else:
+            assert page.locator("#unshown").is_hidden()
+            assert image_area(page, 128, 128).std() > 5
+    page.context.close()

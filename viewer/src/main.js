@@ -43,6 +43,7 @@ const state = {
   redrawing: false, // the stage is drawing its slice again (drawIfEmpty)
   lostSlice: null, // the slice moved to whose own load failed: the stage still shows the one before
   failedFrames: new Set(), // frames of the open series whose load failed, counted as settled by the progress bar
+  unshown: new Set(), // frames of the open series whose load failed with the gateway answering: a bad frame
   onFrame: null, // the open series' prefetch callback (progress, failures)
   toolsBound: false,
   noImages: new Set(), // series found to hold no image (a report, a PDF...): their buttons are disabled
@@ -71,11 +72,23 @@ function setStatus() {
   $('overlay-tl').textContent = `${s.modality} ${s.description}`.trim();
   const full = stage.isFullQuality();
   el.dataset.quality = full ? 'full' : 'preview';
+  // A slice whose frame failed (damaged, undecodable): whatever the stage holds for it is covered, and it says so.
+  const unshown = state.unshown.has(stage.imageIds[index]);
+  $('unshown').hidden = !unshown;
   // Say so while the image on screen is a preview decoded from the first bytes of its lossless codestream.
-  const frame = `${state.tiles ? tileLabel(index) : `Image ${index + 1} / ${stage.imageIds.length}`}${
-    full ? '' : ' · preview, loading full quality'
-  }`;
-  $('overlay-br').textContent = voi ? `${frame}\nW ${Math.round(voi.width)}  L ${Math.round(voi.center)}` : frame;
+  let frame = state.tiles ? tileLabel(index) : `Image ${index + 1} / ${stage.imageIds.length}`;
+  if (unshown) frame += ' · cannot be shown';
+  else if (!full) frame += ' · preview, loading full quality';
+  $('overlay-br').textContent =
+    voi && !unshown ? `${frame}\nW ${Math.round(voi.width)}  L ${Math.round(voi.center)}` : frame;
+}
+
+/** Note how a frame's load ended: failed with the gateway answering (not an outage, which is waited out), or loaded. */
+function noteFrame(imageId, error) {
+  if (!imageId) return;
+  if (!error) state.unshown.delete(imageId);
+  else if (!TRANSIENT.has(statusOf(error))) state.unshown.add(imageId);
+  setStatus();
 }
 
 function tileLabel(index) {
@@ -333,6 +346,7 @@ async function openSeries(series, info = seriesInfo(series)) {
   state.series = series;
   state.loaded = new Set();
   state.failedFrames = new Set();
+  state.unshown = new Set();
   state.onFrame = null;
   for (const button of document.querySelectorAll('#series button')) {
     button.setAttribute('aria-current', String(button.dataset.uid === series.uid));
@@ -351,6 +365,7 @@ async function openSeries(series, info = seriesInfo(series)) {
   let done = 0; // frames settled (loaded at full quality, or failed): the progress bar
   const onFrame = (id, error, preview) => {
     if (state.series !== series) return;
+    if (!preview) noteFrame(id, error);
     if (error) {
       state.failedFrames.add(id);
       onLoadFailure(id, error);
@@ -463,9 +478,10 @@ function bindControls(stage) {
     if (state.stage.imageIds.length > PREFETCH_ALL) prefetchAround(stage.index);
   });
   el.addEventListener(Enums.Events.VOI_MODIFIED, setStatus);
-  eventTarget.addEventListener(Enums.Events.IMAGE_LOAD_FAILED, (event) =>
-    onFrameFailed(event.detail?.imageId, event.detail?.error),
-  );
+  eventTarget.addEventListener(Enums.Events.IMAGE_LOAD_FAILED, (event) => {
+    noteFrame(event.detail?.imageId, event.detail?.error);
+    onFrameFailed(event.detail?.imageId, event.detail?.error);
+  });
 }
 
 async function main() {
