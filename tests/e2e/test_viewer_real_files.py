@@ -459,3 +459,29 @@ def test_a_series_with_one_undecodable_instance_says_which_slice_cannot_be_shown
             assert page.locator("#unshown").is_hidden()
             assert image_area(page, 128, 128).std() > 5
     page.context.close()
+
+
+def test_an_rle_frame_whose_header_counts_other_segments_is_refused(
+    real_stack: RunningStack, browser: Any, tmp_path: Path  # noqa: F811
+) -> None:
+    """pydicom's MR_small_RLE.dcm with its frame's RLE header counting 7 segments where 16-bit pixels have 2 (PS3.5
+    G.2): pydicom refuses to decode it, the gateway makes no derivative, and Cornerstone drew a posterized picture
+    without an error. The viewer now gives its "cannot be shown" screen."""
+    ds = pydicom.dcmread(TEST_FILES / "MR_small_RLE.dcm")
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    frame = bytearray(next(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=1)))
+    assert frame[:4] == b"\x02\0\0\0"
+    frame[0] = 7
+    ds.PixelData = pydicom.encaps.encapsulate([bytes(frame)])
+    path = tmp_path / "rle_seven_segments.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(RuntimeError, match="number of RLE segments"):
+        pydicom.dcmread(path).pixel_array  # noqa: B018 - pydicom's verdict on the frame
+    answer = real_stack.stow([path])
+    assert answer.status_code == 200, answer.text
+    real_stack.uploaded[path.name] = path
+    page, log, _ = open_file(real_stack, browser, path.name, error=True)
+    assert page.get_attribute("#error", "data-kind") == "unsupported"
+    assert "viewer: image not shown: RLE frame of another number of segments" in log.console
+    page.context.close()

@@ -29,6 +29,8 @@ const JPEG_2000 = new Set([
   '3.2.840.10008.1.2.4.96',
 ]);
 
+const RLE = '1.2.840.10008.1.2.5';
+
 // Adobe APP14, version 100, no flags, transform 0: the three components are RGB, not YCbCr.
 const ADOBE_RGB = Uint8Array.of(0xff, 0xee, 0x00, 0x0e, 0x41, 0x64, 0x6f, 0x62, 0x65, 0x00, 0x64, 0, 0, 0, 0, 0);
 
@@ -92,6 +94,13 @@ function fixFrame(instance, transferSyntax, frame) {
     fixed.set(ADOBE_RGB, 2);
     fixed.set(frame.subarray(2), 2 + ADOBE_RGB.length);
     return fixed;
+  }
+  if (transferSyntax === RLE) {
+    // PS3.5 G.2: one segment per byte of each sample. The loader's decoder takes a header counting others as it
+    // is and drew a posterized or shifted picture without an error; pydicom refuses such a frame.
+    const bytesPerSample = Math.ceil((dicom.number(instance, '00280100') ?? 8) / 8);
+    const segments = frame.length >= 64 ? new DataView(frame.buffer, frame.byteOffset, 4).getUint32(0, true) : 0;
+    if (segments !== samples * bytesPerSample) throw new UnshowableImage('RLE frame of another number of segments');
   }
   if (JPEG_2000.has(transferSyntax)) {
     // OpenJPEG fails on such a codestream in the decode worker, yet the loader reports the image loaded (black).
