@@ -660,6 +660,36 @@ def test_a_keyboard_user_leaves_the_image_with_tab_in_a_portal_iframe(
     page.context.close()
 
 
+def test_a_portal_that_sets_its_iframe_to_another_study_sees_that_study(
+    portal_stack: RunningStack, portal: Portal, synthetic: dict[str, Any], browser: Any
+) -> None:
+    """The portal shows another patient's study in the same iframe: it sets the iframe's src to the new viewer URL.
+    Only the fragment differs, which browsers take as a same-document navigation: the viewer went on showing the
+    first study (the CT), and the new token stayed in its address bar. It now opens the new study (the MR) afresh,
+    and scrubs that token too."""
+    answer = portal_stack.stow(list(synthetic["mr"]))
+    assert answer.status_code == 200, answer.text
+    first = portal_stack.issue([study_of(synthetic, "ct")], ttl=600)
+    second = portal_stack.issue([study_of(synthetic, "mr")], ttl=600)
+    portal.html = PORTAL_PAGE.format(src=first["viewer_url"])
+    page = open_page(browser, NetworkLog())
+    page.goto(f"{portal.origin}/patient")
+    frame = page.frame_locator("#viewer")
+    frame.locator("#viewport[data-state=ready]").wait_for(timeout=60_000)
+    assert frame.locator("#overlay-tl").inner_text().startswith("CT")
+
+    page.evaluate("src => { document.getElementById('viewer').src = src; }", second["viewer_url"])
+    mr_series = uids_of(synthetic["mr"][0])[1]
+    frame.locator(f"#viewport[data-series='{mr_series}'][data-state=ready]").wait_for(timeout=60_000)
+    assert frame.locator("#overlay-tl").inner_text().startswith("MR")
+    labels = [button.inner_text() for button in frame.locator("#series button").all()]
+    assert len(labels) == 1 and labels[0].startswith("MR") and labels[0].endswith("· 3"), labels
+    viewer = next(f for f in page.frames if f.url.startswith(portal_stack.url))
+    assert viewer.url == f"{portal_stack.url}/viewer/#study={study_of(synthetic, 'mr')}"
+    assert second["token"] not in viewer.evaluate("() => window.location.href")
+    page.context.close()
+
+
 @pytest.mark.parametrize("stack", ["file"], indirect=True)
 def test_webview_cookie_flow(stack: RunningStack, synthetic: dict[str, Any], browser: Any) -> None:
     """URL token → /api/v1/session sets the HttpOnly cookie → the viewer talks to /dicomweb with no token at all."""

@@ -2,7 +2,7 @@
 import './style.css';
 import { DicomWebClient, GatewayError, dicom, framesOf } from './dicomweb.js';
 import { classify, hideError, showError } from './errors.js';
-import { dicomwebRoot, takeLinkFromLocation } from './fragment.js';
+import { dicomwebRoot, parseFragment, takeLinkFromLocation } from './fragment.js';
 import { credential, keepRenewing, withCurrentToken } from './session.js';
 
 // Cornerstone (core and image loader) loads while the study's series list is fetched, not before it.
@@ -485,6 +485,13 @@ function bindControls(stage) {
 }
 
 async function main() {
+  // A portal that shows another study in the same iframe sets its src to that study's link: only the fragment
+  // differs, so the browser keeps this page (a same-document navigation), which went on showing the study before,
+  // the new token left in the address bar. A new link (a token, or another study) loads the page again with it.
+  window.addEventListener('hashchange', () => {
+    const next = parseFragment(window.location.hash);
+    if (next.problem || next.token || next.study !== state.study) window.location.reload();
+  });
   const link = takeLinkFromLocation();
   if (link.problem) {
     showError(link.problem === 'bad_token' ? 'revoked' : 'nolink');
