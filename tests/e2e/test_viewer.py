@@ -660,6 +660,30 @@ def test_a_keyboard_user_leaves_the_image_with_tab_in_a_portal_iframe(
     page.context.close()
 
 
+def test_a_screen_reader_is_told_which_image_is_on_screen(
+    portal_stack: RunningStack, synthetic: dict[str, Any], browser: Any
+) -> None:
+    """What the accessibility tree gives a screen reader: the image is one named image (the series, its number and
+    window, as the overlays show them), renamed as it is scrolled and windowed; the presets a named group. The stage
+    was an unnamed image (Cornerstone's SVG layer; the viewport's aria-label, on a plain div, was never exposed)
+    followed by the overlays' loose text."""
+    issued = portal_stack.issue([study_of(synthetic, "ct")], ttl=600)
+    page = open_page(browser, NetworkLog())
+    page.goto(issued["viewer_url"])
+    wait_ready(page)
+    series = page.inner_text("#overlay-tl")
+    tree = page.locator("body").aria_snapshot()
+    assert f'- img "{series}, Image 1 of 6, W 399 L 40"' in tree, tree
+    assert "- img\n" not in tree + "\n" and "text:" not in tree, tree
+    assert '- group "Window presets":' in tree, tree
+    page.keyboard.press("ArrowDown")
+    wait_index(page, 1)
+    page.get_by_role("button", name="Brain").click()
+    expect = playwright_sync.expect
+    expect(page.get_by_role("img", name=f"{series}, Image 2 of 6, W 80 L 40")).to_be_visible()
+    page.context.close()
+
+
 def test_a_portal_that_sets_its_iframe_to_another_study_sees_that_study(
     portal_stack: RunningStack, portal: Portal, synthetic: dict[str, Any], browser: Any
 ) -> None:

@@ -79,8 +79,12 @@ function setStatus() {
   let frame = state.tiles ? tileLabel(index) : `Image ${index + 1} / ${stage.imageIds.length}`;
   if (unshown) frame += ' · cannot be shown';
   else if (!full) frame += ' · preview, loading full quality';
-  $('overlay-br').textContent =
-    voi && !unshown ? `${frame}\nW ${Math.round(voi.width)}  L ${Math.round(voi.center)}` : frame;
+  const level = voi && !unshown ? `W ${Math.round(voi.width)}  L ${Math.round(voi.center)}` : '';
+  $('overlay-br').textContent = level ? `${frame}\n${level}` : frame;
+  // What a screen reader says of the image (role img: Cornerstone's canvas and unnamed SVG layer are not read):
+  // the series, the image and its window, as the overlays show them.
+  const spoken = [$('overlay-tl').textContent, frame.replace(' / ', ' of '), level.replace('  ', ' ')];
+  el.setAttribute('aria-label', spoken.filter(Boolean).join(', '));
 }
 
 /** Note how a frame's load ended: failed with the gateway answering (not an outage, which is waited out), or loaded. */

@@ -131,6 +131,7 @@ export class Stage {
       defaultOptions: { background: [0, 0, 0] },
     });
     this.viewport = this.engine.getViewport(VIEWPORT);
+    this.hideLayers();
     this.element.addEventListener('contextmenu', (e) => e.preventDefault());
     // Keyboard users: Cornerstone makes the viewport unreachable by Tab (tabindex -1, where the page has 0), and its
     // tools take every key pressed on it (preventDefault), Tab too: a keyboard user was held on the image (the
@@ -165,6 +166,12 @@ export class Stage {
     });
   }
 
+  /** The viewport is one named image (role img, named by main.js): Cornerstone's canvas and SVG layer are no
+   * others to a screen reader. */
+  hideLayers() {
+    for (const layer of this.element.children) layer.setAttribute('aria-hidden', 'true');
+  }
+
   /** Bind the interaction tools; loaded after the first image, so they cost nothing before it. */
   async bindTools() {
     const { bindTools } = await import('./tools.js');
@@ -188,6 +195,7 @@ export class Stage {
     await this.viewport.setStack(imageIds, index);
     this.viewport.resetCamera();
     this.viewport.render();
+    this.hideLayers();
   }
 
   get index() {
