@@ -320,7 +320,7 @@ async function firstWithImages(list) {
   for (const series of list) {
     const info = await seriesInfo(series);
     if (info.frames.length) return { series, info };
-    state.noImages.add(series.uid);
+    markNoImages(series.uid); // its button, once listed (renderSeriesList marks those found before)
   }
   return null;
 }
