@@ -665,7 +665,7 @@ def test_a_screen_reader_is_told_which_image_is_on_screen(
 ) -> None:
     """What the accessibility tree gives a screen reader: the image is one named image (the series, its number and
     window, as the overlays show them), renamed as it is scrolled and windowed; the presets a named group. The stage
-    was an unnamed image (Cornerstone's SVG layer; the viewport's aria-label, on a plain div, was never exposed)
+    was an unnamed image (Cornerstone's canvas; the viewport's aria-label, on a plain div, was never exposed)
     followed by the overlays' loose text."""
     issued = portal_stack.issue([study_of(synthetic, "ct")], ttl=600)
     page = open_page(browser, NetworkLog())
