@@ -87,7 +87,9 @@ def stack_up(
 ) -> None:
     """Start the stack, seed synthetic studies, print the URLs, and run until Ctrl-C."""
     from gateway.tools.seed import seed_demo
-    from gateway.tools.stack import Stack, StackError, StartInterrupted
+    from gateway.tools.stack import PRIVATE_UMASK, Stack, StackError, StartInterrupted
+
+    os.umask(PRIVATE_UMASK)  # README, "Private at rest": the --var folder and all in it (the seed too) are the user's
 
     passthrough = {k: v for k, v in os.environ.items() if k.startswith("DICOMGW_") or k == "AWS_ENDPOINT_URL"}
     stop = threading.Event()

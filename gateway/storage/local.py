@@ -51,6 +51,12 @@ def nginx_etag(mtime: float, size: int) -> str:
     return f'"{int(mtime):x}-{size:x}"'
 
 
+def _mode(key: str) -> int:
+    """NGINX serves objects (0644: its workers may be another user); a file held for review it never serves, so it
+    is its own user's only (README, "Private at rest"): the file's PHI was world-readable."""
+    return 0o600 if key.startswith("quarantine/") else 0o644
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -113,7 +119,7 @@ class LocalStorage:
         self._require_root()
         tmp = target.parent / f".{target.name}.{secrets.token_hex(8)}{_TMP_SUFFIX}"
         try:
-            self._place(path, tmp)
+            self._place(path, tmp, _mode(key))
             with open(tmp, "rb") as written:
                 os.fsync(written.fileno())
             os.replace(tmp, target)
@@ -129,7 +135,7 @@ class LocalStorage:
             ) from None
 
     @staticmethod
-    def _place(path: Path, tmp: Path) -> None:
+    def _place(path: Path, tmp: Path, mode: int) -> None:
         """The bytes of ``path`` at ``tmp``, creating its folder. A delete removes folders it empties (``_prune``):
         one emptied between our ``mkdir`` and our write is created again (a few times at most, then it is a fault)."""
         for attempt in range(_PLACE_ATTEMPTS):
@@ -138,7 +144,7 @@ class LocalStorage:
                 # Same filesystem (the spool folder usually is): a hard link instead of a second copy of the
                 # bytes; the caller removes its own name afterwards. Otherwise the kernel copies (sendfile).
                 os.link(path, tmp)
-                os.chmod(tmp, 0o644)  # spool files are private (0600); NGINX must be able to read objects
+                os.chmod(tmp, mode)  # spool files are private (0600); NGINX must be able to read objects
                 return
             except FileNotFoundError:
                 if attempt + 1 == _PLACE_ATTEMPTS or not Path(path).is_file():
@@ -148,6 +154,7 @@ class LocalStorage:
                 pass
             try:
                 shutil.copyfile(path, tmp)
+                os.chmod(tmp, mode)
                 return
             except FileNotFoundError:
                 if attempt + 1 == _PLACE_ATTEMPTS or not Path(path).is_file():
@@ -223,6 +230,7 @@ class LocalStorage:
             for attempt in range(_PLACE_ATTEMPTS):
                 target.parent.mkdir(parents=True, exist_ok=True)
                 try:
+                    os.chmod(source, _mode(dst))
                     os.replace(source, target)
                     break
                 except FileNotFoundError:

@@ -46,6 +46,22 @@ RESTART_PAUSE = 5.0  # seconds at least between two starts of a helper: one that
 
 
 # Settings that hold a path of this machine (a database URL's is handled by ``absolute_sqlite``).
+# README, "Private at rest": every file and folder the stack and its processes make (the catalog and its -wal/-shm,
+# the logs, the spools, the quarantine, NGINX's caches) is its user's only, 0600 and 0700. NGINX's workers run as
+# that user (root keeps them root), so no one else has to read any of it; they were 0644 and 0755 under the umask
+# of the shell. Stored objects stay 0644 files (gateway/storage/local.py), in folders only the stack's user opens.
+PRIVATE_UMASK = 0o077
+
+
+@contextlib.contextmanager
+def private_files() -> Iterator[None]:
+    previous = os.umask(PRIVATE_UMASK)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
 RELATIVE_PATHS = ("DICOMGW_PHI_POLICY", "DICOMGW_TMP_DIR", "DICOMGW_VIEWER_ROOT")
 
 
@@ -271,7 +287,8 @@ class Stack:
         # One value per setting, used by gunicorn, NGINX and seeding alike: a flag (constructor argument) wins,
         # then the environment (``extra_env``), then the default under ``var/`` (keys generated there once).
         self.var_dir = self.var_dir.resolve()
-        self.var_dir.mkdir(parents=True, exist_ok=True)
+        with private_files():
+            self.var_dir.mkdir(parents=True, exist_ok=True)
         self.host = bare_host(self.host)
         env = self.extra_env
         # without the blanks around them, as the gateway reads them (NGINX would serve a folder named "objects ")
@@ -430,13 +447,14 @@ class Stack:
         return values
 
     def render(self) -> Path:
-        for sub in ("logs", "tmp", "cache"):
-            (self.nginx_dir / sub).mkdir(parents=True, exist_ok=True)
-        for sub in ("run", "logs", "spool"):
-            (self.var_dir / sub).mkdir(parents=True, exist_ok=True)
-        if self.tls:
-            self_signed_certificate(self.var_dir / "tls")
-        return nginxconf.render(self.nginx_dir / "conf", self.nginx_values())
+        with private_files():
+            for sub in ("logs", "tmp", "cache"):
+                (self.nginx_dir / sub).mkdir(parents=True, exist_ok=True)
+            for sub in ("run", "logs", "spool"):
+                (self.var_dir / sub).mkdir(parents=True, exist_ok=True)
+            if self.tls:
+                self_signed_certificate(self.var_dir / "tls")
+            return nginxconf.render(self.nginx_dir / "conf", self.nginx_values())
 
     # -- processes ---------------------------------------------------------------------------------------------------
     def start(self, timeout: float = 30.0) -> None:
@@ -444,11 +462,13 @@ class Stack:
             raise StackError(
                 "nginx is not installed: install the Debian package 'nginx' (apt-get install nginx)"
             )
-        self._take_lock()
+        with private_files():
+            self._take_lock()
         try:
             check_listen(self.host, self.port)
             self._check_socket_paths()
-            self.prepare()
+            with private_files():  # the SQLite catalog is made here, by its migration
+                self.prepare()
             self._check_interrupt()
         except BaseException:
             self._release_lock()
@@ -529,7 +549,7 @@ class Stack:
                 "--logger-class",
                 "gateway.logmask.GunicornLogger",  # no credential in any log line (gateway/logmask.py)
                 "--umask",
-                "0o007",
+                "0o077",
                 # NGINX bounds requests (8 KB request lines, 32 KB for a QIDO search; 32 KB header lines, 128 KB of
                 # headers) and answers JSON; gunicorn must never refuse what NGINX let through with its own plain
                 # page (same values in docker/gunicorn.conf.py; gunicorn's request line is 8190 bytes or unbounded).
@@ -589,7 +609,8 @@ class Stack:
         for path in self._logs_of(name):
             self.log_marks[path] = path.stat().st_size if path.exists() else 0
         self.commands[name] = (argv, dict(env), time.monotonic())
-        with (self.var_dir / "logs" / f"{name}.out").open("ab") as log:  # the child keeps its own copy
+        out = os.open(self.var_dir / "logs" / f"{name}.out", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with open(out, "ab") as log:  # the child keeps its own copy
             self.processes[name] = subprocess.Popen(
                 argv,
                 env=dict(env),
@@ -597,6 +618,7 @@ class Stack:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 cwd=str(self.var_dir),
+                umask=PRIVATE_UMASK,  # what it makes (catalog, logs, spools, quarantine, caches) is the user's only
                 preexec_fn=_dies_with(os.getpid()) if self.die_with_parent else None,  # noqa: PLW1509 - no threads spawn
             )
 

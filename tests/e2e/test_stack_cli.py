@@ -13,6 +13,7 @@ import secrets
 import signal
 import socket
 import sqlite3
+import stat
 import subprocess
 import sys
 import time
@@ -484,6 +485,73 @@ def test_storage_and_database_given_elsewhere_are_where_nginx_reads(tmp_path: Pa
             _token_issue_signs_with_the_stacks_key(tmp_path, var, url, uids_of(ct))
     finally:
         _stop(process)
+
+
+HOLD_POLICY = """
+version = "private-at-rest"
+
+[destinations.main]
+storage = "default"
+region = "eu-west-1"
+identifiable_allowed = true
+
+[[rules]]
+id = "hold"
+match = { tenant = "hold" }
+action = "quarantine"
+reason = "held for review"
+
+[default]
+action = "allow"
+destination = "main"
+"""
+
+
+def test_stack_up_leaves_no_file_another_user_can_read(tmp_path: Path) -> None:
+    """README, "Private at rest": the catalog (patients' names and IDs) and its -wal/-shm, the logs (subjects,
+    client addresses), the spools, the quarantine and NGINX's files were 0644 in 0755 folders under a `stack up`
+    var folder. After a workload (STOW, a file held for review, reads through NGINX, a search, the collector's
+    passes) no file or folder is open to group or others, but stored objects (0644 for an NGINX of another user),
+    in folders only the stack's user opens; the held file is 0600."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text(HOLD_POLICY)
+    var, port = tmp_path / "var", free_port()
+    url = f"http://127.0.0.1:{port}"
+    [ct] = make_series(tmp_path / "ct", modality="CT", slices=1, seed=73, clean=True)
+    [held] = make_series(tmp_path / "held", modality="CT", slices=1, seed=74)
+    process = _start(var, port, env={"DICOMGW_PHI_POLICY": str(policy)})
+    try:
+        _wait_ready(url, process)
+        api_key = (var / "api.key").read_text().strip()
+        assert _stow(url, api_key, [ct]).status_code == 200
+        body = encode_multipart([held])
+        headers = {
+            "Authorization": f"Bearer {api_key}",
+            "Content-Type": body.content_type,
+            "Accept": "application/dicom+json",
+            "X-DICOMGW-Tenant": "hold",
+            "X-DICOMGW-Region": "eu-west-1",
+        }
+        assert requests.post(f"{url}/dicomweb/studies", data=body, headers=headers, timeout=120).status_code == 409
+        _read_through_nginx(url, api_key, ct)
+        found = requests.get(f"{url}/dicomweb/studies", headers={"Authorization": f"Bearer {api_key}"}, timeout=30)
+        assert found.status_code == 200
+        time.sleep(6)  # the collector's passes over the access log, the derivative worker's
+    finally:
+        _stop(process)
+    open_to_others = []
+    for path in [var, *var.rglob("*")]:
+        mode = path.lstat().st_mode
+        if stat.S_ISLNK(mode):
+            continue
+        served = stat.S_ISREG(mode) and path.is_relative_to(var / "objects" / "studies")
+        if (mode & 0o777) != (0o644 if served else mode & 0o700):
+            open_to_others.append(f"{oct(mode & 0o777)} {path.relative_to(var)}")
+    assert open_to_others == []
+    assert stat.S_IMODE((var / "catalog.db").stat().st_mode) == 0o600
+    [quarantined] = (var / "objects" / "quarantine").rglob("*.dcm")
+    assert stat.S_IMODE(quarantined.stat().st_mode) == 0o600
+    assert [stat.S_IMODE(p.stat().st_mode) for p in (var / "objects" / "studies").rglob("*.dcm")] == [0o644]
 
 
 def _token_issue_signs_with_the_stacks_key(tmp_path: Path, var: Path, url: str, uids: tuple[str, str, str]) -> None:
