@@ -357,6 +357,10 @@ def follow_log(
     catalog that is briefly out (or not yet migrated) is retried on the next pass: the position is not lost. The
     log stays open between passes (``Held``), so the lines of a rotated log written after a pass are loaded too."""
     held = Held()
+    if not log.exists():  # a mistyped path would wait for ever without a word: said once, then it is waited for
+        with contextlib.suppress(OSError):
+            print(f"dicom-gateway audit collect: {log} does not exist yet; its lines are loaded once NGINX writes it",
+                  file=sys.stderr, flush=True)  # fmt: skip
     try:
         while True:
             try:

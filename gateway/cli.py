@@ -378,6 +378,9 @@ def audit_collect(log_path: Path, follow: bool, echo: bool, heartbeat: Path | No
         interval = env_int("AUDIT_COLLECT_SECONDS")
     except ConfigError as error:
         raise click.ClickException(str(error)) from None
+    if not follow and not log_path.exists():
+        # a mistyped path loaded nothing and said "0 access rows added", exit 0; --follow waits for the file
+        raise click.BadParameter(f"{log_path}: no such file", param_hint="--log")
     catalog = Catalog(database)
     try:
         if not follow:
@@ -390,6 +393,8 @@ def audit_collect(log_path: Path, follow: bool, echo: bool, heartbeat: Path | No
                 raise click.ClickException(str(error)) from None
             except GatewayError as error:  # the catalog unreachable: one line, as reconcile says it (was a traceback)
                 raise click.ClickException(f"{error.code}: {error.detail}") from None
+            except OSError as error:  # the log unreadable (permissions): one line, not a traceback
+                raise click.ClickException(f"{log_path}: {error.strerror or type(error).__name__}") from None
             click.echo(f"{added} access rows added", err=echo)
             return
         stop = threading.Event()

@@ -185,6 +185,38 @@ def test_a_catalog_never_migrated_says_to_run_db_upgrade_and_creates_nothing(
     assert out == "0 access rows added\n" if command[0] == "audit" else json.loads(out)["dry_run"] is True
 
 
+def test_audit_collect_of_a_log_that_does_not_exist_says_so(tmp_path: Path) -> None:
+    """`audit collect --log /nonexistent/access.log` printed `0 access rows added`, exit 0: a mistyped path loaded
+    nothing without a word. Once, a missing log is a usage error (one line, exit 2, nothing loaded); with --follow
+    NGINX may write it later, so the collector says so once on stderr and keeps waiting."""
+    env = gateway_env(tmp_path, DICOMGW_AUDIT_COLLECT_SECONDS="1")
+    assert _run(["db", "upgrade"], env, tmp_path)[0] == 0
+    missing = tmp_path / "nginx" / "access.log"
+    assert _run(["audit", "collect", "--log", str(missing)], env, tmp_path) == (
+        2,
+        "",
+        f"Error: Invalid value for --log: {missing}: no such file\n",
+    )
+    assert _run(["audit", "collect"], {**env, "DICOMGW_ACCESS_LOG": str(missing)}, tmp_path)[0] == 2
+    follower = subprocess.Popen(
+        [*CLI, "audit", "collect", "--follow", "--log", str(missing)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(4)  # three passes or more over a log that is not there
+    finally:
+        follower.send_signal(signal.SIGTERM)
+        out, err = follower.communicate(timeout=30)
+    assert (follower.returncode, out) == (0, "")
+    assert err == (
+        f"dicom-gateway audit collect: {missing} does not exist yet; its lines are loaded once NGINX writes it\n"
+    )
+
+
 def test_a_catalog_a_newer_version_migrated_is_one_line_that_says_so_everywhere(tmp_path: Path) -> None:
     """The image rolled back after a newer gateway migrated the catalog (its revision unknown here): `db upgrade`
     said `cannot migrate the catalog: Can't locate revision identified by '0099'` (Alembic's words), and the
