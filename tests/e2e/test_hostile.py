@@ -758,8 +758,8 @@ def test_query_values_that_may_be_phi_or_credentials_never_reach_the_access_log(
     (a file on disk, echoed to CloudWatch by the collector) keeps every parameter's name but only the values that
     name a resource or a representation. The audit still finds the study of a WADO-URI read (its UIDs are kept)."""
     root, study, series, sop = ct["root"], ct["study"], ct["series"], ct["sop"]
-    secrets_sent = ["DOE^JOHNATHAN", "PID-884422", "ACC-77110", "19570312", "k3y-" + os.urandom(8).hex()]
-    name, patient_id, accession, birth, api_key = secrets_sent
+    secrets_sent = ["DOE^JOHNATHAN", "PID-884422", "ACC-77110", "19570312", "k3y-" + os.urandom(8).hex(), "SMITHSON"]
+    name, patient_id, accession, birth, api_key, fuzzy = secrets_sent
     requests.get(
         f"{stack.url}{root}/studies",
         params={"PatientName": name, "PatientID": patient_id, "00080050": accession, "limit": "5"},
@@ -767,6 +767,10 @@ def test_query_values_that_may_be_phi_or_credentials_never_reach_the_access_log(
     )
     born = {"PatientBirthDate": birth, "includefield": "00100010"}
     requests.get(f"{stack.url}{root}/studies", params=born, timeout=30)
+    # the matching switches are booleans: only "true" or "false" is shown, a name sent there is not
+    switches = {"fuzzymatching": fuzzy, "emptyvaluematching": "true", "multiplevaluematching": "false", "limit": "6"}
+    requests.get(f"{stack.url}{root}/studies", params=switches, timeout=30)
+    requests.get(f"{stack.url}{root}/studies", params={"emptyvaluematching": fuzzy, "limit": "7"}, timeout=30)
     requests.post(f"{stack.url}/api/v1/tokens", params={"api_key": api_key}, json={}, timeout=30)
     requests.get(f"{stack.url}/api/v1/admin/access", params={"key": api_key}, timeout=30)
     wado = {"requestType": "WADO", "studyUID": study, "seriesUID": series, "objectUID": sop}
@@ -779,6 +783,9 @@ def test_query_values_that_may_be_phi_or_credentials_never_reach_the_access_log(
     assert f"{root.replace(ct['token'], '***')}/studies?PatientName=***&PatientID=***&00080050=***&limit=5" in uris
     assert f"{root.replace(ct['token'], '***')}/studies?PatientBirthDate=***&includefield=00100010" in uris
     assert "/api/v1/tokens?api_key=***" in uris and "/api/v1/admin/access?key=***" in uris
+    switched = "fuzzymatching=***&emptyvaluematching=true&multiplevaluematching=false&limit=6"
+    assert f"{root.replace(ct['token'], '***')}/studies?{switched}" in uris
+    assert f"{root.replace(ct['token'], '***')}/studies?emptyvaluematching=***&limit=7" in uris
     wado_query = f"requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={sop}"
     assert any(uri.endswith(f"/wado?{wado_query}&contentType=application%2Fdicom") for uri in uris), uris
 
