@@ -252,7 +252,9 @@ def list_quarantine() -> Response:
     was read by no one and answered with every held file; now a 400 naming it, as those listings answer."""
     require_api_key()
     check_params(request.args, frozenset())
-    return jsonify(items=services().catalog.list_quarantine())
+    response = jsonify(items=services().catalog.list_quarantine())
+    response.headers["Cache-Control"] = "no-store"  # UIDs, who uploaded what and why it is held: never cached
+    return response
 
 
 @bp.post("/admin/quarantine/<path:key>/release")
@@ -261,7 +263,9 @@ def release_quarantine(key: str) -> tuple[Response, int]:
     from gateway.quarantine import release
 
     result = release(services(), "quarantine/" + key if not key.startswith("quarantine/") else key)
-    return jsonify(result), 200
+    response = jsonify(result)
+    response.headers["Cache-Control"] = "no-store"
+    return response, 200
 
 
 @bp.get("/admin/quarantine/<path:key>/preview")
@@ -372,4 +376,6 @@ def erase_patient() -> tuple[Response, int]:
     for key in quarantined:
         remove(srv, key)
     kept = {"studies": sorted(plan.kept), "instances": sum(map(len, plan.kept.values()))}
-    return jsonify({**summary(removed), "kept": kept, "quarantined": len(quarantined)}), 200
+    response = jsonify({**summary(removed), "kept": kept, "quarantined": len(quarantined)})
+    response.headers["Cache-Control"] = "no-store"  # the UIDs of a patient's studies, as the audit lists them
+    return response, 200

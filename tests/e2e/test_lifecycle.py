@@ -278,6 +278,7 @@ def test_patient_erasure_removes_every_study_of_the_patient(
         url, json={"patient_id": patient, "reason": "GDPR art. 17"}, headers=stack.api_headers, timeout=120
     )
     assert answer.status_code == 200, answer.text
+    assert answer.headers["Cache-Control"] == "no-store"  # a patient's study UIDs, as the audit lists them
     result: dict[str, Any] = answer.json()
     assert result["studies"] == studies and result["instances"] == 6 and result["series"] == 2
     assert {d["level"] for d in result["deletions"]} == {"study"} and result["quarantined"] == 0
@@ -652,6 +653,7 @@ def held(stack: RunningStack) -> dict[str, str]:
     """Quarantined file -> its SOP Instance UID, as the review list has them."""
     answer = requests.get(f"{stack.url}/api/v1/admin/quarantine", headers=stack.api_headers, timeout=30)
     assert answer.status_code == 200
+    assert answer.headers["Cache-Control"] == "no-store"  # who uploaded what, and why it is held: never cached
     return {item["key"]: item["sop_uid"] for item in answer.json()["items"]}
 
 

@@ -452,6 +452,7 @@ def test_a_release_is_judged_by_the_policy_with_the_uploads_context(phi_stack: R
     [item] = held_items(phi_stack, sop)
     released = release(phi_stack, item["key"])
     assert released.status_code == 200, released.text
+    assert released.headers["Cache-Control"] == "no-store"
     assert released.json() == {"status": "stored", "sop_uid": sop, "detail": "stored in another destination by policy"}
     stored = base / "vault" / f"studies/{study}/series/{series}/instances/{sop}.dcm"
     assert stored.read_bytes() == clinical.read_bytes()
