@@ -176,6 +176,9 @@ class _Deidentifier:
                 self._empty(dataset, tag, vr)
             return
         if row is None:
+            if vr == "PN":  # a person's name the table does not list: emptied, as the scanner flags it
+                self._empty(dataset, tag, vr)
+                return
             self._clean_text(dataset, tag, vr)
             self._recurse(dataset, tag)
             return

@@ -12,11 +12,13 @@ policy's ``[deidentify]`` options (an enabled option's K/C replaces the basic-pr
   ANONYMOUS, 19000101, 19000101000000, 000000, 0), which PS3.15 allows for D.
 - X/Z/U* on a sequence (Referenced / Source Image Sequence): not a finding itself; its UIDs are checked.
 - K: never a finding.
+- An element the table does not list whose VR is PN (SecondaryReviewerName, EvaluatorName, an element newer
+  than the table read with an explicit PN): ``person-name`` when non-empty; the de-identifier empties it.
 - C for dates and times (Modified Dates option): a finding unless the file declares that its dates were
   shifted (PatientIdentityRemoved YES and code 113107 in DeidentificationMethodCodeSequence): a shifted date
   cannot be told from a real one. Any other C: a finding only under the free-text rule.
 - Private elements: a finding unless ``[private].safe`` whitelists (creator, element); private creators are
-  not.
+  not, unless their text repeats an identifier (the free-text rule).
 - Beyond the table: SR TEXT items (``sr-text``), free text repeating the patient's name, IDs or birth date
   (``free-text-identifier``), free text giving a birth date after its keyword (``free-text-birth-date``),
   PatientAge above 89 years (``age-over-89``), Burned In Annotation YES or missing on modalities that burn text
@@ -299,7 +301,10 @@ class _Scanner:
 
     def _private(self, dataset: Dataset, element: _Element, path: str) -> None:
         number = element.number
-        if 0x10 <= number & 0xFFFF <= 0xFF:  # private creator: a vendor name, not PHI
+        if 0x10 <= number & 0xFFFF <= 0xFF:
+            # private creator: an organisation's label (PS3.5 7.8.1), not PHI itself, but text like any other:
+            # one that repeats the patient's name or IDs is a free-text finding
+            self._free_text(dataset, element, path)
             return
         if self._empty(dataset, element):
             return
@@ -325,7 +330,11 @@ class _Scanner:
         if number == BURNED_IN:
             return None  # judged once, at the top level (see burned_in)
         row = self.table.lookup(number)
-        if row is None or self._empty(dataset, element):
+        if row is None:
+            # a person's name the table does not list (SecondaryReviewerName, EvaluatorName, a newer or unknown
+            # element read with an explicit PN): a name whatever the table says (fail closed)
+            return "person-name" if vr == "PN" and not self._empty(dataset, element) else None
+        if self._empty(dataset, element):
             return None
         action = effective_action(row, self.options)
         if action == "K":

@@ -769,3 +769,52 @@ def test_a_birth_date_in_free_text_is_phi(phi_stack: RunningStack, tmp_path: Pat
     assert stored.status_code == 200
     kept = pydicom.dcmread(io.BytesIO(stored.content))
     assert (kept.ManufacturerModelName, kept.PatientBirthDate) == ("", "")
+
+
+def test_a_person_name_the_table_does_not_list_is_phi(phi_stack: RunningStack, tmp_path: Path) -> None:
+    """Session 27, h12: PS3.15 Table E.1-1 does not list every element whose VR is PN. Secondary Reviewer Name
+    (0014,0104) and Evaluator Name (0014,2006, inside a sequence) passed the hook as clean and were stored, and a
+    de-identified file kept them. Any PN with a value is a person's name (`person-name`) and is emptied now; a
+    private creator that repeats the patient's name is a free-text finding."""
+    [named] = make_series(tmp_path / "named", modality="CT", slices=1, rows=16, columns=16, seed=231, clean=True)
+    ds = pydicom.dcmread(named)
+    ds.add_new(0x00140104, "PN", "Reviewer^Jane")
+    item = pydicom.Dataset()
+    item.add_new(0x00142006, "PN", "Evaluator^Bob")
+    ds.add_new(0x00142002, "SQ", [item])  # Evaluator Sequence
+    ds.save_as(named)
+    sop = uids_of(named)[2]
+    answer = stow(phi_stack, [named], tenant="anyone")
+    assert answer.status_code == 409, answer.text
+    assert failures(answer)[0]["00081197"] == {"vr": "US", "Value": [0x0110]}
+    assert not visible(phi_stack, sop)
+    [record] = audit(phi_stack, sop)
+    assert (record["decision"], record["tags"]) == ("reject", ["(0014,0104)", "(0014,2002)[0]>(0014,2006)"])
+
+    [kept] = make_series(tmp_path / "kept", modality="CT", slices=1, rows=16, columns=16, seed=232)
+    ds = pydicom.dcmread(kept)
+    ds.add_new(0x00140104, "PN", "Reviewer^Jane")
+    ds.add_new(0x00142002, "SQ", [item])
+    ds.save_as(kept)
+    answer = stow(phi_stack, [kept], tenant="research")
+    assert answer.status_code == 202, answer.text
+    [stored_item] = answer.json()["00081199"]["Value"]
+    url = stored_item["00081190"]["Value"][0]
+    stored = requests.get(url, headers={**phi_stack.api_headers, "Accept": "application/dicom"}, timeout=30)
+    assert stored.status_code == 200
+    result = pydicom.dcmread(io.BytesIO(stored.content))
+    assert result[0x00140104].value in ("", None)
+    assert result[0x00142002][0][0x00142006].value in ("", None)
+    assert b"Reviewer" not in stored.content and b"Evaluator" not in stored.content
+
+    [creator] = make_series(tmp_path / "creator", modality="CT", slices=1, rows=16, columns=16, seed=233, clean=True)
+    ds = pydicom.dcmread(creator)
+    ds.PatientName = "Quist^Marta"  # Z: a finding itself; the creator repeating it is a second one
+    ds.add_new(0x00090010, "LO", "MARTA QUIST")
+    ds.save_as(creator)
+    scan = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "scan", str(creator)], capture_output=True, text=True, timeout=120
+    )
+    assert scan.returncode == 1, scan.stderr
+    findings = json.loads(scan.stdout)["findings"]
+    assert {"path": "(0009,0010)", "keyword": "", "rule": "free-text-identifier"} in findings
