@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from gateway.errors import ConfigError, DicomError, StorageUnavailable
 from gateway.phi.policy import BASIC, Policy, load_policy
 from gateway.phi.scanner import ScanReport, scan_with_values
 from gateway.tools.media_files import files_under
+from gateway.tools.upload import collect, skip_repeated
 
 
 def _files(paths: tuple[Path, ...]) -> Iterator[Path]:
@@ -38,6 +40,31 @@ def scan_as_ingest(path: Path, policy: Policy | None) -> ScanReport:
     return scan_with_values(path, policy, (), dataset)[0]
 
 
+def scan_as_upload(paths: tuple[Path, ...], policy: Policy | None) -> Iterator[ScanReport]:
+    """The report of each file as ``upload`` would send it, read by upload's own reader (``collect``): a data set
+    without the PS3.10 preamble or File Meta is scanned wrapped, as it is sent; what upload skips (a DICOMDIR, a
+    file that is no DICOM, an archive, a second file of an instance) is reported ``skipped`` with upload's reason;
+    what upload cannot read is unreadable, with ingest's reason where ingest gives one."""
+    version = (policy or BASIC).version
+    seen: dict[str, Path] = {}
+    with tempfile.TemporaryDirectory(prefix="dicomgw-scan-") as wrap_dir:
+        for path in _files(paths):
+            entry = collect(path, Path(wrap_dir))
+            skip_repeated(entry, seen)
+            if entry.outcome == "skipped":
+                yield ScanReport(file=str(path), skipped=entry.reason, policy_version=version)
+                continue
+            report = scan_as_ingest(entry.body_path, policy)
+            if entry.sent_path is not None:
+                entry.sent_path.unlink(missing_ok=True)
+                note = "wrapped into a PS3.10 file as upload sends it (the data set had no File Meta or preamble)"
+                click.echo(f"{note}: {path}", err=True)
+            report.file = str(path)
+            if entry.outcome == "failed" and report.readable:  # upload would not send it: never "clean"
+                report = ScanReport(file=str(path), readable=False, error=entry.reason, policy_version=version)
+            yield report
+
+
 @click.command("scan")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
@@ -48,9 +75,13 @@ def scan_as_ingest(path: Path, policy: Policy | None) -> ScanReport:
 )
 @click.pass_context
 def scan(ctx: click.Context, paths: tuple[Path, ...], policy_file: Path | None) -> None:
-    """Scan DICOM files (folders recurse) for PHI; print one JSON report per file, one per line.
+    """Scan DICOM files (folders recurse) for PHI, each as `upload` would send it; print one JSON report per file,
+    one per line.
 
-    Exit status: 0 all clean, 1 PHI found, 2 a file was unreadable (the highest wins). A folder holding no file
+    A data set without its PS3.10 preamble or File Meta is scanned as upload sends it, wrapped (said on stderr);
+    what upload skips (a DICOMDIR, a file that is no DICOM, an archive, a second file of an instance) is reported
+    with status "skipped" and upload's reason. Exit status: 0 all clean or skipped, 1 PHI found, 2 a file was
+    unreadable (the highest wins). A folder holding no file
     is said so on stderr (nothing scanned there: 0 unless another path says otherwise).
     """
     policy: Policy | None = None
@@ -60,8 +91,7 @@ def scan(ctx: click.Context, paths: tuple[Path, ...], policy_file: Path | None) 
         except ConfigError as error:
             raise click.BadParameter(str(error), param_hint="--policy") from None
     worst = 0
-    for path in _files(paths):
-        report = scan_as_ingest(path, policy)
+    for report in scan_as_upload(paths, policy):
         click.echo(report.to_json())
         worst = max(worst, report.exit_code)
     ctx.exit(worst)

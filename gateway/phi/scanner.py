@@ -100,19 +100,22 @@ class ScanReport:
     error: str | None = None
     findings: list[Finding] = field(default_factory=list)
     policy_version: str = BASIC.version
+    skipped: str | None = None  # `scan`: why `upload` would not send the file (a DICOMDIR, not DICOM...)
 
     @property
     def clean(self) -> bool:
-        return self.readable and not self.findings
+        return self.readable and not self.findings and self.skipped is None
 
     @property
     def status(self) -> str:
+        if self.skipped is not None:
+            return "skipped"
         return "unreadable" if not self.readable else "phi" if self.findings else "clean"
 
     @property
     def exit_code(self) -> int:
-        """CLI convention: 0 clean, 1 PHI found, 2 unreadable."""
-        return {"clean": 0, "phi": 1, "unreadable": 2}[self.status]
+        """CLI convention: 0 clean (or skipped: nothing that would be sent), 1 PHI found, 2 unreadable."""
+        return {"clean": 0, "skipped": 0, "phi": 1, "unreadable": 2}[self.status]
 
     @property
     def paths(self) -> list[str]:
@@ -126,7 +129,7 @@ class ScanReport:
             "error": self.error,
             "policy_version": self.policy_version,
             "findings": [finding.to_dict() for finding in self.findings],
-        }
+        } | ({"skipped": self.skipped} if self.skipped is not None else {})
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

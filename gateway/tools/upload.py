@@ -437,15 +437,21 @@ def run_upload(
     return report
 
 
+def skip_repeated(entry: FileEntry, seen: dict[str, Path]) -> None:
+    """A second file of an instance ``seen`` already holds is skipped, its reason naming the first (``upload``
+    sends one file an instance, and ``scan`` judges what ``upload`` sends)."""
+    if entry.sop_uid and entry.outcome == "pending":
+        if entry.sop_uid in seen:
+            entry.outcome, entry.reason = "skipped", f"same SOP Instance UID as {seen[entry.sop_uid]}"
+        else:
+            seen[entry.sop_uid] = entry.path
+
+
 def collect_all(paths: Iterable[Path], wrap_dir: Path, report: UploadReport, err_console: Console) -> None:
     seen: dict[str, Path] = {}
     for path in iter_files(paths):
         entry = collect(path, wrap_dir)
-        if entry.sop_uid and entry.outcome == "pending":
-            if entry.sop_uid in seen:  # decided before the notes: it was counted as skipped without one
-                entry.outcome, entry.reason = "skipped", f"same SOP Instance UID as {seen[entry.sop_uid]}"
-            else:
-                seen[entry.sop_uid] = path
+        skip_repeated(entry, seen)  # decided before the notes: it was counted as skipped without one
         report.files.append(entry)  # before its note: a Ctrl-C during the note still counts it
         if entry.outcome == "skipped":
             note = f"skipped ({entry.reason}): {path}"

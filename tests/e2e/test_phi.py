@@ -818,3 +818,59 @@ def test_a_person_name_the_table_does_not_list_is_phi(phi_stack: RunningStack, t
     assert scan.returncode == 1, scan.stderr
     findings = json.loads(scan.stdout)["findings"]
     assert {"path": "(0009,0010)", "keyword": "", "rule": "free-text-identifier"} in findings
+
+
+def test_scan_judges_a_cd_export_as_upload_sends_it(phi_stack: RunningStack, tmp_path: Path) -> None:
+    """Session 27, h12: `scan` called a data set without preamble or File Meta (`dcmconv -F`, as old exports write
+    it) and the export's DICOMDIR "unreadable" (exit 2), while `upload` sends the first wrapped and skips the
+    second: pre-scanning a CD always exited 2. `scan` reads each file with upload's reader now: the bare data set
+    is judged as it is sent (its findings are the hook's), and what upload skips is `skipped`, with its reason."""
+    [first] = make_series(tmp_path / "src1", modality="CT", slices=1, rows=16, columns=16, seed=241, clean=True)
+    [second] = make_series(tmp_path / "src2", modality="CT", slices=1, rows=16, columns=16, seed=242, clean=True)
+    [named] = make_series(tmp_path / "src3", modality="CT", slices=1, rows=16, columns=16, seed=243, clean=True)
+    ds = pydicom.dcmread(named)
+    ds.PatientName = "Quist^Marta"
+    ds.save_as(named)
+    cd = tmp_path / "cd"
+    (cd / "DICOM").mkdir(parents=True)
+    (cd / "DICOM" / "IM000001").write_bytes(first.read_bytes())
+    for source, target in ((second, "IM000002"), (named, "IM000003")):
+        target_path = cd / "DICOM" / target
+        made = subprocess.run(["dcmconv", "-F", str(source), str(target_path)], capture_output=True, check=False)
+        assert made.returncode == 0, made.stderr
+        assert (cd / "DICOM" / target).read_bytes()[:2] == b"\x08\x00"  # no preamble, no File Meta
+    made = subprocess.run(["dcmmkdir", "+I", "DICOM/IM000001"], cwd=cd, capture_output=True, check=False)
+    assert made.returncode == 0 and (cd / "DICOMDIR").is_file(), made.stderr
+    (cd / "README.TXT").write_text("Open VIEWER.EXE\n")
+
+    scan = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "scan", str(cd)], capture_output=True, text=True, timeout=120
+    )
+    assert scan.returncode == 1, scan.stdout + scan.stderr
+    reports = {Path(line["file"]).name: line for line in map(json.loads, scan.stdout.splitlines())}
+    assert {name: report["status"] for name, report in reports.items()} == {
+        "IM000001": "clean",
+        "IM000002": "clean",
+        "IM000003": "phi",
+        "DICOMDIR": "skipped",
+        "README.TXT": "skipped",
+    }
+    assert reports["DICOMDIR"]["skipped"] == "a DICOMDIR, the index of the media, not an instance"
+    assert reports["README.TXT"]["skipped"] == "not a DICOM file"
+    assert [f["path"] for f in reports["IM000003"]["findings"]] == ["(0010,0010)"]
+    note = "wrapped into a PS3.10 file as upload sends it (the data set had no File Meta or preamble): "
+    assert note + str(cd / "DICOM" / "IM000002") in scan.stderr and note + str(cd / "DICOM" / "IM000003") in scan.stderr
+
+    sent = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "upload", str(cd), "--url", f"{phi_stack.url}/dicomweb"]
+        + ["--tenant", "anyone", "--region", "eu-west-1"],
+        env={**os.environ, "DICOMGW_API_KEY": phi_stack.stack.api_key, "COLUMNS": "400"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert sent.returncode == 1, sent.stdout + sent.stderr
+    assert [visible(phi_stack, uids_of(path)[2]) for path in (first, second, named)] == [True, True, False]
+    [record] = audit(phi_stack, uids_of(named)[2])
+    assert (record["decision"], record["tags"]) == ("reject", [f["path"] for f in reports["IM000003"]["findings"]])

@@ -27,13 +27,17 @@ def test_exit_codes_highest_wins(tmp_path: Path) -> None:
     clean = write(clean_dataset(), tmp_path / "clean.dcm")
     phi = write(phi_dataset(), tmp_path / "phi.dcm")
     bad = tmp_path / "bad.dcm"
-    bad.write_bytes(b"garbage")
+    bad.write_bytes(phi.read_bytes()[:200])  # a PS3.10 file cut inside its header: upload cannot send it
+    other = tmp_path / "other.dcm"
+    other.write_bytes(b"garbage")  # no DICOM: upload skips it, so scan reports it skipped (exit 0)
     assert run(str(clean))[0] == 0
+    assert run(str(clean), str(other))[0] == 0
     assert run(str(clean), str(phi))[0] == 1
-    code, lines = run(str(bad), str(phi), str(clean))
+    code, lines = run(str(bad), str(other), str(phi), str(clean))
     assert code == 2
-    assert [line["status"] for line in lines] == ["unreadable", "phi", "clean"]
-    assert [line["file"] for line in lines] == [str(bad), str(phi), str(clean)]
+    assert [line["status"] for line in lines] == ["unreadable", "skipped", "phi", "clean"]
+    assert [line["file"] for line in lines] == [str(bad), str(other), str(phi), str(clean)]
+    assert lines[1]["skipped"] == "not a DICOM file" and "skipped" not in lines[0]
 
 
 def test_a_file_ingest_refuses_is_unreadable_with_ingests_reason(tmp_path: Path) -> None:
