@@ -133,6 +133,12 @@ def _normal(text: str) -> str:
     return _NOT_ALNUM.sub("", "".join(c for c in decomposed if not unicodedata.combining(c)))
 
 
+MONTHS = (
+    "JANUARY", "FEBRUARY", "MARCH", "APRIL", "MAY", "JUNE",
+    "JULY", "AUGUST", "SEPTEMBER", "OCTOBER", "NOVEMBER", "DECEMBER",
+)  # fmt: skip
+
+
 def identifier_terms(dataset: Dataset) -> frozenset[str]:
     """Normalised (A-Z0-9 only) name parts, IDs and dates of the patient and visit, for ``match =
     "identifiers"``: read from the *original* file, before the header is de-identified."""
@@ -146,11 +152,28 @@ def identifier_terms(dataset: Dataset) -> frozenset[str]:
         terms.add(_normal(str(item.get("PatientID", "") or "")))
     for keyword in ("PatientBirthDate", "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate"):
         for value in text_values(dataset.get(keyword)):
-            day = _normal(value)
-            if len(day) == 8:
-                # the orders a screen shows a date in, separators dropped: YYYYMMDD, DDMMYYYY, MMDDYYYY
-                terms.update({day, day[6:] + day[4:6] + day[:4], day[4:6] + day[6:] + day[:4]})
+            terms.update(date_terms(_normal(value)))
     return frozenset(term for term in terms if len(term) >= MIN_TERM)
+
+
+def date_terms(day: str) -> set[str]:
+    """A date (YYYYMMDD) as a screen shows it, separators dropped: YYYYMMDD, DDMMYYYY and MMDDYYYY, with and without
+    leading zeros (``5/2/1961``: 521961), and with the month's English name or its abbreviation (``05-Feb-1961``,
+    ``1961-Feb-05``, ``Feb-05-1961``), each read as one word."""
+    if len(day) != 8:
+        return set()
+    year, month, of_month = day[:4], day[4:6], day[6:]
+    terms = {day, of_month + month + year, month + of_month + year}
+    if not day.isdigit() or not 1 <= int(month) <= 12:
+        return terms  # no month to name: the value's own digits in the three orders
+    days, months = {of_month, of_month.lstrip("0")}, {month, month.lstrip("0")}
+    for d in days:
+        terms.add(year + month + d)
+        for m in months:
+            terms.update((d + m + year, m + d + year))
+        for name in (MONTHS[int(month) - 1], MONTHS[int(month) - 1][:3]):
+            terms.update((d + name + year, name + d + year, year + name + d))
+    return terms
 
 
 def _matches(word: str, terms: frozenset[str]) -> bool:

@@ -379,3 +379,42 @@ def test_the_preview_of_a_held_file_it_cannot_read_is_a_406(tmp_path: Path) -> N
     )
     with pytest.raises(NotAcceptable, match="cannot render this file"):
         preview(services, "quarantine/held.dcm", 2)  # type: ignore[arg-type]
+
+
+def test_identifiers_mode_matches_a_birth_date_written_with_a_month_name_or_without_zeros(tmp_path: Path) -> None:
+    """Session 27, h12: `pixels_match = "identifiers"` matched a burned-in date only as digits with leading zeros
+    (19610205, 05.02.1961, 02/05/1961): the patient's birth date written `05-Feb-1961` or `5/2/1961`, as devices
+    and screens write it, stayed readable in the stored pixels. Both forms, and the others of `date_terms`, are now
+    the patient's; through the hook, with Tesseract reading the output."""
+    from PIL import ImageDraw, ImageFont
+
+    from gateway.phi.pixels import _matches, date_terms
+
+    src = make_sc(tmp_path / "in", seed=8)
+    ds = pydicom.dcmread(src)
+    ds.PatientBirthDate = "19610205"
+    frame = np.array(ds.pixel_array)
+    image = Image.fromarray(frame)
+    draw = ImageDraw.Draw(image)
+    boxes = text_boxes(frame.shape[0], frame.shape[1])
+    font = ImageFont.load_default(size=22)
+    for (left, top, right, bottom), line in zip(boxes[2:], ("DOB 05-Feb-1961", "BORN 5/2/1961"), strict=True):
+        draw.rectangle((left, top, right, bottom), fill=(0, 0, 0))
+        draw.text((left, top + 2), line, fill=(255, 255, 255), font=font)
+    ds.PixelData = np.asarray(image).tobytes()
+    ds.save_as(src)
+    before = _ocr(np.asarray(pydicom.dcmread(src).pixel_array))
+    assert "05FEB1961" in before and "521961" in before, before  # the dates really are readable
+
+    terms = frozenset(date_terms("19610205"))
+    for read in ("05-Feb-1961", "5/2/1961", "2/5/1961", "1961-FEB-05", "Feb-5-1961", "05FEBRUARY1961", "05.02.1961"):
+        assert _matches(read, terms), read
+    assert not _matches("06-Feb-1961", terms) and not _matches("5/3/1961", terms)
+
+    rule = {"action": "deidentify", "destination": "main", "pixels": "clean", "pixels_match": "identifiers"}
+    parsed = parse_policy({**policy(), "default": rule})
+    outcome = PhiHook(parsed, KEY, tmp_dir=tmp_path)(src, UploadContext(source="stow"))
+    assert outcome.action == "accept" and outcome.path is not None
+    text = _ocr(np.asarray(pydicom.dcmread(outcome.path).pixel_array))
+    assert "05FEB1961" not in text and "521961" not in text, text
+    assert "DOB" in text and "BORN" in text  # labels, not identifiers: left readable
