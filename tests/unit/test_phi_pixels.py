@@ -38,6 +38,17 @@ def policy(action: str = "clean", **extra: Any) -> dict[str, Any]:
     }
 
 
+def holding_policy(action: str = "clean", **extra: Any) -> dict[str, Any]:
+    """`policy` with a place that may hold a file for review: a held file may still show a name, so it is held
+    only where identifiable data of the upload's region may be (docs/phi.md); uploads declare region "eu"."""
+    parsed = policy(action, **extra)
+    held = {"storage": "default", "region": "eu", "identifiable_allowed": True}
+    return {**parsed, "destinations": {**parsed["destinations"], "held": held}}
+
+
+EU_UPLOAD = UploadContext(source="stow", region="eu")
+
+
 # -- policy -----------------------------------------------------------------------------------------------------
 
 
@@ -229,8 +240,8 @@ def test_an_encoding_that_cannot_be_re_encoded_goes_to_review(tmp_path: Path) ->
     ds = pydicom.dcmread(src)
     ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
     ds.save_as(src)
-    hook = PhiHook(parse_policy(policy("clean")), KEY, tmp_dir=tmp_path)
-    outcome = hook(src, UploadContext(source="stow"))
+    hook = PhiHook(parse_policy(holding_policy("clean")), KEY, tmp_dir=tmp_path)
+    outcome = hook(src, EU_UPLOAD)
     assert outcome.action == "quarantine" and outcome.path is not None
     assert outcome.reason.startswith("pixels need review") and "JPEG 2000" in outcome.reason
     quarantined = pydicom.dcmread(outcome.path, stop_before_pixels=True)
@@ -319,8 +330,8 @@ def test_a_32_bit_rle_file_goes_to_review(tmp_path: Path) -> None:
     ds.file_meta.TransferSyntaxUID = RLELossless
     ds.save_as(src)
     assert np.array_equal(pydicom.dcmread(src).pixel_array, values)  # a valid RLE file, as pydicom decodes it
-    parsed = parse_policy({**policy("clean"), "options": {"on_deidentify_failure": "reject"}})
-    outcome = PhiHook(parsed, KEY, tmp_dir=tmp_path)(src, UploadContext(source="stow"))
+    parsed = parse_policy({**holding_policy("clean"), "options": {"on_deidentify_failure": "reject"}})
+    outcome = PhiHook(parsed, KEY, tmp_dir=tmp_path)(src, EU_UPLOAD)
     assert outcome.action == "quarantine" and outcome.path is not None
     assert outcome.reason == "pixels need review: 32-bit RLE frames cannot be re-encoded here"
     assert pydicom.dcmread(outcome.path, stop_before_pixels=True).PatientIdentityRemoved == "YES"
