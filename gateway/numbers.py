@@ -8,6 +8,7 @@ digits within a stated range, or a 400 that names the parameter.
 
 from __future__ import annotations
 
+import math
 import re
 
 from gateway.errors import BadRequest
@@ -52,3 +53,15 @@ def parse_decimal(text: str) -> float:
     if _DECIMAL.fullmatch(text) is None:
         raise ValueError(text)
     return float(text)
+
+
+def json_integer(value: object) -> int | None:
+    """An integer field of a JSON body: an int, or a float with no fraction (``900.0``: what Python's ``json.dumps``
+    of a float, Gson and PHP send for 900; ``9e2``), as that int. None for anything else (``900.5``, ``true``, a
+    string, and ``NaN`` / ``Infinity`` / ``1e400``, which Python's decoder reads as non-finite floats), for the caller
+    to answer the 400 that names its field. JSON has one number type (RFC 8259 6): ``900.0`` is the number 900."""
+    if type(value) is int:
+        return value
+    if type(value) is float and math.isfinite(value) and value.is_integer():
+        return int(value)
+    return None

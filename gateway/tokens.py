@@ -24,6 +24,7 @@ from typing import Any
 from itsdangerous import BadData, BadSignature, TimestampSigner, URLSafeTimedSerializer
 
 from gateway.errors import BadRequest, InsufficientScope, TokenExpired, TokenInvalid, TokenRevoked, TokenUnrecognised
+from gateway.numbers import json_integer
 from gateway.scope import Scope
 from gateway.uids import is_uid
 
@@ -129,7 +130,6 @@ class TokenService:
         """Validate the request (400 with a clear detail on anything odd) and sign a token. ``session_max``
         (seconds, at most ``session_cap``) makes it renewable until that long after now (``renew``)."""
         actions = ["read"] if actions is None else actions
-        ttl = self.default_ttl if ttl is None else ttl
         if not isinstance(sub, str) or not _SUB.fullmatch(sub):
             raise BadRequest("sub must be 1-128 printable ASCII characters without spaces")
         if not isinstance(studies, list) or not studies:
@@ -153,8 +153,11 @@ class TokenService:
             or not set(actions) <= set(ACTIONS)
         ):
             raise BadRequest("actions must be a non-empty list drawn from 'read' and 'write'")
-        if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0:
+        # one rule for every integer field of a JSON body (gateway.numbers.json_integer): 900.0 is 900
+        lifetime = json_integer(self.default_ttl if ttl is None else ttl)
+        if lifetime is None or lifetime <= 0:
             raise BadRequest("ttl must be a positive integer number of seconds")
+        ttl = lifetime
         if ttl > self.max_ttl:
             raise BadRequest(f"ttl exceeds the maximum of {self.max_ttl} seconds")
         jti = secrets.token_urlsafe(9)
@@ -165,7 +168,8 @@ class TokenService:
             payload["se"] = sorted(series)
         issued = _clock() if now is None else now
         if session_max is not None:
-            if isinstance(session_max, bool) or not isinstance(session_max, int) or session_max <= 0:
+            session_max = json_integer(session_max)
+            if session_max is None or session_max <= 0:
                 raise BadRequest("session_max must be a positive integer number of seconds")
             if session_max > session_cap:
                 raise BadRequest(f"session_max exceeds the maximum of {session_cap} seconds")

@@ -240,3 +240,59 @@ def test_every_answer_holding_a_token_is_no_store(stack: RunningStack) -> None:
     )
     assert exchange.status_code == 303
     assert exchange.headers["Cache-Control"] == "no-store"
+
+
+@pytest.mark.parametrize("ttl, session_max", [("900.0", "1800.0"), ("9e2", "1.8e3"), ("900", "1800")])
+def test_an_integral_json_number_is_that_integer_in_the_token_api(
+    stack: RunningStack, ttl: str, session_max: str
+) -> None:
+    """``"ttl": 900.0`` (what Python's ``json.dumps`` of a float, Gson and PHP write for 900) was the 400 "ttl must be
+    a positive integer number of seconds": JSON has one number type (RFC 8259 6), and 900.0 is 900. The token lives
+    exactly 900 s, its session 1800 s."""
+    study = stack.uploaded["ct"][0]
+    body = f'{{"sub": "portal", "studies": ["{study}"], "ttl": {ttl}, "session_max": {session_max}}}'
+    answer = post_json(stack, "/api/v1/tokens", body, **stack.api_headers)
+    assert answer.status_code == 201, answer.text
+    renewed = post_json(stack, "/api/v1/tokens/renew", json.dumps({"token": answer.json()["token"]}))
+    assert renewed.status_code == 200, renewed.text
+    assert 898 <= renewed.json()["expires_in"] <= 900
+    assert 1797 <= renewed.json()["session_expires_in"] <= 1800
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("ttl", "900.5"),
+        ("ttl", "true"),
+        ("ttl", '"900"'),
+        ("ttl", "NaN"),
+        ("ttl", "Infinity"),
+        ("ttl", "-Infinity"),
+        ("ttl", "1e400"),
+        ("ttl", "0.0"),
+        ("ttl", "-900.0"),
+        ("session_max", "600.25"),
+        ("session_max", "false"),
+        ("session_max", "NaN"),
+        ("session_max", "1e999"),
+    ],
+)
+def test_a_json_number_that_is_no_integer_is_a_400_naming_its_field(
+    stack: RunningStack, field: str, value: str
+) -> None:
+    study = stack.uploaded["ct"][0]
+    body = f'{{"sub": "portal", "studies": ["{study}"], "{field}": {value}}}'
+    answer = post_json(stack, "/api/v1/tokens", body, **stack.api_headers)
+    assert answer.status_code == 400, answer.text
+    assert answer.headers["Content-Type"] == "application/json"
+    assert answer.json() == {"error": "bad_request", "detail": f"{field} must be a positive integer number of seconds"}
+
+
+@pytest.mark.parametrize("field, value", [("ttl", "1e20"), ("ttl", "3601.0"), ("session_max", "1e300")])
+def test_a_huge_integral_json_number_is_over_its_cap(stack: RunningStack, field: str, value: str) -> None:
+    study = stack.uploaded["ct"][0]
+    body = f'{{"sub": "portal", "studies": ["{study}"], "{field}": {value}}}'
+    answer = post_json(stack, "/api/v1/tokens", body, **stack.api_headers)
+    assert answer.status_code == 400, answer.text
+    cap = 3600 if field == "ttl" else 43200
+    assert answer.json() == {"error": "bad_request", "detail": f"{field} exceeds the maximum of {cap} seconds"}

@@ -551,3 +551,12 @@ def test_every_token_issued_and_renewed_fits_a_browser_cookie_beside_its_longest
         for step in range(1, 6):
             token = tokens.renew(token, set(), now=T + step).token
             assert len(token) <= MAX_SIGNED_LENGTH
+
+
+def test_an_integer_field_of_a_json_body_is_an_integral_number() -> None:
+    """One rule for every integer field of the JSON API (``gateway.numbers.json_integer``): 900.0 is 900."""
+    from gateway.numbers import json_integer
+
+    assert [json_integer(v) for v in (900, 900.0, 9e2, -3.0, 10**30, 1e20)] == [900, 900, 900, -3, 10**30, 10**20]
+    for value in (900.5, True, False, "900", None, float("nan"), float("inf"), float("-inf"), [900], {"v": 1}):
+        assert json_integer(value) is None, value
