@@ -243,6 +243,17 @@ class TokenService:
             raise TokenExpired("token expired")
         return claims
 
+    def signed_by_us(self, token: str) -> bool:
+        """Whether ``token`` is a value one of our keys signed (sane claims or not): what an ``Authorization: Bearer``
+        value must be to count as a token of this gateway (a portal's JWT, ``None`` or a padded token do not)."""
+        try:
+            self._cached(token)
+        except TokenUnrecognised:
+            return False
+        except TokenInvalid:
+            return True
+        return True
+
     def _cached(self, token: str) -> tuple[Claims, str]:
         cached = self._cache.get(token)
         if cached is None:

@@ -11,9 +11,9 @@ from flask import Blueprint, Response, jsonify, redirect, request
 from werkzeug.urls import iri_to_uri
 from werkzeug.wrappers import Response as WerkzeugResponse
 
-from gateway.auth import cookie_name, cookie_token
+from gateway.auth import bearer_value, cookie_name, cookie_token
 from gateway.catalog.deletions import Patient
-from gateway.errors import BadRequest, CookieNotKept, InvalidPath, NotFound, TokenMissing, TokenRevoked
+from gateway.errors import BadRequest, CookieNotKept, InvalidPath, NotFound, TokenInvalid, TokenMissing, TokenRevoked
 from gateway.lifecycle import check_reason, summary
 from gateway.numbers import parse_int
 from gateway.phi.deidentify import identifier_digest
@@ -93,6 +93,38 @@ RENEW_BODY = (
 )
 
 
+def renewal_token(body: dict[str, Any], srv: Any) -> tuple[str, bool]:
+    """The token a renewal renews, and whether it came from the session cookie (whose renewal goes back into it).
+    The body's ``token`` first, then an ``Authorization: Bearer`` token of ours (what mobile apps' HTTP clients,
+    OkHttp and NSURLSession, send with every call), then the cookie, which counts only when no explicit token is
+    there (as for a read: ``Authorizer.decide``). The body and the header naming two different tokens is a 400: which
+    one the client meant to renew is not ours to guess. An ``Authorization`` value that is an API key or not a token
+    of ours (a portal's JWT, ``Bearer None``) is not a token to renew, and is ignored as a read ignores it."""
+    authorization = request.headers.get("Authorization", "")
+    presented = bearer_value(authorization)
+    api_key = bool(presented) and srv.authorizer.is_api_key(authorization)
+    bearer = presented if presented and not api_key and srv.tokens.signed_by_us(presented) else ""
+    if "token" in body:
+        token = body["token"]
+        if not isinstance(token, str):
+            raise BadRequest(RENEW_BODY)
+        if bearer and token and bearer != token:
+            raise BadRequest(
+                "the body and the Authorization header hold two different tokens: send the one to renew, in either"
+            )
+        if not token:
+            raise TokenMissing("no token to renew")
+        return token, False
+    if bearer:
+        return bearer, False
+    token = cookie_token(request.headers.get("Cookie", ""), srv.authorizer.cookie)
+    if token:
+        return token, True
+    if presented and not api_key:
+        raise TokenInvalid("the Authorization header holds neither an API key nor a token of this gateway")
+    raise TokenMissing("no token to renew")
+
+
 @bp.post("/tokens/renew")
 def renew_token() -> Response | tuple[Response, int]:
     """A viewer's renewal: ``{"token": ...}`` in the body (never in a URL, which logs keep), a fresh token of the
@@ -107,12 +139,7 @@ def renew_token() -> Response | tuple[Response, int]:
     if body.get("if_session", True) is not True:
         raise BadRequest("if_session must be true when given")
     srv = services()
-    in_cookie = "token" not in body
-    token = cookie_token(request.headers.get("Cookie", ""), srv.authorizer.cookie) if in_cookie else body["token"]
-    if token is not None and not isinstance(token, str):
-        raise BadRequest(RENEW_BODY)
-    if not token:
-        raise TokenMissing("no token to renew")
+    token, in_cookie = renewal_token(body, srv)
     now = int(time.time())
     revoked = srv.authorizer.revoked()
     # an expired or revoked token is told so (401), session or not: a 204 or 400 left a viewer renewing a dead link

@@ -296,3 +296,81 @@ def test_a_huge_integral_json_number_is_over_its_cap(stack: RunningStack, field:
     assert answer.status_code == 400, answer.text
     cap = 3600 if field == "ttl" else 43200
     assert answer.json() == {"error": "bad_request", "detail": f"{field} exceeds the maximum of {cap} seconds"}
+
+
+def test_renewal_takes_the_token_an_app_sends_as_bearer(stack: RunningStack) -> None:
+    """Mobile apps' HTTP clients (OkHttp interceptors, NSURLSession's ``httpAdditionalHeaders``) send the token as
+    ``Authorization: Bearer`` with every call, as they read DICOMweb: ``POST /api/v1/tokens/renew`` with that header
+    and ``{}`` answered 401 ``token_missing``. The Bearer token is renewed now, the fresh one in the body (never a
+    cookie: the app holds the token), and preferred to a session cookie, as a read prefers it."""
+    study, series, _ = stack.uploaded["ct"]
+    issued = stack.issue([study], session_max=600)
+    other = stack.issue([study], session_max=600)
+    renew = "/api/v1/tokens/renew"
+
+    for scheme in ("Bearer", "bearer"):
+        renewed = post_json(stack, renew, "{}", Authorization=f"{scheme} {issued['token']}")
+        assert renewed.status_code == 200, renewed.text
+        assert renewed.headers["Cache-Control"] == "no-store"
+        assert "Set-Cookie" not in renewed.headers
+        fresh = renewed.json()
+        assert set(fresh) == {
+            "token", "expires_at", "expires_in", "jti", "session", "session_expires_at", "session_expires_in"
+        }
+        assert fresh["session"] == issued["session"] and fresh["token"] != issued["token"]
+        metadata = requests.get(
+            f"{stack.url}/dicomweb/studies/{study}/series/{series}/metadata",
+            headers={"Authorization": f"Bearer {fresh['token']}"},
+            timeout=30,
+        )
+        assert metadata.status_code == 200
+
+    # the same token in the body and the header is that token
+    same = post_json(stack, renew, json.dumps({"token": issued["token"]}), Authorization=f"Bearer {issued['token']}")
+    assert same.status_code == 200 and same.json()["session"] == issued["session"]
+    # a session cookie of another session: the Bearer token is the one renewed, the cookie left as it is
+    both = post_json(
+        stack, renew, "{}", Authorization=f"Bearer {issued['token']}", Cookie=f"dicomgw_token={other['token']}"
+    )
+    assert both.status_code == 200 and both.json()["session"] == issued["session"]
+    assert "Set-Cookie" not in both.headers
+    # "if_session" holds for the header as for the body: a token without a session is a 204
+    plain = stack.issue([study])
+    assert post_json(stack, renew, '{"if_session": true}', Authorization=f"Bearer {plain['token']}").status_code == 204
+
+
+def test_two_different_tokens_in_a_renewal_are_a_400(stack: RunningStack) -> None:
+    study = stack.uploaded["ct"][0]
+    first, second = stack.issue([study], session_max=600), stack.issue([study], session_max=600)
+    answer = post_json(
+        stack, "/api/v1/tokens/renew", json.dumps({"token": first["token"]}), Authorization=f"Bearer {second['token']}"
+    )
+    assert answer.status_code == 400
+    assert answer.headers["Content-Type"] == "application/json"
+    assert answer.json() == {
+        "error": "bad_request",
+        "detail": "the body and the Authorization header hold two different tokens: send the one to renew, in either",
+    }
+
+
+def test_an_authorization_value_not_ours_is_no_token_to_renew(stack: RunningStack) -> None:
+    """As a read ignores it: a portal's JWT or ``Bearer None`` with a session cookie renews the cookie; alone it is
+    the 401 ``token_invalid`` a read answers; an API key is no token (``token_missing``)."""
+    study = stack.uploaded["ct"][0]
+    issued = stack.issue([study], session_max=600)
+    renew = "/api/v1/tokens/renew"
+    with_cookie = post_json(stack, renew, "{}", Authorization="Bearer None", Cookie=f"dicomgw_token={issued['token']}")
+    assert with_cookie.status_code == 200, with_cookie.text
+    assert "token" not in with_cookie.json()
+    assert with_cookie.headers["Set-Cookie"].startswith("dicomgw_token=")
+    for value in ("Bearer None", f"Bearer {issued['token']}=", "Bearer eyJhbGciOiJIUzI1NiJ9.e30.c2ln"):
+        alone = post_json(stack, renew, "{}", Authorization=value)
+        assert alone.status_code == 401, (value, alone.text)
+        assert alone.headers["WWW-Authenticate"] == INVALID
+        assert alone.json() == {
+            "error": "token_invalid",
+            "detail": "the Authorization header holds neither an API key nor a token of this gateway",
+        }
+    key = post_json(stack, renew, "{}", **stack.api_headers)
+    assert key.status_code == 401
+    assert key.json() == {"error": "token_missing", "detail": "no token to renew"}
