@@ -154,7 +154,12 @@ class FastPath:
                 response = self.planner.block(uri, accept)
             else:
                 response = self.planner.plan(
-                    environ.get("REQUEST_METHOD", "GET"), uri, accept, environ.get(_RANGE_KEY, ""), convert=convert
+                    environ.get("REQUEST_METHOD", "GET"),
+                    uri,
+                    accept,
+                    environ.get(_RANGE_KEY, ""),
+                    convert=convert,
+                    if_none_match=environ.get("HTTP_IF_NONE_MATCH", ""),
                 )
         except GatewayError as error:
             READ_PLANS.labels(str(error.status)).inc()

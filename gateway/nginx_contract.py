@@ -51,9 +51,12 @@ FRAME_RANGES = "X-Dgw-Frame-Ranges"  # a block plan's table of its frames' byte 
 GENERATION = "X-Dgw-Generation"  # the study's deletion generation: part of the plan-cache key (gateway.lifecycle)
 # a whole object's redirect (/_obj): its size in bytes, named in the Content-Range of a 416 storage sends without one
 SIZE = "X-Dgw-Size"
+# a whole object's redirect (/_obj): the stored ETag, when a tag of the client's If-None-Match matches it weakly (RFC
+# 9110 13.1.2), sent to storage as If-None-Match in place of the client's (S3 compares W/ tags and lists strongly)
+IF_NONE_MATCH = "X-Dgw-If-None-Match"
 
 TO_PYTHON = (RANGE, AUTH_CACHE)
-FROM_PYTHON = (SUB, JTI, STUDY, VIA, ERROR, ACCEPT_RANGES, GENERATION, FRAME_RANGES, SIZE)
+FROM_PYTHON = (SUB, JTI, STUDY, VIA, ERROR, ACCEPT_RANGES, GENERATION, FRAME_RANGES, SIZE, IF_NONE_MATCH)
 LOCATIONS = (AUTH, PLAN, FRAME, BLOCK, ABORT, SEGMENT, WHOLE_SEGMENT, FILE, OBJECT, CONVERTED, ERROR_PAGE)
 
 

@@ -308,10 +308,19 @@ class Planner:
             raise NotFound("the object is missing from storage")
 
     # -- entry point ---------------------------------------------------------------------------------------------
-    def plan(self, method: str, raw_uri: str, accept: str, range_header: str, convert: bool = False) -> PlanResponse:
+    def plan(
+        self,
+        method: str,
+        raw_uri: str,
+        accept: str,
+        range_header: str,
+        convert: bool = False,
+        if_none_match: str = "",
+    ) -> PlanResponse:
         """The read plan of ``raw_uri``. Frames and bulkdata of big-endian and deflated instances are no stored
         byte ranges: their plan hands the request to ``nginx.CONVERTED`` (X-Accel-Redirect), whence NGINX asks
-        again with ``convert``, and then the answer holds the converted bytes themselves (no SSI there)."""
+        again with ``convert``, and then the answer holds the converted bytes themselves (no SSI there).
+        ``if_none_match``: the client's header, for a whole object's redirect (``redirect_object``)."""
         _, rest = split_token(raw_uri)
         path, _, query = rest.partition("?")
         target = parse_target(path, query)
@@ -320,7 +329,7 @@ class Planner:
         if target.study is None:
             raise NotFound("not a retrieve path")
         if target.rest == "":
-            return self._retrieve(target, accept)
+            return self._retrieve(target, accept, if_none_match)
         if target.instance is None:
             raise NotFound("not a retrieve path")
         instance = self.instance(target.study, target.series or "", target.instance)
@@ -422,7 +431,7 @@ class Planner:
                 self._lists.popitem(last=False)
         return instances
 
-    def _retrieve(self, target: Target, accept: str) -> PlanResponse:
+    def _retrieve(self, target: Target, accept: str, if_none_match: str = "") -> PlanResponse:
         if target.instance is not None:
             instances = [self.instance(target.study or "", target.series or "", target.instance)]
         else:
@@ -436,15 +445,16 @@ class Planner:
         single = [Offer("application/dicom", syntaxes[0], False)] if target.instance is not None else []
         offers = [negotiate(accept, [Offer("application/dicom", syntax, True), *single]) for syntax in syntaxes]
         if not offers[0].multipart:
-            return self.redirect_object(instances[0])
+            return self.redirect_object(instances[0], if_none_match)
         parts = [(f"application/dicom; transfer-syntax={i.transfer_syntax_uid}", [self._include(i)]) for i in instances]
         expires = self._plan_seconds if target.instance is not None else 0
         return self._multipart(parts, "application/dicom", expires)
 
-    def redirect_object(self, instance: CachedInstance) -> PlanResponse:
+    def redirect_object(self, instance: CachedInstance, if_none_match: str = "") -> PlanResponse:
         """The stored object, served by NGINX from storage as ``application/dicom`` naming its transfer syntax
         unless it is Explicit VR Little Endian, which a missing parameter means (PS3.18 8.7.3.5.2: a JPEG file
-        labelled plain ``application/dicom`` claimed to be that)."""
+        labelled plain ``application/dicom`` claimed to be that). Storage judges the client's preconditions on
+        its own validators; ``if_none_match`` (the client's) goes to it as one tag it compares (``storage_tag``)."""
         origin = self._origin_path(instance.storage_key)
         ts = instance.transfer_syntax_uid
         media_type = "application/dicom" if ts == EXPLICIT_VR_LE else f"application/dicom; transfer-syntax={ts}"
@@ -454,6 +464,9 @@ class Planner:
             ("Content-Type", media_type),
             (nginx.SIZE, str(instance.size)),
         ]
+        matched = storage_tag(if_none_match, instance.etag)
+        if matched:
+            headers.append((nginx.IF_NONE_MATCH, matched))
         return PlanResponse(200, headers)
 
     def _frame_offers(self, instance: CachedInstance, single_allowed: bool) -> list[Offer]:
@@ -782,7 +795,9 @@ class Planner:
         include = [piece(offset, length)] if length else []
         return self._multipart([(part_type, include)], part_type, seconds)
 
-    def wado(self, params: Mapping[str, Sequence[str]], render_default: bool = False) -> PlanResponse | None:
+    def wado(
+        self, params: Mapping[str, Sequence[str]], render_default: bool = False, if_none_match: str = ""
+    ) -> PlanResponse | None:
         """WADO-URI (PS3.18 9) for ``application/dicom``: the object itself, by X-Accel-Redirect. With
         ``render_default`` (no ``contentType``) only for an instance without frames to render; None for an image,
         which the caller renders."""
@@ -795,7 +810,7 @@ class Planner:
             _check_wado_transfer_syntax(values[0].strip(), instance.transfer_syntax_uid)
         elif render_default and self._has_frames(instance):
             return None
-        return self.redirect_object(instance)
+        return self.redirect_object(instance, if_none_match)
 
     def named_instance(self, named: WadoObject) -> CachedInstance:
         """The instance a WADO-URI query names; by its SOP Instance UID alone when the study or series is left
@@ -819,3 +834,21 @@ def check_wado_request_type(params: Mapping[str, Sequence[str]]) -> None:
         raise BadRequest("WADO-URI needs exactly one requestType")
     if values[0].upper() != "WADO":
         raise BadRequest("requestType must be WADO")
+
+
+def storage_tag(if_none_match: str, etag: str) -> str:
+    """The one tag of a client's ``If-None-Match`` that matches a stored object's ETag (``etag``, quoted, as storage
+    sends it) by RFC 9110 13.1.2's weak comparison, which If-None-Match uses: that ETag, for storage to compare
+    itself (the object may have changed since the catalog recorded it). ``""`` when none matches or the header is
+    ``*``: NGINX then sends the header as the client wrote it. S3 (moto) compared a weak ``W/"<etag>"`` or a list
+    ``"a", "<etag>"`` strongly and as one tag: a 200 where the local origin, and RFC 9110, give a 304."""
+    if not etag or _ETAG_LIST.fullmatch(if_none_match) is None:  # "*", or no list of entity-tags (13.1.2)
+        return ""
+    opaque = etag.removeprefix("W/")
+    return etag if any(tag == opaque for tag in _ENTITY_TAG.findall(if_none_match)) else ""
+
+
+# RFC 9110 8.8.3: entity-tag = [ "W/" ] DQUOTE *etagc DQUOTE; If-None-Match = "*" / #entity-tag (a list, 5.6.1)
+_TAG = r'(?:W/)?("[\x21\x23-\x7e\x80-\xff]*")'
+_ENTITY_TAG = re.compile(_TAG)
+_ETAG_LIST = re.compile(rf"[ \t,]*{_TAG}(?:[ \t]*,[ \t,]*{_TAG})*[ \t,]*")

@@ -598,7 +598,9 @@ def wado() -> Response:
         if named is not None:  # contentType=application/dicom;transfer-syntax=... asks as transferSyntax does
             if params.setdefault("transferSyntax", [named]) != [named]:
                 raise BadRequest("contentType's transfer-syntax and transferSyntax differ")
-        plan = planner.wado(params, render_default=not content_type)
+        plan = planner.wado(
+            params, render_default=not content_type, if_none_match=request.headers.get("If-None-Match", "")
+        )
         if plan is not None and not content_type:
             content_type = text_rendering(services(), instance.ids.sop)  # PS3.18 Table 8.7.4-1, Text: text/html
         if plan is not None and content_type in ("", "application/dicom"):

@@ -247,6 +247,44 @@ def test_retrieve_instance_single_part_with_range(
         assert (whole.status_code, whole.content) == (200, data), malformed
 
 
+def test_a_whole_objects_if_none_match_is_compared_weakly_on_every_backend(
+    stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]
+) -> None:
+    """If-None-Match compares weakly (RFC 9110 13.1.2, 13.2.1): a browser or a cache that holds the instance under
+    ``W/"<etag>"`` (a CDN weakens ETags it compresses), or lists several tags, is answered a 304. On S3 (moto) a
+    WADO-RS instance and a WADO-URI object answered 200 and every byte again for both (storage compared them
+    strongly and as one tag); the local folder's origin gave the 304."""
+    path = synthetic["mr"][1]
+    study, series, sop = uids_of(path)
+    wado = f"{roots[study]}/wado?requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={sop}"
+    for target, accept in (
+        (instance_url(roots, path), {"Accept": "application/dicom"}),
+        (f"{wado}&contentType=application/dicom", {}),
+    ):
+        first = requests.get(target, headers=accept, timeout=30)
+        assert first.status_code == 200, target
+        etag = first.headers["ETag"]
+        assert etag.startswith('"')
+        cases = [
+            (f"W/{etag}", 304),
+            (f'"a", {etag}', 304),
+            (f'"a",W/{etag} , "b"', 304),
+            (f"{etag}, W/{etag}", 304),
+            ('W/"other"', 200),
+            ('"a", "b"', 200),
+            (f"W/{etag[:-1]}x\"", 200),
+        ]
+        for condition, status in cases:
+            for method in ("GET", "HEAD"):
+                answer = requests.request(method, target, headers={**accept, "If-None-Match": condition}, timeout=30)
+                assert answer.status_code == status, (target, method, condition, answer.content[:200])
+                assert answer.headers["ETag"] == etag
+                if status == 304:
+                    assert answer.content == b""
+                elif method == "GET":
+                    assert answer.content == first.content
+
+
 def test_whole_object_preconditions_are_evaluated(
     stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]
 ) -> None:

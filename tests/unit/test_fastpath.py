@@ -66,8 +66,17 @@ class ScriptedPlanner(Planner):
         self.answer = answer
         self.calls: list[tuple[str, str, str, str]] = []
 
-    def plan(self, method: str, raw_uri: str, accept: str, range_header: str, convert: bool = False) -> PlanResponse:
+    def plan(
+        self,
+        method: str,
+        raw_uri: str,
+        accept: str,
+        range_header: str,
+        convert: bool = False,
+        if_none_match: str = "",
+    ) -> PlanResponse:
         self.calls.append(("convert" if convert else method, raw_uri, accept, range_header))
+        self.if_none_match = if_none_match
         if isinstance(self.answer, Exception):
             raise self.answer
         return self.answer

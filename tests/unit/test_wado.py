@@ -916,3 +916,16 @@ def test_local_folder_ranges_up_to_the_limit_are_read_by_njs(catalog: Catalog) -
     assert second.body == f'<!--# include virtual="/_seg/{1000 + limit}-{1000 + 2 * limit}'.encode() + path
     ranged = planner.plan("GET", instance_uri(SE, CT1, "/frames/1"), octet, "bytes=0-9")
     assert ranged.status == 206 and b'virtual="/_fseg/1000-1009/objects/' in ranged.body
+
+
+def test_the_tag_a_whole_objects_if_none_match_sends_storage() -> None:
+    """RFC 9110 13.1.2's weak comparison, done here for storage (S3 compares W/ tags and lists strongly)."""
+    from gateway.dicomweb.wado import storage_tag
+
+    etag = '"0123abcd"'
+    for header in ('W/"0123abcd"', '"a", "0123abcd"', '"a",W/"0123abcd" , "b"', '"0123abcd"'):
+        assert storage_tag(header, etag) == etag, header
+    for header in ("", "*", 'W/"other"', '"a", "b"', '"0123abc"', 'W/"0123abcd', '"0123abcd" x', 'w/"0123abcd"'):
+        assert storage_tag(header, etag) == "", header
+    assert storage_tag('W/"0123abcd"', "") == ""
+    assert storage_tag("0123abcd", etag) == ""  # no entity-tag: the header goes as the client wrote it
