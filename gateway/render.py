@@ -38,6 +38,7 @@ from gateway.dicom.converted import ConvertedReader, frames_converted, is_conver
 from gateway.dicom.model import MAX_DECODED_PIXELS
 from gateway.dicomweb import xml
 from gateway.dicomweb.accept import Offer, negotiate
+from gateway.dicomweb.wado import storage_tag
 from gateway.errors import BadRequest, FrameNotFound, NotAcceptable, NotFound
 from gateway.numbers import INT32_MAX, parse_decimal, parse_int
 from gateway.services import Services
@@ -601,7 +602,13 @@ def _document_icon(media: str) -> bytes:
 
 
 def thumbnail(
-    services: Services, study: str, series: str, sop: str, params: Mapping[str, str], accept: str
+    services: Services,
+    study: str,
+    series: str,
+    sop: str,
+    params: Mapping[str, str],
+    accept: str,
+    if_none_match: str = "",
 ) -> Response:
     """Render once, store next to the instance (inside the prefixes deployments grant the gateway), and let NGINX
     serve the stored file from then on. A thumbnail asked for as PNG or at another ``viewport`` is rendered for
@@ -636,4 +643,9 @@ def thumbnail(
             raise NotFound("no such instance")
     response = Response(status=200, mimetype="image/jpeg")
     response.headers["X-Accel-Redirect"] = f"{nginx.OBJECT}{services.storage.origin_path(key)}"
+    if if_none_match:  # compared weakly on every storage, as a whole instance's (wado.storage_tag); asked only then
+        stored = services.storage.head(key)
+        matched = storage_tag(if_none_match, stored.etag) if stored is not None else ""
+        if matched:
+            response.headers[nginx.IF_NONE_MATCH] = matched
     return response

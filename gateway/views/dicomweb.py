@@ -514,7 +514,10 @@ def thumbnail_instance(study: str, series: str, instance: str) -> Response:
     from gateway.render import thumbnail
 
     query = rendering_query(request.args)
-    return thumbnail(services(), study, series, instance, query, request.headers.get("Accept", ""))
+    headers = request.headers
+    return thumbnail(
+        services(), study, series, instance, query, headers.get("Accept", ""), headers.get("If-None-Match", "")
+    )
 
 
 @bp.get("/studies/<study>/series/<series>/thumbnail")
@@ -530,7 +533,10 @@ def thumbnail_series(study: str, series: str) -> Response:
     rows = [row for row in rows if row.number_of_frames > 0] or rows
     middle = rows[len(rows) // 2]
     query = rendering_query(request.args)
-    return thumbnail(services(), study, series, middle.sop_uid, query, request.headers.get("Accept", ""))
+    headers = request.headers
+    return thumbnail(
+        services(), study, series, middle.sop_uid, query, headers.get("Accept", ""), headers.get("If-None-Match", "")
+    )
 
 
 @bp.get("/wado")

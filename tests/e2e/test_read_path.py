@@ -253,13 +253,14 @@ def test_a_whole_objects_if_none_match_is_compared_weakly_on_every_backend(
     """If-None-Match compares weakly (RFC 9110 13.1.2, 13.2.1): a browser or a cache that holds the instance under
     ``W/"<etag>"`` (a CDN weakens ETags it compresses), or lists several tags, is answered a 304. On S3 (moto) a
     WADO-RS instance and a WADO-URI object answered 200 and every byte again for both (storage compared them
-    strongly and as one tag); the local folder's origin gave the 304."""
+    strongly and as one tag), and so did a thumbnail; the local folder's origin gave the 304."""
     path = synthetic["mr"][1]
     study, series, sop = uids_of(path)
     wado = f"{roots[study]}/wado?requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={sop}"
     for target, accept in (
         (instance_url(roots, path), {"Accept": "application/dicom"}),
         (f"{wado}&contentType=application/dicom", {}),
+        (f"{roots[study]}/studies/{study}/series/{series}/thumbnail", {}),
     ):
         first = requests.get(target, headers=accept, timeout=30)
         assert first.status_code == 200, target
