@@ -41,8 +41,8 @@ def to_xml(dataset: Mapping[str, Any]) -> bytes:
 def multipart(documents: Iterable[bytes]) -> tuple[bytes, str]:
     """``documents`` as the parts of a multipart/related body (PS3.18 8.6.1.2): the body and its Content-Type.
     The boundary is a digest of the documents, which they cannot hold, and the same for the same documents (a
-    metadata answer's ETag stays the same while its instances do). No document, no part: the body is empty, as
-    PS3.18 has a search without a match answer."""
+    metadata answer's ETag stays the same while its instances do). No document, no part: the body is empty (a search
+    without a match is a 204 instead, ``gateway/views/dicomweb.py``)."""
     documents = list(documents)
     digest = hashlib.sha256()
     for doc in documents:

@@ -136,7 +136,13 @@ def _search(level: str, study: str | None = None, series: str | None = None) -> 
     if not results and study and not catalog.exists(study, series):
         raise NotFound("no such study" if series is None else "no such series")  # e.g. deleted
     matches = _with_retrieve_urls(results, level, scope)
-    if answer_as.part_type == DICOM_XML:
+    if answer_as.part_type == DICOM_XML and not matches:
+        # PS3.18 8.3.4.4.1: no match is a 204 with no payload. A multipart body holds at least one part (RFC 2046
+        # 5.1.1), so the empty 200 it was is no multipart a parser reads (StartBoundaryNotFoundDefect); JSON's
+        # `[]` is a whole answer and stays a 200, as clients expect
+        response = Response(status=204)
+        del response.headers["Content-Type"]
+    elif answer_as.part_type == DICOM_XML:
         response = dicom_xml(matches, True)
     else:
         response = dicom_json(fastjson.dumps(matches), answer_as)
