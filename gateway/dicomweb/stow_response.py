@@ -130,7 +130,8 @@ def build_stow_response(
 
     The top-level RetrieveURL names the one study that every stored instance belongs to (a de-identified upload's
     remapped study, whatever the request URL named), else ``study_uid`` (the study in the request URL); it is
-    present but empty when there is neither.
+    present but empty when there is neither, and when nothing was stored (a 409: PS3.18 Table 10.5.3-3 has it name
+    where the stored study can be retrieved, and the URL's study received nothing, often is none at all).
     """
     base = root.rstrip("/")
     referenced: list[dict[str, Any]] = []
@@ -149,8 +150,10 @@ def build_stow_response(
     # the one study the stored instances are in; under a de-identifying policy that is the remapped UID, not the one
     # in the request URL, which then names nothing stored (its RetrieveURL was a 404)
     study = next(iter(stored_studies)) if len(stored_studies) == 1 else study_uid
-    if referenced and not stored_studies:
-        study = None  # every stored instance went to another region's destination: nothing of it is served here
+    if not referenced or not stored_studies:
+        # nothing stored (the study in the URL got nothing: a mismatch named a study that is no one's), or every
+        # stored instance went to another region's destination: nothing of it is served here
+        study = None
     study_url = f"{base}/studies/{check_uid(study)}{query}" if study else None
     body: dict[str, Any] = {"00081190": _element("UR", study_url)}
     if failed:

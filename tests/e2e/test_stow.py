@@ -207,6 +207,8 @@ def test_a_wrong_file_meta_group_length_is_refused(stack: RunningStack, tmp_path
 
 
 def test_study_in_url_must_match(stack: RunningStack, tmp_path: Path) -> None:
+    """Nothing stored, no study to retrieve: the top-level RetrieveURL is empty (it named /studies/1.2.3.4, which
+    received nothing and answers 404), in JSON and in XML."""
     [path] = make_series(tmp_path / "d", modality="CT", slices=1, seed=54, clean=True)
     from gateway.dicomweb.multipart import encode_multipart
 
@@ -219,6 +221,17 @@ def test_study_in_url_must_match(stack: RunningStack, tmp_path: Path) -> None:
     )
     assert answer.status_code == 409
     assert failed(answer)[0]["00081197"]["Value"] == [0xC409]
+    assert answer.json()["00081190"] == {"vr": "UR"}
+    assert "00081199" not in answer.json()
+    as_xml = requests.post(
+        f"{stack.url}/dicomweb/studies/1.2.3.4",
+        data=body,
+        headers={**stack.api_headers, "Content-Type": body.content_type, "Accept": "application/dicom+xml"},
+        timeout=60,
+    )
+    assert as_xml.status_code == 409
+    assert b'<DicomAttribute tag="00081190" vr="UR" keyword="RetrieveURL" />' in as_xml.content
+    assert b"1.2.3.4" not in as_xml.content
 
 
 @pytest.mark.parametrize(

@@ -100,7 +100,7 @@ def test_all_failed_is_409() -> None:
     response = build_stow_response(items, "/dicomweb", study_uid=ST)
     assert response.status == 409
     assert response.body == {
-        "00081190": {"vr": "UR", "Value": [f"/dicomweb/studies/{ST}"]},
+        "00081190": {"vr": "UR"},  # nothing stored: no study to retrieve (it named ST, which received nothing)
         "00081198": {
             "vr": "SQ",
             "Value": [
