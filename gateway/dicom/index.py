@@ -47,6 +47,12 @@ EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 DEFLATED_LE = "1.2.840.10008.1.2.1.99"
 EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
 NATIVE_SYNTAXES = frozenset({IMPLICIT_VR_LE, EXPLICIT_VR_LE, DEFLATED_LE, EXPLICIT_VR_BE})
+# Private transfer syntaxes whose data set is not explicit VR little endian, as every other syntax's is (PS3.5 A.4):
+# read as that, each was refused for "an invalid VR ... the transfer syntax says explicit VR", which it does not
+UNSUPPORTED_PRIVATE_SYNTAXES = {
+    # DCMTK's `dcmconv +tg`, GE scanners of the 1990s: implicit VR little endian, pixel data big endian
+    "1.2.840.113619.5.2": "GE's private implicit VR little endian with big endian pixel data",
+}
 
 # PS3.18 Table 8.7.3-5 (media types of frames and bulkdata by transfer syntax).
 _MEDIA_TYPES: dict[str, str] = {
@@ -123,6 +129,11 @@ def read_instance(
     with open(path, "rb", buffering=_BUFFER) as fp:
         size = os.fstat(fp.fileno()).st_size
         ts = read_file_meta(fp, size)
+        if ts in UNSUPPORTED_PRIVATE_SYNTAXES:
+            raise DicomError(
+                f"the Transfer Syntax UID (0002,0010) {ts} is {UNSUPPORTED_PRIVATE_SYNTAXES[ts]}, a private "
+                "transfer syntax this gateway does not store: convert the file to a standard one (dcmconv +ti)"
+            )
         ranges_valid = ts not in (DEFLATED_LE, EXPLICIT_VR_BE)
         if ts == DEFLATED_LE:
             data = inflate(fp, inflate_limit)

@@ -204,6 +204,26 @@ def retrieved(stack: RunningStack, path: Path) -> bytes:
 NAMES = ["img2dcm-jpeg", "img2dcm-bmp", "img2dcm-jpeg-nsc", *CONVERTED, *EDGES]
 
 
+def test_a_private_ge_transfer_syntax_is_refused_by_name(stack: RunningStack, tmp_path: Path) -> None:
+    """`dcmconv +tg` writes GE's private implicit VR little endian with big endian pixel data (1.2.840.113619.5.2).
+    Read as explicit VR, as any other syntax's data set is, it was refused for "an invalid VR: the data set looks
+    implicit VR, but the transfer syntax says explicit VR"; the refusal names the syntax and what to do."""
+    source = fresh_copy(pydicom_file("MR_small.dcm"), tmp_path / "source.dcm")
+    target = tmp_path / "ge.dcm"
+    run("dcmconv", "+tg", source, target)
+    assert pydicom.filereader.read_file_meta_info(target).TransferSyntaxUID == "1.2.840.113619.5.2"
+    answer = stack.stow([target])
+    assert answer.status_code == 409
+    [failure] = answer.json()["00081198"]["Value"]
+    assert failure["00081197"]["Value"] == [0xC000]
+    assert failure["00081155"]["Value"] == [pydicom.dcmread(source).SOPInstanceUID]
+    assert failure["00091001"]["Value"] == [
+        "the Transfer Syntax UID (0002,0010) 1.2.840.113619.5.2 is GE's private implicit VR little endian with big "
+        "endian pixel data, a private transfer syntax this gateway does not store: convert the file to a standard "
+        "one (dcmconv +ti)"
+    ]
+
+
 def test_every_file_is_stored(stored: tuple[RunningStack, requests.Response], made: dict[str, Any]) -> None:
     _, answer = stored
     assert (answer.status_code, answer.headers["Content-Type"]) == (200, "application/dicom+json"), answer.text
