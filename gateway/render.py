@@ -609,12 +609,16 @@ def thumbnail(
     params: Mapping[str, str],
     accept: str,
     if_none_match: str = "",
+    *,
+    ranged: bool = False,
 ) -> Response:
     """Render once, store next to the instance (inside the prefixes deployments grant the gateway), and let NGINX
     serve the stored file from then on. A thumbnail asked for as PNG or at another ``viewport`` is rendered for
     the request (PS3.18 8.3.5.1: Accept and viewport apply to thumbnails too), and so is one asked for as GIF; an
     Accept naming none of them is a 406. An instance that is no image (a report, a PDF, a waveform) has the
-    drawing of a page as its thumbnail (it was a 406)."""
+    drawing of a page as its thumbnail (it was a 406). The stored thumbnail's size goes to NGINX (``X-Dgw-Size``)
+    for the ``Content-Range: bytes */N`` of a 416, which S3 does not send: known once rendered, else asked of
+    storage for a request with a ``Range`` only (``ranged``), the one that can be a 416."""
     offer = _image_offer(params.get("accept", accept))
     row = _load(services, study, series, sop)
     if not _has_pixels(row):
@@ -628,6 +632,7 @@ def thumbnail(
         sized = {"viewport": f"{THUMBNAIL_SIZE},{THUMBNAIL_SIZE}", **params}
         return render_instance(services, study, series, sop, 1, sized, accept)
     key = row.thumbnail_key
+    size: int | None = None
     if not key:
         image = _to_image(services, row, 1, {})
         image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
@@ -637,15 +642,21 @@ def thumbnail(
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "thumb.jpg"
             path.write_bytes(_encode(image, "image/jpeg", 85))
-            services.storage.put_file(key, path)
+            size = services.storage.put_file(key, path).size
         if not services.catalog.set_thumbnail(row.sop_uid, key, row.sha256):
             services.storage.delete(key)
             raise NotFound("no such instance")
     response = Response(status=200, mimetype="image/jpeg")
     response.headers["X-Accel-Redirect"] = f"{nginx.OBJECT}{services.storage.origin_path(key)}"
-    if if_none_match:  # compared weakly on every storage, as a whole instance's (wado.storage_tag); asked only then
-        stored = services.storage.head(key)
-        matched = storage_tag(if_none_match, stored.etag) if stored is not None else ""
+    # what NGINX cannot learn from every storage, asked of it only for a request that needs it: the stored ETag an
+    # If-None-Match matches weakly (wado.storage_tag) and the size a Range's 416 names
+    stored = services.storage.head(key) if if_none_match or (size is None and ranged) else None
+    if if_none_match and stored is not None:
+        matched = storage_tag(if_none_match, stored.etag)
         if matched:
             response.headers[nginx.IF_NONE_MATCH] = matched
+    if size is None and stored is not None:
+        size = stored.size
+    if size is not None:
+        response.headers[nginx.SIZE] = str(size)
     return response

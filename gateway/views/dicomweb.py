@@ -522,7 +522,14 @@ def thumbnail_instance(study: str, series: str, instance: str) -> Response:
     query = rendering_query(request.args)
     headers = request.headers
     return thumbnail(
-        services(), study, series, instance, query, headers.get("Accept", ""), headers.get("If-None-Match", "")
+        services(),
+        study,
+        series,
+        instance,
+        query,
+        headers.get("Accept", ""),
+        headers.get("If-None-Match", ""),
+        ranged="Range" in headers,
     )
 
 
@@ -541,7 +548,14 @@ def thumbnail_series(study: str, series: str) -> Response:
     query = rendering_query(request.args)
     headers = request.headers
     return thumbnail(
-        services(), study, series, middle.sop_uid, query, headers.get("Accept", ""), headers.get("If-None-Match", "")
+        services(),
+        study,
+        series,
+        middle.sop_uid,
+        query,
+        headers.get("Accept", ""),
+        headers.get("If-None-Match", ""),
+        ranged="Range" in headers,
     )
 
 

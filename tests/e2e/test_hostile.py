@@ -404,6 +404,21 @@ def test_416_keeps_content_range(stack: RunningStack, ct: dict[str, str], synthe
         assert headers["access-control-expose-headers"].split(", ").count("Content-Range") == 1
 
 
+def test_a_thumbnails_416_keeps_content_range(stack: RunningStack, ct: dict[str, str]) -> None:
+    """A stored thumbnail is a whole object as an instance is: on S3 (moto alike) its 416 had no Content-Range, so
+    a client had no length to ask again from; it says ``bytes */{size}`` on every storage, the thumbnail rendered
+    by the request itself or stored before."""
+    series = f"{ct['root']}/studies/{ct['study']}/series/{ct['series']}"
+    for url in (f"{series}/instances/{ct['sop']}/thumbnail", f"{series}/thumbnail"):
+        for _ in range(2):  # the first may render and store it, the second finds it stored
+            status, headers, body = raw(stack, get(url, Accept="image/jpeg", Range="bytes=99999999-"))
+            assert_json_error(status, headers, body, 416)
+            whole = requests.get(stack.url + url, headers={**stack.api_headers, "Accept": "image/jpeg"}, timeout=30)
+            assert whole.status_code == 200 and whole.headers["Content-Type"] == "image/jpeg"
+            assert headers["content-range"] == f"bytes */{len(whole.content)}", url
+            assert "x-dgw-size" not in headers and "X-Dgw-Size" not in whole.headers
+
+
 def test_a_last_position_beyond_any_object_means_to_the_end(
     stack: RunningStack, ct: dict[str, str], synthetic: dict[str, Any]
 ) -> None:
