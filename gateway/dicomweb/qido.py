@@ -260,8 +260,10 @@ def _match(name: str, attr: Attr, values: list[str]) -> Match | None:
                     raise BadRequest(
                         f"{name}: {item!r} is not a valid UID (wildcards are not allowed on UIDs)"
                     )
-        elif any(not re.fullmatch(r"[A-Z0-9_ *?]{1,16}", item) for item in items):
-            raise BadRequest(f"{name}: expected modality codes such as CT,MR (wildcards * and ? allowed)")
+        elif any(not re.fullmatch(_CODE, item) for item in items):
+            raise BadRequest(
+                f"{name}: expected modality codes such as CT,MR, in upper case (wildcards * and ? allowed)"
+            )
         elif any(item.strip("*") == "" for item in items):
             return None  # "*" matches every study, even one with no modality (universal matching)
         return Match(attr, "in", tuple(dict.fromkeys(items)))
@@ -285,6 +287,11 @@ def _match(name: str, attr: Attr, values: list[str]) -> Match | None:
             raise BadRequest(f"{name}: only the alphabetic component group (before the first '=') is matched")
     if value == "" or value.strip("*") == "" and value:
         return None  # universal matching
+    if attr.vr == "CS" and attr.kind == "str" and not re.fullmatch(_CODE, value):
+        # a code string is upper-case letters, digits, space and underscore (PS3.5 6.2): `Modality=mr` can match no
+        # stored value, so it is the 400 that `Modality=CT,mr` and `ModalitiesInStudy=mr` are (it was `200 []`)
+        raise BadRequest(f"{name}: expected a code in upper case, such as {_CODE_EXAMPLES.get(name, 'CT')} "
+                         "(letters A-Z, digits, space and underscore; wildcards * and ? allowed)")
     if attr.kind == "date":
         return Match(attr, "range", _date_bounds(name, value))
     if attr.kind == "time":
@@ -294,6 +301,11 @@ def _match(name: str, attr: Attr, values: list[str]) -> Match | None:
     if "*" in value or "?" in value:
         return Match(attr, "like", (like_pattern(value),))
     return Match(attr, "eq", (value,))
+
+
+# a CS value (PS3.5 6.2: 16 characters at most) or a wildcard pattern of one
+_CODE = r"[A-Z0-9_ *?]{1,16}"
+_CODE_EXAMPLES = {"PatientSex": "F", "00100040": "F"}
 
 
 def _code_list(name: str, attr: Attr, value: str) -> Match:

@@ -283,6 +283,34 @@ def test_a_list_of_codes_takes_plain_codes(stack: RunningStack, value: str) -> N
 
 
 @pytest.mark.parametrize(
+    ("level", "key", "value", "detail"),
+    [
+        ("series", "Modality", "mr", "Modality: expected a code in upper case, such as CT"),
+        ("series", "Modality", "m*", "Modality: expected a code in upper case, such as CT"),
+        ("studies", "PatientSex", "f", "PatientSex: expected a code in upper case, such as F"),
+        ("studies", "ModalitiesInStudy", "mr", "ModalitiesInStudy: expected modality codes such as CT,MR, in upper"),
+        ("studies", "ModalitiesInStudy", "ct,mr", "ModalitiesInStudy: expected modality codes such as CT,MR, in upp"),
+    ],
+)
+def test_a_code_in_lower_case_is_a_400_on_every_code_key(
+    stack: RunningStack, level: str, key: str, value: str, detail: str
+) -> None:
+    """A code string is upper-case letters, digits, space and underscore (PS3.5 6.2) and matched case-sensitively
+    (PS3.4 C.2.2.2: only PN may be matched otherwise), so `mr` can match no stored code. `ModalitiesInStudy=mr` and
+    `Modality=CT,mr` were a 400 saying so while `Modality=mr` was `200 []` (Orthanc's answer to all of them): one
+    behaviour now, the 400 naming the case, on a single value, a wildcard and a list alike."""
+    answer = requests.get(f"{stack.url}/dicomweb/{level}", params={key: value}, headers=stack.api_headers, timeout=30)
+    assert answer.status_code == 400
+    assert answer.headers["Content-Type"] == "application/json"
+    assert answer.json()["error"] == "bad_request"
+    assert answer.json()["detail"].startswith(detail)
+    upper = requests.get(
+        f"{stack.url}/dicomweb/{level}", params={key: value.upper()}, headers=stack.api_headers, timeout=30
+    )
+    assert upper.status_code == 200
+
+
+@pytest.mark.parametrize(
     ("level", "key", "codes", "expected"),
     [
         ("series", "Modality", ["CT", "MR"], ["CT", "MR"]),

@@ -205,6 +205,10 @@ def test_unsupported_parameters_are_ignored_with_a_warning(
         ("series", {"Modality": ["CT", "M*"]}, "Modality: a list takes plain codes"),
         ("studies", {"StudyDate": ["2020", "2021"]}, "StudyDate given more than once"),
         ("studies", {"ModalitiesInStudy": ["C'T"]}, "modality"),
+        ("studies", {"ModalitiesInStudy": ["mr"]}, "ModalitiesInStudy: expected modality codes such as CT,MR, in up"),
+        ("series", {"Modality": ["mr"]}, "Modality: expected a code in upper case, such as CT"),
+        ("series", {"00080060": ["m*"]}, "00080060: expected a code in upper case"),
+        ("studies", {"PatientSex": ["f"]}, "PatientSex: expected a code in upper case, such as F"),
         ("bogus", {}, "level"),
     ],
 )
