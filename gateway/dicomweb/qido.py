@@ -283,10 +283,15 @@ def _match(name: str, attr: Attr, values: list[str]) -> Match | None:
         # matched on that group. A name that asks for nothing but those groups (`=山田*`, `*=山田*`) cannot be
         # answered, which a 400 says: an empty answer, or every study, would both be wrong.
         value, _, others = value.partition("=")
-        if value.strip("*") == "" and others.strip("=*"):
+        if value.strip("*^ ") == "" and others.strip("=*^ "):
             raise BadRequest(f"{name}: only the alphabetic component group (before the first '=') is matched")
     if value == "" or value.strip("*") == "" and value:
         return None  # universal matching
+    if attr.kind == "pn" and value.strip("*^ ") == "":
+        # only component delimiters (and "*"): every component empty or any, and trailing empty components are no
+        # part of a name (PS3.5 6.2), so `^` is the zero-length value and `*^*` the "*" of PS3.4 C.2.2.2.4, both
+        # universal matching (C.2.2.2.3); `^` matched nothing, `*^*` no name without a "^"
+        return None
     if attr.vr == "CS" and attr.kind == "str" and not re.fullmatch(_CODE, value):
         # a code string is upper-case letters, digits, space and underscore (PS3.5 6.2): `Modality=mr` can match no
         # stored value, so it is the 400 that `Modality=CT,mr` and `ModalitiesInStudy=mr` are (it was `200 []`)

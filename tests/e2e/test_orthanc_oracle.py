@@ -389,6 +389,28 @@ def test_trailing_empty_name_components_do_not_change_a_name_fixed(
         assert theirs == []  # Orthanc 1.x: the texts compared
 
 
+@pytest.mark.parametrize("value", ["^", "^^^^", "*^*", "*^*^^^", "=^^", "^=^"])
+def test_a_name_of_delimiters_only_is_universal_matching(stack: RunningStack, value: str) -> None:
+    """A name whose components are all empty (``^``, ``^^^^``) is the zero-length name once its trailing empty
+    components are left out (PS3.5 6.2), and one whose components are all ``*`` (``*^*``, DCMTK's bug #612) is the
+    ``*`` of PS3.4 C.2.2.2.4: both are universal matching (C.2.2.2.3), every study found. ``^`` found none (the
+    text compared with the names'), ``*^*`` none written without a ``^``, ``=^^`` was the 400 for a name naming
+    only other component groups."""
+    everything = requests.get(
+        f"{stack.url}/dicomweb/studies", params={"PatientID": "ORACLE-PN"}, headers=stack.api_headers, timeout=30
+    )
+    assert everything.status_code == 200 and len(everything.json()) >= 3
+    for key in ("PatientName", "ReferringPhysicianName"):
+        answer = requests.get(
+            f"{stack.url}/dicomweb/studies",
+            params={"PatientID": "ORACLE-PN", key: value},
+            headers=stack.api_headers,
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == everything.json(), key
+
+
 @pytest.mark.parametrize(
     ("query", "found"),
     [
