@@ -213,6 +213,14 @@ class CatalogUnavailable(GatewayError):
     code = "catalog_unavailable"
 
 
+class UploadInProgress(GatewayError):
+    """Another upload of the same SOP Instance UID held it for longer than an upload waits (a release of a held file
+    meeting a STOW of it): a retry after ``Retry-After`` meets that upload ended, as STOW's 0xA700 says."""
+
+    status = 503
+    code = "upload_in_progress"
+
+
 class ConfigError(Exception):
     """A bad or missing setting; raised at start-up with a message that names the variable."""
 

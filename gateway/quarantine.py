@@ -14,9 +14,9 @@ import numpy as np
 from PIL import ImageDraw
 from pydicom.uid import UID
 
-from gateway.errors import Conflict, FrameNotFound, NotAcceptable, NotFound
+from gateway.errors import Conflict, FrameNotFound, NotAcceptable, NotFound, UploadInProgress
 from gateway.hooks import Hook, HookOutcome, UploadContext
-from gateway.ingest import Ingestor
+from gateway.ingest import OUT_OF_RESOURCES, Ingestor
 from gateway.services import Services
 from gateway.storage import Storage
 
@@ -72,7 +72,8 @@ def release(services: Services, key: str) -> dict[str, Any]:
     """Store a held file as its upload would have been stored with the reviewer's approval: judged by the policy
     with the upload's context (``PhiHook.approve``), then ingested with that context (its tenant's retention) into
     the destination the policy allows. A policy refusal, or the ingest's failure, is a Conflict (409) naming why;
-    the file stays held until the released copy is stored (an outage raises, the client retries)."""
+    another upload of the instance in flight is a 503 to retry; the file stays held until the released copy is
+    stored (an outage raises, the client retries)."""
     from gateway.phi.hook import PhiHook
 
     record = services.catalog.get_quarantine(key)
@@ -99,6 +100,10 @@ def release(services: Services, key: str) -> dict[str, Any]:
             destinations=services.ingestor.destinations,
         )
         result = ingestor.ingest(local, context)
+    if not result.ok and result.failure_reason == OUT_OF_RESOURCES:
+        # another upload of the instance held it past the wait: it ends within moments, so a retry goes through
+        # (a 409 "retry shortly" told the reviewer the release itself was refused); the file is still held
+        raise UploadInProgress(f"the file could not be stored yet: {result.detail}")
     if not result.ok:  # an upload's failure (different bytes under its SOP Instance UID...): still held
         raise Conflict(f"the file could not be stored: {result.detail}")
     storage.delete(key)
