@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from gateway.catalog.engine import CatalogBase
 from gateway.catalog.owner import Owner, is_gone, this_process
-from gateway.catalog.schema import audit, instances, quarantine, reservations, revocations
+from gateway.catalog.schema import audit, instances, quarantine, reservations, revocations, token_audit
 from gateway.errors import CatalogUnavailable
 
 if TYPE_CHECKING:
@@ -289,6 +289,65 @@ class AdminRecords(CatalogBase):
                 conn.execute(revocations.delete().where(revocations.c.expires_at <= now))
         with self._read() as conn:
             return set(conn.execute(sa.select(revocations.c.jti).where(revocations.c.expires_at > now)).scalars())
+
+    # --- token audit ----------------------------------------------------------------------------------------
+
+    def add_token_event(
+        self,
+        event: str,
+        *,
+        api_key: str,
+        jti: str,
+        created_at: int,
+        sub: str | None = None,
+        studies: Sequence[str] | None = None,
+        series: Sequence[str] | None = None,
+        actions: Sequence[str] | None = None,
+        expires_at: int | None = None,
+        session: str | None = None,
+        session_expires_at: int | None = None,
+    ) -> None:
+        """One token audit row ("issued" or "revoked"), one insert (the issue path is a portal's page load)."""
+        values = {
+            "event": event,
+            "api_key": api_key,
+            "jti": jti,
+            "created_at": int(created_at),
+            "sub": sub,
+            "studies": None if studies is None else json.dumps(sorted(studies)),
+            "series": None if series is None else json.dumps(sorted(series)),
+            "actions": None if actions is None else json.dumps(sorted(actions)),
+            "expires_at": expires_at,
+            "session": session,
+            "session_expires_at": session_expires_at,
+        }
+        with self._write() as conn:
+            conn.execute(token_audit.insert().values(**values))
+
+    def token_records(
+        self,
+        *,
+        study_uid: str | None = None,
+        jti: str | None = None,
+        before_id: int | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Newest first, ``before_id`` continuing a page; ``study_uid``: the tokens whose scope names the study;
+        ``jti``: a token's issuance and revocations, and those of the session it started."""
+        table = token_audit
+        stmt = sa.select(table).order_by(table.c.id.desc()).limit(limit)
+        if before_id is not None:
+            stmt = stmt.where(table.c.id < before_id)
+        if study_uid is not None:  # a checked UID: digits and dots, no LIKE wildcard
+            stmt = stmt.where(table.c.studies.like(f'%"{study_uid}"%'))
+        if jti is not None:
+            stmt = stmt.where(sa.or_(table.c.jti == jti, table.c.session == jti))
+        with self._read() as conn:
+            rows = [dict(row._mapping) for row in conn.execute(stmt)]
+        for row in rows:
+            for name in ("studies", "series", "actions"):
+                row[name] = None if row[name] is None else json.loads(row[name])
+        return rows
 
     # --- audit ----------------------------------------------------------------------------------------------
 

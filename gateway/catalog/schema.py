@@ -188,6 +188,28 @@ quarantine = sa.Table(
     sa.Index("ix_quarantine_patient_id", "patient_id"),
 )
 
+# The token audit (migration 0017): one row per token issued (``event`` "issued") and per revocation ("revoked"):
+# which API key (its label, never the key) asked, the token's jti, subject, scope (JSON lists of study and series
+# UIDs, actions), its issue time (``created_at``) and expiry, its session and the session's end. Never the token.
+# A revocation names the jti it was given: its other columns are NULL (``expires_at``: how long it is kept).
+token_audit = sa.Table(
+    "token_audit",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("event", sa.String(16), nullable=False),
+    sa.Column("api_key", sa.Text, nullable=False),
+    sa.Column("jti", sa.String(64), nullable=False),
+    sa.Column("sub", sa.Text),
+    sa.Column("studies", sa.Text),
+    sa.Column("series", sa.Text),
+    sa.Column("actions", sa.Text),
+    sa.Column("expires_at", sa.BigInteger),
+    sa.Column("session", sa.String(64)),
+    sa.Column("session_expires_at", sa.BigInteger),
+    sa.Index("ix_token_audit_jti", "jti"),
+)
+
 # One row per removed study, series or instance (`gateway.lifecycle`): the deletion audit (who by API key label,
 # when, why; UIDs and counts, never PHI values), the journal that lets `reconcile` finish the storage removal a
 # crash interrupted (``finished_at`` NULL, ``keys`` the instance objects to remove), and, while recent, the

@@ -67,6 +67,22 @@ def issue_token() -> tuple[Response, int]:
         session_max=body.get("session_max"),
         session_cap=srv.settings.session_max,
     )
+    claims = issued.claims
+    # who could read what, until when, issued by which key: one insert, never the token (README, "Audit trail");
+    # a catalog that cannot record it is a 503 and no token (fail closed)
+    srv.catalog.add_token_event(
+        "issued",
+        api_key=api_key_label(),
+        jti=claims.jti,
+        created_at=claims.issued_at,
+        sub=claims.sub,
+        studies=sorted(claims.scope.studies) if claims.scope else None,
+        series=sorted(claims.scope.series) if claims.scope and claims.scope.series is not None else None,
+        actions=sorted(claims.actions),
+        expires_at=claims.expires_at,
+        session=claims.session,
+        session_expires_at=claims.session_expires_at,
+    )
     payload: dict[str, Any] = {
         "token": issued.token,
         "expires_at": iso(issued.claims.expires_at),
@@ -172,9 +188,17 @@ def revoke_token(jti: str) -> Response:
     # The jti alone does not tell the token's expiry: keep the revocation for the longest possible lifetime, a
     # session's included (a session id is its first token's jti).
     longest = max(srv.settings.token_max_ttl, srv.settings.session_max)
-    srv.catalog.revoke(jti, int(time.time()) + longest + 60)
+    now = int(time.time())
+    kept_until = now + longest + 60
+    srv.catalog.revoke(jti, kept_until)
     srv.authorizer.forget_revocations()
+    srv.catalog.add_token_event("revoked", api_key=api_key_label(), jti=jti, created_at=now, expires_at=kept_until)
     return no_content()
+
+
+def api_key_label() -> str:
+    """The label of the request's API key, as audit records name it (never the key)."""
+    return services().authorizer.api_key_label(request.headers.get("Authorization", "")) or "api-key"
 
 
 MAX_NEXT_BYTES = 2048  # of ``next`` as sent in Location (URL-encoded): with the cookie, well inside NGINX's 16 KB
@@ -319,22 +343,29 @@ def delete_quarantine(key: str) -> Response:
     return no_content()
 
 
-AUDIT_PARAMS = {"kind", "sop_uid", "study_uid", "limit", "cursor"}
+AUDIT_PARAMS = {"kind", "sop_uid", "study_uid", "jti", "limit", "cursor"}
+AUDIT_KINDS = ("hook", "deletion", "token")
+JTI_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 MAX_AUDIT_PAGE = 1000
 
 
 @bp.get("/admin/audit")
 def audit() -> Response:
-    """``kind=hook`` (default): the PHI hook decisions; ``kind=deletion``: who deleted what, when and why. Newest
-    first, a page at a time: ``cursor`` is the ``next_cursor`` of the previous page (None after the last)."""
+    """``kind=hook`` (default): the PHI hook decisions; ``kind=deletion``: who deleted what, when and why;
+    ``kind=token``: which API key issued or revoked which token, its subject, scope and lifetime. Newest first, a
+    page at a time: ``cursor`` is the ``next_cursor`` of the previous page (None after the last)."""
     require_api_key()
     args = request.args
     check_params(args, AUDIT_PARAMS)
     kind = args.get("kind", "hook")
-    if kind not in ("hook", "deletion"):
-        raise BadRequest("kind must be hook or deletion")
-    if kind == "deletion" and "sop_uid" in args:
+    if kind not in AUDIT_KINDS:
+        raise BadRequest("kind must be hook, deletion or token")
+    if kind != "hook" and "sop_uid" in args:
         raise BadRequest("sop_uid filters kind=hook only")
+    if kind != "token" and "jti" in args:
+        raise BadRequest("jti filters kind=token only")
+    if "jti" in args and not (0 < len(args["jti"]) <= 64 and set(args["jti"]) <= JTI_CHARS):
+        raise BadRequest("malformed jti")
     # README: pages of ``limit`` 1-1000; a larger one is a 400 naming the bound, as the access trail answers it
     # (it was cut to 1000 in silence up to 2**31 - 1, and above that a 400 that named 2147483647 as the bound)
     limit = parse_int(args.get("limit") or "100", "limit", low=1, high=MAX_AUDIT_PAGE)
@@ -344,8 +375,11 @@ def audit() -> Response:
     if "cursor" in args:
         filters["before_id"] = parse_int(args["cursor"], "cursor", low=1, high=2**62)
     catalog = services().catalog
-    records = catalog.deletion_records if kind == "deletion" else catalog.audit_records
-    items = records(**filters, limit=limit)
+    if kind == "token":
+        items = catalog.token_records(**filters, jti=args.get("jti"), limit=limit)
+    else:
+        records = catalog.deletion_records if kind == "deletion" else catalog.audit_records
+        items = records(**filters, limit=limit)
     next_cursor = str(items[-1]["id"]) if len(items) == limit else None
     response = jsonify(items=items, next_cursor=next_cursor)
     response.headers["Cache-Control"] = "no-store"
@@ -378,7 +412,7 @@ def erase_patient() -> tuple[Response, int]:
     if not isinstance(reason, str):
         raise BadRequest("reason must be a string")
     srv = services()
-    label = srv.authorizer.api_key_label(request.headers.get("Authorization", "")) or "api-key"
+    label = api_key_label()
     # the patient's studies, less another patient's instances an older catalog stored in one, and the patient's
     # instances it stored in another patient's study (STOW refuses both now)
     plan = srv.catalog.erasure_plan(patient_id, issuer)

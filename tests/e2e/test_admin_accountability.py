@@ -3,6 +3,7 @@ go through now, and what the audit records of it."""
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -114,3 +115,74 @@ def test_a_release_meeting_an_upload_of_its_instance_in_flight_is_a_503_to_retry
         timeout=30,
     )
     assert stored.status_code == 200 and stored.content == path.read_bytes()
+
+
+def token_audit(stack: RunningStack, **params: str) -> requests.Response:
+    return requests.get(
+        f"{stack.url}/api/v1/admin/audit", params={"kind": "token", **params}, headers=stack.api_headers, timeout=10
+    )
+
+
+def test_every_token_issued_and_revoked_is_in_the_token_audit(held_stack: RunningStack) -> None:
+    """No record said which API key issued the token that read a study: ``kind=token`` lists each issuance (the
+    key's label, jti, subject, scope, issue and expiry times, session) and each revocation, newest first, paged,
+    never the token; a bad parameter is a JSON 400."""
+    study, other = "1.2.826.0.1.3680043.8.498.101", "1.2.826.0.1.3680043.8.498.102"
+    series = "1.2.826.0.1.3680043.8.498.103"
+    first = held_stack.issue([study], sub="portal-user-7", ttl=600)
+    second = held_stack.issue([other], sub="portal-user-8", series=[series], actions=["read"], session_max=3600)
+    revoked = requests.post(
+        f"{held_stack.url}/api/v1/tokens/{first['jti']}/revoke", headers=held_stack.api_headers, timeout=10
+    )
+    assert revoked.status_code == 204
+    answer = token_audit(held_stack, limit="3")
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["Cache-Control"] == "no-store"
+    items = answer.json()["items"]
+    label = "key-" + hashlib.sha256(held_stack.stack.api_key.encode()).hexdigest()[:8]  # README: the default label
+    assert [(i["event"], i["jti"]) for i in items] == [
+        ("revoked", first["jti"]), ("issued", second["jti"]), ("issued", first["jti"])
+    ]
+    assert {i["api_key"] for i in items} == {label}  # the key's label, never the key
+    issued_first, issued_second = items[2], items[1]
+    assert (issued_first["sub"], issued_first["studies"], issued_first["series"], issued_first["actions"]) == (
+        "portal-user-7", [study], None, ["read"]
+    )
+    assert issued_first["expires_at"] - issued_first["created_at"] == 600
+    assert issued_first["session"] is None and issued_first["session_expires_at"] is None
+    assert (issued_second["studies"], issued_second["series"], issued_second["session"]) == (
+        [other], [series], second["jti"]
+    )
+    assert issued_second["session_expires_at"] - issued_second["created_at"] == 3600
+    assert items[0]["sub"] is None and items[0]["expires_at"] > items[0]["created_at"]
+    text = answer.text
+    assert first["token"] not in text and second["token"] not in text
+    assert held_stack.stack.api_key not in text
+    # "who could read this study": filtered by the study the scope names, and by a token's jti (or its session's)
+    by_study = token_audit(held_stack, study_uid=other).json()["items"]
+    assert [(i["event"], i["jti"]) for i in by_study] == [("issued", second["jti"])]
+    by_jti = token_audit(held_stack, jti=first["jti"]).json()["items"]
+    assert [i["event"] for i in by_jti] == ["revoked", "issued"]
+    # paged: the next page continues after the cursor
+    page = token_audit(held_stack, limit="1").json()
+    assert page["next_cursor"] == str(items[0]["id"])
+    following = token_audit(held_stack, limit="1", cursor=page["next_cursor"]).json()["items"]
+    assert [i["id"] for i in following] == [items[1]["id"]]
+    for params, detail in (
+        ({"kind": "tokens"}, "kind must be hook, deletion or token"),
+        ({"sop_uid": "1.2.3"}, "sop_uid filters kind=hook only"),
+        ({"jti": "x y"}, "malformed jti"),
+        ({"study_uid": "1.2.x"}, None),
+        ({"limit": "1001"}, None),
+    ):
+        bad = requests.get(
+            f"{held_stack.url}/api/v1/admin/audit",
+            params={"kind": "token", **params},
+            headers=held_stack.api_headers,
+            timeout=10,
+        )
+        assert bad.status_code == 400, (params, bad.text)
+        assert bad.headers["Content-Type"] == "application/json"
+        if detail:
+            assert bad.json() == {"error": "bad_request", "detail": detail}
+    assert token_audit(held_stack, jti="abc", kind="hook").status_code == 400
