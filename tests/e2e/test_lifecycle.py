@@ -924,7 +924,7 @@ def test_the_audit_pages_to_its_end_and_refuses_a_malformed_filter(
         "cursor": ({"cursor": "next"}, "bad_request", "cursor: expected an integer from 1 to 4611686018427387904"),
         "zero cursor": ({"cursor": "0"}, "bad_request", "cursor: expected an integer from 1 to 4611686018427387904"),
         "unknown": ({"studyUID": study}, "bad_request", "unknown parameters: studyUID"),
-        "kind": ({"kind": "access"}, "bad_request", "kind must be hook or deletion"),
+        "kind": ({"kind": "access"}, "bad_request", "kind must be hook, deletion or token"),
         "sop of a deletion": (
             {"kind": "deletion", "sop_uid": study}, "bad_request", "sop_uid filters kind=hook only"
         ),
