@@ -89,6 +89,19 @@ def release(services: Services, key: str) -> dict[str, Any]:
         if policy is not None:
             outcome = policy.approve(local, context)
             if outcome.action != "accept":
+                # audited as the upload's decisions are: the file, the rule, the tag paths and why (README)
+                services.catalog.add_audit(
+                    source=context.source,
+                    sub=context.sub,
+                    sop_uid=record.get("sop_uid"),
+                    study_uid=record.get("study_uid"),
+                    decision="release-refused",
+                    rule=outcome.audit.get("rule"),
+                    destination=outcome.audit.get("destination"),
+                    tags=outcome.audit.get("tags", []),
+                    policy_version=outcome.audit.get("policy_version"),
+                    reason=outcome.reason,
+                )
                 raise Conflict(f"the policy does not let this file be stored: {outcome.reason}")
             hooks = [_Approved(outcome)]
         ingestor = Ingestor(

@@ -353,7 +353,8 @@ class AdminRecords(CatalogBase):
 
     def add_audit(self, **fields: Any) -> None:
         """Append an audit record. Fields: source, sub, sop_uid, study_uid, decision, rule, destination, tags
-        (a list of tag paths or keywords, never values), policy_version, created_at (default now)."""
+        (a list of tag paths or keywords, never values), policy_version, reason (why a release was refused),
+        created_at (default now)."""
         with self._write() as conn:
             conn.execute(audit.insert().values(**self._audit_values(fields)))
 

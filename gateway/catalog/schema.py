@@ -157,6 +157,8 @@ audit = sa.Table(
     # JSON list of tag paths/keywords that triggered the decision (never values)
     sa.Column("tags", sa.Text, nullable=False, server_default="[]"),
     sa.Column("policy_version", sa.Text),
+    # why a release was refused (migration 0018; policy text and destination names, never a value of the file)
+    sa.Column("reason", sa.Text),
     sa.Index("ix_audit_sop_uid", "sop_uid"),
     sa.Index("ix_audit_study_uid", "study_uid"),
 )

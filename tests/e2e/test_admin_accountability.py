@@ -186,3 +186,29 @@ def test_every_token_issued_and_revoked_is_in_the_token_audit(held_stack: Runnin
         if detail:
             assert bad.json() == {"error": "bad_request", "detail": detail}
     assert token_audit(held_stack, jti="abc", kind="hook").status_code == 400
+
+
+def test_a_release_the_policy_refuses_is_audited_with_its_reason(held_stack: RunningStack, tmp_path: Path) -> None:
+    """A release the policy refused (a JSON 409) left no audit record: the upload's hold was the last word on the
+    file. It is the decision ``release-refused``, its rule, tag paths, policy version and reason."""
+    path = ultrasound(tmp_path, 93)
+    study, _, sop = uids_of(path)
+    item = hold(held_stack, path, "walk-in")  # no rule but the quarantine covers this tenant
+    refused = release(held_stack, item["key"])
+    assert refused.status_code == 409
+    assert refused.json() == {
+        "error": "conflict",
+        "detail": "the policy does not let this file be stored: no policy rule covers this upload",
+    }
+    answer = requests.get(
+        f"{held_stack.url}/api/v1/admin/audit", params={"sop_uid": sop}, headers=held_stack.api_headers, timeout=10
+    )
+    assert answer.status_code == 200
+    newest, held = answer.json()["items"][:2]
+    assert held["decision"] == "quarantine" and held["reason"] is None
+    assert (newest["decision"], newest["rule"], newest["reason"], newest["study_uid"]) == (
+        "release-refused", "default", "no policy rule covers this upload", study
+    )
+    assert (newest["source"], newest["sub"], newest["policy_version"]) == ("stow", held["sub"], "accountability-1")
+    assert newest["tags"] == held["tags"] and newest["tags"]  # tag paths, never values
+    assert len(answer.json()["items"]) == 2
