@@ -408,6 +408,7 @@ class Ingestor:
             report=outcome.report,
             destination=outcome.destination,
             context=context,
+            storage_url=storage.url,
         )
         self._audit(context, header, outcome)
         return IngestResult.about(

@@ -18,27 +18,37 @@ from gateway.errors import Conflict, FrameNotFound, NotAcceptable, NotFound, Upl
 from gateway.hooks import Hook, HookOutcome, UploadContext
 from gateway.ingest import OUT_OF_RESOURCES, Ingestor
 from gateway.services import Services
-from gateway.storage import Storage
+from gateway.storage import Storage, open_storage
 
 
-def held_in(services: Services, record: dict[str, Any]) -> Storage:
+def held_in(services: Services, record: dict[str, Any], *, removal: bool = False) -> Storage:
     """The storage holding a quarantined file: its record's destination (where the policy let identifiable data
-    of the upload's region be), or the default storage (a record without one, as every record before 0015)."""
+    of the upload's region be), or the default storage (a record without one, as every record before 0015).
+    A destination the policy no longer names is a Conflict (409) for a preview or a release, which would judge
+    the file by a policy that no longer knows its place; a ``removal`` reaches the file in the storage its record
+    names (migration 0019), which an administrator must be able to delete whatever the policy says now."""
     name = record.get("destination")
     if not name:
         return services.storage
     storage = services.ingestor.destinations.get(name)
-    if storage is None:  # the policy no longer names it: never looked for anywhere else
-        raise Conflict(f"the file is held in destination {name!r}, which this gateway's policy no longer names")
-    return storage
+    if storage is not None:
+        return storage
+    url = record.get("storage")
+    if removal and url:
+        return services.storage if url == services.storage.url else open_storage(url)
+    raise Conflict(
+        f"the file is held in destination {name!r}, which this gateway's policy no longer names"
+        + ("" if removal else ": it can be deleted, not previewed or released")
+        + (": name the destination in the policy again to delete it" if removal else "")
+    )
 
 
 def remove(services: Services, key: str) -> None:
-    """Delete a quarantined file and its record (NotFound if there is none)."""
+    """Delete a quarantined file and its record (NotFound if there is none), wherever it is held."""
     record = services.catalog.get_quarantine(key)
     if record is None:
         raise NotFound("no such quarantined object")
-    held_in(services, record).delete(key)
+    held_in(services, record, removal=True).delete(key)
     services.catalog.remove_quarantine(key)
 
 

@@ -405,12 +405,14 @@ class AdminRecords(CatalogBase):
         created_at: int | None = None,
         destination: str | None = None,
         context: UploadContext | None = None,
+        storage_url: str | None = None,
     ) -> None:
         """Record a quarantined object by its storage key (re-quarantining the same key updates the
         record). ``patient``: keyed digests of the file's Patient ID and Issuer of Patient ID ("" when it names
         none), which a patient erasure finds it by; None: not known (a record made before migration 0012 has none).
         ``destination``: the policy destination whose storage holds it (None: the default storage); ``context``: the
-        upload's, which a release is judged with."""
+        upload's, which a release is judged with; ``storage_url``: that storage's URL (a deletion reaches the file
+        there once the policy no longer names the destination)."""
         values = {
             "sop_uid": sop_uid,
             "study_uid": study_uid,
@@ -425,6 +427,7 @@ class AdminRecords(CatalogBase):
             "region": None if context is None else context.region,
             "source": None if context is None else context.source,
             "sub": None if context is None else context.sub,
+            "storage": storage_url,
         }
         stmt = self._insert(quarantine).values(key=key, **values)
         with self._write() as conn:
@@ -442,7 +445,10 @@ class AdminRecords(CatalogBase):
         """Newest first."""
         stmt = sa.select(quarantine).order_by(quarantine.c.created_at.desc(), quarantine.c.key).limit(limit)
         with self._read() as conn:
-            return [self._quarantine_dict(row) for row in conn.execute(stmt)]
+            items = [self._quarantine_dict(row) for row in conn.execute(stmt)]
+        for item in items:
+            del item["storage"]  # where the gateway reaches it, for its deletion: the list names the destination
+        return items
 
     def get_quarantine(self, key: str) -> dict[str, Any] | None:
         with self._read() as conn:

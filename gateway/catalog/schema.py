@@ -187,6 +187,9 @@ quarantine = sa.Table(
     sa.Column("region", sa.Text),
     sa.Column("source", sa.Text),
     sa.Column("sub", sa.Text),
+    # the URL of the storage holding the file (migration 0019; NULL before): its deletion reaches it there when the
+    # policy no longer names its destination
+    sa.Column("storage", sa.Text),
     sa.Index("ix_quarantine_patient_id", "patient_id"),
 )
 

@@ -212,3 +212,67 @@ def test_a_release_the_policy_refuses_is_audited_with_its_reason(held_stack: Run
     assert (newest["source"], newest["sub"], newest["policy_version"]) == ("stow", held["sub"], "accountability-1")
     assert newest["tags"] == held["tags"] and newest["tags"]  # tag paths, never values
     assert len(answer.json()["items"]) == 2
+
+
+ANNEX = """
+[destinations.annex]
+storage = "file://{annex}"
+region = "us-east-1"
+identifiable_allowed = true
+"""
+
+
+def test_a_file_held_in_a_destination_the_policy_no_longer_names_can_be_deleted(tmp_path: Path) -> None:
+    """A file held in "annex", then "annex" removed from the policy: its preview and release are a JSON 409 naming
+    the destination (the policy no longer knows its place), and its deletion, which was the same 409, removes it
+    from that storage and the list (an administrator must be able to remove a held file whatever the policy says)."""
+    annex = tmp_path / "annex"
+    annex.mkdir()
+    policy = tmp_path / "policy.toml"
+    policy.write_text(POLICY.format() + ANNEX.format(annex=annex))
+    running = start_stack(tmp_path / "stack", "local", None, DICOMGW_PHI_POLICY=str(policy))
+    try:
+        paths = [ultrasound(tmp_path / f"us{n}", 95 + n) for n in range(2)]
+        items = []
+        for path in paths:
+            answer = running.stow([path], **{"X-DICOMGW-Tenant": "clinic", "X-DICOMGW-Region": "us-east-1"})
+            assert answer.status_code == 409, answer.text
+            listed = requests.get(f"{running.url}/api/v1/admin/quarantine", headers=running.api_headers, timeout=10)
+            [item] = [i for i in listed.json()["items"] if i["sop_uid"] == uids_of(path)[2]]
+            assert item["destination"] == "annex" and (annex / item["key"]).read_bytes() == path.read_bytes()
+            assert "storage" not in item
+            items.append(item)
+        running.stack.stop()
+        policy.write_text(POLICY.format())  # "annex" is no longer named
+        running.stack.start()
+        admin = f"{running.url}/api/v1/admin/quarantine"
+        detail = (
+            "the file is held in destination 'annex', which this gateway's policy no longer names: it can be deleted,"
+            " not previewed or released"
+        )
+        for answer in (
+            requests.get(f"{admin}/{items[0]['key']}/preview", headers=running.api_headers, timeout=30),
+            requests.post(f"{admin}/{items[0]['key']}/release", headers=running.api_headers, timeout=30),
+        ):
+            assert answer.status_code == 409, answer.text
+            assert answer.headers["Content-Type"] == "application/json"
+            assert answer.json() == {"error": "conflict", "detail": detail}
+        assert (annex / items[0]["key"]).exists()
+        gone = requests.delete(f"{admin}/{items[0]['key']}", headers=running.api_headers, timeout=30)
+        assert gone.status_code == 204, gone.text
+        assert not (annex / items[0]["key"]).exists()
+        left = requests.get(admin, headers=running.api_headers, timeout=10).json()["items"]
+        assert [i["key"] for i in left] == [items[1]["key"]]
+        assert requests.delete(f"{admin}/{items[0]['key']}", headers=running.api_headers, timeout=30).status_code == 404
+        # a patient erasure reaches it there too (it stopped at the 409, after removing the patient's studies)
+        erased = requests.post(
+            f"{running.url}/api/v1/admin/erasure",
+            json={"patient_id": str(pydicom.dcmread(paths[1]).PatientID)},
+            headers=running.api_headers,
+            timeout=60,
+        )
+        assert erased.status_code == 200, erased.text
+        assert erased.json()["quarantined"] == 1
+        assert not (annex / items[1]["key"]).exists()
+    finally:
+        running.stack.stop()

@@ -60,7 +60,7 @@ def test_migrate_is_idempotent_and_matches_schema(catalog: Catalog) -> None:
     # the order index is declared by its columns (what SQLite reflects); PostgreSQL reflects its DESC NULLS LAST
     diffs = [d for d in diffs if catalog.dialect == "sqlite" or getattr(d[1], "name", "") != "ix_studies_date_order"]
     assert diffs == []
-    assert version == "0018"
+    assert version == "0019"
     indexes = {name: " ".join(sql.split()) for name, sql in ddl if sql}
     assert "lower(patient_name)" in indexes["ix_studies_patient_name_lower"]
     if catalog.dialect == "postgresql":
