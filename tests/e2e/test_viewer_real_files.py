@@ -485,3 +485,65 @@ def test_an_rle_frame_whose_header_counts_other_segments_is_refused(
     assert page.get_attribute("#error", "data-kind") == "unsupported"
     assert "viewer: image not shown: RLE frame of another number of segments" in log.console
     page.context.close()
+
+
+def with_voi_function(folder: Path, function: str, photometric: str) -> Path:
+    """CT_small.dcm in a study of its own with Window Center 100, Width 800 and this VOI LUT Function, and this
+    Photometric Interpretation (MONOCHROME1: the same values shown inverted)."""
+    ds = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.WindowCenter, ds.WindowWidth, ds.VOILUTFunction = 100, 800, function
+    if photometric == "MONOCHROME1":
+        ds.PhotometricInterpretation = "MONOCHROME1"
+    path = folder / f"voi_{function}_{photometric}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def voi_function_expected(function: str, photometric: str) -> np.ndarray:
+    """PS3.3 C.11.2.1.3: the grey levels (0..255) the VOI LUT Function gives CT_small.dcm's values at 100/800."""
+    ds = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
+    x = ds.pixel_array.astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    c, w = 100.0, 800.0
+    if function == "SIGMOID":
+        y = 255 / (1 + np.exp(-4 * (x - c) / w))
+    elif function == "LINEAR_EXACT":
+        y = np.clip(((x - c) / w + 0.5) * 255, 0, 255)
+    else:
+        y = np.clip(((x - (c - 0.5)) / (w - 1) + 0.5) * 255, 0, 255)
+    return 255 - y if photometric == "MONOCHROME1" else y
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+@pytest.mark.parametrize("function", ["SIGMOID", "LINEAR_EXACT"])
+def test_a_voi_lut_function_is_applied(
+    real_stack: RunningStack, browser: Any, tmp_path: Path, function: str, photometric: str  # noqa: F811
+) -> None:
+    """VOI LUT Function SIGMOID (PS3.3 C.11.2.1.3.1, common on mammography) and LINEAR_EXACT (C.11.2.1.3.2), with
+    MONOCHROME1 too, on CT_small.dcm at 100/800: the image is drawn with its window, never the black "This image
+    cannot be shown." stage it was (the image loader passed the function's first letter, which Cornerstone refused).
+    The grey levels are the function's: a sigmoid's, not a linear window's. The overlay reads the window as the
+    viewer's others do (LINEAR and SIGMOID: the width less one, C.11.2.1.2.1)."""
+    path = with_voi_function(tmp_path, function, photometric)
+    answer = real_stack.stow([path])
+    assert answer.status_code == 200, answer.text
+    real_stack.uploaded[path.name] = path
+    page, log, failed = open_file(real_stack, browser, path.name)
+    assert page.locator("#error").is_hidden(), page.inner_text("#error")
+    assert page.locator("#unshown").is_hidden()
+    assert page.inner_text("#status") == ""
+    width = 799 if function == "SIGMOID" else 800
+    assert window_overlay(page) == f"W {width}  L 100"
+    shown = coarse(image_area(page, 128, 128))
+    expected = coarse(voi_function_expected(function, photometric))
+    linear = coarse(voi_function_expected("LINEAR", photometric))
+    other = coarse(voi_function_expected(function, "MONOCHROME1" if photometric == "MONOCHROME2" else "MONOCHROME2"))
+    error = float(np.abs(shown - expected).mean())
+    assert error < 1, f"{function} {photometric}: {error:.1f} grey levels off the formula"
+    if function == "SIGMOID":  # the sigmoid, not a linear window (2.7 grey levels off it on average)
+        assert float(np.abs(shown - linear).mean()) > 4 * error
+    assert float(np.abs(shown - other).mean()) > 40  # not the other photometric interpretation's picture
+    assert failed == []
+    assert [m for m in log.console if m.startswith("pageerror")] == []
+    page.context.close()

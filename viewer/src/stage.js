@@ -44,6 +44,9 @@ export const PRESETS = {
 
 const WINDOW_CENTER = '00281050';
 const WINDOW_WIDTH = '00281051';
+const VOI_LUT_FUNCTION = '00281056';
+// PS3.3 C.11.2.1.3: the VOI LUT Functions defined; an absent or other one is LINEAR.
+const VOI_FUNCTIONS = new Set(['LINEAR', 'LINEAR_EXACT', 'SIGMOID']);
 
 /**
  * The file's windows (Window Center and Width, paired by position) that can be used: both values numbers and the
@@ -82,6 +85,15 @@ function forLoader(instance) {
       fixed[WINDOW_CENTER] = { vr: 'DS', Value: windows.map(([center]) => center) };
       fixed[WINDOW_WIDTH] = { vr: 'DS', Value: windows.map(([, width]) => width) };
     }
+  }
+  // VOI LUT Function: the image loader takes the element's first value and then its first item (`value[0]`), which
+  // of a string is its first letter: "SIGMOID" or "LINEAR_EXACT" became "S" or "L", which Cornerstone refused with
+  // an error on every draw (the slice's "This image cannot be shown." cover). The name is given as that one item;
+  // one that is no defined function is left out (LINEAR).
+  if (instance[VOI_LUT_FUNCTION]) {
+    const name = String(instance[VOI_LUT_FUNCTION].Value?.[0] ?? '').trim();
+    delete fixed[VOI_LUT_FUNCTION];
+    if (VOI_FUNCTIONS.has(name)) fixed[VOI_LUT_FUNCTION] = { vr: 'CS', Value: [[name]] };
   }
   return fixed;
 }
