@@ -113,6 +113,15 @@ export class Stage {
   }
 
   async init() {
+    // A frame its codec cannot decode (a damaged JPEG) rejects promises inside Cornerstone that nothing there
+    // handles, with the decoder's exception, a bare number: the page had an unhandled error ("Uncaught (in promise)
+    // 88496") for a portal's error monitoring, while the slice already has its cover (main.js, noteFrame). Those
+    // are handled here; any other rejection stays unhandled, as it should.
+    window.addEventListener('unhandledrejection', (event) => {
+      if (typeof event.reason !== 'number') return;
+      event.preventDefault();
+      console.warn('viewer: image not decoded');
+    });
     initCore();
     // Few decode workers: phones have little memory, and raw CT frames need no decoding at all.
     initLoader({
