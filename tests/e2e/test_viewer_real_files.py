@@ -551,3 +551,73 @@ def test_a_voi_lut_function_is_applied(
     assert failed == []
     assert [m for m in log.console if m.startswith("pageerror")] == []
     page.context.close()
+
+
+def white_extent(page: Any) -> tuple[float, float]:
+    """The white image's height and width as fractions of the stage's (overlays hidden)."""
+    style = page.add_style_tag(content=HIDE_OVERLAYS)
+    settle(page)
+    shot = np.asarray(Image.open(io.BytesIO(page.locator("#viewport").screenshot())).convert("L"))
+    style.evaluate("node => node.remove()")
+    rows, columns = np.nonzero(shot > 128)
+    return (np.ptp(rows) + 1) / shot.shape[0], (np.ptp(columns) + 1) / shot.shape[1]
+
+
+def test_a_rotated_phone_refits_the_image_unless_the_user_zoomed_it(
+    real_stack: RunningStack, browser: Any, tmp_path: Path  # noqa: F811
+) -> None:
+    """A square image (CT_small.dcm's 128 x 128, every pixel white under its window) on an iPhone-sized screen turned
+    from portrait to landscape fills the stage's height, as Reset makes it (it kept the portrait zoom: ~69% of the
+    height until Reset). Zoomed by the user before the turn, the user's zoom is kept (the image as large as it was)."""
+    ds = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.PixelData = np.full((128, 128), 3000, dtype=np.int16).tobytes()
+    ds.WindowCenter, ds.WindowWidth = 0, 100
+    path = tmp_path / "white_square.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    answer = real_stack.stow([path])
+    assert answer.status_code == 200, answer.text
+    issued = real_stack.issue([str(ds.StudyInstanceUID)], ttl=600)
+
+    def opened(**context: Any) -> tuple[Any, NetworkLog]:
+        log = NetworkLog()
+        page = open_page(browser, log, **context)
+        page.goto(issued["viewer_url"])
+        page.wait_for_function(
+            "() => document.getElementById('viewport').dataset.state === 'ready'"
+            " && document.getElementById('progress').hidden"
+        )
+        settle(page)
+        return page, log
+
+    phone = {"viewport": {"width": 390, "height": 844}, "has_touch": True, "is_mobile": True, "device_scale_factor": 3}
+    page, log = opened(**phone)
+    height, width = white_extent(page)
+    assert width > 0.97, (height, width)  # portrait: fitted to the width
+    page.set_viewport_size({"width": 844, "height": 390})
+    page.wait_for_timeout(300)
+    height, width = white_extent(page)
+    assert height > 0.97, (height, width)  # landscape: fitted to the height
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.wait_for_timeout(300)
+    assert white_extent(page)[1] > 0.97  # and back
+    assert [m for m in log.console if m.startswith("pageerror")] == []
+    page.context.close()
+
+    # zoomed out by the user (a right-button drag up): a resize keeps the zoom, the image as high on the stage
+    page, _ = opened(viewport={"width": 800, "height": 600})
+    assert white_extent(page)[0] > 0.97
+    box = page.locator("#viewport").bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.down(button="right")
+    page.mouse.move(x, y - 60, steps=6)
+    page.mouse.up(button="right")
+    settle(page)
+    zoomed = white_extent(page)[0]
+    assert zoomed < 0.9, zoomed
+    page.set_viewport_size({"width": 900, "height": 500})
+    page.wait_for_timeout(300)
+    assert abs(white_extent(page)[0] - zoomed) < 0.03, (white_extent(page), zoomed)
+    page.context.close()

@@ -168,9 +168,13 @@ export class Stage {
       { capture: true },
     );
 
-    // The stage fills a flex box whose size changes with the phone's rotation and the iframe's size.
+    // The stage fills a flex box whose size changes with the phone's rotation and the iframe's size. The image is
+    // fitted to the new size unless the user zoomed or panned it (theirs is kept): keeping the camera of a portrait
+    // phone turned to landscape left the image ~69% of the stage's height until Reset.
     new ResizeObserver(() => {
+      const fitted = this.isFitted();
       this.engine.resize(true, true);
+      if (fitted) this.fit();
     }).observe(this.element);
   }
 
@@ -214,9 +218,25 @@ export class Stage {
     imageRetrieveMetadataProvider.clear();
     if (progressive) imageRetrieveMetadataProvider.add('stack', { ...PROGRESSIVE });
     await this.viewport.setStack(imageIds, index);
+    this.fit();
+    this.hideLayers();
+  }
+
+  /** Fit the image to the stage (zoom and pan reset) and remember that camera as the fitted one. */
+  fit() {
     this.viewport.resetCamera();
     this.viewport.render();
-    this.hideLayers();
+    this.fitted = this.camera();
+  }
+
+  camera() {
+    const { parallelScale, focalPoint, position } = this.viewport.getCamera();
+    return JSON.stringify([parallelScale, focalPoint, position]);
+  }
+
+  /** Whether the image is as fitted last (not zoomed or panned by the user since). */
+  isFitted() {
+    return Boolean(this.viewport && this.fitted && this.hasImage() && this.camera() === this.fitted);
   }
 
   get index() {
@@ -244,8 +264,7 @@ export class Stage {
   async redraw() {
     this.engine.resize(true, false); // the stage may have just come back from behind the error screen
     await this.viewport.setStack(this.imageIds, this.index);
-    this.viewport.resetCamera();
-    this.viewport.render();
+    this.fit();
   }
 
   /** Whether an image of the current stack is on screen (a failed first image leaves none). */
@@ -273,8 +292,7 @@ export class Stage {
 
   reset() {
     this.viewport.resetProperties();
-    this.viewport.resetCamera();
-    this.viewport.render();
+    this.fit();
   }
 
   /** Quality of the image on screen: true once it is the full (lossless) image. */
