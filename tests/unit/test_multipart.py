@@ -432,6 +432,11 @@ PARTS_CHILD = """
 import io, os, sys, tracemalloc
 from pathlib import Path
 from gateway.dicomweb.multipart import iter_parts
+# pathlib interns each path's parts: 2,000 spool names grow the interpreter's table of interned strings, a single
+# allocation of ~2 MB once its size crosses a power of two (where it lies depends on what was imported before); grown
+# here first, so what is measured is the parse (the table keeps its size when the warm-up's strings go)
+warm = [sys.intern(f"warm-up-{n}") for n in range(100_000)]
+del warm
 payload = os.urandom(1000)
 data = b"".join(b"--abc\\r\\nContent-Type: application/dicom\\r\\n\\r\\n" + payload + b"\\r\\n" for _ in range(2000))
 stream = io.BytesIO(data + b"--abc--\\r\\n")
@@ -477,6 +482,9 @@ CHILD = """
 import json, sys, time
 from pathlib import Path
 from gateway.dicomweb.multipart import iter_parts
+def kb(field):
+    return int(open("/proc/self/status").read().split(field + ":")[1].split()[0])
+imported = kb("VmRSS")  # the interpreter and the gateway's modules, before a byte is read
 start = time.perf_counter()
 parts = []
 for part in iter_parts(sys.stdin.buffer, "abc", Path(sys.argv[1]), max_part_bytes=1 << 40):
@@ -487,15 +495,14 @@ for part in iter_parts(sys.stdin.buffer, "abc", Path(sys.argv[1]), max_part_byte
     part.path.unlink()
 seconds = time.perf_counter() - start
 # VmHWM, not getrusage(): Linux carries ru_maxrss over from the forking parent across execve
-status = open("/proc/self/status").read()
-hwm = int(status.split("VmHWM:")[1].split()[0])
-print(json.dumps({"parts": parts, "maxrss_kb": hwm, "seconds": seconds}))
+print(json.dumps({"parts": parts, "maxrss_kb": kb("VmHWM"), "imported_kb": imported, "seconds": seconds}))
 """
 
 
 @pytest.mark.slow
 def test_memory_flat_for_a_2gb_part_on_a_pipe(tmp_path: Path) -> None:
-    """2 GiB through a real pipe into a child process; its peak RSS must stay near the interpreter's."""
+    """2 GiB through a real pipe into a child process; its peak RSS must stay near what it held once its modules
+    were imported (an absolute bound, 64 MiB, failed as the gateway's imports grew, with the parse unchanged)."""
     block = bytes(range(256)) * 4096  # 1 MiB
     count = 2048
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -514,6 +521,6 @@ def test_memory_flat_for_a_2gb_part_on_a_pipe(tmp_path: Path) -> None:
     assert result["parts"] == [[count << 20, block[-16:].hex()]]
     print(
         f"\n2 GiB part over a pipe: {2048 / total:.0f} MiB/s end to end, "
-        f"child peak RSS {result['maxrss_kb'] // 1024} MiB"
+        f"child peak RSS {result['maxrss_kb'] // 1024} MiB, {result['imported_kb'] // 1024} MiB once imported"
     )
-    assert result["maxrss_kb"] < 64 * 1024
+    assert result["maxrss_kb"] - result["imported_kb"] < 16 * 1024
