@@ -38,6 +38,8 @@ _INTEGER = re.compile(r"[+-]?[0-9]+")
 # trailing ones of every value but the last (" DERIVED \\SECONDARY" gave " DERIVED ")
 _PADDED_BOTH_ENDS = frozenset({"AE", "CS", "LO", "SH"})
 _SAFE_PREFIX = re.compile(r"^[A-Za-z0-9._~/:%@!$&'()*+,;=-]*$")
+# the integers every JSON reader holds exactly (RFC 8259 6: an IEEE 754 double's), JavaScript's Number.MAX_SAFE_INTEGER
+_SAFE_INTEGER = 2**53 - 1
 
 
 _memo: ValueMemo[dict[str, Any]] = ValueMemo()
@@ -98,6 +100,7 @@ def _dataset_json(
                 # the threshold is irrelevant here: every element reaching this line is small or not binary
                 element = ds[tag]
                 value = _exact_ds(element, element.to_json_dict(None, 1 << 62))
+                value = _exact_64bit(value) if el.vr in ("SV", "UV") else value
                 value = _name_groups(value) if el.vr == "PN" else _unpadded(value)
                 if not context[0] and not el.implicit and el.vr in WORD_BYTES and el.value and "InlineBinary" in value:
                     # a big-endian file's words, little-endian as its bulk values are (gateway.dicom.converted): the
@@ -140,6 +143,15 @@ def _exact_ds(element: Any, value: dict[str, Any]) -> dict[str, Any]:
     number = _ds_number if element.VR == "DS" else _is_number
     texts = element.value if element.VM > 1 else [element.value]
     value["Value"] = [None if v is None or str(v).strip() == "" else number(str(v)) for v in texts]
+    return value
+
+
+def _exact_64bit(value: dict[str, Any]) -> dict[str, Any]:
+    """An SV or UV value beyond what a double holds as its decimal string (PS3.18 Table F.2.3-1 allows a String for
+    SV and UV "to avoid losing precision"; DCMTK's dcm2json and dcm4che write them so): as a JSON number, a
+    JavaScript viewer read 18446744073709551615 as 18446744073709551616, another value."""
+    if "Value" in value:
+        value["Value"] = [str(v) if isinstance(v, int) and abs(v) > _SAFE_INTEGER else v for v in value["Value"]]
     return value
 
 

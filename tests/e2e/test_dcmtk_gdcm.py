@@ -111,6 +111,10 @@ EDGES: dict[str, list[str | bytes]] = {
         "-i", "PatientName==山田^太郎=やまだ^たろう".encode(), "-i", "OperatorsName=Smith^Al==すみす".encode(),
         "-i", "NameOfPhysiciansReadingStudy==^^", "-i", "ReferringPhysicianName=Doe^John\\Roe^Jane=ロー".encode(),
     ],
+    "edge-64-bit": [  # SV and UV beyond what a double holds (2**53): strings, as dcm2json writes every SV and UV
+        "-i", "(0072,0082)=-9223372036854775808\\9223372036854775807",
+        "-i", "(0072,0083)=18446744073709551615\\9007199254740992",
+    ],
     "edge-latin1": [
         "-i", "SpecificCharacterSet=ISO_IR 100",
         "-i", "PatientName=Müller^José".encode("latin-1"),

@@ -112,6 +112,17 @@ def test_numbers_with_an_empty_value_keep_every_value(tmp_path: Path) -> None:
     assert md["00201041"] == {"vr": "IS", "Value": [4, None, 6]}
 
 
+def test_a_64_bit_value_beyond_a_double_is_a_string(tmp_path: Path) -> None:
+    """PS3.18 Table F.2.3-1 allows a String for SV and UV; one beyond 2**53 - 1 is written as one (a JavaScript
+    reader of the number lost its last digits), and one a double holds stays a number."""
+    ds = b.base()
+    ds.add_new(0x00720082, "SV", [-(2**63), -(2**53 - 1), 5, 2**53])
+    ds.add_new(0x00720083, "UV", [2**64 - 1, 2**53 - 1])
+    md = index_file(b.write(ds, tmp_path / "sv.dcm")).metadata
+    assert md["00720082"] == {"vr": "SV", "Value": ["-9223372036854775808", -(2**53 - 1), 5, "9007199254740992"]}
+    assert md["00720083"] == {"vr": "UV", "Value": ["18446744073709551615", 2**53 - 1]}
+
+
 def test_an_empty_value_among_several_strings_is_null(tmp_path: Path) -> None:
     """PS3.18 F.2.5: "If a multi-valued attribute has one or more empty values these are represented as null array
     elements". pydicom writes them as "" (a CS, a UI, a DA); a lone empty value is still an element with no Value."""
