@@ -533,25 +533,46 @@ def thumbnail_instance(study: str, series: str, instance: str) -> Response:
     )
 
 
+def _representative(study: str, series: str | None = None) -> Any:
+    """The instance (its catalog row) that stands for a series, or a study, where PS3.18 names a rendering or a
+    thumbnail of the whole (10.4.1.1.4, 10.4.3.3.4): the series' middle image, so a series holding a report or a
+    PDF beside its images is shown by an image (the report itself only when the series holds no image at all); a
+    study's is that of its first series holding an image (Series Number order, as every level lists them). Orthanc's
+    plugin likewise answers with one instance's rendering."""
+    rows = services().catalog.instances_of(check_uid(study), check_uid(series) if series else None, with_metadata=False)
+    if not rows:
+        raise NotFound("no instances")
+    images = [row for row in rows if row.number_of_frames > 0]
+    chosen = [row for row in images or rows if row.series_uid == (images or rows)[0].series_uid]
+    return chosen[len(chosen) // 2]
+
+
+@bp.get("/studies/<study>/rendered")
+@bp.get("/studies/<study>/series/<series>/rendered")
+def rendered_whole(study: str, series: str | None = None) -> Response:
+    """A study's or series' rendering is its representative instance's (``_representative``), as that instance's
+    ``/rendered`` answers it: dicomweb-client's ``retrieve_series_rendered`` and Orthanc's client ask for it."""
+    decision()
+    row = _representative(study, series)
+    query = rendering_query(request.args)
+    accept = request.headers.get("Accept", "")
+    return render_instance(services(), study, row.series_uid, row.sop_uid, 1, query, accept, whole=True)
+
+
+@bp.get("/studies/<study>/thumbnail")
 @bp.get("/studies/<study>/series/<series>/thumbnail")
-def thumbnail_series(study: str, series: str) -> Response:
+def thumbnail_whole(study: str, series: str | None = None) -> Response:
     decision()
     from gateway.render import thumbnail
 
-    rows = services().catalog.instances_of(check_uid(study), check_uid(series), with_metadata=False)
-    if not rows:
-        raise NotFound("no instances")
-    # the middle image: a series holding a report or a PDF beside its images is shown by an image (the report's
-    # page drawing only when the series holds no image at all)
-    rows = [row for row in rows if row.number_of_frames > 0] or rows
-    middle = rows[len(rows) // 2]
+    row = _representative(study, series)
     query = rendering_query(request.args)
     headers = request.headers
     return thumbnail(
         services(),
         study,
-        series,
-        middle.sop_uid,
+        row.series_uid,
+        row.sop_uid,
         query,
         headers.get("Accept", ""),
         headers.get("If-None-Match", ""),

@@ -80,6 +80,21 @@ def test_metadata_frames_and_bulkdata(ct_client: DICOMwebClient, synthetic: dict
         assert len(bulk) == len(pixels)
 
 
+def test_retrieve_series_rendered(ct_client: DICOMwebClient, synthetic: dict[str, Any]) -> None:
+    """``retrieve_series_rendered`` was an HTTPError 404 (no series-level /rendered): the series is now rendered as
+    its middle image (README, HTTP API), with the media type and parameters the client passes."""
+    study, series, _ = uids_of(synthetic["ct"][0])
+    middle = uids_of(synthetic["ct"][len(synthetic["ct"]) // 2])[2]
+    asked: list[tuple[Any, Any]] = [(None, None), (("image/png",), {"viewport": "64,64"})]
+    asked.append((("image/jpeg",), {"quality": 30}))
+    for media_types, params in asked:
+        rendered = ct_client.retrieve_series_rendered(study, series, media_types=media_types, params=params)
+        assert rendered[:4] in (b"\xff\xd8\xff\xe0", b"\x89PNG")
+        assert rendered == ct_client.retrieve_instance_rendered(
+            study, series, middle, media_types=media_types, params=params
+        )
+
+
 def test_wsi_frame_list(stack: RunningStack, synthetic: dict[str, Any]) -> None:
     study, series, sop = uids_of(synthetic["wsi_eot"])
     client = DICOMwebClient(url=stack.root(stack.issue([study])["token"]))

@@ -82,27 +82,80 @@ def test_the_session_cookie_lives_a_minute_past_the_session(stack: RunningStack,
     assert cookie_max_age(answer) > 60 + 60  # the session's end, not the 60 s token's
 
 
-# -- claim: "study-level and series-level rendered and a study-level thumbnail are not offered: 404"; series thumbnail
+# -- claim: "a study's and a series' rendered and thumbnail are those of its representative image" (HTTP API); they
+# were a JSON 404 "no such DICOMweb resource", so dicomweb-client's retrieve_series_rendered failed (PS3.18 10.4.1.1.4
+# and 10.4.3.3.4 name both levels; Orthanc's plugin answers them with one instance's rendering).
 
 
-def test_study_and_series_level_renderings(stack: RunningStack, synthetic: dict[str, Any]) -> None:
-    study, series, _ = uids_of(synthetic["ct"][0])
+def study_with_a_document_first(stack: RunningStack, folder: Path) -> tuple[list[Path], pydicom.Dataset]:
+    """A CT series (Series Number 2) and, listed before it (Series Number 1), an Encapsulated PDF: no image."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    seed = 7400 if stack.backend == "file" else 7401
+    ct = make_series(folder / "ct", modality="CT", slices=3, rows=160, columns=160, seed=seed, clean=True)
+    source = pydicom.dcmread(ct[0], stop_before_pixels=True)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.104.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[f"pdf-{seed}"])
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    pdf = pydicom.Dataset()
+    pdf.file_meta = meta
+    pdf.SOPClassUID, pdf.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    pdf.StudyInstanceUID, pdf.PatientID = source.StudyInstanceUID, source.PatientID
+    pdf.SeriesInstanceUID = generate_uid(entropy_srcs=[f"pdf-{seed}-series"])
+    pdf.SeriesNumber, pdf.InstanceNumber, pdf.Modality = 1, 1, "DOC"
+    pdf.MIMETypeOfEncapsulatedDocument = "application/pdf"
+    pdf.EncapsulatedDocument = b"%PDF-1.4\n" + bytes(range(256)) * 8 + b"\n%%EOF\n"
+    pdf.save_as(folder / "report.dcm", enforce_file_format=True)
+    assert stack.stow([folder / "report.dcm", *ct]).status_code == 200
+    return ct, pdf
+
+
+def test_study_and_series_level_renderings(stack: RunningStack, tmp_path: Path) -> None:
+    ct, pdf = study_with_a_document_first(stack, tmp_path)
+    study, series, _ = uids_of(ct[0])
+    middle = uids_of(ct[1])[2]  # of three images, ordered by Instance Number
     root = stack.root(stack.issue([study])["token"])
-    for path in (
-        f"/studies/{study}/rendered",
-        f"/studies/{study}/series/{series}/rendered",
-        f"/studies/{study}/thumbnail",
+    instance = f"{root}/studies/{study}/series/{series}/instances/{middle}"
+    for query, accept, media in (
+        ("", {}, "image/jpeg"),
+        ("", {"Accept": "image/png"}, "image/png"),
+        ("?viewport=16,16&window=40,400", {"Accept": "image/gif"}, "image/gif"),
     ):
-        for accept in ({}, {"Accept": "image/jpeg"}, {"Accept": "image/png"}):
-            json_error(requests.get(f"{root}{path}", headers=accept, timeout=30), 404, "not_found")
-    thumbnail = requests.get(f"{root}/studies/{study}/series/{series}/thumbnail", timeout=30)
-    assert thumbnail.status_code == 200, thumbnail.text[:300]
-    assert thumbnail.headers["Content-Type"] == "image/jpeg"
-    assert thumbnail.content[:3] == b"\xff\xd8\xff"
+        expected = requests.get(f"{instance}/rendered{query}", headers=accept, timeout=30)
+        assert (expected.status_code, expected.headers["Content-Type"]) == (200, media)
+        # the study's first series (the PDF) holds no image: the study is shown by the CT series' middle image
+        for path in (f"/studies/{study}/rendered", f"/studies/{study}/series/{series}/rendered"):
+            answer = requests.get(f"{root}{path}{query}", headers=accept, timeout=30)
+            assert (answer.status_code, answer.headers["Content-Type"]) == (200, media), (path, answer.text[:300])
+            assert answer.content == expected.content, path
+    # a series of a document only is rendered as its instance is: the PDF itself
+    document = requests.get(f"{root}/studies/{study}/series/{pdf.SeriesInstanceUID}/rendered", timeout=30)
+    assert (document.status_code, document.headers["Content-Type"]) == (200, "application/pdf")
+    assert document.content == pdf.EncapsulatedDocument
+    json_error(requests.get(f"{root}/studies/{study}/rendered", headers={"Accept": "video/mp4"}, timeout=30), 406,
+               "not_acceptable")  # fmt: skip
+
+    thumbnail = requests.get(f"{root}/studies/{study}/thumbnail", timeout=30)
+    assert (thumbnail.status_code, thumbnail.headers["Content-Type"]) == (200, "image/jpeg"), thumbnail.text[:300]
+    assert thumbnail.content == requests.get(f"{instance}/thumbnail", timeout=30).content
+    assert thumbnail.content == requests.get(f"{root}/studies/{study}/series/{series}/thumbnail", timeout=30).content
     from PIL import Image
 
     with Image.open(io.BytesIO(thumbnail.content)) as image:
         assert image.format == "JPEG" and max(image.size) == 128  # README: thumbnails are 128 px JPEG
+
+    # a series token reaches its series' rendering, not the study's
+    series_root = stack.root(stack.issue([study], series=[series])["token"])
+    assert requests.get(f"{series_root}/studies/{study}/series/{series}/rendered", timeout=30).status_code == 200
+    for path in (f"/studies/{study}/rendered", f"/studies/{study}/thumbnail"):
+        assert json_error(requests.get(f"{series_root}{path}", timeout=30), 403, "forbidden")["detail"] == (
+            "out_of_scope"
+        )
+    # a series of another study is no series of this one
+    other = uids_of(stack.uploaded["files"][0])
+    json_error(requests.get(f"{root}/studies/{study}/series/{other[1]}/rendered", timeout=30), 404, "not_found")
 
 
 # -- claim: DELETE's "optional X-DICOMGW-Reason header (≤ 500 printable characters ...)"

@@ -178,3 +178,31 @@ def test_stow_from_orthanc_with_a_write_token(orthanc: Orthanc, stack: RunningSt
         assert got.status_code == 200
         assert got.headers["Content-Type"] == "application/dicom"
         assert got.content == path.read_bytes()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_orthanc_gets_a_series_and_a_study_rendered(
+    orthanc: Orthanc, stack: RunningStack, synthetic: dict[str, Any], transport: str
+) -> None:
+    """The plugin's `/get` of `/studies/{st}[/series/{se}]/rendered` (which Orthanc itself serves with one instance's
+    rendering) was the gateway's JSON 404, passed on as Orthanc's error: it is the representative image's rendering,
+    the series' middle image, the study's first series' (README, HTTP API)."""
+    study, series, _ = uids_of(synthetic["ct"][0])
+    by_series = {uids_of(files[0])[1]: files for files in (synthetic["ct"], synthetic["ct_b"])}
+    first = by_series[min(by_series)]  # both are Series Number 2: listed by Series Instance UID then
+
+    def rendered(files: list[Path]) -> bytes:
+        _, series_uid, sop = uids_of(files[len(files) // 2])
+        answer = requests.get(
+            f"{stack.url}/dicomweb/studies/{study}/series/{series_uid}/instances/{sop}/rendered",
+            headers=stack.api_headers,
+            timeout=30,
+        )
+        assert (answer.status_code, answer.headers["Content-Type"]) == (200, "image/jpeg")
+        return answer.content
+
+    wholes = ((f"/studies/{study}/series/{series}/rendered", synthetic["ct"]), (f"/studies/{study}/rendered", first))
+    for uri, files in wholes:
+        answer = orthanc.post(f"/dicom-web/servers/{server(transport)}/get", {"Uri": uri})
+        assert answer.status_code == 200, answer.text[:300]
+        assert answer.content == rendered(files), uri
