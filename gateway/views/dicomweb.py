@@ -514,6 +514,22 @@ def rendered_frame(study: str, series: str, instance: str, frames: str) -> Respo
     return render_frames(services(), study, series, instance, numbers, query, accept)
 
 
+@bp.get("/studies/<study>/series/<series>/instances/<instance>/frames/<frames>/thumbnail")
+def thumbnail_frame(study: str, series: str, instance: str, frames: str) -> Response:
+    """A frame's thumbnail (PS3.18 10.4.1.1.4; OHIF's dicomweb-client ``retrieveInstanceFramesThumbnail``) is its
+    rendering fitted to the thumbnail's size unless the request names another viewport: rendered for the request,
+    as the instance's thumbnail is when asked for other than its stored JPEG."""
+    from gateway.render import THUMBNAIL_SIZE
+
+    decision()
+    numbers = [parse_int(n, "frame number", low=1) for n in frames.split(",")]
+    query = {"viewport": f"{THUMBNAIL_SIZE},{THUMBNAIL_SIZE}", **rendering_query(request.args)}
+    accept = request.headers.get("Accept", "")
+    if len(numbers) == 1:
+        return render_instance(services(), study, series, instance, numbers[0], query, accept)
+    return render_frames(services(), study, series, instance, numbers, query, accept)
+
+
 @bp.get("/studies/<study>/series/<series>/instances/<instance>/thumbnail")
 def thumbnail_instance(study: str, series: str, instance: str) -> Response:
     decision()

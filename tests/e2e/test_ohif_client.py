@@ -527,6 +527,27 @@ def test_rendered_and_thumbnail(page: Any, config: dict[str, Any], files: dict[s
     assert picture(small, "PNG").size == (32, 32)
 
 
+def test_a_frames_thumbnail(page: Any, config: dict[str, Any], files: dict[str, Path]) -> None:
+    """The client's ``retrieveInstanceFramesThumbnail`` (``.../frames/{n}/thumbnail``, PS3.18 10.4.1.1.4) was the
+    JSON 404 "no such DICOMweb resource": it is the frame's rendering fitted into 128 px, in the type asked for."""
+    study, series, sop = uids_of(files["native"])
+    url = f"{config['url']}/studies/{study}/series/{series}/instances/{sop}/frames"
+    headers = config.get("headers", {})
+    for media, kind in (("image/jpeg", "JPEG"), ("image/png", "PNG")):
+        options = frame_options(files["native"], [3], [{"mediaType": media}])
+        [thumbnail] = call(page, config, "retrieveInstanceFramesThumbnail", options)
+        assert picture(thumbnail, kind).size == (64, 64)  # the 64 px tile fits 128 px: never enlarged
+        rendered = requests.get(f"{url}/3/rendered?viewport=128,128", headers={**headers, "Accept": media}, timeout=30)
+        assert thumbnail == rendered.content
+    # a viewport of the request's own is its size; a frame past the last is the frames resource's 404
+    options = frame_options(files["native"], [2], [{"mediaType": "image/png"}])
+    options["queryParams"] = {"viewport": "32,32"}
+    [small] = call(page, config, "retrieveInstanceFramesThumbnail", options)
+    assert picture(small, "PNG").size == (32, 32)
+    missing = requests.get(f"{url}/9/thumbnail", headers=headers, timeout=30)
+    assert (missing.status_code, missing.json()["error"]) == (404, "frame_not_found")
+
+
 def test_storage_cors_and_headers_stay_behind_nginx(
     stack: RunningStack, files: dict[str, Path], token: str, page_server: LoopbackPageServer
 ) -> None:
