@@ -61,13 +61,15 @@ class Decision:
 def query_token(query: str) -> str | None:
     """The raw value of ``token=`` in the query, as NGINX's ``$dgw_query_token`` (part of the decision-cache key)
     reads it: never percent-decoded, so ``%74oken=...`` is no token here either and cannot reuse another request's
-    cached decision."""
+    cached decision. The same token given twice is that token (a client holding it in its session's parameters,
+    requests' ``Session.params``, adds it again to a RetrieveURL or BulkDataURI that already ends with it); two
+    different ones are refused: which one the request meant is anyone's guess."""
     if "token=" not in query:  # the common case: no parsing at all
         return None
-    found = [item[6:] for item in query.split("&") if item.startswith("token=")]
+    found = {item[6:] for item in query.split("&") if item.startswith("token=")}
     if len(found) > 1:
         raise TokenInvalid("more than one token in the query")
-    return found[0] if found else None
+    return found.pop() if found else None
 
 
 def cookie_name(tls: bool) -> str:

@@ -95,6 +95,34 @@ def test_retrieve_series_rendered(ct_client: DICOMwebClient, synthetic: dict[str
         )
 
 
+def test_a_query_token_in_the_sessions_parameters(stack: RunningStack, synthetic: dict[str, Any]) -> None:
+    """The query transport as requests carries it for every call, ``Session.params``: the client then adds the
+    token again to a BulkDataURI or RetrieveURL that already ends with ``?token=`` (README, Tokens), and the same
+    token twice was the 401 ``token_invalid``, every bulk data and RetrieveURL read refused. It is that token; two
+    different tokens are still refused."""
+    path = synthetic["ct"][2]
+    study, series, sop = uids_of(path)
+    token = stack.issue([study], sub="session-params")["token"]
+    session = requests.Session()
+    session.params = {"token": token}
+    client = DICOMwebClient(url=f"{stack.url}/dicomweb", session=session)
+    [found] = client.search_for_instances(search_filters={"SOPInstanceUID": sop})
+    retrieve_url = found["00081190"]["Value"][0]
+    assert retrieve_url.endswith(f"?token={token}")
+    metadata = client.retrieve_instance_metadata(study, series, sop)
+    bulk = metadata["7FE00010"]["BulkDataURI"]
+    assert bulk.endswith(f"/bulkdata/7FE00010?token={token}")
+    assert client.retrieve_bulkdata(bulk) == [pydicom.dcmread(path).PixelData]
+    instance = session.get(retrieve_url, headers={"Accept": "application/dicom"}, timeout=30)
+    assert instance.request.url is not None and instance.request.url.count("token=") == 2
+    assert (instance.status_code, instance.headers["Content-Type"]) == (200, "application/dicom")
+    assert instance.content == path.read_bytes()
+
+    other = stack.issue([study], sub="session-params")["token"]
+    refused = requests.get(f"{bulk}&token={other}", timeout=30)
+    assert (refused.status_code, refused.json()) == (401, {"error": "unauthorized", "detail": "token_invalid"})
+
+
 def test_wsi_frame_list(stack: RunningStack, synthetic: dict[str, Any]) -> None:
     study, series, sop = uids_of(synthetic["wsi_eot"])
     client = DICOMwebClient(url=stack.root(stack.issue([study])["token"]))

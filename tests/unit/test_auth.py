@@ -55,6 +55,7 @@ T = int(time.time())
         ("%74oken=abc", None),  # never decoded: NGINX's cache key ($dgw_query_token) does not see it either
         ("a=b?token=abc", None),
         ("token=a%2Eb", "a%2Eb"),  # raw, then refused as malformed by decide()
+        ("token=abc&x=1&token=abc", "abc"),  # the same token twice is that token
     ],
 )
 def test_query_token_is_read_raw(query: str, token: str | None) -> None:
