@@ -65,6 +65,19 @@ def _mapped(what: str) -> Iterator[None]:
 # botocore's failures that held a gunicorn thread for a whole timeout. A refused or closed connection fails at
 # once and opens nothing: a retry the moment storage is back must go through.
 _STALLS = (botocore.exceptions.ConnectTimeoutError, botocore.exceptions.ReadTimeoutError)
+
+
+def _stalled(exc: BaseException) -> bool:
+    """Whether ``exc`` is storage not answering within the timeouts. A body larger than the socket buffers sent to
+    a frozen S3 times out in ``send()``, which botocore reports as ``ConnectionClosedError`` (urllib3's
+    ``ProtocolError('Connection aborted.', TimeoutError)``), not as a read timeout: counted as a closed connection,
+    every later upload waited its three attempts again (about 18 s each)."""
+    if isinstance(exc, _STALLS):
+        return True
+    if isinstance(exc, botocore.exceptions.ConnectionClosedError):
+        cause = exc.kwargs.get("error")
+        return any(isinstance(arg, TimeoutError) for arg in getattr(cause, "args", ()))
+    return False
 READ_TIMEOUT = 10.0  # seconds: no S3 request of ours waits longer for an answer; the breaker bounds the rest
 STALL_PAUSE = 5.0  # seconds every call fails at once after storage stalled (the Retry-After of its 503s)
 
@@ -90,11 +103,11 @@ class _Breaker:
                 self._trial = True
         try:
             yield
-        except _STALLS:
-            self.stalled()
-            raise
-        except BaseException:
-            self.answered()
+        except BaseException as exc:
+            if _stalled(exc):
+                self.stalled()
+            else:
+                self.answered()
             raise
         self.answered()
 

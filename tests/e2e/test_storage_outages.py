@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,10 +26,11 @@ import pytest
 import requests
 
 from gateway.dicomweb.multipart import multipart_boundary
+from gateway.tools.stack import Stack, free_port
 from gateway.tools.synth import make_series, make_wsi
 from tests.e2e.conftest import uids_of
-from tests.e2e.harness import RunningStack, start_stack, storage_unmounted
-from tests.fixtures.servers import MotoServer, StorageFaults, start_moto
+from tests.e2e.harness import AWS_TEST_ENV, RunningStack, start_stack, storage_unmounted
+from tests.fixtures.servers import MotoServer, StorageFaults, create_bucket, start_moto
 
 ORIGIN = "https://portal.example"  # the harness's allowed CORS origin
 PAUSE = 5.0  # seconds reads NGINX composes from S3 are refused after a failure (njs/dgw_storage.js)
@@ -342,3 +345,53 @@ def test_a_request_storage_refuses_alone_refuses_no_other_read(s3: tuple[Data, S
         answer = fetch(stack, *data.reads[name])
         assert answer.complete and answer.status == data.before[name].status, (name, answer)
         assert answer.payload() == data.before[name].payload(), name
+
+
+# -- a frozen S3 process -------------------------------------------------------------------------------------
+
+
+def test_an_upload_to_a_frozen_s3_opens_the_pause_and_the_retry_after_it_stores_all(tmp_path: Path) -> None:
+    """moto_server stopped (SIGSTOP: connections accepted by the kernel, nothing read, nothing answered), as a hung
+    S3 is met by an upload larger than the socket buffers: its PUT times out in ``send()``, which botocore reports
+    as a closed connection. That was not counted as storage stalling, so every later upload waited its three
+    attempts again (about 18 s each, a STOW of many large files minutes) and held a thread. The first upload is
+    now the JSON 503 with Retry-After, the uploads after it are refused at once by the pause (its own detail), and
+    once S3 answers the same upload stores the file: its object and catalog row both there, no spool file left."""
+    moto = start_moto()
+    create_bucket(moto.endpoint, "dgw-frozen")
+    env = {**AWS_TEST_ENV, "AWS_ENDPOINT_URL": moto.endpoint}
+    # one worker: the pause is each worker's own, and the second upload must meet the first one's
+    stack = Stack(
+        tmp_path / "var", port=free_port(), storage_url="s3://dgw-frozen/data", extra_env=env, gunicorn_workers=1
+    )
+    stack.start()
+    running = RunningStack(stack, "s3")
+    try:
+        # 32 MB: more than loopback's socket buffers take while moto reads nothing
+        [big] = make_series(tmp_path / "big", modality="CT", slices=1, rows=4096, columns=4096, seed=1930, clean=True)
+        study, series, sop = uids_of(big)
+        os.kill(moto.process.pid, signal.SIGSTOP)
+        try:
+            first = running.stow([big])
+            second = running.stow([big])
+        finally:
+            os.kill(moto.process.pid, signal.SIGCONT)
+        for answer in (first, second):
+            assert answer.status_code == 503, answer.text
+            assert answer.headers["Content-Type"] == "application/json"
+            assert answer.headers["Retry-After"] == "5"
+            assert answer.json()["error"] == "storage_unavailable", answer.text
+        assert first.json()["detail"] == "storage write failed (ConnectionClosedError)", first.text
+        assert second.json()["detail"] == "storage is not answering, try again shortly", second.text
+        assert listed_instances(running, study) == 0
+        deadline = time.monotonic() + PAUSE + 30
+        while (retry := running.stow([big])).status_code == 503 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert retry.status_code == 200, retry.text
+        assert listed_instances(running, study) == 1
+        assert list(running.storage().list("studies/")) == [f"studies/{study}/series/{series}/instances/{sop}.dcm"]
+        spool = running.stack.var_dir / "spool"
+        assert sorted(p.name for p in spool.iterdir() if p.name.startswith(("part-", "stow-"))) == []
+    finally:
+        running.stack.stop()
+        moto.stop()
