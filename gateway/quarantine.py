@@ -18,6 +18,7 @@ from gateway.errors import Conflict, FrameNotFound, NotAcceptable, NotFound, Upl
 from gateway.hooks import Hook, HookOutcome, UploadContext
 from gateway.ingest import OUT_OF_RESOURCES, Ingestor
 from gateway.services import Services
+from gateway.spool import spool_prefix
 from gateway.storage import Storage, open_storage
 
 
@@ -92,7 +93,8 @@ def release(services: Services, key: str) -> dict[str, Any]:
     storage = held_in(services, record)
     context = upload_context(record)
     policy = next((hook for hook in services.ingestor.hooks if isinstance(hook, PhiHook)), None)
-    with tempfile.TemporaryDirectory(dir=services.spool_dir) as tmp:
+    # named for this process: a worker killed mid-release leaves the held file's copy for the sweep (gateway.spool)
+    with tempfile.TemporaryDirectory(dir=services.spool_dir, prefix=spool_prefix("release")) as tmp:
         local = Path(tmp) / "released.dcm"
         storage.download(key, local)
         hooks: list[Hook] = []
@@ -176,7 +178,7 @@ def preview(services: Services, key: str, frame: int) -> bytes:
     if record is None:
         raise NotFound("no such quarantined object")
     regions = ((record.get("report") or {}).get("pixels") or {}).get("regions") or []
-    with tempfile.TemporaryDirectory(dir=services.spool_dir) as tmp:
+    with tempfile.TemporaryDirectory(dir=services.spool_dir, prefix=spool_prefix("release")) as tmp:
         local = Path(tmp) / "preview.dcm"
         held_in(services, record).download(key, local)
         try:

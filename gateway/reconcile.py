@@ -22,6 +22,7 @@ from gateway.dicom.index import index_file
 from gateway.errors import Conflict, DicomError
 from gateway.ingest import sha256_of
 from gateway.lifecycle import Deleter
+from gateway.spool import spool_prefix, sweep_spool
 from gateway.storage import Storage, open_storage
 
 
@@ -52,8 +53,10 @@ def _reconcile(settings: Settings, storage: Storage, catalog: Catalog, *, repair
     deleted: list[str] = []
     conflicts: list[dict[str, str]] = []
     if repair:
+        spool = Path(settings.tmp_dir or tempfile.gettempdir())
+        sweep_spool(spool)  # what a repair killed before this one left: copies of stored objects
         for key in orphans:
-            with tempfile.TemporaryDirectory() as tmp:
+            with tempfile.TemporaryDirectory(dir=spool, prefix=spool_prefix("reconcile")) as tmp:
                 local = Path(tmp) / "orphan.dcm"
                 storage.download(key, local)
                 try:

@@ -22,9 +22,11 @@ from gateway.catalog.owner import Owner, host_identity, is_gone, this_process
 from gateway.errors import StorageUnavailable
 
 Buffer = bytes | memoryview
-# upload parts, single-part bodies, the de-identifier's outputs (written in an ingest pool process), and the
-# derivative worker's folders (a copy of the stored instance and its encoding, gateway.derive)
-_SPOOL_NAME = re.compile(r"(?:part|stow|deid|derive)-([0-9a-f]{8})-([0-9]+)-([0-9]+)-")
+# upload parts, single-part bodies, the de-identifier's outputs (written in an ingest pool process), the
+# derivative worker's folders (a copy of the stored instance and its encoding, gateway.derive), a direct upload's
+# download (gateway.phi.s3event), a held file's copy for its release or preview (gateway.quarantine) and an orphan's
+# for its registration (gateway.reconcile)
+_SPOOL_NAME = re.compile(r"(?:part|stow|deid|derive|incoming|release|reconcile)-([0-9a-f]{8})-([0-9]+)-([0-9]+)-")
 
 
 def _host_tag() -> str:

@@ -33,6 +33,7 @@ from botocore.config import Config
 from gateway.config import Settings
 from gateway.errors import CatalogUnavailable, ConfigError, StorageUnavailable
 from gateway.hooks import UploadContext
+from gateway.spool import spool_prefix
 from gateway.storage.s3 import READ_TIMEOUT
 
 INCOMING = "incoming/"
@@ -127,7 +128,9 @@ def process_object(s3: Any, bucket: str, key: str, settings: Settings, ingestor:
         if _missing(exc):  # S3 delivers an event at least once: a second delivery finds the source gone
             return IncomingResult(bucket, key, "skipped", detail=GONE)
         return IncomingResult(bucket, key, "failed", detail=f"{_failed('head', exc)}; {KEPT}", outage=True)
-    handle, name = tempfile.mkstemp(prefix="incoming-", suffix=".dcm", dir=settings.tmp_dir or None)
+    # named for this process: a run killed here (SIGKILL, SIGTERM, a Lambda's timeout) leaves its copy of the
+    # upload for the next run's sweep (gateway.spool), never in the folder for good
+    handle, name = tempfile.mkstemp(prefix=spool_prefix("incoming"), suffix=".dcm", dir=settings.tmp_dir or None)
     os.close(handle)
     path = Path(name)
     try:

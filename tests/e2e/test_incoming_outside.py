@@ -641,3 +641,37 @@ def test_a_run_killed_half_way_loses_nothing_and_the_next_run_completes(cleared:
     assert listed(stacks.incoming, study) == len(files)
     for path in (files[0], files[-1], keys[sorted(left)[0]]):
         assert served(stacks.incoming, path, 1)["bytes"] == path.read_bytes()
+
+
+def test_a_run_killed_with_a_download_on_disk_leaves_no_copy_once_run_again(stacks: Stacks, tmp_path: Path) -> None:
+    """SIGKILL (as a SIGTERM, a Lambda's timeout or the OOM killer ends Python: no ``finally`` runs) while an
+    object's download sits in the temporary folder: that copy of the upload, named ``incoming-XXXX.dcm``, was left
+    there for good, a file of uploaded DICOM (PHI included) no DELETE or erasure reaches, one per killed run. It
+    names the run's process now, and the next run (or the gateway's next worker) removes it once that process is
+    gone; the next run also stores every object left under incoming/."""
+    for name in stacks.incoming_keys():
+        stacks.s3.delete_object(Bucket=stacks.bucket, Key=name)
+    files = make_series(tmp_path / "copies", modality="CT", slices=12, rows=256, columns=256, seed=90, clean=True)
+    study = uids_of(files[0])[0]
+    for path in files:
+        stacks.put(f"copies/{path.name}", path.read_bytes())
+    spool = stacks.incoming.stack.var_dir / "spool"
+
+    def copies() -> list[str]:
+        return sorted(name for name in os.listdir(spool) if name.startswith("incoming-"))
+
+    assert copies() == []
+    process = stacks.start_run_incoming()
+    try:
+        deadline = time.monotonic() + 60
+        while not copies():  # aimed, not timed: an object is on disk, between its download and its removal
+            assert process.poll() is None and time.monotonic() < deadline, "the run ended before it was killed"
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=30)
+    assert len(copies()) == 1
+    again = stacks.run_incoming()
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert copies() == []
+    assert stacks.incoming_keys() == []
+    assert listed(stacks.incoming, study) == len(files)

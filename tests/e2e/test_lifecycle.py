@@ -1402,3 +1402,50 @@ def test_a_deleted_patient_is_gone_from_the_sqlite_catalogs_files_at_the_answer(
         assert b"KEPT-PATIENT^NAME" in held  # the search reads the files a stored patient is in
     finally:
         running.stack.stop()
+
+
+def test_a_release_killed_with_the_held_file_on_disk_leaves_no_copy_and_the_retry_stores_it(
+    holding_stack: RunningStack, tmp_path: Path
+) -> None:
+    """The workers are killed (SIGKILL) while a release has the held file's copy in the upload spool: aimed, not
+    timed, by watching the spool for it. That copy, a file held for its PHI, sat in an anonymous ``tmpXXXX/``
+    folder for good, where no DELETE, erasure or sweep reached it. It names the worker now and the workers that
+    replace it remove it; the release sent again stores the file and lets it go from quarantine."""
+    stack = holding_stack
+    [path] = make_series(tmp_path / "held", slices=1, rows=1024, columns=1024, seed=7941)  # with PHI
+    study, series, sop = uids_of(path)
+    assert upload(stack, [path], "hold").status_code == 409
+    [key] = [key for key, held_sop in held(stack).items() if held_sop == sop]
+    spool = stack.stack.var_dir / "spool"
+
+    def copies() -> list[Path]:
+        return [folder for folder in spool.iterdir() if (folder / "released.dcm").exists()]
+
+    url = f"{stack.url}/api/v1/admin/quarantine/{key}/release"
+    outcome: list[Any] = []
+
+    def release() -> None:
+        try:
+            outcome.append(requests.post(url, headers=stack.api_headers, timeout=120))
+        except requests.RequestException as error:  # the connection died with the worker
+            outcome.append(error)
+
+    thread = threading.Thread(target=release)
+    thread.start()
+    deadline = time.monotonic() + 60
+    try:
+        while not copies():
+            assert thread.is_alive() and time.monotonic() < deadline, f"the release ended first: {outcome}"
+        for pid in workers_of(stack):
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        thread.join()
+    assert not isinstance(outcome[0], requests.Response) or outcome[0].status_code >= 500, outcome[0]
+    again = requests.post(url, headers=stack.api_headers, timeout=120)
+    assert again.status_code == 200, again.text
+    assert again.json()["status"] in ("stored", "duplicate") and again.json()["sop_uid"] == sop, again.text
+    assert copies() == []
+    assert [name for name in os.listdir(spool) if not name.startswith("derive-")] == []
+    assert held(stack) == {} and list(stack.storage().list("quarantine/")) == []
+    instance = f"{stack.root(stack.issue([study])['token'])}/studies/{study}/series/{series}/instances/{sop}"
+    assert requests.get(instance, headers={"Accept": "application/dicom"}, timeout=30).content == path.read_bytes()
