@@ -93,6 +93,7 @@ def stack_up(
 
     passthrough = {k: v for k, v in os.environ.items() if k.startswith("DICOMGW_") or k == "AWS_ENDPOINT_URL"}
     stop = threading.Event()
+    crashed = False
 
     def on_signal(signum: int, frame: Any) -> None:
         stop.set()
@@ -146,11 +147,14 @@ def stack_up(
                 click.echo(f"{name} exited unexpectedly; started it again.", err=True)
             for name in dead:
                 click.echo(f"{name} exited unexpectedly; stopping.", err=True)
+                crashed = True
                 stop.set()
             stop.wait(1.0)
     finally:
         the_stack.stop()
         click.echo("stopped.")
+    if crashed:  # a failure, not Ctrl-C: a service manager's on-failure restart (systemd, compose) must see it
+        raise SystemExit(1)
 
 
 @stack.command("down")

@@ -23,6 +23,8 @@ import requests
 
 from gateway.tools.synth import make_series
 from tests.e2e.conftest import uids_of
+from tests.e2e.harness import lines_until
+from tests.e2e.test_faults import parent_of
 
 STOW_FAILED = "00081198"
 FAILURE_REASON = "00081197"
@@ -531,3 +533,84 @@ def test_derivative_worker_killed_mid_encode_leaves_no_copy_of_the_instance(tmp_
             time.sleep(0.1)
     finally:
         stack.stop()
+
+
+def processes_in(var: Path) -> dict[int, list[bytes]]:
+    """Every process running in ``var`` (each process `stack up` starts runs in its stack's folder): pid -> argv."""
+    found = {}
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if Path(os.readlink(proc / "cwd")) == var:
+                found[int(proc.name)] = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+    return found
+
+
+def test_gunicorn_master_killed_under_stack_up_is_a_failed_exit_and_the_next_start_serves_everything(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL of gunicorn's master under `dicom-gateway stack up`: it said "gunicorn exited unexpectedly;
+    stopping.", stopped everything, and exited 0, the status of a Ctrl-C, so a service manager restarting it on
+    failure (systemd's Restart=on-failure, compose's on-failure) left the gateway down. It exits 1 now, nothing it
+    started is left running, and the next `stack up` on the same folder serves what was stored before."""
+    from gateway.dicomweb.multipart import encode_multipart
+    from gateway.tools.stack import free_port
+
+    var = (tmp_path / "var").resolve()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMGW_")}
+    command = [sys.executable, "-m", "gateway.cli", "stack", "up", "--no-seed", "--port", str(port), "--var", str(var)]
+
+    def start() -> subprocess.Popen[str]:
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**env, "DICOMGW_DERIVATIVES": "0"}
+        )
+        try:  # printed once the stack answers /readyz
+            lines = lines_until(process, lambda line: line.startswith("Ctrl-C"), "stack up's last line", 90)
+            assert lines[-1] == "Ctrl-C stops everything.", lines
+        except BaseException:
+            process.send_signal(signal.SIGINT)
+            process.communicate(timeout=60)
+            raise
+        return process
+
+    files = make_series(tmp_path / "ct", modality="CT", slices=2, rows=64, columns=64, seed=74, clean=True)
+    study, series, sop = uids_of(files[0])
+    process = start()
+    try:
+        api = {"Authorization": f"Bearer {(var / 'api.key').read_text().strip()}"}
+        body = encode_multipart(files)
+        stored = requests.post(
+            f"{url}/dicomweb/studies", data=body, timeout=60,
+            headers={"Content-Type": body.content_type, "Accept": "application/dicom+json", **api},
+        )  # fmt: skip
+        assert stored.status_code == 200, stored.text[:300]
+        [master] = [
+            pid for pid, argv in processes_in(var).items() if any(arg.endswith(b"/gunicorn") for arg in argv[:2])
+            and parent_of(pid) == process.pid
+        ]  # fmt: skip
+        os.kill(master, signal.SIGKILL)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            process.communicate(timeout=60)
+    assert process.returncode == 1, (out, err)
+    assert err.splitlines() == ["gunicorn exited unexpectedly; stopping."], err
+    assert out.splitlines() == ["stopped."], out
+    deadline = time.monotonic() + 30
+    while left := processes_in(var):  # gunicorn's workers leave when they see their master gone
+        assert time.monotonic() < deadline, f"left running: {left}"
+        time.sleep(0.2)
+
+    again = start()
+    try:
+        instance = f"{url}/dicomweb/studies/{study}/series/{series}/instances/{sop}"
+        answer = requests.get(instance, headers={"Accept": "application/dicom", **api}, timeout=30)
+        assert answer.status_code == 200 and answer.content == files[0].read_bytes(), answer.status_code
+    finally:
+        again.send_signal(signal.SIGINT)
+        again.communicate(timeout=60)
+    assert again.returncode == 0
