@@ -87,6 +87,38 @@ def test_malformed_request_line_is_a_json_400(stack: RunningStack, line: bytes) 
     assert_json_error(status, headers, body, 400)
 
 
+def test_a_dot_segment_is_the_json_400_of_a_path_that_is_not_canonical(stack: RunningStack, ct: dict[str, str]) -> None:
+    """A "." segment is a dot segment as ".." is (RFC 3986 3.3, 5.2.4; clients remove them before sending). NGINX
+    routed "/./healthz" as "/healthz" and Python read the raw path: a 404; a DICOMweb path with one was the auth
+    step's 403 "invalid_path", as if the token were refused, and the viewer served it. Each is now the 400 that
+    "..", "//" and a backslash get, before any location, decision or cache."""
+    instance = f"{ct['root']}/studies/{ct['study']}/series/{ct['series']}/instances/{ct['sop']}"
+    key = f"Bearer {stack.stack.api_key}"
+    refused = {"error": "bad_request", "detail": "the request path is not canonical"}
+    failures = []
+    for path in (
+        "/./healthz",
+        "/healthz/.",
+        "/api/v1/./admin/audit",
+        "/viewer/./index.html",
+        "/.",
+        f"{ct['root']}/./studies",
+        f"{ct['root']}/studies/.",
+        f"{instance}/./frames/1",
+        f"{instance}/frames/1/.",
+        f"/t/{ct['token']}/./dicomweb/studies",
+    ):
+        status, headers, body = raw(stack, get(path, Authorization=key) if "/api/" in path else get(path))
+        try:
+            assert (status, assert_json_error(status, headers, body, 400)) == (400, refused)
+        except (AssertionError, ValueError, KeyError) as error:
+            failures.append(f"{path.replace(ct['token'], 'T')}: {error!r}")
+    assert not failures, "\n".join(failures)
+    # a dot inside a segment is no dot segment: UIDs and the viewer's assets keep theirs
+    status, headers, body = raw(stack, get(f"{instance}/metadata"))
+    assert (status, headers["content-type"]) == (200, "application/dicom+json"), body[:200]
+
+
 def test_http09_request_line_is_a_json_400(stack: RunningStack) -> None:
     """A request line without a version that NGINX cannot parse is answered as HTTP/1.1: a status line and JSON."""
     status, headers, body = raw(stack, b"GET *\r\n\r\n")
