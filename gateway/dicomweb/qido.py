@@ -43,6 +43,10 @@ Level = Literal["studies", "series", "instances"]
 LEVELS: dict[str, int] = {"studies": 0, "series": 1, "instances": 2}
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
+# The most codes a ModalitiesInStudy list takes: each is a test of its own on every study read (a LIKE in the SQL),
+# and PS3.3 C.7.3.1.1.1 defines fewer than 128 modalities, retired ones included. A few hundred distinct codes
+# passed SQLite's expression depth (1,000) and the search was a 503 "catalog unavailable" with Retry-After.
+MAX_MODALITY_CODES = 128
 _CONTROL = {"limit", "offset", "fuzzymatching", "includefield"}
 # Matching options PS3.18 defines and we do not support: the search is made without them and, for a ``true``, the
 # response carries a Warning with these words (8.3.4.2, 8.3.4.5, 8.3.4.6).
@@ -266,7 +270,10 @@ def _match(name: str, attr: Attr, values: list[str]) -> Match | None:
             )
         elif any(item.strip("*") == "" for item in items):
             return None  # "*" matches every study, even one with no modality (universal matching)
-        return Match(attr, "in", tuple(dict.fromkeys(items)))
+        codes = tuple(dict.fromkeys(items))
+        if attr.kind == "modalities" and len(codes) > MAX_MODALITY_CODES:
+            raise BadRequest(f"{name}: a list of at most {MAX_MODALITY_CODES} codes ({len(codes)} given)")
+        return Match(attr, "in", codes)
     if attr.vr == "CS" and len(values) > 1:
         # The key repeated is the list of codes, as a comma joins them: dicomweb-client sends a list so
         # (`search_filters={"Modality": ["CT", "MR"]}` is `Modality=CT&Modality=MR`), as UID keys repeated are a list
