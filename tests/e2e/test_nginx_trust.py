@@ -66,3 +66,30 @@ def test_storage_errors_carry_cors(stack: RunningStack, tmp_path: Path) -> None:
     foreign = requests.get(url, headers={"Accept": "application/dicom", "Origin": "https://evil.example"}, timeout=10)
     assert foreign.status_code == 404
     assert "Access-Control-Allow-Origin" not in foreign.headers or foreign.headers["Access-Control-Allow-Origin"] == ""
+
+
+def test_a_scheme_header_from_the_client_is_not_a_contradiction(stack: RunningStack, synthetic: dict[str, Any]) -> None:
+    """``X-Forwarded-Ssl: on`` (what Apache and Rack-era proxies add) or ``X-Forwarded-Protocol: ssl`` from a client
+    or a proxy in front reached gunicorn beside NGINX's own ``X-Forwarded-Proto: http``: gunicorn reads all three
+    (its secure_scheme_headers) and answered everything Python answers (QIDO, metadata, the token API, /readyz)
+    with its HTML 400 "Contradictory scheme headers". NGINX names the scheme alone now; the URLs Python writes
+    keep the gateway's own."""
+    study, series, sop = uids_of(synthetic["ct"][0])
+    token = stack.issue([study])["token"]
+    instance = f"{stack.root(token)}/studies/{study}/series/{series}/instances/{sop}"
+    for spoofed in ({"X-Forwarded-Ssl": "on"}, {"X-Forwarded-Protocol": "ssl"}, {"X-Forwarded-Ssl": "off"}):
+        for url, accept in (
+            (f"{stack.root(token)}/studies/{study}/series", "application/dicom+json"),
+            (f"{instance}/metadata", "application/dicom+json"),
+            (f"{stack.url}/readyz", "application/json"),
+        ):
+            answer = requests.get(url, headers={**spoofed, "Accept": accept}, timeout=30)
+            assert (answer.status_code, answer.headers["Content-Type"]) == (200, accept), (spoofed, answer.text[:200])
+        issued = requests.post(
+            f"{stack.url}/api/v1/tokens",
+            json={"sub": "scheme", "studies": [study]},
+            headers={**stack.api_headers, **spoofed},
+            timeout=30,
+        )
+        assert issued.status_code == 201, (spoofed, issued.text[:200])
+        assert issued.json()["dicomweb_root"].startswith(f"{stack.url}/t/"), issued.json()["dicomweb_root"]
