@@ -289,7 +289,8 @@ class TokenService:
 
 _CLAIM_NAMES = frozenset({"v", "s", "st", "se", "a", "t", "j", "si", "sx"})
 _ACTION_CODES = {"r": frozenset({"read"}), "w": frozenset({"write"}), "rw": frozenset({"read", "write"})}
-_JTI = re.compile(r"[A-Za-z0-9_\-]{1,64}")
+# What a jti is (``secrets.token_urlsafe``): ASCII only, also where an admin names one to revoke
+JTI = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 _MAX_UIDS = 100
 # A session's end lies after the token's issue and within a year of it (``DICOMGW_SESSION_MAX`` caps it far lower).
 # A signed end beyond that (a hand-signed token, an old release) would overflow the date it is shown as: a 500.
@@ -324,12 +325,12 @@ def decode_claims(payload: object, issued: int, max_ttl: int) -> Claims:
     if type(ttl) is not int or ttl <= 0:
         raise TokenInvalid("malformed token claims: lifetime")
     jti = payload.get("j")
-    if not isinstance(jti, str) or not _JTI.fullmatch(jti):
+    if not isinstance(jti, str) or not JTI.fullmatch(jti):
         raise TokenInvalid("malformed token claims: jti")
     session, session_end = payload.get("si"), payload.get("sx")
     if (session is None) != (session_end is None):
         raise TokenInvalid("malformed token claims: session")
-    if session is not None and (not isinstance(session, str) or not _JTI.fullmatch(session)):
+    if session is not None and (not isinstance(session, str) or not JTI.fullmatch(session)):
         raise TokenInvalid("malformed token claims: session")
     if session_end is not None and (type(session_end) is not int or not issued < session_end <= issued + _SESSION_SPAN):
         raise TokenInvalid("malformed token claims: session")

@@ -119,6 +119,23 @@ def test_a_dot_segment_is_the_json_400_of_a_path_that_is_not_canonical(stack: Ru
     assert (status, headers["content-type"]) == (200, "application/dicom+json"), body[:200]
 
 
+def test_a_jti_of_bytes_no_token_holds_is_not_revoked(stack: RunningStack) -> None:
+    """``POST /api/v1/tokens/{jti}/revoke`` with raw bytes outside ASCII in the path (a jti copied with a Cyrillic
+    "а" for the Latin one, fullwidth digits, a byte that is no UTF-8): Python's str.isalnum() took them and the
+    admin got the 204 of a revocation that matches no token, the token still working. A jti is
+    ``[A-Za-z0-9_-]{1,64}``, as the gateway writes it: anything else is the JSON 400 "malformed jti"."""
+    key = f"Authorization: Bearer {stack.stack.api_key}\r\n"
+    issued = stack.issue(["1.2.3"], sub="revoke-bytes")
+    for jti in (issued["jti"].encode()[:-1] + "а".encode(), "１２３".encode(), b"\xff", b"abc\xc3\xa9"):
+        request = b"POST /api/v1/tokens/" + jti + b"/revoke HTTP/1.1\r\nHost: gw\r\n" + key.encode()
+        status, headers, body = raw(stack, request + b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+        assert assert_json_error(status, headers, body, 400) == {"error": "bad_request", "detail": "malformed jti"}, jti
+    # a jti as issued is revoked as before
+    request = f"POST /api/v1/tokens/{issued['jti']}/revoke HTTP/1.1\r\nHost: gw\r\n{key}Content-Length: 0\r\n"
+    status, _, body = raw(stack, request.encode() + b"Connection: close\r\n\r\n")
+    assert (status, body) == (204, b"")
+
+
 def test_http09_request_line_is_a_json_400(stack: RunningStack) -> None:
     """A request line without a version that NGINX cannot parse is answered as HTTP/1.1: a status line and JSON."""
     status, headers, body = raw(stack, b"GET *\r\n\r\n")
