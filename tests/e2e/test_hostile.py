@@ -136,6 +136,36 @@ def test_a_jti_of_bytes_no_token_holds_is_not_revoked(stack: RunningStack) -> No
     assert (status, body) == (204, b"")
 
 
+def test_a_read_with_a_large_body_is_a_json_413_before_it_is_read(stack: RunningStack, ct: dict[str, str]) -> None:
+    """NGINX reads a request's body whole before it proxies a read plan or /healthz, past 1 MB into a temp file: a
+    GET of /healthz (no credential needed) or of a frame with a body of STOW's limit (8 GB) had NGINX write all of
+    it to disk, and a few such requests at once filled the disk the caches and the catalog live on. A read has no use
+    for a body (RFC 9110 9.3.1): past 1 MB, announced or chunked, it is the JSON 413 at once; a smaller one is read in
+    memory and the read answered as before."""
+    instance = f"{ct['root']}/studies/{ct['study']}/series/{ct['series']}/instances/{ct['sop']}"
+    too_large = {"error": "payload_too_large", "detail": "the request body is larger than 1m"}
+    body = b"\0" * (1024 * 1024 + 1)
+    chunked = b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n"
+    for path, accept in (
+        ("/healthz", "*/*"),
+        ("/readyz", "*/*"),
+        (f"{instance}/frames/1", "application/octet-stream"),
+        (instance, "application/dicom"),
+        (f"{instance}/bulkdata/7FE00010", "application/octet-stream"),
+        (f"{ct['root']}/studies/{ct['study']}", 'multipart/related; type="application/dicom"'),
+    ):
+        head = f"GET {path} HTTP/1.1\r\nHost: gw\r\nAccept: {accept}\r\nConnection: close\r\n"
+        for framing, content in ((f"Content-Length: {len(body)}", body), ("Transfer-Encoding: chunked", chunked)):
+            status, headers, answer = raw(stack, f"{head}{framing}\r\n\r\n".encode() + content)
+            assert assert_json_error(status, headers, answer, 413) == too_large, (path, framing)
+    # a body of a few bytes, as some clients send with a GET, is no reason to refuse the read
+    octets = {"Accept": "application/octet-stream"}
+    frame = requests.get(f"{stack.url}{instance}/frames/1", data=b"{}", headers=octets, timeout=30)
+    without = requests.get(f"{stack.url}{instance}/frames/1", headers=octets, timeout=30)
+    assert frame.request.headers["Content-Length"] == "2"
+    assert (frame.status_code, frame.content) == (200, without.content) and len(without.content) == 512 * 512 * 2
+
+
 def test_http09_request_line_is_a_json_400(stack: RunningStack) -> None:
     """A request line without a version that NGINX cannot parse is answered as HTTP/1.1: a status line and JSON."""
     status, headers, body = raw(stack, b"GET *\r\n\r\n")
