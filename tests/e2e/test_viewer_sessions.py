@@ -9,7 +9,11 @@ the half-lifetime at which the viewer renews). Short lifetimes; bounds waited ou
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -20,6 +24,7 @@ from tests.e2e.conftest import uids_of
 from tests.e2e.harness import RunningStack
 from tests.e2e.test_viewer import (  # noqa: F401 - browser is a fixture
     ARTIFACTS,
+    TIMEOUT_MS,
     NetworkLog,
     browser,
     open_page,
@@ -228,4 +233,53 @@ def test_the_largest_token_issued_is_kept_as_the_webview_cookie_and_renewed_in_i
         listed = page.evaluate(f"async () => (await fetch('{listing}')).status")
         assert listed == 200
         token = fresh
+    page.context.close()
+
+
+@contextlib.contextmanager
+def renderers_stopped(browser: Any) -> Iterator[None]:  # noqa: F811 - the fixture from test_viewer
+    """The browser's page processes stopped (SIGSTOP) and then continued: what iOS does to a WebView's process when
+    the phone is locked or the app goes to the background, Android's paused timers likewise. No script, timer or
+    renewal of the page runs meanwhile; the network and the gateway go on."""
+    info = browser.new_browser_cdp_session().send("SystemInfo.getProcessInfo")
+    pids = [entry["id"] for entry in info["processInfo"] if entry["type"] == "renderer"]
+    assert pids
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+
+@pytest.mark.parametrize("stack", ["file"], indirect=True)
+def test_a_phone_locked_past_its_token_says_the_viewer_was_paused_too_long(
+    stack: RunningStack, synthetic: dict[str, Any], browser: Any  # noqa: F811
+) -> None:
+    """A phone locked (the WebView stopped) for longer than its token lives, well within the session: no renewal
+    could run, so the token the page holds has expired and the gateway rightly refuses to renew it. The viewer said
+    "This link has expired ... Study links are valid for a limited time", as at the session's end, which is not what
+    happened; it now says that it was paused too long and how to go on (data-kind stays "expired": the same remedy).
+    A shorter lock is renewed on resume (the page's overdue renewal runs first) and the study stays."""
+    study = study_of(synthetic, "ct")
+    issued = stack.issue([study], ttl=TTL, session_max=120)
+    page = open_page(browser, NetworkLog(), viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    page.goto(issued["viewer_url"])
+    wait_ready(page)
+    with renderers_stopped(browser):
+        time.sleep(2)
+    page.wait_for_timeout(2000)
+    assert page.locator("#error").is_hidden()
+
+    with renderers_stopped(browser):
+        time.sleep(TTL + 2)  # every token the page holds was issued before the stop: each has expired
+    page.wait_for_selector("#error:not([hidden])", timeout=TIMEOUT_MS)
+    assert time.time() < epoch(issued["session_expires_at"])  # the session had time left
+    assert page.get_attribute("#error", "data-kind") == "expired"
+    assert page.inner_text("#error-title") == "The viewer was paused too long"
+    assert page.inner_text("#error-text") == (
+        "While the screen was locked or the app was in the background, the viewer could not keep its link active, "
+        "and the link has expired. Open the study again from your portal. (HTTP 401)"
+    )
     page.context.close()

@@ -1,8 +1,12 @@
 // What the user sees when the link or the gateway fails: a plain sentence and what to do, never a stack trace.
 import { GatewayError } from './dicomweb.js';
+import { lapsed } from './session.js';
 
 const MESSAGES = {
   expired: ['This link has expired', 'Study links are valid for a limited time. Open the study again from your portal to get a new link.'],
+  // the page was stopped (screen locked, app in the background) past its token's renewal, within the session: data-kind
+  // "expired", as the remedy is the same
+  lapsed: ['The viewer was paused too long', 'While the screen was locked or the app was in the background, the viewer could not keep its link active, and the link has expired. Open the study again from your portal.'],
   revoked: ['This link is no longer valid', 'Access through this link was withdrawn or the link is damaged. Open the study again from your portal.'],
   // no credential at all: the token is scrubbed from the address bar, so a reload (or a copied URL) arrives without it
   missing: ['Open the study again from your portal', 'For privacy this page does not keep its link, so a reloaded or copied page cannot show the study.'],
@@ -22,7 +26,8 @@ export function classify(error) {
   if (!(error instanceof GatewayError)) return 'failed';
   const codes = `${error.code} ${error.detail}`;
   if (error.status === 401 && codes.includes('token_missing')) return 'missing';
-  if (error.status === 401) return codes.includes('expired') ? 'expired' : 'revoked';
+  if (error.status === 401 && codes.includes('expired')) return lapsed() ? 'lapsed' : 'expired';
+  if (error.status === 401) return 'revoked';
   if (error.status === 403) return 'forbidden';
   if (error.status === 404) return 'notfound';
   if (error.status === 0 || error.status === 502 || error.status === 503 || error.status === 504) return 'unavailable';
@@ -35,7 +40,7 @@ export function showError(kind, status = null, note = '') {
   const screen = document.getElementById('error');
   document.getElementById('error-title').textContent = title;
   document.getElementById('error-text').textContent = text + (status ? ` (HTTP ${status})` : '') + (note ? ` ${note}` : '');
-  screen.dataset.kind = kind;
+  screen.dataset.kind = kind === 'lapsed' ? 'expired' : kind;
   screen.hidden = false;
   document.getElementById('app').hidden = true;
   document.title = `${title} · DICOM viewer`;

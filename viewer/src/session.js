@@ -6,9 +6,15 @@
 // the image loader's requests (`withCurrentToken` rewrites the `/t/{token}/` prefix of a frame URL registered
 // earlier, so Cornerstone's image ids, and its cache, stay as they are). In the cookie flow (a mobile WebView that
 // opened /api/v1/session) the page holds no token: it posts `{}`, and the gateway renews the HttpOnly cookie itself.
+//
+// A phone that locks its screen or puts the app in the background stops the page (iOS suspends the WebView, Android
+// pauses its timers): no renewal runs meanwhile. On resume the page renews at once if its token is still good; if it
+// expired meanwhile (the session itself had time left) nothing can renew it, and the viewer says that it was paused
+// too long (`lapsed`) rather than that the link's time was up.
 import { GatewayError } from './dicomweb.js';
 
-export const credential = { token: null };
+// expiresAt / sessionEndsAt: this page's clock (ms) when the current token and its session end, from the last renewal
+export const credential = { token: null, expiresAt: null, sessionEndsAt: null };
 
 const RETRY_SECONDS = 5; // a network blip: try again soon, the current token still has time
 
@@ -52,7 +58,15 @@ async function renewOnce() {
  * with the 401 (expired or revoked). `onRenewed(token)` after each renewal.
  */
 export function keepRenewing(onRenewed, onEnd) {
+  let timer = null;
+  let dueAt = Infinity; // when the next renewal is due (this page's clock, ms); Infinity while one runs or none will
+  const later = (seconds) => {
+    dueAt = Date.now() + seconds * 1000;
+    timer = setTimeout(step, seconds * 1000);
+  };
   const step = async () => {
+    clearTimeout(timer);
+    dueAt = Infinity;
     const result = await renewOnce();
     if (result.done) return;
     if (result.error) {
@@ -60,7 +74,7 @@ export function keepRenewing(onRenewed, onEnd) {
       return;
     }
     if (result.retry) {
-      setTimeout(step, result.retry * 1000);
+      later(result.retry);
       return;
     }
     const { token, expires_in: expiresIn, session_expires_in: sessionLeft } = result.body;
@@ -68,8 +82,25 @@ export function keepRenewing(onRenewed, onEnd) {
       credential.token = token; // the cookie flow gets none: the gateway renewed the cookie
       onRenewed(token);
     }
-    const wait = expiresIn >= sessionLeft ? expiresIn + 1 : Math.max(1, expiresIn / 2);
-    setTimeout(step, wait * 1000);
+    const now = Date.now();
+    credential.expiresAt = now + expiresIn * 1000;
+    credential.sessionEndsAt = now + sessionLeft * 1000;
+    later(expiresIn >= sessionLeft ? expiresIn + 1 : Math.max(1, expiresIn / 2));
   };
+  // Back from the background (or the network back): a renewal the paused timers let pass is made now, before the
+  // frames the page asks for next meet an expired token.
+  const resume = () => {
+    if (!document.hidden && Date.now() >= dueAt) step();
+  };
+  document.addEventListener('visibilitychange', resume);
+  window.addEventListener('pageshow', resume);
+  window.addEventListener('online', resume);
   step();
+}
+
+/** Whether the current token expired before its session's end: the page was stopped (a locked phone, an app in the
+ * background) past the moment it had to renew it. */
+export function lapsed() {
+  const now = Date.now();
+  return credential.expiresAt !== null && now >= credential.expiresAt && now < credential.sessionEndsAt;
 }
