@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from gateway.errors import ConfigError
 
@@ -277,14 +277,20 @@ def _s3_url_ok(url: str) -> bool:
     )
 
 
+def _port_ok(parts: SplitResult) -> bool:
+    try:
+        parts.port  # noqa: B018 - a port that is no number, or past 65535, raises here
+    except ValueError:
+        return False
+    return True
+
+
 def _endpoint_ok(url: str) -> bool:
     """``AWS_ENDPOINT_URL``: unset (AWS itself), or ``http(s)://host[:port]`` without ``user:pass@``."""
     if not url:
         return True
     parts = urlsplit(url)
-    try:
-        parts.port  # noqa: B018 - a port that is no number raises here
-    except ValueError:
+    if not _port_ok(parts):
         return False
     return parts.scheme in ("http", "https") and bool(parts.hostname) and "@" not in parts.netloc
 
@@ -385,10 +391,40 @@ def _origin(value: str) -> str:
         or "*" in value
         or "@" in value  # no browser sends a user name or password in Origin
         or value != f"{parts.scheme}://{parts.netloc}"
+        or not _port_ok(parts)
     ):
         shown = "" if "@" in value else f": {value!r}"  # never repeat a user:pass@ an entry held
         raise ConfigError(PREFIX + "CORS_ORIGINS", f"each entry must be an origin such as https://portal.example.org{shown}")
+    sent = _origin_as_sent(parts)
+    if sent != value:
+        # NGINX matches the Origin header exactly (dicomgw.conf.template's map): an entry written otherwise than
+        # browsers serialise the origin (RFC 6454 6.2) was accepted and never allowed a request
+        raise ConfigError(
+            PREFIX + "CORS_ORIGINS",
+            f"{value!r} never matches: browsers send this origin as {sent!r} (host in lower case and ASCII, no "
+            "default port): write that",
+        )
     return value
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+
+def _origin_as_sent(parts: SplitResult) -> str:
+    """The origin as a browser serialises it in ``Origin`` (RFC 6454 6.2, the URL Standard's host): lower case, an
+    internationalised name in its ``xn--`` form, a scheme's default port left out."""
+    host = parts.hostname or ""
+    if not host.isascii():
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            host = "xn--..."  # no ASCII form Python can spell: the message still says which form is meant
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 address keeps its brackets
+    port = parts.port
+    shown_port = "" if port is None or _DEFAULT_PORTS.get(parts.scheme) == port else f":{port}"
+    return f"{parts.scheme}://{host}{shown_port}"
 
 
 def _int(name: str, value: str, minimum: int = 0) -> int:

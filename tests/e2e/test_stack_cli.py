@@ -868,6 +868,26 @@ def test_container_gunicorn_migrates_once_in_the_master(tmp_path: Path) -> None:
             {"DICOMGW_CORS_ORIGINS": "*"},
             "DICOMGW_CORS_ORIGINS: each entry must be an origin such as https://portal.example.org: '*'",
         ),
+        # session 28: NGINX matches Origin exactly, so an entry written otherwise than browsers send it (RFC 6454
+        # 6.2: host in lower case and ASCII, no default port) started a gateway that never allowed that portal
+        (
+            (),
+            {"DICOMGW_CORS_ORIGINS": "https://portal.example.org,https://Viewer.Example.org"},
+            "DICOMGW_CORS_ORIGINS: 'https://Viewer.Example.org' never matches: browsers send this origin as "
+            "'https://viewer.example.org' (host in lower case and ASCII, no default port): write that",
+        ),
+        (
+            (),
+            {"DICOMGW_CORS_ORIGINS": "https://portal.example.org:443"},
+            "DICOMGW_CORS_ORIGINS: 'https://portal.example.org:443' never matches: browsers send this origin as "
+            "'https://portal.example.org' (host in lower case and ASCII, no default port): write that",
+        ),
+        (
+            (),
+            {"DICOMGW_CORS_ORIGINS": "https://klinik-müller.example"},
+            "DICOMGW_CORS_ORIGINS: 'https://klinik-müller.example' never matches: browsers send this origin as "
+            "'https://xn--klinik-mller-klb.example' (host in lower case and ASCII, no default port): write that",
+        ),
         (
             (),
             {"DICOMGW_PUBLIC_URL": "notaurl"},
@@ -888,6 +908,9 @@ def test_container_gunicorn_migrates_once_in_the_master(tmp_path: Path) -> None:
         "s3-prefix-dot-dot",
         "catalog-cannot-open",
         "cors-star",
+        "cors-upper-case-host",
+        "cors-default-port",
+        "cors-unicode-host",
         "public-url",
         "delete-settle-below-bound",
     ],
