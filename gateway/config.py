@@ -198,7 +198,8 @@ ELSEWHERE: dict[str, Variable] = {
         False,
         "",
         "Folder where gunicorn workers keep their metrics so `GET /metrics` sums them (`stack up` sets it); "
-        "standard prometheus_client variable.",
+        "standard prometheus_client variable. An existing folder the gateway can write, checked at start-up "
+        "(never made).",
     ),
 }
 

@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from gateway.config import Settings
+from gateway.config import Settings, env_value
 from gateway.errors import ConfigError, GatewayError
 
 
@@ -76,6 +76,7 @@ def prepare(env: Mapping[str, str] | None = None) -> Settings:
     starts (workers never make them: a folder gone at run time is an outage, not a new empty folder)."""
     settings = check_settings(env)
     check_spool(settings)
+    check_metrics_dir(env)
     migrate(settings)
     create_storage(settings)
     return settings
@@ -92,6 +93,21 @@ def check_spool(settings: Settings) -> None:
         raise StartupError(f"DICOMGW_TMP_DIR: no such folder: {spool}")
     if not os.access(spool, os.W_OK | os.X_OK):
         raise StartupError(f"DICOMGW_TMP_DIR: this user cannot write to {spool}")
+
+
+def check_metrics_dir(env: Mapping[str, str] | None = None) -> None:
+    """``PROMETHEUS_MULTIPROC_DIR``, where each worker keeps its counters (prometheus_client's multiprocess mode),
+    is a folder the workers can write: one that does not exist (a volume not mounted, a typo) started a gateway
+    whose every token decision was a 500, and whose STOW answered 500 after storing the upload. Not made here,
+    as the spool is not: it belongs on a chosen (usually memory) file system."""
+    value = env_value("PROMETHEUS_MULTIPROC_DIR", env)
+    if not value:
+        return  # counters per worker
+    folder = Path(value)
+    if not folder.is_dir():
+        raise StartupError(f"PROMETHEUS_MULTIPROC_DIR: no such folder: {folder}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise StartupError(f"PROMETHEUS_MULTIPROC_DIR: this user cannot write to {folder}")
 
 
 def create_storage(settings: Settings) -> None:

@@ -519,8 +519,6 @@ class Stack:
         main_conf = self.render()
         for stale in ("gunicorn.sock", "storage.sock"):
             (self.run_dir / stale).unlink(missing_ok=True)
-        shutil.rmtree(self.run_dir / "metrics", ignore_errors=True)  # counters start at zero with the stack
-        (self.run_dir / "metrics").mkdir(parents=True)
         env = {**os.environ, **self.gateway_env()}
         gunicorn = Path(sys.executable).with_name("gunicorn")
         self._spawn(
@@ -600,6 +598,8 @@ class Stack:
         from gateway.startup import StartupError, prepare
 
         (self.var_dir / "spool").mkdir(exist_ok=True)  # the default DICOMGW_TMP_DIR, which start-up checks
+        shutil.rmtree(self.run_dir / "metrics", ignore_errors=True)  # counters start at zero with the stack
+        (self.run_dir / "metrics").mkdir(parents=True)  # PROMETHEUS_MULTIPROC_DIR, which start-up checks too
         try:
             prepare({**os.environ, **self.gateway_env()})  # exactly what gunicorn gets
         except StartupError as error:

@@ -844,6 +844,30 @@ def test_container_gunicorn_migrates_once_in_the_master(tmp_path: Path) -> None:
     assert "Traceback" not in bad.stderr and "Booting worker" not in bad.stderr
 
 
+def test_container_gunicorn_refuses_a_metrics_folder_that_does_not_exist(tmp_path: Path) -> None:
+    """README's table: PROMETHEUS_MULTIPROC_DIR is where the workers keep their counters. Set to a folder that does
+    not exist (a volume not mounted), the image's gunicorn started and was ready, then every token decision was a
+    500 and a STOW answered 500 after storing its instance (prometheus_client's FileNotFoundError): now the master
+    stops before any worker, in one line naming the variable; with the folder made, the same command serves."""
+    port = free_port()
+    metrics = tmp_path / "metrics"
+    env = gateway_env(
+        tmp_path,
+        GUNICORN_BIND=f"127.0.0.1:{port}",
+        WEB_CONCURRENCY="1",
+        GUNICORN_THREADS="2",
+        PROMETHEUS_MULTIPROC_DIR=str(metrics),
+        PYTHONPATH=str(REPO),  # this checkout's gateway, whichever one the virtualenv installed
+    )
+    argv = [str(GUNICORN), "--config", str(REPO / "docker" / "gunicorn.conf.py"), "gateway.wsgi:application"]
+    refused = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1
+    assert refused.stderr.splitlines()[-1] == f"dicom-gateway: PROMETHEUS_MULTIPROC_DIR: no such folder: {metrics}"
+    assert "Traceback" not in refused.stderr and "Booting worker" not in refused.stderr
+    metrics.mkdir()
+    _serve_until_ready(argv, env, port, tmp_path)
+
+
 @pytest.mark.parametrize(
     ("flags", "env", "message"),
     [
