@@ -135,8 +135,9 @@ VARIABLES: dict[str, Variable] = {
     "DERIVE_QUEUE_URL": Variable(
         False,
         "",
-        "Empty: derivative jobs go to the catalog's job table (the stack's worker polls it); an SQS queue URL: "
-        "sent there (the AWS deployment's Lambda consumes it).",
+        "Empty: derivative jobs go to the catalog's job table (the stack's worker polls it); an SQS queue URL "
+        "(`https://sqs.REGION.amazonaws.com/ACCOUNT/NAME`, not its name or ARN: checked at start-up): sent there "
+        "(the AWS deployment's Lambda consumes it).",
     ),
     "BULKDATA_THRESHOLD": Variable(
         False,
@@ -354,6 +355,28 @@ def check_public_url(value: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
         raise ConfigError(PREFIX + "PUBLIC_URL", f"must be an http:// or https:// URL with a host: {value!r}")
     return value.rstrip("/")
+
+
+def check_queue_url(value: str) -> str:
+    """``DICOMGW_DERIVE_QUEUE_URL``: empty, or a queue URL as SQS names one (``https://sqs.REGION.amazonaws.com/
+    ACCOUNT/NAME``; ``http://`` for a local SQS-compatible server). A queue's name or ARN was taken, and every
+    upload then logged "derivative not queued: SQS unavailable" while no derivative was ever made."""
+    parts = urlsplit(value)
+    if value and (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or not _port_ok(parts)
+        or not parts.path.strip("/")
+        or "@" in parts.netloc
+        or parts.query
+        or parts.fragment
+    ):
+        shown = "" if "@" in value else f": {value!r}"  # never repeat a user:pass@
+        raise ConfigError(
+            PREFIX + "DERIVE_QUEUE_URL",
+            f"must be an SQS queue URL such as https://sqs.eu-central-1.amazonaws.com/123456789012/derive{shown}",
+        )
+    return value
 
 
 def check_keys(name: str, keys: tuple[str, ...]) -> tuple[str, ...]:
@@ -627,7 +650,7 @@ class Settings:
             stow_overwrite=_flag("STOW_OVERWRITE", values["STOW_OVERWRITE"]),
             derivatives=_flag("DERIVATIVES", values["DERIVATIVES"]),
             derivatives_for_any=_flag("DERIVATIVES_FOR_ANY", values["DERIVATIVES_FOR_ANY"]),
-            derive_queue_url=values["DERIVE_QUEUE_URL"],
+            derive_queue_url=check_queue_url(values["DERIVE_QUEUE_URL"]),
             bulkdata_threshold=_int("BULKDATA_THRESHOLD", values["BULKDATA_THRESHOLD"], 0),
             ingest_processes=_int("INGEST_PROCESSES", values["INGEST_PROCESSES"], 0),
             deid_key=values["DEID_KEY"],

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import signal
 import tempfile
 import threading
@@ -32,6 +34,7 @@ from collections.abc import Generator, Iterator, Mapping
 from contextlib import closing
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, cast
+from urllib.parse import urlsplit
 
 import imagecodecs
 import numpy as np
@@ -100,13 +103,31 @@ class SqsQueue:
         self.url = url
         # Sent inside the STOW request: an SQS outage must cost seconds, not botocore's default minutes.
         quick = Config(connect_timeout=2, read_timeout=2, retries={"max_attempts": 2, "mode": "standard"})
-        self.client = client or boto3.client("sqs", config=quick)
+        self.client = client or boto3.client("sqs", config=quick, **sqs_endpoint(url))
 
     def enqueue(self, sop_uid: str) -> None:
         try:
             self.client.send_message(QueueUrl=self.url, MessageBody=json.dumps({"sop_uid": sop_uid}))
         except Exception:  # noqa: BLE001 - any AWS failure: the upload stands, only its derivative is missing
             log.warning("derivative not queued: SQS unavailable", extra={"sop_uid": sop_uid})
+
+
+def sqs_endpoint(url: str) -> dict[str, str]:
+    """The endpoint and region a queue URL names (``https://sqs.eu-central-1.amazonaws.com/ACCOUNT/NAME``), so the
+    client needs neither AWS_REGION nor AWS_DEFAULT_REGION (without one, every gunicorn worker died at start-up in
+    botocore's NoRegionError) and never follows AWS_ENDPOINT_URL, which names the S3-compatible storage. Another
+    SQS-compatible server (ElasticMQ, moto) takes any region: the environment's, else us-east-1."""
+    parts = urlsplit(url)
+    named = _AWS_SQS_HOST.fullmatch(parts.hostname or "")
+    if named:
+        region = named.group(1) or named.group(2) or "us-east-1"
+    else:
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    return {"endpoint_url": f"{parts.scheme}://{parts.netloc}", "region_name": region}
+
+
+# sqs.REGION.amazonaws.com[.cn], and the legacy REGION.queue.amazonaws.com (queue.amazonaws.com: us-east-1)
+_AWS_SQS_HOST = re.compile(r"(?:sqs\.([a-z0-9-]+)|([a-z0-9-]+)\.queue|queue)\.amazonaws\.com(?:\.cn)?")
 
 
 class Offering:

@@ -629,6 +629,38 @@ def test_s3_storage_that_cannot_answer_says_why_the_stack_did_not_start(
         assert not _processes_mentioning(str(var))
 
 
+def test_a_derivative_queue_url_is_where_jobs_go_without_a_region_set(
+    tmp_path: Path, moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """README's table: `DICOMGW_DERIVE_QUEUE_URL` an SQS queue URL, jobs sent there. Without AWS_REGION or
+    AWS_DEFAULT_REGION (a machine or container that names none: the URL does), every gunicorn worker died at
+    start-up in botocore's NoRegionError, and `stack up` said only `gunicorn exited at start-up: ... Worker ...
+    exited with code 3`. The client now takes the endpoint and region the queue URL names: the stack starts and a
+    STOW's instance is sent to that queue (moto's SQS server here)."""
+    import boto3
+
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    sqs = boto3.client(
+        "sqs", endpoint_url=moto_server.endpoint, region_name="us-east-1", aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )  # fmt: skip
+    queue = sqs.create_queue(QueueName=f"derive-{secrets.token_hex(4)}")["QueueUrl"]
+    [ct] = make_series(tmp_path / "ct", modality="CT", slices=1, seed=75, clean=True)
+    credentials = {name: AWS_TEST_ENV[name] for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    port = free_port()
+    process = _start(tmp_path / "var", port, env={**credentials, "DICOMGW_DERIVE_QUEUE_URL": queue})
+    try:
+        _printed(process)
+        api_key = (tmp_path / "var" / "api.key").read_text().strip()
+        stored = _stow(f"http://127.0.0.1:{port}", api_key, [ct])
+        assert stored.status_code == 200, stored.text
+        [message] = sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=5)["Messages"]
+        assert json.loads(message["Body"]) == {"sop_uid": uids_of(ct)[2]}
+    finally:
+        _stop(process)
+
+
 def _small_seed(var: Path, files: list[Path], study: str) -> None:
     """A seed already generated into ``var/seed`` (what a second `make demo` finds), small enough to be quick."""
     manifest = {"ct_study": study, "wsi_study": study, "files": [str(f) for f in files]}
@@ -912,6 +944,13 @@ def test_container_gunicorn_refuses_a_metrics_folder_that_does_not_exist(tmp_pat
             "DICOMGW_CORS_ORIGINS: 'https://klinik-müller.example' never matches: browsers send this origin as "
             "'https://xn--klinik-mller-klb.example' (host in lower case and ASCII, no default port): write that",
         ),
+        # session 28: a queue's name or ARN was taken, and every upload logged "SQS unavailable", no derivative made
+        (
+            (),
+            {"DICOMGW_DERIVE_QUEUE_URL": "arn:aws:sqs:eu-central-1:123456789012:derive"},
+            "DICOMGW_DERIVE_QUEUE_URL: must be an SQS queue URL such as https://sqs.eu-central-1.amazonaws.com/"
+            "123456789012/derive: 'arn:aws:sqs:eu-central-1:123456789012:derive'",
+        ),
         (
             (),
             {"DICOMGW_PUBLIC_URL": "notaurl"},
@@ -935,6 +974,7 @@ def test_container_gunicorn_refuses_a_metrics_folder_that_does_not_exist(tmp_pat
         "cors-upper-case-host",
         "cors-default-port",
         "cors-unicode-host",
+        "derive-queue-arn",
         "public-url",
         "delete-settle-below-bound",
     ],
