@@ -290,7 +290,9 @@ def token_issue(
             sub=sub, studies=list(studies), series=list(series) or None, actions=actions, ttl=ttl
         )
     except GatewayError as error:
-        raise click.ClickException(error.detail) from None
+        # every value the token rules judge came from a flag: a usage error naming it (exit 2), as click's own
+        # checks of --action and a --ttl that is no number are (it was exit 1, naming the API's field: "ttl ...")
+        raise click.BadParameter(error.detail, param_hint=_token_flags(error.detail)) from None
     try:  # --url prefixes the printed URLs as DICOMGW_PUBLIC_URL does, so it is checked as that is
         given = check_public_url(base_url)
     except ConfigError as error:
@@ -306,6 +308,21 @@ def token_issue(
         **token_urls(issued.token, studies[0], base),
     }
     click.echo(json.dumps(payload, indent=2))
+
+
+# The token rules' refusals name the API's field first (gateway/tokens.py): the flag of `token issue` that gave it.
+_TOKEN_FIELDS = (
+    ("sub ", ["--sub"]),
+    ("studies", ["--study"]),
+    ("at most 100 studies", ["--study"]),
+    ("series", ["--series"]),
+    ("a series-scoped", ["--series"]),
+    ("ttl ", ["--ttl"]),
+)
+
+
+def _token_flags(detail: str) -> list[str]:
+    return next((flags for start, flags in _TOKEN_FIELDS if detail.startswith(start)), ["--study", "--series"])
 
 
 @main.group()

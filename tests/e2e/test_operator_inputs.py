@@ -584,6 +584,29 @@ def test_token_issue_refuses_a_signing_key_the_gateway_refuses(tmp_path: Path) -
     )
 
 
+@pytest.mark.parametrize(
+    ("flags", "flag", "problem"),
+    [
+        (["--ttl", "0"], "'--ttl'", "ttl must be a positive integer number of seconds"),
+        (["--ttl", "86400"], "'--ttl'", "ttl exceeds the maximum of 3600 seconds"),
+        (["--study", "1.2.840.x"], "'--study'", "studies: every entry must be a valid DICOM UID"),
+        (["--series", "1.2.3.4.5", "--study", "1.2.3.9"], "'--series'", "a series-scoped token names exactly one study"),  # noqa: E501
+        (["--series", "1.2.3.4;5"], "'--series'", "series: every entry must be a valid DICOM UID (at most 100)"),
+        (["--sub", "Dr Who"], "'--sub'", "sub must be 1-128 printable ASCII characters without spaces"),
+    ],
+    ids=["ttl-zero", "ttl-over-max", "study", "series-two-studies", "series", "sub"],
+)
+def test_token_issue_with_a_flag_the_token_rules_refuse_is_a_usage_error_naming_it(
+    tmp_path: Path, flags: list[str], flag: str, problem: str
+) -> None:
+    """A value of `token issue` refused by the token rules was exit 1, the status of a failure to sign, in the API's
+    words (`Error: ttl must be ...`, `Error: studies: ...`), while click's own checks of the same command (`--ttl
+    abc`, `--action delete`) are exit 2 naming the flag: every one is now a usage error naming the flag."""
+    env = gateway_env(tmp_path)
+    argv = ["token", "issue", "--study", "1.2.3", *flags]
+    assert _run(argv, env, tmp_path) == (2, "", f"Error: Invalid value for {flag}: {problem}\n")
+
+
 # -- folders and paths -------------------------------------------------------------------------------------------
 
 
