@@ -36,6 +36,23 @@ class Offer:
             return f"{self.part_type}; transfer-syntax={self.transfer_syntax}"
         return self.part_type
 
+    @property
+    def media_range(self) -> str:
+        """The offer as a client names it in an Accept: ``multipart/related; type="image/jpeg";
+        transfer-syntax=...`` or the part's own Content-Type."""
+        if not self.multipart:
+            return self.part_content_type
+        _, _, syntax = self.part_content_type.partition("; ")
+        return f'multipart/related; type="{self.part_type}"' + (f"; {syntax}" if syntax else "")
+
+
+def answered_as(offers: list[Offer]) -> str:
+    """What a 406 says (RFC 9110 15.5.7: the representations there are, so the client can choose): each offer as
+    a client names it, once, in the order offered."""
+    names = list(dict.fromkeys(offer.media_range for offer in offers))
+    listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+    return f"this resource is answered as {listed}"
+
 
 def _split_outside_quotes(value: str, sep: str) -> list[str]:
     parts: list[str] = []
@@ -55,6 +72,8 @@ def _split_outside_quotes(value: str, sep: str) -> list[str]:
 
 # Names of frame media types from before PS3.18 registered them, still sent by clients (dicomweb-client lists both
 # for RLE and JPEG-LS frames): read as the registered name, which is what the answer's Content-Type then says.
+NO_MATCH = "none of the accepted media types can be produced from the stored data (no transcoding)"
+
 _LEGACY_NAMES = {"image/x-dicom-rle": "image/dicom-rle", "image/x-jls": "image/jls"}
 
 
@@ -158,6 +177,6 @@ def negotiate(accept: str, offers: list[Offer], default_on_tie: bool = False) ->
         for offer, q in zip(offers, qualities, strict=True):
             if q == media_range.q and _matches(media_range, offer, default_part):
                 return default if default_on_tie and default_q == q else offer
-    raise NotAcceptable(
-        "none of the accepted media types can be produced from the stored data (no transcoding)"
-    )
+    # it said only "cannot be produced from the stored data": a client asking a study as application/dicom, or a
+    # JPEG 2000 frame as image/jpeg, was not told what it could have
+    raise NotAcceptable(f"{NO_MATCH}: {answered_as(offers)}")

@@ -23,7 +23,7 @@ from gateway import nginx_contract as nginx
 from gateway.dicom.converted import ConvertedReader, frames_converted, is_converted
 from gateway.dicom.frames import FrameIndex
 from gateway.dicom.index import DEFLATED_LE, EXPLICIT_VR_BE, EXPLICIT_VR_LE, NATIVE_SYNTAXES, is_video
-from gateway.dicomweb.accept import Offer, negotiate
+from gateway.dicomweb.accept import NO_MATCH, Offer, negotiate
 from gateway.dicomweb.paths import Target, WadoObject, parse_target, split_token, wado_object
 from gateway.errors import (
     BadRequest,
@@ -443,7 +443,18 @@ class Planner:
         # Only one instance can be a single part.
         syntaxes = sorted({i.transfer_syntax_uid for i in instances})
         single = [Offer("application/dicom", syntaxes[0], False)] if target.instance is not None else []
-        offers = [negotiate(accept, [Offer("application/dicom", syntax, True), *single]) for syntax in syntaxes]
+        try:
+            offers = [negotiate(accept, [Offer("application/dicom", syntax, True), *single]) for syntax in syntaxes]
+        except NotAcceptable:
+            if len(syntaxes) == 1:
+                raise
+            # the 406 of the one syntax refused named that syntax alone, as if the others were not needed too
+            level = "series" if target.series is not None else "study"
+            raise NotAcceptable(
+                f'{NO_MATCH}: this {level} is answered as multipart/related; type="application/dicom", each part in '
+                f"its instance's transfer syntax (PS3.18 8.7.8.2): accept each of {', '.join(syntaxes)}, or "
+                "transfer-syntax=*"
+            ) from None
         if not offers[0].multipart:
             return self.redirect_object(instances[0], if_none_match)
         parts = [(f"application/dicom; transfer-syntax={i.transfer_syntax_uid}", [self._include(i)]) for i in instances]
@@ -612,10 +623,13 @@ class Planner:
         produced (no transcoding)" sent a client asking JPEG frames of a JPEG image after the wrong fault."""
         try:
             return negotiate(accept, self._frame_offers(instance, single))
-        except NotAcceptable:
+        except NotAcceptable as refused:
             if single:
                 raise
-            alone = negotiate(accept, self._frame_offers(instance, True))  # the same 406 if no part type fits either
+            try:
+                alone = negotiate(accept, self._frame_offers(instance, True))
+            except NotAcceptable:
+                raise refused from None  # no part type fits either: the 406 naming the multipart answers there are
             raise NotAcceptable(
                 "several frames are sent as multipart/related only, one part per frame: accept "
                 f'multipart/related; type="{alone.part_type}"'

@@ -19,7 +19,7 @@ from flask import Blueprint, Response, request
 from gateway import fastjson
 from gateway.catalog.deletions import Target
 from gateway.dicomweb import xml
-from gateway.dicomweb.accept import MediaRange, Offer, negotiate, parse_accept
+from gateway.dicomweb.accept import MediaRange, Offer, answered_as, negotiate, parse_accept
 from gateway.dicomweb.multipart import iter_parts, parse_content_type
 from gateway.dicomweb.paths import wado_object
 from gateway.dicomweb.qido import parse_qido
@@ -104,8 +104,7 @@ def accepted(offers: list[Offer]) -> Offer:
 def not_acceptable_detail(offers: list[Offer]) -> str:
     """The 406's detail: the representations the resource has (NGINX answers a STOW's 406 from the request's head
     in these words for ``STOW_OFFERS``, dicomgw.conf's $dgw_error_detail)."""
-    names = [f'multipart/related; type="{o.part_type}"' if o.multipart else o.part_type for o in offers]
-    return f"this resource is answered as {', '.join(names[:-1])} or {names[-1]}"
+    return answered_as(offers)
 
 
 def dicom_xml(datasets: list[dict[str, Any]], multipart: bool) -> Response:

@@ -340,13 +340,16 @@ def test_several_frames_in_a_single_part_type_are_a_406_that_says_multipart(root
     assert asked.headers["Content-Type"].startswith('multipart/related; type="image/jpeg"; boundary=')
     one = requests.get(f"{url}/frames/2", headers={"Accept": "image/jpeg"}, timeout=30)
     assert (one.status_code, one.headers["Content-Type"]) == (200, "image/jpeg; transfer-syntax=1.2.840.10008.1.2.4.50")
-    # a type the frames are not in is still the generic refusal
+    # a type the frames are not in is the generic refusal, naming what the frames are answered as
     png = requests.get(f"{url}/frames/1,2", headers={"Accept": "image/png"}, timeout=30)
+    baseline = "transfer-syntax=1.2.840.10008.1.2.4.50"
     assert_json_error(
         png,
         406,
         "not_acceptable",
-        "none of the accepted media types can be produced from the stored data (no transcoding)",
+        "none of the accepted media types can be produced from the stored data (no transcoding): this resource is "
+        f'answered as multipart/related; type="image/jpeg"; {baseline} or multipart/related; '
+        f'type="application/octet-stream"; {baseline}',
     )
 
 

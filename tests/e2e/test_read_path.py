@@ -403,6 +403,58 @@ def test_retrieve_of_a_study_in_two_syntaxes_takes_an_accept_naming_both(stack: 
         assert requests.get(url, headers={**stack.api_headers, "Accept": one}, timeout=60).status_code == 406
 
 
+def test_a_406_names_the_representations_there_are(stack: RunningStack, tmp_path: Path) -> None:
+    """RFC 9110 15.5.7: a 406 lists the representations the resource has, so the client can choose. A study asked
+    for as `application/dicom` (curl's and many scripts' first try: a study is multipart only), a JPEG frame as
+    `image/jp2` and a mixed study naming one of its syntaxes were all a 406 "none of the accepted media types can
+    be produced from the stored data (no transcoding)", which named nothing to ask for instead; now the detail
+    names each representation as a client writes it in an Accept, and the first one named is served."""
+    from pydicom.data import get_testdata_file
+
+    [native] = make_series(tmp_path, modality="CT", slices=1, rows=64, columns=64, seed=166, clean=True)
+    dataset = pydicom.dcmread(native)
+    jpeg = pydicom.dcmread(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm"))
+    jpeg.StudyInstanceUID = dataset.StudyInstanceUID
+    jpeg.SeriesInstanceUID, jpeg.SOPInstanceUID = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    jpeg.save_as(tmp_path / "jpeg.dcm", enforce_file_format=True)
+    assert stack.stow([native]).status_code == 200
+    study = f"{stack.url}/dicomweb/studies/{dataset.StudyInstanceUID}"
+    headers = stack.api_headers
+    refused = "none of the accepted media types can be produced from the stored data (no transcoding): "
+
+    def refusal(url: str, accept: str) -> str:
+        answer = requests.get(url, headers={**headers, "Accept": accept}, timeout=60)
+        assert (answer.status_code, answer.headers["Content-Type"]) == (406, "application/json"), answer.text[:300]
+        assert answer.json()["error"] == "not_acceptable"
+        detail: str = answer.json()["detail"]
+        assert detail.startswith(refused), detail
+        return detail[len(refused) :]
+
+    native_retrieve = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1'
+    assert refusal(study, "application/dicom") == f"this resource is answered as {native_retrieve}"
+    assert requests.get(study, headers={**headers, "Accept": native_retrieve}, timeout=60).status_code == 200
+
+    assert stack.stow([tmp_path / "jpeg.dcm"]).status_code == 200
+    frame = f"{study}/series/{jpeg.SeriesInstanceUID}/instances/{jpeg.SOPInstanceUID}/frames/1"
+    baseline = "transfer-syntax=1.2.840.10008.1.2.4.50"
+    assert refusal(frame, "image/jp2") == (
+        f'this resource is answered as multipart/related; type="image/jpeg"; {baseline}, '
+        f'multipart/related; type="application/octet-stream"; {baseline}, image/jpeg; {baseline} '
+        f"or application/octet-stream; {baseline}"
+    )
+    served = requests.get(frame, headers={**headers, "Accept": f'multipart/related; type="image/jpeg"; {baseline}'})
+    assert served.status_code == 200
+    assert [kind for kind, _ in parse_multipart(served)] == [f"image/jpeg; {baseline}"]
+
+    # a study of two syntaxes needs both named: the 406 of one named the other alone
+    mixed = refusal(study, native_retrieve)
+    assert mixed == (
+        'this study is answered as multipart/related; type="application/dicom", each part in its instance\'s '
+        "transfer syntax (PS3.18 8.7.8.2): accept each of 1.2.840.10008.1.2.1, 1.2.840.10008.1.2.4.50, "
+        "or transfer-syntax=*"
+    )
+
+
 def test_metadata_levels_relative_bulkdata_etag_gzip(
     stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]
 ) -> None:

@@ -11,6 +11,12 @@ from gateway.errors import NotAcceptable
 JPEG = "1.2.840.10008.1.2.4.50"
 EXPLICIT = "1.2.840.10008.1.2.1"
 NO_MATCH = "none of the accepted media types can be produced from the stored data (no transcoding)"
+# the frames' 406 names each representation as an Accept names it (RFC 9110 15.5.7)
+FRAMES_NO_MATCH = (
+    f'{NO_MATCH}: this resource is answered as multipart/related; type="image/jpeg"; transfer-syntax={JPEG}, '
+    f'multipart/related; type="application/octet-stream"; transfer-syntax={JPEG}, '
+    f"image/jpeg; transfer-syntax={JPEG} or application/octet-stream; transfer-syntax={JPEG}"
+)
 
 # what Planner._frame_offers builds for a single JPEG frame
 FRAME_OFFERS = [
@@ -131,7 +137,7 @@ def test_negotiate_frames(accept: str, expected: Offer) -> None:
 def test_negotiate_frames_not_acceptable(accept: str) -> None:
     with pytest.raises(NotAcceptable) as caught:
         negotiate(accept, FRAME_OFFERS)
-    assert caught.value.detail == NO_MATCH
+    assert caught.value.detail == FRAMES_NO_MATCH
     assert caught.value.status == 406
 
 
