@@ -35,6 +35,7 @@ from gateway import nginx_contract as nginx
 from gateway import report
 from gateway.dicom import codecs
 from gateway.dicom.converted import ConvertedReader, frames_converted, is_converted
+from gateway.dicom.index import ENCAPSULATED_UNCOMPRESSED_LE
 from gateway.dicom.model import MAX_DECODED_PIXELS
 from gateway.dicomweb import xml
 from gateway.dicomweb.accept import Offer, negotiate
@@ -87,7 +88,6 @@ _TEXT_OFFERS = [Offer("text/html", "*", False), Offer("text/plain", "*", False),
 # makes the page an opaque origin even if one were not), and it cannot submit or be re-based.
 REPORT_CSP = "default-src 'none'; sandbox; base-uri 'none'; form-action 'none'"
 _FUNCTIONS = {"LINEAR": "LINEAR", "LINEAR_EXACT": "LINEAR_EXACT", "SIGMOID": "SIGMOID"}
-ENCAPSULATED_UNCOMPRESSED = "1.2.840.10008.1.2.1.98"
 
 
 def _frame_bytes(services: Services, cached: Any, frame: int, metadata: Mapping[str, Any]) -> tuple[bytes, str]:
@@ -111,7 +111,7 @@ def _frame_bytes(services: Services, cached: Any, frame: int, metadata: Mapping[
     # each item of Encapsulated Uncompressed Explicit VR Little Endian holds one frame's native pixels (PS3.5
     # A.4.11), which pydicom has no decoder for under that name: a 406 for an image any viewer shows
     syntax = cached.transfer_syntax_uid
-    return data, ExplicitVRLittleEndian if syntax == ENCAPSULATED_UNCOMPRESSED else syntax
+    return data, ExplicitVRLittleEndian if syntax == ENCAPSULATED_UNCOMPRESSED_LE else syntax
 
 
 def _first_item(element: Any, index: int = 0) -> Mapping[str, Any]:

@@ -199,14 +199,28 @@ def native_index(
         raise DicomError("Rows, Columns, Samples per Pixel or Bits Allocated are missing or invalid")
     if number_of_frames <= 0:
         raise DicomError("Number of Frames must be a positive integer")
-    # PS3.5 8.2.1 / PS3.3 C.7.6.3.1.2: YBR_FULL_422 native data carries two samples per pixel, not three.
-    samples2 = 4 if photometric == "YBR_FULL_422" and samples_per_pixel == 3 else 2 * samples_per_pixel
-    frame_length = rows * columns * samples2 * bits_allocated // 16
+    frame_length = native_frame_length(rows, columns, samples_per_pixel, bits_allocated, photometric)
     if frame_length * number_of_frames > value_length:
         raise DicomError(
             f"Pixel Data holds {value_length} bytes, fewer than {number_of_frames} frame(s) of {frame_length}"
         )
     return FrameIndex.native(value_offset, frame_length, number_of_frames)
+
+
+def native_frame_length(rows: int, columns: int, samples_per_pixel: int, bits_allocated: int, photometric: str) -> int:
+    """The bytes one uncompressed frame holds (Bits Allocated a multiple of 8, or 1 with whole bytes)."""
+    # PS3.5 8.2.1 / PS3.3 C.7.6.3.1.2: YBR_FULL_422 native data carries two samples per pixel, not three.
+    samples2 = 4 if photometric == "YBR_FULL_422" and samples_per_pixel == 3 else 2 * samples_per_pixel
+    return rows * columns * samples2 * bits_allocated // 16
+
+
+def unpadded_fragments(items: Sequence[tuple[int, int]], frame_length: int) -> list[tuple[int, int]]:
+    """Encapsulated Uncompressed Explicit VR Little Endian's items (PS3.5 A.4.11: one frame a fragment, a frame
+    of odd length followed by a padding byte) with each such fragment's length cut to the frame's: the pad is no
+    pixel, and a frame of a 3 x 3 8-bit image is 9 bytes as a native one's is (it was served as 10)."""
+    if frame_length <= 0 or frame_length % 2 == 0:
+        return list(items)
+    return [items[0], *((offset, frame_length if n == frame_length + 1 else n) for offset, n in items[1:])]
 
 
 def stream_index(items: Sequence[tuple[int, int]]) -> FrameIndex | None:

@@ -25,7 +25,14 @@ from pydicom.sequence import Sequence as PydicomSequence
 
 from gateway.dicom import metadata as meta_json
 from gateway.dicom import qido_attrs
-from gateway.dicom.frames import FrameIndex, encapsulated_index, native_index, stream_index
+from gateway.dicom.frames import (
+    FrameIndex,
+    encapsulated_index,
+    native_frame_length,
+    native_index,
+    stream_index,
+    unpadded_fragments,
+)
 from gateway.dicom.model import BulkRange, IndexedInstance, PixelFormat
 from gateway.dicom.walker import (
     EXTENDED_OFFSET_TABLE,
@@ -46,6 +53,9 @@ IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 DEFLATED_LE = "1.2.840.10008.1.2.1.99"
 EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
+# each frame's native little-endian pixels in one fragment (PS3.5 A.4.11): the bytes of an Explicit VR Little Endian
+# frame, which is how its frames are served (gateway.dicomweb.wado.bulk_syntax) and rendered
+ENCAPSULATED_UNCOMPRESSED_LE = "1.2.840.10008.1.2.1.98"
 NATIVE_SYNTAXES = frozenset({IMPLICIT_VR_LE, EXPLICIT_VR_LE, DEFLATED_LE, EXPLICIT_VR_BE})
 # Private transfer syntaxes whose data set is not explicit VR little endian, as every other syntax's is (PS3.5 A.4):
 # read as that, each was refused for "an invalid VR ... the transfer syntax says explicit VR", which it does not
@@ -461,9 +471,12 @@ def _frame_index(
             for el in elements
             if el.tag in (EXTENDED_OFFSET_TABLE, EXTENDED_OFFSET_TABLE_LENGTHS)
         }
+        fragments = pixel.fragments
+        if ts == ENCAPSULATED_UNCOMPRESSED_LE:
+            fragments = unpadded_fragments(fragments, _native_frame_length(ds))
         return encapsulated_index(
             fp,
-            pixel.fragments,
+            fragments,
             number_of_frames,
             extended_offsets=eot.get(EXTENDED_OFFSET_TABLE),
             extended_lengths=eot.get(EXTENDED_OFFSET_TABLE_LENGTHS),
@@ -473,10 +486,23 @@ def _frame_index(
     return native_index(
         value_offset=pixel.offset,
         value_length=pixel.length,
-        rows=_int_or_none(_get(ds, "Rows")) or 0,
-        columns=_int_or_none(_get(ds, "Columns")) or 0,
-        samples_per_pixel=_int_or_none(_get(ds, "SamplesPerPixel")) or 1,
-        bits_allocated=_int_or_none(_get(ds, "BitsAllocated")) or 0,
+        **_image_pixel(ds),
         number_of_frames=number_of_frames,
-        photometric=str(_get(ds, "PhotometricInterpretation") or ""),
     )
+
+
+def _image_pixel(ds: Dataset) -> dict[str, Any]:
+    """The Image Pixel attributes that give a native frame's length (``native_index``'s keywords)."""
+    return {
+        "rows": _int_or_none(_get(ds, "Rows")) or 0,
+        "columns": _int_or_none(_get(ds, "Columns")) or 0,
+        "samples_per_pixel": _int_or_none(_get(ds, "SamplesPerPixel")) or 1,
+        "bits_allocated": _int_or_none(_get(ds, "BitsAllocated")) or 0,
+        "photometric": str(_get(ds, "PhotometricInterpretation") or ""),
+    }
+
+
+def _native_frame_length(ds: Dataset) -> int:
+    """A native frame's bytes; 0 when Bits Allocated is no whole number of bytes (1-bit frames: nothing to cut)."""
+    pixel = _image_pixel(ds)
+    return native_frame_length(**pixel) if pixel["bits_allocated"] % 8 == 0 else 0

@@ -22,7 +22,14 @@ from urllib.parse import parse_qs
 from gateway import nginx_contract as nginx
 from gateway.dicom.converted import ConvertedReader, frames_converted, is_converted
 from gateway.dicom.frames import FrameIndex
-from gateway.dicom.index import DEFLATED_LE, EXPLICIT_VR_BE, EXPLICIT_VR_LE, NATIVE_SYNTAXES, is_video
+from gateway.dicom.index import (
+    DEFLATED_LE,
+    ENCAPSULATED_UNCOMPRESSED_LE,
+    EXPLICIT_VR_BE,
+    EXPLICIT_VR_LE,
+    NATIVE_SYNTAXES,
+    is_video,
+)
 from gateway.dicomweb.accept import NO_MATCH, Offer, negotiate
 from gateway.dicomweb.paths import Target, WadoObject, parse_target, split_token, wado_object
 from gateway.errors import (
@@ -95,9 +102,13 @@ def bulk_syntax(stored: str) -> str:
     implicit VR file holds exactly those bytes (VR encoding only changes element headers), so they are served as
     such, never under the file's own syntax, which made ``transfer-syntax=1.2.840.10008.1.2.1`` a 406 and which
     PS3.18 8.7.3 says "shall not be used with Web Services". Big-endian and deflated files' values are converted
-    to those bytes (``gateway.dicom.converted``). Retrieve (P10) still names the file's syntax (we never
-    transcode)."""
-    return NATIVE_TS if stored == IMPLICIT_TS or is_converted(stored) else stored
+    to those bytes (``gateway.dicom.converted``). Encapsulated Uncompressed's frames are those bytes too, one a
+    fragment (PS3.5 A.4.11; their pad cut at ingest): named by their own syntax, a client asking Explicit VR Little
+    Endian had a 406 (Orthanc names them so), and older Cornerstone image loaders know no decoder by that name. Retrieve
+    (P10) still names the file's syntax (we never transcode)."""
+    if stored in (IMPLICIT_TS, ENCAPSULATED_UNCOMPRESSED_LE) or is_converted(stored):
+        return NATIVE_TS
+    return stored
 
 
 PIXEL_DATA_PATH = "7FE00010"  # the bulkdata path of the top-level Pixel Data

@@ -455,6 +455,53 @@ def test_a_406_names_the_representations_there_are(stack: RunningStack, tmp_path
     )
 
 
+def test_encapsulated_uncompressed_frames_are_explicit_little_endian_without_their_pad(
+    stack: RunningStack, tmp_path: Path
+) -> None:
+    """Encapsulated Uncompressed Explicit VR Little Endian (1.2.840.10008.1.2.1.98, PS3.5 A.4.11) holds each frame's
+    native pixels in one fragment, a frame of odd length followed by a pad byte. Its 15-byte frames (3 x 5, 8 bits)
+    were served as the 16-byte fragments, pad included, and named by the file's syntax, so `transfer-syntax=
+    1.2.840.10008.1.2.1` (which Orthanc answers, naming its frames so) was a 406, and Cornerstone's older image
+    loaders had no decoder for the name. They are now the frames' 15 bytes, named Explicit VR Little Endian, as
+    rendering already read them."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+
+    frames = [bytes(range(1 + 20 * n, 16 + 20 * n)) for n in range(2)]
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1.98"
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    ds.Modality, ds.PatientID = "OT", "ENCAPSULATED-UNCOMPRESSED"
+    ds.Rows, ds.Columns, ds.NumberOfFrames, ds.SamplesPerPixel = 3, 5, 2, 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = encapsulate(frames, has_bot=True)
+    ds["PixelData"].VR = "OB"
+    ds.save_as(tmp_path / "encapsulated.dcm", enforce_file_format=True)
+    assert stack.stow([tmp_path / "encapsulated.dcm"]).status_code == 200
+    url = f"{stack.url}/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+    url += f"/instances/{ds.SOPInstanceUID}/frames"
+    explicit = "transfer-syntax=1.2.840.10008.1.2.1"
+
+    one = requests.get(f"{url}/1", headers={**stack.api_headers, "Accept": "application/octet-stream"}, timeout=30)
+    assert (one.status_code, one.headers["Content-Type"]) == (200, f"application/octet-stream; {explicit}")
+    assert one.content == frames[0]
+    tail = requests.get(
+        f"{url}/2", headers={**stack.api_headers, "Accept": "application/octet-stream", "Range": "bytes=-2"}, timeout=30
+    )
+    assert (tail.status_code, tail.headers["Content-Range"], tail.content) == (206, "bytes 13-14/15", frames[1][-2:])
+    named = requests.get(
+        f"{url}/2,1",
+        headers={**stack.api_headers, "Accept": f'multipart/related; type="application/octet-stream"; {explicit}'},
+        timeout=30,
+    )
+    assert named.status_code == 200, named.text[:300]
+    assert parse_multipart(named) == [(f"application/octet-stream; {explicit}", f) for f in (frames[1], frames[0])]
+
+
 def test_metadata_levels_relative_bulkdata_etag_gzip(
     stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]
 ) -> None:
