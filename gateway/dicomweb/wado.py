@@ -147,7 +147,7 @@ def _why_no_frames(instance: CachedInstance) -> str:
             "its compressed frames cannot be told apart: no offset table with an entry for each frame, and fragments "
             "that do not each start one"
         )
-    return "it has no pixel data, or 1-bit frames that do not start on a byte boundary"
+    return "its 1-bit frames do not start on a byte boundary"
 
 
 def _decode_bulkdata(value: Any) -> dict[str, tuple[int, int]]:
@@ -542,8 +542,12 @@ class Planner:
             raise BadRequest("at most 1000 frame numbers per request")
         numbers = [parse_int(n, "frame number", low=1) for n in items]
         converted = self._converts_frames(instance)
+        if instance.number_of_frames == 0 and instance.frames is None:
+            # a report's, a PDF's, a waveform's: it said "cannot be served as stored byte ranges (it has no pixel
+            # data, or 1-bit frames that do not start on a byte boundary)", sending users looking for a broken file
+            raise FramesNotServable("this instance has no pixel data, so no frames: retrieve the instance instead")
         if not self._has_frames(instance):
-            why = "it has no pixel data" if self._converts(instance) else _why_no_frames(instance)
+            why = _why_no_frames(instance)
             raise FramesNotServable(
                 f"frames of this instance cannot be served as stored byte ranges ({why}); retrieve the instance instead"
             )

@@ -1384,6 +1384,17 @@ def test_an_encapsulated_pdf_renders_as_itself_and_its_document_is_its_bulkdata(
     no_pixels = "this instance has no pixel data: it is no image to render"
     frame = requests.get(f"{instance}/frames/1/rendered", timeout=30)
     assert (frame.status_code, frame.json()["detail"]) == (406, no_pixels)
+    # its frames: it said "cannot be served as stored byte ranges (it has no pixel data, or 1-bit frames that do
+    # not start on a byte boundary)", a fault of the file it does not have
+    frames = requests.get(f"{instance}/frames/1", timeout=30)
+    assert (frames.status_code, frames.headers["Content-Type"], frames.json()) == (
+        406,
+        "application/json",
+        {
+            "error": "frames_not_servable",
+            "detail": "this instance has no pixel data, so no frames: retrieve the instance instead",
+        },
+    )
     [metadata] = requests.get(f"{instance}/metadata", timeout=30).json()
     uri = metadata["00420011"]["BulkDataURI"]
     bulk = requests.get(uri, headers={"Accept": "application/octet-stream"}, timeout=30)
