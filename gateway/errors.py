@@ -289,11 +289,14 @@ def all_codes() -> set[str]:
 def to_auth_answer(error: GatewayError) -> tuple[int, list[tuple[str, str]]]:
     """The same error as an ``auth_request`` answer: NGINX passes only 401 and 403 on (a malformed path is a
     refusal too) and turns 500 into its JSON 503, so a 5xx (e.g. the catalog is down) is never a cached refusal.
-    The code travels in ``X-Dgw-Error`` for the JSON body NGINX writes; there is no body here."""
+    The code and the detail travel in ``X-Dgw-Error`` and ``X-Dgw-Error-Detail`` for the JSON body NGINX writes, the
+    body ``to_response`` writes (a client met two shapes of 401: NGINX's said ``{"error": "unauthorized", "detail":
+    "token_expired"}``); there is no body here. The detail is JSON-escaped ASCII, written into that body as it is."""
     status = 401 if isinstance(error, Unauthorized) else 403
     if error.status >= 500:
         status = 500
-    headers = [(nginx.ERROR, error.code), ("Content-Length", "0")]
+    detail = json.dumps(error.detail)[1:-1]
+    headers = [(nginx.ERROR, error.code), (nginx.ERROR_DETAIL, detail), ("Content-Length", "0")]
     if isinstance(error, InvalidPath):
         # NGINX keeps a decision per series (every path below it shares one): a refusal of this path's own shape
         # (an instance segment that is no UID) kept there refused every read of the series for seconds

@@ -46,6 +46,7 @@ JTI = "X-Dgw-Jti"  # the token id, for the audit log
 STUDY = "X-Dgw-Study"  # the study the request names, for the audit log
 VIA = "X-Dgw-Via"  # which transports carried the deciding credentials (path, query, bearer, api-key, cookie)
 ERROR = "X-Dgw-Error"  # why auth refused: the error code NGINX writes into its JSON body
+ERROR_DETAIL = "X-Dgw-Error-Detail"  # and the detail, JSON-escaped: the body of Python's own answer to the same error
 ACCEPT_RANGES = "X-Dgw-Accept-Ranges"  # SSI drops Accept-Ranges; a plan that honours Range says so here
 FRAME_RANGES = "X-Dgw-Frame-Ranges"  # a block plan's table of its frames' byte ranges, read by a map (never sent)
 GENERATION = "X-Dgw-Generation"  # the study's deletion generation: part of the plan-cache key (gateway.lifecycle)
@@ -56,7 +57,7 @@ SIZE = "X-Dgw-Size"
 IF_NONE_MATCH = "X-Dgw-If-None-Match"
 
 TO_PYTHON = (RANGE, AUTH_CACHE)
-FROM_PYTHON = (SUB, JTI, STUDY, VIA, ERROR, ACCEPT_RANGES, GENERATION, FRAME_RANGES, SIZE, IF_NONE_MATCH)
+FROM_PYTHON = (SUB, JTI, STUDY, VIA, ERROR, ERROR_DETAIL, ACCEPT_RANGES, GENERATION, FRAME_RANGES, SIZE, IF_NONE_MATCH)
 LOCATIONS = (AUTH, PLAN, FRAME, BLOCK, ABORT, SEGMENT, WHOLE_SEGMENT, FILE, OBJECT, CONVERTED, ERROR_PAGE)
 
 

@@ -35,8 +35,9 @@ _SEEDS = itertools.count(1100)  # one synthetic study per test, unique within th
 def assert_refused(answer: requests.Response, status: int, code: str) -> None:
     assert answer.status_code == status, (answer.status_code, answer.text[:300])
     assert answer.headers["Content-Type"] == "application/json"
-    error = "unauthorized" if status == 401 else "forbidden"
-    assert answer.json() == {"error": error, "detail": code}
+    # the auth step's refusal, as Python writes it: the error's own code and its detail
+    body = answer.json()
+    assert (body["error"], set(body), type(body["detail"])) == (code, {"error", "detail"}, str), body
 
 
 def study_uids(answer: requests.Response) -> set[str]:
@@ -470,7 +471,8 @@ def test_an_encoded_token_parameter_is_no_token(stack: RunningStack, ct: tuple[s
     study, series, _ = ct
     token = stack.issue([study])["token"]
     path = f"/dicomweb/studies/{study}/series/{series}/instances"
-    missing = {"error": "unauthorized", "detail": "token_missing"}
+    missing = {"error": "token_missing", "detail": "no token in the path, the query, the Authorization header"
+               " or the cookie"}
     for uri in (f"{path}?%74oken={token}", f"{path}?tok%65n={token}", path):
         status, content_type, body = raw_get(stack, uri)
         assert (status, content_type, json.loads(body)) == (401, "application/json", missing), uri

@@ -105,4 +105,4 @@ def test_a_study_level_includefield_never_takes_another_patients_values(
     ):
         refused = requests.get(f"{b_root}/{path}", headers={"Accept": "*/*"}, timeout=30)
         assert (refused.status_code, refused.headers["Content-Type"]) == (403, "application/json"), path
-        assert refused.json() == {"error": "forbidden", "detail": "out_of_scope"}
+        assert refused.json()["error"] == "out_of_scope", path

@@ -84,7 +84,7 @@ def test_two_nodes_share_uploads_revocations_and_deletes(
     assert answer.status_code == 204
     time.sleep(REFRESH + AUTH_CACHE + 1)  # the documented bound, waited out
     refused = requests.get(url, headers=headers, timeout=30)
-    assert refused.status_code == 401 and refused.json()["error"] == "unauthorized"
+    assert refused.status_code == 401 and refused.json()["error"] == "token_revoked"
 
     # a delete on node 2 stops node 1, where NGINX cached the decision and every plan before it
     specs = reads(node1.root(token), files[0])

@@ -201,7 +201,7 @@ def test_reads_during_an_s3_outage_are_json_503s_and_served_again_after(
         # the auth step still answers first: no credential is a 401, not news of the outage
         path, headers = data.reads["frame"]
         anonymous = fetch(stack, "/dicomweb/" + path.split("/dicomweb/", 1)[1], headers)
-        assert (anonymous.status, json.loads(anonymous.body)["error"]) == (401, "unauthorized")
+        assert (anonymous.status, json.loads(anonymous.body)["error"]) == (401, "token_missing")
         # a frame never asked for before (no plan cached), asked during the outage: refused, and served after
         fresh = data.reads["frame"][0].replace("/frames/3", "/frames/7")
         assert_json_503("uncached frame", fetch(stack, fresh, {}))

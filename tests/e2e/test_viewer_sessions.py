@@ -77,7 +77,7 @@ def test_session_outlives_its_first_token_then_stops_at_session_max(
     wait_until(epoch(issued["expires_at"]) + 1)
     first = requests.get(f"{stack.root(issued['token'])}/studies/{study}/series", timeout=10)
     assert first.status_code == 401
-    assert first.json() == {"error": "unauthorized", "detail": "token_expired"}
+    assert first.json() == {"error": "token_expired", "detail": "token expired"}
     ct_b_series = uids_of(synthetic["ct_b"][0])[1]
     page.click(f"#series button[data-uid='{ct_b_series}']")
     page.wait_for_selector(f"#viewport[data-state=ready][data-series='{ct_b_series}']")

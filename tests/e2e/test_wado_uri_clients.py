@@ -112,17 +112,17 @@ def test_weasis_require_only_sop_instance_uid_is_served_in_scope_only(
         answer = get(stack, token, transport, query)
         assert (answer.status_code, answer.content) == (200, files["ct"].read_bytes()), query
     # outside the token's scope: the full form's 403, and the same for the UID alone (nothing more, nothing less)
-    full = assert_json(get(stack, token, transport, weasis(files["mr"], only_sop=False)), 403, "forbidden")
-    alone = assert_json(get(stack, token, transport, weasis(files["mr"], only_sop=True)), 403, "forbidden")
-    assert full == {"error": "forbidden", "detail": "out_of_scope"}
+    full = assert_json(get(stack, token, transport, weasis(files["mr"], only_sop=False)), 403, "out_of_scope")
+    alone = assert_json(get(stack, token, transport, weasis(files["mr"], only_sop=True)), 403, "out_of_scope")
+    assert full == {"error": "out_of_scope", "detail": "object outside the token's scope"}
     assert alone == full
     # a UID stored nowhere answers as one stored outside the scope: a token cannot probe which UIDs exist
     nowhere = "requestType=WADO&studyUID=&seriesUID=&objectUID=1.2.3.999&contentType=application%2Fdicom"
-    assert assert_json(get(stack, token, transport, nowhere), 403, "forbidden") == full
+    assert assert_json(get(stack, token, transport, nowhere), 403, "out_of_scope") == full
     # a study of the token named beside an object stored in another study lends it no scope
     mr_sop = uids_of(files["mr"])[2]
     lent = f"requestType=WADO&studyUID={study}&seriesUID=&objectUID={mr_sop}&contentType=application%2Fdicom"
-    assert assert_json(get(stack, token, transport, lent), 403, "forbidden") == full
+    assert assert_json(get(stack, token, transport, lent), 403, "out_of_scope") == full
 
 
 def test_the_access_audit_names_the_study_of_an_object_named_alone(
@@ -194,7 +194,7 @@ def test_horos_requests(stack: RunningStack, token: str, files: dict[str, Path],
         assert answer.content == files["rgb2"].read_bytes()
     # its "test the server" request: a study the token does not reach
     probe = "requestType=WADO&studyUID=1&seriesUID=1&objectUID=1&contentType=application/dicom&useOrig=true"
-    assert_json(get(stack, token, transport, probe), 403, "forbidden")
+    assert_json(get(stack, token, transport, probe), 403, "out_of_scope")
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -342,8 +342,8 @@ def test_values_in_other_cases(stack: RunningStack, token: str, files: dict[str,
         assert (answer.status_code, answer.content) == (200, files["ct"].read_bytes()), (query, answer.text[:300])
     answer = get(stack, token, "path", f"requestType=WADO&{ids}&contentType=IMAGE/PNG")
     assert (answer.status_code, answer.headers["Content-Type"]) == (200, "image/png")
-    body = assert_json(get(stack, token, "path", f"requestType=WADO&{ids.lower()}"), 403, "forbidden")
-    assert body["detail"] == "out_of_scope"  # NGINX names the refusal, never the reason
+    body = assert_json(get(stack, token, "path", f"requestType=WADO&{ids.lower()}"), 403, "out_of_scope")
+    assert body["detail"] == "object outside the token's scope"
     lower = f"{stack.url}/dicomweb/wado?requestType=WADO&{ids.lower()}"
     body = assert_json(requests.get(lower, headers=stack.api_headers, timeout=60), 400, "bad_request")
     assert body["detail"] == "WADO-URI needs exactly one objectUID"
@@ -402,7 +402,7 @@ def test_a_fragment_cannot_split_what_is_judged_from_what_is_served(
     status, answer_headers, body = raw(stack, raw_get(own + "#page"))
     assert_json_error(status, answer_headers, body, 400)
     # and the object itself stays out of reach by its UID alone
-    assert_json(get(stack, token, transport, query), 403, "forbidden")
+    assert_json(get(stack, token, transport, query), 403, "out_of_scope")
 
 
 def test_own_study_beside_another_studys_object_tells_nothing(

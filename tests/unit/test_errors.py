@@ -45,14 +45,33 @@ def test_to_response_is_status_json_and_typed_headers() -> None:
     [(TokenExpired("x"), 401), (OutOfScope("x"), 403), (CatalogUnavailable("x"), 500)],
 )
 def test_to_auth_answer(error: GatewayError, status: int) -> None:
-    assert to_auth_answer(error) == (status, [("X-Dgw-Error", error.code), ("Content-Length", "0")])
+    assert to_auth_answer(error) == (
+        status,
+        [("X-Dgw-Error", error.code), ("X-Dgw-Error-Detail", "x"), ("Content-Length", "0")],
+    )
+
+
+def test_the_auth_answer_names_the_detail_nginx_writes_as_python_does() -> None:
+    """NGINX writes the auth step's 401 and 403 as ``{"error":"<code>","detail":"<detail>"}``, the detail as the auth
+    answer gives it: JSON-escaped ASCII, so the body is the JSON Python writes for the same error (to_response)."""
+    error = OutOfScope('a "quoted" \\ path\nover two lines, caf\u00e9')
+    _, headers = to_auth_answer(error)
+    detail = dict(headers)["X-Dgw-Error-Detail"]
+    assert detail.isascii() and "\n" not in detail
+    nginx_body = f'{{"error":"{dict(headers)["X-Dgw-Error"]}","detail":"{detail}"}}'
+    assert json.loads(nginx_body) == json.loads(to_response(error)[2])
 
 
 def test_a_refused_path_is_no_decision_nginx_keeps() -> None:
     """NGINX keys decisions by series: the refusal of one path's shape below it is not kept for the series."""
     assert to_auth_answer(InvalidPath("x")) == (
         403,
-        [("X-Dgw-Error", "invalid_path"), ("Content-Length", "0"), ("X-Accel-Expires", "0")],
+        [
+            ("X-Dgw-Error", "invalid_path"),
+            ("X-Dgw-Error-Detail", "x"),
+            ("Content-Length", "0"),
+            ("X-Accel-Expires", "0"),
+        ],
     )
 
 
@@ -75,7 +94,7 @@ def nginx_error_codes(conf_d: Path) -> set[str]:
 def test_every_nginx_error_code_is_known_to_python_or_documented(tmp_path: Path) -> None:
     render(tmp_path / "conf", Stack(tmp_path / "var", port=free_port()).nginx_values())
     codes = nginx_error_codes(tmp_path / "conf" / "conf.d")
-    assert {"gateway_unavailable", "storage_unavailable", "bad_request", "unauthorized", "forbidden"} <= codes
+    assert {"gateway_unavailable", "storage_unavailable", "bad_request", "forbidden"} <= codes
     unknown = codes - all_codes() - set(errors.NGINX_ONLY_CODES)
     assert unknown == set(), f"NGINX answers codes Python does not know: {sorted(unknown)}"
     stale = set(errors.NGINX_ONLY_CODES) - codes

@@ -214,7 +214,11 @@ def test_auth_refusals(
     recorder, body = call(app, auth_environ(uri, **extra))
     assert recorder.status == status
     kept = [("X-Accel-Expires", "0")] if code == "invalid_path" else []  # a path's own refusal: not the series'
-    assert recorder.headers == [("X-Dgw-Error", code), ("Content-Length", "0"), *kept]
+    assert [h for h in recorder.headers if h[0] != "X-Dgw-Error-Detail"] == [
+        ("X-Dgw-Error", code),
+        ("Content-Length", "0"),
+        *kept,
+    ]
     assert body == b""
 
 
@@ -315,7 +319,10 @@ def test_auth_signed_odd_claims_are_401_never_500(
     ):
         recorder, body = call(app, environ)
         assert recorder.status == "401 Unauthorized"
-        assert recorder.headers == [("X-Dgw-Error", "token_invalid"), ("Content-Length", "0")]
+        assert [h for h in recorder.headers if h[0] != "X-Dgw-Error-Detail"] == [
+            ("X-Dgw-Error", "token_invalid"),
+            ("Content-Length", "0"),
+        ]
         assert body == b""
 
 
