@@ -99,6 +99,26 @@ def test_the_viewer_address_without_its_slash_redirects_to_the_viewer(stack: Run
         assert other.headers["Content-Type"] == "application/json", path
 
 
+def test_the_apis_root_is_a_json_404_and_the_redirecting_pages_refuse_other_methods(stack: RunningStack) -> None:
+    """``/api/v1`` (the token API's root, as a user probing it types it) was NGINX's HTML 301 page to ``/api/v1/``,
+    a POST alike, and ``/api/v1/`` the 404 "ask for it without the trailing '/'": it is now the JSON 404 itself.
+    ``/`` and ``/viewer`` redirected every method (a PUT or DELETE to be sent again to ``/viewer/``, which refuses
+    it): another method than GET and HEAD is now their JSON 405 with ``Allow: GET, HEAD``, as ``/viewer/``'s is
+    (RFC 9110 15.5.6)."""
+    for method in ("GET", "HEAD", "POST", "DELETE"):
+        answer = requests.request(method, f"{stack.url}/api/v1", allow_redirects=False, timeout=10)
+        assert (answer.status_code, answer.headers["Content-Type"]) == (404, "application/json"), method
+        assert "Location" not in answer.headers, method
+        if method != "HEAD":
+            assert answer.json() == {"error": "not_found", "detail": "no such resource"}, method
+    for path in ("/", "/viewer", "/viewer/"):
+        for method in ("POST", "PUT", "DELETE", "PATCH", "OPTIONS"):
+            answer = requests.request(method, f"{stack.url}{path}", allow_redirects=False, timeout=10)
+            seen = (answer.status_code, answer.headers.get("Allow"), answer.headers.get("Location"))
+            assert seen == (405, "GET, HEAD", None), (path, method, seen)
+            assert answer.json() == {"error": "method_not_allowed", "detail": "method not allowed here"}
+
+
 def test_nginxs_redirects_behind_a_proxy_keep_the_address_the_browser_used(stack: RunningStack) -> None:
     """Behind the ALB (TLS ended there, NGINX listening on 8080: terraform/ecs.tf) a browser at https://host/ was sent
     to http://host:8080/viewer/ (NGINX's absolute Location names its own scheme and port), which nothing answers.
