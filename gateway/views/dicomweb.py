@@ -146,6 +146,10 @@ def _search(level: str, study: str | None = None, series: str | None = None) -> 
     else:
         response = dicom_json(fastjson.dumps(matches), answer_as)
     response.headers["Cache-Control"] = "private, no-cache"  # a search answers for now: the catalog changes
+    if response.status_code == 200:
+        # a viewer's study list asked again is revalidated (304) rather than sent again, and its preconditions are
+        # judged as the metadata's are: If-None-Match: * was a 200 with every match, If-Match: "x" too
+        _validated(response, answer_as)
     for text in query.warnings:  # PS3.18 8.3.4.2/5/6: a matching option we ignored is owned up to, in these words
         response.headers.add("Warning", _warning(text))
     if query.server_limit and len(results) == query.limit:
@@ -240,17 +244,21 @@ def _metadata(study: str, series: str | None = None, instance: str | None = None
     if answer_as.part_type == DICOM_XML:
         # XML is made from the very JSON text a JSON client gets, so both say the same
         response = dicom_xml([json.loads(part) or {} for part in parts], answer_as.multipart)
-        body = response.get_data()
     else:
-        body = ("[" + ",".join(parts) + "]").encode()
-        response = dicom_json(body, answer_as)
-    # weak: NGINX gzips the 200 and then weakens its ETag itself, but never a 304's, which must name the ETag the 200
-    # would (RFC 9110 15.4.5): a weak one in every answer is the same in all of them
-    digest = hashlib.sha256(body)
+        response = dicom_json(("[" + ",".join(parts) + "]").encode(), answer_as)
+    response.headers["Cache-Control"] = "private, no-cache"
+    return _validated(response, answer_as)
+
+
+def _validated(response: Response, answer_as: Offer) -> Response:
+    """``response`` (DICOM JSON or XML, metadata or a search) with an ETag of its body, then the request's
+    preconditions judged against it (RFC 9110 13.2): a 304, a JSON 412 or ``response``. Weak: NGINX gzips the 200
+    and then weakens its ETag itself, but never a 304's, which must name the ETag the 200 would (RFC 9110 15.4.5): a
+    weak one in every answer is the same in all of them."""
+    digest = hashlib.sha256(response.get_data())
     if answer_as.part_type == "application/json":  # the same bytes as another representation: its own validator
         digest.update(b"application/json")
     response.set_etag(digest.hexdigest()[:32], weak=True)
-    response.headers["Cache-Control"] = "private, no-cache"
     make_conditional(response)
     if response.status_code == 304:
         # RFC 9110 15.4.5: a 304 carries the Vary its 200 would; NGINX's gzip_vary adds it only to bodies it gzips

@@ -258,6 +258,50 @@ def test_if_match_star_holds_for_a_representation_python_answers(
     assert (both.status_code, both.headers["ETag"], both.content) == (304, etag, b"")
 
 
+@pytest.mark.parametrize("stack", ["file"], indirect=True)
+def test_a_search_is_revalidated_and_its_preconditions_judged(stack: RunningStack, tmp_path: Path) -> None:
+    """A QIDO answer had no validator, so a viewer's study list asked again (``Cache-Control: no-cache``) came whole
+    every time, and its preconditions were ignored where the metadata's are judged: ``If-None-Match: *`` was a 200
+    with every match (RFC 9110 13.1.2: false when a current representation exists, a 304 for a GET) and
+    ``If-Match: "x"`` a 200 (13.1.1: a 412). A search now names a weak ETag of its answer, as metadata does: the
+    same answer revalidates as a 304, a changed one (an instance stored since) is the 200 with another tag."""
+    [first] = make_series(tmp_path / "a", modality="CT", slices=1, rows=16, columns=16, seed=2881, clean=True)
+    study, series, _ = uids_of(first)
+    assert stack.stow([first]).status_code == 200
+    key = stack.api_headers
+    searches = [
+        f"{stack.url}/dicomweb/studies?StudyInstanceUID={study}",
+        f"{stack.url}/dicomweb/studies/{study}/series",
+        f"{stack.url}/dicomweb/studies/{study}/instances",
+        f"{stack.url}/dicomweb/studies/{study}/series/{series}/instances?includefield=all",
+    ]
+    tags = {}
+    for url in searches:
+        plain = requests.get(url, headers=key, timeout=30)
+        assert plain.status_code == 200, url
+        tags[url] = etag = plain.headers["ETag"]
+        assert etag.startswith('W/"'), (url, etag)
+        for condition in ({"If-None-Match": etag}, {"If-None-Match": f'"other", {etag}'}, {"If-None-Match": "*"}):
+            again = requests.get(url, headers={**key, **condition}, timeout=30)
+            seen = (again.status_code, again.headers.get("ETag"), again.content, again.headers["Cache-Control"])
+            assert seen == (304, etag, b"", "private, no-cache"), (url, condition, seen)
+        other = requests.get(url, headers={**key, "If-None-Match": 'W/"other"'}, timeout=30)
+        assert (other.status_code, other.json()) == (200, plain.json()), url
+        wrong = requests.get(url, headers={**key, "If-Match": '"x"'}, timeout=30)
+        assert (wrong.status_code, wrong.json()["error"]) == (412, "precondition_failed"), url
+        star = requests.get(url, headers={**key, "If-Match": "*"}, timeout=30)
+        assert (star.status_code, star.json()) == (200, plain.json()), url
+        head = requests.head(url, headers={**key, "If-None-Match": etag}, timeout=30)
+        assert head.status_code == 304, url
+    # another series stored in the study: each answer changed, and the old tag is answered with the new one
+    [second] = make_series(tmp_path / "b", modality="MR", slices=1, rows=16, columns=16, seed=2882, clean=True,
+                           study_uid=study)
+    assert stack.stow([second]).status_code == 200
+    for url in searches[:3]:
+        changed = requests.get(url, headers={**key, "If-None-Match": tags[url]}, timeout=30)
+        assert changed.status_code == 200 and changed.headers["ETag"] != tags[url], url
+
+
 @pytest.mark.parametrize(
     ("key", "resource"),
     [("ct", "/frames/1"), ("ct", "/bulkdata/7FE00010"), ("ct", ""), ("be", "/frames/1"), ("be", "/bulkdata/7FE00010")],
