@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.multival import MultiValue
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, convert_color_space, get_decoder
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, convert_color_space
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian
 from werkzeug.datastructures import MultiDict
 
@@ -165,7 +165,7 @@ def _decode(data: bytes, ds: Dataset, syntax: str, keyword: str) -> tuple[np.nda
     (YBR comes back as RGB)."""
     uid = UID(syntax)
     try:
-        decoder = get_decoder(uid)
+        decoder = codecs.decoder(uid)
     except NotImplementedError:
         raise NotAcceptable(f"frames in {uid.name or syntax} cannot be rendered here") from None
     if not decoder.is_available:

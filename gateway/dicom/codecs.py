@@ -24,10 +24,15 @@ import numpy as np
 from pydicom import uid
 from pydicom.pixels import decoders
 from pydicom.pixels.common import PhotometricInterpretation as PI
-from pydicom.pixels.decoders.base import DecodeRunner
+from pydicom.pixels.decoders.base import Decoder, DecodeRunner, get_decoder
 
 LABEL = "imagecodecs"
-_JPEG = (uid.JPEGExtended12Bit, uid.JPEGLossless, uid.JPEGLosslessSV1)
+# JPEG's retired DCT processes that DCMTK's dcmcjpeg still writes (+es, +ep) and Orthanc renders: spectral selection
+# (processes 6 and 8) and full progression (10 and 12). pydicom has no decoder for them; libjpeg-turbo decodes both.
+JPEG_SPECTRAL_SELECTION = uid.UID("1.2.840.10008.1.2.4.53")
+JPEG_FULL_PROGRESSION = uid.UID("1.2.840.10008.1.2.4.55")
+RETIRED_DECODERS = {syntax: Decoder(syntax) for syntax in (JPEG_SPECTRAL_SELECTION, JPEG_FULL_PROGRESSION)}
+_JPEG = (uid.JPEGExtended12Bit, uid.JPEGLossless, uid.JPEGLosslessSV1, *RETIRED_DECODERS)
 _JPEG_LS = (uid.JPEGLSLossless, uid.JPEGLSNearLossless)
 _J2K = (uid.JPEG2000Lossless, uid.JPEG2000)
 _HTJ2K = (uid.HTJ2KLossless, uid.HTJ2KLosslessRPCL, uid.HTJ2K)
@@ -42,6 +47,7 @@ _DECODERS = {
     uid.HTJ2KLossless: decoders.HTJ2KLosslessDecoder,
     uid.HTJ2KLosslessRPCL: decoders.HTJ2KLosslessRPCLDecoder,
     uid.HTJ2K: decoders.HTJ2KDecoder,
+    **RETIRED_DECODERS,
 }
 # pydicom's plugin interface: what each syntax needs, and whether it is there
 DECODER_DEPENDENCIES = {syntax: ("numpy", "imagecodecs") for syntax in _DECODERS}
@@ -87,6 +93,12 @@ def decode_frame(src: bytes, runner: DecodeRunner) -> bytes:
         # OpenJPEG and OpenJPH undo the codestream's component transform, as in pydicom's own J2K plugins
         runner.set_option("photometric_interpretation", PI.RGB)
     return np.ascontiguousarray(pixels).astype(pixels.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def decoder(syntax: uid.UID) -> Decoder:
+    """pydicom's decoder of ``syntax``, or this module's for a retired JPEG process; ``NotImplementedError`` when
+    there is none."""
+    return RETIRED_DECODERS.get(syntax) or get_decoder(syntax)
 
 
 def register() -> None:

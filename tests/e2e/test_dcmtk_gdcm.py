@@ -43,7 +43,8 @@ from tests.requirements import require
 
 pytestmark = pytest.mark.third_party
 
-DCMTK = ["img2dcm", "dcmcjpeg", "dcmcjpls", "dcmcrle", "dcmconv", "dcmodify", "dcmdump", "dcmftest", "dcm2json"]
+DCMTK = ["img2dcm", "dcmcjpeg", "dcmdjpeg", "dcmcjpls", "dcmcrle", "dcmconv", "dcmodify", "dcmdump", "dcmftest"]
+DCMTK += ["dcm2json"]
 require(
     all(shutil.which(tool) for tool in [*DCMTK, "gdcmconv"]),
     "DCMTK and GDCM's tools are not installed (`make system-deps` installs Debian's dcmtk and libgdcm-tools)",
@@ -235,6 +236,32 @@ def test_every_file_is_stored(stored: tuple[RunningStack, requests.Response], ma
     expected = {str(pydicom.dcmread(sent, stop_before_pixels=True).SOPInstanceUID) for sent, _ in made.values()}
     assert {item["00081155"]["Value"][0] for item in referenced} == expected
     assert "00081198" not in answer.json()
+
+
+@pytest.mark.parametrize(("option", "origin"), [("+es", "MR_small.dcm"), ("+ep", "img2dcm-bmp")])
+def test_a_retired_jpeg_process_renders_as_dcmtk_decodes_it(
+    stack: RunningStack, made: dict[str, tuple[Path, Path]], tmp_path: Path, option: str, origin: str
+) -> None:
+    """`dcmcjpeg +es` and `+ep` write JPEG Spectral Selection (1.2.840.10008.1.2.4.53) and Full Progression (.55),
+    syntaxes PS3.5 retired that DCMTK still writes and Orthanc renders. pydicom has no decoder for them, so rendered
+    and thumbnail were a 406 "frames in JPEG Full Progression ... cannot be rendered here". The frames are served
+    as stored, and the image rendered is the one DCMTK's own decoder (dcmdjpeg) makes of them."""
+    start = made[origin][0] if origin in made else pydicom_file(origin)
+    sent, decoded = tmp_path / "retired.dcm", tmp_path / "decoded.dcm"
+    run("dcmcjpeg", option, fresh_copy(start, tmp_path / "source.dcm"), sent)
+    run("dcmdjpeg", sent, decoded)
+    ds = pydicom.dcmread(sent)
+    assert ds.file_meta.TransferSyntaxUID == {"+es": "1.2.840.10008.1.2.4.53", "+ep": "1.2.840.10008.1.2.4.55"}[option]
+    assert stack.stow([sent]).status_code == 200
+    address = url(stack, sent)
+    frames = get(stack, f"{address}/frames/1", 'multipart/related; type="application/octet-stream"; transfer-syntax=*')
+    assert [body for _, body in parts(frames)] == list(generate_frames(ds.PixelData, number_of_frames=1))
+    for path, accept in (("rendered", "image/png"), ("frames/1/rendered", "image/png"), ("thumbnail", "image/jpeg")):
+        answer = get(stack, f"{address}/{path}", accept)
+        assert (answer.status_code, answer.headers["Content-Type"]) == (200, accept), answer.text[:200]
+        assert Image.open(io.BytesIO(answer.content)).format == accept.split("/")[1].upper()
+        if path == "rendered":
+            assert_renders_as_pydicom_decodes(pydicom.dcmread(decoded), answer.content)
 
 
 @pytest.mark.parametrize("name", NAMES)
