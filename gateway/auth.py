@@ -116,6 +116,10 @@ def check_scope(scope: Scope, method: str, target: Target, locate: Locate | None
             raise OutOfScope("study outside the token's scope")
         if method in READ_METHODS and target.rest in ("series", "instances"):
             return  # QIDO inside the study: filtered to the visible series
+        if method in WRITE_METHODS and target.rest == "":
+            # STOW to the study (PS3.18 10.5.1): each instance is checked against the scope as it is stored (one
+            # outside fails alone), as a STOW to /studies is; a series token was refused here as a whole
+            return
         if not scope.allows_study(target.study):
             raise OutOfScope("the token reaches only some series of this study")
         return

@@ -144,6 +144,38 @@ def test_store(stack: RunningStack, tmp_path: Path) -> None:
     assert stored["0020000D"]["Value"] == [dataset.StudyInstanceUID]
 
 
+def test_store_to_the_study_with_a_series_token(stack: RunningStack, tmp_path: Path) -> None:
+    """``store_instances(..., study_instance_uid=st)`` POSTs to ``/studies/{st}`` (PS3.18 10.5.1). With a token
+    scoped to one series of the study that was the 403 ``out_of_scope`` for the whole request, while the same body
+    POSTed to ``/studies`` stored the series: each instance is now checked against the scope as it is stored, as
+    there, so the series' instances are stored and one of another series fails alone (README, Tokens)."""
+    seed = 2141 if stack.backend == "file" else 2143
+    inside = make_series(tmp_path / "in", modality="MR", slices=2, rows=32, columns=32, seed=seed, clean=True)
+    study, series, _ = uids_of(inside[0])
+    [outside] = make_series(tmp_path / "out", modality="CT", slices=1, rows=32, columns=32, seed=seed, clean=True,
+                            study_uid=study)  # fmt: skip
+    assert uids_of(outside)[1] != series
+    token = stack.issue([study], series=[series], actions=["read", "write"], sub="series-upload")["token"]
+    client = DICOMwebClient(url=stack.root(token))
+    datasets = [pydicom.dcmread(path) for path in (*inside, outside)]
+    with pytest.raises(requests.HTTPError) as refused:  # nothing of the series' own: the 409, not the 403
+        client.store_instances(datasets[2:], study_instance_uid=study)
+    assert refused.value.response.status_code == 409
+    response = client.store_instances(datasets, study_instance_uid=study)
+    assert [item.ReferencedSOPInstanceUID for item in response.ReferencedSOPSequence] == [
+        uids_of(path)[2] for path in inside
+    ]
+    [failed] = response.FailedSOPSequence
+    assert failed.ReferencedSOPInstanceUID == uids_of(outside)[2]
+    for path in inside:
+        assert client.retrieve_instance(*uids_of(path)) == pydicom.dcmread(path)
+    # another study is still outside the token, whatever the body holds
+    with pytest.raises(requests.HTTPError) as other:
+        client.store_instances(datasets[:1], study_instance_uid=uids_of(stack.uploaded["files"][0])[0])
+    assert other.value.response.status_code == 403
+    assert other.value.response.json() == {"error": "forbidden", "detail": "out_of_scope"}
+
+
 def test_an_empty_value_among_several_is_null(stack: RunningStack, tmp_path: Path) -> None:
     """PS3.18 F.2.5: an empty value of a multi-valued attribute is a null array element (it was ""). The
     unmodified client reads the metadata back into the values the file holds."""

@@ -149,6 +149,9 @@ def test_series_token_scope() -> None:
     assert allowed(SERIES_SCOPE, f"{STUDY_PATH}/instances")
     assert allowed(SERIES_SCOPE, f"{STUDY_PATH}/series", method="HEAD")
     assert scope_detail(SERIES_SCOPE, f"{STUDY_PATH}/series", method="POST") == only_some
+    # STOW to the study: its instances are checked one by one as they are stored, as a STOW to /studies
+    assert allowed(SERIES_SCOPE, STUDY_PATH, method="POST")
+    assert scope_detail(SERIES_SCOPE, f"/dicomweb/studies/{ST2}", method="POST") == "study outside the token's scope"
     assert scope_detail(SERIES_SCOPE, f"/dicomweb/studies/{ST2}/series") == "study outside the token's scope"
 
 
