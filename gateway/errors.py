@@ -213,6 +213,14 @@ class CatalogUnavailable(GatewayError):
     code = "catalog_unavailable"
 
 
+class ShuttingDown(GatewayError):
+    """This gunicorn worker is stopping (SIGTERM: a deploy, a reload, ``max_requests``) and its graceful time is
+    over: Python takes no new thread work, so what it has not stored is for another worker."""
+
+    status = 503
+    code = "shutting_down"
+
+
 class UploadInProgress(GatewayError):
     """Another upload of the same SOP Instance UID held it for longer than an upload waits (a release of a held file
     meeting a STOW of it): a retry after ``Retry-After`` meets that upload ended, as STOW's 0xA700 says."""

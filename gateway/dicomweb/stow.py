@@ -15,7 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from gateway.errors import CatalogUnavailable, GatewayError, StorageUnavailable
+from gateway.errors import CatalogUnavailable, GatewayError, ShuttingDown, StorageUnavailable
 from gateway.ingest import IngestResult
 
 log = logging.getLogger("gateway.stow")
@@ -32,7 +32,22 @@ class StowBatch:
     def add(self, path: Path, digest: str = "") -> None:
         """Ingest ``path`` (a spooled part this batch now owns and deletes; ``digest``: its sha256 if known)."""
         self._slots.acquire()
-        self._results.append(self._pool.submit(self._run, path, digest))
+        try:
+            future = self._pool.submit(self._run, path, digest)
+        except RuntimeError:
+            # "cannot schedule new futures after interpreter shutdown": the worker outlived its graceful time with
+            # this body still arriving. The parts already stored stay so; this one and the rest are 0xA700 with
+            # Retry-After, for another worker, as after an outage (it was a 500 that named none of them)
+            self._slots.release()
+            self.outage = self.outage or ShuttingDown(
+                "this gateway process is stopping; send the instances it did not store again"
+            )
+            try:
+                self._results.append(IngestResult.out_of_resources(path, self.outage.detail))
+            finally:
+                path.unlink(missing_ok=True)
+            return
+        self._results.append(future)
 
     def add_result(self, result: IngestResult) -> None:
         """A part refused before ingest (wrong media type), kept in its place in the answer."""

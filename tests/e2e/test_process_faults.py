@@ -614,3 +614,65 @@ def test_gunicorn_master_killed_under_stack_up_is_a_failed_exit_and_the_next_sta
         again.send_signal(signal.SIGINT)
         again.communicate(timeout=60)
     assert again.returncode == 0
+
+
+def test_a_stow_outliving_its_workers_graceful_time_names_what_it_stored_and_the_retry_stores_the_rest(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM to the gunicorn workers (what the master sends on a reload, and what a worker does to itself at
+    ``max_requests``, 20,000 in the image) while a 40-instance STOW is still arriving, longer than gunicorn's
+    graceful time (5 s here, 30 s in the image): once that time is over Python takes no new thread work, and the
+    next part's ingest raised "cannot schedule new futures after interpreter shutdown", a JSON 500 "unexpected
+    server error" naming none of the instances the worker had stored. The answer is now the 202 of an outage: the
+    stored instances listed, each of the others 0xA700 saying the process is stopping, ``Retry-After: 5``; the
+    same STOW sent again stores everything, and no spool file is left."""
+    from gateway.dicomweb.multipart import encode_multipart
+    from tests.e2e.harness import start_stack
+
+    files = make_series(tmp_path / "ct", modality="CT", slices=40, seed=77, clean=True)  # 512 KB each
+    study = uids_of(files[0])[0]
+    running = start_stack(tmp_path / "var", "file", None, DICOMGW_DERIVATIVES="0")
+    try:
+        body = encode_multipart(files)
+        data = b"".join(body)
+        sent = threading.Event()
+        outcome: list[Any] = []
+
+        def parts() -> Iterator[bytes]:
+            yield from throttled(data[: len(data) // 10], 1.0, pieces=4)
+            sent.set()  # a tenth of the body sent: its parts are being stored when the workers are told to stop
+            yield from throttled(data[len(data) // 10 :], 16.0)
+
+        def stow() -> None:
+            headers = {"Content-Type": body.content_type, "Accept": "application/dicom+json", **running.api_headers}
+            outcome.append(requests.post(f"{running.url}/dicomweb/studies", data=parts(), headers=headers, timeout=120))
+
+        upload = threading.Thread(target=stow)
+        upload.start()
+        assert sent.wait(60)
+        master = running.stack.processes["gunicorn"].pid
+        for pid in [int(p) for p in os.listdir("/proc") if p.isdigit() and parent_of(int(p)) == master]:
+            os.kill(pid, signal.SIGTERM)
+        upload.join()
+        [answer] = outcome
+        assert answer.status_code == 202, answer.text[:500]
+        assert answer.headers["Retry-After"] == "5"
+        stored = answer.json()["00081199"]["Value"]
+        failed = answer.json()["00081198"]["Value"]
+        assert stored and failed and len(stored) + len(failed) == len(files)
+        for item in failed:
+            assert item[FAILURE_REASON]["Value"] == [OUT_OF_RESOURCES], item
+            assert item["00091001"]["Value"] == [
+                "this gateway process is stopping; send the instances it did not store again"
+            ], item
+
+        again = running.stow(files)
+        assert again.status_code == 200, again.text[:500]
+        listed = requests.get(
+            f"{running.url}/dicomweb/studies/{study}/instances", headers=running.api_headers, timeout=30
+        )
+        assert sorted(item["00080018"]["Value"][0] for item in listed.json()) == sorted(uids_of(p)[2] for p in files)
+        spool = running.stack.var_dir / "spool"
+        assert sorted(p.name for p in spool.iterdir() if p.name.startswith(("part-", "stow-"))) == []
+    finally:
+        running.stack.stop()
