@@ -221,7 +221,9 @@ def slice_ranges(ranges: list[tuple[int, int]], first: int, last: int) -> list[t
 def parse_range(header: str, length: int) -> tuple[int, int] | None:
     """One ``bytes=`` range as (first, last) inclusive; None when absent or not a single byte range (ignored, as
     RFC 9110 allows). Raises RangeNotSatisfiable when it cannot be met."""
-    match = re.fullmatch(r"bytes=\s*([0-9]*)-([0-9]*)\s*", header.strip(), re.IGNORECASE)  # RFC 9110 14.1
+    # RFC 9110 14.1: no whitespace inside a range-spec (its list rule allows OWS around a comma only), as NGINX reads
+    # a whole object's Range (dicomgw.conf, $dgw_range): "bytes= 0-1" was a 206 for a frame, a 200 for its instance
+    match = re.fullmatch(r"bytes=([0-9]*)-([0-9]*)", header.strip(" \t"), re.IGNORECASE)
     if match is None or match.group(1) == match.group(2) == "":
         return None  # not a single well-formed byte range: ignored, as RFC 9110 allows
     first_s, last_s = match.groups()

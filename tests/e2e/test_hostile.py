@@ -573,7 +573,11 @@ def _tiny_targets(tiny: dict[str, Any]) -> list[tuple[str, dict[str, str], bytes
     ]
 
 
-INVALID_RANGES = ["bytes=600-2", "bytes=5-2", "BYTES=3-0", "bytes=0012-011", "bytes=", "bytes=abc", "items=0-5"]
+INVALID_RANGES = [
+    "bytes=600-2", "bytes=5-2", "BYTES=3-0", "bytes=0012-011", "bytes=", "bytes=abc", "items=0-5",
+    # whitespace inside a range-spec: NGINX ignored it for a whole instance, Python's plan served frames a 206
+    "bytes= 0-9", "bytes=\t0-9", "bytes=0-\t9",
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("invalid", INVALID_RANGES)

@@ -168,6 +168,11 @@ def instance_uri(series: str, sop: str, rest: str = "") -> str:
         ("bytes=2000-5", None),  # invalid (last below first) is ignored, not a 416 for starting past the end
         ("bytes=1-2-3", None),
         ("bytes=--5", None),
+        # whitespace inside: not a range-spec, ignored as NGINX ignores it for a whole object
+        ("bytes= 0-99", None),
+        ("bytes=\t0-99", None),
+        ("bytes=0 -99", None),
+        ("bytes=-\t5", None),
     ],
 )
 def test_parse_range(header: str, expected: tuple[int, int] | None) -> None:
