@@ -15,11 +15,13 @@ import signal
 import time
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
+from gateway.tools.synth import make_series
 from tests.e2e.conftest import uids_of
 from tests.e2e.harness import RunningStack
 from tests.e2e.test_viewer import (  # noqa: F401 - browser is a fixture
@@ -282,4 +284,44 @@ def test_a_phone_locked_past_its_token_says_the_viewer_was_paused_too_long(
         "While the screen was locked or the app was in the background, the viewer could not keep its link active, "
         "and the link has expired. Open the study again from your portal. (HTTP 401)"
     )
+    page.context.close()
+
+
+@pytest.mark.parametrize("stack", ["file"], indirect=True)
+def test_thumbnails_shown_after_a_renewal_carry_the_renewed_token(
+    stack: RunningStack, synthetic: dict[str, Any], browser: Any, tmp_path: Path  # noqa: F811
+) -> None:
+    """A study of many series on a phone: the series strip shows a few, and the browser asks for each thumbnail as
+    it is scrolled into view (`loading=lazy`). Past the link's token, renewed meanwhile, every thumbnail not yet
+    shown was asked for with the link's token, in the URL the list was drawn with: a 401, and an empty square for
+    each. They now carry the current token, as frames do."""
+    study = study_of(synthetic, "ct")
+    many = make_series(tmp_path / "s0", slices=1, rows=64, columns=64, seed=100, clean=True)
+    many_study = uids_of(many[0])[0]
+    for i in range(1, 30):
+        many += make_series(
+            tmp_path / f"s{i}", slices=1, rows=64, columns=64, seed=100 + i, clean=True, study_uid=many_study
+        )
+    assert len({uids_of(path)[1] for path in many}) == 30
+    assert len({uids_of(path)[0] for path in many}) == 1 and many_study != study
+    answer = stack.stow(many)
+    assert answer.status_code == 200, answer.text
+    issued = stack.issue([many_study], ttl=TTL, session_max=120)
+    log = NetworkLog()
+    page = open_page(browser, log, viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    page.goto(issued["viewer_url"])
+    wait_ready(page)
+    shown = page.evaluate("() => [...document.querySelectorAll('#series img')].filter(i => i.complete).length")
+    assert shown < 30  # the rest wait until the strip is scrolled
+
+    wait_until(epoch(issued["expires_at"]) + 1)  # the link's token has expired; the page holds a renewed one
+    for button in page.locator("#series button").all():  # the user swipes along the strip
+        button.scroll_into_view_if_needed()
+        page.wait_for_function("b => b.querySelector('img').complete", arg=button.element_handle())
+    missing = page.evaluate("() => [...document.querySelectorAll('#series img')].filter(i => !i.naturalWidth).length")
+    assert missing == 0
+    thumbnails = [r for r in log.requests if r.url.endswith("/thumbnail")]
+    assert len(thumbnails) == 30
+    assert [r.response().status for r in thumbnails if r.response()] == [200] * 30
+    assert page.locator("#error").is_hidden()
     page.context.close()

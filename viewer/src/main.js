@@ -236,11 +236,25 @@ function onRecovered() {
   state.retryMs = RETRY_FIRST_MS;
   if (!document.getElementById('error').hidden) hideError();
   if ($('status').textContent === 'Connection lost. Retrying…') $('status').textContent = '';
-  for (const img of document.querySelectorAll('#series img.missing')) {
-    img.classList.remove('missing');
-    img.setAttribute('src', img.getAttribute('src')); // set again: the browser asks for it again
-  }
+  currentThumbnails(true);
   drawIfEmpty();
+}
+
+/**
+ * Point the series thumbnails not shown yet at the current DICOMweb root (a renewed token): the browser asks for a
+ * lazy one only once it is scrolled into view, with the URL it has then, and the link's token has expired by then
+ * (a study of many series on a phone: a 401 and an empty square each). `missing`: those that failed (an outage),
+ * asked for again; else those not asked for yet or under way.
+ */
+function currentThumbnails(missing = false) {
+  for (const button of document.querySelectorAll('#series button')) {
+    const img = button.querySelector('img');
+    if (img.naturalWidth || img.classList.contains('missing') !== missing) continue;
+    img.classList.remove('missing');
+    const url = state.client.thumbnailUrl(state.study, button.dataset.uid);
+    // set again even when the same (the cookie's root): the browser asks for a failed one again
+    if (missing || img.getAttribute('src') !== url) img.setAttribute('src', url);
+  }
 }
 
 /**
@@ -507,6 +521,7 @@ async function main() {
   // Renewed tokens replace the link's in memory; the session's end or revocation shows the error screen.
   keepRenewing((token) => {
     state.client.root = dicomwebRoot(token);
+    currentThumbnails();
   }, fail);
   await openStudy(link.study);
 }
