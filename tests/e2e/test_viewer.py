@@ -714,6 +714,36 @@ def test_a_portal_that_sets_its_iframe_to_another_study_sees_that_study(
     page.context.close()
 
 
+LISTENING_PORTAL_PAGE = """<!doctype html><html><head><meta name="referrer" content="no-referrer"><title>Portal</title>
+<script>window.viewerSaid = []; addEventListener('message', (e) => viewerSaid.push([e.origin, e.data]));</script>
+</head><body style="margin:0"><iframe id="viewer" src="{src}" title="DICOM viewer"
+        sandbox="allow-scripts allow-same-origin" referrerpolicy="no-referrer" allow="fullscreen"
+        style="width:100%;height:560px;border:0"></iframe></body></html>"""
+
+
+def test_a_portal_on_another_origin_is_told_which_screen_the_viewer_shows(
+    portal_stack: RunningStack, portal: Portal, synthetic: dict[str, Any], browser: Any
+) -> None:
+    """docs/viewer.md gave embedding pages ``data-kind`` on ``#error`` to learn why the viewer stopped (an expired
+    link: fetch a new one), but a portal frames the viewer from its own origin and can read nothing in the frame:
+    ``contentDocument`` is null. The viewer now posts the screen's kind to its parent, which the portal reads
+    knowing the message is the gateway's (``event.origin``); it names no study, token or patient."""
+    issued = portal_stack.issue([study_of(synthetic, "ct")], ttl=1)
+    time.sleep(2.1)
+    portal.html = LISTENING_PORTAL_PAGE.format(src=issued["viewer_url"])
+    page = open_page(browser, NetworkLog())
+    page.goto(f"{portal.origin}/patient")
+    frame = page.frame_locator("#viewer")
+    frame.locator("#error:not([hidden])").wait_for()
+    assert frame.locator("#error").get_attribute("data-kind") == "expired"
+    assert page.evaluate("() => document.getElementById('viewer').contentDocument") is None  # cross-origin
+    page.wait_for_function("() => window.viewerSaid.length > 0")
+    assert page.evaluate("() => window.viewerSaid") == [
+        [portal_stack.url, {"type": "dicom-gateway-viewer", "error": "expired"}]
+    ]
+    page.context.close()
+
+
 @pytest.mark.parametrize("stack", ["file"], indirect=True)
 def test_webview_cookie_flow(stack: RunningStack, synthetic: dict[str, Any], browser: Any) -> None:
     """URL token → /api/v1/session sets the HttpOnly cookie → the viewer talks to /dicomweb with no token at all."""

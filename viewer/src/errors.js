@@ -44,13 +44,26 @@ export function showError(kind, status = null, note = '') {
   screen.hidden = false;
   document.getElementById('app').hidden = true;
   document.title = `${title} · DICOM viewer`;
+  tellPortal(screen.dataset.kind);
+}
+
+/**
+ * Tell the page that embeds the viewer which screen is up (`kind`, null: the images again). A portal frames it from
+ * another origin, so it can read nothing of this page (`data-kind` is for same-origin pages and tests): the HTML
+ * standard's way across origins is a message. It names the screen only (no study, no token, no patient), so any
+ * parent may read it; and only the origins of CSP frame-ancestors can be that parent.
+ */
+function tellPortal(kind) {
+  if (window.parent !== window) window.parent.postMessage({ type: 'dicom-gateway-viewer', error: kind }, '*');
 }
 
 /** Back to the viewer: the failure the screen reported has passed (the network or storage answers again). */
 export function hideError() {
   const screen = document.getElementById('error');
+  const shown = !screen.hidden;
   screen.hidden = true;
   delete screen.dataset.kind;
   document.getElementById('app').hidden = false;
   document.title = 'DICOM viewer';
+  if (shown) tellPortal(null);
 }
