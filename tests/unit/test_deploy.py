@@ -26,6 +26,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -302,6 +303,38 @@ def test_schema_is_strict_enough_to_catch_a_typo(compose_schema: dict[str, Any])
     errors = schema_errors(compose_schema, compose)
     assert any("healthchek" in error for error in errors), errors
     assert any("service_ready" in error for error in errors), errors
+
+
+@pytest.mark.parametrize(
+    ("service", "heartbeat_age", "healthy"),
+    [
+        ("retention", 60, True),
+        ("retention", 2 * 86400, False),  # the last daily run failed, or never ended
+        ("retention", None, False),  # no run has succeeded yet
+        ("audit-collector", 10, True),
+        ("audit-collector", 120, False),
+    ],
+)
+def test_a_heartbeat_services_health_check_reads_the_heartbeats_age(
+    tmp_path: Path, service: str, heartbeat_age: int | None, healthy: bool
+) -> None:
+    """README: `--heartbeat` is touched after each good run, and compose's health check reads its age. The
+    retention service's check was `test -f /tmp/retention.ok`: after one good run it stayed healthy forever, every
+    later daily run failing unseen. Each check runs here as compose runs it (its CMD form, its own interpreter
+    standing in for the image's), on a heartbeat of the given age."""
+    service_spec = load_compose()["services"][service]
+    command = service_spec["command"]
+    heartbeat = command[command.index("--heartbeat") + 1]
+    kind, *argv = service_spec["healthcheck"]["test"]
+    assert kind == "CMD"
+    assert argv[:2] == ["python", "-c"] and heartbeat in argv[2]
+    here = tmp_path / "heartbeat"
+    if heartbeat_age is not None:
+        here.touch()
+        then = time.time() - heartbeat_age
+        os.utime(here, (then, then))
+    check = subprocess.run([sys.executable, "-c", argv[2].replace(heartbeat, str(here))], capture_output=True)
+    assert (check.returncode == 0) is healthy, check
 
 
 def test_services_are_the_documented_stack() -> None:
