@@ -491,6 +491,24 @@ def test_make_env_writes_fresh_secrets_the_gateway_accepts(tmp_path: Path) -> No
     assert out.read_bytes() == before
 
 
+def test_the_phi_policy_set_in_env_is_the_gateways_and_retentions(tmp_path: Path) -> None:
+    """README: `DICOMGW_PHI_POLICY` is the policy every upload is scanned and routed by. Set in compose's .env, it
+    reached the retention service alone: the gateway ran without PHI hooks, storing identifiable uploads unscanned,
+    while retention applied the same file's [retention]. Both services' settings, as compose interpolates them,
+    now name the file."""
+    policy = tmp_path / "policy.toml"
+    shutil.copyfile(REPO / "examples" / "phi-policy.toml", policy)
+    out = make_env(tmp_path)
+    env = {**read_env_file(out), "DICOMGW_PHI_POLICY": str(policy)}
+    services = interpolate_tree(load_compose(), env)["services"]
+    for name in ("gateway", "retention"):
+        values = environment_of(services[name])
+        settings = Settings.from_mapping(
+            {k.removeprefix("DICOMGW_"): v for k, v in values.items() if k.startswith("DICOMGW_")}
+        )
+        assert settings.phi_policy == policy, name
+
+
 def test_two_env_files_never_share_a_secret(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
