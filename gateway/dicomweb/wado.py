@@ -768,12 +768,18 @@ class Planner:
 
     @staticmethod
     def _bulk_offer(instance: CachedInstance, accept: str, range_header: str, media_type: str = "") -> Offer:
-        """``media_type``: a document's own type, offered first (its default), application/octet-stream after."""
-        ts = bulk_syntax(instance.transfer_syntax_uid)
+        """``media_type``: a document's own type, offered first (its default), application/octet-stream after.
+        A value other than encapsulated Pixel Data (which is answered as frames) is uncompressed little-endian bytes
+        whatever the file's syntax (PS3.5 A.4: a compressed syntax encodes the data set as Explicit VR Little
+        Endian), so it is offered as Explicit VR Little Endian, PS3.18 Table 8.7.3-4's uncompressed bulk data, and
+        under the stored syntax's name as before: a JPEG file's ICC profile or overlay asked for as
+        ``application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1`` was a 406."""
+        syntaxes = dict.fromkeys([NATIVE_TS, bulk_syntax(instance.transfer_syntax_uid)])
         offers: list[Offer] = []
         for part_type in (media_type, "application/octet-stream") if media_type else ("application/octet-stream",):
-            single, multi = Offer(part_type, ts, False), Offer(part_type, ts, True)
-            offers += [single, multi] if range_header else [multi, single]
+            for ts in syntaxes:
+                single, multi = Offer(part_type, ts, False), Offer(part_type, ts, True)
+                offers += [single, multi] if range_header else [multi, single]
         return negotiate(accept, offers)
 
     def _bulk_answer(

@@ -502,6 +502,49 @@ def test_encapsulated_uncompressed_frames_are_explicit_little_endian_without_the
     assert parse_multipart(named) == [(f"application/octet-stream; {explicit}", f) for f in (frames[1], frames[0])]
 
 
+def test_a_compressed_files_other_bulk_values_are_explicit_little_endian(stack: RunningStack, tmp_path: Path) -> None:
+    """A value other than Pixel Data of a JPEG file (its ICC Profile, 2 KiB) is uncompressed little-endian bytes:
+    a compressed syntax encodes the data set as Explicit VR Little Endian (PS3.5 A.4), and PS3.18 Table 8.7.3-4
+    names uncompressed bulk data `application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1`. Asked for so,
+    single part or multipart, it was a 406 (only the JPEG syntax's name was taken, which still is)."""
+    from pydicom.data import get_testdata_file
+
+    jpeg = pydicom.dcmread(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm"))
+    jpeg.StudyInstanceUID, jpeg.SeriesInstanceUID = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    jpeg.SOPInstanceUID = jpeg.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    profile = bytes(range(256)) * 8
+    jpeg.ICCProfile = profile
+    jpeg.save_as(tmp_path / "jpeg.dcm", enforce_file_format=True)
+    assert stack.stow([tmp_path / "jpeg.dcm"]).status_code == 200
+    url = f"{stack.url}/dicomweb/studies/{jpeg.StudyInstanceUID}/series/{jpeg.SeriesInstanceUID}"
+    url += f"/instances/{jpeg.SOPInstanceUID}"
+    [metadata] = requests.get(f"{url}/metadata", headers=stack.api_headers, timeout=30).json()
+    assert metadata["00282000"]["BulkDataURI"] == f"{url}/bulkdata/00282000"
+    explicit, baseline = "transfer-syntax=1.2.840.10008.1.2.1", "transfer-syntax=1.2.840.10008.1.2.4.50"
+
+    def get(accept: str, **headers: str) -> requests.Response:
+        return requests.get(
+            f"{url}/bulkdata/00282000", headers={**stack.api_headers, "Accept": accept, **headers}, timeout=30
+        )
+
+    for syntax in (explicit, baseline):
+        single = get(f"application/octet-stream; {syntax}")
+        assert (single.status_code, single.headers["Content-Type"], single.content) == (
+            200,
+            "application/octet-stream",
+            profile,
+        ), single.text[:300]
+        ranged = get(f"application/octet-stream; {syntax}", Range="bytes=256-511")
+        assert (ranged.status_code, ranged.headers["Content-Range"], ranged.content) == (
+            206,
+            "bytes 256-511/2048",
+            profile[256:512],
+        )
+        multi = get(f'multipart/related; type="application/octet-stream"; {syntax}')
+        assert multi.status_code == 200, multi.text[:300]
+        assert parse_multipart(multi) == [("application/octet-stream", profile)]
+
+
 def test_metadata_levels_relative_bulkdata_etag_gzip(
     stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]
 ) -> None:
