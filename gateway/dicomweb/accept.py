@@ -70,10 +70,11 @@ def _split_outside_quotes(value: str, sep: str) -> list[str]:
     return parts
 
 
-# Names of frame media types from before PS3.18 registered them, still sent by clients (dicomweb-client lists both
-# for RLE and JPEG-LS frames): read as the registered name, which is what the answer's Content-Type then says.
+# The 406's first words, before what the resource is answered as (``answered_as``).
 NO_MATCH = "none of the accepted media types can be produced from the stored data (no transcoding)"
 
+# Names of frame media types from before PS3.18 registered them, still sent by clients (dicomweb-client lists both
+# for RLE and JPEG-LS frames): read as the registered name, which is what the answer's Content-Type then says.
 _LEGACY_NAMES = {"image/x-dicom-rle": "image/dicom-rle", "image/x-jls": "image/jls"}
 
 

@@ -103,9 +103,9 @@ def bulk_syntax(stored: str) -> str:
     such, never under the file's own syntax, which made ``transfer-syntax=1.2.840.10008.1.2.1`` a 406 and which
     PS3.18 8.7.3 says "shall not be used with Web Services". Big-endian and deflated files' values are converted
     to those bytes (``gateway.dicom.converted``). Encapsulated Uncompressed's frames are those bytes too, one a
-    fragment (PS3.5 A.4.11; their pad cut at ingest): named by their own syntax, a client asking Explicit VR Little
-    Endian had a 406 (Orthanc names them so), and older Cornerstone image loaders know no decoder by that name. Retrieve
-    (P10) still names the file's syntax (we never transcode)."""
+    fragment (PS3.5 A.4.11; their pad cut at ingest): named by their own syntax, a client asking Explicit VR
+    Little Endian had a 406 (Orthanc names them so), and older Cornerstone image loaders know no decoder by that
+    name. Retrieve (P10) still names the file's syntax (we never transcode)."""
     if stored in (IMPLICIT_TS, ENCAPSULATED_UNCOMPRESSED_LE) or is_converted(stored):
         return NATIVE_TS
     return stored
