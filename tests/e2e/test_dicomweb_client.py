@@ -174,7 +174,7 @@ def test_store_to_the_study_with_a_series_token(stack: RunningStack, tmp_path: P
     with pytest.raises(requests.HTTPError) as other:
         client.store_instances(datasets[:1], study_instance_uid=uids_of(stack.uploaded["files"][0])[0])
     assert other.value.response.status_code == 403
-    assert other.value.response.json() == {"error": "forbidden", "detail": "out_of_scope"}
+    assert other.value.response.json() == {"error": "out_of_scope", "detail": "study outside the token's scope"}
 
 
 def test_an_empty_value_among_several_is_null(stack: RunningStack, tmp_path: Path) -> None:

@@ -150,8 +150,8 @@ def test_study_and_series_level_renderings(stack: RunningStack, tmp_path: Path) 
     series_root = stack.root(stack.issue([study], series=[series])["token"])
     assert requests.get(f"{series_root}/studies/{study}/series/{series}/rendered", timeout=30).status_code == 200
     for path in (f"/studies/{study}/rendered", f"/studies/{study}/thumbnail"):
-        assert json_error(requests.get(f"{series_root}{path}", timeout=30), 403, "forbidden")["detail"] == (
-            "out_of_scope"
+        assert json_error(requests.get(f"{series_root}{path}", timeout=30), 403, "out_of_scope")["detail"] == (
+            "the token reaches only some series of this study"
         )
     # a series of another study is no series of this one
     other = uids_of(stack.uploaded["files"][0])
