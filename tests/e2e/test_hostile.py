@@ -347,6 +347,40 @@ def test_a_method_the_resource_does_not_take_is_a_405_with_allow(stack: RunningS
     status, answer, body = raw(stack, b"PUT /api/v1/tokens HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
     assert_json_error(status, answer, body, 405)
     assert set(answer.get("allow", "").split(", ")) == {"POST", "OPTIONS"}, answer
+    # and NGINX's own 405 there (TRACE, refused before any location) names what Python names: it said "GET, HEAD,
+    # POST, DELETE" on every API path, methods none of them takes
+    for path in (
+        "/api/v1/tokens",
+        "/api/v1/tokens/abc/revoke",
+        "/api/v1/tokens/renew",
+        "/api/v1/session",
+        "/api/v1/admin/audit",
+        "/api/v1/admin/access",
+        "/api/v1/admin/quarantine",
+        "/api/v1/admin/quarantine/incoming/a.dcm/release",
+        "/api/v1/admin/quarantine/incoming/a.dcm/preview",
+        "/api/v1/admin/quarantine/incoming/a.dcm",
+        "/api/v1/admin/erasure",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ):
+        allowed = []
+        for method in ("PUT", "TRACE"):
+            request = f"{method} {path} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n".encode()
+            status, answer, body = raw(stack, request)
+            assert_json_error(status, answer, body, 405)
+            allowed.append(set(answer.get("allow", "").split(", ")))
+        if allowed[0] != allowed[1]:
+            failures.append(f"{path}: PUT's Allow {allowed[0]}, TRACE's {allowed[1]}")
+    # a path that names no resource is the 404 for every method (a PUT there was a 405 saying GET was allowed)
+    for path in ("/nothing", "/index.html", "/t/abc/viewer"):
+        for method in ("GET", "PUT", "DELETE", "OPTIONS", "POST", "PATCH"):
+            request = f"{method} {path} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+            status, answer, body = raw(stack, request.encode())
+            assert_json_error(status, answer, body, 404)
+            if "allow" in answer:
+                failures.append(f"{method} {path}: Allow {answer['allow']} on a 404")
     assert not failures, "\n".join(failures)
 
 
