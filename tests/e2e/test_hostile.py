@@ -158,6 +158,10 @@ def test_a_read_with_a_large_body_is_a_json_413_before_it_is_read(stack: Running
         for framing, content in ((f"Content-Length: {len(body)}", body), ("Transfer-Encoding: chunked", chunked)):
             status, headers, answer = raw(stack, f"{head}{framing}\r\n\r\n".encode() + content)
             assert assert_json_error(status, headers, answer, 413) == too_large, (path, framing)
+    # an upload's limit stays STOW's, named as such (the error page's redirect makes any method a GET)
+    upload = f"POST {ct['root']}/studies HTTP/1.1\r\nHost: gw\r\nContent-Type: application/dicom\r\n"
+    status, headers, answer = raw(stack, f"{upload}Content-Length: {1 << 40}\r\nConnection: close\r\n\r\n".encode())
+    assert assert_json_error(status, headers, answer, 413)["detail"] == "the request body is larger than 8g"
     # a body of a few bytes, as some clients send with a GET, is no reason to refuse the read
     octets = {"Accept": "application/octet-stream"}
     frame = requests.get(f"{stack.url}{instance}/frames/1", data=b"{}", headers=octets, timeout=30)
