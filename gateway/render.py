@@ -28,7 +28,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, convert_color_space
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
 from werkzeug.datastructures import MultiDict
 
 from gateway import nginx_contract as nginx
@@ -143,6 +143,10 @@ def _pixel_dataset(services: Services, cached: Any, metadata: Mapping[str, Any],
     range."""
 
     def bulk(tag: str, vr: str, uri: str) -> bytes:
+        if is_converted(cached.transfer_syntax_uid):
+            # a big-endian or deflated file's value has no stored byte range: read little endian, as it is served
+            reader = ConvertedReader(services.storage, services.settings.bulkdata_threshold)
+            return reader.bulk(cached.storage_key, cached.size, metadata, uri.removeprefix("bulkdata/"))
         found = _bulk_bytes(services, cached, uri)
         if found is None:
             raise NotAcceptable("this instance's lookup tables cannot be read for rendering")
@@ -153,9 +157,10 @@ def _pixel_dataset(services: Services, cached: Any, metadata: Mapping[str, Any],
         ds = Dataset.from_json(subset, bulk_data_uri_handler=bulk)
     except (ValueError, TypeError, KeyError) as error:  # uploaded values pydicom cannot take are no server fault
         raise NotAcceptable(f"this instance's pixel description cannot be rendered ({type(error).__name__})") from None
-    # OW lookup tables are read in the file's byte order, which pydicom takes from here (DICOM JSON carries none:
-    # without it every LUT of an implicit VR file, OW in the metadata, was a 406)
-    ds.set_original_encoding(False, cached.transfer_syntax_uid != ExplicitVRBigEndian)
+    # pydicom reads OW lookup tables in the byte order named here (DICOM JSON carries none: without it every LUT of
+    # an implicit VR file was a 406). Every binary value above is little endian: a big-endian file's InlineBinary
+    # is swapped at ingest (gateway.dicom.metadata), its bulk values by the reader
+    ds.set_original_encoding(False, True)
     return ds
 
 

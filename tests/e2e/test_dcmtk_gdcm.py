@@ -264,6 +264,32 @@ def test_a_retired_jpeg_process_renders_as_dcmtk_decodes_it(
             assert_renders_as_pydicom_decodes(pydicom.dcmread(decoded), answer.content)
 
 
+@pytest.mark.parametrize("option", ["+tb", "+td"])
+@pytest.mark.parametrize("entries", [256, 4096])
+def test_a_palette_image_dcmconv_converted_renders_in_its_colours(
+    stack: RunningStack, tmp_path: Path, option: str, entries: int
+) -> None:
+    """pydicom's PALETTE COLOR example written big endian or deflated by `dcmconv +tb` / `+td`, with its 256-entry
+    lookup tables (InlineBinary in the metadata) or widened to 4096 entries (8 KB each: bulk data). Bulk tables of
+    such a file have no stored byte range: rendered was a 406 "this instance's lookup tables cannot be read for
+    rendering". The rendering is the colours of the little-endian file DCMTK converted (pydicom's apply_color_lut
+    reads a big-endian file's tables in the machine's byte order, so the converted file is no oracle)."""
+    ds = pydicom.dcmread(fresh_copy(pydicom_file("examples_palette.dcm"), tmp_path / "palette.dcm"))
+    for colour in ("Red", "Green", "Blue"):
+        table = np.frombuffer(ds[f"{colour}PaletteColorLookupTableData"].value, "<u2")
+        wide = np.concatenate([table, np.full(entries - len(table), table[-1], "<u2")])
+        ds[f"{colour}PaletteColorLookupTableData"].value = wide.tobytes()
+        ds[f"{colour}PaletteColorLookupTableDescriptor"].value = [entries, 0, 16]
+    ds.save_as(tmp_path / "source.dcm", enforce_file_format=True)
+    sent = tmp_path / "converted.dcm"
+    run("dcmconv", option, tmp_path / "source.dcm", sent)
+    assert stack.stow([sent]).status_code == 200
+    for path in ("rendered", "frames/1/rendered"):
+        answer = get(stack, f"{url(stack, sent)}/{path}", "image/png")
+        assert (answer.status_code, answer.headers["Content-Type"]) == (200, "image/png"), answer.text[:200]
+        assert_renders_as_pydicom_decodes(pydicom.dcmread(tmp_path / "source.dcm"), answer.content)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_the_instance_is_byte_identical(stack: RunningStack, made: dict[str, tuple[Path, Path]], name: str) -> None:
     sent, _ = made[name]
