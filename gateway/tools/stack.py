@@ -287,8 +287,17 @@ class Stack:
         # One value per setting, used by gunicorn, NGINX and seeding alike: a flag (constructor argument) wins,
         # then the environment (``extra_env``), then the default under ``var/`` (keys generated there once).
         self.var_dir = self.var_dir.resolve()
-        with private_files():
-            self.var_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            with private_files():
+                self.var_dir.mkdir(parents=True, exist_ok=True)
+            (self.var_dir / f".write-probe-{os.getpid()}").touch()
+            (self.var_dir / f".write-probe-{os.getpid()}").unlink()
+        except OSError as error:
+            # a read-only mount, another user's folder: it was Python's bare "[Errno 30] Read-only file system:
+            # '/srv/dgw'" (or "Permission denied" once the keys were generated), naming neither the flag nor a fix
+            raise StackError(
+                f"--var {self.var_dir}: cannot write there ({error.strerror}): choose a folder this user can write"
+            ) from None
         self.host = bare_host(self.host)
         env = self.extra_env
         # without the blanks around them, as the gateway reads them (NGINX would serve a folder named "objects ")

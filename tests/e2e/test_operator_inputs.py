@@ -30,6 +30,7 @@ from gateway.tools.synth import make_series
 from tests.e2e.harness import AWS_TEST_ENV
 from tests.e2e.test_stack_cli import gateway_env, ipv6_loopback_port
 from tests.fixtures.servers import MotoServer, PostgresServer, create_bucket, postgres_database
+from tests.requirements import require
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "gateway.cli"]
@@ -608,6 +609,33 @@ def test_token_issue_with_a_flag_the_token_rules_refuse_is_a_usage_error_naming_
 
 
 # -- folders and paths -------------------------------------------------------------------------------------------
+
+
+def test_a_var_folder_on_a_read_only_mount_is_one_line_naming_var(tmp_path: Path) -> None:
+    """`stack up --var DIR` where DIR cannot be written (a read-only mount here; another user's folder for a
+    non-root user): the line was Python's bare `Error: [Errno 30] Read-only file system: 'DIR'`, naming neither the
+    flag nor what to do. It names `--var` and the fix, exit 1, nothing started, for a folder to make under the mount
+    and for the mount itself (which exists: the first write is refused, not its making)."""
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    try:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)], capture_output=True)
+        done, reason = mounted.returncode == 0, mounted.stderr.decode(errors="replace").strip()
+    except OSError as error:  # no mount(8) at all
+        done, reason = False, str(error)
+    require(done, f"cannot mount a read-only tmpfs (this test needs root): {reason}")
+    try:
+        for var in (mount / "var", mount):
+            process = _stack_up(var, free_port(), gateway_env(tmp_path), tmp_path)
+            assert _finish(process) == (
+                1,
+                "",
+                f"Error: --var {var}: cannot write there (Read-only file system): choose a folder this user can "
+                "write\n",
+            )
+            assert not _processes_under(var)
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
 
 
 def test_a_storage_folder_that_cannot_be_made_stops_start_up_in_one_line(tmp_path: Path) -> None:
