@@ -361,6 +361,19 @@ def db_upgrade() -> None:
     click.echo(f"catalog schema at revision {revision}")
 
 
+def _writable_heartbeat(path: Path | None) -> Path | None:
+    """``--heartbeat``'s folder, checked before the first run: a folder that does not exist (a volume not mounted)
+    was a traceback once a run had succeeded (a retention run after removing studies), and compose restarted it into
+    the same end, never healthy."""
+    if path is not None:
+        folder = path.parent
+        if not folder.is_dir():
+            raise click.BadParameter(f"{path}: the folder {folder} does not exist")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise click.BadParameter(f"{path}: this user cannot write in {folder}")
+    return path
+
+
 @main.group()
 def audit() -> None:
     """The access audit trail (README, "Access audit")."""
@@ -381,6 +394,7 @@ def audit() -> None:
     "--heartbeat",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
+    callback=lambda _ctx, _param, value: _writable_heartbeat(value),
     help="Touch this file after each successful pass (a container health check reads its age).",
 )
 def audit_collect(log_path: Path, follow: bool, echo: bool, heartbeat: Path | None) -> None:
@@ -465,7 +479,12 @@ def retention() -> None:
     default=0,
     help="Run again every this many seconds, for ever (docker-compose's retention service); 0: once.",
 )
-@click.option("--heartbeat", type=click.Path(dir_okay=False, path_type=Path), help="Touched after each good run.")
+@click.option(
+    "--heartbeat",
+    type=click.Path(dir_okay=False, path_type=Path),
+    callback=lambda _ctx, _param, value: _writable_heartbeat(value),
+    help="Touched after each good run.",
+)
 def retention_run(dry_run: bool, every: int, heartbeat: Path | None) -> None:
     """Apply [retention] (docker-compose and the Terraform schedule run this regularly)."""
     import time

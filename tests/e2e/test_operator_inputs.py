@@ -608,6 +608,33 @@ def test_token_issue_with_a_flag_the_token_rules_refuse_is_a_usage_error_naming_
     assert _run(argv, env, tmp_path) == (2, "", f"Error: Invalid value for {flag}: {problem}\n")
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["retention", "run"],
+        ["retention", "run", "--every", "86400"],
+        ["audit", "collect", "--follow", "--log", "{tmp}/access.log"],
+    ],
+    ids=["retention-once", "retention-every", "collector"],
+)
+def test_a_heartbeat_in_a_folder_that_does_not_exist_is_a_usage_error_before_any_run(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """`--heartbeat FILE` (compose's health checks read it) in a folder that does not exist: `retention run` ran,
+    removed what had expired, then died in a traceback touching it (`FileNotFoundError`, exit 1; with `--every`,
+    compose restarted it into the same end, never healthy). It is refused before anything runs, naming the flag."""
+    env = gateway_env(tmp_path)
+    assert _run(["db", "upgrade"], env, tmp_path)[0] == 0
+    (tmp_path / "access.log").write_text("")
+    heartbeat = tmp_path / "not-mounted" / "alive"
+    argv = [part.replace("{tmp}", str(tmp_path)) for part in command] + ["--heartbeat", str(heartbeat)]
+    assert _run(argv, env, tmp_path) == (
+        2,
+        "",
+        f"Error: Invalid value for '--heartbeat': {heartbeat}: the folder {heartbeat.parent} does not exist\n",
+    )
+
+
 # -- folders and paths -------------------------------------------------------------------------------------------
 
 
