@@ -224,3 +224,40 @@ def test_synth_patient_id_of_64_characters_is_stored_and_found(stack: RunningSta
     assert found.status_code == 200 and found.headers["Content-Type"] == "application/dicom+json"
     [match] = found.json()
     assert match["00100020"] == {"vr": "LO", "Value": [patient]}
+
+
+# -- README, Command line: `synth ct|mr|wsi --out DIR`. Ctrl-C while it wrote a series was click's `Aborted!`, exit 1
+# (the status of a failure), and the file being written was left truncated under its .dcm name, which `upload` of
+# the folder then sent and the gateway refused; the whole-slide image was already written aside and renamed.
+
+
+def test_ctrl_c_during_synth_leaves_only_whole_files_and_exits_130(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    import pydicom
+
+    out = tmp_path / "ct"
+    command = [sys.executable, "-m", "gateway.cli", "synth", "ct", "--out", str(out), "--slices", "5000"]
+    # SIGINT as a terminal's Ctrl-C delivers it, whatever this test runner's own disposition of it is
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    deadline = time.monotonic() + 120
+    while len(list(out.glob("*.dcm"))) < 3 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert (process.returncode, stdout, stderr) == (
+        130,
+        "",
+        "stopped (Ctrl-C): the files written are whole; the same command again writes them all\n",
+    )
+    written = sorted(out.iterdir())
+    assert written and all(path.suffix == ".dcm" for path in written), written
+    for path in written:
+        assert len(pydicom.dcmread(path).PixelData) == 512 * 512 * 2, path

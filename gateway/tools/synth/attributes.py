@@ -3,7 +3,10 @@ hidden where real files hide it (or the PS3.15 basic-profile result under ``clea
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filewriter import dcmwrite
 from pydicom.uid import UID
 
 from gateway.tools.synth.identity import PRIVATE_CREATOR, _Identity, _uid
@@ -126,3 +129,14 @@ def _ds(value: float) -> str:
     text = f"{value:.6f}".rstrip("0").rstrip(".")
     return "0" if text in ("-0", "") else text
 
+
+
+def write_whole(path: Path, ds: Dataset) -> None:
+    """``ds`` as the PS3.10 file ``path``, written beside it and renamed once whole, as the whole-slide image is: a
+    Ctrl-C or a crash mid-write left a truncated .dcm that `upload` of the folder then failed on."""
+    partial = path.with_name(path.name + ".partial")
+    try:
+        dcmwrite(partial, ds, enforce_file_format=True)
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)

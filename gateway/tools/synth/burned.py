@@ -16,10 +16,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
-from pydicom.filewriter import dcmwrite
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
 
-from gateway.tools.synth.attributes import _common, _file_meta
+from gateway.tools.synth.attributes import _common, _file_meta, write_whole
 from gateway.tools.synth.identity import _Identity, _identity, _study_uid, _uid
 
 US_MULTIFRAME = "1.2.840.10008.5.1.4.1.1.3.1"
@@ -152,7 +151,7 @@ def _write(
         ds.PixelData = b"".join(image.tobytes() for image in images)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{kind.lower()}-{seed}.dcm"
-    dcmwrite(path, ds, enforce_file_format=True)
+    write_whole(path, ds)
     return path
 
 

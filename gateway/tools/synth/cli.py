@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -49,6 +50,9 @@ def _run(make: Callable[[], Any]) -> Any:
         return make()
     except (ValueError, InvalidUID) as error:
         raise click.UsageError(str(error)) from None
+    except KeyboardInterrupt:  # was click's "Aborted!", exit 1, the status of a failure
+        click.echo("stopped (Ctrl-C): the files written are whole; the same command again writes them all", err=True)
+        sys.exit(130)
 
 
 @click.group(name="synth")

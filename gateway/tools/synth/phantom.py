@@ -7,10 +7,9 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.filewriter import dcmwrite
 from pydicom.uid import ExplicitVRLittleEndian
 
-from gateway.tools.synth.attributes import _common, _ds, _file_meta, _trailing_phi
+from gateway.tools.synth.attributes import _common, _ds, _file_meta, _trailing_phi, write_whole
 from gateway.tools.synth.identity import _identity, _study_uid, _uid
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -205,7 +204,7 @@ def make_series(
             for group, element, vr, value in _trailing_phi(ident):
                 ds.add_new((group << 16) | element, vr, value.decode("utf-8"))
         path = out / f"{modality.lower()}-{seed}-{index + 1:04d}.dcm"
-        dcmwrite(path, ds, enforce_file_format=True)
+        write_whole(path, ds)
         paths.append(path)
     return paths
 
