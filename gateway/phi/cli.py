@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,10 +91,15 @@ def scan(ctx: click.Context, paths: tuple[Path, ...], policy_file: Path | None) 
             policy = load_policy(policy_file)
         except ConfigError as error:
             raise click.BadParameter(str(error), param_hint="--policy") from None
-    worst = 0
-    for report in scan_as_upload(paths, policy):
-        click.echo(report.to_json())
-        worst = max(worst, report.exit_code)
+    worst, scanned = 0, 0
+    try:
+        for report in scan_as_upload(paths, policy):
+            worst, scanned = max(worst, report.exit_code), scanned + 1
+            click.echo(report.to_json())
+    except KeyboardInterrupt:
+        # was click's "Aborted!", exit 1: this command's "PHI found", for files never scanned
+        click.echo(f"stopped (Ctrl-C) after {scanned} files: the rest were not scanned, so no verdict", err=True)
+        sys.exit(130)
     ctx.exit(worst)
 
 

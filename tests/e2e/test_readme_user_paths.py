@@ -261,3 +261,31 @@ def test_ctrl_c_during_synth_leaves_only_whole_files_and_exits_130(tmp_path: Pat
     assert written and all(path.suffix == ".dcm" for path in written), written
     for path in written:
         assert len(pydicom.dcmread(path).PixelData) == 512 * 512 * 2, path
+
+
+# -- README, Command line: `scan PATH...` exits "0 clean or skipped, 1 PHI found, 2 unreadable". Ctrl-C in a folder's
+# scan was click's `Aborted!`, exit 1: a script gating an import on the status read "PHI found" for files it never
+# scanned (or, testing for 2, went on).
+
+
+def test_ctrl_c_during_scan_is_no_verdict_and_exits_130(tmp_path: Path) -> None:
+    import json
+    import signal
+
+    files = make_series(tmp_path / "export", modality="CT", slices=400, rows=16, columns=16, seed=2801, clean=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "scan", str(tmp_path / "export")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a terminal's Ctrl-C
+    )
+    assert process.stdout is not None
+    first = process.stdout.readline()  # scanning has begun
+    assert json.loads(first)["status"] == "clean"
+    process.send_signal(signal.SIGINT)
+    rest, stderr = process.communicate(timeout=60)
+    reports = [first, *rest.splitlines()]
+    assert process.returncode == 130, (process.returncode, stderr)
+    assert 0 < len(reports) < len(files)
+    assert stderr == f"stopped (Ctrl-C) after {len(reports)} files: the rest were not scanned, so no verdict\n"
