@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import signal
 import tempfile
@@ -116,13 +115,16 @@ def sqs_endpoint(url: str) -> dict[str, str]:
     """The endpoint and region a queue URL names (``https://sqs.eu-central-1.amazonaws.com/ACCOUNT/NAME``), so the
     client needs neither AWS_REGION nor AWS_DEFAULT_REGION (without one, every gunicorn worker died at start-up in
     botocore's NoRegionError) and never follows AWS_ENDPOINT_URL, which names the S3-compatible storage. Another
-    SQS-compatible server (ElasticMQ, moto) takes any region: the environment's, else us-east-1."""
+    SQS-compatible server (ElasticMQ, moto) takes any region: boto3's own (AWS_DEFAULT_REGION, a profile's), else
+    us-east-1."""
     parts = urlsplit(url)
     named = _AWS_SQS_HOST.fullmatch(parts.hostname or "")
     if named:
         region = named.group(1) or named.group(2) or "us-east-1"
     else:
-        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        import boto3
+
+        region = boto3.session.Session().region_name or "us-east-1"  # the environment's, as boto3 reads it
     return {"endpoint_url": f"{parts.scheme}://{parts.netloc}", "region_name": region}
 
 
