@@ -5,7 +5,6 @@ the released copy is durable and visible."""
 from __future__ import annotations
 
 import io
-import tempfile
 from itertools import islice
 from pathlib import Path
 from typing import Any, Literal
@@ -18,7 +17,7 @@ from gateway.errors import Conflict, FrameNotFound, NotAcceptable, NotFound, Upl
 from gateway.hooks import Hook, HookOutcome, UploadContext
 from gateway.ingest import OUT_OF_RESOURCES, Ingestor
 from gateway.services import Services
-from gateway.spool import spool_prefix
+from gateway.spool import spool_folder, spool_unavailable
 from gateway.storage import Storage, open_storage
 
 
@@ -51,6 +50,15 @@ def remove(services: Services, key: str) -> None:
         raise NotFound("no such quarantined object")
     held_in(services, record, removal=True).delete(key)
     services.catalog.remove_quarantine(key)
+
+
+def _copy_to_spool(storage: Storage, key: str, local: Path) -> None:
+    """The held file copied into the upload spool; the spool full, gone or read-only is the JSON 503 an upload
+    meets there (it was a 500 "unexpected server error"), the file still held."""
+    try:
+        storage.download(key, local)
+    except OSError as exc:
+        raise spool_unavailable(exc) from None
 
 
 class _Approved:
@@ -94,9 +102,9 @@ def release(services: Services, key: str) -> dict[str, Any]:
     context = upload_context(record)
     policy = next((hook for hook in services.ingestor.hooks if isinstance(hook, PhiHook)), None)
     # named for this process: a worker killed mid-release leaves the held file's copy for the sweep (gateway.spool)
-    with tempfile.TemporaryDirectory(dir=services.spool_dir, prefix=spool_prefix("release")) as tmp:
-        local = Path(tmp) / "released.dcm"
-        storage.download(key, local)
+    with spool_folder(services.spool_dir, "release") as tmp:
+        local = tmp / "released.dcm"
+        _copy_to_spool(storage, key, local)
         hooks: list[Hook] = []
         if policy is not None:
             outcome = policy.approve(local, context)
@@ -178,9 +186,9 @@ def preview(services: Services, key: str, frame: int) -> bytes:
     if record is None:
         raise NotFound("no such quarantined object")
     regions = ((record.get("report") or {}).get("pixels") or {}).get("regions") or []
-    with tempfile.TemporaryDirectory(dir=services.spool_dir, prefix=spool_prefix("release")) as tmp:
-        local = Path(tmp) / "preview.dcm"
-        held_in(services, record).download(key, local)
+    with spool_folder(services.spool_dir, "release") as tmp:
+        local = tmp / "preview.dcm"
+        _copy_to_spool(held_in(services, record), key, local)
         try:
             file = PixelFile.open(local, max_frames=1_000_000)
             if not 1 <= frame <= file.frames:

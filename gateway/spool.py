@@ -65,6 +65,25 @@ def sweep_spool(spool_dir: Path) -> int:
     return removed
 
 
+def spool_unavailable(exc: OSError) -> StorageUnavailable:
+    """A spool folder that is full, gone or read-only: the gateway's fault, never the client's (503, a retry is
+    safe), named by its errno only (its message names the path)."""
+    return StorageUnavailable(f"upload spool write failed ({errno.errorcode.get(exc.errno or 0, 'error')})")
+
+
+@contextlib.contextmanager
+def spool_folder(spool_dir: Path, kind: str) -> Iterator[Path]:
+    """A new folder in ``spool_dir`` named for this process (``sweep_spool`` removes it once the process is gone),
+    removed with what is in it after the block. An ``OSError`` of the spool in the block is the caller's to map with
+    ``spool_unavailable``; one making the folder is mapped here."""
+    try:
+        made = tempfile.TemporaryDirectory(dir=spool_dir, prefix=spool_prefix(kind))
+    except OSError as exc:
+        raise spool_unavailable(exc) from None
+    with made as folder:
+        yield Path(folder)
+
+
 @contextlib.contextmanager
 def spool_file(spool_dir: Path, kind: str, suffix: str) -> Iterator[tuple[Path, Callable[[Buffer], None]]]:
     """A new file in ``spool_dir`` and a function that appends to it; the file is removed when anything fails
@@ -72,13 +91,10 @@ def spool_file(spool_dir: Path, kind: str, suffix: str) -> Iterator[tuple[Path, 
     client's: ``StorageUnavailable`` (503, retry is safe), never a 500, and no partial file left to fill the
     folder for every later upload."""
 
-    def unavailable(exc: OSError) -> StorageUnavailable:
-        return StorageUnavailable(f"upload spool write failed ({errno.errorcode.get(exc.errno or 0, 'error')})")
-
     try:
         fd, name = tempfile.mkstemp(prefix=spool_prefix(kind), suffix=suffix, dir=spool_dir)
     except OSError as exc:
-        raise unavailable(exc) from None
+        raise spool_unavailable(exc) from None
     path = Path(name)
     out = os.fdopen(fd, "wb")
 
@@ -86,14 +102,14 @@ def spool_file(spool_dir: Path, kind: str, suffix: str) -> Iterator[tuple[Path, 
         try:
             out.write(chunk)
         except OSError as exc:
-            raise unavailable(exc) from None
+            raise spool_unavailable(exc) from None
 
     try:
         yield path, write
         try:
             out.flush()
         except OSError as exc:
-            raise unavailable(exc) from None
+            raise spool_unavailable(exc) from None
     except BaseException:
         with contextlib.suppress(OSError):  # what is still buffered cannot be written either
             out.close()

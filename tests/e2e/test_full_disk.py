@@ -354,3 +354,39 @@ def test_nginx_temp_and_cache_folders_full_still_serve_reads_and_uploads(tmp_pat
         assert sorted(path.name for path in cache.iterdir() if path.is_file()) == ["filler-0"]
         assert sorted(path.name for path in (cache / "plan").iterdir() if path.is_file()) == [".room.0000000000"]
         assert (cache / "plan" / ".room.0000000000").read_bytes() == b""
+
+
+def test_upload_spool_full_is_a_503_for_a_release_and_a_preview_and_the_file_stays_held(tmp_path: Path) -> None:
+    """A release or preview of a held file copies it into the upload spool first: with that folder full, both were
+    a JSON 500 "unexpected server error", where an upload meeting the same folder is the 503 saying so. Both are
+    now that 503 with Retry-After, the file still held and no copy left; once there is room, the release stores
+    it."""
+    from tests.e2e.test_lifecycle import HOLD_POLICY, held, upload
+
+    policy = tmp_path / "policy.toml"
+    policy.write_text(HOLD_POLICY)
+    var = tmp_path / "var"
+    [path] = make_series(tmp_path / "held", slices=1, rows=1024, columns=1024, seed=7951)  # 2 MB, with PHI
+    with tmpfs(var / "spool", "8m") as spool, running(var, DICOMGW_PHI_POLICY=str(policy)) as stack:
+        assert upload(stack, [path], "hold").status_code == 409
+        [key] = list(held(stack))
+        fill(spool, leave=100_000)
+        api = f"{stack.url}/api/v1/admin/quarantine/{key}"
+        for answer in (
+            requests.post(f"{api}/release", headers=stack.api_headers, timeout=60),
+            requests.get(f"{api}/preview", headers=stack.api_headers, timeout=60),
+        ):
+            assert answer.status_code == 503, answer.text
+            assert answer.headers["Content-Type"] == "application/json"
+            assert answer.headers["Retry-After"] == "5"
+            assert answer.json() == {
+                "error": "storage_unavailable",
+                "detail": "upload spool write failed (ENOSPC)",
+            }
+        assert list(held(stack)) == [key]
+        assert sorted(p.name for p in spool.iterdir()) == ["filler-0"]
+        free(spool)
+        released = requests.post(f"{api}/release", headers=stack.api_headers, timeout=60)
+        assert released.status_code == 200, released.text
+        assert held(stack) == {}
+        assert retrieved(stack, path) == path.read_bytes()
