@@ -22,7 +22,7 @@ from gateway.dicom.index import index_file
 from gateway.errors import Conflict, DicomError
 from gateway.ingest import sha256_of
 from gateway.lifecycle import Deleter
-from gateway.spool import spool_prefix, sweep_spool
+from gateway.spool import spool_folder, spool_unavailable, sweep_spool
 from gateway.storage import Storage, open_storage
 
 
@@ -56,9 +56,12 @@ def _reconcile(settings: Settings, storage: Storage, catalog: Catalog, *, repair
         spool = Path(settings.tmp_dir or tempfile.gettempdir())
         sweep_spool(spool)  # what a repair killed before this one left: copies of stored objects
         for key in orphans:
-            with tempfile.TemporaryDirectory(dir=spool, prefix=spool_prefix("reconcile")) as tmp:
-                local = Path(tmp) / "orphan.dcm"
-                storage.download(key, local)
+            with spool_folder(spool, "reconcile") as tmp:
+                local = tmp / "orphan.dcm"
+                try:
+                    storage.download(key, local)
+                except OSError as exc:  # the folder full or gone: one line (the CLI's), not a traceback
+                    raise spool_unavailable(exc) from None
                 try:
                     indexed = index_file(local, bulkdata_threshold=settings.bulkdata_threshold)
                 except DicomError:

@@ -390,3 +390,35 @@ def test_upload_spool_full_is_a_503_for_a_release_and_a_preview_and_the_file_sta
         assert released.status_code == 200, released.text
         assert held(stack) == {}
         assert retrieved(stack, path) == path.read_bytes()
+
+
+def test_upload_spool_full_stops_reconcile_repair_in_one_line_and_the_next_repair_registers_the_orphan(
+    tmp_path: Path,
+) -> None:
+    """`reconcile --repair` copies each orphan (an object stored without its catalog row) into the spool to index
+    it: with that folder full it is one line and exit 1, the orphan left as it is, never a traceback; once there
+    is room the next repair registers it and it is served."""
+    import subprocess
+    import sys
+
+    var = tmp_path / "var"
+    [path] = make_series(tmp_path / "orphan", slices=1, rows=1024, columns=1024, seed=7961, clean=True)
+    study, series, sop = uids_of(path)
+    with tmpfs(var / "spool", "8m") as spool, running(var) as stack:
+        root = stack.stack.file_root
+        assert root is not None
+        key = root / f"studies/{study}/series/{series}/instances/{sop}.dcm"
+        key.parent.mkdir(parents=True)
+        shutil.copyfile(path, key)  # stored, then the worker died before its catalog commit
+        env = {**os.environ, **stack.stack.gateway_env()}
+        command = [sys.executable, "-m", "gateway.cli", "reconcile", "--repair"]
+        fill(spool, leave=100_000)
+        full = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+        assert full.returncode == 1, full.stdout + full.stderr
+        assert full.stderr.splitlines() == ["Error: storage_unavailable: upload spool write failed (ENOSPC)"]
+        assert key.read_bytes() == path.read_bytes()
+        assert sorted(p.name for p in spool.iterdir()) == ["filler-0"]
+        free(spool)
+        repaired = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+        assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+        assert retrieved(stack, path) == path.read_bytes()
