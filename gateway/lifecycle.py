@@ -120,8 +120,15 @@ class Deleter:
                     gone.append(key)
         # S3 answers one DELETE per request: a few at once, so a study of thousands stays well inside a request's
         # time (boto3 clients are thread-safe; the local backend is just as happy)
-        with ThreadPoolExecutor(max_workers=DELETE_CONCURRENCY) as pool:
-            list(pool.map(self.storage.delete, gone))
+        try:
+            with ThreadPoolExecutor(max_workers=DELETE_CONCURRENCY) as pool:
+                list(pool.map(self.storage.delete, gone))
+        except RuntimeError:
+            # "cannot schedule new futures after interpreter shutdown": a gunicorn worker past its graceful stop
+            # with this request still running. One at a time here, so the deletion still ends before its answer
+            # (it was a 500 with the study hidden and its objects left for `reconcile`)
+            for key in gone:
+                self.storage.delete(key)
         return gone
 
     def finish_unfinished(self, *, older_than: int | None = None, sub: str | None = None) -> list[dict[str, Any]]:

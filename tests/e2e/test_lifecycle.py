@@ -1449,3 +1449,41 @@ def test_a_release_killed_with_the_held_file_on_disk_leaves_no_copy_and_the_retr
     assert held(stack) == {} and list(stack.storage().list("quarantine/")) == []
     instance = f"{stack.root(stack.issue([study])['token'])}/studies/{study}/series/{series}/instances/{sop}"
     assert requests.get(instance, headers={"Accept": "application/dicom"}, timeout=30).content == path.read_bytes()
+
+
+def test_a_delete_outliving_its_workers_graceful_time_still_removes_everything_before_its_answer(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM to the gunicorn workers (a reload, a scale-in, a worker's own ``max_requests``) while a DELETE waits
+    out its settle time, longer than gunicorn's graceful time (5 s under ``stack up``): the removal then met
+    Python's interpreter shutdown ("cannot schedule new futures after interpreter shutdown"), a JSON 500 with the
+    study hidden and its objects left in storage until `reconcile --repair`. The objects are now removed one at a
+    time in the request's own thread: the answer is the 204 and nothing of the study is left."""
+    running = start_stack(tmp_path / "var", "file", None, DICOMGW_DELETE_SETTLE="8", DICOMGW_DERIVATIVES="0")
+    try:
+        files = make_study(tmp_path / "study", 471, series=1)
+        assert running.stow(files).status_code == 200
+        study = uids_of(files[0])[0]
+        outcome: list[Any] = []
+        thread = threading.Thread(target=lambda: outcome.append(_delete_or_error(running, f"studies/{study}")))
+        thread.start()
+        db = sqlite3.connect(f"file:{running.stack.var_dir / 'catalog.db'}?mode=ro", uri=True, timeout=30)
+        deadline = time.monotonic() + 60
+        try:
+            while db.execute("SELECT 1 FROM deletions WHERE study_uid = ?", (study,)).fetchone() is None:
+                assert time.monotonic() < deadline, "the DELETE never hid the study"
+                time.sleep(0.005)
+            for pid in workers_of(running):
+                os.kill(pid, signal.SIGTERM)
+        finally:
+            db.close()
+        thread.join()
+        [answer] = outcome
+        assert isinstance(answer, requests.Response) and answer.status_code == 204, answer
+        assert stored_keys(running, study) == []
+        env = {**os.environ, **running.stack.gateway_env()}
+        command = [sys.executable, "-m", "gateway.cli", "reconcile"]
+        clean = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+        assert clean.returncode == 0 and json.loads(clean.stdout)["unfinished_deletions"] == [], clean.stdout
+    finally:
+        running.stack.stop()
