@@ -37,9 +37,26 @@ PROBE_SECONDS = 3  # the readiness probe's connect and read timeout (one attempt
 TRANSFER = TransferConfig(
     multipart_threshold=64 * 1024 * 1024, multipart_chunksize=16 * 1024 * 1024, max_concurrency=4
 )
+# The same in the calling thread: s3transfer's threads are refused once a gunicorn worker past its graceful stop has
+# begun the interpreter's shutdown ("cannot schedule new futures"), while a request it still runs stores a file.
+SERIAL = TransferConfig(
+    multipart_threshold=TRANSFER.multipart_threshold,
+    multipart_chunksize=TRANSFER.multipart_chunksize,
+    use_threads=False,
+)
 # Bound the cache so a long-running process serving millions of keys cannot grow without limit.
 _CACHE_MAX = 100_000
 _MISSING = ("404", "NoSuchKey", "NotFound")
+
+
+def _transfer(method: Callable[..., Any], *args: Any) -> None:
+    """A managed transfer (``upload_file``, ``download_file``, ``copy``) on s3transfer's threads, or in this thread
+    when the interpreter is shutting down: it was a RuntimeError, an upload's "unexpected error" (README,
+    "Deployment and operations")."""
+    try:
+        method(*args, Config=TRANSFER)
+    except RuntimeError:
+        method(*args, Config=SERIAL)
 
 
 @contextmanager
@@ -205,7 +222,7 @@ class S3Storage:
         if not Path(path).is_file():
             raise FileNotFoundError(path)  # a caller bug, not an outage
         with self._call("write"):
-            self.client.upload_file(str(path), self.bucket, full, Config=TRANSFER)
+            _transfer(self.client.upload_file, str(path), self.bucket, full)
         found = self.head(key)
         if found is None:  # read-after-write is strong on S3; an absent object means the write was lost
             raise StorageUnavailable("storage write was not visible after upload")
@@ -247,7 +264,7 @@ class S3Storage:
     def download(self, key: str, path: Path) -> None:
         full = self._key(key)
         with self._call("download"):
-            self.client.download_file(self.bucket, full, str(path), Config=TRANSFER)
+            _transfer(self.client.download_file, self.bucket, full, str(path))
 
     def delete(self, key: str) -> None:
         full = self._key(key)
@@ -261,7 +278,7 @@ class S3Storage:
         neither."""
         source, target = self._key(src), self._key(dst)
         with self._call("move"):
-            self.client.copy({"Bucket": self.bucket, "Key": source}, self.bucket, target, Config=TRANSFER)
+            _transfer(self.client.copy, {"Bucket": self.bucket, "Key": source}, self.bucket, target)
         moved = self.head(dst)
         if moved is None:
             raise StorageUnavailable("storage copy was not visible")

@@ -616,8 +616,9 @@ def test_gunicorn_master_killed_under_stack_up_is_a_failed_exit_and_the_next_sta
     assert again.returncode == 0
 
 
+@pytest.mark.parametrize("backend", ["file", "s3"])
 def test_a_stow_outliving_its_workers_graceful_time_names_what_it_stored_and_the_retry_stores_the_rest(
-    tmp_path: Path,
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
 ) -> None:
     """SIGTERM to the gunicorn workers (what the master sends on a reload, and what a worker does to itself at
     ``max_requests``, 20,000 in the image) while a 40-instance STOW is still arriving, longer than gunicorn's
@@ -631,7 +632,8 @@ def test_a_stow_outliving_its_workers_graceful_time_names_what_it_stored_and_the
 
     files = make_series(tmp_path / "ct", modality="CT", slices=40, seed=77, clean=True)  # 512 KB each
     study = uids_of(files[0])[0]
-    running = start_stack(tmp_path / "var", "file", None, DICOMGW_DERIVATIVES="0")
+    moto = request.getfixturevalue("moto_server") if backend == "s3" else None
+    running = start_stack(tmp_path / "var", backend, moto, DICOMGW_DERIVATIVES="0")
     try:
         body = encode_multipart(files)
         data = b"".join(body)
