@@ -223,7 +223,7 @@ def collector_pids(var: Path) -> list[int]:
 def ready(url: str) -> bool:
     try:
         return requests.get(f"{url}/readyz", timeout=5).status_code == 200
-    except requests.ConnectionError:  # NGINX not listening yet
+    except (requests.ConnectionError, requests.Timeout):  # NGINX not listening yet, or a loaded machine's slow start
         return False
 
 
