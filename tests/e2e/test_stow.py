@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email
 import gzip
+import json
 import os
 import socket
 import struct
@@ -1101,6 +1102,34 @@ def test_a_content_type_python_cannot_read_is_refused_before_the_body_is_sent(
             timeout=30,
         )
         assert stored.status_code == 200, (content_type, stored.text)
+
+
+@pytest.mark.parametrize("stack", ["file"], indirect=True)
+def test_a_content_type_too_long_for_nginx_to_judge_is_pythons(stack: RunningStack, tmp_path: Path) -> None:
+    """NGINX's reading of a Content-Type's grammar sliced the rest of the value at each parameter: a header of
+    32,000 empty parameters (";") cost one request half a GB of njs memory, before any auth. A value longer than
+    1,024 characters is now Python's to judge: "100 Continue" comes, then Python's own 415 after the body."""
+    from gateway.dicomweb.multipart import parse_content_type
+    from gateway.errors import UnsupportedMediaType
+
+    [path] = make_series(tmp_path, modality="CT", slices=1, rows=32, columns=32, seed=2809, clean=True)
+    boundary = "stow-long-2809"
+    body = b"".join(encode_multipart([path], boundary=boundary))
+    content_type = f"multipart/related; boundary={boundary}" + ";" * 1100 + " foo"
+    with pytest.raises(UnsupportedMediaType) as python:
+        parse_content_type(content_type)
+    parsed = urlparse(stack.url)
+    with socket.create_connection((parsed.hostname, parsed.port), timeout=30) as connection:
+        connection.sendall(
+            f"POST /dicomweb/studies HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {stack.stack.api_key}\r\n"
+            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n".encode()
+        )
+        assert _first_answer(connection) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        connection.sendall(body)
+        answer = _first_answer(connection).decode()
+    assert answer.startswith("HTTP/1.1 415 "), answer[:200]
+    assert json.loads(answer.split("\r\n\r\n", 1)[1]) == {
+        "error": "unsupported_media_type", "detail": python.value.detail}
 
 
 @pytest.mark.parametrize("stack", ["file"], indirect=True)
