@@ -218,7 +218,7 @@ def unpadded_fragments(items: Sequence[tuple[int, int]], frame_length: int) -> l
     """Encapsulated Uncompressed Explicit VR Little Endian's items (PS3.5 A.4.11: one frame a fragment, a frame
     of odd length followed by a padding byte) with each such fragment's length cut to the frame's: the pad is no
     pixel, and a frame of a 3 x 3 8-bit image is 9 bytes as a native one's is (it was served as 10)."""
-    if frame_length <= 0 or frame_length % 2 == 0:
+    if not items or frame_length <= 0 or frame_length % 2 == 0:  # no item: no table, no fragment to cut
         return list(items)
     return [items[0], *((offset, frame_length if n == frame_length + 1 else n) for offset, n in items[1:])]
 

@@ -113,6 +113,24 @@ def test_single_frame_all_fragments(tmp_path: Path) -> None:
     assert frames_of(path, indexed.frame_index) == data
 
 
+def test_encapsulated_uncompressed_without_an_item_has_no_frames(tmp_path: Path) -> None:
+    """An Encapsulated Uncompressed file (1.2.840.10008.1.2.1.98) of odd-length frames whose Pixel Data holds no item
+    (not even the Basic Offset Table) was an IndexError cutting the pads of fragments there are none of: its upload
+    a "could not be processed" and ``reconcile --repair`` stopped on it. It is indexed without frames, as any
+    encapsulated Pixel Data whose frames cannot be found."""
+    ds = b.image(b.base(), 3, 3, 8, 1)
+    path = b.write(ds, tmp_path / "empty.dcm", "1.2.840.10008.1.2.1.98")
+    # Pixel Data of undefined length holding only its Sequence Delimitation Item
+    path.write_bytes(
+        path.read_bytes()
+        + struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, 0xFFFFFFFF)
+        + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    )
+    indexed = index_file(path)
+    assert (indexed.transfer_syntax_uid, indexed.number_of_frames, indexed.frame_index) == (
+        "1.2.840.10008.1.2.1.98", 1, None)
+
+
 def test_video_is_indexed_as_one_stream(tmp_path: Path) -> None:
     """A video's frames cannot be told apart: its index is the whole stream, every fragment in order (served as its
     Pixel Data bulkdata, never as frames)."""
