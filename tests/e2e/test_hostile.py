@@ -388,40 +388,6 @@ def test_a_method_the_resource_does_not_take_is_a_405_with_allow(stack: RunningS
     assert not failures, "\n".join(failures)
 
 
-def test_a_trace_names_what_pythons_resources_take(stack: RunningStack) -> None:
-    """NGINX answers a TRACE itself (a 405, before any location), naming in Allow what the resource takes: for the
-    routes Python answers, "GET, HEAD" on /healthz and "GET, HEAD, POST, DELETE" on every /api/v1/ path, where
-    Python's own 405 for the same resource (a PUT) names "POST, OPTIONS" for the token API, "GET, HEAD, OPTIONS" for
-    the audit. RFC 9110 15.5.6: Allow lists the target resource's methods; both now name the same ones."""
-    key = f"Authorization: Bearer {stack.stack.api_key}\r\n"
-    failures = []
-    for path in (
-        "/healthz",
-        "/readyz",
-        "/metrics",
-        "/api/v1/tokens",
-        "/api/v1/tokens/AbC_1-x/revoke",
-        "/api/v1/tokens/renew",
-        "/api/v1/session",
-        "/api/v1/admin/audit",
-        "/api/v1/admin/access",
-        "/api/v1/admin/quarantine",
-        "/api/v1/admin/quarantine/quarantine/a.dcm",
-        "/api/v1/admin/quarantine/quarantine/a.dcm/preview",
-        "/api/v1/admin/quarantine/quarantine/a.dcm/release",
-        "/api/v1/admin/erasure",
-    ):
-        allows = []
-        for method in ("PUT", "TRACE"):  # Python's 405, then NGINX's
-            request = f"{method} {path} HTTP/1.1\r\nHost: gw\r\n{key}Content-Length: 0\r\nConnection: close\r\n\r\n"
-            status, headers, body = raw(stack, request.encode())
-            assert_json_error(status, headers, body, 405)
-            allows.append(set(headers["allow"].split(", ")))
-        if allows[0] != allows[1]:
-            failures.append(f"{path}: Python {sorted(allows[0])}, NGINX {sorted(allows[1])}")
-    assert not failures, "\n".join(failures)
-
-
 def test_options_names_what_the_resource_takes(stack: RunningStack, ct: dict[str, str]) -> None:
     """An OPTIONS (a CORS preflight or not) is answered by NGINX; it had no Allow, which RFC 9110 9.3.7 names as
     what an OPTIONS answer should carry: the same list a 405 on that resource gives."""
