@@ -714,6 +714,33 @@ def test_a_portal_that_sets_its_iframe_to_another_study_sees_that_study(
     page.context.close()
 
 
+@pytest.mark.parametrize("stack", ["file"], indirect=True)
+def test_a_study_of_more_series_than_a_search_page_lists_them_all(
+    stack: RunningStack, browser: Any, tmp_path: Path
+) -> None:
+    """A cardiac MR stores one series per slice: 120 series in a study. A QIDO search answers at most a page (the
+    gateway's 100 when the client asks for no limit, PS3.18 8.3.4.5), and the viewer asked once: 20 series were
+    missing from its list, with nothing saying so. It now asks page after page until a page is not full."""
+    from gateway.tools.synth import make_series
+
+    files = make_series(tmp_path / "s0", modality="MR", slices=1, rows=32, columns=32, seed=200, clean=True)
+    study = uids_of(files[0])[0]
+    for i in range(1, 120):
+        files += make_series(
+            tmp_path / f"s{i}", modality="MR", slices=1, rows=32, columns=32, seed=200 + i, clean=True,
+            study_uid=study,
+        )
+    answer = stack.stow(files)
+    assert answer.status_code == 200, answer.text
+    issued = stack.issue([study], ttl=600)
+    page = open_page(browser, NetworkLog())
+    page.goto(issued["viewer_url"])
+    wait_ready(page)
+    listed = page.evaluate("() => [...document.querySelectorAll('#series button')].map((b) => b.dataset.uid)")
+    assert sorted(listed) == sorted(uids_of(path)[1] for path in files)
+    page.context.close()
+
+
 LISTENING_PORTAL_PAGE = """<!doctype html><html><head><meta name="referrer" content="no-referrer"><title>Portal</title>
 <script>window.viewerSaid = []; addEventListener('message', (e) => viewerSaid.push([e.origin, e.data]));</script>
 </head><body style="margin:0"><iframe id="viewer" src="{src}" title="DICOM viewer"

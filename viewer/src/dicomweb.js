@@ -20,6 +20,9 @@ export const ACCEPT_EITHER = `accept=${encodeURIComponent(
   `image/jphc;transfer-syntax=${DERIVATIVE_TS},application/octet-stream;transfer-syntax=*`,
 )}`;
 
+// Series asked for per QIDO page (the gateway's default page; it answers up to 1000 when asked).
+const SERIES_PAGE = 100;
+
 // Red, green and blue palette colour LUT: (descriptor, data) tags.
 const PALETTE_LUTS = [
   ['00281101', '00281201'],
@@ -87,9 +90,18 @@ export class DicomWebClient {
     return response.json();
   }
 
-  /** QIDO series of a study, sorted by SeriesNumber; on a tie the larger series first (it opens by default). */
+  /**
+   * QIDO series of a study, every page of them, sorted by SeriesNumber; on a tie the larger series first (it opens
+   * by default). A search answers a page at most (the gateway's 100 when none is asked, PS3.18 8.3.4.5): a study of
+   * more series (a cardiac MR stores one per slice) lost the rest from its list.
+   */
   async series(study) {
-    const list = await this.json(`/studies/${study}/series`);
+    const list = [];
+    for (;;) {
+      const page = await this.json(`/studies/${study}/series?limit=${SERIES_PAGE}&offset=${list.length}`);
+      list.push(...page);
+      if (page.length < SERIES_PAGE) break;
+    }
     return list
       .map((s) => ({
         uid: dicom.string(s, '0020000E'),
