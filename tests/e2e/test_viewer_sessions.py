@@ -256,13 +256,14 @@ def renderers_stopped(browser: Any) -> Iterator[None]:  # noqa: F811 - the fixtu
 
 
 @pytest.mark.parametrize("stack", ["file"], indirect=True)
-def test_a_phone_locked_past_its_token_says_the_viewer_was_paused_too_long(
+def test_a_phone_locked_past_its_token_says_its_link_ran_out_before_it_could_be_renewed(
     stack: RunningStack, synthetic: dict[str, Any], browser: Any  # noqa: F811
 ) -> None:
     """A phone locked (the WebView stopped) for longer than its token lives, well within the session: no renewal
     could run, so the token the page holds has expired and the gateway rightly refuses to renew it. The viewer said
     "This link has expired ... Study links are valid for a limited time", as at the session's end, which is not what
-    happened; it now says that it was paused too long and how to go on (data-kind stays "expired": the same remedy).
+    happened; it now says that the link ran out before it could be renewed, why, and how to go on (data-kind stays
+    "expired": the same remedy).
     A shorter lock is renewed on resume (the page's overdue renewal runs first) and the study stays."""
     study = study_of(synthetic, "ct")
     issued = stack.issue([study], ttl=TTL, session_max=120)
@@ -279,10 +280,10 @@ def test_a_phone_locked_past_its_token_says_the_viewer_was_paused_too_long(
     page.wait_for_selector("#error:not([hidden])", timeout=TIMEOUT_MS)
     assert time.time() < epoch(issued["session_expires_at"])  # the session had time left
     assert page.get_attribute("#error", "data-kind") == "expired"
-    assert page.inner_text("#error-title") == "The viewer was paused too long"
+    assert page.inner_text("#error-title") == "The link ran out before it could be renewed"
     assert page.inner_text("#error-text") == (
-        "While the screen was locked or the app was in the background, the viewer could not keep its link active, "
-        "and the link has expired. Open the study again from your portal. (HTTP 401)"
+        "The viewer renews its link while it is open, but could not while the screen was locked, the app was in "
+        "the background or the network was away. Open the study again from your portal. (HTTP 401)"
     )
     page.context.close()
 

@@ -4,9 +4,9 @@ import { lapsed } from './session.js';
 
 const MESSAGES = {
   expired: ['This link has expired', 'Study links are valid for a limited time. Open the study again from your portal to get a new link.'],
-  // the page was stopped (screen locked, app in the background) past its token's renewal, within the session: data-kind
-  // "expired", as the remedy is the same
-  lapsed: ['The viewer was paused too long', 'While the screen was locked or the app was in the background, the viewer could not keep its link active, and the link has expired. Open the study again from your portal.'],
+  // the token expired before its session's end: the page was stopped (screen locked, app in the background) or offline
+  // past its renewal; data-kind "expired", as the remedy is the same
+  lapsed: ['The link ran out before it could be renewed', 'The viewer renews its link while it is open, but could not while the screen was locked, the app was in the background or the network was away. Open the study again from your portal.'],
   revoked: ['This link is no longer valid', 'Access through this link was withdrawn or the link is damaged. Open the study again from your portal.'],
   // no credential at all: the token is scrubbed from the address bar, so a reload (or a copied URL) arrives without it
   missing: ['Open the study again from your portal', 'For privacy this page does not keep its link, so a reloaded or copied page cannot show the study.'],

@@ -9,8 +9,8 @@
 //
 // A phone that locks its screen or puts the app in the background stops the page (iOS suspends the WebView, Android
 // pauses its timers): no renewal runs meanwhile. On resume the page renews at once if its token is still good; if it
-// expired meanwhile (the session itself had time left) nothing can renew it, and the viewer says that it was paused
-// too long (`lapsed`) rather than that the link's time was up.
+// expired meanwhile (the session itself had time left) nothing can renew it, and the viewer says that the link ran
+// out before it could be renewed (`lapsed`: stopped, or offline, too long) rather than that the link's time was up.
 import { GatewayError } from './dicomweb.js';
 
 // expiresAt / sessionEndsAt: this page's clock (ms) when the current token and its session end, from the last renewal
