@@ -21,8 +21,9 @@ import base64
 import copy
 import json
 import logging
+import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -99,8 +100,9 @@ def _dataset_json(
             try:
                 # the threshold is irrelevant here: every element reaching this line is small or not binary
                 element = ds[tag]
-                value = _exact_ds(element, element.to_json_dict(None, 1 << 62))
+                value = _exact_ds(el.vr, el.value, element.to_json_dict(None, 1 << 62))
                 value = _exact_64bit(value) if el.vr in ("SV", "UV") else value
+                value = _finite_floats(value) if el.vr in ("FL", "FD") else value
                 value = _name_groups(value) if el.vr == "PN" else _unpadded(value)
                 if not context[0] and not el.implicit and el.vr in WORD_BYTES and el.value and "InlineBinary" in value:
                     # a big-endian file's words, little-endian as its bulk values are (gateway.dicom.converted): the
@@ -137,12 +139,33 @@ def _is_number(text: str) -> int | float:
     return int(number) if isinstance(number, float) and number.is_integer() else number
 
 
-def _exact_ds(element: Any, value: dict[str, Any]) -> dict[str, Any]:
-    if element.VR not in ("DS", "IS") or "Value" not in value:
+def _exact_ds(vr: str, raw: bytes | None, value: dict[str, Any]) -> dict[str, Any]:
+    """DS and IS values from the file's own text (pydicom reads an IS through a float: 99999999999999999999 was
+    written 100000000000000000000). A value JSON holds no number for, or none a double holds exactly (``NaN``,
+    ``1e400``, ``-inf``, an integer beyond 2^53 - 1), is its text, as PS3.18 Table F.2.3-1 allows for DS and IS
+    (CP-1861) and dcm4che's dcm2json writes them: as a number it was ``NaN`` or ``Infinity``, which is no JSON
+    (RFC 8259 6), and a viewer's ``JSON.parse`` refused the whole metadata."""
+    if vr not in ("DS", "IS") or "Value" not in value or raw is None:
         return value
-    number = _ds_number if element.VR == "DS" else _is_number
-    texts = element.value if element.VM > 1 else [element.value]
-    value["Value"] = [None if v is None or str(v).strip() == "" else number(str(v)) for v in texts]
+    number = _ds_number if vr == "DS" else _is_number
+    value["Value"] = [_json_number(text, number) for text in raw.decode("ascii").rstrip("\0").split("\\")]
+    return value
+
+
+def _json_number(text: str, number: Callable[[str], int | float]) -> int | float | str | None:
+    text = text.strip()
+    if not text:
+        return None
+    parsed = number(text)
+    exact = math.isfinite(parsed) and (isinstance(parsed, float) or abs(parsed) <= _SAFE_INTEGER)
+    return parsed if exact else text
+
+
+def _finite_floats(value: dict[str, Any]) -> dict[str, Any]:
+    """FL and FD values JSON holds no number for as the strings fo-dicom and Azure's DICOM service write
+    (``NaN``, ``Infinity``, ``-Infinity``): as numbers they made the whole metadata no JSON (RFC 8259 6)."""
+    if "Value" in value:
+        value["Value"] = [_finite_float(v) if isinstance(v, float) else v for v in value["Value"]]
     return value
 
 
@@ -153,6 +176,10 @@ def _exact_64bit(value: dict[str, Any]) -> dict[str, Any]:
     if "Value" in value:
         value["Value"] = [str(v) if isinstance(v, int) and abs(v) > _SAFE_INTEGER else v for v in value["Value"]]
     return value
+
+
+def _finite_float(v: float) -> float | str:
+    return v if math.isfinite(v) else "NaN" if math.isnan(v) else "Infinity" if v > 0 else "-Infinity"
 
 
 def _groups(name: dict[str, str]) -> dict[str, str] | None:

@@ -4,13 +4,19 @@ SQLite)."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 import requests
 
+from gateway.tools.synth import make_series
 from tests.e2e.conftest import uids_of
-from tests.e2e.harness import RunningStack
+from tests.e2e.harness import RunningStack, start_stack
 
 HUGE = "9" * 30
 
@@ -110,3 +116,53 @@ def test_audit_limit_out_of_range_is_400(stack: RunningStack) -> None:
     assert_400(answer, "limit")
     answer = requests.get(f"{stack.url}/api/v1/admin/audit?limit=ten", headers=stack.api_headers, timeout=30)
     assert_400(answer, "limit")
+
+
+def _no_json_constant(name: str) -> None:
+    raise AssertionError(f"{name} is no JSON value (RFC 8259 6): a browser's JSON.parse refuses the whole body")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def odd_numbers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """A stack of its own on each catalog holding one CT slice whose numbers no JSON number holds, written by
+    DCMTK's dcmodify (DS, IS) and pydicom (FD, FL); (token root, instance URL)."""
+    path = make_series(tmp_path / "odd", modality="CT", slices=1, seed=2801, clean=True)[0]
+    ds = pydicom.dcmread(path)
+    ds.add_new(0x00189087, "FD", [float("nan"), float("inf")])  # Diffusion b-value
+    ds.add_new(0x00460044, "FL", float("-inf"))  # Pupil Size
+    ds.save_as(path)
+    edits = ["(0018,0050)=1e400", "(0020,1041)=NaN", "(0028,0030)=-0\\-inf", "(0020,0013)=99999999999999999999"]
+    subprocess.run(["dcmodify", "-nb", *[a for e in edits for a in ("-i", e)], str(path)], check=True)
+    env = {"DICOMGW_DATABASE_URL": request.getfixturevalue("postgres_url")} if request.param == "postgres" else {}
+    running = start_stack(tmp_path / "var", "file", None, **env)
+    try:
+        answer = running.stow([path])
+        assert answer.status_code == 200, answer.text
+        study, series, sop = uids_of(path)
+        root = running.root(running.issue([study])["token"])
+        yield root, f"{root}/studies/{study}/series/{series}/instances/{sop}"
+    finally:
+        running.stack.stop()
+
+
+def test_numbers_json_holds_no_number_for_are_their_text(odd_numbers: tuple[str, str]) -> None:
+    """DS ``1e400``, ``NaN``, ``-inf`` and FD/FL infinities were ``Infinity``/``NaN`` in the metadata, which is no
+    JSON, and IS 99999999999999999999 was 100000000000000000000 (pydicom reads IS through a float). DS and IS are
+    now their own text, as PS3.18 Table F.2.3-1 allows (CP-1861; dcm4che's dcm2json); FL and FD the strings
+    fo-dicom and Azure's DICOM service write."""
+    root, url = odd_numbers
+    answer = requests.get(f"{url}/metadata", timeout=30)
+    assert answer.status_code == 200, answer.text
+    (metadata,) = json.loads(answer.text, parse_constant=_no_json_constant)
+    assert metadata["00180050"] == {"vr": "DS", "Value": ["1e400"]}
+    assert metadata["00201041"] == {"vr": "DS", "Value": ["NaN"]}
+    assert metadata["00280030"] == {"vr": "DS", "Value": [0, "-inf"]}
+    assert metadata["00200013"] == {"vr": "IS", "Value": ["99999999999999999999"]}
+    assert metadata["00189087"] == {"vr": "FD", "Value": ["NaN", "Infinity"]}
+    assert metadata["00460044"] == {"vr": "FL", "Value": ["-Infinity"]}
+    # QIDO answers the same values; the catalog's Instance Number column holds none (beyond 32 bits)
+    answer = requests.get(f"{root}/instances?includefield=00180050&includefield=00201041", timeout=30)
+    assert answer.status_code == 200, answer.text
+    (found,) = json.loads(answer.text, parse_constant=_no_json_constant)
+    assert found["00200013"] == {"vr": "IS", "Value": ["99999999999999999999"]}
+    assert (found["00180050"], found["00201041"]) == (metadata["00180050"], metadata["00201041"])

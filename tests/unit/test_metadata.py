@@ -345,7 +345,8 @@ def test_searchable_values_are_what_pydicom_reads_for_its_test_files() -> None:
 
 def test_stored_metadata_is_strict_json_even_for_a_ds_that_overflows(tmp_path: Path) -> None:
     """A DS of "1e999" is infinity to pydicom; the stored text must still parse with a strict parser (a browser's
-    ``JSON.parse``): RFC 8259 has no Infinity, so the value is null."""
+    ``JSON.parse``): RFC 8259 has no Infinity, so the value is its text, as PS3.18 Table F.2.3-1 allows for a DS (it
+    was null: the value lost)."""
     data = b.write(b.base(SliceThickness="12345"), tmp_path / "ok.dcm").read_bytes()
     assert data.count(b"12345 ") == 1
     path = tmp_path / "overflow.dcm"
@@ -356,7 +357,7 @@ def test_stored_metadata_is_strict_json_even_for_a_ds_that_overflows(tmp_path: P
 
     indexed = index_file(path)
     stored = json.loads(indexed.metadata_json(), parse_constant=refuse)
-    assert stored["00180050"] == {"vr": "DS", "Value": [None]}
+    assert stored["00180050"] == {"vr": "DS", "Value": ["1e999"]}
     assert json.loads(indexed.attrs_json("instance"), parse_constant=refuse)
     assert stored["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "Müller^Jürgen"}]}
     assert "Müller" in indexed.metadata_json()  # UTF-8 text, no \\u escapes

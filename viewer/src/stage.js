@@ -51,7 +51,7 @@ const VOI_FUNCTIONS = new Set(['LINEAR', 'LINEAR_EXACT', 'SIGMOID']);
 /**
  * The file's windows (Window Center and Width, paired by position) that can be used: both values numbers and the
  * width at least 1 (PS3.3 C.11.2.1.2.1). The loader reads them with parseFloat and takes the first pair as it is: an
- * empty first value (`"\\40"`, JSON null), a DS the gateway could not hold as a number (1e400, NaN: null) drew a red
+ * empty first value (`"\\40"`, JSON null), a DS no number holds (1e400, NaN: its text, or null before) drew a red
  * stage with "W NaN L NaN", a width of 0 or less a thresholded or inverted picture. Null when none is usable: the
  * loader then windows the image over its own range, as it does for a file without a window.
  */
