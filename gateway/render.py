@@ -232,7 +232,8 @@ def _monochrome(pixels: np.ndarray, ds: Dataset, params: Mapping[str, str]) -> n
     if window:
         return _windowed(real, *parse_window(window))
     center, width = _value_of(ds, "WindowCenter"), _value_of(ds, "WindowWidth")
-    if center is not None and width is not None and float(width) > 0:
+    # a DS no number holds (NaN, 1e400: the metadata keeps its text) is no window: the frame's range is used instead
+    if center is not None and width is not None and math.isfinite(float(center)) and 0 < float(width) < math.inf:
         function = str(ds.get("VOILUTFunction") or "LINEAR").upper()
         return _windowed(real, float(center), float(width), _FUNCTIONS.get(function, "LINEAR"))
     if "VOILUTSequence" in ds:

@@ -4,6 +4,7 @@ SQLite)."""
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from typing import Any
 import pydicom
 import pytest
 import requests
+from PIL import Image
 
 from gateway.tools.synth import make_series
 from tests.e2e.conftest import uids_of
@@ -132,6 +134,7 @@ def odd_numbers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tupl
     ds.add_new(0x00460044, "FL", float("-inf"))  # Pupil Size
     ds.save_as(path)
     edits = ["(0018,0050)=1e400", "(0020,1041)=NaN", "(0028,0030)=-0\\-inf", "(0020,0013)=99999999999999999999"]
+    edits += ["(0028,1050)=NaN", "(0028,1051)=1e400"]
     subprocess.run(["dcmodify", "-nb", *[a for e in edits for a in ("-i", e)], str(path)], check=True)
     env = {"DICOMGW_DATABASE_URL": request.getfixturevalue("postgres_url")} if request.param == "postgres" else {}
     running = start_stack(tmp_path / "var", "file", None, **env)
@@ -166,3 +169,8 @@ def test_numbers_json_holds_no_number_for_are_their_text(odd_numbers: tuple[str,
     (found,) = json.loads(answer.text, parse_constant=_no_json_constant)
     assert found["00200013"] == {"vr": "IS", "Value": ["99999999999999999999"]}
     assert (found["00180050"], found["00201041"]) == (metadata["00180050"], metadata["00201041"])
+    # a window of such numbers is none: the image is drawn over its own range (it was black: a NaN window)
+    answer = requests.get(f"{url}/rendered", headers={"Accept": "image/png"}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["Content-Type"] == "image/png"
+    assert Image.open(io.BytesIO(answer.content)).getextrema() == (0, 255)
