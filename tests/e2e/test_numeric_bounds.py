@@ -120,6 +120,20 @@ def test_audit_limit_out_of_range_is_400(stack: RunningStack) -> None:
     assert_400(answer, "limit")
 
 
+def test_a_value_padded_with_spaces_matches_as_stored(odd_numbers: tuple[str, str]) -> None:
+    """Leading and trailing spaces of a query value are padding (PS3.5 6.2), as in the file the catalog read the
+    value from: ``PatientID=%20H9-PAD%20`` (a value copied from a padded file) matched nothing."""
+    root, url = odd_numbers
+    sop = url.rsplit("/", 1)[1]
+    for query in ("PatientID=%20H9-PAD%20", "AccessionNumber=A28%20%20", "PatientName=Pad%5EDed%20", "Modality=CT%20",
+                  "PatientID=H9-PAD%20&AccessionNumber=%20A*"):
+        answer = requests.get(f"{root}/instances?{query}", timeout=30)
+        assert answer.status_code == 200, (query, answer.text)
+        assert [item["00080018"]["Value"] for item in answer.json()] == [[sop]], query
+    answer = requests.get(f"{root}/instances?PatientID=%20%20", timeout=30)  # spaces only: an empty value
+    assert [item["00080018"]["Value"] for item in answer.json()] == [[sop]]
+
+
 def _no_json_constant(name: str) -> None:
     raise AssertionError(f"{name} is no JSON value (RFC 8259 6): a browser's JSON.parse refuses the whole body")
 
@@ -135,6 +149,7 @@ def odd_numbers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tupl
     ds.save_as(path)
     edits = ["(0018,0050)=1e400", "(0020,1041)=NaN", "(0028,0030)=-0\\-inf", "(0020,0013)=99999999999999999999"]
     edits += ["(0028,1050)=NaN", "(0028,1051)=1e400"]
+    edits += ["(0010,0020)=H9-PAD", "(0008,0050)=A28", "(0010,0010)=Pad^Ded"]
     subprocess.run(["dcmodify", "-nb", *[a for e in edits for a in ("-i", e)], str(path)], check=True)
     env = {"DICOMGW_DATABASE_URL": request.getfixturevalue("postgres_url")} if request.param == "postgres" else {}
     running = start_stack(tmp_path / "var", "file", None, **env)
