@@ -284,8 +284,8 @@ def _match(name: str, attr: Attr, values: list[str]) -> Match | None:
     value = values[0]
     if attr.kind in ("str", "pn"):
         # leading and trailing spaces are padding (PS3.5 6.2), not part of the value, and the catalog holds values
-        # without them: `PatientID=ID1%20`, as a value copied from a file is padded, matched nothing (Orthanc and
-        # dcm4chee take it without its spaces)
+        # without them: `PatientID=ID1%20`, as a value copied from a file is padded, matched nothing (dcm4che and
+        # DCMTK trim them from a string value)
         value = value.strip(" ")
     if attr.vr == "CS" and ("," in value or "\\" in value):
         return _code_list(name, attr, value)
