@@ -282,10 +282,10 @@ def _match(name: str, attr: Attr, values: list[str]) -> Match | None:
     if len(values) > 1:
         raise BadRequest(f"{name} given more than once")
     value = values[0]
-    if attr.kind in ("str", "pn"):
+    if attr.kind in ("str", "pn", "date", "time"):
         # leading and trailing spaces are padding (PS3.5 6.2), not part of the value, and the catalog holds values
-        # without them: `PatientID=ID1%20`, as a value copied from a file is padded, matched nothing (dcm4che and
-        # DCMTK trim them from a string value)
+        # without them: `PatientID=ID1%20`, as a value copied from a file is padded, matched nothing, and a date
+        # range padded to an even length (`20240101-20240131%20`) was a 400 (dcm4che and DCMTK trim them too)
         value = value.strip(" ")
     if attr.vr == "CS" and ("," in value or "\\" in value):
         return _code_list(name, attr, value)

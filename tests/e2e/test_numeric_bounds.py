@@ -126,7 +126,8 @@ def test_a_value_padded_with_spaces_matches_as_stored(odd_numbers: tuple[str, st
     root, url = odd_numbers
     sop = url.rsplit("/", 1)[1]
     for query in ("PatientID=%20H9-PAD%20", "AccessionNumber=A28%20%20", "PatientName=Pad%5EDed%20", "Modality=CT%20",
-                  "PatientID=H9-PAD%20&AccessionNumber=%20A*"):
+                  "PatientID=H9-PAD%20&AccessionNumber=%20A*", "StudyDate=20240115%20",
+                  "StudyDate=20240101-20240131%20", "StudyTime=1200%20"):
         answer = requests.get(f"{root}/instances?{query}", timeout=30)
         assert answer.status_code == 200, (query, answer.text)
         assert [item["00080018"]["Value"] for item in answer.json()] == [[sop]], query
@@ -150,6 +151,7 @@ def odd_numbers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tupl
     edits = ["(0018,0050)=1e400", "(0020,1041)=NaN", "(0028,0030)=-0\\-inf", "(0020,0013)=99999999999999999999"]
     edits += ["(0028,1050)=NaN", "(0028,1051)=1e400"]
     edits += ["(0010,0020)=H9-PAD", "(0008,0050)=A28", "(0010,0010)=Pad^Ded"]
+    edits += ["(0008,0020)=20240115", "(0008,0030)=1200"]
     subprocess.run(["dcmodify", "-nb", *[a for e in edits for a in ("-i", e)], str(path)], check=True)
     env = {"DICOMGW_DATABASE_URL": request.getfixturevalue("postgres_url")} if request.param == "postgres" else {}
     running = start_stack(tmp_path / "var", "file", None, **env)
