@@ -67,7 +67,8 @@ VARIABLES: dict[str, Variable] = {
         False,
         "",
         "External base URL (`https://dicom.example.org`) of viewer, DICOMweb and STOW `RetrieveURL` URLs; unset: the "
-        "scheme and host the client used, as NGINX passes them (`Host`, `X-Forwarded-Proto`; the host of an "
+        "scheme and host the client used, as NGINX passes them (`Host`, `X-Forwarded-Proto`, NGINX's own "
+        "scheme: a client's or a proxy's `X-Forwarded-Ssl` and `X-Forwarded-Protocol` are dropped; the host of an "
         "absolute-form request target, `GET http://host:port/...`, else the `Host` header, else, for an HTTP/1.0 "
         "request without one, the address and port it came in on); set it behind a load "
         "balancer that terminates TLS (NGINX then sees `http`), and for Python's dicomweb-client on a port other than "

@@ -154,7 +154,7 @@ def test_tampered_token_is_401(stack: RunningStack, ct: tuple[str, str, str], mu
     forged = f"{head}.{stamp}.{signature}" if mutate != "truncate" else token[:-5]
     answer = requests.get(f"{series_url(stack.root(forged), study, series)}/instances", timeout=10)
     assert answer.status_code == 401
-    assert answer.json()["detail"] == "token_invalid"
+    assert answer.json()["error"] == "token_invalid"
 
 
 def test_unknown_key_is_401(stack: RunningStack, ct: tuple[str, str, str]) -> None:
@@ -171,7 +171,7 @@ def test_expired_token_is_401_with_frozen_time(stack: RunningStack, ct: tuple[st
     expired = service.issue(sub="late", studies=[study], ttl=600, now=int(time.time()) - 1200).token
     answer = requests.get(f"{series_url(stack.root(expired), study, series)}/instances", timeout=10)
     assert answer.status_code == 401
-    assert answer.json()["detail"] == "token_expired"
+    assert answer.json() == {"error": "token_expired", "detail": "token expired"}
 
 
 def test_other_study_is_403(stack: RunningStack, synthetic: dict[str, Any], ct: tuple[str, str, str]) -> None:
