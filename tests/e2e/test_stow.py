@@ -890,10 +890,10 @@ def _refused_from_the_head(
     return answer.split("\r\n")
 
 
-def _first_answer(connection: socket.socket) -> bytes:
+def _first_answer(connection: socket.socket, data: bytes = b"") -> bytes:
     """What the server sends before the client sends any body: the head of its first answer (a 100 or a final
-    one), read until its blank line, and a final answer's body when it gives its length."""
-    data = b""
+    one), read until its blank line, and a final answer's body when it gives its length (``data``: what was
+    already read of it)."""
     while b"\r\n\r\n" not in data:
         chunk = connection.recv(65536)
         if not chunk:
@@ -1124,9 +1124,13 @@ def test_a_content_type_too_long_for_nginx_to_judge_is_pythons(stack: RunningSta
             f"POST /dicomweb/studies HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {stack.stack.api_key}\r\n"
             f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n".encode()
         )
-        assert _first_answer(connection) == b"HTTP/1.1 100 Continue\r\n\r\n"
-        connection.sendall(body)
-        answer = _first_answer(connection).decode()
+        data = _first_answer(connection)
+        continued = b"HTTP/1.1 100 Continue\r\n\r\n"
+        assert data.startswith(continued), data[:200]
+        # Python may judge the head it was streamed before the body comes: its 415 then follows the 100 at once
+        if data == continued:
+            connection.sendall(body)
+        answer = _first_answer(connection, data[len(continued):]).decode()
     assert answer.startswith("HTTP/1.1 415 "), answer[:200]
     assert json.loads(answer.split("\r\n\r\n", 1)[1]) == {
         "error": "unsupported_media_type", "detail": python.value.detail}
