@@ -82,8 +82,15 @@ def stack() -> None:
 )
 @click.option("--no-seed", is_flag=True, help="Do not load the synthetic studies.")
 @click.option("--tls", is_flag=True, help="Serve HTTPS with HTTP/2 on a generated self-signed certificate.")
+@click.option(
+    "--wait",
+    default=30,
+    show_default=True,
+    type=click.IntRange(1, 3600),
+    help="Seconds to wait for gunicorn to start, then for /readyz, before giving up.",
+)
 def stack_up(
-    port: int, host: str, storage_url: str, database_url: str, var_dir: Path, no_seed: bool, tls: bool
+    port: int, host: str, storage_url: str, database_url: str, var_dir: Path, no_seed: bool, tls: bool, wait: int
 ) -> None:
     """Start the stack, seed synthetic studies, print the URLs, and run until Ctrl-C."""
     from gateway.tools.seed import seed_demo
@@ -112,7 +119,7 @@ def stack_up(
             interrupt=stop,
             die_with_parent=True,
         )
-        the_stack.start()
+        the_stack.start(timeout=wait)
     except StartInterrupted:  # Ctrl-C or SIGTERM before it was ready: everything it started is stopped
         click.echo("stopped.")
         return

@@ -669,10 +669,12 @@ class Stack:
             time.sleep(0.1)
         self.stop()
         last = " ".join(last.split())[:300]
-        storage = self._storage_problem() if "storage_unavailable" in last else ""
-        raise StackError(
-            f"the stack did not become ready within {timeout:.0f} s: {storage or last} (logs: {self.var_dir / 'logs'})"
-        )
+        # storage's own probe says why when /readyz blamed it or never answered (its probe of a down endpoint
+        # can outlast the request's 2 s)
+        storage = self._storage_problem() if "storage_unavailable" in last or not last else ""
+        why = storage or last or "/readyz did not answer"
+        logs = self.var_dir / "logs"
+        raise StackError(f"the stack did not become ready within {timeout:.0f} s: {why} (logs: {logs})")
 
     def _storage_problem(self) -> str:
         """What keeps storage from answering, as its own probe says it, and what to do: /readyz says only

@@ -252,8 +252,9 @@ def test_busy_port_is_a_clear_message(tmp_path: Path) -> None:
         (("--port", "-1"), "Invalid value for '--port': -1 is not in the range 1<=x<=65535."),
         (("--host", "999.1.1.1"), "Error: cannot listen on '999.1.1.1': not an address or a name that resolves"),
         (("--host", "192.0.2.7"), "Error: cannot listen on 192.0.2.7 port {port}: Cannot assign requested address"),
+        (("--wait", "0"), "Invalid value for '--wait': 0 is not in the range 1<=x<=3600."),
     ],
-    ids=["port-too-large", "port-negative", "host-no-address", "host-not-ours"],
+    ids=["port-too-large", "port-negative", "host-no-address", "host-not-ours", "wait-zero"],
 )
 def test_a_bad_port_or_host_is_one_clear_line(tmp_path: Path, flags: tuple[str, ...], message: str) -> None:
     """A port out of range was a traceback and a host that is not this machine's a false "port in use"."""
@@ -619,11 +620,11 @@ def test_s3_storage_that_cannot_answer_says_why_the_stack_did_not_start(
     for endpoint, why in cases:
         env = {**AWS_TEST_ENV, "AWS_ENDPOINT_URL": endpoint, "DICOMGW_STORAGE_URL": f"s3://{bucket}/data"}
         var = tmp_path / f"var-{len(why)}"
-        process = _start(var, free_port(), env=env)
+        process = _start(var, free_port(), "--wait", "8", env=env)  # README: `--wait` (30 s by default)
         out, err = process.communicate(timeout=STARTING)
         assert (process.returncode, out) == (1, "")
         assert err == (
-            f"Error: the stack did not become ready within 30 s: storage s3://{bucket}/data at {endpoint}: {why} "
+            f"Error: the stack did not become ready within 8 s: storage s3://{bucket}/data at {endpoint}: {why} "
             f"(logs: {var.resolve() / 'logs'})\n"
         )
         assert not _processes_mentioning(str(var))
