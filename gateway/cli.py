@@ -263,7 +263,11 @@ def token() -> None:
 )
 @click.option("--sub", default="cli", show_default=True, help="Who the token is for (audit log).")
 @click.option(
-    "--url", "base_url", default="", help="Public base URL (default DICOMGW_PUBLIC_URL or http://127.0.0.1:8080)."
+    "--url",
+    "base_url",
+    default="",
+    help="Public base URL (default DICOMGW_PUBLIC_URL, else the URL of the stack running with --var, else "
+    "http://127.0.0.1:8080).",
 )
 @click.option(
     "--var",
@@ -271,7 +275,8 @@ def token() -> None:
     default="var",
     show_default=True,
     type=click.Path(path_type=Path),
-    help="The folder `stack up --var` uses: its signing.key signs when DICOMGW_SIGNING_KEYS is unset.",
+    help="The folder `stack up --var` uses: its signing.key signs when DICOMGW_SIGNING_KEYS is unset, and the "
+    "URLs are on the stack running there when neither --url nor DICOMGW_PUBLIC_URL is given.",
 )
 def token_issue(
     studies: tuple[str, ...],
@@ -284,6 +289,7 @@ def token_issue(
 ) -> None:
     """Print JSON: token, expires_at, jti, dicomweb_root, viewer_url."""
     from gateway.tokens import TokenService
+    from gateway.tools.stack import running
     from gateway.views.api import iso, token_urls
 
     try:
@@ -305,9 +311,11 @@ def token_issue(
     except ConfigError as error:
         raise click.BadParameter(error.problem, param_hint="--url") from None
     try:  # and so is the variable itself (a user:pass@ in it went into every printed URL)
-        base = given or check_public_url(env_value("PUBLIC_URL")) or "http://127.0.0.1:8080"
+        base = given or check_public_url(env_value("PUBLIC_URL"))
     except ConfigError as error:
         raise click.ClickException(str(error)) from None
+    # the stack whose key signs is where the token works (`stack up --port 9000` got links on :8080 that failed)
+    base = base or (running(var_dir) or {}).get("url") or "http://127.0.0.1:8080"
     payload = {
         "token": issued.token,
         "expires_at": iso(issued.claims.expires_at),

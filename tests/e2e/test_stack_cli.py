@@ -557,14 +557,18 @@ def test_stack_up_leaves_no_file_another_user_can_read(tmp_path: Path) -> None:
 
 def _token_issue_signs_with_the_stacks_key(tmp_path: Path, var: Path, url: str, uids: tuple[str, str, str]) -> None:
     """`token issue --var DIR`, run from another folder, signs with the key `stack up --var DIR` made: the gateway
-    accepts it. Without --var it looks in ./var, finds nothing there, and says so in one line."""
+    accepts it, and without --url its URLs are that stack's (on its port; they were on :8080, where no stack ran).
+    Without --var it looks in ./var, finds nothing there, and says so in one line."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMGW_")}
     command = [sys.executable, "-m", "gateway.cli", "token", "issue", "--study", uids[0], "--url", url]
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()
-    issued = subprocess.run([*command, "--var", str(var)], cwd=elsewhere, env=env, capture_output=True, text=True)
+    issued = subprocess.run([*command[:-2], "--var", str(var)], cwd=elsewhere, env=env, capture_output=True, text=True)
     assert issued.returncode == 0, issued.stderr
-    root = json.loads(issued.stdout)["dicomweb_root"]
+    printed = json.loads(issued.stdout)
+    assert printed["viewer_url"].startswith(f"{url}/viewer/#study={uids[0]}&token="), printed
+    root = printed["dicomweb_root"]
+    assert root == f"{url}/t/{printed['token']}/dicomweb"
     assert requests.get(f"{root}/studies/{uids[0]}/series/{uids[1]}/instances", timeout=30).status_code == 200
     missing = subprocess.run(command, cwd=elsewhere, env=env, capture_output=True, text=True)
     assert missing.returncode == 1
