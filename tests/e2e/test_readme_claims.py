@@ -1,7 +1,7 @@
-"""README claims no other test exercised, each checked through the real stack as README states it: the session
-cookie's lifetime, study- and series-level rendered and thumbnail paths, the reason header of a DELETE, formula
-cells in the access-audit CSV, ``/metrics`` from a non-loopback address, ``/readyz`` without its storage folder,
-``DICOMGW_STOW_OVERWRITE=1`` and ``DICOMGW_DERIVATIVES=0``."""
+"""README claims no other test exercised, each checked through the real stack as README states it: the lines of "Try
+the demo by hand" run as written, the session cookie's lifetime, study- and series-level rendered and thumbnail
+paths, the reason header of a DELETE, formula cells in the access-audit CSV, ``/metrics`` from a non-loopback
+address, ``/readyz`` without its storage folder, ``DICOMGW_STOW_OVERWRITE=1`` and ``DICOMGW_DERIVATIVES=0``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -80,6 +81,38 @@ def test_the_session_cookie_lives_a_minute_past_the_session(stack: RunningStack,
     end = epoch(issued["session_expires_at"])
     assert cookie_max_age(answer) in {end - now + 60 for now in range(before, after + 1)}
     assert cookie_max_age(answer) > 60 + 60  # the session's end, not the 60 s token's
+
+
+# -- claim: "Try the demo by hand": README's own shell lines, run as written with the token root in ROOT
+
+
+def readme_by_hand_block() -> str:
+    """The ``sh`` block under "Try the demo by hand", as README holds it."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    after = readme.split("Try the demo by hand", 1)[1]
+    return after.split("```sh\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_demo_by_hand_lines_run_as_written(stack: RunningStack, synthetic: dict[str, Any], tmp_path: Path) -> None:
+    """Each line of README's "Try the demo by hand" in bash with Debian's curl and python3, ROOT the pasted token
+    root: the search lists only the token's study, the UIDs it picks lead to a frame whose bytes are the file's
+    pixels, and the tampered token's line prints 401."""
+    study = uids_of(synthetic["ct"][0])[0]
+    root = stack.root(stack.issue([study])["token"])
+    lines = readme_by_hand_block().splitlines()
+    assert lines[0].startswith("ROOT='http://127.0.0.1:8080/t/.../dicomweb'"), lines[0]
+    script = "\n".join([f"ROOT='{root}'", *lines[1:], 'echo "$ST $SE $IN"'])
+    done = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stderr) == (0, ""), done.stderr
+    *listed, tampered, uids = done.stdout.splitlines()
+    [only] = requests.get(f"{root}/studies", timeout=30).json()  # "QIDO: only the token's study"
+    assert only["0020000D"]["Value"] == [study]
+    assert listed == json.dumps([only], indent=4).splitlines()[:10]  # json.tool's, cut by head
+    assert tampered == "401"
+    st, se, sop = uids.split()
+    assert st == study
+    [file] = [f for f in [*synthetic["ct"], *synthetic["ct_b"]] if uids_of(f) == (st, se, sop)]
+    assert (tmp_path / "f.raw").read_bytes() == pydicom.dcmread(file).PixelData
 
 
 # -- claim: "a study's and a series' rendered and thumbnail are those of its representative image" (HTTP API); they
