@@ -4,6 +4,7 @@ CI run was stopped at 99 % by a poll that never ended)."""
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 import tomllib
@@ -16,6 +17,22 @@ def test_the_configured_timeout_is_the_readmes_fifteen_minutes() -> None:
     options = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
     assert options["timeout"] == 15 * 60
     assert "A test still running after 15\nminutes (pytest-timeout" in (ROOT / "README.md").read_text()
+
+
+def test_the_readmes_one_test_line_selects_one_test() -> None:
+    """README, "Tests": the line marked "one test, one backend" collects exactly one test, on S3 (it was ``-k "frames
+    and s3"``, which collects ten)."""
+    block = (ROOT / "README.md").read_text().split("\n## Tests\n", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    lines = {line.split("#", 1)[1].strip(): shlex.split(line.split("#", 1)[0]) for line in block.splitlines()}
+    command = lines["one test, one backend"]
+    assert command[0] == ".venv/bin/pytest", command
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--collect-only", "-q", *command[1:]],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    collected = [line for line in run.stdout.splitlines() if "::" in line]
+    assert run.returncode == 0, run.stdout[-2000:]
+    assert len(collected) == 1 and "[s3]" in collected[0], collected
 
 
 def test_a_hanging_test_fails_with_its_traceback_and_the_others_still_run(tmp_path: Path) -> None:
