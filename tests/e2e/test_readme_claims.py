@@ -1,7 +1,8 @@
 """README claims no other test exercised, each checked through the real stack as README states it: the lines of "Try
-the demo by hand" run as written, the session cookie's lifetime, study- and series-level rendered and thumbnail
-paths, the reason header of a DELETE, formula cells in the access-audit CSV, ``/metrics`` from a non-loopback
-address, ``/readyz`` without its storage folder, ``DICOMGW_STOW_OVERWRITE=1`` and ``DICOMGW_DERIVATIVES=0``."""
+the demo by hand" and the portal's token request run as written, the session cookie's lifetime, study- and
+series-level rendered and thumbnail paths, the reason header of a DELETE, formula cells in the access-audit CSV,
+``/metrics`` from a non-loopback address, ``/readyz`` without its storage folder, ``DICOMGW_STOW_OVERWRITE=1`` and
+``DICOMGW_DERIVATIVES=0``."""
 
 from __future__ import annotations
 
@@ -113,6 +114,26 @@ def test_the_demo_by_hand_lines_run_as_written(stack: RunningStack, synthetic: d
     assert st == study
     [file] = [f for f in [*synthetic["ct"], *synthetic["ct_b"]] if uids_of(f) == (st, se, sop)]
     assert (tmp_path / "f.raw").read_bytes() == pydicom.dcmread(file).PixelData
+
+
+def test_the_portal_iframe_curl_line_runs_as_written(stack: RunningStack, tmp_path: Path) -> None:
+    """README, "Viewer and embedding": the portal's ``curl`` for a token, run as written on the stack's address with
+    ``$API_KEY`` set, is a 201 whose ``viewer_url`` is the iframe's ``src`` that README shows."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("Portal iframe (server side first gets the URL from the API):", 1)[1]
+    command = block.split("```sh\n", 1)[1].split("```", 1)[0]
+    iframe = block.split("```html\n", 1)[1].split("```", 1)[0]
+    assert command.count("https://dicom.example.org") == 1, command
+    status_line = "curl -s -w '\\n%{http_code}' "
+    script = command.replace("https://dicom.example.org", stack.url).replace("curl -s ", status_line)
+    env = {**os.environ, "API_KEY": stack.stack.api_key}
+    done = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    body, status = done.stdout.rsplit("\n", 1)
+    assert (done.returncode, done.stderr, status) == (0, "", "201"), (done.stderr, done.stdout)
+    issued = json.loads(body)
+    assert set(issued) == {"token", "expires_at", "jti", "dicomweb_root", "viewer_url"}
+    [src] = re.findall(r'src="([^"]+)"', iframe)
+    assert issued["viewer_url"] == src.replace("https://dicom.example.org", stack.url).replace("TOKEN", issued["token"])
 
 
 # -- claim: "a study's and a series' rendered and thumbnail are those of its representative image" (HTTP API); they
