@@ -24,6 +24,7 @@ same per-file records, read top to bottom; a developer tool, not on the service'
 from __future__ import annotations
 
 import os
+import ssl
 import struct
 import tempfile
 import threading
@@ -253,8 +254,8 @@ class StowClient:
         while True:
             try:
                 response = self._session().request(method, url, timeout=self.options.timeout, **kwargs)
-            except (requests.ConnectionError, requests.Timeout):
-                if attempt >= self.options.retries:
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                if attempt >= self.options.retries or untrusted_certificate(exc):  # no retry makes it trusted
                     raise
                 delay = self.options.backoff * 2**attempt
             else:
@@ -318,7 +319,10 @@ class StowClient:
                 headers={"Content-Type": body.content_type, **self.options.context_headers()},
             )
         except requests.RequestException as exc:
-            _fail_all(batch, f"connection failed ({type(exc).__name__})")
+            if untrusted_certificate(exc):
+                _fail_all(batch, UNTRUSTED_CERTIFICATE)
+            else:
+                _fail_all(batch, f"connection failed ({type(exc).__name__})")
             return False
         except OSError as exc:
             _fail_all(batch, f"file changed while sending ({type(exc).__name__})")
@@ -402,6 +406,27 @@ def _error_detail(response: requests.Response) -> str:
         return ""
     detail = body.get("detail") or body.get("error") if isinstance(body, dict) else None
     return f": {str(detail)[:200]}" if detail else ""
+
+
+UNTRUSTED_CERTIFICATE = (
+    "the server's TLS certificate is not trusted here: name its CA file in REQUESTS_CA_BUNDLE "
+    "(a `stack up --tls` stack's own: VAR/tls/tls.crt)"
+)
+
+
+def untrusted_certificate(exc: BaseException) -> bool:
+    """Whether a request failed because this machine does not trust the server's certificate (a self-signed one,
+    as `stack up --tls` makes): no retry changes that, and the user must be told what to do."""
+    pending: list[object] = [exc]  # requests wraps urllib3's error, which wraps ssl's, as an argument or a reason
+    for _ in range(50):
+        if not pending:
+            return False
+        seen = pending.pop()
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        if isinstance(seen, BaseException):
+            pending.extend([seen.__cause__, getattr(seen, "reason", None), *seen.args])
+    return False
 
 
 def _fail_all(batch: list[FileEntry], reason: str) -> None:

@@ -371,8 +371,30 @@ def test_tls_http2_and_secure_cookie(tmp_path: Path) -> None:
             assert read.headers["Strict-Transport-Security"] == hsts  # on a JSON error and on a DICOMweb answer
         viewer = requests.get(f"{stack.url}/viewer/", verify=cert, timeout=10)
         assert (viewer.status_code, viewer.headers["Strict-Transport-Security"]) == (200, hsts)
+        _upload_to_the_tls_stack(tmp_path, stack.url, stack.api_key, cert)
     finally:
         stack.stop()
+
+
+def _upload_to_the_tls_stack(tmp_path: Path, url: str, api_key: str, cert: str) -> None:
+    """`dicom-gateway upload` to `stack up --tls`, whose certificate this machine does not trust: each file's reason
+    says to name the CA in REQUESTS_CA_BUNDLE, the stack's own in VAR/tls/tls.crt, at once (it was "connection failed
+    (SSLError)" after five retries, ~15 s of waiting for what no retry changes); with it named, the files are stored."""
+    files = make_series(tmp_path / "up", modality="CT", slices=2, rows=32, columns=32, seed=75, clean=True)
+    command = [sys.executable, "-m", "gateway.cli", "upload", *map(str, files), "--url", f"{url}/dicomweb"]
+    env = {**_clean_environment(), "DICOMGW_API_KEY": api_key, "COLUMNS": "300"}
+    env.pop("REQUESTS_CA_BUNDLE", None)
+    refused = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    reason = (
+        "the server's TLS certificate is not trusted here: name its CA file in REQUESTS_CA_BUNDLE (a `stack up "
+        "--tls` stack's own: VAR/tls/tls.crt)"
+    )
+    assert (refused.returncode, refused.stdout.count(reason)) == (2, 2), refused.stdout
+    assert "SSLError" not in refused.stdout + refused.stderr
+    trusted = {**env, "REQUESTS_CA_BUNDLE": cert}
+    stored = subprocess.run(command, env=trusted, capture_output=True, text=True, timeout=120)
+    assert stored.returncode == 0, stored.stdout
+    assert re.search(r"stored\s*│\s*2\s*│", stored.stdout), stored.stdout
 
 
 def test_demo_prints_working_signed_urls(tmp_path: Path) -> None:
