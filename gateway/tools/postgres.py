@@ -1,7 +1,7 @@
 """A throwaway PostgreSQL cluster on a free loopback port, for the tests and the benchmarks.
 
-Runs Debian's binaries (``/usr/lib/postgresql/15/bin``, or ``DICOMGW_TEST_PG_BIN``) in a fresh folder, as the
-``postgres`` OS user when we are root (initdb refuses root). The cluster is for throwaway data: fsync and
+Runs the OS packages' binaries (the newest ``/usr/lib/postgresql/N/bin``, or ``DICOMGW_TEST_PG_BIN``) in a fresh
+folder, as the ``postgres`` OS user when we are root (initdb refuses root). The cluster is for throwaway data: fsync and
 synchronous commit are off.
 """
 
@@ -20,7 +20,19 @@ from pathlib import Path
 
 from gateway.tools.stack import free_port
 
-PG_BIN = Path(os.environ.get("DICOMGW_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+def os_pg_bin(root: Path = Path("/usr/lib/postgresql")) -> Path:
+    """The newest PostgreSQL the OS packages installed (Debian 12's is 15, Ubuntu 24.04's 16: `make test` takes
+    either, as `apt-get install postgresql` gives it); 15's folder when none is there (the skip names it)."""
+    found = sorted(
+        (int(folder.name), folder / "bin")
+        for folder in (root.iterdir() if root.is_dir() else ())
+        if folder.name.isdigit() and (folder / "bin" / "initdb").exists()
+    )
+    return found[-1][1] if found else root / "15" / "bin"
+
+
+PG_BIN = Path(os.environ.get("DICOMGW_TEST_PG_BIN") or os_pg_bin())
 
 
 @dataclass

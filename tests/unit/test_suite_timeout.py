@@ -53,3 +53,22 @@ def test_a_hanging_test_fails_with_its_traceback_and_the_others_still_run(tmp_pa
     assert traceback in run.stdout, run.stdout[-3000:]
     assert "FAILED test_hang.py::test_waits_forever - Failed: Timeout" in run.stdout, run.stdout[-3000:]
     assert "= 1 failed, 2 passed in " in run.stdout, run.stdout[-3000:]
+
+
+def test_postgresql_tests_find_the_os_packages_server_whatever_its_version(tmp_path: Path) -> None:
+    """README, "Tests": PostgreSQL tests run the OS's binaries. `make test` installs Debian's `postgresql` (15 on
+    Debian 12, 16 on Ubuntu 24.04) and takes any version as installed, but the tests looked in 15's folder alone: on
+    Ubuntu every PostgreSQL test failed under `make test` (skipped alone). The newest server folder is taken; one of
+    a client package (psql, no initdb) is not a server."""
+    from gateway.tools.postgres import os_pg_bin
+
+    def install(version: str, server: bool = True) -> None:
+        (tmp_path / version / "bin").mkdir(parents=True)
+        (tmp_path / version / "bin" / ("initdb" if server else "psql")).touch()
+
+    assert os_pg_bin(tmp_path) == tmp_path / "15" / "bin"  # none: the folder the skip message names
+    install("16")
+    assert os_pg_bin(tmp_path) == tmp_path / "16" / "bin"
+    install("9")
+    install("17", server=False)
+    assert os_pg_bin(tmp_path) == tmp_path / "16" / "bin"
