@@ -10,6 +10,7 @@ from typing import Any
 import pydicom
 import requests
 
+from gateway.config import ConfigError, env_int
 from gateway.dicomweb.multipart import encode_multipart
 from gateway.tools.stack import Stack, StackError, own_certificate
 
@@ -57,11 +58,25 @@ def _stow(stack: Stack | Target, files: list[str]) -> None:
         raise _failed("the STOW-RS upload", answer)
 
 
-def issue(stack: Stack | Target, study: str, ttl: int = 3600) -> dict[str, Any]:
+DEMO_TTL = 3600  # an hour to try the printed links
+
+
+def demo_ttl(stack: Stack | Target) -> int:
+    """An hour, or the gateway's DICOMGW_TOKEN_MAX_TTL when lower: a longer token is refused, and seeding with it
+    stopped `DICOMGW_TOKEN_MAX_TTL=600 stack up` (the variable as the stack gives it to gunicorn, or as compose gives
+    it to `stack seed`)."""
+    env = stack.gateway_env() if isinstance(stack, Stack) else None
+    try:
+        return min(DEMO_TTL, env_int("TOKEN_MAX_TTL", env))
+    except ConfigError:  # the gateway refused to start with it: nothing is seeded anyway
+        return DEMO_TTL
+
+
+def issue(stack: Stack | Target, study: str, ttl: int | None = None) -> dict[str, Any]:
     with own_certificate():
         answer = requests.post(
             f"{stack.url}/api/v1/tokens",
-            json={"sub": "demo", "studies": [study], "actions": ["read"], "ttl": ttl},
+            json={"sub": "demo", "studies": [study], "actions": ["read"], "ttl": ttl or demo_ttl(stack)},
             headers={"Authorization": f"Bearer {stack.api_key}"},
             timeout=30,
             verify=False,  # noqa: S501 - the stack's own self-signed certificate

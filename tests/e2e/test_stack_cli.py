@@ -399,17 +399,23 @@ def _upload_to_the_tls_stack(tmp_path: Path, url: str, api_key: str, cert: str) 
 
 def test_demo_prints_working_signed_urls(tmp_path: Path) -> None:
     """What `make demo` shows a new user: the signed DICOMweb root reaches the seeded CT, the same root with a
-    tampered token answers 401, and the viewer URL names the study with a token in the fragment."""
+    tampered token answers 401, and the viewer URL names the study with a token in the fragment. With
+    DICOMGW_TOKEN_MAX_TTL below the demo's hour, its tokens live that long (seeding asked for an hour: the stack
+    stopped, "seeding failed: issuing a token answered 400: ... ttl exceeds the maximum of 600 seconds")."""
     port = free_port()
     seeded = subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "stack", "up", "--port", str(port), "--var", str(tmp_path / "var")],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**_clean_environment(), "DICOMGW_TOKEN_MAX_TTL": "600"},
     )
     try:
         lines = _printed_through(seeded, "slide")
         root = lines["dicomweb"]
+        signing_key = (tmp_path / "var" / "signing.key").read_text().strip()
+        claims = TokenService((signing_key,), 600).verify(root.split("/t/")[1].split("/dicomweb")[0], "read")
+        assert claims.expires_at - claims.issued_at == 600
         studies = requests.get(f"{root}/studies", timeout=10)
         assert studies.status_code == 200
         [study] = studies.json()
