@@ -55,7 +55,23 @@ def _stow(stack: Stack | Target, files: list[str]) -> None:
     with own_certificate():
         answer = requests.post(url, data=body, headers=headers, timeout=600, verify=False)  # noqa: S501
     if answer.status_code != 200:
-        raise _failed("the STOW-RS upload", answer)
+        raise _refused(answer, len(files)) or _failed("the STOW-RS upload", answer)
+
+
+def _refused(answer: requests.Response, sent: int) -> StackError | None:
+    """A STOW answer that stored not every file, said as its first failure's reason (the answer's JSON cut at 300
+    characters never reached it) and the way to start anyway: a PHI policy (DICOMGW_PHI_POLICY) refuses the demo's
+    fake PHI. None when the answer is no STOW response."""
+    try:
+        failed = answer.json().get("00081198", {}).get("Value") or []
+        code = int(failed[0]["00081197"]["Value"][0])
+        reason = str(failed[0].get("00091001", {}).get("Value", [""])[0])
+    except (ValueError, AttributeError, LookupError, TypeError):
+        return None
+    return StackError(
+        f"seeding failed: the STOW-RS upload answered {answer.status_code}: {len(failed)} of {sent} demo files not "
+        f"stored, the first 0x{code:04X} {' '.join(reason.split())[:200]}; `stack up --no-seed` starts without them"
+    )
 
 
 DEMO_TTL = 3600  # an hour to try the printed links
