@@ -54,8 +54,15 @@ demo-deps:
 	  else echo "missing:$$missing (sudo apt-get install$$missing; the viewer build needs Node.js 20 or newer)"; exit 1; fi; \
 	fi
 
+# Debian and Ubuntu ship python3 without venv's pip (the python3-venv package): installed with apt-get when root,
+# otherwise a one-line hint (python3 -m venv failed there after a paragraph of its own).
 $(VENV)/.installed: pyproject.toml
-	python3 -m venv $(VENV)
+	@python3 -m venv $(VENV) >/dev/null 2>&1 || { rm -rf $(VENV); \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing OS packages: python3-venv"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null; \
+	  else echo "missing OS package: python3-venv (install it with: sudo apt-get install python3-venv)"; exit 1; fi; }
+	@[ -x $(VENV)/bin/python ] || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[dev]'
 	touch $@
