@@ -74,7 +74,11 @@ venv: $(VENV)/.installed
 	.venv-checkov/bin/pip install -q 'checkov>=3,<4'
 	touch $@
 
+# Vite 7 needs Node 20.19+ or 22.12+: on an older one (Debian 12's nodejs is 18) it only warns, then the build dies in
+# a stack trace (crypto.hash is not a function); say so in one line before npm runs.
 viewer/dist/index.html: viewer/package.json viewer/package-lock.json viewer/vite.config.js $(shell find viewer/src -type f 2>/dev/null) viewer/index.html
+	@node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit((a === 20 && b >= 19) || (a === 22 && b >= 12) || a > 22 ? 0 : 1)' 2>/dev/null || { \
+	  echo "the viewer build needs Node.js 20.19+ or 22.12+ (Vite 7), this machine has $$(node -v 2>/dev/null || echo none): install one from NodeSource or your distribution (Debian 12's nodejs is 18)"; exit 1; }
 	cd viewer && npm ci --no-audit --no-fund --loglevel=error && npm run build
 
 viewer: viewer/dist/index.html

@@ -1,6 +1,6 @@
 """README, "The two commands": `make demo` and `make test` install what they need. Run with the real make on the
-repository's Makefile, the OS met through shims on PATH (python3, apt-get, id), the virtualenv in a temporary folder
-and pip replaced by `true`, so nothing is installed."""
+repository's Makefile, the OS met through shims on PATH (python3, apt-get, id, node, npm), the virtualenv in a
+temporary folder and pip replaced by `true`, so nothing is installed or built."""
 
 from __future__ import annotations
 
@@ -69,3 +69,50 @@ def test_make_installs_nothing_when_venv_works(tmp_path: Path) -> None:
     assert (run.returncode, run.stdout) == (0, ""), run.stderr
     assert not (tmp_path / "shims" / "apt-get.log").exists()
     assert (venv / ".installed").exists()
+
+
+NPM = '#!/bin/sh\necho "$*" >> "$SHIMS/npm.log"\n'
+
+
+def build_viewer(tmp_path: Path, version: str) -> subprocess.CompletedProcess[str]:
+    """`make viewer` forced to build (-B), node reporting ``version``, npm a shim that only logs."""
+    import shutil
+
+    shims = tmp_path / "shims"
+    shims.mkdir(parents=True)
+    real = shutil.which("node")
+    assert real is not None
+    # the shim's `node -e` runs the real node under the version's name: process.versions says what it is
+    (shims / "node").write_text(
+        f'#!/bin/sh\nif [ "$1" = "-e" ]; then exec "{real}" -e "Object.defineProperty(process.versions, \'node\', '
+        f'{{value: \'{version}\'}}); $2"; fi\nif [ "$1" = "-v" ]; then echo "v{version}"; exit 0; fi\nexit 2\n'
+    )
+    (shims / "npm").write_text(NPM)
+    for name in ("node", "npm"):
+        (shims / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{shims}:{os.environ['PATH']}", "SHIMS": str(shims)}
+    return subprocess.run(
+        ["make", "-s", "-B", "-C", str(ROOT), "viewer/dist/index.html"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+
+
+def test_the_viewer_build_names_a_node_too_old_for_vite_in_one_line(tmp_path: Path) -> None:
+    """README: Debian 12's own nodejs (18) is too old for the Vite 7 build. Vite only warned and the build died in a
+    stack trace; the Makefile now says so in one line before npm runs."""
+    run = build_viewer(tmp_path, "18.19.0")
+    assert run.returncode != 0
+    assert run.stdout == (
+        "the viewer build needs Node.js 20.19+ or 22.12+ (Vite 7), this machine has v18.19.0: install one from "
+        "NodeSource or your distribution (Debian 12's nodejs is 18)\n"
+    )
+    assert not (tmp_path / "shims" / "npm.log").exists()
+
+
+def test_the_viewer_build_runs_npm_on_a_node_vite_takes(tmp_path: Path) -> None:
+    for version in ("20.19.0", "22.12.0", "24.1.0"):
+        run = build_viewer(tmp_path / version, version)
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert (tmp_path / version / "shims" / "npm.log").read_text() == (
+            "ci --no-audit --no-fund --loglevel=error\nrun build\n"
+        )
