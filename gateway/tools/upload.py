@@ -600,6 +600,19 @@ def context_value(ctx: click.Context, param: click.Parameter, value: str | None)
     return value.strip()
 
 
+def check_ca_bundle(root: str) -> None:
+    """The CA file an https root is checked against, as requests finds it: one that is not there was an OSError
+    raised from inside the first request, a traceback (a relative `REQUESTS_CA_BUNDLE=var/tls/tls.crt` run from
+    another folder)."""
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        bundle = os.environ.get(name)
+        if bundle:
+            if root.startswith("https://") and not os.path.exists(bundle):
+                problem = "no such file (the CA file the server's certificate is checked against)"
+                raise click.UsageError(f"{name}: {bundle}: {problem}")
+            return
+
+
 @click.command("upload")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--url", "root", required=True, help="DICOMweb root, e.g. https://host/t/TOKEN/dicomweb.")
@@ -645,6 +658,7 @@ def upload(
     Exit code 0 when every DICOM file is on the server, 1 when some failed, 2 when nothing could be sent, 130 when
     Ctrl-C stopped it (the batches in flight finish; a re-run sends the rest)."""
     root, token = split_root(root, token)
+    check_ca_bundle(root)
     options = UploadOptions(
         root=root,
         concurrency=concurrency,

@@ -391,6 +391,15 @@ def _upload_to_the_tls_stack(tmp_path: Path, url: str, api_key: str, cert: str) 
     )
     assert (refused.returncode, refused.stdout.count(reason)) == (2, 2), refused.stdout
     assert "SSLError" not in refused.stdout + refused.stderr
+    # README's relative path, from a folder that has no var/: one line, exit 2 (requests' OSError was a traceback)
+    relative = {**env, "REQUESTS_CA_BUNDLE": "var/tls/tls.crt"}
+    missing = subprocess.run(command, env=relative, cwd=files[0].parent, capture_output=True, text=True)
+    assert (missing.returncode, missing.stdout, missing.stderr) == (
+        2,
+        "",
+        "Error: REQUESTS_CA_BUNDLE: var/tls/tls.crt: no such file (the CA file the server's certificate is checked "
+        "against)\n",
+    )
     trusted = {**env, "REQUESTS_CA_BUNDLE": cert}
     stored = subprocess.run(command, env=trusted, capture_output=True, text=True, timeout=120)
     assert stored.returncode == 0, stored.stdout
