@@ -263,34 +263,44 @@ class Authorizer:
         # a delete is an action no token holds (RFC 6750 3.1's insufficient_scope, as a read token's STOW): it was
         # "out_of_scope", which told the client the study lay outside a token that reaches it
         if method in DELETE_METHODS and (path_token or query_token(query)):
-            raise InsufficientScope("only the API key may delete")
+            refusal = InsufficientScope("only the API key may delete")
+            refusal.refused = _named(self._ours((("path", path_token), ("query", query_token(query)))))
+            raise refusal
         granted: list[Claims] = []
         via: list[str] = []
-        for transport, token in (("path", path_token), ("query", query_token(query))):
-            if token:  # an empty value carries nothing: absent
-                if not well_formed(token):
-                    raise TokenInvalid("malformed token")
-                granted.append(self._check(token, purpose, method, target, now_s))
-                via.append(transport)
-        if authorization:
-            bearer = self._bearer(bearer_value(authorization), purpose, method, target, now_s)
-            if bearer is not None:
-                granted.append(bearer)
-                via.append("api-key" if bearer.jti == API_KEY_JTI else "bearer")
-        if not granted and cookie_header:
-            # Ambient: the browser sends it whatever the page meant, so it never vetoes nor joins an explicit one.
-            token = cookie_token(cookie_header, self.cookie)
-            if token:
-                if not well_formed(token):
-                    raise TokenInvalid("malformed token")
-                granted.append(self._check(token, purpose, method, target, now_s))
-                via.append("cookie")
+        # every token of ours presented so far, allowed or not: a refusal names them for the access audit
+        presented: list[tuple[str, Claims]] = []
+        try:
+            for transport, token in (("path", path_token), ("query", query_token(query))):
+                if token:  # an empty value carries nothing: absent
+                    if not well_formed(token):
+                        raise TokenInvalid("malformed token")
+                    granted.append(self._check(token, purpose, method, target, now_s, (transport, presented)))
+                    via.append(transport)
+            if authorization:
+                bearer = self._bearer(bearer_value(authorization), purpose, method, target, now_s, presented)
+                if bearer is not None:
+                    granted.append(bearer)
+                    via.append("api-key" if bearer.jti == API_KEY_JTI else "bearer")
+            if not granted and cookie_header:
+                # Ambient: the browser sends it whatever the page meant, so it never vetoes nor joins an explicit one.
+                token = cookie_token(cookie_header, self.cookie)
+                if token:
+                    if not well_formed(token):
+                        raise TokenInvalid("malformed token")
+                    granted.append(self._check(token, purpose, method, target, now_s, ("cookie", presented)))
+                    via.append("cookie")
+        except GatewayError as error:
+            error.refused = _named(presented)
+            raise
         if not granted:
             if authorization:
                 raise TokenInvalid("the Authorization header holds neither an API key nor a token of this gateway")
             raise TokenMissing("no token in the path, the query, the Authorization header or the cookie")
         if method in DELETE_METHODS and any(claims.jti != API_KEY_JTI for claims in granted):
-            raise InsufficientScope("only the API key may delete")
+            refusal = InsufficientScope("only the API key may delete")
+            refusal.refused = _named(presented)
+            raise refusal
         claims = granted[0] if len(granted) == 1 else intersect(granted)
         return Decision(claims, target, " ".join(via), self._wado_study(target))
 
@@ -310,7 +320,19 @@ class Authorizer:
         found = None if named.sop is None or self._locate is None else self._locate(named.sop)
         return "" if found is None else found[0]
 
-    def _bearer(self, value: str, purpose: str, method: str, target: Target, now: int) -> Claims | None:
+    def _ours(self, transported: tuple[tuple[str, str | None], ...]) -> list[tuple[str, Claims]]:
+        """Of these tokens, those our keys signed, with their claims, whatever else they are (``_named``)."""
+        ours = []
+        for transport, token in transported:
+            try:
+                ours.append((transport, self.tokens.claims_of(token or "")))
+            except TokenInvalid:  # no token, or none of ours: no one to name
+                pass
+        return ours
+
+    def _bearer(
+        self, value: str, purpose: str, method: str, target: Target, now: int, presented: list[tuple[str, Claims]]
+    ) -> Claims | None:
         """The credential in an ``Authorization: Bearer`` value, or None when it is not one of ours."""
         label = self._key_label(value)
         if label is not None:
@@ -318,11 +340,23 @@ class Authorizer:
         if not value or not well_formed(value):
             return None
         try:
-            return self._check(value, purpose, method, target, now)
+            return self._check(value, purpose, method, target, now, ("bearer", presented))
         except TokenUnrecognised:  # nothing we signed (a JWT of the portal, "None"): not ours to judge
             return None
 
-    def _check(self, token: str, purpose: str, method: str, target: Target, now: int) -> Claims:
+    def _check(
+        self,
+        token: str,
+        purpose: str,
+        method: str,
+        target: Target,
+        now: int,
+        record: tuple[str, list[tuple[str, Claims]]],
+    ) -> Claims:
+        """The claims of ``token`` if it allows the request; ``record``: its transport, and the list it joins
+        once its signature holds (before expiry, revocation, purpose and scope are judged)."""
+        transport, presented = record
+        presented.append((transport, self.tokens.claims_of(token)))
         claims = self.tokens.verify(token, purpose, now=now)
         revoked = self.revoked()
         # a renewed token carries its session's id: revoking the session's first token ends all of them
@@ -341,6 +375,16 @@ def decision_lifetime(expires_at: int, now: int, cached_for: int) -> int | None:
     (0: not kept at all)."""
     left = expires_at - now - 2
     return None if left >= cached_for else max(left, 0)
+
+
+def _named(presented: list[tuple[str, Claims]]) -> tuple[str, str, str]:
+    """The subjects, token ids and transports of the tokens a refused request presented, as the audit headers name
+    an allowed request's (space-separated)."""
+    return (
+        " ".join(dict.fromkeys(claims.sub for _, claims in presented)),
+        " ".join(dict.fromkeys(claims.jti for _, claims in presented)),
+        " ".join(transport for transport, _ in presented),
+    )
 
 
 def intersect(granted: list[Claims]) -> Claims:

@@ -243,6 +243,11 @@ class TokenService:
             raise TokenExpired("token expired")
         return claims
 
+    def claims_of(self, token: str) -> Claims:
+        """The claims of a value one of our keys signed, whatever its expiry, purpose or revocation: whom a refusal
+        refused (the access audit). Raises TokenUnrecognised or TokenInvalid as ``verify`` does."""
+        return self._cached(token)[0]
+
     def signed_by_us(self, token: str) -> bool:
         """Whether ``token`` is a value one of our keys signed (sane claims or not): what an ``Authorization: Bearer``
         value must be to count as a token of this gateway (a portal's JWT, ``None`` or a padded token do not)."""

@@ -543,6 +543,48 @@ def test_every_explicit_credential_must_pass(tokens: TokenService) -> None:
         authorizer.decide("GET", f"/t/{revoked.token}{SERIES_PATH}", authorization=f"Bearer {good.token}", now=T)
 
 
+def test_a_refusal_names_the_tokens_of_ours_it_refused(tokens: TokenService) -> None:
+    """The access audit's who of a refusal (``to_auth_answer``'s X-Dgw-Sub/Jti/Via): every token of ours the request
+    presented, whichever refused it (out of scope, lacking the action, expired, revoked); a value no key of ours
+    signed names nobody. Before, every refusal was on record without a subject: who probed another study was not
+    told by the trail."""
+    good = tokens.issue(sub="good", studies=[ST], now=T)
+    other = tokens.issue(sub="other", studies=[ST2], now=T)
+    writer = tokens.issue(sub="writer", studies=[ST], actions=["write"], now=T)
+    expired = tokens.issue(sub="late", studies=[ST], ttl=60, now=T - 120)
+    revoked = tokens.issue(sub="gone", studies=[ST], now=T)
+    revocations = Revocations()
+    revocations.revoked.add(revoked.claims.jti)
+    authorizer = make_authorizer(tokens, revocations, Clock(T))
+    cases = [
+        (f"/t/{good.token}/dicomweb/studies/{ST2}", "", "", OutOfScope, ("good", good.claims.jti, "path")),
+        (f"{STUDY_PATH}?token={writer.token}", "", "", InsufficientScope, ("writer", writer.claims.jti, "query")),
+        (STUDY_PATH, f"dicomgw_token={expired.token}", "", TokenExpired, ("late", expired.claims.jti, "cookie")),
+        (
+            f"/t/{good.token}{SERIES_PATH}",
+            "",
+            f"Bearer {revoked.token}",
+            TokenRevoked,
+            ("good gone", f"{good.claims.jti} {revoked.claims.jti}", "path bearer"),
+        ),
+        (f"/t/{good.token}{SERIES_PATH}", "", f"Bearer {other.token}", OutOfScope, None),
+        (f"/t/{good.token[:-4]}AAAA{SERIES_PATH}", "", "", TokenInvalid, ("", "", "")),
+    ]
+    for uri, cookie, authorization, refusal, named in cases:
+        with pytest.raises(refusal) as caught:
+            authorizer.decide("GET", uri, cookie, authorization, now=T)
+        if named is None:
+            named = ("good other", f"{good.claims.jti} {other.claims.jti}", "path bearer")
+        assert caught.value.refused == named, uri
+    for uri, authorization, named in (
+        (STUDY_PATH, f"Bearer {good.token}", ("good", good.claims.jti, "bearer")),
+        (f"/t/{good.token}{STUDY_PATH}?token=junk", "", ("good", good.claims.jti, "path")),
+    ):
+        with pytest.raises(InsufficientScope) as caught:
+            authorizer.decide("DELETE", uri, authorization=authorization, now=T)
+        assert caught.value.refused == named
+
+
 def test_the_cookie_counts_only_without_an_explicit_credential(tokens: TokenService) -> None:
     """A cookie left by an earlier session never vetoes (nor joins) a token the page chose."""
     good = tokens.issue(sub="good", studies=[ST], now=T)
