@@ -9,9 +9,10 @@ from typing import Any
 from flask import Response, current_app, request
 from werkzeug.http import parse_etags, unquote_etag
 
-from gateway.auth import Decision, query_token
+from gateway.auth import Decision, bearer_value, query_token
 from gateway.errors import (
     BadRequest,
+    InsufficientScope,
     PreconditionFailed,
     Unauthorized,
     UnsupportedContentEncoding,
@@ -49,8 +50,16 @@ def decision() -> Decision:
 
 
 def require_api_key() -> None:
-    if not services().authorizer.is_api_key(request.headers.get("Authorization", "")):
-        raise Unauthorized("a valid API key is required (Authorization: Bearer ...)")
+    srv = services()
+    authorization = request.headers.get("Authorization", "")
+    if srv.authorizer.is_api_key(authorization):
+        return
+    presented = bearer_value(authorization)
+    if presented and srv.tokens.signed_by_us(presented):
+        # RFC 6750 3.1: a token of ours is a credential that may not do this, as on a DELETE. Its 401 said the token
+        # was bad, and a client's HTTP stack that renews on a 401 (OkHttp's Authenticator) renewed and asked again.
+        raise InsufficientScope("only the API key may do this: a token never issues, revokes or administers")
+    raise Unauthorized("a valid API key is required (Authorization: Bearer ...)")
 
 
 def public_base() -> str:

@@ -260,6 +260,42 @@ def test_revoke_needs_the_api_key(stack: RunningStack, ct: tuple[str, str, str])
     assert answer.status_code == 401
 
 
+def test_a_token_on_the_api_keys_endpoints_is_a_403_and_does_nothing(
+    stack: RunningStack, ct: tuple[str, str, str]
+) -> None:
+    """A viewer's or an uploader's token sent where only the API key may go (issuing, revoking, the admin API) is a
+    credential of ours that may not do this: 403 ``insufficient_scope`` (RFC 6750 3.1), as a token's DELETE is. It
+    was the 401 "a valid API key is required", which tells a client's HTTP stack the token itself is bad, so one
+    that renews on a 401 renewed it and asked again. Nothing is done: the token it tried to revoke still reads.
+    A value that is no credential of ours is still the 401."""
+    study = ct[0]
+    reader = stack.issue([study])
+    writer = stack.issue([study], actions=["read", "write"])
+    calls = [
+        ("POST", "/api/v1/tokens", {"sub": "x", "studies": [study]}),
+        ("POST", f"/api/v1/tokens/{reader['jti']}/revoke", None),
+        ("GET", "/api/v1/admin/quarantine", None),
+        ("GET", "/api/v1/admin/audit", None),
+        ("GET", "/api/v1/admin/access", None),
+        ("POST", "/api/v1/admin/erasure", {"patient_id": "nobody"}),
+    ]
+    for method, path, body in calls:
+        for token in (reader["token"], writer["token"]):
+            answer = requests.request(
+                method, f"{stack.url}{path}", json=body, headers={"Authorization": f"Bearer {token}"}, timeout=10
+            )
+            assert answer.status_code == 403, (path, answer.text)
+            assert answer.headers["Content-Type"] == "application/json"
+            assert answer.json()["error"] == "insufficient_scope", answer.text
+            assert "WWW-Authenticate" not in answer.headers
+        stranger = requests.request(
+            method, f"{stack.url}{path}", json=body, headers={"Authorization": "Bearer wrong"}, timeout=10
+        )
+        assert (stranger.status_code, stranger.json()["error"]) == (401, "unauthorized"), path
+    still = requests.get(f"{stack.root(reader['token'])}/studies/{study}/series", timeout=10)
+    assert still.status_code == 200, still.text
+
+
 def test_encoded_dot_segments_never_reuse_a_cached_decision(
     stack: RunningStack, synthetic: dict[str, Any], ct: tuple[str, str, str]
 ) -> None:
