@@ -65,6 +65,8 @@ DUPLICATE_DIFFERENT = 0x0111  # Duplicate SOP Instance (with different content)
 QUARANTINED = 0xC4F0  # implementation-specific (gateway.dicomweb.stow_response): held by the data policy
 PATIENT_MISMATCH = 0xA778  # the study holds another patient's instances (the code dcm4chee-arc uses)
 COERCED = 0xB000  # Warning: Coercion of Data Elements (PS3.4 Table B.2-1): a hook rewrote the file (de-identified)
+# The ingest audit's decision for an instance refused as outside the uploading token's scope (README, HTTP API)
+OUT_OF_SCOPE = "out-of-scope"
 
 # How long an upload waits for another upload of the same instance to end before it answers 0xA700 (see
 # ``Ingestor._reserve``): a commit takes milliseconds; a killed holder's reservation is taken over at once.
@@ -85,6 +87,7 @@ class IngestResult:
     report: dict[str, Any] = field(default_factory=dict)
     storage_key: str | None = None
     routed: bool = False  # stored in another destination by policy: that region's gateway serves it, not this one
+    out_of_scope: bool = False  # refused as outside the uploading token's scope (an audit record: ``_ingest``)
 
     @property
     def sop_uid(self) -> str | None:
@@ -200,6 +203,7 @@ def analyse(
             "failed",
             failure_reason=PROCESSING_FAILURE,
             detail="the instance's study or series is outside the token's scope",
+            out_of_scope=True,
         )
     outcome, final_path = run_hooks(hooks, path, context, dataset)
     analysis = Analysis(header, outcome, final_path)
@@ -331,6 +335,16 @@ class Ingestor:
         with self.reservations.expect():  # a reservation batch may wait for this file's analysis
             analysis = self._analyse(path, context, expected_study, scope, digest)
         if isinstance(analysis, IngestResult):
+            if analysis.out_of_scope and analysis.ids is not None:
+                # who tried to store into a study its token does not reach, and which: the access trail names the
+                # STOW and its outcome only, not the studies its body held
+                self.catalog.add_audit(
+                    source=context.source,
+                    sub=context.sub,
+                    sop_uid=analysis.ids.sop,
+                    study_uid=analysis.ids.study,
+                    decision=OUT_OF_SCOPE,
+                )
             return analysis
         header, outcome, final_path = analysis.header, analysis.outcome, analysis.path
         try:

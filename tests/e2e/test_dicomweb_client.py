@@ -168,6 +168,17 @@ def test_store_to_the_study_with_a_series_token(stack: RunningStack, tmp_path: P
     ]
     [failed] = response.FailedSOPSequence
     assert failed.ReferencedSOPInstanceUID == uids_of(outside)[2]
+    # each attempt is on record in the ingest audit: who tried to store which instance where its token does not
+    # reach (the access trail names the two STOWs only)
+    audit = requests.get(
+        f"{stack.url}/api/v1/admin/audit",
+        params={"sop_uid": uids_of(outside)[2]},
+        headers=stack.api_headers,
+        timeout=10,
+    ).json()["items"]
+    assert [(i["decision"], i["sub"], i["source"], i["study_uid"], i["tags"]) for i in audit] == [
+        ("out-of-scope", "series-upload", "stow", study, [])
+    ] * 2
     for path in inside:
         assert client.retrieve_instance(*uids_of(path)) == pydicom.dcmread(path)
     # another study is still outside the token, whatever the body holds
