@@ -250,7 +250,6 @@ class Authorizer:
         is not a credential of ours and is ignored (a refusal when nothing else is presented)."""
         if method not in READ_METHODS and method not in WRITE_METHODS and method not in DELETE_METHODS:
             raise OutOfScope(f"method {method} is not allowed")
-        purpose = "read" if method in READ_METHODS else "write"
         now_s = int(self._clock()) if now is None else now
         if "#" in raw_uri:
             # No request-target holds a fragment (RFC 9112 3.2). NGINX refuses one first; here as well because this
@@ -260,49 +259,75 @@ class Authorizer:
         path_token, rest = split_token(raw_uri)
         path, _, query = rest.partition("?")
         target = parse_target(path, query)
-        # a delete is an action no token holds (RFC 6750 3.1's insufficient_scope, as a read token's STOW): it was
-        # "out_of_scope", which told the client the study lay outside a token that reaches it
-        if method in DELETE_METHODS and (path_token or query_token(query)):
-            refusal = InsufficientScope("only the API key may delete")
-            refusal.refused = _named(self._ours((("path", path_token), ("query", query_token(query)))))
-            raise refusal
-        granted: list[Claims] = []
-        via: list[str] = []
-        # every token of ours presented so far, allowed or not: a refusal names them for the access audit
+        # every token of ours presented, allowed or not: a refusal names them for the access audit
         presented: list[tuple[str, Claims]] = []
         try:
-            for transport, token in (("path", path_token), ("query", query_token(query))):
-                if token:  # an empty value carries nothing: absent
-                    if not well_formed(token):
-                        raise TokenInvalid("malformed token")
-                    granted.append(self._check(token, purpose, method, target, now_s, (transport, presented)))
-                    via.append(transport)
-            if authorization:
-                bearer = self._bearer(bearer_value(authorization), purpose, method, target, now_s, presented)
-                if bearer is not None:
-                    granted.append(bearer)
-                    via.append("api-key" if bearer.jti == API_KEY_JTI else "bearer")
-            if not granted and cookie_header:
-                # Ambient: the browser sends it whatever the page meant, so it never vetoes nor joins an explicit one.
-                token = cookie_token(cookie_header, self.cookie)
-                if token:
-                    if not well_formed(token):
-                        raise TokenInvalid("malformed token")
-                    granted.append(self._check(token, purpose, method, target, now_s, ("cookie", presented)))
-                    via.append("cookie")
+            granted, via = self._granted(
+                method, target, path_token, (cookie_header, authorization), now_s, presented
+            )
         except GatewayError as error:
-            error.refused = _named(presented)
+            if error.status in (401, 403):
+                # who was refused and the study asked for (a WADO-URI's, where its object is: an encoded
+                # %73tudyUID= hid it from the logged query), for the access audit (``to_auth_answer``)
+                error.refused = (*_named(presented), self._refused_study(target))
             raise
+        claims = granted[0] if len(granted) == 1 else intersect(granted)
+        return Decision(claims, target, " ".join(via), self._wado_study(target))
+
+    def _granted(
+        self,
+        method: str,
+        target: Target,
+        path_token: str | None,
+        headers: tuple[str, str],
+        now: int,
+        presented: list[tuple[str, Claims]],
+    ) -> tuple[list[Claims], list[str]]:
+        """The claims of every credential that decides (``decide``'s rule) and their transports, or the refusal.
+        ``headers``: the Cookie and Authorization values; ``presented`` collects the tokens of ours met."""
+        cookie_header, authorization = headers
+        purpose = "read" if method in READ_METHODS else "write"
+        # a delete is an action no token holds (RFC 6750 3.1's insufficient_scope, as a read token's STOW): it was
+        # "out_of_scope", which told the client the study lay outside a token that reaches it
+        if method in DELETE_METHODS and (path_token or query_token(target.query)):
+            presented += self._ours((("path", path_token), ("query", query_token(target.query))))
+            raise InsufficientScope("only the API key may delete")
+        granted: list[Claims] = []
+        via: list[str] = []
+        for transport, token in (("path", path_token), ("query", query_token(target.query))):
+            if token:  # an empty value carries nothing: absent
+                if not well_formed(token):
+                    raise TokenInvalid("malformed token")
+                granted.append(self._check(token, purpose, method, target, now, (transport, presented)))
+                via.append(transport)
+        if authorization:
+            bearer = self._bearer(bearer_value(authorization), purpose, method, target, now, presented)
+            if bearer is not None:
+                granted.append(bearer)
+                via.append("api-key" if bearer.jti == API_KEY_JTI else "bearer")
+        if not granted and cookie_header:
+            # Ambient: the browser sends it whatever the page meant, so it never vetoes nor joins an explicit one.
+            token = cookie_token(cookie_header, self.cookie)
+            if token:
+                if not well_formed(token):
+                    raise TokenInvalid("malformed token")
+                granted.append(self._check(token, purpose, method, target, now, ("cookie", presented)))
+                via.append("cookie")
         if not granted:
             if authorization:
                 raise TokenInvalid("the Authorization header holds neither an API key nor a token of this gateway")
             raise TokenMissing("no token in the path, the query, the Authorization header or the cookie")
         if method in DELETE_METHODS and any(claims.jti != API_KEY_JTI for claims in granted):
-            refusal = InsufficientScope("only the API key may delete")
-            refusal.refused = _named(presented)
-            raise refusal
-        claims = granted[0] if len(granted) == 1 else intersect(granted)
-        return Decision(claims, target, " ".join(via), self._wado_study(target))
+            raise InsufficientScope("only the API key may delete")
+        return granted, via
+
+    def _refused_study(self, target: Target) -> str:
+        """The study a refused request asked for: its path's, or its WADO-URI query's (``_wado_study``); ``""``
+        when the catalog cannot say now (the refusal stands, the audit row names no study)."""
+        try:
+            return target.study or self._wado_study(target)
+        except GatewayError:
+            return ""
 
     def _wado_study(self, target: Target) -> str:
         """The study of a WADO-URI request, for the access audit: the one its query names (decoded, as the view

@@ -35,9 +35,10 @@ class GatewayError(Exception):
     status: ClassVar[int] = 500
     code: ClassVar[str] = "internal_error"
     detail: str
-    # Who a refusal refused, for the access audit: the subjects, token ids and transports of the tokens of ours the
-    # request presented (``Authorizer.decide``), space-separated as an allowed request's are. Empty: nobody we know.
-    refused: tuple[str, str, str] = ("", "", "")
+    # Who a refusal refused, and where, for the access audit: the subjects, token ids and transports of the tokens of
+    # ours the request presented (``Authorizer.decide``), space-separated as an allowed request's are, and the study
+    # it asked for. Empty: nobody we know, no study.
+    refused: tuple[str, str, str, str] = ("", "", "", "")
 
     def __init__(self, detail: str = "") -> None:
         super().__init__(detail or self.code)
@@ -308,9 +309,10 @@ def to_auth_answer(error: GatewayError) -> tuple[int, list[tuple[str, str]]]:
         status = 500
     detail = json.dumps(error.detail)[1:-1]
     headers = [(nginx.ERROR, error.code), (nginx.ERROR_DETAIL, detail), ("Content-Length", "0")]
-    if any(error.refused):
-        # a refused token of ours is named in the access log as an allowed one is: who tried to reach what it may not
-        headers += list(zip((nginx.SUB, nginx.JTI, nginx.VIA), error.refused, strict=True))
+    # a refused token of ours and the study it asked for are named in the access log as an allowed request's are:
+    # who tried to reach what it may not
+    named = zip((nginx.SUB, nginx.JTI, nginx.VIA, nginx.STUDY), error.refused, strict=True)
+    headers += [(name, value) for name, value in named if value]
     if isinstance(error, InvalidPath):
         # NGINX keeps a decision per series (every path below it shares one): a refusal of this path's own shape
         # (an instance segment that is no UID) kept there refused every read of the series for seconds

@@ -6,6 +6,7 @@ NGINX's access log, loaded by the collector ``stack up`` runs)."""
 from __future__ import annotations
 
 import csv
+import http.client
 import io
 import itertools
 import json
@@ -17,6 +18,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import requests
 
@@ -130,9 +132,10 @@ def test_a_refusal_is_on_record_with_the_token_it_refused(stack: RunningStack, s
     names its subject, jti and transport, as an allowed read does, under the study the request named (PS3.15 A.5.3:
     a failed query or retrieve is audited with its user; IHE ATNA, dcm4chee's audit messages). Every refusal was a
     row without a subject, so the trail could not tell which token had tried to reach another patient's study. A
-    value no key of ours signed still names nobody."""
+    value no key of ours signed still names nobody. A refused WADO-URI is on record under the study it asked for
+    even where the logged query hides it (``%73tudyUID=``), as an allowed one is."""
     study, series, _ = uids_of(synthetic["ct"][0])
-    mr = synthetic_study(synthetic, "mr")
+    mr, mr_series, mr_sop = uids_of(synthetic["mr"][0])
     subject = f"prober-{uuid.uuid4().hex[:8]}"
     reader = stack.issue([study], sub=subject)
     writer = stack.issue([study], sub=subject, actions=["write"])
@@ -147,15 +150,27 @@ def test_a_refusal_is_on_record_with_the_token_it_refused(stack: RunningStack, s
         ),
         requests.get(f"{stack.root(forged)}/studies/{mr}/series/{unknown_series}/metadata", timeout=10),
     ]
+    # WADO-URI with an encoded key (sent raw: requests would decode it), which the logged query does not show
+    parsed = urlparse(stack.url)
+    connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=10)
+    connection.request(
+        "GET",
+        f"/t/{reader['token']}/dicomweb/wado?requestType=WADO&%73tudyUID={mr}&seriesUID={mr_series}"
+        f"&objectUID={mr_sop}",
+    )
+    wado = connection.getresponse()
+    assert (wado.status, json.loads(wado.read())["error"]) == (403, "out_of_scope")
+    connection.close()
     assert [(a.status_code, a.json()["error"]) for a in answers] == [
         (403, "out_of_scope"),
         (403, "insufficient_scope"),
         (401, "token_invalid"),
     ]
-    rows = wait_for_rows(stack, 2, subject=subject)
+    rows = wait_for_rows(stack, 3, subject=subject)
     assert sorted((r["status"], r["action"], r["study_uid"], r["jti"], r["via"], r["sub"]) for r in rows) == [
         (403, "metadata", study, writer["jti"], "query", subject),
         (403, "search", mr, reader["jti"], "path", subject),
+        (403, "wado-uri", mr, reader["jti"], "path", subject),
     ]
     [invalid] = wait_until(stack, lambda items: [i for i in items if i["series_uid"] == unknown_series], study=mr)
     assert (invalid["status"], invalid["sub"], invalid["jti"], invalid["via"]) == (401, "", "", "")

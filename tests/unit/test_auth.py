@@ -555,30 +555,36 @@ def test_a_refusal_names_the_tokens_of_ours_it_refused(tokens: TokenService) -> 
     revoked = tokens.issue(sub="gone", studies=[ST], now=T)
     revocations = Revocations()
     revocations.revoked.add(revoked.claims.jti)
-    authorizer = make_authorizer(tokens, revocations, Clock(T))
+    stored = {IN: (ST2, SE2)}
+    authorizer = Authorizer(tokens, (), revocations, 2.0, Clock(T), locate=stored.get)
+    wado = f"/dicomweb/wado?requestType=WADO&objectUID={IN}"
     cases = [
-        (f"/t/{good.token}/dicomweb/studies/{ST2}", "", "", OutOfScope, ("good", good.claims.jti, "path")),
-        (f"{STUDY_PATH}?token={writer.token}", "", "", InsufficientScope, ("writer", writer.claims.jti, "query")),
-        (STUDY_PATH, f"dicomgw_token={expired.token}", "", TokenExpired, ("late", expired.claims.jti, "cookie")),
+        (f"/t/{good.token}/dicomweb/studies/{ST2}", "", "", OutOfScope, ("good", good.claims.jti, "path", ST2)),
+        (f"{STUDY_PATH}?token={writer.token}", "", "", InsufficientScope, ("writer", writer.claims.jti, "query", ST)),
+        (STUDY_PATH, f"dicomgw_token={expired.token}", "", TokenExpired, ("late", expired.claims.jti, "cookie", ST)),
         (
             f"/t/{good.token}{SERIES_PATH}",
             "",
             f"Bearer {revoked.token}",
             TokenRevoked,
-            ("good gone", f"{good.claims.jti} {revoked.claims.jti}", "path bearer"),
+            ("good gone", f"{good.claims.jti} {revoked.claims.jti}", "path bearer", ST),
         ),
         (f"/t/{good.token}{SERIES_PATH}", "", f"Bearer {other.token}", OutOfScope, None),
-        (f"/t/{good.token[:-4]}AAAA{SERIES_PATH}", "", "", TokenInvalid, ("", "", "")),
+        (f"/t/{good.token[:-4]}AAAA{SERIES_PATH}", "", "", TokenInvalid, ("", "", "", ST)),
+        # a WADO-URI's study, where its object is (an encoded %73tudyUID= hides it from the logged query)
+        (f"{wado}&%73tudyUID={ST2}&token={good.token}", "", "", OutOfScope, ("good", good.claims.jti, "query", ST2)),
+        (f"{wado}&token={good.token}", "", "", OutOfScope, ("good", good.claims.jti, "query", ST2)),
+        (wado, "", "", TokenMissing, ("", "", "", ST2)),
     ]
     for uri, cookie, authorization, refusal, named in cases:
         with pytest.raises(refusal) as caught:
             authorizer.decide("GET", uri, cookie, authorization, now=T)
         if named is None:
-            named = ("good other", f"{good.claims.jti} {other.claims.jti}", "path bearer")
+            named = ("good other", f"{good.claims.jti} {other.claims.jti}", "path bearer", ST)
         assert caught.value.refused == named, uri
     for uri, authorization, named in (
-        (STUDY_PATH, f"Bearer {good.token}", ("good", good.claims.jti, "bearer")),
-        (f"/t/{good.token}{STUDY_PATH}?token=junk", "", ("good", good.claims.jti, "path")),
+        (STUDY_PATH, f"Bearer {good.token}", ("good", good.claims.jti, "bearer", ST)),
+        (f"/t/{good.token}{STUDY_PATH}?token=junk", "", ("good", good.claims.jti, "path", ST)),
     ):
         with pytest.raises(InsufficientScope) as caught:
             authorizer.decide("DELETE", uri, authorization=authorization, now=T)

@@ -214,9 +214,12 @@ def test_auth_refusals(
     recorder, body = call(app, auth_environ(uri, **extra))
     assert recorder.status == status
     kept = [("X-Accel-Expires", "0")] if code == "invalid_path" else []  # a path's own refusal: not the series'
+    # the study asked for, for the access audit, where the path names one it could read
+    named = [("X-Dgw-Study", ST)] if code.startswith("token_") else []
     assert [h for h in recorder.headers if h[0] != "X-Dgw-Error-Detail"] == [
         ("X-Dgw-Error", code),
         ("Content-Length", "0"),
+        *named,
         *kept,
     ]
     assert body == b""
@@ -322,6 +325,7 @@ def test_auth_signed_odd_claims_are_401_never_500(
         assert [h for h in recorder.headers if h[0] != "X-Dgw-Error-Detail"] == [
             ("X-Dgw-Error", "token_invalid"),
             ("Content-Length", "0"),
+            ("X-Dgw-Study", ST),  # the study asked for; no claim of such a token is named
         ]
         assert body == b""
 
