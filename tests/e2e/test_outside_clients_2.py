@@ -225,16 +225,24 @@ def test_a_token_that_may_write_is_refused_a_delete_as_insufficient_scope(stack:
     """dicomweb-client's `delete_study`/`delete_series`/`delete_instance` with a read-write token: deleting is the
     API key's alone (README, Lifecycle), an action no token holds, so RFC 6750 3.1's `insufficient_scope`, as a
     read token's STOW gets. It was `out_of_scope` (a read-only token already got `insufficient_scope`), which told
-    the user the study lay outside a token that reaches it."""
+    the user the study lay outside a token that reaches it; and so it still was, until session 29, for a token in
+    the Authorization header or the cookie whose scope did not cover the target (a series token, another study's)."""
     [path] = make_series(tmp_path, modality="CT", slices=1, rows=16, columns=16, seed=2202, clean=True)
     assert stack.stow([path]).status_code == 200
     study, series, sop = uids_of(path)
     writer = stack.issue([study], actions=["read", "write"])["token"]
     reader = stack.issue([study])["token"]
+    # whatever the token's scope and transport: one of a series, or of another study, in the header was the 403
+    # out_of_scope ("the token reaches only some series of this study"), as if a wider token could delete it
+    series_writer = stack.issue([study], series=[series], actions=["read", "write"])["token"]
+    elsewhere = stack.issue(["2.25.2202"], actions=["read", "write"])["token"]
     clients = [
         DICOMwebClient(url=stack.root(writer)),
         DICOMwebClient(url=f"{stack.url}/dicomweb", headers={"Authorization": f"Bearer {writer}"}),
         DICOMwebClient(url=f"{stack.url}/dicomweb", headers={"Authorization": f"Bearer {reader}"}),
+        DICOMwebClient(url=f"{stack.url}/dicomweb", headers={"Authorization": f"Bearer {series_writer}"}),
+        DICOMwebClient(url=f"{stack.url}/dicomweb", headers={"Authorization": f"Bearer {elsewhere}"}),
+        DICOMwebClient(url=f"{stack.url}/dicomweb", headers={"Cookie": f"dicomgw_token={elsewhere}"}),
     ]
     for client in clients:
         for method, uids in (

@@ -423,6 +423,13 @@ def test_delete_is_for_the_api_key_only(tokens: TokenService) -> None:
         authorizer.decide(
             "DELETE", f"/t/{writer}{STUDY_PATH}", authorization="Bearer api-key-two-" + "2" * 20, now=T
         )
+    # whatever its scope or transport: a series token, or another study's, was "out_of_scope" in the header
+    series = tokens.issue(sub="u", studies=[ST], series=[SE], actions=["read", "write"], now=T).token
+    other = tokens.issue(sub="u", studies=[ST2], actions=["read", "write"], now=T).token
+    for token in (series, other):
+        for attempt in ({"authorization": f"Bearer {token}"}, {"cookie_header": f"dicomgw_token={token}"}):
+            with pytest.raises(InsufficientScope):
+                authorizer.decide("DELETE", STUDY_PATH, now=T, **attempt)  # type: ignore[arg-type]
 
 
 def test_generation_follows_the_tombstones_within_the_refresh(tokens: TokenService) -> None:
