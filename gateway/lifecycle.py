@@ -9,7 +9,8 @@
    node may still serve the old bytes whole, from objects that are still there: never a half body.
 3. Remove the stored objects: each instance's object and everything stored next to it under its name
    (thumbnails, and any derived kind added later: ``{sop}.*`` and ``{sop}/...``), skipping an instance that was
-   uploaded again meanwhile; then mark the record finished and answer.
+   uploaded again meanwhile, holding each instance's upload reservation while its objects go (an upload of it
+   waits); then mark the record finished and answer.
 
 A crash after step 1 leaves an unfinished record: ``dicom-gateway reconcile`` finishes it (and never re-registers
 its objects as orphans).
@@ -110,26 +111,52 @@ class Deleter:
             found = instance_of(key)
             if found is not None:
                 wanted[found[0]].add(found[1])
-        live = self.catalog.live_sops(sorted({sop for sops in wanted.values() for sop in sops}))
         gone: list[str] = []
-        for folder, sops in sorted(wanted.items()):
-            # one listing per series folder, not one per instance
-            for key in list(self.storage.list(folder)):
-                found = instance_of(key)
-                if found is not None and found[0] == folder and found[1] in sops and _stale(key, found[1], live):
-                    gone.append(key)
+        for folder, sops in sorted(wanted.items()):  # one series folder at a time: its claims stay short
+            gone += self._remove_folder(folder, sorted(sops))
+        return gone
+
+    def _remove_folder(self, folder: str, sops: list[str]) -> list[str]:
+        """Remove one series folder's objects of ``sops`` holding their upload reservations, as an upload holds
+        its instance's: an upload of one of them waits until its objects are gone, then stores its own. Checked
+        and then removed without them, an upload stored in between was answered 200 and its object removed."""
+        claims = self.catalog.reserve_many(sops)
+        # what each claim found stored under its UID: an instance stored again keeps its objects; one an upload
+        # holds (its claim lost) keeps everything
+        live = {
+            sop: None if claim is None else claim.stored
+            for sop, claim in zip(sops, claims, strict=True)
+            if claim is None or claim.stored
+        }
+        won = [claim for claim in claims if claim is not None]
+        try:
+            with self.catalog.holding_all(won):
+                # one listing per series folder, not one per instance
+                gone = [
+                    key
+                    for key in self.storage.list(folder)
+                    if (found := instance_of(key)) is not None
+                    and found[0] == folder
+                    and found[1] in sops
+                    and _stale(key, found[1], live)
+                ]
+                self._delete_all(gone)
+        finally:
+            self.catalog.release_many(won)
+        return gone
+
+    def _delete_all(self, keys: list[str]) -> None:
         # S3 answers one DELETE per request: a few at once, so a study of thousands stays well inside a request's
         # time (boto3 clients are thread-safe; the local backend is just as happy)
         try:
             with ThreadPoolExecutor(max_workers=DELETE_CONCURRENCY) as pool:
-                list(pool.map(self.storage.delete, gone))
+                list(pool.map(self.storage.delete, keys))
         except RuntimeError:
             # "cannot schedule new futures after interpreter shutdown": a gunicorn worker past its graceful stop
             # with this request still running. One at a time here, so the deletion still ends before its answer
             # (it was a 500 with the study hidden and its objects left for `reconcile`)
-            for key in gone:
+            for key in keys:
                 self.storage.delete(key)
-        return gone
 
     def finish_unfinished(self, *, older_than: int | None = None, sub: str | None = None) -> list[dict[str, Any]]:
         """Finish deletion records a crash left unfinished (``reconcile``); records younger than the settle

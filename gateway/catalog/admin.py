@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 _STORED_SHA256 = sa.select(instances.c.sop_uid, instances.c.sha256).where(
     instances.c.sop_uid.in_(sa.bindparam("sops", expanding=True))
 )
+# ends reservations by UID and nonce (a claim taken over since has another nonce and stays)
+END_RESERVATION = reservations.delete().where(
+    reservations.c.sop_uid == sa.bindparam("held"), reservations.c.nonce == sa.bindparam("ours")
+)
 # Revocations older than their expiry are purged at most this often (seconds of the caller's clock).
 PURGE_INTERVAL = 300
 _AUDIT_FIELDS = {c.name for c in audit.c} - {"id"}
@@ -173,6 +177,19 @@ class AdminRecords(CatalogBase):
             with self._leases:
                 self._held.pop(reservation, None)
 
+    @contextmanager
+    def holding_all(self, claims: Sequence[Reservation]) -> Iterator[None]:
+        """``holding`` for each of ``claims`` (a deletion's, of one series folder). Where no thread can start (a
+        worker past its graceful stop) they are held for their lease alone, which a folder's removal rarely
+        outlives: the removal goes on rather than fail half done."""
+        with contextlib.ExitStack() as stack:
+            try:
+                for claim in claims:
+                    stack.enter_context(self.holding(claim))
+            except RuntimeError:
+                pass
+            yield
+
     def _start_keeper(self) -> None:
         """Start the keeper unless one runs (called holding ``_leases``). ``_keeper`` names a thread only once it has
         started: one that could not start (no threads left) must not pass for running, or no lease of this
@@ -230,6 +247,17 @@ class AdminRecords(CatalogBase):
             # retry once the catalog is back met "in progress" for a minute. The keeper releases it as soon as
             # the catalog answers.
             self._owe([reservation])
+            raise
+
+    def release_many(self, claims: Sequence[Reservation]) -> None:
+        """``release`` for several, in one transaction."""
+        if not claims:
+            return
+        try:
+            with self._write(durable=False) as conn:
+                conn.execute(END_RESERVATION, [{"held": claim.sop_uid, "ours": claim.nonce} for claim in claims])
+        except CatalogUnavailable:
+            self._owe(claims)
             raise
 
     def _owe(self, claims: Sequence[Reservation]) -> None:

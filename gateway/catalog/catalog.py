@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection
 
 from gateway import fastjson
 from gateway.catalog.access import AccessRecords
-from gateway.catalog.admin import PURGE_INTERVAL, AdminRecords, Reservation
+from gateway.catalog.admin import END_RESERVATION, PURGE_INTERVAL, AdminRecords, Reservation
 from gateway.catalog.deletions import DeletionRecords
 from gateway.catalog.derivatives import DerivativeRecords
 from gateway.catalog.engine import MIGRATIONS, engine_url
@@ -116,9 +116,6 @@ _LOCK_STUDY = sa.text("SELECT pg_advisory_xact_lock(hashtextextended('study:' ||
 _ISSUER = "00100021"
 _OWNERS = sa.select(series.c.series_uid, series.c.study_uid).where(
     series.c.series_uid.in_(sa.bindparam("series_uids", expanding=True))
-)
-_END_RESERVATION = reservations.delete().where(
-    reservations.c.sop_uid == sa.bindparam("held"), reservations.c.nonce == sa.bindparam("ours")
 )
 _COUNT_SERIES = (
     sa.select(sa.func.count()).select_from(instances).where(instances.c.series_uid == sa.bindparam("series_uid"))
@@ -267,7 +264,7 @@ class Catalog(DeletionRecords, AdminRecords, AccessRecords, DerivativeRecords):
         conn.execute(instances.insert(), [self._instance_values(batch[i].record, now) for i in plain])
         ended = [{"held": r.sop_uid, "ours": r.nonce} for i in plain if (r := batch[i].reservation) is not None]
         if ended:
-            conn.execute(_END_RESERVATION, ended)
+            conn.execute(END_RESERVATION, ended)
         audits = [self._audit_values(fields) for i in plain if (fields := batch[i].audit_fields)]
         if audits:
             conn.execute(audit.insert(), audits)

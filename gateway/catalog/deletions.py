@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from gateway.catalog.engine import CatalogBase
-from gateway.catalog.schema import deletions, instances, reservations, studies
+from gateway.catalog.schema import deletions, instances, studies
 
 
 @dataclass(frozen=True)
@@ -309,19 +309,6 @@ class DeletionRecords(CatalogBase):
                 .where(deletions.c.id == deletion_id)
                 .values(finished_at=int(time.time()) if now is None else now)
             )
-
-    def live_sops(self, sop_uids: list[str]) -> dict[str, str | None]:
-        """Which of these SOP UIDs are stored again (re-uploaded) or being uploaded right now: their objects
-        must stay. Each with the sha256 of the instance stored again; None while one is being uploaded."""
-        live: dict[str, str | None] = {}
-        with self._read() as conn:
-            for start in range(0, len(sop_uids), 500):
-                chunk = sop_uids[start : start + 500]
-                stored = sa.select(instances.c.sop_uid, instances.c.sha256).where(instances.c.sop_uid.in_(chunk))
-                live.update({sop: sha256 for sop, sha256 in conn.execute(stored)})
-                reserved = sa.select(reservations.c.sop_uid).where(reservations.c.sop_uid.in_(chunk))
-                live.update(dict.fromkeys(conn.execute(reserved).scalars()))
-        return live
 
     def deletion_records(
         self, *, study_uid: str | None = None, before_id: int | None = None, limit: int = 100

@@ -1202,6 +1202,66 @@ def test_retention_leaves_an_instance_uploaded_into_its_study_during_the_run(
     assert objects == [f"{uids_of(new[0])[2]}.dcm"]  # the expired ones gone, the new one kept
 
 
+@pytest.mark.parametrize("stack", ["file"], indirect=True)  # the pause is strace's on the run's folder listing
+def test_an_instance_sent_again_while_retention_removes_it_is_stored_and_served(
+    stack: RunningStack, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Session 29: a PACS sends an instance again while a retention run (or a DELETE, an erasure, `reconcile
+    --repair`: one removal) takes its expired copy away. The run checked which instances were stored again, then
+    listed and removed their objects; an upload stored in between was answered 200, listed by QIDO, and its object
+    was gone: every read of it failed, for good. The interleaving is made certain by strace, which stops the run
+    (SIGSTOP) as it opens the series folder to list it. The removal now holds each instance's upload reservation
+    while it removes its objects, so the upload waits for it and is then stored and served whole."""
+    base = tmp_path_factory.mktemp("retention-resent")
+    (path,) = make_series(base / "s", slices=1, rows=64, columns=64, seed=7760, clean=True)
+    study, series, sop = uids_of(path)
+    tenant = "resent-during-removal"  # only this study expires: the stack holds other tests' backdated studies
+    assert stack.stow([path], **{"X-DICOMGW-Tenant": tenant}).status_code == 200
+    db = sqlite3.connect(stack.stack.var_dir / "catalog.db", timeout=30)
+    with db:
+        db.execute("UPDATE instances SET created_at = created_at - 40 * 86400 WHERE study_uid = ?", (study,))
+    db.close()
+    policy = base / "policy.toml"
+    policy.write_text(f"version = 1\n[retention]\ntenants = {{ {tenant} = 30 }}\n")
+    env = {**os.environ, **stack.stack.gateway_env(), "DICOMGW_PHI_POLICY": str(policy)}
+    folder = stack.storage().root / "studies" / study / "series" / series / "instances"
+    trace = base / "trace"
+    run = subprocess.Popen(
+        ["strace", "-f", "-qq", "-o", str(trace), "-P", str(folder), "-e", "trace=openat",
+         "-e", "inject=openat:signal=SIGSTOP:when=1",
+         sys.executable, "-m", "gateway.cli", "retention", "run"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    resent: list[requests.Response] = []
+    sender = threading.Thread(target=lambda: resent.append(stack.stow([path])))
+    try:
+        deadline = time.monotonic() + 120
+        while "stopped by SIGSTOP" not in (trace.read_text() if trace.exists() else ""):
+            assert time.monotonic() < deadline and run.poll() is None, ("the run never listed the folder", trace)
+            time.sleep(0.02)
+        # stopped after it decided what to remove, before it removed it: the instance is hidden, its object there
+        assert (folder / f"{sop}.dcm").exists()
+        sender.start()
+        sender.join(timeout=3)  # stored at once before the fix; now waiting for the run's reservation
+        tracee = int(re.findall(r"^(\d+) ", trace.read_text(), re.M)[-1])
+        os.kill(tracee, signal.SIGCONT)
+        out, err = run.communicate(timeout=120)
+        sender.join(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 0, err
+    assert json.loads(out)["studies"] == [study]
+    [answer] = resent
+    assert answer.status_code == 200, answer.text[:2000]
+    root = stack.root(stack.issue([study])["token"])
+    listed = requests.get(f"{root}/studies/{study}/instances", timeout=30)
+    assert listed.status_code == 200 and [i["00080018"]["Value"][0] for i in listed.json()] == [sop]
+    retrieved = get(reads(root, path)["instance_retrieve"])
+    assert (retrieved.status_code, retrieved.content) == (200, path.read_bytes())
+    assert [key.rsplit("/", 1)[1] for key in stored_keys(stack, study) if key.endswith(".dcm")] == [f"{sop}.dcm"]
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "killed"])
 def test_a_retention_run_stopped_in_its_settle_wait_is_finished_by_the_next_run(
     stack: RunningStack, tmp_path_factory: pytest.TempPathFactory, signum: signal.Signals
