@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from gateway.catalog import Catalog
+from gateway.catalog.admin import Reservation
+from gateway.catalog.deletions import sop_of_key
 from gateway.catalog.records import InstanceRecord
 from gateway.config import Settings
 from gateway.dicom.index import index_file
@@ -49,45 +51,37 @@ def _reconcile(settings: Settings, storage: Storage, catalog: Catalog, *, repair
         for key in storage.list("studies/")
         if key.endswith(".dcm") and key not in known and key not in being_deleted
     ]
+    # an upload's object is stored before its row is committed: while the upload holds the instance's reservation
+    # it is that upload's to register (with its tenant and audit record), no orphan
+    held = catalog.in_flight(sorted({sop for key in orphans if (sop := sop_of_key(key))}))
+    orphans = [key for key in orphans if sop_of_key(key) not in held]
     repaired: list[str] = []
     deleted: list[str] = []
     conflicts: list[dict[str, str]] = []
     if repair:
         spool = Path(settings.tmp_dir or tempfile.gettempdir())
         sweep_spool(spool)  # what a repair killed before this one left: copies of stored objects
-        for key in orphans:
-            with spool_folder(spool, "reconcile") as tmp:
-                local = tmp / "orphan.dcm"
-                try:
-                    storage.download(key, local)
-                except OSError as exc:  # the folder full or gone: one line (the CLI's), not a traceback
-                    raise spool_unavailable(exc) from None
-                try:
-                    indexed = index_file(local, bulkdata_threshold=settings.bulkdata_threshold)
-                except DicomError:
-                    storage.delete(key)
-                    deleted.append(key)
-                    continue
-                if indexed.ids.key != key:
-                    storage.delete(key)  # not where its UIDs say: never served, never registered
-                    deleted.append(key)
-                    continue
-                head = storage.head(key)
-                assert head is not None
-                record = InstanceRecord.from_indexed(
-                    indexed,
-                    storage_key=key,
-                    size=head.size,
-                    sha256=sha256_of(local),
-                    etag=head.etag,
-                    replace=False,
-                )
-                try:
-                    catalog.register_instance(record)
-                except Conflict as error:  # e.g. its series belongs to another study: leave it for a person
-                    conflicts.append({"key": key, "reason": error.code})
-                    continue
+        for key in list(orphans):
+            # held while it is repaired, as an upload holds it: an upload starting meanwhile waits for it
+            sop = sop_of_key(key)
+            [claim] = catalog.reserve_many([sop]) if sop else [None]
+            if sop and (claim is None or claim.stored is not None):  # an upload took it, or has registered it
+                if claim is not None:
+                    catalog.release(claim)
+                orphans.remove(key)
+                continue
+            outcome = ""
+            try:
+                outcome = _repair(settings, storage, catalog, key, spool, claim)
+            finally:
+                if claim is not None and outcome != "registered":  # a registration ended it
+                    catalog.release(claim)
+            if outcome == "registered":
                 repaired.append(key)
+            elif outcome == "deleted":
+                deleted.append(key)
+            else:
+                conflicts.append({"key": key, "reason": outcome})
     stale = catalog.stale_reservations(clear=repair)
     return {
         "orphans": orphans,
@@ -101,3 +95,39 @@ def _reconcile(settings: Settings, storage: Storage, catalog: Catalog, *, repair
         ],
         "finished_deletions": finished,
     }
+
+
+def _repair(
+    settings: Settings, storage: Storage, catalog: Catalog, key: str, spool: Path, claim: Reservation | None
+) -> str:
+    """Register the orphan at ``key`` under ``claim`` (its instance's reservation), or delete it when it is no
+    readable DICOM or not where its UIDs say. Returns "registered", "deleted" or the conflict's code."""
+    with spool_folder(spool, "reconcile") as tmp:
+        local = tmp / "orphan.dcm"
+        try:
+            storage.download(key, local)
+        except OSError as exc:  # the folder full or gone: one line (the CLI's), not a traceback
+            raise spool_unavailable(exc) from None
+        try:
+            indexed = index_file(local, bulkdata_threshold=settings.bulkdata_threshold)
+        except DicomError:
+            storage.delete(key)
+            return "deleted"
+        if indexed.ids.key != key:
+            storage.delete(key)  # not where its UIDs say: never served, never registered
+            return "deleted"
+        head = storage.head(key)
+        assert head is not None
+        record = InstanceRecord.from_indexed(
+            indexed,
+            storage_key=key,
+            size=head.size,
+            sha256=sha256_of(local),
+            etag=head.etag,
+            replace=False,
+        )
+        try:
+            catalog.register_instance(record, reservation=claim)
+        except Conflict as error:  # e.g. its series belongs to another study: leave it for a person
+            return error.code
+        return "registered"

@@ -277,6 +277,18 @@ class AdminRecords(CatalogBase):
                 )
             )
 
+    def in_flight(self, sop_uids: Sequence[str]) -> set[str]:
+        """Which of ``sop_uids`` a live upload (or a deletion removing their objects) holds right now."""
+        held: set[str] = set()
+        with self._read() as conn:
+            now = self._now(conn)
+            for start in range(0, len(sop_uids), 500):
+                rows = conn.execute(
+                    sa.select(reservations).where(reservations.c.sop_uid.in_(sop_uids[start : start + 500]))
+                )
+                held.update(row.sop_uid for row in rows if not _stale(row, now))
+        return held
+
     def stale_reservations(self, now: int | None = None, *, clear: bool = False) -> list[str]:
         """SOP Instance UIDs whose reservation outlived its owner (judged as ``reserve`` judges); ``clear``
         deletes exactly those rows (a row re-taken meanwhile has a new nonce and stays)."""

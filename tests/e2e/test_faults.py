@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import signal
 import socket
@@ -314,6 +315,66 @@ def test_uploading_the_same_file_again_restores_an_object_storage_lost(stack: Ru
     assert item["00091002"]["Value"] == ["DUPLICATE"]  # the catalog already had it: nothing registered twice
     restored = requests.get(url, headers=headers, timeout=30)
     assert (restored.status_code, restored.content) == (200, path.read_bytes())
+
+
+@pytest.mark.parametrize("stack", ["file"], indirect=True)  # strace stops the worker as it flushes the folder
+def test_reconcile_leaves_an_upload_in_flight_to_its_upload(stack: RunningStack, tmp_path: Path) -> None:
+    """Session 29: `reconcile --repair` (cron, or an operator after a crash) run while uploads go on took an upload
+    whose object was stored but whose row was not yet committed for an orphan, and registered it as one: without
+    the upload's tenant (retention then kept it by the default days, not its tenant's) or its audit record, and the
+    upload itself was answered as a duplicate of what it had sent. The worker is stopped right after its object's
+    rename (strace, SIGSTOP, as it flushes the folder): reconcile now takes the instance's upload reservation
+    before it registers an orphan, and an instance whose upload holds it is no orphan."""
+    [path] = make_series(tmp_path / "s", modality="CT", slices=1, rows=16, columns=16, seed=2290, clean=True)
+    study, series, sop = uids_of(path)
+    key = f"studies/{study}/series/{series}/instances/{sop}.dcm"
+    master = stack.stack.processes["gunicorn"].pid
+    workers = [int(pid) for pid in os.listdir("/proc") if pid.isdigit() and parent_of(int(pid)) == master]
+    trace, attached = tmp_path / "trace", tmp_path / "attached"
+    # the folder is opened right after the object's rename, to flush it (strace's -P names a rename by its source,
+    # a temporary name)
+    folder = str((stack.storage().root / key).parent)
+    with attached.open("w") as log:
+        strace = subprocess.Popen(
+            ["strace", "-f", "-o", str(trace), "-P", folder, "-e", "trace=openat",
+             "-e", "inject=openat:signal=SIGSTOP:when=1", *(f"-p{pid}" for pid in workers)],
+            stderr=log,
+        )  # fmt: skip
+    stopped = 0
+    answer: list[requests.Response] = []
+    upload = threading.Thread(target=lambda: answer.append(stack.stow([path], **{"X-DICOMGW-Tenant": "trial"})))
+    try:
+        deadline = time.monotonic() + 60
+        while attached.read_text().count("attached") < len(workers):  # one line per worker, naming its threads
+            assert time.monotonic() < deadline and strace.poll() is None, attached.read_text()
+            time.sleep(0.01)
+        upload.start()
+        while "stopped by SIGSTOP" not in (text := trace.read_text() if trace.exists() else ""):
+            assert time.monotonic() < deadline and upload.is_alive(), "the upload's worker never stored its object"
+            time.sleep(0.01)
+        stopped = int(re.findall(r"^(\d+) .*stopped by SIGSTOP", text, re.M)[0])
+        assert stack.storage().head(key) is not None  # stored, not yet registered: the upload holds it
+        env = {**os.environ, **stack.stack.gateway_env()}
+        command = [sys.executable, "-m", "gateway.cli", "reconcile", "--repair"]
+        report = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+    finally:
+        strace.terminate()
+        strace.wait(timeout=30)
+        if stopped:
+            os.kill(stopped, signal.SIGCONT)
+        upload.join(timeout=120)
+    assert report.returncode in (0, 1), report.stderr
+    found = json.loads(report.stdout)
+    assert key not in found["orphans"] and key not in found["registered"], found
+    [stored] = answer
+    assert stored.status_code == 200, stored.text[:2000]
+    [item] = stored.json()["00081199"]["Value"]
+    assert item.get("00091002", {}).get("Value") != ["DUPLICATE"]  # stored by this upload, not by reconcile
+    db = sqlite3.connect(f"file:{stack.stack.var_dir / 'catalog.db'}?mode=ro", uri=True, timeout=30)
+    try:
+        assert db.execute("SELECT tenant FROM instances WHERE sop_uid = ?", (sop,)).fetchall() == [("trial",)]
+    finally:
+        db.close()
 
 
 def open_slow_upload(stack: RunningStack, credential: str | None = None) -> socket.socket:
