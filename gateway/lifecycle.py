@@ -38,6 +38,8 @@ _INSTANCE_FILE = re.compile(r"^(?P<dir>.*/instances/)(?P<sop>[0-9]+(?:\.[0-9]+)*
 _DERIVED_DIGEST = re.compile(r"/instances/[0-9.]*[0-9][./][^/]*-([0-9a-f]{16})\.[^/]*$")
 MAX_REASON = 500
 DELETE_CONCURRENCY = 8
+# Instances whose objects are removed under one batch of upload reservations (a few seconds of S3 DELETEs at most)
+CLAIM_BATCH = 256
 
 log = logging.getLogger(__name__)
 
@@ -112,14 +114,24 @@ class Deleter:
             if found is not None:
                 wanted[found[0]].add(found[1])
         gone: list[str] = []
-        for folder, sops in sorted(wanted.items()):  # one series folder at a time: its claims stay short
-            gone += self._remove_folder(folder, sorted(sops))
+        for folder, sops in sorted(wanted.items()):
+            # one listing per series folder, not one per instance
+            names: dict[str, list[str]] = defaultdict(list)
+            for key in self.storage.list(folder):
+                found = instance_of(key)
+                if found is not None and found[0] == folder and found[1] in sops:
+                    names[found[1]].append(key)
+            ordered = sorted(names)
+            for start in range(0, len(ordered), CLAIM_BATCH):
+                gone += self._remove_claimed({sop: names[sop] for sop in ordered[start : start + CLAIM_BATCH]})
         return gone
 
-    def _remove_folder(self, folder: str, sops: list[str]) -> list[str]:
-        """Remove one series folder's objects of ``sops`` holding their upload reservations, as an upload holds
-        its instance's: an upload of one of them waits until its objects are gone, then stores its own. Checked
-        and then removed without them, an upload stored in between was answered 200 and its object removed."""
+    def _remove_claimed(self, names: dict[str, list[str]]) -> list[str]:
+        """Remove the objects ``names`` lists (by SOP UID) holding their instances' upload reservations, as an
+        upload holds its instance's: an upload of one of them waits until its objects are gone, then stores its
+        own. Checked and then removed without them, an upload stored in between was answered 200 and its object
+        removed. (Listed before: an object stored since the listing is an upload's, whose row the claim sees.)"""
+        sops = sorted(names)
         claims = self.catalog.reserve_many(sops)
         # what each claim found stored under its UID: an instance stored again keeps its objects; one an upload
         # holds (its claim lost) keeps everything
@@ -131,15 +143,7 @@ class Deleter:
         won = [claim for claim in claims if claim is not None]
         try:
             with self.catalog.holding_all(won):
-                # one listing per series folder, not one per instance
-                gone = [
-                    key
-                    for key in self.storage.list(folder)
-                    if (found := instance_of(key)) is not None
-                    and found[0] == folder
-                    and found[1] in sops
-                    and _stale(key, found[1], live)
-                ]
+                gone = [key for sop in sops for key in names[sop] if _stale(key, sop, live)]
                 self._delete_all(gone)
         finally:
             self.catalog.release_many(won)
