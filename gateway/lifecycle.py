@@ -40,6 +40,8 @@ MAX_REASON = 500
 DELETE_CONCURRENCY = 8
 # Instances whose objects are removed under one batch of upload reservations (a few seconds of S3 DELETEs at most)
 CLAIM_BATCH = 256
+# How long a removal waits for an upload of one of its instances (``gateway.ingest.RESERVATION_WAIT_SECONDS``)
+CLAIM_WAIT_SECONDS = 10.0
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +135,19 @@ class Deleter:
         removed. (Listed before: an object stored since the listing is an upload's, whose row the claim sees.)"""
         sops = sorted(names)
         claims = self.catalog.reserve_many(sops)
+        # An upload holding one ends within moments: waited for (as long as an upload waits for another), the claim
+        # then says whether it stored the instance again. Kept for it, a duplicate (which stores nothing) left the
+        # removed instance's objects for good, and reconcile registered them again.
+        deadline = time.monotonic() + CLAIM_WAIT_SECONDS
+        pause = 0.005
+        while None in claims and time.monotonic() < deadline:
+            time.sleep(pause)
+            pause = min(pause * 2, 0.2)
+            lost = [sop for sop, claim in zip(sops, claims, strict=True) if claim is None]
+            again = dict(zip(lost, self.catalog.reserve_many(lost), strict=True))
+            claims = [again.get(sop) if claim is None else claim for sop, claim in zip(sops, claims, strict=True)]
         # what each claim found stored under its UID: an instance stored again keeps its objects; one an upload
-        # holds (its claim lost) keeps everything
+        # still holds (its claim lost) keeps everything
         live = {
             sop: None if claim is None else claim.stored
             for sop, claim in zip(sops, claims, strict=True)

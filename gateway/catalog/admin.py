@@ -179,9 +179,9 @@ class AdminRecords(CatalogBase):
 
     @contextmanager
     def holding_all(self, claims: Sequence[Reservation]) -> Iterator[None]:
-        """``holding`` for each of ``claims`` (a deletion's, of one series folder). Where no thread can start (a
-        worker past its graceful stop) they are held for their lease alone, which a folder's removal rarely
-        outlives: the removal goes on rather than fail half done."""
+        """``holding`` for each of ``claims`` (a deletion's batch). Where no thread can start (a worker past its
+        graceful stop) they are held for their lease alone, which a batch's removal rarely outlives: the removal
+        goes on rather than fail half done."""
         with contextlib.ExitStack() as stack:
             try:
                 for claim in claims:

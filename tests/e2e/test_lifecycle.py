@@ -7,6 +7,7 @@ the answer are the guarantee itself, not a race."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -1260,6 +1261,87 @@ def test_an_instance_sent_again_while_retention_removes_it_is_stored_and_served(
     retrieved = get(reads(root, path)["instance_retrieve"])
     assert (retrieved.status_code, retrieved.content) == (200, path.read_bytes())
     assert [key.rsplit("/", 1)[1] for key in stored_keys(stack, study) if key.endswith(".dcm")] == [f"{sop}.dcm"]
+
+
+@pytest.mark.parametrize("stack", ["file"], indirect=True)  # strace's pauses are on the local folder's paths
+def test_a_duplicate_upload_under_way_as_retention_removes_its_instance_leaves_no_object(
+    stack: RunningStack, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Session 29: the same file sent again (a duplicate: nothing to register) while a retention run (or a DELETE)
+    removes its instance. The removal met the upload's reservation and kept every object of the instance, for an
+    upload that stored nothing: after the answer the object stayed in storage for good, and `reconcile --repair`
+    took it for an orphan and registered the removed instance again. The removal now waits for such an upload (as
+    long as an upload waits for another) and then judges by what it stored. Made certain by strace: the upload's
+    worker stops holding the reservation (at its check that storage still has the object), and the run stops in
+    its first wait after its settle."""
+    base = tmp_path_factory.mktemp("retention-duplicate")
+    (path,) = make_series(base / "s", slices=1, rows=64, columns=64, seed=7770, clean=True)
+    study, series, sop = uids_of(path)
+    tenant = "duplicate-during-removal"  # only this study expires: the stack holds other tests' backdated studies
+    assert stack.stow([path], **{"X-DICOMGW-Tenant": tenant}).status_code == 200
+    db = sqlite3.connect(stack.stack.var_dir / "catalog.db", timeout=30)
+    with db:
+        db.execute("UPDATE instances SET created_at = created_at - 40 * 86400 WHERE study_uid = ?", (study,))
+    db.close()
+    policy = base / "policy.toml"
+    policy.write_text(f"version = 1\n[retention]\ntenants = {{ {tenant} = 30 }}\n")
+    env = {**os.environ, **stack.stack.gateway_env(), "DICOMGW_PHI_POLICY": str(policy)}
+    target = stack.storage().root / f"studies/{study}/series/{series}/instances/{sop}.dcm"
+    workers = workers_of(stack)
+    stats = "stat,lstat,newfstatat,statx"
+    upload_trace, run_trace, attached = base / "upload", base / "run", base / "attached"
+    with attached.open("w") as log:
+        paused = subprocess.Popen(
+            ["strace", "-f", "-o", str(upload_trace), "-P", str(target), "-e", f"trace={stats}",
+             "-e", f"inject={stats}:signal=SIGSTOP:when=1", *(f"-p{pid}" for pid in workers)],
+            stderr=log,
+        )  # fmt: skip
+    answer: list[requests.Response] = []
+    upload = threading.Thread(target=lambda: answer.append(stack.stow([path])))
+    run: subprocess.Popen[str] | None = None
+    stopped = 0
+    try:
+        deadline = time.monotonic() + 120
+        while attached.read_text().count("attached") < len(workers):
+            assert time.monotonic() < deadline and paused.poll() is None, attached.read_text()
+            time.sleep(0.01)
+        upload.start()
+        while "stopped by SIGSTOP" not in (text := upload_trace.read_text() if upload_trace.exists() else ""):
+            assert time.monotonic() < deadline and upload.is_alive(), "the upload never checked its object"
+            time.sleep(0.01)
+        stopped = int(re.findall(r"^(\d+) .*stopped by SIGSTOP", text, re.M)[0])
+        # the run's first sleep is its settle; the second, if any, waits for the upload
+        run = subprocess.Popen(
+            ["strace", "-f", "-o", str(run_trace), "-e", "trace=clock_nanosleep",
+             "-e", "inject=clock_nanosleep:signal=SIGSTOP:when=2",
+             sys.executable, "-m", "gateway.cli", "retention", "run"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        while "stopped by SIGSTOP" not in (text := run_trace.read_text() if run_trace.exists() else ""):
+            assert time.monotonic() < deadline, "the run neither waited nor ended"
+            if run.poll() is not None:
+                break  # it did not wait for the upload
+            time.sleep(0.01)
+        paused.terminate()
+        paused.wait(timeout=30)
+        os.kill(stopped, signal.SIGCONT)
+        upload.join(timeout=120)
+        [duplicate] = answer
+        assert duplicate.status_code == 200, duplicate.text[:2000]
+        if run.poll() is None:
+            os.kill(int(re.findall(r"^(\d+) .*stopped by SIGSTOP", text, re.M)[0]), signal.SIGCONT)
+        out, err = run.communicate(timeout=120)
+    finally:
+        if paused.poll() is None:
+            paused.terminate()
+        if stopped:
+            with contextlib.suppress(ProcessLookupError):  # its request's thread has ended
+                os.kill(stopped, signal.SIGCONT)
+        if run is not None and run.poll() is None:
+            run.kill()
+    assert run.returncode == 0, err
+    assert json.loads(out)["studies"] == [study]
+    assert stored_keys(stack, study) == []  # nothing of the removed instance left for reconcile to register again
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "killed"])
