@@ -1211,8 +1211,9 @@ def test_an_instance_sent_again_while_retention_removes_it_is_stored_and_served(
     --repair`: one removal) takes its expired copy away. The run checked which instances were stored again, then
     listed and removed their objects; an upload stored in between was answered 200, listed by QIDO, and its object
     was gone: every read of it failed, for good. The interleaving is made certain by strace, which stops the run
-    (SIGSTOP) as it opens the series folder to list it. The removal now holds each instance's upload reservation
-    while it removes its objects, so the upload waits for it and is then stored and served whole."""
+    (SIGSTOP) as it opens the series folder to list it, and the upload is sent and answered meanwhile. The removal
+    now holds each instance's upload reservation while it removes its objects, and its claim sees what was stored
+    again: the upload is stored and served whole."""
     base = tmp_path_factory.mktemp("retention-resent")
     (path,) = make_series(base / "s", slices=1, rows=64, columns=64, seed=7760, clean=True)
     study, series, sop = uids_of(path)
@@ -1243,11 +1244,10 @@ def test_an_instance_sent_again_while_retention_removes_it_is_stored_and_served(
         # stopped after it decided what to remove, before it removed it: the instance is hidden, its object there
         assert (folder / f"{sop}.dcm").exists()
         sender.start()
-        sender.join(timeout=3)  # stored at once before the fix; now waiting for the run's reservation
+        sender.join(timeout=120)  # stored while the run is stopped: it claims its instances after the listing
         tracee = int(re.findall(r"^(\d+) ", trace.read_text(), re.M)[-1])
         os.kill(tracee, signal.SIGCONT)
         out, err = run.communicate(timeout=120)
-        sender.join(timeout=60)
     finally:
         if run.poll() is None:
             run.kill()
