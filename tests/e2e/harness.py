@@ -22,6 +22,7 @@ import requests
 
 from gateway.tools.stack import Stack, free_port
 from tests.fixtures.servers import MotoServer, create_bucket
+from tests.requirements import require
 
 AWS_TEST_ENV = {
     "AWS_ACCESS_KEY_ID": "test",
@@ -166,6 +167,12 @@ def nginx_alarms(running: RunningStack) -> list[str]:
         if any(f"[{level}]" in line for level in ("crit", "alert", "emerg"))
         and not any(provoked in line for provoked in PROVOKED_ALARMS)
     ]
+
+
+def require_strace() -> None:
+    """strace, which the race tests use to pause a process at an exact system call (SIGSTOP), can trace here."""
+    probe = subprocess.run(["strace", "-f", "-o", "/dev/null", "true"], capture_output=True, check=False)
+    require(probe.returncode == 0, f"strace cannot trace here: {probe.stderr.decode(errors='replace')[:200]}")
 
 
 def start_stack(

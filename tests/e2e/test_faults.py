@@ -26,7 +26,7 @@ import requests
 
 from gateway.tools.synth import make_series
 from tests.e2e.conftest import uids_of
-from tests.e2e.harness import RunningStack
+from tests.e2e.harness import RunningStack, require_strace
 
 INSTANCES = 50
 
@@ -325,6 +325,7 @@ def test_reconcile_leaves_an_upload_in_flight_to_its_upload(stack: RunningStack,
     upload itself was answered as a duplicate of what it had sent. The worker is stopped right after its object's
     rename (strace, SIGSTOP, as it flushes the folder): reconcile now takes the instance's upload reservation
     before it registers an orphan, and an instance whose upload holds it is no orphan."""
+    require_strace()
     [path] = make_series(tmp_path / "s", modality="CT", slices=1, rows=16, columns=16, seed=2290, clean=True)
     study, series, sop = uids_of(path)
     key = f"studies/{study}/series/{series}/instances/{sop}.dcm"

@@ -30,7 +30,7 @@ import requests
 from gateway.catalog.catalog import OTHER_PATIENT
 from gateway.tools.synth import make_series
 from tests.e2e.conftest import uids_of
-from tests.e2e.harness import RunningStack, start_stack
+from tests.e2e.harness import RunningStack, require_strace, start_stack
 from tests.e2e.test_faults import parent_of
 from tests.e2e.test_read_path import parse_multipart
 
@@ -1214,6 +1214,7 @@ def test_an_instance_sent_again_while_retention_removes_it_is_stored_and_served(
     (SIGSTOP) as it opens the series folder to list it, and the upload is sent and answered meanwhile. The removal
     now holds each instance's upload reservation while it removes its objects, and its claim sees what was stored
     again: the upload is stored and served whole."""
+    require_strace()
     base = tmp_path_factory.mktemp("retention-resent")
     (path,) = make_series(base / "s", slices=1, rows=64, columns=64, seed=7760, clean=True)
     study, series, sop = uids_of(path)
@@ -1274,6 +1275,7 @@ def test_a_duplicate_upload_under_way_as_retention_removes_its_instance_leaves_n
     long as an upload waits for another) and then judges by what it stored. Made certain by strace: the upload's
     worker stops holding the reservation (at its check that storage still has the object), and the run stops in
     its first wait after its settle."""
+    require_strace()
     base = tmp_path_factory.mktemp("retention-duplicate")
     (path,) = make_series(base / "s", slices=1, rows=64, columns=64, seed=7770, clean=True)
     study, series, sop = uids_of(path)
