@@ -260,6 +260,23 @@ def test_reserve_many_claims_the_free_takes_over_the_dead_and_leaves_the_live(
     assert sorted(catalog.stale_reservations(now + 10 * LEASE_SECONDS)) == sorted([dead, free, live])
 
 
+
+def test_in_flight_names_the_live_claims_and_release_many_ends_only_its_own(catalog: Catalog, catalog_url: str) -> None:
+    """A deletion's and reconcile's view of the reservations: ``in_flight`` names the UIDs a live owner holds (not a
+    killed upload's), and ``release_many`` ends its claims in one transaction, leaving a claim taken over since."""
+    dead, mine, taken = "1.2.3.8.1", "1.2.3.8.2", "1.2.3.8.3"
+    with reserved_by_a_killed_process(catalog_url, dead):
+        pass
+    claims = catalog.reserve_many([mine, taken])
+    assert all(claims) and catalog.in_flight([dead, mine, taken, "1.2.3.8.4"]) == {mine, taken}
+    catalog.release_many([claim for claim in claims if claim is not None] + [Reservation(taken, "not-its-nonce")])
+    assert catalog.in_flight([mine, taken]) == set()
+    again = catalog.reserve(taken)
+    assert again is not None
+    catalog.release_many([Reservation(taken, claims[1].nonce if claims[1] else "")])  # an old claim: not this one
+    assert catalog.in_flight([taken]) == {taken}
+    catalog.release(again)
+
 def test_this_process_reads_proc_once_and_names_its_own_start_time() -> None:
     from gateway.catalog.owner import _stat
 
