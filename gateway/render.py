@@ -17,7 +17,7 @@ import io
 import json
 import math
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,7 @@ _FRAMES_OFFERS = [Offer("image/gif", "*", False)]
 # A frame list's frames are held decoded until the GIF is written: at most this many 8-bit samples in all (a
 # 100-frame 512x512 CT is 26 MB, a 30-frame 640x480 colour cine 28 MB)
 MAX_RENDERED_SAMPLES = 64 << 20
+_BAND_SAMPLES = 1 << 20  # samples turned into display values at once (_in_bands)
 _DEFAULT_FRAME_MS = 100  # a frame list of an image without Frame Time (0018,1063): ten frames a second
 # PS3.18 Table 8.7.4-1, the Text category (structured reports): text/html the default, text/plain and text/xml
 # required of the RESTful rendered resource (text/xml optional for WADO-URI, served there too)
@@ -201,7 +202,20 @@ def _decode(data: bytes, ds: Dataset, syntax: str, keyword: str) -> tuple[np.nda
 def _to_eight_bits(values: np.ndarray, bits: int) -> np.ndarray:
     if bits <= 8:
         return values.astype(np.uint8)
-    return np.clip(np.rint(values.astype(np.float64) * (255.0 / (2**bits - 1))), 0, 255).astype(np.uint8)
+    return _in_bands(
+        values, lambda band: np.clip(np.rint(band.astype(np.float64) * (255.0 / (2**bits - 1))), 0, 255)
+    )
+
+
+def _in_bands(values: np.ndarray, convert: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``convert`` (element by element, to display values 0..255) of ``values``, a band of rows at a time, as
+    uint8. Its float64 temporaries are a band's, not the frame's: converted whole, a 8192 x 8192 16-bit frame held
+    2.4 GB of a worker (3.9 GB in RGB), more than the default ECS task has for all of them."""
+    out = np.empty(values.shape, dtype=np.uint8)
+    rows = max(1, _BAND_SAMPLES // max(1, values[0].size)) if len(values) else 1
+    for top in range(0, len(values), rows):
+        out[top : top + rows] = convert(values[top : top + rows])
+    return out
 
 
 def _windowed(real: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
@@ -218,38 +232,51 @@ def _windowed(real: np.ndarray, center: float, width: float, function: str) -> n
 
 
 def _monochrome(pixels: np.ndarray, ds: Dataset, params: Mapping[str, str]) -> np.ndarray:
-    """Modality LUT or rescale, then the request's window, the file's window, its VOI LUT, or the frame's range."""
-    try:
-        real = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64)
-    except (ValueError, TypeError, IndexError, KeyError, AttributeError):
-        raise NotAcceptable("this instance's modality transform cannot be rendered") from None
-    finite = np.isfinite(real)
-    if not finite.all():
+    """Modality LUT or rescale, then the request's window, the file's window, its VOI LUT, or the frame's range
+    (each a band of rows at a time: ``_in_bands``)."""
+
+    def real(band: np.ndarray) -> np.ndarray:
+        try:
+            values = np.asarray(apply_modality_lut(band, ds), dtype=np.float64)
+        except (ValueError, TypeError, IndexError, KeyError, AttributeError):
+            raise NotAcceptable("this instance's modality transform cannot be rendered") from None
         # Float Pixel Data may hold NaN (a parametric map's "no value") and infinities: NaN is shown as the
         # lowest value, and the frame's range is that of its finite values (one NaN made the whole frame black)
-        real = np.where(np.isnan(real), -np.inf, real)
+        return np.where(np.isnan(values), -np.inf, values)
+
     window = params.get("window")
     if window:
-        return _windowed(real, *parse_window(window))
-    center, width = _value_of(ds, "WindowCenter"), _value_of(ds, "WindowWidth")
+        center, width, function = parse_window(window)
+        return _in_bands(pixels, lambda band: _windowed(real(band), center, width, function))
+    file_center, file_width = _value_of(ds, "WindowCenter"), _value_of(ds, "WindowWidth")
     # a DS no number holds (NaN, 1e400: the metadata keeps its text) is no window: the frame's range is used instead
-    if center is not None and width is not None and math.isfinite(float(center)) and 0 < float(width) < math.inf:
-        function = str(ds.get("VOILUTFunction") or "LINEAR").upper()
-        return _windowed(real, float(center), float(width), _FUNCTIONS.get(function, "LINEAR"))
+    if (
+        file_center is not None
+        and file_width is not None
+        and math.isfinite(float(file_center))
+        and 0 < float(file_width) < math.inf
+    ):
+        function = _FUNCTIONS.get(str(ds.get("VOILUTFunction") or "LINEAR").upper(), "LINEAR")
+        return _in_bands(pixels, lambda band: _windowed(real(band), float(file_center), float(file_width), function))
     if "VOILUTSequence" in ds:
         try:
-            item = ds.VOILUTSequence[0]
-            bits = int(item.LUTDescriptor[2])
-            return _to_eight_bits(np.asarray(apply_voi_lut(real, ds, prefer_lut=True)), bits)
+            bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+            return _in_bands(
+                pixels, lambda band: _to_eight_bits(np.asarray(apply_voi_lut(real(band), ds, prefer_lut=True)), bits)
+            )
         except (ValueError, TypeError, IndexError, KeyError, AttributeError):
             raise NotAcceptable("this instance's VOI LUT cannot be rendered") from None
-    values = real if finite.all() else real[finite]
-    if not values.size:  # nothing finite: nothing to show
-        return np.zeros(real.shape, dtype=np.uint8)
-    low, high = float(values.min()), float(values.max())
-    if high <= low:
-        return np.where(real > low, 255, 0).astype(np.uint8)  # one value: black (and +inf beside it white)
-    return _windowed(real, (low + high) / 2, high - low, "LINEAR_EXACT")
+    low, high = math.inf, -math.inf
+    for band in np.array_split(pixels, max(1, pixels.size // _BAND_SAMPLES)):
+        values = real(band)
+        values = values[np.isfinite(values)]
+        if values.size:
+            low, high = min(low, float(values.min())), max(high, float(values.max()))
+    if low > high:  # nothing finite: nothing to show
+        return np.zeros(pixels.shape, dtype=np.uint8)
+    if high <= low:  # one value: black (and +inf beside it white)
+        return _in_bands(pixels, lambda band: np.where(real(band) > low, 255, 0))
+    return _in_bands(pixels, lambda band: _windowed(real(band), (low + high) / 2, high - low, "LINEAR_EXACT"))
 
 
 def _value_of(ds: Dataset, keyword: str) -> Any:
@@ -297,6 +324,7 @@ def _image_of(
         )
     data, syntax = _frame_bytes(services, cached, frame, metadata)
     pixels, photometric = _decode(data, ds, syntax, keyword)
+    del data  # a big frame's stored bytes, no longer needed beside its pixels
     if photometric == "PALETTE COLOR":
         _unpad_palette(ds)
         try:

@@ -138,6 +138,44 @@ class RunningStack:
         return "\n".join(parts)
 
 
+def gunicorn_rss_mb(running: RunningStack) -> float:
+    """The resident memory of gunicorn's master and workers together, in MB."""
+    total = 0
+    root = running.stack.processes["gunicorn"].pid
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            text = status.read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+        if fields.get("Pid", "").strip() == str(root) or fields.get("PPid", "").strip() == str(root):
+            total += int(fields.get("VmRSS", "0 kB").split()[0])
+    return total / 1024
+
+
+def gunicorn_peak_growth_mb(running: RunningStack, action: Callable[[], Any]) -> tuple[float, Any]:
+    """How far gunicorn's memory rose above where it was while ``action`` ran (sampled every 20 ms), and what
+    ``action`` returned."""
+    before = gunicorn_rss_mb(running)
+    peak = before
+    done = threading.Event()
+
+    def watch() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, gunicorn_rss_mb(running))
+            done.wait(0.02)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        result = action()
+    finally:
+        done.set()
+        watcher.join()
+    return peak - before, result
+
+
 @contextlib.contextmanager
 def storage_unmounted(running: RunningStack) -> Iterator[None]:
     """The stack's local folder gone, as an unmounted volume (its reads fail; the catalog's are served), then back."""

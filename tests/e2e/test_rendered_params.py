@@ -24,7 +24,7 @@ from pydicom.pixels import apply_modality_lut
 from pydicom.uid import RLELossless, generate_uid
 
 from tests.e2e.conftest import BACKENDS, uids_of
-from tests.e2e.harness import RunningStack, module_stack
+from tests.e2e.harness import RunningStack, gunicorn_peak_growth_mb, module_stack
 from tests.e2e.test_compressed_render import fresh_copy
 
 NAMES = {
@@ -63,6 +63,25 @@ def rle_of_zeros(target: Path, side: int) -> Path:
     return target
 
 
+def rle_ramp(target: Path, side: int) -> Path:
+    """pydicom's MR, no window, as one ``side`` x ``side`` 16-bit RLE frame whose first 128 pixels are 0..127 and
+    the rest 0: a frame of ``2 * side**2`` bytes decoded from a file of ``side**2 / 64`` (as ``rle_of_zeros``)."""
+    ds = pydicom.dcmread(str(get_testdata_file("MR_small.dcm")))
+    del ds.WindowCenter, ds.WindowWidth
+    high = b"\x81\x00" * (side * side // 128)
+    low = b"\x7f" + bytes(range(128)) + high[2:]  # a literal run of 128 bytes, then runs of zeros
+    header = np.zeros(16, "<u4")
+    header[:3] = 2, 64, 64 + len(high)
+    ds.PixelData = encapsulate([header.tobytes() + high + low])
+    ds["PixelData"].VR = "OB"
+    ds.Rows = ds.Columns = side
+    ds.file_meta.TransferSyntaxUID = RLELossless
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.save_as(target)
+    return target
+
+
 # Float Pixel Data of a parametric map: a gradient from -1.5 to 2.5 with NaN ("no value"), +inf and -inf in row 0
 FLOATS = np.linspace(-1.5, 2.5, 64, dtype=np.float32).reshape(8, 8)
 FLOATS[0, :3] = np.nan, np.inf, -np.inf
@@ -90,6 +109,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         **made,
         "mono1": monochrome1(folder / "mono1.dcm"),
         "huge": rle_of_zeros(folder / "huge.dcm", 12000),
+        "large": rle_ramp(folder / "large.dcm", 4096),
         "float": float_map(folder / "float.dcm"),
     }
 
@@ -374,6 +394,22 @@ def test_a_frame_too_large_to_render_is_a_406_not_gigabytes_of_a_worker(
     head, _, rest = frame.content.partition(b"\r\n\r\n")
     assert frame.status_code == 200 and head.startswith(f"--{boundary}\r\n".encode())
     assert rest == stored + f"\r\n--{boundary}--\r\n".encode()
+
+
+def test_a_large_frame_renders_without_its_size_in_float_temporaries(
+    stack: RunningStack, files: dict[str, Path]
+) -> None:
+    """A 4096 x 4096 16-bit frame (32 MB decoded) took 600 MB of its worker to render, 36 bytes a pixel: the modality
+    LUT and the window made float64 copies of the whole frame, several at once (one at the 8192 x 8192 bound took
+    2.4 GB, 3.9 GB in RGB; the default ECS task has 2 GB for every worker). Display values are now computed a band of
+    rows at a time: the decoded frame, its 8-bit image and a band's temporaries. The image is the one the whole
+    frame gave: the frame's range (0..127 here) drawn over 0..255."""
+    large = instance(stack, files["large"])
+    growth, answer = gunicorn_peak_growth_mb(stack, lambda: get(stack, f"{large}/rendered", "image/png"))
+    expected = np.zeros((4096, 4096), np.uint8)
+    expected[0, :128] = np.rint(np.arange(128) * 255 / 127)
+    assert np.array_equal(pixels(image(answer, "image/png")), expected)
+    assert growth < 200, f"rendering grew gunicorn by {growth:.0f} MB"
 
 
 def test_a_thumbnail_takes_its_window_and_quality_with_or_without_a_viewport(

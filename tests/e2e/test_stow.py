@@ -11,7 +11,6 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ import requests
 from gateway.dicomweb.multipart import encode_multipart
 from gateway.tools.synth import make_series
 from tests.e2e.conftest import uids_of
-from tests.e2e.harness import RunningStack, padded_file, start_stack
+from tests.e2e.harness import RunningStack, gunicorn_peak_growth_mb, padded_file, start_stack
 from tests.fixtures.servers import start_moto
 
 
@@ -707,51 +706,25 @@ def big_native_file(path: Path, frames: int, side: int = 1024) -> Path:
     return path
 
 
-def _gunicorn_rss_mb(running: RunningStack) -> float:
-    total = 0
-    root = running.stack.processes["gunicorn"].pid
-    for status in Path("/proc").glob("[0-9]*/status"):
-        try:
-            text = status.read_text()
-        except OSError:
-            continue
-        fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-        if fields.get("Pid", "").strip() == str(root) or fields.get("PPid", "").strip() == str(root):
-            total += int(fields.get("VmRSS", "0 kB").split()[0])
-    return total / 1024
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("stack", ["file"], indirect=True)  # S3 multipart upload is covered by the storage tests
 def test_two_gigabyte_instance_with_bounded_memory(stack: RunningStack, tmp_path: Path) -> None:
     """A 2 GiB native multi-frame instance streams through STOW without the gateway's memory growing."""
     path = big_native_file(tmp_path / "big.dcm", frames=2048)
-    before = _gunicorn_rss_mb(stack)
-    peak = before
-    done = threading.Event()
 
-    def watch() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, _gunicorn_rss_mb(stack))
-            time.sleep(0.05)
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
+    def send() -> requests.Response:
         with path.open("rb") as handle:
-            answer = requests.post(
+            return requests.post(
                 f"{stack.url}/dicomweb/studies",
                 data=handle,
                 headers={**stack.api_headers, "Content-Type": "application/dicom"},
                 timeout=900,
             )
-    finally:
-        done.set()
-        watcher.join()
+
+    growth, answer = gunicorn_peak_growth_mb(stack, send)
     assert answer.status_code == 200, answer.text
-    print(f"gunicorn RSS before {before:.0f} MB, peak during the 2 GiB STOW {peak:.0f} MB")
-    assert peak - before < 150
+    print(f"gunicorn RSS grew by {growth:.0f} MB during the 2 GiB STOW")
+    assert growth < 150
     study, series, sop = uids_of(path)
     token = stack.issue([study])["token"]
     frame = requests.get(
