@@ -335,6 +335,42 @@ def test_mobile_touch_scroll_and_pinch(stack: RunningStack, synthetic: dict[str,
 
 
 @pytest.mark.parametrize("stack", ["file"], indirect=True)
+def test_a_slide_pyramid_is_browsed_on_its_largest_level(stack: RunningStack, browser: Any, tmp_path: Path) -> None:
+    """A slide as wsidicom (and every scanner) writes it: one series holding its pyramid, an instance per level (8 x 8
+    tiles, 4 x 4, 2 x 2, 1). The viewer strung the 85 tiles of all four levels into one grid: "Tile 45 / 85 (column
+    5, row 6)" at open, not the centre of the 8 x 8 slide docs/viewer.md promises, and moving on from its last tile
+    went into the next level's as if they were more rows of it. It now browses the largest level, a tile grid of its
+    own (PS3.3 C.8.12.4): 64 tiles, opened at the centre one, up and down a row of 8."""
+    from pydicom.uid import generate_uid
+    from wsidicom import WsiDicom
+
+    from gateway.tools.synth import make_wsi
+
+    source = make_wsi(tmp_path / "source", frames=64, clean=True, study_uid=generate_uid())
+    pyramid = tmp_path / "pyramid"
+    pyramid.mkdir()
+    with WsiDicom.open(source.parent) as slide:
+        slide.save(pyramid, add_missing_levels=True)
+    levels = sorted(pyramid.iterdir())
+    assert sorted(int(pydicom.dcmread(path).NumberOfFrames) for path in levels) == [1, 4, 16, 64]
+    assert stack.stow(levels).status_code == 200
+    issued = stack.issue([uids_of(levels[0])[0]], ttl=600)
+    log = NetworkLog()
+    page = open_page(browser, log)
+    page.goto(issued["viewer_url"])
+    wait_ready(page)
+
+    assert page.get_attribute("#viewport", "data-count") == "64"
+    assert index_of(page) == 36
+    assert "Tile 37 / 64 (column 5, row 5)" in page.inner_text("#overlay-br")
+    page.keyboard.press("ArrowDown")
+    wait_index(page, 44)
+    assert "Tile 45 / 64 (column 5, row 6)" in page.inner_text("#overlay-br")
+    assert_clean_network(log, issued["token"])
+    page.context.close()
+
+
+@pytest.mark.parametrize("stack", ["file"], indirect=True)
 def test_wsi_frame_by_frame(stack: RunningStack, synthetic: dict[str, Any], browser: Any) -> None:
     path = synthetic["wsi_bot"]
     study = uids_of(path)[0]

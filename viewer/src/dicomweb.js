@@ -185,9 +185,21 @@ export function isImage(instance) {
 }
 
 /**
+ * The instances of a whole-slide image's largest level, the one browsed tile by tile: a slide's series holds its
+ * pyramid (PS3.3 C.8.12.4: one instance, or a concatenation of several, per level) beside its label, overview and
+ * thumbnail, whose tiles are of other grids. Every image of a series whose images have no Total Pixel Matrix.
+ */
+function baseLevel(images) {
+  const area = (m) => (dicom.number(m, '00480006') ?? 0) * (dicom.number(m, '00480007') ?? 0);
+  const largest = Math.max(0, ...images.map(area));
+  return largest ? images.filter((m) => area(m) === largest) : images;
+}
+
+/**
  * Order a series' instance metadata and expand it to one image per frame; instances that are not images are left out.
  * Single-frame instances sort by InstanceNumber, then by position along the slice normal; a multi-frame instance
- * (the whole-slide image) contributes frames 1..NumberOfFrames in order.
+ * (the whole-slide image) contributes frames 1..NumberOfFrames in order, a slide's largest level alone
+ * (``baseLevel``), its concatenated parts by Concatenation Frame Offset Number.
  * @returns {{instance: object, sop: string, frame: number}[]}
  */
 export function framesOf(metadata) {
@@ -199,9 +211,11 @@ export function framesOf(metadata) {
     const n = [b * f - c * e, c * d - a * f, a * e - b * d];
     return n[0] * ipp[0] + n[1] * ipp[1] + n[2] * ipp[2];
   };
-  const sorted = metadata.filter(isImage).sort(
+  const sorted = baseLevel(metadata.filter(isImage)).sort(
     (x, y) =>
-      (dicom.number(x, '00200013') ?? 0) - (dicom.number(y, '00200013') ?? 0) || position(x) - position(y),
+      (dicom.number(x, '00209228') ?? 0) - (dicom.number(y, '00209228') ?? 0) ||
+      (dicom.number(x, '00200013') ?? 0) - (dicom.number(y, '00200013') ?? 0) ||
+      position(x) - position(y),
   );
   const frames = [];
   for (const instance of sorted) {

@@ -308,7 +308,8 @@ async function seriesInfo(series) {
   const { client, study } = state;
   const metadata = await client.metadata(study, series.uid);
   const frames = framesOf(metadata);
-  const first = metadata[0] || {};
+  // the tiles' grid is that of the level browsed (metadata[0] could be another level, a label or a report)
+  const first = frames[0]?.instance || metadata[0] || {};
   const matrix = dicom.number(first, '00480006');
   const cols = dicom.number(first, '00280011');
   const tiles = frames.length > 1 && matrix && cols ? { columns: Math.ceil(matrix / cols) } : null;
