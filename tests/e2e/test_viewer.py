@@ -371,6 +371,68 @@ def test_a_slide_pyramid_is_browsed_on_its_largest_level(stack: RunningStack, br
 
 
 @pytest.mark.parametrize("stack", ["file"], indirect=True)
+def test_a_sparse_slide_is_browsed_by_where_its_tiles_lie(stack: RunningStack, browser: Any, tmp_path: Path) -> None:
+    """A TILED_SPARSE slide (a scanner's tiles of tissue only: here the 40 of an 8 x 8 grid within a diamond, each
+    placed by its Plane Position (Slide), PS3.3 C.8.12.6.1) was browsed as if its frames filled the grid row by row:
+    it opened at "Tile 21 / 40 (column 5, row 3)", a tile at column 1, row 5, and down went 8 frames on, to no tile
+    below it. Now the overlay names each tile's place, the slide opens at the tile nearest its centre, and
+    up and down go to the tile above and below in the same column."""
+    from pydicom.dataset import Dataset
+    from pydicom.encaps import encapsulate, generate_frames
+    from pydicom.sequence import Sequence
+    from pydicom.uid import generate_uid
+
+    from gateway.tools.synth import make_wsi
+
+    path = make_wsi(tmp_path / "full", frames=64, clean=True, study_uid=generate_uid())
+    ds = pydicom.dcmread(path)
+    tiles = list(generate_frames(ds.PixelData, number_of_frames=64))
+    kept = [(column, row) for row in range(8) for column in range(8) if abs(column - 3.5) + abs(row - 3.5) <= 4]
+    ds.PixelData = encapsulate([tiles[row * 8 + column] for column, row in kept], has_bot=True)
+    ds.NumberOfFrames, ds.DimensionOrganizationType = len(kept), "TILED_SPARSE"
+    groups = []
+    for column, row in kept:
+        place = Dataset()
+        place.ColumnPositionInTotalImagePixelMatrix = column * 256 + 1
+        place.RowPositionInTotalImagePixelMatrix = row * 256 + 1
+        place.XOffsetInSlideCoordinateSystem, place.YOffsetInSlideCoordinateSystem = column * 0.064, row * 0.064
+        place.ZOffsetInSlideCoordinateSystem = 0
+        group = Dataset()
+        group.PlanePositionSlideSequence = Sequence([place])
+        groups.append(group)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(groups)
+    ds.save_as(path, enforce_file_format=True)
+    assert (int(ds.Columns), len(kept), kept[20]) == (256, 40, (0, 4))
+    assert stack.stow([path]).status_code == 200
+    issued = stack.issue([uids_of(path)[0]], ttl=600)
+    log = NetworkLog()
+    page = open_page(browser, log)
+    page.goto(issued["viewer_url"])
+    wait_ready(page)
+
+    assert page.get_attribute("#viewport", "data-count") == "40"
+    start = kept.index((3, 3))  # of the four tiles around the centre, the first
+    assert index_of(page) == start
+    assert f"Tile {start + 1} / 40 (column 4, row 4)" in page.inner_text("#overlay-br")
+    page.keyboard.press("ArrowDown")
+    below = kept.index((3, 4))
+    wait_index(page, below)
+    assert f"Tile {below + 1} / 40 (column 4, row 5)" in page.inner_text("#overlay-br")
+    page.keyboard.press("ArrowRight")
+    wait_index(page, below + 1)
+    assert f"Tile {below + 2} / 40 (column 5, row 5)" in page.inner_text("#overlay-br")
+    for row in (5, 6, 7):  # down the column to its last tile, row 8
+        page.keyboard.press("ArrowDown")
+        wait_index(page, kept.index((4, row)))
+    page.keyboard.press("ArrowDown")  # no tile below: it stays
+    settle(page)
+    assert index_of(page) == kept.index((4, 7))
+    assert "(column 5, row 8)" in page.inner_text("#overlay-br")
+    assert_clean_network(log, issued["token"])
+    page.context.close()
+
+
+@pytest.mark.parametrize("stack", ["file"], indirect=True)
 def test_wsi_frame_by_frame(stack: RunningStack, synthetic: dict[str, Any], browser: Any) -> None:
     path = synthetic["wsi_bot"]
     study = uids_of(path)[0]

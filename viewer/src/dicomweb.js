@@ -196,6 +196,27 @@ function baseLevel(images) {
 }
 
 /**
+ * Where each frame of a TILED_SPARSE slide lies on its grid of tiles ({column, row}, from 0): its Plane Position
+ * (Slide) in the per-frame functional groups (PS3.3 C.8.12.6.1: a sparse slide's frames are any tiles, in any
+ * order, often only those holding tissue). null when a frame has none, or the slide is TILED_FULL (its frames fill
+ * the grid row by row).
+ */
+export function tilePositions(frames) {
+  const at = [];
+  for (const { instance, frame } of frames) {
+    if (dicom.string(instance, '00209311') !== 'TILED_SPARSE') return null;
+    const item = instance['52009230']?.Value?.[frame - 1]?.['0048021A']?.Value?.[0];
+    const column = dicom.number(item || {}, '0048021E');
+    const row = dicom.number(item || {}, '0048021F');
+    const width = dicom.number(instance, '00280011');
+    const height = dicom.number(instance, '00280010');
+    if (column === null || row === null || !width || !height) return null;
+    at.push({ column: Math.floor((column - 1) / width), row: Math.floor((row - 1) / height) });
+  }
+  return at;
+}
+
+/**
  * Order a series' instance metadata and expand it to one image per frame; instances that are not images are left out.
  * Single-frame instances sort by InstanceNumber, then by position along the slice normal; a multi-frame instance
  * (the whole-slide image) contributes frames 1..NumberOfFrames in order, a slide's largest level alone

@@ -1,6 +1,6 @@
 // The viewer page: read the link, list the series, show one as a scrollable stack, report progress and errors.
 import './style.css';
-import { DicomWebClient, GatewayError, dicom, framesOf } from './dicomweb.js';
+import { DicomWebClient, GatewayError, dicom, framesOf, tilePositions } from './dicomweb.js';
 import { classify, hideError, showError } from './errors.js';
 import { dicomwebRoot, parseFragment, takeLinkFromLocation } from './fragment.js';
 import { credential, keepRenewing, withCurrentToken } from './session.js';
@@ -95,9 +95,29 @@ function noteFrame(imageId, error) {
   setStatus();
 }
 
+/** Frame ``index``'s place on the slide's grid of tiles: a sparse slide's own, else row by row. */
+function tileAt(tiles, index) {
+  return tiles.at ? tiles.at[index] : { column: index % tiles.columns, row: Math.floor(index / tiles.columns) };
+}
+
 function tileLabel(index) {
-  const { columns } = state.tiles;
-  return `Tile ${index + 1} / ${state.stage.imageIds.length} (column ${(index % columns) + 1}, row ${Math.floor(index / columns) + 1})`;
+  const { column, row } = tileAt(state.tiles, index);
+  return `Tile ${index + 1} / ${state.stage.imageIds.length} (column ${column + 1}, row ${row + 1})`;
+}
+
+/** The frame of the nearest tile above (step -1) or below (1) frame ``index`` in its column; ``index`` when none. */
+function tileInColumn(index, step) {
+  const { at, columns } = state.tiles;
+  if (!at) return index + step * columns;
+  const here = at[index];
+  let found = index;
+  at.forEach((place, i) => {
+    const rows = (place.row - here.row) * step;
+    if (place.column === here.column && rows > 0 && (found === index || rows < (at[found].row - here.row) * step)) {
+      found = i;
+    }
+  });
+  return found;
 }
 
 /**
@@ -312,10 +332,17 @@ async function seriesInfo(series) {
   const first = frames[0]?.instance || metadata[0] || {};
   const matrix = dicom.number(first, '00480006');
   const cols = dicom.number(first, '00280011');
-  const tiles = frames.length > 1 && matrix && cols ? { columns: Math.ceil(matrix / cols) } : null;
-  // A slide's first tile is usually empty glass: start a tiled image at its centre tile.
+  const tiles =
+    frames.length > 1 && matrix && cols ? { columns: Math.ceil(matrix / cols), at: tilePositions(frames) } : null;
+  // A slide's first tile is usually empty glass: start a tiled image at its centre tile (a sparse slide's nearest).
   let start = 0;
-  if (tiles) {
+  if (tiles?.at) {
+    const rows = Math.ceil((dicom.number(first, '00480007') ?? 0) / (dicom.number(first, '00280010') || 1));
+    const away = (p) => Math.hypot(p.column - (tiles.columns - 1) / 2, p.row - (rows - 1) / 2);
+    tiles.at.forEach((place, i) => {
+      if (away(place) < away(tiles.at[start])) start = i;
+    });
+  } else if (tiles) {
     const rows = Math.ceil(frames.length / tiles.columns);
     start = Math.min(frames.length - 1, Math.floor(rows / 2) * tiles.columns + Math.floor(tiles.columns / 2));
   }
@@ -480,9 +507,10 @@ function bindControls(stage) {
     if (!stage.imageIds.length || event.altKey || event.ctrlKey || event.metaKey) return;
     if (event.target instanceof HTMLButtonElement && (event.key === 'Enter' || event.key === ' ')) return;
     let target = null;
-    // On a tiled slide, up/down move a whole row of tiles: the tile above or below on the slide.
-    const row = state.tiles && (event.key === 'ArrowUp' || event.key === 'ArrowDown') ? state.tiles.columns : 1;
-    if (event.key in keys) target = stage.index + keys[event.key] * row;
+    // On a tiled slide, up/down go to the tile above or below on the slide.
+    if (state.tiles && (event.key === 'ArrowUp' || event.key === 'ArrowDown')) {
+      target = tileInColumn(stage.index, keys[event.key]);
+    } else if (event.key in keys) target = stage.index + keys[event.key];
     else if (event.key === 'Home') target = 0;
     else if (event.key === 'End') target = stage.imageIds.length - 1;
     if (target === null) return;
