@@ -433,6 +433,29 @@ def test_a_sparse_slide_is_browsed_by_where_its_tiles_lie(stack: RunningStack, b
 
 
 @pytest.mark.parametrize("stack", ["file"], indirect=True)
+def test_an_image_too_large_to_draw_is_said_at_once_and_never_fetched(
+    stack: RunningStack, browser: Any, tmp_path: Path
+) -> None:
+    """One frame of 40000 x 40000 (a 50 MB RLE file of 3.2 GB decoded; the gateway renders none over 8192 x 8192 and
+    answers its preview a 406): the viewer fetched it and decoded it until the tab gave up, and "Loading series…"
+    stayed on screen for good (a 16384 x 16384 one is drawn, in ~15 s). Over 16384 x 16384, Chrome's largest canvas,
+    the viewer now says at once that these images cannot be shown here, and asks for no frame nor its rendering."""
+    from tests.e2e.test_rendered_params import rle_of_zeros
+
+    path = rle_of_zeros(tmp_path / "large.dcm", 40000)
+    assert stack.stow([path]).status_code == 200
+    issued = stack.issue([uids_of(path)[0]], ttl=600)
+    log = NetworkLog()
+    page = open_page(browser, log)
+    page.goto(issued["viewer_url"])
+    page.wait_for_selector("#error:not([hidden])")
+
+    assert page.get_attribute("#error", "data-kind") == "unsupported"
+    assert [r.url for r in log.requests if "/frames/" in r.url or "/rendered" in r.url] == []
+    page.context.close()
+
+
+@pytest.mark.parametrize("stack", ["file"], indirect=True)
 def test_wsi_frame_by_frame(stack: RunningStack, synthetic: dict[str, Any], browser: Any) -> None:
     path = synthetic["wsi_bot"]
     study = uids_of(path)[0]

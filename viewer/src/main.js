@@ -26,6 +26,10 @@ const PREFETCH_AROUND = 8;
 const TRANSIENT = new Set([0, 502, 503, 504]);
 const RETRY_FIRST_MS = 2000;
 const RETRY_MAX_MS = 30000;
+// The largest image drawn, Rows x Columns: 16384 x 16384, Chrome's largest canvas. A larger one (a single frame of
+// 40000 x 40000: a 50 MB RLE file decodes to 3.2 GB) was fetched and decoded until the tab gave up, and the
+// page said "Loading series…" for good.
+const MAX_PIXELS = 16384 * 16384;
 
 const $ = (id) => document.getElementById(id);
 const state = {
@@ -126,9 +130,9 @@ function tileInColumn(index, step) {
  * the progressive ones: the overlay says so, and the lossless image replaces it.
  */
 function showPlaceholder(series, info) {
-  const { frames, tiles, start } = info;
+  const { frames, tiles, start, tooLarge } = info;
   const frame = frames[start];
-  if (tiles || !frame) return;
+  if (tiles || tooLarge || !frame) return;  // (nor is a frame too large to draw rendered: the gateway's 406)
   const el = $('viewport');
   const box = el.getBoundingClientRect();
   const scale = window.devicePixelRatio || 1;
@@ -348,12 +352,23 @@ async function seriesInfo(series) {
   }
   // A stack the gateway has made its lossless derivative for loads progressively (preview, then full quality).
   const probe = frames[start];
+  const shown = probe?.instance || {};
+  const tooLarge = (dicom.number(shown, '00280010') ?? 0) * (dicom.number(shown, '00280011') ?? 0) > MAX_PIXELS;
   const progressive =
+    !tooLarge &&
     !tiles &&
     frames.length <= PREFETCH_ALL &&
     Boolean(probe) &&
     (await client.hasDerivative(client.frameUrl(study, series.uid, probe.sop, probe.frame)));
-  return { metadata, frames, tiles, start, progressive, color: (dicom.number(first, '00280002') ?? 1) > 1 };
+  return {
+    metadata,
+    frames,
+    tiles,
+    start,
+    progressive,
+    tooLarge,
+    color: (dicom.number(first, '00280002') ?? 1) > 1,
+  };
 }
 
 /** The first series of the list that holds images, with its seriesInfo; null when none does. Each one found to hold
@@ -400,7 +415,12 @@ async function openSeries(series, info = seriesInfo(series)) {
   const el = $('viewport');
   el.dataset.state = 'loading';
   setProgress(0, 1, 'Loading series…');
-  const { frames, tiles, start, progressive, color } = await info;
+  const { frames, tiles, start, progressive, color, tooLarge } = await info;
+  if (tooLarge) {
+    state.failed = true;
+    showError('unsupported');
+    return;
+  }
   const imageIds = stage.register(frames, (sop, frame) => client.frameUrl(study, series.uid, sop, frame));
   state.tiles = tiles;
   for (const button of document.querySelectorAll('#presets button')) button.disabled = color;
