@@ -168,6 +168,12 @@ def test_a_frame_list_on_rendered_is_checked_as_the_frames_resource_checks_it(
     assert_error(get(stack, f"{ybr}/frames/1,30/rendered", "image/png"), 406, several)
     second = image(get(stack, f"{ybr}/frames/2/rendered", "image/png"), "image/png")
     assert image(get(stack, f"{ybr}/frames/2,2/rendered", "image/png"), "image/png") == second
+    # PS3.18 8.3.1: "a comma or %2C separated list", as /frames/ takes it (it was NGINX's 400 "not canonical")
+    assert image(get(stack, f"{ybr}/frames/2%2C2/rendered", "image/png"), "image/png") == second
+    assert_error(get(stack, f"{ybr}/frames/1%2c30/rendered", "image/png"), 406, several)
+    assert_error(get(stack, f"{ybr}/frames/1%2C0/thumbnail"), 400, FRAME_ERROR)
+    thumb = image(get(stack, f"{ybr}/frames/2/thumbnail", "image/png"), "image/png")
+    assert image(get(stack, f"{ybr}/frames/2%2C2/thumbnail", "image/png"), "image/png") == thumb
     assert_error(
         get(stack, f"{ybr}/frames/31/rendered"),
         404,
