@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from gateway.scope import Scope
 from gateway.uids import InstanceId, check_uid, is_uid
 
 MEDIA_TYPE = "application/dicom+json"
@@ -122,7 +123,12 @@ class StowResponse:
 
 
 def build_stow_response(
-    items: Sequence[StowItem], root: str, *, study_uid: str | None = None, query: str = ""
+    items: Sequence[StowItem],
+    root: str,
+    *,
+    study_uid: str | None = None,
+    query: str = "",
+    scope: Scope | None = None,
 ) -> StowResponse:
     """Build the response for ``items`` (in request order). ``root`` is the DICOMweb root the client used
     (``/t/{token}/dicomweb``, ``/dicomweb`` or an absolute URL); RetrieveURLs are built under it, each ending with
@@ -131,7 +137,8 @@ def build_stow_response(
     The top-level RetrieveURL names the one study that every stored instance belongs to (a de-identified upload's
     remapped study, whatever the request URL named), else ``study_uid`` (the study in the request URL); it is
     present but empty when there is neither, and when nothing was stored (a 409: PS3.18 Table 10.5.3-3 has it name
-    where the stored study can be retrieved, and the URL's study received nothing, often is none at all).
+    where the stored study can be retrieved, and the URL's study received nothing, often is none at all), and when
+    the client's token (``scope``) cannot retrieve the whole study (a series token), as QIDO leaves it out.
     """
     base = root.rstrip("/")
     referenced: list[dict[str, Any]] = []
@@ -154,6 +161,8 @@ def build_stow_response(
         # nothing stored (the study in the URL got nothing: a mismatch named a study that is no one's), or every
         # stored instance went to another region's destination: nothing of it is served here
         study = None
+    if study and scope is not None and not scope.allows_study(study):
+        study = None  # a series token's study URL is its 403
     study_url = f"{base}/studies/{check_uid(study)}{query}" if study else None
     body: dict[str, Any] = {"00081190": _element("UR", study_url)}
     if failed:

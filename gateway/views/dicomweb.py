@@ -388,7 +388,11 @@ def _stow(study: str | None) -> Response:
     if outage is not None and not any(r.ok for r in results):
         raise outage
     answer = build_stow_response(
-        [_to_item(r) for r in results], root=public_base() + dicomweb_root(), study_uid=study, query=token_query()
+        [_to_item(r) for r in results],
+        root=public_base() + dicomweb_root(),
+        study_uid=study,
+        query=token_query(),
+        scope=claims.scope,
     )
     if answer_as.part_type != DICOM_XML:
         response = dicom_json(json.dumps(answer.body, separators=(",", ":")).encode(), answer_as, answer.status)

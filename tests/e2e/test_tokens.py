@@ -210,6 +210,14 @@ def test_series_token_on_sibling_series_is_403(stack: RunningStack, synthetic: d
     listed = requests.get(f"{root}/studies/{study}/series", timeout=10)
     assert listed.status_code == 200
     assert [s["0020000E"]["Value"][0] for s in listed.json()] == [series_a]
+    # STOW's top-level RetrieveURL names the study, which a series token cannot retrieve (the 403 above): it is
+    # present and empty, as when nothing of the study is served here; each instance's RetrieveURL is followed
+    writer = stack.issue([study], series=[series_a], actions=["read", "write"])["token"]
+    stored = stack.stow([synthetic["ct"][0]], root=stack.root(writer))
+    assert (stored.status_code, stored.json()["00081190"]) == (200, {"vr": "UR"}), stored.text
+    item = stored.json()["00081199"]["Value"][0]
+    assert item["00081190"]["Value"] == [f"{stack.root(writer)}/studies/{study}/series/{series_a}/instances/{sop_a}"]
+    assert requests.get(item["00081190"]["Value"][0], timeout=10).status_code == 200
 
 
 def test_write_token_cannot_read_and_read_token_cannot_write(
