@@ -158,6 +158,13 @@ def test_a_read_with_a_large_body_is_a_json_413_before_it_is_read(stack: Running
         for framing, content in ((f"Content-Length: {len(body)}", body), ("Transfer-Encoding: chunked", chunked)):
             status, headers, answer = raw(stack, f"{head}{framing}\r\n\r\n".encode() + content)
             assert assert_json_error(status, headers, answer, 413) == too_large, (path, framing)
+    # every 413 names the limit of the location that refused it: /healthz, /readyz and /metrics take 1 MB whatever
+    # the method (a POST or DELETE there was refused at 1 MB but named STOW's 8g)
+    for method in ("POST", "PUT", "DELETE", "OPTIONS"):
+        for path in ("/healthz", "/readyz", "/metrics"):
+            head = f"{method} {path} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\nContent-Length: {len(body)}\r\n\r\n"
+            status, headers, answer = raw(stack, head.encode() + body)
+            assert assert_json_error(status, headers, answer, 413) == too_large, (method, path)
     # an upload's limit stays STOW's, named as such (the error page's redirect makes any method a GET)
     upload = f"POST {ct['root']}/studies HTTP/1.1\r\nHost: gw\r\nContent-Type: application/dicom\r\n"
     status, headers, answer = raw(stack, f"{upload}Content-Length: {1 << 40}\r\nConnection: close\r\n\r\n".encode())
