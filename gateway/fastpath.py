@@ -15,6 +15,7 @@ The ``/t/{token}`` path prefix is removed before Flask sees a path, so Flask rou
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -78,6 +79,21 @@ def _precondition(environ: dict[str, Any]) -> GatewayError | int | None:
 # filter ends the request as an error), and If-Unmodified-Since with the same 412, without a date to compare. NGINX
 # asks Python for these requests (proxy_cache_bypass, dgw-plan.conf), and a plan answered uncached is not checked.
 _NGINX_REFUSES = ("HTTP_IF_MATCH", "HTTP_IF_UNMODIFIED_SINCE")
+# an SSI include of a stored byte range, as the planner writes it (gateway.dicomweb.wado._include_text)
+_RANGE_INCLUDE = re.compile(
+    rb'<!--# include virtual="(?:%s|%s)/([0-9]+)-([0-9]+)/[^"]*" wait="yes" -->'
+    % (nginx.SEGMENT.encode(), nginx.FILE_SEGMENT.encode())
+)
+
+
+def served_length(plan: bytes) -> int | None:
+    """The length of the body NGINX's SSI makes of ``plan``: its text outside the includes plus each included
+    range. None when an include names no range (a whole object, a block's frame): its length is not known here."""
+    found = list(_RANGE_INCLUDE.finditer(plan))
+    if plan.count(b"<!--#") != len(found):
+        return None
+    ranged = sum(int(m[2]) - int(m[1]) + 1 for m in found)
+    return len(plan) - sum(m.end() - m.start() for m in found) + ranged
 
 
 class FastPath:
@@ -186,6 +202,10 @@ class FastPath:
                 return [b""]
             if any(environ.get(name) for name in _NGINX_REFUSES):
                 headers = [h for h in headers if h[0] != "X-Accel-Expires"] + [("X-Accel-Expires", "0")]
+        if response.status in (200, 206):
+            served = served_length(response.body)
+            if served is not None:
+                headers = [*headers, (nginx.LENGTH, str(served))]
         headers = [*headers, ("Content-Length", str(len(response.body)))]
         start_response(_status(response.status), headers)
         return [response.body]

@@ -57,7 +57,12 @@ SIZE = "X-Dgw-Size"
 IF_NONE_MATCH = "X-Dgw-If-None-Match"
 
 TO_PYTHON = (RANGE, AUTH_CACHE)
-FROM_PYTHON = (SUB, JTI, STUDY, VIA, ERROR, ERROR_DETAIL, ACCEPT_RANGES, GENERATION, FRAME_RANGES, SIZE, IF_NONE_MATCH)
+# a read plan's: the length of the body SSI makes of it, when every include names its byte range (SSI drops any
+# Content-Length): sent to an HTTP/1.0 client, which has no other way to tell a cut body from a whole one
+LENGTH = "X-Dgw-Length"
+FROM_PYTHON = (
+    SUB, JTI, STUDY, VIA, ERROR, ERROR_DETAIL, ACCEPT_RANGES, GENERATION, FRAME_RANGES, SIZE, IF_NONE_MATCH, LENGTH
+)
 LOCATIONS = (AUTH, PLAN, FRAME, BLOCK, ABORT, SEGMENT, WHOLE_SEGMENT, FILE, OBJECT, CONVERTED, ERROR_PAGE)
 
 

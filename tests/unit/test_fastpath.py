@@ -18,7 +18,7 @@ from gateway.auth import Authorizer
 from gateway.config import parse_api_keys
 from gateway.dicomweb.wado import Planner, PlanResponse
 from gateway.errors import CatalogUnavailable, GatewayError, NotAcceptable, RangeNotSatisfiable
-from gateway.fastpath import FastPath
+from gateway.fastpath import FastPath, served_length
 from gateway.tokens import SALTS, TokenService
 
 KEY = "fastpath-test-signing-key-" + "k" * 32
@@ -382,10 +382,20 @@ def test_plan_route_answers_with_the_plan(tokens: TokenService, revocations: Rev
     assert recorder.headers == [
         ("Content-Type", "application/octet-stream"),
         ("X-Accel-Expires", "600"),
+        ("X-Dgw-Length", "10"),  # the body SSI makes of it: an HTTP/1.0 client's Content-Length (dgw-plan.conf)
         ("Content-Length", str(len(body))),
     ]
     assert sent == body
     assert flask.environs == []
+
+
+def test_served_length_is_known_only_when_every_include_names_its_range() -> None:
+    include = b'<!--# include virtual="/_fseg/5-9/objects/x.dcm" wait="yes" -->'
+    ranged = b"--B\r\n" + include + b"\r\n--B--\r\n"
+    assert served_length(ranged) == len(ranged) - len(include) + 5
+    whole = b'<!--# include virtual="/_seg/all/objects/x.dcm" wait="yes" -->' + ranged
+    assert served_length(whole) is None
+    assert served_length(b'<!--# include virtual="$dgw_frame_segment/objects/x.dcm" wait="yes" -->') is None
 
 
 def test_plan_route_without_raw_uri_uses_request_uri(
@@ -397,7 +407,7 @@ def test_plan_route_without_raw_uri_uses_request_uri(
     environ["REQUEST_URI"] = f"{SERIES_PATH}?accept=b"
     recorder, _ = call(app, environ)
     assert planner.calls == [("GET", f"{SERIES_PATH}?accept=b", "", "")]
-    assert recorder.headers == [("Content-Length", "0")]
+    assert recorder.headers == [("X-Dgw-Length", "0"), ("Content-Length", "0")]
 
 
 def test_plan_error_is_json(tokens: TokenService, revocations: Revocations, flask: FakeFlask) -> None:
