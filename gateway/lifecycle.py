@@ -140,12 +140,19 @@ class Deleter:
         # removed instance's objects for good, and reconcile registered them again.
         deadline = time.monotonic() + CLAIM_WAIT_SECONDS
         pause = 0.005
-        while None in claims and time.monotonic() < deadline:
-            time.sleep(pause)
-            pause = min(pause * 2, 0.2)
-            lost = [sop for sop, claim in zip(sops, claims, strict=True) if claim is None]
-            again = dict(zip(lost, self.catalog.reserve_many(lost), strict=True))
-            claims = [again.get(sop) if claim is None else claim for sop, claim in zip(sops, claims, strict=True)]
+        try:
+            while None in claims and time.monotonic() < deadline:
+                time.sleep(pause)
+                pause = min(pause * 2, 0.2)
+                lost = [sop for sop, claim in zip(sops, claims, strict=True) if claim is None]
+                again = dict(zip(lost, self.catalog.reserve_many(lost), strict=True))
+                claims = [again.get(sop) if claim is None else claim for sop, claim in zip(sops, claims, strict=True)]
+        except BaseException:
+            # the claims already won are ended (best effort: ``release_many`` owes them to the keeper when the
+            # catalog is down): left held for their lease, a retried DELETE within it waited for them as for an
+            # upload, then kept those instances' objects for good
+            self.catalog.release_many([claim for claim in claims if claim is not None])
+            raise
         # what each claim found stored under its UID: an instance stored again keeps its objects; one an upload
         # still holds (its claim lost) keeps everything
         live = {

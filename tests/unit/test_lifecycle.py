@@ -525,3 +525,26 @@ def test_erasure_of_a_study_holding_other_patients_instances_keeps_them_under_th
     assert flags == [(sop_d, None)]
     plan = catalog.erasure_plan("P-D")
     assert plan.kept == {} and plan.targets == [Target(ST)]
+
+
+def test_a_removal_whose_wait_for_an_upload_fails_ends_the_claims_it_won(
+    catalog: Catalog, storage: LocalStorage, stored: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The catalog failing while a removal waits for an upload of one of its instances: the claims it had won are
+    ended, not left for their lease, in which a retried DELETE waited for them and kept their objects for good."""
+    [upload] = catalog.reserve_many([SOP2])  # an upload of SOP2 under way
+    assert upload is not None
+    calls: list[list[str]] = []
+    real = catalog.reserve_many
+
+    def failing(sop_uids: list[str]) -> list[Any]:
+        calls.append(list(sop_uids))
+        if len(calls) > 1:
+            raise CatalogUnavailable("the catalog went away")
+        return real(sop_uids)
+
+    monkeypatch.setattr(catalog, "reserve_many", failing)
+    with pytest.raises(CatalogUnavailable):
+        deleter(catalog, storage).delete([Target(ST, SE1)], sub="portal", reason="withdrawn")
+    assert calls[0] == [SOP1, SOP2]
+    assert catalog.in_flight([SOP1, SOP2]) == {SOP2}  # the upload's alone: SOP1's claim was ended
