@@ -49,27 +49,23 @@ def monochrome1(target: Path) -> Path:
 def rle_of_zeros(target: Path, side: int) -> Path:
     """pydicom's MR as one ``side`` x ``side`` 16-bit frame of zeros in RLE (PS3.5 G): two segments of 128-byte
     runs, 1/64 of the decoded size (a 12000 x 12000 frame is a 4.5 MB file)."""
-    ds = pydicom.dcmread(str(get_testdata_file("MR_small.dcm")))
-    segment = b"\x81\x00" * (side * side // 128)  # -127 + 1 = 128 copies of the byte 0
-    header = np.zeros(16, "<u4")
-    header[:3] = 2, 64, 64 + len(segment)
-    ds.PixelData = encapsulate([header.tobytes() + segment + segment])
-    ds["PixelData"].VR = "OB"
-    ds.Rows = ds.Columns = side
-    ds.file_meta.TransferSyntaxUID = RLELossless
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.save_as(target)
-    return target
+    return _rle_frame(target, side, ramp=False)
 
 
 def rle_ramp(target: Path, side: int) -> Path:
     """pydicom's MR, no window, as one ``side`` x ``side`` 16-bit RLE frame whose first 128 pixels are 0..127 and
     the rest 0: a frame of ``2 * side**2`` bytes decoded from a file of ``side**2 / 64`` (as ``rle_of_zeros``)."""
+    return _rle_frame(target, side, ramp=True)
+
+
+def _rle_frame(target: Path, side: int, *, ramp: bool) -> Path:
+    """``rle_of_zeros``, or with ``ramp`` ``rle_ramp``: the high bytes' segment all runs of zeros, the low bytes'
+    the same or a literal run of 0..127 first (and the file's window removed, so the frame's range is shown)."""
     ds = pydicom.dcmread(str(get_testdata_file("MR_small.dcm")))
-    del ds.WindowCenter, ds.WindowWidth
-    high = b"\x81\x00" * (side * side // 128)
-    low = b"\x7f" + bytes(range(128)) + high[2:]  # a literal run of 128 bytes, then runs of zeros
+    high = b"\x81\x00" * (side * side // 128)  # -127 + 1 = 128 copies of the byte 0
+    low = b"\x7f" + bytes(range(128)) + high[2:] if ramp else high  # a literal run of 128 bytes, then zeros
+    if ramp:
+        del ds.WindowCenter, ds.WindowWidth
     header = np.zeros(16, "<u4")
     header[:3] = 2, 64, 64 + len(high)
     ds.PixelData = encapsulate([header.tobytes() + high + low])
