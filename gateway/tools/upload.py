@@ -255,7 +255,7 @@ class StowClient:
             try:
                 response = self._session().request(method, url, timeout=self.options.timeout, **kwargs)
             except (requests.ConnectionError, requests.Timeout) as exc:
-                if attempt >= self.options.retries or untrusted_certificate(exc):  # no retry makes it trusted
+                if attempt >= self.options.retries or certificate_refusal(exc):  # no retry makes it trusted
                     raise
                 delay = self.options.backoff * 2**attempt
             else:
@@ -319,10 +319,7 @@ class StowClient:
                 headers={"Content-Type": body.content_type, **self.options.context_headers()},
             )
         except requests.RequestException as exc:
-            if untrusted_certificate(exc):
-                _fail_all(batch, UNTRUSTED_CERTIFICATE)
-            else:
-                _fail_all(batch, f"connection failed ({type(exc).__name__})")
+            _fail_all(batch, certificate_refusal(exc) or f"connection failed ({type(exc).__name__})")
             return False
         except OSError as exc:
             _fail_all(batch, f"file changed while sending ({type(exc).__name__})")
@@ -414,19 +411,26 @@ UNTRUSTED_CERTIFICATE = (
 )
 
 
-def untrusted_certificate(exc: BaseException) -> bool:
-    """Whether a request failed because this machine does not trust the server's certificate (a self-signed one,
-    as `stack up --tls` makes): no retry changes that, and the user must be told what to do."""
+HOSTNAME_MISMATCH = 62  # OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH, ssl.SSLCertVerificationError.verify_code
+
+
+def certificate_refusal(exc: BaseException) -> str:
+    """What to do when a request failed because this machine does not trust the server's certificate (a
+    self-signed one, as `stack up --tls` makes) or the certificate names another host: no retry changes either.
+    ``""`` for every other failure."""
     pending: list[object] = [exc]  # requests wraps urllib3's error, which wraps ssl's, as an argument or a reason
     for _ in range(50):
         if not pending:
-            return False
+            return ""
         seen = pending.pop()
         if isinstance(seen, ssl.SSLCertVerificationError):
-            return True
+            if seen.verify_code == HOSTNAME_MISMATCH:  # a CA file would not help: the name in --url is the fault
+                why = seen.verify_message
+                return f"the server's TLS certificate is for another name ({why}): use its name in --url"
+            return UNTRUSTED_CERTIFICATE
         if isinstance(seen, BaseException):
             pending.extend([seen.__cause__, getattr(seen, "reason", None), *seen.args])
-    return False
+    return ""
 
 
 def _fail_all(batch: list[FileEntry], reason: str) -> None:

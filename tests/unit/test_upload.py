@@ -311,3 +311,26 @@ def test_a_failed_deidentified_file_is_matched_by_the_uid_it_was_sent_with(tmp_p
     ).body
     apply_stow_response([sent], payload)
     assert (sent.outcome, sent.reason) == ("failed", f"{text} (0xA778)")
+
+
+def test_a_certificate_for_another_name_is_told_apart_from_an_untrusted_one() -> None:
+    """Both are ssl's SSLCertVerificationError: every such failure said to name a CA file in REQUESTS_CA_BUNDLE,
+    which does nothing for a certificate issued for another name than --url's (a trusted one, seen by its IP)."""
+    import ssl
+
+    import requests
+
+    from gateway.tools.upload import UNTRUSTED_CERTIFICATE, certificate_refusal
+
+    def failed(code: int, message: str) -> requests.ConnectionError:
+        error = ssl.SSLCertVerificationError(1, f"[SSL: CERTIFICATE_VERIFY_FAILED] {message}")
+        error.verify_code, error.verify_message = code, message
+        return requests.ConnectionError(requests.packages.urllib3.exceptions.MaxRetryError(None, "/", error))
+
+    mismatch = failed(62, "Hostname mismatch, certificate is not valid for '192.0.2.7'.")
+    assert certificate_refusal(mismatch) == (
+        "the server's TLS certificate is for another name (Hostname mismatch, certificate is not valid for "
+        "'192.0.2.7'.): use its name in --url"
+    )
+    assert certificate_refusal(failed(18, "self-signed certificate")) == UNTRUSTED_CERTIFICATE
+    assert certificate_refusal(requests.ConnectionError("refused")) == ""
