@@ -333,8 +333,24 @@ def assert_every_frame_is_what_pydicom_extracts(stack: RunningStack, files: dict
 NO_BLOCKS = {"jpeg-bot-2", "j2k-none-2", *CONVERTED}
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", S3_NAMES)
 def test_dicomweb_client_reads_the_frames_at_each_block_edge(
+    stack: RunningStack, files: dict[str, Path], name: str
+) -> None:
+    """On both backends (the stack fixture's params)."""
+    assert_dicomweb_client_reads_the_frames_at_each_block_edge(stack, files, name)
+
+
+@pytest.mark.parametrize("stack", ["file"], indirect=True)
+@pytest.mark.parametrize("name", [name for name in NAMES if name not in S3_NAMES])
+def test_dicomweb_client_reads_the_frames_of_more_files_at_each_block_edge(
+    stack: RunningStack, files: dict[str, Path], name: str
+) -> None:
+    """The rest of the corpus, from the local folder."""
+    assert_dicomweb_client_reads_the_frames_at_each_block_edge(stack, files, name)
+
+
+def assert_dicomweb_client_reads_the_frames_at_each_block_edge(
     stack: RunningStack, files: dict[str, Path], name: str
 ) -> None:
     """dicomweb-client's ``retrieve_instance_frames``, one frame a call (a single-frame URI: the block path), with
