@@ -22,6 +22,7 @@ from pydicom.charset import convert_encodings
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.sequence import Sequence as PydicomSequence
+from pydicom.tag import BaseTag, Tag
 
 from gateway.dicom import metadata as meta_json
 from gateway.dicom import qido_attrs
@@ -393,8 +394,7 @@ def named_uids(path: Path) -> tuple[InstanceId | None, str | None]:
                 found[name] = value
         ds: Dataset
         try:
-            with open(path, "rb") as fp:
-                ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=list(wanted))
+            ds = _naming_elements(path, str(_get(meta, "TransferSyntaxUID") or "").strip(), list(wanted))
         except Exception:  # noqa: BLE001 - as above: then the file meta's UIDs are all there is
             ds = Dataset()
         for keyword, name in wanted.items():
@@ -403,6 +403,31 @@ def named_uids(path: Path) -> tuple[InstanceId | None, str | None]:
     if "sop" not in found:
         return None, found.get("sop_class")
     return InstanceId(found.get("study", ""), found.get("series", ""), found["sop"]), found.get("sop_class")
+
+
+_NAMING_LAST_TAG = 0x0020000E  # Series Instance UID: the last of the UIDs a refused file is named by
+_NAMING_INFLATE = 1 << 20  # inflated bytes of a deflated data set searched for them
+
+
+def _past_naming_uids(tag: int, vr: str | None, length: int) -> bool:
+    # group 0000 (zero bytes read as elements) and 0002 are never data set elements: no UID follows them
+    return tag > _NAMING_LAST_TAG or tag < 0x00040000
+
+
+def _naming_elements(path: Path, ts: str, keywords: list[str]) -> Dataset:
+    """The data set of a refused file up to its Series Instance UID, never further: a 200 KB deflated upload
+    inflates to 200 MB of zero elements, which pydicom inflates whole (no bound) and parses one by one (minutes
+    of a worker, the client timed out); a plain file of zeros is parsed the same way."""
+    tags: list[BaseTag | int] = [Tag(keyword) for keyword in keywords]
+    with open(path, "rb") as fp:
+        if ts != DEFLATED_LE:
+            return pydicom.filereader.read_partial(fp, stop_when=_past_naming_uids, specific_tags=tags)
+        read_file_meta(fp, os.fstat(fp.fileno()).st_size)
+        head = zlib.decompressobj(-zlib.MAX_WBITS).decompress(fp.read(), _NAMING_INFLATE)
+        return read_dataset(
+            io.BytesIO(head), is_implicit_VR=False, is_little_endian=True, stop_when=_past_naming_uids,
+            specific_tags=tags,
+        )
 
 
 def _get(ds: Dataset, keyword: str) -> Any:

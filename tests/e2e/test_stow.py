@@ -12,6 +12,7 @@ import struct
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -204,6 +205,43 @@ def test_a_wrong_file_meta_group_length_is_refused(stack: RunningStack, tmp_path
         f"the File Meta Information Group Length (0002,0000) is {declared} bytes, but the file meta elements after "
         f"it take {actual}"
     ]
+
+
+@pytest.mark.parametrize("stack", ["file"], indirect=True)  # refused before storage: one backend is enough
+def test_a_refused_file_is_named_from_its_first_elements_only(stack: RunningStack, tmp_path: Path) -> None:
+    """A refused file's failure item names it (PS3.18 10.5.3) from the data set up to its Series Instance UID, never
+    further: pydicom read the whole rest of it. Sequences nested 5000 deep after the UIDs raised its RecursionError,
+    so a file whose meta has no Media Storage SOP Instance UID was named by nothing; and a 32 KB deflated upload of
+    32 MB of zero bytes (a deflate bomb: 200 KB of it held a worker for two minutes) was inflated whole and parsed
+    as four million elements."""
+    [path] = make_series(tmp_path / "named", modality="CT", slices=1, rows=16, columns=16, seed=197, clean=True)
+    study, series, sop = uids_of(path)
+    data = path.read_bytes()
+    group_end = 144 + struct.unpack_from("<I", data, 140)[0]
+    meta = pydicom.filereader.read_file_meta_info(path)
+    del meta.MediaStorageSOPInstanceUID
+    meta_bytes = pydicom.filebase.DicomBytesIO()
+    pydicom.filewriter.write_file_meta_info(meta_bytes, meta, enforce_standard=False)
+    after_series = data.index(b"\x20\x00\x10\x00", group_end)  # (0020,0010) Study ID follows the Series UID
+    nested = (b"\x40\x00\x75\x02SQ\x00\x00\xff\xff\xff\xff" + b"\xfe\xff\x00\xe0\xff\xff\xff\xff") * 5000
+    path.write_bytes(data[:128] + b"DICM" + meta_bytes.getvalue() + data[group_end:after_series] + nested)
+    meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    meta_bytes = pydicom.filebase.DicomBytesIO()
+    pydicom.filewriter.write_file_meta_info(meta_bytes, meta, enforce_standard=False)
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    bomb = deflater.compress(data[group_end:after_series] + bytes(32 << 20)) + deflater.flush()
+    (tmp_path / "bomb.dcm").write_bytes(data[:128] + b"DICM" + meta_bytes.getvalue() + bomb)
+    answer = stack.stow([path, tmp_path / "bomb.dcm"])
+    assert answer.status_code == 409, answer.text
+    assert [(item["00081197"]["Value"], item["00081155"]["Value"]) for item in failed(answer)] == [
+        ([0xC000], [sop]),
+        ([0xC000], [sop]),
+    ]
+    assert requests.get(
+        f"{stack.url}/dicomweb/studies/{study}/series/{series}/instances/{sop}/metadata",
+        headers=stack.api_headers,
+        timeout=30,
+    ).status_code == 404
 
 
 def test_study_in_url_must_match(stack: RunningStack, tmp_path: Path) -> None:
