@@ -409,7 +409,8 @@ _NAMING_LAST_TAG = 0x0020000E  # Series Instance UID: the last of the UIDs a ref
 _NAMING_INFLATE = 1 << 20  # inflated bytes of a deflated data set searched for them
 
 
-def _past_naming_uids(tag: int, vr: str | None, length: int) -> bool:
+def past_naming_uids(tag: int, vr: str | None, length: int) -> bool:
+    """pydicom's ``stop_when`` for reading a file's naming UIDs (SOP Class and Instance, Study, Series) alone."""
     # group 0000 (zero bytes read as elements) and 0002 are never data set elements: no UID follows them
     return tag > _NAMING_LAST_TAG or tag < 0x00040000
 
@@ -421,11 +422,11 @@ def _naming_elements(path: Path, ts: str, keywords: list[str]) -> Dataset:
     tags: list[BaseTag | int] = [Tag(keyword) for keyword in keywords]
     with open(path, "rb") as fp:
         if ts != DEFLATED_LE:
-            return pydicom.filereader.read_partial(fp, stop_when=_past_naming_uids, specific_tags=tags)
+            return pydicom.filereader.read_partial(fp, stop_when=past_naming_uids, specific_tags=tags)
         read_file_meta(fp, os.fstat(fp.fileno()).st_size)
         head = zlib.decompressobj(-zlib.MAX_WBITS).decompress(fp.read(), _NAMING_INFLATE)
         return read_dataset(
-            io.BytesIO(head), is_implicit_VR=False, is_little_endian=True, stop_when=_past_naming_uids,
+            io.BytesIO(head), is_implicit_VR=False, is_little_endian=True, stop_when=past_naming_uids,
             specific_tags=tags,
         )
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 import ssl
-import struct
 import tempfile
 import threading
 import time
@@ -39,7 +38,7 @@ from typing import Any, Literal
 import click
 import pydicom
 import requests
-from pydicom.errors import InvalidDicomError
+from pydicom.tag import BaseTag, Tag
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -52,6 +51,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from gateway.dicom.index import past_naming_uids
 from gateway.dicomweb.multipart import MultipartBody
 from gateway.dicomweb.stow_response import (
     PRIVATE_CREATOR,
@@ -183,16 +183,21 @@ def collect(path: Path, wrap_dir: Path) -> FileEntry:
     return entry
 
 
+NAMING_TAGS: list[BaseTag | int] = [
+    Tag(keyword) for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+]
+
+
 def read_entry(path: Path) -> FileEntry:
     """A ``FileEntry`` with the UIDs from the header; ``outcome="failed"`` if the header is unusable."""
     entry = FileEntry(path=path, size=path.stat().st_size)
     try:
-        ds = pydicom.dcmread(
-            path,
-            stop_before_pixels=True,
-            specific_tags=["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"],
-        )
-    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError, struct.error) as exc:
+        with open(path, "rb") as fp:
+            # up to the UIDs only: sequences nested thousands deep after them raised pydicom's RecursionError, and a
+            # file of zero bytes was parsed as millions of elements
+            ds = pydicom.filereader.read_partial(fp, stop_when=past_naming_uids, specific_tags=NAMING_TAGS)
+    except Exception as exc:  # noqa: BLE001 - a broken file breaks pydicom in any way (zlib.error, RecursionError...):
+        # that file has failed; a traceback ended the whole upload before any file was sent
         entry.outcome, entry.reason = "failed", f"unreadable DICOM header ({type(exc).__name__})"
         return entry
     meta_class = ds.file_meta.get("MediaStorageSOPClassUID", "") if ds.file_meta else ""

@@ -15,6 +15,7 @@ import pydicom.data
 import pytest
 import requests
 
+from gateway.tools.synth import make_series
 from tests.e2e.harness import RunningStack, start_stack
 
 EXPORT = Path(pydicom.data.__file__).parent / "test_files" / "dicomdirtests"
@@ -208,3 +209,33 @@ def test_the_upload_names_the_tenant_and_region_the_policy_matches_on(
         )
         decisions = [(item["decision"], item["rule"]) for item in audit.json()["items"]]
         assert decisions[0] == ("route", "clinic"), decisions
+
+
+def test_files_that_break_pydicom_fail_alone_and_the_rest_is_uploaded(running: RunningStack, tmp_path: Path) -> None:
+    """Reading a file's UIDs, ``upload`` let pydicom's own errors out: a deflated data set that does not inflate
+    (``zlib.error``) or sequences nested 5000 deep after the UIDs (``RecursionError``, read to the end) were a
+    traceback, exit 1, and no file of the folder was sent. Now the first has failed with its reason, the second is
+    the server's to judge (0xC000, as DCMTK's storescu sends what it cannot parse), and the good file is stored."""
+    folder = tmp_path / "mixed"
+    [good] = make_series(folder, modality="CT", slices=1, rows=16, columns=16, seed=198, clean=True)
+    data = good.read_bytes()
+    group_end = 144 + int.from_bytes(data[140:144], "little")
+    meta = pydicom.filereader.read_file_meta_info(good)
+    meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    deflated = pydicom.filebase.DicomBytesIO()
+    pydicom.filewriter.write_file_meta_info(deflated, meta, enforce_standard=True)
+    (folder / "garbage-deflated.dcm").write_bytes(data[:128] + b"DICM" + deflated.getvalue() + bytes(range(256)) * 8)
+    after_series = data.index(b"\x20\x00\x10\x00", group_end)  # (0020,0010) Study ID follows the Series UID
+    nested = (b"\x40\x00\x75\x02SQ\x00\x00\xff\xff\xff\xff" + b"\xfe\xff\x00\xe0\xff\xff\xff\xff") * 5000
+    sop = str(pydicom.dcmread(good, stop_before_pixels=True).SOPInstanceUID)
+    other = (sop[:-1] + ("1" if sop[-1] != "1" else "2")).encode()  # another instance, UIDs as long
+    (folder / "nested.dcm").write_bytes(data[:after_series].replace(sop.encode(), other) + nested)
+
+    ran = upload(running, folder)
+    assert ran.returncode == 1 and "Traceback" not in ran.stderr, ran.stdout + ran.stderr
+    rows = summary(ran.stdout)
+    assert (rows["stored"], rows["failed"]) == ("1", "2"), ran.stdout
+    lines = {line.split("│")[1].strip(): line for line in ran.stdout.splitlines() if line.count("│") == 3}
+    assert "unreadable DICOM header (error)" in lines[str(folder / "garbage-deflated.dcm")], ran.stdout
+    assert "(0xC000)" in lines[str(folder / "nested.dcm")], ran.stdout
