@@ -164,6 +164,7 @@ def read_instance(
         with quiet_validation():
             ds = _read_pydicom(fp, ts, elements)
             uids = _identity(ds)
+            _check_pixel_description(ds, elements)
             number_of_frames = _number_of_frames(ds, elements)
             frame_index = _frame_index(fp, ts, ds, elements, number_of_frames) if ranges_valid else None
             metadata = meta_json.build_metadata(ds, elements, little_endian=ts != EXPLICIT_VR_BE)
@@ -463,6 +464,30 @@ def _check_pixel_encoding(ts: str, elements: list[Element]) -> None:
             f"Pixel Data {_tag_name(pixel.tag)} is encapsulated (undefined length), which the native transfer "
             f"syntax {ts} does not allow"
         )
+
+
+_PIXEL_DESCRIPTION = (
+    ("SamplesPerPixel", "(0028,0002)"),
+    ("Rows", "(0028,0010)"),
+    ("Columns", "(0028,0011)"),
+    ("BitsAllocated", "(0028,0100)"),
+    ("BitsStored", "(0028,0101)"),
+    ("HighBit", "(0028,0102)"),
+    ("PixelRepresentation", "(0028,0103)"),
+    ("PlanarConfiguration", "(0028,0006)"),
+)
+
+
+def _check_pixel_description(ds: Dataset, elements: list[Element]) -> None:
+    """``DicomError`` for an image whose pixel description is not the US PS3.6 gives it (an explicit VR of PN, DA,
+    SQ...): pydicom reads such a Rows as a name, which was stored, then each rendering of it a 500. UN is pydicom's
+    to read as US."""
+    if _pixel_element(elements) is None:
+        return
+    for keyword, tag in _PIXEL_DESCRIPTION:
+        element = ds.get_item(keyword)
+        if element is not None and element.VR not in (None, "US", "UN"):
+            raise DicomError(f"{keyword} {tag} has the VR {element.VR}, not US as PS3.6 gives it")
 
 
 def _number_of_frames(ds: Dataset, elements: list[Element]) -> int:

@@ -171,6 +171,39 @@ def application_log(stack: RunningStack) -> str:
     )
 
 
+@pytest.mark.parametrize("stack", ["file"], indirect=True)  # refused before storage: one backend is enough
+@pytest.mark.parametrize(
+    ("keyword", "tag", "vr", "syntax"),
+    [("Rows", b"\x28\x00\x10\x00", b"PN", RLELossless), ("BitsStored", b"\x28\x00\x01\x01", b"DA", None)],
+)
+def test_a_pixel_description_of_another_vr_than_us_is_refused(
+    stack: RunningStack, tmp_path: Path, keyword: str, tag: bytes, vr: bytes, syntax: str | None
+) -> None:
+    """An explicit VR file whose Rows (or Bits Stored) is written with another VR than PS3.6's US, as a byte flip
+    in a VR makes: pydicom reads it as a name (or a date), and the file was stored, its frames served, and its
+    rendered, thumbnail and WADO-URI JPEG a 500 each time (``int()`` of a PersonName). Now a 0xC000 failure naming
+    the element (dciodvfy calls it a bad VR); the good file of the request is stored, the bad one is nowhere."""
+    bad = image()
+    if syntax is not None:
+        bad.compress(syntax)  # a native image's bad Rows was refused already, by its frame size
+    bad_path = write(bad, tmp_path)
+    written = bad_path.read_bytes()
+    assert written.count(tag + b"US") == 1
+    bad_path.write_bytes(written.replace(tag + b"US", tag + vr))
+    good = image()
+    answer = stack.stow([bad_path, write(good, tmp_path)])
+    assert answer.status_code == 202, answer.text
+    assert [item["00081155"]["Value"] for item in items(answer, "00081199")] == [[good.SOPInstanceUID]]
+    (failure,) = items(answer, "00081198")
+    assert failure["00081155"]["Value"] == [bad.SOPInstanceUID]
+    assert failure["00081197"]["Value"] == [CANNOT_UNDERSTAND]
+    element = "(0028,0010)" if keyword == "Rows" else "(0028,0101)"
+    assert failure["00091001"]["Value"] == [f"{keyword} {element} has the VR {vr.decode()}, not US as PS3.6 gives it"]
+    for path, accept in (("/metadata", "application/dicom+json"), ("/rendered", "image/jpeg")):
+        assert get(stack, address(stack, bad) + path, accept).status_code == 404
+    assert get(stack, address(stack, good) + "/rendered", "image/jpeg").status_code == 200
+
+
 def test_no_value_of_a_file_reaches_the_application_log(catalog_stack: RunningStack, tmp_path: Path) -> None:
     """A catalog error while an instance was registered logged SQLAlchemy's message, which quotes every bound
     parameter: the Patient's Name, ID, birth date and study description of the file, in clear (a NUL in a name,
