@@ -248,16 +248,11 @@ def _monochrome(pixels: np.ndarray, ds: Dataset, params: Mapping[str, str]) -> n
     if window:
         center, width, function = parse_window(window)
         return _in_bands(pixels, lambda band: _windowed(real(band), center, width, function))
-    file_center, file_width = _value_of(ds, "WindowCenter"), _value_of(ds, "WindowWidth")
+    file_center, file_width = _number_of(ds, "WindowCenter"), _number_of(ds, "WindowWidth")
     # a DS no number holds (NaN, 1e400: the metadata keeps its text) is no window: the frame's range is used instead
-    if (
-        file_center is not None
-        and file_width is not None
-        and math.isfinite(float(file_center))
-        and 0 < float(file_width) < math.inf
-    ):
+    if file_center is not None and file_width is not None and math.isfinite(file_center) and 0 < file_width < math.inf:
         function = _FUNCTIONS.get(str(ds.get("VOILUTFunction") or "LINEAR").upper(), "LINEAR")
-        return _in_bands(pixels, lambda band: _windowed(real(band), float(file_center), float(file_width), function))
+        return _in_bands(pixels, lambda band: _windowed(real(band), file_center, file_width, function))
     if "VOILUTSequence" in ds:
         try:
             bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
@@ -279,12 +274,16 @@ def _monochrome(pixels: np.ndarray, ds: Dataset, params: Mapping[str, str]) -> n
     return _in_bands(pixels, lambda band: _windowed(real(band), (low + high) / 2, high - low, "LINEAR_EXACT"))
 
 
-def _value_of(ds: Dataset, keyword: str) -> Any:
-    """The first value of a multi-valued element (the window to use when several are offered), or None."""
+def _number_of(ds: Dataset, keyword: str) -> float | None:
+    """The first value of a multi-valued element (the window to use when several are offered) as a number, or None:
+    also for one written with another VR than DS (a PN after a byte flip: ``float()`` of it was a 500)."""
     element = ds.get(keyword)
     if element is None or element == "":
         return None
-    return element[0] if isinstance(element, MultiValue) else element
+    try:
+        return float(element[0] if isinstance(element, MultiValue) else element)
+    except (TypeError, ValueError):
+        return None
 
 
 def _unpad_palette(ds: Dataset) -> None:

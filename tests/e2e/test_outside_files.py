@@ -204,6 +204,25 @@ def test_a_pixel_description_of_another_vr_than_us_is_refused(
     assert get(stack, address(stack, good) + "/rendered", "image/jpeg").status_code == 200
 
 
+@pytest.mark.parametrize("stack", ["file"], indirect=True)  # the window is read alike from either backend
+def test_a_window_of_another_vr_than_ds_is_no_window(stack: RunningStack, tmp_path: Path) -> None:
+    """Window Center written as PN (a byte flip in its VR; pydicom reads a name): the file is stored, as Orthanc and
+    DCMTK store it, and its rendered image and thumbnail were 500s (``float()`` of a PersonName). A window that is no
+    number is no window, as a DS that holds none already was: the frame's range is used, as without one."""
+    ds = image(WindowCenter="100", WindowWidth="50")
+    plain = image()
+    plain.PixelData = ds.PixelData
+    bad_path = write(ds, tmp_path)
+    written = bad_path.read_bytes()
+    assert written.count(b"\x28\x00\x50\x10DS") == 1
+    bad_path.write_bytes(written.replace(b"\x28\x00\x50\x10DS", b"\x28\x00\x50\x10PN"))
+    assert stack.stow([bad_path, write(plain, tmp_path)]).status_code == 200
+    for suffix in ("/rendered", "/thumbnail"):
+        answer = get(stack, address(stack, ds) + suffix, "image/png")
+        assert (answer.status_code, answer.headers["Content-Type"]) == (200, "image/png"), answer.text[:200]
+        assert answer.content == get(stack, address(stack, plain) + suffix, "image/png").content
+
+
 def test_no_value_of_a_file_reaches_the_application_log(catalog_stack: RunningStack, tmp_path: Path) -> None:
     """A catalog error while an instance was registered logged SQLAlchemy's message, which quotes every bound
     parameter: the Patient's Name, ID, birth date and study description of the file, in clear (a NUL in a name,
