@@ -1203,6 +1203,22 @@ def test_retention_leaves_an_instance_uploaded_into_its_study_during_the_run(
     assert objects == [f"{uids_of(new[0])[2]}.dcm"]  # the expired ones gone, the new one kept
 
 
+def stored_expired(stack: RunningStack, base: Path, *, seed: int, tenant: str) -> tuple[Path, dict[str, str]]:
+    """One instance stored for ``tenant`` 40 days ago (its ``created_at`` set back), and the environment of a
+    `retention run` whose policy keeps that tenant's studies 30 days: only this study expires (the stack holds other
+    tests' backdated studies)."""
+    (path,) = make_series(base / "s", slices=1, rows=64, columns=64, seed=seed, clean=True)
+    study = uids_of(path)[0]
+    assert stack.stow([path], **{"X-DICOMGW-Tenant": tenant}).status_code == 200
+    db = sqlite3.connect(stack.stack.var_dir / "catalog.db", timeout=30)
+    with db:
+        db.execute("UPDATE instances SET created_at = created_at - 40 * 86400 WHERE study_uid = ?", (study,))
+    db.close()
+    policy = base / "policy.toml"
+    policy.write_text(f"version = 1\n[retention]\ntenants = {{ {tenant} = 30 }}\n")
+    return path, {**os.environ, **stack.stack.gateway_env(), "DICOMGW_PHI_POLICY": str(policy)}
+
+
 @pytest.mark.parametrize("stack", ["file"], indirect=True)  # the pause is strace's on the run's folder listing
 def test_an_instance_sent_again_while_retention_removes_it_is_stored_and_served(
     stack: RunningStack, tmp_path_factory: pytest.TempPathFactory
@@ -1216,17 +1232,8 @@ def test_an_instance_sent_again_while_retention_removes_it_is_stored_and_served(
     again: the upload is stored and served whole."""
     require_strace()
     base = tmp_path_factory.mktemp("retention-resent")
-    (path,) = make_series(base / "s", slices=1, rows=64, columns=64, seed=7760, clean=True)
+    path, env = stored_expired(stack, base, seed=7760, tenant="resent-during-removal")
     study, series, sop = uids_of(path)
-    tenant = "resent-during-removal"  # only this study expires: the stack holds other tests' backdated studies
-    assert stack.stow([path], **{"X-DICOMGW-Tenant": tenant}).status_code == 200
-    db = sqlite3.connect(stack.stack.var_dir / "catalog.db", timeout=30)
-    with db:
-        db.execute("UPDATE instances SET created_at = created_at - 40 * 86400 WHERE study_uid = ?", (study,))
-    db.close()
-    policy = base / "policy.toml"
-    policy.write_text(f"version = 1\n[retention]\ntenants = {{ {tenant} = 30 }}\n")
-    env = {**os.environ, **stack.stack.gateway_env(), "DICOMGW_PHI_POLICY": str(policy)}
     folder = stack.storage().root / "studies" / study / "series" / series / "instances"
     trace = base / "trace"
     run = subprocess.Popen(
@@ -1277,17 +1284,8 @@ def test_a_duplicate_upload_under_way_as_retention_removes_its_instance_leaves_n
     its first wait after its settle."""
     require_strace()
     base = tmp_path_factory.mktemp("retention-duplicate")
-    (path,) = make_series(base / "s", slices=1, rows=64, columns=64, seed=7770, clean=True)
+    path, env = stored_expired(stack, base, seed=7770, tenant="duplicate-during-removal")
     study, series, sop = uids_of(path)
-    tenant = "duplicate-during-removal"  # only this study expires: the stack holds other tests' backdated studies
-    assert stack.stow([path], **{"X-DICOMGW-Tenant": tenant}).status_code == 200
-    db = sqlite3.connect(stack.stack.var_dir / "catalog.db", timeout=30)
-    with db:
-        db.execute("UPDATE instances SET created_at = created_at - 40 * 86400 WHERE study_uid = ?", (study,))
-    db.close()
-    policy = base / "policy.toml"
-    policy.write_text(f"version = 1\n[retention]\ntenants = {{ {tenant} = 30 }}\n")
-    env = {**os.environ, **stack.stack.gateway_env(), "DICOMGW_PHI_POLICY": str(policy)}
     target = stack.storage().root / f"studies/{study}/series/{series}/instances/{sop}.dcm"
     workers = workers_of(stack)
     stats = "stat,lstat,newfstatat,statx"
