@@ -284,7 +284,12 @@ def test_ctrl_c_during_scan_is_no_verdict_and_exits_130(tmp_path: Path) -> None:
     first = process.stdout.readline()  # scanning has begun
     assert json.loads(first)["status"] == "clean"
     process.send_signal(signal.SIGINT)
-    rest, stderr = process.communicate(timeout=60)
+    # read through the same buffered reader as readline: communicate() reads the pipe itself, and the lines readline
+    # had already buffered past the first were lost to it (the test failed when scanning ran ahead of the signal)
+    assert process.stderr is not None
+    with process.stdout, process.stderr:
+        rest, stderr = process.stdout.read(), process.stderr.read()
+    process.wait(timeout=60)
     reports = [first, *rest.splitlines()]
     assert process.returncode == 130, (process.returncode, stderr)
     assert 0 < len(reports) < len(files)
