@@ -285,6 +285,7 @@ def token_root(stack: RunningStack, path: Path) -> str:
 # converted from deflated and from 1-bit), not the whole corpus again (four of the suite's slowest minutes)
 S3_NAMES = ("ct-enhanced", "jpeg-bot", "jpeg-none", "jpeg-bot-2", "dcmtk-deflated", "seg-binary")
 assert BACKENDS[0] == "file"  # the folder-only test below names the stack fixture's first param: one stack each
+FOLDER_ONLY = [name for name in NAMES if name not in S3_NAMES]
 
 
 @pytest.mark.parametrize("name", S3_NAMES)
@@ -296,7 +297,7 @@ def test_every_frame_of_an_outside_file_is_what_pydicom_extracts(
 
 
 @pytest.mark.parametrize("stack", ["file"], indirect=True)
-@pytest.mark.parametrize("name", [name for name in NAMES if name not in S3_NAMES])
+@pytest.mark.parametrize("name", FOLDER_ONLY)
 def test_every_frame_of_more_outside_files_is_what_pydicom_extracts(
     stack: RunningStack, files: dict[str, Path], name: str
 ) -> None:
@@ -342,7 +343,7 @@ def test_dicomweb_client_reads_the_frames_at_each_block_edge(
 
 
 @pytest.mark.parametrize("stack", ["file"], indirect=True)
-@pytest.mark.parametrize("name", [name for name in NAMES if name not in S3_NAMES])
+@pytest.mark.parametrize("name", FOLDER_ONLY)
 def test_dicomweb_client_reads_the_frames_of_more_files_at_each_block_edge(
     stack: RunningStack, files: dict[str, Path], name: str
 ) -> None:

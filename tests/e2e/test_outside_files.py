@@ -131,13 +131,7 @@ def test_encapsulated_pixel_data_under_a_native_transfer_syntax_is_refused(
     written = bad_path.read_bytes()
     assert written.count(b"1.2.840.10008.1.2.5\0") == 1
     bad_path.write_bytes(written.replace(b"1.2.840.10008.1.2.5\0", b"1.2.840.10008.1.2.1\0"))  # the same length
-    good = image()
-    answer = stack.stow([bad_path, write(good, tmp_path)])
-    assert answer.status_code == 202, answer.text
-    assert [item["00081155"]["Value"] for item in items(answer, "00081199")] == [[good.SOPInstanceUID]]
-    (failure,) = items(answer, "00081198")
-    assert failure["00081155"]["Value"] == [bad.SOPInstanceUID]
-    assert failure["00081197"]["Value"] == [CANNOT_UNDERSTAND]
+    good, failure = stow_beside_a_good_file(stack, bad_path, bad.SOPInstanceUID, tmp_path)
     assert failure["00091001"]["Value"] == [
         "Pixel Data (7FE0,0010) is encapsulated (undefined length), which the native transfer syntax "
         "1.2.840.10008.1.2.1 does not allow"
@@ -147,6 +141,21 @@ def test_encapsulated_pixel_data_under_a_native_transfer_syntax_is_refused(
         assert (gone.status_code, gone.headers["Content-Type"]) == (404, "application/json"), gone.text
     frame = get(stack, f"{address(stack, good)}/frames/1", "application/octet-stream")
     assert (frame.status_code, frame.content) == (200, good.PixelData)
+
+
+def stow_beside_a_good_file(
+    stack: RunningStack, bad_path: Path, bad_uid: str, folder: Path
+) -> tuple[Dataset, dict[str, Any]]:
+    """``bad_path`` sent in one STOW with a good file: a 202 storing the good one, whose data set is returned with
+    the request's only failure item, the bad one's 0xC000."""
+    good = image()
+    answer = stack.stow([bad_path, write(good, folder)])
+    assert answer.status_code == 202, answer.text
+    assert [item["00081155"]["Value"] for item in items(answer, "00081199")] == [[good.SOPInstanceUID]]
+    (failure,) = items(answer, "00081198")
+    assert failure["00081155"]["Value"] == [bad_uid]
+    assert failure["00081197"]["Value"] == [CANNOT_UNDERSTAND]
+    return good, failure
 
 
 def with_value(ds: Dataset, tag: int, raw: bytes, folder: Path) -> Path:
@@ -190,13 +199,7 @@ def test_a_pixel_description_of_another_vr_than_us_is_refused(
     written = bad_path.read_bytes()
     assert written.count(tag + b"US") == 1
     bad_path.write_bytes(written.replace(tag + b"US", tag + vr))
-    good = image()
-    answer = stack.stow([bad_path, write(good, tmp_path)])
-    assert answer.status_code == 202, answer.text
-    assert [item["00081155"]["Value"] for item in items(answer, "00081199")] == [[good.SOPInstanceUID]]
-    (failure,) = items(answer, "00081198")
-    assert failure["00081155"]["Value"] == [bad.SOPInstanceUID]
-    assert failure["00081197"]["Value"] == [CANNOT_UNDERSTAND]
+    good, failure = stow_beside_a_good_file(stack, bad_path, bad.SOPInstanceUID, tmp_path)
     element = "(0028,0010)" if keyword == "Rows" else "(0028,0101)"
     assert failure["00091001"]["Value"] == [f"{keyword} {element} has the VR {vr.decode()}, not US as PS3.6 gives it"]
     for path, accept in (("/metadata", "application/dicom+json"), ("/rendered", "image/jpeg")):
