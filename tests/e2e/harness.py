@@ -8,6 +8,7 @@ import json
 import os
 import select
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -211,6 +212,12 @@ def require_strace() -> None:
     """strace, which the race tests use to pause a process at an exact system call (SIGSTOP), can trace here."""
     probe = subprocess.run(["strace", "-f", "-o", "/dev/null", "true"], capture_output=True, check=False)
     require(probe.returncode == 0, f"strace cannot trace here: {probe.stderr.decode(errors='replace')[:200]}")
+
+
+def ctrl_c_as_from_a_terminal() -> None:
+    """``preexec_fn`` of a process a test sends SIGINT: a suite started in the background (`make test &`, nohup, a
+    CI runner) ignores SIGINT, and a Python started with it ignored never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def start_stack(

@@ -30,7 +30,7 @@ import requests
 from gateway.catalog.catalog import OTHER_PATIENT
 from gateway.tools.synth import make_series
 from tests.e2e.conftest import uids_of
-from tests.e2e.harness import RunningStack, require_strace, start_stack
+from tests.e2e.harness import RunningStack, ctrl_c_as_from_a_terminal, require_strace, start_stack
 from tests.e2e.test_faults import parent_of
 from tests.e2e.test_read_path import parse_multipart
 
@@ -1375,7 +1375,7 @@ def test_a_retention_run_stopped_in_its_settle_wait_is_finished_by_the_next_run(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as from a terminal
+        preexec_fn=ctrl_c_as_from_a_terminal,
     )
     try:
         qido = f"{stack.url}/dicomweb/studies/{study}/series"

@@ -27,7 +27,7 @@ import requests
 from pydicom.uid import generate_uid
 
 from tests.e2e.conftest import BACKENDS
-from tests.e2e.harness import RunningStack, start_stack
+from tests.e2e.harness import RunningStack, ctrl_c_as_from_a_terminal, start_stack
 from tests.fixtures.servers import MotoServer
 
 TEST_FILES = Path(pydicom.data.__file__).parent / "test_files"
@@ -353,9 +353,7 @@ def test_an_upload_cut_by_ctrl_c_resumes_without_sending_twice(running: RunningS
         stderr=subprocess.PIPE,
         text=True,
         env=upload_env(running),
-        # as from a terminal: a suite started in the background (`make test &`, a CI runner) ignores SIGINT, and a
-        # Python started with it ignored never raises KeyboardInterrupt
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=ctrl_c_as_from_a_terminal,
     )
     deadline = time.monotonic() + 60
     while count_stored(running, paths) < 3:
@@ -484,7 +482,7 @@ def test_ctrl_c_before_the_first_batch_says_what_was_not_sent_and_exits_130(
         stderr=subprocess.PIPE,
         text=True,
         env=upload_env(running),
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as from a terminal (see above)
+        preexec_fn=ctrl_c_as_from_a_terminal,
     )
     assert cli.stderr is not None
     assert cli.stderr.readline() == f"skipped (not a DICOM file): {note}\n"

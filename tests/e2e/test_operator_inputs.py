@@ -27,7 +27,7 @@ import requests
 from gateway.dicomweb.multipart import encode_multipart
 from gateway.tools.stack import free_port
 from gateway.tools.synth import make_series
-from tests.e2e.harness import AWS_TEST_ENV
+from tests.e2e.harness import AWS_TEST_ENV, ctrl_c_as_from_a_terminal
 from tests.e2e.test_stack_cli import gateway_env, ipv6_loopback_port
 from tests.fixtures.servers import MotoServer, PostgresServer, create_bucket, postgres_database
 from tests.requirements import require
@@ -261,6 +261,7 @@ def test_ctrl_c_between_two_retention_runs_is_one_line_and_exit_130(tmp_path: Pa
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=ctrl_c_as_from_a_terminal,
     )
     assert process.stdout is not None
     first = [process.stdout.readline() for _ in range(5)]  # the first run's report, then the wait

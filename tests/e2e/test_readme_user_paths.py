@@ -15,7 +15,7 @@ import requests
 
 from gateway.tools.synth import make_series
 from tests.e2e.conftest import uids_of
-from tests.e2e.harness import RunningStack, stack_holding
+from tests.e2e.harness import RunningStack, ctrl_c_as_from_a_terminal, stack_holding
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +245,7 @@ def test_ctrl_c_during_synth_leaves_only_whole_files_and_exits_130(tmp_path: Pat
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=ctrl_c_as_from_a_terminal,
     )
     deadline = time.monotonic() + 120
     while len(list(out.glob("*.dcm"))) < 3 and time.monotonic() < deadline and process.poll() is None:
@@ -278,7 +278,7 @@ def test_ctrl_c_during_scan_is_no_verdict_and_exits_130(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a terminal's Ctrl-C
+        preexec_fn=ctrl_c_as_from_a_terminal,
     )
     assert process.stdout is not None
     first = process.stdout.readline()  # scanning has begun
