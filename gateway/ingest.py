@@ -231,6 +231,10 @@ def analyse(
 _pool_hooks: list[Hook] = []
 
 
+# what every ingest process needs, imported once by the pool's fork server (gateway.processpool)
+_POOL_PRELOAD = ("gateway.ingest", "gateway.services", "gateway.storage")
+
+
 def _start_analyser(settings: Settings) -> None:
     from gateway.services import build_policy_hooks
     from gateway.storage import open_storage
@@ -286,7 +290,9 @@ class Ingestor:
         if self.processes > 0:
             with self._pool_lock:
                 if self._pool is None:
-                    self._pool = ProcessPool(self.processes, _start_analyser, (self.settings,))
+                    self._pool = ProcessPool(
+                        self.processes, _start_analyser, (self.settings,), preload=_POOL_PRELOAD
+                    )
                 pool = self._pool
             try:
                 answer: IngestResult | Analysis = pool.run(

@@ -20,6 +20,7 @@ import queue
 import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from multiprocessing.context import ForkServerContext
 from multiprocessing.process import BaseProcess
 from typing import Any
 
@@ -62,9 +63,9 @@ def _answer_calls(conn: Connection) -> None:
 
 
 class _Worker:
-    def __init__(self, initializer: Callable[..., object], initargs: tuple[Any, ...]) -> None:
-        # spawn, not fork: the caller (a gunicorn worker) has threads, and a forked child would inherit their locks
-        context = multiprocessing.get_context("spawn")
+    def __init__(
+        self, context: ForkServerContext, initializer: Callable[..., object], initargs: tuple[Any, ...]
+    ) -> None:
         self.conn, child = context.Pipe()
         self.process: BaseProcess = context.Process(
             target=_serve, args=(child, initializer, initargs), daemon=True, name="dicomgw-ingest"
@@ -87,8 +88,22 @@ class ProcessPool:
     ``function(*args)`` in an idle one (waiting for one to be idle) and returns its answer or raises its
     exception. Functions and arguments must pickle (module-level functions)."""
 
-    def __init__(self, processes: int, initializer: Callable[..., object], initargs: tuple[Any, ...] = ()) -> None:
-        self._start = lambda: _Worker(initializer, initargs)
+    def __init__(
+        self,
+        processes: int,
+        initializer: Callable[..., object],
+        initargs: tuple[Any, ...] = (),
+        *,
+        preload: tuple[str, ...] = (),
+    ) -> None:
+        # Not fork: the caller (a gunicorn worker) has threads, and a child forked from it would inherit their
+        # locks. Not spawn: each spawned process imported pydicom, numpy and the hooks again (~1 s of CPU each, the
+        # cost of every worker's first upload and of every replacement). The fork server, started once per calling
+        # process, imports the ``preload`` modules once and forks each process from its own single thread.
+        context = multiprocessing.get_context("forkserver")
+        if preload:
+            context.set_forkserver_preload(list(preload))  # before the server starts: the first pool's list counts
+        self._start = lambda: _Worker(context, initializer, initargs)
         self._lock = threading.Lock()
         self._workers = [self._start() for _ in range(processes)]
         self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import operator
 import os
@@ -12,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -124,6 +126,54 @@ def test_the_processes_exit_when_their_parent_is_killed() -> None:
         parent.kill()
         parent.wait(10)
         assert all(gone_within(pid, 10) for pid in children)
+    finally:
+        parent.kill()
+        parent.wait(10)
+        if parent.stdout is not None:
+            parent.stdout.close()
+
+
+def test_the_preloaded_modules_are_imported_once_for_every_process_and_each_replacement(tmp_path: Path) -> None:
+    """Each spawned process imported pydicom, numpy and the hooks again, ~1 s of CPU each (every gunicorn
+    worker's first upload paid it twice, and each replacement again). The fork server imports the preload list once;
+    the processes, and the one that replaces a killed process, are forked from it, and it exits with its parent."""
+    log = tmp_path / "imports.log"
+    (tmp_path / "dgw_preload_marker.py").write_text(
+        f"import os\nwith open({str(log)!r}, 'a') as out:\n    out.write(f'{{os.getpid()}}\\n')\n"
+    )
+    script = (
+        "import json, os, signal, time\n"
+        "from gateway.processpool import PoolBroken, ProcessPool\n"
+        "pool = ProcessPool(2, os.getpid, preload=('dgw_preload_marker',))\n"
+        "before = {pool.run(os.getppid) for _ in range(6)}\n"
+        "victim = pool.pids[0]\n"
+        "os.kill(victim, signal.SIGKILL)\n"
+        "time.sleep(0.5)\n"
+        "for _ in range(4):\n"
+        "    try:\n"
+        "        pool.run(os.getpid)\n"
+        "    except PoolBroken:\n"
+        "        pass\n"
+        "after = {pool.run(os.getppid) for _ in range(6)}\n"
+        "print(json.dumps({'me': os.getpid(), 'before': sorted(before), 'after': sorted(after),\n"
+        "                  'victim': victim, 'pids': pool.pids}), flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    # on PYTHONPATH, as the gateway is installed: the fork server imports with the path it started with
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=os.getcwd(), env=env
+    )
+    try:
+        assert parent.stdout is not None
+        seen = json.loads(parent.stdout.readline())
+        [server] = seen["before"]
+        assert seen["after"] == [server] and server != seen["me"]
+        assert seen["victim"] not in seen["pids"] and len(seen["pids"]) == 2
+        assert log.read_text() == f"{server}\n"  # imported by the fork server alone, once
+        parent.kill()
+        parent.wait(10)
+        assert all(gone_within(pid, 10) for pid in [server, *seen["pids"]])
     finally:
         parent.kill()
         parent.wait(10)
