@@ -20,7 +20,7 @@ import queue
 import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from multiprocessing.context import ForkServerContext
+from multiprocessing.context import ForkServerContext, SpawnContext
 from multiprocessing.process import BaseProcess
 from typing import Any
 
@@ -64,7 +64,7 @@ def _answer_calls(conn: Connection) -> None:
 
 class _Worker:
     def __init__(
-        self, context: ForkServerContext, initializer: Callable[..., object], initargs: tuple[Any, ...]
+        self, context: ForkServerContext | SpawnContext, initializer: Callable[..., object], initargs: tuple[Any, ...]
     ) -> None:
         self.conn, child = context.Pipe()
         self.process: BaseProcess = context.Process(
@@ -100,12 +100,22 @@ class ProcessPool:
         # locks. Not spawn: each spawned process imported pydicom, numpy and the hooks again (~1 s of CPU each, the
         # cost of every worker's first upload and of every replacement). The fork server, started once per calling
         # process, imports the ``preload`` modules once and forks each process from its own single thread.
-        context = multiprocessing.get_context("forkserver")
+        forkserver = multiprocessing.get_context("forkserver")
         if preload:
-            context.set_forkserver_preload(list(preload))  # before the server starts: the first pool's list counts
-        self._start = lambda: _Worker(context, initializer, initargs)
+            forkserver.set_forkserver_preload(list(preload))  # before the server starts: the first pool's list counts
         self._lock = threading.Lock()
-        self._workers = [self._start() for _ in range(processes)]
+        self._workers: list[_Worker] = []
+        context: ForkServerContext | SpawnContext = forkserver
+        if processes > 0:
+            try:
+                self._workers.append(_Worker(forkserver, initializer, initargs))
+            except OSError as error:
+                # the fork server listens on a socket under TMPDIR: a TMPDIR too deep for a Unix socket's path (108
+                # bytes) or none writable; spawned processes need neither
+                log.warning("the fork server could not start (%s); ingest processes are spawned", error)
+                context = multiprocessing.get_context("spawn")
+        self._start = lambda: _Worker(context, initializer, initargs)
+        self._workers += [self._start() for _ in range(processes - len(self._workers))]
         self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
         for worker in self._workers:
             self._idle.put(worker)

@@ -179,3 +179,32 @@ def test_the_preloaded_modules_are_imported_once_for_every_process_and_each_repl
         parent.wait(10)
         if parent.stdout is not None:
             parent.stdout.close()
+
+
+def test_a_tmpdir_too_deep_for_the_fork_servers_socket_spawns_the_processes(tmp_path: Path) -> None:
+    """The fork server listens on a Unix socket under TMPDIR, whose path may hold 108 bytes: under a deeper TMPDIR
+    (a CI runner's, a service's own) it cannot start, and every upload would have been refused. The processes are
+    then spawned, as before the fork server, and the pool answers; the log says why."""
+    deep = tmp_path / ("d" * 120)
+    deep.mkdir()
+    script = (
+        "import logging, operator, os\n"
+        "logging.basicConfig(format='%(levelname)s %(message)s')\n"
+        "from gateway.processpool import ProcessPool\n"
+        "pool = ProcessPool(2, operator.truth, (1,))\n"
+        "print(pool.run(operator.add, 2, 3), len(set(pool.pids) - {os.getpid()}), flush=True)\n"
+        "pool.close()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=os.getcwd(),
+        env={**os.environ, "TMPDIR": str(deep)},
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stdout) == (0, "5 2\n"), done.stderr
+    assert done.stderr == (
+        "WARNING the fork server could not start (AF_UNIX path too long); ingest processes are spawned\n"
+    )
