@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import operator
@@ -108,6 +109,22 @@ def test_close_stops_every_process() -> None:
     assert all(gone_within(pid, 10) for pid in pids)
 
 
+@contextlib.contextmanager
+def script_running(script: str, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[str]]:
+    """``python -c script`` with its stdout read by the test, killed afterwards whatever the test asserted."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=os.getcwd(), env=env
+    )
+    try:
+        assert parent.stdout is not None
+        yield parent
+    finally:
+        parent.kill()
+        parent.wait(10)
+        if parent.stdout is not None:
+            parent.stdout.close()
+
+
 def test_the_processes_exit_when_their_parent_is_killed() -> None:
     # a gunicorn worker killed with -9 must not leave processes behind holding uploads in memory
     script = (
@@ -118,19 +135,13 @@ def test_the_processes_exit_when_their_parent_is_killed() -> None:
         "print(' '.join(map(str, pool.pids)), flush=True)\n"
         "time.sleep(60)\n"
     )
-    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
-    try:
+    with script_running(script) as parent:
         assert parent.stdout is not None
         children = [int(pid) for pid in parent.stdout.readline().split()]
         assert len(children) == 2 and all(alive(pid) for pid in children)
         parent.kill()
         parent.wait(10)
         assert all(gone_within(pid, 10) for pid in children)
-    finally:
-        parent.kill()
-        parent.wait(10)
-        if parent.stdout is not None:
-            parent.stdout.close()
 
 
 def test_the_preloaded_modules_are_imported_once_for_every_process_and_each_replacement(tmp_path: Path) -> None:
@@ -161,10 +172,7 @@ def test_the_preloaded_modules_are_imported_once_for_every_process_and_each_repl
     )
     # on PYTHONPATH, as the gateway is installed: the fork server imports with the path it started with
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd(), os.environ.get("PYTHONPATH", "")])}
-    parent = subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=os.getcwd(), env=env
-    )
-    try:
+    with script_running(script, env) as parent:
         assert parent.stdout is not None
         seen = json.loads(parent.stdout.readline())
         [server] = seen["before"]
@@ -174,11 +182,6 @@ def test_the_preloaded_modules_are_imported_once_for_every_process_and_each_repl
         parent.kill()
         parent.wait(10)
         assert all(gone_within(pid, 10) for pid in [server, *seen["pids"]])
-    finally:
-        parent.kill()
-        parent.wait(10)
-        if parent.stdout is not None:
-            parent.stdout.close()
 
 
 def test_a_tmpdir_too_deep_for_the_fork_servers_socket_spawns_the_processes(tmp_path: Path) -> None:
