@@ -151,7 +151,8 @@ VARIABLES: dict[str, Variable] = {
         False,
         "2",
         "Processes per gunicorn worker that index and PHI-scan uploaded files (started on the first upload; "
-        "workers x this many in all, ~60 MB each); 0: in the request's threads.",
+        "workers x this many in all, forked from one fork server per worker: ~80 MB per worker at the start, shared "
+        "pages counted once); 0: in the request's threads.",
         minimum=0,
     ),
     "TMP_DIR": Variable(

@@ -232,7 +232,7 @@ _pool_hooks: list[Hook] = []
 
 
 # what every ingest process needs, imported once by the pool's fork server (gateway.processpool)
-_POOL_PRELOAD = ("gateway.ingest", "gateway.services", "gateway.storage")
+_POOL_PRELOAD = ("gateway.ingest", "gateway.services", "gateway.storage.local", "gateway.storage.s3")
 
 
 def _start_analyser(settings: Settings) -> None:
@@ -290,9 +290,7 @@ class Ingestor:
         if self.processes > 0:
             with self._pool_lock:
                 if self._pool is None:
-                    self._pool = ProcessPool(
-                        self.processes, _start_analyser, (self.settings,), preload=_POOL_PRELOAD
-                    )
+                    self._pool = ProcessPool(self.processes, _start_analyser, (self.settings,), preload=_POOL_PRELOAD)
                 pool = self._pool
             try:
                 answer: IngestResult | Analysis = pool.run(

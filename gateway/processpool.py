@@ -7,8 +7,8 @@ their wake-ups were a fifth of the worker's GIL time (py-spy, docs/bench.md B4).
 idle process, writes the call to its pipe and waits on the answer itself: one wake-up per call.
 
 A process that dies (killed, out of memory) fails the call it was running with ``PoolBroken`` and is replaced;
-the caller decides what to do with the call (ingest runs it in its own process). A process whose parent died
-reads the end of its pipe and exits.
+the caller decides what to do with the call (ingest runs it in its own process). A process whose caller died
+reads the end of its pipe and exits (and the fork server it came from exits with the caller).
 """
 
 from __future__ import annotations
@@ -99,7 +99,8 @@ class ProcessPool:
         # Not fork: the caller (a gunicorn worker) has threads, and a child forked from it would inherit their
         # locks. Not spawn: each spawned process imported pydicom, numpy and the hooks again (~1 s of CPU each, the
         # cost of every worker's first upload and of every replacement). The fork server, started once per calling
-        # process, imports the ``preload`` modules once and forks each process from its own single thread.
+        # process (exec'd: none of the caller's threads or locks), imports the ``preload`` modules once and forks
+        # each process from itself.
         forkserver = multiprocessing.get_context("forkserver")
         if preload:
             forkserver.set_forkserver_preload(list(preload))  # before the server starts: the first pool's list counts
@@ -109,10 +110,15 @@ class ProcessPool:
         if processes > 0:
             try:
                 self._workers.append(_Worker(forkserver, initializer, initargs))
-            except OSError as error:
+            except (OSError, EOFError) as error:
                 # the fork server listens on a socket under TMPDIR: a TMPDIR too deep for a Unix socket's path (108
-                # bytes) or none writable; spawned processes need neither
-                log.warning("the fork server could not start (%s); ingest processes are spawned", error)
+                # bytes), or none writable (OSError); or it died before it forked (EOFError: killed while importing);
+                # spawned processes need no socket and no server
+                log.warning(
+                    "the fork server could not start a process (%s: %s); ingest processes are spawned",
+                    type(error).__name__,
+                    error,
+                )
                 context = multiprocessing.get_context("spawn")
         self._start = lambda: _Worker(context, initializer, initargs)
         self._workers += [self._start() for _ in range(processes - len(self._workers))]
@@ -152,7 +158,13 @@ class ProcessPool:
                 fresh = dead  # stopped: whoever takes it next fails at once, as this caller did, never waits
             else:
                 log.warning("an ingest process exited (code %s); starting another", dead.process.exitcode)
-                fresh = self._start()
+                try:
+                    fresh = self._start()
+                except (OSError, EOFError) as error:
+                    # the slot stays, dead: whoever takes it next fails at once (PoolBroken) and tries again; lost,
+                    # the last callers would wait for an idle process for ever
+                    log.warning("no ingest process could be started (%s: %s)", type(error).__name__, error)
+                    fresh = dead
                 self._workers[self._workers.index(dead)] = fresh
         self._idle.put(fresh)
 

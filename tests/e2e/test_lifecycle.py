@@ -334,6 +334,7 @@ def test_patient_erasure_finds_a_patient_id_given_with_its_padding(
     )
     assert_gone(other_issuer)
 
+
 # The documented bound (DICOMGW_DELETE_SETTLE >= REVOCATION_REFRESH + AUTH_CACHE_SECONDS + 1) for a node whose
 # decisions live 1 s and whose revocation list reloads every second: the stacks of their own below wait 3 s per
 # deletion instead of the default 5, with every cache still in play.

@@ -1,4 +1,4 @@
-"""The ingest processes (``gateway.processpool``): real spawned processes, real kills."""
+"""The ingest processes (``gateway.processpool``): real processes (forked by a fork server, or spawned), real kills."""
 
 from __future__ import annotations
 
@@ -170,8 +170,10 @@ def test_the_preloaded_modules_are_imported_once_for_every_process_and_each_repl
         "                  'victim': victim, 'pids': pool.pids}), flush=True)\n"
         "time.sleep(60)\n"
     )
-    # on PYTHONPATH, as the gateway is installed: the fork server imports with the path it started with
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+    # on PYTHONPATH, as the gateway is installed: the fork server imports with the path it started with; a short
+    # TMPDIR, as the server's socket lives there (a deeper one is the spawn fallback's test)
+    path = os.pathsep.join([str(tmp_path), os.getcwd(), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path, "TMPDIR": "/tmp"}
     with script_running(script, env) as parent:
         assert parent.stdout is not None
         seen = json.loads(parent.stdout.readline())
@@ -209,5 +211,45 @@ def test_a_tmpdir_too_deep_for_the_fork_servers_socket_spawns_the_processes(tmp_
     )
     assert (done.returncode, done.stdout) == (0, "5 2\n"), done.stderr
     assert done.stderr == (
-        "WARNING the fork server could not start (AF_UNIX path too long); ingest processes are spawned\n"
+        "WARNING the fork server could not start a process (OSError: AF_UNIX path too long); ingest processes are "
+        "spawned\n"
     )
+
+
+def test_a_replacement_that_cannot_start_fails_its_calls_at_once_and_the_rest_are_served() -> None:
+    """A killed process is replaced from the fork server; when that fails too (the server killed, and its socket's
+    folder gone), the slot was lost and the exception left the call: once every slot was lost, callers waited for
+    an idle process for ever. The dead slot stays now: each call that takes it fails at once (PoolBroken, which
+    ingest meets by analysing the file itself) and tries again; the live process serves the others."""
+    script = (
+        "import json, os, shutil, signal, time\n"
+        "from multiprocessing import util\n"
+        "from gateway.processpool import PoolBroken, ProcessPool\n"
+        "pool = ProcessPool(2, os.getpid)\n"
+        "server = pool.run(os.getppid)\n"
+        "victim, survivor = pool.pids\n"
+        "os.kill(server, signal.SIGKILL)\n"
+        "shutil.rmtree(util.get_temp_dir())\n"
+        "os.kill(victim, signal.SIGKILL)\n"
+        "time.sleep(0.5)\n"
+        "outcomes = []\n"
+        "for _ in range(6):\n"
+        "    try:\n"
+        "        outcomes.append(pool.run(os.getpid))\n"
+        "    except PoolBroken:\n"
+        "        outcomes.append('broken')\n"
+        "print(json.dumps({'survivor': survivor, 'outcomes': outcomes}), flush=True)\n"
+        "pool.close()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=os.getcwd(),
+        env={**os.environ, "TMPDIR": "/tmp"},
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert set(seen["outcomes"]) == {seen["survivor"], "broken"}, seen
