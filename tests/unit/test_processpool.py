@@ -186,34 +186,35 @@ def test_the_preloaded_modules_are_imported_once_for_every_process_and_each_repl
         assert all(gone_within(pid, 10) for pid in [server, *seen["pids"]])
 
 
-def test_a_tmpdir_too_deep_for_the_fork_servers_socket_spawns_the_processes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("case", ["tmpdir-too-deep", "server-dies-importing"])
+def test_a_fork_server_that_cannot_start_a_process_falls_back_to_spawned_ones(tmp_path: Path, case: str) -> None:
     """The fork server listens on a Unix socket under TMPDIR, whose path may hold 108 bytes: under a deeper TMPDIR
-    (a CI runner's, a service's own) it cannot start, and every upload would have been refused. The processes are
-    then spawned, as before the fork server, and the pool answers; the log says why."""
-    deep = tmp_path / ("d" * 120)
-    deep.mkdir()
+    (a CI runner's, a service's own) it cannot start; a server that dies while it imports its preload list (killed,
+    out of memory; here a module that raises) forks nothing. Either way every upload would have been refused. The
+    processes are then spawned, as before the fork server, and the pool answers; the log says why."""
+    env = {**os.environ, "TMPDIR": "/tmp"}
+    if case == "tmpdir-too-deep":
+        deep = tmp_path / ("d" * 120)
+        deep.mkdir()
+        env["TMPDIR"] = str(deep)
+        why = "OSError: AF_UNIX path too long"
+    else:
+        (tmp_path / "dgw_dies_importing.py").write_text("raise RuntimeError('no')\n")
+        env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), os.getcwd(), os.environ.get("PYTHONPATH", "")])
+        why = "EOFError: unexpected EOF"
     script = (
         "import logging, operator, os\n"
         "logging.basicConfig(format='%(levelname)s %(message)s')\n"
         "from gateway.processpool import ProcessPool\n"
-        "pool = ProcessPool(2, operator.truth, (1,))\n"
+        "pool = ProcessPool(2, operator.truth, (1,), preload=('dgw_dies_importing',))\n"
         "print(pool.run(operator.add, 2, 3), len(set(pool.pids) - {os.getpid()}), flush=True)\n"
         "pool.close()\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        cwd=os.getcwd(),
-        env={**os.environ, "TMPDIR": str(deep)},
-        timeout=60,
-        check=False,
-    )
+    command = [sys.executable, "-c", script]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=os.getcwd(), env=env, timeout=60, check=False)
     assert (done.returncode, done.stdout) == (0, "5 2\n"), done.stderr
-    assert done.stderr == (
-        "WARNING the fork server could not start a process (OSError: AF_UNIX path too long); ingest processes are "
-        "spawned\n"
-    )
+    warning = f"WARNING the fork server could not start a process ({why}); ingest processes are spawned\n"
+    assert done.stderr.endswith(warning), done.stderr
 
 
 def test_a_replacement_that_cannot_start_fails_its_calls_at_once_and_the_rest_are_served() -> None:
