@@ -178,6 +178,18 @@ variable "frame_ancestors" {
   description = "CSP frame-ancestors sources allowed to embed the viewer in an iframe (e.g. [\"'self'\", \"https://portal.example.org\"])."
   type        = list(string)
   default     = ["'self'"]
+
+  # CSP's ancestor-source, by the rules `stack up` and the NGINX image apply (gateway/tools/nginxconf.py): browsers
+  # ignore a source list they cannot parse (no portal could frame the viewer), and NGINX writes it into a quoted header
+  validation {
+    condition = length(var.frame_ancestors) > 0 && alltrue([
+      for source in var.frame_ancestors : !contains(["self", "none"], lower(source)) && can(regex(
+        "^('self'|'none'|[a-z][a-z0-9+.-]*:|([a-z][a-z0-9+.-]*://)?(\\*|(\\*\\.)?[a-z0-9-]+(\\.[a-z0-9-]+)*)(:([0-9]+|\\*))?(/[a-z0-9._~!&()*+=:@%/-]*)?)$",
+        lower(source)
+      ))
+    ]) && (length(var.frame_ancestors) == 1 || !contains([for source in var.frame_ancestors : lower(source)], "'none'"))
+    error_message = "frame_ancestors: one CSP source per entry: 'self' or 'none' (with their single quotes; 'none' alone), a scheme such as https:, or an origin such as https://portal.example.org."
+  }
 }
 
 variable "desired_count" {

@@ -17,6 +17,7 @@ import fcntl
 import ipaddress
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -404,6 +405,26 @@ class Stack:
 
         return LocalStorage(self.storage_url).root
 
+    # The settings only NGINX reads, checked before anything starts: NGINX took DICOMGW_MAX_UPLOADS=0 as no limit at
+    # all, and wrote whatever DICOMGW_FRAME_ANCESTORS held into the viewer's CSP header (a list separated by commas,
+    # which browsers ignore, so no portal could frame the viewer; a `"`, which ended the header and began a directive).
+    @property
+    def max_uploads(self) -> int:
+        given = self.extra_env.get("DICOMGW_MAX_UPLOADS", "").strip()
+        if not given:
+            return max(1, self.gunicorn_threads // 2)
+        if not re.fullmatch(r"[0-9]{1,6}", given) or int(given) < 1:
+            raise StackError(f"DICOMGW_MAX_UPLOADS: expected a whole number from 1 to 999999, got '{given}'")
+        return int(given)
+
+    @property
+    def frame_ancestors(self) -> str:
+        given = self.extra_env.get("DICOMGW_FRAME_ANCESTORS", "")
+        try:
+            return nginxconf.frame_ancestors(given) if given.strip() else "'self'"
+        except ValueError as error:
+            raise StackError(f"DICOMGW_FRAME_ANCESTORS: {error}") from None
+
     def nginx_values(self) -> dict[str, str]:
         run = self.run_dir
         # "::" means every address, IPv4 included, as it does for most servers (NGINX alone listens IPv6-only)
@@ -426,9 +447,9 @@ class Stack:
             "DICOMGW_MAX_BODY": "8g",
             # half of one worker's threads (every upload may land on the same worker): the rest stay free for
             # decisions and queries
-            "DICOMGW_MAX_UPLOADS": self.extra_env.get("DICOMGW_MAX_UPLOADS", str(max(1, self.gunicorn_threads // 2))),
+            "DICOMGW_MAX_UPLOADS": str(self.max_uploads),
             "DICOMGW_AUTH_CACHE_SECONDS": self.extra_env.get("DICOMGW_AUTH_CACHE_SECONDS", "2"),
-            "DICOMGW_FRAME_ANCESTORS": self.extra_env.get("DICOMGW_FRAME_ANCESTORS", "'self'"),
+            "DICOMGW_FRAME_ANCESTORS": self.frame_ancestors,
             "DICOMGW_CORS_ORIGIN_REGEX": nginxconf.cors_regex(
                 tuple(
                     o.strip() for o in self.extra_env.get("DICOMGW_CORS_ORIGINS", "").split(",") if o.strip()
@@ -476,6 +497,7 @@ class Stack:
         try:
             check_listen(self.host, self.port)
             self._check_socket_paths()
+            self.max_uploads, self.frame_ancestors  # noqa: B018 - checked before anything is made or started
             with private_files():  # the SQLite catalog is made here, by its migration
                 self.prepare()
             self._check_interrupt()

@@ -1004,6 +1004,31 @@ def test_container_gunicorn_refuses_a_metrics_folder_that_does_not_exist(tmp_pat
             "DICOMGW_DELETE_SETTLE: must be at least 5 (DICOMGW_REVOCATION_REFRESH + DICOMGW_AUTH_CACHE_SECONDS + 1): "
             "a node could still serve what a DELETE removed from a decision cached before it",
         ),
+        # session 31: the settings only NGINX reads went into its configuration unchecked. A frame-ancestors list
+        # separated by commas (as DICOMGW_CORS_ORIGINS is) was served, and browsers ignore it: no portal could frame
+        # the viewer; a `"` ended the CSP header and began a directive of its own; MAX_UPLOADS=0 was no limit at all.
+        (
+            (),
+            {"DICOMGW_FRAME_ANCESTORS": "'self' https://portal.example.org,https://other.example.org"},
+            "DICOMGW_FRAME_ANCESTORS: 'https://portal.example.org,https://other.example.org': separate the sources "
+            "with spaces, not commas, as CSP writes them",
+        ),
+        (
+            (),
+            {"DICOMGW_FRAME_ANCESTORS": 'https://portal.example.org" always; add_header X-Injected "1'},
+            "DICOMGW_FRAME_ANCESTORS: 'https://portal.example.org\"' is not a CSP source: write 'self', 'none', a "
+            "scheme such as https:, or an origin such as https://portal.example.org",
+        ),
+        (
+            (),
+            {"DICOMGW_FRAME_ANCESTORS": "self https://portal.example.org"},
+            "DICOMGW_FRAME_ANCESTORS: 'self' is read as a host name: write 'self' with its single quotes",
+        ),
+        (
+            (),
+            {"DICOMGW_MAX_UPLOADS": "0"},
+            "DICOMGW_MAX_UPLOADS: expected a whole number from 1 to 999999, got '0'",
+        ),
     ],
     ids=[
         "short-signing-key",
@@ -1019,6 +1044,10 @@ def test_container_gunicorn_refuses_a_metrics_folder_that_does_not_exist(tmp_pat
         "derive-queue-arn",
         "public-url",
         "delete-settle-below-bound",
+        "frame-ancestors-commas",
+        "frame-ancestors-quote",
+        "frame-ancestors-self-unquoted",
+        "max-uploads-zero",
     ],
 )
 def test_start_up_failure_is_one_line(

@@ -687,8 +687,10 @@ def portal() -> Iterator[Portal]:
 def portal_stack(
     tmp_path_factory: pytest.TempPathFactory, synthetic: dict[str, Any], portal: Portal
 ) -> Iterator[RunningStack]:
-    """A stack that lets one portal origin frame the viewer (DICOMGW_FRAME_ANCESTORS), with the CT stored."""
-    running = start_stack(tmp_path_factory.mktemp("portal"), "file", None, DICOMGW_FRAME_ANCESTORS=portal.origin)
+    """A stack that lets the portal's origin frame the viewer, with the CT stored. DICOMGW_FRAME_ANCESTORS lists
+    several sources as README writes them (separated by spaces; a doubled one as a hand-edited .env may hold)."""
+    ancestors = f"'self'  {portal.origin} https://*.other-portal.example"
+    running = start_stack(tmp_path_factory.mktemp("portal"), "file", None, DICOMGW_FRAME_ANCESTORS=ancestors)
     try:
         assert running.stow(list(synthetic["ct"])).status_code == 200
         yield running
@@ -701,6 +703,8 @@ def test_portal_iframe_embedding(
 ) -> None:
     """The README's iframe snippet works from the allowed portal origin and is refused from any other."""
     issued = portal_stack.issue([study_of(synthetic, "ct")], ttl=600)
+    policy = requests.get(issued["viewer_url"], timeout=30).headers["Content-Security-Policy"]
+    assert policy.endswith(f"; frame-ancestors 'self' {portal.origin} https://*.other-portal.example"), policy
     portal.html = PORTAL_PAGE.format(src=issued["viewer_url"])
     log = NetworkLog()
     page = open_page(browser, log)

@@ -38,6 +38,7 @@ import yaml
 
 from gateway.config import Settings
 from gateway.tools.nginxconf import NGINX_DIR, render_text
+from tests.unit.test_nginxconf import run_check_script
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -552,6 +553,10 @@ def test_nginx_image_serves_the_tested_templates_with_the_official_envsubst() ->
     # the directory the e2e renderer reads (gateway.tools.nginxconf.NGINX_DIR / "templates") is the one baked in
     assert NGINX_DIR / "templates" == REPO / "nginx" / "templates"
     assert "nginx/templates/ /etc/nginx/templates/" in copies
+    # the settings' check runs before the official envsubst step (20-envsubst-on-templates.sh)
+    assert "docker/nginx-check-env.sh /docker-entrypoint.d/15-dicomgw-check-env.sh" in copies
+    ignore = (DOCKER / "nginx.Dockerfile.dockerignore").read_text().splitlines()
+    assert "!docker/nginx-check-env.sh" in ignore  # in the build context: the ignore file lets in only what it names
     assert "--from=viewer /viewer/dist/ /usr/share/dicomgw/viewer/" in copies
     env = " ".join(args for instruction, args in steps if instruction == "ENV")
     assert "NGINX_ENVSUBST_TEMPLATE_DIR=/etc/nginx/templates" in env
@@ -615,6 +620,8 @@ def test_compose_environment_renders_a_config_nginx_accepts(tmp_path: Path) -> N
     values = _compose_nginx_values(tmp_path)
     assert values["DICOMGW_CORS_ORIGIN_REGEX"] == "^$"  # never empty: an empty regex would match every origin
     assert values["DICOMGW_TLS_CONF"] == "conf.d/snippets/dgw-tls-off.conf"
+    checked = run_check_script(values)  # the image's own check of them, before its envsubst step
+    assert (checked.returncode, checked.stderr) == (0, "")
     result = nginx_test(tmp_path, _runnable_here(values, tmp_path))
     assert result.returncode == 0, result.stderr
     assert "test is successful" in result.stderr
@@ -636,6 +643,8 @@ def test_ecs_environment_renders_a_config_nginx_accepts(tmp_path: Path) -> None:
     values = {**literal, **computed}
     assert values["DICOMGW_GATEWAY_UPSTREAM"] == "127.0.0.1:8000"  # same task, shared network namespace
     assert values["DICOMGW_STORAGE_SCHEME"] == "https"
+    checked = run_check_script(values)  # the image's own check of them, before its envsubst step
+    assert (checked.returncode, checked.stderr) == (0, "")
     result = nginx_test(tmp_path, _runnable_here(values, tmp_path))
     assert result.returncode == 0, result.stderr
 
@@ -1048,6 +1057,43 @@ def test_terraform_fmt_check() -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_terraform_refuses_frame_ancestors_as_stack_up_does(tmp_path: Path) -> None:
+    """variables.tf's validation of ``frame_ancestors``, run by Terraform itself: the variable alone needs no provider,
+    so ``plan`` evaluates it offline. The same sources are accepted and refused as by ``stack up`` and the NGINX
+    image (tests/unit/test_nginxconf.py)."""
+    binary = terraform_binary()
+    if binary is None:
+        pytest.skip("no terraform or tofu binary on PATH or at /usr/local/bin/terraform (docs/deploy.md)")
+    variables = (TERRAFORM / "variables.tf").read_text()
+    (block,) = re.findall(r'^variable "frame_ancestors" \{.*?^\}$', variables, re.M | re.S)
+    (tmp_path / "main.tf").write_text(block + '\noutput "sent" {\n  value = join(" ", var.frame_ancestors)\n}\n')
+    env = {**os.environ, "TF_IN_AUTOMATION": "1"}
+    init = [binary, "init", "-input=false"]
+    subprocess.run(init, cwd=tmp_path, env=env, check=True, capture_output=True, timeout=120)
+
+    def plan(sources: list[str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [binary, "plan", "-input=false", "-no-color", f"-var=frame_ancestors={json.dumps(sources)}"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        )
+
+    accepted = plan(["'self'", "https://*.example.org:8443/viewer/", "https:", "capacitor://localhost"])
+    assert accepted.returncode == 0, accepted.stderr
+    assert "sent = \"'self' https://*.example.org:8443/viewer/ https: capacitor://localhost\"" in accepted.stdout
+    for refused in (
+        ["self"],
+        ["https://a.example,https://b.example"],
+        ["'none'", "https://portal.example.org"],
+        [],
+        ['https://a.example" always; add_header X "1'],
+        ["https://a.example/$host"],
+        ["'self' https://portal.example.org"],  # two sources in one entry: each entry is one source
+    ):
+        answer = plan(refused)
+        assert answer.returncode == 1, refused
+        assert "frame_ancestors: one CSP source per entry" in " ".join(answer.stderr.split()), answer.stderr
 
 
 def test_terraform_validate_with_a_local_provider_mirror(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from gateway.tools.nginxconf import NGINX_DIR, cors_regex, render, render_text
+from gateway.tools.nginxconf import NGINX_DIR, cors_regex, frame_ancestors, render, render_text
 from gateway.tools.stack import NGINX, Stack, free_port, self_signed_certificate
 
 # -- render_text ---------------------------------------------------------------------------------------------------
@@ -185,3 +185,93 @@ def test_rendered_configuration_passes_nginx_t(tmp_path: Path, variant: str) -> 
     # what -t created (log files, cache folders) is inside the prefix
     assert (var / "nginx" / "logs" / "access.log").exists()
     assert (var / "nginx" / "cache" / "auth").is_dir()
+
+
+# -- the settings only NGINX reads, checked by `stack up`, the NGINX image and Terraform alike -------------------------
+
+CHECK_SCRIPT = NGINX_DIR.parent / "docker" / "nginx-check-env.sh"
+NOT_A_SOURCE = "is not a CSP source: write 'self', 'none', a scheme such as https:, or an origin such as https://portal.example.org"
+# DICOMGW_FRAME_ANCESTORS as given -> as NGINX sends it
+SERVED = {
+    "'self'": "'self'",
+    "'SELF' https://portal.example.org": "'SELF' https://portal.example.org",
+    "'self'  https://*.example.org:8443/viewer/ https:": "'self' https://*.example.org:8443/viewer/ https:",
+    "capacitor://localhost": "capacitor://localhost",
+    "portal.example.org:*": "portal.example.org:*",
+    "'none'": "'none'",
+}
+# DICOMGW_FRAME_ANCESTORS as given -> the error after the variable's name
+REFUSED = {
+    "https://a.example,https://b.example": "'https://a.example,https://b.example': separate the sources with spaces, "
+    "not commas, as CSP writes them",
+    "self": "'self' is read as a host name: write 'self' with its single quotes",
+    "'self' None": "'None' is read as a host name: write 'none' with its single quotes",
+    "'none' https://portal.example.org": "'none' stands alone: with other sources a browser ignores it",
+    'https://a.example" always; add_header X "1': f"'https://a.example\"' {NOT_A_SOURCE}",
+    "https://a.example/$host": f"'https://a.example/$host' {NOT_A_SOURCE}",
+    "'self';": f"''self';' {NOT_A_SOURCE}",
+    "http://[::1]:8080": f"'http://[::1]:8080' {NOT_A_SOURCE}",
+    "https://klinik-müller.example": f"'https://klinik-müller.example' {NOT_A_SOURCE}",
+    "https://\u212aelvin.example": f"'https://\u212aelvin.example' {NOT_A_SOURCE}",  # KELVIN SIGN, k ignoring case
+    "'self'\nhttps://portal.example.org": "write the sources on one line, separated by spaces",
+    "   ": "names no source: 'self' lets this site frame the viewer, 'none' no site",
+}
+
+
+def run_check_script(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The image's check as its entrypoint runs it (Debian's /bin/sh, dash, as in nginx:1.27-bookworm)."""
+    return subprocess.run(
+        ["/bin/sh", str(CHECK_SCRIPT)], env={"PATH": "/usr/bin:/bin", **env}, capture_output=True, text=True, timeout=30
+    )
+
+
+@pytest.mark.parametrize(("value", "served"), SERVED.items())
+def test_frame_ancestors_in_csp_grammar_are_served_one_space_apart(value: str, served: str) -> None:
+    assert frame_ancestors(value) == served
+    checked = run_check_script({"DICOMGW_FRAME_ANCESTORS": value})  # the NGINX image passes them too
+    assert (checked.returncode, checked.stdout, checked.stderr) == (0, "", "")
+
+
+@pytest.mark.parametrize(("value", "error"), REFUSED.items())
+def test_frame_ancestors_a_browser_would_ignore_are_refused_alike_by_stack_up_and_the_nginx_image(
+    value: str, error: str
+) -> None:
+    with pytest.raises(ValueError) as caught:
+        frame_ancestors(value)
+    assert str(caught.value) == error
+    checked = run_check_script({"DICOMGW_FRAME_ANCESTORS": value})
+    said = f"dicom-gateway: DICOMGW_FRAME_ANCESTORS: {error}\n"
+    assert (checked.returncode, checked.stdout, checked.stderr) == (1, "", said)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "least"),
+    [
+        ("DICOMGW_MAX_UPLOADS", "0", 1),  # NGINX's max_conns=0 is no limit at all
+        ("DICOMGW_MAX_UPLOADS", "four", 1),
+        ("DICOMGW_MAX_UPLOADS", "1000000", 1),
+        ("DICOMGW_MAX_UPLOADS", "", 1),
+        ("DICOMGW_AUTH_CACHE_SECONDS", "-1", 0),
+        ("DICOMGW_AUTH_CACHE_SECONDS", "2s", 0),
+    ],
+)
+def test_the_nginx_image_refuses_a_count_nginx_would_misread(name: str, value: str, least: int) -> None:
+    checked = run_check_script({name: value})
+    assert (checked.returncode, checked.stderr) == (
+        1,
+        f"dicom-gateway: {name}: expected a whole number from {least} to 999999, got '{value}'\n",
+    )
+
+
+def test_the_nginx_image_takes_its_own_defaults() -> None:
+    """The image's ENV (docker/nginx.Dockerfile) and the unset case both pass: a check that refused them would stop
+    every container."""
+    dockerfile = (NGINX_DIR.parent / "docker" / "nginx.Dockerfile").read_text()
+    defaults = dict(re.findall(r"(DICOMGW_(?:MAX_UPLOADS|AUTH_CACHE_SECONDS|FRAME_ANCESTORS))=(\S+)", dockerfile))
+    assert defaults == {
+        "DICOMGW_MAX_UPLOADS": "4", "DICOMGW_AUTH_CACHE_SECONDS": "2", "DICOMGW_FRAME_ANCESTORS": "\"'self'\""
+    }
+    defaults["DICOMGW_FRAME_ANCESTORS"] = "'self'"  # the Dockerfile's quotes are ENV syntax
+    assert run_check_script(defaults).returncode == 0
+    assert run_check_script({}).returncode == 0
+    assert os.access(CHECK_SCRIPT, os.X_OK)  # the official entrypoint runs only executable *.sh files
