@@ -29,12 +29,31 @@ import requests
 
 from gateway.catalog.catalog import OTHER_PATIENT
 from gateway.tools.synth import make_series
-from tests.e2e.conftest import uids_of
+from tests.e2e.conftest import BACKENDS, uids_of
 from tests.e2e.harness import RunningStack, ctrl_c_as_from_a_terminal, require_strace, start_stack
 from tests.e2e.test_faults import parent_of
 from tests.e2e.test_read_path import parse_multipart
+from tests.fixtures.servers import MotoServer
 
 MULTIPART_DICOM = "multipart/related; type=application/dicom"
+
+
+# The documented bound (DICOMGW_DELETE_SETTLE >= REVOCATION_REFRESH + AUTH_CACHE_SECONDS + 1) for a node whose
+# decisions live 1 s and whose revocation list reloads every second: this file's stacks wait 3 s per deletion
+# instead of the default 5, with every cache still in play.
+SHORT_SETTLE = {"DICOMGW_REVOCATION_REFRESH": "1", "DICOMGW_AUTH_CACHE_SECONDS": "1", "DICOMGW_DELETE_SETTLE": "3"}
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    """This file's stack on each storage backend, settling a deletion in ``SHORT_SETTLE``'s 3 s: its tests delete
+    many times each. Every test stores a study of its own (``make_study``), so no shared data is needed."""
+    moto: MotoServer | None = request.getfixturevalue("moto_server") if request.param == "s3" else None
+    running = start_stack(tmp_path_factory.mktemp(f"lifecycle-{request.param}"), request.param, moto, **SHORT_SETTLE)
+    try:
+        yield running
+    finally:
+        running.stack.stop()
 
 
 def assert_gone(answer: requests.Response) -> None:
@@ -335,10 +354,6 @@ def test_patient_erasure_finds_a_patient_id_given_with_its_padding(
     assert_gone(other_issuer)
 
 
-# The documented bound (DICOMGW_DELETE_SETTLE >= REVOCATION_REFRESH + AUTH_CACHE_SECONDS + 1) for a node whose
-# decisions live 1 s and whose revocation list reloads every second: the stacks of their own below wait 3 s per
-# deletion instead of the default 5, with every cache still in play.
-SHORT_SETTLE = {"DICOMGW_REVOCATION_REFRESH": "1", "DICOMGW_AUTH_CACHE_SECONDS": "1", "DICOMGW_DELETE_SETTLE": "3"}
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
