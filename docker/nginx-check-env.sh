@@ -8,7 +8,7 @@
 set -eu
 
 fail() {
-    echo "dicom-gateway: $1" >&2
+    printf 'dicom-gateway: %s\n' "$1" >&2  # not echo: dash's echo reads backslashes as escapes
     exit 1
 }
 
@@ -48,3 +48,17 @@ for source in $ancestors; do
 done
 [ "$count" -gt 0 ] || fail "DICOMGW_FRAME_ANCESTORS: names no source: 'self' lets this site frame the viewer, 'none' no site"
 [ "$none" -eq 0 ] || [ "$count" -eq 1 ] || fail "DICOMGW_FRAME_ANCESTORS: 'none' stands alone: with other sources a browser ignores it"
+
+# DICOMGW_CORS_ORIGIN_REGEX: NGINX echoes an Origin this matches, with credentials (the cookie mode), so it may match
+# exact origins only. `stack up` and Terraform write it from the origins; compose takes it from a hand-edited .env,
+# where '^https://portal.example.org' also matched https://portal.example.org.evil.example (and any character for
+# each dot), and an empty regex matched every origin. Checked: anchored by ^ and $ (around one group, if any),
+# origins in lower case, every dot and plus escaped, no wildcard.
+cors=${DICOMGW_CORS_ORIGIN_REGEX-'^$'}
+if [ "$cors" != '^$' ]; then
+    origin='[a-z][a-z0-9.+\-]*://[a-z0-9.\-]+(:[0-9]+)?'
+    unescaped=$(printf '%s' "$cors" | sed -e 's/\\[.+-]//g' | tr -dc '.+\\')
+    if ! printf '%s\n' "$cors" | grep -Eq "^\^($origin(\|$origin)*|\($origin(\|$origin)*\))\\$\$" || [ -n "$unescaped" ]; then
+        fail "DICOMGW_CORS_ORIGIN_REGEX: must match exact origins only, as stack up and Terraform write it from DICOMGW_CORS_ORIGINS: '^(https://portal\\.example\\.org|capacitor://localhost)\$' for two, '^\$' for none (anchored, in lower case, every dot escaped); got '$cors'"
+    fi
+fi

@@ -21,8 +21,9 @@ locals {
   public_url = "https://${var.domain_name}"
 
   # NGINX echoes only these origins (a map regex, the same form gateway/tools/nginxconf.py builds for the local stack);
-  # "^$" matches no origin a browser sends. Dots are escaped; scheme, host and port hold no other metacharacter.
-  cors_origin_regex = length(var.cors_origins) == 0 ? "^$" : "^(${join("|", [for origin in var.cors_origins : replace(origin, ".", "\\.")])})$"
+  # "^$" matches no origin a browser sends. Dots and an app scheme's plus are escaped (the NGINX image refuses a regex
+  # with either bare); scheme, host and port hold no other metacharacter.
+  cors_origin_regex = length(var.cors_origins) == 0 ? "^$" : "^(${join("|", [for origin in var.cors_origins : replace(replace(origin, ".", "\\."), "+", "\\+")])})$"
 }
 
 ################################################################################

@@ -1082,6 +1082,27 @@ def test_terraform_refuses_frame_ancestors_as_stack_up_does(tmp_path: Path) -> N
     accepted = plan(["'self'", "https://*.example.org:8443/viewer/", "https:", "capacitor://localhost"])
     assert accepted.returncode == 0, accepted.stderr
     assert "sent = \"'self' https://*.example.org:8443/viewer/ https: capacitor://localhost\"" in accepted.stdout
+    # the CORS regex main.tf builds from cors_origins passes the NGINX image's check of it
+    (local,) = re.findall(r"^  cors_origin_regex = .*$", (TERRAFORM / "main.tf").read_text(), re.M)
+    (tmp_path / "cors.tf").write_text(
+        'variable "cors_origins" {\n  type = list(string)\n}\nlocals {\n' + local + '\n}\n'
+        'output "cors" {\n  value = local.cors_origin_regex\n}\n'
+    )
+    origins = ["https://portal.example.org:8443", "capacitor://localhost", "my-app+web://localhost"]
+    built = subprocess.run(
+        [binary, "plan", "-input=false", "-no-color", "-var=frame_ancestors=[\"'self'\"]",
+         f"-var=cors_origins={json.dumps(origins)}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert built.returncode == 0, built.stderr
+    (cors,) = re.findall(r'cors *= "(.*)"', built.stdout)
+    regex = cors.replace("\\\\", "\\")  # plan shows the string as HCL writes it
+    assert regex == r"^(https://portal\.example\.org:8443|capacitor://localhost|my-app\+web://localhost)$"
+    assert re.fullmatch(regex, "my-app+web://localhost") and not re.fullmatch(regex, "my-appppweb://localhost")
+    checked = run_check_script({"DICOMGW_CORS_ORIGIN_REGEX": regex})
+    assert (checked.returncode, checked.stderr) == (0, "")
+    (tmp_path / "cors.tf").unlink()
+
     for refused in (
         ["self"],
         ["https://a.example,https://b.example"],

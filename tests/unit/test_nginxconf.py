@@ -275,3 +275,44 @@ def test_the_nginx_image_takes_its_own_defaults() -> None:
     assert run_check_script(defaults).returncode == 0
     assert run_check_script({}).returncode == 0
     assert os.access(CHECK_SCRIPT, os.X_OK)  # the official entrypoint runs only executable *.sh files
+
+
+CORS_REFUSED = [
+    "",  # matches every origin
+    r"^https://portal\.example\.org",  # also https://portal.example.org.evil.example
+    r"^https://portal.example.org$",  # a dot is any character: https://portalxexample.org
+    ".*",
+    r"^https://.*\.example\.org$",
+    r"^(https://portal\.example\.org$",
+    r"^(https://a\.example)|(https://b\.example)$",  # the anchors bind to one alternative each
+    r"^https://Portal\.example\.org$",  # browsers send the host in lower case: never matches
+    r'^https://portal\.example\.org$" x; "',
+    r"^https://portal\\.example\.org$",
+]
+
+
+@pytest.mark.parametrize(
+    "regex",
+    [
+        cors_regex(()),
+        cors_regex(("https://portal.example.org",)),
+        cors_regex(("https://portal.example.org:8443", "capacitor://localhost", "my-app+web://localhost")),
+        cors_regex(("https://xn--klinik-mller-klb.example", "http://127.0.0.1:3000")),
+        r"^https://portal\.example\.org$",  # the form .env.example shows
+    ],
+)
+def test_the_nginx_image_takes_a_cors_regex_of_exact_origins(regex: str) -> None:
+    checked = run_check_script({"DICOMGW_CORS_ORIGIN_REGEX": regex})
+    assert (checked.returncode, checked.stdout, checked.stderr) == (0, "", "")
+
+
+@pytest.mark.parametrize("regex", CORS_REFUSED)
+def test_the_nginx_image_refuses_a_cors_regex_that_matches_more_than_exact_origins(regex: str) -> None:
+    """NGINX echoes an Origin the regex matches, with credentials: compose takes it from a hand-edited .env."""
+    checked = run_check_script({"DICOMGW_CORS_ORIGIN_REGEX": regex})
+    assert (checked.returncode, checked.stdout) == (1, "")
+    assert checked.stderr == (
+        "dicom-gateway: DICOMGW_CORS_ORIGIN_REGEX: must match exact origins only, as stack up and Terraform write it "
+        "from DICOMGW_CORS_ORIGINS: '^(https://portal\\.example\\.org|capacitor://localhost)$' for two, '^$' for none "
+        f"(anchored, in lower case, every dot escaped); got '{regex}'\n"
+    )
