@@ -2,7 +2,8 @@
 # The NGINX image's first start-up step (/docker-entrypoint.d/15-dicomgw-check-env.sh): the settings only NGINX reads,
 # checked before the official image's envsubst step (20-envsubst-on-templates.sh) writes them into the configuration,
 # by the rules `dicom-gateway stack up` applies (gateway/tools/nginxconf.py frame_ancestors, gateway/tools/stack.py).
-# A failing step stops the container with this one line: NGINX took DICOMGW_MAX_UPLOADS=0 as no limit at all, and
+# A failing step stops the container with this one line: NGINX took DICOMGW_MAX_UPLOADS=0 (and DICOMGW_MAX_BODY=0)
+# as no limit at all, and
 # wrote whatever DICOMGW_FRAME_ANCESTORS held into the viewer's CSP header (a list separated by commas, which
 # browsers ignore, so no portal could frame the viewer; a `"`, which ended the header and began a directive).
 set -eu
@@ -21,6 +22,9 @@ whole_number() {  # name, value, least: at most 999999
 
 whole_number DICOMGW_MAX_UPLOADS "${DICOMGW_MAX_UPLOADS-4}" 1
 whole_number DICOMGW_AUTH_CACHE_SECONDS "${DICOMGW_AUTH_CACHE_SECONDS-2}" 0
+# client_max_body_size, where 0 is no limit either
+printf '%s\n' "${DICOMGW_MAX_BODY-4g}" | grep -Eq '^[1-9][0-9]{0,5}[kKmMgG]?$' ||
+    fail "DICOMGW_MAX_BODY: expected a size such as 4g (a whole number from 1 to 999999, then k, m, g or nothing for bytes), got '${DICOMGW_MAX_BODY-}'"
 
 # CSP Level 3's ancestor-source: 'self', 'none' (alone), a scheme-source (https:) or a host-source
 # ([scheme://]host[:port][/path]); the path without " $ ' , ; which mean something to NGINX or to CSP

@@ -263,14 +263,32 @@ def test_the_nginx_image_refuses_a_count_nginx_would_misread(name: str, value: s
     )
 
 
+@pytest.mark.parametrize("size", ["0", "0g", "4 g", "4gb", "1.5g", "1000000k", "-1", ""])
+def test_the_nginx_image_refuses_a_body_size_nginx_would_misread(size: str) -> None:
+    """client_max_body_size 0 is no limit at all; the rest NGINX refuses with its own [emerg] line."""
+    checked = run_check_script({"DICOMGW_MAX_BODY": size})
+    assert (checked.returncode, checked.stderr) == (
+        1,
+        "dicom-gateway: DICOMGW_MAX_BODY: expected a size such as 4g (a whole number from 1 to 999999, then k, m, g or "
+        f"nothing for bytes), got '{size}'\n",
+    )
+    assert run_check_script({"DICOMGW_MAX_BODY": "512M"}).returncode == 0
+
+
 def test_the_nginx_image_takes_its_own_defaults() -> None:
     """The image's ENV (docker/nginx.Dockerfile) and the unset case both pass: a check that refused them would stop
     every container."""
     dockerfile = (NGINX_DIR.parent / "docker" / "nginx.Dockerfile").read_text()
-    defaults = dict(re.findall(r"(DICOMGW_(?:MAX_UPLOADS|AUTH_CACHE_SECONDS|FRAME_ANCESTORS))=(\S+)", dockerfile))
+    checked = r"(DICOMGW_(?:MAX_UPLOADS|MAX_BODY|AUTH_CACHE_SECONDS|FRAME_ANCESTORS|CORS_ORIGIN_REGEX))=(\S+)"
+    defaults = dict(re.findall(checked, dockerfile))
     assert defaults == {
-        "DICOMGW_MAX_UPLOADS": "4", "DICOMGW_AUTH_CACHE_SECONDS": "2", "DICOMGW_FRAME_ANCESTORS": "\"'self'\""
+        "DICOMGW_MAX_UPLOADS": "4",
+        "DICOMGW_MAX_BODY": "4g",
+        "DICOMGW_AUTH_CACHE_SECONDS": "2",
+        "DICOMGW_CORS_ORIGIN_REGEX": '"^\\$"',
+        "DICOMGW_FRAME_ANCESTORS": "\"'self'\"",
     }
+    defaults["DICOMGW_CORS_ORIGIN_REGEX"] = "^$"
     defaults["DICOMGW_FRAME_ANCESTORS"] = "'self'"  # the Dockerfile's quotes are ENV syntax
     assert run_check_script(defaults).returncode == 0
     assert run_check_script({}).returncode == 0
