@@ -13,6 +13,17 @@ fail() {
     exit 1
 }
 
+# grep tests each line of its input: a value holding a line break passed when any one line matched (a CORS regex
+# '^https://a\.example$', a line break, then '|.*' made NGINX echo every origin), so every pattern-checked value is
+# one line first
+cr=$(printf '\r')
+one_line() {  # name, value, what to write[, how]
+    case "$2" in
+        *"
+"* | *"$cr"*) fail "$1: write $3 on one line${4:+, $4}" ;;
+    esac
+}
+
 whole_number() {  # name, value, least: at most 999999
     case "$2" in
         '' | *[!0-9]*) fail "$1: expected a whole number from $3 to 999999, got '$2'" ;;
@@ -23,6 +34,7 @@ whole_number() {  # name, value, least: at most 999999
 whole_number DICOMGW_MAX_UPLOADS "${DICOMGW_MAX_UPLOADS-4}" 1
 whole_number DICOMGW_AUTH_CACHE_SECONDS "${DICOMGW_AUTH_CACHE_SECONDS-2}" 0
 # client_max_body_size, where 0 is no limit either
+one_line DICOMGW_MAX_BODY "${DICOMGW_MAX_BODY-4g}" "the size"
 printf '%s\n' "${DICOMGW_MAX_BODY-4g}" | grep -Eq '^[1-9][0-9]{0,5}[kKmMgG]?$' ||
     fail "DICOMGW_MAX_BODY: expected a size such as 4g (a whole number from 1 to 999999, then k, m, g or nothing for bytes), got '${DICOMGW_MAX_BODY-}'"
 
@@ -30,10 +42,10 @@ printf '%s\n' "${DICOMGW_MAX_BODY-4g}" | grep -Eq '^[1-9][0-9]{0,5}[kKmMgG]?$' |
 # ([scheme://]host[:port][/path]); the path without " $ ' , ; which mean something to NGINX or to CSP
 ancestors=${DICOMGW_FRAME_ANCESTORS-"'self'"}
 case "$ancestors" in
-    *"
-"* | *"	"*) fail "DICOMGW_FRAME_ANCESTORS: write the sources on one line, separated by spaces" ;;
+    *"	"*) fail "DICOMGW_FRAME_ANCESTORS: write the sources on one line, separated by spaces" ;;
 esac
-host_source='^([a-z][a-z0-9+.-]*:|([a-z][a-z0-9+.-]*://)?(\*|(\*\.)?[a-z0-9-]+(\.[a-z0-9-]+)*)(:([0-9]+|\*))?(/[a-z0-9._~!&()*+=:@%/-]*)?)$'
+one_line DICOMGW_FRAME_ANCESTORS "$ancestors" "the sources" "separated by spaces"
+host_source='^([a-z][a-z0-9+.-]*:|([a-z][a-z0-9+.-]*://)?(\*|(\*\.)?[a-z0-9-]+(\.[a-z0-9-]+)*\.?)(:([0-9]+|\*))?(/[a-z0-9._~!&()*+=:@%/-]*)?)$'
 count=0
 none=0
 set -f  # a source such as https://*.example.org is not a file name pattern
@@ -59,8 +71,9 @@ done
 # each dot), and an empty regex matched every origin. Checked: anchored by ^ and $ (around one group, if any),
 # origins in lower case, every dot and plus escaped, no wildcard.
 cors=${DICOMGW_CORS_ORIGIN_REGEX-'^$'}
+one_line DICOMGW_CORS_ORIGIN_REGEX "$cors" "the regex"
 if [ "$cors" != '^$' ]; then
-    origin='[a-z][a-z0-9.+\-]*://[a-z0-9.\-]+(:[0-9]+)?'
+    origin='[a-z][a-z0-9.+\-]*://[a-z0-9._\-]+(:[0-9]+)?'
     unescaped=$(printf '%s' "$cors" | sed -e 's/\\[.+-]//g' | tr -dc '.+\\')
     if ! printf '%s\n' "$cors" | grep -Eq "^\^($origin(\|$origin)*|\($origin(\|$origin)*\))\\$\$" || [ -n "$unescaped" ]; then
         fail "DICOMGW_CORS_ORIGIN_REGEX: must match exact origins only, as stack up and Terraform write it from DICOMGW_CORS_ORIGINS: '^(https://portal\\.example\\.org|capacitor://localhost)\$' for two, '^\$' for none (anchored, in lower case, every dot escaped); got '$cors'"

@@ -30,8 +30,9 @@ RUN rm -f /etc/nginx/conf.d/default.conf \
  && install -d -m 0755 /usr/share/dicomgw/viewer /usr/share/dicomgw/empty
 COPY nginx/templates/ /etc/nginx/templates/
 # the settings only NGINX reads, checked before the entrypoint's envsubst step (20-...) writes them into conf.d/;
-# executable in git, as the entrypoint runs only executable scripts
-COPY docker/nginx-check-env.sh /docker-entrypoint.d/15-dicomgw-check-env.sh
+# made executable here: the entrypoint skips a script that is not ("Ignoring ..."), as a checkout without the
+# executable bit (Windows, core.fileMode=false, an archive) would leave it
+COPY --chmod=0755 docker/nginx-check-env.sh /docker-entrypoint.d/15-dicomgw-check-env.sh
 COPY --from=viewer /viewer/dist/ /usr/share/dicomgw/viewer/
 # Defaults for a container behind a TLS-terminating proxy (ALB) or on a plain local port. Deployment-specific values
 # (gateway and storage addresses, CORS, frame ancestors) come from the compose file or the ECS task definition.

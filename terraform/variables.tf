@@ -183,8 +183,9 @@ variable "frame_ancestors" {
   # ignore a source list they cannot parse (no portal could frame the viewer), and NGINX writes it into a quoted header
   validation {
     condition = length(var.frame_ancestors) > 0 && alltrue([
-      for source in var.frame_ancestors : !contains(["self", "none"], lower(source)) && can(regex(
-        "^('self'|'none'|[a-z][a-z0-9+.-]*:|([a-z][a-z0-9+.-]*://)?(\\*|(\\*\\.)?[a-z0-9-]+(\\.[a-z0-9-]+)*)(:([0-9]+|\\*))?(/[a-z0-9._~!&()*+=:@%/-]*)?)$",
+      # printable ASCII, as the other checks take it (an IDN host in punycode, as browsers send it)
+      for source in var.frame_ancestors : can(regex("^[!-~]+$", source)) && !contains(["self", "none"], lower(source)) && can(regex(
+        "^('self'|'none'|[a-z][a-z0-9+.-]*:|([a-z][a-z0-9+.-]*://)?(\\*|(\\*\\.)?[a-z0-9-]+(\\.[a-z0-9-]+)*\\.?)(:([0-9]+|\\*))?(/[a-z0-9._~!&()*+=:@%/-]*)?)$",
         lower(source)
       ))
     ]) && (length(var.frame_ancestors) == 1 || !contains([for source in var.frame_ancestors : lower(source)], "'none'"))

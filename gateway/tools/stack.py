@@ -410,11 +410,19 @@ class Stack:
     # which browsers ignore, so no portal could frame the viewer; a `"`, which ended the header and began a directive).
     @property
     def max_uploads(self) -> int:
-        given = self.extra_env.get("DICOMGW_MAX_UPLOADS", "").strip()
+        return self._whole_number("DICOMGW_MAX_UPLOADS", 1, max(1, self.gunicorn_threads // 2))
+
+    @property
+    def auth_cache_seconds(self) -> int:
+        # NGINX writes it after a number in `proxy_cache_valid`: `+2` or `1_0`, which Python's int() reads, was not
+        return self._whole_number("DICOMGW_AUTH_CACHE_SECONDS", 0, 2)
+
+    def _whole_number(self, name: str, least: int, default: int) -> int:
+        given = self.extra_env.get(name, "").strip()
         if not given:
-            return max(1, self.gunicorn_threads // 2)
-        if not re.fullmatch(r"[0-9]{1,6}", given) or int(given) < 1:
-            raise StackError(f"DICOMGW_MAX_UPLOADS: expected a whole number from 1 to 999999, got '{given}'")
+            return default
+        if not re.fullmatch(r"[0-9]{1,6}", given) or int(given) < least:
+            raise StackError(f"{name}: expected a whole number from {least} to 999999, got '{given}'")
         return int(given)
 
     @property
@@ -448,7 +456,7 @@ class Stack:
             # half of one worker's threads (every upload may land on the same worker): the rest stay free for
             # decisions and queries
             "DICOMGW_MAX_UPLOADS": str(self.max_uploads),
-            "DICOMGW_AUTH_CACHE_SECONDS": self.extra_env.get("DICOMGW_AUTH_CACHE_SECONDS", "2"),
+            "DICOMGW_AUTH_CACHE_SECONDS": str(self.auth_cache_seconds),
             "DICOMGW_FRAME_ANCESTORS": self.frame_ancestors,
             "DICOMGW_CORS_ORIGIN_REGEX": nginxconf.cors_regex(
                 tuple(
@@ -497,7 +505,7 @@ class Stack:
         try:
             check_listen(self.host, self.port)
             self._check_socket_paths()
-            self.max_uploads, self.frame_ancestors  # noqa: B018 - checked before anything is made or started
+            self.max_uploads, self.auth_cache_seconds, self.frame_ancestors  # noqa: B018 - checked before anything starts
             with private_files():  # the SQLite catalog is made here, by its migration
                 self.prepare()
             self._check_interrupt()

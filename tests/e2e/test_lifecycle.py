@@ -30,7 +30,7 @@ import requests
 from gateway.catalog.catalog import OTHER_PATIENT
 from gateway.tools.synth import make_series
 from tests.e2e.conftest import BACKENDS, uids_of
-from tests.e2e.harness import RunningStack, ctrl_c_as_from_a_terminal, require_strace, start_stack
+from tests.e2e.harness import RunningStack, ctrl_c_as_from_a_terminal, nginx_alarms, require_strace, start_stack
 from tests.e2e.test_faults import parent_of
 from tests.e2e.test_read_path import parse_multipart
 from tests.fixtures.servers import MotoServer
@@ -54,6 +54,7 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         yield running
     finally:
         running.stack.stop()
+    assert not nginx_alarms(running), nginx_alarms(running)  # as the shared stacks are checked
 
 
 def assert_gone(answer: requests.Response) -> None:

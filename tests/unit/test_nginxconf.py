@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from gateway.tools.nginxconf import NGINX_DIR, cors_regex, frame_ancestors, render, render_text
-from gateway.tools.stack import NGINX, Stack, free_port, self_signed_certificate
+from gateway.tools.stack import NGINX, Stack, StackError, free_port, self_signed_certificate
 
 # -- render_text ---------------------------------------------------------------------------------------------------
 
@@ -198,6 +198,7 @@ SERVED = {
     "'self'  https://*.example.org:8443/viewer/ https:": "'self' https://*.example.org:8443/viewer/ https:",
     "capacitor://localhost": "capacitor://localhost",
     "portal.example.org:*": "portal.example.org:*",
+    "https://portal.example.org.": "https://portal.example.org.",  # a fully qualified name (CSP3's host-part)
     "'none'": "'none'",
 }
 # DICOMGW_FRAME_ANCESTORS as given -> the error after the variable's name
@@ -214,6 +215,7 @@ REFUSED = {
     "https://klinik-müller.example": f"'https://klinik-müller.example' {NOT_A_SOURCE}",
     "https://\u212aelvin.example": f"'https://\u212aelvin.example' {NOT_A_SOURCE}",  # KELVIN SIGN, k ignoring case
     "'self'\nhttps://portal.example.org": "write the sources on one line, separated by spaces",
+    "'self'\rhttps://portal.example.org": "write the sources on one line, separated by spaces",
     "   ": "names no source: 'self' lets this site frame the viewer, 'none' no site",
 }
 
@@ -253,20 +255,30 @@ def test_frame_ancestors_a_browser_would_ignore_are_refused_alike_by_stack_up_an
         ("DICOMGW_MAX_UPLOADS", "", 1),
         ("DICOMGW_AUTH_CACHE_SECONDS", "-1", 0),
         ("DICOMGW_AUTH_CACHE_SECONDS", "2s", 0),
+        ("DICOMGW_AUTH_CACHE_SECONDS", "+2", 0),  # Python's int() reads these two; NGINX does not
+        ("DICOMGW_AUTH_CACHE_SECONDS", "1_0", 0),
     ],
 )
-def test_the_nginx_image_refuses_a_count_nginx_would_misread(name: str, value: str, least: int) -> None:
+def test_the_nginx_image_and_stack_up_refuse_a_count_nginx_would_misread(
+    tmp_path: Path, name: str, value: str, least: int
+) -> None:
+    said = f"{name}: expected a whole number from {least} to 999999, got '{value}'"
     checked = run_check_script({name: value})
-    assert (checked.returncode, checked.stderr) == (
-        1,
-        f"dicom-gateway: {name}: expected a whole number from {least} to 999999, got '{value}'\n",
-    )
+    assert (checked.returncode, checked.stderr) == (1, f"dicom-gateway: {said}\n")
+    if value:  # empty is the default to `stack up`, as for every variable; the image has none to put there
+        with pytest.raises(StackError) as caught:
+            Stack(tmp_path / "var", extra_env={name: value}).nginx_values()
+        assert str(caught.value) == said
 
 
-@pytest.mark.parametrize("size", ["0", "0g", "4 g", "4gb", "1.5g", "1000000k", "-1", ""])
+@pytest.mark.parametrize("size", ["0", "0g", "4 g", "4gb", "1.5g", "1000000k", "-1", "", "4g\n0"])
 def test_the_nginx_image_refuses_a_body_size_nginx_would_misread(size: str) -> None:
     """client_max_body_size 0 is no limit at all; the rest NGINX refuses with its own [emerg] line."""
     checked = run_check_script({"DICOMGW_MAX_BODY": size})
+    if "\n" in size:  # grep passed it: one of its lines matched
+        said = "dicom-gateway: DICOMGW_MAX_BODY: write the size on one line\n"
+        assert (checked.returncode, checked.stderr) == (1, said)
+        return
     assert (checked.returncode, checked.stderr) == (
         1,
         "dicom-gateway: DICOMGW_MAX_BODY: expected a size such as 4g (a whole number from 1 to 999999, then k, m, g or "
@@ -306,6 +318,7 @@ CORS_REFUSED = [
     r"^https://Portal\.example\.org$",  # browsers send the host in lower case: never matches
     r'^https://portal\.example\.org$" x; "',
     r"^https://portal\\.example\.org$",
+    "^https://portal\\.example\\.org$\n|.*",  # grep passed it: one of its lines matched
 ]
 
 
@@ -315,7 +328,7 @@ CORS_REFUSED = [
         cors_regex(()),
         cors_regex(("https://portal.example.org",)),
         cors_regex(("https://portal.example.org:8443", "capacitor://localhost", "my-app+web://localhost")),
-        cors_regex(("https://xn--klinik-mller-klb.example", "http://127.0.0.1:3000")),
+        cors_regex(("https://xn--klinik-mller-klb.example", "http://127.0.0.1:3000", "https://my_host.example")),
         r"^https://portal\.example\.org$",  # the form .env.example shows
     ],
 )
@@ -329,6 +342,9 @@ def test_the_nginx_image_refuses_a_cors_regex_that_matches_more_than_exact_origi
     """NGINX echoes an Origin the regex matches, with credentials: compose takes it from a hand-edited .env."""
     checked = run_check_script({"DICOMGW_CORS_ORIGIN_REGEX": regex})
     assert (checked.returncode, checked.stdout) == (1, "")
+    if "\n" in regex:
+        assert checked.stderr == "dicom-gateway: DICOMGW_CORS_ORIGIN_REGEX: write the regex on one line\n"
+        return
     assert checked.stderr == (
         "dicom-gateway: DICOMGW_CORS_ORIGIN_REGEX: must match exact origins only, as stack up and Terraform write it "
         "from DICOMGW_CORS_ORIGINS: '^(https://portal\\.example\\.org|capacitor://localhost)$' for two, '^$' for none "
