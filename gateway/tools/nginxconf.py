@@ -44,9 +44,9 @@ def cors_regex(origins: tuple[str, ...]) -> str:
 
 # CSP Level 3's ancestor-source (https://www.w3.org/TR/CSP3/#directive-frame-ancestors): a scheme-source
 # (``https:``) or a host-source (``[scheme://]host[:port][/path]``, the host may start with ``*.`` and end with a
-# dot, as a fully qualified name may). The path is kept
-# to characters that mean nothing to NGINX either: the value is written into a quoted ``add_header``, where a ``"``
-# ended the header and began a directive of its own, and a ``$`` names an NGINX variable.
+# dot, as a fully qualified name may). The path is kept to characters that mean nothing to NGINX either: the value is
+# written into a quoted ``add_header``, where a ``"`` ended the header and began a directive of its own, and a ``$``
+# names an NGINX variable.
 _SCHEME_SOURCE = re.compile(r"[a-z][a-z0-9+.-]*:", re.IGNORECASE | re.ASCII)
 _HOST_SOURCE = re.compile(
     r"(?:[a-z][a-z0-9+.-]*://)?(?:\*|(?:\*\.)?[a-z0-9-]+(?:\.[a-z0-9-]+)*\.?)(?::(?:[0-9]+|\*))?(?:/[a-z0-9._~!&()*+=:@%/-]*)?",

@@ -355,8 +355,6 @@ def test_patient_erasure_finds_a_patient_id_given_with_its_padding(
     assert_gone(other_issuer)
 
 
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def catalog_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunningStack]:
     """A stack of its own on each catalog (a local folder for storage), replacing an instance allowed."""
