@@ -222,6 +222,7 @@ PADDED_NAMES = {
     "roe": (None, b"Roe^Jane", b""),
     "greek": ("ISO_IR 126", "ΔΙΟΝΥΣΙΟΣ^ΝΙΚΟΣ".encode("iso8859_7"), b""),
     "turkish": ("ISO_IR 148", "YILDIZ^İBRAHİM".encode("iso8859_9"), b""),
+    "latin9": ("ISO_IR 203", "ŠIMKOVÁ^ŽOFIE".encode("iso8859_15"), b""),
 }
 
 
@@ -315,3 +316,18 @@ def test_a_turkish_name_in_capitals_is_found_as_typed_fixed(padded_stack: Runnin
     )
     assert answer.status_code == 200, answer.text
     assert [study["0020000D"]["Value"][0] for study in answer.json()] == [padded_stack.uploaded["turkish"]]
+
+
+@pytest.mark.parametrize("query", ["Šimková^Žofie", "ŠIMKOVÁ^ŽOFIE", "šimk*", "*^Žofie"])
+def test_a_latin9_name_is_found_as_typed_fixed(padded_stack: RunningStack, query: str) -> None:
+    """ISO_IR 203 (Latin alphabet No. 9, ISO 8859-15: Š, Ž, Œ and €) was decoded as the default repertoire, so
+    `ŠIMKOVÁ^ŽOFIE` was stored and shown as `¦IMKOVÁ^´OFIE` and no query typed with Š found it."""
+    answer = requests.get(
+        f"{padded_stack.url}/dicomweb/studies",
+        params={"PatientName": query},
+        headers=padded_stack.api_headers,
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    assert [study["0020000D"]["Value"][0] for study in answer.json()] == [padded_stack.uploaded["latin9"]]
+    assert answer.json()[0]["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "ŠIMKOVÁ^ŽOFIE"}]}

@@ -275,6 +275,37 @@ def test_the_same_bytes_under_another_character_set_are_decoded_again(tmp_path: 
     }
 
 
+@pytest.mark.parametrize(
+    ("charset", "prefix"),
+    [
+        ("ISO_IR 203", b""),
+        # with code extensions: the default repertoire first, Latin-9 designated to G1 by ESC 02/13 06/02
+        ("ISO 2022 IR 6\\ISO 2022 IR 203", b"\x1b-b"),
+    ],
+)
+def test_latin_alphabet_9_is_decoded_as_latin_9_fixed(
+    tmp_path: Path, charset: str, prefix: bytes, empty_memo: None
+) -> None:
+    """ISO_IR 203 (PS3.3 Table C.12-2: ISO 8859-15, with the euro sign and Š, Ž, Œ) was unknown to pydicom and
+    decoded as the default repertoire: Š (0xA6) became ¦, € (0xA4) ¤. The bytes are written as a modality in
+    that character set writes them (pydicom would encode a str itself)."""
+    name, description = "Šimková^Žofie", "Œsophage, coût 50 €"
+    # each name component designates Latin-9 again: the default is active again at a "^" (PS3.5 6.1.2.5.3)
+    encoded = [b"^".join(prefix + part.encode("iso8859_15") for part in t.split("^")) for t in (name, description)]
+    written = {letter * len(value): value for letter, value in zip("QZ", encoded, strict=True)}
+    placeholders = list(written)
+    ds = b.base(SpecificCharacterSet=charset.split("\\"), PatientName=placeholders[0], StudyDescription=placeholders[1])
+    path = b.write(ds, tmp_path / "latin9.dcm")
+    data = path.read_bytes()
+    for placeholder, encoded in written.items():
+        assert data.count(placeholder.encode("ascii")) == 1
+        data = data.replace(placeholder.encode("ascii"), encoded)
+    path.write_bytes(data)
+    metadata = index_file(path).metadata
+    assert metadata["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": name}]}
+    assert metadata["00081030"] == {"vr": "LO", "Value": [description]}
+
+
 @pytest.mark.parametrize("ts", [b.ExplicitVRLittleEndian, b.ImplicitVRLittleEndian])
 def test_a_value_read_through_pixel_representation_is_not_shared(
     tmp_path: Path, ts: str, empty_memo: None
