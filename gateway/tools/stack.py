@@ -565,6 +565,8 @@ class Stack:
             [
                 str(gunicorn),
                 "gateway.wsgi:application",
+                "--config",  # imports the gateway's modules in the master, before it forks the workers
+                "python:gateway.gunicorn_master",
                 "--bind",
                 f"unix:{self.run_dir / 'gunicorn.sock'}",
                 "--worker-class",
