@@ -197,9 +197,11 @@ def test_every_credential_is_judged_on_a_frame_whose_block_is_cached(
     refused(f"/t/not-a-token{bare}/170", 401, "token_invalid")
     foreign = stack.issue([uids_of(synthetic["ct"][0])[0]])["token"]
     refused(f"/t/{foreign}{bare}/170", 403, "out_of_scope")
-    short = stack.issue([study], ttl=1)["token"]
+    # a lifetime counts in whole seconds from the second it was issued in: ttl=1 may leave a few milliseconds
+    # (a 401 token_expired met on a loaded clean-clone run); 3 leaves at least 2 s to fetch it
+    short = stack.issue([study], ttl=3)["token"]
     assert fetch(stack, f"/t/{short}{bare}/171", OCTETS).status == 200
-    time.sleep(2.5)
+    time.sleep(4.5)  # expired, and NGINX's decision kept to the end of its last second over
     refused(f"/t/{short}{bare}/171", 401, "token_expired")
     issued = stack.issue([study])
     assert fetch(stack, f"/t/{issued['token']}{bare}/172", OCTETS).status == 200
