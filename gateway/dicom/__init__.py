@@ -12,7 +12,7 @@ Values that cannot be converted at all still raise.
 
 It also teaches pydicom Latin alphabet No. 9 (``ISO_IR 203``, PS3.3 Table C.12-2; ``ISO 2022 IR 203`` with code
 extensions, escape sequence ESC 02/13 06/02, Table C.12-3), the Latin-1 successor with the euro sign and the
-Š, Ž, Œ of Czech, Estonian, Finnish and French names: pydicom 3.0 does not know it and decoded such text as the
+Š, Ž, Œ of Estonian, Finnish and French names: pydicom 3.0 does not know it and decoded such text as the
 default repertoire (Š as ¦), so a name was stored, searched and scanned for PHI misspelt.
 """
 
