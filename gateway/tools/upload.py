@@ -331,7 +331,9 @@ class StowClient:
             return False
         with response:
             if response.status_code not in STOW_STATUSES:
-                _fail_all(batch, f"HTTP {response.status_code}{_error_detail(response)}")
+                # a root without its DICOMweb path (`--url http://host:8080`): the server has no such resource
+                hint = NOT_A_DICOMWEB_ROOT if response.status_code in (404, 405) else ""
+                _fail_all(batch, f"HTTP {response.status_code}{_error_detail(response)}{hint}")
                 return False
             try:
                 payload = response.json()
@@ -396,6 +398,12 @@ def _values(datasets: Any, tag: str) -> Iterator[str]:
         for ds in datasets:
             if isinstance(ds, dict) and isinstance(value := _first(ds, tag), str):
                 yield value
+
+
+NOT_A_DICOMWEB_ROOT = (
+    " (is --url the DICOMweb root? STOW-RS posts to its /studies: this gateway's root ends in /dicomweb,"
+    " http://HOST:PORT/dicomweb, a token's in /t/TOKEN/dicomweb)"
+)
 
 
 def _error_detail(response: requests.Response) -> str:

@@ -239,3 +239,22 @@ def test_files_that_break_pydicom_fail_alone_and_the_rest_is_uploaded(running: R
     lines = {line.split("│")[1].strip(): line for line in ran.stdout.splitlines() if line.count("│") == 3}
     assert "unreadable DICOM header (error)" in lines[str(folder / "garbage-deflated.dcm")], ran.stdout
     assert "(0xC000)" in lines[str(folder / "nested.dcm")], ran.stdout
+
+
+@pytest.mark.parametrize("root", ["", "/dicom-web"])
+def test_a_url_that_is_not_the_dicomweb_root_says_so(running: RunningStack, tmp_path: Path, root: str) -> None:
+    """`--url http://host:port`, the address `stack up` prints, without the DICOMweb path (or with Orthanc's
+    `/dicom-web`): every file failed with "HTTP 404: no such resource", which did not say what to change. The reason
+    now asks whether --url is the DICOMweb root and names this gateway's; nothing was stored, exit 2."""
+    make_series(tmp_path / "ct", modality="CT", slices=1, rows=16, columns=16, seed=199, clean=True)
+    command = [sys.executable, "-m", "gateway.cli", "upload", str(tmp_path / "ct"), "--url", running.url + root]
+    env = {**os.environ, "DICOMGW_API_KEY": running.stack.api_key, "COLUMNS": "400"}
+    ran = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False, env=env)
+    assert ran.returncode == 2 and "Traceback" not in ran.stderr, ran.stdout + ran.stderr
+    rows = summary(ran.stdout)
+    assert (rows["stored"], rows["failed"]) == ("0", "1"), ran.stdout
+    [reason] = [line.split("│")[2].strip() for line in ran.stdout.splitlines() if line.count("│") == 3]
+    assert reason == (
+        "HTTP 404: no such resource (is --url the DICOMweb root? STOW-RS posts to its /studies: this gateway's root"
+        " ends in /dicomweb, http://HOST:PORT/dicomweb, a token's in /t/TOKEN/dicomweb)"
+    ), ran.stdout
