@@ -49,6 +49,8 @@ ERROR = "X-Dgw-Error"  # why auth refused: the error code NGINX writes into its 
 ERROR_DETAIL = "X-Dgw-Error-Detail"  # and the detail, JSON-escaped: the body of Python's own answer to the same error
 ACCEPT_RANGES = "X-Dgw-Accept-Ranges"  # SSI drops Accept-Ranges; a plan that honours Range says so here
 FRAME_RANGES = "X-Dgw-Frame-Ranges"  # a block plan's table of its frames' byte ranges, read by a map (never sent)
+# and of the length of the body each frame's plan makes (``;{place}:{length}``): HTTP/1.0's Content-Length (LENGTH)
+FRAME_LENGTHS = "X-Dgw-Frame-Lengths"
 GENERATION = "X-Dgw-Generation"  # the study's deletion generation: part of the plan-cache key (gateway.lifecycle)
 # a whole object's redirect (/_obj): its size in bytes, named in the Content-Range of a 416 storage sends without one
 SIZE = "X-Dgw-Size"
@@ -61,7 +63,19 @@ TO_PYTHON = (RANGE, AUTH_CACHE)
 # Content-Length): sent to an HTTP/1.0 client, which has no other way to tell a cut body from a whole one
 LENGTH = "X-Dgw-Length"
 FROM_PYTHON = (
-    SUB, JTI, STUDY, VIA, ERROR, ERROR_DETAIL, ACCEPT_RANGES, GENERATION, FRAME_RANGES, SIZE, IF_NONE_MATCH, LENGTH
+    SUB,
+    JTI,
+    STUDY,
+    VIA,
+    ERROR,
+    ERROR_DETAIL,
+    ACCEPT_RANGES,
+    GENERATION,
+    FRAME_RANGES,
+    FRAME_LENGTHS,
+    SIZE,
+    IF_NONE_MATCH,
+    LENGTH,
 )
 LOCATIONS = (AUTH, PLAN, FRAME, BLOCK, ABORT, SEGMENT, WHOLE_SEGMENT, FILE, OBJECT, CONVERTED, ERROR_PAGE)
 

@@ -28,6 +28,7 @@ from gateway.tools.synth import make_series, make_wsi, wsi_tile
 from tests.e2e.conftest import uids_of
 from tests.e2e.harness import RunningStack, start_stack
 from tests.e2e.test_derivatives import HT, HT_OR_ORIGINAL, ORIGINAL_TYPE, run_worker_until
+from tests.e2e.test_hostile import raw
 from tests.e2e.test_lifecycle import delete
 from tests.e2e.test_storage_outages import Answer, assert_json_503, fetch
 from tests.fixtures.servers import MotoServer, StorageFaults, start_moto
@@ -416,3 +417,31 @@ def test_the_derivative_on_block_frames_before_and_after_it_is_published(
                 assert what(answer) == what(reference), (number, accept)
     finally:
         running.stack.stop()
+
+
+@pytest.mark.parametrize("accept", ["application/octet-stream", 'multipart/related; type="application/octet-stream"'])
+def test_an_http_1_0_client_is_told_the_length_of_a_frame_from_its_block(
+    stack: RunningStack, tmp_path_factory: pytest.TempPathFactory, accept: str
+) -> None:
+    """SSI drops Content-Length, and HTTP/1.0 has no chunks to mark a body's end: a frame's own plan sent its length
+    (X-Dgw-Length), but a frame from 100 on, served from its block's plan, had none, so an HTTP/1.0 client could not
+    tell it from a body a storage failure cut. The block's table of lengths gives each frame its own: the block's
+    first request (made) and the next (cached) alike, the bytes HTTP/1.1 gets chunked; HTTP/1.1 gets no
+    Content-Length beside its chunks (RFC 9112 6.2)."""
+    _, url = slide(stack, tmp_path_factory.mktemp("edges-http10"), 206)
+    tile = wsi_tile(206, 150, frames=FRAMES)
+    for number in (150, 151, 199):  # 150 makes block 1 (or meets it made), the others read it from the cache
+        request = f"GET {url}/frames/{number} HTTP/1.0\r\nHost: gw\r\nAccept: {accept}\r\n\r\n"
+        status, headers, body = raw(stack, request.encode())
+        assert (status, "transfer-encoding" in headers) == (200, False), (number, headers)
+        assert headers["content-length"] == str(len(body)), (number, headers)
+        chunked = requests.get(f"{stack.url}{url}/frames/{number}", headers={"Accept": accept}, timeout=30)
+        assert chunked.status_code == 200 and "Content-Length" not in chunked.headers, number
+        assert chunked.headers["Transfer-Encoding"] == "chunked", number
+        assert len(body) == len(chunked.content), number
+        if "multipart" not in accept:  # a multipart body's boundary is the block plan's, the same for both
+            assert body == chunked.content, number
+        if number == 150 and "multipart" not in accept:
+            assert body == tile
+        else:
+            assert body.count(wsi_tile(206, number, frames=FRAMES)) == 1, number
