@@ -49,8 +49,9 @@ ERROR = "X-Dgw-Error"  # why auth refused: the error code NGINX writes into its 
 ERROR_DETAIL = "X-Dgw-Error-Detail"  # and the detail, JSON-escaped: the body of Python's own answer to the same error
 ACCEPT_RANGES = "X-Dgw-Accept-Ranges"  # SSI drops Accept-Ranges; a plan that honours Range says so here
 FRAME_RANGES = "X-Dgw-Frame-Ranges"  # a block plan's table of its frames' byte ranges, read by a map (never sent)
-# and of the length of the body each frame's plan makes (``;{place}:{length}``): HTTP/1.0's Content-Length (LENGTH)
-FRAME_LENGTHS = "X-Dgw-Frame-Lengths"
+# and the bytes a block's frame body holds around its range (a multipart part's head and tail; 0 for a single part):
+# with the range, the frame's body length, which njs makes HTTP/1.0's Content-Length (as LENGTH is a plan's)
+FRAME_AROUND = "X-Dgw-Frame-Around"
 GENERATION = "X-Dgw-Generation"  # the study's deletion generation: part of the plan-cache key (gateway.lifecycle)
 # a whole object's redirect (/_obj): its size in bytes, named in the Content-Range of a 416 storage sends without one
 SIZE = "X-Dgw-Size"
@@ -72,7 +73,7 @@ FROM_PYTHON = (
     ACCEPT_RANGES,
     GENERATION,
     FRAME_RANGES,
-    FRAME_LENGTHS,
+    FRAME_AROUND,
     SIZE,
     IF_NONE_MATCH,
     LENGTH,

@@ -398,15 +398,11 @@ class Planner:
             before = after = ""
             headers = [*_frame_headers(choice.offer, choice.expires), (nginx.ACCEPT_RANGES, "bytes")]
         body = f"{before}{_include_text('$dgw_frame_segment', self._origin_path(choice.key))}{after}"
-        # each frame's body length (its range and the part's head and tail), which SSI cannot send: HTTP/1.0's
-        # Content-Length, as a frame's own plan gives it (gateway.fastpath.served_length)
-        around = len(before.encode()) + len(after.encode())
-        lengths = "".join(f";{place:02d}:{around + length}" for place, (_, length) in enumerate(ranges))
-        return PlanResponse(
-            200,
-            [*headers, (nginx.FRAME_RANGES, f"{self._range_prefix}{table};"), (nginx.FRAME_LENGTHS, f"{lengths};")],
-            body.encode(),
-        )
+        # the body's bytes around the frame's range: with the range, the body length HTTP/1.0 is sent, as a frame's
+        # own plan gives it (gateway.fastpath.served_length; SSI drops Content-Length)
+        around = str(len(before.encode()) + len(after.encode()))
+        tables = [(nginx.FRAME_RANGES, f"{self._range_prefix}{table};"), (nginx.FRAME_AROUND, around)]
+        return PlanResponse(200, [*headers, *tables], body.encode())
 
     # -- pieces ---------------------------------------------------------------------------------------------------
     def _include(

@@ -428,8 +428,8 @@ def test_an_http_1_0_client_is_told_the_length_of_a_frame_from_its_block(
     tell it from a body a storage failure cut. The block's table of lengths gives each frame its own: the block's
     first request (made) and the next (cached) alike, the bytes HTTP/1.1 gets chunked; HTTP/1.1 gets no
     Content-Length beside its chunks (RFC 9112 6.2)."""
-    _, url = slide(stack, tmp_path_factory.mktemp("edges-http10"), 206)
-    tile = wsi_tile(206, 150, frames=FRAMES)
+    _, url = slide(stack, tmp_path_factory.mktemp("edges-http10"), 3210)  # a slide no other test stores
+    tile = wsi_tile(3210, 150, frames=FRAMES)
     for number in (150, 151, 199):  # 150 makes block 1 (or meets it made), the others read it from the cache
         request = f"GET {url}/frames/{number} HTTP/1.0\r\nHost: gw\r\nAccept: {accept}\r\n\r\n"
         status, headers, body = raw(stack, request.encode())
@@ -444,4 +444,4 @@ def test_an_http_1_0_client_is_told_the_length_of_a_frame_from_its_block(
         if number == 150 and "multipart" not in accept:
             assert body == tile
         else:
-            assert body.count(wsi_tile(206, number, frames=FRAMES)) == 1, number
+            assert body.count(wsi_tile(3210, number, frames=FRAMES)) == 1, number

@@ -804,7 +804,7 @@ def frame_from_block(response: PlanResponse, n: int) -> PlanResponse:
     table = dict(response.headers)[nginx.FRAME_RANGES]
     found = re.fullmatch(rf"(/_f?seg);(?:[^;]*;)*?{n % 100:02d}:([0-9]+-[0-9]+);.*", table)
     segment = f"{found.group(1)}/{found.group(2)}" if found else nginx.ABORT
-    kept = [(k, v) for k, v in response.headers if k not in (nginx.FRAME_RANGES, nginx.FRAME_LENGTHS)]
+    kept = [(k, v) for k, v in response.headers if k not in (nginx.FRAME_RANGES, nginx.FRAME_AROUND)]
     return PlanResponse(response.status, kept, response.body.replace(b"$dgw_frame_segment", segment.encode()))
 
 
@@ -846,14 +846,13 @@ def test_block_frames_are_the_per_frame_plans(planner: Planner, catalog: Catalog
         assert response.status == 200 and response.body.count(b"<!--# include") == 1
         table = dict(response.headers)[nginx.FRAME_RANGES]
         assert re.fullmatch(rf"/_seg(;[0-9]{{2}}:[0-9]+-[0-9]+){{{BLOCK}}};", table), table
-        lengths = dict(response.headers)[nginx.FRAME_LENGTHS]
-        assert re.fullmatch(rf"(;[0-9]{{2}}:[0-9]+){{{BLOCK}}};", lengths), lengths
+        around = int(dict(response.headers)[nginx.FRAME_AROUND])
         for n in range(BLOCK, 2 * BLOCK):
             plan = planner.plan("GET", instance_uri(SE, big, f"/frames/{n}"), accept, "")
             assert same_but_boundary(frame_from_block(response, n), plan), n
-            # the length HTTP/1.0 is sent (the template's $dgw_frame_length): the frame's own plan's
-            found = re.search(rf";{n % 100:02d}:([0-9]+);", lengths)
-            assert found is not None and int(found[1]) == served_length(plan.body), n
+            # the length HTTP/1.0 is sent (njs's frameLength: the frame's range and the bytes around it): its own plan's
+            found = re.search(rf";{n % 100:02d}:([0-9]+)-([0-9]+);", table)
+            assert found is not None and int(found[2]) - int(found[1]) + 1 + around == served_length(plan.body), n
         second = planner.block(instance_uri(SE, big, "/frames/2"), accept)
         if fragmented:
             assert unserved(second)  # a frame of the block is read in two ranges
