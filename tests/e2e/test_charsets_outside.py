@@ -278,6 +278,15 @@ def test_a_name_matches_without_its_trailing_delimiters_fixed(
         assert study["00100010"]["Value"] == [{"Alphabetic": name.decode(python_encoding[charset or ""])}]
 
 
+def search_by_name(stack: RunningStack, query: str) -> requests.Response:
+    """The studies QIDO finds for ``PatientName=query`` (a 200)."""
+    answer = requests.get(
+        f"{stack.url}/dicomweb/studies", params={"PatientName": query}, headers=stack.api_headers, timeout=30
+    )
+    assert answer.status_code == 200, answer.text
+    return answer
+
+
 @pytest.mark.parametrize(
     "query",
     [
@@ -292,13 +301,7 @@ def test_a_greek_name_in_capitals_is_found_in_small_letters_fixed(padded_stack: 
     """Greek ends a word in small letters with ς, not σ: `ΔΙΟΝΥΣΙΟΣ^ΝΙΚΟΣ`, a name in capitals as Greek RIS write
     it, is `Διονυσιος^Νικος` as a user types it. Lower-casing the stored name gave `διονυσιοσ^νικος` (PostgreSQL
     always, Python before the "^"), the query `διονυσιος^νικος`: no match, where `MÜLLER` finds `Müller`."""
-    answer = requests.get(
-        f"{padded_stack.url}/dicomweb/studies",
-        params={"PatientName": query},
-        headers=padded_stack.api_headers,
-        timeout=30,
-    )
-    assert answer.status_code == 200, answer.text
+    answer = search_by_name(padded_stack, query)
     assert [study["0020000D"]["Value"][0] for study in answer.json()] == [padded_stack.uploaded["greek"]]
     assert answer.json()[0]["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "ΔΙΟΝΥΣΙΟΣ^ΝΙΚΟΣ"}]}
 
@@ -308,13 +311,7 @@ def test_a_turkish_name_in_capitals_is_found_as_typed_fixed(padded_stack: Runnin
     """`İ` (Turkish capital dotted I, ISO_IR 148) lower-cased by Python is `i̇`, an i and a combining dot above:
     `YILDIZ^İBRAHİM` in capitals was `yildiz^i̇brahi̇m` to the catalog, `Yildiz^İbrahim` as typed `yildiz^i̇brahim`,
     and no match; PostgreSQL's lower() made it `i`, so the two databases disagreed. Both fold it to `i`."""
-    answer = requests.get(
-        f"{padded_stack.url}/dicomweb/studies",
-        params={"PatientName": query},
-        headers=padded_stack.api_headers,
-        timeout=30,
-    )
-    assert answer.status_code == 200, answer.text
+    answer = search_by_name(padded_stack, query)
     assert [study["0020000D"]["Value"][0] for study in answer.json()] == [padded_stack.uploaded["turkish"]]
 
 
@@ -322,12 +319,6 @@ def test_a_turkish_name_in_capitals_is_found_as_typed_fixed(padded_stack: Runnin
 def test_a_latin9_name_is_found_as_typed_fixed(padded_stack: RunningStack, query: str) -> None:
     """ISO_IR 203 (Latin alphabet No. 9, ISO 8859-15: Š, Ž, Œ and €) was decoded as the default repertoire, so
     `ŠIMKOVÁ^ŽOFIE` was stored and shown as `¦IMKOVÁ^´OFIE` and no query typed with Š found it."""
-    answer = requests.get(
-        f"{padded_stack.url}/dicomweb/studies",
-        params={"PatientName": query},
-        headers=padded_stack.api_headers,
-        timeout=30,
-    )
-    assert answer.status_code == 200, answer.text
+    answer = search_by_name(padded_stack, query)
     assert [study["0020000D"]["Value"][0] for study in answer.json()] == [padded_stack.uploaded["latin9"]]
     assert answer.json()[0]["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "ŠIMKOVÁ^ŽOFIE"}]}
