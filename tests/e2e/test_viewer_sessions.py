@@ -322,11 +322,12 @@ def test_thumbnails_shown_after_a_renewal_carry_the_renewed_token(
     missing = page.evaluate("() => [...document.querySelectorAll('#series img')].filter(i => !i.naturalWidth).length")
     assert missing == 0
     thumbnails = [r for r in log.requests if r.url.endswith("/thumbnail")]
-    # one answer per series, each a 200; a renewal landing while a thumbnail loads swaps its URL's token, and the
-    # browser drops the request under the old one (no answer; NGINX logs 499) for one under the new (seen in CI-like
-    # runs: two renewals happen in this test)
+    # every answer a 200, and every series answered; a renewal landing while a thumbnail loads swaps its URL's token,
+    # and the browser drops the request under the old one (no answer; NGINX logs 499) or, when its answer had already
+    # begun, lets both finish (two 200s for one series; seen in CI). No renewal reloads the whole strip.
     answered = [r for r in thumbnails if r.response()]
-    assert [r.response().status for r in answered] == [200] * 30
+    assert {r.response().status for r in answered} == {200}
     assert len({r.url.rsplit("/series/", 1)[1] for r in answered}) == 30
+    assert len(answered) < 2 * 30
     assert page.locator("#error").is_hidden()
     page.context.close()
