@@ -13,9 +13,10 @@ import numpy as np
 from PIL import ImageDraw
 from pydicom.uid import UID
 
+from gateway.catalog.deletions import Target
 from gateway.errors import Conflict, FrameNotFound, NotAcceptable, NotFound, UploadInProgress
 from gateway.hooks import Hook, HookOutcome, UploadContext
-from gateway.ingest import OUT_OF_RESOURCES, Ingestor
+from gateway.ingest import OUT_OF_RESOURCES, Ingestor, IngestResult
 from gateway.services import Services
 from gateway.spool import spool_folder, spool_unavailable
 from gateway.storage import Storage, open_storage
@@ -87,12 +88,13 @@ def upload_context(record: dict[str, Any]) -> UploadContext:
     )
 
 
-def release(services: Services, key: str) -> dict[str, Any]:
+def release(services: Services, key: str, *, sub: str) -> dict[str, Any]:
     """Store a held file as its upload would have been stored with the reviewer's approval: judged by the policy
     with the upload's context (``PhiHook.approve``), then ingested with that context (its tenant's retention) into
     the destination the policy allows. A policy refusal, or the ingest's failure, is a Conflict (409) naming why;
     another upload of the instance in flight is a 503 to retry; the file stays held until the released copy is
-    stored (an outage raises, the client retries)."""
+    stored (an outage raises, the client retries). A patient erasure or a delete (``sub``: the reviewer's label)
+    that removed the held file while its copy was being stored wins: the copy is removed, a Conflict."""
     from gateway.phi.hook import PhiHook
 
     record = services.catalog.get_quarantine(key)
@@ -106,6 +108,7 @@ def release(services: Services, key: str) -> dict[str, Any]:
         local = tmp / "released.dcm"
         _copy_to_spool(storage, key, local)
         hooks: list[Hook] = []
+        destination = None
         if policy is not None:
             outcome = policy.approve(local, context)
             if outcome.action != "accept":
@@ -124,6 +127,7 @@ def release(services: Services, key: str) -> dict[str, Any]:
                 )
                 raise Conflict(f"the policy does not let this file be stored: {outcome.reason}")
             hooks = [_Approved(outcome)]
+            destination = outcome.destination
         ingestor = Ingestor(
             services.settings,
             services.storage,
@@ -140,8 +144,29 @@ def release(services: Services, key: str) -> dict[str, Any]:
     if not result.ok:  # an upload's failure (different bytes under its SOP Instance UID...): still held
         raise Conflict(f"the file could not be stored: {result.detail}")
     storage.delete(key)
-    services.catalog.remove_quarantine(key)
+    if not services.catalog.remove_quarantine(key):
+        _undo(services, result, destination, sub=sub)
+        raise Conflict(
+            "the held file was removed (a patient erasure or a delete) while it was being released: "
+            "the copy stored is removed too"
+        )
     return {"status": result.status, "sop_uid": result.sop_uid, "detail": result.detail}
+
+
+def _undo(services: Services, result: IngestResult, destination: str | None, *, sub: str) -> None:
+    """Remove what a release stored after its held file was removed meanwhile. An erasure that planned before the
+    copy was registered, and read the held files before the release took its record, erases the held file and
+    never sees the copy: left, the patient's data would be served again after their erasure answered. A duplicate
+    stored nothing (the instance was there before: the erasure's own plan covers it)."""
+    if result.status != "stored" or result.ids is None:
+        return
+    if result.routed and destination is not None and result.storage_key is not None:
+        services.ingestor.destinations[destination].delete(result.storage_key)
+        return
+    ids = result.ids
+    services.deleter().delete(
+        [Target(ids.study, ids.series, ids.sop)], sub=sub, reason="released while its held file was removed"
+    )
 
 
 def _other_encoding(local: Path, frame: int) -> tuple[np.ndarray, str] | None:

@@ -16,6 +16,7 @@ from gateway.dicomweb.wado import Planner
 from gateway.errors import NotFound
 from gateway.hooks import Hook
 from gateway.ingest import Ingestor
+from gateway.lifecycle import Deleter
 from gateway.spool import sweep_spool
 from gateway.storage import Storage, open_storage
 from gateway.tokens import TokenService
@@ -58,6 +59,12 @@ class Services:
     planner: Planner
     ingestor: Ingestor
     spool_dir: Path
+
+    def deleter(self) -> Deleter:
+        """Deletes through this node's storage and catalog; the node forgets its tombstones at once (the others
+        within their refresh)."""
+        settle = self.settings.delete_settle
+        return Deleter(self.catalog, self.storage, settle, on_hidden=self.authorizer.forget_deletions)
 
     @classmethod
     def build(cls, settings: Settings, hooks: list[Hook] | None = None, *, migrate: bool = True) -> Services:

@@ -522,6 +522,8 @@ class AdminRecords(CatalogBase):
         with self._read() as conn:
             return sorted(conn.execute(sa.select(held.key).where(found)).scalars())
 
-    def remove_quarantine(self, key: str) -> None:
+    def remove_quarantine(self, key: str) -> bool:
+        """Remove a quarantine record; False if there was none (another caller removed it first: a release and an
+        erasure or a delete of the same held file, ``gateway.quarantine``)."""
         with self._write() as conn:
-            conn.execute(quarantine.delete().where(quarantine.c.key == key))
+            return conn.execute(quarantine.delete().where(quarantine.c.key == key)).rowcount > 0

@@ -21,7 +21,6 @@ from gateway.tokens import JTI, Claims
 from gateway.uids import check_uid
 from gateway.views.common import (
     check_params,
-    deleter,
     json_body,
     no_content,
     public_base,
@@ -315,7 +314,8 @@ def release_quarantine(key: str) -> tuple[Response, int]:
     require_api_key()
     from gateway.quarantine import release
 
-    result = release(services(), "quarantine/" + key if not key.startswith("quarantine/") else key)
+    full = key if key.startswith("quarantine/") else "quarantine/" + key
+    result = release(services(), full, sub=api_key_label())
     response = jsonify(result)
     response.headers["Cache-Control"] = "no-store"
     return response, 200
@@ -421,9 +421,8 @@ def erase_patient() -> tuple[Response, int]:
     # erasure's deletion records: the same call sent again after a crash finishes what this one began
     key = srv.settings.deid_key
     patient = Patient(identifier_digest(patient_id, key), None if issuer is None else identifier_digest(issuer, key))
-    removed = deleter(srv).delete(
-        plan.targets, sub=label, reason=check_reason(reason), rebuild=True, patient=patient
-    )
+    erasing = srv.deleter()
+    removed = erasing.delete(plan.targets, sub=label, reason=check_reason(reason), rebuild=True, patient=patient)
     # files of the patient held for review are the patient's data too, whether or not a study of theirs is stored;
     # those of a study only an instance was taken from are not (they are the study's patient's). A whole study
     # removed is one of the patient's (also one an interrupted erasure of theirs hid)
@@ -431,12 +430,21 @@ def erase_patient() -> tuple[Response, int]:
         {item.target.study for item in removed if item.target.level == "study" or item.target.study in plan.studies}
     )
     quarantined = srv.catalog.quarantine_of_patient(patient.patient_id, patient.issuer, erased)
-    if not removed and not quarantined:
-        raise NotFound("no study or quarantined file of this patient is stored")
     from gateway.quarantine import remove
 
     for key in quarantined:
-        remove(srv, key)
+        try:
+            remove(srv, key)
+        except NotFound:  # released (or deleted) meanwhile: a release's stored copy is in the second plan below
+            pass
+    # a release of one of the patient's held files that ended after the first plan stored its instance before it
+    # took the file's record away: a second plan finds it. One that had not taken the record finds it gone and
+    # removes what it stored itself (gateway.quarantine.release)
+    late = srv.catalog.erasure_plan(patient_id, issuer).targets
+    if late:
+        removed += erasing.delete(late, sub=label, reason=check_reason(reason), rebuild=True, patient=patient)
+    if not removed and not quarantined:
+        raise NotFound("no study or quarantined file of this patient is stored")
     kept = {"studies": sorted(plan.kept), "instances": sum(map(len, plan.kept.values()))}
     response = jsonify({**summary(removed), "kept": kept, "quarantined": len(quarantined)})
     response.headers["Cache-Control"] = "no-store"  # the UIDs of a patient's studies, as the audit lists them

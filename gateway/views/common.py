@@ -18,7 +18,6 @@ from gateway.errors import (
     UnsupportedContentEncoding,
     UnsupportedMediaType,
 )
-from gateway.lifecycle import Deleter
 from gateway.services import Services
 
 
@@ -82,12 +81,6 @@ def token_query() -> str:
     Authorization value never goes into a URI: the client sends those again by itself."""
     token = query_token(raw_uri().partition("?")[2])
     return f"?token={token}" if token else ""
-
-
-def deleter(srv: Services) -> Deleter:
-    """Deletes through this node's storage and catalog; the node forgets its tombstones at once (the others
-    within their refresh)."""
-    return Deleter(srv.catalog, srv.storage, srv.settings.delete_settle, on_hidden=srv.authorizer.forget_deletions)
 
 
 def no_content() -> Response:

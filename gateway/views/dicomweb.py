@@ -48,7 +48,6 @@ from gateway.uids import check_uid
 from gateway.views.body import large_read_stream
 from gateway.views.common import (
     decision,
-    deleter,
     dicomweb_root,
     make_conditional,
     metadata_text,
@@ -482,7 +481,7 @@ def _delete(target: Target) -> Response:
     srv = services()
     label = srv.authorizer.api_key_label(request.headers.get("Authorization", "")) or "api-key"
     reason = check_reason(header_text(request.headers.get("X-DICOMGW-Reason", "")))
-    if not deleter(srv).delete([target], sub=label, reason=reason):
+    if not srv.deleter().delete([target], sub=label, reason=reason):
         raise NotFound("nothing stored there")
     return no_content()
 

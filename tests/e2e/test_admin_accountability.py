@@ -7,6 +7,7 @@ import hashlib
 import sqlite3
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -276,3 +277,135 @@ def test_a_file_held_in_a_destination_the_policy_no_longer_names_can_be_deleted(
         assert not (annex / items[1]["key"]).exists()
     finally:
         running.stack.stop()
+
+
+def hold_reservation(stack: RunningStack, sop: str) -> sqlite3.Connection:
+    """An upload of ``sop`` on another host, its lease running: a release of it waits at its reservation."""
+    db = sqlite3.connect(stack.stack.var_dir / "catalog.db", timeout=30)
+    with db:
+        db.execute(
+            "INSERT INTO reservations (sop_uid, created_at, owner_host, owner_pid, owner_started, nonce, expires_at)"
+            " VALUES (?, ?, '', 0, 0, 'elsewhere', ?)",
+            (sop, int(time.time()), int(time.time()) + 60),
+        )
+    return db
+
+
+def end_reservation(db: sqlite3.Connection, sop: str) -> None:
+    with db:
+        db.execute("DELETE FROM reservations WHERE sop_uid = ?", (sop,))
+    db.close()
+
+
+def wait_for_the_release_copy(stack: RunningStack) -> None:
+    """The release has read the held file's record and copied the file into its spool folder (gateway.quarantine)."""
+    deadline = time.monotonic() + 30
+    while not list((stack.stack.var_dir / "spool").glob("*/released.dcm")):
+        assert time.monotonic() < deadline, "the release never copied the held file"
+        time.sleep(0.02)
+
+
+def of_patient(path: Path, patient: str) -> Path:
+    ds = pydicom.dcmread(path)
+    ds.PatientID = patient
+    ds.save_as(path)
+    return path
+
+
+def erase(stack: RunningStack, patient: str) -> requests.Response:
+    return requests.post(
+        f"{stack.url}/api/v1/admin/erasure",
+        json={"patient_id": patient, "reason": "art. 17"},
+        headers=stack.api_headers,
+        timeout=120,
+    )
+
+
+def served(stack: RunningStack, path: Path) -> int:
+    study, series, sop = uids_of(path)
+    answer = requests.get(
+        f"{stack.root(stack.issue([study])['token'])}/studies/{study}/series/{series}/instances/{sop}",
+        headers={"Accept": "application/dicom"},
+        timeout=30,
+    )
+    return answer.status_code
+
+
+def test_a_patient_erased_while_their_held_file_is_released_keeps_nothing_of_it(
+    held_stack: RunningStack, tmp_path: Path
+) -> None:
+    """The erasure removes the held file and its record while the release, which had copied it, stores its copy:
+    the release answered 200 and the erased patient's image was served after the erasure answered. The release now
+    finds its record gone, removes what it stored (a deletion record says why) and answers a JSON 409."""
+    path = of_patient(ultrasound(tmp_path, 97), "RACE-ERASED-1")
+    study, series, sop = uids_of(path)
+    item = hold(held_stack, path, "clinic")
+    db = hold_reservation(held_stack, sop)
+    with ThreadPoolExecutor(1) as pool:
+        try:
+            releasing = pool.submit(release, held_stack, item["key"])
+            wait_for_the_release_copy(held_stack)
+            erased = erase(held_stack, "RACE-ERASED-1")
+        finally:
+            end_reservation(db, sop)
+        released = releasing.result()
+    assert erased.status_code == 200, erased.text
+    assert (erased.json()["quarantined"], erased.json()["studies"]) == (1, [])
+    assert released.status_code == 409, released.text
+    assert released.headers["Content-Type"] == "application/json"
+    assert released.json() == {
+        "error": "conflict",
+        "detail": "the held file was removed (a patient erasure or a delete) while it was being released: the copy "
+        "stored is removed too",
+    }
+    assert served(held_stack, path) == 404
+    assert list(held_stack.storage().list(f"studies/{study}/")) == []
+    listed = requests.get(f"{held_stack.url}/api/v1/admin/quarantine", headers=held_stack.api_headers, timeout=10)
+    assert [i for i in listed.json()["items"] if i["sop_uid"] == sop] == []
+    audit = requests.get(
+        f"{held_stack.url}/api/v1/admin/audit",
+        params={"kind": "deletion", "study_uid": study},
+        headers=held_stack.api_headers,
+        timeout=10,
+    ).json()["items"]
+    assert [(r["sop_uid"], r["series_uid"], r["reason"]) for r in audit] == [
+        (sop, series, "released while its held file was removed")
+    ]
+
+
+def test_a_release_ending_while_the_patients_erasure_runs_is_erased_too(
+    held_stack: RunningStack, tmp_path: Path
+) -> None:
+    """The erasure planned before the release stored its copy, and read the held files after the release took its
+    record: it erased the patient's stored study, found no held file, and left the released image served. It now
+    plans again after the held files, and removes the released study too."""
+    patient = "RACE-ERASED-2"
+    [stored] = make_series(tmp_path / "ct", modality="CT", slices=1, seed=98)
+    stored = of_patient(stored, patient)
+    answer = held_stack.stow([stored], **{"X-DICOMGW-Tenant": "clinic", "X-DICOMGW-Region": "eu-west-1"})
+    assert answer.status_code == 200, answer.text
+    path = of_patient(ultrasound(tmp_path / "us", 99), patient)
+    study, _, sop = uids_of(path)
+    item = hold(held_stack, path, "clinic")
+    token = held_stack.issue([uids_of(stored)[0]])["token"]
+    listed = f"{held_stack.root(token)}/studies?StudyInstanceUID={uids_of(stored)[0]}"
+    db = hold_reservation(held_stack, sop)
+    with ThreadPoolExecutor(2) as pool:
+        try:
+            releasing = pool.submit(release, held_stack, item["key"])
+            wait_for_the_release_copy(held_stack)
+            erasing = pool.submit(erase, held_stack, patient)
+            deadline = time.monotonic() + 30
+            # the erasure has planned and hidden the stored study; it waits out the caches (DICOMGW_DELETE_SETTLE)
+            while requests.get(listed, timeout=10).json():
+                assert time.monotonic() < deadline, "the erasure never hid the patient's study"
+                time.sleep(0.02)
+        finally:
+            end_reservation(db, sop)
+        released = releasing.result()
+        erased = erasing.result()
+    assert released.status_code == 200, released.text  # within the settle: before the erasure reads the held files
+    assert erased.status_code == 200, erased.text
+    assert (erased.json()["studies"], erased.json()["quarantined"]) == (sorted([uids_of(stored)[0], study]), 0)
+    assert served(held_stack, path) == 404 and served(held_stack, stored) == 404
+    assert list(held_stack.storage().list(f"studies/{study}/")) == []
