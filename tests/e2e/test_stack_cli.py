@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from urllib.parse import urljoin
 
@@ -39,11 +39,30 @@ GUNICORN = Path(sys.executable).with_name("gunicorn")
 STARTING = 180  # seconds stack up may take to print its links (migrating, seeding, on a loaded machine)
 
 
+# every `stack up` a test started: one still running when its test ends (an assertion failed before the test
+# stopped it) is stopped as a service manager stops it, and holds no port, process or folder past its test
+_STARTED: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_stack_left_running() -> Iterator[None]:
+    yield
+    while _STARTED:
+        process = _STARTED.pop()
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()  # stack up takes its processes with it (PR_SET_PDEATHSIG)
+                process.communicate()
+
+
 def _start(
     var: Path, port: int, *extra: str, env: Mapping[str, str] | None = None, seed: bool = False
 ) -> subprocess.Popen[str]:
     """``dicom-gateway stack up`` as a user types it, with ``env`` added to this environment."""
-    return subprocess.Popen(
+    process = subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -62,6 +81,8 @@ def _start(
         text=True,
         env={**_clean_environment(), **(env or {})},
     )
+    _STARTED.append(process)
+    return process
 
 
 def _clean_environment() -> dict[str, str]:
