@@ -34,12 +34,13 @@ from bench.common import (
     BenchStack,
     Report,
     RssSampler,
-    children_of,
     cpu_seconds,
     ct_series,
+    descendants_of,
     header,
     main,
     median,
+    process_tree,
     rss_of,
     run_dir,
     running_stack,
@@ -151,22 +152,42 @@ def _warm_every_worker(stack: BenchStack, series: list[list[Path]], attempts: in
 
     master = stack.stack.processes["gunicorn"].pid
     for _ in range(attempts):
-        workers = children_of(master)
-        if workers and all(len(children_of(worker)) >= 2 for worker in workers):  # the pool's processes
+        tree = process_tree()
+        workers = tree.get(master, [])
+        if workers and all(len(_pool_processes(worker, tree)) >= 2 for worker in workers):
             return True
         with ThreadPoolExecutor(len(series)) as uploads:
             list(uploads.map(lambda files: stack.stow(files, UPLOAD_HEADERS), series))
     return False
 
 
+def _pool_processes(worker: int, tree: dict[int, list[int]]) -> list[int]:
+    """A worker's ingest processes: the leaves below it (the fork server's children, or spawned ones) other than
+    multiprocessing's resource tracker."""
+    return [
+        pid
+        for pid in descendants_of(worker, tree)
+        if pid not in tree and b"resource_tracker" not in _cmdline(pid)
+    ]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def _cpu_split(stack: BenchStack) -> dict[str, float]:
     """CPU seconds so far of each gunicorn worker (``worker <pid>``), of the ingest pool processes (all workers'
     together) and of NGINX: ``_cpu_used`` subtracts two readings to see where one upload's CPU went."""
     master = stack.stack.processes["gunicorn"].pid
-    workers = children_of(master)
+    tree = process_tree()
+    workers = tree.get(master, [])
     return {
         **{f"worker {worker}": cpu_seconds([worker]) for worker in workers},
-        "pool": cpu_seconds([pid for worker in workers for pid in children_of(worker)]),
+        # everything below the workers: the pool's processes and the fork server that forks them
+        "pool": cpu_seconds([pid for worker in workers for pid in descendants_of(worker, tree)]),
         "nginx": cpu_seconds(stack.nginx_pids()),
     }
 

@@ -214,10 +214,10 @@ class BenchStack:
         return f"/t/{token}/dicomweb"
 
     def gunicorn_pids(self) -> list[int]:
-        """gunicorn's master, its workers and the workers' ingest pool processes."""
+        """gunicorn's master, its workers and everything they started (the ingest pool's fork server and
+        processes, multiprocessing's resource tracker)."""
         master = self.stack.processes["gunicorn"].pid
-        workers = children_of(master)
-        return [master, *workers, *(pid for worker in workers for pid in children_of(worker))]
+        return [master, *descendants_of(master)]
 
     def nginx_pids(self) -> list[int]:
         master = self.stack.processes["nginx"].pid
@@ -308,8 +308,9 @@ def running_stack(var_dir: Path, extra_env: Mapping[str, str] | None = None,
         stack.stop()
 
 
-def children_of(pid: int) -> list[int]:
-    found = []
+def process_tree() -> dict[int, list[int]]:
+    """Each process's children, from one scan of /proc."""
+    tree: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -319,8 +320,24 @@ def children_of(pid: int) -> list[int]:
             continue
         # the command name may contain spaces and parentheses: the fields start after the last ')'
         fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) > 1 and int(fields[1]) == pid:
-            found.append(int(entry.name))
+        if len(fields) > 1:
+            tree.setdefault(int(fields[1]), []).append(int(entry.name))
+    return tree
+
+
+def children_of(pid: int) -> list[int]:
+    return process_tree().get(pid, [])
+
+
+def descendants_of(pid: int, tree: dict[int, list[int]] | None = None) -> list[int]:
+    """Every process below ``pid``: a gunicorn worker's ingest processes are its fork server's children
+    (``gateway.processpool``), not its own."""
+    tree = process_tree() if tree is None else tree
+    found, todo = [], list(tree.get(pid, []))
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo += tree.get(child, [])
     return found
 
 

@@ -6,6 +6,8 @@ They use the real tools the benchmarks use: NGINX for the static baseline, wrk w
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from bench.common import (
     RssSampler,
     children_of,
     cpu_seconds,
+    descendants_of,
     nginx_workers,
     percentile,
     rss_of,
@@ -59,6 +62,20 @@ def test_process_figures_of_this_process() -> None:
         time.sleep(0.02)
     assert sampler.peak >= min(sampler.samples) > 0
     assert children_of(os.getpid()) == []
+
+
+def test_descendants_reach_the_processes_a_child_started() -> None:
+    """A gunicorn worker's ingest processes are its fork server's children: B4 counts their CPU through this."""
+    with subprocess.Popen(["sh", "-c", "sleep 30 & echo $!; wait"], stdout=subprocess.PIPE, text=True) as shell:
+        assert shell.stdout is not None
+        grandchild = int(shell.stdout.readline())
+        try:
+            assert children_of(os.getpid()) == [shell.pid]
+            assert sorted(descendants_of(os.getpid())) == sorted([shell.pid, grandchild])
+            assert descendants_of(shell.pid) == [grandchild]
+        finally:
+            os.kill(grandchild, signal.SIGKILL)
+            shell.kill()
 
 
 @pytest.mark.skipif(not (Path(WRK).exists() and Path(NGINX).exists()), reason="needs wrk and nginx")
