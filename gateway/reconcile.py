@@ -11,6 +11,7 @@ and, with ``repair``, finished first: its objects are never taken for orphans an
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,11 @@ def _reconcile(settings: Settings, storage: Storage, catalog: Catalog, *, repair
                 continue
             outcome = ""
             try:
-                outcome = _repair(settings, storage, catalog, key, spool, claim)
+                # its lease beaten while the repair runs, as an upload's is: a large object (a whole-slide image
+                # downloaded from S3, then indexed) could outlast the lease's 60 s, and an upload of the instance
+                # then took it over and stored its own bytes while this one registered the orphan's
+                with catalog.holding(claim) if claim is not None else contextlib.nullcontext():
+                    outcome = _repair(settings, storage, catalog, key, spool, claim)
             finally:
                 if claim is not None and outcome != "registered":  # a registration ended it
                     catalog.release(claim)

@@ -5,9 +5,13 @@ neighbours or of an instance stored again), and how reconcile finishes a deletio
 from __future__ import annotations
 
 import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 
 from gateway.catalog import Catalog
@@ -20,6 +24,7 @@ from gateway.phi.policy import Retention, parse_policy
 from gateway.reconcile import reconcile
 from gateway.retention import expired
 from gateway.storage.local import LocalStorage
+from gateway.tools.synth import make_series
 from tests.fixtures.catalog_data import make_instance, record
 
 ST, ST2 = "1.2.3.1", "1.2.3.2"
@@ -150,6 +155,49 @@ def test_reconcile_finishes_an_interrupted_deletion(
     assert list(storage.list("studies/")) == [stored[SOP3]]
     assert catalog.unfinished_deletions() == []
     assert reconcile(settings, repair=True)["unfinished_deletions"] == []
+
+
+def test_reconcile_repair_beats_the_orphans_lease_while_it_registers_it(
+    catalog: Catalog, storage: LocalStorage, tmp_path: Path, catalog_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A repair held its orphan's reservation for the lease alone (60 s), never beaten: a large object (a whole-slide
+    image downloaded from S3, then indexed) outlasted it, and an upload of the instance took the reservation over
+    while the repair was still registering the orphan. The repair now holds it as an upload does."""
+    monkeypatch.setattr("gateway.catalog.admin.LEASE_SECONDS", 1)
+    monkeypatch.setattr("gateway.catalog.admin.HEARTBEAT_SECONDS", 0.05)
+    [orphan] = make_series(tmp_path / "orphan", slices=1, rows=16, columns=16, seed=5, clean=True)
+    ds = pydicom.dcmread(orphan)
+    key = f"studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}.dcm"
+    storage.put_file(key, orphan)
+    downloading = threading.Event()
+    download = LocalStorage.download
+
+    def slow_download(self: LocalStorage, name: str, local: Path) -> None:
+        download(self, name, local)
+        downloading.set()
+        time.sleep(3.5)  # past the 1 s lease, as a large object's download and index outlast 60 s
+
+    monkeypatch.setattr(LocalStorage, "download", slow_download)
+    settings = Settings.from_mapping(
+        {"SIGNING_KEYS": "s" * 32, "API_KEYS": "a" * 32, "STORAGE_URL": storage.url, "DATABASE_URL": catalog_url}
+    )
+    with ThreadPoolExecutor(1) as pool:
+        repairing = pool.submit(reconcile, settings, repair=True)
+        assert downloading.wait(30)
+        waited = 0
+        while not repairing.done():  # an upload of the instance, trying to reserve it meanwhile
+            [claim] = catalog.reserve_many([str(ds.SOPInstanceUID)])
+            if claim is not None:
+                catalog.release(claim)
+                # won only once the repair's registration ended the reservation: it then finds the orphan stored
+                assert claim.stored is not None, f"an upload took the orphan over after {waited} attempts"
+                break
+            waited += 1
+            time.sleep(0.1)
+        report = repairing.result()
+    assert waited > 20  # the whole download, past the lease
+    assert report["registered"] == [key]
+    assert catalog.get_instance(str(ds.SOPInstanceUID)) is not None
 
 
 # -- retention --------------------------------------------------------------------------------------------------
