@@ -1,9 +1,11 @@
 // Build the viewer for NGINX's /viewer/ location: hashed, immutable assets under dist/assets/, a no-cache
 // index.html. Workers are ES modules so the DICOM image loader's decode worker loads under `worker-src 'self'`.
+// Asset URLs are relative to the page: behind a proxy that publishes the gateway under a path
+// (DICOMGW_PUBLIC_URL=https://portal.example/pacs) the page is /pacs/viewer/ and /viewer/assets/ is not ours.
 import { defineConfig } from 'vite';
 
 export default defineConfig({
-  base: '/viewer/',
+  base: './',
   build: {
     outDir: 'dist',
     assetsDir: 'assets',

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from flask import Blueprint, Response, jsonify, redirect, request
 from werkzeug.urls import iri_to_uri
@@ -208,9 +208,10 @@ MAX_NEXT_BYTES = 2048  # of ``next`` as sent in Location (URL-encoded): with the
 def safe_next(value: str) -> str:
     """A same-origin relative path: no scheme, no authority (``//``), no backslash tricks, no control chars, and
     at most ``MAX_NEXT_BYTES`` once URL-encoded as Location sends it (a longer one, beside a token of up to 4,076
-    characters in Set-Cookie, made headers NGINX refused to pass on: a 503)."""
+    characters in Set-Cookie, made headers NGINX refused to pass on: a 503). None given: the viewer, under the
+    path ``DICOMGW_PUBLIC_URL`` publishes the gateway at (``https://portal.example/pacs`` → ``/pacs/viewer/``)."""
     if not value:
-        return "/viewer/"
+        return urlsplit(services().settings.public_url).path + "/viewer/"
     if (
         not value.startswith("/")
         or value.startswith("//")

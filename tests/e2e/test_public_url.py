@@ -4,17 +4,27 @@ passes them to gunicorn (Host, X-Forwarded-Proto): a client cannot talk the gate
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import socket
+import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
+import pydicom
 import requests
 import urllib3
+from dicomweb_client.api import DICOMwebClient
 
 from gateway.dicomweb.multipart import encode_multipart
-from gateway.tools.stack import Stack, free_port
+from gateway.tools.stack import NGINX, Stack, free_port
 from gateway.tools.synth import make_series
 from tests.e2e.conftest import uids_of
+from tests.e2e.test_viewer import NetworkLog, browser, open_page, wait_ready  # noqa: F401 - browser is a fixture
 
 
 def test_retrieve_urls_without_a_public_url_follow_the_request(tmp_path: Path) -> None:
@@ -110,3 +120,120 @@ def test_urls_without_a_public_url_name_the_authority_the_client_addressed(tmp_p
         assert issued["dicomweb_root"] == f"http://127.0.0.1:{stack.port}/t/{issued['token']}/dicomweb"
     finally:
         stack.stop()
+
+
+PROXY_CONF = """
+pid "{base}/proxy.pid";
+error_log "{base}/proxy.err" warn;
+daemon off;
+{user}
+events {{}}
+http {{
+    access_log off;
+    client_body_temp_path "{base}/tmp";
+    proxy_temp_path "{base}/tmp";
+    server {{
+        listen 127.0.0.1:{port};
+        client_max_body_size 0;
+        location /pacs/ {{
+            proxy_pass http://127.0.0.1:{upstream}/;
+            proxy_http_version 1.1;
+            proxy_set_header Host $http_host;
+            proxy_buffering off;
+        }}
+    }}
+}}
+"""
+
+
+@contextlib.contextmanager
+def path_prefix_proxy(base: Path, upstream: int) -> Iterator[str]:
+    """A portal's NGINX publishing the gateway at ``/pacs/`` of its own host (the prefix taken off on the way in):
+    yields ``http://127.0.0.1:PORT/pacs``."""
+    port = free_port()
+    (base / "tmp").mkdir(parents=True)
+    conf = base / "proxy.conf"
+    user = "user root;" if os.geteuid() == 0 else ""
+    conf.write_text(PROXY_CONF.format(base=base, user=user, port=port, upstream=upstream))
+    proxy = subprocess.Popen([NGINX, "-c", str(conf), "-p", str(base)])
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proxy.poll() is None and time.monotonic() < deadline, "the portal's proxy did not start"
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}/pacs"
+    finally:
+        proxy.terminate()
+        proxy.wait(10)
+
+
+def test_a_gateway_published_under_a_path_works_through_the_portals_proxy(
+    tmp_path: Path, browser: Any  # noqa: F811
+) -> None:
+    """DICOMGW_PUBLIC_URL with a path (the portal's NGINX publishes the gateway at https://portal.example/pacs/) was
+    accepted, and its DICOMweb URLs worked, but the viewer loaded /viewer/assets/... and called /t/.../dicomweb and
+    /api/v1/tokens/renew at the host's root, the portal's: a blank page. Its assets are now relative to the page,
+    the viewer calls the gateway under the prefix its page was served at, and the redirects (/, /viewer, a session
+    without next) land under the prefix too."""
+    files = make_series(tmp_path / "ct", slices=3, rows=64, columns=64, seed=7301, clean=True)
+    study, series, sop = uids_of(files[0])
+    upstream = free_port()
+    with path_prefix_proxy(tmp_path / "proxy", upstream) as public:
+        stack = Stack(tmp_path / "var", port=upstream, extra_env={"DICOMGW_PUBLIC_URL": public})
+        stack.start()
+        try:
+            api = {"Authorization": f"Bearer {stack.api_key}"}
+            body = encode_multipart(files)
+            stored = requests.post(
+                f"{public}/dicomweb/studies",
+                data=body,
+                headers={**api, "Content-Type": body.content_type, "Accept": "application/dicom+json"},
+                timeout=60,
+            )
+            assert stored.status_code == 200, stored.text
+            assert stored.json()["00081190"]["Value"] == [f"{public}/dicomweb/studies/{study}"]
+            answer = requests.post(
+                f"{public}/api/v1/tokens",
+                json={"sub": "portal-user", "studies": [study], "ttl": 120, "session_max": 600},
+                headers=api,
+                timeout=10,
+            )
+            assert answer.status_code == 201, answer.text
+            issued = answer.json()
+            assert issued["dicomweb_root"] == f"{public}/t/{issued['token']}/dicomweb"
+            assert issued["viewer_url"].startswith(f"{public}/viewer/#study={study}&token=")
+            # the unmodified client, on the root the token's answer names
+            client = DICOMwebClient(url=issued["dicomweb_root"])
+            assert [s["0020000E"]["Value"] for s in client.search_for_series(study)] == [[series]]
+            [frame] = client.retrieve_instance_frames(
+                study, series, sop, [1], media_types=("application/octet-stream",)
+            )
+            assert frame == pydicom.dcmread(files[0]).PixelData
+            # NGINX's redirects and the session's default target, under the prefix
+            for path, status, lands in (("/", 302, "/pacs/viewer/"), ("/viewer", 301, "/pacs/viewer/")):
+                answer = requests.get(f"{public}{path}", timeout=10)
+                assert [r.status_code for r in answer.history] == [status], path
+                assert (answer.status_code, urlsplit(answer.url).path) == (200, lands), path
+            session = requests.get(
+                f"{public}/api/v1/session", params={"token": issued["token"]}, allow_redirects=False, timeout=10
+            )
+            assert (session.status_code, session.headers["Location"]) == (303, "/pacs/viewer/")
+            # the viewer: its page, assets, DICOMweb calls and renewal all under /pacs/, every answer a success
+            log = NetworkLog()
+            page = open_page(browser, log)
+            page.goto(issued["viewer_url"])
+            wait_ready(page)
+            page.wait_for_function("() => document.getElementById('viewport').dataset.loaded === '3'")
+            urls = [request.url for request in log.requests if not request.url.startswith("blob:")]  # a worker's
+            assert urls and [url for url in urls if not url.startswith(f"{public}/")] == []
+            failed = [(r.url, r.response().status) for r in log.requests if r.response() and r.response().status >= 400]
+            assert failed == []
+            assert any(url == f"{public}/api/v1/tokens/renew" for url in urls)  # its session renews under the prefix
+            assert any("/frames/" in url for url in urls)
+            page.context.close()
+        finally:
+            stack.stop()

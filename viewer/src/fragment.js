@@ -35,7 +35,17 @@ export function takeLinkFromLocation(win = window) {
   return parts;
 }
 
+/**
+ * The gateway's `path` under the prefix this page was served at: behind a proxy that publishes the gateway at
+ * `https://portal.example/pacs/` (DICOMGW_PUBLIC_URL with a path) the page is `/pacs/viewer/`, and `/t/...` or
+ * `/api/v1/...` at the host's root is another site's. Pure. @returns {string}
+ */
+export function gatewayPath(path, pagePath = window.location.pathname) {
+  const at = pagePath.lastIndexOf('/viewer/');
+  return (at > 0 ? pagePath.slice(0, at) : '') + path;
+}
+
 /** The DICOMweb root for a token (path prefix form, so the URLs the gateway returns keep it) or the cookie root. */
-export function dicomwebRoot(token) {
-  return token ? `/t/${token}/dicomweb` : '/dicomweb';
+export function dicomwebRoot(token, pagePath = window.location.pathname) {
+  return gatewayPath(token ? `/t/${token}/dicomweb` : '/dicomweb', pagePath);
 }

@@ -12,6 +12,7 @@
 // expired meanwhile (the session itself had time left) nothing can renew it, and the viewer says that the link ran
 // out before it could be renewed (`lapsed`: stopped, or offline, too long) rather than that the link's time was up.
 import { GatewayError } from './dicomweb.js';
+import { gatewayPath } from './fragment.js';
 
 // expiresAt / sessionEndsAt: this page's clock (ms) when the current token and its session end, from the last renewal
 export const credential = { token: null, expiresAt: null, sessionEndsAt: null };
@@ -27,7 +28,7 @@ export function withCurrentToken(url) {
 async function renewOnce() {
   let response;
   try {
-    response = await fetch('/api/v1/tokens/renew', {
+    response = await fetch(gatewayPath('/api/v1/tokens/renew'), {
       method: 'POST',
       headers: { 'Content-Type': 'application/json' },
       // if_session: a token issued without session_max is a 204 (nothing to renew), not a 400 in the console
