@@ -119,11 +119,33 @@ def json_body() -> Any:
         raise UnsupportedContentEncoding(f"Content-Encoding {coding[:40]} is not supported: send the body uncompressed")
     try:
         # the app's provider: a body nested too deeply is a ValueError there too, never a 500
-        return current_app.json.loads(request.get_data(cache=True), object_pairs_hook=_unique_keys)
+        body = current_app.json.loads(request.get_data(cache=True), object_pairs_hook=_unique_keys)
     except _DuplicateKey as duplicate:
         raise BadRequest(f"the JSON body gives {str(duplicate)!r} twice") from None
     except ValueError:
         return None
+    if _holds_a_lone_surrogate(body):
+        # "\ud800" alone is valid JSON syntax and no Unicode text: it reached the catalog and UTF-8 encoding failed
+        # there, a 500 (an erasure's patient_id, issuer or reason)
+        raise BadRequest("the JSON body holds a lone surrogate escape (\\ud800-\\udfff): strings must be Unicode text")
+    return body
+
+
+def _holds_a_lone_surrogate(value: Any) -> bool:
+    """Whether a string anywhere in a parsed JSON value (keys included) holds a surrogate code point, which only a
+    lone ``\\uD8xx``/``\\uDCxx`` escape makes (a pair decodes to one character)."""
+    todo = [value]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, str):
+            if not item.isascii() and any("\ud800" <= char <= "\udfff" for char in item):
+                return True
+        elif isinstance(item, dict):
+            todo += item.keys()
+            todo += item.values()
+        elif isinstance(item, list):
+            todo += item
+    return False
 
 
 def make_conditional(response: Response) -> Response:

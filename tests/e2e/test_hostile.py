@@ -1001,3 +1001,56 @@ def test_a_path_refused_below_a_series_does_not_refuse_the_series(stack: Running
                 url,
                 answer.content[:200],
             )
+
+
+# -- JSON bodies that are valid JSON and no Unicode text ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("stack", ["file"], indirect=True)
+def test_a_lone_surrogate_in_a_json_body_is_a_400_and_changes_nothing(
+    stack: RunningStack, ct: dict[str, str], synthetic: dict[str, Any]
+) -> None:
+    """``"\\ud800"`` is valid JSON and no Unicode text (an unpaired surrogate). In an erasure's ``patient_id``,
+    ``issuer`` or ``reason`` it reached the catalog, where encoding it as UTF-8 failed: a 500, and for ``reason`` the
+    deletion had begun (rolled back). Any JSON body holding one is now a 400 before anything is read from it; a
+    surrogate pair (one character outside the BMP) is text and is read as before."""
+    patient = str(pydicom.dcmread(synthetic["ct"][0]).PatientID)
+    refused = {
+        "error": "bad_request",
+        "detail": "the JSON body holds a lone surrogate escape (\\ud800-\\udfff): strings must be Unicode text",
+    }
+    for path, body in (
+        ("/api/v1/admin/erasure", b'{"patient_id":"\\ud800"}'),
+        ("/api/v1/admin/erasure", b'{"patient_id":"P","issuer":"\\udfff"}'),
+        ("/api/v1/admin/erasure", b'{"patient_id":"' + patient.encode() + b'","reason":"x\\ud800"}'),
+        ("/api/v1/tokens", b'{"sub":"\\udc00","studies":["1.2.3"]}'),
+        ("/api/v1/tokens", b'{"\\ud800":1}'),
+    ):
+        answer = requests.post(
+            f"{stack.url}{path}",
+            data=body,
+            headers={**stack.api_headers, "Content-Type": "application/json"},
+            timeout=30,
+        )
+        assert (answer.status_code, answer.headers["Content-Type"], answer.json()) == (
+            400, "application/json", refused
+        ), body
+    # nothing was erased: the study is still there, and no deletion was recorded
+    token = stack.issue([ct["study"]])["token"]
+    listed = requests.get(f"{stack.root(token)}/studies?StudyInstanceUID={ct['study']}", timeout=30)
+    assert [s["0020000D"]["Value"] for s in listed.json()] == [[ct["study"]]]
+    audit = requests.get(
+        f"{stack.url}/api/v1/admin/audit",
+        params={"kind": "deletion", "study_uid": ct["study"]},
+        headers=stack.api_headers,
+        timeout=10,
+    )
+    assert audit.json()["items"] == []
+    # a pair is one character (U+1F600): read as text, a sub the token rules then judge as they judge any
+    paired = requests.post(
+        f"{stack.url}/api/v1/tokens",
+        data=b'{"sub":"\\ud83d\\ude00","studies":["1.2.3"]}',
+        headers={**stack.api_headers, "Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert paired.status_code == 400 and paired.json()["detail"].startswith("sub must be")
