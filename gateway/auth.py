@@ -17,7 +17,7 @@ from typing import Generic, TypeVar
 from urllib.parse import parse_qs
 
 from gateway.config import ApiKey
-from gateway.dicomweb.paths import Target, parse_target, split_token, wado_object
+from gateway.dicomweb.paths import Target, check_wado_request_type, parse_target, split_token, wado_object
 from gateway.errors import (
     GatewayError,
     InsufficientScope,
@@ -132,22 +132,21 @@ def _check_wado(scope: Scope, target: Target, locate: Locate | None) -> None:
     query is read here as the view reads it (``paths.wado_object``). An object named by its SOP Instance UID alone
     is judged by where it is stored; one stored nowhere gets the answer of one stored outside the scope, so a
     token cannot learn which UIDs exist beyond what it may read. A named study and series decide on their own, as
-    before: a malformed objectUID beside them stays the view's 400."""
+    before: a malformed objectUID beside them stays the view's 400. A query the view would refuse before it reads
+    anything (no ``requestType`` of WADO, no or two objectUIDs, a value that is no UID) is that view's 400 here too
+    (``BadRequest``, which NGINX answers as such): a 403 ``out_of_scope`` told the client its token was refused,
+    where the API key got the 400 naming the mistake; it reveals nothing a token may not know."""
     params = parse_qs(target.query)
-    try:
-        named = wado_object({name: params.get(name, []) for name in ("studyUID", "seriesUID")})
-        study, series = named.study, named.series
-        if study is None or series is None:
-            sop = wado_object(params).sop
-            found = locate(sop) if locate is not None and sop is not None else None
-            if found is None:
-                raise OutOfScope("object outside the token's scope")
-            # where it is stored: a study or series also named and not its own is the view's 404, after this
-            study, series = found
-    except OutOfScope:
-        raise
-    except GatewayError:
-        raise OutOfScope("WADO-URI needs a valid objectUID, studyUID and seriesUID") from None
+    check_wado_request_type(params)
+    named = wado_object({name: params.get(name, []) for name in ("studyUID", "seriesUID")})
+    study, series = named.study, named.series
+    if study is None or series is None:
+        sop = wado_object(params).required_sop()
+        found = locate(sop) if locate is not None else None
+        if found is None:
+            raise OutOfScope("object outside the token's scope")
+        # where it is stored: a study or series also named and not its own is the view's 404, after this
+        study, series = found
     if not scope.allows_series(study, series):
         raise OutOfScope("object outside the token's scope")
 

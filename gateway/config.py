@@ -66,7 +66,10 @@ VARIABLES: dict[str, Variable] = {
     "PUBLIC_URL": Variable(
         False,
         "",
-        "External base URL (`https://dicom.example.org`) of viewer, DICOMweb and STOW `RetrieveURL` URLs; unset: the "
+        "External base URL (`https://dicom.example.org`, or with a path, `https://portal.example.org/pacs`, where a "
+        "portal's proxy publishes the gateway under a prefix and takes it off on the way in: `location /pacs/ { "
+        "proxy_pass http://gateway/; }`; every URL handed out, the viewer's own calls and the redirects then stay "
+        "under it) of viewer, DICOMweb and STOW `RetrieveURL` URLs; unset: the "
         "scheme and host the client used, as NGINX passes them (`Host`, `X-Forwarded-Proto`, NGINX's own "
         "scheme: a client's or a proxy's `X-Forwarded-Ssl` and `X-Forwarded-Protocol` are dropped; the host of an "
         "absolute-form request target, `GET http://host:port/...`, else the `Host` header, else, for an HTTP/1.0 "

@@ -313,8 +313,11 @@ def to_auth_answer(error: GatewayError) -> tuple[int, list[tuple[str, str]]]:
     # who tried to reach what it may not
     named = zip((nginx.SUB, nginx.JTI, nginx.VIA, nginx.STUDY), error.refused, strict=True)
     headers += [(name, value) for name, value in named if value]
-    if isinstance(error, InvalidPath):
-        # NGINX keeps a decision per series (every path below it shares one): a refusal of this path's own shape
-        # (an instance segment that is no UID) kept there refused every read of the series for seconds
-        headers.append(("X-Accel-Expires", "0"))
+    if isinstance(error, BadRequest):
+        # the request's own mistake (an instance segment or a WADO-URI query the step cannot read): NGINX answers
+        # the 400 Python answers it with (a 403 told the client its credential was refused, and Python's 400 came
+        # instead whenever NGINX had kept an allowing decision for the series), and never keeps it: a decision is
+        # kept per series (every path below it shares one), and this refusal kept there refused every read of the
+        # series for seconds
+        headers += [(nginx.ERROR_STATUS, "400"), ("X-Accel-Expires", "0")]
     return status, headers

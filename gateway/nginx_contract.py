@@ -47,6 +47,9 @@ STUDY = "X-Dgw-Study"  # the study the request names, for the audit log
 VIA = "X-Dgw-Via"  # which transports carried the deciding credentials (path, query, bearer, api-key, cookie)
 ERROR = "X-Dgw-Error"  # why auth refused: the error code NGINX writes into its JSON body
 ERROR_DETAIL = "X-Dgw-Error-Detail"  # and the detail, JSON-escaped: the body of Python's own answer to the same error
+# "400" when the refusal is a client's mistake in the request itself (a path or WADO-URI query the auth step cannot
+# read), which NGINX then answers as the 400 Python answers it with, not as a refusal of the credential (403)
+ERROR_STATUS = "X-Dgw-Error-Status"
 ACCEPT_RANGES = "X-Dgw-Accept-Ranges"  # SSI drops Accept-Ranges; a plan that honours Range says so here
 FRAME_RANGES = "X-Dgw-Frame-Ranges"  # a block plan's table of its frames' byte ranges, read by a map (never sent)
 # and the bytes a block's frame body holds around its range (a multipart part's head and tail; 0 for a single part):
@@ -70,6 +73,7 @@ FROM_PYTHON = (
     VIA,
     ERROR,
     ERROR_DETAIL,
+    ERROR_STATUS,
     ACCEPT_RANGES,
     GENERATION,
     FRAME_RANGES,

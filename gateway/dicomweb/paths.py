@@ -86,6 +86,16 @@ class WadoObject:
         return self.sop
 
 
+def check_wado_request_type(params: Mapping[str, Sequence[str]]) -> None:
+    """PS3.18 9.1.2.1.1: ``requestType`` is ``WADO``; the value is an ABNF quoted string, so case-insensitive
+    (``wado`` from a hand-written portal link is the same request), any other a 400."""
+    values = params.get("requestType") or []
+    if len(values) != 1:
+        raise BadRequest("WADO-URI needs exactly one requestType")
+    if values[0].upper() != "WADO":
+        raise BadRequest("requestType must be WADO")
+
+
 def wado_object(params: Mapping[str, Sequence[str]]) -> WadoObject:
     """The UIDs of a WADO-URI query (its values decoded, blank ones kept or not). ``objectUID`` is required
     (``WadoObject.required_sop``); ``studyUID`` and ``seriesUID`` may be empty or left out, as Weasis sends them

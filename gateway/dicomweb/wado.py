@@ -31,7 +31,7 @@ from gateway.dicom.index import (
     is_video,
 )
 from gateway.dicomweb.accept import NO_MATCH, Offer, negotiate
-from gateway.dicomweb.paths import Target, WadoObject, parse_target, split_token, wado_object
+from gateway.dicomweb.paths import Target, WadoObject, check_wado_request_type, parse_target, split_token, wado_object
 from gateway.errors import (
     BadRequest,
     FrameNotFound,
@@ -865,16 +865,6 @@ class Planner:
         if named.study not in (None, row.study_uid) or named.series not in (None, row.series_uid):
             raise NotFound("no such instance")  # as one stored nowhere (``instance``)
         return self.instance(row.study_uid, row.series_uid, sop)
-
-
-def check_wado_request_type(params: Mapping[str, Sequence[str]]) -> None:
-    """PS3.18 9.1.2.1.1: ``requestType`` is ``WADO``; the value is an ABNF quoted string, so case-insensitive
-    (``wado`` from a hand-written portal link is the same request), any other a 400."""
-    values = params.get("requestType") or []
-    if len(values) != 1:
-        raise BadRequest("WADO-URI needs exactly one requestType")
-    if values[0].upper() != "WADO":
-        raise BadRequest("requestType must be WADO")
 
 
 def storage_tag(if_none_match: str, etag: str) -> str:

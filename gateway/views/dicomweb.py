@@ -21,11 +21,11 @@ from gateway.catalog.deletions import Target
 from gateway.dicomweb import xml
 from gateway.dicomweb.accept import MediaRange, Offer, answered_as, negotiate, parse_accept
 from gateway.dicomweb.multipart import iter_parts, parse_content_type
-from gateway.dicomweb.paths import wado_object
+from gateway.dicomweb.paths import check_wado_request_type, wado_object
 from gateway.dicomweb.qido import parse_qido
 from gateway.dicomweb.stow import StowBatch
 from gateway.dicomweb.stow_response import StowItem, build_stow_response
-from gateway.dicomweb.wado import NATIVE_TS, CachedInstance, Planner, check_wado_request_type
+from gateway.dicomweb.wado import NATIVE_TS, CachedInstance, Planner
 from gateway.errors import (
     BadRequest,
     FrameNotFound,

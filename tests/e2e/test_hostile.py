@@ -294,7 +294,7 @@ def error_cases(ct: dict[str, str]) -> list[tuple[str, bytes, int]]:
         ("token missing, path ending .html", get("/dicomweb/x.html"), 401),
         ("token garbage, path ending .js", get("/t/garbage/dicomweb/a.js"), 401),
         ("out of scope, path ending .svg", get(f"{root}/x.svg"), 403),
-        ("not a UID, path ending .png", get("/dicomweb/studies/1.png"), 403),
+        ("not a UID, path ending .png", get("/dicomweb/studies/1.png"), 400),
         ("range beyond a thumbnail", get(f"{root}/studies/{study}/series/{series}/thumbnail", Range=beyond), 416),
         ("unknown transfer encoding", post.format("/api/v1/tokens", "Transfer-Encoding: gzip\r\n", "").encode(), 501),
         ("HTTP/3 on a HTTP/1 socket", b"GET / HTTP/3.0\r\nHost: gw\r\nConnection: close\r\n\r\n", 505),
@@ -981,7 +981,8 @@ def test_a_path_refused_below_a_series_does_not_refuse_the_series(stack: Running
     whose instance segment is no UID (a Java client's ``;jsessionid=`` path parameter) is refused 403
     ``invalid_path``, and that refusal was kept as the series' decision: for the next seconds every read of the
     series with that credential, the metadata and frames a viewer asks for next, was the same 403. The refusal
-    concerns that path alone, so it is not kept."""
+    concerns that path alone, so it is not kept; and it is the client's mistake, a 400 (it was a 403, or Python's
+    400 when NGINX had kept an allowing decision for the series)."""
     series = f"/studies/{ct['study']}/series/{ct['series']}"
     # fresh tokens: no decision of theirs is kept yet, so the odd path is the first the auth step judges
     in_path, in_header = (stack.issue([ct["study"]])["token"] for _ in range(2))
@@ -989,7 +990,7 @@ def test_a_path_refused_below_a_series_does_not_refuse_the_series(stack: Running
         instance = f"{stack.url}{root}{series}/instances/{ct['sop']}"
         odd = requests.get(f"{instance};jsessionid=1F2E/metadata", headers=headers, timeout=30)
         assert (odd.status_code, odd.content) == (
-            403, b'{"error":"invalid_path","detail":"a UID path segment is not a valid DICOM UID"}'
+            400, b'{"error":"invalid_path","detail":"a UID path segment is not a valid DICOM UID"}'
         )
         for url, accept in (
             (f"{instance}/metadata", "application/dicom+json"),
@@ -1054,3 +1055,33 @@ def test_a_lone_surrogate_in_a_json_body_is_a_400_and_changes_nothing(
         timeout=30,
     )
     assert paired.status_code == 400 and paired.json()["detail"].startswith("sub must be")
+
+
+@pytest.mark.parametrize("stack", ["file"], indirect=True)
+def test_a_request_the_auth_step_cannot_read_is_a_400_whether_or_not_a_decision_is_kept(
+    stack: RunningStack, ct: dict[str, str]
+) -> None:
+    """A path whose instance segment is no UID was the auth step's 403 (as if the token were refused), or Python's
+    400 when NGINX held an allowing decision for the series from a read in the last seconds: one request, two
+    answers. A WADO-URI query naming no object was a token's 403 ``out_of_scope`` and the API key's 400. Each is now
+    the same JSON 400 whoever asks and whatever NGINX holds."""
+    token = stack.issue([ct["study"]])["token"]
+    series = f"{stack.root(token)}/studies/{ct['study']}/series/{ct['series']}"
+    odd = f"{series}/instances/{ct['sop']};jsessionid=1F2E/metadata"
+    cold = requests.get(odd, timeout=30)  # the first request of this token: no decision kept
+    assert requests.get(f"{series}/instances/{ct['sop']}/metadata", timeout=30).status_code == 200  # one kept now
+    warm = requests.get(odd, timeout=30)
+    invalid = {"error": "invalid_path", "detail": "a UID path segment is not a valid DICOM UID"}
+    for answer in (cold, warm):
+        assert (answer.status_code, answer.headers["Content-Type"], answer.json()) == (400, "application/json", invalid)
+    wado = f"requestType=WADO&studyUID={ct['study']}&seriesUID={ct['series']}"
+    for query, detail in (
+        ("requestType=WADO", "WADO-URI needs exactly one objectUID"),
+        (wado.removeprefix("requestType=WADO&") + f"&objectUID={ct['sop']}", "WADO-URI needs exactly one requestType"),
+        (f"{wado}&objectUID={ct['sop']}&objectUID={ct['sop']}", "WADO-URI needs exactly one objectUID"),
+        (f"requestType=WADO&objectuid={ct['sop']}", "WADO-URI needs exactly one objectUID"),
+    ):
+        by_token = requests.get(f"{stack.root(token)}/wado?{query}", timeout=30)
+        by_key = requests.get(f"{stack.url}/dicomweb/wado?{query}", headers=stack.api_headers, timeout=30)
+        for answer in (by_token, by_key):
+            assert (answer.status_code, answer.json()) == (400, {"error": "bad_request", "detail": detail}), query

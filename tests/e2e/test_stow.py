@@ -948,6 +948,12 @@ def test_expect_100_continue_is_refused_before_any_body_is_asked_for(stack: Runn
             "413 Request Entity Too Large",
             '"error":"payload_too_large","detail":"the request body is larger than',
         ),
+        # a study UID that is no UID: the client's mistake, the auth step's 400 (it was its 403), alone as well
+        (
+            head(writer).replace("/studies HTTP/1.1", "/studies/1.2.x HTTP/1.1"),
+            "400 Bad Request",
+            '{"error":"invalid_path","detail":"a UID path segment is not a valid DICOM UID"}',
+        ),
     ):
         with socket.create_connection((parsed.hostname, parsed.port), timeout=10) as connection:
             connection.sendall(request.encode())

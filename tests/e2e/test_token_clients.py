@@ -402,7 +402,7 @@ EMPTY_SEGMENT = (
 )
 MISSING = '{"error":"token_missing","detail":"no token in the path, the query, the Authorization header or the cookie"}'
 OUT_OF_SCOPE = (403, '{"error":"out_of_scope","detail":"study outside the token\'s scope"}')
-INVALID_PATH = (403, '{"error":"invalid_path","detail":"a UID path segment is not a valid DICOM UID"}')
+INVALID_PATH = (400, '{"error":"invalid_path","detail":"a UID path segment is not a valid DICOM UID"}')
 
 
 def bad_token(detail: str) -> tuple[int, str]:

@@ -21,6 +21,7 @@ from gateway.auth import (
 from gateway.config import parse_api_keys
 from gateway.dicomweb.paths import Target, parse_target
 from gateway.errors import (
+    BadRequest,
     InsufficientScope,
     InvalidPath,
     OutOfScope,
@@ -163,24 +164,45 @@ def test_search_paths_without_a_study_pass() -> None:
 
 def test_wado_scope_from_the_query() -> None:
     wado = "/dicomweb/wado"
-    assert allowed(SERIES_SCOPE, wado, query=f"requestType=WADO&studyUID={ST}&seriesUID={SE}&objectUID={IN}")
-    assert allowed(STUDY_SCOPE, wado, query=f"studyUID={ST}&seriesUID={SE2}")
-    assert scope_detail(SERIES_SCOPE, wado, query=f"studyUID={ST}&seriesUID={SE2}") == (
+    q = "requestType=WADO&"
+    assert allowed(SERIES_SCOPE, wado, query=f"{q}studyUID={ST}&seriesUID={SE}&objectUID={IN}")
+    assert allowed(STUDY_SCOPE, wado, query=f"{q}studyUID={ST}&seriesUID={SE2}")
+    assert scope_detail(SERIES_SCOPE, wado, query=f"{q}studyUID={ST}&seriesUID={SE2}") == (
         "object outside the token's scope"
     )
-    assert scope_detail(STUDY_SCOPE, wado, query=f"studyUID={ST2}&seriesUID={SE}") == (
+    assert scope_detail(STUDY_SCOPE, wado, query=f"{q}studyUID={ST2}&seriesUID={SE}") == (
         "object outside the token's scope"
     )
-    needs = "WADO-URI needs a valid objectUID, studyUID and seriesUID"
-    assert scope_detail(STUDY_SCOPE, wado, query=f"studyUID={ST}&seriesUID=abc") == needs
-    assert scope_detail(STUDY_SCOPE, wado, query="objectUID=x") == needs
-    assert allowed(STUDY_SCOPE, wado, query=f"studyUID={ST}&seriesUID={SE}&objectUID=x&objectUID=y")  # the view: 400
-    assert scope_detail(STUDY_SCOPE, wado, query=f"studyUID={ST}&studyUID={ST2}&seriesUID={SE}") == needs
+    assert allowed(STUDY_SCOPE, wado, query=f"{q}studyUID={ST}&seriesUID={SE}&objectUID=x&objectUID=y")  # the view: 400
     # no objectUID to find the series by: refused without a locator, and by one when it is not stored
     outside = "object outside the token's scope"
-    assert scope_detail(STUDY_SCOPE, wado, query=f"studyUID={ST}") == outside
-    assert scope_detail(STUDY_SCOPE, wado) == outside
-    assert scope_detail(STUDY_SCOPE, wado, query=f"studyUID=&seriesUID=&objectUID={IN}") == outside
+    assert scope_detail(STUDY_SCOPE, wado, query=f"{q}studyUID=&seriesUID=&objectUID={IN}") == outside
+
+
+@pytest.mark.parametrize(
+    ("query", "detail"),
+    [
+        ("", "WADO-URI needs exactly one requestType"),
+        (f"studyUID={ST}&seriesUID={SE}&objectUID={IN}", "WADO-URI needs exactly one requestType"),
+        ("requestType=WADO&requestType=WADO", "WADO-URI needs exactly one requestType"),
+        ("requestType=WADO-RS", "requestType must be WADO"),
+        ("requestType=WADO", "WADO-URI needs exactly one objectUID"),
+        (f"requestType=WADO&studyUID={ST}", "WADO-URI needs exactly one objectUID"),
+        (f"requestType=wado&objectuid={IN}", "WADO-URI needs exactly one objectUID"),
+        (f"requestType=WADO&objectUID={IN}&objectUID={IN}", "WADO-URI needs exactly one objectUID"),
+        ("requestType=WADO&objectUID=x", "objectUID is not a valid DICOM UID"),
+        (f"requestType=WADO&studyUID={ST}&seriesUID=abc", "seriesUID is not a valid DICOM UID"),
+        (f"requestType=WADO&studyUID={ST}&studyUID={ST2}&seriesUID={SE}", "WADO-URI needs exactly one studyUID"),
+    ],
+)
+def test_a_wado_query_the_view_would_refuse_is_its_400_whatever_the_scope(query: str, detail: str) -> None:
+    """A token's query that names no object (no requestType of WADO, no or two objectUIDs, a value that is no UID)
+    was refused as out of scope (403), while the API key got the view's 400 naming the mistake: it is that 400
+    (``BadRequest``, which NGINX answers as such, ``errors.to_auth_answer``), and tells nothing of what is stored."""
+    for scope in (STUDY_SCOPE, SERIES_SCOPE):
+        with pytest.raises(BadRequest) as caught:
+            check_scope(scope, "GET", parse_target("/dicomweb/wado", query), lambda sop: None)
+        assert caught.value.detail == detail
 
 
 def test_wado_object_named_alone_is_judged_by_where_it_is_stored() -> None:
@@ -189,12 +211,13 @@ def test_wado_object_named_alone_is_judged_by_where_it_is_stored() -> None:
     stored = {IN: (ST, SE)}
     wado = "/dicomweb/wado"
     for query in (f"studyUID=&seriesUID=&objectUID={IN}", f"objectUID={IN}", f"studyUID={ST}&objectUID={IN}"):
+        query = "requestType=WADO&" + query
         check_scope(SERIES_SCOPE, "GET", parse_target(wado, query), stored.get)
         assert_out_of_scope(Scope(frozenset({ST}), frozenset({SE2})), wado, query, stored.get)
         assert_out_of_scope(Scope(frozenset({ST2})), wado, query, stored.get)
-    assert_out_of_scope(STUDY_SCOPE, wado, "objectUID=1.2.999", stored.get)
+    assert_out_of_scope(STUDY_SCOPE, wado, "requestType=WADO&objectUID=1.2.999", stored.get)
     # a study named beside it that the token reaches does not lend its scope to an object stored elsewhere
-    assert_out_of_scope(Scope(frozenset({ST2})), wado, f"studyUID={ST2}&objectUID={IN}", stored.get)
+    assert_out_of_scope(Scope(frozenset({ST2})), wado, f"requestType=WADO&studyUID={ST2}&objectUID={IN}", stored.get)
 
 
 def assert_out_of_scope(scope: Scope, path: str, query: str, locate: auth.Locate) -> None:
@@ -254,7 +277,9 @@ def test_decide_locates_a_wado_object_named_alone(tokens: TokenService) -> None:
     assert decision.study == ST and asked == [IN, IN]
     api_key = authorizer.decide("GET", f"/dicomweb/wado?{query}", authorization="Bearer " + "api-key-one-" + "1" * 20)
     assert api_key.study == ST  # no scope to check, the audit still names the study
-    full = authorizer.decide("GET", f"/t/{token}/dicomweb/wado?studyUID={ST}&seriesUID={SE}&objectUID={IN}", now=T)
+    full = authorizer.decide(
+        "GET", f"/t/{token}/dicomweb/wado?requestType=WADO&studyUID={ST}&seriesUID={SE}&objectUID={IN}", now=T
+    )
     assert full.study == ST and len(asked) == 3  # a named study needs no lookup
     other = tokens.issue(sub="u", studies=[ST2], now=T).token
     with pytest.raises(OutOfScope):

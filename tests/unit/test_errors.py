@@ -11,6 +11,7 @@ import pytest
 
 from gateway import errors
 from gateway.errors import (
+    BadRequest,
     CatalogUnavailable,
     GatewayError,
     InvalidPath,
@@ -63,16 +64,19 @@ def test_the_auth_answer_names_the_detail_nginx_writes_as_python_does() -> None:
 
 
 def test_a_refused_path_is_no_decision_nginx_keeps() -> None:
-    """NGINX keys decisions by series: the refusal of one path's shape below it is not kept for the series."""
-    assert to_auth_answer(InvalidPath("x")) == (
-        403,
-        [
-            ("X-Dgw-Error", "invalid_path"),
-            ("X-Dgw-Error-Detail", "x"),
-            ("Content-Length", "0"),
-            ("X-Accel-Expires", "0"),
-        ],
-    )
+    """NGINX keys decisions by series: the refusal of one path's shape below it is not kept for the series; and it is
+    the client's mistake, which NGINX answers as Python's 400 (X-Dgw-Error-Status), not as a refusal."""
+    for error, code in ((InvalidPath("x"), "invalid_path"), (BadRequest("x"), "bad_request")):
+        assert to_auth_answer(error) == (
+            403,
+            [
+                ("X-Dgw-Error", code),
+                ("X-Dgw-Error-Detail", "x"),
+                ("Content-Length", "0"),
+                ("X-Dgw-Error-Status", "400"),
+                ("X-Accel-Expires", "0"),
+            ],
+        )
 
 
 def test_codes_are_unique_per_class_and_not_nginx_only() -> None:
