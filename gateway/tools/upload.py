@@ -79,6 +79,7 @@ QIDO_BATCH = 40  # UIDs per QIDO request: ~2.6 KB of query, well inside NGINX's 
 MAX_FILES_PER_BATCH = 500
 MAX_RETRY_AFTER = 30.0
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
+SAME_INSTANCE = "same SOP Instance UID as "  # a repeat's reason, naming the file sent for its instance
 
 
 @dataclass
@@ -466,7 +467,10 @@ def run_upload(
     with tempfile.TemporaryDirectory(prefix="dicomgw-upload-") as wrap_dir:
         try:
             collect_all(paths, Path(wrap_dir), report, err_console)
-            send_all(report, StowClient(options, sleep=sleep), options, err_console)
+            client = StowClient(options, sleep=sleep)
+            send_all(report, client, options, err_console)
+            while not report.interrupted and stand_ins(report, err_console):
+                send_all(report, client, options, err_console)
         except KeyboardInterrupt:  # reading the files or asking what the server has: no batch had gone out
             report.interrupted = True  # it was click's "Aborted!", exit 1 (some failed), and no summary
             if not report.responses:
@@ -484,9 +488,34 @@ def skip_repeated(entry: FileEntry, seen: dict[str, Path]) -> None:
     sends one file an instance, and ``scan`` judges what ``upload`` sends)."""
     if entry.sop_uid and entry.outcome == "pending":
         if entry.sop_uid in seen:
-            entry.outcome, entry.reason = "skipped", f"same SOP Instance UID as {seen[entry.sop_uid]}"
+            entry.outcome, entry.reason = "skipped", f"{SAME_INSTANCE}{seen[entry.sop_uid]}"
         else:
             seen[entry.sop_uid] = entry.path
+
+
+def stand_ins(report: UploadReport, err_console: Console) -> list[FileEntry]:
+    """For each instance whose sent file failed (pydicom's ``badVR.dcm`` and ``rtdose.dcm`` share a SOP Instance
+    UID), the next file of it that was skipped as a repeat is made pending, to be sent in its place: the instance was
+    left unsent, each of those files "skipped" as if it were on the server. Returns them (empty: nothing to send)."""
+    files: dict[str, list[FileEntry]] = {}
+    for entry in report.files:
+        if entry.sop_uid:
+            files.setdefault(entry.sop_uid, []).append(entry)
+    chosen = []
+    for entries in files.values():
+        if any(entry.outcome in ("stored", "present", "pending") for entry in entries):
+            continue
+        failed = [entry for entry in entries if entry.outcome == "failed"]
+        waiting = [entry for entry in entries if entry.outcome == "skipped" and entry.reason.startswith(SAME_INSTANCE)]
+        if failed and waiting:
+            first, *rest = waiting
+            first.outcome, first.reason = "pending", ""
+            for entry in rest:
+                entry.reason = SAME_INSTANCE + str(first.path)
+            note = f"sending {first.path} in place of {failed[-1].path}, which failed (same SOP Instance UID)"
+            err_console.print(note, style="dim", highlight=False, markup=False, soft_wrap=True)
+            chosen.append(first)
+    return chosen
 
 
 def collect_all(paths: Iterable[Path], wrap_dir: Path, report: UploadReport, err_console: Console) -> None:

@@ -258,3 +258,30 @@ def test_a_url_that_is_not_the_dicomweb_root_says_so(running: RunningStack, tmp_
         "HTTP 404: no such resource (is --url the DICOMweb root? STOW-RS posts to its /studies: this gateway's root"
         " ends in /dicomweb, http://HOST:PORT/dicomweb, a token's in /t/TOKEN/dicomweb)"
     ), ran.stdout
+
+
+def test_an_instance_whose_file_failed_is_sent_from_its_next_file(running: RunningStack, tmp_path: Path) -> None:
+    """pydicom's ``badVR.dcm`` (Number of Frames '1A', refused 0xC000) and its ``rtdose*.dcm`` share one SOP Instance
+    UID. ``upload`` sends one file an instance: ``badVR.dcm`` failed, and the others were "skipped (same SOP Instance
+    UID as badVR.dcm)" as if it were stored, so the instance was never sent. The next file of it is now sent in
+    the failed one's place (a note says so); the rest stay skipped."""
+    folder = tmp_path / "same-instance"
+    folder.mkdir()
+    test_files = Path(pydicom.data.__file__).parent / "test_files"
+    for name in ("badVR.dcm", "rtdose.dcm", "rtdose_rle.dcm"):
+        shutil.copyfile(test_files / name, folder / name)
+    ran = upload(running, folder)
+    assert ran.returncode == 1 and "Traceback" not in ran.stderr, ran.stdout + ran.stderr  # badVR.dcm failed
+    assert (summary(ran.stdout)["stored"], summary(ran.stdout)["failed"], summary(ran.stdout)["skipped"]) == (
+        "1", "1", "1"
+    ), ran.stdout
+    stderr = " ".join(ran.stderr.split())  # rich wraps long notes
+    assert f"sending {folder / 'rtdose.dcm'} in place of {folder / 'badVR.dcm'}, which failed" in stderr, stderr
+    ds = pydicom.dcmread(folder / "rtdose.dcm")
+    token = running.issue([str(ds.StudyInstanceUID)])["token"]
+    stored = requests.get(
+        f"{running.root(token)}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}",
+        headers={"Accept": "application/dicom"},
+        timeout=60,
+    )
+    assert stored.status_code == 200 and stored.content == (folder / "rtdose.dcm").read_bytes()
