@@ -364,11 +364,14 @@ class Authorizer:
         once its signature holds (before expiry, revocation, purpose and scope are judged)."""
         transport, presented = record
         presented.append((transport, self.tokens.claims_of(token)))
-        claims = self.tokens.verify(token, purpose, now=now)
-        revoked = self.revoked()
-        # a renewed token carries its session's id: revoking the session's first token ends all of them
-        if claims.jti in revoked or (claims.session is not None and claims.session in revoked):
-            raise TokenRevoked("token revoked")
+        try:
+            claims = self.tokens.verify(token, purpose, now=now)
+        except InsufficientScope:
+            # revoked is the answer whatever the token is asked for: a read token revoked, then sent with a STOW or
+            # a DELETE, was told it lacks write, which hid the revocation from the client and the access trail
+            self._refuse_revoked(self.tokens.claims_of(token))
+            raise
+        self._refuse_revoked(claims)
         if method in DELETE_METHODS:
             # an action no token holds, whatever its scope or transport (RFC 6750 3.1's insufficient_scope, as a
             # read token's STOW): a token whose scope did not cover the target got "out_of_scope" in the
@@ -377,6 +380,12 @@ class Authorizer:
         if claims.scope is not None:
             check_scope(claims.scope, method, target, self._locate)
         return claims
+
+    def _refuse_revoked(self, claims: Claims) -> None:
+        revoked = self.revoked()
+        # a renewed token carries its session's id: revoking the session's first token ends all of them
+        if claims.jti in revoked or (claims.session is not None and claims.session in revoked):
+            raise TokenRevoked("token revoked")
 
 
 def decision_lifetime(expires_at: int, now: int, cached_for: int) -> int | None:

@@ -25,6 +25,8 @@ from gateway.config import (
     parse_api_keys,
 )
 from gateway.errors import ConfigError, GatewayError
+from gateway.numbers import INT32_MAX
+from gateway.tools.cliparams import GivenPath
 
 # click 8.2+ shows a bare group's help by raising this usage error; 8.1 (allowed by pyproject) has no such class
 _BARE_GROUP_HELP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
@@ -78,7 +80,7 @@ def stack() -> None:
     help="Catalog URL (default DICOMGW_DATABASE_URL, else sqlite:/// of the --var folder's catalog.db).",
 )
 @click.option(
-    "--var", "var_dir", default="var", show_default=True, type=click.Path(file_okay=False, path_type=Path)
+    "--var", "var_dir", default="var", show_default=True, type=GivenPath(file_okay=False, path_type=Path)
 )
 @click.option("--no-seed", is_flag=True, help="Do not load the synthetic studies.")
 @click.option("--tls", is_flag=True, help="Serve HTTPS with HTTP/2 on a generated self-signed certificate.")
@@ -166,7 +168,7 @@ def stack_up(
 
 @stack.command("down")
 @click.option(
-    "--var", "var_dir", default="var", show_default=True, type=click.Path(file_okay=False, path_type=Path)
+    "--var", "var_dir", default="var", show_default=True, type=GivenPath(file_okay=False, path_type=Path)
 )
 @click.option("--wait", default=60, show_default=True, type=click.IntRange(1, 3600), help="Seconds to wait for it.")
 def stack_down(var_dir: Path, wait: int) -> None:
@@ -185,7 +187,7 @@ def stack_down(var_dir: Path, wait: int) -> None:
 
 @stack.command("status")
 @click.option(
-    "--var", "var_dir", default="var", show_default=True, type=click.Path(file_okay=False, path_type=Path)
+    "--var", "var_dir", default="var", show_default=True, type=GivenPath(file_okay=False, path_type=Path)
 )
 def stack_status(var_dir: Path) -> None:
     """Whether a stack runs with --var DIR: exit 0 and its pid and URL, or exit 3 (not running, as LSB's status)."""
@@ -203,7 +205,7 @@ def stack_status(var_dir: Path) -> None:
 
 @stack.command("seed")
 @click.option("--url", "url", required=True, help="The gateway's public URL (through NGINX).")
-@click.option("--work-dir", default="var", show_default=True, type=click.Path(path_type=Path))
+@click.option("--work-dir", default="var", show_default=True, type=GivenPath(file_okay=False, path_type=Path))
 def stack_seed(url: str, work_dir: Path) -> None:
     """Seed a running gateway (docker compose) with the synthetic studies; print the URLs. API key from
     DICOMGW_API_KEYS (the first one)."""
@@ -274,7 +276,7 @@ def token() -> None:
     "var_dir",
     default="var",
     show_default=True,
-    type=click.Path(path_type=Path),
+    type=GivenPath(path_type=Path),
     help="The folder `stack up --var` uses: its signing.key signs when DICOMGW_SIGNING_KEYS is unset, and the "
     "URLs are on the stack running there when neither --url nor DICOMGW_PUBLIC_URL is given.",
 )
@@ -346,7 +348,9 @@ def keys() -> None:
 
 
 @keys.command("generate")
-@click.option("--count", default=1, show_default=True, type=click.IntRange(min=1), help="How many keys to print.")
+@click.option(
+    "--count", default=1, show_default=True, type=click.IntRange(1, 1000), help="How many keys to print (1-1,000)."
+)
 def keys_generate(count: int) -> None:
     """Print new random keys (64 URL-safe characters), one per line, for DICOMGW_SIGNING_KEYS or _API_KEYS."""
     for _ in range(count):
@@ -400,14 +404,14 @@ def audit() -> None:
     "log_path",
     envvar="DICOMGW_ACCESS_LOG",
     required=True,
-    type=click.Path(path_type=Path, dir_okay=False),
+    type=GivenPath(path_type=Path, dir_okay=False),
     help="NGINX's JSON access log (the template's DICOMGW_ACCESS_LOG).",
 )
 @click.option("--follow", is_flag=True, help="Keep collecting every DICOMGW_AUDIT_COLLECT_SECONDS until stopped.")
 @click.option("--echo", is_flag=True, help="Also copy each line read to stdout (the container's log driver).")
 @click.option(
     "--heartbeat",
-    type=click.Path(path_type=Path, dir_okay=False),
+    type=GivenPath(path_type=Path, dir_okay=False),
     default=None,
     callback=lambda _ctx, _param, value: _writable_heartbeat(value),
     help="Touch this file after each successful pass (a container health check reads its age).",
@@ -445,6 +449,8 @@ def audit_collect(log_path: Path, follow: bool, echo: bool, heartbeat: Path | No
                 raise click.ClickException(f"{error.code}: {error.detail}") from None
             except OSError as error:  # the log unreadable (permissions): one line, not a traceback
                 raise click.ClickException(f"{log_path}: {error.strerror or type(error).__name__}") from None
+            if heartbeat is not None:  # a pass succeeded, as with --follow (it was never touched without it)
+                heartbeat.touch()
             click.echo(f"{added} access rows added", err=echo)
             return
         stop = threading.Event()
@@ -490,13 +496,13 @@ def retention() -> None:
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
 @click.option(
     "--every",
-    type=click.IntRange(0),
+    type=click.IntRange(0, INT32_MAX),  # as every other count: a longer sleep was an OverflowError traceback
     default=0,
     help="Run again every this many seconds, for ever (docker-compose's retention service); 0: once.",
 )
 @click.option(
     "--heartbeat",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=GivenPath(dir_okay=False, path_type=Path),
     callback=lambda _ctx, _param, value: _writable_heartbeat(value),
     help="Touched after each good run.",
 )

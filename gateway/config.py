@@ -395,6 +395,13 @@ def check_database_url(value: str) -> str:
     """``DICOMGW_DATABASE_URL``: SQLite or PostgreSQL, and no bare ``@`` in its user name or password."""
     if not value.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://")):
         raise ConfigError(PREFIX + "DATABASE_URL", "must start with sqlite:/// or postgresql://")
+    if value.startswith("sqlite:///") and value[len("sqlite:///") :].partition("?")[0] in ("", ":memory:"):
+        # SQLite's in-memory database: `db upgrade` migrated one and said so, and each process then met an empty
+        # catalog of its own (the workers told to run `db upgrade`, which had "succeeded")
+        raise ConfigError(
+            PREFIX + "DATABASE_URL",
+            "names no file: write sqlite:///catalog.db (relative to the folder it is run in) or sqlite:////path/catalog.db",
+        )
     if value.split("?", 1)[0].count("@") > 1:
         # a password holding a bare @ (p@ss) is cut at it: the rest became the host, and the driver's "failed to
         # resolve host 'ss@db'" printed part of the password. Refused here, the value never shown.

@@ -347,7 +347,8 @@ class AdminRecords(CatalogBase):
         session: str | None = None,
         session_expires_at: int | None = None,
     ) -> None:
-        """One token audit row ("issued" or "revoked"), one insert (the issue path is a portal's page load)."""
+        """One token audit row ("issued", "renewed" or "revoked"), one insert (the issue path is a portal's page
+        load)."""
         values = {
             "event": event,
             "api_key": api_key,

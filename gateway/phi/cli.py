@@ -14,6 +14,7 @@ from gateway.dicom.index import read_instance
 from gateway.errors import ConfigError, DicomError, StorageUnavailable
 from gateway.phi.policy import BASIC, Policy, load_policy
 from gateway.phi.scanner import ScanReport, scan_with_values
+from gateway.tools.cliparams import GivenPath
 from gateway.tools.media_files import files_under
 from gateway.tools.upload import collect, skip_repeated
 
@@ -67,11 +68,11 @@ def scan_as_upload(paths: tuple[Path, ...], policy: Policy | None) -> Iterator[S
 
 
 @click.command("scan")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=GivenPath(path_type=Path))
 @click.option(
     "--policy",
     "policy_file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=GivenPath(exists=True, dir_okay=False, path_type=Path),
     help="PHI policy (TOML): its [deidentify] options and [private] whitelist change what counts as PHI.",
 )
 @click.pass_context

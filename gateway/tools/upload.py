@@ -61,6 +61,7 @@ from gateway.dicomweb.stow_response import (
     TAG_SENT_SOP_UID,
     reason_name,
 )
+from gateway.tools.cliparams import GivenPath
 from gateway.tools.media_files import (
     ARCHIVE_NOTES,
     MEDIA_DIRECTORY_SOP_CLASS,
@@ -643,6 +644,10 @@ def context_value(ctx: click.Context, param: click.Parameter, value: str | None)
         raise click.BadParameter("one value: no comma", ctx=ctx, param=param)
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
         raise click.BadParameter("no control character", ctx=ctx, param=param)
+    if any("\udc80" <= c <= "\udcff" for c in value):
+        # bytes the shell passed that are no UTF-8 (Python keeps them as surrogates): no header text, and encoding
+        # the header failed with a traceback
+        raise click.BadParameter("must be UTF-8 text", ctx=ctx, param=param)
     return value.strip()
 
 
@@ -660,7 +665,7 @@ def check_ca_bundle(root: str) -> None:
 
 
 @click.command("upload")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=GivenPath(exists=True, path_type=Path))
 @click.option("--url", "root", required=True, help="DICOMweb root, e.g. https://host/t/TOKEN/dicomweb.")
 @click.option("--concurrency", default=4, show_default=True, type=click.IntRange(1, 64))
 @click.option(

@@ -66,22 +66,9 @@ def issue_token() -> tuple[Response, int]:
         session_max=body.get("session_max"),
         session_cap=srv.settings.session_max,
     )
-    claims = issued.claims
     # who could read what, until when, issued by which key: one insert, never the token (README, "Audit trail");
     # a catalog that cannot record it is a 503 and no token (fail closed)
-    srv.catalog.add_token_event(
-        "issued",
-        api_key=api_key_label(),
-        jti=claims.jti,
-        created_at=claims.issued_at,
-        sub=claims.sub,
-        studies=sorted(claims.scope.studies) if claims.scope else None,
-        series=sorted(claims.scope.series) if claims.scope and claims.scope.series is not None else None,
-        actions=sorted(claims.actions),
-        expires_at=claims.expires_at,
-        session=claims.session,
-        session_expires_at=claims.session_expires_at,
-    )
+    audit_token("issued", issued.claims, api_key_label())
     payload: dict[str, Any] = {
         "token": issued.token,
         "expires_at": iso(issued.claims.expires_at),
@@ -162,6 +149,9 @@ def renew_token() -> Response | tuple[Response, int]:
     if body.get("if_session") and claims.session is None:
         return no_content()
     issued = srv.tokens.renew(token, revoked, now=now)
+    # a renewed token reads as the first did: its jti, seen in the access trail, leads to its session's issuance (it
+    # had no row); no API key asked, its holder did (api_key empty)
+    audit_token("renewed", issued.claims, "")
     payload = {
         "expires_at": iso(issued.claims.expires_at),
         "expires_in": issued.claims.expires_at - now,
@@ -195,6 +185,23 @@ def revoke_token(jti: str) -> Response:
     srv.authorizer.forget_revocations()
     srv.catalog.add_token_event("revoked", api_key=api_key_label(), jti=jti, created_at=now, expires_at=kept_until)
     return no_content()
+
+
+def audit_token(event: str, claims: Claims, api_key: str) -> None:
+    """The token audit's row of a token made now (``issued``, ``renewed``): its subject, scope and lifetimes."""
+    services().catalog.add_token_event(
+        event,
+        api_key=api_key,
+        jti=claims.jti,
+        created_at=claims.issued_at,
+        sub=claims.sub,
+        studies=sorted(claims.scope.studies) if claims.scope else None,
+        series=sorted(claims.scope.series) if claims.scope and claims.scope.series is not None else None,
+        actions=sorted(claims.actions),
+        expires_at=claims.expires_at,
+        session=claims.session,
+        session_expires_at=claims.session_expires_at,
+    )
 
 
 def api_key_label() -> str:

@@ -409,3 +409,22 @@ def test_a_release_ending_while_the_patients_erasure_runs_is_erased_too(
     assert (erased.json()["studies"], erased.json()["quarantined"]) == (sorted([uids_of(stored)[0], study]), 0)
     assert served(held_stack, path) == 404 and served(held_stack, stored) == 404
     assert list(held_stack.storage().list(f"studies/{study}/")) == []
+
+
+def test_a_renewed_token_is_in_the_token_audit_under_its_session(held_stack: RunningStack) -> None:
+    """A renewal makes a token with a jti of its own, which the access trail names for every read made with it; the
+    token audit had no row for it, so that jti led nowhere. Each renewal is now a ``renewed`` row (no API key: the
+    token's holder asked), listed with its session's issuance."""
+    first = held_stack.issue(["1.2.826.0.1.3680043.8.498.111"], sub="viewer-9", ttl=300, session_max=3600)
+    renewed = requests.post(f"{held_stack.url}/api/v1/tokens/renew", json={"token": first["token"]}, timeout=10)
+    assert renewed.status_code == 200, renewed.text
+    jti = renewed.json()["jti"]
+    assert jti != first["jti"]
+    [row] = token_audit(held_stack, jti=jti).json()["items"]
+    assert (row["event"], row["api_key"], row["jti"], row["sub"], row["session"], row["studies"]) == (
+        "renewed", "", jti, "viewer-9", first["jti"], ["1.2.826.0.1.3680043.8.498.111"]
+    )
+    assert row["expires_at"] > row["created_at"]
+    assert renewed.json()["token"] not in token_audit(held_stack, jti=jti).text
+    session = token_audit(held_stack, jti=first["jti"]).json()["items"]
+    assert [(r["event"], r["jti"]) for r in session] == [("renewed", jti), ("issued", first["jti"])]

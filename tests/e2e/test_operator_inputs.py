@@ -932,3 +932,66 @@ def test_ctrl_c_while_stack_up_starts_prints_no_links_and_the_next_start_runs(tm
     code, out, err = _stop(again)
     assert (code, err) == (0, "")
     assert out.startswith(f"gateway:  http://127.0.0.1:{port}  (ready: http://127.0.0.1:{port}/readyz)\n")
+
+
+def test_the_operator_mistakes_a_trial_met_are_one_line_each(tmp_path: Path) -> None:
+    """Met trying every command as an operator (session 33). An empty path was read as the current folder
+    (`stack up --var ""` made a stack there, `synth ct --out ""` wrote into it); `retention run --every` past what
+    a sleep takes, `stack seed --work-dir` naming a file and `upload --tenant` with bytes that are no UTF-8 were
+    tracebacks; `keys generate --count 100000000000` ran for ever; `sqlite:///` (SQLite's in-memory database) was
+    migrated by `db upgrade`, "successfully", and the stack's workers then told to run `db upgrade`. Each is now one
+    line, exit 2 for a flag and 1 for a variable, and nothing is made in the current folder."""
+    env = gateway_env(tmp_path)
+    work = tmp_path / "here"
+    work.mkdir()
+    afile = tmp_path / "a-file"
+    afile.write_text("x")
+    empty = "an empty path names no file or folder"
+    for argv, line in (
+        (["stack", "up", "--no-seed", "--var", ""], f"Error: Invalid value for '--var': {empty}"),
+        (["stack", "status", "--var", ""], f"Error: Invalid value for '--var': {empty}"),
+        (["synth", "ct", "--out", ""], f"Error: Invalid value for '--out': {empty}"),
+        (["scan", ""], f"Error: Invalid value for 'PATHS...': {empty}"),
+        (["audit", "collect", "--log", ""], f"Error: Invalid value for '--log': {empty}"),
+        (
+            ["retention", "run", "--every", "99999999999"],
+            "Error: Invalid value for '--every': 99999999999 is not in the range 0<=x<=2147483647.",
+        ),
+        (
+            ["keys", "generate", "--count", "100000000000"],
+            "Error: Invalid value for '--count': 100000000000 is not in the range 1<=x<=1000.",
+        ),
+        (
+            ["stack", "seed", "--url", "http://127.0.0.1:9", "--work-dir", str(afile)],
+            f"Error: Invalid value for '--work-dir': Directory '{afile}' is a file.",
+        ),
+        (
+            ["upload", str(afile), "--url", "http://127.0.0.1:9/dicomweb", "--api-key", "k", "--tenant", "t\udcff"],
+            "Error: Invalid value for '--tenant': must be UTF-8 text",
+        ),
+    ):
+        code, out, err = _run(argv, env, work)
+        assert (code, out, err.strip().splitlines()[-1]) == (2, "", line), (argv, err)
+        assert "Traceback" not in err
+    code, out, err = _run(["db", "upgrade"], {**env, "DICOMGW_DATABASE_URL": "sqlite:///"}, work)
+    assert (code, out, err) == (
+        1,
+        "",
+        "Error: DICOMGW_DATABASE_URL: names no file: write sqlite:///catalog.db (relative to the folder it is run in) "
+        "or sqlite:////path/catalog.db\n",
+    )
+    assert list(work.iterdir()) == []  # nothing was made where the commands ran
+
+
+def test_audit_collect_once_touches_its_heartbeat(tmp_path: Path) -> None:
+    """`--heartbeat` says "after each successful pass", and `retention run` touches its file on a single run, but
+    `audit collect` without --follow never made it: a health check reading its age saw a collector that never ran."""
+    env = gateway_env(tmp_path)
+    assert _run(["db", "upgrade"], env, tmp_path)[0] == 0
+    log = tmp_path / "access.log"
+    log.write_text("")
+    beat = tmp_path / "beat"
+    assert _run(["audit", "collect", "--log", str(log), "--heartbeat", str(beat)], env, tmp_path) == (
+        0, "0 access rows added\n", ""
+    )
+    assert beat.exists()

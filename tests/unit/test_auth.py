@@ -343,6 +343,23 @@ def test_revoked_token(tokens: TokenService) -> None:
     assert authorizer.decide("GET", f"/t/{other.token}{STUDY_PATH}", now=T).claims.jti == other.claims.jti
 
 
+@pytest.mark.parametrize("method", ["POST", "DELETE"])
+def test_a_revoked_read_token_asked_to_write_is_refused_as_revoked(tokens: TokenService, method: str) -> None:
+    """A read token, revoked, sent with a STOW or a DELETE got 403 ``insufficient_scope`` ("token does not allow
+    write"): the client and the access trail could not tell it had been revoked. Revoked comes first, as for a read;
+    an unrevoked read token is still the 403."""
+    issued = tokens.issue(sub="u", studies=[ST], now=T)
+    other = tokens.issue(sub="u", studies=[ST], now=T)
+    revocations = Revocations()
+    revocations.revoked.add(issued.claims.jti)
+    authorizer = make_authorizer(tokens, revocations, Clock(T))
+    with pytest.raises(TokenRevoked):
+        authorizer.decide(method, f"/t/{issued.token}{STUDY_PATH}", now=T)
+    with pytest.raises(InsufficientScope) as caught:
+        authorizer.decide(method, f"/t/{other.token}{STUDY_PATH}", now=T)
+    assert caught.value.detail == "token does not allow write"
+
+
 def test_revocations_reload_every_refresh_seconds(tokens: TokenService) -> None:
     issued = tokens.issue(sub="u", studies=[ST], now=T)
     uri = f"/t/{issued.token}{STUDY_PATH}"

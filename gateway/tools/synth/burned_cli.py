@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from gateway.tools.cliparams import GivenPath
 from gateway.tools.synth.burned import make_sc, make_us
 from gateway.tools.synth.options import patient_id
 
@@ -17,7 +18,7 @@ def _report(path: Path, started: float, frames: int) -> None:
     )
 
 
-_out = click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+_out = click.option("--out", required=True, type=GivenPath(file_okay=False, path_type=Path), help="Output folder.")
 _seed = click.option("--seed", default=0, show_default=True, type=int, help="Same seed, same patient and pixels.")
 _jpeg = click.option("--jpeg", is_flag=True, help="JPEG Baseline frames instead of native pixels.")
 _patient = click.option(

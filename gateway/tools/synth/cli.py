@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from gateway.errors import InvalidUID
+from gateway.tools.cliparams import GivenPath
 from gateway.tools.synth.options import patient_id
 from gateway.tools.synth.phantom import DEFAULT_SLICES, make_series
 from gateway.tools.synth.tiles import DEFAULT_FRAMES, DEFAULT_NATIVE_FRAMES
@@ -23,7 +24,7 @@ def _common_options(function: Callable[..., None]) -> Callable[..., None]:
             click.option(
                 "--out",
                 required=True,
-                type=click.Path(file_okay=False, path_type=Path),
+                type=GivenPath(file_okay=False, path_type=Path),
                 help="Output folder (created if missing; files in it are overwritten).",
             ),
             click.option(

@@ -1,0 +1,17 @@
+"""Click parameter types shared by the command-line tools."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+
+class GivenPath(click.Path):
+    """``click.Path`` that refuses an empty value: ``""`` was read as the current folder (``stack up --var ""`` made
+    a stack there, ``synth ct --out ""`` wrote into it, ``scan ""`` scanned it), a usage error here as in ``upload``."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip():
+            self.fail("an empty path names no file or folder", param, ctx)
+        return super().convert(value, param, ctx)
