@@ -1130,7 +1130,7 @@ def test_keys_generate_prints_count_distinct_keys() -> None:
     for count in ("0", "-1"):
         refused = subprocess.run([*command, "--count", count], capture_output=True, text=True)
         assert (refused.returncode, refused.stdout) == (2, "")
-        assert refused.stderr.strip() == f"Error: Invalid value for '--count': {count} is not in the range x>=1."
+        assert refused.stderr.strip() == f"Error: Invalid value for '--count': {count} is not in the range 1<=x<=1000."
 
 
 def test_version_prints_the_installed_version() -> None:
