@@ -71,6 +71,7 @@ class AdminRecords(CatalogBase):
         self._owed: dict[Reservation, float] = {}
         self._leases = threading.Condition()
         self._keeper: threading.Thread | None = None
+        self._closed = False  # ``close`` stopped the keeper for good
 
     # --- upload reservations ----------------------------------------------------------------------------------
     # Why owner + lease rather than a database lock held by the uploading connection: SQLite has no lock finer
@@ -194,7 +195,7 @@ class AdminRecords(CatalogBase):
         """Start the keeper unless one runs (called holding ``_leases``). ``_keeper`` names a thread only once it has
         started: one that could not start (no threads left) must not pass for running, or no lease of this
         process would be beaten again and other processes would take over uploads still in progress."""
-        if self._keeper is None:
+        if self._keeper is None and not self._closed:
             keeper = threading.Thread(target=self._keep_leases, name="lease-keeper", daemon=True)
             keeper.start()  # it waits for _leases, held here, before it looks at anything
             self._keeper = keeper
@@ -205,16 +206,18 @@ class AdminRecords(CatalogBase):
         try:
             while True:
                 with self._leases:
+                    if self._closed:
+                        return
                     if not self._held and not self._owed:
                         self._leases.wait(HEARTBEAT_SECONDS)
-                        if not self._held and not self._owed:
+                        if self._closed or (not self._held and not self._owed):
                             return
                     now = time.monotonic()
                     due = [reservation for reservation, at in self._held.items() if at <= now]
                     owed = [reservation for reservation, at in self._owed.items() if at <= now]
                     if not due and not owed:
                         self._leases.wait(min([*self._held.values(), *self._owed.values()]) - now)
-                        continue
+                        continue  # or closed: checked first
                     for reservation in due:
                         self._held[reservation] = now + HEARTBEAT_SECONDS
                     for reservation in owed:
@@ -238,6 +241,18 @@ class AdminRecords(CatalogBase):
                 self._keeper = None
                 if self._held or self._owed:  # one came in as this thread stopped (or a beat failed unforeseen)
                     self._start_keeper()  # if none can start, the next upload's ``holding`` tries again
+
+    def close(self) -> None:
+        """Stop the keeper, and wait for its beat in progress, before the engine goes: a beat that ended on a
+        disposed engine left its connection open until the garbage collector found it. What it still held or owed
+        lapses with its lease, as when the process ends."""
+        with self._leases:
+            self._closed = True
+            keeper = self._keeper
+            self._leases.notify_all()
+        if keeper is not None and keeper is not threading.current_thread():
+            keeper.join()
+        super().close()
 
     def release(self, reservation: Reservation) -> None:
         try:

@@ -202,6 +202,41 @@ def test_one_thread_keeps_every_held_lease_and_stops_when_none_is_held(
     catalog.release(second)
 
 
+def test_close_waits_for_the_beat_in_progress_and_stops_the_keeper(
+    catalog: Catalog, catalog_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A beat that ended after ``close`` had disposed of the engine returned its connection to a pool nobody
+    closed: the connection stayed open until the garbage collector found it, and its ResourceWarning failed
+    whichever test then ran (a reconcile's catalog closes while its keeper may still be beating)."""
+    monkeypatch.setattr("gateway.catalog.admin.HEARTBEAT_SECONDS", 0.05)
+    beating, beats_ended = threading.Event(), []
+    heartbeat = Catalog.heartbeat
+
+    def slow_heartbeat(self: Catalog, reservation: Reservation, now: int | None = None) -> bool:
+        beating.set()
+        time.sleep(0.5)
+        renewed = heartbeat(self, reservation) if now is None else heartbeat(self, reservation, now)
+        beats_ended.append(time.monotonic())
+        return renewed
+
+    monkeypatch.setattr(Catalog, "heartbeat", slow_heartbeat)
+    closing = Catalog(catalog_url)  # ``catalog`` made the tables
+    reservation = closing.reserve(SOP, 0)
+    assert reservation is not None
+    with closing.holding(reservation):
+        assert beating.wait(10)
+    keeper = closing._keeper
+    closing.close()
+    closed = time.monotonic()
+    assert beats_ended and beats_ended[-1] <= closed  # the beat ended before the engine went
+    assert keeper is None or not keeper.is_alive()
+    with closing._leases:
+        closing._held[reservation] = 0.0
+        closing._start_keeper()  # a closed catalog starts no keeper again
+    assert closing._keeper is None
+    catalog.release(reservation)
+
+
 def test_a_keeper_that_could_not_start_is_started_by_the_next_upload(
     catalog: Catalog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
