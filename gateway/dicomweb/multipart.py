@@ -152,44 +152,63 @@ class _TooLarge(Exception):
 
 
 class _Reader:
-    """A rolling buffer over ``stream``: ``buf[pos:]`` is read but not yet consumed."""
+    """A rolling buffer over ``stream``: ``buf[pos:end]`` is read but not yet consumed.
+
+    One ``bytearray`` serves the whole body: what is left unconsumed (a delimiter's first bytes, a header line's)
+    moves to its start, and the next read lands after it, in place where the stream has ``read_into`` (the request
+    body under gunicorn, ``gateway.views.body``; not ``readinto``, which a stream made from ``io.RawIOBase`` with
+    only ``read`` has and refuses). A fresh ``bytes`` of each read, joined to the leftover, was two copies and an
+    allocation, page faults included, per 256 KB read of a STOW body (docs/bench.md, session 34)."""
 
     def __init__(self, stream: Readable, chunk_size: int, initial: bytes) -> None:
         self._stream = stream
         self._chunk_size = chunk_size
-        self.buf = initial
+        self._read_into: Callable[[memoryview], int] | None = getattr(stream, "read_into", None)
+        self.buf = bytearray(initial)
         self.pos = 0
+        self.end = len(initial)
         self.eof = False
 
     def fill(self) -> bool:
         """Append one read to the unconsumed bytes; False at end of stream."""
         if self.eof:
             return False
-        data = self._stream.read(self._chunk_size)
-        if not data:
+        left = self.end - self.pos
+        if len(self.buf) < left + self._chunk_size:  # once per body, or when a header line is long
+            grown = bytearray(left + self._chunk_size)
+            grown[:left] = self.buf[self.pos : self.end]
+            self.buf = grown
+        elif left:
+            self.buf[:left] = self.buf[self.pos : self.end]
+        self.pos, self.end = 0, left
+        with memoryview(self.buf) as view, view[left : left + self._chunk_size] as room:
+            if self._read_into is not None:
+                got = self._read_into(room)
+            else:
+                data = self._stream.read(self._chunk_size)
+                got = len(data)
+                room[:got] = data
+        if not got:
             self.eof = True
             return False
-        if self.pos >= len(self.buf):
-            self.buf = bytes(data)  # nothing left over: no copy for bytes input
-        else:
-            self.buf = self.buf[self.pos :] + data
-        self.pos = 0
+        self.end = left + got
         return True
 
     def scan_to(self, delimiter: bytes, sink: Callable[[memoryview], object], limit: int) -> int:
         """Feed ``sink`` everything before the next ``delimiter`` and consume the delimiter; returns the byte
-        count. Raises ``_Eof`` if the stream ends first and ``_TooLarge`` past ``limit`` bytes."""
+        count. Raises ``_Eof`` if the stream ends first and ``_TooLarge`` past ``limit`` bytes. ``sink`` must not
+        keep the view it is given (the buffer is reused)."""
         total = 0
         keep = len(delimiter) - 1
         while True:
-            idx = self.buf.find(delimiter, self.pos)
-            end = idx if idx >= 0 else len(self.buf) - keep
+            idx = self.buf.find(delimiter, self.pos, self.end)
+            end = idx if idx >= 0 else self.end - keep
             if end > self.pos:
                 total += end - self.pos
                 if total > limit:
                     raise _TooLarge
-                with memoryview(self.buf) as view:
-                    sink(view[self.pos : end])
+                with memoryview(self.buf) as view, view[self.pos : end] as piece:
+                    sink(piece)
                 self.pos = end
             if idx >= 0:
                 self.pos = idx + len(delimiter)
@@ -201,21 +220,21 @@ class _Reader:
         """One CRLF-terminated line without its CRLF; ``MalformedMultipart`` when longer than ``limit``."""
         scanned = 0  # bytes after pos already known to hold no CRLF start
         while True:
-            idx = self.buf.find(b"\r\n", self.pos + scanned)
+            idx = self.buf.find(b"\r\n", self.pos + scanned, self.end)
             if idx >= 0 and idx - self.pos <= limit:
-                line = self.buf[self.pos : idx]
+                line = bytes(self.buf[self.pos : idx])
                 self.pos = idx + 2
                 return line
-            if len(self.buf) - self.pos > limit + 1:
+            if self.end - self.pos > limit + 1:
                 raise MalformedMultipart(f"header line longer than {limit} bytes")
-            scanned = max(len(self.buf) - self.pos - 1, 0)
+            scanned = max(self.end - self.pos - 1, 0)
             if not self.fill():
                 raise _Eof
 
     def peek(self, n: int) -> bytes:
-        while len(self.buf) - self.pos < n and self.fill():
+        while self.end - self.pos < n and self.fill():
             pass
-        return self.buf[self.pos : self.pos + n]
+        return bytes(self.buf[self.pos : min(self.pos + n, self.end)])
 
     def drain(self) -> None:
         while self._stream.read(self._chunk_size):

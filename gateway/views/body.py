@@ -36,10 +36,17 @@ class _LengthBody:
         self._buffer = bytearray(READ_SIZE)
 
     def read(self, size: int = -1, /) -> bytes:
+        size = self._reader.length if size < 0 else size
+        with memoryview(self._buffer) as view, view[: min(size, READ_SIZE)] as room:
+            got = self.read_into(room)
+            return bytes(room[:got])
+
+    def read_into(self, into: memoryview, /) -> int:
+        """``read`` into ``into`` (the multipart reader's own buffer: no copy, no allocation per read)."""
         reader = self._reader
-        size = reader.length if size < 0 else min(size, reader.length)
+        size = min(len(into), reader.length)
         if size <= 0:
-            return b""
+            return 0
         pending = reader.unreader.buf
         pending.seek(0, os.SEEK_END)
         if pending.tell():  # bytes gunicorn read past the headers: they come first
@@ -47,12 +54,12 @@ class _LengthBody:
             if len(data) > size:
                 reader.unreader.unread(data[size:])
                 data = data[:size]
+            got = len(data)
+            into[:got] = data
         else:
-            with memoryview(self._buffer) as view:
-                got = self._sock.recv_into(view, min(size, READ_SIZE))
-                data = bytes(view[:got])
-        reader.length -= len(data)
-        return data
+            got = self._sock.recv_into(into, size)
+        reader.length -= got
+        return got
 
 
 class _BrokenBodyIsBadRequest:
@@ -68,8 +75,23 @@ class _BrokenBodyIsBadRequest:
         try:
             data: bytes = self.source.read(size)
         except OSError:
-            raise BadRequest("the request body ended before it was complete (the connection broke)") from None
+            raise _broken() from None
         return data
+
+    def read_into(self, into: memoryview, /) -> int:
+        try:
+            if (read_into := getattr(self.source, "read_into", None)) is not None:
+                got: int = read_into(into)
+                return got
+            data = self.source.read(len(into))
+        except OSError:
+            raise _broken() from None
+        into[: len(data)] = data
+        return len(data)
+
+
+def _broken() -> BadRequest:
+    return BadRequest("the request body ended before it was complete (the connection broke)")
 
 
 def large_read_stream(stream: Any) -> Any:

@@ -8,6 +8,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from gunicorn.http.body import Body, ChunkedReader, LengthReader
@@ -42,9 +43,17 @@ def socket_with() -> Iterator[Callable[[bytes], socket.socket]]:
         sock.close()
 
 
+def read_into(stream: Any, size: int) -> bytes:
+    """One ``read_into`` (the multipart reader's way: into its own buffer) of up to ``size`` bytes."""
+    room = bytearray(size)
+    got = stream.read_into(memoryview(room))
+    return bytes(room[:got])
+
+
+@pytest.mark.parametrize("in_place", [False, True])
 @pytest.mark.parametrize("read_size", [1 << 20, 1000])
 def test_length_body_is_read_from_the_socket_with_gunicorns_count_kept(
-    socket_with: Callable[[bytes], socket.socket], read_size: int
+    socket_with: Callable[[bytes], socket.socket], read_size: int, in_place: bool
 ) -> None:
     payload = os.urandom(700_000)
     after = b"GET /next HTTP/1.1\r\n"  # the next request on a keep-alive connection
@@ -54,7 +63,7 @@ def test_length_body_is_read_from_the_socket_with_gunicorns_count_kept(
     stream = large_read_stream(body)
     assert stream.source is not body and stream.source is not body.reader
     chunks = []
-    while chunk := stream.read(read_size):
+    while chunk := (read_into(stream, read_size) if in_place else stream.read(read_size)):
         assert len(chunk) <= read_size
         chunks.append(chunk)
     assert b"".join(chunks) == payload
@@ -92,10 +101,13 @@ def test_chunked_body_is_read_through_its_reader(socket_with: Callable[[bytes], 
     body = Body(ChunkedReader(Req(), SocketUnreader(socket_with(wire))))
     stream = large_read_stream(body)
     assert stream.source is body.reader
-    assert b"".join(iter(lambda: stream.read(1 << 20), b"")) == payload
+    assert b"".join(iter(lambda: read_into(stream, 1 << 20), b"")) == payload  # read, then copied in place
 
 
-def test_a_chunked_body_cut_inside_a_chunk_is_a_bad_request(socket_with: Callable[[bytes], socket.socket]) -> None:
+@pytest.mark.parametrize("in_place", [False, True])
+def test_a_chunked_body_cut_inside_a_chunk_is_a_bad_request(
+    socket_with: Callable[[bytes], socket.socket], in_place: bool
+) -> None:
     # a client that went away: NGINX closes the upstream connection inside a chunk, gunicorn raises NoMoreData
     wire = b"%x\r\n%s" % (50_000, b"x" * 20_000)
 
@@ -104,7 +116,7 @@ def test_a_chunked_body_cut_inside_a_chunk_is_a_bad_request(socket_with: Callabl
 
     stream = large_read_stream(Body(ChunkedReader(Req(), SocketUnreader(socket_with(wire)))))
     with pytest.raises(BadRequest, match="ended before it was complete"):
-        while stream.read(1 << 20):
+        while read_into(stream, 1 << 20) if in_place else stream.read(1 << 20):
             pass
 
 

@@ -52,6 +52,16 @@ class Dribble(io.RawIOBase):
         return out
 
 
+class DribbleInto(Dribble):
+    """``Dribble`` read in place, as the request body under gunicorn is (``gateway.views.body``): the reader's
+    buffer is reused from read to read, so a part must never be fed bytes a later read overwrote."""
+
+    def read_into(self, into: memoryview) -> int:
+        out = self.read(len(into))
+        into[: len(out)] = out
+        return len(out)
+
+
 class Generated(io.RawIOBase):
     """A stream over a generator of chunks: the body never exists in memory as a whole."""
 
@@ -222,6 +232,18 @@ def test_delimiter_split_across_reads(tmp_path: Path, chunk_size: int) -> None:
 def test_short_reads(tmp_path: Path, step: int) -> None:
     data = body(*TRICKY)
     assert [c for _, c in parse(data, tmp_path, stream=Dribble(data, step), chunk_size=1 << 16)] == TRICKY
+
+
+@pytest.mark.parametrize("chunk_size", [*range(1, 24), 31, 64, 127, 1 << 20])
+def test_reads_in_place_split_anywhere(tmp_path: Path, chunk_size: int) -> None:
+    data = body(*TRICKY, preamble=b"pre--abc amble", epilogue=b"\r\nepi")
+    for step in (1, 5, 1 << 20):
+        got = parse(data, tmp_path, stream=DribbleInto(data, step), chunk_size=chunk_size)
+        assert [c for _, c in got] == TRICKY
+    headers = b"Content-Type: application/dicom\r\nX-Long: " + b"h" * 5000 + b"\r\n\r\n"
+    long_line = b"--abc\r\n" + headers + b"z\r\n--abc--"  # a header line longer than the reads: the buffer grows
+    [(part, content)] = parse(long_line, tmp_path, stream=DribbleInto(long_line, 7), chunk_size=chunk_size)
+    assert (part.headers["x-long"], content) == ("h" * 5000, b"z")
 
 
 @pytest.mark.parametrize("boundary", ["b" * 70, ORTHANC_BOUNDARY, "b" * 200])
