@@ -21,15 +21,17 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qs
 
 import orjson
 
 from gateway.catalog import Catalog
 from gateway.catalog.access import ACCESS_FIELDS
+from gateway.names import shown_path
 from gateway.uids import is_uid
 
 # One transaction per batch of complete lines read at once (~1,700 lines of NGINX's format per MiB): a busy log is
@@ -54,11 +56,20 @@ def access_row(line: str) -> dict[str, Any] | None:
     """One log line → one audit row, or None for lines that are no DICOMweb request (or no JSON). The reference
     reading: the collector takes NGINX's own lines by ``_fast_row``, which must agree with it, and every other line
     by this."""
+    return _reference_row(line) or None
+
+
+def _reference_row(line: str) -> dict[str, Any] | Literal[False] | None:
+    """``access_row``, telling the lines it skips apart: None for a line of the log that is no DICOMweb request (or a
+    blank one), False for an unreadable one, which is no line of the gateway's access log (not a JSON object naming a
+    ``uri``; a DICOMweb request's line whose time, status or size does not read: a damaged line)."""
     try:
         entry = json.loads(line)
     except (ValueError, RecursionError):  # not JSON, or nested deeper than Python reads
-        return None
-    if not isinstance(entry, dict) or entry.get("method") == "OPTIONS":
+        return None if not line.strip() else False
+    if not isinstance(entry, dict) or "uri" not in entry:
+        return False
+    if entry.get("method") == "OPTIONS":
         return None
     found = _DICOMWEB.match(str(entry.get("uri", "")))
     if found is None:
@@ -71,7 +82,7 @@ def access_row(line: str) -> dict[str, Any] | None:
         status = int(entry["status"])
         size = int(entry.get("bytes") or 0)
     except (KeyError, ValueError, TypeError, OverflowError):
-        return None
+        return False
     return {
         "at": at,
         "remote": _text(entry.get("remote", ""), 64),
@@ -104,11 +115,11 @@ _TYPES = (str, str, str, int, str, str, str, str, str, int)
 _TIMES: dict[str, int] = {}  # $time_iso8601 → epoch seconds: the lines of one second share their time
 
 
-def _fast_row(raw: bytes) -> tuple[Any, ...] | None:
-    """``access_row`` for a line as NGINX writes it (every field read present, a string, ``status`` and ``bytes``
+def _fast_row(raw: bytes) -> tuple[Any, ...] | Literal[False] | None:
+    """``_reference_row`` for a line as NGINX writes it (every field read present, a string, ``status`` and ``bytes``
     integers, no newline in ``uri``), as a tuple of ``ACCESS_FIELDS``: parsed with orjson, the fields taken and
     type-checked at once, the time parsed once per second, one regular expression for a read below a study.
-    Raises ``_Unusual`` for any other line, which ``access_row`` then reads: the standard library's JSON (orjson
+    Raises ``_Unusual`` for any other line, which ``_reference_row`` then reads: the standard library's JSON (orjson
     refuses ``NaN``, lone surrogates and invalid UTF-8, and reads an integer beyond 64 bits as a float: such a value
     is no ``int`` here) and its conversions, so both store the same row (tests/unit/test_accesslog_rows.py pins
     them)."""
@@ -117,7 +128,7 @@ def _fast_row(raw: bytes) -> tuple[Any, ...] | None:
     except orjson.JSONDecodeError:
         raise _Unusual from None
     if type(entry) is not dict:
-        return None  # the standard library reads no object either
+        return False  # the standard library reads no object either
     try:
         fields = _FIELDS(entry)
     except KeyError:
@@ -145,7 +156,7 @@ def _fast_row(raw: bytes) -> tuple[Any, ...] | None:
         try:
             at = int(datetime.fromisoformat(moment).timestamp())
         except ValueError:
-            return None
+            return False
         if len(_TIMES) >= 4096:
             _TIMES.clear()
         _TIMES[moment] = at
@@ -155,12 +166,22 @@ def _fast_row(raw: bytes) -> tuple[Any, ...] | None:
 
 def _row(raw: bytes) -> tuple[Any, ...] | None:
     """One complete line (without its newline) → the row the collector stores, a tuple of ``ACCESS_FIELDS``."""
+    return _read(raw) or None
+
+
+def _read(raw: bytes) -> tuple[Any, ...] | Literal[False] | None:
+    """``_row``, telling the lines it skips apart as ``_reference_row`` does (False: unreadable)."""
     try:
         row = _fast_row(raw)
     except _Unusual:
-        found = access_row(raw.decode("utf-8", errors="replace"))
-        row = None if found is None else tuple(found[name] for name in ACCESS_FIELDS)
-    return None if row is None else _storable(row)
+        found = _reference_row(raw.decode("utf-8", errors="replace"))
+        if found is None or found is False:
+            return found
+        row = tuple(found[name] for name in ACCESS_FIELDS)
+    if row is None or row is False:
+        return row
+    stored = _storable(row)
+    return False if stored is None else stored  # a number beyond its column: a damaged line
 
 
 _INT32 = 1 << 31  # access.status is an INTEGER column
@@ -213,10 +234,21 @@ def _file_id(stat: os.stat_result) -> str:
     return f"{stat.st_dev}:{stat.st_ino}"
 
 
-def _batches(handle: Any, position: int, echo: bool) -> Iterator[tuple[list[tuple[Any, ...]], int]]:
+@dataclass
+class Tally:
+    """What passes read: complete lines, and how many of them were unreadable (no line of the gateway's JSON access
+    log: ``_reference_row``). Counted only: a line is never shown, since it may hold PHI or a token."""
+
+    lines: int = 0
+    unreadable: int = 0
+
+
+def _batches(
+    handle: Any, position: int, echo: bool, tally: Tally | None = None
+) -> Iterator[tuple[list[tuple[Any, ...]], int]]:
     """(rows, position after them) per batch of complete lines; a line still being written waits for next time.
     ``echo``: each line also goes to stdout, so the log file on a shared volume does not take the access log away
-    from the container's log driver (compose, CloudWatch)."""
+    from the container's log driver (compose, CloudWatch). ``tally`` counts the lines read and the unreadable."""
     handle.seek(position)
     start: list[bytes] = []  # the start of a line longer than a batch
     while chunk := handle.read(BATCH_BYTES):
@@ -232,7 +264,11 @@ def _batches(handle: Any, position: int, echo: bool) -> Iterator[tuple[list[tupl
         lines = complete.split(b"\n")
         lines.pop()  # the empty text after the last newline
         position += len(complete)
-        yield [row for row in map(_row, lines) if row is not None], position
+        read = list(map(_read, lines))
+        if tally is not None:
+            tally.lines += len(read)
+            tally.unreadable += read.count(False)  # a row is a tuple or None: only an unreadable line is False
+        yield [row for row in read if row], position
 
 
 # How long a rotated log is still read after it last grew: NGINX's workers write to the old file until each has
@@ -280,11 +316,13 @@ def collect(
     now: float | None = None,
     echo: bool = False,
     held: Held | None = None,
+    tally: Tally | None = None,
 ) -> int:
     """One pass: load the new complete lines of ``log``, then apply the retention. Returns the rows added. The
     position is kept per host and path: every ECS task's sidecar reads its own NGINX's log into one catalog.
-    ``held`` (``follow_log``): the file stays open between passes, so a rotated log's last lines are loaded."""
-    source = f"{socket.gethostname()}:{log.resolve()}"
+    ``held`` (``follow_log``): the file stays open between passes, so a rotated log's last lines are loaded.
+    ``tally``: the lines read and those skipped as unreadable are added to it."""
+    source = f"{socket.gethostname()}:{shown_path(log.resolve())}"
     added = 0
     try:
         handle = log.open("rb")
@@ -297,13 +335,13 @@ def collect(
             handle.close()
         raise
     if held is not None and held.rotated is not None:
-        added += _drain_rotated(catalog, source, stored, held, echo)
+        added += _drain_rotated(catalog, source, stored, held, echo, tally)
     if held is not None and held.handle is not None:
         old = _file_id(os.fstat(held.handle.fileno()))
         if handle is None or _file_id(os.fstat(handle.fileno())) != old:
             # rotated: the old file's tail (from its start if no line of it was stored yet), then keep it open
             read_to = stored[1] if stored is not None and stored[0] == old else 0
-            for rows, end in _batches(held.handle, read_to, echo):
+            for rows, end in _batches(held.handle, read_to, echo, tally):
                 catalog.add_access(rows, source, old, end)
                 added += len(rows)
                 read_to = end
@@ -314,7 +352,7 @@ def collect(
             stat = os.fstat(handle.fileno())
             # a new file (rotated) or a shorter one (truncated): start at its beginning
             start = stored[1] if stored and stored[0] == _file_id(stat) and stored[1] <= stat.st_size else 0
-            for rows, position in _batches(handle, start, echo):
+            for rows, position in _batches(handle, start, echo, tally):
                 catalog.add_access(rows, source, _file_id(stat), position)
                 added += len(rows)
         finally:
@@ -326,12 +364,14 @@ def collect(
     return added
 
 
-def _drain_rotated(catalog: Catalog, source: str, stored: tuple[str, int] | None, held: Held, echo: bool) -> int:
+def _drain_rotated(
+    catalog: Catalog, source: str, stored: tuple[str, int] | None, held: Held, echo: bool, tally: Tally | None
+) -> int:
     """Load what NGINX wrote to a rotated log since the last pass (its position is kept in ``held``; the catalog's
     is the current file's and stays as it is). The old file is closed once it has been quiet for the grace time."""
     added = 0
     start = held.rotated_position
-    for rows, position in _batches(held.rotated, start, echo):
+    for rows, position in _batches(held.rotated, start, echo, tally):
         file_id, at = stored if stored is not None else (_file_id(os.fstat(held.rotated.fileno())), position)
         catalog.add_access(rows, source, file_id, at)
         held.rotated_position = position
@@ -342,6 +382,14 @@ def _drain_rotated(catalog: Catalog, source: str, stored: tuple[str, int] | None
     elif now - held.rotated_grew > ROTATED_GRACE_SECONDS:
         held.drop_rotated()
     return added
+
+
+def unreadable_note(tally: Tally) -> str:
+    """What ``audit collect`` says of the lines it skipped as unreadable: how many, never what they hold."""
+    return (
+        f"{tally.unreadable} of {tally.lines} line{'s' if tally.lines != 1 else ''} read skipped as unreadable: no "
+        "line of the gateway's JSON access log (not shown: a line may hold PHI or a token)"
+    )
 
 
 def follow_log(
@@ -357,25 +405,32 @@ def follow_log(
     catalog that is briefly out (or not yet migrated) is retried on the next pass: the position is not lost. The
     log stays open between passes (``Held``), so the lines of a rotated log written after a pass are loaded too."""
     held = Held()
-    if not log.exists():  # a mistyped path would wait for ever without a word: said once, then it is waited for
+
+    def say(text: str) -> None:
+        # stderr may sit on the very disk that is full: a failed print must not end the collector (stack up stopped
+        # the whole gateway when it did)
         with contextlib.suppress(OSError):
-            print(f"dicom-gateway audit collect: {log} does not exist yet; its lines are loaded once NGINX writes it",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            print(f"dicom-gateway audit collect: {text}", file=sys.stderr, flush=True)
+
+    if not log.exists():  # a mistyped path would wait for ever without a word: said once, then it is waited for
+        say(f"{shown_path(log)} does not exist yet; its lines are loaded once NGINX writes it")
     try:
         while True:
+            tally = Tally()
             try:
-                collect(catalog, log, retention_days, echo=echo, held=held)
+                collect(catalog, log, retention_days, echo=echo, held=held, tally=tally)
                 if heartbeat is not None:
                     heartbeat.touch()
             except Exception as error:  # noqa: BLE001 - the collector outlives a database blip; one line, no trace
-                # stderr may sit on the very disk that is full: a failed print must not end the collector (stack up
-                # stopped the whole gateway when it did)
-                with contextlib.suppress(OSError):
-                    print(f"dicom-gateway audit collect: {type(error).__name__}: {' '.join(str(error).split())[:300]}",
-                          file=sys.stderr, flush=True)  # fmt: skip
+                say(f"{type(error).__name__}: {' '.join(str(error).split())[:300]}")
+            if tally.unreadable:  # a file that is not the access log loaded nothing without a word
+                say(unreadable_note(tally))
             if stop.wait(interval):
+                tally = Tally()
                 with contextlib.suppress(Exception):
-                    collect(catalog, log, retention_days, echo=echo, held=held)
+                    collect(catalog, log, retention_days, echo=echo, held=held, tally=tally)
+                if tally.unreadable:
+                    say(unreadable_note(tally))
                 return
     finally:
         held.close()

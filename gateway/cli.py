@@ -25,8 +25,9 @@ from gateway.config import (
     parse_api_keys,
 )
 from gateway.errors import ConfigError, GatewayError
+from gateway.names import shown_path
 from gateway.numbers import INT32_MAX
-from gateway.tools.cliparams import GivenPath
+from gateway.tools.cliparams import GivenPath, GivenURL
 
 # click 8.2+ shows a bare group's help by raising this usage error; 8.1 (allowed by pyproject) has no such class
 _BARE_GROUP_HELP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
@@ -64,6 +65,24 @@ def stack() -> None:
     """Run NGINX + gunicorn on this machine (what `make demo` does)."""
 
 
+def _storage_folder(url: str) -> str:
+    """``--storage file:///PATH``: a file there (or above it) is a usage error naming the flag; it was start-up's
+    "DICOMGW_STORAGE_URL: cannot make the folder PATH: File exists", naming a variable the user had not set. What
+    else is wrong with a URL, start-up says (``DICOMGW_STORAGE_URL: must start with file:/// or s3://``)."""
+    from gateway.startup import not_a_folder
+    from gateway.storage.local import LocalStorage
+
+    if url.strip().startswith("file://"):
+        try:
+            root = LocalStorage(url.strip()).root
+        except ValueError:
+            return url
+        problem = not_a_folder(root)
+        if problem:
+            raise click.BadParameter(problem)
+    return url
+
+
 @stack.command("up")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535), help="Port NGINX listens on.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address NGINX listens on.")
@@ -71,6 +90,7 @@ def stack() -> None:
     "--storage",
     "storage_url",
     default="",
+    callback=lambda _ctx, _param, value: _storage_folder(value),
     help="Storage URL (default DICOMGW_STORAGE_URL, else the --var folder's objects/).",
 )
 @click.option(
@@ -204,7 +224,7 @@ def stack_status(var_dir: Path) -> None:
 
 
 @stack.command("seed")
-@click.option("--url", "url", required=True, help="The gateway's public URL (through NGINX).")
+@click.option("--url", "url", required=True, type=GivenURL(), help="The gateway's public URL (through NGINX).")
 @click.option("--work-dir", default="var", show_default=True, type=GivenPath(file_okay=False, path_type=Path))
 def stack_seed(url: str, work_dir: Path) -> None:
     """Seed a running gateway (docker compose) with the synthetic studies; print the URLs. API key from
@@ -267,7 +287,8 @@ def token() -> None:
 @click.option(
     "--url",
     "base_url",
-    default="",
+    default=None,
+    type=GivenURL(),
     help="Public base URL (default DICOMGW_PUBLIC_URL, else the URL of the stack running with --var, else "
     "http://127.0.0.1:8080).",
 )
@@ -286,7 +307,7 @@ def token_issue(
     action: str,
     ttl: int | None,
     sub: str,
-    base_url: str,
+    base_url: str | None,
     var_dir: Path,
 ) -> None:
     """Print JSON: token, expires_at, jti, dicomweb_root, viewer_url."""
@@ -309,7 +330,7 @@ def token_issue(
         # checks of --action and a --ttl that is no number are (it was exit 1, naming the API's field: "ttl ...")
         raise click.BadParameter(error.detail, param_hint=_token_flags(error.detail)) from None
     try:  # --url prefixes the printed URLs as DICOMGW_PUBLIC_URL does, so it is checked as that is
-        given = check_public_url(base_url)
+        given = check_public_url(base_url or "")
     except ConfigError as error:
         raise click.BadParameter(error.problem, param_hint="--url") from None
     try:  # and so is the variable itself (a user:pass@ in it went into every printed URL)
@@ -418,7 +439,7 @@ def audit() -> None:
 )
 def audit_collect(log_path: Path, follow: bool, echo: bool, heartbeat: Path | None) -> None:
     """Load new lines of NGINX's access log into the catalog's audit trail and apply the retention."""
-    from gateway.accesslog import collect, follow_log
+    from gateway.accesslog import Tally, collect, follow_log, unreadable_note
     from gateway.catalog import Catalog
 
     try:
@@ -432,9 +453,10 @@ def audit_collect(log_path: Path, follow: bool, echo: bool, heartbeat: Path | No
         interval = env_int("AUDIT_COLLECT_SECONDS")
     except ConfigError as error:
         raise click.ClickException(str(error)) from None
+    shown = shown_path(log_path)  # a byte of its name that is no UTF-8 as \xff
     if not follow and not log_path.exists():
         # a mistyped path loaded nothing and said "0 access rows added", exit 0; --follow waits for the file
-        raise click.BadParameter(f"{log_path}: no such file", param_hint="--log")
+        raise click.BadParameter(f"{shown}: no such file", param_hint="--log")
     catalog = Catalog(database)
     try:
         if not follow:
@@ -442,13 +464,22 @@ def audit_collect(log_path: Path, follow: bool, echo: bool, heartbeat: Path | No
                 # a catalog never migrated is told to run `db upgrade` as the workers tell it, and no SQLite file
                 # is made (the first write made an empty one and said "catalog unavailable (OperationalError)")
                 catalog.require_current_schema(then="before collecting")
-                added = collect(catalog, log_path, retention, echo=echo)
+                tally = Tally()
+                added = collect(catalog, log_path, retention, echo=echo, tally=tally)
             except ConfigError as error:
                 raise click.ClickException(str(error)) from None
             except GatewayError as error:  # the catalog unreachable: one line, as reconcile says it (was a traceback)
                 raise click.ClickException(f"{error.code}: {error.detail}") from None
             except OSError as error:  # the log unreadable (permissions): one line, not a traceback
-                raise click.ClickException(f"{log_path}: {error.strerror or type(error).__name__}") from None
+                raise click.ClickException(f"{shown}: {error.strerror or type(error).__name__}") from None
+            # a file that is no access log of the gateway (a text file, NGINX's default format) loaded 0 rows without
+            # a word: the unreadable lines are counted (never shown), and a pass that read no other line fails
+            if tally.unreadable and tally.unreadable == tally.lines:
+                raise click.ClickException(
+                    f"--log {shown}: {unreadable_note(tally)}: is it the gateway's NGINX access log?"
+                )
+            if tally.unreadable:
+                click.echo(f"dicom-gateway audit collect: {unreadable_note(tally)}", err=True)
             if heartbeat is not None:  # a pass succeeded, as with --follow (it was never touched without it)
                 heartbeat.touch()
             click.echo(f"{added} access rows added", err=echo)

@@ -110,6 +110,21 @@ def check_metrics_dir(env: Mapping[str, str] | None = None) -> None:
         raise StartupError(f"PROMETHEUS_MULTIPROC_DIR: this user cannot write to {folder}")
 
 
+def not_a_folder(root: Path) -> str | None:
+    """Why no storage folder can be at ``root``: it, or a folder above it, is a file (said so: mkdir's "File exists"
+    or "Not a directory" did not say which path was wrong). None when it is a folder or can be made there."""
+    for path in (root, *root.parents):
+        try:
+            if not path.exists():
+                continue
+        except OSError:
+            return None  # not to be looked at (permissions): making the folder says why
+        if path.is_dir():
+            return None
+        return f"{root} is not a folder" if path == root else f"cannot make the folder {root}: {path} is not a folder"
+    return None
+
+
 def create_storage(settings: Settings) -> None:
     """The local folders of the storage and of the PHI policy's destinations (nothing for S3)."""
     from gateway.services import build_policy_hooks
@@ -120,6 +135,9 @@ def create_storage(settings: Settings) -> None:
         # made here, not by LocalStorage(create=True), which leaves a failure to the first write: a folder that
         # cannot be made (under a file, on a read-only mount) started a gateway that answered 503 to every upload
         root = LocalStorage(settings.storage_url).root
+        problem = not_a_folder(root)
+        if problem:
+            raise StartupError(f"DICOMGW_STORAGE_URL: {problem}")
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as error:

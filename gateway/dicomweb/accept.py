@@ -6,6 +6,7 @@ did not ask for it never receives it."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from gateway.errors import NotAcceptable
@@ -78,6 +79,11 @@ NO_MATCH = "none of the accepted media types can be produced from the stored dat
 _LEGACY_NAMES = {"image/x-dicom-rle": "image/dicom-rle", "image/x-jls": "image/jls"}
 
 
+# RFC 9110 12.4.2: qvalue = ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] ); and ".2", the "0" left out, as
+# Java's HttpURLConnection sends by default (`*; q=.2, */*; q=.2`): refusing that would refuse every answer to it.
+_QVALUE = re.compile(r"0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?|\.[0-9]{1,3}")
+
+
 def _standard(media_type: str) -> str:
     return _LEGACY_NAMES.get(media_type, media_type)
 
@@ -103,12 +109,10 @@ def parse_accept(value: str) -> list[MediaRange]:
             if len(raw) >= 2 and raw[0] == raw[-1] == '"':
                 raw = raw[1:-1]
             if name == "q":
-                try:
-                    q = min(max(float(raw), 0.0), 1.0)  # RFC 9110: 0..1; more must not outrank others
-                except ValueError:
-                    q = 0.0
-                if q != q:  # NaN: malformed like "abc" (it compared unequal to its own range's q)
-                    q = 0.0
+                # RFC 9110 12.4.2's qvalue, or malformed: a refusal, as "abc" always was. `q=2` and `q=1.5` were
+                # weighed 1, `q=0.5555` 0.5555: each is as malformed as "abc" (and NaN, which compared unequal to
+                # its own range's q)
+                q = float(raw) if _QVALUE.fullmatch(raw) else 0.0
             elif name:
                 params[name] = _standard(raw.lower().replace(" ", "+")) if name == "type" else raw  # "+" as above
         ranges.append((-q, index, MediaRange(media_type, params, q)))

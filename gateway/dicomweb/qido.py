@@ -19,9 +19,10 @@ it does not support (the request is processed as if it were absent), and owned u
 a parameter that names no attribute (``foo``, vendor parameters), an attribute key the catalog does not match (a
 value of ``ImageType``, a sequence key other than the two above) and an ``includefield`` value that names no
 attribute. ``fuzzymatching``, ``emptyvaluematching`` and ``multiplevaluematching`` are ignored in the words of
-PS3.18 8.3.4.2, 8.3.4.5, 8.3.4.6. A bad value of what is supported (a date, a UID, ``limit``), a key the catalog
-matches of a lower level than the query's (``Modality=CT`` in a studies query; ``Modality=`` is a return key;
-``Rows`` there is ignored as above) or one other attribute given twice stays a 400 that names the parameter. The
+PS3.18 8.3.4.2, 8.3.4.5, 8.3.4.6 (each is a boolean: any value but ``true`` or ``false`` is a 400). A bad value
+of what is supported (a date, a UID, ``limit``), a key the catalog matches of a lower level than the query's
+(``Modality=CT`` in a studies query; ``Modality=`` is a return key; ``Rows`` there is ignored as above) or one other
+attribute given twice stays a 400 that names the parameter. The
 transport parameters ``token``, ``accept``, ``charset`` and ``_`` (jQuery's cache buster) are ignored silently (the
 DICOMweb layer handles the first three).
 """
@@ -480,10 +481,16 @@ def parse_qido(
         study_uid=study_uid,
         series_uid=series_uid,
         server_limit=asked == 0 or asked > MAX_LIMIT,
-        warnings=tuple(
-            text
-            for name, text in UNSUPPORTED_OPTIONS.items()
-            if any(value.strip().lower() == "true" for value in args.get(name, []))
-        )
+        warnings=tuple(text for name, text in UNSUPPORTED_OPTIONS.items() if _switch(name, args.get(name, [])))
         + _ignored_warnings(ignored),
     )
+
+
+def _switch(name: str, values: list[str]) -> bool:
+    """A matching option (PS3.18 8.3.4: a boolean): ``true`` or ``false``, in any case and with blanks around it; an
+    empty value is the option not given. Any other value (``fuzzymatching=maybe``) is a 400 naming it, as a bad
+    ``limit`` is: it was ignored, and a client that meant ``true`` was never told its matching was literal."""
+    words = [value.strip().lower() for value in values]
+    if any(word not in ("true", "false", "") for word in words):
+        raise BadRequest(f"{name}: expected true or false")
+    return "true" in words

@@ -12,6 +12,7 @@ import click
 
 from gateway.dicom.index import read_instance
 from gateway.errors import ConfigError, DicomError, StorageUnavailable
+from gateway.names import shown_path
 from gateway.phi.policy import BASIC, Policy, load_policy
 from gateway.phi.scanner import ScanReport, scan_with_values
 from gateway.tools.cliparams import GivenPath
@@ -24,7 +25,7 @@ def _files(paths: tuple[Path, ...]) -> Iterator[Path]:
         if path.is_dir():
             files = sorted(files_under(path))  # linked folders too, as `upload` walks them
             if not files:  # said, not silent: no output and exit 0 read as "every file clean"
-                click.echo(f"no file found under {path}: nothing was scanned", err=True)
+                click.echo(f"no file found under {shown_path(path)}: nothing was scanned", err=True)
             yield from files
         else:
             yield path  # a missing file gives an "unreadable" report, not a usage error
@@ -38,7 +39,7 @@ def scan_as_ingest(path: Path, policy: Policy | None) -> ScanReport:
         _, dataset = read_instance(path)
     except (DicomError, OSError) as error:
         detail = error.detail if isinstance(error, DicomError) else f"{type(error).__name__}: {error.strerror}"
-        return ScanReport(file=str(path), readable=False, error=detail, policy_version=(policy or BASIC).version)
+        return ScanReport(file=shown_path(path), readable=False, error=detail, policy_version=(policy or BASIC).version)
     return scan_with_values(path, policy, (), dataset)[0]
 
 
@@ -54,16 +55,16 @@ def scan_as_upload(paths: tuple[Path, ...], policy: Policy | None) -> Iterator[S
             entry = collect(path, Path(wrap_dir))
             skip_repeated(entry, seen)
             if entry.outcome == "skipped":
-                yield ScanReport(file=str(path), skipped=entry.reason, policy_version=version)
+                yield ScanReport(file=shown_path(path), skipped=entry.reason, policy_version=version)
                 continue
             report = scan_as_ingest(entry.body_path, policy)
             if entry.sent_path is not None:
                 entry.sent_path.unlink(missing_ok=True)
                 note = "wrapped into a PS3.10 file as upload sends it (the data set had no File Meta or preamble)"
-                click.echo(f"{note}: {path}", err=True)
-            report.file = str(path)
+                click.echo(f"{note}: {shown_path(path)}", err=True)
+            report.file = shown_path(path)
             if entry.outcome == "failed" and report.readable:  # upload would not send it: never "clean"
-                report = ScanReport(file=str(path), readable=False, error=entry.reason, policy_version=version)
+                report = ScanReport(file=shown_path(path), readable=False, error=entry.reason, policy_version=version)
             yield report
 
 

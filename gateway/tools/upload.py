@@ -39,17 +39,20 @@ import click
 import pydicom
 import requests
 from pydicom.tag import BaseTag, Tag
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.progress import (
     BarColumn,
     DownloadColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TextColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from gateway.dicom.index import past_naming_uids
 from gateway.dicomweb.multipart import MultipartBody
@@ -61,6 +64,7 @@ from gateway.dicomweb.stow_response import (
     TAG_SENT_SOP_UID,
     reason_name,
 )
+from gateway.names import shown_path
 from gateway.tools.cliparams import GivenPath
 from gateway.tools.media_files import (
     ARCHIVE_NOTES,
@@ -489,7 +493,7 @@ def skip_repeated(entry: FileEntry, seen: dict[str, Path]) -> None:
     sends one file an instance, and ``scan`` judges what ``upload`` sends)."""
     if entry.sop_uid and entry.outcome == "pending":
         if entry.sop_uid in seen:
-            entry.outcome, entry.reason = "skipped", f"{SAME_INSTANCE}{seen[entry.sop_uid]}"
+            entry.outcome, entry.reason = "skipped", f"{SAME_INSTANCE}{shown_path(seen[entry.sop_uid])}"
         else:
             seen[entry.sop_uid] = entry.path
 
@@ -512,8 +516,9 @@ def stand_ins(report: UploadReport, err_console: Console) -> list[FileEntry]:
             first, *rest = waiting
             first.outcome, first.reason = "pending", ""
             for entry in rest:
-                entry.reason = SAME_INSTANCE + str(first.path)
-            note = f"sending {first.path} in place of {failed[-1].path}, which failed (same SOP Instance UID)"
+                entry.reason = SAME_INSTANCE + shown_path(first.path)
+            sent, instead = shown_path(first.path), shown_path(failed[-1].path)
+            note = f"sending {sent} in place of {instead}, which failed (same SOP Instance UID)"
             err_console.print(note, style="dim", highlight=False, markup=False, soft_wrap=True)
             chosen.append(first)
     return chosen
@@ -526,11 +531,36 @@ def collect_all(paths: Iterable[Path], wrap_dir: Path, report: UploadReport, err
         skip_repeated(entry, seen)  # decided before the notes: it was counted as skipped without one
         report.files.append(entry)  # before its note: a Ctrl-C during the note still counts it
         if entry.outcome == "skipped":
-            note = f"skipped ({entry.reason}): {path}"
+            note = f"skipped ({entry.reason}): {shown_path(path)}"
             err_console.print(note, style="dim", highlight=False, markup=False, soft_wrap=True)
         elif entry.sent_path is not None and entry.outcome == "pending":
-            note = f"wrapped into a PS3.10 file (the data set had no File Meta or preamble): {path}"
+            note = f"wrapped into a PS3.10 file (the data set had no File Meta or preamble): {shown_path(path)}"
             err_console.print(note, style="dim", highlight=False, markup=False, soft_wrap=True)
+
+
+class _AmountColumn(ProgressColumn):
+    """How far each task of the progress bar is, in its own unit: ``2/3 files`` and ``1.2/3.4 MB``. One column of each
+    for both tasks printed the file count as bytes (``1/3 bytes``, ``0.3 bytes/s``) and the bytes as a bare count."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.files, self.bytes = MofNCompleteColumn(), DownloadColumn()
+
+    def render(self, task: Task) -> Text:
+        if task.description == "bytes":
+            return self.bytes.render(task)
+        return self.files.render(task).append(" files")
+
+
+class _OnlyFor(ProgressColumn):
+    """``column`` on the task named ``description`` only (a transfer speed is a speed of bytes, not of files)."""
+
+    def __init__(self, description: str, column: ProgressColumn) -> None:
+        super().__init__()
+        self.description, self.column = description, column
+
+    def render(self, task: Task) -> RenderableType:
+        return self.column.render(task) if task.description == self.description else Text("")
 
 
 def send_all(report: UploadReport, client: StowClient, options: UploadOptions, err_console: Console) -> None:
@@ -548,9 +578,8 @@ def send_all(report: UploadReport, client: StowClient, options: UploadOptions, e
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
-        MofNCompleteColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
+        _AmountColumn(),
+        _OnlyFor("bytes", TransferSpeedColumn()),
         TimeRemainingColumn(),
     )
     stop = threading.Event()
@@ -600,7 +629,7 @@ def print_summary(report: UploadReport, console: Console) -> None:
         failures.add_column("file", overflow="fold")
         failures.add_column("reason", overflow="fold")
         for f in problems[:100]:
-            failures.add_row(str(f.path), f.reason or "not sent")
+            failures.add_row(shown_path(f.path), f.reason or "not sent")
         if len(problems) > 100:
             failures.add_row(f"... and {len(problems) - 100} more", "")
         console.print(failures)

@@ -357,6 +357,19 @@ def test_token_issue_never_prints_a_url_with_user_and_password(tmp_path: Path) -
     assert '"dicomweb_root": "https://dicom.example.org/t/' in out
 
 
+@pytest.mark.parametrize("url", ["", " "], ids=["empty", "blank"])
+def test_an_empty_url_is_a_usage_error_naming_the_flag(tmp_path: Path, url: str) -> None:
+    """`token issue --url ""` printed links on the default URL (DICOMGW_PUBLIC_URL, else the running stack's, else
+    http://127.0.0.1:8080), as if no --url had been given; `stack seed --url ""` wrote the synthetic studies, then
+    failed with "seeding failed: MissingSchema: Invalid URL '/dicomweb/studies'", exit 1. Both are now the usage
+    error naming --url, as an empty path is, before anything is made."""
+    env = gateway_env(tmp_path)
+    refused = (2, "", "Error: Invalid value for '--url': an empty URL names no gateway\n")
+    assert _run(["token", "issue", "--study", "1.2.3", "--url", url], env, tmp_path) == refused
+    assert _run(["stack", "seed", "--url", url, "--work-dir", str(tmp_path / "seed")], env, tmp_path) == refused
+    assert not (tmp_path / "seed").exists()
+
+
 def test_an_api_key_written_label_colon_blank_key_is_the_key(tmp_path: Path) -> None:
     """`DICOMGW_API_KEYS=ops: KEY`, the blank after the colon as YAML and most key lists are written: the key became
     " KEY", which no `Authorization: Bearer KEY` (read without blanks) matched. Start-up said nothing and every
@@ -669,26 +682,36 @@ def test_a_var_folder_on_a_read_only_mount_is_one_line_naming_var(tmp_path: Path
 def test_a_storage_folder_that_cannot_be_made_stops_start_up_in_one_line(tmp_path: Path) -> None:
     """`file:///...` under a path that is a file (a mount point not mounted, a typo): start-up said all was well
     (`db upgrade` printed the revision and exited 0; `stack up` waited its 30 s for a readiness that never came),
-    and every upload would have been a 503. Now start-up stops at once, naming the variable, the folder and why."""
+    and every upload would have been a 503. Now start-up stops at once, naming the variable, the folder and the
+    file in its way (it said `Not a directory`); `stack up --storage` names its flag (session 34)."""
     blocker = tmp_path / "data"
     blocker.write_text("a file where the folder should be")
     storage = f"file://{blocker / 'objects'}"
+    problem = f"cannot make the folder {blocker / 'objects'}: {blocker} is not a folder"
     code, out, err = _run(["db", "upgrade"], gateway_env(tmp_path, DICOMGW_STORAGE_URL=storage), tmp_path)
-    assert (code, out, err) == (
-        1,
-        "",
-        f"Error: DICOMGW_STORAGE_URL: cannot make the folder {blocker / 'objects'}: Not a directory\n",
-    )
+    assert (code, out, err) == (1, "", f"Error: DICOMGW_STORAGE_URL: {problem}\n")
     started = time.monotonic()
     process = _stack_up(tmp_path / "var", free_port(), gateway_env(tmp_path), tmp_path, "--storage", storage)
-    assert _finish(process) == (
-        1,
-        "",
-        f"Error: DICOMGW_STORAGE_URL: cannot make the folder {blocker / 'objects'}: Not a directory\n",
-    )
+    assert _finish(process) == (2, "", f"Error: Invalid value for '--storage': {problem}\n")
     assert time.monotonic() - started < 25
     assert not _processes_under(tmp_path / "var")
     assert blocker.read_text() == "a file where the folder should be"
+
+
+def test_a_storage_url_naming_a_file_says_it_is_not_a_folder(tmp_path: Path) -> None:
+    """`stack up --storage file:///path/to/a-file`: start-up said `DICOMGW_STORAGE_URL: cannot make the folder
+    PATH: File exists`, naming a variable the user had not set and no reason a user could act on. The flag is now a
+    usage error saying the path is not a folder, before anything starts; the variable (`db upgrade`, the workers'
+    start-up) says the same of itself."""
+    afile = tmp_path / "objects.tar"
+    afile.write_text("a file, not a folder")
+    storage = f"file://{afile}"
+    process = _stack_up(tmp_path / "var", free_port(), gateway_env(tmp_path), tmp_path, "--storage", storage)
+    assert _finish(process) == (2, "", f"Error: Invalid value for '--storage': {afile} is not a folder\n")
+    assert not (tmp_path / "var").exists()
+    code, out, err = _run(["db", "upgrade"], gateway_env(tmp_path, DICOMGW_STORAGE_URL=storage), tmp_path)
+    assert (code, out, err) == (1, "", f"Error: DICOMGW_STORAGE_URL: {afile} is not a folder\n")
+    assert afile.read_text() == "a file, not a folder"
 
 
 def test_an_upload_spool_that_does_not_exist_stops_start_up_in_one_line(tmp_path: Path) -> None:

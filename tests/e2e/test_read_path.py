@@ -140,6 +140,25 @@ def test_json_refused_with_q_zero_is_a_406(
         assert (answer.status_code, answer.headers["Content-Type"]) == (406, "application/json"), target
 
 
+def test_a_q_value_outside_rfc_9110s_grammar_is_refused_as_q_abc_is(
+    stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]
+) -> None:
+    """RFC 9110 12.4.2's qvalue is 0 to 1 with at most three decimals: `q=abc` was a 406, `q=2`, `q=1.5` and
+    `q=0.5555` a 200 (weighed 1 or as written). Every q outside the grammar is now what `q=abc` is."""
+    search = instance_url(roots, synthetic["ct"][0]).rsplit("/instances/", 1)[0] + "/instances"
+    refused = {
+        "error": "not_acceptable",
+        "detail": 'this resource is answered as application/dicom+json, application/json or multipart/related; '
+        'type="application/dicom+xml"',
+    }
+    for q in ("abc", "2", "1.5", "-1", "0.5555"):
+        answer = requests.get(search, headers={"Accept": f"application/dicom+json;q={q}"}, timeout=30)
+        assert (answer.status_code, answer.json()) == (406, refused), q
+    for q in ("1", "0.555", "1.000", ".2"):
+        answer = requests.get(search, headers={"Accept": f"application/dicom+json;q={q}"}, timeout=30)
+        assert (answer.status_code, answer.headers["Content-Type"]) == (200, "application/dicom+json"), q
+
+
 def test_accept_query_parameter_wins(stack: RunningStack, synthetic: dict[str, Any], roots: dict[str, str]) -> None:
     url = f"{instance_url(roots, synthetic['ct'][0])}/frames/1"
     answer = requests.get(
@@ -993,6 +1012,13 @@ def test_qido_unsupported_matching_options_are_ignored_with_the_warning_ps3_18_r
             series = requests.get(f"{root}/studies/{study}/series", params=params, timeout=30)
             assert series.status_code == 200 and series.headers["Warning"] == f'{service}"{text}"'
         assert "Warning" not in requests.get(f"{root}/studies", params={name: "false"}, timeout=30).headers
+        # each is a boolean (PS3.18 8.3.4): another value was ignored without a word, and is the JSON 400 naming it
+        for value in ("maybe", "1"):
+            bad = requests.get(f"{root}/studies", params={name: value}, timeout=30)
+            assert (bad.status_code, bad.json()) == (
+                400,
+                {"error": "bad_request", "detail": f"{name}: expected true or false"},
+            ), value
     two = {"fuzzymatching": "true", "emptyvaluematching": "true"}
     both = requests.get(f"{root}/studies", params=two, timeout=30)
     assert both.raw.headers.getlist("Warning") == [f'{service}"{texts[name]}"' for name in two]
@@ -1026,6 +1052,8 @@ def test_qido_page_cut_by_the_server_says_how_many_are_left(stack: RunningStack,
     assert len(rest.json()) == 3 and "Warning" not in rest.headers
     mine = search(limit="50")
     assert len(mine.json()) == 50 and "Warning" not in mine.headers
+    zero = search(limit="0")  # no limit asked: the server's page, as without one (README: QIDO `limit`)
+    assert zero.json() == first.json() and zero.headers["Warning"] == first.headers["Warning"]
     everything = search(limit="1000")
     assert len(everything.json()) == 103 and "Warning" not in everything.headers
     sops = [item["00080018"]["Value"][0] for item in first.json() + rest.json()]

@@ -75,6 +75,30 @@ def test_parse_skips_malformed_and_puts_q_zero_last() -> None:
     ]
 
 
+@pytest.mark.parametrize("q", ["2", "1.5", "-1", "0.5555", "1.0001", "01", "+0.5", "0.5e0", "1e0", "inf", " ", ""])
+def test_a_q_value_outside_rfc_9110s_grammar_is_refused_as_q_abc_is(q: str) -> None:
+    """RFC 9110 12.4.2: ``qvalue = ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] )``. ``q=abc`` was a refusal
+    (a 406 when nothing else is accepted) while ``q=2`` and ``q=1.5`` were weighed 1 and ``q=0.5555`` 0.5555: every
+    value outside the grammar is now read as ``q=abc`` is."""
+    json_offers = [Offer("application/dicom+json", "*", False), Offer("application/json", "*", False)]
+    assert parse_accept(f"image/jpeg;q={q}") == parse_accept("image/jpeg;q=abc") == [MediaRange("image/jpeg", {}, 0.0)]
+    with pytest.raises(NotAcceptable) as caught:
+        negotiate(f"application/dicom+json;q={q}", json_offers)
+    assert caught.value.detail == (
+        f"{NO_MATCH}: this resource is answered as application/dicom+json or application/json"
+    )
+    # one more range: the malformed one no longer outranks it (q=2 took DICOM JSON over JSON at q=0.5)
+    assert negotiate(f"application/dicom+json;q={q}, application/json;q=0.5", json_offers) == json_offers[1]
+
+
+def test_q_values_inside_the_grammar_are_their_weights() -> None:
+    """Each form the grammar allows, and ``.2``, the ``0`` left out, which Java's HttpURLConnection sends by default
+    (``*; q=.2, */*; q=.2``): refused, it would have refused Java every answer but the types it names."""
+    for q, weight in (("0", 0.0), ("0.", 0.0), ("0.5", 0.5), ("0.555", 0.555), ("0.000", 0.0), ("1", 1.0), ("1.", 1.0),
+                      ("1.0", 1.0), ("1.000", 1.0), (".2", 0.2), (".125", 0.125), ('"0.3"', 0.3)):  # fmt: skip
+        assert parse_accept(f"image/png;q={q}") == [MediaRange("image/png", {}, weight)], q
+
+
 def test_parse_q_value_quoted_and_spaced() -> None:
     assert parse_accept(' image/png ; q="0.3" ,image/gif;q = 0.7') == [
         MediaRange("image/gif", {}, 0.7),

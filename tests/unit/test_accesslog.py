@@ -315,3 +315,86 @@ def test_collect_in_development_mode_reads_the_catalog_under_var(
         assert [row["study_uid"] for row in db.access_records(limit=10)] == [ST]
     finally:
         db.close()
+
+
+# Lines that are no line of the gateway's access log, one of each kind (the second holds what must never be shown)
+UNREADABLE = [
+    "hello world",
+    "GET /dicomweb/studies HTTP/1.1 Authorization: Bearer eyJ.SECRET-TOKEN",  # NGINX's default format, say
+    "[1, 2]",  # JSON, no object
+    json.dumps({"not": "ours"}),  # an object naming no uri
+    json.dumps({"uri": f"/dicomweb/studies/{ST}", "method": "GET"}),  # a DICOMweb request without time or status
+    line(f"/dicomweb/studies/{ST}", at="yesterday").strip(),  # a time that does not read
+    line(f"/dicomweb/studies/{ST}", status=2**31).strip(),  # beyond its column: a damaged line
+]
+
+
+def test_unreadable_lines_are_counted_and_never_shown(catalog: Catalog, tmp_path: Path) -> None:
+    """A file that is no access log of the gateway loaded 0 rows without a word. Each pass counts the lines it read
+    and those it skipped as unreadable (``Tally``); a blank line, another request's line (`/healthz`) or an OPTIONS
+    is a line of the log, only not audited. The note says how many, never what a line holds."""
+    log = tmp_path / "access.log"
+    readable = [line(f"/dicomweb/studies/{ST}"), line("/healthz"), line(f"/dicomweb/studies/{ST}", method="OPTIONS")]
+    log.write_text("".join(readable) + "\n" + "\n".join(UNREADABLE) + "\n")
+    tally = accesslog.Tally()
+    assert collect(catalog, log, 365, now=NOW, tally=tally) == 1
+    assert (tally.lines, tally.unreadable) == (4 + len(UNREADABLE), len(UNREADABLE))
+    assert accesslog.unreadable_note(tally) == (
+        "7 of 11 lines read skipped as unreadable: no line of the gateway's JSON access log (not shown: a line may "
+        "hold PHI or a token)"
+    )
+    again = accesslog.Tally()
+    assert collect(catalog, log, 365, now=NOW, tally=again) == 0  # read once: skipped once
+    assert (again.lines, again.unreadable) == (0, 0)
+
+
+def test_audit_collect_says_how_many_lines_it_could_not_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`audit collect --log notes.txt` (any file that is no access log of the gateway) said `0 access rows added`,
+    exit 0. A pass that read no line of the log is now exit 1, naming --log; one that read some says on stderr how
+    many it skipped, and loads the rest. `--follow` says it after each such pass. No line is ever printed (one may
+    hold PHI or a token)."""
+    import threading
+
+    from click.testing import CliRunner
+
+    from gateway.cli import main
+
+    db = Catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
+    db.migrate()
+    monkeypatch.setenv("DICOMGW_DATABASE_URL", f"sqlite:///{tmp_path / 'catalog.db'}")
+    note = "of the gateway's JSON access log (not shown: a line may hold PHI or a token)"
+    junk = tmp_path / "notes.txt"
+    junk.write_text("\n".join(UNREADABLE) + "\n")
+    refused = CliRunner().invoke(main, ["audit", "collect", "--log", str(junk)])
+    assert (refused.exit_code, refused.stdout, refused.stderr) == (
+        1,
+        "",
+        f"Error: --log {junk}: 7 of 7 lines read skipped as unreadable: no line {note}: is it the gateway's NGINX "
+        "access log?\n",
+    )
+    mixed = tmp_path / "access.log"
+    mixed.write_text(line(f"/dicomweb/studies/{ST}") + UNREADABLE[1] + "\n")
+    done = CliRunner().invoke(main, ["audit", "collect", "--log", str(mixed)])
+    assert (done.exit_code, done.stdout, done.stderr) == (
+        0,
+        "1 access rows added\n",
+        f"dicom-gateway audit collect: 1 of 2 lines read skipped as unreadable: no line {note}\n",
+    )
+    with mixed.open("a") as handle:
+        handle.write(UNREADABLE[0] + "\n" + line(f"/dicomweb/studies/{ST}/series"))
+    stop = threading.Event()
+    stop.set()  # one pass, then the last one: nothing new for it
+    capsys.readouterr()
+    try:
+        accesslog.follow_log(db, mixed, 365, 1.0, stop)
+        assert [row["action"] for row in db.access_records(limit=10)] == ["search", "retrieve"]
+    finally:
+        db.close()
+    followed = capsys.readouterr()
+    assert (followed.out, followed.err) == (
+        "",
+        f"dicom-gateway audit collect: 1 of 2 lines read skipped as unreadable: no line {note}\n",
+    )
+    assert "SECRET" not in refused.output + done.output + followed.err

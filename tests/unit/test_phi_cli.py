@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -84,6 +85,24 @@ def test_a_folder_holding_no_file_is_said_so(tmp_path: Path) -> None:
     assert result.exit_code == 1 and [json.loads(line)["file"] for line in result.stdout.splitlines()] == [str(phi)]
     assert result.stderr == f"no file found under {empty}: nothing was scanned\n"
 
+
+
+def test_a_file_name_that_is_no_utf8_is_printed_with_its_bytes_as_xff(tmp_path: Path) -> None:
+    """A name another system wrote (Latin-1's é is the byte 0xe9) is no UTF-8: Python holds such a byte as a
+    surrogate escape, and the report said `"file": ".../ct\\udcff.dcm"`, a lone surrogate that JSON readers refuse or
+    replace. Every name `scan` prints shows the byte as `\\xff` now: the reports and the notes on stderr."""
+    phi = write(phi_dataset(), tmp_path / os.fsdecode(b"ct\xff.dcm"))
+    other = tmp_path / os.fsdecode(b"n\xfeo.txt")
+    other.write_bytes(b"garbage")
+    empty = tmp_path / os.fsdecode(b"empty\xff")
+    empty.mkdir()
+    result = CliRunner().invoke(scan, [str(phi), str(other), str(empty)])
+    assert result.exit_code == 1
+    assert [json.loads(line)["file"] for line in result.stdout.splitlines()] == [
+        f"{tmp_path}/ct\\xff.dcm",
+        f"{tmp_path}/n\\xfeo.txt",
+    ]
+    assert result.stderr == f"no file found under {tmp_path}/empty\\xff: nothing was scanned\n"
 
 
 def test_a_folder_of_links_to_folders_is_scanned_through_them(tmp_path: Path) -> None:

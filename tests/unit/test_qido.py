@@ -129,6 +129,30 @@ def test_includefield_limit_offset() -> None:
     assert parse_qido("studies", {"limit": ["100000"]}).limit == MAX_LIMIT
 
 
+@pytest.mark.parametrize("name", ["fuzzymatching", "emptyvaluematching", "multiplevaluematching"])
+def test_a_matching_option_is_true_or_false(name: str) -> None:
+    """PS3.18 8.3.4: the matching options are booleans. `fuzzymatching=maybe` was ignored without a word (a client
+    that meant `true` was never told its matching was literal): any value but `true` or `false` is now the 400 that
+    names it, as a bad `limit` is. The words are read in any case, blanks around them left out, as they were; an
+    empty value is the option not given."""
+    for value in ("maybe", "1", "yes", "tru", "true,false", "on"):
+        with pytest.raises(BadRequest) as caught:
+            parse_qido("studies", {name: [value]})
+        assert caught.value.detail == f"{name}: expected true or false", value
+    for value in ("true", "TRUE", "True", " true "):
+        assert parse_qido("studies", {name: [value]}).warnings == (UNSUPPORTED_OPTIONS[name],), value
+    for value in ("false", "FALSE", ""):
+        assert parse_qido("studies", {name: [value]}).warnings == (), value
+
+
+def test_limit_zero_is_no_limit_asked() -> None:
+    """`limit=0` is read as no limit given (as Orthanc and dcm4chee read it): the server's page, 100 matches, with
+    the Warning that says how many more there are (`server_limit`), never an empty page (no client asks for one)."""
+    assert parse_qido("studies", {"limit": ["0"]}) == parse_qido("studies", {})
+    zero = parse_qido("studies", {"limit": ["0"]})
+    assert (zero.limit, zero.server_limit) == (DEFAULT_LIMIT, True)
+
+
 def test_path_uids_are_validated() -> None:
     query = parse_qido("instances", {}, study_uid="1.2", series_uid="1.2.3")
     assert (query.study_uid, query.series_uid) == ("1.2", "1.2.3")
@@ -350,6 +374,7 @@ ALL_STUDIES = [S6, S2, S1, S4, S3, S5]  # study_date desc (no date last), then s
 
 def test_study_order_and_paging(catalog: Catalog) -> None:
     assert uids(find(catalog, "studies")) == ALL_STUDIES
+    assert uids(find(catalog, "studies", limit="0")) == ALL_STUDIES  # no limit asked: the server's page
     pages = [uids(find(catalog, "studies", limit=str(2), offset=str(o))) for o in (0, 2, 4, 6)]
     assert pages == [ALL_STUDIES[0:2], ALL_STUDIES[2:4], ALL_STUDIES[4:6], []]
 

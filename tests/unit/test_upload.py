@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import threading
 from collections.abc import Iterator
@@ -334,3 +335,43 @@ def test_a_certificate_for_another_name_is_told_apart_from_an_untrusted_one() ->
     )
     assert certificate_refusal(failed(18, "self-signed certificate")) == UNTRUSTED_CERTIFICATE
     assert certificate_refusal(requests.ConnectionError("refused")) == ""
+
+
+def test_the_progress_counts_files_in_files_and_bytes_in_bytes(server: tuple[str, ServerState], tree: Path) -> None:
+    """The two rows of the progress bar shared one set of columns: the files row said `3/3  3/3 bytes  ?` (a count
+    of files in byte units, and a speed of files in bytes/s) and the bytes row gave its count bare, `2305/2305`,
+    beside the kB. Each row now counts in its own unit, and only bytes have a speed."""
+    url, _ = server
+    code, _, err = invoke(str(tree), "--url", url)
+    assert code == 0
+    rows = {line.split(" ", 1)[0]: line for line in err.splitlines() if line.startswith(("files ", "bytes "))}
+    assert re.fullmatch(r"files ━+ 3/3 files +0:00:00", rows["files"]), rows["files"]
+    speed = r"(?:[\d.]+ [kMG]?B/s|\?)"  # "?" until rich has two samples to measure
+    assert re.fullmatch(rf"bytes ━+ (\S+)/\1 (?:bytes|kB) {speed} +0:00:00", rows["bytes"]), rows["bytes"]
+
+
+def test_a_file_name_that_is_no_utf8_is_printed_with_its_bytes_as_xff(
+    server: tuple[str, ServerState], tmp_path: Path
+) -> None:
+    """A name another system wrote (Latin-1's é is the byte 0xe9) is no UTF-8: Python holds such a byte as a
+    surrogate escape, and the notes printed `\\udcff` (the summary, on stdout, the raw byte). Every name `upload`
+    prints now shows the byte as `\\xff`: the notes, a repeat's reason and the failed files."""
+    url, state = server
+    folder = tmp_path / "in"
+    write_dicom(folder / os.fsdecode(b"a\xff.dcm"), "1.2.3.7")
+    write_dicom(folder / os.fsdecode(b"b\xfe.dcm"), "1.2.3.7")  # the same instance: sent when the first fails
+    (folder / os.fsdecode(b"n\xfdo.txt")).write_text("not dicom\n")
+    state.reject["1.2.3.7"] = (DATA_SET_DOES_NOT_MATCH_SOP_CLASS, "missing Rows")
+    code, out, err = invoke(str(folder), "--url", url)
+    assert code == 1
+    notes = [line for line in err.splitlines() if not line.startswith(("files ", "bytes "))]
+    assert notes == [
+        f"skipped (same SOP Instance UID as {folder}/a\\xff.dcm): {folder}/b\\xfe.dcm",
+        f"skipped (not a DICOM file): {folder}/n\\xfdo.txt",
+        f"sending {folder}/b\\xfe.dcm in place of {folder}/a\\xff.dcm, which failed (same SOP Instance UID)",
+    ]
+    failed = [[cell.strip() for cell in line.split("│")[1:3]] for line in out.splitlines() if "0xA900" in line]
+    assert failed == [
+        [f"{folder}/a\\xff.dcm", "missing Rows (0xA900)"],
+        [f"{folder}/b\\xfe.dcm", "missing Rows (0xA900)"],
+    ]
