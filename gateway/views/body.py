@@ -6,9 +6,13 @@ STOW of a 0.5 MB CT slice cost the worker ~2.5 ms of CPU (a quarter of its time 
 loops alone. Its reader (``LengthReader``, ``ChunkedReader``, ``EOFReader``) answers a large read from 8 KiB
 socket reads, still collected in a ``BytesIO`` and copied twice more (~1 ms per slice).
 
-So a body with a Content-Length (what STOW clients and NGINX send) is read here straight from the socket, as
-much as one ``recv_into`` gets, into a buffer reused for the whole request (not a fresh 1 MiB allocation per
-read: that was what made raising gunicorn's own read size slower). What gunicorn had already read past the
+So a body with a Content-Length (what STOW clients and NGINX send) is read here straight from the socket into a
+buffer reused for the whole request (not a fresh 1 MiB allocation per read: that was what made raising gunicorn's
+own read size slower), the multipart reader's own with ``read_into``. Each read waits for all it asks for
+(``MSG_WAITALL``; never past the body's end, which the Content-Length gives): a ``recv`` that took what NGINX had
+sent so far returned every few dozen KB, and each return waits for the GIL, which the request's ingest threads
+hold for up to the switch interval (5 ms) at a time. The body's reading thread paces a STOW (docs/bench.md,
+session 34). What gunicorn had already read past the
 headers is taken from its buffer first, and its count of what is left (``LengthReader.length``) is kept, so
 gunicorn drains the rest of the body after the response (keep-alive) exactly as before. A chunked or
 unterminated body goes through gunicorn's reader; any other WSGI server's stream is returned as it is. Only
@@ -57,7 +61,7 @@ class _LengthBody:
             got = len(data)
             into[:got] = data
         else:
-            got = self._sock.recv_into(into, size)
+            got = self._sock.recv_into(into, size, socket.MSG_WAITALL)
         reader.length -= got
         return got
 

@@ -7,6 +7,7 @@ import io
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -70,6 +71,31 @@ def test_length_body_is_read_from_the_socket_with_gunicorns_count_kept(
     assert body.reader.length == 0
     assert body.read(8192) == b""  # what gunicorn's drain after the response sees: nothing left of this body
     assert unreader.read() == after  # and the next request's bytes are untouched
+
+
+def test_a_read_waits_for_all_it_asks_for_and_a_body_cut_short_ends_it() -> None:
+    """A read returns what it asked for, however the bytes trickle in (each return of a read waits for the GIL,
+    which a STOW's ingest threads hold), and never waits past the body's end; a connection that ends early ends
+    the body with what had come."""
+    payload = os.urandom(300_000)
+    ours, theirs = socket.socketpair()
+
+    def trickle() -> None:
+        with theirs:
+            for at in range(0, 200_000, 10_000):
+                theirs.sendall(payload[at : at + 10_000])
+                time.sleep(0.005)  # each piece apart, as NGINX relays a client's body
+
+    sender = threading.Thread(target=trickle, daemon=True)
+    sender.start()
+    try:
+        stream = large_read_stream(Body(LengthReader(SocketUnreader(ours), len(payload))))
+        assert read_into(stream, 150_000) == payload[:150_000]  # one read, though 15 pieces came apart
+        assert read_into(stream, 1 << 20) == payload[150_000:200_000]  # the sender went away
+        assert read_into(stream, 1 << 20) == b""
+    finally:
+        sender.join(10)
+        ours.close()
 
 
 def test_length_body_buffered_beyond_its_end_leaves_the_rest_to_gunicorn(
