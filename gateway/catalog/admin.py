@@ -223,11 +223,15 @@ class AdminRecords(CatalogBase):
                     for reservation in owed:
                         self._owed[reservation] = now + RELEASE_RETRY_SECONDS
                 for reservation in due:  # outside the lock: a beat is a catalog write
+                    if self._closed:  # ``close`` waits for one write at most, not a round (an outage: each a timeout)
+                        return
                     try:
                         self.heartbeat(reservation)
                     except CatalogUnavailable:
                         pass  # the next beat retries; the lease outlives several missed beats
                 for reservation in owed:
+                    if self._closed:
+                        return
                     try:
                         self._end_reservation(reservation)
                     except CatalogUnavailable:
@@ -243,9 +247,10 @@ class AdminRecords(CatalogBase):
                     self._start_keeper()  # if none can start, the next upload's ``holding`` tries again
 
     def close(self) -> None:
-        """Stop the keeper, and wait for its beat in progress, before the engine goes: a beat that ended on a
-        disposed engine left its connection open until the garbage collector found it. What it still held or owed
-        lapses with its lease, as when the process ends."""
+        """Stop the keeper, and wait for its beat in progress (one write: the rest of its round is not beaten, which
+        in an outage would each wait out a timeout), before the engine goes: a beat that ended on a disposed engine
+        left its connection open until the garbage collector found it. What it still held or owed lapses with its
+        lease, as when the process ends."""
         with self._leases:
             self._closed = True
             keeper = self._keeper

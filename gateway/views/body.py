@@ -8,15 +8,14 @@ socket reads, still collected in a ``BytesIO`` and copied twice more (~1 ms per 
 
 So a body with a Content-Length (what STOW clients and NGINX send) is read here straight from the socket into a
 buffer reused for the whole request (not a fresh 1 MiB allocation per read: that was what made raising gunicorn's
-own read size slower), the multipart reader's own with ``read_into``. Each read waits for all it asks for
-(``MSG_WAITALL``; never past the body's end, which the Content-Length gives): a ``recv`` that took what NGINX had
-sent so far returned every few dozen KB, and each return waits for the GIL, which the request's ingest threads
-hold for up to the switch interval (5 ms) at a time. The body's reading thread paces a STOW (docs/bench.md,
-session 34). What gunicorn had already read past the
-headers is taken from its buffer first, and its count of what is left (``LengthReader.length``) is kept, so
-gunicorn drains the rest of the body after the response (keep-alive) exactly as before. A chunked or
-unterminated body goes through gunicorn's reader; any other WSGI server's stream is returned as it is. Only
-while the ``Body`` has buffered nothing (nothing read through it yet).
+own read size slower), the multipart reader's own with ``read_into``. On a plain socket each read waits for all it
+asks for (``MSG_WAITALL``, never past the body's end, which the Content-Length gives): a ``recv`` that took what
+NGINX had sent so far returned every few dozen KB, and each return waits for the GIL, which the request's ingest
+threads hold for up to the switch interval (5 ms) at a time; the body's reading thread paces a STOW (docs/bench.md,
+session 34). What gunicorn had already read past the headers is taken from its buffer first, and its count of what
+is left (``LengthReader.length``) is kept, so gunicorn drains the rest of the body after the response (keep-alive)
+exactly as before. A chunked or unterminated body goes through gunicorn's reader; any other WSGI server's stream is
+returned as it is. Only while the ``Body`` has buffered nothing (nothing read through it yet).
 """
 
 from __future__ import annotations
@@ -38,6 +37,8 @@ class _LengthBody:
         self._reader = reader  # gunicorn's LengthReader: .length (bytes left) and .unreader (its buffer)
         self._sock = sock
         self._buffer = bytearray(READ_SIZE)
+        # an ``ssl.SSLSocket`` (gunicorn serving TLS itself) refuses any flag: each read then returns a TLS record
+        self._flags = socket.MSG_WAITALL if type(sock) is socket.socket else 0
 
     def read(self, size: int = -1, /) -> bytes:
         size = self._reader.length if size < 0 else size
@@ -61,7 +62,7 @@ class _LengthBody:
             got = len(data)
             into[:got] = data
         else:
-            got = self._sock.recv_into(into, size, socket.MSG_WAITALL)
+            got = self._sock.recv_into(into, size, self._flags)
         reader.length -= got
         return got
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 import io
 import os
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +18,7 @@ from gunicorn.http.body import Body, ChunkedReader, LengthReader
 from gunicorn.http.unreader import SocketUnreader
 
 from gateway.errors import BadRequest
+from gateway.tools.stack import self_signed_certificate
 from gateway.views.body import large_read_stream
 
 
@@ -96,6 +99,32 @@ def test_a_read_waits_for_all_it_asks_for_and_a_body_cut_short_ends_it() -> None
     finally:
         sender.join(10)
         ours.close()
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_a_body_over_tls_is_read_as_gunicorn_serving_tls_hands_it(tmp_path: Path, in_place: bool) -> None:
+    """gunicorn given --certfile reads through an ``ssl.SSLSocket``, which refuses any flag of ``recv_into``
+    (``MSG_WAITALL`` made every STOW with a Content-Length a 500 there)."""
+    cert, key = self_signed_certificate(tmp_path)
+    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_side.load_cert_chain(cert, key)
+    client_side = ssl.create_default_context(cafile=str(cert))
+    payload = os.urandom(300_000)
+    ours, theirs = socket.socketpair()
+
+    def send() -> None:
+        with client_side.wrap_socket(theirs, server_hostname="localhost") as tls:
+            tls.sendall(payload)
+            tls.recv(1)  # until the reader has it all and closes
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    with server_side.wrap_socket(ours, server_side=True) as tls:
+        stream = large_read_stream(Body(LengthReader(SocketUnreader(tls), len(payload))))
+        assert stream.source is not None and type(stream.source).__name__ == "_LengthBody"
+        read = (lambda: read_into(stream, 1 << 20)) if in_place else (lambda: stream.read(1 << 20))
+        assert b"".join(iter(read, b"")) == payload
+    sender.join(10)
 
 
 def test_length_body_buffered_beyond_its_end_leaves_the_rest_to_gunicorn(
