@@ -12,6 +12,7 @@ import io
 import os
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -476,18 +477,22 @@ def test_ctrl_c_before_the_first_batch_says_what_was_not_sent_and_exits_130(
     paths = tiny_series(folder, 1000)
     note = folder / "IM000500.TXT"  # read after IM000500: its note says the upload is half-way through reading
     note.write_bytes(b"PATIENT CD\r\n")
-    cli = subprocess.Popen(
-        upload_command(running, folder),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=upload_env(running),
-        preexec_fn=ctrl_c_as_from_a_terminal,
-    )
-    assert cli.stderr is not None
-    assert cli.stderr.readline() == f"skipped (not a DICOM file): {note}\n"
-    cli.send_signal(signal.SIGINT)
-    out, err = cli.communicate(timeout=60)
+    # a server that takes the connection and never answers: an upload that read every file before the signal came
+    # (the test's process descheduled on a loaded machine) waits in its resume query, still before any batch
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        command = [*upload_command(running, folder)[:-1], f"http://127.0.0.1:{silent.getsockname()[1]}/dicomweb"]
+        cli = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=upload_env(running),
+            preexec_fn=ctrl_c_as_from_a_terminal,
+        )
+        assert cli.stderr is not None
+        assert cli.stderr.readline() == f"skipped (not a DICOM file): {note}\n"
+        cli.send_signal(signal.SIGINT)
+        out, err = cli.communicate(timeout=60)
     assert cli.returncode == 130, out + err
     assert "stopped (Ctrl-C) before any file was sent" in err and "Aborted!" not in err
     lines = summary_lines(out)
