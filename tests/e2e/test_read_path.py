@@ -9,6 +9,8 @@ import gzip
 import hashlib
 import io
 import json
+import time
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -325,8 +327,14 @@ def test_whole_object_preconditions_are_evaluated(
         first = requests.get(target, headers=accept, timeout=30)
         assert first.status_code == 200, target
         etag, modified = first.headers["ETag"], first.headers["Last-Modified"]
+        later = first.headers["Date"]  # after the object was stored, and not in the future
+        if parsedate_to_datetime(later) <= parsedate_to_datetime(modified):
+            time.sleep(1.1)
+            later = requests.head(target, headers=accept, timeout=30).headers["Date"]
         cases = [
             ({"If-Modified-Since": modified}, 304),
+            # not modified since a later date either (RFC 9110 13.1.3): the local origin gave a 200 and the object
+            ({"If-Modified-Since": later}, 304),
             ({"If-Modified-Since": "Mon, 01 Jan 2001 00:00:00 GMT"}, 200),
             ({"If-Match": etag}, 200),
             ({"If-Match": '"other"'}, 412),
@@ -1091,7 +1099,8 @@ def test_an_unknown_dicomweb_path_is_our_json_404_saying_what_is_wrong(
     """``/dicomweb/studies/`` and ``.../metadata/`` answered werkzeug's sentence ("The requested URL was not found
     on the server. If you entered the URL manually please check your spelling and try again."). PS3.18 names no
     resource with a trailing slash, and ``/studies/`` is another URI than ``/studies`` (RFC 3986 6.2.4): the 404
-    stays, now from the error map and saying what to change; any other unknown DICOMweb path lists the resources."""
+    stays, now from the error map and saying what to change; any other unknown DICOMweb path lists the resources.
+    A frame list or bulkdata path ending in "/" was served as without it, where every other resource's is this 404."""
     study, series, sop = uids_of(synthetic["ct"][0])
     slash = "no such resource: ask for it without the trailing '/' (.../studies, not .../studies/)"
     unknown = (
@@ -1110,6 +1119,11 @@ def test_an_unknown_dicomweb_path_is_our_json_404_saying_what_is_wrong(
             (f"/studies/{study}/series/{series}/metadata/", slash),
             (f"/{instance}/metadata/", slash),
             (f"/{instance}/frames/", slash),
+            # served as frame 1 and the Pixel Data value (NGINX's plan location took the "/" too)
+            (f"/{instance}/frames/1/", slash),
+            (f"/{instance}/bulkdata/7FE00010/", slash),
+            (f"/{instance}/rendered/", slash),
+            (f"/{instance}/frames/1/rendered/", slash),
             ("/", slash),
             ("", unknown),
             (f"/studies/{study}/reports", unknown),
