@@ -57,6 +57,12 @@ def _mode(key: str) -> int:
     return 0o600 if key.startswith("quarantine/") else 0o644
 
 
+def _unlisted(error: OSError) -> None:
+    """A folder ``os.walk`` cannot read: pruned since it was seen (a delete's), else the listing is incomplete."""
+    if not isinstance(error, FileNotFoundError):
+        raise StorageUnavailable(f"storage listing failed ({errno.errorcode.get(error.errno or 0, 'error')})")
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -218,7 +224,13 @@ class LocalStorage:
         try:
             path.unlink()
         except FileNotFoundError:
-            pass
+            # gone already, unless the whole folder is (unmounted): a deletion that went on then was finished with
+            # every object left, and `reconcile --repair` registered them again
+            self._require_root()
+        except OSError as exc:
+            raise StorageUnavailable(
+                f"storage delete failed ({errno.errorcode.get(exc.errno or 0, 'error')})"
+            ) from None
         self._prune(path.parent)
 
     def move(self, src: str, dst: str) -> StoredObject:
@@ -254,9 +266,10 @@ class LocalStorage:
         if base_rel:
             check_key(base_rel)
         if not base.is_dir():
+            self._require_root()  # an empty listing must mean no objects, never a folder unmounted or misnamed
             return
         keys: list[str] = []
-        for dirpath, dirnames, filenames in os.walk(base):
+        for dirpath, dirnames, filenames in os.walk(base, onerror=_unlisted):
             dirnames.sort()
             rel_dir = os.path.relpath(dirpath, self.root)
             for name in filenames:

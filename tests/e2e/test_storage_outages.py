@@ -17,6 +17,8 @@ import http.client
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -292,6 +294,40 @@ def test_a_storage_folder_gone_is_a_503_not_a_404(local: Data) -> None:
     for name in CATALOG:
         assert during[name].complete and during[name].body == local.before[name].body, name
     assert_served_again(local, within=1)
+
+
+def test_a_delete_while_the_storage_folder_is_gone_is_a_503_and_its_retry_removes_everything(
+    local: Data, tmp_path: Path
+) -> None:
+    """A DELETE while the local folder was unmounted was a 204 with every object left: its removals found nothing
+    to remove, as did `reconcile`'s listing, which then reported the folder clean (exit 0). Once the folder was
+    back, `reconcile --repair` registered the objects again and the deleted study was served. Now the DELETE is the
+    JSON 503 with the study hidden and its deletion unfinished, `reconcile` fails in one line, and the DELETE sent
+    again once the folder is back removes every object."""
+    files = make_series(tmp_path / "series", modality="CT", slices=2, rows=16, columns=16, seed=1921, clean=True)
+    stack = local.stack
+    assert stack.stow(files).status_code == 200
+    study = uids_of(files[0])[0]
+    keys = sorted(stack.storage().list(f"studies/{study}/"))
+    assert [key.rsplit("/", 1)[1] for key in keys] == sorted(f"{uids_of(f)[2]}.dcm" for f in files)
+    url = f"{stack.url}/dicomweb/studies/{study}"
+    env = {**os.environ, **stack.stack.gateway_env()}
+    reconcile = [sys.executable, "-m", "gateway.cli", "reconcile"]
+    with storage_unmounted(stack):
+        answer = requests.delete(url, headers=stack.api_headers, timeout=60)
+        assert (answer.status_code, answer.headers["Content-Type"]) == (503, "application/json"), answer.text
+        assert (answer.json()["error"], answer.headers["Retry-After"]) == ("storage_unavailable", "5"), answer.text
+        done = subprocess.run([*reconcile, "--repair"], env=env, capture_output=True, text=True, timeout=120)
+        assert (done.returncode, done.stdout) == (1, ""), done
+        assert done.stderr == "Error: storage_unavailable: storage folder is missing\n", done.stderr
+    assert sorted(stack.storage().list(f"studies/{study}/")) == keys  # nothing removed, nothing lost track of
+    assert requests.get(url + "/metadata", headers=stack.api_headers, timeout=30).status_code == 404
+    assert requests.delete(url, headers=stack.api_headers, timeout=60).status_code == 204
+    assert list(stack.storage().list(f"studies/{study}/")) == []
+    left = subprocess.run([*reconcile, "--dry-run"], env=env, capture_output=True, text=True, timeout=120)
+    assert left.returncode == 0, left
+    report = json.loads(left.stdout)
+    assert (report["orphans"], report["unfinished_deletions"]) == ([], []), report
 
 
 def test_a_missing_object_in_a_present_folder_stays_a_404(local: Data, tmp_path: Path) -> None:

@@ -391,16 +391,24 @@ def test_readiness_probe_on_a_full_disk_leaves_no_file(tmp_path: Path, monkeypat
 
 def test_a_missing_storage_folder_is_an_outage_not_a_missing_object(tmp_path: Path) -> None:
     """The folder unmounted or moved away: reads said "object not found" (a JSON 404 for a rendered image, an
-    instance a client then treats as gone, and ``head`` None for every object) where the store is out (503, retry)."""
+    instance a client then treats as gone, and ``head`` None for every object) where the store is out (503, retry).
+    So did a delete (done: nothing there) and a listing (empty): a DELETE, a retention run or `reconcile --repair`
+    finished its deletion with every object left, which the next `reconcile --repair` registered again."""
     storage = LocalStorage(f"file://{tmp_path / 'objects'}", create=True)
     storage.put_file("a/b.dcm", write(tmp_path / "b.dcm", b"DICM"))
     with pytest.raises(NotFound):
         storage.read_range("a/missing.dcm", 0, 4)
     assert storage.head("a/missing.dcm") is None
+    storage.delete("a/missing.dcm")  # gone already: done
+    assert list(storage.list("a/")) == ["a/b.dcm"] and list(storage.list("c/")) == []
     (tmp_path / "objects").rename(tmp_path / "away")
     for read in (lambda: storage.read_range("a/b.dcm", 0, 4), lambda: storage.head("a/b.dcm")):
         with pytest.raises(StorageUnavailable, match="storage folder is missing"):
             read()
+    # a deletion went on (its objects "gone", then the record finished) and reconcile listed no object to repair
+    for call in (lambda: storage.delete("a/b.dcm"), lambda: list(storage.list("a/")), lambda: list(storage.list(""))):
+        with pytest.raises(StorageUnavailable, match="storage folder is missing"):
+            call()
     (tmp_path / "away").rename(tmp_path / "objects")
     assert storage.read_range("a/b.dcm", 0, 4) == b"DICM"
 
