@@ -182,13 +182,18 @@ class Deleter:
             for key in keys:
                 self.storage.delete(key)
 
+    def interrupted(self, older_than: int | None = None) -> list[dict[str, Any]]:
+        """The unfinished deletion records a crash left: those older than the settle time (by default), which a
+        DELETE still running has not outlived."""
+        cutoff = int(time.time() - self.settle) if older_than is None else older_than
+        return [record for record in self.catalog.unfinished_deletions() if record["created_at"] <= cutoff]
+
     def finish_unfinished(self, *, older_than: int | None = None, sub: str | None = None) -> list[dict[str, Any]]:
         """Finish deletion records a crash left unfinished (``reconcile``); records younger than the settle
         time belong to a DELETE still running and are left to it. ``sub``: only that caller's records."""
-        cutoff = int(time.time() - self.settle) if older_than is None else older_than
         done = []
-        for record in self.catalog.unfinished_deletions():
-            if record["created_at"] > cutoff or sub not in (None, record["sub"]):
+        for record in self.interrupted(older_than):
+            if sub not in (None, record["sub"]):
                 continue
             removed = self.remove_objects(record["keys"])
             self.catalog.finish_deletion(record["id"])

@@ -43,7 +43,7 @@ def reconcile(settings: Settings, *, repair: bool) -> dict[str, Any]:
 
 def _reconcile(settings: Settings, storage: Storage, catalog: Catalog, *, repair: bool) -> dict[str, Any]:
     deleter = Deleter(catalog, storage, settings.delete_settle)
-    pending = catalog.unfinished_deletions()
+    pending = deleter.interrupted()  # a DELETE waiting out its settle is under way, not interrupted
     finished = deleter.finish_unfinished() if repair else []
     being_deleted = {key for record in catalog.unfinished_deletions() for key in record["keys"]}
     known = catalog.all_instance_keys()

@@ -157,6 +157,28 @@ def test_reconcile_finishes_an_interrupted_deletion(
     assert reconcile(settings, repair=True)["unfinished_deletions"] == []
 
 
+def test_reconcile_leaves_a_deletion_still_in_its_settle_to_its_delete(
+    catalog: Catalog, storage: LocalStorage, stored: dict[str, str], catalog_url: str
+) -> None:
+    """A DELETE waiting out its settle has hidden its rows and not yet removed their objects, as a crashed one has:
+    `reconcile` reported it as a deletion a crash interrupted (exit 1, an alarm for a monitor) while it ran. Only a
+    record older than the settle is one; the younger one's objects are still no orphans."""
+    catalog.hide([Target(ST, SE1)], sub="k", reason="")  # now: the DELETE is in its settle
+    settings = Settings.from_mapping(
+        {
+            "SIGNING_KEYS": "s" * 32,
+            "API_KEYS": "a" * 32,
+            "STORAGE_URL": storage.url,
+            "DATABASE_URL": catalog_url,
+            "DELETE_SETTLE": "60",
+        }
+    )
+    for repair in (False, True):
+        report = reconcile(settings, repair=repair)
+        assert (report["unfinished_deletions"], report["finished_deletions"], report["orphans"]) == ([], [], [])
+    assert len(list(storage.list("studies/"))) == 5 and len(catalog.unfinished_deletions()) == 1
+
+
 def test_reconcile_repair_beats_the_orphans_lease_while_it_registers_it(
     catalog: Catalog, storage: LocalStorage, tmp_path: Path, catalog_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
