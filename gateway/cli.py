@@ -115,6 +115,7 @@ def stack_up(
     port: int, host: str, storage_url: str, database_url: str, var_dir: Path, no_seed: bool, tls: bool, wait: int
 ) -> None:
     """Start the stack, seed synthetic studies, print the URLs, and run until Ctrl-C."""
+    from gateway.console import interrupted
     from gateway.tools.seed import seed_demo
     from gateway.tools.stack import PRIVATE_UMASK, Stack, StackError, StartInterrupted
 
@@ -129,6 +130,8 @@ def stack_up(
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    if interrupted.is_set():  # one that came while the commands loaded (gateway/console.py)
+        stop.set()
     try:
         the_stack = Stack(
             var_dir,

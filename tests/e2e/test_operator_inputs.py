@@ -957,6 +957,41 @@ def test_ctrl_c_while_stack_up_starts_prints_no_links_and_the_next_start_runs(tm
     assert out.startswith(f"gateway:  http://127.0.0.1:{port}  (ready: http://127.0.0.1:{port}/readyz)\n")
 
 
+def _handles_sigterm(pid: int) -> bool:
+    """Whether the process catches SIGTERM (its SigCgt mask): the first step of the installed command."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    mask = next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(mask, 16) & (1 << (signal.SIGTERM - 1)))
+
+
+def test_a_signal_while_the_command_loads_ends_it_as_one_a_moment_later_does(tmp_path: Path) -> None:
+    """The installed `dicom-gateway` takes about half a second to load its commands (pydicom, SQLAlchemy, Flask).
+    A Ctrl-C then was a 40-line Python traceback (KeyboardInterrupt inside an import) and a SIGTERM an exit by the
+    signal, where `stack up` says `stopped.` for either a moment later. Now `stack up` stops so, and any other
+    command ends in silence with the shell's status for the signal."""
+    env = gateway_env(tmp_path)
+    command = str(Path(sys.executable).with_name("dicom-gateway"))
+    var, port = tmp_path / "var", free_port()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        for argv, expected in (
+            ([command, "stack", "up", "--no-seed", "--port", str(port), "--var", str(var)], (0, "stopped.\n", "")),
+            ([command, "retention", "run", "--dry-run"], (128 + signum, "", "")),
+        ):
+            process = subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       text=True)
+            deadline = time.monotonic() + 30
+            while not _handles_sigterm(process.pid):  # loading its commands: gateway.cli is imported next
+                assert time.monotonic() < deadline and process.poll() is None
+                time.sleep(0.001)
+            process.send_signal(signum)
+            out, err = process.communicate(timeout=90)
+            assert (process.returncode, out, err) == expected, (argv[1:3], signum)
+            assert not _processes_under(var)
+    again = _stack_up(var, port, env, tmp_path)  # nothing left that blocks the next start
+    _wait_ready(port, again)
+    assert _stop(again)[0] == 0
+
+
 def test_the_operator_mistakes_a_trial_met_are_one_line_each(tmp_path: Path) -> None:
     """Met trying every command as an operator (session 33). An empty path was read as the current folder
     (`stack up --var ""` made a stack there, `synth ct --out ""` wrote into it); `retention run --every` past what
