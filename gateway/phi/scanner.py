@@ -392,7 +392,9 @@ class _Scanner:
             return
         modality = str(dataset.get("Modality", "") or "").strip().upper()
         sop_class = str(dataset.get("SOPClassUID", "") or "").strip()
-        image = any(tag in dataset for tag in PIXEL_DATA_TAGS)
+        # an image: its pixel data, or the Rows and Columns every image has (ingest's index reads an encapsulated
+        # file without its Pixel Data, and a compressed capture with a name burned in was scanned as clean)
+        image = any(tag in dataset for tag in PIXEL_DATA_TAGS) or ("Rows" in dataset and "Columns" in dataset)
         if (
             burned == "YES"
             or modality in BURNED_IN_MODALITIES

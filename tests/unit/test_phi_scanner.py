@@ -257,6 +257,25 @@ def test_burned_in_annotation_missing_on_captures_and_unknown_images(
     assert scan(ds, tmp_path) == []
 
 
+def test_a_compressed_capture_as_ingest_reads_it_is_flagged(tmp_path: Path) -> None:
+    """Ingest scans the dataset its index read, which holds no Pixel Data when it is encapsulated: a JPEG Secondary
+    Capture naming no modality (img2dcm's output, a screen capture with a name burned in) was clean there, where the
+    same capture uncompressed, or the file read whole (`dicom-gateway scan`), was flagged."""
+    from gateway.dicom.index import read_instance
+    from gateway.phi.scanner import scan_with_values
+
+    ds = pydicom.dcmread(PYDICOM_TEST_FILES / "SC_rgb_jpeg_dcmtk.dcm")  # a JPEG Secondary Capture
+    del ds.Modality
+    path = tmp_path / "capture.dcm"
+    ds.save_as(path)
+    _, indexed = read_instance(path)
+    assert "PixelData" not in indexed
+    finding = ("(0028,0301)", "BurnedInAnnotation", "burned-in-annotation")
+    for dataset in (indexed, None):
+        report, _ = scan_with_values(path, dataset=dataset)
+        assert finding in [(f.path, f.keyword, f.rule) for f in report.findings], dataset is None
+
+
 def test_free_text_repeating_a_name_part(tmp_path: Path) -> None:
     ds = clean_dataset()
     ds.PatientName = "DOE^JOHN"
