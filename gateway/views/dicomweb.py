@@ -362,10 +362,11 @@ def _stow(study: str | None) -> Response:
                 if got == "application/dicom":
                     batch.add(part.path, part.sha256)
                 else:
-                    part.path.unlink(missing_ok=True)
                     # what curl -F sends (application/octet-stream) was 0x0122 "SOP class not supported": the
-                    # part's media type, not its SOP class, is what the gateway does not take
-                    refused = IngestResult("failed", failure_reason=CANNOT_UNDERSTAND, detail=_part_refusal(got))
+                    # part's media type, not its SOP class, is what the gateway does not take; the item names the
+                    # instance the part holds, where it can be read, as any refused file's does
+                    refused = IngestResult.refused(part.path, _part_refusal(got))
+                    part.path.unlink(missing_ok=True)
                     batch.add_result(refused)
         else:
             raise UnsupportedMediaType(_stow_refusal(media_type))

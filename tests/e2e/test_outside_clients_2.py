@@ -392,6 +392,9 @@ def test_curl_form_parts_are_refused_for_their_media_type_not_their_sop_class(
     assert refused["status"] == 409
     [item] = refused["answer"]["00081198"]["Value"]
     assert item["00081197"] == {"vr": "US", "Value": [0xC000]}
+    # naming the instance the part holds (README, Ingest; it named none)
+    assert item["00081150"] == {"vr": "UI", "Value": [str(pydicom.dcmread(path).SOPClassUID)]}
+    assert item["00081155"] == {"vr": "UI", "Value": [sop]}
     assert item["00091001"] == {
         "vr": "LT",
         "Value": [
@@ -403,6 +406,26 @@ def test_curl_form_parts_are_refused_for_their_media_type_not_their_sop_class(
     assert stored["status"] == 200
     assert [i["00081155"]["Value"] for i in stored["answer"]["00081199"]["Value"]] == [[sop]]
     assert stored["answer"]["00081190"]["Value"] == [f"{stack.url}/dicomweb/studies/{study}"]
+
+
+def test_a_data_set_sent_without_its_file_meta_is_refused_naming_its_instance(stack: RunningStack) -> None:
+    """Orthanc's STOW client sends an instance stored through its REST API as it came, which for pydicom's
+    `rtstruct.dcm` is a bare data set (no preamble, no file meta): refused (0xC000, no Part 10 file), but its item
+    named no instance, so neither Orthanc nor its user could tell which failed. Its UIDs are read as pydicom reads
+    such a data set when told to."""
+    path = Path(get_testdata_file("rtstruct.dcm"))
+    dataset = pydicom.dcmread(path, force=True)
+    answer = requests.post(
+        f"{stack.url}/dicomweb/studies",
+        data=path.read_bytes(),
+        headers={**stack.api_headers, "Content-Type": "application/dicom", "Accept": "application/dicom+json"},
+        timeout=60,
+    )
+    assert answer.status_code == 409, answer.text
+    [item] = answer.json()["00081198"]["Value"]
+    assert item["00081197"] == {"vr": "US", "Value": [0xC000]}
+    assert item["00081150"] == {"vr": "UI", "Value": [str(dataset.SOPClassUID)]}
+    assert item["00081155"] == {"vr": "UI", "Value": [str(dataset.SOPInstanceUID)]}
 
 
 def test_a_parts_own_headers_do_not_change_what_is_stored(stack: RunningStack, tmp_path: Path) -> None:
