@@ -206,8 +206,26 @@ def _alternation(tokens: list[str]) -> str:
 
 def _compatible(text: str) -> str:
     """``text`` with one form for the letters Unicode counts as the same (NFKC): Japanese writes a name in
-    half-width katakana (ﾔﾏﾀﾞ, JIS X 0201) or full-width (ヤマダ), in full-width Latin (ＹＡＭＡＤＡ) or not."""
-    return text if text.isascii() else unicodedata.normalize("NFKC", text)
+    half-width katakana (ﾔﾏﾀﾞ, JIS X 0201) or full-width (ヤマダ), in full-width Latin (ＹＡＭＡＤＡ) or not. And
+    Latin, Greek and Cyrillic letters without their accents: Greek capitals are written without them
+    (Παπαδόπουλος, ΠΑΠΑΔΟΠΟΥΛΟΣ), and so are French ones often (Lefèvre, LEFEVRE). Other scripts keep their
+    marks (a Japanese dakuten makes another sound, not an accented letter)."""
+    if text.isascii():
+        return text
+    decomposed = unicodedata.normalize("NFD", unicodedata.normalize("NFKC", text))
+    kept: list[str] = []
+    base = ""
+    for char in decomposed:
+        if unicodedata.combining(char):
+            if base < _FOLDED_SCRIPTS_END:
+                continue
+        else:
+            base = char
+        kept.append(char)
+    return unicodedata.normalize("NFC", "".join(kept))
+
+
+_FOLDED_SCRIPTS_END = "\u0530"  # Latin, Greek and Cyrillic (with their supplements) end before Armenian
 
 
 def identifier_values(dataset: Dataset) -> tuple[list[str], list[str]]:

@@ -288,6 +288,27 @@ def test_free_text_repeating_a_name_part(tmp_path: Path) -> None:
     assert scan(ds, tmp_path) == [("(0010,0010)", "PatientName", "e1-1:Z")]
 
 
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("Παπαδόπουλος^Γιώργος", "ΠΑΠΑΔΟΠΟΥΛΟΣ"),  # Greek capitals are written without their accents
+        ("Lefèvre^Hélène", "Mme LEFEVRE"),  # so are French ones, often
+        ("LEFEVRE^HELENE", "Mme Lefèvre"),  # and a name sent in ASCII is the same name with them
+    ],
+)
+def test_free_text_repeating_a_name_without_its_accents(tmp_path: Path, name: str, text: str) -> None:
+    ds = clean_dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.PatientName = name
+    ds.ManufacturerModelName = text
+    assert ("(0008,1090)", "ManufacturerModelName", "free-text-identifier") in scan(ds, tmp_path)
+    ds.PatientName = "カトウ^タロウ"
+    ds.ManufacturerModelName = "カトウ"
+    assert ("(0008,1090)", "ManufacturerModelName", "free-text-identifier") in scan(ds, tmp_path)
+    ds.ManufacturerModelName = "ガトウ"  # other scripts keep their marks (a dakuten makes another sound)
+    assert ("(0008,1090)", "ManufacturerModelName", "free-text-identifier") not in scan(ds, tmp_path)
+
+
 def test_free_text_repeating_an_id_from_a_sequence(tmp_path: Path) -> None:
     ds = clean_dataset()
     other = Dataset()
