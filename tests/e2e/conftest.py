@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from gateway.tools.synth import make_series, make_wsi
-from tests.e2e.harness import RunningStack, nginx_alarms, start_stack
+from tests.e2e.harness import RunningStack, nginx_alarms, nginx_start_warnings, start_stack
 from tests.fixtures.servers import MotoServer
 
 BACKENDS = ["file", "s3"]
@@ -47,6 +47,7 @@ def stack(
     moto: MotoServer | None = request.getfixturevalue("moto_server") if backend == "s3" else None
     running = start_stack(tmp_path_factory.mktemp(f"stack-{backend}"), backend, moto)
     try:
+        assert not nginx_start_warnings(running), nginx_start_warnings(running)
         files = [*synthetic["ct"], *synthetic["ct_b"], *synthetic["mr"]] + [
             synthetic[k] for k in synthetic if k.startswith("wsi")
         ]

@@ -208,6 +208,12 @@ def nginx_alarms(running: RunningStack) -> list[str]:
     ]
 
 
+def nginx_start_warnings(running: RunningStack) -> list[str]:
+    """What NGINX said at its start ("[warn] could not build optimal variables_hash ..." was said at every one)."""
+    out = running.stack.var_dir / "logs" / "nginx.out"
+    return [line for line in out.read_text(errors="replace").splitlines() if "[warn]" in line or "[emerg]" in line]
+
+
 def require_strace() -> None:
     """strace, which the race tests use to pause a process at an exact system call (SIGSTOP), can trace here."""
     probe = subprocess.run(["strace", "-f", "-o", "/dev/null", "true"], capture_output=True, check=False)
