@@ -43,7 +43,7 @@ def _env_int(name: str, default: int) -> int:
 
 
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
-worker_class = "gthread"
+worker_class = "gateway.gunicorn_worker.WokenThreadWorker"  # gthread, woken by the signal that stops it
 workers = _env_int("WEB_CONCURRENCY", min(2 * _cpus() + 1, 9))
 threads = _env_int("GUNICORN_THREADS", 8)
 timeout = _env_int("GUNICORN_TIMEOUT", 300)
@@ -80,3 +80,9 @@ def on_starting(server: object) -> None:
         prepare()
     except StartupError as error:
         raise SystemExit(f"dicom-gateway: {error}") from None
+
+
+def on_exit(server: object) -> None:
+    from gateway.gunicorn_worker import on_exit as skip_last_collection
+
+    skip_last_collection(server)

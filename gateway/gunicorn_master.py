@@ -10,3 +10,4 @@ from the folder it runs in. The container's master imports the same modules thro
 ``on_starting`` (``docker/gunicorn.conf.py``)."""
 
 import gateway.app  # noqa: F401
+from gateway.gunicorn_worker import on_exit  # noqa: F401 - gunicorn's hook, read from this module

@@ -569,8 +569,8 @@ class Stack:
                 "python:gateway.gunicorn_master",
                 "--bind",
                 f"unix:{self.run_dir / 'gunicorn.sock'}",
-                "--worker-class",
-                "gthread",
+                "--worker-class",  # gthread, woken by the signal that stops it (gateway/gunicorn_worker.py)
+                "gateway.gunicorn_worker.WokenThreadWorker",
                 "--workers",
                 str(self.gunicorn_workers),
                 "--threads",

@@ -705,7 +705,13 @@ def load_gunicorn_config(env: Mapping[str, str], monkeypatch: pytest.MonkeyPatch
 
 def test_gunicorn_settings_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     config = load_gunicorn_config({}, monkeypatch)
-    assert config["worker_class"] == "gthread"
+    # gthread, woken by the signal that stops it (gateway/gunicorn_worker.py), as `stack up` runs it
+    assert config["worker_class"] == "gateway.gunicorn_worker.WokenThreadWorker"
+    from gunicorn.util import load_class
+    from gunicorn.workers.gthread import ThreadWorker
+
+    assert issubclass(load_class(config["worker_class"]), ThreadWorker)
+    assert callable(config["on_exit"])
     assert config["bind"] == "0.0.0.0:8000"
     assert config["threads"] == 8
     assert config["timeout"] == 300
