@@ -22,6 +22,7 @@ retried with back-off up to ``MAX_ATTEMPTS``; an attempt that crashed is retried
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import re
@@ -421,6 +422,8 @@ def main() -> None:
         raise SystemExit(f"dicom-gateway: {error}") from None
     except GatewayError as error:  # the catalog unreachable at start: compose (or stack up) starts it again
         raise SystemExit(f"dicom-gateway: {error.code}: {error.detail}") from None
+    finally:
+        gc.freeze()  # no last collection of the whole heap at exit (0.3 s: gateway/gunicorn_worker.py says why)
 
 
 if __name__ == "__main__":
