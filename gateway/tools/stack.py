@@ -272,6 +272,8 @@ class Stack:
     extra_env: Mapping[str, str] = field(default_factory=dict)
     gunicorn_workers: int = 2
     gunicorn_threads: int = 8
+    # gthread woken by the signal that stops it (gateway/gunicorn_worker.py); bench/stop_times.py runs "gthread" too
+    gunicorn_worker_class: str = "gateway.gunicorn_worker.WokenThreadWorker"
     derive_worker: bool = True  # the derivative worker (gateway.derive), unless DICOMGW_DERIVATIVES=0
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     commands: dict[str, tuple[list[str], dict[str, str], float]] = field(default_factory=dict)  # argv, env, start
@@ -569,8 +571,8 @@ class Stack:
                 "python:gateway.gunicorn_master",
                 "--bind",
                 f"unix:{self.run_dir / 'gunicorn.sock'}",
-                "--worker-class",  # gthread, woken by the signal that stops it (gateway/gunicorn_worker.py)
-                "gateway.gunicorn_worker.WokenThreadWorker",
+                "--worker-class",
+                self.gunicorn_worker_class,
                 "--workers",
                 str(self.gunicorn_workers),
                 "--threads",
