@@ -1,8 +1,8 @@
 """The service apart from its tools: no service module imports the developer tools or an entry point.
 
 The service is every module under ``gateway/`` except the tools (``gateway.tools``) and the entry points at the
-edge (the CLI, the WSGI module gunicorn loads, the Lambda handler). Imports are read with ``ast``, so an import
-inside a function counts as much as one at the top.
+edge (the CLI and the installed command's first step, the WSGI module gunicorn loads, the Lambda handler). Imports
+are read with ``ast``, so an import inside a function counts as much as one at the top.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "gateway"
 TOOLS = "gateway.tools"
-ENTRY_POINTS = ("gateway.cli", "gateway.phi.cli", "gateway.wsgi", "gateway.lambda_handler")
+ENTRY_POINTS = ("gateway.console", "gateway.cli", "gateway.phi.cli", "gateway.wsgi", "gateway.lambda_handler")
 
 
 def module_name(path: Path) -> str:
