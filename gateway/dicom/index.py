@@ -424,7 +424,7 @@ def _naming_elements(path: Path, ts: str, keywords: list[str]) -> Dataset:
     tags: list[BaseTag | int] = [Tag(keyword) for keyword in keywords]
     with open(path, "rb") as fp:
         if ts != DEFLATED_LE:
-            fp.seek(128)
+            fp.seek(_PREAMBLE)
             if fp.read(4) != b"DICM":
                 # a bare data set (no preamble, no file meta), as a client holding one sends it: read as pydicom
                 # reads one it is told to, from its head only (its UIDs lead it; 1 MB of zeros took 0.3 s)

@@ -57,10 +57,15 @@ def _mode(key: str) -> int:
     return 0o600 if key.startswith("quarantine/") else 0o644
 
 
+def _failed(doing: str, error: OSError) -> StorageUnavailable:
+    """The outage an OSError of the folder is, named by its errno code (never its message, which holds the path)."""
+    return StorageUnavailable(f"storage {doing} failed ({errno.errorcode.get(error.errno or 0, 'error')})")
+
+
 def _unlisted(error: OSError) -> None:
     """A folder ``os.walk`` cannot read: pruned since it was seen (a delete's), else the listing is incomplete."""
     if not isinstance(error, FileNotFoundError):
-        raise StorageUnavailable(f"storage listing failed ({errno.errorcode.get(error.errno or 0, 'error')})")
+        raise _failed("listing", error)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -136,9 +141,7 @@ class LocalStorage:
                 tmp.unlink(missing_ok=True)
             except OSError:
                 pass  # the directory itself is gone or read-only: nothing was left behind
-            raise StorageUnavailable(
-                f"storage write failed ({errno.errorcode.get(exc.errno or 0, 'error')})"
-            ) from None
+            raise _failed("write", exc) from None
 
     @staticmethod
     def _place(path: Path, tmp: Path, mode: int) -> None:
@@ -199,9 +202,7 @@ class LocalStorage:
             self._require_root()  # the whole folder gone (unmounted, moved) is an outage to retry, not a 404
             raise NotFound("object not found") from None
         except OSError as exc:
-            raise StorageUnavailable(
-                f"storage read failed ({errno.errorcode.get(exc.errno or 0, 'error')})"
-            ) from None
+            raise _failed("read", exc) from None
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise NotFound("object not found")
@@ -228,9 +229,7 @@ class LocalStorage:
             # every object left, and `reconcile --repair` registered them again
             self._require_root()
         except OSError as exc:
-            raise StorageUnavailable(
-                f"storage delete failed ({errno.errorcode.get(exc.errno or 0, 'error')})"
-            ) from None
+            raise _failed("delete", exc) from None
         self._prune(path.parent)
 
     def move(self, src: str, dst: str) -> StoredObject:
@@ -254,9 +253,7 @@ class LocalStorage:
                 self._prune(source.parent)
             return self._stat(target, dst)
         except OSError as exc:
-            raise StorageUnavailable(
-                f"storage move failed ({errno.errorcode.get(exc.errno or 0, 'error')})"
-            ) from None
+            raise _failed("move", exc) from None
 
     def list(self, prefix: str) -> Iterator[str]:
         """Keys starting with ``prefix`` (a plain string prefix, like S3), sorted, temporary files
